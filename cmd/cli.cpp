@@ -1,0 +1,133 @@
+#include "cli.h"
+
+#include <unistd.h>
+
+#include <iostream>
+
+#include "core/paths.h"
+
+namespace mms::cli {
+
+Result<const Config*> Cli::config() {
+  if (config_) return &*config_;
+  std::string path = g.config.empty() ? DefaultConfigPath(ProcessEnv()) : g.config;
+  if (path.empty()) {
+    config_ = Config{};
+  } else {
+    auto c = LoadConfigFile(path);
+    if (!c.ok()) {
+      if (c.status().code() == Code::kNotFound)
+        return InvalidArgument("config file " + path + " does not exist");
+      return c.status().code() == Code::kInvalidArgument ? c.status()
+                                                          : InvalidArgument(c.status().message());
+    }
+    config_ = std::move(c).value();
+  }
+  return &*config_;
+}
+
+Result<std::string> Cli::data_dir() {
+  if (!g.data_dir.empty()) return g.data_dir;
+  auto c = config();
+  if (!c.ok()) return c.status();
+  if (!(*c)->daemon.data_dir.empty()) return (*c)->daemon.data_dir;
+  return DefaultDataDir(ProcessEnv());
+}
+
+Result<std::string> Cli::socket_path() {
+  if (!g.socket.empty()) return g.socket;
+  auto c = config();
+  if (!c.ok()) return c.status();
+  if (!(*c)->daemon.socket.empty()) return (*c)->daemon.socket;
+  auto dd = data_dir();
+  if (!dd.ok()) return dd.status();
+  return DefaultSocketPath(ProcessEnv(), *dd);
+}
+
+std::vector<std::string> Cli::DaemonArgs() {
+  std::vector<std::string> args;
+  if (!g.socket.empty()) args.insert(args.end(), {"--socket", g.socket});
+  if (!g.data_dir.empty()) args.insert(args.end(), {"--data-dir", g.data_dir});
+  if (!g.config.empty()) args.insert(args.end(), {"--config", g.config});
+  return args;
+}
+
+std::string Cli::StartCommandHint() {
+  std::string cmd = "mms";
+  for (const auto& a : DaemonArgs()) cmd += " " + a;
+  return cmd + " serve --detach";
+}
+
+Result<std::unique_ptr<proto::Client>> Cli::Connect() {
+  auto path = socket_path();
+  if (!path.ok()) return path.status();
+  proto::Client::Options o;
+  o.socket_path = *path;
+  o.timeout_ms = static_cast<int64_t>(g.timeout_s * 1000);
+  auto c = proto::Client::Connect(o);
+  if (!c.ok()) return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
+  return c;
+}
+
+Result<nlohmann::json> Cli::Call(uint16_t type, nlohmann::json body) {
+  auto c = Connect();
+  if (!c.ok()) return c.status();
+  return (*c)->CallJson(type, std::move(body));
+}
+
+Result<proto::Message> Cli::Call(proto::Message m) {
+  auto c = Connect();
+  if (!c.ok()) return c.status();
+  return (*c)->Call(std::move(m));
+}
+
+int Cli::Fail(const Status& st) {
+  int code = ExitCodeFor(st.code());
+  if (g.json) {
+    std::cout << nlohmann::json{{"error", {{"code", CodeName(st.code())}, {"message", st.message()}, {"exit_code", code}}}}.dump(2)
+              << "\n";
+  } else {
+    std::cerr << "mms: " << st.message() << "\n";
+  }
+  exit_code = code;
+  return code;
+}
+
+void Cli::Emit(const nlohmann::json& j, const std::function<void()>& text) {
+  if (g.json) {
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    text();  // --quiet silences notes, never the requested output
+  }
+}
+
+void Cli::Note(const std::string& line) {
+  if (!g.quiet) std::cerr << line << "\n";
+}
+
+std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> w;
+  auto width = [](const std::string& s) {
+    size_t n = 0;  // count UTF-8 code points, not bytes
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+  };
+  for (const auto& r : rows)
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (w.size() <= i) w.push_back(0);
+      w[i] = std::max(w[i], width(r[i]));
+    }
+  std::string out;
+  for (const auto& r : rows) {
+    std::string line;
+    for (size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size()) line += std::string(w[i] - width(r[i]) + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+}  // namespace mms::cli

@@ -1,0 +1,77 @@
+// The mms CLI's shared context: global options, config/path resolution,
+// the daemon connection, output (text or --json) and exit codes.
+// Each command group lives in its own cmd_*.cpp and registers itself with
+// Add*Commands(app, cli). A command's callback sets cli.exit_code.
+//
+// Exit codes (stable; `mms --help` and mms(1) list them):
+//   0 ok, 1 error, 2 usage or invalid argument, 3 daemon unreachable,
+//   4 not found, 5 rejected (rate limited, pool full, overloaded),
+//   6 conflict (already exists, in use); 10-12 canary --wait outcomes.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
+#include "core/status.h"
+#include "protocol/client.h"
+
+namespace mms::cli {
+
+struct Globals {
+  std::string socket;
+  std::string data_dir;
+  std::string config;
+  bool json = false;
+  bool quiet = false;
+  double timeout_s = 60;
+};
+
+class Cli {
+ public:
+  Globals g;
+  int exit_code = 0;
+
+  // The loaded config (file from --config or the default location, else
+  // built-in defaults). Errors are config errors (exit 2).
+  Result<const Config*> config();
+  Result<std::string> socket_path();
+  Result<std::string> data_dir();
+
+  // Connects to the daemon. UNAVAILABLE carries a one-line message with the
+  // socket path and the command that starts the daemon.
+  Result<std::unique_ptr<proto::Client>> Connect();
+  // Connect + one call; the common case for daemon commands.
+  Result<nlohmann::json> Call(uint16_t type, nlohmann::json body);
+  Result<proto::Message> Call(proto::Message m);
+
+  // Prints "mms: <message>" to stderr (or {"error":..} on stdout with --json)
+  // and returns the exit code for the status.
+  int Fail(const Status& st);
+  // Prints `j` with --json, otherwise calls `text()`.
+  void Emit(const nlohmann::json& j, const std::function<void()>& text);
+  // A line of progress/notes on stderr unless --quiet.
+  void Note(const std::string& line);
+
+  // "mms --socket X serve --detach": the command that starts the daemon
+  // with the same globals.
+  std::string StartCommandHint();
+  // The global flags as arguments for mmsd (--socket/--data-dir/--config).
+  std::vector<std::string> DaemonArgs();
+
+ private:
+  std::optional<Config> config_;
+};
+
+// Command groups.
+void AddDaemonCommands(CLI::App& app, Cli& cli);
+
+// Helpers shared by command files.
+std::string FormatTable(const std::vector<std::vector<std::string>>& rows);  // first row = header
+
+}  // namespace mms::cli

@@ -1,0 +1,198 @@
+// mms serve, mms status, mms ping.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <thread>
+
+#include "cli.h"
+#include "core/paths.h"
+#include "core/units.h"
+#include "protocol/messages.h"
+
+namespace mms::cli {
+namespace {
+
+std::string MmsdPath() {
+  std::string beside = JoinPath(SelfExeDir(), "mmsd");
+  if (FileExists(beside)) return beside;
+  return "mmsd";  // PATH lookup by execvp
+}
+
+[[noreturn]] void ExecMmsd(const std::vector<std::string>& args) {
+  std::string path = MmsdPath();
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>("mmsd"));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  ::execvp(path.c_str(), argv.data());
+  std::cerr << "mms: cannot start " << path << ": " << std::strerror(errno)
+            << " (is mmsd installed beside mms or on PATH?)\n";
+  ::_exit(1);
+}
+
+std::string Tail(const std::string& path, size_t max_lines) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return "";
+  std::vector<std::string> lines = Split(*text, '\n');
+  while (!lines.empty() && lines.back().empty()) lines.pop_back();
+  size_t from = lines.size() > max_lines ? lines.size() - max_lines : 0;
+  std::string out;
+  for (size_t i = from; i < lines.size(); ++i) out += "  " + lines[i] + "\n";
+  return out;
+}
+
+int CmdServe(Cli& cli, bool detach) {
+  auto args = cli.DaemonArgs();
+  if (!detach) ExecMmsd(args);
+
+  auto dd = cli.data_dir();
+  if (!dd.ok()) return cli.Fail(dd.status());
+  auto sock = cli.socket_path();
+  if (!sock.ok()) return cli.Fail(sock.status());
+  if (Status st = MakeDirs(*dd, 0700); !st.ok()) return cli.Fail(st);
+  std::string log_path = JoinPath(*dd, "mmsd.log");
+  // The child must serve the same socket and data dir we will poll.
+  args = {"--socket", *sock, "--data-dir", *dd};
+  if (!cli.g.config.empty()) args.insert(args.end(), {"--config", cli.g.config});
+
+  off_t log_start = 0;
+  if (FileExists(log_path)) {
+    int fd = ::open(log_path.c_str(), O_RDONLY | O_CLOEXEC);
+    log_start = ::lseek(fd, 0, SEEK_END);
+    ::close(fd);
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) return cli.Fail(IoError(std::string("fork: ") + std::strerror(errno)));
+  if (pid == 0) {
+    ::setsid();
+    int in = ::open("/dev/null", O_RDONLY);
+    int out = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (in >= 0) ::dup2(in, 0);
+    if (out >= 0) {
+      ::dup2(out, 1);
+      ::dup2(out, 2);
+    }
+    ExecMmsd(args);
+  }
+  // Wait until the daemon answers a ping, or it dies.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      int code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+      std::string tail;
+      if (auto text = ReadFile(log_path); text.ok() && text->size() > static_cast<size_t>(log_start)) {
+        std::string fresh = text->substr(static_cast<size_t>(log_start));
+        for (const auto& l : Split(fresh, '\n'))
+          if (!l.empty()) tail += "  " + l + "\n";
+      }
+      std::cerr << "mms: mmsd exited during start-up (exit " << code << "); its log (" << log_path << "):\n"
+                << tail;
+      cli.exit_code = code == 0 ? 1 : code;
+      return cli.exit_code;
+    }
+    proto::Client::Options o;
+    o.socket_path = *sock;
+    o.timeout_ms = 2000;
+    if (auto c = proto::Client::Connect(o); c.ok()) {
+      auto r = (*c)->CallJson(proto::kPing, nlohmann::json::object());
+      if (r.ok() && r->value("pid", 0) == pid) {
+        cli.Emit({{"pid", pid}, {"socket", *sock}, {"data_dir", *dd}, {"log", log_path}}, [&] {
+          std::cout << "mmsd started (pid " << pid << ") on " << *sock << "; log: " << log_path << "\n";
+        });
+        return 0;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::cerr << "mms: mmsd (pid " << pid << ") did not answer within 60 s; its log:\n" << Tail(log_path, 20);
+  cli.exit_code = 1;
+  return 1;
+}
+
+std::string FormatUptime(double s) { return FormatDurationNanos(static_cast<int64_t>(s * 1e9)); }
+
+int CmdStatus(Cli& cli) {
+  auto r = cli.Call(proto::kStatus, nlohmann::json::object());
+  if (!r.ok()) return cli.Fail(r.status());
+  const auto& j = *r;
+  cli.Emit(j, [&] {
+    std::cout << "mmsd " << j.value("version", "?") << " (protocol " << j.value("protocol", 0) << "), pid "
+              << j.value("pid", 0) << ", up " << FormatUptime(j.value("uptime_s", 0.0)) << "\n";
+    std::cout << "socket:    " << j.value("socket", "") << "\n";
+    std::cout << "data dir:  " << j.value("data_dir", "") << "\n";
+    std::string cfg = j.value("config", "");
+    std::cout << "config:    " << (cfg.empty() ? "(built-in defaults)" : cfg) << "\n";
+    std::cout << "requests:  " << j.value("requests_served", 0) << " served, " << j.value("in_flight", 0)
+              << " in flight\n";
+    std::vector<std::vector<std::string>> rows{{"DEVICE", "KIND", "MEMORY", "AVAILABLE", "BUDGET", "USED"}};
+    for (const auto& d : j.value("devices", nlohmann::json::array())) {
+      rows.push_back({d.value("name", "?"), d.value("kind", "?"), FormatBytes(d.value("memory_total", 0ull)),
+                      FormatBytes(d.value("memory_available", 0ull)),
+                      d.contains("budget") ? FormatBytes(d.value("budget", 0ull)) : "-",
+                      d.contains("used") ? FormatBytes(d.value("used", 0ull)) : "-"});
+    }
+    std::cout << "\n" << FormatTable(rows);
+    const auto& pool = j.value("pool", nlohmann::json::object());
+    if (!pool.empty()) {
+      std::cout << "\npool:      " << pool.value("models_on_device", 0) << " on device, "
+                << pool.value("models_on_host", 0) << " on host, " << pool.value("models_registered", 0)
+                << " registered; " << pool.value("loads", 0) << " loads, " << pool.value("evictions", 0)
+                << " evictions, hit rate " << pool.value("hit_rate", 0.0) * 100 << "%\n";
+    }
+  });
+  return 0;
+}
+
+int CmdPing(Cli& cli, int count) {
+  auto c = cli.Connect();
+  if (!c.ok()) return cli.Fail(c.status());
+  std::vector<double> rtts;
+  int pid = 0;
+  for (int i = 0; i < count; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = (*c)->CallJson(proto::kPing, nlohmann::json::object());
+    auto t1 = std::chrono::steady_clock::now();
+    if (!r.ok()) return cli.Fail(r.status());
+    pid = r->value("pid", 0);
+    rtts.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  double mn = *std::min_element(rtts.begin(), rtts.end());
+  double mx = *std::max_element(rtts.begin(), rtts.end());
+  double avg = 0;
+  for (double v : rtts) avg += v / rtts.size();
+  cli.Emit({{"pid", pid}, {"count", count}, {"rtt_ms", rtts}, {"min_ms", mn}, {"avg_ms", avg}, {"max_ms", mx}},
+           [&] {
+             char buf[160];
+             if (count == 1) {
+               std::snprintf(buf, sizeof buf, "pong from mmsd (pid %d) in %.3f ms\n", pid, rtts[0]);
+             } else {
+               std::snprintf(buf, sizeof buf, "%d pongs from mmsd (pid %d): min %.3f / avg %.3f / max %.3f ms\n",
+                             count, pid, mn, avg, mx);
+             }
+             std::cout << buf;
+           });
+  return 0;
+}
+
+}  // namespace
+
+void AddDaemonCommands(CLI::App& app, Cli& cli) {
+  auto* serve = app.add_subcommand("serve", "Run the mmsd daemon (in the foreground, or --detach)");
+  auto* detach = serve->add_flag("--detach,-d", "start in the background and return once it answers");
+  serve->callback([&cli, detach] { cli.exit_code = CmdServe(cli, detach->count() > 0); });
+
+  auto* status = app.add_subcommand("status", "Show the daemon: version, uptime, pid, socket, devices, pool");
+  status->callback([&cli] { cli.exit_code = CmdStatus(cli); });
+
+  auto* ping = app.add_subcommand("ping", "Measure the round trip to the daemon");
+  auto* count = ping->add_option("--count,-c", "number of pings (default 1)")->default_val(1)->check(CLI::Range(1, 100000));
+  ping->callback([&cli, count] { cli.exit_code = CmdPing(cli, count->as<int>()); });
+}
+
+}  // namespace mms::cli

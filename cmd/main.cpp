@@ -1,0 +1,57 @@
+// mms: the command line of the mms serving system. Parses with CLI11, hands
+// each command to its cmd_*.cpp, and exits with the documented codes.
+// Does not link libtorch (checked by a test: `ldd mms`).
+#include <iostream>
+
+#include "cli.h"
+#include "core/version.h"
+
+namespace {
+
+const char* kExitCodes = R"(Exit codes:
+  0   ok
+  1   error
+  2   usage error or invalid argument
+  3   daemon unreachable (start it with: mms serve --detach)
+  4   not found (model, version, alias, experiment, request id)
+  5   rejected: rate limited, pool full, overloaded, deadline exceeded
+  6   conflict: already exists, or in use
+  10  canary --wait: rolled back automatically
+  11  canary --wait: aborted by hand
+  12  canary --wait: --timeout reached
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace mms::cli;
+  Cli cli;
+  CLI::App app{"mms: register, serve, experiment with and roll out models on the mmsd daemon"};
+  app.set_version_flag("--version", std::string("mms ") + MMS_VERSION);
+  app.footer(kExitCodes);
+  app.require_subcommand(1);
+  app.fallthrough();  // globals may also follow the subcommand
+  app.add_option("--socket", cli.g.socket, "daemon socket (default: $XDG_RUNTIME_DIR/mms/mms.sock)");
+  app.add_option("--data-dir", cli.g.data_dir, "data directory (default: $XDG_DATA_HOME/mms)");
+  app.add_option("--config", cli.g.config, "mms.toml (default: $MMS_CONFIG, ~/.config/mms/mms.toml)");
+  app.add_flag("--json", cli.g.json, "machine-readable output");
+  app.add_flag("--quiet,-q", cli.g.quiet, "no progress or notes on stderr");
+  app.add_option("--timeout", cli.g.timeout_s, "seconds to wait for the daemon's reply (default 60)")
+      ->check(CLI::PositiveNumber);
+
+  AddDaemonCommands(app, cli);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "mms: " << e.what() << "\nRun 'mms --help' (or 'mms COMMAND --help') for usage.\n";
+    return 2;
+  }
+  return cli.exit_code;
+}

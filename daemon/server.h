@@ -1,0 +1,104 @@
+// Server: the daemon's nng REP listener on the IPC socket.
+//
+// `contexts` nng contexts each cycle receive → dispatch → reply on their own,
+// so a slow request (a cold model load) holds one context and nothing else:
+// no client can block another. Decoding happens on nng's callback thread;
+// handlers run on the Server's worker executor and answer through a
+// Responder, from any thread, whenever their result is ready.
+//
+// Handlers sit in a table keyed by message type. Bad input (empty message,
+// wrong magic, other protocol version, unknown type, truncated frame,
+// invalid JSON, tensor byte counts that do not match, over the size cap)
+// gets a specific PROTOCOL error reply and the server carries on.
+//
+// Single instance: Start() takes an flock on "<socket>.lock" (holding our
+// pid). A second daemon fails with ALREADY_EXISTS naming the running pid; a
+// socket left behind by a killed daemon (lock free) is removed and replaced.
+// The socket is 0600 inside a 0700 directory.
+//
+// Thread-safety: Start/BeginDrain/WaitIdle/Stop from one control thread;
+// Responder from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/executor.h"
+#include "core/status.h"
+#include "protocol/codec.h"
+
+namespace mms {
+
+class Server;
+
+// Answers one request, exactly once. Copies share the answer; if every copy
+// is dropped without Send/Fail, an INTERNAL error is sent for the handler.
+class Responder {
+ public:
+  void Send(proto::Message reply);  // type and request id are filled in
+  void Send(nlohmann::json body);
+  void Fail(const Status& st);
+  uint64_t request_id() const;
+
+ private:
+  friend class Server;
+  struct State;
+  explicit Responder(std::shared_ptr<State> s) : state_(std::move(s)) {}
+  std::shared_ptr<State> state_;
+};
+
+using Handler = std::function<void(proto::Message request, Responder respond)>;
+
+class Server {
+ public:
+  struct Options {
+    std::string socket_path;                   // [daemon] socket
+    int contexts = 256;                        // [daemon] contexts
+    int workers = 4;                           // [daemon] workers (resolved, ≥1)
+    uint64_t max_message_bytes = 256ull << 20; // [daemon] max_message_bytes
+  };
+
+  static Result<std::unique_ptr<Server>> Create(const Options& opts, std::map<uint16_t, Handler> handlers);
+  ~Server();
+
+  // Takes the instance lock, replaces a stale socket, starts listening.
+  Status Start();
+  // Refuses new connections and new requests (UNAVAILABLE); in-flight ones finish.
+  void BeginDrain();
+  // Waits until no request is in flight; false on timeout.
+  bool WaitIdle(int64_t timeout_ns);
+  // Closes the socket and stops the workers. Requests still in flight are abandoned.
+  void Stop();
+
+  int64_t in_flight() const { return in_flight_.load(); }
+  struct Slot;
+  uint64_t requests_served() const { return served_.load(); }
+  const Options& options() const { return opts_; }
+
+ private:
+  friend class Responder;
+  Server(const Options& opts, std::map<uint16_t, Handler> handlers);
+  static void OnAio(void* arg);
+  void Dispatch(Slot* slot, void* nng_message);
+  void Reply(Slot* slot, const proto::Message& m);
+  void StartRecv(Slot* slot);
+
+  const Options opts_;
+  const std::map<uint16_t, Handler> handlers_;
+  std::unique_ptr<Executor> workers_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  uint32_t sock_id_ = 0;      // set in Start
+  uint32_t listener_id_ = 0;  // set in Start
+  int lock_fd_ = -1;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> stopped_{false};
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<uint64_t> served_{0};
+};
+
+}  // namespace mms

@@ -1,0 +1,269 @@
+#include "config/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <map>
+
+#include <toml++/toml.h>
+
+#include "core/log.h"
+#include "core/paths.h"
+#include "core/units.h"
+
+namespace mms {
+namespace {
+
+using Apply = std::function<Status(Config&, const toml::node&)>;
+using Render = std::function<std::string(const Config&)>;
+
+struct Spec {
+  ConfigKey key;
+  Apply apply;
+  Render render;  // the current value as TOML
+};
+
+std::string Quote(const std::string& s) {
+  std::ostringstream os;
+  os << toml::value<std::string>(s);
+  return os.str();
+}
+
+// Accessors take Config&; rendering only reads through them.
+template <class Get>
+auto& Field(Get get, const Config& c) {
+  return get(const_cast<Config&>(c));
+}
+
+Status TypeError(const std::string& want, const toml::node& n) {
+  std::ostringstream os;
+  os << n.type();
+  return InvalidArgument("expected " + want + ", got a " + os.str());
+}
+
+template <class Get>
+Spec String(std::string table, std::string key, std::string def, std::string doc, Get get,
+            std::vector<std::string> allowed = {}) {
+  std::string range = "any string";
+  if (!allowed.empty()) {
+    range.clear();
+    for (const auto& a : allowed) range += (range.empty() ? "" : " | ") + ("\"" + a + "\"");
+  }
+  Apply apply = [get, allowed, range](Config& c, const toml::node& n) -> Status {
+    auto v = n.value<std::string>();
+    if (!n.is_string() || !v) return TypeError("a string", n);
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), *v) == allowed.end())
+      return InvalidArgument("\"" + *v + "\" is not allowed; use " + range);
+    get(c) = *v;
+    return Status::Ok();
+  };
+  Render render = [get](const Config& c) { return Quote(Field(get, c)); };
+  return {{table, key, "string", "\"" + def + "\"", range, doc}, apply, render};
+}
+
+template <class Get>
+Spec Int(std::string table, std::string key, int64_t def, int64_t lo, int64_t hi, std::string doc, Get get) {
+  std::string range = std::to_string(lo) + " to " + std::to_string(hi);
+  Apply apply = [get, lo, hi, range](Config& c, const toml::node& n) -> Status {
+    auto v = n.value<int64_t>();
+    if (!n.is_integer() || !v) return TypeError("an integer", n);
+    if (*v < lo || *v > hi) return InvalidArgument(std::to_string(*v) + " is out of range; allowed " + range);
+    get(c) = static_cast<std::remove_reference_t<decltype(get(c))>>(*v);
+    return Status::Ok();
+  };
+  Render render = [get](const Config& c) { return std::to_string(Field(get, c)); };
+  return {{table, key, "integer", std::to_string(def), range, doc}, apply, render};
+}
+
+template <class Get>
+Spec Bytes(std::string table, std::string key, std::string def, uint64_t lo, uint64_t hi, std::string doc, Get get) {
+  std::string range = FormatBytes(lo) + " to " + FormatBytes(hi);
+  Apply apply = [get, lo, hi, range](Config& c, const toml::node& n) -> Status {
+    uint64_t b;
+    if (n.is_integer()) {
+      int64_t v = *n.value<int64_t>();
+      if (v < 0) return InvalidArgument("a size must not be negative");
+      b = static_cast<uint64_t>(v);
+    } else if (n.is_string()) {
+      auto r = ParseBytes(*n.value<std::string>());
+      if (!r.ok()) return r.status();
+      b = *r;
+    } else {
+      return TypeError("a size (\"8GiB\" or an integer of bytes)", n);
+    }
+    if (b < lo || b > hi) return InvalidArgument(FormatBytes(b) + " is out of range; allowed " + range);
+    get(c) = b;
+    return Status::Ok();
+  };
+  Render render = [get](const Config& c) { return std::to_string(Field(get, c)); };
+  return {{table, key, "size", "\"" + def + "\"", range, doc}, apply, render};
+}
+
+template <class Get>
+Spec Duration(std::string table, std::string key, std::string def, int64_t lo, int64_t hi, std::string doc, Get get) {
+  std::string range = FormatDurationNanos(lo) + " to " + FormatDurationNanos(hi);
+  Apply apply = [get, lo, hi, range](Config& c, const toml::node& n) -> Status {
+    if (!n.is_string()) return TypeError("a duration string such as \"250ms\" or \"30m\"", n);
+    auto r = ParseDurationNanos(*n.value<std::string>());
+    if (!r.ok()) return r.status();
+    if (*r < lo || *r > hi) return InvalidArgument(FormatDurationNanos(*r) + " is out of range; allowed " + range);
+    get(c) = *r;
+    return Status::Ok();
+  };
+  Render render = [get](const Config& c) { return Quote(std::to_string(Field(get, c)) + "ns"); };
+  return {{table, key, "duration", "\"" + def + "\"", range, doc}, apply, render};
+}
+
+template <class Get>
+Spec StringList(std::string table, std::string key, std::string doc, Get get) {
+  Apply apply = [get](Config& c, const toml::node& n) -> Status {
+    const toml::array* a = n.as_array();
+    if (!a) return TypeError("an array of strings", n);
+    std::vector<std::string> out;
+    for (const auto& e : *a) {
+      auto v = e.value<std::string>();
+      if (!e.is_string() || !v) return TypeError("an array of strings", e);
+      out.push_back(*v);
+    }
+    get(c) = std::move(out);
+    return Status::Ok();
+  };
+  Render render = [get](const Config& c) {
+    std::string out = "[";
+    for (const auto& v : Field(get, c)) out += (out.size() > 1 ? ", " : "") + Quote(v);
+    return out + "]";
+  };
+  return {{table, key, "list of strings", "[]", "any strings", doc}, apply, render};
+}
+
+constexpr int64_t kMs = 1'000'000;
+constexpr int64_t kSec = 1'000'000'000;
+
+const std::vector<Spec>& Specs() {
+  static const std::vector<Spec>* specs = new std::vector<Spec>{
+      String("daemon", "socket", "",
+             "IPC socket path; empty means $XDG_RUNTIME_DIR/mms/mms.sock, else <data_dir>/mms.sock.",
+             [](Config& c) -> std::string& { return c.daemon.socket; }),
+      String("daemon", "data_dir", "",
+             "Directory for the registry and packed weights; empty means $XDG_DATA_HOME/mms (~/.local/share/mms).",
+             [](Config& c) -> std::string& { return c.daemon.data_dir; }),
+      Int("daemon", "contexts", 256, 1, 65536,
+          "Requests the daemon holds open at once (nng contexts); more wait in the socket.",
+          [](Config& c) -> int& { return c.daemon.contexts; }),
+      Int("daemon", "workers", 0, 0, 1024, "Handler threads; 0 means twice the number of cores.",
+          [](Config& c) -> int& { return c.daemon.workers; }),
+      Bytes("daemon", "max_message_bytes", "256MiB", 4096, 4ull << 30,
+            "Largest request accepted; a larger one gets a TOO_LARGE protocol error.",
+            [](Config& c) -> uint64_t& { return c.daemon.max_message_bytes; }),
+      Duration("daemon", "shutdown_grace", "10s", 0, 600 * kSec,
+               "On SIGTERM, how long in-flight requests may take to finish before exit.",
+               [](Config& c) -> int64_t& { return c.daemon.shutdown_grace_ns; }),
+      String("log", "level", "info", "Least severe level written (reloaded on SIGHUP).",
+             [](Config& c) -> std::string& { return c.log.level; }, {"debug", "info", "warn", "error", "off"}),
+      String("log", "file", "", "Append logs to this file; empty means stderr (reopened on SIGHUP).",
+             [](Config& c) -> std::string& { return c.log.file; }),
+      String("log", "format", "text", "Log line format: text, or one JSON object per line.",
+             [](Config& c) -> std::string& { return c.log.format; }, {"text", "json"}),
+      String("registry", "path", "", "SQLite registry file; empty means <data_dir>/registry.db.",
+             [](Config& c) -> std::string& { return c.registry.path; }),
+      StringList("registry", "allowed_roots",
+                 "Directories artifacts must lie under (after resolving symlinks); empty allows any.",
+                 [](Config& c) -> std::vector<std::string>& { return c.registry.allowed_roots; }),
+      Duration("registry", "poll_interval", "250ms", 10 * kMs, 60 * kSec,
+               "How often the daemon checks the registry for changes made by other processes.",
+               [](Config& c) -> int64_t& { return c.registry.poll_interval_ns; }),
+      Duration("registry", "busy_timeout", "5s", 0, 600 * kSec,
+               "How long a registry write waits for another writer before failing.",
+               [](Config& c) -> int64_t& { return c.registry.busy_timeout_ns; }),
+  };
+  return *specs;
+}
+
+std::string Where(const std::string& source, const toml::source_region& r) {
+  return (source.empty() ? std::string("config") : source) + ":" + std::to_string(r.begin.line);
+}
+
+}  // namespace
+
+const std::vector<ConfigKey>& Schema() {
+  static const std::vector<ConfigKey>* keys = [] {
+    auto* v = new std::vector<ConfigKey>();
+    for (const auto& s : Specs()) v->push_back(s.key);
+    return v;
+  }();
+  return *keys;
+}
+
+std::string RenderConfig(const Config& c) {
+  std::string out, table;
+  for (const auto& s : Specs()) {
+    if (s.key.table != table) {
+      table = s.key.table;
+      out += (out.empty() ? "[" : "\n[") + table + "]\n";
+    }
+    out += s.key.key + " = " + s.render(c) + "\n";
+  }
+  return out;
+}
+
+Result<Config> ParseConfig(const std::string& text, const std::string& source) {
+  Config cfg;
+  cfg.source = source;
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    return InvalidArgument(Where(source, e.source()) + ": " + std::string(e.description()));
+  }
+  std::map<std::string, std::map<std::string, const Spec*>> by_table;
+  for (const auto& s : Specs()) by_table[s.key.table][s.key.key] = &s;
+
+  for (auto&& [tkey, tnode] : root) {
+    std::string tname(tkey.str());
+    auto tit = by_table.find(tname);
+    if (tit == by_table.end()) {
+      std::string known;
+      for (const auto& [n, _] : by_table) known += (known.empty() ? "" : ", ") + ("[" + n + "]");
+      return InvalidArgument(Where(source, tkey.source()) + ": unknown table [" + tname + "]; known tables: " + known);
+    }
+    const toml::table* t = tnode.as_table();
+    if (!t) return InvalidArgument(Where(source, tnode.source()) + ": '" + tname + "' must be a table ([" + tname + "])");
+    for (auto&& [k, v] : *t) {
+      std::string kname(k.str());
+      auto kit = tit->second.find(kname);
+      if (kit == tit->second.end()) {
+        std::vector<std::string> names;
+        for (const auto& [n, _] : tit->second) names.push_back(n);
+        std::string hint = ClosestMatch(kname, names);
+        std::string known;
+        for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+        return InvalidArgument(Where(source, k.source()) + ": unknown key '" + kname + "' in [" + tname + "]" +
+                               (hint.empty() ? "" : "; did you mean '" + hint + "'?") + " (known keys: " + known + ")");
+      }
+      Status st = kit->second->apply(cfg, v);
+      if (!st.ok())
+        return InvalidArgument(Where(source, v.source()) + ": [" + tname + "] " + kname + ": " + st.message());
+    }
+  }
+  return cfg;
+}
+
+Result<Config> LoadConfigFile(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path);
+}
+
+std::string DefaultConfigPath(const std::function<const char*(const char*)>& env) {
+  const char* explicit_path = env("MMS_CONFIG");
+  if (explicit_path && *explicit_path) return explicit_path;
+  std::string base;
+  const char* xdg = env("XDG_CONFIG_HOME");
+  if (xdg && *xdg) base = xdg;
+  else if (const char* home = env("HOME"); home && *home) base = JoinPath(home, ".config");
+  if (base.empty()) return "";
+  std::string p = JoinPath(base, "mms/mms.toml");
+  return FileExists(p) ? p : "";
+}
+
+}  // namespace mms

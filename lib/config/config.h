@@ -1,0 +1,74 @@
+// Config: everything mms.toml can set, with a built-in default for every key
+// (no file is needed). Parsed with toml++; an unknown table or key, a value
+// of the wrong type or out of range is refused with "file:line: [table] key:
+// what is allowed". The key reference (man/mms.toml.5) is checked against
+// Schema() by a test, so the two cannot drift.
+//
+// Options structs elsewhere (Server, ModelPool, ...) are filled from these
+// fields 1:1; each field's comment names its TOML key and default.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace mms {
+
+struct DaemonConfig {
+  std::string socket;                          // [daemon] socket = "" (see paths.h)
+  std::string data_dir;                        // [daemon] data_dir = ""
+  int contexts = 256;                          // [daemon] contexts: concurrent requests in flight
+  int workers = 0;                             // [daemon] workers: handler threads, 0 = 2 × cores
+  uint64_t max_message_bytes = 256ull << 20;   // [daemon] max_message_bytes = "256MiB"
+  int64_t shutdown_grace_ns = 10'000'000'000;  // [daemon] shutdown_grace = "10s"
+};
+
+struct LogConfig {
+  std::string level = "info";   // [log] level
+  std::string file;             // [log] file = "" (stderr)
+  std::string format = "text";  // [log] format = "text" | "json"
+};
+
+struct RegistryConfig {
+  std::string path;                        // [registry] path = "" → <data_dir>/registry.db
+  std::vector<std::string> allowed_roots;  // [registry] allowed_roots = [] (anywhere)
+  int64_t poll_interval_ns = 250'000'000;  // [registry] poll_interval = "250ms"
+  int64_t busy_timeout_ns = 5'000'000'000; // [registry] busy_timeout = "5s"
+};
+
+struct Config {
+  DaemonConfig daemon;
+  LogConfig log;
+  RegistryConfig registry;
+  std::string source;  // the file it came from, "" for built-in defaults
+};
+
+// One documented key. `apply` sets the field from a toml++ node; it returns
+// INVALID_ARGUMENT with the allowed values (the caller adds file:line).
+struct ConfigKey {
+  std::string table;
+  std::string key;
+  std::string type;          // "string", "integer", "boolean", "size", "duration", "list of strings", ...
+  std::string default_text;  // as written in TOML, e.g. "\"256MiB\""
+  std::string range;         // allowed values, human-readable
+  std::string doc;           // one sentence
+};
+
+const std::vector<ConfigKey>& Schema();
+
+// Every key with its current value, as TOML (sizes in bytes, durations in
+// ns); `mmsd --check-config` prints it. Parsing it back yields `c`.
+std::string RenderConfig(const Config& c);
+
+// Parses TOML text. `source` names it in errors ("mms.toml").
+Result<Config> ParseConfig(const std::string& toml_text, const std::string& source);
+// Reads and parses a file. NOT_FOUND when it does not exist.
+Result<Config> LoadConfigFile(const std::string& path);
+// The file used when --config is not given: $MMS_CONFIG, else
+// $XDG_CONFIG_HOME/mms/mms.toml (~/.config/mms/mms.toml) when it exists, else "".
+std::string DefaultConfigPath(const std::function<const char*(const char*)>& env);
+
+}  // namespace mms

@@ -1,0 +1,27 @@
+// Hashes from OpenSSL's libcrypto (Debian's libssl-dev): SHA-256 of artifacts
+// and MD5 for the seed-compatible A/B bucket. No hand-written digests.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace mms {
+
+using Md5Digest = std::array<uint8_t, 16>;
+
+Md5Digest Md5(std::string_view data);
+std::string Sha256Hex(std::string_view data);
+
+// Streams `path` through SHA-256. `progress(done, total)` is called every few
+// MiB when given (the CLI draws a progress bar on a terminal).
+Result<std::string> Sha256File(const std::string& path,
+                               const std::function<void(uint64_t, uint64_t)>& progress = {});
+
+std::string ToHex(const uint8_t* data, size_t n);
+
+}  // namespace mms

@@ -1,0 +1,102 @@
+#include "core/log.h"
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "core/clock.h"
+
+namespace mms {
+
+Result<LogLevel> ParseLogLevel(std::string_view s) {
+  if (s == "debug") return LogLevel::kDebug;
+  if (s == "info") return LogLevel::kInfo;
+  if (s == "warn") return LogLevel::kWarn;
+  if (s == "error") return LogLevel::kError;
+  if (s == "off") return LogLevel::kOff;
+  return InvalidArgument("log level must be one of debug, info, warn, error, off; got '" +
+                         std::string(s) + "'");
+}
+
+const char* LogLevelName(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kError: return "error";
+    case LogLevel::kOff: return "off";
+  }
+  return "info";
+}
+
+Logger& Logger::Global() {
+  static Logger* logger = new Logger();
+  return *logger;
+}
+
+Status Logger::Configure(const Options& opts) {
+  FILE* f = nullptr;
+  if (!opts.file.empty()) {
+    f = std::fopen(opts.file.c_str(), "a");
+    if (!f) return IoError("cannot open log file " + opts.file + ": " + std::strerror(errno));
+    setvbuf(f, nullptr, _IOLBF, 0);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (out_) std::fclose(out_);
+  out_ = f;
+  json_ = opts.json;
+  level_ = opts.level;
+  return Status::Ok();
+}
+
+namespace {
+std::string IsoNow() {
+  int64_t ms = Clock::Real()->UnixMillis();
+  time_t secs = static_cast<time_t>(ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+}  // namespace
+
+void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json& fields) {
+  if (!Enabled(level)) return;
+  std::string line;
+  std::string ts = IsoNow();
+  if (json_) {
+    nlohmann::json j = nlohmann::json::object();
+    j["ts"] = ts;
+    j["level"] = LogLevelName(level);
+    j["event"] = event;
+    if (fields.is_object())
+      for (auto it = fields.begin(); it != fields.end(); ++it) j[it.key()] = it.value();
+    line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  } else {
+    line = ts + " " + LogLevelName(level) + " " + std::string(event);
+    if (fields.is_object()) {
+      for (auto it = fields.begin(); it != fields.end(); ++it) {
+        line += " " + it.key() + "=";
+        if (it.value().is_string())
+          line += it.value().get<std::string>();
+        else
+          line += it.value().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      }
+    }
+  }
+  line += "\n";
+  std::lock_guard<std::mutex> lock(mu_);
+  FILE* f = out_ ? out_ : stderr;
+  std::fwrite(line.data(), 1, line.size(), f);
+  std::fflush(f);
+}
+
+void LogDebug(std::string_view e, const nlohmann::json& f) { Logger::Global().Write(LogLevel::kDebug, e, f); }
+void LogInfo(std::string_view e, const nlohmann::json& f) { Logger::Global().Write(LogLevel::kInfo, e, f); }
+void LogWarn(std::string_view e, const nlohmann::json& f) { Logger::Global().Write(LogLevel::kWarn, e, f); }
+void LogError(std::string_view e, const nlohmann::json& f) { Logger::Global().Write(LogLevel::kError, e, f); }
+
+}  // namespace mms

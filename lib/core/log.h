@@ -1,0 +1,55 @@
+// Structured logging: an event name plus key/value fields, written as one
+// line of text ("2026-11-28T20:45:13.123Z INFO load model=rec version=3") or
+// one JSON object per line. Levels debug < info < warn < error.
+//
+// The process has one Logger (Logger::Global()); the daemon configures it
+// from [log] in mms.toml and on SIGHUP. Writes are serialized by the
+// logger's mutex; a line is never interleaved with another.
+#pragma once
+
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "core/status.h"
+
+namespace mms {
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3, kOff = 4 };
+
+Result<LogLevel> ParseLogLevel(std::string_view s);
+const char* LogLevelName(LogLevel l);
+
+class Logger {
+ public:
+  struct Options {
+    LogLevel level = LogLevel::kInfo;  // [log] level: debug|info|warn|error|off
+    std::string file;                  // [log] file: "" = stderr; else appended to
+    bool json = false;                 // [log] format = "json" → one object per line
+  };
+
+  static Logger& Global();
+
+  // Reconfigures; opening the file may fail (the previous sink is kept then).
+  Status Configure(const Options& opts);
+  bool Enabled(LogLevel l) const { return l >= level_; }
+  void Write(LogLevel level, std::string_view event, const nlohmann::json& fields);
+
+ private:
+  Logger() = default;
+  std::mutex mu_;
+  LogLevel level_ = LogLevel::kInfo;  // read without the lock: benign
+  bool json_ = false;                 // guarded by mu_
+  FILE* out_ = nullptr;               // guarded by mu_; nullptr = stderr
+};
+
+// Convenience: LogInfo("load", {{"model", name}, {"ms", 12.5}}).
+void LogDebug(std::string_view event, const nlohmann::json& fields = nlohmann::json::object());
+void LogInfo(std::string_view event, const nlohmann::json& fields = nlohmann::json::object());
+void LogWarn(std::string_view event, const nlohmann::json& fields = nlohmann::json::object());
+void LogError(std::string_view event, const nlohmann::json& fields = nlohmann::json::object());
+
+}  // namespace mms

@@ -1,0 +1,129 @@
+#include "core/paths.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace mms {
+
+EnvLookup ProcessEnv() {
+  return [](const char* k) -> const char* { return std::getenv(k); };
+}
+
+static bool NonEmpty(const char* s) { return s && *s; }
+
+std::string DefaultDataDir(const EnvLookup& env) {
+  if (NonEmpty(env("XDG_DATA_HOME"))) return JoinPath(env("XDG_DATA_HOME"), "mms");
+  const char* home = env("HOME");
+  return JoinPath(NonEmpty(home) ? home : "/tmp", ".local/share/mms");
+}
+
+std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir) {
+  if (NonEmpty(env("XDG_RUNTIME_DIR"))) return JoinPath(JoinPath(env("XDG_RUNTIME_DIR"), "mms"), "mms.sock");
+  return JoinPath(data_dir, "mms.sock");
+}
+
+Status MakeDirs(const std::string& dir, unsigned mode) {
+  if (dir.empty()) return InvalidArgument("empty directory path");
+  std::string cur;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    cur = dir.substr(0, pos);
+    if (cur.empty()) continue;
+    bool leaf = pos == std::string::npos;
+    if (::mkdir(cur.c_str(), leaf ? mode : 0755) != 0 && errno != EEXIST)
+      return IoError("cannot create directory " + cur + ": " + std::strerror(errno));
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return IoError("cannot stat " + dir + ": " + std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return IoError(dir + " exists and is not a directory");
+  if (st.st_uid == ::geteuid() && (st.st_mode & 07777) != mode) ::chmod(dir.c_str(), mode);
+  return Status::Ok();
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT) return NotFound("no such file: " + path);
+    return IoError("cannot read " + path + ": " + std::strerror(errno));
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Status WriteFileAtomic(const std::string& path, const std::string& data) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return IoError("cannot write " + tmp + ": " + std::strerror(errno));
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return IoError("cannot write " + tmp + ": " + std::strerror(e));
+    }
+    off += static_cast<size_t>(n);
+  }
+  ::fsync(fd);
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return IoError("cannot rename " + tmp + " to " + path + ": " + std::strerror(e));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> CanonicalPath(const std::string& path) {
+  char buf[PATH_MAX];
+  if (!::realpath(path.c_str(), buf)) {
+    if (errno == ENOENT || errno == ENOTDIR) return NotFound("no such file: " + path);
+    return IoError("cannot resolve " + path + ": " + std::strerror(errno));
+  }
+  return std::string(buf);
+}
+
+std::string DirName(const std::string& path) {
+  auto p = path.find_last_of('/');
+  if (p == std::string::npos) return ".";
+  if (p == 0) return "/";
+  return path.substr(0, p);
+}
+
+std::string BaseName(const std::string& path) {
+  auto p = path.find_last_of('/');
+  return p == std::string::npos ? path : path.substr(p + 1);
+}
+
+std::string JoinPath(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  if (!b.empty() && b[0] == '/') return b;
+  return a.back() == '/' ? a + b : a + "/" + b;
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string SelfExeDir() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  buf[n] = 0;
+  return DirName(buf);
+}
+
+}  // namespace mms

@@ -1,0 +1,45 @@
+// Where mms keeps its files, resolved the same way by mmsd and mms.
+//
+// data dir: --data-dir, else [daemon] data_dir, else $XDG_DATA_HOME/mms,
+//           else $HOME/.local/share/mms.
+// socket:   --socket, else [daemon] socket, else $XDG_RUNTIME_DIR/mms/mms.sock,
+//           else <data dir>/mms.sock.
+// The environment is passed in (Env) so tests resolve without touching it.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "core/status.h"
+
+namespace mms {
+
+using EnvLookup = std::function<const char*(const char*)>;
+
+// The process environment (getenv).
+EnvLookup ProcessEnv();
+
+std::string DefaultDataDir(const EnvLookup& env);
+// `data_dir` is the already-resolved data dir.
+std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir);
+
+// Creates `dir` and its parents. The leaf is made (or tightened to) `mode`
+// when we own it; missing parents get 0755.
+Status MakeDirs(const std::string& dir, unsigned mode);
+
+// Reads a whole file. NOT_FOUND when missing, IO otherwise.
+Result<std::string> ReadFile(const std::string& path);
+// Writes via a temp file + fsync + rename: readers see old or new, never half.
+Status WriteFileAtomic(const std::string& path, const std::string& data);
+
+// realpath(3); NOT_FOUND when the file does not exist.
+Result<std::string> CanonicalPath(const std::string& path);
+std::string DirName(const std::string& path);
+std::string BaseName(const std::string& path);
+std::string JoinPath(const std::string& a, const std::string& b);
+bool FileExists(const std::string& path);
+
+// The directory holding the running executable (/proc/self/exe).
+std::string SelfExeDir();
+
+}  // namespace mms

@@ -1,0 +1,145 @@
+#include "core/units.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+namespace mms {
+namespace {
+// Splits "12.5ms" into 12.5 and "ms". False when there is no leading number.
+bool SplitNumber(std::string_view s, double* value, std::string* suffix) {
+  std::string str = Trim(s);
+  if (str.empty()) return false;
+  const char* begin = str.c_str();
+  char* end = nullptr;
+  *value = std::strtod(begin, &end);
+  if (end == begin) return false;
+  *suffix = Trim(std::string_view(end));
+  return std::isfinite(*value);
+}
+}  // namespace
+
+std::string Trim(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return std::string(s.substr(b, e - b));
+}
+
+std::vector<std::string> Split(std::string_view s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    size_t p = s.find(sep, start);
+    out.push_back(Trim(s.substr(start, p == std::string_view::npos ? std::string_view::npos : p - start)));
+    if (p == std::string_view::npos) break;
+    start = p + 1;
+  }
+  return out;
+}
+
+Result<int64_t> ParseDurationNanos(std::string_view s) {
+  double v;
+  std::string suf;
+  const std::string rule = "a duration is a number with a unit ns, us, ms, s, m, h or d (e.g. 250ms, 30m)";
+  if (!SplitNumber(s, &v, &suf)) return InvalidArgument("invalid duration '" + std::string(s) + "': " + rule);
+  if (v < 0) return InvalidArgument("invalid duration '" + std::string(s) + "': must not be negative");
+  double mult;
+  if (suf == "ns") mult = 1;
+  else if (suf == "us" || suf == "µs") mult = 1e3;
+  else if (suf == "ms") mult = 1e6;
+  else if (suf == "s" || suf.empty()) mult = 1e9;
+  else if (suf == "m" || suf == "min") mult = 60e9;
+  else if (suf == "h") mult = 3600e9;
+  else if (suf == "d") mult = 86400e9;
+  else return InvalidArgument("invalid duration '" + std::string(s) + "': " + rule);
+  double ns = v * mult;
+  if (ns > 9.0e18) return InvalidArgument("duration '" + std::string(s) + "' is too long");
+  return static_cast<int64_t>(std::llround(ns));
+}
+
+Result<uint64_t> ParseBytes(std::string_view s) {
+  double v;
+  std::string suf;
+  const std::string rule =
+      "a size is a number with an optional unit B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (e.g. 8GiB)";
+  if (!SplitNumber(s, &v, &suf)) return InvalidArgument("invalid size '" + std::string(s) + "': " + rule);
+  if (v < 0) return InvalidArgument("invalid size '" + std::string(s) + "': must not be negative");
+  std::string u = suf;
+  std::transform(u.begin(), u.end(), u.begin(), [](unsigned char c) { return std::toupper(c); });
+  double mult;
+  if (u.empty() || u == "B") mult = 1;
+  else if (u == "KB" || u == "K") mult = 1e3;
+  else if (u == "MB" || u == "M") mult = 1e6;
+  else if (u == "GB" || u == "G") mult = 1e9;
+  else if (u == "TB" || u == "T") mult = 1e12;
+  else if (u == "KIB") mult = 1024.0;
+  else if (u == "MIB") mult = 1024.0 * 1024;
+  else if (u == "GIB") mult = 1024.0 * 1024 * 1024;
+  else if (u == "TIB") mult = 1024.0 * 1024 * 1024 * 1024;
+  else return InvalidArgument("invalid size '" + std::string(s) + "': " + rule);
+  double b = v * mult;
+  if (b > 1.8e19) return InvalidArgument("size '" + std::string(s) + "' is too large");
+  return static_cast<uint64_t>(std::llround(b));
+}
+
+std::string FormatBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else std::snprintf(buf, sizeof buf, v < 10 ? "%.2f %s" : v < 100 ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
+std::string FormatDurationNanos(int64_t ns) {
+  char buf[48];
+  double v = static_cast<double>(ns);
+  if (ns < 1000) std::snprintf(buf, sizeof buf, "%lld ns", static_cast<long long>(ns));
+  else if (ns < 1000000) std::snprintf(buf, sizeof buf, "%.0f µs", v / 1e3);
+  else if (ns < 1000000000) std::snprintf(buf, sizeof buf, "%.1f ms", v / 1e6);
+  else if (ns < 60 * 1000000000LL) std::snprintf(buf, sizeof buf, "%.1f s", v / 1e9);
+  else {
+    long long s = ns / 1000000000LL;
+    if (s < 3600) std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
+    else std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, (s % 3600) / 60);
+  }
+  return buf;
+}
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string ClosestMatch(std::string_view word, const std::vector<std::string>& candidates) {
+  size_t limit = std::max<size_t>(2, word.size() / 3);
+  std::string best;
+  size_t best_d = limit + 1;
+  for (const auto& c : candidates) {
+    size_t d = EditDistance(word, c);
+    // A candidate that extends the word ("rec-eu" → "rec-eu-west") is a good hint too.
+    if (c.size() > word.size() && c.compare(0, word.size(), word) == 0) d = std::min(d, limit);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+}  // namespace mms

@@ -1,0 +1,54 @@
+// Client: the C++ side of the mms protocol, used by the CLI, the tests and
+// the benchmarks. One nng REQ socket dialed to the daemon's IPC socket; each
+// Call uses its own nng context, so one Client may be shared by many threads
+// and their calls overlap on the wire.
+//
+// Errors: UNAVAILABLE when the daemon cannot be reached or the call times
+// out; the daemon's error replies come back as their Status (NOT_FOUND,
+// RATE_LIMITED, ...). REQ retries on a timer are disabled: a request is sent
+// once (nng still resends when the connection drops before the reply).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/status.h"
+#include "protocol/codec.h"
+
+namespace mms::proto {
+
+class Client {
+ public:
+  struct Options {
+    std::string socket_path;     // the daemon's IPC socket (no "ipc://" prefix)
+    int64_t timeout_ms = 60000;  // per call, send to reply
+  };
+
+  // Dials the daemon. UNAVAILABLE (with the socket path) when none listens.
+  static Result<std::unique_ptr<Client>> Connect(const Options& opts);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Sends `req` (request_id filled in when 0) and waits for its reply.
+  // An error reply is returned as its Status. `timeout_ms` < 0: the default.
+  Result<Message> Call(Message req, int64_t timeout_ms = -1);
+  // Body-only convenience.
+  Result<nlohmann::json> CallJson(uint16_t type, nlohmann::json body, int64_t timeout_ms = -1);
+  // Sends raw bytes and returns the raw reply (tests of the bad-input path).
+  Result<std::string> CallRaw(const std::string& bytes, int64_t timeout_ms = -1);
+
+  const std::string& socket_path() const { return opts_.socket_path; }
+
+ private:
+  explicit Client(const Options& opts) : opts_(opts) {}
+  const Options opts_;
+  uint32_t sock_id_ = 0;  // nng_socket id; const after Connect
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace mms::proto

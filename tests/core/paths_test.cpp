@@ -1,0 +1,65 @@
+#include <doctest/doctest.h>
+#include <sys/stat.h>
+
+#include <map>
+#include <memory>
+
+#include "core/paths.h"
+#include "support/process.h"
+
+using namespace mms;
+
+namespace {
+EnvLookup FakeEnv(std::map<std::string, std::string> vars) {
+  auto shared = std::make_shared<std::map<std::string, std::string>>(std::move(vars));
+  return [shared](const char* k) -> const char* {
+    auto it = shared->find(k);
+    return it == shared->end() ? nullptr : it->second.c_str();
+  };
+}
+}  // namespace
+
+TEST_CASE("default data dir and socket follow XDG") {
+  auto env = FakeEnv({{"XDG_DATA_HOME", "/xd"}, {"XDG_RUNTIME_DIR", "/run/user/7"}, {"HOME", "/home/u"}});
+  CHECK(DefaultDataDir(env) == "/xd/mms");
+  CHECK(DefaultSocketPath(env, "/xd/mms") == "/run/user/7/mms/mms.sock");
+
+  auto bare = FakeEnv({{"HOME", "/home/u"}});
+  CHECK(DefaultDataDir(bare) == "/home/u/.local/share/mms");
+  CHECK(DefaultSocketPath(bare, "/home/u/.local/share/mms") == "/home/u/.local/share/mms/mms.sock");
+
+  auto empty_xdg = FakeEnv({{"HOME", "/h"}, {"XDG_RUNTIME_DIR", ""}});
+  CHECK(DefaultSocketPath(empty_xdg, "/d") == "/d/mms.sock");
+}
+
+TEST_CASE("MakeDirs creates parents and tightens the leaf mode") {
+  testing::TempDir t;
+  std::string leaf = t / "a/b/c";
+  REQUIRE(MakeDirs(leaf, 0700).ok());
+  struct stat st;
+  REQUIRE(::stat(leaf.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+  ::chmod(leaf.c_str(), 0755);
+  REQUIRE(MakeDirs(leaf, 0700).ok());
+  REQUIRE(::stat(leaf.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+}
+
+TEST_CASE("atomic write and canonical paths") {
+  testing::TempDir t;
+  std::string f = t / "x.txt";
+  REQUIRE(WriteFileAtomic(f, "hello").ok());
+  CHECK(ReadFile(f).value() == "hello");
+  REQUIRE(WriteFileAtomic(f, "bye").ok());
+  CHECK(ReadFile(f).value() == "bye");
+  CHECK(ReadFile(t / "missing").status().code() == Code::kNotFound);
+  REQUIRE(MakeDirs(t / "d", 0755).ok());
+  auto canon = CanonicalPath(t / "d/../x.txt");
+  REQUIRE(canon.ok());
+  CHECK(*canon == CanonicalPath(f).value());
+  CHECK(CanonicalPath(t / "nope").status().code() == Code::kNotFound);
+  CHECK(DirName("/a/b/c") == "/a/b");
+  CHECK(BaseName("/a/b/c") == "c");
+  CHECK(JoinPath("/a/", "b") == "/a/b");
+  CHECK(JoinPath("/a", "/abs") == "/abs");
+}

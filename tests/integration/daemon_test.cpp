@@ -1,0 +1,178 @@
+// The daemon's life cycle, driven through the real mms and mmsd binaries.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+TEST_CASE("status --json is valid JSON describing the daemon") {
+  Daemon d;
+  REQUIRE(d.ok());
+  auto r = d.Mms({"status", "--json"});
+  REQUIRE(r.exit_code == 0);
+  json j = json::parse(r.out);
+  CHECK(j["pid"].get<int>() == d.child().pid());
+  CHECK(j["socket"] == d.socket());
+  CHECK(j["data_dir"] == d.data_dir());
+  CHECK(j["uptime_s"].get<double>() >= 0);
+  REQUIRE(j["devices"].is_array());
+  CHECK(j["devices"][0]["memory_total"].get<uint64_t>() > 0);
+  auto text = d.Mms({"status"});
+  CHECK(text.exit_code == 0);
+  CHECK(text.out.find("socket:") != std::string::npos);
+}
+
+TEST_CASE("the socket is 0600 inside a 0700 directory") {
+  Daemon d;
+  REQUIRE(d.ok());
+  struct stat st;
+  REQUIRE(::stat(d.socket().c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 0777) == 0600);
+  std::string dir = d.socket().substr(0, d.socket().rfind('/'));
+  REQUIRE(::stat(dir.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+}
+
+TEST_CASE("SIGTERM drains and exits 0") {
+  Daemon d;
+  REQUIRE(d.ok());
+  d.child().Signal(SIGTERM);
+  CHECK(d.child().Wait(20) == 0);
+  CHECK(d.log().find("stopped") != std::string::npos);
+  struct stat st;
+  CHECK(::stat(d.socket().c_str(), &st) != 0);  // socket removed
+}
+
+TEST_CASE("SIGINT exits 0 too") {
+  Daemon d;
+  REQUIRE(d.ok());
+  d.child().Signal(SIGINT);
+  CHECK(d.child().Wait(20) == 0);
+}
+
+TEST_CASE("a second daemon on the same socket is refused naming the running pid") {
+  Daemon d;
+  REQUIRE(d.ok());
+  auto r = Run({MmsdBin(), "--socket", d.socket(), "--data-dir", d.data_dir()}, 30);
+  CHECK(r.exit_code == 6);
+  CHECK(r.err.find("already running (pid " + std::to_string(d.child().pid()) + ")") != std::string::npos);
+  CHECK(d.Mms({"ping"}).exit_code == 0);  // the first one is unharmed
+}
+
+TEST_CASE("a stale socket left by a SIGKILLed daemon is replaced") {
+  Daemon d;
+  REQUIRE(d.ok());
+  d.child().Signal(SIGKILL);
+  REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
+  struct stat st;
+  REQUIRE(::stat(d.socket().c_str(), &st) == 0);  // left behind
+  CHECK(d.Mms({"ping"}).exit_code == 3);
+  REQUIRE(d.Restart());
+  CHECK(d.Mms({"ping"}).exit_code == 0);
+  CHECK(d.log().find("stale_socket_replaced") != std::string::npos);
+}
+
+TEST_CASE("an unreachable daemon is one line with the socket and the start command, exit 3") {
+  TempDir t;
+  auto r = Run({MmsBin(), "--socket", t / "nope.sock", "--data-dir", t / "d", "status"});
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find(t / "nope.sock") != std::string::npos);
+  CHECK(r.err.find("mms --socket " + (t / "nope.sock") + " --data-dir " + (t / "d") + " serve --detach") !=
+        std::string::npos);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  auto j = Run({MmsBin(), "--socket", t / "nope.sock", "status", "--json"});
+  CHECK(j.exit_code == 3);
+  CHECK(json::parse(j.out)["error"]["code"] == "UNAVAILABLE");
+}
+
+TEST_CASE("many clients at once are all answered") {
+  Daemon d;
+  REQUIRE(d.ok());
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i)
+    threads.emplace_back([&] {
+      if (d.Mms({"ping", "--count", "20"}).exit_code == 0) ++ok;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(ok == 16);
+}
+
+TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
+  TempDir t;
+  std::vector<std::string> g{MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto v = g;
+    v.insert(v.end(), extra.begin(), extra.end());
+    return v;
+  };
+  auto r = Run(with({"serve", "--detach"}), 60);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("mmsd started (pid ") != std::string::npos);
+  auto st = Run(with({"status", "--json"}));
+  REQUIRE(st.exit_code == 0);
+  int pid = json::parse(st.out)["pid"];
+  auto again = Run(with({"serve", "--detach"}), 60);
+  CHECK(again.exit_code == 6);
+  CHECK(again.err.find("already running (pid " + std::to_string(pid) + ")") != std::string::npos);
+  ::kill(pid, SIGTERM);
+  CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
+}
+
+TEST_CASE("SIGHUP reloads the log configuration") {
+  Daemon d("[log]\nlevel = \"error\"\n");
+  REQUIRE(d.ok());
+  CHECK(d.log().find("started") == std::string::npos);  // info suppressed
+  {
+    std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\n";
+  }
+  d.child().Signal(SIGHUP);
+  CHECK(WaitFor([&] { return d.log().find("reloaded") != std::string::npos; }, 10));
+  CHECK(d.Mms({"ping"}).exit_code == 0);
+}
+
+TEST_CASE("a bad config file is refused with file:line, exit 2") {
+  TempDir t;
+  std::ofstream(t / "mms.toml") << "[daemon]\ncontexts = -1\n";
+  auto r = Run({MmsdBin(), "--config", t / "mms.toml", "--socket", t / "s.sock", "--data-dir", t / "d"}, 30);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find(t / "mms.toml" + ":2: [daemon] contexts: -1 is out of range") != std::string::npos);
+  auto c = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
+  CHECK(c.exit_code == 2);
+  std::ofstream(t / "ok.toml") << "[daemon]\ncontexts = 3\n";
+  auto ok = Run({MmsdBin(), "--config", t / "ok.toml", "--check-config"}, 30);
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.out.find("contexts = 3") != std::string::npos);
+}
+
+TEST_CASE("mms --version is instant and mms does not link libtorch") {
+  auto t0 = std::chrono::steady_clock::now();
+  auto v = Run({MmsBin(), "--version"});
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(v.exit_code == 0);
+  CHECK(v.out.find("mms ") == 0);
+  MESSAGE("mms --version took " << ms << " ms");
+  auto ldd = Run({"/usr/bin/ldd", MmsBin()});
+  REQUIRE(ldd.exit_code == 0);
+  CHECK(ldd.out.find("torch") == std::string::npos);
+  CHECK(ldd.out.find("c10") == std::string::npos);
+}
+
+TEST_CASE("usage errors exit 2 and --help lists the exit codes") {
+  CHECK(Run({MmsBin(), "no-such-command"}).exit_code == 2);
+  CHECK(Run({MmsBin(), "ping", "--count", "0"}).exit_code == 2);
+  auto h = Run({MmsBin(), "--help"});
+  CHECK(h.exit_code == 0);
+  CHECK(h.out.find("3   daemon unreachable") != std::string::npos);
+  CHECK(h.out.find("6   conflict") != std::string::npos);
+}

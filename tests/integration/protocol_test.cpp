@@ -1,0 +1,131 @@
+// Bad input on the wire: each malformed message gets a specific error reply
+// and the daemon keeps serving. Sent over a raw nng REQ socket.
+#include <doctest/doctest.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "protocol/client.h"
+#include "protocol/codec.h"
+#include "support/process.h"
+
+using namespace mms;
+using namespace mms::proto;
+using namespace mms::testing;
+
+namespace {
+
+// One raw round trip; returns the decoded reply.
+Message RawCall(const std::string& socket, const std::string& bytes) {
+  proto::Client::Options o;
+  o.socket_path = socket;
+  o.timeout_ms = 10000;
+  auto c = Client::Connect(o);
+  REQUIRE(c.ok());
+  auto raw = (*c)->CallRaw(bytes);
+  REQUIRE(raw.ok());
+  auto buf = std::make_shared<std::string>(std::move(raw).value());
+  DecodeResult d = Decode(reinterpret_cast<const uint8_t*>(buf->data()), buf->size(), buf, SIZE_MAX);
+  REQUIRE(d.error == DecodeError::kNone);
+  return d.message;
+}
+
+std::string Reason(const Message& m) {
+  CHECK(m.type == kError);
+  return m.body.value("reason", "");
+}
+
+std::string PingBytes(uint64_t id = 5) {
+  Message m;
+  m.type = kPing;
+  m.request_id = id;
+  return Encode(m);
+}
+
+}  // namespace
+
+TEST_CASE("each malformed message gets its own error and the daemon keeps serving") {
+  Daemon d("[daemon]\nmax_message_bytes = \"64KiB\"\n");
+  REQUIRE(d.ok());
+  const std::string& s = d.socket();
+
+  CHECK(Reason(RawCall(s, "")) == "empty");
+  CHECK(Reason(RawCall(s, "GET / HTTP/1.1\r\n\r\n")) == "bad_magic");
+  {
+    std::string b = PingBytes();
+    uint16_t v = kVersion + 1;
+    std::memcpy(&b[4], &v, 2);
+    Message r = RawCall(s, b);
+    CHECK(Reason(r) == "version");
+    CHECK(r.request_id == 5);
+    CHECK(r.body["message"].get<std::string>().find("version 2") != std::string::npos);
+  }
+  {
+    std::string b = PingBytes();
+    uint16_t v = 0;
+    std::memcpy(&b[4], &v, 2);
+    CHECK(Reason(RawCall(s, b)) == "version");
+  }
+  {
+    Message m;
+    m.type = 0x0999;
+    m.request_id = 11;
+    Message r = RawCall(s, Encode(m));
+    CHECK(Reason(r) == "unknown_type");
+    CHECK(r.body["message"].get<std::string>().find("0x0999") != std::string::npos);
+  }
+  {
+    Message m;
+    m.type = kPing;
+    m.tensors.push_back(Tensor::Alloc("x", DType::kFloat32, {16}));
+    std::string b = Encode(m);
+    CHECK(Reason(RawCall(s, b.substr(0, b.size() - 10))) == "truncated");
+  }
+  {
+    std::string b = PingBytes();
+    std::string body = "{\"model\": ";
+    uint32_t len = static_cast<uint32_t>(body.size());
+    std::memcpy(&b[16], &len, 4);
+    b.resize(kHeaderSize);
+    b += body;
+    CHECK(Reason(RawCall(s, b)) == "bad_json");
+  }
+  {
+    Message m;
+    m.type = kPing;
+    Tensor t = Tensor::Alloc("x", DType::kFloat32, {4});
+    t.shape = {3};  // 12 bytes expected, 16 sent
+    m.tensors.push_back(t);
+    CHECK(Reason(RawCall(s, Encode(m))) == "bad_tensor");
+  }
+  {
+    Message m;
+    m.type = kPing;
+    m.tensors.push_back(Tensor::Alloc("big", DType::kUInt8, {100 * 1024}));
+    Message r = RawCall(s, Encode(m));
+    CHECK(Reason(r) == "too_large");
+    CHECK(r.body["message"].get<std::string>().find("max_message_bytes") != std::string::npos);
+  }
+  // Still serving, over a fresh connection and through the CLI.
+  Message ok = RawCall(s, PingBytes(77));
+  CHECK(ok.type == (kPing | kReplyBit));
+  CHECK(ok.request_id == 77);
+  CHECK(d.Mms({"ping"}).exit_code == 0);
+  CHECK(d.log().find("bad_request") != std::string::npos);
+}
+
+TEST_CASE("the Client maps error replies to statuses") {
+  Daemon d;
+  REQUIRE(d.ok());
+  proto::Client::Options o;
+  o.socket_path = d.socket();
+  auto c = Client::Connect(o);
+  REQUIRE(c.ok());
+  auto r = (*c)->CallJson(0x0998, nlohmann::json::object());
+  CHECK(r.status().code() == Code::kProtocol);
+  auto p = (*c)->CallJson(kPing, nlohmann::json::object());
+  REQUIRE(p.ok());
+  CHECK((*p)["pid"].get<int>() == d.child().pid());
+}

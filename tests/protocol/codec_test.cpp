@@ -1,0 +1,144 @@
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "protocol/codec.h"
+
+using namespace mms;
+using namespace mms::proto;
+
+namespace {
+Tensor Floats(const std::string& name, std::vector<int64_t> shape, float start) {
+  Tensor t = Tensor::Alloc(name, DType::kFloat32, std::move(shape));
+  auto* p = reinterpret_cast<float*>(t.mutable_data());
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = start + static_cast<float>(i);
+  return t;
+}
+
+DecodeResult DecodeStr(const std::string& s, size_t cap = 1 << 20) {
+  auto buf = std::make_shared<std::string>(s);
+  return Decode(reinterpret_cast<const uint8_t*>(buf->data()), buf->size(), buf, cap);
+}
+}  // namespace
+
+TEST_CASE("a message with tensors round-trips bit for bit") {
+  Message m;
+  m.type = kPredict;
+  m.request_id = 0x1122334455667788ull;
+  m.body = {{"model", "rec:3"}, {"user", "用户-7"}};
+  m.tensors.push_back(Floats("x", {2, 3}, 1.5f));
+  Tensor ids = Tensor::Alloc("ids_with_a_longer_name", DType::kInt64, {5});
+  for (int i = 0; i < 5; ++i) reinterpret_cast<int64_t*>(ids.mutable_data())[i] = i * 1000;
+  m.tensors.push_back(ids);
+  m.tensors.push_back(Tensor::Alloc("empty", DType::kBool, {0, 4}));
+
+  std::string wire = Encode(m);
+  DecodeResult d = DecodeStr(wire);
+  REQUIRE(d.error == DecodeError::kNone);
+  CHECK(d.message.type == kPredict);
+  CHECK(d.message.request_id == m.request_id);
+  CHECK(d.message.body == m.body);
+  REQUIRE(d.message.tensors.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    const Tensor& a = m.tensors[i];
+    const Tensor& b = d.message.tensors[i];
+    CHECK(a.name == b.name);
+    CHECK(a.dtype == b.dtype);
+    CHECK(a.shape == b.shape);
+    REQUIRE(a.nbytes == b.nbytes);
+    if (a.nbytes) CHECK(std::memcmp(a.data.get(), b.data.get(), a.nbytes) == 0);
+  }
+}
+
+TEST_CASE("every malformed message gets its own reason") {
+  Message m;
+  m.type = kPing;
+  m.request_id = 7;
+  m.tensors.push_back(Floats("x", {4}, 0));
+  const std::string good = Encode(m);
+
+  SUBCASE("empty") { CHECK(DecodeStr("").error == DecodeError::kEmpty); }
+  SUBCASE("wrong magic") {
+    std::string s = good;
+    s[0] = 'X';
+    CHECK(DecodeStr(s).error == DecodeError::kBadMagic);
+  }
+  SUBCASE("shorter than the envelope") { CHECK(DecodeStr(good.substr(0, 10)).error == DecodeError::kTruncated); }
+  SUBCASE("other protocol version") {
+    std::string s = good;
+    uint16_t v = 2;
+    std::memcpy(&s[4], &v, 2);
+    DecodeResult d = DecodeStr(s);
+    CHECK(d.error == DecodeError::kVersion);
+    CHECK(d.request_id == 7);  // still readable for the error reply
+    CHECK(d.detail.find("version 2") != std::string::npos);
+  }
+  SUBCASE("truncated tensor frame") {
+    CHECK(DecodeStr(good.substr(0, good.size() - 3)).error == DecodeError::kTruncated);
+  }
+  SUBCASE("trailing garbage") { CHECK(DecodeStr(good + "zz").error == DecodeError::kTruncated); }
+  SUBCASE("invalid JSON") {
+    Message j;
+    j.type = kPing;
+    std::string s = Encode(j);
+    std::string body = "{not json";
+    uint32_t len = static_cast<uint32_t>(body.size());
+    std::memcpy(&s[16], &len, 4);
+    s += body;
+    CHECK(DecodeStr(s).error == DecodeError::kBadJson);
+  }
+  SUBCASE("JSON that is not an object") {
+    Message j;
+    j.type = kPing;
+    j.body = nlohmann::json::array({1, 2});
+    CHECK(DecodeStr(Encode(j)).error == DecodeError::kBadJson);
+  }
+  SUBCASE("byte count that does not match dtype and shape") {
+    Tensor bad = Floats("x", {4}, 0);
+    bad.shape = {5};  // 20 bytes expected, 16 sent
+    Message b;
+    b.type = kPing;
+    b.tensors.push_back(bad);
+    DecodeResult d = DecodeStr(Encode(b));
+    CHECK(d.error == DecodeError::kBadTensor);
+    CHECK(d.detail.find("float32[5]") != std::string::npos);
+  }
+  SUBCASE("unknown dtype") {
+    std::string s = good;
+    size_t frame = kHeaderSize + 2;  // body "{}"
+    s[frame] = 99;
+    CHECK(DecodeStr(s).error == DecodeError::kBadTensor);
+  }
+  SUBCASE("negative dimension") {
+    Tensor bad = Floats("x", {4}, 0);
+    bad.shape = {-4};
+    Message b;
+    b.type = kPing;
+    b.tensors.push_back(bad);
+    CHECK(DecodeStr(Encode(b)).error == DecodeError::kBadTensor);
+  }
+  SUBCASE("over the size cap") {
+    DecodeResult d = DecodeStr(good, good.size() - 1);
+    CHECK(d.error == DecodeError::kTooLarge);
+  }
+}
+
+TEST_CASE("error replies carry the status") {
+  Message e = ErrorReply(9, Status(Code::kNotFound, "unknown model 'x'"), "no_model");
+  DecodeResult d = DecodeStr(Encode(e));
+  REQUIRE(d.error == DecodeError::kNone);
+  Status st = StatusFromErrorReply(d.message);
+  CHECK(st.code() == Code::kNotFound);
+  CHECK(st.message() == "unknown model 'x'");
+  CHECK(d.message.body["reason"] == "no_model");
+}
+
+TEST_CASE("dtype names") {
+  CHECK(ParseDType("int64").value() == DType::kInt64);
+  CHECK(ParseDType("F32").value() == DType::kFloat32);
+  CHECK(ParseDType("float").value() == DType::kFloat32);
+  CHECK(ParseDType("BF16").value() == DType::kBFloat16);
+  CHECK_FALSE(ParseDType("complex64").ok());
+  CHECK(DTypeSize(DType::kInt64) == 8);
+  CHECK(std::string(DTypeSafetensorsName(DType::kBool)) == "BOOL");
+}

@@ -1,0 +1,227 @@
+#include "support/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <thread>
+
+namespace mms::testing {
+
+std::string BinDir() { return MMS_TEST_BIN_DIR; }
+std::string MmsBin() { return BinDir() + "/mms"; }
+std::string MmsdBin() { return BinDir() + "/mmsd"; }
+std::string TestDataDir() { return MMS_TEST_DATA_DIR; }
+
+namespace {
+
+std::vector<char*> Argv(const std::vector<std::string>& argv) {
+  std::vector<char*> out;
+  for (const auto& a : argv) out.push_back(const_cast<char*>(a.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+void ApplyEnv(const std::map<std::string, std::string>& env) {
+  for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+}
+
+int DecodeStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace
+
+ProcResult Run(const std::vector<std::string>& argv, double timeout_s,
+               const std::map<std::string, std::string>& env, const std::string& stdin_data) {
+  ProcResult r;
+  int out_pipe[2], err_pipe[2], in_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) || ::pipe2(err_pipe, O_CLOEXEC) || ::pipe2(in_pipe, O_CLOEXEC)) return r;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(in_pipe[0], 0);
+    ::dup2(out_pipe[1], 1);
+    ::dup2(err_pipe[1], 2);
+    ApplyEnv(env);
+    auto a = Argv(argv);
+    ::execv(a[0], a.data());
+    std::fprintf(stderr, "exec %s: %s\n", a[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  ::close(in_pipe[0]);
+  if (!stdin_data.empty()) {
+    size_t off = 0;
+    while (off < stdin_data.size()) {
+      ssize_t n = ::write(in_pipe[1], stdin_data.data() + off, stdin_data.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+  }
+  ::close(in_pipe[1]);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  int open_fds = 2;
+  char buf[65536];
+  while (open_fds > 0) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      ::kill(pid, SIGKILL);
+      r.timed_out = true;
+      break;
+    }
+    int n = ::poll(fds, 2, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (n < 0 && errno != EINTR) break;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
+      if (got <= 0) {
+        ::close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      } else {
+        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(got));
+      }
+    }
+  }
+  for (auto& f : fds)
+    if (f.fd >= 0) ::close(f.fd);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.exit_code = DecodeStatus(status);
+  return r;
+}
+
+Child::~Child() {
+  if (pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    int st;
+    ::waitpid(pid_, &st, 0);
+  }
+}
+
+bool Child::Start(const std::vector<std::string>& argv, const std::string& log_path,
+                  const std::map<std::string, std::string>& env) {
+  pid_ = ::fork();
+  if (pid_ < 0) return false;
+  if (pid_ == 0) {
+    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int in = ::open("/dev/null", O_RDONLY);
+    ::dup2(in, 0);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ApplyEnv(env);
+    auto a = Argv(argv);
+    ::execv(a[0], a.data());
+    ::_exit(127);
+  }
+  reaped_ = false;
+  status_ = 0;
+  return true;
+}
+
+void Child::Signal(int sig) {
+  if (pid_ > 0 && !reaped_) ::kill(pid_, sig);
+}
+
+bool Child::running() {
+  if (pid_ <= 0 || reaped_) return false;
+  int st;
+  if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+    reaped_ = true;
+    status_ = st;
+    return false;
+  }
+  return true;
+}
+
+int Child::Wait(double timeout_s) {
+  if (reaped_) return DecodeStatus(status_);
+  if (!WaitFor([&] { return !running(); }, timeout_s)) return -1;
+  return DecodeStatus(status_);
+}
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/mmst.XXXXXX";
+  char* p = ::mkdtemp(tmpl);
+  path_ = p ? p : "/tmp";
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (path_ != "/tmp") std::filesystem::remove_all(path_, ec);
+}
+
+bool WaitFor(const std::function<bool()>& pred, double timeout_s) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (true) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+Daemon::Daemon(const std::string& config, const std::vector<std::string>& extra_args) : extra_(extra_args) {
+  socket_ = dir_ / "run/mms.sock";
+  data_dir_ = dir_ / "data";
+  log_path_ = dir_ / "mmsd.log";
+  if (!config.empty()) {
+    config_path_ = dir_ / "mms.toml";
+    std::ofstream(config_path_) << config;
+  }
+  ok_ = StartProcess();
+}
+
+Daemon::~Daemon() {
+  if (child_.running()) {
+    child_.Signal(SIGTERM);
+    if (child_.Wait(20) < 0) child_.Signal(SIGKILL);
+  }
+}
+
+bool Daemon::StartProcess() {
+  std::vector<std::string> argv{MmsdBin(), "--socket", socket_, "--data-dir", data_dir_};
+  if (!config_path_.empty()) argv.insert(argv.end(), {"--config", config_path_});
+  argv.insert(argv.end(), extra_.begin(), extra_.end());
+  if (!child_.Start(argv, log_path_)) return false;
+  return WaitFor(
+      [&] {
+        if (!child_.running()) return true;  // died: stop waiting
+        return Mms({"ping"}, 10).exit_code == 0;
+      },
+      60) &&
+         child_.running();
+}
+
+bool Daemon::Restart() {
+  ok_ = StartProcess();
+  return ok_;
+}
+
+std::string Daemon::log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ProcResult Daemon::Mms(const std::vector<std::string>& args, double timeout_s, const std::string& stdin_data) const {
+  std::vector<std::string> argv{MmsBin(), "--socket", socket_, "--data-dir", data_dir_};
+  if (!config_path_.empty()) argv.insert(argv.end(), {"--config", config_path_});
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Run(argv, timeout_s, {}, stdin_data);
+}
+
+}  // namespace mms::testing
