@@ -2,9 +2,11 @@
 
 #include <unistd.h>
 
+#include <ctime>
 #include <iostream>
 
 #include "core/paths.h"
+#include "protocol/messages.h"
 
 namespace mms::cli {
 
@@ -32,6 +34,53 @@ Result<std::string> Cli::data_dir() {
   if (!c.ok()) return c.status();
   if (!(*c)->daemon.data_dir.empty()) return (*c)->daemon.data_dir;
   return DefaultDataDir(ProcessEnv());
+}
+
+Result<std::unique_ptr<Registry>> Cli::OpenRegistry() {
+  auto c = config();
+  if (!c.ok()) return c.status();
+  Registry::Options o;
+  if (!(*c)->registry.path.empty()) {
+    o.path = (*c)->registry.path;
+  } else {
+    auto dd = data_dir();
+    if (!dd.ok()) return dd.status();
+    o.path = JoinPath(*dd, "registry.db");
+  }
+  o.busy_timeout_ms = (*c)->registry.busy_timeout_ns / 1000000;
+  o.allowed_roots = (*c)->registry.allowed_roots;
+  return Registry::Open(o);
+}
+
+Result<std::string> Cli::ArtifactsDir() {
+  auto dd = data_dir();
+  if (!dd.ok()) return dd.status();
+  return JoinPath(*dd, "artifacts");
+}
+
+void Cli::NotifyDaemon() {
+  auto path = socket_path();
+  if (!path.ok() || !FileExists(*path)) return;
+  proto::Client::Options o;
+  o.socket_path = *path;
+  o.timeout_ms = 2000;
+  auto c = proto::Client::Connect(o);
+  if (c.ok()) (void)(*c)->CallJson(proto::kRegistryChanged, nlohmann::json::object());
+}
+
+std::string MmsdPath() {
+  std::string beside = JoinPath(SelfExeDir(), "mmsd");
+  if (FileExists(beside)) return beside;
+  return "mmsd";
+}
+
+std::string FormatTime(int64_t unix_ms) {
+  time_t secs = static_cast<time_t>(unix_ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
 }
 
 Result<std::string> Cli::socket_path() {

@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "core/status.h"
 #include "protocol/client.h"
+#include "registry/registry.h"
 
 namespace mms::cli {
 
@@ -58,6 +59,15 @@ class Cli {
   // A line of progress/notes on stderr unless --quiet.
   void Note(const std::string& line);
 
+  // The registry ([registry] path, else <data dir>/registry.db), created
+  // and migrated on first use. Works with no daemon running.
+  Result<std::unique_ptr<Registry>> OpenRegistry();
+  // Tells a running daemon that the registry changed (best effort: no daemon
+  // is fine; it would notice within [registry] poll_interval anyway).
+  void NotifyDaemon();
+  // The directory for packed weights and stored sample inputs.
+  Result<std::string> ArtifactsDir();
+
   // "mms --socket X serve --detach": the command that starts the daemon
   // with the same globals.
   std::string StartCommandHint();
@@ -70,8 +80,13 @@ class Cli {
 
 // Command groups.
 void AddDaemonCommands(CLI::App& app, Cli& cli);
+void AddModelCommands(CLI::App& app, Cli& cli);
+
+// mmsd beside this mms, else "mmsd" (PATH).
+std::string MmsdPath();
 
 // Helpers shared by command files.
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows);  // first row = header
+std::string FormatTime(int64_t unix_ms);  // "2026-11-28 20:45:13" (UTC)
 
 }  // namespace mms::cli

@@ -17,12 +17,6 @@
 namespace mms::cli {
 namespace {
 
-std::string MmsdPath() {
-  std::string beside = JoinPath(SelfExeDir(), "mmsd");
-  if (FileExists(beside)) return beside;
-  return "mmsd";  // PATH lookup by execvp
-}
-
 [[noreturn]] void ExecMmsd(const std::vector<std::string>& args) {
   std::string path = MmsdPath();
   std::vector<char*> argv;

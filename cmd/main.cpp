@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
 
   AddDaemonCommands(app, cli);
+  AddModelCommands(app, cli);
 
   try {
     app.parse(argc, argv);

@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "artifact_tool.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "core/paths.h"
@@ -109,4 +110,7 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return Run(argc, argv); }
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "inspect-artifact") return mms::RunArtifactTool(argc - 1, argv + 1);
+  return Run(argc, argv);
+}

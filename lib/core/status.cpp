@@ -9,7 +9,7 @@ struct Entry {
   const char* name;
   int exit_code;
 };
-constexpr std::array<Entry, 17> kTable{{
+constexpr std::array<Entry, 18> kTable{{
     {Code::kOk, "OK", 0},
     {Code::kInvalidArgument, "INVALID_ARGUMENT", 2},
     {Code::kNotFound, "NOT_FOUND", 4},
@@ -27,6 +27,7 @@ constexpr std::array<Entry, 17> kTable{{
     {Code::kInternal, "INTERNAL", 1},
     {Code::kIo, "IO", 1},
     {Code::kCancelled, "CANCELLED", 1},
+    {Code::kModelError, "MODEL_ERROR", 1},
 }};
 }  // namespace
 

@@ -36,6 +36,7 @@ enum class Code : uint16_t {
   kInternal = 14,         // a bug or an unexpected library failure
   kIo = 15,               // filesystem / OS error
   kCancelled = 16,        // caller went away or shut down
+  kModelError = 17,       // the model's forward() raised on this input
 };
 
 // Stable short name, e.g. "NOT_FOUND". Used in JSON error replies.

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/subprocess.h"
+
 namespace mms::testing {
 
 // Directory holding the built mms/mmsd binaries (set by CMake).
@@ -19,12 +21,7 @@ std::string MmsdBin();
 // The build's generated testdata directory.
 std::string TestDataDir();
 
-struct ProcResult {
-  int exit_code = -1;  // 128+signal when killed
-  std::string out;
-  std::string err;
-  bool timed_out = false;
-};
+using mms::ProcResult;
 
 // Runs argv to completion (killing it after timeout_s), capturing output.
 ProcResult Run(const std::vector<std::string>& argv, double timeout_s = 120,

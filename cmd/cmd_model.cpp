@@ -1,0 +1,538 @@
+// mms model register|list|show|history|stage|alias|rm|verify|import.
+// All of these work on the registry file directly, with or without a daemon
+// (CI pipelines); a running daemon is told to re-read it.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <regex>
+
+#include "cli.h"
+#include "core/hash.h"
+#include "core/paths.h"
+#include "core/subprocess.h"
+#include "core/units.h"
+
+namespace mms::cli {
+namespace {
+
+struct RegisterArgs {
+  std::string name, version, path, description, metrics_file, fingerprint, sample_input;
+  double sla_p99_ms = 0;
+  bool has_sla = false;
+  std::vector<std::string> labels;
+  int max_batch_size = 0;
+};
+
+// Draws "hashing model.pt [#####.....] 45%  380 MiB / 850 MiB" on a terminal.
+class Progress {
+ public:
+  Progress(const std::string& what, bool enabled) : what_(what), enabled_(enabled && ::isatty(2)) {}
+  void operator()(uint64_t done, uint64_t total) {
+    if (!enabled_ || total < (64ull << 20)) return;
+    int pct = static_cast<int>(done * 100 / total);
+    if (pct == last_) return;
+    last_ = pct;
+    std::string bar(30, '.');
+    for (int i = 0; i < pct * 30 / 100; ++i) bar[i] = '#';
+    std::cerr << "\r" << what_ << " [" << bar << "] " << pct << "%  " << FormatBytes(done) << " / "
+              << FormatBytes(total) << std::flush;
+    if (done >= total) std::cerr << "\n";
+  }
+
+ private:
+  std::string what_;
+  bool enabled_;
+  int last_ = -1;
+};
+
+// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
+void CleanStaleStaging(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string n = e.path().filename().string();
+    auto p = n.find(".tmp-");
+    if (p == std::string::npos) continue;
+    pid_t pid = static_cast<pid_t>(std::atoi(n.c_str() + p + 5));
+    if (pid > 0 && ::kill(pid, 0) != 0) std::filesystem::remove_all(e.path(), ec);
+  }
+}
+
+Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a) {
+  MMS_RETURN_IF_ERROR(ValidateName(a.name));
+  MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
+  if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, a.version, ""}); existing.ok())
+    return AlreadyExists(a.name + ":" + a.version + " is already registered (sha256 " +
+                         existing->sha256.substr(0, 12) + ", by " + existing->created_by +
+                         "); register a new version number");
+  auto canon = CanonicalPath(a.path);
+  if (!canon.ok())
+    return InvalidArgument("artifact " + a.path + " does not exist (--path must name a TorchScript file)");
+  struct stat st;
+  if (::stat(canon->c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+    return InvalidArgument("artifact " + *canon + " is not a regular file");
+  MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*canon));
+
+  NewVersion v;
+  v.model = a.name;
+  v.version = a.version;
+  v.artifact_path = *canon;
+  v.size_bytes = static_cast<uint64_t>(st.st_size);
+  v.description = a.description;
+  v.data_fingerprint = a.fingerprint;
+  v.max_batch_size = a.max_batch_size;
+  if (a.has_sla) {
+    if (!(a.sla_p99_ms > 0)) return InvalidArgument("--sla-p99-ms must be a positive number of milliseconds");
+    v.sla_p99_ms = a.sla_p99_ms;
+  }
+  if (a.max_batch_size < 0) return InvalidArgument("--max-batch-size must be 0 (off) or positive");
+  for (const auto& l : a.labels) {
+    auto eq = l.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return InvalidArgument("invalid label '" + l + "': use --label key=value");
+    v.labels[l.substr(0, eq)] = l.substr(eq + 1);
+  }
+  if (!a.metrics_file.empty()) {
+    auto text = ReadFile(a.metrics_file);
+    if (!text.ok()) return InvalidArgument("--metrics " + a.metrics_file + ": " + text.status().message());
+    v.metrics = nlohmann::json::parse(*text, nullptr, false);
+    if (v.metrics.is_discarded() || !v.metrics.is_object())
+      return InvalidArgument("--metrics " + a.metrics_file + " must hold a JSON object, e.g. {\"auc\": 0.91}");
+  }
+  if (!a.sample_input.empty() && !FileExists(a.sample_input))
+    return InvalidArgument("--sample-input " + a.sample_input + " does not exist");
+
+  Progress progress("hashing " + BaseName(*canon), !cli.g.quiet && !cli.g.json);
+  MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(*canon, [&](uint64_t d, uint64_t t) { progress(d, t); }));
+
+  // Check (and pack) the artifact with mmsd, which links libtorch.
+  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
+  std::string model_dir = JoinPath(artifacts, a.name);
+  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
+  CleanStaleStaging(model_dir);
+  std::string final_dir = JoinPath(model_dir, a.version + "-" + v.sha256.substr(0, 12));
+  std::string staging = final_dir + ".tmp-" + std::to_string(::getpid());
+  std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", *canon, "--pack-dir", staging};
+  if (!a.sample_input.empty()) argv.insert(argv.end(), {"--sample-input", a.sample_input});
+  if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(*canon) << " ...\n";
+  ProcResult pr = RunProcess(argv, 3600);
+  std::error_code ec;
+  if (pr.exit_code != 0) {
+    std::filesystem::remove_all(staging, ec);
+    std::string msg = Trim(pr.err);
+    if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
+    if (pr.exit_code == 2) return InvalidArgument(msg);
+    return Internal("checking the artifact failed: " + msg);
+  }
+  auto info = nlohmann::json::parse(pr.out, nullptr, false);
+  if (info.is_discarded()) {
+    std::filesystem::remove_all(staging, ec);
+    return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
+  }
+  v.inputs = InputSpecsFromJson(info["inputs"]);
+  v.device_bytes = info.value("weight_bytes", 0ull);
+  v.host_bytes = v.device_bytes;
+  if (!a.sample_input.empty()) {
+    std::string ext = a.sample_input.size() > 12 && a.sample_input.substr(a.sample_input.size() - 12) == ".safetensors"
+                          ? ".safetensors"
+                          : ".json";
+    std::filesystem::copy_file(a.sample_input, JoinPath(staging, "sample" + ext), ec);
+    if (ec) {
+      std::filesystem::remove_all(staging, ec);
+      return IoError("cannot store the sample input: " + ec.message());
+    }
+    v.sample_input = JoinPath(final_dir, "sample" + ext);
+  }
+  std::filesystem::remove_all(final_dir, ec);  // a leftover of an earlier, failed attempt
+  std::filesystem::rename(staging, final_dir, ec);
+  if (ec) {
+    std::filesystem::remove_all(staging, ec);
+    return IoError("cannot store packed weights in " + final_dir + ": " + ec.message());
+  }
+  v.packed_dir = final_dir;
+  auto rec = reg.Register(v);
+  if (!rec.ok()) std::filesystem::remove_all(final_dir, ec);
+  return rec;
+}
+
+std::string InputsText(const VersionRecord& r) {
+  std::string s;
+  for (const auto& i : r.inputs) {
+    s += (s.empty() ? "" : ", ") + i.name;
+    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? ShapeString(*i.shape) : "");
+  }
+  return s.empty() ? "-" : s;
+}
+
+void PrintRecord(const VersionRecord& r) {
+  auto line = [](const std::string& k, const std::string& v) { std::cout << k << std::string(18 - k.size(), ' ') << v << "\n"; };
+  line("ref", r.ref());
+  line("stage", StageName(r.stage));
+  line("aliases", r.aliases.empty() ? "-" : [&] {
+    std::string s;
+    for (const auto& a : r.aliases) s += (s.empty() ? "" : ", ") + a;
+    return s;
+  }());
+  line("artifact", r.artifact_path);
+  line("size", FormatBytes(r.size_bytes));
+  line("sha256", r.sha256);
+  line("packed", r.packed_dir.empty() ? "no (plain TorchScript load)" : r.packed_dir);
+  line("inputs", InputsText(r));
+  line("weights", FormatBytes(r.device_bytes) + " on a device, " + FormatBytes(r.host_bytes) + " in host memory");
+  line("sla p99", r.sla_p99_ms ? std::to_string(*r.sla_p99_ms) + " ms" : "-");
+  line("max batch size", r.max_batch_size ? std::to_string(r.max_batch_size) : "off");
+  line("sample input", r.sample_input.empty() ? "-" : r.sample_input);
+  line("created", FormatTime(r.created_ms) + " by " + r.created_by);
+  line("description", r.description.empty() ? "-" : r.description);
+  line("data fingerprint", r.data_fingerprint.empty() ? "-" : r.data_fingerprint);
+  line("metrics", r.metrics.empty() ? "-" : r.metrics.dump());
+  std::string labels;
+  for (const auto& [k, v] : r.labels) labels += (labels.empty() ? "" : ", ") + k + "=" + v;
+  line("labels", labels.empty() ? "-" : labels);
+}
+
+int CmdRegister(Cli& cli, const RegisterArgs& a) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto rec = RegisterVersion(cli, **reg, a);
+  if (!rec.ok()) return cli.Fail(rec.status());
+  cli.NotifyDaemon();
+  cli.Emit(rec->ToJson(), [&] {
+    std::cout << "registered " << rec->ref() << " (" << FormatBytes(rec->size_bytes) << ", sha256 "
+              << rec->sha256.substr(0, 12) << ", inputs " << InputsText(*rec) << ")\n";
+  });
+  return 0;
+}
+
+int CmdList(Cli& cli, const std::string& name, const std::string& stage) {
+  std::optional<Stage> st;
+  if (!stage.empty()) {
+    auto s = ParseStage(stage);
+    if (!s.ok()) return cli.Fail(s.status());
+    st = *s;
+  }
+  if (!name.empty())
+    if (Status s = ValidateName(name); !s.ok()) return cli.Fail(s);
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto list = (*reg)->List(name, st);
+  if (!list.ok()) return cli.Fail(list.status());
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& r : *list) j.push_back(r.ToJson());
+  cli.Emit(j, [&] {
+    if (list->empty()) {
+      std::cout << "no model versions" << (stage.empty() ? "" : " in stage " + stage)
+                << " (register one with: mms model register NAME --version V --path FILE)\n";
+      return;
+    }
+    std::vector<std::vector<std::string>> rows{{"MODEL", "VERSION", "STAGE", "ALIASES", "SIZE", "CREATED", "DESCRIPTION"}};
+    for (const auto& r : *list) {
+      std::string aliases;
+      for (const auto& a : r.aliases) aliases += (aliases.empty() ? "" : ",") + a;
+      rows.push_back({r.model, r.version, StageName(r.stage), aliases.empty() ? "-" : aliases, FormatBytes(r.size_bytes),
+                      FormatTime(r.created_ms), r.description.substr(0, 40)});
+    }
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+int CmdShow(Cli& cli, const std::string& ref) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto rec = (*reg)->Resolve(ref);
+  if (!rec.ok()) return cli.Fail(rec.status());
+  auto uses = (*reg)->UsesOf(*rec);
+  nlohmann::json j = rec->ToJson();
+  j["in_use_by"] = uses.ok() ? *uses : std::vector<std::string>{};
+  cli.Emit(j, [&] {
+    PrintRecord(*rec);
+    if (uses.ok() && !uses->empty())
+      for (const auto& u : *uses) std::cout << "in use            " << u << "\n";
+  });
+  return 0;
+}
+
+int CmdHistory(Cli& cli, const std::string& ref_text) {
+  auto ref = ParseRef(ref_text);
+  if (!ref.ok()) return cli.Fail(ref.status());
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto h = (*reg)->History(*ref);
+  if (!h.ok()) return cli.Fail(h.status());
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& e : *h) j.push_back(e.ToJson());
+  cli.Emit(j, [&] {
+    std::vector<std::vector<std::string>> rows{{"TIME", "ACTOR", "ACTION", "VERSION", "FROM", "TO", "DETAIL"}};
+    for (const auto& e : *h)
+      rows.push_back({FormatTime(e.ts_ms), e.actor, e.action, e.version.empty() ? "-" : e.version,
+                      e.from.empty() ? "-" : e.from, e.to.empty() ? "-" : e.to, e.detail});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+int CmdStage(Cli& cli, const std::string& ref_text, const std::string& stage_text) {
+  auto ref = ParseRef(ref_text);
+  if (!ref.ok()) return cli.Fail(ref.status());
+  auto stage = ParseStage(stage_text);
+  if (!stage.ok()) return cli.Fail(stage.status());
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  std::optional<VersionRecord> prev_prod;
+  if (*stage == Stage::kProduction)
+    if (auto p = (*reg)->List(ref->name, Stage::kProduction); p.ok() && !p->empty()) prev_prod = p->front();
+  auto rec = (*reg)->SetStage(*ref, *stage, "mms model stage");
+  if (!rec.ok()) return cli.Fail(rec.status());
+  cli.NotifyDaemon();
+  nlohmann::json j = rec->ToJson();
+  if (prev_prod && prev_prod->id != rec->id) j["archived"] = prev_prod->ref();
+  cli.Emit(j, [&] {
+    std::cout << rec->ref() << " is now " << StageName(rec->stage);
+    if (prev_prod && prev_prod->id != rec->id) std::cout << " (" << prev_prod->ref() << " archived)";
+    std::cout << "\n";
+  });
+  return 0;
+}
+
+int CmdAliasSet(Cli& cli, const std::string& model, const std::string& alias, const std::string& version) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  if (Status st = (*reg)->SetAlias(model, alias, version); !st.ok()) return cli.Fail(st);
+  cli.NotifyDaemon();
+  cli.Emit({{"model", model}, {"alias", alias}, {"version", version}},
+           [&] { std::cout << model << "@" << alias << " → " << model << ":" << version << "\n"; });
+  return 0;
+}
+
+int CmdAliasRm(Cli& cli, const std::string& model, const std::string& alias) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  if (Status st = (*reg)->RemoveAlias(model, alias); !st.ok()) return cli.Fail(st);
+  cli.NotifyDaemon();
+  cli.Emit({{"model", model}, {"alias", alias}, {"removed", true}},
+           [&] { std::cout << "removed alias " << model << "@" << alias << "\n"; });
+  return 0;
+}
+
+int CmdRm(Cli& cli, const std::string& ref_text, bool force) {
+  auto ref = ParseRef(ref_text);
+  if (!ref.ok()) return cli.Fail(ref.status());
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto rec = (*reg)->Remove(*ref, force);
+  if (!rec.ok()) return cli.Fail(rec.status());
+  // Packed weights live in our data dir and go with the version; the
+  // original artifact is the user's and stays.
+  auto artifacts = cli.ArtifactsDir();
+  if (artifacts.ok() && !rec->packed_dir.empty() && rec->packed_dir.rfind(*artifacts + "/", 0) == 0) {
+    std::error_code ec;
+    std::filesystem::remove_all(rec->packed_dir, ec);
+  }
+  cli.NotifyDaemon();
+  cli.Emit({{"removed", rec->ref()}}, [&] { std::cout << "removed " << rec->ref() << "\n"; });
+  return 0;
+}
+
+int CmdVerify(Cli& cli, const std::string& ref_text) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  std::vector<VersionRecord> targets;
+  if (ref_text.empty()) {
+    auto all = (*reg)->List();
+    if (!all.ok()) return cli.Fail(all.status());
+    targets = *all;
+  } else {
+    auto ref = ParseRef(ref_text);
+    if (!ref.ok()) return cli.Fail(ref.status());
+    if (ref->kind == Ref::Kind::kName) {
+      auto all = (*reg)->List(ref->name);
+      if (!all.ok()) return cli.Fail(all.status());
+      targets = *all;
+    } else {
+      auto r = (*reg)->Resolve(*ref);
+      if (!r.ok()) return cli.Fail(r.status());
+      targets.push_back(*r);
+    }
+  }
+  nlohmann::json out = nlohmann::json::array();
+  int bad = 0;
+  for (const auto& r : targets) {
+    std::vector<std::string> problems;
+    Progress progress("verifying " + r.ref(), !cli.g.quiet && !cli.g.json);
+    auto h = Sha256File(r.artifact_path, [&](uint64_t d, uint64_t t) { progress(d, t); });
+    if (!h.ok()) {
+      problems.push_back(h.status().code() == Code::kNotFound ? "artifact missing: " + r.artifact_path
+                                                               : h.status().message());
+    } else if (*h != r.sha256) {
+      problems.push_back("artifact changed since registration: sha256 " + h->substr(0, 12) + " != registered " +
+                         r.sha256.substr(0, 12));
+    }
+    if (!r.packed_dir.empty())
+      for (const char* f : {"weights.safetensors", "module.pt"})
+        if (!FileExists(JoinPath(r.packed_dir, f))) problems.push_back(std::string("packed ") + f + " missing");
+    if (!r.sample_input.empty() && !FileExists(r.sample_input)) problems.push_back("stored sample input missing");
+    if (!problems.empty()) ++bad;
+    out.push_back({{"ref", r.ref()}, {"ok", problems.empty()}, {"problems", problems}});
+  }
+  cli.Emit(out, [&] {
+    for (const auto& e : out) {
+      std::cout << (e["ok"].get<bool>() ? "ok       " : "PROBLEM  ") << e["ref"].get<std::string>();
+      for (const auto& p : e["problems"]) std::cout << "\n         " << p.get<std::string>();
+      std::cout << "\n";
+    }
+    std::cout << targets.size() - bad << " of " << targets.size() << " versions verified\n";
+  });
+  return bad ? 1 : 0;
+}
+
+int CmdImport(Cli& cli, const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    return cli.Fail(InvalidArgument(dir + " is not a directory (expected DIR/<name>/<version>/model.pt)"));
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  nlohmann::json registered = nlohmann::json::array(), skipped = nlohmann::json::array();
+  int errors = 0;
+  auto skip = [&](const std::string& path, const std::string& why, bool error = true) {
+    skipped.push_back({{"path", path}, {"reason", why}});
+    if (error) ++errors;
+  };
+  std::vector<std::filesystem::path> models;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) models.push_back(e.path());
+  std::sort(models.begin(), models.end());
+  static const std::regex kMaxBatch(R"(max_batch_size\s*:\s*(\d+))");
+  for (const auto& mdir : models) {
+    std::string name = mdir.filename().string();
+    if (!std::filesystem::is_directory(mdir, ec)) continue;
+    if (Status st = ValidateName(name); !st.ok()) {
+      skip(mdir.string(), st.message());
+      continue;
+    }
+    int max_batch = 0;
+    if (auto cfg = ReadFile((mdir / "config.pbtxt").string()); cfg.ok()) {
+      std::smatch m;
+      if (std::regex_search(*cfg, m, kMaxBatch)) max_batch = std::stoi(m[1]);
+    }
+    std::vector<std::filesystem::path> versions;
+    for (const auto& v : std::filesystem::directory_iterator(mdir, ec))
+      if (v.is_directory()) versions.push_back(v.path());
+    std::sort(versions.begin(), versions.end());
+    for (const auto& vdir : versions) {
+      std::string version = vdir.filename().string();
+      if (Status st = ValidateVersion(version); !st.ok()) {
+        skip(vdir.string(), st.message());
+        continue;
+      }
+      std::string file = (vdir / "model.pt").string();
+      if (!FileExists(file)) {
+        skip(vdir.string(), "no model.pt (mms imports TorchScript model repositories)");
+        continue;
+      }
+      RegisterArgs a;
+      a.name = name;
+      a.version = version;
+      a.path = file;
+      a.max_batch_size = max_batch;
+      a.description = "imported from " + vdir.string();
+      auto rec = RegisterVersion(cli, **reg, a);
+      if (rec.ok()) {
+        registered.push_back(rec->ref());
+      } else {
+        bool dup = rec.status().code() == Code::kAlreadyExists;
+        skip(file, rec.status().message(), !dup);
+      }
+    }
+  }
+  if (!registered.empty()) cli.NotifyDaemon();
+  cli.Emit({{"registered", registered}, {"skipped", skipped}}, [&] {
+    for (const auto& r : registered) std::cout << "registered " << r.get<std::string>() << "\n";
+    for (const auto& s : skipped)
+      std::cout << "skipped    " << s["path"].get<std::string>() << ": " << s["reason"].get<std::string>() << "\n";
+    std::cout << registered.size() << " registered, " << skipped.size() << " skipped\n";
+  });
+  return errors ? 1 : 0;
+}
+
+}  // namespace
+
+void AddModelCommands(CLI::App& app, Cli& cli) {
+  auto* model = app.add_subcommand("model", "Register and manage model versions in the registry (no daemon needed)");
+  model->require_subcommand(1);
+
+  auto* reg = model->add_subcommand("register", "Register a TorchScript file as NAME:VERSION");
+  auto a = std::make_shared<RegisterArgs>();
+  reg->add_option("NAME", a->name, "model name ([a-z0-9][a-z0-9._-]{0,62})")->required();
+  reg->add_option("--version", a->version, "version: a positive integer or dotted numbers (3, 1.2.0)")->required();
+  reg->add_option("--path", a->path, "the TorchScript file")->required();
+  reg->add_option("--description", a->description, "free text");
+  reg->add_option("--metrics", a->metrics_file, "validation metrics: a JSON object file");
+  reg->add_option("--data-fingerprint", a->fingerprint, "training data fingerprint");
+  auto* sla = reg->add_option("--sla-p99-ms", a->sla_p99_ms, "serving SLA: p99 latency target in ms");
+  reg->add_option("--label", a->labels, "key=value (repeatable)");
+  reg->add_option("--sample-input", a->sample_input, "tensor file (JSON or safetensors) used for warm-up");
+  reg->add_option("--max-batch-size", a->max_batch_size, "enable dynamic batching up to N rows (0 = off)");
+  reg->callback([&cli, a, sla] {
+    a->has_sla = sla->count() > 0;
+    cli.exit_code = CmdRegister(cli, *a);
+  });
+
+  auto* list = model->add_subcommand("list", "List versions, optionally of one model or in one stage");
+  auto name = std::make_shared<std::string>(), stage = std::make_shared<std::string>();
+  list->add_option("NAME", *name, "only this model");
+  list->add_option("--stage", *stage, "none, shadow, canary, production or archived");
+  list->callback([&cli, name, stage] { cli.exit_code = CmdList(cli, *name, *stage); });
+
+  auto* show = model->add_subcommand("show", "Show one version (REF: NAME, NAME:VERSION or NAME@ALIAS)");
+  auto ref = std::make_shared<std::string>();
+  show->add_option("REF", *ref, "NAME, NAME:VERSION or NAME@ALIAS")->required();
+  show->callback([&cli, ref] { cli.exit_code = CmdShow(cli, *ref); });
+
+  auto* hist = model->add_subcommand("history", "The audit log of a model or version");
+  auto href = std::make_shared<std::string>();
+  hist->add_option("REF", *href, "NAME (all versions), NAME:VERSION or NAME@ALIAS")->required();
+  hist->callback([&cli, href] { cli.exit_code = CmdHistory(cli, *href); });
+
+  auto* stg = model->add_subcommand("stage", "Move a version to a rollout stage (one production version per model)");
+  auto sref = std::make_shared<std::string>(), sstage = std::make_shared<std::string>();
+  stg->add_option("REF", *sref, "the version")->required();
+  stg->add_option("STAGE", *sstage, "none, shadow, canary, production or archived")->required();
+  stg->callback([&cli, sref, sstage] { cli.exit_code = CmdStage(cli, *sref, *sstage); });
+
+  auto* alias = model->add_subcommand("alias", "Point an alias (e.g. champion) at a version, or remove it");
+  alias->require_subcommand(1);
+  auto* aset = alias->add_subcommand("set", "NAME ALIAS VERSION");
+  auto am = std::make_shared<std::string>(), aa = std::make_shared<std::string>(), av = std::make_shared<std::string>();
+  aset->add_option("NAME", *am)->required();
+  aset->add_option("ALIAS", *aa)->required();
+  aset->add_option("VERSION", *av)->required();
+  aset->callback([&cli, am, aa, av] { cli.exit_code = CmdAliasSet(cli, *am, *aa, *av); });
+  auto* arm = alias->add_subcommand("rm", "NAME ALIAS");
+  auto rm_m = std::make_shared<std::string>(), rm_a = std::make_shared<std::string>();
+  arm->add_option("NAME", *rm_m)->required();
+  arm->add_option("ALIAS", *rm_a)->required();
+  arm->callback([&cli, rm_m, rm_a] { cli.exit_code = CmdAliasRm(cli, *rm_m, *rm_a); });
+
+  auto* rm = model->add_subcommand("rm", "Remove a version (refused while pinned, in production or in a rollout)");
+  auto rref = std::make_shared<std::string>();
+  auto* force = rm->add_flag("--force", "remove even while in use");
+  rm->add_option("REF", *rref, "the version")->required();
+  rm->callback([&cli, rref, force] { cli.exit_code = CmdRm(cli, *rref, force->count() > 0); });
+
+  auto* verify = model->add_subcommand("verify", "Re-hash artifacts; report missing or changed files (exit 1)");
+  auto vref = std::make_shared<std::string>();
+  verify->add_option("REF", *vref, "a version or model (default: all)");
+  verify->callback([&cli, vref] { cli.exit_code = CmdVerify(cli, *vref); });
+
+  auto* imp = model->add_subcommand("import", "Register every version of a Triton-style repository DIR/<name>/<version>/model.pt");
+  auto dir = std::make_shared<std::string>();
+  imp->add_option("DIR", *dir, "the model repository")->required();
+  imp->callback([&cli, dir] { cli.exit_code = CmdImport(cli, *dir); });
+}
+
+}  // namespace mms::cli

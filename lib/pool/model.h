@@ -1,0 +1,92 @@
+// The pool's view of a model, free of libtorch: a version's weights live in
+// one contiguous buffer described by a WeightLayout, and a Model is the
+// runnable module whose tensors are views into whichever buffer it is bound
+// to (the host buffer after a load, a device arena block after promotion).
+// The Loader knows *how* to load (TorchScript packed or plain); the ModelPool
+// decides *when* (tiers, budgets, eviction) — as TF Serving separates its
+// Loader from its Manager. Tests drive the pool with fake loaders.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "protocol/input_spec.h"
+#include "protocol/tensor.h"
+
+namespace mms {
+
+// A block of memory: host (pageable or pinned) or on a device.
+// Thread-safety: immutable handle; the bytes are written by whoever owns it.
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  virtual uint8_t* data() const = 0;
+  virtual size_t size() const = 0;
+  virtual bool pinned() const { return false; }
+};
+
+// 64-byte aligned pageable host memory.
+std::shared_ptr<Buffer> AllocateHost(size_t bytes);
+// Allocates host memory for the host tier (pinned when the build has CUDA
+// and a GPU is in use).
+using HostAllocator = std::function<Result<std::shared_ptr<Buffer>>(size_t bytes)>;
+
+struct WeightEntry {
+  std::string name;  // qualified attribute name, e.g. "layers.0.weight"
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;  // from the buffer start, 64-byte aligned
+  uint64_t nbytes = 0;
+};
+
+struct WeightLayout {
+  std::vector<WeightEntry> entries;
+  std::map<std::string, std::string> aliases;  // attribute name → entry name it shares
+  uint64_t total_bytes = 0;
+};
+
+// A runnable instance of one version.
+// Thread-safety: Run may be called concurrently; Bind must not overlap Run
+// (the pool only rebinds a model with no handles out).
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const std::vector<std::string>& input_names() const = 0;
+  virtual const WeightLayout& layout() const = 0;
+  // Points every weight at `base` (layout().total_bytes, same layout) on
+  // `device` ("cpu", "cuda:0", ...). `keep` is held while bound.
+  virtual Status Bind(std::shared_ptr<Buffer> keep, const std::string& device) = 0;
+  // Inputs in forward() order (MatchInputs). Outputs are named "output",
+  // "output_0".., or the keys of a returned dict. MODEL_ERROR when forward raises.
+  virtual Result<std::vector<Tensor>> Run(const std::vector<Tensor>& inputs) = 0;
+  // The device it is bound to.
+  virtual const std::string& device() const = 0;
+  // Saves the module with every weight emptied (the packed format's
+  // module.pt); the weights stay bound.
+  virtual Status SaveWithoutWeights(const std::string& path) = 0;
+};
+
+// A version loaded into the host tier.
+struct HostModel {
+  std::shared_ptr<Buffer> weights;  // layout.total_bytes
+  std::unique_ptr<Model> model;     // bound to `weights` on "cpu"
+};
+
+// How a version gets from disk into host memory.
+class Loader {
+ public:
+  virtual ~Loader() = default;
+  struct Source {
+    std::string ref;            // "rec:3", for messages
+    std::string artifact_path;  // plain TorchScript file
+    std::string packed_dir;     // "" when not packed
+  };
+  virtual Result<HostModel> Load(const Source& src, const HostAllocator& alloc) = 0;
+};
+
+}  // namespace mms

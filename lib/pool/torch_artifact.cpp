@@ -1,0 +1,89 @@
+#include "pool/torch_artifact.h"
+
+#include <cstdio>
+
+#include "core/paths.h"
+#include "pool/torch_model.h"
+#include "protocol/tensor_file.h"
+
+namespace mms {
+
+nlohmann::json ArtifactInfo::ToJson() const {
+  return {{"inputs", InputSpecsToJson(inputs)}, {"weight_bytes", weight_bytes}, {"tensors", tensors}, {"packed", packed}};
+}
+
+namespace {
+HostAllocator Pageable() {
+  return [](size_t n) -> Result<std::shared_ptr<Buffer>> {
+    auto b = AllocateHost(n);
+    if (!b) return Status(Code::kPoolFull, "out of host memory allocating " + std::to_string(n) + " bytes");
+    return b;
+  };
+}
+
+ArtifactInfo Describe(const HostModel& hm) {
+  ArtifactInfo info;
+  for (const auto& n : hm.model->input_names()) info.inputs.push_back({n, std::nullopt, std::nullopt});
+  for (const auto& e : hm.model->layout().entries) info.weight_bytes += e.nbytes;
+  info.tensors = hm.model->layout().entries.size();
+  return info;
+}
+
+// Runs forward on the sample and records its dtypes and shapes in `info`.
+Status ApplySample(HostModel& hm, const std::string& sample_path, ArtifactInfo* info) {
+  auto tensors = ReadTensorFile(sample_path);
+  if (!tensors.ok()) return InvalidArgument("sample input: " + tensors.status().message());
+  std::vector<InputSpec> names;
+  for (const auto& n : hm.model->input_names()) names.push_back({n, std::nullopt, std::nullopt});
+  auto ordered = MatchInputs(names, *tensors, "the model");
+  if (!ordered.ok()) return InvalidArgument("sample input " + sample_path + ": " + ordered.status().message());
+  auto out = hm.model->Run(*ordered);
+  if (!out.ok()) return InvalidArgument("the model fails on its sample input " + sample_path + ": " + out.status().message());
+  for (size_t i = 0; i < ordered->size(); ++i) {
+    info->inputs[i].dtype = (*ordered)[i].dtype;
+    info->inputs[i].shape = (*ordered)[i].shape;
+  }
+  return Status::Ok();
+}
+}  // namespace
+
+Result<ArtifactInfo> InspectTorchScript(const std::string& path) {
+  MMS_ASSIGN_OR_RETURN(HostModel hm, LoadPlainTorchScript(path, Pageable()));
+  return Describe(hm);
+}
+
+Status CheckSampleInput(const std::string& artifact, const std::string& sample_path) {
+  MMS_ASSIGN_OR_RETURN(HostModel hm, LoadPlainTorchScript(artifact, Pageable()));
+  ArtifactInfo info = Describe(hm);
+  return ApplySample(hm, sample_path, &info);
+}
+
+Result<ArtifactInfo> PackTorchScript(const std::string& path, const std::string& dst_dir,
+                                     const std::string& sample_path) {
+  MMS_ASSIGN_OR_RETURN(HostModel hm, LoadPlainTorchScript(path, Pageable()));
+  ArtifactInfo info = Describe(hm);
+  if (!sample_path.empty()) MMS_RETURN_IF_ERROR(ApplySample(hm, sample_path, &info));
+  if (dst_dir.empty()) return info;
+  MMS_RETURN_IF_ERROR(MakeDirs(dst_dir, 0755));
+  // Tensor views into the host buffer, in layout order, written 64-aligned:
+  // the offsets in the file then equal the layout's.
+  const WeightLayout& layout = hm.model->layout();
+  std::vector<Tensor> views;
+  for (const auto& e : layout.entries) {
+    Tensor t;
+    t.name = e.name;
+    t.dtype = e.dtype;
+    t.shape = e.shape;
+    t.nbytes = e.nbytes;
+    t.data = std::shared_ptr<const uint8_t>(hm.weights, hm.weights->data() + e.offset);
+    views.push_back(std::move(t));
+  }
+  std::map<std::string, std::string> meta{{"format", kPackedFormat}, {"source", path}};
+  for (const auto& [alias, target] : layout.aliases) meta["alias:" + alias] = target;
+  MMS_RETURN_IF_ERROR(WriteSafetensorsFile(JoinPath(dst_dir, kPackedWeightsFile), views, meta, 64));
+  MMS_RETURN_IF_ERROR(hm.model->SaveWithoutWeights(JoinPath(dst_dir, kPackedModuleFile)));
+  info.packed = true;
+  return info;
+}
+
+}  // namespace mms

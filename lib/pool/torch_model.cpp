@@ -1,0 +1,261 @@
+#include "pool/torch_model.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+
+#include "core/paths.h"
+#include "pool/torch_artifact.h"
+#include "pool/torch_util.h"
+#include "protocol/tensor_file.h"
+
+namespace mms {
+namespace {
+
+constexpr uint64_t kAlign = 64;
+
+class TorchModel final : public Model {
+ public:
+  TorchModel(torch::jit::Module m, WeightLayout layout, std::string name)
+      : module_(std::move(m)), layout_(std::move(layout)), name_(std::move(name)) {}
+
+  Status Init() {
+    try {
+      module_.eval();
+      auto method = module_.find_method("forward");
+      if (!method) return InvalidArgument(name_ + " has no forward() method");
+      const auto& args = method->function().getSchema().arguments();
+      for (size_t i = 1; i < args.size(); ++i) {
+        auto kind = args[i].type()->kind();
+        if (kind != c10::TypeKind::TensorType)
+          return InvalidArgument(name_ + ": forward argument '" + args[i].name() + "' has type " +
+                                 args[i].type()->str() + "; mms serves models whose forward() takes tensors");
+        inputs_.push_back(args[i].name());
+      }
+      std::unordered_map<std::string, size_t> index;
+      for (size_t i = 0; i < layout_.entries.size(); ++i) index[layout_.entries[i].name] = i;
+      for (const auto& a : module_.named_attributes(/*recurse=*/true)) {
+        if (!a.value.isTensor()) continue;
+        at::Tensor t = a.value.toTensor();
+        if (!t.defined()) continue;
+        std::string target = a.name;
+        if (auto al = layout_.aliases.find(a.name); al != layout_.aliases.end()) target = al->second;
+        auto it = index.find(target);
+        if (it == index.end()) return Corrupt(name_ + ": tensor '" + a.name + "' is missing from the packed weights");
+        const WeightEntry& e = layout_.entries[it->second];
+        auto dt = FromScalarType(t.scalar_type());
+        if (!dt.ok() || *dt != e.dtype)
+          return Corrupt(name_ + ": tensor '" + a.name + "' has dtype " + c10::toString(t.scalar_type()) +
+                         " but the packed weights hold " + DTypeName(e.dtype));
+        slots_.emplace_back(t, it->second);
+      }
+    } catch (const std::exception& e) {
+      return InvalidArgument(name_ + ": " + TorchErrorMessage(e));
+    }
+    return Status::Ok();
+  }
+
+  const std::vector<std::string>& input_names() const override { return inputs_; }
+  const WeightLayout& layout() const override { return layout_; }
+  const std::string& device() const override { return device_str_; }
+
+  Status Bind(std::shared_ptr<Buffer> keep, const std::string& device) override {
+    if (!keep || keep->size() < layout_.total_bytes)
+      return Internal(name_ + ": buffer of " + std::to_string(keep ? keep->size() : 0) + " bytes is smaller than its " +
+                      std::to_string(layout_.total_bytes) + " bytes of weights");
+    try {
+      c10::Device dev(device);
+      for (auto& [t, idx] : slots_) {
+        const WeightEntry& e = layout_.entries[idx];
+        at::Tensor view = torch::from_blob(keep->data() + e.offset, e.shape,
+                                           torch::TensorOptions().dtype(t.scalar_type()).device(dev));
+        t.set_data(view);
+      }
+      device_ = dev;
+    } catch (const std::exception& e) {
+      return Internal(name_ + ": binding weights on " + device + ": " + TorchErrorMessage(e));
+    }
+    bound_ = std::move(keep);
+    device_str_ = device;
+    return Status::Ok();
+  }
+
+  Status SaveWithoutWeights(const std::string& path) override {
+    try {
+      for (auto& [t, idx] : slots_) t.set_data(torch::empty({0}, t.options()));
+      module_.save(path);
+    } catch (const std::exception& e) {
+      (void)Bind(bound_, device_str_);
+      return IoError("cannot save " + path + ": " + TorchErrorMessage(e));
+    }
+    return Bind(bound_, device_str_);
+  }
+
+  Result<std::vector<Tensor>> Run(const std::vector<Tensor>& inputs) override {
+    try {
+      c10::InferenceMode guard;
+      std::vector<c10::IValue> args;
+      args.reserve(inputs.size());
+      for (const auto& in : inputs) {
+        auto t = ToTorch(in);
+        if (!t.ok()) return t.status();
+        args.emplace_back(device_.is_cpu() ? *t : t->to(device_, /*non_blocking=*/true));
+      }
+      c10::IValue out = module_.forward(std::move(args));
+      return Outputs(out);
+    } catch (const std::exception& e) {
+      return Status(Code::kModelError, name_ + " raised in forward(): " + TorchErrorMessage(e));
+    }
+  }
+
+ private:
+  Result<std::vector<Tensor>> Outputs(const c10::IValue& out) {
+    std::vector<Tensor> result;
+    auto add = [&](const c10::IValue& v, const std::string& name) -> Status {
+      if (!v.isTensor())
+        return Status(Code::kModelError, name_ + ": output '" + name + "' is a " + v.tagKind() +
+                                             ", not a tensor (mms returns tensors, tuples, lists or dicts of them)");
+      auto t = FromTorch(v.toTensor(), name);
+      if (!t.ok()) return t.status();
+      result.push_back(std::move(t).value());
+      return Status::Ok();
+    };
+    if (out.isTensor()) {
+      MMS_RETURN_IF_ERROR(add(out, "output"));
+    } else if (out.isTuple()) {
+      const auto& el = out.toTupleRef().elements();
+      for (size_t i = 0; i < el.size(); ++i) MMS_RETURN_IF_ERROR(add(el[i], "output_" + std::to_string(i)));
+    } else if (out.isList()) {
+      auto list = out.toList();
+      for (size_t i = 0; i < list.size(); ++i) MMS_RETURN_IF_ERROR(add(list.get(i), "output_" + std::to_string(i)));
+    } else if (out.isGenericDict()) {
+      for (const auto& kv : out.toGenericDict()) {
+        std::string key = kv.key().isString() ? kv.key().toStringRef() : kv.key().tagKind();
+        MMS_RETURN_IF_ERROR(add(kv.value(), key));
+      }
+    } else {
+      return Status(Code::kModelError, name_ + " returned a " + out.tagKind() +
+                                           "; mms returns tensors, tuples, lists or dicts of tensors");
+    }
+    return result;
+  }
+
+  torch::jit::Module module_;
+  WeightLayout layout_;
+  const std::string name_;
+  std::vector<std::string> inputs_;
+  std::vector<std::pair<at::Tensor, size_t>> slots_;  // module tensors and their layout entry
+  std::shared_ptr<Buffer> bound_;
+  c10::Device device_{c10::kCPU};
+  std::string device_str_ = "cpu";
+};
+
+Result<torch::jit::Module> LoadModule(const std::string& path, const std::string& what) {
+  if (!FileExists(path)) return NotFound("no such file: " + path);
+  try {
+    return torch::jit::load(path, torch::kCPU);
+  } catch (const std::exception& e) {
+    return InvalidArgument(what + " is not a loadable TorchScript archive: " + TorchErrorMessage(e));
+  }
+}
+
+Status ReadInto(const std::string& path, uint64_t offset, uint8_t* dst, uint64_t n) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError("cannot open " + path + ": " + std::strerror(errno));
+  ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n), POSIX_FADV_SEQUENTIAL);
+  uint64_t done = 0;
+  while (done < n) {
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n - done, 64ull << 20));
+    ssize_t got = ::pread(fd, dst + done, chunk, static_cast<off_t>(offset + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      int e = errno;
+      ::close(fd);
+      return got == 0 ? InvalidArgument(path + " is truncated") : IoError("cannot read " + path + ": " + std::strerror(e));
+    }
+    done += static_cast<uint64_t>(got);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<HostModel> LoadPlainTorchScript(const std::string& path, const HostAllocator& alloc,
+                                       const std::string& name) {
+  MMS_ASSIGN_OR_RETURN(torch::jit::Module m, LoadModule(path, path));
+  WeightLayout layout;
+  std::vector<at::Tensor> sources;
+  try {
+    std::unordered_map<c10::TensorImpl*, std::string> seen;
+    for (const auto& a : m.named_attributes(/*recurse=*/true)) {
+      if (!a.value.isTensor()) continue;
+      at::Tensor t = a.value.toTensor();
+      if (!t.defined()) continue;
+      if (auto it = seen.find(t.unsafeGetTensorImpl()); it != seen.end()) {
+        layout.aliases[a.name] = it->second;
+        continue;
+      }
+      seen[t.unsafeGetTensorImpl()] = a.name;
+      MMS_ASSIGN_OR_RETURN(DType dt, FromScalarType(t.scalar_type()));
+      WeightEntry e;
+      e.name = a.name;
+      e.dtype = dt;
+      e.shape = t.sizes().vec();
+      e.nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+      e.offset = (layout.total_bytes + kAlign - 1) / kAlign * kAlign;
+      layout.total_bytes = e.offset + e.nbytes;
+      layout.entries.push_back(e);
+      sources.push_back(t.contiguous());
+    }
+  } catch (const std::exception& e) {
+    return InvalidArgument(path + ": " + TorchErrorMessage(e));
+  }
+  MMS_ASSIGN_OR_RETURN(auto buf, alloc(std::max<uint64_t>(layout.total_bytes, 1)));
+  for (size_t i = 0; i < sources.size(); ++i)
+    if (layout.entries[i].nbytes)
+      std::memcpy(buf->data() + layout.entries[i].offset, sources[i].data_ptr(), layout.entries[i].nbytes);
+  sources.clear();
+  auto model = std::make_unique<TorchModel>(std::move(m), std::move(layout), name.empty() ? path : name);
+  MMS_RETURN_IF_ERROR(model->Init());
+  MMS_RETURN_IF_ERROR(model->Bind(buf, "cpu"));
+  return HostModel{buf, std::move(model)};
+}
+
+Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAllocator& alloc,
+                                        const std::string& name) {
+  std::string weights = JoinPath(dir, kPackedWeightsFile);
+  MMS_ASSIGN_OR_RETURN(SafetensorsHeader h, ReadSafetensorsHeader(weights));
+  if (h.metadata["format"] != kPackedFormat)
+    return Corrupt(weights + " is not an mms packed-weights file (format '" + h.metadata["format"] + "')");
+  MMS_ASSIGN_OR_RETURN(torch::jit::Module m, LoadModule(JoinPath(dir, kPackedModuleFile), dir));
+  WeightLayout layout;
+  for (const auto& e : h.entries) {
+    layout.entries.push_back({e.name, e.dtype, e.shape, e.begin, e.end - e.begin});
+    layout.total_bytes = std::max(layout.total_bytes, e.end);
+  }
+  for (const auto& [k, v] : h.metadata)
+    if (k.rfind("alias:", 0) == 0) layout.aliases[k.substr(6)] = v;
+  struct stat st;
+  if (::stat(weights.c_str(), &st) != 0) return IoError("cannot stat " + weights);
+  uint64_t data_bytes = static_cast<uint64_t>(st.st_size) - h.data_offset;
+  MMS_ASSIGN_OR_RETURN(auto buf, alloc(std::max<uint64_t>(layout.total_bytes, 1)));
+  MMS_RETURN_IF_ERROR(ReadInto(weights, h.data_offset, buf->data(), std::min(data_bytes, layout.total_bytes)));
+  auto model = std::make_unique<TorchModel>(std::move(m), std::move(layout), name.empty() ? dir : name);
+  MMS_RETURN_IF_ERROR(model->Init());
+  MMS_RETURN_IF_ERROR(model->Bind(buf, "cpu"));
+  return HostModel{buf, std::move(model)};
+}
+
+Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {
+  Result<HostModel> r = !src.packed_dir.empty() && FileExists(JoinPath(src.packed_dir, kPackedWeightsFile))
+                            ? LoadPackedTorchScript(src.packed_dir, alloc, src.ref)
+                            : LoadPlainTorchScript(src.artifact_path, alloc, src.ref);
+  return r;
+}
+
+}  // namespace mms

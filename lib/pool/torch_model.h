@@ -1,0 +1,32 @@
+// TorchModel: a TorchScript module whose tensors are views into one buffer,
+// and TorchLoader, which reads versions from disk into the host tier:
+//
+// * packed (registered by this mms): parse the weight-less module.pt (a few
+//   KB) and read weights.safetensors into the host buffer with one
+//   sequential read — the fast cold load;
+// * plain TorchScript: torch::jit::load, then copy every tensor into one
+//   host buffer (packing in memory) so promotion is still one copy.
+//
+// Errors: INVALID_ARGUMENT for a corrupt, truncated or non-TorchScript file
+// (the load error's first line), IO for read failures, MODEL_ERROR when
+// forward raises. Thread-safety: see Model.
+#pragma once
+
+#include "pool/model.h"
+
+namespace mms {
+
+class TorchLoader final : public Loader {
+ public:
+  Result<HostModel> Load(const Source& src, const HostAllocator& alloc) override;
+};
+
+// Loads a plain TorchScript file and packs it into a buffer from `alloc`.
+// `name` ("rec:3") prefixes errors; the path when empty.
+Result<HostModel> LoadPlainTorchScript(const std::string& path, const HostAllocator& alloc,
+                                       const std::string& name = "");
+// Loads a packed directory (module.pt + weights.safetensors).
+Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAllocator& alloc,
+                                        const std::string& name = "");
+
+}  // namespace mms

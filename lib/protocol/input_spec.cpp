@@ -1,0 +1,84 @@
+#include "protocol/input_spec.h"
+
+#include <algorithm>
+#include <set>
+
+namespace mms {
+
+nlohmann::json InputSpecsToJson(const std::vector<InputSpec>& specs) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& s : specs) {
+    nlohmann::json e{{"name", s.name}};
+    e["dtype"] = s.dtype ? nlohmann::json(DTypeName(*s.dtype)) : nlohmann::json(nullptr);
+    e["shape"] = s.shape ? nlohmann::json(*s.shape) : nlohmann::json(nullptr);
+    a.push_back(std::move(e));
+  }
+  return a;
+}
+
+std::vector<InputSpec> InputSpecsFromJson(const nlohmann::json& j) {
+  std::vector<InputSpec> out;
+  if (!j.is_array()) return out;
+  for (const auto& e : j) {
+    InputSpec s;
+    if (e.is_string()) {
+      s.name = e.get<std::string>();
+    } else if (e.is_object()) {
+      s.name = e.value("name", "");
+      if (e.contains("dtype") && e["dtype"].is_string()) {
+        auto d = ParseDType(e["dtype"].get<std::string>());
+        if (d.ok()) s.dtype = *d;
+      }
+      if (e.contains("shape") && e["shape"].is_array()) s.shape = e["shape"].get<std::vector<int64_t>>();
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Result<std::vector<Tensor>> MatchInputs(const std::vector<InputSpec>& specs, std::vector<Tensor> inputs,
+                                        const std::string& model_ref) {
+  std::string expected;
+  for (const auto& s : specs) expected += (expected.empty() ? "" : ", ") + s.name;
+  std::vector<Tensor> ordered;
+  std::set<std::string> used;
+  std::string missing;
+  for (const auto& s : specs) {
+    auto it = std::find_if(inputs.begin(), inputs.end(), [&](const Tensor& t) { return t.name == s.name; });
+    if (it == inputs.end()) {
+      missing += (missing.empty() ? "" : ", ") + s.name;
+      continue;
+    }
+    if (s.dtype && it->dtype != *s.dtype)
+      return InvalidArgument("input '" + s.name + "' of " + model_ref + " must be " + DTypeName(*s.dtype) + ", got " +
+                             DTypeName(it->dtype));
+    if (s.shape) {
+      const auto& want = *s.shape;
+      bool ok = want.size() == it->shape.size();
+      for (size_t d = 1; ok && d < want.size(); ++d) ok = want[d] == it->shape[d];
+      if (!ok) {
+        std::vector<int64_t> show = want;
+        std::string w = "[batch";
+        for (size_t d = 1; d < show.size(); ++d) w += ", " + std::to_string(show[d]);
+        w += "]";
+        if (show.empty()) w = "[]";
+        return InvalidArgument("input '" + s.name + "' of " + model_ref + " must have shape " + w + ", got " +
+                               ShapeString(it->shape));
+      }
+    }
+    used.insert(s.name);
+    ordered.push_back(*it);
+  }
+  std::string extra;
+  for (const auto& t : inputs)
+    if (!used.count(t.name)) extra += (extra.empty() ? "" : ", ") + t.name;
+  if (!missing.empty() || !extra.empty()) {
+    std::string msg = model_ref + " takes inputs (" + expected + ")";
+    if (!missing.empty()) msg += "; missing: " + missing;
+    if (!extra.empty()) msg += "; unexpected: " + extra;
+    return InvalidArgument(msg);
+  }
+  return ordered;
+}
+
+}  // namespace mms

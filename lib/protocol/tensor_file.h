@@ -1,0 +1,62 @@
+// Tensor files the CLI reads and writes, and the packed-weights container:
+//
+// * JSON: {"x": {"dtype": "int64", "shape": [4], "data": [1, 2, 3, 4]}, ...}
+//   (flat, row-major data; bool as true/false; float16/bfloat16 as numbers).
+// * safetensors: 8-byte little-endian header length N, N bytes of JSON
+//   ({"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...,
+//   "__metadata__": {str: str}}), then the data; offsets are relative to the
+//   data start. The reader rejects out-of-bounds and overlapping ranges and
+//   byte counts that do not match dtype × shape; our writer may leave
+//   alignment gaps between tensors (readers that demand no gaps read
+//   user files, not our packed ones).
+//
+// No libtorch: the CLI links this. Thread-safety: stateless functions.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/status.h"
+#include "protocol/tensor.h"
+
+namespace mms {
+
+// ---- JSON tensor files
+Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j);
+nlohmann::json TensorsToJson(const std::vector<Tensor>& tensors);
+
+// ---- safetensors
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // relative to the data start
+  uint64_t end = 0;
+};
+
+struct SafetensorsHeader {
+  std::vector<SafetensorsEntry> entries;  // in file order of offsets
+  std::map<std::string, std::string> metadata;
+  uint64_t data_offset = 0;  // absolute offset of the data start (8 + N)
+};
+
+// Parses the header from the first bytes of a file of `file_size` bytes;
+// `prefix` must hold at least 8 + N bytes (ReadSafetensorsHeader reads them).
+Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t prefix_size, uint64_t file_size);
+Result<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path);
+
+Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path);
+// Writes tensors with each data block aligned to `alignment` bytes from the
+// file start (the header is padded with spaces to make the data start aligned).
+Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& tensors,
+                            const std::map<std::string, std::string>& metadata = {}, size_t alignment = 64);
+
+// Reads a tensor file by extension: .json or .safetensors (or by content).
+Result<std::vector<Tensor>> ReadTensorFile(const std::string& path);
+Status WriteTensorFile(const std::string& path, const std::vector<Tensor>& tensors);
+
+}  // namespace mms

@@ -1,0 +1,107 @@
+#include "registry/names.h"
+
+#include <cstdio>
+
+#include "core/units.h"
+
+namespace mms {
+
+const char* StageName(Stage s) {
+  switch (s) {
+    case Stage::kNone: return "none";
+    case Stage::kShadow: return "shadow";
+    case Stage::kCanary: return "canary";
+    case Stage::kProduction: return "production";
+    case Stage::kArchived: return "archived";
+  }
+  return "none";
+}
+
+Result<Stage> ParseStage(std::string_view s) {
+  for (Stage st : {Stage::kNone, Stage::kShadow, Stage::kCanary, Stage::kProduction, Stage::kArchived})
+    if (s == StageName(st)) return st;
+  return InvalidArgument("unknown stage '" + std::string(s) +
+                         "'; a stage is one of none, shadow, canary, production, archived");
+}
+
+static bool IsLowerAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+Status ValidateName(std::string_view name, std::string_view what) {
+  bool ok = !name.empty() && name.size() <= 63 && IsLowerAlnum(name[0]);
+  for (char c : name) ok = ok && (IsLowerAlnum(c) || c == '.' || c == '_' || c == '-');
+  if (ok) return Status::Ok();
+  return InvalidArgument("invalid " + std::string(what) + " '" + std::string(name) +
+                         "': use 1-63 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or "
+                         "digit ([a-z0-9][a-z0-9._-]{0,62})");
+}
+
+Status ValidateVersion(std::string_view v) {
+  auto bad = [&] {
+    return InvalidArgument("invalid version '" + std::string(v) +
+                           "': a version is a positive integer or dotted numbers, e.g. 3 or 1.2.0 "
+                           "(no leading zeros, at most 9 digits per part)");
+  };
+  if (v.empty() || v.size() > 64) return bad();
+  bool nonzero = false;
+  for (const auto& part : Split(v, '.')) {
+    if (part.empty() || part.size() > 9) return bad();
+    if (part.size() > 1 && part[0] == '0') return bad();
+    for (char c : part)
+      if (c < '0' || c > '9') return bad();
+    if (part != "0") nonzero = true;
+  }
+  if (Trim(v) != v || !nonzero) return bad();
+  return Status::Ok();
+}
+
+std::string VersionSortKey(std::string_view v) {
+  std::string key;
+  for (const auto& part : Split(v, '.')) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%09ld", std::strtol(part.c_str(), nullptr, 10));
+    if (!key.empty()) key += '.';
+    key += buf;
+  }
+  return key;
+}
+
+int CompareVersions(std::string_view a, std::string_view b) {
+  return VersionSortKey(a).compare(VersionSortKey(b));
+}
+
+std::string Ref::ToString() const {
+  switch (kind) {
+    case Kind::kName: return name;
+    case Kind::kVersion: return name + ":" + version;
+    case Kind::kAlias: return name + "@" + alias;
+  }
+  return name;
+}
+
+Result<Ref> ParseRef(std::string_view text) {
+  Ref r;
+  auto colon = text.find(':');
+  auto at = text.find('@');
+  if (colon != std::string_view::npos && at != std::string_view::npos)
+    return InvalidArgument("invalid reference '" + std::string(text) +
+                           "': use NAME, NAME:VERSION or NAME@ALIAS (not both : and @)");
+  if (colon != std::string_view::npos) {
+    r.kind = Ref::Kind::kVersion;
+    r.name = std::string(text.substr(0, colon));
+    r.version = std::string(text.substr(colon + 1));
+    MMS_RETURN_IF_ERROR(ValidateName(r.name));
+    MMS_RETURN_IF_ERROR(ValidateVersion(r.version));
+  } else if (at != std::string_view::npos) {
+    r.kind = Ref::Kind::kAlias;
+    r.name = std::string(text.substr(0, at));
+    r.alias = std::string(text.substr(at + 1));
+    MMS_RETURN_IF_ERROR(ValidateName(r.name));
+    MMS_RETURN_IF_ERROR(ValidateName(r.alias, "alias"));
+  } else {
+    r.name = std::string(text);
+    MMS_RETURN_IF_ERROR(ValidateName(r.name));
+  }
+  return r;
+}
+
+}  // namespace mms

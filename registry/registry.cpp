@@ -1,0 +1,584 @@
+#include "registry/registry.h"
+
+#include <pwd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "core/paths.h"
+#include "core/units.h"
+#include "registry/schema.h"
+#include "registry/sqlite.h"
+
+namespace mms {
+
+int RegistrySchemaVersion() { return static_cast<int>(RegistryMigrations().size()); }
+
+std::string DefaultActor() {
+  if (const char* a = std::getenv("MMS_ACTOR"); a && *a) return a;
+  if (const char* u = std::getenv("USER"); u && *u) return u;
+  if (struct passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_name) return pw->pw_name;
+  return "uid:" + std::to_string(::geteuid());
+}
+
+nlohmann::json VersionRecord::ToJson() const {
+  nlohmann::json j{{"model", model},
+                   {"version", version},
+                   {"ref", ref()},
+                   {"artifact_path", artifact_path},
+                   {"format", format},
+                   {"size_bytes", size_bytes},
+                   {"sha256", sha256},
+                   {"created_ms", created_ms},
+                   {"created_by", created_by},
+                   {"description", description},
+                   {"data_fingerprint", data_fingerprint},
+                   {"metrics", metrics},
+                   {"device_bytes", device_bytes},
+                   {"host_bytes", host_bytes},
+                   {"sla_p99_ms", sla_p99_ms ? nlohmann::json(*sla_p99_ms) : nlohmann::json(nullptr)},
+                   {"stage", StageName(stage)},
+                   {"labels", labels},
+                   {"aliases", aliases},
+                   {"packed", !packed_dir.empty()},
+                   {"inputs", InputSpecsToJson(inputs)},
+                   {"sample_input", !sample_input.empty()},
+                   {"max_batch_size", max_batch_size}};
+  return j;
+}
+
+nlohmann::json AuditEntry::ToJson() const {
+  return {{"id", id},         {"ts_ms", ts_ms}, {"actor", actor}, {"action", action}, {"model", model},
+          {"version", version}, {"from", from},   {"to", to},       {"detail", detail}};
+}
+
+Registry::Registry(Options opts) : opts_(std::move(opts)), actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor) {}
+Registry::~Registry() = default;
+
+Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
+  if (opts.path.empty()) return InvalidArgument("no registry path");
+  if (!opts.create && !FileExists(opts.path)) return NotFound("no registry at " + opts.path);
+  if (opts.create) MMS_RETURN_IF_ERROR(MakeDirs(DirName(opts.path), 0700));
+  std::unique_ptr<Registry> r(new Registry(opts));
+  auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
+  if (!db.ok()) return db.status();
+  r->db_ = std::move(db).value();
+  // journal_mode is the first statement that reads the file: a non-database
+  // fails here with NOTADB.
+  if (Status st = r->db_->Exec("PRAGMA journal_mode=WAL"); !st.ok()) return st;
+  MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
+  MMS_RETURN_IF_ERROR(r->Migrate());
+  return r;
+}
+
+Result<int> Registry::SchemaVersion() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto st = db_->Prepare("PRAGMA user_version");
+  if (!st.ok()) return st.status();
+  auto row = st->Step();
+  if (!row.ok()) return row.status();
+  return static_cast<int>(st->Int(0));
+}
+
+Status Registry::Migrate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto& migrations = RegistryMigrations();
+  auto read_header = [&](int* user_version, int* app_id, int* tables) -> Status {
+    MMS_ASSIGN_OR_RETURN(auto uv, db_->Prepare("PRAGMA user_version"));
+    MMS_ASSIGN_OR_RETURN(bool r1, uv.Step());
+    *user_version = r1 ? static_cast<int>(uv.Int(0)) : 0;
+    MMS_ASSIGN_OR_RETURN(auto ai, db_->Prepare("PRAGMA application_id"));
+    MMS_ASSIGN_OR_RETURN(bool r2, ai.Step());
+    *app_id = r2 ? static_cast<int>(ai.Int(0)) : 0;
+    MMS_ASSIGN_OR_RETURN(auto tc, db_->Prepare("SELECT count(*) FROM sqlite_master"));
+    MMS_ASSIGN_OR_RETURN(bool r3, tc.Step());
+    *tables = r3 ? static_cast<int>(tc.Int(0)) : 0;
+    return Status::Ok();
+  };
+  auto check = [&](int uv, int app, int tables) -> Status {
+    if (app != 0 && app != kRegistryApplicationId)
+      return Corrupt(opts_.path + " is an SQLite database of another application, not an mms registry");
+    if (app == 0 && tables > 0)
+      return Corrupt(opts_.path + " is an SQLite database but not an mms registry (no mms marker)");
+    if (uv > static_cast<int>(migrations.size()))
+      return FailedPrecondition("registry " + opts_.path + " has schema version " + std::to_string(uv) +
+                                ", newer than this mms understands (" + std::to_string(migrations.size()) +
+                                "); upgrade mms");
+    return Status::Ok();
+  };
+  int uv, app, tables;
+  MMS_RETURN_IF_ERROR(read_header(&uv, &app, &tables));
+  MMS_RETURN_IF_ERROR(check(uv, app, tables));
+  if (uv == static_cast<int>(migrations.size())) return Status::Ok();
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  // Another process may have migrated while we waited for the write lock.
+  MMS_RETURN_IF_ERROR(read_header(&uv, &app, &tables));
+  MMS_RETURN_IF_ERROR(check(uv, app, tables));
+  for (int v = uv; v < static_cast<int>(migrations.size()); ++v) {
+    if (Status st = db_->Exec(migrations[v]); !st.ok())
+      return st.WithContext("migrating registry to schema " + std::to_string(v + 1));
+  }
+  MMS_RETURN_IF_ERROR(db_->Exec("PRAGMA user_version=" + std::to_string(migrations.size()) +
+                                "; PRAGMA application_id=" + std::to_string(kRegistryApplicationId)));
+  return Commit(tx);
+}
+
+Status Registry::CheckArtifactPath(const std::string& canonical) const {
+  if (opts_.allowed_roots.empty()) return Status::Ok();
+  for (const auto& root : opts_.allowed_roots) {
+    auto r = CanonicalPath(root);
+    std::string base = r.ok() ? *r : root;
+    if (canonical == base || canonical.compare(0, base.size() + 1, base + "/") == 0) return Status::Ok();
+  }
+  std::string roots;
+  for (const auto& r : opts_.allowed_roots) roots += (roots.empty() ? "" : ", ") + r;
+  return InvalidArgument("artifact " + canonical + " is outside [registry] allowed_roots (" + roots +
+                         "); move it under one of them or extend allowed_roots");
+}
+
+// ---------------------------------------------------------------------------
+// Reading versions
+
+namespace {
+constexpr const char* kVersionColumns =
+    "SELECT v.id, m.name, v.version, v.artifact_path, v.format, v.size_bytes, v.sha256, v.created_ms, "
+    "v.created_by, v.description, v.data_fingerprint, v.metrics_json, v.device_bytes, v.host_bytes, "
+    "v.sla_p99_ms, v.stage, v.packed_dir, v.inputs_json, v.sample_input, v.max_batch_size "
+    "FROM versions v JOIN models m ON m.id = v.model_id ";
+
+VersionRecord RowToRecord(const sql::Stmt& s) {
+  VersionRecord r;
+  r.id = s.Int(0);
+  r.model = s.Text(1);
+  r.version = s.Text(2);
+  r.artifact_path = s.Text(3);
+  r.format = s.Text(4);
+  r.size_bytes = static_cast<uint64_t>(s.Int(5));
+  r.sha256 = s.Text(6);
+  r.created_ms = s.Int(7);
+  r.created_by = s.Text(8);
+  r.description = s.Text(9);
+  r.data_fingerprint = s.Text(10);
+  r.metrics = nlohmann::json::parse(s.Text(11), nullptr, false);
+  if (r.metrics.is_discarded()) r.metrics = nlohmann::json::object();
+  r.device_bytes = static_cast<uint64_t>(s.Int(12));
+  r.host_bytes = static_cast<uint64_t>(s.Int(13));
+  if (!s.IsNull(14)) r.sla_p99_ms = s.Double(14);
+  r.stage = ParseStage(s.Text(15)).ok() ? *ParseStage(s.Text(15)) : Stage::kNone;
+  r.packed_dir = s.Text(16);
+  r.inputs = InputSpecsFromJson(nlohmann::json::parse(s.Text(17), nullptr, false));
+  r.sample_input = s.Text(18);
+  r.max_batch_size = static_cast<int>(s.Int(19));
+  return r;
+}
+}  // namespace
+
+Result<std::vector<VersionRecord>> Registry::QueryVersions(const std::string& where,
+                                                           const std::vector<std::string>& args) {
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(std::string(kVersionColumns) + where));
+  for (size_t i = 0; i < args.size(); ++i) st.Bind(static_cast<int>(i + 1), args[i]);
+  std::vector<VersionRecord> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(RowToRecord(st));
+  }
+  for (auto& r : out) {
+    MMS_ASSIGN_OR_RETURN(auto ls, db_->Prepare("SELECT key, value FROM labels WHERE version_id = ? ORDER BY key"));
+    ls.Bind(1, r.id);
+    while (true) {
+      MMS_ASSIGN_OR_RETURN(bool row, ls.Step());
+      if (!row) break;
+      r.labels[ls.Text(0)] = ls.Text(1);
+    }
+    MMS_ASSIGN_OR_RETURN(auto as, db_->Prepare("SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias"));
+    as.Bind(1, r.id);
+    while (true) {
+      MMS_ASSIGN_OR_RETURN(bool row, as.Step());
+      if (!row) break;
+      r.aliases.push_back(as.Text(0));
+    }
+  }
+  return out;
+}
+
+Result<int64_t> Registry::ModelId(const std::string& name) {
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT id FROM models WHERE name = ?"));
+  st.Bind(1, name);
+  MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (row) return st.Int(0);
+  std::vector<std::string> names;
+  MMS_ASSIGN_OR_RETURN(auto all, db_->Prepare("SELECT name FROM models ORDER BY name"));
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool r, all.Step());
+    if (!r) break;
+    names.push_back(all.Text(0));
+  }
+  std::string hint = ClosestMatch(name, names);
+  return NotFound("unknown model '" + name + "'" + (hint.empty() ? "" : "; did you mean '" + hint + "'?") +
+                  (names.empty() ? " (the registry is empty; add one with mms model register)" : ""));
+}
+
+Result<VersionRecord> Registry::ResolveLocked(const Ref& ref) {
+  MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(ref.name));
+  std::string id = std::to_string(mid);
+  std::vector<VersionRecord> found;
+  switch (ref.kind) {
+    case Ref::Kind::kVersion: {
+      MMS_ASSIGN_OR_RETURN(found, QueryVersions("WHERE v.model_id = ? AND v.version = ?", {id, ref.version}));
+      if (found.empty()) {
+        MMS_ASSIGN_OR_RETURN(auto all, QueryVersions("WHERE v.model_id = ? ORDER BY v.sort_key", {id}));
+        std::string versions;
+        for (const auto& v : all) versions += (versions.empty() ? "" : ", ") + v.version;
+        return NotFound("unknown version " + ref.ToString() + "; " + ref.name + " has " +
+                        (versions.empty() ? "no versions" : "versions " + versions));
+      }
+      break;
+    }
+    case Ref::Kind::kAlias: {
+      MMS_ASSIGN_OR_RETURN(found, QueryVersions("JOIN aliases a ON a.version_id = v.id "
+                                                "WHERE a.model_id = ? AND a.alias = ?",
+                                                {id, ref.alias}));
+      if (found.empty()) {
+        MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT alias FROM aliases WHERE model_id = ? ORDER BY alias"));
+        st.Bind(1, mid);
+        std::string aliases;
+        while (true) {
+          MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+          if (!row) break;
+          aliases += (aliases.empty() ? "" : ", ") + st.Text(0);
+        }
+        return NotFound("unknown alias " + ref.ToString() + "; " + ref.name + " has " +
+                        (aliases.empty() ? "no aliases" : "aliases " + aliases));
+      }
+      break;
+    }
+    case Ref::Kind::kName: {
+      // Production, else the highest version not archived, else the highest.
+      MMS_ASSIGN_OR_RETURN(found, QueryVersions("WHERE v.model_id = ? ORDER BY (v.stage = 'production') DESC, "
+                                                "(v.stage != 'archived') DESC, v.sort_key DESC LIMIT 1",
+                                                {id}));
+      if (found.empty()) return NotFound("model '" + ref.name + "' has no versions");
+      break;
+    }
+  }
+  return found.front();
+}
+
+Result<VersionRecord> Registry::Resolve(const Ref& ref) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ResolveLocked(ref);
+}
+
+Result<VersionRecord> Registry::Resolve(const std::string& ref) {
+  MMS_ASSIGN_OR_RETURN(Ref r, ParseRef(ref));
+  return Resolve(r);
+}
+
+Result<std::vector<VersionRecord>> Registry::List(const std::string& model, std::optional<Stage> stage) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string where = "WHERE 1=1";
+  std::vector<std::string> args;
+  if (!model.empty()) {
+    MMS_RETURN_IF_ERROR(ModelId(model).status());
+    where += " AND m.name = ?";
+    args.push_back(model);
+  }
+  if (stage) {
+    where += " AND v.stage = ?";
+    args.push_back(StageName(*stage));
+  }
+  return QueryVersions(where + " ORDER BY m.name, v.sort_key", args);
+}
+
+Result<std::vector<std::string>> Registry::ModelNames() {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT DISTINCT m.name FROM models m JOIN versions v ON v.model_id = m.id ORDER BY m.name"));
+  std::vector<std::string> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(st.Text(0));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+Status Registry::AuditLocked(const std::string& action, const std::string& model, const std::string& version,
+                             const std::string& from, const std::string& to, const std::string& detail) {
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("INSERT INTO audit (ts_ms, actor, action, model, version, from_value, "
+                                             "to_value, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"));
+  st.Bind(1, opts_.clock->UnixMillis()).Bind(2, actor_).Bind(3, action).Bind(4, model).Bind(5, version);
+  st.Bind(6, from).Bind(7, to).Bind(8, detail);
+  return st.Run();
+}
+
+Status Registry::Audit(const std::string& action, const std::string& model, const std::string& version,
+                       const std::string& from, const std::string& to, const std::string& detail) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_RETURN_IF_ERROR(AuditLocked(action, model, version, from, to, detail));
+  own_commits_.fetch_add(1);
+  return Status::Ok();
+}
+
+Result<VersionRecord> Registry::Register(const NewVersion& v) {
+  MMS_RETURN_IF_ERROR(ValidateName(v.model));
+  MMS_RETURN_IF_ERROR(ValidateVersion(v.version));
+  if (v.artifact_path.empty() || v.artifact_path[0] != '/')
+    return InvalidArgument("artifact path must be absolute and canonical: '" + v.artifact_path + "'");
+  MMS_RETURN_IF_ERROR(CheckArtifactPath(v.artifact_path));
+  for (const auto& [k, val] : v.labels) {
+    if (k.empty()) return InvalidArgument("label keys must not be empty (use --label key=value)");
+    (void)val;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  {
+    MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("INSERT OR IGNORE INTO models (name, created_ms) VALUES (?, ?)"));
+    st.Bind(1, v.model).Bind(2, opts_.clock->UnixMillis());
+    MMS_RETURN_IF_ERROR(st.Run());
+  }
+  MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(v.model));
+  {
+    MMS_ASSIGN_OR_RETURN(auto dup, QueryVersions("WHERE v.model_id = ? AND v.version = ?", {std::to_string(mid), v.version}));
+    if (!dup.empty())
+      return AlreadyExists(v.model + ":" + v.version + " is already registered (by " + dup[0].created_by +
+                           ", sha256 " + dup[0].sha256.substr(0, 12) + "); register a new version number");
+  }
+  MMS_ASSIGN_OR_RETURN(auto ins, db_->Prepare(
+      "INSERT INTO versions (model_id, version, sort_key, artifact_path, format, size_bytes, sha256, created_ms, "
+      "created_by, description, data_fingerprint, metrics_json, device_bytes, host_bytes, sla_p99_ms, packed_dir, "
+      "inputs_json, sample_input, max_batch_size) VALUES (?, ?, ?, ?, 'torchscript', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+  ins.Bind(1, mid).Bind(2, v.version).Bind(3, VersionSortKey(v.version)).Bind(4, v.artifact_path);
+  ins.Bind(5, v.size_bytes).Bind(6, v.sha256).Bind(7, opts_.clock->UnixMillis()).Bind(8, actor_);
+  ins.Bind(9, v.description).Bind(10, v.data_fingerprint).Bind(11, v.metrics.dump());
+  ins.Bind(12, v.device_bytes).Bind(13, v.host_bytes).Bind(14, v.sla_p99_ms).Bind(15, v.packed_dir);
+  ins.Bind(16, InputSpecsToJson(v.inputs).dump()).Bind(17, v.sample_input).Bind(18, v.max_batch_size);
+  MMS_RETURN_IF_ERROR(ins.Run());
+  int64_t vid = db_->LastInsertId();
+  for (const auto& [k, val] : v.labels) {
+    MMS_ASSIGN_OR_RETURN(auto ls, db_->Prepare("INSERT INTO labels (version_id, key, value) VALUES (?, ?, ?)"));
+    ls.Bind(1, vid).Bind(2, k).Bind(3, val);
+    MMS_RETURN_IF_ERROR(ls.Run());
+  }
+  MMS_RETURN_IF_ERROR(AuditLocked("register", v.model, v.version, "", "none",
+                                  "sha256 " + v.sha256 + ", " + FormatBytes(v.size_bytes) + ", " + v.artifact_path));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return ResolveLocked(Ref{Ref::Kind::kVersion, v.model, v.version, ""});
+}
+
+Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  if (rec.stage == stage) return rec;
+  if (stage == Stage::kProduction) {
+    MMS_ASSIGN_OR_RETURN(auto prod, QueryVersions("WHERE m.name = ? AND v.stage = 'production'", {rec.model}));
+    for (const auto& p : prod) {
+      MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE versions SET stage = 'archived' WHERE id = ?"));
+      up.Bind(1, p.id);
+      MMS_RETURN_IF_ERROR(up.Run());
+      MMS_RETURN_IF_ERROR(AuditLocked("stage", p.model, p.version, "production", "archived",
+                                      "replaced in production by " + rec.ref()));
+    }
+  }
+  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE versions SET stage = ? WHERE id = ?"));
+  up.Bind(1, StageName(stage)).Bind(2, rec.id);
+  MMS_RETURN_IF_ERROR(up.Run());
+  MMS_RETURN_IF_ERROR(AuditLocked("stage", rec.model, rec.version, StageName(rec.stage), StageName(stage), reason));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
+}
+
+Status Registry::SetAlias(const std::string& model, const std::string& alias, const std::string& version) {
+  MMS_RETURN_IF_ERROR(ValidateName(model));
+  MMS_RETURN_IF_ERROR(ValidateName(alias, "alias"));
+  MMS_RETURN_IF_ERROR(ValidateVersion(version));
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(Ref{Ref::Kind::kVersion, model, version, ""}));
+  std::string old;
+  {
+    MMS_ASSIGN_OR_RETURN(auto cur, QueryVersions("JOIN aliases a ON a.version_id = v.id WHERE m.name = ? AND a.alias = ?",
+                                                 {model, alias}));
+    if (!cur.empty()) old = cur[0].version;
+  }
+  if (old == version) return Status::Ok();
+  MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(model));
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("INSERT INTO aliases (model_id, alias, version_id) VALUES (?, ?, ?) "
+                                             "ON CONFLICT (model_id, alias) DO UPDATE SET version_id = excluded.version_id"));
+  st.Bind(1, mid).Bind(2, alias).Bind(3, rec.id);
+  MMS_RETURN_IF_ERROR(st.Run());
+  MMS_RETURN_IF_ERROR(AuditLocked("alias-set", model, version, old, version, "alias " + alias));
+  return Commit(tx);
+}
+
+Status Registry::RemoveAlias(const std::string& model, const std::string& alias) {
+  MMS_RETURN_IF_ERROR(ValidateName(model));
+  MMS_RETURN_IF_ERROR(ValidateName(alias, "alias"));
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(Ref{Ref::Kind::kAlias, model, "", alias}));
+  MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(model));
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("DELETE FROM aliases WHERE model_id = ? AND alias = ?"));
+  st.Bind(1, mid).Bind(2, alias);
+  MMS_RETURN_IF_ERROR(st.Run());
+  MMS_RETURN_IF_ERROR(AuditLocked("alias-rm", model, rec.version, rec.version, "", "alias " + alias));
+  return Commit(tx);
+}
+
+Result<std::vector<std::string>> Registry::UsesOfLocked(const VersionRecord& v) {
+  std::vector<std::string> uses;
+  if (v.stage == Stage::kProduction) uses.push_back("it is the production version");
+  MMS_ASSIGN_OR_RETURN(auto pins, db_->Prepare("SELECT p.version_id FROM pins p JOIN models m ON m.id = p.model_id "
+                                               "WHERE m.name = ?"));
+  pins.Bind(1, v.model);
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, pins.Step());
+    if (!row) break;
+    if (!pins.IsNull(0) && pins.Int(0) == v.id) {
+      uses.push_back("pinned (mms unpin " + v.ref() + ")");
+    } else if (pins.IsNull(0)) {
+      MMS_ASSIGN_OR_RETURN(VersionRecord def, ResolveLocked(Ref{Ref::Kind::kName, v.model, "", ""}));
+      if (def.id == v.id) uses.push_back("pinned as " + v.model + " (mms unpin " + v.model + ")");
+    }
+  }
+  return uses;
+}
+
+Result<std::vector<std::string>> Registry::UsesOf(const VersionRecord& v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return UsesOfLocked(v);
+}
+
+Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  MMS_ASSIGN_OR_RETURN(auto uses, UsesOfLocked(rec));
+  if (!uses.empty() && !force) {
+    std::string list;
+    for (const auto& u : uses) list += (list.empty() ? "" : "; ") + u;
+    return InUse(rec.ref() + " is in use: " + list + ". Release it first, or use --force");
+  }
+  MMS_ASSIGN_OR_RETURN(auto del, db_->Prepare("DELETE FROM versions WHERE id = ?"));
+  del.Bind(1, rec.id);
+  MMS_RETURN_IF_ERROR(del.Run());
+  // A model with no versions left and nothing pointing at it goes too.
+  MMS_ASSIGN_OR_RETURN(auto gc, db_->Prepare(
+      "DELETE FROM models WHERE name = ? AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.model_id = models.id) "
+      "AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.model_id = models.id)"));
+  gc.Bind(1, rec.model);
+  MMS_RETURN_IF_ERROR(gc.Run());
+  std::string detail = force && !uses.empty() ? "forced while in use: " : "";
+  for (size_t i = 0; i < uses.size(); ++i) detail += (i ? "; " : "") + uses[i];
+  MMS_RETURN_IF_ERROR(AuditLocked("rm", rec.model, rec.version, StageName(rec.stage), "", detail));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return rec;
+}
+
+Result<std::vector<AuditEntry>> Registry::History(const Ref& ref) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string version;
+  if (ref.kind == Ref::Kind::kVersion) {
+    version = ref.version;
+  } else if (ref.kind == Ref::Kind::kAlias) {
+    MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+    version = rec.version;
+  }
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT id, ts_ms, actor, action, model, version, from_value, to_value, "
+                                             "detail FROM audit WHERE model = ? AND (? = '' OR version = ?) ORDER BY id"));
+  st.Bind(1, ref.name).Bind(2, version).Bind(3, version);
+  std::vector<AuditEntry> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back({st.Int(0), st.Int(1), st.Text(2), st.Text(3), st.Text(4), st.Text(5), st.Text(6), st.Text(7),
+                   st.Text(8)});
+  }
+  if (out.empty()) MMS_RETURN_IF_ERROR(ModelId(ref.name).status());
+  return out;
+}
+
+Result<std::vector<AuditEntry>> Registry::AuditLog(int64_t after_id, int limit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT id, ts_ms, actor, action, model, version, from_value, to_value, "
+                                             "detail FROM audit WHERE id > ? ORDER BY id LIMIT ?"));
+  st.Bind(1, after_id).Bind(2, limit);
+  std::vector<AuditEntry> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back({st.Int(0), st.Int(1), st.Text(2), st.Text(3), st.Text(4), st.Text(5), st.Text(6), st.Text(7),
+                   st.Text(8)});
+  }
+  return out;
+}
+
+Status Registry::AddPin(const Ref& ref) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(ref.name));
+  std::optional<int64_t> vid;
+  if (ref.kind != Ref::Kind::kName) vid = rec.id;
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("INSERT OR IGNORE INTO pins (model_id, version_id, created_ms) VALUES (?, ?, ?)"));
+  st.Bind(1, mid).Bind(2, vid).Bind(3, opts_.clock->UnixMillis());
+  MMS_RETURN_IF_ERROR(st.Run());
+  if (db_->Changes() == 0) return Status::Ok();  // already pinned: idempotent
+  MMS_RETURN_IF_ERROR(AuditLocked("pin", ref.name, vid ? rec.version : "", "", "pinned",
+                                  vid ? "" : "follows " + ref.name + "'s production version"));
+  return Commit(tx);
+}
+
+Status Registry::RemovePin(const Ref& ref) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(ref.name));
+  std::optional<int64_t> vid;
+  std::string version;
+  if (ref.kind != Ref::Kind::kName) {
+    MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+    vid = rec.id;
+    version = rec.version;
+  }
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("DELETE FROM pins WHERE model_id = ? AND IFNULL(version_id, 0) = IFNULL(?, 0)"));
+  st.Bind(1, mid).Bind(2, vid);
+  MMS_RETURN_IF_ERROR(st.Run());
+  if (db_->Changes() == 0) return NotFound(ref.ToString() + " is not pinned (mms pin --list shows the pins)");
+  MMS_RETURN_IF_ERROR(AuditLocked("unpin", ref.name, version, "pinned", "", ""));
+  return Commit(tx);
+}
+
+Result<std::vector<Pin>> Registry::Pins() {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT m.name, IFNULL(v.version, '') FROM pins p JOIN models m ON "
+                                             "m.id = p.model_id LEFT JOIN versions v ON v.id = p.version_id "
+                                             "ORDER BY m.name, v.sort_key"));
+  std::vector<Pin> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back({st.Text(0), st.Text(1)});
+  }
+  return out;
+}
+
+Status Registry::Commit(sql::Tx& tx) {
+  MMS_RETURN_IF_ERROR(tx.Commit());
+  own_commits_.fetch_add(1);
+  return Status::Ok();
+}
+
+Result<int64_t> Registry::DataVersion() {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("PRAGMA data_version"));
+  MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+  (void)row;
+  return st.Int(0) * 1000003 + own_commits_.load();
+}
+
+}  // namespace mms

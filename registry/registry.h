@@ -1,0 +1,209 @@
+// Registry: the SQLite source of truth for what can be served — model
+// versions with their metadata, rollout stages, labels, aliases, pins, and
+// an append-only audit log of every change. Used offline by the CLI (CI
+// pipelines need no daemon) and live by the daemon, which notices other
+// processes' commits through DataVersion() and rebuilds its routing.
+//
+// Storage: WAL, a busy timeout, foreign keys, numbered migrations in
+// PRAGMA user_version, PRAGMA application_id marking the file as ours.
+// Every write is one IMMEDIATE transaction that also appends its audit rows,
+// so a crash (even SIGKILL) leaves either all of a change or none of it.
+//
+// Errors: NOT_FOUND (unknown model/version/alias, with a "did you mean"),
+// ALREADY_EXISTS (duplicate name:version, alias, ...), IN_USE (rm of a
+// version that a pin or rollout uses), INVALID_ARGUMENT (names, versions,
+// stages, paths outside allowed roots), CORRUPT (not a database, a foreign
+// or damaged one), FAILED_PRECONDITION (a db written by a newer mms).
+//
+// Thread-safety: all methods are safe to call concurrently; one mutex guards
+// the connection (held for the duration of one statement or transaction).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "core/status.h"
+#include "protocol/input_spec.h"
+#include "registry/names.h"
+
+namespace mms {
+
+namespace sql {
+class Db;
+class Tx;
+}
+
+// The newest schema this build knows (see registry/schema.cpp).
+int RegistrySchemaVersion();
+
+struct VersionRecord {
+  int64_t id = 0;
+  std::string model;
+  std::string version;
+  std::string artifact_path;  // canonical (symlinks and .. resolved)
+  std::string format = "torchscript";
+  uint64_t size_bytes = 0;
+  std::string sha256;
+  int64_t created_ms = 0;
+  std::string created_by;
+  std::string description;
+  std::string data_fingerprint;
+  nlohmann::json metrics = nlohmann::json::object();  // validation metrics
+  uint64_t device_bytes = 0;  // weights resident on a device
+  uint64_t host_bytes = 0;    // weights resident in the host tier
+  std::optional<double> sla_p99_ms;
+  Stage stage = Stage::kNone;
+  std::map<std::string, std::string> labels;
+  std::vector<std::string> aliases;  // aliases pointing here
+  std::string packed_dir;            // packed weights + weight-less module ("" = plain path only)
+  std::vector<InputSpec> inputs;     // forward() arguments, in order
+  std::string sample_input;          // stored sample input for warm-up ("" = none)
+  int max_batch_size = 0;            // 0 = no dynamic batching
+
+  std::string ref() const { return model + ":" + version; }
+  nlohmann::json ToJson() const;
+};
+
+struct NewVersion {
+  std::string model;
+  std::string version;
+  std::string artifact_path;  // canonical
+  uint64_t size_bytes = 0;
+  std::string sha256;
+  std::string description;
+  std::string data_fingerprint;
+  nlohmann::json metrics = nlohmann::json::object();
+  uint64_t device_bytes = 0;
+  uint64_t host_bytes = 0;
+  std::optional<double> sla_p99_ms;
+  std::map<std::string, std::string> labels;
+  std::string packed_dir;
+  std::vector<InputSpec> inputs;
+  std::string sample_input;
+  int max_batch_size = 0;
+};
+
+struct AuditEntry {
+  int64_t id = 0;
+  int64_t ts_ms = 0;
+  std::string actor;
+  std::string action;  // register, stage, alias-set, alias-rm, rm, pin, unpin, ...
+  std::string model;
+  std::string version;
+  std::string from;
+  std::string to;
+  std::string detail;
+  nlohmann::json ToJson() const;
+};
+
+struct Pin {
+  std::string model;
+  std::string version;  // "" = follows the model's default (production/highest)
+  std::string ref() const { return version.empty() ? model : model + ":" + version; }
+};
+
+class Registry {
+ public:
+  struct Options {
+    std::string path;                        // the .db file
+    int64_t busy_timeout_ms = 5000;          // [registry] busy_timeout
+    std::vector<std::string> allowed_roots;  // [registry] allowed_roots
+    std::string actor;                       // recorded in the audit log ("" = $MMS_ACTOR, $USER)
+    Clock* clock = Clock::Real();
+    bool create = true;                      // create the file when missing
+  };
+
+  // Opens and migrates. Refuses a newer schema, a foreign or corrupt file.
+  static Result<std::unique_ptr<Registry>> Open(const Options& opts);
+  ~Registry();
+
+  // ---- versions
+  // ALREADY_EXISTS for a duplicate name:version. The artifact path must be
+  // canonical and inside allowed_roots (CheckArtifactPath).
+  Result<VersionRecord> Register(const NewVersion& v);
+  Result<VersionRecord> Resolve(const Ref& ref);
+  Result<VersionRecord> Resolve(const std::string& ref);
+  // All versions, optionally of one model and/or in one stage; ordered by
+  // model name, then version.
+  Result<std::vector<VersionRecord>> List(const std::string& model = "", std::optional<Stage> stage = {});
+  Result<std::vector<std::string>> ModelNames();
+
+  // One production version per model: promoting moves the previous one to
+  // archived (recorded). `reason` goes to the audit detail.
+  Result<VersionRecord> SetStage(const Ref& ref, Stage stage, const std::string& reason = "");
+  Status SetAlias(const std::string& model, const std::string& alias, const std::string& version);
+  Status RemoveAlias(const std::string& model, const std::string& alias);
+  // IN_USE while a pin (or, later, an experiment, shadow or canary) uses it,
+  // unless `force`. Removes labels, aliases and pins on it; history stays.
+  Result<VersionRecord> Remove(const Ref& ref, bool force);
+  // What uses a version: "pinned", "experiment 'x' (control)", ...
+  Result<std::vector<std::string>> UsesOf(const VersionRecord& v);
+
+  // Audit entries for a model (all versions when ref has none), oldest first.
+  Result<std::vector<AuditEntry>> History(const Ref& ref);
+  Result<std::vector<AuditEntry>> AuditLog(int64_t after_id = 0, int limit = 1000);
+
+  // ---- pins (persisted; the daemon preloads them at start)
+  Status AddPin(const Ref& ref);
+  Status RemovePin(const Ref& ref);
+  Result<std::vector<Pin>> Pins();
+
+  // ---- change detection
+  // A token that changes whenever anything in the file changes: another
+  // connection's commit (PRAGMA data_version) or one of ours.
+  Result<int64_t> DataVersion();
+
+  // Checks `canonical` against allowed_roots.
+  Status CheckArtifactPath(const std::string& canonical) const;
+  const std::string& path() const { return opts_.path; }
+  const std::string& actor() const { return actor_; }
+
+  // For tests and migrations: the raw schema version of the file.
+  Result<int> SchemaVersion();
+
+  // Writes an audit row for a change made outside the Registry's own
+  // methods (rollout modules); part of no transaction.
+  Status Audit(const std::string& action, const std::string& model, const std::string& version,
+               const std::string& from, const std::string& to, const std::string& detail);
+
+  // Runs `fn` with the connection under the registry's lock (rollout modules
+  // keep their own tables in the same file).
+  template <class Fn>
+  auto WithDb(Fn&& fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fn(db_.get());
+  }
+
+ private:
+  explicit Registry(Options opts);
+  Status Migrate();
+  Result<int64_t> ModelId(const std::string& name);  // NOT_FOUND with a suggestion
+  Result<VersionRecord> ResolveLocked(const Ref& ref);
+  Result<std::vector<VersionRecord>> QueryVersions(const std::string& where, const std::vector<std::string>& args);
+  Status AuditLocked(const std::string& action, const std::string& model, const std::string& version,
+                     const std::string& from, const std::string& to, const std::string& detail);
+  Result<std::vector<std::string>> UsesOfLocked(const VersionRecord& v);
+
+  // Commits `tx` and counts our own write for DataVersion().
+  Status Commit(sql::Tx& tx);
+
+  const Options opts_;
+  const std::string actor_;
+  std::atomic<int64_t> own_commits_{0};
+  std::mutex mu_;
+  std::unique_ptr<sql::Db> db_;  // guarded by mu_
+};
+
+// "$MMS_ACTOR", else "$USER", else the login name of the effective uid.
+std::string DefaultActor();
+
+}  // namespace mms

@@ -1,0 +1,79 @@
+#include "registry/schema.h"
+
+namespace mms {
+
+const std::vector<std::string>& RegistryMigrations() {
+  static const std::vector<std::string>* m = new std::vector<std::string>{
+      // 1: models, versions, labels, aliases, pins, audit log.
+      R"sql(
+CREATE TABLE models (
+  id         INTEGER PRIMARY KEY,
+  name       TEXT NOT NULL UNIQUE,
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE versions (
+  id               INTEGER PRIMARY KEY,
+  model_id         INTEGER NOT NULL REFERENCES models(id),
+  version          TEXT NOT NULL,
+  sort_key         TEXT NOT NULL,
+  artifact_path    TEXT NOT NULL,
+  format           TEXT NOT NULL DEFAULT 'torchscript',
+  size_bytes       INTEGER NOT NULL,
+  sha256           TEXT NOT NULL,
+  created_ms       INTEGER NOT NULL,
+  created_by       TEXT NOT NULL,
+  description      TEXT NOT NULL DEFAULT '',
+  data_fingerprint TEXT NOT NULL DEFAULT '',
+  metrics_json     TEXT NOT NULL DEFAULT '{}',
+  device_bytes     INTEGER NOT NULL DEFAULT 0,
+  host_bytes       INTEGER NOT NULL DEFAULT 0,
+  sla_p99_ms       REAL,
+  stage            TEXT NOT NULL DEFAULT 'none'
+                   CHECK (stage IN ('none','shadow','canary','production','archived')),
+  packed_dir       TEXT NOT NULL DEFAULT '',
+  inputs_json      TEXT NOT NULL DEFAULT '[]',
+  sample_input     TEXT NOT NULL DEFAULT '',
+  max_batch_size   INTEGER NOT NULL DEFAULT 0,
+  UNIQUE (model_id, version)
+);
+CREATE UNIQUE INDEX versions_one_production ON versions(model_id) WHERE stage = 'production';
+CREATE TABLE labels (
+  version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+  key        TEXT NOT NULL,
+  value      TEXT NOT NULL,
+  PRIMARY KEY (version_id, key)
+);
+CREATE TABLE aliases (
+  model_id   INTEGER NOT NULL REFERENCES models(id),
+  alias      TEXT NOT NULL,
+  version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+  PRIMARY KEY (model_id, alias)
+);
+CREATE TABLE pins (
+  model_id   INTEGER NOT NULL REFERENCES models(id),
+  version_id INTEGER REFERENCES versions(id) ON DELETE CASCADE,
+  created_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX pins_unique ON pins(model_id, IFNULL(version_id, 0));
+CREATE TABLE audit (
+  id      INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts_ms   INTEGER NOT NULL,
+  actor   TEXT NOT NULL,
+  action  TEXT NOT NULL,
+  model   TEXT NOT NULL DEFAULT '',
+  version TEXT NOT NULL DEFAULT '',
+  from_value TEXT NOT NULL DEFAULT '',
+  to_value   TEXT NOT NULL DEFAULT '',
+  detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_model ON audit(model, id);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+)sql",
+  };
+  return *m;
+}
+
+}  // namespace mms
