@@ -16,7 +16,8 @@ struct ProcResult {
 };
 
 // Runs argv[0] (a path, or a name looked up in PATH) with `env` added to the
-// environment; kills it after `timeout_s`.
+// environment; kills it after `timeout_s`. The child is killed if this
+// process dies first (PR_SET_PDEATHSIG).
 ProcResult RunProcess(const std::vector<std::string>& argv, double timeout_s = 600,
                       const std::map<std::string, std::string>& env = {}, const std::string& stdin_data = "");
 

@@ -59,15 +59,19 @@ Result<Tensor> FromTorch(const at::Tensor& in, std::string name) {
 }
 
 std::string TorchErrorMessage(const std::exception& e) {
-  if (auto* c = dynamic_cast<const c10::Error*>(&e)) {
-    std::string m = c->what_without_backtrace();
-    // TorchScript errors carry a multi-line traceback; keep the gist.
-    auto pos = m.find("\nException raised from");
-    if (pos != std::string::npos) m = m.substr(0, pos);
-    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
-    return m;
+  std::string m;
+  if (auto* c = dynamic_cast<const c10::Error*>(&e)) m = c->what_without_backtrace();
+  else m = e.what();
+  auto pos = m.find("\nException raised from");
+  if (pos != std::string::npos) m = m.substr(0, pos);
+  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+  // Errors raised inside TorchScript carry both tracebacks; the last line
+  // ("RuntimeError: mat1 and mat2 shapes cannot be multiplied ...") is the gist.
+  if (m.find("Traceback of TorchScript") != std::string::npos) {
+    auto nl = m.find_last_of('\n');
+    if (nl != std::string::npos) m = m.substr(nl + 1);
   }
-  return e.what();
+  return m;
 }
 
 }  // namespace mms

@@ -1,0 +1,307 @@
+// `mms model ...` end to end: the real CLI, a real registry file, real
+// TorchScript artifacts checked by the real mmsd. No daemon is needed.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+
+struct Cli {
+  TempDir dir;
+  std::string config;  // TOML text, written to dir/mms.toml when set
+  ProcResult operator()(std::vector<std::string> args, std::map<std::string, std::string> env = {}) const {
+    std::vector<std::string> argv{MmsBin(), "--data-dir", dir / "data", "--socket", dir / "none.sock"};
+    if (!config.empty()) {
+      std::ofstream(dir / "mms.toml") << config;
+      argv.insert(argv.end(), {"--config", dir / "mms.toml"});
+    }
+    argv.insert(argv.end(), args.begin(), args.end());
+    return Run(argv, 300, env);
+  }
+  std::string Data(const std::string& name) const { return TestDataDir() + "/" + name; }
+};
+
+int SqlInt(const std::string& db_path, const std::string& sql) {
+  sqlite3* db;
+  REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
+  sqlite3_stmt* st;
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+  int v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+std::string SqlText(const std::string& db_path, const std::string& sql) {
+  sqlite3* db;
+  REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
+  sqlite3_stmt* st;
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+  std::string v = sqlite3_step(st) == SQLITE_ROW ? reinterpret_cast<const char*>(sqlite3_column_text(st, 0)) : "";
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
+  Cli mms;
+  auto r = mms({"model", "register", "rec", "--version", "1", "--path", mms.Data("rec.pt"), "--description", "first",
+                "--label", "team=ranking", "--label", "region=eu", "--data-fingerprint", "sha:123", "--sla-p99-ms", "40",
+                "--sample-input", mms.Data("rec_input.json")});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(r.out.find("registered rec:1") == 0);
+  std::ofstream(mms.dir / "metrics.json") << R"({"auc": 0.93, "ndcg": 0.41})";
+  r = mms({"--json", "model", "register", "rec", "--version", "2", "--path", mms.Data("rec.pt"), "--metrics",
+           mms.dir / "metrics.json"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  json reg = json::parse(r.out);
+  CHECK(reg["ref"] == "rec:2");
+  CHECK(reg["metrics"]["auc"] == 0.93);
+  CHECK(reg["sha256"].get<std::string>().size() == 64);
+  CHECK(reg["packed"] == true);
+  CHECK(reg["inputs"][0]["name"] == "ids");
+
+  auto list = mms({"model", "list", "--json"});
+  REQUIRE(list.exit_code == 0);
+  json l = json::parse(list.out);
+  REQUIRE(l.size() == 2);
+  for (const char* key : {"model", "version", "ref", "artifact_path", "format", "size_bytes", "sha256", "created_ms",
+                          "created_by", "description", "data_fingerprint", "metrics", "device_bytes", "host_bytes",
+                          "sla_p99_ms", "stage", "labels", "aliases", "inputs"})
+    CHECK_MESSAGE(l[0].contains(key), key);
+  CHECK(l[0]["labels"]["team"] == "ranking");
+  CHECK(l[0]["sla_p99_ms"] == 40.0);
+  CHECK(l[0]["device_bytes"].get<uint64_t>() > 60000);
+  CHECK(l[0]["artifact_path"] == std::filesystem::canonical(mms.Data("rec.pt")).string());
+  CHECK(mms({"model", "list"}).out.find("rec    1        none") != std::string::npos);
+
+  REQUIRE(mms({"model", "stage", "rec:1", "production"}).exit_code == 0);
+  auto promote = mms({"model", "stage", "rec:2", "production"});
+  CHECK(promote.out == "rec:2 is now production (rec:1 archived)\n");
+  CHECK(json::parse(mms({"--json", "model", "list", "--stage", "production"}).out).size() == 1);
+  CHECK(json::parse(mms({"--json", "model", "show", "rec"}).out)["version"] == "2");
+  REQUIRE(mms({"model", "alias", "set", "rec", "champion", "1"}).exit_code == 0);
+  CHECK(json::parse(mms({"--json", "model", "show", "rec@champion"}).out)["version"] == "1");
+
+  json hist = json::parse(mms({"--json", "model", "history", "rec"}).out);
+  std::vector<std::string> actions;
+  for (const auto& e : hist) actions.push_back(e["action"]);
+  CHECK(actions == std::vector<std::string>{"register", "register", "stage", "stage", "stage", "alias-set"});
+  CHECK(hist[3]["from"] == "production");
+  CHECK(hist[3]["to"] == "archived");
+  CHECK(hist[0]["actor"] != "");
+
+  auto rm = mms({"model", "rm", "rec:2"});
+  CHECK(rm.exit_code == 6);
+  CHECK(rm.err.find("production") != std::string::npos);
+  std::string packed = json::parse(mms({"--json", "model", "list"}).out)[0]["artifact_path"];
+  REQUIRE(mms({"model", "rm", "rec:1"}).exit_code == 0);
+  CHECK(mms({"model", "show", "rec:1"}).exit_code == 4);
+  CHECK(std::filesystem::exists(mms.Data("rec.pt")));  // the user's artifact stays
+  CHECK(mms({"--json", "model", "history", "rec"}).out.find("\"rm\"") != std::string::npos);
+}
+
+TEST_CASE("every refusal has a clear message and its exit code") {
+  Cli mms;
+  REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}).exit_code == 0);
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+    std::string says;
+  };
+  std::ofstream(mms.dir / "list.json") << "[1, 2]";
+  std::vector<Case> cases{
+      {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}, 6, "already registered"},
+      {{"model", "register", "Tiny", "--version", "2", "--path", mms.Data("tiny.pt")}, 2, "[a-z0-9][a-z0-9._-]{0,62}"},
+      {{"model", "register", "tiny", "--version", "v2", "--path", mms.Data("tiny.pt")}, 2, "positive integer or dotted"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.dir / "missing.pt"}, 2, "does not exist"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("not_a_model.pt")}, 2,
+       "not a loadable TorchScript archive"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("int_arg.pt")}, 2, "has type int"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("tiny.pt"), "--metrics", mms.dir / "list.json"},
+       2, "JSON object"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("tiny.pt"), "--label", "novalue"}, 2,
+       "key=value"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("tiny.pt"), "--sla-p99-ms", "-3"}, 2,
+       "positive"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("tiny.pt"), "--sample-input",
+        mms.Data("tiny_bad_shape.json")},
+       2, "fails on its sample input"},
+      {{"model", "show", "tinny"}, 4, "did you mean 'tiny'"},
+      {{"model", "show", "tiny:9"}, 4, "tiny has versions 1"},
+      {{"model", "show", "tiny@gold"}, 4, "no aliases"},
+      {{"model", "show", "tiny:x"}, 2, "invalid version"},
+      {{"model", "stage", "tiny:1", "live"}, 2, "none, shadow, canary, production, archived"},
+      {{"model", "alias", "rm", "tiny", "gold"}, 4, "unknown alias"},
+      {{"model", "list", "--stage", "prod"}, 2, "unknown stage"},
+      {{"model", "rm", "nope"}, 4, "unknown model"},
+  };
+  for (const auto& c : cases) {
+    auto r = mms(c.args);
+    std::string cmd;
+    for (const auto& a : c.args) cmd += a + " ";
+    INFO(cmd << "→ " << r.err);
+    CHECK(r.exit_code == c.code);
+    CHECK(r.err.find(c.says) != std::string::npos);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  }
+  // --json errors are JSON on stdout with the same exit code.
+  auto j = mms({"--json", "model", "show", "tinny"});
+  CHECK(j.exit_code == 4);
+  CHECK(json::parse(j.out)["error"]["code"] == "NOT_FOUND");
+  // Nothing was registered by the refusals.
+  CHECK(json::parse(mms({"--json", "model", "list"}).out).size() == 1);
+}
+
+TEST_CASE("artifact paths are canonical and allowed_roots is enforced") {
+  Cli mms;
+  std::filesystem::create_directories(mms.dir / "models/sub");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "models/tiny.pt");
+  std::filesystem::create_symlink(mms.dir / "models/tiny.pt", mms.dir / "link.pt");
+  mms.config = "[registry]\nallowed_roots = [\"" + (mms.dir / "models") + "\"]\n";
+  auto r = mms({"--json", "model", "register", "a", "--version", "1", "--path", mms.dir / "models/sub/../tiny.pt"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(json::parse(r.out)["artifact_path"] == std::filesystem::canonical(mms.dir / "models/tiny.pt").string());
+  // A symlink outside the root that points inside is resolved, so it is allowed.
+  CHECK(mms({"model", "register", "a", "--version", "2", "--path", mms.dir / "link.pt"}).exit_code == 0);
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "outside.pt");
+  auto out = mms({"model", "register", "a", "--version", "3", "--path", mms.dir / "outside.pt"});
+  CHECK(out.exit_code == 2);
+  CHECK(out.err.find("outside [registry] allowed_roots") != std::string::npos);
+}
+
+TEST_CASE("verify reports changed and missing artifacts") {
+  Cli mms;
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "a.pt");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "b.pt");
+  REQUIRE(mms({"model", "register", "a", "--version", "1", "--path", mms.dir / "a.pt"}).exit_code == 0);
+  REQUIRE(mms({"model", "register", "b", "--version", "1", "--path", mms.dir / "b.pt"}).exit_code == 0);
+  CHECK(mms({"model", "verify"}).exit_code == 0);
+  std::ofstream(mms.dir / "a.pt", std::ios::app) << "tampered";
+  std::filesystem::remove(mms.dir / "b.pt");
+  auto v = mms({"--json", "model", "verify"});
+  CHECK(v.exit_code == 1);
+  json j = json::parse(v.out);
+  REQUIRE(j.size() == 2);
+  CHECK(j[0]["ok"] == false);
+  CHECK(j[0]["problems"][0].get<std::string>().find("changed since registration") != std::string::npos);
+  CHECK(j[1]["problems"][0].get<std::string>().find("missing") != std::string::npos);
+  CHECK(mms({"model", "verify", "a:1"}).exit_code == 1);
+}
+
+TEST_CASE("import registers a Triton-style repository and reports what it skipped") {
+  Cli mms;
+  std::string repo = mms.dir / "repo";
+  std::filesystem::create_directories(repo + "/ranker/1");
+  std::filesystem::create_directories(repo + "/ranker/2");
+  std::filesystem::create_directories(repo + "/ranker/v3");
+  std::filesystem::create_directories(repo + "/ranker/4");
+  std::filesystem::create_directories(repo + "/Bad_Name/1");
+  std::filesystem::create_directories(repo + "/broken/1");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/ranker/1/model.pt");
+  std::filesystem::copy_file(mms.Data("tiny_v2.pt"), repo + "/ranker/2/model.pt");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/ranker/v3/model.pt");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/Bad_Name/1/model.pt");
+  std::filesystem::copy_file(mms.Data("not_a_model.pt"), repo + "/broken/1/model.pt");
+  std::ofstream(repo + "/ranker/config.pbtxt") << "name: \"ranker\"\nplatform: \"pytorch_libtorch\"\nmax_batch_size: 32\n";
+  auto r = mms({"--json", "model", "import", repo});
+  CHECK(r.exit_code == 1);  // some were skipped for errors
+  json j = json::parse(r.out);
+  CHECK(j["registered"] == json::array({"ranker:1", "ranker:2"}));
+  REQUIRE(j["skipped"].size() == 4);
+  std::string all = j["skipped"].dump();
+  CHECK(all.find("invalid model name 'Bad_Name'") != std::string::npos);
+  CHECK(all.find("invalid version 'v3'") != std::string::npos);
+  CHECK(all.find("no model.pt") != std::string::npos);
+  CHECK(all.find("not a loadable TorchScript archive") != std::string::npos);
+  CHECK(json::parse(mms({"--json", "model", "show", "ranker:2"}).out)["max_batch_size"] == 32);
+  // Importing again skips the existing versions as such (not an error).
+  std::filesystem::remove_all(repo + "/Bad_Name");
+  std::filesystem::remove_all(repo + "/broken");
+  std::filesystem::remove_all(repo + "/ranker/v3");
+  std::filesystem::remove_all(repo + "/ranker/4");
+  auto again = mms({"--json", "model", "import", repo});
+  CHECK(again.exit_code == 0);
+  CHECK(json::parse(again.out)["skipped"][0]["reason"].get<std::string>().find("already registered") !=
+        std::string::npos);
+}
+
+TEST_CASE("two registrations at once both succeed; a true duplicate gets exit 6") {
+  Cli mms;
+  REQUIRE(mms({"model", "list"}).exit_code == 0);  // create the registry first
+  for (int round = 0; round < 3; ++round) {
+    ProcResult a, b;
+    std::string v1 = std::to_string(round * 2 + 1), v2 = std::to_string(round * 2 + 2);
+    std::thread ta([&] { a = mms({"model", "register", "m", "--version", v1, "--path", mms.Data("tiny.pt")}); });
+    std::thread tb([&] { b = mms({"model", "register", "m", "--version", v2, "--path", mms.Data("tiny_v2.pt")}); });
+    ta.join();
+    tb.join();
+    CHECK_MESSAGE(a.exit_code == 0, a.err);
+    CHECK_MESSAGE(b.exit_code == 0, b.err);
+  }
+  ProcResult a, b;
+  std::thread ta([&] { a = mms({"model", "register", "dup", "--version", "1", "--path", mms.Data("tiny.pt")}); });
+  std::thread tb([&] { b = mms({"model", "register", "dup", "--version", "1", "--path", mms.Data("tiny.pt")}); });
+  ta.join();
+  tb.join();
+  CHECK(((a.exit_code == 0 && b.exit_code == 6) || (a.exit_code == 6 && b.exit_code == 0)));
+  CHECK(json::parse(mms({"--json", "model", "list"}).out).size() == 7);
+}
+
+TEST_CASE("kill -9 during registration leaves a consistent registry") {
+  Cli mms;
+  // A ~60 MB model makes hashing, checking and packing take a while.
+  REQUIRE(Run({BinDir() + "/mms-gen-testdata", mms.dir.path(), "--big", "60"}, 300).exit_code == 0);
+  REQUIRE(mms({"model", "list"}).exit_code == 0);
+  std::mt19937 rng(42);
+  std::string db = mms.dir / "data/registry.db";
+  int registered = 0;
+  for (int i = 0; i < 6; ++i) {
+    Child c;
+    std::string version = std::to_string(i + 1);
+    REQUIRE(c.Start({MmsBin(), "--data-dir", mms.dir / "data", "model", "register", "big", "--version", version,
+                     "--path", mms.dir / "big.pt", "--label", "k=v"},
+                    mms.dir / "reg.log"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 1500));
+    c.Signal(SIGKILL);
+    int code = c.Wait(30);
+    if (code == 0) ++registered;
+    // Consistent after every kill: integrity, and each version row has its
+    // labels and its audit entry (all or nothing).
+    CHECK(SqlText(db, "PRAGMA integrity_check") == "ok");
+    int versions = SqlInt(db, "SELECT count(*) FROM versions");
+    CHECK(SqlInt(db, "SELECT count(*) FROM labels") == versions);
+    CHECK(SqlInt(db, "SELECT count(*) FROM audit WHERE action = 'register'") == versions);
+    CHECK(SqlInt(db, "SELECT count(*) FROM versions WHERE packed_dir = ''") == 0);
+  }
+  // The registry still works and stale staging dirs are cleaned up.
+  auto ok = mms({"model", "register", "big", "--version", "100", "--path", mms.dir / "big.pt"});
+  CHECK_MESSAGE(ok.exit_code == 0, ok.err);
+  for (const auto& e : std::filesystem::directory_iterator(mms.dir / "data/artifacts/big"))
+    CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+  MESSAGE(registered << " of 6 killed registrations had already completed");
+}
+
+TEST_CASE("a corrupt or foreign registry file is a clear error, exit 1") {
+  Cli mms;
+  std::filesystem::create_directories(mms.dir / "data");
+  std::ofstream(mms.dir / "data/registry.db") << std::string(8192, 'z');
+  auto r = mms({"model", "list"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("not an SQLite database") != std::string::npos);
+  CHECK(r.err.find("registry.db") != std::string::npos);
+}

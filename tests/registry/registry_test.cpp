@@ -1,0 +1,339 @@
+#include <doctest/doctest.h>
+#include <sqlite3.h>
+
+#include <fstream>
+#include <thread>
+
+#include "core/clock.h"
+#include "registry/registry.h"
+#include "registry/schema.h"
+#include "support/process.h"
+
+using namespace mms;
+
+namespace {
+struct Fixture {
+  testing::TempDir dir;
+  FakeClock clock;
+  std::unique_ptr<Registry> reg;
+  Fixture() { reg = Open(); }
+  std::unique_ptr<Registry> Open(std::vector<std::string> roots = {}) {
+    Registry::Options o;
+    o.path = dir / "registry.db";
+    o.clock = &clock;
+    o.actor = "tester";
+    o.allowed_roots = std::move(roots);
+    auto r = Registry::Open(o);
+    REQUIRE(r.ok());
+    return std::move(r).value();
+  }
+  VersionRecord Add(const std::string& model, const std::string& version) {
+    NewVersion v;
+    v.model = model;
+    v.version = version;
+    v.artifact_path = "/models/" + model + "/" + version + "/model.pt";
+    v.sha256 = std::string(64, 'a');
+    v.size_bytes = 1000;
+    auto r = reg->Register(v);
+    REQUIRE(r.ok());
+    return *r;
+  }
+};
+
+void RawExec(const std::string& path, const std::string& sql) {
+  sqlite3* db;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  char* err = nullptr;
+  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  INFO((err ? err : ""));
+  CHECK(rc == SQLITE_OK);
+  sqlite3_free(err);
+  sqlite3_close(db);
+}
+}  // namespace
+
+TEST_CASE("names, versions and references follow the rules") {
+  CHECK(ValidateName("rec-eu_west.2").ok());
+  CHECK(ValidateName("0abc").ok());
+  CHECK_FALSE(ValidateName("").ok());
+  CHECK_FALSE(ValidateName("Rec").ok());
+  CHECK_FALSE(ValidateName("-rec").ok());
+  CHECK_FALSE(ValidateName("rec eu").ok());
+  CHECK_FALSE(ValidateName(std::string(64, 'a')).ok());
+  CHECK(ValidateName(std::string(63, 'a')).ok());
+  CHECK(ValidateName("x", "model name").ok());
+  CHECK(ValidateName("a/b").message().find("[a-z0-9][a-z0-9._-]{0,62}") != std::string::npos);
+
+  CHECK(ValidateVersion("3").ok());
+  CHECK(ValidateVersion("1.2.0").ok());
+  CHECK(ValidateVersion("0.1").ok());
+  for (const char* bad : {"", "0", "0.0", "01", "1.", ".1", "1..2", "v1", "-1", "1.2a", " 1", "1234567890"})
+    CHECK_MESSAGE(!ValidateVersion(bad).ok(), bad);
+  CHECK(CompareVersions("1.10", "1.9") > 0);
+  CHECK(CompareVersions("2", "10") < 0);
+  CHECK(CompareVersions("1", "1.0") < 0);
+
+  auto r = ParseRef("rec:3");
+  REQUIRE(r.ok());
+  CHECK(r->kind == Ref::Kind::kVersion);
+  CHECK(r->version == "3");
+  CHECK(ParseRef("rec@champion")->kind == Ref::Kind::kAlias);
+  CHECK(ParseRef("rec")->kind == Ref::Kind::kName);
+  CHECK_FALSE(ParseRef("rec:x").ok());
+  CHECK_FALSE(ParseRef("rec@Big").ok());
+  CHECK_FALSE(ParseRef("rec:1@a").ok());
+  CHECK_FALSE(ParseRef("").ok());
+  CHECK(ParseRef("rec@champion")->ToString() == "rec@champion");
+}
+
+TEST_CASE("a name resolves to production, else the highest non-archived version") {
+  Fixture f;
+  f.Add("rec", "1");
+  f.Add("rec", "2");
+  f.Add("rec", "10");
+  CHECK(f.reg->Resolve("rec")->version == "10");
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:2"), Stage::kProduction).ok());
+  CHECK(f.reg->Resolve("rec")->version == "2");
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:10"), Stage::kArchived).ok());
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:2"), Stage::kNone).ok());
+  CHECK(f.reg->Resolve("rec")->version == "2");  // 10 is archived
+  REQUIRE(f.reg->SetAlias("rec", "champion", "1").ok());
+  CHECK(f.reg->Resolve("rec@champion")->version == "1");
+  auto missing = f.reg->Resolve("rec:7");
+  CHECK(missing.status().code() == Code::kNotFound);
+  CHECK(missing.status().message() == "unknown version rec:7; rec has versions 1, 2, 10");
+  CHECK(f.reg->Resolve("rec@nope").status().message() == "unknown alias rec@nope; rec has aliases champion");
+  CHECK(f.reg->Resolve("rac").status().message() == "unknown model 'rac'; did you mean 'rec'?");
+}
+
+TEST_CASE("one production version per model; promotion archives the previous one, audited") {
+  Fixture f;
+  f.Add("rec", "1");
+  f.Add("rec", "2");
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:1"), Stage::kProduction).ok());
+  f.clock.AdvanceSeconds(5);
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:2"), Stage::kProduction, "better auc").ok());
+  auto prod = f.reg->List("rec", Stage::kProduction);
+  REQUIRE(prod->size() == 1);
+  CHECK(prod->front().version == "2");
+  CHECK(f.reg->Resolve("rec:1")->stage == Stage::kArchived);
+  auto h = f.reg->History(*ParseRef("rec"));
+  REQUIRE(h.ok());
+  REQUIRE(h->size() == 5);
+  CHECK((*h)[3].action == "stage");
+  CHECK((*h)[3].version == "1");
+  CHECK((*h)[3].from == "production");
+  CHECK((*h)[3].to == "archived");
+  CHECK((*h)[3].detail == "replaced in production by rec:2");
+  CHECK((*h)[4].from == "none");
+  CHECK((*h)[4].to == "production");
+  CHECK((*h)[4].detail == "better auc");
+  CHECK((*h)[4].actor == "tester");
+  CHECK((*h)[4].ts_ms == f.clock.UnixMillis());
+  auto only2 = f.reg->History(*ParseRef("rec:2"));
+  CHECK(only2->size() == 2);
+}
+
+TEST_CASE("duplicates, bad names and paths are refused") {
+  Fixture f;
+  f.Add("rec", "1");
+  NewVersion v;
+  v.model = "rec";
+  v.version = "1";
+  v.artifact_path = "/x.pt";
+  CHECK(f.reg->Register(v).status().code() == Code::kAlreadyExists);
+  v.version = "2";
+  v.artifact_path = "relative.pt";
+  CHECK(f.reg->Register(v).status().code() == Code::kInvalidArgument);
+  v.model = "Rec";
+  v.artifact_path = "/x.pt";
+  CHECK(f.reg->Register(v).status().code() == Code::kInvalidArgument);
+  auto roots = f.Open({f.dir / "models"});
+  v.model = "rec";
+  v.artifact_path = "/elsewhere/x.pt";
+  auto r = roots->Register(v);
+  CHECK(r.status().code() == Code::kInvalidArgument);
+  CHECK(r.status().message().find("outside [registry] allowed_roots") != std::string::npos);
+  v.artifact_path = f.dir / "models/x.pt";
+  CHECK(roots->Register(v).ok());
+  v.version = "3";
+  v.artifact_path = f.dir / "models-evil/x.pt";  // prefix of a root, not inside it
+  CHECK(roots->Register(v).status().code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("aliases set, move and go, each audited") {
+  Fixture f;
+  f.Add("rec", "1");
+  f.Add("rec", "2");
+  REQUIRE(f.reg->SetAlias("rec", "champion", "1").ok());
+  REQUIRE(f.reg->SetAlias("rec", "champion", "2").ok());
+  CHECK(f.reg->Resolve("rec@champion")->version == "2");
+  CHECK(f.reg->Resolve("rec:2")->aliases == std::vector<std::string>{"champion"});
+  CHECK(f.reg->SetAlias("rec", "champion", "9").code() == Code::kNotFound);
+  CHECK(f.reg->SetAlias("rec", "Bad Alias", "1").code() == Code::kInvalidArgument);
+  REQUIRE(f.reg->RemoveAlias("rec", "champion").ok());
+  CHECK(f.reg->RemoveAlias("rec", "champion").code() == Code::kNotFound);
+  auto h = f.reg->History(*ParseRef("rec"));
+  int alias_events = 0;
+  for (const auto& e : *h) alias_events += e.action.rfind("alias", 0) == 0;
+  CHECK(alias_events == 3);
+}
+
+TEST_CASE("rm is refused while pinned or in production, unless forced; labels and aliases go with it") {
+  Fixture f;
+  f.Add("rec", "1");
+  f.Add("rec", "2");
+  REQUIRE(f.reg->AddPin(*ParseRef("rec:1")).ok());
+  REQUIRE(f.reg->AddPin(*ParseRef("rec:1")).ok());  // idempotent
+  auto r = f.reg->Remove(*ParseRef("rec:1"), false);
+  CHECK(r.status().code() == Code::kInUse);
+  CHECK(r.status().message().find("pinned") != std::string::npos);
+  REQUIRE(f.reg->RemovePin(*ParseRef("rec:1")).ok());
+  CHECK(f.reg->RemovePin(*ParseRef("rec:1")).code() == Code::kNotFound);
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:1"), Stage::kProduction).ok());
+  CHECK(f.reg->Remove(*ParseRef("rec:1"), false).status().code() == Code::kInUse);
+  // A model-level pin protects whatever the name resolves to.
+  REQUIRE(f.reg->SetStage(*ParseRef("rec:2"), Stage::kProduction).ok());
+  REQUIRE(f.reg->AddPin(*ParseRef("rec")).ok());
+  CHECK(f.reg->Remove(*ParseRef("rec:2"), false).status().code() == Code::kInUse);
+  CHECK(f.reg->Remove(*ParseRef("rec:1"), false).ok());  // archived now, not pinned
+  REQUIRE(f.reg->SetAlias("rec", "champion", "2").ok());
+  auto forced = f.reg->Remove(*ParseRef("rec:2"), true);
+  REQUIRE(forced.ok());
+  CHECK(f.reg->Resolve("rec@champion").status().code() == Code::kNotFound);
+  auto h = f.reg->History(*ParseRef("rec"));
+  CHECK(h->back().action == "rm");
+  CHECK(h->back().detail.find("forced while in use") == 0);
+}
+
+TEST_CASE("the audit log is append-only") {
+  Fixture f;
+  f.Add("rec", "1");
+  f.reg.reset();
+  sqlite3* db;
+  REQUIRE(sqlite3_open((f.dir / "registry.db").c_str(), &db) == SQLITE_OK);
+  CHECK(sqlite3_exec(db, "UPDATE audit SET actor = 'mallory'", nullptr, nullptr, nullptr) != SQLITE_OK);
+  CHECK(sqlite3_exec(db, "DELETE FROM audit", nullptr, nullptr, nullptr) != SQLITE_OK);
+  sqlite3_close(db);
+}
+
+TEST_CASE("labels and metadata round-trip") {
+  Fixture f;
+  NewVersion v;
+  v.model = "rec";
+  v.version = "1.2.0";
+  v.artifact_path = "/m.pt";
+  v.labels = {{"team", "ranking"}, {"region", "eu"}};
+  v.metrics = {{"auc", 0.91}};
+  v.sla_p99_ms = 25.0;
+  v.device_bytes = 123;
+  v.data_fingerprint = "sha:abc";
+  v.inputs = {{"ids", DType::kInt64, std::vector<int64_t>{1, 4}}, {"dense", std::nullopt, std::nullopt}};
+  REQUIRE(f.reg->Register(v).ok());
+  auto r = f.reg->Resolve("rec:1.2.0");
+  REQUIRE(r.ok());
+  CHECK(r->labels.at("team") == "ranking");
+  CHECK(r->metrics["auc"] == 0.91);
+  CHECK(*r->sla_p99_ms == 25.0);
+  CHECK(r->device_bytes == 123);
+  CHECK(r->data_fingerprint == "sha:abc");
+  REQUIRE(r->inputs.size() == 2);
+  CHECK(*r->inputs[0].dtype == DType::kInt64);
+  CHECK(*r->inputs[0].shape == std::vector<int64_t>{1, 4});
+  CHECK_FALSE(r->inputs[1].dtype.has_value());
+  auto j = r->ToJson();
+  CHECK(j["ref"] == "rec:1.2.0");
+  CHECK(j["stage"] == "none");
+  CHECK(j["sla_p99_ms"] == 25.0);
+}
+
+TEST_CASE("migrations run from empty and from every earlier schema version") {
+  const auto& migrations = RegistryMigrations();
+  for (size_t from = 0; from <= migrations.size(); ++from) {
+    testing::TempDir d;
+    std::string path = d / "r.db";
+    if (from > 0) {
+      std::string sql;
+      for (size_t i = 0; i < from; ++i) sql += migrations[i];
+      sql += "PRAGMA user_version=" + std::to_string(from) + "; PRAGMA application_id=" +
+             std::to_string(kRegistryApplicationId) + ";";
+      RawExec(path, sql);
+      RawExec(path, "INSERT INTO models (name, created_ms) VALUES ('kept', 1)");
+    }
+    Registry::Options o;
+    o.path = path;
+    auto r = Registry::Open(o);
+    INFO("from schema " << from);
+    REQUIRE(r.ok());
+    CHECK((*r)->SchemaVersion().value() == RegistrySchemaVersion());
+    if (from > 0) CHECK((*r)->Resolve("kept").status().message() == "model 'kept' has no versions");
+    NewVersion v;
+    v.model = "m";
+    v.version = "1";
+    v.artifact_path = "/m.pt";
+    CHECK((*r)->Register(v).ok());
+  }
+}
+
+TEST_CASE("a newer schema, a foreign database and a non-database are refused clearly") {
+  testing::TempDir d;
+  Registry::Options o;
+  {
+    o.path = d / "newer.db";
+    RawExec(o.path, "PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + "; PRAGMA user_version=999;");
+    auto r = Registry::Open(o);
+    CHECK(r.status().code() == Code::kFailedPrecondition);
+    CHECK(r.status().message().find("schema version 999, newer than this mms") != std::string::npos);
+  }
+  {
+    o.path = d / "foreign.db";
+    RawExec(o.path, "CREATE TABLE customers (id INTEGER)");
+    auto r = Registry::Open(o);
+    CHECK(r.status().code() == Code::kCorrupt);
+    CHECK(r.status().message().find("not an mms registry") != std::string::npos);
+  }
+  {
+    o.path = d / "text.db";
+    std::ofstream(o.path) << "this is not a database, it is a shopping list: eggs, milk, flour, sugar\n"
+                          << std::string(4096, 'x');
+    auto r = Registry::Open(o);
+    CHECK(r.status().code() == Code::kCorrupt);
+    CHECK(r.status().message().find("not an SQLite database") != std::string::npos);
+  }
+}
+
+TEST_CASE("another connection's commit changes the data version") {
+  Fixture f;
+  auto other = f.Open();
+  int64_t v0 = f.reg->DataVersion().value();
+  CHECK(f.reg->DataVersion().value() == v0);
+  NewVersion v;
+  v.model = "x";
+  v.version = "1";
+  v.artifact_path = "/x.pt";
+  REQUIRE(other->Register(v).ok());
+  int64_t v1 = f.reg->DataVersion().value();
+  CHECK(v1 != v0);
+  REQUIRE(f.reg->SetStage(*ParseRef("x:1"), Stage::kShadow).ok());  // our own write counts too
+  CHECK(f.reg->DataVersion().value() != v1);
+}
+
+TEST_CASE("concurrent writers through separate connections all succeed") {
+  Fixture f;
+  std::vector<std::thread> ts;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      auto r = f.Open();
+      for (int i = 0; i < 10; ++i) {
+        NewVersion v;
+        v.model = "m" + std::to_string(t);
+        v.version = std::to_string(i + 1);
+        v.artifact_path = "/m.pt";
+        if (r->Register(v).ok()) ++ok;
+      }
+    });
+  for (auto& t : ts) t.join();
+  CHECK(ok == 40);
+  CHECK(f.reg->List()->size() == 40);
+}
