@@ -1,0 +1,75 @@
+#include "pool/arena.h"
+
+#include <algorithm>
+
+namespace mms {
+
+class DeviceArena::Block final : public Buffer {
+ public:
+  Block(DeviceArena* arena, uint64_t offset, uint64_t size, uint64_t requested)
+      : arena_(arena), offset_(offset), size_(size), requested_(requested) {}
+  ~Block() override { arena_->Free(offset_, size_); }
+  uint8_t* data() const override { return arena_->base_ + offset_; }
+  size_t size() const override { return requested_; }
+
+ private:
+  DeviceArena* arena_;
+  uint64_t offset_, size_, requested_;
+};
+
+std::shared_ptr<Buffer> DeviceArena::Allocate(uint64_t bytes) {
+  uint64_t need = (std::max<uint64_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto best = free_.end();
+  for (auto it = free_.begin(); it != free_.end(); ++it)
+    if (it->second >= need && (best == free_.end() || it->second < best->second)) best = it;
+  if (best == free_.end()) return nullptr;
+  uint64_t offset = best->first, size = best->second;
+  free_.erase(best);
+  if (size > need) free_[offset + need] = size - need;
+  used_ += need;
+  ++allocations_;
+  return std::make_shared<Block>(this, offset, need, bytes);
+}
+
+void DeviceArena::Free(uint64_t offset, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  used_ -= size;
+  auto next = free_.lower_bound(offset);
+  if (next != free_.end() && offset + size == next->first) {  // merge with the following range
+    size += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == offset) {  // merge with the preceding range
+      prev->second += size;
+      return;
+    }
+  }
+  free_[offset] = size;
+}
+
+uint64_t DeviceArena::used() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return used_;
+}
+
+uint64_t DeviceArena::largest_free() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t m = 0;
+  for (const auto& [o, s] : free_) m = std::max(m, s);
+  return m;
+}
+
+size_t DeviceArena::free_ranges() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return free_.size();
+}
+
+uint64_t DeviceArena::allocations() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return allocations_;
+}
+
+}  // namespace mms

@@ -1,0 +1,52 @@
+// DeviceArena: hands out blocks of one region reserved once per device (the
+// device's whole weight budget: one cudaMalloc on a GPU), so swapping models
+// in and out never calls the device allocator and cannot fragment it. Models'
+// parameters are views into their block.
+//
+// Allocation is best-fit over a free list kept sorted by offset; freeing
+// coalesces with both neighbours. Blocks are 256-byte aligned. A block is a
+// Buffer; dropping the last reference returns it to the arena.
+//
+// Thread-safety: Allocate may be called from any thread; blocks may be
+// released from any thread. The arena must outlive its blocks.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "pool/model.h"
+
+namespace mms {
+
+class DeviceArena {
+ public:
+  static constexpr uint64_t kAlignment = 256;
+
+  // `base` points at `capacity` bytes owned by the caller (the device backend).
+  DeviceArena(uint8_t* base, uint64_t capacity) : base_(base), capacity_(capacity) { free_[0] = capacity; }
+
+  // A block of at least `bytes`, or null when no free range is large enough.
+  std::shared_ptr<Buffer> Allocate(uint64_t bytes);
+
+  uint64_t capacity() const { return capacity_; }
+  uint64_t used() const;
+  // The largest block Allocate could return now.
+  uint64_t largest_free() const;
+  size_t free_ranges() const;
+  uint64_t allocations() const;
+
+ private:
+  class Block;
+  void Free(uint64_t offset, uint64_t size);
+
+  uint8_t* const base_;
+  const uint64_t capacity_;
+  mutable std::mutex mu_;
+  std::map<uint64_t, uint64_t> free_;  // offset → size, guarded by mu_
+  uint64_t used_ = 0;                  // guarded by mu_
+  uint64_t allocations_ = 0;           // guarded by mu_
+};
+
+}  // namespace mms

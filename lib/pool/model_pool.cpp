@@ -1,0 +1,592 @@
+#include "pool/model_pool.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <thread>
+
+#include "core/log.h"
+#include "core/units.h"
+#include "protocol/tensor_file.h"
+
+namespace mms {
+
+struct ModelPool::DeviceSlot {
+  std::unique_ptr<Device> dev;
+  std::unique_ptr<EvictionPolicy> policy;
+  uint64_t used = 0;  // bytes of the blocks handed out
+};
+
+struct ModelPool::Entry {
+  PoolItem item;
+  Tier tier = Tier::kDisk;
+  bool loading = false;
+  bool pinned = false;
+  bool forgotten = false;
+  std::vector<AcquireCallback> waiters;
+  std::shared_ptr<Buffer> host;  // host-tier copy (kept while on a device)
+  std::unique_ptr<Model> model;
+  int device = -1;
+  std::shared_ptr<Buffer> block;  // device-tier copy
+  uint64_t bytes = 0;             // weight bytes (estimate until loaded)
+  uint64_t host_reserved = 0;     // counted in host_used_
+  uint64_t device_reserved = 0;   // counted in the device's used
+  int refs = 0;
+  // health
+  bool healthy = true;
+  Status last_error;
+  int failures = 0;
+  int64_t retry_at = 0;
+  // stats
+  uint64_t loads = 0, evictions = 0, hits = 0, misses = 0;
+  int64_t last_use = 0;
+  int64_t last_load_ns = 0;
+};
+
+ModelHandle::~ModelHandle() { pool_->Release(key_); }
+
+ModelPool::ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc)
+    : opts_(opts), loader_(std::move(loader)), host_alloc_(std::move(alloc)) {}
+
+Result<std::unique_ptr<ModelPool>> ModelPool::Create(const Options& opts, std::vector<std::unique_ptr<Device>> devices,
+                                                     std::unique_ptr<Loader> loader, HostAllocator host_alloc) {
+  if (devices.empty()) return InvalidArgument("the pool needs at least one device");
+  if (opts.host_budget == 0) return InvalidArgument("the host budget must be positive");
+  std::unique_ptr<ModelPool> p(new ModelPool(opts, std::move(loader), std::move(host_alloc)));
+  uint64_t device_total = 0;
+  for (auto& d : devices) {
+    auto slot = std::make_unique<DeviceSlot>();
+    MMS_ASSIGN_OR_RETURN(slot->policy, MakePolicy(opts.policy));
+    device_total += d->budget();
+    slot->dev = std::move(d);
+    p->devices_.push_back(std::move(slot));
+  }
+  MMS_ASSIGN_OR_RETURN(p->host_policy_, MakePolicy(opts.policy));
+  if (opts.host_budget < device_total)
+    LogWarn("host_budget_small", {{"host_budget", opts.host_budget},
+                                  {"device_budgets", device_total},
+                                  {"note", "models on a device keep their host copy; devices cannot fill up"}});
+  p->load_exec_ = std::make_unique<Executor>("mms-load", std::max(1, opts.load_threads));
+  return p;
+}
+
+ModelPool::~ModelPool() {
+  load_exec_->Shutdown();
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.clear();  // blocks return to the arenas before the devices go
+}
+
+const char* ModelPool::TierName(Tier t) const {
+  switch (t) {
+    case Tier::kDisk: return "disk";
+    case Tier::kHost: return "host";
+    case Tier::kDevice: return "device";
+  }
+  return "disk";
+}
+
+void ModelPool::Post(std::function<void()> fn) {
+  if (opts_.callbacks && opts_.callbacks->Submit(fn)) return;
+  fn();
+}
+
+ModelPool::Entry& ModelPool::EntryFor(const PoolItem& item) {
+  auto it = entries_.find(item.key);
+  if (it == entries_.end()) {
+    auto e = std::make_unique<Entry>();
+    e->item = item;
+    e->bytes = item.bytes;
+    it = entries_.emplace(item.key, std::move(e)).first;
+  } else if (it->second->tier == Tier::kDisk && !it->second->loading) {
+    it->second->item = item;  // registry details may have changed while on disk
+    it->second->forgotten = false;
+  }
+  return *it->second;
+}
+
+HandlePtr ModelPool::NewHandle(Entry& e, bool loaded) {
+  ++e.refs;
+  e.last_use = opts_.clock->MonoNanos();
+  return HandlePtr(new ModelHandle(this, e.item.key, e.model.get(), e.item.ref,
+                                   devices_[static_cast<size_t>(e.device)]->dev->name(), loaded));
+}
+
+void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb) {
+  std::unique_lock<std::mutex> lock(mu_);
+  Entry& e = EntryFor(item);
+  if (e.tier == Tier::kDevice && !e.loading) {
+    ++e.hits;
+    ++hits_;
+    devices_[static_cast<size_t>(e.device)]->policy->Touch(e.item.key);
+    host_policy_->Touch(e.item.key);
+    HandlePtr h = NewHandle(e, false);
+    lock.unlock();
+    cb(std::move(h));
+    return;
+  }
+  ++e.misses;
+  ++misses_;
+  int64_t now = opts_.clock->MonoNanos();
+  if (!e.healthy && now < e.retry_at && !e.loading) {
+    Status st(e.last_error.code(), e.item.ref + " is unhealthy: " + e.last_error.message() + " (failed " +
+                                       std::to_string(e.failures) + " time" + (e.failures == 1 ? "" : "s") +
+                                       "; next retry in " + FormatDurationNanos(e.retry_at - now) + ")");
+    lock.unlock();
+    cb(st);
+    return;
+  }
+  e.waiters.push_back(std::move(cb));
+  if (!e.loading) StartLoad(e);
+}
+
+Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns) {
+  struct Wait {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Result<HandlePtr> result{Status(Code::kUnavailable, "timed out")};
+  };
+  auto w = std::make_shared<Wait>();
+  Acquire(item, [w](Result<HandlePtr> r) {
+    std::lock_guard<std::mutex> lock(w->mu);
+    w->result = std::move(r);
+    w->done = true;
+    w->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(w->mu);
+  if (!w->cv.wait_for(lock, std::chrono::nanoseconds(timeout_ns), [&] { return w->done; }))
+    return Status(Code::kUnavailable, "timed out waiting for " + item.ref + " to load");
+  // Move the handle out: the callback (and its copy of `w`) may outlive this call.
+  Result<HandlePtr> r = std::move(w->result);
+  w->result = Status(Code::kCancelled, "taken");
+  return r;
+}
+
+void ModelPool::StartLoad(Entry& e) {
+  e.loading = true;
+  PoolKey key = e.item.key;
+  if (!load_exec_->Submit([this, key] { RunLoad(key); })) {
+    // Shutting down: the load executor runs what it accepted, so nothing
+    // else will answer these waiters. Answer them from a detached thread
+    // (never inline: we hold mu_).
+    e.loading = false;
+    auto waiters = std::make_shared<std::vector<AcquireCallback>>(std::move(e.waiters));
+    e.waiters.clear();
+    std::thread([waiters] {
+      for (auto& w : *waiters) w(Status(Code::kCancelled, "the pool is shutting down"));
+    }).detach();
+  }
+}
+
+bool ModelPool::Evictable(const Entry& e) const { return !e.pinned && !e.loading && e.refs == 0; }
+
+Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
+  while (host_used_ + bytes > opts_.host_budget) {
+    auto victim = host_policy_->Victim([&](PoolKey k) {
+      auto it = entries_.find(k);
+      return k != for_key && it != entries_.end() && it->second->tier == Tier::kHost && Evictable(*it->second);
+    });
+    if (!victim) {
+      std::string held;
+      int n = 0;
+      for (const auto& [k, e] : entries_) {
+        if (e->tier == Tier::kDisk || k == for_key) continue;
+        if (n++ < 8)
+          held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) +
+                  (e->tier == Tier::kDevice ? ", on a device" : e->pinned ? ", pinned" : e->loading ? ", loading" : "") + ")";
+      }
+      return Status(Code::kPoolFull, "the host tier is full (" + FormatBytes(host_used_) + " of " +
+                                         FormatBytes(opts_.host_budget) + " [pool] host_budget), held by " +
+                                         (held.empty() ? "nothing evictable" : held));
+    }
+    DropHost(*entries_[*victim]);
+  }
+  return Status::Ok();
+}
+
+void ModelPool::DropHost(Entry& e) {
+  if (e.tier == Tier::kDevice) DemoteFromDevice(e);
+  if (e.tier != Tier::kHost) return;
+  host_used_ -= e.host_reserved;
+  e.host_reserved = 0;
+  e.model.reset();
+  e.host.reset();
+  e.tier = Tier::kDisk;
+  host_policy_->Remove(e.item.key);
+  ++e.evictions;
+  ++evictions_;
+  LogInfo("evict", {{"model", e.item.ref}, {"from", "host"}, {"to", "disk"}, {"bytes", e.bytes}});
+}
+
+void ModelPool::DemoteFromDevice(Entry& e) {
+  if (!e.block) return;
+  const bool counted = e.tier == Tier::kDevice;  // false: undoing a placement that never served
+  DeviceSlot& slot = *devices_[static_cast<size_t>(e.device)];
+  if (e.model) {
+    Status st = e.model->Bind(e.host, "cpu");
+    if (!st.ok()) LogError("rebind_failed", {{"model", e.item.ref}, {"error", st.message()}});
+  }
+  slot.used -= e.device_reserved;
+  e.device_reserved = 0;
+  e.block.reset();
+  slot.policy->Remove(e.item.key);
+  e.device = -1;
+  e.tier = Tier::kHost;
+  if (counted) {
+    ++e.evictions;
+    ++evictions_;
+    LogInfo("evict", {{"model", e.item.ref}, {"from", slot.dev->name()}, {"to", "host"}, {"bytes", e.bytes}});
+  }
+}
+
+std::string ModelPool::Holders(const DeviceSlot& d) const {
+  std::string s;
+  int n = 0;
+  for (const auto& [k, e] : entries_) {
+    if (!e->block || devices_[static_cast<size_t>(e->device)].get() != &d) continue;
+    if (Evictable(*e)) continue;
+    std::string why = e->pinned ? "pinned" : e->loading ? "loading" : std::to_string(e->refs) + " in flight";
+    if (n++ < 8) s += (s.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->device_reserved) + ", " + why + ")";
+  }
+  return s.empty() ? "fragmented free space" : s;
+}
+
+Result<int> ModelPool::PlaceOnDevice(Entry& e) {
+  const uint64_t need = e.bytes;
+  uint64_t largest_budget = 0;
+  struct Cand {
+    int index;
+    uint64_t free, reclaimable;
+  };
+  std::vector<Cand> cands;
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    DeviceSlot& d = *devices_[i];
+    largest_budget = std::max(largest_budget, d.dev->budget());
+    if (d.dev->budget() < need) continue;
+    uint64_t reclaim = 0;
+    for (const auto& [k, o] : entries_)
+      if (o->block && o->device == static_cast<int>(i) && Evictable(*o)) reclaim += o->device_reserved;
+    uint64_t free = d.dev->budget() - std::min(d.used, d.dev->budget());
+    if (free + reclaim >= need) cands.push_back({static_cast<int>(i), free, reclaim});
+  }
+  if (need > largest_budget)
+    return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(need) + " but the largest device budget is " +
+                                       FormatBytes(largest_budget) + " ([pool] device_budget)");
+  // Least loaded first: the most free bytes, so no eviction when one has room.
+  std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
+    return a.free != b.free ? a.free > b.free : a.reclaimable > b.reclaimable;
+  });
+  for (const Cand& c : cands) {
+    DeviceSlot& d = *devices_[static_cast<size_t>(c.index)];
+    while (true) {
+      if (d.used + need <= d.dev->budget()) {
+        if (auto block = d.dev->arena().Allocate(need)) {
+          e.block = std::move(block);
+          e.device = c.index;
+          e.device_reserved = need;
+          d.used += need;
+          return c.index;
+        }
+      }
+      auto victim = d.policy->Victim([&](PoolKey k) {
+        auto it = entries_.find(k);
+        return it != entries_.end() && it->second->tier == Tier::kDevice && it->second->device == c.index &&
+               Evictable(*it->second);
+      });
+      if (!victim) break;
+      DemoteFromDevice(*entries_[*victim]);
+    }
+  }
+  std::string detail;
+  for (const auto& d : devices_)
+    detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
+              FormatBytes(d->dev->budget()) + " held by " + Holders(*d);
+  return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(need) +
+                                     ") and nothing more can be evicted: " + detail);
+}
+
+namespace {
+Status Warmup(Model* m, const std::string& sample, const std::vector<InputSpec>& specs, const std::string& ref) {
+  auto tensors = ReadTensorFile(sample);
+  if (!tensors.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + tensors.status().message());
+  std::vector<InputSpec> names = specs;
+  if (names.empty())
+    for (const auto& n : m->input_names()) names.push_back({n, std::nullopt, std::nullopt});
+  auto ordered = MatchInputs(names, std::move(tensors).value(), ref);
+  if (!ordered.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + ordered.status().message());
+  auto out = m->Run(*ordered);
+  if (!out.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + out.status().message());
+  return Status::Ok();
+}
+}  // namespace
+
+void ModelPool::RunLoad(PoolKey key) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  Entry* e = it->second.get();
+  const int64_t t0 = opts_.clock->MonoNanos();
+  bool from_disk = e->tier == Tier::kDisk;
+  auto fail = [&](const Status& st) {
+    auto callbacks = Finish(*e, st, from_disk);
+    lock.unlock();
+    for (auto& cb : callbacks) Post(std::move(cb));
+  };
+
+  if (from_disk) {
+    uint64_t largest = 0;
+    for (const auto& d : devices_) largest = std::max(largest, d->dev->budget());
+    if (e->bytes > largest) {
+      return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
+                                              " but the largest device budget is " + FormatBytes(largest) +
+                                              " ([pool] device_budget)"));
+    }
+    if (Status st = MakeHostRoom(e->bytes, key); !st.ok()) return fail(st);
+    host_used_ += e->bytes;
+    e->host_reserved = e->bytes;
+    Loader::Source src = e->item.source;
+    src.ref = e->item.ref;
+    lock.unlock();
+    auto hm = loader_->Load(src, host_alloc_);
+    lock.lock();
+    if (!hm.ok()) {
+      host_used_ -= e->host_reserved;
+      e->host_reserved = 0;
+      return fail(hm.status());
+    }
+    e->host = std::move(hm->weights);
+    e->model = std::move(hm->model);
+    e->bytes = e->model->layout().total_bytes;
+    host_used_ = host_used_ - e->host_reserved + e->bytes;
+    e->host_reserved = e->bytes;
+    e->tier = Tier::kHost;
+    host_policy_->Insert(key);
+    host_policy_->Touch(key);
+    if (host_used_ > opts_.host_budget) (void)MakeHostRoom(0, key);  // the estimate was low
+    LogInfo("load", {{"model", e->item.ref}, {"from", "disk"}, {"to", "host"}, {"bytes", e->bytes},
+                     {"ms", static_cast<double>(opts_.clock->MonoNanos() - t0) / 1e6}});
+  } else {
+    host_policy_->Touch(key);
+  }
+
+  auto placed = PlaceOnDevice(*e);
+  if (!placed.ok()) return fail(placed.status());
+  Device* dev = devices_[static_cast<size_t>(*placed)]->dev.get();
+  Model* m = e->model.get();
+  std::shared_ptr<Buffer> block = e->block, host = e->host;
+  std::string sample = opts_.warmup ? e->item.sample_input : "";
+  std::vector<InputSpec> specs = e->item.inputs;
+  std::string ref = e->item.ref;
+  const int64_t t1 = opts_.clock->MonoNanos();
+  lock.unlock();
+
+  Status st = dev->CopyIn(block->data(), host->data(), m->layout().total_bytes);
+  if (st.ok()) st = m->Bind(block, dev->torch_device());
+  const int64_t t2 = opts_.clock->MonoNanos();
+  if (st.ok() && !sample.empty()) st = Warmup(m, sample, specs, ref);
+
+  lock.lock();
+  if (!st.ok()) {
+    DemoteFromDevice(*e);  // undo the placement: block back to the arena, model back on its host copy
+    return fail(st);
+  }
+  e->tier = Tier::kDevice;
+  DeviceSlot& slot = *devices_[static_cast<size_t>(*placed)];
+  slot.policy->Insert(key);
+  slot.policy->Touch(key);
+  ++e->loads;
+  ++loads_;
+  e->last_load_ns = opts_.clock->MonoNanos() - t0;
+  LogInfo("load", {{"model", ref}, {"from", "host"}, {"to", dev->name()}, {"bytes", e->bytes},
+                   {"copy_ms", static_cast<double>(t2 - t1) / 1e6},
+                   {"total_ms", static_cast<double>(e->last_load_ns) / 1e6}});
+  auto callbacks = Finish(*e, Status::Ok(), true);
+  lock.unlock();
+  for (auto& cb : callbacks) Post(std::move(cb));
+}
+
+std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st, bool loaded) {
+  std::vector<std::function<void()>> out;
+  e.loading = false;
+  auto waiters = std::move(e.waiters);
+  e.waiters.clear();
+  if (st.ok()) {
+    e.healthy = true;
+    e.failures = 0;
+    for (auto& w : waiters) {
+      HandlePtr h = NewHandle(e, loaded);
+      out.push_back([w = std::move(w), h = std::move(h)]() mutable { w(std::move(h)); });
+    }
+  } else {
+    if (st.code() != Code::kPoolFull && st.code() != Code::kCancelled) {
+      // A broken artifact or a failed warm-up: not served until a backoff passes.
+      e.healthy = false;
+      ++e.failures;
+      ++failures_;
+      e.last_error = st;
+      int64_t backoff = opts_.retry_backoff_ns;
+      for (int i = 1; i < e.failures && backoff < opts_.max_backoff_ns; ++i) backoff *= 2;
+      backoff = std::min(backoff, opts_.max_backoff_ns);
+      e.retry_at = opts_.clock->MonoNanos() + backoff;
+      LogWarn("load_failed", {{"model", e.item.ref}, {"error", st.message()}, {"failures", e.failures},
+                              {"retry_in_ms", backoff / 1000000}});
+    }
+    for (auto& w : waiters) out.push_back([w = std::move(w), st] { w(st); });
+  }
+  if (e.forgotten && e.refs == 0) {
+    DropHost(e);
+    entries_.erase(e.item.key);
+  }
+  return out;
+}
+
+void ModelPool::Release(PoolKey key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  Entry& e = *it->second;
+  --e.refs;
+  e.last_use = opts_.clock->MonoNanos();
+  if (e.forgotten && e.refs == 0 && !e.loading) {
+    DropHost(e);
+    entries_.erase(it);
+  }
+}
+
+Status ModelPool::Pin(const PoolItem& item) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = EntryFor(item);
+    e.pinned = true;
+    if (e.tier == Tier::kDevice && !e.loading) return Status::Ok();
+  }
+  auto h = AcquireSync(item);
+  return h.status();
+}
+
+void ModelPool::Unpin(PoolKey key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = entries_.find(key); it != entries_.end()) it->second->pinned = false;
+}
+
+Result<std::string> ModelPool::Evict(PoolKey key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end() || it->second->tier == Tier::kDisk)
+    return FailedPrecondition("not loaded: nothing to evict");
+  Entry& e = *it->second;
+  if (e.loading) return FailedPrecondition(e.item.ref + " is loading; try again when it is done");
+  if (e.pinned) return InUse(e.item.ref + " is pinned; unpin it first (mms unpin " + e.item.ref + ")");
+  if (e.tier == Tier::kDevice) {
+    if (e.refs > 0) return InUse(e.item.ref + " has " + std::to_string(e.refs) + " requests in flight");
+    DemoteFromDevice(e);
+    return std::string("host");
+  }
+  DropHost(e);
+  return std::string("disk");
+}
+
+void ModelPool::Forget(PoolKey key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  Entry& e = *it->second;
+  e.forgotten = true;
+  e.pinned = false;
+  if (e.refs == 0 && !e.loading) {
+    DropHost(e);
+    entries_.erase(it);
+  }
+}
+
+nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
+  nlohmann::json j{{"ref", e.item.ref},
+                   {"tier", TierName(e.tier)},
+                   {"bytes", e.bytes},
+                   {"pinned", e.pinned},
+                   {"in_flight", e.refs},
+                   {"loading", e.loading},
+                   {"healthy", e.healthy},
+                   {"loads", e.loads},
+                   {"evictions", e.evictions},
+                   {"hits", e.hits},
+                   {"misses", e.misses},
+                   {"load_ms", static_cast<double>(e.last_load_ns) / 1e6}};
+  j["last_use_ms_ago"] = e.last_use ? nlohmann::json((now - e.last_use) / 1000000) : nlohmann::json(nullptr);
+  if (e.device >= 0) j["device"] = devices_[static_cast<size_t>(e.device)]->dev->name();
+  if (!e.healthy) {
+    j["error"] = e.last_error.message();
+    j["failures"] = e.failures;
+    j["retry_in_ms"] = std::max<int64_t>(0, (e.retry_at - now) / 1000000);
+  }
+  return j;
+}
+
+nlohmann::json ModelPool::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t now = opts_.clock->MonoNanos();
+  nlohmann::json devices = nlohmann::json::array();
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    const DeviceSlot& d = *devices_[i];
+    nlohmann::json models = nlohmann::json::array();
+    for (const auto& [k, e] : entries_)
+      if (e->block && e->device == static_cast<int>(i)) models.push_back(EntryJson(*e, now));
+    devices.push_back({{"name", d.dev->name()},
+                       {"kind", d.dev->kind()},
+                       {"budget", d.dev->budget()},
+                       {"used", d.used},
+                       {"policy", d.policy->name()},
+                       {"arena", {{"reserved", d.dev->arena().capacity()},
+                                  {"allocated", d.dev->arena().used()},
+                                  {"largest_free", d.dev->arena().largest_free()},
+                                  {"free_ranges", d.dev->arena().free_ranges()}}},
+                       {"models", models}});
+  }
+  nlohmann::json host = nlohmann::json::array(), disk = nlohmann::json::array();
+  for (const auto& [k, e] : entries_) {
+    if (e->tier == Tier::kHost && !e->block) host.push_back(EntryJson(*e, now));
+    if (e->tier == Tier::kDisk) disk.push_back(EntryJson(*e, now));
+  }
+  return {{"devices", devices},
+          {"host", {{"budget", opts_.host_budget}, {"used", host_used_}, {"policy", host_policy_->name()}, {"models", host}}},
+          {"disk", {{"models", disk}}},
+          {"totals", {{"hits", hits_}, {"misses", misses_}, {"loads", loads_}, {"evictions", evictions_},
+                      {"failures", failures_},
+                      {"hit_rate", hits_ + misses_ ? static_cast<double>(hits_) / static_cast<double>(hits_ + misses_) : 0.0}}}};
+}
+
+std::optional<nlohmann::json> ModelPool::Health(PoolKey key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return std::nullopt;
+  return EntryJson(*it->second, opts_.clock->MonoNanos());
+}
+
+nlohmann::json ModelPool::Summary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int on_device = 0, on_host = 0;
+  for (const auto& [k, e] : entries_) {
+    if (e->tier == Tier::kDevice) ++on_device;
+    if (e->tier != Tier::kDisk) ++on_host;
+  }
+  return {{"models_on_device", on_device}, {"models_on_host", on_host}, {"loads", loads_},
+          {"evictions", evictions_},       {"hits", hits_},           {"misses", misses_},
+          {"hit_rate", hits_ + misses_ ? static_cast<double>(hits_) / static_cast<double>(hits_ + misses_) : 0.0}};
+}
+
+nlohmann::json ModelPool::Devices() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& d : devices_)
+    out.push_back({{"name", d->dev->name()},
+                   {"kind", d->dev->kind()},
+                   {"memory_total", d->dev->memory_total()},
+                   {"memory_available", d->dev->memory_free()},
+                   {"budget", d->dev->budget()},
+                   {"used", d->used}});
+  nlohmann::json host{{"name", "host"}, {"kind", "host"}, {"memory_total", HostMemoryTotal()},
+                      {"memory_available", HostMemoryAvailable()}, {"budget", opts_.host_budget}, {"used", host_used_}};
+  out.push_back(host);
+  return out;
+}
+
+}  // namespace mms

@@ -1,0 +1,163 @@
+// ModelPool: the tiered home of every servable version — device → host →
+// disk — with byte budgets measured from the weights, an eviction policy per
+// tier, pins, single-flight loads, warm-up, health with backoff, and
+// refcounted handles. It decides *when* to load and evict; a Loader knows
+// *how* (TorchScript packed or plain; fakes in tests).
+//
+// * Tiers are inclusive: a model on a device also keeps its host copy, so
+//   demotion device → host is free (the block goes back to the arena and the
+//   model is rebound to its host buffer) and promotion is one copy.
+// * A model with handles out is never evicted; pinned models never are. When
+//   nothing can be evicted a request fails at once with POOL_FULL naming what
+//   holds the memory — never a hang.
+// * Single flight: concurrent requests for a cold model wait on one load;
+//   its result or error reaches every waiter as soon as it is known. A failed
+//   load or warm-up marks the version unhealthy: requests fail at once with
+//   the reason until a backoff (doubling, capped at 5 minutes) has passed,
+//   then the next request retries.
+// * Placement: the device with the most free bytes that can fit the model
+//   (after evicting by policy); each device has its own arena and budget.
+//
+// Thread-safety: every method may be called from any thread. One mutex
+// guards the pool's state; it is never held across a disk read, a copy, a
+// warm-up inference or a callback. Acquire's callback runs on the caller's
+// thread for a hit and on `callbacks` (or a loader thread) after a load.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "core/executor.h"
+#include "core/status.h"
+#include "pool/device.h"
+#include "pool/model.h"
+#include "pool/policy.h"
+
+namespace mms {
+
+// What the pool needs to know about a version (from the registry).
+struct PoolItem {
+  PoolKey key = 0;             // the version's registry id
+  std::string ref;             // "rec:3"
+  Loader::Source source;       // where its weights are
+  uint64_t bytes = 0;          // weight bytes as registered (0 = unknown until loaded)
+  std::string sample_input;    // tensor file for warm-up ("" = none)
+  std::vector<InputSpec> inputs;
+};
+
+class ModelPool;
+
+// Keeps a model on its device while any copy lives.
+class ModelHandle {
+ public:
+  ~ModelHandle();
+  Model* model() const { return model_; }
+  const std::string& ref() const { return ref_; }
+  const std::string& device() const { return device_; }
+  PoolKey key() const { return key_; }
+  // True when this acquire had to load the model (a miss).
+  bool loaded() const { return loaded_; }
+
+ private:
+  friend class ModelPool;
+  ModelHandle(ModelPool* pool, PoolKey key, Model* m, std::string ref, std::string device, bool loaded)
+      : pool_(pool), key_(key), model_(m), ref_(std::move(ref)), device_(std::move(device)), loaded_(loaded) {}
+  ModelPool* pool_;
+  PoolKey key_;
+  Model* model_;
+  std::string ref_, device_;
+  bool loaded_;
+};
+using HandlePtr = std::shared_ptr<ModelHandle>;
+using AcquireCallback = std::function<void(Result<HandlePtr>)>;
+
+class ModelPool {
+ public:
+  struct Options {
+    uint64_t host_budget = 0;                     // [pool] host_budget (bytes; resolved, >0)
+    PolicyOptions policy;                         // [pool] policy, policy_half_life
+    int load_threads = 2;                         // [pool] load_threads
+    int64_t retry_backoff_ns = 2'000'000'000;     // [pool] load_retry_backoff (first; doubles)
+    int64_t max_backoff_ns = 300'000'000'000;     // 5 minutes
+    bool warmup = true;                           // [pool] warmup
+    Clock* clock = Clock::Real();
+    Executor* callbacks = nullptr;                // where post-load callbacks run (null: loader thread)
+  };
+
+  // Devices and the loader are injected (tests pass cpu:N devices and fake loaders).
+  static Result<std::unique_ptr<ModelPool>> Create(const Options& opts, std::vector<std::unique_ptr<Device>> devices,
+                                                   std::unique_ptr<Loader> loader, HostAllocator host_alloc);
+  ~ModelPool();  // waits for running loads
+
+  // Calls `cb` with a handle once `item` is on a device, loading it if needed.
+  void Acquire(const PoolItem& item, AcquireCallback cb);
+  // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
+  Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000);
+
+  // Pinned versions are loaded now and never evicted. Idempotent.
+  Status Pin(const PoolItem& item);
+  void Unpin(PoolKey key);
+  // Demotes one tier (device → host → disk). IN_USE when pinned or in
+  // flight, FAILED_PRECONDITION when not loaded or still loading.
+  Result<std::string> Evict(PoolKey key);
+  // The version left the registry: dropped as soon as no handle holds it.
+  void Forget(PoolKey key);
+
+  // Per device and tier: models, bytes used / budget, pins, in-flight,
+  // health, last use, loads, evictions, hits, misses.
+  nlohmann::json Snapshot() const;
+  // One version (or null when the pool has never seen it).
+  std::optional<nlohmann::json> Health(PoolKey key) const;
+  // Totals for `mms status`.
+  nlohmann::json Summary() const;
+  // Device descriptions (name, kind, memory, budget, used).
+  nlohmann::json Devices() const;
+
+ private:
+  friend class ModelHandle;
+  struct Entry;
+  struct DeviceSlot;
+  enum class Tier { kDisk, kHost, kDevice };
+
+  ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc);
+  Entry& EntryFor(const PoolItem& item);             // mu_ held
+  HandlePtr NewHandle(Entry& e, bool loaded);        // mu_ held; takes a ref
+  void Release(PoolKey key);
+  void StartLoad(Entry& e);                          // mu_ held
+  void RunLoad(PoolKey key);                         // loader thread
+  Status MakeHostRoom(uint64_t bytes, PoolKey for_key);      // mu_ held
+  Result<int> PlaceOnDevice(Entry& e);               // mu_ held: reserves a block
+  void DemoteFromDevice(Entry& e);                   // mu_ held
+  void DropHost(Entry& e);                           // mu_ held
+  // mu_ held: ends a load, hands out handles or the error; returns the
+  // waiters' callbacks, to run after mu_ is released.
+  std::vector<std::function<void()>> Finish(Entry& e, const Status& st, bool loaded);
+  std::string Holders(const DeviceSlot& d) const;     // mu_ held
+  bool Evictable(const Entry& e) const;               // mu_ held
+  nlohmann::json EntryJson(const Entry& e, int64_t now) const;  // mu_ held
+  const char* TierName(Tier t) const;
+  void Post(std::function<void()> fn);
+
+  const Options opts_;
+  const std::unique_ptr<Loader> loader_;
+  const HostAllocator host_alloc_;
+  std::unique_ptr<Executor> load_exec_;
+
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<DeviceSlot>> devices_;          // guarded by mu_ (set fixed at Create)
+  std::unordered_map<PoolKey, std::unique_ptr<Entry>> entries_;  // guarded by mu_
+  std::unique_ptr<EvictionPolicy> host_policy_;                // guarded by mu_
+  uint64_t host_used_ = 0;                                     // guarded by mu_
+  uint64_t hits_ = 0, misses_ = 0, loads_ = 0, evictions_ = 0, failures_ = 0;  // guarded by mu_
+};
+
+}  // namespace mms

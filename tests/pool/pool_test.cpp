@@ -1,0 +1,308 @@
+// The pool's policy, driven with a fake loader and a fake clock on real cpu:N
+// devices (their arenas are real memory).
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "fake_loader.h"
+#include "pool/model_pool.h"
+#include "pool/policy.h"
+#include "support/process.h"
+
+using namespace mms;
+using mms::testing::FakeLoader;
+
+namespace {
+
+constexpr uint64_t K = 1024;  // model sizes are multiples of the arena's 256-byte blocks
+
+struct PoolFixture {
+  FakeClock clock;
+  FakeLoader* loader = nullptr;
+  std::unique_ptr<ModelPool> pool;
+
+  explicit PoolFixture(std::vector<uint64_t> device_budgets = {3 * K}, uint64_t host_budget = 100 * K,
+                       std::string policy = "lru") {
+    std::vector<std::unique_ptr<Device>> devs;
+    for (size_t i = 0; i < device_budgets.size(); ++i) {
+      auto d = CreateDevice("cpu:" + std::to_string(i), device_budgets[i]);
+      REQUIRE(d.ok());
+      devs.push_back(std::move(d).value());
+    }
+    auto l = std::make_unique<FakeLoader>();
+    loader = l.get();
+    ModelPool::Options o;
+    o.host_budget = host_budget;
+    o.clock = &clock;
+    o.policy.name = policy;
+    o.load_threads = 4;
+    auto p = ModelPool::Create(o, std::move(devs), std::move(l), MakeHostAllocator(false));
+    REQUIRE(p.ok());
+    pool = std::move(p).value();
+  }
+
+  static PoolItem Item(int key, uint64_t bytes = K, std::string sample = "") {
+    PoolItem it;
+    it.key = key;
+    it.ref = "m" + std::to_string(key) + ":1";
+    it.source.artifact_path = std::to_string(bytes);
+    it.bytes = bytes;
+    it.sample_input = std::move(sample);
+    return it;
+  }
+
+  HandlePtr Get(int key, uint64_t bytes = K) {
+    auto h = pool->AcquireSync(Item(key, bytes), 10'000'000'000);
+    REQUIRE_MESSAGE(h.ok(), h.status().ToString());
+    return *h;
+  }
+  Status GetStatus(int key, uint64_t bytes = K) { return pool->AcquireSync(Item(key, bytes), 10'000'000'000).status(); }
+  std::string TierOf(int key) {
+    auto h = pool->Health(key);
+    return h ? (*h)["tier"].get<std::string>() : "unknown";
+  }
+};
+
+}  // namespace
+
+TEST_CASE("lru evicts the least recently used; lrfu keeps the frequent") {
+  auto lru = MakePolicy({"lru", 0}).value();
+  for (PoolKey k : {1, 2, 3}) {
+    lru->Insert(k);
+    lru->Touch(k);
+  }
+  lru->Touch(1);
+  auto all = [](PoolKey) { return true; };
+  CHECK(*lru->Victim(all) == 2);
+  CHECK(*lru->Victim([](PoolKey k) { return k != 2; }) == 3);
+
+  auto lrfu = MakePolicy({"lrfu", 100}).value();
+  for (PoolKey k : {1, 2}) lrfu->Insert(k);
+  for (int i = 0; i < 20; ++i) lrfu->Touch(1);  // frequent
+  lrfu->Touch(2);                                // recent, once
+  CHECK(*lrfu->Victim(all) == 2);                // LRU would evict 1
+  // Popularity shifts: after many accesses elsewhere, 1's history fades.
+  for (int i = 0; i < 2000; ++i) lrfu->Touch(2);
+  CHECK(*lrfu->Victim(all) == 1);
+  CHECK_FALSE(MakePolicy({"fifo", 1}).ok());
+  CHECK_FALSE(MakePolicy({"lrfu", 0}).ok());
+}
+
+TEST_CASE("hits, misses and byte-budget eviction") {
+  PoolFixture f({3 * K});
+  auto h1 = f.Get(1);
+  CHECK(h1->loaded());
+  h1.reset();
+  CHECK_FALSE(f.Get(1)->loaded());  // hit
+  f.Get(2);
+  f.Get(3);  // 300 bytes used: 1, 2, 3
+  f.Get(1);  // touch 1
+  f.Get(4);  // evicts 2 (least recently used)
+  CHECK(f.TierOf(2) == "host");
+  CHECK(f.TierOf(1) == "device");
+  auto snap = f.pool->Snapshot();
+  CHECK(snap["devices"][0]["used"] == 3 * K);
+  CHECK(snap["totals"]["loads"] == 4);
+  CHECK(snap["totals"]["evictions"] == 1);
+  CHECK(snap["totals"]["hits"] == 2);
+  // Promotion from host is a copy, not a disk load.
+  f.Get(2);
+  CHECK(f.loader->loads("m2:1") == 1);
+}
+
+TEST_CASE("promotion copies the weights into the device block") {
+  PoolFixture f({10 * K});
+  auto h = f.Get(5, 5 * K);
+  auto out = h->model()->Run({});
+  REQUIRE(out.ok());
+  int64_t sum = *(*out)[0].as<int64_t>();
+  uint8_t pattern = static_cast<uint8_t>(std::hash<std::string>()("m5:1") % 200 + 1);
+  CHECK(sum == static_cast<int64_t>(5 * K) * pattern);
+  CHECK(h->device() == "cpu:0");
+  auto* fm = static_cast<mms::testing::FakeModel*>(h->model());
+  CHECK(fm->device() == "cpu");  // torch device of a cpu:N device
+}
+
+TEST_CASE("a model in flight or pinned is never evicted; when nothing can go, POOL_FULL at once") {
+  PoolFixture f({2 * K});
+  auto held = f.Get(1);  // in flight
+  REQUIRE(f.pool->Pin(PoolFixture::Item(2)).ok());
+  auto st = f.GetStatus(3);
+  CHECK(st.code() == Code::kPoolFull);
+  CHECK(st.message().find("m1:1 (1.00 KiB, 1 in flight)") != std::string::npos);
+  CHECK(st.message().find("m2:1 (1.00 KiB, pinned)") != std::string::npos);
+  CHECK(f.TierOf(1) == "device");
+  CHECK(f.TierOf(2) == "device");
+  held.reset();
+  CHECK(f.GetStatus(3).ok());  // now 1 can go
+  CHECK(f.TierOf(1) == "host");
+  CHECK(f.TierOf(2) == "device");
+  f.pool->Unpin(2);
+  CHECK(f.GetStatus(4).ok());
+}
+
+TEST_CASE("a model bigger than any device budget fails at once without loading") {
+  PoolFixture f({2 * K, 3 * K});
+  auto st = f.GetStatus(9, 4 * K);
+  CHECK(st.code() == Code::kPoolFull);
+  CHECK(st.message().find("largest device budget is 3.00 KiB") != std::string::npos);
+  CHECK(f.loader->total_loads() == 0);
+}
+
+TEST_CASE("single flight: many concurrent requests for a cold model cause one load") {
+  PoolFixture f({10 * K});
+  f.loader->Gate(true);
+  std::atomic<int> ok{0}, done{0};
+  for (int i = 0; i < 32; ++i)
+    f.pool->Acquire(PoolFixture::Item(7), [&](Result<HandlePtr> r) {
+      if (r.ok()) ++ok;
+      ++done;
+    });
+  CHECK(done == 0);  // all waiting on the one load
+  f.loader->Gate(false);
+  REQUIRE(mms::testing::WaitFor([&] { return done == 32; }, 10));
+  CHECK(ok == 32);
+  CHECK(f.loader->loads("m7:1") == 1);
+  CHECK((*f.pool->Health(7))["loads"] == 1);
+  CHECK((*f.pool->Health(7))["in_flight"] == 0);  // every handle released
+}
+
+TEST_CASE("a failed load fails every waiter at once and is not retried per request") {
+  PoolFixture f({10 * K});
+  f.loader->Fail("m3:1", true);
+  f.loader->Gate(true);
+  std::atomic<int> failed{0};
+  for (int i = 0; i < 8; ++i)
+    f.pool->Acquire(PoolFixture::Item(3), [&](Result<HandlePtr> r) {
+      if (!r.ok() && r.status().message().find("corrupt") != std::string::npos) ++failed;
+    });
+  f.loader->Gate(false);
+  REQUIRE(mms::testing::WaitFor([&] { return failed == 8; }, 10));
+  CHECK(f.loader->loads("m3:1") == 1);
+  // Within the backoff: refused immediately with the reason, no new load.
+  auto again = f.GetStatus(3);
+  CHECK(again.code() == Code::kInvalidArgument);
+  CHECK(again.message().find("unhealthy") != std::string::npos);
+  CHECK(again.message().find("next retry in") != std::string::npos);
+  CHECK(f.loader->loads("m3:1") == 1);
+  auto health = *f.pool->Health(3);
+  CHECK(health["healthy"] == false);
+  CHECK(health["failures"] == 1);
+  // After the backoff the next request retries; fixed now, it loads.
+  f.loader->Fail("m3:1", false);
+  f.clock.AdvanceSeconds(2.5);
+  CHECK(f.GetStatus(3).ok());
+  CHECK(f.loader->loads("m3:1") == 2);
+  CHECK((*f.pool->Health(3))["healthy"] == true);
+}
+
+TEST_CASE("backoff doubles with each failure") {
+  PoolFixture f({10 * K});
+  f.loader->Fail("m3:1", true);
+  CHECK_FALSE(f.GetStatus(3).ok());
+  f.clock.AdvanceSeconds(2.1);
+  CHECK_FALSE(f.GetStatus(3).ok());  // second failure: 4 s backoff
+  CHECK(f.loader->loads("m3:1") == 2);
+  f.clock.AdvanceSeconds(3);
+  CHECK_FALSE(f.GetStatus(3).ok());
+  CHECK(f.loader->loads("m3:1") == 2);  // still backing off
+  f.clock.AdvanceSeconds(1.5);
+  CHECK_FALSE(f.GetStatus(3).ok());
+  CHECK(f.loader->loads("m3:1") == 3);
+}
+
+TEST_CASE("a failed warm-up makes the version unhealthy and frees its device block") {
+  mms::testing::TempDir t;
+  std::ofstream(t / "s.json") << R"({"x": {"dtype": "float32", "shape": [1], "data": [1]}})";
+  PoolFixture f({10 * K});
+  f.loader->fail_run_ = true;
+  auto st = f.pool->AcquireSync(PoolFixture::Item(4, 100, t / "s.json")).status();
+  CHECK(st.code() == Code::kUnhealthy);
+  CHECK(st.message().find("warm-up of m4:1 failed: fake forward failed") != std::string::npos);
+  auto h = *f.pool->Health(4);
+  CHECK(h["healthy"] == false);
+  CHECK(h["tier"] == "host");
+  CHECK(f.pool->Snapshot()["devices"][0]["used"] == 0);
+  f.loader->fail_run_ = false;
+  f.clock.AdvanceSeconds(3);
+  CHECK(f.pool->AcquireSync(PoolFixture::Item(4, 100, t / "s.json")).ok());
+}
+
+TEST_CASE("placement picks the least loaded device with room") {
+  PoolFixture f({3 * K, 3 * K});
+  auto a = f.Get(1);
+  auto b = f.Get(2);
+  CHECK(a->device() != b->device());  // spread, not stacked
+  auto c = f.Get(3);
+  auto d = f.Get(4);
+  auto snap = f.pool->Snapshot();
+  CHECK(snap["devices"][0]["used"] == 2 * K);
+  CHECK(snap["devices"][1]["used"] == 2 * K);
+  auto e = f.Get(5);
+  auto g = f.Get(6);
+  // both full now (300 each); a seventh evicts on some device once handles go
+  a.reset();
+  CHECK(f.GetStatus(7).ok());
+  CHECK(f.TierOf(1) == "host");
+}
+
+TEST_CASE("evict demotes one tier; pinned and in-flight refuse") {
+  PoolFixture f({10 * K});
+  auto h = f.Get(1);
+  CHECK(f.pool->Evict(1).status().code() == Code::kInUse);
+  h.reset();
+  CHECK(f.pool->Evict(1).value() == "host");
+  CHECK(f.pool->Evict(1).value() == "disk");
+  CHECK(f.pool->Evict(1).status().code() == Code::kFailedPrecondition);
+  REQUIRE(f.pool->Pin(PoolFixture::Item(2)).ok());
+  auto pinned = f.pool->Evict(2);
+  CHECK(pinned.status().code() == Code::kInUse);
+  CHECK(pinned.status().message().find("mms unpin") != std::string::npos);
+  CHECK(f.pool->Evict(99).status().code() == Code::kFailedPrecondition);
+}
+
+TEST_CASE("the host tier has its own budget; over it, host copies go back to disk") {
+  PoolFixture f({K}, 5 * K / 2);
+  f.Get(1);
+  f.Get(2);  // 1 → host (device holds one)
+  f.Get(3);  // host full at 300 > 250: 1 (host only) → disk
+  CHECK(f.TierOf(1) == "disk");
+  CHECK(f.TierOf(2) == "host");
+  CHECK(f.TierOf(3) == "device");
+  CHECK(f.pool->Snapshot()["host"]["used"] == 2 * K);
+}
+
+TEST_CASE("forgotten versions leave once their last handle is released") {
+  PoolFixture f({10 * K});
+  auto h = f.Get(1);
+  f.pool->Forget(1);
+  CHECK(f.pool->Health(1).has_value());
+  h.reset();
+  CHECK_FALSE(f.pool->Health(1).has_value());
+  CHECK(f.pool->Snapshot()["devices"][0]["used"] == 0);
+}
+
+TEST_CASE("many threads hammering a small pool keep the books balanced") {
+  PoolFixture f({5 * K}, 100 * K, "lrfu");
+  std::vector<std::thread> ts;
+  std::atomic<int> ok{0}, full{0};
+  for (int t = 0; t < 8; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        auto r = f.pool->AcquireSync(PoolFixture::Item((t * 7 + i) % 12), 10'000'000'000);
+        if (r.ok()) ++ok;
+        else if (r.status().code() == Code::kPoolFull) ++full;
+      }
+    });
+  for (auto& t : ts) t.join();
+  CHECK(ok + full == 1600);
+  CHECK(ok > 1000);
+  auto snap = f.pool->Snapshot();
+  uint64_t used = snap["devices"][0]["used"];
+  CHECK(used <= 5 * K);
+  CHECK(used == snap["devices"][0]["models"].size() * K);
+  CHECK(snap["devices"][0]["arena"]["allocated"].get<uint64_t>() == used);
+  for (const auto& m : snap["devices"][0]["models"]) CHECK(m["in_flight"] == 0);
+}
