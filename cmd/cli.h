@@ -81,6 +81,7 @@ class Cli {
 // Command groups.
 void AddDaemonCommands(CLI::App& app, Cli& cli);
 void AddModelCommands(CLI::App& app, Cli& cli);
+void AddPoolCommands(CLI::App& app, Cli& cli);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

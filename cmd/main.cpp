@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
 
   AddDaemonCommands(app, cli);
   AddModelCommands(app, cli);
+  AddPoolCommands(app, cli);
 
   try {
     app.parse(argc, argv);

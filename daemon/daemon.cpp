@@ -2,10 +2,9 @@
 
 #include <unistd.h>
 
-#include <thread>
-
 #include "core/log.h"
 #include "core/paths.h"
+#include "pool/torch_model.h"
 
 namespace mms {
 
@@ -28,32 +27,160 @@ Status ApplyLogConfig(const LogConfig& log) {
 Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   if (opts.socket_path.empty() || opts.data_dir.empty()) return InvalidArgument("socket and data dir must be resolved");
   std::unique_ptr<Daemon> d(new Daemon(std::move(opts)));
+  const Config& c = d->opts_.config;
+  MMS_RETURN_IF_ERROR(MakeDirs(d->opts_.data_dir, 0700));
+
+  Registry::Options ro;
+  ro.path = c.registry.path.empty() ? JoinPath(d->opts_.data_dir, "registry.db") : c.registry.path;
+  ro.busy_timeout_ms = c.registry.busy_timeout_ns / 1000000;
+  ro.allowed_roots = c.registry.allowed_roots;
+  ro.clock = d->opts_.clock;
+  ro.actor = "mmsd";
+  MMS_ASSIGN_OR_RETURN(d->registry_, Registry::Open(ro));
+
+  int workers = ResolveWorkers(c.daemon.workers);
+  d->callbacks_ = std::make_unique<Executor>("mms-serve", workers);
+  MMS_RETURN_IF_ERROR(d->CreatePool());
+
   Server::Options so;
   so.socket_path = d->opts_.socket_path;
-  so.contexts = d->opts_.config.daemon.contexts;
-  so.workers = ResolveWorkers(d->opts_.config.daemon.workers);
-  so.max_message_bytes = d->opts_.config.daemon.max_message_bytes;
-  auto server = Server::Create(so, d->BuildHandlers());
-  if (!server.ok()) return server.status();
-  d->server_ = std::move(server).value();
+  so.contexts = c.daemon.contexts;
+  so.workers = workers;
+  so.max_message_bytes = c.daemon.max_message_bytes;
+  MMS_ASSIGN_OR_RETURN(d->server_, Server::Create(so, d->BuildHandlers()));
   return d;
 }
 
-Daemon::~Daemon() = default;
+Status Daemon::CreatePool() {
+  const PoolConfig& pc = opts_.config.pool;
+  std::vector<std::string> names =
+      pc.devices.size() == 1 && pc.devices[0] == "auto" ? AutoDevices() : pc.devices;
+  std::vector<std::unique_ptr<Device>> devices;
+  bool cuda = false;
+  uint64_t device_total = 0;
+  for (const auto& n : names) {
+    auto dev = CreateDevice(n, pc.device_budget);
+    if (!dev.ok()) return dev.status().WithContext("[pool] devices");
+    cuda = cuda || (*dev)->kind() == "cuda";
+    device_total += (*dev)->budget();
+    devices.push_back(std::move(dev).value());
+  }
+  ModelPool::Options po;
+  po.host_budget = pc.host_budget ? pc.host_budget : std::max(HostMemoryAvailable() / 2, device_total);
+  po.policy.name = pc.policy;
+  po.policy.half_life = pc.policy_half_life;
+  po.load_threads = pc.load_threads;
+  po.retry_backoff_ns = pc.load_retry_backoff_ns;
+  po.warmup = pc.warmup;
+  po.clock = opts_.clock;
+  po.callbacks = callbacks_.get();
+  ConfigureTorchThreads(pc.intra_op_threads);
+  MMS_ASSIGN_OR_RETURN(pool_, ModelPool::Create(po, std::move(devices), std::make_unique<TorchLoader>(),
+                                                MakeHostAllocator(cuda)));
+  return Status::Ok();
+}
+
+Daemon::~Daemon() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stopping_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+}
 
 std::map<uint16_t, Handler> Daemon::BuildHandlers() {
   std::map<uint16_t, Handler> table;
   AddCoreHandlers(this, &table);
+  AddPoolHandlers(this, &table);
   return table;
 }
 
+std::shared_ptr<const RegistrySnapshot> Daemon::snapshot() const {
+  std::lock_guard<std::mutex> lock(snap_mu_);
+  return snapshot_;
+}
+
+PoolItem Daemon::ItemFor(const VersionRecord& v) {
+  PoolItem it;
+  it.key = v.id;
+  it.ref = v.ref();
+  it.source.ref = v.ref();
+  it.source.artifact_path = v.artifact_path;
+  it.source.packed_dir = v.packed_dir;
+  it.bytes = v.device_bytes;
+  it.sample_input = v.sample_input;
+  it.inputs = v.inputs;
+  return it;
+}
+
+Status Daemon::RefreshRegistry(bool force) {
+  std::lock_guard<std::mutex> lock(refresh_mu_);
+  auto old = snapshot();
+  MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
+  if (!force && old && dv == old->data_version) return Status::Ok();
+  MMS_ASSIGN_OR_RETURN(auto snap, RegistrySnapshot::Load(*registry_));
+  {
+    std::lock_guard<std::mutex> s(snap_mu_);
+    snapshot_ = snap;
+  }
+  if (old)
+    for (const auto& [name, versions] : old->models)
+      for (const auto& v : versions)
+        if (!snap->ById(v.id)) pool_->Forget(v.id);
+
+  std::set<PoolKey> want;
+  auto want_ref = [&](const std::string& text, const char* source) {
+    auto ref = ParseRef(text);
+    auto v = ref.ok() ? snap->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
+    if (v.ok()) want.insert((*v)->id);
+    else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
+  };
+  for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
+  for (const auto& p : opts_.config.pool.pinned) want_ref(p, "[pool] pinned");
+  for (PoolKey k : want)
+    if (!pinned_.count(k)) pool_->Pin(ItemFor(*snap->ById(k)));
+  for (PoolKey k : pinned_)
+    if (!want.count(k)) pool_->Unpin(k);
+  pinned_ = want;
+  LogDebug("registry_snapshot", {{"models", snap->models.size()}, {"pins", want.size()}});
+  return Status::Ok();
+}
+
+Result<VersionRecord> Daemon::Resolve(const std::string& text) {
+  MMS_ASSIGN_OR_RETURN(Ref ref, ParseRef(text));
+  auto snap = snapshot();
+  auto v = snap->Resolve(ref);
+  if (v.ok()) return **v;
+  if (v.status().code() != Code::kNotFound) return v.status();
+  MMS_RETURN_IF_ERROR(RefreshRegistry(false));
+  snap = snapshot();
+  auto again = snap->Resolve(ref);
+  if (!again.ok()) return again.status();
+  return **again;
+}
+
+void Daemon::WatchRegistry() {
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!stopping_) {
+    watch_cv_.wait_for(lock, std::chrono::nanoseconds(opts_.config.registry.poll_interval_ns));
+    if (stopping_) break;
+    lock.unlock();
+    if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+    lock.lock();
+  }
+}
+
 Status Daemon::Start() {
-  MMS_RETURN_IF_ERROR(MakeDirs(opts_.data_dir, 0700));
   started_mono_ns_ = opts_.clock->MonoNanos();
   MMS_RETURN_IF_ERROR(server_->Start());
+  MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
+  watcher_ = std::thread([this] { WatchRegistry(); });
   LogInfo("started", {{"pid", ::getpid()},
                       {"socket", opts_.socket_path},
                       {"data_dir", opts_.data_dir},
+                      {"registry", registry_->path()},
+                      {"devices", pool_->Devices().size() - 1},
                       {"config", opts_.config_path.empty() ? "(built-in defaults)" : opts_.config_path}});
   return Status::Ok();
 }
@@ -78,6 +205,12 @@ bool Daemon::Shutdown() {
   server_->BeginDrain();
   bool idle = server_->WaitIdle(opts_.config.daemon.shutdown_grace_ns);
   if (!idle) LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}});
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stopping_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
   if (idle) server_->Stop();
   LogInfo("stopped", {{"served", server_->requests_served()}});
   return idle;

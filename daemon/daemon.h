@@ -1,21 +1,34 @@
 // Daemon: the composition root of mmsd. Owns every live service (registry
-// watcher, pool, router, rollouts, ...) and the Server that exposes them;
-// builds the handler table from the handlers_*.cpp files.
+// and its in-memory snapshot, the model pool, ...) and the Server that
+// exposes them; builds the handler table from the handlers_*.cpp files.
 //
 // Lifecycle: Create → Start → (Reload on SIGHUP)* → Shutdown. Shutdown drains
 // the server for the grace period, persists what must survive, and reports
 // whether everything finished (the caller exits 0 either way).
 //
-// Thread-safety: Start/Reload/Shutdown from the main (signal) thread only.
+// The registry is the source of truth: a watcher thread re-reads it when its
+// DataVersion changes (every [registry] poll_interval, or at once when the
+// CLI sends REGISTRY_CHANGED) and applies pins and removals to the pool.
+//
+// Thread-safety: Start/Reload/Shutdown from the main (signal) thread only;
+// the accessors are safe from handler threads.
 #pragma once
 
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 
 #include "config/config.h"
 #include "core/clock.h"
+#include "core/executor.h"
 #include "core/status.h"
+#include "pool/model_pool.h"
+#include "registry/registry.h"
+#include "registry/snapshot.h"
 #include "server.h"
 
 namespace mms {
@@ -35,7 +48,7 @@ class Daemon {
 
   Status Start();
   // Re-reads the config file and applies what can change live (log level and
-  // sink, registry poll interval, limits, ...). Returns what was reloaded.
+  // sink). Returns what was reloaded.
   Result<std::vector<std::string>> Reload();
   // Stops accepting, waits up to [daemon] shutdown_grace for in-flight
   // requests, persists state. False when requests were still running.
@@ -46,18 +59,45 @@ class Daemon {
   Clock* clock() const { return opts_.clock; }
   int64_t started_mono_ns() const { return started_mono_ns_; }
   Server* server() const { return server_.get(); }
+  Registry* registry() const { return registry_.get(); }
+  ModelPool* pool() const { return pool_.get(); }
+  Executor* callbacks() const { return callbacks_.get(); }
+  std::shared_ptr<const RegistrySnapshot> snapshot() const;
+  // Re-reads the registry when it changed (or always with `force`), swaps
+  // the snapshot, applies pins and forgets removed versions.
+  Status RefreshRegistry(bool force);
+  // Resolves a reference against the snapshot; on NOT_FOUND refreshes once
+  // (a version registered a moment ago is servable at once).
+  Result<VersionRecord> Resolve(const std::string& ref);
+  static PoolItem ItemFor(const VersionRecord& v);
 
  private:
   explicit Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
   std::map<uint16_t, Handler> BuildHandlers();
+  Status CreatePool();
+  void WatchRegistry();
 
   DaemonOptions opts_;
   int64_t started_mono_ns_ = 0;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<Executor> callbacks_;
+  std::unique_ptr<ModelPool> pool_;
   std::unique_ptr<Server> server_;
+
+  mutable std::mutex snap_mu_;
+  std::shared_ptr<const RegistrySnapshot> snapshot_;  // guarded by snap_mu_
+  std::mutex refresh_mu_;                             // one refresh at a time
+  std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
+
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool stopping_ = false;  // guarded by watch_mu_
+  std::thread watcher_;
 };
 
 // handlers_*.cpp: each adds its message types to the table.
 void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
+void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
 
 // Resolves the Server's worker count from [daemon] workers (0 = 2 × cores).
 int ResolveWorkers(int configured);

@@ -2,33 +2,11 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "core/version.h"
 #include "daemon.h"
 #include "protocol/messages.h"
 
 namespace mms {
-namespace {
-
-// MemTotal / MemAvailable from /proc/meminfo, in bytes.
-nlohmann::json HostMemory() {
-  std::ifstream in("/proc/meminfo");
-  std::string line;
-  uint64_t total = 0, avail = 0;
-  while (std::getline(in, line)) {
-    std::istringstream ss(line);
-    std::string key;
-    uint64_t kb = 0;
-    ss >> key >> kb;
-    if (key == "MemTotal:") total = kb * 1024;
-    if (key == "MemAvailable:") avail = kb * 1024;
-  }
-  return {{"memory_total", total}, {"memory_available", avail}};
-}
-
-}  // namespace
 
 void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
   (*table)[proto::kPing] = [](proto::Message, Responder r) {
@@ -48,11 +26,13 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["cuda_build"] = MMS_WITH_CUDA_BUILD == 1;
     j["requests_served"] = d->server()->requests_served();
     j["in_flight"] = d->server()->in_flight();
-    nlohmann::json host = HostMemory();
-    host["name"] = "cpu";
-    host["kind"] = "host";
-    j["devices"] = nlohmann::json::array({host});
-    j["pool"] = nlohmann::json::object();
+    j["registry"] = d->registry()->path();
+    j["devices"] = d->pool()->Devices();
+    nlohmann::json pool = d->pool()->Summary();
+    size_t registered = 0;
+    for (const auto& [name, versions] : d->snapshot()->models) registered += versions.size();
+    pool["models_registered"] = registered;
+    j["pool"] = std::move(pool);
     r.Send(std::move(j));
   };
 
@@ -62,7 +42,10 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     r.Send(nlohmann::json{{"reload", "requested"}});
   };
 
-  (*table)[proto::kRegistryChanged] = [](proto::Message, Responder r) { r.Send(nlohmann::json::object()); };
+  (*table)[proto::kRegistryChanged] = [d](proto::Message, Responder r) {
+    if (Status st = d->RefreshRegistry(false); !st.ok()) return r.Fail(st);
+    r.Send(nlohmann::json::object());
+  };
 }
 
 }  // namespace mms

@@ -53,6 +53,16 @@ nlohmann::json AuditEntry::ToJson() const {
           {"version", version}, {"from", from},   {"to", to},       {"detail", detail}};
 }
 
+const VersionRecord* DefaultVersion(const std::vector<VersionRecord>& versions) {
+  const VersionRecord* best = nullptr;
+  auto rank = [](const VersionRecord& v) { return v.stage == Stage::kProduction ? 2 : v.stage != Stage::kArchived ? 1 : 0; };
+  for (const auto& v : versions) {
+    if (!best || rank(v) > rank(*best) || (rank(v) == rank(*best) && CompareVersions(v.version, best->version) > 0))
+      best = &v;
+  }
+  return best;
+}
+
 Registry::Registry(Options opts) : opts_(std::move(opts)), actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor) {}
 Registry::~Registry() = default;
 
@@ -255,11 +265,10 @@ Result<VersionRecord> Registry::ResolveLocked(const Ref& ref) {
       break;
     }
     case Ref::Kind::kName: {
-      // Production, else the highest version not archived, else the highest.
-      MMS_ASSIGN_OR_RETURN(found, QueryVersions("WHERE v.model_id = ? ORDER BY (v.stage = 'production') DESC, "
-                                                "(v.stage != 'archived') DESC, v.sort_key DESC LIMIT 1",
-                                                {id}));
-      if (found.empty()) return NotFound("model '" + ref.name + "' has no versions");
+      MMS_ASSIGN_OR_RETURN(auto all, QueryVersions("WHERE v.model_id = ?", {id}));
+      const VersionRecord* def = DefaultVersion(all);
+      if (!def) return NotFound("model '" + ref.name + "' has no versions");
+      found.push_back(*def);
       break;
     }
   }

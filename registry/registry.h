@@ -206,4 +206,9 @@ class Registry {
 // "$MMS_ACTOR", else "$USER", else the login name of the effective uid.
 std::string DefaultActor();
 
+// What a bare model name serves: its production version, else its highest
+// version not archived, else its highest version. `versions` are one
+// model's; null when empty. (The one place this rule lives.)
+const VersionRecord* DefaultVersion(const std::vector<VersionRecord>& versions);
+
 }  // namespace mms

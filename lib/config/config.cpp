@@ -136,8 +136,89 @@ Spec StringList(std::string table, std::string key, std::string doc, Get get) {
   return {{table, key, "list of strings", "[]", "any strings", doc}, apply, render};
 }
 
+template <class Get>
+Spec Bool(std::string table, std::string key, bool def, std::string doc, Get get) {
+  Apply apply = [get](Config& c, const toml::node& n) -> Status {
+    if (!n.is_boolean()) return TypeError("true or false", n);
+    get(c) = *n.value<bool>();
+    return Status::Ok();
+  };
+  Render render = [get](const Config& c) { return std::string(Field(get, c) ? "true" : "false"); };
+  return {{table, key, "boolean", def ? "true" : "false", "true | false", doc}, apply, render};
+}
+
+template <class Get>
+Spec Double(std::string table, std::string key, double def, double lo, double hi, std::string doc, Get get) {
+  auto fmt = [](double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  };
+  std::string range = fmt(lo) + " to " + fmt(hi);
+  Apply apply = [get, lo, hi, range, fmt](Config& c, const toml::node& n) -> Status {
+    if (!n.is_number()) return TypeError("a number", n);
+    double v = *n.value<double>();
+    if (!(v >= lo && v <= hi)) return InvalidArgument(fmt(v) + " is out of range; allowed " + range);
+    get(c) = v;
+    return Status::Ok();
+  };
+  Render render = [get, fmt](const Config& c) {
+    std::string s = fmt(Field(get, c));
+    return s.find_first_of(".e") == std::string::npos ? s + ".0" : s;
+  };
+  return {{table, key, "number", fmt(def), range, doc}, apply, render};
+}
+
+// A size, or "auto" (stored as 0).
+template <class Get>
+Spec BytesOrAuto(std::string table, std::string key, uint64_t lo, uint64_t hi, std::string doc, Get get) {
+  Spec s = Bytes(table, key, "auto", lo, hi, doc, get);
+  Apply sized = s.apply;
+  s.apply = [sized, get](Config& c, const toml::node& n) -> Status {
+    if (n.is_string() && *n.value<std::string>() == "auto") {
+      get(c) = 0;
+      return Status::Ok();
+    }
+    return sized(c, n);
+  };
+  Render render = s.render;
+  s.render = [render, get](const Config& c) { return Field(get, c) == 0 ? std::string("\"auto\"") : render(c); };
+  s.key.range = "\"auto\" or " + s.key.range;
+  return s;
+}
+
 constexpr int64_t kMs = 1'000'000;
 constexpr int64_t kSec = 1'000'000'000;
+
+// [pool] devices: "auto" or a list of device names.
+Spec DevicesSpec() {
+  auto get = [](Config& c) -> std::vector<std::string>& { return c.pool.devices; };
+  Spec s = StringList("pool", "devices", "Where weights are served from: auto (every GPU, else cpu) or a list.", get);
+  Apply list = s.apply;
+  s.apply = [list, get](Config& c, const toml::node& n) -> Status {
+    if (n.is_string()) {
+      if (*n.value<std::string>() != "auto") return InvalidArgument("use \"auto\" or a list such as [\"cuda:0\", \"cuda:1\"]");
+      get(c) = {"auto"};
+      return Status::Ok();
+    }
+    MMS_RETURN_IF_ERROR(list(c, n));
+    if (get(c).empty()) return InvalidArgument("at least one device is needed (or \"auto\")");
+    for (const auto& d : get(c)) {
+      bool ok = d == "cpu" || d.rfind("cpu:", 0) == 0 || d.rfind("cuda:", 0) == 0;
+      if (!ok) return InvalidArgument("unknown device '" + d + "'; use cpu, cpu:N or cuda:N");
+    }
+    return Status::Ok();
+  };
+  Render render = s.render;
+  s.render = [render, get](const Config& c) {
+    const auto& v = Field(get, c);
+    return v.size() == 1 && v[0] == "auto" ? std::string("\"auto\"") : render(c);
+  };
+  s.key.type = "\"auto\" or list of strings";
+  s.key.default_text = "\"auto\"";
+  s.key.range = "\"auto\", or names cpu, cpu:N, cuda:N";
+  return s;
+}
 
 const std::vector<Spec>& Specs() {
   static const std::vector<Spec>* specs = new std::vector<Spec>{
@@ -175,6 +256,32 @@ const std::vector<Spec>& Specs() {
       Duration("registry", "busy_timeout", "5s", 0, 600 * kSec,
                "How long a registry write waits for another writer before failing.",
                [](Config& c) -> int64_t& { return c.registry.busy_timeout_ns; }),
+      DevicesSpec(),
+      BytesOrAuto("pool", "device_budget", 1 << 20, 1ull << 50,
+                  "Weight bytes per device, reserved once as its arena; auto: 85% of free GPU memory, or a "
+                  "quarter of RAM for cpu.",
+                  [](Config& c) -> uint64_t& { return c.pool.device_budget; }),
+      BytesOrAuto("pool", "host_budget", 1 << 20, 1ull << 50,
+                  "Bytes of the host tier (pinned when a GPU is used); auto: half of available RAM, at least the "
+                  "device budgets.",
+                  [](Config& c) -> uint64_t& { return c.pool.host_budget; }),
+      StringList("pool", "pinned", "Versions kept on a device and never evicted, besides those pinned with mms pin.",
+                 [](Config& c) -> std::vector<std::string>& { return c.pool.pinned; }),
+      String("pool", "policy", "lrfu", "Eviction policy of every tier (see mms.toml(5) for how they differ).",
+             [](Config& c) -> std::string& { return c.pool.policy; }, {"lrfu", "lru"}),
+      Double("pool", "policy_half_life", 200, 1, 1e9,
+             "lrfu: accesses after which a model's past use counts half; smaller follows popularity shifts faster.",
+             [](Config& c) -> double& { return c.pool.policy_half_life; }),
+      Int("pool", "load_threads", 2, 1, 64, "Loads (disk to host to device) running at once.",
+          [](Config& c) -> int& { return c.pool.load_threads; }),
+      Duration("pool", "load_retry_backoff", "2s", 0, 3600 * kSec,
+               "After a failed load or warm-up, requests fail at once for this long (doubling per failure, at "
+               "most 5 minutes) before the next retry.",
+               [](Config& c) -> int64_t& { return c.pool.load_retry_backoff_ns; }),
+      Bool("pool", "warmup", true, "Run the version's sample input once at every load; a failure marks it unhealthy.",
+           [](Config& c) -> bool& { return c.pool.warmup; }),
+      Int("pool", "intra_op_threads", 0, 0, 1024, "libtorch intra-op threads per inference; 0 keeps libtorch's default.",
+          [](Config& c) -> int& { return c.pool.intra_op_threads; }),
   };
   return *specs;
 }

@@ -39,10 +39,24 @@ struct RegistryConfig {
   int64_t busy_timeout_ns = 5'000'000'000; // [registry] busy_timeout = "5s"
 };
 
+struct PoolConfig {
+  std::vector<std::string> devices{"auto"};  // [pool] devices = "auto" | ["cuda:0", ...] | ["cpu"]
+  uint64_t device_budget = 0;                // [pool] device_budget = "auto" (0): per device
+  uint64_t host_budget = 0;                  // [pool] host_budget = "auto" (0)
+  std::vector<std::string> pinned;           // [pool] pinned = [] (refs, besides mms pin)
+  std::string policy = "lrfu";               // [pool] policy = "lrfu" | "lru"
+  double policy_half_life = 200;             // [pool] policy_half_life (accesses)
+  int load_threads = 2;                      // [pool] load_threads
+  int64_t load_retry_backoff_ns = 2'000'000'000;  // [pool] load_retry_backoff = "2s"
+  bool warmup = true;                        // [pool] warmup
+  int intra_op_threads = 0;                  // [pool] intra_op_threads: 0 = libtorch's default
+};
+
 struct Config {
   DaemonConfig daemon;
   LogConfig log;
   RegistryConfig registry;
+  PoolConfig pool;
   std::string source;  // the file it came from, "" for built-in defaults
 };
 

@@ -452,15 +452,23 @@ void ModelPool::Release(PoolKey key) {
   }
 }
 
-Status ModelPool::Pin(const PoolItem& item) {
+void ModelPool::Pin(const PoolItem& item) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = EntryFor(item);
     e.pinned = true;
-    if (e.tier == Tier::kDevice && !e.loading) return Status::Ok();
+    if (e.tier == Tier::kDevice && !e.loading) return;
   }
-  auto h = AcquireSync(item);
-  return h.status();
+  std::string ref = item.ref;
+  Acquire(item, [ref](Result<HandlePtr> r) {
+    if (!r.ok()) LogWarn("pin_preload_failed", {{"model", ref}, {"error", r.status().message()}});
+  });
+}
+
+bool ModelPool::IsPinned(PoolKey key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  return it != entries_.end() && it->second->pinned;
 }
 
 void ModelPool::Unpin(PoolKey key) {

@@ -103,8 +103,10 @@ class ModelPool {
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
   Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000);
 
-  // Pinned versions are loaded now and never evicted. Idempotent.
-  Status Pin(const PoolItem& item);
+  // Pinned versions are never evicted; this starts loading one that is not
+  // on a device yet (it does not wait: AcquireSync does). Idempotent.
+  void Pin(const PoolItem& item);
+  bool IsPinned(PoolKey key) const;
   void Unpin(PoolKey key);
   // Demotes one tier (device → host → disk). IN_USE when pinned or in
   // flight, FAILED_PRECONDITION when not loaded or still loading.

@@ -1,5 +1,7 @@
 #include "pool/torch_model.h"
 
+#include <ATen/Parallel.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -249,6 +251,10 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
   MMS_RETURN_IF_ERROR(model->Init());
   MMS_RETURN_IF_ERROR(model->Bind(buf, "cpu"));
   return HostModel{buf, std::move(model)};
+}
+
+void ConfigureTorchThreads(int intra_op_threads) {
+  if (intra_op_threads > 0) at::set_num_threads(intra_op_threads);
 }
 
 Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {

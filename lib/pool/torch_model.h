@@ -29,4 +29,7 @@ Result<HostModel> LoadPlainTorchScript(const std::string& path, const HostAlloca
 Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAllocator& alloc,
                                         const std::string& name = "");
 
+// libtorch's intra-op thread count for inference (0 leaves the default).
+void ConfigureTorchThreads(int intra_op_threads);
+
 }  // namespace mms

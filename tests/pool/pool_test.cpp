@@ -128,7 +128,8 @@ TEST_CASE("promotion copies the weights into the device block") {
 TEST_CASE("a model in flight or pinned is never evicted; when nothing can go, POOL_FULL at once") {
   PoolFixture f({2 * K});
   auto held = f.Get(1);  // in flight
-  REQUIRE(f.pool->Pin(PoolFixture::Item(2)).ok());
+  f.pool->Pin(PoolFixture::Item(2));
+  REQUIRE(f.GetStatus(2).ok());
   auto st = f.GetStatus(3);
   CHECK(st.code() == Code::kPoolFull);
   CHECK(st.message().find("m1:1 (1.00 KiB, 1 in flight)") != std::string::npos);
@@ -256,7 +257,8 @@ TEST_CASE("evict demotes one tier; pinned and in-flight refuse") {
   CHECK(f.pool->Evict(1).value() == "host");
   CHECK(f.pool->Evict(1).value() == "disk");
   CHECK(f.pool->Evict(1).status().code() == Code::kFailedPrecondition);
-  REQUIRE(f.pool->Pin(PoolFixture::Item(2)).ok());
+  f.pool->Pin(PoolFixture::Item(2));
+  REQUIRE(f.GetStatus(2).ok());
   auto pinned = f.pool->Evict(2);
   CHECK(pinned.status().code() == Code::kInUse);
   CHECK(pinned.status().message().find("mms unpin") != std::string::npos);

@@ -1,0 +1,219 @@
+// mms predict, pin, unpin, load, evict, pool, health.
+#include <unistd.h>
+
+#include <iostream>
+
+#include "cli.h"
+#include "core/units.h"
+#include "protocol/messages.h"
+#include "protocol/tensor_file.h"
+
+namespace mms::cli {
+namespace {
+
+struct PredictArgs {
+  std::string ref, user, tenant, input, output;
+};
+
+int CmdPredict(Cli& cli, const PredictArgs& a) {
+  if (Status st = ParseRef(a.ref).status(); !st.ok()) return cli.Fail(st);
+  auto inputs = ReadTensorFile(a.input);
+  if (!inputs.ok()) {
+    Status st = inputs.status();
+    return cli.Fail(Status(st.code() == Code::kNotFound ? Code::kInvalidArgument : st.code(),
+                           "--input: " + st.message()));
+  }
+  proto::Message m;
+  m.type = proto::kPredict;
+  m.body = {{"model", a.ref}};
+  if (!a.user.empty()) m.body["user"] = a.user;
+  if (!a.tenant.empty()) m.body["tenant"] = a.tenant;
+  m.tensors = std::move(inputs).value();
+  // Refuse locally what the daemon would refuse: same mms.toml, same cap.
+  auto cfg = cli.config();
+  if (!cfg.ok()) return cli.Fail(cfg.status());
+  size_t size = proto::EncodedSize(m, proto::DumpBody(m.body));
+  if (size > (*cfg)->daemon.max_message_bytes)
+    return cli.Fail(InvalidArgument("the input is " + FormatBytes(size) + ", over the daemon's " +
+                                    FormatBytes((*cfg)->daemon.max_message_bytes) +
+                                    " cap ([daemon] max_message_bytes); send smaller batches"));
+  auto reply = cli.Call(std::move(m));
+  if (!reply.ok()) return cli.Fail(reply.status());
+  const nlohmann::json& b = reply->body;
+  if (!a.output.empty()) {
+    if (Status st = WriteTensorFile(a.output, reply->tensors); !st.ok()) return cli.Fail(st);
+  }
+  nlohmann::json outputs = TensorsToJson(reply->tensors);
+  if (cli.g.json) {
+    nlohmann::json j = b;
+    if (a.output.empty()) j["outputs"] = outputs;
+    else j["output_file"] = a.output;
+    cli.Emit(j, [] {});
+  } else {
+    if (a.output.empty()) std::cout << outputs.dump(2) << "\n";
+    char line[256];
+    std::snprintf(line, sizeof line, "%s on %s in %.2f ms%s (request %s)", b.value("ref", "?").c_str(),
+                  b.value("device", "?").c_str(), b.value("latency_ms", 0.0), b.value("loaded", false) ? ", loaded" : "",
+                  b.value("request_id", "?").c_str());
+    cli.Note(line);
+  }
+  return 0;
+}
+
+int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
+  auto ref = ParseRef(ref_text);
+  if (!ref.ok()) return cli.Fail(ref.status());
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  Status st = pin ? (*reg)->AddPin(*ref) : (*reg)->RemovePin(*ref);
+  if (!st.ok()) return cli.Fail(st);
+  auto v = (*reg)->Resolve(*ref);
+  if (!v.ok()) return cli.Fail(v.status());
+  nlohmann::json j{{"ref", ref->ToString()}, {"version", v->ref()}, {"pinned", pin}};
+  // Apply it in a running daemon now (and for a pin, wait for the preload).
+  auto c = cli.Connect();
+  if (c.ok()) {
+    auto r = (*c)->CallJson(pin ? proto::kPin : proto::kUnpin, {{"model", ref->ToString()}});
+    if (!r.ok()) return cli.Fail(r.status());
+    if (r->contains("device")) j["device"] = (*r)["device"];
+  }
+  cli.Emit(j, [&] {
+    if (!pin) std::cout << "unpinned " << ref->ToString() << "\n";
+    else if (j.contains("device")) std::cout << "pinned " << v->ref() << " (on " << j["device"].get<std::string>() << ")\n";
+    else std::cout << "pinned " << v->ref() << " (mmsd is not running; it preloads pins when it starts)\n";
+  });
+  return 0;
+}
+
+int CmdLoad(Cli& cli, const std::string& ref) {
+  if (Status st = ParseRef(ref).status(); !st.ok()) return cli.Fail(st);
+  auto r = cli.Call(proto::kLoad, {{"model", ref}});
+  if (!r.ok()) return cli.Fail(r.status());
+  cli.Emit(*r, [&] {
+    std::cout << (*r)["ref"].get<std::string>() << " on " << (*r)["device"].get<std::string>();
+    if ((*r)["loaded"].get<bool>()) std::cout << " (loaded in " << FormatDurationNanos(static_cast<int64_t>((*r)["ms"].get<double>() * 1e6)) << ")";
+    else std::cout << " (already there)";
+    std::cout << "\n";
+  });
+  return 0;
+}
+
+int CmdEvict(Cli& cli, const std::string& ref) {
+  if (Status st = ParseRef(ref).status(); !st.ok()) return cli.Fail(st);
+  auto r = cli.Call(proto::kEvict, {{"model", ref}});
+  if (!r.ok()) return cli.Fail(r.status());
+  cli.Emit(*r, [&] { std::cout << (*r)["ref"].get<std::string>() << " → " << (*r)["tier"].get<std::string>() << "\n"; });
+  return 0;
+}
+
+std::string Ago(const nlohmann::json& m) {
+  if (!m.contains("last_use_ms_ago") || m["last_use_ms_ago"].is_null()) return "-";
+  return FormatDurationNanos(m["last_use_ms_ago"].get<int64_t>() * 1000000) + " ago";
+}
+
+void ModelRows(const nlohmann::json& models, const std::string& where, std::vector<std::vector<std::string>>* rows) {
+  for (const auto& m : models) {
+    std::string health = m.value("healthy", true) ? "ok" : "UNHEALTHY";
+    if (m.value("loading", false)) health = "loading";
+    rows->push_back({where, m.value("ref", "?"), FormatBytes(m.value("bytes", 0ull)), m.value("pinned", false) ? "yes" : "-",
+                     std::to_string(m.value("in_flight", 0)), health, Ago(m), std::to_string(m.value("loads", 0)),
+                     std::to_string(m.value("evictions", 0)), std::to_string(m.value("hits", 0)),
+                     std::to_string(m.value("misses", 0))});
+  }
+}
+
+int CmdPool(Cli& cli) {
+  auto r = cli.Call(proto::kPool, nlohmann::json::object());
+  if (!r.ok()) return cli.Fail(r.status());
+  const auto& j = *r;
+  cli.Emit(j, [&] {
+    std::vector<std::vector<std::string>> tiers{{"TIER", "USED", "BUDGET", "MODELS", "POLICY"}};
+    for (const auto& d : j["devices"])
+      tiers.push_back({d["name"].get<std::string>() + " (" + d["kind"].get<std::string>() + ")",
+                       FormatBytes(d["used"]), FormatBytes(d["budget"]), std::to_string(d["models"].size()),
+                       d["policy"]});
+    tiers.push_back({"host", FormatBytes(j["host"]["used"]), FormatBytes(j["host"]["budget"]),
+                     std::to_string(j["host"]["models"].size()), j["host"]["policy"]});
+    tiers.push_back({"disk", "-", "-", std::to_string(j["disk"]["models"].size()), "-"});
+    std::cout << FormatTable(tiers) << "\n";
+    std::vector<std::vector<std::string>> rows{
+        {"WHERE", "MODEL", "BYTES", "PINNED", "IN-FLIGHT", "HEALTH", "LAST USE", "LOADS", "EVICTIONS", "HITS", "MISSES"}};
+    for (const auto& d : j["devices"]) ModelRows(d["models"], d["name"], &rows);
+    ModelRows(j["host"]["models"], "host", &rows);
+    ModelRows(j["disk"]["models"], "disk", &rows);
+    std::cout << FormatTable(rows);
+    const auto& t = j["totals"];
+    std::printf("\n%llu hits, %llu misses (hit rate %.1f%%), %llu loads, %llu evictions, %llu failed loads\n",
+                t.value("hits", 0ull), t.value("misses", 0ull), t.value("hit_rate", 0.0) * 100, t.value("loads", 0ull),
+                t.value("evictions", 0ull), t.value("failures", 0ull));
+  });
+  return 0;
+}
+
+int CmdHealth(Cli& cli, const std::string& ref) {
+  nlohmann::json body = nlohmann::json::object();
+  if (!ref.empty()) {
+    if (Status st = ParseRef(ref).status(); !st.ok()) return cli.Fail(st);
+    body["model"] = ref;
+  }
+  auto r = cli.Call(proto::kHealth, body);
+  if (!r.ok()) return cli.Fail(r.status());
+  const auto& j = *r;
+  cli.Emit(j, [&] {
+    std::cout << "mmsd: ok\n";
+    std::vector<std::vector<std::string>> rows{{"MODEL", "STAGE", "TIER", "HEALTH", "DETAIL"}};
+    for (const auto& m : j["models"]) {
+      std::string detail;
+      if (!m.value("healthy", true))
+        detail = m.value("error", "") + " (retry in " +
+                 FormatDurationNanos(m.value("retry_in_ms", 0ll) * 1000000) + ")";
+      rows.push_back({m["ref"], m.value("stage", "-"), m.value("tier", "disk"),
+                      m.value("healthy", true) ? "healthy" : "UNHEALTHY", detail});
+    }
+    std::cout << FormatTable(rows);
+  });
+  return j.value("healthy", true) ? 0 : 1;
+}
+
+}  // namespace
+
+void AddPoolCommands(CLI::App& app, Cli& cli) {
+  auto* predict = app.add_subcommand("predict", "Run a model on named input tensors (JSON or safetensors file)");
+  auto a = std::make_shared<PredictArgs>();
+  predict->add_option("REF", a->ref, "NAME, NAME:VERSION or NAME@ALIAS")->required();
+  predict->add_option("--input,-i", a->input, "input tensors: .json or .safetensors")->required();
+  predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout");
+  predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)");
+  predict->add_option("--tenant", a->tenant, "tenant (rate limits)");
+  predict->callback([&cli, a] { cli.exit_code = CmdPredict(cli, *a); });
+
+  auto* pin = app.add_subcommand("pin", "Keep a version on a device, never evicted (persisted; preloaded at start)");
+  auto pref = std::make_shared<std::string>();
+  pin->add_option("REF", *pref, "NAME (follows its production version), NAME:VERSION or NAME@ALIAS")->required();
+  pin->callback([&cli, pref] { cli.exit_code = CmdPin(cli, *pref, true); });
+
+  auto* unpin = app.add_subcommand("unpin", "Release a pin");
+  auto uref = std::make_shared<std::string>();
+  unpin->add_option("REF", *uref, "as given to mms pin")->required();
+  unpin->callback([&cli, uref] { cli.exit_code = CmdPin(cli, *uref, false); });
+
+  auto* load = app.add_subcommand("load", "Warm a version up onto a device now");
+  auto lref = std::make_shared<std::string>();
+  load->add_option("REF", *lref)->required();
+  load->callback([&cli, lref] { cli.exit_code = CmdLoad(cli, *lref); });
+
+  auto* evict = app.add_subcommand("evict", "Demote a version one tier (device → host → disk)");
+  auto eref = std::make_shared<std::string>();
+  evict->add_option("REF", *eref)->required();
+  evict->callback([&cli, eref] { cli.exit_code = CmdEvict(cli, *eref); });
+
+  auto* pool = app.add_subcommand("pool", "Devices and tiers: models, bytes used / budget, pins, hits, loads, evictions");
+  pool->callback([&cli] { cli.exit_code = CmdPool(cli); });
+
+  auto* health = app.add_subcommand("health", "Daemon and per-version health (exit 1 when any is unhealthy)");
+  auto href = std::make_shared<std::string>();
+  health->add_option("REF", *href, "one version (default: all)");
+  health->callback([&cli, href] { cli.exit_code = CmdHealth(cli, *href); });
+}
+
+}  // namespace mms::cli

@@ -1,0 +1,150 @@
+// PREDICT, POOL, HEALTH, LOAD, EVICT, PIN, UNPIN.
+#include <chrono>
+#include <random>
+
+#include "core/log.h"
+#include "daemon.h"
+#include "protocol/messages.h"
+
+namespace mms {
+namespace {
+
+std::string NewRequestId() {
+  thread_local std::mt19937_64 rng(std::random_device{}() ^ (std::hash<std::thread::id>()(std::this_thread::get_id())));
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+Result<std::string> ModelField(const proto::Message& m) {
+  if (!m.body.contains("model") || !m.body["model"].is_string())
+    return InvalidArgument("the request needs \"model\": a reference NAME, NAME:VERSION or NAME@ALIAS");
+  return m.body["model"].get<std::string>();
+}
+
+void Predict(Daemon* d, proto::Message req, Responder r) {
+  const int64_t t0 = d->clock()->MonoNanos();
+  auto ref = ModelField(req);
+  if (!ref.ok()) return r.Fail(ref.status());
+  auto v = d->Resolve(*ref);
+  if (!v.ok()) return r.Fail(v.status());
+  // Validate the inputs before anything is loaded for them.
+  auto inputs = MatchInputs(v->inputs, std::move(req.tensors), v->ref());
+  if (!inputs.ok()) return r.Fail(inputs.status());
+  auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
+  VersionRecord rec = std::move(v).value();
+  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0](Result<HandlePtr> h) mutable {
+    if (!h.ok()) return r.Fail(h.status());
+    auto out = (*h)->model()->Run(*ordered);
+    if (!out.ok()) return r.Fail(out.status());
+    proto::Message reply;
+    nlohmann::json names = nlohmann::json::array();
+    for (const auto& t : *out) names.push_back(t.name);
+    reply.body = {{"request_id", NewRequestId()},
+                  {"model", rec.model},
+                  {"version", rec.version},
+                  {"ref", rec.ref()},
+                  {"device", (*h)->device()},
+                  {"loaded", (*h)->loaded()},
+                  {"latency_ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6},
+                  {"outputs", names}};
+    reply.tensors = std::move(out).value();
+    h = Status(Code::kCancelled, "released");  // release before replying
+    r.Send(std::move(reply));
+  });
+}
+
+nlohmann::json HealthOf(Daemon* d, const VersionRecord& v) {
+  auto h = d->pool()->Health(v.id);
+  nlohmann::json j = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}, {"loads", 0}};
+  j["ref"] = v.ref();
+  j["stage"] = StageName(v.stage);
+  return j;
+}
+
+}  // namespace
+
+void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
+  (*table)[proto::kPredict] = [d](proto::Message req, Responder r) { Predict(d, std::move(req), r); };
+
+  (*table)[proto::kPool] = [d](proto::Message, Responder r) {
+    nlohmann::json j = d->pool()->Snapshot();
+    // Versions the pool has not seen yet are on disk too.
+    nlohmann::json& disk = j["disk"]["models"];
+    auto snap = d->snapshot();
+    for (const auto& [name, versions] : snap->models)
+      for (const auto& v : versions)
+        if (!d->pool()->Health(v.id)) disk.push_back({{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes},
+                                                      {"loads", 0}, {"healthy", true}, {"pinned", false}});
+    r.Send(std::move(j));
+  };
+
+  (*table)[proto::kHealth] = [d](proto::Message req, Responder r) {
+    nlohmann::json models = nlohmann::json::array();
+    if (req.body.contains("model")) {
+      auto v = d->Resolve(req.body["model"].get<std::string>());
+      if (!v.ok()) return r.Fail(v.status());
+      models.push_back(HealthOf(d, *v));
+    } else {
+      auto snap = d->snapshot();
+      for (const auto& [name, versions] : snap->models)
+        for (const auto& v : versions)
+          if (v.stage != Stage::kArchived || d->pool()->Health(v.id)) models.push_back(HealthOf(d, v));
+    }
+    bool all = true;
+    for (const auto& m : models) all = all && m.value("healthy", true);
+    r.Send(nlohmann::json{{"healthy", all}, {"daemon", "ok"}, {"models", models}});
+  };
+
+  (*table)[proto::kLoad] = [d](proto::Message req, Responder r) {
+    auto ref = ModelField(req);
+    if (!ref.ok()) return r.Fail(ref.status());
+    auto v = d->Resolve(*ref);
+    if (!v.ok()) return r.Fail(v.status());
+    const int64_t t0 = d->clock()->MonoNanos();
+    VersionRecord rec = *v;
+    d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, t0](Result<HandlePtr> h) mutable {
+      if (!h.ok()) return r.Fail(h.status());
+      r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", (*h)->device()}, {"loaded", (*h)->loaded()},
+                            {"ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6}});
+    });
+  };
+
+  (*table)[proto::kEvict] = [d](proto::Message req, Responder r) {
+    auto ref = ModelField(req);
+    if (!ref.ok()) return r.Fail(ref.status());
+    auto v = d->Resolve(*ref);
+    if (!v.ok()) return r.Fail(v.status());
+    auto to = d->pool()->Evict(v->id);
+    if (!to.ok()) return r.Fail(to.status().code() == Code::kFailedPrecondition
+                                    ? Status(Code::kFailedPrecondition, v->ref() + " is " + to.status().message())
+                                    : to.status());
+    r.Send(nlohmann::json{{"ref", v->ref()}, {"tier", *to}});
+  };
+
+  // The CLI records pins in the registry; these apply them now and wait for
+  // the preload, so `mms pin` returns once the model is on a device.
+  (*table)[proto::kPin] = [d](proto::Message req, Responder r) {
+    auto ref = ModelField(req);
+    if (!ref.ok()) return r.Fail(ref.status());
+    if (Status st = d->RefreshRegistry(true); !st.ok()) return r.Fail(st);
+    auto v = d->Resolve(*ref);
+    if (!v.ok()) return r.Fail(v.status());
+    VersionRecord rec = *v;
+    d->pool()->Acquire(Daemon::ItemFor(rec), [r, rec, d](Result<HandlePtr> h) mutable {
+      if (!h.ok()) return r.Fail(h.status());
+      r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", (*h)->device()}, {"pinned", d->pool()->IsPinned(rec.id)}});
+    });
+  };
+
+  (*table)[proto::kUnpin] = [d](proto::Message req, Responder r) {
+    auto ref = ModelField(req);
+    if (!ref.ok()) return r.Fail(ref.status());
+    if (Status st = d->RefreshRegistry(true); !st.ok()) return r.Fail(st);
+    auto v = d->Resolve(*ref);
+    if (!v.ok()) return r.Fail(v.status());
+    r.Send(nlohmann::json{{"ref", v->ref()}, {"pinned", d->pool()->IsPinned(v->id)}});
+  };
+}
+
+}  // namespace mms

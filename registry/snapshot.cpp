@@ -1,0 +1,61 @@
+#include "registry/snapshot.h"
+
+#include "core/units.h"
+
+namespace mms {
+
+Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry& reg) {
+  auto snap = std::make_shared<RegistrySnapshot>();
+  // The version first: a change landing while we read is seen next time.
+  MMS_ASSIGN_OR_RETURN(snap->data_version, reg.DataVersion());
+  MMS_ASSIGN_OR_RETURN(auto all, reg.List());
+  for (auto& v : all) snap->models[v.model].push_back(std::move(v));
+  for (auto& [name, versions] : snap->models)
+    for (auto& v : versions) snap->by_id_[v.id] = &v;
+  MMS_ASSIGN_OR_RETURN(snap->pins, reg.Pins());
+  return std::shared_ptr<const RegistrySnapshot>(std::move(snap));
+}
+
+const VersionRecord* RegistrySnapshot::ById(int64_t id) const {
+  auto it = by_id_.find(id);
+  return it == by_id_.end() ? nullptr : it->second;
+}
+
+Result<const VersionRecord*> RegistrySnapshot::Resolve(const Ref& ref) const {
+  auto it = models.find(ref.name);
+  if (it == models.end()) {
+    std::vector<std::string> names;
+    for (const auto& [n, _] : models) names.push_back(n);
+    std::string hint = ClosestMatch(ref.name, names);
+    return NotFound("unknown model '" + ref.name + "'" + (hint.empty() ? "" : "; did you mean '" + hint + "'?"));
+  }
+  const auto& versions = it->second;
+  switch (ref.kind) {
+    case Ref::Kind::kName: {
+      const VersionRecord* v = DefaultVersion(versions);
+      if (!v) return NotFound("model '" + ref.name + "' has no versions");
+      return v;
+    }
+    case Ref::Kind::kVersion: {
+      std::string list;
+      for (const auto& v : versions) {
+        if (v.version == ref.version) return &v;
+        list += (list.empty() ? "" : ", ") + v.version;
+      }
+      return NotFound("unknown version " + ref.ToString() + "; " + ref.name + " has versions " + list);
+    }
+    case Ref::Kind::kAlias: {
+      std::string list;
+      for (const auto& v : versions)
+        for (const auto& a : v.aliases) {
+          if (a == ref.alias) return &v;
+          list += (list.empty() ? "" : ", ") + a;
+        }
+      return NotFound("unknown alias " + ref.ToString() + "; " + ref.name + " has " +
+                      (list.empty() ? "no aliases" : "aliases " + list));
+    }
+  }
+  return NotFound(ref.ToString());
+}
+
+}  // namespace mms

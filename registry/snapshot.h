@@ -1,0 +1,33 @@
+// RegistrySnapshot: an immutable in-memory copy of what the registry says is
+// servable, for the daemon's request path (no SQLite per request). The
+// daemon rebuilds it when the registry's DataVersion changes and swaps it in
+// atomically; readers keep whichever snapshot they started with.
+//
+// Resolve follows exactly the Registry's rules (DefaultVersion for a bare
+// name) and gives the same NOT_FOUND messages.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "registry/registry.h"
+
+namespace mms {
+
+struct RegistrySnapshot {
+  int64_t data_version = 0;
+  std::map<std::string, std::vector<VersionRecord>> models;  // name → versions (sorted)
+  std::vector<Pin> pins;
+
+  static Result<std::shared_ptr<const RegistrySnapshot>> Load(Registry& reg);
+  Result<const VersionRecord*> Resolve(const Ref& ref) const;
+  const VersionRecord* ById(int64_t id) const;
+
+ private:
+  std::unordered_map<int64_t, const VersionRecord*> by_id_;
+};
+
+}  // namespace mms
