@@ -119,7 +119,6 @@ Status Server::Start() {
   std::string url = "ipc://" + path;
   if ((rv = nng_listener_create(&l, s, url.c_str())) != 0)
     return Internal("cannot create listener on " + path + ": " + nng_strerror(rv));
-  listener_id_ = static_cast<uint32_t>(nng_listener_id(l));
   nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
   mode_t old = ::umask(0077);  // belt and braces: the file is born private
   rv = nng_listener_start(l, 0);
@@ -228,11 +227,10 @@ void Server::Reply(Slot* slot, const proto::Message& m) {
 
 void Server::BeginDrain() {
   draining_ = true;
-  if (listener_id_) {
-    nng_listener l;
-    l.id = listener_id_;
-    nng_listener_close(l);
-  }
+  // Stop accepting: new connections find no socket; requests on open
+  // connections get UNAVAILABLE. Closing the nng listener instead would also
+  // close the connections whose replies are still being worked on.
+  if (lock_fd_ >= 0) ::unlink(opts_.socket_path.c_str());
 }
 
 bool Server::WaitIdle(int64_t timeout_ns) {

@@ -68,7 +68,8 @@ class Server {
 
   // Takes the instance lock, replaces a stale socket, starts listening.
   Status Start();
-  // Refuses new connections and new requests (UNAVAILABLE); in-flight ones finish.
+  // Refuses new connections (the socket file goes) and new requests on open
+  // connections (UNAVAILABLE); in-flight ones finish and are answered.
   void BeginDrain();
   // Waits until no request is in flight; false on timeout.
   bool WaitIdle(int64_t timeout_ns);
@@ -93,7 +94,6 @@ class Server {
   std::unique_ptr<Executor> workers_;
   std::vector<std::unique_ptr<Slot>> slots_;
   uint32_t sock_id_ = 0;      // set in Start
-  uint32_t listener_id_ = 0;  // set in Start
   int lock_fd_ = -1;
   std::atomic<bool> draining_{false};
   std::atomic<bool> stopped_{false};

@@ -261,6 +261,11 @@ Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& allo
   Result<HostModel> r = !src.packed_dir.empty() && FileExists(JoinPath(src.packed_dir, kPackedWeightsFile))
                             ? LoadPackedTorchScript(src.packed_dir, alloc, src.ref)
                             : LoadPlainTorchScript(src.artifact_path, alloc, src.ref);
+  // It passed the checks at registration, so a refusal now means the stored
+  // files were damaged since.
+  if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound))
+    return Corrupt("the stored artifact of " + src.ref + " is damaged: " + r.status().message() +
+                   " (mms model verify " + src.ref + " checks it; re-register to replace it)");
   return r;
 }
 

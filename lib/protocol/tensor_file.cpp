@@ -260,8 +260,11 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
     en.begin = e["data_offsets"][0].get<uint64_t>();
     en.end = e["data_offsets"][1].get<uint64_t>();
     int64_t numel = ShapeNumel(en.shape);
-    if (numel < 0 || en.end < en.begin || en.end > data_size)
-      return InvalidArgument("safetensors entry '" + en.name + "': data_offsets out of bounds");
+    if (numel < 0 || en.end < en.begin)
+      return InvalidArgument("safetensors entry '" + en.name + "': bad data_offsets");
+    if (en.end > data_size)
+      return InvalidArgument("truncated: entry '" + en.name + "' ends at data byte " + std::to_string(en.end) +
+                             " but the file holds " + std::to_string(data_size));
     if (en.end - en.begin != static_cast<uint64_t>(numel) * DTypeSize(en.dtype))
       return InvalidArgument("safetensors entry '" + en.name + "': " + std::to_string(en.end - en.begin) +
                              " bytes do not match " + DTypeSafetensorsName(en.dtype) + ShapeString(en.shape));

@@ -1,0 +1,310 @@
+// The predict path and the pool through the real daemon and CLI: real
+// TorchScript models, real loads, evictions, pins across restarts.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+
+std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
+
+void Register(const Daemon& d, const std::string& name, const std::string& version, const std::string& path,
+              std::vector<std::string> extra = {}) {
+  std::vector<std::string> args{"model", "register", name, "--version", version, "--path", path, "-q"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = d.Mms(args);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+}
+
+json Predict(const Daemon& d, const std::string& ref, const std::string& input, int want = 0,
+             std::vector<std::string> extra = {}) {
+  std::vector<std::string> args{"--json", "predict", ref, "--input", input};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = d.Mms(args);
+  INFO(ref << " " << input << " → " << r.err << r.out);
+  CHECK(r.exit_code == want);
+  return r.out.empty() ? json() : json::parse(r.out);
+}
+
+json Pool(const Daemon& d) {
+  auto r = d.Mms({"--json", "pool"});
+  REQUIRE(r.exit_code == 0);
+  return json::parse(r.out);
+}
+
+json FindModel(const json& pool, const std::string& ref) {
+  for (const auto& dev : pool["devices"])
+    for (const auto& m : dev["models"])
+      if (m["ref"] == ref) return m;
+  for (const char* tier : {"host", "disk"})
+    for (const auto& m : pool[tier]["models"])
+      if (m["ref"] == ref) return m;
+  return json();
+}
+
+}  // namespace
+
+TEST_CASE("predict with JSON and safetensors inputs; outputs named; request id and version in the reply") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "rec", "1", Data("rec.pt"), {"--sample-input", Data("rec_input.json")});
+  json r = Predict(d, "rec", Data("rec_input.json"));
+  CHECK(r["ref"] == "rec:1");
+  CHECK(r["version"] == "1");
+  CHECK(r["request_id"].get<std::string>().size() == 16);
+  CHECK(r["outputs"]["output"]["shape"] == json::array({2, 10}));
+  CHECK(r["outputs"]["output"]["dtype"] == "float32");
+  // The same input as safetensors gives the same scores (and a fresh request id).
+  auto conv = d.Mms({"predict", "rec", "--input", Data("rec_input.json"), "--output", d.dir() + "/out.safetensors"});
+  REQUIRE(conv.exit_code == 0);
+  json r2 = Predict(d, "rec:1", Data("rec_input.json"));
+  CHECK(r2["outputs"] == r["outputs"]);
+  CHECK(r2["request_id"] != r["request_id"]);
+  // Outputs written as safetensors read back as JSON through the CLI's own reader.
+  std::ofstream(d.dir() + "/in.json") << R"({"ids": {"dtype": "int64", "shape": [2, 3], "data": [1, 5, 9, 100, 200, 300]},
+      "dense": {"dtype": "float32", "shape": [2, 8], "data": [0,1,0,1,0,1,0,1, 1,1,1,1,0,0,0,0]}})";
+  CHECK(std::filesystem::file_size(d.dir() + "/out.safetensors") > 80);
+
+  Register(d, "tup", "1", Data("tuple_out.pt"));
+  Register(d, "dict", "1", Data("dict_out.pt"));
+  json t = Predict(d, "tup", Data("tiny_input.json"));
+  CHECK(t["outputs"].contains("output_0"));
+  CHECK(t["outputs"].contains("output_1"));
+  json dd = Predict(d, "dict", Data("tiny_input.json"));
+  CHECK(dd["outputs"]["top"]["dtype"] == "int64");
+  CHECK(dd["outputs"]["scores"]["shape"] == json::array({2, 2}));
+}
+
+TEST_CASE("a version registered while the daemon runs is servable at once") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", Data("tiny.pt"));
+  json a = Predict(d, "tiny", Data("tiny_input.json"));
+  CHECK(a["version"] == "1");
+  Register(d, "tiny", "2", Data("tiny_v2.pt"));
+  json b = Predict(d, "tiny", Data("tiny_input.json"));  // highest version now
+  CHECK(b["version"] == "2");
+  CHECK(b["outputs"] != a["outputs"]);
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production"}).exit_code == 0);
+  CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");
+  REQUIRE(d.Mms({"model", "alias", "set", "tiny", "champion", "2"}).exit_code == 0);
+  CHECK(Predict(d, "tiny@champion", Data("tiny_input.json"))["version"] == "2");
+}
+
+TEST_CASE("bad input: each refused clearly while the daemon and other models keep serving") {
+  Daemon d("[daemon]\nmax_message_bytes = \"64KiB\"\n[pool]\nload_retry_backoff = \"30s\"\n");
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", Data("tiny.pt"), {"--sample-input", Data("tiny_input.json")});
+  Register(d, "thrower", "1", Data("throws.pt"));
+  // Corrupt and truncated artifacts: register good copies, then damage them.
+  std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/corrupt.pt");
+  std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/trunc.pt");
+  Register(d, "corrupt", "1", d.dir() + "/corrupt.pt");
+  Register(d, "trunc", "1", d.dir() + "/trunc.pt");
+  json reg = json::parse(d.Mms({"--json", "model", "list"}).out);
+  for (const auto& v : reg) {
+    std::string packed = d.data_dir() + "/artifacts/" + v["model"].get<std::string>();
+    for (const auto& e : std::filesystem::directory_iterator(packed)) {
+      std::string w = e.path().string() + "/weights.safetensors";
+      if (v["model"] == "corrupt") {
+        std::fstream f(w, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(0);
+        f << "garbage!garbage!garbage!";
+      }
+      if (v["model"] == "trunc") std::filesystem::resize_file(w, 500);
+    }
+  }
+  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
+  {
+    std::ofstream big(d.dir() + "/big.json");
+    big << R"({"x": {"dtype": "float32", "shape": [20000, 4], "data": [)";
+    for (int i = 0; i < 80000; ++i) big << (i ? ",1" : "1");
+    big << "]}}";
+  }
+  struct Case {
+    std::string ref, input;
+    int code;
+    std::string says;
+  };
+  std::vector<Case> cases{
+      {"corrupt", Data("rec_input.json"), 1, "the stored artifact of corrupt:1 is damaged"},
+      {"trunc", Data("rec_input.json"), 1, "truncated"},
+      {"thrower", d.dir() + "/neg.json", 1, "negative feature values are not supported"},
+      {"tiny", Data("tiny_missing.json"), 2, "takes inputs (x); missing: x; unexpected: y"},
+      {"tiny", Data("tiny_extra.json"), 2, "unexpected: z"},
+      {"tiny", Data("tiny_bad_dtype.json"), 2, "must be float32, got int64"},
+      {"tiny", Data("tiny_bad_shape.json"), 2, "must have shape [batch, 4], got [2, 5]"},
+      {"tiny", d.dir() + "/big.json", 2, "over the daemon's 64.0 KiB cap"},
+      {"nosuch", Data("tiny_input.json"), 4, "unknown model 'nosuch'"},
+      {"tiny:7", Data("tiny_input.json"), 4, "unknown version tiny:7"},
+      {"tiny", d.dir() + "/missing.json", 2, "no such file"},
+  };
+  for (const auto& c : cases) {
+    auto r = d.Mms({"predict", c.ref, "--input", c.input});
+    INFO(c.ref << " " << c.input << " → " << r.err);
+    CHECK(r.exit_code == c.code);
+    CHECK(r.err.find(c.says) != std::string::npos);
+    CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");  // still serving
+  }
+  // A failed load is remembered (backoff), visible in mms health, and not retried per request.
+  auto h = d.Mms({"--json", "health", "corrupt"});
+  CHECK(h.exit_code == 1);
+  json hj = json::parse(h.out)["models"][0];
+  CHECK(hj["healthy"] == false);
+  CHECK(hj["failures"] == 1);
+  CHECK(hj["error"].get<std::string>().find("is damaged") != std::string::npos);
+  auto again = d.Mms({"predict", "corrupt", "--input", Data("rec_input.json")});
+  CHECK(again.err.find("unhealthy") != std::string::npos);
+  CHECK(again.err.find("next retry in") != std::string::npos);
+  CHECK(json::parse(d.Mms({"--json", "health", "corrupt"}).out)["models"][0]["failures"] == 1);
+  CHECK(d.Mms({"health", "tiny"}).exit_code == 0);
+}
+
+TEST_CASE("a version whose warm-up fails is unhealthy and not served") {
+  Daemon d;
+  REQUIRE(d.ok());
+  std::ofstream(d.dir() + "/pos.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [1, 2, 3, 4]}})";
+  Register(d, "thrower", "1", Data("throws.pt"), {"--sample-input", d.dir() + "/pos.json"});
+  // Make the stored warm-up input one the model rejects.
+  json v = json::parse(d.Mms({"--json", "model", "show", "thrower"}).out);
+  std::string packed = d.data_dir() + "/artifacts/thrower";
+  for (const auto& e : std::filesystem::directory_iterator(packed))
+    std::ofstream(e.path().string() + "/sample.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 0, 0, 0]}})";
+  auto r = d.Mms({"predict", "thrower", "--input", d.dir() + "/pos.json"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("warm-up of thrower:1 failed") != std::string::npos);
+  auto h = json::parse(d.Mms({"--json", "health"}).out);
+  CHECK(h["healthy"] == false);
+  CHECK(h["models"][0]["tier"] == "host");
+}
+
+TEST_CASE("concurrent requests for a cold model cause exactly one load") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "rec", "1", Data("rec.pt"));
+  std::vector<std::thread> ts;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 12; ++i)
+    ts.emplace_back([&] {
+      if (d.Mms({"predict", "rec", "--input", Data("rec_input.json"), "-q"}).exit_code == 0) ++ok;
+    });
+  for (auto& t : ts) t.join();
+  CHECK(ok == 12);
+  json m = FindModel(Pool(d), "rec:1");
+  CHECK(m["loads"] == 1);
+  CHECK(m["hits"].get<int>() + m["misses"].get<int>() == 12);
+}
+
+TEST_CASE("load, evict, pin and unpin; pins survive a restart and are preloaded") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", Data("tiny.pt"));
+  Register(d, "rec", "1", Data("rec.pt"));
+  auto l = d.Mms({"--json", "load", "rec"});
+  REQUIRE(l.exit_code == 0);
+  CHECK(json::parse(l.out)["loaded"] == true);
+  CHECK(FindModel(Pool(d), "rec:1")["tier"] == "device");
+  CHECK(json::parse(d.Mms({"--json", "evict", "rec"}).out)["tier"] == "host");
+  CHECK(json::parse(d.Mms({"--json", "evict", "rec"}).out)["tier"] == "disk");
+  auto none = d.Mms({"evict", "rec"});
+  CHECK(none.exit_code == 1);
+  CHECK(none.err.find("not loaded") != std::string::npos);
+  auto p = d.Mms({"pin", "tiny"});
+  REQUIRE(p.exit_code == 0);
+  CHECK(p.out.find("pinned tiny:1 (on cpu)") != std::string::npos);
+  CHECK(d.Mms({"evict", "tiny"}).exit_code == 6);
+  CHECK(FindModel(Pool(d), "tiny:1")["pinned"] == true);
+  // Restart: the pin comes back and the model is preloaded without a request.
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  REQUIRE(d.Restart());
+  REQUIRE(WaitFor([&] { return FindModel(Pool(d), "tiny:1")["tier"] == "device"; }, 20));
+  json m = FindModel(Pool(d), "tiny:1");
+  CHECK(m["pinned"] == true);
+  CHECK(m["hits"] == 0);
+  REQUIRE(d.Mms({"unpin", "tiny"}).exit_code == 0);
+  CHECK(FindModel(Pool(d), "tiny:1")["pinned"] == false);
+  CHECK(d.Mms({"evict", "tiny"}).exit_code == 0);
+  // Pinning needs no daemon: it is recorded and applied at the next start.
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  auto offline = d.Mms({"pin", "rec:1"});
+  CHECK(offline.exit_code == 0);
+  CHECK(offline.out.find("preloads pins when it starts") != std::string::npos);
+  REQUIRE(d.Restart());
+  CHECK(WaitFor([&] { return FindModel(Pool(d), "rec:1")["tier"] == "device"; }, 20));
+}
+
+TEST_CASE("when nothing can be evicted the request fails at once naming what holds the memory") {
+  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n");
+  REQUIRE(d.ok());
+  REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "3", "--size-kb", "400"}).exit_code == 0);
+  for (int i = 0; i < 3; ++i)
+    Register(d, "c" + std::to_string(i), "1", d.dir() + "/customer-0" + std::to_string(i) + ".pt");
+  REQUIRE(d.Mms({"pin", "c0"}).exit_code == 0);
+  REQUIRE(d.Mms({"pin", "c1"}).exit_code == 0);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = d.Mms({"predict", "c2", "--input", d.dir() + "/customer_input.json"});
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(r.exit_code == 5);
+  CHECK(r.err.find("c0:1") != std::string::npos);
+  CHECK(r.err.find("c1:1") != std::string::npos);
+  CHECK(r.err.find("pinned") != std::string::npos);
+  CHECK(s < 10);
+  REQUIRE(d.Mms({"unpin", "c1"}).exit_code == 0);
+  CHECK(d.Mms({"predict", "c2", "--input", d.dir() + "/customer_input.json", "-q"}).exit_code == 0);
+  json pool = Pool(d);
+  CHECK(FindModel(pool, "c1:1")["tier"] == "host");
+  CHECK(FindModel(pool, "c2:1")["tier"] == "device");
+}
+
+TEST_CASE("several devices, each with its own budget; placement spreads models") {
+  Daemon d("[pool]\ndevices = [\"cpu:0\", \"cpu:1\"]\ndevice_budget = \"1MiB\"\n");
+  REQUIRE(d.ok());
+  REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "4", "--size-kb", "300"}).exit_code == 0);
+  for (int i = 0; i < 4; ++i) {
+    Register(d, "c" + std::to_string(i), "1", d.dir() + "/customer-0" + std::to_string(i) + ".pt");
+    REQUIRE(d.Mms({"load", "c" + std::to_string(i)}).exit_code == 0);
+  }
+  json pool = Pool(d);
+  REQUIRE(pool["devices"].size() == 2);
+  CHECK(pool["devices"][0]["models"].size() == 2);
+  CHECK(pool["devices"][1]["models"].size() == 2);
+  CHECK(pool["devices"][0]["budget"] == 1 << 20);
+  auto st = json::parse(d.Mms({"--json", "status"}).out);
+  CHECK(st["devices"][0]["name"] == "cpu:0");
+  CHECK(st["pool"]["models_on_device"] == 4);
+}
+
+TEST_CASE("SIGTERM lets a running request finish; a slow request blocks nobody else") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "slow", "1", Data("slow.pt"));
+  REQUIRE(d.Mms({"load", "slow"}).exit_code == 0);
+  ProcResult slow;
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    slow = d.Mms({"predict", "slow", "--input", Data("slow_input.json"), "-o", d.dir() + "/slow_out.json"});
+    done = true;
+  });
+  // Wait until it is in flight, then check another client is answered meanwhile.
+  REQUIRE(WaitFor([&] { return FindModel(Pool(d), "slow:1")["in_flight"] == 1; }, 20));
+  auto ping = d.Mms({"--json", "ping"});
+  CHECK(ping.exit_code == 0);
+  CHECK_FALSE(done.load());
+  d.child().Signal(SIGTERM);
+  t.join();
+  CHECK(slow.exit_code == 0);
+  CHECK(d.child().Wait(30) == 0);
+  CHECK(std::filesystem::exists(d.dir() + "/slow_out.json"));
+}
