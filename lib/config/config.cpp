@@ -269,7 +269,7 @@ const std::vector<Spec>& Specs() {
                  [](Config& c) -> std::vector<std::string>& { return c.pool.pinned; }),
       String("pool", "policy", "lrfu", "Eviction policy of every tier (see mms.toml(5) for how they differ).",
              [](Config& c) -> std::string& { return c.pool.policy; }, {"lrfu", "lru"}),
-      Double("pool", "policy_half_life", 200, 1, 1e9,
+      Double("pool", "policy_half_life", 350, 1, 1e9,
              "lrfu: accesses after which a model's past use counts half; smaller follows popularity shifts faster.",
              [](Config& c) -> double& { return c.pool.policy_half_life; }),
       Int("pool", "load_threads", 2, 1, 64, "Loads (disk to host to device) running at once.",

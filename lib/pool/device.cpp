@@ -26,9 +26,11 @@ uint64_t MemInfo(const std::string& key) {
 
 class CpuDevice final : public Device {
  public:
+  // `base` null: the zero-copy host device ("cpu"); the arena only keeps the books.
   CpuDevice(std::string name, uint8_t* base, uint64_t budget) : Device(std::move(name)), base_(base) {
     arena_ = std::make_unique<DeviceArena>(base, budget);
   }
+  bool zero_copy() const override { return base_ == nullptr; }
   ~CpuDevice() override { std::free(base_); }
   std::string torch_device() const override { return "cpu"; }
   std::string kind() const override { return "cpu"; }
@@ -63,6 +65,7 @@ Result<std::unique_ptr<Device>> CreateDevice(const std::string& name, uint64_t b
         if (name[i] < '0' || name[i] > '9') return InvalidArgument("invalid device '" + name + "'; use cpu, cpu:N or cuda:N");
     }
     if (budget == 0) budget = std::max<uint64_t>(HostMemoryTotal() / 4, 256ull << 20);
+    if (name == "cpu") return std::unique_ptr<Device>(new CpuDevice(name, nullptr, budget));
     // Reserve the region once; pages are touched only as weights land.
     void* p = std::aligned_alloc(DeviceArena::kAlignment, (budget + DeviceArena::kAlignment - 1) /
                                                               DeviceArena::kAlignment * DeviceArena::kAlignment);

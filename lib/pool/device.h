@@ -1,9 +1,13 @@
 // Devices the pool places model weights on. A Device owns its weight arena
 // (the whole budget, reserved once) and knows how to copy host bytes in.
 //
-//   cpu, cpu:N   host memory standing in for a device (a CPU-only machine
-//                runs the same tier logic; several cpu:N are the "fake
-//                devices" tests and benchmarks use)
+//   cpu          the host itself: a model "on" it is served straight from its
+//                host-tier buffer (zero-copy promotion); the device budget
+//                still bounds how many bytes are kept ready to serve, so a
+//                CPU-only machine runs the same tier logic
+//   cpu:N        a simulated device in host memory with its own arena and a
+//                real copy on promotion: the GPU code path without a GPU
+//                (tests and benchmarks use several)
 //   cuda:N       a GPU (only in builds whose libtorch has CUDA): the arena
 //                is one cudaMalloc, host buffers are pinned, promotion is one
 //                cudaMemcpyAsync on a dedicated copy stream
@@ -32,6 +36,9 @@ class Device {
   virtual uint64_t memory_free() const = 0;
   // Copies `n` host bytes to device memory `dst` and waits for the copy.
   virtual Status CopyIn(uint8_t* dst, const uint8_t* src, uint64_t n) = 0;
+  // True when weights on this device are the host-tier buffer itself
+  // (nothing to allocate or copy on promotion).
+  virtual bool zero_copy() const { return false; }
   DeviceArena& arena() { return *arena_; }
   uint64_t budget() const { return arena_->capacity(); }
 

@@ -279,7 +279,7 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
     DeviceSlot& d = *devices_[static_cast<size_t>(c.index)];
     while (true) {
       if (d.used + need <= d.dev->budget()) {
-        if (auto block = d.dev->arena().Allocate(need)) {
+        if (auto block = d.dev->zero_copy() ? e.host : d.dev->arena().Allocate(need)) {
           e.block = std::move(block);
           e.device = c.index;
           e.device_reserved = need;
@@ -379,8 +379,11 @@ void ModelPool::RunLoad(PoolKey key) {
   const int64_t t1 = opts_.clock->MonoNanos();
   lock.unlock();
 
-  Status st = dev->CopyIn(block->data(), host->data(), m->layout().total_bytes);
-  if (st.ok()) st = m->Bind(block, dev->torch_device());
+  Status st;
+  if (!dev->zero_copy()) {
+    st = dev->CopyIn(block->data(), host->data(), m->layout().total_bytes);
+    if (st.ok()) st = m->Bind(block, dev->torch_device());
+  }
   const int64_t t2 = opts_.clock->MonoNanos();
   if (st.ok() && !sample.empty()) st = Warmup(m, sample, specs, ref);
 
@@ -543,6 +546,7 @@ nlohmann::json ModelPool::Snapshot() const {
                        {"budget", d.dev->budget()},
                        {"used", d.used},
                        {"policy", d.policy->name()},
+                       {"zero_copy", d.dev->zero_copy()},
                        {"arena", {{"reserved", d.dev->arena().capacity()},
                                   {"allocated", d.dev->arena().used()},
                                   {"largest_free", d.dev->arena().largest_free()},

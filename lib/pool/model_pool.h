@@ -6,7 +6,9 @@
 //
 // * Tiers are inclusive: a model on a device also keeps its host copy, so
 //   demotion device → host is free (the block goes back to the arena and the
-//   model is rebound to its host buffer) and promotion is one copy.
+//   model is rebound to its host buffer) and promotion is one copy — none on
+//   a zero-copy device (the host itself, "cpu"), where only the budget
+//   applies.
 // * A model with handles out is never evicted; pinned models never are. When
 //   nothing can be evicted a request fails at once with POOL_FULL naming what
 //   holds the memory — never a hang.

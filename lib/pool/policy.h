@@ -40,7 +40,7 @@ class EvictionPolicy {
 
 struct PolicyOptions {
   std::string name = "lrfu";  // [pool] policy: "lru" | "lrfu"
-  double half_life = 200;     // [pool] policy_half_life: accesses (lrfu)
+  double half_life = 350;     // [pool] policy_half_life: accesses (lrfu)
 };
 
 Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyOptions& opts);

@@ -308,3 +308,30 @@ TEST_CASE("many threads hammering a small pool keep the books balanced") {
   CHECK(snap["devices"][0]["arena"]["allocated"].get<uint64_t>() == used);
   for (const auto& m : snap["devices"][0]["models"]) CHECK(m["in_flight"] == 0);
 }
+
+TEST_CASE("the zero-copy host device serves from the host buffer and still enforces its budget") {
+  FakeClock clock;
+  std::vector<std::unique_ptr<Device>> devs;
+  devs.push_back(CreateDevice("cpu", 2 * K).value());
+  auto loader = std::make_unique<FakeLoader>();
+  ModelPool::Options o;
+  o.host_budget = 100 * K;
+  o.clock = &clock;
+  auto pool = ModelPool::Create(o, std::move(devs), std::move(loader), MakeHostAllocator(false)).value();
+  auto a = pool->AcquireSync(PoolFixture::Item(1)).value();
+  const Buffer* bound = static_cast<mms::testing::FakeModel*>(a->model())->bound();
+  auto b = pool->AcquireSync(PoolFixture::Item(2)).value();
+  a.reset();
+  b.reset();
+  CHECK(pool->AcquireSync(PoolFixture::Item(3)).ok());  // over budget: 1 goes back to host
+  auto snap = pool->Snapshot();
+  CHECK(snap["devices"][0]["zero_copy"] == true);
+  CHECK(snap["devices"][0]["used"] == 2 * K);
+  CHECK(snap["devices"][0]["arena"]["allocated"] == 0);
+  CHECK((*pool->Health(1))["tier"] == "host");
+  auto again = pool->AcquireSync(PoolFixture::Item(1)).value();
+  CHECK(static_cast<mms::testing::FakeModel*>(again->model())->bound() == bound);  // never copied
+  auto out = again->model()->Run({});
+  uint8_t pattern = static_cast<uint8_t>(std::hash<std::string>()("m1:1") % 200 + 1);
+  CHECK(*(*out)[0].as<int64_t>() == static_cast<int64_t>(K) * pattern);
+}

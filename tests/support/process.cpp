@@ -117,9 +117,10 @@ bool WaitFor(const std::function<bool()>& pred, double timeout_s) {
   }
 }
 
-Daemon::Daemon(const std::string& config, const std::vector<std::string>& extra_args) : extra_(extra_args) {
+Daemon::Daemon(const std::string& config, const std::vector<std::string>& extra_args, const std::string& data_dir)
+    : extra_(extra_args) {
   socket_ = dir_ / "run/mms.sock";
-  data_dir_ = dir_ / "data";
+  data_dir_ = data_dir.empty() ? dir_ / "data" : data_dir;
   log_path_ = dir_ / "mmsd.log";
   if (!config.empty()) {
     config_path_ = dir_ / "mms.toml";

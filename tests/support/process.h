@@ -64,7 +64,9 @@ class Daemon {
  public:
   // Starts mmsd and waits until `mms ping` answers. `config` is TOML text
   // written to <dir>/mms.toml and passed with --config when not empty.
-  explicit Daemon(const std::string& config = "", const std::vector<std::string>& extra_args = {});
+  // `data_dir` overrides the temp data dir (benchmarks reuse a registry).
+  explicit Daemon(const std::string& config = "", const std::vector<std::string>& extra_args = {},
+                  const std::string& data_dir = "");
   ~Daemon();
   bool ok() const { return ok_; }
   const std::string& socket() const { return socket_; }

@@ -1,0 +1,223 @@
+// The seed's scenario: 50 customer models of equal size, a device budget
+// that fits 12, Zipf-like traffic where the top 12 customers take ~80% of
+// 20,000 requests, and a second trace where popularity changes hands
+// halfway. The same traces run through
+//   * the seed's own ModelPool (Python, device "cpu", LRU by model count),
+//   * mms end to end (the real daemon over IPC, sequential client), with the
+//     lrfu and lru policies,
+//   * Belady's optimal replacement (offline, furthest next use) for the misses.
+//
+//   seed_scenario_bench [--requests N] [--size-kb S] [--models M] [--capacity C]
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include "bench_util.h"
+#include "protocol/client.h"
+#include "protocol/messages.h"
+#include "protocol/tensor_file.h"
+
+using namespace mms;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// The Zipf exponent for which the top `top` of `n` items take `share`.
+double ZipfExponent(int n, int top, double share) {
+  double lo = 0, hi = 5;
+  for (int it = 0; it < 100; ++it) {
+    double s = (lo + hi) / 2, a = 0, b = 0;
+    for (int i = 1; i <= n; ++i) (i <= top ? a : b) += std::pow(i, -s);
+    if (a / (a + b) < share) lo = s;
+    else hi = s;
+  }
+  return (lo + hi) / 2;
+}
+
+// rank → model id mapping `order`; returns model ids.
+std::vector<int> ZipfTrace(int requests, int n, double s, const std::vector<int>& order, std::mt19937_64& rng) {
+  std::vector<double> w(n);
+  for (int i = 0; i < n; ++i) w[i] = std::pow(i + 1, -s);
+  std::discrete_distribution<int> dist(w.begin(), w.end());
+  std::vector<int> out;
+  for (int i = 0; i < requests; ++i) out.push_back(order[dist(rng)]);
+  return out;
+}
+
+// Belady's MIN with forced admission: misses for a cache of `cap` items.
+int BeladyMisses(const std::vector<int>& trace, int cap) {
+  std::vector<size_t> next(trace.size());
+  std::map<int, size_t> last;
+  for (size_t i = trace.size(); i-- > 0;) {
+    auto it = last.find(trace[i]);
+    next[i] = it == last.end() ? SIZE_MAX : it->second;
+    last[trace[i]] = i;
+  }
+  std::map<int, size_t> cache;  // model → its next use
+  int misses = 0;
+  for (size_t i = 0; i < trace.size(); ++i) {
+    auto it = cache.find(trace[i]);
+    if (it == cache.end()) {
+      ++misses;
+      if (static_cast<int>(cache.size()) >= cap) {
+        auto victim = cache.begin();
+        for (auto c = cache.begin(); c != cache.end(); ++c)
+          if (c->second > victim->second) victim = c;
+        cache.erase(victim);
+      }
+    }
+    cache[trace[i]] = next[i];
+  }
+  return misses;
+}
+
+struct RunResult {
+  double total_s = 0;
+  int loads = 0;
+  std::vector<double> lat_ms;
+};
+
+RunResult RunMms(const std::string& dir, const std::string& data_dir, const std::vector<int>& trace, uint64_t budget,
+                 const std::string& policy, int models, const std::string& device) {
+  std::string config = "[log]\nlevel = \"warn\"\n[pool]\ndevices = [\"" + device + "\"]\ndevice_budget = " + std::to_string(budget) +
+                       "\nhost_budget = \"4GiB\"\npolicy = \"" + policy + "\"\n";
+  testing::Daemon d(config, {}, data_dir);
+  RunResult r;
+  if (!d.ok()) {
+    std::fprintf(stderr, "daemon failed to start:\n%s\n", d.log().c_str());
+    return r;
+  }
+  proto::Client::Options o;
+  o.socket_path = d.socket();
+  auto client = proto::Client::Connect(o).value();
+  std::vector<proto::Message> reqs(models);
+  auto inputs = ReadTensorFile(dir + "/customer_input.json").value();
+  for (int m = 0; m < models; ++m) {
+    reqs[m].type = proto::kPredict;
+    char name[16];
+    std::snprintf(name, sizeof name, "c%02d", m);
+    reqs[m].body = {{"model", name}};
+    reqs[m].tensors = inputs;
+  }
+  auto start = Clock::now();
+  for (int m : trace) {
+    auto t0 = Clock::now();
+    auto rep = client->Call(reqs[m]);
+    if (!rep.ok()) {
+      std::fprintf(stderr, "predict failed: %s\n", rep.status().ToString().c_str());
+      return r;
+    }
+    r.lat_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  r.total_s = std::chrono::duration<double>(Clock::now() - start).count();
+  auto pool = client->CallJson(proto::kPool, json::object()).value();
+  r.loads = pool["totals"]["loads"];
+  return r;
+}
+
+RunResult RunSeed(const std::string& dir, const std::vector<std::string>& paths, const std::vector<int>& trace, int cap) {
+  RunResult r;
+  std::string ref = std::string(MMS_SHARED_DIR) + "/reference";
+  if (!std::filesystem::exists(ref + "/seed_reference.py")) return r;
+  json spec{{"paths", paths}, {"trace", trace}, {"capacity", cap}};
+  std::ofstream(dir + "/trace.json") << spec.dump();
+  auto p = RunProcess({"/usr/bin/python3", std::string(MMS_SOURCE_DIR) + "/bench/seed_pool_driver.py", ref,
+                       dir + "/trace.json"},
+                      7200);
+  if (p.exit_code != 0) {
+    std::fprintf(stderr, "seed driver failed: %s\n", p.err.c_str());
+    return r;
+  }
+  json out = json::parse(p.out);
+  r.total_s = out["total_s"];
+  r.loads = out["loads"];
+  r.lat_ms = out["latencies_ms"].get<std::vector<double>>();
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int requests = 20000, size_kb = 16384, models = 50, cap = 12;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    int v = std::atoi(argv[i + 1]);
+    if (a == "--requests") requests = v;
+    else if (a == "--size-kb") size_kb = v;
+    else if (a == "--models") models = v;
+    else if (a == "--capacity") cap = v;
+  }
+  testing::TempDir tmp;
+  std::string dir = tmp.path();
+  std::printf("seed scenario: %d models of ~%d KiB, device budget for %d, %d requests per trace\n", models, size_kb,
+              cap, requests);
+  std::fflush(stdout);
+  if (RunProcess({testing::BinDir() + "/mms-gen-testdata", dir, "--customers", std::to_string(models), "--size-kb",
+                  std::to_string(size_kb), "--prefix", "customer"},
+                 3600)
+          .exit_code != 0)
+    return 1;
+  // Register all models once (a Triton-style import), shared by both mms runs.
+  std::string repo = dir + "/repo", data_dir = dir + "/data";
+  std::vector<std::string> paths;
+  for (int m = 0; m < models; ++m) {
+    char src[64], name[16];
+    std::snprintf(src, sizeof src, "/customer-%02d.pt", m);
+    std::snprintf(name, sizeof name, "c%02d", m);
+    std::filesystem::create_directories(repo + "/" + name + "/1");
+    std::filesystem::copy_file(dir + src, repo + "/" + name + "/1/model.pt");
+    paths.push_back(dir + src);
+  }
+  auto imp = RunProcess({testing::MmsBin(), "--data-dir", data_dir, "-q", "model", "import", repo}, 3600);
+  if (imp.exit_code != 0) {
+    std::fprintf(stderr, "import failed: %s\n", imp.err.c_str());
+    return 1;
+  }
+  auto list = json::parse(RunProcess({testing::MmsBin(), "--data-dir", data_dir, "--json", "model", "list"}).out);
+  uint64_t bytes = list[0]["device_bytes"];
+  uint64_t block = (bytes + 64 * 8 + 255) / 256 * 256;  // packed layout pads tensors to 64 bytes
+  uint64_t budget = block * cap + block / 2;           // fits `cap`, never cap + 1
+
+  double s = ZipfExponent(models, cap, 0.8);
+  std::mt19937_64 rng(2026);
+  std::vector<int> order(models), shifted(models);
+  for (int i = 0; i < models; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  for (int i = 0; i < models; ++i) shifted[i] = order[(i + models / 2) % models];  // the cold half turns hot
+  auto zipf = ZipfTrace(requests, models, s, order, rng);
+  auto shift = ZipfTrace(requests / 2, models, s, order, rng);
+  auto second = ZipfTrace(requests - requests / 2, models, s, shifted, rng);
+  shift.insert(shift.end(), second.begin(), second.end());
+
+  std::vector<std::vector<std::string>> rows{
+      {"trace", "system", "hit rate", "loads", "total s", "p50 ms", "p99 ms", "vs seed time", "vs Belady misses"}};
+  using bench::Fmt;
+  for (auto& [name, trace] : std::vector<std::pair<std::string, std::vector<int>>>{{"zipf", zipf}, {"shift", shift}}) {
+    int belady = BeladyMisses(trace, cap);
+    RunResult seed = RunSeed(dir, paths, trace, cap);
+    auto row = [&](const std::string& system, const RunResult& r) {
+      if (r.lat_ms.empty()) return;
+      double n = static_cast<double>(trace.size());
+      rows.push_back({name, system, Fmt(100.0 * (n - r.loads) / n, 1) + "%", std::to_string(r.loads), Fmt(r.total_s, 1),
+                      Fmt(bench::Percentile(r.lat_ms, 50), 3), Fmt(bench::Percentile(r.lat_ms, 99), 3),
+                      seed.total_s > 0 ? Fmt(seed.total_s / r.total_s, 1) + "x faster" : "-",
+                      Fmt(static_cast<double>(r.loads) / belady, 2) + "x"});
+    };
+    row("seed ModelPool (LRU)", seed);
+    for (const char* policy : {"lrfu", "lru"})
+      row(std::string("mms ") + policy + " (cpu)", RunMms(dir, data_dir, trace, budget, policy, models, "cpu"));
+    row("mms lrfu (cpu:0, copying)", RunMms(dir, data_dir, trace, budget, "lrfu", models, "cpu:0"));
+    rows.push_back({name, "Belady (optimal)", Fmt(100.0 * (trace.size() - belady) / trace.size(), 1) + "%",
+                    std::to_string(belady), "-", "-", "-", "-", "1.00x"});
+  }
+  std::printf("zipf exponent %.3f (top %d of %d take 80%%); device budget %s for %d models of %llu bytes\n\n", s, cap,
+              models, std::to_string(budget).c_str(), cap, static_cast<unsigned long long>(bytes));
+  bench::PrintTable(rows);
+  return 0;
+}
