@@ -83,8 +83,23 @@ struct RunResult {
   std::vector<double> lat_ms;
 };
 
+// Reads a file, or every file under a directory, so each contender starts
+// with a warm page cache.
+void WarmPageCache(const std::string& path) {
+  std::vector<char> buf(16 << 20);
+  auto read = [&](const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size()))) {
+    }
+  };
+  if (std::filesystem::is_regular_file(path)) return read(path);
+  for (const auto& e : std::filesystem::recursive_directory_iterator(path))
+    if (e.is_regular_file()) read(e.path());
+}
+
 RunResult RunMms(const std::string& dir, const std::string& data_dir, const std::vector<int>& trace, uint64_t budget,
                  const std::string& policy, int models, const std::string& device) {
+  WarmPageCache(data_dir + "/artifacts");
   std::string config = "[log]\nlevel = \"warn\"\n[pool]\ndevices = [\"" + device + "\"]\ndevice_budget = " + std::to_string(budget) +
                        "\nhost_budget = \"4GiB\"\npolicy = \"" + policy + "\"\n";
   testing::Daemon d(config, {}, data_dir);
@@ -125,6 +140,7 @@ RunResult RunSeed(const std::string& dir, const std::vector<std::string>& paths,
   RunResult r;
   std::string ref = std::string(MMS_SHARED_DIR) + "/reference";
   if (!std::filesystem::exists(ref + "/seed_reference.py")) return r;
+  for (const auto& p : paths) WarmPageCache(p);
   json spec{{"paths", paths}, {"trace", trace}, {"capacity", cap}};
   std::ofstream(dir + "/trace.json") << spec.dump();
   auto p = RunProcess({"/usr/bin/python3", std::string(MMS_SOURCE_DIR) + "/bench/seed_pool_driver.py", ref,
