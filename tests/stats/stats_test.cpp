@@ -1,0 +1,155 @@
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "stats/histogram.h"
+#include "stats/significance.h"
+
+using namespace mms;
+
+TEST_CASE("histogram quantiles are within 1% of the exact ones from 1 µs to 100 s") {
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<double> logu(std::log(1e3), std::log(1e11));
+  std::vector<int64_t> v;
+  LatencyHistogram h;
+  for (int i = 0; i < 200000; ++i) {
+    int64_t ns = static_cast<int64_t>(std::exp(logu(rng)));
+    v.push_back(ns);
+    h.Record(ns);
+  }
+  std::sort(v.begin(), v.end());
+  for (double q : {0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0}) {
+    int64_t exact = v[std::max<size_t>(1, static_cast<size_t>(std::ceil(q * v.size()))) - 1];
+    double err = std::fabs(static_cast<double>(h.Quantile(q) - exact)) / static_cast<double>(exact);
+    INFO("q=" << q << " exact=" << exact << " got=" << h.Quantile(q));
+    CHECK(err <= 0.01);
+  }
+  CHECK(h.count() == v.size());
+  CHECK(h.min() == v.front());
+  CHECK(h.max() == v.back());
+  // Every bucket's midpoint is within 0.4% of any value in it.
+  for (int64_t ns : {1'000LL, 1'234LL, 999'999LL, 1'000'000LL, 37'000'123LL, 99'999'999'999LL})
+    CHECK(std::fabs(static_cast<double>(LatencyHistogram::BucketMidpoint(LatencyHistogram::BucketIndex(ns)) - ns)) /
+              static_cast<double>(ns) <=
+          0.004);
+}
+
+TEST_CASE("histogram mean, variance, clamping and the empty case") {
+  LatencyHistogram h;
+  CHECK(h.Quantile(0.5) == 0);
+  CHECK(h.mean() == 0);
+  for (int64_t v : {2'000'000, 4'000'000, 4'000'000, 4'000'000, 5'000'000, 5'000'000, 7'000'000, 9'000'000}) h.Record(v);
+  CHECK(h.mean() == doctest::Approx(5e6));
+  CHECK(h.variance() == doctest::Approx(4.571428571e12).epsilon(1e-6));  // sample variance of the textbook set
+  LatencyHistogram c;
+  c.Record(10);                  // below 1 µs: counted in the first bucket, min exact
+  c.Record(500'000'000'000LL);   // above 100 s
+  CHECK(c.min() == 10);
+  CHECK(c.Quantile(1.0) == 500'000'000'000LL);
+}
+
+TEST_CASE("histograms merge, subtract into windows, and round-trip through JSON") {
+  LatencyHistogram a, b, all;
+  for (int i = 1; i <= 1000; ++i) {
+    a.Record(i * 1000);
+    all.Record(i * 1000);
+  }
+  for (int i = 1; i <= 500; ++i) {
+    b.Record(i * 1'000'000);
+    all.Record(i * 1'000'000);
+  }
+  LatencyHistogram m = a;
+  m.Merge(b);
+  CHECK(m.count() == 1500);
+  CHECK(m.Quantile(0.5) == all.Quantile(0.5));
+  CHECK(m.ToJson() == all.ToJson());
+  // Cumulative now minus the cumulative at the window start = the window.
+  LatencyHistogram window = all;
+  window.Subtract(a);
+  CHECK(window.count() == 500);
+  CHECK(std::fabs(static_cast<double>(window.Quantile(0.5)) - 250e6) / 250e6 < 0.01);
+  CHECK(window.mean() == doctest::Approx(b.mean()));
+  auto back = LatencyHistogram::FromJson(all.ToJson());
+  REQUIRE(back.ok());
+  CHECK(back->ToJson() == all.ToJson());
+  auto bad = all.ToJson();
+  bad["n"] = 7;
+  CHECK_FALSE(LatencyHistogram::FromJson(bad).ok());
+}
+
+TEST_CASE("windowed histograms keep only the recent intervals") {
+  WindowedHistogram w(10'000'000'000, 6);  // 6 × 10 s
+  int64_t t = 1'000'000'000'000;
+  for (int s = 0; s < 120; ++s) w.Record((s + 1) * 1'000'000, t + s * 1'000'000'000LL);  // one per second
+  int64_t now = t + 119 * 1'000'000'000LL;
+  CHECK(w.Window(10'000'000'000, now).count() == 10);
+  CHECK(w.Window(30'000'000'000, now).count() == 30);
+  CHECK(w.Window(600'000'000'000, now).count() == 60);  // only 6 slots kept
+  CHECK(w.Window(30'000'000'000, now + 300'000'000'000LL).count() == 0);
+}
+
+// Values worked out independently (Python's statistics.NormalDist; the Welch
+// example is Wikipedia's "Welch's t-test" example 1: t = 2.46, df = 25.0, p = 0.021).
+TEST_CASE("two-proportion z-test matches the worked example") {
+  auto r = TwoProportionZTest(45, 100, 30, 100);
+  REQUIRE(r.valid);
+  CHECK(r.statistic == doctest::Approx(-2.190890).epsilon(1e-5));
+  CHECK(r.p_value == doctest::Approx(0.028460).epsilon(1e-4));
+  CHECK(r.diff == doctest::Approx(-0.15));
+  CHECK(r.ci_low == doctest::Approx(-0.282570).epsilon(1e-5));
+  CHECK(r.ci_high == doctest::Approx(-0.017430).epsilon(1e-4));
+}
+
+TEST_CASE("Welch's t-test matches the textbook example") {
+  // A1 mean 20.82 var 7.867429, A2 mean 22.986667 var 3.812667, n = 15 each.
+  auto r = WelchTTest(20.82, 7.867429, 15, 22.986667, 3.812667, 15);
+  REQUIRE(r.valid);
+  CHECK(r.statistic == doctest::Approx(2.455356).epsilon(1e-5));
+  CHECK(r.df == doctest::Approx(24.988529).epsilon(1e-5));
+  CHECK(r.p_value == doctest::Approx(0.021378).epsilon(1e-3));
+  CHECK(r.ci_low > 0);  // the interval excludes 0, as p < 0.05 says
+}
+
+TEST_CASE("sample-ratio mismatch chi-square") {
+  auto even = SampleRatioMismatch(60, 40, 0.5);
+  REQUIRE(even.valid);
+  CHECK(even.statistic == doctest::Approx(4.0));
+  CHECK(even.p_value == doctest::Approx(0.04550026).epsilon(1e-6));
+  auto tenth = SampleRatioMismatch(9000, 1100, 0.1);
+  CHECK(tenth.statistic == doctest::Approx(8.910891).epsilon(1e-6));
+  CHECK(tenth.p_value == doctest::Approx(2.835e-3).epsilon(1e-3));
+  auto fine = SampleRatioMismatch(9000, 1000, 0.1);
+  CHECK(fine.p_value == doctest::Approx(1.0));
+}
+
+TEST_CASE("edge cases: empty arms, zero variance, rates of 0 and 1") {
+  auto empty = TwoProportionZTest(0, 0, 3, 10);
+  CHECK_FALSE(empty.valid);
+  CHECK(empty.reason == "no requests in the control arm");
+  CHECK(TwoProportionZTest(3, 10, 0, 0).reason == "no requests in the treatment arm");
+  auto zeros = TwoProportionZTest(0, 100, 0, 50);  // both 0%
+  REQUIRE(zeros.valid);
+  CHECK(zeros.p_value == 1.0);
+  CHECK(zeros.statistic == 0.0);
+  auto ones = TwoProportionZTest(100, 100, 50, 50);  // both 100%
+  CHECK(ones.p_value == 1.0);
+  auto extreme = TwoProportionZTest(0, 1000, 1000, 1000);  // 0% vs 100%
+  CHECK(extreme.p_value < 1e-100);
+  CHECK(std::isfinite(extreme.statistic));
+
+  CHECK_FALSE(WelchTTest(1, 0, 1, 2, 0, 5).valid);
+  auto same = WelchTTest(5, 0, 10, 5, 0, 10);
+  CHECK(same.valid);
+  CHECK(same.p_value == 1.0);
+  auto differ = WelchTTest(5, 0, 10, 6, 0, 10);
+  CHECK(differ.p_value == 0.0);
+  CHECK(std::isinf(differ.statistic));
+  CHECK(differ.ToJson()["statistic"] == "inf");
+
+  CHECK_FALSE(SampleRatioMismatch(0, 0, 0.5).valid);
+  CHECK(SampleRatioMismatch(100, 0, 0.0).p_value == 1.0);  // a 0% treatment with none in it
+  CHECK(SampleRatioMismatch(100, 1, 0.0).p_value == 0.0);
+  CHECK(SampleRatioMismatch(0, 100, 1.0).p_value == 1.0);
+}
