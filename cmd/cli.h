@@ -82,6 +82,7 @@ class Cli {
 void AddDaemonCommands(CLI::App& app, Cli& cli);
 void AddModelCommands(CLI::App& app, Cli& cli);
 void AddPoolCommands(CLI::App& app, Cli& cli);
+void AddExperimentCommands(CLI::App& app, Cli& cli);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   AddDaemonCommands(app, cli);
   AddModelCommands(app, cli);
   AddPoolCommands(app, cli);
+  AddExperimentCommands(app, cli);
 
   try {
     app.parse(argc, argv);

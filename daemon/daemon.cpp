@@ -38,6 +38,12 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   ro.actor = "mmsd";
   MMS_ASSIGN_OR_RETURN(d->registry_, Registry::Open(ro));
 
+  AttributionStore::Options ao;
+  ao.window_ns = c.experiments.attribution_window_ns;
+  ao.capacity = static_cast<size_t>(c.experiments.attribution_capacity);
+  ao.clock = d->opts_.clock;
+  d->attribution_ = std::make_unique<AttributionStore>(ao);
+
   int workers = ResolveWorkers(c.daemon.workers);
   d->callbacks_ = std::make_unique<Executor>("mms-serve", workers);
   MMS_RETURN_IF_ERROR(d->CreatePool());
@@ -93,6 +99,7 @@ std::map<uint16_t, Handler> Daemon::BuildHandlers() {
   std::map<uint16_t, Handler> table;
   AddCoreHandlers(this, &table);
   AddPoolHandlers(this, &table);
+  AddRolloutHandlers(this, &table);
   return table;
 }
 
@@ -160,6 +167,27 @@ Result<VersionRecord> Daemon::Resolve(const std::string& text) {
   return **again;
 }
 
+std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& experiment, const std::string& variant) {
+  std::string key = VariantKey(experiment, variant);
+  if (auto m = experiment_metrics_.Find(key)) return m;
+  std::lock_guard<std::mutex> lock(restore_mu_);
+  if (auto m = experiment_metrics_.Find(key)) return m;
+  auto saved = registry_->LoadExperimentMetrics(experiment);
+  auto m = experiment_metrics_.Get(key);
+  if (saved.ok())
+    if (auto it = saved->find(variant); it != saved->end()) m->Restore(VariantSnapshot::FromJson(it->second));
+  return m;
+}
+
+void Daemon::FlushMetrics() {
+  for (const auto& [key, m] : experiment_metrics_.All()) {
+    if (!m->TakeDirty()) continue;
+    auto slash = key.rfind('/');
+    Status st = registry_->SaveExperimentMetrics(key.substr(0, slash), key.substr(slash + 1), m->Snapshot().ToJson());
+    if (!st.ok()) LogWarn("metrics_flush_failed", {{"key", key}, {"error", st.message()}});
+  }
+}
+
 void Daemon::WatchRegistry() {
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!stopping_) {
@@ -167,6 +195,11 @@ void Daemon::WatchRegistry() {
     if (stopping_) break;
     lock.unlock();
     if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+    int64_t now = opts_.clock->MonoNanos();
+    if (now - last_flush_ns_ >= opts_.config.experiments.flush_interval_ns) {
+      FlushMetrics();
+      last_flush_ns_ = now;
+    }
     lock.lock();
   }
 }
@@ -211,6 +244,7 @@ bool Daemon::Shutdown() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
+  FlushMetrics();
   if (idle) server_->Stop();
   LogInfo("stopped", {{"served", server_->requests_served()}});
   return idle;

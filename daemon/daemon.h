@@ -29,6 +29,8 @@
 #include "pool/model_pool.h"
 #include "registry/registry.h"
 #include "registry/snapshot.h"
+#include "rollout/attribution.h"
+#include "rollout/experiment_metrics.h"
 #include "server.h"
 
 namespace mms {
@@ -71,6 +73,17 @@ class Daemon {
   Result<VersionRecord> Resolve(const std::string& ref);
   static PoolItem ItemFor(const VersionRecord& v);
 
+  // Per-variant figures of experiments (key: VariantKey(id, variant)) and
+  // per-version serving figures (key: "name:version").
+  MetricsStore* experiment_metrics() { return &experiment_metrics_; }
+  MetricsStore* serving_metrics() { return &serving_metrics_; }
+  AttributionStore* attribution() { return attribution_.get(); }
+  // Metrics of an experiment variant, restored from the registry the first
+  // time they are needed (a restarted daemon continues its counts).
+  std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
+  // Writes changed experiment metrics to the registry.
+  void FlushMetrics();
+
  private:
   explicit Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
   std::map<uint16_t, Handler> BuildHandlers();
@@ -89,6 +102,12 @@ class Daemon {
   std::mutex refresh_mu_;                             // one refresh at a time
   std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
 
+  MetricsStore experiment_metrics_;
+  MetricsStore serving_metrics_;
+  std::unique_ptr<AttributionStore> attribution_;
+  std::mutex restore_mu_;  // one restore from the registry at a time
+  int64_t last_flush_ns_ = 0;  // watcher thread only
+
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
   bool stopping_ = false;  // guarded by watch_mu_
@@ -98,6 +117,7 @@ class Daemon {
 // handlers_*.cpp: each adds its message types to the table.
 void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
 void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
+void AddRolloutHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
 
 // Resolves the Server's worker count from [daemon] workers (0 = 2 × cores).
 int ResolveWorkers(int configured);

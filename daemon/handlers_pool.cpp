@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "daemon.h"
 #include "protocol/messages.h"
+#include "serve/router.h"
 
 namespace mms {
 namespace {
@@ -22,25 +23,73 @@ Result<std::string> ModelField(const proto::Message& m) {
   return m.body["model"].get<std::string>();
 }
 
+// What a finished request is credited to: its version's serving figures and,
+// when an experiment routed it, the variant's (and the attribution store).
+struct Credit {
+  std::shared_ptr<VariantMetrics> version;
+  std::shared_ptr<VariantMetrics> variant;  // null unless a running experiment routed it
+  std::string experiment;
+  Variant which = Variant::kNone;
+};
+
 void Predict(Daemon* d, proto::Message req, Responder r) {
   const int64_t t0 = d->clock()->MonoNanos();
-  auto ref = ModelField(req);
+  auto ref_text = ModelField(req);
+  if (!ref_text.ok()) return r.Fail(ref_text.status());
+  auto ref = ParseRef(*ref_text);
   if (!ref.ok()) return r.Fail(ref.status());
-  auto v = d->Resolve(*ref);
-  if (!v.ok()) return r.Fail(v.status());
+  std::string user = req.body.value("user", "");
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  auto snap = d->snapshot();
+  auto route = RouteRequest(*snap, *ref, user, rng);
+  if (!route.ok() && route.status().code() == Code::kNotFound && d->RefreshRegistry(false).ok()) {
+    snap = d->snapshot();  // registered a moment ago?
+    route = RouteRequest(*snap, *ref, user, rng);
+  }
+  if (!route.ok()) return r.Fail(route.status());
+  VersionRecord rec = *route->version;
+  auto credit = std::make_shared<Credit>();
+  credit->version = d->serving_metrics()->Get(rec.ref());
+  nlohmann::json routing = nlohmann::json::object();
+  if (route->experiment) {
+    const ExperimentRecord& e = *route->experiment;
+    routing = {{"experiment", e.id}, {"variant", VariantName(route->variant)}};
+    if (route->bucket >= 0) routing["bucket"] = route->bucket;
+    if (e.state == "running") {
+      credit->experiment = e.id;
+      credit->which = route->variant;
+      credit->variant = d->VariantMetricsFor(e.id, VariantName(route->variant));
+    }
+  }
+  // Every outcome, success or failure, is counted where it belongs.
+  auto finish = [d, t0, credit](bool ok) {
+    int64_t now = d->clock()->MonoNanos();
+    credit->version->Record(now - t0, !ok, now);
+    if (credit->variant) credit->variant->Record(now - t0, !ok, now);
+  };
   // Validate the inputs before anything is loaded for them.
-  auto inputs = MatchInputs(v->inputs, std::move(req.tensors), v->ref());
-  if (!inputs.ok()) return r.Fail(inputs.status());
+  auto inputs = MatchInputs(rec.inputs, std::move(req.tensors), rec.ref());
+  if (!inputs.ok()) {
+    finish(false);
+    return r.Fail(inputs.status());
+  }
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
-  VersionRecord rec = std::move(v).value();
-  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0](Result<HandlePtr> h) mutable {
-    if (!h.ok()) return r.Fail(h.status());
+  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing](Result<HandlePtr> h) mutable {
+    if (!h.ok()) {
+      finish(false);
+      return r.Fail(h.status());
+    }
     auto out = (*h)->model()->Run(*ordered);
-    if (!out.ok()) return r.Fail(out.status());
+    if (!out.ok()) {
+      finish(false);
+      return r.Fail(out.status());
+    }
+    std::string request_id = NewRequestId();
+    if (!credit->experiment.empty()) d->attribution()->Remember(request_id, credit->experiment, credit->which);
     proto::Message reply;
     nlohmann::json names = nlohmann::json::array();
     for (const auto& t : *out) names.push_back(t.name);
-    reply.body = {{"request_id", NewRequestId()},
+    reply.body = {{"request_id", request_id},
                   {"model", rec.model},
                   {"version", rec.version},
                   {"ref", rec.ref()},
@@ -48,8 +97,10 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                   {"loaded", (*h)->loaded()},
                   {"latency_ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6},
                   {"outputs", names}};
+    for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
     reply.tensors = std::move(out).value();
     h = Status(Code::kCancelled, "released");  // release before replying
+    finish(true);
     r.Send(std::move(reply));
   });
 }

@@ -379,9 +379,7 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
   return ResolveLocked(Ref{Ref::Kind::kVersion, v.model, v.version, ""});
 }
 
-Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason) {
-  std::lock_guard<std::mutex> lock(mu_);
-  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, const std::string& reason) {
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   if (rec.stage == stage) return rec;
   if (stage == Stage::kProduction) {
@@ -398,8 +396,15 @@ Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std:
   up.Bind(1, StageName(stage)).Bind(2, rec.id);
   MMS_RETURN_IF_ERROR(up.Run());
   MMS_RETURN_IF_ERROR(AuditLocked("stage", rec.model, rec.version, StageName(rec.stage), StageName(stage), reason));
-  MMS_RETURN_IF_ERROR(Commit(tx));
   return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
+}
+
+Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, SetStageLocked(ref, stage, reason));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return rec;
 }
 
 Status Registry::SetAlias(const std::string& model, const std::string& alias, const std::string& version) {
@@ -455,6 +460,11 @@ Result<std::vector<std::string>> Registry::UsesOfLocked(const VersionRecord& v) 
       if (def.id == v.id) uses.push_back("pinned as " + v.model + " (mms unpin " + v.model + ")");
     }
   }
+  MMS_ASSIGN_OR_RETURN(auto exps, QueryExperiments("WHERE e.state != 'stopped' AND (e.control_id = ? OR e.treatment_id = ?)",
+                                                   {std::to_string(v.id), std::to_string(v.id)}));
+  for (const auto& e : exps)
+    uses.push_back((e.kind == "canary" ? "canary '" : "experiment '") + e.id + "' (" +
+                   (e.control_id == v.id ? "control" : e.kind == "canary" ? "candidate" : "treatment") + ")");
   return uses;
 }
 
@@ -473,13 +483,24 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
     for (const auto& u : uses) list += (list.empty() ? "" : "; ") + u;
     return InUse(rec.ref() + " is in use: " + list + ". Release it first, or use --force");
   }
+  // Forced: experiments using the version stop (their history stays).
+  MMS_ASSIGN_OR_RETURN(auto using_it, QueryExperiments("WHERE e.state != 'stopped' AND (e.control_id = ? OR e.treatment_id = ?)",
+                                                       {std::to_string(rec.id), std::to_string(rec.id)}));
+  for (const auto& e : using_it) {
+    MMS_ASSIGN_OR_RETURN(auto stop, db_->Prepare("UPDATE experiments SET state = 'stopped', updated_ms = ? WHERE id = ?"));
+    stop.Bind(1, opts_.clock->UnixMillis()).Bind(2, e.id);
+    MMS_RETURN_IF_ERROR(stop.Run());
+    MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-stop" : "experiment-stop", e.model, rec.version,
+                                    e.state, "stopped", e.id + ": version " + rec.ref() + " removed"));
+  }
   MMS_ASSIGN_OR_RETURN(auto del, db_->Prepare("DELETE FROM versions WHERE id = ?"));
   del.Bind(1, rec.id);
   MMS_RETURN_IF_ERROR(del.Run());
   // A model with no versions left and nothing pointing at it goes too.
   MMS_ASSIGN_OR_RETURN(auto gc, db_->Prepare(
       "DELETE FROM models WHERE name = ? AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.model_id = models.id) "
-      "AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.model_id = models.id)"));
+      "AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.model_id = models.id) "
+      "AND NOT EXISTS (SELECT 1 FROM experiments e WHERE e.model_id = models.id)"));
   gc.Bind(1, rec.model);
   MMS_RETURN_IF_ERROR(gc.Run());
   std::string detail = force && !uses.empty() ? "forced while in use: " : "";

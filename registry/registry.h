@@ -105,6 +105,35 @@ struct AuditEntry {
   nlohmann::json ToJson() const;
 };
 
+struct ExperimentRecord {
+  std::string id;
+  std::string model;
+  std::string kind = "ab";  // "ab" or "canary"
+  int64_t control_id = 0, treatment_id = 0;  // 0 when the version was removed
+  std::string control_version, treatment_version;
+  int basis_points = 0;  // treatment share, 0..10000
+  bool random = false;   // per-request coin flip instead of sticky buckets
+  std::vector<std::string> metrics;  // business metrics accepted as feedback
+  std::string state;     // running | paused | stopped
+  std::string winner;    // "", "control", "treatment" (once stopped)
+  int64_t created_ms = 0, updated_ms = 0;
+  std::string created_by;
+
+  double percent() const { return basis_points / 100.0; }
+  bool active() const { return state != "stopped"; }
+  nlohmann::json ToJson() const;
+};
+
+struct NewExperiment {
+  std::string id;
+  std::string model;
+  std::string kind = "ab";
+  Ref control, treatment;
+  int basis_points = 0;
+  bool random = false;
+  std::vector<std::string> metrics;
+};
+
 struct Pin {
   std::string model;
   std::string version;  // "" = follows the model's default (production/highest)
@@ -157,6 +186,22 @@ class Registry {
   Status RemovePin(const Ref& ref);
   Result<std::vector<Pin>> Pins();
 
+  // ---- experiments (registry/experiments.cpp)
+  // ALREADY_EXISTS for a duplicate id or a second active experiment on the
+  // model; INVALID_ARGUMENT when control and treatment are not two different
+  // versions of `model`; NOT_FOUND for unknown versions.
+  Result<ExperimentRecord> CreateExperiment(const NewExperiment& e);
+  Result<ExperimentRecord> GetExperiment(const std::string& id);
+  Result<std::vector<ExperimentRecord>> ListExperiments(bool include_stopped = true);
+  // pause/resume: FAILED_PRECONDITION when not running/paused.
+  Result<ExperimentRecord> SetExperimentState(const std::string& id, const std::string& state);
+  Result<ExperimentRecord> RampExperiment(const std::string& id, int basis_points);
+  // Stops it; with a winner ("control"/"treatment") that version becomes
+  // production in the same transaction (previous production archived), all audited.
+  Result<ExperimentRecord> StopExperiment(const std::string& id, const std::string& winner);
+  Status SaveExperimentMetrics(const std::string& id, const std::string& variant, const nlohmann::json& data);
+  Result<std::map<std::string, nlohmann::json>> LoadExperimentMetrics(const std::string& id);
+
   // ---- change detection
   // A token that changes whenever anything in the file changes: another
   // connection's commit (PRAGMA data_version) or one of ours.
@@ -192,6 +237,8 @@ class Registry {
   Status AuditLocked(const std::string& action, const std::string& model, const std::string& version,
                      const std::string& from, const std::string& to, const std::string& detail);
   Result<std::vector<std::string>> UsesOfLocked(const VersionRecord& v);
+  Result<std::vector<ExperimentRecord>> QueryExperiments(const std::string& where, const std::vector<std::string>& args);
+  Result<VersionRecord> SetStageLocked(const Ref& ref, Stage stage, const std::string& reason);
 
   // Commits `tx` and counts our own write for DataVersion().
   Status Commit(sql::Tx& tx);

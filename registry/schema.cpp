@@ -72,6 +72,34 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
   BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 )sql",
+      // 2: A/B experiments and their persisted per-variant metrics.
+      R"sql(
+CREATE TABLE experiments (
+  id                TEXT PRIMARY KEY,
+  model_id          INTEGER NOT NULL REFERENCES models(id),
+  kind              TEXT NOT NULL DEFAULT 'ab' CHECK (kind IN ('ab', 'canary')),
+  control_id        INTEGER REFERENCES versions(id) ON DELETE SET NULL,
+  treatment_id      INTEGER REFERENCES versions(id) ON DELETE SET NULL,
+  control_version   TEXT NOT NULL,
+  treatment_version TEXT NOT NULL,
+  basis_points      INTEGER NOT NULL CHECK (basis_points BETWEEN 0 AND 10000),
+  random            INTEGER NOT NULL DEFAULT 0,
+  metrics_json      TEXT NOT NULL DEFAULT '[]',
+  state             TEXT NOT NULL CHECK (state IN ('running', 'paused', 'stopped')),
+  winner            TEXT NOT NULL DEFAULT '',
+  created_ms        INTEGER NOT NULL,
+  updated_ms        INTEGER NOT NULL,
+  created_by        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX experiments_one_active ON experiments(model_id) WHERE state != 'stopped';
+CREATE TABLE experiment_metrics (
+  experiment_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+  variant       TEXT NOT NULL,
+  data_json     TEXT NOT NULL,
+  updated_ms    INTEGER NOT NULL,
+  PRIMARY KEY (experiment_id, variant)
+);
+)sql",
   };
   return *m;
 }

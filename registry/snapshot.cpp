@@ -13,6 +13,8 @@ Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry&
   for (auto& [name, versions] : snap->models)
     for (auto& v : versions) snap->by_id_[v.id] = &v;
   MMS_ASSIGN_OR_RETURN(snap->pins, reg.Pins());
+  MMS_ASSIGN_OR_RETURN(auto exps, reg.ListExperiments(/*include_stopped=*/false));
+  for (auto& e : exps) snap->experiments[e.model] = std::move(e);
   return std::shared_ptr<const RegistrySnapshot>(std::move(snap));
 }
 

@@ -282,6 +282,17 @@ const std::vector<Spec>& Specs() {
            [](Config& c) -> bool& { return c.pool.warmup; }),
       Int("pool", "intra_op_threads", 0, 0, 1024, "libtorch intra-op threads per inference; 0 keeps libtorch's default.",
           [](Config& c) -> int& { return c.pool.intra_op_threads; }),
+      Duration("experiments", "attribution_window", "1h", kSec, 30 * 86400 * kSec,
+               "How long after a request its business outcome may be reported with mms feedback.",
+               [](Config& c) -> int64_t& { return c.experiments.attribution_window_ns; }),
+      Int("experiments", "attribution_capacity", 1000000, 1000, 100000000,
+          "Request ids remembered for feedback; the oldest are forgotten first.",
+          [](Config& c) -> int& { return c.experiments.attribution_capacity; }),
+      Duration("experiments", "flush_interval", "2s", 100 * kMs, 3600 * kSec,
+               "How often per-variant counts are written to the registry; a crash loses at most this much.",
+               [](Config& c) -> int64_t& { return c.experiments.flush_interval_ns; }),
+      Double("experiments", "confidence", 0.95, 0.5, 0.9999, "Confidence level of the intervals in mms stats.",
+             [](Config& c) -> double& { return c.experiments.confidence; }),
   };
   return *specs;
 }

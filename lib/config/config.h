@@ -52,11 +52,19 @@ struct PoolConfig {
   int intra_op_threads = 0;                  // [pool] intra_op_threads: 0 = libtorch's default
 };
 
+struct ExperimentsConfig {
+  int64_t attribution_window_ns = 3'600'000'000'000;  // [experiments] attribution_window = "1h"
+  int attribution_capacity = 1'000'000;               // [experiments] attribution_capacity
+  int64_t flush_interval_ns = 2'000'000'000;          // [experiments] flush_interval = "2s"
+  double confidence = 0.95;                           // [experiments] confidence
+};
+
 struct Config {
   DaemonConfig daemon;
   LogConfig log;
   RegistryConfig registry;
   PoolConfig pool;
+  ExperimentsConfig experiments;
   std::string source;  // the file it came from, "" for built-in defaults
 };
 

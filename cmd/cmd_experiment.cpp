@@ -1,0 +1,303 @@
+// mms experiment create|list|show|pause|resume|ramp|stop|assign, mms feedback, mms stats.
+#include <cmath>
+#include <iostream>
+
+#include "cli.h"
+#include "core/units.h"
+#include "protocol/messages.h"
+#include "rollout/assignment.h"
+
+namespace mms::cli {
+namespace {
+
+struct CreateArgs {
+  std::string id, model, control, treatment;
+  double percent = -1;
+  bool random = false;
+  std::vector<std::string> metrics;
+};
+
+std::string Pct(double v, int prec = 2) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.*f%%", prec, v * 100);
+  return b;
+}
+
+std::string Num(double v, int prec = 3) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+void PrintExperiment(const ExperimentRecord& e) {
+  std::cout << e.id << ": " << e.model << " " << e.state << (e.kind == "canary" ? " (canary)" : "") << "\n"
+            << "  control    " << e.model << ":" << e.control_version << "\n"
+            << "  treatment  " << e.model << ":" << e.treatment_version << " at " << e.percent() << "%"
+            << (e.random ? " (random per request)" : " (sticky per user)") << "\n";
+  if (!e.metrics.empty()) {
+    std::string m;
+    for (const auto& x : e.metrics) m += (m.empty() ? "" : ", ") + x;
+    std::cout << "  metrics    " << m << "\n";
+  }
+  if (!e.winner.empty()) std::cout << "  winner     " << e.winner << "\n";
+  std::cout << "  created    " << FormatTime(e.created_ms) << " by " << e.created_by << "\n";
+}
+
+// Runs a registry change on an experiment and tells the daemon.
+template <class Fn>
+int Change(Cli& cli, Fn fn, const std::string& done) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  Result<ExperimentRecord> e = fn(**reg);
+  if (!e.ok()) return cli.Fail(e.status());
+  cli.NotifyDaemon();
+  cli.Emit(e->ToJson(), [&] { std::cout << done << "\n"; PrintExperiment(*e); });
+  return 0;
+}
+
+int CmdCreate(Cli& cli, const CreateArgs& a) {
+  if (Status st = ValidateExperimentId(a.id); !st.ok()) return cli.Fail(st);
+  if (Status st = ValidateName(a.model); !st.ok()) return cli.Fail(st);
+  auto bp = PercentToBasisPoints(a.percent);
+  if (!bp.ok()) return cli.Fail(InvalidArgument("--percent: " + bp.status().message()));
+  auto control = ParseRef(a.control.find_first_of(":@") == std::string::npos ? a.model + ":" + a.control : a.control);
+  auto treatment =
+      ParseRef(a.treatment.find_first_of(":@") == std::string::npos ? a.model + ":" + a.treatment : a.treatment);
+  if (!control.ok()) return cli.Fail(control.status().WithContext("--control"));
+  if (!treatment.ok()) return cli.Fail(treatment.status().WithContext("--treatment"));
+  NewExperiment n;
+  n.id = a.id;
+  n.model = a.model;
+  n.control = *control;
+  n.treatment = *treatment;
+  n.basis_points = *bp;
+  n.random = a.random;
+  n.metrics = a.metrics;
+  return Change(cli, [&](Registry& r) { return r.CreateExperiment(n); }, "created experiment " + a.id);
+}
+
+int CmdList(Cli& cli) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto list = (*reg)->ListExperiments(true);
+  if (!list.ok()) return cli.Fail(list.status());
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& e : *list) j.push_back(e.ToJson());
+  cli.Emit(j, [&] {
+    if (list->empty()) {
+      std::cout << "no experiments (create one with mms experiment create)\n";
+      return;
+    }
+    std::vector<std::vector<std::string>> rows{{"ID", "MODEL", "KIND", "STATE", "CONTROL", "TREATMENT", "PERCENT", "CREATED"}};
+    for (const auto& e : *list)
+      rows.push_back({e.id, e.model, e.kind, e.state, e.control_version, e.treatment_version, Num(e.percent(), 2) + "%",
+                      FormatTime(e.created_ms)});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+int CmdShow(Cli& cli, const std::string& id) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto e = (*reg)->GetExperiment(id);
+  if (!e.ok()) return cli.Fail(e.status());
+  cli.Emit(e->ToJson(), [&] { PrintExperiment(*e); });
+  return 0;
+}
+
+int CmdAssign(Cli& cli, const std::string& id, const std::vector<std::string>& users) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto e = (*reg)->GetExperiment(id);
+  if (!e.ok()) return cli.Fail(e.status());
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& u : users) {
+    int bucket = SeedBucket(e->id, u);
+    std::string variant = e->random ? "random" : IsTreatment(bucket, e->basis_points) ? "treatment" : "control";
+    out.push_back({{"user", u}, {"variant", variant}, {"bucket", bucket}});
+  }
+  cli.Emit(out, [&] {
+    std::vector<std::vector<std::string>> rows{{"USER", "VARIANT", "BUCKET"}};
+    for (const auto& x : out) rows.push_back({x["user"], x["variant"], std::to_string(x["bucket"].get<int>())});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+int CmdFeedback(Cli& cli, const std::string& request_id, const std::vector<std::string>& metrics) {
+  nlohmann::json m = nlohmann::json::object();
+  for (const auto& kv : metrics) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return cli.Fail(InvalidArgument("invalid --metric '" + kv + "': use NAME=VALUE, e.g. --metric click=1"));
+    std::string name = kv.substr(0, eq), value = kv.substr(eq + 1);
+    char* end = nullptr;
+    double v = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != 0 || !std::isfinite(v))
+      return cli.Fail(InvalidArgument("--metric " + name + ": '" + value + "' is not a number"));
+    if (m.contains(name)) return cli.Fail(InvalidArgument("--metric " + name + " is given twice"));
+    m[name] = v;
+  }
+  auto r = cli.Call(proto::kFeedback, {{"request_id", request_id}, {"metrics", m}});
+  if (!r.ok()) return cli.Fail(r.status());
+  cli.Emit(*r, [&] {
+    std::cout << "recorded " << m.size() << " outcome" << (m.size() == 1 ? "" : "s") << " for request " << request_id
+              << " (" << (*r)["experiment"].get<std::string>() << ", " << (*r)["variant"].get<std::string>() << ")\n";
+  });
+  return 0;
+}
+
+std::string TestLine(const nlohmann::json& t, bool percent, const std::string& unit = "") {
+  if (!t.value("valid", false)) return "n/a (" + t.value("reason", "") + ")";
+  auto f = [&](double v) { return (percent ? Pct(v) : Num(v)) + unit; };
+  std::string s = (t["diff"].get<double>() >= 0 ? "+" : "") + f(t["diff"]) + " [" + f(t["ci"][0]) + ", " +
+                  f(t["ci"][1]) + "], p = " + Num(t["p_value"].get<double>(), 4);
+  return s;
+}
+
+void PrintReport(const nlohmann::json& e) {
+  std::cout << "experiment " << e["id"].get<std::string>() << " (" << e["model"].get<std::string>() << ", "
+            << e["state"].get<std::string>() << ", treatment " << e["percent"].get<double>() << "%)\n";
+  std::vector<std::vector<std::string>> rows{
+      {"VARIANT", "VERSION", "REQUESTS", "ERRORS", "P50 MS", "P90", "P95", "P99", "P999", "MIN", "MAX", "MEAN"}};
+  for (const char* v : {"control", "treatment"}) {
+    const auto& f = e["variants"][v];
+    const auto& l = f["latency"];
+    rows.push_back({v, e[v].get<std::string>(), std::to_string(f["requests"].get<uint64_t>()), Pct(f["error_rate"]),
+                    Num(l["p50_ms"]), Num(l["p90_ms"]), Num(l["p95_ms"]), Num(l["p99_ms"]), Num(l["p999_ms"]),
+                    Num(l["min_ms"]), Num(l["max_ms"]), Num(l["mean_ms"])});
+  }
+  std::cout << FormatTable(rows);
+  const auto& outcomes = e["variants"]["control"]["outcomes"];
+  if (!outcomes.empty()) {
+    std::vector<std::vector<std::string>> orows{{"METRIC", "CONTROL COUNT", "RATE", "MEAN", "TREATMENT COUNT", "RATE", "MEAN"}};
+    for (auto it = outcomes.begin(); it != outcomes.end(); ++it) {
+      const auto& t = e["variants"]["treatment"]["outcomes"][it.key()];
+      orows.push_back({it.key(), std::to_string((*it)["count"].get<uint64_t>()), Pct((*it)["rate"]), Num((*it)["mean"]),
+                       std::to_string(t["count"].get<uint64_t>()), Pct(t["rate"]), Num(t["mean"])});
+    }
+    std::cout << FormatTable(orows);
+  }
+  const auto& c = e["comparison"];
+  std::cout << "treatment − control (" << c["confidence"].get<double>() * 100 << "% intervals):\n";
+  std::cout << "  error rate     " << TestLine(c["error_rate"], true) << "\n";
+  std::cout << "  latency mean   " << TestLine(c["latency_mean_ms"], false, " ms") << "\n";
+  for (auto it = c["outcomes"].begin(); it != c["outcomes"].end(); ++it) {
+    std::string pad(std::max<int>(1, 10 - static_cast<int>(it.key().size())), ' ');
+    std::cout << "  " << it.key() << " rate" << pad << TestLine((*it)["rate"], true) << "\n";
+    std::cout << "  " << it.key() << " mean" << pad << TestLine((*it)["mean"], false) << "\n";
+  }
+  const auto& s = c["sample_ratio"];
+  std::cout << "  sample ratio   ";
+  if (!s.value("valid", false)) std::cout << "n/a (" << s.value("reason", "") << ")\n";
+  else if (s["flagged"].get<bool>())
+    std::cout << "MISMATCH: expected " << Pct(s["expected_treatment_share"]) << " treatment, p = "
+              << Num(s["p_value"].get<double>(), 6) << " < 0.001 — check the routing before trusting these results\n";
+  else
+    std::cout << "ok (p = " << Num(s["p_value"].get<double>(), 4) << ")\n";
+}
+
+int CmdStats(Cli& cli, const std::string& id) {
+  nlohmann::json body = nlohmann::json::object();
+  if (!id.empty()) body["experiment"] = id;
+  auto r = cli.Call(proto::kStats, body);
+  if (!r.ok()) return cli.Fail(r.status());
+  cli.Emit(*r, [&] {
+    for (const auto& e : (*r)["experiments"]) {
+      PrintReport(e);
+      std::cout << "\n";
+    }
+    if (r->contains("models") && !(*r)["models"].empty()) {
+      std::vector<std::vector<std::string>> rows{{"MODEL", "REQUESTS", "ERRORS", "P50 MS", "P99 MS", "P999 MS", "MEAN MS"}};
+      for (const auto& m : (*r)["models"])
+        rows.push_back({m["ref"], std::to_string(m["requests"].get<uint64_t>()), Pct(m["error_rate"]),
+                        Num(m["latency"]["p50_ms"]), Num(m["latency"]["p99_ms"]), Num(m["latency"]["p999_ms"]),
+                        Num(m["latency"]["mean_ms"])});
+      std::cout << "serving since mmsd started:\n" << FormatTable(rows);
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+void AddExperimentCommands(CLI::App& app, Cli& cli) {
+  auto* exp = app.add_subcommand("experiment", "A/B experiments: sticky per-user splits between two versions");
+  exp->require_subcommand(1);
+
+  auto* create = exp->add_subcommand("create", "Start routing a share of NAME's users to a treatment version");
+  auto a = std::make_shared<CreateArgs>();
+  create->add_option("ID", a->id, "experiment id (it salts the user hash)")->required();
+  create->add_option("--model", a->model, "the model name requests use")->required();
+  create->add_option("--control", a->control, "control version (VERSION, NAME:VERSION or NAME@ALIAS)")->required();
+  create->add_option("--treatment", a->treatment, "treatment version")->required();
+  create->add_option("--percent", a->percent, "treatment share, 0-100 (0.01 steps)")->required();
+  create->add_flag("--random", a->random, "assign per request at random instead of sticky per user");
+  create->add_option("--metric", a->metrics, "a business metric reported with mms feedback (repeatable)");
+  create->callback([&cli, a] { cli.exit_code = CmdCreate(cli, *a); });
+
+  exp->add_subcommand("list", "All experiments, running, paused and stopped")->callback([&cli] {
+    cli.exit_code = CmdList(cli);
+  });
+
+  auto id = std::make_shared<std::string>();
+  auto* show = exp->add_subcommand("show", "One experiment's configuration");
+  show->add_option("ID", *id)->required();
+  show->callback([&cli, id] { cli.exit_code = CmdShow(cli, *id); });
+
+  auto* pause = exp->add_subcommand("pause", "Send everyone to control and stop counting until resumed");
+  pause->add_option("ID", *id)->required();
+  pause->callback([&cli, id] {
+    cli.exit_code = Change(cli, [&](Registry& r) { return r.SetExperimentState(*id, "paused"); }, "paused " + *id);
+  });
+
+  auto* resume = exp->add_subcommand("resume", "Resume a paused experiment");
+  resume->add_option("ID", *id)->required();
+  resume->callback([&cli, id] {
+    cli.exit_code = Change(cli, [&](Registry& r) { return r.SetExperimentState(*id, "running"); }, "resumed " + *id);
+  });
+
+  auto* ramp = exp->add_subcommand("ramp", "Change the treatment share (raising it keeps every treated user treated)");
+  auto pct = std::make_shared<double>(-1);
+  ramp->add_option("ID", *id)->required();
+  ramp->add_option("--percent", *pct, "new treatment share, 0-100")->required();
+  ramp->callback([&cli, id, pct] {
+    auto bp = PercentToBasisPoints(*pct);
+    if (!bp.ok()) {
+      cli.exit_code = cli.Fail(InvalidArgument("--percent: " + bp.status().message()));
+      return;
+    }
+    cli.exit_code = Change(cli, [&](Registry& r) { return r.RampExperiment(*id, *bp); },
+                           "ramped " + *id + " to " + std::to_string(*pct) + "%");
+  });
+
+  auto* stop = exp->add_subcommand("stop", "Stop; with --winner, promote that version to production (audited)");
+  auto winner = std::make_shared<std::string>();
+  stop->add_option("ID", *id)->required();
+  stop->add_option("--winner", *winner, "control or treatment")->check(CLI::IsMember({"control", "treatment"}));
+  stop->callback([&cli, id, winner] {
+    cli.exit_code = Change(cli, [&](Registry& r) { return r.StopExperiment(*id, *winner); },
+                           "stopped " + *id + (winner->empty() ? "" : "; " + *winner + " promoted to production"));
+  });
+
+  auto* assign = exp->add_subcommand("assign", "Which variant (and bucket) each user gets");
+  auto users = std::make_shared<std::vector<std::string>>();
+  assign->add_option("ID", *id)->required();
+  assign->add_option("--user", *users, "user id (repeatable)")->required();
+  assign->callback([&cli, id, users] { cli.exit_code = CmdAssign(cli, *id, *users); });
+
+  auto* fb = app.add_subcommand("feedback", "Report a business outcome (click, conversion, value) for a served request");
+  auto rid = std::make_shared<std::string>();
+  auto metrics = std::make_shared<std::vector<std::string>>();
+  fb->add_option("REQUEST_ID", *rid, "the request_id mms predict replied with")->required();
+  fb->add_option("--metric", *metrics, "NAME=VALUE (repeatable)")->required();
+  fb->callback([&cli, rid, metrics] { cli.exit_code = CmdFeedback(cli, *rid, *metrics); });
+
+  auto* stats = app.add_subcommand("stats", "Per-variant figures and significance tests; per-model serving figures");
+  auto sid = std::make_shared<std::string>();
+  stats->add_option("ID", *sid, "one experiment (default: all, plus per-model figures)");
+  stats->callback([&cli, sid] { cli.exit_code = CmdStats(cli, *sid); });
+}
+
+}  // namespace mms::cli

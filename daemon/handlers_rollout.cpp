@@ -1,0 +1,85 @@
+// FEEDBACK, STATS.
+#include <algorithm>
+
+#include "daemon.h"
+#include "protocol/messages.h"
+#include "rollout/report.h"
+
+namespace mms {
+namespace {
+
+nlohmann::json ExperimentReport(Daemon* d, const ExperimentRecord& e) {
+  VariantSnapshot c = d->VariantMetricsFor(e.id, "control")->Snapshot();
+  VariantSnapshot t = d->VariantMetricsFor(e.id, "treatment")->Snapshot();
+  nlohmann::json j = e.ToJson();
+  j["variants"] = {{"control", VariantFigures(c, e.metrics)}, {"treatment", VariantFigures(t, e.metrics)}};
+  j["comparison"] = CompareVariants(c, t, e.basis_points, e.metrics, d->options().config.experiments.confidence);
+  return j;
+}
+
+void Feedback(Daemon* d, const proto::Message& req, Responder r) {
+  std::string id = req.body.value("request_id", "");
+  if (id.empty()) return r.Fail(InvalidArgument("feedback needs the request id the prediction replied with"));
+  const auto& m = req.body.contains("metrics") ? req.body["metrics"] : nlohmann::json();
+  if (!m.is_object() || m.empty())
+    return r.Fail(InvalidArgument("feedback needs at least one metric: --metric NAME=VALUE"));
+  std::vector<std::string> names;
+  for (auto it = m.begin(); it != m.end(); ++it) {
+    if (Status st = ValidateName(it.key(), "metric name"); !st.ok()) return r.Fail(st);
+    if (!it->is_number()) return r.Fail(InvalidArgument("metric '" + it.key() + "' needs a numeric value"));
+    names.push_back(it.key());
+  }
+  auto who = d->attribution()->Lookup(id);
+  if (!who.ok()) return r.Fail(who.status());
+  auto e = d->registry()->GetExperiment(who->experiment);
+  if (!e.ok()) return r.Fail(e.status());
+  if (!e->metrics.empty())
+    for (const auto& n : names)
+      if (std::find(e->metrics.begin(), e->metrics.end(), n) == e->metrics.end()) {
+        std::string list;
+        for (const auto& x : e->metrics) list += (list.empty() ? "" : ", ") + x;
+        return r.Fail(InvalidArgument("experiment '" + e->id + "' tracks " + list + "; '" + n +
+                                      "' is not one of its metrics"));
+      }
+  auto claimed = d->attribution()->Claim(id, names);
+  if (!claimed.ok()) return r.Fail(claimed.status());
+  auto metrics = d->VariantMetricsFor(claimed->experiment, VariantName(claimed->variant));
+  for (auto it = m.begin(); it != m.end(); ++it) metrics->Outcome(it.key(), it->get<double>());
+  r.Send(nlohmann::json{{"request_id", id},
+                        {"experiment", claimed->experiment},
+                        {"variant", VariantName(claimed->variant)},
+                        {"recorded", names}});
+}
+
+void Stats(Daemon* d, const proto::Message& req, Responder r) {
+  nlohmann::json out;
+  nlohmann::json exps = nlohmann::json::array();
+  if (req.body.contains("experiment") && req.body["experiment"].is_string()) {
+    auto e = d->registry()->GetExperiment(req.body["experiment"].get<std::string>());
+    if (!e.ok()) return r.Fail(e.status());
+    exps.push_back(ExperimentReport(d, *e));
+  } else {
+    auto all = d->registry()->ListExperiments(true);
+    if (!all.ok()) return r.Fail(all.status());
+    for (const auto& e : *all) exps.push_back(ExperimentReport(d, e));
+    nlohmann::json models = nlohmann::json::array();
+    for (const auto& [ref, m] : d->serving_metrics()->All()) {
+      nlohmann::json f = VariantFigures(m->Snapshot(), {});
+      f.erase("outcomes");
+      f["ref"] = ref;
+      models.push_back(std::move(f));
+    }
+    out["models"] = models;
+  }
+  out["experiments"] = exps;
+  r.Send(std::move(out));
+}
+
+}  // namespace
+
+void AddRolloutHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
+  (*table)[proto::kFeedback] = [d](proto::Message req, Responder r) { Feedback(d, req, r); };
+  (*table)[proto::kStats] = [d](proto::Message req, Responder r) { Stats(d, req, r); };
+}
+
+}  // namespace mms

@@ -1,0 +1,62 @@
+// AttributionStore: which experiment variant served each request id, kept
+// for the attribution window so business outcomes (`mms feedback`) can be
+// credited to it. Refuses feedback for an unknown id (NOT_FOUND), after the
+// window (FAILED_PRECONDITION: the id is remembered for twice the window to
+// tell the two apart), and twice for the same metric (ALREADY_EXISTS).
+// Memory is bounded by `capacity` ids (oldest forgotten first). Held in
+// memory only: a daemon restart forgets the ids (docs/architecture.md).
+//
+// Thread-safety: internally locked.
+#pragma once
+
+#include <deque>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/status.h"
+#include "rollout/assignment.h"
+
+namespace mms {
+
+class AttributionStore {
+ public:
+  struct Options {
+    int64_t window_ns = 3'600'000'000'000;  // [experiments] attribution_window = "1h"
+    size_t capacity = 1'000'000;            // [experiments] attribution_capacity
+    Clock* clock = Clock::Real();
+  };
+  explicit AttributionStore(const Options& o) : opts_(o) {}
+
+  void Remember(const std::string& request_id, const std::string& experiment, Variant variant);
+
+  struct Claimed {
+    std::string experiment;
+    Variant variant = Variant::kNone;
+  };
+  // Who served the request (the same refusals as Claim, nothing marked).
+  Result<Claimed> Lookup(const std::string& request_id);
+  // Marks each metric reported for the request; all or nothing.
+  Result<Claimed> Claim(const std::string& request_id, const std::vector<std::string>& metrics);
+  size_t size() const;
+
+ private:
+  struct Entry {
+    std::string experiment;
+    Variant variant;
+    int64_t at;
+    std::set<std::string> reported;
+  };
+  void Expire(int64_t now);                                     // mu_ held
+  Result<Entry*> Find(const std::string& request_id, int64_t now);  // mu_ held
+
+  const Options opts_;
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;      // guarded by mu_
+  std::deque<std::pair<int64_t, std::string>> order_;   // guarded by mu_
+};
+
+}  // namespace mms

@@ -1,0 +1,100 @@
+#include "rollout/experiment_metrics.h"
+
+namespace mms {
+
+std::string VariantKey(const std::string& experiment, const std::string& variant) {
+  return experiment + "/" + variant;
+}
+
+VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
+  VariantSnapshot d = *this;
+  d.requests -= std::min(d.requests, earlier.requests);
+  d.errors -= std::min(d.errors, earlier.errors);
+  d.latency.Subtract(earlier.latency);
+  for (auto& [name, o] : d.outcomes) {
+    auto it = earlier.outcomes.find(name);
+    if (it == earlier.outcomes.end()) continue;
+    o.count -= std::min(o.count, it->second.count);
+    o.sum -= it->second.sum;
+    o.sumsq -= it->second.sumsq;
+  }
+  return d;
+}
+
+nlohmann::json VariantSnapshot::ToJson() const {
+  nlohmann::json o = nlohmann::json::object();
+  for (const auto& [name, s] : outcomes) o[name] = {{"count", s.count}, {"sum", s.sum}, {"sumsq", s.sumsq}};
+  return {{"requests", requests}, {"errors", errors}, {"latency", latency.ToJson()}, {"outcomes", o}};
+}
+
+VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
+  VariantSnapshot s;
+  s.requests = j.value("requests", 0ull);
+  s.errors = j.value("errors", 0ull);
+  if (j.contains("latency"))
+    if (auto h = LatencyHistogram::FromJson(j["latency"]); h.ok()) s.latency = *h;
+  if (j.contains("outcomes") && j["outcomes"].is_object())
+    for (auto it = j["outcomes"].begin(); it != j["outcomes"].end(); ++it)
+      s.outcomes[it.key()] = {it->value("count", 0ull), it->value("sum", 0.0), it->value("sumsq", 0.0)};
+  return s;
+}
+
+void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++cum_.requests;
+  if (error) ++cum_.errors;
+  cum_.latency.Record(latency_ns);
+  recent_.Record(latency_ns, now);
+  dirty_ = true;
+}
+
+void VariantMetrics::Outcome(const std::string& metric, double value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  OutcomeStats& o = cum_.outcomes[metric];
+  ++o.count;
+  o.sum += value;
+  o.sumsq += value * value;
+  dirty_ = true;
+}
+
+VariantSnapshot VariantMetrics::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cum_;
+}
+
+LatencyHistogram VariantMetrics::Recent(int64_t window_ns, int64_t now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return recent_.Window(window_ns, now);
+}
+
+void VariantMetrics::Restore(const VariantSnapshot& s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cum_ = s;
+}
+
+bool VariantMetrics::TakeDirty() {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool d = dirty_;
+  dirty_ = false;
+  return d;
+}
+
+std::shared_ptr<VariantMetrics> MetricsStore::Get(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& p = m_[key];
+  if (!p) p = std::make_shared<VariantMetrics>();
+  return p;
+}
+
+std::shared_ptr<VariantMetrics> MetricsStore::Find(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = m_.find(key);
+  return it == m_.end() ? nullptr : it->second;
+}
+
+std::map<std::string, std::shared_ptr<VariantMetrics>> MetricsStore::All() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return m_;
+}
+
+}  // namespace mms

@@ -1,0 +1,70 @@
+// Per-variant serving figures of experiments (and of every served version):
+// requests, errors, a cumulative latency histogram, a 10-minute windowed
+// one, and business outcomes reported as feedback. Snapshots are plain
+// values; the canary judges a stage by subtracting the snapshot taken when
+// the stage began from the current one.
+//
+// Thread-safety: VariantMetrics and MetricsStore lock internally; Record is
+// called on the request path (one short critical section).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "stats/histogram.h"
+
+namespace mms {
+
+struct OutcomeStats {
+  uint64_t count = 0;  // feedback records
+  double sum = 0, sumsq = 0;
+};
+
+struct VariantSnapshot {
+  uint64_t requests = 0, errors = 0;
+  LatencyHistogram latency;                  // cumulative (or a window after Subtract)
+  std::map<std::string, OutcomeStats> outcomes;
+
+  // Figures since `earlier` (a snapshot of the same variant taken before).
+  VariantSnapshot Since(const VariantSnapshot& earlier) const;
+  nlohmann::json ToJson() const;  // persistence form
+  static VariantSnapshot FromJson(const nlohmann::json& j);
+};
+
+class VariantMetrics {
+ public:
+  void Record(int64_t latency_ns, bool error, int64_t now_mono_ns);
+  void Outcome(const std::string& metric, double value);
+  VariantSnapshot Snapshot() const;
+  LatencyHistogram Recent(int64_t window_ns, int64_t now_mono_ns) const;
+  // Replaces the cumulative figures (restored from the registry at start).
+  void Restore(const VariantSnapshot& s);
+  bool TakeDirty();  // true once after any change
+
+ private:
+  mutable std::mutex mu_;
+  VariantSnapshot cum_;       // guarded by mu_
+  WindowedHistogram recent_;  // guarded by mu_
+  bool dirty_ = false;        // guarded by mu_
+};
+
+// Metrics by key ("experiment-id/control", "rec:3", ...), created on first use.
+class MetricsStore {
+ public:
+  std::shared_ptr<VariantMetrics> Get(const std::string& key);
+  std::shared_ptr<VariantMetrics> Find(const std::string& key) const;  // null when absent
+  std::map<std::string, std::shared_ptr<VariantMetrics>> All() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<VariantMetrics>> m_;  // guarded by mu_
+};
+
+std::string VariantKey(const std::string& experiment, const std::string& variant);
+
+}  // namespace mms

@@ -1,0 +1,66 @@
+#include "rollout/report.h"
+
+#include <algorithm>
+
+#include "stats/significance.h"
+
+namespace mms {
+
+nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::string>& metrics) {
+  double n = static_cast<double>(s.requests);
+  nlohmann::json outcomes = nlohmann::json::object();
+  std::vector<std::string> names = metrics;
+  for (const auto& [name, o] : s.outcomes)
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  for (const auto& name : names) {
+    auto it = s.outcomes.find(name);
+    OutcomeStats o = it == s.outcomes.end() ? OutcomeStats{} : it->second;
+    outcomes[name] = {{"count", o.count},
+                      {"rate", n > 0 ? static_cast<double>(o.count) / n : 0.0},
+                      {"sum", o.sum},
+                      {"mean", o.count ? o.sum / static_cast<double>(o.count) : 0.0}};
+  }
+  return {{"requests", s.requests},
+          {"errors", s.errors},
+          {"error_rate", n > 0 ? static_cast<double>(s.errors) / n : 0.0},
+          {"latency", s.latency.Summary()},
+          {"outcomes", outcomes}};
+}
+
+nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& t, int basis_points,
+                               const std::vector<std::string>& metrics, double confidence) {
+  nlohmann::json j;
+  j["confidence"] = confidence;
+  j["error_rate"] = TwoProportionZTest(c.errors, c.requests, t.errors, t.requests, confidence).ToJson();
+  // Latency in ms, Welch's t on the means.
+  auto ms = [](double ns) { return ns / 1e6; };
+  j["latency_mean_ms"] = WelchTTest(ms(c.latency.mean()), c.latency.variance() / 1e12, c.latency.count(),
+                                    ms(t.latency.mean()), t.latency.variance() / 1e12, t.latency.count(), confidence)
+                             .ToJson();
+  nlohmann::json outcomes = nlohmann::json::object();
+  for (const auto& name : metrics) {
+    OutcomeStats oc = c.outcomes.count(name) ? c.outcomes.at(name) : OutcomeStats{};
+    OutcomeStats ot = t.outcomes.count(name) ? t.outcomes.at(name) : OutcomeStats{};
+    auto var = [](const OutcomeStats& o) {
+      if (o.count < 2) return 0.0;
+      double n = static_cast<double>(o.count), m = o.sum / n;
+      return std::max(0.0, (o.sumsq - n * m * m) / (n - 1));
+    };
+    outcomes[name] = {
+        {"rate", TwoProportionZTest(std::min(oc.count, c.requests), c.requests, std::min(ot.count, t.requests),
+                                    t.requests, confidence)
+                     .ToJson()},
+        {"mean", WelchTTest(oc.count ? oc.sum / static_cast<double>(oc.count) : 0, var(oc), oc.count,
+                            ot.count ? ot.sum / static_cast<double>(ot.count) : 0, var(ot), ot.count, confidence)
+                     .ToJson()}};
+  }
+  j["outcomes"] = outcomes;
+  TestResult srm = SampleRatioMismatch(c.requests, t.requests, basis_points / 10000.0);
+  nlohmann::json s = srm.ToJson();
+  s["expected_treatment_share"] = basis_points / 10000.0;
+  s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
+  j["sample_ratio"] = s;
+  return j;
+}
+
+}  // namespace mms

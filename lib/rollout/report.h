@@ -1,0 +1,26 @@
+// Experiment reports: per-variant figures and the comparisons between them
+// (difference with a confidence interval, z-tests for error and outcome
+// rates, Welch's t-test for latency and outcome value means, and the
+// sample-ratio-mismatch check flagged at p < 0.001).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "rollout/experiment_metrics.h"
+
+namespace mms {
+
+// requests, errors, error_rate, latency {count, min/max/mean, p50..p999},
+// outcomes {metric: {count, rate, mean}}.
+nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::string>& metrics);
+
+// `basis_points`: the configured treatment share (for the SRM check).
+nlohmann::json CompareVariants(const VariantSnapshot& control, const VariantSnapshot& treatment, int basis_points,
+                               const std::vector<std::string>& metrics, double confidence = 0.95);
+
+constexpr double kSrmAlpha = 0.001;
+
+}  // namespace mms

@@ -1,0 +1,184 @@
+// A/B experiments end to end: the CLI, the registry, the daemon's routing,
+// feedback and statistics, and persistence across kill -9.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
+
+void Setup(const Daemon& d) {
+  for (auto [v, f] : std::vector<std::pair<std::string, std::string>>{{"1", "tiny.pt"}, {"2", "tiny_v2.pt"}})
+    REQUIRE(d.Mms({"model", "register", "tiny", "--version", v, "--path", Data(f), "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "register", "other", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+}
+
+json Predict(const Daemon& d, const std::string& user) {
+  std::vector<std::string> args{"--json", "predict", "tiny", "--input", Data("tiny_input.json")};
+  if (!user.empty()) args.insert(args.end(), {"--user", user});
+  auto r = d.Mms(args);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  return json::parse(r.out);
+}
+
+json Stats(const Daemon& d, const std::string& id) {
+  auto r = d.Mms({"--json", "stats", id});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  return json::parse(r.out)["experiments"][0];
+}
+}  // namespace
+
+TEST_CASE("experiment commands and their refusals") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Setup(d);
+  auto c = d.Mms({"--json", "experiment", "create", "exp-rec-v13", "--model", "tiny", "--control", "1", "--treatment",
+                  "tiny:2", "--percent", "20", "--metric", "click", "--metric", "revenue"});
+  REQUIRE_MESSAGE(c.exit_code == 0, c.err);
+  json e = json::parse(c.out);
+  CHECK(e["state"] == "running");
+  CHECK(e["percent"] == 20.0);
+  CHECK(e["metrics"] == json::array({"click", "revenue"}));
+  struct Bad {
+    std::vector<std::string> args;
+    int code;
+    std::string says;
+  };
+  std::vector<Bad> bad{
+      {{"experiment", "create", "x", "--model", "nope", "--control", "1", "--treatment", "2", "--percent", "5"}, 4,
+       "unknown model 'nope'"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "7", "--percent", "5"}, 4,
+       "unknown version tiny:7"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "101"}, 2,
+       "between 0 and 100"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "-1"}, 2,
+       "between 0 and 100"},
+      {{"experiment", "create", "exp-rec-v13", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"},
+       6, "already exists"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"}, 6,
+       "already has experiment 'exp-rec-v13'"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "tiny:1", "--treatment", "other:1", "--percent",
+        "5"},
+       2, "must both be versions of model 'tiny'"},
+      {{"experiment", "create", "bad id", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"}, 2,
+       "invalid experiment id"},
+      {{"experiment", "show", "exp-rec-v14"}, 4, "did you mean 'exp-rec-v13'"},
+      {{"experiment", "ramp", "exp-rec-v13", "--percent", "250"}, 2, "between 0 and 100"},
+      {{"experiment", "stop", "exp-rec-v13", "--winner", "both"}, 2, "both"},
+  };
+  for (const auto& b : bad) {
+    auto r = d.Mms(b.args);
+    INFO(b.args[1] << " " << b.args[2] << " → " << r.err);
+    CHECK(r.exit_code == b.code);
+    CHECK(r.err.find(b.says) != std::string::npos);
+  }
+  // assign: the seed's buckets (test vectors: exp-rec-v13/user-1 → 1666, /42 → 4640).
+  auto a = d.Mms({"--json", "experiment", "assign", "exp-rec-v13", "--user", "user-1", "--user", "42"});
+  REQUIRE(a.exit_code == 0);
+  json as = json::parse(a.out);
+  CHECK(as == json::parse(R"([{"user": "user-1", "variant": "treatment", "bucket": 1666},
+                              {"user": "42", "variant": "control", "bucket": 4640}])"));
+  CHECK(json::parse(d.Mms({"--json", "experiment", "ramp", "exp-rec-v13", "--percent", "50"}).out)["percent"] == 50.0);
+  CHECK(json::parse(d.Mms({"--json", "experiment", "pause", "exp-rec-v13"}).out)["state"] == "paused");
+  CHECK(json::parse(d.Mms({"--json", "experiment", "resume", "exp-rec-v13"}).out)["state"] == "running");
+  CHECK(json::parse(d.Mms({"--json", "experiment", "list"}).out).size() == 1);
+  // Stop with a winner: promoted to production in the same step, audited.
+  auto s = d.Mms({"experiment", "stop", "exp-rec-v13", "--winner", "treatment"});
+  REQUIRE(s.exit_code == 0);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "2");
+  auto hist = json::parse(d.Mms({"--json", "model", "history", "tiny"}).out);
+  bool audited = false;
+  for (const auto& h : hist) audited = audited || (h["action"] == "stage" && h["detail"] == "winner of exp-rec-v13");
+  CHECK(audited);
+  CHECK(d.Mms({"experiment", "pause", "exp-rec-v13"}).exit_code == 1);
+}
+
+TEST_CASE("requests are routed by the running experiment, counted per variant, and credited with feedback") {
+  Daemon d("[experiments]\nattribution_window = \"2s\"\n");
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "ab", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent",
+                 "50", "--metric", "click"})
+              .exit_code == 0);
+  int control = 0, treatment = 0;
+  std::string treated_request, control_request;
+  for (int u = 0; u < 30; ++u) {
+    json r = Predict(d, "user-" + std::to_string(u));
+    CHECK(r["experiment"] == "ab");
+    CHECK(r["bucket"].is_number());
+    if (r["variant"] == "treatment") {
+      CHECK(r["version"] == "2");
+      ++treatment;
+      treated_request = r["request_id"];
+    } else {
+      CHECK(r["version"] == "1");
+      ++control;
+      control_request = r["request_id"];
+    }
+    // Sticky: asking again gives the same variant.
+    CHECK(Predict(d, "user-" + std::to_string(u))["variant"] == r["variant"]);
+  }
+  REQUIRE(treatment > 0);
+  REQUIRE(control > 0);
+  json anon = Predict(d, "");
+  CHECK(anon["variant"] == "control");  // no user: control
+  CHECK(d.Mms({"--json", "predict", "tiny:2", "--input", Data("tiny_input.json"), "--user", "u"}).out.find("experiment") ==
+        std::string::npos);  // an explicit version is not routed
+
+  REQUIRE(d.Mms({"feedback", treated_request, "--metric", "click=1"}).exit_code == 0);
+  auto twice = d.Mms({"feedback", treated_request, "--metric", "click=1"});
+  CHECK(twice.exit_code == 6);
+  CHECK(d.Mms({"feedback", control_request, "--metric", "purchase=1"}).exit_code == 2);
+  CHECK(d.Mms({"feedback", "0000000000000000", "--metric", "click=1"}).exit_code == 4);
+  CHECK(d.Mms({"feedback", control_request, "--metric", "click"}).exit_code == 2);
+  CHECK(d.Mms({"feedback", control_request, "--metric", "click=yes"}).exit_code == 2);
+
+  json s = Stats(d, "ab");
+  CHECK(s["variants"]["control"]["requests"] == 2 * control + 1);
+  CHECK(s["variants"]["treatment"]["requests"] == 2 * treatment);
+  CHECK(s["variants"]["treatment"]["outcomes"]["click"]["count"] == 1);
+  CHECK(s["variants"]["control"]["outcomes"]["click"]["count"] == 0);
+  for (const char* k : {"p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "min_ms", "max_ms", "mean_ms"})
+    CHECK(s["variants"]["control"]["latency"].contains(k));
+  for (const char* k : {"error_rate", "latency_mean_ms", "outcomes", "sample_ratio"}) CHECK(s["comparison"].contains(k));
+  CHECK(s["comparison"]["sample_ratio"].contains("flagged"));
+  auto all = json::parse(d.Mms({"--json", "stats"}).out);
+  CHECK(all["models"].size() == 2);
+  CHECK(d.Mms({"stats"}).out.find("sample ratio") != std::string::npos);
+  // After the attribution window, feedback is refused.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  auto late = d.Mms({"feedback", control_request, "--metric", "click=1"});
+  CHECK(late.exit_code == 1);
+  CHECK(late.err.find("attribution window") != std::string::npos);
+}
+
+TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
+  Daemon d("[experiments]\nflush_interval = \"200ms\"\n");
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "p", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "30"})
+              .exit_code == 0);
+  for (int u = 0; u < 20; ++u) Predict(d, "u" + std::to_string(u));
+  json before = Stats(d, "p");
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));  // > flush interval
+  d.child().Signal(SIGKILL);
+  REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
+  REQUIRE(d.Restart());
+  json after = Stats(d, "p");
+  CHECK(after["variants"]["control"]["requests"] == before["variants"]["control"]["requests"]);
+  CHECK(after["variants"]["treatment"]["requests"] == before["variants"]["treatment"]["requests"]);
+  CHECK(after["variants"]["control"]["latency"]["p50_ms"] == before["variants"]["control"]["latency"]["p50_ms"]);
+  // And they keep counting from there.
+  Predict(d, "u0");
+  CHECK(Stats(d, "p")["variants"]["control"]["requests"].get<int>() +
+            Stats(d, "p")["variants"]["treatment"]["requests"].get<int>() ==
+        21);
+}

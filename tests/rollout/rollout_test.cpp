@@ -1,0 +1,161 @@
+// Routing, attribution and reports, with a fake clock and a real registry.
+#include <doctest/doctest.h>
+
+#include "core/clock.h"
+#include "registry/snapshot.h"
+#include "rollout/attribution.h"
+#include "rollout/report.h"
+#include "serve/router.h"
+#include "support/process.h"
+
+using namespace mms;
+
+namespace {
+struct Fixture {
+  testing::TempDir dir;
+  FakeClock clock;
+  std::unique_ptr<Registry> reg;
+  Fixture() {
+    Registry::Options o;
+    o.path = dir / "r.db";
+    o.clock = &clock;
+    reg = Registry::Open(o).value();
+    for (const char* v : {"1", "2", "3"}) {
+      NewVersion n;
+      n.model = "rec";
+      n.version = v;
+      n.artifact_path = "/m.pt";
+      REQUIRE(reg->Register(n).ok());
+    }
+    REQUIRE(reg->SetStage(*ParseRef("rec:1"), Stage::kProduction).ok());
+  }
+  NewExperiment Exp(const std::string& id, int bp, const std::string& c = "1", const std::string& t = "2") {
+    NewExperiment e;
+    e.id = id;
+    e.model = "rec";
+    e.control = *ParseRef("rec:" + c);
+    e.treatment = *ParseRef("rec:" + t);
+    e.basis_points = bp;
+    return e;
+  }
+};
+}  // namespace
+
+TEST_CASE("experiments: creation rules, one per model, ramp, pause, stop with a winner") {
+  Fixture f;
+  REQUIRE(f.reg->CreateExperiment(f.Exp("e1", 1000)).ok());
+  CHECK(f.reg->CreateExperiment(f.Exp("e1", 1000)).status().code() == Code::kAlreadyExists);
+  auto second = f.reg->CreateExperiment(f.Exp("e2", 1000));
+  CHECK(second.status().code() == Code::kAlreadyExists);
+  CHECK(second.status().message().find("already has experiment 'e1'") != std::string::npos);
+  CHECK(f.reg->CreateExperiment(f.Exp("e3", 1000, "1", "1")).status().code() == Code::kInvalidArgument);
+  CHECK(f.reg->CreateExperiment(f.Exp("e4", 1000, "1", "9")).status().code() == Code::kNotFound);
+  // A version of another model.
+  NewVersion other;
+  other.model = "spam";
+  other.version = "1";
+  other.artifact_path = "/s.pt";
+  REQUIRE(f.reg->Register(other).ok());
+  auto cross = f.Exp("e5", 1000);
+  cross.treatment = *ParseRef("spam:1");
+  auto c = f.reg->CreateExperiment(cross);
+  CHECK(c.status().code() == Code::kInvalidArgument);
+  CHECK(c.status().message().find("must both be versions of model 'rec'") != std::string::npos);
+
+  CHECK(f.reg->RampExperiment("e1", 2500)->basis_points == 2500);
+  CHECK(f.reg->SetExperimentState("e1", "paused")->state == "paused");
+  CHECK(f.reg->SetExperimentState("e1", "running")->state == "running");
+  CHECK(f.reg->GetExperiment("e9").status().message().find("did you mean 'e1'") != std::string::npos);
+  // The versions are in use while it runs.
+  CHECK(f.reg->Remove(*ParseRef("rec:2"), false).status().code() == Code::kInUse);
+  auto stopped = f.reg->StopExperiment("e1", "treatment");
+  REQUIRE(stopped.ok());
+  CHECK(f.reg->Resolve("rec")->version == "2");  // the winner is production
+  CHECK(f.reg->Resolve("rec:1")->stage == Stage::kArchived);
+  auto h = f.reg->History(*ParseRef("rec"));
+  CHECK(h->back().detail == "winner of e1");
+  CHECK(f.reg->StopExperiment("e1", "").status().code() == Code::kFailedPrecondition);
+  // Stopped: a new one may start.
+  CHECK(f.reg->CreateExperiment(f.Exp("e6", 500, "2", "3")).ok());
+}
+
+TEST_CASE("routing: sticky by user, control without one, explicit versions bypass, paused goes to control") {
+  Fixture f;
+  REQUIRE(f.reg->CreateExperiment(f.Exp("exp-rec-v13", 5000)).ok());
+  auto snap = RegistrySnapshot::Load(*f.reg).value();
+  std::mt19937_64 rng(1);
+  int treated = 0;
+  for (int u = 0; u < 1000; ++u) {
+    std::string user = "user-" + std::to_string(u);
+    auto r = RouteRequest(*snap, *ParseRef("rec"), user, rng).value();
+    REQUIRE(r.experiment);
+    CHECK(r.bucket == SeedBucket("exp-rec-v13", user));
+    bool t = r.variant == Variant::kTreatment;
+    CHECK(r.version->version == (t ? "2" : "1"));
+    treated += t;
+    // Sticky: the same user gets the same answer again.
+    CHECK(RouteRequest(*snap, *ParseRef("rec"), user, rng)->variant == r.variant);
+  }
+  CHECK(treated == doctest::Approx(500).epsilon(0.15));
+  auto anon = RouteRequest(*snap, *ParseRef("rec"), "", rng).value();
+  CHECK(anon.variant == Variant::kControl);
+  auto pinned = RouteRequest(*snap, *ParseRef("rec:3"), "user-1", rng).value();
+  CHECK(pinned.experiment == nullptr);
+  CHECK(pinned.version->version == "3");
+  REQUIRE(f.reg->SetExperimentState("exp-rec-v13", "paused").ok());
+  auto paused = RegistrySnapshot::Load(*f.reg).value();
+  for (int u = 0; u < 50; ++u)
+    CHECK(RouteRequest(*paused, *ParseRef("rec"), "user-" + std::to_string(u), rng)->version->version == "1");
+}
+
+TEST_CASE("attribution: window, unknown ids, one report per metric") {
+  FakeClock clock;
+  AttributionStore::Options o;
+  o.window_ns = 60'000'000'000;
+  o.capacity = 3;
+  o.clock = &clock;
+  AttributionStore a(o);
+  a.Remember("r1", "e", Variant::kTreatment);
+  auto c = a.Claim("r1", {"click"});
+  REQUIRE(c.ok());
+  CHECK(c->variant == Variant::kTreatment);
+  CHECK(a.Claim("r1", {"click"}).status().code() == Code::kAlreadyExists);
+  CHECK(a.Claim("r1", {"revenue"}).ok());
+  CHECK(a.Claim("nope", {"click"}).status().code() == Code::kNotFound);
+  a.Remember("r2", "e", Variant::kControl);
+  clock.AdvanceSeconds(61);
+  auto late = a.Claim("r2", {"click"});
+  CHECK(late.status().code() == Code::kFailedPrecondition);
+  CHECK(late.status().message().find("outside the") != std::string::npos);
+  clock.AdvanceSeconds(120);
+  a.Remember("r3", "e", Variant::kControl);  // expires what is older than twice the window
+  CHECK(a.Claim("r2", {"click"}).status().code() == Code::kNotFound);
+  for (int i = 0; i < 5; ++i) a.Remember("x" + std::to_string(i), "e", Variant::kControl);
+  CHECK(a.size() == 3);  // capacity
+  CHECK(a.Claim("x0", {"click"}).status().code() == Code::kNotFound);
+  CHECK(a.Claim("x4", {"click"}).ok());
+}
+
+TEST_CASE("reports compare variants and flag a sample-ratio mismatch") {
+  VariantMetrics c, t;
+  for (int i = 0; i < 9000; ++i) c.Record(1'000'000 + i, i % 100 == 0, 0);
+  for (int i = 0; i < 1200; ++i) t.Record(2'000'000 + i, i % 50 == 0, 0);
+  for (int i = 0; i < 900; ++i) c.Outcome("click", 1);
+  for (int i = 0; i < 180; ++i) t.Outcome("click", 1);
+  auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 1000, {"click"});
+  CHECK(j["sample_ratio"]["flagged"] == true);  // 11.8% treatment where 10% was configured
+  CHECK(j["error_rate"]["diff"].get<double>() == doctest::Approx(24.0 / 1200 - 90.0 / 9000));
+  CHECK(j["latency_mean_ms"]["diff"].get<double>() == doctest::Approx(1.0).epsilon(0.01));
+  CHECK(j["outcomes"]["click"]["rate"]["diff"].get<double>() == doctest::Approx(0.15 - 0.10));
+  auto fig = VariantFigures(t.Snapshot(), {"click", "revenue"});
+  CHECK(fig["outcomes"]["click"]["rate"].get<double>() == doctest::Approx(0.15));
+  CHECK(fig["outcomes"]["revenue"]["count"] == 0);
+  CHECK(fig["latency"]["p50_ms"].get<double>() == doctest::Approx(2.0).epsilon(0.01));
+  // A window: figures since a snapshot.
+  auto before = t.Snapshot();
+  for (int i = 0; i < 10; ++i) t.Record(9'000'000, true, 0);
+  auto since = t.Snapshot().Since(before);
+  CHECK(since.requests == 10);
+  CHECK(since.errors == 10);
+  CHECK(since.latency.Quantile(0.5) == doctest::Approx(9'000'000).epsilon(0.01));
+}
