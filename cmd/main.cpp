@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   AddModelCommands(app, cli);
   AddPoolCommands(app, cli);
   AddExperimentCommands(app, cli);
+  AddRolloutCommands(app, cli);
 
   try {
     app.parse(argc, argv);

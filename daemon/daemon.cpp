@@ -48,6 +48,18 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   d->callbacks_ = std::make_unique<Executor>("mms-serve", workers);
   MMS_RETURN_IF_ERROR(d->CreatePool());
 
+  ShadowRunner::Options sho;
+  sho.pool = d->pool_.get();
+  sho.clock = d->opts_.clock;
+  d->shadows_ = std::make_unique<ShadowRunner>(sho);
+  CanaryController::Options co;
+  co.registry = d->registry_.get();
+  co.clock = d->opts_.clock;
+  Daemon* self = d.get();
+  co.metrics = [self](const std::string& e, const std::string& v) { return self->VariantMetricsFor(e, v); };
+  co.changed = [self] { (void)self->RefreshRegistry(false); };
+  d->canaries_ = std::make_unique<CanaryController>(co);
+
   Server::Options so;
   so.socket_path = d->opts_.socket_path;
   so.contexts = c.daemon.contexts;
@@ -100,6 +112,7 @@ std::map<uint16_t, Handler> Daemon::BuildHandlers() {
   AddCoreHandlers(this, &table);
   AddPoolHandlers(this, &table);
   AddRolloutHandlers(this, &table);
+  AddShadowCanaryHandlers(this, &table);
   return table;
 }
 
@@ -150,6 +163,11 @@ Status Daemon::RefreshRegistry(bool force) {
   for (PoolKey k : pinned_)
     if (!want.count(k)) pool_->Unpin(k);
   pinned_ = want;
+
+  std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
+  for (const auto& [model, s] : snap->shadows)
+    if (const VersionRecord* cand = snap->ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
+  shadows_->Configure(shadows);
   LogDebug("registry_snapshot", {{"models", snap->models.size()}, {"pins", want.size()}});
   return Status::Ok();
 }
@@ -188,6 +206,16 @@ void Daemon::FlushMetrics() {
   }
 }
 
+void Daemon::StopExpiredShadows() {
+  auto snap = snapshot();
+  int64_t now = opts_.clock->UnixMillis();
+  for (const auto& [model, s] : snap->shadows)
+    if (s.ends_ms && now >= s.ends_ms) {
+      auto r = registry_->StopShadow(model, "duration elapsed");
+      if (r.ok()) (void)RefreshRegistry(false);
+    }
+}
+
 void Daemon::WatchRegistry() {
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!stopping_) {
@@ -195,6 +223,8 @@ void Daemon::WatchRegistry() {
     if (stopping_) break;
     lock.unlock();
     if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+    StopExpiredShadows();
+    canaries_->Tick();
     int64_t now = opts_.clock->MonoNanos();
     if (now - last_flush_ns_ >= opts_.config.experiments.flush_interval_ns) {
       FlushMetrics();
@@ -245,6 +275,7 @@ bool Daemon::Shutdown() {
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
   FlushMetrics();
+  shadows_->Configure({});
   if (idle) server_->Stop();
   LogInfo("stopped", {{"served", server_->requests_served()}});
   return idle;

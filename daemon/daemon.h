@@ -30,6 +30,8 @@
 #include "registry/registry.h"
 #include "registry/snapshot.h"
 #include "rollout/attribution.h"
+#include "rollout/canary.h"
+#include "rollout/shadow.h"
 #include "rollout/experiment_metrics.h"
 #include "server.h"
 
@@ -78,6 +80,7 @@ class Daemon {
   MetricsStore* experiment_metrics() { return &experiment_metrics_; }
   MetricsStore* serving_metrics() { return &serving_metrics_; }
   AttributionStore* attribution() { return attribution_.get(); }
+  ShadowRunner* shadows() { return shadows_.get(); }
   // Metrics of an experiment variant, restored from the registry the first
   // time they are needed (a restarted daemon continues its counts).
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
@@ -89,6 +92,7 @@ class Daemon {
   std::map<uint16_t, Handler> BuildHandlers();
   Status CreatePool();
   void WatchRegistry();
+  void StopExpiredShadows();  // watcher thread
 
   DaemonOptions opts_;
   int64_t started_mono_ns_ = 0;
@@ -105,6 +109,8 @@ class Daemon {
   MetricsStore experiment_metrics_;
   MetricsStore serving_metrics_;
   std::unique_ptr<AttributionStore> attribution_;
+  std::unique_ptr<ShadowRunner> shadows_;
+  std::unique_ptr<CanaryController> canaries_;  // watcher thread only
   std::mutex restore_mu_;  // one restore from the registry at a time
   int64_t last_flush_ns_ = 0;  // watcher thread only
 
@@ -118,6 +124,7 @@ class Daemon {
 void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
 void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
 void AddRolloutHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
+void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table);
 
 // Resolves the Server's worker count from [daemon] workers (0 = 2 × cores).
 int ResolveWorkers(int configured);

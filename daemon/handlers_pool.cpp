@@ -74,7 +74,10 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     return r.Fail(inputs.status());
   }
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
-  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing](Result<HandlePtr> h) mutable {
+  // Mirror to a running shadow of this model, unless the candidate itself served.
+  auto sh = snap->shadows.find(rec.model);
+  bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
+  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing, mirror](Result<HandlePtr> h) mutable {
     if (!h.ok()) {
       finish(false);
       return r.Fail(h.status());
@@ -101,7 +104,11 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     reply.tensors = std::move(out).value();
     h = Status(Code::kCancelled, "released");  // release before replying
     finish(true);
+    std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
+    int64_t latency = d->clock()->MonoNanos() - t0;
     r.Send(std::move(reply));
+    // After the reply: the shadow never delays the user.
+    if (mirror) d->shadows()->Mirror(rec.model, *ordered, outputs, latency, ShadowRunner::RequestHash(*ordered));
   });
 }
 

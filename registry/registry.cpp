@@ -465,6 +465,8 @@ Result<std::vector<std::string>> Registry::UsesOfLocked(const VersionRecord& v) 
   for (const auto& e : exps)
     uses.push_back((e.kind == "canary" ? "canary '" : "experiment '") + e.id + "' (" +
                    (e.control_id == v.id ? "control" : e.kind == "canary" ? "candidate" : "treatment") + ")");
+  MMS_ASSIGN_OR_RETURN(auto shadows, QueryShadows("WHERE s.state = 'running' AND s.candidate_id = ?", {std::to_string(v.id)}));
+  for (const auto& s : shadows) uses.push_back("shadow run of " + s.model + " (mms shadow stop " + s.model + ")");
   return uses;
 }
 
@@ -493,6 +495,16 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
     MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-stop" : "experiment-stop", e.model, rec.version,
                                     e.state, "stopped", e.id + ": version " + rec.ref() + " removed"));
   }
+  MMS_ASSIGN_OR_RETURN(auto cans, db_->Prepare(
+      "UPDATE canaries SET state = 'aborted', reason = 'candidate removed', updated_ms = ? WHERE state IN ('running', "
+      "'paused') AND experiment_id IN (SELECT id FROM experiments WHERE treatment_id = ? OR control_id = ?)"));
+  cans.Bind(1, opts_.clock->UnixMillis()).Bind(2, rec.id).Bind(3, rec.id);
+  MMS_RETURN_IF_ERROR(cans.Run());
+  MMS_ASSIGN_OR_RETURN(auto shs, db_->Prepare(
+      "UPDATE shadows SET state = 'stopped', stopped_ms = ?, reason = 'candidate removed' WHERE state = 'running' "
+      "AND candidate_id = ?"));
+  shs.Bind(1, opts_.clock->UnixMillis()).Bind(2, rec.id);
+  MMS_RETURN_IF_ERROR(shs.Run());
   MMS_ASSIGN_OR_RETURN(auto del, db_->Prepare("DELETE FROM versions WHERE id = ?"));
   del.Bind(1, rec.id);
   MMS_RETURN_IF_ERROR(del.Run());
@@ -500,7 +512,8 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
   MMS_ASSIGN_OR_RETURN(auto gc, db_->Prepare(
       "DELETE FROM models WHERE name = ? AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.model_id = models.id) "
       "AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.model_id = models.id) "
-      "AND NOT EXISTS (SELECT 1 FROM experiments e WHERE e.model_id = models.id)"));
+      "AND NOT EXISTS (SELECT 1 FROM experiments e WHERE e.model_id = models.id) "
+      "AND NOT EXISTS (SELECT 1 FROM shadows s WHERE s.model_id = models.id)"));
   gc.Bind(1, rec.model);
   MMS_RETURN_IF_ERROR(gc.Run());
   std::string detail = force && !uses.empty() ? "forced while in use: " : "";

@@ -134,6 +134,58 @@ struct NewExperiment {
   std::vector<std::string> metrics;
 };
 
+struct ShadowRecord {
+  int64_t id = 0;
+  std::string model;
+  int64_t candidate_id = 0;  // 0 when the version was removed
+  std::string candidate_version;
+  double ratio = 1.0;        // share of requests mirrored
+  int queue = 1000;          // bounded shadow queue
+  double tolerance = 1e-5;   // max abs diff before a request "diverges"
+  std::string state;         // running | stopped
+  int64_t started_ms = 0;
+  int64_t ends_ms = 0;       // 0 = no duration
+  int64_t stopped_ms = 0;
+  std::string reason;
+  std::string created_by;
+  std::string candidate_ref() const { return model + ":" + candidate_version; }
+  nlohmann::json ToJson() const;
+};
+
+struct CanaryRecord {
+  int64_t id = 0;
+  std::string model;
+  std::string experiment_id;  // the traffic split (an experiment of kind "canary")
+  std::string candidate_version, baseline_version;
+  std::vector<double> stages;  // traffic percentages, increasing, last usually 100
+  int stage_index = 0;
+  int64_t stage_duration_ms = 0, check_interval_ms = 0;
+  double max_error_rate = 0.05, max_p99_ms = 500, max_p99_ratio = 1.2;
+  int64_t min_requests = 1000;
+  std::string state;  // running | paused | promoted | rolled_back | aborted
+  int64_t stage_elapsed_ms = 0;  // time spent running in the current stage
+  nlohmann::json stage_start = nlohmann::json::object();  // metrics when the stage began
+  nlohmann::json last_check = nlohmann::json::object();
+  std::string reason;
+  int64_t created_ms = 0, updated_ms = 0;
+  std::string created_by;
+
+  double traffic_percent() const { return stages.empty() ? 0 : stages[static_cast<size_t>(stage_index)]; }
+  bool active() const { return state == "running" || state == "paused"; }
+  bool last_stage() const { return stage_index + 1 >= static_cast<int>(stages.size()); }
+  nlohmann::json ToJson() const;
+};
+
+struct NewCanary {
+  std::string model;
+  Ref candidate;
+  std::vector<double> stages{1, 5, 10, 25, 50, 100};
+  int64_t stage_duration_ms = 30 * 60 * 1000;
+  int64_t check_interval_ms = 10 * 1000;
+  double max_error_rate = 0.05, max_p99_ms = 500, max_p99_ratio = 1.2;
+  int64_t min_requests = 1000;
+};
+
 struct Pin {
   std::string model;
   std::string version;  // "" = follows the model's default (production/highest)
@@ -202,6 +254,31 @@ class Registry {
   Status SaveExperimentMetrics(const std::string& id, const std::string& variant, const nlohmann::json& data);
   Result<std::map<std::string, nlohmann::json>> LoadExperimentMetrics(const std::string& id);
 
+  // ---- shadow runs and canaries (registry/rollouts.cpp)
+  // One running shadow per model (ALREADY_EXISTS); the candidate must be
+  // another version of it than its production one.
+  Result<ShadowRecord> StartShadow(const std::string& model, const Ref& candidate, double ratio, int queue,
+                                   double tolerance, int64_t duration_ms);
+  Result<ShadowRecord> StopShadow(const std::string& model, const std::string& reason);
+  Result<ShadowRecord> GetShadow(const std::string& model);  // the latest
+  Result<std::vector<ShadowRecord>> ListShadows(bool running_only);
+
+  // Starts a canary: validates the stages (increasing, in (0, 100]), needs a
+  // production version other than the candidate, and creates the
+  // experiment that splits the traffic at the first stage.
+  Result<CanaryRecord> StartCanary(const NewCanary& n);
+  Result<CanaryRecord> GetCanary(const std::string& model);  // the latest
+  Result<std::vector<CanaryRecord>> ListCanaries(bool active_only);
+  Result<CanaryRecord> SetCanaryState(const std::string& model, const std::string& state);  // running | paused
+  // The controller's writes; each is conditional on the canary still being
+  // where the caller saw it (FAILED_PRECONDITION otherwise).
+  Result<CanaryRecord> RecordCanaryCheck(int64_t id, int stage_index, int64_t elapsed_ms, const nlohmann::json& check);
+  Result<CanaryRecord> AdvanceCanary(int64_t id, int from_stage, const nlohmann::json& stage_start);
+  // Candidate to production (previous archived), experiment stopped, audited.
+  Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason);
+  // `state` rolled_back or aborted: candidate archived with `reason`, experiment stopped.
+  Result<CanaryRecord> RollbackCanary(const std::string& model, const std::string& state, const std::string& reason);
+
   // ---- change detection
   // A token that changes whenever anything in the file changes: another
   // connection's commit (PRAGMA data_version) or one of ours.
@@ -239,6 +316,10 @@ class Registry {
   Result<std::vector<std::string>> UsesOfLocked(const VersionRecord& v);
   Result<std::vector<ExperimentRecord>> QueryExperiments(const std::string& where, const std::vector<std::string>& args);
   Result<VersionRecord> SetStageLocked(const Ref& ref, Stage stage, const std::string& reason);
+  Result<std::vector<ShadowRecord>> QueryShadows(const std::string& where, const std::vector<std::string>& args);
+  Result<std::vector<CanaryRecord>> QueryCanaries(const std::string& where, const std::vector<std::string>& args);
+  Result<CanaryRecord> ActiveCanaryLocked(const std::string& model);
+  Status StopExperimentLocked(const std::string& id, const std::string& winner, const std::string& detail);
 
   // Commits `tx` and counts our own write for DataVersion().
   Status Commit(sql::Tx& tx);

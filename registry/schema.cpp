@@ -100,6 +100,49 @@ CREATE TABLE experiment_metrics (
   PRIMARY KEY (experiment_id, variant)
 );
 )sql",
+      // 3: shadow runs and canary rollouts.
+      R"sql(
+CREATE TABLE shadows (
+  id                INTEGER PRIMARY KEY,
+  model_id          INTEGER NOT NULL REFERENCES models(id),
+  candidate_id      INTEGER REFERENCES versions(id) ON DELETE SET NULL,
+  candidate_version TEXT NOT NULL,
+  ratio             REAL NOT NULL,
+  queue             INTEGER NOT NULL,
+  tolerance         REAL NOT NULL,
+  state             TEXT NOT NULL CHECK (state IN ('running', 'stopped')),
+  started_ms        INTEGER NOT NULL,
+  ends_ms           INTEGER,
+  stopped_ms        INTEGER,
+  reason            TEXT NOT NULL DEFAULT '',
+  created_by        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX shadows_one_running ON shadows(model_id) WHERE state = 'running';
+CREATE TABLE canaries (
+  id                INTEGER PRIMARY KEY,
+  model_id          INTEGER NOT NULL REFERENCES models(id),
+  experiment_id     TEXT NOT NULL REFERENCES experiments(id),
+  candidate_version TEXT NOT NULL,
+  baseline_version  TEXT NOT NULL,
+  stages_json       TEXT NOT NULL,
+  stage_index       INTEGER NOT NULL,
+  stage_duration_ms INTEGER NOT NULL,
+  check_interval_ms INTEGER NOT NULL,
+  max_error_rate    REAL NOT NULL,
+  max_p99_ms        REAL NOT NULL,
+  max_p99_ratio     REAL NOT NULL,
+  min_requests      INTEGER NOT NULL,
+  state             TEXT NOT NULL CHECK (state IN ('running', 'paused', 'promoted', 'rolled_back', 'aborted')),
+  stage_elapsed_ms  INTEGER NOT NULL DEFAULT 0,
+  stage_start_json  TEXT NOT NULL DEFAULT '{}',
+  last_check_json   TEXT NOT NULL DEFAULT '{}',
+  reason            TEXT NOT NULL DEFAULT '',
+  created_ms        INTEGER NOT NULL,
+  updated_ms        INTEGER NOT NULL,
+  created_by        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX canaries_one_active ON canaries(model_id) WHERE state IN ('running', 'paused');
+)sql",
   };
   return *m;
 }

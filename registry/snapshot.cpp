@@ -15,6 +15,8 @@ Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry&
   MMS_ASSIGN_OR_RETURN(snap->pins, reg.Pins());
   MMS_ASSIGN_OR_RETURN(auto exps, reg.ListExperiments(/*include_stopped=*/false));
   for (auto& e : exps) snap->experiments[e.model] = std::move(e);
+  MMS_ASSIGN_OR_RETURN(auto shadows, reg.ListShadows(/*running_only=*/true));
+  for (auto& s : shadows) snap->shadows[s.model] = std::move(s);
   return std::shared_ptr<const RegistrySnapshot>(std::move(snap));
 }
 

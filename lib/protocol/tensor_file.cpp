@@ -180,6 +180,29 @@ Result<std::string> ReadRange(int fd, uint64_t offset, size_t n, const std::stri
 
 }  // namespace
 
+std::vector<double> TensorToDoubles(const Tensor& t) {
+  int64_t n = std::max<int64_t>(t.numel(), 0);
+  std::vector<double> out(static_cast<size_t>(n));
+  const uint8_t* b = t.data.get();
+  for (int64_t i = 0; i < n; ++i) {
+    double v = 0;
+    switch (t.dtype) {
+      case DType::kFloat32: v = reinterpret_cast<const float*>(b)[i]; break;
+      case DType::kFloat64: v = reinterpret_cast<const double*>(b)[i]; break;
+      case DType::kFloat16: v = HalfToFloat(reinterpret_cast<const uint16_t*>(b)[i]); break;
+      case DType::kBFloat16: v = Bf16ToFloat(reinterpret_cast<const uint16_t*>(b)[i]); break;
+      case DType::kBool: v = b[i] ? 1 : 0; break;
+      case DType::kInt8: v = reinterpret_cast<const int8_t*>(b)[i]; break;
+      case DType::kUInt8: v = b[i]; break;
+      case DType::kInt16: v = reinterpret_cast<const int16_t*>(b)[i]; break;
+      case DType::kInt32: v = reinterpret_cast<const int32_t*>(b)[i]; break;
+      case DType::kInt64: v = static_cast<double>(reinterpret_cast<const int64_t*>(b)[i]); break;
+    }
+    out[static_cast<size_t>(i)] = v;
+  }
+  return out;
+}
+
 Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j) {
   if (!j.is_object())
     return InvalidArgument("a JSON tensor file is an object mapping each input name to "

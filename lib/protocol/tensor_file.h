@@ -25,6 +25,9 @@
 
 namespace mms {
 
+// Every element as a double (half and bfloat16 widened, bool as 0/1).
+std::vector<double> TensorToDoubles(const Tensor& t);
+
 // ---- JSON tensor files
 Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j);
 nlohmann::json TensorsToJson(const std::vector<Tensor>& tensors);

@@ -1,0 +1,395 @@
+// mms shadow start|stop|status|stats|samples, mms canary start|status|pause|resume|promote|abort|list.
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include "cli.h"
+#include "core/units.h"
+#include "protocol/messages.h"
+
+namespace mms::cli {
+namespace {
+
+std::string Num(double v, int prec = 3) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+// ---------------------------------------------------------------- shadow
+
+struct ShadowArgs {
+  std::string model, candidate, duration;
+  double ratio = 1.0, tolerance = 1e-5;
+  int queue = 1000;
+};
+
+int CmdShadowStart(Cli& cli, const ShadowArgs& a) {
+  if (Status st = ValidateName(a.model); !st.ok()) return cli.Fail(st);
+  auto ref = ParseRef(a.candidate.find_first_of(":@") == std::string::npos ? a.model + ":" + a.candidate : a.candidate);
+  if (!ref.ok()) return cli.Fail(ref.status().WithContext("--candidate"));
+  int64_t duration_ms = 0;
+  if (!a.duration.empty()) {
+    auto d = ParseDurationNanos(a.duration);
+    if (!d.ok()) return cli.Fail(d.status().WithContext("--duration"));
+    duration_ms = *d / 1000000;
+  }
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto s = (*reg)->StartShadow(a.model, *ref, a.ratio, a.queue, a.tolerance, duration_ms);
+  if (!s.ok()) return cli.Fail(s.status());
+  cli.NotifyDaemon();
+  cli.Emit(s->ToJson(), [&] {
+    std::cout << "shadowing " << a.model << " with " << s->candidate_ref() << ": " << a.ratio * 100
+              << "% of requests, queue " << a.queue << ", tolerance " << a.tolerance
+              << (duration_ms ? ", for " + FormatDurationNanos(duration_ms * 1000000) : "") << "\n";
+  });
+  return 0;
+}
+
+int CmdShadowStop(Cli& cli, const std::string& model) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto s = (*reg)->StopShadow(model, "stopped by hand");
+  if (!s.ok()) return cli.Fail(s.status());
+  cli.NotifyDaemon();
+  cli.Emit(s->ToJson(), [&] { std::cout << "stopped the shadow run of " << s->candidate_ref() << "\n"; });
+  return 0;
+}
+
+int CmdShadowStatus(Cli& cli, const std::string& model) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  std::vector<ShadowRecord> list;
+  if (model.empty()) {
+    auto all = (*reg)->ListShadows(false);
+    if (!all.ok()) return cli.Fail(all.status());
+    list = *all;
+  } else {
+    auto s = (*reg)->GetShadow(model);
+    if (!s.ok()) return cli.Fail(s.status());
+    list.push_back(*s);
+  }
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& s : list) j.push_back(s.ToJson());
+  cli.Emit(j, [&] {
+    if (list.empty()) {
+      std::cout << "no shadow runs (start one with mms shadow start)\n";
+      return;
+    }
+    std::vector<std::vector<std::string>> rows{{"MODEL", "CANDIDATE", "STATE", "RATIO", "QUEUE", "TOLERANCE", "STARTED", "ENDS"}};
+    for (const auto& s : list)
+      rows.push_back({s.model, s.candidate_ref(), s.state, Num(s.ratio, 2), std::to_string(s.queue), Num(s.tolerance, 6),
+                      FormatTime(s.started_ms), s.ends_ms ? FormatTime(s.ends_ms) : "-"});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+std::string Dist(const nlohmann::json& d) {
+  if (d.value("count", 0) == 0) return "-";
+  return "p50 " + Num(d["p50"], 6) + "  p99 " + Num(d["p99"], 6) + "  max " + Num(d["max"], 6);
+}
+
+int CmdShadowStats(Cli& cli, const std::string& model) {
+  if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
+  auto r = cli.Call(proto::kShadowStats, {{"model", model}});
+  if (!r.ok()) return cli.Fail(r.status());
+  const auto& j = *r;
+  cli.Emit(j, [&] {
+    std::cout << "shadow of " << model << " by " << j.value("candidate", "?") << " ("
+              << (j.value("running", false) ? "running" : "stopped") << ")\n";
+    if (!j.contains("requests")) {
+      std::cout << j.value("note", "") << "\n";
+      return;
+    }
+    const auto& q = j["requests"];
+    std::cout << "  mirrored " << q["mirrored"] << ", dropped " << q["dropped"] << " (queue full), failed " << q["failed"]
+              << ", queued " << q["queued"] << ", not sampled " << q["not_sampled"] << "\n";
+    std::cout << "  diverged " << j["diverged"] << " (" << Num(j["divergence_rate"].get<double>() * 100, 2)
+              << "% over tolerance " << j["tolerance"] << ")\n";
+    const auto& m = j["measures"];
+    for (const char* k : {"max_abs_diff", "mean_abs_diff", "relative_l2", "cosine_similarity", "argmax_agreement",
+                          "topk_agreement"})
+      std::cout << "  " << k << std::string(20 - std::string(k).size(), ' ') << Dist(m[k]) << "\n";
+    const auto& l = j["latency_delta_ms"];
+    std::cout << "  latency shadow − primary: "
+              << (l.value("count", 0) ? "p50 " + Num(l["p50"]) + " ms, p99 " + Num(l["p99"]) + " ms" : "-") << "\n";
+    if (j.contains("last_error")) std::cout << "  last shadow error: " << j["last_error"].get<std::string>() << "\n";
+  });
+  return 0;
+}
+
+int CmdShadowSamples(Cli& cli, const std::string& model, int limit) {
+  if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
+  auto r = cli.Call(proto::kShadowSamples, {{"model", model}, {"limit", limit}});
+  if (!r.ok()) return cli.Fail(r.status());
+  cli.Emit(*r, [&] {
+    const auto& s = (*r)["samples"];
+    if (s.empty()) std::cout << "no diverging requests recorded\n";
+    for (const auto& x : s) std::cout << x.dump(2) << "\n";
+  });
+  return 0;
+}
+
+// ---------------------------------------------------------------- canary
+
+struct CanaryArgs {
+  std::string model, candidate, stages = "1,5,10,25,50,100", stage_duration = "30m", check_interval = "10s", timeout;
+  double max_error_rate = 0.05, max_p99_ms = 500, max_p99_ratio = 1.2;
+  int64_t min_requests = 1000;
+  bool wait = false;
+};
+
+std::string StageLine(const nlohmann::json& c) {
+  std::string s = c["state"].get<std::string>() + ", stage " + std::to_string(c["stage_index"].get<int>() + 1) + "/" +
+                  std::to_string(c["stages"].size()) + " at " + Num(c["traffic_percent"].get<double>(), 2) + "% traffic";
+  if (c["state"] == "running" || c["state"] == "paused")
+    s += ", " + FormatDurationNanos(c["stage_remaining_ms"].get<int64_t>() * 1000000) + " left in stage";
+  return s;
+}
+
+// Streams progress until the canary ends. Exit: 0 promoted, 10 rolled back, 11 aborted, 12 timeout.
+int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
+  auto client = cli.Connect();
+  if (!client.ok()) return cli.Fail(client.status());
+  auto start = std::chrono::steady_clock::now();
+  std::string last;
+  while (true) {
+    auto r = (*client)->CallJson(proto::kCanaryStatus, {{"model", model}});
+    if (!r.ok()) return cli.Fail(r.status());
+    const auto& c = *r;
+    nlohmann::json line{{"state", c["state"]},
+                        {"stage", c["stage_index"].get<int>() + 1},
+                        {"traffic_percent", c["traffic_percent"]},
+                        {"verdict", c["last_check"].value("verdict", "")},
+                        {"reason", c["state"] == "running" || c["state"] == "paused" ? c["last_check"].value("reason", "")
+                                                                                     : c["reason"].get<std::string>()},
+                        {"canary", c["window"]["canary"]},
+                        {"control", c["window"]["control"]}};
+    std::string key = line.dump();
+    if (key != last) {
+      last = key;
+      if (cli.g.json) {
+        std::cout << key << std::endl;
+      } else {
+        const auto& k = c["window"]["canary"];
+        const auto& o = c["window"]["control"];
+        std::cout << StageLine(c) << " | canary " << k["requests"] << " req, " << Num(k["error_rate"].get<double>() * 100, 2)
+                  << "% err, p99 " << Num(k["p99_ms"]) << " ms | control " << o["requests"] << " req, "
+                  << Num(o["error_rate"].get<double>() * 100, 2) << "% err, p99 " << Num(o["p99_ms"]) << " ms | "
+                  << line["reason"].get<std::string>() << std::endl;
+      }
+    }
+    std::string state = c["state"];
+    if (state == "promoted") return 0;
+    if (state == "rolled_back") return 10;
+    if (state == "aborted") return 11;
+    if (timeout_ns > 0 && std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(timeout_ns)) {
+      std::cerr << "mms: --timeout reached; the canary of " << model << " is still " << state
+                << " (it carries on; mms canary abort " << model << " stops it)\n";
+      return 12;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
+  if (Status st = ValidateName(a.model); !st.ok()) return cli.Fail(st);
+  auto ref = ParseRef(a.candidate.find_first_of(":@") == std::string::npos ? a.model + ":" + a.candidate : a.candidate);
+  if (!ref.ok()) return cli.Fail(ref.status().WithContext("--candidate"));
+  NewCanary n;
+  n.model = a.model;
+  n.candidate = *ref;
+  n.stages.clear();
+  for (const auto& s : Split(a.stages, ',')) {
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || *end != 0)
+      return cli.Fail(InvalidArgument("--stages: '" + s + "' is not a number; use e.g. 1,5,10,25,50,100"));
+    n.stages.push_back(v);
+  }
+  auto dur = ParseDurationNanos(a.stage_duration);
+  if (!dur.ok()) return cli.Fail(dur.status().WithContext("--stage-duration"));
+  auto chk = ParseDurationNanos(a.check_interval);
+  if (!chk.ok()) return cli.Fail(chk.status().WithContext("--check-interval"));
+  int64_t timeout = 0;
+  if (!a.timeout.empty()) {
+    auto t = ParseDurationNanos(a.timeout);
+    if (!t.ok()) return cli.Fail(t.status().WithContext("--timeout"));
+    timeout = *t;
+  }
+  n.stage_duration_ms = *dur / 1000000;
+  n.check_interval_ms = std::max<int64_t>(1, *chk / 1000000);
+  n.max_error_rate = a.max_error_rate;
+  n.max_p99_ms = a.max_p99_ms;
+  n.max_p99_ratio = a.max_p99_ratio;
+  n.min_requests = a.min_requests;
+  if (a.wait) {  // --wait needs the daemon that drives the canary: check before starting
+    auto c = cli.Connect();
+    if (!c.ok()) return cli.Fail(c.status());
+  }
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto c = (*reg)->StartCanary(n);
+  if (!c.ok()) return cli.Fail(c.status());
+  cli.NotifyDaemon();
+  if (!cli.g.json || !a.wait)
+    cli.Emit(c->ToJson(), [&] {
+      std::cout << "canary of " << a.model << ":" << c->candidate_version << " against " << a.model << ":"
+                << c->baseline_version << " started: " << StageLine(c->ToJson()) << "\n";
+    });
+  if (!a.wait) return 0;
+  return Wait(cli, a.model, timeout);
+}
+
+int CmdCanaryStatus(Cli& cli, const std::string& model) {
+  if (model.empty()) {
+    auto reg = cli.OpenRegistry();
+    if (!reg.ok()) return cli.Fail(reg.status());
+    auto list = (*reg)->ListCanaries(true);
+    if (!list.ok()) return cli.Fail(list.status());
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& c : *list) j.push_back(c.ToJson());
+    cli.Emit(j, [&] {
+      if (list->empty()) std::cout << "no canary running\n";
+      for (const auto& c : *list)
+        std::cout << c.model << ":" << c.candidate_version << ": " << StageLine(c.ToJson()) << "\n";
+    });
+    return 0;
+  }
+  if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
+  nlohmann::json j;
+  auto live = cli.Connect();
+  if (live.ok()) {
+    auto r = (*live)->CallJson(proto::kCanaryStatus, {{"model", model}});
+    if (!r.ok()) return cli.Fail(r.status());
+    j = *r;
+  } else {
+    auto reg = cli.OpenRegistry();
+    if (!reg.ok()) return cli.Fail(reg.status());
+    auto c = (*reg)->GetCanary(model);
+    if (!c.ok()) return cli.Fail(c.status());
+    j = c->ToJson();
+  }
+  cli.Emit(j, [&] {
+    std::cout << j["candidate"].get<std::string>() << " vs " << j["baseline"].get<std::string>() << ": " << StageLine(j)
+              << "\n";
+    if (!j["reason"].get<std::string>().empty()) std::cout << "  " << j["reason"].get<std::string>() << "\n";
+    if (j["last_check"].contains("verdict"))
+      std::cout << "  last check: " << j["last_check"]["verdict"].get<std::string>() << " — "
+                << j["last_check"]["reason"].get<std::string>() << "\n";
+    if (j.contains("window"))
+      std::cout << "  this stage: canary " << j["window"]["canary"].dump() << "\n              control "
+                << j["window"]["control"].dump() << "\n";
+  });
+  return 0;
+}
+
+template <class Fn>
+int CanaryChange(Cli& cli, const std::string& model, Fn fn, const std::string& done) {
+  if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  Result<CanaryRecord> c = fn(**reg);
+  if (!c.ok()) return cli.Fail(c.status());
+  cli.NotifyDaemon();
+  cli.Emit(c->ToJson(), [&] { std::cout << done << ": " << StageLine(c->ToJson()) << "\n"; });
+  return 0;
+}
+
+int CmdCanaryList(Cli& cli) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto list = (*reg)->ListCanaries(false);
+  if (!list.ok()) return cli.Fail(list.status());
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& c : *list) j.push_back(c.ToJson());
+  cli.Emit(j, [&] {
+    std::vector<std::vector<std::string>> rows{{"MODEL", "CANDIDATE", "BASELINE", "STATE", "STAGE", "TRAFFIC", "STARTED", "REASON"}};
+    for (const auto& c : *list)
+      rows.push_back({c.model, c.candidate_version, c.baseline_version, c.state,
+                      std::to_string(c.stage_index + 1) + "/" + std::to_string(c.stages.size()),
+                      Num(c.traffic_percent(), 2) + "%", FormatTime(c.created_ms), c.reason.substr(0, 60)});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+}  // namespace
+
+void AddRolloutCommands(CLI::App& app, Cli& cli) {
+  auto* shadow = app.add_subcommand("shadow", "Shadow runs: mirror traffic to a candidate and compare, users unaffected");
+  shadow->require_subcommand(1);
+  auto* sstart = shadow->add_subcommand("start", "Mirror a share of NAME's requests to a candidate version");
+  auto sa = std::make_shared<ShadowArgs>();
+  sstart->add_option("NAME", sa->model, "the model")->required();
+  sstart->add_option("--candidate", sa->candidate, "the version to try (VERSION, NAME:VERSION or NAME@ALIAS)")->required();
+  sstart->add_option("--ratio", sa->ratio, "share of requests mirrored, (0, 1] (default 1)");
+  sstart->add_option("--queue", sa->queue, "bounded shadow queue; full means dropped (default 1000)");
+  sstart->add_option("--tolerance", sa->tolerance, "max abs difference before a request diverges (default 1e-5)");
+  sstart->add_option("--duration", sa->duration, "stop by itself after this long (e.g. 2h)");
+  sstart->callback([&cli, sa] { cli.exit_code = CmdShadowStart(cli, *sa); });
+  auto model = std::make_shared<std::string>();
+  auto* sstop = shadow->add_subcommand("stop", "Stop the shadow run of NAME");
+  sstop->add_option("NAME", *model)->required();
+  sstop->callback([&cli, model] { cli.exit_code = CmdShadowStop(cli, *model); });
+  auto* sstatus = shadow->add_subcommand("status", "Shadow runs (or NAME's latest)");
+  sstatus->add_option("NAME", *model);
+  sstatus->callback([&cli, model] { cli.exit_code = CmdShadowStatus(cli, *model); });
+  auto* sstats = shadow->add_subcommand("stats", "Mirrored, dropped, failed, divergence and its measures, latency delta");
+  sstats->add_option("NAME", *model)->required();
+  sstats->callback([&cli, model] { cli.exit_code = CmdShadowStats(cli, *model); });
+  auto* ssamples = shadow->add_subcommand("samples", "Recent diverging requests with both outputs");
+  auto limit = std::make_shared<int>(20);
+  ssamples->add_option("NAME", *model)->required();
+  ssamples->add_option("--limit", *limit, "how many (default 20)");
+  ssamples->callback([&cli, model, limit] { cli.exit_code = CmdShadowSamples(cli, *model, *limit); });
+
+  auto* canary = app.add_subcommand("canary", "Canary rollouts: staged traffic, judged against control, auto-rollback");
+  canary->require_subcommand(1);
+  auto* cstart = canary->add_subcommand("start", "Roll a candidate out in stages, judged against production");
+  auto ca = std::make_shared<CanaryArgs>();
+  cstart->add_option("NAME", ca->model, "the model")->required();
+  cstart->add_option("--candidate", ca->candidate, "the new version")->required();
+  cstart->add_option("--stages", ca->stages, "traffic percentages, increasing, in (0, 100] (default 1,5,10,25,50,100)");
+  cstart->add_option("--stage-duration", ca->stage_duration, "time each stage must pass its checks (default 30m)");
+  cstart->add_option("--max-error-rate", ca->max_error_rate, "roll back above this canary error rate (default 0.05)");
+  cstart->add_option("--max-p99-ms", ca->max_p99_ms, "roll back above this canary p99 (default 500)");
+  cstart->add_option("--max-p99-ratio", ca->max_p99_ratio, "roll back when canary p99 / control p99 exceeds this (default 1.2)");
+  cstart->add_option("--min-requests", ca->min_requests, "canary requests needed for any verdict (default 1000)");
+  cstart->add_option("--check-interval", ca->check_interval, "how often to judge (default 10s)");
+  cstart->add_flag("--wait", ca->wait, "stream progress until it ends; exit 0 promoted, 10 rolled back, 11 aborted, 12 timeout");
+  cstart->add_option("--timeout", ca->timeout, "with --wait: give up waiting after this long (exit 12)");
+  cstart->callback([&cli, ca] { cli.exit_code = CmdCanaryStart(cli, *ca); });
+  auto* cstatus = canary->add_subcommand("status", "Active canaries, or NAME's latest with its current window");
+  cstatus->add_option("NAME", *model);
+  cstatus->callback([&cli, model] { cli.exit_code = CmdCanaryStatus(cli, *model); });
+  auto* cpause = canary->add_subcommand("pause", "Hold the current stage (traffic stays, the stage clock stops)");
+  cpause->add_option("NAME", *model)->required();
+  cpause->callback([&cli, model] {
+    cli.exit_code = CanaryChange(cli, *model, [&](Registry& r) { return r.SetCanaryState(*model, "paused"); }, "paused");
+  });
+  auto* cresume = canary->add_subcommand("resume", "Resume a paused canary");
+  cresume->add_option("NAME", *model)->required();
+  cresume->callback([&cli, model] {
+    cli.exit_code = CanaryChange(cli, *model, [&](Registry& r) { return r.SetCanaryState(*model, "running"); }, "resumed");
+  });
+  auto* cpromote = canary->add_subcommand("promote", "Go to 100% and finish now: the candidate becomes production");
+  cpromote->add_option("NAME", *model)->required();
+  cpromote->callback([&cli, model] {
+    cli.exit_code = CanaryChange(cli, *model, [&](Registry& r) { return r.PromoteCanary(*model, "promoted by hand"); },
+                                 "promoted");
+  });
+  auto* cabort = canary->add_subcommand("abort", "Roll back now: the candidate is archived");
+  cabort->add_option("NAME", *model)->required();
+  cabort->callback([&cli, model] {
+    cli.exit_code = CanaryChange(
+        cli, *model, [&](Registry& r) { return r.RollbackCanary(*model, "aborted", "aborted by hand"); }, "aborted");
+  });
+  canary->add_subcommand("list", "Every canary, past and present")->callback([&cli] { cli.exit_code = CmdCanaryList(cli); });
+}
+
+}  // namespace mms::cli

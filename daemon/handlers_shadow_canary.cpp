@@ -1,0 +1,49 @@
+// SHADOW_STATS, SHADOW_SAMPLES, CANARY_STATUS.
+#include "daemon.h"
+#include "protocol/messages.h"
+
+namespace mms {
+
+void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
+  (*table)[proto::kShadowStats] = [d](proto::Message req, Responder r) {
+    std::string model = req.body.value("model", "");
+    if (Status st = ValidateName(model); !st.ok()) return r.Fail(st);
+    auto s = d->shadows()->Stats(model);
+    if (!s.ok()) {
+      // Known to the registry (e.g. stopped before this daemon started)?
+      auto rec = d->registry()->GetShadow(model);
+      if (!rec.ok()) return r.Fail(rec.status());
+      nlohmann::json j = rec->ToJson();
+      j["running"] = false;
+      j["note"] = "no figures: this shadow ran before mmsd last started";
+      return r.Send(std::move(j));
+    }
+    r.Send(std::move(*s));
+  };
+
+  (*table)[proto::kShadowSamples] = [d](proto::Message req, Responder r) {
+    std::string model = req.body.value("model", "");
+    if (Status st = ValidateName(model); !st.ok()) return r.Fail(st);
+    auto s = d->shadows()->Samples(model, req.body.value("limit", 20));
+    if (!s.ok()) return r.Fail(s.status());
+    r.Send(nlohmann::json{{"model", model}, {"samples", *s}});
+  };
+
+  // Live canary figures for the current stage's window (the registry has the rest).
+  (*table)[proto::kCanaryStatus] = [d](proto::Message req, Responder r) {
+    std::string model = req.body.value("model", "");
+    if (Status st = ValidateName(model); !st.ok()) return r.Fail(st);
+    auto c = d->registry()->GetCanary(model);
+    if (!c.ok()) return r.Fail(c.status());
+    nlohmann::json j = c->ToJson();
+    VariantSnapshot control = d->VariantMetricsFor(c->experiment_id, "control")->Snapshot();
+    VariantSnapshot canary = d->VariantMetricsFor(c->experiment_id, "treatment")->Snapshot();
+    if (c->stage_start.contains("control")) control = control.Since(VariantSnapshot::FromJson(c->stage_start["control"]));
+    if (c->stage_start.contains("treatment"))
+      canary = canary.Since(VariantSnapshot::FromJson(c->stage_start["treatment"]));
+    j["window"] = JudgeCanary(*c, control, canary).figures;
+    r.Send(std::move(j));
+  };
+}
+
+}  // namespace mms

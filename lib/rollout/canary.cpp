@@ -1,0 +1,155 @@
+#include "rollout/canary.h"
+
+#include <cmath>
+
+#include "core/log.h"
+#include "stats/significance.h"
+
+namespace mms {
+namespace {
+nlohmann::json ArmFigures(const VariantSnapshot& s) {
+  double n = static_cast<double>(s.requests);
+  return {{"requests", s.requests},
+          {"errors", s.errors},
+          {"error_rate", n > 0 ? static_cast<double>(s.errors) / n : 0.0},
+          {"p99_ms", static_cast<double>(s.latency.Quantile(0.99)) / 1e6}};
+}
+
+std::string Pct(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f%%", v * 100);
+  return b;
+}
+
+std::string Ms(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f ms", v);
+  return b;
+}
+}  // namespace
+
+CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary) {
+  CanaryVerdict v;
+  v.figures = {{"canary", ArmFigures(canary)}, {"control", ArmFigures(control)}};
+  if (canary.requests < static_cast<uint64_t>(c.min_requests)) {
+    v.reason = std::to_string(canary.requests) + " of " + std::to_string(c.min_requests) +
+               " canary requests needed for a verdict";
+    return v;
+  }
+  double err = static_cast<double>(canary.errors) / static_cast<double>(canary.requests);
+  double p99 = static_cast<double>(canary.latency.Quantile(0.99)) / 1e6;
+  v.kind = CanaryVerdict::kFail;
+  if (err > c.max_error_rate) {
+    v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate);
+    return v;
+  }
+  if (p99 > c.max_p99_ms) {
+    v.reason = "canary p99 " + Ms(p99) + " > limit " + Ms(c.max_p99_ms);
+    return v;
+  }
+  if (control.requests >= static_cast<uint64_t>(c.min_requests)) {
+    double cerr = static_cast<double>(control.errors) / static_cast<double>(control.requests);
+    TestResult z = TwoProportionZTest(control.errors, control.requests, canary.errors, canary.requests);
+    if (err > cerr && z.valid && z.p_value < 0.01) {
+      v.reason = "canary error rate " + Pct(err) + " vs control " + Pct(cerr) + " (z-test p = " +
+                 std::to_string(z.p_value) + ")";
+      return v;
+    }
+    double cp99 = static_cast<double>(control.latency.Quantile(0.99)) / 1e6;
+    if (cp99 > 0 && p99 / cp99 > c.max_p99_ratio) {
+      char b[64];
+      std::snprintf(b, sizeof b, "%.2f", p99 / cp99);
+      v.reason = "canary p99 " + Ms(p99) + " is " + b + "x control's " + Ms(cp99) + " (limit " +
+                 std::to_string(c.max_p99_ratio).substr(0, 4) + "x)";
+      return v;
+    }
+  }
+  v.kind = CanaryVerdict::kPass;
+  v.reason = "error rate " + Pct(err) + ", p99 " + Ms(p99) + " within limits";
+  return v;
+}
+
+std::vector<std::string> CanaryController::Tick() {
+  std::vector<std::string> events;
+  auto active = opts_.registry->ListCanaries(/*active_only=*/true);
+  if (!active.ok()) {
+    LogWarn("canary_tick_failed", {{"error", active.status().message()}});
+    return events;
+  }
+  std::map<int64_t, bool> seen;
+  for (const auto& c : *active) {
+    seen[c.id] = true;
+    Step(c, &events);
+  }
+  for (auto it = last_tick_.begin(); it != last_tick_.end();) it = seen.count(it->first) ? std::next(it) : last_tick_.erase(it);
+  return events;
+}
+
+void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* events) {
+  const int64_t now = opts_.clock->MonoNanos();
+  auto tick = last_tick_.find(c.id);
+  int64_t delta_ms = tick == last_tick_.end() ? 0 : (now - tick->second) / 1000000;
+  last_tick_[c.id] = now;
+  if (c.state != "running") return;  // paused: the clock stands still
+  int64_t elapsed = c.stage_elapsed_ms + delta_ms;
+  auto last = last_check_.find(c.id);
+  if (last != last_check_.end() && now - last->second < c.check_interval_ms * 1000000) {
+    // Between checks only the elapsed time moves; persisting it now lets a
+    // restarted daemon resume with the remaining time.
+    if (delta_ms > 0) (void)opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, c.last_check);
+    return;
+  }
+  last_check_[c.id] = now;
+
+  auto control_m = opts_.metrics(c.experiment_id, "control");
+  auto canary_m = opts_.metrics(c.experiment_id, "treatment");
+  VariantSnapshot control = control_m->Snapshot(), canary = canary_m->Snapshot();
+  VariantSnapshot control_window = control, canary_window = canary;
+  if (c.stage_start.contains("control")) control_window = control.Since(VariantSnapshot::FromJson(c.stage_start["control"]));
+  if (c.stage_start.contains("treatment")) canary_window = canary.Since(VariantSnapshot::FromJson(c.stage_start["treatment"]));
+  CanaryVerdict v = JudgeCanary(c, control_window, canary_window);
+  nlohmann::json check{{"verdict", v.name()},
+                       {"reason", v.reason},
+                       {"figures", v.figures},
+                       {"stage", c.stage_index},
+                       {"traffic_percent", c.traffic_percent()},
+                       {"at_ms", opts_.clock->UnixMillis()}};
+  std::string where = c.model + ":" + c.candidate_version;
+  if (v.kind == CanaryVerdict::kFail) {
+    std::string reason = v.reason + " at stage " + std::to_string(c.stage_index + 1) + " (" +
+                         std::to_string(c.traffic_percent()) + "% traffic; canary " + v.figures["canary"].dump() +
+                         ", control " + v.figures["control"].dump() + ")";
+    auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason);
+    if (r.ok()) {
+      LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
+      events->push_back("rollback " + where + ": " + v.reason);
+      if (opts_.changed) opts_.changed();
+    }
+    return;
+  }
+  auto rec = opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, check);
+  if (!rec.ok()) return;  // moved on meanwhile (a CLI promote or abort)
+  if (v.kind != CanaryVerdict::kPass || elapsed < c.stage_duration_ms) return;
+  if (c.last_stage()) {
+    auto p = opts_.registry->PromoteCanary(
+        c.model, "all " + std::to_string(c.stages.size()) + " stages passed; last check: " + v.reason);
+    if (p.ok()) {
+      LogInfo("canary_promote", {{"model", c.model}, {"candidate", where}});
+      events->push_back("promote " + where);
+      if (opts_.changed) opts_.changed();
+    }
+    return;
+  }
+  nlohmann::json start{{"control", control.ToJson()}, {"treatment", canary.ToJson()}};
+  auto a = opts_.registry->AdvanceCanary(c.id, c.stage_index, start);
+  if (a.ok()) {
+    LogInfo("canary_stage", {{"model", c.model}, {"candidate", where}, {"stage", a->stage_index + 1},
+                             {"traffic_percent", a->traffic_percent()}});
+    events->push_back("stage " + std::to_string(a->stage_index + 1) + " " + where + " at " +
+                      std::to_string(a->traffic_percent()) + "%");
+    last_check_.erase(c.id);  // judge the new stage from its start
+    if (opts_.changed) opts_.changed();
+  }
+}
+
+}  // namespace mms

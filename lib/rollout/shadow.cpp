@@ -1,0 +1,236 @@
+#include "rollout/shadow.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/hash.h"
+#include "core/log.h"
+#include "protocol/tensor_file.h"
+#include "rollout/compare.h"
+
+namespace mms {
+
+void Reservoir::Add(double v) {
+  ++seen_;
+  sum_ += v;
+  max_ = seen_ == 1 ? v : std::max(max_, v);
+  if (v_.size() < cap_) {
+    v_.push_back(v);
+  } else {
+    uint64_t j = std::uniform_int_distribution<uint64_t>(0, seen_ - 1)(rng_);
+    if (j < cap_) v_[j] = v;
+  }
+}
+
+nlohmann::json Reservoir::Summary(double scale) const {
+  if (v_.empty()) return {{"count", 0}};
+  std::vector<double> s = v_;
+  std::sort(s.begin(), s.end());
+  auto q = [&](double p) { return s[std::min(s.size() - 1, static_cast<size_t>(p * static_cast<double>(s.size() - 1) + 0.5))] * scale; };
+  return {{"count", seen_}, {"mean", sum_ / static_cast<double>(seen_) * scale}, {"p50", q(0.5)}, {"p90", q(0.9)},
+          {"p99", q(0.99)}, {"max", max_ * scale}};
+}
+
+struct ShadowRunner::Shadow {
+  ShadowRecord rec;
+  PoolItem candidate;
+  std::mutex mu;
+  std::condition_variable cv;
+  struct Job {
+    std::vector<Tensor> inputs, outputs;
+    int64_t primary_ns;
+  };
+  std::deque<Job> queue;  // guarded by mu
+  bool stopping = false;  // guarded by mu
+  // figures, guarded by mu
+  uint64_t sampled = 0, skipped = 0, mirrored = 0, dropped = 0, failed = 0, diverged = 0;
+  Reservoir max_abs, mean_abs, rel_l2, cosine, argmax, topk, delta_ns;
+  std::string last_error;
+  std::deque<nlohmann::json> samples;
+  std::thread worker;
+};
+
+ShadowRunner::~ShadowRunner() { Configure({}); }
+
+uint64_t ShadowRunner::RequestHash(const std::vector<Tensor>& inputs) {
+  std::string buf;
+  for (const auto& t : inputs) {
+    buf += t.name;
+    buf += '\0';
+    buf += static_cast<char>(t.dtype);
+    for (int64_t d : t.shape) buf.append(reinterpret_cast<const char*>(&d), sizeof d);
+    if (t.nbytes) buf.append(reinterpret_cast<const char*>(t.data.get()), t.nbytes);
+  }
+  Md5Digest d = Md5(buf);
+  uint64_t h;
+  std::memcpy(&h, d.data(), sizeof h);
+  return h;
+}
+
+bool ShadowRunner::Sampled(uint64_t hash, double ratio) {
+  return static_cast<double>(hash % 1000000) < ratio * 1e6;
+}
+
+void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord, PoolItem>>& running) {
+  std::vector<std::shared_ptr<Shadow>> to_stop;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [model, s] : shadows_) {
+      auto it = running.find(model);
+      bool same = it != running.end() && it->second.first.id == s->rec.id;
+      if (!same && s->worker.joinable()) to_stop.push_back(s);
+    }
+    for (const auto& [model, cfg] : running) {
+      auto it = shadows_.find(model);
+      if (it != shadows_.end() && it->second->rec.id == cfg.first.id && it->second->worker.joinable()) continue;
+      auto s = std::make_shared<Shadow>();
+      s->rec = cfg.first;
+      s->candidate = cfg.second;
+      Shadow* raw = s.get();
+      s->worker = std::thread([this, raw] { Work(raw); });
+      shadows_[model] = s;
+      LogInfo("shadow_start", {{"model", model}, {"candidate", s->rec.candidate_ref()}, {"ratio", s->rec.ratio}});
+    }
+  }
+  for (auto& s : to_stop) {  // stopped outside mu_: the worker may be in a load
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      s->stopping = true;
+      s->rec.state = "stopped";
+      s->queue.clear();
+    }
+    s->cv.notify_all();
+    s->worker.join();
+    LogInfo("shadow_stop", {{"model", s->rec.model}, {"mirrored", s->mirrored}, {"dropped", s->dropped}});
+  }
+}
+
+bool ShadowRunner::Active(const std::string& model) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = shadows_.find(model);
+  return it != shadows_.end() && it->second->worker.joinable();
+}
+
+void ShadowRunner::Mirror(const std::string& model, const std::vector<Tensor>& inputs,
+                          const std::vector<Tensor>& outputs, int64_t primary_ns, uint64_t hash) {
+  std::shared_ptr<Shadow> s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = shadows_.find(model);
+    if (it == shadows_.end() || !it->second->worker.joinable()) return;
+    s = it->second;
+  }
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->stopping) return;
+    if (!Sampled(hash, s->rec.ratio)) {
+      ++s->skipped;
+      return;
+    }
+    ++s->sampled;
+    if (s->queue.size() >= static_cast<size_t>(s->rec.queue)) {
+      ++s->dropped;
+      return;
+    }
+    s->queue.push_back({inputs, outputs, primary_ns});
+  }
+  s->cv.notify_one();
+}
+
+void ShadowRunner::Work(Shadow* s) {
+  // Idle priority: the shadow only gets CPU time nothing else wants.
+  sched_param sp{};
+  pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+  pthread_setname_np(pthread_self(), "mms-shadow");
+  while (true) {
+    Shadow::Job job;
+    {
+      std::unique_lock<std::mutex> lock(s->mu);
+      s->cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
+      if (s->stopping) return;
+      job = std::move(s->queue.front());
+      s->queue.pop_front();
+    }
+    int64_t t0 = opts_.clock->MonoNanos();
+    Result<std::vector<Tensor>> out = Status(Code::kInternal, "not run");
+    auto h = opts_.pool->AcquireSync(s->candidate);
+    if (!h.ok()) {
+      out = h.status();
+    } else {
+      std::vector<InputSpec> specs = s->candidate.inputs;
+      if (specs.empty())  // no recorded specs: the model's own argument names
+        for (const auto& n : (*h)->model()->input_names()) specs.push_back({n, std::nullopt, std::nullopt});
+      auto in = MatchInputs(specs, job.inputs, s->candidate.ref);
+      out = in.ok() ? (*h)->model()->Run(*in) : Result<std::vector<Tensor>>(in.status());
+    }
+    int64_t shadow_ns = opts_.clock->MonoNanos() - t0;
+    h = Status(Code::kCancelled, "released");
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (!out.ok()) {
+      ++s->failed;
+      s->last_error = out.status().message();
+      continue;
+    }
+    ++s->mirrored;
+    OutputComparison c = CompareOutputs(job.outputs, *out, s->rec.tolerance);
+    s->max_abs.Add(c.max_abs);
+    s->mean_abs.Add(c.mean_abs);
+    s->rel_l2.Add(c.rel_l2);
+    s->cosine.Add(c.cosine);
+    if (c.argmax_agreement) s->argmax.Add(*c.argmax_agreement);
+    if (c.topk_agreement) s->topk.Add(*c.topk_agreement);
+    s->delta_ns.Add(static_cast<double>(shadow_ns - job.primary_ns));
+    if (c.diverged) {
+      ++s->diverged;
+      s->samples.push_back({{"reason", c.reason},
+                            {"max_abs_diff", c.max_abs},
+                            {"inputs", TensorsToJson(job.inputs)},
+                            {"primary", TensorsToJson(job.outputs)},
+                            {"shadow", TensorsToJson(*out)}});
+      while (s->samples.size() > opts_.max_samples) s->samples.pop_front();
+    }
+  }
+}
+
+Result<nlohmann::json> ShadowRunner::Stats(const std::string& model) const {
+  std::shared_ptr<Shadow> s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = shadows_.find(model);
+    if (it == shadows_.end()) return NotFound("model '" + model + "' has had no shadow run since mmsd started");
+    s = it->second;
+  }
+  std::lock_guard<std::mutex> lock(s->mu);
+  nlohmann::json j = s->rec.ToJson();
+  j["running"] = !s->stopping && s->worker.joinable();
+  j["requests"] = {{"sampled", s->sampled}, {"not_sampled", s->skipped}, {"mirrored", s->mirrored},
+                   {"dropped", s->dropped}, {"failed", s->failed},       {"queued", s->queue.size()}};
+  j["diverged"] = s->diverged;
+  j["divergence_rate"] = s->mirrored ? static_cast<double>(s->diverged) / static_cast<double>(s->mirrored) : 0.0;
+  j["measures"] = {{"max_abs_diff", s->max_abs.Summary()},     {"mean_abs_diff", s->mean_abs.Summary()},
+                   {"relative_l2", s->rel_l2.Summary()},      {"cosine_similarity", s->cosine.Summary()},
+                   {"argmax_agreement", s->argmax.Summary()}, {"topk_agreement", s->topk.Summary()}};
+  j["latency_delta_ms"] = s->delta_ns.Summary(1e-6);
+  if (!s->last_error.empty()) j["last_error"] = s->last_error;
+  return j;
+}
+
+Result<nlohmann::json> ShadowRunner::Samples(const std::string& model, size_t limit) const {
+  std::shared_ptr<Shadow> s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = shadows_.find(model);
+    if (it == shadows_.end()) return NotFound("model '" + model + "' has had no shadow run since mmsd started");
+    s = it->second;
+  }
+  std::lock_guard<std::mutex> lock(s->mu);
+  nlohmann::json out = nlohmann::json::array();
+  size_t start = s->samples.size() > limit ? s->samples.size() - limit : 0;
+  for (size_t i = start; i < s->samples.size(); ++i) out.push_back(s->samples[i]);
+  return out;
+}
+
+}  // namespace mms

@@ -1,0 +1,90 @@
+// ShadowRunner: mirrors a share of a model's requests to a candidate version
+// and compares the outputs, off the request path.
+//
+// * The user-facing reply never waits: Mirror() is called after the reply is
+//   sent, samples deterministically by the request's hash (the same input is
+//   always mirrored or never, so a run is reproducible), and pushes onto a
+//   bounded queue that drops — and counts the drop — when full.
+// * One worker thread per running shadow, at SCHED_IDLE priority: it only
+//   gets the CPU nothing else wants, so a saturated shadow does not slow the
+//   primary down. It runs the candidate through the pool and compares.
+// * Shadow requests produce no feedback records and no experiment counts.
+// * Stats: mirrored, dropped, failed, divergence rate, each measure's
+//   distribution, argmax/top-k agreement, and the paired latency delta
+//   (shadow − primary on the same input). A bounded set of diverging
+//   requests keeps both outputs for inspection.
+//
+// Thread-safety: all methods may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "pool/model_pool.h"
+#include "registry/registry.h"
+
+namespace mms {
+
+// Keeps a uniform sample of at most `cap` values (Algorithm R).
+class Reservoir {
+ public:
+  explicit Reservoir(size_t cap = 4096) : cap_(cap) {}
+  void Add(double v);
+  nlohmann::json Summary(double scale = 1.0) const;  // {count, mean, p50, p90, p99, max}
+  uint64_t seen() const { return seen_; }
+
+ private:
+  size_t cap_;
+  uint64_t seen_ = 0;
+  double sum_ = 0, max_ = 0;
+  std::vector<double> v_;
+  std::mt19937_64 rng_{12345};
+};
+
+class ShadowRunner {
+ public:
+  struct Options {
+    ModelPool* pool = nullptr;
+    Clock* clock = Clock::Real();
+    size_t max_samples = 20;  // diverging requests kept per shadow
+  };
+  explicit ShadowRunner(const Options& o) : opts_(o) {}
+  ~ShadowRunner();
+
+  // The running shadows (model → record and the candidate's pool item).
+  // Starts new ones, stops and forgets those no longer running (their stats
+  // stay readable until the next start on that model).
+  void Configure(const std::map<std::string, std::pair<ShadowRecord, PoolItem>>& running);
+  // True when the model has a running shadow (so the caller hashes inputs).
+  bool Active(const std::string& model) const;
+  // After the primary replied. `inputs` in forward() order of the primary.
+  void Mirror(const std::string& model, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
+              int64_t primary_latency_ns, uint64_t request_hash);
+  // NOT_FOUND when the model never had a shadow since mmsd started.
+  Result<nlohmann::json> Stats(const std::string& model) const;
+  Result<nlohmann::json> Samples(const std::string& model, size_t limit) const;
+
+  // The hash Mirror samples by: MD5 of the inputs' names, shapes and bytes.
+  static uint64_t RequestHash(const std::vector<Tensor>& inputs);
+  static bool Sampled(uint64_t hash, double ratio);
+
+ private:
+  struct Shadow;
+  void Work(Shadow* s);
+  const Options opts_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Shadow>> shadows_;  // guarded by mu_
+};
+
+}  // namespace mms

@@ -1,0 +1,302 @@
+// Shadow runs and canary rollouts through the real daemon and CLI.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <sstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "protocol/client.h"
+#include "protocol/messages.h"
+#include "protocol/tensor_file.h"
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
+
+void Register(const Daemon& d, const std::string& name, const std::string& v, const std::string& file) {
+  auto r = d.Mms({"model", "register", name, "--version", v, "--path", Data(file), "-q"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+}
+
+// Sends predictions from an in-process client until stopped (fast: no process per request).
+class Traffic {
+ public:
+  Traffic(const Daemon& d, const std::string& model, const std::string& input_file) {
+    mms::proto::Client::Options o;
+    o.socket_path = d.socket();
+    client_ = mms::proto::Client::Connect(o).value();
+    inputs_ = mms::ReadTensorFile(input_file).value();
+    model_ = model;
+  }
+  ~Traffic() { Stop(); }
+  void Start() {
+    thread_ = std::thread([this] {
+      int u = 0;
+      while (!stop_) {
+        mms::proto::Message m;
+        m.type = mms::proto::kPredict;
+        m.body = {{"model", model_}, {"user", "user-" + std::to_string(u++ % 500)}};
+        m.tensors = inputs_;
+        auto r = client_->Call(m);
+        ++sent_;
+        if (!r.ok()) ++failed_;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+  }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int Send(int n) {
+    int ok = 0;
+    for (int i = 0; i < n; ++i) {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", model_}};
+      m.tensors = inputs_;
+      ok += client_->Call(m).ok();
+    }
+    return ok;
+  }
+  std::atomic<int> sent_{0}, failed_{0};
+
+ private:
+  std::unique_ptr<mms::proto::Client> client_;
+  std::vector<mms::Tensor> inputs_;
+  std::string model_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+json ShadowStats(const Daemon& d, const std::string& model) {
+  auto r = d.Mms({"--json", "shadow", "stats", model});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  return json::parse(r.out);
+}
+}  // namespace
+
+TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samples") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_v2.pt");
+  Register(d, "tiny", "3", "tiny.pt");  // same weights as 1
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  auto s = d.Mms({"--json", "shadow", "start", "tiny", "--candidate", "2", "--tolerance", "1e-6"});
+  REQUIRE_MESSAGE(s.exit_code == 0, s.err);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(20) == 20);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 20; }, 20));
+  json st = ShadowStats(d, "tiny");
+  CHECK(st["diverged"] == 20);
+  CHECK(st["divergence_rate"] == 1.0);
+  CHECK(st["requests"]["dropped"] == 0);
+  CHECK(st["measures"]["max_abs_diff"]["count"] == 20);
+  CHECK(st["measures"]["max_abs_diff"]["p50"].get<double>() > 1e-3);
+  CHECK(st["latency_delta_ms"]["count"] == 20);
+  auto samples = json::parse(d.Mms({"--json", "shadow", "samples", "tiny", "--limit", "3"}).out)["samples"];
+  REQUIRE(samples.size() == 3);
+  CHECK(samples[0].contains("primary"));
+  CHECK(samples[0].contains("shadow"));
+  CHECK(samples[0]["reason"].get<std::string>().find("max abs diff") != std::string::npos);
+  // Shadow work is not serving: the candidate has no serving figures.
+  json stats = json::parse(d.Mms({"--json", "stats"}).out);
+  for (const auto& m : stats["models"]) CHECK(m["ref"] != "tiny:2");
+  CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
+  // Identical weights: no divergence.
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "3", "--tolerance", "0"}).exit_code == 0);
+  REQUIRE(t.Send(10) == 10);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 10; }, 20));
+  CHECK(ShadowStats(d, "tiny")["diverged"] == 0);
+  CHECK(ShadowStats(d, "tiny")["measures"]["cosine_similarity"]["p50"].get<double>() == doctest::Approx(1.0));
+}
+
+TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and drops, duration ends it") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_slow.pt");
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--ratio", "0.5", "--queue", "1"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(30) == 30);
+  json st = ShadowStats(d, "tiny");
+  int sampled = st["requests"]["sampled"], skipped = st["requests"]["not_sampled"];
+  CHECK(sampled + skipped == 30);
+  CHECK((sampled == 30 || skipped == 30));  // one input: always or never
+  REQUIRE(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
+  // Ratio 1 with a slow candidate and a queue of 1: bursts are dropped, counted.
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--queue", "1", "--duration", "2s"}).exit_code == 0);
+  REQUIRE(t.Send(40) == 40);
+  st = ShadowStats(d, "tiny");
+  CHECK(st["requests"]["dropped"].get<int>() > 0);
+  CHECK(st["requests"]["sampled"] == 40);
+  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["state"] == "stopped"; }, 10));
+  CHECK(json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["reason"] == "duration elapsed");
+}
+
+TEST_CASE("shadow refusals") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_v2.pt");
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "1"}).exit_code == 2);
+  CHECK(d.Mms({"shadow", "start", "nope", "--candidate", "1"}).exit_code == 4);
+  CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--ratio", "0"}).exit_code == 2);
+  CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--duration", "soon"}).exit_code == 2);
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 6);
+  CHECK(d.Mms({"model", "rm", "tiny:2"}).exit_code == 6);  // in use by the shadow
+  CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
+  CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 4);
+}
+
+namespace {
+void SetupCanary(const Daemon& d, const std::string& candidate_file) {
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", candidate_file);
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+}
+}  // namespace
+
+TEST_CASE("canary --wait: a healthy candidate is promoted (exit 0), progress streamed as JSON lines") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "tiny_v2.pt");
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  t.Start();
+  auto r = d.Mms({"--json", "canary", "start", "tiny", "--candidate", "2", "--stages", "10,50,100", "--stage-duration",
+                  "1s", "--check-interval", "100ms", "--min-requests", "5", "--max-p99-ratio", "50", "--wait",
+                  "--timeout", "60s"},
+                 90);
+  t.Stop();
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  int lines = 0;
+  bool saw_last_stage = false;
+  std::istringstream in(r.out);
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line);
+    CHECK(j.contains("traffic_percent"));
+    CHECK(j.contains("canary"));
+    saw_last_stage = saw_last_stage || j["stage"] == 3;
+    ++lines;
+  }
+  CHECK(lines >= 3);
+  CHECK(saw_last_stage);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "2");
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:1"}).out)["stage"] == "archived");
+}
+
+TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (exit 10)") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "throws.pt");
+  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
+  Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
+  t.Start();
+  auto r = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "5s",
+                  "--check-interval", "100ms", "--min-requests", "5", "--wait", "--timeout", "60s"},
+                 90);
+  t.Stop();
+  CHECK(r.exit_code == 10);
+  auto c = json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out);
+  CHECK(c["state"] == "rolled_back");
+  CHECK(c["reason"].get<std::string>().find("canary error rate") != std::string::npos);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "1");
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
+}
+
+TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "tiny_v2.pt");
+  ProcResult waiting;
+  std::thread w([&] {
+    waiting = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h", "--wait"}, 60);
+  });
+  REQUIRE(WaitFor([&] { return d.Mms({"canary", "status", "tiny"}).exit_code == 0; }, 20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  REQUIRE(d.Mms({"canary", "abort", "tiny"}).exit_code == 0);
+  w.join();
+  CHECK(waiting.exit_code == 11);
+  auto list = json::parse(d.Mms({"--json", "canary", "list"}).out);
+  CHECK(list[0]["state"] == "aborted");
+  // No traffic: never a verdict, so --timeout decides.
+  Register(d, "tiny", "3", "tiny_v3.pt");
+  auto t = d.Mms({"canary", "start", "tiny", "--candidate", "3", "--stage-duration", "1s", "--wait", "--timeout", "1s"}, 60);
+  CHECK(t.exit_code == 12);
+  CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // carries on
+}
+
+TEST_CASE("kill -9 mid-stage: the canary resumes at the same stage with its remaining time") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "tiny_v2.pt");
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  t.Start();
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "10,50,100", "--stage-duration", "3s",
+                 "--check-interval", "100ms", "--min-requests", "3", "--max-p99-ratio", "50"})
+              .exit_code == 0);
+  auto status = [&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out); };
+  REQUIRE(WaitFor([&] { return status()["stage_index"] == 1; }, 30));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  t.Stop();
+  json before = status();
+  REQUIRE(before["stage_index"] == 1);
+  int64_t elapsed = before["stage_elapsed_ms"];
+  CHECK(elapsed > 500);
+  d.child().Signal(SIGKILL);
+  REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // downtime does not count
+  REQUIRE(d.Restart());
+  json after = status();
+  CHECK(after["state"] == "running");
+  CHECK(after["stage_index"] == 1);
+  CHECK(after["stage_elapsed_ms"].get<int64_t>() >= elapsed - 300);
+  CHECK(after["stage_elapsed_ms"].get<int64_t>() < 3000);
+  CHECK(after["traffic_percent"] == 50.0);
+  // It carries on to completion once traffic resumes.
+  Traffic t2(d, "tiny", Data("tiny_input.json"));
+  t2.Start();
+  CHECK(WaitFor([&] { return status()["state"] == "promoted"; }, 60));
+}
+
+TEST_CASE("canary refusals") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "tiny_v2.pt");
+  struct Bad {
+    std::vector<std::string> args;
+    int code;
+    std::string says;
+  };
+  std::vector<Bad> bad{
+      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "10,5,100"}, 2, "must increase"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "0,100"}, 2, "outside (0, 100]"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "10,150"}, 2, "outside (0, 100]"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "ten"}, 2, "not a number"},
+      {{"canary", "start", "tiny", "--candidate", "1"}, 2, "already the production version"},
+      {{"canary", "start", "tiny", "--candidate", "9"}, 4, "unknown version"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "later"}, 2, "invalid duration"},
+  };
+  for (const auto& b : bad) {
+    auto r = d.Mms(b.args);
+    INFO(r.err);
+    CHECK(r.exit_code == b.code);
+    CHECK(r.err.find(b.says) != std::string::npos);
+  }
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  auto second = d.Mms({"canary", "start", "tiny", "--candidate", "2"});
+  CHECK(second.exit_code == 6);
+  CHECK(d.Mms({"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"})
+            .exit_code == 6);
+}

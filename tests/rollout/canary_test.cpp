@@ -1,0 +1,214 @@
+// The canary controller with a fake clock: a six-stage rollout, a rollback
+// on an error-rate rise and one on a p99 rise each run in milliseconds.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "registry/snapshot.h"
+#include "rollout/canary.h"
+#include "rollout/compare.h"
+#include "serve/router.h"
+#include "support/process.h"
+
+using namespace mms;
+
+namespace {
+struct Fixture {
+  testing::TempDir dir;
+  FakeClock clock;
+  std::unique_ptr<Registry> reg;
+  MetricsStore metrics;
+  std::unique_ptr<CanaryController> ctl;
+  int changes = 0;
+  Fixture() {
+    Registry::Options o;
+    o.path = dir / "r.db";
+    o.clock = &clock;
+    reg = Registry::Open(o).value();
+    for (const char* v : {"1", "2"}) {
+      NewVersion n;
+      n.model = "rec";
+      n.version = v;
+      n.artifact_path = "/m.pt";
+      REQUIRE(reg->Register(n).ok());
+    }
+    REQUIRE(reg->SetStage(*ParseRef("rec:1"), Stage::kProduction).ok());
+    CanaryController::Options co;
+    co.registry = reg.get();
+    co.clock = &clock;
+    co.metrics = [this](const std::string& e, const std::string& v) { return metrics.Get(VariantKey(e, v)); };
+    co.changed = [this] { ++changes; };
+    ctl = std::make_unique<CanaryController>(co);
+  }
+  CanaryRecord Start(std::vector<double> stages = {1, 5, 10, 25, 50, 100}) {
+    NewCanary n;
+    n.model = "rec";
+    n.candidate = *ParseRef("rec:2");
+    n.stages = stages;
+    n.stage_duration_ms = 60'000;
+    n.check_interval_ms = 10'000;
+    n.min_requests = 100;
+    n.max_p99_ms = 50;
+    auto c = reg->StartCanary(n);
+    REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+    return *c;
+  }
+  // Simulated traffic through the canary's split for `seconds`, in 1 s steps.
+  void Traffic(const CanaryRecord& c, int seconds, double canary_error_rate, double canary_ms, double control_ms = 5) {
+    auto ctrl = metrics.Get(VariantKey(c.experiment_id, "control"));
+    auto cand = metrics.Get(VariantKey(c.experiment_id, "treatment"));
+    for (int s = 0; s < seconds; ++s) {
+      double share = reg->GetCanary("rec")->traffic_percent() / 100;
+      int total = 400, canary = static_cast<int>(total * share + 0.5);
+      for (int i = 0; i < canary; ++i)
+        cand->Record(static_cast<int64_t>(canary_ms * 1e6), i < canary * canary_error_rate, clock.MonoNanos());
+      for (int i = 0; i < total - canary; ++i) ctrl->Record(static_cast<int64_t>(control_ms * 1e6), false, clock.MonoNanos());
+      clock.AdvanceSeconds(1);
+      ctl->Tick();
+    }
+  }
+};
+}  // namespace
+
+TEST_CASE("a healthy canary walks all six stages and becomes production") {
+  Fixture f;
+  CanaryRecord c = f.Start();
+  CHECK(f.reg->Resolve("rec:2")->stage == Stage::kCanary);
+  f.ctl->Tick();
+  for (int stage = 0; stage < 6; ++stage) {
+    CHECK(f.reg->GetCanary("rec")->stage_index == stage);
+    f.Traffic(c, 75, 0.0, 5);  // a stage lasts 60 s and needs a passing check after that
+  }
+  auto done = f.reg->GetCanary("rec");
+  CHECK(done->state == "promoted");
+  CHECK(f.reg->Resolve("rec")->version == "2");
+  CHECK(f.reg->Resolve("rec:1")->stage == Stage::kArchived);
+  CHECK(f.reg->GetExperiment(c.experiment_id)->state == "stopped");
+  std::vector<std::string> actions;
+  auto history = f.reg->History(*ParseRef("rec"));
+  REQUIRE(history.ok());
+  for (const auto& h : *history) actions.push_back(h.action);
+  CHECK(std::count(actions.begin(), actions.end(), "canary-stage") == 5);
+  CHECK(std::count(actions.begin(), actions.end(), "canary-promote") == 1);
+  CHECK(f.changes >= 6);
+}
+
+TEST_CASE("no verdict before min-requests: a starved canary never advances") {
+  Fixture f;
+  CanaryRecord c = f.Start({1, 100});
+  f.ctl->Tick();
+  // 1% of 400/s = 4 canary requests per second: 100 needs 25 s; run only 20 s past the duration...
+  f.clock.AdvanceSeconds(61);
+  f.ctl->Tick();
+  CHECK(f.reg->GetCanary("rec")->stage_index == 0);
+  CHECK(f.reg->GetCanary("rec")->last_check["verdict"] == "inconclusive");
+  f.Traffic(c, 40, 0.0, 5);
+  CHECK(f.reg->GetCanary("rec")->stage_index == 1);
+}
+
+TEST_CASE("an error-rate rise rolls back at once, with the reason recorded") {
+  Fixture f;
+  CanaryRecord c = f.Start();
+  f.ctl->Tick();
+  f.Traffic(c, 70, 0.0, 5);
+  REQUIRE(f.reg->GetCanary("rec")->stage_index == 1);
+  f.Traffic(c, 20, 0.2, 5);
+  auto r = f.reg->GetCanary("rec");
+  CHECK(r->state == "rolled_back");
+  CHECK(r->reason.find("canary error rate") != std::string::npos);
+  CHECK(r->reason.find("at stage 2") != std::string::npos);
+  auto cand = f.reg->Resolve("rec:2");
+  CHECK(cand->stage == Stage::kArchived);
+  CHECK(f.reg->Resolve("rec")->version == "1");  // production untouched
+  auto h = f.reg->History(*ParseRef("rec:2"));
+  CHECK(h->back().action == "canary-rollback");
+}
+
+TEST_CASE("a p99 rise rolls back, absolute and relative to control") {
+  {
+    Fixture f;
+    CanaryRecord c = f.Start();
+    f.ctl->Tick();
+    f.Traffic(c, 30, 0.0, 80);  // 80 ms > 50 ms limit
+    CHECK(f.reg->GetCanary("rec")->state == "rolled_back");
+    CHECK(f.reg->GetCanary("rec")->reason.find("p99") != std::string::npos);
+  }
+  {
+    Fixture f;
+    CanaryRecord c = f.Start({50, 100});
+    f.ctl->Tick();
+    f.Traffic(c, 20, 0.0, 9, 5);  // 9 ms vs control 5 ms: 1.8x > 1.2x
+    auto r = f.reg->GetCanary("rec");
+    CHECK(r->state == "rolled_back");
+    CHECK(r->reason.find("x control's") != std::string::npos);
+  }
+}
+
+TEST_CASE("pausing stops the stage clock; promote and abort by hand") {
+  Fixture f;
+  CanaryRecord c = f.Start();
+  f.ctl->Tick();
+  f.Traffic(c, 30, 0.0, 5);
+  REQUIRE(f.reg->SetCanaryState("rec", "paused").ok());
+  int64_t before = f.reg->GetCanary("rec")->stage_elapsed_ms;
+  f.clock.AdvanceSeconds(600);
+  f.ctl->Tick();
+  CHECK(f.reg->GetCanary("rec")->stage_elapsed_ms == before);
+  CHECK(f.reg->GetCanary("rec")->stage_index == 0);
+  REQUIRE(f.reg->SetCanaryState("rec", "running").ok());
+  REQUIRE(f.reg->PromoteCanary("rec", "promoted by hand").ok());
+  CHECK(f.reg->Resolve("rec")->version == "2");
+  CHECK(f.reg->SetCanaryState("rec", "paused").status().code() == Code::kFailedPrecondition);
+
+  Fixture g;
+  g.Start();
+  REQUIRE(g.reg->RollbackCanary("rec", "aborted", "aborted by hand").ok());
+  CHECK(g.reg->GetCanary("rec")->state == "aborted");
+  CHECK(g.reg->Resolve("rec:2")->stage == Stage::kArchived);
+}
+
+TEST_CASE("canary refusals") {
+  Fixture f;
+  NewCanary n;
+  n.model = "rec";
+  n.candidate = *ParseRef("rec:2");
+  n.stages = {5, 1};
+  CHECK(f.reg->StartCanary(n).status().message().find("must increase") != std::string::npos);
+  n.stages = {0, 50};
+  CHECK(f.reg->StartCanary(n).status().message().find("outside (0, 100]") != std::string::npos);
+  n.stages = {50, 150};
+  CHECK(f.reg->StartCanary(n).status().code() == Code::kInvalidArgument);
+  n.stages = {10, 100};
+  n.candidate = *ParseRef("rec:1");
+  CHECK(f.reg->StartCanary(n).status().message().find("already the production version") != std::string::npos);
+  n.candidate = *ParseRef("rec:2");
+  REQUIRE(f.reg->StartCanary(n).ok());
+  CHECK(f.reg->StartCanary(n).status().code() == Code::kAlreadyExists);
+}
+
+TEST_CASE("output comparison measures") {
+  Tensor a = Tensor::Alloc("scores", DType::kFloat32, {2, 4});
+  Tensor b = Tensor::Alloc("scores", DType::kFloat32, {2, 4});
+  float av[] = {0.1f, 0.9f, 0.3f, 0.2f, 0.5f, 0.1f, 0.2f, 0.7f};
+  float bv[] = {0.1f, 0.9f, 0.3f, 0.2f, 0.5f, 0.1f, 0.9f, 0.7f};  // row 2's argmax moves
+  std::memcpy(a.mutable_data(), av, sizeof av);
+  std::memcpy(b.mutable_data(), bv, sizeof bv);
+  auto same = CompareOutputs({a}, {a}, 1e-6);
+  CHECK_FALSE(same.diverged);
+  CHECK(same.max_abs == 0);
+  CHECK(same.cosine == doctest::Approx(1.0));
+  CHECK(*same.argmax_agreement == 1.0);
+  auto c = CompareOutputs({a}, {b}, 0.1);
+  CHECK(c.diverged);
+  CHECK(c.max_abs == doctest::Approx(0.7).epsilon(1e-6));
+  CHECK(c.mean_abs == doctest::Approx(0.7 / 8).epsilon(1e-6));
+  CHECK(*c.argmax_agreement == doctest::Approx(0.5));
+  CHECK(c.cosine < 1.0);
+  CHECK(c.rel_l2 > 0);
+  CHECK(CompareOutputs({a}, {b}, 1.0).diverged == false);  // within tolerance
+  Tensor other = Tensor::Alloc("other", DType::kFloat32, {2, 4});
+  CHECK(CompareOutputs({a}, {other}, 1.0).reason.find("no output 'scores'") != std::string::npos);
+  Tensor shaped = Tensor::Alloc("scores", DType::kFloat32, {4, 2});
+  CHECK(CompareOutputs({a}, {shaped}, 1.0).diverged);
+}
