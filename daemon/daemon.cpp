@@ -51,6 +51,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   ShadowRunner::Options sho;
   sho.pool = d->pool_.get();
   sho.clock = d->opts_.clock;
+  sho.on_worker_start = UseOneIntraOpThreadOnThisThread;
   d->shadows_ = std::make_unique<ShadowRunner>(sho);
   CanaryController::Options co;
   co.registry = d->registry_.get();

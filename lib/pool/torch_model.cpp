@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -255,6 +256,14 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
 
 void ConfigureTorchThreads(int intra_op_threads) {
   if (intra_op_threads > 0) at::set_num_threads(intra_op_threads);
+}
+
+void UseOneIntraOpThreadOnThisThread() {
+  // libtorch's OpenMP backend sizes a parallel region from the calling
+  // thread's omp_get_max_threads(); libgomp is already loaded with libtorch.
+  using SetFn = void (*)(int);
+  static SetFn set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  if (set) set(1);
 }
 
 Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {

@@ -31,5 +31,9 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
 
 // libtorch's intra-op thread count for inference (0 leaves the default).
 void ConfigureTorchThreads(int intra_op_threads);
+// Makes libtorch run this thread's ops on this thread alone (OpenMP's
+// per-thread team size), so a background thread — the shadow worker at idle
+// priority — never wakes normal-priority intra-op workers.
+void UseOneIntraOpThreadOnThisThread();
 
 }  // namespace mms

@@ -5,9 +5,10 @@
 //   sent, samples deterministically by the request's hash (the same input is
 //   always mirrored or never, so a run is reproducible), and pushes onto a
 //   bounded queue that drops — and counts the drop — when full.
-// * One worker thread per running shadow, at SCHED_IDLE priority: it only
-//   gets the CPU nothing else wants, so a saturated shadow does not slow the
-//   primary down. It runs the candidate through the pool and compares.
+// * One worker thread per running shadow, at the lowest priority (nice 19,
+//   and a short EEVDF slice where the kernel has them), holding its
+//   candidate's handle between jobs; the request path only try-locks the
+//   queue. It runs the candidate through the pool and compares.
 // * Shadow requests produce no feedback records and no experiment counts.
 // * Stats: mirrored, dropped, failed, divergence rate, each measure's
 //   distribution, argmax/top-k agreement, and the paired latency delta
@@ -20,6 +21,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -58,6 +60,7 @@ class ShadowRunner {
     ModelPool* pool = nullptr;
     Clock* clock = Clock::Real();
     size_t max_samples = 20;  // diverging requests kept per shadow
+    std::function<void()> on_worker_start;  // e.g. keep libtorch single-threaded there
   };
   explicit ShadowRunner(const Options& o) : opts_(o) {}
   ~ShadowRunner();
