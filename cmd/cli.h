@@ -84,6 +84,7 @@ void AddModelCommands(CLI::App& app, Cli& cli);
 void AddPoolCommands(CLI::App& app, Cli& cli);
 void AddExperimentCommands(CLI::App& app, Cli& cli);
 void AddRolloutCommands(CLI::App& app, Cli& cli);
+void AddCompletionCommands(CLI::App& app, Cli& cli);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

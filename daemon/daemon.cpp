@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/paths.h"
 #include "pool/torch_model.h"
+#include "stats/prometheus.h"
 
 namespace mms {
 
@@ -145,10 +146,19 @@ Status Daemon::RefreshRegistry(bool force) {
     std::lock_guard<std::mutex> s(snap_mu_);
     snapshot_ = snap;
   }
-  if (old)
+  if (old) {
     for (const auto& [name, versions] : old->models)
       for (const auto& v : versions)
         if (!snap->ById(v.id)) pool_->Forget(v.id);
+    for (const auto& [name, versions] : snap->models)
+      for (const auto& v : versions) {
+        const VersionRecord* was = old->ById(v.id);
+        if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
+        else if (was->stage != v.stage)
+          LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},
+                                    {"to", StageName(v.stage)}});
+      }
+  }
 
   std::set<PoolKey> want;
   auto want_ref = [&](const std::string& text, const char* source) {
@@ -207,6 +217,8 @@ void Daemon::FlushMetrics() {
   }
 }
 
+void Daemon::ExportSchedulerMetrics(PromWriter*) {}
+
 void Daemon::StopExpiredShadows() {
   auto snap = snapshot();
   int64_t now = opts_.clock->UnixMillis();
@@ -240,6 +252,15 @@ Status Daemon::Start() {
   MMS_RETURN_IF_ERROR(server_->Start());
   MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
   watcher_ = std::thread([this] { WatchRegistry(); });
+  if (!opts_.metrics_address.empty()) {
+    std::vector<HttpServer::Route> routes;
+    routes.push_back({"/metrics", false, [this](const std::string&) {
+                        return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", PrometheusText()};
+                      }});
+    routes.push_back({"/health", true, [this](const std::string& p) { return HealthResponse(p); }});
+    MMS_ASSIGN_OR_RETURN(http_, HttpServer::Start(opts_.metrics_address, std::move(routes)));
+    LogInfo("http_listening", {{"url", http_->url()}});
+  }
   LogInfo("started", {{"pid", ::getpid()},
                       {"socket", opts_.socket_path},
                       {"data_dir", opts_.data_dir},
@@ -278,6 +299,7 @@ bool Daemon::Shutdown() {
   FlushMetrics();
   shadows_->Configure({});
   if (idle) server_->Stop();
+  http_.reset();
   LogInfo("stopped", {{"served", server_->requests_served()}});
   return idle;
 }

@@ -33,6 +33,7 @@
 #include "rollout/canary.h"
 #include "rollout/shadow.h"
 #include "rollout/experiment_metrics.h"
+#include "http_server.h"
 #include "server.h"
 
 namespace mms {
@@ -42,6 +43,7 @@ struct DaemonOptions {
   std::string config_path;   // "" when built-in defaults are used
   std::string socket_path;   // resolved
   std::string data_dir;      // resolved
+  std::string metrics_address;  // --metrics-address, else [metrics] address ("" = off)
   Clock* clock = Clock::Real();
 };
 
@@ -86,6 +88,11 @@ class Daemon {
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
   // Writes changed experiment metrics to the registry.
   void FlushMetrics();
+  // /metrics in the Prometheus text format; /health and /health/{model}.
+  std::string PrometheusText();
+  HttpResponse HealthResponse(const std::string& path);
+  // The scheduler's figures for /metrics (queue depth, rate limited, ...).
+  void ExportSchedulerMetrics(class PromWriter* w);
 
  private:
   explicit Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
@@ -111,6 +118,7 @@ class Daemon {
   std::unique_ptr<AttributionStore> attribution_;
   std::unique_ptr<ShadowRunner> shadows_;
   std::unique_ptr<CanaryController> canaries_;  // watcher thread only
+  std::unique_ptr<HttpServer> http_;
   std::mutex restore_mu_;  // one restore from the registry at a time
   int64_t last_flush_ns_ = 0;  // watcher thread only
 

@@ -62,15 +62,16 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     }
   }
   // Every outcome, success or failure, is counted where it belongs.
-  auto finish = [d, t0, credit](bool ok) {
+  auto finish = [d, t0, credit](const Status& st) {
     int64_t now = d->clock()->MonoNanos();
-    credit->version->Record(now - t0, !ok, now);
-    if (credit->variant) credit->variant->Record(now - t0, !ok, now);
+    std::string code = st.ok() ? "" : CodeName(st.code());
+    credit->version->Record(now - t0, !st.ok(), now, code);
+    if (credit->variant) credit->variant->Record(now - t0, !st.ok(), now, code);
   };
   // Validate the inputs before anything is loaded for them.
   auto inputs = MatchInputs(rec.inputs, std::move(req.tensors), rec.ref());
   if (!inputs.ok()) {
-    finish(false);
+    finish(inputs.status());
     return r.Fail(inputs.status());
   }
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
@@ -79,12 +80,12 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
   d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing, mirror](Result<HandlePtr> h) mutable {
     if (!h.ok()) {
-      finish(false);
+      finish(h.status());
       return r.Fail(h.status());
     }
     auto out = (*h)->model()->Run(*ordered);
     if (!out.ok()) {
-      finish(false);
+      finish(out.status());
       return r.Fail(out.status());
     }
     std::string request_id = NewRequestId();
@@ -103,7 +104,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
     reply.tensors = std::move(out).value();
     h = Status(Code::kCancelled, "released");  // release before replying
-    finish(true);
+    finish(Status::Ok());
     std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
     int64_t latency = d->clock()->MonoNanos() - t0;
     r.Send(std::move(reply));

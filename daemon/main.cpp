@@ -24,11 +24,13 @@ int Run(int argc, char** argv) {
   using namespace mms;
   CLI::App app{"mmsd: the mms multi-model serving daemon"};
   app.set_version_flag("--version", std::string("mmsd ") + MMS_VERSION);
-  std::string config_path, socket, data_dir;
+  std::string config_path, socket, data_dir, metrics_address;
   bool check_config = false;
   app.add_option("--config", config_path, "mms.toml to read (default: $MMS_CONFIG, ~/.config/mms/mms.toml)");
   app.add_option("--socket", socket, "IPC socket path (default: $XDG_RUNTIME_DIR/mms/mms.sock)");
   app.add_option("--data-dir", data_dir, "data directory (default: $XDG_DATA_HOME/mms)");
+  app.add_option("--metrics-address", metrics_address,
+                 "serve /metrics and /health over HTTP on HOST:PORT (default: [metrics] address, off)");
   app.add_flag("--check-config", check_config, "validate the configuration, print it resolved, and exit");
   try {
     app.parse(argc, argv);
@@ -57,6 +59,7 @@ int Run(int argc, char** argv) {
   opts.data_dir = !data_dir.empty() ? data_dir : !c.daemon.data_dir.empty() ? c.daemon.data_dir : DefaultDataDir(env);
   opts.socket_path = !socket.empty() ? socket : !c.daemon.socket.empty() ? c.daemon.socket
                                                                          : DefaultSocketPath(env, opts.data_dir);
+  opts.metrics_address = !metrics_address.empty() ? metrics_address : c.metrics.address;
   if (Status st = ApplyLogConfig(c.log); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";
     return 2;

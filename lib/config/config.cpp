@@ -293,6 +293,9 @@ const std::vector<Spec>& Specs() {
                [](Config& c) -> int64_t& { return c.experiments.flush_interval_ns; }),
       Double("experiments", "confidence", 0.95, 0.5, 0.9999, "Confidence level of the intervals in mms stats.",
              [](Config& c) -> double& { return c.experiments.confidence; }),
+      String("metrics", "address", "",
+             "Serve /metrics (Prometheus) and /health over HTTP here, e.g. \"127.0.0.1:9464\"; empty means off.",
+             [](Config& c) -> std::string& { return c.metrics.address; }),
   };
   return *specs;
 }

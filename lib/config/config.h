@@ -59,12 +59,17 @@ struct ExperimentsConfig {
   double confidence = 0.95;                           // [experiments] confidence
 };
 
+struct MetricsConfig {
+  std::string address;  // [metrics] address = "" (off); "127.0.0.1:9464", ":9464"
+};
+
 struct Config {
   DaemonConfig daemon;
   LogConfig log;
   RegistryConfig registry;
   PoolConfig pool;
   ExperimentsConfig experiments;
+  MetricsConfig metrics;
   std::string source;  // the file it came from, "" for built-in defaults
 };
 

@@ -10,6 +10,10 @@ VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
   VariantSnapshot d = *this;
   d.requests -= std::min(d.requests, earlier.requests);
   d.errors -= std::min(d.errors, earlier.errors);
+  for (auto& [code, n] : d.error_codes) {
+    auto it = earlier.error_codes.find(code);
+    if (it != earlier.error_codes.end()) n -= std::min(n, it->second);
+  }
   d.latency.Subtract(earlier.latency);
   for (auto& [name, o] : d.outcomes) {
     auto it = earlier.outcomes.find(name);
@@ -24,13 +28,17 @@ VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
 nlohmann::json VariantSnapshot::ToJson() const {
   nlohmann::json o = nlohmann::json::object();
   for (const auto& [name, s] : outcomes) o[name] = {{"count", s.count}, {"sum", s.sum}, {"sumsq", s.sumsq}};
-  return {{"requests", requests}, {"errors", errors}, {"latency", latency.ToJson()}, {"outcomes", o}};
+  return {{"requests", requests}, {"errors", errors}, {"error_codes", error_codes}, {"latency", latency.ToJson()},
+          {"outcomes", o}};
 }
 
 VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
   VariantSnapshot s;
   s.requests = j.value("requests", 0ull);
   s.errors = j.value("errors", 0ull);
+  if (j.contains("error_codes") && j["error_codes"].is_object())
+    for (auto it = j["error_codes"].begin(); it != j["error_codes"].end(); ++it)
+      s.error_codes[it.key()] = it->get<uint64_t>();
   if (j.contains("latency"))
     if (auto h = LatencyHistogram::FromJson(j["latency"]); h.ok()) s.latency = *h;
   if (j.contains("outcomes") && j["outcomes"].is_object())
@@ -39,10 +47,13 @@ VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
   return s;
 }
 
-void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now) {
+void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now, const std::string& error_code) {
   std::lock_guard<std::mutex> lock(mu_);
   ++cum_.requests;
-  if (error) ++cum_.errors;
+  if (error) {
+    ++cum_.errors;
+    if (!error_code.empty()) ++cum_.error_codes[error_code];
+  }
   cum_.latency.Record(latency_ns);
   recent_.Record(latency_ns, now);
   dirty_ = true;

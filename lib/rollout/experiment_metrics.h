@@ -27,6 +27,7 @@ struct OutcomeStats {
 
 struct VariantSnapshot {
   uint64_t requests = 0, errors = 0;
+  std::map<std::string, uint64_t> error_codes;  // "MODEL_ERROR" → count
   LatencyHistogram latency;                  // cumulative (or a window after Subtract)
   std::map<std::string, OutcomeStats> outcomes;
 
@@ -38,7 +39,9 @@ struct VariantSnapshot {
 
 class VariantMetrics {
  public:
-  void Record(int64_t latency_ns, bool error, int64_t now_mono_ns);
+  // `error_code`: the Status code name of a failed request ("" when it succeeded
+  // or the code is unknown).
+  void Record(int64_t latency_ns, bool error, int64_t now_mono_ns, const std::string& error_code = "");
   void Outcome(const std::string& metric, double value);
   VariantSnapshot Snapshot() const;
   LatencyHistogram Recent(int64_t window_ns, int64_t now_mono_ns) const;

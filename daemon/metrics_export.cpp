@@ -1,0 +1,138 @@
+// /metrics (Prometheus text, names prefixed mms_) and /health, /health/{model}.
+#include <unistd.h>
+
+#include "core/version.h"
+#include "daemon.h"
+#include "stats/prometheus.h"
+
+namespace mms {
+
+std::string Daemon::PrometheusText() {
+  PromWriter w;
+  w.Family("mms_up", "gauge", "1 while mmsd serves.");
+  w.Sample("mms_up", {{"version", MMS_VERSION}}, 1);
+  w.Family("mms_uptime_seconds", "gauge", "Seconds since mmsd started.");
+  w.Sample("mms_uptime_seconds", {}, static_cast<double>(clock()->MonoNanos() - started_mono_ns_) / 1e9);
+  w.Family("mms_requests_in_flight", "gauge", "Requests being served now.");
+  w.Sample("mms_requests_in_flight", {}, static_cast<double>(server_->in_flight()));
+
+  // Serving figures per version.
+  w.Family("mms_requests_total", "counter", "Predictions served, by model and version.");
+  w.Family("mms_request_errors_total", "counter", "Failed predictions, by model, version and error code.");
+  w.Family("mms_request_latency_seconds", "histogram", "Prediction latency inside mmsd, by model and version.");
+  for (const auto& [ref, m] : serving_metrics_.All()) {
+    auto colon = ref.find(':');
+    Labels l{{"model", ref.substr(0, colon)}, {"version", ref.substr(colon + 1)}};
+    VariantSnapshot s = m->Snapshot();
+    w.Sample("mms_requests_total", l, static_cast<double>(s.requests));
+    for (const auto& [code, n] : s.error_codes) {
+      Labels e = l;
+      e.emplace_back("code", code);
+      w.Sample("mms_request_errors_total", e, static_cast<double>(n));
+    }
+    w.Histogram("mms_request_latency_seconds", l, s.latency);
+  }
+
+  // The pool, per version and tier.
+  nlohmann::json pool = pool_->Snapshot();
+  w.Family("mms_pool_bytes_used", "gauge", "Weight bytes held per device and in the host tier.");
+  w.Family("mms_pool_bytes_budget", "gauge", "Weight byte budget per device and of the host tier.");
+  for (const auto& d : pool["devices"]) {
+    w.Sample("mms_pool_bytes_used", {{"tier", "device"}, {"device", d["name"]}}, d["used"].get<double>());
+    w.Sample("mms_pool_bytes_budget", {{"tier", "device"}, {"device", d["name"]}}, d["budget"].get<double>());
+  }
+  w.Sample("mms_pool_bytes_used", {{"tier", "host"}, {"device", "host"}}, pool["host"]["used"].get<double>());
+  w.Sample("mms_pool_bytes_budget", {{"tier", "host"}, {"device", "host"}}, pool["host"]["budget"].get<double>());
+  w.Family("mms_model_loads_total", "counter", "Loads onto a device, by model and version.");
+  w.Family("mms_model_load_seconds", "gauge", "Duration of the latest load, by model and version.");
+  w.Family("mms_model_evictions_total", "counter", "Demotions one tier down, by model and version.");
+  w.Family("mms_model_bytes", "gauge", "Weight bytes of a version, by the tier it is in.");
+  w.Family("mms_model_in_flight", "gauge", "Requests holding a version now.");
+  w.Family("mms_model_healthy", "gauge", "1 unless the version failed its last load or warm-up.");
+  w.Family("mms_model_hits_total", "counter", "Requests that found the version on a device.");
+  w.Family("mms_model_misses_total", "counter", "Requests that had to wait for a load.");
+  auto per_model = [&](const nlohmann::json& m) {
+    std::string ref = m["ref"];
+    auto colon = ref.find(':');
+    Labels l{{"model", ref.substr(0, colon)}, {"version", ref.substr(colon + 1)}};
+    w.Sample("mms_model_loads_total", l, m.value("loads", 0.0));
+    w.Sample("mms_model_load_seconds", l, m.value("load_ms", 0.0) / 1e3);
+    w.Sample("mms_model_evictions_total", l, m.value("evictions", 0.0));
+    Labels t = l;
+    t.emplace_back("tier", m.value("tier", "disk"));
+    w.Sample("mms_model_bytes", t, m.value("bytes", 0.0));
+    w.Sample("mms_model_in_flight", l, m.value("in_flight", 0.0));
+    w.Sample("mms_model_healthy", l, m.value("healthy", true) ? 1 : 0);
+    w.Sample("mms_model_hits_total", l, m.value("hits", 0.0));
+    w.Sample("mms_model_misses_total", l, m.value("misses", 0.0));
+  };
+  for (const auto& d : pool["devices"])
+    for (const auto& m : d["models"]) per_model(m);
+  for (const auto& m : pool["host"]["models"]) per_model(m);
+  for (const auto& m : pool["disk"]["models"]) per_model(m);
+  ExportSchedulerMetrics(&w);
+
+  // Experiments, shadows, canaries.
+  auto snap = snapshot();
+  w.Family("mms_experiment_requests_total", "counter", "Requests an experiment routed, by variant.");
+  w.Family("mms_experiment_errors_total", "counter", "Failed requests an experiment routed, by variant.");
+  w.Family("mms_experiment_outcomes_total", "counter", "Business outcomes reported with feedback, by variant.");
+  w.Family("mms_experiment_treatment_percent", "gauge", "The configured treatment share.");
+  for (const auto& [model, e] : snap->experiments) {
+    w.Sample("mms_experiment_treatment_percent", {{"experiment", e.id}, {"model", model}}, e.percent());
+    for (const char* v : {"control", "treatment"}) {
+      VariantSnapshot s = VariantMetricsFor(e.id, v)->Snapshot();
+      Labels l{{"experiment", e.id}, {"model", model}, {"variant", v}};
+      w.Sample("mms_experiment_requests_total", l, static_cast<double>(s.requests));
+      w.Sample("mms_experiment_errors_total", l, static_cast<double>(s.errors));
+      for (const auto& [metric, o] : s.outcomes) {
+        Labels m = l;
+        m.emplace_back("metric", metric);
+        w.Sample("mms_experiment_outcomes_total", m, static_cast<double>(o.count));
+      }
+    }
+  }
+  w.Family("mms_shadow_requests_total", "counter", "Shadow requests by result: mirrored, dropped, failed, diverged.");
+  for (const auto& [model, s] : snap->shadows) {
+    auto st = shadows_->Stats(model);
+    if (!st.ok()) continue;
+    Labels l{{"model", model}, {"candidate", s.candidate_ref()}};
+    for (const char* r : {"mirrored", "dropped", "failed"}) {
+      Labels x = l;
+      x.emplace_back("result", r);
+      w.Sample("mms_shadow_requests_total", x, (*st)["requests"][r].get<double>());
+    }
+    Labels x = l;
+    x.emplace_back("result", "diverged");
+    w.Sample("mms_shadow_requests_total", x, (*st)["diverged"].get<double>());
+  }
+  w.Family("mms_canary_traffic_percent", "gauge", "Traffic share of a running canary.");
+  w.Family("mms_canary_stage", "gauge", "Current stage (1-based) of a running canary.");
+  auto canaries = registry_->ListCanaries(true);
+  if (canaries.ok())
+    for (const auto& c : *canaries) {
+      Labels l{{"model", c.model}, {"candidate", c.model + ":" + c.candidate_version}, {"state", c.state}};
+      w.Sample("mms_canary_traffic_percent", l, c.traffic_percent());
+      w.Sample("mms_canary_stage", l, c.stage_index + 1);
+    }
+  return w.str();
+}
+
+HttpResponse Daemon::HealthResponse(const std::string& path) {
+  const std::string prefix = "/health/";
+  if (path == "/health" || path == "/health/")
+    return {200, "application/json", nlohmann::json{{"status", "ok"}, {"pid", ::getpid()}}.dump() + "\n"};
+  std::string ref = path.substr(prefix.size());
+  auto v = Resolve(ref);
+  if (!v.ok()) {
+    int status = v.status().code() == Code::kNotFound ? 404 : 400;
+    return {status, "application/json", nlohmann::json{{"error", v.status().message()}}.dump() + "\n"};
+  }
+  auto h = pool_->Health(v->id);
+  bool healthy = !h || h->value("healthy", true);
+  nlohmann::json body = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}};
+  body["ref"] = v->ref();
+  return {healthy ? 200 : 503, "application/json", body.dump() + "\n"};
+}
+
+}  // namespace mms

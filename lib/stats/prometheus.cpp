@@ -1,0 +1,95 @@
+#include "stats/prometheus.h"
+
+#include <cmath>
+#include <cstdio>
+
+namespace mms {
+
+std::string PromWriter::Escape(const std::string& v) {
+  std::string o;
+  for (char c : v) {
+    if (c == '\\') o += "\\\\";
+    else if (c == '"') o += "\\\"";
+    else if (c == '\n') o += "\\n";
+    else o += c;
+  }
+  return o;
+}
+
+void PromWriter::Family(const std::string& name, const std::string& type, const std::string& help) {
+  if (index_.count(name)) return;
+  index_[name] = fams_.size();
+  fams_.push_back({"# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n", ""});
+}
+
+PromWriter::Fam& PromWriter::Find(const std::string& sample_name) {
+  auto it = index_.find(sample_name);
+  if (it == index_.end())
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      std::string s(suffix);
+      if (sample_name.size() > s.size() && sample_name.compare(sample_name.size() - s.size(), s.size(), s) == 0) {
+        it = index_.find(sample_name.substr(0, sample_name.size() - s.size()));
+        if (it != index_.end()) break;
+      }
+    }
+  if (it == index_.end()) {  // undeclared: its own untyped family
+    index_[sample_name] = fams_.size();
+    fams_.push_back({"", ""});
+    return fams_.back();
+  }
+  return fams_[it->second];
+}
+
+std::string PromWriter::str() const {
+  std::string out;
+  for (const auto& f : fams_) out += f.header + f.body;
+  return out;
+}
+
+static std::string Fmt(double v) {
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (std::isnan(v)) return "NaN";
+  char b[64];
+  std::snprintf(b, sizeof b, "%.10g", v);
+  return b;
+}
+
+static std::string LabelText(const Labels& labels) {
+  if (labels.empty()) return "";
+  std::string s = "{";
+  for (size_t i = 0; i < labels.size(); ++i)
+    s += (i ? "," : "") + labels[i].first + "=\"" + PromWriter::Escape(labels[i].second) + "\"";
+  return s + "}";
+}
+
+void PromWriter::Sample(const std::string& name, const Labels& labels, double value) {
+  Find(name).body += name + LabelText(labels) + " " + Fmt(value) + "\n";
+}
+
+void PromWriter::Histogram(const std::string& name, const Labels& labels, const LatencyHistogram& h) {
+  static const double kBounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+  // Counts at or below each bound, from the histogram's quantile function:
+  // walk the ranks once by bisection on the value.
+  uint64_t n = h.count();
+  for (double b : kBounds) {
+    int64_t bound_ns = static_cast<int64_t>(b * 1e9);
+    uint64_t lo = 0, hi = n;  // the number of values <= bound
+    while (lo < hi) {
+      uint64_t mid = (lo + hi + 1) / 2;
+      int64_t v = h.Quantile(static_cast<double>(mid) / static_cast<double>(n));
+      if (v <= bound_ns) lo = mid;
+      else hi = mid - 1;
+    }
+    Labels l = labels;
+    l.emplace_back("le", Fmt(b));
+    Sample(name + "_bucket", l, static_cast<double>(lo));
+  }
+  Labels inf = labels;
+  inf.emplace_back("le", "+Inf");
+  Sample(name + "_bucket", inf, static_cast<double>(n));
+  Sample(name + "_sum", labels, h.mean() * static_cast<double>(n) / 1e9);
+  Sample(name + "_count", labels, static_cast<double>(n));
+}
+
+}  // namespace mms

@@ -1,0 +1,172 @@
+// Completions, HTTP metrics and health, JSON logs, the systemd unit.
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
+std::string Src(const std::string& n) { return std::string(MMS_SOURCE_DIR) + "/" + n; }
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+// Candidates bash completion offers for a partial command line.
+std::string Complete(const std::string& line, const std::string& data_dir) {
+  std::string script = "source " + Src("completions/mms.bash") + "\nCOMP_WORDS=(" + line + ")\n";
+  script += line.back() == ' ' ? "COMP_WORDS+=('')\n" : "";
+  script += "COMP_CWORD=$((${#COMP_WORDS[@]} - 1))\n_mms\necho \"${COMPREPLY[*]}\"\n";
+  auto r = Run({"/bin/bash", "-c", script}, 30,
+               {{"PATH", BinDir() + ":/usr/bin:/bin"}, {"XDG_DATA_HOME", data_dir}, {"XDG_RUNTIME_DIR", ""}});
+  return r.out;
+}
+
+bool Has(const std::string& words, const std::string& w) {
+  std::istringstream in(words);
+  std::string x;
+  while (in >> x)
+    if (x == w) return true;
+  return false;
+}
+}  // namespace
+
+TEST_CASE("the checked-in completion scripts are what mms generates") {
+  for (auto [shell, file] : std::vector<std::pair<std::string, std::string>>{
+           {"bash", "completions/mms.bash"}, {"zsh", "completions/_mms"}, {"fish", "completions/mms.fish"}}) {
+    INFO(shell << ": regenerate with `mms completion " << shell << " > " << file << "`");
+    CHECK(Run({MmsBin(), "completion", shell}).out == ReadText(Src(file)));
+  }
+}
+
+TEST_CASE("bash completion offers commands, options and names from the registry") {
+  TempDir t;
+  std::string data = t / "mms";
+  REQUIRE(Run({MmsBin(), "--data-dir", data, "model", "register", "rec-eu", "--version", "1", "--path", Data("tiny.pt"), "-q"})
+              .exit_code == 0);
+  REQUIRE(Run({MmsBin(), "--data-dir", data, "model", "register", "rec-eu", "--version", "2", "--path", Data("tiny_v2.pt"),
+               "-q"})
+              .exit_code == 0);
+  REQUIRE(Run({MmsBin(), "--data-dir", data, "experiment", "create", "exp-7", "--model", "rec-eu", "--control", "1",
+               "--treatment", "2", "--percent", "10"})
+              .exit_code == 0);
+  CHECK(Complete("mms mo", t.path()) == "model\n");
+  std::string model = Complete("mms model ", t.path());
+  for (const char* c : {"register", "list", "show", "history", "stage", "alias", "rm", "verify", "import"})
+    CHECK_MESSAGE(Has(model, c), c);
+  CHECK(Has(Complete("mms model register x --ve", t.path()), "--version"));
+  std::string refs = Complete("mms model show ", t.path());
+  CHECK(Has(refs, "rec-eu"));
+  CHECK(Has(refs, "rec-eu:2"));
+  CHECK(Has(Complete("mms experiment show ", t.path()), "exp-7"));
+  CHECK(Has(Complete("mms canary st", t.path()), "start"));
+  CHECK(Has(Complete("mms canary st", t.path()), "status"));
+  CHECK(Has(Complete("mms --json model li", t.path()), "list"));
+}
+
+TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
+  int port = FreePort();
+  Daemon d("[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n");
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/bad.pt");
+  REQUIRE(d.Mms({"model", "register", "bad", "--version", "1", "--path", d.dir() + "/bad.pt", "-q"}).exit_code == 0);
+  for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/bad"))
+    std::filesystem::resize_file(e.path().string() + "/weights.safetensors", 100);
+  REQUIRE(d.Mms({"predict", "tiny", "--input", Data("tiny_input.json"), "-q"}).exit_code == 0);
+  CHECK(d.Mms({"predict", "tiny", "--input", Data("tiny_bad_shape.json"), "-q"}).exit_code == 1);
+  CHECK(d.Mms({"predict", "bad", "--input", Data("rec_input.json"), "-q"}).exit_code == 1);
+  std::string base = "http://127.0.0.1:" + std::to_string(port);
+  auto m = Run({"/usr/bin/curl", "-s", "-f", base + "/metrics"});
+  REQUIRE(m.exit_code == 0);
+  for (const char* want : {"# TYPE mms_requests_total counter", "mms_requests_total{model=\"tiny\",version=\"1\"} 2",
+                           "mms_request_errors_total{model=\"tiny\",version=\"1\",code=\"MODEL_ERROR\"} 1",
+                           "mms_request_latency_seconds_bucket{model=\"tiny\",version=\"1\",le=\"+Inf\"} 2",
+                           "mms_request_latency_seconds_count{model=\"tiny\",version=\"1\"} 2",
+                           "mms_model_loads_total{model=\"tiny\",version=\"1\"} 1",
+                           "mms_model_bytes{model=\"tiny\",version=\"1\",tier=\"device\"}", "mms_pool_bytes_budget",
+                           "mms_model_healthy{model=\"bad\",version=\"1\"} 0", "mms_up"})
+    CHECK_MESSAGE(m.out.find(want) != std::string::npos, want);
+  // Each family's samples are grouped under its TYPE line.
+  size_t type = m.out.find("# TYPE mms_request_errors_total");
+  size_t next_type = m.out.find("# TYPE", type + 1);
+  CHECK(m.out.find("mms_request_errors_total{") > type);
+  CHECK(m.out.find("mms_request_errors_total{") < next_type);
+  auto code = [&](const std::string& path) {
+    return Run({"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + path}).out;
+  };
+  CHECK(code("/health") == "200");
+  CHECK(code("/health/tiny") == "200");
+  CHECK(code("/health/bad") == "503");
+  CHECK(code("/health/nosuch") == "404");
+  CHECK(code("/health/tiny:1") == "200");
+}
+
+TEST_CASE("JSON logs: every load and eviction with model, version, bytes and time") {
+  Daemon d("[log]\nformat = \"json\"\n");
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"load", "tiny"}).exit_code == 0);
+  REQUIRE(d.Mms({"evict", "tiny"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(WaitFor([&] { return d.log().find("stage_changed") != std::string::npos; }, 10));
+  std::istringstream in(d.log());
+  std::string line;
+  bool load = false, evict = false, stage = false;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    json j = json::parse(line);  // every line is one JSON object
+    CHECK(j.contains("ts"));
+    CHECK(j.contains("level"));
+    if (j["event"] == "load" && j["to"] == "cpu") {
+      load = true;
+      CHECK(j["model"] == "tiny:1");
+      CHECK(j["bytes"].get<int>() > 0);
+      CHECK(j.contains("total_ms"));
+    }
+    if (j["event"] == "evict") {
+      evict = true;
+      CHECK(j["bytes"].get<int>() > 0);
+    }
+    if (j["event"] == "stage_changed") {
+      stage = true;
+      CHECK(j["to"] == "production");
+    }
+  }
+  CHECK(load);
+  CHECK(evict);
+  CHECK(stage);
+}
+
+TEST_CASE("the systemd unit runs mmsd with a checked config") {
+  std::string unit = ReadText(Src("contrib/mmsd.service"));
+  CHECK(unit.find("ExecStart=/usr/local/bin/mmsd --config /etc/mms/mms.toml") != std::string::npos);
+  CHECK(unit.find("--check-config") != std::string::npos);
+  CHECK(unit.find("ExecReload=/bin/kill -HUP $MAINPID") != std::string::npos);
+}
