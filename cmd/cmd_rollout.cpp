@@ -156,7 +156,8 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
   auto client = cli.Connect();
   if (!client.ok()) return cli.Fail(client.status());
   auto start = std::chrono::steady_clock::now();
-  std::string last;
+  auto last_print = start - std::chrono::seconds(10);
+  std::string last, last_phase;
   while (true) {
     auto r = (*client)->CallJson(proto::kCanaryStatus, {{"model", model}});
     if (!r.ok()) return cli.Fail(r.status());
@@ -170,8 +171,14 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
                         {"canary", c["window"]["canary"]},
                         {"control", c["window"]["control"]}};
     std::string key = line.dump();
-    if (key != last) {
+    // A line when the stage or state changes, else at most one a second.
+    std::string phase = c["state"].get<std::string>() + std::to_string(c["stage_index"].get<int>()) +
+                        line["verdict"].get<std::string>();
+    auto now = std::chrono::steady_clock::now();
+    if (key != last && (phase != last_phase || now - last_print >= std::chrono::seconds(1))) {
       last = key;
+      last_phase = phase;
+      last_print = now;
       if (cli.g.json) {
         std::cout << key << std::endl;
       } else {

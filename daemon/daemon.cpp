@@ -142,6 +142,23 @@ Status Daemon::RefreshRegistry(bool force) {
   MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
   if (!force && old && dv == old->data_version) return Status::Ok();
   MMS_ASSIGN_OR_RETURN(auto snap, RegistrySnapshot::Load(*registry_));
+  // Load both arms of a new experiment or canary (and a shadow's candidate)
+  // before routing sees it, so neither arm's first requests pay a cold load
+  // the other does not (a canary would be judged on its load time).
+  auto warm = [&](int64_t id) {
+    const VersionRecord* v = snap->ById(id);
+    if (!v) return;
+    auto h = pool_->AcquireSync(ItemFor(*v), 60'000'000'000);
+    if (!h.ok()) LogWarn("warm_failed", {{"model", v->ref()}, {"error", h.status().message()}});
+  };
+  for (const auto& [model, e] : snap->experiments)
+    if (!old || !old->experiments.count(model) || old->experiments.at(model).id != e.id) {
+      warm(e.control_id);
+      warm(e.treatment_id);
+    }
+  for (const auto& [model, sh] : snap->shadows)
+    if (!old || !old->shadows.count(model) || old->shadows.at(model).id != sh.id) warm(sh.candidate_id);
+
   {
     std::lock_guard<std::mutex> s(snap_mu_);
     snapshot_ = snap;

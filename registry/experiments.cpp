@@ -94,7 +94,7 @@ Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {
   MMS_RETURN_IF_ERROR(AuditLocked(n.kind == "canary" ? "canary-start" : "experiment-create", n.model, treatment.version,
                                   "", "running",
                                   n.id + ": " + control.ref() + " vs " + treatment.ref() + " at " +
-                                      std::to_string(n.basis_points / 100.0) + "%"));
+                                      FormatPercent(n.basis_points / 100.0)));
   MMS_RETURN_IF_ERROR(Commit(tx));
   MMS_ASSIGN_OR_RETURN(auto out, QueryExperiments("WHERE e.id = ?", {n.id}));
   return out.at(0);
@@ -147,7 +147,7 @@ Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int bas
   up.Bind(1, basis_points).Bind(2, opts_.clock->UnixMillis()).Bind(3, id);
   MMS_RETURN_IF_ERROR(up.Run());
   MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-ramp" : "experiment-ramp", e.model, e.treatment_version,
-                                  std::to_string(e.percent()) + "%", std::to_string(basis_points / 100.0) + "%", id));
+                                  FormatPercent(e.percent()), FormatPercent(basis_points / 100.0), id));
   MMS_RETURN_IF_ERROR(Commit(tx));
   e.basis_points = basis_points;
   return e;

@@ -190,10 +190,10 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
   for (size_t i = 0; i < n.stages.size(); ++i) {
     double s = n.stages[i];
     if (!(s > 0 && s <= 100))
-      return InvalidArgument("--stages: " + std::to_string(s) + " is outside (0, 100]; use e.g. 1,5,10,25,50,100");
+      return InvalidArgument("--stages: " + FormatPercent(s) + " is outside (0, 100]; use e.g. 1,5,10,25,50,100");
     if (i && !(s > n.stages[i - 1]))
-      return InvalidArgument("--stages must increase (" + std::to_string(n.stages[i - 1]) + " then " +
-                             std::to_string(s) + ")");
+      return InvalidArgument("--stages must increase (" + FormatPercent(n.stages[i - 1]) + " then " +
+                             FormatPercent(s) + ")");
   }
   if (n.stage_duration_ms < 0 || n.check_interval_ms <= 0)
     return InvalidArgument("--stage-duration must be >= 0 and --check-interval > 0");
@@ -246,7 +246,7 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
   MMS_RETURN_IF_ERROR(ic.Run());
   MMS_RETURN_IF_ERROR(SetStageLocked(Ref{Ref::Kind::kVersion, n.model, cand.version, ""}, Stage::kCanary,
                                      "canary started").status());
-  MMS_RETURN_IF_ERROR(AuditLocked("canary-start", n.model, cand.version, "", "stage 1: " + std::to_string(n.stages[0]) + "%",
+  MMS_RETURN_IF_ERROR(AuditLocked("canary-start", n.model, cand.version, "", "stage 1: " + FormatPercent(n.stages[0]),
                                   "against " + prod[0].ref()));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return ActiveCanaryLocked(n.model);
@@ -280,7 +280,7 @@ Result<CanaryRecord> Registry::SetCanaryState(const std::string& model, const st
   up.Bind(1, state).Bind(2, opts_.clock->UnixMillis()).Bind(3, c.id);
   MMS_RETURN_IF_ERROR(up.Run());
   MMS_RETURN_IF_ERROR(AuditLocked(state == "paused" ? "canary-pause" : "canary-resume", model, c.candidate_version,
-                                  c.state, state, "at " + std::to_string(c.traffic_percent()) + "%"));
+                                  c.state, state, "at " + FormatPercent(c.traffic_percent())));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return ActiveCanaryLocked(model);
 }
@@ -315,7 +315,7 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
   ramp.Bind(1, static_cast<int>(std::lround(next * 100))).Bind(2, opts_.clock->UnixMillis()).Bind(3, c.experiment_id);
   MMS_RETURN_IF_ERROR(ramp.Run());
   MMS_RETURN_IF_ERROR(AuditLocked("canary-stage", c.model, c.candidate_version,
-                                  std::to_string(c.traffic_percent()) + "%", std::to_string(next) + "%",
+                                  FormatPercent(c.traffic_percent()), FormatPercent(next),
                                   "stage " + std::to_string(from_stage + 2) + " of " + std::to_string(c.stages.size())));
   MMS_RETURN_IF_ERROR(Commit(tx));
   MMS_ASSIGN_OR_RETURN(auto out, QueryCanaries("WHERE c.id = ?", {std::to_string(id)}));

@@ -99,6 +99,15 @@ std::string FormatBytes(uint64_t bytes) {
   return buf;
 }
 
+std::string FormatPercent(double percent) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", percent);
+  std::string s = buf;
+  while (s.back() == '0') s.pop_back();
+  if (s.back() == '.') s.pop_back();
+  return s + "%";
+}
+
 std::string FormatDurationNanos(int64_t ns) {
   char buf[48];
   double v = static_cast<double>(ns);

@@ -24,6 +24,9 @@ std::string FormatBytes(uint64_t bytes);
 // "850 µs", "12.3 ms", "4.2 s", "2m30s".
 std::string FormatDurationNanos(int64_t ns);
 
+// "12.5%", "10%", "0.25%": a percentage without trailing zeros.
+std::string FormatPercent(double percent);
+
 // Splits on `sep`, trimming whitespace from each piece; empty pieces kept.
 std::vector<std::string> Split(std::string_view s, char sep);
 std::string Trim(std::string_view s);

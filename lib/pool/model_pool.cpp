@@ -313,8 +313,12 @@ Status Warmup(Model* m, const std::string& sample, const std::vector<InputSpec>&
     for (const auto& n : m->input_names()) names.push_back({n, std::nullopt, std::nullopt});
   auto ordered = MatchInputs(names, std::move(tensors).value(), ref);
   if (!ordered.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + ordered.status().message());
-  auto out = m->Run(*ordered);
-  if (!out.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + out.status().message());
+  // Twice: TorchScript profiles the first run and optimizes on the second, so
+  // both slow runs happen here rather than in users' first requests.
+  for (int i = 0; i < 2; ++i) {
+    auto out = m->Run(*ordered);
+    if (!out.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + out.status().message());
+  }
   return Status::Ok();
 }
 }  // namespace

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/log.h"
+#include "core/units.h"
 #include "stats/significance.h"
 
 namespace mms {
@@ -117,7 +118,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   std::string where = c.model + ":" + c.candidate_version;
   if (v.kind == CanaryVerdict::kFail) {
     std::string reason = v.reason + " at stage " + std::to_string(c.stage_index + 1) + " (" +
-                         std::to_string(c.traffic_percent()) + "% traffic; canary " + v.figures["canary"].dump() +
+                         FormatPercent(c.traffic_percent()) + " traffic; canary " + v.figures["canary"].dump() +
                          ", control " + v.figures["control"].dump() + ")";
     auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason);
     if (r.ok()) {
@@ -146,7 +147,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     LogInfo("canary_stage", {{"model", c.model}, {"candidate", where}, {"stage", a->stage_index + 1},
                              {"traffic_percent", a->traffic_percent()}});
     events->push_back("stage " + std::to_string(a->stage_index + 1) + " " + where + " at " +
-                      std::to_string(a->traffic_percent()) + "%");
+                      FormatPercent(a->traffic_percent()));
     last_check_.erase(c.id);  // judge the new stage from its start
     if (opts_.changed) opts_.changed();
   }
