@@ -85,6 +85,7 @@ void AddPoolCommands(CLI::App& app, Cli& cli);
 void AddExperimentCommands(CLI::App& app, Cli& cli);
 void AddRolloutCommands(CLI::App& app, Cli& cli);
 void AddCompletionCommands(CLI::App& app, Cli& cli);
+void AddLimitCommands(CLI::App& app, Cli& cli);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

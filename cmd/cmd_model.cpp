@@ -26,6 +26,8 @@ struct RegisterArgs {
   bool has_sla = false;
   std::vector<std::string> labels;
   int max_batch_size = 0;
+  int64_t max_queue_delay_us = 0;
+  bool verify_batching = true;  // false for imports without a sample input
 };
 
 // Draws "hashing model.pt [#####.....] 45%  380 MiB / 850 MiB" on a terminal.
@@ -91,6 +93,11 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     v.sla_p99_ms = a.sla_p99_ms;
   }
   if (a.max_batch_size < 0) return InvalidArgument("--max-batch-size must be 0 (off) or positive");
+  if (a.max_queue_delay_us < 0) return InvalidArgument("--max-queue-delay-us must not be negative");
+  if (a.max_batch_size > 0 && a.verify_batching && a.sample_input.empty())
+    return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
+                           "(its outputs must split by rows)");
+  v.max_queue_delay_us = a.max_queue_delay_us;
   for (const auto& l : a.labels) {
     auto eq = l.find('=');
     if (eq == std::string::npos || eq == 0)
@@ -119,6 +126,8 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   std::string staging = final_dir + ".tmp-" + std::to_string(::getpid());
   std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", *canon, "--pack-dir", staging};
   if (!a.sample_input.empty()) argv.insert(argv.end(), {"--sample-input", a.sample_input});
+  if (a.max_batch_size > 0 && !a.sample_input.empty())
+    argv.insert(argv.end(), {"--max-batch-size", std::to_string(a.max_batch_size)});
   if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(*canon) << " ...\n";
   ProcResult pr = RunProcess(argv, 3600);
   std::error_code ec;
@@ -439,6 +448,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
       a.version = version;
       a.path = file;
       a.max_batch_size = max_batch;
+      a.verify_batching = false;  // a Triton repository carries no sample input to check with
       a.description = "imported from " + vdir.string();
       auto rec = RegisterVersion(cli, **reg, a);
       if (rec.ok()) {
@@ -476,7 +486,10 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   auto* sla = reg->add_option("--sla-p99-ms", a->sla_p99_ms, "serving SLA: p99 latency target in ms");
   reg->add_option("--label", a->labels, "key=value (repeatable)");
   reg->add_option("--sample-input", a->sample_input, "tensor file (JSON or safetensors) used for warm-up");
-  reg->add_option("--max-batch-size", a->max_batch_size, "enable dynamic batching up to N rows (0 = off)");
+  reg->add_option("--max-batch-size", a->max_batch_size,
+                  "enable dynamic batching up to N rows (0 = off; checked with --sample-input)");
+  reg->add_option("--max-queue-delay-us", a->max_queue_delay_us,
+                  "batching: how long a batch may wait for more requests (default [scheduler] max_queue_delay)");
   reg->callback([&cli, a, sla] {
     a->has_sla = sla->count() > 0;
     cli.exit_code = CmdRegister(cli, *a);

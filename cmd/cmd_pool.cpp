@@ -13,6 +13,8 @@ namespace {
 
 struct PredictArgs {
   std::string ref, user, tenant, input, output;
+  double deadline_ms = 0;
+  bool has_deadline = false;
 };
 
 int CmdPredict(Cli& cli, const PredictArgs& a) {
@@ -28,6 +30,11 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   m.body = {{"model", a.ref}};
   if (!a.user.empty()) m.body["user"] = a.user;
   if (!a.tenant.empty()) m.body["tenant"] = a.tenant;
+  if (a.has_deadline) {
+    if (!(a.deadline_ms > 0))
+      return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
+    m.body["timeout_ms"] = a.deadline_ms;
+  }
   m.tensors = std::move(inputs).value();
   // Refuse locally what the daemon would refuse: same mms.toml, same cap.
   auto cfg = cli.config();
@@ -185,7 +192,12 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout");
   predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)");
   predict->add_option("--tenant", a->tenant, "tenant (rate limits)");
-  predict->callback([&cli, a] { cli.exit_code = CmdPredict(cli, *a); });
+  auto* deadline = predict->add_option("--deadline-ms", a->deadline_ms,
+                                       "drop the request (exit 5) rather than run it past this many ms");
+  predict->callback([&cli, a, deadline] {
+    a->has_deadline = deadline->count() > 0;
+    cli.exit_code = CmdPredict(cli, *a);
+  });
 
   auto* pin = app.add_subcommand("pin", "Keep a version on a device, never evicted (persisted; preloaded at start)");
   auto pref = std::make_shared<std::string>();

@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   AddPoolCommands(app, cli);
   AddExperimentCommands(app, cli);
   AddRolloutCommands(app, cli);
+  AddLimitCommands(app, cli);
   AddCompletionCommands(app, cli);
 
   try {

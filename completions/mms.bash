@@ -52,17 +52,21 @@ _mms() {
       "canary promote") path="canary promote" ;;
       "canary abort") path="canary abort" ;;
       "canary list") path="canary list" ;;
+      "limit") path="limit" ;;
+      "limit set") path="limit set" ;;
+      "limit list") path="limit list" ;;
+      "limit rm") path="limit rm" ;;
       "completion") path="completion" ;;
     esac
   done
   local words= names=
   case $path in
-    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
+    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
     "serve") words="--help -h --detach -d" ;;
     "status") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
     "model") words="register list show history stage alias rm verify import --help -h" ;;
-    "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --max-batch-size"; names=models ;;
+    "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --max-batch-size --max-queue-delay-us"; names=models ;;
     "model list") words="--help -h --stage"; names=models ;;
     "model show") words="--help -h"; names=refs ;;
     "model history") words="--help -h"; names=refs ;;
@@ -73,7 +77,7 @@ _mms() {
     "model rm") words="--help -h --force"; names=refs ;;
     "model verify") words="--help -h"; names=refs ;;
     "model import") words="--help -h" ;;
-    "predict") words="--help -h --input -i --output -o --user --tenant"; names=refs ;;
+    "predict") words="--help -h --input -i --output -o --user --tenant --deadline-ms"; names=refs ;;
     "pin") words="--help -h"; names=refs ;;
     "unpin") words="--help -h"; names=refs ;;
     "load") words="--help -h"; names=refs ;;
@@ -105,6 +109,10 @@ _mms() {
     "canary promote") words="--help -h"; names=models ;;
     "canary abort") words="--help -h"; names=models ;;
     "canary list") words="--help -h" ;;
+    "limit") words="set list rm --help -h" ;;
+    "limit set") words="--help -h --tenant --qps --burst" ;;
+    "limit list") words="--help -h" ;;
+    "limit rm") words="--help -h --tenant" ;;
     "completion") words="--help -h" ;;
   esac
   if [[ $cur != -* && -n $names ]]; then

@@ -7,6 +7,8 @@
 #include "pool/torch_model.h"
 #include "stats/prometheus.h"
 
+#include <algorithm>
+
 namespace mms {
 
 int ResolveWorkers(int configured) {
@@ -48,6 +50,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   int workers = ResolveWorkers(c.daemon.workers);
   d->callbacks_ = std::make_unique<Executor>("mms-serve", workers);
   MMS_RETURN_IF_ERROR(d->CreatePool());
+
+  Scheduler::Options sco;
+  sco.workers = c.scheduler.workers > 0 ? c.scheduler.workers
+                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  sco.queue_depth = static_cast<size_t>(c.scheduler.queue_depth);
+  sco.starvation_interval = c.scheduler.starvation_interval;
+  sco.clock = d->opts_.clock;
+  d->scheduler_ = std::make_unique<Scheduler>(sco);
 
   ShadowRunner::Options sho;
   sho.pool = d->pool_.get();
@@ -192,6 +202,16 @@ Status Daemon::RefreshRegistry(bool force) {
     if (!want.count(k)) pool_->Unpin(k);
   pinned_ = want;
 
+  // Rate limits: the registry's, with [limits] as defaults.
+  std::map<std::string, TokenLimit> model_limits, tenant_limits;
+  for (const auto& l : snap->limits) (l.kind == "model" ? model_limits : tenant_limits)[l.key] = {l.qps, l.burst};
+  const LimitsConfig& lc = opts_.config.limits;
+  auto def = [](double qps, double burst) -> std::optional<TokenLimit> {
+    if (qps <= 0) return std::nullopt;
+    return TokenLimit{qps, burst > 0 ? burst : std::max(1.0, qps)};
+  };
+  limiter_.Configure(model_limits, tenant_limits, def(lc.model_qps, lc.model_burst), def(lc.tenant_qps, lc.tenant_burst));
+
   std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
   for (const auto& [model, s] : snap->shadows)
     if (const VersionRecord* cand = snap->ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
@@ -234,7 +254,41 @@ void Daemon::FlushMetrics() {
   }
 }
 
-void Daemon::ExportSchedulerMetrics(PromWriter*) {}
+int Daemon::PriorityOf(const VersionRecord& v) const {
+  const SchedulerConfig& sc = opts_.config.scheduler;
+  auto in = [&](const std::vector<std::string>& l) { return std::find(l.begin(), l.end(), v.model) != l.end(); };
+  if (in(sc.high_priority)) return 0;
+  if (in(sc.low_priority)) return 2;
+  if (v.sla_p99_ms && *v.sla_p99_ms <= sc.high_priority_sla_ms) return 0;
+  return 1;
+}
+
+void Daemon::ExportSchedulerMetrics(PromWriter* w) {
+  auto snap = snapshot();
+  w->Family("mms_queue_depth", "gauge", "Requests waiting for a worker, by model and version.");
+  w->Family("mms_batches_total", "counter", "Executions (a batch counts once), by model and version.");
+  w->Family("mms_deadline_exceeded_total", "counter", "Requests dropped before running because of their deadline.");
+  w->Family("mms_overloaded_total", "counter", "Requests refused because the version's queue was full.");
+  nlohmann::json st = scheduler_->Stats();
+  for (auto it = st.begin(); it != st.end(); ++it) {
+    const VersionRecord* v = snap->ById(std::stoll(it.key()));
+    if (!v) continue;
+    Labels l{{"model", v->model}, {"version", v->version}};
+    w->Sample("mms_queue_depth", l, (*it)["queued"].get<double>());
+    w->Sample("mms_batches_total", l, (*it)["batches"].get<double>());
+    w->Sample("mms_deadline_exceeded_total", l, (*it)["deadline_drops"].get<double>());
+    w->Sample("mms_overloaded_total", l, (*it)["overloaded"].get<double>());
+  }
+  w->Family("mms_rate_limited_total", "counter", "Requests refused by a rate limit, by model or tenant.");
+  w->Family("mms_rate_admitted_total", "counter", "Requests admitted past the rate limits, by model or tenant.");
+  nlohmann::json lim = limiter_.Stats();
+  for (const char* kind : {"models", "tenants"})
+    for (auto it = lim[kind].begin(); it != lim[kind].end(); ++it) {
+      Labels l{{std::string(kind) == "models" ? "model" : "tenant", it.key()}};
+      w->Sample("mms_rate_limited_total", l, (*it)["limited"].get<double>());
+      w->Sample("mms_rate_admitted_total", l, (*it)["admitted"].get<double>());
+    }
+}
 
 void Daemon::StopExpiredShadows() {
   auto snap = snapshot();
@@ -315,7 +369,10 @@ bool Daemon::Shutdown() {
   if (watcher_.joinable()) watcher_.join();
   FlushMetrics();
   shadows_->Configure({});
-  if (idle) server_->Stop();
+  if (idle) {
+    server_->Stop();
+    scheduler_.reset();
+  }
   http_.reset();
   LogInfo("stopped", {{"served", server_->requests_served()}});
   return idle;

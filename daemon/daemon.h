@@ -32,6 +32,8 @@
 #include "rollout/attribution.h"
 #include "rollout/canary.h"
 #include "rollout/shadow.h"
+#include "serve/rate_limiter.h"
+#include "serve/scheduler.h"
 #include "rollout/experiment_metrics.h"
 #include "http_server.h"
 #include "server.h"
@@ -83,6 +85,10 @@ class Daemon {
   MetricsStore* serving_metrics() { return &serving_metrics_; }
   AttributionStore* attribution() { return attribution_.get(); }
   ShadowRunner* shadows() { return shadows_.get(); }
+  RateLimiter* limiter() { return &limiter_; }
+  Scheduler* scheduler() { return scheduler_.get(); }
+  // The scheduling class of a version: 0 high, 1 normal, 2 low ([scheduler]).
+  int PriorityOf(const VersionRecord& v) const;
   // Metrics of an experiment variant, restored from the registry the first
   // time they are needed (a restarted daemon continues its counts).
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
@@ -117,6 +123,8 @@ class Daemon {
   MetricsStore serving_metrics_;
   std::unique_ptr<AttributionStore> attribution_;
   std::unique_ptr<ShadowRunner> shadows_;
+  RateLimiter limiter_;
+  std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<CanaryController> canaries_;  // watcher thread only
   std::unique_ptr<HttpServer> http_;
   std::mutex restore_mu_;  // one restore from the registry at a time

@@ -32,6 +32,37 @@ struct Credit {
   Variant which = Variant::kNone;
 };
 
+// Answers a request the scheduler ran (or failed): reply, figures, shadow.
+void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<Tensor>& inputs, int64_t t0,
+           const std::function<void(const Status&)>& finish, const Credit& credit, const nlohmann::json& routing,
+           bool mirror, const std::string& device, bool loaded, Result<std::vector<Tensor>> out) {
+  if (!out.ok()) {
+    finish(out.status());
+    return r.Fail(out.status());
+  }
+  std::string request_id = NewRequestId();
+  if (!credit.experiment.empty()) d->attribution()->Remember(request_id, credit.experiment, credit.which);
+  proto::Message reply;
+  nlohmann::json names = nlohmann::json::array();
+  for (const auto& t : *out) names.push_back(t.name);
+  reply.body = {{"request_id", request_id},
+                {"model", rec.model},
+                {"version", rec.version},
+                {"ref", rec.ref()},
+                {"device", device},
+                {"loaded", loaded},
+                {"latency_ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6},
+                {"outputs", names}};
+  for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
+  reply.tensors = std::move(out).value();
+  finish(Status::Ok());
+  std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
+  int64_t latency = d->clock()->MonoNanos() - t0;
+  r.Send(std::move(reply));
+  // After the reply: the shadow never delays the user.
+  if (mirror) d->shadows()->Mirror(rec.model, inputs, outputs, latency, ShadowRunner::RequestHash(inputs));
+}
+
 void Predict(Daemon* d, proto::Message req, Responder r) {
   const int64_t t0 = d->clock()->MonoNanos();
   auto ref_text = ModelField(req);
@@ -74,42 +105,49 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     finish(inputs.status());
     return r.Fail(inputs.status());
   }
+  // A client-supplied deadline: the request is dropped before running if it cannot make it.
+  int64_t deadline = 0;
+  if (req.body.contains("timeout_ms")) {
+    if (!req.body["timeout_ms"].is_number()) return r.Fail(InvalidArgument("timeout_ms must be a number"));
+    double ms = req.body["timeout_ms"].get<double>();
+    if (!(ms > 0))
+      return r.Fail(InvalidArgument("the deadline is already past (timeout " + std::to_string(ms) +
+                                    " ms); give a positive --deadline-ms"));
+    deadline = t0 + static_cast<int64_t>(ms * 1e6);
+  }
+  // Rate limits come before any queueing: a refused request costs nothing more.
+  if (Status st = d->limiter()->Admit(rec.model, req.body.value("tenant", "")); !st.ok()) {
+    finish(st);
+    return r.Fail(st);
+  }
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
   // Mirror to a running shadow of this model, unless the candidate itself served.
   auto sh = snap->shadows.find(rec.model);
   bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
-  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing, mirror](Result<HandlePtr> h) mutable {
+  int priority = d->PriorityOf(rec);
+  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing, mirror, deadline,
+                                            priority](Result<HandlePtr> h) mutable {
     if (!h.ok()) {
       finish(h.status());
       return r.Fail(h.status());
     }
-    auto out = (*h)->model()->Run(*ordered);
-    if (!out.ok()) {
-      finish(out.status());
-      return r.Fail(out.status());
+    Scheduler::Job job;
+    std::string device = (*h)->device();
+    bool loaded = (*h)->loaded();
+    job.handle = std::move(h).value();
+    job.inputs = *ordered;
+    job.deadline_ns = deadline;
+    job.priority = priority;
+    job.max_batch = rec.max_batch_size;
+    job.batch_delay_ns = rec.max_queue_delay_us ? rec.max_queue_delay_us * 1000
+                                                : d->options().config.scheduler.max_queue_delay_ns;
+    job.done = [d, r, rec, ordered, t0, finish, credit, routing, mirror, device,
+                loaded](Result<std::vector<Tensor>> out) mutable { Reply(d, r, rec, *ordered, t0, finish, *credit, routing,
+                                                                          mirror, device, loaded, std::move(out)); };
+    if (Status st = d->scheduler()->Submit(rec.id, std::move(job)); !st.ok()) {
+      finish(st);
+      r.Fail(st);
     }
-    std::string request_id = NewRequestId();
-    if (!credit->experiment.empty()) d->attribution()->Remember(request_id, credit->experiment, credit->which);
-    proto::Message reply;
-    nlohmann::json names = nlohmann::json::array();
-    for (const auto& t : *out) names.push_back(t.name);
-    reply.body = {{"request_id", request_id},
-                  {"model", rec.model},
-                  {"version", rec.version},
-                  {"ref", rec.ref()},
-                  {"device", (*h)->device()},
-                  {"loaded", (*h)->loaded()},
-                  {"latency_ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6},
-                  {"outputs", names}};
-    for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
-    reply.tensors = std::move(out).value();
-    h = Status(Code::kCancelled, "released");  // release before replying
-    finish(Status::Ok());
-    std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
-    int64_t latency = d->clock()->MonoNanos() - t0;
-    r.Send(std::move(reply));
-    // After the reply: the shadow never delays the user.
-    if (mirror) d->shadows()->Mirror(rec.model, *ordered, outputs, latency, ShadowRunner::RequestHash(*ordered));
   });
 }
 
@@ -135,6 +173,12 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
       for (const auto& v : versions)
         if (!d->pool()->Health(v.id)) disk.push_back({{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes},
                                                       {"loads", 0}, {"healthy", true}, {"pinned", false}});
+    // The scheduler's view per version: queue, executions, batches, drops.
+    nlohmann::json sched = nlohmann::json::object();
+    nlohmann::json st = d->scheduler()->Stats();
+    for (auto it = st.begin(); it != st.end(); ++it)
+      if (const VersionRecord* v = snap->ById(std::stoll(it.key()))) sched[v->ref()] = *it;
+    j["scheduler"] = sched;
     r.Send(std::move(j));
   };
 

@@ -29,6 +29,8 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     r.Send(nlohmann::json{{"model", model}, {"samples", *s}});
   };
 
+  (*table)[proto::kLimitStats] = [d](proto::Message, Responder r) { r.Send(d->limiter()->Stats()); };
+
   // Live canary figures for the current stage's window (the registry has the rest).
   (*table)[proto::kCanaryStatus] = [d](proto::Message req, Responder r) {
     std::string model = req.body.value("model", "");

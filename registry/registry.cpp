@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "core/paths.h"
@@ -44,7 +45,8 @@ nlohmann::json VersionRecord::ToJson() const {
                    {"packed", !packed_dir.empty()},
                    {"inputs", InputSpecsToJson(inputs)},
                    {"sample_input", !sample_input.empty()},
-                   {"max_batch_size", max_batch_size}};
+                   {"max_batch_size", max_batch_size},
+                   {"max_queue_delay_us", max_queue_delay_us}};
   return j;
 }
 
@@ -154,7 +156,7 @@ namespace {
 constexpr const char* kVersionColumns =
     "SELECT v.id, m.name, v.version, v.artifact_path, v.format, v.size_bytes, v.sha256, v.created_ms, "
     "v.created_by, v.description, v.data_fingerprint, v.metrics_json, v.device_bytes, v.host_bytes, "
-    "v.sla_p99_ms, v.stage, v.packed_dir, v.inputs_json, v.sample_input, v.max_batch_size "
+    "v.sla_p99_ms, v.stage, v.packed_dir, v.inputs_json, v.sample_input, v.max_batch_size, v.max_queue_delay_us "
     "FROM versions v JOIN models m ON m.id = v.model_id ";
 
 VersionRecord RowToRecord(const sql::Stmt& s) {
@@ -180,6 +182,7 @@ VersionRecord RowToRecord(const sql::Stmt& s) {
   r.inputs = InputSpecsFromJson(nlohmann::json::parse(s.Text(17), nullptr, false));
   r.sample_input = s.Text(18);
   r.max_batch_size = static_cast<int>(s.Int(19));
+  r.max_queue_delay_us = s.Int(20);
   return r;
 }
 }  // namespace
@@ -360,12 +363,14 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
   MMS_ASSIGN_OR_RETURN(auto ins, db_->Prepare(
       "INSERT INTO versions (model_id, version, sort_key, artifact_path, format, size_bytes, sha256, created_ms, "
       "created_by, description, data_fingerprint, metrics_json, device_bytes, host_bytes, sla_p99_ms, packed_dir, "
-      "inputs_json, sample_input, max_batch_size) VALUES (?, ?, ?, ?, 'torchscript', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+      "inputs_json, sample_input, max_batch_size, max_queue_delay_us) "
+      "VALUES (?, ?, ?, ?, 'torchscript', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   ins.Bind(1, mid).Bind(2, v.version).Bind(3, VersionSortKey(v.version)).Bind(4, v.artifact_path);
   ins.Bind(5, v.size_bytes).Bind(6, v.sha256).Bind(7, opts_.clock->UnixMillis()).Bind(8, actor_);
   ins.Bind(9, v.description).Bind(10, v.data_fingerprint).Bind(11, v.metrics.dump());
   ins.Bind(12, v.device_bytes).Bind(13, v.host_bytes).Bind(14, v.sla_p99_ms).Bind(15, v.packed_dir);
   ins.Bind(16, InputSpecsToJson(v.inputs).dump()).Bind(17, v.sample_input).Bind(18, v.max_batch_size);
+  ins.Bind(19, v.max_queue_delay_us);
   MMS_RETURN_IF_ERROR(ins.Run());
   int64_t vid = db_->LastInsertId();
   for (const auto& [k, val] : v.labels) {
@@ -606,6 +611,56 @@ Result<std::vector<Pin>> Registry::Pins() {
     MMS_ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
     out.push_back({st.Text(0), st.Text(1)});
+  }
+  return out;
+}
+
+Status Registry::SetLimit(const RateLimit& l) {
+  auto num = [](double x) {
+    std::ostringstream o;
+    o << x;
+    return o.str();
+  };
+  if (l.kind != "model" && l.kind != "tenant") return InvalidArgument("a limit is for a model or a tenant");
+  if (l.kind == "model") MMS_RETURN_IF_ERROR(ValidateName(l.key));
+  if (l.key.empty() || l.key.size() > 128) return InvalidArgument("a tenant id has 1-128 characters");
+  if (!std::isfinite(l.qps) || l.qps <= 0)
+    return InvalidArgument("--qps must be a positive number of requests per second (got " + num(l.qps) +
+                           "); to stop a model, stop serving it instead");
+  if (!std::isfinite(l.burst) || l.burst < 1)
+    return InvalidArgument("--burst must be at least 1 request (got " + num(l.burst) + ")");
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  if (l.kind == "model") MMS_RETURN_IF_ERROR(ModelId(l.key).status());
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
+      "INSERT INTO limits (kind, key, qps, burst, updated_ms) VALUES (?, ?, ?, ?, ?) "
+      "ON CONFLICT (kind, key) DO UPDATE SET qps = excluded.qps, burst = excluded.burst, updated_ms = excluded.updated_ms"));
+  st.Bind(1, l.kind).Bind(2, l.key).Bind(3, l.qps).Bind(4, l.burst).Bind(5, opts_.clock->UnixMillis());
+  MMS_RETURN_IF_ERROR(st.Run());
+  MMS_RETURN_IF_ERROR(AuditLocked("limit-set", l.kind == "model" ? l.key : "", "", "",
+                                  num(l.qps) + " qps, burst " + num(l.burst), l.kind + " " + l.key));
+  return Commit(tx);
+}
+
+Status Registry::RemoveLimit(const std::string& kind, const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("DELETE FROM limits WHERE kind = ? AND key = ?"));
+  st.Bind(1, kind).Bind(2, key);
+  MMS_RETURN_IF_ERROR(st.Run());
+  if (db_->Changes() == 0) return NotFound("no limit for " + kind + " '" + key + "' (mms limit list shows them)");
+  MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", kind == "model" ? key : "", "", "", "", kind + " " + key));
+  return Commit(tx);
+}
+
+Result<std::vector<RateLimit>> Registry::Limits() {
+  std::lock_guard<std::mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT kind, key, qps, burst FROM limits ORDER BY kind, key"));
+  std::vector<RateLimit> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back({st.Text(0), st.Text(1), st.Double(2), st.Double(3)});
   }
   return out;
 }

@@ -68,6 +68,7 @@ struct VersionRecord {
   std::vector<InputSpec> inputs;     // forward() arguments, in order
   std::string sample_input;          // stored sample input for warm-up ("" = none)
   int max_batch_size = 0;            // 0 = no dynamic batching
+  int64_t max_queue_delay_us = 0;    // batching: longest wait for a fuller batch (0 = [scheduler] default)
 
   std::string ref() const { return model + ":" + version; }
   nlohmann::json ToJson() const;
@@ -90,6 +91,7 @@ struct NewVersion {
   std::vector<InputSpec> inputs;
   std::string sample_input;
   int max_batch_size = 0;
+  int64_t max_queue_delay_us = 0;
 };
 
 struct AuditEntry {
@@ -186,6 +188,14 @@ struct NewCanary {
   int64_t min_requests = 1000;
 };
 
+struct RateLimit {
+  std::string kind;  // "model" or "tenant"
+  std::string key;   // model name or tenant
+  double qps = 0;    // sustained requests per second
+  double burst = 0;  // bucket size
+  nlohmann::json ToJson() const { return {{"kind", kind}, {"key", key}, {"qps", qps}, {"burst", burst}}; }
+};
+
 struct Pin {
   std::string model;
   std::string version;  // "" = follows the model's default (production/highest)
@@ -278,6 +288,12 @@ class Registry {
   Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason);
   // `state` rolled_back or aborted: candidate archived with `reason`, experiment stopped.
   Result<CanaryRecord> RollbackCanary(const std::string& model, const std::string& state, const std::string& reason);
+
+  // ---- rate limits (kind "model" keys are model names, "tenant" any tenant id)
+  // INVALID_ARGUMENT for qps <= 0 or not finite, burst < 1 (the message says so).
+  Status SetLimit(const RateLimit& l);
+  Status RemoveLimit(const std::string& kind, const std::string& key);  // NOT_FOUND when absent
+  Result<std::vector<RateLimit>> Limits();
 
   // ---- change detection
   // A token that changes whenever anything in the file changes: another

@@ -143,6 +143,18 @@ CREATE TABLE canaries (
 );
 CREATE UNIQUE INDEX canaries_one_active ON canaries(model_id) WHERE state IN ('running', 'paused');
 )sql",
+      // 4: rate limits per model and tenant; the batching delay per version.
+      R"sql(
+CREATE TABLE limits (
+  kind       TEXT NOT NULL CHECK (kind IN ('model', 'tenant')),
+  key        TEXT NOT NULL,
+  qps        REAL NOT NULL CHECK (qps > 0),
+  burst      REAL NOT NULL CHECK (burst >= 1),
+  updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (kind, key)
+);
+ALTER TABLE versions ADD COLUMN max_queue_delay_us INTEGER NOT NULL DEFAULT 0;
+)sql",
   };
   return *m;
 }

@@ -17,6 +17,7 @@ Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry&
   for (auto& e : exps) snap->experiments[e.model] = std::move(e);
   MMS_ASSIGN_OR_RETURN(auto shadows, reg.ListShadows(/*running_only=*/true));
   for (auto& s : shadows) snap->shadows[s.model] = std::move(s);
+  MMS_ASSIGN_OR_RETURN(snap->limits, reg.Limits());
   return std::shared_ptr<const RegistrySnapshot>(std::move(snap));
 }
 

@@ -23,6 +23,7 @@ struct RegistrySnapshot {
   std::vector<Pin> pins;
   std::map<std::string, ExperimentRecord> experiments;  // active (running or paused), by model name
   std::map<std::string, ShadowRecord> shadows;          // running, by model name
+  std::vector<RateLimit> limits;
 
   static Result<std::shared_ptr<const RegistrySnapshot>> Load(Registry& reg);
   Result<const VersionRecord*> Resolve(const Ref& ref) const;

@@ -170,6 +170,31 @@ def forward(self, x):
                                    }() +
                                    "]}}");
 
+  // Rows depend on each other (centered over the batch): must not be batched.
+  torch::jit::Module mix("BatchMix");
+  mix.register_parameter("w", torch::ones({4, 3}), false);
+  mix.define(R"(
+def forward(self, x):
+    return torch.matmul(x - x.mean(0), self.w)
+)");
+  Save(mix, "batch_mix.pt");
+
+  // 256 narrow layers (8 wide, residual to the input): a small model whose
+  // cost is per call (op dispatch), not per row, so batching rows together is
+  // nearly free (the batching benchmark's model).
+  torch::jit::Module deep("Deep");
+  torch::manual_seed(5);
+  deep.register_parameter("w", torch::randn({256, 8, 8}) * 0.5, false);
+  deep.define(R"(
+def forward(self, x):
+    h = x
+    for w in self.w.unbind(0):
+        h = torch.tanh(torch.matmul(h, w)) + x
+    return h
+)");
+  Save(deep, "deep.pt");
+  WriteText("deep_input.json", "{\"x\": {\"dtype\": \"float32\", \"shape\": [1, 8], \"data\": [0.1, -0.2, 0.3, 0.0, 0.5, -0.6, 0.7, 0.2]}}");
+
   WriteText("not_a_model.pt", "this is a text file, not a TorchScript archive\n");
 }
 

@@ -59,6 +59,23 @@ struct ExperimentsConfig {
   double confidence = 0.95;                           // [experiments] confidence
 };
 
+struct SchedulerConfig {
+  int workers = 0;                          // [scheduler] workers: 0 = one per core
+  int queue_depth = 1000;                   // [scheduler] queue_depth: per version
+  int64_t max_queue_delay_ns = 1'000'000;   // [scheduler] max_queue_delay = "1ms" (batching default)
+  double high_priority_sla_ms = 100;        // [scheduler] high_priority_sla_ms
+  std::vector<std::string> high_priority;   // [scheduler] high_priority = [] (model names)
+  std::vector<std::string> low_priority;    // [scheduler] low_priority = [] (model names)
+  int starvation_interval = 8;              // [scheduler] starvation_interval
+};
+
+struct LimitsConfig {
+  double model_qps = 0;     // [limits] model_qps: default per-model limit, 0 = none
+  double model_burst = 0;   // [limits] model_burst: 0 = the qps
+  double tenant_qps = 0;    // [limits] tenant_qps: default per-tenant limit, 0 = none
+  double tenant_burst = 0;  // [limits] tenant_burst
+};
+
 struct MetricsConfig {
   std::string address;  // [metrics] address = "" (off); "127.0.0.1:9464", ":9464"
 };
@@ -70,6 +87,8 @@ struct Config {
   PoolConfig pool;
   ExperimentsConfig experiments;
   MetricsConfig metrics;
+  SchedulerConfig scheduler;
+  LimitsConfig limits;
   std::string source;  // the file it came from, "" for built-in defaults
 };
 

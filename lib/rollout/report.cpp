@@ -23,6 +23,7 @@ nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::s
   return {{"requests", s.requests},
           {"errors", s.errors},
           {"error_rate", n > 0 ? static_cast<double>(s.errors) / n : 0.0},
+          {"error_codes", s.error_codes},
           {"latency", s.latency.Summary()},
           {"outcomes", outcomes}};
 }

@@ -13,7 +13,8 @@
 
 namespace mms {
 
-// requests, errors, error_rate, latency {count, min/max/mean, p50..p999},
+// requests, errors, error_rate, error_codes {CODE: n}, latency {count,
+// min/max/mean, p50..p999},
 // outcomes {metric: {count, rate, mean}}.
 nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::string>& metrics);
 

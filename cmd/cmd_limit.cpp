@@ -1,0 +1,113 @@
+// mms limit set|list|rm: rate limits per model and per tenant (token buckets).
+#include <algorithm>
+#include <iostream>
+
+#include "cli.h"
+#include "protocol/messages.h"
+
+namespace mms::cli {
+namespace {
+
+struct LimitArgs {
+  std::string model, tenant;
+  double qps = 0, burst = 0;
+  bool burst_set = false;
+};
+
+Result<std::pair<std::string, std::string>> Target(const LimitArgs& a) {
+  if (a.model.empty() == a.tenant.empty())
+    return InvalidArgument("name either a model (mms limit set MODEL ...) or a tenant (--tenant T), not both");
+  if (!a.model.empty()) {
+    MMS_RETURN_IF_ERROR(ValidateName(a.model));
+    return std::make_pair(std::string("model"), a.model);
+  }
+  return std::make_pair(std::string("tenant"), a.tenant);
+}
+
+int CmdSet(Cli& cli, const LimitArgs& a) {
+  auto t = Target(a);
+  if (!t.ok()) return cli.Fail(t.status());
+  RateLimit l{t->first, t->second, a.qps, a.burst_set ? a.burst : std::max(1.0, a.qps)};
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  if (Status st = (*reg)->SetLimit(l); !st.ok()) return cli.Fail(st);
+  cli.NotifyDaemon();
+  cli.Emit(l.ToJson(), [&] {
+    std::cout << l.kind << " " << l.key << ": " << l.qps << " requests/s, burst " << l.burst << "\n";
+  });
+  return 0;
+}
+
+int CmdRm(Cli& cli, const LimitArgs& a) {
+  auto t = Target(a);
+  if (!t.ok()) return cli.Fail(t.status());
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  if (Status st = (*reg)->RemoveLimit(t->first, t->second); !st.ok()) return cli.Fail(st);
+  cli.NotifyDaemon();
+  cli.Emit({{"removed", {{"kind", t->first}, {"key", t->second}}}},
+           [&] { std::cout << "removed the limit of " << t->first << " " << t->second << "\n"; });
+  return 0;
+}
+
+int CmdList(Cli& cli) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto limits = (*reg)->Limits();
+  if (!limits.ok()) return cli.Fail(limits.status());
+  nlohmann::json live = nlohmann::json::object();
+  if (auto c = cli.Connect(); c.ok())  // admitted/limited counts, when the daemon runs
+    if (auto r = (*c)->CallJson(proto::kLimitStats, nlohmann::json::object()); r.ok()) live = *r;
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& l : *limits) {
+    nlohmann::json j = l.ToJson();
+    const auto& counts = live.value(l.kind == "model" ? "models" : "tenants", nlohmann::json::object());
+    if (counts.contains(l.key)) {
+      j["admitted"] = counts[l.key]["admitted"];
+      j["limited"] = counts[l.key]["limited"];
+    }
+    out.push_back(j);
+  }
+  cli.Emit(out, [&] {
+    if (out.empty()) {
+      std::cout << "no rate limits (set one with mms limit set)\n";
+      return;
+    }
+    std::vector<std::vector<std::string>> rows{{"KIND", "KEY", "QPS", "BURST", "ADMITTED", "LIMITED"}};
+    for (const auto& j : out)
+      rows.push_back({j["kind"], j["key"], j["qps"].dump(), j["burst"].dump(),
+                      j.contains("admitted") ? j["admitted"].dump() : "-", j.contains("limited") ? j["limited"].dump() : "-"});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+}  // namespace
+
+void AddLimitCommands(CLI::App& app, Cli& cli) {
+  auto* limit = app.add_subcommand("limit", "Rate limits per model and per tenant (checked before queueing)");
+  limit->require_subcommand(1);
+  auto* set = limit->add_subcommand("set", "Limit a model (MODEL) or a tenant (--tenant T) to --qps with --burst");
+  auto a = std::make_shared<LimitArgs>();
+  set->add_option("MODEL", a->model, "a model name");
+  set->add_option("--tenant", a->tenant, "a tenant id instead of a model");
+  set->add_option("--qps", a->qps, "sustained requests per second (> 0)")->required();
+  set->add_option_function<double>(
+      "--burst",
+      [a](double b) {
+        a->burst = b;
+        a->burst_set = true;
+      },
+      "bucket size (>= 1; default: the qps)");
+  set->callback([&cli, a] { cli.exit_code = CmdSet(cli, *a); });
+  limit->add_subcommand("list", "The limits, with admitted and limited counts when mmsd runs")->callback([&cli] {
+    cli.exit_code = CmdList(cli);
+  });
+  auto* rm = limit->add_subcommand("rm", "Remove a model's (MODEL) or tenant's (--tenant T) limit");
+  auto b = std::make_shared<LimitArgs>();
+  rm->add_option("MODEL", b->model, "a model name");
+  rm->add_option("--tenant", b->tenant, "a tenant id instead of a model");
+  rm->callback([&cli, b] { cli.exit_code = CmdRm(cli, *b); });
+}
+
+}  // namespace mms::cli

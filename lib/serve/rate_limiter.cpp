@@ -1,0 +1,92 @@
+#include "serve/rate_limiter.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace mms {
+
+void RateLimiter::Configure(const std::map<std::string, TokenLimit>& models, const std::map<std::string, TokenLimit>& tenants,
+                            std::optional<TokenLimit> default_model, std::optional<TokenLimit> default_tenant) {
+  std::lock_guard<std::mutex> lock(mu_);
+  model_limits_ = models;
+  tenant_limits_ = tenants;
+  default_model_ = default_model;
+  default_tenant_ = default_tenant;
+  // Drop buckets whose limit changed or went away; the rest keep their tokens.
+  auto prune = [](std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
+                  const std::optional<TokenLimit>& fallback) {
+    for (auto it = buckets.begin(); it != buckets.end();) {
+      auto l = limits.find(it->first);
+      std::optional<TokenLimit> want = l != limits.end() ? std::optional<TokenLimit>(l->second) : fallback;
+      bool same = want && want->qps == it->second.limit.qps && want->burst == it->second.limit.burst;
+      it = same ? std::next(it) : buckets.erase(it);
+    }
+  };
+  prune(model_buckets_, model_limits_, default_model_);
+  prune(tenant_buckets_, tenant_limits_, default_tenant_);
+}
+
+void RateLimiter::Refill(Bucket& b, int64_t now) {
+  double dt = static_cast<double>(now - b.at) / 1e9;
+  if (dt > 0) b.tokens = std::min(b.limit.burst, b.tokens + dt * b.limit.qps);
+  b.at = now;
+}
+
+RateLimiter::Bucket* RateLimiter::Find(std::map<std::string, Bucket>& buckets,
+                                       const std::map<std::string, TokenLimit>& limits,
+                                       const std::optional<TokenLimit>& fallback, const std::string& key) {
+  auto it = buckets.find(key);
+  if (it != buckets.end()) return &it->second;
+  auto l = limits.find(key);
+  if (l == limits.end() && !fallback) return nullptr;
+  Bucket b;
+  b.limit = l != limits.end() ? l->second : *fallback;
+  b.tokens = b.limit.burst;
+  b.at = clock_->MonoNanos();
+  return &buckets.emplace(key, b).first->second;
+}
+
+Status RateLimiter::Admit(const std::string& model, const std::string& tenant) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t now = clock_->MonoNanos();
+  Bucket* m = Find(model_buckets_, model_limits_, default_model_, model);
+  Bucket* t = tenant.empty() ? nullptr : Find(tenant_buckets_, tenant_limits_, default_tenant_, tenant);
+  if (m) Refill(*m, now);
+  if (t) Refill(*t, now);
+  auto refuse = [&](const std::string& what, const TokenLimit& l) {
+    ++model_counts_[model].limited;
+    if (!tenant.empty()) ++tenant_counts_[tenant].limited;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
+    return Status(Code::kRateLimited, what + " is over its rate limit (" + buf + "); retry later or raise it with mms limit set");
+  };
+  if (m && m->tokens < 1) return refuse("model '" + model + "'", m->limit);
+  if (t && t->tokens < 1) return refuse("tenant '" + tenant + "'", t->limit);
+  if (m) m->tokens -= 1;
+  if (t) t->tokens -= 1;
+  ++model_counts_[model].admitted;
+  if (!tenant.empty()) ++tenant_counts_[tenant].admitted;
+  return Status::Ok();
+}
+
+nlohmann::json RateLimiter::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto dump = [](const std::map<std::string, Counts>& counts, const std::map<std::string, TokenLimit>& limits,
+                 const std::optional<TokenLimit>& fallback) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [k, c] : counts) {
+      j[k] = {{"admitted", c.admitted}, {"limited", c.limited}};
+      auto l = limits.find(k);
+      std::optional<TokenLimit> lim = l != limits.end() ? std::optional<TokenLimit>(l->second) : fallback;
+      if (lim) {
+        j[k]["qps"] = lim->qps;
+        j[k]["burst"] = lim->burst;
+      }
+    }
+    return j;
+  };
+  return {{"models", dump(model_counts_, model_limits_, default_model_)},
+          {"tenants", dump(tenant_counts_, tenant_limits_, default_tenant_)}};
+}
+
+}  // namespace mms

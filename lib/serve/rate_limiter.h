@@ -1,0 +1,61 @@
+// RateLimiter: token buckets per model and per tenant, checked before any
+// queueing. A request takes one token from its model's bucket and one from
+// its tenant's (when either has a limit); without both it is RATE_LIMITED at
+// once — nothing waits. Buckets refill continuously at `qps` up to `burst`.
+// Admitted and limited requests are counted per model and per tenant.
+//
+// Thread-safety: internally locked (one short critical section per request).
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "core/status.h"
+
+namespace mms {
+
+struct TokenLimit {
+  double qps = 0;
+  double burst = 0;
+};
+
+class RateLimiter {
+ public:
+  explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}
+
+  // Replaces the limits (registry + config defaults). Buckets whose limit is
+  // unchanged keep their tokens; new ones start full.
+  void Configure(const std::map<std::string, TokenLimit>& models, const std::map<std::string, TokenLimit>& tenants,
+                 std::optional<TokenLimit> default_model, std::optional<TokenLimit> default_tenant);
+  // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` may be "".
+  Status Admit(const std::string& model, const std::string& tenant);
+  // {"models": {name: {admitted, limited, qps, burst}}, "tenants": {...}}
+  nlohmann::json Stats() const;
+
+ private:
+  struct Bucket {
+    TokenLimit limit;
+    double tokens = 0;
+    int64_t at = 0;  // mono ns of the last refill
+  };
+  struct Counts {
+    uint64_t admitted = 0, limited = 0;
+  };
+  Bucket* Find(std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
+               const std::optional<TokenLimit>& fallback, const std::string& key);  // mu_ held
+  void Refill(Bucket& b, int64_t now);
+
+  Clock* const clock_;
+  mutable std::mutex mu_;
+  std::map<std::string, TokenLimit> model_limits_, tenant_limits_;  // guarded by mu_
+  std::optional<TokenLimit> default_model_, default_tenant_;       // guarded by mu_
+  std::map<std::string, Bucket> model_buckets_, tenant_buckets_;    // guarded by mu_
+  std::map<std::string, Counts> model_counts_, tenant_counts_;      // guarded by mu_
+};
+
+}  // namespace mms

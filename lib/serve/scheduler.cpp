@@ -1,0 +1,206 @@
+#include "serve/scheduler.h"
+
+#include <pthread.h>
+
+#include "core/log.h"
+#include "serve/batching.h"
+
+namespace mms {
+
+Scheduler::Scheduler(const Options& o) : opts_(o) {
+  for (int i = 0; i < std::max(1, opts_.workers); ++i)
+    workers_.emplace_back([this, i] {
+      pthread_setname_np(pthread_self(), ("mms-exec-" + std::to_string(i)).substr(0, 15).c_str());
+      Work();
+    });
+}
+
+Scheduler::~Scheduler() {
+  std::vector<Job> cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (auto& [k, q] : queues_)
+      for (auto& [at, j] : q.jobs) cancelled.push_back(std::move(j));
+    queues_.clear();
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  for (auto& j : cancelled) j.done(Status(Code::kCancelled, "mmsd is shutting down"));
+}
+
+static Status Late(const std::string& ref) {
+  return Status(Code::kDeadlineExceeded,
+                ref + ": the request's deadline would pass before it could run; dropped without running it");
+}
+
+Status Scheduler::Submit(PoolKey key, Job job) {
+  int64_t rows = 1;
+  if (job.max_batch > 0) {
+    auto r = BatchRows(job.inputs);
+    if (!r.ok()) return r.status();
+    rows = *r;
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) return Status(Code::kCancelled, "mmsd is shutting down");
+  Queue& q = queues_[key];
+  q.priority = job.priority;
+  q.max_batch = job.max_batch;
+  q.batch_delay_ns = job.batch_delay_ns;
+  int64_t now = opts_.clock->MonoNanos();
+  if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers) {
+    // Idle: run here and now, no hand-off to a worker.
+    if (job.deadline_ns && now + static_cast<int64_t>(q.exec_ns) > job.deadline_ns) {
+      ++q.deadline_drops;
+      lock.unlock();
+      job.done(Late(job.handle->ref()));
+      return Status::Ok();
+    }
+    ++busy_;
+    ++dispatches_;
+    lock.unlock();
+    std::vector<Job> one;
+    one.push_back(std::move(job));
+    Execute(key, std::move(one), {rows});
+    return Status::Ok();
+  }
+  if (q.jobs.size() >= opts_.queue_depth) {
+    ++q.overloaded;
+    return Status(Code::kOverloaded, job.handle->ref() + " has " + std::to_string(q.jobs.size()) +
+                                         " requests queued (the limit, [scheduler] queue_depth); retry later");
+  }
+  q.jobs.emplace_back(now, std::move(job));
+  q.rows += rows;
+  ++total_queued_;
+  lock.unlock();
+  cv_.notify_one();
+  return Status::Ok();
+}
+
+Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
+  Queue* best = nullptr;
+  int64_t best_at = 0;
+  bool any_class = opts_.starvation_interval > 0 &&
+                   dispatches_ % static_cast<uint64_t>(opts_.starvation_interval) ==
+                       static_cast<uint64_t>(opts_.starvation_interval - 1);
+  for (auto& [k, q] : queues_) {
+    if (q.jobs.empty()) continue;
+    int64_t at = q.jobs.front().first;
+    bool ready = q.max_batch == 0 || q.rows >= q.max_batch || now - at >= q.batch_delay_ns;
+    if (!ready) {
+      int64_t t = at + q.batch_delay_ns;
+      *wake = *wake ? std::min(*wake, t) : t;
+      continue;
+    }
+    bool better = !best || (any_class ? at < best_at
+                                      : q.priority < best->priority || (q.priority == best->priority && at < best_at));
+    if (better) {
+      best = &q;
+      best_at = at;
+      *key = k;
+    }
+  }
+  return best;
+}
+
+void Scheduler::Work() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (stopping_) return;
+    if (busy_ >= opts_.workers) {  // inline runs count against the workers
+      cv_.wait(lock);
+      continue;
+    }
+    int64_t now = opts_.clock->MonoNanos(), wake = 0;
+    PoolKey key = 0;
+    Queue* q = Pick(now, &wake, &key);
+    if (!q) {
+      if (wake) cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(wake - now, 1000)));
+      else cv_.wait(lock);
+      continue;
+    }
+    std::vector<Job> batch, late;
+    std::vector<int64_t> rows;
+    int64_t total = 0;
+    while (!q->jobs.empty()) {
+      Job& j = q->jobs.front().second;
+      int64_t r = q->max_batch ? BatchRows(j.inputs).value() : 1;
+      if (j.deadline_ns && now + static_cast<int64_t>(q->exec_ns) > j.deadline_ns) {
+        late.push_back(std::move(j));
+      } else {
+        if (!batch.empty() &&
+            (q->max_batch == 0 || total + r > q->max_batch || !SameBatchShape(batch.front().inputs, j.inputs)))
+          break;
+        total += r;
+        rows.push_back(r);
+        batch.push_back(std::move(j));
+      }
+      q->rows -= r;
+      q->jobs.pop_front();
+      --total_queued_;
+      if (!batch.empty() && q->max_batch == 0) break;
+    }
+    q->deadline_drops += late.size();
+    if (!batch.empty()) {
+      ++busy_;
+      ++dispatches_;
+    }
+    lock.unlock();
+    for (auto& j : late) j.done(Late(j.handle->ref()));
+    late.clear();
+    if (!batch.empty()) Execute(key, std::move(batch), rows);
+    lock.lock();
+  }
+}
+
+void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows) {
+  int64_t t0 = opts_.clock->MonoNanos();
+  Model* m = batch.front().handle->model();
+  std::vector<Result<std::vector<Tensor>>> results;
+  if (batch.size() == 1) {
+    results.push_back(m->Run(batch.front().inputs));
+  } else {
+    std::vector<const std::vector<Tensor>*> parts;
+    for (const auto& j : batch) parts.push_back(&j.inputs);
+    auto out = m->Run(ConcatRows(parts));
+    auto split = out.ok() ? SplitRows(*out, rows) : Result<std::vector<std::vector<Tensor>>>(out.status());
+    for (size_t i = 0; i < batch.size(); ++i)
+      results.push_back(split.ok() ? Result<std::vector<Tensor>>((*split)[i]) : Result<std::vector<Tensor>>(split.status()));
+  }
+  int64_t dt = opts_.clock->MonoNanos() - t0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Queue& q = queues_[key];
+    q.exec_ns = q.exec_ns == 0 ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+    q.executed += batch.size();
+    ++q.batches;
+    for (int64_t r : rows) q.batched_rows += static_cast<uint64_t>(r);
+    --busy_;
+  }
+  cv_.notify_one();
+  for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(results[i]));
+}
+
+nlohmann::json Scheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, q] : queues_)
+    j[std::to_string(k)] = {{"queued", q.jobs.size()},
+                            {"executed", q.executed},
+                            {"batches", q.batches},
+                            {"mean_batch", q.batches ? static_cast<double>(q.executed) / static_cast<double>(q.batches) : 0.0},
+                            {"rows", q.batched_rows},
+                            {"deadline_drops", q.deadline_drops},
+                            {"overloaded", q.overloaded},
+                            {"priority", q.priority},
+                            {"max_batch", q.max_batch},
+                            {"exec_ms", q.exec_ns / 1e6}};
+  return j;
+}
+
+size_t Scheduler::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return total_queued_;
+}
+
+}  // namespace mms

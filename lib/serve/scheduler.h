@@ -1,0 +1,94 @@
+// Scheduler: where admitted requests wait for a worker. One bounded queue per
+// version; a fixed set of workers executes them.
+//
+// * Bounded: a full queue refuses at once with OVERLOADED (never an unbounded
+//   backlog).
+// * Deadlines: a request whose deadline would pass before its execution ends
+//   (by the version's recent execution time) is dropped before it runs, with
+//   DEADLINE_EXCEEDED.
+// * Priorities: classes 0 (high), 1 (normal), 2 (low). Workers take the
+//   oldest request of the highest class, except that every
+//   `starvation_interval`-th dispatch takes the oldest request of any class,
+//   so lower classes always get a bounded share.
+// * Dynamic batching (versions with max_batch > 0): requests with the same
+//   input shapes (but dim 0) are concatenated along dim 0 up to max_batch rows,
+//   run once, and each caller gets exactly its rows. A batch waits at most
+//   `batch_delay` after its oldest request for more to arrive.
+// * Idle fast path: with nothing queued and a worker free, a non-batched
+//   request runs at once on the submitting thread (no hand-off).
+//
+// Thread-safety: Submit and Stats from any thread; `done` callbacks run on a
+// worker (or the submitting thread) with no scheduler lock held.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "pool/model_pool.h"
+
+namespace mms {
+
+class Scheduler {
+ public:
+  struct Options {
+    int workers = 2;                              // [scheduler] workers (resolved)
+    size_t queue_depth = 1000;                    // [scheduler] queue_depth, per version
+    int starvation_interval = 8;                  // every Nth dispatch ignores priority
+    Clock* clock = Clock::Real();
+  };
+  struct Job {
+    HandlePtr handle;              // keeps the model on its device while queued
+    std::vector<Tensor> inputs;    // in forward() order
+    int64_t deadline_ns = 0;       // monotonic; 0 = none
+    int priority = 1;              // 0 high, 1 normal, 2 low
+    int max_batch = 0;             // rows; 0 = no batching
+    int64_t batch_delay_ns = 0;
+    std::function<void(Result<std::vector<Tensor>>)> done;
+  };
+
+  explicit Scheduler(const Options& o);
+  ~Scheduler();  // finishes nothing more: queued jobs get CANCELLED
+
+  // OVERLOADED when the version's queue is full; INVALID_ARGUMENT for a
+  // batched request whose inputs disagree on rows. On error `done` is not called.
+  Status Submit(PoolKey key, Job job);
+  // Per version: queued, executed, batches, rows, mean batch size,
+  // deadline drops, overloaded refusals, recent execution ms.
+  nlohmann::json Stats() const;
+  size_t queued() const;
+
+ private:
+  struct Queue {
+    std::deque<std::pair<int64_t, Job>> jobs;  // (arrival mono ns, job)
+    int64_t rows = 0;                          // queued rows (batching)
+    int priority = 1, max_batch = 0;
+    int64_t batch_delay_ns = 0;
+    double exec_ns = 0;                        // EWMA of one execution
+    uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0;
+  };
+  void Work();
+  // mu_ held: the queue to serve now (nullptr if none), or when to look again.
+  Queue* Pick(int64_t now, int64_t* wake, PoolKey* key);
+  void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows);
+
+  const Options opts_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<PoolKey, Queue> queues_;  // guarded by mu_
+  size_t total_queued_ = 0;          // guarded by mu_
+  int busy_ = 0;                     // guarded by mu_: workers (or inline runs) executing
+  uint64_t dispatches_ = 0;          // guarded by mu_
+  bool stopping_ = false;            // guarded by mu_
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace mms

@@ -1,0 +1,412 @@
+// Scheduling and isolation through the real daemon and CLI: rate limits per
+// model and tenant, bounded queues, deadlines, priorities and dynamic
+// batching on real TorchScript models.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "protocol/client.h"
+#include "protocol/messages.h"
+#include "protocol/tensor_file.h"
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+
+std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
+
+void Register(const Daemon& d, const std::string& name, const std::string& file, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args{"model", "register", name, "--version", "1", "--path", Data(file), "-q"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = d.Mms(args);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+}
+
+int PredictExit(const Daemon& d, const std::string& model, std::vector<std::string> extra = {}, std::string* err = nullptr) {
+  std::vector<std::string> args{"predict", model, "--input", Data("tiny_input.json")};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = d.Mms(args);
+  if (err) *err = r.err;
+  return r.exit_code;
+}
+
+json Limits(const Daemon& d) {
+  auto r = d.Mms({"--json", "limit", "list"});
+  REQUIRE(r.exit_code == 0);
+  return json::parse(r.out);
+}
+
+json SchedulerStats(const Daemon& d, const std::string& ref) {
+  auto r = d.Mms({"--json", "pool"});
+  REQUIRE(r.exit_code == 0);
+  json j = json::parse(r.out);
+  return j["scheduler"].value(ref, json());
+}
+
+std::unique_ptr<mms::proto::Client> Connect(const Daemon& d) {
+  mms::proto::Client::Options o;
+  o.socket_path = d.socket();
+  return mms::proto::Client::Connect(o).value();
+}
+
+// `n` tiny_slow-style requests sent at once from their own threads; the codes they got.
+std::vector<mms::Code> Burst(const Daemon& d, const std::string& model, int n, double timeout_ms = 0) {
+  auto client = Connect(d);
+  auto inputs = mms::ReadTensorFile(Data("tiny_input.json")).value();
+  std::vector<mms::Code> codes(static_cast<size_t>(n), mms::Code::kOk);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&, i] {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", model}};
+      if (timeout_ms > 0) m.body["timeout_ms"] = timeout_ms;
+      m.tensors = inputs;
+      auto r = client->Call(m);
+      codes[static_cast<size_t>(i)] = r.ok() ? mms::Code::kOk : r.status().code();
+    });
+  for (auto& t : threads) t.join();
+  return codes;
+}
+
+int Count(const std::vector<mms::Code>& codes, mms::Code c) {
+  return static_cast<int>(std::count(codes.begin(), codes.end(), c));
+}
+
+// A float32 [rows, cols] tensor named x whose values depend on `seed`.
+mms::Tensor Rows(int64_t rows, int64_t cols, int seed) {
+  mms::Tensor t = mms::Tensor::Alloc("x", mms::DType::kFloat32, {rows, cols});
+  auto* p = reinterpret_cast<float*>(t.mutable_data());
+  for (int64_t k = 0; k < rows * cols; ++k) p[k] = static_cast<float>(std::sin(seed * 7.0 + static_cast<double>(k)));
+  return t;
+}
+
+std::vector<double> Values(const mms::Tensor& t) { return mms::TensorToDoubles(t); }
+
+}  // namespace
+
+TEST_CASE("rate limits per model: refused at once with exit 5, counted; removed, serving resumes") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  Register(d, "other", "tiny_v2.pt");
+  // A bucket of 2 that refills once a minute: two pass, the third is refused.
+  auto set = d.Mms({"limit", "set", "tiny", "--qps", "0.016", "--burst", "2"});
+  REQUIRE_MESSAGE(set.exit_code == 0, set.err);
+  CHECK(PredictExit(d, "tiny") == 0);
+  CHECK(PredictExit(d, "tiny") == 0);
+  std::string err;
+  CHECK(PredictExit(d, "tiny", {}, &err) == 5);
+  CHECK(err.find("model 'tiny' is over its rate limit") != std::string::npos);
+  CHECK(err.find("mms limit set") != std::string::npos);
+  CHECK(PredictExit(d, "other") == 0);  // other models are not affected
+  json l = Limits(d);
+  REQUIRE(l.size() == 1);
+  CHECK(l[0]["kind"] == "model");
+  CHECK(l[0]["key"] == "tiny");
+  CHECK(l[0]["qps"] == 0.016);
+  CHECK(l[0]["burst"] == 2.0);
+  CHECK(l[0]["admitted"] == 2);
+  CHECK(l[0]["limited"] == 1);
+  // Refusals are in the model's serving figures too.
+  auto stats = d.Mms({"--json", "stats"});
+  REQUIRE(stats.exit_code == 0);
+  CHECK(stats.out.find("RATE_LIMITED") != std::string::npos);
+  // The human table.
+  auto table = d.Mms({"limit", "list"});
+  CHECK(table.out.find("model  tiny") != std::string::npos);
+  // The limit is in the audit log, and survives a daemon restart (it is in the registry).
+  auto hist = d.Mms({"model", "history", "tiny"});
+  CHECK(hist.out.find("limit-set") != std::string::npos);
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  REQUIRE(d.Restart());
+  CHECK(PredictExit(d, "tiny") == 0);  // the restarted daemon's bucket starts full
+  CHECK(PredictExit(d, "tiny") == 0);
+  CHECK(PredictExit(d, "tiny") == 5);
+  auto rm = d.Mms({"limit", "rm", "tiny"});
+  CHECK(rm.exit_code == 0);
+  CHECK(PredictExit(d, "tiny") == 0);
+  CHECK(d.Mms({"limit", "rm", "tiny"}).exit_code == 4);
+  CHECK(Limits(d).empty());
+}
+
+TEST_CASE("rate limits per tenant: one tenant's limit leaves other tenants alone") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  REQUIRE(d.Mms({"limit", "set", "--tenant", "acme", "--qps", "0.016", "--burst", "1"}).exit_code == 0);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 0);
+  std::string err;
+  CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}, &err) == 5);
+  CHECK(err.find("tenant 'acme' is over its rate limit") != std::string::npos);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "globex"}) == 0);
+  CHECK(PredictExit(d, "tiny") == 0);  // no tenant: only model limits apply
+  json l = Limits(d);
+  REQUIRE(l.size() == 1);
+  CHECK(l[0]["kind"] == "tenant");
+  CHECK(l[0]["admitted"] == 1);
+  CHECK(l[0]["limited"] == 1);
+}
+
+TEST_CASE("rate limits from [limits] in the config apply to every tenant without its own") {
+  Daemon d("[limits]\ntenant_qps = 0.016\ntenant_burst = 1\n");
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  REQUIRE(d.Mms({"limit", "set", "--tenant", "big", "--qps", "1000", "--burst", "1000"}).exit_code == 0);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "a"}) == 0);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "a"}) == 5);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "b"}) == 0);
+  for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny", {"--tenant", "big"}) == 0);  // its own limit wins
+}
+
+TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither target — exit 2, nothing stored") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  } cases[] = {
+      {{"tiny", "--qps", "0"}, "--qps must be a positive number"},
+      {{"tiny", "--qps", "-1"}, "got -1"},
+      {{"tiny", "--qps", "nan"}, "got nan"},
+      {{"--tenant", "t", "--qps", "inf"}, "positive number"},
+      {{"tiny", "--qps", "10", "--burst", "0.5"}, "--burst must be at least 1"},
+      {{"tiny", "--tenant", "t", "--qps", "10"}, "not both"},
+      {{"--qps", "10"}, "name either a model"},
+      {{"tiny"}, "--qps is required"},
+      {{"Bad Name", "--qps", "1"}, "model name"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> args{"limit", "set"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = d.Mms(args);
+    INFO(c.says << " → " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find(c.says) != std::string::npos);
+  }
+  auto unknown = d.Mms({"limit", "set", "nope", "--qps", "1"});
+  CHECK(unknown.exit_code == 4);
+  CHECK(Limits(d).empty());
+  CHECK(PredictExit(d, "tiny") == 0);
+}
+
+TEST_CASE("deadlines: a past deadline is refused; requests that cannot make theirs are dropped before running") {
+  Daemon d("[scheduler]\nworkers = 1\n");
+  REQUIRE(d.ok());
+  Register(d, "slow", "tiny_slow.pt");
+  for (const char* bad : {"0", "-5"}) {
+    std::string err;
+    CHECK(PredictExit(d, "slow", {"--deadline-ms", bad}, &err) == 2);
+    CHECK(err.find("--deadline-ms must be positive") != std::string::npos);
+  }
+  // The wire check too (other clients than the CLI).
+  auto client = Connect(d);
+  auto inputs = mms::ReadTensorFile(Data("tiny_input.json")).value();
+  mms::proto::Message m;
+  m.type = mms::proto::kPredict;
+  m.body = {{"model", "slow"}, {"timeout_ms", -1}};
+  m.tensors = inputs;
+  auto past = client->Call(m);
+  REQUIRE_FALSE(past.ok());
+  CHECK(past.status().code() == mms::Code::kInvalidArgument);
+  CHECK(PredictExit(d, "slow", {"--deadline-ms", "60000"}) == 0);  // a generous one is met
+  // Warm: the scheduler learns one execution's time.
+  for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "slow") == 0);
+  json before = SchedulerStats(d, "slow:1");
+  REQUIRE(before.is_object());
+  double exec_ms = before["exec_ms"].get<double>();
+  REQUIRE(exec_ms > 0);
+  // 16 at once on one worker, each allowing three executions: the first few
+  // run, the rest cannot make it and are dropped without running.
+  auto codes = Burst(d, "slow", 16, 3 * exec_ms);
+  int ok = Count(codes, mms::Code::kOk), late = Count(codes, mms::Code::kDeadlineExceeded);
+  INFO("ok " << ok << " late " << late << " exec " << exec_ms << " ms");
+  CHECK(ok >= 1);
+  CHECK(late >= 1);
+  CHECK(ok + late == 16);
+  json after = SchedulerStats(d, "slow:1");
+  CHECK(after["deadline_drops"].get<int>() - before["deadline_drops"].get<int>() == late);
+  CHECK(after["executed"].get<int>() - before["executed"].get<int>() == ok);  // the dropped never ran
+  // Exit 5 from the CLI for a deadline that is shorter than one execution.
+  std::string err;
+  CHECK(PredictExit(d, "slow", {"--deadline-ms", "0.001"}, &err) == 5);
+  CHECK(err.find("deadline") != std::string::npos);
+}
+
+TEST_CASE("bounded queues: past [scheduler] queue_depth a request is refused with OVERLOADED, others keep serving") {
+  Daemon d("[scheduler]\nworkers = 1\nqueue_depth = 2\n");
+  REQUIRE(d.ok());
+  Register(d, "slow", "tiny_slow.pt");
+  Register(d, "tiny", "tiny.pt");
+  CHECK(PredictExit(d, "slow") == 0);
+  auto codes = Burst(d, "slow", 12);
+  int ok = Count(codes, mms::Code::kOk), over = Count(codes, mms::Code::kOverloaded);
+  INFO("ok " << ok << " overloaded " << over);
+  CHECK(ok >= 3);  // one running and two queued at least
+  CHECK(over >= 1);
+  CHECK(ok + over == 12);
+  CHECK(SchedulerStats(d, "slow:1")["overloaded"] == over);
+  CHECK(PredictExit(d, "tiny") == 0);
+}
+
+TEST_CASE("priorities: from the version's SLA or the config, shown per version") {
+  Daemon d("[scheduler]\nhigh_priority_sla_ms = 50\nlow_priority = [\"batchjob\"]\n");
+  REQUIRE(d.ok());
+  Register(d, "fast", "tiny.pt", {"--sla-p99-ms", "20"});
+  Register(d, "normal", "tiny.pt", {"--sla-p99-ms", "500"});
+  Register(d, "batchjob", "tiny.pt", {"--sla-p99-ms", "20"});  // config wins
+  for (const char* m : {"fast", "normal", "batchjob"}) CHECK(PredictExit(d, m) == 0);
+  CHECK(SchedulerStats(d, "fast:1")["priority"] == 0);
+  CHECK(SchedulerStats(d, "normal:1")["priority"] == 1);
+  CHECK(SchedulerStats(d, "batchjob:1")["priority"] == 2);
+}
+
+TEST_CASE("dynamic batching: concurrent requests share executions and each caller gets exactly its rows") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "plain", "tiny.pt");
+  Register(d, "batched", "tiny.pt",
+           {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "32", "--max-queue-delay-us", "20000"});
+  auto show = d.Mms({"--json", "model", "show", "batched:1"});
+  REQUIRE(show.exit_code == 0);
+  CHECK(json::parse(show.out)["max_batch_size"] == 32);
+  auto client = Connect(d);
+  const int n = 24;
+  // Each request its own rows (1 to 3) and values; expected from the unbatched copy.
+  std::vector<mms::Tensor> inputs, expected;
+  for (int i = 0; i < n; ++i) {
+    inputs.push_back(Rows(1 + i % 3, 4, i));
+    mms::proto::Message m;
+    m.type = mms::proto::kPredict;
+    m.body = {{"model", "plain"}};
+    m.tensors = {inputs.back()};
+    auto r = client->Call(m);
+    REQUIRE(r.ok());
+    expected.push_back(r->tensors.at(0));
+  }
+  std::vector<mms::Tensor> got(n);
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&, i] {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", "batched"}};
+      m.tensors = {inputs[static_cast<size_t>(i)]};
+      auto r = client->Call(m);
+      if (r.ok()) got[static_cast<size_t>(i)] = r->tensors.at(0);
+      else errors[static_cast<size_t>(i)] = r.status().ToString();
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) {
+    INFO("request " << i << " " << errors[static_cast<size_t>(i)]);
+    REQUIRE(errors[static_cast<size_t>(i)].empty());
+    CHECK(got[static_cast<size_t>(i)].shape == expected[static_cast<size_t>(i)].shape);
+    auto a = Values(got[static_cast<size_t>(i)]), b = Values(expected[static_cast<size_t>(i)]);
+    REQUIRE(a.size() == b.size());
+    for (size_t k = 0; k < a.size(); ++k) CHECK(a[k] == doctest::Approx(b[k]).epsilon(1e-5));
+  }
+  json s = SchedulerStats(d, "batched:1");
+  INFO(s.dump());
+  CHECK(s["executed"] == n);
+  CHECK(s["rows"] == 24 / 3 * (1 + 2 + 3));
+  CHECK(s["batches"].get<int>() < n);  // requests arriving together ran together
+  CHECK(s["max_batch"] == 32);
+}
+
+TEST_CASE("dynamic batching with two inputs; mismatched rows or trailing shapes refused") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "rec", "rec.pt");
+  Register(d, "recb", "rec.pt", {"--sample-input", Data("rec_input.json"), "--max-batch-size", "16"});
+  auto client = Connect(d);
+  // Requests of one and two rows, concurrently.
+  auto make = [](int64_t rows, int64_t k, int seed) {
+    mms::Tensor ids = mms::Tensor::Alloc("ids", mms::DType::kInt64, {rows, k});
+    for (int64_t i = 0; i < rows * k; ++i) reinterpret_cast<int64_t*>(ids.mutable_data())[i] = (seed * 31 + i * 7) % 1000;
+    mms::Tensor dense = Rows(rows, 8, seed);
+    dense.name = "dense";
+    return std::vector<mms::Tensor>{ids, dense};
+  };
+  const int n = 12;
+  std::vector<std::vector<mms::Tensor>> inputs;
+  std::vector<mms::Tensor> expected, got(n);
+  for (int i = 0; i < n; ++i) {
+    inputs.push_back(make(1 + i % 2, 3, i));
+    mms::proto::Message m;
+    m.type = mms::proto::kPredict;
+    m.body = {{"model", "rec"}};
+    m.tensors = inputs.back();
+    auto r = client->Call(m);
+    REQUIRE(r.ok());
+    expected.push_back(r->tensors.at(0));
+  }
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&, i] {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", "recb"}};
+      m.tensors = inputs[static_cast<size_t>(i)];
+      auto r = client->Call(m);
+      if (r.ok()) got[static_cast<size_t>(i)] = r->tensors.at(0);
+      else errors[static_cast<size_t>(i)] = r.status().ToString();
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) {
+    INFO("request " << i << " " << errors[static_cast<size_t>(i)]);
+    REQUIRE(errors[static_cast<size_t>(i)].empty());
+    auto a = Values(got[static_cast<size_t>(i)]), b = Values(expected[static_cast<size_t>(i)]);
+    REQUIRE(a.size() == b.size());
+    for (size_t k = 0; k < a.size(); ++k) CHECK(a[k] == doctest::Approx(b[k]).epsilon(1e-5));
+  }
+  // A request whose inputs disagree on rows cannot be batched: refused, exit 2.
+  std::ofstream(d.dir() + "/mismatch.json")
+      << R"({"ids": {"dtype": "int64", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]},
+            "dense": {"dtype": "float32", "shape": [1, 8], "data": [0, 1, 0, 1, 0, 1, 0, 1]}})";
+  auto r = d.Mms({"predict", "recb", "--input", d.dir() + "/mismatch.json"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("rows") != std::string::npos);
+  // Trailing dimensions are fixed by the registered sample: another shape never reaches a batch.
+  std::ofstream(d.dir() + "/wide.json")
+      << R"({"ids": {"dtype": "int64", "shape": [1, 5], "data": [1, 2, 3, 4, 5]},
+            "dense": {"dtype": "float32", "shape": [1, 8], "data": [0, 1, 0, 1, 0, 1, 0, 1]}})";
+  auto wide = d.Mms({"predict", "recb", "--input", d.dir() + "/wide.json"});
+  CHECK(wide.exit_code == 2);
+  CHECK(wide.err.find("must have shape [batch, 3]") != std::string::npos);
+  CHECK(d.Mms({"predict", "recb", "--input", Data("rec_input.json")}).exit_code == 0);
+}
+
+TEST_CASE("dynamic batching is refused at registration for models whose rows depend on each other") {
+  Daemon d;
+  REQUIRE(d.ok());
+  auto mix = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "--sample-input",
+                    Data("tiny_input.json"), "--max-batch-size", "8"});
+  CHECK(mix.exit_code == 2);
+  CHECK(mix.err.find("cannot batch") != std::string::npos);
+  CHECK(mix.err.find("register without --max-batch-size") != std::string::npos);
+  auto nosample = d.Mms({"model", "register", "t", "--version", "1", "--path", Data("tiny.pt"), "--max-batch-size", "8"});
+  CHECK(nosample.exit_code == 2);
+  CHECK(nosample.err.find("--sample-input") != std::string::npos);
+  auto neg = d.Mms({"model", "register", "t", "--version", "1", "--path", Data("tiny.pt"), "--sample-input",
+                    Data("tiny_input.json"), "--max-batch-size", "-1"});
+  CHECK(neg.exit_code == 2);
+  auto list = d.Mms({"--json", "model", "list"});
+  CHECK(json::parse(list.out).empty());  // nothing half-registered
+  // The same model without batching registers and serves.
+  auto plain = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "-q"});
+  CHECK(plain.exit_code == 0);
+  CHECK(PredictExit(d, "mix") == 0);
+}

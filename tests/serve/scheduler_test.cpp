@@ -1,0 +1,247 @@
+// Rate limiting, batching arithmetic and the scheduler, with a fake clock
+// (limiter) and a fake model (scheduler) that records what it ran.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <thread>
+
+#include "../pool/fake_loader.h"
+#include "pool/model_pool.h"
+#include "serve/batching.h"
+#include "serve/rate_limiter.h"
+#include "serve/scheduler.h"
+#include "support/process.h"
+
+using namespace mms;
+
+TEST_CASE("token buckets: burst, refill, per model and per tenant, counted") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  rl.Configure({{"rec", {10, 3}}}, {{"acme", {1, 1}}}, std::nullopt, TokenLimit{100, 100});
+  for (int i = 0; i < 3; ++i) CHECK(rl.Admit("rec", "").ok());
+  auto no = rl.Admit("rec", "");
+  CHECK(no.code() == Code::kRateLimited);
+  CHECK(no.message().find("model 'rec' is over its rate limit (10 requests/s, burst 3)") == 0);
+  clock.AdvanceMillis(100);  // one token back
+  CHECK(rl.Admit("rec", "").ok());
+  CHECK_FALSE(rl.Admit("rec", "").ok());
+  CHECK(rl.Admit("other", "acme").ok());  // no model limit; the tenant's one token
+  auto t = rl.Admit("other", "acme");
+  CHECK(t.message().find("tenant 'acme'") == 0);
+  CHECK(rl.Admit("other", "globex").ok());  // the default tenant limit applies
+  auto stats = rl.Stats();
+  CHECK(stats["models"]["rec"]["admitted"] == 4);
+  CHECK(stats["models"]["rec"]["limited"] == 2);
+  CHECK(stats["tenants"]["acme"]["limited"] == 1);
+  // Reconfiguring with the same limit keeps the (empty) bucket; a new limit starts full.
+  rl.Configure({{"rec", {10, 3}}}, {}, std::nullopt, std::nullopt);
+  CHECK_FALSE(rl.Admit("rec", "").ok());
+  rl.Configure({{"rec", {10, 5}}}, {}, std::nullopt, std::nullopt);
+  CHECK(rl.Admit("rec", "").ok());
+}
+
+TEST_CASE("batching: rows, concatenation and splitting back") {
+  auto make = [](float base, int64_t rows) {
+    Tensor t = Tensor::Alloc("x", DType::kFloat32, {rows, 2});
+    for (int64_t i = 0; i < rows * 2; ++i) reinterpret_cast<float*>(t.mutable_data())[i] = base + static_cast<float>(i);
+    return std::vector<Tensor>{t};
+  };
+  auto a = make(0, 2), b = make(100, 3);
+  CHECK(BatchRows(a).value() == 2);
+  CHECK(SameBatchShape(a, b));
+  auto cat = ConcatRows({&a, &b});
+  REQUIRE(cat[0].shape == std::vector<int64_t>{5, 2});
+  CHECK(cat[0].as<float>()[4] == 100.0f);
+  auto parts = SplitRows(cat, {2, 3}).value();
+  REQUIRE(parts.size() == 2);
+  CHECK(parts[1][0].shape == std::vector<int64_t>{3, 2});
+  CHECK(std::memcmp(parts[1][0].data.get(), b[0].data.get(), b[0].nbytes) == 0);
+  // Mismatches.
+  Tensor wide = Tensor::Alloc("x", DType::kFloat32, {1, 3});
+  CHECK_FALSE(SameBatchShape(a, {wide}));
+  Tensor y = Tensor::Alloc("y", DType::kFloat32, {3, 1});
+  auto bad = BatchRows({a[0], y});
+  CHECK(bad.status().message().find("disagree on rows") != std::string::npos);
+  Tensor scalar = Tensor::Alloc("x", DType::kFloat32, {});
+  CHECK_FALSE(BatchRows({scalar}).ok());
+  Tensor pooled = Tensor::Alloc("out", DType::kFloat32, {2});
+  CHECK(SplitRows({pooled}, {2, 3}).status().message().find("cannot be batched") != std::string::npos);
+}
+
+namespace {
+// Returns its inputs, remembers the rows of each call, optionally blocks.
+class EchoModel final : public Model {
+ public:
+  const std::vector<std::string>& input_names() const override { return names_; }
+  const WeightLayout& layout() const override { return layout_; }
+  const std::string& device() const override { return dev_; }
+  Status Bind(std::shared_ptr<Buffer>, const std::string&) override { return Status::Ok(); }
+  Status SaveWithoutWeights(const std::string&) override { return Status::Ok(); }
+  Result<std::vector<Tensor>> Run(const std::vector<Tensor>& in) override {
+    std::unique_lock<std::mutex> lock(mu);
+    calls.push_back(in[0].shape.empty() ? 1 : in[0].shape[0]);
+    order.push_back(in[0].name);
+    cv.wait(lock, [&] { return !gate; });
+    return in;
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  bool gate = false;
+  std::vector<int64_t> calls;
+  std::vector<std::string> order;
+  void Open() {
+    std::lock_guard<std::mutex> l(mu);
+    gate = false;
+    cv.notify_all();
+  }
+
+ private:
+  std::vector<std::string> names_{"x"};
+  WeightLayout layout_;
+  std::string dev_ = "cpu";
+};
+
+class EchoLoader final : public Loader {
+ public:
+  explicit EchoLoader(EchoModel** out) : out_(out) {}
+  Result<HostModel> Load(const Source&, const HostAllocator& alloc) override {
+    auto m = std::make_unique<EchoModel>();
+    *out_ = m.get();
+    return HostModel{*alloc(64), std::move(m)};
+  }
+  EchoModel** out_;
+};
+
+struct Rig {
+  EchoModel* model = nullptr;
+  std::unique_ptr<ModelPool> pool;
+  HandlePtr handle;
+  Rig() {
+    std::vector<std::unique_ptr<Device>> devs;
+    devs.push_back(CreateDevice("cpu", 1 << 20).value());
+    ModelPool::Options o;
+    o.host_budget = 1 << 20;
+    pool = ModelPool::Create(o, std::move(devs), std::make_unique<EchoLoader>(&model), MakeHostAllocator(false)).value();
+    PoolItem it;
+    it.key = 1;
+    it.ref = "echo:1";
+    it.bytes = 64;
+    handle = pool->AcquireSync(it).value();
+  }
+  Scheduler::Job Job(const std::string& tag, int64_t rows, int priority = 1, int max_batch = 0,
+                     std::function<void(Result<std::vector<Tensor>>)> done = {}) {
+    Scheduler::Job j;
+    j.handle = handle;
+    j.inputs = {Tensor::Alloc(tag, DType::kFloat32, {rows, 2})};
+    j.priority = priority;
+    j.max_batch = max_batch;
+    j.batch_delay_ns = 50'000'000;
+    j.done = done ? done : [](Result<std::vector<Tensor>>) {};
+    return j;
+  }
+};
+}  // namespace
+
+TEST_CASE("scheduler: an idle scheduler runs a request at once; a full queue refuses") {
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  o.queue_depth = 2;
+  Scheduler s(o);
+  std::atomic<int> done{0};
+  REQUIRE(s.Submit(1, rig.Job("a", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { done += r.ok(); })).ok());
+  CHECK(done == 1);  // ran inline
+  rig.model->gate = true;
+  std::thread blocker([&] { (void)s.Submit(1, rig.Job("b", 1, 1, 0, [&](Result<std::vector<Tensor>>) { ++done; })); });
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 2; }, 5));
+  CHECK(s.Submit(1, rig.Job("c", 1)).ok());
+  CHECK(s.Submit(1, rig.Job("d", 1)).ok());
+  auto full = s.Submit(1, rig.Job("e", 1));
+  CHECK(full.code() == Code::kOverloaded);
+  CHECK(full.message().find("[scheduler] queue_depth") != std::string::npos);
+  rig.model->Open();
+  blocker.join();
+  REQUIRE(mms::testing::WaitFor([&] { return s.queued() == 0; }, 5));
+  CHECK(s.Stats()["1"]["overloaded"] == 1);
+}
+
+TEST_CASE("scheduler: higher classes first, lower ones never starved") {
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  o.starvation_interval = 4;
+  Scheduler s(o);
+  rig.model->gate = true;
+  std::thread first([&] { (void)s.Submit(1, rig.Job("hold", 1)); });
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>>) { ++n; };
+  // Separate versions (keys) per class, as in the daemon.
+  for (int i = 0; i < 3; ++i) REQUIRE(s.Submit(30, rig.Job("low", 1, 2, 0, count)).ok());
+  for (int i = 0; i < 6; ++i) REQUIRE(s.Submit(10, rig.Job("high", 1, 0, 0, count)).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 9; }, 5));
+  std::vector<std::string> order(rig.model->order.begin() + 1, rig.model->order.end());
+  REQUIRE(order.size() == 9);
+  // The first low request runs before all the high ones are done (its bounded share).
+  auto first_low = std::find(order.begin(), order.end(), "low") - order.begin();
+  CHECK(first_low < 6);
+  CHECK(order[0] == "high");
+}
+
+TEST_CASE("scheduler: requests arriving together run as one batch, each gets its rows") {
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  Scheduler s(o);
+  rig.model->gate = true;
+  std::thread first([&] { (void)s.Submit(2, rig.Job("x", 1)); });  // occupy the worker (unbatched key)
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::vector<int64_t> got(4, -1);
+  for (int i = 0; i < 4; ++i)
+    REQUIRE(s.Submit(1, rig.Job("x", i + 1, 1, 16, [&, i](Result<std::vector<Tensor>> r) {
+                   got[static_cast<size_t>(i)] = r.ok() ? (*r)[0].shape[0] : -1;
+                 })).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return got[3] != -1; }, 5));
+  CHECK(got == std::vector<int64_t>{1, 2, 3, 4});
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 10});  // one batch of 1+2+3+4 rows
+  CHECK(s.Stats()["1"]["batches"] == 1);
+  CHECK(s.Stats()["1"]["executed"] == 4);
+  // A lone request waits at most the batch delay.
+  std::atomic<bool> ran{false};
+  REQUIRE(s.Submit(1, rig.Job("x", 2, 1, 16, [&](Result<std::vector<Tensor>>) { ran = true; })).ok());
+  CHECK(mms::testing::WaitFor([&] { return ran.load(); }, 2));
+  // Rows that disagree within one request are refused up front.
+  Scheduler::Job bad = rig.Job("x", 2, 1, 16);
+  bad.inputs.push_back(Tensor::Alloc("y", DType::kFloat32, {3, 2}));
+  CHECK(s.Submit(1, std::move(bad)).code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("scheduler: a request that would miss its deadline is dropped before running") {
+  Rig rig;
+  FakeClock clock;
+  Scheduler::Options o;
+  o.workers = 1;
+  o.clock = &clock;
+  Scheduler s(o);
+  rig.model->gate = true;
+  std::thread first([&] { (void)s.Submit(1, rig.Job("x", 1)); });
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  Status got;
+  Scheduler::Job j = rig.Job("late", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { got = r.status(); });
+  j.deadline_ns = clock.MonoNanos() + 1'000'000;  // 1 ms
+  REQUIRE(s.Submit(1, std::move(j)).ok());
+  clock.AdvanceMillis(5);  // it waited past its deadline
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return got.code() != Code::kOk; }, 5));
+  CHECK(got.code() == Code::kDeadlineExceeded);
+  CHECK(s.Stats()["1"]["deadline_drops"] == 1);
+  std::lock_guard<std::mutex> l(rig.model->mu);
+  CHECK(std::find(rig.model->order.begin(), rig.model->order.end(), "late") == rig.model->order.end());
+}
