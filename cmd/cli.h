@@ -86,6 +86,12 @@ void AddExperimentCommands(CLI::App& app, Cli& cli);
 void AddRolloutCommands(CLI::App& app, Cli& cli);
 void AddCompletionCommands(CLI::App& app, Cli& cli);
 void AddLimitCommands(CLI::App& app, Cli& cli);
+void AddAdapterCommands(CLI::App& app, Cli& cli);
+// Shared with mms adapter: show and remove a version (its packed files too).
+int ModelShow(Cli& cli, const std::string& ref);
+int ModelRm(Cli& cli, const std::string& ref, bool force);
+// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
+void CleanStaleStaging(const std::string& dir);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

@@ -16,8 +16,23 @@
 #include "core/paths.h"
 #include "core/subprocess.h"
 #include "core/units.h"
+#include "lora/adapter.h"
 
 namespace mms::cli {
+
+// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
+void CleanStaleStaging(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string n = e.path().filename().string();
+    auto p = n.find(".tmp-");
+    if (p == std::string::npos) continue;
+    pid_t pid = static_cast<pid_t>(std::atoi(n.c_str() + p + 5));
+    if (pid > 0 && ::kill(pid, 0) != 0) std::filesystem::remove_all(e.path(), ec);
+  }
+}
+
 namespace {
 
 struct RegisterArgs {
@@ -51,19 +66,6 @@ class Progress {
   bool enabled_;
   int last_ = -1;
 };
-
-// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
-void CleanStaleStaging(const std::string& dir) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) return;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    std::string n = e.path().filename().string();
-    auto p = n.find(".tmp-");
-    if (p == std::string::npos) continue;
-    pid_t pid = static_cast<pid_t>(std::atoi(n.c_str() + p + 5));
-    if (pid > 0 && ::kill(pid, 0) != 0) std::filesystem::remove_all(e.path(), ec);
-  }
-}
 
 Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a) {
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
@@ -144,6 +146,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
   }
   v.inputs = InputSpecsFromJson(info["inputs"]);
+  if (info.contains("lora_stacked")) v.lora = {{"stacked", info["lora_stacked"]}};
   v.device_bytes = info.value("weight_bytes", 0ull);
   v.host_bytes = v.device_bytes;
   if (!a.sample_input.empty()) {
@@ -187,6 +190,19 @@ void PrintRecord(const VersionRecord& r) {
     for (const auto& a : r.aliases) s += (s.empty() ? "" : ", ") + a;
     return s;
   }());
+  if (r.is_adapter()) {
+    line("adapter of", r.base_ref);
+    std::string targets;
+    for (const auto& t : r.lora.value("targets", nlohmann::json::array()))
+      targets += (targets.empty() ? "" : ", ") + t.value("module", "");
+    line("lora", "rank " + r.lora.value("rank", nlohmann::json(0)).dump() + ", alpha " +
+                     r.lora.value("alpha", nlohmann::json(0)).dump() + ", scale " +
+                     r.lora.value("scale", nlohmann::json(0)).dump() + ", targets " + targets);
+  } else if (r.lora.contains("stacked")) {
+    std::string m;
+    for (const auto& t : r.lora["stacked"]) m += (m.empty() ? "" : ", ") + t.get<std::string>();
+    line("lora", "takes stacked adapter weights for " + m + " (mixed-adapter batches)");
+  }
   line("artifact", r.artifact_path);
   line("size", FormatBytes(r.size_bytes));
   line("sha256", r.sha256);
@@ -383,7 +399,8 @@ int CmdVerify(Cli& cli, const std::string& ref_text) {
                          r.sha256.substr(0, 12));
     }
     if (!r.packed_dir.empty())
-      for (const char* f : {"weights.safetensors", "module.pt"})
+      for (const char* f : r.is_adapter() ? std::vector<const char*>{kAdapterWeightsFile}
+                                          : std::vector<const char*>{"weights.safetensors", "module.pt"})
         if (!FileExists(JoinPath(r.packed_dir, f))) problems.push_back(std::string("packed ") + f + " missing");
     if (!r.sample_input.empty() && !FileExists(r.sample_input)) problems.push_back("stored sample input missing");
     if (!problems.empty()) ++bad;
@@ -470,6 +487,9 @@ int CmdImport(Cli& cli, const std::string& dir) {
 }
 
 }  // namespace
+
+int ModelShow(Cli& cli, const std::string& ref) { return CmdShow(cli, ref); }
+int ModelRm(Cli& cli, const std::string& ref, bool force) { return CmdRm(cli, ref, force); }
 
 void AddModelCommands(CLI::App& app, Cli& cli) {
   auto* model = app.add_subcommand("model", "Register and manage model versions in the registry (no daemon needed)");

@@ -12,7 +12,7 @@ namespace mms::cli {
 namespace {
 
 struct PredictArgs {
-  std::string ref, user, tenant, input, output;
+  std::string ref, user, tenant, input, output, adapter;
   double deadline_ms = 0;
   bool has_deadline = false;
 };
@@ -30,6 +30,7 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   m.body = {{"model", a.ref}};
   if (!a.user.empty()) m.body["user"] = a.user;
   if (!a.tenant.empty()) m.body["tenant"] = a.tenant;
+  if (!a.adapter.empty()) m.body["adapter"] = a.adapter;
   if (a.has_deadline) {
     if (!(a.deadline_ms > 0))
       return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
@@ -192,6 +193,7 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout");
   predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)");
   predict->add_option("--tenant", a->tenant, "tenant (rate limits)");
+  predict->add_option("--adapter", a->adapter, "run with this LoRA adapter (NAME or NAME:VERSION) of the base REF");
   auto* deadline = predict->add_option("--deadline-ms", a->deadline_ms,
                                        "drop the request (exit 5) rather than run it past this many ms");
   predict->callback([&cli, a, deadline] {

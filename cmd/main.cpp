@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   AddExperimentCommands(app, cli);
   AddRolloutCommands(app, cli);
   AddLimitCommands(app, cli);
+  AddAdapterCommands(app, cli);
   AddCompletionCommands(app, cli);
 
   try {

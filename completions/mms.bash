@@ -56,12 +56,17 @@ _mms() {
       "limit set") path="limit set" ;;
       "limit list") path="limit list" ;;
       "limit rm") path="limit rm" ;;
+      "adapter") path="adapter" ;;
+      "adapter register") path="adapter register" ;;
+      "adapter list") path="adapter list" ;;
+      "adapter show") path="adapter show" ;;
+      "adapter rm") path="adapter rm" ;;
       "completion") path="completion" ;;
     esac
   done
   local words= names=
   case $path in
-    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
+    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit adapter completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
     "serve") words="--help -h --detach -d" ;;
     "status") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
@@ -77,7 +82,7 @@ _mms() {
     "model rm") words="--help -h --force"; names=refs ;;
     "model verify") words="--help -h"; names=refs ;;
     "model import") words="--help -h" ;;
-    "predict") words="--help -h --input -i --output -o --user --tenant --deadline-ms"; names=refs ;;
+    "predict") words="--help -h --input -i --output -o --user --tenant --adapter --deadline-ms"; names=refs ;;
     "pin") words="--help -h"; names=refs ;;
     "unpin") words="--help -h"; names=refs ;;
     "load") words="--help -h"; names=refs ;;
@@ -113,6 +118,11 @@ _mms() {
     "limit set") words="--help -h --tenant --qps --burst" ;;
     "limit list") words="--help -h" ;;
     "limit rm") words="--help -h --tenant" ;;
+    "adapter") words="register list show rm --help -h" ;;
+    "adapter register") words="--help -h --base --path --version --description --label"; names=models ;;
+    "adapter list") words="--help -h --base" ;;
+    "adapter show") words="--help -h"; names=refs ;;
+    "adapter rm") words="--help -h --force"; names=refs ;;
     "completion") words="--help -h" ;;
   esac
   if [[ $cur != -* && -n $names ]]; then

@@ -60,14 +60,19 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   d->scheduler_ = std::make_unique<Scheduler>(sco);
 
   ShadowRunner::Options sho;
-  sho.pool = d->pool_.get();
+  Daemon* me = d.get();
+  sho.acquire = [me](const PoolItem& candidate) -> Result<Servable> {
+    const VersionRecord* v = me->snapshot()->ById(candidate.key);
+    if (!v) return NotFound(candidate.ref + " is no longer registered");
+    return me->AcquireServableSync(*v);
+  };
   sho.clock = d->opts_.clock;
   sho.on_worker_start = UseOneIntraOpThreadOnThisThread;
   d->shadows_ = std::make_unique<ShadowRunner>(sho);
   CanaryController::Options co;
   co.registry = d->registry_.get();
   co.clock = d->opts_.clock;
-  Daemon* self = d.get();
+  Daemon* self = me;
   co.metrics = [self](const std::string& e, const std::string& v) { return self->VariantMetricsFor(e, v); };
   co.changed = [self] { (void)self->RefreshRegistry(false); };
   d->canaries_ = std::make_unique<CanaryController>(co);
@@ -107,7 +112,55 @@ Status Daemon::CreatePool() {
   ConfigureTorchThreads(pc.intra_op_threads);
   MMS_ASSIGN_OR_RETURN(pool_, ModelPool::Create(po, std::move(devices), std::make_unique<TorchLoader>(),
                                                 MakeHostAllocator(cuda)));
+  // Adapters: the same devices with their own budgets, policy and tiers.
+  std::vector<std::unique_ptr<Device>> adapter_devices;
+  for (const auto& n : names) {
+    auto dev = CreateDevice(n, opts_.config.lora.device_budget);
+    if (!dev.ok()) return dev.status().WithContext("[lora] device_budget");
+    adapter_devices.push_back(std::move(dev).value());
+  }
+  ModelPool::Options ao = po;
+  ao.host_budget = opts_.config.lora.host_budget;
+  ao.warmup = false;  // an adapter runs on its base
+  MMS_ASSIGN_OR_RETURN(adapters_, ModelPool::Create(ao, std::move(adapter_devices), std::make_unique<AdapterLoader>(),
+                                                    MakeHostAllocator(cuda)));
   return Status::Ok();
+}
+
+void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb) {
+  if (!v.is_adapter()) {
+    pool_->Acquire(ItemFor(v), [cb](Result<HandlePtr> h) {
+      if (!h.ok()) return cb(h.status());
+      cb(Servable{std::move(h).value(), nullptr});
+    });
+    return;
+  }
+  auto snap = snapshot();
+  const VersionRecord* base = snap->ById(v.base_id);
+  if (!base) return cb(NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered"));
+  PoolItem adapter = ItemFor(v);
+  ModelPool* adapters = adapters_.get();
+  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters](Result<HandlePtr> h) {
+    if (!h.ok()) return cb(h.status());
+    HandlePtr model = std::move(h).value();
+    adapters->Acquire(adapter, [cb, model](Result<HandlePtr> a) {
+      if (!a.ok()) return cb(a.status());
+      cb(Servable{model, std::move(a).value()});
+    });
+  });
+}
+
+Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t timeout_ns) {
+  if (!v.is_adapter()) {
+    MMS_ASSIGN_OR_RETURN(HandlePtr h, pool_->AcquireSync(ItemFor(v), timeout_ns));
+    return Servable{h, nullptr};
+  }
+  auto snap = snapshot();
+  const VersionRecord* base = snap->ById(v.base_id);
+  if (!base) return NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered");
+  MMS_ASSIGN_OR_RETURN(HandlePtr model, pool_->AcquireSync(ItemFor(*base), timeout_ns));
+  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(ItemFor(v), timeout_ns));
+  return Servable{model, adapter};
 }
 
 Daemon::~Daemon() {
@@ -158,7 +211,14 @@ Status Daemon::RefreshRegistry(bool force) {
   auto warm = [&](int64_t id) {
     const VersionRecord* v = snap->ById(id);
     if (!v) return;
-    auto h = pool_->AcquireSync(ItemFor(*v), 60'000'000'000);
+    Result<HandlePtr> h = Status::Ok();
+    if (v->is_adapter()) {
+      const VersionRecord* base = snap->ById(v->base_id);
+      h = base ? pool_->AcquireSync(ItemFor(*base), 60'000'000'000) : Result<HandlePtr>(NotFound("base gone"));
+      if (h.ok()) h = adapters_->AcquireSync(ItemFor(*v), 60'000'000'000);
+    } else {
+      h = pool_->AcquireSync(ItemFor(*v), 60'000'000'000);
+    }
     if (!h.ok()) LogWarn("warm_failed", {{"model", v->ref()}, {"error", h.status().message()}});
   };
   for (const auto& [model, e] : snap->experiments)
@@ -176,7 +236,7 @@ Status Daemon::RefreshRegistry(bool force) {
   if (old) {
     for (const auto& [name, versions] : old->models)
       for (const auto& v : versions)
-        if (!snap->ById(v.id)) pool_->Forget(v.id);
+        if (!snap->ById(v.id)) PoolFor(v)->Forget(v.id);
     for (const auto& [name, versions] : snap->models)
       for (const auto& v : versions) {
         const VersionRecord* was = old->ById(v.id);
@@ -197,9 +257,12 @@ Status Daemon::RefreshRegistry(bool force) {
   for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
   for (const auto& p : opts_.config.pool.pinned) want_ref(p, "[pool] pinned");
   for (PoolKey k : want)
-    if (!pinned_.count(k)) pool_->Pin(ItemFor(*snap->ById(k)));
+    if (!pinned_.count(k)) PoolFor(*snap->ById(k))->Pin(ItemFor(*snap->ById(k)));
   for (PoolKey k : pinned_)
-    if (!want.count(k)) pool_->Unpin(k);
+    if (!want.count(k)) {
+      pool_->Unpin(k);
+      adapters_->Unpin(k);
+    }
   pinned_ = want;
 
   // Rate limits: the registry's, with [limits] as defaults.

@@ -26,6 +26,7 @@
 #include "core/clock.h"
 #include "core/executor.h"
 #include "core/status.h"
+#include "lora/servable.h"
 #include "pool/model_pool.h"
 #include "registry/registry.h"
 #include "registry/snapshot.h"
@@ -69,6 +70,14 @@ class Daemon {
   Server* server() const { return server_.get(); }
   Registry* registry() const { return registry_.get(); }
   ModelPool* pool() const { return pool_.get(); }
+  // LoRA adapters' own pool (tiers, budgets from [lora]).
+  ModelPool* adapters() const { return adapters_.get(); }
+  // The pool a version lives in: adapters' or models'.
+  ModelPool* PoolFor(const VersionRecord& v) const { return v.is_adapter() ? adapters_.get() : pool_.get(); }
+  // Gets a version onto a device — for an adapter, its base (models' pool)
+  // and the adapter (adapters' pool) — and calls `cb` (as ModelPool::Acquire).
+  void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb);
+  Result<Servable> AcquireServableSync(const VersionRecord& v, int64_t timeout_ns = 600'000'000'000);
   Executor* callbacks() const { return callbacks_.get(); }
   std::shared_ptr<const RegistrySnapshot> snapshot() const;
   // Re-reads the registry when it changed (or always with `force`), swaps
@@ -112,6 +121,7 @@ class Daemon {
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<Executor> callbacks_;
   std::unique_ptr<ModelPool> pool_;
+  std::unique_ptr<ModelPool> adapters_;
   std::unique_ptr<Server> server_;
 
   mutable std::mutex snap_mu_;

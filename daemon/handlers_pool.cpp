@@ -71,6 +71,16 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   if (!ref.ok()) return r.Fail(ref.status());
   std::string user = req.body.value("user", "");
   thread_local std::mt19937_64 rng(std::random_device{}());
+  // With "adapter", MODEL names the base and the adapter's own name routes
+  // (its experiments and canaries apply); the adapter must be of that base.
+  std::optional<Ref> base_ref;
+  if (req.body.contains("adapter")) {
+    if (!req.body["adapter"].is_string()) return r.Fail(InvalidArgument("\"adapter\" must be an adapter name"));
+    auto aref = ParseRef(req.body["adapter"].get<std::string>());
+    if (!aref.ok()) return r.Fail(aref.status());
+    base_ref = *ref;
+    ref = aref;
+  }
   auto snap = d->snapshot();
   auto route = RouteRequest(*snap, *ref, user, rng);
   if (!route.ok() && route.status().code() == Code::kNotFound && d->RefreshRegistry(false).ok()) {
@@ -79,6 +89,17 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   }
   if (!route.ok()) return r.Fail(route.status());
   VersionRecord rec = *route->version;
+  const VersionRecord* base = rec.is_adapter() ? snap->ById(rec.base_id) : nullptr;
+  if (base_ref) {
+    auto want = snap->Resolve(*base_ref);
+    if (!want.ok()) return r.Fail(want.status());
+    if (!rec.is_adapter())
+      return r.Fail(InvalidArgument(rec.ref() + " is not an adapter (mms adapter list shows them)"));
+    if (rec.base_id != (*want)->id)
+      return r.Fail(InvalidArgument("adapter " + rec.ref() + " is for " + rec.base_ref + ", not " + (*want)->ref()));
+  }
+  if (rec.is_adapter() && !base)
+    return r.Fail(NotFound("the base of adapter " + rec.ref() + " (" + rec.base_ref + ") is no longer registered"));
   auto credit = std::make_shared<Credit>();
   credit->version = d->serving_metrics()->Get(rec.ref());
   nlohmann::json routing = nlohmann::json::object();
@@ -125,26 +146,33 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   auto sh = snap->shadows.find(rec.model);
   bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
   int priority = d->PriorityOf(rec);
-  d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, ordered, t0, finish, credit, routing, mirror, deadline,
-                                            priority](Result<HandlePtr> h) mutable {
+  // Batching follows the version that runs: an adapter's base. Adapters share
+  // their base's queue (mixed batches) when it takes stacked adapter weights;
+  // otherwise each adapter has its own queue, so a batch is one adapter's.
+  const VersionRecord& runs = base ? *base : rec;
+  PoolKey queue = base && !base->lora.contains("stacked") ? rec.id : runs.id;
+  int max_batch = runs.max_batch_size;
+  int64_t delay = runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->options().config.scheduler.max_queue_delay_ns;
+  d->AcquireServable(rec, [d, r, rec, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
+                           delay](Result<Servable> h) mutable {
     if (!h.ok()) {
       finish(h.status());
       return r.Fail(h.status());
     }
     Scheduler::Job job;
-    std::string device = (*h)->device();
-    bool loaded = (*h)->loaded();
-    job.handle = std::move(h).value();
+    std::string device = h->model->device();
+    bool loaded = h->model->loaded() || (h->adapter && h->adapter->loaded());
+    job.handle = std::move(h->model);
+    job.adapter = std::move(h->adapter);
     job.inputs = *ordered;
     job.deadline_ns = deadline;
     job.priority = priority;
-    job.max_batch = rec.max_batch_size;
-    job.batch_delay_ns = rec.max_queue_delay_us ? rec.max_queue_delay_us * 1000
-                                                : d->options().config.scheduler.max_queue_delay_ns;
+    job.max_batch = max_batch;
+    job.batch_delay_ns = delay;
     job.done = [d, r, rec, ordered, t0, finish, credit, routing, mirror, device,
                 loaded](Result<std::vector<Tensor>> out) mutable { Reply(d, r, rec, *ordered, t0, finish, *credit, routing,
                                                                           mirror, device, loaded, std::move(out)); };
-    if (Status st = d->scheduler()->Submit(rec.id, std::move(job)); !st.ok()) {
+    if (Status st = d->scheduler()->Submit(queue, std::move(job)); !st.ok()) {
       finish(st);
       r.Fail(st);
     }
@@ -152,7 +180,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
 }
 
 nlohmann::json HealthOf(Daemon* d, const VersionRecord& v) {
-  auto h = d->pool()->Health(v.id);
+  auto h = d->PoolFor(v)->Health(v.id);
   nlohmann::json j = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}, {"loads", 0}};
   j["ref"] = v.ref();
   j["stage"] = StageName(v.stage);
@@ -166,19 +194,33 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
 
   (*table)[proto::kPool] = [d](proto::Message, Responder r) {
     nlohmann::json j = d->pool()->Snapshot();
-    // Versions the pool has not seen yet are on disk too.
-    nlohmann::json& disk = j["disk"]["models"];
+    j["adapters"] = d->adapters()->Snapshot();
+    // Versions a pool has not seen yet are on disk too.
     auto snap = d->snapshot();
     for (const auto& [name, versions] : snap->models)
       for (const auto& v : versions)
-        if (!d->pool()->Health(v.id)) disk.push_back({{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes},
-                                                      {"loads", 0}, {"healthy", true}, {"pinned", false}});
+        if (!d->PoolFor(v)->Health(v.id))
+          (v.is_adapter() ? j["adapters"] : j)["disk"]["models"].push_back(
+              {{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes}, {"loads", 0}, {"healthy", true},
+               {"pinned", false}});
     // The scheduler's view per version: queue, executions, batches, drops.
     nlohmann::json sched = nlohmann::json::object();
     nlohmann::json st = d->scheduler()->Stats();
     for (auto it = st.begin(); it != st.end(); ++it)
       if (const VersionRecord* v = snap->ById(std::stoll(it.key()))) sched[v->ref()] = *it;
     j["scheduler"] = sched;
+    r.Send(std::move(j));
+  };
+
+  // The adapter pool's tiers, and per base the adapters registered on it.
+  (*table)[proto::kAdapterStats] = [d](proto::Message, Responder r) {
+    nlohmann::json j = d->adapters()->Snapshot();
+    nlohmann::json bases = nlohmann::json::object();
+    auto snap = d->snapshot();
+    for (const auto& [name, versions] : snap->models)
+      for (const auto& v : versions)
+        if (v.is_adapter()) bases[v.base_ref].push_back(v.ref());
+    j["bases"] = bases;
     r.Send(std::move(j));
   };
 
@@ -192,7 +234,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
       auto snap = d->snapshot();
       for (const auto& [name, versions] : snap->models)
         for (const auto& v : versions)
-          if (v.stage != Stage::kArchived || d->pool()->Health(v.id)) models.push_back(HealthOf(d, v));
+          if (v.stage != Stage::kArchived || d->PoolFor(v)->Health(v.id)) models.push_back(HealthOf(d, v));
     }
     bool all = true;
     for (const auto& m : models) all = all && m.value("healthy", true);
@@ -206,9 +248,10 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (!v.ok()) return r.Fail(v.status());
     const int64_t t0 = d->clock()->MonoNanos();
     VersionRecord rec = *v;
-    d->pool()->Acquire(Daemon::ItemFor(rec), [d, r, rec, t0](Result<HandlePtr> h) mutable {
+    d->AcquireServable(rec, [d, r, rec, t0](Result<Servable> h) mutable {
       if (!h.ok()) return r.Fail(h.status());
-      r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", (*h)->device()}, {"loaded", (*h)->loaded()},
+      r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", h->model->device()},
+                            {"loaded", h->model->loaded() || (h->adapter && h->adapter->loaded())},
                             {"ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6}});
     });
   };
@@ -218,7 +261,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (!ref.ok()) return r.Fail(ref.status());
     auto v = d->Resolve(*ref);
     if (!v.ok()) return r.Fail(v.status());
-    auto to = d->pool()->Evict(v->id);
+    auto to = d->PoolFor(*v)->Evict(v->id);
     if (!to.ok()) return r.Fail(to.status().code() == Code::kFailedPrecondition
                                     ? Status(Code::kFailedPrecondition, v->ref() + " is " + to.status().message())
                                     : to.status());
@@ -234,9 +277,9 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     auto v = d->Resolve(*ref);
     if (!v.ok()) return r.Fail(v.status());
     VersionRecord rec = *v;
-    d->pool()->Acquire(Daemon::ItemFor(rec), [r, rec, d](Result<HandlePtr> h) mutable {
+    d->AcquireServable(rec, [r, rec, d](Result<Servable> h) mutable {
       if (!h.ok()) return r.Fail(h.status());
-      r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", (*h)->device()}, {"pinned", d->pool()->IsPinned(rec.id)}});
+      r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", h->model->device()}, {"pinned", d->PoolFor(rec)->IsPinned(rec.id)}});
     });
   };
 
@@ -246,7 +289,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (Status st = d->RefreshRegistry(true); !st.ok()) return r.Fail(st);
     auto v = d->Resolve(*ref);
     if (!v.ok()) return r.Fail(v.status());
-    r.Send(nlohmann::json{{"ref", v->ref()}, {"pinned", d->pool()->IsPinned(v->id)}});
+    r.Send(nlohmann::json{{"ref", v->ref()}, {"pinned", d->PoolFor(*v)->IsPinned(v->id)}});
   };
 }
 

@@ -128,7 +128,7 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
     int status = v.status().code() == Code::kNotFound ? 404 : 400;
     return {status, "application/json", nlohmann::json{{"error", v.status().message()}}.dump() + "\n"};
   }
-  auto h = pool_->Health(v->id);
+  auto h = PoolFor(*v)->Health(v->id);
   bool healthy = !h || h->value("healthy", true);
   nlohmann::json body = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}};
   body["ref"] = v->ref();

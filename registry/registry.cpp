@@ -47,6 +47,12 @@ nlohmann::json VersionRecord::ToJson() const {
                    {"sample_input", !sample_input.empty()},
                    {"max_batch_size", max_batch_size},
                    {"max_queue_delay_us", max_queue_delay_us}};
+  if (is_adapter()) {
+    j["base"] = base_ref;
+    j["adapter"] = lora;
+  } else if (lora.contains("stacked")) {
+    j["lora_stacked"] = lora["stacked"];
+  }
   return j;
 }
 
@@ -156,7 +162,10 @@ namespace {
 constexpr const char* kVersionColumns =
     "SELECT v.id, m.name, v.version, v.artifact_path, v.format, v.size_bytes, v.sha256, v.created_ms, "
     "v.created_by, v.description, v.data_fingerprint, v.metrics_json, v.device_bytes, v.host_bytes, "
-    "v.sla_p99_ms, v.stage, v.packed_dir, v.inputs_json, v.sample_input, v.max_batch_size, v.max_queue_delay_us "
+    "v.sla_p99_ms, v.stage, v.packed_dir, v.inputs_json, v.sample_input, v.max_batch_size, v.max_queue_delay_us, "
+    "COALESCE(v.base_id, 0), v.lora_json, "
+    "COALESCE((SELECT bm.name || ':' || b.version FROM versions b JOIN models bm ON bm.id = b.model_id "
+    "WHERE b.id = v.base_id), '') "
     "FROM versions v JOIN models m ON m.id = v.model_id ";
 
 VersionRecord RowToRecord(const sql::Stmt& s) {
@@ -183,6 +192,10 @@ VersionRecord RowToRecord(const sql::Stmt& s) {
   r.sample_input = s.Text(18);
   r.max_batch_size = static_cast<int>(s.Int(19));
   r.max_queue_delay_us = s.Int(20);
+  r.base_id = s.Int(21);
+  r.lora = nlohmann::json::parse(s.Text(22), nullptr, false);
+  if (!r.lora.is_object()) r.lora = nlohmann::json::object();
+  r.base_ref = s.Text(23);
   return r;
 }
 }  // namespace
@@ -360,17 +373,25 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
       return AlreadyExists(v.model + ":" + v.version + " is already registered (by " + dup[0].created_by +
                            ", sha256 " + dup[0].sha256.substr(0, 12) + "); register a new version number");
   }
+  if (v.base_id) {
+    MMS_ASSIGN_OR_RETURN(auto base, QueryVersions("WHERE v.id = ?", {std::to_string(v.base_id)}));
+    if (base.empty()) return NotFound("the adapter's base version no longer exists");
+    if (base[0].is_adapter())
+      return InvalidArgument(base[0].ref() + " is itself an adapter; an adapter's base is a model version");
+  }
   MMS_ASSIGN_OR_RETURN(auto ins, db_->Prepare(
       "INSERT INTO versions (model_id, version, sort_key, artifact_path, format, size_bytes, sha256, created_ms, "
       "created_by, description, data_fingerprint, metrics_json, device_bytes, host_bytes, sla_p99_ms, packed_dir, "
-      "inputs_json, sample_input, max_batch_size, max_queue_delay_us) "
-      "VALUES (?, ?, ?, ?, 'torchscript', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+      "inputs_json, sample_input, max_batch_size, max_queue_delay_us, base_id, lora_json) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   ins.Bind(1, mid).Bind(2, v.version).Bind(3, VersionSortKey(v.version)).Bind(4, v.artifact_path);
-  ins.Bind(5, v.size_bytes).Bind(6, v.sha256).Bind(7, opts_.clock->UnixMillis()).Bind(8, actor_);
-  ins.Bind(9, v.description).Bind(10, v.data_fingerprint).Bind(11, v.metrics.dump());
-  ins.Bind(12, v.device_bytes).Bind(13, v.host_bytes).Bind(14, v.sla_p99_ms).Bind(15, v.packed_dir);
-  ins.Bind(16, InputSpecsToJson(v.inputs).dump()).Bind(17, v.sample_input).Bind(18, v.max_batch_size);
-  ins.Bind(19, v.max_queue_delay_us);
+  ins.Bind(5, v.base_id ? "lora" : "torchscript");
+  ins.Bind(6, v.size_bytes).Bind(7, v.sha256).Bind(8, opts_.clock->UnixMillis()).Bind(9, actor_);
+  ins.Bind(10, v.description).Bind(11, v.data_fingerprint).Bind(12, v.metrics.dump());
+  ins.Bind(13, v.device_bytes).Bind(14, v.host_bytes).Bind(15, v.sla_p99_ms).Bind(16, v.packed_dir);
+  ins.Bind(17, InputSpecsToJson(v.inputs).dump()).Bind(18, v.sample_input).Bind(19, v.max_batch_size);
+  ins.Bind(20, v.max_queue_delay_us);
+  ins.Bind(21, v.base_id ? std::optional<int64_t>(v.base_id) : std::nullopt).Bind(22, v.lora.dump());
   MMS_RETURN_IF_ERROR(ins.Run());
   int64_t vid = db_->LastInsertId();
   for (const auto& [k, val] : v.labels) {
@@ -472,6 +493,8 @@ Result<std::vector<std::string>> Registry::UsesOfLocked(const VersionRecord& v) 
                    (e.control_id == v.id ? "control" : e.kind == "canary" ? "candidate" : "treatment") + ")");
   MMS_ASSIGN_OR_RETURN(auto shadows, QueryShadows("WHERE s.state = 'running' AND s.candidate_id = ?", {std::to_string(v.id)}));
   for (const auto& s : shadows) uses.push_back("shadow run of " + s.model + " (mms shadow stop " + s.model + ")");
+  MMS_ASSIGN_OR_RETURN(auto adapters, QueryVersions("WHERE v.base_id = ?", {std::to_string(v.id)}));
+  for (const auto& a : adapters) uses.push_back("the base of adapter " + a.ref() + " (mms adapter rm " + a.ref() + ")");
   return uses;
 }
 
@@ -485,6 +508,10 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   MMS_ASSIGN_OR_RETURN(auto uses, UsesOfLocked(rec));
+  MMS_ASSIGN_OR_RETURN(auto adapters, QueryVersions("WHERE v.base_id = ?", {std::to_string(rec.id)}));
+  if (!adapters.empty())  // even forced: an adapter cannot outlive its base
+    return InUse(rec.ref() + " is the base of " + std::to_string(adapters.size()) + " adapter(s), e.g. " +
+                 adapters.front().ref() + "; remove them first (mms adapter rm)");
   if (!uses.empty() && !force) {
     std::string list;
     for (const auto& u : uses) list += (list.empty() ? "" : "; ") + u;

@@ -69,7 +69,13 @@ struct VersionRecord {
   std::string sample_input;          // stored sample input for warm-up ("" = none)
   int max_batch_size = 0;            // 0 = no dynamic batching
   int64_t max_queue_delay_us = 0;    // batching: longest wait for a fuller batch (0 = [scheduler] default)
+  int64_t base_id = 0;               // a LoRA adapter: its base version's id (0 = a model of its own)
+  std::string base_ref;              // and that base's "name:version"
+  // An adapter: AdapterInfo (rank, alpha, scale, dtype, targets, bytes). A base
+  // whose forward() takes stacked adapter weights: {"stacked": [modules]}.
+  nlohmann::json lora = nlohmann::json::object();
 
+  bool is_adapter() const { return base_id != 0; }
   std::string ref() const { return model + ":" + version; }
   nlohmann::json ToJson() const;
 };
@@ -90,6 +96,8 @@ struct NewVersion {
   std::string packed_dir;
   std::vector<InputSpec> inputs;
   std::string sample_input;
+  int64_t base_id = 0;  // a LoRA adapter's base version
+  nlohmann::json lora = nlohmann::json::object();
   int max_batch_size = 0;
   int64_t max_queue_delay_us = 0;
 };

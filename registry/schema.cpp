@@ -155,6 +155,13 @@ CREATE TABLE limits (
 );
 ALTER TABLE versions ADD COLUMN max_queue_delay_us INTEGER NOT NULL DEFAULT 0;
 )sql",
+      // 5: LoRA adapters are versions with a base; lora_json describes an
+      // adapter (rank, alpha, targets) or a base taking stacked adapters.
+      R"sql(
+ALTER TABLE versions ADD COLUMN base_id INTEGER REFERENCES versions(id);
+ALTER TABLE versions ADD COLUMN lora_json TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX versions_base ON versions(base_id) WHERE base_id IS NOT NULL;
+)sql",
   };
   return *m;
 }

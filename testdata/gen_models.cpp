@@ -6,13 +6,22 @@
 //   mms-gen-testdata OUT_DIR --customers N --size-kb S [--prefix customer]
 //                                                  N recommendation models of ~S KiB each
 //   mms-gen-testdata OUT_DIR --big MB              one rec model of ~MB MiB (bench)
+//   mms-gen-testdata OUT_DIR --lora-base W         a base W wide taking stacked LoRA weights (bench)
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdio>
+#include <cstring>
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
+
+#include "protocol/tensor_file.h"
 
 namespace {
 
@@ -63,6 +72,166 @@ def forward(self, ids, dense):
     return self.mlp.forward(torch.cat([e, dense], 1))
 )");
   return m;
+}
+
+
+// ---- LoRA fixtures: a base of three Linear-like submodules (q, v, o: weight
+// [out, in], bias [out]), the same base taking stacked adapter weights
+// (S-LoRA style), PEFT adapter directories, and each adapter merged into the
+// base offline (the reference outputs).
+constexpr int64_t kLoraIn = 16, kLoraHidden = 16, kLoraOut = 4;
+
+torch::jit::Module LoraLinear(const std::string& cls, int64_t in, int64_t out) {
+  torch::jit::Module m(cls);
+  m.register_parameter("weight", torch::randn({out, in}) * 0.3, false);
+  m.register_parameter("bias", torch::randn({out}) * 0.1, false);
+  m.define(R"(
+def forward(self, x):
+    return torch.matmul(x, self.weight.t()) + self.bias
+)");
+  return m;
+}
+
+// multi: forward also takes lora_idx [rows] int64, lora_scale [slots] and, per
+// exposed target t in (q, v), lora_a_t [slots, r, in] and lora_b_t [slots, out, r].
+torch::jit::Module LoraBase(bool multi, const std::map<std::string, torch::Tensor>& merged = {},
+                            int64_t in = kLoraIn, int64_t hidden = kLoraHidden) {
+  torch::manual_seed(21);
+  torch::jit::Module m(multi ? "LoraMultiBase" : "LoraBase");
+  m.register_module("q", LoraLinear("LoraQ", in, hidden));
+  m.register_module("v", LoraLinear("LoraV", hidden, hidden));
+  m.register_module("o", LoraLinear("LoraO", hidden, kLoraOut));
+  for (const auto& [name, w] : merged) m.attr(name).toModule().setattr("weight", w);
+  if (!multi) {
+    m.define(R"(
+def forward(self, x):
+    h = torch.relu(self.q.forward(x))
+    h = torch.relu(self.v.forward(h))
+    return self.o.forward(h)
+)");
+  } else {
+    m.define(R"(
+def lora(self, x, a, b, idx, scale):
+    ax = torch.bmm(a.index_select(0, idx), x.unsqueeze(2))
+    return torch.bmm(b.index_select(0, idx), ax).squeeze(2) * scale.index_select(0, idx).unsqueeze(1)
+
+def forward(self, x, lora_idx, lora_scale, lora_a_q, lora_b_q, lora_a_v, lora_b_v):
+    h = torch.relu(self.q.forward(x) + self.lora(x, lora_a_q, lora_b_q, lora_idx, lora_scale))
+    h = torch.relu(self.v.forward(h) + self.lora(h, lora_a_v, lora_b_v, lora_idx, lora_scale))
+    return self.o.forward(h)
+)");
+  }
+  return m;
+}
+
+mms::Tensor ToMms(const torch::Tensor& t, const std::string& name) {
+  torch::Tensor c = t.contiguous();
+  mms::DType dt = c.scalar_type() == torch::kFloat64 ? mms::DType::kFloat64
+                  : c.scalar_type() == torch::kFloat16 ? mms::DType::kFloat16
+                                                       : mms::DType::kFloat32;
+  std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
+  mms::Tensor out = mms::Tensor::Alloc(name, dt, shape);
+  std::memcpy(out.mutable_data(), c.data_ptr(), out.nbytes);
+  return out;
+}
+
+struct AdapterSpec {
+  std::string dir;
+  int64_t rank = 4, file_rank = 4;
+  double alpha = 8;
+  std::vector<std::string> targets, config_targets;
+  torch::ScalarType dtype = torch::kFloat32;
+  int64_t a_in_override = 0;  // a wrong input width for one target (bad fixture)
+  bool write_weights = true;
+  bool rslora = false;
+};
+
+// Writes a PEFT adapter directory; returns the merged weights (target → W + scale·B·A).
+std::map<std::string, torch::Tensor> WriteAdapter(const AdapterSpec& a, int seed) {
+  torch::manual_seed(100 + seed);
+  std::string dir = out_dir + "/adapters/" + a.dir;
+  std::filesystem::create_directories(dir);
+  nlohmann::json cfg = {{"peft_type", "LORA"},     {"r", a.rank},        {"lora_alpha", a.alpha},
+                        {"target_modules", a.config_targets.empty() ? a.targets : a.config_targets},
+                        {"lora_dropout", 0.0},     {"bias", "none"},     {"fan_in_fan_out", false},
+                        {"use_rslora", a.rslora},  {"task_type", nullptr}};
+  std::ofstream(dir + "/adapter_config.json") << cfg.dump(2);
+  auto base = LoraBase(false);
+  std::vector<mms::Tensor> tensors;
+  std::map<std::string, torch::Tensor> merged;
+  double scale = a.rslora ? a.alpha / std::sqrt(static_cast<double>(a.rank)) : a.alpha / static_cast<double>(a.rank);
+  for (const auto& t : a.targets) {
+    torch::Tensor w = base.attr(t).toModule().attr("weight").toTensor();
+    int64_t out = w.size(0), in = a.a_in_override ? a.a_in_override : w.size(1);
+    torch::Tensor A = (torch::randn({a.file_rank, in}) * 0.2).to(a.dtype);
+    torch::Tensor B = (torch::randn({out, a.file_rank}) * 0.2).to(a.dtype);
+    std::string key = "base_model.model." + t;
+    tensors.push_back(ToMms(A, key + ".lora_A.weight"));
+    tensors.push_back(ToMms(B, key + ".lora_B.weight"));
+    if (a.file_rank == a.rank && !a.a_in_override)
+      merged[t] = w + scale * torch::matmul(B.to(torch::kFloat32), A.to(torch::kFloat32));
+  }
+  if (a.write_weights) {
+    mms::Status st = mms::WriteSafetensorsFile(dir + "/adapter_model.safetensors", tensors);
+    if (!st.ok()) std::cerr << st.ToString() << "\n";
+  }
+  return merged;
+}
+
+void GenerateLora() {
+  auto base = LoraBase(false);
+  Save(base, "lora_base.pt");
+  auto multi = LoraBase(true);
+  Save(multi, "lora_multi.pt");
+  WriteText("lora_input.json", [] {
+    std::string s = "{\"x\": {\"dtype\": \"float32\", \"shape\": [3, 16], \"data\": [";
+    for (int i = 0; i < 48; ++i) s += (i ? "," : "") + std::to_string(((i * 7) % 11 - 5) * 0.1);
+    return s + "]}}";
+  }());
+  // Good adapters, each with its offline merge as a plain model.
+  std::vector<AdapterSpec> good(3);
+  good[0].dir = "a1";
+  good[0].targets = {"q", "v"};
+  good[1].dir = "a2";
+  good[1].rank = good[1].file_rank = 2;
+  good[1].alpha = 4;
+  good[1].targets = {"q"};
+  good[2].dir = "a3";  // also targets o, which the stacked base does not expose
+  good[2].rank = good[2].file_rank = 8;
+  good[2].alpha = 16;
+  good[2].rslora = true;
+  good[2].targets = {"q", "v", "o"};
+  for (size_t i = 0; i < good.size(); ++i) {
+    auto merged = WriteAdapter(good[i], static_cast<int>(i));
+    auto m = LoraBase(false, merged);
+    Save(m, "lora_merged_" + good[i].dir + ".pt");
+  }
+  // Bad adapters: each refused at registration.
+  AdapterSpec rank;  // config says 4, the tensors have rank 2
+  rank.dir = "bad_rank";
+  rank.file_rank = 2;
+  rank.targets = {"q"};
+  WriteAdapter(rank, 10);
+  AdapterSpec shape;  // A is [4, 12] but q takes 16 inputs
+  shape.dir = "bad_shape";
+  shape.targets = {"q"};
+  shape.a_in_override = 12;
+  WriteAdapter(shape, 11);
+  AdapterSpec target;  // targets a module the base does not have
+  target.dir = "bad_target";
+  target.targets = {"q"};
+  target.config_targets = {"q", "k_proj"};
+  WriteAdapter(target, 12);
+  AdapterSpec dtype;  // float64 weights for a float32 base
+  dtype.dir = "bad_dtype";
+  dtype.targets = {"q"};
+  dtype.dtype = torch::kFloat64;
+  WriteAdapter(dtype, 13);
+  AdapterSpec missing;  // no adapter_model.safetensors
+  missing.dir = "bad_missing";
+  missing.targets = {"q"};
+  missing.write_weights = false;
+  WriteAdapter(missing, 14);
 }
 
 void Generate() {
@@ -196,18 +365,19 @@ def forward(self, x):
   WriteText("deep_input.json", "{\"x\": {\"dtype\": \"float32\", \"shape\": [1, 8], \"data\": [0.1, -0.2, 0.3, 0.0, 0.5, -0.6, 0.7, 0.2]}}");
 
   WriteText("not_a_model.pt", "this is a text file, not a TorchScript archive\n");
+  GenerateLora();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: mms-gen-testdata OUT_DIR [--customers N --size-kb S [--prefix P]] [--big MB]\n";
+    std::cerr << "usage: mms-gen-testdata OUT_DIR [--customers N --size-kb S [--prefix P]] [--big MB] [--lora-base W]\n";
     return 2;
   }
   out_dir = argv[1];
   int customers = 0;
-  int64_t size_kb = 64, big_mb = 0;
+  int64_t size_kb = 64, big_mb = 0, lora_width = 0;
   std::string prefix = "customer";
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -215,6 +385,7 @@ int main(int argc, char** argv) {
     else if (a == "--size-kb") size_kb = std::stoll(argv[i + 1]);
     else if (a == "--prefix") prefix = argv[i + 1];
     else if (a == "--big") big_mb = std::stoll(argv[i + 1]);
+    else if (a == "--lora-base") lora_width = std::stoll(argv[i + 1]);
     else {
       std::cerr << "unknown option " << a << "\n";
       return 2;
@@ -234,6 +405,14 @@ int main(int argc, char** argv) {
     std::ofstream(out_dir + "/" + prefix + "_input.json")
         << R"({"ids": {"dtype": "int64", "shape": [1, 4], "data": [1, 2, 3, 4]},)"
         << R"( "dense": {"dtype": "float32", "shape": [1, 8], "data": [0, 1, 0, 1, 0, 1, 0, 1]}})";
+    return 0;
+  }
+  if (lora_width > 0) {  // a wider base taking stacked adapters (the LoRA benchmark)
+    auto m = LoraBase(true, {}, lora_width, lora_width);
+    Save(m, "lora_multi_" + std::to_string(lora_width) + ".pt");
+    std::string s = "{\"x\": {\"dtype\": \"float32\", \"shape\": [1, " + std::to_string(lora_width) + "], \"data\": [";
+    for (int64_t i = 0; i < lora_width; ++i) s += (i ? "," : "") + std::to_string(((i * 7) % 11 - 5) * 0.1);
+    WriteText("lora_input_" + std::to_string(lora_width) + ".json", s + "]}}");
     return 0;
   }
   if (big_mb > 0) {

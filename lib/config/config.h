@@ -76,6 +76,11 @@ struct LimitsConfig {
   double tenant_burst = 0;  // [limits] tenant_burst
 };
 
+struct LoraConfig {
+  uint64_t device_budget = 256ull << 20;  // [lora] device_budget = "256MiB": adapters per device
+  uint64_t host_budget = 1ull << 30;      // [lora] host_budget = "1GiB": adapters in host memory
+};
+
 struct MetricsConfig {
   std::string address;  // [metrics] address = "" (off); "127.0.0.1:9464", ":9464"
 };
@@ -89,6 +94,7 @@ struct Config {
   MetricsConfig metrics;
   SchedulerConfig scheduler;
   LimitsConfig limits;
+  LoraConfig lora;
   std::string source;  // the file it came from, "" for built-in defaults
 };
 

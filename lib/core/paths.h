@@ -38,6 +38,7 @@ std::string DirName(const std::string& path);
 std::string BaseName(const std::string& path);
 std::string JoinPath(const std::string& a, const std::string& b);
 bool FileExists(const std::string& path);
+bool IsDirectory(const std::string& path);
 
 // The directory holding the running executable (/proc/self/exe).
 std::string SelfExeDir();

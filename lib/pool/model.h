@@ -50,6 +50,29 @@ struct WeightLayout {
   uint64_t total_bytes = 0;
 };
 
+// One LoRA adapter's weights where the pool placed them (lib/lora's
+// AdapterModel provides them; a base model runs them). Per target module:
+// A [rank, in] and B [out, rank] of `dtype`; the module's weight becomes
+// W + scale · B · A. Pointers stay valid while the adapter's handle is held.
+struct LoraTarget {
+  std::string module;  // "layers.0.q_proj"
+  const uint8_t* a = nullptr;
+  const uint8_t* b = nullptr;
+  int64_t rank = 0, in = 0, out = 0;
+};
+struct LoraWeights {
+  std::string ref;      // "cust-a:1", for messages
+  double scale = 1;     // lora_alpha / r (or / sqrt(r) with rsLoRA)
+  DType dtype = DType::kFloat32;
+  std::string device;   // where a and b live
+  std::vector<LoraTarget> targets;
+};
+// A share of a batch: `rows` consecutive rows run with `adapter` (null: the base alone).
+struct AdapterRows {
+  const LoraWeights* adapter = nullptr;
+  int64_t rows = 0;
+};
+
 // A runnable instance of one version.
 // Thread-safety: Run may be called concurrently; Bind must not overlap Run
 // (the pool only rebinds a model with no handles out).
@@ -64,6 +87,22 @@ class Model {
   // Inputs in forward() order (MatchInputs). Outputs are named "output",
   // "output_0".., or the keys of a returned dict. MODEL_ERROR when forward raises.
   virtual Result<std::vector<Tensor>> Run(const std::vector<Tensor>& inputs) = 0;
+  // Runs a batch whose rows use different adapters (`parts`, in row order,
+  // summing to the inputs' rows). A base whose forward() takes stacked
+  // adapter weights (lora_idx, lora_scale, lora_a_<m>, lora_b_<m>: see
+  // docs/architecture.md) runs the whole mixed batch at once; any other base
+  // runs each adapter's rows with the adapter's delta applied out of place to
+  // the targeted weights (the base's own weights never change).
+  // Models that cannot: FAILED_PRECONDITION.
+  virtual Result<std::vector<Tensor>> RunWithAdapters(const std::vector<Tensor>& inputs,
+                                                      const std::vector<AdapterRows>& parts) {
+    (void)inputs;
+    (void)parts;
+    return Status(Code::kFailedPrecondition, "this model cannot run LoRA adapters");
+  }
+  // The modules whose adapter weights forward() takes stacked (empty for a
+  // base that does not take them).
+  virtual std::vector<std::string> stacked_lora_modules() const { return {}; }
   // The device it is bound to.
   virtual const std::string& device() const = 0;
   // Saves the module with every weight emptied (the packed format's

@@ -9,7 +9,9 @@
 namespace mms {
 
 nlohmann::json ArtifactInfo::ToJson() const {
-  return {{"inputs", InputSpecsToJson(inputs)}, {"weight_bytes", weight_bytes}, {"tensors", tensors}, {"packed", packed}};
+  nlohmann::json j = {{"inputs", InputSpecsToJson(inputs)}, {"weight_bytes", weight_bytes}, {"tensors", tensors}, {"packed", packed}};
+  if (!lora_stacked.empty()) j["lora_stacked"] = lora_stacked;
+  return j;
 }
 
 namespace {
@@ -26,6 +28,7 @@ ArtifactInfo Describe(const HostModel& hm) {
   for (const auto& n : hm.model->input_names()) info.inputs.push_back({n, std::nullopt, std::nullopt});
   for (const auto& e : hm.model->layout().entries) info.weight_bytes += e.nbytes;
   info.tensors = hm.model->layout().entries.size();
+  info.lora_stacked = hm.model->stacked_lora_modules();
   return info;
 }
 

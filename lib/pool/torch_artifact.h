@@ -27,6 +27,7 @@ struct ArtifactInfo {
   uint64_t weight_bytes = 0;        // unique tensor bytes (params, buffers, tensor attributes)
   size_t tensors = 0;
   bool packed = false;
+  std::vector<std::string> lora_stacked;  // modules whose adapter weights forward() takes stacked
   nlohmann::json ToJson() const;
 };
 

@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <unordered_map>
 
 #include "core/paths.h"
@@ -37,8 +40,9 @@ class TorchModel final : public Model {
         if (kind != c10::TypeKind::TensorType)
           return InvalidArgument(name_ + ": forward argument '" + args[i].name() + "' has type " +
                                  args[i].type()->str() + "; mms serves models whose forward() takes tensors");
-        inputs_.push_back(args[i].name());
+        MMS_RETURN_IF_ERROR(AddArg(args[i].name()));
       }
+      MMS_RETURN_IF_ERROR(CheckStackedLora());
       std::unordered_map<std::string, size_t> index;
       for (size_t i = 0; i < layout_.entries.size(); ++i) index[layout_.entries[i].name] = i;
       for (const auto& a : module_.named_attributes(/*recurse=*/true)) {
@@ -99,23 +103,235 @@ class TorchModel final : public Model {
   }
 
   Result<std::vector<Tensor>> Run(const std::vector<Tensor>& inputs) override {
+    if (!stacked_.empty()) {  // no adapter: every row on the empty slot
+      MMS_ASSIGN_OR_RETURN(int64_t rows, Rows(inputs));
+      return RunWithAdapters(inputs, {AdapterRows{nullptr, rows}});
+    }
     try {
       c10::InferenceMode guard;
-      std::vector<c10::IValue> args;
-      args.reserve(inputs.size());
-      for (const auto& in : inputs) {
-        auto t = ToTorch(in);
-        if (!t.ok()) return t.status();
-        args.emplace_back(device_.is_cpu() ? *t : t->to(device_, /*non_blocking=*/true));
-      }
-      c10::IValue out = module_.forward(std::move(args));
+      MMS_ASSIGN_OR_RETURN(auto user, UserArgs(inputs));
+      c10::IValue out = module_.forward(std::vector<c10::IValue>(user.begin(), user.end()));
       return Outputs(out);
     } catch (const std::exception& e) {
       return Status(Code::kModelError, name_ + " raised in forward(): " + TorchErrorMessage(e));
     }
   }
 
+  std::vector<std::string> stacked_lora_modules() const override {
+    std::vector<std::string> out;
+    for (const auto& m : stacked_) out.push_back(m.module);
+    return out;
+  }
+
+  Result<std::vector<Tensor>> RunWithAdapters(const std::vector<Tensor>& inputs,
+                                              const std::vector<AdapterRows>& parts) override {
+    MMS_ASSIGN_OR_RETURN(int64_t rows, Rows(inputs));
+    int64_t sum = 0;
+    for (const auto& p : parts) sum += p.rows;
+    if (sum != rows)
+      return Internal(name_ + ": adapter parts cover " + std::to_string(sum) + " rows of " + std::to_string(rows));
+    try {
+      c10::InferenceMode guard;
+      MMS_ASSIGN_OR_RETURN(auto user, UserArgs(inputs));
+      if (!stacked_.empty()) return RunStacked(user, parts, rows);
+      const LoraWeights* adapter = parts.empty() ? nullptr : parts.front().adapter;
+      for (const auto& p : parts)
+        if (p.adapter != adapter)
+          return Internal(name_ + ": a batch mixing adapters needs a base that takes stacked adapter weights");
+      if (!adapter) return Outputs(module_.forward(std::vector<c10::IValue>(user.begin(), user.end())));
+      MMS_ASSIGN_OR_RETURN(auto merged, Merged(*adapter));
+      return Outputs(merged.forward(std::vector<c10::IValue>(user.begin(), user.end())));
+    } catch (const std::exception& e) {
+      return Status(Code::kModelError, name_ + " raised in forward(): " + TorchErrorMessage(e));
+    }
+  }
+
  private:
+  // forward()'s arguments: the request's inputs and, for a base taking
+  // stacked adapters, lora_idx, lora_scale, lora_a_<m> and lora_b_<m>.
+  enum class ArgKind { kUser, kIdx, kScale, kA, kB };
+  struct Arg {
+    ArgKind kind;
+    size_t index = 0;  // user input or stacked module
+  };
+  struct Stacked {
+    std::string key;     // "<m>" with dots as underscores, as in the argument names
+    std::string module;  // the module path
+    bool has_a = false, has_b = false;
+    int64_t in = 0, out = 0;
+    at::ScalarType dtype = at::kFloat;
+  };
+
+  Status AddArg(const std::string& name) {
+    auto stacked = [&](const std::string& key) {
+      for (size_t i = 0; i < stacked_.size(); ++i)
+        if (stacked_[i].key == key) return i;
+      stacked_.push_back(Stacked{key, "", false, false, 0, 0, at::kFloat});
+      return stacked_.size() - 1;
+    };
+    if (name == "lora_idx") {
+      args_.push_back({ArgKind::kIdx, 0});
+    } else if (name == "lora_scale") {
+      args_.push_back({ArgKind::kScale, 0});
+    } else if (name.rfind("lora_a_", 0) == 0 || name.rfind("lora_b_", 0) == 0) {
+      size_t i = stacked(name.substr(7));
+      bool a = name[5] == 'a';
+      (a ? stacked_[i].has_a : stacked_[i].has_b) = true;
+      args_.push_back({a ? ArgKind::kA : ArgKind::kB, i});
+    } else if (name.rfind("lora_", 0) == 0) {
+      return InvalidArgument(name_ + ": forward argument '" + name +
+                             "' starts with lora_ but is not lora_idx, lora_scale, lora_a_<module> or lora_b_<module>");
+    } else {
+      args_.push_back({ArgKind::kUser, inputs_.size()});
+      inputs_.push_back(name);
+    }
+    return Status::Ok();
+  }
+
+  // A base taking stacked adapters names real Linear-like modules (a 2-D
+  // weight [out, in]) and takes every one of its LoRA arguments.
+  Status CheckStackedLora() {
+    if (stacked_.empty()) {
+      for (const auto& a : args_)
+        if (a.kind != ArgKind::kUser)
+          return InvalidArgument(name_ + ": forward takes lora_idx/lora_scale but no lora_a_<module>, lora_b_<module>");
+      return Status::Ok();
+    }
+    bool idx = false, scale = false;
+    for (const auto& a : args_) {
+      idx = idx || a.kind == ArgKind::kIdx;
+      scale = scale || a.kind == ArgKind::kScale;
+    }
+    if (!idx || !scale || inputs_.empty())
+      return InvalidArgument(name_ + ": a base taking stacked LoRA weights needs its inputs, lora_idx and lora_scale");
+    for (auto& st : stacked_) {
+      if (!st.has_a || !st.has_b)
+        return InvalidArgument(name_ + ": forward takes only one of lora_a_" + st.key + " and lora_b_" + st.key);
+      // Shapes from the layout: a packed module's own tensors are empty until bound.
+      for (const auto& m : module_.named_modules()) {
+        std::string key = m.name;
+        std::replace(key.begin(), key.end(), '.', '_');
+        if (key != st.key || m.name.empty()) continue;
+        std::string name = m.name + ".weight";
+        if (auto al = layout_.aliases.find(name); al != layout_.aliases.end()) name = al->second;
+        for (const auto& e : layout_.entries) {
+          auto dt = ToScalarType(e.dtype);
+          if (e.name != name || e.shape.size() != 2 || !dt.ok()) continue;
+          st.module = m.name;
+          st.out = e.shape[0];
+          st.in = e.shape[1];
+          st.dtype = *dt;
+        }
+      }
+      if (st.module.empty())
+        return InvalidArgument(name_ + ": forward takes lora_a_" + st.key + " but the model has no module '" + st.key +
+                               "' (dots as underscores) with a 2-D weight");
+    }
+    return Status::Ok();
+  }
+
+  Result<int64_t> Rows(const std::vector<Tensor>& inputs) const {
+    if (inputs.empty() || inputs.front().shape.empty())
+      return InvalidArgument(name_ + ": adapters need inputs with a batch dimension (rows first)");
+    return inputs.front().shape[0];
+  }
+
+  Result<std::vector<at::Tensor>> UserArgs(const std::vector<Tensor>& inputs) const {
+    std::vector<at::Tensor> args;
+    args.reserve(inputs.size());
+    for (const auto& in : inputs) {
+      auto t = ToTorch(in);
+      if (!t.ok()) return t.status();
+      args.push_back(device_.is_cpu() ? *t : t->to(device_, /*non_blocking=*/true));
+    }
+    return args;
+  }
+
+  // An adapter tensor as a torch tensor on this model's device and dtype.
+  at::Tensor AdapterTensor(const LoraWeights& w, const uint8_t* p, std::vector<int64_t> shape, at::ScalarType dtype) const {
+    auto st = ToScalarType(w.dtype);
+    at::Tensor t = torch::from_blob(const_cast<uint8_t*>(p), shape,
+                                    torch::TensorOptions().dtype(st.ok() ? *st : at::kFloat).device(c10::Device(w.device)));
+    return t.to(device_, dtype);
+  }
+
+  // Mode (b): one forward for the whole batch; slot 0 is "no adapter" (zeros).
+  Result<std::vector<Tensor>> RunStacked(const std::vector<at::Tensor>& user, const std::vector<AdapterRows>& parts,
+                                         int64_t rows) {
+    std::vector<const LoraWeights*> slots{nullptr};
+    std::vector<int64_t> idx;
+    idx.reserve(static_cast<size_t>(rows));
+    int64_t rmax = 1;
+    for (const auto& p : parts) {
+      size_t s = std::find(slots.begin(), slots.end(), p.adapter) - slots.begin();
+      if (s == slots.size()) {
+        slots.push_back(p.adapter);
+        for (const auto& t : p.adapter->targets) rmax = std::max(rmax, t.rank);
+      }
+      idx.insert(idx.end(), static_cast<size_t>(p.rows), static_cast<int64_t>(s));
+    }
+    const int64_t n = static_cast<int64_t>(slots.size());
+    at::ScalarType dtype = stacked_.front().dtype;
+    auto opts = torch::TensorOptions().dtype(dtype).device(device_);
+    at::Tensor scale = torch::zeros({n}, opts);
+    std::vector<at::Tensor> a(stacked_.size()), b(stacked_.size());
+    for (size_t m = 0; m < stacked_.size(); ++m) {
+      a[m] = torch::zeros({n, rmax, stacked_[m].in}, opts.dtype(stacked_[m].dtype));
+      b[m] = torch::zeros({n, stacked_[m].out, rmax}, opts.dtype(stacked_[m].dtype));
+    }
+    for (int64_t s = 1; s < n; ++s) {
+      const LoraWeights& w = *slots[static_cast<size_t>(s)];
+      scale[s] = w.scale;
+      for (const auto& t : w.targets) {
+        size_t m = 0;
+        while (m < stacked_.size() && stacked_[m].module != t.module) ++m;
+        if (m == stacked_.size())
+          return FailedPrecondition(w.ref + " targets " + t.module + ", which " + name_ + " does not take stacked");
+        a[m][s].narrow(0, 0, t.rank).copy_(AdapterTensor(w, t.a, {t.rank, t.in}, stacked_[m].dtype));
+        b[m][s].narrow(1, 0, t.rank).copy_(AdapterTensor(w, t.b, {t.out, t.rank}, stacked_[m].dtype));
+      }
+    }
+    at::Tensor index = torch::tensor(idx, torch::TensorOptions().dtype(at::kLong)).to(device_);
+    std::vector<c10::IValue> args;
+    for (const auto& arg : args_) {
+      switch (arg.kind) {
+        case ArgKind::kUser: args.emplace_back(user[arg.index]); break;
+        case ArgKind::kIdx: args.emplace_back(index); break;
+        case ArgKind::kScale: args.emplace_back(scale); break;
+        case ArgKind::kA: args.emplace_back(a[arg.index]); break;
+        case ArgKind::kB: args.emplace_back(b[arg.index]); break;
+      }
+    }
+    return Outputs(module_.forward(std::move(args)));
+  }
+
+  // Mode (a): a shallow copy of the module in which each targeted module is
+  // copied too and its weight replaced by W + scale · B · A (a new tensor);
+  // everything else is shared with the base, whose weights never change.
+  Result<torch::jit::Module> Merged(const LoraWeights& w) {
+    std::map<std::string, torch::jit::Module> copies;
+    copies.emplace("", module_.copy());
+    std::function<torch::jit::Module(const std::string&)> sub = [&](const std::string& path) {
+      auto it = copies.find(path);
+      if (it != copies.end()) return it->second;
+      auto dot = path.rfind('.');
+      torch::jit::Module parent = sub(dot == std::string::npos ? "" : path.substr(0, dot));
+      std::string leaf = dot == std::string::npos ? path : path.substr(dot + 1);
+      torch::jit::Module child = parent.attr(leaf).toModule().copy();
+      parent.setattr(leaf, child._ivalue());
+      copies.emplace(path, child);
+      return child;
+    };
+    for (const auto& t : w.targets) {
+      torch::jit::Module m = sub(t.module);
+      at::Tensor weight = m.attr("weight").toTensor();
+      at::Tensor a = AdapterTensor(w, t.a, {t.rank, t.in}, weight.scalar_type());
+      at::Tensor b = AdapterTensor(w, t.b, {t.out, t.rank}, weight.scalar_type());
+      m.setattr("weight", weight + torch::matmul(b, a) * w.scale);
+    }
+    return copies.at("");
+  }
+
   Result<std::vector<Tensor>> Outputs(const c10::IValue& out) {
     std::vector<Tensor> result;
     auto add = [&](const c10::IValue& v, const std::string& name) -> Status {
@@ -150,7 +366,9 @@ class TorchModel final : public Model {
   torch::jit::Module module_;
   WeightLayout layout_;
   const std::string name_;
-  std::vector<std::string> inputs_;
+  std::vector<std::string> inputs_;  // the request's inputs (LoRA arguments excluded)
+  std::vector<Arg> args_;            // every forward() argument, in order
+  std::vector<Stacked> stacked_;     // modules whose adapter weights forward() takes stacked
   std::vector<std::pair<at::Tensor, size_t>> slots_;  // module tensors and their layout entry
   std::shared_ptr<Buffer> bound_;
   c10::Device device_{c10::kCPU};

@@ -187,7 +187,7 @@ void ShadowRunner::Work(Shadow* s) {
   YieldToRequests();
   pthread_setname_np(pthread_self(), "mms-shadow");
   if (opts_.on_worker_start) opts_.on_worker_start();
-  Result<HandlePtr> h = Status(Code::kUnavailable, "not acquired yet");
+  Result<Servable> h = Status(Code::kUnavailable, "not acquired yet");
   while (true) {
     Shadow::Job job;
     {
@@ -200,15 +200,15 @@ void ShadowRunner::Work(Shadow* s) {
     }
     int64_t t0 = opts_.clock->MonoNanos();
     Result<std::vector<Tensor>> out = Status(Code::kInternal, "not run");
-    if (!h.ok()) h = opts_.pool->AcquireSync(s->candidate);  // kept for the next jobs
+    if (!h.ok()) h = opts_.acquire(s->candidate);  // kept for the next jobs
     if (!h.ok()) {
       out = h.status();
     } else {
       std::vector<InputSpec> specs = s->candidate.inputs;
       if (specs.empty())  // no recorded specs: the model's own argument names
-        for (const auto& n : (*h)->model()->input_names()) specs.push_back({n, std::nullopt, std::nullopt});
+        for (const auto& n : h->model->model()->input_names()) specs.push_back({n, std::nullopt, std::nullopt});
       auto in = MatchInputs(specs, job.inputs, s->candidate.ref);
-      out = in.ok() ? (*h)->model()->Run(*in) : Result<std::vector<Tensor>>(in.status());
+      out = in.ok() ? h->Run(*in) : Result<std::vector<Tensor>>(in.status());
     }
     int64_t shadow_ns = opts_.clock->MonoNanos() - t0;
     std::lock_guard<std::mutex> lock(s->mu);

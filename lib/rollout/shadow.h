@@ -33,6 +33,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/clock.h"
+#include "lora/servable.h"
 #include "pool/model_pool.h"
 #include "registry/registry.h"
 
@@ -57,7 +58,9 @@ class Reservoir {
 class ShadowRunner {
  public:
   struct Options {
-    ModelPool* pool = nullptr;
+    // Gets a candidate onto a device (the daemon: its pool, or for an
+    // adapter its base's and the adapter's); the handle is kept between jobs.
+    std::function<Result<Servable>(const PoolItem& candidate)> acquire;
     Clock* clock = Clock::Real();
     size_t max_samples = 20;  // diverging requests kept per shadow
     std::function<void()> on_worker_start;  // e.g. keep libtorch single-threaded there

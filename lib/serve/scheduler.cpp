@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include "core/log.h"
+#include "lora/adapter_model.h"
 #include "serve/batching.h"
 
 namespace mms {
@@ -157,12 +158,27 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   int64_t t0 = opts_.clock->MonoNanos();
   Model* m = batch.front().handle->model();
   std::vector<Result<std::vector<Tensor>>> results;
+  bool adapters = false;
+  std::vector<AdapterRows> lora;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Job& j = batch[i];
+    adapters = adapters || j.adapter;
+    lora.push_back({j.adapter ? &static_cast<const AdapterModel*>(j.adapter->model())->weights() : nullptr, rows[i]});
+  }
   if (batch.size() == 1) {
-    results.push_back(m->Run(batch.front().inputs));
+    const Job& j = batch.front();
+    if (!adapters) {
+      results.push_back(m->Run(j.inputs));
+    } else {
+      auto r = BatchRows(j.inputs);  // an unbatched version counts requests, not rows
+      results.push_back(r.ok() ? m->RunWithAdapters(j.inputs, {AdapterRows{lora.front().adapter, *r}})
+                               : Result<std::vector<Tensor>>(r.status()));
+    }
   } else {
     std::vector<const std::vector<Tensor>*> parts;
     for (const auto& j : batch) parts.push_back(&j.inputs);
-    auto out = m->Run(ConcatRows(parts));
+    std::vector<Tensor> inputs = ConcatRows(parts);
+    auto out = adapters ? m->RunWithAdapters(inputs, lora) : m->Run(inputs);
     auto split = out.ok() ? SplitRows(*out, rows) : Result<std::vector<std::vector<Tensor>>>(out.status());
     for (size_t i = 0; i < batch.size(); ++i)
       results.push_back(split.ok() ? Result<std::vector<Tensor>>((*split)[i]) : Result<std::vector<Tensor>>(split.status()));

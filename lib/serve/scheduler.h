@@ -14,6 +14,11 @@
 //   input shapes (but dim 0) are concatenated along dim 0 up to max_batch rows,
 //   run once, and each caller gets exactly its rows. A batch waits at most
 //   `batch_delay` after its oldest request for more to arrive.
+// * LoRA adapters: a job may carry an adapter (its handle is the base's).
+//   A batch whose jobs carry adapters runs through Model::RunWithAdapters,
+//   each job's rows with its own adapter — the caller decides by the queue
+//   key whether adapters share batches (a base taking stacked adapter
+//   weights) or each adapter has its own queue.
 // * Idle fast path: with nothing queued and a worker free, a non-batched
 //   request runs at once on the submitting thread (no hand-off).
 //
@@ -47,6 +52,7 @@ class Scheduler {
   };
   struct Job {
     HandlePtr handle;              // keeps the model on its device while queued
+    HandlePtr adapter;             // a LoRA adapter's handle (handle is then its base), or null
     std::vector<Tensor> inputs;    // in forward() order
     int64_t deadline_ns = 0;       // monotonic; 0 = none
     int priority = 1;              // 0 high, 1 normal, 2 low

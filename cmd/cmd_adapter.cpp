@@ -1,0 +1,195 @@
+// mms adapter register|list|show|rm: LoRA adapters (PEFT format) on a base
+// version. An adapter is a version of a model of its own (NAME:VERSION) whose
+// weights are the adapter and whose base is another version, so it can be
+// predicted, staged, aliased, experimented on, shadowed and canaried like any
+// version. Everything is checked here, at registration, against the base's
+// packed weights — never at serving time. No daemon needed.
+#include <unistd.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "cli.h"
+#include "core/hash.h"
+#include "core/paths.h"
+#include "core/units.h"
+#include "lora/adapter.h"
+
+namespace mms::cli {
+namespace {
+
+struct AdapterArgs {
+  std::string name, version, base, path, description;
+  std::vector<std::string> labels;
+};
+
+// The next integer version of `name` ("1" for a new model).
+std::string NextVersion(Registry& reg, const std::string& name) {
+  long next = 1;
+  if (auto list = reg.List(name); list.ok())
+    for (const auto& v : *list) {
+      char* end = nullptr;
+      long n = std::strtol(v.version.c_str(), &end, 10);
+      if (end && *end == '\0') next = std::max(next, n + 1);
+    }
+  return std::to_string(next);
+}
+
+Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs& a) {
+  MMS_RETURN_IF_ERROR(ValidateName(a.name));
+  std::string version = a.version.empty() ? NextVersion(reg, a.name) : a.version;
+  MMS_RETURN_IF_ERROR(ValidateVersion(version));
+  MMS_ASSIGN_OR_RETURN(VersionRecord base, reg.Resolve(a.base));
+  if (base.is_adapter())
+    return InvalidArgument(base.ref() + " is itself an adapter (of " + base.base_ref + "); --base names a model version");
+  if (base.packed_dir.empty())
+    return FailedPrecondition(base.ref() + " has no packed weights to check adapters against; register it again");
+  std::vector<std::string> stacked;
+  if (base.lora.contains("stacked")) stacked = base.lora["stacked"].get<std::vector<std::string>>();
+  MMS_ASSIGN_OR_RETURN(LoraBase lb, ReadLoraBase(base.ref(), JoinPath(base.packed_dir, "weights.safetensors"), stacked));
+  auto dir = CanonicalPath(a.path);
+  if (!dir.ok()) return InvalidArgument("adapter directory " + a.path + " does not exist (--path names a PEFT adapter directory)");
+  MMS_ASSIGN_OR_RETURN(CheckedAdapter checked, CheckAdapter(*dir, lb));
+
+  NewVersion v;
+  v.model = a.name;
+  v.version = version;
+  v.artifact_path = checked.weights_path;
+  v.size_bytes = std::filesystem::file_size(checked.weights_path);
+  MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(checked.weights_path));
+  v.description = a.description;
+  for (const auto& l : a.labels) {
+    auto eq = l.find('=');
+    if (eq == std::string::npos || eq == 0) return InvalidArgument("invalid label '" + l + "': use --label key=value");
+    v.labels[l.substr(0, eq)] = l.substr(eq + 1);
+  }
+  v.device_bytes = v.host_bytes = checked.info.bytes;
+  v.inputs = base.inputs;  // served through the base: the same inputs
+  v.base_id = base.id;
+  v.lora = checked.info.ToJson();
+
+  // Pack into the data dir (staging, then rename), as model registration does.
+  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
+  std::string model_dir = JoinPath(artifacts, a.name);
+  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
+  CleanStaleStaging(model_dir);
+  std::string final_dir = JoinPath(model_dir, version + "-" + v.sha256.substr(0, 12));
+  std::string staging = final_dir + ".tmp-" + std::to_string(::getpid());
+  std::error_code ec;
+  MMS_RETURN_IF_ERROR(MakeDirs(staging, 0755));
+  Status st = WritePackedAdapter(JoinPath(staging, kAdapterWeightsFile), checked);
+  if (st.ok()) std::filesystem::copy_file(JoinPath(*dir, "adapter_config.json"), JoinPath(staging, "adapter_config.json"), ec);
+  if (st.ok() && ec) st = IoError("cannot copy adapter_config.json: " + ec.message());
+  if (st.ok()) {
+    std::filesystem::remove_all(final_dir, ec);
+    std::filesystem::rename(staging, final_dir, ec);
+    if (ec) st = IoError("cannot store the packed adapter in " + final_dir + ": " + ec.message());
+  }
+  if (!st.ok()) {
+    std::filesystem::remove_all(staging, ec);
+    return st;
+  }
+  v.packed_dir = final_dir;
+  auto rec = reg.Register(v);
+  if (!rec.ok()) std::filesystem::remove_all(final_dir, ec);
+  return rec;
+}
+
+std::string Targets(const VersionRecord& r) {
+  std::string s;
+  for (const auto& t : r.lora.value("targets", nlohmann::json::array()))
+    s += (s.empty() ? "" : ",") + t.value("module", "");
+  return s;
+}
+
+int CmdRegister(Cli& cli, const AdapterArgs& a) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto rec = RegisterAdapter(cli, **reg, a);
+  if (!rec.ok()) return cli.Fail(rec.status());
+  cli.NotifyDaemon();
+  cli.Emit(rec->ToJson(), [&] {
+    std::cout << "registered adapter " << rec->ref() << " on " << rec->base_ref << " (rank "
+              << rec->lora.value("rank", 0) << ", " << Targets(*rec) << ", " << FormatBytes(rec->device_bytes) << ")\n";
+  });
+  return 0;
+}
+
+int CmdList(Cli& cli, const std::string& base_text) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  int64_t base_id = 0;
+  if (!base_text.empty()) {
+    auto b = (*reg)->Resolve(base_text);
+    if (!b.ok()) return cli.Fail(b.status());
+    base_id = b->id;
+  }
+  auto all = (*reg)->List();
+  if (!all.ok()) return cli.Fail(all.status());
+  std::vector<VersionRecord> adapters;
+  for (const auto& v : *all)
+    if (v.is_adapter() && (!base_id || v.base_id == base_id)) adapters.push_back(v);
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& v : adapters) j.push_back(v.ToJson());
+  cli.Emit(j, [&] {
+    if (adapters.empty()) {
+      std::cout << "no adapters (register one with: mms adapter register NAME --base REF --path DIR)\n";
+      return;
+    }
+    std::vector<std::vector<std::string>> rows{{"ADAPTER", "BASE", "RANK", "TARGETS", "SIZE", "STAGE", "CREATED"}};
+    for (const auto& v : adapters)
+      rows.push_back({v.ref(), v.base_ref, v.lora.value("rank", nlohmann::json(0)).dump(), Targets(v),
+                      FormatBytes(v.device_bytes), StageName(v.stage), FormatTime(v.created_ms)});
+    std::cout << FormatTable(rows);
+  });
+  return 0;
+}
+
+// `mms adapter show|rm` take adapters only, so a typo cannot remove a base.
+Status RequireAdapter(Cli& cli, const std::string& ref) {
+  MMS_ASSIGN_OR_RETURN(auto reg, cli.OpenRegistry());
+  MMS_ASSIGN_OR_RETURN(VersionRecord v, reg->Resolve(ref));
+  if (!v.is_adapter()) return InvalidArgument(v.ref() + " is not an adapter (see mms model show " + v.ref() + ")");
+  return Status::Ok();
+}
+
+}  // namespace
+
+void AddAdapterCommands(CLI::App& app, Cli& cli) {
+  auto* ad = app.add_subcommand("adapter", "LoRA adapters (PEFT format) on a shared base version");
+  ad->require_subcommand(1);
+  auto* reg = ad->add_subcommand("register", "Register a PEFT adapter directory as NAME:VERSION on a base version");
+  auto a = std::make_shared<AdapterArgs>();
+  reg->add_option("NAME", a->name, "the adapter's model name ([a-z0-9][a-z0-9._-]{0,62})")->required();
+  reg->add_option("--base", a->base, "the base version (NAME, NAME:VERSION or NAME@ALIAS)")->required();
+  reg->add_option("--path", a->path, "directory with adapter_config.json and adapter_model.safetensors")->required();
+  reg->add_option("--version", a->version, "version (default: the next integer)");
+  reg->add_option("--description", a->description, "free text");
+  reg->add_option("--label", a->labels, "key=value (repeatable)");
+  reg->callback([&cli, a] { cli.exit_code = CmdRegister(cli, *a); });
+
+  auto* list = ad->add_subcommand("list", "Adapters, optionally of one base");
+  auto base = std::make_shared<std::string>();
+  list->add_option("--base", *base, "only adapters of this base version");
+  list->callback([&cli, base] { cli.exit_code = CmdList(cli, *base); });
+
+  auto* show = ad->add_subcommand("show", "Show one adapter version");
+  auto sref = std::make_shared<std::string>();
+  show->add_option("REF", *sref, "NAME, NAME:VERSION or NAME@ALIAS")->required();
+  show->callback([&cli, sref] {
+    Status st = RequireAdapter(cli, *sref);
+    cli.exit_code = st.ok() ? ModelShow(cli, *sref) : cli.Fail(st);
+  });
+
+  auto* rm = ad->add_subcommand("rm", "Remove an adapter version (refused while in use, unless --force)");
+  auto rref = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
+  rm->add_option("REF", *rref, "NAME:VERSION (or NAME@ALIAS)")->required();
+  rm->add_flag("--force", *force, "remove even if an experiment, shadow or canary uses it (they stop)");
+  rm->callback([&cli, rref, force] {
+    Status st = RequireAdapter(cli, *rref);
+    cli.exit_code = st.ok() ? ModelRm(cli, *rref, *force) : cli.Fail(st);
+  });
+}
+
+}  // namespace mms::cli

@@ -1,0 +1,218 @@
+#include "lora/adapter.h"
+
+#include <algorithm>
+#include <cmath>
+#include <regex>
+
+#include "core/paths.h"
+#include "protocol/tensor_file.h"
+
+namespace mms {
+
+nlohmann::json AdapterInfo::ToJson() const {
+  nlohmann::json t = nlohmann::json::array();
+  for (const auto& x : targets) t.push_back({{"module", x.module}, {"in", x.in}, {"out", x.out}});
+  return {{"rank", rank},   {"alpha", alpha},           {"rslora", rslora}, {"scale", scale},
+          {"dtype", DTypeName(dtype)}, {"targets", t}, {"bytes", bytes}};
+}
+
+Result<AdapterInfo> AdapterInfo::FromJson(const nlohmann::json& j) {
+  try {
+    AdapterInfo a;
+    a.rank = j.at("rank").get<int64_t>();
+    a.alpha = j.at("alpha").get<double>();
+    a.rslora = j.value("rslora", false);
+    a.scale = j.at("scale").get<double>();
+    MMS_ASSIGN_OR_RETURN(a.dtype, ParseDType(j.at("dtype").get<std::string>()));
+    for (const auto& t : j.at("targets"))
+      a.targets.push_back({t.at("module").get<std::string>(), t.at("in").get<int64_t>(), t.at("out").get<int64_t>()});
+    a.bytes = j.value("bytes", 0ull);
+    return a;
+  } catch (const std::exception& e) {
+    return Corrupt(std::string("adapter record: ") + e.what());
+  }
+}
+
+Result<LoraBase> ReadLoraBase(const std::string& ref, const std::string& packed_weights,
+                              const std::vector<std::string>& stacked) {
+  auto header = ReadSafetensorsHeader(packed_weights);
+  if (!header.ok())
+    return FailedPrecondition("the weights of " + ref + " (" + packed_weights + ") cannot be read: " +
+                              header.status().message() + "; register the base again");
+  LoraBase base;
+  base.ref = ref;
+  base.stacked = stacked;
+  std::map<std::string, const SafetensorsEntry*> by_name;
+  for (const auto& e : header->entries) by_name[e.name] = &e;
+  auto add = [&](const std::string& name, const SafetensorsEntry& e) {
+    const std::string suffix = ".weight";
+    if (e.shape.size() != 2 || name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      return;
+    base.linears[name.substr(0, name.size() - suffix.size())] = {e.dtype, e.shape[0], e.shape[1]};
+  };
+  for (const auto& e : header->entries) add(e.name, e);
+  for (const auto& [key, target] : header->metadata)  // tied weights: "alias:NAME" → the entry it shares
+    if (key.rfind("alias:", 0) == 0)
+      if (auto it = by_name.find(target); it != by_name.end()) add(key.substr(6), *it->second);
+  return base;
+}
+
+namespace {
+
+// PEFT's rule: a list matches a module named exactly so or ending in ".name";
+// a string is a regular expression the whole module path must match.
+bool Targets(const nlohmann::json& target_modules, const std::string& module) {
+  if (target_modules.is_string()) {
+    try {
+      return std::regex_match(module, std::regex(target_modules.get<std::string>()));
+    } catch (const std::regex_error&) {
+      return false;
+    }
+  }
+  for (const auto& t : target_modules) {
+    std::string n = t.get<std::string>();
+    if (module == n || (module.size() > n.size() && module.compare(module.size() - n.size(), n.size(), n) == 0 &&
+                        module[module.size() - n.size() - 1] == '.'))
+      return true;
+  }
+  return false;
+}
+
+std::string Join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+}  // namespace
+
+Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base) {
+  const std::string cfg_path = JoinPath(dir, "adapter_config.json");
+  const std::string weights_path = JoinPath(dir, "adapter_model.safetensors");
+  if (!IsDirectory(dir)) return InvalidArgument("adapter directory " + dir + " does not exist (--path names a PEFT adapter directory)");
+  if (!FileExists(cfg_path))
+    return InvalidArgument("missing file " + cfg_path + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
+  if (!FileExists(weights_path))
+    return InvalidArgument("missing file " + weights_path + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
+  MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
+  auto cfg = nlohmann::json::parse(text, nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object()) return InvalidArgument(cfg_path + " is not a JSON object");
+
+  CheckedAdapter out;
+  out.weights_path = weights_path;
+  AdapterInfo& info = out.info;
+  auto bad = [&](const std::string& what) { return InvalidArgument(cfg_path + ": " + what); };
+  if (cfg.contains("peft_type") && cfg["peft_type"].is_string() && cfg["peft_type"] != "LORA")
+    return bad("peft_type is " + cfg["peft_type"].get<std::string>() + "; mms serves LORA adapters");
+  if (!cfg.contains("r") || !cfg["r"].is_number_integer() || cfg["r"].get<int64_t>() < 1)
+    return bad("\"r\" (the rank) must be a positive integer");
+  info.rank = cfg["r"].get<int64_t>();
+  info.alpha = cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number() ? cfg["lora_alpha"].get<double>()
+                                                                            : static_cast<double>(info.rank);
+  if (!std::isfinite(info.alpha)) return bad("lora_alpha must be a finite number");
+  info.rslora = cfg.value("use_rslora", false);
+  info.scale = info.rslora ? info.alpha / std::sqrt(static_cast<double>(info.rank))
+                           : info.alpha / static_cast<double>(info.rank);
+  if (cfg.value("fan_in_fan_out", false))
+    return bad("fan_in_fan_out adapters (GPT-2 style Conv1D weights) are not supported");
+  if (cfg.value("use_dora", false)) return bad("DoRA adapters are not supported");
+  if (cfg.contains("bias") && cfg["bias"].is_string() && cfg["bias"] != "none")
+    return bad("bias \"" + cfg["bias"].get<std::string>() + "\" is not supported (only \"none\")");
+  for (const char* k : {"rank_pattern", "alpha_pattern"})
+    if (cfg.contains(k) && cfg[k].is_object() && !cfg[k].empty()) return bad(std::string(k) + " is not supported");
+  const nlohmann::json& tm = cfg.contains("target_modules") ? cfg["target_modules"] : nlohmann::json();
+  bool tm_ok = tm.is_string() || (tm.is_array() && !tm.empty() &&
+                                  std::all_of(tm.begin(), tm.end(), [](const auto& x) { return x.is_string(); }));
+  if (!tm_ok) return bad("target_modules must be a list of module names or a regular expression");
+
+  // Which of the base's modules the config targets; each listed name must match one.
+  std::vector<std::string> targeted;
+  for (const auto& [module, lin] : base.linears)
+    if (Targets(tm, module)) targeted.push_back(module);
+  std::vector<std::string> available;
+  for (const auto& [module, lin] : base.linears) available.push_back(module);
+  if (tm.is_array()) {
+    for (const auto& t : tm) {
+      std::string n = t.get<std::string>();
+      bool found = std::any_of(targeted.begin(), targeted.end(), [&](const std::string& m) { return Targets(nlohmann::json::array({n}), m); });
+      if (!found)
+        return bad("target module '" + n + "' is not in " + base.ref + " (its modules with a 2-D weight: " +
+                   Join(available) + ")");
+    }
+  } else if (targeted.empty()) {
+    return bad("target_modules '" + tm.get<std::string>() + "' matches no module of " + base.ref + " (" + Join(available) + ")");
+  }
+  if (!base.stacked.empty())
+    for (const auto& m : targeted)
+      if (std::find(base.stacked.begin(), base.stacked.end(), m) == base.stacked.end())
+        return bad("target module '" + m + "' is not one " + base.ref + " takes stacked adapter weights for (" +
+                   Join(base.stacked) + "); train the adapter on those, or register it on a base without stacked inputs");
+
+  auto tensors = ReadSafetensorsFile(weights_path);
+  if (!tensors.ok()) return InvalidArgument(weights_path + ": " + tensors.status().message());
+  std::map<std::string, std::pair<const Tensor*, const Tensor*>> by_module;
+  for (const auto& t : *tensors) {
+    std::string key = t.name;
+    if (key.rfind("base_model.model.", 0) == 0) key = key.substr(17);
+    bool a = false;
+    std::string module;
+    for (const char* suffix : {".lora_A.weight", ".lora_B.weight"}) {
+      size_t n = std::string(suffix).size();
+      if (key.size() > n && key.compare(key.size() - n, n, suffix) == 0) {
+        module = key.substr(0, key.size() - n);
+        a = suffix[6] == 'A';
+      }
+    }
+    if (module.empty())
+      return InvalidArgument(weights_path + ": tensor '" + t.name + "' is not a LoRA A or B weight (…lora_A.weight, …lora_B.weight)");
+    (a ? by_module[module].first : by_module[module].second) = &t;
+  }
+  for (const auto& [module, ab] : by_module) {
+    auto where = [&](const std::string& what) { return InvalidArgument(weights_path + ": " + module + ": " + what); };
+    if (std::find(targeted.begin(), targeted.end(), module) == targeted.end())
+      return base.linears.count(module)
+                 ? where("has adapter weights but is not in target_modules of " + cfg_path)
+                 : where("no such module with a 2-D weight in " + base.ref + " (" + Join(available) + ")");
+    if (!ab.first || !ab.second) return where(std::string("lora_") + (ab.first ? "B" : "A") + ".weight is missing");
+    const Tensor& A = *ab.first;
+    const Tensor& B = *ab.second;
+    const LoraBase::Linear& lin = base.linears.at(module);
+    if (A.shape.size() != 2 || B.shape.size() != 2) return where("lora_A and lora_B must be 2-D");
+    if (A.shape[0] != info.rank || B.shape[1] != info.rank)
+      return where("rank mismatch: adapter_config.json says r = " + std::to_string(info.rank) + " but lora_A is " +
+                   ShapeString(A.shape) + " and lora_B " + ShapeString(B.shape));
+    if (A.shape[1] != lin.in || B.shape[0] != lin.out)
+      return where("shape mismatch with " + base.ref + ": its weight is [" + std::to_string(lin.out) + ", " +
+                   std::to_string(lin.in) + "] (out, in), so lora_A must be [r, " + std::to_string(lin.in) +
+                   "] and lora_B [" + std::to_string(lin.out) + ", r]; got " + ShapeString(A.shape) + " and " +
+                   ShapeString(B.shape) + " (an adapter trained for another base?)");
+    if (A.dtype != lin.dtype || B.dtype != lin.dtype)
+      return where(std::string("wrong dtype: ") + DTypeName(A.dtype) + "/" + DTypeName(B.dtype) + ", but " + base.ref +
+                   "'s weights are " + DTypeName(lin.dtype) + "; convert the adapter to " + DTypeName(lin.dtype));
+    for (const Tensor* t : {&A, &B})
+      for (double v : TensorToDoubles(*t))
+        if (!std::isfinite(v)) return where("holds NaN or infinite values");
+  }
+  for (const auto& m : targeted)
+    if (!by_module.count(m))
+      return InvalidArgument(weights_path + ": no lora_A/lora_B for module '" + m + "', which target_modules names");
+  info.dtype = base.linears.at(targeted.front()).dtype;
+  for (const auto& [module, ab] : by_module) {
+    const LoraBase::Linear& lin = base.linears.at(module);
+    info.targets.push_back({module, lin.in, lin.out});
+    Tensor a = *ab.first, b = *ab.second;
+    a.name = module + ".lora_A";
+    b.name = module + ".lora_B";
+    info.bytes += a.nbytes + b.nbytes;
+    out.tensors.push_back(std::move(a));
+    out.tensors.push_back(std::move(b));
+  }
+  return out;
+}
+
+Status WritePackedAdapter(const std::string& path, const CheckedAdapter& a) {
+  return WriteSafetensorsFile(path, a.tensors, {{"format", "mms-adapter-1"}, {"mms.adapter", a.info.ToJson().dump()}}, 64);
+}
+
+}  // namespace mms

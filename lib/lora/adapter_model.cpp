@@ -1,0 +1,87 @@
+#include "lora/adapter_model.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/paths.h"
+#include "protocol/tensor_file.h"
+
+namespace mms {
+
+AdapterModel::AdapterModel(std::string ref, AdapterInfo info, WeightLayout layout)
+    : ref_(std::move(ref)), info_(std::move(info)), layout_(std::move(layout)) {
+  weights_.ref = ref_;
+  weights_.scale = info_.scale;
+  weights_.dtype = info_.dtype;
+}
+
+Status AdapterModel::Bind(std::shared_ptr<Buffer> keep, const std::string& device) {
+  if (!keep || keep->size() < layout_.total_bytes) return Internal(ref_ + ": adapter buffer too small");
+  LoraWeights w;
+  w.ref = ref_;
+  w.scale = info_.scale;
+  w.dtype = info_.dtype;
+  w.device = device;
+  for (const auto& t : info_.targets) {
+    LoraTarget lt{t.module, nullptr, nullptr, info_.rank, t.in, t.out};
+    for (const auto& e : layout_.entries) {
+      if (e.name == t.module + ".lora_A") lt.a = keep->data() + e.offset;
+      if (e.name == t.module + ".lora_B") lt.b = keep->data() + e.offset;
+    }
+    if (!lt.a || !lt.b) return Corrupt(ref_ + ": packed adapter lacks the weights of " + t.module);
+    w.targets.push_back(std::move(lt));
+  }
+  weights_ = std::move(w);
+  bound_ = std::move(keep);
+  return Status::Ok();
+}
+
+Result<std::vector<Tensor>> AdapterModel::Run(const std::vector<Tensor>&) {
+  return FailedPrecondition(ref_ + " is a LoRA adapter: it runs on its base");
+}
+
+Status AdapterModel::SaveWithoutWeights(const std::string&) {
+  return FailedPrecondition(ref_ + " is a LoRA adapter: nothing to save");
+}
+
+Result<HostModel> AdapterLoader::Load(const Source& src, const HostAllocator& alloc) {
+  const std::string path = JoinPath(src.packed_dir, kAdapterWeightsFile);
+  auto header = ReadSafetensorsHeader(path);
+  if (!header.ok()) return header.status().WithContext(src.ref);
+  auto meta = header->metadata.find("mms.adapter");
+  if (meta == header->metadata.end()) return Corrupt(src.ref + ": " + path + " is not a packed adapter");
+  auto j = nlohmann::json::parse(meta->second, nullptr, false);
+  if (j.is_discarded()) return Corrupt(src.ref + ": " + path + ": unreadable adapter metadata");
+  MMS_ASSIGN_OR_RETURN(AdapterInfo info, AdapterInfo::FromJson(j));
+  WeightLayout layout;
+  uint64_t end = 0;
+  for (const auto& e : header->entries) {
+    layout.entries.push_back({e.name, e.dtype, e.shape, e.begin, e.end - e.begin});
+    end = std::max(end, e.end);
+  }
+  layout.total_bytes = end;
+  MMS_ASSIGN_OR_RETURN(auto buf, alloc(static_cast<size_t>(std::max<uint64_t>(end, 1))));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError(src.ref + ": cannot open " + path + ": " + std::strerror(errno));
+  uint64_t done = 0;
+  while (done < end) {
+    ssize_t n = ::pread(fd, buf->data() + done, end - done, static_cast<off_t>(header->data_offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return IoError(src.ref + ": short read of " + path);
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  ::close(fd);
+  HostModel hm;
+  hm.model = std::make_unique<AdapterModel>(src.ref, std::move(info), std::move(layout));
+  MMS_RETURN_IF_ERROR(hm.model->Bind(buf, "cpu"));
+  hm.weights = std::move(buf);
+  return hm;
+}
+
+}  // namespace mms

@@ -1,0 +1,286 @@
+// LoRA adapters through the real daemon and CLI: PEFT directories registered
+// on a base, refused at registration when wrong, served in both modes equal
+// to the base with the adapter merged offline, mixed in one batch on a base
+// taking stacked adapter weights, swapped through their own pool tiers, and
+// usable as models of their own (experiments, shadows, pins).
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "protocol/client.h"
+#include "protocol/messages.h"
+#include "protocol/tensor_file.h"
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+
+std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
+
+void Mms(const Daemon& d, std::vector<std::string> args) {
+  auto r = d.Mms(args);
+  std::string cmd;
+  for (const auto& a : args) cmd += a + " ";
+  REQUIRE_MESSAGE(r.exit_code == 0, cmd << "→ " << r.err);
+}
+
+// The bases (plain, and taking stacked adapter weights, batching up to 32
+// rows) and the offline merges.
+void Bases(const Daemon& d) {
+  Mms(d, {"model", "register", "base", "--version", "1", "--path", Data("lora_base.pt"), "--sample-input",
+          Data("lora_input.json"), "-q"});
+  Mms(d, {"model", "register", "multi", "--version", "1", "--path", Data("lora_multi.pt"), "--sample-input",
+          Data("lora_input.json"), "--max-batch-size", "32", "--max-queue-delay-us", "20000", "-q"});
+  for (const char* a : {"a1", "a2", "a3"})
+    Mms(d, {"model", "register", std::string("merged-") + a, "--version", "1", "--path",
+            Data(std::string("lora_merged_") + a + ".pt"), "-q"});
+}
+
+std::vector<double> Predict(const Daemon& d, std::vector<std::string> args) {
+  std::vector<std::string> full{"--json", "predict"};
+  full.insert(full.end(), args.begin(), args.end());
+  full.insert(full.end(), {"--input", Data("lora_input.json")});
+  auto r = d.Mms(full);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  std::vector<double> out;
+  json j = json::parse(r.out);
+  INFO(r.out.substr(0, 300));
+  REQUIRE(j["outputs"].contains("output"));
+  for (const auto& v : j["outputs"]["output"]["data"]) out.push_back(v.get<double>());
+  return out;
+}
+
+void Close(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]) / (1 + std::abs(want[i])));
+  INFO(what << ": worst relative difference " << worst);
+  CHECK(worst < 1e-5);  // float32
+}
+
+std::unique_ptr<mms::proto::Client> Connect(const Daemon& d) {
+  mms::proto::Client::Options o;
+  o.socket_path = d.socket();
+  return mms::proto::Client::Connect(o).value();
+}
+
+}  // namespace
+
+TEST_CASE("adapters: register, list, show and remove; the base cannot go while adapters use it") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1"), "--description", "tenant a"});
+  Mms(d, {"adapter", "register", "cust-a", "--base", "base:1", "--path", Data("adapters/a2")});  // version 2
+  auto list = d.Mms({"--json", "adapter", "list"});
+  REQUIRE(list.exit_code == 0);
+  json l = json::parse(list.out);
+  REQUIRE(l.size() == 2);
+  CHECK(l[0]["ref"] == "cust-a:1");
+  CHECK(l[1]["ref"] == "cust-a:2");
+  CHECK(l[0]["base"] == "base:1");
+  CHECK(l[0]["adapter"]["rank"] == 4);
+  CHECK(l[1]["adapter"]["rank"] == 2);
+  CHECK(l[0]["adapter"]["targets"].size() == 2);
+  CHECK(json::parse(d.Mms({"--json", "adapter", "list", "--base", "multi"}).out).empty());
+  auto show = d.Mms({"adapter", "show", "cust-a:1"});
+  CHECK(show.exit_code == 0);
+  CHECK(show.out.find("adapter of        base:1") != std::string::npos);
+  CHECK(show.out.find("rank 4, alpha 8.0, scale 2.0, targets q, v") != std::string::npos);
+  // Adapters are versions: history, stages and aliases work on them.
+  CHECK(d.Mms({"model", "history", "cust-a"}).out.find("register") != std::string::npos);
+  Mms(d, {"model", "alias", "set", "cust-a", "champion", "2"});
+  // Not an adapter, unknown, in use.
+  auto notad = d.Mms({"adapter", "rm", "base:1"});
+  CHECK(notad.exit_code == 2);
+  CHECK(notad.err.find("is not an adapter") != std::string::npos);
+  CHECK(d.Mms({"adapter", "show", "nope"}).exit_code == 4);
+  auto base_rm = d.Mms({"model", "rm", "base:1", "--force"});
+  CHECK(base_rm.exit_code == 6);
+  CHECK(base_rm.err.find("the base of 2 adapter(s)") != std::string::npos);
+  auto ad_on_ad = d.Mms({"adapter", "register", "x", "--base", "cust-a:1", "--path", Data("adapters/a1")});
+  CHECK(ad_on_ad.exit_code == 2);
+  CHECK(ad_on_ad.err.find("is itself an adapter") != std::string::npos);
+  // Removal takes the packed adapter with it.
+  json rec = json::parse(d.Mms({"--json", "adapter", "show", "cust-a:1"}).out);
+  Mms(d, {"adapter", "rm", "cust-a:1"});
+  CHECK(json::parse(d.Mms({"--json", "adapter", "list"}).out).size() == 1);
+  CHECK(d.Mms({"model", "verify", "cust-a:2"}).exit_code == 0);
+  Mms(d, {"adapter", "rm", "cust-a:2"});
+  Mms(d, {"model", "rm", "base:1"});
+}
+
+TEST_CASE("bad adapters are refused at registration with exit 2, and nothing is registered") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  struct Case {
+    std::string dir, base, says;
+  } cases[] = {
+      {"bad_rank", "base", "rank mismatch"},
+      {"bad_shape", "base", "shape mismatch with base:1"},
+      {"bad_target", "base", "target module 'k_proj' is not in base:1"},
+      {"bad_dtype", "base", "wrong dtype: float64"},
+      {"bad_missing", "base", "missing file"},
+      {"no_such_dir", "base", "does not exist"},
+      {"a3", "multi", "not one multi:1 takes stacked adapter weights for"},
+  };
+  for (const auto& c : cases) {
+    auto r = d.Mms({"adapter", "register", "bad", "--base", c.base, "--path", Data("adapters/" + c.dir)});
+    INFO(c.dir << " → " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find(c.says) != std::string::npos);
+  }
+  CHECK(d.Mms({"adapter", "register", "bad", "--base", "nope", "--path", Data("adapters/a1")}).exit_code == 4);
+  CHECK(json::parse(d.Mms({"--json", "adapter", "list"}).out).empty());
+  CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/artifacts/bad"));
+  auto served = Predict(d, {"base"});
+  CHECK(served.size() == 12);  // the daemon serves on
+}
+
+TEST_CASE("adapters serve in both modes equal to the base with the adapter merged offline") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  for (const char* a : {"a1", "a2", "a3"})
+    Mms(d, {"adapter", "register", std::string("p-") + a, "--base", "base", "--path", Data(std::string("adapters/") + a)});
+  for (const char* a : {"a1", "a2"})
+    Mms(d, {"adapter", "register", std::string("s-") + a, "--base", "multi", "--path", Data(std::string("adapters/") + a)});
+  auto plain = Predict(d, {"base"});
+  Close(Predict(d, {"multi"}), plain, "stacked base without an adapter");
+  for (const char* a : {"a1", "a2", "a3"}) {
+    auto want = Predict(d, {std::string("merged-") + a});
+    Close(Predict(d, {std::string("p-") + a}), want, std::string("mode (a) ") + a);
+    Close(Predict(d, {"base", "--adapter", std::string("p-") + a}), want, std::string("--adapter ") + a);
+    if (std::string(a) != "a3") {
+      Close(Predict(d, {std::string("s-") + a}), want, std::string("mode (b) ") + a);
+      Close(Predict(d, {"multi", "--adapter", std::string("s-") + a + ":1"}), want, std::string("--adapter v ") + a);
+    }
+  }
+  Close(Predict(d, {"base"}), plain, "the base afterwards");  // never drifts
+  // An adapter of another base, or a model that is no adapter: exit 2.
+  auto wrong = d.Mms({"predict", "multi", "--adapter", "p-a1", "--input", Data("lora_input.json")});
+  CHECK(wrong.exit_code == 2);
+  CHECK(wrong.err.find("adapter p-a1:1 is for base:1, not multi:1") != std::string::npos);
+  auto notad = d.Mms({"predict", "base", "--adapter", "merged-a1", "--input", Data("lora_input.json")});
+  CHECK(notad.exit_code == 2);
+  CHECK(d.Mms({"predict", "base", "--adapter", "nope", "--input", Data("lora_input.json")}).exit_code == 4);
+  // The adapters' own tier in mms pool.
+  json pool = json::parse(d.Mms({"--json", "pool"}).out);
+  REQUIRE(pool.contains("adapters"));
+  CHECK(pool["adapters"]["devices"][0]["models"].size() == 5);
+}
+
+TEST_CASE("a stacked base mixes adapters in one batch: concurrent requests, each gets its adapter's rows") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  for (const char* a : {"a1", "a2"})
+    Mms(d, {"adapter", "register", std::string("s-") + a, "--base", "multi", "--path", Data(std::string("adapters/") + a)});
+  std::map<std::string, std::vector<double>> want{{"multi", Predict(d, {"base"})},
+                                                  {"s-a1", Predict(d, {"merged-a1"})},
+                                                  {"s-a2", Predict(d, {"merged-a2"})}};
+  auto before = json::parse(d.Mms({"--json", "pool"}).out)["scheduler"].value("multi:1", json::object());
+  auto client = Connect(d);
+  auto inputs = mms::ReadTensorFile(Data("lora_input.json")).value();
+  const int n = 30;
+  const char* models[] = {"s-a1", "s-a2", "multi"};
+  std::vector<std::vector<double>> got(n);
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < n; ++i)
+    ts.emplace_back([&, i] {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", models[i % 3]}};
+      m.tensors = inputs;
+      auto r = client->Call(m);
+      if (!r.ok()) errors[i] = r.status().ToString();
+      else got[i] = mms::TensorToDoubles(r->tensors.at(0));
+    });
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < n; ++i) {
+    INFO("request " << i << " " << errors[i]);
+    REQUIRE(errors[i].empty());
+    Close(got[i], want[models[i % 3]], models[i % 3]);
+  }
+  json after = json::parse(d.Mms({"--json", "pool"}).out)["scheduler"]["multi:1"];
+  int executed = after["executed"].get<int>() - before.value("executed", 0);
+  int batches = after["batches"].get<int>() - before.value("batches", 0);
+  INFO(after.dump());
+  CHECK(executed == n);
+  CHECK(batches < n);  // adapters shared executions
+}
+
+TEST_CASE("adapters have their own tiers: a small [lora] budget swaps them, every answer still right") {
+  Daemon d("[lora]\ndevice_budget = \"4KiB\"\nhost_budget = \"8KiB\"\n");
+  REQUIRE(d.ok());
+  Bases(d);
+  const int n = 12;  // 1 KiB each: 4 fit on the device, 8 in host memory
+  for (int i = 0; i < n; ++i)
+    Mms(d, {"adapter", "register", "t" + std::to_string(i), "--base", "multi", "--path",
+            Data(i % 2 ? "adapters/a1" : "adapters/a2")});
+  auto w1 = Predict(d, {"merged-a1"}), w2 = Predict(d, {"merged-a2"});
+  for (int round = 0; round < 2; ++round)
+    for (int i = 0; i < n; ++i) Close(Predict(d, {"t" + std::to_string(i)}), i % 2 ? w1 : w2, "t" + std::to_string(i));
+  json a = json::parse(d.Mms({"--json", "pool"}).out)["adapters"];
+  INFO(a.dump());
+  CHECK(a["devices"][0]["used"].get<uint64_t>() <= 4096);
+  CHECK(a["totals"]["evictions"].get<int>() > 0);
+  CHECK(a["totals"]["loads"].get<int>() > n);  // evicted ones were read again from disk
+  // The models' pool is untouched by adapter churn.
+  json p = json::parse(d.Mms({"--json", "pool"}).out);
+  CHECK(p["totals"]["evictions"] == 0);
+}
+
+TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and a pin work on adapters") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  Mms(d, {"adapter", "register", "cust", "--base", "multi", "--path", Data("adapters/a1")});  // cust:1
+  Mms(d, {"adapter", "register", "cust", "--base", "multi", "--path", Data("adapters/a2")});  // cust:2
+  Mms(d, {"model", "stage", "cust:1", "production"});
+  auto w1 = Predict(d, {"merged-a1"}), w2 = Predict(d, {"merged-a2"});
+  Mms(d, {"experiment", "create", "ab", "--model", "cust", "--control", "1", "--treatment", "2", "--percent", "50"});
+  int treated = 0;
+  for (int u = 0; u < 20; ++u) {
+    auto r = d.Mms({"--json", "predict", "cust", "--user", "u" + std::to_string(u), "--input", Data("lora_input.json")});
+    REQUIRE(r.exit_code == 0);
+    json j = json::parse(r.out);
+    std::vector<double> out;
+    for (const auto& v : j["outputs"]["output"]["data"]) out.push_back(v.get<double>());
+    bool t = j["variant"] == "treatment";
+    treated += t;
+    CHECK(j["version"] == (t ? "2" : "1"));
+    Close(out, t ? w2 : w1, t ? "treatment" : "control");
+  }
+  CHECK(treated > 0);
+  CHECK(treated < 20);
+  Mms(d, {"experiment", "stop", "ab"});
+  // Shadow: cust:2 mirrors cust:1's traffic; their outputs differ, and it says so.
+  Mms(d, {"shadow", "start", "cust", "--candidate", "2", "--ratio", "1"});
+  for (int i = 0; i < 5; ++i) Predict(d, {"cust"});
+  bool mirrored = WaitFor([&] {
+    auto s = d.Mms({"--json", "shadow", "stats", "cust"});
+    return s.exit_code == 0 && json::parse(s.out)["requests"]["mirrored"].get<int>() >= 5;
+  }, 20);
+  CHECK(mirrored);
+  json stats = json::parse(d.Mms({"--json", "shadow", "stats", "cust"}).out);
+  INFO(stats.dump());
+  CHECK(stats["requests"]["failed"] == 0);
+  CHECK(stats["diverged"].get<int>() >= 5);
+  Mms(d, {"shadow", "stop", "cust"});
+  // Pinned: kept in the adapters' device tier.
+  Mms(d, {"pin", "cust:2"});
+  bool pinned = false;
+  json after_pin = json::parse(d.Mms({"--json", "pool"}).out)["adapters"];
+  INFO(after_pin.dump());
+  for (const auto& m : after_pin["devices"][0]["models"])
+    if (m["ref"] == "cust:2") pinned = m["pinned"].get<bool>();
+  CHECK(pinned);
+}

@@ -1,0 +1,148 @@
+// PEFT adapters checked against a base: the generated fixtures (a good
+// adapter of each shape, and one bad adapter per kind of mistake), PEFT's
+// target_modules matching, and the packed adapter read back by the loader.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/paths.h"
+#include "lora/adapter.h"
+#include "lora/adapter_model.h"
+#include "protocol/tensor_file.h"
+#include "support/process.h"
+
+using namespace mms;
+
+namespace {
+
+std::string Adapter(const std::string& n) { return testing::TestDataDir() + "/adapters/" + n; }
+
+// The generated base (testdata/gen_models.cpp): q 16→16, v 16→16, o 16→4.
+LoraBase Base(std::vector<std::string> stacked = {}) {
+  LoraBase b;
+  b.ref = "base:1";
+  b.linears = {{"q", {DType::kFloat32, 16, 16}}, {"v", {DType::kFloat32, 16, 16}}, {"o", {DType::kFloat32, 4, 16}}};
+  b.stacked = std::move(stacked);
+  return b;
+}
+
+std::string ErrorOf(const std::string& dir, const LoraBase& base = Base()) {
+  auto r = CheckAdapter(Adapter(dir), base);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == Code::kInvalidArgument);
+  return r.status().message();
+}
+
+}  // namespace
+
+TEST_CASE("lora: good PEFT adapters are read with their rank, scale and targets") {
+  auto a1 = CheckAdapter(Adapter("a1"), Base());
+  REQUIRE_MESSAGE(a1.ok(), a1.status().ToString());
+  CHECK(a1->info.rank == 4);
+  CHECK(a1->info.scale == doctest::Approx(2.0));  // lora_alpha 8 / r 4
+  REQUIRE(a1->info.targets.size() == 2);
+  CHECK(a1->info.targets[0].module == "q");
+  CHECK(a1->info.targets[1].module == "v");
+  CHECK(a1->info.bytes == 2 * (4 * 16 + 16 * 4) * 4);
+  REQUIRE(a1->tensors.size() == 4);
+  CHECK(a1->tensors[0].name == "q.lora_A");
+  CHECK(a1->tensors[0].shape == std::vector<int64_t>{4, 16});
+  CHECK(a1->tensors[1].shape == std::vector<int64_t>{16, 4});
+  auto a3 = CheckAdapter(Adapter("a3"), Base());  // rsLoRA: alpha / sqrt(r)
+  REQUIRE(a3.ok());
+  CHECK(a3->info.rslora);
+  CHECK(a3->info.scale == doctest::Approx(16.0 / std::sqrt(8.0)));
+  // A base taking stacked weights for q and v only cannot take a3 (it targets o).
+  std::string e = ErrorOf("a3", Base({"q", "v"}));
+  CHECK(e.find("target module 'o' is not one base:1 takes stacked") != std::string::npos);
+  CHECK(CheckAdapter(Adapter("a1"), Base({"q", "v"})).ok());
+}
+
+TEST_CASE("lora: each bad adapter is refused, naming the file, the module and the fix") {
+  CHECK(ErrorOf("bad_rank").find("rank mismatch: adapter_config.json says r = 4 but lora_A is [2, 16]") != std::string::npos);
+  std::string shape = ErrorOf("bad_shape");
+  CHECK(shape.find("shape mismatch with base:1") != std::string::npos);
+  CHECK(shape.find("lora_A must be [r, 16]") != std::string::npos);
+  std::string target = ErrorOf("bad_target");
+  CHECK(target.find("target module 'k_proj' is not in base:1") != std::string::npos);
+  CHECK(target.find("o, q, v") != std::string::npos);
+  std::string dtype = ErrorOf("bad_dtype");
+  CHECK(dtype.find("wrong dtype: float64") != std::string::npos);
+  CHECK(dtype.find("convert the adapter to float32") != std::string::npos);
+  CHECK(ErrorOf("bad_missing").find("missing file") != std::string::npos);
+  CHECK(ErrorOf("no_such_adapter").find("does not exist") != std::string::npos);
+}
+
+TEST_CASE("lora: config mistakes — bad rank value, unsupported options, modules outside target_modules") {
+  testing::TempDir dir;
+  std::filesystem::copy_file(Adapter("a1") + "/adapter_model.safetensors", dir / "adapter_model.safetensors");
+  auto with_config = [&](const std::string& json) {
+    std::ofstream(dir / "adapter_config.json") << json;
+    auto r = CheckAdapter(dir.path(), Base());
+    return r.ok() ? std::string("ok") : r.status().message();
+  };
+  CHECK(with_config(R"({"r": 0, "lora_alpha": 8, "target_modules": ["q", "v"]})").find("positive integer") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "fan_in_fan_out": true})").find("fan_in_fan_out") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "bias": "all"})").find("bias") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "peft_type": "IA3"})").find("LORA") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q"]})").find("not in target_modules") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v", "o"]})").find("no lora_A/lora_B for module 'o'") != std::string::npos);
+  CHECK(with_config("not json").find("not a JSON object") != std::string::npos);
+  // PEFT's forms of target_modules: names and a regular expression.
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"]})") == "ok");
+  CHECK(with_config(R"j({"r": 4, "lora_alpha": 8, "target_modules": "(q|v)"})j") == "ok");
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": "x.*"})").find("matches no module") != std::string::npos);
+}
+
+TEST_CASE("lora: target_modules match a module by its last name, as PEFT does") {
+  LoraBase b;
+  b.ref = "llm:1";
+  b.linears = {{"layers.0.self_attn.q_proj", {DType::kFloat32, 8, 8}}, {"layers.1.self_attn.q_proj", {DType::kFloat32, 8, 8}},
+               {"layers.0.mlp.up_proj", {DType::kFloat32, 8, 8}}};
+  testing::TempDir dir;
+  std::vector<Tensor> t;
+  for (const char* m : {"layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"}) {
+    Tensor a = Tensor::Alloc(std::string("base_model.model.") + m + ".lora_A.weight", DType::kFloat32, {2, 8});
+    Tensor bb = Tensor::Alloc(std::string("base_model.model.") + m + ".lora_B.weight", DType::kFloat32, {8, 2});
+    t.push_back(a);
+    t.push_back(bb);
+  }
+  REQUIRE(WriteSafetensorsFile(dir / "adapter_model.safetensors", t).ok());
+  std::ofstream(dir / "adapter_config.json") << R"({"r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]})";
+  auto r = CheckAdapter(dir.path(), b);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->info.targets.size() == 2);
+  CHECK(r->info.scale == 1.0);
+  // NaN weights are refused at registration.
+  auto* p = reinterpret_cast<float*>(t[0].mutable_data());
+  p[3] = std::nanf("");
+  REQUIRE(WriteSafetensorsFile(dir / "adapter_model.safetensors", t).ok());
+  auto nan = CheckAdapter(dir.path(), b);
+  REQUIRE_FALSE(nan.ok());
+  CHECK(nan.status().message().find("NaN") != std::string::npos);
+}
+
+TEST_CASE("lora: a packed adapter loads into one buffer with its weights where the layout says") {
+  auto a1 = CheckAdapter(Adapter("a1"), Base());
+  REQUIRE(a1.ok());
+  testing::TempDir dir;
+  REQUIRE(WritePackedAdapter(dir / kAdapterWeightsFile, *a1).ok());
+  AdapterLoader loader;
+  Loader::Source src{"cust:1", "", dir.path()};
+  auto hm = loader.Load(src, [](size_t n) -> Result<std::shared_ptr<Buffer>> { return AllocateHost(n); });
+  REQUIRE_MESSAGE(hm.ok(), hm.status().ToString());
+  auto* am = static_cast<AdapterModel*>(hm->model.get());
+  const LoraWeights& w = am->weights();
+  CHECK(w.ref == "cust:1");
+  CHECK(w.scale == doctest::Approx(2.0));
+  CHECK(w.device == "cpu");
+  REQUIRE(w.targets.size() == 2);
+  CHECK(w.targets[0].module == "q");
+  CHECK(std::memcmp(w.targets[0].a, a1->tensors[0].data.get(), a1->tensors[0].nbytes) == 0);
+  CHECK(std::memcmp(w.targets[1].b, a1->tensors[3].data.get(), a1->tensors[3].nbytes) == 0);
+  CHECK(hm->model->Run({}).status().code() == Code::kFailedPrecondition);
+  // Not a packed adapter: a clear error.
+  Loader::Source none{"x:1", "", dir.path() + "/missing"};
+  CHECK_FALSE(loader.Load(none, [](size_t n) -> Result<std::shared_ptr<Buffer>> { return AllocateHost(n); }).ok());
+}
