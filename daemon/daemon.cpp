@@ -170,6 +170,14 @@ Daemon::~Daemon() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
+  // Whatever holds pool handles goes first, while the pools (and the server,
+  // which answers cancelled requests) still exist; members would otherwise be
+  // destroyed in reverse declaration order, the pools before the load
+  // callbacks still queued on callbacks_.
+  scheduler_.reset();  // queued requests are answered CANCELLED
+  shadows_.reset();    // the shadow workers drop their candidates' handles
+  server_.reset();     // no more handlers
+  if (callbacks_) callbacks_->Shutdown();  // queued load callbacks run now; later ones run inline
 }
 
 std::map<uint16_t, Handler> Daemon::BuildHandlers() {

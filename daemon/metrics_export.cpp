@@ -66,10 +66,22 @@ std::string Daemon::PrometheusText() {
     w.Sample("mms_model_hits_total", l, m.value("hits", 0.0));
     w.Sample("mms_model_misses_total", l, m.value("misses", 0.0));
   };
-  for (const auto& d : pool["devices"])
-    for (const auto& m : d["models"]) per_model(m);
-  for (const auto& m : pool["host"]["models"]) per_model(m);
-  for (const auto& m : pool["disk"]["models"]) per_model(m);
+  // LoRA adapters are versions too (their own pool): the same per-version series.
+  nlohmann::json adapters = adapters_->Snapshot();
+  w.Family("mms_adapter_pool_bytes_used", "gauge", "LoRA adapter bytes held per device and in the host tier.");
+  w.Family("mms_adapter_pool_bytes_budget", "gauge", "LoRA adapter byte budget per device and of the host tier ([lora]).");
+  for (const auto& d : adapters["devices"]) {
+    w.Sample("mms_adapter_pool_bytes_used", {{"tier", "device"}, {"device", d["name"]}}, d["used"].get<double>());
+    w.Sample("mms_adapter_pool_bytes_budget", {{"tier", "device"}, {"device", d["name"]}}, d["budget"].get<double>());
+  }
+  w.Sample("mms_adapter_pool_bytes_used", {{"tier", "host"}, {"device", "host"}}, adapters["host"]["used"].get<double>());
+  w.Sample("mms_adapter_pool_bytes_budget", {{"tier", "host"}, {"device", "host"}}, adapters["host"]["budget"].get<double>());
+  for (const nlohmann::json* p : {&pool, &adapters}) {
+    for (const auto& d : (*p)["devices"])
+      for (const auto& m : d["models"]) per_model(m);
+    for (const auto& m : (*p)["host"]["models"]) per_model(m);
+    for (const auto& m : (*p)["disk"]["models"]) per_model(m);
+  }
   ExportSchedulerMetrics(&w);
 
   // Experiments, shadows, canaries.

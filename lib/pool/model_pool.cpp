@@ -85,8 +85,14 @@ const char* ModelPool::TierName(Tier t) const {
 }
 
 void ModelPool::Post(std::function<void()> fn) {
-  if (opts_.callbacks && opts_.callbacks->Submit(fn)) return;
-  fn();
+  // Share the task rather than copy it into Submit: a waiter's task carries
+  // a handle, which running it moves out to the callback. A copy kept here
+  // for the fallback would hold a second reference to that handle until this
+  // returns — after the callback may have released it — so the model would
+  // still count as in flight (Evict: IN_USE, placement: not evictable).
+  auto task = std::make_shared<std::function<void()>>(std::move(fn));
+  if (opts_.callbacks && opts_.callbacks->Submit([task] { (*task)(); })) return;
+  (*task)();
 }
 
 ModelPool::Entry& ModelPool::EntryFor(const PoolItem& item) {
@@ -388,6 +394,17 @@ void ModelPool::RunLoad(PoolKey key) {
     st = dev->CopyIn(block->data(), host->data(), m->layout().total_bytes);
     if (st.ok()) st = m->Bind(block, dev->torch_device());
   }
+  // Drop our references before relocking: from here on only the entry and
+  // the model bound to it hold the block (no one else touches either while
+  // e->loading; after that, only under mu_), so a later demotion returns it
+  // to the arena at once. Kept until RunLoad returned — after Finish has
+  // handed out the handles, when a waiter may already have released its
+  // handle and another load demoted this model — the arena would still count
+  // a block the books call free: the next placement finds the arena full
+  // with room in the budget and evicts (or fails) needlessly, and a snapshot
+  // shows arena.allocated above used.
+  block.reset();
+  host.reset();
   const int64_t t2 = opts_.clock->MonoNanos();
   if (st.ok() && !sample.empty()) st = Warmup(m, sample, specs, ref);
 

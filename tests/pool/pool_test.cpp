@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "fake_loader.h"
@@ -307,6 +308,61 @@ TEST_CASE("many threads hammering a small pool keep the books balanced") {
   CHECK(used == snap["devices"][0]["models"].size() * K);
   CHECK(snap["devices"][0]["arena"]["allocated"].get<uint64_t>() == used);
   for (const auto& m : snap["devices"][0]["models"]) CHECK(m["in_flight"] == 0);
+}
+
+TEST_CASE("the pool returns a block to the arena as soon as its model leaves the device, even inside a load callback") {
+  // Without a callbacks executor the waiters' callbacks run on the loader
+  // thread before RunLoad returns: a demotion there must free the block then,
+  // not when the load's thread gets round to finishing.
+  PoolFixture f({5 * K});
+  struct Seen {
+    bool ok = false;
+    std::string evicted;
+    uint64_t used = 0, allocated = 0;
+  } seen;
+  std::promise<void> done;
+  f.pool->Acquire(PoolFixture::Item(1), [&](Result<HandlePtr> r) {
+    seen.ok = r.ok();
+    if (r.ok()) {
+      r->reset();  // the only handle
+      auto ev = f.pool->Evict(1);
+      seen.evicted = ev.ok() ? *ev : ev.status().ToString();
+      auto snap = f.pool->Snapshot();
+      seen.used = snap["devices"][0]["used"];
+      seen.allocated = snap["devices"][0]["arena"]["allocated"];
+    }
+    done.set_value();
+  });
+  done.get_future().wait();
+  CHECK(seen.ok);
+  CHECK(seen.evicted == "host");
+  CHECK(seen.used == 0);
+  CHECK(seen.allocated == 0);
+}
+
+TEST_CASE("with a callbacks executor the pool keeps no copy of a handle it delivered") {
+  // A handle released by its receiver leaves the model evictable at once —
+  // not once the loader thread that queued the callback gets round to
+  // dropping a copy of it.
+  FakeClock clock;
+  std::vector<std::unique_ptr<Device>> devs;
+  devs.push_back(CreateDevice("cpu:0", 4 * K).value());
+  Executor callbacks("test-cb", 2);
+  ModelPool::Options o;
+  o.host_budget = 100 * K;
+  o.clock = &clock;
+  o.callbacks = &callbacks;
+  auto pool = ModelPool::Create(o, std::move(devs), std::make_unique<FakeLoader>(), MakeHostAllocator(false)).value();
+  int evicted = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto h = pool->AcquireSync(PoolFixture::Item(i % 3), 10'000'000'000);  // a load each time: evicted below
+    REQUIRE_MESSAGE(h.ok(), h.status().ToString());
+    h->reset();
+    auto ev = pool->Evict(i % 3);
+    if (ev.ok() && *ev == "host") ++evicted;
+    else MESSAGE(std::string(ev.ok() ? *ev : ev.status().ToString()));
+  }
+  CHECK(evicted == 300);
 }
 
 TEST_CASE("the zero-copy host device serves from the host buffer and still enforces its budget") {
