@@ -273,24 +273,38 @@ class TorchModel final : public Model {
     const int64_t n = static_cast<int64_t>(slots.size());
     at::ScalarType dtype = stacked_.front().dtype;
     auto opts = torch::TensorOptions().dtype(dtype).device(device_);
-    at::Tensor scale = torch::zeros({n}, opts);
+    at::Tensor scale;
     std::vector<at::Tensor> a(stacked_.size()), b(stacked_.size());
     for (size_t m = 0; m < stacked_.size(); ++m) {
       a[m] = torch::zeros({n, rmax, stacked_[m].in}, opts.dtype(stacked_[m].dtype));
       b[m] = torch::zeros({n, stacked_[m].out, rmax}, opts.dtype(stacked_[m].dtype));
     }
+    std::vector<float> scales(static_cast<size_t>(n), 0.0f);
     for (int64_t s = 1; s < n; ++s) {
       const LoraWeights& w = *slots[static_cast<size_t>(s)];
-      scale[s] = w.scale;
+      scales[static_cast<size_t>(s)] = static_cast<float>(w.scale);
       for (const auto& t : w.targets) {
         size_t m = 0;
         while (m < stacked_.size() && stacked_[m].module != t.module) ++m;
         if (m == stacked_.size())
           return FailedPrecondition(w.ref + " targets " + t.module + ", which " + name_ + " does not take stacked");
+        auto dt = ToScalarType(w.dtype);
+        if (device_.is_cpu() && w.device == "cpu" && dt.ok() && *dt == stacked_[m].dtype) {
+          // Host to host: copy the rows straight into the slot (no tensor ops per adapter).
+          const size_t es = a[m].element_size();
+          auto* pa = static_cast<uint8_t*>(a[m].data_ptr()) + static_cast<size_t>(s * rmax * t.in) * es;
+          std::memcpy(pa, t.a, static_cast<size_t>(t.rank * t.in) * es);
+          auto* pb = static_cast<uint8_t*>(b[m].data_ptr()) + static_cast<size_t>(s * t.out * rmax) * es;
+          for (int64_t row = 0; row < t.out; ++row)
+            std::memcpy(pb + static_cast<size_t>(row * rmax) * es, t.b + static_cast<size_t>(row * t.rank) * es,
+                        static_cast<size_t>(t.rank) * es);
+          continue;
+        }
         a[m][s].narrow(0, 0, t.rank).copy_(AdapterTensor(w, t.a, {t.rank, t.in}, stacked_[m].dtype));
         b[m][s].narrow(1, 0, t.rank).copy_(AdapterTensor(w, t.b, {t.out, t.rank}, stacked_[m].dtype));
       }
     }
+    scale = torch::tensor(scales).to(device_, dtype);
     at::Tensor index = torch::tensor(idx, torch::TensorOptions().dtype(at::kLong)).to(device_);
     std::vector<c10::IValue> args;
     for (const auto& arg : args_) {
