@@ -92,6 +92,11 @@ int ModelShow(Cli& cli, const std::string& ref);
 int ModelRm(Cli& cli, const std::string& ref, bool force);
 // Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
 void CleanStaleStaging(const std::string& dir);
+// Moves a filled staging dir to "<dir>/<stem>", or "<stem>-2", "-3"... when an
+// earlier registration holds that name: a directory some version may already
+// point at is never replaced or removed. Returns the final path; on error the
+// staging dir is removed.
+Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

@@ -39,6 +39,9 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   std::string version = a.version.empty() ? NextVersion(reg, a.name) : a.version;
   MMS_RETURN_IF_ERROR(ValidateVersion(version));
+  if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, version, ""}); existing.ok())
+    return AlreadyExists(a.name + ":" + version + " is already registered (sha256 " + existing->sha256.substr(0, 12) +
+                         ", by " + existing->created_by + "); register a new version number");
   MMS_ASSIGN_OR_RETURN(VersionRecord base, reg.Resolve(a.base));
   if (base.is_adapter())
     return InvalidArgument(base.ref() + " is itself an adapter (of " + base.base_ref + "); --base names a model version");
@@ -49,6 +52,7 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   MMS_ASSIGN_OR_RETURN(LoraBase lb, ReadLoraBase(base.ref(), JoinPath(base.packed_dir, "weights.safetensors"), stacked));
   auto dir = CanonicalPath(a.path);
   if (!dir.ok()) return InvalidArgument("adapter directory " + a.path + " does not exist (--path names a PEFT adapter directory)");
+  MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*dir));
   MMS_ASSIGN_OR_RETURN(CheckedAdapter checked, CheckAdapter(*dir, lb));
 
   NewVersion v;
@@ -73,25 +77,20 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   std::string model_dir = JoinPath(artifacts, a.name);
   MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
   CleanStaleStaging(model_dir);
-  std::string final_dir = JoinPath(model_dir, version + "-" + v.sha256.substr(0, 12));
-  std::string staging = final_dir + ".tmp-" + std::to_string(::getpid());
+  std::string stem = version + "-" + v.sha256.substr(0, 12);
+  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
   MMS_RETURN_IF_ERROR(MakeDirs(staging, 0755));
   Status st = WritePackedAdapter(JoinPath(staging, kAdapterWeightsFile), checked);
   if (st.ok()) std::filesystem::copy_file(JoinPath(*dir, "adapter_config.json"), JoinPath(staging, "adapter_config.json"), ec);
   if (st.ok() && ec) st = IoError("cannot copy adapter_config.json: " + ec.message());
-  if (st.ok()) {
-    std::filesystem::remove_all(final_dir, ec);
-    std::filesystem::rename(staging, final_dir, ec);
-    if (ec) st = IoError("cannot store the packed adapter in " + final_dir + ": " + ec.message());
-  }
   if (!st.ok()) {
     std::filesystem::remove_all(staging, ec);
     return st;
   }
-  v.packed_dir = final_dir;
+  MMS_ASSIGN_OR_RETURN(v.packed_dir, PublishStaging(staging, model_dir, stem));
   auto rec = reg.Register(v);
-  if (!rec.ok()) std::filesystem::remove_all(final_dir, ec);
+  if (!rec.ok()) std::filesystem::remove_all(v.packed_dir, ec);  // ours alone: PublishStaging never shares
   return rec;
 }
 

@@ -33,6 +33,21 @@ void CleanStaleStaging(const std::string& dir) {
   }
 }
 
+Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
+  std::error_code ec;
+  for (int n = 1; n < 1000; ++n) {
+    std::string final_dir = JoinPath(dir, n == 1 ? stem : stem + "-" + std::to_string(n));
+    // rename(2) will not replace a non-empty directory, so two registrations racing
+    // for one name cannot take each other's files.
+    std::filesystem::rename(staging, final_dir, ec);
+    if (!ec) return final_dir;
+    if (ec != std::errc::directory_not_empty && ec != std::errc::file_exists) break;
+  }
+  std::string why = ec ? ec.message() : "too many earlier copies";
+  std::filesystem::remove_all(staging, ec);
+  return IoError("cannot store packed files in " + JoinPath(dir, stem) + ": " + why);
+}
+
 namespace {
 
 struct RegisterArgs {
@@ -124,8 +139,8 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   std::string model_dir = JoinPath(artifacts, a.name);
   MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
   CleanStaleStaging(model_dir);
-  std::string final_dir = JoinPath(model_dir, a.version + "-" + v.sha256.substr(0, 12));
-  std::string staging = final_dir + ".tmp-" + std::to_string(::getpid());
+  std::string stem = a.version + "-" + v.sha256.substr(0, 12);
+  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
   std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", *canon, "--pack-dir", staging};
   if (!a.sample_input.empty()) argv.insert(argv.end(), {"--sample-input", a.sample_input});
   if (a.max_batch_size > 0 && !a.sample_input.empty())
@@ -158,17 +173,12 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
       std::filesystem::remove_all(staging, ec);
       return IoError("cannot store the sample input: " + ec.message());
     }
-    v.sample_input = JoinPath(final_dir, "sample" + ext);
+    v.sample_input = "sample" + ext;  // inside the packed dir, once it has its name
   }
-  std::filesystem::remove_all(final_dir, ec);  // a leftover of an earlier, failed attempt
-  std::filesystem::rename(staging, final_dir, ec);
-  if (ec) {
-    std::filesystem::remove_all(staging, ec);
-    return IoError("cannot store packed weights in " + final_dir + ": " + ec.message());
-  }
-  v.packed_dir = final_dir;
+  MMS_ASSIGN_OR_RETURN(v.packed_dir, PublishStaging(staging, model_dir, stem));
+  if (!v.sample_input.empty()) v.sample_input = JoinPath(v.packed_dir, v.sample_input);
   auto rec = reg.Register(v);
-  if (!rec.ok()) std::filesystem::remove_all(final_dir, ec);
+  if (!rec.ok()) std::filesystem::remove_all(v.packed_dir, ec);  // ours alone: PublishStaging never shares
   return rec;
 }
 

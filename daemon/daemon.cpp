@@ -143,9 +143,9 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   pool_->Acquire(ItemFor(*base), [cb, adapter, adapters](Result<HandlePtr> h) {
     if (!h.ok()) return cb(h.status());
     HandlePtr model = std::move(h).value();
-    adapters->Acquire(adapter, [cb, model](Result<HandlePtr> a) {
+    adapters->Acquire(adapter, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
       if (!a.ok()) return cb(a.status());
-      cb(Servable{model, std::move(a).value()});
+      cb(Servable{std::move(model), std::move(a).value()});
     });
   });
 }
@@ -170,14 +170,19 @@ Daemon::~Daemon() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  // Whatever holds pool handles goes first, while the pools (and the server,
-  // which answers cancelled requests) still exist; members would otherwise be
-  // destroyed in reverse declaration order, the pools before the load
-  // callbacks still queued on callbacks_.
-  scheduler_.reset();  // queued requests are answered CANCELLED
-  shadows_.reset();    // the shadow workers drop their candidates' handles
-  server_.reset();     // no more handlers
+  // Members would be destroyed in reverse declaration order, the pools before
+  // the load callbacks still queued on callbacks_. Instead: nothing new comes
+  // in; queued work finishes or is cancelled while everything it touches
+  // exists; whatever holds pool handles goes before the pools; the server,
+  // which every pending Responder points at, goes last.
+  http_.reset();
+  if (server_) server_->Stop();            // no more requests or handlers; late replies are dropped
   if (callbacks_) callbacks_->Shutdown();  // queued load callbacks run now; later ones run inline
+  if (scheduler_) scheduler_->Stop();      // queued requests are answered CANCELLED; later ones too
+  shadows_.reset();                        // the shadow workers drop their candidates' handles
+  pool_.reset();                           // waiters for a base go first: they acquire adapters
+  adapters_.reset();
+  server_.reset();
 }
 
 std::map<uint16_t, Handler> Daemon::BuildHandlers() {
@@ -440,11 +445,11 @@ bool Daemon::Shutdown() {
   if (watcher_.joinable()) watcher_.join();
   FlushMetrics();
   shadows_->Configure({});
+  http_.reset();
   if (idle) {
     server_->Stop();
-    scheduler_.reset();
+    scheduler_->Stop();
   }
-  http_.reset();
   LogInfo("stopped", {{"served", server_->requests_served()}});
   return idle;
 }

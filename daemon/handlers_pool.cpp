@@ -1,4 +1,5 @@
 // PREDICT, POOL, HEALTH, LOAD, EVICT, PIN, UNPIN.
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -134,10 +135,17 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     if (!(ms > 0))
       return r.Fail(InvalidArgument("the deadline is already past (timeout " + std::to_string(ms) +
                                     " ms); give a positive --deadline-ms"));
-    deadline = t0 + static_cast<int64_t>(ms * 1e6);
+    deadline = t0 + static_cast<int64_t>(std::min(ms, 365 * 86400e3) * 1e6);  // a year: no overflow
   }
   // Rate limits come before any queueing: a refused request costs nothing more.
-  if (Status st = d->limiter()->Admit(rec.model, req.body.value("tenant", "")); !st.ok()) {
+  std::string tenant;
+  if (req.body.contains("tenant")) {
+    const auto& t = req.body["tenant"];
+    if (!t.is_string() || t.get<std::string>().empty() || t.get<std::string>().size() > 128)
+      return r.Fail(InvalidArgument("tenant must be a non-empty string of at most 128 characters"));
+    tenant = t.get<std::string>();
+  }
+  if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) {
     finish(st);
     return r.Fail(st);
   }
@@ -145,12 +153,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // Mirror to a running shadow of this model, unless the candidate itself served.
   auto sh = snap->shadows.find(rec.model);
   bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
-  int priority = d->PriorityOf(rec);
   // Batching follows the version that runs: an adapter's base. Adapters share
   // their base's queue (mixed batches) when it takes stacked adapter weights;
   // otherwise each adapter has its own queue, so a batch is one adapter's.
+  // A queue's class is its owner's: a shared queue has the base's.
   const VersionRecord& runs = base ? *base : rec;
   PoolKey queue = base && !base->lora.contains("stacked") ? rec.id : runs.id;
+  int priority = d->PriorityOf(queue == rec.id ? rec : runs);
   int max_batch = runs.max_batch_size;
   int64_t delay = runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->options().config.scheduler.max_queue_delay_ns;
   d->AcquireServable(rec, [d, r, rec, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,

@@ -209,6 +209,8 @@ void Server::Dispatch(Slot* slot, void* raw) {
 }
 
 void Server::Reply(Slot* slot, const proto::Message& m) {
+  std::shared_lock<std::shared_mutex> lock(reply_mu_);
+  if (closed_) return;  // stopped: the connection is gone
   std::string body = proto::DumpBody(m.body);
   nng_msg* out = nullptr;
   if (nng_msg_alloc(&out, proto::EncodedSize(m, body)) != 0) {
@@ -245,6 +247,10 @@ bool Server::WaitIdle(int64_t timeout_ns) {
 void Server::Stop() {
   if (stopped_.exchange(true)) return;
   if (workers_) workers_->Shutdown();  // running handlers finish (and may still reply)
+  {
+    std::unique_lock<std::shared_mutex> lock(reply_mu_);  // waits out replies being sent
+    closed_ = true;
+  }
   if (sock_id_) nng_close(SockOf(sock_id_));
   for (auto& slot : slots_) {
     if (slot->aio) nng_aio_free(slot->aio);  // waits for a running callback

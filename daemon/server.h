@@ -25,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -73,7 +74,9 @@ class Server {
   void BeginDrain();
   // Waits until no request is in flight; false on timeout.
   bool WaitIdle(int64_t timeout_ns);
-  // Closes the socket and stops the workers. Requests still in flight are abandoned.
+  // Closes the socket and stops the workers. Requests still in flight are
+  // abandoned: a Responder answering later (or dropped) sends nothing. The
+  // Server must still outlive every Responder.
   void Stop();
 
   int64_t in_flight() const { return in_flight_.load(); }
@@ -97,6 +100,10 @@ class Server {
   int lock_fd_ = -1;
   std::atomic<bool> draining_{false};
   std::atomic<bool> stopped_{false};
+  // Replies hold it shared; Stop takes it once, exclusively, to set closed_,
+  // so no reply touches a slot's aio once Stop frees them.
+  std::shared_mutex reply_mu_;
+  bool closed_ = false;  // guarded by reply_mu_
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> served_{0};
 };

@@ -108,15 +108,26 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
   if (!cfg.contains("r") || !cfg["r"].is_number_integer() || cfg["r"].get<int64_t>() < 1)
     return bad("\"r\" (the rank) must be a positive integer");
   info.rank = cfg["r"].get<int64_t>();
-  info.alpha = cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number() ? cfg["lora_alpha"].get<double>()
-                                                                            : static_cast<double>(info.rank);
+  // PEFT's LoraConfig defaults: lora_alpha = 8, use_rslora/fan_in_fan_out/use_dora = false.
+  if (cfg.contains("lora_alpha") && !cfg["lora_alpha"].is_null() && !cfg["lora_alpha"].is_number())
+    return bad("lora_alpha must be a number");
+  info.alpha = cfg.contains("lora_alpha") && cfg["lora_alpha"].is_number() ? cfg["lora_alpha"].get<double>() : 8.0;
   if (!std::isfinite(info.alpha)) return bad("lora_alpha must be a finite number");
-  info.rslora = cfg.value("use_rslora", false);
+  auto flag = [&](const char* key, bool* out) -> bool {
+    *out = false;
+    if (!cfg.contains(key) || cfg[key].is_null()) return true;
+    if (!cfg[key].is_boolean()) return false;
+    *out = cfg[key].get<bool>();
+    return true;
+  };
+  bool fan_in_fan_out = false, dora = false;
+  for (auto [key, out] : {std::pair<const char*, bool*>{"use_rslora", &info.rslora}, {"fan_in_fan_out", &fan_in_fan_out},
+                          {"use_dora", &dora}})
+    if (!flag(key, out)) return bad(std::string(key) + " must be true or false");
   info.scale = info.rslora ? info.alpha / std::sqrt(static_cast<double>(info.rank))
                            : info.alpha / static_cast<double>(info.rank);
-  if (cfg.value("fan_in_fan_out", false))
-    return bad("fan_in_fan_out adapters (GPT-2 style Conv1D weights) are not supported");
-  if (cfg.value("use_dora", false)) return bad("DoRA adapters are not supported");
+  if (fan_in_fan_out) return bad("fan_in_fan_out adapters (GPT-2 style Conv1D weights) are not supported");
+  if (dora) return bad("DoRA adapters are not supported");
   if (cfg.contains("bias") && cfg["bias"].is_string() && cfg["bias"] != "none")
     return bad("bias \"" + cfg["bias"].get<std::string>() + "\" is not supported (only \"none\")");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
@@ -142,6 +153,17 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
     }
   } else if (targeted.empty()) {
     return bad("target_modules '" + tm.get<std::string>() + "' matches no module of " + base.ref + " (" + Join(available) + ")");
+  }
+  // One dtype for the whole adapter: the served forms (stacked slots, merged deltas) hold every target's
+  // weights in the base's dtype, and only floating-point weights can carry a low-rank delta.
+  for (const auto& m : targeted) {
+    DType d = base.linears.at(m).dtype, first = base.linears.at(targeted.front()).dtype;
+    if (d != DType::kFloat32 && d != DType::kFloat64 && d != DType::kFloat16 && d != DType::kBFloat16)
+      return bad("target module '" + m + "' has " + DTypeName(d) + " weights in " + base.ref +
+                 "; LoRA needs floating-point weights (float32, float64, float16, bfloat16)");
+    if (d != first)
+      return bad("target modules of " + base.ref + " mix dtypes (" + targeted.front() + " is " + DTypeName(first) +
+                 ", " + m + " is " + DTypeName(d) + "); an adapter must target modules of one dtype");
   }
   if (!base.stacked.empty())
     for (const auto& m : targeted)

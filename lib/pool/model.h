@@ -92,7 +92,8 @@ class Model {
   // adapter weights (lora_idx, lora_scale, lora_a_<m>, lora_b_<m>: see
   // docs/architecture.md) runs the whole mixed batch at once; any other base
   // runs each adapter's rows with the adapter's delta applied out of place to
-  // the targeted weights (the base's own weights never change).
+  // the targeted weights (the base's own weights never change); such a base
+  // takes one adapter per call and ignores `rows` (inputs need no dim 0).
   // Models that cannot: FAILED_PRECONDITION.
   virtual Result<std::vector<Tensor>> RunWithAdapters(const std::vector<Tensor>& inputs,
                                                       const std::vector<AdapterRows>& parts) {

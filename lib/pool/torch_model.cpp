@@ -125,15 +125,17 @@ class TorchModel final : public Model {
 
   Result<std::vector<Tensor>> RunWithAdapters(const std::vector<Tensor>& inputs,
                                               const std::vector<AdapterRows>& parts) override {
-    MMS_ASSIGN_OR_RETURN(int64_t rows, Rows(inputs));
-    int64_t sum = 0;
-    for (const auto& p : parts) sum += p.rows;
-    if (sum != rows)
-      return Internal(name_ + ": adapter parts cover " + std::to_string(sum) + " rows of " + std::to_string(rows));
     try {
       c10::InferenceMode guard;
       MMS_ASSIGN_OR_RETURN(auto user, UserArgs(inputs));
-      if (!stacked_.empty()) return RunStacked(user, parts, rows);
+      if (!stacked_.empty()) {
+        MMS_ASSIGN_OR_RETURN(int64_t rows, Rows(inputs));
+        int64_t sum = 0;
+        for (const auto& p : parts) sum += p.rows;
+        if (sum != rows)
+          return Internal(name_ + ": adapter parts cover " + std::to_string(sum) + " rows of " + std::to_string(rows));
+        return RunStacked(user, parts, rows);
+      }
       const LoraWeights* adapter = parts.empty() ? nullptr : parts.front().adapter;
       for (const auto& p : parts)
         if (p.adapter != adapter)

@@ -46,16 +46,29 @@ RateLimiter::Bucket* RateLimiter::Find(std::map<std::string, Bucket>& buckets,
   return &buckets.emplace(key, b).first->second;
 }
 
+RateLimiter::Counts& RateLimiter::TenantCounts(const std::string& tenant) {
+  auto it = tenant_counts_.find(tenant);
+  if (it != tenant_counts_.end()) return it->second;
+  if (tenant_counts_.size() >= kMaxTenants && !tenant_limits_.count(tenant)) return tenant_counts_[kOtherTenants];
+  return tenant_counts_[tenant];
+}
+
 Status RateLimiter::Admit(const std::string& model, const std::string& tenant) {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t now = clock_->MonoNanos();
+  if (!tenant.empty() && tenant_buckets_.size() >= kMaxTenants && !tenant_buckets_.count(tenant)) {
+    for (auto it = tenant_buckets_.begin(); it != tenant_buckets_.end();) {
+      Refill(it->second, now);
+      it = it->second.tokens >= it->second.limit.burst ? tenant_buckets_.erase(it) : std::next(it);
+    }
+  }
   Bucket* m = Find(model_buckets_, model_limits_, default_model_, model);
   Bucket* t = tenant.empty() ? nullptr : Find(tenant_buckets_, tenant_limits_, default_tenant_, tenant);
   if (m) Refill(*m, now);
   if (t) Refill(*t, now);
   auto refuse = [&](const std::string& what, const TokenLimit& l) {
     ++model_counts_[model].limited;
-    if (!tenant.empty()) ++tenant_counts_[tenant].limited;
+    if (!tenant.empty()) ++TenantCounts(tenant).limited;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
     return Status(Code::kRateLimited, what + " is over its rate limit (" + buf + "); retry later or raise it with mms limit set");
@@ -65,7 +78,7 @@ Status RateLimiter::Admit(const std::string& model, const std::string& tenant) {
   if (m) m->tokens -= 1;
   if (t) t->tokens -= 1;
   ++model_counts_[model].admitted;
-  if (!tenant.empty()) ++tenant_counts_[tenant].admitted;
+  if (!tenant.empty()) ++TenantCounts(tenant).admitted;
   return Status::Ok();
 }
 

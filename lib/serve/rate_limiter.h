@@ -3,6 +3,9 @@
 // its tenant's (when either has a limit); without both it is RATE_LIMITED at
 // once — nothing waits. Buckets refill continuously at `qps` up to `burst`.
 // Admitted and limited requests are counted per model and per tenant.
+// Tenants are named by clients, so their state is bounded: past
+// kMaxTenants distinct tenants, idle buckets (full again, so the same as new
+// ones) are dropped, and further tenants' counts go to "(other)".
 //
 // Thread-safety: internally locked (one short critical section per request).
 #pragma once
@@ -26,6 +29,9 @@ struct TokenLimit {
 
 class RateLimiter {
  public:
+  static constexpr size_t kMaxTenants = 10000;
+  static constexpr const char* kOtherTenants = "(other)";
+
   explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}
 
   // Replaces the limits (registry + config defaults). Buckets whose limit is
@@ -49,6 +55,7 @@ class RateLimiter {
   Bucket* Find(std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
                const std::optional<TokenLimit>& fallback, const std::string& key);  // mu_ held
   void Refill(Bucket& b, int64_t now);
+  Counts& TenantCounts(const std::string& tenant);  // mu_ held
 
   Clock* const clock_;
   mutable std::mutex mu_;

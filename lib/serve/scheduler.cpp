@@ -16,18 +16,36 @@ Scheduler::Scheduler(const Options& o) : opts_(o) {
     });
 }
 
-Scheduler::~Scheduler() {
+Scheduler::~Scheduler() { Stop(); }
+
+namespace {
+// Releases the job's handles, then answers it.
+void Finish(Scheduler::Job& j, Result<std::vector<Tensor>> r) {
+  j.handle.reset();
+  j.adapter.reset();
+  j.inputs.clear();
+  auto done = std::move(j.done);
+  done(std::move(r));
+}
+}  // namespace
+
+void Scheduler::Stop() {
   std::vector<Job> cancelled;
+  std::vector<std::thread> workers;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    for (auto& [k, q] : queues_)
+    for (auto& [k, q] : queues_) {
       for (auto& [at, j] : q.jobs) cancelled.push_back(std::move(j));
-    queues_.clear();
+      q.jobs.clear();
+      q.rows = 0;
+    }
+    total_queued_ = 0;
+    workers.swap(workers_);
   }
   cv_.notify_all();
-  for (auto& t : workers_) t.join();
-  for (auto& j : cancelled) j.done(Status(Code::kCancelled, "mmsd is shutting down"));
+  for (auto& j : cancelled) Finish(j, Status(Code::kCancelled, "mmsd is shutting down"));
+  for (auto& t : workers) t.join();
 }
 
 static Status Late(const std::string& ref) {
@@ -54,7 +72,8 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     if (job.deadline_ns && now + static_cast<int64_t>(q.exec_ns) > job.deadline_ns) {
       ++q.deadline_drops;
       lock.unlock();
-      job.done(Late(job.handle->ref()));
+      std::string ref = job.handle->ref();
+      Finish(job, Late(ref));
       return Status::Ok();
     }
     ++busy_;
@@ -87,9 +106,14 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
   for (auto& [k, q] : queues_) {
     if (q.jobs.empty()) continue;
     int64_t at = q.jobs.front().first;
-    bool ready = q.max_batch == 0 || q.rows >= q.max_batch || now - at >= q.batch_delay_ns;
+    // A batch waits for more rows until its delay ends, or until waiting longer
+    // would make its oldest request miss its deadline.
+    int64_t deadline = q.jobs.front().second.deadline_ns;
+    int64_t ready_at = at + q.batch_delay_ns;
+    if (deadline) ready_at = std::min(ready_at, deadline - static_cast<int64_t>(q.exec_ns));
+    bool ready = q.max_batch == 0 || q.rows >= q.max_batch || now >= ready_at;
     if (!ready) {
-      int64_t t = at + q.batch_delay_ns;
+      int64_t t = ready_at;
       *wake = *wake ? std::min(*wake, t) : t;
       continue;
     }
@@ -147,17 +171,20 @@ void Scheduler::Work() {
       ++dispatches_;
     }
     lock.unlock();
-    for (auto& j : late) j.done(Late(j.handle->ref()));
+    for (auto& j : late) {
+      std::string ref = j.handle->ref();
+      Finish(j, Late(ref));
+    }
     late.clear();
     if (!batch.empty()) Execute(key, std::move(batch), rows);
     lock.lock();
   }
 }
 
-void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows) {
-  int64_t t0 = opts_.clock->MonoNanos();
-  Model* m = batch.front().handle->model();
+std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<Job>& batch,
+                                                           const std::vector<int64_t>& rows) {
   std::vector<Result<std::vector<Tensor>>> results;
+  Model* m = batch.front().handle->model();
   bool adapters = false;
   std::vector<AdapterRows> lora;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -165,24 +192,38 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     adapters = adapters || j.adapter;
     lora.push_back({j.adapter ? &static_cast<const AdapterModel*>(j.adapter->model())->weights() : nullptr, rows[i]});
   }
-  if (batch.size() == 1) {
-    const Job& j = batch.front();
-    if (!adapters) {
-      results.push_back(m->Run(j.inputs));
+  try {
+    if (batch.size() == 1) {
+      const Job& j = batch.front();
+      if (!adapters) {
+        results.push_back(m->Run(j.inputs));
+      } else {
+        // An unbatched version counted the request as one row; a base taking
+        // stacked adapter weights needs its real rows (dim 0). A plain base
+        // runs the whole request with the one adapter, whatever its shape.
+        Result<int64_t> r = rows.front();
+        if (j.max_batch == 0 && !m->stacked_lora_modules().empty()) r = BatchRows(j.inputs);
+        results.push_back(r.ok() ? m->RunWithAdapters(j.inputs, {AdapterRows{lora.front().adapter, *r}})
+                                 : Result<std::vector<Tensor>>(r.status()));
+      }
     } else {
-      auto r = BatchRows(j.inputs);  // an unbatched version counts requests, not rows
-      results.push_back(r.ok() ? m->RunWithAdapters(j.inputs, {AdapterRows{lora.front().adapter, *r}})
-                               : Result<std::vector<Tensor>>(r.status()));
+      std::vector<const std::vector<Tensor>*> parts;
+      for (const auto& j : batch) parts.push_back(&j.inputs);
+      std::vector<Tensor> inputs = ConcatRows(parts);
+      auto out = adapters ? m->RunWithAdapters(inputs, lora) : m->Run(inputs);
+      auto split = out.ok() ? SplitRows(*out, rows) : Result<std::vector<std::vector<Tensor>>>(out.status());
+      for (size_t i = 0; i < batch.size(); ++i)
+        results.push_back(split.ok() ? Result<std::vector<Tensor>>((*split)[i]) : Result<std::vector<Tensor>>(split.status()));
     }
-  } else {
-    std::vector<const std::vector<Tensor>*> parts;
-    for (const auto& j : batch) parts.push_back(&j.inputs);
-    std::vector<Tensor> inputs = ConcatRows(parts);
-    auto out = adapters ? m->RunWithAdapters(inputs, lora) : m->Run(inputs);
-    auto split = out.ok() ? SplitRows(*out, rows) : Result<std::vector<std::vector<Tensor>>>(out.status());
-    for (size_t i = 0; i < batch.size(); ++i)
-      results.push_back(split.ok() ? Result<std::vector<Tensor>>((*split)[i]) : Result<std::vector<Tensor>>(split.status()));
+  } catch (const std::exception& e) {
+    results.assign(batch.size(), Status(Code::kInternal, batch.front().handle->ref() + ": " + e.what()));
   }
+  return results;
+}
+
+void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows) {
+  int64_t t0 = opts_.clock->MonoNanos();
+  auto results = RunBatch(batch, rows);
   int64_t dt = opts_.clock->MonoNanos() - t0;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -194,7 +235,7 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     --busy_;
   }
   cv_.notify_one();
-  for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(results[i]));
+  for (size_t i = 0; i < batch.size(); ++i) Finish(batch[i], std::move(results[i]));
 }
 
 nlohmann::json Scheduler::Stats() const {

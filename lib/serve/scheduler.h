@@ -62,10 +62,18 @@ class Scheduler {
   };
 
   explicit Scheduler(const Options& o);
-  ~Scheduler();  // finishes nothing more: queued jobs get CANCELLED
+  ~Scheduler();  // Stop()
+
+  // Finishes nothing more: queued jobs are answered CANCELLED, the workers
+  // finish what they run and are joined, and later Submits return CANCELLED.
+  // Idempotent; not from a `done` callback.
+  void Stop();
 
   // OVERLOADED when the version's queue is full; INVALID_ARGUMENT for a
-  // batched request whose inputs disagree on rows. On error `done` is not called.
+  // batched request whose inputs disagree on rows; CANCELLED after Stop().
+  // On error `done` is not called. A job's handles are released before its
+  // `done` runs, so a caller answered is never still holding the model.
+  // The queue's priority is the latest job's: give every job of one key the same.
   Status Submit(PoolKey key, Job job);
   // Per version: queued, executed, batches, rows, mean batch size,
   // deadline drops, overloaded refusals, recent execution ms.
@@ -85,6 +93,8 @@ class Scheduler {
   // mu_ held: the queue to serve now (nullptr if none), or when to look again.
   Queue* Pick(int64_t now, int64_t* wake, PoolKey* key);
   void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows);
+  // Runs one batch on the model; a thrown exception becomes INTERNAL.
+  static std::vector<Result<std::vector<Tensor>>> RunBatch(const std::vector<Job>& batch, const std::vector<int64_t>& rows);
 
   const Options opts_;
   mutable std::mutex mu_;

@@ -77,6 +77,11 @@ TEST_CASE("adapters: register, list, show and remove; the base cannot go while a
   Bases(d);
   Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1"), "--description", "tenant a"});
   Mms(d, {"adapter", "register", "cust-a", "--base", "base:1", "--path", Data("adapters/a2")});  // version 2
+  // The same NAME:VERSION again is refused (exit 6) and leaves the registered files alone.
+  auto dup = d.Mms({"adapter", "register", "cust-a", "--version", "1", "--base", "base", "--path", Data("adapters/a1")});
+  CHECK(dup.exit_code == 6);
+  CHECK(dup.err.find("cust-a:1 is already registered") != std::string::npos);
+  CHECK(d.Mms({"model", "verify", "cust-a:1"}).exit_code == 0);
   auto list = d.Mms({"--json", "adapter", "list"});
   REQUIRE(list.exit_code == 0);
   json l = json::parse(list.out);

@@ -260,6 +260,9 @@ TEST_CASE("two registrations at once both succeed; a true duplicate gets exit 6"
   tb.join();
   CHECK(((a.exit_code == 0 && b.exit_code == 6) || (a.exit_code == 6 && b.exit_code == 0)));
   CHECK(json::parse(mms({"--json", "model", "list"}).out).size() == 7);
+  // The loser's clean-up never takes the winner's packed files.
+  auto verify = mms({"model", "verify", "dup:1"});
+  CHECK_MESSAGE(verify.exit_code == 0, verify.out << verify.err);
 }
 
 TEST_CASE("kill -9 during registration leaves a consistent registry") {

@@ -89,10 +89,47 @@ TEST_CASE("lora: config mistakes — bad rank value, unsupported options, module
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q"]})").find("not in target_modules") != std::string::npos);
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v", "o"]})").find("no lora_A/lora_B for module 'o'") != std::string::npos);
   CHECK(with_config("not json").find("not a JSON object") != std::string::npos);
+  // Wrong JSON types are refused with the key, never thrown.
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "use_rslora": "yes"})").find("use_rslora must be true or false") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "use_dora": 1})").find("use_dora must be true or false") != std::string::npos);
+  CHECK(with_config(R"({"r": 4, "lora_alpha": "8", "target_modules": ["q", "v"]})").find("lora_alpha must be a number") != std::string::npos);
+  CHECK(with_config(R"({"r": 4.5, "target_modules": ["q", "v"]})").find("positive integer") != std::string::npos);
   // PEFT's forms of target_modules: names and a regular expression.
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"]})") == "ok");
   CHECK(with_config(R"j({"r": 4, "lora_alpha": 8, "target_modules": "(q|v)"})j") == "ok");
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": "x.*"})").find("matches no module") != std::string::npos);
+  // lora_alpha left out takes PEFT's default of 8 (scale 8 / r), not r.
+  std::ofstream(dir / "adapter_config.json") << R"({"r": 4, "target_modules": ["q", "v"]})";
+  auto dflt = CheckAdapter(dir.path(), Base());
+  REQUIRE(dflt.ok());
+  CHECK(dflt->info.scale == doctest::Approx(2.0));
+}
+
+TEST_CASE("lora: targets must be floating point and of one dtype") {
+  auto adapter_for = [](const LoraBase& b) {
+    testing::TempDir dir;
+    std::vector<Tensor> t;
+    for (const auto& [m, lin] : b.linears) {
+      t.push_back(Tensor::Alloc(m + ".lora_A.weight", lin.dtype, {2, lin.in}));
+      t.push_back(Tensor::Alloc(m + ".lora_B.weight", lin.dtype, {lin.out, 2}));
+    }
+    REQUIRE(WriteSafetensorsFile(dir / "adapter_model.safetensors", t).ok());
+    std::ofstream(dir / "adapter_config.json") << R"({"r": 2, "target_modules": ["q", "v"]})";
+    auto r = CheckAdapter(dir.path(), b);
+    return r.ok() ? std::string("ok") : r.status().message();
+  };
+  LoraBase mixed;
+  mixed.ref = "m:1";
+  mixed.linears = {{"q", {DType::kFloat32, 4, 4}}, {"v", {DType::kFloat16, 4, 4}}};
+  CHECK(adapter_for(mixed).find("mix dtypes") != std::string::npos);
+  LoraBase quantized;
+  quantized.ref = "m:1";
+  quantized.linears = {{"q", {DType::kInt8, 4, 4}}, {"v", {DType::kInt8, 4, 4}}};
+  CHECK(adapter_for(quantized).find("needs floating-point weights") != std::string::npos);
+  LoraBase half;
+  half.ref = "m:1";
+  half.linears = {{"q", {DType::kFloat16, 4, 4}}, {"v", {DType::kFloat16, 4, 4}}};
+  CHECK(adapter_for(half) == "ok");
 }
 
 TEST_CASE("lora: target_modules match a module by its last name, as PEFT does") {

@@ -42,6 +42,24 @@ TEST_CASE("token buckets: burst, refill, per model and per tenant, counted") {
   CHECK(rl.Admit("rec", "").ok());
 }
 
+TEST_CASE("token buckets: client-named tenants cannot grow the limiter without bound") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  rl.Configure({}, {{"hot", {0.0001, 1}}}, std::nullopt, TokenLimit{1, 1});
+  CHECK(rl.Admit("m", "hot").ok());
+  CHECK_FALSE(rl.Admit("m", "hot").ok());
+  for (size_t i = 0; i < RateLimiter::kMaxTenants + 50; ++i) {
+    if (i == RateLimiter::kMaxTenants / 2) clock.AdvanceMillis(10'000);  // the first half refill; "hot" does not
+    REQUIRE(rl.Admit("m", "t" + std::to_string(i)).ok());
+  }
+  // Dropping idle buckets never forgives a tenant that is still over its limit.
+  CHECK_FALSE(rl.Admit("m", "hot").ok());
+  auto stats = rl.Stats();
+  CHECK(stats["tenants"].size() == RateLimiter::kMaxTenants + 1);
+  CHECK(stats["tenants"][RateLimiter::kOtherTenants]["admitted"] == 51);
+  CHECK(stats["tenants"]["hot"]["limited"] == 2);
+}
+
 TEST_CASE("batching: rows, concatenation and splitting back") {
   auto make = [](float base, int64_t rows) {
     Tensor t = Tensor::Alloc("x", DType::kFloat32, {rows, 2});
@@ -84,6 +102,7 @@ class EchoModel final : public Model {
     calls.push_back(in[0].shape.empty() ? 1 : in[0].shape[0]);
     order.push_back(in[0].name);
     cv.wait(lock, [&] { return !gate; });
+    if (in[0].name == "throw") throw std::runtime_error("boom");
     return in;
   }
   std::mutex mu;
@@ -244,4 +263,70 @@ TEST_CASE("scheduler: a request that would miss its deadline is dropped before r
   CHECK(s.Stats()["1"]["deadline_drops"] == 1);
   std::lock_guard<std::mutex> l(rig.model->mu);
   CHECK(std::find(rig.model->order.begin(), rig.model->order.end(), "late") == rig.model->order.end());
+}
+
+TEST_CASE("scheduler: a batch whose oldest request would miss its deadline by waiting goes early") {
+  Rig rig;
+  FakeClock clock;
+  Scheduler::Options o;
+  o.workers = 1;
+  o.clock = &clock;
+  Scheduler s(o);
+  Result<std::vector<Tensor>> got = Status(Code::kInternal, "not yet");
+  std::atomic<bool> answered{false};
+  Scheduler::Job j = rig.Job("x", 1, 1, 16, [&](Result<std::vector<Tensor>> r) {
+    got = std::move(r);
+    answered = true;
+  });
+  j.deadline_ns = clock.MonoNanos() + 10'000'000;  // well inside the 50 ms batch delay
+  REQUIRE(s.Submit(1, std::move(j)).ok());
+  clock.AdvanceMillis(10);
+  REQUIRE(mms::testing::WaitFor([&] { return answered.load(); }, 5));
+  CHECK(got.ok());
+}
+
+TEST_CASE("scheduler: handles are released before the answer; a throwing model answers INTERNAL") {
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  Scheduler s(o);
+  long holders = -1;
+  Status st;
+  REQUIRE(s.Submit(1, rig.Job("throw", 1, 1, 0, [&](Result<std::vector<Tensor>> r) {
+                 holders = rig.handle.use_count();  // the rig's own reference alone
+                 st = r.status();
+               })).ok());
+  CHECK(holders == 1);
+  CHECK(st.code() == Code::kInternal);
+  CHECK(st.message().find("boom") != std::string::npos);
+  // The scheduler still serves after the exception (its worker count restored).
+  bool ok = false;
+  REQUIRE(s.Submit(1, rig.Job("x", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { ok = r.ok(); })).ok());
+  CHECK(ok);
+}
+
+TEST_CASE("scheduler: Stop answers queued requests CANCELLED and refuses new ones") {
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  Scheduler s(o);
+  rig.model->gate = true;
+  std::thread first([&] { (void)s.Submit(1, rig.Job("hold", 1)); });
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::vector<Code> codes;
+  std::mutex mu;
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(s.Submit(1, rig.Job("q", 1, 1, 0, [&](Result<std::vector<Tensor>> r) {
+                   std::lock_guard<std::mutex> l(mu);
+                   codes.push_back(r.status().code());
+                 })).ok());
+  std::thread stopper([&] { s.Stop(); });
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(mu); return codes.size() == 3; }, 5));
+  CHECK(codes == std::vector<Code>(3, Code::kCancelled));
+  CHECK(s.Submit(1, rig.Job("late", 1)).code() == Code::kCancelled);
+  rig.model->Open();  // the running request finishes; Stop joins its worker
+  first.join();
+  stopper.join();
+  s.Stop();  // idempotent
+  CHECK(s.queued() == 0);
 }
