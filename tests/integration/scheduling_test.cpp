@@ -156,6 +156,19 @@ TEST_CASE("rate limits per tenant: one tenant's limit leaves other tenants alone
   CHECK(l[0]["kind"] == "tenant");
   CHECK(l[0]["admitted"] == 1);
   CHECK(l[0]["limited"] == 1);
+  // On the wire, a tenant that is not a short string is refused (and the daemon serves on).
+  auto client = Connect(d);
+  for (json bad : {json(42), json(""), json(std::string(200, 'x'))}) {
+    mms::proto::Message m;
+    m.type = mms::proto::kPredict;
+    m.body = {{"model", "tiny"}, {"tenant", bad}};
+    m.tensors = mms::ReadTensorFile(Data("tiny_input.json")).value();
+    auto r = client->Call(m);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == mms::Code::kInvalidArgument);
+    CHECK(r.status().message().find("tenant must be") != std::string::npos);
+  }
+  CHECK(PredictExit(d, "tiny", {"--tenant", "globex"}) == 0);
 }
 
 TEST_CASE("rate limits from [limits] in the config apply to every tenant without its own") {
