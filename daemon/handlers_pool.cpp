@@ -89,7 +89,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     route = RouteRequest(*snap, *ref, user, rng);
   }
   if (!route.ok()) return r.Fail(route.status());
-  VersionRecord rec = *route->version;
+  // The record lives in the snapshot; sharing the snapshot keeps it (no copy per request).
+  std::shared_ptr<const VersionRecord> recp(snap, route->version);
+  const VersionRecord& rec = *recp;
   const VersionRecord* base = rec.is_adapter() ? snap->ById(rec.base_id) : nullptr;
   if (base_ref) {
     auto want = snap->Resolve(*base_ref);
@@ -162,7 +164,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   int priority = d->PriorityOf(queue == rec.id ? rec : runs);
   int max_batch = runs.max_batch_size;
   int64_t delay = runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->options().config.scheduler.max_queue_delay_ns;
-  d->AcquireServable(rec, [d, r, rec, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
+  d->AcquireServable(rec, [d, r, recp, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
                            delay](Result<Servable> h) mutable {
     if (!h.ok()) {
       finish(h.status());
@@ -178,8 +180,8 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     job.priority = priority;
     job.max_batch = max_batch;
     job.batch_delay_ns = delay;
-    job.done = [d, r, rec, ordered, t0, finish, credit, routing, mirror, device,
-                loaded](Result<std::vector<Tensor>> out) mutable { Reply(d, r, rec, *ordered, t0, finish, *credit, routing,
+    job.done = [d, r, recp, ordered, t0, finish, credit, routing, mirror, device,
+                loaded](Result<std::vector<Tensor>> out) mutable { Reply(d, r, *recp, *ordered, t0, finish, *credit, routing,
                                                                           mirror, device, loaded, std::move(out)); };
     if (Status st = d->scheduler()->Submit(queue, std::move(job)); !st.ok()) {
       finish(st);

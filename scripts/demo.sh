@@ -6,7 +6,8 @@
 #   3. replays skewed traffic (the top 12 customers take ~80%) with live figures,
 #   4. runs an A/B experiment with a simulated click-through, then reports it,
 #   5. rolls a new version out as a canary to promotion,
-#   6. prints mms stats.
+#   6. serves three LoRA adapters on one shared base,
+#   7. prints mms stats.
 # Set MMS_DEMO_KEEP=1 to keep the directory (and the daemon) afterwards.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -84,7 +85,20 @@ kill $traffic 2>/dev/null || true; wait $traffic 2>/dev/null || true
 echo "   canary $result; c00 now serves $(mms --json model show c00 | sed -n 's/.*"ref": "\([^"]*\)".*/\1/p')"
 
 echo
-echo "== 6. mms stats"
+echo "== 6. LoRA: three customers' adapters on one shared base, mixed in one batch"
+td=${MMS_BUILD_DIR:-$root/build}/testdata
+mms -q model register assistant --version 1 --path "$td/lora_multi.pt" --sample-input "$td/lora_input.json" \
+  --max-batch-size 32 --max-queue-delay-us 2000
+for a in a1 a2 a3; do mms adapter register "tenant-$a" --base assistant --path "$td/adapters/$a"; done
+mms adapter list
+for a in a1 a2 a3; do
+  printf '   tenant-%s: ' "$a"
+  mms --json predict assistant --adapter "tenant-$a" --input "$td/lora_input.json" |
+    tr -d ' \n' | sed -n 's/.*"data":\[\([^],]*\),\([^],]*\).*/output[0][0:2] = \1, \2/p'
+done
+
+echo
+echo "== 7. mms stats"
 mms stats | tail -n +1 | sed -n '/serving since/,$p' | head -20
 mms model history c00 | tail -8
 echo

@@ -225,6 +225,7 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   int64_t t0 = opts_.clock->MonoNanos();
   auto results = RunBatch(batch, rows);
   int64_t dt = opts_.clock->MonoNanos() - t0;
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[key];
@@ -233,8 +234,9 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     ++q.batches;
     for (int64_t r : rows) q.batched_rows += static_cast<uint64_t>(r);
     --busy_;
+    wake = total_queued_ > 0;  // a worker is needed only for queued work (no needless wake-ups)
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
   for (size_t i = 0; i < batch.size(); ++i) Finish(batch[i], std::move(results[i]));
 }
 
