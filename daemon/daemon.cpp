@@ -8,6 +8,8 @@
 #include "stats/prometheus.h"
 
 #include <algorithm>
+#include <set>
+#include <sstream>
 
 namespace mms {
 
@@ -31,6 +33,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   if (opts.socket_path.empty() || opts.data_dir.empty()) return InvalidArgument("socket and data dir must be resolved");
   std::unique_ptr<Daemon> d(new Daemon(std::move(opts)));
   const Config& c = d->opts_.config;
+  d->live_ = std::make_shared<LiveConfig>(LiveConfig{c.limits, c.pool.pinned, c.scheduler});
   MMS_RETURN_IF_ERROR(MakeDirs(d->opts_.data_dir, 0700));
 
   Registry::Options ro;
@@ -199,6 +202,11 @@ std::shared_ptr<const RegistrySnapshot> Daemon::snapshot() const {
   return snapshot_;
 }
 
+std::shared_ptr<const Daemon::LiveConfig> Daemon::live() const {
+  std::lock_guard<std::mutex> lock(snap_mu_);
+  return live_;
+}
+
 PoolItem Daemon::ItemFor(const VersionRecord& v) {
   PoolItem it;
   it.key = v.id;
@@ -268,7 +276,8 @@ Status Daemon::RefreshRegistry(bool force) {
     else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
   };
   for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
-  for (const auto& p : opts_.config.pool.pinned) want_ref(p, "[pool] pinned");
+  auto live_cfg = live();
+  for (const auto& p : live_cfg->pinned) want_ref(p, "[pool] pinned");
   for (PoolKey k : want)
     if (!pinned_.count(k)) PoolFor(*snap->ById(k))->Pin(ItemFor(*snap->ById(k)));
   for (PoolKey k : pinned_)
@@ -281,7 +290,7 @@ Status Daemon::RefreshRegistry(bool force) {
   // Rate limits: the registry's, with [limits] as defaults.
   std::map<std::string, TokenLimit> model_limits, tenant_limits;
   for (const auto& l : snap->limits) (l.kind == "model" ? model_limits : tenant_limits)[l.key] = {l.qps, l.burst};
-  const LimitsConfig& lc = opts_.config.limits;
+  const LimitsConfig& lc = live_cfg->limits;
   auto def = [](double qps, double burst) -> std::optional<TokenLimit> {
     if (qps <= 0) return std::nullopt;
     return TokenLimit{qps, burst > 0 ? burst : std::max(1.0, qps)};
@@ -331,7 +340,8 @@ void Daemon::FlushMetrics() {
 }
 
 int Daemon::PriorityOf(const VersionRecord& v) const {
-  const SchedulerConfig& sc = opts_.config.scheduler;
+  auto live_cfg = live();
+  const SchedulerConfig& sc = live_cfg->scheduler;
   auto in = [&](const std::vector<std::string>& l) { return std::find(l.begin(), l.end(), v.model) != l.end(); };
   if (in(sc.high_priority)) return 0;
   if (in(sc.low_priority)) return 2;
@@ -427,7 +437,35 @@ Result<std::vector<std::string>> Daemon::Reload() {
   }
   MMS_RETURN_IF_ERROR(ApplyLogConfig(cfg->log));
   opts_.config.log = cfg->log;
-  reloaded.push_back("log");
+  auto next = std::make_shared<LiveConfig>(LiveConfig{cfg->limits, cfg->pool.pinned, cfg->scheduler});
+  {
+    std::lock_guard<std::mutex> lock(snap_mu_);
+    live_ = next;
+  }
+  reloaded = {"log", "limits", "pool.pinned", "scheduler.priorities"};
+  // Whatever else changed takes a restart: say so rather than ignore it.
+  // "[table] key" → value, from the rendered TOML of a config.
+  auto flat = [](const Config& c) {
+    std::map<std::string, std::string> out;
+    std::istringstream in(RenderConfig(c));
+    std::string line, table;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line[0] == '[') table = line.substr(1, line.find(']') - 1);
+      auto eq = line.find(" = ");
+      if (!line.empty() && line[0] != '#' && line[0] != '[' && eq != std::string::npos)
+        out["[" + table + "] " + line.substr(0, eq)] = line.substr(eq + 3);
+    }
+    return out;
+  };
+  const std::set<std::string> live_keys{"[pool] pinned", "[scheduler] high_priority", "[scheduler] low_priority",
+                                        "[scheduler] high_priority_sla_ms"};
+  std::vector<std::string> restart;
+  auto was = flat(opts_.config), now = flat(*cfg);
+  for (const auto& [key, value] : now)
+    if (key.rfind("[log]", 0) != 0 && key.rfind("[limits]", 0) != 0 && !live_keys.count(key) && was[key] != value)
+      restart.push_back(key);
+  if (!restart.empty()) LogWarn("reload_needs_restart", {{"keys", restart}});
+  if (Status st = RefreshRegistry(true); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
   LogInfo("reloaded", {{"config", opts_.config_path}, {"sections", reloaded}});
   return reloaded;
 }

@@ -56,8 +56,10 @@ class Daemon {
   ~Daemon();
 
   Status Start();
-  // Re-reads the config file and applies what can change live (log level and
-  // sink). Returns what was reloaded.
+  // Re-reads the config file and applies what can change live: [log],
+  // [limits], [pool] pinned and the [scheduler] priority classes (LiveConfig).
+  // Everything else needs a restart (logged when it differs). Returns the
+  // sections reloaded; a bad file changes nothing.
   Result<std::vector<std::string>> Reload();
   // Stops accepting, waits up to [daemon] shutdown_grace for in-flight
   // requests, persists state. False when requests were still running.
@@ -126,6 +128,14 @@ class Daemon {
 
   mutable std::mutex snap_mu_;
   std::shared_ptr<const RegistrySnapshot> snapshot_;  // guarded by snap_mu_
+  // The config sections SIGHUP may change, read by the watcher and per request.
+  struct LiveConfig {
+    LimitsConfig limits;
+    std::vector<std::string> pinned;  // [pool] pinned
+    SchedulerConfig scheduler;        // only the priority fields are read from here
+  };
+  std::shared_ptr<const LiveConfig> live_;  // guarded by snap_mu_; never null after Create
+  std::shared_ptr<const LiveConfig> live() const;
   std::mutex refresh_mu_;                             // one refresh at a time
   std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
 

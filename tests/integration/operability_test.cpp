@@ -126,6 +126,38 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
   CHECK(code("/health/bad") == "503");
   CHECK(code("/health/nosuch") == "404");
   CHECK(code("/health/tiny:1") == "200");
+  // A limit, an experiment, a shadow and a canary, so their families have samples.
+  auto ok = [&](std::vector<std::string> args) {
+    auto r = d.Mms(args);
+    REQUIRE_MESSAGE(r.exit_code == 0, args[0] << " " << args[1] << ": " << r.err);
+  };
+  ok({"limit", "set", "--tenant", "acme", "--qps", "1000", "--burst", "1000"});
+  for (const char* name : {"tiny", "sh", "can"})
+    for (const char* v : {"1", "2"})
+      if (std::string(name) != "tiny" || std::string(v) == "2")
+        ok({"model", "register", name, "--version", v, "--path", Data(v[0] == '1' ? "tiny.pt" : "tiny_v2.pt"), "-q"});
+  for (const char* prod : {"tiny:1", "sh:1", "can:1"}) ok({"model", "stage", prod, "production"});
+  ok({"experiment", "create", "exp-t", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "50"});
+  ok({"predict", "tiny", "--input", Data("tiny_input.json"), "--user", "u1", "--tenant", "acme", "-q"});
+  ok({"shadow", "start", "sh", "--candidate", "2"});
+  ok({"canary", "start", "can", "--candidate", "2", "--stage-duration", "1h"});
+  auto m2 = Run({"/usr/bin/curl", "-s", "-f", base + "/metrics"});
+  REQUIRE(m2.exit_code == 0);
+  for (const char* want : {"mms_queue_depth{model=\"tiny\",version=\"1\"} 0", "mms_batches_total{model=\"tiny\"",
+                           "mms_rate_admitted_total{tenant=\"acme\"} 1", "# TYPE mms_rate_limited_total counter",
+                           "mms_experiment_treatment_percent{experiment=\"exp-t\",model=\"tiny\"} 50",
+                           "mms_experiment_requests_total{experiment=\"exp-t\",model=\"tiny\",variant=",
+                           "mms_shadow_requests_total{model=\"sh\",candidate=\"sh:2\",result=\"mirrored\"}",
+                           "mms_canary_stage{model=\"can\",candidate=\"can:2\",state=\"running\"} 1",
+                           "mms_canary_traffic_percent{model=\"can\""})
+    CHECK_MESSAGE(m2.out.find(want) != std::string::npos, want);
+  // mmsd --metrics-address does the same without a config file.
+  int port2 = FreePort();
+  Daemon flag("", {"--metrics-address", "127.0.0.1:" + std::to_string(port2)});
+  REQUIRE(flag.ok());
+  auto up = Run({"/usr/bin/curl", "-s", "-f", "http://127.0.0.1:" + std::to_string(port2) + "/metrics"});
+  CHECK(up.exit_code == 0);
+  CHECK(up.out.find("mms_up{") != std::string::npos);
 }
 
 TEST_CASE("JSON logs: every load and eviction with model, version, bytes and time") {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "protocol/tensor_file.h"
 #include "support/process.h"
 
 using namespace mms::testing;
@@ -65,15 +66,23 @@ TEST_CASE("predict with JSON and safetensors inputs; outputs named; request id a
   CHECK(r["outputs"]["output"]["shape"] == json::array({2, 10}));
   CHECK(r["outputs"]["output"]["dtype"] == "float32");
   // The same input as safetensors gives the same scores (and a fresh request id).
-  auto conv = d.Mms({"predict", "rec", "--input", Data("rec_input.json"), "--output", d.dir() + "/out.safetensors"});
-  REQUIRE(conv.exit_code == 0);
-  json r2 = Predict(d, "rec:1", Data("rec_input.json"));
+  auto in = mms::ReadTensorFile(Data("rec_input.json"));
+  REQUIRE(in.ok());
+  REQUIRE(mms::WriteSafetensorsFile(d.dir() + "/in.safetensors", *in).ok());
+  json r2 = Predict(d, "rec:1", d.dir() + "/in.safetensors");
   CHECK(r2["outputs"] == r["outputs"]);
   CHECK(r2["request_id"] != r["request_id"]);
-  // Outputs written as safetensors read back as JSON through the CLI's own reader.
-  std::ofstream(d.dir() + "/in.json") << R"({"ids": {"dtype": "int64", "shape": [2, 3], "data": [1, 5, 9, 100, 200, 300]},
-      "dense": {"dtype": "float32", "shape": [2, 8], "data": [0,1,0,1,0,1,0,1, 1,1,1,1,0,0,0,0]}})";
-  CHECK(std::filesystem::file_size(d.dir() + "/out.safetensors") > 80);
+  // Outputs written as safetensors hold exactly the scores of the JSON reply.
+  auto conv = d.Mms({"predict", "rec", "--input", d.dir() + "/in.safetensors", "--output", d.dir() + "/out.safetensors"});
+  REQUIRE_MESSAGE(conv.exit_code == 0, conv.err);
+  auto out = mms::ReadSafetensorsFile(d.dir() + "/out.safetensors");
+  REQUIRE(out.ok());
+  REQUIRE(out->size() == 1);
+  CHECK((*out)[0].name == "output");
+  CHECK((*out)[0].shape == std::vector<int64_t>{2, 10});
+  std::vector<double> want = r["outputs"]["output"]["data"].get<std::vector<double>>();
+  REQUIRE(static_cast<size_t>((*out)[0].numel()) == want.size());
+  for (size_t i = 0; i < want.size(); ++i) CHECK((*out)[0].as<float>()[i] == doctest::Approx(want[i]));
 
   Register(d, "tup", "1", Data("tuple_out.pt"));
   Register(d, "dict", "1", Data("dict_out.pt"));

@@ -101,6 +101,11 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(st["measures"]["max_abs_diff"]["count"] == 20);
   CHECK(st["measures"]["max_abs_diff"]["p50"].get<double>() > 1e-3);
   CHECK(st["latency_delta_ms"]["count"] == 20);
+  // The paired latency delta (shadow − primary on the same input) has its percentiles.
+  CHECK(st["latency_delta_ms"]["p50"].get<double>() <= st["latency_delta_ms"]["p99"].get<double>());
+  CHECK(std::abs(st["latency_delta_ms"]["p50"].get<double>()) < 1000);
+  CHECK(st["measures"]["argmax_agreement"]["count"] == 20);
+  CHECK(st["measures"]["topk_agreement"]["count"] == 20);
   auto samples = json::parse(d.Mms({"--json", "shadow", "samples", "tiny", "--limit", "3"}).out)["samples"];
   REQUIRE(samples.size() == 3);
   CHECK(samples[0].contains("primary"));
@@ -235,6 +240,28 @@ TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
   auto t = d.Mms({"canary", "start", "tiny", "--candidate", "3", "--stage-duration", "1s", "--wait", "--timeout", "1s"}, 60);
   CHECK(t.exit_code == 12);
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // carries on
+}
+
+TEST_CASE("canary pause, resume and promote by hand through the CLI") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "tiny_v2.pt");
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h"}).exit_code == 0);
+  auto state = [&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"]; };
+  CHECK(state() == "running");
+  REQUIRE(d.Mms({"canary", "pause", "tiny"}).exit_code == 0);
+  CHECK(state() == "paused");
+  CHECK(d.Mms({"canary", "pause", "tiny"}).exit_code == 0);  // idempotent, for scripts
+  CHECK(state() == "paused");
+  REQUIRE(d.Mms({"canary", "resume", "tiny"}).exit_code == 0);
+  CHECK(state() == "running");
+  auto p = d.Mms({"canary", "promote", "tiny"});
+  REQUIRE_MESSAGE(p.exit_code == 0, p.err);
+  CHECK(state() == "promoted");
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["ref"] == "tiny:2");  // production now
+  CHECK(d.Mms({"canary", "resume", "tiny"}).exit_code != 0);  // finished: nothing to resume
+  auto hist = d.Mms({"model", "history", "tiny"}).out;
+  for (const char* a : {"canary-pause", "canary-resume", "canary-promote"}) CHECK(hist.find(a) != std::string::npos);
 }
 
 TEST_CASE("kill -9 mid-stage: the canary resumes at the same stage with its remaining time") {

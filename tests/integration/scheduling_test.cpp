@@ -423,3 +423,35 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   CHECK(plain.exit_code == 0);
   CHECK(PredictExit(d, "mix") == 0);
 }
+
+TEST_CASE("SIGHUP applies [limits] and [pool] pinned live; other changes are logged as needing a restart") {
+  Daemon d("[log]\nlevel = \"info\"\n");
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 0);
+  std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\n[limits]\ntenant_qps = 0.016\ntenant_burst = 1\n"
+                                       << "[pool]\npinned = [\"tiny\"]\n[daemon]\ncontexts = 7\n";
+  d.child().Signal(SIGHUP);
+  REQUIRE(WaitFor([&] { return d.log().find("\"reloaded\"") != std::string::npos ||
+                               d.log().find(" reloaded") != std::string::npos; }, 10));
+  CHECK(d.log().find("reload_needs_restart") != std::string::npos);
+  CHECK(d.log().find("[daemon] contexts") != std::string::npos);
+  // The new default tenant limit: a bucket of one.
+  CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 0);
+  std::string err;
+  CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}, &err) == 5);
+  CHECK(err.find("tenant 'acme' is over its rate limit") != std::string::npos);
+  // The pin from the config.
+  bool pinned = false;
+  json pool = json::parse(d.Mms({"--json", "pool"}).out);
+  for (const auto& dev : pool["devices"])
+    for (const auto& m : dev["models"])
+      if (m["ref"] == "tiny:1") pinned = m["pinned"].get<bool>();
+  CHECK(pinned);
+  // A bad file changes nothing: the limit stays.
+  std::ofstream(d.dir() + "/mms.toml") << "[limits]\ntenant_qps = -1\n";
+  d.child().Signal(SIGHUP);
+  CHECK(WaitFor([&] { return d.log().find("reload_failed") != std::string::npos; }, 10));
+  CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 5);
+  CHECK(PredictExit(d, "tiny") == 0);
+}

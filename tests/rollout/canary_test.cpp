@@ -204,6 +204,11 @@ TEST_CASE("output comparison measures") {
   CHECK(c.max_abs == doctest::Approx(0.7).epsilon(1e-6));
   CHECK(c.mean_abs == doctest::Approx(0.7 / 8).epsilon(1e-6));
   CHECK(*c.argmax_agreement == doctest::Approx(0.5));
+  // Top-2 per row: row 1 {1, 2} both ways; row 2 {3, 0} vs {2, 3}: one of two shared.
+  CHECK(*c.topk_agreement == doctest::Approx(1.0));  // top-5 of 4 columns: everything
+  CHECK(*CompareOutputs({a}, {b}, 0.1, 2).topk_agreement == doctest::Approx((1.0 + 0.5) / 2));
+  auto top1 = CompareOutputs({a}, {b}, 0.1, 1);
+  CHECK(*top1.topk_agreement == doctest::Approx(0.5));  // top-1 is argmax
   CHECK(c.cosine < 1.0);
   CHECK(c.rel_l2 > 0);
   CHECK(CompareOutputs({a}, {b}, 1.0).diverged == false);  // within tolerance

@@ -159,3 +159,24 @@ TEST_CASE("reports compare variants and flag a sample-ratio mismatch") {
   CHECK(since.errors == 10);
   CHECK(since.latency.Quantile(0.5) == doctest::Approx(9'000'000).epsilon(0.01));
 }
+
+TEST_CASE("routing: a --random experiment assigns each request afresh, anonymous ones included") {
+  Fixture f;
+  NewExperiment e = f.Exp("exp-random", 3000);
+  e.random = true;
+  REQUIRE(f.reg->CreateExperiment(e).ok());
+  auto snap = RegistrySnapshot::Load(*f.reg).value();
+  std::mt19937_64 rng(7);
+  int treated_anon = 0, user_flips = 0;
+  Variant first = RouteRequest(*snap, *ParseRef("rec"), "user-1", rng)->variant;
+  for (int i = 0; i < 2000; ++i) {
+    auto anon = RouteRequest(*snap, *ParseRef("rec"), "", rng).value();
+    REQUIRE(anon.experiment);
+    CHECK(anon.bucket == -1);  // no sticky bucket
+    CHECK(anon.version->version == (anon.variant == Variant::kTreatment ? "2" : "1"));
+    treated_anon += anon.variant == Variant::kTreatment;
+    user_flips += RouteRequest(*snap, *ParseRef("rec"), "user-1", rng)->variant != first;
+  }
+  CHECK(treated_anon == doctest::Approx(600).epsilon(0.15));  // 30% of 2000
+  CHECK(user_flips > 100);  // not sticky: one user lands in both arms
+}
