@@ -6,7 +6,7 @@
 #   3. replays skewed traffic (the top 12 customers take ~80%) with live figures,
 #   4. runs an A/B experiment with a simulated click-through, then reports it,
 #   5. rolls a new version out as a canary to promotion,
-#   6. serves three LoRA adapters on one shared base,
+#   6. serves LoRA adapters on shared bases (two mixed in one batch),
 #   7. prints mms stats.
 # Set MMS_DEMO_KEEP=1 to keep the directory (and the daemon) afterwards.
 set -eu
@@ -85,16 +85,19 @@ kill $traffic 2>/dev/null || true; wait $traffic 2>/dev/null || true
 echo "   canary $result; c00 now serves $(mms --json model show c00 | sed -n 's/.*"ref": "\([^"]*\)".*/\1/p')"
 
 echo
-echo "== 6. LoRA: three customers' adapters on one shared base, mixed in one batch"
+echo "== 6. LoRA: customers' adapters on shared bases (mixed in one batch on a base taking stacked weights)"
 td=${MMS_BUILD_DIR:-$root/build}/testdata
 mms -q model register assistant --version 1 --path "$td/lora_multi.pt" --sample-input "$td/lora_input.json" \
   --max-batch-size 32 --max-queue-delay-us 2000
-for a in a1 a2 a3; do mms adapter register "tenant-$a" --base assistant --path "$td/adapters/$a"; done
+mms -q model register assistant-plain --version 1 --path "$td/lora_base.pt" --sample-input "$td/lora_input.json"
+for a in a1 a2; do mms adapter register "tenant-$a" --base assistant --path "$td/adapters/$a"; done
+mms adapter register tenant-a3 --base assistant-plain --path "$td/adapters/a3"
 mms adapter list
 for a in a1 a2 a3; do
   printf '   tenant-%s: ' "$a"
-  mms --json predict assistant --adapter "tenant-$a" --input "$td/lora_input.json" |
+  mms --json predict "tenant-$a" --input "$td/lora_input.json" |
     tr -d ' \n' | sed -n 's/.*"data":\[\([^],]*\),\([^],]*\).*/output[0][0:2] = \1, \2/p'
+  echo
 done
 
 echo
