@@ -126,9 +126,10 @@ def forward(self, x, lora_idx, lora_scale, lora_a_q, lora_b_q, lora_a_v, lora_b_
 
 mms::Tensor ToMms(const torch::Tensor& t, const std::string& name) {
   torch::Tensor c = t.contiguous();
-  mms::DType dt = c.scalar_type() == torch::kFloat64 ? mms::DType::kFloat64
-                  : c.scalar_type() == torch::kFloat16 ? mms::DType::kFloat16
-                                                       : mms::DType::kFloat32;
+  mms::DType dt = c.scalar_type() == torch::kFloat64    ? mms::DType::kFloat64
+                  : c.scalar_type() == torch::kFloat16  ? mms::DType::kFloat16
+                  : c.scalar_type() == torch::kBFloat16 ? mms::DType::kBFloat16
+                                                        : mms::DType::kFloat32;
   std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
   mms::Tensor out = mms::Tensor::Alloc(name, dt, shape);
   std::memcpy(out.mutable_data(), c.data_ptr(), out.nbytes);
@@ -183,11 +184,29 @@ void GenerateLora() {
   Save(base, "lora_base.pt");
   auto multi = LoraBase(true);
   Save(multi, "lora_multi.pt");
-  WriteText("lora_input.json", [] {
-    std::string s = "{\"x\": {\"dtype\": \"float32\", \"shape\": [3, 16], \"data\": [";
+  auto input = [](const std::string& dtype) {
+    std::string s = "{\"x\": {\"dtype\": \"" + dtype + "\", \"shape\": [3, 16], \"data\": [";
     for (int i = 0; i < 48; ++i) s += (i ? "," : "") + std::to_string(((i * 7) % 11 - 5) * 0.1);
     return s + "]}}";
-  }());
+  };
+  WriteText("lora_input.json", input("float32"));
+  // The same in bfloat16 (the dtype LLM fine-tunes ship in): bases, an adapter
+  // with bfloat16 weights, and its offline merge (in float32, then rounded).
+  auto bf16 = [](torch::jit::Module m) {
+    m.to(torch::kBFloat16);
+    return m;
+  };
+  auto base_bf16 = bf16(LoraBase(false));
+  Save(base_bf16, "lora_base_bf16.pt");
+  auto multi_bf16 = bf16(LoraBase(true));
+  Save(multi_bf16, "lora_multi_bf16.pt");
+  WriteText("lora_input_bf16.json", input("bfloat16"));
+  AdapterSpec b1;
+  b1.dir = "a1_bf16";
+  b1.targets = {"q", "v"};
+  b1.dtype = torch::kBFloat16;
+  auto merged_bf16 = bf16(LoraBase(false, WriteAdapter(b1, 20)));
+  Save(merged_bf16, "lora_merged_a1_bf16.pt");
   // Good adapters, each with its offline merge as a plain model.
   std::vector<AdapterSpec> good(3);
   good[0].dir = "a1";

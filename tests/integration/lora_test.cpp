@@ -181,6 +181,43 @@ TEST_CASE("adapters serve in both modes equal to the base with the adapter merge
   CHECK(pool["adapters"]["devices"][0]["models"].size() == 5);
 }
 
+TEST_CASE("bfloat16 bases and adapters serve through the daemon within bfloat16's tolerance") {
+  Daemon d;
+  REQUIRE(d.ok());
+  std::string in = Data("lora_input_bf16.json");
+  Mms(d, {"model", "register", "base16", "--version", "1", "--path", Data("lora_base_bf16.pt"), "--sample-input", in, "-q"});
+  Mms(d, {"model", "register", "multi16", "--version", "1", "--path", Data("lora_multi_bf16.pt"), "--sample-input", in,
+          "-q"});
+  Mms(d, {"model", "register", "merged16", "--version", "1", "--path", Data("lora_merged_a1_bf16.pt"), "-q"});
+  Mms(d, {"adapter", "register", "p16", "--base", "base16", "--path", Data("adapters/a1_bf16")});
+  Mms(d, {"adapter", "register", "s16", "--base", "multi16", "--path", Data("adapters/a1_bf16")});
+  auto run = [&](const std::string& model) {
+    auto r = d.Mms({"--json", "predict", model, "--input", in});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    json o = json::parse(r.out)["outputs"]["output"];
+    CHECK(o["dtype"] == "bfloat16");
+    return o["data"].get<std::vector<double>>();
+  };
+  auto worst = [](const std::vector<double>& got, const std::vector<double>& want) {
+    REQUIRE(got.size() == want.size());
+    double w = 0;
+    for (size_t i = 0; i < got.size(); ++i) w = std::max(w, std::abs(got[i] - want[i]) / (1 + std::abs(want[i])));
+    return w;
+  };
+  auto want = run("merged16");
+  // The tolerance is far below what the adapter changes, so a lost adapter fails.
+  CHECK(worst(run("base16"), want) > 0.2);
+  for (const char* model : {"p16", "s16"}) {
+    double w = worst(run(model), want);
+    INFO(model << ": worst relative difference " << w);
+    CHECK(w < 3e-2);  // bfloat16: 8-bit significand
+  }
+  // A float32 adapter on the bfloat16 base: refused at registration, exit 2.
+  auto wrong = d.Mms({"adapter", "register", "x", "--base", "base16", "--path", Data("adapters/a1")});
+  CHECK(wrong.exit_code == 2);
+  CHECK(wrong.err.find("convert the adapter to bfloat16") != std::string::npos);
+}
+
 TEST_CASE("a stacked base mixes adapters in one batch: concurrent requests, each gets its adapter's rows") {
   Daemon d;
   REQUIRE(d.ok());
