@@ -3,6 +3,7 @@
 // entry in mms.toml.5, and each page renders with man -l.
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -93,4 +94,24 @@ TEST_CASE("the man pages render") {
     CHECK(r.out.size() > 1000);
     CHECK(r.err.find("warning") == std::string::npos);
   }
+}
+
+// ctest gets one test per TEST_CASE by name, and a ';' in a name splits it
+// into CMake list items: the halves match nothing and "pass" without running.
+TEST_CASE("no test case name holds a ';' (ctest would run nothing for it)") {
+  int names = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(std::string(MMS_SOURCE_DIR) + "/tests")) {
+    if (e.path().extension() != ".cpp") continue;
+    std::istringstream in(ReadText(e.path().string()));
+    std::string line;
+    while (std::getline(in, line)) {
+      auto p = line.find("TEST_CASE(\"");
+      if (p == std::string::npos) continue;
+      ++names;
+      std::string name = line.substr(p + 11, line.find('"', p + 11) - p - 11);
+      INFO(e.path().filename().string() << ": " << name);
+      CHECK(name.find(';') == std::string::npos);
+    }
+  }
+  CHECK(names > 150);
 }

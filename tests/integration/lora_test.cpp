@@ -71,7 +71,7 @@ std::unique_ptr<mms::proto::Client> Connect(const Daemon& d) {
 
 }  // namespace
 
-TEST_CASE("adapters: register, list, show and remove; the base cannot go while adapters use it") {
+TEST_CASE("adapters: register, list, show and remove, the base cannot go while adapters use it") {
   Daemon d;
   REQUIRE(d.ok());
   Bases(d);

@@ -240,7 +240,7 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
         std::string::npos);
 }
 
-TEST_CASE("two registrations at once both succeed; a true duplicate gets exit 6") {
+TEST_CASE("two registrations at once both succeed, a true duplicate gets exit 6") {
   Cli mms;
   REQUIRE(mms({"model", "list"}).exit_code == 0);  // create the registry first
   for (int round = 0; round < 3; ++round) {

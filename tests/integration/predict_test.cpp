@@ -55,7 +55,7 @@ json FindModel(const json& pool, const std::string& ref) {
 
 }  // namespace
 
-TEST_CASE("predict with JSON and safetensors inputs; outputs named; request id and version in the reply") {
+TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id and version in the reply") {
   Daemon d;
   REQUIRE(d.ok());
   Register(d, "rec", "1", Data("rec.pt"), {"--sample-input", Data("rec_input.json")});
@@ -214,7 +214,7 @@ TEST_CASE("concurrent requests for a cold model cause exactly one load") {
   CHECK(m["hits"].get<int>() + m["misses"].get<int>() == 12);
 }
 
-TEST_CASE("load, evict, pin and unpin; pins survive a restart and are preloaded") {
+TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded") {
   Daemon d;
   REQUIRE(d.ok());
   Register(d, "tiny", "1", Data("tiny.pt"));
@@ -277,7 +277,7 @@ TEST_CASE("when nothing can be evicted the request fails at once naming what hol
   CHECK(FindModel(pool, "c2:1")["tier"] == "device");
 }
 
-TEST_CASE("several devices, each with its own budget; placement spreads models") {
+TEST_CASE("several devices, each with its own budget, placement spreads models") {
   Daemon d("[pool]\ndevices = [\"cpu:0\", \"cpu:1\"]\ndevice_budget = \"1MiB\"\n");
   REQUIRE(d.ok());
   REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "4", "--size-kb", "300"}).exit_code == 0);
@@ -295,7 +295,7 @@ TEST_CASE("several devices, each with its own budget; placement spreads models")
   CHECK(st["pool"]["models_on_device"] == 4);
 }
 
-TEST_CASE("SIGTERM lets a running request finish; a slow request blocks nobody else") {
+TEST_CASE("SIGTERM lets a running request finish, a slow request blocks nobody else") {
   Daemon d;
   REQUIRE(d.ok());
   Register(d, "slow", "1", Data("slow.pt"));

@@ -94,7 +94,7 @@ std::vector<double> Values(const mms::Tensor& t) { return mms::TensorToDoubles(t
 
 }  // namespace
 
-TEST_CASE("rate limits per model: refused at once with exit 5, counted; removed, serving resumes") {
+TEST_CASE("rate limits per model: refused at once with exit 5, counted, removed, serving resumes") {
   Daemon d;
   REQUIRE(d.ok());
   Register(d, "tiny", "tiny.pt");
@@ -214,7 +214,7 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
   CHECK(PredictExit(d, "tiny") == 0);
 }
 
-TEST_CASE("deadlines: a past deadline is refused; requests that cannot make theirs are dropped before running") {
+TEST_CASE("deadlines: a past deadline is refused, requests that cannot make theirs are dropped before running") {
   Daemon d("[scheduler]\nworkers = 1\n");
   REQUIRE(d.ok());
   Register(d, "slow", "tiny_slow.pt");
@@ -338,7 +338,7 @@ TEST_CASE("dynamic batching: concurrent requests share executions and each calle
   CHECK(s["max_batch"] == 32);
 }
 
-TEST_CASE("dynamic batching with two inputs; mismatched rows or trailing shapes refused") {
+TEST_CASE("dynamic batching with two inputs, mismatched rows or trailing shapes refused") {
   Daemon d;
   REQUIRE(d.ok());
   Register(d, "rec", "rec.pt");
@@ -424,7 +424,7 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   CHECK(PredictExit(d, "mix") == 0);
 }
 
-TEST_CASE("SIGHUP applies [limits] and [pool] pinned live; other changes are logged as needing a restart") {
+TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are logged as needing a restart") {
   Daemon d("[log]\nlevel = \"info\"\n");
   REQUIRE(d.ok());
   Register(d, "tiny", "tiny.pt");
@@ -448,10 +448,21 @@ TEST_CASE("SIGHUP applies [limits] and [pool] pinned live; other changes are log
     for (const auto& m : dev["models"])
       if (m["ref"] == "tiny:1") pinned = m["pinned"].get<bool>();
   CHECK(pinned);
-  // A bad file changes nothing: the limit stays.
+  // A bad file changes nothing: the limit stays. (Over the wire: the CLI
+  // reads the same file and would refuse it too.)
   std::ofstream(d.dir() + "/mms.toml") << "[limits]\ntenant_qps = -1\n";
   d.child().Signal(SIGHUP);
   CHECK(WaitFor([&] { return d.log().find("reload_failed") != std::string::npos; }, 10));
-  CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 5);
-  CHECK(PredictExit(d, "tiny") == 0);
+  auto client = Connect(d);
+  auto predict = [&](const std::string& tenant) {
+    mms::proto::Message m;
+    m.type = mms::proto::kPredict;
+    m.body = {{"model", "tiny"}};
+    if (!tenant.empty()) m.body["tenant"] = tenant;
+    m.tensors = mms::ReadTensorFile(Data("tiny_input.json")).value();
+    auto r = client->Call(m);
+    return r.ok() ? mms::Code::kOk : r.status().code();
+  };
+  CHECK(predict("acme") == mms::Code::kRateLimited);
+  CHECK(predict("") == mms::Code::kOk);
 }

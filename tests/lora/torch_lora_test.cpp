@@ -96,7 +96,7 @@ std::vector<Tensor> Repeat(const std::vector<Tensor>& in, int times) {
 
 }  // namespace
 
-TEST_CASE("lora mode (a): any base runs an adapter out of place, equal to the offline merge; the base never drifts") {
+TEST_CASE("lora mode (a): any base runs an adapter out of place, equal to the offline merge, the base never drifts") {
   testing::TempDir tmp;
   HostModel base = Packed("lora_base.pt", tmp / "base");
   auto x = ReadTensorFile(Data("lora_input.json")).value();

@@ -68,7 +68,7 @@ struct PoolFixture {
 
 }  // namespace
 
-TEST_CASE("lru evicts the least recently used; lrfu keeps the frequent") {
+TEST_CASE("lru evicts the least recently used, lrfu keeps the frequent") {
   auto lru = MakePolicy({"lru", 0}).value();
   for (PoolKey k : {1, 2, 3}) {
     lru->Insert(k);
@@ -126,7 +126,7 @@ TEST_CASE("promotion copies the weights into the device block") {
   CHECK(fm->device() == "cpu");  // torch device of a cpu:N device
 }
 
-TEST_CASE("a model in flight or pinned is never evicted; when nothing can go, POOL_FULL at once") {
+TEST_CASE("a model in flight or pinned is never evicted, when nothing can go, POOL_FULL at once") {
   PoolFixture f({2 * K});
   auto held = f.Get(1);  // in flight
   f.pool->Pin(PoolFixture::Item(2));
@@ -250,7 +250,7 @@ TEST_CASE("placement picks the least loaded device with room") {
   CHECK(f.TierOf(1) == "host");
 }
 
-TEST_CASE("evict demotes one tier; pinned and in-flight refuse") {
+TEST_CASE("evict demotes one tier, pinned and in-flight refuse") {
   PoolFixture f({10 * K});
   auto h = f.Get(1);
   CHECK(f.pool->Evict(1).status().code() == Code::kInUse);
@@ -266,7 +266,7 @@ TEST_CASE("evict demotes one tier; pinned and in-flight refuse") {
   CHECK(f.pool->Evict(99).status().code() == Code::kFailedPrecondition);
 }
 
-TEST_CASE("the host tier has its own budget; over it, host copies go back to disk") {
+TEST_CASE("the host tier has its own budget, over it, host copies go back to disk") {
   PoolFixture f({K}, 5 * K / 2);
   f.Get(1);
   f.Get(2);  // 1 → host (device holds one)

@@ -43,7 +43,7 @@ TEST_CASE("JSON tensors: round trip of every dtype, and malformed files refused"
   CHECK(JsonError(R"({"x": [1, 2, 3]})") != "ok");
 }
 
-TEST_CASE("safetensors: round trip with alignment and metadata; corrupt headers refused") {
+TEST_CASE("safetensors: round trip with alignment and metadata, corrupt headers refused") {
   testing::TempDir dir;
   Tensor a = Tensor::Alloc("a", DType::kFloat32, {3});
   Tensor b = Tensor::Alloc("b", DType::kInt64, {2, 2});

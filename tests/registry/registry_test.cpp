@@ -106,7 +106,7 @@ TEST_CASE("a name resolves to production, else the highest non-archived version"
   CHECK(f.reg->Resolve("rac").status().message() == "unknown model 'rac'; did you mean 'rec'?");
 }
 
-TEST_CASE("one production version per model; promotion archives the previous one, audited") {
+TEST_CASE("one production version per model, promotion archives the previous one, audited") {
   Fixture f;
   f.Add("rec", "1");
   f.Add("rec", "2");
@@ -179,7 +179,7 @@ TEST_CASE("aliases set, move and go, each audited") {
   CHECK(alias_events == 3);
 }
 
-TEST_CASE("rm is refused while pinned or in production, unless forced; labels and aliases go with it") {
+TEST_CASE("rm is refused while pinned or in production, unless forced, labels and aliases go with it") {
   Fixture f;
   f.Add("rec", "1");
   f.Add("rec", "2");

@@ -30,7 +30,7 @@ TEST_CASE("sticky buckets match all of the seed's test vectors") {
   CHECK(checked == 242);
 }
 
-TEST_CASE("treatment iff bucket < percent × 100; ramping up never moves a treated user back") {
+TEST_CASE("treatment iff bucket < percent × 100, ramping up never moves a treated user back") {
   CHECK(PercentToBasisPoints(10).value() == 1000);
   CHECK(PercentToBasisPoints(0.5).value() == 50);
   CHECK(PercentToBasisPoints(33.33).value() == 3333);

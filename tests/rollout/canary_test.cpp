@@ -145,7 +145,7 @@ TEST_CASE("a p99 rise rolls back, absolute and relative to control") {
   }
 }
 
-TEST_CASE("pausing stops the stage clock; promote and abort by hand") {
+TEST_CASE("pausing stops the stage clock, promote and abort by hand") {
   Fixture f;
   CanaryRecord c = f.Start();
   f.ctl->Tick();

@@ -163,7 +163,7 @@ struct Rig {
 };
 }  // namespace
 
-TEST_CASE("scheduler: an idle scheduler runs a request at once; a full queue refuses") {
+TEST_CASE("scheduler: an idle scheduler runs a request at once, a full queue refuses") {
   Rig rig;
   Scheduler::Options o;
   o.workers = 1;
@@ -285,7 +285,7 @@ TEST_CASE("scheduler: a batch whose oldest request would miss its deadline by wa
   CHECK(got.ok());
 }
 
-TEST_CASE("scheduler: handles are released before the answer; a throwing model answers INTERNAL") {
+TEST_CASE("scheduler: handles are released before the answer, a throwing model answers INTERNAL") {
   Rig rig;
   Scheduler::Options o;
   o.workers = 1;
