@@ -330,3 +330,27 @@ TEST_CASE("scheduler: Stop answers queued requests CANCELLED and refuses new one
   s.Stop();  // idempotent
   CHECK(s.queued() == 0);
 }
+
+TEST_CASE("scheduler: queues of one class are served in arrival order across keys (adapters take turns)") {
+  // Mode (a) gives each adapter its own queue: a busy adapter must not make a
+  // later-arriving adapter wait behind all of its requests.
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  Scheduler s(o);
+  rig.model->gate = true;
+  std::thread first([&] { (void)s.Submit(9, rig.Job("hold", 1)); });
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>>) { ++n; };
+  REQUIRE(s.Submit(1, rig.Job("A1", 1, 1, 0, count)).ok());
+  REQUIRE(s.Submit(1, rig.Job("A2", 1, 1, 0, count)).ok());
+  REQUIRE(s.Submit(2, rig.Job("B1", 1, 1, 0, count)).ok());
+  REQUIRE(s.Submit(1, rig.Job("A3", 1, 1, 0, count)).ok());
+  REQUIRE(s.Submit(3, rig.Job("C1", 1, 1, 0, count)).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 5; }, 5));
+  std::vector<std::string> order(rig.model->order.begin() + 1, rig.model->order.end());
+  CHECK(order == std::vector<std::string>{"A1", "A2", "B1", "A3", "C1"});
+}
