@@ -147,6 +147,37 @@ TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and
   CHECK(json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["reason"] == "duration elapsed");
 }
 
+TEST_CASE("a shadow beside a running experiment adds nothing to the experiment's counts or feedback") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_v2.pt");
+  Register(d, "tiny", "3", "tiny_v3.pt");
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"experiment", "create", "exp-s", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent",
+                 "50", "--metric", "click"})
+              .exit_code == 0);
+  auto sh = d.Mms({"shadow", "start", "tiny", "--candidate", "3"});
+  REQUIRE_MESSAGE(sh.exit_code == 0, sh.err);
+  int n = 0;
+  for (int u = 0; u < 20; ++u) {
+    auto r = d.Mms({"--json", "predict", "tiny", "--input", Data("tiny_input.json"), "--user", "u" + std::to_string(u)});
+    REQUIRE(r.exit_code == 0);
+    CHECK(json::parse(r.out)["ref"] != "tiny:3");  // the shadow never answers
+    n += d.Mms({"feedback", json::parse(r.out)["request_id"], "--metric", "click=1"}).exit_code == 0;
+  }
+  CHECK(n == 20);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 20; }, 20));
+  json st = json::parse(d.Mms({"--json", "stats", "exp-s"}).out);
+  INFO(st.dump().substr(0, 600));
+  json v = st["experiments"][0]["variants"];
+  CHECK(v["control"]["requests"].get<int>() + v["treatment"]["requests"].get<int>() == 20);
+  CHECK(v["control"]["outcomes"]["click"]["count"].get<int>() + v["treatment"]["outcomes"]["click"]["count"].get<int>() ==
+        20);
+  json all = json::parse(d.Mms({"--json", "stats"}).out);
+  for (const auto& m : all["models"]) CHECK(m["ref"] != "tiny:3");
+}
+
 TEST_CASE("shadow refusals") {
   Daemon d;
   REQUIRE(d.ok());
