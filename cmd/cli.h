@@ -97,6 +97,9 @@ void CleanStaleStaging(const std::string& dir);
 // point at is never replaced or removed. Returns the final path; on error the
 // staging dir is removed.
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem);
+// Registers `v` (its packed_dir published); on failure removes the packed
+// dir unless the registry points at it after all (a read after the commit failed).
+Result<VersionRecord> RegisterPublished(Registry& reg, const NewVersion& v);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

@@ -89,9 +89,7 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
     return st;
   }
   MMS_ASSIGN_OR_RETURN(v.packed_dir, PublishStaging(staging, model_dir, stem));
-  auto rec = reg.Register(v);
-  if (!rec.ok()) std::filesystem::remove_all(v.packed_dir, ec);  // ours alone: PublishStaging never shares
-  return rec;
+  return RegisterPublished(reg, v);
 }
 
 std::string Targets(const VersionRecord& r) {

@@ -35,17 +35,30 @@ void CleanStaleStaging(const std::string& dir) {
 
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
   std::error_code ec;
+  std::string why = "999 earlier copies of it are there; remove the ones no version uses";
   for (int n = 1; n < 1000; ++n) {
     std::string final_dir = JoinPath(dir, n == 1 ? stem : stem + "-" + std::to_string(n));
     // rename(2) will not replace a non-empty directory, so two registrations racing
     // for one name cannot take each other's files.
     std::filesystem::rename(staging, final_dir, ec);
     if (!ec) return final_dir;
-    if (ec != std::errc::directory_not_empty && ec != std::errc::file_exists) break;
+    if (ec != std::errc::directory_not_empty && ec != std::errc::file_exists) {
+      why = ec.message();
+      break;
+    }
   }
-  std::string why = ec ? ec.message() : "too many earlier copies";
   std::filesystem::remove_all(staging, ec);
   return IoError("cannot store packed files in " + JoinPath(dir, stem) + ": " + why);
+}
+
+Result<VersionRecord> RegisterPublished(Registry& reg, const NewVersion& v) {
+  auto rec = reg.Register(v);
+  if (!rec.ok()) {
+    auto now = reg.Resolve(Ref{Ref::Kind::kVersion, v.model, v.version, ""});
+    std::error_code ec;
+    if (!(now.ok() && now->packed_dir == v.packed_dir)) std::filesystem::remove_all(v.packed_dir, ec);
+  }
+  return rec;
 }
 
 namespace {
@@ -177,9 +190,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   }
   MMS_ASSIGN_OR_RETURN(v.packed_dir, PublishStaging(staging, model_dir, stem));
   if (!v.sample_input.empty()) v.sample_input = JoinPath(v.packed_dir, v.sample_input);
-  auto rec = reg.Register(v);
-  if (!rec.ok()) std::filesystem::remove_all(v.packed_dir, ec);  // ours alone: PublishStaging never shares
-  return rec;
+  return RegisterPublished(reg, v);
 }
 
 std::string InputsText(const VersionRecord& r) {

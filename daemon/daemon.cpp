@@ -33,7 +33,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   if (opts.socket_path.empty() || opts.data_dir.empty()) return InvalidArgument("socket and data dir must be resolved");
   std::unique_ptr<Daemon> d(new Daemon(std::move(opts)));
   const Config& c = d->opts_.config;
-  d->live_ = std::make_shared<LiveConfig>(LiveConfig{c.limits, c.pool.pinned, c.scheduler});
+  d->live_ = std::make_shared<LiveConfig>(LiveConfig{c.limits, c.pool.pinned, c.scheduler, 1});
   MMS_RETURN_IF_ERROR(MakeDirs(d->opts_.data_dir, 0700));
 
   Registry::Options ro;
@@ -183,8 +183,14 @@ Daemon::~Daemon() {
   if (callbacks_) callbacks_->Shutdown();  // queued load callbacks run now; later ones run inline
   if (scheduler_) scheduler_->Stop();      // queued requests are answered CANCELLED; later ones too
   shadows_.reset();                        // the shadow workers drop their candidates' handles
-  pool_.reset();                           // waiters for a base go first: they acquire adapters
+  // Loads still queued complete (their requests are answered CANCELLED): the
+  // base's first, as finishing one may start an adapter's load. Then no
+  // callback can run, and the adapters (whose waiters hold base handles) go
+  // before the base pool.
+  if (pool_) pool_->StopLoads();
+  if (adapters_) adapters_->StopLoads();
   adapters_.reset();
+  pool_.reset();
   server_.reset();
 }
 
@@ -223,8 +229,11 @@ PoolItem Daemon::ItemFor(const VersionRecord& v) {
 Status Daemon::RefreshRegistry(bool force) {
   std::lock_guard<std::mutex> lock(refresh_mu_);
   auto old = snapshot();
+  auto live_cfg = live();
   MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
-  if (!force && old && dv == old->data_version) return Status::Ok();
+  // Unchanged registry and config: nothing to do. (A reloaded config whose
+  // refresh failed is applied by the watcher's next try.)
+  if (!force && old && dv == old->data_version && applied_live_ == live_cfg->generation) return Status::Ok();
   MMS_ASSIGN_OR_RETURN(auto snap, RegistrySnapshot::Load(*registry_));
   // Load both arms of a new experiment or canary (and a shadow's candidate)
   // before routing sees it, so neither arm's first requests pay a cold load
@@ -242,13 +251,15 @@ Status Daemon::RefreshRegistry(bool force) {
     }
     if (!h.ok()) LogWarn("warm_failed", {{"model", v->ref()}, {"error", h.status().message()}});
   };
+  const RegistrySnapshot* seen = warmed_ ? old.get() : nullptr;  // the first refresh warms everything running
   for (const auto& [model, e] : snap->experiments)
-    if (!old || !old->experiments.count(model) || old->experiments.at(model).id != e.id) {
+    if (!seen || !seen->experiments.count(model) || seen->experiments.at(model).id != e.id) {
       warm(e.control_id);
       warm(e.treatment_id);
     }
   for (const auto& [model, sh] : snap->shadows)
-    if (!old || !old->shadows.count(model) || old->shadows.at(model).id != sh.id) warm(sh.candidate_id);
+    if (!seen || !seen->shadows.count(model) || seen->shadows.at(model).id != sh.id) warm(sh.candidate_id);
+  warmed_ = true;
 
   {
     std::lock_guard<std::mutex> s(snap_mu_);
@@ -276,7 +287,6 @@ Status Daemon::RefreshRegistry(bool force) {
     else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
   };
   for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
-  auto live_cfg = live();
   for (const auto& p : live_cfg->pinned) want_ref(p, "[pool] pinned");
   for (PoolKey k : want)
     if (!pinned_.count(k)) PoolFor(*snap->ById(k))->Pin(ItemFor(*snap->ById(k)));
@@ -296,6 +306,7 @@ Status Daemon::RefreshRegistry(bool force) {
     return TokenLimit{qps, burst > 0 ? burst : std::max(1.0, qps)};
   };
   limiter_.Configure(model_limits, tenant_limits, def(lc.model_qps, lc.model_burst), def(lc.tenant_qps, lc.tenant_burst));
+  applied_live_ = live_cfg->generation;
 
   std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
   for (const auto& [model, s] : snap->shadows)
@@ -406,6 +417,14 @@ void Daemon::WatchRegistry() {
 
 Status Daemon::Start() {
   started_mono_ns_ = opts_.clock->MonoNanos();
+  // A snapshot before the first request: the first refresh below may take a
+  // while (it preloads pins and warms experiment arms) and requests arriving
+  // meanwhile are routed by this one.
+  MMS_ASSIGN_OR_RETURN(auto first, RegistrySnapshot::Load(*registry_));
+  {
+    std::lock_guard<std::mutex> lock(snap_mu_);
+    snapshot_ = std::move(first);
+  }
   MMS_RETURN_IF_ERROR(server_->Start());
   MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
   watcher_ = std::thread([this] { WatchRegistry(); });
@@ -437,10 +456,9 @@ Result<std::vector<std::string>> Daemon::Reload() {
   }
   MMS_RETURN_IF_ERROR(ApplyLogConfig(cfg->log));
   opts_.config.log = cfg->log;
-  auto next = std::make_shared<LiveConfig>(LiveConfig{cfg->limits, cfg->pool.pinned, cfg->scheduler});
   {
     std::lock_guard<std::mutex> lock(snap_mu_);
-    live_ = next;
+    live_ = std::make_shared<LiveConfig>(LiveConfig{cfg->limits, cfg->pool.pinned, cfg->scheduler, live_->generation + 1});
   }
   reloaded = {"log", "limits", "pool.pinned", "scheduler.priorities"};
   // Whatever else changed takes a restart: say so rather than ignore it.
@@ -465,7 +483,8 @@ Result<std::vector<std::string>> Daemon::Reload() {
     if (key.rfind("[log]", 0) != 0 && key.rfind("[limits]", 0) != 0 && !live_keys.count(key) && was[key] != value)
       restart.push_back(key);
   if (!restart.empty()) LogWarn("reload_needs_restart", {{"keys", restart}});
-  if (Status st = RefreshRegistry(true); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+  if (Status st = RefreshRegistry(true); !st.ok())  // the watcher retries until it applies
+    LogWarn("registry_refresh_failed", {{"error", st.message()}, {"retry", "next registry poll"}});
   LogInfo("reloaded", {{"config", opts_.config_path}, {"sections", reloaded}});
   return reloaded;
 }

@@ -133,11 +133,14 @@ class Daemon {
     LimitsConfig limits;
     std::vector<std::string> pinned;  // [pool] pinned
     SchedulerConfig scheduler;        // only the priority fields are read from here
+    uint64_t generation = 0;          // +1 per reload
   };
   std::shared_ptr<const LiveConfig> live_;  // guarded by snap_mu_; never null after Create
   std::shared_ptr<const LiveConfig> live() const;
   std::mutex refresh_mu_;                             // one refresh at a time
   std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
+  uint64_t applied_live_ = 0;                         // guarded by refresh_mu_: LiveConfig generation applied
+  bool warmed_ = false;                               // guarded by refresh_mu_: the first refresh has run
 
   MetricsStore experiment_metrics_;
   MetricsStore serving_metrics_;

@@ -69,6 +69,8 @@ Result<std::unique_ptr<ModelPool>> ModelPool::Create(const Options& opts, std::v
   return p;
 }
 
+void ModelPool::StopLoads() { load_exec_->Shutdown(); }
+
 ModelPool::~ModelPool() {
   load_exec_->Shutdown();
   std::lock_guard<std::mutex> lock(mu_);

@@ -100,6 +100,11 @@ class ModelPool {
                                                    std::unique_ptr<Loader> loader, HostAllocator host_alloc);
   ~ModelPool();  // waits for running loads
 
+  // Runs the loads already queued (their waiters are answered), joins the
+  // loader threads and accepts no more loads (later waiters: CANCELLED).
+  // For an orderly teardown of pools whose callbacks use each other.
+  void StopLoads();
+
   // Calls `cb` with a handle once `item` is on a device, loading it if needed.
   void Acquire(const PoolItem& item, AcquireCallback cb);
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.

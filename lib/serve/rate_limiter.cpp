@@ -56,14 +56,24 @@ RateLimiter::Counts& RateLimiter::TenantCounts(const std::string& tenant) {
 Status RateLimiter::Admit(const std::string& model, const std::string& tenant) {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t now = clock_->MonoNanos();
-  if (!tenant.empty() && tenant_buckets_.size() >= kMaxTenants && !tenant_buckets_.count(tenant)) {
-    for (auto it = tenant_buckets_.begin(); it != tenant_buckets_.end();) {
-      Refill(it->second, now);
-      it = it->second.tokens >= it->second.limit.burst ? tenant_buckets_.erase(it) : std::next(it);
+  // A tenant without a bucket, at the cap: drop idle buckets (at most once a
+  // second: the sweep is linear), and if that frees nothing, the newcomer
+  // shares one bucket with every other tenant past the cap.
+  std::string bucket_key = tenant;
+  if (!tenant.empty() && tenant_buckets_.size() >= kMaxTenants && !tenant_buckets_.count(tenant) &&
+      !tenant_limits_.count(tenant)) {
+    if (now - last_sweep_ns_ >= 1'000'000'000) {
+      last_sweep_ns_ = now;
+      for (auto it = tenant_buckets_.begin(); it != tenant_buckets_.end();) {
+        Refill(it->second, now);
+        bool idle = it->second.tokens >= it->second.limit.burst && it->first != kOtherTenants;
+        it = idle ? tenant_buckets_.erase(it) : std::next(it);
+      }
     }
+    if (tenant_buckets_.size() >= kMaxTenants) bucket_key = kOtherTenants;
   }
   Bucket* m = Find(model_buckets_, model_limits_, default_model_, model);
-  Bucket* t = tenant.empty() ? nullptr : Find(tenant_buckets_, tenant_limits_, default_tenant_, tenant);
+  Bucket* t = tenant.empty() ? nullptr : Find(tenant_buckets_, tenant_limits_, default_tenant_, bucket_key);
   if (m) Refill(*m, now);
   if (t) Refill(*t, now);
   auto refuse = [&](const std::string& what, const TokenLimit& l) {

@@ -3,9 +3,11 @@
 // its tenant's (when either has a limit); without both it is RATE_LIMITED at
 // once — nothing waits. Buckets refill continuously at `qps` up to `burst`.
 // Admitted and limited requests are counted per model and per tenant.
-// Tenants are named by clients, so their state is bounded: past
-// kMaxTenants distinct tenants, idle buckets (full again, so the same as new
-// ones) are dropped, and further tenants' counts go to "(other)".
+// Tenants are named by clients, so their state is bounded: at kMaxTenants
+// buckets, idle ones (full again, so the same as new) are dropped at most
+// once a second; a new tenant that still finds no room shares the
+// "(other)" bucket, and its counts go to "(other)" too. Tenants with their
+// own limit (mms limit set) always get their own bucket.
 //
 // Thread-safety: internally locked (one short critical section per request).
 #pragma once
@@ -63,6 +65,7 @@ class RateLimiter {
   std::optional<TokenLimit> default_model_, default_tenant_;       // guarded by mu_
   std::map<std::string, Bucket> model_buckets_, tenant_buckets_;    // guarded by mu_
   std::map<std::string, Counts> model_counts_, tenant_counts_;      // guarded by mu_
+  int64_t last_sweep_ns_ = 0;                                       // guarded by mu_
 };
 
 }  // namespace mms

@@ -46,6 +46,9 @@ void Scheduler::Stop() {
   cv_.notify_all();
   for (auto& j : cancelled) Finish(j, Status(Code::kCancelled, "mmsd is shutting down"));
   for (auto& t : workers) t.join();
+  // Executions running inline on other threads finish, answers included.
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return running_ == 0; });
 }
 
 static Status Late(const std::string& ref) {
@@ -77,6 +80,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
       return Status::Ok();
     }
     ++busy_;
+    ++running_;
     ++dispatches_;
     lock.unlock();
     std::vector<Job> one;
@@ -168,6 +172,7 @@ void Scheduler::Work() {
     q->deadline_drops += late.size();
     if (!batch.empty()) {
       ++busy_;
+      ++running_;
       ++dispatches_;
     }
     lock.unlock();
@@ -238,6 +243,8 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   }
   if (wake) cv_.notify_one();
   for (size_t i = 0; i < batch.size(); ++i) Finish(batch[i], std::move(results[i]));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--running_ == 0 && stopping_) cv_.notify_all();  // Stop waits for this
 }
 
 nlohmann::json Scheduler::Stats() const {

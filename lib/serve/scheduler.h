@@ -65,8 +65,9 @@ class Scheduler {
   ~Scheduler();  // Stop()
 
   // Finishes nothing more: queued jobs are answered CANCELLED, the workers
-  // finish what they run and are joined, and later Submits return CANCELLED.
-  // Idempotent; not from a `done` callback.
+  // finish what they run and are joined, executions running inline on other
+  // threads are waited for (answers included), and later Submits return
+  // CANCELLED. Idempotent; not from a `done` callback.
   void Stop();
 
   // OVERLOADED when the version's queue is full; INVALID_ARGUMENT for a
@@ -102,6 +103,7 @@ class Scheduler {
   std::map<PoolKey, Queue> queues_;  // guarded by mu_
   size_t total_queued_ = 0;          // guarded by mu_
   int busy_ = 0;                     // guarded by mu_: workers (or inline runs) executing
+  int running_ = 0;                  // guarded by mu_: executions not yet answered (Stop waits)
   uint64_t dispatches_ = 0;          // guarded by mu_
   bool stopping_ = false;            // guarded by mu_
   std::vector<std::thread> workers_;

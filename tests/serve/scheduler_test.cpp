@@ -60,6 +60,24 @@ TEST_CASE("token buckets: client-named tenants cannot grow the limiter without b
   CHECK(stats["tenants"]["hot"]["limited"] == 2);
 }
 
+TEST_CASE("token buckets: past the cap with no idle bucket, newcomers share one bucket") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  rl.Configure({}, {{"vip", {1, 1}}}, std::nullopt, TokenLimit{1, 1});
+  clock.AdvanceMillis(5000);
+  for (size_t i = 0; i < RateLimiter::kMaxTenants; ++i) REQUIRE(rl.Admit("m", "t" + std::to_string(i)).ok());
+  // Every bucket is empty (busy): nothing to drop, so the newcomers share "(other)" (burst 1).
+  CHECK(rl.Admit("m", "new-1").ok());
+  auto second = rl.Admit("m", "new-2");
+  CHECK(second.code() == Code::kRateLimited);
+  // A tenant with its own limit still gets its own bucket.
+  CHECK(rl.Admit("m", "vip").ok());
+  // A second later the old buckets are full again: the next newcomer gets its own.
+  clock.AdvanceMillis(1500);
+  CHECK(rl.Admit("m", "new-3").ok());
+  CHECK(rl.Admit("m", "new-4").ok());
+}
+
 TEST_CASE("batching: rows, concatenation and splitting back") {
   auto make = [](float base, int64_t rows) {
     Tensor t = Tensor::Alloc("x", DType::kFloat32, {rows, 2});
