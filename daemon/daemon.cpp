@@ -234,7 +234,12 @@ Status Daemon::RefreshRegistry(bool force) {
   // Unchanged registry and config: nothing to do. (A reloaded config whose
   // refresh failed is applied by the watcher's next try.)
   if (!force && old && dv == old->data_version && applied_live_ == live_cfg->generation) return Status::Ok();
-  MMS_ASSIGN_OR_RETURN(auto snap, RegistrySnapshot::Load(*registry_));
+  // An unchanged registry (a forced refresh, a reload, the first refresh
+  // after Start's snapshot) is not read again.
+  std::shared_ptr<const RegistrySnapshot> snap = old;
+  if (!old || dv != old->data_version) {
+    MMS_ASSIGN_OR_RETURN(snap, RegistrySnapshot::Load(*registry_));
+  }
   // Load both arms of a new experiment or canary (and a shadow's candidate)
   // before routing sees it, so neither arm's first requests pay a cold load
   // the other does not (a canary would be judged on its load time).

@@ -31,12 +31,7 @@ constexpr const char* kExperimentColumns =
 
 Result<std::vector<ExperimentRecord>> Registry::QueryExperiments(const std::string& where,
                                                                  const std::vector<std::string>& args) {
-  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(std::string(kExperimentColumns) + where));
-  for (size_t i = 0; i < args.size(); ++i) st.Bind(static_cast<int>(i + 1), args[i]);
-  std::vector<ExperimentRecord> out;
-  while (true) {
-    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
-    if (!row) break;
+  return sql::Collect<ExperimentRecord>(db_.get(), std::string(kExperimentColumns) + where, args, [](const sql::Stmt& st) {
     ExperimentRecord e;
     e.id = st.Text(0);
     e.model = st.Text(1);
@@ -56,9 +51,8 @@ Result<std::vector<ExperimentRecord>> Registry::QueryExperiments(const std::stri
     e.created_ms = st.Int(12);
     e.updated_ms = st.Int(13);
     e.created_by = st.Text(14);
-    out.push_back(std::move(e));
-  }
-  return out;
+    return e;
+  });
 }
 
 Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {

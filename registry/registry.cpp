@@ -202,14 +202,8 @@ VersionRecord RowToRecord(const sql::Stmt& s) {
 
 Result<std::vector<VersionRecord>> Registry::QueryVersions(const std::string& where,
                                                            const std::vector<std::string>& args) {
-  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(std::string(kVersionColumns) + where));
-  for (size_t i = 0; i < args.size(); ++i) st.Bind(static_cast<int>(i + 1), args[i]);
-  std::vector<VersionRecord> out;
-  while (true) {
-    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
-    if (!row) break;
-    out.push_back(RowToRecord(st));
-  }
+  MMS_ASSIGN_OR_RETURN(std::vector<VersionRecord> out,
+                       sql::Collect<VersionRecord>(db_.get(), std::string(kVersionColumns) + where, args, RowToRecord));
   for (auto& r : out) {
     MMS_ASSIGN_OR_RETURN(auto ls, db_->Prepare("SELECT key, value FROM labels WHERE version_id = ? ORDER BY key"));
     ls.Bind(1, r.id);

@@ -45,15 +45,11 @@ nlohmann::json CanaryRecord::ToJson() const {
 // Shadows
 
 Result<std::vector<ShadowRecord>> Registry::QueryShadows(const std::string& where, const std::vector<std::string>& args) {
-  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
+  static constexpr const char* kColumns =
       "SELECT s.id, m.name, IFNULL(s.candidate_id, 0), s.candidate_version, s.ratio, s.queue, s.tolerance, s.state, "
       "s.started_ms, IFNULL(s.ends_ms, 0), IFNULL(s.stopped_ms, 0), s.reason, s.created_by FROM shadows s "
-      "JOIN models m ON m.id = s.model_id " + where));
-  for (size_t i = 0; i < args.size(); ++i) st.Bind(static_cast<int>(i + 1), args[i]);
-  std::vector<ShadowRecord> out;
-  while (true) {
-    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
-    if (!row) break;
+      "JOIN models m ON m.id = s.model_id ";
+  return sql::Collect<ShadowRecord>(db_.get(), kColumns + where, args, [](const sql::Stmt& st) {
     ShadowRecord s;
     s.id = st.Int(0);
     s.model = st.Text(1);
@@ -68,9 +64,8 @@ Result<std::vector<ShadowRecord>> Registry::QueryShadows(const std::string& wher
     s.stopped_ms = st.Int(10);
     s.reason = st.Text(11);
     s.created_by = st.Text(12);
-    out.push_back(std::move(s));
-  }
-  return out;
+    return s;
+  });
 }
 
 Result<ShadowRecord> Registry::StartShadow(const std::string& model, const Ref& candidate, double ratio, int queue,
@@ -137,16 +132,12 @@ Result<std::vector<ShadowRecord>> Registry::ListShadows(bool running_only) {
 // Canaries
 
 Result<std::vector<CanaryRecord>> Registry::QueryCanaries(const std::string& where, const std::vector<std::string>& args) {
-  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
+  static constexpr const char* kColumns =
       "SELECT c.id, m.name, c.experiment_id, c.candidate_version, c.baseline_version, c.stages_json, c.stage_index, "
       "c.stage_duration_ms, c.check_interval_ms, c.max_error_rate, c.max_p99_ms, c.max_p99_ratio, c.min_requests, "
       "c.state, c.stage_elapsed_ms, c.stage_start_json, c.last_check_json, c.reason, c.created_ms, c.updated_ms, "
-      "c.created_by FROM canaries c JOIN models m ON m.id = c.model_id " + where));
-  for (size_t i = 0; i < args.size(); ++i) st.Bind(static_cast<int>(i + 1), args[i]);
-  std::vector<CanaryRecord> out;
-  while (true) {
-    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
-    if (!row) break;
+      "c.created_by FROM canaries c JOIN models m ON m.id = c.model_id ";
+  return sql::Collect<CanaryRecord>(db_.get(), kColumns + where, args, [](const sql::Stmt& st) {
     CanaryRecord c;
     c.id = st.Int(0);
     c.model = st.Text(1);
@@ -171,9 +162,8 @@ Result<std::vector<CanaryRecord>> Registry::QueryCanaries(const std::string& whe
     c.created_ms = st.Int(18);
     c.updated_ms = st.Int(19);
     c.created_by = st.Text(20);
-    out.push_back(std::move(c));
-  }
-  return out;
+    return c;
+  });
 }
 
 Status Registry::StopExperimentLocked(const std::string& id, const std::string& winner, const std::string& detail) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "core/status.h"
 
@@ -83,6 +84,20 @@ class Stmt {
   Db* db_;
   sqlite3_stmt* st_;
 };
+
+// Runs `sql` with `args` bound to ?1.. and returns `row(stmt)` for every row.
+template <class T, class RowFn>
+Result<std::vector<T>> Collect(Db* db, std::string_view sql, const std::vector<std::string>& args, RowFn row) {
+  MMS_ASSIGN_OR_RETURN(auto st, db->Prepare(sql));
+  for (size_t i = 0; i < args.size(); ++i) st.Bind(static_cast<int>(i + 1), args[i]);
+  std::vector<T> out;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool more, st.Step());
+    if (!more) break;
+    out.push_back(row(st));
+  }
+  return out;
+}
 
 // BEGIN IMMEDIATE ... COMMIT, rolled back on destruction unless committed.
 // IMMEDIATE takes the write lock up front, so concurrent writers wait

@@ -13,15 +13,7 @@
 #include "protocol/tensor_file.h"
 #include "support/process.h"
 
-#undef CHECK
-#undef CHECK_EQ
-#undef CHECK_NE
-#undef CHECK_LE
-#undef CHECK_LT
-#undef CHECK_GE
-#undef CHECK_GT
-#undef CHECK_NOTNULL
-#include <doctest/doctest.h>
+#include "support/torch_doctest.h"
 
 using namespace mms;
 

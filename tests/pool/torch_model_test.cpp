@@ -13,16 +13,7 @@
 #include "protocol/tensor_file.h"
 #include "support/process.h"
 
-// libtorch pulls in glog, whose CHECK macros collide with doctest's.
-#undef CHECK
-#undef CHECK_EQ
-#undef CHECK_NE
-#undef CHECK_LE
-#undef CHECK_LT
-#undef CHECK_GE
-#undef CHECK_GT
-#undef CHECK_NOTNULL
-#include <doctest/doctest.h>
+#include "support/torch_doctest.h"
 
 using namespace mms;
 

@@ -167,6 +167,18 @@ struct Rig {
     it.bytes = 64;
     handle = pool->AcquireSync(it).value();
   }
+  // Occupies a one-worker scheduler: a request on `key` that runs until model->Open().
+  std::thread Hold(Scheduler& s, PoolKey key) {
+    size_t before;
+    {
+      std::lock_guard<std::mutex> l(model->mu);
+      before = model->calls.size();
+      model->gate = true;
+    }
+    std::thread t([this, &s, key] { (void)s.Submit(key, Job("hold", 1)); });
+    REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(model->mu); return model->calls.size() == before + 1; }, 5));
+    return t;
+  }
   Scheduler::Job Job(const std::string& tag, int64_t rows, int priority = 1, int max_batch = 0,
                      std::function<void(Result<std::vector<Tensor>>)> done = {}) {
     Scheduler::Job j;
@@ -210,9 +222,7 @@ TEST_CASE("scheduler: higher classes first, lower ones never starved") {
   o.workers = 1;
   o.starvation_interval = 4;
   Scheduler s(o);
-  rig.model->gate = true;
-  std::thread first([&] { (void)s.Submit(1, rig.Job("hold", 1)); });
-  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::thread first = rig.Hold(s, 1);
   std::atomic<int> n{0};
   auto count = [&](Result<std::vector<Tensor>>) { ++n; };
   // Separate versions (keys) per class, as in the daemon.
@@ -234,9 +244,7 @@ TEST_CASE("scheduler: requests arriving together run as one batch, each gets its
   Scheduler::Options o;
   o.workers = 1;
   Scheduler s(o);
-  rig.model->gate = true;
-  std::thread first([&] { (void)s.Submit(2, rig.Job("x", 1)); });  // occupy the worker (unbatched key)
-  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::thread first = rig.Hold(s, 2);
   std::vector<int64_t> got(4, -1);
   for (int i = 0; i < 4; ++i)
     REQUIRE(s.Submit(1, rig.Job("x", i + 1, 1, 16, [&, i](Result<std::vector<Tensor>> r) {
@@ -266,9 +274,7 @@ TEST_CASE("scheduler: a request that would miss its deadline is dropped before r
   o.workers = 1;
   o.clock = &clock;
   Scheduler s(o);
-  rig.model->gate = true;
-  std::thread first([&] { (void)s.Submit(1, rig.Job("x", 1)); });
-  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::thread first = rig.Hold(s, 1);
   Status got;
   Scheduler::Job j = rig.Job("late", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { got = r.status(); });
   j.deadline_ns = clock.MonoNanos() + 1'000'000;  // 1 ms
@@ -328,9 +334,7 @@ TEST_CASE("scheduler: Stop answers queued requests CANCELLED and refuses new one
   Scheduler::Options o;
   o.workers = 1;
   Scheduler s(o);
-  rig.model->gate = true;
-  std::thread first([&] { (void)s.Submit(1, rig.Job("hold", 1)); });
-  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::thread first = rig.Hold(s, 1);
   std::vector<Code> codes;
   std::mutex mu;
   for (int i = 0; i < 3; ++i)
@@ -356,9 +360,7 @@ TEST_CASE("scheduler: queues of one class are served in arrival order across key
   Scheduler::Options o;
   o.workers = 1;
   Scheduler s(o);
-  rig.model->gate = true;
-  std::thread first([&] { (void)s.Submit(9, rig.Job("hold", 1)); });
-  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 1; }, 5));
+  std::thread first = rig.Hold(s, 9);
   std::atomic<int> n{0};
   auto count = [&](Result<std::vector<Tensor>>) { ++n; };
   REQUIRE(s.Submit(1, rig.Job("A1", 1, 1, 0, count)).ok());
