@@ -4,7 +4,7 @@
 // halfway. The same traces run through
 //   * the seed's own ModelPool (Python, device "cpu", LRU by model count),
 //   * mms end to end (the real daemon over IPC, sequential client), with the
-//     lrfu and lru policies,
+//     adaptive, lrfu and lru policies,
 //   * Belady's optimal replacement (offline, furthest next use) for the misses.
 //
 //   seed_scenario_bench [--requests N] [--size-kb S] [--models M] [--capacity C]
@@ -18,6 +18,7 @@
 #include <set>
 
 #include "bench_util.h"
+#include "traces.h"
 #include "protocol/client.h"
 #include "protocol/messages.h"
 #include "protocol/tensor_file.h"
@@ -27,55 +28,6 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-// The Zipf exponent for which the top `top` of `n` items take `share`.
-double ZipfExponent(int n, int top, double share) {
-  double lo = 0, hi = 5;
-  for (int it = 0; it < 100; ++it) {
-    double s = (lo + hi) / 2, a = 0, b = 0;
-    for (int i = 1; i <= n; ++i) (i <= top ? a : b) += std::pow(i, -s);
-    if (a / (a + b) < share) lo = s;
-    else hi = s;
-  }
-  return (lo + hi) / 2;
-}
-
-// rank → model id mapping `order`; returns model ids.
-std::vector<int> ZipfTrace(int requests, int n, double s, const std::vector<int>& order, std::mt19937_64& rng) {
-  std::vector<double> w(n);
-  for (int i = 0; i < n; ++i) w[i] = std::pow(i + 1, -s);
-  std::discrete_distribution<int> dist(w.begin(), w.end());
-  std::vector<int> out;
-  for (int i = 0; i < requests; ++i) out.push_back(order[dist(rng)]);
-  return out;
-}
-
-// Belady's MIN with forced admission: misses for a cache of `cap` items.
-int BeladyMisses(const std::vector<int>& trace, int cap) {
-  std::vector<size_t> next(trace.size());
-  std::map<int, size_t> last;
-  for (size_t i = trace.size(); i-- > 0;) {
-    auto it = last.find(trace[i]);
-    next[i] = it == last.end() ? SIZE_MAX : it->second;
-    last[trace[i]] = i;
-  }
-  std::map<int, size_t> cache;  // model → its next use
-  int misses = 0;
-  for (size_t i = 0; i < trace.size(); ++i) {
-    auto it = cache.find(trace[i]);
-    if (it == cache.end()) {
-      ++misses;
-      if (static_cast<int>(cache.size()) >= cap) {
-        auto victim = cache.begin();
-        for (auto c = cache.begin(); c != cache.end(); ++c)
-          if (c->second > victim->second) victim = c;
-        cache.erase(victim);
-      }
-    }
-    cache[trace[i]] = next[i];
-  }
-  return misses;
-}
 
 struct RunResult {
   double total_s = 0;
@@ -200,22 +152,17 @@ int main(int argc, char** argv) {
   uint64_t block = (bytes + 64 * 8 + 255) / 256 * 256;  // packed layout pads tensors to 64 bytes
   uint64_t budget = block * cap + block / 2;           // fits `cap`, never cap + 1
 
-  double s = ZipfExponent(models, cap, 0.8);
-  std::mt19937_64 rng(2026);
-  std::vector<int> order(models), shifted(models);
-  for (int i = 0; i < models; ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), rng);
-  for (int i = 0; i < models; ++i) shifted[i] = order[(i + models / 2) % models];  // the cold half turns hot
-  auto zipf = ZipfTrace(requests, models, s, order, rng);
-  auto shift = ZipfTrace(requests / 2, models, s, order, rng);
-  auto second = ZipfTrace(requests - requests / 2, models, s, shifted, rng);
-  shift.insert(shift.end(), second.begin(), second.end());
+  // Seed 2026: the traces of every recorded run (policy_bench replays 30 more offline).
+  bench::SeedTraces traces = bench::MakeSeedTraces(requests, models, cap, 2026);
+  const double s = traces.exponent;
+  auto& zipf = traces.zipf;
+  auto& shift = traces.shift;
 
   std::vector<std::vector<std::string>> rows{
       {"trace", "system", "hit rate", "loads", "total s", "p50 ms", "p99 ms", "vs seed time", "vs Belady misses"}};
   using bench::Fmt;
   for (auto& [name, trace] : std::vector<std::pair<std::string, std::vector<int>>>{{"zipf", zipf}, {"shift", shift}}) {
-    int belady = BeladyMisses(trace, cap);
+    int belady = bench::BeladyMisses(trace, cap);
     RunResult seed = RunSeed(dir, paths, trace, cap);
     // An untimed mms run first: the first daemon after the seed's Python pays
     // for reclaiming the memory that run left in the page cache, and that
@@ -231,9 +178,9 @@ int main(int argc, char** argv) {
                       Fmt(static_cast<double>(r.loads) / belady, 2) + "x"});
     };
     row("seed ModelPool (LRU)", seed);
-    for (const char* policy : {"lrfu", "lru"})
+    for (const char* policy : {"adaptive", "lrfu", "lru"})
       row(std::string("mms ") + policy + " (cpu)", RunMms(dir, data_dir, trace, budget, policy, models, "cpu"));
-    row("mms lrfu (cpu:0, copying)", RunMms(dir, data_dir, trace, budget, "lrfu", models, "cpu:0"));
+    row("mms adaptive (cpu:0, copying)", RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu:0"));
     rows.push_back({name, "Belady (optimal)", Fmt(100.0 * (trace.size() - belady) / trace.size(), 1) + "%",
                     std::to_string(belady), "-", "-", "-", "-", "1.00x"});
   }

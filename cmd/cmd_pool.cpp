@@ -1,6 +1,7 @@
 // mms predict, pin, unpin, load, evict, pool, health.
 #include <unistd.h>
 
+#include <cmath>
 #include <iostream>
 
 #include "cli.h"
@@ -130,6 +131,14 @@ void ModelRows(const nlohmann::json& models, const std::string& where, std::vect
   }
 }
 
+// "adaptive (half-life 175)": the policy and, where it has one, the half-life it ranks by now.
+std::string PolicyText(const nlohmann::json& tier) {
+  std::string s = tier.value("policy", "?");
+  const double hl = tier.value("policy_half_life", 0.0);
+  if (hl > 0) s += " (half-life " + std::to_string(static_cast<int64_t>(std::llround(hl))) + ")";
+  return s;
+}
+
 int CmdPool(Cli& cli) {
   auto r = cli.Call(proto::kPool, nlohmann::json::object());
   if (!r.ok()) return cli.Fail(r.status());
@@ -139,9 +148,9 @@ int CmdPool(Cli& cli) {
     for (const auto& d : j["devices"])
       tiers.push_back({d["name"].get<std::string>() + " (" + d["kind"].get<std::string>() + ")",
                        FormatBytes(d["used"]), FormatBytes(d["budget"]), std::to_string(d["models"].size()),
-                       d["policy"]});
+                       PolicyText(d)});
     tiers.push_back({"host", FormatBytes(j["host"]["used"]), FormatBytes(j["host"]["budget"]),
-                     std::to_string(j["host"]["models"].size()), j["host"]["policy"]});
+                     std::to_string(j["host"]["models"].size()), PolicyText(j["host"])});
     tiers.push_back({"disk", "-", "-", std::to_string(j["disk"]["models"].size()), "-"});
     std::cout << FormatTable(tiers) << "\n";
     std::vector<std::vector<std::string>> rows{

@@ -44,7 +44,7 @@ struct PoolConfig {
   uint64_t device_budget = 0;                // [pool] device_budget = "auto" (0): per device
   uint64_t host_budget = 0;                  // [pool] host_budget = "auto" (0)
   std::vector<std::string> pinned;           // [pool] pinned = [] (refs, besides mms pin)
-  std::string policy = "lrfu";               // [pool] policy = "lrfu" | "lru"
+  std::string policy = "adaptive";           // [pool] policy = "adaptive" | "lrfu" | "lru"
   double policy_half_life = 350;             // [pool] policy_half_life (accesses)
   int load_threads = 2;                      // [pool] load_threads
   int64_t load_retry_backoff_ns = 2'000'000'000;  // [pool] load_retry_backoff = "2s"

@@ -569,6 +569,7 @@ nlohmann::json ModelPool::Snapshot() const {
                        {"budget", d.dev->budget()},
                        {"used", d.used},
                        {"policy", d.policy->name()},
+                       {"policy_half_life", d.policy->half_life()},
                        {"zero_copy", d.dev->zero_copy()},
                        {"arena", {{"reserved", d.dev->arena().capacity()},
                                   {"allocated", d.dev->arena().used()},
@@ -582,7 +583,8 @@ nlohmann::json ModelPool::Snapshot() const {
     if (e->tier == Tier::kDisk) disk.push_back(EntryJson(*e, now));
   }
   return {{"devices", devices},
-          {"host", {{"budget", opts_.host_budget}, {"used", host_used_}, {"policy", host_policy_->name()}, {"models", host}}},
+          {"host", {{"budget", opts_.host_budget}, {"used", host_used_}, {"policy", host_policy_->name()},
+                    {"policy_half_life", host_policy_->half_life()}, {"models", host}}},
           {"disk", {{"models", disk}}},
           {"totals", {{"hits", hits_}, {"misses", misses_}, {"loads", loads_}, {"evictions", evictions_},
                       {"failures", failures_},

@@ -1,17 +1,30 @@
 // Eviction policies: which resident model a tier gives up when it needs room.
 //
-//   lru    least recently used.
-//   lrfu   "combined recency and frequency" (Lee et al., LRFU, 2001): each
-//          access adds 1 to a model's score, and scores halve every
-//          `half_life` accesses to the tier. Frequently used models survive
-//          a burst of one-off loads (LRU's weakness), and a model that stops
-//          being used fades within a few half-lives, so the policy follows
-//          popularity shifts (plain LFU's weakness). Scores are kept for
-//          evicted models too, so a popular model that was pushed out comes
-//          back with its history.
+//   lru       least recently used.
+//   lrfu      "combined recency and frequency" (Lee et al., LRFU, 2001): each
+//             access adds 1 to a model's score, and scores halve every
+//             `half_life` accesses to the tier. Frequently used models
+//             survive a burst of one-off loads (LRU's weakness), and a model
+//             that stops being used fades within a few half-lives, so the
+//             policy follows popularity shifts (plain LFU's weakness). Scores
+//             are kept for evicted models too, so a popular model that was
+//             pushed out comes back with its history.
+//   adaptive  (the default) LRFU whose half-life follows the traffic, after
+//             ACME (Ari et al., "Adaptive caching using multiple experts",
+//             2002): a panel of virtual LRFU caches with half-lives from
+//             half_life/8 to half_life*8 replays every access; each counts
+//             its own misses, decayed so the last ~500 accesses weigh most,
+//             and the tier evicts by the scores of the expert with the fewest.
+//             Long half-lives rank steady popularity best, short ones learn
+//             a shift sooner; the panel switches when the traffic does. The
+//             virtual caches hold as many models as the tier holds now (a
+//             count, exact for models of one size, an approximation of the
+//             byte budget otherwise).
 //
-// Touch/Insert/Remove are O(1); Victim scans the resident set (it runs only
-// on a miss that needs room, never on a hit).
+// Scores live in the log domain (ln(score) + lambda * time of last access),
+// which decay does not reorder, so ordered sets stay valid as time passes:
+// Touch is O(log n) per expert, Insert/Remove O(1); Victim scans the resident
+// set (it runs only on a miss that needs room, never on a hit).
 // Thread-safety: none; the pool calls it under its own mutex.
 #pragma once
 
@@ -31,6 +44,8 @@ class EvictionPolicy {
  public:
   virtual ~EvictionPolicy() = default;
   virtual const char* name() const = 0;
+  // The half-life (accesses) the policy ranks by now; 0 when it has none (lru).
+  virtual double half_life() const { return 0; }
   virtual void Touch(PoolKey k) = 0;   // an access (hit, or the load that made it resident)
   virtual void Insert(PoolKey k) = 0;  // became resident in this tier
   virtual void Remove(PoolKey k) = 0;  // left this tier
@@ -39,8 +54,8 @@ class EvictionPolicy {
 };
 
 struct PolicyOptions {
-  std::string name = "lrfu";  // [pool] policy: "lru" | "lrfu"
-  double half_life = 350;     // [pool] policy_half_life: accesses (lrfu)
+  std::string name = "adaptive";  // [pool] policy: "adaptive" | "lrfu" | "lru"
+  double half_life = 350;         // [pool] policy_half_life: accesses (lrfu; the middle of adaptive's panel)
 };
 
 Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const PolicyOptions& opts);

@@ -290,6 +290,13 @@ TEST_CASE("several devices, each with its own budget, placement spreads models")
   CHECK(pool["devices"][0]["models"].size() == 2);
   CHECK(pool["devices"][1]["models"].size() == 2);
   CHECK(pool["devices"][0]["budget"] == 1 << 20);
+  // Each tier has its own policy: the default, adaptive, with the half-life it ranks by now.
+  for (const json& tier : {pool["devices"][0], pool["devices"][1], pool["host"]}) {
+    CHECK(tier["policy"] == "adaptive");
+    CHECK(tier["policy_half_life"].get<double>() > 0);
+  }
+  auto table = d.Mms({"pool"});
+  CHECK(table.out.find("adaptive (half-life ") != std::string::npos);
   auto st = json::parse(d.Mms({"--json", "status"}).out);
   CHECK(st["devices"][0]["name"] == "cpu:0");
   CHECK(st["pool"]["models_on_device"] == 4);

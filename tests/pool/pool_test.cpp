@@ -2,9 +2,13 @@
 // devices (their arenas are real memory).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <fstream>
 #include <future>
+#include <random>
+#include <set>
 #include <thread>
 
 #include "fake_loader.h"
@@ -89,6 +93,97 @@ TEST_CASE("lru evicts the least recently used, lrfu keeps the frequent") {
   CHECK(*lrfu->Victim(all) == 1);
   CHECK_FALSE(MakePolicy({"fifo", 1}).ok());
   CHECK_FALSE(MakePolicy({"lrfu", 0}).ok());
+}
+
+namespace {
+
+// A tier of `cap` equal models driven as the pool drives it.
+struct SimTier {
+  std::unique_ptr<EvictionPolicy> policy;
+  size_t cap;
+  std::set<PoolKey> resident;
+  int Replay(const std::vector<int>& trace) {  // returns the misses
+    int misses = 0;
+    for (int m : trace) {
+      if (!resident.count(m)) {
+        ++misses;
+        while (resident.size() >= cap) {
+          PoolKey v = *policy->Victim([](PoolKey) { return true; });
+          REQUIRE(resident.erase(v) == 1);
+          policy->Remove(v);
+        }
+        policy->Insert(m);
+        resident.insert(m);
+      }
+      policy->Touch(m);
+    }
+    return misses;
+  }
+};
+
+// Zipf(1.26) over 50 models (the top 12 take ~80%), by inverse CDF from
+// mt19937_64's raw output (portable, unlike std::discrete_distribution).
+std::vector<int> ZipfRequests(int n, const std::vector<int>& rank_to_model, std::mt19937_64& rng) {
+  std::vector<double> cdf;
+  double sum = 0;
+  for (size_t i = 0; i < rank_to_model.size(); ++i) cdf.push_back(sum += std::pow(i + 1.0, -1.26));
+  std::vector<int> out;
+  for (int i = 0; i < n; ++i) {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * sum;
+    out.push_back(rank_to_model[std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin()]);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("adaptive picks a long half-life for steady popularity and a short one after a shift") {
+  std::mt19937_64 rng(7);
+  std::vector<int> order(50);
+  for (int i = 0; i < 50; ++i) order[static_cast<size_t>(i)] = (i * 17) % 50;
+  std::vector<int> shifted(50);
+  for (size_t i = 0; i < 50; ++i) shifted[i] = order[(i + 25) % 50];  // the cold half turns hot
+
+  SimTier adaptive{MakePolicy({"adaptive", 350}).value(), 12, {}};
+  SimTier lrfu{MakePolicy({"lrfu", 350}).value(), 12, {}};
+  SimTier lru{MakePolicy({"lru", 0}).value(), 12, {}};
+  CHECK(std::string(adaptive.policy->name()) == "adaptive");
+  CHECK(adaptive.policy->half_life() == 350);  // no evidence yet: the configured one
+  CHECK(lrfu.policy->half_life() == 350);
+  CHECK(lru.policy->half_life() == 0);
+
+  std::vector<int> steady = ZipfRequests(10000, order, rng);
+  const int steady_misses[] = {adaptive.Replay(steady), lrfu.Replay(steady), lru.Replay(steady)};
+  // Just after the shift the shortest memories learn the new ranking first.
+  std::vector<int> after = ZipfRequests(600, shifted, rng);
+  const int shift_misses[] = {adaptive.Replay(after), lrfu.Replay(after), lru.Replay(after)};
+  const double hl_after_shift = adaptive.policy->half_life();
+  std::vector<int> settled = ZipfRequests(10000, shifted, rng);
+  const int settled_misses[] = {adaptive.Replay(settled), lrfu.Replay(settled), lru.Replay(settled)};
+  MESSAGE("misses steady / just after the shift / settled: adaptive " << steady_misses[0] << "/" << shift_misses[0]
+          << "/" << settled_misses[0] << ", lrfu " << steady_misses[1] << "/" << shift_misses[1] << "/"
+          << settled_misses[1] << ", lru " << steady_misses[2] << "/" << shift_misses[2] << "/" << settled_misses[2]
+          << "; half-life just after the shift " << hl_after_shift);
+  CHECK(hl_after_shift < 350);
+  CHECK(shift_misses[0] < shift_misses[1]);
+  CHECK(steady_misses[0] + shift_misses[0] + settled_misses[0] < steady_misses[1] + shift_misses[1] + settled_misses[1]);
+  CHECK(steady_misses[1] < steady_misses[2]);
+}
+
+TEST_CASE("adaptive keeps the frequent over the recent and never offers what may not be evicted") {
+  auto p = MakePolicy({"adaptive", 100}).value();
+  for (PoolKey k : {1, 2, 3}) p->Insert(k);
+  for (int i = 0; i < 20; ++i) p->Touch(1);
+  p->Touch(3);
+  p->Touch(2);
+  CHECK(*p->Victim([](PoolKey) { return true; }) == 3);
+  CHECK(*p->Victim([](PoolKey k) { return k != 3; }) == 2);
+  CHECK_FALSE(p->Victim([](PoolKey) { return false; }).has_value());
+  p->Remove(3);
+  CHECK(*p->Victim([](PoolKey) { return true; }) == 2);
+  CHECK_FALSE(MakePolicy({"adaptive", 0}).ok());
+  CHECK_FALSE(MakePolicy({"adaptive", std::nan("")}).ok());
+  CHECK_FALSE(MakePolicy({"adaptive", INFINITY}).ok());
 }
 
 TEST_CASE("hits, misses and byte-budget eviction") {
