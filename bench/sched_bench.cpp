@@ -12,7 +12,7 @@
 //             (arrival to reply), the mean batch, and the in-daemon p99
 //             against the configured delay plus one batch's execution time.
 //
-//   sched_bench [isolation|batching|all] [--seconds S] [--threads]
+//   sched_bench [isolation|batching|all] [--seconds S] [--threads] [--delay-us D]
 //   (batching drives its clients asynchronously from one socket; --threads
 //   gives each its own blocking thread, as earlier runs did)
 //   (SCHED_CONFIG in the environment: extra TOML for the batching daemon,
@@ -249,8 +249,8 @@ int Isolation(double seconds) {
   return 0;
 }
 
-int Batching(double seconds, bool async_clients) {
-  const int delay_us = 2000, concurrency = 64;
+int Batching(double seconds, bool async_clients, int delay_us) {
+  const int concurrency = 64;
   testing::Daemon d(std::string("[log]\nlevel = \"warn\"\n") + (std::getenv("SCHED_CONFIG") ? std::getenv("SCHED_CONFIG") : ""));
   std::string data = testing::TestDataDir();
   if (d.Mms({"model", "register", "plain", "--version", "1", "--path", data + "/deep.pt", "-q"}).exit_code != 0 ||
@@ -307,13 +307,15 @@ int main(int argc, char** argv) {
   std::string which = "all";
   double seconds = 5;
   bool async_clients = true;  // --threads: one blocking thread per client instead
+  int delay_us = 2000;         // --delay-us: the batched version's max_queue_delay_us
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--threads")) async_clients = false;
+    else if (!std::strcmp(argv[i], "--delay-us") && i + 1 < argc) delay_us = std::atoi(argv[++i]);
     else which = argv[i];
   }
   int rc = 0;
   if (which == "all" || which == "isolation") rc |= Isolation(seconds);
-  if (which == "all" || which == "batching") rc |= Batching(seconds, async_clients);
+  if (which == "all" || which == "batching") rc |= Batching(seconds, async_clients, delay_us);
   return rc;
 }

@@ -161,9 +161,11 @@ void ShadowRunner::Mirror(const std::string& model, const std::vector<Tensor>& i
 namespace {
 // The shadow worker yields to everything else: nice 19 and, where the kernel
 // has EEVDF custom slices (Linux 6.12+), a 100 µs slice so a waking request
-// thread need not wait out a 3 ms one. (SCHED_IDLE was measured worse on an
-// EEVDF kernel: a waking thread could still wait a full slice; see
-// docs/benchmarks.md.) Failures are ignored: the priority is a preference.
+// thread need not wait out a 3 ms one. (SCHED_IDLE was measured worse: the
+// kernel counts a CPU running only SCHED_IDLE work as idle and places waking
+// request threads there, and on a HZ=250 kernel without full preemption they
+// then waited about one tick — a steady 4 ms p99; see docs/benchmarks.md.)
+// Failures are ignored: the priority is a preference.
 void YieldToRequests() {
   pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
   setpriority(PRIO_PROCESS, static_cast<id_t>(tid), 19);
