@@ -6,10 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <regex>
+#include <set>
 
 #include "cli.h"
 #include "core/hash.h"
@@ -385,7 +388,46 @@ int CmdRm(Cli& cli, const std::string& ref_text, bool force) {
   return 0;
 }
 
-int CmdVerify(Cli& cli, const std::string& ref_text) {
+// A packed directory under the artifacts dir that no version uses: left by a
+// registration killed between publishing its files and recording the
+// version (or by files copied in by hand).
+struct OrphanDir {
+  std::string path;
+  uint64_t bytes = 0;
+  int64_t age_s = 0;
+};
+
+// Orphans are pruned only when older than this: a younger one may belong to
+// a registration between its rename and its insert (as git gc spares recent
+// unreachable objects).
+constexpr int64_t kOrphanPruneAge = 600;
+
+std::vector<OrphanDir> FindOrphans(const std::string& artifacts, const std::vector<VersionRecord>& all) {
+  std::set<std::filesystem::path> used;
+  for (const auto& v : all)
+    if (!v.packed_dir.empty()) used.insert(std::filesystem::path(v.packed_dir).lexically_normal());
+  std::vector<OrphanDir> out;
+  std::error_code ec;
+  const auto now = std::filesystem::file_time_type::clock::now();
+  for (const auto& model : std::filesystem::directory_iterator(artifacts, ec)) {
+    if (!model.is_directory(ec)) continue;
+    for (const auto& e : std::filesystem::directory_iterator(model.path(), ec)) {
+      if (!e.is_directory(ec) || e.path().filename().string().find(".tmp-") != std::string::npos) continue;
+      if (used.count(e.path().lexically_normal())) continue;
+      OrphanDir o;
+      o.path = e.path().string();
+      for (const auto& f : std::filesystem::recursive_directory_iterator(e.path(), ec))
+        if (f.is_regular_file(ec)) o.bytes += f.file_size(ec);
+      auto mtime = std::filesystem::last_write_time(e.path(), ec);
+      o.age_s = ec ? 0 : std::chrono::duration_cast<std::chrono::seconds>(now - mtime).count();
+      out.push_back(std::move(o));
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const OrphanDir& a, const OrphanDir& b) { return a.path < b.path; });
+  return out;
+}
+
+int CmdVerify(Cli& cli, const std::string& ref_text, bool prune) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   std::vector<VersionRecord> targets;
@@ -406,6 +448,8 @@ int CmdVerify(Cli& cli, const std::string& ref_text) {
       targets.push_back(*r);
     }
   }
+  if (prune && !ref_text.empty())
+    return cli.Fail(InvalidArgument("--prune checks the whole data dir; run it without REF"));
   nlohmann::json out = nlohmann::json::array();
   int bad = 0;
   for (const auto& r : targets) {
@@ -425,17 +469,53 @@ int CmdVerify(Cli& cli, const std::string& ref_text) {
         if (!FileExists(JoinPath(r.packed_dir, f))) problems.push_back(std::string("packed ") + f + " missing");
     if (!r.sample_input.empty() && !FileExists(r.sample_input)) problems.push_back("stored sample input missing");
     if (!problems.empty()) ++bad;
-    out.push_back({{"ref", r.ref()}, {"ok", problems.empty()}, {"problems", problems}});
+    out.push_back({{"kind", "version"}, {"ref", r.ref()}, {"ok", problems.empty()}, {"problems", problems}});
+  }
+  // Without REF: also the packed directories no version uses.
+  int orphans = 0, pruned = 0, orphans_bad = 0;
+  if (ref_text.empty()) {
+    auto artifacts = cli.ArtifactsDir();
+    if (!artifacts.ok()) return cli.Fail(artifacts.status());
+    for (const OrphanDir& o : FindOrphans(*artifacts, targets)) {
+      std::string what = "packed files no version uses (" + FormatBytes(o.bytes) + ", last changed " +
+                         FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
+      bool removed = false;
+      if (prune && o.age_s >= kOrphanPruneAge) {
+        std::error_code ec;
+        std::filesystem::remove_all(o.path, ec);
+        removed = !ec;
+        if (ec) what += "; cannot remove: " + ec.message();
+      } else if (prune) {
+        what += "; kept: changed in the last " + std::to_string(kOrphanPruneAge / 60) +
+                " minutes, it may belong to a registration in progress";
+      } else {
+        what += "; remove with: mms model verify --prune";
+      }
+      ++orphans;
+      if (removed) ++pruned;
+      const bool ok = removed || (prune && o.age_s < kOrphanPruneAge);
+      if (!ok) ++orphans_bad;
+      out.push_back({{"kind", "orphan"}, {"path", o.path}, {"bytes", o.bytes}, {"ok", ok}, {"pruned", removed},
+                     {"problems", removed ? std::vector<std::string>{} : std::vector<std::string>{what}}});
+    }
   }
   cli.Emit(out, [&] {
     for (const auto& e : out) {
-      std::cout << (e["ok"].get<bool>() ? "ok       " : "PROBLEM  ") << e["ref"].get<std::string>();
+      const bool orphan = e["kind"] == "orphan";
+      std::cout << (orphan && e["pruned"].get<bool>() ? "pruned   "
+                    : e["ok"].get<bool>() && !orphan  ? "ok       "
+                    : orphan                          ? "ORPHAN   "
+                                                      : "PROBLEM  ")
+                << e[orphan ? "path" : "ref"].get<std::string>();
       for (const auto& p : e["problems"]) std::cout << "\n         " << p.get<std::string>();
       std::cout << "\n";
     }
-    std::cout << targets.size() - bad << " of " << targets.size() << " versions verified\n";
+    std::cout << targets.size() - static_cast<size_t>(bad) << " of " << targets.size() << " versions verified";
+    if (orphans) std::cout << "; " << orphans << " unused packed director" << (orphans == 1 ? "y" : "ies")
+                           << (pruned ? ", " + std::to_string(pruned) + " pruned" : "");
+    std::cout << "\n";
   });
-  return bad ? 1 : 0;
+  return bad + orphans_bad ? 1 : 0;
 }
 
 int CmdImport(Cli& cli, const std::string& dir) {
@@ -580,8 +660,9 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
 
   auto* verify = model->add_subcommand("verify", "Re-hash artifacts; report missing or changed files (exit 1)");
   auto vref = std::make_shared<std::string>();
-  verify->add_option("REF", *vref, "a version or model (default: all)");
-  verify->callback([&cli, vref] { cli.exit_code = CmdVerify(cli, *vref); });
+  verify->add_option("REF", *vref, "a version or model (default: all, and unused packed directories)");
+  auto* vprune = verify->add_flag("--prune", "remove packed directories no version uses (older than 10 minutes)");
+  verify->callback([&cli, vref, vprune] { cli.exit_code = CmdVerify(cli, *vref, vprune->count() > 0); });
 
   auto* imp = model->add_subcommand("import", "Register every version of a Triton-style repository DIR/<name>/<version>/model.pt");
   auto dir = std::make_shared<std::string>();
