@@ -49,7 +49,7 @@ std::vector<int> DriftTrace(int requests, int models, double s, std::mt19937_64&
   for (int done = 0; done < requests; done += 2000) {
     auto part = bench::ZipfTrace(std::min(2000, requests - done), models, s, order, rng);
     out.insert(out.end(), part.begin(), part.end());
-    std::rotate(order.begin(), order.begin() + 5, order.end());
+    std::rotate(order.begin(), order.begin() + std::min(5, models - 1), order.end());
   }
   return out;
 }

@@ -107,20 +107,22 @@ struct AsyncClient {
 
   void Send() {
     nng_msg* m = nullptr;
-    if (nng_msg_alloc(&m, request->size()) != 0) return Finish();
+    if (nng_msg_alloc(&m, request->size()) != 0) {
+      ++mine.failed;
+      return done();
+    }
     std::memcpy(nng_msg_body(m), request->data(), request->size());
     receiving = false;
     t0 = Clock::now();
     nng_aio_set_msg(aio, m);
     nng_ctx_send(ctx, aio);
   }
-  void Finish() { done(); }
   static void OnAio(void* arg) {
     auto* c = static_cast<AsyncClient*>(arg);
     if (nng_aio_result(c->aio) != 0) {
       if (!c->receiving) nng_msg_free(nng_aio_get_msg(c->aio));
       ++c->mine.failed;
-      return c->Finish();
+      return c->done();
     }
     if (!c->receiving) {
       c->receiving = true;
@@ -140,7 +142,7 @@ struct AsyncClient {
       ++c->mine.failed;
     }
     if (Clock::now() < c->end) return c->Send();
-    c->Finish();
+    c->done();
   }
 };
 
@@ -167,6 +169,7 @@ Load DriveAsync(const std::string& socket_path, const proto::Message& req, int c
       if (--running == 0) cv.notify_all();
     };
     if (nng_ctx_open(&c.ctx, sock) != 0 || nng_aio_alloc(&c.aio, AsyncClient::OnAio, &c) != 0) std::abort();
+    nng_aio_set_timeout(c.aio, 10'000);  // a dead daemon ends the run instead of hanging it
   }
   for (auto& c : clients) c.Send();
   {

@@ -3,6 +3,7 @@
 // (offline, through the eviction policies alone).
 #pragma once
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>

@@ -29,11 +29,13 @@ Result<const Config*> Cli::config() {
 }
 
 Result<std::string> Cli::data_dir() {
-  if (!g.data_dir.empty()) return g.data_dir;
+  // Absolute: registration stores paths under it in the registry, which the
+  // daemon and later commands read from other working directories.
+  if (!g.data_dir.empty()) return AbsolutePath(g.data_dir);
   auto c = config();
   if (!c.ok()) return c.status();
-  if (!(*c)->daemon.data_dir.empty()) return (*c)->daemon.data_dir;
-  return DefaultDataDir(ProcessEnv());
+  if (!(*c)->daemon.data_dir.empty()) return AbsolutePath((*c)->daemon.data_dir);
+  return AbsolutePath(DefaultDataDir(ProcessEnv()));
 }
 
 Result<std::unique_ptr<Registry>> Cli::OpenRegistry() {

@@ -394,32 +394,36 @@ int CmdRm(Cli& cli, const std::string& ref_text, bool force) {
 struct OrphanDir {
   std::string path;
   uint64_t bytes = 0;
-  int64_t age_s = 0;
+  int64_t age_s = 0;  // since the later of its mtime and ctime (a rename sets ctime)
 };
 
-// Orphans are pruned only when older than this: a younger one may belong to
-// a registration between its rename and its insert (as git gc spares recent
-// unreachable objects).
-constexpr int64_t kOrphanPruneAge = 600;
+// Every packed directory is <artifacts>/<model>/<version>-<sha>[-n]; a version
+// is matched by those last two parts, so a data dir reached by another
+// spelling (relative, through a symlink, moved) still matches its versions.
+std::string PackedKey(const std::filesystem::path& dir) {
+  std::filesystem::path p = dir.lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();
+  return (p.parent_path().filename() / p.filename()).string();
+}
 
 std::vector<OrphanDir> FindOrphans(const std::string& artifacts, const std::vector<VersionRecord>& all) {
-  std::set<std::filesystem::path> used;
+  std::set<std::string> used;
   for (const auto& v : all)
-    if (!v.packed_dir.empty()) used.insert(std::filesystem::path(v.packed_dir).lexically_normal());
+    if (!v.packed_dir.empty()) used.insert(PackedKey(v.packed_dir));
   std::vector<OrphanDir> out;
   std::error_code ec;
-  const auto now = std::filesystem::file_time_type::clock::now();
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
   for (const auto& model : std::filesystem::directory_iterator(artifacts, ec)) {
     if (!model.is_directory(ec)) continue;
     for (const auto& e : std::filesystem::directory_iterator(model.path(), ec)) {
       if (!e.is_directory(ec) || e.path().filename().string().find(".tmp-") != std::string::npos) continue;
-      if (used.count(e.path().lexically_normal())) continue;
+      if (used.count(PackedKey(e.path()))) continue;
       OrphanDir o;
       o.path = e.path().string();
       for (const auto& f : std::filesystem::recursive_directory_iterator(e.path(), ec))
         if (f.is_regular_file(ec)) o.bytes += f.file_size(ec);
-      auto mtime = std::filesystem::last_write_time(e.path(), ec);
-      o.age_s = ec ? 0 : std::chrono::duration_cast<std::chrono::seconds>(now - mtime).count();
+      struct stat st {};
+      if (::stat(o.path.c_str(), &st) == 0) o.age_s = now - std::max<int64_t>(st.st_mtime, st.st_ctime);
       out.push_back(std::move(o));
     }
   }
@@ -427,7 +431,7 @@ std::vector<OrphanDir> FindOrphans(const std::string& artifacts, const std::vect
   return out;
 }
 
-int CmdVerify(Cli& cli, const std::string& ref_text, bool prune) {
+int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   std::vector<VersionRecord> targets;
@@ -450,6 +454,10 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune) {
   }
   if (prune && !ref_text.empty())
     return cli.Fail(InvalidArgument("--prune checks the whole data dir; run it without REF"));
+  auto prune_age_ns = ParseDurationNanos(prune_age_text);
+  if (!prune_age_ns.ok() || *prune_age_ns < 0)
+    return cli.Fail(InvalidArgument("--prune-age " + prune_age_text + ": expected a duration such as 1h or 30m"));
+  const int64_t prune_age = *prune_age_ns / 1'000'000'000;
   nlohmann::json out = nlohmann::json::array();
   int bad = 0;
   for (const auto& r : targets) {
@@ -471,8 +479,17 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune) {
     if (!problems.empty()) ++bad;
     out.push_back({{"kind", "version"}, {"ref", r.ref()}, {"ok", problems.empty()}, {"problems", problems}});
   }
-  // Without REF: also the packed directories no version uses.
+  // Without REF: also the packed directories no version uses. Pruning needs
+  // the registry and the data dir to agree: when a version's own packed
+  // files are missing, this may be another data dir's registry.
   int orphans = 0, pruned = 0, orphans_bad = 0;
+  if (prune && bad > 0)
+    for (const auto& r : targets)
+      if (!r.packed_dir.empty() && !std::filesystem::is_directory(r.packed_dir))
+        return cli.Fail(FailedPrecondition(
+                               "not pruning: the packed files of " + r.ref() + " (" + r.packed_dir +
+                                   ") are missing, so this registry and data dir may not belong together; "
+                                   "check --data-dir and `mms model verify` first"));
   if (ref_text.empty()) {
     auto artifacts = cli.ArtifactsDir();
     if (!artifacts.ok()) return cli.Fail(artifacts.status());
@@ -480,22 +497,22 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune) {
       std::string what = "packed files no version uses (" + FormatBytes(o.bytes) + ", last changed " +
                          FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
       bool removed = false;
-      if (prune && o.age_s >= kOrphanPruneAge) {
+      if (prune && o.age_s >= prune_age) {
         std::error_code ec;
         std::filesystem::remove_all(o.path, ec);
         removed = !ec;
         if (ec) what += "; cannot remove: " + ec.message();
       } else if (prune) {
-        what += "; kept: changed in the last " + std::to_string(kOrphanPruneAge / 60) +
-                " minutes, it may belong to a registration in progress";
+        what += "; kept: changed in the last " + prune_age_text +
+                ", it may belong to a registration in progress (--prune-age)";
       } else {
         what += "; remove with: mms model verify --prune";
       }
       ++orphans;
       if (removed) ++pruned;
-      const bool ok = removed || (prune && o.age_s < kOrphanPruneAge);
+      const bool ok = removed || (prune && o.age_s < prune_age);
       if (!ok) ++orphans_bad;
-      out.push_back({{"kind", "orphan"}, {"path", o.path}, {"bytes", o.bytes}, {"ok", ok}, {"pruned", removed},
+      out.push_back({{"kind", "orphan"}, {"ref", ""}, {"path", o.path}, {"bytes", o.bytes}, {"ok", ok}, {"pruned", removed},
                      {"problems", removed ? std::vector<std::string>{} : std::vector<std::string>{what}}});
     }
   }
@@ -661,8 +678,10 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   auto* verify = model->add_subcommand("verify", "Re-hash artifacts; report missing or changed files (exit 1)");
   auto vref = std::make_shared<std::string>();
   verify->add_option("REF", *vref, "a version or model (default: all, and unused packed directories)");
-  auto* vprune = verify->add_flag("--prune", "remove packed directories no version uses (older than 10 minutes)");
-  verify->callback([&cli, vref, vprune] { cli.exit_code = CmdVerify(cli, *vref, vprune->count() > 0); });
+  auto* vprune = verify->add_flag("--prune", "remove packed directories no version uses, unchanged for --prune-age");
+  auto vage = std::make_shared<std::string>("1h");
+  verify->add_option("--prune-age", *vage, "spare directories changed more recently than this (default 1h)");
+  verify->callback([&cli, vref, vprune, vage] { cli.exit_code = CmdVerify(cli, *vref, vprune->count() > 0, *vage); });
 
   auto* imp = model->add_subcommand("import", "Register every version of a Triton-style repository DIR/<name>/<version>/model.pt");
   auto dir = std::make_shared<std::string>();

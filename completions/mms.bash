@@ -80,7 +80,7 @@ _mms() {
     "model alias set") words="--help -h"; names=models ;;
     "model alias rm") words="--help -h"; names=models ;;
     "model rm") words="--help -h --force"; names=refs ;;
-    "model verify") words="--help -h --prune"; names=refs ;;
+    "model verify") words="--help -h --prune --prune-age"; names=refs ;;
     "model import") words="--help -h" ;;
     "predict") words="--help -h --input -i --output -o --user --tenant --adapter --deadline-ms"; names=refs ;;
     "pin") words="--help -h"; names=refs ;;

@@ -113,6 +113,15 @@ std::string JoinPath(const std::string& a, const std::string& b) {
   return a.back() == '/' ? a + b : a + "/" + b;
 }
 
+std::string AbsolutePath(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  char cwd[4096];
+  if (!::getcwd(cwd, sizeof cwd)) return path;
+  std::string p = path;
+  while (p.rfind("./", 0) == 0) p.erase(0, 2);
+  return p.empty() || p == "." ? std::string(cwd) : JoinPath(cwd, p);
+}
+
 bool FileExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;

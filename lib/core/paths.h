@@ -37,6 +37,9 @@ Result<std::string> CanonicalPath(const std::string& path);
 std::string DirName(const std::string& path);
 std::string BaseName(const std::string& path);
 std::string JoinPath(const std::string& a, const std::string& b);
+// `path` made absolute against the working directory (not resolving links);
+// paths stored in the registry must not depend on where a command ran.
+std::string AbsolutePath(const std::string& path);
 bool FileExists(const std::string& path);
 bool IsDirectory(const std::string& path);
 

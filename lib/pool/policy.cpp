@@ -128,11 +128,12 @@ class AdaptiveLrfu final : public EvictionPolicy {
         x.order.insert(std::move(node));
       } else {
         x.misses += 1;
-        Shrink(x, capacity - 1);  // room for k: forced admission, as in the tier
+        Shrink(x, capacity - 1);  // room for k (forced admission, as in the tier), at the tier's size now
         slot.cached = true;
         x.order.emplace(after, k);
       }
-      Shrink(x, capacity);  // the tier may hold fewer models than before
+      // Hits never shrink a virtual cache: while a load runs, its victims have
+      // left the tier and the newcomer has not arrived yet.
     }
     best_ = 0;
     for (size_t i = 1; i < experts_.size(); ++i)

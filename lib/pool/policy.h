@@ -11,8 +11,8 @@
 //             pushed out comes back with its history.
 //   adaptive  (the default) LRFU whose half-life follows the traffic, after
 //             ACME (Ari et al., "Adaptive caching using multiple experts",
-//             2002): a panel of virtual LRFU caches with half-lives from
-//             half_life/8 to half_life*8 replays every access; each counts
+//             2002): a panel of five virtual LRFU caches with half-lives from
+//             half_life/4 to half_life*4 replays every access; each counts
 //             its own misses, decayed so the last ~500 accesses weigh most,
 //             and the tier evicts by the scores of the expert with the fewest.
 //             Long half-lives rank steady popularity best, short ones learn

@@ -1,4 +1,5 @@
 #include <doctest/doctest.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <map>
@@ -62,4 +63,11 @@ TEST_CASE("atomic write and canonical paths") {
   CHECK(BaseName("/a/b/c") == "c");
   CHECK(JoinPath("/a/", "b") == "/a/b");
   CHECK(JoinPath("/a", "/abs") == "/abs");
+  char cwd[4096];
+  REQUIRE(::getcwd(cwd, sizeof cwd) != nullptr);
+  CHECK(AbsolutePath("/x/y") == "/x/y");
+  CHECK(AbsolutePath("d") == std::string(cwd) + "/d");
+  CHECK(AbsolutePath("./d/e") == std::string(cwd) + "/d/e");
+  CHECK(AbsolutePath(".") == std::string(cwd));
+  CHECK(AbsolutePath("") == "");
 }

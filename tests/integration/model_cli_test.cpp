@@ -204,54 +204,75 @@ TEST_CASE("verify reports changed and missing artifacts") {
   CHECK(mms({"model", "verify", "a:1"}).exit_code == 1);
 }
 
-TEST_CASE("verify lists packed directories no version uses, and --prune removes the old ones") {
+TEST_CASE("verify lists packed directories no version uses, and --prune removes them") {
   Cli mms;
   std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "a.pt");
   REQUIRE(mms({"model", "register", "a", "--version", "1", "--path", mms.dir / "a.pt"}).exit_code == 0);
-  const std::filesystem::path model_dir = std::filesystem::path(mms.dir / "data") / "artifacts" / "a";
+  const std::filesystem::path data = mms.dir / "data", model_dir = data / "artifacts" / "a";
   std::vector<std::filesystem::path> dirs;
   for (const auto& e : std::filesystem::directory_iterator(model_dir)) dirs.push_back(e.path());
   REQUIRE(dirs.size() == 1);
   const std::filesystem::path used = dirs[0];
-  // As a registration killed between publishing its files and recording the
-  // version leaves them: one an hour old, one just now.
-  const std::filesystem::path old_orphan = model_dir / "2-0123456789ab", new_orphan = model_dir / "3-0123456789ab";
-  std::filesystem::copy(used, old_orphan, std::filesystem::copy_options::recursive);
-  std::filesystem::copy(used, new_orphan, std::filesystem::copy_options::recursive);
-  std::filesystem::last_write_time(old_orphan, std::filesystem::file_time_type::clock::now() - std::chrono::hours(1));
+  // As a registration killed between publishing its files and recording the version leaves them.
+  const std::filesystem::path orphan = model_dir / "2-0123456789ab";
+  std::filesystem::copy(used, orphan, std::filesystem::copy_options::recursive);
 
   auto v = mms({"--json", "model", "verify"});
   CHECK(v.exit_code == 1);
   json j = json::parse(v.out);
-  REQUIRE(j.size() == 3);
+  REQUIRE(j.size() == 2);
   CHECK(j[0]["kind"] == "version");
   CHECK(j[0]["ok"] == true);
   CHECK(j[1]["kind"] == "orphan");
-  CHECK(j[1]["path"] == old_orphan.string());
+  CHECK(j[1]["ref"] == "");
+  CHECK(j[1]["path"] == orphan.string());
   CHECK(j[1]["bytes"].get<uint64_t>() > 0);
   CHECK(j[1]["problems"][0].get<std::string>().find("mms model verify --prune") != std::string::npos);
-  CHECK(j[2]["path"] == new_orphan.string());
   auto text = mms({"model", "verify"});
-  CHECK(text.out.find("ORPHAN   " + old_orphan.string()) != std::string::npos);
-  CHECK(text.out.find("1 of 1 versions verified; 2 unused packed directories") != std::string::npos);
+  CHECK(text.out.find("ORPHAN   " + orphan.string()) != std::string::npos);
+  CHECK(text.out.find("1 of 1 versions verified; 1 unused packed directory") != std::string::npos);
 
-  // Bad input: --prune with a REF.
+  // Bad input: --prune with a REF, an unreadable age.
   auto bad = mms({"model", "verify", "a:1", "--prune"});
   CHECK(bad.exit_code == 2);
   CHECK(bad.err.find("run it without REF") != std::string::npos);
-  CHECK(std::filesystem::exists(old_orphan));
+  auto bad_age = mms({"model", "verify", "--prune", "--prune-age", "soon"});
+  CHECK(bad_age.exit_code == 2);
+  CHECK(bad_age.err.find("--prune-age soon") != std::string::npos);
+  CHECK(std::filesystem::exists(orphan));
 
-  auto p = mms({"--json", "model", "verify", "--prune"});
-  CHECK(p.exit_code == 0);  // the recent one may be a registration in progress: kept, not a problem
+  // Just written (the copy set its ctime): it may be a registration in
+  // progress, so the default --prune-age (1h) keeps it, and that is no problem.
+  auto young = mms({"--json", "model", "verify", "--prune"});
+  CHECK(young.exit_code == 0);
+  json yj = json::parse(young.out);
+  REQUIRE(yj.size() == 2);
+  CHECK(yj[1]["pruned"] == false);
+  CHECK(yj[1]["problems"][0].get<std::string>().find("registration in progress") != std::string::npos);
+  CHECK(std::filesystem::exists(orphan));
+
+  // The same data dir reached through a symlink: the version's directory is
+  // still recognised as its own; only the orphan goes.
+  std::filesystem::create_directory_symlink(data, mms.dir / "link");
+  auto p = Run({MmsBin(), "--data-dir", mms.dir / "link", "--socket", mms.dir / "none.sock", "--json", "model",
+                "verify", "--prune", "--prune-age", "0s"});
+  INFO(p.err);
+  CHECK(p.exit_code == 0);
   json pj = json::parse(p.out);
-  REQUIRE(pj.size() == 3);
+  REQUIRE(pj.size() == 2);
   CHECK(pj[1]["pruned"] == true);
-  CHECK(pj[2]["pruned"] == false);
-  CHECK(pj[2]["problems"][0].get<std::string>().find("registration in progress") != std::string::npos);
-  CHECK_FALSE(std::filesystem::exists(old_orphan));
-  CHECK(std::filesystem::exists(new_orphan));
+  CHECK_FALSE(std::filesystem::exists(orphan));
   CHECK(std::filesystem::exists(used / "weights.safetensors"));  // the version's own files are untouched
-  CHECK(mms({"model", "verify", "a:1"}).exit_code == 0);
+  CHECK(mms({"model", "verify"}).exit_code == 0);
+
+  // A registry whose versions' files are missing (another data dir's?) is never pruned against.
+  std::filesystem::copy(used, orphan, std::filesystem::copy_options::recursive);
+  std::filesystem::rename(used, model_dir / "moved");
+  auto refuse = mms({"model", "verify", "--prune", "--prune-age", "0s"});
+  CHECK(refuse.exit_code == 1);
+  CHECK(refuse.err.find("not pruning") != std::string::npos);
+  CHECK(std::filesystem::exists(orphan));
+  CHECK(std::filesystem::exists(model_dir / "moved"));
 }
 
 TEST_CASE("import registers a Triton-style repository and reports what it skipped") {
