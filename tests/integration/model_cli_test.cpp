@@ -275,6 +275,21 @@ TEST_CASE("verify lists packed directories no version uses, and --prune removes 
   CHECK(std::filesystem::exists(model_dir / "moved"));
 }
 
+TEST_CASE("a relative data dir is made absolute before paths under it are stored") {
+  Cli mms;
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "a.pt");
+  const std::string dir = mms.dir.path();
+  auto r = Run({"/bin/sh", "-c",
+                "cd '" + dir + "' && '" + MmsBin() +
+                    "' --data-dir rel --socket none.sock -q model register a --version 1 --path a.pt"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  // Read back from elsewhere (here: the test's own working directory).
+  auto show = Run({MmsBin(), "--data-dir", dir + "/rel", "--socket", dir + "/none.sock", "model", "show", "a:1"});
+  CHECK(show.out.find(dir + "/rel/artifacts/a/1-") != std::string::npos);
+  CHECK(Run({MmsBin(), "--data-dir", dir + "/rel", "--socket", dir + "/none.sock", "model", "verify"}).exit_code == 0);
+}
+
 TEST_CASE("import registers a Triton-style repository and reports what it skipped") {
   Cli mms;
   std::string repo = mms.dir / "repo";
