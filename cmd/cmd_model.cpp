@@ -406,7 +406,7 @@ std::string PackedKey(const std::filesystem::path& dir) {
   return (p.parent_path().filename() / p.filename()).string();
 }
 
-std::vector<OrphanDir> FindOrphans(const std::string& artifacts, const std::vector<VersionRecord>& all) {
+Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const std::vector<VersionRecord>& all) try {
   std::set<std::string> used;
   for (const auto& v : all)
     if (!v.packed_dir.empty()) used.insert(PackedKey(v.packed_dir));
@@ -429,6 +429,8 @@ std::vector<OrphanDir> FindOrphans(const std::string& artifacts, const std::vect
   }
   std::sort(out.begin(), out.end(), [](const OrphanDir& a, const OrphanDir& b) { return a.path < b.path; });
   return out;
+} catch (const std::filesystem::filesystem_error& e) {  // e.g. a directory removed while being read
+  return IoError("cannot scan " + artifacts + " for unused packed directories: " + e.what());
 }
 
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
@@ -493,7 +495,9 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
   if (ref_text.empty()) {
     auto artifacts = cli.ArtifactsDir();
     if (!artifacts.ok()) return cli.Fail(artifacts.status());
-    for (const OrphanDir& o : FindOrphans(*artifacts, targets)) {
+    auto found = FindOrphans(*artifacts, targets);
+    if (!found.ok()) return cli.Fail(found.status());
+    for (const OrphanDir& o : *found) {
       std::string what = "packed files no version uses (" + FormatBytes(o.bytes) + ", last changed " +
                          FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
       bool removed = false;
