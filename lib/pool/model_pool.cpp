@@ -458,10 +458,7 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
     }
     for (auto& w : waiters) out.push_back([w = std::move(w), st] { w(st); });
   }
-  if (e.forgotten && e.refs == 0) {
-    DropHost(e);
-    entries_.erase(e.item.key);
-  }
+  if (e.forgotten && e.refs == 0) EraseForgotten(e);
   return out;
 }
 
@@ -472,10 +469,7 @@ void ModelPool::Release(PoolKey key) {
   Entry& e = *it->second;
   --e.refs;
   e.last_use = opts_.clock->MonoNanos();
-  if (e.forgotten && e.refs == 0 && !e.loading) {
-    DropHost(e);
-    entries_.erase(it);
-  }
+  if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
 }
 
 void ModelPool::Pin(const PoolItem& item) {
@@ -526,10 +520,15 @@ void ModelPool::Forget(PoolKey key) {
   Entry& e = *it->second;
   e.forgotten = true;
   e.pinned = false;
-  if (e.refs == 0 && !e.loading) {
-    DropHost(e);
-    entries_.erase(it);
-  }
+  if (e.refs == 0 && !e.loading) EraseForgotten(e);
+}
+
+void ModelPool::EraseForgotten(Entry& e) {
+  DropHost(e);
+  const PoolKey key = e.item.key;
+  for (auto& d : devices_) d->policy->Forget(key);
+  host_policy_->Forget(key);
+  entries_.erase(key);  // destroys e
 }
 
 nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {

@@ -147,6 +147,7 @@ class ModelPool {
   Result<int> PlaceOnDevice(Entry& e);               // mu_ held: reserves a block
   void DemoteFromDevice(Entry& e);                   // mu_ held
   void DropHost(Entry& e);                           // mu_ held
+  void EraseForgotten(Entry& e);                     // mu_ held; a forgotten entry and its policy history go
   // mu_ held: ends a load, hands out handles or the error; returns the
   // waiters' callbacks, to run after mu_ is released.
   std::vector<std::function<void()>> Finish(Entry& e, const Status& st, bool loaded);

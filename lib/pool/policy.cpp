@@ -62,6 +62,14 @@ class DecayedScores {
     const double now = lambda_ * static_cast<double>(clock);
     return slot.log = std::log1p(std::exp(slot.log - now)) + now;  // exp(-inf) = 0: a first access scores 1
   }
+  // Drops the key's score; returns its slot as it was (for the caller's own books).
+  Slot Erase(PoolKey k) {
+    auto it = slots_.find(k);
+    if (it == slots_.end()) return {};
+    Slot s = it->second;
+    slots_.erase(it);
+    return s;
+  }
   double Of(PoolKey k) const {
     auto it = slots_.find(k);
     return it == slots_.end() ? -std::numeric_limits<double>::infinity() : it->second.log;
@@ -96,6 +104,10 @@ class Lrfu final : public EvictionPolicy {
   void Touch(PoolKey k) override { scores_.Access(scores_.SlotOf(k), ++clock_); }
   void Insert(PoolKey k) override { resident_.insert(k); }
   void Remove(PoolKey k) override { resident_.erase(k); }
+  void Forget(PoolKey k) override {
+    resident_.erase(k);
+    scores_.Erase(k);
+  }
   std::optional<PoolKey> Victim(const std::function<bool(PoolKey)>& evictable) override {
     return Lowest(resident_, scores_, evictable);
   }
@@ -141,6 +153,11 @@ class AdaptiveLrfu final : public EvictionPolicy {
   }
   void Insert(PoolKey k) override { resident_.insert(k); }
   void Remove(PoolKey k) override { resident_.erase(k); }
+  void Forget(PoolKey k) override {
+    resident_.erase(k);
+    for (Expert& x : experts_)
+      if (DecayedScores::Slot s = x.scores.Erase(k); s.cached) x.order.erase({s.log, k});
+  }
   std::optional<PoolKey> Victim(const std::function<bool(PoolKey)>& evictable) override {
     return Lowest(resident_, experts_[best_].scores, evictable);
   }

@@ -49,6 +49,8 @@ class EvictionPolicy {
   virtual void Touch(PoolKey k) = 0;   // an access (hit, or the load that made it resident)
   virtual void Insert(PoolKey k) = 0;  // became resident in this tier
   virtual void Remove(PoolKey k) = 0;  // left this tier
+  // Drops every trace of a key, residency and history: its version is gone.
+  virtual void Forget(PoolKey k) { Remove(k); }
   // The best victim among resident keys for which `evictable` is true.
   virtual std::optional<PoolKey> Victim(const std::function<bool(PoolKey)>& evictable) = 0;
 };

@@ -188,6 +188,24 @@ TEST_CASE("adaptive keeps the frequent over the recent and never offers what may
   CHECK_FALSE(MakePolicy({"adaptive", INFINITY}).ok());
 }
 
+TEST_CASE("a forgotten key loses its history in every policy") {
+  for (const char* name : {"lru", "lrfu", "adaptive"}) {
+    CAPTURE(name);
+    auto p = MakePolicy({name, 100}).value();
+    for (PoolKey k : {1, 2}) p->Insert(k);
+    for (int i = 0; i < 20; ++i) p->Touch(1);
+    for (int i = 0; i < 3; ++i) p->Touch(2);
+    p->Forget(1);  // its version was deleted
+    CHECK(*p->Victim([](PoolKey) { return true; }) == 2);  // 1 is no longer resident
+    // A new version that reuses the key starts from nothing: one access
+    // against 2's three (with its old history, 1 would outrank 2).
+    p->Insert(1);
+    p->Touch(1);
+    if (std::string(name) != "lru") CHECK(*p->Victim([](PoolKey) { return true; }) == 1);
+    p->Forget(7);  // unknown: nothing happens
+  }
+}
+
 TEST_CASE("hits, misses and byte-budget eviction") {
   PoolFixture f({3 * K});
   auto h1 = f.Get(1);
