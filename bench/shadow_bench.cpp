@@ -2,6 +2,7 @@
 // candidate (tiny_slow, ~10 ms) mirrored at ratio 1.0, so the shadow queue
 // stays full. Prints the primary's p50/p99 without and with the shadow.
 //   shadow_bench [requests per phase] [rounds]
+//   (SHADOW_CONFIG in the environment: extra TOML for the daemon)
 #include <chrono>
 #include <cstdlib>
 

@@ -1,6 +1,7 @@
 #include "pool/policy.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <list>
@@ -43,51 +44,27 @@ class Lru final : public EvictionPolicy {
   std::unordered_map<PoolKey, std::list<PoolKey>::iterator> pos_;
 };
 
-// LRFU scores for one half-life. A score s last updated at access t is kept
+// LRFU scores in the log domain. A score s last updated at access t is kept
 // as ln(s) + lambda*t: its decayed value at any later time is a common factor
 // away, so comparing these keys compares the decayed scores, and they never
 // need updating between a key's own accesses. Keys are kept after eviction.
-class DecayedScores {
- public:
-  struct Slot {
-    double log = -std::numeric_limits<double>::infinity();  // no access yet
-    bool cached = false;  // in the virtual cache (AdaptiveLrfu's experts only)
-  };
-  explicit DecayedScores(double half_life) : half_life_(half_life), lambda_(std::log(2.0) / half_life) {}
-  double half_life() const { return half_life_; }
-  // The key's slot (created on first use); Access updates it.
-  Slot& SlotOf(PoolKey k) { return slots_[k]; }
-  // Adds an access at `clock` (which only grows); returns the new log-score.
-  double Access(Slot& slot, uint64_t clock) const {
-    const double now = lambda_ * static_cast<double>(clock);
-    return slot.log = std::log1p(std::exp(slot.log - now)) + now;  // exp(-inf) = 0: a first access scores 1
-  }
-  // Drops the key's score; returns its slot as it was (for the caller's own books).
-  Slot Erase(PoolKey k) {
-    auto it = slots_.find(k);
-    if (it == slots_.end()) return {};
-    Slot s = it->second;
-    slots_.erase(it);
-    return s;
-  }
-  double Of(PoolKey k) const {
-    auto it = slots_.find(k);
-    return it == slots_.end() ? -std::numeric_limits<double>::infinity() : it->second.log;
-  }
+constexpr double kNoScore = -std::numeric_limits<double>::infinity();  // never accessed
 
- private:
-  const double half_life_, lambda_;
-  std::unordered_map<PoolKey, Slot> slots_;
-};
+// The log-score after one more access at `clock` (which only grows).
+double AddAccess(double log_score, double lambda, uint64_t clock) {
+  const double now = lambda * static_cast<double>(clock);
+  return std::log1p(std::exp(log_score - now)) + now;  // exp(-inf) = 0: a first access scores 1
+}
 
-// The evictable resident with the lowest score (ties: the lower key).
-std::optional<PoolKey> Lowest(const std::unordered_set<PoolKey>& resident, const DecayedScores& scores,
+// The evictable resident with the lowest `score` (ties: the lower key).
+template <typename ScoreFn>
+std::optional<PoolKey> Lowest(const std::unordered_set<PoolKey>& resident, ScoreFn score,
                               const std::function<bool(PoolKey)>& evictable) {
   std::optional<PoolKey> best;
   double best_score = 0;
   for (PoolKey k : resident) {
     if (!evictable(k)) continue;
-    const double s = scores.Of(k);
+    const double s = score(k);
     if (!best || s < best_score || (s == best_score && k < *best)) {
       best = k;
       best_score = s;
@@ -98,23 +75,30 @@ std::optional<PoolKey> Lowest(const std::unordered_set<PoolKey>& resident, const
 
 class Lrfu final : public EvictionPolicy {
  public:
-  explicit Lrfu(double half_life) : scores_(half_life) {}
+  explicit Lrfu(double half_life) : half_life_(half_life), lambda_(std::log(2.0) / half_life) {}
   const char* name() const override { return "lrfu"; }
-  double half_life() const override { return scores_.half_life(); }
-  void Touch(PoolKey k) override { scores_.Access(scores_.SlotOf(k), ++clock_); }
+  double half_life() const override { return half_life_; }
+  void Touch(PoolKey k) override {
+    auto [it, fresh] = scores_.try_emplace(k, kNoScore);
+    it->second = AddAccess(it->second, lambda_, ++clock_);
+  }
   void Insert(PoolKey k) override { resident_.insert(k); }
   void Remove(PoolKey k) override { resident_.erase(k); }
   void Forget(PoolKey k) override {
     resident_.erase(k);
-    scores_.Erase(k);
+    scores_.erase(k);
   }
   std::optional<PoolKey> Victim(const std::function<bool(PoolKey)>& evictable) override {
-    return Lowest(resident_, scores_, evictable);
+    return Lowest(resident_, [this](PoolKey k) {
+      auto it = scores_.find(k);
+      return it == scores_.end() ? kNoScore : it->second;
+    }, evictable);
   }
 
  private:
+  const double half_life_, lambda_;
   uint64_t clock_ = 0;
-  DecayedScores scores_;
+  std::unordered_map<PoolKey, double> scores_;  // log-scores
   std::unordered_set<PoolKey> resident_;
 };
 
@@ -122,66 +106,94 @@ class AdaptiveLrfu final : public EvictionPolicy {
  public:
   explicit AdaptiveLrfu(double half_life) {
     // The configured half-life first: it leads until another expert has missed less.
-    for (double f : {1.0, 0.25, 0.5, 2.0, 4.0}) experts_.emplace_back(half_life * f);
+    const double factors[kExperts] = {1.0, 0.25, 0.5, 2.0, 4.0};
+    for (size_t i = 0; i < kExperts; ++i) {
+      experts_[i].half_life = half_life * factors[i];
+      experts_[i].lambda = std::log(2.0) / experts_[i].half_life;
+    }
   }
   const char* name() const override { return "adaptive"; }
-  double half_life() const override { return experts_[best_].scores.half_life(); }
+  double half_life() const override { return experts_[best_].half_life; }
   void Touch(PoolKey k) override {
     ++clock_;
     const size_t capacity = std::max<size_t>(1, resident_.size());
-    for (Expert& x : experts_) {
+    Slots& slots = slots_[k];
+    for (size_t i = 0; i < kExperts; ++i) {
+      Expert& x = experts_[i];
+      Slot& s = slots[i];
       x.misses *= kMissDecay;
-      DecayedScores::Slot& slot = x.scores.SlotOf(k);
-      const double before = slot.log;
-      const double after = x.scores.Access(slot, clock_);
-      if (slot.cached) {  // a virtual hit: move k to its new place
-        auto node = x.order.extract({before, k});
-        node.value().first = after;
-        x.order.insert(std::move(node));
-      } else {
-        x.misses += 1;
-        Shrink(x, capacity - 1);  // room for k (forced admission, as in the tier), at the tier's size now
-        slot.cached = true;
-        x.order.emplace(after, k);
-      }
+      s.log = AddAccess(s.log, x.lambda, clock_);
+      // A virtual hit leaves k's entry in `order` below its score now; Shrink
+      // re-files it if it comes up (scores only rise between entries).
+      if (s.cached) continue;
+      x.misses += 1;
+      Shrink(i, capacity - 1);  // room for k (forced admission, as in the tier), at the tier's size now
+      s.cached = true;
+      s.filed = s.log;
+      x.order.emplace(s.log, k);
       // Hits never shrink a virtual cache: while a load runs, its victims have
       // left the tier and the newcomer has not arrived yet.
     }
     best_ = 0;
-    for (size_t i = 1; i < experts_.size(); ++i)
+    for (size_t i = 1; i < kExperts; ++i)
       if (experts_[i].misses < experts_[best_].misses) best_ = i;
   }
   void Insert(PoolKey k) override { resident_.insert(k); }
   void Remove(PoolKey k) override { resident_.erase(k); }
   void Forget(PoolKey k) override {
     resident_.erase(k);
-    for (Expert& x : experts_)
-      if (DecayedScores::Slot s = x.scores.Erase(k); s.cached) x.order.erase({s.log, k});
+    auto it = slots_.find(k);
+    if (it == slots_.end()) return;
+    for (size_t i = 0; i < kExperts; ++i)
+      if (it->second[i].cached) experts_[i].order.erase({it->second[i].filed, k});
+    slots_.erase(it);
   }
   std::optional<PoolKey> Victim(const std::function<bool(PoolKey)>& evictable) override {
-    return Lowest(resident_, experts_[best_].scores, evictable);
+    return Lowest(resident_, [this](PoolKey k) {
+      auto it = slots_.find(k);
+      return it == slots_.end() ? kNoScore : it->second[best_].log;
+    }, evictable);
   }
 
  private:
+  static constexpr size_t kExperts = 5;
   // Misses weigh half after 500 further accesses.
   static inline const double kMissDecay = std::exp(-std::log(2.0) / 500.0);
 
+  struct Slot {                // one key in one expert
+    double log = kNoScore;     // its log-score
+    double filed = kNoScore;   // the score its entry in the expert's `order` has (<= log)
+    bool cached = false;       // in the expert's virtual cache
+  };
+  using Slots = std::array<Slot, kExperts>;
   struct Expert {
-    explicit Expert(double half_life) : scores(half_life) {}
-    DecayedScores scores;                        // Slot::cached: in this expert's virtual cache
-    std::set<std::pair<double, PoolKey>> order;  // the virtual cache by score, lowest first
+    double half_life = 0, lambda = 0;
+    std::set<std::pair<double, PoolKey>> order;  // the virtual cache by filed score, lowest first
     double misses = 0;                           // decayed
   };
-  static void Shrink(Expert& x, size_t limit) {
+
+  // Evicts expert i's lowest until it holds `limit`. An entry filed below its
+  // key's score now is re-filed first: every other entry's score is at least
+  // its filed one, so a lowest entry that is up to date is the true lowest.
+  void Shrink(size_t i, size_t limit) {
+    Expert& x = experts_[i];
     while (x.order.size() > limit) {
       auto low = x.order.begin();
-      x.scores.SlotOf(low->second).cached = false;
+      Slot& s = slots_.find(low->second)->second[i];
+      if (s.filed != s.log) {
+        auto node = x.order.extract(low);
+        node.value().first = s.filed = s.log;
+        x.order.insert(std::move(node));
+        continue;
+      }
+      s.cached = false;
       x.order.erase(low);
     }
   }
 
   uint64_t clock_ = 0;
-  std::vector<Expert> experts_;
+  std::array<Expert, kExperts> experts_;
+  std::unordered_map<PoolKey, Slots> slots_;  // every key's score in every expert
   size_t best_ = 0;
   std::unordered_set<PoolKey> resident_;
 };

@@ -22,9 +22,12 @@
 //             byte budget otherwise).
 //
 // Scores live in the log domain (ln(score) + lambda * time of last access),
-// which decay does not reorder, so ordered sets stay valid as time passes:
-// Touch is O(log n) per expert, Insert/Remove O(1); Victim scans the resident
-// set (it runs only on a miss that needs room, never on a hit).
+// which decay does not reorder, so ordered sets stay valid as time passes.
+// A virtual hit only updates the key's score (its entry in the ordered set
+// is re-filed lazily, when it comes up for eviction): Touch is O(1) per
+// expert on a virtual hit, amortised O(log n) on a virtual miss;
+// Insert/Remove O(1); Victim scans the resident set (it runs only on a miss
+// that needs room, never on a hit).
 // Thread-safety: none; the pool calls it under its own mutex.
 #pragma once
 
