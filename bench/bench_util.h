@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,13 @@ inline double Mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+// The config a benchmark's daemon runs with: quiet logs, plus any TOML in
+// the environment variable `env` (e.g. SCHED_CONFIG=$'[scheduler]\nworkers = 1\n').
+inline std::string DaemonConfig(const char* env) {
+  const char* extra = std::getenv(env);
+  return std::string("[log]\nlevel = \"warn\"\n") + (extra ? extra : "");
 }
 
 inline std::string Fmt(double v, int prec = 2) {

@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
   if (RunProcess({testing::BinDir() + "/mms-gen-testdata", dir.path(), "--lora-base", std::to_string(width)}, 600).exit_code != 0)
     return 1;
   std::string w = std::to_string(width);
-  testing::Daemon d(std::string("[log]\nlevel = \"warn\"\n") + (std::getenv("LORA_CONFIG") ? std::getenv("LORA_CONFIG") : ""));
+  testing::Daemon d(bench::DaemonConfig("LORA_CONFIG"));
   if (d.Mms({"model", "register", "base", "--version", "1", "--path", dir / ("lora_multi_" + w + ".pt"), "--sample-input",
              dir / ("lora_input_" + w + ".json"), "--max-batch-size", "64", "--max-queue-delay-us", "2000", "-q"})
           .exit_code != 0)

@@ -254,7 +254,7 @@ int Isolation(double seconds) {
 
 int Batching(double seconds, bool async_clients, int delay_us) {
   const int concurrency = 64;
-  testing::Daemon d(std::string("[log]\nlevel = \"warn\"\n") + (std::getenv("SCHED_CONFIG") ? std::getenv("SCHED_CONFIG") : ""));
+  testing::Daemon d(bench::DaemonConfig("SCHED_CONFIG"));
   std::string data = testing::TestDataDir();
   if (d.Mms({"model", "register", "plain", "--version", "1", "--path", data + "/deep.pt", "-q"}).exit_code != 0 ||
       d.Mms({"model", "register", "batched", "--version", "1", "--path", data + "/deep.pt", "--sample-input",

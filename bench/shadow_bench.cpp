@@ -17,7 +17,7 @@ using Clock = std::chrono::steady_clock;
 int main(int argc, char** argv) {
   int n = argc > 1 ? std::atoi(argv[1]) : 2000;       // requests per phase
   int rounds = argc > 2 ? std::atoi(argv[2]) : 7;     // (no shadow, shadow) pairs
-  testing::Daemon d(std::string("[log]\nlevel = \"warn\"\n") + (std::getenv("SHADOW_CONFIG") ? std::getenv("SHADOW_CONFIG") : ""));
+  testing::Daemon d(bench::DaemonConfig("SHADOW_CONFIG"));
   std::string data = testing::TestDataDir();
   for (auto [v, f] : std::vector<std::pair<std::string, std::string>>{{"1", "tiny.pt"}, {"2", std::getenv("SHADOW_CAND") ? std::getenv("SHADOW_CAND") : "tiny_slow.pt"}})
     if (d.Mms({"model", "register", "tiny", "--version", v, "--path", data + "/" + f, "-q"}).exit_code != 0) return 1;
