@@ -107,7 +107,11 @@ int CmdShadowStats(Cli& cli, const std::string& model) {
     }
     const auto& q = j["requests"];
     std::cout << "  mirrored " << q["mirrored"] << ", dropped " << q["dropped"] << " (queue full), failed " << q["failed"]
-              << ", queued " << q["queued"] << ", not sampled " << q["not_sampled"] << "\n";
+              << ", queued " << q["queued"] << ", not sampled " << q["not_sampled"];
+    if (j.value("duty_cycle", 1.0) < 1)
+      std::cout << " (runs the candidate at most " << Num(j["duty_cycle"].get<double>() * 100, 0)
+                << "% of the time: [shadow] duty_cycle)";
+    std::cout << "\n";
     std::cout << "  diverged " << j["diverged"] << " (" << Num(j["divergence_rate"].get<double>() * 100, 2)
               << "% over tolerance " << j["tolerance"] << ")\n";
     const auto& m = j["measures"];

@@ -71,6 +71,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   };
   sho.clock = d->opts_.clock;
   sho.on_worker_start = UseOneIntraOpThreadOnThisThread;
+  sho.duty_cycle = d->opts_.config.shadow.duty_cycle;
   d->shadows_ = std::make_unique<ShadowRunner>(sho);
   CanaryController::Options co;
   co.registry = d->registry_.get();

@@ -320,6 +320,10 @@ const std::vector<Spec>& Specs() {
              [](Config& c) -> double& { return c.limits.tenant_qps; }),
       Double("limits", "tenant_burst", 0, 0, 1e9, "Default burst per tenant; 0 means the qps (at least 1).",
              [](Config& c) -> double& { return c.limits.tenant_burst; }),
+      Double("shadow", "duty_cycle", 0.25, 0.01, 1,
+             "Share of the time a shadow's worker may spend running its candidate; it rests the remainder "
+             "(1 = never rests).",
+             [](Config& c) -> double& { return c.shadow.duty_cycle; }),
       Bytes("lora", "device_budget", "256MiB", 1 << 12, 1ull << 50,
             "LoRA adapters kept on each device (their own tier, beside the models' budget).",
             [](Config& c) -> uint64_t& { return c.lora.device_budget; }),

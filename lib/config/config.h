@@ -81,6 +81,10 @@ struct LoraConfig {
   uint64_t host_budget = 1ull << 30;      // [lora] host_budget = "1GiB": adapters in host memory
 };
 
+struct ShadowConfig {
+  double duty_cycle = 0.25;  // [shadow] duty_cycle: share of time a shadow's worker may run its candidate
+};
+
 struct MetricsConfig {
   std::string address;  // [metrics] address = "" (off); "127.0.0.1:9464", ":9464"
 };
@@ -95,6 +99,7 @@ struct Config {
   SchedulerConfig scheduler;
   LimitsConfig limits;
   LoraConfig lora;
+  ShadowConfig shadow;
   std::string source;  // the file it came from, "" for built-in defaults
 };
 

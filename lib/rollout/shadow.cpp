@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/hash.h"
@@ -190,10 +191,12 @@ void ShadowRunner::Work(Shadow* s) {
   pthread_setname_np(pthread_self(), "mms-shadow");
   if (opts_.on_worker_start) opts_.on_worker_start();
   Result<Servable> h = Status(Code::kUnavailable, "not acquired yet");
+  int64_t rest_ns = 0;  // after the last job, to keep within opts_.duty_cycle
   while (true) {
     Shadow::Job job;
     {
       std::unique_lock<std::mutex> lock(s->queue_mu);
+      if (rest_ns > 0) s->cv.wait_for(lock, std::chrono::nanoseconds(rest_ns), [&] { return s->stopping; });
       s->cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
       if (s->stopping) return;
       job = std::move(s->queue.front());
@@ -213,6 +216,7 @@ void ShadowRunner::Work(Shadow* s) {
       out = in.ok() ? h->Run(*in) : Result<std::vector<Tensor>>(in.status());
     }
     int64_t shadow_ns = opts_.clock->MonoNanos() - t0;
+    rest_ns = opts_.duty_cycle < 1 ? static_cast<int64_t>(static_cast<double>(shadow_ns) * (1 / opts_.duty_cycle - 1)) : 0;
     std::lock_guard<std::mutex> lock(s->mu);
     if (!out.ok()) {
       ++s->failed;
@@ -259,6 +263,7 @@ Result<nlohmann::json> ShadowRunner::Stats(const std::string& model) const {
                    {"relative_l2", s->rel_l2.Summary()},      {"cosine_similarity", s->cosine.Summary()},
                    {"argmax_agreement", s->argmax.Summary()}, {"topk_agreement", s->topk.Summary()}};
   j["latency_delta_ms"] = s->delta_ns.Summary(1e-6);
+  j["duty_cycle"] = opts_.duty_cycle;  // [shadow] duty_cycle: why a busy shadow mirrors less than it drops
   if (!s->last_error.empty()) j["last_error"] = s->last_error;
   return j;
 }

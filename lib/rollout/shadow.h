@@ -8,7 +8,8 @@
 // * One worker thread per running shadow, at the lowest priority (nice 19,
 //   and a short EEVDF slice where the kernel has them), holding its
 //   candidate's handle between jobs; the request path only try-locks the
-//   queue. It runs the candidate through the pool and compares.
+//   queue. It runs the candidate through the pool and compares, then rests
+//   to keep within Options::duty_cycle ([shadow] duty_cycle).
 // * Shadow requests produce no feedback records and no experiment counts.
 // * Stats: mirrored, dropped, failed, divergence rate, each measure's
 //   distribution, argmax/top-k agreement, and the paired latency delta
@@ -63,6 +64,11 @@ class ShadowRunner {
     std::function<Result<Servable>(const PoolItem& candidate)> acquire;
     Clock* clock = Clock::Real();
     size_t max_samples = 20;  // diverging requests kept per shadow
+    // Share of the time a worker may spend running its candidate: after a
+    // job of T it rests T * (1 / duty_cycle - 1), waking early only to stop.
+    // Shadow work is best effort; without a spare core, a candidate that
+    // keeps one busy delays the serving threads' wake-ups. 1: no rest.
+    double duty_cycle = 1;
     std::function<void()> on_worker_start;  // e.g. keep libtorch single-threaded there
   };
   explicit ShadowRunner(const Options& o) : opts_(o) {}

@@ -47,6 +47,8 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[daemon]\nshutdown_grace = \"forever\"\n").find("mms.toml:2: [daemon] shutdown_grace: invalid duration") == 0);
   CHECK(err("[daemon]\nmax_message_bytes = \"1KiB\"\n").find("out of range") != std::string::npos);
   CHECK(err("[registry]\nallowed_roots = [1]\n").find("expected an array of strings") != std::string::npos);
+  CHECK(err("[shadow]\nduty_cycle = 0\n").find("mms.toml:2: [shadow] duty_cycle: 0 is out of range; allowed 0.01 to 1") == 0);
+  CHECK(err("[shadow]\nduty_cycle = 1.5\n").find("out of range") != std::string::npos);
   CHECK(err("this is = not toml = at all").find("mms.toml:1:") == 0);
   CHECK(ParseConfig("[daemon]\ncontexts = 0\n", "x").status().code() == Code::kInvalidArgument);
 }

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -145,6 +146,27 @@ TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and
   CHECK(st["requests"]["sampled"] == 40);
   REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["state"] == "stopped"; }, 10));
   CHECK(json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["reason"] == "duration elapsed");
+}
+
+TEST_CASE("a shadow rests between runs of its candidate by [shadow] duty_cycle, and a stop ends the rest") {
+  Daemon d("[shadow]\nduty_cycle = 0.01\n");
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_slow.pt");  // a run of many milliseconds: a rest of 99 times that
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--queue", "10"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(5) == 5);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 1; }, 30));
+  json st = ShadowStats(d, "tiny");
+  CHECK(st["duty_cycle"] == doctest::Approx(0.01));
+  CHECK(st["requests"]["mirrored"] == 1);  // resting: the other four wait in the queue
+  CHECK(st["requests"]["queued"] == 4);
+  CHECK(d.Mms({"shadow", "stats", "tiny"}).out.find("at most 1% of the time") != std::string::npos);
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
+  // The rest (seconds here) ends when the run is stopped.
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
 }
 
 TEST_CASE("a shadow beside a running experiment adds nothing to the experiment's counts or feedback") {
