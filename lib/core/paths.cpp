@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -114,12 +115,12 @@ std::string JoinPath(const std::string& a, const std::string& b) {
 }
 
 std::string AbsolutePath(const std::string& path) {
-  if (path.empty() || path[0] == '/') return path;
-  char cwd[4096];
-  if (!::getcwd(cwd, sizeof cwd)) return path;
-  std::string p = path;
-  while (p.rfind("./", 0) == 0) p.erase(0, 2);
-  return p.empty() || p == "." ? std::string(cwd) : JoinPath(cwd, p);
+  if (path.empty()) return path;
+  std::error_code ec;
+  std::string abs = std::filesystem::absolute(path, ec).lexically_normal().string();
+  if (ec) return path;
+  if (abs.size() > 1 && abs.back() == '/') abs.pop_back();  // "d/." normalises to "d/"
+  return abs;
 }
 
 bool FileExists(const std::string& path) {

@@ -69,5 +69,6 @@ TEST_CASE("atomic write and canonical paths") {
   CHECK(AbsolutePath("d") == std::string(cwd) + "/d");
   CHECK(AbsolutePath("./d/e") == std::string(cwd) + "/d/e");
   CHECK(AbsolutePath(".") == std::string(cwd));
+  CHECK(AbsolutePath("d/../e/./f") == std::string(cwd) + "/e/f");
   CHECK(AbsolutePath("") == "");
 }
