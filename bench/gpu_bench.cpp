@@ -22,10 +22,10 @@
 #include "protocol/tensor_file.h"
 
 using namespace mms;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 namespace {
-double Ms(Clock::time_point a) { return std::chrono::duration<double, std::milli>(Clock::now() - a).count(); }
+double Ms(SteadyClock::time_point a) { return std::chrono::duration<double, std::milli>(SteadyClock::now() - a).count(); }
 
 PoolItem Item(int key, const std::string& path, const std::string& packed, uint64_t bytes) {
   PoolItem it;
@@ -65,12 +65,12 @@ int main(int argc, char** argv) {
   cudaMalloc(&raw_dst, bytes);
   for (int r = 0; r < 6; ++r) {
     auto block = dev->arena().Allocate(bytes);
-    auto t0 = Clock::now();
+    auto t0 = SteadyClock::now();
     Status st = dev->CopyIn(block->data(), hm.weights->data(), bytes);
     if (st.ok()) st = hm.model->Bind(block, dev->torch_device());
     double a = Ms(t0);
     (void)hm.model->Bind(hm.weights, "cpu");
-    t0 = Clock::now();
+    t0 = SteadyClock::now();
     cudaMemcpy(raw_dst, hm.weights->data(), bytes, cudaMemcpyHostToDevice);
     double b = Ms(t0);
     if (!st.ok()) {
@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   cudaMemGetInfo(&free_before, &total);
   std::mt19937 rng(1);
   int failures = 0;
-  auto t0 = Clock::now();
+  auto t0 = SteadyClock::now();
   for (int c = 0; c < cycles; ++c) {
     auto h = pool->AcquireSync(items[1 + rng() % (models - 1)]);
     if (!h.ok()) ++failures;
@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   auto measure = [&](int iters) {
     std::vector<double> lat;
     for (int i = 0; i < iters; ++i) {
-      auto s = Clock::now();
+      auto s = SteadyClock::now();
       (void)pinned_h->model()->Run(ordered);
       lat.push_back(Ms(s));
     }
