@@ -50,10 +50,14 @@ class Lru final : public EvictionPolicy {
 // need updating between a key's own accesses. Keys are kept after eviction.
 constexpr double kNoScore = -std::numeric_limits<double>::infinity();  // never accessed
 
+// The log-score after one more access at log-domain time `now` (which only grows).
+double AddAccessAt(double log_score, double now) {
+  return std::log1p(std::exp(log_score - now)) + now;  // exp(-inf) = 0: a first access scores 1
+}
+
 // The log-score after one more access at `clock` (which only grows).
 double AddAccess(double log_score, double lambda, uint64_t clock) {
-  const double now = lambda * static_cast<double>(clock);
-  return std::log1p(std::exp(log_score - now)) + now;  // exp(-inf) = 0: a first access scores 1
+  return AddAccessAt(log_score, lambda * static_cast<double>(clock));
 }
 
 // The evictable resident with the lowest `score` (ties: the lower key).
@@ -106,10 +110,13 @@ class AdaptiveLrfu final : public EvictionPolicy {
  public:
   explicit AdaptiveLrfu(double half_life) {
     // The configured half-life first: it leads until another expert has missed less.
-    const double factors[kExperts] = {1.0, 0.25, 0.5, 2.0, 4.0};
+    // Restarting experts come after the plain ones, so that a plain one leads
+    // while their histories are the same (before any restart).
+    const double factors[kExperts] = {1.0, 0.25, 0.5, 2.0, 4.0, 4.0, 8.0};
     for (size_t i = 0; i < kExperts; ++i) {
       experts_[i].half_life = half_life * factors[i];
       experts_[i].lambda = std::log(2.0) / experts_[i].half_life;
+      experts_[i].restarts = i >= kPlainExperts;
     }
   }
   const char* name() const override { return "adaptive"; }
@@ -118,15 +125,17 @@ class AdaptiveLrfu final : public EvictionPolicy {
     ++clock_;
     const size_t capacity = std::max<size_t>(1, resident_.size());
     Slots& slots = slots_[k];
+    bool leader_missed = false;
     for (size_t i = 0; i < kExperts; ++i) {
       Expert& x = experts_[i];
       Slot& s = slots[i];
       x.misses *= kMissDecay;
-      s.log = AddAccess(s.log, x.lambda, clock_);
+      s.log = AddAccessAt(s.log, x.lambda * static_cast<double>(clock_) + x.restarted);
       // A virtual hit leaves k's entry in `order` below its score now; Shrink
       // re-files it if it comes up (scores only rise between entries).
       if (s.cached) continue;
       x.misses += 1;
+      leader_missed |= i == best_;
       Shrink(i, capacity - 1);  // room for k (forced admission, as in the tier), at the tier's size now
       s.cached = true;
       s.filed = s.log;
@@ -134,6 +143,7 @@ class AdaptiveLrfu final : public EvictionPolicy {
       // Hits never shrink a virtual cache: while a load runs, its victims have
       // left the tier and the newcomer has not arrived yet.
     }
+    DetectChange(leader_missed);
     best_ = 0;
     for (size_t i = 1; i < kExperts; ++i)
       if (experts_[i].misses < experts_[best_].misses) best_ = i;
@@ -156,9 +166,15 @@ class AdaptiveLrfu final : public EvictionPolicy {
   }
 
  private:
-  static constexpr size_t kExperts = 5;
-  // Misses weigh half after 500 further accesses.
+  static constexpr size_t kPlainExperts = 5, kExperts = 7;
+  // Misses (and accesses, for the leader's miss rate) weigh half after 500 further accesses.
   static inline const double kMissDecay = std::exp(-std::log(2.0) / 500.0);
+  // The change detector: a CUSUM of the leader's virtual misses in excess of
+  // its miss rate + kChangeSlack; a change is declared when it passes kChangeLimit misses.
+  static constexpr double kChangeSlack = 0.2, kChangeLimit = 4;
+  // A restart divides every score of the expert by 2^40: what came before
+  // only breaks ties between keys not accessed since.
+  static inline const double kRestartLog = 40 * std::log(2.0);
 
   struct Slot {                // one key in one expert
     double log = kNoScore;     // its log-score
@@ -168,9 +184,26 @@ class AdaptiveLrfu final : public EvictionPolicy {
   using Slots = std::array<Slot, kExperts>;
   struct Expert {
     double half_life = 0, lambda = 0;
+    bool restarts = false;                       // drops its history when the traffic changes
+    double restarted = 0;                        // log-domain time added by restarts so far
     std::set<std::pair<double, PoolKey>> order;  // the virtual cache by filed score, lowest first
     double misses = 0;                           // decayed
   };
+
+  // A restart moves an expert's log-domain clock forward: every score it
+  // holds shrinks by the same factor, so its order stays valid.
+  void DetectChange(bool leader_missed) {
+    accesses_ = accesses_ * kMissDecay + 1;
+    const double rate = experts_[best_].misses / accesses_;
+    cusum_ = std::max(0.0, cusum_ + (leader_missed ? 1.0 : 0.0) - rate - kChangeSlack);
+    if (cusum_ <= kChangeLimit) return;
+    cusum_ = 0;
+    // A restarting expert that leads keeps its history: the panel chose it
+    // on its record since the last change, and a burst of one-off loads
+    // looks like a change too.
+    for (size_t i = 0; i < kExperts; ++i)
+      if (experts_[i].restarts && i != best_) experts_[i].restarted += kRestartLog;
+  }
 
   // Evicts expert i's lowest until it holds `limit`. An entry filed below its
   // key's score now is re-filed first: every other entry's score is at least
@@ -195,6 +228,8 @@ class AdaptiveLrfu final : public EvictionPolicy {
   std::array<Expert, kExperts> experts_;
   std::unordered_map<PoolKey, Slots> slots_;  // every key's score in every expert
   size_t best_ = 0;
+  double accesses_ = 0;  // decayed, as the misses
+  double cusum_ = 0;
   std::unordered_set<PoolKey> resident_;
 };
 

@@ -11,21 +11,34 @@
 //             pushed out comes back with its history.
 //   adaptive  (the default) LRFU whose half-life follows the traffic, after
 //             ACME (Ari et al., "Adaptive caching using multiple experts",
-//             2002): a panel of five virtual LRFU caches with half-lives from
-//             half_life/4 to half_life*4 replays every access; each counts
-//             its own misses, decayed so the last ~500 accesses weigh most,
-//             and the tier evicts by the scores of the expert with the fewest.
-//             Long half-lives rank steady popularity best, short ones learn
-//             a shift sooner; the panel switches when the traffic does. The
-//             virtual caches hold as many models as the tier holds now (a
-//             count, exact for models of one size, an approximation of the
-//             byte budget otherwise).
+//             2002): a panel of virtual LRFU caches replays every access;
+//             each counts its own misses, decayed so the last ~500 accesses
+//             weigh most, and the tier evicts by the scores of the expert
+//             with the fewest (ties: the earlier in the panel, the configured
+//             half-life first). Five experts have half-lives half_life*{1,
+//             1/4, 1/2, 2, 4}: long ones rank steady popularity best, short
+//             ones learn a shift sooner. Two more, at half_life*4 and *8,
+//             restart when the traffic changes: a CUSUM of the leading
+//             expert's misses in excess of its miss rate (decayed as above)
+//             + 0.2 that passes 4 misses declares a change, and each
+//             restarting expert that does not lead then divides all its
+//             scores by 2^40 (history before the change only breaks ties
+//             between keys not accessed since). After a popularity shift a
+//             restarted expert ranks by what came after it, with a long
+//             memory from then on, and usually takes the lead at once; after
+//             a burst of one-off loads (which looks like a change too) it
+//             misses more, so the tier keeps ranking by a plain expert's
+//             history. The virtual caches hold as many models as the tier
+//             holds now (a count, exact for models of one size, an
+//             approximation of the byte budget otherwise).
 //
 // Scores live in the log domain (ln(score) + lambda * time of last access),
 // which decay does not reorder, so ordered sets stay valid as time passes.
-// A virtual hit only updates the key's score (its entry in the ordered set
-// is re-filed lazily, when it comes up for eviction): Touch is O(1) per
-// expert on a virtual hit, amortised O(log n) on a virtual miss;
+// A restart moves an expert's log-domain clock forward, which scales all its
+// scores alike and so keeps its order too. A virtual hit only updates the
+// key's score (its entry in the ordered set is re-filed lazily, when it
+// comes up for eviction): Touch is O(1) per expert on a virtual hit,
+// amortised O(log n) on a virtual miss;
 // Insert/Remove O(1); Victim scans the resident set (it runs only on a miss
 // that needs room, never on a hit).
 // Thread-safety: none; the pool calls it under its own mutex.
