@@ -374,10 +374,11 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
       return InvalidArgument(base[0].ref() + " is itself an adapter; an adapter's base is a model version");
   }
   MMS_ASSIGN_OR_RETURN(auto ins, db_->Prepare(
-      "INSERT INTO versions (model_id, version, sort_key, artifact_path, format, size_bytes, sha256, created_ms, "
+      "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, format, size_bytes, sha256, created_ms, "
       "created_by, description, data_fingerprint, metrics_json, device_bytes, host_bytes, sla_p99_ms, packed_dir, "
       "inputs_json, sample_input, max_batch_size, max_queue_delay_us, base_id, lora_json) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+      "VALUES ((SELECT next FROM id_floor WHERE name = 'versions'), "  // never a removed version's id
+      "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   ins.Bind(1, mid).Bind(2, v.version).Bind(3, VersionSortKey(v.version)).Bind(4, v.artifact_path);
   ins.Bind(5, v.base_id ? "lora" : "torchscript");
   ins.Bind(6, v.size_bytes).Bind(7, v.sha256).Bind(8, opts_.clock->UnixMillis()).Bind(9, actor_);

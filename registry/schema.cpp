@@ -162,6 +162,21 @@ ALTER TABLE versions ADD COLUMN base_id INTEGER REFERENCES versions(id);
 ALTER TABLE versions ADD COLUMN lora_json TEXT NOT NULL DEFAULT '{}';
 CREATE INDEX versions_base ON versions(base_id) WHERE base_id IS NOT NULL;
 )sql",
+      // 6: a version id is never reused. The daemon keys its pool (and
+      // every cached figure) by version id; SQLite gives a new row the
+      // highest id + 1, so removing the newest version and registering
+      // another would hand the new one the old one's id — and a running
+      // daemon its old weights. Registration takes ids from id_floor, which
+      // only grows (AUTOINCREMENT would need the table rebuilt).
+      R"sql(
+CREATE TABLE id_floor (
+  name TEXT PRIMARY KEY,
+  next INTEGER NOT NULL
+);
+INSERT INTO id_floor SELECT 'versions', COALESCE(MAX(id), 0) + 1 FROM versions;
+CREATE TRIGGER versions_id_floor AFTER INSERT ON versions
+  BEGIN UPDATE id_floor SET next = MAX(next, NEW.id + 1) WHERE name = 'versions'; END;
+)sql",
   };
   return *m;
 }

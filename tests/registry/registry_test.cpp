@@ -337,3 +337,52 @@ TEST_CASE("concurrent writers through separate connections all succeed") {
   CHECK(ok == 40);
   CHECK(f.reg->List()->size() == 40);
 }
+
+TEST_CASE("a removed version's id is never given to another version") {
+  // The daemon keys loaded models by version id: a reused id would serve
+  // the removed version's weights under the new version's name.
+  Fixture f;
+  f.Add("rec", "1");
+  int64_t newest = f.Add("rec", "2").id;
+  REQUIRE(f.reg->Remove(*ParseRef("rec:2"), false).ok());
+  int64_t next = f.Add("rec", "3").id;
+  CHECK(next > newest);
+  REQUIRE(f.reg->Remove(*ParseRef("rec:3"), false).ok());
+  REQUIRE(f.reg->Remove(*ParseRef("rec:1"), false).ok());
+  // Even with every version gone, and from another connection.
+  auto other = f.Open();
+  NewVersion v;
+  v.model = "other";
+  v.version = "1";
+  v.artifact_path = "/models/other.pt";
+  auto r = other->Register(v);
+  REQUIRE(r.ok());
+  CHECK(r->id > next);
+}
+
+TEST_CASE("an older registry upgraded to never reuse ids starts above its highest id") {
+  testing::TempDir d;
+  std::string path = d / "r.db";
+  const auto& migrations = RegistryMigrations();
+  std::string sql;
+  for (size_t i = 0; i + 1 < migrations.size(); ++i) sql += migrations[i];
+  sql += "PRAGMA user_version=" + std::to_string(migrations.size() - 1) +
+         "; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
+  RawExec(path, sql);
+  RawExec(path,
+          "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
+          "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
+          "created_by) VALUES (7, 1, '1', '1', '/m.pt', 1, '', 1, 't');");
+  Registry::Options o;
+  o.path = path;
+  auto r = Registry::Open(o);
+  REQUIRE(r.ok());
+  REQUIRE((*r)->Remove(*ParseRef("m:1"), false).ok());
+  NewVersion v;
+  v.model = "m";
+  v.version = "2";
+  v.artifact_path = "/m.pt";
+  auto added = (*r)->Register(v);
+  REQUIRE(added.ok());
+  CHECK(added->id == 8);
+}
