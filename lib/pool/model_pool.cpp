@@ -188,24 +188,42 @@ void ModelPool::StartLoad(Entry& e) {
 bool ModelPool::Evictable(const Entry& e) const { return !e.pinned && !e.loading && e.refs == 0; }
 
 Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
+  if (host_used_ + bytes <= opts_.host_budget) return Status::Ok();
+  // Any evictable model with a host copy can go back to disk, a device
+  // resident one too (tiers are inclusive: its host copy counts against the
+  // host budget). Nothing is dropped unless enough can be: a partial attempt
+  // would throw warm models away and still fail.
+  auto droppable = [&](PoolKey k, const Entry& e) {
+    return k != for_key && (e.tier == Tier::kHost || e.tier == Tier::kDevice) && Evictable(e);
+  };
+  uint64_t reclaimable = 0;
+  std::string held;
+  int n = 0;
+  for (const auto& [k, e] : entries_) {
+    if (droppable(k, *e)) {
+      reclaimable += e->host_reserved;
+    } else if (e->tier != Tier::kDisk && k != for_key && e->host_reserved > 0 && n++ < 8) {
+      std::string why = e->pinned ? "pinned" : e->loading ? "loading" : std::to_string(e->refs) + " in flight";
+      held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + why + ")";
+    }
+  }
+  if (host_used_ - reclaimable + bytes > opts_.host_budget)
+    return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
+                                       FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) +
+                                       " [pool] host_budget in use, " + FormatBytes(reclaimable) +
+                                       " evictable), held by " + (held.empty() ? "nothing else" : held));
   while (host_used_ + bytes > opts_.host_budget) {
+    // Host-only models first: a device resident one is in use more recently.
     auto victim = host_policy_->Victim([&](PoolKey k) {
       auto it = entries_.find(k);
-      return k != for_key && it != entries_.end() && it->second->tier == Tier::kHost && Evictable(*it->second);
+      return it != entries_.end() && it->second->tier == Tier::kHost && droppable(k, *it->second);
     });
-    if (!victim) {
-      std::string held;
-      int n = 0;
-      for (const auto& [k, e] : entries_) {
-        if (e->tier == Tier::kDisk || k == for_key) continue;
-        if (n++ < 8)
-          held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) +
-                  (e->tier == Tier::kDevice ? ", on a device" : e->pinned ? ", pinned" : e->loading ? ", loading" : "") + ")";
-      }
-      return Status(Code::kPoolFull, "the host tier is full (" + FormatBytes(host_used_) + " of " +
-                                         FormatBytes(opts_.host_budget) + " [pool] host_budget), held by " +
-                                         (held.empty() ? "nothing evictable" : held));
-    }
+    if (!victim)
+      victim = host_policy_->Victim([&](PoolKey k) {
+        auto it = entries_.find(k);
+        return it != entries_.end() && droppable(k, *it->second);
+      });
+    if (!victim) return Internal("host tier accounting: no victim although enough was evictable");
     DropHost(*entries_[*victim]);
   }
   return Status::Ok();
@@ -351,6 +369,11 @@ void ModelPool::RunLoad(PoolKey key) {
       return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
                                               " but the largest device budget is " + FormatBytes(largest) +
                                               " ([pool] device_budget)"));
+    }
+    if (e->bytes > opts_.host_budget) {
+      return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
+                                              " but the host tier's budget is " + FormatBytes(opts_.host_budget) +
+                                              " ([pool] host_budget)"));
     }
     if (Status st = MakeHostRoom(e->bytes, key); !st.ok()) return fail(st);
     host_used_ += e->bytes;

@@ -418,6 +418,43 @@ TEST_CASE("the host tier has its own budget, over it, host copies go back to dis
   CHECK(f.pool->Snapshot()["host"]["used"] == 2 * K);
 }
 
+TEST_CASE("a host tier no bigger than the devices still takes new models, dropping an idle device one") {
+  // Tiers are inclusive, so device residents' host copies fill a host budget
+  // equal to the device budget; an idle device model must go to disk for a
+  // newcomer (the GPU default when RAM/2 is below the device budgets).
+  PoolFixture f({2 * K}, 2 * K);
+  f.Get(1);
+  f.Get(2);
+  CHECK(f.TierOf(1) == "device");
+  CHECK(f.TierOf(2) == "device");
+  REQUIRE(f.GetStatus(3).ok());
+  CHECK(f.TierOf(1) == "disk");  // the least recently used, whole way down
+  CHECK(f.TierOf(2) == "device");
+  CHECK(f.TierOf(3) == "device");
+  auto snap = f.pool->Snapshot();
+  CHECK(snap["host"]["used"] == 2 * K);
+  CHECK(snap["devices"][0]["used"] == 2 * K);
+}
+
+TEST_CASE("when the host tier cannot make room, nothing warm is thrown away for it") {
+  PoolFixture f({10 * K}, 3 * K);
+  auto a = f.Get(1);  // in flight
+  auto b = f.Get(2);  // in flight
+  f.Get(4);
+  REQUIRE(f.pool->Evict(4).value() == "host");  // idle, host only
+  auto st = f.GetStatus(3, 2 * K);  // 3 KiB used, 1 KiB evictable: 2 KiB cannot fit
+  CHECK(st.code() == Code::kPoolFull);
+  CHECK(st.message().find("host tier cannot take 2.00 KiB") != std::string::npos);
+  CHECK(st.message().find("m1:1 (1.00 KiB, 1 in flight)") != std::string::npos);
+  CHECK(f.TierOf(4) == "host");  // still warm
+  auto big = f.GetStatus(5, 4 * K);
+  CHECK(big.code() == Code::kPoolFull);
+  CHECK(big.message().find("host tier's budget is 3.00 KiB") != std::string::npos);
+  CHECK(f.TierOf(4) == "host");
+  a.reset();
+  CHECK(f.GetStatus(3, 2 * K).ok());  // 1 and 4 can go now
+}
+
 TEST_CASE("forgotten versions leave once their last handle is released") {
   PoolFixture f({10 * K});
   auto h = f.Get(1);
