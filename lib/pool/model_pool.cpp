@@ -66,6 +66,7 @@ Result<std::unique_ptr<ModelPool>> ModelPool::Create(const Options& opts, std::v
                                   {"device_budgets", device_total},
                                   {"note", "models on a device keep their host copy; devices cannot fill up"}});
   p->load_exec_ = std::make_unique<Executor>("mms-load", std::max(1, opts.load_threads));
+  p->reaper_ = std::make_unique<Executor>("mms-free", 1);
   return p;
 }
 
@@ -73,8 +74,11 @@ void ModelPool::StopLoads() { load_exec_->Shutdown(); }
 
 ModelPool::~ModelPool() {
   load_exec_->Shutdown();
-  std::lock_guard<std::mutex> lock(mu_);
-  entries_.clear();  // blocks return to the arenas before the devices go
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.clear();  // blocks return to the arenas before the devices go
+  }
+  reaper_->Shutdown();  // frees what is still queued
 }
 
 const char* ModelPool::TierName(Tier t) const {
@@ -234,13 +238,26 @@ void ModelPool::DropHost(Entry& e) {
   if (e.tier != Tier::kHost) return;
   host_used_ -= e.host_reserved;
   e.host_reserved = 0;
-  e.model.reset();
-  e.host.reset();
+  Retire(std::move(e.model), std::move(e.host));
   e.tier = Tier::kDisk;
   host_policy_->Remove(e.item.key);
   ++e.evictions;
   ++evictions_;
   LogInfo("evict", {{"model", e.item.ref}, {"from", "host"}, {"to", "disk"}, {"bytes", e.bytes}});
+}
+
+void ModelPool::Retire(std::unique_ptr<Model> model, std::shared_ptr<Buffer> host) {
+  // Freeing is slow work: cudaFreeHost of a pinned buffer of gigabytes, a
+  // TorchScript module's teardown. It runs on the reaper's thread, never
+  // under mu_, where every request's Acquire would wait behind it. The model
+  // goes first: its tensors are views into the buffer.
+  auto dead = std::make_shared<std::pair<std::unique_ptr<Model>, std::shared_ptr<Buffer>>>(std::move(model),
+                                                                                             std::move(host));
+  if (!dead->first && !dead->second) return;
+  (void)reaper_->Submit([dead] {
+    dead->first.reset();
+    dead->second.reset();
+  });  // after Shutdown (the pool's end), `dead` frees them here
 }
 
 void ModelPool::DemoteFromDevice(Entry& e) {

@@ -21,7 +21,8 @@
 //   (after evicting by policy); each device has its own arena and budget.
 //
 // Thread-safety: every method may be called from any thread. One mutex
-// guards the pool's state; it is never held across a disk read, a copy, a
+// guards the pool's state; it is never held across a disk read, a copy,
+// freeing a dropped model (a reaper thread does that), a
 // warm-up inference or a callback. Acquire's callback runs on the caller's
 // thread for a hit and on `callbacks` (or a loader thread) after a load.
 #pragma once
@@ -147,6 +148,8 @@ class ModelPool {
   Result<int> PlaceOnDevice(Entry& e);               // mu_ held: reserves a block
   void DemoteFromDevice(Entry& e);                   // mu_ held
   void DropHost(Entry& e);                           // mu_ held
+  // mu_ held: hands a dropped model and its host buffer to reaper_ to free.
+  void Retire(std::unique_ptr<Model> model, std::shared_ptr<Buffer> host);
   void EraseForgotten(Entry& e);                     // mu_ held; a forgotten entry and its policy history go
   // mu_ held: ends a load, hands out handles or the error; returns the
   // waiters' callbacks, to run after mu_ is released.
@@ -161,6 +164,7 @@ class ModelPool {
   const std::unique_ptr<Loader> loader_;
   const HostAllocator host_alloc_;
   std::unique_ptr<Executor> load_exec_;
+  std::unique_ptr<Executor> reaper_;  // frees dropped models off mu_ (one thread)
 
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<DeviceSlot>> devices_;          // guarded by mu_ (set fixed at Create)

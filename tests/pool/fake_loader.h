@@ -15,9 +15,12 @@
 
 namespace mms::testing {
 
+class FakeLoader;
+
 class FakeModel final : public Model {
  public:
-  FakeModel(uint64_t bytes, std::atomic<bool>* fail_run) : fail_run_(fail_run) {
+  FakeModel(uint64_t bytes, std::atomic<bool>* fail_run, FakeLoader* loader = nullptr)
+      : fail_run_(fail_run), loader_(loader) {
     layout_.entries.push_back({"w", DType::kUInt8, {static_cast<int64_t>(bytes)}, 0, bytes});
     layout_.total_bytes = bytes;
   }
@@ -39,6 +42,7 @@ class FakeModel final : public Model {
   }
   Status SaveWithoutWeights(const std::string&) override { return Status::Ok(); }
   const Buffer* bound() const { return bound_.get(); }
+  ~FakeModel() override;  // waits while the loader's GateFrees is closed
 
  private:
   WeightLayout layout_;
@@ -46,6 +50,7 @@ class FakeModel final : public Model {
   std::shared_ptr<Buffer> bound_;
   std::string device_ = "cpu";
   std::atomic<bool>* fail_run_;
+  FakeLoader* loader_;
 };
 
 class FakeLoader final : public Loader {
@@ -64,7 +69,7 @@ class FakeLoader final : public Loader {
     if (!buf.ok()) return buf.status();
     uint8_t pattern = static_cast<uint8_t>(std::hash<std::string>()(src.ref) % 200 + 1);
     std::memset((*buf)->data(), pattern, bytes);
-    auto model = std::make_unique<FakeModel>(bytes, &fail_run_);
+    auto model = std::make_unique<FakeModel>(bytes, &fail_run_, this);
     (void)model->Bind(*buf, "cpu");
     return HostModel{*buf, std::move(model)};
   }
@@ -81,6 +86,22 @@ class FakeLoader final : public Loader {
     gated_ = closed;
     cv_.notify_all();
   }
+  // While closed, destroying a model blocks (a slow free, as cudaFreeHost of GBs).
+  void GateFrees(bool closed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    frees_gated_ = closed;
+    cv_.notify_all();
+  }
+  int frees_waiting() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return frees_waiting_;
+  }
+  void WaitFree() {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++frees_waiting_;
+    cv_.wait(lock, [&] { return !frees_gated_; });
+    --frees_waiting_;
+  }
   void Fail(const std::string& ref, bool fail) {
     std::lock_guard<std::mutex> lock(mu_);
     if (fail) failing_.insert(ref);
@@ -91,10 +112,15 @@ class FakeLoader final : public Loader {
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  bool gated_ = false;
+  bool gated_ = false, frees_gated_ = false;
+  int frees_waiting_ = 0;
   std::map<std::string, int> loads_;
   int total_loads_ = 0;
   std::set<std::string> failing_;
 };
+
+inline FakeModel::~FakeModel() {
+  if (loader_) loader_->WaitFree();
+}
 
 }  // namespace mms::testing

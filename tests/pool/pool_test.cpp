@@ -455,6 +455,29 @@ TEST_CASE("when the host tier cannot make room, nothing warm is thrown away for 
   CHECK(f.GetStatus(3, 2 * K).ok());  // 1 and 4 can go now
 }
 
+TEST_CASE("a dropped model is freed off the pool's lock: a slow free stalls no request") {
+  PoolFixture f({10 * K});
+  f.Get(1);
+  f.Get(2);
+  REQUIRE(f.pool->Evict(1).value() == "host");
+  f.loader->GateFrees(true);  // freeing now takes as long as we like
+  auto evict = std::async(std::launch::async, [&] { return f.pool->Evict(1); });
+  CHECK(evict.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  auto hit = std::async(std::launch::async, [&] { return f.GetStatus(2); });
+  CHECK(hit.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  auto load = std::async(std::launch::async, [&] { return f.GetStatus(3); });
+  CHECK(load.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  // The reaper is freeing m1 (or about to): it waits at the gate.
+  for (int i = 0; i < 500 && f.loader->frees_waiting() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(f.loader->frees_waiting() == 1);
+  f.loader->GateFrees(false);
+  CHECK(evict.get().value() == "disk");
+  CHECK(hit.get().ok());
+  CHECK(load.get().ok());
+  CHECK(f.pool->Snapshot()["host"]["used"] == 2 * K);
+}
+
 TEST_CASE("forgotten versions leave once their last handle is released") {
   PoolFixture f({10 * K});
   auto h = f.Get(1);
