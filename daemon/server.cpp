@@ -204,8 +204,9 @@ void Server::Dispatch(Slot* slot, void* raw) {
       responder.Fail(Internal(std::string("handler failed: ") + e.what()));
     }
   };
-  if (!workers_->Submit(std::move(task)))
-    Reply(slot, proto::ErrorReply(d.request_id, Status(Code::kUnavailable, "mmsd is shutting down")));
+  // Through the Responder, so that it answers once: replying on the slot
+  // directly would let the dropped Responder answer a second time.
+  if (!workers_->Submit(std::move(task))) responder.Fail(Status(Code::kUnavailable, "mmsd is shutting down"));
 }
 
 void Server::Reply(Slot* slot, const proto::Message& m) {

@@ -264,9 +264,13 @@ void ModelPool::DemoteFromDevice(Entry& e) {
   if (!e.block) return;
   const bool counted = e.tier == Tier::kDevice;  // false: undoing a placement that never served
   DeviceSlot& slot = *devices_[static_cast<size_t>(e.device)];
+  bool unbound = false;
   if (e.model) {
     Status st = e.model->Bind(e.host, "cpu");
-    if (!st.ok()) LogError("rebind_failed", {{"model", e.item.ref}, {"error", st.message()}});
+    if (!st.ok()) {
+      LogError("rebind_failed", {{"model", e.item.ref}, {"error", st.message()}, {"to", "disk"}});
+      unbound = true;
+    }
   }
   slot.used -= e.device_reserved;
   e.device_reserved = 0;
@@ -278,6 +282,16 @@ void ModelPool::DemoteFromDevice(Entry& e) {
     ++e.evictions;
     ++evictions_;
     LogInfo("evict", {{"model", e.item.ref}, {"from", slot.dev->name()}, {"to", "host"}, {"bytes", e.bytes}});
+  }
+  if (unbound) {
+    // The model still points into the device block, so it cannot serve from
+    // its host copy: it goes to disk (the block returns to the arena when the
+    // reaper frees the model), and the next request loads it afresh.
+    host_used_ -= e.host_reserved;
+    e.host_reserved = 0;
+    host_policy_->Remove(e.item.key);
+    Retire(std::move(e.model), std::move(e.host));
+    e.tier = Tier::kDisk;
   }
 }
 
@@ -294,7 +308,9 @@ std::string ModelPool::Holders(const DeviceSlot& d) const {
 }
 
 Result<int> ModelPool::PlaceOnDevice(Entry& e) {
-  const uint64_t need = e.bytes;
+  // Booked as the arena allocates: whole blocks.
+  const uint64_t need =
+      (std::max<uint64_t>(e.bytes, 1) + DeviceArena::kAlignment - 1) / DeviceArena::kAlignment * DeviceArena::kAlignment;
   uint64_t largest_budget = 0;
   struct Cand {
     int index;
@@ -547,7 +563,7 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
   if (e.tier == Tier::kDevice) {
     if (e.refs > 0) return InUse(e.item.ref + " has " + std::to_string(e.refs) + " requests in flight");
     DemoteFromDevice(e);
-    return std::string("host");
+    return std::string(TierName(e.tier));  // host, or disk if the model could not be rebound
   }
   DropHost(e);
   return std::string("disk");

@@ -8,8 +8,15 @@
 
 namespace mms {
 
-Scheduler::Scheduler(const Options& o) : opts_(o) {
-  for (int i = 0; i < std::max(1, opts_.workers); ++i)
+namespace {
+Scheduler::Options Resolved(Scheduler::Options o) {
+  o.workers = std::max(1, o.workers);  // the dispatch checks count against it too
+  return o;
+}
+}  // namespace
+
+Scheduler::Scheduler(const Options& o) : opts_(Resolved(o)) {
+  for (int i = 0; i < opts_.workers; ++i)
     workers_.emplace_back([this, i] {
       pthread_setname_np(pthread_self(), ("mms-exec-" + std::to_string(i)).substr(0, 15).c_str());
       Work();

@@ -45,7 +45,7 @@ namespace mms {
 class Scheduler {
  public:
   struct Options {
-    int workers = 2;                              // [scheduler] workers (resolved)
+    int workers = 2;                              // [scheduler] workers (resolved; below 1 means 1)
     size_t queue_depth = 1000;                    // [scheduler] queue_depth, per version
     int starvation_interval = 8;                  // every Nth dispatch ignores priority
     Clock* clock = Clock::Real();

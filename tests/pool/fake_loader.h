@@ -19,8 +19,9 @@ class FakeLoader;
 
 class FakeModel final : public Model {
  public:
-  FakeModel(uint64_t bytes, std::atomic<bool>* fail_run, FakeLoader* loader = nullptr)
-      : fail_run_(fail_run), loader_(loader) {
+  FakeModel(uint64_t bytes, std::atomic<bool>* fail_run, FakeLoader* loader = nullptr,
+            std::atomic<bool>* fail_bind = nullptr)
+      : fail_run_(fail_run), fail_bind_(fail_bind), loader_(loader) {
     layout_.entries.push_back({"w", DType::kUInt8, {static_cast<int64_t>(bytes)}, 0, bytes});
     layout_.total_bytes = bytes;
   }
@@ -28,6 +29,7 @@ class FakeModel final : public Model {
   const WeightLayout& layout() const override { return layout_; }
   const std::string& device() const override { return device_; }
   Status Bind(std::shared_ptr<Buffer> keep, const std::string& device) override {
+    if (fail_bind_ && fail_bind_->load()) return Status(Code::kInternal, "fake rebind failed");
     bound_ = std::move(keep);
     device_ = device;
     return Status::Ok();
@@ -50,6 +52,7 @@ class FakeModel final : public Model {
   std::shared_ptr<Buffer> bound_;
   std::string device_ = "cpu";
   std::atomic<bool>* fail_run_;
+  std::atomic<bool>* fail_bind_;
   FakeLoader* loader_;
 };
 
@@ -69,7 +72,7 @@ class FakeLoader final : public Loader {
     if (!buf.ok()) return buf.status();
     uint8_t pattern = static_cast<uint8_t>(std::hash<std::string>()(src.ref) % 200 + 1);
     std::memset((*buf)->data(), pattern, bytes);
-    auto model = std::make_unique<FakeModel>(bytes, &fail_run_, this);
+    auto model = std::make_unique<FakeModel>(bytes, &fail_run_, this, &fail_bind_);
     (void)model->Bind(*buf, "cpu");
     return HostModel{*buf, std::move(model)};
   }
@@ -108,6 +111,7 @@ class FakeLoader final : public Loader {
     else failing_.erase(ref);
   }
   std::atomic<bool> fail_run_{false};
+  std::atomic<bool> fail_bind_{false};  // every Bind fails (a rebind that cannot be done)
 
  private:
   std::mutex mu_;

@@ -478,6 +478,39 @@ TEST_CASE("a dropped model is freed off the pool's lock: a slow free stalls no r
   CHECK(f.pool->Snapshot()["host"]["used"] == 2 * K);
 }
 
+TEST_CASE("a model that cannot be rebound to its host copy goes to disk, and its block back to the arena") {
+  PoolFixture f({2 * K});
+  f.Get(1);
+  f.loader->fail_bind_ = true;
+  CHECK(f.pool->Evict(1).value() == "disk");
+  f.loader->fail_bind_ = false;
+  CHECK(f.TierOf(1) == "disk");
+  auto snap = f.pool->Snapshot();
+  CHECK(snap["host"]["used"] == 0);
+  CHECK(snap["devices"][0]["used"] == 0);
+  // Once the reaper has freed the model, the block is the arena's again: two fit.
+  auto allocated = [&] { return f.pool->Snapshot()["devices"][0]["arena"]["allocated"].get<uint64_t>(); };
+  for (int i = 0; i < 500 && allocated() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(allocated() == 0);
+  CHECK(f.GetStatus(2).ok());
+  CHECK(f.GetStatus(3).ok());
+  CHECK(f.TierOf(2) == "device");
+  CHECK(f.TierOf(3) == "device");
+  CHECK(f.loader->loads("m1:1") == 1);
+  CHECK(f.GetStatus(1).ok());  // served again: reloaded
+  CHECK(f.loader->loads("m1:1") == 2);
+}
+
+TEST_CASE("device bytes are booked as the arena allocates them, in whole blocks") {
+  PoolFixture f({2 * K});
+  f.Get(1, 680);
+  f.Get(2, 680);
+  CHECK(f.pool->Snapshot()["devices"][0]["used"] == 2 * 768);
+  f.Get(3, 680);  // 3 × 768 > 2 KiB: one goes, although 3 × 680 would fit
+  CHECK(f.TierOf(1) == "host");
+  CHECK(f.pool->Snapshot()["devices"][0]["used"] == 2 * 768);
+}
+
 TEST_CASE("forgotten versions leave once their last handle is released") {
   PoolFixture f({10 * K});
   auto h = f.Get(1);

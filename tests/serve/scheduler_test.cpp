@@ -216,6 +216,19 @@ TEST_CASE("scheduler: an idle scheduler runs a request at once, a full queue ref
   CHECK(s.Stats()["1"]["overloaded"] == 1);
 }
 
+TEST_CASE("scheduler: zero workers means one, and queued requests are still answered") {
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 0;
+  Scheduler s(o);
+  std::thread first = rig.Hold(s, 1);
+  std::atomic<int> n{0};
+  for (int i = 0; i < 3; ++i) REQUIRE(s.Submit(1, rig.Job("q", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { n += r.ok(); })).ok());
+  rig.model->Open();
+  first.join();
+  CHECK(mms::testing::WaitFor([&] { return n == 3; }, 5));
+}
+
 TEST_CASE("scheduler: higher classes first, lower ones never starved") {
   Rig rig;
   Scheduler::Options o;
