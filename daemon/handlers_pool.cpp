@@ -28,17 +28,31 @@ Result<std::string> ModelField(const proto::Message& m) {
 // when an experiment routed it, the variant's (and the attribution store).
 struct Credit {
   std::shared_ptr<VariantMetrics> version;
-  std::shared_ptr<VariantMetrics> variant;  // null unless a running experiment routed it
+  std::shared_ptr<VariantMetrics> variant;  // null unless a running experiment's split routed it
   std::string experiment;
   Variant which = Variant::kNone;
+  double treatment_share = 0;  // the experiment's, when it routed this request
 };
+
+// What a finished request tells. The version's figures count every outcome.
+// An experiment's (or canary's) arm counts what says something about the
+// version: not a request refused before it ran (a rate limit, bad input),
+// which either arm would have refused alike, and not the latency of a
+// request that had to load the model first — the pool's residency decided
+// that, and a low-traffic arm is evicted more often than a busy one.
+void Credited(const Credit& credit, int64_t latency_ns, int64_t now, const Status& st, bool loaded) {
+  std::string code = st.ok() ? "" : CodeName(st.code());
+  credit.version->Record(latency_ns, !st.ok(), now, code);
+  if (!credit.variant || st.code() == Code::kRateLimited || st.code() == Code::kInvalidArgument) return;
+  credit.variant->Record(loaded ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share);
+}
 
 // Answers a request the scheduler ran (or failed): reply, figures, shadow.
 void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<Tensor>& inputs, int64_t t0,
-           const std::function<void(const Status&)>& finish, const Credit& credit, const nlohmann::json& routing,
+           const std::function<void(const Status&, bool)>& finish, const Credit& credit, const nlohmann::json& routing,
            bool mirror, const std::string& device, bool loaded, Result<std::vector<Tensor>> out) {
   if (!out.ok()) {
-    finish(out.status());
+    finish(out.status(), loaded);
     return r.Fail(out.status());
   }
   std::string request_id = NewRequestId();
@@ -56,7 +70,7 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
                 {"outputs", names}};
   for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
   reply.tensors = std::move(out).value();
-  finish(Status::Ok());
+  finish(Status::Ok(), loaded);
   std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
   int64_t latency = d->clock()->MonoNanos() - t0;
   r.Send(std::move(reply));
@@ -110,18 +124,20 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     const ExperimentRecord& e = *route->experiment;
     routing = {{"experiment", e.id}, {"variant", VariantName(route->variant)}};
     if (route->bucket >= 0) routing["bucket"] = route->bucket;
-    if (e.state == "running") {
+    // Only requests the split decided count for the experiment: with sticky
+    // assignment a request without a user id goes to control unbucketed, and
+    // counting it would skew the arms and the sample-ratio check.
+    if (e.state == "running" && (e.random || route->bucket >= 0)) {
       credit->experiment = e.id;
       credit->which = route->variant;
       credit->variant = d->VariantMetricsFor(e.id, VariantName(route->variant));
+      credit->treatment_share = e.basis_points / 10000.0;
     }
   }
-  // Every outcome, success or failure, is counted where it belongs.
-  auto finish = [d, t0, credit](const Status& st) {
+  // Every outcome, success or failure, is counted where it belongs (Credited).
+  auto finish = [d, t0, credit](const Status& st, bool loaded = false) {
     int64_t now = d->clock()->MonoNanos();
-    std::string code = st.ok() ? "" : CodeName(st.code());
-    credit->version->Record(now - t0, !st.ok(), now, code);
-    if (credit->variant) credit->variant->Record(now - t0, !st.ok(), now, code);
+    Credited(*credit, now - t0, now, st, loaded);
   };
   // Validate the inputs before anything is loaded for them.
   auto inputs = MatchInputs(rec.inputs, std::move(req.tensors), rec.ref());

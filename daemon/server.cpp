@@ -200,6 +200,9 @@ void Server::Dispatch(Slot* slot, void* raw) {
   auto task = [handler, m = std::move(d.message), responder]() mutable {
     try {
       (*handler)(std::move(m), responder);
+    } catch (const nlohmann::json::type_error& e) {
+      // A request field of the wrong type, read by a handler ("user": 5).
+      responder.Fail(InvalidArgument(std::string("a field of the request has the wrong type: ") + e.what()));
     } catch (const std::exception& e) {
       responder.Fail(Internal(std::string("handler failed: ") + e.what()));
     }

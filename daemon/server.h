@@ -9,7 +9,9 @@
 // Handlers sit in a table keyed by message type. Bad input (empty message,
 // wrong magic, other protocol version, unknown type, truncated frame,
 // invalid JSON, tensor byte counts that do not match, over the size cap)
-// gets a specific PROTOCOL error reply and the server carries on.
+// gets a specific PROTOCOL error reply and the server carries on. A request
+// field of the wrong type, thrown as a JSON type error by a handler, is
+// INVALID_ARGUMENT; any other exception a handler lets out is INTERNAL.
 //
 // Single instance: Start() takes an flock on "<socket>.lock" (holding our
 // pid). A second daemon fails with ALREADY_EXISTS naming the running pid; a

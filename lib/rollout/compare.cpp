@@ -43,14 +43,16 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
       c.reason = "the shadow has no output '" + p.name + "'";
       return c;
     }
-    if (it->shape != p.shape) {
+    if (it->shape != p.shape || it->dtype != p.dtype) {
       c.diverged = true;
       c.reason = "output '" + p.name + "' is " + it->Describe() + " from the shadow, " + p.Describe() + " from the primary";
       return c;
     }
     std::vector<double> a = TensorToDoubles(p), b = TensorToDoubles(*it);
     for (size_t i = 0; i < a.size(); ++i) {
-      double d = std::fabs(a[i] - b[i]);
+      // Equal values (equal infinities: -inf masked logits) agree exactly;
+      // NaN agrees only with NaN.
+      double d = a[i] == b[i] ? 0 : std::fabs(a[i] - b[i]);
       if (std::isnan(d)) d = std::isnan(a[i]) && std::isnan(b[i]) ? 0 : INFINITY;
       c.max_abs = std::max(c.max_abs, d);
       sum_abs += d;

@@ -9,6 +9,8 @@ std::string VariantKey(const std::string& experiment, const std::string& variant
 VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
   VariantSnapshot d = *this;
   d.requests -= std::min(d.requests, earlier.requests);
+  d.routed -= std::min(d.routed, earlier.routed);
+  d.routed_share = std::max(0.0, d.routed_share - earlier.routed_share);
   d.errors -= std::min(d.errors, earlier.errors);
   for (auto& [code, n] : d.error_codes) {
     auto it = earlier.error_codes.find(code);
@@ -29,13 +31,15 @@ nlohmann::json VariantSnapshot::ToJson() const {
   nlohmann::json o = nlohmann::json::object();
   for (const auto& [name, s] : outcomes) o[name] = {{"count", s.count}, {"sum", s.sum}, {"sumsq", s.sumsq}};
   return {{"requests", requests}, {"errors", errors}, {"error_codes", error_codes}, {"latency", latency.ToJson()},
-          {"outcomes", o}};
+          {"outcomes", o}, {"routed", routed}, {"routed_share", routed_share}};
 }
 
 VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
   VariantSnapshot s;
   s.requests = j.value("requests", 0ull);
   s.errors = j.value("errors", 0ull);
+  s.routed = j.value("routed", 0ull);  // absent in figures saved before it existed
+  s.routed_share = j.value("routed_share", 0.0);
   if (j.contains("error_codes") && j["error_codes"].is_object())
     for (auto it = j["error_codes"].begin(); it != j["error_codes"].end(); ++it)
       s.error_codes[it.key()] = it->get<uint64_t>();
@@ -47,15 +51,22 @@ VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
   return s;
 }
 
-void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now, const std::string& error_code) {
+void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now, const std::string& error_code,
+                            double treatment_share) {
   std::lock_guard<std::mutex> lock(mu_);
   ++cum_.requests;
   if (error) {
     ++cum_.errors;
     if (!error_code.empty()) ++cum_.error_codes[error_code];
   }
-  cum_.latency.Record(latency_ns);
-  recent_.Record(latency_ns, now);
+  if (treatment_share >= 0) {
+    ++cum_.routed;
+    cum_.routed_share += treatment_share;
+  }
+  if (latency_ns >= 0) {
+    cum_.latency.Record(latency_ns);
+    recent_.Record(latency_ns, now);
+  }
   dirty_ = true;
 }
 

@@ -27,6 +27,11 @@ struct OutcomeStats {
 
 struct VariantSnapshot {
   uint64_t requests = 0, errors = 0;
+  // Requests recorded with the treatment share in force when they were
+  // routed, and the sum of those shares: the sample-ratio check's expected
+  // treatment count, right across ramps (and canary stages).
+  uint64_t routed = 0;
+  double routed_share = 0;
   std::map<std::string, uint64_t> error_codes;  // "MODEL_ERROR" → count
   LatencyHistogram latency;                  // cumulative (or a window after Subtract)
   std::map<std::string, OutcomeStats> outcomes;
@@ -40,8 +45,11 @@ struct VariantSnapshot {
 class VariantMetrics {
  public:
   // `error_code`: the Status code name of a failed request ("" when it succeeded
-  // or the code is unknown).
-  void Record(int64_t latency_ns, bool error, int64_t now_mono_ns, const std::string& error_code = "");
+  // or the code is unknown). `latency_ns` < 0: counted, not timed.
+  // `treatment_share` ≥ 0: the experiment's treatment share when the request
+  // was routed (see VariantSnapshot::routed).
+  void Record(int64_t latency_ns, bool error, int64_t now_mono_ns, const std::string& error_code = "",
+              double treatment_share = -1);
   void Outcome(const std::string& metric, double value);
   VariantSnapshot Snapshot() const;
   LatencyHistogram Recent(int64_t window_ns, int64_t now_mono_ns) const;

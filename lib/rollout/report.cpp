@@ -56,9 +56,15 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
                      .ToJson()}};
   }
   j["outcomes"] = outcomes;
-  TestResult srm = SampleRatioMismatch(c.requests, t.requests, basis_points / 10000.0);
+  // The share each request was routed with, averaged: after a ramp (or a
+  // canary's next stage) the current share alone would flag a healthy split.
+  // Figures saved before shares were recorded fall back to the current one.
+  const uint64_t n = c.requests + t.requests;
+  double share = basis_points / 10000.0;
+  if (n > 0 && c.routed + t.routed == n) share = (c.routed_share + t.routed_share) / static_cast<double>(n);
+  TestResult srm = SampleRatioMismatch(c.requests, t.requests, share);
   nlohmann::json s = srm.ToJson();
-  s["expected_treatment_share"] = basis_points / 10000.0;
+  s["expected_treatment_share"] = share;
   s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
   j["sample_ratio"] = s;
   return j;

@@ -18,7 +18,8 @@ namespace mms {
 // outcomes {metric: {count, rate, mean}}.
 nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::string>& metrics);
 
-// `basis_points`: the configured treatment share (for the SRM check).
+// `basis_points`: the configured treatment share, for the SRM check of
+// figures that do not carry the shares their requests were routed with.
 nlohmann::json CompareVariants(const VariantSnapshot& control, const VariantSnapshot& treatment, int basis_points,
                                const std::vector<std::string>& metrics, double confidence = 0.95);
 

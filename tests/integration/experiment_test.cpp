@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <thread>
 
 #include "support/process.h"
@@ -109,9 +110,11 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
                  "50", "--metric", "click"})
               .exit_code == 0);
   int control = 0, treatment = 0;
+  std::map<std::string, int> loads;  // requests that loaded their arm's model: counted, not timed
   std::string treated_request, control_request;
   for (int u = 0; u < 30; ++u) {
     json r = Predict(d, "user-" + std::to_string(u));
+    loads[r["variant"]] += r["loaded"].get<bool>();
     CHECK(r["experiment"] == "ab");
     CHECK(r["bucket"].is_number());
     if (r["variant"] == "treatment") {
@@ -124,12 +127,26 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
       control_request = r["request_id"];
     }
     // Sticky: asking again gives the same variant.
-    CHECK(Predict(d, "user-" + std::to_string(u))["variant"] == r["variant"]);
+    json again = Predict(d, "user-" + std::to_string(u));
+    CHECK(again["variant"] == r["variant"]);
+    loads[r["variant"]] += again["loaded"].get<bool>();
   }
   REQUIRE(treatment > 0);
   REQUIRE(control > 0);
   json anon = Predict(d, "");
-  CHECK(anon["variant"] == "control");  // no user: control
+  CHECK(anon["variant"] == "control");  // no user: control, outside the experiment's figures
+  loads["control"] += anon["loaded"].get<bool>();
+  // Refused before running — bad input, a rate limit — either arm would have
+  // refused alike: not the version's doing, not counted for the experiment.
+  CHECK(d.Mms({"predict", "tiny", "--user", "user-0", "--input", Data("tiny_missing.json")}).exit_code == 2);
+  REQUIRE(d.Mms({"limit", "set", "tiny", "--qps", "0.01", "--burst", "1"}).exit_code == 0);
+  int limited = 0;
+  for (int i = 0; i < 3; ++i)
+    limited += d.Mms({"predict", "tiny", "--user", "user-1", "--input", Data("tiny_input.json")}).exit_code == 5;
+  CHECK(limited >= 2);
+  REQUIRE(d.Mms({"limit", "rm", "tiny"}).exit_code == 0);
+  const std::string user1 = Predict(d, "user-1")["variant"];
+  const int user1_extra = 3 - limited + 1;  // the served ones among the four
   CHECK(d.Mms({"--json", "predict", "tiny:2", "--input", Data("tiny_input.json"), "--user", "u"}).out.find("experiment") ==
         std::string::npos);  // an explicit version is not routed
 
@@ -142,8 +159,13 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   CHECK(d.Mms({"feedback", control_request, "--metric", "click=yes"}).exit_code == 2);
 
   json s = Stats(d, "ab");
-  CHECK(s["variants"]["control"]["requests"] == 2 * control + 1);
-  CHECK(s["variants"]["treatment"]["requests"] == 2 * treatment);
+  CHECK(s["variants"]["control"]["requests"] == 2 * control + (user1 == "control" ? user1_extra : 0));
+  CHECK(s["variants"]["treatment"]["requests"] == 2 * treatment + (user1 == "treatment" ? user1_extra : 0));
+  CHECK(s["variants"]["control"]["errors"] == 0);
+  CHECK(s["variants"]["treatment"]["errors"] == 0);
+  for (const char* v : {"control", "treatment"})
+    CHECK(s["variants"][v]["latency"]["count"] == s["variants"][v]["requests"].get<int>() - loads[v]);
+  CHECK(s["comparison"]["sample_ratio"]["expected_treatment_share"] == 0.5);
   CHECK(s["variants"]["treatment"]["outcomes"]["click"]["count"] == 1);
   CHECK(s["variants"]["control"]["outcomes"]["click"]["count"] == 0);
   for (const char* k : {"p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "min_ms", "max_ms", "mean_ms"})

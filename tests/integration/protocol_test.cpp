@@ -129,3 +129,22 @@ TEST_CASE("the Client maps error replies to statuses") {
   REQUIRE(p.ok());
   CHECK((*p)["pid"].get<int>() == d.child().pid());
 }
+
+TEST_CASE("a request field of the wrong type is INVALID_ARGUMENT, and the daemon serves on") {
+  Daemon d;
+  REQUIRE(d.ok());
+  proto::Client::Options o;
+  o.socket_path = d.socket();
+  auto c = Client::Connect(o);
+  REQUIRE(c.ok());
+  for (auto [type, body] : std::vector<std::pair<uint16_t, nlohmann::json>>{
+           {kPredict, {{"model", "m"}, {"user", 5}}},
+           {kHealth, {{"model", 7}}},
+           {kShadowSamples, {{"model", "m"}, {"limit", "twenty"}}}}) {
+    auto r = (*c)->CallJson(type, body);
+    INFO(body.dump());
+    CHECK(r.status().code() == Code::kInvalidArgument);
+    CHECK(r.status().message().find("wrong type") != std::string::npos);
+  }
+  CHECK((*c)->CallJson(kPing, nlohmann::json::object()).ok());
+}

@@ -34,6 +34,14 @@ TEST_CASE("treatment iff bucket < percent × 100, ramping up never moves a treat
   CHECK(PercentToBasisPoints(10).value() == 1000);
   CHECK(PercentToBasisPoints(0.5).value() == 50);
   CHECK(PercentToBasisPoints(33.33).value() == 3333);
+  // Percentages finer than a basis point follow the seed's real comparison.
+  CHECK(PercentToBasisPoints(33.333).value() == 3334);
+  CHECK(PercentToBasisPoints(0.005).value() == 1);
+  for (double p : {0.005, 0.01, 1.0 / 3, 12.345, 33.333, 57.77, 99.995})
+    for (int b = 0; b < 10000; ++b) {
+      INFO(p << "% bucket " << b);
+      REQUIRE(IsTreatment(b, PercentToBasisPoints(p).value()) == (b < p * 100));
+    }
   CHECK(PercentToBasisPoints(100).value() == 10000);
   CHECK_FALSE(PercentToBasisPoints(-1).ok());
   CHECK_FALSE(PercentToBasisPoints(100.5).ok());

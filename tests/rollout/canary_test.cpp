@@ -2,6 +2,8 @@
 // on an error-rate rise and one on a p99 rise each run in milliseconds.
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstring>
 
@@ -216,4 +218,20 @@ TEST_CASE("output comparison measures") {
   CHECK(CompareOutputs({a}, {other}, 1.0).reason.find("no output 'scores'") != std::string::npos);
   Tensor shaped = Tensor::Alloc("scores", DType::kFloat32, {4, 2});
   CHECK(CompareOutputs({a}, {shaped}, 1.0).diverged);
+  // Another dtype diverges, whatever the values.
+  Tensor wide = Tensor::Alloc("scores", DType::kFloat64, {2, 4});
+  for (int i = 0; i < 8; ++i) reinterpret_cast<double*>(wide.mutable_data())[i] = av[i];
+  auto dt = CompareOutputs({a}, {wide}, 1.0);
+  CHECK(dt.diverged);
+  CHECK(dt.reason.find("float64") != std::string::npos);
+  // Equal infinities (masked logits) agree; inf against a number does not.
+  Tensor m1 = Tensor::Alloc("scores", DType::kFloat32, {1, 2}), m2 = Tensor::Alloc("scores", DType::kFloat32, {1, 2});
+  float mv[] = {-INFINITY, 0.5f}, nv[] = {-INFINITY, 0.5f}, ov[] = {0.0f, 0.5f};
+  std::memcpy(m1.mutable_data(), mv, sizeof mv);
+  std::memcpy(m2.mutable_data(), nv, sizeof nv);
+  auto masked = CompareOutputs({m1}, {m2}, 1e-6);
+  CHECK_FALSE(masked.diverged);
+  CHECK(masked.max_abs == 0);
+  std::memcpy(m2.mutable_data(), ov, sizeof ov);
+  CHECK(CompareOutputs({m1}, {m2}, 1e-6).diverged);
 }

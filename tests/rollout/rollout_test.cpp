@@ -160,6 +160,57 @@ TEST_CASE("reports compare variants and flag a sample-ratio mismatch") {
   CHECK(since.latency.Quantile(0.5) == doctest::Approx(9'000'000).epsilon(0.01));
 }
 
+TEST_CASE("the sample-ratio check expects the shares requests were routed with, across a ramp") {
+  // 10,000 requests at 5%, then a ramp to 10% and 50,000 more: an honest
+  // split that the current share alone (10%) would flag.
+  VariantMetrics c, t;
+  auto route = [&](int n, double share) {
+    for (int i = 0; i < n; ++i) {
+      bool treated = (i % 1000) < share * 1000;
+      (treated ? t : c).Record(1'000'000, false, 0, "", share);
+    }
+  };
+  route(10000, 0.05);
+  route(50000, 0.10);
+  auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 1000, {});
+  CHECK(j["sample_ratio"]["expected_treatment_share"].get<double>() == doctest::Approx(5500.0 / 60000));
+  CHECK(j["sample_ratio"]["flagged"] == false);
+  // A real mismatch is still caught: treatment loses a fifth of its requests.
+  VariantMetrics c2, t2;
+  for (int i = 0; i < 60000; ++i) {
+    bool treated = (i % 10) == 0;
+    if (treated && i % 50 == 0) continue;
+    (treated ? t2 : c2).Record(1'000'000, false, 0, "", 0.10);
+  }
+  CHECK(CompareVariants(c2.Snapshot(), t2.Snapshot(), 1000, {})["sample_ratio"]["flagged"] == true);
+  // Figures saved before shares were recorded fall back to the configured share.
+  auto legacy = t.Snapshot().ToJson();
+  legacy.erase("routed");
+  legacy.erase("routed_share");
+  auto old_t = VariantSnapshot::FromJson(legacy);
+  CHECK(CompareVariants(c.Snapshot(), old_t, 1000, {})["sample_ratio"]["expected_treatment_share"] == 0.1);
+  // Shares survive persistence and windows.
+  auto back = VariantSnapshot::FromJson(t.Snapshot().ToJson());
+  CHECK(back.routed == t.Snapshot().routed);
+  CHECK(back.routed_share == doctest::Approx(t.Snapshot().routed_share));
+  auto before = t.Snapshot();
+  t.Record(1'000'000, false, 0, "", 0.10);
+  auto since = t.Snapshot().Since(before);
+  CHECK(since.routed == 1);
+  CHECK(since.routed_share == doctest::Approx(0.10));
+}
+
+TEST_CASE("a request counted but not timed adds to requests and errors, not to latency") {
+  VariantMetrics v;
+  v.Record(5'000'000, false, 0);
+  v.Record(-1, true, 0, "POOL_FULL");
+  auto s = v.Snapshot();
+  CHECK(s.requests == 2);
+  CHECK(s.errors == 1);
+  CHECK(s.latency.count() == 1);
+  CHECK(v.Recent(60'000'000'000, 0).count() == 1);
+}
+
 TEST_CASE("routing: a --random experiment assigns each request afresh, anonymous ones included") {
   Fixture f;
   NewExperiment e = f.Exp("exp-random", 3000);
