@@ -293,9 +293,13 @@ class Registry {
   Result<CanaryRecord> RecordCanaryCheck(int64_t id, int stage_index, int64_t elapsed_ms, const nlohmann::json& check);
   Result<CanaryRecord> AdvanceCanary(int64_t id, int from_stage, const nlohmann::json& stage_start);
   // Candidate to production (previous archived), experiment stopped, audited.
-  Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason);
+  // `running_id` (the controller's verdicts): only if that canary is still the
+  // model's and running — not paused, ended or replaced since it was judged
+  // (FAILED_PRECONDITION otherwise); 0 (the CLI): the model's active canary.
+  Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason, int64_t running_id = 0);
   // `state` rolled_back or aborted: candidate archived with `reason`, experiment stopped.
-  Result<CanaryRecord> RollbackCanary(const std::string& model, const std::string& state, const std::string& reason);
+  Result<CanaryRecord> RollbackCanary(const std::string& model, const std::string& state, const std::string& reason,
+                                      int64_t running_id = 0);
 
   // ---- rate limits (kind "model" keys are model names, "tenant" any tenant id)
   // INVALID_ARGUMENT for qps <= 0 or not finite, burst < 1 (the message says so).

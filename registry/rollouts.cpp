@@ -218,7 +218,7 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
     eid = "canary-" + n.model + "-" + cand.version + "-" + std::to_string(k);
   }
   int64_t now = opts_.clock->UnixMillis();
-  int bp = static_cast<int>(std::lround(n.stages[0] * 100));
+  int bp = PercentBasisPoints(n.stages[0]);
   MMS_ASSIGN_OR_RETURN(auto ie, db_->Prepare(
       "INSERT INTO experiments (id, model_id, kind, control_id, treatment_id, control_version, treatment_version, "
       "basis_points, random, metrics_json, state, created_ms, updated_ms, created_by) "
@@ -302,7 +302,7 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
   up.Bind(1, from_stage + 1).Bind(2, stage_start.dump()).Bind(3, opts_.clock->UnixMillis()).Bind(4, id);
   MMS_RETURN_IF_ERROR(up.Run());
   MMS_ASSIGN_OR_RETURN(auto ramp, db_->Prepare("UPDATE experiments SET basis_points = ?, updated_ms = ? WHERE id = ?"));
-  ramp.Bind(1, static_cast<int>(std::lround(next * 100))).Bind(2, opts_.clock->UnixMillis()).Bind(3, c.experiment_id);
+  ramp.Bind(1, PercentBasisPoints(next)).Bind(2, opts_.clock->UnixMillis()).Bind(3, c.experiment_id);
   MMS_RETURN_IF_ERROR(ramp.Run());
   MMS_RETURN_IF_ERROR(AuditLocked("canary-stage", c.model, c.candidate_version,
                                   FormatPercent(c.traffic_percent()), FormatPercent(next),
@@ -312,11 +312,20 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
   return out.at(0);
 }
 
-Result<CanaryRecord> Registry::PromoteCanary(const std::string& model, const std::string& reason) {
+namespace {
+Status StillJudged(const CanaryRecord& c, const std::string& model, int64_t running_id) {
+  if (!c.active()) return FailedPrecondition("the canary of '" + model + "' has ended (" + c.state + ")");
+  if (running_id && (c.id != running_id || c.state != "running"))
+    return FailedPrecondition("the canary of '" + model + "' changed since it was judged (" + c.state + ")");
+  return Status::Ok();
+}
+}  // namespace
+
+Result<CanaryRecord> Registry::PromoteCanary(const std::string& model, const std::string& reason, int64_t running_id) {
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
-  if (!c.active()) return FailedPrecondition("the canary of '" + model + "' has ended (" + c.state + ")");
+  MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
       "UPDATE canaries SET state = 'promoted', reason = ?, updated_ms = ? WHERE id = ?"));
   up.Bind(1, reason).Bind(2, opts_.clock->UnixMillis()).Bind(3, c.id);
@@ -331,12 +340,12 @@ Result<CanaryRecord> Registry::PromoteCanary(const std::string& model, const std
 }
 
 Result<CanaryRecord> Registry::RollbackCanary(const std::string& model, const std::string& state,
-                                              const std::string& reason) {
+                                              const std::string& reason, int64_t running_id) {
   if (state != "rolled_back" && state != "aborted") return InvalidArgument("state must be rolled_back or aborted");
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
-  if (!c.active()) return FailedPrecondition("the canary of '" + model + "' has ended (" + c.state + ")");
+  MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE canaries SET state = ?, reason = ?, updated_ms = ? WHERE id = ?"));
   up.Bind(1, state).Bind(2, reason).Bind(3, opts_.clock->UnixMillis()).Bind(4, c.id);
   MMS_RETURN_IF_ERROR(up.Run());

@@ -99,6 +99,11 @@ std::string FormatBytes(uint64_t bytes) {
   return buf;
 }
 
+int PercentBasisPoints(double percent) {
+  // The epsilon keeps 10% at 1000 despite binary rounding.
+  return static_cast<int>(std::ceil(percent * 100 - 1e-9));
+}
+
 std::string FormatPercent(double percent) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f", percent);

@@ -26,6 +26,10 @@ std::string FormatDurationNanos(int64_t ns);
 
 // "12.5%", "10%", "0.25%": a percentage without trailing zeros.
 std::string FormatPercent(double percent);
+// A treatment share in basis points (0..10000 for 0..100%), as the seed's
+// assignment compares: bucket < percent × 100 on the real value, which for
+// integer buckets is bucket < ceil(percent × 100) (33.333% → 3334).
+int PercentBasisPoints(double percent);
 
 // Splits on `sep`, trimming whitespace from each piece; empty pieces kept.
 std::vector<std::string> Split(std::string_view s, char sep);

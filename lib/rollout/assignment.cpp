@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/hash.h"
+#include "core/units.h"
 
 namespace mms {
 
@@ -29,10 +30,7 @@ int SeedBucket(std::string_view experiment_id, std::string_view user_id) {
 Result<int> PercentToBasisPoints(double percent) {
   if (!(percent >= 0 && percent <= 100))
     return InvalidArgument("a percentage must be between 0 and 100 (got " + std::to_string(percent) + ")");
-  // The seed's rule is bucket < percent × 100 on the real value; for integer
-  // buckets that is bucket < ceil(percent × 100) (33.333% → 3334 buckets,
-  // 0..3333). The epsilon keeps 10% at 1000 despite binary rounding.
-  return static_cast<int>(std::ceil(percent * 100 - 1e-9));
+  return PercentBasisPoints(percent);
 }
 
 Status ValidateExperimentId(std::string_view id) {

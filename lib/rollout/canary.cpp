@@ -120,7 +120,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     std::string reason = v.reason + " at stage " + std::to_string(c.stage_index + 1) + " (" +
                          FormatPercent(c.traffic_percent()) + " traffic; canary " + v.figures["canary"].dump() +
                          ", control " + v.figures["control"].dump() + ")";
-    auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason);
+    auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id);
     if (r.ok()) {
       LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
       events->push_back("rollback " + where + ": " + v.reason);
@@ -133,7 +133,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   if (v.kind != CanaryVerdict::kPass || elapsed < c.stage_duration_ms) return;
   if (c.last_stage()) {
     auto p = opts_.registry->PromoteCanary(
-        c.model, "all " + std::to_string(c.stages.size()) + " stages passed; last check: " + v.reason);
+        c.model, "all " + std::to_string(c.stages.size()) + " stages passed; last check: " + v.reason, c.id);
     if (p.ok()) {
       LogInfo("canary_promote", {{"model", c.model}, {"candidate", where}});
       events->push_back("promote " + where);
