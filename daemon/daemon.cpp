@@ -341,10 +341,16 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
   std::lock_guard<std::mutex> lock(restore_mu_);
   if (auto m = experiment_metrics_.Find(key)) return m;
   auto saved = registry_->LoadExperimentMetrics(experiment);
-  auto m = experiment_metrics_.Get(key);
-  if (saved.ok())
-    if (auto it = saved->find(variant); it != saved->end()) m->Restore(VariantSnapshot::FromJson(it->second));
-  return m;
+  if (!saved.ok()) {
+    // Not published: a flush of an unrestored object would overwrite the
+    // saved figures. This request goes uncounted; the next one tries again.
+    LogWarn("metrics_restore_failed", {{"key", key}, {"error", saved.status().message()}});
+    return std::make_shared<VariantMetrics>();
+  }
+  // Restored before it is published, so no request records into it first.
+  auto m = std::make_shared<VariantMetrics>();
+  if (auto it = saved->find(variant); it != saved->end()) m->Restore(VariantSnapshot::FromJson(it->second));
+  return experiment_metrics_.Add(key, std::move(m));
 }
 
 void Daemon::FlushMetrics() {

@@ -108,6 +108,13 @@ std::shared_ptr<VariantMetrics> MetricsStore::Get(const std::string& key) {
   return p;
 }
 
+std::shared_ptr<VariantMetrics> MetricsStore::Add(const std::string& key, std::shared_ptr<VariantMetrics> m) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& p = m_[key];
+  if (!p) p = std::move(m);
+  return p;
+}
+
 std::shared_ptr<VariantMetrics> MetricsStore::Find(const std::string& key) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = m_.find(key);

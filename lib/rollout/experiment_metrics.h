@@ -68,6 +68,8 @@ class VariantMetrics {
 class MetricsStore {
  public:
   std::shared_ptr<VariantMetrics> Get(const std::string& key);
+  // Publishes `m` under `key` unless one is there already; returns the one kept.
+  std::shared_ptr<VariantMetrics> Add(const std::string& key, std::shared_ptr<VariantMetrics> m);
   std::shared_ptr<VariantMetrics> Find(const std::string& key) const;  // null when absent
   std::map<std::string, std::shared_ptr<VariantMetrics>> All() const;
 
