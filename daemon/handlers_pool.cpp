@@ -75,7 +75,7 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
   int64_t latency = d->clock()->MonoNanos() - t0;
   r.Send(std::move(reply));
   // After the reply: the shadow never delays the user.
-  if (mirror) d->shadows()->Mirror(rec.model, inputs, outputs, latency, ShadowRunner::RequestHash(inputs));
+  if (mirror) d->shadows()->Mirror(rec.model, inputs, outputs, latency);
 }
 
 void Predict(Daemon* d, proto::Message req, Responder r) {

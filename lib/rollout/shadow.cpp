@@ -134,7 +134,7 @@ bool ShadowRunner::Active(const std::string& model) const {
 }
 
 void ShadowRunner::Mirror(const std::string& model, const std::vector<Tensor>& inputs,
-                          const std::vector<Tensor>& outputs, int64_t primary_ns, uint64_t hash) {
+                          const std::vector<Tensor>& outputs, int64_t primary_ns) {
   std::shared_ptr<Shadow> s;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -142,7 +142,7 @@ void ShadowRunner::Mirror(const std::string& model, const std::vector<Tensor>& i
     if (it == shadows_.end() || !it->second->running) return;
     s = it->second;
   }
-  if (!Sampled(hash, s->rec.ratio)) {
+  if (s->rec.ratio < 1 && !Sampled(RequestHash(inputs), s->rec.ratio)) {
     ++s->skipped;
     return;
   }

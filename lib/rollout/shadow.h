@@ -78,11 +78,13 @@ class ShadowRunner {
   // Starts new ones, stops and forgets those no longer running (their stats
   // stay readable until the next start on that model).
   void Configure(const std::map<std::string, std::pair<ShadowRecord, PoolItem>>& running);
-  // True when the model has a running shadow (so the caller hashes inputs).
+  // True when the model has a running shadow (so the caller keeps the outputs).
   bool Active(const std::string& model) const;
   // After the primary replied. `inputs` in forward() order of the primary.
+  // The inputs are hashed (RequestHash) only when the ratio samples: in a
+  // batch's fan-out the next caller's reply waits for this call.
   void Mirror(const std::string& model, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
-              int64_t primary_latency_ns, uint64_t request_hash);
+              int64_t primary_latency_ns);
   // NOT_FOUND when the model never had a shadow since mmsd started.
   Result<nlohmann::json> Stats(const std::string& model) const;
   Result<nlohmann::json> Samples(const std::string& model, size_t limit) const;
