@@ -7,10 +7,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <regex>
 #include <set>
 
@@ -23,17 +26,26 @@
 
 namespace mms::cli {
 
+static_assert(kMaxQueueDelayUsMax * 1000 == kMaxQueueDelayMaxNs,
+              "a version's --max-queue-delay-us and [scheduler] max_queue_delay must allow the same range");
+
+// Whether `pid` is a running process. kill(pid, 0) fails with EPERM for a live
+// process of another user: only ESRCH means there is none.
+static bool ProcessAlive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
+
 // Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
 void CleanStaleStaging(const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    std::string n = e.path().filename().string();
+  std::vector<std::filesystem::path> stale;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string n = it->path().filename().string();
     auto p = n.find(".tmp-");
     if (p == std::string::npos) continue;
     pid_t pid = static_cast<pid_t>(std::atoi(n.c_str() + p + 5));
-    if (pid > 0 && ::kill(pid, 0) != 0) std::filesystem::remove_all(e.path(), ec);
+    if (pid > 0 && !ProcessAlive(pid)) stale.push_back(it->path());
   }
+  for (const auto& p : stale) std::filesystem::remove_all(p, ec);
 }
 
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
@@ -126,7 +138,10 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     v.sla_p99_ms = a.sla_p99_ms;
   }
   if (a.max_batch_size < 0) return InvalidArgument("--max-batch-size must be 0 (off) or positive");
-  if (a.max_queue_delay_us < 0) return InvalidArgument("--max-queue-delay-us must not be negative");
+  if (a.max_queue_delay_us < 0 || a.max_queue_delay_us > kMaxQueueDelayUsMax)
+    return InvalidArgument("--max-queue-delay-us " + std::to_string(a.max_queue_delay_us) + " is out of range; use 0 " +
+                           "(the [scheduler] max_queue_delay default) to " + std::to_string(kMaxQueueDelayUsMax) +
+                           " (10 s, the most [scheduler] max_queue_delay allows)");
   if (a.max_batch_size > 0 && a.verify_batching && a.sample_input.empty())
     return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
                            "(its outputs must split by rows)");
@@ -551,26 +566,51 @@ int CmdImport(Cli& cli, const std::string& dir) {
     skipped.push_back({{"path", path}, {"reason", why}});
     if (error) ++errors;
   };
+  // Every filesystem call takes an error_code: an unreadable directory is
+  // reported (and skipped), never an exception.
+  auto list_dirs = [](const std::filesystem::path& parent, std::vector<std::filesystem::path>& out) {
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code type_ec;
+      if (it->is_directory(type_ec)) out.push_back(it->path());
+    }
+    std::sort(out.begin(), out.end());
+    return ec;
+  };
   std::vector<std::filesystem::path> models;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) models.push_back(e.path());
-  std::sort(models.begin(), models.end());
+  if (std::error_code lec = list_dirs(dir, models))
+    return cli.Fail(IoError("cannot list " + dir + ": " + lec.message()));
   static const std::regex kMaxBatch(R"(max_batch_size\s*:\s*(\d+))");
   for (const auto& mdir : models) {
     std::string name = mdir.filename().string();
-    if (!std::filesystem::is_directory(mdir, ec)) continue;
     if (Status st = ValidateName(name); !st.ok()) {
       skip(mdir.string(), st.message());
       continue;
     }
     int max_batch = 0;
-    if (auto cfg = ReadFile((mdir / "config.pbtxt").string()); cfg.ok()) {
+    const std::string cfg_path = (mdir / "config.pbtxt").string();
+    if (FileExists(cfg_path)) {
+      auto cfg = ReadFile(cfg_path);
+      if (!cfg.ok()) {
+        skip(mdir.string(), "cannot read " + cfg_path + ": " + cfg.status().message());
+        continue;
+      }
       std::smatch m;
-      if (std::regex_search(*cfg, m, kMaxBatch)) max_batch = std::stoi(m[1]);
+      if (std::regex_search(*cfg, m, kMaxBatch)) {
+        const std::string digits = m[1].str();
+        auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), max_batch);
+        if (err != std::errc() || end != digits.data() + digits.size()) {
+          skip(mdir.string(), cfg_path + ": max_batch_size " + digits + " is out of range (0 to " +
+                                  std::to_string(std::numeric_limits<int>::max()) + "); fix it to import this model");
+          continue;
+        }
+      }
     }
     std::vector<std::filesystem::path> versions;
-    for (const auto& v : std::filesystem::directory_iterator(mdir, ec))
-      if (v.is_directory()) versions.push_back(v.path());
-    std::sort(versions.begin(), versions.end());
+    if (std::error_code lec = list_dirs(mdir, versions)) {
+      skip(mdir.string(), "cannot list " + mdir.string() + ": " + lec.message());
+      continue;
+    }
     for (const auto& vdir : versions) {
       std::string version = vdir.filename().string();
       if (Status st = ValidateVersion(version); !st.ok()) {

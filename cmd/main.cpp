@@ -1,7 +1,9 @@
 // mms: the command line of the mms serving system. Parses with CLI11, hands
 // each command to its cmd_*.cpp, and exits with the documented codes.
 // Does not link libtorch (checked by a test: `ldd mms`).
+#include <exception>
 #include <iostream>
+#include <string>
 
 #include "cli.h"
 #include "core/version.h"
@@ -59,6 +61,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::cerr << "mms: " << e.what() << "\nRun 'mms --help' (or 'mms COMMAND --help') for usage.\n";
     return 2;
+  } catch (const std::exception& e) {
+    // A command threw instead of returning a Status (a bug): report it, as
+    // JSON with --json, and exit 1 rather than aborting.
+    return cli.Fail(mms::Internal(std::string("unexpected error: ") + e.what() +
+                                  " (a bug in mms; please report it with the command that caused it)"));
   }
   return cli.exit_code;
 }

@@ -3,6 +3,8 @@
 #include <nng/nng.h>
 #include <nng/supplemental/http/http.h>
 
+#include "config/config.h"
+
 namespace mms {
 namespace {
 
@@ -34,14 +36,11 @@ void Serve(nng_aio* aio) {
 }  // namespace
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address, std::vector<Route> routes) {
-  std::string host = "127.0.0.1", port = address;
-  auto colon = address.rfind(':');
-  if (colon != std::string::npos) {
-    if (colon > 0) host = address.substr(0, colon);
-    port = address.substr(colon + 1);
-  }
-  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) > 65535)
-    return InvalidArgument("metrics address '" + address + "' needs a port: HOST:PORT, :PORT or PORT");
+  // Checked again here (the config check does it too): --metrics-address
+  // bypasses the config, and a bad port must be an error, never an exception.
+  auto hp = ParseHostPort(address);
+  if (!hp.ok()) return InvalidArgument("metrics " + hp.status().message());
+  const std::string host = hp->host, port = std::to_string(hp->port);
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->url_ = "http://" + host + ":" + port;
   nng_url* url = nullptr;

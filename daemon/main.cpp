@@ -60,6 +60,12 @@ int Run(int argc, char** argv) {
   opts.socket_path = !socket.empty() ? socket : !c.daemon.socket.empty() ? c.daemon.socket
                                                                          : DefaultSocketPath(env, opts.data_dir);
   opts.metrics_address = !metrics_address.empty() ? metrics_address : c.metrics.address;
+  if (!metrics_address.empty()) {
+    if (auto hp = ParseHostPort(metrics_address); !hp.ok()) {
+      std::cerr << "mmsd: --metrics-address: " << hp.status().message() << "\n";
+      return 2;
+    }
+  }
   if (Status st = ApplyLogConfig(c.log); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";
     return 2;

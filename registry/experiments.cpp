@@ -27,6 +27,15 @@ constexpr const char* kExperimentColumns =
     "SELECT e.id, m.name, e.kind, IFNULL(e.control_id, 0), IFNULL(e.treatment_id, 0), e.control_version, "
     "e.treatment_version, e.basis_points, e.random, e.metrics_json, e.state, e.winner, e.created_ms, e.updated_ms, "
     "e.created_by FROM experiments e JOIN models m ON m.id = e.model_id ";
+
+// A canary's experiment is driven by its canary (stages, checks, promotion):
+// pausing, ramping or stopping it by hand would desynchronise the two.
+Status RefuseCanary(const ExperimentRecord& e, const char* verb) {
+  if (e.kind != "canary") return Status::Ok();
+  return FailedPrecondition("'" + e.id + "' is the experiment of the canary of model '" + e.model +
+                            "' and cannot be " + verb + " on its own; use mms canary pause|resume|promote|abort " +
+                            e.model);
+}
 }  // namespace
 
 Result<std::vector<ExperimentRecord>> Registry::QueryExperiments(const std::string& where,
@@ -76,6 +85,14 @@ Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {
   if (!active.empty())
     return AlreadyExists("model '" + n.model + "' already has " + (active[0].kind == "canary" ? "canary '" : "experiment '") +
                          active[0].id + "' " + active[0].state + "; stop it first (one per model)");
+  // The canary's own experiment normally stands for it; checked on its own too,
+  // so an experiment can never join a canary in progress.
+  MMS_ASSIGN_OR_RETURN(auto canaries, QueryCanaries("WHERE c.model_id = ? AND c.state IN ('running', 'paused')",
+                                                    {std::to_string(mid)}));
+  if (!canaries.empty())
+    return AlreadyExists("model '" + n.model + "' has a canary of version " + canaries[0].candidate_version + " (" +
+                         canaries[0].state + "); finish it first with mms canary promote|abort " + n.model +
+                         " (one experiment or canary per model)");
   MMS_ASSIGN_OR_RETURN(auto ins, db_->Prepare(
       "INSERT INTO experiments (id, model_id, kind, control_id, treatment_id, control_version, treatment_version, "
       "basis_points, random, metrics_json, state, created_ms, updated_ms, created_by) "
@@ -115,6 +132,7 @@ Result<std::vector<ExperimentRecord>> Registry::ListExperiments(bool include_sto
 Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, const std::string& state) {
   if (state != "running" && state != "paused") return InvalidArgument("state must be running or paused");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
+  MMS_RETURN_IF_ERROR(RefuseCanary(e, state == "paused" ? "paused" : "resumed"));
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
   if (e.state == state) return e;
   std::lock_guard<std::mutex> lock(mu_);
@@ -134,6 +152,7 @@ Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, con
 Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int basis_points) {
   if (basis_points < 0 || basis_points > 10000) return InvalidArgument("the treatment share must be 0-100%");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
+  MMS_RETURN_IF_ERROR(RefuseCanary(e, "ramped"));
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
@@ -151,6 +170,7 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
   if (!winner.empty() && winner != "control" && winner != "treatment")
     return InvalidArgument("--winner must be control or treatment");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
+  MMS_RETURN_IF_ERROR(RefuseCanary(e, "stopped"));
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is already stopped");
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));

@@ -42,6 +42,10 @@ Status ValidateVersion(std::string_view v) {
                            "(no leading zeros, at most 9 digits per part)");
   };
   if (v.empty() || v.size() > 64) return bad();
+  // Only digits and dots: checked on the whole string, because Split trims
+  // each part ("1. 2" must not pass as 1.2).
+  for (char c : v)
+    if ((c < '0' || c > '9') && c != '.') return bad();
   bool nonzero = false;
   for (const auto& part : Split(v, '.')) {
     if (part.empty() || part.size() > 9) return bad();
@@ -50,7 +54,7 @@ Status ValidateVersion(std::string_view v) {
       if (c < '0' || c > '9') return bad();
     if (part != "0") nonzero = true;
   }
-  if (Trim(v) != v || !nonzero) return bad();
+  if (!nonzero) return bad();
   return Status::Ok();
 }
 

@@ -353,6 +353,11 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
     if (k.empty()) return InvalidArgument("label keys must not be empty (use --label key=value)");
     (void)val;
   }
+  if (v.max_batch_size < 0) return InvalidArgument("max batch size must be 0 (off) or positive");
+  if (v.max_queue_delay_us < 0 || v.max_queue_delay_us > kMaxQueueDelayUsMax)
+    return InvalidArgument("max queue delay " + std::to_string(v.max_queue_delay_us) +
+                           " us is out of range; use 0 (the [scheduler] max_queue_delay default) to " +
+                           std::to_string(kMaxQueueDelayUsMax) + " us (10 s), the range of [scheduler] max_queue_delay");
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   {
@@ -618,7 +623,9 @@ Status Registry::RemovePin(const Ref& ref) {
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("DELETE FROM pins WHERE model_id = ? AND IFNULL(version_id, 0) = IFNULL(?, 0)"));
   st.Bind(1, mid).Bind(2, vid);
   MMS_RETURN_IF_ERROR(st.Run());
-  if (db_->Changes() == 0) return NotFound(ref.ToString() + " is not pinned (mms pin --list shows the pins)");
+  if (db_->Changes() == 0)
+    return NotFound(ref.ToString() + " is not pinned; unpin takes the REF as given to mms pin (mms pool lists what is "
+                    "pinned, mms model history " + ref.name + " shows pin and unpin changes)");
   MMS_RETURN_IF_ERROR(AuditLocked("unpin", ref.name, version, "pinned", "", ""));
   return Commit(tx);
 }

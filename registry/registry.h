@@ -45,6 +45,11 @@ class Tx;
 // The newest schema this build knows (see registry/schema.cpp).
 int RegistrySchemaVersion();
 
+// A version's own batching delay (NewVersion::max_queue_delay_us) may be 0 (the
+// [scheduler] default) to this: the range [scheduler] max_queue_delay allows
+// (kMaxQueueDelayMaxNs in config/config.h; a static_assert keeps them equal).
+constexpr int64_t kMaxQueueDelayUsMax = 10'000'000;  // 10 s
+
 struct VersionRecord {
   int64_t id = 0;
   std::string model;
@@ -98,8 +103,8 @@ struct NewVersion {
   std::string sample_input;
   int64_t base_id = 0;  // a LoRA adapter's base version
   nlohmann::json lora = nlohmann::json::object();
-  int max_batch_size = 0;
-  int64_t max_queue_delay_us = 0;
+  int max_batch_size = 0;         // 0 (off) or positive
+  int64_t max_queue_delay_us = 0;  // 0 to kMaxQueueDelayUsMax; INVALID_ARGUMENT otherwise
 };
 
 struct AuditEntry {

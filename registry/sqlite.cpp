@@ -124,7 +124,12 @@ Tx::~Tx() {
 Status Tx::Commit() {
   Db* db = db_;
   db_ = nullptr;
-  return db->Exec("COMMIT");
+  Status st = db->Exec("COMMIT");
+  // A failed COMMIT (a deferred constraint, SQLITE_BUSY, a full disk) can leave
+  // the transaction open; end it, or every later BEGIN on this connection fails.
+  if (!st.ok() && !sqlite3_get_autocommit(db->raw()))
+    sqlite3_exec(db->raw(), "ROLLBACK", nullptr, nullptr, nullptr);
+  return st;
 }
 
 }  // namespace mms::sql

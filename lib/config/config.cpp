@@ -203,9 +203,11 @@ Spec DevicesSpec() {
     }
     MMS_RETURN_IF_ERROR(list(c, n));
     if (get(c).empty()) return InvalidArgument("at least one device is needed (or \"auto\")");
-    for (const auto& d : get(c)) {
-      bool ok = d == "cpu" || d.rfind("cpu:", 0) == 0 || d.rfind("cuda:", 0) == 0;
-      if (!ok) return InvalidArgument("unknown device '" + d + "'; use cpu, cpu:N or cuda:N");
+    const auto& list_v = get(c);
+    if (list_v.size() == 1 && list_v[0] == "auto") return Status::Ok();
+    for (const auto& d : list_v) {
+      if (d == "auto") return InvalidArgument("\"auto\" cannot be combined with other devices; use devices = \"auto\" alone");
+      if (!IsDeviceName(d)) return InvalidArgument("unknown device '" + d + "'; use cpu, cpu:N or cuda:N (N a device number, e.g. cuda:0)");
     }
     return Status::Ok();
   };
@@ -217,6 +219,22 @@ Spec DevicesSpec() {
   s.key.type = "\"auto\" or list of strings";
   s.key.default_text = "\"auto\"";
   s.key.range = "\"auto\", or names cpu, cpu:N, cuda:N";
+  return s;
+}
+
+// [metrics] address: "" (off), or HOST:PORT, :PORT, PORT.
+Spec MetricsAddressSpec() {
+  auto get = [](Config& c) -> std::string& { return c.metrics.address; };
+  Spec s = String("metrics", "address", "",
+                  "Serve /metrics (Prometheus) and /health over HTTP here, e.g. \"127.0.0.1:9464\"; empty means off.",
+                  get);
+  Apply str = s.apply;
+  s.apply = [str, get](Config& c, const toml::node& n) -> Status {
+    MMS_RETURN_IF_ERROR(str(c, n));
+    if (get(c).empty()) return Status::Ok();
+    return ParseHostPort(get(c)).status();
+  };
+  s.key.range = "\"\" (off), HOST:PORT, :PORT or PORT (port 1 to 65535)";
   return s;
 }
 
@@ -299,7 +317,7 @@ const std::vector<Spec>& Specs() {
       Int("scheduler", "queue_depth", 1000, 1, 1000000,
           "Requests that may wait per version; more are refused at once with OVERLOADED.",
           [](Config& c) -> int& { return c.scheduler.queue_depth; }),
-      Duration("scheduler", "max_queue_delay", "1ms", 0, 10 * kSec,
+      Duration("scheduler", "max_queue_delay", "1ms", 0, kMaxQueueDelayMaxNs,
                "Batching: how long a batch may wait for more requests (a version's own setting wins).",
                [](Config& c) -> int64_t& { return c.scheduler.max_queue_delay_ns; }),
       Double("scheduler", "high_priority_sla_ms", 100, 0, 1e9,
@@ -330,9 +348,7 @@ const std::vector<Spec>& Specs() {
       Bytes("lora", "host_budget", "1GiB", 1 << 12, 1ull << 50,
             "LoRA adapters kept in host memory; the rest are read from disk when requested.",
             [](Config& c) -> uint64_t& { return c.lora.host_budget; }),
-      String("metrics", "address", "",
-             "Serve /metrics (Prometheus) and /health over HTTP here, e.g. \"127.0.0.1:9464\"; empty means off.",
-             [](Config& c) -> std::string& { return c.metrics.address; }),
+      MetricsAddressSpec(),
   };
   return *specs;
 }
@@ -342,6 +358,39 @@ std::string Where(const std::string& source, const toml::source_region& r) {
 }
 
 }  // namespace
+
+Result<HostPort> ParseHostPort(const std::string& address) {
+  HostPort hp;
+  hp.host = "127.0.0.1";
+  std::string port = address;
+  auto colon = address.rfind(':');
+  if (colon != std::string::npos) {
+    if (colon > 0) hp.host = address.substr(0, colon);
+    port = address.substr(colon + 1);
+  }
+  auto bad = [&](const std::string& why) {
+    return InvalidArgument("address '" + address + "': " + why + "; use HOST:PORT, :PORT or PORT, e.g. 127.0.0.1:9464");
+  };
+  if (port.empty()) return bad("no port");
+  if (port.find_first_not_of("0123456789") != std::string::npos) return bad("the port '" + port + "' is not a number");
+  // Digits only, so compare lengths before converting: no overflow.
+  size_t first = port.find_first_not_of('0');
+  std::string digits = first == std::string::npos ? "0" : port.substr(first);
+  if (digits.size() > 5 || std::stoi(digits) < 1 || std::stoi(digits) > 65535)
+    return bad("the port " + port + " is out of range (1 to 65535)");
+  hp.port = static_cast<uint16_t>(std::stoi(digits));
+  if (hp.host.find_first_of(" \t/?#") != std::string::npos) return bad("the host '" + hp.host + "' is not a host name or address");
+  return hp;
+}
+
+bool IsDeviceName(const std::string& name) {
+  std::string n;
+  if (name == "cpu") return true;
+  if (name.rfind("cpu:", 0) == 0) n = name.substr(4);
+  else if (name.rfind("cuda:", 0) == 0) n = name.substr(5);
+  else return false;
+  return !n.empty() && n.size() <= 6 && n.find_first_not_of("0123456789") == std::string::npos;
+}
 
 const std::vector<ConfigKey>& Schema() {
   static const std::vector<ConfigKey>* keys = [] {

@@ -128,4 +128,20 @@ Result<Config> LoadConfigFile(const std::string& path);
 // $XDG_CONFIG_HOME/mms/mms.toml (~/.config/mms/mms.toml) when it exists, else "".
 std::string DefaultConfigPath(const std::function<const char*(const char*)>& env);
 
+// An HTTP listen address: "HOST:PORT", ":PORT" or "PORT" (host 127.0.0.1).
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+// PORT must be a decimal number from 1 to 65535; INVALID_ARGUMENT otherwise.
+// Used for [metrics] address and mmsd --metrics-address.
+Result<HostPort> ParseHostPort(const std::string& address);
+
+// A [pool] devices entry: cpu, cpu:N or cuda:N (N decimal digits).
+bool IsDeviceName(const std::string& name);
+
+// The range of a version's own batching delay (mms model register
+// --max-queue-delay-us), the same as [scheduler] max_queue_delay allows.
+constexpr int64_t kMaxQueueDelayMaxNs = 10'000'000'000;  // 10s
+
 }  // namespace mms

@@ -155,6 +155,36 @@ TEST_CASE("a bad config file is refused with file:line, exit 2") {
   CHECK(ok.out.find("contexts = 3") != std::string::npos);
 }
 
+TEST_CASE("a metrics address or device the daemon could not use is refused by --check-config, exit 2") {
+  TempDir t;
+  struct Case {
+    std::string toml, says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[metrics]\naddress = \"127.0.0.1:99999999999999999999999\"\n", "[metrics] address:"},
+           {"[metrics]\naddress = \"127.0.0.1:http\"\n", "HOST:PORT"},
+           {"[pool]\ndevices = [\"cuda:x\"]\n", "unknown device 'cuda:x'"},
+       }) {
+    INFO(c.toml);
+    std::ofstream(t / "mms.toml") << c.toml;
+    auto check = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
+    CHECK(check.exit_code == 2);
+    CHECK(check.err.find(t / "mms.toml" + ":2: ") != std::string::npos);
+    CHECK(check.err.find(c.says) != std::string::npos);
+    // Started for real, it is the same refusal, never an abort.
+    auto run = Run({MmsdBin(), "--config", t / "mms.toml", "--socket", t / "s.sock", "--data-dir", t / "d"}, 30);
+    CHECK(run.exit_code == 2);
+    CHECK(run.err.find(c.says) != std::string::npos);
+  }
+  // --metrics-address bypasses the config: checked too.
+  auto flag = Run({MmsdBin(), "--metrics-address", "127.0.0.1:99999999999999999999999", "--socket", t / "s.sock",
+                   "--data-dir", t / "d"},
+                  30);
+  CHECK(flag.exit_code == 2);
+  CHECK(flag.err.find("--metrics-address") != std::string::npos);
+  CHECK(flag.err.find("1 to 65535") != std::string::npos);
+}
+
 TEST_CASE("mms --version is instant and mms does not link libtorch") {
   auto t0 = std::chrono::steady_clock::now();
   auto v = Run({MmsBin(), "--version"});

@@ -129,6 +129,14 @@ TEST_CASE("every refusal has a clear message and its exit code") {
       {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}, 6, "already registered"},
       {{"model", "register", "Tiny", "--version", "2", "--path", mms.Data("tiny.pt")}, 2, "[a-z0-9][a-z0-9._-]{0,62}"},
       {{"model", "register", "tiny", "--version", "v2", "--path", mms.Data("tiny.pt")}, 2, "positive integer or dotted"},
+      {{"model", "register", "tiny", "--version", "1. 2", "--path", mms.Data("tiny.pt")}, 2, "positive integer or dotted"},
+      {{"model", "register", "tiny", "--version", "1.\t3", "--path", mms.Data("tiny.pt")}, 2, "positive integer or dotted"},
+      {{"model", "register", "tiny", "--version", "7", "--path", mms.Data("tiny.pt"), "--max-queue-delay-us",
+        "10000001"},
+       2, "--max-queue-delay-us 10000001 is out of range"},
+      {{"model", "register", "tiny", "--version", "8", "--path", mms.Data("tiny.pt"), "--max-queue-delay-us",
+        "9300000000000000"},
+       2, "[scheduler] max_queue_delay"},
       {{"model", "register", "tiny", "--version", "2", "--path", mms.dir / "missing.pt"}, 2, "does not exist"},
       {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("not_a_model.pt")}, 2,
        "not a loadable TorchScript archive"},
@@ -164,6 +172,17 @@ TEST_CASE("every refusal has a clear message and its exit code") {
   auto j = mms({"--json", "model", "show", "tinny"});
   CHECK(j.exit_code == 4);
   CHECK(json::parse(j.out)["error"]["code"] == "NOT_FOUND");
+  // An error message with bytes that are not UTF-8 is still one JSON object, never an abort.
+  auto bad = mms({"--json", "model", "show", "bad\xff"});
+  CHECK(bad.exit_code == 2);
+  INFO(bad.out << bad.err);
+  REQUIRE(json::accept(bad.out));
+  CHECK(json::parse(bad.out)["error"]["code"] == "INVALID_ARGUMENT");
+  CHECK(json::parse(bad.out)["error"]["message"].get<std::string>().find("invalid model name 'bad\xEF\xBF\xBD'") !=
+        std::string::npos);
+  auto bad_text = mms({"model", "show", "bad\xff"});
+  CHECK(bad_text.exit_code == 2);
+  CHECK(bad_text.err.find("invalid model name") != std::string::npos);
   // Nothing was registered by the refusals.
   CHECK(json::parse(mms({"--json", "model", "list"}).out).size() == 1);
 }
@@ -316,6 +335,26 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   CHECK(all.find("no model.pt") != std::string::npos);
   CHECK(all.find("not a loadable TorchScript archive") != std::string::npos);
   CHECK(json::parse(mms({"--json", "model", "show", "ranker:2"}).out)["max_batch_size"] == 32);
+  {
+    // A max_batch_size that does not fit skips that model with an error naming
+    // the file and the value (it used to abort the whole import).
+    std::string big = mms.dir / "big";
+    std::filesystem::create_directories(big + "/huge/1");
+    std::filesystem::create_directories(big + "/fine/1");
+    std::filesystem::copy_file(mms.Data("tiny.pt"), big + "/huge/1/model.pt");
+    std::filesystem::copy_file(mms.Data("tiny.pt"), big + "/fine/1/model.pt");
+    std::ofstream(big + "/huge/config.pbtxt") << "name: \"huge\"\nmax_batch_size: 99999999999\n";
+    auto h = mms({"--json", "model", "import", big});
+    INFO(h.out << h.err);
+    CHECK(h.exit_code == 1);
+    REQUIRE(json::accept(h.out));
+    json hj = json::parse(h.out);
+    CHECK(hj["registered"] == json::array({"fine:1"}));
+    REQUIRE(hj["skipped"].size() == 1);
+    std::string why = hj["skipped"][0]["reason"];
+    CHECK(why.find(big + "/huge/config.pbtxt") != std::string::npos);
+    CHECK(why.find("max_batch_size 99999999999 is out of range") != std::string::npos);
+  }
   // Importing again skips the existing versions as such (not an error).
   std::filesystem::remove_all(repo + "/Bad_Name");
   std::filesystem::remove_all(repo + "/broken");
@@ -394,4 +433,53 @@ TEST_CASE("a corrupt or foreign registry file is a clear error, exit 1") {
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("not an SQLite database") != std::string::npos);
   CHECK(r.err.find("registry.db") != std::string::npos);
+}
+
+// Runs mms as user nobody (a staging dir or data dir of another user's live
+// process must look alive, an unreadable directory must be reported). Needs
+// root to switch users; skipped otherwise.
+TEST_CASE("as another user: a live process's staging dir is kept, an unreadable import dir is reported") {
+  if (::geteuid() != 0 || !std::filesystem::exists("/usr/bin/setpriv")) {
+    MESSAGE("skipped: needs root and setpriv to run mms as another user");
+    return;
+  }
+  Cli mms;
+  std::filesystem::permissions(mms.dir.path(), std::filesystem::perms(0755));
+  std::string data = mms.dir / "data";
+  std::string staging = data + "/artifacts/tiny/1-abc.tmp-" + std::to_string(::getpid());  // ours: root, alive
+  std::filesystem::create_directories(staging);
+  std::filesystem::create_directories(mms.dir / "repo/locked/1");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "tiny.pt");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "repo/locked/1/model.pt");
+  std::filesystem::permissions(mms.dir / "repo/locked", std::filesystem::perms::none);
+  REQUIRE(Run({"/bin/chown", "-R", "nobody:nogroup", data, mms.dir / "tiny.pt"}).exit_code == 0);
+  auto as_nobody = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                  MmsBin(),           "--data-dir",      data,             "--socket",
+                                  mms.dir / "none.sock"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return Run(argv, 300, {{"HOME", mms.dir.path()}});
+  };
+  // kill(pid, 0) fails with EPERM for our live process: it must not count as dead.
+  auto r = as_nobody({"model", "register", "tiny", "--version", "2", "--path", mms.dir / "tiny.pt"});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(std::filesystem::is_directory(staging));
+  // A dead process's staging dir still goes.
+  std::string dead = data + "/artifacts/tiny/1-def.tmp-999999999";
+  std::filesystem::create_directories(dead);
+  REQUIRE(Run({"/bin/chown", "nobody:nogroup", dead}).exit_code == 0);
+  auto r3 = as_nobody({"model", "register", "tiny", "--version", "3", "--path", mms.dir / "tiny.pt"});
+  CHECK_MESSAGE(r3.exit_code == 0, r3.err);
+  CHECK_FALSE(std::filesystem::exists(dead));
+  CHECK(std::filesystem::is_directory(staging));
+  // An import directory nobody can read is reported as skipped, exit 1.
+  auto imp = as_nobody({"--json", "model", "import", mms.dir / "repo"});
+  INFO(imp.out << imp.err);
+  CHECK(imp.exit_code == 1);
+  REQUIRE(json::accept(imp.out));
+  json ij = json::parse(imp.out);
+  REQUIRE(ij["skipped"].size() == 1);
+  CHECK(ij["skipped"][0]["reason"].get<std::string>().find("cannot list") != std::string::npos);
+  std::filesystem::permissions(mms.dir / "repo/locked", std::filesystem::perms(0755));
 }

@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "registry/registry.h"
 #include "registry/schema.h"
+#include "registry/sqlite.h"
 #include "support/process.h"
 
 using namespace mms;
@@ -69,6 +70,10 @@ TEST_CASE("names, versions and references follow the rules") {
   CHECK(ValidateVersion("0.1").ok());
   for (const char* bad : {"", "0", "0.0", "01", "1.", ".1", "1..2", "v1", "-1", "1.2a", " 1", "1234567890"})
     CHECK_MESSAGE(!ValidateVersion(bad).ok(), bad);
+  // Whitespace is not part of the grammar anywhere, not even inside a part.
+  for (std::string bad : {"1. 2", "1 .2", "1 . 2", "1.\t2", "1\n.2", "1 ", "1.2 ", "+1", "1,2", "1_2"})
+    CHECK_MESSAGE(!ValidateVersion(bad).ok(), "'" << bad << "'");
+  CHECK_FALSE(ParseRef("rec:1. 2").ok());
   CHECK(CompareVersions("1.10", "1.9") > 0);
   CHECK(CompareVersions("2", "10") < 0);
   CHECK(CompareVersions("1", "1.0") < 0);
@@ -189,7 +194,12 @@ TEST_CASE("rm is refused while pinned or in production, unless forced, labels an
   CHECK(r.status().code() == Code::kInUse);
   CHECK(r.status().message().find("pinned") != std::string::npos);
   REQUIRE(f.reg->RemovePin(*ParseRef("rec:1")).ok());
-  CHECK(f.reg->RemovePin(*ParseRef("rec:1")).code() == Code::kNotFound);
+  Status unpinned = f.reg->RemovePin(*ParseRef("rec:1"));
+  CHECK(unpinned.code() == Code::kNotFound);
+  // It points to commands that exist (there is no `mms pin --list`).
+  CHECK(unpinned.message().find("--list") == std::string::npos);
+  CHECK(unpinned.message().find("mms pool") != std::string::npos);
+  CHECK(unpinned.message().find("mms model history rec") != std::string::npos);
   REQUIRE(f.reg->SetStage(*ParseRef("rec:1"), Stage::kProduction).ok());
   CHECK(f.reg->Remove(*ParseRef("rec:1"), false).status().code() == Code::kInUse);
   // A model-level pin protects whatever the name resolves to.
@@ -385,4 +395,55 @@ TEST_CASE("an older registry upgraded to never reuse ids starts above its highes
   auto added = (*r)->Register(v);
   REQUIRE(added.ok());
   CHECK(added->id == 8);
+}
+
+TEST_CASE("a version's batching delay is checked by the registry, in the range of [scheduler] max_queue_delay") {
+  Fixture f;
+  NewVersion v;
+  v.model = "m";
+  v.artifact_path = "/m.pt";
+  v.version = "1";
+  v.max_queue_delay_us = kMaxQueueDelayUsMax;  // 10 s, the most the config allows
+  CHECK(f.reg->Register(v).ok());
+  // The daemon multiplies by 1000 (ns): huge values overflowed; any writer is checked.
+  for (int64_t bad : {kMaxQueueDelayUsMax + 1, int64_t{9'300'000'000'000'000}, int64_t{-1}}) {
+    v.version = "2";
+    v.max_queue_delay_us = bad;
+    auto r = f.reg->Register(v);
+    INFO(bad);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == Code::kInvalidArgument);
+    CHECK(r.status().message().find("max_queue_delay") != std::string::npos);
+  }
+  v.max_queue_delay_us = 0;
+  v.max_batch_size = -1;
+  CHECK(f.reg->Register(v).status().code() == Code::kInvalidArgument);
+  CHECK_FALSE(f.reg->Resolve(*ParseRef("m:2")).ok());
+}
+
+TEST_CASE("a COMMIT that fails ends the transaction, so the connection stays usable") {
+  testing::TempDir d;
+  auto db = sql::Db::Open(d / "t.db", true, 1000);
+  REQUIRE(db.ok());
+  // A deferred foreign key is checked at COMMIT, which then fails and (in
+  // SQLite) leaves the transaction open.
+  REQUIRE((*db)->Exec("PRAGMA foreign_keys = ON;"
+                      "CREATE TABLE p (id INTEGER PRIMARY KEY);"
+                      "CREATE TABLE c (pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);")
+              .ok());
+  {
+    auto tx = sql::Tx::Begin(db->get());
+    REQUIRE(tx.ok());
+    REQUIRE((*db)->Exec("INSERT INTO c (pid) VALUES (42)").ok());
+    CHECK_FALSE(tx->Commit().ok());
+  }
+  CHECK(sqlite3_get_autocommit((*db)->raw()) != 0);  // not inside a transaction any more
+  auto again = sql::Tx::Begin(db->get());
+  REQUIRE_MESSAGE(again.ok(), again.status().message());
+  REQUIRE((*db)->Exec("INSERT INTO p (id) VALUES (1); INSERT INTO c (pid) VALUES (1)").ok());
+  CHECK(again->Commit().ok());
+  auto n = (*db)->Prepare("SELECT count(*) FROM c");
+  REQUIRE(n.ok());
+  REQUIRE(*n->Step());
+  CHECK(n->Int(0) == 1);  // the failed transaction's row is gone, the next one's is there
 }

@@ -1,5 +1,6 @@
 // Routing, attribution and reports, with a fake clock and a real registry.
 #include <doctest/doctest.h>
+#include <sqlite3.h>
 
 #include "core/clock.h"
 #include "registry/snapshot.h"
@@ -40,6 +41,49 @@ struct Fixture {
   }
 };
 }  // namespace
+
+TEST_CASE("a canary's own experiment is driven by the canary only") {
+  Fixture f;
+  NewCanary n;
+  n.model = "rec";
+  n.candidate = *ParseRef("rec:2");
+  n.stages = {10, 100};
+  auto c = f.reg->StartCanary(n);
+  REQUIRE(c.ok());
+  const std::string eid = c->experiment_id;
+  auto says_canary = [](const Status& st) {
+    INFO(st.ToString());
+    CHECK(st.code() == Code::kFailedPrecondition);  // exit 1
+    CHECK(st.message().find("mms canary pause|resume|promote|abort rec") != std::string::npos);
+  };
+  // Paused, its arm would get no traffic while the canary judged and promoted.
+  says_canary(f.reg->SetExperimentState(eid, "paused").status());
+  says_canary(f.reg->SetExperimentState(eid, "running").status());
+  says_canary(f.reg->RampExperiment(eid, 5000).status());
+  says_canary(f.reg->StopExperiment(eid, "treatment").status());
+  says_canary(f.reg->StopExperiment(eid, "").status());
+  auto e = f.reg->GetExperiment(eid);
+  REQUIRE(e.ok());
+  CHECK(e->state == "running");
+  CHECK(e->basis_points == 1000);
+  CHECK(f.reg->Resolve("rec")->version == "1");  // nothing was promoted behind the canary's back
+  // Canary commands still work.
+  CHECK(f.reg->SetCanaryState("rec", "paused").ok());
+  CHECK(f.reg->GetExperiment(eid)->state == "running");
+
+  // Even with the canary's experiment stopped (by an older mms), no
+  // experiment may start on the model while its canary is active.
+  sqlite3* db;
+  REQUIRE(sqlite3_open((f.dir / "r.db").c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, ("UPDATE experiments SET state = 'stopped' WHERE id = '" + eid + "'").c_str(), nullptr,
+                       nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  auto exp = f.reg->CreateExperiment(f.Exp("e1", 1000));
+  CHECK(exp.status().code() == Code::kAlreadyExists);
+  CHECK(exp.status().message().find("has a canary") != std::string::npos);
+  REQUIRE(f.reg->RollbackCanary("rec", "aborted", "by hand").ok());
+  CHECK(f.reg->CreateExperiment(f.Exp("e1", 1000)).ok());
+}
 
 TEST_CASE("experiments: creation rules, one per model, ramp, pause, stop with a winner") {
   Fixture f;
