@@ -38,7 +38,9 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     m.body["timeout_ms"] = a.deadline_ms;
   }
   m.tensors = std::move(inputs).value();
-  // Refuse locally what the daemon would refuse: same mms.toml, same cap.
+  // Refuse locally what the daemon would refuse: frames the protocol cannot
+  // carry (too many dims, too long a name), and the size cap (same mms.toml).
+  if (Status st = proto::CheckEncodable(m); !st.ok()) return cli.Fail(st.WithContext("--input"));
   auto cfg = cli.config();
   if (!cfg.ok()) return cli.Fail(cfg.status());
   size_t size = proto::EncodedSize(m, proto::DumpBody(m.body));

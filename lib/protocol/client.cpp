@@ -101,6 +101,7 @@ Result<std::string> Client::CallRaw(const std::string& bytes, int64_t timeout_ms
 
 Result<Message> Client::Call(Message req, int64_t timeout_ms) {
   if (req.request_id == 0) req.request_id = next_id_.fetch_add(1);
+  MMS_RETURN_IF_ERROR(CheckEncodable(req));  // never a truncated dims or name length on the wire
   std::string body = DumpBody(req.body);
   size_t size = EncodedSize(req, body);
   nng_msg* msg = nullptr;

@@ -22,6 +22,14 @@ size_t Pad8(size_t n) { return (8 - (n & 7)) & 7; }
 
 size_t FrameHeaderSize(const Tensor& t) { return 8 + 8 * t.shape.size() + 8 + t.name.size(); }
 
+// A name for an error message: at most 60 bytes, cut on a UTF-8 boundary.
+std::string ShortName(const std::string& name) {
+  if (name.size() <= 60) return name;
+  size_t n = 57;
+  while (n > 0 && (static_cast<unsigned char>(name[n]) & 0xC0) == 0x80) --n;
+  return name.substr(0, n) + "...";
+}
+
 }  // namespace
 
 const char* DecodeErrorName(DecodeError e) {
@@ -36,6 +44,23 @@ const char* DecodeErrorName(DecodeError e) {
     case DecodeError::kTooLarge: return "too_large";
   }
   return "unknown";
+}
+
+Status CheckEncodable(const Message& m) {
+  if (m.tensors.size() > kMaxFrames)
+    return InvalidArgument(std::to_string(m.tensors.size()) + " tensors in one message; the protocol allows " +
+                           std::to_string(kMaxFrames) + " (send fewer inputs)");
+  for (const auto& t : m.tensors) {
+    if (t.shape.size() > kMaxDims)
+      return InvalidArgument("tensor '" + ShortName(t.name) + "' has " +
+                             std::to_string(t.shape.size()) + " dimensions; the protocol allows " +
+                             std::to_string(kMaxDims) + " (reshape it)");
+    if (t.name.size() > kMaxNameBytes)
+      return InvalidArgument("tensor name '" + ShortName(t.name) + "' is " + std::to_string(t.name.size()) +
+                             " bytes; the protocol allows " + std::to_string(kMaxNameBytes) +
+                             " (use the argument name of forward())");
+  }
+  return Status::Ok();
 }
 
 std::string DumpBody(const nlohmann::json& body) {
@@ -140,7 +165,7 @@ DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void
     if (!IsValidDType(dtype))
       return fail(DecodeError::kBadTensor, "tensor frame " + std::to_string(i) + ": unknown dtype " + std::to_string(dtype));
     if (ndim > kMaxDims)
-      return fail(DecodeError::kBadTensor, "tensor frame " + std::to_string(i) + ": " + std::to_string(ndim) + " dims (max 16)");
+      return fail(DecodeError::kBadTensor, "tensor frame " + std::to_string(i) + ": " + std::to_string(ndim) + " dims (max " + std::to_string(kMaxDims) + ")");
     if (size - off < 8ull * ndim + 8 + name_len)
       return fail(DecodeError::kTruncated, "tensor frame " + std::to_string(i) + " is truncated");
     Tensor t;

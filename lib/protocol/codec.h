@@ -30,6 +30,7 @@ namespace mms::proto {
 constexpr size_t kHeaderSize = 24;
 constexpr size_t kMaxDims = 16;
 constexpr size_t kMaxFrames = 4096;
+constexpr size_t kMaxNameBytes = 65535;  // a frame's name length is a u16
 
 struct Message {
   uint16_t type = 0;
@@ -59,6 +60,14 @@ struct DecodeResult {
   uint16_t version = 0;
   Message message;       // valid when error == kNone
 };
+
+// Whether `m` fits the frame format within what Decode accepts: at most
+// kMaxFrames tensors, each with at most kMaxDims dims and a name of at most
+// kMaxNameBytes. INVALID_ARGUMENT names the tensor and the limit. EncodeInto
+// does not check (a dims or name length past its u8/u16 field would be
+// truncated into a malformed frame): callers sending untrusted tensors check
+// first; Client::Call does.
+Status CheckEncodable(const Message& m);
 
 // The body as it goes on the wire (invalid UTF-8 replaced, never throws).
 std::string DumpBody(const nlohmann::json& body);

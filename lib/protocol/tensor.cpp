@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -73,16 +75,34 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-Tensor Tensor::Alloc(std::string name, DType dtype, std::vector<int64_t> shape) {
+Result<Tensor> Tensor::TryAlloc(std::string name, DType dtype, std::vector<int64_t> shape) {
   Tensor t;
   t.name = std::move(name);
   t.dtype = dtype;
   t.shape = std::move(shape);
   int64_t n = ShapeNumel(t.shape);
-  t.nbytes = n > 0 ? static_cast<size_t>(n) * DTypeSize(dtype) : 0;
+  if (n < 0)
+    return InvalidArgument("tensor '" + t.name + "': shape " + ShapeString(t.shape) +
+                           (std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; })
+                                ? " has a negative dimension"
+                                : " has more elements than fit in 64 bits"));
+  if (static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / DTypeSize(dtype))
+    return InvalidArgument("tensor '" + t.name + "': " + t.Describe() + " is too large (" + std::to_string(n) +
+                           " elements of " + std::to_string(DTypeSize(dtype)) + " bytes overflow 64 bits)");
+  t.nbytes = static_cast<size_t>(n) * DTypeSize(dtype);
   std::shared_ptr<uint8_t> buf(new uint8_t[t.nbytes ? t.nbytes : 1](), std::default_delete<uint8_t[]>());
   t.data = buf;
   return t;
+}
+
+Tensor Tensor::Alloc(std::string name, DType dtype, std::vector<int64_t> shape) {
+  auto t = TryAlloc(std::move(name), dtype, std::move(shape));
+  if (!t.ok()) {
+    std::fprintf(stderr, "mms: internal error: Tensor::Alloc of an unchecked shape: %s\n",
+                 t.status().message().c_str());
+    std::abort();
+  }
+  return std::move(t).value();
 }
 
 int64_t Tensor::numel() const { return ShapeNumel(shape); }

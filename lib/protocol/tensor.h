@@ -48,6 +48,11 @@ struct Tensor {
   size_t nbytes = 0;
 
   // A zero-filled tensor owning a fresh buffer; write through mutable_data().
+  // INVALID_ARGUMENT when a dim is negative or numel × dtype size does not
+  // fit in size_t: use this for shapes that come from files or the wire.
+  static Result<Tensor> TryAlloc(std::string name, DType dtype, std::vector<int64_t> shape);
+  // As TryAlloc, for shapes the caller has already checked: an invalid shape
+  // is a bug and aborts (it never hands back a buffer smaller than the shape).
   static Tensor Alloc(std::string name, DType dtype, std::vector<int64_t> shape);
   uint8_t* mutable_data() { return const_cast<uint8_t*>(data.get()); }
   int64_t numel() const;

@@ -79,11 +79,90 @@ float Bf16ToFloat(uint16_t b) {
   return f;
 }
 
-void Flatten(const nlohmann::json& j, std::vector<const nlohmann::json*>* out) {
-  if (j.is_array())
-    for (const auto& e : j) Flatten(e, out);
-  else
-    out->push_back(&j);
+// A value for an error message. Lists and objects are not dumped: dump()
+// recurses, and a value nested 200k deep would overflow the stack.
+std::string ValueText(const nlohmann::json& v) {
+  if (v.is_array()) return "a list";
+  if (v.is_object()) return "an object";
+  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return s.size() > 64 ? s.substr(0, 61) + "..." : s;
+}
+
+// "1 value", "3 values".
+std::string Count(size_t n, const char* noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
+// "[1][0]" for the first `depth` open lists (elided past 16 levels).
+std::string IndexPath(const std::vector<std::pair<const nlohmann::json*, size_t>>& stack, size_t depth) {
+  std::string p;
+  for (size_t i = 0; i < depth && i < stack.size(); ++i) {
+    if (i == 16) return p + "... (" + std::to_string(depth) + " levels)";
+    p += "[" + std::to_string(stack[i].second - 1) + "]";
+  }
+  return p;
+}
+
+// The elements of a tensor's "data", row-major: either flat (a list of
+// numel scalars, or one scalar for shape []) or nested exactly as the shape
+// (a list of shape[0] lists of shape[1] ... scalars). Iterative, and never
+// deeper than shape.size(), so deeply nested input cannot exhaust the stack.
+Status CollectValues(const nlohmann::json& data, const std::vector<int64_t>& shape, int64_t numel,
+                     const std::string& name, std::vector<const nlohmann::json*>* out) {
+  out->clear();
+  if (!data.is_array()) {
+    if (shape.empty()) {
+      out->push_back(&data);
+      return Status::Ok();
+    }
+    return InvalidArgument("tensor '" + name + "': data must be a list (flat or nested as shape " +
+                           ShapeString(shape) + "), not " + ValueText(data));
+  }
+  bool flat = std::none_of(data.begin(), data.end(), [](const nlohmann::json& e) { return e.is_array(); });
+  if (flat) {
+    if (static_cast<int64_t>(data.size()) != numel)
+      return InvalidArgument("tensor '" + name + "': data has " + std::to_string(data.size()) +
+                             " values but shape " + ShapeString(shape) + " needs " + std::to_string(numel));
+    for (const auto& e : data) out->push_back(&e);
+    return Status::Ok();
+  }
+  const std::string what = "tensor '" + name + "': data is neither flat (" +
+                           Count(static_cast<size_t>(numel), "value") + ") nor nested as shape " +
+                           ShapeString(shape) + ": ";
+  if (shape.empty()) return InvalidArgument(what + "shape [] takes one value");
+  // Depth-first; stack[d] = (list at depth d, index of its next element).
+  std::vector<std::pair<const nlohmann::json*, size_t>> stack;
+  auto open = [&](const nlohmann::json& v) -> Status {
+    size_t d = stack.size();
+    if (!v.is_array())
+      return InvalidArgument(what + "data" + IndexPath(stack, d) + " is " + ValueText(v) +
+                             " where dimension " + std::to_string(d) + " needs a list of " +
+                             std::to_string(shape[d]));
+    if (static_cast<int64_t>(v.size()) != shape[d])
+      return InvalidArgument(what + "data" + IndexPath(stack, d) + " has " +
+                             (v.size() == 1 ? std::string("1 entry") : std::to_string(v.size()) + " entries") +
+                             " but dimension " + std::to_string(d) + " is " + std::to_string(shape[d]));
+    stack.emplace_back(&v, 0);
+    return Status::Ok();
+  };
+  MMS_RETURN_IF_ERROR(open(data));
+  while (!stack.empty()) {
+    auto& [list, next] = stack.back();
+    if (next == list->size()) {
+      stack.pop_back();
+      continue;
+    }
+    const nlohmann::json& e = (*list)[next++];
+    if (stack.size() < shape.size()) {
+      MMS_RETURN_IF_ERROR(open(e));
+    } else if (e.is_array()) {
+      return InvalidArgument(what + "data" + IndexPath(stack, stack.size()) + " is a list but shape " +
+                             ShapeString(shape) + " has only " + Count(shape.size(), "dimension"));
+    } else {
+      out->push_back(&e);
+    }
+  }
+  return Status::Ok();
 }
 
 template <class T>
@@ -93,16 +172,76 @@ Status PutInt(const nlohmann::json& v, T* dst, const std::string& name, size_t i
     return Status::Ok();
   }
   if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
-    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + v.dump() +
+    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
                            ") is not an integer");
   long double x = v.is_number_unsigned() ? static_cast<long double>(v.get<uint64_t>())
                                          : static_cast<long double>(v.is_number_float() ? v.get<double>()
                                                                                         : v.get<int64_t>());
   if (x < static_cast<long double>(std::numeric_limits<T>::min()) ||
       x > static_cast<long double>(std::numeric_limits<T>::max()))
-    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + v.dump() +
+    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
                            ") is out of range for its dtype");
   *dst = static_cast<T>(x);
+  return Status::Ok();
+}
+
+// Non-finite floats: JSON has no literal for them, so the writer emits these
+// strings and the reader takes exactly them back.
+constexpr const char* kNaN = "nan";
+constexpr const char* kInf = "inf";
+constexpr const char* kNegInf = "-inf";
+
+nlohmann::json FloatToJson(double d) {
+  if (std::isfinite(d)) return d;
+  return std::isnan(d) ? kNaN : d > 0 ? kInf : kNegInf;
+}
+
+// The largest finite magnitude of a float dtype, for error messages.
+const char* FloatMax(DType d) {
+  switch (d) {
+    case DType::kFloat64: return "1.7976931348623157e308";
+    case DType::kFloat16: return "65504";
+    case DType::kBFloat16: return "3.3895314e38";
+    default: return "3.4028235e38";
+  }
+}
+
+// A JSON number, or one of the non-finite strings above, into element i of a
+// float tensor. A finite number that the dtype cannot hold (it would become
+// ±inf) is refused rather than silently saturated.
+Status PutFloat(const nlohmann::json& v, DType dtype, uint8_t* base, size_t i, const std::string& name) {
+  double d;
+  const std::string* s = v.is_string() ? &v.get_ref<const std::string&>() : nullptr;
+  if (v.is_number()) {
+    d = v.get<double>();
+  } else if (s && *s == kNaN) {
+    d = std::numeric_limits<double>::quiet_NaN();
+  } else if (s && (*s == kInf || *s == kNegInf)) {
+    d = *s == kInf ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
+  } else {
+    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
+                           ") is not a number (non-finite values are written \"nan\", \"inf\", \"-inf\")");
+  }
+  // A finite float32 is below the midpoint between FLT_MAX and 2^128; from
+  // there on a double rounds to inf (and converting it is undefined). (The
+  // parser refuses numbers past a double's range; a json built in code may
+  // still hold ±inf as a number.)
+  bool too_large = v.is_number() && (!std::isfinite(d) || (dtype != DType::kFloat64 && std::fabs(d) >= 0x1.ffffffp127));
+  float f = too_large || dtype == DType::kFloat64 ? 0.0f : static_cast<float>(d);
+  uint16_t h = 0;
+  if (!too_large && (dtype == DType::kFloat16 || dtype == DType::kBFloat16)) {
+    h = dtype == DType::kFloat16 ? FloatToHalf(f) : FloatToBf16(f);
+    too_large = std::isfinite(f) && (h & 0x7fff) == (dtype == DType::kFloat16 ? 0x7c00 : 0x7f80);
+  }
+  if (too_large)
+    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
+                           ") is out of range for " + DTypeName(dtype) + " (largest magnitude " + FloatMax(dtype) +
+                           "); use a wider dtype or scale the input");
+  switch (dtype) {
+    case DType::kFloat64: reinterpret_cast<double*>(base)[i] = d; break;
+    case DType::kFloat32: reinterpret_cast<float*>(base)[i] = f; break;
+    default: reinterpret_cast<uint16_t*>(base)[i] = h; break;
+  }
   return Status::Ok();
 }
 
@@ -115,19 +254,12 @@ Status FillFromJson(Tensor& t, const std::vector<const nlohmann::json*>& vals) {
       case DType::kFloat64:
       case DType::kFloat16:
       case DType::kBFloat16: {
-        if (!v.is_number())
-          return InvalidArgument("tensor '" + t.name + "': value " + std::to_string(i) + " (" + v.dump() +
-                                 ") is not a number");
-        double d = v.get<double>();
-        if (t.dtype == DType::kFloat32) reinterpret_cast<float*>(base)[i] = static_cast<float>(d);
-        if (t.dtype == DType::kFloat64) reinterpret_cast<double*>(base)[i] = d;
-        if (t.dtype == DType::kFloat16) reinterpret_cast<uint16_t*>(base)[i] = FloatToHalf(static_cast<float>(d));
-        if (t.dtype == DType::kBFloat16) reinterpret_cast<uint16_t*>(base)[i] = FloatToBf16(static_cast<float>(d));
+        MMS_RETURN_IF_ERROR(PutFloat(v, t.dtype, base, i, t.name));
         break;
       }
       case DType::kBool: {
         if (!v.is_boolean() && !(v.is_number_integer() && (v.get<int64_t>() == 0 || v.get<int64_t>() == 1)))
-          return InvalidArgument("tensor '" + t.name + "': value " + std::to_string(i) + " (" + v.dump() +
+          return InvalidArgument("tensor '" + t.name + "': value " + std::to_string(i) + " (" + ValueText(v) +
                                  ") is not a boolean");
         base[i] = v.is_boolean() ? v.get<bool>() : static_cast<uint8_t>(v.get<int64_t>());
         break;
@@ -145,16 +277,12 @@ Status FillFromJson(Tensor& t, const std::vector<const nlohmann::json*>& vals) {
 nlohmann::json ValueToJson(const Tensor& t, int64_t i) {
   const uint8_t* b = t.data.get();
   switch (t.dtype) {
-    case DType::kFloat32: {
-      float f = reinterpret_cast<const float*>(b)[i];
-      return std::isfinite(f) ? nlohmann::json(f) : nlohmann::json(std::isnan(f) ? "nan" : f > 0 ? "inf" : "-inf");
-    }
-    case DType::kFloat64: {
-      double d = reinterpret_cast<const double*>(b)[i];
-      return std::isfinite(d) ? nlohmann::json(d) : nlohmann::json(std::isnan(d) ? "nan" : d > 0 ? "inf" : "-inf");
-    }
-    case DType::kFloat16: return HalfToFloat(reinterpret_cast<const uint16_t*>(b)[i]);
-    case DType::kBFloat16: return Bf16ToFloat(reinterpret_cast<const uint16_t*>(b)[i]);
+    // Non-finite values as strings for every float dtype: nlohmann would
+    // write a non-finite number as null, which reads back as nothing.
+    case DType::kFloat32: return FloatToJson(reinterpret_cast<const float*>(b)[i]);
+    case DType::kFloat64: return FloatToJson(reinterpret_cast<const double*>(b)[i]);
+    case DType::kFloat16: return FloatToJson(HalfToFloat(reinterpret_cast<const uint16_t*>(b)[i]));
+    case DType::kBFloat16: return FloatToJson(Bf16ToFloat(reinterpret_cast<const uint16_t*>(b)[i]));
     case DType::kBool: return b[i] != 0;
     case DType::kInt8: return reinterpret_cast<const int8_t*>(b)[i];
     case DType::kUInt8: return b[i];
@@ -225,11 +353,8 @@ Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j) {
     int64_t numel = ShapeNumel(shape);
     if (numel < 0) return InvalidArgument("tensor '" + name + "': shape " + ShapeString(shape) + " is too large");
     std::vector<const nlohmann::json*> vals;
-    Flatten(spec["data"], &vals);
-    if (static_cast<int64_t>(vals.size()) != numel)
-      return InvalidArgument("tensor '" + name + "': data has " + std::to_string(vals.size()) + " values but shape " +
-                             ShapeString(shape) + " needs " + std::to_string(numel));
-    Tensor t = Tensor::Alloc(name, dt, shape);
+    MMS_RETURN_IF_ERROR(CollectValues(spec["data"], shape, numel, name, &vals));
+    MMS_ASSIGN_OR_RETURN(Tensor t, Tensor::TryAlloc(name, dt, shape));
     MMS_RETURN_IF_ERROR(FillFromJson(t, vals));
     out.push_back(std::move(t));
   }
@@ -288,6 +413,11 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
     if (en.end > data_size)
       return InvalidArgument("truncated: entry '" + en.name + "' ends at data byte " + std::to_string(en.end) +
                              " but the file holds " + std::to_string(data_size));
+    // numel × dtype size wraps in 64 bits for huge shapes ([2^62] of F32 is 0
+    // bytes): refuse those before comparing with the byte range.
+    if (static_cast<uint64_t>(numel) > std::numeric_limits<uint64_t>::max() / DTypeSize(en.dtype))
+      return InvalidArgument("safetensors entry '" + en.name + "': shape " + ShapeString(en.shape) + " of " +
+                             DTypeSafetensorsName(en.dtype) + " is too large (its byte size overflows 64 bits)");
     if (en.end - en.begin != static_cast<uint64_t>(numel) * DTypeSize(en.dtype))
       return InvalidArgument("safetensors entry '" + en.name + "': " + std::to_string(en.end - en.begin) +
                              " bytes do not match " + DTypeSafetensorsName(en.dtype) + ShapeString(en.shape));
@@ -336,7 +466,12 @@ Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path) {
   if (fd < 0) return IoError("cannot open " + path + ": " + std::strerror(errno));
   std::vector<Tensor> out;
   for (const auto& e : h.entries) {
-    Tensor t = Tensor::Alloc(e.name, e.dtype, e.shape);
+    auto alloc = Tensor::TryAlloc(e.name, e.dtype, e.shape);
+    if (!alloc.ok()) {
+      ::close(fd);
+      return alloc.status().WithContext(path);
+    }
+    Tensor t = std::move(alloc).value();
     size_t done = 0;
     while (done < t.nbytes) {
       ssize_t got = ::pread(fd, t.mutable_data() + done, t.nbytes - done,

@@ -1,12 +1,20 @@
 // Tensor files the CLI reads and writes, and the packed-weights container:
 //
 // * JSON: {"x": {"dtype": "int64", "shape": [4], "data": [1, 2, 3, 4]}, ...}
-//   (flat, row-major data; bool as true/false; float16/bfloat16 as numbers).
+//   Data is flat and row-major (one value, or a list of one, for shape []),
+//   or nested exactly as the shape ([[1, 2], [3, 4]] for [2, 2]); any other
+//   nesting is refused, whatever its count. bool as true/false (or 0/1);
+//   float16/bfloat16 as numbers. Floats that the dtype cannot hold (1e39 as
+//   float32, 70000 as float16) are refused, not made infinite. JSON has no
+//   NaN or infinity: the writer emits the strings "nan", "inf" and "-inf" for
+//   every float dtype and the reader takes exactly those back, so an output
+//   file is a valid input file.
 // * safetensors: 8-byte little-endian header length N, N bytes of JSON
 //   ({"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...,
 //   "__metadata__": {str: str}}), then the data; offsets are relative to the
-//   data start. The reader rejects out-of-bounds and overlapping ranges and
-//   byte counts that do not match dtype × shape; our writer may leave
+//   data start. The reader rejects out-of-bounds and overlapping ranges,
+//   shapes whose byte size overflows 64 bits, and byte counts that do not
+//   match dtype × shape; our writer may leave
 //   alignment gaps between tensors (readers that demand no gaps read
 //   user files, not our packed ones).
 //

@@ -142,3 +142,42 @@ TEST_CASE("dtype names") {
   CHECK(DTypeSize(DType::kInt64) == 8);
   CHECK(std::string(DTypeSafetensorsName(DType::kBool)) == "BOOL");
 }
+
+TEST_CASE("tensors the frame format cannot carry are refused before encoding, not truncated") {
+  Message m;
+  m.type = kPredict;
+  m.tensors.push_back(Tensor::Alloc("x", DType::kFloat32, std::vector<int64_t>(kMaxDims, 1)));
+  m.tensors.push_back(Tensor::Alloc(std::string(kMaxNameBytes, 'n'), DType::kInt8, {2}));
+  REQUIRE(CheckEncodable(m).ok());  // exactly at the limits: fine, and round-trips
+  DecodeResult d = DecodeStr(Encode(m));
+  REQUIRE(d.error == DecodeError::kNone);
+  CHECK(d.message.tensors[0].shape.size() == kMaxDims);
+  CHECK(d.message.tensors[1].name.size() == kMaxNameBytes);
+
+  SUBCASE("more dims than the decoder accepts (a u8: 256 dims was sent as 0)") {
+    for (size_t dims : {kMaxDims + 1, size_t{256}}) {
+      Message b;
+      b.type = kPredict;
+      b.tensors.push_back(Tensor::Alloc("deep", DType::kFloat32, std::vector<int64_t>(dims, 1)));
+      Status st = CheckEncodable(b);
+      CHECK(st.code() == Code::kInvalidArgument);
+      CHECK(st.message().find("'deep' has " + std::to_string(dims) + " dimensions") != std::string::npos);
+      CHECK(st.message().find(std::to_string(kMaxDims)) != std::string::npos);
+    }
+  }
+  SUBCASE("a name longer than its u16 length (65536 bytes was sent as 0)") {
+    Message b;
+    b.type = kPredict;
+    b.tensors.push_back(Tensor::Alloc(std::string(kMaxNameBytes + 1, 'n'), DType::kFloat32, {1}));
+    Status st = CheckEncodable(b);
+    CHECK(st.code() == Code::kInvalidArgument);
+    CHECK(st.message().find("65536 bytes") != std::string::npos);
+    CHECK(st.message().size() < 300);  // not the whole name
+  }
+  SUBCASE("more frames than the decoder accepts") {
+    Message b;
+    b.type = kPredict;
+    b.tensors.assign(kMaxFrames + 1, Tensor::Alloc("x", DType::kFloat32, {1}));
+    CHECK(CheckEncodable(b).code() == Code::kInvalidArgument);
+  }
+}

@@ -2,8 +2,10 @@
 // each malformed input refused with a message that names the problem.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 #include "protocol/input_spec.h"
 #include "protocol/tensor_file.h"
@@ -108,4 +110,170 @@ TEST_CASE("inputs are matched to forward()'s arguments by name, dtype and shape"
   // Older records hold names only: any dtype and shape pass.
   auto names = InputSpecsFromJson(json::parse(R"(["ids", "dense"])"));
   CHECK(MatchInputs(names, {wrong_dtype, wrong_shape}, "rec:1").ok());
+}
+
+namespace {
+// Writes a safetensors file with this header and `data_bytes` zero bytes of
+// data; returns "ok" or the reader's error message.
+std::string ReadSafetensorsWith(const testing::TempDir& dir, const std::string& header, size_t data_bytes) {
+  std::string f = dir / "h.safetensors";
+  {
+    std::ofstream o(f, std::ios::binary | std::ios::trunc);
+    uint64_t n = header.size();
+    o.write(reinterpret_cast<const char*>(&n), 8);
+    o << header << std::string(data_bytes, '\0');
+  }
+  auto x = ReadSafetensorsFile(f);
+  return x.ok() ? std::string("ok") : x.status().message();
+}
+}  // namespace
+
+TEST_CASE("safetensors: a shape whose byte size wraps 64 bits is refused, not read as 0 or 4 bytes") {
+  testing::TempDir dir;
+  // 2^62 F32 elements are 2^64 bytes: 0 in uint64, which matched [0, 0].
+  std::string r = ReadSafetensorsWith(dir, R"({"x": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", 0);
+  CHECK(r.find("'x'") != std::string::npos);
+  CHECK(r.find("too large") != std::string::npos);
+  // 2^62 + 1 elements wrap to 4 bytes.
+  r = ReadSafetensorsWith(dir, R"({"x": {"dtype": "F32", "shape": [4611686018427387905], "data_offsets": [0, 4]}})", 4);
+  CHECK(r.find("too large") != std::string::npos);
+  // Spread over two dims, and with 8-byte elements.
+  CHECK(ReadSafetensorsWith(dir, R"({"x": {"dtype": "I64", "shape": [2, 1152921504606846976], "data_offsets": [0, 0]}})", 0) != "ok");
+  // Neighbours that are fine still are.
+  CHECK(ReadSafetensorsWith(dir, R"({"x": {"dtype": "F32", "shape": [0, 4611686018427387904], "data_offsets": [0, 0]}})", 0) == "ok");
+  CHECK(ReadSafetensorsWith(dir, R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 4) == "ok");
+}
+
+TEST_CASE("Tensor::TryAlloc refuses a negative dim or a byte size that wraps size_t") {
+  auto huge = Tensor::TryAlloc("x", DType::kFloat32, {int64_t{1} << 62});  // 2^64 bytes
+  REQUIRE_FALSE(huge.ok());
+  CHECK(huge.status().code() == Code::kInvalidArgument);
+  CHECK(huge.status().message().find("'x'") != std::string::npos);
+  CHECK_FALSE(Tensor::TryAlloc("x", DType::kInt64, {int64_t{1} << 61}).ok());
+  CHECK_FALSE(Tensor::TryAlloc("x", DType::kFloat32, {int64_t{1} << 40, int64_t{1} << 40}).ok());  // numel overflow
+  auto neg = Tensor::TryAlloc("x", DType::kFloat32, {2, -1});
+  REQUIRE_FALSE(neg.ok());
+  CHECK(neg.status().message().find("negative") != std::string::npos);
+  auto ok = Tensor::TryAlloc("x", DType::kInt64, {3, 0});
+  REQUIRE(ok.ok());
+  CHECK(ok->nbytes == 0);
+  CHECK(Tensor::TryAlloc("x", DType::kInt64, {2, 3})->nbytes == 48);
+}
+
+TEST_CASE("JSON tensors: data nested 200k deep is refused without recursing (it overflowed the stack)") {
+  testing::TempDir dir;
+  const size_t depth = 200000;
+  std::string file = R"({"x": {"dtype": "float32", "shape": [1], "data": )" + std::string(depth, '[') + "1" +
+                     std::string(depth, ']') + "}}";
+  std::ofstream(dir / "deep.json") << file;  // ~400 KB, as `mms predict --input` reads it
+  auto r = ReadTensorFile(dir / "deep.json");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == Code::kInvalidArgument);
+  CHECK(r.status().message().find("'x'") != std::string::npos);
+  CHECK(r.status().message().find("nested") != std::string::npos);
+  // Nesting as deep as a (legal, if odd) shape of as many dims is walked without recursion too.
+  std::string shape = "[1";
+  for (size_t i = 1; i < depth; ++i) shape += ",1";
+  shape += "]";
+  std::ofstream(dir / "deep_ok.json") << R"({"x": {"dtype": "float32", "shape": )" + shape +
+                                          R"(, "data": )" + std::string(depth, '[') + "2.5" + std::string(depth, ']') + "}}";
+  auto ok = ReadTensorFile(dir / "deep_ok.json");
+  REQUIRE_MESSAGE(ok.ok(), ok.status().ToString());
+  CHECK((*ok)[0].shape.size() == depth);
+  CHECK((*ok)[0].as<float>()[0] == 2.5f);
+}
+
+TEST_CASE("JSON tensors: data is flat or nested exactly as the shape; ragged nesting is refused") {
+  auto floats = [](const std::string& text) {
+    auto r = TensorsFromJson(json::parse(text));
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    return TensorToDoubles((*r)[0]);
+  };
+  const std::vector<double> want{1, 2, 3, 4};
+  CHECK(floats(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [1, 2, 3, 4]}})") == want);
+  CHECK(floats(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}})") == want);
+  CHECK(floats(R"({"x": {"dtype": "int64", "shape": [2, 1, 2], "data": [[[1, 2]], [[3, 4]]]}})") == want);
+  CHECK(floats(R"({"x": {"dtype": "float32", "shape": [], "data": 7}})") == std::vector<double>{7});
+  CHECK(floats(R"({"x": {"dtype": "float32", "shape": [], "data": [7]}})") == std::vector<double>{7});
+  CHECK(floats(R"({"x": {"dtype": "float32", "shape": [2, 0], "data": [[], []]}})").empty());
+  CHECK(floats(R"({"x": {"dtype": "float32", "shape": [2, 0], "data": []}})").empty());
+
+  // The reviewed case: 4 values in all, but rows of 3 and 1 (was read as [[1, 2], [3, 4]]).
+  std::string e = JsonError(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, 2, 3], [4]]}})");
+  CHECK(e.find("'x'") != std::string::npos);
+  CHECK(e.find("data[0] has 3 entries but dimension 1 is 2") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, 2], [3], [4]]}})")
+            .find("has 3 entries but dimension 0 is 2") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[[1, 2], [3, 4]]]}})") != "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [4], "data": [[1], [2], [3], [4]]}})")
+            .find("data[0] is a list") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, 2], 3, 4]}})") != "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, [2]], [3, 4]]}})")
+            .find("data[0][1] is a list") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2, 0], "data": [[], [[]]]}})") != "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [], "data": [[7]]}})") != "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2], "data": 7}})") != "ok");
+}
+
+TEST_CASE("JSON tensors: floats beyond the dtype's range are refused, not turned into inf") {
+  std::string e = JsonError(R"({"x": {"dtype": "float32", "shape": [2], "data": [1, 1e39]}})");
+  CHECK(e.find("'x'") != std::string::npos);
+  CHECK(e.find("value 1 (1e+39)") != std::string::npos);
+  CHECK(e.find("out of range for float32") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [1], "data": [-1e39]}})").find("float32") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float16", "shape": [1], "data": [70000]}})").find("float16") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float16", "shape": [1], "data": [-65520]}})") != "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "bfloat16", "shape": [1], "data": [3.4e38]}})").find("bfloat16") != std::string::npos);
+  // The largest finite values (and those that round down to them) are fine.
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [2], "data": [3.4028235e38, -3.4028235e38]}})") == "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float16", "shape": [2], "data": [65504, 65519]}})") == "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "bfloat16", "shape": [1], "data": [3.38e38]}})") == "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float64", "shape": [1], "data": [1e308]}})") == "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [1], "data": [1e-50]}})") == "ok");  // underflow rounds to 0
+}
+
+TEST_CASE("JSON tensors: NaN and infinities written as \"nan\"/\"inf\"/\"-inf\" read back (predict --output as --input)") {
+  testing::TempDir dir;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<Tensor> in;
+  for (DType dt : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16}) {
+    auto r = TensorsFromJson(json::parse(std::string(R"({"t": {"dtype": ")") + DTypeName(dt) +
+                                         R"(", "shape": [4], "data": [1.5, 0, 0, 0]}})"));
+    REQUIRE(r.ok());
+    Tensor t = (*r)[0];
+    t.name = DTypeName(dt);
+    in.push_back(t);
+  }
+  // Non-finite values in every float dtype, set through a float32 copy.
+  auto set = [&](Tensor& t, size_t i, float v) {
+    if (t.dtype == DType::kFloat32) reinterpret_cast<float*>(t.mutable_data())[i] = v;
+    if (t.dtype == DType::kFloat64) reinterpret_cast<double*>(t.mutable_data())[i] = v;
+    if (t.dtype == DType::kFloat16) reinterpret_cast<uint16_t*>(t.mutable_data())[i] = std::isnan(v) ? 0x7e00 : v > 0 ? 0x7c00 : 0xfc00;
+    if (t.dtype == DType::kBFloat16) reinterpret_cast<uint16_t*>(t.mutable_data())[i] = std::isnan(v) ? 0x7fc0 : v > 0 ? 0x7f80 : 0xff80;
+  };
+  for (auto& t : in) {
+    set(t, 1, nan);
+    set(t, 2, inf);
+    set(t, 3, -inf);
+  }
+  json written = TensorsToJson(in);
+  for (const auto& t : in) CHECK(written[t.name]["data"] == json::parse(R"([1.5, "nan", "inf", "-inf"])"));
+  REQUIRE(WriteTensorFile(dir / "o.json", in).ok());
+  auto back = ReadTensorFile(dir / "o.json");
+  REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+  REQUIRE(back->size() == in.size());
+  for (const auto& t : *back) {
+    CAPTURE(t.name);
+    std::vector<double> v = TensorToDoubles(t);
+    REQUIRE(v.size() == 4);
+    CHECK(v[0] == 1.5);
+    CHECK(std::isnan(v[1]));
+    CHECK(v[2] == std::numeric_limits<double>::infinity());
+    CHECK(v[3] == -std::numeric_limits<double>::infinity());
+  }
+  // Only exactly what the writer emits; other spellings are refused with the accepted ones.
+  std::string e = JsonError(R"({"x": {"dtype": "float32", "shape": [1], "data": ["Infinity"]}})");
+  CHECK(e.find("\"inf\"") != std::string::npos);
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [1], "data": [null]}})") != "ok");
+  CHECK(JsonError(R"({"x": {"dtype": "int32", "shape": [1], "data": ["nan"]}})") != "ok");
 }
