@@ -215,6 +215,13 @@ void Server::Dispatch(Slot* slot, void* raw) {
 void Server::Reply(Slot* slot, const proto::Message& m) {
   std::shared_lock<std::shared_mutex> lock(reply_mu_);
   if (closed_) return;  // stopped: the connection is gone
+  if (Status st = proto::CheckEncodable(m); !st.ok()) {
+    // A model's output the frame format cannot carry (over 16 dimensions, a
+    // name over 64 KiB): an error instead of a malformed frame.
+    lock.unlock();
+    return Reply(slot, proto::ErrorReply(m.request_id, Status(Code::kModelError, "the reply cannot be sent: " +
+                                                                                     st.message())));
+  }
   std::string body = proto::DumpBody(m.body);
   nng_msg* out = nullptr;
   if (nng_msg_alloc(&out, proto::EncodedSize(m, body)) != 0) {

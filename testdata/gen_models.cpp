@@ -319,6 +319,15 @@ def forward(self, x):
 )");
   Save(throws, "throws.pt");
 
+  // An output the wire format cannot carry: 17 dimensions (the protocol's limit is 16).
+  torch::jit::Module manydims("ManyDims");
+  manydims.register_parameter("w", torch::ones({4, 1}), false);
+  manydims.define(R"(
+def forward(self, x):
+    return torch.matmul(x, self.w).reshape([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -1])
+)");
+  Save(manydims, "many_dims.pt");
+
   // forward(x, k: int): not servable (non-tensor argument).
   torch::jit::Module intarg("IntArg");
   intarg.register_parameter("w", torch::ones({4, 3}), false);

@@ -115,6 +115,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   REQUIRE(d.ok());
   Register(d, "tiny", "1", Data("tiny.pt"), {"--sample-input", Data("tiny_input.json")});
   Register(d, "thrower", "1", Data("throws.pt"));
+  Register(d, "manydims", "1", Data("many_dims.pt"));
   // Corrupt and truncated artifacts: register good copies, then damage them.
   std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/corrupt.pt");
   std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/trunc.pt");
@@ -134,6 +135,10 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     }
   }
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
+  std::ofstream(d.dir() + "/ragged.json") << R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, 2, 3], [4]]}})";
+  std::ofstream(d.dir() + "/range.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [1e39, 2, 3, 4]}})";
+  std::ofstream(d.dir() + "/dims.json")
+      << R"({"x": {"dtype": "float32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], "data": [1]}})";
   {
     std::ofstream big(d.dir() + "/big.json");
     big << R"({"x": {"dtype": "float32", "shape": [20000, 4], "data": [)";
@@ -154,6 +159,10 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
       {"tiny", Data("tiny_bad_dtype.json"), 2, "must be float32, got int64"},
       {"tiny", Data("tiny_bad_shape.json"), 2, "must have shape [batch, 4], got [2, 5]"},
       {"tiny", d.dir() + "/big.json", 2, "over the daemon's 64.0 KiB cap"},
+      {"tiny", d.dir() + "/ragged.json", 2, "data is neither flat (4 values) nor nested as shape [2, 2]"},
+      {"tiny", d.dir() + "/range.json", 2, "out of range for float32"},
+      {"tiny", d.dir() + "/dims.json", 2, "has 17 dimensions; the protocol allows 16"},
+      {"manydims", Data("tiny_input.json"), 1, "the reply cannot be sent"},
       {"nosuch", Data("tiny_input.json"), 4, "unknown model 'nosuch'"},
       {"tiny:7", Data("tiny_input.json"), 4, "unknown version tiny:7"},
       {"tiny", d.dir() + "/missing.json", 2, "no such file"},
