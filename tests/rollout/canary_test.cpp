@@ -96,6 +96,25 @@ TEST_CASE("a healthy canary walks all six stages and becomes production") {
   CHECK(f.changes >= 6);
 }
 
+TEST_CASE("advancing a stage saves the figures it starts from, so a restart cannot restore less") {
+  Fixture f;
+  CanaryRecord c = f.Start();
+  f.ctl->Tick();
+  f.Traffic(c, 75, 0.0, 5);
+  REQUIRE(f.reg->GetCanary("rec")->stage_index == 1);
+  // No metrics flush ran here (the daemon's watcher does that): what the
+  // registry holds was written by the advance itself.
+  auto saved = f.reg->LoadExperimentMetrics(c.experiment_id);
+  REQUIRE(saved.ok());
+  REQUIRE(saved->count("control") == 1);
+  REQUIRE(saved->count("treatment") == 1);
+  auto start = f.reg->GetCanary("rec")->stage_start;
+  for (const char* v : {"control", "treatment"}) {
+    CHECK((*saved)[v]["requests"] == start[v]["requests"]);
+    CHECK((*saved)[v]["requests"].get<uint64_t>() > 0);
+  }
+}
+
 TEST_CASE("no verdict before min-requests: a starved canary never advances") {
   Fixture f;
   CanaryRecord c = f.Start({1, 100});
