@@ -410,16 +410,26 @@ void Daemon::StopExpiredShadows() {
 }
 
 void Daemon::WatchRegistry() {
+  const int64_t poll = opts_.config.registry.poll_interval_ns, flush = opts_.config.experiments.flush_interval_ns;
+  int64_t last_poll_ns = opts_.clock->MonoNanos();
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!stopping_) {
-    watch_cv_.wait_for(lock, std::chrono::nanoseconds(opts_.config.registry.poll_interval_ns));
+    // Wake for whichever is due first: a flush_interval shorter than the
+    // poll_interval is still kept (a crash loses at most flush_interval).
+    int64_t now = opts_.clock->MonoNanos();
+    int64_t next = std::min(last_poll_ns + poll, last_flush_ns_ + flush);
+    watch_cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(next - now, 1'000'000)));
     if (stopping_) break;
     lock.unlock();
-    if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
-    StopExpiredShadows();
-    canaries_->Tick();
-    int64_t now = opts_.clock->MonoNanos();
-    if (now - last_flush_ns_ >= opts_.config.experiments.flush_interval_ns) {
+    now = opts_.clock->MonoNanos();
+    if (now - last_poll_ns >= poll) {
+      last_poll_ns = now;
+      if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+      StopExpiredShadows();
+      canaries_->Tick();
+    }
+    now = opts_.clock->MonoNanos();
+    if (now - last_flush_ns_ >= flush) {
       FlushMetrics();
       last_flush_ns_ = now;
     }

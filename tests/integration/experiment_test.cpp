@@ -183,7 +183,8 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
 }
 
 TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
-  Daemon d("[experiments]\nflush_interval = \"200ms\"\n");
+  // A poll interval far longer than the flush interval: flushes keep their own time.
+  Daemon d("[experiments]\nflush_interval = \"200ms\"\n[registry]\npoll_interval = \"30s\"\n");
   REQUIRE(d.ok());
   Setup(d);
   REQUIRE(d.Mms({"experiment", "create", "p", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "30"})
