@@ -421,31 +421,49 @@ std::string PackedKey(const std::filesystem::path& dir) {
   return (p.parent_path().filename() / p.filename()).string();
 }
 
-Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const std::vector<VersionRecord>& all) try {
+// The subdirectories of `parent`, sorted. Every filesystem call takes an
+// error_code: an unreadable or vanishing directory is an error returned,
+// never an exception.
+std::error_code ListDirs(const std::filesystem::path& parent, std::vector<std::filesystem::path>* out) {
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (it->is_directory(type_ec)) out->push_back(it->path());
+  }
+  std::sort(out->begin(), out->end());
+  return ec;
+}
+
+Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const std::vector<VersionRecord>& all) {
   std::set<std::string> used;
   for (const auto& v : all)
     if (!v.packed_dir.empty()) used.insert(PackedKey(v.packed_dir));
+  auto cannot = [&](const std::error_code& ec) {
+    return IoError("cannot scan " + artifacts + " for unused packed directories: " + ec.message());
+  };
   std::vector<OrphanDir> out;
-  std::error_code ec;
   const int64_t now = static_cast<int64_t>(::time(nullptr));
-  for (const auto& model : std::filesystem::directory_iterator(artifacts, ec)) {
-    if (!model.is_directory(ec)) continue;
-    for (const auto& e : std::filesystem::directory_iterator(model.path(), ec)) {
-      if (!e.is_directory(ec) || e.path().filename().string().find(".tmp-") != std::string::npos) continue;
-      if (used.count(PackedKey(e.path()))) continue;
+  std::vector<std::filesystem::path> models;
+  if (std::error_code ec = ListDirs(artifacts, &models); ec && ec != std::errc::no_such_file_or_directory)
+    return cannot(ec);
+  for (const auto& model : models) {
+    std::vector<std::filesystem::path> dirs;
+    if (std::error_code ec = ListDirs(model, &dirs)) return cannot(ec);
+    for (const auto& d : dirs) {
+      if (d.filename().string().find(".tmp-") != std::string::npos || used.count(PackedKey(d))) continue;
       OrphanDir o;
-      o.path = e.path().string();
-      for (const auto& f : std::filesystem::recursive_directory_iterator(e.path(), ec))
-        if (f.is_regular_file(ec)) o.bytes += f.file_size(ec);
+      o.path = d.string();
+      std::error_code ec;
+      for (std::filesystem::recursive_directory_iterator f(d, ec), end; !ec && f != end; f.increment(ec)) {
+        std::error_code size_ec;
+        if (f->is_regular_file(size_ec)) o.bytes += f->file_size(size_ec);
+      }
       struct stat st {};
       if (::stat(o.path.c_str(), &st) == 0) o.age_s = now - std::max<int64_t>(st.st_mtime, st.st_ctime);
       out.push_back(std::move(o));
     }
   }
-  std::sort(out.begin(), out.end(), [](const OrphanDir& a, const OrphanDir& b) { return a.path < b.path; });
-  return out;
-} catch (const std::filesystem::filesystem_error& e) {  // e.g. a directory removed while being read
-  return IoError("cannot scan " + artifacts + " for unused packed directories: " + e.what());
+  return out;  // sorted: ListDirs sorts each level
 }
 
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
@@ -566,19 +584,8 @@ int CmdImport(Cli& cli, const std::string& dir) {
     skipped.push_back({{"path", path}, {"reason", why}});
     if (error) ++errors;
   };
-  // Every filesystem call takes an error_code: an unreadable directory is
-  // reported (and skipped), never an exception.
-  auto list_dirs = [](const std::filesystem::path& parent, std::vector<std::filesystem::path>& out) {
-    std::error_code ec;
-    for (std::filesystem::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
-      std::error_code type_ec;
-      if (it->is_directory(type_ec)) out.push_back(it->path());
-    }
-    std::sort(out.begin(), out.end());
-    return ec;
-  };
   std::vector<std::filesystem::path> models;
-  if (std::error_code lec = list_dirs(dir, models))
+  if (std::error_code lec = ListDirs(dir, &models))
     return cli.Fail(IoError("cannot list " + dir + ": " + lec.message()));
   static const std::regex kMaxBatch(R"(max_batch_size\s*:\s*(\d+))");
   for (const auto& mdir : models) {
@@ -607,7 +614,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
       }
     }
     std::vector<std::filesystem::path> versions;
-    if (std::error_code lec = list_dirs(mdir, versions)) {
+    if (std::error_code lec = ListDirs(mdir, &versions)) {
       skip(mdir.string(), "cannot list " + mdir.string() + ": " + lec.message());
       continue;
     }

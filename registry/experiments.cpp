@@ -194,6 +194,11 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
 
 Status Registry::SaveExperimentMetrics(const std::string& id, const std::string& variant, const nlohmann::json& data) {
   std::lock_guard<std::mutex> lock(mu_);
+  return SaveExperimentMetricsLocked(id, variant, data);
+}
+
+Status Registry::SaveExperimentMetricsLocked(const std::string& id, const std::string& variant,
+                                             const nlohmann::json& data) {
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
       "INSERT INTO experiment_metrics (experiment_id, variant, data_json, updated_ms) VALUES (?, ?, ?, ?) "
       "ON CONFLICT (experiment_id, variant) DO UPDATE SET data_json = excluded.data_json, updated_ms = excluded.updated_ms"));

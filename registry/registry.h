@@ -353,6 +353,7 @@ class Registry {
   Result<std::vector<CanaryRecord>> QueryCanaries(const std::string& where, const std::vector<std::string>& args);
   Result<CanaryRecord> ActiveCanaryLocked(const std::string& model);
   Status StopExperimentLocked(const std::string& id, const std::string& winner, const std::string& detail);
+  Status SaveExperimentMetricsLocked(const std::string& id, const std::string& variant, const nlohmann::json& data);
 
   // Commits `tx` and counts our own write for DataVersion().
   Status Commit(sql::Tx& tx);

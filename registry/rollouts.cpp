@@ -307,15 +307,9 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
   // The figures the new stage is measured from, saved with it: a daemon
   // killed before its next metrics flush restores at least these, so the
   // stage's window never starts ahead of the restored totals.
-  for (const char* variant : {"control", "treatment"}) {
-    if (!stage_start.contains(variant)) continue;
-    MMS_ASSIGN_OR_RETURN(auto save, db_->Prepare(
-        "INSERT INTO experiment_metrics (experiment_id, variant, data_json, updated_ms) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (experiment_id, variant) DO UPDATE SET data_json = excluded.data_json, "
-        "updated_ms = excluded.updated_ms"));
-    save.Bind(1, c.experiment_id).Bind(2, variant).Bind(3, stage_start[variant].dump()).Bind(4, opts_.clock->UnixMillis());
-    MMS_RETURN_IF_ERROR(save.Run());
-  }
+  for (const char* variant : {"control", "treatment"})
+    if (stage_start.contains(variant))
+      MMS_RETURN_IF_ERROR(SaveExperimentMetricsLocked(c.experiment_id, variant, stage_start[variant]));
   MMS_RETURN_IF_ERROR(AuditLocked("canary-stage", c.model, c.candidate_version,
                                   FormatPercent(c.traffic_percent()), FormatPercent(next),
                                   "stage " + std::to_string(from_stage + 2) + " of " + std::to_string(c.stages.size())));

@@ -218,15 +218,14 @@ Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
                                        " evictable), held by " + (held.empty() ? "nothing else" : held));
   while (host_used_ + bytes > opts_.host_budget) {
     // Host-only models first: a device resident one is in use more recently.
-    auto victim = host_policy_->Victim([&](PoolKey k) {
-      auto it = entries_.find(k);
-      return it != entries_.end() && it->second->tier == Tier::kHost && droppable(k, *it->second);
-    });
-    if (!victim)
-      victim = host_policy_->Victim([&](PoolKey k) {
+    auto victim_among = [&](bool host_only) {
+      return host_policy_->Victim([&](PoolKey k) {
         auto it = entries_.find(k);
-        return it != entries_.end() && droppable(k, *it->second);
+        return it != entries_.end() && (!host_only || it->second->tier == Tier::kHost) && droppable(k, *it->second);
       });
+    };
+    auto victim = victim_among(true);
+    if (!victim) victim = victim_among(false);
     if (!victim) return Internal("host tier accounting: no victim although enough was evictable");
     DropHost(*entries_[*victim]);
   }

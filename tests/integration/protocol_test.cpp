@@ -17,14 +17,18 @@ using namespace mms::testing;
 
 namespace {
 
-// One raw round trip; returns the decoded reply.
-Message RawCall(const std::string& socket, const std::string& bytes) {
+std::unique_ptr<Client> Connected(const std::string& socket) {
   proto::Client::Options o;
   o.socket_path = socket;
   o.timeout_ms = 10000;
   auto c = Client::Connect(o);
   REQUIRE(c.ok());
-  auto raw = (*c)->CallRaw(bytes);
+  return std::move(c).value();
+}
+
+// One raw round trip; returns the decoded reply.
+Message RawCall(const std::string& socket, const std::string& bytes) {
+  auto raw = Connected(socket)->CallRaw(bytes);
   REQUIRE(raw.ok());
   auto buf = std::make_shared<std::string>(std::move(raw).value());
   DecodeResult d = Decode(reinterpret_cast<const uint8_t*>(buf->data()), buf->size(), buf, SIZE_MAX);
@@ -119,13 +123,10 @@ TEST_CASE("each malformed message gets its own error and the daemon keeps servin
 TEST_CASE("the Client maps error replies to statuses") {
   Daemon d;
   REQUIRE(d.ok());
-  proto::Client::Options o;
-  o.socket_path = d.socket();
-  auto c = Client::Connect(o);
-  REQUIRE(c.ok());
-  auto r = (*c)->CallJson(0x0998, nlohmann::json::object());
+  auto c = Connected(d.socket());
+  auto r = c->CallJson(0x0998, nlohmann::json::object());
   CHECK(r.status().code() == Code::kProtocol);
-  auto p = (*c)->CallJson(kPing, nlohmann::json::object());
+  auto p = c->CallJson(kPing, nlohmann::json::object());
   REQUIRE(p.ok());
   CHECK((*p)["pid"].get<int>() == d.child().pid());
 }
@@ -133,18 +134,15 @@ TEST_CASE("the Client maps error replies to statuses") {
 TEST_CASE("a request field of the wrong type is INVALID_ARGUMENT, and the daemon serves on") {
   Daemon d;
   REQUIRE(d.ok());
-  proto::Client::Options o;
-  o.socket_path = d.socket();
-  auto c = Client::Connect(o);
-  REQUIRE(c.ok());
+  auto c = Connected(d.socket());
   for (auto [type, body] : std::vector<std::pair<uint16_t, nlohmann::json>>{
            {kPredict, {{"model", "m"}, {"user", 5}}},
            {kHealth, {{"model", 7}}},
            {kShadowSamples, {{"model", "m"}, {"limit", "twenty"}}}}) {
-    auto r = (*c)->CallJson(type, body);
+    auto r = c->CallJson(type, body);
     INFO(body.dump());
     CHECK(r.status().code() == Code::kInvalidArgument);
     CHECK(r.status().message().find("wrong type") != std::string::npos);
   }
-  CHECK((*c)->CallJson(kPing, nlohmann::json::object()).ok());
+  CHECK(c->CallJson(kPing, nlohmann::json::object()).ok());
 }
