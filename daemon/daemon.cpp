@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <set>
 #include <sstream>
+#include <utility>
 
 namespace mms {
 
@@ -181,6 +182,7 @@ Daemon::~Daemon() {
   // which every pending Responder points at, goes last.
   http_.reset();
   if (server_) server_->Stop();            // no more requests or handlers; late replies are dropped
+  on_routed_.clear();                      // their Responders point at the server
   if (callbacks_) callbacks_->Shutdown();  // queued load callbacks run now; later ones run inline
   if (scheduler_) scheduler_->Stop();      // queued requests are answered CANCELLED; later ones too
   shadows_.reset();                        // the shadow workers drop their candidates' handles
@@ -227,99 +229,170 @@ PoolItem Daemon::ItemFor(const VersionRecord& v) {
   return it;
 }
 
-Status Daemon::RefreshRegistry(bool force) {
-  std::lock_guard<std::mutex> lock(refresh_mu_);
-  auto old = snapshot();
-  auto live_cfg = live();
-  MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
-  // Unchanged registry and config: nothing to do. (A reloaded config whose
-  // refresh failed is applied by the watcher's next try.)
-  if (!force && old && dv == old->data_version && applied_live_ == live_cfg->generation) return Status::Ok();
-  // An unchanged registry (a forced refresh, a reload, the first refresh
-  // after Start's snapshot) is not read again.
-  std::shared_ptr<const RegistrySnapshot> snap = old;
-  if (!old || dv != old->data_version) {
-    MMS_ASSIGN_OR_RETURN(snap, RegistrySnapshot::Load(*registry_));
-  }
-  // Load both arms of a new experiment or canary (and a shadow's candidate)
-  // before routing sees it, so neither arm's first requests pay a cold load
-  // the other does not (a canary would be judged on its load time).
-  auto warm = [&](int64_t id) {
-    const VersionRecord* v = snap->ById(id);
-    if (!v) return;
-    Result<HandlePtr> h = Status::Ok();
-    if (v->is_adapter()) {
-      const VersionRecord* base = snap->ById(v->base_id);
-      h = base ? pool_->AcquireSync(ItemFor(*base), 60'000'000'000) : Result<HandlePtr>(NotFound("base gone"));
-      if (h.ok()) h = adapters_->AcquireSync(ItemFor(*v), 60'000'000'000);
-    } else {
-      h = pool_->AcquireSync(ItemFor(*v), 60'000'000'000);
-    }
-    if (!h.ok()) LogWarn("warm_failed", {{"model", v->ref()}, {"error", h.status().message()}});
-  };
-  const RegistrySnapshot* seen = warmed_ ? old.get() : nullptr;  // the first refresh warms everything running
-  for (const auto& [model, e] : snap->experiments)
-    if (!seen || !seen->experiments.count(model) || seen->experiments.at(model).id != e.id) {
-      warm(e.control_id);
-      warm(e.treatment_id);
-    }
-  for (const auto& [model, sh] : snap->shadows)
-    if (!seen || !seen->shadows.count(model) || seen->shadows.at(model).id != sh.id) warm(sh.candidate_id);
-  warmed_ = true;
+namespace {
+std::string ExperimentKey(const ExperimentRecord& e) { return "experiment/" + e.id; }
+std::string ShadowKey(const ShadowRecord& s) { return "shadow/" + std::to_string(s.id); }
+}  // namespace
 
+void Daemon::StartWarmups(const RegistrySnapshot& latest) {
+  std::map<std::string, std::vector<int64_t>> want;  // rollout key → its arms
+  for (const auto& [model, e] : latest.experiments) want[ExperimentKey(e)] = {e.control_id, e.treatment_id};
+  for (const auto& [model, sh] : latest.shadows) want[ShadowKey(sh)] = {sh.candidate_id};
+  std::vector<std::pair<std::string, std::vector<int64_t>>> start;
   {
-    std::lock_guard<std::mutex> s(snap_mu_);
-    snapshot_ = snap;
-  }
-  if (old) {
-    for (const auto& [name, versions] : old->models)
-      for (const auto& v : versions)
-        if (!snap->ById(v.id)) PoolFor(v)->Forget(v.id);
-    for (const auto& [name, versions] : snap->models)
-      for (const auto& v : versions) {
-        const VersionRecord* was = old->ById(v.id);
-        if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
-        else if (was->stage != v.stage)
-          LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},
-                                    {"to", StageName(v.stage)}});
+    std::lock_guard<std::mutex> lock(warm_mu_);
+    for (auto it = warmups_.begin(); it != warmups_.end();)  // ended rollouts
+      it = want.count(it->first) ? std::next(it) : warmups_.erase(it);
+    for (auto& [key, arms] : want)
+      if (!warmups_.count(key)) {
+        warmups_[key] = {static_cast<int>(arms.size()), opts_.clock->MonoNanos()};
+        start.emplace_back(key, std::move(arms));
       }
   }
-
-  std::set<PoolKey> want;
-  auto want_ref = [&](const std::string& text, const char* source) {
-    auto ref = ParseRef(text);
-    auto v = ref.ok() ? snap->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
-    if (v.ok()) want.insert((*v)->id);
-    else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
-  };
-  for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
-  for (const auto& p : live_cfg->pinned) want_ref(p, "[pool] pinned");
-  for (PoolKey k : want)
-    if (!pinned_.count(k)) PoolFor(*snap->ById(k))->Pin(ItemFor(*snap->ById(k)));
-  for (PoolKey k : pinned_)
-    if (!want.count(k)) {
-      pool_->Unpin(k);
-      adapters_->Unpin(k);
+  // Outside warm_mu_: a hit calls back at once, on this thread.
+  for (const auto& [key, arms] : start)
+    for (int64_t id : arms) {
+      const VersionRecord* v = latest.ById(id);
+      if (!v) {  // the version was removed: nothing to load
+        WarmupArmDone(key);
+        continue;
+      }
+      auto done = [this, key = key, ref = v->ref()](const Status& st) {
+        if (!st.ok()) LogWarn("warm_failed", {{"model", ref}, {"error", st.message()}});
+        WarmupArmDone(key);
+      };
+      if (!v->is_adapter()) {
+        pool_->Acquire(ItemFor(*v), [done](Result<HandlePtr> h) { done(h.status()); });
+        continue;
+      }
+      const VersionRecord* base = latest.ById(v->base_id);
+      if (!base) {
+        done(NotFound("its base is no longer registered"));
+        continue;
+      }
+      pool_->Acquire(ItemFor(*base), [this, done, adapter = ItemFor(*v)](Result<HandlePtr> h) {
+        if (!h.ok()) return done(h.status());
+        adapters_->Acquire(adapter, [done](Result<HandlePtr> a) { done(a.status()); });
+      });
     }
-  pinned_ = want;
+}
 
-  // Rate limits: the registry's, with [limits] as defaults.
-  std::map<std::string, TokenLimit> model_limits, tenant_limits;
-  for (const auto& l : snap->limits) (l.kind == "model" ? model_limits : tenant_limits)[l.key] = {l.qps, l.burst};
-  const LimitsConfig& lc = live_cfg->limits;
-  auto def = [](double qps, double burst) -> std::optional<TokenLimit> {
-    if (qps <= 0) return std::nullopt;
-    return TokenLimit{qps, burst > 0 ? burst : std::max(1.0, qps)};
-  };
-  limiter_.Configure(model_limits, tenant_limits, def(lc.model_qps, lc.model_burst), def(lc.tenant_qps, lc.tenant_burst));
-  applied_live_ = live_cfg->generation;
+void Daemon::WarmupArmDone(const std::string& key) {
+  {
+    std::lock_guard<std::mutex> lock(warm_mu_);
+    auto it = warmups_.find(key);
+    if (it == warmups_.end() || --it->second.pending > 0) return;
+  }
+  {  // the watcher publishes the rollout
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    refresh_due_ = true;
+  }
+  watch_cv_.notify_all();
+}
 
-  std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
-  for (const auto& [model, s] : snap->shadows)
-    if (const VersionRecord* cand = snap->ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
-  shadows_->Configure(shadows);
-  LogDebug("registry_snapshot", {{"models", snap->models.size()}, {"pins", want.size()}});
-  return Status::Ok();
+bool Daemon::WarmupSettled(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(warm_mu_);
+  auto it = warmups_.find(key);
+  return it == warmups_.end() || it->second.pending <= 0 ||
+         opts_.clock->MonoNanos() - it->second.started_ns >= kWarmupLimitNs;
+}
+
+Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
+  std::vector<std::function<void()>> routed;  // run after the lock is released
+  Status st = [&]() -> Status {
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    auto old = snapshot();
+    auto live_cfg = live();
+    MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
+    bool read = !latest_ || dv != latest_->data_version;
+    // Unchanged registry and config, and no rollout waiting to be routed:
+    // nothing to do. (A reloaded config whose refresh failed is applied by
+    // the watcher's next try.)
+    if (!force && !read && applied_live_ == live_cfg->generation && !held_back_) {
+      if (on_routed) routed.push_back(std::move(on_routed));
+      return Status::Ok();
+    }
+    if (read) {
+      MMS_ASSIGN_OR_RETURN(latest_, RegistrySnapshot::Load(*registry_));
+    }
+    StartWarmups(*latest_);
+    // A rollout is routed once its arms are warm, or when it was already
+    // (the first refresh after Start keeps what Start's snapshot routes).
+    std::map<std::string, ExperimentRecord> routed_exps;
+    std::map<std::string, ShadowRecord> routed_shadows;
+    for (const auto& [model, e] : latest_->experiments) {
+      bool was = old && old->experiments.count(model) && old->experiments.at(model).id == e.id;
+      if (was || WarmupSettled(ExperimentKey(e))) routed_exps[model] = e;
+    }
+    for (const auto& [model, sh] : latest_->shadows) {
+      bool was = old && old->shadows.count(model) && old->shadows.at(model).id == sh.id;
+      if (was || WarmupSettled(ShadowKey(sh))) routed_shadows[model] = sh;
+    }
+    held_back_ = routed_exps.size() < latest_->experiments.size() || routed_shadows.size() < latest_->shadows.size();
+    std::shared_ptr<const RegistrySnapshot> snap =
+        held_back_ ? latest_->WithRollouts(std::move(routed_exps), std::move(routed_shadows)) : latest_;
+    if (held_back_)
+      LogDebug("rollouts_held_back", {{"experiments", latest_->experiments.size() - snap->experiments.size()},
+                                      {"shadows", latest_->shadows.size() - snap->shadows.size()}});
+    if (on_routed) on_routed_.push_back(std::move(on_routed));
+    if (!held_back_) routed.swap(on_routed_);
+
+    {
+      std::lock_guard<std::mutex> s(snap_mu_);
+      snapshot_ = snap;
+    }
+    if (old) {
+      for (const auto& [name, versions] : old->models)
+        for (const auto& v : versions)
+          if (!snap->ById(v.id)) PoolFor(v)->Forget(v.id);
+      for (const auto& [name, versions] : snap->models)
+        for (const auto& v : versions) {
+          const VersionRecord* was = old->ById(v.id);
+          if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
+          else if (was->stage != v.stage)
+            LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},
+                                      {"to", StageName(v.stage)}});
+        }
+    }
+
+    std::set<PoolKey> want;
+    auto want_ref = [&](const std::string& text, const char* source) {
+      auto ref = ParseRef(text);
+      auto v = ref.ok() ? snap->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
+      if (v.ok()) want.insert((*v)->id);
+      else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
+    };
+    for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
+    for (const auto& p : live_cfg->pinned) want_ref(p, "[pool] pinned");
+    for (PoolKey k : want)
+      if (!pinned_.count(k)) PoolFor(*snap->ById(k))->Pin(ItemFor(*snap->ById(k)));
+    for (PoolKey k : pinned_)
+      if (!want.count(k)) {
+        pool_->Unpin(k);
+        adapters_->Unpin(k);
+      }
+    pinned_ = want;
+
+    // Rate limits: the registry's, with [limits] as defaults.
+    std::map<std::string, TokenLimit> model_limits, tenant_limits;
+    for (const auto& l : snap->limits) (l.kind == "model" ? model_limits : tenant_limits)[l.key] = {l.qps, l.burst};
+    const LimitsConfig& lc = live_cfg->limits;
+    auto def = [](double qps, double burst) -> std::optional<TokenLimit> {
+      if (qps <= 0) return std::nullopt;
+      return TokenLimit{qps, burst > 0 ? burst : std::max(1.0, qps)};
+    };
+    limiter_.Configure(model_limits, tenant_limits, def(lc.model_qps, lc.model_burst), def(lc.tenant_qps, lc.tenant_burst));
+    applied_live_ = live_cfg->generation;
+
+    std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
+    for (const auto& [model, s] : snap->shadows)
+      if (const VersionRecord* cand = snap->ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
+    shadows_->Configure(shadows);
+    LogDebug("registry_snapshot", {{"models", snap->models.size()}, {"pins", want.size()}});
+    return Status::Ok();
+  }();
+  for (auto& f : routed) f();
+  return st;
 }
 
 Result<VersionRecord> Daemon::Resolve(const std::string& text) {
@@ -418,10 +491,15 @@ void Daemon::WatchRegistry() {
     // poll_interval is still kept (a crash loses at most flush_interval).
     int64_t now = opts_.clock->MonoNanos();
     int64_t next = std::min(last_poll_ns + poll, last_flush_ns_ + flush);
-    watch_cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(next - now, 1'000'000)));
+    watch_cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(next - now, 1'000'000)),
+                       [&] { return stopping_ || refresh_due_; });
     if (stopping_) break;
+    bool due = std::exchange(refresh_due_, false);
     lock.unlock();
     now = opts_.clock->MonoNanos();
+    if (due && now - last_poll_ns < poll) {  // a warm-up finished: route its rollout now
+      if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+    }
     if (now - last_poll_ns >= poll) {
       last_poll_ns = now;
       if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
@@ -513,6 +591,12 @@ Result<std::vector<std::string>> Daemon::Reload() {
 
 bool Daemon::Shutdown() {
   LogInfo("shutting_down", {{"in_flight", server_->in_flight()}});
+  std::vector<std::function<void()>> waiting;  // REGISTRY_CHANGED calls waiting for a warm-up
+  {
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    waiting.swap(on_routed_);
+  }
+  for (auto& f : waiting) f();
   server_->BeginDrain();
   bool idle = server_->WaitIdle(opts_.config.daemon.shutdown_grace_ns);
   if (!idle) LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}});

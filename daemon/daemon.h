@@ -15,12 +15,14 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "config/config.h"
 #include "core/clock.h"
@@ -83,8 +85,18 @@ class Daemon {
   Executor* callbacks() const { return callbacks_.get(); }
   std::shared_ptr<const RegistrySnapshot> snapshot() const;
   // Re-reads the registry when it changed (or always with `force`), swaps
-  // the snapshot, applies pins and forgets removed versions.
-  Status RefreshRegistry(bool force);
+  // the snapshot, applies pins, limits and shadows, and forgets removed
+  // versions. It never waits for a load: a new experiment's arms (or a new
+  // shadow's candidate) are loaded in the background first, and until they
+  // are, or kWarmupLimitNs has passed, the published snapshot leaves that
+  // rollout out, so requests go where they went before and neither arm's
+  // first requests pay a cold load the other does not (a canary would be
+  // judged on its load time). A finished warm-up refreshes again (watcher).
+  // `on_routed` (optional) runs once every rollout the registry has is
+  // routed: before this returns, or from a later refresh; never when this
+  // returns an error. It must not call RefreshRegistry.
+  Status RefreshRegistry(bool force, std::function<void()> on_routed = {});
+  static constexpr int64_t kWarmupLimitNs = 60'000'000'000;
   // Resolves a reference against the snapshot; on NOT_FOUND refreshes once
   // (a version registered a moment ago is servable at once).
   Result<VersionRecord> Resolve(const std::string& ref);
@@ -116,6 +128,10 @@ class Daemon {
   std::map<uint16_t, Handler> BuildHandlers();
   Status CreatePool();
   void WatchRegistry();
+  // Warm-ups of rollouts (key "experiment/<id>" or "shadow/<id>").
+  void StartWarmups(const RegistrySnapshot& latest);  // refresh_mu_ held
+  bool WarmupSettled(const std::string& key) const;   // done or past kWarmupLimitNs
+  void WarmupArmDone(const std::string& key);         // from pool callbacks
   void StopExpiredShadows();  // watcher thread
 
   DaemonOptions opts_;
@@ -137,10 +153,20 @@ class Daemon {
   };
   std::shared_ptr<const LiveConfig> live_;  // guarded by snap_mu_; never null after Create
   std::shared_ptr<const LiveConfig> live() const;
-  std::mutex refresh_mu_;                             // one refresh at a time
+  // One refresh at a time; held only for registry reads and in-memory work
+  // (never across a load or a join).
+  std::mutex refresh_mu_;
+  std::shared_ptr<const RegistrySnapshot> latest_;    // guarded by refresh_mu_: the registry as last read
+  bool held_back_ = false;                            // guarded by refresh_mu_: snapshot_ leaves a rollout out
+  std::vector<std::function<void()>> on_routed_;      // guarded by refresh_mu_: waiting for !held_back_
   std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
   uint64_t applied_live_ = 0;                         // guarded by refresh_mu_: LiveConfig generation applied
-  bool warmed_ = false;                               // guarded by refresh_mu_: the first refresh has run
+  struct Warmup {
+    int pending = 0;          // arms still loading
+    int64_t started_ns = 0;   // mono
+  };
+  mutable std::mutex warm_mu_;                        // never held while taking refresh_mu_
+  std::map<std::string, Warmup> warmups_;             // guarded by warm_mu_: the registry's rollouts
 
   MetricsStore experiment_metrics_;
   MetricsStore serving_metrics_;
@@ -156,6 +182,7 @@ class Daemon {
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
   bool stopping_ = false;  // guarded by watch_mu_
+  bool refresh_due_ = false;  // guarded by watch_mu_: a warm-up finished
   std::thread watcher_;
 };
 

@@ -42,9 +42,12 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     r.Send(nlohmann::json{{"reload", "requested"}});
   };
 
+  // Answered once the change routes: a new experiment's or shadow's arms are
+  // loaded first (in the background; no thread waits), so `mms experiment
+  // start` returns when its requests are split.
   (*table)[proto::kRegistryChanged] = [d](proto::Message, Responder r) {
-    if (Status st = d->RefreshRegistry(false); !st.ok()) return r.Fail(st);
-    r.Send(nlohmann::json::object());
+    if (Status st = d->RefreshRegistry(false, [r]() mutable { r.Send(nlohmann::json::object()); }); !st.ok())
+      r.Fail(st);
   };
 }
 

@@ -10,8 +10,7 @@ Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry&
   MMS_ASSIGN_OR_RETURN(snap->data_version, reg.DataVersion());
   MMS_ASSIGN_OR_RETURN(auto all, reg.List());
   for (auto& v : all) snap->models[v.model].push_back(std::move(v));
-  for (auto& [name, versions] : snap->models)
-    for (auto& v : versions) snap->by_id_[v.id] = &v;
+  snap->Index();
   MMS_ASSIGN_OR_RETURN(snap->pins, reg.Pins());
   MMS_ASSIGN_OR_RETURN(auto exps, reg.ListExperiments(/*include_stopped=*/false));
   for (auto& e : exps) snap->experiments[e.model] = std::move(e);
@@ -19,6 +18,25 @@ Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry&
   for (auto& s : shadows) snap->shadows[s.model] = std::move(s);
   MMS_ASSIGN_OR_RETURN(snap->limits, reg.Limits());
   return std::shared_ptr<const RegistrySnapshot>(std::move(snap));
+}
+
+void RegistrySnapshot::Index() {
+  by_id_.clear();
+  for (const auto& [name, versions] : models)
+    for (const auto& v : versions) by_id_[v.id] = &v;
+}
+
+std::shared_ptr<const RegistrySnapshot> RegistrySnapshot::WithRollouts(std::map<std::string, ExperimentRecord> exps,
+                                                                       std::map<std::string, ShadowRecord> shadows) const {
+  auto copy = std::make_shared<RegistrySnapshot>();
+  copy->data_version = data_version;
+  copy->models = models;
+  copy->pins = pins;
+  copy->experiments = std::move(exps);
+  copy->shadows = std::move(shadows);
+  copy->limits = limits;
+  copy->Index();
+  return copy;
 }
 
 const VersionRecord* RegistrySnapshot::ById(int64_t id) const {

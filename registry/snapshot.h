@@ -26,11 +26,16 @@ struct RegistrySnapshot {
   std::vector<RateLimit> limits;
 
   static Result<std::shared_ptr<const RegistrySnapshot>> Load(Registry& reg);
+  // A copy with other experiments and shadows (the daemon holds back a new
+  // rollout until its arms are loaded). Everything else is the same.
+  std::shared_ptr<const RegistrySnapshot> WithRollouts(std::map<std::string, ExperimentRecord> exps,
+                                                       std::map<std::string, ShadowRecord> shadows) const;
   Result<const VersionRecord*> Resolve(const Ref& ref) const;
   const VersionRecord* ById(int64_t id) const;
 
  private:
-  std::unordered_map<int64_t, const VersionRecord*> by_id_;
+  void Index();
+  std::unordered_map<int64_t, const VersionRecord*> by_id_;  // into `models`
 };
 
 }  // namespace mms

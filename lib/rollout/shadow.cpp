@@ -57,6 +57,7 @@ struct ShadowRunner::Shadow {
   bool stopping = false;     // guarded by queue_mu
   std::atomic<uint64_t> sampled{0}, skipped{0}, dropped{0}, queued{0};
   std::atomic<bool> running{true};  // false once stopping (joinable() is not safe to read then)
+  std::atomic<bool> exited{false};  // the worker returned: joining it does not wait
   std::mutex mu;             // the figures below
   uint64_t mirrored = 0, failed = 0, diverged = 0;
   Reservoir max_abs, mean_abs, rel_l2, cosine, argmax, topk, delta_ns;
@@ -65,7 +66,11 @@ struct ShadowRunner::Shadow {
   std::thread worker;
 };
 
-ShadowRunner::~ShadowRunner() { Configure({}); }
+ShadowRunner::~ShadowRunner() {
+  Configure({});
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& s : retired_) s->worker.join();
+}
 
 uint64_t ShadowRunner::RequestHash(const std::vector<Tensor>& inputs) {
   std::string buf;
@@ -105,25 +110,42 @@ void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord,
       s->rec = cfg.first;
       s->candidate = cfg.second;
       Shadow* raw = s.get();
-      s->worker = std::thread([this, raw] { Work(raw); });
+      s->worker = std::thread([this, raw] {
+        Work(raw);
+        raw->exited = true;  // after Work's locals (the candidate's handle) are gone
+      });
       shadows_[model] = s;
       LogInfo("shadow_start", {{"model", model}, {"candidate", s->rec.candidate_ref()}, {"ratio", s->rec.ratio}});
     }
   }
-  for (auto& s : to_stop) {  // stopped outside mu_: the worker may be in a load
+  // Stopped outside mu_ and not joined here: the worker may be in a load or
+  // a long candidate run, and the caller (the daemon's registry refresh)
+  // must not wait for it. Retired workers are joined once they have exited.
+  for (auto& s : to_stop) {
     {
       std::lock_guard<std::mutex> lock(s->queue_mu);
       s->stopping = true;
       s->queue.clear();
       s->queued = 0;
     }
+    uint64_t mirrored;
     {
       std::lock_guard<std::mutex> lock(s->mu);
       s->rec.state = "stopped";
+      mirrored = s->mirrored;
     }
     s->cv.notify_all();
-    s->worker.join();
-    LogInfo("shadow_stop", {{"model", s->rec.model}, {"mirrored", s->mirrored}, {"dropped", s->dropped.load()}});
+    LogInfo("shadow_stop", {{"model", s->rec.model}, {"mirrored", mirrored}, {"dropped", s->dropped.load()}});
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  retired_.insert(retired_.end(), to_stop.begin(), to_stop.end());
+  for (auto it = retired_.begin(); it != retired_.end();) {
+    if (!(*it)->exited) {
+      ++it;
+      continue;
+    }
+    (*it)->worker.join();
+    it = retired_.erase(it);
   }
 }
 

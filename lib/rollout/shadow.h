@@ -76,7 +76,9 @@ class ShadowRunner {
 
   // The running shadows (model → record and the candidate's pool item).
   // Starts new ones, stops and forgets those no longer running (their stats
-  // stay readable until the next start on that model).
+  // stay readable until the next start on that model). Never waits for a
+  // stopping worker (it may be in a load): those are joined by a later call
+  // once they have exited, or by the destructor.
   void Configure(const std::map<std::string, std::pair<ShadowRecord, PoolItem>>& running);
   // True when the model has a running shadow (so the caller keeps the outputs).
   bool Active(const std::string& model) const;
@@ -99,6 +101,7 @@ class ShadowRunner {
   const Options opts_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Shadow>> shadows_;  // guarded by mu_
+  std::vector<std::shared_ptr<Shadow>> retired_;            // guarded by mu_: stopped, worker not joined yet
 };
 
 }  // namespace mms

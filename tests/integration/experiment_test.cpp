@@ -1,9 +1,13 @@
 // A/B experiments end to end: the CLI, the registry, the daemon's routing,
 // feedback and statistics, and persistence across kill -9.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <filesystem>
 #include <map>
 #include <thread>
 
@@ -204,4 +208,57 @@ TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
   CHECK(Stats(d, "p")["variants"]["control"]["requests"].get<int>() +
             Stats(d, "p")["variants"]["treatment"]["requests"].get<int>() ==
         21);
+}
+
+TEST_CASE("a new experiment routes once its treatment is loaded, and that load holds nothing else up") {
+  // A long poll: only the refreshes under test move the daemon's routing.
+  Daemon d("[pool]\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
+  REQUIRE(d.ok());
+  Setup(d);
+  CHECK(Predict(d, "u1")["version"] == "1");
+  // tiny:2's packed weights become a FIFO: its load blocks in open() until
+  // this test opens the other end (a load as slow as we like, for real).
+  std::string weights;
+  for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/tiny"))
+    if (e.path().filename().string().rfind("2-", 0) == 0) weights = e.path().string() + "/weights.safetensors";
+  REQUIRE(!weights.empty());
+  REQUIRE(std::rename(weights.c_str(), (weights + ".real").c_str()) == 0);
+  REQUIRE(::mkfifo(weights.c_str(), 0600) == 0);
+
+  // All users to the treatment once it routes. The CLI's notification waits
+  // for the routing at most 2 s, then the command returns anyway.
+  auto c = d.Mms({"experiment", "create", "exp-warm", "--model", "tiny", "--control", "1", "--treatment", "2",
+                  "--percent", "100", "-q"});
+  REQUIRE_MESSAGE(c.exit_code == 0, c.err);
+  // While tiny:2 loads, tiny is served as before: no request pays its load.
+  json p = Predict(d, "u1");
+  CHECK(p["version"] == "1");
+  CHECK_FALSE(p.contains("experiment"));
+  // Everything else goes on: a model registered now is servable at once (its
+  // first predict refreshes the registry), and the pool answers.
+  REQUIRE(d.Mms({"model", "register", "late", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  auto late = d.Mms({"predict", "late", "--input", Data("tiny_input.json")}, 20);
+  CHECK_MESSAGE(late.exit_code == 0, late.err);
+  CHECK(d.Mms({"pool"}, 20).exit_code == 0);
+  CHECK(d.log().find("warm_failed") == std::string::npos);
+
+  // Release the load: open the writing end (possible once the loader waits
+  // in open), put the real file back, close. The load sees an empty file and
+  // fails; a failed warm-up does not hold the experiment back, and the
+  // treatment's next load (after the 100 ms backoff) reads the real file.
+  int fd = -1;
+  REQUIRE(WaitFor([&] { return (fd = ::open(weights.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 30));
+  REQUIRE(std::rename((weights + ".real").c_str(), weights.c_str()) == 0);
+  ::close(fd);
+  CHECK(WaitFor([&] { return d.log().find("warm_failed") != std::string::npos; }, 30));
+  json routed;
+  CHECK(WaitFor(
+      [&] {
+        auto r = d.Mms({"--json", "predict", "tiny", "--user", "u1", "--input", Data("tiny_input.json")});
+        if (r.exit_code == 0) routed = json::parse(r.out);
+        return r.exit_code == 0 && routed["version"] == "2";
+      },
+      30));
+  CHECK(routed["experiment"] == "exp-warm");
+  CHECK(routed["variant"] == "treatment");
 }
