@@ -76,8 +76,14 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   if (!ref.ok()) return cli.Fail(ref.status());
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
-  Status st = pin ? (*reg)->AddPin(*ref) : (*reg)->RemovePin(*ref);
-  if (!st.ok()) return cli.Fail(st);
+  bool added = false;
+  if (pin) {
+    auto a = (*reg)->AddPin(*ref);
+    if (!a.ok()) return cli.Fail(a.status());
+    added = *a;
+  } else if (Status st = (*reg)->RemovePin(*ref); !st.ok()) {
+    return cli.Fail(st);
+  }
   auto v = (*reg)->Resolve(*ref);
   if (!v.ok()) return cli.Fail(v.status());
   nlohmann::json j{{"ref", ref->ToString()}, {"version", v->ref()}, {"pinned", pin}};
@@ -85,7 +91,22 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   auto c = cli.Connect();
   if (c.ok()) {
     auto r = (*c)->CallJson(pin ? proto::kPin : proto::kUnpin, {{"model", ref->ToString()}});
-    if (!r.ok()) return cli.Fail(r.status());
+    if (!r.ok()) {
+      // The daemon refused the preload (no room beside the other pins, a
+      // failed warm-up, a damaged artifact): a new pin is taken back rather
+      // than left to fail at every start. A lost reply or a timeout says
+      // nothing about the pin, which stays (the daemon may still load it).
+      Code code = r.status().code();
+      bool refused = code != Code::kUnavailable && code != Code::kDeadlineExceeded && code != Code::kCancelled;
+      if (!pin || !added || !refused) return cli.Fail(r.status());
+      Status undo = (*reg)->RemovePin(*ref);
+      if (undo.ok()) (void)(*c)->CallJson(proto::kUnpin, {{"model", ref->ToString()}});
+      return cli.Fail(Status(code, r.status().message() +
+                                       (undo.ok() ? "; " + ref->ToString() + " was not pinned"
+                                                  : "; the pin of " + ref->ToString() +
+                                                        " stays recorded (removing it failed: " + undo.message() +
+                                                        "); mms unpin " + ref->ToString() + " removes it")));
+    }
     if (r->contains("device")) j["device"] = (*r)["device"];
   }
   cli.Emit(j, [&] {

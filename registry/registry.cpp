@@ -593,7 +593,7 @@ Result<std::vector<AuditEntry>> Registry::AuditLog(int64_t after_id, int limit) 
   return out;
 }
 
-Status Registry::AddPin(const Ref& ref) {
+Result<bool> Registry::AddPin(const Ref& ref) {
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
@@ -603,10 +603,11 @@ Status Registry::AddPin(const Ref& ref) {
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("INSERT OR IGNORE INTO pins (model_id, version_id, created_ms) VALUES (?, ?, ?)"));
   st.Bind(1, mid).Bind(2, vid).Bind(3, opts_.clock->UnixMillis());
   MMS_RETURN_IF_ERROR(st.Run());
-  if (db_->Changes() == 0) return Status::Ok();  // already pinned: idempotent
+  if (db_->Changes() == 0) return false;  // already pinned: idempotent
   MMS_RETURN_IF_ERROR(AuditLocked("pin", ref.name, vid ? rec.version : "", "", "pinned",
                                   vid ? "" : "follows " + ref.name + "'s production version"));
-  return Commit(tx);
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return true;
 }
 
 Status Registry::RemovePin(const Ref& ref) {

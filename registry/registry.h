@@ -257,7 +257,8 @@ class Registry {
   Result<std::vector<AuditEntry>> AuditLog(int64_t after_id = 0, int limit = 1000);
 
   // ---- pins (persisted; the daemon preloads them at start)
-  Status AddPin(const Ref& ref);
+  // True when the pin is new; false when it was already there (idempotent).
+  Result<bool> AddPin(const Ref& ref);
   Status RemovePin(const Ref& ref);
   Result<std::vector<Pin>> Pins();
 

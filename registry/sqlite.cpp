@@ -7,8 +7,8 @@ Code CodeForSqlite(int rc) {
   switch (rc & 0xff) {
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT: return Code::kCorrupt;
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED: return Code::kUnavailable;
+    case SQLITE_BUSY:  // another writer holds it: a conflict to retry, not an absent daemon (exit 3)
+    case SQLITE_LOCKED: return Code::kInUse;
     case SQLITE_CONSTRAINT: return Code::kAlreadyExists;
     case SQLITE_CANTOPEN:
     case SQLITE_IOERR:
@@ -45,7 +45,7 @@ Status Db::Error(const std::string& what) const {
   if ((rc & 0xff) == SQLITE_CORRUPT)
     return Corrupt("registry " + path_ + " is corrupt (" + msg + "); restore it from a backup");
   if ((rc & 0xff) == SQLITE_BUSY)
-    return Status(Code::kUnavailable, "registry " + path_ + " is locked by another writer (" + what +
+    return Status(Code::kInUse, "registry " + path_ + " is locked by another writer (" + what +
                                           "); retry, or raise [registry] busy_timeout");
   return Status(CodeForSqlite(rc), what + ": " + msg);
 }

@@ -483,3 +483,23 @@ TEST_CASE("as another user: a live process's staging dir is kept, an unreadable 
   CHECK(ij["skipped"][0]["reason"].get<std::string>().find("cannot list") != std::string::npos);
   std::filesystem::permissions(mms.dir / "repo/locked", std::filesystem::perms(0755));
 }
+
+TEST_CASE("a registry locked by another writer is a conflict (exit 6) that names the fix, and nothing is written") {
+  Cli mms;
+  mms.config = "[registry]\nbusy_timeout = \"200ms\"\n";
+  REQUIRE(mms({"model", "register", "a", "--version", "1", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
+  sqlite3* db;
+  REQUIRE(sqlite3_open((mms.dir / "data/registry.db").c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);  // holds the write lock
+  auto r = mms({"model", "register", "a", "--version", "2", "--path", mms.Data("tiny.pt")});
+  CHECK(r.exit_code == 6);  // not 3: the daemon is not the problem
+  CHECK(r.err.find("locked by another writer") != std::string::npos);
+  CHECK(r.err.find("busy_timeout") != std::string::npos);
+  REQUIRE(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  CHECK(SqlInt(mms.dir / "data/registry.db", "SELECT count(*) FROM versions") == 1);
+  for (const auto& e : std::filesystem::directory_iterator(mms.dir / "data/artifacts/a"))
+    CHECK_MESSAGE(e.path().filename().string().rfind("1-", 0) == 0, "left behind: " << e.path());
+  // Once the lock is gone the same command works.
+  CHECK(mms({"model", "register", "a", "--version", "2", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
+}

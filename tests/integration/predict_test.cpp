@@ -279,6 +279,14 @@ TEST_CASE("when nothing can be evicted the request fails at once naming what hol
   CHECK(r.err.find("c1:1") != std::string::npos);
   CHECK(r.err.find("pinned") != std::string::npos);
   CHECK(s < 10);
+  // A pin that cannot be preloaded is refused the same way and not kept:
+  // the registry holds no pin of c2 (unpin finds none), and a restarted
+  // daemon would not fail on it at every start.
+  auto pin = d.Mms({"pin", "c2"});
+  CHECK(pin.exit_code == 5);
+  CHECK(pin.err.find("c2 was not pinned") != std::string::npos);
+  CHECK(d.Mms({"unpin", "c2"}).exit_code == 4);
+  CHECK(d.Mms({"pin", "c1"}).exit_code == 0);  // an existing pin: nothing to preload, nothing undone
   REQUIRE(d.Mms({"unpin", "c1"}).exit_code == 0);
   CHECK(d.Mms({"predict", "c2", "--input", d.dir() + "/customer_input.json", "-q"}).exit_code == 0);
   json pool = Pool(d);
