@@ -297,19 +297,50 @@ bool Daemon::WarmupSettled(const std::string& key) const {
          opts_.clock->MonoNanos() - it->second.started_ns >= kWarmupLimitNs;
 }
 
+int64_t Daemon::RoutingDeadline() {
+  int64_t next = INT64_MAX;
+  std::vector<std::string> held;
+  {
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    for (const auto& w : on_routed_) next = std::min(next, w.deadline_ns);
+    held = held_back_;
+  }
+  std::lock_guard<std::mutex> lock(warm_mu_);
+  for (const auto& key : held)
+    if (auto it = warmups_.find(key); it != warmups_.end()) next = std::min(next, it->second.started_ns + kWarmupLimitNs);
+  return next;
+}
+
 Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
-  std::vector<std::function<void()>> routed;  // run after the lock is released
+  std::vector<std::function<void()>> answer;  // waiters to answer, after the lock is released
+  bool rearm = false;                         // a waiter or a held-back rollout the watcher must time
   Status st = [&]() -> Status {
     std::lock_guard<std::mutex> lock(refresh_mu_);
+    const int64_t now = opts_.clock->MonoNanos();
+    // Waiters are answered once nothing is held back, at their deadline, or
+    // at once while shutting down.
+    auto settle_waiters = [&] {
+      if (on_routed) on_routed_.push_back({now + kRoutedWaitNs, std::move(on_routed)});
+      for (auto it = on_routed_.begin(); it != on_routed_.end();) {
+        if (!held_back_.empty() && !stopping_routes_ && it->deadline_ns > now) {
+          ++it;
+          continue;
+        }
+        answer.push_back(std::move(it->fn));
+        it = on_routed_.erase(it);
+      }
+      rearm = !on_routed_.empty() || !held_back_.empty();
+    };
     auto old = snapshot();
     auto live_cfg = live();
     MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
     bool read = !latest_ || dv != latest_->data_version;
-    // Unchanged registry and config, and no rollout waiting to be routed:
-    // nothing to do. (A reloaded config whose refresh failed is applied by
-    // the watcher's next try.)
-    if (!force && !read && applied_live_ == live_cfg->generation && !held_back_) {
-      if (on_routed) routed.push_back(std::move(on_routed));
+    // Unchanged registry and config, and no held-back rollout ready to
+    // route: nothing to publish. (A reloaded config whose refresh failed is
+    // applied by the watcher's next try.)
+    if (!force && !read && applied_live_ == live_cfg->generation &&
+        std::none_of(held_back_.begin(), held_back_.end(), [&](const std::string& k) { return WarmupSettled(k); })) {
+      settle_waiters();
       return Status::Ok();
     }
     if (read) {
@@ -320,22 +351,23 @@ Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
     // (the first refresh after Start keeps what Start's snapshot routes).
     std::map<std::string, ExperimentRecord> routed_exps;
     std::map<std::string, ShadowRecord> routed_shadows;
+    held_back_.clear();
     for (const auto& [model, e] : latest_->experiments) {
       bool was = old && old->experiments.count(model) && old->experiments.at(model).id == e.id;
       if (was || WarmupSettled(ExperimentKey(e))) routed_exps[model] = e;
+      else held_back_.push_back(ExperimentKey(e));
     }
     for (const auto& [model, sh] : latest_->shadows) {
       bool was = old && old->shadows.count(model) && old->shadows.at(model).id == sh.id;
       if (was || WarmupSettled(ShadowKey(sh))) routed_shadows[model] = sh;
+      else held_back_.push_back(ShadowKey(sh));
     }
-    held_back_ = routed_exps.size() < latest_->experiments.size() || routed_shadows.size() < latest_->shadows.size();
-    std::shared_ptr<const RegistrySnapshot> snap =
-        held_back_ ? latest_->WithRollouts(std::move(routed_exps), std::move(routed_shadows)) : latest_;
-    if (held_back_)
-      LogDebug("rollouts_held_back", {{"experiments", latest_->experiments.size() - snap->experiments.size()},
-                                      {"shadows", latest_->shadows.size() - snap->shadows.size()}});
-    if (on_routed) on_routed_.push_back(std::move(on_routed));
-    if (!held_back_) routed.swap(on_routed_);
+    std::shared_ptr<const RegistrySnapshot> snap = latest_;
+    if (!held_back_.empty()) {
+      snap = latest_->WithRollouts(std::move(routed_exps), std::move(routed_shadows));
+      LogDebug("rollouts_held_back", {{"rollouts", held_back_}});
+    }
+    settle_waiters();
 
     {
       std::lock_guard<std::mutex> s(snap_mu_);
@@ -391,7 +423,14 @@ Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
     LogDebug("registry_snapshot", {{"models", snap->models.size()}, {"pins", want.size()}});
     return Status::Ok();
   }();
-  for (auto& f : routed) f();
+  if (rearm) {
+    {
+      std::lock_guard<std::mutex> w(watch_mu_);
+      rearm_ = true;
+    }
+    watch_cv_.notify_all();
+  }
+  for (auto& f : answer) f();
   return st;
 }
 
@@ -473,7 +512,11 @@ void Daemon::ExportSchedulerMetrics(PromWriter* w) {
 }
 
 void Daemon::StopExpiredShadows() {
-  auto snap = snapshot();
+  std::shared_ptr<const RegistrySnapshot> snap;
+  {
+    std::lock_guard<std::mutex> lock(refresh_mu_);  // the registry's view: a held-back shadow expires too
+    snap = latest_ ? latest_ : snapshot();
+  }
   int64_t now = opts_.clock->UnixMillis();
   for (const auto& [model, s] : snap->shadows)
     if (s.ends_ms && now >= s.ends_ms) {
@@ -489,15 +532,22 @@ void Daemon::WatchRegistry() {
   while (!stopping_) {
     // Wake for whichever is due first: a flush_interval shorter than the
     // poll_interval is still kept (a crash loses at most flush_interval).
-    int64_t now = opts_.clock->MonoNanos();
-    int64_t next = std::min(last_poll_ns + poll, last_flush_ns_ + flush);
-    watch_cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(next - now, 1'000'000)),
-                       [&] { return stopping_ || refresh_due_; });
+    // A warm-up ending (refresh_due_) or passing its limit, or a waiter's
+    // deadline, is handled at once, not at the next poll.
+    lock.unlock();
+    const int64_t routing = RoutingDeadline();
+    lock.lock();
     if (stopping_) break;
+    int64_t now = opts_.clock->MonoNanos();
+    int64_t next = std::min({last_poll_ns + poll, last_flush_ns_ + flush, routing});
+    watch_cv_.wait_for(lock, std::chrono::nanoseconds(std::max<int64_t>(next - now, 10'000'000)),
+                       [&] { return stopping_ || refresh_due_ || rearm_; });
+    if (stopping_) break;
+    rearm_ = false;
     bool due = std::exchange(refresh_due_, false);
     lock.unlock();
     now = opts_.clock->MonoNanos();
-    if (due && now - last_poll_ns < poll) {  // a warm-up finished: route its rollout now
+    if ((due || now >= routing) && now - last_poll_ns < poll) {
       if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
     }
     if (now - last_poll_ns >= poll) {
@@ -591,12 +641,13 @@ Result<std::vector<std::string>> Daemon::Reload() {
 
 bool Daemon::Shutdown() {
   LogInfo("shutting_down", {{"in_flight", server_->in_flight()}});
-  std::vector<std::function<void()>> waiting;  // REGISTRY_CHANGED calls waiting for a warm-up
+  std::vector<RoutedWaiter> waiting;  // REGISTRY_CHANGED calls waiting for a warm-up
   {
     std::lock_guard<std::mutex> lock(refresh_mu_);
+    stopping_routes_ = true;  // and later ones are answered at once, so the drain is not held up
     waiting.swap(on_routed_);
   }
-  for (auto& f : waiting) f();
+  for (auto& w : waiting) w.fn();
   server_->BeginDrain();
   bool idle = server_->WaitIdle(opts_.config.daemon.shutdown_grace_ns);
   if (!idle) LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}});

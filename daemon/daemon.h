@@ -93,10 +93,14 @@ class Daemon {
   // first requests pay a cold load the other does not (a canary would be
   // judged on its load time). A finished warm-up refreshes again (watcher).
   // `on_routed` (optional) runs once every rollout the registry has is
-  // routed: before this returns, or from a later refresh; never when this
+  // routed, or kRoutedWaitNs after this call, or at shutdown: before this
+  // returns, or from a later refresh (the watcher's); never when this
   // returns an error. It must not call RefreshRegistry.
   Status RefreshRegistry(bool force, std::function<void()> on_routed = {});
   static constexpr int64_t kWarmupLimitNs = 60'000'000'000;
+  // Below the CLI's 2 s wait for REGISTRY_CHANGED: a write made while some
+  // other rollout warms up does not hold a request (and its nng context) on.
+  static constexpr int64_t kRoutedWaitNs = 1'500'000'000;
   // Resolves a reference against the snapshot; on NOT_FOUND refreshes once
   // (a version registered a moment ago is servable at once).
   Result<VersionRecord> Resolve(const std::string& ref);
@@ -131,6 +135,10 @@ class Daemon {
   // Warm-ups of rollouts (key "experiment/<id>" or "shadow/<id>").
   void StartWarmups(const RegistrySnapshot& latest);  // refresh_mu_ held
   bool WarmupSettled(const std::string& key) const;   // done or past kWarmupLimitNs
+  // When a refresh next has something to publish or answer without a
+  // registry change: the earliest waiter's or held-back warm-up's deadline
+  // (mono ns; INT64_MAX when none). The watcher wakes for it.
+  int64_t RoutingDeadline();
   void WarmupArmDone(const std::string& key);         // from pool callbacks
   void StopExpiredShadows();  // watcher thread
 
@@ -157,8 +165,13 @@ class Daemon {
   // (never across a load or a join).
   std::mutex refresh_mu_;
   std::shared_ptr<const RegistrySnapshot> latest_;    // guarded by refresh_mu_: the registry as last read
-  bool held_back_ = false;                            // guarded by refresh_mu_: snapshot_ leaves a rollout out
-  std::vector<std::function<void()>> on_routed_;      // guarded by refresh_mu_: waiting for !held_back_
+  std::vector<std::string> held_back_;                // guarded by refresh_mu_: rollouts snapshot_ leaves out
+  struct RoutedWaiter {
+    int64_t deadline_ns;  // mono
+    std::function<void()> fn;
+  };
+  std::vector<RoutedWaiter> on_routed_;               // guarded by refresh_mu_: waiting for held_back_ to empty
+  bool stopping_routes_ = false;                      // guarded by refresh_mu_: Shutdown began; answer at once
   std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
   uint64_t applied_live_ = 0;                         // guarded by refresh_mu_: LiveConfig generation applied
   struct Warmup {
@@ -183,6 +196,7 @@ class Daemon {
   std::condition_variable watch_cv_;
   bool stopping_ = false;  // guarded by watch_mu_
   bool refresh_due_ = false;  // guarded by watch_mu_: a warm-up finished
+  bool rearm_ = false;        // guarded by watch_mu_: RoutingDeadline may have moved earlier
   std::thread watcher_;
 };
 

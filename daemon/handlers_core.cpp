@@ -44,7 +44,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
 
   // Answered once the change routes: a new experiment's or shadow's arms are
   // loaded first (in the background; no thread waits), so `mms experiment
-  // start` returns when its requests are split.
+  // create` returns when its requests are split. At most kRoutedWaitNs.
   (*table)[proto::kRegistryChanged] = [d](proto::Message, Responder r) {
     if (Status st = d->RefreshRegistry(false, [r]() mutable { r.Send(nlohmann::json::object()); }); !st.ok())
       r.Fail(st);

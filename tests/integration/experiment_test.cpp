@@ -212,7 +212,8 @@ TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
 
 TEST_CASE("a new experiment routes once its treatment is loaded, and that load holds nothing else up") {
   // A long poll: only the refreshes under test move the daemon's routing.
-  Daemon d("[pool]\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
+  // Two loader threads: one stays in the blocked load, the other serves.
+  Daemon d("[pool]\nload_threads = 2\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
   REQUIRE(d.ok());
   Setup(d);
   CHECK(Predict(d, "u1")["version"] == "1");
@@ -241,6 +242,14 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
   CHECK_MESSAGE(late.exit_code == 0, late.err);
   CHECK(d.Mms({"pool"}, 20).exit_code == 0);
   CHECK(d.log().find("warm_failed") == std::string::npos);
+  // The CLI's notifications of those writes were answered (within 1.5 s)
+  // although the experiment still warms: no request is left in flight.
+  CHECK(WaitFor(
+      [&] {
+        auto st = d.Mms({"--json", "status"}, 20);
+        return st.exit_code == 0 && json::parse(st.out)["in_flight"].get<int>() <= 1;  // this STATUS itself
+      },
+      20));
 
   // Release the load: open the writing end (possible once the loader waits
   // in open), put the real file back, close. The load sees an empty file and
