@@ -10,12 +10,16 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (Status st = ValidateName(model); !st.ok()) return r.Fail(st);
     auto s = d->shadows()->Stats(model);
     if (!s.ok()) {
-      // Known to the registry (e.g. stopped before this daemon started)?
+      // Known to the registry: just started, its candidate still loading
+      // (mirroring starts once it is on a device), or stopped before this
+      // daemon started.
       auto rec = d->registry()->GetShadow(model);
       if (!rec.ok()) return r.Fail(rec.status());
       nlohmann::json j = rec->ToJson();
-      j["running"] = false;
-      j["note"] = "no figures: this shadow ran before mmsd last started";
+      bool running = rec->state == "running";
+      j["running"] = running;
+      j["note"] = running ? "no figures yet: " + rec->candidate_ref() + " is loading; mirroring starts once it is on a device"
+                          : std::string("no figures: this shadow ran before mmsd last started");
       return r.Send(std::move(j));
     }
     r.Send(std::move(*s));

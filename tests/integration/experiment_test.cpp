@@ -1,13 +1,9 @@
 // A/B experiments end to end: the CLI, the registry, the daemon's routing,
 // feedback and statistics, and persistence across kill -9.
 #include <doctest/doctest.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
-#include <filesystem>
 #include <map>
 #include <thread>
 
@@ -219,12 +215,8 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
   CHECK(Predict(d, "u1")["version"] == "1");
   // tiny:2's packed weights become a FIFO: its load blocks in open() until
   // this test opens the other end (a load as slow as we like, for real).
-  std::string weights;
-  for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/tiny"))
-    if (e.path().filename().string().rfind("2-", 0) == 0) weights = e.path().string() + "/weights.safetensors";
-  REQUIRE(!weights.empty());
-  REQUIRE(std::rename(weights.c_str(), (weights + ".real").c_str()) == 0);
-  REQUIRE(::mkfifo(weights.c_str(), 0600) == 0);
+  BlockedFile weights(PackedWeights(d.data_dir(), "tiny", "2"));
+  REQUIRE(weights.ok());
 
   // All users to the treatment once it routes. The CLI's notification waits
   // for the routing at most 2 s, then the command returns anyway.
@@ -251,14 +243,10 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
       },
       20));
 
-  // Release the load: open the writing end (possible once the loader waits
-  // in open), put the real file back, close. The load sees an empty file and
-  // fails; a failed warm-up does not hold the experiment back, and the
-  // treatment's next load (after the 100 ms backoff) reads the real file.
-  int fd = -1;
-  REQUIRE(WaitFor([&] { return (fd = ::open(weights.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 30));
-  REQUIRE(std::rename((weights + ".real").c_str(), weights.c_str()) == 0);
-  ::close(fd);
+  // Release the load: it sees an empty file and fails; a failed warm-up
+  // does not hold the experiment back, and the treatment's next load (after
+  // the 100 ms backoff) reads the real file.
+  REQUIRE(weights.Release());
   CHECK(WaitFor([&] { return d.log().find("warm_failed") != std::string::npos; }, 30));
   json routed;
   CHECK(WaitFor(

@@ -124,6 +124,28 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(ShadowStats(d, "tiny")["measures"]["cosine_similarity"]["p50"].get<double>() == doctest::Approx(1.0));
 }
 
+TEST_CASE("a shadow mirrors from when its candidate is loaded; until then its stats say it is loading") {
+  Daemon d("[pool]\nload_threads = 2\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny.pt");
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  BlockedFile weights(PackedWeights(d.data_dir(), "tiny", "2"));  // its load waits for the test
+  REQUIRE(weights.ok());
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(5) == 5);  // served by tiny:1, not mirrored to a candidate that is not there
+  json st = ShadowStats(d, "tiny");
+  CHECK(st["running"] == true);
+  CHECK(st["note"].get<std::string>().find("tiny:2 is loading") != std::string::npos);
+  CHECK_FALSE(st.contains("requests"));
+  REQUIRE(weights.Release());  // the warm-up fails on the empty FIFO; the shadow starts anyway
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny").contains("requests"); }, 20));
+  REQUIRE(WaitFor([&] { return d.Mms({"load", "tiny:2"}).exit_code == 0; }, 20));  // past the backoff
+  REQUIRE(t.Send(5) == 5);
+  CHECK(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 5; }, 20));
+}
+
 TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and drops, duration ends it") {
   Daemon d;
   REQUIRE(d.ok());

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -115,6 +116,29 @@ bool WaitFor(const std::function<bool()>& pred, double timeout_s) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+}
+
+BlockedFile::BlockedFile(std::string path) : path_(std::move(path)) {
+  ok_ = std::rename(path_.c_str(), (path_ + ".real").c_str()) == 0 && ::mkfifo(path_.c_str(), 0600) == 0;
+}
+
+BlockedFile::~BlockedFile() { Release(5); }
+
+bool BlockedFile::Release(double timeout_s) {
+  if (!ok_ || released_) return true;
+  released_ = true;
+  int fd = -1;  // opening the writing end without blocking succeeds only once a reader waits
+  bool reader = WaitFor([&] { return (fd = ::open(path_.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, timeout_s);
+  std::rename((path_ + ".real").c_str(), path_.c_str());
+  if (fd >= 0) ::close(fd);
+  return reader;
+}
+
+std::string PackedWeights(const std::string& data_dir, const std::string& model, const std::string& version) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(data_dir + "/artifacts/" + model, ec))
+    if (e.path().filename().string().rfind(version + "-", 0) == 0) return e.path().string() + "/weights.safetensors";
+  return "";
 }
 
 Daemon::Daemon(const std::string& config, const std::vector<std::string>& extra_args, const std::string& data_dir)

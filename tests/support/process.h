@@ -92,4 +92,25 @@ class Daemon {
 // Waits for a predicate, polling every 10 ms.
 bool WaitFor(const std::function<bool()>& pred, double timeout_s);
 
+// A file whose readers block: it is moved aside and a FIFO takes its name,
+// so a real load of it waits in open() until Release(). Release() (also run
+// by the destructor, so a failed test never leaves a daemon stuck) opens the
+// writing end once a reader waits, puts the real file back and closes: the
+// blocked reader sees an empty file, later ones the real one.
+class BlockedFile {
+ public:
+  explicit BlockedFile(std::string path);
+  ~BlockedFile();
+  bool ok() const { return ok_; }
+  // False when no reader came within timeout_s (the file is restored anyway).
+  bool Release(double timeout_s = 30);
+
+ private:
+  std::string path_;
+  bool ok_ = false, released_ = false;
+};
+
+// The packed weights file of a registered version (data_dir/artifacts/<model>/<version>-*/).
+std::string PackedWeights(const std::string& data_dir, const std::string& model, const std::string& version);
+
 }  // namespace mms::testing
