@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <thread>
@@ -76,6 +77,33 @@ TEST_CASE("token buckets: past the cap with no idle bucket, newcomers share one 
   clock.AdvanceMillis(1500);
   CHECK(rl.Admit("m", "new-3").ok());
   CHECK(rl.Admit("m", "new-4").ok());
+}
+
+TEST_CASE("token buckets: a limit of 0, negative or NaN is no limit, a burst below one is one") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  const double nan = std::nan("");
+  rl.Configure({{"zero", {0, 5}}, {"neg", {-1, 5}}, {"nan", {nan, 5}}, {"inf", {INFINITY, 5}}, {"half", {1, 0.5}},
+                {"nanburst", {2, nan}}},
+               {}, TokenLimit{-3, 2}, std::nullopt);
+  for (const char* m : {"zero", "neg", "nan", "inf", "other"}) {
+    INFO(m);
+    for (int i = 0; i < 20; ++i) REQUIRE(rl.Admit(m, "").ok());  // never refused for good
+    clock.AdvanceMillis(10'000);
+    CHECK(rl.Admit(m, "").ok());
+  }
+  // A burst below one would refuse every request: it is one.
+  CHECK(rl.Admit("half", "").ok());
+  CHECK_FALSE(rl.Admit("half", "").ok());
+  clock.AdvanceMillis(1000);
+  CHECK(rl.Admit("half", "").ok());
+  // A NaN burst is the qps (2), not a bucket that admits everything.
+  CHECK(rl.Admit("nanburst", "").ok());
+  CHECK(rl.Admit("nanburst", "").ok());
+  CHECK_FALSE(rl.Admit("nanburst", "").ok());
+  auto stats = rl.Stats();
+  CHECK_FALSE(stats["models"]["zero"].contains("qps"));  // shown as unlimited
+  CHECK(stats["models"]["half"]["burst"] == 1.0);
 }
 
 TEST_CASE("batching: rows, concatenation and splitting back") {
