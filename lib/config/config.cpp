@@ -332,11 +332,11 @@ const std::vector<Spec>& Specs() {
           [](Config& c) -> int& { return c.scheduler.starvation_interval; }),
       Double("limits", "model_qps", 0, 0, 1e9, "Default rate limit per model in requests/s; 0 means none.",
              [](Config& c) -> double& { return c.limits.model_qps; }),
-      Double("limits", "model_burst", 0, 0, 1e9, "Default burst per model; 0 means the qps (at least 1).",
+      Double("limits", "model_burst", 0, 0, 1e9, "Default burst per model; 0 means the qps; below 1 counts as 1.",
              [](Config& c) -> double& { return c.limits.model_burst; }),
       Double("limits", "tenant_qps", 0, 0, 1e9, "Default rate limit per tenant in requests/s; 0 means none.",
              [](Config& c) -> double& { return c.limits.tenant_qps; }),
-      Double("limits", "tenant_burst", 0, 0, 1e9, "Default burst per tenant; 0 means the qps (at least 1).",
+      Double("limits", "tenant_burst", 0, 0, 1e9, "Default burst per tenant; 0 means the qps; below 1 counts as 1.",
              [](Config& c) -> double& { return c.limits.tenant_burst; }),
       Double("shadow", "duty_cycle", 0.25, 0.01, 1,
              "Share of the time a shadow's worker may spend running its candidate; it rests the remainder "

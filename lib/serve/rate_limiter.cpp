@@ -1,17 +1,33 @@
 #include "serve/rate_limiter.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 namespace mms {
 
+namespace {
+// A usable limit, or none (see Configure).
+std::optional<TokenLimit> Sane(std::optional<TokenLimit> l) {
+  if (!l || !std::isfinite(l->qps) || l->qps <= 0) return std::nullopt;
+  l->burst = !std::isfinite(l->burst) || l->burst <= 0 ? std::max(1.0, l->qps) : std::max(1.0, l->burst);
+  return l;
+}
+std::map<std::string, TokenLimit> Sane(const std::map<std::string, TokenLimit>& limits) {
+  std::map<std::string, TokenLimit> out;
+  for (const auto& [k, l] : limits)
+    if (auto s = Sane(l)) out.emplace(k, *s);
+  return out;
+}
+}  // namespace
+
 void RateLimiter::Configure(const std::map<std::string, TokenLimit>& models, const std::map<std::string, TokenLimit>& tenants,
                             std::optional<TokenLimit> default_model, std::optional<TokenLimit> default_tenant) {
   std::lock_guard<std::mutex> lock(mu_);
-  model_limits_ = models;
-  tenant_limits_ = tenants;
-  default_model_ = default_model;
-  default_tenant_ = default_tenant;
+  model_limits_ = Sane(models);
+  tenant_limits_ = Sane(tenants);
+  default_model_ = Sane(default_model);
+  default_tenant_ = Sane(default_tenant);
   // Drop buckets whose limit changed or went away; the rest keep their tokens.
   auto prune = [](std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
                   const std::optional<TokenLimit>& fallback) {

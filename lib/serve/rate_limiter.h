@@ -37,7 +37,11 @@ class RateLimiter {
   explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}
 
   // Replaces the limits (registry + config defaults). Buckets whose limit is
-  // unchanged keep their tokens; new ones start full.
+  // unchanged keep their tokens; new ones start full. A limit whose qps is
+  // not a positive finite number (0, negative, NaN, infinite) is no limit
+  // (the registry and the config refuse them; a stray one must neither
+  // block for good nor turn a bucket into NaN); a burst of 0 or not finite
+  // is max(1, qps), one in (0, 1) is 1 — below 1 no request could ever pass.
   void Configure(const std::map<std::string, TokenLimit>& models, const std::map<std::string, TokenLimit>& tenants,
                  std::optional<TokenLimit> default_model, std::optional<TokenLimit> default_tenant);
   // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` may be "".

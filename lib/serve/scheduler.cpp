@@ -43,7 +43,7 @@ void Scheduler::Stop() {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     for (auto& [k, q] : queues_) {
-      for (auto& [at, j] : q.jobs) cancelled.push_back(std::move(j));
+      for (auto& e : q.jobs) cancelled.push_back(std::move(e.job));
       q.jobs.clear();
       q.rows = 0;
     }
@@ -58,9 +58,24 @@ void Scheduler::Stop() {
   cv_.wait(lock, [&] { return running_ == 0; });
 }
 
-static Status Late(const std::string& ref) {
+static Status LateStatus(const std::string& ref) {
   return Status(Code::kDeadlineExceeded,
                 ref + ": the request's deadline would pass before it could run; dropped without running it");
+}
+
+bool Scheduler::Late(Queue& q, const Job& j, int64_t now, bool* probe) {
+  if (!j.deadline_ns) return false;
+  if (now > j.deadline_ns) return true;  // already past: nothing can help
+  if (now + static_cast<int64_t>(q.exec_ns) <= j.deadline_ns) return false;
+  // Only the estimate says it would be late. Executions alone refresh it, so
+  // once it is stale one request runs to measure again (else one slow outlier
+  // would drop every later request with a deadline, for good).
+  if (!q.probing && q.last_exec_ns && now - q.last_exec_ns >= kStaleEstimateNs) {
+    q.probing = true;
+    *probe = true;
+    return false;
+  }
+  return true;
 }
 
 Status Scheduler::Submit(PoolKey key, Job job) {
@@ -79,11 +94,12 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   int64_t now = opts_.clock->MonoNanos();
   if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers) {
     // Idle: run here and now, no hand-off to a worker.
-    if (job.deadline_ns && now + static_cast<int64_t>(q.exec_ns) > job.deadline_ns) {
+    bool probe = false;
+    if (Late(q, job, now, &probe)) {
       ++q.deadline_drops;
       lock.unlock();
       std::string ref = job.handle->ref();
-      Finish(job, Late(ref));
+      Finish(job, LateStatus(ref));
       return Status::Ok();
     }
     ++busy_;
@@ -92,7 +108,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     lock.unlock();
     std::vector<Job> one;
     one.push_back(std::move(job));
-    Execute(key, std::move(one), {rows});
+    Execute(key, std::move(one), {rows}, probe);
     return Status::Ok();
   }
   if (q.jobs.size() >= opts_.queue_depth) {
@@ -100,8 +116,11 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     return Status(Code::kOverloaded, job.handle->ref() + " has " + std::to_string(q.jobs.size()) +
                                          " requests queued (the limit, [scheduler] queue_depth); retry later");
   }
-  q.jobs.emplace_back(now, std::move(job));
-  q.rows += rows;
+  // Readiness needs only "max_batch rows or more": counting each job's rows up
+  // to max_batch keeps the sum far from overflow (a zero-element input may
+  // claim 2^62 rows).
+  q.rows += job.max_batch > 0 ? std::min<int64_t>(rows, job.max_batch) : 1;
+  q.jobs.push_back({now, rows, std::move(job)});
   ++total_queued_;
   lock.unlock();
   cv_.notify_one();
@@ -116,13 +135,17 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
                        static_cast<uint64_t>(opts_.starvation_interval - 1);
   for (auto& [k, q] : queues_) {
     if (q.jobs.empty()) continue;
-    int64_t at = q.jobs.front().first;
-    // A batch waits for more rows until its delay ends, or until waiting longer
-    // would make its oldest request miss its deadline.
-    int64_t deadline = q.jobs.front().second.deadline_ns;
+    int64_t at = q.jobs.front().at;
+    // A batch waits for more rows until its delay ends, or until it has spent
+    // half of its oldest request's spare time (deadline - arrival - execution):
+    // waiting to the last moment would make any wake-up latency a miss.
+    int64_t deadline = q.jobs.front().job.deadline_ns;
     int64_t ready_at = at + q.batch_delay_ns;
-    if (deadline) ready_at = std::min(ready_at, deadline - static_cast<int64_t>(q.exec_ns));
-    bool ready = q.max_batch == 0 || q.rows >= q.max_batch || now >= ready_at;
+    if (deadline) {
+      int64_t spare = deadline - static_cast<int64_t>(q.exec_ns) - at;
+      ready_at = std::min(ready_at, at + std::max<int64_t>(0, spare / 2));
+    }
+    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || now >= ready_at;
     if (!ready) {
       int64_t t = ready_at;
       *wake = *wake ? std::min(*wake, t) : t;
@@ -158,23 +181,26 @@ void Scheduler::Work() {
     std::vector<Job> batch, late;
     std::vector<int64_t> rows;
     int64_t total = 0;
+    bool probe = false;
     while (!q->jobs.empty()) {
-      Job& j = q->jobs.front().second;
-      int64_t r = q->max_batch ? BatchRows(j.inputs).value() : 1;
-      if (j.deadline_ns && now + static_cast<int64_t>(q->exec_ns) > j.deadline_ns) {
+      Queued& e = q->jobs.front();
+      Job& j = e.job;
+      int64_t r = e.rows;
+      if (Late(*q, j, now, &probe)) {
         late.push_back(std::move(j));
       } else {
         if (!batch.empty() &&
-            (q->max_batch == 0 || total + r > q->max_batch || !SameBatchShape(batch.front().inputs, j.inputs)))
-          break;
+            (q->max_batch == 0 || q->unsplit || r > q->max_batch - total ||  // (no overflow: r may be 2^62)
+             !SameBatchShape(batch.front().inputs, j.inputs)))
+          break;  // (a probe granted to this job goes to the batch: it measures afresh all the same)
         total += r;
         rows.push_back(r);
         batch.push_back(std::move(j));
       }
-      q->rows -= r;
+      q->rows -= q->max_batch > 0 ? std::min<int64_t>(r, q->max_batch) : 1;
       q->jobs.pop_front();
       --total_queued_;
-      if (!batch.empty() && q->max_batch == 0) break;
+      if (!batch.empty() && (q->max_batch == 0 || q->unsplit)) break;
     }
     q->deadline_drops += late.size();
     if (!batch.empty()) {
@@ -185,16 +211,30 @@ void Scheduler::Work() {
     lock.unlock();
     for (auto& j : late) {
       std::string ref = j.handle->ref();
-      Finish(j, Late(ref));
+      Finish(j, LateStatus(ref));
     }
     late.clear();
-    if (!batch.empty()) Execute(key, std::move(batch), rows);
+    if (!batch.empty()) Execute(key, std::move(batch), rows, probe);
     lock.lock();
   }
 }
 
+namespace {
+// Runs one job on its own: its outputs as the model gives them.
+Result<std::vector<Tensor>> RunOne(Model* m, const Scheduler::Job& j, int64_t rows, const AdapterRows& lora) {
+  if (!j.adapter) return m->Run(j.inputs);
+  // An unbatched version counted the request as one row; a base taking
+  // stacked adapter weights needs its real rows (dim 0). A plain base runs
+  // the whole request with the one adapter, whatever its shape.
+  Result<int64_t> r = rows;
+  if (j.max_batch == 0 && !m->stacked_lora_modules().empty()) r = BatchRows(j.inputs);
+  if (!r.ok()) return r.status();
+  return m->RunWithAdapters(j.inputs, {AdapterRows{lora.adapter, *r}});
+}
+}  // namespace
+
 std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<Job>& batch,
-                                                           const std::vector<int64_t>& rows) {
+                                                           const std::vector<int64_t>& rows, bool* unsplit) {
   std::vector<Result<std::vector<Tensor>>> results;
   Model* m = batch.front().handle->model();
   bool adapters = false;
@@ -206,26 +246,28 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
   }
   try {
     if (batch.size() == 1) {
-      const Job& j = batch.front();
-      if (!adapters) {
-        results.push_back(m->Run(j.inputs));
-      } else {
-        // An unbatched version counted the request as one row; a base taking
-        // stacked adapter weights needs its real rows (dim 0). A plain base
-        // runs the whole request with the one adapter, whatever its shape.
-        Result<int64_t> r = rows.front();
-        if (j.max_batch == 0 && !m->stacked_lora_modules().empty()) r = BatchRows(j.inputs);
-        results.push_back(r.ok() ? m->RunWithAdapters(j.inputs, {AdapterRows{lora.front().adapter, *r}})
-                                 : Result<std::vector<Tensor>>(r.status()));
-      }
+      results.push_back(RunOne(m, batch.front(), rows.front(), lora.front()));
     } else {
       std::vector<const std::vector<Tensor>*> parts;
       for (const auto& j : batch) parts.push_back(&j.inputs);
       std::vector<Tensor> inputs = ConcatRows(parts);
       auto out = adapters ? m->RunWithAdapters(inputs, lora) : m->Run(inputs);
-      auto split = out.ok() ? SplitRows(*out, rows) : Result<std::vector<std::vector<Tensor>>>(out.status());
-      for (size_t i = 0; i < batch.size(); ++i)
-        results.push_back(split.ok() ? Result<std::vector<Tensor>>((*split)[i]) : Result<std::vector<Tensor>>(split.status()));
+      if (!out.ok()) {
+        results.assign(batch.size(), out.status());
+        return results;
+      }
+      auto split = SplitRows(*out, rows);
+      if (split.ok()) {
+        for (auto& part : *split) results.push_back(std::move(part));
+      } else {
+        // Outputs without the batch's rows along dim 0 (a scalar, a
+        // reduction over the batch) say nothing about any one request, and
+        // the callers sent nothing wrong: each runs alone and gets what it
+        // would have got unbatched.
+        *unsplit = true;
+        LogWarn("batch_unsplittable", {{"ref", batch.front().handle->ref()}, {"error", split.status().message()}});
+        for (size_t i = 0; i < batch.size(); ++i) results.push_back(RunOne(m, batch[i], rows[i], lora[i]));
+      }
     }
   } catch (const std::exception& e) {
     results.assign(batch.size(), Status(Code::kInternal, batch.front().handle->ref() + ": " + e.what()));
@@ -233,17 +275,22 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
   return results;
 }
 
-void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows) {
+void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe) {
   int64_t t0 = opts_.clock->MonoNanos();
-  auto results = RunBatch(batch, rows);
-  int64_t dt = opts_.clock->MonoNanos() - t0;
+  bool unsplit = false;
+  auto results = RunBatch(batch, rows, &unsplit);
+  int64_t t1 = opts_.clock->MonoNanos(), dt = t1 - t0;
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[key];
-    q.exec_ns = q.exec_ns == 0 ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+    // A probe ran because the estimate was stale: its time replaces it.
+    q.exec_ns = q.exec_ns == 0 || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+    q.last_exec_ns = t1;
+    if (probe) q.probing = false;
     q.executed += batch.size();
     ++q.batches;
+    if (unsplit) ++q.unsplit;
     for (int64_t r : rows) q.batched_rows += static_cast<uint64_t>(r);
     --busy_;
     wake = total_queued_ > 0;  // a worker is needed only for queued work (no needless wake-ups)
@@ -265,6 +312,7 @@ nlohmann::json Scheduler::Stats() const {
                             {"rows", q.batched_rows},
                             {"deadline_drops", q.deadline_drops},
                             {"overloaded", q.overloaded},
+                            {"unsplit", q.unsplit},
                             {"priority", q.priority},
                             {"max_batch", q.max_batch},
                             {"exec_ms", q.exec_ns / 1e6}};

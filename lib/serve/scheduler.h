@@ -5,7 +5,11 @@
 //   backlog).
 // * Deadlines: a request whose deadline would pass before its execution ends
 //   (by the version's recent execution time) is dropped before it runs, with
-//   DEADLINE_EXCEEDED.
+//   DEADLINE_EXCEEDED. Only executions refresh that estimate, so a version
+//   that has run nothing for kStaleEstimateNs no longer trusts it: the next
+//   request whose deadline has not passed runs anyway (one at a time), and
+//   its time replaces the estimate — one slow outlier cannot make every
+//   later request with a deadline fail for good.
 // * Priorities: classes 0 (high), 1 (normal), 2 (low). Workers take the
 //   oldest request of the highest class, except that every
 //   `starvation_interval`-th dispatch takes the oldest request of any class,
@@ -13,7 +17,13 @@
 // * Dynamic batching (versions with max_batch > 0): requests with the same
 //   input shapes (but dim 0) are concatenated along dim 0 up to max_batch rows,
 //   run once, and each caller gets exactly its rows. A batch waits at most
-//   `batch_delay` after its oldest request for more to arrive.
+//   `batch_delay` after its oldest request for more to arrive, and at most
+//   half of that request's spare time (deadline − arrival − execution time),
+//   so it leaves while the request can still make its deadline. A model
+//   whose outputs do not have the batch's rows along dim 0 (a scalar, a
+//   reduction) cannot be split: each request of that batch is then run
+//   alone and gets what it would have got unbatched, and the version is no
+//   longer batched (until the scheduler is rebuilt; counted: "unsplit").
 // * LoRA adapters: a job may carry an adapter (its handle is the base's).
 //   A batch whose jobs carry adapters runs through Model::RunWithAdapters,
 //   each job's rows with its own adapter — the caller decides by the queue
@@ -44,6 +54,9 @@ namespace mms {
 
 class Scheduler {
  public:
+  // How long without an execution before a version's execution-time estimate
+  // no longer justifies dropping a request whose deadline has not passed.
+  static constexpr int64_t kStaleEstimateNs = 1'000'000'000;
   struct Options {
     int workers = 2;                              // [scheduler] workers (resolved; below 1 means 1)
     size_t queue_depth = 1000;                    // [scheduler] queue_depth, per version
@@ -77,25 +90,38 @@ class Scheduler {
   // The queue's priority is the latest job's: give every job of one key the same.
   Status Submit(PoolKey key, Job job);
   // Per version: queued, executed, batches, rows, mean batch size,
-  // deadline drops, overloaded refusals, recent execution ms.
+  // deadline drops, overloaded refusals, unsplittable batches, recent execution ms.
   nlohmann::json Stats() const;
   size_t queued() const;
 
  private:
+  struct Queued {
+    int64_t at = 0;    // arrival, mono ns
+    int64_t rows = 1;  // the job's rows (dim 0) when batched, else 1
+    Job job;
+  };
   struct Queue {
-    std::deque<std::pair<int64_t, Job>> jobs;  // (arrival mono ns, job)
-    int64_t rows = 0;                          // queued rows (batching)
+    std::deque<Queued> jobs;
+    int64_t rows = 0;                          // queued rows, each job's counted up to max_batch (readiness only)
     int priority = 1, max_batch = 0;
     int64_t batch_delay_ns = 0;
     double exec_ns = 0;                        // EWMA of one execution
-    uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0;
+    int64_t last_exec_ns = 0;                  // when the last execution ended (mono ns; 0 = never)
+    bool probing = false;                      // a request is running despite a stale estimate
+    uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0;
   };
   void Work();
   // mu_ held: the queue to serve now (nullptr if none), or when to look again.
   Queue* Pick(int64_t now, int64_t* wake, PoolKey* key);
-  void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows);
-  // Runs one batch on the model; a thrown exception becomes INTERNAL.
-  static std::vector<Result<std::vector<Tensor>>> RunBatch(const std::vector<Job>& batch, const std::vector<int64_t>& rows);
+  // mu_ held: whether `j` is to be dropped as late now. Sets *probe (and
+  // q.probing) when it runs only because q's estimate is stale.
+  bool Late(Queue& q, const Job& j, int64_t now, bool* probe);
+  void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe);
+  // Runs one batch on the model; a thrown exception becomes INTERNAL. Sets
+  // *unsplit when the batch's outputs could not be split by rows (each job
+  // was then run alone).
+  static std::vector<Result<std::vector<Tensor>>> RunBatch(const std::vector<Job>& batch, const std::vector<int64_t>& rows,
+                                                           bool* unsplit);
 
   const Options opts_;
   mutable std::mutex mu_;

@@ -338,6 +338,24 @@ TEST_CASE("dynamic batching: concurrent requests share executions and each calle
   CHECK(s["max_batch"] == 32);
 }
 
+TEST_CASE("dynamic batching: a lone request with a deadline inside the batch delay is run in time, not dropped") {
+  // The batch used to wait until the very last moment its oldest request's
+  // deadline allowed, so any wake-up latency turned it into DEADLINE_EXCEEDED.
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "batched", "tiny.pt",
+           {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "32", "--max-queue-delay-us", "2000000"});
+  CHECK(PredictExit(d, "batched") == 0);  // loaded, and one execution time known
+  for (int i = 0; i < 3; ++i) {
+    std::string err;
+    int code = PredictExit(d, "batched", {"--deadline-ms", "400"}, &err);
+    INFO(err);
+    CHECK(code == 0);
+  }
+  json s = SchedulerStats(d, "batched:1");
+  CHECK(s["deadline_drops"] == 0);
+}
+
 TEST_CASE("dynamic batching with two inputs, mismatched rows or trailing shapes refused") {
   Daemon d;
   REQUIRE(d.ok());

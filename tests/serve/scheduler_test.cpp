@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <thread>
@@ -78,6 +79,33 @@ TEST_CASE("token buckets: past the cap with no idle bucket, newcomers share one 
   CHECK(rl.Admit("m", "new-4").ok());
 }
 
+TEST_CASE("token buckets: a limit of 0, negative or NaN is no limit, a burst below one is one") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  const double nan = std::nan("");
+  rl.Configure({{"zero", {0, 5}}, {"neg", {-1, 5}}, {"nan", {nan, 5}}, {"inf", {INFINITY, 5}}, {"half", {1, 0.5}},
+                {"nanburst", {2, nan}}},
+               {}, TokenLimit{-3, 2}, std::nullopt);
+  for (const char* m : {"zero", "neg", "nan", "inf", "other"}) {
+    INFO(m);
+    for (int i = 0; i < 20; ++i) REQUIRE(rl.Admit(m, "").ok());  // never refused for good
+    clock.AdvanceMillis(10'000);
+    CHECK(rl.Admit(m, "").ok());
+  }
+  // A burst below one would refuse every request: it is one.
+  CHECK(rl.Admit("half", "").ok());
+  CHECK_FALSE(rl.Admit("half", "").ok());
+  clock.AdvanceMillis(1000);
+  CHECK(rl.Admit("half", "").ok());
+  // A NaN burst is the qps (2), not a bucket that admits everything.
+  CHECK(rl.Admit("nanburst", "").ok());
+  CHECK(rl.Admit("nanburst", "").ok());
+  CHECK_FALSE(rl.Admit("nanburst", "").ok());
+  auto stats = rl.Stats();
+  CHECK_FALSE(stats["models"]["zero"].contains("qps"));  // shown as unlimited
+  CHECK(stats["models"]["half"]["burst"] == 1.0);
+}
+
 TEST_CASE("batching: rows, concatenation and splitting back") {
   auto make = [](float base, int64_t rows) {
     Tensor t = Tensor::Alloc("x", DType::kFloat32, {rows, 2});
@@ -117,15 +145,25 @@ class EchoModel final : public Model {
   Status SaveWithoutWeights(const std::string&) override { return Status::Ok(); }
   Result<std::vector<Tensor>> Run(const std::vector<Tensor>& in) override {
     std::unique_lock<std::mutex> lock(mu);
-    calls.push_back(in[0].shape.empty() ? 1 : in[0].shape[0]);
+    int64_t rows = in[0].shape.empty() ? 1 : in[0].shape[0];
+    calls.push_back(rows);
     order.push_back(in[0].name);
     cv.wait(lock, [&] { return !gate; });
     if (in[0].name == "throw") throw std::runtime_error("boom");
+    if (slow_clock) slow_clock->AdvanceNanos(slow_ns);  // this execution "takes" slow_ns
+    if (reduce) {  // one scalar for the whole call: the rows it saw
+      Tensor t = Tensor::Alloc("rows", DType::kFloat32, {});
+      *reinterpret_cast<float*>(t.mutable_data()) = static_cast<float>(rows);
+      return std::vector<Tensor>{t};
+    }
     return in;
   }
   std::mutex mu;
   std::condition_variable cv;
   bool gate = false;
+  bool reduce = false;             // return a scalar instead of the inputs
+  FakeClock* slow_clock = nullptr;  // advanced by slow_ns in each Run
+  int64_t slow_ns = 0;
   std::vector<int64_t> calls;
   std::vector<std::string> order;
   void Open() {
@@ -386,4 +424,126 @@ TEST_CASE("scheduler: queues of one class are served in arrival order across key
   REQUIRE(mms::testing::WaitFor([&] { return n == 5; }, 5));
   std::vector<std::string> order(rig.model->order.begin() + 1, rig.model->order.end());
   CHECK(order == std::vector<std::string>{"A1", "A2", "B1", "A3", "C1"});
+}
+
+TEST_CASE("scheduler: a batch whose outputs cannot be split runs each request alone, each caller gets its own answer") {
+  // A model reducing over the batch (a scalar output) registered without the
+  // batching check (an import): the callers sent nothing wrong.
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 1;
+  Scheduler s(o);
+  rig.model->reduce = true;
+  std::thread first = rig.Hold(s, 2);
+  std::mutex mu;
+  std::vector<std::string> got(3);
+  std::atomic<int> n{0};
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(s.Submit(1, rig.Job("x", i + 1, 1, 16, [&, i](Result<std::vector<Tensor>> r) {
+                   std::lock_guard<std::mutex> l(mu);
+                   got[static_cast<size_t>(i)] = r.ok() ? std::to_string(static_cast<int>((*r)[0].as<float>()[0]))
+                                                        : r.status().ToString();
+                   ++n;
+                 })).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 3; }, 5));
+  CHECK(got == std::vector<std::string>{"1", "2", "3"});  // what each would get unbatched
+  CHECK(s.Stats()["1"]["unsplit"] == 1);
+  // The version is no longer batched: queued requests run one by one.
+  first = rig.Hold(s, 2);
+  n = 0;
+  for (int i = 0; i < 2; ++i) REQUIRE(s.Submit(1, rig.Job("y", 2, 1, 16, [&](Result<std::vector<Tensor>> r) { n += r.ok(); })).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 2; }, 5));
+  std::lock_guard<std::mutex> l(rig.model->mu);
+  CHECK(std::vector<int64_t>(rig.model->calls.end() - 2, rig.model->calls.end()) == std::vector<int64_t>{2, 2});
+}
+
+TEST_CASE("scheduler: one slow execution does not make every later request with a deadline fail for good") {
+  Rig rig;
+  FakeClock clock;
+  Scheduler::Options o;
+  o.workers = 1;
+  o.clock = &clock;
+  Scheduler s(o);
+  auto with_deadline = [&](int64_t ms, Status* out) {
+    Scheduler::Job j = rig.Job("x", 1, 1, 0, [out](Result<std::vector<Tensor>> r) { *out = r.status(); });
+    j.deadline_ns = clock.MonoNanos() + ms * 1'000'000;
+    return j;
+  };
+  // An outlier: one execution of 100 ms becomes the estimate.
+  rig.model->slow_clock = &clock;
+  rig.model->slow_ns = 100'000'000;
+  REQUIRE(s.Submit(1, rig.Job("x", 1)).ok());
+  rig.model->slow_clock = nullptr;
+  // By the estimate a 10 ms request cannot make it: dropped without running.
+  Status st;
+  REQUIRE(s.Submit(1, with_deadline(10, &st)).ok());
+  CHECK(st.code() == Code::kDeadlineExceeded);
+  // Nothing has run since: the estimate is stale after kStaleEstimateNs, so
+  // the next request that can still make its deadline runs and measures again.
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  st = Status(Code::kInternal, "not answered");
+  REQUIRE(s.Submit(1, with_deadline(10, &st)).ok());
+  CHECK(st.ok());
+  st = Status(Code::kInternal, "not answered");
+  REQUIRE(s.Submit(1, with_deadline(10, &st)).ok());
+  CHECK(st.ok());  // the fresh measurement replaced the outlier
+  // A deadline already past is still dropped, stale estimate or not.
+  clock.AdvanceNanos(2 * Scheduler::kStaleEstimateNs);
+  Scheduler::Job past = with_deadline(0, &st);
+  past.deadline_ns = clock.MonoNanos() - 1;
+  REQUIRE(s.Submit(1, std::move(past)).ok());
+  CHECK(st.code() == Code::kDeadlineExceeded);
+  CHECK(s.Stats()["1"]["deadline_drops"] == 2);
+}
+
+TEST_CASE("scheduler: a batch waiting for rows leaves while its oldest request still has time to spare") {
+  // Waiting until the last instant the deadline allows would make any
+  // wake-up latency a miss: the batch waits at most half the spare time.
+  Rig rig;
+  FakeClock clock;
+  Scheduler::Options o;
+  o.workers = 1;
+  o.clock = &clock;
+  Scheduler s(o);
+  std::atomic<bool> answered{false};
+  Status got;
+  Scheduler::Job j = rig.Job("x", 1, 1, 16, [&](Result<std::vector<Tensor>> r) {
+    got = r.status();
+    answered = true;
+  });
+  j.deadline_ns = clock.MonoNanos() + 10'000'000;  // 10 ms, inside the 50 ms batch delay
+  REQUIRE(s.Submit(1, std::move(j)).ok());
+  clock.AdvanceMillis(6);  // past half its spare time, before its last moment
+  CHECK(mms::testing::WaitFor([&] { return answered.load(); }, 5));
+  if (!answered) clock.AdvanceMillis(100);  // (release it: deadlock guard)
+  REQUIRE(mms::testing::WaitFor([&] { return answered.load(); }, 5));
+  CHECK(got.ok());
+}
+
+TEST_CASE("scheduler: requests claiming huge row counts (zero elements) do not overflow the queue's rows") {
+  // [2^62, 0] is a valid tensor of no elements; two of them once summed past
+  // INT64_MAX, and the queue no longer looked full enough to run.
+  Rig rig;
+  FakeClock clock;  // never advanced: only a full batch can run
+  Scheduler::Options o;
+  o.workers = 1;
+  o.clock = &clock;
+  Scheduler s(o);
+  std::thread first = rig.Hold(s, 2);
+  std::atomic<int> n{0};
+  for (int i = 0; i < 2; ++i) {
+    Scheduler::Job j = rig.Job("x", 1, 1, 16, [&](Result<std::vector<Tensor>> r) { n += r.ok(); });
+    j.inputs = {Tensor::Alloc("x", DType::kFloat32, {int64_t{1} << 62, 0})};
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+  }
+  rig.model->Open();
+  first.join();
+  CHECK(mms::testing::WaitFor([&] { return n == 2; }, 5));
+  if (n != 2) clock.AdvanceMillis(1000);  // (release them: deadlock guard)
+  REQUIRE(mms::testing::WaitFor([&] { return s.queued() == 0; }, 5));
+  CHECK(s.Stats()["1"]["rows"] == uint64_t{1} << 63);
 }
