@@ -87,6 +87,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   so.contexts = c.daemon.contexts;
   so.workers = workers;
   so.max_message_bytes = c.daemon.max_message_bytes;
+  so.lock_fd = d->opts_.lock_fd;
   MMS_ASSIGN_OR_RETURN(d->server_, Server::Create(so, d->BuildHandlers()));
   return d;
 }
@@ -575,9 +576,8 @@ Status Daemon::Start() {
     std::lock_guard<std::mutex> lock(snap_mu_);
     snapshot_ = std::move(first);
   }
-  MMS_RETURN_IF_ERROR(server_->Start());
-  MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
-  watcher_ = std::thread([this] { WatchRegistry(); });
+  // HTTP first: a bad or taken [metrics] address fails the start before any
+  // request is served, and /metrics answers as soon as `mms ping` does.
   if (!opts_.metrics_address.empty()) {
     std::vector<HttpServer::Route> routes;
     routes.push_back({"/metrics", false, [this](const std::string&) {
@@ -587,6 +587,9 @@ Status Daemon::Start() {
     MMS_ASSIGN_OR_RETURN(http_, HttpServer::Start(opts_.metrics_address, std::move(routes)));
     LogInfo("http_listening", {{"url", http_->url()}});
   }
+  MMS_RETURN_IF_ERROR(server_->Start());
+  MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
+  watcher_ = std::thread([this] { WatchRegistry(); });
   LogInfo("started", {{"pid", ::getpid()},
                       {"socket", opts_.socket_path},
                       {"data_dir", opts_.data_dir},
@@ -604,8 +607,14 @@ Result<std::vector<std::string>> Daemon::Reload() {
     LogError("reload_failed", {{"error", cfg.status().message()}});
     return cfg.status();
   }
-  MMS_RETURN_IF_ERROR(ApplyLogConfig(cfg->log));
-  opts_.config.log = cfg->log;
+  // A [log] that cannot be applied (an unwritable file) keeps the old one;
+  // the other live sections are still reloaded.
+  if (Status st = ApplyLogConfig(cfg->log); st.ok()) {
+    opts_.config.log = cfg->log;
+  } else {
+    LogError("reload_failed", {{"section", "log"}, {"error", st.message()}, {"kept", "the previous [log]"}});
+    cfg->log = opts_.config.log;
+  }
   {
     std::lock_guard<std::mutex> lock(snap_mu_);
     live_ = std::make_shared<LiveConfig>(LiveConfig{cfg->limits, cfg->pool.pinned, cfg->scheduler, live_->generation + 1});

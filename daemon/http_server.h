@@ -1,8 +1,17 @@
 // HttpServer: the daemon's optional HTTP endpoint (/metrics, /health) on
-// nng's own HTTP server — no hand-written HTTP. GET only. Routes are exact
-// paths or path prefixes ("/health/" matches "/health/rec").
+// nng's own HTTP server — no hand-written HTTP. GET (and HEAD) only. Routes
+// are exact paths or path prefixes ("/health/" matches "/health/rec"); the
+// path a route gets is percent-decoded, without the query.
 //
-// Thread-safety: routes are called on nng's threads, possibly concurrently.
+// Routes run on the server's own thread ("mms-http"), never on nng's shared
+// task threads (which also carry the IPC requests): a slow or flooding HTTP
+// client cannot stall predictions. At most kMaxQueued requests wait for that
+// thread; more are answered 503 at once.
+//
+// Lifetime: the destructor stops listening, answers what is queued with 503,
+// and waits for a route that is running; no route runs after it returns.
+// Thread-safety: Start and the destructor from one thread; routes are called
+// on the server's thread, one at a time.
 #pragma once
 
 #include <functional>
@@ -13,6 +22,8 @@
 #include "core/status.h"
 
 namespace mms {
+
+class Executor;
 
 struct HttpResponse {
   int status = 200;
@@ -27,16 +38,22 @@ class HttpServer {
     bool tree = false;
     std::function<HttpResponse(const std::string& path)> handler;
   };
-  // `address` is "HOST:PORT", ":PORT" or "PORT" (host defaults to 127.0.0.1).
+  static constexpr size_t kMaxQueued = 32;
+  // `address` is "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT" (host defaults to 127.0.0.1).
   static Result<std::unique_ptr<HttpServer>> Start(const std::string& address, std::vector<Route> routes);
   ~HttpServer();
   const std::string& url() const { return url_; }
+
+  struct Gate;  // shared with nng's handlers (which may outlive this object)
 
  private:
   HttpServer() = default;
   std::string url_;
   void* server_ = nullptr;  // nng_http_server*
-  std::vector<std::unique_ptr<Route>> routes_;
+  std::shared_ptr<Gate> gate_;
 };
+
+// "%2F" → "/", "+" kept; false on a malformed escape or an encoded NUL.
+bool PercentDecode(const std::string& in, std::string* out);
 
 }  // namespace mms

@@ -1,13 +1,15 @@
 // mmsd: builds DaemonOptions from flags and mms.toml, starts the Daemon and
-// waits for signals. SIGTERM/SIGINT drain and exit 0; SIGHUP reloads.
+// waits for signals. SIGTERM/SIGINT drain and exit 0 (a second one during
+// the drain exits 1 at once); SIGHUP reloads.
 //
-// Exit codes: 0 clean stop, 1 runtime error, 2 bad flags or config,
-// 6 another mmsd already serves the socket.
+// Exit codes: 0 clean stop, 1 runtime error or a forced stop, 2 bad flags
+// or config, 6 another mmsd already serves the socket.
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
@@ -17,6 +19,7 @@
 #include "core/paths.h"
 #include "core/version.h"
 #include "daemon.h"
+#include "server.h"
 
 namespace {
 
@@ -88,14 +91,25 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  // The instance lock first: a second mmsd on this socket must not open the
+  // registry or reserve device memory the running one is using.
+  auto lock = Server::Lock(opts.socket_path);
+  if (!lock.ok()) {
+    std::cerr << "mmsd: " << lock.status().message() << "\n";
+    return lock.status().code() == Code::kAlreadyExists ? 6 : 1;
+  }
+  opts.lock_fd = *lock;
+  // Exit codes stay those of mmsd(8): a refused configuration is 2, any
+  // other failure to start 1.
+  auto exit_code = [](const Status& st) { return st.code() == Code::kInvalidArgument ? 2 : 1; };
   auto daemon = Daemon::Create(std::move(opts));
   if (!daemon.ok()) {
     std::cerr << "mmsd: " << daemon.status().message() << "\n";
-    return ExitCodeFor(daemon.status().code());
+    return exit_code(daemon.status());
   }
   if (Status st = (*daemon)->Start(); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";
-    return st.code() == Code::kAlreadyExists ? 6 : 1;
+    return exit_code(st);
   }
   while (true) {
     int sig = 0;
@@ -107,6 +121,17 @@ int Run(int argc, char** argv) {
     LogInfo("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
     break;
   }
+  // A second SIGTERM or SIGINT during the drain stops at once (exit 1),
+  // as an impatient operator means it; state already flushed stays.
+  std::thread([set] {
+    while (true) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0 || sig == SIGHUP) continue;
+      LogWarn("stopping_now", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"reason", "second signal during the drain"}});
+      std::fflush(nullptr);
+      ::_exit(1);
+    }
+  }).detach();
   bool clean = (*daemon)->Shutdown();
   if (!clean) {
     // Requests still running past the grace period are abandoned; state was

@@ -132,18 +132,26 @@ std::string Daemon::PrometheusText() {
 
 HttpResponse Daemon::HealthResponse(const std::string& path) {
   const std::string prefix = "/health/";
+  // A draining daemon takes no new requests: load balancers should move on.
+  const bool draining = server_->draining();
   if (path == "/health" || path == "/health/")
-    return {200, "application/json", nlohmann::json{{"status", "ok"}, {"pid", ::getpid()}}.dump() + "\n"};
-  std::string ref = path.substr(prefix.size());
-  auto v = Resolve(ref);
+    return {draining ? 503 : 200, "application/json",
+            nlohmann::json{{"status", draining ? "draining" : "ok"}, {"pid", ::getpid()}}.dump() + "\n"};
+  // The snapshot only: an unauthenticated probe of unknown names must not
+  // make the daemon re-read its registry (Resolve would).
+  std::string ref_text = path.substr(prefix.size());
+  auto ref = ParseRef(ref_text);
+  auto v = ref.ok() ? snapshot()->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
   if (!v.ok()) {
     int status = v.status().code() == Code::kNotFound ? 404 : 400;
     return {status, "application/json", nlohmann::json{{"error", v.status().message()}}.dump() + "\n"};
   }
-  auto h = PoolFor(*v)->Health(v->id);
+  if (draining)
+    return {503, "application/json", nlohmann::json{{"ref", (*v)->ref()}, {"status", "draining"}}.dump() + "\n"};
+  auto h = PoolFor(**v)->Health((*v)->id);
   bool healthy = !h || h->value("healthy", true);
   nlohmann::json body = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}};
-  body["ref"] = v->ref();
+  body["ref"] = (*v)->ref();
   return {healthy ? 200 : 503, "application/json", body.dump() + "\n"};
 }
 

@@ -81,29 +81,40 @@ Result<std::unique_ptr<Server>> Server::Create(const Options& opts, std::map<uin
 
 Server::~Server() { Stop(); }
 
-Status Server::Start() {
-  const std::string& path = opts_.socket_path;
-  MMS_RETURN_IF_ERROR(MakeDirs(DirName(path), 0700));
-
+Result<int> Server::Lock(const std::string& socket_path) {
+  MMS_RETURN_IF_ERROR(MakeDirs(DirName(socket_path), 0700));
   // Instance lock: the kernel drops it when the process dies (even SIGKILL).
-  std::string lock_path = path + ".lock";
-  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd_ < 0) return IoError("cannot open " + lock_path + ": " + std::strerror(errno));
-  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+  std::string lock_path = socket_path + ".lock";
+  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return IoError("cannot open " + lock_path + ": " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     char buf[32] = {0};
-    ssize_t n = ::pread(lock_fd_, buf, sizeof buf - 1, 0);
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
     std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
     while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
-    ::close(lock_fd_);
-    lock_fd_ = -1;
-    return AlreadyExists("mmsd is already running (pid " + pid + ") on " + path +
+    ::close(fd);
+    return AlreadyExists("mmsd is already running (pid " + pid + ") on " + socket_path +
                          "; stop it first (kill " + pid + ") or start this one with another --socket");
   }
   std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0)
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0)
     LogWarn("lock_file_write_failed", {{"path", lock_path}});
+  return fd;
+}
 
-  if (FileExists(path)) {
+Status Server::Start() {
+  const std::string& path = opts_.socket_path;
+  if (opts_.lock_fd >= 0) {
+    lock_fd_ = opts_.lock_fd;
+  } else {
+    MMS_ASSIGN_OR_RETURN(lock_fd_, Lock(path));
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    // Ours to replace only if it is a socket (left by a killed daemon: the
+    // lock was free); anything else at that path is somebody's file.
+    if (!S_ISSOCK(st.st_mode))
+      return FailedPrecondition(path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
     LogWarn("stale_socket_replaced", {{"socket", path}});
     ::unlink(path.c_str());
   }
@@ -124,6 +135,7 @@ Status Server::Start() {
   rv = nng_listener_start(l, 0);
   ::umask(old);
   if (rv != 0) return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
+  listening_ = true;  // the file at `path` is now ours to remove
   ::chmod(path.c_str(), 0600);
 
   workers_ = std::make_unique<Executor>("mms-handler", opts_.workers);
@@ -243,7 +255,7 @@ void Server::BeginDrain() {
   // Stop accepting: new connections find no socket; requests on open
   // connections get UNAVAILABLE. Closing the nng listener instead would also
   // close the connections whose replies are still being worked on.
-  if (lock_fd_ >= 0) ::unlink(opts_.socket_path.c_str());
+  if (listening_) ::unlink(opts_.socket_path.c_str());
 }
 
 bool Server::WaitIdle(int64_t timeout_ns) {
@@ -267,8 +279,8 @@ void Server::Stop() {
     if (slot->aio) nng_aio_free(slot->aio);  // waits for a running callback
     slot->aio = nullptr;
   }
+  if (listening_) ::unlink(opts_.socket_path.c_str());
   if (lock_fd_ >= 0) {
-    ::unlink(opts_.socket_path.c_str());
     ::close(lock_fd_);  // releases the flock
     lock_fd_ = -1;
   }

@@ -13,10 +13,11 @@
 // field of the wrong type, thrown as a JSON type error by a handler, is
 // INVALID_ARGUMENT; any other exception a handler lets out is INTERNAL.
 //
-// Single instance: Start() takes an flock on "<socket>.lock" (holding our
-// pid). A second daemon fails with ALREADY_EXISTS naming the running pid; a
-// socket left behind by a killed daemon (lock free) is removed and replaced.
-// The socket is 0600 inside a 0700 directory.
+// Single instance: an flock on "<socket>.lock" (holding our pid), taken by
+// Lock() or by Start(). A second daemon fails with ALREADY_EXISTS naming the
+// running pid; a socket left behind by a killed daemon (lock free) is removed
+// and replaced — a socket only: any other file at that path is refused
+// (FAILED_PRECONDITION). The socket is 0600 inside a 0700 directory.
 //
 // Thread-safety: Start/BeginDrain/WaitIdle/Stop from one control thread;
 // Responder from any thread.
@@ -64,7 +65,13 @@ class Server {
     int contexts = 256;                        // [daemon] contexts
     int workers = 4;                           // [daemon] workers (resolved, ≥1)
     uint64_t max_message_bytes = 256ull << 20; // [daemon] max_message_bytes
+    int lock_fd = -1;  // from Lock(), adopted (Stop releases it); -1: Start takes the lock
   };
+  // The instance lock for `socket_path`: an flock on "<socket>.lock", which
+  // then holds our pid. ALREADY_EXISTS naming the running pid when another
+  // process holds it. mmsd takes it before anything else (the registry, the
+  // device arenas), so a second daemon touches nothing.
+  static Result<int> Lock(const std::string& socket_path);
 
   static Result<std::unique_ptr<Server>> Create(const Options& opts, std::map<uint16_t, Handler> handlers);
   ~Server();
@@ -82,6 +89,7 @@ class Server {
   void Stop();
 
   int64_t in_flight() const { return in_flight_.load(); }
+  bool draining() const { return draining_.load(); }
   struct Slot;
   uint64_t requests_served() const { return served_.load(); }
   const Options& options() const { return opts_; }
@@ -100,6 +108,7 @@ class Server {
   std::vector<std::unique_ptr<Slot>> slots_;
   uint32_t sock_id_ = 0;      // set in Start
   int lock_fd_ = -1;
+  bool listening_ = false;  // Start created the socket file (Stop and BeginDrain remove it)
   std::atomic<bool> draining_{false};
   std::atomic<bool> stopped_{false};
   // Replies hold it shared; Stop takes it once, exclusively, to set closed_,

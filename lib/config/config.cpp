@@ -234,7 +234,7 @@ Spec MetricsAddressSpec() {
     if (get(c).empty()) return Status::Ok();
     return ParseHostPort(get(c)).status();
   };
-  s.key.range = "\"\" (off), HOST:PORT, :PORT or PORT (port 1 to 65535)";
+  s.key.range = "\"\" (off), HOST:PORT, [IPV6]:PORT, :PORT or PORT (port 1 to 65535)";
   return s;
 }
 
@@ -363,14 +363,23 @@ Result<HostPort> ParseHostPort(const std::string& address) {
   HostPort hp;
   hp.host = "127.0.0.1";
   std::string port = address;
-  auto colon = address.rfind(':');
-  if (colon != std::string::npos) {
+  auto bad = [&](const std::string& why) {
+    return InvalidArgument("address '" + address + "': " + why +
+                           "; use HOST:PORT, [IPV6]:PORT, :PORT or PORT, e.g. 127.0.0.1:9464 or [::1]:9464");
+  };
+  if (!address.empty() && address[0] == '[') {  // [IPv6]:PORT
+    auto close = address.find(']');
+    if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':')
+      return bad("an IPv6 address in brackets must be followed by :PORT");
+    hp.host = address.substr(1, close - 1);
+    port = address.substr(close + 2);
+    if (hp.host.empty() || hp.host.find_first_not_of("0123456789abcdefABCDEF:.") != std::string::npos)
+      return bad("'" + hp.host + "' is not an IPv6 address");
+  } else if (auto colon = address.rfind(':'); colon != std::string::npos) {
     if (colon > 0) hp.host = address.substr(0, colon);
     port = address.substr(colon + 1);
+    if (hp.host.find(':') != std::string::npos) return bad("an IPv6 address needs brackets");
   }
-  auto bad = [&](const std::string& why) {
-    return InvalidArgument("address '" + address + "': " + why + "; use HOST:PORT, :PORT or PORT, e.g. 127.0.0.1:9464");
-  };
   if (port.empty()) return bad("no port");
   if (port.find_first_not_of("0123456789") != std::string::npos) return bad("the port '" + port + "' is not a number");
   // Digits only, so compare lengths before converting: no overflow.

@@ -1,5 +1,6 @@
 #include "stats/prometheus.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -49,9 +50,11 @@ std::string PromWriter::str() const {
 static std::string Fmt(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   if (std::isnan(v)) return "NaN";
+  // The shortest text that reads back as the same double: byte gauges of
+  // ~1e11 (an H200's budget) and large counters keep every digit.
   char b[64];
-  std::snprintf(b, sizeof b, "%.10g", v);
-  return b;
+  auto r = std::to_chars(b, b + sizeof b, v);
+  return std::string(b, r.ptr);
 }
 
 static std::string LabelText(const Labels& labels) {

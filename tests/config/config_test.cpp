@@ -106,6 +106,16 @@ TEST_CASE("[metrics] address needs a numeric port from 1 to 65535") {
   CHECK(hp->port == 9464);
   CHECK(ParseHostPort("10.0.0.1:00080")->port == 80);
   CHECK_FALSE(ParseHostPort(std::string(1000, '9')).ok());
+  // IPv6 in brackets; bare, the colons are ambiguous.
+  auto v6 = ParseHostPort("[::1]:9464");
+  REQUIRE(v6.ok());
+  CHECK(v6->host == "::1");
+  CHECK(v6->port == 9464);
+  auto bare = ParseHostPort("::1:9464");
+  REQUIRE_FALSE(bare.ok());
+  CHECK(bare.status().message().find("needs brackets") != std::string::npos);
+  CHECK_FALSE(ParseHostPort("[::1]9464").ok());
+  CHECK_FALSE(ParseHostPort("[nope]:9464").ok());
 }
 
 TEST_CASE("[pool] devices are auto, cpu, cpu:N or cuda:N") {

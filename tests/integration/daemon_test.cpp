@@ -1,5 +1,7 @@
 // The daemon's life cycle, driven through the real mms and mmsd binaries.
 #include <doctest/doctest.h>
+#include <filesystem>
+#include <fstream>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -60,13 +62,31 @@ TEST_CASE("SIGINT exits 0 too") {
   CHECK(d.child().Wait(20) == 0);
 }
 
-TEST_CASE("a second daemon on the same socket is refused naming the running pid") {
+TEST_CASE("a second daemon on the same socket is refused naming the running pid, before it touches anything") {
   Daemon d;
   REQUIRE(d.ok());
   auto r = Run({MmsdBin(), "--socket", d.socket(), "--data-dir", d.data_dir()}, 30);
   CHECK(r.exit_code == 6);
   CHECK(r.err.find("already running (pid " + std::to_string(d.child().pid()) + ")") != std::string::npos);
   CHECK(d.Mms({"ping"}).exit_code == 0);  // the first one is unharmed
+  // With its own data dir it still stops at the lock: no registry created
+  // (nor, on a GPU, device memory reserved beside the running daemon's).
+  auto fresh = Run({MmsdBin(), "--socket", d.socket(), "--data-dir", d.dir() + "/fresh"}, 30);
+  CHECK(fresh.exit_code == 6);
+  CHECK_FALSE(std::filesystem::exists(d.dir() + "/fresh/registry.db"));
+}
+
+TEST_CASE("a --socket path holding some other file is refused, and the file is left alone") {
+  TempDir dir;
+  std::string notes = dir / "notes.txt";
+  std::ofstream(notes) << "keep me\n";
+  auto r = Run({MmsdBin(), "--socket", notes, "--data-dir", dir / "data"}, 30);
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("exists and is not a socket") != std::string::npos);
+  std::ifstream in(notes);
+  std::string line;
+  std::getline(in, line);
+  CHECK(line == "keep me");
 }
 
 TEST_CASE("a stale socket left by a SIGKILLed daemon is replaced") {

@@ -1,6 +1,7 @@
 // Completions, HTTP metrics and health, JSON logs, the systemd unit.
 #include <doctest/doctest.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -126,6 +127,8 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
   CHECK(code("/health/bad") == "503");
   CHECK(code("/health/nosuch") == "404");
   CHECK(code("/health/tiny:1") == "200");
+  CHECK(code("/health/tiny%3A1") == "200");  // as Python's quote() writes it
+  CHECK(code("/health/tiny%zz") == "400");
   // A limit, an experiment, a shadow and a canary, so their families have samples.
   auto ok = [&](std::vector<std::string> args) {
     auto r = d.Mms(args);
@@ -201,4 +204,31 @@ TEST_CASE("the systemd unit runs mmsd with a checked config") {
   CHECK(unit.find("ExecStart=/usr/local/bin/mmsd --config /etc/mms/mms.toml") != std::string::npos);
   CHECK(unit.find("--check-config") != std::string::npos);
   CHECK(unit.find("ExecReload=/bin/kill -HUP $MAINPID") != std::string::npos);
+}
+
+TEST_CASE("a draining daemon reports 503 on /health; a second signal stops it at once") {
+  int port = FreePort();
+  Daemon d("[daemon]\nshutdown_grace = \"60s\"\n[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n");
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "held", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  BlockedFile weights(PackedWeights(d.data_dir(), "held", "1"));  // a predict that stays in flight
+  REQUIRE(weights.ok());
+  Child predict;
+  REQUIRE(predict.Start({MmsBin(), "--socket", d.socket(), "predict", "held", "--input", Data("tiny_input.json")},
+                        d.dir() + "/predict.log"));
+  REQUIRE(WaitFor(  // the predict is in flight (beside the STATUS asking)
+      [&] {
+        auto st = d.Mms({"--json", "status"}, 20);
+        return st.exit_code == 0 && json::parse(st.out)["in_flight"].get<int>() >= 2;
+      },
+      20));
+  auto code = [&](const std::string& path) {
+    return Run({"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:" + std::to_string(port) + path}).out;
+  };
+  REQUIRE(WaitFor([&] { return code("/health") == "200"; }, 10));
+  d.child().Signal(SIGTERM);  // drains: the held predict keeps it busy for up to 60 s
+  CHECK(WaitFor([&] { return code("/health") == "503"; }, 20));
+  d.child().Signal(SIGINT);  // the operator insists
+  CHECK(d.child().Wait(20) == 1);
+  CHECK(d.log().find("stopping_now") != std::string::npos);
 }
