@@ -315,115 +315,7 @@ int64_t Daemon::RoutingDeadline() {
 Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
   std::vector<std::function<void()>> answer;  // waiters to answer, after the lock is released
   bool rearm = false;                         // a waiter or a held-back rollout the watcher must time
-  Status st = [&]() -> Status {
-    std::lock_guard<std::mutex> lock(refresh_mu_);
-    const int64_t now = opts_.clock->MonoNanos();
-    // Waiters are answered once nothing is held back, at their deadline, or
-    // at once while shutting down.
-    auto settle_waiters = [&] {
-      if (on_routed) on_routed_.push_back({now + kRoutedWaitNs, std::move(on_routed)});
-      for (auto it = on_routed_.begin(); it != on_routed_.end();) {
-        if (!held_back_.empty() && !stopping_routes_ && it->deadline_ns > now) {
-          ++it;
-          continue;
-        }
-        answer.push_back(std::move(it->fn));
-        it = on_routed_.erase(it);
-      }
-      rearm = !on_routed_.empty() || !held_back_.empty();
-    };
-    auto old = snapshot();
-    auto live_cfg = live();
-    MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
-    bool read = !latest_ || dv != latest_->data_version;
-    // Unchanged registry and config, and no held-back rollout ready to
-    // route: nothing to publish. (A reloaded config whose refresh failed is
-    // applied by the watcher's next try.)
-    if (!force && !read && applied_live_ == live_cfg->generation &&
-        std::none_of(held_back_.begin(), held_back_.end(), [&](const std::string& k) { return WarmupSettled(k); })) {
-      settle_waiters();
-      return Status::Ok();
-    }
-    if (read) {
-      MMS_ASSIGN_OR_RETURN(latest_, RegistrySnapshot::Load(*registry_));
-    }
-    StartWarmups(*latest_);
-    // A rollout is routed once its arms are warm, or when it was already
-    // (the first refresh after Start keeps what Start's snapshot routes).
-    std::map<std::string, ExperimentRecord> routed_exps;
-    std::map<std::string, ShadowRecord> routed_shadows;
-    held_back_.clear();
-    for (const auto& [model, e] : latest_->experiments) {
-      bool was = old && old->experiments.count(model) && old->experiments.at(model).id == e.id;
-      if (was || WarmupSettled(ExperimentKey(e))) routed_exps[model] = e;
-      else held_back_.push_back(ExperimentKey(e));
-    }
-    for (const auto& [model, sh] : latest_->shadows) {
-      bool was = old && old->shadows.count(model) && old->shadows.at(model).id == sh.id;
-      if (was || WarmupSettled(ShadowKey(sh))) routed_shadows[model] = sh;
-      else held_back_.push_back(ShadowKey(sh));
-    }
-    std::shared_ptr<const RegistrySnapshot> snap = latest_;
-    if (!held_back_.empty()) {
-      snap = latest_->WithRollouts(std::move(routed_exps), std::move(routed_shadows));
-      LogDebug("rollouts_held_back", {{"rollouts", held_back_}});
-    }
-    settle_waiters();
-
-    {
-      std::lock_guard<std::mutex> s(snap_mu_);
-      snapshot_ = snap;
-    }
-    if (old) {
-      for (const auto& [name, versions] : old->models)
-        for (const auto& v : versions)
-          if (!snap->ById(v.id)) PoolFor(v)->Forget(v.id);
-      for (const auto& [name, versions] : snap->models)
-        for (const auto& v : versions) {
-          const VersionRecord* was = old->ById(v.id);
-          if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
-          else if (was->stage != v.stage)
-            LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},
-                                      {"to", StageName(v.stage)}});
-        }
-    }
-
-    std::set<PoolKey> want;
-    auto want_ref = [&](const std::string& text, const char* source) {
-      auto ref = ParseRef(text);
-      auto v = ref.ok() ? snap->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
-      if (v.ok()) want.insert((*v)->id);
-      else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
-    };
-    for (const auto& p : snap->pins) want_ref(p.ref(), "registry");
-    for (const auto& p : live_cfg->pinned) want_ref(p, "[pool] pinned");
-    for (PoolKey k : want)
-      if (!pinned_.count(k)) PoolFor(*snap->ById(k))->Pin(ItemFor(*snap->ById(k)));
-    for (PoolKey k : pinned_)
-      if (!want.count(k)) {
-        pool_->Unpin(k);
-        adapters_->Unpin(k);
-      }
-    pinned_ = want;
-
-    // Rate limits: the registry's, with [limits] as defaults.
-    std::map<std::string, TokenLimit> model_limits, tenant_limits;
-    for (const auto& l : snap->limits) (l.kind == "model" ? model_limits : tenant_limits)[l.key] = {l.qps, l.burst};
-    const LimitsConfig& lc = live_cfg->limits;
-    auto def = [](double qps, double burst) -> std::optional<TokenLimit> {
-      if (qps <= 0) return std::nullopt;
-      return TokenLimit{qps, burst > 0 ? burst : std::max(1.0, qps)};
-    };
-    limiter_.Configure(model_limits, tenant_limits, def(lc.model_qps, lc.model_burst), def(lc.tenant_qps, lc.tenant_burst));
-    applied_live_ = live_cfg->generation;
-
-    std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
-    for (const auto& [model, s] : snap->shadows)
-      if (const VersionRecord* cand = snap->ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
-    shadows_->Configure(shadows);
-    LogDebug("registry_snapshot", {{"models", snap->models.size()}, {"pins", want.size()}});
-    return Status::Ok();
-  }();
+  Status st = RefreshLocked(force, std::move(on_routed), &answer, &rearm);
   if (rearm) {
     {
       std::lock_guard<std::mutex> w(watch_mu_);
@@ -433,6 +325,118 @@ Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
   }
   for (auto& f : answer) f();
   return st;
+}
+
+Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, std::vector<std::function<void()>>* answer,
+                             bool* rearm) {
+  std::lock_guard<std::mutex> lock(refresh_mu_);
+  const int64_t now = opts_.clock->MonoNanos();
+  // Waiters are answered once nothing is held back, at their deadline, or at
+  // once while shutting down.
+  auto settle_waiters = [&] {
+    if (on_routed) on_routed_.push_back({now + kRoutedWaitNs, std::move(on_routed)});
+    for (auto it = on_routed_.begin(); it != on_routed_.end();) {
+      if (!held_back_.empty() && !stopping_routes_ && it->deadline_ns > now) {
+        ++it;
+        continue;
+      }
+      answer->push_back(std::move(it->fn));
+      it = on_routed_.erase(it);
+    }
+    *rearm = !on_routed_.empty() || !held_back_.empty();
+  };
+  auto old = snapshot();
+  auto live_cfg = live();
+  MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
+  bool read = !latest_ || dv != latest_->data_version;
+  // Unchanged registry and config, and no held-back rollout ready to route:
+  // nothing to publish. (A reloaded config whose refresh failed is applied
+  // by the watcher's next try.)
+  if (!force && !read && applied_live_ == live_cfg->generation &&
+      std::none_of(held_back_.begin(), held_back_.end(), [&](const std::string& k) { return WarmupSettled(k); })) {
+    settle_waiters();
+    return Status::Ok();
+  }
+  if (read) {
+    MMS_ASSIGN_OR_RETURN(latest_, RegistrySnapshot::Load(*registry_));
+  }
+  StartWarmups(*latest_);
+  // A rollout is routed once its arms are warm, or when it was already (the
+  // first refresh after Start keeps what Start's snapshot routes).
+  std::map<std::string, ExperimentRecord> routed_exps;
+  std::map<std::string, ShadowRecord> routed_shadows;
+  held_back_.clear();
+  for (const auto& [model, e] : latest_->experiments) {
+    bool was = old && old->experiments.count(model) && old->experiments.at(model).id == e.id;
+    if (was || WarmupSettled(ExperimentKey(e))) routed_exps[model] = e;
+    else held_back_.push_back(ExperimentKey(e));
+  }
+  for (const auto& [model, sh] : latest_->shadows) {
+    bool was = old && old->shadows.count(model) && old->shadows.at(model).id == sh.id;
+    if (was || WarmupSettled(ShadowKey(sh))) routed_shadows[model] = sh;
+    else held_back_.push_back(ShadowKey(sh));
+  }
+  std::shared_ptr<const RegistrySnapshot> snap = latest_;
+  if (!held_back_.empty()) {
+    snap = latest_->WithRollouts(std::move(routed_exps), std::move(routed_shadows));
+    LogDebug("rollouts_held_back", {{"rollouts", held_back_}});
+  }
+  settle_waiters();
+  {
+    std::lock_guard<std::mutex> s(snap_mu_);
+    snapshot_ = snap;
+  }
+  ApplySnapshot(old.get(), *snap, *live_cfg);
+  return Status::Ok();
+}
+
+void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& snap, const LiveConfig& live_cfg) {
+  if (old) {
+    for (const auto& [name, versions] : old->models)
+      for (const auto& v : versions)
+        if (!snap.ById(v.id)) PoolFor(v)->Forget(v.id);
+    for (const auto& [name, versions] : snap.models)
+      for (const auto& v : versions) {
+        const VersionRecord* was = old->ById(v.id);
+        if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
+        else if (was->stage != v.stage)
+          LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},
+                                    {"to", StageName(v.stage)}});
+      }
+  }
+
+  std::set<PoolKey> want;
+  auto want_ref = [&](const std::string& text, const char* source) {
+    auto ref = ParseRef(text);
+    auto v = ref.ok() ? snap.Resolve(*ref) : Result<const VersionRecord*>(ref.status());
+    if (v.ok()) want.insert((*v)->id);
+    else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
+  };
+  for (const auto& p : snap.pins) want_ref(p.ref(), "registry");
+  for (const auto& p : live_cfg.pinned) want_ref(p, "[pool] pinned");
+  for (PoolKey k : want)
+    if (!pinned_.count(k)) PoolFor(*snap.ById(k))->Pin(ItemFor(*snap.ById(k)));
+  for (PoolKey k : pinned_)
+    if (!want.count(k)) {
+      pool_->Unpin(k);
+      adapters_->Unpin(k);
+    }
+  pinned_ = want;
+
+  // Rate limits: the registry's, with [limits] as defaults (a qps of 0 is
+  // none; the limiter fills in a burst of 0).
+  std::map<std::string, TokenLimit> model_limits, tenant_limits;
+  for (const auto& l : snap.limits) (l.kind == "model" ? model_limits : tenant_limits)[l.key] = {l.qps, l.burst};
+  const LimitsConfig& lc = live_cfg.limits;
+  limiter_.Configure(model_limits, tenant_limits, TokenLimit{lc.model_qps, lc.model_burst},
+                     TokenLimit{lc.tenant_qps, lc.tenant_burst});
+  applied_live_ = live_cfg.generation;
+
+  std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
+  for (const auto& [model, s] : snap.shadows)
+    if (const VersionRecord* cand = snap.ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
+  shadows_->Configure(shadows);
+  LogDebug("registry_snapshot", {{"models", snap.models.size()}, {"pins", want.size()}});
 }
 
 Result<VersionRecord> Daemon::Resolve(const std::string& text) {

@@ -133,6 +133,14 @@ class Daemon {
   std::map<uint16_t, Handler> BuildHandlers();
   Status CreatePool();
   void WatchRegistry();
+  // RefreshRegistry under refresh_mu_: the waiters to answer once it is
+  // released, and whether the watcher must re-time its wake-up.
+  Status RefreshLocked(bool force, std::function<void()> on_routed, std::vector<std::function<void()>>* answer,
+                       bool* rearm);
+  struct LiveConfig;
+  // refresh_mu_ held: forgets removed versions, applies pins, limits and
+  // shadows of the snapshot just published.
+  void ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& snap, const LiveConfig& live_cfg);
   // Warm-ups of rollouts (key "experiment/<id>" or "shadow/<id>").
   void StartWarmups(const RegistrySnapshot& latest);  // refresh_mu_ held
   bool WarmupSettled(const std::string& key) const;   // done or past kWarmupLimitNs
