@@ -140,18 +140,19 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     Credited(*credit, now - t0, now, st, loaded);
   };
   // Validate the inputs before anything is loaded for them.
+  auto refuse = [&](const Status& st) {  // counted like every other outcome
+    finish(st);
+    r.Fail(st);
+  };
   auto inputs = MatchInputs(rec.inputs, std::move(req.tensors), rec.ref());
-  if (!inputs.ok()) {
-    finish(inputs.status());
-    return r.Fail(inputs.status());
-  }
+  if (!inputs.ok()) return refuse(inputs.status());
   // A client-supplied deadline: the request is dropped before running if it cannot make it.
   int64_t deadline = 0;
   if (req.body.contains("timeout_ms")) {
-    if (!req.body["timeout_ms"].is_number()) return r.Fail(InvalidArgument("timeout_ms must be a number"));
+    if (!req.body["timeout_ms"].is_number()) return refuse(InvalidArgument("timeout_ms must be a number"));
     double ms = req.body["timeout_ms"].get<double>();
     if (!(ms > 0))
-      return r.Fail(InvalidArgument("the deadline is already past (timeout " + std::to_string(ms) +
+      return refuse(InvalidArgument("the deadline is already past (timeout " + std::to_string(ms) +
                                     " ms); give a positive --deadline-ms"));
     deadline = t0 + static_cast<int64_t>(std::min(ms, 365 * 86400e3) * 1e6);  // a year: no overflow
   }
@@ -160,13 +161,10 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   if (req.body.contains("tenant")) {
     const auto& t = req.body["tenant"];
     if (!t.is_string() || t.get<std::string>().empty() || t.get<std::string>().size() > 128)
-      return r.Fail(InvalidArgument("tenant must be a non-empty string of at most 128 characters"));
+      return refuse(InvalidArgument("tenant must be a non-empty string of at most 128 characters"));
     tenant = t.get<std::string>();
   }
-  if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) {
-    finish(st);
-    return r.Fail(st);
-  }
+  if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) return refuse(st);
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
   // Mirror to a running shadow of this model, unless the candidate itself served.
   auto sh = snap->shadows.find(rec.model);

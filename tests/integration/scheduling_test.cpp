@@ -233,6 +233,12 @@ TEST_CASE("deadlines: a past deadline is refused, requests that cannot make thei
   auto past = client->Call(m);
   REQUIRE_FALSE(past.ok());
   CHECK(past.status().code() == mms::Code::kInvalidArgument);
+  // Counted among the version's requests and errors, like every refusal.
+  auto stats = json::parse(d.Mms({"--json", "stats"}).out);
+  bool counted = false;
+  for (const auto& v : stats["models"])
+    if (v["ref"] == "slow:1") counted = v["requests"] == 1 && v["errors"] == 1;
+  CHECK(counted);
   CHECK(PredictExit(d, "slow", {"--deadline-ms", "60000"}) == 0);  // a generous one is met
   // Warm: the scheduler learns one execution's time.
   for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "slow") == 0);
