@@ -9,12 +9,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <optional>
+#include <cctype>
+#include <cstring>
+#include <sstream>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
-#include <regex>
 #include <set>
 
 #include "cli.h"
@@ -572,6 +575,46 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
   return bad + orphans_bad ? 1 : 0;
 }
 
+// What mms takes from a Triton config.pbtxt: the top-level max_batch_size
+// and whether dynamic_batching is on. Comments (# to the end of the line)
+// and nested blocks are skipped; parsed by hand (a regex over a huge run of
+// digits overflowed the stack).
+struct TritonBatching {
+  std::optional<std::string> max_batch;  // the digits as written
+  bool dynamic = false;
+};
+TritonBatching ReadTritonBatching(const std::string& text) {
+  TritonBatching out;
+  int depth = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    size_t i = line.find_first_not_of(" \t\r");
+    if (depth == 0 && i != std::string::npos) {
+      auto key = [&](const char* k) {
+        size_t n = std::strlen(k);
+        if (line.compare(i, n, k) != 0) return false;
+        if (i + n == line.size()) return true;
+        char next = line[i + n];
+        return !std::isalnum(static_cast<unsigned char>(next)) && next != '_';
+      };
+      if (key("dynamic_batching")) out.dynamic = true;
+      if (key("max_batch_size")) {
+        size_t c = line.find(':', i);
+        size_t d = c == std::string::npos ? c : line.find_first_not_of(" \t", c + 1);
+        if (d != std::string::npos) {
+          size_t e = line.find_first_not_of("0123456789", d);
+          out.max_batch = line.substr(d, (e == std::string::npos ? line.size() : e) - d);
+        }
+      }
+    }
+    for (char ch : line) depth += ch == '{' ? 1 : ch == '}' ? -1 : 0;
+    depth = std::max(depth, 0);
+  }
+  return out;
+}
+
 int CmdImport(Cli& cli, const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
@@ -587,13 +630,15 @@ int CmdImport(Cli& cli, const std::string& dir) {
   std::vector<std::filesystem::path> models;
   if (std::error_code lec = ListDirs(dir, &models))
     return cli.Fail(IoError("cannot list " + dir + ": " + lec.message()));
-  static const std::regex kMaxBatch(R"(max_batch_size\s*:\s*(\d+))");
   for (const auto& mdir : models) {
     std::string name = mdir.filename().string();
     if (Status st = ValidateName(name); !st.ok()) {
       skip(mdir.string(), st.message());
       continue;
     }
+    // Triton combines requests only with dynamic_batching; max_batch_size
+    // alone says the model takes a batch dimension. mms batches across
+    // requests when max_batch_size > 0, so it takes the number only then.
     int max_batch = 0;
     const std::string cfg_path = (mdir / "config.pbtxt").string();
     if (FileExists(cfg_path)) {
@@ -602,16 +647,18 @@ int CmdImport(Cli& cli, const std::string& dir) {
         skip(mdir.string(), "cannot read " + cfg_path + ": " + cfg.status().message());
         continue;
       }
-      std::smatch m;
-      if (std::regex_search(*cfg, m, kMaxBatch)) {
-        const std::string digits = m[1].str();
+      TritonBatching tb = ReadTritonBatching(*cfg);
+      if (tb.max_batch) {
+        const std::string& digits = *tb.max_batch;
         auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), max_batch);
-        if (err != std::errc() || end != digits.data() + digits.size()) {
-          skip(mdir.string(), cfg_path + ": max_batch_size " + digits + " is out of range (0 to " +
+        if (digits.empty() || err != std::errc() || end != digits.data() + digits.size()) {
+          std::string shown = digits.size() > 24 ? digits.substr(0, 24) + "..." : digits;
+          skip(mdir.string(), cfg_path + ": max_batch_size " + shown + " is out of range (0 to " +
                                   std::to_string(std::numeric_limits<int>::max()) + "); fix it to import this model");
           continue;
         }
       }
+      if (!tb.dynamic) max_batch = 0;
     }
     std::vector<std::filesystem::path> versions;
     if (std::error_code lec = ListDirs(mdir, &versions)) {
@@ -639,9 +686,24 @@ int CmdImport(Cli& cli, const std::string& dir) {
       auto rec = RegisterVersion(cli, **reg, a);
       if (rec.ok()) {
         registered.push_back(rec->ref());
+        continue;
+      }
+      if (rec.status().code() != Code::kAlreadyExists) {
+        skip(file, rec.status().message());
+        continue;
+      }
+      // Already registered: the same weights are no error; other weights
+      // under that version are (the repository's file was replaced).
+      auto have = (*reg)->Resolve(Ref{Ref::Kind::kVersion, name, version, ""});
+      auto sha = Sha256File(file);
+      bool same = have.ok() && sha.ok() && have->sha256 == *sha;
+      if (same) {
+        skip(file, rec.status().message(), false);
       } else {
-        bool dup = rec.status().code() == Code::kAlreadyExists;
-        skip(file, rec.status().message(), !dup);
+        skip(file, name + ":" + version + " is registered with other weights (sha256 " +
+                       (have.ok() ? have->sha256.substr(0, 12) : std::string("?")) + ", this file " +
+                       (sha.ok() ? sha->substr(0, 12) : std::string("unreadable")) +
+                       "); register the new weights as a new version");
       }
     }
   }

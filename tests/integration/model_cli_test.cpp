@@ -323,11 +323,19 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/ranker/v3/model.pt");
   std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/Bad_Name/1/model.pt");
   std::filesystem::copy_file(mms.Data("not_a_model.pt"), repo + "/broken/1/model.pt");
-  std::ofstream(repo + "/ranker/config.pbtxt") << "name: \"ranker\"\nplatform: \"pytorch_libtorch\"\nmax_batch_size: 32\n";
+  std::ofstream(repo + "/ranker/config.pbtxt")
+      << "name: \"ranker\"\nplatform: \"pytorch_libtorch\"\nmax_batch_size: 32\ndynamic_batching {\n  max_queue_delay_microseconds: 100\n}\n";
+  // Triton batches across requests only with dynamic_batching; a commented
+  // or nested max_batch_size is not the model's.
+  std::filesystem::create_directories(repo + "/plain/1");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/plain/1/model.pt");
+  std::ofstream(repo + "/plain/config.pbtxt")
+      << "name: \"plain\"\n# max_batch_size: 64 (old)\nmax_batch_size: 8\ninput [ { name: \"x\" } ]\n";
   auto r = mms({"--json", "model", "import", repo});
   CHECK(r.exit_code == 1);  // some were skipped for errors
   json j = json::parse(r.out);
-  CHECK(j["registered"] == json::array({"ranker:1", "ranker:2"}));
+  CHECK(j["registered"] == json::array({"plain:1", "ranker:1", "ranker:2"}));
+  CHECK(json::parse(mms({"--json", "model", "show", "plain:1"}).out)["max_batch_size"] == 0);
   REQUIRE(j["skipped"].size() == 4);
   std::string all = j["skipped"].dump();
   CHECK(all.find("invalid model name 'Bad_Name'") != std::string::npos);
@@ -364,6 +372,18 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   CHECK(again.exit_code == 0);
   CHECK(json::parse(again.out)["skipped"][0]["reason"].get<std::string>().find("already registered") !=
         std::string::npos);
+  // A version whose file was replaced in the repository is an error, not a
+  // silent skip that keeps serving the old weights.
+  std::filesystem::remove(repo + "/ranker/1/model.pt");
+  std::filesystem::copy_file(mms.Data("tiny_v2.pt"), repo + "/ranker/1/model.pt");
+  auto changed = mms({"--json", "model", "import", repo});
+  CHECK(changed.exit_code == 1);
+  CHECK(changed.out.find("ranker:1 is registered with other weights") != std::string::npos);
+  // A max_batch_size of a million digits is refused, not a crash.
+  std::ofstream(repo + "/plain/config.pbtxt") << "max_batch_size: " << std::string(1'000'000, '7') << "\n";
+  auto huge = mms({"--json", "model", "import", repo});
+  CHECK(huge.exit_code == 1);
+  CHECK(huge.out.find("is out of range") != std::string::npos);
 }
 
 TEST_CASE("two registrations at once both succeed, a true duplicate gets exit 6") {
