@@ -394,7 +394,11 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
   if (old) {
     for (const auto& [name, versions] : old->models)
       for (const auto& v : versions)
-        if (!snap.ById(v.id)) PoolFor(v)->Forget(v.id);
+        if (!snap.ById(v.id)) {
+          PoolFor(v)->Forget(v.id);
+          // A version registered again under the same name starts from zero.
+          serving_metrics_.Remove(v.ref());
+        }
     for (const auto& [name, versions] : snap.models)
       for (const auto& v : versions) {
         const VersionRecord* was = old->ById(v.id);

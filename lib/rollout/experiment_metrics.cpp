@@ -121,6 +121,11 @@ std::shared_ptr<VariantMetrics> MetricsStore::Find(const std::string& key) const
   return it == m_.end() ? nullptr : it->second;
 }
 
+void MetricsStore::Remove(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  m_.erase(key);
+}
+
 std::map<std::string, std::shared_ptr<VariantMetrics>> MetricsStore::All() const {
   std::lock_guard<std::mutex> lock(mu_);
   return m_;

@@ -72,6 +72,8 @@ class MetricsStore {
   std::shared_ptr<VariantMetrics> Add(const std::string& key, std::shared_ptr<VariantMetrics> m);
   std::shared_ptr<VariantMetrics> Find(const std::string& key) const;  // null when absent
   std::map<std::string, std::shared_ptr<VariantMetrics>> All() const;
+  // Forgets `key` (its version left the registry); holders keep their copy.
+  void Remove(const std::string& key);
 
  private:
   mutable std::mutex mu_;

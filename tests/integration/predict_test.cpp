@@ -341,3 +341,19 @@ TEST_CASE("SIGTERM lets a running request finish, a slow request blocks nobody e
   CHECK(d.child().Wait(30) == 0);
   CHECK(std::filesystem::exists(d.dir() + "/slow_out.json"));
 }
+
+TEST_CASE("a version removed and registered again starts its serving figures from zero") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", Data("tiny.pt"));
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(d.Mms({"predict", "tiny", "--input", Data("tiny_input.json"), "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "rm", "tiny:1", "--force", "-q"}).exit_code == 0);
+  Register(d, "tiny", "1", Data("tiny_v2.pt"));
+  REQUIRE(d.Mms({"predict", "tiny", "--input", Data("tiny_input.json"), "-q"}).exit_code == 0);
+  int requests = -1;
+  json stats = json::parse(d.Mms({"--json", "stats"}).out);
+  for (const auto& m : stats["models"])
+    if (m["ref"] == "tiny:1") requests = m["requests"].get<int>();
+  CHECK(requests == 1);  // not 4: the removed version's requests are not the new one's
+}
