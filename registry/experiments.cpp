@@ -67,7 +67,7 @@ Result<std::vector<ExperimentRecord>> Registry::QueryExperiments(const std::stri
 Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {
   if (n.basis_points < 0 || n.basis_points > 10000) return InvalidArgument("the treatment share must be 0-100%");
   for (const auto& m : n.metrics) MMS_RETURN_IF_ERROR(ValidateName(m, "metric name"));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto dup, QueryExperiments("WHERE e.id = ?", {n.id}));
   if (!dup.empty())
@@ -112,7 +112,7 @@ Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {
 }
 
 Result<ExperimentRecord> Registry::GetExperiment(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto found, QueryExperiments("WHERE e.id = ?", {id}));
   if (found.empty()) {
     MMS_ASSIGN_OR_RETURN(auto all, QueryExperiments("ORDER BY e.id", {}));
@@ -125,7 +125,7 @@ Result<ExperimentRecord> Registry::GetExperiment(const std::string& id) {
 }
 
 Result<std::vector<ExperimentRecord>> Registry::ListExperiments(bool include_stopped) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   return QueryExperiments(include_stopped ? "ORDER BY e.created_ms, e.id" : "WHERE e.state != 'stopped' ORDER BY e.id", {});
 }
 
@@ -135,7 +135,7 @@ Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, con
   MMS_RETURN_IF_ERROR(RefuseCanary(e, state == "paused" ? "paused" : "resumed"));
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
   if (e.state == state) return e;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET state = ?, updated_ms = ? WHERE id = ? AND state = ?"));
   up.Bind(1, state).Bind(2, opts_.clock->UnixMillis()).Bind(3, id).Bind(4, e.state);
@@ -154,7 +154,7 @@ Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int bas
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
   MMS_RETURN_IF_ERROR(RefuseCanary(e, "ramped"));
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET basis_points = ?, updated_ms = ? WHERE id = ?"));
   up.Bind(1, basis_points).Bind(2, opts_.clock->UnixMillis()).Bind(3, id);
@@ -172,7 +172,7 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
   MMS_RETURN_IF_ERROR(RefuseCanary(e, "stopped"));
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is already stopped");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
       "UPDATE experiments SET state = 'stopped', winner = ?, updated_ms = ? WHERE id = ? AND state != 'stopped'"));
@@ -193,7 +193,7 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
 }
 
 Status Registry::SaveExperimentMetrics(const std::string& id, const std::string& variant, const nlohmann::json& data) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   return SaveExperimentMetricsLocked(id, variant, data);
 }
 
@@ -207,7 +207,7 @@ Status Registry::SaveExperimentMetricsLocked(const std::string& id, const std::s
 }
 
 Result<std::map<std::string, nlohmann::json>> Registry::LoadExperimentMetrics(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT variant, data_json FROM experiment_metrics WHERE experiment_id = ?"));
   st.Bind(1, id);
   std::map<std::string, nlohmann::json> out;

@@ -82,16 +82,25 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
   if (!db.ok()) return db.status();
   r->db_ = std::move(db).value();
-  // journal_mode is the first statement that reads the file: a non-database
-  // fails here with NOTADB.
-  if (Status st = r->db_->Exec("PRAGMA journal_mode=WAL"); !st.ok()) return st;
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
+  // Migrate reads the header first: a non-database fails with NOTADB, and
+  // another application's database is refused before anything changes it
+  // (WAL is a persistent property of the file).
   MMS_RETURN_IF_ERROR(r->Migrate());
+  MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA journal_mode=WAL"));
   return r;
 }
 
+Status Registry::ReadConsistent(const std::function<Status()>& fn) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MMS_RETURN_IF_ERROR(db_->Exec("BEGIN"));  // deferred: the first read fixes the snapshot (WAL)
+  Status st = fn();
+  Status end = db_->Exec(st.ok() ? "COMMIT" : "ROLLBACK");
+  return st.ok() ? end : st;
+}
+
 Result<int> Registry::SchemaVersion() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   auto st = db_->Prepare("PRAGMA user_version");
   if (!st.ok()) return st.status();
   auto row = st->Step();
@@ -100,7 +109,7 @@ Result<int> Registry::SchemaVersion() {
 }
 
 Status Registry::Migrate() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   const auto& migrations = RegistryMigrations();
   auto read_header = [&](int* user_version, int* app_id, int* tables) -> Status {
     MMS_ASSIGN_OR_RETURN(auto uv, db_->Prepare("PRAGMA user_version"));
@@ -286,7 +295,7 @@ Result<VersionRecord> Registry::ResolveLocked(const Ref& ref) {
 }
 
 Result<VersionRecord> Registry::Resolve(const Ref& ref) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   return ResolveLocked(ref);
 }
 
@@ -296,7 +305,7 @@ Result<VersionRecord> Registry::Resolve(const std::string& ref) {
 }
 
 Result<std::vector<VersionRecord>> Registry::List(const std::string& model, std::optional<Stage> stage) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   std::string where = "WHERE 1=1";
   std::vector<std::string> args;
   if (!model.empty()) {
@@ -312,7 +321,7 @@ Result<std::vector<VersionRecord>> Registry::List(const std::string& model, std:
 }
 
 Result<std::vector<std::string>> Registry::ModelNames() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT DISTINCT m.name FROM models m JOIN versions v ON v.model_id = m.id ORDER BY m.name"));
   std::vector<std::string> out;
   while (true) {
@@ -337,7 +346,7 @@ Status Registry::AuditLocked(const std::string& action, const std::string& model
 
 Status Registry::Audit(const std::string& action, const std::string& model, const std::string& version,
                        const std::string& from, const std::string& to, const std::string& detail) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_RETURN_IF_ERROR(AuditLocked(action, model, version, from, to, detail));
   own_commits_.fetch_add(1);
   return Status::Ok();
@@ -358,7 +367,7 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
     return InvalidArgument("max queue delay " + std::to_string(v.max_queue_delay_us) +
                            " us is out of range; use 0 (the [scheduler] max_queue_delay default) to " +
                            std::to_string(kMaxQueueDelayUsMax) + " us (10 s), the range of [scheduler] max_queue_delay");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   {
     MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("INSERT OR IGNORE INTO models (name, created_ms) VALUES (?, ?)"));
@@ -426,7 +435,7 @@ Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, cons
 }
 
 Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, SetStageLocked(ref, stage, reason));
   MMS_RETURN_IF_ERROR(Commit(tx));
@@ -437,7 +446,7 @@ Status Registry::SetAlias(const std::string& model, const std::string& alias, co
   MMS_RETURN_IF_ERROR(ValidateName(model));
   MMS_RETURN_IF_ERROR(ValidateName(alias, "alias"));
   MMS_RETURN_IF_ERROR(ValidateVersion(version));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(Ref{Ref::Kind::kVersion, model, version, ""}));
   std::string old;
@@ -459,7 +468,7 @@ Status Registry::SetAlias(const std::string& model, const std::string& alias, co
 Status Registry::RemoveAlias(const std::string& model, const std::string& alias) {
   MMS_RETURN_IF_ERROR(ValidateName(model));
   MMS_RETURN_IF_ERROR(ValidateName(alias, "alias"));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(Ref{Ref::Kind::kAlias, model, "", alias}));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(model));
@@ -499,12 +508,12 @@ Result<std::vector<std::string>> Registry::UsesOfLocked(const VersionRecord& v) 
 }
 
 Result<std::vector<std::string>> Registry::UsesOf(const VersionRecord& v) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   return UsesOfLocked(v);
 }
 
 Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   MMS_ASSIGN_OR_RETURN(auto uses, UsesOfLocked(rec));
@@ -556,7 +565,7 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
 }
 
 Result<std::vector<AuditEntry>> Registry::History(const Ref& ref) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   std::string version;
   if (ref.kind == Ref::Kind::kVersion) {
     version = ref.version;
@@ -579,7 +588,7 @@ Result<std::vector<AuditEntry>> Registry::History(const Ref& ref) {
 }
 
 Result<std::vector<AuditEntry>> Registry::AuditLog(int64_t after_id, int limit) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT id, ts_ms, actor, action, model, version, from_value, to_value, "
                                              "detail FROM audit WHERE id > ? ORDER BY id LIMIT ?"));
   st.Bind(1, after_id).Bind(2, limit);
@@ -594,7 +603,7 @@ Result<std::vector<AuditEntry>> Registry::AuditLog(int64_t after_id, int limit) 
 }
 
 Result<bool> Registry::AddPin(const Ref& ref) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(ref.name));
@@ -611,7 +620,7 @@ Result<bool> Registry::AddPin(const Ref& ref) {
 }
 
 Status Registry::RemovePin(const Ref& ref) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(ref.name));
   std::optional<int64_t> vid;
@@ -632,7 +641,7 @@ Status Registry::RemovePin(const Ref& ref) {
 }
 
 Result<std::vector<Pin>> Registry::Pins() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT m.name, IFNULL(v.version, '') FROM pins p JOIN models m ON "
                                              "m.id = p.model_id LEFT JOIN versions v ON v.id = p.version_id "
                                              "ORDER BY m.name, v.sort_key"));
@@ -659,7 +668,7 @@ Status Registry::SetLimit(const RateLimit& l) {
                            "); to stop a model, stop serving it instead");
   if (!std::isfinite(l.burst) || l.burst < 1)
     return InvalidArgument("--burst must be at least 1 request (got " + num(l.burst) + ")");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ModelId(l.key).status());
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
@@ -673,7 +682,7 @@ Status Registry::SetLimit(const RateLimit& l) {
 }
 
 Status Registry::RemoveLimit(const std::string& kind, const std::string& key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("DELETE FROM limits WHERE kind = ? AND key = ?"));
   st.Bind(1, kind).Bind(2, key);
@@ -684,7 +693,7 @@ Status Registry::RemoveLimit(const std::string& kind, const std::string& key) {
 }
 
 Result<std::vector<RateLimit>> Registry::Limits() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("SELECT kind, key, qps, burst FROM limits ORDER BY kind, key"));
   std::vector<RateLimit> out;
   while (true) {
@@ -702,7 +711,7 @@ Status Registry::Commit(sql::Tx& tx) {
 }
 
 Result<int64_t> Registry::DataVersion() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("PRAGMA data_version"));
   MMS_ASSIGN_OR_RETURN(bool row, st.Step());
   (void)row;

@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -331,11 +332,17 @@ class Registry {
   Status Audit(const std::string& action, const std::string& model, const std::string& version,
                const std::string& from, const std::string& to, const std::string& detail);
 
+  // Runs `fn` — calls to this Registry's readers — in one read transaction,
+  // so they all see the same commit (the daemon's snapshot: a version and
+  // the experiment using it, committed together, are seen together). Other
+  // threads' calls wait until it ends.
+  Status ReadConsistent(const std::function<Status()>& fn);
+
   // Runs `fn` with the connection under the registry's lock (rollout modules
   // keep their own tables in the same file).
   template <class Fn>
   auto WithDb(Fn&& fn) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::recursive_mutex> lock(mu_);
     return fn(db_.get());
   }
 
@@ -362,7 +369,9 @@ class Registry {
   const Options opts_;
   const std::string actor_;
   std::atomic<int64_t> own_commits_{0};
-  std::mutex mu_;
+  // Recursive only so ReadConsistent can call the public readers inside its
+  // one transaction; nothing else re-enters.
+  std::recursive_mutex mu_;
   std::unique_ptr<sql::Db> db_;  // guarded by mu_
 };
 

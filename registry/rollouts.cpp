@@ -74,7 +74,7 @@ Result<ShadowRecord> Registry::StartShadow(const std::string& model, const Ref& 
   if (queue < 1 || queue > 1000000) return InvalidArgument("--queue must be between 1 and 1000000");
   if (!(tolerance >= 0) || !std::isfinite(tolerance)) return InvalidArgument("--tolerance must be a number >= 0");
   if (duration_ms < 0) return InvalidArgument("--duration must not be negative");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(model));
   MMS_ASSIGN_OR_RETURN(VersionRecord cand, ResolveLocked(candidate));
@@ -101,7 +101,7 @@ Result<ShadowRecord> Registry::StartShadow(const std::string& model, const Ref& 
 }
 
 Result<ShadowRecord> Registry::StopShadow(const std::string& model, const std::string& reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(model));
   MMS_ASSIGN_OR_RETURN(auto running, QueryShadows("WHERE s.model_id = ? AND s.state = 'running'", {std::to_string(mid)}));
@@ -116,7 +116,7 @@ Result<ShadowRecord> Registry::StopShadow(const std::string& model, const std::s
 }
 
 Result<ShadowRecord> Registry::GetShadow(const std::string& model) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_RETURN_IF_ERROR(ModelId(model).status());
   MMS_ASSIGN_OR_RETURN(auto out, QueryShadows("WHERE m.name = ? ORDER BY s.id DESC LIMIT 1", {model}));
   if (out.empty()) return NotFound("model '" + model + "' has never had a shadow run (start one with mms shadow start)");
@@ -124,7 +124,7 @@ Result<ShadowRecord> Registry::GetShadow(const std::string& model) {
 }
 
 Result<std::vector<ShadowRecord>> Registry::ListShadows(bool running_only) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   return QueryShadows(running_only ? "WHERE s.state = 'running' ORDER BY m.name" : "ORDER BY s.id", {});
 }
 
@@ -191,7 +191,7 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
   if (!(n.max_p99_ms > 0)) return InvalidArgument("--max-p99-ms must be positive");
   if (!(n.max_p99_ratio > 0)) return InvalidArgument("--max-p99-ratio must be positive");
   if (n.min_requests < 1) return InvalidArgument("--min-requests must be at least 1");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(n.model));
   MMS_ASSIGN_OR_RETURN(VersionRecord cand, ResolveLocked(n.candidate));
@@ -249,19 +249,19 @@ Result<CanaryRecord> Registry::ActiveCanaryLocked(const std::string& model) {
 }
 
 Result<CanaryRecord> Registry::GetCanary(const std::string& model) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_RETURN_IF_ERROR(ModelId(model).status());
   return ActiveCanaryLocked(model);
 }
 
 Result<std::vector<CanaryRecord>> Registry::ListCanaries(bool active_only) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   return QueryCanaries(active_only ? "WHERE c.state IN ('running', 'paused') ORDER BY m.name" : "ORDER BY c.id", {});
 }
 
 Result<CanaryRecord> Registry::SetCanaryState(const std::string& model, const std::string& state) {
   if (state != "running" && state != "paused") return InvalidArgument("state must be running or paused");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
   if (!c.active()) return FailedPrecondition("the canary of '" + model + "' has ended (" + c.state + ")");
@@ -277,7 +277,7 @@ Result<CanaryRecord> Registry::SetCanaryState(const std::string& model, const st
 
 Result<CanaryRecord> Registry::RecordCanaryCheck(int64_t id, int stage_index, int64_t elapsed_ms,
                                                  const nlohmann::json& check) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
       "UPDATE canaries SET stage_elapsed_ms = ?, last_check_json = ?, updated_ms = ? "
       "WHERE id = ? AND stage_index = ? AND state IN ('running', 'paused')"));
@@ -289,7 +289,7 @@ Result<CanaryRecord> Registry::RecordCanaryCheck(int64_t id, int stage_index, in
 }
 
 Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const nlohmann::json& stage_start) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto found, QueryCanaries("WHERE c.id = ?", {std::to_string(id)}));
   if (found.empty()) return NotFound("no such canary");
@@ -328,7 +328,7 @@ Status StillJudged(const CanaryRecord& c, const std::string& model, int64_t runn
 }  // namespace
 
 Result<CanaryRecord> Registry::PromoteCanary(const std::string& model, const std::string& reason, int64_t running_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
   MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));
@@ -348,7 +348,7 @@ Result<CanaryRecord> Registry::PromoteCanary(const std::string& model, const std
 Result<CanaryRecord> Registry::RollbackCanary(const std::string& model, const std::string& state,
                                               const std::string& reason, int64_t running_id) {
   if (state != "rolled_back" && state != "aborted") return InvalidArgument("state must be rolled_back or aborted");
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
   MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));

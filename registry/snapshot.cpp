@@ -8,15 +8,19 @@ Result<std::shared_ptr<const RegistrySnapshot>> RegistrySnapshot::Load(Registry&
   auto snap = std::make_shared<RegistrySnapshot>();
   // The version first: a change landing while we read is seen next time.
   MMS_ASSIGN_OR_RETURN(snap->data_version, reg.DataVersion());
-  MMS_ASSIGN_OR_RETURN(auto all, reg.List());
-  for (auto& v : all) snap->models[v.model].push_back(std::move(v));
+  // One read transaction: versions, pins and rollouts from the same commit.
+  MMS_RETURN_IF_ERROR(reg.ReadConsistent([&]() -> Status {
+    MMS_ASSIGN_OR_RETURN(auto all, reg.List());
+    for (auto& v : all) snap->models[v.model].push_back(std::move(v));
+    MMS_ASSIGN_OR_RETURN(snap->pins, reg.Pins());
+    MMS_ASSIGN_OR_RETURN(auto exps, reg.ListExperiments(/*include_stopped=*/false));
+    for (auto& e : exps) snap->experiments[e.model] = std::move(e);
+    MMS_ASSIGN_OR_RETURN(auto shadows, reg.ListShadows(/*running_only=*/true));
+    for (auto& s : shadows) snap->shadows[s.model] = std::move(s);
+    MMS_ASSIGN_OR_RETURN(snap->limits, reg.Limits());
+    return Status::Ok();
+  }));
   snap->Index();
-  MMS_ASSIGN_OR_RETURN(snap->pins, reg.Pins());
-  MMS_ASSIGN_OR_RETURN(auto exps, reg.ListExperiments(/*include_stopped=*/false));
-  for (auto& e : exps) snap->experiments[e.model] = std::move(e);
-  MMS_ASSIGN_OR_RETURN(auto shadows, reg.ListShadows(/*running_only=*/true));
-  for (auto& s : shadows) snap->shadows[s.model] = std::move(s);
-  MMS_ASSIGN_OR_RETURN(snap->limits, reg.Limits());
   return std::shared_ptr<const RegistrySnapshot>(std::move(snap));
 }
 

@@ -301,6 +301,15 @@ TEST_CASE("a newer schema, a foreign database and a non-database are refused cle
     auto r = Registry::Open(o);
     CHECK(r.status().code() == Code::kCorrupt);
     CHECK(r.status().message().find("not an mms registry") != std::string::npos);
+    // Refused untouched: still in its own journal mode, no -wal beside it.
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(o.path.c_str(), &db) == SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) == "delete");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
   }
   {
     o.path = d / "text.db";
@@ -310,6 +319,29 @@ TEST_CASE("a newer schema, a foreign database and a non-database are refused cle
     CHECK(r.status().code() == Code::kCorrupt);
     CHECK(r.status().message().find("not an SQLite database") != std::string::npos);
   }
+}
+
+TEST_CASE("ReadConsistent: every read inside sees the same commit, another connection's writes included") {
+  Fixture f;
+  f.Add("x", "1");
+  auto other = f.Open();
+  size_t first = 0, second = 0;
+  Status st = f.reg->ReadConsistent([&]() -> Status {
+    MMS_ASSIGN_OR_RETURN(auto a, f.reg->List());
+    first = a.size();
+    NewVersion v;  // committed by another connection between our two reads
+    v.model = "x";
+    v.version = "2";
+    v.artifact_path = "/x2.pt";
+    MMS_RETURN_IF_ERROR(other->Register(v).status());
+    MMS_ASSIGN_OR_RETURN(auto b, f.reg->List());
+    second = b.size();
+    return Status::Ok();
+  });
+  REQUIRE(st.ok());
+  CHECK(first == 1);
+  CHECK(second == 1);  // the snapshot of the first read
+  CHECK(f.reg->List().value().size() == 2);  // and the commit is there afterwards
 }
 
 TEST_CASE("another connection's commit changes the data version") {
