@@ -112,8 +112,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     if (!want.ok()) return r.Fail(want.status());
     if (!rec.is_adapter())
       return r.Fail(InvalidArgument(rec.ref() + " is not an adapter (mms adapter list shows them)"));
-    if (rec.base_id != (*want)->id)
-      return r.Fail(InvalidArgument("adapter " + rec.ref() + " is for " + rec.base_ref + ", not " + (*want)->ref()));
+    // A bare base name means the model, whichever of its versions the
+    // adapter was built on (its default may have moved on since); a version
+    // or an alias means that version.
+    bool same = base_ref->kind == Ref::Kind::kName ? (base && base->model == base_ref->name) : rec.base_id == (*want)->id;
+    if (!same)
+      return r.Fail(InvalidArgument("adapter " + rec.ref() + " is for " + rec.base_ref + ", not " +
+                                    (base_ref->kind == Ref::Kind::kName ? base_ref->name : (*want)->ref())));
   }
   if (rec.is_adapter() && !base)
     return r.Fail(NotFound("the base of adapter " + rec.ref() + " (" + rec.base_ref + ") is no longer registered"));

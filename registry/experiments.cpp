@@ -156,9 +156,12 @@ Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int bas
   if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
-  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET basis_points = ?, updated_ms = ? WHERE id = ?"));
-  up.Bind(1, basis_points).Bind(2, opts_.clock->UnixMillis()).Bind(3, id);
+  // Only as read: a stop (or another ramp) committed since is not overwritten.
+  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET basis_points = ?, updated_ms = ? "
+                                             "WHERE id = ? AND state = ? AND basis_points = ?"));
+  up.Bind(1, basis_points).Bind(2, opts_.clock->UnixMillis()).Bind(3, id).Bind(4, e.state).Bind(5, e.basis_points);
   MMS_RETURN_IF_ERROR(up.Run());
+  if (db_->Changes() == 0) return FailedPrecondition("experiment '" + id + "' changed meanwhile; try again");
   MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-ramp" : "experiment-ramp", e.model, e.treatment_version,
                                   FormatPercent(e.percent()), FormatPercent(basis_points / 100.0), id));
   MMS_RETURN_IF_ERROR(Commit(tx));

@@ -171,7 +171,15 @@ TEST_CASE("adapters serve in both modes equal to the base with the adapter merge
   // An adapter of another base, or a model that is no adapter: exit 2.
   auto wrong = d.Mms({"predict", "multi", "--adapter", "p-a1", "--input", Data("lora_input.json")});
   CHECK(wrong.exit_code == 2);
-  CHECK(wrong.err.find("adapter p-a1:1 is for base:1, not multi:1") != std::string::npos);
+  CHECK(wrong.err.find("adapter p-a1:1 is for base:1, not multi") != std::string::npos);
+  // A bare base name means the model: once base:2 is what "base" serves,
+  // --adapter p-a1 (built on base:1) still runs on base:1; a version that is
+  // not the adapter's base is refused.
+  Mms(d, {"model", "register", "base", "--version", "2", "--path", Data("lora_base.pt")});
+  Close(Predict(d, {"base", "--adapter", "p-a1"}), Predict(d, {"merged-a1"}), "bare base name after a new version");
+  auto other_version = d.Mms({"predict", "base:2", "--adapter", "p-a1", "--input", Data("lora_input.json")});
+  CHECK(other_version.exit_code == 2);
+  CHECK(other_version.err.find("is for base:1, not base:2") != std::string::npos);
   auto notad = d.Mms({"predict", "base", "--adapter", "merged-a1", "--input", Data("lora_input.json")});
   CHECK(notad.exit_code == 2);
   CHECK(d.Mms({"predict", "base", "--adapter", "nope", "--input", Data("lora_input.json")}).exit_code == 4);
