@@ -516,6 +516,11 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  // A bare name stands for whatever it serves now; removing that by accident
+  // would move the traffic silently. Removal names its version.
+  if (ref.kind == Ref::Kind::kName)
+    return InvalidArgument("'" + ref.name + "' names a model, not a version (it serves " + rec.ref() +
+                           "); remove a version by NAME:VERSION or NAME@ALIAS, e.g. mms model rm " + rec.ref());
   MMS_ASSIGN_OR_RETURN(auto uses, UsesOfLocked(rec));
   MMS_ASSIGN_OR_RETURN(auto adapters, QueryVersions("WHERE v.base_id = ?", {std::to_string(rec.id)}));
   if (!adapters.empty())  // even forced: an adapter cannot outlive its base

@@ -109,6 +109,10 @@ TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
   auto rm = mms({"model", "rm", "rec:2"});
   CHECK(rm.exit_code == 6);
   CHECK(rm.err.find("production") != std::string::npos);
+  // A bare name is what it serves now: never removed by accident, forced or not.
+  auto bare = mms({"model", "rm", "rec", "--force"});
+  CHECK(bare.exit_code == 2);
+  CHECK(bare.err.find("names a model, not a version (it serves rec:2)") != std::string::npos);
   std::string packed = json::parse(mms({"--json", "model", "list"}).out)[0]["artifact_path"];
   REQUIRE(mms({"model", "rm", "rec:1"}).exit_code == 0);
   CHECK(mms({"model", "show", "rec:1"}).exit_code == 4);
