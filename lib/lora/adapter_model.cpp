@@ -25,11 +25,29 @@ Status AdapterModel::Bind(std::shared_ptr<Buffer> keep, const std::string& devic
   w.scale = info_.scale;
   w.dtype = info_.dtype;
   w.device = device;
+  // The packed file was checked at registration; a damaged or edited one
+  // must not make a base read past these tensors (A [rank, in], B [out, rank]).
+  auto check = [&](const WeightEntry& e, int64_t rows, int64_t cols) -> Status {
+    const uint64_t want = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols) * DTypeSize(info_.dtype);
+    if (e.dtype != info_.dtype || e.shape != std::vector<int64_t>{rows, cols} || e.nbytes != want ||
+        e.offset + e.nbytes > keep->size())
+      return Corrupt(ref_ + ": packed adapter tensor " + e.name + " is not " + DTypeName(info_.dtype) + "[" +
+                     std::to_string(rows) + ", " + std::to_string(cols) +
+                     "] (the stored files were changed since registration; re-register the adapter)");
+    return Status::Ok();
+  };
   for (const auto& t : info_.targets) {
+    if (info_.rank <= 0 || t.in <= 0 || t.out <= 0) return Corrupt(ref_ + ": adapter metadata of " + t.module + " is invalid");
     LoraTarget lt{t.module, nullptr, nullptr, info_.rank, t.in, t.out};
     for (const auto& e : layout_.entries) {
-      if (e.name == t.module + ".lora_A") lt.a = keep->data() + e.offset;
-      if (e.name == t.module + ".lora_B") lt.b = keep->data() + e.offset;
+      if (e.name == t.module + ".lora_A") {
+        MMS_RETURN_IF_ERROR(check(e, info_.rank, t.in));
+        lt.a = keep->data() + e.offset;
+      }
+      if (e.name == t.module + ".lora_B") {
+        MMS_RETURN_IF_ERROR(check(e, t.out, info_.rank));
+        lt.b = keep->data() + e.offset;
+      }
     }
     if (!lt.a || !lt.b) return Corrupt(ref_ + ": packed adapter lacks the weights of " + t.module);
     w.targets.push_back(std::move(lt));

@@ -182,4 +182,17 @@ TEST_CASE("lora: a packed adapter loads into one buffer with its weights where t
   // Not a packed adapter: a clear error.
   Loader::Source none{"x:1", "", dir.path() + "/missing"};
   CHECK_FALSE(loader.Load(none, [](size_t n) -> Result<std::shared_ptr<Buffer>> { return AllocateHost(n); }).ok());
+  // A packed file edited since registration (lora_A cut to one row while the
+  // metadata still says rank r) is refused, not read past its end by a base.
+  auto cut = *a1;
+  const Tensor& a = cut.tensors[0];
+  REQUIRE(a.shape.size() == 2);
+  cut.tensors[0] = Tensor::Alloc(a.name, a.dtype, {1, a.shape[1]});
+  testing::TempDir bad_dir;
+  REQUIRE(WritePackedAdapter(bad_dir / kAdapterWeightsFile, cut).ok());
+  Loader::Source bad{"cust:2", "", bad_dir.path()};
+  auto refused = loader.Load(bad, [](size_t n) -> Result<std::shared_ptr<Buffer>> { return AllocateHost(n); });
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == Code::kCorrupt);
+  CHECK(refused.status().message().find("re-register the adapter") != std::string::npos);
 }
