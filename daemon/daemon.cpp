@@ -418,6 +418,9 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
   };
   for (const auto& p : snap.pins) want_ref(p.ref(), "registry");
   for (const auto& p : live_cfg.pinned) want_ref(p, "[pool] pinned");
+  // A pinned adapter runs on its base: the base is kept too.
+  for (PoolKey k : std::set<PoolKey>(want))
+    if (const VersionRecord* v = snap.ById(k); v && v->is_adapter() && snap.ById(v->base_id)) want.insert(v->base_id);
   for (PoolKey k : want)
     if (!pinned_.count(k)) PoolFor(*snap.ById(k))->Pin(ItemFor(*snap.ById(k)));
   for (PoolKey k : pinned_)

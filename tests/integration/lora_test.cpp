@@ -333,4 +333,16 @@ TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and
   for (const auto& m : after_pin["devices"][0]["models"])
     if (m["ref"] == "cust:2") pinned = m["pinned"].get<bool>();
   CHECK(pinned);
+  // Its base is kept with it (a pinned adapter on an evicted base would pay
+  // the base's load anyway), and released with it.
+  auto base_pinned = [&] {
+    json models = json::parse(d.Mms({"--json", "pool"}).out);
+    for (const auto& dev : models["devices"])
+      for (const auto& m : dev["models"])
+        if (m["ref"] == "multi:1") return m["pinned"].get<bool>();
+    return false;
+  };
+  CHECK(WaitFor(base_pinned, 20));
+  Mms(d, {"unpin", "cust:2"});
+  CHECK_FALSE(base_pinned());
 }
