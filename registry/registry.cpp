@@ -546,11 +546,19 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
       "'paused') AND experiment_id IN (SELECT id FROM experiments WHERE treatment_id = ? OR control_id = ?)"));
   cans.Bind(1, opts_.clock->UnixMillis()).Bind(2, rec.id).Bind(3, rec.id);
   MMS_RETURN_IF_ERROR(cans.Run());
+  MMS_ASSIGN_OR_RETURN(auto stopped, QueryShadows("WHERE s.state = 'running' AND s.candidate_id = ?", {std::to_string(rec.id)}));
+  for (const auto& sh : stopped)
+    MMS_RETURN_IF_ERROR(AuditLocked("shadow-stop", sh.model, rec.version, "running", "stopped",
+                                    "candidate " + rec.ref() + " removed"));
   MMS_ASSIGN_OR_RETURN(auto shs, db_->Prepare(
       "UPDATE shadows SET state = 'stopped', stopped_ms = ?, reason = 'candidate removed' WHERE state = 'running' "
       "AND candidate_id = ?"));
   shs.Bind(1, opts_.clock->UnixMillis()).Bind(2, rec.id);
   MMS_RETURN_IF_ERROR(shs.Run());
+  // Its aliases go with it (ON DELETE CASCADE): each is audited as removed.
+  for (const auto& alias : rec.aliases)
+    MMS_RETURN_IF_ERROR(AuditLocked("alias-rm", rec.model, rec.version, rec.version, "",
+                                    "alias " + alias + " (its version was removed)"));
   MMS_ASSIGN_OR_RETURN(auto del, db_->Prepare("DELETE FROM versions WHERE id = ?"));
   del.Bind(1, rec.id);
   MMS_RETURN_IF_ERROR(del.Run());

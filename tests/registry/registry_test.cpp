@@ -208,12 +208,24 @@ TEST_CASE("rm is refused while pinned or in production, unless forced, labels an
   CHECK(f.reg->Remove(*ParseRef("rec:2"), false).status().code() == Code::kInUse);
   CHECK(f.reg->Remove(*ParseRef("rec:1"), false).ok());  // archived now, not pinned
   REQUIRE(f.reg->SetAlias("rec", "champion", "2").ok());
+  f.Add("rec", "3");
+  REQUIRE(f.reg->StartShadow("rec", *ParseRef("rec:3"), 1.0, 100, 1e-5, 0).ok());
   auto forced = f.reg->Remove(*ParseRef("rec:2"), true);
   REQUIRE(forced.ok());
   CHECK(f.reg->Resolve("rec@champion").status().code() == Code::kNotFound);
   auto h = f.reg->History(*ParseRef("rec"));
   CHECK(h->back().action == "rm");
   CHECK(h->back().detail.find("forced while in use") == 0);
+  // Everything a removal takes with it is in the history: the alias, and
+  // the shadow run of a removed candidate.
+  CHECK((*h)[h->size() - 2].action == "alias-rm");
+  CHECK((*h)[h->size() - 2].detail.find("champion") != std::string::npos);
+  REQUIRE(f.reg->Remove(*ParseRef("rec:3"), true).ok());
+  h = f.reg->History(*ParseRef("rec"));
+  bool shadow_stop = false;
+  for (const auto& e : *h) shadow_stop = shadow_stop || (e.action == "shadow-stop" && e.version == "3");
+  CHECK(shadow_stop);
+  CHECK(f.reg->GetShadow("rec")->state == "stopped");
 }
 
 TEST_CASE("the audit log is append-only") {
