@@ -97,9 +97,12 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     bool probe = false;
     if (Late(q, job, now, &probe)) {
       ++q.deadline_drops;
+      ++running_;  // Stop waits for this answer too
       lock.unlock();
       std::string ref = job.handle->ref();
       Finish(job, LateStatus(ref));
+      lock.lock();
+      if (--running_ == 0 && stopping_) cv_.notify_all();
       return Status::Ok();
     }
     ++busy_;
