@@ -66,7 +66,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   ShadowRunner::Options sho;
   Daemon* me = d.get();
   sho.acquire = [me](const PoolItem& candidate) -> Result<Servable> {
-    const VersionRecord* v = me->snapshot()->ById(candidate.key);
+    auto snap = me->snapshot();  // keeps the record alive
+    const VersionRecord* v = snap->ById(candidate.key);
     if (!v) return NotFound(candidate.ref + " is no longer registered");
     return me->AcquireServableSync(*v);
   };
@@ -332,9 +333,9 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, std::v
   std::lock_guard<std::mutex> lock(refresh_mu_);
   const int64_t now = opts_.clock->MonoNanos();
   // Waiters are answered once nothing is held back, at their deadline, or at
-  // once while shutting down.
+  // once while shutting down. Those past their deadline are answered first,
+  // even when the registry read below fails.
   auto settle_waiters = [&] {
-    if (on_routed) on_routed_.push_back({now + kRoutedWaitNs, std::move(on_routed)});
     for (auto it = on_routed_.begin(); it != on_routed_.end();) {
       if (!held_back_.empty() && !stopping_routes_ && it->deadline_ns > now) {
         ++it;
@@ -345,9 +346,12 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, std::v
     }
     *rearm = !on_routed_.empty() || !held_back_.empty();
   };
+  settle_waiters();
   auto old = snapshot();
   auto live_cfg = live();
   MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
+  // This call's waiter only once the read succeeded (an error is answered by the caller).
+  if (on_routed) on_routed_.push_back({now + kRoutedWaitNs, std::move(on_routed)});
   bool read = !latest_ || dv != latest_->data_version;
   // Unchanged registry and config, and no held-back rollout ready to route:
   // nothing to publish. (A reloaded config whose refresh failed is applied
@@ -540,6 +544,7 @@ void Daemon::StopExpiredShadows() {
 void Daemon::WatchRegistry() {
   const int64_t poll = opts_.config.registry.poll_interval_ns, flush = opts_.config.experiments.flush_interval_ns;
   int64_t last_poll_ns = opts_.clock->MonoNanos();
+  int64_t refresh_failed_ns = INT64_MIN / 2;  // the last routing refresh that failed
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!stopping_) {
     // Wake for whichever is due first: a flush_interval shorter than the
@@ -547,7 +552,8 @@ void Daemon::WatchRegistry() {
     // A warm-up ending (refresh_due_) or passing its limit, or a waiter's
     // deadline, is handled at once, not at the next poll.
     lock.unlock();
-    const int64_t routing = RoutingDeadline();
+    // After a failed refresh, retry routing work a second later, not in a loop.
+    const int64_t routing = std::max(RoutingDeadline(), refresh_failed_ns + 1'000'000'000);
     lock.lock();
     if (stopping_) break;
     int64_t now = opts_.clock->MonoNanos();
@@ -560,7 +566,10 @@ void Daemon::WatchRegistry() {
     lock.unlock();
     now = opts_.clock->MonoNanos();
     if ((due || now >= routing) && now - last_poll_ns < poll) {
-      if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+      if (Status st = RefreshRegistry(false); !st.ok()) {
+        refresh_failed_ns = now;
+        LogWarn("registry_refresh_failed", {{"error", st.message()}});
+      }
     }
     if (now - last_poll_ns >= poll) {
       last_poll_ns = now;

@@ -50,7 +50,7 @@ struct DaemonOptions {
   std::string data_dir;      // resolved
   std::string metrics_address;  // --metrics-address, else [metrics] address ("" = off)
   Clock* clock = Clock::Real();
-  int lock_fd = -1;          // Server::Lock's, taken before Create (adopted by the Server)
+  int lock_fd = -1;          // Server::Lock's, taken before Create and held until mmsd exits
 };
 
 class Daemon {

@@ -30,7 +30,8 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["devices"] = d->pool()->Devices();
     nlohmann::json pool = d->pool()->Summary();
     size_t registered = 0;
-    for (const auto& [name, versions] : d->snapshot()->models) registered += versions.size();
+    auto snap = d->snapshot();  // a range-for over a temporary's member would dangle
+    for (const auto& [name, versions] : snap->models) registered += versions.size();
     pool["models_registered"] = registered;
     j["pool"] = std::move(pool);
     r.Send(std::move(j));

@@ -124,7 +124,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->url_ = "http://" + host + ":" + std::to_string(hp->port);
   s->gate_ = std::make_shared<Gate>();
-  s->gate_->worker = std::make_unique<Executor>("mms-http", 1);
+  s->gate_->worker = std::make_unique<Executor>("mms-http", 2);  // a probe need not wait behind a scrape
   nng_url* url = nullptr;
   int rv = nng_url_parse(&url, s->url_.c_str());
   if (rv != 0) return InvalidArgument("bad metrics address '" + address + "': " + nng_strerror(rv));

@@ -3,15 +3,16 @@
 // are exact paths or path prefixes ("/health/" matches "/health/rec"); the
 // path a route gets is percent-decoded, without the query.
 //
-// Routes run on the server's own thread ("mms-http"), never on nng's shared
-// task threads (which also carry the IPC requests): a slow or flooding HTTP
-// client cannot stall predictions. At most kMaxQueued requests wait for that
-// thread; more are answered 503 at once.
+// Routes run on the server's own two threads ("mms-http"), never on nng's
+// shared task threads (which also carry the IPC requests): a slow or
+// flooding HTTP client cannot stall predictions, and a /health probe need
+// not wait behind a /metrics scrape. At most kMaxQueued requests are taken
+// at once (running or waiting); more are answered 503.
 //
 // Lifetime: the destructor stops listening, answers what is queued with 503,
 // and waits for a route that is running; no route runs after it returns.
 // Thread-safety: Start and the destructor from one thread; routes are called
-// on the server's thread, one at a time.
+// on the server's threads, possibly concurrently.
 #pragma once
 
 #include <functional>

@@ -146,5 +146,9 @@ int Run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "inspect-artifact") return mms::RunArtifactTool(argc - 1, argv + 1);
-  return Run(argc, argv);
+  int rc = Run(argc, argv);
+  // The daemon is gone; static destructors (the logger) must not run while
+  // the second-signal thread may still log. Flush and leave.
+  std::fflush(nullptr);
+  ::_exit(rc);
 }

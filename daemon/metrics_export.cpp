@@ -141,7 +141,8 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
   // make the daemon re-read its registry (Resolve would).
   std::string ref_text = path.substr(prefix.size());
   auto ref = ParseRef(ref_text);
-  auto v = ref.ok() ? snapshot()->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
+  auto snap = snapshot();  // owns the record `v` points into
+  auto v = ref.ok() ? snap->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
   if (!v.ok()) {
     int status = v.status().code() == Code::kNotFound ? 404 : 400;
     return {status, "application/json", nlohmann::json{{"error", v.status().message()}}.dump() + "\n"};

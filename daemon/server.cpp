@@ -105,7 +105,8 @@ Result<int> Server::Lock(const std::string& socket_path) {
 Status Server::Start() {
   const std::string& path = opts_.socket_path;
   if (opts_.lock_fd >= 0) {
-    lock_fd_ = opts_.lock_fd;
+    lock_fd_ = opts_.lock_fd;  // the caller's: it stays held until the caller lets go (mmsd: process exit)
+    owns_lock_ = false;
   } else {
     MMS_ASSIGN_OR_RETURN(lock_fd_, Lock(path));
   }
@@ -280,7 +281,7 @@ void Server::Stop() {
     slot->aio = nullptr;
   }
   if (listening_) ::unlink(opts_.socket_path.c_str());
-  if (lock_fd_ >= 0) {
+  if (lock_fd_ >= 0 && owns_lock_) {
     ::close(lock_fd_);  // releases the flock
     lock_fd_ = -1;
   }

@@ -65,7 +65,7 @@ class Server {
     int contexts = 256;                        // [daemon] contexts
     int workers = 4;                           // [daemon] workers (resolved, ≥1)
     uint64_t max_message_bytes = 256ull << 20; // [daemon] max_message_bytes
-    int lock_fd = -1;  // from Lock(), adopted (Stop releases it); -1: Start takes the lock
+    int lock_fd = -1;  // from Lock(), held by the caller (Stop leaves it); -1: Start takes the lock
   };
   // The instance lock for `socket_path`: an flock on "<socket>.lock", which
   // then holds our pid. ALREADY_EXISTS naming the running pid when another
@@ -108,7 +108,8 @@ class Server {
   std::vector<std::unique_ptr<Slot>> slots_;
   uint32_t sock_id_ = 0;      // set in Start
   int lock_fd_ = -1;
-  bool listening_ = false;  // Start created the socket file (Stop and BeginDrain remove it)
+  bool listening_ = false;
+  bool owns_lock_ = true;   // false for an adopted Options::lock_fd (not closed by Stop)  // Start created the socket file (Stop and BeginDrain remove it)
   std::atomic<bool> draining_{false};
   std::atomic<bool> stopped_{false};
   // Replies hold it shared; Stop takes it once, exclusively, to set closed_,

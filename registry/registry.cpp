@@ -94,7 +94,13 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
 Status Registry::ReadConsistent(const std::function<Status()>& fn) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_RETURN_IF_ERROR(db_->Exec("BEGIN"));  // deferred: the first read fixes the snapshot (WAL)
-  Status st = fn();
+  Status st = Status::Ok();
+  try {
+    st = fn();
+  } catch (...) {
+    (void)db_->Exec("ROLLBACK");  // never leave the connection inside BEGIN
+    throw;
+  }
   Status end = db_->Exec(st.ok() ? "COMMIT" : "ROLLBACK");
   return st.ok() ? end : st;
 }

@@ -288,7 +288,9 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[key];
     // A probe ran because the estimate was stale: its time replaces it.
-    q.exec_ns = q.exec_ns == 0 || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+    // An unsplit batch ran its requests one by one after the batch: not one execution.
+    if (!unsplit)
+      q.exec_ns = q.exec_ns == 0 || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
     q.last_exec_ns = t1;
     if (probe) q.probing = false;
     q.executed += batch.size();

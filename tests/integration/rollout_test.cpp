@@ -142,8 +142,9 @@ TEST_CASE("a shadow mirrors from when its candidate is loaded; until then its st
   REQUIRE(weights.Release());  // the warm-up fails on the empty FIFO; the shadow starts anyway
   REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny").contains("requests"); }, 20));
   REQUIRE(WaitFor([&] { return d.Mms({"load", "tiny:2"}).exit_code == 0; }, 20));  // past the backoff
-  REQUIRE(t.Send(5) == 5);
-  CHECK(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 5; }, 20));
+  // Mirroring runs now (a request can still be dropped, never waited for, if
+  // the worker holds its queue at that instant: send until one is mirrored).
+  CHECK(WaitFor([&] { return t.Send(1) == 1 && ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 1; }, 20));
 }
 
 TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and drops, duration ends it") {

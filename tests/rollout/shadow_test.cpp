@@ -35,11 +35,15 @@ TEST_CASE("stopping a shadow returns while its worker is still in a load") {
   runner->Configure({{"m", {rec, item}}});
   REQUIRE(runner->Active("m"));
   Tensor t = Tensor::Alloc("x", DType::kFloat32, {1, 4});
-  runner->Mirror("m", {t}, {t}, 1000);
-  {
+  // Mirror only try-locks the queue (a worker holding it means a drop), so
+  // offer jobs until the worker has taken one.
+  bool got = false;
+  for (int i = 0; i < 3000 && !got; ++i) {
+    runner->Mirror("m", {t}, {t}, 1000);
     std::unique_lock<std::mutex> l(m);
-    REQUIRE(cv.wait_for(l, std::chrono::seconds(30), [&] { return entered; }));
+    got = cv.wait_for(l, std::chrono::milliseconds(10), [&] { return entered; });
   }
+  REQUIRE(got);
 
   // The daemon calls this under its registry-refresh lock: joining the
   // worker here would hold every refresh until the load ends.

@@ -119,17 +119,23 @@ bool WaitFor(const std::function<bool()>& pred, double timeout_s) {
 }
 
 BlockedFile::BlockedFile(std::string path) : path_(std::move(path)) {
-  ok_ = std::rename(path_.c_str(), (path_ + ".real").c_str()) == 0 && ::mkfifo(path_.c_str(), 0600) == 0;
+  // A second name for the FIFO: a reader that blocks on it after Release
+  // gave up waiting is still reached once the real file has its name back.
+  ok_ = std::rename(path_.c_str(), (path_ + ".real").c_str()) == 0 && ::mkfifo(path_.c_str(), 0600) == 0 &&
+        ::link(path_.c_str(), (path_ + ".fifo").c_str()) == 0;
 }
 
-BlockedFile::~BlockedFile() { Release(5); }
+BlockedFile::~BlockedFile() { Release(1); }
 
 bool BlockedFile::Release(double timeout_s) {
   if (!ok_ || released_) return true;
   released_ = true;
   int fd = -1;  // opening the writing end without blocking succeeds only once a reader waits
   bool reader = WaitFor([&] { return (fd = ::open(path_.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, timeout_s);
-  std::rename((path_ + ".real").c_str(), path_.c_str());
+  std::rename((path_ + ".real").c_str(), path_.c_str());  // later readers get the real file
+  const std::string fifo = path_ + ".fifo";
+  if (int late = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK); late >= 0) ::close(late);  // one that came meanwhile
+  ::unlink(fifo.c_str());
   if (fd >= 0) ::close(fd);
   return reader;
 }
