@@ -19,7 +19,7 @@ struct HttpServer::Gate {
   std::condition_variable cv;
   size_t queued = 0;  // guarded by mu: accepted, not yet answered
   bool closed = false;  // guarded by mu
-  std::unique_ptr<Executor> worker;  // set before the first request, reset after close
+  std::unique_ptr<Executor> worker;  // set by Start; shut down by ~HttpServer once nothing is queued
 };
 
 namespace {
