@@ -60,14 +60,16 @@ Result<std::string> Cli::ArtifactsDir() {
   return JoinPath(*dd, "artifacts");
 }
 
-void Cli::NotifyDaemon() {
+void Cli::NotifyDaemon(bool until_routed) {
   auto path = socket_path();
   if (!path.ok() || !FileExists(*path)) return;
   proto::Client::Options o;
   o.socket_path = *path;
-  o.timeout_ms = 2000;
+  o.timeout_ms = 2000 + (until_routed ? kRoutedWaitMs : 0);
   auto c = proto::Client::Connect(o);
-  if (c.ok()) (void)(*c)->CallJson(proto::kRegistryChanged, nlohmann::json::object());
+  nlohmann::json body = nlohmann::json::object();
+  if (until_routed) body["wait_ms"] = kRoutedWaitMs;
+  if (c.ok()) (void)(*c)->CallJson(proto::kRegistryChanged, body);
 }
 
 std::string MmsdPath() {

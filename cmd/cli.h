@@ -63,8 +63,12 @@ class Cli {
   // and migrated on first use. Works with no daemon running.
   Result<std::unique_ptr<Registry>> OpenRegistry();
   // Tells a running daemon that the registry changed (best effort: no daemon
-  // is fine; it would notice within [registry] poll_interval anyway).
-  void NotifyDaemon();
+  // is fine; it would notice within [registry] poll_interval anyway). With
+  // `until_routed`, waits while the daemon loads a new rollout's arms (at
+  // most its 60 s warm-up limit), so the command returns once the rollout
+  // is routed.
+  void NotifyDaemon(bool until_routed = false);
+  static constexpr int64_t kRoutedWaitMs = 61'000;
   // The directory for packed weights and stored sample inputs.
   Result<std::string> ArtifactsDir();
 

@@ -45,12 +45,12 @@ void PrintExperiment(const ExperimentRecord& e) {
 
 // Runs a registry change on an experiment and tells the daemon.
 template <class Fn>
-int Change(Cli& cli, Fn fn, const std::string& done) {
+int Change(Cli& cli, Fn fn, const std::string& done, bool until_routed = false) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   Result<ExperimentRecord> e = fn(**reg);
   if (!e.ok()) return cli.Fail(e.status());
-  cli.NotifyDaemon();
+  cli.NotifyDaemon(until_routed);
   cli.Emit(e->ToJson(), [&] { std::cout << done << "\n"; PrintExperiment(*e); });
   return 0;
 }
@@ -73,7 +73,8 @@ int CmdCreate(Cli& cli, const CreateArgs& a) {
   n.basis_points = *bp;
   n.random = a.random;
   n.metrics = a.metrics;
-  return Change(cli, [&](Registry& r) { return r.CreateExperiment(n); }, "created experiment " + a.id);
+  // Returns once the daemon splits the requests (its arms are loaded first).
+  return Change(cli, [&](Registry& r) { return r.CreateExperiment(n); }, "created experiment " + a.id, true);
 }
 
 int CmdList(Cli& cli) {

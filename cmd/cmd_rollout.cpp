@@ -40,7 +40,7 @@ int CmdShadowStart(Cli& cli, const ShadowArgs& a) {
   if (!reg.ok()) return cli.Fail(reg.status());
   auto s = (*reg)->StartShadow(a.model, *ref, a.ratio, a.queue, a.tolerance, duration_ms);
   if (!s.ok()) return cli.Fail(s.status());
-  cli.NotifyDaemon();
+  cli.NotifyDaemon(/*until_routed=*/true);  // mirroring starts once the candidate is loaded
   cli.Emit(s->ToJson(), [&] {
     std::cout << "shadowing " << a.model << " with " << s->candidate_ref() << ": " << a.ratio * 100
               << "% of requests, queue " << a.queue << ", tolerance " << a.tolerance
@@ -246,7 +246,7 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   if (!reg.ok()) return cli.Fail(reg.status());
   auto c = (*reg)->StartCanary(n);
   if (!c.ok()) return cli.Fail(c.status());
-  cli.NotifyDaemon();
+  cli.NotifyDaemon(/*until_routed=*/true);  // its first stage starts once both arms are loaded
   if (!cli.g.json || !a.wait)
     cli.Emit(c->ToJson(), [&] {
       std::cout << "canary of " << a.model << ":" << c->candidate_version << " against " << a.model << ":"

@@ -313,10 +313,10 @@ int64_t Daemon::RoutingDeadline() {
   return next;
 }
 
-Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
+Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed, int64_t wait_ns) {
   std::vector<std::function<void()>> answer;  // waiters to answer, after the lock is released
   bool rearm = false;                         // a waiter or a held-back rollout the watcher must time
-  Status st = RefreshLocked(force, std::move(on_routed), &answer, &rearm);
+  Status st = RefreshLocked(force, std::move(on_routed), wait_ns, &answer, &rearm);
   if (rearm) {
     {
       std::lock_guard<std::mutex> w(watch_mu_);
@@ -328,8 +328,8 @@ Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed) {
   return st;
 }
 
-Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, std::vector<std::function<void()>>* answer,
-                             bool* rearm) {
+Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_t wait_ns,
+                             std::vector<std::function<void()>>* answer, bool* rearm) {
   std::lock_guard<std::mutex> lock(refresh_mu_);
   const int64_t now = opts_.clock->MonoNanos();
   // Waiters are answered once nothing is held back, at their deadline, or at
@@ -351,7 +351,8 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, std::v
   auto live_cfg = live();
   MMS_ASSIGN_OR_RETURN(int64_t dv, registry_->DataVersion());
   // This call's waiter only once the read succeeded (an error is answered by the caller).
-  if (on_routed) on_routed_.push_back({now + kRoutedWaitNs, std::move(on_routed)});
+  if (on_routed) on_routed_.push_back({now + std::clamp<int64_t>(wait_ns, 0, kWarmupLimitNs + 1'000'000'000),
+                                      std::move(on_routed)});
   bool read = !latest_ || dv != latest_->data_version;
   // Unchanged registry and config, and no held-back rollout ready to route:
   // nothing to publish. (A reloaded config whose refresh failed is applied

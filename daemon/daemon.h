@@ -94,10 +94,10 @@ class Daemon {
   // first requests pay a cold load the other does not (a canary would be
   // judged on its load time). A finished warm-up refreshes again (watcher).
   // `on_routed` (optional) runs once every rollout the registry has is
-  // routed, or kRoutedWaitNs after this call, or at shutdown: before this
+  // routed, or `wait_ns` after this call, or at shutdown: before this
   // returns, or from a later refresh (the watcher's); never when this
   // returns an error. It must not call RefreshRegistry.
-  Status RefreshRegistry(bool force, std::function<void()> on_routed = {});
+  Status RefreshRegistry(bool force, std::function<void()> on_routed = {}, int64_t wait_ns = kRoutedWaitNs);
   static constexpr int64_t kWarmupLimitNs = 60'000'000'000;
   // Below the CLI's 2 s wait for REGISTRY_CHANGED: a write made while some
   // other rollout warms up does not hold a request (and its nng context) on.
@@ -135,8 +135,8 @@ class Daemon {
   void WatchRegistry();
   // RefreshRegistry under refresh_mu_: the waiters to answer once it is
   // released, and whether the watcher must re-time its wake-up.
-  Status RefreshLocked(bool force, std::function<void()> on_routed, std::vector<std::function<void()>>* answer,
-                       bool* rearm);
+  Status RefreshLocked(bool force, std::function<void()> on_routed, int64_t wait_ns,
+                       std::vector<std::function<void()>>* answer, bool* rearm);
   struct LiveConfig;
   // refresh_mu_ held: forgets removed versions, applies pins, limits and
   // shadows of the snapshot just published.

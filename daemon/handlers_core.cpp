@@ -45,9 +45,17 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
 
   // Answered once the change routes: a new experiment's or shadow's arms are
   // loaded first (in the background; no thread waits), so `mms experiment
-  // create` returns when its requests are split. At most kRoutedWaitNs.
-  (*table)[proto::kRegistryChanged] = [d](proto::Message, Responder r) {
-    if (Status st = d->RefreshRegistry(false, [r]() mutable { r.Send(nlohmann::json::object()); }); !st.ok())
+  // create` returns when its requests are split. At most kRoutedWaitNs, or
+  // the "wait_ms" asked for (the CLI's rollout-starting commands ask for the
+  // warm-up limit; other writes must not be held by someone else's load).
+  (*table)[proto::kRegistryChanged] = [d](proto::Message req, Responder r) {
+    int64_t wait_ns = Daemon::kRoutedWaitNs;
+    if (req.body.contains("wait_ms")) {
+      if (!req.body["wait_ms"].is_number() || !(req.body["wait_ms"].get<double>() >= 0))
+        return r.Fail(InvalidArgument("wait_ms must be a number of milliseconds, 0 or more"));
+      wait_ns = static_cast<int64_t>(std::min(req.body["wait_ms"].get<double>(), 3600e3) * 1e6);
+    }
+    if (Status st = d->RefreshRegistry(false, [r]() mutable { r.Send(nlohmann::json::object()); }, wait_ns); !st.ok())
       r.Fail(st);
   };
 }

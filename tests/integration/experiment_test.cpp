@@ -218,11 +218,13 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
   BlockedFile weights(PackedWeights(d.data_dir(), "tiny", "2"));
   REQUIRE(weights.ok());
 
-  // All users to the treatment once it routes. The CLI's notification waits
-  // for the routing at most 2 s, then the command returns anyway.
-  auto c = d.Mms({"experiment", "create", "exp-warm", "--model", "tiny", "--control", "1", "--treatment", "2",
-                  "--percent", "100", "-q"});
-  REQUIRE_MESSAGE(c.exit_code == 0, c.err);
+  // All users to the treatment once it routes. `experiment create` returns
+  // only then: it runs in the background meanwhile.
+  Child create;
+  REQUIRE(create.Start({MmsBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "experiment", "create",
+                        "exp-warm", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "100"},
+                       d.dir() + "/create.log"));
+  REQUIRE(WaitFor([&] { return d.Mms({"experiment", "show", "exp-warm"}, 20).exit_code == 0; }, 20));  // committed
   // While tiny:2 loads, tiny is served as before: no request pays its load.
   json p = Predict(d, "u1");
   CHECK(p["version"] == "1");
@@ -235,18 +237,21 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
   CHECK(d.Mms({"pool"}, 20).exit_code == 0);
   CHECK(d.log().find("warm_failed") == std::string::npos);
   // The CLI's notifications of those writes were answered (within 1.5 s)
-  // although the experiment still warms: no request is left in flight.
+  // although the experiment still warms: in flight are only this STATUS and
+  // the create's own notification, which waits for the routing.
   CHECK(WaitFor(
       [&] {
         auto st = d.Mms({"--json", "status"}, 20);
-        return st.exit_code == 0 && json::parse(st.out)["in_flight"].get<int>() <= 1;  // this STATUS itself
+        return st.exit_code == 0 && json::parse(st.out)["in_flight"].get<int>() <= 2;
       },
       20));
+  CHECK(create.running());
 
   // Release the load: it sees an empty file and fails; a failed warm-up
   // does not hold the experiment back, and the treatment's next load (after
   // the 100 ms backoff) reads the real file.
   REQUIRE(weights.Release());
+  CHECK(create.Wait(30) == 0);  // returned once the experiment routes
   CHECK(WaitFor([&] { return d.log().find("warm_failed") != std::string::npos; }, 30));
   json routed;
   CHECK(WaitFor(

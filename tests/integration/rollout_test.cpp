@@ -132,14 +132,21 @@ TEST_CASE("a shadow mirrors from when its candidate is loaded; until then its st
   REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
   BlockedFile weights(PackedWeights(d.data_dir(), "tiny", "2"));  // its load waits for the test
   REQUIRE(weights.ok());
-  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  // `shadow start` returns once mirroring starts: in the background meanwhile.
+  Child start;
+  REQUIRE(start.Start({MmsBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "shadow", "start", "tiny",
+                       "--candidate", "2"},
+                      d.dir() + "/start.log"));
+  REQUIRE(WaitFor([&] { return d.Mms({"shadow", "status", "tiny"}, 20).out.find("tiny:2") != std::string::npos; }, 20));
   Traffic t(d, "tiny", Data("tiny_input.json"));
   REQUIRE(t.Send(5) == 5);  // served by tiny:1, not mirrored to a candidate that is not there
   json st = ShadowStats(d, "tiny");
   CHECK(st["running"] == true);
   CHECK(st["note"].get<std::string>().find("tiny:2 is loading") != std::string::npos);
   CHECK_FALSE(st.contains("requests"));
+  CHECK(start.running());
   REQUIRE(weights.Release());  // the warm-up fails on the empty FIFO; the shadow starts anyway
+  CHECK(start.Wait(30) == 0);
   REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny").contains("requests"); }, 20));
   REQUIRE(WaitFor([&] { return d.Mms({"load", "tiny:2"}).exit_code == 0; }, 20));  // past the backoff
   // Mirroring runs now (a request can still be dropped, never waited for, if
