@@ -146,3 +146,17 @@ TEST_CASE("a request field of the wrong type is INVALID_ARGUMENT, and the daemon
   }
   CHECK(c->CallJson(kPing, nlohmann::json::object()).ok());
 }
+
+TEST_CASE("REGISTRY_CHANGED: wait_ms must be a number of milliseconds, 0 or more") {
+  Daemon d;
+  REQUIRE(d.ok());
+  auto c = Connected(d.socket());
+  for (const nlohmann::json& bad : {nlohmann::json{{"wait_ms", -1}}, nlohmann::json{{"wait_ms", "soon"}}}) {
+    auto r = c->CallJson(kRegistryChanged, bad);
+    INFO(bad.dump());
+    CHECK(r.status().code() == Code::kInvalidArgument);
+    CHECK(r.status().message().find("wait_ms must be") != std::string::npos);
+  }
+  CHECK(c->CallJson(kRegistryChanged, {{"wait_ms", 0}}).ok());  // nothing held back: answered at once
+  CHECK(c->CallJson(kRegistryChanged, nlohmann::json::object()).ok());
+}
