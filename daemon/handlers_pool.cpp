@@ -144,11 +144,11 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     int64_t now = d->clock()->MonoNanos();
     Credited(*credit, now - t0, now, st, loaded);
   };
-  // Validate the inputs before anything is loaded for them.
   auto refuse = [&](const Status& st) {  // counted like every other outcome
     finish(st);
     r.Fail(st);
   };
+  // Validate the inputs before anything is loaded for them.
   auto inputs = MatchInputs(rec.inputs, std::move(req.tensors), rec.ref());
   if (!inputs.ok()) return refuse(inputs.status());
   // A client-supplied deadline: the request is dropped before running if it cannot make it.
