@@ -54,7 +54,4 @@ class HttpServer {
   std::shared_ptr<Gate> gate_;
 };
 
-// "%2F" → "/", "+" kept; false on a malformed escape or an encoded NUL.
-bool PercentDecode(const std::string& in, std::string* out);
-
 }  // namespace mms

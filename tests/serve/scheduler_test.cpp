@@ -229,12 +229,21 @@ struct Rig {
     return j;
   }
 };
+
+// A one-worker scheduler's options (most tests hold its only worker to
+// queue requests behind it), on `clock`.
+Scheduler::Options OneWorker(Clock* clock = Clock::Real()) {
+  Scheduler::Options o;
+  o.workers = 1;
+  o.clock = clock;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("scheduler: an idle scheduler runs a request at once, a full queue refuses") {
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   o.queue_depth = 2;
   Scheduler s(o);
   std::atomic<int> done{0};
@@ -269,8 +278,7 @@ TEST_CASE("scheduler: zero workers means one, and queued requests are still answ
 
 TEST_CASE("scheduler: higher classes first, lower ones never starved") {
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   o.starvation_interval = 4;
   Scheduler s(o);
   std::thread first = rig.Hold(s, 1);
@@ -292,8 +300,7 @@ TEST_CASE("scheduler: higher classes first, lower ones never starved") {
 
 TEST_CASE("scheduler: requests arriving together run as one batch, each gets its rows") {
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   Scheduler s(o);
   std::thread first = rig.Hold(s, 2);
   std::vector<int64_t> got(4, -1);
@@ -321,9 +328,7 @@ TEST_CASE("scheduler: requests arriving together run as one batch, each gets its
 TEST_CASE("scheduler: a request that would miss its deadline is dropped before running") {
   Rig rig;
   FakeClock clock;
-  Scheduler::Options o;
-  o.workers = 1;
-  o.clock = &clock;
+  Scheduler::Options o = OneWorker(&clock);
   Scheduler s(o);
   std::thread first = rig.Hold(s, 1);
   Status got;
@@ -343,9 +348,7 @@ TEST_CASE("scheduler: a request that would miss its deadline is dropped before r
 TEST_CASE("scheduler: a batch whose oldest request would miss its deadline by waiting goes early") {
   Rig rig;
   FakeClock clock;
-  Scheduler::Options o;
-  o.workers = 1;
-  o.clock = &clock;
+  Scheduler::Options o = OneWorker(&clock);
   Scheduler s(o);
   Result<std::vector<Tensor>> got = Status(Code::kInternal, "not yet");
   std::atomic<bool> answered{false};
@@ -362,8 +365,7 @@ TEST_CASE("scheduler: a batch whose oldest request would miss its deadline by wa
 
 TEST_CASE("scheduler: handles are released before the answer, a throwing model answers INTERNAL") {
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   Scheduler s(o);
   long holders = -1;
   Status st;
@@ -382,8 +384,7 @@ TEST_CASE("scheduler: handles are released before the answer, a throwing model a
 
 TEST_CASE("scheduler: Stop answers queued requests CANCELLED and refuses new ones") {
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   Scheduler s(o);
   std::thread first = rig.Hold(s, 1);
   std::vector<Code> codes;
@@ -408,8 +409,7 @@ TEST_CASE("scheduler: queues of one class are served in arrival order across key
   // Mode (a) gives each adapter its own queue: a busy adapter must not make a
   // later-arriving adapter wait behind all of its requests.
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   Scheduler s(o);
   std::thread first = rig.Hold(s, 9);
   std::atomic<int> n{0};
@@ -430,8 +430,7 @@ TEST_CASE("scheduler: a batch whose outputs cannot be split runs each request al
   // A model reducing over the batch (a scalar output) registered without the
   // batching check (an import): the callers sent nothing wrong.
   Rig rig;
-  Scheduler::Options o;
-  o.workers = 1;
+  Scheduler::Options o = OneWorker();
   Scheduler s(o);
   rig.model->reduce = true;
   std::thread first = rig.Hold(s, 2);
@@ -464,9 +463,7 @@ TEST_CASE("scheduler: a batch whose outputs cannot be split runs each request al
 TEST_CASE("scheduler: one slow execution does not make every later request with a deadline fail for good") {
   Rig rig;
   FakeClock clock;
-  Scheduler::Options o;
-  o.workers = 1;
-  o.clock = &clock;
+  Scheduler::Options o = OneWorker(&clock);
   Scheduler s(o);
   auto with_deadline = [&](int64_t ms, Status* out) {
     Scheduler::Job j = rig.Job("x", 1, 1, 0, [out](Result<std::vector<Tensor>> r) { *out = r.status(); });
@@ -505,9 +502,7 @@ TEST_CASE("scheduler: a batch waiting for rows leaves while its oldest request s
   // wake-up latency a miss: the batch waits at most half the spare time.
   Rig rig;
   FakeClock clock;
-  Scheduler::Options o;
-  o.workers = 1;
-  o.clock = &clock;
+  Scheduler::Options o = OneWorker(&clock);
   Scheduler s(o);
   std::atomic<bool> answered{false};
   Status got;
@@ -529,9 +524,7 @@ TEST_CASE("scheduler: requests claiming huge row counts (zero elements) do not o
   // INT64_MAX, and the queue no longer looked full enough to run.
   Rig rig;
   FakeClock clock;  // never advanced: only a full batch can run
-  Scheduler::Options o;
-  o.workers = 1;
-  o.clock = &clock;
+  Scheduler::Options o = OneWorker(&clock);
   Scheduler s(o);
   std::thread first = rig.Hold(s, 2);
   std::atomic<int> n{0};
