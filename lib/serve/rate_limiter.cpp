@@ -65,19 +65,21 @@ RateLimiter::Bucket* RateLimiter::Find(std::map<std::string, Bucket>& buckets,
 RateLimiter::Counts& RateLimiter::TenantCounts(const std::string& tenant) {
   auto it = tenant_counts_.find(tenant);
   if (it != tenant_counts_.end()) return it->second;
-  if (tenant_counts_.size() >= kMaxTenants && !tenant_limits_.count(tenant)) return tenant_counts_[kOtherTenants];
+  if (tenant_counts_.size() >= kMaxTenants && !tenant_limits_.count(tenant) && tenant != kNoTenant)
+    return tenant_counts_[kOtherTenants];
   return tenant_counts_[tenant];
 }
 
-Status RateLimiter::Admit(const std::string& model, const std::string& tenant) {
+Status RateLimiter::Admit(const std::string& model, const std::string& request_tenant) {
+  const std::string& tenant = request_tenant.empty() ? std::string(kNoTenant) : request_tenant;
   std::lock_guard<std::mutex> lock(mu_);
   int64_t now = clock_->MonoNanos();
   // A tenant without a bucket, at the cap: drop idle buckets (at most once a
   // second: the sweep is linear), and if that frees nothing, the newcomer
   // shares one bucket with every other tenant past the cap.
   std::string bucket_key = tenant;
-  if (!tenant.empty() && tenant_buckets_.size() >= kMaxTenants && !tenant_buckets_.count(tenant) &&
-      !tenant_limits_.count(tenant)) {
+  if (tenant_buckets_.size() >= kMaxTenants && !tenant_buckets_.count(tenant) && !tenant_limits_.count(tenant) &&
+      tenant != kNoTenant) {
     if (now - last_sweep_ns_ >= 1'000'000'000) {
       last_sweep_ns_ = now;
       for (auto it = tenant_buckets_.begin(); it != tenant_buckets_.end();) {
@@ -89,22 +91,28 @@ Status RateLimiter::Admit(const std::string& model, const std::string& tenant) {
     if (tenant_buckets_.size() >= kMaxTenants) bucket_key = kOtherTenants;
   }
   Bucket* m = Find(model_buckets_, model_limits_, default_model_, model);
-  Bucket* t = tenant.empty() ? nullptr : Find(tenant_buckets_, tenant_limits_, default_tenant_, bucket_key);
+  Bucket* t = Find(tenant_buckets_, tenant_limits_, default_tenant_, bucket_key);
   if (m) Refill(*m, now);
   if (t) Refill(*t, now);
-  auto refuse = [&](const std::string& what, const TokenLimit& l) {
+  auto refuse = [&](const std::string& what, const TokenLimit& l, const std::string& hint) {
     ++model_counts_[model].limited;
-    if (!tenant.empty()) ++TenantCounts(tenant).limited;
+    ++TenantCounts(tenant).limited;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
-    return Status(Code::kRateLimited, what + " is over its rate limit (" + buf + "); retry later or raise it with mms limit set");
+    return Status(Code::kRateLimited, what + " over its rate limit (" + buf + "); " + hint);
   };
-  if (m && m->tokens < 1) return refuse("model '" + model + "'", m->limit);
-  if (t && t->tokens < 1) return refuse("tenant '" + tenant + "'", t->limit);
+  if (m && m->tokens < 1)
+    return refuse("model '" + model + "' is", m->limit, "retry later or raise it with mms limit set");
+  if (t && t->tokens < 1) {
+    if (request_tenant.empty())
+      return refuse("requests without a tenant share the tenant '(none)', which is", t->limit,
+                    "send a tenant (mms predict --tenant T), retry later, or raise it with mms limit set --tenant '(none)'");
+    return refuse("tenant '" + tenant + "' is", t->limit, "retry later or raise it with mms limit set");
+  }
   if (m) m->tokens -= 1;
   if (t) t->tokens -= 1;
   ++model_counts_[model].admitted;
-  if (!tenant.empty()) ++TenantCounts(tenant).admitted;
+  ++TenantCounts(tenant).admitted;
   return Status::Ok();
 }
 

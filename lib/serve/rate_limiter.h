@@ -7,7 +7,10 @@
 // buckets, idle ones (full again, so the same as new) are dropped at most
 // once a second; a new tenant that still finds no room shares the
 // "(other)" bucket, and its counts go to "(other)" too. Tenants with their
-// own limit (mms limit set) always get their own bucket.
+// own limit (mms limit set) always get their own bucket. A request without a
+// tenant is the tenant "(none)": all of them share one bucket (its own limit
+// or the default tenant limit), so leaving the tenant out does not escape a
+// per-tenant default.
 //
 // Thread-safety: internally locked (one short critical section per request).
 #pragma once
@@ -33,6 +36,7 @@ class RateLimiter {
  public:
   static constexpr size_t kMaxTenants = 10000;
   static constexpr const char* kOtherTenants = "(other)";
+  static constexpr const char* kNoTenant = "(none)";
 
   explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}
 
@@ -44,7 +48,8 @@ class RateLimiter {
   // is max(1, qps), one in (0, 1) is 1 — below 1 no request could ever pass.
   void Configure(const std::map<std::string, TokenLimit>& models, const std::map<std::string, TokenLimit>& tenants,
                  std::optional<TokenLimit> default_model, std::optional<TokenLimit> default_tenant);
-  // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` may be "".
+  // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` "" is
+  // kNoTenant.
   Status Admit(const std::string& model, const std::string& tenant);
   // {"models": {name: {admitted, limited, qps, burst}}, "tenants": {...}}
   nlohmann::json Stats() const;

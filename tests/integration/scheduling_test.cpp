@@ -150,7 +150,7 @@ TEST_CASE("rate limits per tenant: one tenant's limit leaves other tenants alone
   CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}, &err) == 5);
   CHECK(err.find("tenant 'acme' is over its rate limit") != std::string::npos);
   CHECK(PredictExit(d, "tiny", {"--tenant", "globex"}) == 0);
-  CHECK(PredictExit(d, "tiny") == 0);  // no tenant: only model limits apply
+  CHECK(PredictExit(d, "tiny") == 0);  // no tenant, no default tenant limit: only model limits apply
   json l = Limits(d);
   REQUIRE(l.size() == 1);
   CHECK(l[0]["kind"] == "tenant");
@@ -180,6 +180,18 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   CHECK(PredictExit(d, "tiny", {"--tenant", "a"}) == 5);
   CHECK(PredictExit(d, "tiny", {"--tenant", "b"}) == 0);
   for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny", {"--tenant", "big"}) == 0);  // its own limit wins
+  // Leaving the tenant out does not escape the default: such requests share the tenant (none).
+  CHECK(PredictExit(d, "tiny") == 0);
+  std::string err;
+  CHECK(PredictExit(d, "tiny", {}, &err) == 5);
+  CHECK(err.find("requests without a tenant share the tenant '(none)'") != std::string::npos);
+  REQUIRE(d.Mms({"limit", "set", "--tenant", "(none)", "--qps", "1000", "--burst", "1000"}).exit_code == 0);
+  for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny") == 0);
+  json l = Limits(d);
+  REQUIRE(l.size() == 2);
+  CHECK(l[0]["key"] == "(none)");
+  CHECK(l[0]["admitted"] == 4);
+  CHECK(l[0]["limited"] == 1);
 }
 
 TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither target — exit 2, nothing stored") {

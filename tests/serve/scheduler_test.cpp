@@ -79,6 +79,30 @@ TEST_CASE("token buckets: past the cap with no idle bucket, newcomers share one 
   CHECK(rl.Admit("m", "new-4").ok());
 }
 
+TEST_CASE("token buckets: requests without a tenant share the tenant (none) and its limit") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  // A default per-tenant limit: leaving the tenant out must not escape it.
+  rl.Configure({}, {}, std::nullopt, TokenLimit{1, 2});
+  CHECK(rl.Admit("m", "").ok());
+  CHECK(rl.Admit("other-model", "").ok());
+  auto no = rl.Admit("m", "");
+  CHECK(no.code() == Code::kRateLimited);
+  CHECK(no.message().find("requests without a tenant share the tenant '(none)'") == 0);
+  CHECK(no.message().find("mms predict --tenant T") != std::string::npos);
+  CHECK(rl.Admit("m", "acme").ok());  // a named tenant has a bucket of its own
+  // Its own limit (mms limit set --tenant '(none)') replaces the default.
+  rl.Configure({}, {{RateLimiter::kNoTenant, {100, 100}}}, std::nullopt, TokenLimit{1, 2});
+  for (int i = 0; i < 50; ++i) REQUIRE(rl.Admit("m", "").ok());
+  // Without any tenant limit, nothing limits it, and it is still counted.
+  rl.Configure({}, {}, std::nullopt, std::nullopt);
+  for (int i = 0; i < 50; ++i) REQUIRE(rl.Admit("m", "").ok());
+  auto stats = rl.Stats();
+  CHECK(stats["tenants"][RateLimiter::kNoTenant]["admitted"] == 102);
+  CHECK(stats["tenants"][RateLimiter::kNoTenant]["limited"] == 1);
+  CHECK(stats["models"]["m"]["limited"] == 1);
+}
+
 TEST_CASE("token buckets: a limit of 0, negative or NaN is no limit, a burst below one is one") {
   FakeClock clock;
   RateLimiter rl(&clock);
