@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <regex>
+#include <set>
 
 #include "core/paths.h"
 #include "protocol/tensor_file.h"
@@ -79,6 +81,27 @@ bool Targets(const nlohmann::json& target_modules, const std::string& module) {
   return false;
 }
 
+// The layer index PEFT's layers_to_transform reads from a module path: the
+// number in the first "NAME.N." of the path (NAME one of `patterns` when
+// layers_pattern is given), so "layers.1.mlp.experts.0.up_proj" is layer 1.
+std::optional<int64_t> LayerIndex(const std::string& module, const std::vector<std::string>& patterns) {
+  std::vector<std::string> parts;
+  for (size_t start = 0;;) {
+    size_t dot = module.find('.', start);
+    parts.push_back(module.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  for (size_t i = 1; i + 1 < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    if (p.empty() || p.size() > 9 || !std::all_of(p.begin(), p.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    if (patterns.empty() || std::find(patterns.begin(), patterns.end(), parts[i - 1]) != patterns.end())
+      return std::stoll(p);
+  }
+  return std::nullopt;
+}
+
 std::string Join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
@@ -136,20 +159,58 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
   bool tm_ok = tm.is_string() || (tm.is_array() && !tm.empty() &&
                                   std::all_of(tm.begin(), tm.end(), [](const auto& x) { return x.is_string(); }));
   if (!tm_ok) return bad("target_modules must be a list of module names or a regular expression");
+  // PEFT's layers_to_transform (an index or a list) keeps the listed modules of
+  // those layers only; layers_pattern names the module list the index follows.
+  std::optional<std::set<int64_t>> layers;
+  std::vector<std::string> layer_patterns;
+  if (cfg.contains("layers_to_transform") && !cfg["layers_to_transform"].is_null()) {
+    const auto& l = cfg["layers_to_transform"];
+    auto index_ok = [](const nlohmann::json& x) { return x.is_number_integer() && x.get<int64_t>() >= 0; };
+    if (!(index_ok(l) || (l.is_array() && !l.empty() && std::all_of(l.begin(), l.end(), index_ok))))
+      return bad("layers_to_transform must be a layer index or a non-empty list of them (integers from 0)");
+    if (tm.is_string())
+      return bad("layers_to_transform needs target_modules as a list of names, not a regular expression (as in PEFT)");
+    layers.emplace();
+    if (l.is_array())
+      for (const auto& x : l) layers->insert(x.get<int64_t>());
+    else
+      layers->insert(l.get<int64_t>());
+    if (cfg.contains("layers_pattern") && !cfg["layers_pattern"].is_null()) {
+      const auto& lp = cfg["layers_pattern"];
+      if (lp.is_string()) layer_patterns.push_back(lp.get<std::string>());
+      if (lp.is_array())
+        for (const auto& x : lp)
+          if (x.is_string()) layer_patterns.push_back(x.get<std::string>());
+      if (layer_patterns.empty() || (lp.is_array() && layer_patterns.size() != lp.size()))
+        return bad("layers_pattern must be a module list's name (\"layers\") or a list of them");
+    }
+  }
+  auto in_layers = [&](const std::string& module) {
+    if (!layers) return true;
+    auto i = LayerIndex(module, layer_patterns);
+    return i && layers->count(*i) > 0;
+  };
 
   // Which of the base's modules the config targets; each listed name must match one.
   std::vector<std::string> targeted;
   for (const auto& [module, lin] : base.linears)
-    if (Targets(tm, module)) targeted.push_back(module);
+    if (Targets(tm, module) && in_layers(module)) targeted.push_back(module);
   std::vector<std::string> available;
   for (const auto& [module, lin] : base.linears) available.push_back(module);
   if (tm.is_array()) {
     for (const auto& t : tm) {
-      std::string n = t.get<std::string>();
-      bool found = std::any_of(targeted.begin(), targeted.end(), [&](const std::string& m) { return Targets(nlohmann::json::array({n}), m); });
-      if (!found)
-        return bad("target module '" + n + "' is not in " + base.ref + " (its modules with a 2-D weight: " +
-                   Join(available) + ")");
+      auto named = [n = nlohmann::json::array({t})](const std::string& m) { return Targets(n, m); };
+      if (std::any_of(targeted.begin(), targeted.end(), named)) continue;
+      if (std::any_of(available.begin(), available.end(), named)) {
+        std::string which;
+        for (int64_t i : *layers) which += (which.empty() ? "" : ", ") + std::to_string(i);
+        return bad("target module '" + t.get<std::string>() + "' is in no layer of layers_to_transform [" + which +
+                   "] in " + base.ref + " (a layer is the number after " +
+                   (layer_patterns.empty() ? std::string("a module list's name") : "\"" + Join(layer_patterns) + "\"") +
+                   " in a module's path: " + Join(available) + ")");
+      }
+      return bad("target module '" + t.get<std::string>() + "' is not in " + base.ref + " (its modules with a 2-D weight: " +
+                 Join(available) + ")");
     }
   } else if (targeted.empty()) {
     return bad("target_modules '" + tm.get<std::string>() + "' matches no module of " + base.ref + " (" + Join(available) + ")");
@@ -194,7 +255,8 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
     auto where = [&](const std::string& what) { return InvalidArgument(weights_path + ": " + module + ": " + what); };
     if (std::find(targeted.begin(), targeted.end(), module) == targeted.end())
       return base.linears.count(module)
-                 ? where("has adapter weights but is not in target_modules of " + cfg_path)
+                 ? where(std::string("has adapter weights but is not in target_modules") +
+                         (layers ? " and layers_to_transform" : "") + " of " + cfg_path)
                  : where("no such module with a 2-D weight in " + base.ref + " (" + Join(available) + ")");
     if (!ab.first || !ab.second) return where(std::string("lora_") + (ab.first ? "B" : "A") + ".weight is missing");
     const Tensor& A = *ab.first;

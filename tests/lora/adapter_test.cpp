@@ -196,3 +196,60 @@ TEST_CASE("lora: a packed adapter loads into one buffer with its weights where t
   CHECK(refused.status().code() == Code::kCorrupt);
   CHECK(refused.status().message().find("re-register the adapter") != std::string::npos);
 }
+
+TEST_CASE("lora: layers_to_transform keeps the listed layers' modules, read as PEFT does") {
+  LoraBase b;
+  b.ref = "llm:1";
+  for (const char* m : {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.2.self_attn.q_proj",
+                        "model.layers.1.mlp.experts.0.up_proj", "model.layers.2.mlp.experts.1.up_proj", "lm_head"})
+    b.linears[m] = {DType::kFloat32, 8, 8};
+  testing::TempDir dir;
+  auto write = [&](std::vector<std::string> modules, const std::string& config) {
+    std::vector<Tensor> t;
+    for (const auto& m : modules) {
+      t.push_back(Tensor::Alloc("base_model.model." + m + ".lora_A.weight", DType::kFloat32, {2, 8}));
+      t.push_back(Tensor::Alloc("base_model.model." + m + ".lora_B.weight", DType::kFloat32, {8, 2}));
+    }
+    REQUIRE(WriteSafetensorsFile(dir / "adapter_model.safetensors", t).ok());
+    std::ofstream(dir / "adapter_config.json") << config;
+    auto r = CheckAdapter(dir.path(), b);
+    std::vector<std::string> got;
+    if (!r.ok()) return std::make_pair(r.status().message(), got);
+    for (const auto& x : r->info.targets) got.push_back(x.module);
+    return std::make_pair(std::string("ok"), got);
+  };
+  const std::vector<std::string> layer1 = {"model.layers.1.mlp.experts.0.up_proj", "model.layers.1.self_attn.q_proj"};
+  // Layer 1 only: the expert index (0, 1) is not the layer index — with and without layers_pattern.
+  for (const char* pattern : {"", R"(, "layers_pattern": "layers")", R"(, "layers_pattern": ["h", "layers"])"}) {
+    INFO(pattern);
+    auto [st, got] = write(layer1, std::string(R"({"r": 2, "target_modules": ["q_proj", "up_proj"], "layers_to_transform": [1])") +
+                                        pattern + "}");
+    CHECK(st == "ok");
+    CHECK(got == layer1);
+  }
+  // A single index is a list of one.
+  CHECK(write(layer1, R"({"r": 2, "target_modules": ["q_proj", "up_proj"], "layers_to_transform": 1})").first == "ok");
+  // A pattern naming no module list finds no layer.
+  auto none = write(layer1, R"({"r": 2, "target_modules": ["q_proj"], "layers_to_transform": [1], "layers_pattern": "h"})");
+  CHECK(none.first.find("target module 'q_proj' is in no layer of layers_to_transform [1] in llm:1") != std::string::npos);
+  CHECK(none.first.find("after \"h\"") != std::string::npos);
+  // Weights for a module of another layer: refused, naming both settings.
+  auto extra = write({"model.layers.1.self_attn.q_proj", "model.layers.2.self_attn.q_proj"},
+                     R"({"r": 2, "target_modules": ["q_proj"], "layers_to_transform": [1]})");
+  CHECK(extra.first.find("model.layers.2.self_attn.q_proj: has adapter weights but is not in target_modules and layers_to_transform") !=
+        std::string::npos);
+  // Weights missing for a listed layer's module.
+  CHECK(write({"model.layers.1.self_attn.q_proj"}, R"({"r": 2, "target_modules": ["q_proj"], "layers_to_transform": [1, 2]})")
+            .first.find("no lora_A/lora_B for module 'model.layers.2.self_attn.q_proj'") != std::string::npos);
+  // Bad values, each named.
+  for (const char* bad : {R"("layers_to_transform": -1)", R"("layers_to_transform": [])", R"("layers_to_transform": ["1"])",
+                          R"("layers_to_transform": 1.5)"}) {
+    INFO(bad);
+    CHECK(write(layer1, std::string(R"({"r": 2, "target_modules": ["q_proj", "up_proj"], )") + bad + "}")
+              .first.find("layers_to_transform must be a layer index") != std::string::npos);
+  }
+  CHECK(write(layer1, R"({"r": 2, "target_modules": ["q_proj", "up_proj"], "layers_to_transform": [1], "layers_pattern": 3})")
+            .first.find("layers_pattern must be") != std::string::npos);
+  CHECK(write(layer1, R"j({"r": 2, "target_modules": ".*(q_proj|up_proj)", "layers_to_transform": [1]})j")
+            .first.find("not a regular expression") != std::string::npos);
+}
