@@ -576,7 +576,11 @@ void Daemon::WatchRegistry() {
       last_poll_ns = now;
       if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
       StopExpiredShadows();
-      canaries_->Tick();
+      try {  // a canary step that throws must not end the watcher (and with it mmsd)
+        canaries_->Tick();
+      } catch (const std::exception& e) {
+        LogError("canary_tick_failed", {{"error", e.what()}});
+      }
     }
     now = opts_.clock->MonoNanos();
     if (now - last_flush_ns_ >= flush) {

@@ -1,5 +1,6 @@
 // FEEDBACK, STATS.
 #include <algorithm>
+#include <cmath>
 
 #include "daemon.h"
 #include "protocol/messages.h"
@@ -27,6 +28,9 @@ void Feedback(Daemon* d, const proto::Message& req, Responder r) {
   for (auto it = m.begin(); it != m.end(); ++it) {
     if (Status st = ValidateName(it.key(), "metric name"); !st.ok()) return r.Fail(st);
     if (!it->is_number()) return r.Fail(InvalidArgument("metric '" + it.key() + "' needs a numeric value"));
+    if (double v = it->get<double>(); !(std::fabs(v) <= VariantMetrics::kMaxOutcome))
+      return r.Fail(InvalidArgument("metric '" + it.key() + "' = " + it->dump() +
+                                    ": values must be finite and at most 1e15 in magnitude (scale it, e.g. cents to dollars)"));
     names.push_back(it.key());
   }
   auto who = d->attribution()->Lookup(id);

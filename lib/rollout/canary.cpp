@@ -22,6 +22,12 @@ std::string Pct(double v) {
   return b;
 }
 
+std::string Sig(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", v);
+  return b;
+}
+
 std::string Ms(double v) {
   char b[32];
   std::snprintf(b, sizeof b, "%.1f ms", v);
@@ -29,7 +35,8 @@ std::string Ms(double v) {
 }
 }  // namespace
 
-CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary) {
+CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
+                          CanaryLook look) {
   CanaryVerdict v;
   v.figures = {{"canary", ArmFigures(canary)}, {"control", ArmFigures(control)}};
   if (canary.requests < static_cast<uint64_t>(c.min_requests)) {
@@ -37,31 +44,45 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
                " canary requests needed for a verdict";
     return v;
   }
-  double err = static_cast<double>(canary.errors) / static_cast<double>(canary.requests);
+  const double alpha = look.final ? kCanaryAlpha : kCanaryAlpha / static_cast<double>(std::max<int64_t>(1, look.looks));
+  const uint64_t n = canary.requests;
+  // An interim check fails a limit only when the excess is significant at
+  // `alpha`; the stage-end check applies the limit as it is.
+  auto over = [&](uint64_t count, double rate, double* p) {
+    *p = BinomialUpperTail(count, n, rate);
+    return look.final || *p < alpha;
+  };
+  auto interim = [&](double p) {
+    return look.final ? std::string() : " (interim check: p = " + Sig(p) + " < " + Sig(alpha) + ")";
+  };
+  double err = static_cast<double>(canary.errors) / static_cast<double>(n);
   double p99 = static_cast<double>(canary.latency.Quantile(0.99)) / 1e6;
+  // Requests slower than `ms`.
+  auto slower = [&](double ms) { return n - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6)); };
+  double p = 1;
   v.kind = CanaryVerdict::kFail;
-  if (err > c.max_error_rate) {
-    v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate);
+  if (err > c.max_error_rate && over(canary.errors, c.max_error_rate, &p)) {
+    v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + interim(p);
     return v;
   }
-  if (p99 > c.max_p99_ms) {
-    v.reason = "canary p99 " + Ms(p99) + " > limit " + Ms(c.max_p99_ms);
+  if (p99 > c.max_p99_ms && over(slower(c.max_p99_ms), 0.01, &p)) {
+    v.reason = "canary p99 " + Ms(p99) + " > limit " + Ms(c.max_p99_ms) + interim(p);
     return v;
   }
   if (control.requests >= static_cast<uint64_t>(c.min_requests)) {
     double cerr = static_cast<double>(control.errors) / static_cast<double>(control.requests);
-    TestResult z = TwoProportionZTest(control.errors, control.requests, canary.errors, canary.requests);
-    if (err > cerr && z.valid && z.p_value < 0.01) {
-      v.reason = "canary error rate " + Pct(err) + " vs control " + Pct(cerr) + " (z-test p = " +
-                 std::to_string(z.p_value) + ")";
+    p = ProportionGreaterP(control.errors, control.requests, canary.errors, n);
+    if (err > cerr && p < alpha) {
+      v.reason = "canary error rate " + Pct(err) + " vs control " + Pct(cerr) + " (one-sided p = " + Sig(p) + " < " +
+                 Sig(alpha) + ")";
       return v;
     }
     double cp99 = static_cast<double>(control.latency.Quantile(0.99)) / 1e6;
-    if (cp99 > 0 && p99 / cp99 > c.max_p99_ratio) {
+    if (cp99 > 0 && p99 / cp99 > c.max_p99_ratio && over(slower(cp99 * c.max_p99_ratio), 0.01, &p)) {
       char b[64];
       std::snprintf(b, sizeof b, "%.2f", p99 / cp99);
       v.reason = "canary p99 " + Ms(p99) + " is " + b + "x control's " + Ms(cp99) + " (limit " +
-                 std::to_string(c.max_p99_ratio).substr(0, 4) + "x)";
+                 std::to_string(c.max_p99_ratio).substr(0, 4) + "x)" + interim(p);
       return v;
     }
   }
@@ -108,8 +129,12 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   VariantSnapshot control_window = control, canary_window = canary;
   if (c.stage_start.contains("control")) control_window = control.Since(VariantSnapshot::FromJson(c.stage_start["control"]));
   if (c.stage_start.contains("treatment")) canary_window = canary.Since(VariantSnapshot::FromJson(c.stage_start["treatment"]));
-  CanaryVerdict v = JudgeCanary(c, control_window, canary_window);
+  CanaryLook look;
+  look.final = elapsed >= c.stage_duration_ms;
+  look.looks = c.check_interval_ms > 0 ? (c.stage_duration_ms + c.check_interval_ms - 1) / c.check_interval_ms : 1;
+  CanaryVerdict v = JudgeCanary(c, control_window, canary_window, look);
   nlohmann::json check{{"verdict", v.name()},
+                       {"look", look.final ? "stage end" : "interim"},
                        {"reason", v.reason},
                        {"figures", v.figures},
                        {"stage", c.stage_index},

@@ -3,8 +3,22 @@
 // JudgeCanary compares the canary arm with the control arm over the window
 // since the current stage began: absolute limits (error rate, p99) and
 // limits relative to control (p99 ratio; an error rate significantly above
-// control's, z-test p < 0.01). Fewer than min_requests canary requests is
-// "inconclusive" — keep waiting, never promote on no data.
+// control's: one-sided, z-test or Fisher's exact test for small counts, at
+// kCanaryAlpha). Fewer than min_requests canary requests is "inconclusive" —
+// keep waiting, never promote on no data.
+//
+// A stage is checked many times (every check_interval), and rolling back on
+// the first check that fails a fixed-level rule would turn noise into
+// rollbacks (about 20-35% of healthy canaries at the defaults). So a check
+// before the stage's end is interim: it fails only on evidence that survives
+// all of the stage's looks — each limit as a one-sided test at
+// kCanaryAlpha / looks (Bonferroni): the error count against the limit's rate
+// (binomial), the count of requests above the p99 limit (or above the ratio
+// times control's p99) against 1% (binomial). The check at the stage's end
+// judges the stage's window by the limits as configured (and the error rate
+// against control's at kCanaryAlpha). A stage thus rolls back a healthy
+// canary on noise at most kCanaryAlpha of the time through its interim
+// checks.
 //
 // CanaryController::Tick, run by the daemon every poll interval, accounts
 // the time each running canary spends in its stage (time while paused or
@@ -37,7 +51,17 @@ struct CanaryVerdict {
   const char* name() const { return kind == kPass ? "pass" : kind == kFail ? "fail" : "inconclusive"; }
 };
 
-CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary);
+constexpr double kCanaryAlpha = 0.005;
+
+// Where a check falls in its stage: `final` at or after the stage's end;
+// `looks` is how many checks a stage gets (stage duration / check interval).
+struct CanaryLook {
+  bool final = true;
+  int64_t looks = 1;
+};
+
+CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
+                          CanaryLook look = {});
 
 class CanaryController {
  public:

@@ -1,5 +1,7 @@
 #include "rollout/experiment_metrics.h"
 
+#include <cmath>
+
 namespace mms {
 
 std::string VariantKey(const std::string& experiment, const std::string& variant) {
@@ -34,20 +36,40 @@ nlohmann::json VariantSnapshot::ToJson() const {
           {"outcomes", o}, {"routed", routed}, {"routed_share", routed_share}};
 }
 
+namespace {
+// Saved figures are read leniently: a field that is missing, of another type
+// or not finite (JSON stores an overflowed double as null) reads as 0, so one
+// bad value cannot stop an experiment's or a canary's figures from loading.
+uint64_t Count(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) return 0;
+  if (it->is_number_unsigned()) return it->get<uint64_t>();
+  double v = it->get<double>();
+  return v > 0 && v < 1.8e19 ? static_cast<uint64_t>(v) : 0;
+}
+double Real(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) return 0;
+  double v = it->get<double>();
+  return std::isfinite(v) ? v : 0;
+}
+}  // namespace
+
 VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
   VariantSnapshot s;
-  s.requests = j.value("requests", 0ull);
-  s.errors = j.value("errors", 0ull);
-  s.routed = j.value("routed", 0ull);  // absent in figures saved before it existed
-  s.routed_share = j.value("routed_share", 0.0);
+  if (!j.is_object()) return s;
+  s.requests = Count(j, "requests");
+  s.errors = Count(j, "errors");
+  s.routed = Count(j, "routed");  // absent in figures saved before it existed
+  s.routed_share = Real(j, "routed_share");
   if (j.contains("error_codes") && j["error_codes"].is_object())
     for (auto it = j["error_codes"].begin(); it != j["error_codes"].end(); ++it)
-      s.error_codes[it.key()] = it->get<uint64_t>();
+      if (it->is_number_unsigned()) s.error_codes[it.key()] = it->get<uint64_t>();
   if (j.contains("latency"))
     if (auto h = LatencyHistogram::FromJson(j["latency"]); h.ok()) s.latency = *h;
   if (j.contains("outcomes") && j["outcomes"].is_object())
     for (auto it = j["outcomes"].begin(); it != j["outcomes"].end(); ++it)
-      s.outcomes[it.key()] = {it->value("count", 0ull), it->value("sum", 0.0), it->value("sumsq", 0.0)};
+      if (it->is_object()) s.outcomes[it.key()] = {Count(*it, "count"), Real(*it, "sum"), Real(*it, "sumsq")};
   return s;
 }
 

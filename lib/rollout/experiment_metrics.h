@@ -50,6 +50,9 @@ class VariantMetrics {
   // was routed (see VariantSnapshot::routed).
   void Record(int64_t latency_ns, bool error, int64_t now_mono_ns, const std::string& error_code = "",
               double treatment_share = -1);
+  // The largest magnitude an outcome value may have: its square, summed over
+  // billions of reports, stays finite (the feedback handler refuses more).
+  static constexpr double kMaxOutcome = 1e15;
   void Outcome(const std::string& metric, double value);
   VariantSnapshot Snapshot() const;
   LatencyHistogram Recent(int64_t window_ns, int64_t now_mono_ns) const;

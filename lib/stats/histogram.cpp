@@ -55,8 +55,13 @@ void LatencyHistogram::Merge(const LatencyHistogram& o) {
 }
 
 void LatencyHistogram::Subtract(const LatencyHistogram& o) {
-  for (size_t i = 0; i < counts_.size(); ++i) counts_[i] -= std::min(counts_[i], o.counts_[i]);
-  count_ -= std::min(count_, o.count_);
+  // Bucket by bucket, and the count is what the buckets hold, so the result
+  // reads back even when `o` was not an earlier state of this histogram.
+  count_ = 0;
+  for (size_t i = 0; i < counts_.size(); ++i) {
+    counts_[i] -= std::min(counts_[i], o.counts_[i]);
+    count_ += counts_[i];
+  }
   sum_ = count_ ? std::max(0.0, sum_ - o.sum_) : 0;
   sumsq_ = count_ ? std::max(0.0, sumsq_ - o.sumsq_) : 0;
   if (count_ == 0) {
@@ -82,8 +87,13 @@ void LatencyHistogram::Clear() {
 int64_t LatencyHistogram::Quantile(double q) const {
   if (count_ == 0) return 0;
   q = std::clamp(q, 0.0, 1.0);
-  // The rank-th smallest value, 1-based (nearest rank).
-  uint64_t rank = std::max<uint64_t>(1, static_cast<uint64_t>(std::ceil(q * static_cast<double>(count_))));
+  // The rank-th smallest value, 1-based (nearest rank): ceil(q·n), where a
+  // q·n within rounding of a whole number is that number (0.07 · 100 is
+  // 7.000000000000001 in doubles, and the 7th value is meant).
+  double x = q * static_cast<double>(count_);
+  double whole = std::round(x);
+  uint64_t rank = static_cast<uint64_t>(std::fabs(x - whole) <= 1e-9 * std::max(1.0, x) ? whole : std::ceil(x));
+  rank = std::max<uint64_t>(1, rank);
   if (rank >= count_) return max_;  // the extremes are known exactly
   if (rank == 1) return min_;
   uint64_t seen = 0;
@@ -92,6 +102,14 @@ int64_t LatencyHistogram::Quantile(double q) const {
     if (seen >= rank) return std::clamp(BucketMidpoint(i), min_, max_);
   }
   return max_;
+}
+
+uint64_t LatencyHistogram::CountAtMost(int64_t ns) const {
+  if (count_ == 0 || ns < min_) return 0;
+  if (ns >= max_) return count_;
+  uint64_t n = 0;
+  for (size_t i = 0, last = BucketIndex(ns); i <= last; ++i) n += counts_[i];
+  return std::min(n, count_);
 }
 
 double LatencyHistogram::variance() const {

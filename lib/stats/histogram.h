@@ -37,6 +37,10 @@ class LatencyHistogram {
   uint64_t count() const { return count_; }
   // Value at quantile q in [0, 1] (0.5 = median), in ns; 0 when empty.
   int64_t Quantile(double q) const;
+  // How many values are at most `ns`: exact below the minimum and from the
+  // maximum up; otherwise the values of every bucket up to the one holding
+  // `ns` (so values up to 0.8% above it may be counted).
+  uint64_t CountAtMost(int64_t ns) const;
   int64_t min() const { return count_ ? min_ : 0; }
   int64_t max() const { return count_ ? max_ : 0; }
   double mean() const { return count_ ? sum_ / static_cast<double>(count_) : 0; }

@@ -72,21 +72,11 @@ void PromWriter::Sample(const std::string& name, const Labels& labels, double va
 void PromWriter::Histogram(const std::string& name, const Labels& labels, const LatencyHistogram& h) {
   static const double kBounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
-  // Counts at or below each bound, from the histogram's quantile function:
-  // walk the ranks once by bisection on the value.
   uint64_t n = h.count();
   for (double b : kBounds) {
-    int64_t bound_ns = static_cast<int64_t>(b * 1e9);
-    uint64_t lo = 0, hi = n;  // the number of values <= bound
-    while (lo < hi) {
-      uint64_t mid = (lo + hi + 1) / 2;
-      int64_t v = h.Quantile(static_cast<double>(mid) / static_cast<double>(n));
-      if (v <= bound_ns) lo = mid;
-      else hi = mid - 1;
-    }
     Labels l = labels;
     l.emplace_back("le", Fmt(b));
-    Sample(name + "_bucket", l, static_cast<double>(lo));
+    Sample(name + "_bucket", l, static_cast<double>(h.CountAtMost(static_cast<int64_t>(std::llround(b * 1e9)))));
   }
   Labels inf = labels;
   inf.emplace_back("le", "+Inf");

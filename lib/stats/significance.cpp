@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include <boost/math/distributions/binomial.hpp>
 #include <boost/math/distributions/chi_squared.hpp>
 #include <boost/math/distributions/normal.hpp>
 #include <boost/math/distributions/students_t.hpp>
@@ -16,6 +17,37 @@ double NormalTwoSided(double z) {
   if (std::isinf(z)) return 0;
   bm::normal n;
   return 2 * bm::cdf(bm::complement(n, std::fabs(z)));
+}
+
+// A 2×2 table whose smallest expected count is under 5: the normal
+// approximation does not hold there.
+bool SmallCounts(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2) {
+  double n = static_cast<double>(n1 + n2), k = static_cast<double>(x1 + x2);
+  double lo_row = std::min(k, n - k), lo_col = static_cast<double>(std::min(n1, n2));
+  return lo_row * lo_col / n < 5;
+}
+
+// Fisher's exact test on the 2×2 table (x1 of n1, x2 of n2): with the
+// margins fixed, x2 is hypergeometric. Returns {two-sided p (the tables no
+// likelier than the one seen), one-sided p for x2 this large or larger}.
+std::pair<double, double> Fisher(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2) {
+  const uint64_t n = n1 + n2, k = x1 + x2;
+  auto lchoose = [](double a, double b) { return std::lgamma(a + 1) - std::lgamma(b + 1) - std::lgamma(a - b + 1); };
+  const double denom = lchoose(static_cast<double>(n), static_cast<double>(n2));
+  auto logp = [&](uint64_t j) {
+    return lchoose(static_cast<double>(k), static_cast<double>(j)) +
+           lchoose(static_cast<double>(n - k), static_cast<double>(n2 - j)) - denom;
+  };
+  const uint64_t lo = n2 > n - k ? n2 - (n - k) : 0, hi = std::min(k, n2);
+  const double seen = logp(x2);
+  double two = 0, greater = 0;
+  for (uint64_t j = lo; j <= hi; ++j) {
+    double lp = logp(j);
+    double p = std::exp(lp);
+    if (lp <= seen + 1e-7) two += p;
+    if (j >= x2) greater += p;
+  }
+  return {std::min(1.0, two), std::min(1.0, greater)};
 }
 
 TestResult Invalid(std::string why) {
@@ -32,6 +64,7 @@ nlohmann::json TestResult::ToJson() const {
   nlohmann::json j{{"valid", true}, {"statistic", num(statistic)}, {"p_value", p_value}, {"diff", diff},
                    {"ci", {ci_low, ci_high}}};
   if (df > 0) j["df"] = df;
+  if (!method.empty()) j["method"] = method;
   return j;
 }
 
@@ -55,18 +88,46 @@ TestResult TwoProportionZTest(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2
   } else {
     r.statistic = r.diff / se0;
     r.p_value = NormalTwoSided(r.statistic);
+    if (SmallCounts(x1, n1, x2, n2)) {
+      r.p_value = Fisher(x1, n1, x2, n2).first;
+      r.method = "fisher";
+    }
   }
-  double se = std::sqrt(p1 * (1 - p1) / static_cast<double>(n1) + p2 * (1 - p2) / static_cast<double>(n2));
+  // Agresti–Caffo: the Wald interval of the rates with one success and one
+  // failure added to each arm.
+  double a1 = static_cast<double>(n1) + 2, a2 = static_cast<double>(n2) + 2;
+  double q1 = (static_cast<double>(x1) + 1) / a1, q2 = (static_cast<double>(x2) + 1) / a2;
+  double se = std::sqrt(q1 * (1 - q1) / a1 + q2 * (1 - q2) / a2);
   double z = NormalQuantile(0.5 + confidence / 2);
-  r.ci_low = r.diff - z * se;
-  r.ci_high = r.diff + z * se;
+  r.ci_low = std::max(-1.0, q2 - q1 - z * se);
+  r.ci_high = std::min(1.0, q2 - q1 + z * se);
   return r;
+}
+
+double ProportionGreaterP(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2) {
+  if (n1 == 0 || n2 == 0 || x1 > n1 || x2 > n2) return 1;
+  if (SmallCounts(x1, n1, x2, n2)) return Fisher(x1, n1, x2, n2).second;
+  double p1 = static_cast<double>(x1) / static_cast<double>(n1), p2 = static_cast<double>(x2) / static_cast<double>(n2);
+  double pool = static_cast<double>(x1 + x2) / static_cast<double>(n1 + n2);
+  double se0 = std::sqrt(pool * (1 - pool) * (1.0 / static_cast<double>(n1) + 1.0 / static_cast<double>(n2)));
+  if (se0 == 0) return 1;
+  return bm::cdf(bm::complement(bm::normal(), (p2 - p1) / se0));
+}
+
+double BinomialUpperTail(uint64_t k, uint64_t n, double p) {
+  if (k == 0) return 1;
+  if (k > n) return 0;
+  if (p <= 0) return 0;
+  if (p >= 1) return 1;
+  return bm::cdf(bm::complement(bm::binomial(static_cast<double>(n), p), static_cast<double>(k - 1)));
 }
 
 TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, double var2, uint64_t n2,
                       double confidence) {
   if (n1 < 2) return Invalid("fewer than 2 samples in the control arm");
   if (n2 < 2) return Invalid("fewer than 2 samples in the treatment arm");
+  if (!std::isfinite(mean1) || !std::isfinite(mean2) || !std::isfinite(var1) || !std::isfinite(var2))
+    return Invalid("the values are too large to compare (a mean or variance is not finite)");
   TestResult r;
   r.valid = true;
   r.diff = mean2 - mean1;
@@ -82,6 +143,8 @@ TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, doub
   r.statistic = r.diff / se;
   r.df = (a + b) * (a + b) /
          (a * a / static_cast<double>(n1 - 1) + b * b / static_cast<double>(n2 - 1));
+  if (!std::isfinite(r.statistic) || !std::isfinite(r.df) || !(r.df > 0))
+    return Invalid("the values are too large to compare (a variance overflows)");
   bm::students_t t(r.df);
   r.p_value = 2 * bm::cdf(bm::complement(t, std::fabs(r.statistic)));
   double q = bm::quantile(t, 0.5 + confidence / 2);

@@ -1,8 +1,16 @@
 // Significance tests for comparing an experiment's variants, with the
 // distributions from Boost.Math (Debian's libboost-dev):
 //
-//   TwoProportionZTest  error rates, conversion rates: pooled z-test, and an
-//                       unpooled (Wald) confidence interval for p2 − p1
+//   TwoProportionZTest  error rates, conversion rates: pooled z-test — or
+//                       Fisher's exact test when a cell's expected count is
+//                       under 5, where the normal approximation fails (one
+//                       error among a few requests is not "p = 1e-23") —
+//                       and the Agresti–Caffo interval for p2 − p1 (Wald's
+//                       plus one success and one failure per arm, which keeps
+//                       its coverage at rates near 0 and 1)
+//   ProportionGreaterP  one-sided p-value that the treatment's rate is above
+//                       the control's (same choice of z or Fisher)
+//   BinomialUpperTail   P(X ≥ k) for X ~ Binomial(n, p): is a rate above p?
 //   WelchTTest          latency means with unequal variances
 //                       (Welch–Satterthwaite degrees of freedom)
 //   SampleRatioMismatch chi-square goodness of fit of the observed split
@@ -29,10 +37,14 @@ struct TestResult {
   double p_value = 1;       // two-sided
   double diff = 0;          // treatment − control
   double ci_low = 0, ci_high = 0;
+  std::string method;       // "fisher" when the exact test gave the p-value
   nlohmann::json ToJson() const;
 };
 
 TestResult TwoProportionZTest(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2, double confidence = 0.95);
+// x2/n2 > x1/n1, one-sided; 1 when either arm is empty.
+double ProportionGreaterP(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2);
+double BinomialUpperTail(uint64_t k, uint64_t n, double p);
 TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, double var2, uint64_t n2,
                       double confidence = 0.95);
 // `expected_treatment` in [0, 1]: the configured share of the treatment arm.

@@ -157,6 +157,13 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   CHECK(d.Mms({"feedback", "0000000000000000", "--metric", "click=1"}).exit_code == 4);
   CHECK(d.Mms({"feedback", control_request, "--metric", "click"}).exit_code == 2);
   CHECK(d.Mms({"feedback", control_request, "--metric", "click=yes"}).exit_code == 2);
+  // A value whose square overflows would poison the saved figures: refused, nothing recorded.
+  for (const char* huge : {"click=1e155", "click=-2e15", "click=inf"}) {
+    auto r = d.Mms({"feedback", control_request, "--metric", huge});
+    CHECK(r.exit_code == 2);
+    bool explained = r.err.find("finite and at most 1e15") != std::string::npos || r.err.find("not a number") != std::string::npos;
+    CHECK_MESSAGE(explained, r.err);
+  }
 
   json s = Stats(d, "ab");
   CHECK(s["variants"]["control"]["requests"] == 2 * control + (user1 == "control" ? user1_extra : 0));

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 
 #include "registry/snapshot.h"
 #include "rollout/canary.h"
@@ -263,4 +264,56 @@ TEST_CASE("output comparison measures") {
   CHECK(masked.max_abs == 0);
   std::memcpy(m2.mutable_data(), ov, sizeof ov);
   CHECK(CompareOutputs({m1}, {m2}, 1e-6).diverged);
+}
+
+TEST_CASE("a healthy canary checked every interval is not rolled back on noise: interim checks need strong evidence") {
+  // 300 canaries identical to control (1% errors, the same lognormal latency),
+  // one 60 s stage checked every second: 60 looks at a growing window.
+  CanaryRecord c;
+  c.min_requests = 100;
+  c.max_error_rate = 0.05;
+  c.max_p99_ms = 500;
+  c.max_p99_ratio = 1.2;
+  std::mt19937_64 rng(2026);
+  std::lognormal_distribution<double> latency_ms(std::log(5.0), 1.0);
+  std::bernoulli_distribution fails(0.01);
+  auto run = [&](bool sequential) {
+    int rolled_back = 0;
+    for (int canary = 0; canary < 300; ++canary) {
+      VariantSnapshot control, cand;
+      bool failed = false;
+      for (int look = 1; look <= 60 && !failed; ++look) {
+        for (int i = 0; i < 100; ++i) {  // 100 canary and 100 control requests a second
+          for (VariantSnapshot* s : {&cand, &control}) {
+            ++s->requests;
+            s->errors += fails(rng);
+            s->latency.Record(static_cast<int64_t>(latency_ms(rng) * 1e6));
+          }
+        }
+        CanaryLook at;
+        at.final = !sequential || look == 60;  // the old rule judged every check as final
+        at.looks = 60;
+        failed = JudgeCanary(c, control, cand, at).kind == CanaryVerdict::kFail;
+      }
+      rolled_back += failed;
+    }
+    return rolled_back;
+  };
+  int peeking = run(false), sequential = run(true);
+  INFO("rolled back with every check final: " << peeking << ", with interim checks: " << sequential);
+  CHECK(peeking > 30);       // > 10%: what fixed-level checks at every interval do
+  CHECK(sequential <= 15);   // ≤ 5% of 300 (the stage end's own rules included)
+  // A real regression is still caught mid-stage: 5% errors against 1%.
+  VariantSnapshot control, bad;
+  for (int i = 0; i < 2000; ++i) {
+    ++control.requests;
+    ++bad.requests;
+    control.errors += i % 100 == 0;
+    bad.errors += i % 20 == 0;
+    control.latency.Record(5'000'000);
+    bad.latency.Record(5'000'000);
+  }
+  CanaryVerdict v = JudgeCanary(c, control, bad, CanaryLook{false, 180});
+  CHECK(v.kind == CanaryVerdict::kFail);
+  CHECK(v.reason.find("vs control") != std::string::npos);
 }

@@ -98,8 +98,71 @@ TEST_CASE("two-proportion z-test matches the worked example") {
   CHECK(r.statistic == doctest::Approx(-2.190890).epsilon(1e-5));
   CHECK(r.p_value == doctest::Approx(0.028460).epsilon(1e-4));
   CHECK(r.diff == doctest::Approx(-0.15));
-  CHECK(r.ci_low == doctest::Approx(-0.282570).epsilon(1e-5));
-  CHECK(r.ci_high == doctest::Approx(-0.017430).epsilon(1e-4));
+  // Agresti–Caffo: Wald's interval with one success and one failure added per arm.
+  CHECK(r.ci_low == doctest::Approx(-0.278559).epsilon(1e-5));
+  CHECK(r.ci_high == doctest::Approx(-0.015559).epsilon(1e-4));
+  CHECK_FALSE(r.ToJson().contains("method"));  // large counts: the z-test's p-value
+}
+
+TEST_CASE("small counts: Fisher's exact test, not the normal approximation; intervals keep their width") {
+  // One error among 1,000 canary requests against none in 99,000: z says p = 1e-23.
+  auto one = TwoProportionZTest(0, 99000, 1, 1000);
+  REQUIRE(one.valid);
+  CHECK(one.method == "fisher");
+  CHECK(one.p_value == doctest::Approx(0.01).epsilon(1e-6));
+  CHECK(ProportionGreaterP(0, 99000, 1, 1000) == doctest::Approx(0.01).epsilon(1e-6));
+  auto two = TwoProportionZTest(0, 10000, 2, 200);
+  CHECK(two.p_value == doctest::Approx(3.8258268e-4).epsilon(1e-6));
+  // Two-sided keeps the tables no likelier than the one seen; one-sided the larger x2.
+  CHECK(TwoProportionZTest(3, 10, 0, 12).p_value == doctest::Approx(0.0779220779).epsilon(1e-6));
+  CHECK(ProportionGreaterP(3, 10, 0, 12) == doctest::Approx(1.0));
+  // Large counts: the one-sided z-test, half the two-sided p when the treatment is above.
+  CHECK(ProportionGreaterP(30, 100, 45, 100) == doctest::Approx(0.028460 / 2).epsilon(1e-4));
+  // Rates at 0 and 1 still get an interval of some width.
+  auto all = TwoProportionZTest(0, 10, 10, 10);
+  CHECK(all.ci_low == doctest::Approx(0.612183).epsilon(1e-5));
+  CHECK(all.ci_high == 1.0);  // clamped
+  auto none = TwoProportionZTest(0, 1000, 0, 10);
+  CHECK(none.ci_low == doctest::Approx(-0.074054).epsilon(1e-4));
+  CHECK(none.ci_high == doctest::Approx(0.238724).epsilon(1e-5));
+  // Binomial tails.
+  CHECK(BinomialUpperTail(5, 200, 0.01) == doctest::Approx(0.0517462636).epsilon(1e-6));
+  CHECK(BinomialUpperTail(40, 200, 0.05) == doctest::Approx(6.388069e-14).epsilon(1e-4));
+  CHECK(BinomialUpperTail(0, 10, 0.5) == 1.0);
+  CHECK(BinomialUpperTail(11, 10, 0.5) == 0.0);
+}
+
+TEST_CASE("Welch's t-test refuses overflowed figures instead of throwing") {
+  auto r = WelchTTest(1e155, INFINITY, 10, 0, 1, 10);
+  CHECK_FALSE(r.valid);
+  CHECK(r.reason.find("too large") != std::string::npos);
+  CHECK_FALSE(WelchTTest(0, 1e308, 10, 0, 1e308, 10).valid);  // a + b overflows
+}
+
+TEST_CASE("histogram: nearest rank survives rounding, counts at or below a bound, subtraction stays consistent") {
+  LatencyHistogram h;
+  for (int ms = 1; ms <= 100; ++ms) h.Record(ms * 1'000'000LL);
+  // 0.07 · 100 is 7.000000000000001 in doubles: still the 7th value.
+  CHECK(std::llabs(h.Quantile(0.07) - 7'000'000) < 7'000'000 / 100);
+  CHECK(std::llabs(h.Quantile(0.14) - 14'000'000) < 14'000'000 / 100);
+  CHECK(std::llabs(h.Quantile(0.28) - 28'000'000) < 28'000'000 / 100);
+  LatencyHistogram b;
+  for (int i = 0; i < 7; ++i) b.Record(500'000);  // exactly 0.5 ms
+  for (int i = 0; i < 93; ++i) b.Record(50'000'000);
+  CHECK(b.CountAtMost(500'000) == 7);
+  CHECK(b.CountAtMost(499'999) == 0);
+  CHECK(b.CountAtMost(1'000'000) == 7);
+  CHECK(b.CountAtMost(50'000'000) == 100);
+  LatencyHistogram c;
+  for (int64_t v : {100'000LL, 999'500LL, 2'000'000LL}) c.Record(v);
+  CHECK(c.CountAtMost(1'000'000) == 2);
+  // a − b where b is not an earlier state of a: the count is what the buckets hold, and it reads back.
+  LatencyHistogram a5, b3;
+  for (int i = 0; i < 5; ++i) a5.Record(1'000'000);
+  for (int i = 0; i < 3; ++i) b3.Record(50'000'000);
+  a5.Subtract(b3);
+  CHECK(a5.count() == 5);
+  CHECK(LatencyHistogram::FromJson(a5.ToJson()).ok());
 }
 
 TEST_CASE("Welch's t-test matches the textbook example") {
