@@ -1,7 +1,10 @@
 #include "server.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -127,17 +130,8 @@ Status Server::Start() {
   // Accept up to twice the cap so an oversized request still gets a precise
   // TOO_LARGE reply; anything larger than that drops the connection.
   nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, static_cast<size_t>(opts_.max_message_bytes * 2));
-  nng_listener l;
-  std::string url = "ipc://" + path;
-  if ((rv = nng_listener_create(&l, s, url.c_str())) != 0)
-    return Internal("cannot create listener on " + path + ": " + nng_strerror(rv));
-  nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
-  mode_t old = ::umask(0077);  // belt and braces: the file is born private
-  rv = nng_listener_start(l, 0);
-  ::umask(old);
-  if (rv != 0) return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
+  MMS_RETURN_IF_ERROR(Listen());
   listening_ = true;  // the file at `path` is now ours to remove
-  ::chmod(path.c_str(), 0600);
 
   workers_ = std::make_unique<Executor>("mms-handler", opts_.workers);
   for (int i = 0; i < opts_.contexts; ++i) {
@@ -149,7 +143,90 @@ Status Server::Start() {
     slots_.push_back(std::move(slot));
   }
   for (auto& slot : slots_) StartRecv(slot.get());
+  if (opts_.probe_interval_ms > 0) watchdog_ = std::thread([this] { WatchListener(); });
   return Status::Ok();
+}
+
+Status Server::Listen() {
+  const std::string& path = opts_.socket_path;
+  nng_listener l;
+  std::string url = "ipc://" + path;
+  int rv = nng_listener_create(&l, SockOf(sock_id_), url.c_str());
+  if (rv != 0) return Internal("cannot create listener on " + path + ": " + nng_strerror(rv));
+  nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
+  mode_t old = ::umask(0077);  // belt and braces: the file is born private
+  rv = nng_listener_start(l, 0);
+  ::umask(old);
+  if (rv != 0) {
+    nng_listener_close(l);
+    return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
+  }
+  ::chmod(path.c_str(), 0600);
+  listener_id_ = l.id;
+  return Status::Ok();
+}
+
+bool Server::Probe() {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return true;  // out of descriptors: nothing learned about the listener
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, opts_.socket_path.c_str(), sizeof addr.sun_path - 1);
+  bool ok = false;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN) {
+    // SP over IPC: an 8-byte header each way (0, 'S', 'P', 0, the protocol —
+    // req0 0x30, rep0 0x31 — and two zero bytes), then messages framed as
+    // 0x01 and a 64-bit big-endian length; a req0 message starts with its
+    // 32-bit request id, top bit set.
+    proto::Message m;
+    m.type = proto::kProbe;
+    std::string body = proto::Encode(m);
+    std::string out = std::string("\0SP\0\0\x30\0\0", 8) + '\x01';
+    uint64_t len = body.size() + 4;
+    for (int i = 7; i >= 0; --i) out += static_cast<char>((len >> (8 * i)) & 0xff);
+    out += std::string("\x80\0\0\x01", 4) + body;
+    (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+    // The rep0 header (8 bytes) and a reply frame (9 bytes, then its id).
+    const std::string want_head("\0SP\0\0\x31\0\0", 8);
+    std::string got;
+    char buf[256];
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.probe_interval_ms);
+    while (got.size() < 8 + 9 + 4) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+      pollfd p{fd, POLLIN, 0};
+      if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) break;
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    ok = got.size() >= 8 + 9 + 4 && got.compare(0, 8, want_head) == 0 && got[8] == '\x01';
+  }
+  ::close(fd);
+  return ok;
+}
+
+void Server::WatchListener() {
+  int misses = 0;
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, std::chrono::milliseconds(opts_.probe_interval_ms), [&] { return watch_stop_; })) {
+    lock.unlock();
+    bool answered = draining_.load() || Probe();
+    misses = answered ? 0 : misses + 1;
+    if (misses >= 2 && !draining_.load()) {
+      misses = 0;
+      // New connections are no longer served (or the file is gone): a new
+      // listener. Connections already open are the socket's and carry on.
+      nng_listener_close(nng_listener{listener_id_});
+      struct stat st;
+      if (::lstat(opts_.socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(opts_.socket_path.c_str());
+      Status st2 = Listen();
+      if (st2.ok())
+        LogWarn("listener_restarted",
+                {{"socket", opts_.socket_path}, {"reason", "two probes over new connections went unanswered"}});
+      else LogError("listener_restart_failed", {{"socket", opts_.socket_path}, {"error", st2.message()}});
+    }
+    lock.lock();
+  }
 }
 
 void Server::StartRecv(Slot* slot) {
@@ -190,6 +267,13 @@ void Server::Dispatch(Slot* slot, void* raw) {
   }
   if (draining_.load()) {
     Reply(slot, proto::ErrorReply(d.request_id, Status(Code::kUnavailable, "mmsd is shutting down"), "draining"));
+    return;
+  }
+  if (d.type == proto::kProbe) {  // the listener watchdog's: answered here, no handler thread
+    proto::Message reply;
+    reply.type = static_cast<uint16_t>(proto::kProbe | proto::kReplyBit);
+    reply.request_id = d.request_id;
+    Reply(slot, reply);
     return;
   }
   auto it = handlers_.find(d.type);
@@ -270,6 +354,14 @@ bool Server::WaitIdle(int64_t timeout_ns) {
 
 void Server::Stop() {
   if (stopped_.exchange(true)) return;
+  if (watchdog_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(watch_mu_);
+      watch_stop_ = true;
+    }
+    watch_cv_.notify_all();
+    watchdog_.join();
+  }
   if (workers_) workers_->Shutdown();  // running handlers finish (and may still reply)
   {
     std::unique_lock<std::shared_mutex> lock(reply_mu_);  // waits out replies being sent

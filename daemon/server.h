@@ -19,11 +19,27 @@
 // and replaced — a socket only: any other file at that path is refused
 // (FAILED_PRECONDITION). The socket is 0600 inside a 0700 directory.
 //
+// Listener watchdog: Debian's nng 1.5.2 stops accepting connections for good
+// once a peer disconnects during the SP handshake (nng issue #1518, fixed
+// upstream after 1.5.2) — one `connect(); close()` on the socket, or a CLI
+// that timed out against a stopped daemon, would cut every later client off.
+// (The handshake itself completes; the new connection is then never handed
+// to the socket, so its requests are never read.) A thread probes every
+// `probe_interval_ms` over a new connection of its own with a PROBE request,
+// answered on nng's receiving thread (no handler: busy handlers cannot fail
+// it), and after two probes in a row without an answer within the interval,
+// replaces the listener: open connections are pipes of the socket, not of
+// the listener, and carry on; new ones are served again within a few probe
+// intervals (logged as listener_restarted).
+//
 // Thread-safety: Start/BeginDrain/WaitIdle/Stop from one control thread;
 // Responder from any thread.
 #pragma once
 
 #include <atomic>
+#include <thread>
+#include <mutex>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -66,6 +82,7 @@ class Server {
     int workers = 4;                           // [daemon] workers (resolved, ≥1)
     uint64_t max_message_bytes = 256ull << 20; // [daemon] max_message_bytes
     int lock_fd = -1;  // from Lock(), held by the caller (Stop leaves it); -1: Start takes the lock
+    int64_t probe_interval_ms = 1000;  // the listener watchdog's period and handshake timeout; 0: none
   };
   // The instance lock for `socket_path`: an flock on "<socket>.lock", which
   // then holds our pid. ALREADY_EXISTS naming the running pid when another
@@ -101,6 +118,9 @@ class Server {
   void Dispatch(Slot* slot, void* nng_message);
   void Reply(Slot* slot, const proto::Message& m);
   void StartRecv(Slot* slot);
+  Status Listen();       // a new listener on the socket path (listener_id_)
+  bool Probe();           // does a new connection get a PROBE answered?
+  void WatchListener();   // the watchdog thread's loop
 
   const Options opts_;
   const std::map<uint16_t, Handler> handlers_;
@@ -108,8 +128,13 @@ class Server {
   std::vector<std::unique_ptr<Slot>> slots_;
   uint32_t sock_id_ = 0;      // set in Start
   int lock_fd_ = -1;
-  bool listening_ = false;
-  bool owns_lock_ = true;   // false for an adopted Options::lock_fd (not closed by Stop)  // Start created the socket file (Stop and BeginDrain remove it)
+  bool listening_ = false;  // Start created the socket file (Stop and BeginDrain remove it)
+  bool owns_lock_ = true;   // false for an adopted Options::lock_fd (not closed by Stop)
+  uint32_t listener_id_ = 0;  // the watchdog's once started
+  std::thread watchdog_;
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;  // guarded by watch_mu_
   std::atomic<bool> draining_{false};
   std::atomic<bool> stopped_{false};
   // Replies hold it shared; Stop takes it once, exclusively, to set closed_,

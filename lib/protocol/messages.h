@@ -19,6 +19,7 @@ enum MsgType : uint16_t {
   kStatus = 0x0002,           // {} → daemon status (see docs/protocol.md)
   kRegistryChanged = 0x0003,  // {} → {}: re-read the registry now (sent by the CLI after writes)
   kReload = 0x0004,           // {} → {"reloaded": [...]}: as SIGHUP
+  kProbe = 0x0005,            // {} → {}: answered on the receiving thread (the server's listener watchdog)
 
   // pool and predict
   kPredict = 0x0101,  // {"model", "user"?, "tenant"?, "timeout_ms"?, "adapter"?} + input tensors

@@ -3,7 +3,10 @@
 #include <filesystem>
 #include <fstream>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -126,6 +129,34 @@ TEST_CASE("many clients at once are all answered") {
     });
   for (auto& t : threads) t.join();
   CHECK(ok == 16);
+}
+
+TEST_CASE("a client that connects and hangs up mid-handshake does not cut off later clients") {
+  // Debian's nng 1.5.2 hands no later connection to the socket after this
+  // (nng issue #1518); the listener watchdog replaces the listener.
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"ping"}).exit_code == 0);
+  for (int i = 0; i < 3; ++i) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    ::close(fd);
+  }
+  // Within a few probe intervals, new clients are served again.
+  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 20));
+  CHECK(d.log().find("listener_restarted") != std::string::npos);
+  // And again, as often as it happens.
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  ::close(fd);
+  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 20));
+  CHECK(d.Mms({"ping", "--count", "5"}).exit_code == 0);
 }
 
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
