@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "core/log.h"
 #include "core/paths.h"
@@ -35,6 +36,7 @@ struct Server::Slot {
   nng_ctx ctx{};
   nng_aio* aio = nullptr;
   bool sending = false;  // owned by whichever thread holds the slot's turn
+  bool probe = false;    // the reply being sent answers the watchdog's PROBE (not counted as served)
 };
 
 struct Responder::State {
@@ -241,7 +243,7 @@ void Server::OnAio(void* arg) {
   if (slot->sending) {
     if (rv != 0) nng_msg_free(nng_aio_get_msg(slot->aio));  // peer gone: drop the reply
     self->in_flight_.fetch_sub(1);
-    self->served_.fetch_add(1);
+    if (!std::exchange(slot->probe, false)) self->served_.fetch_add(1);
     if (!self->stopped_.load()) self->StartRecv(slot);
     return;
   }
@@ -273,6 +275,7 @@ void Server::Dispatch(Slot* slot, void* raw) {
     proto::Message reply;
     reply.type = static_cast<uint16_t>(proto::kProbe | proto::kReplyBit);
     reply.request_id = d.request_id;
+    slot->probe = true;
     Reply(slot, reply);
     return;
   }
