@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <cerrno>
 #include <charconv>
 #include <optional>
@@ -26,6 +27,7 @@
 #include "core/subprocess.h"
 #include "core/units.h"
 #include "lora/adapter.h"
+#include "protocol/tensor_file.h"
 
 namespace mms::cli {
 
@@ -51,8 +53,30 @@ void CleanStaleStaging(const std::string& dir) {
   for (const auto& p : stale) std::filesystem::remove_all(p, ec);
 }
 
+// The packed weight files whose SHA-256 a packed dir records (SHA256SUMS, in
+// sha256sum(1)'s format, so `sha256sum -c SHA256SUMS` checks them too).
+static const char* const kChecksummed[] = {"weights.safetensors", "adapter.safetensors"};
+static const char* const kChecksumFile = "SHA256SUMS";
+
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
   std::error_code ec;
+  std::string sums;
+  for (const char* f : kChecksummed) {
+    std::string path = JoinPath(staging, f);
+    if (!FileExists(path)) continue;
+    auto h = Sha256File(path);
+    if (!h.ok()) {
+      std::filesystem::remove_all(staging, ec);
+      return h.status();
+    }
+    sums += *h + "  " + f + "\n";
+  }
+  if (!sums.empty()) {
+    if (Status st = WriteFileAtomic(JoinPath(staging, kChecksumFile), sums); !st.ok()) {
+      std::filesystem::remove_all(staging, ec);
+      return st;
+    }
+  }
   std::string why = "999 earlier copies of it are there; remove the ones no version uses";
   for (int n = 1; n < 1000; ++n) {
     std::string final_dir = JoinPath(dir, n == 1 ? stem : stem + "-" + std::to_string(n));
@@ -413,6 +437,7 @@ struct OrphanDir {
   std::string path;
   uint64_t bytes = 0;
   int64_t age_s = 0;  // since the later of its mtime and ctime (a rename sets ctime)
+  bool staging = false;  // "<stem>.tmp-<pid>" of a registration whose process is gone
 };
 
 // Every packed directory is <artifacts>/<model>/<version>-<sha>[-n]; a version
@@ -453,8 +478,17 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
     std::vector<std::filesystem::path> dirs;
     if (std::error_code ec = ListDirs(model, &dirs)) return cannot(ec);
     for (const auto& d : dirs) {
-      if (d.filename().string().find(".tmp-") != std::string::npos || used.count(PackedKey(d))) continue;
+      std::string name = d.filename().string();
+      auto tmp = name.find(".tmp-");
+      bool dead_staging = false;
+      if (tmp != std::string::npos) {  // a registration's staging dir: only once its process is gone
+        pid_t pid = static_cast<pid_t>(std::atoi(name.c_str() + tmp + 5));
+        if (pid <= 0 || ProcessAlive(pid)) continue;
+        dead_staging = true;
+      }
+      if (used.count(PackedKey(d))) continue;
       OrphanDir o;
+      o.staging = dead_staging;
       o.path = d.string();
       std::error_code ec;
       for (std::filesystem::recursive_directory_iterator f(d, ec), end; !ec && f != end; f.increment(ec)) {
@@ -467,6 +501,36 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
     }
   }
   return out;  // sorted: ListDirs sorts each level
+}
+
+// The packed weights against SHA256SUMS (written at registration); a packed
+// dir from before it existed gets its safetensors structure checked (header,
+// sizes: a truncation), which finds no changed bytes.
+std::vector<std::string> CheckPacked(const std::string& dir, Progress& progress) {
+  std::vector<std::string> problems;
+  std::map<std::string, std::string> recorded;
+  if (auto text = ReadFile(JoinPath(dir, kChecksumFile)); text.ok()) {
+    std::istringstream in(*text);
+    std::string hash, name;
+    while (in >> hash >> name) recorded[name] = hash;
+  }
+  for (const char* f : kChecksummed) {
+    std::string path = JoinPath(dir, f);
+    if (!FileExists(path)) continue;
+    auto it = recorded.find(f);
+    if (it == recorded.end()) {
+      if (auto h = ReadSafetensorsHeader(path); !h.ok())
+        problems.push_back(std::string("packed ") + f + " is damaged: " + h.status().message());
+      continue;
+    }
+    auto h = Sha256File(path, [&](uint64_t d, uint64_t t) { progress(d, t); });
+    if (!h.ok())
+      problems.push_back(std::string("packed ") + f + ": " + h.status().message());
+    else if (*h != it->second)
+      problems.push_back(std::string("packed ") + f + " changed since registration: sha256 " + h->substr(0, 12) +
+                         " != recorded " + it->second.substr(0, 12) + " (remove the version with mms model rm --force and register it again)");
+  }
+  return problems;
 }
 
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
@@ -509,10 +573,12 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       problems.push_back("artifact changed since registration: sha256 " + h->substr(0, 12) + " != registered " +
                          r.sha256.substr(0, 12));
     }
-    if (!r.packed_dir.empty())
+    if (!r.packed_dir.empty()) {
       for (const char* f : r.is_adapter() ? std::vector<const char*>{kAdapterWeightsFile}
                                           : std::vector<const char*>{"weights.safetensors", "module.pt"})
         if (!FileExists(JoinPath(r.packed_dir, f))) problems.push_back(std::string("packed ") + f + " missing");
+      for (const std::string& p : CheckPacked(r.packed_dir, progress)) problems.push_back(p);
+    }
     if (!r.sample_input.empty() && !FileExists(r.sample_input)) problems.push_back("stored sample input missing");
     if (!problems.empty()) ++bad;
     out.push_back({{"kind", "version"}, {"ref", r.ref()}, {"ok", problems.empty()}, {"problems", problems}});
@@ -534,10 +600,13 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
     auto found = FindOrphans(*artifacts, targets);
     if (!found.ok()) return cli.Fail(found.status());
     for (const OrphanDir& o : *found) {
-      std::string what = "packed files no version uses (" + FormatBytes(o.bytes) + ", last changed " +
-                         FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
+      std::string what = (o.staging ? "left by a registration killed while storing its files ("
+                                    : "packed files no version uses (") +
+                         FormatBytes(o.bytes) + ", last changed " + FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
+      // A dead registration's staging dir is nobody's, however recent.
+      const bool old_enough = o.staging || o.age_s >= prune_age;
       bool removed = false;
-      if (prune && o.age_s >= prune_age) {
+      if (prune && old_enough) {
         std::error_code ec;
         std::filesystem::remove_all(o.path, ec);
         removed = !ec;
@@ -550,7 +619,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       }
       ++orphans;
       if (removed) ++pruned;
-      const bool ok = removed || (prune && o.age_s < prune_age);
+      const bool ok = removed || (prune && !old_enough);
       if (!ok) ++orphans_bad;
       out.push_back({{"kind", "orphan"}, {"ref", ""}, {"path", o.path}, {"bytes", o.bytes}, {"ok", ok}, {"pruned", removed},
                      {"problems", removed ? std::vector<std::string>{} : std::vector<std::string>{what}}});

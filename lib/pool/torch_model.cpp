@@ -508,7 +508,7 @@ Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& allo
   // files were damaged since.
   if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound))
     return Corrupt("the stored artifact of " + src.ref + " is damaged: " + r.status().message() +
-                   " (mms model verify " + src.ref + " checks it; re-register to replace it)");
+                   " (mms model verify " + src.ref + " checks it; to replace it: mms model rm " + src.ref + " --force, then register it again)");
   return r;
 }
 

@@ -227,6 +227,62 @@ TEST_CASE("verify reports changed and missing artifacts") {
   CHECK(mms({"model", "verify", "a:1"}).exit_code == 1);
 }
 
+TEST_CASE("verify finds damaged packed weights, and staging dirs of killed registrations") {
+  Cli mms;
+  for (const char* m : {"a", "b", "c"}) {
+    std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / (std::string(m) + ".pt"));
+    REQUIRE(mms({"model", "register", m, "--version", "1", "--path", mms.dir / (std::string(m) + ".pt")}).exit_code == 0);
+  }
+  auto packed = [&](const std::string& m) {
+    for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(mms.dir / "data") / "artifacts" / m)) return e.path();
+    return std::filesystem::path();
+  };
+  // Registration recorded the packed weights' hash in sha256sum's format.
+  std::ifstream sums_file(packed("a") / "SHA256SUMS");
+  std::string sums((std::istreambuf_iterator<char>(sums_file)), std::istreambuf_iterator<char>());
+  CHECK(sums.find("  weights.safetensors\n") == 64);
+  CHECK(mms({"model", "verify"}).exit_code == 0);
+  // Bytes changed in place (same size), a truncation, and a version packed
+  // before hashes were recorded and then truncated (its structure is checked).
+  {
+    std::fstream f(packed("a") / "weights.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-4, std::ios::end);
+    f.write("\x7f\x7f\x7f\x7f", 4);
+  }
+  auto size = std::filesystem::file_size(packed("b") / "weights.safetensors");
+  std::filesystem::resize_file(packed("b") / "weights.safetensors", size - 8);
+  std::filesystem::remove(packed("c") / "SHA256SUMS");
+  std::filesystem::resize_file(packed("c") / "weights.safetensors", size - 8);
+  auto v = mms({"--json", "model", "verify"});
+  CHECK(v.exit_code == 1);
+  json j = json::parse(v.out);
+  REQUIRE(j.size() == 3);
+  for (int i = 0; i < 3; ++i) CHECK(j[i]["ok"] == false);
+  CHECK(j[0]["problems"][0].get<std::string>().find("packed weights.safetensors changed since registration") != std::string::npos);
+  CHECK(j[1]["problems"][0].get<std::string>().find("changed since registration") != std::string::npos);
+  CHECK(j[2]["problems"][0].get<std::string>().find("packed weights.safetensors is damaged") != std::string::npos);
+  CHECK(mms({"model", "verify", "a:1"}).exit_code == 1);
+
+  // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
+  // listed once that process is gone, and pruned whatever its age.
+  Cli other;
+  std::filesystem::path staging = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "1-0123456789ab.tmp-999999";
+  std::filesystem::create_directories(staging);
+  std::ofstream(staging / "weights.safetensors") << std::string(1000, 'w');
+  std::filesystem::path live = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / ("2-0123456789ab.tmp-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(live);
+  auto listed = other({"--json", "model", "verify"});
+  CHECK(listed.exit_code == 1);
+  json lj = json::parse(listed.out);
+  REQUIRE(lj.size() == 1);  // not the one whose process (this test) is alive
+  CHECK(lj[0]["path"] == staging.string());
+  CHECK(lj[0]["problems"][0].get<std::string>().find("left by a registration killed") != std::string::npos);
+  auto pruned = other({"--json", "model", "verify", "--prune"});
+  CHECK(pruned.exit_code == 0);
+  CHECK_FALSE(std::filesystem::exists(staging));
+  CHECK(std::filesystem::exists(live));
+}
+
 TEST_CASE("verify lists packed directories no version uses, and --prune removes them") {
   Cli mms;
   std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "a.pt");
