@@ -90,7 +90,9 @@ int CmdShadowStatus(Cli& cli, const std::string& model) {
 
 std::string Dist(const nlohmann::json& d) {
   if (d.value("count", 0) == 0) return "-";
-  return "p50 " + Num(d["p50"], 6) + "  p99 " + Num(d["p99"], 6) + "  max " + Num(d["max"], 6);
+  // A measure may be "inf" or "nan" (a shadow output that was): shown as is.
+  auto num = [](const nlohmann::json& v) { return v.is_number() ? Num(v.get<double>(), 6) : v.is_string() ? v.get<std::string>() : "?"; };
+  return "p50 " + num(d["p50"]) + "  p99 " + num(d["p99"]) + "  max " + num(d["max"]);
 }
 
 int CmdShadowStats(Cli& cli, const std::string& model) {

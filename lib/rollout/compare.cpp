@@ -56,10 +56,14 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
       if (std::isnan(d)) d = std::isnan(a[i]) && std::isnan(b[i]) ? 0 : INFINITY;
       c.max_abs = std::max(c.max_abs, d);
       sum_abs += d;
-      dot += a[i] * b[i];
-      na += a[i] * a[i];
-      nb += b[i] * b[i];
       nd += d * d;
+      // The cosine is over the finite pairs: -inf masked logits or NaN on
+      // both sides would make it NaN (inf/inf) or 0 for identical outputs.
+      if (std::isfinite(a[i]) && std::isfinite(b[i])) {
+        dot += a[i] * b[i];
+        na += a[i] * a[i];
+        nb += b[i] * b[i];
+      }
     }
     count += a.size();
     int64_t last = p.shape.empty() ? 1 : p.shape.back();

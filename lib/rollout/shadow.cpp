@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 
@@ -32,10 +33,16 @@ void Reservoir::Add(double v) {
 nlohmann::json Reservoir::Summary(double scale) const {
   if (v_.empty()) return {{"count", 0}};
   std::vector<double> s = v_;
-  std::sort(s.begin(), s.end());
+  // NaN last (a plain sort with NaN in it is undefined behaviour).
+  std::sort(s.begin(), s.end(), [](double x, double y) { return std::isnan(y) ? !std::isnan(x) : x < y; });
   auto q = [&](double p) { return s[std::min(s.size() - 1, static_cast<size_t>(p * static_cast<double>(s.size() - 1) + 0.5))] * scale; };
-  return {{"count", seen_}, {"mean", sum_ / static_cast<double>(seen_) * scale}, {"p50", q(0.5)}, {"p90", q(0.9)},
-          {"p99", q(0.99)}, {"max", max_ * scale}};
+  // JSON has no infinity or NaN (nlohmann writes null, which readers of a
+  // number then choke on): those are the strings "inf", "-inf" and "nan".
+  auto num = [](double v) {
+    return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+  };
+  return {{"count", seen_}, {"mean", num(sum_ / static_cast<double>(seen_) * scale)}, {"p50", num(q(0.5))},
+          {"p90", num(q(0.9))}, {"p99", num(q(0.99))}, {"max", num(max_ * scale)}};
 }
 
 // The request path and the idle-priority worker share only `queue_mu`, and

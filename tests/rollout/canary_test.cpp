@@ -11,6 +11,7 @@
 #include "registry/snapshot.h"
 #include "rollout/canary.h"
 #include "rollout/compare.h"
+#include "rollout/shadow.h"
 #include "serve/router.h"
 #include "support/process.h"
 
@@ -262,6 +263,23 @@ TEST_CASE("output comparison measures") {
   auto masked = CompareOutputs({m1}, {m2}, 1e-6);
   CHECK_FALSE(masked.diverged);
   CHECK(masked.max_abs == 0);
+  CHECK(masked.cosine == doctest::Approx(1.0));  // over the finite pairs: not inf/inf = NaN
+  Tensor n1 = Tensor::Alloc("scores", DType::kFloat32, {1, 2});
+  float nanv[] = {std::nanf(""), 0.5f};
+  std::memcpy(n1.mutable_data(), nanv, sizeof nanv);
+  auto nans = CompareOutputs({n1}, {n1}, 1e-6);
+  CHECK_FALSE(nans.diverged);
+  CHECK(nans.cosine == doctest::Approx(1.0));
+  // A shadow's measures that are infinite (or NaN) summarise as strings JSON can carry.
+  Reservoir r;
+  r.Add(0.5);
+  r.Add(INFINITY);
+  r.Add(std::nan(""));
+  auto sum = r.Summary();
+  CHECK(sum["max"].is_string());
+  CHECK(sum["mean"] == "nan");
+  CHECK(sum["p50"] == "inf");
+  CHECK(sum.dump().find("null") == std::string::npos);
   std::memcpy(m2.mutable_data(), ov, sizeof ov);
   CHECK(CompareOutputs({m1}, {m2}, 1e-6).diverged);
 }
