@@ -443,6 +443,18 @@ Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, cons
 Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  // A canary owns its model's production version and its candidate until it
+  // ends: a change by hand would be overridden by its promotion or rollback
+  // (archiving what was just promoted, or leaving no production version).
+  MMS_ASSIGN_OR_RETURN(VersionRecord target, ResolveLocked(ref));
+  MMS_ASSIGN_OR_RETURN(auto canaries, QueryCanaries("WHERE m.name = ? AND c.state IN ('running', 'paused')", {target.model}));
+  for (const auto& c : canaries)
+    if (stage == Stage::kProduction || target.stage == Stage::kProduction || target.version == c.candidate_version ||
+        target.version == c.baseline_version)
+      return InUse("a canary of " + c.model + ":" + c.candidate_version + " against " + c.model + ":" +
+                   c.baseline_version + " is " + c.state + " and decides " + c.model +
+                   "'s production version; end it first with mms canary promote " + c.model + " or mms canary abort " +
+                   c.model);
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, SetStageLocked(ref, stage, reason));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return rec;

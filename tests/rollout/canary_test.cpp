@@ -218,6 +218,23 @@ TEST_CASE("canary refusals") {
   n.candidate = *ParseRef("rec:2");
   REQUIRE(f.reg->StartCanary(n).ok());
   CHECK(f.reg->StartCanary(n).status().code() == Code::kAlreadyExists);
+  // While it runs, the production version and the two arms are the canary's:
+  // a stage change by hand is refused (promote/abort would override it).
+  NewVersion v3;
+  v3.model = "rec";
+  v3.version = "3";
+  v3.artifact_path = "/m.pt";
+  REQUIRE(f.reg->Register(v3).ok());
+  for (auto [ref, stage] : {std::pair{"rec:3", Stage::kProduction}, {"rec:1", Stage::kArchived}, {"rec:2", Stage::kNone}}) {
+    INFO(ref);
+    auto r = f.reg->SetStage(*ParseRef(ref), stage);
+    CHECK(r.status().code() == Code::kInUse);
+    CHECK(r.status().message().find("mms canary promote rec or mms canary abort rec") != std::string::npos);
+  }
+  CHECK(f.reg->Resolve("rec")->version == "1");
+  CHECK(f.reg->SetStage(*ParseRef("rec:3"), Stage::kShadow).ok());  // another version, not to production: fine
+  REQUIRE(f.reg->RollbackCanary("rec", "aborted", "by hand", f.reg->GetCanary("rec")->id).ok());
+  CHECK(f.reg->SetStage(*ParseRef("rec:3"), Stage::kProduction).ok());  // once it has ended
 }
 
 TEST_CASE("output comparison measures") {
