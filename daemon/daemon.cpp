@@ -43,6 +43,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   ro.allowed_roots = c.registry.allowed_roots;
   ro.clock = d->opts_.clock;
   ro.actor = "mmsd";
+  ro.require_writable = true;
   MMS_ASSIGN_OR_RETURN(d->registry_, Registry::Open(ro));
 
   AttributionStore::Options ao;

@@ -1,4 +1,5 @@
 #include "registry/registry.h"
+#include <sqlite3.h>
 
 #include <pwd.h>
 #include <unistd.h>
@@ -82,6 +83,10 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
   if (!db.ok()) return db.status();
   r->db_ = std::move(db).value();
+  if (opts.require_writable && sqlite3_db_readonly(r->db_->raw(), "main") == 1)
+    return IoError("the registry " + opts.path +
+                            " is read-only for this user: mmsd must write to it (serving figures, experiment "
+                            "metrics, canary stages); give it write access to the file and its directory");
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
   // Migrate reads the header first: a non-database fails with NOTADB, and
   // another application's database is refused before anything changes it

@@ -225,6 +225,10 @@ class Registry {
     std::string actor;                       // recorded in the audit log ("" = $MMS_ACTOR, $USER)
     Clock* clock = Clock::Real();
     bool create = true;                      // create the file when missing
+    // Refuse a registry this process may only read (SQLite opens a file it
+    // cannot write read-only, and every write then fails): mmsd, which must
+    // save serving figures, canary stages and metrics.
+    bool require_writable = false;
   };
 
   // Opens and migrates. Refuses a newer schema, a foreign or corrupt file.

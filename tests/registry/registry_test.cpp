@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <thread>
@@ -490,4 +493,32 @@ TEST_CASE("a COMMIT that fails ends the transaction, so the connection stays usa
   REQUIRE(n.ok());
   REQUIRE(*n->Step());
   CHECK(n->Int(0) == 1);  // the failed transaction's row is gone, the next one's is there
+}
+
+TEST_CASE("a registry this user may only read is refused where writes are needed (mmsd), readable otherwise") {
+  testing::TempDir d;
+  Registry::Options o;
+  o.path = d / "r.db";
+  REQUIRE(Registry::Open(o).ok());  // created, with its WAL files
+  // A child process, so that root can drop to nobody (chmod does not stop root).
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::chmod(d.path().c_str(), 0555);
+    ::chmod(o.path.c_str(), 0444);
+    for (const char* ext : {"-wal", "-shm"}) ::chmod((o.path + ext).c_str(), 0444);
+    if (::getuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(10);
+    Registry::Options w = o;
+    w.require_writable = true;
+    auto r = Registry::Open(w);
+    if (r.ok()) ::_exit(11);
+    if (r.status().code() != Code::kIo || r.status().message().find("read-only for this user") == std::string::npos)
+      ::_exit(12);
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  ::chmod(d.path().c_str(), 0700);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
