@@ -164,9 +164,41 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
   auto start = std::chrono::steady_clock::now();
   auto last_print = start - std::chrono::seconds(10);
   std::string last, last_phase;
+  auto timed_out = [&] {
+    return timeout_ns > 0 && std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(timeout_ns);
+  };
+  bool lost = false;
   while (true) {
-    auto r = (*client)->CallJson(proto::kCanaryStatus, {{"model", model}});
-    if (!r.ok()) return cli.Fail(r.status());
+    // A status is quick: a poll that takes over 5 s finds mmsd gone (or stopped).
+    auto r = client.ok() ? (*client)->CallJson(proto::kCanaryStatus, {{"model", model}}, 5000) : client.status();
+    if (!r.ok() && r.status().code() != Code::kUnavailable) return cli.Fail(r.status());
+    if (!r.ok()) {
+      // mmsd went away (killed, restarting): the canary lives in the registry
+      // and carries on when mmsd is back, so wait for it — reading the
+      // registry meanwhile, where a promote or abort by hand still shows.
+      if (!lost) {
+        std::cerr << "mms: " << r.status().message()
+                  << "; waiting for mmsd to come back (the canary is in the registry and resumes with mmsd)\n";
+        lost = true;
+      }
+      if (auto reg = cli.OpenRegistry(); reg.ok())
+        if (auto c = (*reg)->GetCanary(model); c.ok() && c->state != "running" && c->state != "paused") {
+          std::cerr << "mms: the canary of " << model << " ended while mmsd was away: " << c->state
+                    << (c->reason.empty() ? "" : " (" + c->reason + ")") << "\n";
+          return c->state == "promoted" ? 0 : c->state == "rolled_back" ? 10 : 11;
+        }
+      if (timed_out()) {
+        std::cerr << "mms: --timeout reached while mmsd was away; the canary of " << model << " carries on\n";
+        return 12;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      client = cli.Connect();
+      continue;
+    }
+    if (lost) {
+      std::cerr << "mms: mmsd is back\n";
+      lost = false;
+    }
     const auto& c = *r;
     nlohmann::json line{{"state", c["state"]},
                         {"stage", c["stage_index"].get<int>() + 1},
@@ -200,7 +232,7 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
     if (state == "promoted") return 0;
     if (state == "rolled_back") return 10;
     if (state == "aborted") return 11;
-    if (timeout_ns > 0 && std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(timeout_ns)) {
+    if (timed_out()) {
       std::cerr << "mms: --timeout reached; the canary of " << model << " is still " << state
                 << " (it carries on; mms canary abort " << model << " stops it)\n";
       return 12;

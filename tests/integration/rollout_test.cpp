@@ -325,6 +325,27 @@ TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // carries on
 }
 
+TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort made meanwhile ends it (exit 11)") {
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupCanary(d, "tiny_v2.pt");
+  ProcResult waiting;
+  std::thread w([&] {
+    waiting = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h", "--wait"}, 90);
+  });
+  REQUIRE(WaitFor([&] { return d.Mms({"canary", "status", "tiny"}).exit_code == 0; }, 20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the wait is polling
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // it notices, and keeps waiting
+  // The registry needs no daemon: an abort by hand now is seen by the waiting client.
+  REQUIRE(d.Mms({"canary", "abort", "tiny"}).exit_code == 0);
+  w.join();
+  CHECK(waiting.exit_code == 11);
+  CHECK(waiting.err.find("waiting for mmsd to come back") != std::string::npos);
+  CHECK(waiting.err.find("ended while mmsd was away: aborted") != std::string::npos);
+}
+
 TEST_CASE("canary pause, resume and promote by hand through the CLI") {
   Daemon d;
   REQUIRE(d.ok());
