@@ -3,8 +3,11 @@
 
 #include <cmath>
 #include <iostream>
+#include <cerrno>
+#include <cstring>
 
 #include "cli.h"
+#include "core/paths.h"
 #include "core/units.h"
 #include "protocol/messages.h"
 #include "protocol/tensor_file.h"
@@ -36,6 +39,18 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     if (!(a.deadline_ms > 0))
       return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
     m.body["timeout_ms"] = a.deadline_ms;
+  }
+  if (!a.output.empty()) {
+    // Checked before the request runs: a result nobody can store is a request
+    // counted (and in an experiment, attributed) for nothing.
+    std::string dir = DirName(a.output);
+    if (dir.empty()) dir = ".";
+    if (IsDirectory(a.output))
+      return cli.Fail(InvalidArgument("--output " + a.output + " is a directory; name a file (.json or .safetensors)"));
+    if (!IsDirectory(dir))
+      return cli.Fail(InvalidArgument("--output " + a.output + ": no directory " + dir + " (create it first)"));
+    if (::access(dir.c_str(), W_OK) != 0)
+      return cli.Fail(InvalidArgument("--output " + a.output + ": cannot write in " + dir + " (" + std::strerror(errno) + ")"));
   }
   m.tensors = std::move(inputs).value();
   // Refuse locally what the daemon would refuse: frames the protocol cannot

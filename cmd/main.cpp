@@ -3,9 +3,13 @@
 // Does not link libtorch (checked by a test: `ldd mms`).
 #include <exception>
 #include <iostream>
+#include <cstdlib>
+#include <cmath>
+#include <set>
 #include <string>
 
 #include "cli.h"
+#include "core/units.h"
 #include "core/version.h"
 
 namespace {
@@ -25,6 +29,40 @@ const char* kExitCodes = R"(Exit codes:
 
 }  // namespace
 
+// CLI11 says "A subcommand is required" for a mistyped command: name the word
+// it did not know, and the closest command at that level.
+static std::string UsageError(CLI::App& app, int argc, char** argv, const std::string& what) {
+  if (what.find("subcommand is required") == std::string::npos) return what;
+  static const std::set<std::string> kValued = {"--socket", "--data-dir", "--config", "--timeout"};
+  CLI::App* at = &app;
+  std::string path = "mms";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (kValued.count(a)) {
+      ++i;
+      continue;
+    }
+    if (a.empty() || a[0] == '-') continue;
+    std::vector<std::string> names;
+    CLI::App* next = nullptr;
+    for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; })) {
+      names.push_back(sub->get_name());
+      if (sub->check_name(a)) next = sub;
+    }
+    if (!next) {
+      std::string hint = mms::ClosestMatch(a, names), list;
+      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+      return "unknown command '" + path + " " + a + "'" +
+             (hint.empty() ? " (" + path + " has: " + list + ")" : "; did you mean '" + path + " " + hint + "'?");
+    }
+    at = next;
+    path += " " + a;
+  }
+  std::string list;
+  for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; })) list += (list.empty() ? "" : ", ") + sub->get_name();
+  return "'" + path + "' needs a command: " + list;
+}
+
 int main(int argc, char** argv) {
   using namespace mms::cli;
   Cli cli;
@@ -39,7 +77,15 @@ int main(int argc, char** argv) {
   app.add_flag("--json", cli.g.json, "machine-readable output");
   app.add_flag("--quiet,-q", cli.g.quiet, "no progress or notes on stderr");
   app.add_option("--timeout", cli.g.timeout_s, "seconds to wait for the daemon's reply (default 60)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            char* end = nullptr;
+            double d = std::strtod(v.c_str(), &end);
+            return end != v.c_str() && *end == '\0' && d > 0 && std::isfinite(d)
+                       ? ""
+                       : "expected a number of seconds above 0 (such as 5 or 0.5), got '" + v + "'";
+          },
+          "SECONDS"));
 
   AddDaemonCommands(app, cli);
   AddModelCommands(app, cli);
@@ -59,8 +105,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "mms: " << e.what() << "\nRun 'mms --help' (or 'mms COMMAND --help') for usage.\n";
-    return 2;
+    // As JSON when --json was given (the flag itself may not have been parsed).
+    for (int i = 1; i < argc; ++i) cli.g.json = cli.g.json || std::string(argv[i]) == "--json";
+    return cli.Fail(mms::InvalidArgument(UsageError(app, argc, argv, e.what()) +
+                                         (cli.g.json ? "" : "\nRun 'mms --help' (or 'mms COMMAND --help') for usage.")));
   } catch (const std::exception& e) {
     // A command threw instead of returning a Status (a bug): report it, as
     // JSON with --json, and exit 1 rather than aborting.

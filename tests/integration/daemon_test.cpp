@@ -252,6 +252,18 @@ TEST_CASE("mms --version is instant and mms does not link libtorch") {
 TEST_CASE("usage errors exit 2 and --help lists the exit codes") {
   CHECK(Run({MmsBin(), "no-such-command"}).exit_code == 2);
   CHECK(Run({MmsBin(), "ping", "--count", "0"}).exit_code == 2);
+  // A mistyped command is named, with the closest one or the list.
+  auto typo = Run({MmsBin(), "model", "lst"});
+  CHECK(typo.exit_code == 2);
+  CHECK(typo.err.find("unknown command 'mms model lst'; did you mean 'mms model list'?") != std::string::npos);
+  CHECK(Run({MmsBin(), "canary", "stop", "x"}).err.find("(mms canary has: start, status") != std::string::npos);
+  CHECK(Run({MmsBin(), "model"}).err.find("'mms model' needs a command: register, list") != std::string::npos);
+  // A bad --timeout says what it wants, and with --json a usage error is a JSON object on stdout.
+  auto zero = Run({MmsBin(), "--json", "--timeout", "0", "status"});
+  CHECK(zero.exit_code == 2);
+  json err = json::parse(zero.out);
+  CHECK(err["error"]["code"] == "INVALID_ARGUMENT");
+  CHECK(err["error"]["message"].get<std::string>().find("above 0 (such as 5 or 0.5), got '0'") != std::string::npos);
   auto h = Run({MmsBin(), "--help"});
   CHECK(h.exit_code == 0);
   CHECK(h.out.find("3   daemon unreachable") != std::string::npos);

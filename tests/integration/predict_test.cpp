@@ -83,6 +83,15 @@ TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id a
   std::vector<double> want = r["outputs"]["output"]["data"].get<std::vector<double>>();
   REQUIRE(static_cast<size_t>((*out)[0].numel()) == want.size());
   for (size_t i = 0; i < want.size(); ++i) CHECK((*out)[0].as<float>()[i] == doctest::Approx(want[i]));
+  // An --output nobody can write is refused before the request runs (exit 2), not after.
+  auto served = [&] { return json::parse(d.Mms({"--json", "status"}).out)["requests_served"].get<uint64_t>(); };
+  uint64_t before = served();
+  for (const std::string& bad : {d.dir() + "/no/such/dir/out.json", d.dir()}) {
+    auto r3 = d.Mms({"predict", "rec", "--input", d.dir() + "/in.safetensors", "--output", bad});
+    CHECK(r3.exit_code == 2);
+    CHECK(r3.err.find("--output") != std::string::npos);
+  }
+  CHECK(served() == before + 1);  // the status call itself, no predict
 
   Register(d, "tup", "1", Data("tuple_out.pt"));
   Register(d, "dict", "1", Data("dict_out.pt"));
