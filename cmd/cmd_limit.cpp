@@ -15,7 +15,9 @@ struct LimitArgs {
 };
 
 Result<std::pair<std::string, std::string>> Target(const LimitArgs& a) {
-  if (a.model.empty() == a.tenant.empty())
+  if (a.model.empty() && a.tenant.empty())
+    return InvalidArgument("name what to limit: a model (mms limit set MODEL ...) or a tenant (--tenant T)");
+  if (!a.model.empty() && !a.tenant.empty())
     return InvalidArgument("name either a model (mms limit set MODEL ...) or a tenant (--tenant T), not both");
   if (!a.model.empty()) {
     MMS_RETURN_IF_ERROR(ValidateName(a.model));

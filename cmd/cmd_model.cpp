@@ -767,7 +767,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
       auto sha = Sha256File(file);
       bool same = have.ok() && sha.ok() && have->sha256 == *sha;
       if (same) {
-        skip(file, rec.status().message(), false);
+        skip(file, name + ":" + version + " is already registered with these weights (nothing to do)", false);
       } else {
         skip(file, name + ":" + version + " is registered with other weights (sha256 " +
                        (have.ok() ? have->sha256.substr(0, 12) : std::string("?")) + ", this file " +

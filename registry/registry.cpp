@@ -543,7 +543,8 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
   // would move the traffic silently. Removal names its version.
   if (ref.kind == Ref::Kind::kName)
     return InvalidArgument("'" + ref.name + "' names a model, not a version (it serves " + rec.ref() +
-                           "); remove a version by NAME:VERSION or NAME@ALIAS, e.g. mms model rm " + rec.ref());
+                           "); remove a version by NAME:VERSION or NAME@ALIAS, e.g. mms " +
+                           (rec.is_adapter() ? "adapter" : "model") + " rm " + rec.ref());
   MMS_ASSIGN_OR_RETURN(auto uses, UsesOfLocked(rec));
   MMS_ASSIGN_OR_RETURN(auto adapters, QueryVersions("WHERE v.base_id = ?", {std::to_string(rec.id)}));
   if (!adapters.empty())  // even forced: an adapter cannot outlive its base

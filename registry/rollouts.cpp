@@ -209,7 +209,8 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
                          active[0].candidate_version + " (" + active[0].state + ")");
   MMS_ASSIGN_OR_RETURN(auto exps, QueryExperiments("WHERE e.model_id = ? AND e.state != 'stopped'", {std::to_string(mid)}));
   if (!exps.empty())
-    return AlreadyExists("model '" + n.model + "' has experiment '" + exps[0].id + "' running; stop it first");
+    return AlreadyExists("model '" + n.model + "' has experiment '" + exps[0].id + "' running; stop it first (mms experiment stop " +
+                         exps[0].id + ")");
   // The traffic split: an experiment of kind canary, id unique per attempt.
   std::string eid = "canary-" + n.model + "-" + cand.version;
   for (int k = 2;; ++k) {

@@ -208,7 +208,7 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
       {{"--tenant", "t", "--qps", "inf"}, "positive number"},
       {{"tiny", "--qps", "10", "--burst", "0.5"}, "--burst must be at least 1"},
       {{"tiny", "--tenant", "t", "--qps", "10"}, "not both"},
-      {{"--qps", "10"}, "name either a model"},
+      {{"--qps", "10"}, "name what to limit: a model"},
       {{"tiny"}, "--qps is required"},
       {{"Bad Name", "--qps", "1"}, "model name"},
   };
