@@ -70,6 +70,17 @@ int CmdList(Cli& cli) {
     }
     out.push_back(j);
   }
+  // The [limits] defaults of mms.toml, for models and tenants without their own.
+  if (auto cfg = cli.config(); cfg.ok()) {
+    const auto& l = (*cfg)->limits;
+    auto add = [&](const char* kind, double qps, double burst) {
+      if (qps > 0)
+        out.push_back({{"kind", kind}, {"key", "*"}, {"default", true}, {"qps", qps},
+                       {"burst", burst > 0 ? std::max(1.0, burst) : std::max(1.0, qps)}});
+    };
+    add("model", l.model_qps, l.model_burst);
+    add("tenant", l.tenant_qps, l.tenant_burst);
+  }
   cli.Emit(out, [&] {
     if (out.empty()) {
       std::cout << "no rate limits (set one with mms limit set)\n";
@@ -80,6 +91,8 @@ int CmdList(Cli& cli) {
       rows.push_back({j["kind"], j["key"], j["qps"].dump(), j["burst"].dump(),
                       j.contains("admitted") ? j["admitted"].dump() : "-", j.contains("limited") ? j["limited"].dump() : "-"});
     std::cout << FormatTable(rows);
+    if (std::any_of(out.begin(), out.end(), [](const auto& j) { return j.contains("default"); }))
+      std::cout << "* the [limits] default in mms.toml, for each model or tenant without a limit of its own\n";
   });
   return 0;
 }

@@ -188,10 +188,16 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   REQUIRE(d.Mms({"limit", "set", "--tenant", "(none)", "--qps", "1000", "--burst", "1000"}).exit_code == 0);
   for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny") == 0);
   json l = Limits(d);
-  REQUIRE(l.size() == 2);
+  REQUIRE(l.size() == 3);
   CHECK(l[0]["key"] == "(none)");
   CHECK(l[0]["admitted"] == 4);
   CHECK(l[0]["limited"] == 1);
+  // The config's default is listed too, marked as such.
+  CHECK(l[2]["kind"] == "tenant");
+  CHECK(l[2]["key"] == "*");
+  CHECK(l[2]["default"] == true);
+  CHECK(l[2]["qps"] == 0.016);
+  CHECK(d.Mms({"limit", "list"}).out.find("the [limits] default in mms.toml") != std::string::npos);
 }
 
 TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither target — exit 2, nothing stored") {
