@@ -118,7 +118,9 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   o.socket_path = *path;
   o.timeout_ms = static_cast<int64_t>(g.timeout_s * 1000);
   auto c = proto::Client::Connect(o);
-  if (!c.ok()) return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
+  if (!c.ok() && c.status().message().find("is not running") != std::string::npos)
+    return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
+  if (!c.ok()) return c.status();
   return c;
 }
 

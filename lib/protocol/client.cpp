@@ -70,6 +70,10 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
   nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 0);  // the client accepts replies of any size
   std::string url = "ipc://" + opts.socket_path;
   rv = nng_dial(s, url.c_str(), nullptr, 0);
+  if (rv == NNG_ETIMEDOUT)  // the kernel took the connection, mmsd never did its side of it
+    return Unavailable("mmsd at " + opts.socket_path +
+                       " took the connection but did not answer it within 10 s: it is stopped (SIGSTOP), hung or "
+                       "overloaded, not gone; check the process and its log before starting another");
   if (rv != 0) {
     std::string why = !FileExists(opts.socket_path) ? "no socket there"
                       : rv == NNG_ECONNREFUSED     ? "connection refused"
