@@ -200,12 +200,15 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
       lost = false;
     }
     const auto& c = *r;
+    // The last check may be the previous stage's (just advanced): not this one's verdict.
+    const bool fresh = c["last_check"].value("stage", -1) == c["stage_index"].get<int>() + 1;
     nlohmann::json line{{"state", c["state"]},
                         {"stage", c["stage_index"].get<int>() + 1},
                         {"traffic_percent", c["traffic_percent"]},
-                        {"verdict", c["last_check"].value("verdict", "")},
-                        {"reason", c["state"] == "running" || c["state"] == "paused" ? c["last_check"].value("reason", "")
-                                                                                     : c["reason"].get<std::string>()},
+                        {"verdict", fresh ? c["last_check"].value("verdict", "") : ""},
+                        {"reason", c["state"] == "running" || c["state"] == "paused"
+                                       ? (fresh ? c["last_check"].value("reason", "") : std::string("stage started, not checked yet"))
+                                       : c["reason"].get<std::string>()},
                         {"canary", c["window"]["canary"]},
                         {"control", c["window"]["control"]}};
     std::string key = line.dump();

@@ -137,7 +137,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
                        {"look", look.final ? "stage end" : "interim"},
                        {"reason", v.reason},
                        {"figures", v.figures},
-                       {"stage", c.stage_index},
+                       {"stage", c.stage_index + 1},  // 1-based, as in the log and mms canary start --wait
                        {"traffic_percent", c.traffic_percent()},
                        {"at_ms", opts_.clock->UnixMillis()}};
   std::string where = c.model + ":" + c.candidate_version;
