@@ -40,10 +40,13 @@ struct Credit {
 // which either arm would have refused alike, and not the latency of a
 // request that had to load the model first — the pool's residency decided
 // that, and a low-traffic arm is evicted more often than a busy one.
+// The version's latency leaves those refusals out too: a refusal takes
+// microseconds and would pull its percentiles down to nothing.
 void Credited(const Credit& credit, int64_t latency_ns, int64_t now, const Status& st, bool loaded) {
   std::string code = st.ok() ? "" : CodeName(st.code());
-  credit.version->Record(latency_ns, !st.ok(), now, code);
-  if (!credit.variant || st.code() == Code::kRateLimited || st.code() == Code::kInvalidArgument) return;
+  const bool refused = st.code() == Code::kRateLimited || st.code() == Code::kInvalidArgument;
+  credit.version->Record(refused ? -1 : latency_ns, !st.ok(), now, code);
+  if (!credit.variant || refused) return;
   credit.variant->Record(loaded ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share);
 }
 

@@ -365,4 +365,14 @@ TEST_CASE("a version removed and registered again starts its serving figures fro
   for (const auto& m : stats["models"])
     if (m["ref"] == "tiny:1") requests = m["requests"].get<int>();
   CHECK(requests == 1);  // not 4: the removed version's requests are not the new one's
+  // Refused bad input counts as a request and an error of its code, but adds no latency.
+  for (int i = 0; i < 3; ++i)
+    CHECK(d.Mms({"predict", "tiny", "--input", Data("tiny_missing.json"), "-q"}).exit_code == 2);
+  json after = json::parse(d.Mms({"--json", "stats"}).out);
+  for (const auto& m : after["models"])
+    if (m["ref"] == "tiny:1") {
+      CHECK(m["requests"] == 4);
+      CHECK(m["errors"] == 3);
+      CHECK(m["latency"]["count"] == 1);
+    }
 }
