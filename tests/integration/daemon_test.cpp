@@ -133,30 +133,29 @@ TEST_CASE("many clients at once are all answered") {
 
 TEST_CASE("a client that connects and hangs up mid-handshake does not cut off later clients") {
   // Debian's nng 1.5.2 hands no later connection to the socket after this
-  // (nng issue #1518); the listener watchdog replaces the listener.
+  // (nng issue #1518) — not after every such hang-up, so there are many; the
+  // listener watchdog replaces a listener that stopped serving.
   Daemon d;
   REQUIRE(d.ok());
   REQUIRE(d.Mms({"ping"}).exit_code == 0);
-  for (int i = 0; i < 3; ++i) {
-    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    ::close(fd);
+  auto hang_ups = [&] {
+    for (int i = 0; i < 20; ++i) {
+      int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+      REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+      ::close(fd);
+    }
+  };
+  for (int round = 0; round < 2; ++round) {
+    hang_ups();
+    // Within a few probe intervals, new clients are served again (each mms is a new connection).
+    CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 30));
+    CHECK(d.Mms({"ping", "--count", "3"}).exit_code == 0);
   }
-  // Within a few probe intervals, new clients are served again.
-  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 20));
-  CHECK(d.log().find("listener_restarted") != std::string::npos);
-  // And again, as often as it happens.
-  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  ::close(fd);
-  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 20));
-  CHECK(d.Mms({"ping", "--count", "5"}).exit_code == 0);
+  if (d.log().find("listener_restarted") == std::string::npos)
+    MESSAGE("nng was not tripped this run; the watchdog had nothing to do");
 }
 
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
