@@ -174,37 +174,39 @@ bool Server::Probe() {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, opts_.socket_path.c_str(), sizeof addr.sun_path - 1);
-  bool ok = false;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN) {
-    // SP over IPC: an 8-byte header each way (0, 'S', 'P', 0, the protocol —
-    // req0 0x30, rep0 0x31 — and two zero bytes), then messages framed as
-    // 0x01 and a 64-bit big-endian length; a req0 message starts with its
-    // 32-bit request id, top bit set.
-    proto::Message m;
-    m.type = proto::kProbe;
-    std::string body = proto::Encode(m);
-    std::string out = std::string("\0SP\0\0\x30\0\0", 8) + '\x01';
-    uint64_t len = body.size() + 4;
-    for (int i = 7; i >= 0; --i) out += static_cast<char>((len >> (8 * i)) & 0xff);
-    out += std::string("\x80\0\0\x01", 4) + body;
-    (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
-    // The rep0 header (8 bytes) and a reply frame (9 bytes, then its id).
-    const std::string want_head("\0SP\0\0\x31\0\0", 8);
-    std::string got;
-    char buf[256];
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.probe_interval_ms);
-    while (got.size() < 8 + 9 + 4) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-      pollfd p{fd, POLLIN, 0};
-      if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) break;
-      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      got.append(buf, static_cast<size_t>(n));
-    }
-    ok = got.size() >= 8 + 9 + 4 && got.compare(0, 8, want_head) == 0 && got[8] == '\x01';
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    bool busy = errno == EAGAIN;  // a full backlog: busy, not broken; anything else: no listener there
+    ::close(fd);
+    return busy;
+  }
+  // SP over IPC: an 8-byte header each way (0, 'S', 'P', 0, the protocol —
+  // req0 0x30, rep0 0x31 — and two zero bytes), then messages framed as 0x01
+  // and a 64-bit big-endian length; a req0 message starts with its 32-bit
+  // request id, top bit set.
+  proto::Message m;
+  m.type = proto::kProbe;
+  std::string body = proto::Encode(m);
+  std::string out = std::string("\0SP\0\0\x30\0\0", 8) + '\x01';
+  uint64_t len = body.size() + 4;
+  for (int i = 7; i >= 0; --i) out += static_cast<char>((len >> (8 * i)) & 0xff);
+  out += std::string("\x80\0\0\x01", 4) + body;
+  (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+  // The rep0 header (8 bytes) and a reply frame (9 bytes, then its id), within
+  // twice the probe interval (a loaded daemon answers late, not never).
+  const std::string want_head("\0SP\0\0\x31\0\0", 8);
+  std::string got;
+  char buf[256];
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(2 * opts_.probe_interval_ms);
+  while (got.size() < 8 + 9 + 4) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) break;
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
   }
   ::close(fd);
-  return ok;
+  return got.size() >= 8 + 9 + 4 && got.compare(0, 8, want_head) == 0 && got[8] == '\x01';
 }
 
 void Server::WatchListener() {
