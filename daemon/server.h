@@ -28,8 +28,7 @@
 // `probe_interval_ms` over a new connection of its own with a PROBE request,
 // answered on nng's receiving thread (no handler: busy handlers cannot fail
 // it), and after two probes in a row without an answer within twice the
-// interval,
-// replaces the listener: open connections are pipes of the socket, not of
+// interval, replaces the listener: open connections are pipes of the socket, not of
 // the listener, and carry on; new ones are served again within a few probe
 // intervals (logged as listener_restarted).
 //
