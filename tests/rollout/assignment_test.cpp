@@ -65,4 +65,13 @@ TEST_CASE("experiment ids") {
   CHECK_FALSE(ValidateExperimentId("").ok());
   CHECK_FALSE(ValidateExperimentId("has space").ok());
   CHECK_FALSE(ValidateExperimentId(std::string(129, 'a')).ok());
+  // The seed's ids may be Unicode (a test vector is "Ünïcode-exp"); broken or invisible UTF-8 is not an id.
+  CHECK(ValidateExperimentId("Ünïcode-exp").ok());
+  CHECK(ValidateExperimentId("実験-1").ok());
+  CHECK_FALSE(ValidateExperimentId("\xc3").ok());                      // truncated
+  CHECK_FALSE(ValidateExperimentId("\xc0\xae").ok());                 // overlong '.'
+  CHECK_FALSE(ValidateExperimentId("a\xc2\xa0" "b").ok());           // no-break space
+  CHECK_FALSE(ValidateExperimentId("a\xe2\x80\x8b" "b").ok());      // zero-width space
+  CHECK_FALSE(ValidateExperimentId("\xed\xa0\x80").ok());            // a surrogate
+  CHECK_FALSE(ValidateExperimentId("a\xc2\x85").ok());                // a C1 control
 }
