@@ -132,7 +132,7 @@ Status Server::Start() {
   // Accept up to twice the cap so an oversized request still gets a precise
   // TOO_LARGE reply; anything larger than that drops the connection.
   nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, static_cast<size_t>(opts_.max_message_bytes * 2));
-  MMS_RETURN_IF_ERROR(Listen());
+  MMS_RETURN_IF_ERROR(Listen(/*set_umask=*/true));
   listening_ = true;  // the file at `path` is now ours to remove
 
   workers_ = std::make_unique<Executor>("mms-handler", opts_.workers);
@@ -149,22 +149,23 @@ Status Server::Start() {
   return Status::Ok();
 }
 
-Status Server::Listen() {
+Status Server::Listen(bool set_umask) {
   const std::string& path = opts_.socket_path;
   nng_listener l;
   std::string url = "ipc://" + path;
   int rv = nng_listener_create(&l, SockOf(sock_id_), url.c_str());
   if (rv != 0) return Internal("cannot create listener on " + path + ": " + nng_strerror(rv));
   nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
-  mode_t old = ::umask(0077);  // belt and braces: the file is born private
+  // Belt and braces: the file is born private. The umask is the process's:
+  // only at start, while no other thread creates files.
+  mode_t old = set_umask ? ::umask(0077) : 0;
   rv = nng_listener_start(l, 0);
-  ::umask(old);
+  if (set_umask) ::umask(old);
   if (rv != 0) {
     nng_listener_close(l);
     return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
   }
   ::chmod(path.c_str(), 0600);
-  listener_id_ = l.id;
   return Status::Ok();
 }
 
@@ -214,23 +215,39 @@ void Server::WatchListener() {
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!watch_cv_.wait_for(lock, std::chrono::milliseconds(opts_.probe_interval_ms), [&] { return watch_stop_; })) {
     lock.unlock();
-    bool answered = draining_.load() || Probe();
+    // With every context held by a request, a PROBE waits like any request: busy, not broken.
+    bool answered = draining_.load() || in_flight_.load() >= opts_.contexts || Probe();
     misses = answered ? 0 : misses + 1;
-    if (misses >= 2 && !draining_.load()) {
+    if (misses >= 2) {
       misses = 0;
-      // New connections are no longer served (or the file is gone): a new
-      // listener. Connections already open are the socket's and carry on.
-      nng_listener_close(nng_listener{listener_id_});
-      struct stat st;
-      if (::lstat(opts_.socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(opts_.socket_path.c_str());
-      Status st2 = Listen();
-      if (st2.ok())
-        LogWarn("listener_restarted",
-                {{"socket", opts_.socket_path}, {"reason", "two probes over new connections went unanswered"}});
-      else LogError("listener_restart_failed", {{"socket", opts_.socket_path}, {"error", st2.message()}});
+      RestartListener();
     }
     lock.lock();
   }
+}
+
+void Server::RestartListener() {
+  std::lock_guard<std::mutex> drain(listen_mu_);  // not while BeginDrain takes the socket away
+  if (draining_.load()) return;
+  // New connections are not served (nng tripped), or the socket file (or its
+  // directory) was removed: a new listener on a fresh file. The old listener
+  // stays open — closing it would also close the connections it accepted,
+  // requests in flight included — and, its file gone, accepts nothing more.
+  const std::string& path = opts_.socket_path;
+  (void)MakeDirs(DirName(path), 0700);
+  if (!FileExists(path + ".lock")) {
+    // The lock file went with its directory: take a new one, so a second
+    // mmsd cannot start beside this one.
+    auto fd = Lock(path);
+    if (fd.ok()) extra_lock_fds_.push_back(*fd);
+    else LogError("lock_retake_failed", {{"socket", path}, {"error", fd.status().message()}});
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  if (Status s = Listen(/*set_umask=*/false); s.ok())
+    LogWarn("listener_restarted", {{"socket", path}, {"reason", "two probes over new connections went unanswered"}});
+  else
+    LogError("listener_restart_failed", {{"socket", path}, {"error", s.message()}});
 }
 
 void Server::StartRecv(Slot* slot) {
@@ -341,6 +358,7 @@ void Server::Reply(Slot* slot, const proto::Message& m) {
 }
 
 void Server::BeginDrain() {
+  std::lock_guard<std::mutex> lock(listen_mu_);  // a listener restart is not half done
   draining_ = true;
   // Stop accepting: new connections find no socket; requests on open
   // connections get UNAVAILABLE. Closing the nng listener instead would also
@@ -382,6 +400,8 @@ void Server::Stop() {
     ::close(lock_fd_);  // releases the flock
     lock_fd_ = -1;
   }
+  for (int fd : extra_lock_fds_) ::close(fd);
+  extra_lock_fds_.clear();
 }
 
 }  // namespace mms

@@ -27,10 +27,13 @@
 // to the socket, so its requests are never read.) A thread probes every
 // `probe_interval_ms` over a new connection of its own with a PROBE request,
 // answered on nng's receiving thread (no handler: busy handlers cannot fail
-// it), and after two probes in a row without an answer within twice the
-// interval, replaces the listener: open connections are pipes of the socket, not of
-// the listener, and carry on; new ones are served again within a few probe
-// intervals (logged as listener_restarted).
+// it, though a probe waits for a free context like any request: with all
+// `contexts` held it is not sent), and after two probes in a row without an
+// answer within twice the interval, opens a new listener on a fresh socket
+// file (and directory and lock file, if they were removed). The old listener
+// is left open: closing it would close the connections it accepted; with its
+// file gone it accepts nothing more. New connections are served again within
+// a few probe intervals (logged as listener_restarted).
 //
 // Thread-safety: Start/BeginDrain/WaitIdle/Stop from one control thread;
 // Responder from any thread.
@@ -118,7 +121,8 @@ class Server {
   void Dispatch(Slot* slot, void* nng_message);
   void Reply(Slot* slot, const proto::Message& m);
   void StartRecv(Slot* slot);
-  Status Listen();       // a new listener on the socket path (listener_id_)
+  Status Listen(bool set_umask);  // a new listener on the socket path
+  void RestartListener();         // the watchdog's remedy
   bool Probe();           // does a new connection get a PROBE answered?
   void WatchListener();   // the watchdog thread's loop
 
@@ -130,7 +134,8 @@ class Server {
   int lock_fd_ = -1;
   bool listening_ = false;  // Start created the socket file (Stop and BeginDrain remove it)
   bool owns_lock_ = true;   // false for an adopted Options::lock_fd (not closed by Stop)
-  uint32_t listener_id_ = 0;  // the watchdog's once started
+  std::mutex listen_mu_;              // BeginDrain against a listener restart
+  std::vector<int> extra_lock_fds_;  // instance locks retaken by a restart (closed by Stop)
   std::thread watchdog_;
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;

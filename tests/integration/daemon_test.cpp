@@ -158,6 +158,29 @@ TEST_CASE("a client that connects and hangs up mid-handshake does not cut off la
     MESSAGE("nng was not tripped this run; the watchdog had nothing to do");
 }
 
+TEST_CASE("a socket file removed under a running daemon comes back, and open connections keep their requests") {
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"}).exit_code == 0);
+  // A request held in flight on its connection: its model's load waits on a FIFO.
+  BlockedFile weights(PackedWeights(d.data_dir(), "tiny", "1"));
+  REQUIRE(weights.ok());
+  ProcResult held;
+  std::thread t([&] { held = d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json"}, 60); });
+  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "status"}).out)["in_flight"].get<int>() >= 2; }, 20));
+  std::filesystem::remove(d.socket());
+  // The watchdog finds no listener there and opens a new one: new clients are served again.
+  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 30));
+  CHECK(d.log().find("listener_restarted") != std::string::npos);
+  // The held request's connection was the old listener's: it still gets its answer (the
+  // load reads an empty file, so an error from mmsd — not a lost connection).
+  weights.Release();
+  t.join();
+  CHECK(held.exit_code != 3);
+  CHECK(held.err.find("lost connection") == std::string::npos);
+  CHECK(d.Mms({"ping", "--count", "3"}).exit_code == 0);
+}
+
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
   TempDir t;
   std::vector<std::string> g{MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data"};
