@@ -48,8 +48,9 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
   const uint64_t n = canary.requests;
   // An interim check fails a limit only when the excess is significant at
   // `alpha`; the stage-end check applies the limit as it is.
-  auto over = [&](uint64_t count, double rate, double* p) {
-    *p = BinomialUpperTail(count, n, rate);
+  // `count` of `of` (the requests, or the timed ones for latency).
+  auto over = [&](uint64_t count, uint64_t of, double rate, double* p) {
+    *p = BinomialUpperTail(count, of, rate);
     return look.final || *p < alpha;
   };
   auto interim = [&](double p) {
@@ -57,15 +58,16 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
   };
   double err = static_cast<double>(canary.errors) / static_cast<double>(n);
   double p99 = static_cast<double>(canary.latency.Quantile(0.99)) / 1e6;
-  // Requests slower than `ms`.
-  auto slower = [&](double ms) { return n - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6)); };
+  // Timed requests slower than `ms` (a request that loaded its model is counted, not timed).
+  const uint64_t timed = canary.latency.count();
+  auto slower = [&](double ms) { return timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6)); };
   double p = 1;
   v.kind = CanaryVerdict::kFail;
-  if (err > c.max_error_rate && over(canary.errors, c.max_error_rate, &p)) {
+  if (err > c.max_error_rate && over(canary.errors, n, c.max_error_rate, &p)) {
     v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + interim(p);
     return v;
   }
-  if (p99 > c.max_p99_ms && over(slower(c.max_p99_ms), 0.01, &p)) {
+  if (p99 > c.max_p99_ms && over(slower(c.max_p99_ms), timed, 0.01, &p)) {
     v.reason = "canary p99 " + Ms(p99) + " > limit " + Ms(c.max_p99_ms) + interim(p);
     return v;
   }
@@ -78,7 +80,7 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
       return v;
     }
     double cp99 = static_cast<double>(control.latency.Quantile(0.99)) / 1e6;
-    if (cp99 > 0 && p99 / cp99 > c.max_p99_ratio && over(slower(cp99 * c.max_p99_ratio), 0.01, &p)) {
+    if (cp99 > 0 && p99 / cp99 > c.max_p99_ratio && over(slower(cp99 * c.max_p99_ratio), timed, 0.01, &p)) {
       char b[64];
       std::snprintf(b, sizeof b, "%.2f", p99 / cp99);
       v.reason = "canary p99 " + Ms(p99) + " is " + b + "x control's " + Ms(cp99) + " (limit " +
@@ -131,7 +133,8 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   if (c.stage_start.contains("treatment")) canary_window = canary.Since(VariantSnapshot::FromJson(c.stage_start["treatment"]));
   CanaryLook look;
   look.final = elapsed >= c.stage_duration_ms;
-  look.looks = c.check_interval_ms > 0 ? (c.stage_duration_ms + c.check_interval_ms - 1) / c.check_interval_ms : 1;
+  // A stage is checked at its start and every interval up to its end.
+  look.looks = c.check_interval_ms > 0 ? (c.stage_duration_ms + c.check_interval_ms - 1) / c.check_interval_ms + 1 : 1;
   CanaryVerdict v = JudgeCanary(c, control_window, canary_window, look);
   nlohmann::json check{{"verdict", v.name()},
                        {"look", look.final ? "stage end" : "interim"},

@@ -352,3 +352,24 @@ TEST_CASE("a healthy canary checked every interval is not rolled back on noise: 
   CHECK(v.kind == CanaryVerdict::kFail);
   CHECK(v.reason.find("vs control") != std::string::npos);
 }
+
+TEST_CASE("a canary's cold loads are counted but never read as slow requests") {
+  CanaryRecord c;
+  c.min_requests = 100;
+  c.max_p99_ms = 50;
+  VariantSnapshot control, cand;
+  for (int i = 0; i < 1000; ++i) {
+    ++control.requests;
+    control.latency.Record(5'000'000);
+  }
+  // 300 requests: 100 loaded the model (counted, not timed); of the 200 timed,
+  // 3 took 60 ms — a p99 over the limit, but 3 of 200 is no evidence yet.
+  cand.requests = 300;
+  for (int i = 0; i < 197; ++i) cand.latency.Record(5'000'000);
+  for (int i = 0; i < 3; ++i) cand.latency.Record(60'000'000);
+  CanaryVerdict interim = JudgeCanary(c, control, cand, CanaryLook{false, 60});
+  INFO(interim.reason);
+  CHECK(interim.kind == CanaryVerdict::kPass);
+  // The stage's end applies the limit as configured.
+  CHECK(JudgeCanary(c, control, cand, CanaryLook{true, 60}).kind == CanaryVerdict::kFail);
+}
