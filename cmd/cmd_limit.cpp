@@ -70,14 +70,18 @@ int CmdList(Cli& cli) {
     }
     out.push_back(j);
   }
-  // The [limits] defaults of mms.toml, for models and tenants without their own.
-  if (auto cfg = cli.config(); cfg.ok()) {
+  // The [limits] defaults, for models and tenants without their own: those
+  // the daemon applies when it runs (its config, as last loaded), else mms.toml's.
+  auto add = [&](const char* kind, double qps, double burst) {
+    if (qps > 0)
+      out.push_back({{"kind", kind}, {"key", "*"}, {"default", true}, {"qps", qps},
+                     {"burst", burst > 0 ? std::max(1.0, burst) : std::max(1.0, qps)}});
+  };
+  if (live.contains("defaults")) {
+    for (const char* kind : {"model", "tenant"})
+      if (const auto& d = live["defaults"][kind]; d.is_object()) add(kind, d["qps"].get<double>(), d["burst"].get<double>());
+  } else if (auto cfg = cli.config(); cfg.ok()) {
     const auto& l = (*cfg)->limits;
-    auto add = [&](const char* kind, double qps, double burst) {
-      if (qps > 0)
-        out.push_back({{"kind", kind}, {"key", "*"}, {"default", true}, {"qps", qps},
-                       {"burst", burst > 0 ? std::max(1.0, burst) : std::max(1.0, qps)}});
-    };
     add("model", l.model_qps, l.model_burst);
     add("tenant", l.tenant_qps, l.tenant_burst);
   }
@@ -92,7 +96,7 @@ int CmdList(Cli& cli) {
                       j.contains("admitted") ? j["admitted"].dump() : "-", j.contains("limited") ? j["limited"].dump() : "-"});
     std::cout << FormatTable(rows);
     if (std::any_of(out.begin(), out.end(), [](const auto& j) { return j.contains("default"); }))
-      std::cout << "* the [limits] default in mms.toml, for each model or tenant without a limit of its own\n";
+      std::cout << "* the [limits] default (mmsd's config when it runs), for each model or tenant without a limit of its own\n";
   });
   return 0;
 }

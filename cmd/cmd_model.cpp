@@ -38,16 +38,19 @@ static_assert(kMaxQueueDelayUsMax * 1000 == kMaxQueueDelayMaxNs,
 // process of another user: only ESRCH means there is none.
 static bool ProcessAlive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
+// The registering process of a "<stem>.tmp-<pid>" staging dir, or 0.
+static pid_t StagingPid(const std::string& name) {
+  auto p = name.find(".tmp-");
+  return p == std::string::npos ? 0 : static_cast<pid_t>(std::atoi(name.c_str() + p + 5));
+}
+
 // Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
 void CleanStaleStaging(const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return;
   std::vector<std::filesystem::path> stale;
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string n = it->path().filename().string();
-    auto p = n.find(".tmp-");
-    if (p == std::string::npos) continue;
-    pid_t pid = static_cast<pid_t>(std::atoi(n.c_str() + p + 5));
+    pid_t pid = StagingPid(it->path().filename().string());
     if (pid > 0 && !ProcessAlive(pid)) stale.push_back(it->path());
   }
   for (const auto& p : stale) std::filesystem::remove_all(p, ec);
@@ -479,10 +482,9 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
     if (std::error_code ec = ListDirs(model, &dirs)) return cannot(ec);
     for (const auto& d : dirs) {
       std::string name = d.filename().string();
-      auto tmp = name.find(".tmp-");
       bool dead_staging = false;
-      if (tmp != std::string::npos) {  // a registration's staging dir: only once its process is gone
-        pid_t pid = static_cast<pid_t>(std::atoi(name.c_str() + tmp + 5));
+      if (name.find(".tmp-") != std::string::npos) {  // a registration's staging dir: only once its process is gone
+        pid_t pid = StagingPid(name);
         if (pid <= 0 || ProcessAlive(pid)) continue;
         dead_staging = true;
       }
@@ -603,8 +605,9 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       std::string what = (o.staging ? "left by a registration killed while storing its files ("
                                     : "packed files no version uses (") +
                          FormatBytes(o.bytes) + ", last changed " + FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
-      // A dead registration's staging dir is nobody's, however recent.
-      const bool old_enough = o.staging || o.age_s >= prune_age;
+      // Also a dead registration's staging dir: its pid may be of another
+      // pid namespace (a container sharing the data dir), where it lives on.
+      const bool old_enough = o.age_s >= prune_age;
       bool removed = false;
       if (prune && old_enough) {
         std::error_code ec;

@@ -132,8 +132,12 @@ nlohmann::json RateLimiter::Stats() const {
     }
     return j;
   };
+  auto limit = [](const std::optional<TokenLimit>& l) {
+    return l ? nlohmann::json{{"qps", l->qps}, {"burst", l->burst}} : nlohmann::json();
+  };
   return {{"models", dump(model_counts_, model_limits_, default_model_)},
-          {"tenants", dump(tenant_counts_, tenant_limits_, default_tenant_)}};
+          {"tenants", dump(tenant_counts_, tenant_limits_, default_tenant_)},
+          {"defaults", {{"model", limit(default_model_)}, {"tenant", limit(default_tenant_)}}}};
 }
 
 }  // namespace mms

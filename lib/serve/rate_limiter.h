@@ -51,7 +51,8 @@ class RateLimiter {
   // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` "" is
   // kNoTenant.
   Status Admit(const std::string& model, const std::string& tenant);
-  // {"models": {name: {admitted, limited, qps, burst}}, "tenants": {...}}
+  // {"models": {name: {admitted, limited, qps, burst}}, "tenants": {...},
+  //  "defaults": {"model": {qps, burst} | null, "tenant": ...}}
   nlohmann::json Stats() const;
 
  private:

@@ -264,7 +264,7 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(mms({"model", "verify", "a:1"}).exit_code == 1);
 
   // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
-  // listed once that process is gone, and pruned whatever its age.
+  // listed once that process is gone, and pruned as unused packed dirs are.
   Cli other;
   std::filesystem::path staging = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "1-0123456789ab.tmp-999999";
   std::filesystem::create_directories(staging);
@@ -277,7 +277,10 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   REQUIRE(lj.size() == 1);  // not the one whose process (this test) is alive
   CHECK(lj[0]["path"] == staging.string());
   CHECK(lj[0]["problems"][0].get<std::string>().find("left by a registration killed") != std::string::npos);
-  auto pruned = other({"--json", "model", "verify", "--prune"});
+  auto young = other({"--json", "model", "verify", "--prune"});  // just written: kept (--prune-age 1h)
+  CHECK(young.exit_code == 0);
+  CHECK(std::filesystem::exists(staging));
+  auto pruned = other({"--json", "model", "verify", "--prune", "--prune-age", "0s"});
   CHECK(pruned.exit_code == 0);
   CHECK_FALSE(std::filesystem::exists(staging));
   CHECK(std::filesystem::exists(live));

@@ -197,7 +197,13 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   CHECK(l[2]["key"] == "*");
   CHECK(l[2]["default"] == true);
   CHECK(l[2]["qps"] == 0.016);
-  CHECK(d.Mms({"limit", "list"}).out.find("the [limits] default in mms.toml") != std::string::npos);
+  CHECK(d.Mms({"limit", "list"}).out.find("the [limits] default (mmsd's config when it runs)") != std::string::npos);
+  // They are the daemon's: a CLI reading no config still lists them.
+  auto bare = Run({MmsBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "--json", "limit", "list"});
+  REQUIRE(bare.exit_code == 0);
+  json bl = json::parse(bare.out);
+  REQUIRE(bl.size() == 3);
+  CHECK(bl[2]["qps"] == 0.016);
 }
 
 TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither target — exit 2, nothing stored") {

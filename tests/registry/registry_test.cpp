@@ -495,7 +495,7 @@ TEST_CASE("a COMMIT that fails ends the transaction, so the connection stays usa
   CHECK(n->Int(0) == 1);  // the failed transaction's row is gone, the next one's is there
 }
 
-TEST_CASE("a registry this user may only read is refused where writes are needed (mmsd), readable otherwise") {
+TEST_CASE("a registry this user may only read is refused where writes are needed (mmsd)") {
   testing::TempDir d;
   Registry::Options o;
   o.path = d / "r.db";
