@@ -234,6 +234,7 @@ void Server::RestartListener() {
   // stays open — closing it would also close the connections it accepted,
   // requests in flight included — and, its file gone, accepts nothing more.
   const std::string& path = opts_.socket_path;
+  const char* why = FileExists(path) ? "two probes over new connections went unanswered" : "the socket file was removed";
   (void)MakeDirs(DirName(path), 0700);
   if (!FileExists(path + ".lock")) {
     // The lock file went with its directory: take a new one, so a second
@@ -245,7 +246,7 @@ void Server::RestartListener() {
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   if (Status s = Listen(/*set_umask=*/false); s.ok())
-    LogWarn("listener_restarted", {{"socket", path}, {"reason", "two probes over new connections went unanswered"}});
+    LogWarn("listener_restarted", {{"socket", path}, {"reason", why}});
   else
     LogError("listener_restart_failed", {{"socket", path}, {"error", s.message()}});
 }
