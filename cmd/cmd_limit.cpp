@@ -23,6 +23,9 @@ Result<std::pair<std::string, std::string>> Target(const LimitArgs& a) {
     MMS_RETURN_IF_ERROR(ValidateName(a.model));
     return std::make_pair(std::string("model"), a.model);
   }
+  if (a.tenant == "*")
+    return InvalidArgument("'*' stands for the [limits] default in mms limit list; set the default tenant limit with "
+                           "[limits] tenant_qps in mms.toml");
   return std::make_pair(std::string("tenant"), a.tenant);
 }
 

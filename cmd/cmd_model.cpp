@@ -511,15 +511,28 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
 std::vector<std::string> CheckPacked(const std::string& dir, Progress& progress) {
   std::vector<std::string> problems;
   std::map<std::string, std::string> recorded;
+  const bool has_sums = FileExists(JoinPath(dir, kChecksumFile));
   if (auto text = ReadFile(JoinPath(dir, kChecksumFile)); text.ok()) {
     std::istringstream in(*text);
-    std::string hash, name;
-    while (in >> hash >> name) recorded[name] = hash;
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream l(line);
+      std::string hash, name;
+      if (l >> hash >> name && hash.size() == 64 &&
+          hash.find_first_not_of("0123456789abcdef") == std::string::npos)
+        recorded[name] = hash;
+      else if (!line.empty())
+        problems.push_back(std::string(kChecksumFile) + " is damaged (line '" + line.substr(0, 80) + "')");
+    }
   }
   for (const char* f : kChecksummed) {
     std::string path = JoinPath(dir, f);
     if (!FileExists(path)) continue;
     auto it = recorded.find(f);
+    if (it == recorded.end() && has_sums) {
+      problems.push_back(std::string(kChecksumFile) + " has no checksum for " + f + " (damaged?)");
+      continue;
+    }
     if (it == recorded.end()) {
       if (auto h = ReadSafetensorsHeader(path); !h.ok())
         problems.push_back(std::string("packed ") + f + " is damaged: " + h.status().message());

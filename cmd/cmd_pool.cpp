@@ -1,4 +1,5 @@
 // mms predict, pin, unpin, load, evict, pool, health.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -47,6 +48,11 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     if (dir.empty()) dir = ".";
     if (IsDirectory(a.output))
       return cli.Fail(InvalidArgument("--output " + a.output + " is a directory; name a file (.json or .safetensors)"));
+    struct stat st;
+    if (::lstat(a.output.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+      return cli.Fail(InvalidArgument("--output " + a.output +
+                                      " is not a regular file (it is replaced atomically); leave --output out to "
+                                      "write to standard output"));
     if (!IsDirectory(dir))
       return cli.Fail(InvalidArgument("--output " + a.output + ": no directory " + dir + " (create it first)"));
     if (::access(dir.c_str(), W_OK) != 0)

@@ -4,6 +4,8 @@
 #include <exception>
 #include <iostream>
 #include <cstdlib>
+#include <cstring>
+#include <cerrno>
 #include <cmath>
 #include <set>
 #include <string>
@@ -46,11 +48,16 @@ static std::string UsageError(CLI::App& app, int argc, char** argv, const std::s
     std::vector<std::string> names;
     CLI::App* next = nullptr;
     for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; })) {
+      if (sub->get_name().rfind("__", 0) == 0) continue;  // internal (shell completion)
       names.push_back(sub->get_name());
       if (sub->check_name(a)) next = sub;
     }
     if (!next) {
-      std::string hint = mms::ClosestMatch(a, names), list;
+      // A word that starts exactly one command ("stat" → status) before the nearest by edits.
+      std::vector<std::string> prefixed;
+      for (const auto& n : names)
+        if (n.rfind(a, 0) == 0) prefixed.push_back(n);
+      std::string hint = prefixed.size() == 1 ? prefixed[0] : mms::ClosestMatch(a, names), list;
       for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
       return "unknown command '" + path + " " + a + "'" +
              (hint.empty() ? " (" + path + " has: " + list + ")" : "; did you mean '" + path + " " + hint + "'?");
@@ -59,7 +66,8 @@ static std::string UsageError(CLI::App& app, int argc, char** argv, const std::s
     path += " " + a;
   }
   std::string list;
-  for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; })) list += (list.empty() ? "" : ", ") + sub->get_name();
+  for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; }))
+    if (sub->get_name().rfind("__", 0) != 0) list += (list.empty() ? "" : ", ") + sub->get_name();
   return "'" + path + "' needs a command: " + list;
 }
 
@@ -114,6 +122,12 @@ int main(int argc, char** argv) {
     // JSON with --json, and exit 1 rather than aborting.
     return cli.Fail(mms::Internal(std::string("unexpected error: ") + e.what() +
                                   " (a bug in mms; please report it with the command that caused it)"));
+  }
+  // Output lost to a full disk or a closed pipe is an error, not a success.
+  std::cout.flush();
+  if (!std::cout) {
+    std::cerr << "mms: cannot write the output to standard output: " << std::strerror(errno) << "\n";
+    return cli.exit_code ? cli.exit_code : 1;
   }
   return cli.exit_code;
 }

@@ -221,6 +221,9 @@ void Server::WatchListener() {
     if (misses >= 2) {
       misses = 0;
       RestartListener();
+    } else if (!FileExists(opts_.socket_path + ".lock")) {
+      std::lock_guard<std::mutex> drain(listen_mu_);
+      if (!draining_.load()) RetakeLock();
     }
     lock.lock();
   }
@@ -236,19 +239,26 @@ void Server::RestartListener() {
   const std::string& path = opts_.socket_path;
   const char* why = FileExists(path) ? "two probes over new connections went unanswered" : "the socket file was removed";
   (void)MakeDirs(DirName(path), 0700);
-  if (!FileExists(path + ".lock")) {
-    // The lock file went with its directory: take a new one, so a second
-    // mmsd cannot start beside this one.
-    auto fd = Lock(path);
-    if (fd.ok()) extra_lock_fds_.push_back(*fd);
-    else LogError("lock_retake_failed", {{"socket", path}, {"error", fd.status().message()}});
-  }
+  if (!FileExists(path + ".lock")) RetakeLock();
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   if (Status s = Listen(/*set_umask=*/false); s.ok())
     LogWarn("listener_restarted", {{"socket", path}, {"reason", why}});
   else
     LogError("listener_restart_failed", {{"socket", path}, {"error", s.message()}});
+}
+
+void Server::RetakeLock() {
+  // The lock file was removed (alone or with its directory): a new one, so a
+  // second mmsd cannot start beside this one. One that started in between
+  // holds it already: said in the log.
+  auto fd = Lock(opts_.socket_path);
+  if (fd.ok()) {
+    extra_lock_fds_.push_back(*fd);
+    LogWarn("lock_retaken", {{"socket", opts_.socket_path}, {"reason", "the lock file was removed"}});
+  } else {
+    LogError("lock_retake_failed", {{"socket", opts_.socket_path}, {"error", fd.status().message()}});
+  }
 }
 
 void Server::StartRecv(Slot* slot) {

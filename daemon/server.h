@@ -30,7 +30,8 @@
 // it, though a probe waits for a free context like any request: with all
 // `contexts` held it is not sent), and after two probes in a row without an
 // answer within twice the interval, opens a new listener on a fresh socket
-// file (and directory and lock file, if they were removed). The old listener
+// file (and directory, if it was removed). A removed lock file is taken
+// anew at the next probe. The old listener
 // is left open: closing it would close the connections it accepted; with its
 // file gone it accepts nothing more. New connections are served again within
 // a few probe intervals (logged as listener_restarted).
@@ -123,6 +124,7 @@ class Server {
   void StartRecv(Slot* slot);
   Status Listen(bool set_umask);  // a new listener on the socket path
   void RestartListener();         // the watchdog's remedy
+  void RetakeLock();              // a new instance lock when its file was removed (listen_mu_ held)
   bool Probe();           // does a new connection get a PROBE answered?
   void WatchListener();   // the watchdog thread's loop
 

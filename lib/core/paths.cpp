@@ -62,6 +62,11 @@ Result<std::string> ReadFile(const std::string& path) {
 }
 
 Status WriteFileAtomic(const std::string& path, const std::string& data) {
+  // Never rename over something that is not a regular file: as root, a
+  // device such as /dev/null would be replaced by a file.
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    return InvalidArgument(path + " exists and is not a regular file");
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return IoError("cannot write " + tmp + ": " + std::strerror(errno));

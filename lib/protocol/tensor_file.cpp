@@ -506,6 +506,9 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
   size_t aligned = (start + alignment - 1) / alignment * alignment;
   json.append(aligned - start, ' ');
   uint64_t n = json.size();
+  struct stat st;  // never renamed over a device or the like (as root, /dev/null would become a file)
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    return InvalidArgument(path + " exists and is not a regular file");
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return IoError("cannot write " + tmp + ": " + std::strerror(errno));

@@ -77,6 +77,13 @@ TEST_CASE("a second daemon on the same socket is refused naming the running pid,
   auto fresh = Run({MmsdBin(), "--socket", d.socket(), "--data-dir", d.dir() + "/fresh"}, 30);
   CHECK(fresh.exit_code == 6);
   CHECK_FALSE(std::filesystem::exists(d.dir() + "/fresh/registry.db"));
+  // A lock file removed under it (a cleanup of the runtime dir) is taken anew,
+  // so a second daemon is still refused.
+  std::filesystem::remove(d.socket() + ".lock");
+  REQUIRE(WaitFor([&] { return std::filesystem::exists(d.socket() + ".lock"); }, 10));
+  auto after = Run({MmsdBin(), "--socket", d.socket(), "--data-dir", d.data_dir()}, 30);
+  CHECK(after.exit_code == 6);
+  CHECK(d.Mms({"ping"}).exit_code == 0);
 }
 
 TEST_CASE("a --socket path holding some other file is refused, and the file is left alone") {
@@ -279,6 +286,8 @@ TEST_CASE("usage errors exit 2 and --help lists the exit codes") {
   CHECK(typo.exit_code == 2);
   CHECK(typo.err.find("unknown command 'mms model lst'; did you mean 'mms model list'?") != std::string::npos);
   CHECK(Run({MmsBin(), "canary", "stop", "x"}).err.find("(mms canary has: start, status") != std::string::npos);
+  CHECK(Run({MmsBin(), "canary", "stat", "x"}).err.find("did you mean 'mms canary status'?") != std::string::npos);
+  CHECK(Run({MmsBin(), "xyzzy"}).err.find("__") == std::string::npos);  // no internal commands
   CHECK(Run({MmsBin(), "model"}).err.find("'mms model' needs a command: register, list") != std::string::npos);
   // A bad --timeout says what it wants, and with --json a usage error is a JSON object on stdout.
   auto zero = Run({MmsBin(), "--json", "--timeout", "0", "status"});

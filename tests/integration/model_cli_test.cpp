@@ -262,6 +262,15 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(j[1]["problems"][0].get<std::string>().find("changed since registration") != std::string::npos);
   CHECK(j[2]["problems"][0].get<std::string>().find("packed weights.safetensors is damaged") != std::string::npos);
   CHECK(mms({"model", "verify", "a:1"}).exit_code == 1);
+  // A damaged SHA256SUMS is a problem itself, not a pass.
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "d.pt");
+  REQUIRE(mms({"model", "register", "d", "--version", "1", "--path", mms.dir / "d.pt"}).exit_code == 0);
+  std::ofstream(packed("d") / "SHA256SUMS") << "garbage\n";
+  auto dv = mms({"--json", "model", "verify", "d:1"});
+  CHECK(dv.exit_code == 1);
+  std::string dp = json::parse(dv.out)[0]["problems"].dump();
+  CHECK(dp.find("SHA256SUMS is damaged") != std::string::npos);
+  CHECK(dp.find("SHA256SUMS has no checksum for weights.safetensors") != std::string::npos);
 
   // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
   // listed once that process is gone, and pruned as unused packed dirs are.

@@ -1,6 +1,7 @@
 // The predict path and the pool through the real daemon and CLI: real
 // TorchScript models, real loads, evictions, pins across restarts.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 #include <signal.h>
 
 #include <atomic>
@@ -86,12 +87,21 @@ TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id a
   // An --output nobody can write is refused before the request runs (exit 2), not after.
   auto served = [&] { return json::parse(d.Mms({"--json", "status"}).out)["requests_served"].get<uint64_t>(); };
   uint64_t before = served();
-  for (const std::string& bad : {d.dir() + "/no/such/dir/out.json", d.dir()}) {
+  for (const std::string& bad : {d.dir() + "/no/such/dir/out.json", d.dir(), std::string("/dev/null")}) {
     auto r3 = d.Mms({"predict", "rec", "--input", d.dir() + "/in.safetensors", "--output", bad});
     CHECK(r3.exit_code == 2);
     CHECK(r3.err.find("--output") != std::string::npos);
   }
   CHECK(served() == before + 1);  // the status call itself, no predict
+  struct stat devnull;
+  REQUIRE(::stat("/dev/null", &devnull) == 0);
+  CHECK(S_ISCHR(devnull.st_mode));  // not replaced by a file (as root it would have been)
+  // Output that cannot be written (a full device) is exit 1, not lost silently.
+  if (std::filesystem::exists("/dev/full")) {
+    auto full = Run({"/bin/sh", "-c", MmsBin() + " --socket " + d.socket() + " --data-dir " + d.data_dir() + " model list > /dev/full"});
+    CHECK(full.exit_code == 1);
+    CHECK(full.err.find("cannot write the output") != std::string::npos);
+  }
 
   Register(d, "tup", "1", Data("tuple_out.pt"));
   Register(d, "dict", "1", Data("dict_out.pt"));
