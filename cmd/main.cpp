@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cerrno>
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -31,6 +32,17 @@ const char* kExitCodes = R"(Exit codes:
 
 }  // namespace
 
+// The commands under `at` a user may type (not the internal "__complete").
+static std::vector<CLI::App*> Commands(CLI::App* at) {
+  return at->get_subcommands([](CLI::App* sub) { return sub->get_name().rfind("__", 0) != 0; });  // keeps where true
+}
+
+static std::string Join(const std::vector<CLI::App*>& apps) {
+  std::string list;
+  for (CLI::App* a : apps) list += (list.empty() ? "" : ", ") + a->get_name();
+  return list;
+}
+
 // CLI11 says "A subcommand is required" for a mistyped command: name the word
 // it did not know, and the closest command at that level.
 static std::string UsageError(CLI::App& app, int argc, char** argv, const std::string& what) {
@@ -45,30 +57,23 @@ static std::string UsageError(CLI::App& app, int argc, char** argv, const std::s
       continue;
     }
     if (a.empty() || a[0] == '-') continue;
-    std::vector<std::string> names;
-    CLI::App* next = nullptr;
-    for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; })) {
-      if (sub->get_name().rfind("__", 0) == 0) continue;  // internal (shell completion)
-      names.push_back(sub->get_name());
-      if (sub->check_name(a)) next = sub;
-    }
-    if (!next) {
+    std::vector<CLI::App*> commands = Commands(at);
+    auto next = std::find_if(commands.begin(), commands.end(), [&](CLI::App* c) { return c->check_name(a); });
+    if (next == commands.end()) {
       // A word that starts exactly one command ("stat" → status) before the nearest by edits.
-      std::vector<std::string> prefixed;
-      for (const auto& n : names)
-        if (n.rfind(a, 0) == 0) prefixed.push_back(n);
-      std::string hint = prefixed.size() == 1 ? prefixed[0] : mms::ClosestMatch(a, names), list;
-      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+      std::vector<std::string> names, prefixed;
+      for (CLI::App* c : commands) {
+        names.push_back(c->get_name());
+        if (c->get_name().rfind(a, 0) == 0) prefixed.push_back(c->get_name());
+      }
+      std::string hint = prefixed.size() == 1 ? prefixed[0] : mms::ClosestMatch(a, names);
       return "unknown command '" + path + " " + a + "'" +
-             (hint.empty() ? " (" + path + " has: " + list + ")" : "; did you mean '" + path + " " + hint + "'?");
+             (hint.empty() ? " (" + path + " has: " + Join(commands) + ")" : "; did you mean '" + path + " " + hint + "'?");
     }
-    at = next;
+    at = *next;
     path += " " + a;
   }
-  std::string list;
-  for (CLI::App* sub : at->get_subcommands([](CLI::App*) { return true; }))
-    if (sub->get_name().rfind("__", 0) != 0) list += (list.empty() ? "" : ", ") + sub->get_name();
-  return "'" + path + "' needs a command: " + list;
+  return "'" + path + "' needs a command: " + Join(Commands(at));
 }
 
 int main(int argc, char** argv) {
