@@ -197,6 +197,19 @@ void PrintReport(const nlohmann::json& e) {
               << Num(s["p_value"].get<double>(), 6) << " < 0.001 — check the routing before trusting these results\n";
   else
     std::cout << "ok (p = " << Num(s["p_value"].get<double>(), 4) << ")\n";
+  // Sticky experiments: the split is by user, and the check over users is the sound one.
+  if (c.contains("sample_ratio_users")) {
+    const auto& u = c["sample_ratio_users"];
+    std::cout << "  sample ratio, users since mmsd started (" << u["users"]["control"] << " control, "
+              << u["users"]["treatment"] << " treatment" << (u.value("saturated", false) ? ", first 1M only" : "")
+              << "): ";
+    if (!u.value("valid", false)) std::cout << "n/a (" << u.value("reason", "") << ")\n";
+    else if (u["flagged"].get<bool>())
+      std::cout << "MISMATCH: expected " << Pct(u["expected_treatment_share"]) << " treatment, p = "
+                << Num(u["p_value"].get<double>(), 6) << " < 0.001 — check the routing before trusting these results\n";
+    else
+      std::cout << "ok (p = " << Num(u["p_value"].get<double>(), 4) << ")\n";
+  }
 }
 
 int CmdStats(Cli& cli, const std::string& id) {

@@ -38,6 +38,7 @@
 #include "serve/rate_limiter.h"
 #include "serve/scheduler.h"
 #include "rollout/experiment_metrics.h"
+#include "rollout/user_split.h"
 #include "http_server.h"
 #include "server.h"
 
@@ -111,6 +112,7 @@ class Daemon {
   // per-version serving figures (key: "name:version").
   MetricsStore* experiment_metrics() { return &experiment_metrics_; }
   MetricsStore* serving_metrics() { return &serving_metrics_; }
+  UserSplitStore* user_splits() { return &user_splits_; }
   AttributionStore* attribution() { return attribution_.get(); }
   ShadowRunner* shadows() { return shadows_.get(); }
   RateLimiter* limiter() { return &limiter_; }
@@ -192,6 +194,7 @@ class Daemon {
 
   MetricsStore experiment_metrics_;
   MetricsStore serving_metrics_;
+  UserSplitStore user_splits_;  // distinct users per sticky experiment's arm, since start
   std::unique_ptr<AttributionStore> attribution_;
   std::unique_ptr<ShadowRunner> shadows_;
   RateLimiter limiter_;

@@ -32,6 +32,8 @@ struct Credit {
   std::string experiment;
   Variant which = Variant::kNone;
   double treatment_share = 0;  // the experiment's, when it routed this request
+  std::shared_ptr<UserSplit> users;  // a sticky experiment's distinct users, with `user`
+  std::string user;
 };
 
 // What a finished request tells. The version's figures count every outcome.
@@ -48,6 +50,7 @@ void Credited(const Credit& credit, int64_t latency_ns, int64_t now, const Statu
   credit.version->Record(refused ? -1 : latency_ns, !st.ok(), now, code);
   if (!credit.variant || refused) return;
   credit.variant->Record(loaded ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share);
+  if (credit.users) credit.users->Add(credit.user, credit.which, credit.treatment_share);
 }
 
 // Answers a request the scheduler ran (or failed): reply, figures, shadow.
@@ -140,6 +143,10 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       credit->which = route->variant;
       credit->variant = d->VariantMetricsFor(e.id, VariantName(route->variant));
       credit->treatment_share = e.basis_points / 10000.0;
+      if (!e.random) {  // sticky: its users are counted too (the unit its split randomises)
+        credit->users = d->user_splits()->Get(e.id);
+        credit->user = user;
+      }
     }
   }
   // Every outcome, success or failure, is counted where it belongs (Credited).

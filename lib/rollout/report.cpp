@@ -70,4 +70,17 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
   return j;
 }
 
+nlohmann::json UserSampleRatio(const UserSplit::Counts& users) {
+  const uint64_t n = users.control + users.treatment;
+  const double share = n ? users.share_sum / static_cast<double>(n) : 0;
+  TestResult srm = SampleRatioMismatch(users.control, users.treatment, share);
+  nlohmann::json s = srm.ToJson();
+  s["expected_treatment_share"] = share;
+  s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
+  s["users"] = {{"control", users.control}, {"treatment", users.treatment}};
+  s["since"] = "mmsd started";
+  if (users.saturated) s["saturated"] = true;
+  return s;
+}
+
 }  // namespace mms

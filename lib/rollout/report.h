@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rollout/experiment_metrics.h"
+#include "rollout/user_split.h"
 
 namespace mms {
 
@@ -20,6 +21,11 @@ nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::s
 
 // `basis_points`: the configured treatment share, for the SRM check of
 // figures that do not carry the shares their requests were routed with.
+// The sample-ratio check over a sticky experiment's distinct users (UserSplit),
+// against the share each was first routed with: {.., "users": {control,
+// treatment}, "since": "mmsd started", "saturated"?}.
+nlohmann::json UserSampleRatio(const UserSplit::Counts& users);
+
 nlohmann::json CompareVariants(const VariantSnapshot& control, const VariantSnapshot& treatment, int basis_points,
                                const std::vector<std::string>& metrics, double confidence = 0.95);
 

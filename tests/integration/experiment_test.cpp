@@ -166,6 +166,12 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   }
 
   json s = Stats(d, "ab");
+  // Sticky: the sample ratio is also checked over distinct users (30, split as routed).
+  const json& su = s["comparison"]["sample_ratio_users"];
+  CHECK(su["users"]["control"] == control);
+  CHECK(su["users"]["treatment"] == treatment);
+  CHECK(su["expected_treatment_share"] == doctest::Approx(0.5));
+  CHECK(su["since"] == "mmsd started");
   CHECK(s["variants"]["control"]["requests"] == 2 * control + (user1 == "control" ? user1_extra : 0));
   CHECK(s["variants"]["treatment"]["requests"] == 2 * treatment + (user1 == "treatment" ? user1_extra : 0));
   CHECK(s["variants"]["control"]["errors"] == 0);

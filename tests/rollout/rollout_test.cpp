@@ -275,3 +275,43 @@ TEST_CASE("routing: a --random experiment assigns each request afresh, anonymous
   CHECK(treated_anon == doctest::Approx(600).epsilon(0.15));  // 30% of 2000
   CHECK(user_flips > 100);  // not sticky: one user lands in both arms
 }
+
+TEST_CASE("sticky experiments: the sample ratio over distinct users, where heavy users skew the requests") {
+  UserSplit split;
+  for (int u = 0; u < 100; ++u) {
+    Variant v = u % 2 ? Variant::kTreatment : Variant::kControl;
+    // Users of one arm send many more requests: the request counts are skewed, the user split is not.
+    for (int i = 0; i < (v == Variant::kControl ? 60 : 40); ++i) split.Add("user-" + std::to_string(u), v, 0.5);
+  }
+  split.Add("", Variant::kControl, 0.5);              // no user: not counted
+  split.Add("late", Variant::kNone, 0.5);             // not routed by the split: not counted
+  split.Add("user-1", Variant::kControl, 0.9);        // counted once, where first seen (a ramp moved it)
+  UserSplit::Counts c = split.counts();
+  CHECK(c.control == 50);
+  CHECK(c.treatment == 50);
+  CHECK(c.share_sum == doctest::Approx(50.0));
+  nlohmann::json users = UserSampleRatio(c);
+  CHECK(users["flagged"] == false);
+  CHECK(users["p_value"] == doctest::Approx(1.0));
+  // The same traffic by requests (3000 vs 2000 at 50%) is flagged.
+  VariantSnapshot ctl, trt;
+  ctl.requests = ctl.routed = 3000;
+  ctl.routed_share = 1500;
+  trt.requests = trt.routed = 2000;
+  trt.routed_share = 1000;
+  CHECK(CompareVariants(ctl, trt, 5000, {}, 0.95)["sample_ratio"]["flagged"] == true);
+  // A real mismatch among users is flagged.
+  UserSplit skewed;
+  for (int u = 0; u < 1000; ++u)
+    skewed.Add("u" + std::to_string(u), u % 10 < 6 ? Variant::kControl : Variant::kTreatment, 0.5);
+  CHECK(UserSampleRatio(skewed.counts())["flagged"] == true);
+  // Bounded: past its cap a split stops counting new users, and says so.
+  UserSplit small(10);
+  for (int u = 0; u < 10; ++u) small.Add("u" + std::to_string(u), Variant::kControl, 0.5);
+  small.Add("u3", Variant::kControl, 0.5);
+  CHECK_FALSE(small.counts().saturated);  // a known user is no news
+  small.Add("u10", Variant::kTreatment, 0.5);
+  CHECK(small.counts().saturated);
+  CHECK(small.counts().treatment == 0);
+  CHECK(UserSampleRatio(small.counts())["saturated"] == true);
+}
