@@ -397,6 +397,11 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_
 }
 
 void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& snap, const LiveConfig& live_cfg) {
+  {
+    std::set<std::string> active;  // a stopped experiment's user counts are of no more use
+    for (const auto& [model, e] : snap.experiments) active.insert(e.id);
+    user_splits_.Retain(active);
+  }
   if (old) {
     for (const auto& [name, versions] : old->models)
       for (const auto& v : versions)

@@ -15,7 +15,8 @@ nlohmann::json ExperimentReport(Daemon* d, const ExperimentRecord& e) {
   nlohmann::json j = e.ToJson();
   j["variants"] = {{"control", VariantFigures(c, e.metrics)}, {"treatment", VariantFigures(t, e.metrics)}};
   j["comparison"] = CompareVariants(c, t, e.basis_points, e.metrics, d->options().config.experiments.confidence);
-  if (!e.random) j["comparison"]["sample_ratio_users"] = UserSampleRatio(d->user_splits()->Get(e.id)->counts());
+  if (auto users = d->user_splits()->Find(e.id); users && !e.random)
+    j["comparison"]["sample_ratio_users"] = UserSampleRatio(users->counts());
   return j;
 }
 

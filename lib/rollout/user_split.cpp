@@ -29,4 +29,15 @@ std::shared_ptr<UserSplit> UserSplitStore::Get(const std::string& experiment) {
   return p;
 }
 
+std::shared_ptr<UserSplit> UserSplitStore::Find(const std::string& experiment) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = m_.find(experiment);
+  return it == m_.end() ? nullptr : it->second;
+}
+
+void UserSplitStore::Retain(const std::set<std::string>& active) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = m_.begin(); it != m_.end();) it = active.count(it->first) ? std::next(it) : m_.erase(it);
+}
+
 }  // namespace mms

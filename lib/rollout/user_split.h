@@ -6,7 +6,8 @@
 // request (a ramp that later moves them does not count them twice).
 // In memory only: after a restart the users are counted afresh, which is
 // still a fair sample of the split. At most kMaxUsers per experiment; past
-// that the counts stop growing and say so.
+// that the counts stop growing and say so. Forgotten once the experiment
+// stops (mms stats then shows the request-level check only).
 //
 // Thread-safety: internally locked; UserSplitStore too.
 #pragma once
@@ -15,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -45,6 +47,9 @@ class UserSplit {
 class UserSplitStore {
  public:
   std::shared_ptr<UserSplit> Get(const std::string& experiment);
+  std::shared_ptr<UserSplit> Find(const std::string& experiment);  // null when none
+  // Forgets the experiments not in `active` (stopped): their users' memory goes.
+  void Retain(const std::set<std::string>& active);
 
  private:
   std::mutex mu_;
