@@ -189,26 +189,20 @@ void PrintReport(const nlohmann::json& e) {
     std::cout << "  " << it.key() << " rate" << pad << TestLine((*it)["rate"], true) << "\n";
     std::cout << "  " << it.key() << " mean" << pad << TestLine((*it)["mean"], false) << "\n";
   }
-  const auto& s = c["sample_ratio"];
-  std::cout << "  sample ratio   ";
-  if (!s.value("valid", false)) std::cout << "n/a (" << s.value("reason", "") << ")\n";
-  else if (s["flagged"].get<bool>())
-    std::cout << "MISMATCH: expected " << Pct(s["expected_treatment_share"]) << " treatment, p = "
-              << Num(s["p_value"].get<double>(), 6) << " < 0.001 — check the routing before trusting these results\n";
-  else
-    std::cout << "ok (p = " << Num(s["p_value"].get<double>(), 4) << ")\n";
+  auto verdict = [](const nlohmann::json& s) {
+    if (!s.value("valid", false)) return "n/a (" + s.value("reason", std::string()) + ")";
+    if (s["flagged"].get<bool>())
+      return "MISMATCH: expected " + Pct(s["expected_treatment_share"]) + " treatment, p = " +
+             Num(s["p_value"].get<double>(), 6) + " < 0.001 — check the routing before trusting these results";
+    return "ok (p = " + Num(s["p_value"].get<double>(), 4) + ")";
+  };
+  std::cout << "  sample ratio   " << verdict(c["sample_ratio"]) << "\n";
   // Sticky experiments: the split is by user, and the check over users is the sound one.
   if (c.contains("sample_ratio_users")) {
     const auto& u = c["sample_ratio_users"];
     std::cout << "  sample ratio, users since mmsd started (" << u["users"]["control"] << " control, "
               << u["users"]["treatment"] << " treatment" << (u.value("saturated", false) ? ", first 1M only" : "")
-              << "): ";
-    if (!u.value("valid", false)) std::cout << "n/a (" << u.value("reason", "") << ")\n";
-    else if (u["flagged"].get<bool>())
-      std::cout << "MISMATCH: expected " << Pct(u["expected_treatment_share"]) << " treatment, p = "
-                << Num(u["p_value"].get<double>(), 6) << " < 0.001 — check the routing before trusting these results\n";
-    else
-      std::cout << "ok (p = " << Num(u["p_value"].get<double>(), 4) << ")\n";
+              << "): " << verdict(u) << "\n";
   }
 }
 

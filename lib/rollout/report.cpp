@@ -28,6 +28,17 @@ nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::s
           {"outcomes", outcomes}};
 }
 
+namespace {
+// The sample-ratio test as reported: flagged below kSrmAlpha, with the share expected.
+nlohmann::json SampleRatioJson(uint64_t control, uint64_t treatment, double expected_treatment_share) {
+  TestResult srm = SampleRatioMismatch(control, treatment, expected_treatment_share);
+  nlohmann::json s = srm.ToJson();
+  s["expected_treatment_share"] = expected_treatment_share;
+  s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
+  return s;
+}
+}  // namespace
+
 nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& t, int basis_points,
                                const std::vector<std::string>& metrics, double confidence) {
   nlohmann::json j;
@@ -62,21 +73,13 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
   const uint64_t n = c.requests + t.requests;
   double share = basis_points / 10000.0;
   if (n > 0 && c.routed + t.routed == n) share = (c.routed_share + t.routed_share) / static_cast<double>(n);
-  TestResult srm = SampleRatioMismatch(c.requests, t.requests, share);
-  nlohmann::json s = srm.ToJson();
-  s["expected_treatment_share"] = share;
-  s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
-  j["sample_ratio"] = s;
+  j["sample_ratio"] = SampleRatioJson(c.requests, t.requests, share);
   return j;
 }
 
 nlohmann::json UserSampleRatio(const UserSplit::Counts& users) {
   const uint64_t n = users.control + users.treatment;
-  const double share = n ? users.share_sum / static_cast<double>(n) : 0;
-  TestResult srm = SampleRatioMismatch(users.control, users.treatment, share);
-  nlohmann::json s = srm.ToJson();
-  s["expected_treatment_share"] = share;
-  s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
+  nlohmann::json s = SampleRatioJson(users.control, users.treatment, n ? users.share_sum / static_cast<double>(n) : 0);
   s["users"] = {{"control", users.control}, {"treatment", users.treatment}};
   s["since"] = "mmsd started";
   if (users.saturated) s["saturated"] = true;

@@ -253,6 +253,16 @@ void SetupCanary(const Daemon& d, const std::string& candidate_file) {
   Register(d, "tiny", "2", candidate_file);
   REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
 }
+
+// `mms canary start tiny --candidate 2 --wait` (an hour a stage) in a thread,
+// returned once the canary is in the registry; its result goes to *out.
+std::thread StartWaitingCanary(const Daemon& d, ProcResult* out, double timeout_s) {
+  std::thread w([&d, out, timeout_s] {
+    *out = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h", "--wait"}, timeout_s);
+  });
+  REQUIRE(WaitFor([&] { return d.Mms({"canary", "status", "tiny"}).exit_code == 0; }, 20));
+  return w;
+}
 }  // namespace
 
 TEST_CASE("canary --wait: a healthy candidate is promoted (exit 0), progress streamed as JSON lines") {
@@ -308,10 +318,7 @@ TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
   REQUIRE(d.ok());
   SetupCanary(d, "tiny_v2.pt");
   ProcResult waiting;
-  std::thread w([&] {
-    waiting = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h", "--wait"}, 60);
-  });
-  REQUIRE(WaitFor([&] { return d.Mms({"canary", "status", "tiny"}).exit_code == 0; }, 20));
+  std::thread w = StartWaitingCanary(d, &waiting, 60);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   REQUIRE(d.Mms({"canary", "abort", "tiny"}).exit_code == 0);
   w.join();
@@ -330,10 +337,7 @@ TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort m
   REQUIRE(d.ok());
   SetupCanary(d, "tiny_v2.pt");
   ProcResult waiting;
-  std::thread w([&] {
-    waiting = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h", "--wait"}, 90);
-  });
-  REQUIRE(WaitFor([&] { return d.Mms({"canary", "status", "tiny"}).exit_code == 0; }, 20));
+  std::thread w = StartWaitingCanary(d, &waiting, 90);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the wait is polling
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
