@@ -13,6 +13,10 @@ std::string Daemon::PrometheusText() {
   w.Sample("mms_up", {{"version", MMS_VERSION}}, 1);
   w.Family("mms_uptime_seconds", "gauge", "Seconds since mmsd started.");
   w.Sample("mms_uptime_seconds", {}, static_cast<double>(clock()->MonoNanos() - started_mono_ns_) / 1e9);
+  w.Family("mms_ipc_listener_up", "gauge", "0 while new IPC connections go unanswered (the listener watchdog's probes).");
+  w.Sample("mms_ipc_listener_up", {}, server_->listener_ok() ? 1 : 0);
+  w.Family("mms_ipc_listener_restarts_total", "counter", "New IPC listeners opened by the watchdog.");
+  w.Sample("mms_ipc_listener_restarts_total", {}, static_cast<double>(server_->listener_restarts()));
   w.Family("mms_requests_in_flight", "gauge", "Requests being served now.");
   w.Sample("mms_requests_in_flight", {}, static_cast<double>(server_->in_flight()));
 
@@ -134,9 +138,17 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
   const std::string prefix = "/health/";
   // A draining daemon takes no new requests: load balancers should move on.
   const bool draining = server_->draining();
-  if (path == "/health" || path == "/health/")
-    return {draining ? 503 : 200, "application/json",
-            nlohmann::json{{"status", draining ? "draining" : "ok"}, {"pid", ::getpid()}}.dump() + "\n"};
+  if (path == "/health" || path == "/health/") {
+    // A listener the watchdog cannot bring back (two probes in a row
+    // unanswered) means no new client reaches this daemon over IPC, however
+    // well it serves the connections it has: load balancers should move on.
+    const bool ipc_ok = server_->listener_ok();
+    const char* status = draining ? "draining" : ipc_ok ? "ok" : "unreachable";
+    nlohmann::json body{{"status", status}, {"pid", ::getpid()}, {"ipc_listener", ipc_ok ? "ok" : "unreachable"}};
+    if (!ipc_ok) body["error"] = "new connections to " + server_->options().socket_path +
+                                 " are not being answered; see the daemon log (listener_restart_failed)";
+    return {draining || !ipc_ok ? 503 : 200, "application/json", body.dump() + "\n"};
+  }
   // The snapshot only: an unauthenticated probe of unknown names must not
   // make the daemon re-read its registry (Resolve would).
   std::string ref_text = path.substr(prefix.size());

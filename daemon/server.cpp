@@ -211,15 +211,14 @@ bool Server::Probe() {
 }
 
 void Server::WatchListener() {
-  int misses = 0;
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!watch_cv_.wait_for(lock, std::chrono::milliseconds(opts_.probe_interval_ms), [&] { return watch_stop_; })) {
     lock.unlock();
     // With every context held by a request, a PROBE waits like any request: busy, not broken.
     bool answered = draining_.load() || in_flight_.load() >= opts_.contexts || Probe();
-    misses = answered ? 0 : misses + 1;
-    if (misses >= 2) {
-      misses = 0;
+    int misses = answered ? 0 : probe_misses_.load() + 1;
+    probe_misses_ = misses;
+    if (misses >= 2 && misses % 2 == 0) {  // every second miss in a row, until one is answered
       RestartListener();
     } else if (!FileExists(opts_.socket_path + ".lock")) {
       std::lock_guard<std::mutex> drain(listen_mu_);
@@ -242,10 +241,12 @@ void Server::RestartListener() {
   if (!FileExists(path + ".lock")) RetakeLock();
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
-  if (Status s = Listen(/*set_umask=*/false); s.ok())
+  if (Status s = Listen(/*set_umask=*/false); s.ok()) {
+    ++restarts_;
     LogWarn("listener_restarted", {{"socket", path}, {"reason", why}});
-  else
+  } else {
     LogError("listener_restart_failed", {{"socket", path}, {"error", s.message()}});
+  }
 }
 
 void Server::RetakeLock() {

@@ -111,6 +111,13 @@ class Server {
 
   int64_t in_flight() const { return in_flight_.load(); }
   bool draining() const { return draining_.load(); }
+  // The listener watchdog's view: false once two probes in a row went
+  // unanswered and stays false until one is answered again (a restart that
+  // worked, or nng recovering) — /health reports it, so a load balancer
+  // stops sending to a daemon new clients cannot reach. Always true without
+  // a watchdog (probe_interval_ms 0).
+  bool listener_ok() const { return probe_misses_.load() < 2; }
+  uint64_t listener_restarts() const { return restarts_.load(); }
   struct Slot;
   uint64_t requests_served() const { return served_.load(); }
   const Options& options() const { return opts_; }
@@ -150,6 +157,8 @@ class Server {
   bool closed_ = false;  // guarded by reply_mu_
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> served_{0};
+  std::atomic<int> probe_misses_{0};     // unanswered probes in a row (the watchdog's)
+  std::atomic<uint64_t> restarts_{0};    // listeners opened by the watchdog
 };
 
 }  // namespace mms

@@ -188,6 +188,34 @@ TEST_CASE("a socket file removed under a running daemon comes back, and open con
   CHECK(d.Mms({"ping", "--count", "3"}).exit_code == 0);
 }
 
+TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200 once the watchdog brings them back") {
+  int port = FreePort();
+  Daemon d("", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
+  REQUIRE(d.ok());
+  const std::string base = "http://127.0.0.1:" + std::to_string(port);
+  auto health = [&] { return Run({"/usr/bin/curl", "-s", "-w", "\n%{http_code}", base + "/health"}).out; };
+  auto metric = [&] { return Run({"/usr/bin/curl", "-s", base + "/metrics"}).out; };
+  REQUIRE(health().find("\n200") != std::string::npos);
+  CHECK(metric().find("mms_ipc_listener_up 1") != std::string::npos);
+  // The socket's directory replaced by a plain file: the watchdog can open no new listener.
+  const std::filesystem::path run_dir = std::filesystem::path(d.socket()).parent_path();
+  std::filesystem::remove_all(run_dir);
+  std::ofstream(run_dir) << "in the way\n";
+  std::string h;
+  CHECK(WaitFor([&] { return (h = health()).find("\n503") != std::string::npos; }, 30));
+  CHECK(h.find("\"status\":\"unreachable\"") != std::string::npos);
+  CHECK(h.find(d.socket()) != std::string::npos);  // says which socket
+  CHECK(metric().find("mms_ipc_listener_up 0") != std::string::npos);
+  CHECK(d.log().find("listener_restart_failed") != std::string::npos);
+  // Out of the way again: a new listener, new clients are served, /health is 200.
+  std::filesystem::remove(run_dir);
+  CHECK(WaitFor([&] { return health().find("\n200") != std::string::npos; }, 30));
+  CHECK(d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0);
+  std::string m = metric();
+  CHECK(m.find("mms_ipc_listener_up 1") != std::string::npos);
+  CHECK(m.find("mms_ipc_listener_restarts_total 0") == std::string::npos);
+}
+
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
   TempDir t;
   std::vector<std::string> g{MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data"};

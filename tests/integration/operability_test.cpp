@@ -26,19 +26,6 @@ std::string ReadText(const std::string& path) {
   return ss.str();
 }
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
-}
-
 // Candidates bash completion offers for a partial command line.
 std::string Complete(const std::string& line, const std::string& data_dir) {
   std::string script = "source " + Src("completions/mms.bash") + "\nCOMP_WORDS=(" + line + ")\n";

@@ -1,7 +1,9 @@
 #include "support/process.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -107,6 +109,19 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   if (path_ != "/tmp") std::filesystem::remove_all(path_, ec);
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
 }
 
 bool WaitFor(const std::function<bool()>& pred, double timeout_s) {

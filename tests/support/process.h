@@ -89,6 +89,9 @@ class Daemon {
   bool ok_ = false;
 };
 
+// A TCP port on 127.0.0.1 that was free a moment ago (for --metrics-address).
+int FreePort();
+
 // Waits for a predicate, polling every 10 ms.
 bool WaitFor(const std::function<bool()>& pred, double timeout_s);
 
