@@ -5,8 +5,12 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <future>
 #include <random>
+#include <thread>
 
 namespace mms::proto {
 namespace {
@@ -60,30 +64,107 @@ Result<nng_msg*> RoundTrip(uint32_t sock_id, nng_msg* msg, int64_t timeout_ms, c
 
 }  // namespace
 
-Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
-  std::unique_ptr<Client> c(new Client(opts));
+namespace {
+
+// nng_dial of `url` on a new REQ socket, bounded by `limit_ms`. nng's IPC
+// handshake has a fixed 10 s limit of its own (a stopped daemon's kernel
+// takes the connection, nobody answers); a shorter limit runs the dial on a
+// thread that is left to finish on its own — it owns the socket and closes it
+// when nng gives up — so no nng_close races a dial in progress.
+struct Dialed {
+  int rv = 0;
+  uint32_t sock_id = 0;  // set when rv == 0
+  bool timed_out = false;
+};
+
+Dialed DialOnce(const std::string& url, int64_t limit_ms) {
+  Dialed d;
   nng_socket s;
-  int rv = nng_req0_open(&s);
-  if (rv != 0) return Internal(std::string("nng_req0_open: ") + nng_strerror(rv));
-  c->sock_id_ = s.id;
+  if ((d.rv = nng_req0_open(&s)) != 0) return d;
   nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
   nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 0);  // the client accepts replies of any size
-  std::string url = "ipc://" + opts.socket_path;
-  rv = nng_dial(s, url.c_str(), nullptr, 0);
-  if (rv == NNG_ETIMEDOUT)  // the kernel took the connection, mmsd never did its side of it
-    return Unavailable("mmsd at " + opts.socket_path +
-                       " took the connection but did not answer it within 10 s: it is stopped (SIGSTOP), hung or "
-                       "overloaded, not gone; check the process and its log before starting another");
-  if (rv != 0) {
-    std::string why = !FileExists(opts.socket_path) ? "no socket there"
-                      : rv == NNG_ECONNREFUSED     ? "connection refused"
-                                                   : nng_strerror(rv);
-    return Unavailable("mmsd is not running at " + opts.socket_path + " (" + why + ")");
+  constexpr int64_t kNngHandshakeMs = 10000;
+  if (limit_ms <= 0 || limit_ms >= kNngHandshakeMs) {
+    d.rv = nng_dial(s, url.c_str(), nullptr, 0);
+    d.timed_out = d.rv == NNG_ETIMEDOUT;
+  } else {
+    auto done = std::make_shared<std::promise<int>>();
+    std::future<int> result = done->get_future();
+    std::thread([s, url, done] {
+      int rv = nng_dial(s, url.c_str(), nullptr, 0);
+      try {
+        done->set_value(rv);
+      } catch (const std::future_error&) {
+      }
+    }).detach();
+    if (result.wait_for(std::chrono::milliseconds(limit_ms)) != std::future_status::ready) {
+      // Abandoned: the thread's dial ends within nng's 10 s and the process may exit before.
+      std::thread([s, r = std::move(result)]() mutable {
+        r.wait();
+        nng_close(s);
+      }).detach();
+      d.timed_out = true;
+      d.rv = NNG_ETIMEDOUT;
+      return d;
+    }
+    d.rv = result.get();
+    d.timed_out = d.rv == NNG_ETIMEDOUT;
   }
-  // Request ids start at a random point so two clients' ids rarely collide in logs.
-  std::random_device rd;
-  c->next_id_ = (static_cast<uint64_t>(rd()) << 20) | 1;
-  return c;
+  if (d.rv != 0) {
+    nng_close(s);
+    return d;
+  }
+  d.sock_id = s.id;
+  return d;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
+  using Ms = std::chrono::milliseconds;
+  const auto start = std::chrono::steady_clock::now();
+  const bool bounded = opts.timeout_ms > 0;
+  auto left_ms = [&] {
+    return bounded ? opts.timeout_ms - std::chrono::duration_cast<Ms>(std::chrono::steady_clock::now() - start).count()
+                   : int64_t{0};
+  };
+  const std::string url = "ipc://" + opts.socket_path;
+  // A connection whose PROBE goes unanswered is dropped and dialed again: a
+  // daemon whose nng listener stopped reading new connections (see
+  // daemon/server.h, the listener watchdog) opens a new one within seconds,
+  // and a request sent on the old connection would wait its whole timeout.
+  // The probe goes first so nothing else was sent there: dialing again is safe.
+  int64_t probe_ms = 1000;
+  for (int attempt = 1;; ++attempt) {
+    Dialed d = DialOnce(url, bounded ? std::max<int64_t>(left_ms(), 1) : 0);
+    if (d.timed_out)  // the kernel took the connection, mmsd never did its side of it
+      return Unavailable("mmsd at " + opts.socket_path + " took the connection but did not answer it within " +
+                         (bounded && opts.timeout_ms < 10000 ? std::to_string(opts.timeout_ms) + " ms" : "10 s") +
+                         ": it is stopped (SIGSTOP), hung or overloaded, not gone; check the process and its log "
+                         "before starting another");
+    if (d.rv != 0) {
+      std::string why = !FileExists(opts.socket_path) ? "no socket there"
+                        : d.rv == NNG_ECONNREFUSED     ? "connection refused"
+                                                       : nng_strerror(d.rv);
+      return Unavailable("mmsd is not running at " + opts.socket_path + " (" + why + ")");
+    }
+    std::unique_ptr<Client> c(new Client(opts));
+    c->sock_id_ = d.sock_id;
+    // Request ids start at a random point so two clients' ids rarely collide in logs.
+    std::random_device rd;
+    c->next_id_ = (static_cast<uint64_t>(rd()) << 20) | 1;
+    Message probe;
+    probe.type = kProbe;
+    int64_t wait_ms = bounded ? std::min(probe_ms, std::max<int64_t>(left_ms(), 1)) : probe_ms;
+    // Any reply will do (a draining daemon's UNAVAILABLE too): the connection is read.
+    if (c->CallRaw(Encode(probe), wait_ms).ok()) return c;
+    if (bounded && left_ms() <= 0)
+      return Unavailable("mmsd at " + opts.socket_path + " took " + std::to_string(attempt) +
+                         " connection(s) but read nothing on them within " + std::to_string(opts.timeout_ms) +
+                         " ms: every request slot is busy (overloaded), or its listener is stuck and being "
+                         "replaced (see its log for listener_restarted); retry, or raise --timeout");
+    probe_ms = std::min<int64_t>(probe_ms * 2, 4000);
+  }
 }
 
 Client::~Client() {

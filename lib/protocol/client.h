@@ -28,7 +28,11 @@ class Client {
     int64_t timeout_ms = 60000;  // per call, send to reply
   };
 
-  // Dials the daemon. UNAVAILABLE (with the socket path) when none listens.
+  // Dials the daemon and checks that it reads the connection (a PROBE
+  // round trip) before anything else is sent; an unanswered connection is
+  // dropped and dialed again (a daemon replaces a stuck nng listener within
+  // seconds). All within `timeout_ms`. UNAVAILABLE (with the socket path)
+  // when none listens, or nothing was answered in time.
   static Result<std::unique_ptr<Client>> Connect(const Options& opts);
   ~Client();
   Client(const Client&) = delete;
