@@ -23,7 +23,9 @@ nlohmann::json ExperimentReport(Daemon* d, const ExperimentRecord& e) {
 void Feedback(Daemon* d, const proto::Message& req, Responder r) {
   std::string id = req.body.value("request_id", "");
   if (id.empty()) return r.Fail(InvalidArgument("feedback needs the request id the prediction replied with"));
-  const auto& m = req.body.contains("metrics") ? req.body["metrics"] : nlohmann::json();
+  static const nlohmann::json kNone;
+  // Both arms lvalues: a temporary in either would copy "metrics" (recursively).
+  const nlohmann::json& m = req.body.contains("metrics") ? req.body["metrics"] : kNone;
   if (!m.is_object() || m.empty())
     return r.Fail(InvalidArgument("feedback needs at least one metric: --metric NAME=VALUE"));
   std::vector<std::string> names;

@@ -292,7 +292,7 @@ void Server::Dispatch(Slot* slot, void* raw) {
   std::shared_ptr<nng_msg> owner(msg, nng_msg_free);
   const uint8_t* data = static_cast<const uint8_t*>(nng_msg_body(msg));
   proto::DecodeResult d = proto::Decode(data, nng_msg_len(msg), std::shared_ptr<const void>(owner, data),
-                                        opts_.max_message_bytes);
+                                        opts_.max_message_bytes, proto::kMaxRequestBodyBytes);
   if (d.error != proto::DecodeError::kNone) {
     LogWarn("bad_request", {{"reason", proto::DecodeErrorName(d.error)}, {"detail", d.detail}});
     Reply(slot, proto::ErrorReply(d.request_id, ProtocolError(d.detail), proto::DecodeErrorName(d.error)));

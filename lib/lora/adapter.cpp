@@ -155,7 +155,8 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
     return bad("bias \"" + cfg["bias"].get<std::string>() + "\" is not supported (only \"none\")");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
     if (cfg.contains(k) && cfg[k].is_object() && !cfg[k].empty()) return bad(std::string(k) + " is not supported");
-  const nlohmann::json& tm = cfg.contains("target_modules") ? cfg["target_modules"] : nlohmann::json();
+  static const nlohmann::json kNone;
+  const nlohmann::json& tm = cfg.contains("target_modules") ? cfg["target_modules"] : kNone;
   bool tm_ok = tm.is_string() || (tm.is_array() && !tm.empty() &&
                                   std::all_of(tm.begin(), tm.end(), [](const auto& x) { return x.is_string(); }));
   if (!tm_ok) return bad("target_modules must be a list of module names or a regular expression");

@@ -30,6 +30,27 @@ std::string ShortName(const std::string& name) {
   return name.substr(0, n) + "...";
 }
 
+// Whether the JSON text opens more than `limit` arrays or objects at once
+// (brackets inside strings do not count). One pass, no allocation.
+bool JsonDeeperThan(const char* p, size_t n, size_t limit) {
+  size_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < n; ++i) {
+    char c = p[i];
+    if (in_string) {
+      if (c == '\\') ++i;  // skips the escaped character
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 const char* DecodeErrorName(DecodeError e) {
@@ -112,7 +133,7 @@ std::string Encode(const Message& m) {
 }
 
 DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void> owner,
-                    size_t max_bytes) {
+                    size_t max_bytes, size_t max_body_bytes) {
   DecodeResult r;
   auto fail = [&](DecodeError e, std::string detail) {
     r.error = e;
@@ -146,6 +167,11 @@ DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void
   Message& m = r.message;
   m.type = r.type;
   m.request_id = r.request_id;
+  if (body_len > max_body_bytes)
+    return fail(DecodeError::kBadJson, "JSON body of " + std::to_string(body_len) + " bytes is over the cap of " +
+                                           std::to_string(max_body_bytes) + " (tensors go in frames, not the body)");
+  if (body_len > 0 && JsonDeeperThan(reinterpret_cast<const char*>(data + off), body_len, kMaxJsonDepth))
+    return fail(DecodeError::kBadJson, "JSON body nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   if (body_len > 0) {
     try {
       m.body = nlohmann::json::parse(reinterpret_cast<const char*>(data + off),

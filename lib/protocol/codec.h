@@ -31,6 +31,13 @@ constexpr size_t kHeaderSize = 24;
 constexpr size_t kMaxDims = 16;
 constexpr size_t kMaxFrames = 4096;
 constexpr size_t kMaxNameBytes = 65535;  // a frame's name length is a u16
+// JSON bodies nested deeper are refused before parsing: nlohmann's copies
+// and dumps recurse per level, and an unclosed "[[[[..." costs a heap node
+// per byte before the parser finds the end. No message of ours nests past 8.
+constexpr size_t kMaxJsonDepth = 64;
+// The daemon's cap on a request's JSON body (requests carry a few fields;
+// tensors travel in frames). Replies may be larger (SHADOW_SAMPLES).
+constexpr size_t kMaxRequestBodyBytes = 1u << 20;
 
 struct Message {
   uint16_t type = 0;
@@ -78,9 +85,10 @@ void EncodeInto(const Message& m, const std::string& body, uint8_t* out);
 std::string Encode(const Message& m);
 
 // `owner` keeps `data` alive; tensors alias it when their bytes are 8-aligned
-// (no copy), otherwise they are copied.
+// (no copy), otherwise they are copied. A body over `max_body_bytes` or
+// nested deeper than kMaxJsonDepth is kBadJson.
 DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void> owner,
-                    size_t max_bytes);
+                    size_t max_bytes, size_t max_body_bytes = SIZE_MAX);
 
 // Builds an error reply for a request.
 Message ErrorReply(uint64_t request_id, const Status& st, const std::string& reason = "");

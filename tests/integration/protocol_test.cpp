@@ -120,6 +120,28 @@ TEST_CASE("each malformed message gets its own error and the daemon keeps servin
   CHECK(d.log().find("bad_request") != std::string::npos);
 }
 
+TEST_CASE("a JSON body nested too deep or over 1 MiB is refused at decoding, and mmsd serves on") {
+  Daemon d;  // the default max_message_bytes (256 MiB): these reach the decoder
+  REQUIRE(d.ok());
+  const std::string& s = d.socket();
+  {
+    // FEEDBACK with "metrics" nested 200,000 deep (400 KB): the handler's copy of it overflowed
+    // the stack and killed mmsd. Refused at decoding now, as is a body over 1 MiB.
+    std::string body = "{\"request_id\":\"abc\",\"metrics\":" + std::string(200000, '[') +
+                       std::string(200000, ']') + "}";
+    for (const std::string& b : {body, "{\"request_id\":\"" + std::string(2 << 20, 'a') + "\"}"}) {
+      Message m;
+      m.type = kFeedback;
+      std::string bytes = Encode(m).substr(0, kHeaderSize);
+      uint32_t len = static_cast<uint32_t>(b.size());
+      std::memcpy(&bytes[16], &len, 4);
+      Message r = RawCall(s, bytes + b);
+      CHECK(Reason(r) == "bad_json");
+    }
+  }
+  CHECK(d.Mms({"ping"}).exit_code == 0);
+}
+
 TEST_CASE("the Client maps error replies to statuses") {
   Daemon d;
   REQUIRE(d.ok());

@@ -121,6 +121,42 @@ TEST_CASE("every malformed message gets its own reason") {
     DecodeResult d = DecodeStr(good, good.size() - 1);
     CHECK(d.error == DecodeError::kTooLarge);
   }
+  // A body with `body` as its raw JSON text.
+  auto with_body = [](const std::string& body) {
+    Message j;
+    j.type = kPing;
+    std::string s = Encode(j).substr(0, kHeaderSize);  // the envelope, without its "{}"
+    uint32_t len = static_cast<uint32_t>(body.size());
+    std::memcpy(&s[16], &len, 4);
+    return s + body;
+  };
+  SUBCASE("JSON nested past the depth limit is refused before parsing; brackets in strings do not count") {
+    auto nested = [](size_t levels) {
+      std::string s = "{\"a\":";
+      for (size_t i = 1; i < levels; ++i) s += "[";
+      s += "1";
+      for (size_t i = 1; i < levels; ++i) s += "]";
+      return s + "}";
+    };
+    CHECK(DecodeStr(with_body(nested(kMaxJsonDepth))).error == DecodeError::kNone);
+    DecodeResult d = DecodeStr(with_body(nested(kMaxJsonDepth + 1)));
+    CHECK(d.error == DecodeError::kBadJson);
+    CHECK(d.detail.find("nested deeper than 64") != std::string::npos);
+    // 8 MiB of unclosed arrays: refused at once (parsing it took 600 MB and seconds).
+    CHECK(DecodeStr(with_body(std::string(8 << 20, '[')), 16 << 20).error == DecodeError::kBadJson);
+    DecodeResult strings = DecodeStr(with_body("{\"a\":\"" + std::string(500, '[') + "\\\"[{\"}"));
+    CHECK(strings.error == DecodeError::kNone);
+    CHECK(strings.message.body["a"].get<std::string>().size() == 503);
+  }
+  SUBCASE("a request body over the daemon's cap") {
+    std::string big = "{\"a\":\"" + std::string(2000, 'x') + "\"}";
+    auto buf = std::make_shared<std::string>(with_body(big));
+    DecodeResult d = Decode(reinterpret_cast<const uint8_t*>(buf->data()), buf->size(), buf, 1 << 20, 1000);
+    CHECK(d.error == DecodeError::kBadJson);
+    CHECK(d.detail.find("tensors go in frames") != std::string::npos);
+    CHECK(Decode(reinterpret_cast<const uint8_t*>(buf->data()), buf->size(), buf, 1 << 20, 4000).error ==
+          DecodeError::kNone);
+  }
 }
 
 TEST_CASE("error replies carry the status") {
