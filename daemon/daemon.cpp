@@ -489,12 +489,21 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
 }
 
 void Daemon::FlushMetrics() {
+  size_t failed = 0;
+  std::string first_error;
   for (const auto& [key, m] : experiment_metrics_.All()) {
     if (!m->TakeDirty()) continue;
     auto slash = key.rfind('/');
     Status st = registry_->SaveExperimentMetrics(key.substr(0, slash), key.substr(slash + 1), m->Snapshot().ToJson());
-    if (!st.ok()) LogWarn("metrics_flush_failed", {{"key", key}, {"error", st.message()}});
+    if (st.ok()) continue;
+    m->MarkDirty();  // kept in memory; the next flush (or the one at stop) saves it
+    if (failed++ == 0) first_error = st.message();
   }
+  // Once per outage, not once per variant and interval; and when it ends.
+  if (failed > 0 && !flush_failing_.exchange(true))
+    LogError("metrics_flush_failed", {{"variants", failed}, {"error", first_error},
+                                      {"note", "figures are kept in memory and saved once the registry takes writes"}});
+  if (failed == 0 && flush_failing_.exchange(false)) LogInfo("metrics_flush_recovered", {});
 }
 
 int Daemon::PriorityOf(const VersionRecord& v) const {

@@ -14,6 +14,7 @@
 // the accessors are safe from handler threads.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -193,6 +194,7 @@ class Daemon {
   std::map<std::string, Warmup> warmups_;             // guarded by warm_mu_: the registry's rollouts
 
   MetricsStore experiment_metrics_;
+  std::atomic<bool> flush_failing_{false};  // FlushMetrics' last try failed (logged once per outage)
   MetricsStore serving_metrics_;
   UserSplitStore user_splits_;  // distinct users per sticky experiment's arm, since start
   std::unique_ptr<AttributionStore> attribution_;

@@ -123,6 +123,11 @@ bool VariantMetrics::TakeDirty() {
   return d;
 }
 
+void VariantMetrics::MarkDirty() {
+  std::lock_guard<std::mutex> lock(mu_);
+  dirty_ = true;
+}
+
 std::shared_ptr<VariantMetrics> MetricsStore::Get(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& p = m_[key];

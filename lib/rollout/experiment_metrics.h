@@ -59,6 +59,7 @@ class VariantMetrics {
   // Replaces the cumulative figures (restored from the registry at start).
   void Restore(const VariantSnapshot& s);
   bool TakeDirty();  // true once after any change
+  void MarkDirty();  // a save after TakeDirty failed: the next flush tries again
 
  private:
   mutable std::mutex mu_;
