@@ -82,6 +82,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   Daemon* self = me;
   co.metrics = [self](const std::string& e, const std::string& v) { return self->VariantMetricsFor(e, v); };
   co.changed = [self] { (void)self->RefreshRegistry(false); };
+  co.hold_back = [self](const std::string& experiment_id, bool held) {
+    {
+      std::lock_guard<std::mutex> lock(self->refresh_mu_);
+      if (held) self->unrouted_canaries_.insert(experiment_id);
+      else self->unrouted_canaries_.erase(experiment_id);
+    }
+    (void)self->RefreshRegistry(true);
+  };
   d->canaries_ = std::make_unique<CanaryController>(co);
 
   Server::Options so;
@@ -372,7 +380,12 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_
   std::map<std::string, ExperimentRecord> routed_exps;
   std::map<std::string, ShadowRecord> routed_shadows;
   held_back_.clear();
+  bool unrouted = false;
   for (const auto& [model, e] : latest_->experiments) {
+    if (unrouted_canaries_.count(e.id)) {  // rolled back; its registry write is being retried
+      unrouted = true;
+      continue;
+    }
     bool was = old && old->experiments.count(model) && old->experiments.at(model).id == e.id;
     if (was || WarmupSettled(ExperimentKey(e))) routed_exps[model] = e;
     else held_back_.push_back(ExperimentKey(e));
@@ -383,7 +396,7 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_
     else held_back_.push_back(ShadowKey(sh));
   }
   std::shared_ptr<const RegistrySnapshot> snap = latest_;
-  if (!held_back_.empty()) {
+  if (!held_back_.empty() || unrouted) {
     snap = latest_->WithRollouts(std::move(routed_exps), std::move(routed_shadows));
     LogDebug("rollouts_held_back", {{"rollouts", held_back_}});
   }

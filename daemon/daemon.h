@@ -178,6 +178,7 @@ class Daemon {
   std::mutex refresh_mu_;
   std::shared_ptr<const RegistrySnapshot> latest_;    // guarded by refresh_mu_: the registry as last read
   std::vector<std::string> held_back_;                // guarded by refresh_mu_: rollouts snapshot_ leaves out
+  std::set<std::string> unrouted_canaries_;  // guarded by refresh_mu_: experiment ids of canaries rolled back in memory (their registry write failed)
   struct RoutedWaiter {
     int64_t deadline_ns;  // mono
     std::function<void()> fn;

@@ -109,11 +109,44 @@ std::vector<std::string> CanaryController::Tick() {
   return events;
 }
 
+bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events) {
+  std::string where = c.model + ":" + c.candidate_version;
+  auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id);
+  bool was_unsaved = unsaved_rollbacks_.erase(c.id) > 0;
+  if (r.ok()) {
+    LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
+    events->push_back("rollback " + where + ": " + reason);
+    if (was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, false);
+    if (opts_.changed) opts_.changed();
+    return true;
+  }
+  // Still running by the registry (an abort or promote in between ends it otherwise):
+  // the write failed. Stop the canary's traffic in memory and keep trying.
+  auto now = opts_.registry->GetCanary(c.model);
+  if (!now.ok() || now->id != c.id || !now->active()) {
+    if (was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, false);
+    return false;
+  }
+  unsaved_rollbacks_[c.id] = reason;
+  if (!was_unsaved) {
+    LogError("canary_rollback_unsaved",
+             {{"model", c.model}, {"candidate", where}, {"reason", reason}, {"error", r.status().message()},
+              {"note", "the canary gets no traffic meanwhile; the rollback is written once the registry takes writes"}});
+    events->push_back("rollback (unsaved) " + where + ": " + reason);
+    if (opts_.hold_back) opts_.hold_back(c.experiment_id, true);
+  }
+  return false;
+}
+
 void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* events) {
   const int64_t now = opts_.clock->MonoNanos();
   auto tick = last_tick_.find(c.id);
   int64_t delta_ms = tick == last_tick_.end() ? 0 : (now - tick->second) / 1000000;
   last_tick_[c.id] = now;
+  if (auto u = unsaved_rollbacks_.find(c.id); u != unsaved_rollbacks_.end()) {
+    (void)Rollback(c, u->second, events);  // judged already: only the write is left (a copy: Rollback erases it)
+    return;
+  }
   if (c.state != "running") return;  // paused: the clock stands still
   int64_t elapsed = c.stage_elapsed_ms + delta_ms;
   auto last = last_check_.find(c.id);
@@ -148,16 +181,15 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     std::string reason = v.reason + " at stage " + std::to_string(c.stage_index + 1) + " (" +
                          FormatPercent(c.traffic_percent()) + " traffic; canary " + v.figures["canary"].dump() +
                          ", control " + v.figures["control"].dump() + ")";
-    auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id);
-    if (r.ok()) {
-      LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
-      events->push_back("rollback " + where + ": " + v.reason);
-      if (opts_.changed) opts_.changed();
-    }
+    (void)Rollback(c, reason, events);
     return;
   }
   auto rec = opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, check);
-  if (!rec.ok()) return;  // moved on meanwhile (a CLI promote or abort)
+  if (!rec.ok()) {  // moved on meanwhile (a CLI promote or abort), or the write failed
+    if (rec.status().code() != Code::kFailedPrecondition)
+      LogWarn("canary_check_unsaved", {{"model", c.model}, {"candidate", where}, {"error", rec.status().message()}});
+    return;
+  }
   if (v.kind != CanaryVerdict::kPass || elapsed < c.stage_duration_ms) return;
   if (c.last_stage()) {
     auto p = opts_.registry->PromoteCanary(

@@ -71,16 +71,27 @@ class CanaryController {
     std::function<std::shared_ptr<VariantMetrics>(const std::string& experiment, const std::string& variant)> metrics;
     Clock* clock = Clock::Real();
     std::function<void()> changed;  // after a transition (the daemon re-reads its routing)
+    // A rollback whose registry write failed (a full disk, a locked or
+    // read-only registry): the daemon stops routing to the canary's
+    // experiment in memory (held = true) until the write, retried at every
+    // tick, succeeds (held = false). A failing canary never keeps traffic
+    // because the registry cannot record its end.
+    std::function<void(const std::string& experiment_id, bool held)> hold_back;
   };
   explicit CanaryController(Options o) : opts_(std::move(o)) {}
   // One step for every active canary. Returns the transitions made (for logs/tests).
+  // Called from one thread (the daemon's watcher).
   std::vector<std::string> Tick();
 
  private:
   void Step(const CanaryRecord& c, std::vector<std::string>* events);
+  // Writes a rollback; when the write fails, holds the canary's traffic back
+  // and remembers it for the next tick. True once written.
+  bool Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events);
   const Options opts_;
   std::map<int64_t, int64_t> last_tick_;   // canary id → mono ns of the last accounting
   std::map<int64_t, int64_t> last_check_;  // canary id → mono ns of the last check
+  std::map<int64_t, std::string> unsaved_rollbacks_;  // canary id → the reason of a rollback not written yet
 };
 
 }  // namespace mms

@@ -1,6 +1,7 @@
 // Shadow runs and canary rollouts through the real daemon and CLI.
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <sqlite3.h>
 
 #include <atomic>
 #include <chrono>
@@ -310,6 +311,35 @@ TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (ex
   CHECK(c["state"] == "rolled_back");
   CHECK(c["reason"].get<std::string>().find("canary error rate") != std::string::npos);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "1");
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
+}
+
+TEST_CASE("a failing canary whose rollback the registry cannot record gets no traffic until it is recorded") {
+  Daemon d("[registry]\nbusy_timeout = \"50ms\"\n");
+  REQUIRE(d.ok());
+  SetupCanary(d, "throws.pt");
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
+                 "--check-interval", "100ms", "--min-requests", "5"})
+              .exit_code == 0);
+  // Another writer holds the registry (as a full disk would refuse its writes).
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open((d.data_dir() + "/registry.db").c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
+  Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
+  t.Start();
+  CHECK(WaitFor([&] { return d.log().find("canary_rollback_unsaved") != std::string::npos; }, 30));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the routing refresh
+  int failed = t.failed_, sent = t.sent_;
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  CHECK(t.sent_ > sent + 20);
+  CHECK(t.failed_ == failed);  // every request to control since
+  CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // not recorded yet
+  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  CHECK(WaitFor([&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "rolled_back"; }, 30));
+  t.Stop();
+  CHECK(t.failed_ == failed);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <random>
+#include <sqlite3.h>
 
 #include "registry/snapshot.h"
 #include "rollout/canary.h"
@@ -25,10 +26,12 @@ struct Fixture {
   MetricsStore metrics;
   std::unique_ptr<CanaryController> ctl;
   int changes = 0;
+  std::vector<std::string> holds;  // hold_back calls: "+id" / "-id"
   Fixture() {
     Registry::Options o;
     o.path = dir / "r.db";
     o.clock = &clock;
+    o.busy_timeout_ms = 20;
     reg = Registry::Open(o).value();
     for (const char* v : {"1", "2"}) {
       NewVersion n;
@@ -43,6 +46,7 @@ struct Fixture {
     co.clock = &clock;
     co.metrics = [this](const std::string& e, const std::string& v) { return metrics.Get(VariantKey(e, v)); };
     co.changed = [this] { ++changes; };
+    co.hold_back = [this](const std::string& id, bool held) { holds.push_back((held ? "+" : "-") + id); };
     ctl = std::make_unique<CanaryController>(co);
   }
   CanaryRecord Start(std::vector<double> stages = {1, 5, 10, 25, 50, 100}) {
@@ -146,6 +150,33 @@ TEST_CASE("an error-rate rise rolls back at once, with the reason recorded") {
   CHECK(f.reg->Resolve("rec")->version == "1");  // production untouched
   auto h = f.reg->History(*ParseRef("rec:2"));
   CHECK(h->back().action == "canary-rollback");
+}
+
+TEST_CASE("a rollback the registry cannot record stops the canary's traffic in memory and is written later") {
+  Fixture f;
+  CanaryRecord c = f.Start();
+  f.ctl->Tick();
+  f.Traffic(c, 70, 0.0, 5);
+  REQUIRE(f.reg->GetCanary("rec")->stage_index == 1);
+  // Another writer holds the registry (as a full disk or a read-only file would refuse writes).
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open((f.dir / "r.db").c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  f.Traffic(c, 20, 0.2, 5);
+  CHECK(f.reg->GetCanary("rec")->state == "running");  // not written
+  REQUIRE(f.holds.size() == 1);                          // but held back, once
+  CHECK(f.holds[0] == "+" + c.experiment_id);
+  // The write is retried at every tick, without judging again, and lands once writes work.
+  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  f.clock.AdvanceSeconds(1);
+  f.ctl->Tick();
+  auto r = f.reg->GetCanary("rec");
+  CHECK(r->state == "rolled_back");
+  CHECK(r->reason.find("canary error rate") != std::string::npos);
+  REQUIRE(f.holds.size() == 2);
+  CHECK(f.holds[1] == "-" + c.experiment_id);
+  CHECK(f.reg->Resolve("rec:2")->stage == Stage::kArchived);
 }
 
 TEST_CASE("a p99 rise rolls back, absolute and relative to control") {
