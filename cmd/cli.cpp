@@ -42,13 +42,10 @@ Result<std::unique_ptr<Registry>> Cli::OpenRegistry() {
   auto c = config();
   if (!c.ok()) return c.status();
   Registry::Options o;
-  if (!(*c)->registry.path.empty()) {
-    o.path = (*c)->registry.path;
-  } else {
-    auto dd = data_dir();
-    if (!dd.ok()) return dd.status();
-    o.path = JoinPath(*dd, "registry.db");
-  }
+  auto dd = data_dir();
+  if (!dd.ok()) return dd.status();
+  o.path = (*c)->registry.path.empty() ? JoinPath(*dd, "registry.db") : (*c)->registry.path;
+  MMS_ASSIGN_OR_RETURN(o.artifacts_dir, ArtifactsDir());
   o.busy_timeout_ms = (*c)->registry.busy_timeout_ns / 1000000;
   o.allowed_roots = (*c)->registry.allowed_roots;
   return Registry::Open(o);

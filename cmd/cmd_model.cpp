@@ -614,6 +614,17 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
     if (!artifacts.ok()) return cli.Fail(artifacts.status());
     auto found = FindOrphans(*artifacts, targets);
     if (!found.ok()) return cli.Fail(found.status());
+    // A registry with no history at all never registered these files: it
+    // was created anew beside them (the old one removed or replaced).
+    if (prune && std::any_of(found->begin(), found->end(), [](const OrphanDir& o) { return !o.staging; })) {
+      auto history = (*reg)->AuditLog(0, 1);
+      if (!history.ok()) return cli.Fail(history.status());
+      if (history->empty())
+        return cli.Fail(FailedPrecondition(
+            "not pruning: this registry has no history at all, yet " + *artifacts +
+            " holds packed weights, so they were registered through another registry (was registry.db removed "
+            "or replaced?). Restore that registry, or move the directories aside by hand if they are unwanted"));
+    }
     for (const OrphanDir& o : *found) {
       std::string what = (o.staging ? "left by a registration killed while storing its files ("
                                     : "packed files no version uses (") +

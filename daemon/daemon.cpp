@@ -39,6 +39,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
 
   Registry::Options ro;
   ro.path = c.registry.path.empty() ? JoinPath(d->opts_.data_dir, "registry.db") : c.registry.path;
+  ro.artifacts_dir = JoinPath(d->opts_.data_dir, "artifacts");
   ro.busy_timeout_ms = c.registry.busy_timeout_ns / 1000000;
   ro.allowed_roots = c.registry.allowed_roots;
   ro.clock = d->opts_.clock;

@@ -1,4 +1,6 @@
 #include "registry/registry.h"
+
+#include <filesystem>
 #include <sqlite3.h>
 
 #include <pwd.h>
@@ -72,12 +74,32 @@ const VersionRecord* DefaultVersion(const std::vector<VersionRecord>& versions) 
   return best;
 }
 
+namespace {
+// Whether <artifacts>/<model>/ holds a published packed dir (not a staging
+// "<stem>.tmp-<pid>" of a registration that never finished).
+bool HoldsPackedDirs(const std::string& artifacts) {
+  std::error_code ec;
+  for (const auto& model : std::filesystem::directory_iterator(artifacts, ec)) {
+    std::error_code ec2;
+    for (const auto& dir : std::filesystem::directory_iterator(model.path(), ec2))
+      if (dir.path().filename().string().find(".tmp-") == std::string::npos) return true;
+  }
+  return false;
+}
+}  // namespace
+
 Registry::Registry(Options opts) : opts_(std::move(opts)), actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor) {}
 Registry::~Registry() = default;
 
 Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   if (opts.path.empty()) return InvalidArgument("no registry path");
   if (!opts.create && !FileExists(opts.path)) return NotFound("no registry at " + opts.path);
+  if (opts.create && !opts.artifacts_dir.empty() && !FileExists(opts.path) && HoldsPackedDirs(opts.artifacts_dir))
+    return FailedPrecondition("no registry at " + opts.path + ", but " + opts.artifacts_dir +
+                              " holds packed weights of registered versions: the registry file was removed or "
+                              "moved, or it belongs to another data dir. Restore registry.db (with its -wal "
+                              "file, if any) or point --data-dir / [registry] path at it; to start anew, move " +
+                              opts.artifacts_dir + " aside first");
   if (opts.create) MMS_RETURN_IF_ERROR(MakeDirs(DirName(opts.path), 0700));
   std::unique_ptr<Registry> r(new Registry(opts));
   auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);

@@ -225,6 +225,11 @@ class Registry {
     std::string actor;                       // recorded in the audit log ("" = $MMS_ACTOR, $USER)
     Clock* clock = Clock::Real();
     bool create = true;                      // create the file when missing
+    // The packed weights' directory beside this registry (<data dir>/artifacts).
+    // A missing registry file is not created while it holds packed files:
+    // the registry was removed or moved, or this is another data dir's, and
+    // a new empty one would make every packed file look like an orphan.
+    std::string artifacts_dir;
     // Refuse a registry this process may only read (SQLite opens a file it
     // cannot write read-only, and every write then fails): mmsd, which must
     // save serving figures, canary stages and metrics.

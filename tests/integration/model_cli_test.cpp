@@ -295,6 +295,37 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(std::filesystem::exists(live));
 }
 
+TEST_CASE("a removed registry is not silently recreated beside packed weights, and nothing is pruned against a new one") {
+  Cli mms;
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "a.pt");
+  REQUIRE(mms({"model", "register", "a", "--version", "1", "--path", mms.dir / "a.pt", "-q"}).exit_code == 0);
+  const std::filesystem::path data = mms.dir / "data";
+  std::filesystem::rename(data / "registry.db", mms.dir / "registry.db.moved");
+  std::filesystem::remove(data / "registry.db-wal");
+  std::filesystem::remove(data / "registry.db-shm");
+  // Any command: refused, naming the registry and the remedy; no empty registry appears.
+  auto list = mms({"model", "list"});
+  CHECK(list.exit_code == 1);
+  CHECK(list.err.find("no registry at " + (data / "registry.db").string()) != std::string::npos);
+  CHECK(list.err.find("Restore registry.db") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(data / "registry.db"));
+  // A new registry made elsewhere: --prune refuses to treat the packed files as orphans.
+  auto cfg = mms.dir / "fresh.toml";
+  std::ofstream(cfg) << "[registry]\npath = \"" << (mms.dir / "new") << "/registry.db\"\n";
+  std::filesystem::create_directories(mms.dir / "new");
+  std::filesystem::rename(data / "artifacts", mms.dir / "artifacts.aside");  // lets the new registry be created
+  REQUIRE(mms({"--config", cfg, "model", "list"}).exit_code == 0);
+  std::filesystem::rename(mms.dir / "artifacts.aside", data / "artifacts");
+  auto prune = mms({"--config", cfg, "model", "verify", "--prune", "--prune-age", "0s"});
+  CHECK(prune.exit_code == 1);
+  CHECK(prune.err.find("no history at all") != std::string::npos);
+  CHECK(std::filesystem::exists(data / "artifacts" / "a"));
+  // Back in place, all is as it was.
+  std::filesystem::rename(mms.dir / "registry.db.moved", data / "registry.db");
+  auto v = mms({"model", "verify"});
+  CHECK_MESSAGE(v.exit_code == 0, v.err);
+}
+
 TEST_CASE("verify lists packed directories no version uses, and --prune removes them") {
   Cli mms;
   std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "a.pt");
