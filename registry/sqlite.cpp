@@ -47,6 +47,18 @@ Status Db::Error(const std::string& what) const {
   if ((rc & 0xff) == SQLITE_BUSY)
     return Status(Code::kInUse, "registry " + path_ + " is locked by another writer (" + what +
                                           "); retry, or raise [registry] busy_timeout");
+  if ((rc & 0xff) == SQLITE_FULL)
+    return Status(CodeForSqlite(rc), "registry " + path_ + ": the disk is full (" + what +
+                                         "); nothing was changed. Free space on its filesystem and retry (mms model "
+                                         "rm needs a little space too: free some by other means first)");
+  if ((rc & 0xff) == SQLITE_READONLY)
+    return Status(CodeForSqlite(rc), "registry " + path_ + " is read-only for this process (" + what + ": " + msg +
+                                         "); nothing was changed. Give this user write access to the file, its "
+                                         "-wal and -shm files and their directory, or run as its owner");
+  if ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_CANTOPEN)
+    return Status(CodeForSqlite(rc), "registry " + path_ + ": I/O error (" + what + ": " + msg +
+                                         "); nothing was changed. Check the disk and that the file and its -wal "
+                                         "file are still in place (not removed under a running mmsd)");
   return Status(CodeForSqlite(rc), what + ": " + msg);
 }
 

@@ -522,3 +522,17 @@ TEST_CASE("a registry this user may only read is refused where writes are needed
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 }
+
+TEST_CASE("a full disk is an error naming the registry and what to do, not SQLite's bare words") {
+  testing::TempDir d;
+  auto db = sql::Db::Open(d / "t.db", true, 1000);
+  REQUIRE(db.ok());
+  // A page cap stands in for the filesystem: SQLite answers SQLITE_FULL alike.
+  REQUIRE((*db)->Exec("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 8").ok());
+  Status st = (*db)->Exec("INSERT INTO t VALUES (zeroblob(1000000))");
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.code() == Code::kIo);
+  CHECK(st.message().find("registry " + (d / "t.db") + ": the disk is full") != std::string::npos);
+  CHECK(st.message().find("nothing was changed") != std::string::npos);
+  CHECK(st.message().find("Free space") != std::string::npos);
+}
