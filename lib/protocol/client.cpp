@@ -142,6 +142,16 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
                          (bounded && opts.timeout_ms < 10000 ? std::to_string(opts.timeout_ms) + " ms" : "10 s") +
                          ": it is stopped (SIGSTOP), hung or overloaded, not gone; check the process and its log "
                          "before starting another");
+    if (d.rv == NNG_EAGAIN) {  // the listen backlog is full: a live daemon, busy (or out of descriptors)
+      if (!bounded || left_ms() > 20) {
+        std::this_thread::sleep_for(Ms(20));
+        continue;
+      }
+      return Unavailable("mmsd at " + opts.socket_path + " is running but took no new connection within " +
+                         std::to_string(opts.timeout_ms) +
+                         " ms (its connection backlog is full: overloaded, or out of file descriptors); retry, "
+                         "or raise --timeout");
+    }
     if (d.rv != 0) {
       std::string why = !FileExists(opts.socket_path) ? "no socket there"
                         : d.rv == NNG_ECONNREFUSED     ? "connection refused"

@@ -140,6 +140,31 @@ TEST_CASE("--timeout bounds the wait for a stopped daemon's handshake, which nng
   // Resumed, it serves the next client (the abandoned connection tripped nothing for good).
   auto again = d.Mms({"--timeout", "30", "ping"}, 60);
   CHECK_MESSAGE(again.exit_code == 0, again.err);
+  // Stopped again with its listen backlog full: running, not "not running" (which would
+  // advise starting a second daemon).
+  d.child().Signal(SIGSTOP);
+  std::vector<int> held;
+  for (int i = 0; i < 4096; ++i) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ::close(fd);
+      break;
+    }
+    held.push_back(fd);
+  }
+  auto full = d.Mms({"--timeout", "1", "ping"}, 30);
+  for (int fd : held) ::close(fd);
+  d.child().Signal(SIGCONT);
+  CHECK(full.exit_code == 3);
+  // (nng either retries the full backlog until the timeout — "did not answer it" — or
+  // returns EAGAIN — "is running but took no new connection"; never "not running".)
+  CHECK_MESSAGE(full.err.find("not running") == std::string::npos, full.err);
+  CHECK(full.err.find(d.socket()) != std::string::npos);
+  auto after = d.Mms({"--timeout", "30", "ping"}, 60);
+  CHECK_MESSAGE(after.exit_code == 0, after.err);
 }
 
 TEST_CASE("many clients at once are all answered") {
