@@ -105,13 +105,17 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   } else if (Status st = (*reg)->RemovePin(*ref); !st.ok()) {
     return cli.Fail(st);
   }
+  // Done in the registry: a version removed meanwhile (a concurrent mms model
+  // rm) changes what is printed, not the outcome.
   auto v = (*reg)->Resolve(*ref);
-  if (!v.ok()) return cli.Fail(v.status());
-  nlohmann::json j{{"ref", ref->ToString()}, {"version", v->ref()}, {"pinned", pin}};
+  const std::string version = v.ok() ? v->ref() : "";
+  nlohmann::json j{{"ref", ref->ToString()}, {"version", v.ok() ? nlohmann::json(version) : nlohmann::json()},
+                   {"pinned", pin}};
   // Apply it in a running daemon now (and for a pin, wait for the preload).
   auto c = cli.Connect();
   if (c.ok()) {
     auto r = (*c)->CallJson(pin ? proto::kPin : proto::kUnpin, {{"model", ref->ToString()}});
+    if (!r.ok() && !pin && r.status().code() == Code::kNotFound) r = nlohmann::json::object();  // nothing left to unpin
     if (!r.ok()) {
       // The daemon refused the preload (no room beside the other pins, a
       // failed warm-up, a damaged artifact): a new pin is taken back rather
@@ -132,8 +136,9 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   }
   cli.Emit(j, [&] {
     if (!pin) std::cout << "unpinned " << ref->ToString() << "\n";
-    else if (j.contains("device")) std::cout << "pinned " << v->ref() << " (on " << j["device"].get<std::string>() << ")\n";
-    else std::cout << "pinned " << v->ref() << " (mmsd is not running; it preloads pins when it starts)\n";
+    else if (version.empty()) std::cout << "pinned " << ref->ToString() << " (no version of it resolves now)\n";
+    else if (j.contains("device")) std::cout << "pinned " << version << " (on " << j["device"].get<std::string>() << ")\n";
+    else std::cout << "pinned " << version << " (mmsd is not running; it preloads pins when it starts)\n";
   });
   return 0;
 }

@@ -280,6 +280,14 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
   CHECK(offline.out.find("preloads pins when it starts") != std::string::npos);
   REQUIRE(d.Restart());
   CHECK(WaitFor([&] { return FindModel(Pool(d), "rec:1")["tier"] == "device"; }, 20));
+  // The pinned model removed (as by a concurrent pipeline): unpinning it still succeeds,
+  // with the daemon running and without, and says so (it used to exit 4 after unpinning).
+  REQUIRE(d.Mms({"pin", "rec"}).exit_code == 0);  // by name: a pin that outlives its versions
+  REQUIRE(d.Mms({"model", "rm", "rec:1", "--force"}).exit_code == 0);
+  auto unpin = d.Mms({"--json", "unpin", "rec"});
+  CHECK_MESSAGE(unpin.exit_code == 0, unpin.err);
+  CHECK(json::parse(unpin.out)["pinned"] == false);
+  CHECK(d.Mms({"unpin", "rec"}).exit_code == 4);  // no pin left: not found, as before
 }
 
 TEST_CASE("when nothing can be evicted the request fails at once naming what holds the memory") {
