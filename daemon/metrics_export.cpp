@@ -3,6 +3,7 @@
 
 #include "core/version.h"
 #include "daemon.h"
+#include "protocol/codec.h"
 #include "stats/prometheus.h"
 
 namespace mms {
@@ -147,7 +148,7 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
     nlohmann::json body{{"status", status}, {"pid", ::getpid()}, {"ipc_listener", ipc_ok ? "ok" : "unreachable"}};
     if (!ipc_ok) body["error"] = "new connections to " + server_->options().socket_path +
                                  " are not being answered; see the daemon log (listener_restart_failed)";
-    return {draining || !ipc_ok ? 503 : 200, "application/json", body.dump() + "\n"};
+    return {draining || !ipc_ok ? 503 : 200, "application/json", proto::DumpBody(body) + "\n"};
   }
   // The snapshot only: an unauthenticated probe of unknown names must not
   // make the daemon re-read its registry (Resolve would).
@@ -157,15 +158,15 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
   auto v = ref.ok() ? snap->Resolve(*ref) : Result<const VersionRecord*>(ref.status());
   if (!v.ok()) {
     int status = v.status().code() == Code::kNotFound ? 404 : 400;
-    return {status, "application/json", nlohmann::json{{"error", v.status().message()}}.dump() + "\n"};
+    return {status, "application/json", proto::DumpBody({{"error", v.status().message()}}) + "\n"};
   }
   if (draining)
-    return {503, "application/json", nlohmann::json{{"ref", (*v)->ref()}, {"status", "draining"}}.dump() + "\n"};
+    return {503, "application/json", proto::DumpBody({{"ref", (*v)->ref()}, {"status", "draining"}}) + "\n"};
   auto h = PoolFor(**v)->Health((*v)->id);
   bool healthy = !h || h->value("healthy", true);
   nlohmann::json body = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}};
   body["ref"] = (*v)->ref();
-  return {healthy ? 200 : 503, "application/json", body.dump() + "\n"};
+  return {healthy ? 200 : 503, "application/json", proto::DumpBody(body) + "\n"};
 }
 
 }  // namespace mms

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <string_view>
 
 namespace mms {
 
@@ -38,6 +39,11 @@ std::vector<InputSpec> InputSpecsFromJson(const nlohmann::json& j) {
 
 Result<std::vector<Tensor>> MatchInputs(const std::vector<InputSpec>& specs, std::vector<Tensor> inputs,
                                         const std::string& model_ref) {
+  std::set<std::string_view> given;
+  for (const auto& t : inputs)
+    if (!given.insert(t.name).second)
+      return InvalidArgument("input '" + (t.name.size() > 60 ? t.name.substr(0, 57) + "..." : t.name) +
+                             "' is given more than once; send each of " + model_ref + "'s inputs once");
   std::string expected;
   for (const auto& s : specs) expected += (expected.empty() ? "" : ", ") + s.name;
   std::vector<Tensor> ordered;

@@ -116,6 +116,10 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
   CHECK(code("/health/tiny:1") == "200");
   CHECK(code("/health/tiny%3A1") == "200");  // as Python's quote() writes it
   CHECK(code("/health/tiny%zz") == "400");
+  for (const char* bad : {"/health/%FF", "/health/tiny:%C0%AF", "/health/tiny@%FF"}) {  // not UTF-8: was a 500
+    std::string c = code(bad);
+    CHECK_MESSAGE((c == "400" || c == "404"), bad << " " << c);
+  }
   // A limit, an experiment, a shadow and a canary, so their families have samples.
   auto ok = [&](std::vector<std::string> args) {
     auto r = d.Mms(args);

@@ -103,6 +103,9 @@ TEST_CASE("inputs are matched to forward()'s arguments by name, dtype and shape"
   CHECK(missing.status().message().find("dense") != std::string::npos);
   Tensor extra = Tensor::Alloc("extra", DType::kFloat32, {1});
   CHECK(MatchInputs(specs, {ids, dense, extra}, "rec:1").status().message().find("extra") != std::string::npos);
+  // The same name twice: refused (the second used to be ignored silently).
+  auto twice = MatchInputs(specs, {ids, dense, Tensor::Alloc("ids", DType::kInt64, {1})}, "rec:1");
+  CHECK(twice.status().message().find("'ids' is given more than once") != std::string::npos);
   Tensor wrong_dtype = Tensor::Alloc("ids", DType::kFloat32, {3, 4});
   CHECK(MatchInputs(specs, {wrong_dtype, dense}, "rec:1").status().message().find("int64") != std::string::npos);
   Tensor wrong_shape = Tensor::Alloc("dense", DType::kFloat32, {3, 9});
