@@ -6,7 +6,7 @@
 // Exit codes (stable; `mms --help` and mms(1) list them):
 //   0 ok, 1 error, 2 usage or invalid argument, 3 daemon unreachable,
 //   4 not found, 5 rejected (rate limited, pool full, overloaded),
-//   6 conflict (already exists, in use); 10-12 canary --wait outcomes.
+//   6 conflict (already exists, in use, changed or ended meanwhile); 10-12 canary --wait outcomes.
 #pragma once
 
 #include <functional>

@@ -24,7 +24,7 @@ const char* kExitCodes = R"(Exit codes:
   3   daemon unreachable (start it with: mms serve --detach)
   4   not found (model, version, alias, experiment, request id)
   5   rejected: rate limited, pool full, overloaded, deadline exceeded
-  6   conflict: already exists, in use, or the registry locked by another writer
+  6   conflict: already exists, in use, changed or ended meanwhile, or the registry locked by another writer
   10  canary --wait: rolled back automatically
   11  canary --wait: aborted by hand
   12  canary --wait: --timeout reached

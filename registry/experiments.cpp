@@ -136,14 +136,14 @@ Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, con
   if (state != "running" && state != "paused") return InvalidArgument("state must be running or paused");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
   MMS_RETURN_IF_ERROR(RefuseCanary(e, state == "paused" ? "paused" : "resumed"));
-  if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
+  if (e.state == "stopped") return Conflict("experiment '" + id + "' is stopped; create a new one");
   if (e.state == state) return e;
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET state = ?, updated_ms = ? WHERE id = ? AND state = ?"));
   up.Bind(1, state).Bind(2, opts_.clock->UnixMillis()).Bind(3, id).Bind(4, e.state);
   MMS_RETURN_IF_ERROR(up.Run());
-  if (db_->Changes() == 0) return FailedPrecondition("experiment '" + id + "' changed meanwhile; try again");
+  if (db_->Changes() == 0) return Conflict("experiment '" + id + "' changed meanwhile; try again");
   MMS_RETURN_IF_ERROR(AuditLocked(state == "paused" ? (e.kind == "canary" ? "canary-pause" : "experiment-pause")
                                                     : (e.kind == "canary" ? "canary-resume" : "experiment-resume"),
                                   e.model, e.treatment_version, e.state, state, id));
@@ -156,7 +156,7 @@ Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int bas
   if (basis_points < 0 || basis_points > 10000) return InvalidArgument("the treatment share must be 0-100%");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
   MMS_RETURN_IF_ERROR(RefuseCanary(e, "ramped"));
-  if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is stopped; create a new one");
+  if (e.state == "stopped") return Conflict("experiment '" + id + "' is stopped; create a new one");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   // Only as read: a stop (or another ramp) committed since is not overwritten.
@@ -164,7 +164,7 @@ Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int bas
                                              "WHERE id = ? AND state = ? AND basis_points = ?"));
   up.Bind(1, basis_points).Bind(2, opts_.clock->UnixMillis()).Bind(3, id).Bind(4, e.state).Bind(5, e.basis_points);
   MMS_RETURN_IF_ERROR(up.Run());
-  if (db_->Changes() == 0) return FailedPrecondition("experiment '" + id + "' changed meanwhile; try again");
+  if (db_->Changes() == 0) return Conflict("experiment '" + id + "' changed meanwhile; try again");
   MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-ramp" : "experiment-ramp", e.model, e.treatment_version,
                                   FormatPercent(e.percent()), FormatPercent(basis_points / 100.0), id));
   MMS_RETURN_IF_ERROR(Commit(tx));
@@ -177,14 +177,14 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
     return InvalidArgument("--winner must be control or treatment");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
   MMS_RETURN_IF_ERROR(RefuseCanary(e, "stopped"));
-  if (e.state == "stopped") return FailedPrecondition("experiment '" + id + "' is already stopped");
+  if (e.state == "stopped") return Conflict("experiment '" + id + "' is already stopped");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
       "UPDATE experiments SET state = 'stopped', winner = ?, updated_ms = ? WHERE id = ? AND state != 'stopped'"));
   up.Bind(1, winner).Bind(2, opts_.clock->UnixMillis()).Bind(3, id);
   MMS_RETURN_IF_ERROR(up.Run());
-  if (db_->Changes() == 0) return FailedPrecondition("experiment '" + id + "' is already stopped");
+  if (db_->Changes() == 0) return Conflict("experiment '" + id + "' is already stopped");
   MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-stop" : "experiment-stop", e.model, e.treatment_version,
                                   e.state, "stopped", id + (winner.empty() ? "" : ", winner " + winner)));
   if (!winner.empty()) {

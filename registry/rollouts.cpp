@@ -265,7 +265,7 @@ Result<CanaryRecord> Registry::SetCanaryState(const std::string& model, const st
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
-  if (!c.active()) return FailedPrecondition("the canary of '" + model + "' has ended (" + c.state + ")");
+  if (!c.active()) return Conflict("the canary of '" + model + "' has ended (" + c.state + ")");
   if (c.state == state) return c;
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE canaries SET state = ?, updated_ms = ? WHERE id = ?"));
   up.Bind(1, state).Bind(2, opts_.clock->UnixMillis()).Bind(3, c.id);
@@ -284,7 +284,7 @@ Result<CanaryRecord> Registry::RecordCanaryCheck(int64_t id, int stage_index, in
       "WHERE id = ? AND stage_index = ? AND state IN ('running', 'paused')"));
   up.Bind(1, elapsed_ms).Bind(2, check.dump()).Bind(3, opts_.clock->UnixMillis()).Bind(4, id).Bind(5, stage_index);
   MMS_RETURN_IF_ERROR(up.Run());
-  if (db_->Changes() == 0) return FailedPrecondition("the canary moved on meanwhile");
+  if (db_->Changes() == 0) return Conflict("the canary moved on meanwhile");
   MMS_ASSIGN_OR_RETURN(auto out, QueryCanaries("WHERE c.id = ?", {std::to_string(id)}));
   return out.at(0);
 }
@@ -296,7 +296,7 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
   if (found.empty()) return NotFound("no such canary");
   CanaryRecord c = found[0];
   if (c.state != "running" || c.stage_index != from_stage || c.last_stage())
-    return FailedPrecondition("the canary moved on meanwhile");
+    return Conflict("the canary moved on meanwhile");
   double next = c.stages[static_cast<size_t>(from_stage + 1)];
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
       "UPDATE canaries SET stage_index = ?, stage_elapsed_ms = 0, stage_start_json = ?, updated_ms = ? WHERE id = ?"));
@@ -321,9 +321,9 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
 
 namespace {
 Status StillJudged(const CanaryRecord& c, const std::string& model, int64_t running_id) {
-  if (!c.active()) return FailedPrecondition("the canary of '" + model + "' has ended (" + c.state + ")");
+  if (!c.active()) return Conflict("the canary of '" + model + "' has ended (" + c.state + ")");
   if (running_id && (c.id != running_id || c.state != "running"))
-    return FailedPrecondition("the canary of '" + model + "' changed since it was judged (" + c.state + ")");
+    return Conflict("the canary of '" + model + "' changed since it was judged (" + c.state + ")");
   return Status::Ok();
 }
 }  // namespace

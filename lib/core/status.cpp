@@ -9,7 +9,7 @@ struct Entry {
   const char* name;
   int exit_code;
 };
-constexpr std::array<Entry, 18> kTable{{
+constexpr std::array<Entry, 19> kTable{{
     {Code::kOk, "OK", 0},
     {Code::kInvalidArgument, "INVALID_ARGUMENT", 2},
     {Code::kNotFound, "NOT_FOUND", 4},
@@ -28,6 +28,7 @@ constexpr std::array<Entry, 18> kTable{{
     {Code::kIo, "IO", 1},
     {Code::kCancelled, "CANCELLED", 1},
     {Code::kModelError, "MODEL_ERROR", 1},
+    {Code::kConflict, "CONFLICT", 6},
 }};
 }  // namespace
 

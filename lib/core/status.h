@@ -37,6 +37,7 @@ enum class Code : uint16_t {
   kIo = 15,               // filesystem / OS error
   kCancelled = 16,        // caller went away or shut down
   kModelError = 17,       // the model's forward() raised on this input
+  kConflict = 18,         // a concurrent writer got there first: changed meanwhile, already stopped or ended (exit 6)
 };
 
 // Stable short name, e.g. "NOT_FOUND". Used in JSON error replies.
@@ -75,6 +76,7 @@ inline Status NotFound(std::string m) { return Status(Code::kNotFound, std::move
 inline Status AlreadyExists(std::string m) { return Status(Code::kAlreadyExists, std::move(m)); }
 inline Status InUse(std::string m) { return Status(Code::kInUse, std::move(m)); }
 inline Status FailedPrecondition(std::string m) { return Status(Code::kFailedPrecondition, std::move(m)); }
+inline Status Conflict(std::string m) { return Status(Code::kConflict, std::move(m)); }
 inline Status Internal(std::string m) { return Status(Code::kInternal, std::move(m)); }
 inline Status IoError(std::string m) { return Status(Code::kIo, std::move(m)); }
 inline Status Corrupt(std::string m) { return Status(Code::kCorrupt, std::move(m)); }

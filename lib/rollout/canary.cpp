@@ -186,7 +186,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   }
   auto rec = opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, check);
   if (!rec.ok()) {  // moved on meanwhile (a CLI promote or abort), or the write failed
-    if (rec.status().code() != Code::kFailedPrecondition)
+    if (rec.status().code() != Code::kConflict)
       LogWarn("canary_check_unsaved", {{"model", c.model}, {"candidate", where}, {"error", rec.status().message()}});
     return;
   }

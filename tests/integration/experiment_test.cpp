@@ -100,7 +100,11 @@ TEST_CASE("experiment commands and their refusals") {
   bool audited = false;
   for (const auto& h : hist) audited = audited || (h["action"] == "stage" && h["detail"] == "winner of exp-rec-v13");
   CHECK(audited);
-  CHECK(d.Mms({"experiment", "pause", "exp-rec-v13"}).exit_code == 1);
+  // Stopped already (as by another pipeline): a conflict, exit 6, not an error.
+  auto paused = d.Mms({"--json", "experiment", "pause", "exp-rec-v13"});
+  CHECK(paused.exit_code == 6);
+  CHECK(json::parse(paused.out)["error"]["code"] == "CONFLICT");
+  CHECK(d.Mms({"experiment", "stop", "exp-rec-v13"}).exit_code == 6);
 }
 
 TEST_CASE("requests are routed by the running experiment, counted per variant, and credited with feedback") {

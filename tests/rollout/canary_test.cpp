@@ -213,19 +213,19 @@ TEST_CASE("pausing stops the stage clock, promote and abort by hand") {
   REQUIRE(f.reg->SetCanaryState("rec", "running").ok());
   REQUIRE(f.reg->PromoteCanary("rec", "promoted by hand").ok());
   CHECK(f.reg->Resolve("rec")->version == "2");
-  CHECK(f.reg->SetCanaryState("rec", "paused").status().code() == Code::kFailedPrecondition);
+  CHECK(f.reg->SetCanaryState("rec", "paused").status().code() == Code::kConflict);
 
   Fixture g;
   CanaryRecord gc = g.Start();
   // The controller's verdicts hold only for the canary it judged, still running:
   // paused by hand in between, neither a promotion nor a rollback goes through.
   REQUIRE(g.reg->SetCanaryState("rec", "paused").ok());
-  CHECK(g.reg->PromoteCanary("rec", "judged", gc.id).status().code() == Code::kFailedPrecondition);
-  CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id).status().code() == Code::kFailedPrecondition);
-  CHECK(g.reg->PromoteCanary("rec", "judged", gc.id + 1).status().code() == Code::kFailedPrecondition);
+  CHECK(g.reg->PromoteCanary("rec", "judged", gc.id).status().code() == Code::kConflict);
+  CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id).status().code() == Code::kConflict);
+  CHECK(g.reg->PromoteCanary("rec", "judged", gc.id + 1).status().code() == Code::kConflict);
   CHECK(g.reg->GetCanary("rec")->state == "paused");
   REQUIRE(g.reg->SetCanaryState("rec", "running").ok());
-  CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id + 1).status().code() == Code::kFailedPrecondition);
+  CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id + 1).status().code() == Code::kConflict);
   CHECK(g.reg->GetCanary("rec")->state == "running");
   REQUIRE(g.reg->RollbackCanary("rec", "aborted", "aborted by hand").ok());
   CHECK(g.reg->GetCanary("rec")->state == "aborted");

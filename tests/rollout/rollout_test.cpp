@@ -118,7 +118,7 @@ TEST_CASE("experiments: creation rules, one per model, ramp, pause, stop with a 
   CHECK(f.reg->Resolve("rec:1")->stage == Stage::kArchived);
   auto h = f.reg->History(*ParseRef("rec"));
   CHECK(h->back().detail == "winner of e1");
-  CHECK(f.reg->StopExperiment("e1", "").status().code() == Code::kFailedPrecondition);
+  CHECK(f.reg->StopExperiment("e1", "").status().code() == Code::kConflict);
   // Stopped: a new one may start.
   CHECK(f.reg->CreateExperiment(f.Exp("e6", 500, "2", "3")).ok());
 }
