@@ -577,7 +577,16 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
     for (const auto& u : uses) list += (list.empty() ? "" : "; ") + u;
     return InUse(rec.ref() + " is in use: " + list + ". Release it first, or use --force");
   }
-  // Forced: experiments using the version stop (their history stays).
+  // Forced: a canary using the version (its candidate or its production
+  // baseline) is aborted as `mms canary abort` would: the candidate archived.
+  MMS_ASSIGN_OR_RETURN(auto canaries, QueryCanaries("WHERE c.state IN ('running', 'paused') AND c.experiment_id IN "
+                                                    "(SELECT id FROM experiments WHERE treatment_id = ? OR control_id = ?)",
+                                                    {std::to_string(rec.id), std::to_string(rec.id)}));
+  for (const auto& c : canaries)
+    MMS_RETURN_IF_ERROR(EndCanaryLocked(c, "aborted",
+                                        (c.candidate_version == rec.version ? "its candidate " : "the production version ") +
+                                            rec.ref() + " was removed (mms model rm --force)"));
+  // Forced: other experiments using the version stop (their history stays).
   MMS_ASSIGN_OR_RETURN(auto using_it, QueryExperiments("WHERE e.state != 'stopped' AND (e.control_id = ? OR e.treatment_id = ?)",
                                                        {std::to_string(rec.id), std::to_string(rec.id)}));
   for (const auto& e : using_it) {
@@ -587,11 +596,6 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
     MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-stop" : "experiment-stop", e.model, rec.version,
                                     e.state, "stopped", e.id + ": version " + rec.ref() + " removed"));
   }
-  MMS_ASSIGN_OR_RETURN(auto cans, db_->Prepare(
-      "UPDATE canaries SET state = 'aborted', reason = 'candidate removed', updated_ms = ? WHERE state IN ('running', "
-      "'paused') AND experiment_id IN (SELECT id FROM experiments WHERE treatment_id = ? OR control_id = ?)"));
-  cans.Bind(1, opts_.clock->UnixMillis()).Bind(2, rec.id).Bind(3, rec.id);
-  MMS_RETURN_IF_ERROR(cans.Run());
   MMS_ASSIGN_OR_RETURN(auto stopped, QueryShadows("WHERE s.state = 'running' AND s.candidate_id = ?", {std::to_string(rec.id)}));
   for (const auto& sh : stopped)
     MMS_RETURN_IF_ERROR(AuditLocked("shadow-stop", sh.model, rec.version, "running", "stopped",

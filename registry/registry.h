@@ -369,6 +369,10 @@ class Registry {
   Result<std::vector<ShadowRecord>> QueryShadows(const std::string& where, const std::vector<std::string>& args);
   Result<std::vector<CanaryRecord>> QueryCanaries(const std::string& where, const std::vector<std::string>& args);
   Result<CanaryRecord> ActiveCanaryLocked(const std::string& model);
+  // Ends an active canary as rolled_back or aborted, inside the caller's
+  // transaction: the record, its experiment (control wins), the candidate
+  // archived, audited as canary-rollback / canary-abort.
+  Status EndCanaryLocked(const CanaryRecord& c, const std::string& state, const std::string& reason);
   Status StopExperimentLocked(const std::string& id, const std::string& winner, const std::string& detail);
   Status SaveExperimentMetricsLocked(const std::string& id, const std::string& variant, const nlohmann::json& data);
 

@@ -353,17 +353,21 @@ Result<CanaryRecord> Registry::RollbackCanary(const std::string& model, const st
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
   MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));
+  MMS_RETURN_IF_ERROR(EndCanaryLocked(c, state, reason));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return ActiveCanaryLocked(model);
+}
+
+Status Registry::EndCanaryLocked(const CanaryRecord& c, const std::string& state, const std::string& reason) {
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE canaries SET state = ?, reason = ?, updated_ms = ? WHERE id = ?"));
   up.Bind(1, state).Bind(2, reason).Bind(3, opts_.clock->UnixMillis()).Bind(4, c.id);
   MMS_RETURN_IF_ERROR(up.Run());
   MMS_RETURN_IF_ERROR(StopExperimentLocked(c.experiment_id, "control", reason));
-  MMS_RETURN_IF_ERROR(SetStageLocked(Ref{Ref::Kind::kVersion, model, c.candidate_version, ""}, Stage::kArchived,
+  MMS_RETURN_IF_ERROR(SetStageLocked(Ref{Ref::Kind::kVersion, c.model, c.candidate_version, ""}, Stage::kArchived,
                                      (state == "aborted" ? "canary aborted: " : "canary rolled back: ") + reason)
                           .status());
-  MMS_RETURN_IF_ERROR(AuditLocked(state == "aborted" ? "canary-abort" : "canary-rollback", model, c.candidate_version,
-                                  c.state, state, reason));
-  MMS_RETURN_IF_ERROR(Commit(tx));
-  return ActiveCanaryLocked(model);
+  return AuditLocked(state == "aborted" ? "canary-abort" : "canary-rollback", c.model, c.candidate_version, c.state,
+                     state, reason);
 }
 
 }  // namespace mms

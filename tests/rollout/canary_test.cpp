@@ -404,3 +404,28 @@ TEST_CASE("a canary's cold loads are counted but never read as slow requests") {
   // The stage's end applies the limit as configured.
   CHECK(JudgeCanary(c, control, cand, CanaryLook{true, 60}).kind == CanaryVerdict::kFail);
 }
+
+TEST_CASE("removing a canary's production version or candidate by force aborts the canary as mms canary abort does") {
+  for (const char* removed : {"rec:1", "rec:2"}) {
+    CAPTURE(removed);
+    Fixture f;
+    CanaryRecord c = f.Start();
+    REQUIRE(f.reg->Remove(*ParseRef(removed), /*force=*/true).ok());
+    auto all = f.reg->ListCanaries(false);
+    REQUIRE(all.ok());
+    REQUIRE(all->size() == 1);
+    const CanaryRecord& ended = all->front();
+    CHECK(ended.state == "aborted");
+    CHECK(ended.reason.find(std::string(removed) + " was removed") != std::string::npos);
+    CHECK(ended.reason.find(std::string(removed) == "rec:1" ? "the production version" : "its candidate") !=
+          std::string::npos);
+    if (std::string(removed) == "rec:1") {
+      CHECK(f.reg->Resolve("rec:2")->stage == Stage::kArchived);  // not left in stage canary
+      auto h = f.reg->History(*ParseRef("rec:2"));
+      bool aborted = false;
+      for (const auto& e : *h) aborted = aborted || e.action == "canary-abort";
+      CHECK(aborted);
+    }
+    CHECK_FALSE(f.reg->GetExperiment(c.experiment_id)->active());
+  }
+}
