@@ -37,7 +37,16 @@ struct Server::Slot {
   nng_aio* aio = nullptr;
   bool sending = false;  // owned by whichever thread holds the slot's turn
   bool probe = false;    // the reply being sent answers the watchdog's PROBE (not counted as served)
+  nng_pipe pipe{};       // the connection the request came on
 };
+
+namespace {
+// A reply the client has not taken within this long: the connection is
+// closed. A client that pipelines requests and never reads the replies
+// would otherwise park every context in a send to it, and nobody else would
+// be served.
+constexpr nng_duration kReplyTimeoutMs = 10000;
+}  // namespace
 
 struct Responder::State {
   Server* server = nullptr;
@@ -264,6 +273,7 @@ void Server::RetakeLock() {
 
 void Server::StartRecv(Slot* slot) {
   slot->sending = false;
+  nng_aio_set_timeout(slot->aio, NNG_DURATION_INFINITE);
   nng_ctx_recv(slot->ctx, slot->aio);
 }
 
@@ -273,6 +283,10 @@ void Server::OnAio(void* arg) {
   int rv = nng_aio_result(slot->aio);
   if (slot->sending) {
     if (rv != 0) nng_msg_free(nng_aio_get_msg(slot->aio));  // peer gone: drop the reply
+    // Not read: the connection goes, and with it every reply parked on it (logged once).
+    if (rv == NNG_ETIMEDOUT && nng_pipe_close(slot->pipe) == 0)
+      LogWarn("client_not_reading", {{"pipe", nng_pipe_id(slot->pipe)},
+                                     {"note", "a reply went unread for 10 s; the connection was closed"}});
     self->in_flight_.fetch_sub(1);
     if (!std::exchange(slot->probe, false)) self->served_.fetch_add(1);
     if (!self->stopped_.load()) self->StartRecv(slot);
@@ -289,6 +303,7 @@ void Server::OnAio(void* arg) {
 
 void Server::Dispatch(Slot* slot, void* raw) {
   nng_msg* msg = static_cast<nng_msg*>(raw);
+  slot->pipe = nng_msg_get_pipe(msg);
   std::shared_ptr<nng_msg> owner(msg, nng_msg_free);
   const uint8_t* data = static_cast<const uint8_t*>(nng_msg_body(msg));
   proto::DecodeResult d = proto::Decode(data, nng_msg_len(msg), std::shared_ptr<const void>(owner, data),
@@ -366,6 +381,7 @@ void Server::Reply(Slot* slot, const proto::Message& m) {
   }
   slot->sending = true;
   nng_aio_set_msg(slot->aio, out);
+  nng_aio_set_timeout(slot->aio, kReplyTimeoutMs);
   nng_ctx_send(slot->ctx, slot->aio);
 }
 

@@ -5,6 +5,11 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include <cstring>
+#include <thread>
+#include <sys/un.h>
+#include <sys/socket.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "protocol/client.h"
@@ -139,6 +144,43 @@ TEST_CASE("a JSON body nested too deep or over 1 MiB is refused at decoding, and
       CHECK(Reason(r) == "bad_json");
     }
   }
+  CHECK(d.Mms({"ping"}).exit_code == 0);
+}
+
+TEST_CASE("a client that pipelines requests and never reads the replies is cut off, and the others are served") {
+  Daemon d;
+  REQUIRE(d.ok());
+  // SP over IPC by hand: the 8-byte req0 header, then frames of 0x01, a 64-bit big-endian
+  // length and the request id (top bit set) before our message.
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  std::string out("\0SP\0\0\x30\0\0", 8);
+  for (uint32_t i = 0; i < 3000; ++i) {
+    std::string body = PingBytes(i);
+    uint64_t len = body.size() + 4;
+    out += '\x01';
+    for (int b = 7; b >= 0; --b) out += static_cast<char>((len >> (8 * b)) & 0xff);
+    uint32_t id = 0x80000000u | i;
+    for (int b = 3; b >= 0; --b) out += static_cast<char>((id >> (8 * b)) & 0xff);
+    out += body;
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  size_t sent = 0;
+  for (int tries = 0; sent < out.size() && tries < 1000; ++tries) {
+    ssize_t n = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) sent += static_cast<size_t>(n);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // Never read. Every context ends up parked in a reply to it; within the reply timeout
+  // (10 s) the connection is closed and another client is served.
+  auto other = d.Mms({"--timeout", "40", "ping"}, 60);
+  CHECK_MESSAGE(other.exit_code == 0, other.err);
+  CHECK(WaitFor([&] { return d.log().find("client_not_reading") != std::string::npos; }, 20));
+  ::close(fd);
   CHECK(d.Mms({"ping"}).exit_code == 0);
 }
 
