@@ -38,6 +38,10 @@ struct Server::Slot {
   bool sending = false;  // owned by whichever thread holds the slot's turn
   bool probe = false;    // the reply being sent answers the watchdog's PROBE (not counted as served)
   nng_pipe pipe{};       // the connection the request came on
+  // The listener that accepted the connection of the request in flight (an
+  // nng listener id; 0 while the slot waits for a request): the watchdog
+  // closes a replaced listener once no slot holds one of its requests.
+  std::atomic<uint32_t> listener{0};
 };
 
 namespace {
@@ -160,8 +164,16 @@ Status Server::Start() {
 
 Status Server::Listen(bool set_umask) {
   const std::string& path = opts_.socket_path;
+  // Bound under a name of its own, then renamed into place: nng unlinks a
+  // listener's path when the listener closes, and a replaced listener
+  // closed later (CloseIdleRetiredListeners) must not take its successor's
+  // file with it. (A path too long for the suffix binds in place.)
+  std::string bind_path = path + "." + std::to_string(++listen_seq_);
+  if (bind_path.size() >= sizeof(sockaddr_un{}.sun_path)) bind_path = path;
+  struct stat st;
+  if (bind_path != path && ::lstat(bind_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(bind_path.c_str());
   nng_listener l;
-  std::string url = "ipc://" + path;
+  std::string url = "ipc://" + bind_path;
   int rv = nng_listener_create(&l, SockOf(sock_id_), url.c_str());
   if (rv != 0) return Internal("cannot create listener on " + path + ": " + nng_strerror(rv));
   nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
@@ -174,8 +186,37 @@ Status Server::Listen(bool set_umask) {
     nng_listener_close(l);
     return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
   }
-  ::chmod(path.c_str(), 0600);
+  ::chmod(bind_path.c_str(), 0600);
+  if (bind_path != path && ::rename(bind_path.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    nng_listener_close(l);
+    return IoError("cannot move the new socket into place at " + path + ": " + std::strerror(e));
+  }
+  if (listener_id_ > 0) retired_.push_back({static_cast<uint32_t>(listener_id_), 0});
+  listener_id_ = nng_listener_id(l);
   return Status::Ok();
+}
+
+void Server::CloseIdleRetiredListeners() {
+  // A replaced listener stays open while a request that came through it is
+  // in flight (closing it closes its connections, and a REQ client would
+  // send that request again). Idle for two ticks, it goes — and with it the
+  // connections nng left half-accepted when it tripped: their file
+  // descriptors, and the hang-ups its poller would otherwise report for ever
+  // (a fuzzing review saw a core spinning on them).
+  for (auto it = retired_.begin(); it != retired_.end();) {
+    bool busy = std::any_of(slots_.begin(), slots_.end(), [&](const auto& s) { return s->listener.load() == it->id; });
+    it->idle_ticks = busy ? 0 : it->idle_ticks + 1;
+    if (it->idle_ticks < 2) {
+      ++it;
+      continue;
+    }
+    nng_listener l;
+    l.id = it->id;
+    nng_listener_close(l);
+    LogInfo("listener_closed", {{"listener", it->id}, {"reason", "replaced by the watchdog, and idle"}});
+    it = retired_.erase(it);
+  }
 }
 
 bool Server::Probe() {
@@ -227,6 +268,10 @@ void Server::WatchListener() {
     bool answered = draining_.load() || in_flight_.load() >= opts_.contexts || Probe();
     int misses = answered ? 0 : probe_misses_.load() + 1;
     probe_misses_ = misses;
+    {
+      std::lock_guard<std::mutex> l(listen_mu_);
+      CloseIdleRetiredListeners();
+    }
     if (misses >= 2 && misses % 2 == 0) {  // every second miss in a row, until one is answered
       RestartListener();
     } else if (!FileExists(opts_.socket_path + ".lock")) {
@@ -282,6 +327,7 @@ void Server::OnAio(void* arg) {
   Server* self = slot->server;
   int rv = nng_aio_result(slot->aio);
   if (slot->sending) {
+    slot->listener = 0;
     if (rv != 0) nng_msg_free(nng_aio_get_msg(slot->aio));  // peer gone: drop the reply
     // Not read: the connection goes, and with it every reply parked on it (logged once).
     if (rv == NNG_ETIMEDOUT && nng_pipe_close(slot->pipe) == 0)
@@ -304,6 +350,7 @@ void Server::OnAio(void* arg) {
 void Server::Dispatch(Slot* slot, void* raw) {
   nng_msg* msg = static_cast<nng_msg*>(raw);
   slot->pipe = nng_msg_get_pipe(msg);
+  slot->listener = static_cast<uint32_t>(nng_listener_id(nng_pipe_listener(slot->pipe)));
   std::shared_ptr<nng_msg> owner(msg, nng_msg_free);
   const uint8_t* data = static_cast<const uint8_t*>(nng_msg_body(msg));
   proto::DecodeResult d = proto::Decode(data, nng_msg_len(msg), std::shared_ptr<const void>(owner, data),

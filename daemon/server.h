@@ -32,9 +32,14 @@
 // answer within twice the interval, opens a new listener on a fresh socket
 // file (and directory, if it was removed). A removed lock file is taken
 // anew at the next probe. The old listener
-// is left open: closing it would close the connections it accepted; with its
-// file gone it accepts nothing more. New connections are served again within
-// a few probe intervals (logged as listener_restarted).
+// stays open while a request that came through it is in flight (closing it
+// closes its connections, and a REQ client would send that request again);
+// with its file gone it accepts nothing more. Once idle for two probes it is
+// closed, which also frees the connections nng left half-accepted (their
+// hang-ups kept nng's poller spinning). Each listener binds a file of its own
+// (<socket>.N) and is renamed into place, since nng unlinks a listener's
+// path when it closes. New connections are served again within a few probe
+// intervals (logged as listener_restarted, then listener_closed).
 //
 // Thread-safety: Start/BeginDrain/WaitIdle/Stop from one control thread;
 // Responder from any thread.
@@ -132,6 +137,7 @@ class Server {
   Status Listen(bool set_umask);  // a new listener on the socket path
   void RestartListener();         // the watchdog's remedy
   void RetakeLock();              // a new instance lock when its file was removed (listen_mu_ held)
+  void CloseIdleRetiredListeners();  // listen_mu_ held
   bool Probe();           // does a new connection get a PROBE answered?
   void WatchListener();   // the watchdog thread's loop
 
@@ -145,6 +151,13 @@ class Server {
   bool owns_lock_ = true;   // false for an adopted Options::lock_fd (not closed by Stop)
   std::mutex listen_mu_;              // BeginDrain against a listener restart
   std::vector<int> extra_lock_fds_;  // instance locks retaken by a restart (closed by Stop)
+  int listener_id_ = 0;              // the current nng listener (listen_mu_ once serving)
+  int listen_seq_ = 0;               // names each listener's own socket file (listen_mu_ once serving)
+  struct Retired {
+    uint32_t id;
+    int idle_ticks;
+  };
+  std::vector<Retired> retired_;     // listeners a restart replaced, still open (listen_mu_)
   std::thread watchdog_;
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "support/process.h"
@@ -207,6 +208,60 @@ TEST_CASE("a client that connects and hangs up mid-handshake does not cut off la
   }
   if (d.log().find("listener_restarted") == std::string::npos)
     MESSAGE("nng was not tripped this run; the watchdog had nothing to do");
+}
+
+TEST_CASE("after a storm of hang-ups mid-handshake the replaced listener is closed: no spinning poller, no restart loop") {
+  Daemon d;
+  REQUIRE(d.ok());
+  // Connect, send the SP header, hang up — as fast as possible for 3 s (tens of thousands).
+  const std::string header("\0SP\0\0\x30\0\0", 8);
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  int n = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      (void)!::send(fd, header.data(), header.size(), MSG_NOSIGNAL);
+      ++n;
+    }
+    ::close(fd);
+  }
+  MESSAGE(n << " hang-ups");
+  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 30));
+  if (d.log().find("listener_restarted") == std::string::npos) {
+    MESSAGE("nng was not tripped this run; nothing to check");
+    return;
+  }
+  // The replaced listener goes once idle (two watchdog ticks).
+  CHECK(WaitFor([&] { return d.log().find("listener_closed") != std::string::npos; }, 10));
+  auto count = [](const std::string& log, const std::string& what) {
+    size_t c = 0;
+    for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++c;
+    return c;
+  };
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  size_t restarts = count(d.log(), "listener_restarted");
+  // Idle now: nng's poller used to spin on the dead connections' hang-ups (a whole core),
+  // and closing the old listener used to unlink its successor's socket file (a restart every 4 s).
+  auto cpu_ticks = [&] {
+    std::ifstream f("/proc/" + std::to_string(d.child().pid()) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    long ticks = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i)
+      if (i == 14 || i == 15) ticks += std::stol(field);  // utime, stime
+    return ticks;
+  };
+  long before = cpu_ticks();
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  long used = cpu_ticks() - before;
+  CHECK_MESSAGE(used < sysconf(_SC_CLK_TCK) * 2, used << " ticks of CPU in 5 s idle");
+  CHECK(count(d.log(), "listener_restarted") == restarts);
+  CHECK(std::filesystem::exists(d.socket()));
+  CHECK(d.Mms({"ping", "--count", "3"}).exit_code == 0);
 }
 
 TEST_CASE("a socket file removed under a running daemon comes back, and open connections keep their requests") {
