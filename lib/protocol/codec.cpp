@@ -22,13 +22,6 @@ size_t Pad8(size_t n) { return (8 - (n & 7)) & 7; }
 
 size_t FrameHeaderSize(const Tensor& t) { return 8 + 8 * t.shape.size() + 8 + t.name.size(); }
 
-// A name for an error message: at most 60 bytes, cut on a UTF-8 boundary.
-std::string ShortName(const std::string& name) {
-  if (name.size() <= 60) return name;
-  size_t n = 57;
-  while (n > 0 && (static_cast<unsigned char>(name[n]) & 0xC0) == 0x80) --n;
-  return name.substr(0, n) + "...";
-}
 
 // Whether the JSON text opens more than `limit` arrays or objects at once
 // (brackets inside strings do not count). One pass, no allocation.
@@ -132,6 +125,13 @@ std::string Encode(const Message& m) {
   return out;
 }
 
+std::string ShortName(const std::string& name) {
+  if (name.size() <= 60) return name;
+  size_t n = 57;
+  while (n > 0 && (static_cast<unsigned char>(name[n]) & 0xC0) == 0x80) --n;
+  return name.substr(0, n) + "...";
+}
+
 DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void> owner,
                     size_t max_bytes, size_t max_body_bytes) {
   DecodeResult r;
@@ -205,15 +205,15 @@ DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void
     off += Pad8(off);
     int64_t numel = ShapeNumel(t.shape);
     if (numel < 0)
-      return fail(DecodeError::kBadTensor, "tensor '" + t.name + "': invalid shape " + ShapeString(t.shape));
+      return fail(DecodeError::kBadTensor, "tensor '" + ShortName(t.name) + "': invalid shape " + ShapeString(t.shape));
     if (static_cast<uint64_t>(numel) > UINT64_MAX / DTypeSize(t.dtype) ||
         static_cast<uint64_t>(numel) * DTypeSize(t.dtype) != nbytes)
-      return fail(DecodeError::kBadTensor, "tensor '" + t.name + "': " + std::to_string(nbytes) +
+      return fail(DecodeError::kBadTensor, "tensor '" + ShortName(t.name) + "': " + std::to_string(nbytes) +
                                                " bytes do not match " + t.Describe() + " (" +
                                                std::to_string(static_cast<uint64_t>(numel) * DTypeSize(t.dtype)) +
                                                " bytes expected)");
     if (off > size || nbytes > size - off)
-      return fail(DecodeError::kTruncated, "tensor '" + t.name + "': data runs past the end of the message");
+      return fail(DecodeError::kTruncated, "tensor '" + ShortName(t.name) + "': data runs past the end of the message");
     t.nbytes = static_cast<size_t>(nbytes);
     const uint8_t* p = data + off;
     if (reinterpret_cast<uintptr_t>(p) % 8 == 0 && owner) {

@@ -76,6 +76,10 @@ struct DecodeResult {
 // first; Client::Call does.
 Status CheckEncodable(const Message& m);
 
+// A caller's name (a tensor's: up to 64 KiB) for an error message: at most
+// 60 bytes, cut on a UTF-8 boundary.
+std::string ShortName(const std::string& name);
+
 // The body as it goes on the wire (invalid UTF-8 replaced, never throws).
 std::string DumpBody(const nlohmann::json& body);
 // Size of the whole message given its dumped body.

@@ -1,5 +1,7 @@
 #include "protocol/input_spec.h"
 
+#include "protocol/codec.h"
+
 #include <algorithm>
 #include <set>
 #include <string_view>
@@ -42,7 +44,7 @@ Result<std::vector<Tensor>> MatchInputs(const std::vector<InputSpec>& specs, std
   std::set<std::string_view> given;
   for (const auto& t : inputs)
     if (!given.insert(t.name).second)
-      return InvalidArgument("input '" + (t.name.size() > 60 ? t.name.substr(0, 57) + "..." : t.name) +
+      return InvalidArgument("input '" + proto::ShortName(t.name) +
                              "' is given more than once; send each of " + model_ref + "'s inputs once");
   std::string expected;
   for (const auto& s : specs) expected += (expected.empty() ? "" : ", ") + s.name;
@@ -77,7 +79,7 @@ Result<std::vector<Tensor>> MatchInputs(const std::vector<InputSpec>& specs, std
   }
   std::string extra;
   for (const auto& t : inputs)
-    if (!used.count(t.name)) extra += (extra.empty() ? "" : ", ") + t.name;
+    if (!used.count(t.name)) extra += (extra.empty() ? "" : ", ") + proto::ShortName(t.name);
   if (!missing.empty() || !extra.empty()) {
     std::string msg = model_ref + " takes inputs (" + expected + ")";
     if (!missing.empty()) msg += "; missing: " + missing;

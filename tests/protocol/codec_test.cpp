@@ -102,6 +102,11 @@ TEST_CASE("every malformed message gets its own reason") {
     DecodeResult d = DecodeStr(Encode(b));
     CHECK(d.error == DecodeError::kBadTensor);
     CHECK(d.detail.find("float32[5]") != std::string::npos);
+    // A 60 KiB name is not echoed back in full (error replies and log lines).
+    b.tensors[0].name = std::string(60000, 'n');
+    DecodeResult long_name = DecodeStr(Encode(b));
+    CHECK(long_name.error == DecodeError::kBadTensor);
+    CHECK(long_name.detail.size() < 200);
   }
   SUBCASE("unknown dtype") {
     std::string s = good;
