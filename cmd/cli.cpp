@@ -1,5 +1,8 @@
 #include "cli.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include <unistd.h>
 
 #include <ctime>
@@ -113,7 +116,7 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   if (!path.ok()) return path.status();
   proto::Client::Options o;
   o.socket_path = *path;
-  o.timeout_ms = static_cast<int64_t>(g.timeout_s * 1000);
+  o.timeout_ms = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(g.timeout_s * 1000)));  // 0 would mean unbounded
   auto c = proto::Client::Connect(o);
   if (!c.ok() && c.status().message().find("is not running") != std::string::npos)
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());

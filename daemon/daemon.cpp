@@ -88,6 +88,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
       std::lock_guard<std::mutex> lock(self->refresh_mu_);
       if (held) self->unrouted_canaries_.insert(experiment_id);
       else self->unrouted_canaries_.erase(experiment_id);
+      self->reroute_ = true;  // until a refresh publishes it (this one may fail to read the registry)
     }
     (void)self->RefreshRegistry(true);
   };
@@ -367,7 +368,7 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_
   // Unchanged registry and config, and no held-back rollout ready to route:
   // nothing to publish. (A reloaded config whose refresh failed is applied
   // by the watcher's next try.)
-  if (!force && !read && applied_live_ == live_cfg->generation &&
+  if (!force && !read && !reroute_ && applied_live_ == live_cfg->generation &&
       std::none_of(held_back_.begin(), held_back_.end(), [&](const std::string& k) { return WarmupSettled(k); })) {
     settle_waiters();
     return Status::Ok();
@@ -406,6 +407,7 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_
     std::lock_guard<std::mutex> s(snap_mu_);
     snapshot_ = snap;
   }
+  reroute_ = false;
   ApplySnapshot(old.get(), *snap, *live_cfg);
   return Status::Ok();
 }
@@ -502,22 +504,25 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
   return experiment_metrics_.Add(key, std::move(m));
 }
 
-void Daemon::FlushMetrics() {
-  size_t failed = 0;
-  std::string first_error;
+bool Daemon::FlushMetrics() {
+  Status failed = Status::Ok();
   for (const auto& [key, m] : experiment_metrics_.All()) {
     if (!m->TakeDirty()) continue;
     auto slash = key.rfind('/');
-    Status st = registry_->SaveExperimentMetrics(key.substr(0, slash), key.substr(slash + 1), m->Snapshot().ToJson());
-    if (st.ok()) continue;
-    m->MarkDirty();  // kept in memory; the next flush (or the one at stop) saves it
-    if (failed++ == 0) first_error = st.message();
+    failed = registry_->SaveExperimentMetrics(key.substr(0, slash), key.substr(slash + 1), m->Snapshot().ToJson());
+    if (failed.ok()) continue;
+    // Kept in memory; the next flush (or the one at stop) saves it. The rest
+    // stay dirty too: each try could wait busy_timeout, and the watcher also
+    // runs canary ticks and routing refreshes.
+    m->MarkDirty();
+    break;
   }
   // Once per outage, not once per variant and interval; and when it ends.
-  if (failed > 0 && !flush_failing_.exchange(true))
-    LogError("metrics_flush_failed", {{"variants", failed}, {"error", first_error},
+  if (!failed.ok() && !flush_failing_.exchange(true))
+    LogError("metrics_flush_failed", {{"error", failed.message()},
                                       {"note", "figures are kept in memory and saved once the registry takes writes"}});
-  if (failed == 0 && flush_failing_.exchange(false)) LogInfo("metrics_flush_recovered", {});
+  if (failed.ok() && flush_failing_.exchange(false)) LogInfo("metrics_flush_recovered", {});
+  return failed.ok();
 }
 
 int Daemon::PriorityOf(const VersionRecord& v) const {
@@ -720,7 +725,10 @@ bool Daemon::Shutdown() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  FlushMetrics();
+  if (!FlushMetrics())
+    LogError("metrics_unsaved_at_stop",
+             {{"note", "experiment and canary figures since the last successful flush are lost: the registry "
+                       "refused the writes (see metrics_flush_failed)"}});
   shadows_->Configure({});
   http_.reset();
   if (idle) {

@@ -124,7 +124,7 @@ class Daemon {
   // time they are needed (a restarted daemon continues its counts).
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
   // Writes changed experiment metrics to the registry.
-  void FlushMetrics();
+  bool FlushMetrics();  // false when a save failed (the figures stay dirty)
   // /metrics in the Prometheus text format; /health and /health/{model}.
   std::string PrometheusText();
   HttpResponse HealthResponse(const std::string& path);
@@ -178,6 +178,7 @@ class Daemon {
   std::mutex refresh_mu_;
   std::shared_ptr<const RegistrySnapshot> latest_;    // guarded by refresh_mu_: the registry as last read
   std::vector<std::string> held_back_;                // guarded by refresh_mu_: rollouts snapshot_ leaves out
+  bool reroute_ = false;  // guarded by refresh_mu_: unrouted_canaries_ changed since the last published snapshot
   std::set<std::string> unrouted_canaries_;  // guarded by refresh_mu_: experiment ids of canaries rolled back in memory (their registry write failed)
   struct RoutedWaiter {
     int64_t deadline_ns;  // mono

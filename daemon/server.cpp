@@ -50,6 +50,10 @@ namespace {
 // would otherwise park every context in a send to it, and nobody else would
 // be served.
 constexpr nng_duration kReplyTimeoutMs = 10000;
+// A replaced listener is closed after this many watchdog ticks in a row with
+// no request of its own in flight: a sample, so several (a reply handed to
+// nng may still be being written; closing would make the client resend).
+constexpr int kRetiredIdleTicks = 10;
 }  // namespace
 
 struct Responder::State {
@@ -187,10 +191,15 @@ Status Server::Listen(bool set_umask) {
     return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
   }
   ::chmod(bind_path.c_str(), 0600);
-  if (bind_path != path && ::rename(bind_path.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    nng_listener_close(l);
-    return IoError("cannot move the new socket into place at " + path + ": " + std::strerror(e));
+  if (bind_path != path) {
+    // Only a socket is replaced: another kind of file at the path is not ours.
+    int e = ::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode) ? EEXIST
+            : ::rename(bind_path.c_str(), path.c_str()) != 0         ? errno
+                                                                       : 0;
+    if (e != 0) {
+      nng_listener_close(l);  // unlinks bind_path
+      return IoError("cannot move the new socket into place at " + path + ": " + std::strerror(e));
+    }
   }
   if (listener_id_ > 0) retired_.push_back({static_cast<uint32_t>(listener_id_), 0});
   listener_id_ = nng_listener_id(l);
@@ -200,14 +209,14 @@ Status Server::Listen(bool set_umask) {
 void Server::CloseIdleRetiredListeners() {
   // A replaced listener stays open while a request that came through it is
   // in flight (closing it closes its connections, and a REQ client would
-  // send that request again). Idle for two ticks, it goes — and with it the
+  // send that request again). Idle for kRetiredIdleTicks ticks, it goes — and with it the
   // connections nng left half-accepted when it tripped: their file
   // descriptors, and the hang-ups its poller would otherwise report for ever
   // (a fuzzing review saw a core spinning on them).
   for (auto it = retired_.begin(); it != retired_.end();) {
     bool busy = std::any_of(slots_.begin(), slots_.end(), [&](const auto& s) { return s->listener.load() == it->id; });
     it->idle_ticks = busy ? 0 : it->idle_ticks + 1;
-    if (it->idle_ticks < 2) {
+    if (it->idle_ticks < kRetiredIdleTicks) {
       ++it;
       continue;
     }
@@ -293,8 +302,8 @@ void Server::RestartListener() {
   const char* why = FileExists(path) ? "two probes over new connections went unanswered" : "the socket file was removed";
   (void)MakeDirs(DirName(path), 0700);
   if (!FileExists(path + ".lock")) RetakeLock();
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  // No unlink first: the new listener's file is renamed over the old one in
+  // one step, so clients never find the path missing meanwhile.
   if (Status s = Listen(/*set_umask=*/false); s.ok()) {
     ++restarts_;
     LogWarn("listener_restarted", {{"socket", path}, {"reason", why}});

@@ -34,7 +34,7 @@
 // anew at the next probe. The old listener
 // stays open while a request that came through it is in flight (closing it
 // closes its connections, and a REQ client would send that request again);
-// with its file gone it accepts nothing more. Once idle for two probes it is
+// with its file gone it accepts nothing more. Once idle for ten probes it is
 // closed, which also frees the connections nng left half-accepted (their
 // hang-ups kept nng's poller spinning). Each listener binds a file of its own
 // (<socket>.N) and is renamed into place, since nng unlinks a listener's

@@ -279,7 +279,7 @@ class Registry {
   Result<ExperimentRecord> CreateExperiment(const NewExperiment& e);
   Result<ExperimentRecord> GetExperiment(const std::string& id);
   Result<std::vector<ExperimentRecord>> ListExperiments(bool include_stopped = true);
-  // pause/resume: FAILED_PRECONDITION when not running/paused.
+  // pause/resume: CONFLICT when not running/paused.
   Result<ExperimentRecord> SetExperimentState(const std::string& id, const std::string& state);
   Result<ExperimentRecord> RampExperiment(const std::string& id, int basis_points);
   // Stops it; with a winner ("control"/"treatment") that version becomes
@@ -305,13 +305,13 @@ class Registry {
   Result<std::vector<CanaryRecord>> ListCanaries(bool active_only);
   Result<CanaryRecord> SetCanaryState(const std::string& model, const std::string& state);  // running | paused
   // The controller's writes; each is conditional on the canary still being
-  // where the caller saw it (FAILED_PRECONDITION otherwise).
+  // where the caller saw it (CONFLICT otherwise).
   Result<CanaryRecord> RecordCanaryCheck(int64_t id, int stage_index, int64_t elapsed_ms, const nlohmann::json& check);
   Result<CanaryRecord> AdvanceCanary(int64_t id, int from_stage, const nlohmann::json& stage_start);
   // Candidate to production (previous archived), experiment stopped, audited.
   // `running_id` (the controller's verdicts): only if that canary is still the
   // model's and running — not paused, ended or replaced since it was judged
-  // (FAILED_PRECONDITION otherwise); 0 (the CLI): the model's active canary.
+  // (CONFLICT otherwise); 0 (the CLI): the model's active canary.
   Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason, int64_t running_id = 0);
   // `state` rolled_back or aborted: candidate archived with `reason`, experiment stopped.
   Result<CanaryRecord> RollbackCanary(const std::string& model, const std::string& state, const std::string& reason,

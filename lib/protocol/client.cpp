@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <future>
+#include <condition_variable>
+#include <mutex>
+#include <system_error>
 #include <random>
 #include <thread>
 
@@ -88,26 +90,43 @@ Dialed DialOnce(const std::string& url, int64_t limit_ms) {
     d.rv = nng_dial(s, url.c_str(), nullptr, 0);
     d.timed_out = d.rv == NNG_ETIMEDOUT;
   } else {
-    auto done = std::make_shared<std::promise<int>>();
-    std::future<int> result = done->get_future();
-    std::thread([s, url, done] {
-      int rv = nng_dial(s, url.c_str(), nullptr, 0);
-      try {
-        done->set_value(rv);
-      } catch (const std::future_error&) {
-      }
-    }).detach();
-    if (result.wait_for(std::chrono::milliseconds(limit_ms)) != std::future_status::ready) {
-      // Abandoned: the thread's dial ends within nng's 10 s and the process may exit before.
-      std::thread([s, r = std::move(result)]() mutable {
-        r.wait();
-        nng_close(s);
+    // The thread owns the socket once the caller gives up (`abandoned`): it
+    // closes it when nng's dial returns, within nng's 10 s (the process may
+    // exit before, which is fine).
+    struct Shared {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool done = false, abandoned = false;
+      int rv = 0;
+    };
+    auto sh = std::make_shared<Shared>();
+    bool threaded = true;
+    try {
+      std::thread([s, url, sh] {
+        int rv = nng_dial(s, url.c_str(), nullptr, 0);
+        std::lock_guard<std::mutex> lock(sh->mu);
+        if (sh->abandoned) {
+          nng_close(s);
+          return;
+        }
+        sh->rv = rv;
+        sh->done = true;
+        sh->cv.notify_all();
       }).detach();
-      d.timed_out = true;
-      d.rv = NNG_ETIMEDOUT;
-      return d;
+    } catch (const std::system_error&) {  // no thread to spare: nng's own limit then
+      threaded = false;
+      d.rv = nng_dial(s, url.c_str(), nullptr, 0);
     }
-    d.rv = result.get();
+    if (threaded) {
+      std::unique_lock<std::mutex> lock(sh->mu);
+      if (!sh->cv.wait_for(lock, std::chrono::milliseconds(limit_ms), [&] { return sh->done; })) {
+        sh->abandoned = true;
+        d.timed_out = true;
+        d.rv = NNG_ETIMEDOUT;
+        return d;
+      }
+      d.rv = sh->rv;
+    }
     d.timed_out = d.rv == NNG_ETIMEDOUT;
   }
   if (d.rv != 0) {
@@ -173,7 +192,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
                          " connection(s) but read nothing on them within " + std::to_string(opts.timeout_ms) +
                          " ms: every request slot is busy (overloaded), or its listener is stuck and being "
                          "replaced (see its log for listener_restarted); retry, or raise --timeout");
-    probe_ms = std::min<int64_t>(probe_ms * 2, 4000);
+    probe_ms *= 2;  // uncapped: a saturated daemon's queue may take longer than any fixed wait
   }
 }
 

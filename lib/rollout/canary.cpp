@@ -106,6 +106,16 @@ std::vector<std::string> CanaryController::Tick() {
     Step(c, &events);
   }
   for (auto it = last_tick_.begin(); it != last_tick_.end();) it = seen.count(it->first) ? std::next(it) : last_tick_.erase(it);
+  for (auto it = last_check_.begin(); it != last_check_.end();) it = seen.count(it->first) ? std::next(it) : last_check_.erase(it);
+  // Ended by someone else while its rollback waited for the registry: routing goes back to the registry's.
+  for (auto it = unsaved_rollbacks_.begin(); it != unsaved_rollbacks_.end();) {
+    if (seen.count(it->first)) {
+      ++it;
+      continue;
+    }
+    if (opts_.hold_back) opts_.hold_back(it->second.experiment_id, false);
+    it = unsaved_rollbacks_.erase(it);
+  }
   return events;
 }
 
@@ -120,14 +130,14 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
     if (opts_.changed) opts_.changed();
     return true;
   }
-  // Still running by the registry (an abort or promote in between ends it otherwise):
-  // the write failed. Stop the canary's traffic in memory and keep trying.
-  auto now = opts_.registry->GetCanary(c.model);
-  if (!now.ok() || now->id != c.id || !now->active()) {
+  // Ended, paused or removed meanwhile by someone else: not ours to roll back.
+  Code code = r.status().code();
+  if (code == Code::kConflict || code == Code::kNotFound) {
     if (was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, false);
     return false;
   }
-  unsaved_rollbacks_[c.id] = reason;
+  // The write failed: stop the canary's traffic in memory and keep trying.
+  unsaved_rollbacks_[c.id] = {reason, c.experiment_id};
   if (!was_unsaved) {
     LogError("canary_rollback_unsaved",
              {{"model", c.model}, {"candidate", where}, {"reason", reason}, {"error", r.status().message()},
@@ -144,7 +154,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   int64_t delta_ms = tick == last_tick_.end() ? 0 : (now - tick->second) / 1000000;
   last_tick_[c.id] = now;
   if (auto u = unsaved_rollbacks_.find(c.id); u != unsaved_rollbacks_.end()) {
-    (void)Rollback(c, u->second, events);  // judged already: only the write is left (a copy: Rollback erases it)
+    (void)Rollback(c, u->second.reason, events);  // judged already: only the write is left (a copy: Rollback erases it)
     return;
   }
   if (c.state != "running") return;  // paused: the clock stands still

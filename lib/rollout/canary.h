@@ -91,7 +91,10 @@ class CanaryController {
   const Options opts_;
   std::map<int64_t, int64_t> last_tick_;   // canary id → mono ns of the last accounting
   std::map<int64_t, int64_t> last_check_;  // canary id → mono ns of the last check
-  std::map<int64_t, std::string> unsaved_rollbacks_;  // canary id → the reason of a rollback not written yet
+  struct Unsaved {
+    std::string reason, experiment_id;
+  };
+  std::map<int64_t, Unsaved> unsaved_rollbacks_;  // canary id → a rollback not written yet
 };
 
 }  // namespace mms

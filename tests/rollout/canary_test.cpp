@@ -177,6 +177,24 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   REQUIRE(f.holds.size() == 2);
   CHECK(f.holds[1] == "-" + c.experiment_id);
   CHECK(f.reg->Resolve("rec:2")->stage == Stage::kArchived);
+
+  // Paused by hand while its rollback waits for the registry: not the controller's to end.
+  Fixture g;
+  CanaryRecord gc = g.Start();
+  g.ctl->Tick();
+  g.Traffic(gc, 70, 0.0, 5);
+  REQUIRE(sqlite3_open((g.dir / "r.db").c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  g.Traffic(gc, 20, 0.2, 5);
+  REQUIRE(g.holds.size() == 1);
+  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  REQUIRE(g.reg->SetCanaryState("rec", "paused").ok());
+  g.clock.AdvanceSeconds(1);
+  g.ctl->Tick();
+  CHECK(g.reg->GetCanary("rec")->state == "paused");
+  REQUIRE(g.holds.size() == 2);
+  CHECK(g.holds[1] == "-" + gc.experiment_id);  // routed again as the registry says (paused: control)
 }
 
 TEST_CASE("a p99 rise rolls back, absolute and relative to control") {
