@@ -40,6 +40,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   Registry::Options ro;
   ro.path = c.registry.path.empty() ? JoinPath(d->opts_.data_dir, "registry.db") : c.registry.path;
   ro.artifacts_dir = JoinPath(d->opts_.data_dir, "artifacts");
+  d->registry_path_ = ro.path;
   ro.busy_timeout_ms = c.registry.busy_timeout_ns / 1000000;
   ro.allowed_roots = c.registry.allowed_roots;
   ro.clock = d->opts_.clock;
@@ -504,6 +505,13 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
   return experiment_metrics_.Add(key, std::move(m));
 }
 
+void Daemon::CheckRegistryFile() {
+  Status st = registry_->CheckFileIdentity();
+  if (!st.ok() && !registry_detached_.exchange(true)) LogError("registry_file_replaced", {{"error", st.message()}});
+  if (st.ok() && registry_detached_.exchange(false))
+    LogInfo("registry_file_restored", {{"path", registry_path_}});
+}
+
 bool Daemon::FlushMetrics() {
   Status failed = Status::Ok();
   for (const auto& [key, m] : experiment_metrics_.All()) {
@@ -608,6 +616,7 @@ void Daemon::WatchRegistry() {
     }
     if (now - last_poll_ns >= poll) {
       last_poll_ns = now;
+      CheckRegistryFile();
       if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
       StopExpiredShadows();
       try {  // a canary step that throws must not end the watcher (and with it mmsd)

@@ -125,6 +125,9 @@ class Daemon {
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
   // Writes changed experiment metrics to the registry.
   bool FlushMetrics();  // false when a save failed (the figures stay dirty)
+  // Whether the registry file was removed or replaced under mmsd (checked at
+  // every poll; logged once as registry_file_replaced; /health is 503).
+  bool registry_detached() const { return registry_detached_.load(); }
   // /metrics in the Prometheus text format; /health and /health/{model}.
   std::string PrometheusText();
   HttpResponse HealthResponse(const std::string& path);
@@ -196,7 +199,10 @@ class Daemon {
   std::map<std::string, Warmup> warmups_;             // guarded by warm_mu_: the registry's rollouts
 
   MetricsStore experiment_metrics_;
-  std::atomic<bool> flush_failing_{false};  // FlushMetrics' last try failed (logged once per outage)
+  std::atomic<bool> flush_failing_{false};
+  std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
+  std::string registry_path_;                   // set in Create
+  void CheckRegistryFile();                     // the watcher's, every poll  // FlushMetrics' last try failed (logged once per outage)
   MetricsStore serving_metrics_;
   UserSplitStore user_splits_;  // distinct users per sticky experiment's arm, since start
   std::unique_ptr<AttributionStore> attribution_;

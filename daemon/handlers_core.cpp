@@ -27,6 +27,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["requests_served"] = d->server()->requests_served();
     j["in_flight"] = d->server()->in_flight();
     j["registry"] = d->registry()->path();
+    if (Status st = d->registry()->CheckFileIdentity(); !st.ok()) j["registry_error"] = st.message();
     j["devices"] = d->pool()->Devices();
     nlohmann::json pool = d->pool()->Summary();
     size_t registered = 0;

@@ -144,11 +144,15 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
     // unanswered) means no new client reaches this daemon over IPC, however
     // well it serves the connections it has: load balancers should move on.
     const bool ipc_ok = server_->listener_ok();
-    const char* status = draining ? "draining" : ipc_ok ? "ok" : "unreachable";
+    // A registry file removed or replaced under mmsd: it serves a registry
+    // nobody else sees (registrations and rollouts made now do not reach it).
+    const bool registry_ok = !registry_detached();
+    const char* status = draining ? "draining" : !ipc_ok ? "unreachable" : !registry_ok ? "registry_replaced" : "ok";
     nlohmann::json body{{"status", status}, {"pid", ::getpid()}, {"ipc_listener", ipc_ok ? "ok" : "unreachable"}};
     if (!ipc_ok) body["error"] = "new connections to " + server_->options().socket_path +
                                  " are not being answered; see the daemon log (listener_restart_failed)";
-    return {draining || !ipc_ok ? 503 : 200, "application/json", proto::DumpBody(body) + "\n"};
+    else if (!registry_ok) body["error"] = registry_->CheckFileIdentity().message();
+    return {draining || !ipc_ok || !registry_ok ? 503 : 200, "application/json", proto::DumpBody(body) + "\n"};
   }
   // The snapshot only: an unauthenticated probe of unknown names must not
   // make the daemon re-read its registry (Resolve would).

@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -115,7 +116,26 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   // (WAL is a persistent property of the file).
   MMS_RETURN_IF_ERROR(r->Migrate());
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA journal_mode=WAL"));
+  struct stat st;
+  if (::stat(opts.path.c_str(), &st) == 0) {
+    r->file_dev_ = static_cast<uint64_t>(st.st_dev);
+    r->file_ino_ = static_cast<uint64_t>(st.st_ino);
+  }
   return r;
+}
+
+Status Registry::CheckFileIdentity() const {
+  struct stat st;
+  if (::stat(opts_.path.c_str(), &st) != 0)
+    return FailedPrecondition("the registry file " + opts_.path +
+                              " was removed while in use: this process keeps the file it opened, which no other "
+                              "command sees (registrations and stage changes made now go elsewhere). Put the file "
+                              "back (with its -wal file), or restart mmsd");
+  if (static_cast<uint64_t>(st.st_dev) != file_dev_ || static_cast<uint64_t>(st.st_ino) != file_ino_)
+    return FailedPrecondition("the registry file " + opts_.path +
+                              " was replaced while in use (moved, or a copy put in its place): this process keeps "
+                              "the file it opened, which no other command sees. Restart mmsd to use the new file");
+  return Status::Ok();
 }
 
 Status Registry::ReadConsistent(const std::function<Status()>& fn) {

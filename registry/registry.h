@@ -347,6 +347,12 @@ class Registry {
   // threads' calls wait until it ends.
   Status ReadConsistent(const std::function<Status()>& fn);
 
+  // OK while the registry's path still names the file this object opened.
+  // FAILED_PRECONDITION when it was removed or replaced (moved away, a
+  // backup copied over it): this object then reads and writes a file no
+  // other process sees. mmsd checks it at every poll.
+  Status CheckFileIdentity() const;
+
   // Runs `fn` with the connection under the registry's lock (rollout modules
   // keep their own tables in the same file).
   template <class Fn>
@@ -381,6 +387,7 @@ class Registry {
 
   const Options opts_;
   const std::string actor_;
+  uint64_t file_dev_ = 0, file_ino_ = 0;  // the opened file's identity (set by Open)
   std::atomic<int64_t> own_commits_{0};
   // Recursive only so ReadConsistent can call the public readers inside its
   // one transaction; nothing else re-enters.

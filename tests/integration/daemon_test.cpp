@@ -315,6 +315,30 @@ TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200
   CHECK(m.find("mms_ipc_listener_restarts_total 0") == std::string::npos);
 }
 
+TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, mms status) until it is back") {
+  int port = FreePort();
+  Daemon d("[registry]\npoll_interval = \"200ms\"\n", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
+  REQUIRE(d.ok());
+  const std::string base = "http://127.0.0.1:" + std::to_string(port);
+  auto health = [&] { return Run({"/usr/bin/curl", "-s", "-w", "\n%{http_code}", base + "/health"}).out; };
+  REQUIRE(health().find("\n200") != std::string::npos);
+  const std::string db = d.data_dir() + "/registry.db";
+  std::filesystem::rename(db, db + ".moved");
+  std::string h;
+  CHECK(WaitFor([&] { return (h = health()).find("\n503") != std::string::npos; }, 20));
+  CHECK(h.find("registry_replaced") != std::string::npos);
+  CHECK(h.find("was removed while in use") != std::string::npos);
+  CHECK(d.log().find("registry_file_replaced") != std::string::npos);
+  auto st = d.Mms({"status"});
+  CHECK(st.exit_code == 0);
+  CHECK(st.out.find("WARNING:   the registry file " + db) != std::string::npos);
+  // Back in place: all clear.
+  std::filesystem::rename(db + ".moved", db);
+  CHECK(WaitFor([&] { return health().find("\n200") != std::string::npos; }, 20));
+  CHECK(d.log().find("registry_file_restored") != std::string::npos);
+  CHECK(json::parse(d.Mms({"--json", "status"}).out).count("registry_error") == 0);
+}
+
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
   TempDir t;
   std::vector<std::string> g{MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data"};
