@@ -10,6 +10,9 @@
 #include <cmath>
 #include <chrono>
 #include <cstring>
+#include <memory>
+
+#include <boost/lockfree/queue.hpp>
 
 #include "core/hash.h"
 #include "core/log.h"
@@ -45,24 +48,40 @@ nlohmann::json Reservoir::Summary(double scale) const {
           {"p90", num(q(0.9))}, {"p99", num(q(0.99))}, {"max", num(max_ * scale)}};
 }
 
-// The request path and the idle-priority worker share only `queue_mu`, and
-// the request path only try-locks it: were the worker preempted while holding
-// it, the request would count a drop rather than wait. The worker keeps its
-// candidate's handle between jobs, so it takes no pool lock per request either
-// (a lock held by an idle-priority thread can stall a normal one for a whole
-// time slice).
+// The request path hands jobs to the idle-priority worker through a
+// lock-free queue and takes no lock: a lock the worker held while preempted
+// would either stall the request (a whole time slice) or, try-locked, drop
+// jobs for no reason but timing. Only a full queue drops. The worker keeps
+// its candidate's handle between jobs, so it takes no pool lock per request
+// either. Its wake-up is a condition variable notified without the lock (the
+// request path never waits), so a wake-up can be missed in a narrow window:
+// the worker's wait also ends every kWorkerPollMs.
+namespace {
+constexpr int kWorkerPollMs = 100;
+}  // namespace
+
 struct ShadowRunner::Shadow {
+  explicit Shadow(size_t capacity) : jobs(capacity + 1) {}
+  ~Shadow() { DropQueued(); }
+  void DropQueued() {
+    Job* j = nullptr;
+    while (jobs.pop(j)) {
+      delete j;
+      --queued;
+    }
+  }
   ShadowRecord rec;
   PoolItem candidate;
-  std::mutex queue_mu;
+  std::mutex queue_mu;  // only for `cv`
   std::condition_variable cv;
   struct Job {
     std::vector<Tensor> inputs, outputs;
     int64_t primary_ns;
   };
-  std::deque<Job> queue;     // guarded by queue_mu
-  bool stopping = false;     // guarded by queue_mu
-  std::atomic<uint64_t> sampled{0}, skipped{0}, dropped{0}, queued{0};
+  boost::lockfree::queue<Job*> jobs;  // owned pointers; at most rec.queue (by `queued`)
+  std::atomic<bool> stopping{false};
+  std::atomic<int64_t> queued{0};
+  std::atomic<uint64_t> sampled{0}, skipped{0}, dropped{0};
   std::atomic<bool> running{true};  // false once stopping (joinable() is not safe to read then)
   std::atomic<bool> exited{false};  // the worker returned: joining it does not wait
   std::mutex mu;             // the figures below
@@ -113,7 +132,7 @@ void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord,
     for (const auto& [model, cfg] : running) {
       auto it = shadows_.find(model);
       if (it != shadows_.end() && it->second->rec.id == cfg.first.id && it->second->running) continue;
-      auto s = std::make_shared<Shadow>();
+      auto s = std::make_shared<Shadow>(static_cast<size_t>(std::max(cfg.first.queue, 1)));
       s->rec = cfg.first;
       s->candidate = cfg.second;
       Shadow* raw = s.get();
@@ -130,11 +149,10 @@ void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord,
   // must not wait for it. Retired workers are joined once they have exited.
   for (auto& s : to_stop) {
     {
-      std::lock_guard<std::mutex> lock(s->queue_mu);
+      std::lock_guard<std::mutex> lock(s->queue_mu);  // the worker sees it before it waits again
       s->stopping = true;
-      s->queue.clear();
-      s->queued = 0;
     }
+    s->DropQueued();
     uint64_t mirrored;
     {
       std::lock_guard<std::mutex> lock(s->mu);
@@ -176,14 +194,18 @@ void ShadowRunner::Mirror(const std::string& model, const std::vector<Tensor>& i
     return;
   }
   ++s->sampled;
-  {
-    std::unique_lock<std::mutex> lock(s->queue_mu, std::try_to_lock);
-    if (!lock || s->stopping || s->queue.size() >= static_cast<size_t>(s->rec.queue)) {
-      ++s->dropped;  // full (or momentarily busy): never wait
-      return;
-    }
-    s->queue.push_back({inputs, outputs, primary_ns});
-    s->queued = s->queue.size();
+  // A slot first (exactly rec.queue), then the job: never a wait.
+  if (s->stopping.load() || s->queued.fetch_add(1) >= s->rec.queue) {
+    --s->queued;
+    ++s->dropped;  // full
+    return;
+  }
+  auto* job = new Shadow::Job{inputs, outputs, primary_ns};
+  if (!s->jobs.bounded_push(job)) {  // cannot happen with a slot; kept for safety
+    delete job;
+    --s->queued;
+    ++s->dropped;
+    return;
   }
   s->cv.notify_one();
 }
@@ -222,16 +244,20 @@ void ShadowRunner::Work(Shadow* s) {
   Result<Servable> h = Status(Code::kUnavailable, "not acquired yet");
   int64_t rest_ns = 0;  // after the last job, to keep within opts_.duty_cycle
   while (true) {
-    Shadow::Job job;
+    Shadow::Job* taken = nullptr;
     {
       std::unique_lock<std::mutex> lock(s->queue_mu);
-      if (rest_ns > 0) s->cv.wait_for(lock, std::chrono::nanoseconds(rest_ns), [&] { return s->stopping; });
-      s->cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
-      if (s->stopping) return;
-      job = std::move(s->queue.front());
-      s->queue.pop_front();
-      s->queued = s->queue.size();
+      if (rest_ns > 0) s->cv.wait_for(lock, std::chrono::nanoseconds(rest_ns), [&] { return s->stopping.load(); });
+      while (!s->stopping.load() && !s->jobs.pop(taken))
+        s->cv.wait_for(lock, std::chrono::milliseconds(kWorkerPollMs));  // see Shadow: a missed notify costs this
     }
+    if (s->stopping.load()) {
+      delete taken;
+      return;
+    }
+    --s->queued;
+    std::unique_ptr<Shadow::Job> owned(taken);
+    Shadow::Job& job = *owned;
     int64_t t0 = opts_.clock->MonoNanos();
     Result<std::vector<Tensor>> out = Status(Code::kInternal, "not run");
     if (!h.ok()) h = opts_.acquire(s->candidate);  // kept for the next jobs

@@ -7,9 +7,10 @@
 //   bounded queue that drops — and counts the drop — when full.
 // * One worker thread per running shadow, at the lowest priority (nice 19,
 //   and a short EEVDF slice where the kernel has them), holding its
-//   candidate's handle between jobs; the request path only try-locks the
-//   queue. It runs the candidate through the pool and compares, then rests
-//   to keep within Options::duty_cycle ([shadow] duty_cycle).
+//   candidate's handle between jobs; the request path takes no lock (a
+//   lock-free queue), so only a full queue drops. It runs the candidate
+//   through the pool and compares, then rests to keep within
+//   Options::duty_cycle ([shadow] duty_cycle).
 // * Shadow requests produce no feedback records and no experiment counts.
 // * Stats: mirrored, dropped, failed, divergence rate, each measure's
 //   distribution, argmax/top-k agreement, and the paired latency delta

@@ -314,8 +314,8 @@ TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and
   Mms(d, {"experiment", "stop", "ab"});
   // Shadow: cust:2 mirrors cust:1's traffic; their outputs differ, and it says so.
   Mms(d, {"shadow", "start", "cust", "--candidate", "2", "--ratio", "1"});
-  // Mirroring is best effort (a busy queue drops rather than waits), so on a
-  // loaded machine a request may not be mirrored: send until five were.
+  // Mirroring is best effort (a full queue drops rather than waits): send
+  // until five were.
   bool mirrored = WaitFor([&] {
     Predict(d, {"cust"});
     auto s = d.Mms({"--json", "shadow", "stats", "cust"});

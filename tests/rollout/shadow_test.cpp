@@ -3,6 +3,8 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -35,8 +37,8 @@ TEST_CASE("stopping a shadow returns while its worker is still in a load") {
   runner->Configure({{"m", {rec, item}}});
   REQUIRE(runner->Active("m"));
   Tensor t = Tensor::Alloc("x", DType::kFloat32, {1, 4});
-  // Mirror only try-locks the queue (a worker holding it means a drop), so
-  // offer jobs until the worker has taken one.
+  // Offer jobs until the worker has taken one (it starts, and takes its
+  // first job, on its own thread).
   bool got = false;
   for (int i = 0; i < 3000 && !got; ++i) {
     runner->Mirror("m", {t}, {t}, 1000);
@@ -66,6 +68,65 @@ TEST_CASE("stopping a shadow returns while its worker is still in a load") {
   cv.notify_all();
   stop.wait();
   runner.reset();  // joins both workers
+}
+
+TEST_CASE("requests mirrored from many threads at once are all queued: only a full queue drops") {
+  ShadowRunner::Options o;
+  o.acquire = [](const PoolItem&) -> Result<Servable> { return Status(Code::kUnavailable, "no candidate here"); };
+  ShadowRunner runner(o);
+  ShadowRecord rec;
+  rec.id = 1;
+  rec.model = "m";
+  rec.candidate_version = "2";
+  rec.state = "running";
+  rec.queue = 100000;
+  PoolItem item;
+  item.key = 2;
+  item.ref = "m:2";
+  runner.Configure({{"m", {rec, item}}});
+  Tensor t = Tensor::Alloc("x", DType::kFloat32, {1, 4});
+  // The worker takes jobs as fast as they come (each fails at once), so the
+  // queue is contended throughout; a try-locked queue dropped jobs here.
+  constexpr int kThreads = 4, kEach = 5000;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i)
+    threads.emplace_back([&] {
+      for (int j = 0; j < kEach; ++j) runner.Mirror("m", {t}, {t}, 1000);
+    });
+  for (auto& th : threads) th.join();
+  auto done = [&] {
+    auto st = runner.Stats("m");
+    return st.ok() && (*st)["requests"]["failed"].get<int>() + (*st)["requests"]["mirrored"].get<int>() ==
+                          kThreads * kEach;
+  };
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto st = runner.Stats("m");
+  REQUIRE(st.ok());
+  CHECK((*st)["requests"]["dropped"] == 0);
+  CHECK((*st)["requests"]["sampled"] == kThreads * kEach);
+  CHECK((*st)["requests"]["failed"] == kThreads * kEach);
+  CHECK((*st)["requests"]["queued"] == 0);
+
+  // A small queue still drops what does not fit, and counts it.
+  rec.id = 2;
+  rec.queue = 4;
+  ShadowRunner::Options slow = o;
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  slow.acquire = [open](const PoolItem&) -> Result<Servable> {
+    open.wait();
+    return Status(Code::kUnavailable, "no candidate here");
+  };
+  ShadowRunner held(slow);
+  held.Configure({{"m", {rec, item}}});
+  for (int j = 0; j < 50; ++j) held.Mirror("m", {t}, {t}, 1000);
+  auto hs = held.Stats("m");
+  REQUIRE(hs.ok());
+  // One job in the worker's hands (waiting in acquire) at most, four queued, the rest dropped.
+  CHECK((*hs)["requests"]["dropped"].get<int>() >= 45);
+  CHECK((*hs)["requests"]["queued"].get<int>() <= 4);
+  gate.set_value();
 }
 
 }  // namespace
