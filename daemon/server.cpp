@@ -45,10 +45,12 @@ struct Server::Slot {
 };
 
 namespace {
-// A reply the client has not taken within this long: the connection is
-// closed. A client that pipelines requests and never reads the replies
-// would otherwise park every context in a send to it, and nobody else would
-// be served.
+// A reply sent while every context is held, and not taken by its client
+// within this long: the connection is closed. A client that pipelines
+// requests and never reads the replies would otherwise park every context in
+// a send to it, and nobody else would be served. (Replies sent with contexts
+// to spare wait as long as it takes: a client reading many large replies
+// slowly is not cut off.)
 constexpr nng_duration kReplyTimeoutMs = 10000;
 // A replaced listener is closed after this many watchdog ticks in a row with
 // no request of its own in flight: a sample, so several (a reply handed to
@@ -338,7 +340,8 @@ void Server::OnAio(void* arg) {
   if (slot->sending) {
     slot->listener = 0;
     if (rv != 0) nng_msg_free(nng_aio_get_msg(slot->aio));  // peer gone: drop the reply
-    // Not read: the connection goes, and with it every reply parked on it (logged once).
+    // Not read while every context is held: the connection goes, and with it
+    // every reply parked on it (logged once).
     if (rv == NNG_ETIMEDOUT && nng_pipe_close(slot->pipe) == 0)
       LogWarn("client_not_reading", {{"pipe", nng_pipe_id(slot->pipe)},
                                      {"note", "a reply went unread for 10 s; the connection was closed"}});
@@ -437,7 +440,9 @@ void Server::Reply(Slot* slot, const proto::Message& m) {
   }
   slot->sending = true;
   nng_aio_set_msg(slot->aio, out);
-  nng_aio_set_timeout(slot->aio, kReplyTimeoutMs);
+  // Bounded only while every context is held (rep0 cannot send a reply again
+  // once its send timed out, so the choice is made here).
+  nng_aio_set_timeout(slot->aio, in_flight_.load() >= opts_.contexts ? kReplyTimeoutMs : NNG_DURATION_INFINITE);
   nng_ctx_send(slot->ctx, slot->aio);
 }
 

@@ -2,6 +2,8 @@
 
 #include "core/paths.h"
 
+#include <sys/stat.h>
+
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
@@ -148,13 +150,20 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
                    : int64_t{0};
   };
   const std::string url = "ipc://" + opts.socket_path;
-  // A connection whose PROBE goes unanswered is dropped and dialed again: a
-  // daemon whose nng listener stopped reading new connections (see
-  // daemon/server.h, the listener watchdog) opens a new one within seconds,
-  // and a request sent on the old connection would wait its whole timeout.
-  // The probe goes first so nothing else was sent there: dialing again is safe.
-  int64_t probe_ms = 1000;
+  // A PROBE goes first on a new connection. A daemon whose nng listener
+  // stopped reading new connections (daemon/server.h, the listener watchdog)
+  // replaces it within seconds, under a new socket file: a connection whose
+  // probe is unanswered is dialed again once the file changed, so no request
+  // waits its whole timeout on a dead connection. Otherwise (a busy daemon:
+  // every context holds a request) the client keeps its place in the queue
+  // and waits. Nothing but probes was sent on it: dialing again is safe.
+  auto socket_identity = [&] {
+    struct stat st;
+    return ::stat(opts.socket_path.c_str(), &st) == 0 ? std::make_pair(st.st_dev, st.st_ino)
+                                                       : std::make_pair(dev_t{0}, ino_t{0});
+  };
   for (int attempt = 1;; ++attempt) {
+    const auto identity = socket_identity();
     Dialed d = DialOnce(url, bounded ? std::max<int64_t>(left_ms(), 1) : 0);
     if (d.timed_out)  // the kernel took the connection, mmsd never did its side of it
       return Unavailable("mmsd at " + opts.socket_path + " took the connection but did not answer it within " +
@@ -184,15 +193,20 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
     c->next_id_ = (static_cast<uint64_t>(rd()) << 20) | 1;
     Message probe;
     probe.type = kProbe;
-    int64_t wait_ms = bounded ? std::min(probe_ms, std::max<int64_t>(left_ms(), 1)) : probe_ms;
-    // Any reply will do (a draining daemon's UNAVAILABLE too): the connection is read.
-    if (c->CallRaw(Encode(probe), wait_ms).ok()) return c;
-    if (bounded && left_ms() <= 0)
-      return Unavailable("mmsd at " + opts.socket_path + " took " + std::to_string(attempt) +
-                         " connection(s) but read nothing on them within " + std::to_string(opts.timeout_ms) +
-                         " ms: every request slot is busy (overloaded), or its listener is stuck and being "
-                         "replaced (see its log for listener_restarted); retry, or raise --timeout");
-    probe_ms *= 2;  // uncapped: a saturated daemon's queue may take longer than any fixed wait
+    const std::string probe_bytes = Encode(probe);
+    while (true) {
+      constexpr int64_t kSliceMs = 500;
+      int64_t wait_ms = bounded ? std::min(kSliceMs, std::max<int64_t>(left_ms(), 1)) : kSliceMs;
+      // Any reply will do (a draining daemon's UNAVAILABLE too): the connection is read. An
+      // unanswered probe stays queued on the connection, so the next one keeps its place.
+      if (c->CallRaw(probe_bytes, wait_ms).ok()) return c;
+      if (bounded && left_ms() <= 0)
+        return Unavailable("mmsd at " + opts.socket_path + " took " + std::to_string(attempt) +
+                           " connection(s) but read nothing on them within " + std::to_string(opts.timeout_ms) +
+                           " ms: every request slot is busy (overloaded), or its listener is stuck and being "
+                           "replaced (see its log for listener_restarted); retry, or raise --timeout");
+      if (socket_identity() != identity) break;  // a new listener (or daemon) there: dial it
+    }
   }
 }
 

@@ -30,9 +30,10 @@ class Client {
 
   // Dials the daemon and checks that it reads the connection (a PROBE
   // round trip) before anything else is sent; an unanswered connection is
-  // dropped and dialed again (a daemon replaces a stuck nng listener within
-  // seconds). All within `timeout_ms`. UNAVAILABLE (with the socket path)
-  // when none listens, or nothing was answered in time.
+  // dropped and dialed again once the socket file was replaced (a daemon
+  // replaces a stuck nng listener within seconds), and otherwise waited on
+  // (a busy daemon). All within `timeout_ms` (<= 0: no limit). UNAVAILABLE
+  // (with the socket path) when none listens, or nothing was answered in time.
   static Result<std::unique_ptr<Client>> Connect(const Options& opts);
   ~Client();
   Client(const Client&) = delete;

@@ -53,6 +53,37 @@ std::string PingBytes(uint64_t id = 5) {
   return Encode(m);
 }
 
+// A raw SP-over-IPC connection (nng's framing by hand): the 8-byte req0
+// header, then frames of 0x01, a 64-bit big-endian length and the request
+// id (top bit set) before our message.
+int RawSpConnect(const std::string& socket) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket.c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::send(fd, "\0SP\0\0\x30\0\0", 8, MSG_NOSIGNAL) == 8);
+  return fd;
+}
+std::string RawSpFrame(uint32_t id, const std::string& body) {
+  std::string out(1, '\x01');
+  uint64_t len = body.size() + 4;
+  for (int b = 7; b >= 0; --b) out += static_cast<char>((len >> (8 * b)) & 0xff);
+  id |= 0x80000000u;
+  for (int b = 3; b >= 0; --b) out += static_cast<char>((id >> (8 * b)) & 0xff);
+  return out + body;
+}
+// Reads exactly n bytes; false on EOF or error.
+bool ReadFull(int fd, char* p, size_t n) {
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, 0);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
 }  // namespace
 
 TEST_CASE("each malformed message gets its own error and the daemon keeps serving") {
@@ -150,23 +181,9 @@ TEST_CASE("a JSON body nested too deep or over 1 MiB is refused at decoding, and
 TEST_CASE("a client that pipelines requests and never reads the replies is cut off, and the others are served") {
   Daemon d;
   REQUIRE(d.ok());
-  // SP over IPC by hand: the 8-byte req0 header, then frames of 0x01, a 64-bit big-endian
-  // length and the request id (top bit set) before our message.
-  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  std::string out("\0SP\0\0\x30\0\0", 8);
-  for (uint32_t i = 0; i < 3000; ++i) {
-    std::string body = PingBytes(i);
-    uint64_t len = body.size() + 4;
-    out += '\x01';
-    for (int b = 7; b >= 0; --b) out += static_cast<char>((len >> (8 * b)) & 0xff);
-    uint32_t id = 0x80000000u | i;
-    for (int b = 3; b >= 0; --b) out += static_cast<char>((id >> (8 * b)) & 0xff);
-    out += body;
-  }
+  int fd = RawSpConnect(d.socket());
+  std::string out;
+  for (uint32_t i = 0; i < 3000; ++i) out += RawSpFrame(i, PingBytes(i));
   int flags = ::fcntl(fd, F_GETFL);
   ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
   size_t sent = 0;
@@ -182,6 +199,41 @@ TEST_CASE("a client that pipelines requests and never reads the replies is cut o
   CHECK(WaitFor([&] { return d.log().find("client_not_reading") != std::string::npos; }, 20));
   ::close(fd);
   CHECK(d.Mms({"ping"}).exit_code == 0);
+}
+
+TEST_CASE("a client reading many large replies slowly on one connection is not cut off") {
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"}).exit_code == 0);
+  int fd = RawSpConnect(d.socket());
+  // Eight predicts of 20,000 rows (replies of ~240 KB: more than the socket buffer holds).
+  Message m;
+  m.type = kPredict;
+  m.body = {{"model", "tiny"}};
+  Tensor x = Tensor::Alloc("x", DType::kFloat32, {20000, 4});
+  m.tensors.push_back(x);
+  std::string req = Encode(m);
+  std::string all;
+  for (uint32_t i = 1; i <= 8; ++i) all += RawSpFrame(i, req);
+  std::thread sender([&] { (void)!::send(fd, all.data(), all.size(), MSG_NOSIGNAL); });
+  char head[8];
+  REQUIRE(ReadFull(fd, head, 8));  // the rep0 header
+  // One reply every 1.5 s: the last is taken 12 s in, past the 10 s that cuts off a client
+  // that never reads (while every context is held, which is not the case here).
+  int got = 0;
+  for (; got < 8; ++got) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    char frame[9];
+    if (!ReadFull(fd, frame, 9)) break;
+    uint64_t len = 0;
+    for (int b = 1; b <= 8; ++b) len = (len << 8) | static_cast<unsigned char>(frame[b]);
+    std::string body(len, '\0');
+    if (!ReadFull(fd, body.data(), len)) break;
+  }
+  sender.join();
+  ::close(fd);
+  CHECK(got == 8);
+  CHECK(d.log().find("client_not_reading") == std::string::npos);
 }
 
 TEST_CASE("the Client maps error replies to statuses") {
