@@ -232,7 +232,9 @@ void Server::CloseIdleRetiredListeners() {
 
 bool Server::Probe() {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return true;  // out of descriptors: nothing learned about the listener
+  // Out of descriptors: no new client can connect either (its connection
+  // needs one here). A miss, so /health says so and the log names it.
+  if (fd < 0) return errno != EMFILE && errno != ENFILE;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, opts_.socket_path.c_str(), sizeof addr.sun_path - 1);

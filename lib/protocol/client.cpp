@@ -199,7 +199,10 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
       int64_t wait_ms = bounded ? std::min(kSliceMs, std::max<int64_t>(left_ms(), 1)) : kSliceMs;
       // Any reply will do (a draining daemon's UNAVAILABLE too): the connection is read. An
       // unanswered probe stays queued on the connection, so the next one keeps its place.
-      if (c->CallRaw(probe_bytes, wait_ms).ok()) return c;
+      if (c->CallRaw(probe_bytes, wait_ms).ok()) {
+        if (bounded) c->first_call_ms_ = std::max<int64_t>(left_ms(), 1);  // --timeout bounds connect + first call
+        return c;
+      }
       if (bounded && left_ms() <= 0)
         return Unavailable("mmsd at " + opts.socket_path + " took " + std::to_string(attempt) +
                            " connection(s) but read nothing on them within " + std::to_string(opts.timeout_ms) +
@@ -208,6 +211,11 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
       if (socket_identity() != identity) break;  // a new listener (or daemon) there: dial it
     }
   }
+}
+
+int64_t Client::DefaultTimeoutMs() {
+  int64_t first = first_call_ms_.exchange(-1);
+  return first >= 0 ? first : opts_.timeout_ms;
 }
 
 Client::~Client() {
@@ -219,7 +227,7 @@ Result<std::string> Client::CallRaw(const std::string& bytes, int64_t timeout_ms
   int rv = nng_msg_alloc(&msg, bytes.size());
   if (rv != 0) return Internal(std::string("nng_msg_alloc: ") + nng_strerror(rv));
   if (!bytes.empty()) std::memcpy(nng_msg_body(msg), bytes.data(), bytes.size());
-  auto reply = RoundTrip(sock_id_, msg, timeout_ms < 0 ? opts_.timeout_ms : timeout_ms, opts_.socket_path);
+  auto reply = RoundTrip(sock_id_, msg, timeout_ms < 0 ? DefaultTimeoutMs() : timeout_ms, opts_.socket_path);
   if (!reply.ok()) return reply.status();
   nng_msg* r = reply.value();
   std::string out(static_cast<const char*>(nng_msg_body(r)), nng_msg_len(r));
@@ -236,7 +244,7 @@ Result<Message> Client::Call(Message req, int64_t timeout_ms) {
   int rv = nng_msg_alloc(&msg, size);
   if (rv != 0) return Internal(std::string("nng_msg_alloc: ") + nng_strerror(rv));
   EncodeInto(req, body, static_cast<uint8_t*>(nng_msg_body(msg)));
-  auto reply = RoundTrip(sock_id_, msg, timeout_ms < 0 ? opts_.timeout_ms : timeout_ms, opts_.socket_path);
+  auto reply = RoundTrip(sock_id_, msg, timeout_ms < 0 ? DefaultTimeoutMs() : timeout_ms, opts_.socket_path);
   if (!reply.ok()) return reply.status();
   nng_msg* r = reply.value();
   std::shared_ptr<nng_msg> owner(r, nng_msg_free);

@@ -25,7 +25,9 @@ class Client {
  public:
   struct Options {
     std::string socket_path;     // the daemon's IPC socket (no "ipc://" prefix)
-    int64_t timeout_ms = 60000;  // per call, send to reply
+    // Per call, send to reply; Connect's dial and probe come out of the first
+    // call's share (so a one-call client, the CLI, is bounded by it in all).
+    int64_t timeout_ms = 60000;
   };
 
   // Dials the daemon and checks that it reads the connection (a PROBE
@@ -54,6 +56,8 @@ class Client {
   const Options opts_;
   uint32_t sock_id_ = 0;  // nng_socket id; const after Connect
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<int64_t> first_call_ms_{-1};  // what Connect left of timeout_ms for the first call; -1 once used
+  int64_t DefaultTimeoutMs();
 };
 
 }  // namespace mms::proto

@@ -315,6 +315,26 @@ TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200
   CHECK(m.find("mms_ipc_listener_restarts_total 0") == std::string::npos);
 }
 
+TEST_CASE("a daemon out of file descriptors says so in its log instead of looking healthy") {
+  Daemon d;
+  REQUIRE(d.ok());
+  const std::string pid = std::to_string(d.child().pid());
+  auto open_fds = [&] {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/" + pid + "/fd")) ++n;
+    return n;
+  };
+  // No descriptor to spare: the watchdog's probe cannot open a socket (nor could a client's
+  // connection be accepted). It used to count that as an answer.
+  auto was = Run({"/usr/bin/prlimit", "--pid", pid, "--nofile", "--raw", "--noheadings", "-o", "SOFT"});
+  REQUIRE(was.exit_code == 0);
+  std::string soft = was.out.substr(0, was.out.find_last_not_of(" \n") + 1);
+  REQUIRE(Run({"/usr/bin/prlimit", "--pid", pid, "--nofile=" + std::to_string(open_fds()) + ":"}).exit_code == 0);
+  CHECK(WaitFor([&] { return d.log().find("listener_restart_failed") != std::string::npos; }, 20));
+  REQUIRE(Run({"/usr/bin/prlimit", "--pid", pid, "--nofile=" + soft + ":"}).exit_code == 0);
+  CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 30));
+}
+
 TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, mms status) until it is back") {
   int port = FreePort();
   Daemon d("[registry]\npoll_interval = \"200ms\"\n", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
