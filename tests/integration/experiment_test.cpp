@@ -235,6 +235,7 @@ TEST_CASE("figures a flush could not save (the registry locked or full) are save
   // Another writer holds the registry: every flush meanwhile fails.
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((d.data_dir() + "/registry.db").c_str(), &db) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 10000);  // the daemon may be mid-write (a flush) at this instant
   REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
   for (int u = 10; u < 20; ++u) Predict(d, "u" + std::to_string(u));
   CHECK(WaitFor([&] { return d.log().find("metrics_flush_failed") != std::string::npos; }, 10));

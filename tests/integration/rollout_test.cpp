@@ -324,6 +324,7 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   // Another writer holds the registry (as a full disk would refuse its writes).
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((d.data_dir() + "/registry.db").c_str(), &db) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 10000);  // the daemon may be mid-write (a flush) at this instant
   REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
   Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
