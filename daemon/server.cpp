@@ -323,8 +323,9 @@ void Server::RetakeLock() {
   auto fd = Lock(opts_.socket_path);
   if (fd.ok()) {
     extra_lock_fds_.push_back(*fd);
+    lock_retake_failing_ = false;
     LogWarn("lock_retaken", {{"socket", opts_.socket_path}, {"reason", "the lock file was removed"}});
-  } else {
+  } else if (!std::exchange(lock_retake_failing_, true)) {  // once until it works (retried every probe)
     LogError("lock_retake_failed", {{"socket", opts_.socket_path}, {"error", fd.status().message()}});
   }
 }

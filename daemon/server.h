@@ -151,6 +151,7 @@ class Server {
   bool owns_lock_ = true;   // false for an adopted Options::lock_fd (not closed by Stop)
   std::mutex listen_mu_;              // BeginDrain against a listener restart
   std::vector<int> extra_lock_fds_;  // instance locks retaken by a restart (closed by Stop)
+  bool lock_retake_failing_ = false; // RetakeLock's last try failed (logged once; listen_mu_)
   int listener_id_ = 0;              // the current nng listener (listen_mu_ once serving)
   int listen_seq_ = 0;               // names each listener's own socket file (listen_mu_ once serving)
   struct Retired {

@@ -306,6 +306,12 @@ TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200
   CHECK(h.find(d.socket()) != std::string::npos);  // says which socket
   CHECK(metric().find("mms_ipc_listener_up 0") != std::string::npos);
   CHECK(d.log().find("listener_restart_failed") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // a few more watchdog ticks
+  std::string log = d.log();
+  size_t lock_failures = 0;
+  for (size_t at = log.find("lock_retake_failed"); at != std::string::npos; at = log.find("lock_retake_failed", at + 1))
+    ++lock_failures;
+  CHECK(lock_failures == 1);  // once, not at every tick
   // Out of the way again: a new listener, new clients are served, /health is 200.
   std::filesystem::remove(run_dir);
   CHECK(WaitFor([&] { return health().find("\n200") != std::string::npos; }, 30));
