@@ -40,7 +40,6 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   Registry::Options ro;
   ro.path = c.registry.path.empty() ? JoinPath(d->opts_.data_dir, "registry.db") : c.registry.path;
   ro.artifacts_dir = JoinPath(d->opts_.data_dir, "artifacts");
-  d->registry_path_ = ro.path;
   ro.busy_timeout_ms = c.registry.busy_timeout_ns / 1000000;
   ro.allowed_roots = c.registry.allowed_roots;
   ro.clock = d->opts_.clock;
@@ -509,7 +508,7 @@ void Daemon::CheckRegistryFile() {
   Status st = registry_->CheckFileIdentity();
   if (!st.ok() && !registry_detached_.exchange(true)) LogError("registry_file_replaced", {{"error", st.message()}});
   if (st.ok() && registry_detached_.exchange(false))
-    LogInfo("registry_file_restored", {{"path", registry_path_}});
+    LogInfo("registry_file_restored", {{"path", registry_->path()}});
 }
 
 bool Daemon::FlushMetrics() {

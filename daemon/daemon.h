@@ -201,7 +201,6 @@ class Daemon {
   MetricsStore experiment_metrics_;
   std::atomic<bool> flush_failing_{false};
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
-  std::string registry_path_;                   // set in Create
   void CheckRegistryFile();                     // the watcher's, every poll  // FlushMetrics' last try failed (logged once per outage)
   MetricsStore serving_metrics_;
   UserSplitStore user_splits_;  // distinct users per sticky experiment's arm, since start

@@ -20,6 +20,13 @@
 using namespace mms::testing;
 using nlohmann::json;
 
+namespace {
+// GET http://127.0.0.1:PORT/PATH: the body, a newline and the status code.
+std::string HttpGet(int port, const std::string& path) {
+  return Run({"/usr/bin/curl", "-s", "-w", "\n%{http_code}", "http://127.0.0.1:" + std::to_string(port) + path}).out;
+}
+}  // namespace
+
 TEST_CASE("status --json is valid JSON describing the daemon") {
   Daemon d;
   REQUIRE(d.ok());
@@ -236,13 +243,8 @@ TEST_CASE("after a storm of hang-ups mid-handshake the replaced listener is clos
   }
   // The replaced listener goes once idle (ten watchdog ticks).
   CHECK(WaitFor([&] { return d.log().find("listener_closed") != std::string::npos; }, 40));
-  auto count = [](const std::string& log, const std::string& what) {
-    size_t c = 0;
-    for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++c;
-    return c;
-  };
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  size_t restarts = count(d.log(), "listener_restarted");
+  size_t restarts = Count(d.log(), "listener_restarted");
   // Idle now: nng's poller used to spin on the dead connections' hang-ups (a whole core),
   // and closing the old listener used to unlink its successor's socket file (a restart every 4 s).
   auto cpu_ticks = [&] {
@@ -259,7 +261,7 @@ TEST_CASE("after a storm of hang-ups mid-handshake the replaced listener is clos
   std::this_thread::sleep_for(std::chrono::seconds(5));
   long used = cpu_ticks() - before;
   CHECK_MESSAGE(used < sysconf(_SC_CLK_TCK) * 2, used << " ticks of CPU in 5 s idle");
-  CHECK(count(d.log(), "listener_restarted") == restarts);
+  CHECK(Count(d.log(), "listener_restarted") == restarts);
   CHECK(std::filesystem::exists(d.socket()));
   CHECK(d.Mms({"ping", "--count", "3"}).exit_code == 0);
 }
@@ -291,9 +293,8 @@ TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200
   int port = FreePort();
   Daemon d("", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
   REQUIRE(d.ok());
-  const std::string base = "http://127.0.0.1:" + std::to_string(port);
-  auto health = [&] { return Run({"/usr/bin/curl", "-s", "-w", "\n%{http_code}", base + "/health"}).out; };
-  auto metric = [&] { return Run({"/usr/bin/curl", "-s", base + "/metrics"}).out; };
+  auto health = [&] { return HttpGet(port, "/health"); };
+  auto metric = [&] { return HttpGet(port, "/metrics"); };
   REQUIRE(health().find("\n200") != std::string::npos);
   CHECK(metric().find("mms_ipc_listener_up 1") != std::string::npos);
   // The socket's directory replaced by a plain file: the watchdog can open no new listener.
@@ -307,11 +308,7 @@ TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200
   CHECK(metric().find("mms_ipc_listener_up 0") != std::string::npos);
   CHECK(d.log().find("listener_restart_failed") != std::string::npos);
   std::this_thread::sleep_for(std::chrono::seconds(3));  // a few more watchdog ticks
-  std::string log = d.log();
-  size_t lock_failures = 0;
-  for (size_t at = log.find("lock_retake_failed"); at != std::string::npos; at = log.find("lock_retake_failed", at + 1))
-    ++lock_failures;
-  CHECK(lock_failures == 1);  // once, not at every tick
+  CHECK(Count(d.log(), "lock_retake_failed") == 1);  // once, not at every tick
   // Out of the way again: a new listener, new clients are served, /health is 200.
   std::filesystem::remove(run_dir);
   CHECK(WaitFor([&] { return health().find("\n200") != std::string::npos; }, 30));
@@ -345,8 +342,7 @@ TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, 
   int port = FreePort();
   Daemon d("[registry]\npoll_interval = \"200ms\"\n", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
   REQUIRE(d.ok());
-  const std::string base = "http://127.0.0.1:" + std::to_string(port);
-  auto health = [&] { return Run({"/usr/bin/curl", "-s", "-w", "\n%{http_code}", base + "/health"}).out; };
+  auto health = [&] { return HttpGet(port, "/health"); };
   REQUIRE(health().find("\n200") != std::string::npos);
   const std::string db = d.data_dir() + "/registry.db";
   std::filesystem::rename(db, db + ".moved");

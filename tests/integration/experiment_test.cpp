@@ -2,7 +2,6 @@
 // feedback and statistics, and persistence across kill -9.
 #include <doctest/doctest.h>
 #include <signal.h>
-#include <sqlite3.h>
 
 #include <nlohmann/json.hpp>
 #include <map>
@@ -233,22 +232,15 @@ TEST_CASE("figures a flush could not save (the registry locked or full) are save
   for (int u = 0; u < 10; ++u) Predict(d, "u" + std::to_string(u));
   std::this_thread::sleep_for(std::chrono::milliseconds(800));  // flushed
   // Another writer holds the registry: every flush meanwhile fails.
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open((d.data_dir() + "/registry.db").c_str(), &db) == SQLITE_OK);
-  sqlite3_busy_timeout(db, 10000);  // the daemon may be mid-write (a flush) at this instant
-  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  WriteLock lock(d.data_dir() + "/registry.db");
+  REQUIRE(lock.ok());
   for (int u = 10; u < 20; ++u) Predict(d, "u" + std::to_string(u));
   CHECK(WaitFor([&] { return d.log().find("metrics_flush_failed") != std::string::npos; }, 10));
-  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-  sqlite3_close(db);
+  lock.Release();
   // No traffic after the lock goes: a later flush saves the held figures (they used to be
   // dropped until new traffic touched the variant). SIGKILL: no flush at stop.
   CHECK(WaitFor([&] { return d.log().find("metrics_flush_recovered") != std::string::npos; }, 10));
-  std::string log = d.log();
-  size_t failures = 0;
-  for (size_t at = log.find("metrics_flush_failed"); at != std::string::npos; at = log.find("metrics_flush_failed", at + 1))
-    ++failures;
-  CHECK(failures == 1);  // once per outage, not per variant and interval
+  CHECK(Count(d.log(), "metrics_flush_failed") == 1);  // once per outage, not per variant and interval
   d.child().Signal(SIGKILL);
   REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
   REQUIRE(d.Restart());

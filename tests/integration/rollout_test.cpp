@@ -1,7 +1,6 @@
 // Shadow runs and canary rollouts through the real daemon and CLI.
 #include <doctest/doctest.h>
 #include <signal.h>
-#include <sqlite3.h>
 
 #include <atomic>
 #include <chrono>
@@ -322,10 +321,8 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
                  "--check-interval", "100ms", "--min-requests", "5"})
               .exit_code == 0);
   // Another writer holds the registry (as a full disk would refuse its writes).
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open((d.data_dir() + "/registry.db").c_str(), &db) == SQLITE_OK);
-  sqlite3_busy_timeout(db, 10000);  // the daemon may be mid-write (a flush) at this instant
-  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  WriteLock lock(d.data_dir() + "/registry.db");
+  REQUIRE(lock.ok());
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
   Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
   t.Start();
@@ -336,8 +333,7 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   CHECK(t.sent_ > sent + 20);
   CHECK(t.failed_ == failed);  // every request to control since
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // not recorded yet
-  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-  sqlite3_close(db);
+  lock.Release();
   CHECK(WaitFor([&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "rolled_back"; }, 30));
   t.Stop();
   CHECK(t.failed_ == failed);

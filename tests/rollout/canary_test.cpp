@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstring>
 #include <random>
-#include <sqlite3.h>
 
 #include "registry/snapshot.h"
 #include "rollout/canary.h"
@@ -159,16 +158,14 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   f.Traffic(c, 70, 0.0, 5);
   REQUIRE(f.reg->GetCanary("rec")->stage_index == 1);
   // Another writer holds the registry (as a full disk or a read-only file would refuse writes).
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open((f.dir / "r.db").c_str(), &db) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  testing::WriteLock lock(f.dir / "r.db");
+  REQUIRE(lock.ok());
   f.Traffic(c, 20, 0.2, 5);
   CHECK(f.reg->GetCanary("rec")->state == "running");  // not written
   REQUIRE(f.holds.size() == 1);                          // but held back, once
   CHECK(f.holds[0] == "+" + c.experiment_id);
   // The write is retried at every tick, without judging again, and lands once writes work.
-  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-  sqlite3_close(db);
+  lock.Release();
   f.clock.AdvanceSeconds(1);
   f.ctl->Tick();
   auto r = f.reg->GetCanary("rec");
@@ -183,12 +180,11 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   CanaryRecord gc = g.Start();
   g.ctl->Tick();
   g.Traffic(gc, 70, 0.0, 5);
-  REQUIRE(sqlite3_open((g.dir / "r.db").c_str(), &db) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  testing::WriteLock glock(g.dir / "r.db");
+  REQUIRE(glock.ok());
   g.Traffic(gc, 20, 0.2, 5);
   REQUIRE(g.holds.size() == 1);
-  sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-  sqlite3_close(db);
+  glock.Release();
   REQUIRE(g.reg->SetCanaryState("rec", "paused").ok());
   g.clock.AdvanceSeconds(1);
   g.ctl->Tick();

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,6 +123,32 @@ int FreePort() {
   int port = ntohs(a.sin_port);
   ::close(fd);
   return port;
+}
+
+size_t Count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+WriteLock::WriteLock(const std::string& db_path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(db_path.c_str(), &db) != SQLITE_OK) {
+    sqlite3_close(db);
+    return;
+  }
+  db_ = db;
+  sqlite3_busy_timeout(db, 10000);  // the daemon may be mid-write (a flush) at this instant
+  ok_ = sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK;
+}
+
+void WriteLock::Release() {
+  if (!db_) return;
+  auto* db = static_cast<sqlite3*>(db_);
+  if (ok_) sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  db_ = nullptr;
+  ok_ = false;
 }
 
 bool WaitFor(const std::function<bool()>& pred, double timeout_s) {

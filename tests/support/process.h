@@ -92,6 +92,27 @@ class Daemon {
 // A TCP port on 127.0.0.1 that was free a moment ago (for --metrics-address).
 int FreePort();
 
+// How many times `what` occurs in `text` (log lines of one event, say).
+size_t Count(const std::string& text, const std::string& what);
+
+// Another writer holding an SQLite file (a registry): BEGIN EXCLUSIVE, so
+// every write through another connection fails after its busy timeout, as
+// on a full disk. Waits for a write in progress first. Released by Release()
+// or the destructor.
+class WriteLock {
+ public:
+  explicit WriteLock(const std::string& db_path);
+  ~WriteLock() { Release(); }
+  WriteLock(const WriteLock&) = delete;
+  WriteLock& operator=(const WriteLock&) = delete;
+  bool ok() const { return ok_; }
+  void Release();
+
+ private:
+  void* db_ = nullptr;  // sqlite3*
+  bool ok_ = false;
+};
+
 // Waits for a predicate, polling every 10 ms.
 bool WaitFor(const std::function<bool()>& pred, double timeout_s);
 
