@@ -640,6 +640,16 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
       "AND NOT EXISTS (SELECT 1 FROM shadows s WHERE s.model_id = models.id)"));
   gc.Bind(1, rec.model);
   MMS_RETURN_IF_ERROR(gc.Run());
+  // Its rate limit goes with the model (SetLimit needs the model to exist):
+  // a later model of that name starts without the old one's limit.
+  if (db_->Changes() > 0) {
+    MMS_ASSIGN_OR_RETURN(auto lim, db_->Prepare("DELETE FROM limits WHERE kind = 'model' AND key = ?"));
+    lim.Bind(1, rec.model);
+    MMS_RETURN_IF_ERROR(lim.Run());
+    if (db_->Changes() > 0)
+      MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", rec.model, rec.version, "", "",
+                                      "model " + rec.model + " (its last version was removed)"));
+  }
   std::string detail = force && !uses.empty() ? "forced while in use: " : "";
   for (size_t i = 0; i < uses.size(); ++i) detail += (i ? "; " : "") + uses[i];
   MMS_RETURN_IF_ERROR(AuditLocked("rm", rec.model, rec.version, StageName(rec.stage), "", detail));

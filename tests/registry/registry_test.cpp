@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "core/clock.h"
+#include "core/paths.h"
 #include "registry/registry.h"
 #include "registry/schema.h"
 #include "registry/sqlite.h"
@@ -229,6 +231,34 @@ TEST_CASE("rm is refused while pinned or in production, unless forced, labels an
   for (const auto& e : *h) shadow_stop = shadow_stop || (e.action == "shadow-stop" && e.version == "3");
   CHECK(shadow_stop);
   CHECK(f.reg->GetShadow("rec")->state == "stopped");
+}
+
+TEST_CASE("a model's rate limit goes with its last version, audited; a tenant's and other models' stay") {
+  Fixture f;
+  f.Add("rec", "1");
+  f.Add("rec", "2");
+  f.Add("other", "1");
+  REQUIRE(f.reg->SetLimit({"model", "rec", 5, 10}).ok());
+  REQUIRE(f.reg->SetLimit({"model", "other", 7, 7}).ok());
+  REQUIRE(f.reg->SetLimit({"tenant", "rec", 9, 9}).ok());  // a tenant that happens to share the name
+  auto keys = [&] {
+    std::vector<std::string> out;
+    auto limits = f.reg->Limits();
+    REQUIRE(limits.ok());
+    for (const auto& l : *limits) out.push_back(l.kind + " " + l.key);
+    return out;
+  };
+  REQUIRE(f.reg->Remove(*ParseRef("rec:1"), false).ok());
+  CHECK(keys() == std::vector<std::string>{"model other", "model rec", "tenant rec"});  // rec:2 is left
+  REQUIRE(f.reg->Remove(*ParseRef("rec:2"), false).ok());
+  CHECK(keys() == std::vector<std::string>{"model other", "tenant rec"});
+  auto h = f.reg->History(*ParseRef("rec"));
+  REQUIRE(h.ok());
+  CHECK((*h)[h->size() - 2].action == "limit-rm");
+  CHECK((*h)[h->size() - 2].detail.find("its last version was removed") != std::string::npos);
+  // A new model of that name starts without the old limit.
+  f.Add("rec", "1");
+  CHECK(keys() == std::vector<std::string>{"model other", "tenant rec"});
 }
 
 TEST_CASE("the audit log is append-only") {
@@ -495,32 +525,87 @@ TEST_CASE("a COMMIT that fails ends the transaction, so the connection stays usa
   CHECK(n->Int(0) == 1);  // the failed transaction's row is gone, the next one's is there
 }
 
-TEST_CASE("a registry this user may only read is refused where writes are needed (mmsd)") {
+TEST_CASE("a registry this user may only read: mmsd is refused, the CLI reads while mmsd has it open, writes say what to do") {
   testing::TempDir d;
   Registry::Options o;
   o.path = d / "r.db";
-  REQUIRE(Registry::Open(o).ok());  // created, with its WAL files
-  // A child process, so that root can drop to nobody (chmod does not stop root).
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::chmod(d.path().c_str(), 0555);
-    ::chmod(o.path.c_str(), 0444);
-    for (const char* ext : {"-wal", "-shm"}) ::chmod((o.path + ext).c_str(), 0444);
-    if (::getuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(10);
-    Registry::Options w = o;
-    w.require_writable = true;
-    auto r = Registry::Open(w);
-    if (r.ok()) ::_exit(11);
-    if (r.status().code() != Code::kIo || r.status().message().find("read-only for this user") == std::string::npos)
-      ::_exit(12);
-    ::_exit(0);
+  // Runs `check` in a child dropped to nobody (chmod does not stop root),
+  // with the registry, its WAL files and its directory read-only; `check`
+  // returns the child's exit status (0: as expected).
+  auto as_nobody = [&](const std::function<int()>& check) {
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::chmod(d.path().c_str(), 0555);
+      ::chmod(o.path.c_str(), 0444);
+      for (const char* ext : {"-wal", "-shm"}) ::chmod((o.path + ext).c_str(), 0444);
+      if (::getuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(10);
+      ::_exit(check());
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    ::chmod(d.path().c_str(), 0700);
+    ::chmod(o.path.c_str(), 0644);
+    REQUIRE(WIFEXITED(status));
+    return WEXITSTATUS(status);
+  };
+  auto says_what_to_do = [](const Status& st) {
+    std::fprintf(stderr, "%s\n", st.ToString().c_str());
+    return st.code() == Code::kIo && st.message().find("is read-only for this process") != std::string::npos &&
+           st.message().find("Give this user write access") != std::string::npos;
+  };
+  {
+    // A writer in another process, as a running mmsd: its -wal and -shm
+    // files exist. (Not in this one: SQLite's state must not cross a fork.)
+    int ready[2], stop[2];
+    REQUIRE(::pipe(ready) == 0);
+    REQUIRE(::pipe(stop) == 0);
+    pid_t writer = ::fork();
+    REQUIRE(writer >= 0);
+    if (writer == 0) {
+      ::close(stop[1]);
+      auto r = Registry::Open(o);
+      char c = r.ok() && (*r)->List("").ok() ? 'y' : 'n';  // a read, as mmsd's polls do
+      if (::write(ready[1], &c, 1) != 1) ::_exit(1);
+      (void)::read(stop[0], &c, 1);  // until the parent closes its end
+      r = Status(Code::kCancelled, "closed");  // a clean close removes the -wal and -shm files
+      ::_exit(0);
+    }
+    ::close(stop[0]);
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    REQUIRE(c == 'y');
+    CHECK(as_nobody([&] {
+            Registry::Options w = o;
+            w.require_writable = true;  // mmsd
+            auto r = Registry::Open(w);
+            if (r.ok()) return 11;
+            if (r.status().code() != Code::kIo || r.status().message().find("read-only for this user") == std::string::npos)
+              return 12;
+            auto cli = Registry::Open(o);  // the CLI: reads work
+            if (!cli.ok()) {
+              std::fprintf(stderr, "%s\n", cli.status().ToString().c_str());
+              return 13;
+            }
+            if (!(*cli)->List("").ok()) return 14;
+            NewVersion v;
+            v.model = "rec";
+            v.version = "1";
+            v.artifact_path = "/models/rec/1/model.pt";
+            v.sha256 = std::string(64, 'a');
+            v.size_bytes = 1000;
+            return says_what_to_do((*cli)->Register(v).status()) ? 0 : 15;
+          }) == 0);
+    ::close(stop[1]);
+    int st = 0;
+    REQUIRE(::waitpid(writer, &st, 0) == writer);
+    CHECK(st == 0);
+    CHECK_FALSE(FileExists(o.path + "-wal"));
   }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  ::chmod(d.path().c_str(), 0700);
-  REQUIRE(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  // With no writer, WAL mode needs even a reader to write the -shm file.
+  CHECK(as_nobody([&] { return says_what_to_do(Registry::Open(o).status()) ? 0 : 16; }) == 0);
 }
 
 TEST_CASE("a full disk is an error naming the registry and what to do, not SQLite's bare words") {
