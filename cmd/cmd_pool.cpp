@@ -208,6 +208,12 @@ int CmdPool(Cli& cli) {
     ModelRows(j["host"]["models"], "host", &rows);
     ModelRows(j["disk"]["models"], "disk", &rows);
     std::cout << FormatTable(rows);
+    // Standing holds (a shadow run's candidate): not requests, but they keep
+    // the model where it is.
+    for (const auto& tier : j["devices"])
+      for (const auto& m : tier["models"])
+        for (const auto& holder : m.value("held_by", nlohmann::json::array()))
+          std::cout << m.value("ref", "?") << " is held by " << holder.get<std::string>() << "\n";
     const auto& t = j["totals"];
     std::printf("\n%llu hits, %llu misses (hit rate %.1f%%), %llu loads, %llu evictions, %llu failed loads\n",
                 t.value("hits", 0ull), t.value("misses", 0ull), t.value("hit_rate", 0.0) * 100, t.value("loads", 0ull),

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <map>
 #include <thread>
 
 #include "core/log.h"
@@ -30,7 +31,8 @@ struct ModelPool::Entry {
   uint64_t bytes = 0;             // weight bytes (estimate until loaded)
   uint64_t host_reserved = 0;     // counted in host_used_
   uint64_t device_reserved = 0;   // counted in the device's used
-  int refs = 0;
+  int refs = 0;                        // handles out, `held` among them
+  std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   // health
   bool healthy = true;
   Status last_error;
@@ -42,7 +44,13 @@ struct ModelPool::Entry {
   int64_t last_load_ns = 0;
 };
 
-ModelHandle::~ModelHandle() { pool_->Release(key_); }
+ModelHandle::~ModelHandle() { pool_->Release(key_, holder_); }
+
+void ModelHandle::HoldFor(std::string holder) {
+  if (!holder_.empty() || holder.empty()) return;
+  holder_ = std::move(holder);
+  pool_->Hold(key_, holder_);
+}
 
 ModelPool::ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc)
     : opts_(opts), loader_(std::move(loader)), host_alloc_(std::move(alloc)) {}
@@ -207,8 +215,7 @@ Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
     if (droppable(k, *e)) {
       reclaimable += e->host_reserved;
     } else if (e->tier != Tier::kDisk && k != for_key && e->host_reserved > 0 && n++ < 8) {
-      std::string why = e->pinned ? "pinned" : e->loading ? "loading" : std::to_string(e->refs) + " in flight";
-      held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + why + ")";
+      held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
     }
   }
   if (host_used_ - reclaimable + bytes > opts_.host_budget)
@@ -300,10 +307,24 @@ std::string ModelPool::Holders(const DeviceSlot& d) const {
   for (const auto& [k, e] : entries_) {
     if (!e->block || devices_[static_cast<size_t>(e->device)].get() != &d) continue;
     if (Evictable(*e)) continue;
-    std::string why = e->pinned ? "pinned" : e->loading ? "loading" : std::to_string(e->refs) + " in flight";
-    if (n++ < 8) s += (s.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->device_reserved) + ", " + why + ")";
+    if (n++ < 8) s += (s.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->device_reserved) + ", " + Why(*e) + ")";
   }
   return s.empty() ? "fragmented free space" : s;
+}
+
+std::string ModelPool::Why(const Entry& e) const {
+  if (e.pinned) return "pinned";
+  if (e.loading) return "loading";
+  int holds = 0;
+  std::string by;
+  for (const auto& [holder, n] : e.held) {
+    holds += n;
+    by += (by.empty() ? "held by " : ", ") + holder;
+  }
+  const int requests = e.refs - holds;
+  std::string why = requests > 0 ? std::to_string(requests) + (requests == 1 ? " request" : " requests") + " in flight" : "";
+  if (!by.empty()) why += (why.empty() ? "" : "; ") + by;
+  return why;
 }
 
 Result<int> ModelPool::PlaceOnDevice(Entry& e) {
@@ -517,12 +538,21 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
   return out;
 }
 
-void ModelPool::Release(PoolKey key) {
+void ModelPool::Hold(PoolKey key, const std::string& holder) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = entries_.find(key); it != entries_.end()) ++it->second->held[holder];
+}
+
+void ModelPool::Release(PoolKey key, const std::string& holder) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
   Entry& e = *it->second;
   --e.refs;
+  if (!holder.empty()) {
+    auto h = e.held.find(holder);
+    if (h != e.held.end() && --h->second <= 0) e.held.erase(h);
+  }
   e.last_use = opts_.clock->MonoNanos();
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
 }
@@ -560,7 +590,7 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
   if (e.loading) return FailedPrecondition(e.item.ref + " is loading; try again when it is done");
   if (e.pinned) return InUse(e.item.ref + " is pinned; unpin it first (mms unpin " + e.item.ref + ")");
   if (e.tier == Tier::kDevice) {
-    if (e.refs > 0) return InUse(e.item.ref + " has " + std::to_string(e.refs) + " requests in flight");
+    if (e.refs > 0) return InUse(e.item.ref + " is in use: " + Why(e));
     DemoteFromDevice(e);
     return std::string(TierName(e.tier));  // host, or disk if the model could not be rebound
   }
@@ -587,11 +617,13 @@ void ModelPool::EraseForgotten(Entry& e) {
 }
 
 nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
+  int held = 0;
+  for (const auto& [holder, n] : e.held) held += n;
   nlohmann::json j{{"ref", e.item.ref},
                    {"tier", TierName(e.tier)},
                    {"bytes", e.bytes},
                    {"pinned", e.pinned},
-                   {"in_flight", e.refs},
+                   {"in_flight", e.refs - held},
                    {"loading", e.loading},
                    {"healthy", e.healthy},
                    {"loads", e.loads},
@@ -599,6 +631,10 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"hits", e.hits},
                    {"misses", e.misses},
                    {"load_ms", static_cast<double>(e.last_load_ns) / 1e6}};
+  if (!e.held.empty()) {
+    j["held_by"] = nlohmann::json::array();
+    for (const auto& [holder, n] : e.held) j["held_by"].push_back(holder);
+  }
   j["last_use_ms_ago"] = e.last_use ? nlohmann::json((now - e.last_use) / 1000000) : nlohmann::json(nullptr);
   if (e.device >= 0) j["device"] = devices_[static_cast<size_t>(e.device)]->dev->name();
   if (!e.healthy) {

@@ -69,6 +69,13 @@ class ModelHandle {
   PoolKey key() const { return key_; }
   // True when this acquire had to load the model (a miss).
   bool loaded() const { return loaded_; }
+  // Marks this handle as a standing hold by `holder` rather than a request
+  // in flight (a shadow run keeps its candidate's handle between jobs):
+  // the pool's snapshot lists it under `held_by`, not `in_flight`, and a
+  // refused eviction names it. `holder` says who and how to end the hold,
+  // e.g. "the shadow run of rec (mms shadow stop rec ends it)". Call once,
+  // from the handle's owner.
+  void HoldFor(std::string holder);
 
  private:
   friend class ModelPool;
@@ -79,6 +86,7 @@ class ModelHandle {
   Model* model_;
   std::string ref_, device_;
   bool loaded_;
+  std::string holder_;  // "" while a request
 };
 using HandlePtr = std::shared_ptr<ModelHandle>;
 using AcquireCallback = std::function<void(Result<HandlePtr>)>;
@@ -141,7 +149,9 @@ class ModelPool {
   ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc);
   Entry& EntryFor(const PoolItem& item);             // mu_ held
   HandlePtr NewHandle(Entry& e, bool loaded);        // mu_ held; takes a ref
-  void Release(PoolKey key);
+  void Release(PoolKey key, const std::string& holder);
+  void Hold(PoolKey key, const std::string& holder);
+  std::string Why(const Entry& e) const;              // mu_ held: why it cannot be evicted
   void StartLoad(Entry& e);                          // mu_ held
   void RunLoad(PoolKey key);                         // loader thread
   Status MakeHostRoom(uint64_t bytes, PoolKey for_key);      // mu_ held

@@ -56,8 +56,14 @@ nlohmann::json Reservoir::Summary(double scale) const {
 // either. Its wake-up is a condition variable notified without the lock (the
 // request path never waits), so a wake-up can be missed in a narrow window:
 // the worker's wait also ends every kWorkerPollMs.
+//
+// The handle is a standing hold (ModelHandle::HoldFor: `mms pool` shows it as
+// held by the shadow run, and a refused eviction says so), released once no
+// job has come for kReleaseIdleMs, so that an idle shadow does not keep its
+// candidate on the device or from being evicted.
 namespace {
 constexpr int kWorkerPollMs = 100;
+constexpr int64_t kReleaseIdleMs = 2000;
 }  // namespace
 
 struct ShadowRunner::Shadow {
@@ -241,15 +247,27 @@ void ShadowRunner::Work(Shadow* s) {
   YieldToRequests();
   pthread_setname_np(pthread_self(), "mms-shadow");
   if (opts_.on_worker_start) opts_.on_worker_start();
-  Result<Servable> h = Status(Code::kUnavailable, "not acquired yet");
+  const Result<Servable> released = Status(Code::kUnavailable, "not acquired");
+  Result<Servable> h = released;
   int64_t rest_ns = 0;  // after the last job, to keep within opts_.duty_cycle
   while (true) {
     Shadow::Job* taken = nullptr;
+    bool idle = false;
     {
       std::unique_lock<std::mutex> lock(s->queue_mu);
       if (rest_ns > 0) s->cv.wait_for(lock, std::chrono::nanoseconds(rest_ns), [&] { return s->stopping.load(); });
-      while (!s->stopping.load() && !s->jobs.pop(taken))
+      const auto since = std::chrono::steady_clock::now();
+      while (!s->stopping.load() && !s->jobs.pop(taken)) {
+        if (h.ok() && std::chrono::steady_clock::now() - since >= std::chrono::milliseconds(kReleaseIdleMs)) {
+          idle = true;
+          break;
+        }
         s->cv.wait_for(lock, std::chrono::milliseconds(kWorkerPollMs));  // see Shadow: a missed notify costs this
+      }
+    }
+    if (idle) {
+      h = released;  // outside queue_mu: releasing takes the pool's lock
+      continue;
     }
     if (s->stopping.load()) {
       delete taken;
@@ -260,7 +278,14 @@ void ShadowRunner::Work(Shadow* s) {
     Shadow::Job& job = *owned;
     int64_t t0 = opts_.clock->MonoNanos();
     Result<std::vector<Tensor>> out = Status(Code::kInternal, "not run");
-    if (!h.ok()) h = opts_.acquire(s->candidate);  // kept for the next jobs
+    if (!h.ok()) {  // kept for the next jobs
+      h = opts_.acquire(s->candidate);
+      if (h.ok()) {
+        const std::string holder = "the shadow run of " + s->rec.model + " (mms shadow stop " + s->rec.model + " ends it)";
+        h->model->HoldFor(holder);
+        if (h->adapter) h->adapter->HoldFor(holder);
+      }
+    }
     if (!h.ok()) {
       out = h.status();
     } else {

@@ -7,7 +7,8 @@
 //   bounded queue that drops — and counts the drop — when full.
 // * One worker thread per running shadow, at the lowest priority (nice 19,
 //   and a short EEVDF slice where the kernel has them), holding its
-//   candidate's handle between jobs; the request path takes no lock (a
+//   candidate's handle between jobs (a hold `mms pool` names, released
+//   after 2 s without a job); the request path takes no lock (a
 //   lock-free queue), so only a full queue drops. It runs the candidate
 //   through the pool and compares, then rests to keep within
 //   Options::duty_cycle ([shadow] duty_cycle).

@@ -124,6 +124,46 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(ShadowStats(d, "tiny")["measures"]["cosine_similarity"]["p50"].get<double>() == doctest::Approx(1.0));
 }
 
+TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, and released while idle") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_v2.pt");
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  auto candidate = [&] {
+    auto r = d.Mms({"--json", "pool"});
+    REQUIRE(r.exit_code == 0);
+    json pool = json::parse(r.out);
+    for (const auto& m : pool["devices"][0]["models"])
+      if (m["ref"] == "tiny:2") return m;
+    return json();
+  };
+  const std::string holder = "the shadow run of tiny (mms shadow stop tiny ends it)";
+  {
+    Traffic t(d, "tiny", Data("tiny_input.json"));
+    t.Start();  // jobs keep coming: the hold stays
+    REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 5; }, 20));
+    json m = candidate();
+    CHECK(m["in_flight"] == 0);
+    CHECK(m["held_by"] == json::array({holder}));
+    auto evict = d.Mms({"evict", "tiny:2"});
+    CHECK(evict.exit_code == 6);
+    CHECK_MESSAGE(evict.err.find("held by " + holder) != std::string::npos, evict.err);
+    CHECK(d.Mms({"pool"}).out.find("shadow") != std::string::npos);
+  }
+  // No jobs for 2 s: the worker lets go, and the candidate can be evicted.
+  REQUIRE(WaitFor([&] { return !candidate().contains("held_by"); }, 20));
+  auto evict = d.Mms({"evict", "tiny:2"});
+  CHECK_MESSAGE(evict.exit_code == 0, evict.err);
+  // The next job takes it again (loading it back).
+  uint64_t before = ShadowStats(d, "tiny")["requests"]["mirrored"].get<uint64_t>();
+  Traffic again(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(again.Send(3) == 3);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<uint64_t>() >= before + 3; }, 20));
+  CHECK(ShadowStats(d, "tiny")["requests"]["failed"] == 0);
+}
+
 TEST_CASE("a shadow mirrors from when its candidate is loaded; until then its stats say it is loading") {
   Daemon d("[pool]\nload_threads = 2\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
   REQUIRE(d.ok());

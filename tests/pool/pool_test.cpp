@@ -274,7 +274,7 @@ TEST_CASE("a model in flight or pinned is never evicted, when nothing can go, PO
   REQUIRE(f.GetStatus(2).ok());
   auto st = f.GetStatus(3);
   CHECK(st.code() == Code::kPoolFull);
-  CHECK(st.message().find("m1:1 (1.00 KiB, 1 in flight)") != std::string::npos);
+  CHECK(st.message().find("m1:1 (1.00 KiB, 1 request in flight)") != std::string::npos);
   CHECK(st.message().find("m2:1 (1.00 KiB, pinned)") != std::string::npos);
   CHECK(f.TierOf(1) == "device");
   CHECK(f.TierOf(2) == "device");
@@ -284,6 +284,36 @@ TEST_CASE("a model in flight or pinned is never evicted, when nothing can go, PO
   CHECK(f.TierOf(2) == "device");
   f.pool->Unpin(2);
   CHECK(f.GetStatus(4).ok());
+}
+
+TEST_CASE("a standing hold (a shadow run's) is shown and named apart from requests in flight") {
+  PoolFixture f({2 * K});
+  auto hold = f.Get(1);
+  hold->HoldFor("the shadow run of m (mms shadow stop m ends it)");
+  auto request = f.Get(1);
+  auto model = [&] {
+    auto snap = f.pool->Snapshot();
+    for (const auto& m : snap["devices"][0]["models"])
+      if (m["ref"] == "m1:1") return m;
+    return nlohmann::json();
+  };
+  CHECK(model()["in_flight"] == 1);
+  CHECK(model()["held_by"] == nlohmann::json::array({"the shadow run of m (mms shadow stop m ends it)"}));
+  auto evict = f.pool->Evict(1);
+  CHECK(evict.status().code() == Code::kInUse);
+  CHECK(evict.status().message() ==
+        "m1:1 is in use: 1 request in flight; held by the shadow run of m (mms shadow stop m ends it)");
+  request.reset();
+  CHECK(model()["in_flight"] == 0);
+  f.pool->Pin(PoolFixture::Item(2));
+  REQUIRE(f.GetStatus(2).ok());
+  auto full = f.GetStatus(3);
+  CHECK(full.code() == Code::kPoolFull);
+  CHECK(full.message().find("m1:1 (1.00 KiB, held by the shadow run of m (mms shadow stop m ends it))") !=
+        std::string::npos);
+  hold.reset();
+  CHECK_FALSE(model().contains("held_by"));
+  CHECK(f.pool->Evict(1).value() == "host");
 }
 
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
@@ -445,7 +475,7 @@ TEST_CASE("when the host tier cannot make room, nothing warm is thrown away for 
   auto st = f.GetStatus(3, 2 * K);  // 3 KiB used, 1 KiB evictable: 2 KiB cannot fit
   CHECK(st.code() == Code::kPoolFull);
   CHECK(st.message().find("host tier cannot take 2.00 KiB") != std::string::npos);
-  CHECK(st.message().find("m1:1 (1.00 KiB, 1 in flight)") != std::string::npos);
+  CHECK(st.message().find("m1:1 (1.00 KiB, 1 request in flight)") != std::string::npos);
   CHECK(f.TierOf(4) == "host");  // still warm
   auto big = f.GetStatus(5, 4 * K);
   CHECK(big.code() == Code::kPoolFull);
