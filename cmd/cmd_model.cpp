@@ -115,7 +115,6 @@ struct RegisterArgs {
   std::vector<std::string> labels;
   int max_batch_size = 0;
   int64_t max_queue_delay_us = 0;
-  bool verify_batching = true;  // false for imports without a sample input
 };
 
 // Draws "hashing model.pt [#####.....] 45%  380 MiB / 850 MiB" on a terminal.
@@ -172,7 +171,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     return InvalidArgument("--max-queue-delay-us " + std::to_string(a.max_queue_delay_us) + " is out of range; use 0 " +
                            "(the [scheduler] max_queue_delay default) to " + std::to_string(kMaxQueueDelayUsMax) +
                            " (10 s, the most [scheduler] max_queue_delay allows)");
-  if (a.max_batch_size > 0 && a.verify_batching && a.sample_input.empty())
+  if (a.max_batch_size > 0 && a.sample_input.empty())
     return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
                            "(its outputs must split by rows)");
   v.max_queue_delay_us = a.max_queue_delay_us;
@@ -717,10 +716,11 @@ int CmdImport(Cli& cli, const std::string& dir) {
     return cli.Fail(InvalidArgument(dir + " is not a directory (expected DIR/<name>/<version>/model.pt)"));
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
-  nlohmann::json registered = nlohmann::json::array(), skipped = nlohmann::json::array();
+  nlohmann::json registered = nlohmann::json::array(), skipped = nlohmann::json::array(),
+                 notes = nlohmann::json::array();
   int errors = 0;
   auto skip = [&](const std::string& path, const std::string& why, bool error = true) {
-    skipped.push_back({{"path", path}, {"reason", why}});
+    skipped.push_back({{"path", path}, {"reason", why}, {"error", error}});
     if (error) ++errors;
   };
   std::vector<std::filesystem::path> models;
@@ -776,12 +776,33 @@ int CmdImport(Cli& cli, const std::string& dir) {
       a.name = name;
       a.version = version;
       a.path = file;
-      a.max_batch_size = max_batch;
-      a.verify_batching = false;  // a Triton repository carries no sample input to check with
       a.description = "imported from " + vdir.string();
+      // mms's own addition to the layout: a sample beside model.pt, for the
+      // warm-up and for checking that the model batches. Batching a model
+      // unchecked could hand one caller rows computed from another's (a
+      // model that normalises over the batch), so without a sample, or when
+      // the check fails, the version is registered unbatched and says why.
+      for (const char* n : {"sample_input.json", "sample_input.safetensors"})
+        if (a.sample_input.empty() && FileExists((vdir / n).string())) a.sample_input = (vdir / n).string();
+      std::string unbatched;
+      if (max_batch > 0 && a.sample_input.empty())
+        unbatched = "no sample_input.json or sample_input.safetensors beside model.pt to check that it batches";
+      else
+        a.max_batch_size = max_batch;
       auto rec = RegisterVersion(cli, **reg, a);
+      if (!rec.ok() && a.max_batch_size > 0 && rec.status().code() == Code::kInvalidArgument) {
+        unbatched = rec.status().message();
+        a.max_batch_size = 0;
+        rec = RegisterVersion(cli, **reg, a);
+      }
       if (rec.ok()) {
         registered.push_back(rec->ref());
+        if (!unbatched.empty())
+          notes.push_back({{"ref", rec->ref()},
+                           {"note", "registered without dynamic batching (" + cfg_path +
+                                        " asks for it): " + unbatched +
+                                        ". To batch it, register it again as a new version with "
+                                        "--max-batch-size and --sample-input"}});
         continue;
       }
       if (rec.status().code() != Code::kAlreadyExists) {
@@ -804,8 +825,10 @@ int CmdImport(Cli& cli, const std::string& dir) {
     }
   }
   if (!registered.empty()) cli.NotifyDaemon();
-  cli.Emit({{"registered", registered}, {"skipped", skipped}}, [&] {
+  cli.Emit({{"registered", registered}, {"skipped", skipped}, {"notes", notes}}, [&] {
     for (const auto& r : registered) std::cout << "registered " << r.get<std::string>() << "\n";
+    for (const auto& n : notes)
+      std::cout << "note       " << n["ref"].get<std::string>() << ": " << n["note"].get<std::string>() << "\n";
     for (const auto& s : skipped)
       std::cout << "skipped    " << s["path"].get<std::string>() << ": " << s["reason"].get<std::string>() << "\n";
     std::cout << registered.size() << " registered, " << skipped.size() << " skipped\n";

@@ -71,8 +71,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
     auto snap = me->snapshot();  // keeps the record alive
     const VersionRecord* v = snap->ById(candidate.key);
     if (!v) return NotFound(candidate.ref + " is no longer registered");
-    return me->AcquireServableSync(*v);
+    // A shadow uses only room no serving model needs (see ShadowRunner).
+    return me->AcquireServableSync(*v, 600'000'000'000, ModelPool::Room::kFreeOnly);
   };
+  sho.hold_refusals = [me] { return me->pool_->hold_refusals() + me->adapters_->hold_refusals(); };
   sho.clock = d->opts_.clock;
   sho.on_worker_start = UseOneIntraOpThreadOnThisThread;
   sho.duty_cycle = d->opts_.config.shadow.duty_cycle;
@@ -140,6 +142,7 @@ Status Daemon::CreatePool() {
   ModelPool::Options ao = po;
   ao.host_budget = opts_.config.lora.host_budget;
   ao.warmup = false;  // an adapter runs on its base
+  ao.config_section = "lora";
   MMS_ASSIGN_OR_RETURN(adapters_, ModelPool::Create(ao, std::move(adapter_devices), std::make_unique<AdapterLoader>(),
                                                     MakeHostAllocator(cuda)));
   return Status::Ok();
@@ -168,16 +171,16 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   });
 }
 
-Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t timeout_ns) {
+Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t timeout_ns, ModelPool::Room room) {
   if (!v.is_adapter()) {
-    MMS_ASSIGN_OR_RETURN(HandlePtr h, pool_->AcquireSync(ItemFor(v), timeout_ns));
+    MMS_ASSIGN_OR_RETURN(HandlePtr h, pool_->AcquireSync(ItemFor(v), timeout_ns, room));
     return Servable{h, nullptr};
   }
   auto snap = snapshot();
   const VersionRecord* base = snap->ById(v.base_id);
   if (!base) return NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered");
-  MMS_ASSIGN_OR_RETURN(HandlePtr model, pool_->AcquireSync(ItemFor(*base), timeout_ns));
-  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(ItemFor(v), timeout_ns));
+  MMS_ASSIGN_OR_RETURN(HandlePtr model, pool_->AcquireSync(ItemFor(*base), timeout_ns, room));
+  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(ItemFor(v), timeout_ns, room));
   return Servable{model, adapter};
 }
 

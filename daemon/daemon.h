@@ -84,7 +84,8 @@ class Daemon {
   // Gets a version onto a device — for an adapter, its base (models' pool)
   // and the adapter (adapters' pool) — and calls `cb` (as ModelPool::Acquire).
   void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb);
-  Result<Servable> AcquireServableSync(const VersionRecord& v, int64_t timeout_ns = 600'000'000'000);
+  Result<Servable> AcquireServableSync(const VersionRecord& v, int64_t timeout_ns = 600'000'000'000,
+                                       ModelPool::Room room = ModelPool::Room::kEvict);
   Executor* callbacks() const { return callbacks_.get(); }
   std::shared_ptr<const RegistrySnapshot> snapshot() const;
   // Re-reads the registry when it changed (or always with `force`), swaps

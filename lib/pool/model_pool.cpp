@@ -130,7 +130,7 @@ HandlePtr ModelPool::NewHandle(Entry& e, bool loaded) {
                                    devices_[static_cast<size_t>(e.device)]->dev->name(), loaded));
 }
 
-void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb) {
+void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room) {
   std::unique_lock<std::mutex> lock(mu_);
   Entry& e = EntryFor(item);
   if (e.tier == Tier::kDevice && !e.loading) {
@@ -154,11 +154,25 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb) {
     cb(st);
     return;
   }
+  if (room == Room::kFreeOnly && !e.loading && !HasFreeRoom(e)) {
+    Status st(Code::kPoolFull, e.item.ref + " is not on a device and there is no free room for it (" +
+                                   FormatBytes(e.bytes) + "); it is loaded only into room no serving model needs");
+    lock.unlock();
+    cb(st);
+    return;
+  }
   e.waiters.push_back(std::move(cb));
   if (!e.loading) StartLoad(e);
 }
 
-Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns) {
+bool ModelPool::HasFreeRoom(const Entry& e) const {
+  if (e.tier == Tier::kDisk && host_used_ + e.bytes > opts_.host_budget) return false;
+  for (const auto& d : devices_)
+    if (d->used + e.bytes <= d->dev->budget()) return true;
+  return false;
+}
+
+Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns, Room room) {
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
@@ -171,7 +185,7 @@ Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_n
     w->result = std::move(r);
     w->done = true;
     w->cv.notify_all();
-  });
+  }, room);
   std::unique_lock<std::mutex> lock(w->mu);
   if (!w->cv.wait_for(lock, std::chrono::nanoseconds(timeout_ns), [&] { return w->done; }))
     return Status(Code::kUnavailable, "timed out waiting for " + item.ref + " to load");
@@ -209,20 +223,24 @@ Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
     return k != for_key && (e.tier == Tier::kHost || e.tier == Tier::kDevice) && Evictable(e);
   };
   uint64_t reclaimable = 0;
-  std::string held;
-  int n = 0;
-  for (const auto& [k, e] : entries_) {
-    if (droppable(k, *e)) {
-      reclaimable += e->host_reserved;
-    } else if (e->tier != Tier::kDisk && k != for_key && e->host_reserved > 0 && n++ < 8) {
-      held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
+  for (const auto& [k, e] : entries_)
+    if (droppable(k, *e)) reclaimable += e->host_reserved;
+  if (host_used_ - reclaimable + bytes > opts_.host_budget) {
+    std::string held;
+    int n = 0;
+    bool holds = false;
+    for (const auto& [k, e] : entries_) {
+      if (droppable(k, *e) || e->tier == Tier::kDisk || k == for_key || e->host_reserved == 0) continue;
+      holds = holds || !e->held.empty();
+      if (n++ < 8)
+        held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
     }
-  }
-  if (host_used_ - reclaimable + bytes > opts_.host_budget)
+    if (holds) ++hold_refusals_;
     return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
                                        FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) +
-                                       " [pool] host_budget in use, " + FormatBytes(reclaimable) +
+                                       " [" + opts_.config_section + "] host_budget in use, " + FormatBytes(reclaimable) +
                                        " evictable), held by " + (held.empty() ? "nothing else" : held));
+  }
   while (host_used_ + bytes > opts_.host_budget) {
     // Host-only models first: a device resident one is in use more recently.
     auto victim_among = [&](bool host_only) {
@@ -349,7 +367,7 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
   }
   if (need > largest_budget)
     return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(need) + " but the largest device budget is " +
-                                       FormatBytes(largest_budget) + " ([pool] device_budget)");
+                                       FormatBytes(largest_budget) + " ([" + opts_.config_section + "] device_budget)");
   // Least loaded first: the most free bytes, so no eviction when one has room.
   std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
     return a.free != b.free ? a.free > b.free : a.reclaimable > b.reclaimable;
@@ -375,6 +393,11 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
       DemoteFromDevice(*entries_[*victim]);
     }
   }
+  for (const auto& [k, o] : entries_)
+    if (o->block && !o->held.empty()) {
+      ++hold_refusals_;
+      break;
+    }
   std::string detail;
   for (const auto& d : devices_)
     detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
@@ -421,12 +444,12 @@ void ModelPool::RunLoad(PoolKey key) {
     if (e->bytes > largest) {
       return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
                                               " but the largest device budget is " + FormatBytes(largest) +
-                                              " ([pool] device_budget)"));
+                                              " ([" + opts_.config_section + "] device_budget)"));
     }
     if (e->bytes > opts_.host_budget) {
       return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
                                               " but the host tier's budget is " + FormatBytes(opts_.host_budget) +
-                                              " ([pool] host_budget)"));
+                                              " ([" + opts_.config_section + "] host_budget)"));
     }
     if (Status st = MakeHostRoom(e->bytes, key); !st.ok()) return fail(st);
     host_used_ += e->bytes;
@@ -590,7 +613,10 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
   if (e.loading) return FailedPrecondition(e.item.ref + " is loading; try again when it is done");
   if (e.pinned) return InUse(e.item.ref + " is pinned; unpin it first (mms unpin " + e.item.ref + ")");
   if (e.tier == Tier::kDevice) {
-    if (e.refs > 0) return InUse(e.item.ref + " is in use: " + Why(e));
+    if (e.refs > 0) {
+      if (!e.held.empty()) ++hold_refusals_;
+      return InUse(e.item.ref + " is in use: " + Why(e));
+    }
     DemoteFromDevice(e);
     return std::string(TierName(e.tier));  // host, or disk if the model could not be rebound
   }

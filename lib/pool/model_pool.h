@@ -27,6 +27,7 @@
 // thread for a hit and on `callbacks` (or a loader thread) after a load.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -102,6 +103,13 @@ class ModelPool {
     bool warmup = true;                           // [pool] warmup
     Clock* clock = Clock::Real();
     Executor* callbacks = nullptr;                // where post-load callbacks run (null: loader thread)
+    std::string config_section = "pool";          // named in POOL_FULL messages: [pool] host_budget, ...
+  };
+
+  // How an acquire may make room for a model that is not on a device.
+  enum class Room {
+    kEvict,     // evict by policy (requests)
+    kFreeOnly,  // only free room: never evicts (a shadow run's candidate); POOL_FULL at once otherwise
   };
 
   // Devices and the loader are injected (tests pass cpu:N devices and fake loaders).
@@ -115,9 +123,13 @@ class ModelPool {
   void StopLoads();
 
   // Calls `cb` with a handle once `item` is on a device, loading it if needed.
-  void Acquire(const PoolItem& item, AcquireCallback cb);
+  void Acquire(const PoolItem& item, AcquireCallback cb, Room room = Room::kEvict);
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
-  Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000);
+  Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000, Room room = Room::kEvict);
+  // Counts the refusals (POOL_FULL, evict) in which a standing hold
+  // (ModelHandle::HoldFor) stood in the way. A holder lets go of its handle
+  // when this moves, so that the next request finds the room.
+  uint64_t hold_refusals() const { return hold_refusals_.load(); }
 
   // Pinned versions are never evicted; this starts loading one that is not
   // on a device yet (it does not wait: AcquireSync does). Idempotent.
@@ -152,6 +164,7 @@ class ModelPool {
   void Release(PoolKey key, const std::string& holder);
   void Hold(PoolKey key, const std::string& holder);
   std::string Why(const Entry& e) const;              // mu_ held: why it cannot be evicted
+  bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   void StartLoad(Entry& e);                          // mu_ held
   void RunLoad(PoolKey key);                         // loader thread
   Status MakeHostRoom(uint64_t bytes, PoolKey for_key);      // mu_ held
@@ -182,6 +195,7 @@ class ModelPool {
   std::unique_ptr<EvictionPolicy> host_policy_;                // guarded by mu_
   uint64_t host_used_ = 0;                                     // guarded by mu_
   uint64_t hits_ = 0, misses_ = 0, loads_ = 0, evictions_ = 0, failures_ = 0;  // guarded by mu_
+  std::atomic<uint64_t> hold_refusals_{0};  // written under mu_, read without
 };
 
 }  // namespace mms

@@ -58,9 +58,13 @@ nlohmann::json Reservoir::Summary(double scale) const {
 // the worker's wait also ends every kWorkerPollMs.
 //
 // The handle is a standing hold (ModelHandle::HoldFor: `mms pool` shows it as
-// held by the shadow run, and a refused eviction says so), released once no
-// job has come for kReleaseIdleMs, so that an idle shadow does not keep its
-// candidate on the device or from being evicted.
+// held by the shadow run, and a refused eviction says so). A shadow must not
+// cost serving its memory: its candidate is loaded only into free room
+// (Room::kFreeOnly, never evicting), and the hold is let go once no job has
+// come for kReleaseIdleMs, or as soon as it has stood in the way of a
+// request or an eviction (Options::hold_refusals moved; checked every
+// kWorkerPollMs and before each job): the refused request's retry finds the
+// room, and the candidate, now without free room, is not loaded back.
 namespace {
 constexpr int kWorkerPollMs = 100;
 constexpr int64_t kReleaseIdleMs = 2000;
@@ -249,23 +253,26 @@ void ShadowRunner::Work(Shadow* s) {
   if (opts_.on_worker_start) opts_.on_worker_start();
   const Result<Servable> released = Status(Code::kUnavailable, "not acquired");
   Result<Servable> h = released;
-  int64_t rest_ns = 0;  // after the last job, to keep within opts_.duty_cycle
+  auto refusals = [&] { return opts_.hold_refusals ? opts_.hold_refusals() : 0; };
+  uint64_t refusals_seen = 0;  // when the handle was taken
+  int64_t rest_ns = 0;         // after the last job, to keep within opts_.duty_cycle
   while (true) {
     Shadow::Job* taken = nullptr;
-    bool idle = false;
+    bool let_go = false;
     {
       std::unique_lock<std::mutex> lock(s->queue_mu);
       if (rest_ns > 0) s->cv.wait_for(lock, std::chrono::nanoseconds(rest_ns), [&] { return s->stopping.load(); });
       const auto since = std::chrono::steady_clock::now();
       while (!s->stopping.load() && !s->jobs.pop(taken)) {
-        if (h.ok() && std::chrono::steady_clock::now() - since >= std::chrono::milliseconds(kReleaseIdleMs)) {
-          idle = true;
+        if (h.ok() && (refusals() != refusals_seen ||
+                       std::chrono::steady_clock::now() - since >= std::chrono::milliseconds(kReleaseIdleMs))) {
+          let_go = true;
           break;
         }
         s->cv.wait_for(lock, std::chrono::milliseconds(kWorkerPollMs));  // see Shadow: a missed notify costs this
       }
     }
-    if (idle) {
+    if (let_go) {
       h = released;  // outside queue_mu: releasing takes the pool's lock
       continue;
     }
@@ -273,12 +280,14 @@ void ShadowRunner::Work(Shadow* s) {
       delete taken;
       return;
     }
+    if (h.ok() && refusals() != refusals_seen) h = released;  // taken again below only into free room
     --s->queued;
     std::unique_ptr<Shadow::Job> owned(taken);
     Shadow::Job& job = *owned;
     int64_t t0 = opts_.clock->MonoNanos();
     Result<std::vector<Tensor>> out = Status(Code::kInternal, "not run");
     if (!h.ok()) {  // kept for the next jobs
+      refusals_seen = refusals();
       h = opts_.acquire(s->candidate);
       if (h.ok()) {
         const std::string holder = "the shadow run of " + s->rec.model + " (mms shadow stop " + s->rec.model + " ends it)";

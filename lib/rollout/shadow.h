@@ -7,8 +7,10 @@
 //   bounded queue that drops — and counts the drop — when full.
 // * One worker thread per running shadow, at the lowest priority (nice 19,
 //   and a short EEVDF slice where the kernel has them), holding its
-//   candidate's handle between jobs (a hold `mms pool` names, released
-//   after 2 s without a job); the request path takes no lock (a
+//   candidate's handle between jobs (a hold `mms pool` names, let go
+//   after 2 s without a job, or when the hold has refused a request or an
+//   eviction; the candidate is loaded only into free room, never evicting
+//   a serving model); the request path takes no lock (a
 //   lock-free queue), so only a full queue drops. It runs the candidate
 //   through the pool and compares, then rests to keep within
 //   Options::duty_cycle ([shadow] duty_cycle).
@@ -72,6 +74,9 @@ class ShadowRunner {
     // keeps one busy delays the serving threads' wake-ups. 1: no rest.
     double duty_cycle = 1;
     std::function<void()> on_worker_start;  // e.g. keep libtorch single-threaded there
+    // The pools' ModelPool::hold_refusals() (null: never moves). When it
+    // moves, a worker lets go of its candidate: its hold refused someone.
+    std::function<uint64_t()> hold_refusals;
   };
   explicit ShadowRunner(const Options& o) : opts_(o) {}
   ~ShadowRunner();

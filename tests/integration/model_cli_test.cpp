@@ -434,10 +434,27 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/plain/1/model.pt");
   std::ofstream(repo + "/plain/config.pbtxt")
       << "name: \"plain\"\n# max_batch_size: 64 (old)\nmax_batch_size: 8\ninput [ { name: \"x\" } ]\n";
+  // Batching is checked with a sample beside model.pt: ranker:2 has one;
+  // ranker:1 has none and mix:1 fails the check (its rows depend on each
+  // other: batched unchecked, callers got each other's figures), so both
+  // are registered unbatched, with a note saying why.
+  std::filesystem::copy_file(mms.Data("tiny_input.json"), repo + "/ranker/2/sample_input.json");
+  std::filesystem::create_directories(repo + "/mix/1");
+  std::filesystem::copy_file(mms.Data("batch_mix.pt"), repo + "/mix/1/model.pt");
+  std::filesystem::copy_file(mms.Data("tiny_input.json"), repo + "/mix/1/sample_input.json");
+  std::ofstream(repo + "/mix/config.pbtxt") << "max_batch_size: 8\ndynamic_batching { }\n";
   auto r = mms({"--json", "model", "import", repo});
   CHECK(r.exit_code == 1);  // some were skipped for errors
   json j = json::parse(r.out);
-  CHECK(j["registered"] == json::array({"plain:1", "ranker:1", "ranker:2"}));
+  CHECK(j["registered"] == json::array({"mix:1", "plain:1", "ranker:1", "ranker:2"}));
+  CHECK(json::parse(mms({"--json", "model", "show", "mix:1"}).out)["max_batch_size"] == 0);
+  CHECK(json::parse(mms({"--json", "model", "show", "ranker:1"}).out)["max_batch_size"] == 0);
+  REQUIRE(j["notes"].size() == 2);
+  CHECK(j["notes"][0]["ref"] == "mix:1");
+  CHECK(j["notes"][0]["note"].get<std::string>().find("cannot batch") != std::string::npos);
+  CHECK(j["notes"][1]["ref"] == "ranker:1");
+  CHECK(j["notes"][1]["note"].get<std::string>().find("no sample_input.json") != std::string::npos);
+  for (const auto& sk : j["skipped"]) CHECK(sk["error"] == true);
   CHECK(json::parse(mms({"--json", "model", "show", "plain:1"}).out)["max_batch_size"] == 0);
   REQUIRE(j["skipped"].size() == 4);
   std::string all = j["skipped"].dump();
@@ -475,6 +492,7 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   CHECK(again.exit_code == 0);
   CHECK(json::parse(again.out)["skipped"][0]["reason"].get<std::string>().find("already registered") !=
         std::string::npos);
+  CHECK(json::parse(again.out)["skipped"][0]["error"] == false);
   // A version whose file was replaced in the repository is an error, not a
   // silent skip that keeps serving the old weights.
   std::filesystem::remove(repo + "/ranker/1/model.pt");

@@ -316,6 +316,34 @@ TEST_CASE("a standing hold (a shadow run's) is shown and named apart from reques
   CHECK(f.pool->Evict(1).value() == "host");
 }
 
+TEST_CASE("an acquire for free room only never evicts; refusals a standing hold caused are counted") {
+  PoolFixture f({2 * K});
+  auto a = f.Get(1);
+  auto free_only = [&](int key) {
+    return f.pool->AcquireSync(PoolFixture::Item(key), 10'000'000'000, ModelPool::Room::kFreeOnly);
+  };
+  auto b = free_only(2);  // free room: loaded
+  REQUIRE(b.ok());
+  a.reset();
+  auto c = free_only(3);  // 1 is idle, but would have to be evicted
+  CHECK(c.status().code() == Code::kPoolFull);
+  CHECK(c.status().message().find("no free room") != std::string::npos);
+  CHECK(f.TierOf(1) == "device");
+  CHECK(f.loader->total_loads() == 2);
+  CHECK(free_only(1).ok());  // on a device already: a hit
+  CHECK(f.pool->hold_refusals() == 0);
+  (*b)->HoldFor("the shadow run of m");
+  CHECK(f.GetStatus(3).ok());  // 1 is evicted for it: nothing refused
+  CHECK(f.pool->hold_refusals() == 0);
+  auto c3 = f.Get(3);
+  CHECK(f.GetStatus(4).code() == Code::kPoolFull);  // 2 (held) and 3 (in flight) stand in the way
+  CHECK(f.pool->hold_refusals() == 1);
+  CHECK(f.pool->Evict(2).status().code() == Code::kInUse);
+  CHECK(f.pool->hold_refusals() == 2);
+  CHECK(f.pool->Evict(3).status().code() == Code::kInUse);  // a request: not a hold
+  CHECK(f.pool->hold_refusals() == 2);
+}
+
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
   PoolFixture f({2 * K, 3 * K});
   auto st = f.GetStatus(9, 4 * K);

@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 
+#include "../pool/fake_loader.h"
 #include "rollout/shadow.h"
 
 namespace mms {
@@ -68,6 +69,82 @@ TEST_CASE("stopping a shadow returns while its worker is still in a load") {
   cv.notify_all();
   stop.wait();
   runner.reset();  // joins both workers
+}
+
+TEST_CASE("a shadow lets go of its candidate once its hold has refused a request, and never evicts to take it") {
+  std::vector<std::unique_ptr<Device>> devs;
+  devs.push_back(CreateDevice("cpu:0", 2048).value());
+  ModelPool::Options po;
+  po.host_budget = 1 << 20;
+  po.policy.name = "lru";
+  auto pool = ModelPool::Create(po, std::move(devs), std::make_unique<testing::FakeLoader>(), MakeHostAllocator(false));
+  REQUIRE(pool.ok());
+  auto item = [](int key) {
+    PoolItem it;
+    it.key = key;
+    it.ref = "m:" + std::to_string(key);
+    it.source.artifact_path = "1024";  // the fake loader's size
+    it.bytes = 1024;
+    return it;
+  };
+  ShadowRunner::Options o;
+  o.acquire = [&](const PoolItem& c) -> Result<Servable> {
+    MMS_ASSIGN_OR_RETURN(HandlePtr h, (*pool)->AcquireSync(c, 10'000'000'000, ModelPool::Room::kFreeOnly));
+    return Servable{h, nullptr};
+  };
+  o.hold_refusals = [&] { return (*pool)->hold_refusals(); };
+  ShadowRunner runner(o);
+  ShadowRecord rec;
+  rec.id = 1;
+  rec.model = "m";
+  rec.candidate_version = "2";
+  rec.state = "running";
+  rec.queue = 10;
+  runner.Configure({{"m", {rec, item(2)}}});
+  auto held = [&] {
+    auto h = (*pool)->Health(2);
+    return h && h->contains("held_by");
+  };
+  auto tier = [&](int key) {
+    auto h = (*pool)->Health(key);
+    return h ? (*h)["tier"].get<std::string>() : "unknown";
+  };
+  auto jobs_done = [&] {
+    auto st = runner.Stats("m");
+    return st.ok() ? (*st)["requests"]["mirrored"].get<uint64_t>() + (*st)["requests"]["failed"].get<uint64_t>() : 0;
+  };
+  Tensor t = Tensor::Alloc("x", DType::kFloat32, {1, 4});
+  auto one_job = [&] {
+    uint64_t before = jobs_done();
+    runner.Mirror("m", {t}, {t}, 1000);
+    for (int i = 0; i < 2000 && jobs_done() == before; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return jobs_done() > before;
+  };
+  REQUIRE(one_job());
+  CHECK(held());  // kept between jobs
+  auto serving = (*pool)->AcquireSync(item(1), 10'000'000'000);  // the second slot
+  REQUIRE(serving.ok());
+  // A third model: the shadow's hold stands in the way once, then lets go.
+  CHECK((*pool)->AcquireSync(item(3), 10'000'000'000).status().code() == Code::kPoolFull);
+  bool let_go = false;
+  for (int i = 0; i < 400 && !let_go; ++i) {
+    let_go = !held();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(let_go);
+  auto third = (*pool)->AcquireSync(item(3), 10'000'000'000);
+  REQUIRE(third.ok());
+  CHECK(tier(2) != "device");
+  // Its next job finds no free room: it fails rather than evict a serving model.
+  third->reset();
+  serving->reset();
+  REQUIRE(one_job());
+  CHECK(tier(1) == "device");
+  CHECK(tier(3) == "device");
+  auto st = runner.Stats("m");
+  REQUIRE(st.ok());
+  CHECK((*st)["requests"]["failed"].get<uint64_t>() >= 1);
+  CHECK((*st)["last_error"].get<std::string>().find("no free room") != std::string::npos);
 }
 
 TEST_CASE("requests mirrored from many threads at once are all queued: only a full queue drops") {
