@@ -1,6 +1,7 @@
 // mms experiment create|list|show|pause|resume|ramp|stop|assign, mms feedback, mms stats.
 #include <cmath>
 #include <iostream>
+#include <set>
 
 #include "cli.h"
 #include "core/units.h"
@@ -170,13 +171,27 @@ void PrintReport(const nlohmann::json& e) {
                     Num(l["min_ms"]), Num(l["max_ms"]), Num(l["mean_ms"])});
   }
   std::cout << FormatTable(rows);
-  const auto& outcomes = e["variants"]["control"]["outcomes"];
-  if (!outcomes.empty()) {
+  // A metric reported in one arm only (or not declared) has no entry in
+  // the other: every metric of either arm gets a row, "-" where it has none.
+  std::set<std::string> metrics;
+  for (const char* v : {"control", "treatment"}) {
+    const nlohmann::json o = e["variants"][v].value("outcomes", nlohmann::json::object());
+    for (auto it = o.begin(); it != o.end(); ++it) metrics.insert(it.key());
+  }
+  if (!metrics.empty()) {
     std::vector<std::vector<std::string>> orows{{"METRIC", "CONTROL COUNT", "RATE", "MEAN", "TREATMENT COUNT", "RATE", "MEAN"}};
-    for (auto it = outcomes.begin(); it != outcomes.end(); ++it) {
-      const auto& t = e["variants"]["treatment"]["outcomes"][it.key()];
-      orows.push_back({it.key(), std::to_string((*it)["count"].get<uint64_t>()), Pct((*it)["rate"]), Num((*it)["mean"]),
-                       std::to_string(t["count"].get<uint64_t>()), Pct(t["rate"]), Num(t["mean"])});
+    for (const auto& name : metrics) {
+      std::vector<std::string> row{name};
+      for (const char* v : {"control", "treatment"}) {
+        const nlohmann::json o = e["variants"][v].value("outcomes", nlohmann::json::object());
+        if (!o.contains(name)) {
+          row.insert(row.end(), {"0", "-", "-"});
+          continue;
+        }
+        const auto& m = o[name];
+        row.insert(row.end(), {std::to_string(m.value("count", 0ull)), Pct(m.value("rate", 0.0)), Num(m.value("mean", 0.0))});
+      }
+      orows.push_back(row);
     }
     std::cout << FormatTable(orows);
   }

@@ -13,8 +13,9 @@ nlohmann::json ExperimentReport(Daemon* d, const ExperimentRecord& e) {
   VariantSnapshot c = d->VariantMetricsFor(e.id, "control")->Snapshot();
   VariantSnapshot t = d->VariantMetricsFor(e.id, "treatment")->Snapshot();
   nlohmann::json j = e.ToJson();
-  j["variants"] = {{"control", VariantFigures(c, e.metrics)}, {"treatment", VariantFigures(t, e.metrics)}};
-  j["comparison"] = CompareVariants(c, t, e.basis_points, e.metrics, d->options().config.experiments.confidence);
+  const std::vector<std::string> metrics = ReportedMetrics(e.metrics, c, t);
+  j["variants"] = {{"control", VariantFigures(c, metrics)}, {"treatment", VariantFigures(t, metrics)}};
+  j["comparison"] = CompareVariants(c, t, e.basis_points, metrics, d->options().config.experiments.confidence);
   if (auto users = d->user_splits()->Find(e.id); users && !e.random)
     j["comparison"]["sample_ratio_users"] = UserSampleRatio(users->counts());
   return j;

@@ -28,6 +28,15 @@ nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::s
           {"outcomes", outcomes}};
 }
 
+std::vector<std::string> ReportedMetrics(const std::vector<std::string>& declared, const VariantSnapshot& control,
+                                         const VariantSnapshot& treatment) {
+  std::vector<std::string> names = declared;
+  for (const VariantSnapshot* s : {&control, &treatment})
+    for (const auto& [name, o] : s->outcomes)
+      if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  return names;
+}
+
 namespace {
 // The sample-ratio test as reported: flagged below kSrmAlpha, with the share expected.
 nlohmann::json SampleRatioJson(uint64_t control, uint64_t treatment, double expected_treatment_share) {

@@ -29,6 +29,12 @@ nlohmann::json UserSampleRatio(const UserSplit::Counts& users);
 nlohmann::json CompareVariants(const VariantSnapshot& control, const VariantSnapshot& treatment, int basis_points,
                                const std::vector<std::string>& metrics, double confidence = 0.95);
 
+// The metrics an experiment reports: those it declares, then any other
+// either arm has outcomes for (an experiment that declares none accepts
+// any), so that both arms and the comparison list the same ones.
+std::vector<std::string> ReportedMetrics(const std::vector<std::string>& declared, const VariantSnapshot& control,
+                                         const VariantSnapshot& treatment);
+
 constexpr double kSrmAlpha = 0.001;
 
 }  // namespace mms

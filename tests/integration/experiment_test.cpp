@@ -199,6 +199,33 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   CHECK(late.err.find("attribution window") != std::string::npos);
 }
 
+TEST_CASE("an experiment that declares no metric: feedback in one arm only is reported and compared, text and JSON") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "free", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent",
+                 "50"})
+              .exit_code == 0);
+  std::string treated;
+  for (int u = 0; u < 40 && treated.empty(); ++u) {
+    json r = Predict(d, "user-" + std::to_string(u));
+    if (r["variant"] == "treatment") treated = r["request_id"];
+  }
+  REQUIRE_FALSE(treated.empty());
+  REQUIRE(d.Mms({"feedback", treated, "--metric", "revenue=3"}).exit_code == 0);
+  json s = Stats(d, "free");
+  CHECK(s["variants"]["treatment"]["outcomes"]["revenue"]["count"] == 1);
+  CHECK(s["variants"]["control"]["outcomes"]["revenue"]["count"] == 0);
+  CHECK(s["comparison"]["outcomes"].contains("revenue"));
+  // The text report used to throw on a metric the control arm lacked.
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"stats", "free"}, std::vector<std::string>{"stats"}}) {
+    auto text = d.Mms(args);
+    CHECK_MESSAGE(text.exit_code == 0, text.err);
+    CHECK(text.out.find("revenue rate") != std::string::npos);
+    if (args.size() == 1) CHECK(text.out.find("serving since mmsd started") != std::string::npos);
+  }
+}
+
 TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
   // A poll interval far longer than the flush interval: flushes keep their own time.
   Daemon d("[experiments]\nflush_interval = \"200ms\"\n[registry]\npoll_interval = \"30s\"\n");
