@@ -78,14 +78,19 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   nlohmann::json outputs = TensorsToJson(reply->tensors);
   if (cli.g.json) {
     nlohmann::json j = b;
-    if (a.output.empty()) j["outputs"] = outputs;
-    else j["output_file"] = a.output;
+    if (a.output.empty()) {
+      j["outputs"] = outputs;
+    } else {  // "outputs" is always the tensors: here they are in the file
+      j["output_names"] = j["outputs"];
+      j.erase("outputs");
+      j["output_file"] = a.output;
+    }
     cli.Emit(j, [] {});
   } else {
     if (a.output.empty()) std::cout << outputs.dump(2) << "\n";
     char line[256];
-    std::snprintf(line, sizeof line, "%s on %s in %.2f ms%s (request %s)", b.value("ref", "?").c_str(),
-                  b.value("device", "?").c_str(), b.value("latency_ms", 0.0), b.value("loaded", false) ? ", loaded" : "",
+    const std::string ran = b.value("ref", "?") + (b.contains("base") ? " (on " + b.value("base", "?") + ")" : "");
+    std::snprintf(line, sizeof line, "%s on %s in %.2f ms%s (request %s)", ran.c_str(), b.value("device", "?").c_str(), b.value("latency_ms", 0.0), b.value("loaded", false) ? ", loaded" : "",
                   b.value("request_id", "?").c_str());
     cli.Note(line);
   }

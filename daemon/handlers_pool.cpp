@@ -74,6 +74,7 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
                 {"loaded", loaded},
                 {"latency_ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6},
                 {"outputs", names}};
+  if (rec.is_adapter()) reply.body["base"] = rec.base_ref;  // the version that ran, with the adapter
   for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
   reply.tensors = std::move(out).value();
   finish(Status::Ok(), loaded);

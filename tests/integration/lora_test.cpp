@@ -177,6 +177,13 @@ TEST_CASE("adapters serve in both modes equal to the base with the adapter merge
   // not the adapter's base is refused.
   Mms(d, {"model", "register", "base", "--version", "2", "--path", Data("lora_base.pt")});
   Close(Predict(d, {"base", "--adapter", "p-a1"}), Predict(d, {"merged-a1"}), "bare base name after a new version");
+  {
+    auto r = d.Mms({"--json", "predict", "base", "--adapter", "p-a1", "--input", Data("lora_input.json")});
+    REQUIRE(r.exit_code == 0);
+    CHECK(json::parse(r.out)["base"] == "base:1");  // the reply names the base that ran
+    auto plain_reply = d.Mms({"--json", "predict", "base", "--input", Data("lora_input.json")});
+    CHECK_FALSE(json::parse(plain_reply.out).contains("base"));
+  }
   auto other_version = d.Mms({"predict", "base:2", "--adapter", "p-a1", "--input", Data("lora_input.json")});
   CHECK(other_version.exit_code == 2);
   CHECK(other_version.err.find("is for base:1, not base:2") != std::string::npos);

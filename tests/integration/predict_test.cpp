@@ -74,8 +74,14 @@ TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id a
   CHECK(r2["outputs"] == r["outputs"]);
   CHECK(r2["request_id"] != r["request_id"]);
   // Outputs written as safetensors hold exactly the scores of the JSON reply.
-  auto conv = d.Mms({"predict", "rec", "--input", d.dir() + "/in.safetensors", "--output", d.dir() + "/out.safetensors"});
+  auto conv = d.Mms({"--json", "predict", "rec", "--input", d.dir() + "/in.safetensors", "--output", d.dir() + "/out.safetensors"});
   REQUIRE_MESSAGE(conv.exit_code == 0, conv.err);
+  {  // "outputs" always holds tensors: with --output they are in the file
+    json cj = json::parse(conv.out);
+    CHECK_FALSE(cj.contains("outputs"));
+    CHECK(cj["output_names"] == json::array({"output"}));
+    CHECK(cj["output_file"] == d.dir() + "/out.safetensors");
+  }
   auto out = mms::ReadSafetensorsFile(d.dir() + "/out.safetensors");
   REQUIRE(out.ok());
   REQUIRE(out->size() == 1);
