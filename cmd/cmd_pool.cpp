@@ -97,6 +97,30 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   return 0;
 }
 
+// What else keeps `ref`'s version pinned: [pool] pinned in the config, or a
+// pinned adapter on it (its base is kept). "" when nothing does.
+std::string PinnedOtherwise(Cli& cli, Registry& reg, const Ref& ref) {
+  auto v = reg.Resolve(ref);
+  if (!v.ok()) return "";
+  auto same = [&](const std::string& text) {
+    auto r = ParseRef(text);
+    auto p = r.ok() ? reg.Resolve(*r) : Result<VersionRecord>(r.status());
+    return p.ok() ? std::optional<VersionRecord>(*p) : std::nullopt;
+  };
+  std::vector<std::string> config_pins;
+  if (auto c = cli.config(); c.ok()) config_pins = (*c)->pool.pinned;
+  for (const auto& p : config_pins)
+    if (auto p_v = same(p); p_v && p_v->id == v->id)
+      return "by [pool] pinned (" + p + ") in the config: remove it there, then send mmsd SIGHUP";
+  std::vector<std::string> pins = config_pins;
+  if (auto all = reg.Pins(); all.ok())
+    for (const auto& p : *all) pins.push_back(p.ref());
+  for (const auto& p : pins)
+    if (auto p_v = same(p); p_v && p_v->is_adapter() && p_v->base_id == v->id)
+      return "kept as the base of pinned adapter " + p_v->ref() + " (mms unpin " + p + ")";
+  return "";
+}
+
 int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   auto ref = ParseRef(ref_text);
   if (!ref.ok()) return cli.Fail(ref.status());
@@ -108,6 +132,9 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
     if (!a.ok()) return cli.Fail(a.status());
     added = *a;
   } else if (Status st = (*reg)->RemovePin(*ref); !st.ok()) {
+    if (st.code() == Code::kNotFound)
+      if (std::string other = PinnedOtherwise(cli, **reg, *ref); !other.empty())
+        return cli.Fail(NotFound(ref->ToString() + " is not pinned by mms pin, but " + other));
     return cli.Fail(st);
   }
   // Done in the registry: a version removed meanwhile (a concurrent mms model

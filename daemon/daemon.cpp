@@ -171,6 +171,12 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   });
 }
 
+std::string Daemon::PinReason(PoolKey key) const {
+  std::lock_guard<std::mutex> lock(pin_mu_);
+  auto it = pin_why_.find(key);
+  return it == pin_why_.end() ? "" : it->second;
+}
+
 Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t timeout_ns, ModelPool::Room room) {
   if (!v.is_adapter()) {
     MMS_ASSIGN_OR_RETURN(HandlePtr h, pool_->AcquireSync(ItemFor(v), timeout_ns, room));
@@ -440,17 +446,31 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
   }
 
   std::set<PoolKey> want;
-  auto want_ref = [&](const std::string& text, const char* source) {
+  std::map<PoolKey, std::string> why;  // the first reason found for each
+  auto want_ref = [&](const std::string& text, const char* source, const std::string& reason) {
     auto ref = ParseRef(text);
     auto v = ref.ok() ? snap.Resolve(*ref) : Result<const VersionRecord*>(ref.status());
-    if (v.ok()) want.insert((*v)->id);
-    else LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
+    if (!v.ok()) {
+      LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
+      return;
+    }
+    want.insert((*v)->id);
+    why.emplace((*v)->id, reason);
   };
-  for (const auto& p : snap.pins) want_ref(p.ref(), "registry");
-  for (const auto& p : live_cfg.pinned) want_ref(p, "[pool] pinned");
+  for (const auto& p : snap.pins) want_ref(p.ref(), "registry", "pinned; unpin it first (mms unpin " + p.ref() + ")");
+  for (const auto& p : live_cfg.pinned)
+    want_ref(p, "[pool] pinned",
+             "pinned by [pool] pinned (" + p + ") in mmsd's config; remove it there and send mmsd SIGHUP");
   // A pinned adapter runs on its base: the base is kept too.
   for (PoolKey k : std::set<PoolKey>(want))
-    if (const VersionRecord* v = snap.ById(k); v && v->is_adapter() && snap.ById(v->base_id)) want.insert(v->base_id);
+    if (const VersionRecord* v = snap.ById(k); v && v->is_adapter() && snap.ById(v->base_id)) {
+      want.insert(v->base_id);
+      why.emplace(v->base_id, "kept as the base of pinned adapter " + v->ref() + " (" + why[k] + ")");
+    }
+  {
+    std::lock_guard<std::mutex> lock(pin_mu_);
+    pin_why_ = why;
+  }
   for (PoolKey k : want)
     if (!pinned_.count(k)) PoolFor(*snap.ById(k))->Pin(ItemFor(*snap.ById(k)));
   for (PoolKey k : pinned_)

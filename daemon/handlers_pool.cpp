@@ -303,9 +303,15 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     auto v = d->Resolve(*ref);
     if (!v.ok()) return r.Fail(v.status());
     auto to = d->PoolFor(*v)->Evict(v->id);
-    if (!to.ok()) return r.Fail(to.status().code() == Code::kFailedPrecondition
-                                    ? Status(Code::kFailedPrecondition, v->ref() + " is " + to.status().message())
-                                    : to.status());
+    if (!to.ok()) {
+      if (to.status().code() == Code::kFailedPrecondition)
+        return r.Fail(Status(Code::kFailedPrecondition, v->ref() + " is " + to.status().message()));
+      // Pinned: say by what (mms pin, the config, a pinned adapter on it).
+      if (std::string why = d->PinReason(v->id); to.status().code() == Code::kInUse && !why.empty() &&
+                                                  d->PoolFor(*v)->IsPinned(v->id))
+        return r.Fail(Status(Code::kInUse, v->ref() + " is " + why));
+      return r.Fail(to.status());
+    }
     r.Send(nlohmann::json{{"ref", v->ref()}, {"tier", *to}});
   };
 

@@ -352,6 +352,15 @@ TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and
     return false;
   };
   CHECK(WaitFor(base_pinned, 20));
+  // Evicting or unpinning the base says what keeps it.
+  auto ev = d.Mms({"evict", "multi:1"});
+  CHECK(ev.exit_code == 6);
+  CHECK_MESSAGE(ev.err.find("multi:1 is kept as the base of pinned adapter cust:2 (pinned; unpin it first (mms unpin "
+                            "cust:2))") != std::string::npos, ev.err);
+  auto un = d.Mms({"unpin", "multi:1"});
+  CHECK(un.exit_code == 4);
+  CHECK_MESSAGE(un.err.find("is not pinned by mms pin, but kept as the base of pinned adapter cust:2 (mms unpin cust:2)") !=
+                    std::string::npos, un.err);
   Mms(d, {"unpin", "cust:2"});
   CHECK_FALSE(base_pinned());
 }

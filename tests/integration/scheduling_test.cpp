@@ -496,6 +496,13 @@ TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are log
     for (const auto& m : dev["models"])
       if (m["ref"] == "tiny:1") pinned = m["pinned"].get<bool>();
   CHECK(pinned);
+  // Evict and unpin say where that pin comes from.
+  auto ev = d.Mms({"evict", "tiny:1"});
+  CHECK(ev.exit_code == 6);
+  CHECK_MESSAGE(ev.err.find("pinned by [pool] pinned (tiny) in mmsd's config") != std::string::npos, ev.err);
+  auto un = d.Mms({"unpin", "tiny"});
+  CHECK(un.exit_code == 4);
+  CHECK_MESSAGE(un.err.find("by [pool] pinned (tiny) in the config: remove it there") != std::string::npos, un.err);
   // A bad file changes nothing: the limit stays. (Over the wire: the CLI
   // reads the same file and would refuse it too.)
   std::ofstream(d.dir() + "/mms.toml") << "[limits]\ntenant_qps = -1\n";
