@@ -676,7 +676,12 @@ Result<std::vector<AuditEntry>> Registry::History(const Ref& ref) {
     out.push_back({st.Int(0), st.Int(1), st.Text(2), st.Text(3), st.Text(4), st.Text(5), st.Text(6), st.Text(7),
                    st.Text(8)});
   }
-  if (out.empty()) MMS_RETURN_IF_ERROR(ModelId(ref.name).status());
+  if (out.empty()) {
+    MMS_RETURN_IF_ERROR(ModelId(ref.name).status());
+    if (!version.empty())  // a version that never was (a removed one keeps its history)
+      return NotFound(ref.name + " has no version " + version + " and never had one (mms model list " + ref.name +
+                      " shows its versions)");
+  }
   return out;
 }
 

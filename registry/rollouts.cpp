@@ -105,7 +105,15 @@ Result<ShadowRecord> Registry::StopShadow(const std::string& model, const std::s
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(int64_t mid, ModelId(model));
   MMS_ASSIGN_OR_RETURN(auto running, QueryShadows("WHERE s.model_id = ? AND s.state = 'running'", {std::to_string(mid)}));
-  if (running.empty()) return NotFound("model '" + model + "' has no running shadow");
+  if (running.empty()) {
+    // Stopped already (by hand, its duration, its candidate's removal): as
+    // for experiments and canaries that ended meanwhile, CONFLICT.
+    MMS_ASSIGN_OR_RETURN(auto last, QueryShadows("WHERE s.model_id = ? ORDER BY s.id DESC LIMIT 1", {std::to_string(mid)}));
+    if (last.empty())
+      return NotFound("model '" + model + "' has never had a shadow run (start one with mms shadow start)");
+    return Status(Code::kConflict, "the shadow run of " + model + " (candidate " + last[0].candidate_ref() +
+                                       ") has already stopped (" + last[0].reason + "); mms shadow start starts another");
+  }
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE shadows SET state = 'stopped', stopped_ms = ?, reason = ? WHERE id = ?"));
   up.Bind(1, opts_.clock->UnixMillis()).Bind(2, reason).Bind(3, running[0].id);
   MMS_RETURN_IF_ERROR(up.Run());

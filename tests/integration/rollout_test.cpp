@@ -283,8 +283,15 @@ TEST_CASE("shadow refusals") {
   REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 6);
   CHECK(d.Mms({"model", "rm", "tiny:2"}).exit_code == 6);  // in use by the shadow
+  CHECK(d.Mms({"shadow", "stop", "nope"}).exit_code == 4);
+  Register(d, "other", "1", "tiny.pt");
+  auto never = d.Mms({"shadow", "stop", "other"});
+  CHECK(never.exit_code == 4);
+  CHECK(never.err.find("has never had a shadow run") != std::string::npos);
   CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
-  CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 4);
+  auto again = d.Mms({"shadow", "stop", "tiny"});  // ended meanwhile, as experiments and canaries: exit 6
+  CHECK(again.exit_code == 6);
+  CHECK(again.err.find("has already stopped (stopped by hand)") != std::string::npos);
 }
 
 namespace {

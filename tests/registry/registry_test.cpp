@@ -142,6 +142,14 @@ TEST_CASE("one production version per model, promotion archives the previous one
   CHECK((*h)[4].ts_ms == f.clock.UnixMillis());
   auto only2 = f.reg->History(*ParseRef("rec:2"));
   CHECK(only2->size() == 2);
+  // A version that never was is not an empty history; a removed one keeps its own.
+  auto never = f.reg->History(*ParseRef("rec:9"));
+  CHECK(never.status().code() == Code::kNotFound);
+  CHECK(never.status().message().find("rec has no version 9 and never had one") != std::string::npos);
+  REQUIRE(f.reg->Remove(*ParseRef("rec:1"), false).ok());
+  auto removed = f.reg->History(*ParseRef("rec:1"));
+  REQUIRE(removed.ok());
+  CHECK(removed->back().action == "rm");
 }
 
 TEST_CASE("duplicates, bad names and paths are refused") {
