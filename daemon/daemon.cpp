@@ -64,6 +64,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   sco.starvation_interval = c.scheduler.starvation_interval;
   sco.clock = d->opts_.clock;
   d->scheduler_ = std::make_unique<Scheduler>(sco);
+  d->timers_ = std::make_unique<TimerQueue>();
 
   ShadowRunner::Options sho;
   Daemon* me = d.get();
@@ -207,6 +208,7 @@ Daemon::~Daemon() {
   on_routed_.clear();                      // their Responders point at the server
   if (callbacks_) callbacks_->Shutdown();  // queued load callbacks run now; later ones run inline
   if (scheduler_) scheduler_->Stop();      // queued requests are answered CANCELLED; later ones too
+  timers_.reset();                         // pending deadlines are dropped: the loads' callbacks answer
   shadows_.reset();                        // the shadow workers drop their candidates' handles
   // Loads still queued complete (their requests are answered CANCELLED): the
   // base's first, as finishing one may start an adapter's load. Then no

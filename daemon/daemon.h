@@ -29,6 +29,7 @@
 #include "core/clock.h"
 #include "core/executor.h"
 #include "core/status.h"
+#include "core/timer.h"
 #include "lora/servable.h"
 #include "pool/model_pool.h"
 #include "registry/registry.h"
@@ -121,6 +122,7 @@ class Daemon {
   ShadowRunner* shadows() { return shadows_.get(); }
   RateLimiter* limiter() { return &limiter_; }
   Scheduler* scheduler() { return scheduler_.get(); }
+  TimerQueue* timers() { return timers_.get(); }
   // The scheduling class of a version: 0 high, 1 normal, 2 low ([scheduler]).
   int PriorityOf(const VersionRecord& v) const;
   // Metrics of an experiment variant, restored from the registry the first
@@ -213,6 +215,7 @@ class Daemon {
   std::unique_ptr<ShadowRunner> shadows_;
   RateLimiter limiter_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<TimerQueue> timers_;  // deadlines of requests waiting for a load
   std::unique_ptr<CanaryController> canaries_;  // watcher thread only
   std::unique_ptr<HttpServer> http_;
   std::mutex restore_mu_;  // one restore from the registry at a time

@@ -194,8 +194,15 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   int priority = d->PriorityOf(queue == rec.id ? rec : runs);
   int max_batch = runs.max_batch_size;
   int64_t delay = runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->options().config.scheduler.max_queue_delay_ns;
+  // A request with a deadline that waits for a load (behind other loads, or
+  // a slow warm-up) is answered at its deadline, not when the load ends; the
+  // load goes on for the requests after it. `answered` decides who answers.
+  auto answered = std::make_shared<std::atomic<bool>>(false);
+  auto acquired = std::make_shared<std::atomic<bool>>(false);
   d->AcquireServable(rec, [d, r, recp, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
-                           delay](Result<Servable> h) mutable {
+                           delay, answered, acquired](Result<Servable> h) mutable {
+    acquired->store(true);
+    if (answered->exchange(true)) return;  // the deadline was answered meanwhile: the handle goes
     if (!h.ok()) {
       finish(h.status());
       return r.Fail(h.status());
@@ -213,11 +220,28 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     job.done = [d, r, recp, ordered, t0, finish, credit, routing, mirror, device,
                 loaded](Result<std::vector<Tensor>> out) mutable { Reply(d, r, *recp, *ordered, t0, finish, *credit, routing,
                                                                           mirror, device, loaded, std::move(out)); };
+    // From here the scheduler drops it if late (Scheduler::Job::deadline_ns).
     if (Status st = d->scheduler()->Submit(queue, std::move(job)); !st.ok()) {
       finish(st);
       r.Fail(st);
     }
   });
+  // A hit has been handed on already; the timer is for a wait (within ten
+  // minutes: beyond that its entry would outlive most loads for nothing).
+  const int64_t left = deadline - d->clock()->MonoNanos();
+  if (deadline && !acquired->load() && left < 600'000'000'000) {
+    std::weak_ptr<std::atomic<bool>> weak = answered;
+    d->timers()->At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(left, 0)),
+                    [weak, acquired, r, finish, ref = rec.ref(), t0, deadline]() mutable {
+                      auto a = weak.lock();
+                      if (!a || acquired->load() || a->exchange(true)) return;
+                      Status st(Code::kDeadlineExceeded,
+                                "dropped at its deadline (" + std::to_string((deadline - t0) / 1000000) +
+                                    " ms) while " + ref + " was still loading; retry, or give a longer --deadline-ms");
+                      finish(st, true);  // it waited for a load: counted, not timed
+                      r.Fail(st);
+                    });
+  }
 }
 
 nlohmann::json HealthOf(Daemon* d, const VersionRecord& v) {

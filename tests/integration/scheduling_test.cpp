@@ -287,6 +287,29 @@ TEST_CASE("deadlines: a past deadline is refused, requests that cannot make thei
   CHECK(err.find("deadline") != std::string::npos);
 }
 
+TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, not when the load ends") {
+  Daemon d("[pool]\nload_retry_backoff = \"100ms\"\n");
+  REQUIRE(d.ok());
+  Register(d, "cold", "tiny.pt");
+  Register(d, "warm", "tiny.pt");
+  REQUIRE(PredictExit(d, "warm") == 0);
+  mms::testing::BlockedFile weights(mms::testing::PackedWeights(d.data_dir(), "cold", "1"));  // its load waits
+  REQUIRE(weights.ok());
+  std::string err;
+  CHECK(PredictExit(d, "cold", {"--deadline-ms", "300"}, &err) == 5);  // returns while the load still waits
+  CHECK_MESSAGE(err.find("dropped at its deadline (300 ms) while cold:1 was still loading") != std::string::npos, err);
+  CHECK(PredictExit(d, "warm", {"--deadline-ms", "5000"}) == 0);  // others serve on
+  // Counted as the version's error, like every refusal.
+  bool counted = false;
+  const json stats = json::parse(d.Mms({"--json", "stats"}).out);
+  for (const auto& v : stats["models"])
+    if (v["ref"] == "cold:1") counted = v["errors"] == 1 && v["error_codes"]["DEADLINE_EXCEEDED"] == 1;
+  INFO(stats.dump());
+  CHECK(counted);
+  REQUIRE(weights.Release());  // the blocked load reads an empty file and fails; the next one loads
+  CHECK(WaitFor([&] { return PredictExit(d, "cold", {"--deadline-ms", "10000"}) == 0; }, 20));
+}
+
 TEST_CASE("bounded queues: past [scheduler] queue_depth a request is refused with OVERLOADED, others keep serving") {
   Daemon d("[scheduler]\nworkers = 1\nqueue_depth = 2\n");
   REQUIRE(d.ok());
