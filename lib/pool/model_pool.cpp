@@ -154,6 +154,19 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room) {
     cb(st);
     return;
   }
+  // Nothing to load into: fail at once, naming what holds the memory, rather
+  // than queue a load (behind others) that would fail the same way.
+  if (room == Room::kEvict && !e.loading && e.bytes > 0) {
+    std::vector<Cand> cands;
+    Status st = NeverFits(e);
+    if (st.ok() && e.tier == Tier::kDisk) st = HostRoom(e.bytes, e.item.key);
+    if (st.ok()) st = DeviceRoom(e, &cands);
+    if (!st.ok()) {
+      lock.unlock();
+      cb(st);
+      return;
+    }
+  }
   if (room == Room::kFreeOnly && !e.loading && !HasFreeRoom(e)) {
     Status st(Code::kPoolFull, e.item.ref + " is not on a device and there is no free room for it (" +
                                    FormatBytes(e.bytes) + "); it is loaded only into room no serving model needs");
@@ -213,34 +226,40 @@ void ModelPool::StartLoad(Entry& e) {
 
 bool ModelPool::Evictable(const Entry& e) const { return !e.pinned && !e.loading && e.refs == 0; }
 
-Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
+bool ModelPool::HostDroppable(PoolKey k, const Entry& e, PoolKey for_key) const {
+  return k != for_key && (e.tier == Tier::kHost || e.tier == Tier::kDevice) && Evictable(e);
+}
+
+Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key) const {
   if (host_used_ + bytes <= opts_.host_budget) return Status::Ok();
   // Any evictable model with a host copy can go back to disk, a device
   // resident one too (tiers are inclusive: its host copy counts against the
-  // host budget). Nothing is dropped unless enough can be: a partial attempt
-  // would throw warm models away and still fail.
-  auto droppable = [&](PoolKey k, const Entry& e) {
-    return k != for_key && (e.tier == Tier::kHost || e.tier == Tier::kDevice) && Evictable(e);
-  };
+  // host budget).
   uint64_t reclaimable = 0;
   for (const auto& [k, e] : entries_)
-    if (droppable(k, *e)) reclaimable += e->host_reserved;
-  if (host_used_ - reclaimable + bytes > opts_.host_budget) {
-    std::string held;
-    int n = 0;
-    bool holds = false;
-    for (const auto& [k, e] : entries_) {
-      if (droppable(k, *e) || e->tier == Tier::kDisk || k == for_key || e->host_reserved == 0) continue;
-      holds = holds || !e->held.empty();
-      if (n++ < 8)
-        held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
-    }
-    if (holds) ++hold_refusals_;
-    return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
-                                       FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) +
-                                       " [" + opts_.config_section + "] host_budget in use, " + FormatBytes(reclaimable) +
-                                       " evictable), held by " + (held.empty() ? "nothing else" : held));
+    if (HostDroppable(k, *e, for_key)) reclaimable += e->host_reserved;
+  if (host_used_ - reclaimable + bytes <= opts_.host_budget) return Status::Ok();
+  std::string held;
+  int n = 0;
+  bool holds = false;
+  for (const auto& [k, e] : entries_) {
+    if (HostDroppable(k, *e, for_key) || e->tier == Tier::kDisk || k == for_key || e->host_reserved == 0) continue;
+    holds = holds || !e->held.empty();
+    if (n++ < 8)
+      held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
   }
+  if (holds) ++hold_refusals_;
+  return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
+                                     FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) + " [" +
+                                     opts_.config_section + "] host_budget in use, " + FormatBytes(reclaimable) +
+                                     " evictable), held by " + (held.empty() ? "nothing else" : held));
+}
+
+Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
+  // Nothing is dropped unless enough can be: a partial attempt would throw
+  // warm models away and still fail.
+  MMS_RETURN_IF_ERROR(HostRoom(bytes, for_key));
+  auto droppable = [&](PoolKey k, const Entry& e) { return HostDroppable(k, e, for_key); };
   while (host_used_ + bytes > opts_.host_budget) {
     // Host-only models first: a device resident one is in use more recently.
     auto victim_among = [&](bool host_only) {
@@ -345,29 +364,61 @@ std::string ModelPool::Why(const Entry& e) const {
   return why;
 }
 
-Result<int> ModelPool::PlaceOnDevice(Entry& e) {
+Status ModelPool::NeverFits(const Entry& e) const {
+  uint64_t largest = 0;
+  for (const auto& d : devices_) largest = std::max(largest, d->dev->budget());
+  if (e.bytes > largest)
+    return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(e.bytes) + " but the largest device budget is " +
+                                       FormatBytes(largest) + " ([" + opts_.config_section + "] device_budget)");
+  if (e.bytes > opts_.host_budget)
+    return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(e.bytes) + " but the host tier's budget is " +
+                                       FormatBytes(opts_.host_budget) + " ([" + opts_.config_section + "] host_budget)");
+  return Status::Ok();
+}
+
+uint64_t ModelPool::DeviceNeed(const Entry& e) {
   // Booked as the arena allocates: whole blocks.
-  const uint64_t need =
-      (std::max<uint64_t>(e.bytes, 1) + DeviceArena::kAlignment - 1) / DeviceArena::kAlignment * DeviceArena::kAlignment;
+  return (std::max<uint64_t>(e.bytes, 1) + DeviceArena::kAlignment - 1) / DeviceArena::kAlignment *
+         DeviceArena::kAlignment;
+}
+
+Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
+  const uint64_t need = DeviceNeed(e);
   uint64_t largest_budget = 0;
-  struct Cand {
-    int index;
-    uint64_t free, reclaimable;
-  };
-  std::vector<Cand> cands;
   for (size_t i = 0; i < devices_.size(); ++i) {
-    DeviceSlot& d = *devices_[i];
+    const DeviceSlot& d = *devices_[i];
     largest_budget = std::max(largest_budget, d.dev->budget());
     if (d.dev->budget() < need) continue;
     uint64_t reclaim = 0;
     for (const auto& [k, o] : entries_)
       if (o->block && o->device == static_cast<int>(i) && Evictable(*o)) reclaim += o->device_reserved;
     uint64_t free = d.dev->budget() - std::min(d.used, d.dev->budget());
-    if (free + reclaim >= need) cands.push_back({static_cast<int>(i), free, reclaim});
+    if (free + reclaim >= need) cands->push_back({static_cast<int>(i), free, reclaim});
   }
   if (need > largest_budget)
     return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(need) + " but the largest device budget is " +
                                        FormatBytes(largest_budget) + " ([" + opts_.config_section + "] device_budget)");
+  return cands->empty() ? DeviceFull(e) : Status::Ok();
+}
+
+Status ModelPool::DeviceFull(const Entry& e) const {
+  for (const auto& [k, o] : entries_)
+    if (o->block && !o->held.empty()) {
+      ++hold_refusals_;
+      break;
+    }
+  std::string detail;
+  for (const auto& d : devices_)
+    detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
+              FormatBytes(d->dev->budget()) + " held by " + Holders(*d);
+  return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(DeviceNeed(e)) +
+                                     ") and nothing more can be evicted: " + detail);
+}
+
+Result<int> ModelPool::PlaceOnDevice(Entry& e) {
+  const uint64_t need = DeviceNeed(e);
+  std::vector<Cand> cands;
+  MMS_RETURN_IF_ERROR(DeviceRoom(e, &cands));
   // Least loaded first: the most free bytes, so no eviction when one has room.
   std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
     return a.free != b.free ? a.free > b.free : a.reclaimable > b.reclaimable;
@@ -393,17 +444,7 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
       DemoteFromDevice(*entries_[*victim]);
     }
   }
-  for (const auto& [k, o] : entries_)
-    if (o->block && !o->held.empty()) {
-      ++hold_refusals_;
-      break;
-    }
-  std::string detail;
-  for (const auto& d : devices_)
-    detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
-              FormatBytes(d->dev->budget()) + " held by " + Holders(*d);
-  return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(need) +
-                                     ") and nothing more can be evicted: " + detail);
+  return DeviceFull(e);  // (an arena too fragmented for the block)
 }
 
 namespace {
@@ -439,18 +480,7 @@ void ModelPool::RunLoad(PoolKey key) {
   };
 
   if (from_disk) {
-    uint64_t largest = 0;
-    for (const auto& d : devices_) largest = std::max(largest, d->dev->budget());
-    if (e->bytes > largest) {
-      return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
-                                              " but the largest device budget is " + FormatBytes(largest) +
-                                              " ([" + opts_.config_section + "] device_budget)"));
-    }
-    if (e->bytes > opts_.host_budget) {
-      return fail(Status(Code::kPoolFull, e->item.ref + " needs " + FormatBytes(e->bytes) +
-                                              " but the host tier's budget is " + FormatBytes(opts_.host_budget) +
-                                              " ([" + opts_.config_section + "] host_budget)"));
-    }
+    if (Status st = NeverFits(*e); !st.ok()) return fail(st);
     if (Status st = MakeHostRoom(e->bytes, key); !st.ok()) return fail(st);
     host_used_ += e->bytes;
     e->host_reserved = e->bytes;

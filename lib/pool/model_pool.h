@@ -167,6 +167,20 @@ class ModelPool {
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   void StartLoad(Entry& e);                          // mu_ held
   void RunLoad(PoolKey key);                         // loader thread
+  struct Cand {  // a device that can take a model
+    int index;
+    uint64_t free, reclaimable;
+  };
+  bool HostDroppable(PoolKey k, const Entry& e, PoolKey for_key) const;  // mu_ held
+  // mu_ held: OK when `bytes` fit in the host tier after evicting what may
+  // be, POOL_FULL naming the holders otherwise; changes nothing.
+  Status HostRoom(uint64_t bytes, PoolKey for_key) const;
+  // mu_ held: the devices that can take `e` (after evictions) into `cands`;
+  // POOL_FULL naming the holders when none can. Changes nothing.
+  Status DeviceRoom(const Entry& e, std::vector<Cand>* cands) const;
+  Status DeviceFull(const Entry& e) const;           // mu_ held: the POOL_FULL for no device
+  static uint64_t DeviceNeed(const Entry& e);        // its whole arena blocks
+  Status NeverFits(const Entry& e) const;            // mu_ held: POOL_FULL when bigger than a whole budget
   Status MakeHostRoom(uint64_t bytes, PoolKey for_key);      // mu_ held
   Result<int> PlaceOnDevice(Entry& e);               // mu_ held: reserves a block
   void DemoteFromDevice(Entry& e);                   // mu_ held
@@ -195,7 +209,7 @@ class ModelPool {
   std::unique_ptr<EvictionPolicy> host_policy_;                // guarded by mu_
   uint64_t host_used_ = 0;                                     // guarded by mu_
   uint64_t hits_ = 0, misses_ = 0, loads_ = 0, evictions_ = 0, failures_ = 0;  // guarded by mu_
-  std::atomic<uint64_t> hold_refusals_{0};  // written under mu_, read without
+  mutable std::atomic<uint64_t> hold_refusals_{0};  // counted by the const room checks under mu_
 };
 
 }  // namespace mms

@@ -344,6 +344,23 @@ TEST_CASE("an acquire for free room only never evicts; refusals a standing hold 
   CHECK(f.pool->hold_refusals() == 2);
 }
 
+TEST_CASE("with nothing evictable a cold request fails at once, without queueing a load behind others") {
+  PoolFixture f({2 * K});
+  f.pool->Pin(PoolFixture::Item(1));
+  REQUIRE(f.GetStatus(1).ok());
+  auto held = f.Get(2);  // in flight
+  const int loads = f.loader->total_loads();
+  f.loader->Gate(true);  // a load now would wait (as behind slow warm-ups)
+  auto st = f.pool->AcquireSync(PoolFixture::Item(3), 2'000'000'000);
+  CHECK(st.status().code() == Code::kPoolFull);  // not UNAVAILABLE after waiting
+  CHECK(st.status().message().find("m1:1 (1.00 KiB, pinned)") != std::string::npos);
+  CHECK(st.status().message().find("m2:1 (1.00 KiB, 1 request in flight)") != std::string::npos);
+  CHECK(f.loader->total_loads() == loads);
+  f.loader->Gate(false);
+  held.reset();
+  CHECK(f.GetStatus(3).ok());
+}
+
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
   PoolFixture f({2 * K, 3 * K});
   auto st = f.GetStatus(9, 4 * K);
