@@ -292,7 +292,7 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
       return;
     }
     cli.exit_code = Change(cli, [&](Registry& r) { return r.RampExperiment(*id, *bp); },
-                           "ramped " + *id + " to " + std::to_string(*pct) + "%");
+                           "ramped " + *id + " to " + FormatPercent(*bp / 100.0));
   });
 
   auto* stop = exp->add_subcommand("stop", "Stop; with --winner, promote that version to production (audited)");

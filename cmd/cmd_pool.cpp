@@ -220,36 +220,50 @@ std::string PolicyText(const nlohmann::json& tier) {
   return s;
 }
 
+// One pool's tiers and models (the models' pool, or the LoRA adapters').
+void PrintPool(const nlohmann::json& j) {
+  std::vector<std::vector<std::string>> tiers{{"TIER", "USED", "BUDGET", "MODELS", "POLICY"}};
+  for (const auto& d : j["devices"])
+    tiers.push_back({d["name"].get<std::string>() + " (" + d["kind"].get<std::string>() + ")", FormatBytes(d["used"]),
+                     FormatBytes(d["budget"]), std::to_string(d["models"].size()), PolicyText(d)});
+  tiers.push_back({"host", FormatBytes(j["host"]["used"]), FormatBytes(j["host"]["budget"]),
+                   std::to_string(j["host"]["models"].size()), PolicyText(j["host"])});
+  tiers.push_back({"disk", "-", "-", std::to_string(j["disk"]["models"].size()), "-"});
+  std::cout << FormatTable(tiers) << "\n";
+  std::vector<std::vector<std::string>> rows{
+      {"WHERE", "MODEL", "BYTES", "PINNED", "IN-FLIGHT", "HEALTH", "LAST USE", "LOADS", "EVICTIONS", "HITS", "MISSES"}};
+  for (const auto& d : j["devices"]) ModelRows(d["models"], d["name"], &rows);
+  ModelRows(j["host"]["models"], "host", &rows);
+  ModelRows(j["disk"]["models"], "disk", &rows);
+  std::cout << FormatTable(rows);
+  // Standing holds (a shadow run's candidate): not requests, but they keep
+  // the model where it is.
+  for (const auto& tier : j["devices"])
+    for (const auto& m : tier["models"])
+      for (const auto& holder : m.value("held_by", nlohmann::json::array()))
+        std::cout << m.value("ref", "?") << " is held by " << holder.get<std::string>() << "\n";
+  const auto& t = j["totals"];
+  std::printf("\n%llu hits, %llu misses (hit rate %.1f%%), %llu loads, %llu evictions, %llu failed loads\n",
+              t.value("hits", 0ull), t.value("misses", 0ull), t.value("hit_rate", 0.0) * 100, t.value("loads", 0ull),
+              t.value("evictions", 0ull), t.value("failures", 0ull));
+}
+
 int CmdPool(Cli& cli) {
   auto r = cli.Call(proto::kPool, nlohmann::json::object());
   if (!r.ok()) return cli.Fail(r.status());
   const auto& j = *r;
   cli.Emit(j, [&] {
-    std::vector<std::vector<std::string>> tiers{{"TIER", "USED", "BUDGET", "MODELS", "POLICY"}};
-    for (const auto& d : j["devices"])
-      tiers.push_back({d["name"].get<std::string>() + " (" + d["kind"].get<std::string>() + ")",
-                       FormatBytes(d["used"]), FormatBytes(d["budget"]), std::to_string(d["models"].size()),
-                       PolicyText(d)});
-    tiers.push_back({"host", FormatBytes(j["host"]["used"]), FormatBytes(j["host"]["budget"]),
-                     std::to_string(j["host"]["models"].size()), PolicyText(j["host"])});
-    tiers.push_back({"disk", "-", "-", std::to_string(j["disk"]["models"].size()), "-"});
-    std::cout << FormatTable(tiers) << "\n";
-    std::vector<std::vector<std::string>> rows{
-        {"WHERE", "MODEL", "BYTES", "PINNED", "IN-FLIGHT", "HEALTH", "LAST USE", "LOADS", "EVICTIONS", "HITS", "MISSES"}};
-    for (const auto& d : j["devices"]) ModelRows(d["models"], d["name"], &rows);
-    ModelRows(j["host"]["models"], "host", &rows);
-    ModelRows(j["disk"]["models"], "disk", &rows);
-    std::cout << FormatTable(rows);
-    // Standing holds (a shadow run's candidate): not requests, but they keep
-    // the model where it is.
-    for (const auto& tier : j["devices"])
-      for (const auto& m : tier["models"])
-        for (const auto& holder : m.value("held_by", nlohmann::json::array()))
-          std::cout << m.value("ref", "?") << " is held by " << holder.get<std::string>() << "\n";
-    const auto& t = j["totals"];
-    std::printf("\n%llu hits, %llu misses (hit rate %.1f%%), %llu loads, %llu evictions, %llu failed loads\n",
-                t.value("hits", 0ull), t.value("misses", 0ull), t.value("hit_rate", 0.0) * 100, t.value("loads", 0ull),
-                t.value("evictions", 0ull), t.value("failures", 0ull));
+    PrintPool(j);
+    // The adapters' pool, once it holds any ([lora] budgets).
+    if (j.contains("adapters")) {
+      const auto& a = j["adapters"];
+      size_t n = a["host"]["models"].size() + a["disk"]["models"].size();
+      for (const auto& d : a["devices"]) n += d["models"].size();
+      if (n > 0) {
+        std::cout << "\nLoRA adapters:\n";
+        PrintPool(a);
+      }
+    }
   });
   return 0;
 }
@@ -288,7 +302,14 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   predict->add_option("--input,-i", a->input, "input tensors: .json or .safetensors")->required();
   predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout");
   predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)");
-  predict->add_option("--tenant", a->tenant, "tenant (rate limits)");
+  predict->add_option("--tenant", a->tenant, "tenant (rate limits)")
+      ->check(CLI::Validator(
+          [](std::string& t) {
+            return t.empty() || t.size() > 128
+                       ? std::string("a tenant is 1-128 characters (leave --tenant out for the tenant (none))")
+                       : std::string();
+          },
+          "TENANT"));
   predict->add_option("--adapter", a->adapter, "run with this LoRA adapter (NAME or NAME:VERSION) of the base REF");
   auto* deadline = predict->add_option("--deadline-ms", a->deadline_ms,
                                        "drop the request (exit 5) rather than run it past this many ms");

@@ -393,7 +393,7 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   auto* ssamples = shadow->add_subcommand("samples", "Recent diverging requests with both outputs");
   auto limit = std::make_shared<int>(20);
   ssamples->add_option("NAME", *model)->required();
-  ssamples->add_option("--limit", *limit, "how many (default 20)");
+  ssamples->add_option("--limit", *limit, "how many (default 20, at most 1000)")->check(CLI::Range(1, 1000));
   ssamples->callback([&cli, model, limit] { cli.exit_code = CmdShadowSamples(cli, *model, *limit); });
 
   auto* canary = app.add_subcommand("canary", "Canary rollouts: staged traffic, judged against control, auto-rollback");

@@ -1,5 +1,7 @@
 // Registry: A/B experiments (and canaries, which are experiments of kind
 // "canary") and their persisted per-variant metrics.
+#include <algorithm>
+
 #include "core/units.h"
 #include "registry/registry.h"
 #include "registry/sqlite.h"
@@ -66,7 +68,12 @@ Result<std::vector<ExperimentRecord>> Registry::QueryExperiments(const std::stri
 
 Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {
   if (n.basis_points < 0 || n.basis_points > 10000) return InvalidArgument("the treatment share must be 0-100%");
-  for (const auto& m : n.metrics) MMS_RETURN_IF_ERROR(ValidateName(m, "metric name"));
+  for (size_t i = 0; i < n.metrics.size(); ++i) {
+    MMS_RETURN_IF_ERROR(ValidateName(n.metrics[i], "metric name"));
+    if (std::find(n.metrics.begin(), n.metrics.begin() + static_cast<std::ptrdiff_t>(i), n.metrics[i]) !=
+        n.metrics.begin() + static_cast<std::ptrdiff_t>(i))
+      return InvalidArgument("--metric " + n.metrics[i] + " is given twice; declare each metric once");
+  }
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto dup, QueryExperiments("WHERE e.id = ?", {n.id}));

@@ -544,7 +544,15 @@ Result<std::vector<Tensor>> ReadTensorFile(const std::string& path) {
   if (EndsWith(path, ".safetensors")) return ReadSafetensorsFile(path);
   MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   size_t i = text.find_first_not_of(" \t\r\n");
-  if (i == std::string::npos || text[i] != '{') return ReadSafetensorsFile(path);
+  if (i == std::string::npos)
+    return InvalidArgument(path + " is empty: give a JSON object mapping each input name to "
+                                  "{\"dtype\", \"shape\", \"data\"}, or a .safetensors file");
+  if (text[i] != '{') {
+    if (!nlohmann::json::parse(text, nullptr, false).is_discarded())  // JSON, but not an object
+      return InvalidArgument(path + " holds JSON that is not an object: give an object mapping each input name to "
+                                    "{\"dtype\", \"shape\", \"data\"}");
+    return ReadSafetensorsFile(path);
+  }
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded()) return InvalidArgument(path + " is not valid JSON (nor a safetensors file)");
   auto t = TensorsFromJson(j);

@@ -73,6 +73,9 @@ TEST_CASE("experiment commands and their refusals") {
        "invalid experiment id"},
       {{"experiment", "show", "exp-rec-v14"}, 4, "did you mean 'exp-rec-v13'"},
       {{"experiment", "ramp", "exp-rec-v13", "--percent", "250"}, 2, "between 0 and 100"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5",
+        "--metric", "click", "--metric", "click"},
+       2, "--metric click is given twice"},
       {{"experiment", "stop", "exp-rec-v13", "--winner", "both"}, 2, "both"},
   };
   for (const auto& b : bad) {
@@ -88,6 +91,8 @@ TEST_CASE("experiment commands and their refusals") {
   CHECK(as == json::parse(R"([{"user": "user-1", "variant": "treatment", "bucket": 1666},
                               {"user": "42", "variant": "control", "bucket": 4640}])"));
   CHECK(json::parse(d.Mms({"--json", "experiment", "ramp", "exp-rec-v13", "--percent", "50"}).out)["percent"] == 50.0);
+  CHECK(d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "12.5"}).out.find("ramped exp-rec-v13 to 12.5%\n") == 0);
+  REQUIRE(d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "50", "-q"}).exit_code == 0);
   CHECK(json::parse(d.Mms({"--json", "experiment", "pause", "exp-rec-v13"}).out)["state"] == "paused");
   CHECK(json::parse(d.Mms({"--json", "experiment", "resume", "exp-rec-v13"}).out)["state"] == "running");
   CHECK(json::parse(d.Mms({"--json", "experiment", "list"}).out).size() == 1);

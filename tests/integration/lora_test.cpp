@@ -342,6 +342,12 @@ TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and
   for (const auto& m : after_pin["devices"][0]["models"])
     if (m["ref"] == "cust:2") pinned = m["pinned"].get<bool>();
   CHECK(pinned);
+  {  // the text form shows the adapters' pool too
+    std::string text = d.Mms({"pool"}).out;
+    auto at = text.find("LoRA adapters:");
+    CHECK(at != std::string::npos);
+    CHECK(text.find("cust:2", at) != std::string::npos);
+  }
   // Its base is kept with it (a pinned adapter on an evicted base would pay
   // the base's load anyway), and released with it.
   auto base_pinned = [&] {

@@ -88,6 +88,18 @@ TEST_CASE("safetensors: round trip with alignment and metadata, corrupt headers 
   std::ofstream(f, std::ios::binary) << "abc";
   CHECK_FALSE(ReadSafetensorsFile(f).ok());
   CHECK_FALSE(ReadTensorFile(dir / "missing.json").ok());
+  // JSON that is not an object, or nothing at all, is named as such (it was
+  // reported as "not a safetensors file").
+  for (const auto& [text, says] : std::vector<std::pair<std::string, std::string>>{
+           {"[1, 2]", "holds JSON that is not an object"}, {"\"x\"", "holds JSON that is not an object"},
+           {"", "is empty"}, {"  \n", "is empty"}}) {
+    std::string p = dir / "odd.json";
+    std::ofstream(p) << text;
+    auto r = ReadTensorFile(p);
+    REQUIRE_FALSE(r.ok());
+    CHECK_MESSAGE(r.status().message().find(says) != std::string::npos, r.status().message());
+    CHECK(r.status().code() == Code::kInvalidArgument);
+  }
 }
 
 TEST_CASE("inputs are matched to forward()'s arguments by name, dtype and shape") {
