@@ -171,7 +171,8 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
   while (true) {
     // A status is quick: a poll that takes over 5 s finds mmsd gone (or stopped).
     auto r = client.ok() ? (*client)->CallJson(proto::kCanaryStatus, {{"model", model}}, 5000) : client.status();
-    if (!r.ok() && r.status().code() != Code::kUnavailable) return cli.Fail(r.status());
+    const bool gone = !r.ok() && (r.status().code() == Code::kUnavailable || r.status().code() == Code::kDeadlineExceeded);
+    if (!r.ok() && !gone) return cli.Fail(r.status());
     if (!r.ok()) {
       // mmsd went away (killed, restarting): the canary lives in the registry
       // and carries on when mmsd is back, so wait for it — reading the

@@ -59,9 +59,13 @@ Result<nng_msg*> RoundTrip(uint32_t sock_id, nng_msg* msg, int64_t timeout_ms, c
   nng_aio_wait(aio.get());
   rv = nng_aio_result(aio.get());
   nng_ctx_close(ctx);
+  // mmsd took the request (it answered when the connection was made) and
+  // has not answered it: busy (a load, a long run) or hung, not unreachable.
   if (rv == NNG_ETIMEDOUT)
-    return Unavailable("no reply from mmsd at " + path + " within " + std::to_string(timeout_ms) +
-                       " ms (raise --timeout for slow operations)");
+    return Status(Code::kDeadlineExceeded,
+                  "mmsd at " + path + " took the request but did not reply within " + std::to_string(timeout_ms) +
+                      " ms: it is busy (a model load, a long run) or hung, and the request may still complete "
+                      "there. Raise --timeout for slow operations; mms status shows what it is doing");
   if (rv != 0) return Unavailable("lost connection to mmsd at " + path + ": " + nng_strerror(rv));
   return nng_aio_get_msg(aio.get());
 }

@@ -299,6 +299,11 @@ TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, 
   CHECK(PredictExit(d, "cold", {"--deadline-ms", "300"}, &err) == 5);  // returns while the load still waits
   CHECK_MESSAGE(err.find("dropped at its deadline (300 ms) while cold:1 was still loading") != std::string::npos, err);
   CHECK(PredictExit(d, "warm", {"--deadline-ms", "5000"}) == 0);  // others serve on
+  // Without a deadline, a client's --timeout runs out: a daemon that took the
+  // request and is busy is not "unreachable" (exit 3) but late (exit 5).
+  auto late = d.Mms({"--timeout", "1", "predict", "cold", "--input", Data("tiny_input.json")});
+  CHECK(late.exit_code == 5);
+  CHECK_MESSAGE(late.err.find("took the request but did not reply within") != std::string::npos, late.err);
   // Counted as the version's error, like every refusal.
   bool counted = false;
   const json stats = json::parse(d.Mms({"--json", "stats"}).out);
