@@ -47,7 +47,7 @@ TEST_CASE("timers run in time order, not before their time, a past one at once")
   CHECK(q.pending() == 0);
 }
 
-TEST_CASE("a callback may add timers; pending ones are dropped, not run, at destruction") {
+TEST_CASE("a callback may add timers, pending ones are dropped, not run, at destruction") {
   std::atomic<int> runs{0};
   std::atomic<bool> late{false};
   {

@@ -98,7 +98,7 @@ TEST_CASE("the man pages render") {
 
 // ctest gets one test per TEST_CASE by name, and a ';' in a name splits it
 // into CMake list items: the halves match nothing and "pass" without running.
-TEST_CASE("no test case name holds a ';' (ctest would run nothing for it)") {
+TEST_CASE("no test case name holds a semicolon (ctest would run nothing for it)") {
   int names = 0;
   for (const auto& e : std::filesystem::recursive_directory_iterator(std::string(MMS_SOURCE_DIR) + "/tests")) {
     if (e.path().extension() != ".cpp") continue;

@@ -197,7 +197,7 @@ TEST_CASE("the systemd unit runs mmsd with a checked config") {
   CHECK(unit.find("ExecReload=/bin/kill -HUP $MAINPID") != std::string::npos);
 }
 
-TEST_CASE("a draining daemon reports 503 on /health; a second signal stops it at once") {
+TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at once") {
   int port = FreePort();
   Daemon d("[daemon]\nshutdown_grace = \"60s\"\n[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n");
   REQUIRE(d.ok());

@@ -164,7 +164,7 @@ TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, and 
   CHECK(ShadowStats(d, "tiny")["requests"]["failed"] == 0);
 }
 
-TEST_CASE("a shadow mirrors from when its candidate is loaded; until then its stats say it is loading") {
+TEST_CASE("a shadow mirrors from when its candidate is loaded, until then its stats say it is loading") {
   Daemon d("[pool]\nload_threads = 2\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
   REQUIRE(d.ok());
   Register(d, "tiny", "1", "tiny.pt");

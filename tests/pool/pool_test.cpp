@@ -316,7 +316,7 @@ TEST_CASE("a standing hold (a shadow run's) is shown and named apart from reques
   CHECK(f.pool->Evict(1).value() == "host");
 }
 
-TEST_CASE("an acquire for free room only never evicts; refusals a standing hold caused are counted") {
+TEST_CASE("an acquire for free room only never evicts, refusals a standing hold caused are counted") {
   PoolFixture f({2 * K});
   auto a = f.Get(1);
   auto free_only = [&](int key) {

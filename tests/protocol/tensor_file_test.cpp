@@ -198,7 +198,7 @@ TEST_CASE("JSON tensors: data nested 200k deep is refused without recursing (it 
   CHECK((*ok)[0].as<float>()[0] == 2.5f);
 }
 
-TEST_CASE("JSON tensors: data is flat or nested exactly as the shape; ragged nesting is refused") {
+TEST_CASE("JSON tensors: data is flat or nested exactly as the shape, ragged nesting is refused") {
   auto floats = [](const std::string& text) {
     auto r = TensorsFromJson(json::parse(text));
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());

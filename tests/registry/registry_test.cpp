@@ -241,7 +241,7 @@ TEST_CASE("rm is refused while pinned or in production, unless forced, labels an
   CHECK(f.reg->GetShadow("rec")->state == "stopped");
 }
 
-TEST_CASE("a model's rate limit goes with its last version, audited; a tenant's and other models' stay") {
+TEST_CASE("a model's rate limit goes with its last version, audited, a tenant's and other models' stay") {
   Fixture f;
   f.Add("rec", "1");
   f.Add("rec", "2");

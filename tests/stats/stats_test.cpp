@@ -104,7 +104,7 @@ TEST_CASE("two-proportion z-test matches the worked example") {
   CHECK_FALSE(r.ToJson().contains("method"));  // large counts: the z-test's p-value
 }
 
-TEST_CASE("small counts: Fisher's exact test, not the normal approximation; intervals keep their width") {
+TEST_CASE("small counts: Fisher's exact test, not the normal approximation, intervals keep their width") {
   // One error among 1,000 canary requests against none in 99,000: z says p = 1e-23.
   auto one = TwoProportionZTest(0, 99000, 1, 1000);
   REQUIRE(one.valid);
