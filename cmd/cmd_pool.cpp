@@ -242,6 +242,12 @@ void PrintPool(const nlohmann::json& j) {
     for (const auto& m : tier["models"])
       for (const auto& holder : m.value("held_by", nlohmann::json::array()))
         std::cout << m.value("ref", "?") << " is held by " << holder.get<std::string>() << "\n";
+  // Pins that are not on a device (tried again at every registry poll).
+  for (const char* tier : {"host", "disk"})
+    for (const auto& m : j[tier]["models"])
+      if (m.contains("pin_error"))
+        std::cout << m.value("ref", "?") << " is pinned but not on a device: " << m["pin_error"].get<std::string>()
+                  << "\n";
   const auto& t = j["totals"];
   std::printf("\n%llu hits, %llu misses (hit rate %.1f%%), %llu loads, %llu evictions, %llu failed loads\n",
               t.value("hits", 0ull), t.value("misses", 0ull), t.value("hit_rate", 0.0) * 100, t.value("loads", 0ull),
@@ -285,6 +291,8 @@ int CmdHealth(Cli& cli, const std::string& ref) {
       if (!m.value("healthy", true))
         detail = m.value("error", "") + " (retry in " +
                  FormatDurationNanos(m.value("retry_in_ms", 0ll) * 1000000) + ")";
+      else if (m.contains("pin_error"))
+        detail = "pinned but not on a device: " + m["pin_error"].get<std::string>();
       rows.push_back({m["ref"], m.value("stage", "-"), m.value("tier", "disk"),
                       m.value("healthy", true) ? "healthy" : "UNHEALTHY", detail});
     }

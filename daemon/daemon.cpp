@@ -172,6 +172,20 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   });
 }
 
+void Daemon::RetryPins() {
+  std::set<PoolKey> pinned;
+  std::shared_ptr<const RegistrySnapshot> snap;
+  {
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    pinned = pinned_;
+    snap = latest_ ? latest_ : snapshot();
+  }
+  // Pin() returns at once for a pin on a device; one that did not fit (or
+  // whose load failed, after its backoff) is tried again.
+  for (PoolKey k : pinned)
+    if (const VersionRecord* v = snap->ById(k)) PoolFor(*v)->Pin(ItemFor(*v));
+}
+
 std::string Daemon::PinReason(PoolKey key) const {
   std::lock_guard<std::mutex> lock(pin_mu_);
   auto it = pin_why_.find(key);
@@ -642,6 +656,7 @@ void Daemon::WatchRegistry() {
       last_poll_ns = now;
       CheckRegistryFile();
       if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+      RetryPins();
       StopExpiredShadows();
       try {  // a canary step that throws must not end the watcher (and with it mmsd)
         canaries_->Tick();

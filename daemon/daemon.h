@@ -140,6 +140,8 @@ class Daemon {
   void ExportSchedulerMetrics(class PromWriter* w);
 
  private:
+  // Pins not on a device (no room, a failed load) are preloaded again: every registry poll.
+  void RetryPins();
   explicit Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
   std::map<uint16_t, Handler> BuildHandlers();
   Status CreatePool();

@@ -399,11 +399,22 @@ def forward(self, x):
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: mms-gen-testdata OUT_DIR [--customers N --size-kb S [--prefix P]] [--big MB] [--lora-base W]\n";
-    return 2;
+  const char* usage =
+      "usage: mms-gen-testdata OUT_DIR [--customers N --size-kb S [--prefix P]] [--big MB] [--lora-base W]\n"
+      "  writes the test models (TorchScript) and inputs into OUT_DIR, which must exist\n";
+  if (argc < 2 || argv[1][0] == '-') {
+    std::cerr << usage;
+    return argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") ? 0 : 2;
   }
   out_dir = argv[1];
+  if (!std::filesystem::is_directory(out_dir)) {
+    std::cerr << "mms-gen-testdata: " << out_dir << " is not a directory\n" << usage;
+    return 2;
+  }
+  if (argc % 2 != 0) {
+    std::cerr << "mms-gen-testdata: option " << argv[argc - 1] << " needs a value\n" << usage;
+    return 2;
+  }
   int customers = 0;
   int64_t size_kb = 64, big_mb = 0, lora_width = 0;
   std::string prefix = "customer";

@@ -33,6 +33,7 @@ struct ModelPool::Entry {
   uint64_t device_reserved = 0;   // counted in the device's used
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
+  std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)
   // health
   bool healthy = true;
   Status last_error;
@@ -131,11 +132,15 @@ HandlePtr ModelPool::NewHandle(Entry& e, bool loaded) {
 }
 
 void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room) {
+  AcquireImpl(item, std::move(cb), room, true);
+}
+
+void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room, bool counted) {
   std::unique_lock<std::mutex> lock(mu_);
   Entry& e = EntryFor(item);
   if (e.tier == Tier::kDevice && !e.loading) {
-    ++e.hits;
-    ++hits_;
+    e.hits += counted;
+    hits_ += counted;
     devices_[static_cast<size_t>(e.device)]->policy->Touch(e.item.key);
     host_policy_->Touch(e.item.key);
     HandlePtr h = NewHandle(e, false);
@@ -143,8 +148,8 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room) {
     cb(std::move(h));
     return;
   }
-  ++e.misses;
-  ++misses_;
+  e.misses += counted;
+  misses_ += counted;
   int64_t now = opts_.clock->MonoNanos();
   if (!e.healthy && now < e.retry_at && !e.loading) {
     Status st(e.last_error.code(), e.item.ref + " is unhealthy: " + e.last_error.message() + " (failed " +
@@ -617,10 +622,24 @@ void ModelPool::Pin(const PoolItem& item) {
     e.pinned = true;
     if (e.tier == Tier::kDevice && !e.loading) return;
   }
+  // The outcome is kept on the entry (`mms pool`, `mms health` show it) and
+  // logged when it changes: the daemon calls Pin again at every registry poll
+  // for pins not on a device, so a pin that did not fit loads once room frees.
+  const PoolKey key = item.key;
   std::string ref = item.ref;
-  Acquire(item, [ref](Result<HandlePtr> r) {
-    if (!r.ok()) LogWarn("pin_preload_failed", {{"model", ref}, {"error", r.status().message()}});
-  });
+  AcquireImpl(item, [this, key, ref](Result<HandlePtr> r) {
+    std::string error = r.ok() ? "" : r.status().message();
+    bool was_failing;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = entries_.find(key);
+      if (it == entries_.end()) return;
+      was_failing = !it->second->pin_error.empty();
+      it->second->pin_error = error;
+    }
+    if (!r.ok() && !was_failing) LogWarn("pin_preload_failed", {{"model", ref}, {"error", error}});
+    if (r.ok() && was_failing) LogInfo("pin_preloaded", {{"model", ref}});
+  }, Room::kEvict, /*counted=*/false);
 }
 
 bool ModelPool::IsPinned(PoolKey key) const {
@@ -687,6 +706,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"hits", e.hits},
                    {"misses", e.misses},
                    {"load_ms", static_cast<double>(e.last_load_ns) / 1e6}};
+  if (e.pinned && e.tier != Tier::kDevice && !e.pin_error.empty()) j["pin_error"] = e.pin_error;
   if (!e.held.empty()) {
     j["held_by"] = nlohmann::json::array();
     for (const auto& [holder, n] : e.held) j["held_by"].push_back(holder);

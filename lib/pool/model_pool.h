@@ -160,6 +160,8 @@ class ModelPool {
 
   ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc);
   Entry& EntryFor(const PoolItem& item);             // mu_ held
+  // Acquire; `counted`: a request's, in the hit and miss figures (a pin's preload is not).
+  void AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room, bool counted);
   HandlePtr NewHandle(Entry& e, bool loaded);        // mu_ held; takes a ref
   void Release(PoolKey key, const std::string& holder);
   void Hold(PoolKey key, const std::string& holder);

@@ -327,6 +327,41 @@ TEST_CASE("when nothing can be evicted the request fails at once naming what hol
   CHECK(FindModel(pool, "c2:1")["tier"] == "device");
 }
 
+TEST_CASE("pins that do not fit when mmsd starts are shown as such, and preloaded once room frees") {
+  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n[registry]\npoll_interval = \"200ms\"\n");
+  REQUIRE(d.ok());
+  REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "3", "--size-kb", "400"}).exit_code == 0);
+  for (int i = 0; i < 3; ++i)
+    Register(d, "c" + std::to_string(i), "1", d.dir() + "/customer-0" + std::to_string(i) + ".pt");
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  for (const char* c : {"c0:1", "c1:1", "c2:1"}) REQUIRE(d.Mms({"pin", c}).exit_code == 0);  // recorded, mmsd down
+  REQUIRE(d.Restart());
+  // Two fit; the third is pinned but on disk, and says why.
+  std::string missing;
+  REQUIRE(WaitFor([&] {
+    json pool = Pool(d);
+    for (const char* c : {"c0:1", "c1:1", "c2:1"}) {
+      json m = FindModel(pool, c);
+      if (m.contains("pin_error")) missing = c;
+    }
+    return !missing.empty();
+  }, 20));
+  json m = FindModel(Pool(d), missing);
+  CHECK(m["pinned"] == true);
+  CHECK(m["pin_error"].get<std::string>().find("nothing more can be evicted") != std::string::npos);
+  CHECK(d.Mms({"pool"}).out.find(missing + " is pinned but not on a device") != std::string::npos);
+  auto health = d.Mms({"health", missing});
+  CHECK(health.exit_code == 0);  // healthy: it serves (after a load), it is just not held
+  CHECK(health.out.find("pinned but not on a device") != std::string::npos);
+  CHECK(Count(d.log(), "pin_preload_failed") == 1);  // tried at every poll, logged once
+  // Another pin goes: the missing one is preloaded at the next poll.
+  std::string other = missing == "c0:1" ? "c1:1" : "c0:1";
+  REQUIRE(d.Mms({"unpin", other}).exit_code == 0);
+  CHECK(WaitFor([&] { return FindModel(Pool(d), missing)["tier"] == "device"; }, 20));
+  CHECK_FALSE(FindModel(Pool(d), missing).contains("pin_error"));
+}
+
 TEST_CASE("several devices, each with its own budget, placement spreads models") {
   Daemon d("[pool]\ndevices = [\"cpu:0\", \"cpu:1\"]\ndevice_budget = \"1MiB\"\n");
   REQUIRE(d.ok());
