@@ -127,6 +127,15 @@ class Loader {
     std::string packed_dir;     // "" when not packed
   };
   virtual Result<HostModel> Load(const Source& src, const HostAllocator& alloc) = 0;
+  // A cheap look (no weights read) before the pool evicts anything to make
+  // room: an artifact that is plainly damaged (truncated) fails here, and no
+  // warm model is thrown out for a load that cannot succeed. `bytes`: the
+  // weight bytes registered for it. Default: nothing to check.
+  virtual Status Precheck(const Source& src, uint64_t bytes) {
+    (void)src;
+    (void)bytes;
+    return Status::Ok();
+  }
 };
 
 }  // namespace mms

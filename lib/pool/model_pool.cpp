@@ -486,6 +486,15 @@ void ModelPool::RunLoad(PoolKey key) {
 
   if (from_disk) {
     if (Status st = NeverFits(*e); !st.ok()) return fail(st);
+    {  // a plainly damaged artifact fails before anything warm is evicted for it
+      Loader::Source src = e->item.source;
+      src.ref = e->item.ref;
+      const uint64_t bytes = e->bytes;
+      lock.unlock();
+      Status pre = loader_->Precheck(src, bytes);
+      lock.lock();
+      if (!pre.ok()) return fail(pre);
+    }
     if (Status st = MakeHostRoom(e->bytes, key); !st.ok()) return fail(st);
     host_used_ += e->bytes;
     e->host_reserved = e->bytes;

@@ -500,6 +500,25 @@ void UseOneIntraOpThreadOnThisThread() {
   if (set) set(1);
 }
 
+Status TorchLoader::Precheck(const Source& src, uint64_t bytes) {
+  if (src.packed_dir.empty()) return Status::Ok();
+  const std::string path = JoinPath(src.packed_dir, kPackedWeightsFile);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Ok();  // Load says what is wrong (or falls back to the plain file)
+  uint8_t len[8] = {};
+  struct stat st {};
+  const bool read_ok = ::pread(fd, len, sizeof len, 0) == static_cast<ssize_t>(sizeof len) && ::fstat(fd, &st) == 0;
+  ::close(fd);
+  uint64_t header = 0;
+  for (int i = 7; i >= 0; --i) header = header << 8 | len[i];  // little-endian, as safetensors
+  const uint64_t size = read_ok ? static_cast<uint64_t>(st.st_size) : 0;
+  if (read_ok && header <= size && size - 8 - std::min(header, size - 8) >= bytes) return Status::Ok();
+  return Corrupt("the stored artifact of " + src.ref + " is damaged: " + path + " is truncated (" +
+                 std::to_string(size) + " bytes; its header and " + std::to_string(bytes) +
+                 " bytes of weights need more). mms model verify " + src.ref + " checks it; to replace it: mms model rm " +
+                 src.ref + " --force, then register it again");
+}
+
 Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {
   Result<HostModel> r = !src.packed_dir.empty() && FileExists(JoinPath(src.packed_dir, kPackedWeightsFile))
                             ? LoadPackedTorchScript(src.packed_dir, alloc, src.ref)

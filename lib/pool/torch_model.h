@@ -19,6 +19,8 @@ namespace mms {
 class TorchLoader final : public Loader {
  public:
   Result<HostModel> Load(const Source& src, const HostAllocator& alloc) override;
+  // A packed artifact's weights file must hold its header and `bytes` of data.
+  Status Precheck(const Source& src, uint64_t bytes) override;
 };
 
 // Loads a plain TorchScript file and packs it into a buffer from `alloc`.

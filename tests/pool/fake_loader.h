@@ -76,6 +76,14 @@ class FakeLoader final : public Loader {
     (void)model->Bind(*buf, "cpu");
     return HostModel{*buf, std::move(model)};
   }
+  Status Precheck(const Source& src, uint64_t) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return truncated_.count(src.ref) ? Status(Code::kCorrupt, src.ref + " is truncated (fake)") : Status::Ok();
+  }
+  void Truncate(const std::string& ref) {
+    std::lock_guard<std::mutex> lock(mu_);
+    truncated_.insert(ref);
+  }
   int loads(const std::string& ref) {
     std::lock_guard<std::mutex> lock(mu_);
     return loads_[ref];
@@ -116,6 +124,7 @@ class FakeLoader final : public Loader {
  private:
   std::mutex mu_;
   std::condition_variable cv_;
+  std::set<std::string> truncated_;
   bool gated_ = false, frees_gated_ = false;
   int frees_waiting_ = 0;
   std::map<std::string, int> loads_;

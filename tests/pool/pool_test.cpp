@@ -361,6 +361,19 @@ TEST_CASE("with nothing evictable a cold request fails at once, without queueing
   CHECK(f.GetStatus(3).ok());
 }
 
+TEST_CASE("a plainly damaged artifact fails before anything warm is evicted for it") {
+  PoolFixture f({2 * K}, 2 * K);
+  REQUIRE(f.GetStatus(1).ok());
+  REQUIRE(f.GetStatus(2).ok());  // both tiers full, both idle
+  f.loader->Truncate("m3:1");
+  auto st = f.GetStatus(3);
+  CHECK(st.code() == Code::kCorrupt);
+  CHECK(f.TierOf(1) == "device");  // still warm
+  CHECK(f.TierOf(2) == "device");
+  CHECK(f.loader->total_loads() == 2);
+  CHECK((*f.pool->Health(3))["healthy"] == false);  // remembered, with its backoff, as any failed load
+}
+
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
   PoolFixture f({2 * K, 3 * K});
   auto st = f.GetStatus(9, 4 * K);

@@ -141,9 +141,19 @@ TEST_CASE("broken artifacts and inputs give clear errors, never a crash") {
     std::ofstream(dir / "trunc.pt", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
   }
   CHECK(LoadPlainTorchScript(dir / "trunc.pt", Alloc()).status().code() == Code::kInvalidArgument);
-  // Truncated packed weights.
-  REQUIRE(PackTorchScript(Data("rec.pt"), dir / "p").ok());
+  // Truncated packed weights: the loader's precheck (before the pool evicts
+  // anything for the load) sees it too; an intact one passes.
+  auto packed = PackTorchScript(Data("rec.pt"), dir / "p");
+  REQUIRE(packed.ok());
+  TorchLoader loader;
+  Loader::Source src{"rec:1", Data("rec.pt"), dir / "p"};
+  const uint64_t weight_bytes = packed->weight_bytes;  // as registered
+  REQUIRE(weight_bytes > 1000);
+  CHECK(loader.Precheck(src, weight_bytes).ok());
   std::filesystem::resize_file(dir / "p/weights.safetensors", 1000);
+  Status pre = loader.Precheck(src, weight_bytes);
+  CHECK(pre.code() == Code::kCorrupt);
+  CHECK(pre.message().find("is truncated") != std::string::npos);
   auto bad = LoadPackedTorchScript(dir / "p", Alloc());
   CHECK_FALSE(bad.ok());
   CHECK(bad.status().message().find("weights.safetensors") != std::string::npos);
