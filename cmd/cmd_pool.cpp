@@ -112,12 +112,13 @@ std::string PinnedOtherwise(Cli& cli, Registry& reg, const Ref& ref) {
   for (const auto& p : config_pins)
     if (auto p_v = same(p); p_v && p_v->id == v->id)
       return "by [pool] pinned (" + p + ") in the config: remove it there, then send mmsd SIGHUP";
-  std::vector<std::string> pins = config_pins;
+  std::vector<std::pair<std::string, std::string>> pins;  // pin, how to release it
+  for (const auto& p : config_pins) pins.push_back({p, "remove " + p + " from [pool] pinned in the config, then send mmsd SIGHUP"});
   if (auto all = reg.Pins(); all.ok())
-    for (const auto& p : *all) pins.push_back(p.ref());
-  for (const auto& p : pins)
+    for (const auto& p : *all) pins.push_back({p.ref(), "mms unpin " + p.ref()});
+  for (const auto& [p, release] : pins)
     if (auto p_v = same(p); p_v && p_v->is_adapter() && p_v->base_id == v->id)
-      return "kept as the base of pinned adapter " + p_v->ref() + " (mms unpin " + p + ")";
+      return "kept as the base of pinned adapter " + p_v->ref() + " (" + release + ")";
   return "";
 }
 

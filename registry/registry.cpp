@@ -638,11 +638,18 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
       "AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.model_id = models.id) "
       "AND NOT EXISTS (SELECT 1 FROM experiments e WHERE e.model_id = models.id) "
       "AND NOT EXISTS (SELECT 1 FROM shadows s WHERE s.model_id = models.id)"));
-  gc.Bind(1, rec.model);
-  MMS_RETURN_IF_ERROR(gc.Run());
-  // Its rate limit goes with the model (SetLimit needs the model to exist):
-  // a later model of that name starts without the old one's limit.
-  if (db_->Changes() > 0) {
+  // Its rate limit goes with its last version (whether or not the model's
+  // row stays for its experiments' history or a pin by name): a later model
+  // of that name starts without the old one's limit.
+  int64_t versions_left = 1;
+  {
+    MMS_ASSIGN_OR_RETURN(auto left, db_->Prepare("SELECT COUNT(*) FROM versions v JOIN models m ON m.id = v.model_id "
+                                                 "WHERE m.name = ?"));
+    left.Bind(1, rec.model);
+    MMS_ASSIGN_OR_RETURN(bool counted, left.Step());
+    if (counted) versions_left = left.Int(0);
+  }
+  if (versions_left == 0) {
     MMS_ASSIGN_OR_RETURN(auto lim, db_->Prepare("DELETE FROM limits WHERE kind = 'model' AND key = ?"));
     lim.Bind(1, rec.model);
     MMS_RETURN_IF_ERROR(lim.Run());
@@ -650,6 +657,8 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
       MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", rec.model, rec.version, "", "",
                                       "model " + rec.model + " (its last version was removed)"));
   }
+  gc.Bind(1, rec.model);
+  MMS_RETURN_IF_ERROR(gc.Run());
   std::string detail = force && !uses.empty() ? "forced while in use: " : "";
   for (size_t i = 0; i < uses.size(); ++i) detail += (i ? "; " : "") + uses[i];
   MMS_RETURN_IF_ERROR(AuditLocked("rm", rec.model, rec.version, StageName(rec.stage), "", detail));

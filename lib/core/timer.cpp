@@ -38,8 +38,9 @@ void TimerQueue::Loop() {
       cv_.wait(lock);
       continue;
     }
-    if (std::chrono::steady_clock::now() < heap_.top().when) {
-      cv_.wait_until(lock, heap_.top().when);
+    // A copy: the wait releases the lock, and At() may move the heap's storage.
+    if (const Time when = heap_.top().when; std::chrono::steady_clock::now() < when) {
+      cv_.wait_until(lock, when);
       continue;
     }
     std::function<void()> fn = std::move(const_cast<Entry&>(heap_.top()).fn);

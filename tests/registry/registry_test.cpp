@@ -258,7 +258,10 @@ TEST_CASE("a model's rate limit goes with its last version, audited, a tenant's 
   };
   REQUIRE(f.reg->Remove(*ParseRef("rec:1"), false).ok());
   CHECK(keys() == std::vector<std::string>{"model other", "model rec", "tenant rec"});  // rec:2 is left
-  REQUIRE(f.reg->Remove(*ParseRef("rec:2"), false).ok());
+  // A pin by name keeps the model's row (as its experiments' history would):
+  // the limit goes all the same.
+  REQUIRE(f.reg->AddPin(*ParseRef("rec")).ok());
+  REQUIRE(f.reg->Remove(*ParseRef("rec:2"), true).ok());
   CHECK(keys() == std::vector<std::string>{"model other", "tenant rec"});
   auto h = f.reg->History(*ParseRef("rec"));
   REQUIRE(h.ok());
