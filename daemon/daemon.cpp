@@ -76,6 +76,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
     return me->AcquireServableSync(*v, 600'000'000'000, ModelPool::Room::kFreeOnly);
   };
   sho.hold_refusals = [me] { return me->pool_->hold_refusals() + me->adapters_->hold_refusals(); };
+  sho.yield_room = [me](const PoolItem& candidate) {
+    auto snap = me->snapshot();
+    const VersionRecord* v = snap->ById(candidate.key);
+    if (!v) return;
+    // Device to host, then host to disk; refused (pinned, in flight) is fine.
+    for (int i = 0; i < 2; ++i)
+      if (auto to = me->PoolFor(*v)->Evict(v->id); !to.ok() || *to == "disk") break;
+  };
   sho.clock = d->opts_.clock;
   sho.on_worker_start = UseOneIntraOpThreadOnThisThread;
   sho.duty_cycle = d->opts_.config.shadow.duty_cycle;

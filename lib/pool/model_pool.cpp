@@ -34,6 +34,7 @@ struct ModelPool::Entry {
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)
+  bool free_only_load = false;         // the load in progress may take only free room (Room::kFreeOnly)
   // health
   bool healthy = true;
   Status last_error;
@@ -173,21 +174,35 @@ void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room,
     }
   }
   if (room == Room::kFreeOnly && !e.loading && !HasFreeRoom(e)) {
-    Status st(Code::kPoolFull, e.item.ref + " is not on a device and there is no free room for it (" +
-                                   FormatBytes(e.bytes) + "); it is loaded only into room no serving model needs");
+    Status st = NoFreeRoom(e);
     lock.unlock();
     cb(st);
     return;
   }
   e.waiters.push_back(std::move(cb));
-  if (!e.loading) StartLoad(e);
+  if (!e.loading) {
+    e.free_only_load = room == Room::kFreeOnly;
+    StartLoad(e);
+  } else if (room == Room::kEvict) {
+    e.free_only_load = false;  // a request waits on it now: it may make room
+  }
 }
 
 bool ModelPool::HasFreeRoom(const Entry& e) const {
   if (e.tier == Tier::kDisk && host_used_ + e.bytes > opts_.host_budget) return false;
+  return HasFreeDeviceRoom(e);
+}
+
+bool ModelPool::HasFreeDeviceRoom(const Entry& e) const {
+  const uint64_t need = DeviceNeed(e);
   for (const auto& d : devices_)
-    if (d->used + e.bytes <= d->dev->budget()) return true;
+    if (d->used + need <= d->dev->budget()) return true;
   return false;
+}
+
+Status ModelPool::NoFreeRoom(const Entry& e) const {
+  return Status(Code::kPoolFull, e.item.ref + " is not on a device and there is no free room for it (" +
+                                     FormatBytes(e.bytes) + "); it is loaded only into room no serving model needs");
 }
 
 Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns, Room room) {
@@ -495,6 +510,8 @@ void ModelPool::RunLoad(PoolKey key) {
       lock.lock();
       if (!pre.ok()) return fail(pre);
     }
+    // Checked again now: a request may have taken the free room meanwhile.
+    if (e->free_only_load && !HasFreeRoom(*e)) return fail(NoFreeRoom(*e));
     if (Status st = MakeHostRoom(e->bytes, key); !st.ok()) return fail(st);
     host_used_ += e->bytes;
     e->host_reserved = e->bytes;
@@ -523,6 +540,7 @@ void ModelPool::RunLoad(PoolKey key) {
     host_policy_->Touch(key);
   }
 
+  if (e->free_only_load && !HasFreeDeviceRoom(*e)) return fail(NoFreeRoom(*e));  // the read took a while
   auto placed = PlaceOnDevice(*e);
   if (!placed.ok()) return fail(placed.status());
   Device* dev = devices_[static_cast<size_t>(*placed)]->dev.get();

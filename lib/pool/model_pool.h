@@ -167,6 +167,8 @@ class ModelPool {
   void Hold(PoolKey key, const std::string& holder);
   std::string Why(const Entry& e) const;              // mu_ held: why it cannot be evicted
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
+  bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
+  Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
   void StartLoad(Entry& e);                          // mu_ held
   void RunLoad(PoolKey key);                         // loader thread
   struct Cand {  // a device that can take a model

@@ -68,6 +68,7 @@ nlohmann::json Reservoir::Summary(double scale) const {
 namespace {
 constexpr int kWorkerPollMs = 100;
 constexpr int64_t kReleaseIdleMs = 2000;
+constexpr int64_t kYieldMs = 5000, kYieldMaxMs = 60000, kYieldResetMs = 300000;
 }  // namespace
 
 struct ShadowRunner::Shadow {
@@ -256,6 +257,26 @@ void ShadowRunner::Work(Shadow* s) {
   auto refusals = [&] { return opts_.hold_refusals ? opts_.hold_refusals() : 0; };
   uint64_t refusals_seen = 0;  // when the handle was taken
   int64_t rest_ns = 0;         // after the last job, to keep within opts_.duty_cycle
+  // Yielding: the hold refused someone. The handle goes, the candidate is
+  // evicted (its room is what the refused request needs: letting go alone
+  // leaves it where it is, and the next job would take it back as a hit),
+  // and no job takes it again for a while (doubling while it keeps
+  // happening, back to the start after kYieldResetMs without one).
+  using SteadyClock = std::chrono::steady_clock;
+  SteadyClock::time_point yield_until{}, last_yield{};
+  std::chrono::milliseconds yield_for{kYieldMs};
+  auto yield = [&] {
+    h = released;
+    const auto now = SteadyClock::now();
+    yield_for = now - last_yield > std::chrono::milliseconds(kYieldResetMs)
+                    ? std::chrono::milliseconds(kYieldMs)
+                    : std::min(yield_for * 2, std::chrono::milliseconds(kYieldMaxMs));
+    last_yield = now;
+    yield_until = now + yield_for;
+    if (opts_.yield_room) opts_.yield_room(s->candidate);
+    LogInfo("shadow_yielded", {{"model", s->rec.model}, {"candidate", s->rec.candidate_ref()},
+                               {"for_ms", static_cast<int64_t>(yield_for.count())}});
+  };
   while (true) {
     Shadow::Job* taken = nullptr;
     bool let_go = false;
@@ -272,21 +293,27 @@ void ShadowRunner::Work(Shadow* s) {
         s->cv.wait_for(lock, std::chrono::milliseconds(kWorkerPollMs));  // see Shadow: a missed notify costs this
       }
     }
-    if (let_go) {
-      h = released;  // outside queue_mu: releasing takes the pool's lock
+    if (let_go) {  // outside queue_mu: releasing takes the pool's lock
+      if (refusals() != refusals_seen) yield();
+      else h = released;  // idle
       continue;
     }
     if (s->stopping.load()) {
       delete taken;
       return;
     }
-    if (h.ok() && refusals() != refusals_seen) h = released;  // taken again below only into free room
+    if (h.ok() && refusals() != refusals_seen) yield();
     --s->queued;
     std::unique_ptr<Shadow::Job> owned(taken);
     Shadow::Job& job = *owned;
     int64_t t0 = opts_.clock->MonoNanos();
     Result<std::vector<Tensor>> out = Status(Code::kInternal, "not run");
-    if (!h.ok()) {  // kept for the next jobs
+    if (!h.ok() && SteadyClock::now() < yield_until) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(yield_until - SteadyClock::now());
+      out = Status(Code::kPoolFull, "the shadow yielded " + s->candidate.ref +
+                                        "'s memory to serving (a request was refused for room); it tries again in " +
+                                        std::to_string(left.count()) + " ms");
+    } else if (!h.ok()) {  // kept for the next jobs
       refusals_seen = refusals();
       h = opts_.acquire(s->candidate);
       if (h.ok()) {
@@ -296,7 +323,7 @@ void ShadowRunner::Work(Shadow* s) {
       }
     }
     if (!h.ok()) {
-      out = h.status();
+      if (out.status().code() == Code::kInternal) out = h.status();  // (not the yield's own message)
     } else {
       std::vector<InputSpec> specs = s->candidate.inputs;
       if (specs.empty())  // no recorded specs: the model's own argument names

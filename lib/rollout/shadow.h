@@ -77,6 +77,9 @@ class ShadowRunner {
     // The pools' ModelPool::hold_refusals() (null: never moves). When it
     // moves, a worker lets go of its candidate: its hold refused someone.
     std::function<uint64_t()> hold_refusals;
+    // Evicts the candidate (its own entry, never a base a request may be
+    // using), after its hold refused someone. Null: nothing to evict.
+    std::function<void(const PoolItem& candidate)> yield_room;
   };
   explicit ShadowRunner(const Options& o) : opts_(o) {}
   ~ShadowRunner();

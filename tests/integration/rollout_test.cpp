@@ -124,7 +124,7 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(ShadowStats(d, "tiny")["measures"]["cosine_similarity"]["p50"].get<double>() == doctest::Approx(1.0));
 }
 
-TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, and released while idle") {
+TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, released while idle, yielded when refused") {
   Daemon d;
   REQUIRE(d.ok());
   Register(d, "tiny", "1", "tiny.pt");
@@ -147,20 +147,43 @@ TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, and 
     json m = candidate();
     CHECK(m["in_flight"] == 0);
     CHECK(m["held_by"] == json::array({holder}));
+    CHECK(d.Mms({"pool"}).out.find("tiny:2 is held by " + holder) != std::string::npos);
     auto evict = d.Mms({"evict", "tiny:2"});
     CHECK(evict.exit_code == 6);
     CHECK_MESSAGE(evict.err.find("held by " + holder) != std::string::npos, evict.err);
-    CHECK(d.Mms({"pool"}).out.find("shadow") != std::string::npos);
+    // Refused for its hold, the shadow yields: it lets go and evicts the
+    // candidate itself, though jobs keep coming, and takes it back later.
+    CHECK(WaitFor([&] { return candidate().is_null(); }, 20));
+    CHECK(WaitFor([&] {
+      return ShadowStats(d, "tiny").value("last_error", "").find("yielded tiny:2's memory to serving") != std::string::npos;
+    }, 20));
+    CHECK(d.log().find("shadow_yielded") != std::string::npos);
   }
+}
+
+TEST_CASE("an idle shadow lets go of its candidate, which can then be evicted") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", "tiny_v2.pt");
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(3) == 3);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 3; }, 20));
+  auto held = [&] {
+    json pool = json::parse(d.Mms({"--json", "pool"}).out);
+    for (const auto& m : pool["devices"][0]["models"])
+      if (m["ref"] == "tiny:2") return m.contains("held_by");
+    return false;
+  };
   // No jobs for 2 s: the worker lets go, and the candidate can be evicted.
-  REQUIRE(WaitFor([&] { return !candidate().contains("held_by"); }, 20));
+  REQUIRE(WaitFor([&] { return !held(); }, 20));
   auto evict = d.Mms({"evict", "tiny:2"});
   CHECK_MESSAGE(evict.exit_code == 0, evict.err);
-  // The next job takes it again (loading it back).
-  uint64_t before = ShadowStats(d, "tiny")["requests"]["mirrored"].get<uint64_t>();
-  Traffic again(d, "tiny", Data("tiny_input.json"));
-  REQUIRE(again.Send(3) == 3);
-  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<uint64_t>() >= before + 3; }, 20));
+  // The next job takes it again (loading it back into free room).
+  REQUIRE(t.Send(3) == 3);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 6; }, 20));
   CHECK(ShadowStats(d, "tiny")["requests"]["failed"] == 0);
 }
 

@@ -64,7 +64,7 @@ class FakeLoader final : public Loader {
       std::unique_lock<std::mutex> lock(mu_);
       ++loads_[src.ref];
       ++total_loads_;
-      cv_.wait(lock, [&] { return !gated_; });
+      cv_.wait(lock, [&] { return !gated_ && !held_.count(src.ref); });
       if (failing_.count(src.ref)) return Status(Code::kInvalidArgument, src.ref + " is corrupt (fake)");
     }
     uint64_t bytes = std::stoull(src.artifact_path);
@@ -79,6 +79,13 @@ class FakeLoader final : public Loader {
   Status Precheck(const Source& src, uint64_t) override {
     std::lock_guard<std::mutex> lock(mu_);
     return truncated_.count(src.ref) ? Status(Code::kCorrupt, src.ref + " is truncated (fake)") : Status::Ok();
+  }
+  // While held, loads of `ref` wait (others go on).
+  void Hold(const std::string& ref, bool held) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (held) held_.insert(ref);
+    else held_.erase(ref);
+    cv_.notify_all();
   }
   void Truncate(const std::string& ref) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -124,7 +131,7 @@ class FakeLoader final : public Loader {
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::set<std::string> truncated_;
+  std::set<std::string> truncated_, held_;
   bool gated_ = false, frees_gated_ = false;
   int frees_waiting_ = 0;
   std::map<std::string, int> loads_;

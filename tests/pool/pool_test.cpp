@@ -374,6 +374,24 @@ TEST_CASE("a plainly damaged artifact fails before anything warm is evicted for 
   CHECK((*f.pool->Health(3))["healthy"] == false);  // remembered, with its backoff, as any failed load
 }
 
+TEST_CASE("a free-room-only load that finds the room taken meanwhile fails rather than evict") {
+  PoolFixture f({2 * K});
+  REQUIRE(f.GetStatus(1).ok());  // idle on the device, 1 KiB free
+  f.loader->Hold("m2:1", true);
+  auto candidate = std::async(std::launch::async, [&] {
+    return f.pool->AcquireSync(PoolFixture::Item(2), 10'000'000'000, ModelPool::Room::kFreeOnly).status();
+  });
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m2:1") == 1; }, 10));  // reading from "disk"
+  REQUIRE(f.GetStatus(3).ok());  // a request takes the free room
+  f.loader->Hold("m2:1", false);
+  Status st = candidate.get();
+  CHECK(st.code() == Code::kPoolFull);
+  CHECK(st.message().find("no free room") != std::string::npos);
+  CHECK(f.TierOf(1) == "device");  // not evicted for it
+  CHECK(f.TierOf(3) == "device");
+  CHECK(f.pool->Snapshot()["totals"]["evictions"] == 0);
+}
+
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
   PoolFixture f({2 * K, 3 * K});
   auto st = f.GetStatus(9, 4 * K);

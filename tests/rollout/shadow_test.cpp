@@ -71,7 +71,7 @@ TEST_CASE("stopping a shadow returns while its worker is still in a load") {
   runner.reset();  // joins both workers
 }
 
-TEST_CASE("a shadow lets go of its candidate once its hold has refused a request, and never evicts to take it") {
+TEST_CASE("a shadow yields its candidate once its hold has refused a request, also while jobs keep coming") {
   std::vector<std::unique_ptr<Device>> devs;
   devs.push_back(CreateDevice("cpu:0", 2048).value());
   ModelPool::Options po;
@@ -93,6 +93,11 @@ TEST_CASE("a shadow lets go of its candidate once its hold has refused a request
     return Servable{h, nullptr};
   };
   o.hold_refusals = [&] { return (*pool)->hold_refusals(); };
+  std::atomic<int> yields{0};
+  o.yield_room = [&](const PoolItem& c) {  // as the daemon: device to host to disk
+    ++yields;
+    if ((*pool)->Evict(c.key).ok()) (void)(*pool)->Evict(c.key);
+  };
   ShadowRunner runner(o);
   ShadowRecord rec;
   rec.id = 1;
@@ -124,27 +129,26 @@ TEST_CASE("a shadow lets go of its candidate once its hold has refused a request
   CHECK(held());  // kept between jobs
   auto serving = (*pool)->AcquireSync(item(1), 10'000'000'000);  // the second slot
   REQUIRE(serving.ok());
-  // A third model: the shadow's hold stands in the way once, then lets go.
+  // A third model: the shadow's hold stands in the way once. Mirrored jobs
+  // keep coming (as they do under traffic): the shadow yields — lets go,
+  // evicts its candidate, and takes it back for no job for a while — so the
+  // refused request's retry finds the room.
   CHECK((*pool)->AcquireSync(item(3), 10'000'000'000).status().code() == Code::kPoolFull);
-  bool let_go = false;
-  for (int i = 0; i < 400 && !let_go; ++i) {
-    let_go = !held();
+  REQUIRE(one_job());
+  bool yielded = false;
+  for (int i = 0; i < 400 && !yielded; ++i) {
+    yielded = !held() && tier(2) == "disk";
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  CHECK(let_go);
+  CHECK(yielded);
+  CHECK(yields == 1);
+  REQUIRE(one_job());  // taken back as a hit before this fix; now it waits out the yield
   auto third = (*pool)->AcquireSync(item(3), 10'000'000'000);
   REQUIRE(third.ok());
-  CHECK(tier(2) != "device");
-  // Its next job finds no free room: it fails rather than evict a serving model.
-  third->reset();
-  serving->reset();
-  REQUIRE(one_job());
-  CHECK(tier(1) == "device");
-  CHECK(tier(3) == "device");
+  CHECK(tier(1) == "device");  // the serving model stays
   auto st = runner.Stats("m");
   REQUIRE(st.ok());
-  CHECK((*st)["requests"]["failed"].get<uint64_t>() >= 1);
-  CHECK((*st)["last_error"].get<std::string>().find("no free room") != std::string::npos);
+  CHECK((*st)["last_error"].get<std::string>().find("yielded m:2's memory to serving") != std::string::npos);
 }
 
 TEST_CASE("requests mirrored from many threads at once are all queued: only a full queue drops") {
