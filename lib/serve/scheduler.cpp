@@ -107,7 +107,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     }
     ++busy_;
     ++running_;
-    ++dispatches_;
+    q.served_seq = ++dispatches_;
     lock.unlock();
     std::vector<Job> one;
     one.push_back(std::move(job));
@@ -123,11 +123,46 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   // to max_batch keeps the sum far from overflow (a zero-element input may
   // claim 2^62 rows).
   q.rows += job.max_batch > 0 ? std::min<int64_t>(rows, job.max_batch) : 1;
+  const int64_t deadline = job.deadline_ns;
   q.jobs.push_back({now, rows, std::move(job)});
   ++total_queued_;
   lock.unlock();
   cv_.notify_one();
+  // Answered at its deadline should no worker reach it by then (all busy).
+  if (deadline && deadline - now < kMaxTimerNs)
+    timers_.At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(deadline - now + 1), [this] { ExpireLate(); });
   return Status::Ok();
+}
+
+void Scheduler::ExpireLate() {
+  std::vector<Job> late;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    const int64_t now = opts_.clock->MonoNanos();
+    for (auto& [k, q] : queues_) {
+      for (auto it = q.jobs.begin(); it != q.jobs.end();) {
+        if (!it->job.deadline_ns || now <= it->job.deadline_ns) {
+          ++it;
+          continue;
+        }
+        q.rows -= q.max_batch > 0 ? std::min<int64_t>(it->rows, q.max_batch) : 1;
+        ++q.deadline_drops;
+        --total_queued_;
+        late.push_back(std::move(it->job));
+        it = q.jobs.erase(it);
+      }
+    }
+    running_ += static_cast<int>(late.size());  // Stop waits for these answers too
+  }
+  for (auto& j : late) {
+    std::string ref = j.handle->ref();
+    Finish(j, LateStatus(ref));
+  }
+  if (late.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ -= static_cast<int>(late.size());
+  if (running_ == 0 && stopping_) cv_.notify_all();
 }
 
 Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
@@ -154,8 +189,11 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
       *wake = *wake ? std::min(*wake, t) : t;
       continue;
     }
-    bool better = !best || (any_class ? at < best_at
-                                      : q.priority < best->priority || (q.priority == best->priority && at < best_at));
+    // Round robin across versions (least recently served first), oldest
+    // request first among equals; the class first unless this dispatch is
+    // the starvation guard's.
+    bool fairer = !best || q.served_seq < best->served_seq || (q.served_seq == best->served_seq && at < best_at);
+    bool better = !best || (any_class ? fairer : q.priority < best->priority || (q.priority == best->priority && fairer));
     if (better) {
       best = &q;
       best_at = at;
@@ -209,7 +247,7 @@ void Scheduler::Work() {
     if (!batch.empty()) {
       ++busy_;
       ++running_;
-      ++dispatches_;
+      q->served_seq = ++dispatches_;
     }
     lock.unlock();
     for (auto& j : late) {

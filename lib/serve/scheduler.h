@@ -10,10 +10,15 @@
 //   request whose deadline has not passed runs anyway (one at a time), and
 //   its time replaces the estimate — one slow outlier cannot make every
 //   later request with a deadline fail for good.
-// * Priorities: classes 0 (high), 1 (normal), 2 (low). Workers take the
-//   oldest request of the highest class, except that every
-//   `starvation_interval`-th dispatch takes the oldest request of any class,
-//   so lower classes always get a bounded share.
+// * Priorities: classes 0 (high), 1 (normal), 2 (low). Workers serve the
+//   highest class, except that every `starvation_interval`-th dispatch
+//   ignores classes, so lower classes always get a bounded share.
+// * Fair across versions: within a class, the worker serves the version
+//   whose queue was served least recently (round robin), its oldest request
+//   first — not the oldest request of all, which queued every other model
+//   behind a busy one's whole backlog.
+// * A queued request whose deadline passes is answered DEADLINE_EXCEEDED at
+//   its deadline (a timer thread), not when a worker reaches it.
 // * Dynamic batching (versions with max_batch > 0): requests with the same
 //   input shapes (but dim 0) are concatenated along dim 0 up to max_batch rows,
 //   run once, and each caller gets exactly its rows. A batch waits at most
@@ -48,6 +53,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/clock.h"
+#include "core/timer.h"
 #include "pool/model_pool.h"
 
 namespace mms {
@@ -57,6 +63,9 @@ class Scheduler {
   // How long without an execution before a version's execution-time estimate
   // no longer justifies dropping a request whose deadline has not passed.
   static constexpr int64_t kStaleEstimateNs = 1'000'000'000;
+  // Queued deadlines further off than this get no timer (a worker reaches
+  // them first, or drops them when it does).
+  static constexpr int64_t kMaxTimerNs = 600'000'000'000;
   struct Options {
     int workers = 2;                              // [scheduler] workers (resolved; below 1 means 1)
     size_t queue_depth = 1000;                    // [scheduler] queue_depth, per version
@@ -93,6 +102,8 @@ class Scheduler {
   // deadline drops, overloaded refusals, unsplittable batches, recent execution ms.
   nlohmann::json Stats() const;
   size_t queued() const;
+  // Answers the queued requests whose deadline has passed (the timer's work).
+  void ExpireLate();
 
  private:
   struct Queued {
@@ -108,6 +119,7 @@ class Scheduler {
     double exec_ns = 0;                        // EWMA of one execution
     int64_t last_exec_ns = 0;                  // when the last execution ended (mono ns; 0 = never)
     bool probing = false;                      // a request is running despite a stale estimate
+    uint64_t served_seq = 0;                   // dispatches_ when last served (0 = never): round robin
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0;
   };
   void Work();
@@ -133,6 +145,7 @@ class Scheduler {
   uint64_t dispatches_ = 0;          // guarded by mu_
   bool stopping_ = false;            // guarded by mu_
   std::vector<std::thread> workers_;
+  TimerQueue timers_;  // queued deadlines; last member: destroyed (joined) first
 };
 
 }  // namespace mms
