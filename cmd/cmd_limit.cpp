@@ -70,6 +70,7 @@ int CmdList(Cli& cli) {
     if (counts.contains(l.key)) {
       j["admitted"] = counts[l.key]["admitted"];
       j["limited"] = counts[l.key]["limited"];
+      j["refused_by_limit"] = counts[l.key].value("refused_by_limit", 0);
     }
     out.push_back(j);
   }
@@ -93,10 +94,13 @@ int CmdList(Cli& cli) {
       std::cout << "no rate limits (set one with mms limit set)\n";
       return;
     }
-    std::vector<std::vector<std::string>> rows{{"KIND", "KEY", "QPS", "BURST", "ADMITTED", "LIMITED"}};
+    // LIMITED: its requests refused (by this limit or the other one, model
+    // or tenant); BY THIS LIMIT: those this limit refused.
+    std::vector<std::vector<std::string>> rows{{"KIND", "KEY", "QPS", "BURST", "ADMITTED", "LIMITED", "BY THIS LIMIT"}};
+    auto field = [](const nlohmann::json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("-"); };
     for (const auto& j : out)
-      rows.push_back({j["kind"], j["key"], j["qps"].dump(), j["burst"].dump(),
-                      j.contains("admitted") ? j["admitted"].dump() : "-", j.contains("limited") ? j["limited"].dump() : "-"});
+      rows.push_back({j["kind"], j["key"], j["qps"].dump(), j["burst"].dump(), field(j, "admitted"), field(j, "limited"),
+                      field(j, "refused_by_limit")});
     std::cout << FormatTable(rows);
     if (std::any_of(out.begin(), out.end(), [](const auto& j) { return j.contains("default"); }))
       std::cout << "* the [limits] default (mmsd's config when it runs), for each model or tenant without a limit of its own\n";

@@ -183,6 +183,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     if (!t.is_string() || t.get<std::string>().empty() || t.get<std::string>().size() > 128)
       return refuse(InvalidArgument("tenant must be a non-empty string of at most 128 characters"));
     tenant = t.get<std::string>();
+    if (tenant == RateLimiter::kNoTenant || tenant == RateLimiter::kOtherTenants)
+      return refuse(InvalidArgument("tenant '" + tenant + "' is reserved (mms uses it for requests without a tenant "
+                                    "and for tenants past its cap); name the tenant"));
   }
   if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) return refuse(st);
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());

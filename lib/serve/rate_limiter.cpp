@@ -97,6 +97,7 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
   auto refuse = [&](const std::string& what, const TokenLimit& l, const std::string& hint) {
     ++model_counts_[model].limited;
     ++TenantCounts(tenant).limited;
+    ++(m && m->tokens < 1 ? model_counts_[model] : TenantCounts(tenant)).refused_by_limit;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
     return Status(Code::kRateLimited, what + " over its rate limit (" + buf + "); " + hint);
@@ -107,6 +108,10 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
     if (request_tenant.empty())
       return refuse("requests without a tenant share the tenant '(none)', which is", t->limit,
                     "send a tenant (mms predict --tenant T), retry later, or raise it with mms limit set --tenant '(none)'");
+    if (bucket_key == kOtherTenants)  // past the cap: not this tenant's own use
+      return refuse("tenant '" + tenant + "' is new while " + std::to_string(kMaxTenants) +
+                        " tenants have buckets, so it shares the bucket of such tenants, which is",
+                    t->limit, "retry later, or give it its own limit with mms limit set --tenant " + tenant);
     return refuse("tenant '" + tenant + "' is", t->limit, "retry later or raise it with mms limit set");
   }
   if (m) m->tokens -= 1;
@@ -122,7 +127,7 @@ nlohmann::json RateLimiter::Stats() const {
                  const std::optional<TokenLimit>& fallback) {
     nlohmann::json j = nlohmann::json::object();
     for (const auto& [k, c] : counts) {
-      j[k] = {{"admitted", c.admitted}, {"limited", c.limited}};
+      j[k] = {{"admitted", c.admitted}, {"limited", c.limited}, {"refused_by_limit", c.refused_by_limit}};
       auto l = limits.find(k);
       std::optional<TokenLimit> lim = l != limits.end() ? std::optional<TokenLimit>(l->second) : fallback;
       if (lim) {

@@ -51,7 +51,9 @@ class RateLimiter {
   // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` "" is
   // kNoTenant.
   Status Admit(const std::string& model, const std::string& tenant);
-  // {"models": {name: {admitted, limited, qps, burst}}, "tenants": {...},
+  // {"models": {name: {admitted, limited, refused_by_limit, qps, burst}}, "tenants": {...},
+  // (limited: its requests refused by either limit; refused_by_limit: those
+  // its own limit refused),
   //  "defaults": {"model": {qps, burst} | null, "tenant": ...}}
   nlohmann::json Stats() const;
 
@@ -62,7 +64,7 @@ class RateLimiter {
     int64_t at = 0;  // mono ns of the last refill
   };
   struct Counts {
-    uint64_t admitted = 0, limited = 0;
+    uint64_t admitted = 0, limited = 0, refused_by_limit = 0;
   };
   Bucket* Find(std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
                const std::optional<TokenLimit>& fallback, const std::string& key);  // mu_ held

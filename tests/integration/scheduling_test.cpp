@@ -149,6 +149,11 @@ TEST_CASE("rate limits per tenant: one tenant's limit leaves other tenants alone
   std::string err;
   CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}, &err) == 5);
   CHECK(err.find("tenant 'acme' is over its rate limit") != std::string::npos);
+  for (const char* reserved : {"(none)", "(other)"}) {  // names mms keeps for itself
+    std::string why;
+    CHECK(PredictExit(d, "tiny", {"--tenant", reserved}, &why) == 2);
+    CHECK(why.find("is reserved") != std::string::npos);
+  }
   CHECK(PredictExit(d, "tiny", {"--tenant", "globex"}) == 0);
   CHECK(PredictExit(d, "tiny") == 0);  // no tenant, no default tenant limit: only model limits apply
   json l = Limits(d);

@@ -36,6 +36,11 @@ TEST_CASE("token buckets: burst, refill, per model and per tenant, counted") {
   CHECK(stats["models"]["rec"]["admitted"] == 4);
   CHECK(stats["models"]["rec"]["limited"] == 2);
   CHECK(stats["tenants"]["acme"]["limited"] == 1);
+  // Which limit refused: rec's refusals were its own; acme's its own.
+  CHECK(stats["models"]["rec"]["refused_by_limit"] == 2);
+  CHECK(stats["tenants"]["acme"]["refused_by_limit"] == 1);
+  CHECK(stats["models"]["other"]["limited"] == 1);  // refused by acme's limit,
+  CHECK(stats["models"]["other"]["refused_by_limit"] == 0);  // not its own
   // Reconfiguring with the same limit keeps the (empty) bucket; a new limit starts full.
   rl.Configure({{"rec", {10, 3}}}, {}, std::nullopt, std::nullopt);
   CHECK_FALSE(rl.Admit("rec", "").ok());
@@ -71,6 +76,9 @@ TEST_CASE("token buckets: past the cap with no idle bucket, newcomers share one 
   CHECK(rl.Admit("m", "new-1").ok());
   auto second = rl.Admit("m", "new-2");
   CHECK(second.code() == Code::kRateLimited);
+  // Not blamed on new-2's own use: it shares the bucket of tenants past the cap.
+  CHECK(second.message().find("tenant 'new-2' is new while") == 0);
+  CHECK(second.message().find("mms limit set --tenant new-2") != std::string::npos);
   // A tenant with its own limit still gets its own bucket.
   CHECK(rl.Admit("m", "vip").ok());
   // A second later the old buckets are full again: the next newcomer gets its own.
