@@ -772,6 +772,7 @@ bool Daemon::Shutdown() {
     waiting.swap(on_routed_);
   }
   for (auto& w : waiting) w.fn();
+  scheduler_->Drain();  // batches waiting for more rows run now, not at their delay
   server_->BeginDrain();
   bool idle = server_->WaitIdle(opts_.config.daemon.shutdown_grace_ns);
   if (!idle) LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}});

@@ -134,6 +134,14 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   return Status::Ok();
 }
 
+void Scheduler::Drain() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+  }
+  cv_.notify_all();
+}
+
 void Scheduler::ExpireLate() {
   std::vector<Job> late;
   {
@@ -183,7 +191,7 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
       int64_t spare = deadline - static_cast<int64_t>(q.exec_ns) - at;
       ready_at = std::min(ready_at, at + std::max<int64_t>(0, spare / 2));
     }
-    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || now >= ready_at;
+    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || now >= ready_at || draining_;
     if (!ready) {
       int64_t t = ready_at;
       *wake = *wake ? std::min(*wake, t) : t;

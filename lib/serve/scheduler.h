@@ -104,6 +104,9 @@ class Scheduler {
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).
   void ExpireLate();
+  // Shutdown begins: batches stop waiting for more rows (their delay) and run
+  // as soon as a worker is free, so the drain is not held up by a delay.
+  void Drain();
 
  private:
   struct Queued {
@@ -144,6 +147,7 @@ class Scheduler {
   int running_ = 0;                  // guarded by mu_: executions not yet answered (Stop waits)
   uint64_t dispatches_ = 0;          // guarded by mu_
   bool stopping_ = false;            // guarded by mu_
+  bool draining_ = false;            // guarded by mu_: Drain() was called
   std::vector<std::thread> workers_;
   TimerQueue timers_;  // queued deadlines; last member: destroyed (joined) first
 };

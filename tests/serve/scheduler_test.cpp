@@ -460,6 +460,19 @@ TEST_CASE("scheduler: queues of one class take turns across keys, oldest first a
   CHECK(order == std::vector<std::string>{"A1", "B1", "C1", "A2", "A3"});
 }
 
+TEST_CASE("scheduler: when the daemon drains, a batch waiting for more rows runs at once") {
+  Rig rig;
+  Scheduler s(OneWorker());
+  std::atomic<bool> answered{false};
+  Scheduler::Job j = rig.Job("waits", 1, 1, 8, [&](Result<std::vector<Tensor>> r) { answered = r.ok(); });
+  j.batch_delay_ns = 60'000'000'000;  // a minute for more rows
+  REQUIRE(s.Submit(4, std::move(j)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_FALSE(answered.load());
+  s.Drain();
+  CHECK(mms::testing::WaitFor([&] { return answered.load(); }, 5));
+}
+
 TEST_CASE("scheduler: a queued request whose deadline passes is answered then, while every worker is busy") {
   Rig rig;
   Scheduler s(OneWorker());
