@@ -12,7 +12,12 @@
 //             (arrival to reply), the mean batch, and the in-daemon p99
 //             against the configured delay plus one batch's execution time.
 //
-//   sched_bench [isolation|batching|all] [--seconds S] [--threads] [--delay-us D]
+//  models     A quiet model at a steady rate, alone and beside a busy model
+//             with a backlog (16 closed-loop clients): the quiet model's
+//             p50/p99 (versions take turns; the oldest request of all used
+//             to go first, queueing it behind the whole backlog).
+//
+//   sched_bench [isolation|models|batching|all] [--seconds S] [--threads] [--delay-us D]
 //   (batching drives its clients asynchronously from one socket; --threads
 //   gives each its own blocking thread, as earlier runs did)
 //   (SCHED_CONFIG in the environment: extra TOML for the batching daemon,
@@ -252,6 +257,52 @@ int Isolation(double seconds) {
   return 0;
 }
 
+// A quiet model's latency while another model has a backlog: 16 closed-loop
+// clients on a slow model (tiny_slow.pt, ~10 ms a call) and 20 req/s on a
+// tiny one, alone and beside it, alternating x3, medians.
+int Models(double seconds) {
+  testing::Daemon d("[log]\nlevel = \"warn\"\n");
+  std::string data = testing::TestDataDir();
+  if (d.Mms({"model", "register", "quiet", "--version", "1", "--path", data + "/tiny.pt", "-q"}).exit_code != 0 ||
+      d.Mms({"model", "register", "busy", "--version", "1", "--path", data + "/tiny_slow.pt", "-q"}).exit_code != 0 ||
+      d.Mms({"load", "quiet"}).exit_code != 0 || d.Mms({"load", "busy"}).exit_code != 0)
+    return 1;
+  proto::Client::Options o;
+  o.socket_path = d.socket();
+  auto qc = proto::Client::Connect(o).value();
+  proto::Message quiet, busy;
+  quiet.type = busy.type = proto::kPredict;
+  quiet.body = {{"model", "quiet"}};
+  busy.body = {{"model", "busy"}};
+  quiet.tensors = busy.tensors = ReadTensorFile(data + "/tiny_input.json").value();
+  auto phase = [&](bool with_busy) {
+    Load bl;
+    std::thread b;
+    if (with_busy) b = std::thread([&] { bl = DriveAsync(d.socket(), busy, 16, seconds); });
+    Load ql = Drive(qc.get(), quiet, 2, 20, seconds);
+    if (b.joinable()) b.join();
+    return std::make_pair(ql, bl);
+  };
+  phase(true);  // warm up
+  std::vector<double> p50[2], p99[2], busy_rate;
+  for (int rep = 0; rep < 3; ++rep)
+    for (int k = 0; k < 2; ++k) {
+      auto [ql, bl] = phase(k == 1);
+      if (ql.failed) std::fprintf(stderr, "quiet model: %ld failed\n", ql.failed);
+      p50[k].push_back(Percentile(ql.lat_us, 50));
+      p99[k].push_back(Percentile(ql.lat_us, 99));
+      if (k == 1 && bl.seconds > 0) busy_rate.push_back(static_cast<double>(bl.ok) / bl.seconds);
+    }
+  std::printf("models: a quiet model (tiny.pt) at 20 req/s, alone and beside a busy one (tiny_slow.pt, 16 closed-loop "
+              "clients); %.0f s phases x3, medians\n",
+              seconds);
+  bench::PrintTable({{"phase", "quiet p50 ms", "quiet p99 ms", "p99 vs alone", "busy served/s"},
+                     {"quiet alone", Fmt(Median(p50[0]) / 1e3), Fmt(Median(p99[0]) / 1e3), "1.00", "-"},
+                     {"beside the busy model", Fmt(Median(p50[1]) / 1e3), Fmt(Median(p99[1]) / 1e3),
+                      Fmt(Median(p99[1]) / Median(p99[0])), Fmt(Median(busy_rate), 0)}});
+  return 0;
+}
+
 int Batching(double seconds, bool async_clients, int delay_us) {
   const int concurrency = 64;
   testing::Daemon d(bench::DaemonConfig("SCHED_CONFIG"));
@@ -319,6 +370,7 @@ int main(int argc, char** argv) {
   }
   int rc = 0;
   if (which == "all" || which == "isolation") rc |= Isolation(seconds);
+  if (which == "all" || which == "models") rc |= Models(seconds);
   if (which == "all" || which == "batching") rc |= Batching(seconds, async_clients, delay_us);
   return rc;
 }
