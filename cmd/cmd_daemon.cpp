@@ -135,10 +135,13 @@ int CmdStatus(Cli& cli) {
     std::cout << "\n" << FormatTable(rows);
     const auto& pool = j.value("pool", nlohmann::json::object());
     if (!pool.empty()) {
+      char rate[32];
+      std::snprintf(rate, sizeof rate, "%.1f%%", pool.value("hit_rate", 0.0) * 100);  // as mms pool prints it
+      // Tiers are inclusive: a model on a device keeps its host copy.
       std::cout << "\npool:      " << pool.value("models_on_device", 0) << " on device, "
-                << pool.value("models_on_host", 0) << " on host, " << pool.value("models_registered", 0)
+                << pool.value("models_on_host", 0) << " with a host copy, " << pool.value("models_registered", 0)
                 << " registered; " << pool.value("loads", 0) << " loads, " << pool.value("evictions", 0)
-                << " evictions, hit rate " << pool.value("hit_rate", 0.0) * 100 << "%\n";
+                << " evictions, hit rate " << rate << "\n";
     }
   });
   return 0;

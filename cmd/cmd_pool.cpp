@@ -289,9 +289,11 @@ int CmdHealth(Cli& cli, const std::string& ref) {
     std::vector<std::vector<std::string>> rows{{"MODEL", "STAGE", "TIER", "HEALTH", "DETAIL"}};
     for (const auto& m : j["models"]) {
       std::string detail;
-      if (!m.value("healthy", true))
-        detail = m.value("error", "") + " (retry in " +
-                 FormatDurationNanos(m.value("retry_in_ms", 0ll) * 1000000) + ")";
+      if (!m.value("healthy", true)) {
+        const int64_t retry_ms = m.value("retry_in_ms", 0ll);
+        detail = m.value("error", "") + (retry_ms > 0 ? " (retry in " + FormatDurationNanos(retry_ms * 1000000) + ")"
+                                                      : " (retried at the next request)");
+      }
       else if (m.contains("pin_error"))
         detail = "pinned but not on a device: " + m["pin_error"].get<std::string>();
       rows.push_back({m["ref"], m.value("stage", "-"), m.value("tier", "disk"),
