@@ -461,6 +461,12 @@ Result<Config> ParseConfig(const std::string& text, const std::string& source) {
         return InvalidArgument(Where(source, v.source()) + ": [" + tname + "] " + kname + ": " + st.message());
     }
   }
+  // Across keys: a model in both priority lists has no one class.
+  for (const auto& m : cfg.scheduler.high_priority)
+    if (std::find(cfg.scheduler.low_priority.begin(), cfg.scheduler.low_priority.end(), m) !=
+        cfg.scheduler.low_priority.end())
+      return InvalidArgument(source + ": [scheduler] '" + m +
+                             "' is in both high_priority and low_priority; keep it in one of them");
   return cfg;
 }
 

@@ -50,6 +50,8 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[shadow]\nduty_cycle = 0\n").find("mms.toml:2: [shadow] duty_cycle: 0 is out of range; allowed 0.01 to 1") == 0);
   CHECK(err("[shadow]\nduty_cycle = 1.5\n").find("out of range") != std::string::npos);
   CHECK(err("this is = not toml = at all").find("mms.toml:1:") == 0);
+  CHECK(err("[scheduler]\nhigh_priority = [\"a\", \"b\"]\nlow_priority = [\"b\"]\n") ==
+        "mms.toml: [scheduler] 'b' is in both high_priority and low_priority; keep it in one of them");
   CHECK(ParseConfig("[daemon]\ncontexts = 0\n", "x").status().code() == Code::kInvalidArgument);
 }
 
