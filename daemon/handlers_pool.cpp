@@ -279,7 +279,10 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     nlohmann::json sched = nlohmann::json::object();
     nlohmann::json st = d->scheduler()->Stats();
     for (auto it = st.begin(); it != st.end(); ++it)
-      if (const VersionRecord* v = snap->ById(std::stoll(it.key()))) sched[v->ref()] = *it;
+      if (const VersionRecord* v = snap->ById(std::stoll(it.key()))) {
+        sched[v->ref()] = *it;
+        sched[v->ref()]["priority"] = d->PriorityOf(*v);  // as now configured (SIGHUP), not as last queued
+      }
     j["scheduler"] = sched;
     r.Send(std::move(j));
   };

@@ -355,6 +355,10 @@ TEST_CASE("priorities: from the version's SLA or the config, shown per version")
   CHECK(SchedulerStats(d, "fast:1")["priority"] == 0);
   CHECK(SchedulerStats(d, "normal:1")["priority"] == 1);
   CHECK(SchedulerStats(d, "batchjob:1")["priority"] == 2);
+  // Reloaded (SIGHUP): shown as now configured, before the next request.
+  std::ofstream(d.dir() + "/mms.toml") << "[scheduler]\nhigh_priority_sla_ms = 50\nhigh_priority = [\"batchjob\"]\n";
+  d.child().Signal(SIGHUP);
+  CHECK(WaitFor([&] { return SchedulerStats(d, "batchjob:1")["priority"] == 0; }, 10));
 }
 
 TEST_CASE("dynamic batching: concurrent requests share executions and each caller gets exactly its rows") {
