@@ -85,10 +85,12 @@ int CmdServe(Cli& cli, bool detach) {
         for (const auto& l : Split(fresh, '\n'))
           if (!l.empty()) tail += "  " + l + "\n";
       }
-      std::cerr << "mms: mmsd exited during start-up (exit " << code << "); its log (" << log_path << "):\n"
-                << tail;
-      cli.exit_code = code == 0 ? 1 : code;
-      return cli.exit_code;
+      // Through Fail, so --json gets its error object; mmsd's own exit codes
+      // (2 a bad config, 6 one already running) are kept.
+      Code c = code == 2 ? Code::kInvalidArgument : code == 6 ? Code::kInUse : Code::kInternal;
+      if (!tail.empty() && tail.back() == '\n') tail.pop_back();
+      return cli.Fail(Status(c, "mmsd exited during start-up (exit " + std::to_string(code) + "); its log (" +
+                                    log_path + "):\n" + tail));
     }
     proto::Client::Options o;
     o.socket_path = *sock;
@@ -104,9 +106,8 @@ int CmdServe(Cli& cli, bool detach) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  std::cerr << "mms: mmsd (pid " << pid << ") did not answer within 60 s; its log:\n" << Tail(log_path, 20);
-  cli.exit_code = 1;
-  return 1;
+  return cli.Fail(Internal("mmsd (pid " + std::to_string(pid) + ") did not answer within 60 s; its log:\n" +
+                           Tail(log_path, 20)));
 }
 
 std::string FormatUptime(double s) { return FormatDurationNanos(static_cast<int64_t>(s * 1e9)); }

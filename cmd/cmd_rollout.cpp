@@ -237,8 +237,10 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
     if (state == "rolled_back") return 10;
     if (state == "aborted") return 11;
     if (timed_out()) {
-      std::cerr << "mms: --timeout reached; the canary of " << model << " is still " << state
-                << " (it carries on; mms canary abort " << model << " stops it)\n";
+      const std::string msg = "--timeout reached; the canary of " + model + " is still " + state +
+                              " (it carries on; mms canary abort " + model + " stops it)";
+      if (cli.g.json) std::cout << nlohmann::json{{"timeout", true}, {"state", state}, {"message", msg}}.dump() << std::endl;
+      else std::cerr << "mms: " << msg << "\n";
       return 12;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));

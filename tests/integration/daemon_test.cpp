@@ -378,6 +378,11 @@ TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second
   auto again = Run(with({"serve", "--detach"}), 60);
   CHECK(again.exit_code == 6);
   CHECK(again.err.find("already running (pid " + std::to_string(pid) + ")") != std::string::npos);
+  auto again_json = Run(with({"--json", "serve", "--detach"}), 60);  // the error as JSON on stdout
+  CHECK(again_json.exit_code == 6);
+  REQUIRE(json::accept(again_json.out));
+  CHECK(json::parse(again_json.out)["error"]["exit_code"] == 6);
+  CHECK(json::parse(again_json.out)["error"]["message"].get<std::string>().find("already running") != std::string::npos);
   ::kill(pid, SIGTERM);
   CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
 }

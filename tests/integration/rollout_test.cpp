@@ -424,8 +424,17 @@ TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
   CHECK(list[0]["state"] == "aborted");
   // No traffic: never a verdict, so --timeout decides.
   Register(d, "tiny", "3", "tiny_v3.pt");
-  auto t = d.Mms({"canary", "start", "tiny", "--candidate", "3", "--stage-duration", "1s", "--wait", "--timeout", "1s"}, 60);
+  auto t = d.Mms({"--json", "canary", "start", "tiny", "--candidate", "3", "--stage-duration", "1s", "--wait", "--timeout",
+                  "1s"}, 60);
   CHECK(t.exit_code == 12);
+  {  // with --json, the timeout is the last JSON line too
+    std::string out = t.out;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    std::string last = out.substr(out.rfind('\n') == std::string::npos ? 0 : out.rfind('\n') + 1);
+    REQUIRE(json::accept(last));
+    CHECK(json::parse(last)["timeout"] == true);
+    CHECK(json::parse(last)["state"] == "running");
+  }
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // carries on
 }
 
