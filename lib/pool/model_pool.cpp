@@ -650,8 +650,9 @@ void ModelPool::Pin(const PoolItem& item) {
     if (e.tier == Tier::kDevice && !e.loading) return;
   }
   // The outcome is kept on the entry (`mms pool`, `mms health` show it) and
-  // logged when it changes: the daemon calls Pin again at every registry poll
-  // for pins not on a device, so a pin that did not fit loads once room frees.
+  // logged when the pin starts failing and when it is held again: the daemon
+  // calls Pin again at every registry poll for pins not on a device, so a pin
+  // that did not fit loads once room frees.
   const PoolKey key = item.key;
   std::string ref = item.ref;
   AcquireImpl(item, [this, key, ref](Result<HandlePtr> r) {

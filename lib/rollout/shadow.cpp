@@ -61,10 +61,10 @@ nlohmann::json Reservoir::Summary(double scale) const {
 // held by the shadow run, and a refused eviction says so). A shadow must not
 // cost serving its memory: its candidate is loaded only into free room
 // (Room::kFreeOnly, never evicting), and the hold is let go once no job has
-// come for kReleaseIdleMs, or as soon as it has stood in the way of a
-// request or an eviction (Options::hold_refusals moved; checked every
-// kWorkerPollMs and before each job): the refused request's retry finds the
-// room, and the candidate, now without free room, is not loaded back.
+// come for kReleaseIdleMs. As soon as it has stood in the way of a request or
+// an eviction (Options::hold_refusals moved; checked every kWorkerPollMs and
+// before each job) the worker yields (see Work): the refused request's retry
+// finds the room.
 namespace {
 constexpr int kWorkerPollMs = 100;
 constexpr int64_t kReleaseIdleMs = 2000;
@@ -313,18 +313,20 @@ void ShadowRunner::Work(Shadow* s) {
       out = Status(Code::kPoolFull, "the shadow yielded " + s->candidate.ref +
                                         "'s memory to serving (a request was refused for room); it tries again in " +
                                         std::to_string(left.count()) + " ms");
-    } else if (!h.ok()) {  // kept for the next jobs
-      refusals_seen = refusals();
-      h = opts_.acquire(s->candidate);
-      if (h.ok()) {
-        const std::string holder = "the shadow run of " + s->rec.model + " (mms shadow stop " + s->rec.model + " ends it)";
-        h->model->HoldFor(holder);
-        if (h->adapter) h->adapter->HoldFor(holder);
-      }
-    }
-    if (!h.ok()) {
-      if (out.status().code() == Code::kInternal) out = h.status();  // (not the yield's own message)
     } else {
+      if (!h.ok()) {  // kept for the next jobs
+        refusals_seen = refusals();
+        h = opts_.acquire(s->candidate);
+        if (h.ok()) {
+          const std::string holder =
+              "the shadow run of " + s->rec.model + " (mms shadow stop " + s->rec.model + " ends it)";
+          h->model->HoldFor(holder);
+          if (h->adapter) h->adapter->HoldFor(holder);
+        }
+      }
+      if (!h.ok()) out = h.status();
+    }
+    if (h.ok()) {
       std::vector<InputSpec> specs = s->candidate.inputs;
       if (specs.empty())  // no recorded specs: the model's own argument names
         for (const auto& n : h->model->model()->input_names()) specs.push_back({n, std::nullopt, std::nullopt});
