@@ -74,10 +74,16 @@ int Run(int argc, char** argv) {
     return 2;
   }
   if (check_config) {
+    // The configuration in effect: the file's, with the flags and defaults
+    // that decide the socket, data dir and metrics address applied.
+    Config shown = opts.config;
+    shown.daemon.socket = opts.socket_path;
+    shown.daemon.data_dir = opts.data_dir;
+    shown.metrics.address = opts.metrics_address;
     std::cout << "config: " << (opts.config_path.empty() ? "(built-in defaults)" : opts.config_path) << " OK\n"
               << "socket: " << opts.socket_path << "\n"
               << "data dir: " << opts.data_dir << "\n\n"
-              << RenderConfig(opts.config);
+              << RenderConfig(shown);
     return 0;
   }
 

@@ -411,6 +411,15 @@ TEST_CASE("a bad config file is refused with file:line, exit 2") {
   auto ok = Run({MmsdBin(), "--config", t / "ok.toml", "--check-config"}, 30);
   CHECK(ok.exit_code == 0);
   CHECK(ok.out.find("contexts = 3") != std::string::npos);
+  // The flags are part of the configuration in effect, and shown as such.
+  std::ofstream(t / "sock.toml") << "[daemon]\nsocket = \"" << t / "file.sock" << "\"\n";
+  auto flags = Run({MmsdBin(), "--config", t / "sock.toml", "--socket", t / "flag.sock", "--data-dir", t / "dd",
+                    "--metrics-address", "127.0.0.1:9464", "--check-config"}, 30);
+  CHECK(flags.exit_code == 0);
+  CHECK(flags.out.find("socket = '" + t / "flag.sock" + "'") != std::string::npos);
+  CHECK(flags.out.find("data_dir = '" + t / "dd" + "'") != std::string::npos);
+  CHECK(flags.out.find("address = '127.0.0.1:9464'") != std::string::npos);
+  CHECK(flags.out.find("file.sock") == std::string::npos);
 }
 
 TEST_CASE("a metrics address or device the daemon could not use is refused by --check-config, exit 2") {
