@@ -184,12 +184,16 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
       }
       if (auto reg = cli.OpenRegistry(); reg.ok())
         if (auto c = (*reg)->GetCanary(model); c.ok() && c->state != "running" && c->state != "paused") {
-          std::cerr << "mms: the canary of " << model << " ended while mmsd was away: " << c->state
-                    << (c->reason.empty() ? "" : " (" + c->reason + ")") << "\n";
+          const std::string msg = "the canary of " + model + " ended while mmsd was away: " + c->state +
+                                  (c->reason.empty() ? "" : " (" + c->reason + ")");
+          if (cli.g.json) std::cout << nlohmann::json{{"state", c->state}, {"message", msg}}.dump() << std::endl;
+          else std::cerr << "mms: " << msg << "\n";
           return c->state == "promoted" ? 0 : c->state == "rolled_back" ? 10 : 11;
         }
       if (timed_out()) {
-        std::cerr << "mms: --timeout reached while mmsd was away; the canary of " << model << " carries on\n";
+        const std::string msg = "--timeout reached while mmsd was away; the canary of " + model + " carries on";
+        if (cli.g.json) std::cout << nlohmann::json{{"timeout", true}, {"message", msg}}.dump() << std::endl;
+        else std::cerr << "mms: " << msg << "\n";
         return 12;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(500));

@@ -80,9 +80,11 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
     auto snap = me->snapshot();
     const VersionRecord* v = snap->ById(candidate.key);
     if (!v) return;
-    // Device to host, then host to disk; refused (pinned, in flight) is fine.
-    for (int i = 0; i < 2; ++i)
-      if (auto to = me->PoolFor(*v)->Evict(v->id); !to.ok() || *to == "disk") break;
+    // One tier (device to host): the room a refused request most often
+    // needs, and the candidate may also serve (an experiment arm, a pinned
+    // ref); host copies the request can evict by policy itself. Refused
+    // (pinned, in flight) is fine.
+    (void)me->PoolFor(*v)->Evict(v->id);
   };
   sho.clock = d->opts_.clock;
   sho.on_worker_start = UseOneIntraOpThreadOnThisThread;
@@ -181,16 +183,14 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
 }
 
 void Daemon::RetryPins() {
-  std::set<PoolKey> pinned;
-  std::shared_ptr<const RegistrySnapshot> snap;
-  {
-    std::lock_guard<std::mutex> lock(refresh_mu_);
-    pinned = pinned_;
-    snap = latest_ ? latest_ : snapshot();
-  }
+  // Under refresh_mu_, as the refresh applies pins: a refresh that unpins or
+  // forgets a version meanwhile must not be undone by a retry working from
+  // the set before it. Pin() does no I/O (a load runs on a loader thread).
+  std::lock_guard<std::mutex> lock(refresh_mu_);
+  auto snap = latest_ ? latest_ : snapshot();
   // Pin() returns at once for a pin on a device; one that did not fit (or
   // whose load failed, after its backoff) is tried again.
-  for (PoolKey k : pinned)
+  for (PoolKey k : pinned_)
     if (const VersionRecord* v = snap->ById(k)) PoolFor(*v)->Pin(ItemFor(*v));
 }
 

@@ -47,10 +47,10 @@ struct Credit {
 void Credited(const Credit& credit, int64_t latency_ns, int64_t now, const Status& st, bool loaded) {
   std::string code = st.ok() ? "" : CodeName(st.code());
   const bool refused = st.code() == Code::kRateLimited || st.code() == Code::kInvalidArgument;
-  // Refused or dropped before running (a full queue, a deadline it could not
-  // make): counted, but its time is no serving latency (a refusal's
-  // microseconds would make a p99 look fast while requests wait seconds).
-  const bool untimed = refused || st.code() == Code::kOverloaded || st.code() == Code::kDeadlineExceeded;
+  // Refused at once for a full queue: counted, but its microseconds are no
+  // serving latency (they made a p99 look fast while requests waited
+  // seconds). A deadline drop waited for its time: it is timed.
+  const bool untimed = refused || st.code() == Code::kOverloaded;
   credit.version->Record(untimed ? -1 : latency_ns, !st.ok(), now, code);
   if (!credit.variant || refused) return;
   credit.variant->Record(loaded || untimed ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share);

@@ -261,14 +261,15 @@ Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key) const {
   if (host_used_ - reclaimable + bytes <= opts_.host_budget) return Status::Ok();
   std::string held;
   int n = 0;
-  bool holds = false;
+  uint64_t held_only = 0;  // what standing holds alone keep
   for (const auto& [k, e] : entries_) {
     if (HostDroppable(k, *e, for_key) || e->tier == Tier::kDisk || k == for_key || e->host_reserved == 0) continue;
-    holds = holds || !e->held.empty();
+    if (OnlyHeld(*e)) held_only += e->host_reserved;
     if (n++ < 8)
       held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
   }
-  if (holds) ++hold_refusals_;
+  // Counted only when letting go of the holds would have made the room.
+  if (held_only > 0 && host_used_ - reclaimable - held_only + bytes <= opts_.host_budget) ++hold_refusals_;
   return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
                                      FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) + " [" +
                                      opts_.config_section + "] host_budget in use, " + FormatBytes(reclaimable) +
@@ -369,6 +370,13 @@ std::string ModelPool::Holders(const DeviceSlot& d) const {
   return s.empty() ? "fragmented free space" : s;
 }
 
+bool ModelPool::OnlyHeld(const Entry& e) const {
+  if (e.pinned || e.loading || e.held.empty()) return false;
+  int holds = 0;
+  for (const auto& [holder, n] : e.held) holds += n;
+  return holds == e.refs;
+}
+
 std::string ModelPool::Why(const Entry& e) const {
   if (e.pinned) return "pinned";
   if (e.loading) return "loading";
@@ -405,28 +413,30 @@ uint64_t ModelPool::DeviceNeed(const Entry& e) {
 Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
   const uint64_t need = DeviceNeed(e);
   uint64_t largest_budget = 0;
+  bool holds_in_the_way = false;  // letting go of standing holds would have made the room
   for (size_t i = 0; i < devices_.size(); ++i) {
     const DeviceSlot& d = *devices_[i];
     largest_budget = std::max(largest_budget, d.dev->budget());
     if (d.dev->budget() < need) continue;
-    uint64_t reclaim = 0;
-    for (const auto& [k, o] : entries_)
-      if (o->block && o->device == static_cast<int>(i) && Evictable(*o)) reclaim += o->device_reserved;
+    uint64_t reclaim = 0, held_only = 0;
+    for (const auto& [k, o] : entries_) {
+      if (!o->block || o->device != static_cast<int>(i)) continue;
+      if (Evictable(*o)) reclaim += o->device_reserved;
+      else if (OnlyHeld(*o)) held_only += o->device_reserved;
+    }
     uint64_t free = d.dev->budget() - std::min(d.used, d.dev->budget());
     if (free + reclaim >= need) cands->push_back({static_cast<int>(i), free, reclaim});
+    else if (held_only > 0 && free + reclaim + held_only >= need) holds_in_the_way = true;
   }
   if (need > largest_budget)
     return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(need) + " but the largest device budget is " +
                                        FormatBytes(largest_budget) + " ([" + opts_.config_section + "] device_budget)");
-  return cands->empty() ? DeviceFull(e) : Status::Ok();
+  if (!cands->empty()) return Status::Ok();
+  if (holds_in_the_way) ++hold_refusals_;
+  return DeviceFull(e);
 }
 
 Status ModelPool::DeviceFull(const Entry& e) const {
-  for (const auto& [k, o] : entries_)
-    if (o->block && !o->held.empty()) {
-      ++hold_refusals_;
-      break;
-    }
   std::string detail;
   for (const auto& d : devices_)
     detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
@@ -691,7 +701,7 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
   if (e.pinned) return InUse(e.item.ref + " is pinned; unpin it first (mms unpin " + e.item.ref + ")");
   if (e.tier == Tier::kDevice) {
     if (e.refs > 0) {
-      if (!e.held.empty()) ++hold_refusals_;
+      if (OnlyHeld(e)) ++hold_refusals_;  // the hold alone refuses it
       return InUse(e.item.ref + " is in use: " + Why(e));
     }
     DemoteFromDevice(e);

@@ -166,6 +166,9 @@ class ModelPool {
   void Release(PoolKey key, const std::string& holder);
   void Hold(PoolKey key, const std::string& holder);
   std::string Why(const Entry& e) const;              // mu_ held: why it cannot be evicted
+  // mu_ held: standing holds are all that keep it (neither pinned, loading
+  // nor in flight): hold_refusals_ counts only refusals such holds caused.
+  bool OnlyHeld(const Entry& e) const;
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire

@@ -97,7 +97,9 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
   auto refuse = [&](const std::string& what, const TokenLimit& l, const std::string& hint) {
     ++model_counts_[model].limited;
     ++TenantCounts(tenant).limited;
-    ++(m && m->tokens < 1 ? model_counts_[model] : TenantCounts(tenant)).refused_by_limit;
+    // Against the bucket that refused: the model's, or the tenant's own
+    // (or the overflow bucket past the cap).
+    ++(m && m->tokens < 1 ? model_counts_[model] : TenantCounts(bucket_key)).refused_by_limit;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
     return Status(Code::kRateLimited, what + " over its rate limit (" + buf + "); " + hint);

@@ -1,5 +1,7 @@
 #include "serve/scheduler.h"
 
+#include <algorithm>
+
 #include <pthread.h>
 
 #include "core/log.h"
@@ -108,6 +110,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     ++busy_;
     ++running_;
     q.served_seq = ++dispatches_;
+    class_served_[std::clamp(q.priority, 0, 2)] = q.served_seq;
     lock.unlock();
     std::vector<Job> one;
     one.push_back(std::move(job));
@@ -129,9 +132,22 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   lock.unlock();
   cv_.notify_one();
   // Answered at its deadline should no worker reach it by then (all busy).
-  if (deadline && deadline - now < kMaxTimerNs)
-    timers_.At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(deadline - now + 1), [this] { ExpireLate(); });
+  if (deadline) ArmExpiry(deadline);
   return Status::Ok();
+}
+
+void Scheduler::ArmExpiry(int64_t at_ns) {
+  // One sweep per kExpiryEveryNs at most: the sweep is linear in what is
+  // queued, and one timer stands for every deadline due by its time.
+  int64_t now = opts_.clock->MonoNanos();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    at_ns = std::max(at_ns, last_expiry_ns_ + kExpiryEveryNs);
+    if (at_ns - now >= kMaxTimerNs || (expiry_armed_ns_ && expiry_armed_ns_ <= at_ns)) return;
+    expiry_armed_ns_ = at_ns;
+  }
+  timers_.At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(at_ns - now, 0) + 1),
+             [this] { ExpireLate(); });
 }
 
 void Scheduler::Drain() {
@@ -144,13 +160,17 @@ void Scheduler::Drain() {
 
 void Scheduler::ExpireLate() {
   std::vector<Job> late;
+  int64_t next = 0;  // the earliest deadline still queued
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
     const int64_t now = opts_.clock->MonoNanos();
+    last_expiry_ns_ = now;
+    if (expiry_armed_ns_ <= now) expiry_armed_ns_ = 0;  // this sweep is the one armed (or later)
     for (auto& [k, q] : queues_) {
       for (auto it = q.jobs.begin(); it != q.jobs.end();) {
         if (!it->job.deadline_ns || now <= it->job.deadline_ns) {
+          if (it->job.deadline_ns) next = next ? std::min(next, it->job.deadline_ns) : it->job.deadline_ns;
           ++it;
           continue;
         }
@@ -163,6 +183,7 @@ void Scheduler::ExpireLate() {
     }
     running_ += static_cast<int>(late.size());  // Stop waits for these answers too
   }
+  if (next) ArmExpiry(next);
   for (auto& j : late) {
     std::string ref = j.handle->ref();
     Finish(j, LateStatus(ref));
@@ -174,11 +195,14 @@ void Scheduler::ExpireLate() {
 }
 
 Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
-  Queue* best = nullptr;
-  int64_t best_at = 0;
-  bool any_class = opts_.starvation_interval > 0 &&
-                   dispatches_ % static_cast<uint64_t>(opts_.starvation_interval) ==
-                       static_cast<uint64_t>(opts_.starvation_interval - 1);
+  // The best ready queue of each class: round robin across versions (least
+  // recently served first), oldest request first among equals.
+  Queue* best[3] = {nullptr, nullptr, nullptr};
+  int64_t best_at[3] = {0, 0, 0};
+  PoolKey best_key[3] = {0, 0, 0};
+  const bool guard = opts_.starvation_interval > 0 &&
+                     dispatches_ % static_cast<uint64_t>(opts_.starvation_interval) ==
+                         static_cast<uint64_t>(opts_.starvation_interval - 1);
   for (auto& [k, q] : queues_) {
     if (q.jobs.empty()) continue;
     int64_t at = q.jobs.front().at;
@@ -197,18 +221,27 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
       *wake = *wake ? std::min(*wake, t) : t;
       continue;
     }
-    // Round robin across versions (least recently served first), oldest
-    // request first among equals; the class first unless this dispatch is
-    // the starvation guard's.
-    bool fairer = !best || q.served_seq < best->served_seq || (q.served_seq == best->served_seq && at < best_at);
-    bool better = !best || (any_class ? fairer : q.priority < best->priority || (q.priority == best->priority && fairer));
-    if (better) {
-      best = &q;
-      best_at = at;
-      *key = k;
+    const int c = std::clamp(q.priority, 0, 2);
+    Queue* b = best[c];
+    if (!b || q.served_seq < b->served_seq || (q.served_seq == b->served_seq && at < best_at[c])) {
+      best[c] = &q;
+      best_at[c] = at;
+      best_key[c] = k;
     }
   }
-  return best;
+  // The highest class; the starvation guard's dispatch takes the class served
+  // least recently, so a lower class gets one dispatch in every
+  // starvation_interval however many higher versions take turns.
+  int pick = -1;
+  for (int c = 0; c < 3; ++c) {
+    if (!best[c]) continue;
+    if (pick < 0) pick = c;
+    if (!guard) break;
+    if (class_served_[c] < class_served_[pick]) pick = c;
+  }
+  if (pick < 0) return nullptr;
+  *key = best_key[pick];
+  return best[pick];
 }
 
 void Scheduler::Work() {
@@ -256,6 +289,7 @@ void Scheduler::Work() {
       ++busy_;
       ++running_;
       q->served_seq = ++dispatches_;
+      class_served_[std::clamp(q->priority, 0, 2)] = q->served_seq;
     }
     lock.unlock();
     for (auto& j : late) {

@@ -66,6 +66,9 @@ class Scheduler {
   // Queued deadlines further off than this get no timer (a worker reaches
   // them first, or drops them when it does).
   static constexpr int64_t kMaxTimerNs = 600'000'000'000;
+  // Queued deadlines are swept at most this often (each sweep is linear in
+  // what is queued): a request is answered within this of its deadline.
+  static constexpr int64_t kExpiryEveryNs = 5'000'000;
   struct Options {
     int workers = 2;                              // [scheduler] workers (resolved; below 1 means 1)
     size_t queue_depth = 1000;                    // [scheduler] queue_depth, per version
@@ -132,6 +135,8 @@ class Scheduler {
   // q.probing) when it runs only because q's estimate is stale.
   bool Late(Queue& q, const Job& j, int64_t now, bool* probe);
   void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe);
+  // Arms the deadline sweep for `at_ns` (mono) unless one is due by then; takes mu_.
+  void ArmExpiry(int64_t at_ns);
   // Runs one batch on the model; a thrown exception becomes INTERNAL. Sets
   // *unsplit when the batch's outputs could not be split by rows (each job
   // was then run alone).
@@ -146,8 +151,11 @@ class Scheduler {
   int busy_ = 0;                     // guarded by mu_: workers (or inline runs) executing
   int running_ = 0;                  // guarded by mu_: executions not yet answered (Stop waits)
   uint64_t dispatches_ = 0;          // guarded by mu_
+  uint64_t class_served_[3] = {0, 0, 0};  // guarded by mu_: dispatches_ when each class was last served
   bool stopping_ = false;            // guarded by mu_
   bool draining_ = false;            // guarded by mu_: Drain() was called
+  int64_t expiry_armed_ns_ = 0;      // guarded by mu_: when the next deadline sweep is due (0: none armed)
+  int64_t last_expiry_ns_ = 0;       // guarded by mu_: when the last sweep ran
   std::vector<std::thread> workers_;
   TimerQueue timers_;  // queued deadlines; last member: destroyed (joined) first
 };

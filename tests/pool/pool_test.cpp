@@ -392,6 +392,18 @@ TEST_CASE("a free-room-only load that finds the room taken meanwhile fails rathe
   CHECK(f.pool->Snapshot()["totals"]["evictions"] == 0);
 }
 
+TEST_CASE("a refusal counts against standing holds only when letting go of them would have made the room") {
+  PoolFixture f({3 * K});
+  auto hold = f.Get(1);
+  hold->HoldFor("the shadow run of m");
+  f.pool->Pin(PoolFixture::Item(2, 2 * K));
+  REQUIRE(f.GetStatus(2, 2 * K).ok());  // device full: 1 KiB held, 2 KiB pinned
+  CHECK(f.GetStatus(5, 2 * K).code() == Code::kPoolFull);  // 2 KiB: the hold's 1 KiB would not do
+  CHECK(f.pool->hold_refusals() == 0);
+  CHECK(f.GetStatus(3).code() == Code::kPoolFull);  // 1 KiB: it would
+  CHECK(f.pool->hold_refusals() == 1);
+}
+
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
   PoolFixture f({2 * K, 3 * K});
   auto st = f.GetStatus(9, 4 * K);

@@ -330,6 +330,31 @@ TEST_CASE("scheduler: higher classes first, lower ones never starved") {
   CHECK(order[0] == "high");
 }
 
+TEST_CASE("scheduler: a lower class keeps its share however many higher versions take turns") {
+  Rig rig;
+  Scheduler::Options o = OneWorker();
+  o.starvation_interval = 4;
+  Scheduler s(o);
+  std::thread first = rig.Hold(s, 1);
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>>) { ++n; };
+  // Ten high versions, queued first, then one low: every 4th dispatch is the
+  // guard's and must reach the low class, not another high version's turn.
+  for (int k = 0; k < 10; ++k) REQUIRE(s.Submit(100 + k, rig.Job("high", 1, 0, 0, count)).ok());
+  for (int i = 0; i < 3; ++i) REQUIRE(s.Submit(30, rig.Job("low", 1, 2, 0, count)).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 13; }, 5));
+  std::vector<std::string> order(rig.model->order.begin() + 1, rig.model->order.end());
+  REQUIRE(order.size() == 13);
+  std::vector<size_t> lows;
+  for (size_t i = 0; i < order.size(); ++i)
+    if (order[i] == "low") lows.push_back(i);
+  REQUIRE(lows.size() == 3);
+  CHECK(lows[0] < 4);
+  CHECK(lows[1] < 8);
+}
+
 TEST_CASE("scheduler: requests arriving together run as one batch, each gets its rows") {
   Rig rig;
   Scheduler::Options o = OneWorker();
