@@ -245,7 +245,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                       Status st(Code::kDeadlineExceeded,
                                 "dropped at its deadline (" + std::to_string((deadline - t0) / 1000000) +
                                     " ms) while " + ref + " was still loading; retry, or give a longer --deadline-ms");
-                      finish(st, true);  // it waited for a load: counted, not timed
+                      finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
                       r.Fail(st);
                     });
   }
