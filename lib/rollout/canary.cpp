@@ -1,5 +1,6 @@
 #include "rollout/canary.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/log.h"
@@ -33,6 +34,23 @@ std::string Ms(double v) {
   std::snprintf(b, sizeof b, "%.1f ms", v);
   return b;
 }
+
+// "; errors: 22 POOL_FULL, 1 MODEL_ERROR", and when the candidate mostly
+// could not be loaded, that the verdict is about capacity, not its quality.
+std::string ErrorDetail(const VariantSnapshot& s) {
+  std::vector<std::pair<uint64_t, std::string>> codes;
+  for (const auto& [code, n] : s.error_codes)
+    if (n) codes.push_back({n, code});
+  if (codes.empty()) return "";
+  std::sort(codes.begin(), codes.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::string out = "; errors: ";
+  for (size_t i = 0; i < codes.size() && i < 3; ++i)
+    out += (i ? ", " : "") + std::to_string(codes[i].first) + " " + codes[i].second;
+  if (codes.front().second == "POOL_FULL")
+    out += " (mostly no room to load the candidate: a capacity problem, not the candidate's; free room or raise "
+           "the [pool] budgets, then start it again)";
+  return out;
+}
 }  // namespace
 
 CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
@@ -64,7 +82,7 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
   double p = 1;
   v.kind = CanaryVerdict::kFail;
   if (err > c.max_error_rate && over(canary.errors, n, c.max_error_rate, &p)) {
-    v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + interim(p);
+    v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + interim(p) + ErrorDetail(canary);
     return v;
   }
   if (p99 > c.max_p99_ms && over(slower(c.max_p99_ms), timed, 0.01, &p)) {
@@ -76,7 +94,7 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
     p = ProportionGreaterP(control.errors, control.requests, canary.errors, n);
     if (err > cerr && p < alpha) {
       v.reason = "canary error rate " + Pct(err) + " vs control " + Pct(cerr) + " (one-sided p = " + Sig(p) + " < " +
-                 Sig(alpha) + ")";
+                 Sig(alpha) + ")" + ErrorDetail(canary);
       return v;
     }
     double cp99 = static_cast<double>(control.latency.Quantile(0.99)) / 1e6;

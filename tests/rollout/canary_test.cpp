@@ -396,6 +396,14 @@ TEST_CASE("a healthy canary checked every interval is not rolled back on noise: 
   CanaryVerdict v = JudgeCanary(c, control, bad, CanaryLook{false, 180});
   CHECK(v.kind == CanaryVerdict::kFail);
   CHECK(v.reason.find("vs control") != std::string::npos);
+  // The verdict names the errors, and says when they were the pool's, not the candidate's.
+  bad.error_codes["MODEL_ERROR"] = 20;
+  bad.error_codes["POOL_FULL"] = 80;
+  CanaryVerdict full = JudgeCanary(c, control, bad, CanaryLook{false, 180});
+  CHECK(full.reason.find("; errors: 80 POOL_FULL, 20 MODEL_ERROR (mostly no room to load the candidate") !=
+        std::string::npos);
+  bad.error_codes["MODEL_ERROR"] = 90;
+  CHECK(JudgeCanary(c, control, bad, CanaryLook{false, 180}).reason.find("capacity") == std::string::npos);
 }
 
 TEST_CASE("a canary's cold loads are counted but never read as slow requests") {
