@@ -1,6 +1,7 @@
 // mms limit set|list|rm: rate limits per model and per tenant (token buckets).
 #include <algorithm>
 #include <iostream>
+#include <set>
 
 #include "cli.h"
 #include "protocol/messages.h"
@@ -84,6 +85,25 @@ int CmdList(Cli& cli) {
   if (live.contains("defaults")) {
     for (const char* kind : {"model", "tenant"})
       if (const auto& d = live["defaults"][kind]; d.is_object()) add(kind, d["qps"].get<double>(), d["burst"].get<double>());
+    // The keys the defaults refused, most refused first (at most 20 of a
+    // kind): who hits them, as the daemon counts it.
+    for (const char* kind : {"model", "tenant"}) {
+      std::set<std::string> own;
+      for (const auto& l : *limits)
+        if (l.kind == kind) own.insert(l.key);
+      std::vector<std::pair<uint64_t, std::string>> hit;
+      const auto& counts = live.value(std::string(kind) + "s", nlohmann::json::object());
+      for (auto it = counts.begin(); it != counts.end(); ++it)
+        if (!own.count(it.key()) && it->value("refused_by_limit", 0ull) > 0)
+          hit.push_back({it->value("refused_by_limit", 0ull), it.key()});
+      std::sort(hit.begin(), hit.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      for (size_t i = 0; i < hit.size() && i < 20; ++i) {
+        const auto& c = counts[hit[i].second];
+        out.push_back({{"kind", kind}, {"key", hit[i].second}, {"by_default", true}, {"qps", c.value("qps", 0.0)},
+                       {"burst", c.value("burst", 0.0)}, {"admitted", c.value("admitted", 0ull)},
+                       {"limited", c.value("limited", 0ull)}, {"refused_by_limit", hit[i].first}});
+      }
+    }
   } else if (auto cfg = cli.config(); cfg.ok()) {
     const auto& l = (*cfg)->limits;
     add("model", l.model_qps, l.model_burst);
@@ -99,7 +119,8 @@ int CmdList(Cli& cli) {
     std::vector<std::vector<std::string>> rows{{"KIND", "KEY", "QPS", "BURST", "ADMITTED", "LIMITED", "BY THIS LIMIT"}};
     auto field = [](const nlohmann::json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("-"); };
     for (const auto& j : out)
-      rows.push_back({j["kind"], j["key"], j["qps"].dump(), j["burst"].dump(), field(j, "admitted"), field(j, "limited"),
+      rows.push_back({j["kind"], j.value("key", "?") + (j.value("by_default", false) ? " (by default)" : ""),
+                      j["qps"].dump(), j["burst"].dump(), field(j, "admitted"), field(j, "limited"),
                       field(j, "refused_by_limit")});
     std::cout << FormatTable(rows);
     if (std::any_of(out.begin(), out.end(), [](const auto& j) { return j.contains("default"); }))

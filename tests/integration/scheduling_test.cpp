@@ -193,7 +193,7 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   REQUIRE(d.Mms({"limit", "set", "--tenant", "(none)", "--qps", "1000", "--burst", "1000"}).exit_code == 0);
   for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny") == 0);
   json l = Limits(d);
-  REQUIRE(l.size() == 3);
+  REQUIRE(l.size() == 4);
   CHECK(l[0]["key"] == "(none)");
   CHECK(l[0]["admitted"] == 4);
   CHECK(l[0]["limited"] == 1);
@@ -202,12 +202,18 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   CHECK(l[2]["key"] == "*");
   CHECK(l[2]["default"] == true);
   CHECK(l[2]["qps"] == 0.016);
+  // And the keys it refused: tenant a, by the default.
+  CHECK(l[3]["key"] == "a");
+  CHECK(l[3]["by_default"] == true);
+  CHECK(l[3]["refused_by_limit"] == 1);
+  CHECK(l[3]["admitted"] == 1);
+  CHECK(d.Mms({"limit", "list"}).out.find("a (by default)") != std::string::npos);
   CHECK(d.Mms({"limit", "list"}).out.find("the [limits] default (mmsd's config when it runs)") != std::string::npos);
   // They are the daemon's: a CLI reading no config still lists them.
   auto bare = Run({MmsBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "--json", "limit", "list"});
   REQUIRE(bare.exit_code == 0);
   json bl = json::parse(bare.out);
-  REQUIRE(bl.size() == 3);
+  REQUIRE(bl.size() == 4);
   CHECK(bl[2]["qps"] == 0.016);
 }
 
