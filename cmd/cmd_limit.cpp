@@ -88,6 +88,7 @@ int CmdList(Cli& cli) {
     // The keys the defaults refused, most refused first (at most 20 of a
     // kind): who hits them, as the daemon counts it.
     for (const char* kind : {"model", "tenant"}) {
+      if (!live["defaults"][kind].is_object()) continue;  // no default of this kind refuses anyone
       std::set<std::string> own;
       for (const auto& l : *limits)
         if (l.kind == kind) own.insert(l.key);
