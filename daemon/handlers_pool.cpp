@@ -203,13 +203,12 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   int64_t delay = runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->options().config.scheduler.max_queue_delay_ns;
   // A request with a deadline that waits for a load (behind other loads, or
   // a slow warm-up) is answered at its deadline, not when the load ends; the
-  // load goes on for the requests after it. `answered` decides who answers.
-  auto answered = std::make_shared<std::atomic<bool>>(false);
-  auto acquired = std::make_shared<std::atomic<bool>>(false);
+  // load goes on for the requests after it. Whichever of the acquire and the
+  // timer takes `claimed` first answers. Without a deadline: nothing to share.
+  auto claimed = deadline ? std::make_shared<std::atomic<bool>>(false) : nullptr;
   d->AcquireServable(rec, [d, r, recp, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
-                           delay, answered, acquired](Result<Servable> h) mutable {
-    acquired->store(true);
-    if (answered->exchange(true)) return;  // the deadline was answered meanwhile: the handle goes
+                           delay, claimed](Result<Servable> h) mutable {
+    if (claimed && claimed->exchange(true)) return;  // answered at its deadline meanwhile: the handle goes
     if (!h.ok()) {
       finish(h.status());
       return r.Fail(h.status());
@@ -235,13 +234,15 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   });
   // A hit has been handed on already; the timer is for a wait (within ten
   // minutes: beyond that its entry would outlive most loads for nothing).
+  // It holds `claimed` weakly: once the acquire's callback is gone, so is
+  // the need for it.
   const int64_t left = deadline - d->clock()->MonoNanos();
-  if (deadline && !acquired->load() && left < 600'000'000'000) {
-    std::weak_ptr<std::atomic<bool>> weak = answered;
+  if (claimed && !claimed->load() && left < 600'000'000'000) {
+    std::weak_ptr<std::atomic<bool>> weak = claimed;
     d->timers()->At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(left, 0)),
-                    [weak, acquired, r, finish, ref = rec.ref(), t0, deadline]() mutable {
-                      auto a = weak.lock();
-                      if (!a || acquired->load() || a->exchange(true)) return;
+                    [weak, r, finish, ref = rec.ref(), t0, deadline]() mutable {
+                      auto c = weak.lock();
+                      if (!c || c->exchange(true)) return;
                       Status st(Code::kDeadlineExceeded,
                                 "dropped at its deadline (" + std::to_string((deadline - t0) / 1000000) +
                                     " ms) while " + ref + " was still loading; retry, or give a longer --deadline-ms");

@@ -370,23 +370,22 @@ std::string ModelPool::Holders(const DeviceSlot& d) const {
   return s.empty() ? "fragmented free space" : s;
 }
 
-bool ModelPool::OnlyHeld(const Entry& e) const {
-  if (e.pinned || e.loading || e.held.empty()) return false;
+int ModelPool::Holds(const Entry& e) {
   int holds = 0;
   for (const auto& [holder, n] : e.held) holds += n;
-  return holds == e.refs;
+  return holds;
+}
+
+bool ModelPool::OnlyHeld(const Entry& e) const {
+  return !e.pinned && !e.loading && !e.held.empty() && Holds(e) == e.refs;
 }
 
 std::string ModelPool::Why(const Entry& e) const {
   if (e.pinned) return "pinned";
   if (e.loading) return "loading";
-  int holds = 0;
   std::string by;
-  for (const auto& [holder, n] : e.held) {
-    holds += n;
-    by += (by.empty() ? "held by " : ", ") + holder;
-  }
-  const int requests = e.refs - holds;
+  for (const auto& [holder, n] : e.held) by += (by.empty() ? "held by " : ", ") + holder;
+  const int requests = e.refs - Holds(e);
   std::string why = requests > 0 ? std::to_string(requests) + (requests == 1 ? " request" : " requests") + " in flight" : "";
   if (!by.empty()) why += (why.empty() ? "" : "; ") + by;
   return why;
@@ -730,13 +729,11 @@ void ModelPool::EraseForgotten(Entry& e) {
 }
 
 nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
-  int held = 0;
-  for (const auto& [holder, n] : e.held) held += n;
   nlohmann::json j{{"ref", e.item.ref},
                    {"tier", TierName(e.tier)},
                    {"bytes", e.bytes},
                    {"pinned", e.pinned},
-                   {"in_flight", e.refs - held},
+                   {"in_flight", e.refs - Holds(e)},
                    {"loading", e.loading},
                    {"healthy", e.healthy},
                    {"loads", e.loads},

@@ -169,6 +169,7 @@ class ModelPool {
   // mu_ held: standing holds are all that keep it (neither pinned, loading
   // nor in flight): hold_refusals_ counts only refusals such holds caused.
   bool OnlyHeld(const Entry& e) const;
+  static int Holds(const Entry& e);                   // mu_ held: the standing holds among its refs
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire

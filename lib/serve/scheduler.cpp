@@ -126,26 +126,26 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   // to max_batch keeps the sum far from overflow (a zero-element input may
   // claim 2^62 rows).
   q.rows += job.max_batch > 0 ? std::min<int64_t>(rows, job.max_batch) : 1;
-  const int64_t deadline = job.deadline_ns;
+  // Answered at its deadline should no worker reach it by then (all busy).
+  const int64_t sweep_at = job.deadline_ns ? ExpirySweepAt(job.deadline_ns) : 0;
   q.jobs.push_back({now, rows, std::move(job)});
   ++total_queued_;
   lock.unlock();
   cv_.notify_one();
-  // Answered at its deadline should no worker reach it by then (all busy).
-  if (deadline) ArmExpiry(deadline);
+  if (sweep_at) ArmExpiry(sweep_at, now);
   return Status::Ok();
 }
 
-void Scheduler::ArmExpiry(int64_t at_ns) {
+int64_t Scheduler::ExpirySweepAt(int64_t deadline_ns) {
   // One sweep per kExpiryEveryNs at most: the sweep is linear in what is
   // queued, and one timer stands for every deadline due by its time.
-  int64_t now = opts_.clock->MonoNanos();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    at_ns = std::max(at_ns, last_expiry_ns_ + kExpiryEveryNs);
-    if (at_ns - now >= kMaxTimerNs || (expiry_armed_ns_ && expiry_armed_ns_ <= at_ns)) return;
-    expiry_armed_ns_ = at_ns;
-  }
+  const int64_t at = std::max(deadline_ns, last_expiry_ns_ + kExpiryEveryNs);
+  if (at - opts_.clock->MonoNanos() >= kMaxTimerNs || (expiry_armed_ns_ && expiry_armed_ns_ <= at)) return 0;
+  expiry_armed_ns_ = at;
+  return at;
+}
+
+void Scheduler::ArmExpiry(int64_t at_ns, int64_t now) {
   timers_.At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(at_ns - now, 0) + 1),
              [this] { ExpireLate(); });
 }
@@ -161,10 +161,11 @@ void Scheduler::Drain() {
 void Scheduler::ExpireLate() {
   std::vector<Job> late;
   int64_t next = 0;  // the earliest deadline still queued
+  int64_t now = 0, sweep_at = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
-    const int64_t now = opts_.clock->MonoNanos();
+    now = opts_.clock->MonoNanos();
     last_expiry_ns_ = now;
     if (expiry_armed_ns_ <= now) expiry_armed_ns_ = 0;  // this sweep is the one armed (or later)
     for (auto& [k, q] : queues_) {
@@ -182,8 +183,9 @@ void Scheduler::ExpireLate() {
       }
     }
     running_ += static_cast<int>(late.size());  // Stop waits for these answers too
+    if (next) sweep_at = ExpirySweepAt(next);
   }
-  if (next) ArmExpiry(next);
+  if (sweep_at) ArmExpiry(sweep_at, now);
   for (auto& j : late) {
     std::string ref = j.handle->ref();
     Finish(j, LateStatus(ref));

@@ -135,8 +135,11 @@ class Scheduler {
   // q.probing) when it runs only because q's estimate is stale.
   bool Late(Queue& q, const Job& j, int64_t now, bool* probe);
   void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe);
-  // Arms the deadline sweep for `at_ns` (mono) unless one is due by then; takes mu_.
-  void ArmExpiry(int64_t at_ns);
+  // mu_ held: when to sweep for a queued deadline at `deadline_ns` (mono),
+  // booked as armed; 0 when a sweep is due by then already (or too far off).
+  int64_t ExpirySweepAt(int64_t deadline_ns);
+  // Arms the sweep ExpirySweepAt booked (mu_ not held).
+  void ArmExpiry(int64_t at_ns, int64_t now);
   // Runs one batch on the model; a thrown exception becomes INTERNAL. Sets
   // *unsplit when the batch's outputs could not be split by rows (each job
   // was then run alone).
