@@ -25,6 +25,24 @@ void Register(const Daemon& d, const std::string& name, const std::string& v, co
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
 }
 
+// tiny:1 (tiny.pt) in production and tiny:2 from `candidate_file`, the
+// shadow's or canary's candidate.
+void SetupTiny(const Daemon& d, const std::string& candidate_file) {
+  Register(d, "tiny", "1", "tiny.pt");
+  Register(d, "tiny", "2", candidate_file);
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+}
+
+// `ref` as `mms pool --json` shows it on the first device (null when not there).
+json OnDevice(const Daemon& d, const std::string& ref) {
+  auto r = d.Mms({"--json", "pool"});
+  REQUIRE(r.exit_code == 0);
+  json pool = json::parse(r.out);
+  for (const auto& m : pool["devices"][0]["models"])
+    if (m["ref"] == ref) return m;
+  return json();
+}
+
 // Sends predictions from an in-process client until stopped (fast: no process per request).
 class Traffic {
  public:
@@ -127,18 +145,9 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
 TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, released while idle, yielded when refused") {
   Daemon d;
   REQUIRE(d.ok());
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", "tiny_v2.pt");
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, "tiny_v2.pt");
   REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
-  auto candidate = [&] {
-    auto r = d.Mms({"--json", "pool"});
-    REQUIRE(r.exit_code == 0);
-    json pool = json::parse(r.out);
-    for (const auto& m : pool["devices"][0]["models"])
-      if (m["ref"] == "tiny:2") return m;
-    return json();
-  };
+  auto candidate = [&] { return OnDevice(d, "tiny:2"); };
   const std::string holder = "the shadow run of tiny (mms shadow stop tiny ends it)";
   {
     Traffic t(d, "tiny", Data("tiny_input.json"));
@@ -164,19 +173,12 @@ TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, rele
 TEST_CASE("an idle shadow lets go of its candidate, which can then be evicted") {
   Daemon d;
   REQUIRE(d.ok());
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", "tiny_v2.pt");
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, "tiny_v2.pt");
   REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
   Traffic t(d, "tiny", Data("tiny_input.json"));
   REQUIRE(t.Send(3) == 3);
   REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 3; }, 20));
-  auto held = [&] {
-    json pool = json::parse(d.Mms({"--json", "pool"}).out);
-    for (const auto& m : pool["devices"][0]["models"])
-      if (m["ref"] == "tiny:2") return m.contains("held_by");
-    return false;
-  };
+  auto held = [&] { return OnDevice(d, "tiny:2").contains("held_by"); };
   // No jobs for 2 s: the worker lets go, and the candidate can be evicted.
   REQUIRE(WaitFor([&] { return !held(); }, 20));
   auto evict = d.Mms({"evict", "tiny:2"});
@@ -190,9 +192,7 @@ TEST_CASE("an idle shadow lets go of its candidate, which can then be evicted") 
 TEST_CASE("a shadow mirrors from when its candidate is loaded, until then its stats say it is loading") {
   Daemon d("[pool]\nload_threads = 2\nload_retry_backoff = \"100ms\"\n[registry]\npoll_interval = \"30s\"\n");
   REQUIRE(d.ok());
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", "tiny.pt");
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, "tiny.pt");
   BlockedFile weights(PackedWeights(d.data_dir(), "tiny", "2"));  // its load waits for the test
   REQUIRE(weights.ok());
   // `shadow start` returns once mirroring starts: in the background meanwhile.
@@ -220,9 +220,7 @@ TEST_CASE("a shadow mirrors from when its candidate is loaded, until then its st
 TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and drops, duration ends it") {
   Daemon d;
   REQUIRE(d.ok());
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", "tiny_slow.pt");
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, "tiny_slow.pt");
   REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--ratio", "0.5", "--queue", "1"}).exit_code == 0);
   Traffic t(d, "tiny", Data("tiny_input.json"));
   REQUIRE(t.Send(30) == 30);
@@ -244,9 +242,7 @@ TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and
 TEST_CASE("a shadow rests between runs of its candidate by [shadow] duty_cycle, and a stop ends the rest") {
   Daemon d("[shadow]\nduty_cycle = 0.01\n");
   REQUIRE(d.ok());
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", "tiny_slow.pt");  // a run of many milliseconds: a rest of 99 times that
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, "tiny_slow.pt");  // a run of many milliseconds: a rest of 99 times that
   REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--queue", "10"}).exit_code == 0);
   Traffic t(d, "tiny", Data("tiny_input.json"));
   REQUIRE(t.Send(5) == 5);
@@ -296,9 +292,7 @@ TEST_CASE("a shadow beside a running experiment adds nothing to the experiment's
 TEST_CASE("shadow refusals") {
   Daemon d;
   REQUIRE(d.ok());
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", "tiny_v2.pt");
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, "tiny_v2.pt");
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "1"}).exit_code == 2);
   CHECK(d.Mms({"shadow", "start", "nope", "--candidate", "1"}).exit_code == 4);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--ratio", "0"}).exit_code == 2);
@@ -318,12 +312,6 @@ TEST_CASE("shadow refusals") {
 }
 
 namespace {
-void SetupCanary(const Daemon& d, const std::string& candidate_file) {
-  Register(d, "tiny", "1", "tiny.pt");
-  Register(d, "tiny", "2", candidate_file);
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
-}
-
 // `mms canary start tiny --candidate 2 --wait` (an hour a stage) in a thread,
 // returned once the canary is in the registry; its result goes to *out.
 std::thread StartWaitingCanary(const Daemon& d, ProcResult* out, double timeout_s) {
@@ -338,7 +326,7 @@ std::thread StartWaitingCanary(const Daemon& d, ProcResult* out, double timeout_
 TEST_CASE("canary --wait: a healthy candidate is promoted (exit 0), progress streamed as JSON lines") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "tiny_v2.pt");
+  SetupTiny(d, "tiny_v2.pt");
   Traffic t(d, "tiny", Data("tiny_input.json"));
   t.Start();
   auto r = d.Mms({"--json", "canary", "start", "tiny", "--candidate", "2", "--stages", "10,50,100", "--stage-duration",
@@ -367,7 +355,7 @@ TEST_CASE("canary --wait: a healthy candidate is promoted (exit 0), progress str
 TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (exit 10)") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "throws.pt");
+  SetupTiny(d, "throws.pt");
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
   Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
   t.Start();
@@ -386,7 +374,7 @@ TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (ex
 TEST_CASE("a failing canary whose rollback the registry cannot record gets no traffic until it is recorded") {
   Daemon d("[registry]\nbusy_timeout = \"50ms\"\n");
   REQUIRE(d.ok());
-  SetupCanary(d, "throws.pt");
+  SetupTiny(d, "throws.pt");
   REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
                  "--check-interval", "100ms", "--min-requests", "5"})
               .exit_code == 0);
@@ -413,7 +401,7 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
 TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "tiny_v2.pt");
+  SetupTiny(d, "tiny_v2.pt");
   ProcResult waiting;
   std::thread w = StartWaitingCanary(d, &waiting, 60);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -441,7 +429,7 @@ TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
 TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort made meanwhile ends it (exit 11)") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "tiny_v2.pt");
+  SetupTiny(d, "tiny_v2.pt");
   ProcResult waiting;
   std::thread w = StartWaitingCanary(d, &waiting, 90);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the wait is polling
@@ -459,7 +447,7 @@ TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort m
 TEST_CASE("canary pause, resume and promote by hand through the CLI") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "tiny_v2.pt");
+  SetupTiny(d, "tiny_v2.pt");
   REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h"}).exit_code == 0);
   auto state = [&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"]; };
   CHECK(state() == "running");
@@ -481,7 +469,7 @@ TEST_CASE("canary pause, resume and promote by hand through the CLI") {
 TEST_CASE("kill -9 mid-stage: the canary resumes at the same stage with its remaining time") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "tiny_v2.pt");
+  SetupTiny(d, "tiny_v2.pt");
   Traffic t(d, "tiny", Data("tiny_input.json"));
   t.Start();
   REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "10,50,100", "--stage-duration", "3s",
@@ -514,7 +502,7 @@ TEST_CASE("kill -9 mid-stage: the canary resumes at the same stage with its rema
 TEST_CASE("canary refusals") {
   Daemon d;
   REQUIRE(d.ok());
-  SetupCanary(d, "tiny_v2.pt");
+  SetupTiny(d, "tiny_v2.pt");
   struct Bad {
     std::vector<std::string> args;
     int code;

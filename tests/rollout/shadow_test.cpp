@@ -14,6 +14,17 @@
 namespace mms {
 namespace {
 
+// Model m's running shadow (id 1) with candidate m:2.
+ShadowRecord RunningShadow(int queue = ShadowRecord{}.queue) {
+  ShadowRecord rec;
+  rec.id = 1;
+  rec.model = "m";
+  rec.candidate_version = "2";
+  rec.state = "running";
+  rec.queue = queue;
+  return rec;
+}
+
 TEST_CASE("stopping a shadow returns while its worker is still in a load") {
   std::mutex m;
   std::condition_variable cv;
@@ -27,11 +38,7 @@ TEST_CASE("stopping a shadow returns while its worker is still in a load") {
     return Status(Code::kUnavailable, "the load was given up");
   };
   auto runner = std::make_unique<ShadowRunner>(o);
-  ShadowRecord rec;
-  rec.id = 1;
-  rec.model = "m";
-  rec.candidate_version = "2";
-  rec.state = "running";
+  ShadowRecord rec = RunningShadow();
   PoolItem item;
   item.key = 2;
   item.ref = "m:2";
@@ -94,17 +101,12 @@ TEST_CASE("a shadow yields its candidate once its hold has refused a request, al
   };
   o.hold_refusals = [&] { return (*pool)->hold_refusals(); };
   std::atomic<int> yields{0};
-  o.yield_room = [&](const PoolItem& c) {  // as the daemon: device to host to disk
+  o.yield_room = [&](const PoolItem& c) {  // the daemon demotes one tier; to disk here, to see both tiers freed
     ++yields;
     if ((*pool)->Evict(c.key).ok()) (void)(*pool)->Evict(c.key);
   };
   ShadowRunner runner(o);
-  ShadowRecord rec;
-  rec.id = 1;
-  rec.model = "m";
-  rec.candidate_version = "2";
-  rec.state = "running";
-  rec.queue = 10;
+  ShadowRecord rec = RunningShadow(10);
   runner.Configure({{"m", {rec, item(2)}}});
   auto held = [&] {
     auto h = (*pool)->Health(2);
@@ -155,12 +157,7 @@ TEST_CASE("requests mirrored from many threads at once are all queued: only a fu
   ShadowRunner::Options o;
   o.acquire = [](const PoolItem&) -> Result<Servable> { return Status(Code::kUnavailable, "no candidate here"); };
   ShadowRunner runner(o);
-  ShadowRecord rec;
-  rec.id = 1;
-  rec.model = "m";
-  rec.candidate_version = "2";
-  rec.state = "running";
-  rec.queue = 100000;
+  ShadowRecord rec = RunningShadow(100000);
   PoolItem item;
   item.key = 2;
   item.ref = "m:2";
