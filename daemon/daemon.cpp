@@ -96,6 +96,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   Daemon* self = me;
   co.metrics = [self](const std::string& e, const std::string& v) { return self->VariantMetricsFor(e, v); };
   co.changed = [self] { (void)self->RefreshRegistry(false); };
+  co.load_failure = [self](const CanaryRecord& c) { return self->TreatmentLoadFailure(c.experiment_id); };
   co.hold_back = [self](const std::string& experiment_id, bool held) {
     {
       std::lock_guard<std::mutex> lock(self->refresh_mu_);
@@ -276,7 +277,8 @@ PoolItem Daemon::ItemFor(const VersionRecord& v) {
 }
 
 namespace {
-std::string ExperimentKey(const ExperimentRecord& e) { return "experiment/" + e.id; }
+std::string ExperimentKey(const std::string& id) { return "experiment/" + id; }
+std::string ExperimentKey(const ExperimentRecord& e) { return ExperimentKey(e.id); }
 std::string ShadowKey(const ShadowRecord& s) { return "shadow/" + std::to_string(s.id); }
 }  // namespace
 
@@ -291,20 +293,24 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
       it = want.count(it->first) ? std::next(it) : warmups_.erase(it);
     for (auto& [key, arms] : want)
       if (!warmups_.count(key)) {
-        warmups_[key] = {static_cast<int>(arms.size()), opts_.clock->MonoNanos()};
+        warmups_[key] = {static_cast<int>(arms.size()), opts_.clock->MonoNanos(), {}};
         start.emplace_back(key, std::move(arms));
       }
   }
   // Outside warm_mu_: a hit calls back at once, on this thread.
   for (const auto& [key, arms] : start)
-    for (int64_t id : arms) {
-      const VersionRecord* v = latest.ById(id);
+    for (size_t arm = 0; arm < arms.size(); ++arm) {
+      const VersionRecord* v = latest.ById(arms[arm]);
       if (!v) {  // the version was removed: nothing to load
         WarmupArmDone(key);
         continue;
       }
-      auto done = [this, key = key, ref = v->ref()](const Status& st) {
-        if (!st.ok()) LogWarn("warm_failed", {{"model", ref}, {"error", st.message()}});
+      auto done = [this, key = key, arm, ref = v->ref()](const Status& st) {
+        if (!st.ok()) {
+          LogWarn("warm_failed", {{"model", ref}, {"error", st.message()}});
+          std::lock_guard<std::mutex> lock(warm_mu_);
+          if (auto it = warmups_.find(key); it != warmups_.end()) it->second.failed[arm] = st.message();
+        }
         WarmupArmDone(key);
       };
       if (!v->is_adapter()) {
@@ -341,6 +347,14 @@ bool Daemon::WarmupSettled(const std::string& key) const {
   auto it = warmups_.find(key);
   return it == warmups_.end() || it->second.pending <= 0 ||
          opts_.clock->MonoNanos() - it->second.started_ns >= kWarmupLimitNs;
+}
+
+std::string Daemon::TreatmentLoadFailure(const std::string& experiment_id) const {
+  std::lock_guard<std::mutex> lock(warm_mu_);
+  auto it = warmups_.find(ExperimentKey(experiment_id));
+  if (it == warmups_.end()) return "";
+  auto f = it->second.failed.find(1);
+  return f == it->second.failed.end() ? "" : f->second;
 }
 
 int64_t Daemon::RoutingDeadline() {
@@ -417,7 +431,9 @@ Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_
   held_back_.clear();
   bool unrouted = false;
   for (const auto& [model, e] : latest_->experiments) {
-    if (unrouted_canaries_.count(e.id)) {  // rolled back; its registry write is being retried
+    // Rolled back, its registry write being retried; or its candidate could
+    // not be loaded (the canary controller rolls it back): no traffic to it.
+    if (unrouted_canaries_.count(e.id) || (e.kind == "canary" && !TreatmentLoadFailure(e.id).empty())) {
       unrouted = true;
       continue;
     }

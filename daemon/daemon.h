@@ -157,6 +157,10 @@ class Daemon {
   // Warm-ups of rollouts (key "experiment/<id>" or "shadow/<id>").
   void StartWarmups(const RegistrySnapshot& latest);  // refresh_mu_ held
   bool WarmupSettled(const std::string& key) const;   // done or past kWarmupLimitNs
+  // Why the treatment arm of experiment `id` failed its warm-up load ("" if
+  // it did not). A canary whose candidate failed is not routed (and the
+  // canary controller rolls it back).
+  std::string TreatmentLoadFailure(const std::string& experiment_id) const;
   // When a refresh next has something to publish or answer without a
   // registry change: the earliest waiter's or held-back warm-up's deadline
   // (mono ns; INT64_MAX when none). The watcher wakes for it.
@@ -203,6 +207,7 @@ class Daemon {
   struct Warmup {
     int pending = 0;          // arms still loading
     int64_t started_ns = 0;   // mono
+    std::map<size_t, std::string> failed;  // arm (an experiment's: 0 control, 1 treatment) → why its load failed
   };
   mutable std::mutex warm_mu_;                        // never held while taking refresh_mu_
   std::map<std::string, Warmup> warmups_;             // guarded by warm_mu_: the registry's rollouts

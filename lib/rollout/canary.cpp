@@ -176,6 +176,10 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     return;
   }
   if (c.state != "running") return;  // paused: the clock stands still
+  if (std::string why = opts_.load_failure ? opts_.load_failure(c) : ""; !why.empty()) {
+    (void)Rollback(c, "the candidate could not be loaded: " + why, events);
+    return;
+  }
   int64_t elapsed = c.stage_elapsed_ms + delta_ms;
   auto last = last_check_.find(c.id);
   if (last != last_check_.end() && now - last->second < c.check_interval_ms * 1000000) {

@@ -24,7 +24,8 @@
 // the time each running canary spends in its stage (time while paused or
 // while mmsd is down does not count), checks every check_interval, rolls
 // back at once on a failed check, advances a stage when its duration has
-// passed and the latest check passed, and promotes after the last stage.
+// passed and the latest check passed, and promotes after the last stage. A
+// canary whose candidate the daemon could not load is rolled back at once.
 // Every transition goes through the registry (persisted and audited), so a
 // restarted daemon resumes at the same stage with its remaining time; the
 // window baseline (metrics when the stage began) is persisted with it.
@@ -77,6 +78,11 @@ class CanaryController {
     // tick, succeeds (held = false). A failing canary never keeps traffic
     // because the registry cannot record its end.
     std::function<void(const std::string& experiment_id, bool held)> hold_back;
+    // Why the canary's candidate could not be loaded by the daemon ("" when
+    // it was, or is still loading). A running canary whose candidate failed
+    // is rolled back at once, instead of failing its share of requests until
+    // min_requests of them condemn it. Optional.
+    std::function<std::string(const CanaryRecord&)> load_failure;
   };
   explicit CanaryController(Options o) : opts_(std::move(o)) {}
   // One step for every active canary. Returns the transitions made (for logs/tests).

@@ -371,6 +371,33 @@ TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (ex
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
 
+TEST_CASE("a canary whose candidate cannot be loaded is rolled back before any request is sent to it") {
+  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n");
+  REQUIRE(d.ok());
+  // A candidate bigger than the whole device budget.
+  REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "1", "--size-kb", "1500"}).exit_code == 0);
+  Register(d, "tiny", "1", "tiny.pt");
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "2", "--path", d.dir() + "/customer-00.pt", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  t.Start();
+  auto r = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
+                  "--check-interval", "100ms", "--min-requests", "5", "--wait", "--timeout", "60s"},
+                 90);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  t.Stop();
+  CHECK_MESSAGE(r.exit_code == 10, (r.out + r.err));
+  auto c = json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out);
+  CHECK(c["state"] == "rolled_back");
+  std::string reason = c["reason"];
+  CHECK_MESSAGE(reason.find("the candidate could not be loaded") != std::string::npos, reason);
+  CHECK_MESSAGE(reason.find("device_budget") != std::string::npos, reason);
+  CHECK(t.sent_ > 0);
+  CHECK(t.failed_ == 0);  // not one request went to the candidate
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "1");
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
+}
+
 TEST_CASE("a failing canary whose rollback the registry cannot record gets no traffic until it is recorded") {
   Daemon d("[registry]\nbusy_timeout = \"50ms\"\n");
   REQUIRE(d.ok());
