@@ -1,33 +1,20 @@
 #include "http_server.h"
 
-#include <nng/nng.h>
-#include <nng/supplemental/http/http.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <condition_variable>
-#include <mutex>
+#include <microhttpd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "config/config.h"
-#include "core/executor.h"
 
 namespace mms {
 
-// What a request needs after HttpServer may be gone: nng frees each
-// handler's Bound (and its reference to the gate) only once no request of
-// it is in flight.
-struct HttpServer::Gate {
-  std::mutex mu;
-  std::condition_variable cv;
-  size_t queued = 0;  // guarded by mu: accepted, not yet answered
-  bool closed = false;  // guarded by mu
-  std::unique_ptr<Executor> worker;  // set by Start; shut down by ~HttpServer once nothing is queued
-};
-
 namespace {
-
-struct Bound {
-  std::shared_ptr<HttpServer::Gate> gate;
-  HttpServer::Route route;
-};
 
 // "%2F" → "/", "+" kept; false on a malformed escape or an encoded NUL.
 bool PercentDecode(const std::string& in, std::string* out) {
@@ -52,69 +39,90 @@ bool PercentDecode(const std::string& in, std::string* out) {
   return true;
 }
 
-void Finish(nng_aio* aio, const HttpResponse& r) {
-  nng_http_res* res = nullptr;
-  if (nng_http_res_alloc(&res) != 0) {
-    nng_aio_finish(aio, NNG_ENOMEM);
-    return;
-  }
-  nng_http_res_set_status(res, static_cast<uint16_t>(r.status));
-  nng_http_res_set_header(res, "Content-Type", r.content_type.c_str());
-  nng_http_res_copy_data(res, r.body.data(), r.body.size());
-  nng_aio_set_output(aio, 0, res);
-  nng_aio_finish(aio, 0);
+// libmicrohttpd would decode the path itself (an encoded NUL cutting it
+// short); it is left as sent and decoded by PercentDecode.
+size_t KeepEscaped(void*, MHD_Connection*, char* s) { return std::strlen(s); }
+
+MHD_Result Respond(MHD_Connection* c, const HttpResponse& r, const char* allow = nullptr) {
+  MHD_Response* res = MHD_create_response_from_buffer(r.body.size(), const_cast<char*>(r.body.data()),
+                                                      MHD_RESPMEM_MUST_COPY);
+  if (!res) return MHD_NO;  // out of memory: the connection is closed
+  MHD_add_response_header(res, MHD_HTTP_HEADER_CONTENT_TYPE, r.content_type.c_str());
+  if (allow) MHD_add_response_header(res, MHD_HTTP_HEADER_ALLOW, allow);
+  MHD_Result ok = MHD_queue_response(c, static_cast<unsigned>(r.status), res);
+  MHD_destroy_response(res);
+  return ok;
 }
 
-HttpResponse Unavailable(const std::string& why) { return {503, "text/plain; charset=utf-8", why + "\n"}; }
+HttpResponse Text(int status, const std::string& text) { return {status, "text/plain; charset=utf-8", text + "\n"}; }
 
-// On nng's task thread: only hands the request over.
-void Serve(nng_aio* aio) {
-  auto* req = static_cast<nng_http_req*>(nng_aio_get_input(aio, 0));
-  auto* h = static_cast<nng_http_handler*>(nng_aio_get_input(aio, 1));
-  auto* b = static_cast<Bound*>(nng_http_handler_get_data(h));
-  std::string uri = nng_http_req_get_uri(req);
-  if (auto q = uri.find('?'); q != std::string::npos) uri.resize(q);
-  std::string path;
-  if (!PercentDecode(uri, &path)) return Finish(aio, {400, "text/plain; charset=utf-8", "malformed %-escape in the path\n"});
-  HttpServer::Gate& g = *b->gate;
-  {
-    std::lock_guard<std::mutex> lock(g.mu);
-    if (g.closed) return Finish(aio, Unavailable("mmsd is stopping"));
-    if (g.queued >= HttpServer::kMaxQueued) return Finish(aio, Unavailable("busy: too many HTTP requests at once; retry"));
-    ++g.queued;
-  }
-  // The Bound lives while this request is in flight (nng holds its handler).
-  bool submitted = g.worker->Submit([aio, b, path] {
-    HttpServer::Gate& g = *b->gate;
-    bool closed;
-    {
-      std::lock_guard<std::mutex> lock(g.mu);
-      closed = g.closed;
+// Bound, non-blocking, listening; the error names the address and the cause.
+Result<int> ListenOn(const HostPort& hp, const std::string& url) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  std::string port = std::to_string(hp.port);
+  if (int rv = ::getaddrinfo(hp.host.c_str(), port.c_str(), &hints, &found); rv != 0)
+    return InvalidArgument("cannot resolve the metrics address " + url + ": " + ::gai_strerror(rv));
+  std::string err;
+  int fd = -1;
+  for (addrinfo* a = found; a && fd < 0; a = a->ai_next) {
+    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      err = std::strerror(errno);
+      continue;
     }
-    HttpResponse r;
-    if (closed) {
-      r = Unavailable("mmsd is stopping");
-    } else {
-      try {
-        r = b->route.handler(path);
-      } catch (const std::exception& e) {
-        r = {500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"};
-      }
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (a->ai_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+      err = std::strerror(errno);
+      ::close(fd);
+      fd = -1;
     }
-    Finish(aio, r);
-    std::lock_guard<std::mutex> lock(g.mu);
-    --g.queued;
-    g.cv.notify_all();
-  });
-  if (!submitted) {
-    Finish(aio, Unavailable("mmsd is stopping"));
-    std::lock_guard<std::mutex> lock(g.mu);
-    --g.queued;
-    g.cv.notify_all();
   }
+  ::freeaddrinfo(found);
+  if (fd < 0) return IoError("cannot listen on " + url + ": " + err + " ([metrics] address / --metrics-address)");
+  return fd;
 }
 
 }  // namespace
+
+struct HttpServer::Impl {
+  static MHD_Result OnRequest(void* cls, MHD_Connection* c, const char* url, const char* method, const char*,
+                              const char*, size_t* upload_size, void** req) {
+    // Called once the headers are in, then for any body, then with nothing
+    // more to read: answered then, so the connection can be kept alive.
+    static int headers_seen;
+    if (*req == nullptr) {
+      *req = &headers_seen;
+      return MHD_YES;
+    }
+    if (*upload_size > 0) {  // a body, which no route takes: skipped
+      *upload_size = 0;
+      return MHD_YES;
+    }
+    auto* self = static_cast<HttpServer*>(cls);
+    if (std::strcmp(method, MHD_HTTP_METHOD_GET) != 0 && std::strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+      return Respond(c, Text(405, "only GET and HEAD"), "GET, HEAD");
+    std::string path;
+    if (!PercentDecode(url, &path)) return Respond(c, Text(400, "malformed %-escape in the path"));
+    for (const Route& r : self->routes_) {
+      bool match = r.tree ? path.compare(0, r.path.size(), r.path) == 0 : path == r.path;
+      if (!match) continue;
+      HttpResponse res;
+      try {
+        res = r.handler(path);
+      } catch (const std::exception& e) {
+        res = Text(500, std::string("internal error: ") + e.what());
+      }
+      return Respond(c, res);
+    }
+    return Respond(c, Text(404, "not found: " + path));
+  }
+};
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address, std::vector<Route> routes) {
   // Checked again here (the config check does it too): --metrics-address
@@ -124,45 +132,27 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address
   const std::string host = hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host;
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->url_ = "http://" + host + ":" + std::to_string(hp->port);
-  s->gate_ = std::make_shared<Gate>();
-  s->gate_->worker = std::make_unique<Executor>("mms-http", 2);  // a probe need not wait behind a scrape
-  nng_url* url = nullptr;
-  int rv = nng_url_parse(&url, s->url_.c_str());
-  if (rv != 0) return InvalidArgument("bad metrics address '" + address + "': " + nng_strerror(rv));
-  nng_http_server* srv = nullptr;
-  rv = nng_http_server_hold(&srv, url);
-  nng_url_free(url);
-  if (rv != 0) return IoError("cannot serve HTTP on " + s->url_ + ": " + nng_strerror(rv));
-  s->server_ = srv;
-  for (auto& r : routes) {
-    nng_http_handler* h = nullptr;
-    if ((rv = nng_http_handler_alloc(&h, r.path.c_str(), Serve)) != 0)
-      return Internal(std::string("nng_http_handler_alloc: ") + nng_strerror(rv));
-    bool tree = r.tree;
-    nng_http_handler_set_data(h, new Bound{s->gate_, std::move(r)}, [](void* p) { delete static_cast<Bound*>(p); });
-    if (tree) nng_http_handler_set_tree(h);
-    if ((rv = nng_http_server_add_handler(srv, h)) != 0) {
-      nng_http_handler_free(h);
-      return Internal(std::string("nng_http_server_add_handler: ") + nng_strerror(rv));
-    }
+  s->routes_ = std::move(routes);
+  MMS_ASSIGN_OR_RETURN(int fd, ListenOn(*hp, s->url_));
+  MHD_Daemon* d = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, nullptr, nullptr, &Impl::OnRequest, s.get(),
+      MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE, static_cast<unsigned>(kThreads),
+      MHD_OPTION_CONNECTION_LIMIT, static_cast<unsigned>(kMaxConnections), MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      static_cast<unsigned>(kMaxConnectionsPerAddress), MHD_OPTION_CONNECTION_TIMEOUT,
+      static_cast<unsigned>(kIdleTimeoutSeconds), MHD_OPTION_UNESCAPE_CALLBACK, &KeepEscaped, nullptr,
+      MHD_OPTION_END);
+  if (!d) {
+    ::close(fd);
+    return Internal("cannot start the HTTP server on " + s->url_ + " (libmicrohttpd refused to start)");
   }
-  if ((rv = nng_http_server_start(srv)) != 0)
-    return IoError("cannot listen on " + s->url_ + ": " + nng_strerror(rv) +
-                   " ([metrics] address / --metrics-address)");
+  s->daemon_ = d;
   return s;
 }
 
 HttpServer::~HttpServer() {
-  if (server_) nng_http_server_stop(static_cast<nng_http_server*>(server_));  // no new requests
-  if (gate_) {
-    {
-      std::unique_lock<std::mutex> lock(gate_->mu);
-      gate_->closed = true;  // queued requests are answered 503 without running their route
-      gate_->cv.wait(lock, [&] { return gate_->queued == 0; });
-    }
-    gate_->worker->Shutdown();
-  }
-  if (server_) nng_http_server_release(static_cast<nng_http_server*>(server_));
+  // Closes the listening socket and every connection, and joins the threads:
+  // no route runs after this.
+  if (daemon_) MHD_stop_daemon(static_cast<MHD_Daemon*>(daemon_));
 }
 
 }  // namespace mms

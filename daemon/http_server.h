@@ -1,16 +1,18 @@
 // HttpServer: the daemon's optional HTTP endpoint (/metrics, /health) on
-// nng's own HTTP server — no hand-written HTTP. GET (and HEAD) only. Routes
-// are exact paths or path prefixes ("/health/" matches "/health/rec"); the
-// path a route gets is percent-decoded, without the query.
+// libmicrohttpd — no hand-written HTTP. GET (and HEAD) only. Routes are
+// exact paths or path prefixes ("/health/" matches "/health/rec"); the path
+// a route gets is percent-decoded, without the query.
 //
-// Routes run on the server's own two threads ("mms-http"), never on nng's
-// shared task threads (which also carry the IPC requests): a slow or
-// flooding HTTP client cannot stall predictions, and a /health probe need
-// not wait behind a /metrics scrape. At most kMaxQueued requests are taken
-// at once (running or waiting); more are answered 503.
+// Routes run on the server's own kThreads threads, never on the threads
+// serving predictions: a slow or flooding HTTP client cannot stall them, and
+// a /health probe need not wait behind a /metrics scrape. Connections are
+// capped (kMaxConnections in all, kMaxConnectionsPerAddress from one
+// address; more are closed at once) and one idle kIdleTimeoutSeconds is
+// closed, so idle or trickling clients cannot take the process's file
+// descriptors, which the IPC socket needs for its own clients.
 //
-// Lifetime: the destructor stops listening, answers what is queued with 503,
-// and waits for a route that is running; no route runs after it returns.
+// Lifetime: the destructor stops listening, closes the connections, and
+// waits for a route that is running; no route runs after it returns.
 // Thread-safety: Start and the destructor from one thread; routes are called
 // on the server's threads, possibly concurrently.
 #pragma once
@@ -23,8 +25,6 @@
 #include "core/status.h"
 
 namespace mms {
-
-class Executor;
 
 struct HttpResponse {
   int status = 200;
@@ -39,19 +39,21 @@ class HttpServer {
     bool tree = false;
     std::function<HttpResponse(const std::string& path)> handler;
   };
-  static constexpr size_t kMaxQueued = 32;
+  static constexpr int kThreads = 2;
+  static constexpr int kMaxConnections = 64;
+  static constexpr int kMaxConnectionsPerAddress = 16;
+  static constexpr int kIdleTimeoutSeconds = 10;
   // `address` is "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT" (host defaults to 127.0.0.1).
   static Result<std::unique_ptr<HttpServer>> Start(const std::string& address, std::vector<Route> routes);
   ~HttpServer();
   const std::string& url() const { return url_; }
 
-  struct Gate;  // shared with nng's handlers (which may outlive this object)
-
  private:
+  struct Impl;
   HttpServer() = default;
   std::string url_;
-  void* server_ = nullptr;  // nng_http_server*
-  std::shared_ptr<Gate> gate_;
+  std::vector<Route> routes_;  // read-only once started
+  void* daemon_ = nullptr;     // MHD_Daemon*
 };
 
 }  // namespace mms
