@@ -169,9 +169,13 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
   for (int attempt = 1;; ++attempt) {
     const auto identity = socket_identity();
     Dialed d = DialOnce(url, bounded ? std::max<int64_t>(left_ms(), 1) : 0);
-    if (d.timed_out)  // the kernel took the connection, mmsd never did its side of it
+    // The kernel took the connection, mmsd never did its side of it: nng
+    // gives up after 10 s; a longer --timeout dials again (a daemon resumed,
+    // or its listener replaced by the watchdog, is served within it).
+    if (d.timed_out && bounded && left_ms() > 100) continue;
+    if (d.timed_out)
       return Unavailable("mmsd at " + opts.socket_path + " took the connection but did not answer it within " +
-                         (bounded && opts.timeout_ms < 10000 ? std::to_string(opts.timeout_ms) + " ms" : "10 s") +
+                         (bounded ? std::to_string(opts.timeout_ms) + " ms" : "10 s") +
                          ": it is stopped (SIGSTOP), hung or overloaded, not gone; check the process and its log "
                          "before starting another");
     if (d.rv == NNG_EAGAIN) {  // the listen backlog is full: a live daemon, busy (or out of descriptors)

@@ -148,6 +148,15 @@ TEST_CASE("--timeout bounds the wait for a stopped daemon's handshake, which nng
   // Resumed, it serves the next client (the abandoned connection tripped nothing for good).
   auto again = d.Mms({"--timeout", "30", "ping"}, 60);
   CHECK_MESSAGE(again.exit_code == 0, again.err);
+  // A --timeout longer than nng's 10 s handshake limit is the client's to
+  // use: stopped for 11 s, then resumed, the daemon answers a waiting ping.
+  d.child().Signal(SIGSTOP);
+  ProcResult waited;
+  std::thread waiter([&] { waited = d.Mms({"--timeout", "30", "ping"}, 60); });
+  std::this_thread::sleep_for(std::chrono::seconds(11));
+  d.child().Signal(SIGCONT);
+  waiter.join();
+  CHECK_MESSAGE(waited.exit_code == 0, waited.err);
   // Stopped again with its listen backlog full: running, not "not running" (which would
   // advise starting a second daemon).
   d.child().Signal(SIGSTOP);
