@@ -142,10 +142,17 @@ class Progress {
 Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a) {
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
-  if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, a.version, ""}); existing.ok())
-    return AlreadyExists(a.name + ":" + a.version + " is already registered (sha256 " +
-                         existing->sha256.substr(0, 12) + ", by " + existing->created_by +
-                         "); register a new version number");
+  if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, a.version, ""}); existing.ok()) {
+    // Said as `mms model import` says it: the same weights or other ones.
+    auto sha = Sha256File(a.path);
+    std::string ref = a.name + ":" + a.version, by = ", by " + existing->created_by;
+    if (sha.ok() && *sha == existing->sha256)
+      return AlreadyExists(ref + " is already registered with these weights (sha256 " + sha->substr(0, 12) + by +
+                           "): nothing to do");
+    return AlreadyExists(ref + " is registered with other weights (sha256 " + existing->sha256.substr(0, 12) + by +
+                         "; this file " + (sha.ok() ? sha->substr(0, 12) : std::string("unreadable")) +
+                         "); register the new weights as a new version number");
+  }
   auto canon = CanonicalPath(a.path);
   if (!canon.ok())
     return InvalidArgument("artifact " + a.path + " does not exist (--path must name a TorchScript file)");
@@ -627,7 +634,8 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
     for (const OrphanDir& o : *found) {
       std::string what = (o.staging ? "left by a registration killed while storing its files ("
                                     : "packed files no version uses (") +
-                         FormatBytes(o.bytes) + ", last changed " + FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)";
+                         FormatBytes(o.bytes) + ", last changed " +
+                         (o.age_s > 0 ? FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)" : "just now)");
       // Also a dead registration's staging dir: its pid may be of another
       // pid namespace (a container sharing the data dir), where it lives on.
       const bool old_enough = o.age_s >= prune_age;

@@ -130,7 +130,10 @@ TEST_CASE("every refusal has a clear message and its exit code") {
   };
   std::ofstream(mms.dir / "list.json") << "[1, 2]";
   std::vector<Case> cases{
-      {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}, 6, "already registered"},
+      {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}, 6,
+       "already registered with these weights"},
+      {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny_v2.pt")}, 6,
+       "registered with other weights"},
       {{"model", "register", "Tiny", "--version", "2", "--path", mms.Data("tiny.pt")}, 2, "[a-z0-9][a-z0-9._-]{0,62}"},
       {{"model", "register", "tiny", "--version", "v2", "--path", mms.Data("tiny.pt")}, 2, "positive integer or dotted"},
       {{"model", "register", "tiny", "--version", "1. 2", "--path", mms.Data("tiny.pt")}, 2, "positive integer or dotted"},
