@@ -208,16 +208,20 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
   for (auto& [k, q] : queues_) {
     if (q.jobs.empty()) continue;
     int64_t at = q.jobs.front().at;
-    // A batch waits for more rows until its delay ends, or until it has spent
-    // half of its oldest request's spare time (deadline - arrival - execution):
-    // waiting to the last moment would make any wake-up latency a miss.
-    int64_t deadline = q.jobs.front().job.deadline_ns;
+    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || draining_;
+    // A batch waits for more rows until its delay ends, or until any of its
+    // requests has spent half of its spare time (deadline - arrival -
+    // execution): waiting to the last moment would make any wake-up latency
+    // a miss. (Fewer than max_batch rows are queued here: a short scan.)
     int64_t ready_at = at + q.batch_delay_ns;
-    if (deadline) {
-      int64_t spare = deadline - static_cast<int64_t>(q.exec_ns) - at;
-      ready_at = std::min(ready_at, at + std::max<int64_t>(0, spare / 2));
+    if (!ready) {
+      for (const Queued& e : q.jobs)
+        if (e.job.deadline_ns) {
+          int64_t spare = e.job.deadline_ns - static_cast<int64_t>(q.exec_ns) - e.at;
+          ready_at = std::min(ready_at, e.at + std::max<int64_t>(0, spare / 2));
+        }
+      ready = now >= ready_at;
     }
-    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || now >= ready_at || draining_;
     if (!ready) {
       int64_t t = ready_at;
       *wake = *wake ? std::min(*wake, t) : t;

@@ -611,6 +611,28 @@ TEST_CASE("scheduler: a batch waiting for rows leaves while its oldest request s
   CHECK(got.ok());
 }
 
+TEST_CASE("scheduler: a younger request with a tighter deadline makes the batch leave in time for it") {
+  Rig rig;
+  FakeClock clock;
+  Scheduler::Options o = OneWorker(&clock);
+  Scheduler s(o);
+  std::atomic<int> answered{0};
+  auto done = [&](Result<std::vector<Tensor>> r) {
+    if (r.ok()) ++answered;
+  };
+  REQUIRE(s.Submit(1, rig.Job("x", 1, 1, 16, done)).ok());  // no deadline: would wait the 50 ms delay
+  clock.AdvanceMillis(2);
+  Scheduler::Job tight = rig.Job("x", 1, 1, 16, done);
+  tight.deadline_ns = clock.MonoNanos() + 10'000'000;  // 10 ms
+  REQUIRE(s.Submit(1, std::move(tight)).ok());
+  clock.AdvanceMillis(6);  // past half of the younger request's spare time
+  CHECK(mms::testing::WaitFor([&] { return answered.load() == 2; }, 5));
+  if (answered < 2) clock.AdvanceMillis(100);  // (release them: deadlock guard)
+  REQUIRE(mms::testing::WaitFor([&] { return answered.load() == 2; }, 5));
+  std::lock_guard<std::mutex> l(rig.model->mu);
+  CHECK(rig.model->calls == std::vector<int64_t>{2});  // one batch of both
+}
+
 TEST_CASE("scheduler: requests claiming huge row counts (zero elements) do not overflow the queue's rows") {
   // [2^62, 0] is a valid tensor of no elements; two of them once summed past
   // INT64_MAX, and the queue no longer looked full enough to run.
