@@ -56,9 +56,10 @@ void CleanStaleStaging(const std::string& dir) {
   for (const auto& p : stale) std::filesystem::remove_all(p, ec);
 }
 
-// The packed weight files whose SHA-256 a packed dir records (SHA256SUMS, in
-// sha256sum(1)'s format, so `sha256sum -c SHA256SUMS` checks them too).
-static const char* const kChecksummed[] = {"weights.safetensors", "adapter.safetensors"};
+// The packed files whose SHA-256 a packed dir records (SHA256SUMS, in
+// sha256sum(1)'s format, so `sha256sum -c SHA256SUMS` checks them too). The
+// weight-less module.pt is recorded since stop 18 (older dirs lack its line).
+static const char* const kChecksummed[] = {"weights.safetensors", "adapter.safetensors", "module.pt"};
 static const char* const kChecksumFile = "SHA256SUMS";
 
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
@@ -535,6 +536,8 @@ std::vector<std::string> CheckPacked(const std::string& dir, Progress& progress)
     std::string path = JoinPath(dir, f);
     if (!FileExists(path)) continue;
     auto it = recorded.find(f);
+    const bool module = std::string(f) == "module.pt";
+    if (it == recorded.end() && module) continue;  // a dir from before stop 18
     if (it == recorded.end() && has_sums) {
       problems.push_back(std::string(kChecksumFile) + " has no checksum for " + f + " (damaged?)");
       continue;

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The GPU machine's whole check in one run (device time is scarce: ~15 min a
 # session). Prepare here first, in the project root:
-#   ../shared/gpu/prepare.sh libssl-dev libssl3 libboost1.74-dev libmicrohttpd-dev libmicrohttpd12
+#   ../shared/gpu/prepare.sh libssl-dev libssl3 libboost1.74-dev libmicrohttpd-dev libmicrohttpd12 libxxhash-dev libxxhash0
 # then one device call, carry [".gpu-deps"], timeout ~580 s:
 #   bash scripts/gpu-check.sh
 # It builds against the machine's CUDA libtorch (../shared/gpu/device-build.sh),

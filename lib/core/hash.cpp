@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #include <openssl/evp.h>
+#include <xxhash.h>
 
 namespace mms {
 
@@ -69,6 +71,22 @@ Result<std::string> Sha256File(const std::string& path,
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx.get(), d, &len);
   return ToHex(d, len);
+}
+
+Xxh3::Xxh3() : state_(XXH3_createState()) {
+  if (!state_) std::abort();  // out of memory for a few hundred bytes
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+
+Xxh3::~Xxh3() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void Xxh3::Update(const void* data, size_t n) { XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, n); }
+
+std::string Xxh3::Hex() const {
+  XXH64_hash_t h = XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_));
+  uint8_t bytes[8];
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<uint8_t>(h >> (56 - 8 * i));
+  return ToHex(bytes, 8);
 }
 
 }  // namespace mms

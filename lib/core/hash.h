@@ -1,5 +1,7 @@
 // Hashes from OpenSSL's libcrypto (Debian's libssl-dev): SHA-256 of artifacts
-// and MD5 for the seed-compatible A/B bucket. No hand-written digests.
+// and MD5 for the seed-compatible A/B bucket; XXH3-64 from libxxhash
+// (Debian's libxxhash-dev), a checksum fast enough (memory speed) to check
+// packed weights at every load. No hand-written digests.
 #pragma once
 
 #include <array>
@@ -23,5 +25,20 @@ Result<std::string> Sha256File(const std::string& path,
                                const std::function<void(uint64_t, uint64_t)>& progress = {});
 
 std::string ToHex(const uint8_t* data, size_t n);
+
+// XXH3-64 over pieces fed in order, as if concatenated. Not thread-safe (one
+// owner); Hex() may be called once all pieces are in.
+class Xxh3 {
+ public:
+  Xxh3();
+  ~Xxh3();
+  Xxh3(const Xxh3&) = delete;
+  Xxh3& operator=(const Xxh3&) = delete;
+  void Update(const void* data, size_t n);
+  std::string Hex() const;  // 16 hex digits
+
+ private:
+  void* state_;  // XXH3_state_t*
+};
 
 }  // namespace mms

@@ -297,7 +297,8 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
 }
 
 Status WritePackedAdapter(const std::string& path, const CheckedAdapter& a) {
-  return WriteSafetensorsFile(path, a.tensors, {{"format", "mms-adapter-1"}, {"mms.adapter", a.info.ToJson().dump()}}, 64);
+  return WriteSafetensorsFile(path, a.tensors, {{"format", "mms-adapter-1"}, {"mms.adapter", a.info.ToJson().dump()}}, 64,
+                              /*checksum=*/true);
 }
 
 }  // namespace mms

@@ -1,5 +1,7 @@
 #include "pool/torch_artifact.h"
 
+#include "core/hash.h"
+
 #include <cstdio>
 
 #include "core/paths.h"
@@ -81,10 +83,17 @@ Result<ArtifactInfo> PackTorchScript(const std::string& path, const std::string&
     t.data = std::shared_ptr<const uint8_t>(hm.weights, hm.weights->data() + e.offset);
     views.push_back(std::move(t));
   }
-  std::map<std::string, std::string> meta{{"format", kPackedFormat}, {"source", path}};
+  // The weight-less module first: its checksum goes into the weights' header,
+  // so a load checks both files (LoadPackedTorchScript).
+  const std::string module_path = JoinPath(dst_dir, kPackedModuleFile);
+  MMS_RETURN_IF_ERROR(hm.model->SaveWithoutWeights(module_path));
+  MMS_ASSIGN_OR_RETURN(std::string module_bytes, ReadFile(module_path));
+  Xxh3 module_sum;
+  module_sum.Update(module_bytes.data(), module_bytes.size());
+  std::map<std::string, std::string> meta{
+      {"format", kPackedFormat}, {"source", path}, {kPackedModuleChecksumKey, module_sum.Hex()}};
   for (const auto& [alias, target] : layout.aliases) meta["alias:" + alias] = target;
-  MMS_RETURN_IF_ERROR(WriteSafetensorsFile(JoinPath(dst_dir, kPackedWeightsFile), views, meta, 64));
-  MMS_RETURN_IF_ERROR(hm.model->SaveWithoutWeights(JoinPath(dst_dir, kPackedModuleFile)));
+  MMS_RETURN_IF_ERROR(WriteSafetensorsFile(JoinPath(dst_dir, kPackedWeightsFile), views, meta, 64, /*checksum=*/true));
   info.packed = true;
   return info;
 }

@@ -44,6 +44,8 @@ Status CheckSampleInput(const std::string& artifact, const std::string& sample_p
 
 constexpr const char* kPackedWeightsFile = "weights.safetensors";
 constexpr const char* kPackedModuleFile = "module.pt";
+// In the packed weights' metadata: the XXH3-64 of module.pt, checked at load.
+constexpr const char* kPackedModuleChecksumKey = "mms.module_xxh3_64";
 constexpr const char* kPackedFormat = "mms-packed-1";
 
 }  // namespace mms

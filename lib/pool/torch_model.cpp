@@ -10,10 +10,12 @@
 #include <cerrno>
 #include <algorithm>
 #include <cstring>
+#include <sstream>
 #include <functional>
 #include <map>
 #include <unordered_map>
 
+#include "core/hash.h"
 #include "core/paths.h"
 #include "pool/torch_artifact.h"
 #include "pool/torch_util.h"
@@ -469,7 +471,26 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
   MMS_ASSIGN_OR_RETURN(SafetensorsHeader h, ReadSafetensorsHeader(weights));
   if (h.metadata["format"] != kPackedFormat)
     return Corrupt(weights + " is not an mms packed-weights file (format '" + h.metadata["format"] + "')");
-  MMS_ASSIGN_OR_RETURN(torch::jit::Module m, LoadModule(JoinPath(dir, kPackedModuleFile), dir));
+  const std::string module_path = JoinPath(dir, kPackedModuleFile);
+  torch::jit::Module m;
+  if (auto want = h.metadata.find(kPackedModuleChecksumKey); want != h.metadata.end()) {
+    // Checked, then loaded from the bytes checked.
+    auto bytes = ReadFile(module_path);
+    if (!bytes.ok()) return NotFound("no such file: " + module_path);
+    Xxh3 sum;
+    sum.Update(bytes->data(), bytes->size());
+    if (sum.Hex() != want->second)
+      return Corrupt(module_path + " does not match the checksum it was written with (xxh3 " + sum.Hex() +
+                     ", written " + want->second + "): it was changed or damaged since");
+    try {
+      std::istringstream in(std::move(*bytes));
+      m = torch::jit::load(in, torch::kCPU);
+    } catch (const std::exception& e) {
+      return InvalidArgument(dir + " is not a loadable TorchScript archive: " + TorchErrorMessage(e));
+    }
+  } else {
+    MMS_ASSIGN_OR_RETURN(m, LoadModule(module_path, dir));
+  }
   WeightLayout layout;
   for (const auto& e : h.entries) {
     layout.entries.push_back({e.name, e.dtype, e.shape, e.begin, e.end - e.begin});
@@ -481,7 +502,10 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
   if (::stat(weights.c_str(), &st) != 0) return IoError("cannot stat " + weights);
   uint64_t data_bytes = static_cast<uint64_t>(st.st_size) - h.data_offset;
   MMS_ASSIGN_OR_RETURN(auto buf, alloc(std::max<uint64_t>(layout.total_bytes, 1)));
-  MMS_RETURN_IF_ERROR(ReadInto(weights, h.data_offset, buf->data(), std::min(data_bytes, layout.total_bytes)));
+  const uint64_t read = std::min(data_bytes, layout.total_bytes);
+  MMS_RETURN_IF_ERROR(ReadInto(weights, h.data_offset, buf->data(), read));
+  // Same-size damage (a flipped byte) would otherwise be served as weights.
+  MMS_RETURN_IF_ERROR(VerifySafetensorsChecksum(h, buf->data(), read, weights));
   auto model = std::make_unique<TorchModel>(std::move(m), std::move(layout), name.empty() ? dir : name);
   MMS_RETURN_IF_ERROR(model->Init());
   MMS_RETURN_IF_ERROR(model->Bind(buf, "cpu"));
@@ -525,7 +549,8 @@ Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& allo
                             : LoadPlainTorchScript(src.artifact_path, alloc, src.ref);
   // It passed the checks at registration, so a refusal now means the stored
   // files were damaged since.
-  if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound))
+  if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound ||
+                  r.status().code() == Code::kCorrupt))
     return Corrupt("the stored artifact of " + src.ref + " is damaged: " + r.status().message() +
                    " (mms model verify " + src.ref + " checks it; to replace it: mms model rm " + src.ref + " --force, then register it again)");
   return r;

@@ -1,5 +1,7 @@
 #include "protocol/tensor_file.h"
 
+#include "core/hash.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -488,9 +490,31 @@ Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path) {
   return out;
 }
 
+Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
+                                 const std::string& path) {
+  auto want = h.metadata.find(kSafetensorsChecksumKey);
+  if (want == h.metadata.end()) return Status::Ok();
+  Xxh3 sum;
+  for (const auto& e : h.entries) {
+    if (e.end > size) return Corrupt(path + " is truncated");
+    sum.Update(data + e.begin, e.end - e.begin);
+  }
+  std::string got = sum.Hex();
+  if (got == want->second) return Status::Ok();
+  return Corrupt(path + " does not match the checksum it was written with (xxh3 " + got + ", written " + want->second +
+                 "): it was changed or damaged since");
+}
+
 Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& tensors,
-                            const std::map<std::string, std::string>& metadata, size_t alignment) {
+                            const std::map<std::string, std::string>& given_metadata, size_t alignment,
+                            bool checksum) {
   if (alignment == 0) alignment = 1;
+  std::map<std::string, std::string> metadata = given_metadata;
+  if (checksum) {
+    Xxh3 sum;
+    for (const auto& t : tensors) sum.Update(t.data.get(), t.nbytes);
+    metadata[kSafetensorsChecksumKey] = sum.Hex();
+  }
   nlohmann::json h = nlohmann::json::object();
   uint64_t off = 0;
   std::vector<uint64_t> offsets;

@@ -63,8 +63,19 @@ Result<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path);
 Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path);
 // Writes tensors with each data block aligned to `alignment` bytes from the
 // file start (the header is padded with spaces to make the data start aligned).
+// With `checksum`, the metadata also records the XXH3-64 of the tensors'
+// bytes in file order (kSafetensorsChecksumKey): mms's packed files do, so
+// that every load can check them (VerifySafetensorsChecksum).
 Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& tensors,
-                            const std::map<std::string, std::string>& metadata = {}, size_t alignment = 64);
+                            const std::map<std::string, std::string>& metadata = {}, size_t alignment = 64,
+                            bool checksum = false);
+inline constexpr const char* kSafetensorsChecksumKey = "mms.xxh3_64";
+// Checks `data` — the file's data region from its start, `size` bytes, as
+// read — against the checksum `h` records: CORRUPT naming `path` when they
+// differ (the file was changed or damaged since it was written); OK when
+// `h` records none (files written before checksums) or all match.
+Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
+                                 const std::string& path);
 
 // Reads a tensor file by extension: .json or .safetensors (or by content).
 Result<std::vector<Tensor>> ReadTensorFile(const std::string& path);

@@ -5,6 +5,8 @@
 // usable as models of their own (experiments, shadows, pins).
 #include <doctest/doctest.h>
 
+#include <fstream>
+
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -146,6 +148,26 @@ TEST_CASE("bad adapters are refused at registration with exit 2, and nothing is 
   CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/artifacts/bad"));
   auto served = Predict(d, {"base"});
   CHECK(served.size() == 12);  // the daemon serves on
+}
+
+TEST_CASE("an adapter whose stored weights changed since registration is refused, the base serves on") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1")});
+  for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/cust-a")) {
+    std::fstream f(e.path().string() + "/adapter.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-1, std::ios::end);
+    char c = static_cast<char>(f.get() ^ 0x5a);  // same size, one byte of a weight
+    f.seekp(-1, std::ios::end);
+    f.put(c);
+  }
+  auto r = d.Mms({"predict", "cust-a", "--input", Data("lora_input.json")});
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(r.err.find("the stored adapter cust-a:1 is damaged") != std::string::npos, r.err);
+  CHECK_MESSAGE(r.err.find("does not match the checksum") != std::string::npos, r.err);
+  CHECK(d.Mms({"model", "verify", "cust-a:1"}).exit_code == 1);
+  CHECK(Predict(d, {"base"}).size() == 12);
 }
 
 TEST_CASE("adapters serve in both modes equal to the base with the adapter merged offline") {

@@ -142,10 +142,18 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   Register(d, "thrower", "1", Data("throws.pt"));
   Register(d, "manydims", "1", Data("many_dims.pt"));
   // Corrupt and truncated artifacts: register good copies, then damage them.
-  std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/corrupt.pt");
-  std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/trunc.pt");
-  Register(d, "corrupt", "1", d.dir() + "/corrupt.pt");
-  Register(d, "trunc", "1", d.dir() + "/trunc.pt");
+  for (const char* name : {"corrupt", "trunc", "flipped", "modchanged"}) {
+    std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/" + name + ".pt");
+    Register(d, name, "1", d.dir() + "/" + name + ".pt");
+  }
+  // Same-size damage: one byte of a weight, one byte of the weight-less module.
+  auto flip_last_byte = [](const std::string& path) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-1, std::ios::end);
+    char c = static_cast<char>(f.get() ^ 0x5a);
+    f.seekp(-1, std::ios::end);
+    f.put(c);
+  };
   json reg = json::parse(d.Mms({"--json", "model", "list"}).out);
   for (const auto& v : reg) {
     std::string packed = d.data_dir() + "/artifacts/" + v["model"].get<std::string>();
@@ -157,6 +165,8 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
         f << "garbage!garbage!garbage!";
       }
       if (v["model"] == "trunc") std::filesystem::resize_file(w, 500);
+      if (v["model"] == "flipped") flip_last_byte(w);
+      if (v["model"] == "modchanged") flip_last_byte(e.path().string() + "/module.pt");
     }
   }
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
@@ -178,6 +188,8 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   std::vector<Case> cases{
       {"corrupt", Data("rec_input.json"), 1, "the stored artifact of corrupt:1 is damaged"},
       {"trunc", Data("rec_input.json"), 1, "truncated"},
+      {"flipped", Data("rec_input.json"), 1, "weights.safetensors does not match the checksum it was written with"},
+      {"modchanged", Data("rec_input.json"), 1, "module.pt does not match the checksum it was written with"},
       {"thrower", d.dir() + "/neg.json", 1, "negative feature values are not supported"},
       {"tiny", Data("tiny_missing.json"), 2, "takes inputs (x); missing: x; unexpected: y"},
       {"tiny", Data("tiny_extra.json"), 2, "unexpected: z"},
@@ -211,6 +223,13 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   CHECK(again.err.find("next retry in") != std::string::npos);
   CHECK(json::parse(d.Mms({"--json", "health", "corrupt"}).out)["models"][0]["failures"] == 1);
   CHECK(d.Mms({"health", "tiny"}).exit_code == 0);
+  // mms model verify names the changed file of each.
+  auto v = d.Mms({"model", "verify", "modchanged"});
+  CHECK(v.exit_code == 1);
+  CHECK_MESSAGE(v.out.find("packed module.pt changed since registration") != std::string::npos, v.out);
+  v = d.Mms({"model", "verify", "flipped"});
+  CHECK(v.exit_code == 1);
+  CHECK_MESSAGE(v.out.find("packed weights.safetensors changed since registration") != std::string::npos, v.out);
 }
 
 TEST_CASE("a version whose warm-up fails is unhealthy and not served") {
