@@ -1,5 +1,8 @@
 #include "daemon.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+
 #include <unistd.h>
 
 #include "core/log.h"
@@ -30,6 +33,33 @@ Status ApplyLogConfig(const LogConfig& log) {
   return Logger::Global().Configure(lo);
 }
 
+Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::string& socket_path) {
+  // One daemon per registry, whatever its socket: two would each flush their
+  // own totals of the same experiments over the other's. The kernel drops
+  // the lock when the process dies (even SIGKILL).
+  const std::string path = registry_path + ".mmsd-lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;  // a directory mmsd cannot write: Registry::Open says so
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[512] = {0};
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    ::close(fd);
+    std::string text = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    std::string pid = text.substr(0, text.find('\n')), sock;
+    if (text.find('\n') != std::string::npos) sock = text.substr(text.find('\n') + 1);
+    while (!sock.empty() && sock.back() == '\n') sock.pop_back();
+    return AlreadyExists("another mmsd (pid " + (pid.empty() ? std::string("unknown") : pid) +
+                         (sock.empty() ? "" : ", socket " + sock) + ") serves the registry " + registry_path +
+                         ": two daemons on one registry overwrite each other's experiment figures. Use that one "
+                         "(mms --socket " + (sock.empty() ? "..." : sock) +
+                         "), stop it, or give this one its own --data-dir ([registry] path)");
+  }
+  std::string text = std::to_string(::getpid()) + "\n" + socket_path + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0)
+    LogWarn("lock_file_write_failed", {{"path", path}});
+  return fd;
+}
+
 Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   if (opts.socket_path.empty() || opts.data_dir.empty()) return InvalidArgument("socket and data dir must be resolved");
   std::unique_ptr<Daemon> d(new Daemon(std::move(opts)));
@@ -45,6 +75,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   ro.clock = d->opts_.clock;
   ro.actor = "mmsd";
   ro.require_writable = true;
+  MMS_ASSIGN_OR_RETURN(d->registry_lock_fd_, LockRegistry(ro.path, d->opts_.socket_path));
   MMS_ASSIGN_OR_RETURN(d->registry_, Registry::Open(ro));
 
   AttributionStore::Options ao;
@@ -242,6 +273,7 @@ Daemon::~Daemon() {
   adapters_.reset();
   pool_.reset();
   server_.reset();
+  if (registry_lock_fd_ >= 0) ::close(registry_lock_fd_);  // releases the flock (the process exits next)
 }
 
 std::map<uint16_t, Handler> Daemon::BuildHandlers() {

@@ -60,6 +60,11 @@ class Daemon {
  public:
   static Result<std::unique_ptr<Daemon>> Create(DaemonOptions opts);
   ~Daemon();
+  // Takes the registry's instance lock (<registry>.mmsd-lock, flock, with
+  // this daemon's pid and socket): ALREADY_EXISTS naming the daemon that
+  // holds it. -1 when the file cannot be created (Registry::Open reports the
+  // directory). The descriptor is held until mmsd exits.
+  static Result<int> LockRegistry(const std::string& registry_path, const std::string& socket_path);
 
   Status Start();
   // Re-reads the config file and applies what can change live: [log],
@@ -222,6 +227,7 @@ class Daemon {
   std::unique_ptr<ShadowRunner> shadows_;
   RateLimiter limiter_;
   std::unique_ptr<Scheduler> scheduler_;
+  int registry_lock_fd_ = -1;            // LockRegistry's: held for the process's life
   std::unique_ptr<TimerQueue> timers_;  // deadlines of requests waiting for a load
   std::unique_ptr<CanaryController> canaries_;  // watcher thread only
   std::unique_ptr<HttpServer> http_;

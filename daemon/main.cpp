@@ -106,8 +106,10 @@ int Run(int argc, char** argv) {
   }
   opts.lock_fd = *lock;
   // Exit codes stay those of mmsd(8): a refused configuration is 2, any
-  // other failure to start 1.
-  auto exit_code = [](const Status& st) { return st.code() == Code::kInvalidArgument ? 2 : 1; };
+  // other failure to start 1; another daemon on the registry 6.
+  auto exit_code = [](const Status& st) {
+    return st.code() == Code::kInvalidArgument ? 2 : st.code() == Code::kAlreadyExists ? 6 : 1;
+  };
   auto daemon = Daemon::Create(std::move(opts));
   if (!daemon.ok()) {
     std::cerr << "mmsd: " << daemon.status().message() << "\n";

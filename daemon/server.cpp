@@ -126,6 +126,39 @@ Result<int> Server::Lock(const std::string& socket_path) {
   return fd;
 }
 
+namespace {
+// A unix socket at `path` that accepts a connection (a live listener), as
+// against one left by a dead process (ECONNREFUSED).
+bool SomeoneListens(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    bool busy = errno == EAGAIN;  // a full backlog: live
+    ::close(fd);
+    return busy;
+  }
+  // Finish the SP handshake before hanging up (nng 1.5.2 stops serving new
+  // connections after a peer hangs up mid-handshake): our req0 header, its
+  // rep0 header back (see Probe).
+  (void)!::send(fd, "\0SP\0\0\x30\0\0", 8, MSG_NOSIGNAL);
+  char buf[8];
+  size_t got = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (got < sizeof buf && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    ssize_t n = ::recv(fd, buf + got, sizeof buf - got, 0);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return true;
+}
+}  // namespace
+
 Status Server::Start() {
   const std::string& path = opts_.socket_path;
   if (opts_.lock_fd >= 0) {
@@ -140,6 +173,12 @@ Status Server::Start() {
     // lock was free); anything else at that path is somebody's file.
     if (!S_ISSOCK(st.st_mode))
       return FailedPrecondition(path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
+    // Free lock, yet somebody accepts connections there: a daemon whose lock
+    // file was removed. Replacing its socket would cut its clients off.
+    if (SomeoneListens(path))
+      return AlreadyExists("a daemon is serving on " + path + " though its lock file " + path +
+                           ".lock was removed; stop it first (mms status shows its pid), or start this one with "
+                           "another --socket");
     LogWarn("stale_socket_replaced", {{"socket", path}});
     ::unlink(path.c_str());
   }
