@@ -41,13 +41,19 @@ Result<std::string> Cli::data_dir() {
   return AbsolutePath(DefaultDataDir(ProcessEnv()));
 }
 
+Result<std::string> Cli::registry_path() {
+  auto c = config();
+  if (!c.ok()) return c.status();
+  auto dd = data_dir();
+  if (!dd.ok()) return dd.status();
+  return (*c)->registry.path.empty() ? JoinPath(*dd, "registry.db") : (*c)->registry.path;
+}
+
 Result<std::unique_ptr<Registry>> Cli::OpenRegistry() {
   auto c = config();
   if (!c.ok()) return c.status();
   Registry::Options o;
-  auto dd = data_dir();
-  if (!dd.ok()) return dd.status();
-  o.path = (*c)->registry.path.empty() ? JoinPath(*dd, "registry.db") : (*c)->registry.path;
+  MMS_ASSIGN_OR_RETURN(o.path, registry_path());
   MMS_ASSIGN_OR_RETURN(o.artifacts_dir, ArtifactsDir());
   o.busy_timeout_ms = (*c)->registry.busy_timeout_ns / 1000000;
   o.allowed_roots = (*c)->registry.allowed_roots;
@@ -62,14 +68,28 @@ Result<std::string> Cli::ArtifactsDir() {
 
 void Cli::NotifyDaemon(bool until_routed) {
   auto path = socket_path();
-  if (!path.ok() || !FileExists(*path)) return;
+  if (!path.ok() || !FileExists(*path)) return;  // no daemon: it reads the registry when it starts
   proto::Client::Options o;
   o.socket_path = *path;
-  o.timeout_ms = 2000 + (until_routed ? kRoutedWaitMs : 0);
+  // Within --timeout: a hung daemon does not hold a pipeline longer.
+  o.timeout_ms = std::max<int64_t>(
+      1, std::min<int64_t>(static_cast<int64_t>(std::ceil(g.timeout_s * 1000)), 2000 + (until_routed ? kRoutedWaitMs : 0)));
+  Status st = Status::Ok();
   auto c = proto::Client::Connect(o);
-  nlohmann::json body = nlohmann::json::object();
-  if (until_routed) body["wait_ms"] = kRoutedWaitMs;
-  if (c.ok()) (void)(*c)->CallJson(proto::kRegistryChanged, body);
+  if (c.ok()) {
+    auto reg = registry_path();
+    nlohmann::json body{{"registry", reg.ok() ? *reg : ""}};
+    if (until_routed) body["wait_ms"] = kRoutedWaitMs;
+    st = (*c)->CallJson(proto::kRegistryChanged, body).status();
+  } else if (FileExists(*path)) {
+    st = c.status();
+  }
+  if (st.ok()) return;
+  if (st.code() == Code::kFailedPrecondition)
+    Note("note: " + st.message() + "; it was not told of this change");
+  else
+    Note("note: the change is in the registry, but mmsd at " + *path + " did not confirm it (" + st.message() +
+         "); a running daemon picks it up at its next registry poll");
 }
 
 std::string MmsdPath() {

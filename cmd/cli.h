@@ -62,8 +62,11 @@ class Cli {
   // The registry ([registry] path, else <data dir>/registry.db), created
   // and migrated on first use. Works with no daemon running.
   Result<std::unique_ptr<Registry>> OpenRegistry();
+  Result<std::string> registry_path();
   // Tells a running daemon that the registry changed (best effort: no daemon
-  // is fine; it would notice within [registry] poll_interval anyway). With
+  // is fine; it would notice within [registry] poll_interval anyway; a
+  // daemon that does not confirm within --timeout, or serves another
+  // registry, gets a note on stderr). With
   // `until_routed`, waits while the daemon loads a new rollout's arms (at
   // most its 60 s warm-up limit), so the command returns once the rollout
   // is routed.

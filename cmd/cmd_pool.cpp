@@ -147,7 +147,9 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   // Apply it in a running daemon now (and for a pin, wait for the preload).
   auto c = cli.Connect();
   if (c.ok()) {
-    auto r = (*c)->CallJson(pin ? proto::kPin : proto::kUnpin, {{"model", ref->ToString()}});
+    auto reg_path = cli.registry_path();
+    auto r = (*c)->CallJson(pin ? proto::kPin : proto::kUnpin,
+                            {{"model", ref->ToString()}, {"registry", reg_path.ok() ? *reg_path : ""}});
     if (!r.ok() && !pin && r.status().code() == Code::kNotFound) r = nlohmann::json::object();  // nothing left to unpin
     if (!r.ok()) {
       // The daemon refused the preload (no room beside the other pins, a
@@ -171,6 +173,9 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
     if (!pin) std::cout << "unpinned " << ref->ToString() << "\n";
     else if (version.empty()) std::cout << "pinned " << ref->ToString() << " (no version of it resolves now)\n";
     else if (j.contains("device")) std::cout << "pinned " << version << " (on " << j["device"].get<std::string>() << ")\n";
+    else if (!c.ok() && c.status().message().find("is not running") == std::string::npos)
+      std::cout << "pinned " << version << " (mmsd did not answer: " << c.status().message()
+                << "; it preloads pins when it serves again)\n";
     else std::cout << "pinned " << version << " (mmsd is not running; it preloads pins when it starts)\n";
   });
   return 0;

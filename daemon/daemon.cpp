@@ -60,6 +60,17 @@ Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::st
   return fd;
 }
 
+Status Daemon::CheckSameRegistry(const nlohmann::json& body) const {
+  if (!body.contains("registry") || body["registry"] == "") return Status::Ok();
+  if (!body["registry"].is_string()) return InvalidArgument("registry must be a path");
+  const std::string theirs = body["registry"].get<std::string>(), ours = registry_->path();
+  auto a = CanonicalPath(theirs), b = CanonicalPath(ours);
+  if (a.ok() && b.ok() ? *a == *b : theirs == ours) return Status::Ok();
+  return FailedPrecondition("the mmsd at " + opts_.socket_path + " serves the registry " + ours + ", not " + theirs +
+                            " (another --data-dir or [registry] path): point --socket at the daemon of " + theirs +
+                            ", or --data-dir at " + DirName(ours));
+}
+
 Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   if (opts.socket_path.empty() || opts.data_dir.empty()) return InvalidArgument("socket and data dir must be resolved");
   std::unique_ptr<Daemon> d(new Daemon(std::move(opts)));

@@ -82,6 +82,11 @@ class Daemon {
   int64_t started_mono_ns() const { return started_mono_ns_; }
   Server* server() const { return server_.get(); }
   Registry* registry() const { return registry_.get(); }
+  // A CLI that changed a registry names it ("registry" in the request body):
+  // FAILED_PRECONDITION when it is not this daemon's (another data dir), so
+  // the CLI says so instead of reporting a change this daemon never saw.
+  // OK when the body names none (older CLIs, other clients).
+  Status CheckSameRegistry(const nlohmann::json& body) const;
   ModelPool* pool() const { return pool_.get(); }
   // LoRA adapters' own pool (tiers, budgets from [lora]).
   ModelPool* adapters() const { return adapters_.get(); }

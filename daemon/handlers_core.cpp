@@ -50,6 +50,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
   // the "wait_ms" asked for (the CLI's rollout-starting commands ask for the
   // warm-up limit; other writes must not be held by someone else's load).
   (*table)[proto::kRegistryChanged] = [d](proto::Message req, Responder r) {
+    if (Status st = d->CheckSameRegistry(req.body); !st.ok()) return r.Fail(st);
     int64_t wait_ns = Daemon::kRoutedWaitNs;
     if (req.body.contains("wait_ms")) {
       if (!req.body["wait_ms"].is_number() || !(req.body["wait_ms"].get<double>() >= 0))

@@ -353,6 +353,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
   // The CLI records pins in the registry; these apply them now and wait for
   // the preload, so `mms pin` returns once the model is on a device.
   (*table)[proto::kPin] = [d](proto::Message req, Responder r) {
+    if (Status st = d->CheckSameRegistry(req.body); !st.ok()) return r.Fail(st);
     auto ref = ModelField(req);
     if (!ref.ok()) return r.Fail(ref.status());
     if (Status st = d->RefreshRegistry(true); !st.ok()) return r.Fail(st);
@@ -366,6 +367,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
   };
 
   (*table)[proto::kUnpin] = [d](proto::Message req, Responder r) {
+    if (Status st = d->CheckSameRegistry(req.body); !st.ok()) return r.Fail(st);
     auto ref = ModelField(req);
     if (!ref.ok()) return r.Fail(ref.status());
     if (Status st = d->RefreshRegistry(true); !st.ok()) return r.Fail(st);

@@ -127,6 +127,37 @@ TEST_CASE("a live daemon whose lock file was removed keeps its socket: a second 
   CHECK(d.Mms({"ping"}).exit_code == 0);  // its socket is still there and served
 }
 
+TEST_CASE("a CLI on another registry than the daemon's is told so, and a hung daemon does not hold it past --timeout") {
+  Daemon d;
+  REQUIRE(d.ok());
+  const std::string other = d.dir() + "/other-data";
+  auto mms = [&](std::vector<std::string> args) {
+    std::vector<std::string> full{MmsBin(), "--socket", d.socket(), "--data-dir", other};
+    full.insert(full.end(), args.begin(), args.end());
+    return Run(full, 60);
+  };
+  auto reg = mms({"model", "register", "onlyb", "--version", "1", "--path", TestDataDir() + "/tiny.pt"});
+  CHECK(reg.exit_code == 0);  // the registry it names took it
+  CHECK_MESSAGE(reg.err.find("serves the registry " + d.data_dir() + "/registry.db, not " + other + "/registry.db") !=
+                    std::string::npos,
+                reg.err);
+  CHECK(reg.err.find("it was not told of this change") != std::string::npos);
+  auto pin = mms({"pin", "onlyb"});
+  CHECK(pin.exit_code != 0);
+  CHECK_MESSAGE(pin.err.find("serves the registry") != std::string::npos, pin.err);
+  CHECK(pin.err.find("unknown model") == std::string::npos);
+  // Hung: a write returns within its --timeout, saying the daemon did not confirm.
+  d.child().Signal(SIGSTOP);
+  auto t0 = std::chrono::steady_clock::now();
+  auto hung = d.Mms({"--timeout", "2", "model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt"});
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  d.child().Signal(SIGCONT);
+  CHECK(hung.exit_code == 0);
+  CHECK_MESSAGE(hung.err.find("did not confirm it") != std::string::npos, hung.err);
+  CHECK(took < 8);
+  CHECK(d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json", "-q"}).exit_code == 0);
+}
+
 TEST_CASE("a --socket path holding some other file is refused, and the file is left alone") {
   TempDir dir;
   std::string notes = dir / "notes.txt";
