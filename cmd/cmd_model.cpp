@@ -385,17 +385,15 @@ int CmdStage(Cli& cli, const std::string& ref_text, const std::string& stage_tex
   if (!stage.ok()) return cli.Fail(stage.status());
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
-  std::optional<VersionRecord> prev_prod;
-  if (*stage == Stage::kProduction)
-    if (auto p = (*reg)->List(ref->name, Stage::kProduction); p.ok() && !p->empty()) prev_prod = p->front();
-  auto rec = (*reg)->SetStage(*ref, *stage, "mms model stage");
+  std::vector<std::string> archived;  // what this very change archived
+  auto rec = (*reg)->SetStage(*ref, *stage, "mms model stage", &archived);
   if (!rec.ok()) return cli.Fail(rec.status());
   cli.NotifyDaemon();
   nlohmann::json j = rec->ToJson();
-  if (prev_prod && prev_prod->id != rec->id) j["archived"] = prev_prod->ref();
+  if (!archived.empty()) j["archived"] = archived.front();
   cli.Emit(j, [&] {
     std::cout << rec->ref() << " is now " << StageName(rec->stage);
-    if (prev_prod && prev_prod->id != rec->id) std::cout << " (" << prev_prod->ref() << " archived)";
+    if (!archived.empty()) std::cout << " (" << archived.front() << " archived)";
     std::cout << "\n";
   });
   return 0;

@@ -467,7 +467,8 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
   return ResolveLocked(Ref{Ref::Kind::kVersion, v.model, v.version, ""});
 }
 
-Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, const std::string& reason) {
+Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, const std::string& reason,
+                                               std::vector<std::string>* archived) {
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   if (rec.stage == stage) return rec;
   if (stage == Stage::kProduction) {
@@ -478,6 +479,7 @@ Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, cons
       MMS_RETURN_IF_ERROR(up.Run());
       MMS_RETURN_IF_ERROR(AuditLocked("stage", p.model, p.version, "production", "archived",
                                       "replaced in production by " + rec.ref()));
+      if (archived) archived->push_back(p.ref());
     }
   }
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE versions SET stage = ? WHERE id = ?"));
@@ -487,7 +489,8 @@ Result<VersionRecord> Registry::SetStageLocked(const Ref& ref, Stage stage, cons
   return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
 }
 
-Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason) {
+Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std::string& reason,
+                                         std::vector<std::string>* archived) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   // A canary owns its model's production version and its candidate until it
@@ -502,7 +505,7 @@ Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std:
                    c.baseline_version + " is " + c.state + " and decides " + c.model +
                    "'s production version; end it first with mms canary promote " + c.model + " or mms canary abort " +
                    c.model);
-  MMS_ASSIGN_OR_RETURN(VersionRecord rec, SetStageLocked(ref, stage, reason));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, SetStageLocked(ref, stage, reason, archived));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return rec;
 }

@@ -252,8 +252,11 @@ class Registry {
   Result<std::vector<std::string>> ModelNames();
 
   // One production version per model: promoting moves the previous one to
-  // archived (recorded). `reason` goes to the audit detail.
-  Result<VersionRecord> SetStage(const Ref& ref, Stage stage, const std::string& reason = "");
+  // archived (recorded), and names it in `*archived` when given (read in the
+  // same transaction: a concurrent promotion cannot change the answer).
+  // `reason` goes to the audit detail.
+  Result<VersionRecord> SetStage(const Ref& ref, Stage stage, const std::string& reason = "",
+                                 std::vector<std::string>* archived = nullptr);
   Status SetAlias(const std::string& model, const std::string& alias, const std::string& version);
   Status RemoveAlias(const std::string& model, const std::string& alias);
   // IN_USE while a pin (or, later, an experiment, shadow or canary) uses it,
@@ -371,7 +374,8 @@ class Registry {
                      const std::string& from, const std::string& to, const std::string& detail);
   Result<std::vector<std::string>> UsesOfLocked(const VersionRecord& v);
   Result<std::vector<ExperimentRecord>> QueryExperiments(const std::string& where, const std::vector<std::string>& args);
-  Result<VersionRecord> SetStageLocked(const Ref& ref, Stage stage, const std::string& reason);
+  Result<VersionRecord> SetStageLocked(const Ref& ref, Stage stage, const std::string& reason,
+                                       std::vector<std::string>* archived = nullptr);
   Result<std::vector<ShadowRecord>> QueryShadows(const std::string& where, const std::vector<std::string>& args);
   Result<std::vector<CanaryRecord>> QueryCanaries(const std::string& where, const std::vector<std::string>& args);
   Result<CanaryRecord> ActiveCanaryLocked(const std::string& model);

@@ -1,6 +1,8 @@
 // `mms model ...` end to end: the real CLI, a real registry file, real
 // TorchScript artifacts checked by the real mmsd. No daemon is needed.
 #include <doctest/doctest.h>
+
+#include <set>
 #include <signal.h>
 #include <sqlite3.h>
 #include <unistd.h>
@@ -508,6 +510,30 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   auto huge = mms({"--json", "model", "import", repo});
   CHECK(huge.exit_code == 1);
   CHECK(huge.out.find("is out of range") != std::string::npos);
+}
+
+TEST_CASE("promotions at once each name the version they archived, as the audit log has it") {
+  Cli mms;
+  for (int v = 1; v <= 5; ++v)
+    REQUIRE(mms({"model", "register", "m", "--version", std::to_string(v), "--path", mms.Data("tiny.pt"), "-q"})
+                .exit_code == 0);
+  REQUIRE(mms({"model", "stage", "m:1", "production"}).exit_code == 0);
+  std::vector<ProcResult> out(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] { out[i] = mms({"--json", "model", "stage", "m:" + std::to_string(i + 2), "production"}); });
+  for (auto& t : threads) t.join();
+  std::set<std::string> archived;
+  for (const auto& r : out) {
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    json j = json::parse(r.out);
+    REQUIRE(j.contains("archived"));
+    CHECK_MESSAGE(archived.insert(j["archived"].get<std::string>()).second, "archived twice: " << j["archived"]);
+  }
+  // Each promotion archived the one before it: all but the last production version, once each.
+  std::string prod = json::parse(mms({"--json", "model", "show", "m"}).out)["ref"];
+  archived.insert(prod);
+  CHECK(archived == std::set<std::string>{"m:1", "m:2", "m:3", "m:4", "m:5"});
 }
 
 TEST_CASE("two registrations at once both succeed, a true duplicate gets exit 6") {
