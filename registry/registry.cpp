@@ -72,7 +72,16 @@ const VersionRecord* DefaultVersion(const std::vector<VersionRecord>& versions) 
     if (!best || rank(v) > rank(*best) || (rank(v) == rank(*best) && CompareVersions(v.version, best->version) > 0))
       best = &v;
   }
-  return best;
+  return best && rank(*best) > 0 ? best : nullptr;
+}
+
+Status NoDefaultVersion(const std::string& model, const std::vector<VersionRecord>& versions) {
+  if (versions.empty()) return NotFound("model '" + model + "' has no versions");
+  const VersionRecord* top = &versions.front();
+  for (const auto& v : versions)
+    if (CompareVersions(v.version, top->version) > 0) top = &v;
+  return NotFound("every version of " + model + " is archived, so the bare name serves none: name a version (" +
+                  top->ref() + "), or put one back with mms model stage " + top->ref() + " production");
 }
 
 namespace {
@@ -339,7 +348,7 @@ Result<VersionRecord> Registry::ResolveLocked(const Ref& ref) {
     case Ref::Kind::kName: {
       MMS_ASSIGN_OR_RETURN(auto all, QueryVersions("WHERE v.model_id = ?", {id}));
       const VersionRecord* def = DefaultVersion(all);
-      if (!def) return NotFound("model '" + ref.name + "' has no versions");
+      if (!def) return NoDefaultVersion(ref.name, all);
       found.push_back(*def);
       break;
     }

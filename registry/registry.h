@@ -403,8 +403,10 @@ class Registry {
 std::string DefaultActor();
 
 // What a bare model name serves: its production version, else its highest
-// version not archived, else its highest version. `versions` are one
-// model's; null when empty. (The one place this rule lives.)
+// version not archived. `versions` are one model's; null when empty or all
+// archived (NoDefaultVersion says which, and what to do). (The one place
+// this rule lives.)
 const VersionRecord* DefaultVersion(const std::vector<VersionRecord>& versions);
+Status NoDefaultVersion(const std::string& model, const std::vector<VersionRecord>& versions);
 
 }  // namespace mms

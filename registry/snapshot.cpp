@@ -60,7 +60,7 @@ Result<const VersionRecord*> RegistrySnapshot::Resolve(const Ref& ref) const {
   switch (ref.kind) {
     case Ref::Kind::kName: {
       const VersionRecord* v = DefaultVersion(versions);
-      if (!v) return NotFound("model '" + ref.name + "' has no versions");
+      if (!v) return NoDefaultVersion(ref.name, versions);
       return v;
     }
     case Ref::Kind::kVersion: {
