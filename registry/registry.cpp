@@ -442,6 +442,14 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
     if (!dup.empty())
       return AlreadyExists(v.model + ":" + v.version + " is already registered (by " + dup[0].created_by +
                            ", sha256 " + dup[0].sha256.substr(0, 12) + "); register a new version number");
+    // One kind per name: a bare name must not switch between a model and an
+    // adapter (and so between inputs) with the next registration.
+    MMS_ASSIGN_OR_RETURN(auto other, QueryVersions("WHERE v.model_id = ? AND v.format != ?",
+                                                   {std::to_string(mid), v.base_id ? "lora" : "torchscript"}));
+    if (!other.empty())
+      return InvalidArgument(v.model + " is " + (v.base_id ? "a model" : "a LoRA adapter") + " (" + other[0].ref() +
+                             "); register this " + (v.base_id ? "adapter" : "model") +
+                             " under a name of its own: a name is one or the other");
   }
   if (v.base_id) {
     MMS_ASSIGN_OR_RETURN(auto base, QueryVersions("WHERE v.id = ?", {std::to_string(v.base_id)}));

@@ -83,6 +83,13 @@ TEST_CASE("adapters: register, list, show and remove, the base cannot go while a
   auto dup = d.Mms({"adapter", "register", "cust-a", "--version", "1", "--base", "base", "--path", Data("adapters/a1")});
   CHECK(dup.exit_code == 6);
   CHECK(dup.err.find("cust-a:1 is already registered") != std::string::npos);
+  // A name is a model or an adapter, never both: the bare name would switch inputs.
+  auto as_model = d.Mms({"model", "register", "cust-a", "--version", "9", "--path", Data("tiny.pt")});
+  CHECK(as_model.exit_code == 2);
+  CHECK(as_model.err.find("cust-a is a LoRA adapter (cust-a:1)") != std::string::npos);
+  auto as_adapter = d.Mms({"adapter", "register", "merged-a1", "--base", "base", "--path", Data("adapters/a1")});
+  CHECK(as_adapter.exit_code == 2);
+  CHECK(as_adapter.err.find("merged-a1 is a model (merged-a1:1)") != std::string::npos);
   CHECK(d.Mms({"model", "verify", "cust-a:1"}).exit_code == 0);
   auto list = d.Mms({"--json", "adapter", "list"});
   REQUIRE(list.exit_code == 0);
