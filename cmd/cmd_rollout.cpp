@@ -207,6 +207,9 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
     const auto& c = *r;
     // The last check may be the previous stage's (just advanced): not this one's verdict.
     const bool fresh = c["last_check"].value("stage", -1) == c["stage_index"].get<int>() + 1;
+    // A verdict goes with the figures it judged, not with newer ones.
+    const nlohmann::json& figures =
+        fresh && c["last_check"].contains("figures") ? c["last_check"]["figures"] : c["window"];
     nlohmann::json line{{"state", c["state"]},
                         {"stage", c["stage_index"].get<int>() + 1},
                         {"traffic_percent", c["traffic_percent"]},
@@ -214,8 +217,8 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
                         {"reason", c["state"] == "running" || c["state"] == "paused"
                                        ? (fresh ? c["last_check"].value("reason", "") : std::string("stage started, not checked yet"))
                                        : c["reason"].get<std::string>()},
-                        {"canary", c["window"]["canary"]},
-                        {"control", c["window"]["control"]}};
+                        {"canary", figures["canary"]},
+                        {"control", figures["control"]}};
     std::string key = line.dump();
     // A line when the stage or state changes, else at most one a second.
     std::string phase = c["state"].get<std::string>() + std::to_string(c["stage_index"].get<int>()) +
@@ -228,8 +231,8 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
       if (cli.g.json) {
         std::cout << key << std::endl;
       } else {
-        const auto& k = c["window"]["canary"];
-        const auto& o = c["window"]["control"];
+        const auto& k = figures["canary"];
+        const auto& o = figures["control"];
         std::cout << StageLine(c) << " | canary " << k["requests"] << " req, " << Num(k["error_rate"].get<double>() * 100, 2)
                   << "% err, p99 " << Num(k["p99_ms"]) << " ms | control " << o["requests"] << " req, "
                   << Num(o["error_rate"].get<double>() * 100, 2) << "% err, p99 " << Num(o["p99_ms"]) << " ms | "

@@ -317,8 +317,10 @@ class Registry {
   // (CONFLICT otherwise); 0 (the CLI): the model's active canary.
   Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason, int64_t running_id = 0);
   // `state` rolled_back or aborted: candidate archived with `reason`, experiment stopped.
+  // `check` (the failing check, when the controller judged it) becomes the
+  // canary's last check in the same transaction.
   Result<CanaryRecord> RollbackCanary(const std::string& model, const std::string& state, const std::string& reason,
-                                      int64_t running_id = 0);
+                                      int64_t running_id = 0, const nlohmann::json& check = nullptr);
 
   // ---- rate limits (kind "model" keys are model names, "tenant" any tenant id)
   // INVALID_ARGUMENT for qps <= 0 or not finite, burst < 1 (the message says so).

@@ -355,12 +355,18 @@ Result<CanaryRecord> Registry::PromoteCanary(const std::string& model, const std
 }
 
 Result<CanaryRecord> Registry::RollbackCanary(const std::string& model, const std::string& state,
-                                              const std::string& reason, int64_t running_id) {
+                                              const std::string& reason, int64_t running_id,
+                                              const nlohmann::json& check) {
   if (state != "rolled_back" && state != "aborted") return InvalidArgument("state must be rolled_back or aborted");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
   MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));
+  if (!check.is_null()) {
+    MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE canaries SET last_check_json = ? WHERE id = ?"));
+    up.Bind(1, check.dump()).Bind(2, c.id);
+    MMS_RETURN_IF_ERROR(up.Run());
+  }
   MMS_RETURN_IF_ERROR(EndCanaryLocked(c, state, reason));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return ActiveCanaryLocked(model);

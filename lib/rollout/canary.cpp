@@ -137,9 +137,10 @@ std::vector<std::string> CanaryController::Tick() {
   return events;
 }
 
-bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events) {
+bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events,
+                                const nlohmann::json& check) {
   std::string where = c.model + ":" + c.candidate_version;
-  auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id);
+  auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id, check);
   bool was_unsaved = unsaved_rollbacks_.erase(c.id) > 0;
   if (r.ok()) {
     LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
@@ -155,7 +156,7 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
     return false;
   }
   // The write failed: stop the canary's traffic in memory and keep trying.
-  unsaved_rollbacks_[c.id] = {reason, c.experiment_id};
+  unsaved_rollbacks_[c.id] = {reason, c.experiment_id, check};
   if (!was_unsaved) {
     LogError("canary_rollback_unsaved",
              {{"model", c.model}, {"candidate", where}, {"reason", reason}, {"error", r.status().message()},
@@ -172,12 +173,16 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   int64_t delta_ms = tick == last_tick_.end() ? 0 : (now - tick->second) / 1000000;
   last_tick_[c.id] = now;
   if (auto u = unsaved_rollbacks_.find(c.id); u != unsaved_rollbacks_.end()) {
-    (void)Rollback(c, u->second.reason, events);  // judged already: only the write is left (a copy: Rollback erases it)
+    Unsaved judged = u->second;  // a copy: Rollback erases it
+    (void)Rollback(c, judged.reason, events, judged.check);  // judged already: only the write is left
     return;
   }
   if (c.state != "running") return;  // paused: the clock stands still
   if (std::string why = opts_.load_failure ? opts_.load_failure(c) : ""; !why.empty()) {
-    (void)Rollback(c, "the candidate could not be loaded: " + why, events);
+    std::string reason = "the candidate could not be loaded: " + why;
+    (void)Rollback(c, reason, events,
+                   {{"verdict", "fail"}, {"look", "load"}, {"reason", reason}, {"stage", c.stage_index + 1},
+                    {"traffic_percent", c.traffic_percent()}, {"at_ms", opts_.clock->UnixMillis()}});
     return;
   }
   int64_t elapsed = c.stage_elapsed_ms + delta_ms;
@@ -213,7 +218,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     std::string reason = v.reason + " at stage " + std::to_string(c.stage_index + 1) + " (" +
                          FormatPercent(c.traffic_percent()) + " traffic; canary " + v.figures["canary"].dump() +
                          ", control " + v.figures["control"].dump() + ")";
-    (void)Rollback(c, reason, events);
+    (void)Rollback(c, reason, events, check);
     return;
   }
   auto rec = opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, check);

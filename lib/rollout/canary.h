@@ -93,12 +93,15 @@ class CanaryController {
   void Step(const CanaryRecord& c, std::vector<std::string>* events);
   // Writes a rollback; when the write fails, holds the canary's traffic back
   // and remembers it for the next tick. True once written.
-  bool Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events);
+  // `check`: the failing check, recorded as the canary's last.
+  bool Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events,
+                const nlohmann::json& check = nullptr);
   const Options opts_;
   std::map<int64_t, int64_t> last_tick_;   // canary id → mono ns of the last accounting
   std::map<int64_t, int64_t> last_check_;  // canary id → mono ns of the last check
   struct Unsaved {
     std::string reason, experiment_id;
+    nlohmann::json check;
   };
   std::map<int64_t, Unsaved> unsaved_rollbacks_;  // canary id → a rollback not written yet
 };

@@ -367,6 +367,8 @@ TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (ex
   auto c = json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out);
   CHECK(c["state"] == "rolled_back");
   CHECK(c["reason"].get<std::string>().find("canary error rate") != std::string::npos);
+  CHECK(c["last_check"]["verdict"] == "fail");  // the check that failed, with the figures it judged
+  CHECK(c["last_check"]["figures"]["canary"]["errors"].get<int>() > 0);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "1");
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
@@ -392,6 +394,8 @@ TEST_CASE("a canary whose candidate cannot be loaded is rolled back before any r
   std::string reason = c["reason"];
   CHECK_MESSAGE(reason.find("the candidate could not be loaded") != std::string::npos, reason);
   CHECK_MESSAGE(reason.find("device_budget") != std::string::npos, reason);
+  CHECK(c["last_check"]["verdict"] == "fail");
+  CHECK(c["last_check"]["look"] == "load");
   CHECK(t.sent_ > 0);
   CHECK(t.failed_ == 0);  // not one request went to the candidate
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "1");
