@@ -147,8 +147,9 @@ Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, con
   if (e.state == state) return e;
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  const int64_t now = opts_.clock->UnixMillis();
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET state = ?, updated_ms = ? WHERE id = ? AND state = ?"));
-  up.Bind(1, state).Bind(2, opts_.clock->UnixMillis()).Bind(3, id).Bind(4, e.state);
+  up.Bind(1, state).Bind(2, now).Bind(3, id).Bind(4, e.state);
   MMS_RETURN_IF_ERROR(up.Run());
   if (db_->Changes() == 0) return Conflict("experiment '" + id + "' changed meanwhile; try again");
   MMS_RETURN_IF_ERROR(AuditLocked(state == "paused" ? (e.kind == "canary" ? "canary-pause" : "experiment-pause")
@@ -156,6 +157,7 @@ Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, con
                                   e.model, e.treatment_version, e.state, state, id));
   MMS_RETURN_IF_ERROR(Commit(tx));
   e.state = state;
+  e.updated_ms = now;
   return e;
 }
 
@@ -169,13 +171,15 @@ Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int bas
   // Only as read: a stop (or another ramp) committed since is not overwritten.
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE experiments SET basis_points = ?, updated_ms = ? "
                                              "WHERE id = ? AND state = ? AND basis_points = ?"));
-  up.Bind(1, basis_points).Bind(2, opts_.clock->UnixMillis()).Bind(3, id).Bind(4, e.state).Bind(5, e.basis_points);
+  const int64_t now = opts_.clock->UnixMillis();
+  up.Bind(1, basis_points).Bind(2, now).Bind(3, id).Bind(4, e.state).Bind(5, e.basis_points);
   MMS_RETURN_IF_ERROR(up.Run());
   if (db_->Changes() == 0) return Conflict("experiment '" + id + "' changed meanwhile; try again");
   MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-ramp" : "experiment-ramp", e.model, e.treatment_version,
                                   FormatPercent(e.percent()), FormatPercent(basis_points / 100.0), id));
   MMS_RETURN_IF_ERROR(Commit(tx));
   e.basis_points = basis_points;
+  e.updated_ms = now;
   return e;
 }
 
@@ -189,7 +193,8 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
       "UPDATE experiments SET state = 'stopped', winner = ?, updated_ms = ? WHERE id = ? AND state != 'stopped'"));
-  up.Bind(1, winner).Bind(2, opts_.clock->UnixMillis()).Bind(3, id);
+  const int64_t now = opts_.clock->UnixMillis();
+  up.Bind(1, winner).Bind(2, now).Bind(3, id);
   MMS_RETURN_IF_ERROR(up.Run());
   if (db_->Changes() == 0) return Conflict("experiment '" + id + "' is already stopped");
   MMS_RETURN_IF_ERROR(AuditLocked(e.kind == "canary" ? "canary-stop" : "experiment-stop", e.model, e.treatment_version,
@@ -202,6 +207,7 @@ Result<ExperimentRecord> Registry::StopExperiment(const std::string& id, const s
   MMS_RETURN_IF_ERROR(Commit(tx));
   e.state = "stopped";
   e.winner = winner;
+  e.updated_ms = now;
   return e;
 }
 

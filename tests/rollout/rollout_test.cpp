@@ -106,14 +106,24 @@ TEST_CASE("experiments: creation rules, one per model, ramp, pause, stop with a 
   CHECK(c.status().code() == Code::kInvalidArgument);
   CHECK(c.status().message().find("must both be versions of model 'rec'") != std::string::npos);
 
-  CHECK(f.reg->RampExperiment("e1", 2500)->basis_points == 2500);
-  CHECK(f.reg->SetExperimentState("e1", "paused")->state == "paused");
+  // Each change answers with the record as written (its updated_ms too).
+  f.clock.AdvanceSeconds(1);
+  auto ramped = f.reg->RampExperiment("e1", 2500);
+  CHECK(ramped->basis_points == 2500);
+  CHECK(ramped->updated_ms == f.clock.UnixMillis());
+  CHECK(ramped->updated_ms == f.reg->GetExperiment("e1")->updated_ms);
+  f.clock.AdvanceSeconds(1);
+  auto paused = f.reg->SetExperimentState("e1", "paused");
+  CHECK(paused->state == "paused");
+  CHECK(paused->updated_ms == f.reg->GetExperiment("e1")->updated_ms);
   CHECK(f.reg->SetExperimentState("e1", "running")->state == "running");
   CHECK(f.reg->GetExperiment("e9").status().message().find("did you mean 'e1'") != std::string::npos);
   // The versions are in use while it runs.
   CHECK(f.reg->Remove(*ParseRef("rec:2"), false).status().code() == Code::kInUse);
+  f.clock.AdvanceSeconds(1);
   auto stopped = f.reg->StopExperiment("e1", "treatment");
   REQUIRE(stopped.ok());
+  CHECK(stopped->updated_ms == f.reg->GetExperiment("e1")->updated_ms);
   CHECK(f.reg->Resolve("rec")->version == "2");  // the winner is production
   CHECK(f.reg->Resolve("rec:1")->stage == Stage::kArchived);
   auto h = f.reg->History(*ParseRef("rec"));
