@@ -103,6 +103,10 @@ int CmdRegister(Cli& cli, const AdapterArgs& a) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto rec = RegisterAdapter(cli, **reg, a);
+  // No --version: the next number, which a registration running beside this
+  // one may take first; then the number after it.
+  for (int tries = 1; a.version.empty() && tries < 10 && rec.status().code() == Code::kAlreadyExists; ++tries)
+    rec = RegisterAdapter(cli, **reg, a);
   if (!rec.ok()) return cli.Fail(rec.status());
   cli.NotifyDaemon();
   cli.Emit(rec->ToJson(), [&] {

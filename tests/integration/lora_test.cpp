@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <set>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -155,6 +156,25 @@ TEST_CASE("bad adapters are refused at registration with exit 2, and nothing is 
   CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/artifacts/bad"));
   auto served = Predict(d, {"base"});
   CHECK(served.size() == 12);  // the daemon serves on
+}
+
+TEST_CASE("adapters registered at once without --version each get the next free number") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  std::vector<ProcResult> out(3);
+  std::vector<std::thread> threads;
+  const char* dirs[] = {"a1", "a2", "a3"};
+  for (int i = 0; i < 3; ++i)
+    threads.emplace_back([&, i] {
+      out[i] = d.Mms({"adapter", "register", "cust", "--base", "base", "--path", Data(std::string("adapters/") + dirs[i])});
+    });
+  for (auto& t : threads) t.join();
+  for (const auto& r : out) CHECK_MESSAGE(r.exit_code == 0, r.err);
+  std::set<std::string> refs;
+  json list = json::parse(d.Mms({"--json", "adapter", "list"}).out);
+  for (const auto& a : list) refs.insert(a["ref"].get<std::string>());
+  CHECK(refs == std::set<std::string>{"cust:1", "cust:2", "cust:3"});
 }
 
 TEST_CASE("an adapter whose stored weights changed since registration is refused, the base serves on") {
