@@ -544,9 +544,11 @@ Status TorchLoader::Precheck(const Source& src, uint64_t bytes) {
 }
 
 Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {
-  Result<HostModel> r = !src.packed_dir.empty() && FileExists(JoinPath(src.packed_dir, kPackedWeightsFile))
-                            ? LoadPackedTorchScript(src.packed_dir, alloc, src.ref)
-                            : LoadPlainTorchScript(src.artifact_path, alloc, src.ref);
+  // A version registered with packed files loads them, or fails saying they
+  // are damaged: falling back to the original file would serve whatever it
+  // holds now, unchecked, and hide the damage.
+  Result<HostModel> r = !src.packed_dir.empty() ? LoadPackedTorchScript(src.packed_dir, alloc, src.ref)
+                                                : LoadPlainTorchScript(src.artifact_path, alloc, src.ref);
   // It passed the checks at registration, so a refusal now means the stored
   // files were damaged since.
   if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound ||

@@ -142,7 +142,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   Register(d, "thrower", "1", Data("throws.pt"));
   Register(d, "manydims", "1", Data("many_dims.pt"));
   // Corrupt and truncated artifacts: register good copies, then damage them.
-  for (const char* name : {"corrupt", "trunc", "flipped", "modchanged"}) {
+  for (const char* name : {"corrupt", "trunc", "flipped", "modchanged", "gone"}) {
     std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/" + name + ".pt");
     Register(d, name, "1", d.dir() + "/" + name + ".pt");
   }
@@ -167,6 +167,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
       if (v["model"] == "trunc") std::filesystem::resize_file(w, 500);
       if (v["model"] == "flipped") flip_last_byte(w);
       if (v["model"] == "modchanged") flip_last_byte(e.path().string() + "/module.pt");
+      if (v["model"] == "gone") std::filesystem::remove_all(e.path());  // not loaded from the original instead
     }
   }
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
@@ -190,6 +191,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
       {"trunc", Data("rec_input.json"), 1, "truncated"},
       {"flipped", Data("rec_input.json"), 1, "weights.safetensors does not match the checksum it was written with"},
       {"modchanged", Data("rec_input.json"), 1, "module.pt does not match the checksum it was written with"},
+      {"gone", Data("rec_input.json"), 1, "the stored artifact of gone:1 is damaged: no such file"},
       {"thrower", d.dir() + "/neg.json", 1, "negative feature values are not supported"},
       {"tiny", Data("tiny_missing.json"), 2, "takes inputs (x); missing: x; unexpected: y"},
       {"tiny", Data("tiny_extra.json"), 2, "unexpected: z"},
