@@ -124,6 +124,8 @@ int CmdStatus(Cli& cli) {
     std::string cfg = j.value("config", "");
     std::cout << "config:    " << (cfg.empty() ? "(built-in defaults)" : cfg) << "\n";
     if (j.contains("registry_error")) std::cout << "WARNING:   " << j["registry_error"].get<std::string>() << "\n";
+    if (j.contains("metrics_flush_error"))
+      std::cout << "WARNING:   " << j["metrics_flush_error"].get<std::string>() << "\n";
     std::cout << "requests:  " << j.value("requests_served", 0) << " served, " << j.value("in_flight", 0)
               << " in flight\n";
     std::vector<std::vector<std::string>> rows{{"DEVICE", "KIND", "MEMORY", "AVAILABLE", "BUDGET", "USED"}};

@@ -7,6 +7,7 @@
 
 #include "core/log.h"
 #include "core/paths.h"
+#include "core/units.h"
 #include "pool/torch_model.h"
 #include "stats/prometheus.h"
 
@@ -631,10 +632,19 @@ bool Daemon::FlushMetrics() {
     break;
   }
   // Once per outage, not once per variant and interval; and when it ends.
-  if (!failed.ok() && !flush_failing_.exchange(true))
+  if (!failed.ok() && !flush_failing_.exchange(true)) {
     LogError("metrics_flush_failed", {{"error", failed.message()},
                                       {"note", "figures are kept in memory and saved once the registry takes writes"}});
-  if (failed.ok() && flush_failing_.exchange(false)) LogInfo("metrics_flush_recovered", {});
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    flush_error_ = "experiment figures could not be saved since " + FormatUtcMillis(opts_.clock->UnixMillis()) + " (" +
+                   failed.message() + "); they are kept in memory until the registry takes writes again, and a "
+                   "crash meanwhile loses them";
+  }
+  if (failed.ok() && flush_failing_.exchange(false)) {
+    LogInfo("metrics_flush_recovered", {});
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    flush_error_.clear();
+  }
   return failed.ok();
 }
 

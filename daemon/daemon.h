@@ -82,6 +82,11 @@ class Daemon {
   int64_t started_mono_ns() const { return started_mono_ns_; }
   Server* server() const { return server_.get(); }
   Registry* registry() const { return registry_.get(); }
+  // "" while experiment figures are saved; else since when and why not.
+  std::string MetricsFlushError() const {
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    return flush_error_;
+  }
   // A CLI that changed a registry names it ("registry" in the request body):
   // FAILED_PRECONDITION when it is not this daemon's (another data dir), so
   // the CLI says so instead of reporting a change this daemon never saw.
@@ -224,6 +229,8 @@ class Daemon {
 
   MetricsStore experiment_metrics_;
   std::atomic<bool> flush_failing_{false};
+  mutable std::mutex flush_mu_;  // only for flush_error_
+  std::string flush_error_;      // guarded by flush_mu_: why figures are unsaved ("" when saved)
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
   void CheckRegistryFile();                     // the watcher's, every poll  // FlushMetrics' last try failed (logged once per outage)
   MetricsStore serving_metrics_;

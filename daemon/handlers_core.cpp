@@ -28,6 +28,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["in_flight"] = d->server()->in_flight();
     j["registry"] = d->registry()->path();
     if (Status st = d->registry()->CheckFileIdentity(); !st.ok()) j["registry_error"] = st.message();
+    if (std::string e = d->MetricsFlushError(); !e.empty()) j["metrics_flush_error"] = e;
     j["devices"] = d->pool()->Devices();
     nlohmann::json pool = d->pool()->Summary();
     size_t registered = 0;

@@ -152,6 +152,8 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
     if (!ipc_ok) body["error"] = "new connections to " + server_->options().socket_path +
                                  " are not being answered; see the daemon log (listener_restart_failed)";
     else if (!registry_ok) body["error"] = registry_->CheckFileIdentity().message();
+    // Serving is fine (200); the figures are at risk: said, not failed.
+    if (std::string e = MetricsFlushError(); !e.empty()) body["warning"] = e;
     return {draining || !ipc_ok || !registry_ok ? 503 : 200, "application/json", proto::DumpBody(body) + "\n"};
   }
   // The snapshot only: an unauthenticated probe of unknown names must not

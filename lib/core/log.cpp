@@ -1,5 +1,7 @@
 #include "core/log.h"
 
+#include "core/units.h"
+
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -50,17 +52,7 @@ Status Logger::Configure(const Options& opts) {
 }
 
 namespace {
-std::string IsoNow() {
-  int64_t ms = Clock::Real()->UnixMillis();
-  time_t secs = static_cast<time_t>(ms / 1000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms % 1000));
-  return buf;
-}
+std::string IsoNow() { return FormatUtcMillis(Clock::Real()->UnixMillis()); }
 }  // namespace
 
 void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json& fields) {

@@ -26,6 +26,8 @@ std::string FormatDurationNanos(int64_t ns);
 
 // "12.5%", "10%", "0.25%": a percentage without trailing zeros.
 std::string FormatPercent(double percent);
+// "2026-11-29T16:45:01.123Z": Unix milliseconds as UTC, ISO 8601.
+std::string FormatUtcMillis(int64_t unix_ms);
 // A treatment share in basis points (0..10000 for 0..100%), as the seed's
 // assignment compares: bucket < percent × 100 on the real value, which for
 // integer buckets is bucket < ceil(percent × 100) (33.333% → 3334).

@@ -268,11 +268,18 @@ TEST_CASE("figures a flush could not save (the registry locked or full) are save
   REQUIRE(lock.ok());
   for (int u = 10; u < 20; ++u) Predict(d, "u" + std::to_string(u));
   CHECK(WaitFor([&] { return d.log().find("metrics_flush_failed") != std::string::npos; }, 10));
+  // Not in the log only: mms status says so while it lasts.
+  auto st = d.Mms({"--json", "status"});
+  REQUIRE(st.exit_code == 0);
+  CHECK_MESSAGE(json::parse(st.out).value("metrics_flush_error", "").find("could not be saved since") != std::string::npos,
+                st.out);
+  CHECK(d.Mms({"status"}).out.find("WARNING:   experiment figures could not be saved") != std::string::npos);
   lock.Release();
   // No traffic after the lock goes: a later flush saves the held figures (they used to be
   // dropped until new traffic touched the variant). SIGKILL: no flush at stop.
   CHECK(WaitFor([&] { return d.log().find("metrics_flush_recovered") != std::string::npos; }, 10));
   CHECK(Count(d.log(), "metrics_flush_failed") == 1);  // once per outage, not per variant and interval
+  CHECK_FALSE(json::parse(d.Mms({"--json", "status"}).out).contains("metrics_flush_error"));
   d.child().Signal(SIGKILL);
   REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
   REQUIRE(d.Restart());
