@@ -416,7 +416,7 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   cstart->add_option("--stage-duration", ca->stage_duration, "time each stage must pass its checks (default 30m)");
   cstart->add_option("--max-error-rate", ca->max_error_rate, "roll back above this canary error rate (default 0.05)");
   cstart->add_option("--max-p99-ms", ca->max_p99_ms, "roll back above this canary p99 (default 500)");
-  cstart->add_option("--max-p99-ratio", ca->max_p99_ratio, "roll back when canary p99 / control p99 exceeds this (default 1.2)");
+  cstart->add_option("--max-p99-ratio", ca->max_p99_ratio, "roll back when canary p99 / control p99 exceeds this, and p99 is over 1 ms above control's (default 1.2)");
   cstart->add_option("--min-requests", ca->min_requests, "canary requests needed for any verdict (default 1000)");
   cstart->add_option("--check-interval", ca->check_interval, "how often to judge (default 10s)");
   cstart->add_flag("--wait", ca->wait, "stream progress until it ends; exit 0 promoted, 10 rolled back, 11 aborted, 12 timeout");

@@ -98,7 +98,11 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
       return v;
     }
     double cp99 = static_cast<double>(control.latency.Quantile(0.99)) / 1e6;
-    if (cp99 > 0 && p99 / cp99 > c.max_p99_ratio && over(slower(cp99 * c.max_p99_ratio), timed, 0.01, &p)) {
+    // Slower than the ratio allows, and by more than kCanaryP99SlackMs: at
+    // sub-millisecond latencies a ratio is scheduling noise (a review saw
+    // identical models rolled back at 0.7 ms against 0.3 ms).
+    const double bound = std::max(cp99 * c.max_p99_ratio, cp99 + kCanaryP99SlackMs);
+    if (cp99 > 0 && p99 > bound && over(slower(bound), timed, 0.01, &p)) {
       char b[64];
       std::snprintf(b, sizeof b, "%.2f", p99 / cp99);
       v.reason = "canary p99 " + Ms(p99) + " is " + b + "x control's " + Ms(cp99) + " (limit " +

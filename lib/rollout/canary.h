@@ -53,6 +53,9 @@ struct CanaryVerdict {
 };
 
 constexpr double kCanaryAlpha = 0.005;
+// The p99 ratio limit fails a canary only when its p99 is also this much
+// above control's: below a millisecond a ratio measures scheduling noise.
+constexpr double kCanaryP99SlackMs = 1.0;
 
 // Where a check falls in its stage: `final` at or after the stage's end;
 // `looks` is how many checks a stage gets (stage duration / check interval).
