@@ -5,6 +5,7 @@
 
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -115,10 +116,17 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
   if (!db.ok()) return db.status();
   r->db_ = std::move(db).value();
-  if (opts.require_writable && sqlite3_db_readonly(r->db_->raw(), "main") == 1)
+  if (opts.require_writable && sqlite3_db_readonly(r->db_->raw(), "main") == 1) {
+    struct statvfs fs;
+    if (::statvfs(opts.path.c_str(), &fs) == 0 && (fs.f_flag & ST_RDONLY))
+      return IoError("the registry " + opts.path +
+                     " is on a file system mounted read-only: mmsd must write to it (serving figures, experiment "
+                     "metrics, canary stages); remount it read-write, or point --data-dir ([registry] path) at a "
+                     "writable one");
     return IoError("the registry " + opts.path +
                             " is read-only for this user: mmsd must write to it (serving figures, experiment "
                             "metrics, canary stages); give it write access to the file and its directory");
+  }
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
   // Migrate reads the header first: a non-database fails with NOTADB, and
   // another application's database is refused before anything changes it
@@ -130,6 +138,8 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
     r->file_dev_ = static_cast<uint64_t>(st.st_dev);
     r->file_ino_ = static_cast<uint64_t>(st.st_ino);
   }
+  // SQLite keeps the -wal file while a connection is open (this one).
+  if (::stat((opts.path + "-wal").c_str(), &st) == 0) r->wal_ino_ = static_cast<uint64_t>(st.st_ino);
   return r;
 }
 
@@ -144,6 +154,15 @@ Status Registry::CheckFileIdentity() const {
     return FailedPrecondition("the registry file " + opts_.path +
                               " was replaced while in use (moved, or a copy put in its place): this process keeps "
                               "the file it opened, which no other command sees. Restart mmsd to use the new file");
+  // Its -wal file removed (or replaced) under it: the changes this process
+  // commits go to a file no other command reads, and are lost if it dies.
+  const bool wal = ::stat((opts_.path + "-wal").c_str(), &st) == 0;
+  if (wal && wal_ino_ == 0) wal_ino_ = static_cast<uint64_t>(st.st_ino);
+  if (wal_ino_ != 0 && (!wal || static_cast<uint64_t>(st.st_ino) != wal_ino_))
+    return FailedPrecondition("the registry's write-ahead log " + opts_.path +
+                              "-wal was removed or replaced while in use: what this process commits goes to a file "
+                              "no other command reads, and is lost if it is killed. Stop it with SIGTERM (not -9) "
+                              "and start it again");
   return Status::Ok();
 }
 

@@ -394,6 +394,9 @@ class Registry {
   const Options opts_;
   const std::string actor_;
   uint64_t file_dev_ = 0, file_ino_ = 0;  // the opened file's identity (set by Open)
+  // Its -wal file's identity, once seen (Open, else the first check after
+  // the first write creates it).
+  mutable std::atomic<uint64_t> wal_ino_{0};
   std::atomic<int64_t> own_commits_{0};
   // Recursive only so ReadConsistent can call the public readers inside its
   // one transaction; nothing else re-enters.

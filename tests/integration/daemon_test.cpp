@@ -432,6 +432,13 @@ TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, 
   CHECK(WaitFor([&] { return health().find("\n200") != std::string::npos; }, 20));
   CHECK(d.log().find("registry_file_restored") != std::string::npos);
   CHECK(json::parse(d.Mms({"--json", "status"}).out).count("registry_error") == 0);
+  // Its write-ahead log removed: what mmsd commits goes where nobody reads it.
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"}).exit_code == 0);
+  REQUIRE(std::filesystem::exists(db + "-wal"));
+  std::filesystem::remove(db + "-wal");
+  CHECK(WaitFor([&] { return (h = health()).find("\n503") != std::string::npos; }, 20));
+  CHECK_MESSAGE(h.find("write-ahead log") != std::string::npos, h);
+  CHECK(d.Mms({"status"}).out.find("-wal was removed or replaced while in use") != std::string::npos);
 }
 
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
