@@ -140,6 +140,61 @@ class Progress {
   int last_ = -1;
 };
 
+// What PackArtifact made: mmsd's findings (inputs, weight bytes, ...), the
+// published packed dir, and the stored sample input in it ("" if none).
+struct Packed {
+  nlohmann::json info;
+  std::string dir, sample_input;
+};
+
+// Checks `canon` with `mmsd inspect-artifact` (which links libtorch) and
+// writes its packed form — with a copy of `sample_input` when given — into
+// a directory of its own under the data dir.
+Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::string& name, const std::string& version,
+                            const std::string& sha256, const std::string& sample_input, int max_batch_size) {
+  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
+  std::string model_dir = JoinPath(artifacts, name);
+  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
+  CleanStaleStaging(model_dir);
+  std::string stem = version + "-" + sha256.substr(0, 12);
+  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
+  std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", canon, "--pack-dir", staging};
+  if (!sample_input.empty()) argv.insert(argv.end(), {"--sample-input", sample_input});
+  if (max_batch_size > 0 && !sample_input.empty())
+    argv.insert(argv.end(), {"--max-batch-size", std::to_string(max_batch_size)});
+  if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(canon) << " ...\n";
+  ProcResult pr = RunProcess(argv, 3600);
+  std::error_code ec;
+  if (pr.exit_code != 0) {
+    std::filesystem::remove_all(staging, ec);
+    std::string msg = Trim(pr.err);
+    if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
+    if (pr.exit_code == 2) return InvalidArgument(msg);
+    return Internal("checking the artifact failed: " + msg);
+  }
+  Packed out;
+  out.info = nlohmann::json::parse(pr.out, nullptr, false);
+  if (out.info.is_discarded()) {
+    std::filesystem::remove_all(staging, ec);
+    return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
+  }
+  std::string sample_name;
+  if (!sample_input.empty()) {
+    std::string ext = sample_input.size() > 12 && sample_input.substr(sample_input.size() - 12) == ".safetensors"
+                          ? ".safetensors"
+                          : ".json";
+    std::filesystem::copy_file(sample_input, JoinPath(staging, "sample" + ext), ec);
+    if (ec) {
+      std::filesystem::remove_all(staging, ec);
+      return IoError("cannot store the sample input: " + ec.message());
+    }
+    sample_name = "sample" + ext;  // inside the packed dir, once it has its name
+  }
+  MMS_ASSIGN_OR_RETURN(out.dir, PublishStaging(staging, model_dir, stem));
+  if (!sample_name.empty()) out.sample_input = JoinPath(out.dir, sample_name);
+  return out;
+}
+
 Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a) {
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
@@ -202,49 +257,14 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   Progress progress("hashing " + BaseName(*canon), !cli.g.quiet && !cli.g.json);
   MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(*canon, [&](uint64_t d, uint64_t t) { progress(d, t); }));
 
-  // Check (and pack) the artifact with mmsd, which links libtorch.
-  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
-  std::string model_dir = JoinPath(artifacts, a.name);
-  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
-  CleanStaleStaging(model_dir);
-  std::string stem = a.version + "-" + v.sha256.substr(0, 12);
-  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
-  std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", *canon, "--pack-dir", staging};
-  if (!a.sample_input.empty()) argv.insert(argv.end(), {"--sample-input", a.sample_input});
-  if (a.max_batch_size > 0 && !a.sample_input.empty())
-    argv.insert(argv.end(), {"--max-batch-size", std::to_string(a.max_batch_size)});
-  if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(*canon) << " ...\n";
-  ProcResult pr = RunProcess(argv, 3600);
-  std::error_code ec;
-  if (pr.exit_code != 0) {
-    std::filesystem::remove_all(staging, ec);
-    std::string msg = Trim(pr.err);
-    if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
-    if (pr.exit_code == 2) return InvalidArgument(msg);
-    return Internal("checking the artifact failed: " + msg);
-  }
-  auto info = nlohmann::json::parse(pr.out, nullptr, false);
-  if (info.is_discarded()) {
-    std::filesystem::remove_all(staging, ec);
-    return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
-  }
-  v.inputs = InputSpecsFromJson(info["inputs"]);
-  if (info.contains("lora_stacked")) v.lora = {{"stacked", info["lora_stacked"]}};
-  v.device_bytes = info.value("weight_bytes", 0ull);
+  MMS_ASSIGN_OR_RETURN(Packed packed, PackArtifact(cli, *canon, a.name, a.version, v.sha256, a.sample_input,
+                                                   a.max_batch_size));
+  v.inputs = InputSpecsFromJson(packed.info["inputs"]);
+  if (packed.info.contains("lora_stacked")) v.lora = {{"stacked", packed.info["lora_stacked"]}};
+  v.device_bytes = packed.info.value("weight_bytes", 0ull);
   v.host_bytes = v.device_bytes;
-  if (!a.sample_input.empty()) {
-    std::string ext = a.sample_input.size() > 12 && a.sample_input.substr(a.sample_input.size() - 12) == ".safetensors"
-                          ? ".safetensors"
-                          : ".json";
-    std::filesystem::copy_file(a.sample_input, JoinPath(staging, "sample" + ext), ec);
-    if (ec) {
-      std::filesystem::remove_all(staging, ec);
-      return IoError("cannot store the sample input: " + ec.message());
-    }
-    v.sample_input = "sample" + ext;  // inside the packed dir, once it has its name
-  }
-  MMS_ASSIGN_OR_RETURN(v.packed_dir, PublishStaging(staging, model_dir, stem));
-  if (!v.sample_input.empty()) v.sample_input = JoinPath(v.packed_dir, v.sample_input);
+  v.packed_dir = packed.dir;
+  v.sample_input = packed.sample_input;
   return RegisterPublished(reg, v);
 }
 
@@ -513,7 +533,7 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
 // The packed weights against SHA256SUMS (written at registration); a packed
 // dir from before it existed gets its safetensors structure checked (header,
 // sizes: a truncation), which finds no changed bytes.
-std::vector<std::string> CheckPacked(const std::string& dir, Progress& progress) {
+std::vector<std::string> CheckPacked(const std::string& dir, const std::string& ref, Progress& progress) {
   std::vector<std::string> problems;
   std::map<std::string, std::string> recorded;
   const bool has_sums = FileExists(JoinPath(dir, kChecksumFile));
@@ -550,9 +570,61 @@ std::vector<std::string> CheckPacked(const std::string& dir, Progress& progress)
       problems.push_back(std::string("packed ") + f + ": " + h.status().message());
     else if (*h != it->second)
       problems.push_back(std::string("packed ") + f + " changed since registration: sha256 " + h->substr(0, 12) +
-                         " != recorded " + it->second.substr(0, 12) + " (remove the version with mms model rm --force and register it again)");
+                         " != recorded " + it->second.substr(0, 12) + " (mms model repack " + ref + " writes them anew from the original artifact)");
   }
   return problems;
+}
+
+// Writes a version's packed files anew from its original artifact (which must
+// still hash to the registered SHA-256): the repair for damaged packed files
+// that keeps the version's id, stage, aliases, pins and rollouts.
+int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_input) {
+  auto ref = ParseRef(ref_text);
+  if (!ref.ok()) return cli.Fail(ref.status());
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto rec = (*reg)->Resolve(*ref);
+  if (!rec.ok()) return cli.Fail(rec.status());
+  if (rec->is_adapter())
+    return cli.Fail(FailedPrecondition(rec->ref() + " is a LoRA adapter: remove it (mms adapter rm " + rec->ref() +
+                                       ") and register it again"));
+  if (rec->packed_dir.empty())
+    return cli.Fail(FailedPrecondition(rec->ref() + " has no packed files: it loads from " + rec->artifact_path));
+  if (!FileExists(rec->artifact_path))
+    return cli.Fail(NotFound("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
+                             ") is gone: nothing to repack from; register the model again as a new version"));
+  Progress progress("hashing " + BaseName(rec->artifact_path), !cli.g.quiet && !cli.g.json);
+  auto sha = Sha256File(rec->artifact_path, [&](uint64_t d, uint64_t t) { progress(d, t); });
+  if (!sha.ok()) return cli.Fail(sha.status());
+  if (*sha != rec->sha256)
+    return cli.Fail(FailedPrecondition("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
+                                       ") changed since registration (sha256 " + sha->substr(0, 12) + ", registered " +
+                                       rec->sha256.substr(0, 12) + "): register it as a new version instead"));
+  // The stored sample input comes along unless another is given; a version
+  // registered with one needs one (its warm-up and batching check use it).
+  std::string sample = !sample_input.empty() ? sample_input : rec->sample_input;
+  if (!sample.empty() && !FileExists(sample))
+    return cli.Fail(InvalidArgument(
+        sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
+                                   ") is gone too: give one with --sample-input FILE"
+                             : "--sample-input " + sample + " does not exist"));
+  auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
+                             rec->max_batch_size);
+  if (!packed.ok()) return cli.Fail(packed.status());
+  auto now = (*reg)->SetPackedDir(*ref, rec->packed_dir, packed->dir, packed->sample_input);
+  if (!now.ok()) {
+    std::error_code ec;
+    std::filesystem::remove_all(packed->dir, ec);
+    return cli.Fail(now.status());
+  }
+  cli.NotifyDaemon();
+  nlohmann::json j = now->ToJson();
+  j["previous_packed_dir"] = rec->packed_dir;
+  cli.Emit(j, [&] {
+    std::cout << "repacked " << now->ref() << " into " << now->packed_dir << " (stage " << StageName(now->stage)
+              << ", aliases and pins unchanged); the old files are left for mms model verify --prune\n";
+  });
+  return 0;
 }
 
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
@@ -599,7 +671,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       for (const char* f : r.is_adapter() ? std::vector<const char*>{kAdapterWeightsFile}
                                           : std::vector<const char*>{"weights.safetensors", "module.pt"})
         if (!FileExists(JoinPath(r.packed_dir, f))) problems.push_back(std::string("packed ") + f + " missing");
-      for (const std::string& p : CheckPacked(r.packed_dir, progress)) problems.push_back(p);
+      for (const std::string& p : CheckPacked(r.packed_dir, r.ref(), progress)) problems.push_back(p);
     }
     if (!r.sample_input.empty() && !FileExists(r.sample_input)) problems.push_back("stored sample input missing");
     if (!problems.empty()) ++bad;
@@ -915,6 +987,14 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   auto* force = rm->add_flag("--force", "remove even while in use");
   rm->add_option("REF", *rref, "the version")->required();
   rm->callback([&cli, rref, force] { cli.exit_code = CmdRm(cli, *rref, force->count() > 0); });
+
+  auto* repack = model->add_subcommand(
+      "repack", "Write a version's packed files anew from its original artifact, keeping its stage, aliases and pins");
+  auto rpref = std::make_shared<std::string>();
+  auto rpsample = std::make_shared<std::string>();
+  repack->add_option("REF", *rpref, "the version to repack")->required();
+  repack->add_option("--sample-input", *rpsample, "a sample input to store (default: the one stored, if any)");
+  repack->callback([&cli, rpref, rpsample] { cli.exit_code = CmdRepack(cli, *rpref, *rpsample); });
 
   auto* verify = model->add_subcommand("verify", "Re-hash artifacts; report missing or changed files (exit 1)");
   auto vref = std::make_shared<std::string>();

@@ -18,6 +18,7 @@ _mms() {
       "model alias set") path="model alias set" ;;
       "model alias rm") path="model alias rm" ;;
       "model rm") path="model rm" ;;
+      "model repack") path="model repack" ;;
       "model verify") path="model verify" ;;
       "model import") path="model import" ;;
       "predict") path="predict" ;;
@@ -70,7 +71,7 @@ _mms() {
     "serve") words="--help -h --detach -d" ;;
     "status") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
-    "model") words="register list show history stage alias rm verify import --help -h" ;;
+    "model") words="register list show history stage alias rm repack verify import --help -h" ;;
     "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --max-batch-size --max-queue-delay-us"; names=models ;;
     "model list") words="--help -h --stage"; names=models ;;
     "model show") words="--help -h"; names=refs ;;
@@ -80,6 +81,7 @@ _mms() {
     "model alias set") words="--help -h"; names=models ;;
     "model alias rm") words="--help -h"; names=models ;;
     "model rm") words="--help -h --force"; names=refs ;;
+    "model repack") words="--help -h --sample-input"; names=refs ;;
     "model verify") words="--help -h --prune --prune-age"; names=refs ;;
     "model import") words="--help -h" ;;
     "predict") words="--help -h --input -i --output -o --user --tenant --adapter --deadline-ms"; names=refs ;;

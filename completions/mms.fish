@@ -31,6 +31,8 @@ function __mms_path
         set path $next
       case 'model rm'
         set path $next
+      case 'model repack'
+        set path $next
       case 'model verify'
         set path $next
       case 'model import'
@@ -163,6 +165,7 @@ complete -c mms -n "test "(__mms_path)" = 'model'" -a 'history'
 complete -c mms -n "test "(__mms_path)" = 'model'" -a 'stage'
 complete -c mms -n "test "(__mms_path)" = 'model'" -a 'alias'
 complete -c mms -n "test "(__mms_path)" = 'model'" -a 'rm'
+complete -c mms -n "test "(__mms_path)" = 'model'" -a 'repack'
 complete -c mms -n "test "(__mms_path)" = 'model'" -a 'verify'
 complete -c mms -n "test "(__mms_path)" = 'model'" -a 'import'
 complete -c mms -n "test "(__mms_path)" = 'model'" -l 'help'
@@ -197,6 +200,9 @@ complete -c mms -n "test "(__mms_path)" = 'model alias rm'" -a '(mms __complete 
 complete -c mms -n "test "(__mms_path)" = 'model rm'" -l 'help'
 complete -c mms -n "test "(__mms_path)" = 'model rm'" -l 'force'
 complete -c mms -n "test "(__mms_path)" = 'model rm'" -a '(mms __complete refs 2>/dev/null)'
+complete -c mms -n "test "(__mms_path)" = 'model repack'" -l 'help'
+complete -c mms -n "test "(__mms_path)" = 'model repack'" -l 'sample-input'
+complete -c mms -n "test "(__mms_path)" = 'model repack'" -a '(mms __complete refs 2>/dev/null)'
 complete -c mms -n "test "(__mms_path)" = 'model verify'" -l 'help'
 complete -c mms -n "test "(__mms_path)" = 'model verify'" -l 'prune'
 complete -c mms -n "test "(__mms_path)" = 'model verify'" -l 'prune-age'

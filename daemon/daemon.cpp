@@ -523,7 +523,11 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
       for (const auto& v : versions) {
         const VersionRecord* was = old->ById(v.id);
         if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
-        else if (was->stage != v.stage)
+        if (was && was->packed_dir != v.packed_dir) {  // repacked: its next load reads the new files
+          LogInfo("version_repacked", {{"model", v.model}, {"version", v.version}, {"packed_dir", v.packed_dir}});
+          PoolFor(v)->RetryNow(v.id);
+        }
+        if (was && was->stage != v.stage)
           LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},
                                     {"to", StageName(v.stage)}});
       }

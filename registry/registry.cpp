@@ -48,6 +48,7 @@ nlohmann::json VersionRecord::ToJson() const {
                    {"labels", labels},
                    {"aliases", aliases},
                    {"packed", !packed_dir.empty()},
+                   {"packed_dir", packed_dir},
                    {"inputs", InputSpecsToJson(inputs)},
                    {"sample_input", !sample_input.empty()},
                    {"max_batch_size", max_batch_size},
@@ -544,6 +545,22 @@ Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std:
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, SetStageLocked(ref, stage, reason, archived));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return rec;
+}
+
+Result<VersionRecord> Registry::SetPackedDir(const Ref& ref, const std::string& old_packed_dir,
+                                             const std::string& packed_dir, const std::string& sample_input) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
+      "UPDATE versions SET packed_dir = ?, sample_input = ? WHERE id = ? AND packed_dir = ?"));
+  up.Bind(1, packed_dir).Bind(2, sample_input).Bind(3, rec.id).Bind(4, old_packed_dir);
+  MMS_RETURN_IF_ERROR(up.Run());
+  if (db_->Changes() == 0) return Conflict(rec.ref() + " was changed meanwhile (repacked or removed); try again");
+  MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir,
+                                  "packed files written anew from " + rec.artifact_path));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
 }
 
 Status Registry::SetAlias(const std::string& model, const std::string& alias, const std::string& version) {

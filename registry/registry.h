@@ -257,6 +257,11 @@ class Registry {
   // `reason` goes to the audit detail.
   Result<VersionRecord> SetStage(const Ref& ref, Stage stage, const std::string& reason = "",
                                  std::vector<std::string>* archived = nullptr);
+  // mms model repack: the version's packed files (and stored sample input)
+  // now live in `packed_dir`, written anew from its original artifact.
+  // CONFLICT when they changed meanwhile (from `old_packed_dir`); audited.
+  Result<VersionRecord> SetPackedDir(const Ref& ref, const std::string& old_packed_dir, const std::string& packed_dir,
+                                     const std::string& sample_input);
   Status SetAlias(const std::string& model, const std::string& alias, const std::string& version);
   Status RemoveAlias(const std::string& model, const std::string& alias);
   // IN_USE while a pin (or, later, an experiment, shadow or canary) uses it,

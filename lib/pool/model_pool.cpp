@@ -720,6 +720,12 @@ void ModelPool::Forget(PoolKey key) {
   if (e.refs == 0 && !e.loading) EraseForgotten(e);
 }
 
+void ModelPool::RetryNow(PoolKey key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  if (it != entries_.end()) it->second->retry_at = 0;
+}
+
 void ModelPool::EraseForgotten(Entry& e) {
   DropHost(e);
   const PoolKey key = e.item.key;

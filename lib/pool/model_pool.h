@@ -141,6 +141,9 @@ class ModelPool {
   Result<std::string> Evict(PoolKey key);
   // The version left the registry: dropped as soon as no handle holds it.
   void Forget(PoolKey key);
+  // Its stored files were replaced (mms model repack): a failed load is
+  // retried at the next request instead of after its backoff.
+  void RetryNow(PoolKey key);
 
   // Per device and tier: models, bytes used / budget, pins, in-flight,
   // health, last use, loads, evictions, hits, misses.

@@ -539,8 +539,8 @@ Status TorchLoader::Precheck(const Source& src, uint64_t bytes) {
   if (read_ok && header <= size && size - 8 - std::min(header, size - 8) >= bytes) return Status::Ok();
   return Corrupt("the stored artifact of " + src.ref + " is damaged: " + path + " is truncated (" +
                  std::to_string(size) + " bytes; its header and " + std::to_string(bytes) +
-                 " bytes of weights need more). mms model verify " + src.ref + " checks it; to replace it: mms model rm " +
-                 src.ref + " --force, then register it again");
+                 " bytes of weights need more). mms model verify " + src.ref + " checks it; mms model repack " + src.ref +
+                 " writes it anew from the original artifact");
 }
 
 Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {
@@ -554,7 +554,8 @@ Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& allo
   if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound ||
                   r.status().code() == Code::kCorrupt))
     return Corrupt("the stored artifact of " + src.ref + " is damaged: " + r.status().message() +
-                   " (mms model verify " + src.ref + " checks it; to replace it: mms model rm " + src.ref + " --force, then register it again)");
+                   " (mms model verify " + src.ref + " checks it; mms model repack " + src.ref +
+                   " writes it anew from the original artifact)");
   return r;
 }
 

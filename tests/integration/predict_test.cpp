@@ -234,6 +234,43 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   CHECK_MESSAGE(v.out.find("packed weights.safetensors changed since registration") != std::string::npos, v.out);
 }
 
+TEST_CASE("mms model repack repairs damaged packed files and keeps the version's stage, alias and pin") {
+  Daemon d("[pool]\nload_retry_backoff = \"1h\"\n");
+  REQUIRE(d.ok());
+  std::filesystem::copy_file(Data("deep.pt"), d.dir() + "/deep.pt");
+  Register(d, "deep", "1", d.dir() + "/deep.pt");
+  REQUIRE(d.Mms({"model", "stage", "deep:1", "production", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "alias", "set", "deep", "champion", "1"}).exit_code == 0);
+  std::string old_dir = json::parse(d.Mms({"--json", "model", "show", "deep:1"}).out)["packed_dir"];
+  {
+    std::fstream f(old_dir + "/weights.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-1, std::ios::end);
+    char c = static_cast<char>(f.get() ^ 0x5a);
+    f.seekp(-1, std::ios::end);
+    f.put(c);
+  }
+  CHECK(d.Mms({"predict", "deep", "--input", Data("deep_input.json"), "-q"}).exit_code == 1);
+  auto v = d.Mms({"model", "verify", "deep:1"});
+  CHECK(v.exit_code == 1);
+  CHECK_MESSAGE(v.out.find("mms model repack deep:1") != std::string::npos, v.out);
+  auto r = d.Mms({"--json", "model", "repack", "deep:1"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  json j = json::parse(r.out);
+  CHECK(j["previous_packed_dir"] == old_dir);
+  CHECK(j["packed_dir"] != old_dir);
+  CHECK(j["stage"] == "production");
+  // Served at once (not after the hour's backoff), by the same id, stage and alias.
+  CHECK(d.Mms({"predict", "deep@champion", "--input", Data("deep_input.json"), "-q"}).exit_code == 0);
+  CHECK(d.Mms({"pin", "deep"}).exit_code == 0);
+  CHECK(d.Mms({"model", "verify", "deep:1"}).exit_code == 0);
+  CHECK(d.Mms({"--json", "model", "history", "deep"}).out.find("\"repack\"") != std::string::npos);
+  // An original that changed since registration is no source for a repack.
+  std::ofstream(d.dir() + "/deep.pt", std::ios::app) << "x";
+  auto changed = d.Mms({"model", "repack", "deep:1"});
+  CHECK(changed.exit_code != 0);
+  CHECK(changed.err.find("changed since registration") != std::string::npos);
+}
+
 TEST_CASE("a version whose warm-up fails is unhealthy and not served") {
   Daemon d;
   REQUIRE(d.ok());
