@@ -635,6 +635,16 @@ bool Daemon::FlushMetrics() {
     m->MarkDirty();
     break;
   }
+  // Shadow runs' figures, those that moved since last saved (the watcher's
+  // thread only: saved_shadow_figures_ needs no lock).
+  if (failed.ok() && shadows_)
+    for (auto& [id, figures] : shadows_->AllStats()) {
+      std::string text = figures.dump();
+      if (saved_shadow_figures_[id] == text) continue;
+      failed = registry_->SaveShadowFigures(id, figures);
+      if (!failed.ok()) break;
+      saved_shadow_figures_[id] = std::move(text);
+    }
   // Once per outage, not once per variant and interval; and when it ends.
   if (!failed.ok() && !flush_failing_.exchange(true)) {
     LogError("metrics_flush_failed", {{"error", failed.message()},

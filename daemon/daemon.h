@@ -229,6 +229,7 @@ class Daemon {
 
   MetricsStore experiment_metrics_;
   std::atomic<bool> flush_failing_{false};
+  std::map<int64_t, std::string> saved_shadow_figures_;  // FlushMetrics' (one thread at a time): shadow id → as saved
   mutable std::mutex flush_mu_;  // only for flush_error_
   std::string flush_error_;      // guarded by flush_mu_: why figures are unsaved ("" when saved)
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding

@@ -1,5 +1,6 @@
 // SHADOW_STATS, SHADOW_SAMPLES, CANARY_STATUS.
 #include "daemon.h"
+#include "core/units.h"
 #include "protocol/messages.h"
 
 namespace mms {
@@ -15,11 +16,19 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
       // daemon started.
       auto rec = d->registry()->GetShadow(model);
       if (!rec.ok()) return r.Fail(rec.status());
-      nlohmann::json j = rec->ToJson();
       bool running = rec->state == "running";
+      if (!running && rec->figures.is_object()) {  // ran before mmsd last started: as saved then
+        nlohmann::json j = rec->figures;
+        const nlohmann::json now = rec->ToJson();  // its state now (stopped, why, when)
+        for (const auto& [k, v] : now.items()) j[k] = v;
+        j["running"] = false;
+        j["note"] = "figures as the daemon that ran it saved them at " + FormatUtcMillis(rec->figures_ms);
+        return r.Send(std::move(j));
+      }
+      nlohmann::json j = rec->ToJson();
       j["running"] = running;
       j["note"] = running ? "no figures yet: " + rec->candidate_ref() + " is loading; mirroring starts once it is on a device"
-                          : std::string("no figures: this shadow ran before mmsd last started");
+                          : std::string("no figures: this shadow ran before mmsd last started and none were saved");
       return r.Send(std::move(j));
     }
     r.Send(std::move(*s));

@@ -164,6 +164,8 @@ struct ShadowRecord {
   int64_t stopped_ms = 0;
   std::string reason;
   std::string created_by;
+  nlohmann::json figures;    // as the daemon last saved them (null: never)
+  int64_t figures_ms = 0;    // when
   std::string candidate_ref() const { return model + ":" + candidate_version; }
   nlohmann::json ToJson() const;
 };
@@ -320,6 +322,9 @@ class Registry {
   // `running_id` (the controller's verdicts): only if that canary is still the
   // model's and running — not paused, ended or replaced since it was judged
   // (CONFLICT otherwise); 0 (the CLI): the model's active canary.
+  // The daemon's figures of shadow run `id` (mms shadow stats), kept across
+  // restarts and after the run stops. Not audited.
+  Status SaveShadowFigures(int64_t id, const nlohmann::json& figures);
   Result<CanaryRecord> PromoteCanary(const std::string& model, const std::string& reason, int64_t running_id = 0);
   // `state` rolled_back or aborted: candidate archived with `reason`, experiment stopped.
   // `check` (the failing check, when the controller judged it) becomes the

@@ -47,7 +47,8 @@ nlohmann::json CanaryRecord::ToJson() const {
 Result<std::vector<ShadowRecord>> Registry::QueryShadows(const std::string& where, const std::vector<std::string>& args) {
   static constexpr const char* kColumns =
       "SELECT s.id, m.name, IFNULL(s.candidate_id, 0), s.candidate_version, s.ratio, s.queue, s.tolerance, s.state, "
-      "s.started_ms, IFNULL(s.ends_ms, 0), IFNULL(s.stopped_ms, 0), s.reason, s.created_by FROM shadows s "
+      "s.started_ms, IFNULL(s.ends_ms, 0), IFNULL(s.stopped_ms, 0), s.reason, s.created_by, s.figures_json, "
+      "s.figures_ms FROM shadows s "
       "JOIN models m ON m.id = s.model_id ";
   return sql::Collect<ShadowRecord>(db_.get(), kColumns + where, args, [](const sql::Stmt& st) {
     ShadowRecord s;
@@ -64,8 +65,18 @@ Result<std::vector<ShadowRecord>> Registry::QueryShadows(const std::string& wher
     s.stopped_ms = st.Int(10);
     s.reason = st.Text(11);
     s.created_by = st.Text(12);
+    s.figures = nlohmann::json::parse(st.Text(13), nullptr, false);
+    if (s.figures.is_discarded() || s.figures.empty()) s.figures = nullptr;
+    s.figures_ms = st.Int(14);
     return s;
   });
+}
+
+Status Registry::SaveShadowFigures(int64_t id, const nlohmann::json& figures) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE shadows SET figures_json = ?, figures_ms = ? WHERE id = ?"));
+  up.Bind(1, figures.dump()).Bind(2, opts_.clock->UnixMillis()).Bind(3, id);
+  return up.Run();
 }
 
 Result<ShadowRecord> Registry::StartShadow(const std::string& model, const Ref& candidate, double ratio, int queue,

@@ -177,6 +177,12 @@ INSERT INTO id_floor SELECT 'versions', COALESCE(MAX(id), 0) + 1 FROM versions;
 CREATE TRIGGER versions_id_floor AFTER INSERT ON versions
   BEGIN UPDATE id_floor SET next = MAX(next, NEW.id + 1) WHERE name = 'versions'; END;
 )sql",
+      // 7: a shadow run's figures, saved by the daemon as it flushes
+      // experiment metrics, so a restart or a stop does not lose them.
+      R"sql(
+ALTER TABLE shadows ADD COLUMN figures_json TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE shadows ADD COLUMN figures_ms INTEGER NOT NULL DEFAULT 0;
+)sql",
   };
   return *m;
 }

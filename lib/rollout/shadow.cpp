@@ -100,6 +100,7 @@ struct ShadowRunner::Shadow {
   Reservoir max_abs, mean_abs, rel_l2, cosine, argmax, topk, delta_ns;
   std::string last_error;
   std::deque<nlohmann::json> samples;
+  nlohmann::json before;  // figures a previous daemon saved for this run (null: none)
   std::thread worker;
 };
 
@@ -146,6 +147,10 @@ void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord,
       auto s = std::make_shared<Shadow>(static_cast<size_t>(std::max(cfg.first.queue, 1)));
       s->rec = cfg.first;
       s->candidate = cfg.second;
+      // Figures saved for this run, which this daemon never counted: a
+      // previous daemon's (a restart). Kept beside the new count.
+      s->before = std::move(s->rec.figures);
+      s->rec.figures = nullptr;
       Shadow* raw = s.get();
       s->worker = std::thread([this, raw] {
         Work(raw);
@@ -370,6 +375,22 @@ Result<nlohmann::json> ShadowRunner::Stats(const std::string& model) const {
     if (it == shadows_.end()) return NotFound("model '" + model + "' has had no shadow run since mmsd started");
     s = it->second;
   }
+  return StatsOf(*s);
+}
+
+std::vector<std::pair<int64_t, nlohmann::json>> ShadowRunner::AllStats() const {
+  std::vector<std::shared_ptr<Shadow>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [model, s] : shadows_) all.push_back(s);
+  }
+  std::vector<std::pair<int64_t, nlohmann::json>> out;
+  for (const auto& s : all) out.emplace_back(s->rec.id, StatsOf(*s));
+  return out;
+}
+
+nlohmann::json ShadowRunner::StatsOf(Shadow& sh) const {
+  Shadow* s = &sh;
   std::lock_guard<std::mutex> lock(s->mu);
   nlohmann::json j = s->rec.ToJson();
   j["running"] = s->rec.state == "running";
@@ -383,6 +404,10 @@ Result<nlohmann::json> ShadowRunner::Stats(const std::string& model) const {
   j["latency_delta_ms"] = s->delta_ns.Summary(1e-6);
   j["duty_cycle"] = opts_.duty_cycle;  // [shadow] duty_cycle: why a busy shadow mirrors less than it drops
   if (!s->last_error.empty()) j["last_error"] = s->last_error;
+  if (!s->before.is_null()) {
+    j["before_restart"] = s->before;
+    j["note"] = "counting started anew when mmsd started; the figures saved before are under before_restart";
+  }
   return j;
 }
 

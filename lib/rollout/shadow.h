@@ -97,8 +97,13 @@ class ShadowRunner {
   // batch's fan-out the next caller's reply waits for this call.
   void Mirror(const std::string& model, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
               int64_t primary_latency_ns);
-  // NOT_FOUND when the model never had a shadow since mmsd started.
+  // NOT_FOUND when the model never had a shadow since mmsd started. A run
+  // that was running before mmsd started carries the figures saved then as
+  // "before_restart" (counting starts anew with each daemon).
   Result<nlohmann::json> Stats(const std::string& model) const;
+  // Every run still in memory (running or stopped): its id and Stats, for
+  // the registry (Registry::SaveShadowFigures).
+  std::vector<std::pair<int64_t, nlohmann::json>> AllStats() const;
   Result<nlohmann::json> Samples(const std::string& model, size_t limit) const;
 
   // The hash Mirror samples by: MD5 of the inputs' names, shapes and bytes.
@@ -108,6 +113,7 @@ class ShadowRunner {
  private:
   struct Shadow;
   void Work(Shadow* s);
+  nlohmann::json StatsOf(Shadow& s) const;  // takes s.mu
   const Options opts_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Shadow>> shadows_;  // guarded by mu_

@@ -142,6 +142,42 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(ShadowStats(d, "tiny")["measures"]["cosine_similarity"]["p50"].get<double>() == doctest::Approx(1.0));
 }
 
+TEST_CASE("a shadow's figures outlive mmsd: kept across a SIGKILL beside the new count, and after the run stops") {
+  Daemon d("[experiments]\nflush_interval = \"200ms\"\n");
+  REQUIRE(d.ok());
+  SetupTiny(d, "tiny_v2.pt");
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  {
+    Traffic t(d, "tiny", Data("tiny_input.json"));
+    REQUIRE(t.Send(15) == 15);
+  }
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 15; }, 20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // a flush or two
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  REQUIRE(d.Restart());
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny").contains("before_restart"); }, 20));
+  json st = ShadowStats(d, "tiny");
+  CHECK(st["before_restart"]["requests"]["mirrored"] == 15);
+  CHECK(st["before_restart"]["diverged"] == 15);
+  // Stopped, then a clean restart: the run's figures are still there.
+  {
+    Traffic t(d, "tiny", Data("tiny_input.json"));
+    REQUIRE(t.Send(5) == 5);
+  }
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 5; }, 20));
+  REQUIRE(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  REQUIRE(d.Restart());
+  json after = ShadowStats(d, "tiny");
+  CHECK(after["running"] == false);
+  CHECK(after["state"] == "stopped");
+  CHECK(after["requests"]["mirrored"] == 5);
+  CHECK(after["before_restart"]["requests"]["mirrored"] == 15);
+  CHECK(after["note"].get<std::string>().find("as the daemon that ran it saved them") != std::string::npos);
+}
+
 TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, released while idle, yielded when refused") {
   Daemon d;
   REQUIRE(d.ok());
