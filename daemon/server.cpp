@@ -120,6 +120,13 @@ Result<int> Server::Lock(const std::string& socket_path) {
     return AlreadyExists("mmsd is already running (pid " + pid + ") on " + socket_path +
                          "; stop it first (kill " + pid + ") or start this one with another --socket");
   }
+  // Some other kind of file at the socket's path is refused before anything
+  // else happens (Start checks again: it may appear meanwhile).
+  struct stat st;
+  if (::lstat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    ::close(fd);
+    return FailedPrecondition(socket_path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
+  }
   std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0)
     LogWarn("lock_file_write_failed", {{"path", lock_path}});

@@ -165,6 +165,7 @@ TEST_CASE("a --socket path holding some other file is refused, and the file is l
   auto r = Run({MmsdBin(), "--socket", notes, "--data-dir", dir / "data"}, 30);
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("exists and is not a socket") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "data/registry.db"));  // refused before anything was created
   std::ifstream in(notes);
   std::string line;
   std::getline(in, line);
