@@ -7,6 +7,7 @@
 #include "core/units.h"
 #include "protocol/messages.h"
 #include "rollout/assignment.h"
+#include "rollout/report.h"
 
 namespace mms::cli {
 namespace {
@@ -221,10 +222,40 @@ void PrintReport(const nlohmann::json& e) {
   }
 }
 
+// mmsd not running: the experiments' figures as it last saved them (at most
+// a flush interval behind), without the live serving figures.
+Result<nlohmann::json> StatsFromRegistry(Cli& cli, const std::string& id) {
+  MMS_ASSIGN_OR_RETURN(auto reg, cli.OpenRegistry());
+  MMS_ASSIGN_OR_RETURN(const Config* cfg, cli.config());
+  std::vector<ExperimentRecord> exps;
+  if (!id.empty()) {
+    MMS_ASSIGN_OR_RETURN(ExperimentRecord e, reg->GetExperiment(id));
+    exps.push_back(std::move(e));
+  } else {
+    MMS_ASSIGN_OR_RETURN(exps, reg->ListExperiments(true));
+  }
+  nlohmann::json out{{"experiments", nlohmann::json::array()}, {"models", nlohmann::json::array()},
+                     {"note", "mmsd is not running: the figures it last saved (at most [experiments] "
+                              "flush_interval behind its last count)"}};
+  for (const auto& e : exps) {
+    MMS_ASSIGN_OR_RETURN(auto saved, reg->LoadExperimentMetrics(e.id));
+    auto arm = [&](const char* v) {
+      auto it = saved.find(v);
+      return it == saved.end() ? VariantSnapshot{} : VariantSnapshot::FromJson(it->second);
+    };
+    out["experiments"].push_back(ExperimentReport(e, arm("control"), arm("treatment"), cfg->experiments.confidence));
+  }
+  return out;
+}
+
 int CmdStats(Cli& cli, const std::string& id) {
   nlohmann::json body = nlohmann::json::object();
   if (!id.empty()) body["experiment"] = id;
   auto r = cli.Call(proto::kStats, body);
+  if (!r.ok() && r.status().code() == Code::kUnavailable && r.status().message().find("is not running") != std::string::npos) {
+    r = StatsFromRegistry(cli, id);
+    if (r.ok()) cli.Note("note: " + (*r)["note"].get<std::string>());
+  }
   if (!r.ok()) return cli.Fail(r.status());
   cli.Emit(*r, [&] {
     for (const auto& e : (*r)["experiments"]) {

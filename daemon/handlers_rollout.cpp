@@ -12,10 +12,7 @@ namespace {
 nlohmann::json ExperimentReport(Daemon* d, const ExperimentRecord& e) {
   VariantSnapshot c = d->VariantMetricsFor(e.id, "control")->Snapshot();
   VariantSnapshot t = d->VariantMetricsFor(e.id, "treatment")->Snapshot();
-  nlohmann::json j = e.ToJson();
-  const std::vector<std::string> metrics = ReportedMetrics(e.metrics, c, t);
-  j["variants"] = {{"control", VariantFigures(c, metrics)}, {"treatment", VariantFigures(t, metrics)}};
-  j["comparison"] = CompareVariants(c, t, e.basis_points, metrics, d->options().config.experiments.confidence);
+  nlohmann::json j = mms::ExperimentReport(e, c, t, d->options().config.experiments.confidence);
   if (auto users = d->user_splits()->Find(e.id); users && !e.random)
     j["comparison"]["sample_ratio_users"] = UserSampleRatio(users->counts());
   return j;

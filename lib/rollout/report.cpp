@@ -95,4 +95,13 @@ nlohmann::json UserSampleRatio(const UserSplit::Counts& users) {
   return s;
 }
 
+nlohmann::json ExperimentReport(const ExperimentRecord& e, const VariantSnapshot& control,
+                                const VariantSnapshot& treatment, double confidence) {
+  nlohmann::json j = e.ToJson();
+  const std::vector<std::string> metrics = ReportedMetrics(e.metrics, control, treatment);
+  j["variants"] = {{"control", VariantFigures(control, metrics)}, {"treatment", VariantFigures(treatment, metrics)}};
+  j["comparison"] = CompareVariants(control, treatment, e.basis_points, metrics, confidence);
+  return j;
+}
+
 }  // namespace mms

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "registry/registry.h"
 #include "rollout/experiment_metrics.h"
 #include "rollout/user_split.h"
 
@@ -34,6 +35,12 @@ nlohmann::json CompareVariants(const VariantSnapshot& control, const VariantSnap
 // any), so that both arms and the comparison list the same ones.
 std::vector<std::string> ReportedMetrics(const std::vector<std::string>& declared, const VariantSnapshot& control,
                                          const VariantSnapshot& treatment);
+
+// The report of experiment `e` from its arms' figures: its record, both
+// variants' figures and their comparison (mms stats; the daemon adds the
+// check over users, which only it counts).
+nlohmann::json ExperimentReport(const ExperimentRecord& e, const VariantSnapshot& control,
+                                const VariantSnapshot& treatment, double confidence);
 
 constexpr double kSrmAlpha = 0.001;
 

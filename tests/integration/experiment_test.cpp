@@ -255,6 +255,28 @@ TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
         21);
 }
 
+TEST_CASE("mms stats reads the saved figures from the registry while mmsd is not running") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "off", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "50"})
+              .exit_code == 0);
+  for (int u = 0; u < 12; ++u) Predict(d, "u" + std::to_string(u));
+  json live = Stats(d, "off");
+  d.child().Signal(SIGTERM);  // saves its figures as it stops
+  REQUIRE(d.child().Wait(20) == 0);
+  auto r = d.Mms({"--json", "stats", "off"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(r.err.find("mmsd is not running") != std::string::npos);
+  json off = json::parse(r.out)["experiments"][0];
+  CHECK(off["id"] == "off");
+  for (const char* v : {"control", "treatment"})
+    CHECK(off["variants"][v]["requests"] == live["variants"][v]["requests"]);
+  CHECK(off["variants"]["control"]["requests"].get<int>() + off["variants"]["treatment"]["requests"].get<int>() == 12);
+  CHECK(off["comparison"].contains("sample_ratio"));
+  CHECK(d.Mms({"stats", "nope"}).exit_code == 4);
+}
+
 TEST_CASE("figures a flush could not save (the registry locked or full) are saved by a later flush") {
   Daemon d("[experiments]\nflush_interval = \"200ms\"\n[registry]\npoll_interval = \"30s\"\nbusy_timeout = \"50ms\"\n");
   REQUIRE(d.ok());
