@@ -45,6 +45,30 @@ static std::string Join(const std::vector<CLI::App*>& apps) {
 
 // CLI11 says "A subcommand is required" for a mistyped command: name the word
 // it did not know, and the closest command at that level.
+// "unknown option '--inptu'; did you mean '--input'?" for the first option
+// the parse left over, among the options of the command given; "" if none.
+static std::string UnknownOption(CLI::App& app) {
+  std::string bad;
+  for (const std::string& a : app.remaining(true))
+    if (a.size() > 1 && a[0] == '-') {
+      bad = a.substr(0, a.find('='));
+      break;
+    }
+  if (bad.empty()) return "";
+  CLI::App* at = &app;
+  std::string path = "mms";
+  while (!at->get_subcommands().empty()) {
+    at = at->get_subcommands().front();
+    path += " " + at->get_name();
+  }
+  std::vector<std::string> names;
+  for (CLI::App* a = at; a; a = a->get_parent())
+    for (const CLI::Option* o : a->get_options())
+      for (const std::string& l : o->get_lnames()) names.push_back("--" + l);
+  std::string hint = mms::ClosestMatch(bad, names);
+  return "unknown option '" + bad + "' for '" + path + "'" + (hint.empty() ? "" : "; did you mean '" + hint + "'?");
+}
+
 static std::string UsageError(CLI::App& app, int argc, char** argv, const std::string& what) {
   if (what.find("subcommand is required") == std::string::npos) return what;
   static const std::set<std::string> kValued = {"--socket", "--data-dir", "--config", "--timeout"};
@@ -120,7 +144,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // As JSON when --json was given (the flag itself may not have been parsed).
     for (int i = 1; i < argc; ++i) cli.g.json = cli.g.json || std::string(argv[i]) == "--json";
-    return cli.Fail(mms::InvalidArgument(UsageError(app, argc, argv, e.what()) +
+    std::string what = UsageError(app, argc, argv, e.what());
+    // CLI11 checks required options before it reports extras: a mistyped
+    // "--inptu" read as "--input is required". The typo is the error.
+    if (dynamic_cast<const CLI::RequiredError*>(&e))
+      if (std::string unknown = UnknownOption(app); !unknown.empty()) what = unknown;
+    return cli.Fail(mms::InvalidArgument(what +
                                          (cli.g.json ? "" : "\nRun 'mms --help' (or 'mms COMMAND --help') for usage.")));
   } catch (const std::exception& e) {
     // A command threw instead of returning a Status (a bug): report it, as
