@@ -64,6 +64,9 @@ Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::st
 Status Daemon::CheckSameRegistry(const nlohmann::json& body) const {
   if (!body.contains("registry") || body["registry"] == "") return Status::Ok();
   if (!body["registry"].is_string()) return InvalidArgument("registry must be a path");
+  // The same path, but not the file this daemon opened (removed, replaced):
+  // the CLI wrote a registry this daemon does not read.
+  MMS_RETURN_IF_ERROR(registry_->CheckFileIdentity());
   const std::string theirs = body["registry"].get<std::string>(), ours = registry_->path();
   auto a = CanonicalPath(theirs), b = CanonicalPath(ours);
   if (a.ok() && b.ok() ? *a == *b : theirs == ours) return Status::Ok();

@@ -156,6 +156,13 @@ TEST_CASE("a CLI on another registry than the daemon's is told so, and a hung da
   CHECK_MESSAGE(hung.err.find("did not confirm it") != std::string::npos, hung.err);
   CHECK(took < 8);
   CHECK(d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json", "-q"}).exit_code == 0);
+  // Its data dir removed under it: a CLI writes a new registry there, which
+  // the daemon (keeping the file it opened) does not read, and says so.
+  std::filesystem::remove_all(d.data_dir());
+  auto fresh = d.Mms({"model", "register", "tiny", "--version", "7", "--path", TestDataDir() + "/tiny.pt"});
+  CHECK(fresh.exit_code == 0);
+  CHECK_MESSAGE(fresh.err.find("while in use") != std::string::npos, fresh.err);
+  CHECK(fresh.err.find("it was not told of this change") != std::string::npos);
 }
 
 TEST_CASE("a --socket path holding some other file is refused, and the file is left alone") {
