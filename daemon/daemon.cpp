@@ -143,6 +143,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   co.metrics = [self](const std::string& e, const std::string& v) { return self->VariantMetricsFor(e, v); };
   co.changed = [self] { (void)self->RefreshRegistry(false); };
   co.load_failure = [self](const CanaryRecord& c) { return self->TreatmentLoadFailure(c.experiment_id); };
+  co.unsaved_changed = [self](const std::vector<UnsavedRollback>& all) { self->SaveUnsavedRollbacks(all); };
   co.hold_back = [self](const std::string& experiment_id, bool held) {
     {
       std::lock_guard<std::mutex> lock(self->refresh_mu_);
@@ -767,12 +768,64 @@ void Daemon::WatchRegistry() {
   }
 }
 
+std::string Daemon::UnsavedRollbacksPath() const { return opts_.socket_path + ".unsaved-rollbacks"; }
+
+void Daemon::SaveUnsavedRollbacks(const std::vector<UnsavedRollback>& all) {
+  // Beside the socket (a runtime directory, often tmpfs): not on the disk
+  // whose failure left them unsaved.
+  const std::string path = UnsavedRollbacksPath();
+  if (all.empty()) {
+    ::unlink(path.c_str());
+    return;
+  }
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& u : all)
+    j.push_back({{"canary_id", u.canary_id}, {"experiment_id", u.experiment_id}, {"reason", u.reason}, {"check", u.check}});
+  if (Status st = WriteFileAtomic(path, j.dump() + "\n"); !st.ok())
+    LogWarn("unsaved_rollbacks_not_kept", {{"path", path}, {"error", st.message()},
+                                           {"note", "a crash before the registry takes writes would route the canary again"}});
+}
+
+std::vector<UnsavedRollback> Daemon::LoadUnsavedRollbacks() {
+  std::vector<UnsavedRollback> out;
+  auto text = ReadFile(UnsavedRollbacksPath());
+  if (!text.ok()) return out;
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (!j.is_array()) return out;
+  for (const auto& e : j)
+    if (e.is_object() && e.value("canary_id", int64_t{0}) > 0 && e.contains("experiment_id"))
+      out.push_back({e["canary_id"].get<int64_t>(), e.value("experiment_id", ""), e.value("reason", ""),
+                     e.value("check", nlohmann::json())});
+  return out;
+}
+
 Status Daemon::Start() {
   started_mono_ns_ = opts_.clock->MonoNanos();
+  // Rollbacks a previous mmsd judged but could not record (it died first):
+  // their canaries get no traffic, and are written at the next ticks.
+  if (auto unsaved = LoadUnsavedRollbacks(); !unsaved.empty()) {
+    canaries_->RestoreUnsaved(unsaved);
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    for (const auto& u : unsaved) {
+      unrouted_canaries_.insert(u.experiment_id);
+      LogWarn("canary_rollback_unsaved", {{"experiment", u.experiment_id}, {"reason", u.reason},
+                                          {"note", "judged before mmsd restarted; no traffic until it is recorded"}});
+    }
+    reroute_ = true;
+  }
   // A snapshot before the first request: the first refresh below may take a
   // while (it preloads pins and warms experiment arms) and requests arriving
   // meanwhile are routed by this one.
   MMS_ASSIGN_OR_RETURN(auto first, RegistrySnapshot::Load(*registry_));
+  {
+    std::lock_guard<std::mutex> lock(refresh_mu_);
+    if (!unrouted_canaries_.empty()) {
+      std::map<std::string, ExperimentRecord> exps;
+      for (const auto& [model, e] : first->experiments)
+        if (!unrouted_canaries_.count(e.id)) exps[model] = e;
+      first = first->WithRollouts(std::move(exps), first->shadows);
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(snap_mu_);
     snapshot_ = std::move(first);

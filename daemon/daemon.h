@@ -172,6 +172,11 @@ class Daemon {
   // Warm-ups of rollouts (key "experiment/<id>" or "shadow/<id>").
   void StartWarmups(const RegistrySnapshot& latest);  // refresh_mu_ held
   bool WarmupSettled(const std::string& key) const;   // done or past kWarmupLimitNs
+  // Rollbacks the canary controller could not record, kept beside the
+  // socket across a crash (<socket>.unsaved-rollbacks; removed when none).
+  std::string UnsavedRollbacksPath() const;
+  void SaveUnsavedRollbacks(const std::vector<UnsavedRollback>& all);
+  std::vector<UnsavedRollback> LoadUnsavedRollbacks();
   // Why the treatment arm of experiment `id` failed its warm-up load ("" if
   // it did not). A canary whose candidate failed is not routed (and the
   // canary controller rolls it back).

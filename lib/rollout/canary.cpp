@@ -137,8 +137,20 @@ std::vector<std::string> CanaryController::Tick() {
     }
     if (opts_.hold_back) opts_.hold_back(it->second.experiment_id, false);
     it = unsaved_rollbacks_.erase(it);
+    UnsavedChanged();
   }
   return events;
+}
+
+void CanaryController::RestoreUnsaved(const std::vector<UnsavedRollback>& unsaved) {
+  for (const auto& u : unsaved) unsaved_rollbacks_[u.canary_id] = u;
+}
+
+void CanaryController::UnsavedChanged() const {
+  if (!opts_.unsaved_changed) return;
+  std::vector<UnsavedRollback> all;
+  for (const auto& [id, u] : unsaved_rollbacks_) all.push_back(u);
+  opts_.unsaved_changed(all);
 }
 
 bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events,
@@ -146,6 +158,7 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
   std::string where = c.model + ":" + c.candidate_version;
   auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id, check);
   bool was_unsaved = unsaved_rollbacks_.erase(c.id) > 0;
+  if (was_unsaved) UnsavedChanged();
   if (r.ok()) {
     LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
     events->push_back("rollback " + where + ": " + reason);
@@ -160,7 +173,8 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
     return false;
   }
   // The write failed: stop the canary's traffic in memory and keep trying.
-  unsaved_rollbacks_[c.id] = {reason, c.experiment_id, check};
+  unsaved_rollbacks_[c.id] = {c.id, c.experiment_id, reason, check};
+  UnsavedChanged();
   if (!was_unsaved) {
     LogError("canary_rollback_unsaved",
              {{"model", c.model}, {"candidate", where}, {"reason", reason}, {"error", r.status().message()},
@@ -177,7 +191,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   int64_t delta_ms = tick == last_tick_.end() ? 0 : (now - tick->second) / 1000000;
   last_tick_[c.id] = now;
   if (auto u = unsaved_rollbacks_.find(c.id); u != unsaved_rollbacks_.end()) {
-    Unsaved judged = u->second;  // a copy: Rollback erases it
+    UnsavedRollback judged = u->second;  // a copy: Rollback erases it
     (void)Rollback(c, judged.reason, events, judged.check);  // judged already: only the write is left
     return;
   }

@@ -67,6 +67,13 @@ struct CanaryLook {
 CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
                           CanaryLook look = {});
 
+// A rollback the controller judged but the registry has not recorded yet.
+struct UnsavedRollback {
+  int64_t canary_id = 0;
+  std::string experiment_id, reason;
+  nlohmann::json check;
+};
+
 class CanaryController {
  public:
   struct Options {
@@ -86,11 +93,18 @@ class CanaryController {
     // is rolled back at once, instead of failing its share of requests until
     // min_requests of them condemn it. Optional.
     std::function<std::string(const CanaryRecord&)> load_failure;
+    // After the set of rollbacks not yet recorded changed (the daemon keeps
+    // it outside the registry, so a crash meanwhile does not send the
+    // failing canary traffic again). Optional.
+    std::function<void(const std::vector<UnsavedRollback>&)> unsaved_changed;
   };
   explicit CanaryController(Options o) : opts_(std::move(o)) {}
   // One step for every active canary. Returns the transitions made (for logs/tests).
   // Called from one thread (the daemon's watcher).
   std::vector<std::string> Tick();
+  // Rollbacks a previous daemon judged and could not record: written at the
+  // next ticks, never judged again. (The caller keeps their traffic held.)
+  void RestoreUnsaved(const std::vector<UnsavedRollback>& unsaved);
 
  private:
   void Step(const CanaryRecord& c, std::vector<std::string>* events);
@@ -102,11 +116,8 @@ class CanaryController {
   const Options opts_;
   std::map<int64_t, int64_t> last_tick_;   // canary id → mono ns of the last accounting
   std::map<int64_t, int64_t> last_check_;  // canary id → mono ns of the last check
-  struct Unsaved {
-    std::string reason, experiment_id;
-    nlohmann::json check;
-  };
-  std::map<int64_t, Unsaved> unsaved_rollbacks_;  // canary id → a rollback not written yet
+  void UnsavedChanged() const;
+  std::map<int64_t, UnsavedRollback> unsaved_rollbacks_;  // canary id → a rollback not written yet
 };
 
 }  // namespace mms

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -458,10 +459,24 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   CHECK(t.sent_ > sent + 20);
   CHECK(t.failed_ == failed);  // every request to control since
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // not recorded yet
+  // Killed meanwhile, restarted while the registry still refuses writes: the
+  // canary stays without traffic (its judged rollback is kept beside the socket).
+  t.Stop();
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  REQUIRE(d.Restart());
+  Traffic t2(d, "tiny", d.dir() + "/neg.json");
+  t2.Start();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  CHECK(t2.sent_ > 20);
+  CHECK(t2.failed_ == 0);
+  t2.Stop();
   lock.Release();
   CHECK(WaitFor([&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "rolled_back"; }, 30));
-  t.Stop();
   CHECK(t.failed_ == failed);
+  CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["reason"].get<std::string>().find("canary error rate") !=
+        std::string::npos);  // the reason judged before the restart
+  CHECK(WaitFor([&] { return !std::filesystem::exists(d.socket() + ".unsaved-rollbacks"); }, 10));
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
 
