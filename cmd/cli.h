@@ -31,6 +31,7 @@ struct Globals {
   bool json = false;
   bool quiet = false;
   double timeout_s = 60;
+  bool timeout_given = false;  // --timeout on the command line (else the default)
 };
 
 class Cli {

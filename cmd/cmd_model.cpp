@@ -198,23 +198,25 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
 Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a) {
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
+  auto canon = CanonicalPath(a.path);
+  struct stat st;
+  const bool regular = canon.ok() && ::stat(canon->c_str(), &st) == 0 && S_ISREG(st.st_mode);
   if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, a.version, ""}); existing.ok()) {
-    // Said as `mms model import` says it: the same weights or other ones.
-    auto sha = Sha256File(a.path);
+    // Said as `mms model import` says it: the same weights or other ones
+    // (hashed only when the size matches; never a FIFO or a device).
     std::string ref = a.name + ":" + a.version, by = ", by " + existing->created_by;
+    auto sha = regular && static_cast<uint64_t>(st.st_size) == existing->size_bytes ? Sha256File(*canon)
+                                                                                     : Result<std::string>(std::string());
     if (sha.ok() && *sha == existing->sha256)
       return AlreadyExists(ref + " is already registered with these weights (sha256 " + sha->substr(0, 12) + by +
                            "): nothing to do");
     return AlreadyExists(ref + " is registered with other weights (sha256 " + existing->sha256.substr(0, 12) + by +
-                         "; this file " + (sha.ok() ? sha->substr(0, 12) : std::string("unreadable")) +
+                         (sha.ok() && !sha->empty() ? "; this file " + sha->substr(0, 12) : std::string()) +
                          "); register the new weights as a new version number");
   }
-  auto canon = CanonicalPath(a.path);
   if (!canon.ok())
     return InvalidArgument("artifact " + a.path + " does not exist (--path must name a TorchScript file)");
-  struct stat st;
-  if (::stat(canon->c_str(), &st) != 0 || !S_ISREG(st.st_mode))
-    return InvalidArgument("artifact " + *canon + " is not a regular file");
+  if (!regular) return InvalidArgument("artifact " + *canon + " is not a regular file");
   MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*canon));
 
   NewVersion v;

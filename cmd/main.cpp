@@ -113,7 +113,8 @@ int main(int argc, char** argv) {
   app.add_option("--config", cli.g.config, "mms.toml (default: $MMS_CONFIG, ~/.config/mms/mms.toml)");
   app.add_flag("--json", cli.g.json, "machine-readable output");
   app.add_flag("--quiet,-q", cli.g.quiet, "no progress or notes on stderr");
-  app.add_option("--timeout", cli.g.timeout_s, "seconds to wait for the daemon's reply (default 60)")
+  auto* timeout_opt = app.add_option("--timeout", cli.g.timeout_s, "seconds to wait for the daemon's reply (default 60)");
+  timeout_opt
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             char* end = nullptr;
@@ -135,6 +136,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+    cli.g.timeout_given = timeout_opt->count() > 0;
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -3,6 +3,9 @@
 #include <fcntl.h>
 #include <sys/file.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <unistd.h>
 
 #include "core/log.h"
@@ -39,8 +42,10 @@ Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::st
   // own totals of the same experiments over the other's. The kernel drops
   // the lock when the process dies (even SIGKILL).
   const std::string path = registry_path + ".mmsd-lock";
+  (void)MakeDirs(DirName(registry_path), 0700);  // as Registry::Open would, but first: no daemon runs unlocked
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return -1;  // a directory mmsd cannot write: Registry::Open says so
+  if (fd < 0 && (errno == EACCES || errno == EROFS)) return -1;  // Registry::Open says what to do
+  if (fd < 0) return IoError("cannot create " + path + ": " + std::strerror(errno));
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     char buf[512] = {0};
     ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
@@ -353,11 +358,18 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
         WarmupArmDone(key);
         continue;
       }
-      auto done = [this, key = key, arm, ref = v->ref()](const Status& st) {
+      // A failure that will last (the artifact is broken, the model bigger
+      // than any budget) is remembered: a canary is not routed to it. A full
+      // pool (requests in flight, pins) passes: the canary's verdict says
+      // capacity if it lasts.
+      auto done = [this, key = key, arm, ref = v->ref(), lasting_full = !PoolFor(*v)->FitsAtAll(ItemFor(*v)).ok()](
+                      const Status& st) {
         if (!st.ok()) {
           LogWarn("warm_failed", {{"model", ref}, {"error", st.message()}});
-          std::lock_guard<std::mutex> lock(warm_mu_);
-          if (auto it = warmups_.find(key); it != warmups_.end()) it->second.failed[arm] = st.message();
+          if (st.code() != Code::kPoolFull || lasting_full) {
+            std::lock_guard<std::mutex> lock(warm_mu_);
+            if (auto it = warmups_.find(key); it != warmups_.end()) it->second.failed[arm] = st.message();
+          }
         }
         WarmupArmDone(key);
       };

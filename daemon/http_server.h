@@ -3,13 +3,14 @@
 // exact paths or path prefixes ("/health/" matches "/health/rec"); the path
 // a route gets is percent-decoded, without the query.
 //
-// Routes run on the server's own kThreads threads, never on the threads
-// serving predictions: a slow or flooding HTTP client cannot stall them, and
-// a /health probe need not wait behind a /metrics scrape. Connections are
-// capped (kMaxConnections in all, kMaxConnectionsPerAddress from one
-// address; more are closed at once) and one idle kIdleTimeoutSeconds is
-// closed, so idle or trickling clients cannot take the process's file
-// descriptors, which the IPC socket needs for its own clients.
+// Routes run on the server's own kThreads threads (each connection on one
+// of them), never on the threads serving predictions: a slow or flooding
+// HTTP client cannot stall those. Connections are capped (kMaxConnections in
+// all, kMaxConnectionsPerAddress from one address; more are closed at once)
+// and one idle kIdleTimeoutSeconds is closed, so idle clients cannot take
+// the process's file descriptors, which the IPC socket needs for its own
+// clients. (Clients from several addresses sending a byte every few seconds
+// can still hold every HTTP slot: the endpoint is for trusted networks.)
 //
 // Lifetime: the destructor stops listening, closes the connections, and
 // waits for a route that is running; no route runs after it returns.

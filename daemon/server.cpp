@@ -105,45 +105,24 @@ Result<std::unique_ptr<Server>> Server::Create(const Options& opts, std::map<uin
 
 Server::~Server() { Stop(); }
 
-Result<int> Server::Lock(const std::string& socket_path) {
-  MMS_RETURN_IF_ERROR(MakeDirs(DirName(socket_path), 0700));
-  // Instance lock: the kernel drops it when the process dies (even SIGKILL).
-  std::string lock_path = socket_path + ".lock";
-  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return IoError("cannot open " + lock_path + ": " + std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    char buf[32] = {0};
-    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
-    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
-    ::close(fd);
-    return AlreadyExists("mmsd is already running (pid " + pid + ") on " + socket_path +
-                         "; stop it first (kill " + pid + ") or start this one with another --socket");
-  }
-  // Some other kind of file at the socket's path is refused before anything
-  // else happens (Start checks again: it may appear meanwhile).
-  struct stat st;
-  if (::lstat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
-    ::close(fd);
-    return FailedPrecondition(socket_path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
-  }
-  std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0)
-    LogWarn("lock_file_write_failed", {{"path", lock_path}});
-  return fd;
-}
-
 namespace {
 // A unix socket at `path` that accepts a connection (a live listener), as
 // against one left by a dead process (ECONNREFUSED).
+Status LiveSocket(const std::string& path) {
+  return AlreadyExists("a daemon is serving on " + path + " though its lock file " + path +
+                       ".lock was removed; stop it first (mms status shows its pid), or start this one with "
+                       "another --socket");
+}
+
 bool SomeoneListens(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking: a blocking connect to a full backlog waits for ever.
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return false;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    bool busy = errno == EAGAIN;  // a full backlog: live
+    bool busy = errno == EAGAIN || errno == EINPROGRESS;  // a full backlog: live
     ::close(fd);
     return busy;
   }
@@ -166,6 +145,39 @@ bool SomeoneListens(const std::string& path) {
 }
 }  // namespace
 
+Result<int> Server::Lock(const std::string& socket_path) {
+  MMS_RETURN_IF_ERROR(MakeDirs(DirName(socket_path), 0700));
+  // Instance lock: the kernel drops it when the process dies (even SIGKILL).
+  std::string lock_path = socket_path + ".lock";
+  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return IoError("cannot open " + lock_path + ": " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    ::close(fd);
+    return AlreadyExists("mmsd is already running (pid " + pid + ") on " + socket_path +
+                         "; stop it first (kill " + pid + ") or start this one with another --socket");
+  }
+  // Some other kind of file at the socket's path is refused before anything
+  // else happens (Start checks again: it may appear meanwhile).
+  struct stat st;
+  if (::lstat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+    ::close(fd);
+    return FailedPrecondition(socket_path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
+  }
+  if (::lstat(socket_path.c_str(), &st) == 0 && SomeoneListens(socket_path)) {
+    ::close(fd);
+    return LiveSocket(socket_path);
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0)
+    LogWarn("lock_file_write_failed", {{"path", lock_path}});
+  return fd;
+}
+
+
 Status Server::Start() {
   const std::string& path = opts_.socket_path;
   if (opts_.lock_fd >= 0) {
@@ -182,10 +194,7 @@ Status Server::Start() {
       return FailedPrecondition(path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
     // Free lock, yet somebody accepts connections there: a daemon whose lock
     // file was removed. Replacing its socket would cut its clients off.
-    if (SomeoneListens(path))
-      return AlreadyExists("a daemon is serving on " + path + " though its lock file " + path +
-                           ".lock was removed; stop it first (mms status shows its pid), or start this one with "
-                           "another --socket");
+    if (SomeoneListens(path)) return LiveSocket(path);
     LogWarn("stale_socket_replaced", {{"socket", path}});
     ::unlink(path.c_str());
   }

@@ -612,8 +612,11 @@ Result<std::vector<std::string>> Registry::UsesOfLocked(const VersionRecord& v) 
     if (!pins.IsNull(0) && pins.Int(0) == v.id) {
       uses.push_back("pinned (mms unpin " + v.ref() + ")");
     } else if (pins.IsNull(0)) {
-      MMS_ASSIGN_OR_RETURN(VersionRecord def, ResolveLocked(Ref{Ref::Kind::kName, v.model, "", ""}));
-      if (def.id == v.id) uses.push_back("pinned as " + v.model + " (mms unpin " + v.model + ")");
+      // A name-pin covers the version the name serves (none when every
+      // version is archived).
+      auto def = ResolveLocked(Ref{Ref::Kind::kName, v.model, "", ""});
+      if (!def.ok() && def.status().code() != Code::kNotFound) return def.status();
+      if (def.ok() && def->id == v.id) uses.push_back("pinned as " + v.model + " (mms unpin " + v.model + ")");
     }
   }
   MMS_ASSIGN_OR_RETURN(auto exps, QueryExperiments("WHERE e.state != 'stopped' AND (e.control_id = ? OR e.treatment_id = ?)",

@@ -720,6 +720,14 @@ void ModelPool::Forget(PoolKey key) {
   if (e.refs == 0 && !e.loading) EraseForgotten(e);
 }
 
+Status ModelPool::FitsAtAll(const PoolItem& item) const {
+  Entry e;
+  e.item = item;
+  e.bytes = item.bytes;
+  std::lock_guard<std::mutex> lock(mu_);
+  return NeverFits(e);
+}
+
 void ModelPool::RetryNow(PoolKey key) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);

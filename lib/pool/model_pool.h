@@ -144,6 +144,9 @@ class ModelPool {
   // Its stored files were replaced (mms model repack): a failed load is
   // retried at the next request instead of after its backoff.
   void RetryNow(PoolKey key);
+  // POOL_FULL when `item` is bigger than every device budget or the host
+  // budget: no eviction could ever make room.
+  Status FitsAtAll(const PoolItem& item) const;
 
   // Per device and tier: models, bytes used / budget, pins, in-flight,
   // health, last use, loads, evictions, hits, misses.

@@ -476,7 +476,7 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
   if (auto want = h.metadata.find(kPackedModuleChecksumKey); want != h.metadata.end()) {
     // Checked, then loaded from the bytes checked.
     auto bytes = ReadFile(module_path);
-    if (!bytes.ok()) return NotFound("no such file: " + module_path);
+    if (!bytes.ok()) return FileExists(module_path) ? bytes.status() : NotFound("no such file: " + module_path);
     Xxh3 sum;
     sum.Update(bytes->data(), bytes->size());
     if (sum.Hex() != want->second)

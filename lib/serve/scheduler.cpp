@@ -212,7 +212,7 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
     // A batch waits for more rows until its delay ends, or until any of its
     // requests has spent half of its spare time (deadline - arrival -
     // execution): waiting to the last moment would make any wake-up latency
-    // a miss. (Fewer than max_batch rows are queued here: a short scan.)
+    // a miss. (A batch not yet full: a short scan, at most queue_depth.)
     int64_t ready_at = at + q.batch_delay_ns;
     if (!ready) {
       for (const Queued& e : q.jobs)

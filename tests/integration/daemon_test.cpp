@@ -187,6 +187,10 @@ TEST_CASE("a stale socket left by a SIGKILLed daemon is replaced") {
   struct stat st;
   REQUIRE(::stat(d.socket().c_str(), &st) == 0);  // left behind
   CHECK(d.Mms({"ping"}).exit_code == 3);
+  // A registry write meanwhile: no daemon to tell, nothing to note.
+  auto reg = d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"});
+  CHECK(reg.exit_code == 0);
+  CHECK_MESSAGE(reg.err.empty(), reg.err);
   REQUIRE(d.Restart());
   CHECK(d.Mms({"ping"}).exit_code == 0);
   CHECK(d.log().find("stale_socket_replaced") != std::string::npos);

@@ -182,13 +182,8 @@ TEST_CASE("an adapter whose stored weights changed since registration is refused
   REQUIRE(d.ok());
   Bases(d);
   Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1")});
-  for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/cust-a")) {
-    std::fstream f(e.path().string() + "/adapter.safetensors", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-1, std::ios::end);
-    char c = static_cast<char>(f.get() ^ 0x5a);  // same size, one byte of a weight
-    f.seekp(-1, std::ios::end);
-    f.put(c);
-  }
+  for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/cust-a"))
+    FlipLastByte(e.path().string() + "/adapter.safetensors");  // same size, one byte of a weight
   auto r = d.Mms({"predict", "cust-a", "--input", Data("lora_input.json")});
   CHECK(r.exit_code == 1);
   CHECK_MESSAGE(r.err.find("the stored adapter cust-a:1 is damaged") != std::string::npos, r.err);

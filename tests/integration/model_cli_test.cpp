@@ -1,6 +1,7 @@
 // `mms model ...` end to end: the real CLI, a real registry file, real
 // TorchScript artifacts checked by the real mmsd. No daemon is needed.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 
 #include <set>
 #include <signal.h>
@@ -142,7 +143,10 @@ TEST_CASE("every refusal has a clear message and its exit code") {
     std::string says;
   };
   std::ofstream(mms.dir / "list.json") << "[1, 2]";
+  REQUIRE(::mkfifo((mms.dir / "fifo.pt").c_str(), 0600) == 0);  // never opened: it would block
   std::vector<Case> cases{
+      {{"model", "register", "tiny", "--version", "1", "--path", mms.dir / "fifo.pt"}, 6, "registered with other weights"},
+      {{"model", "register", "tiny", "--version", "2", "--path", mms.dir / "fifo.pt"}, 2, "is not a regular file"},
       {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}, 6,
        "already registered with these weights"},
       {{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny_v2.pt")}, 6,

@@ -147,13 +147,6 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     Register(d, name, "1", d.dir() + "/" + name + ".pt");
   }
   // Same-size damage: one byte of a weight, one byte of the weight-less module.
-  auto flip_last_byte = [](const std::string& path) {
-    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-1, std::ios::end);
-    char c = static_cast<char>(f.get() ^ 0x5a);
-    f.seekp(-1, std::ios::end);
-    f.put(c);
-  };
   json reg = json::parse(d.Mms({"--json", "model", "list"}).out);
   for (const auto& v : reg) {
     std::string packed = d.data_dir() + "/artifacts/" + v["model"].get<std::string>();
@@ -165,8 +158,8 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
         f << "garbage!garbage!garbage!";
       }
       if (v["model"] == "trunc") std::filesystem::resize_file(w, 500);
-      if (v["model"] == "flipped") flip_last_byte(w);
-      if (v["model"] == "modchanged") flip_last_byte(e.path().string() + "/module.pt");
+      if (v["model"] == "flipped") FlipLastByte(w);
+      if (v["model"] == "modchanged") FlipLastByte(e.path().string() + "/module.pt");
       if (v["model"] == "gone") std::filesystem::remove_all(e.path());  // not loaded from the original instead
     }
   }
@@ -242,13 +235,7 @@ TEST_CASE("mms model repack repairs damaged packed files and keeps the version's
   REQUIRE(d.Mms({"model", "stage", "deep:1", "production", "-q"}).exit_code == 0);
   REQUIRE(d.Mms({"model", "alias", "set", "deep", "champion", "1"}).exit_code == 0);
   std::string old_dir = json::parse(d.Mms({"--json", "model", "show", "deep:1"}).out)["packed_dir"];
-  {
-    std::fstream f(old_dir + "/weights.safetensors", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-1, std::ios::end);
-    char c = static_cast<char>(f.get() ^ 0x5a);
-    f.seekp(-1, std::ios::end);
-    f.put(c);
-  }
+  FlipLastByte(old_dir + "/weights.safetensors");
   CHECK(d.Mms({"predict", "deep", "--input", Data("deep_input.json"), "-q"}).exit_code == 1);
   auto v = d.Mms({"model", "verify", "deep:1"});
   CHECK(v.exit_code == 1);

@@ -114,6 +114,7 @@ TEST_CASE("a name resolves to production, else the highest non-archived version"
   CHECK(missing.status().message() == "unknown version rec:7; rec has versions 1, 2, 10");
   CHECK(f.reg->Resolve("rec@nope").status().message() == "unknown alias rec@nope; rec has aliases champion");
   CHECK(f.reg->Resolve("rac").status().message() == "unknown model 'rac'; did you mean 'rec'?");
+  REQUIRE(f.reg->AddPin(*ParseRef("rec")).ok());  // pins what the name serves
   // Every version archived: the bare name serves none (a version still resolves).
   for (const char* v : {"rec:1", "rec:2"}) REQUIRE(f.reg->SetStage(*ParseRef(v), Stage::kArchived).ok());
   auto none = f.reg->Resolve("rec");
@@ -121,6 +122,8 @@ TEST_CASE("a name resolves to production, else the highest non-archived version"
   CHECK(none.status().message().find("every version of rec is archived") != std::string::npos);
   CHECK(none.status().message().find("mms model stage rec:10 production") != std::string::npos);
   CHECK(f.reg->Resolve("rec:2")->version == "2");
+  // The pin of the bare name then covers no version: each can still be removed.
+  CHECK_MESSAGE(f.reg->Remove(*ParseRef("rec:1"), false).ok(), f.reg->Remove(*ParseRef("rec:1"), false).status().ToString());
 }
 
 TEST_CASE("one production version per model, promotion archives the previous one, audited") {

@@ -125,6 +125,14 @@ int FreePort() {
   return port;
 }
 
+void FlipLastByte(const std::string& path) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(-1, std::ios::end);
+  char c = static_cast<char>(f.get() ^ 0x5a);
+  f.seekp(-1, std::ios::end);
+  f.put(c);
+}
+
 size_t Count(const std::string& text, const std::string& what) {
   size_t n = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;

@@ -95,6 +95,9 @@ int FreePort();
 // How many times `what` occurs in `text` (log lines of one event, say).
 size_t Count(const std::string& text, const std::string& what);
 
+// Same-size damage: the last byte of `path` XORed (a flipped weight).
+void FlipLastByte(const std::string& path);
+
 // Another writer holding an SQLite file (a registry): BEGIN EXCLUSIVE, so
 // every write through another connection fails after its busy timeout, as
 // on a full disk. Waits for a write in progress first. Released by Release()
