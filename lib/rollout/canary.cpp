@@ -190,6 +190,13 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   auto tick = last_tick_.find(c.id);
   int64_t delta_ms = tick == last_tick_.end() ? 0 : (now - tick->second) / 1000000;
   last_tick_[c.id] = now;
+  // One restored from another registry's daemon (the file beside a reused
+  // socket) names another canary: dropped, never applied to this one.
+  if (auto u = unsaved_rollbacks_.find(c.id); u != unsaved_rollbacks_.end() && u->second.experiment_id != c.experiment_id) {
+    if (opts_.hold_back) opts_.hold_back(u->second.experiment_id, false);
+    unsaved_rollbacks_.erase(u);
+    UnsavedChanged();
+  }
   if (auto u = unsaved_rollbacks_.find(c.id); u != unsaved_rollbacks_.end()) {
     UnsavedRollback judged = u->second;  // a copy: Rollback erases it
     (void)Rollback(c, judged.reason, events, judged.check);  // judged already: only the write is left

@@ -193,6 +193,26 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   CHECK(g.holds[1] == "-" + gc.experiment_id);  // routed again as the registry says (paused: control)
 }
 
+TEST_CASE("restored unsaved rollbacks are written without judging again, and never applied to another canary") {
+  {
+    Fixture f;
+    CanaryRecord c = f.Start();
+    f.ctl->RestoreUnsaved({{c.id, c.experiment_id, "judged before the restart", nullptr}});
+    f.ctl->Tick();
+    auto r = f.reg->GetCanary("rec");
+    CHECK(r->state == "rolled_back");
+    CHECK(r->reason == "judged before the restart");
+  }
+  {
+    Fixture f;
+    CanaryRecord c = f.Start();
+    f.ctl->RestoreUnsaved({{c.id, "someone-elses-experiment", "of another registry", nullptr}});
+    f.ctl->Tick();
+    CHECK(f.reg->GetCanary("rec")->state == "running");
+    CHECK(std::find(f.holds.begin(), f.holds.end(), "-someone-elses-experiment") != f.holds.end());
+  }
+}
+
 TEST_CASE("a p99 rise rolls back, absolute and relative to control") {
   {
     Fixture f;
