@@ -86,7 +86,7 @@ void Cli::NotifyDaemon(bool until_routed) {
     nlohmann::json body{{"registry", reg.ok() ? *reg : ""}};
     if (until_routed) body["wait_ms"] = kRoutedWaitMs;
     st = (*c)->CallJson(proto::kRegistryChanged, body).status();
-  } else if (FileExists(*path)) {
+  } else {
     st = c.status();
   }
   if (st.ok()) return;

@@ -106,14 +106,14 @@ Result<std::unique_ptr<Server>> Server::Create(const Options& opts, std::map<uin
 Server::~Server() { Stop(); }
 
 namespace {
-// A unix socket at `path` that accepts a connection (a live listener), as
-// against one left by a dead process (ECONNREFUSED).
 Status LiveSocket(const std::string& path) {
   return AlreadyExists("a daemon is serving on " + path + " though its lock file " + path +
                        ".lock was removed; stop it first (mms status shows its pid), or start this one with "
                        "another --socket");
 }
 
+// A unix socket at `path` that accepts a connection (a live listener), as
+// against one left by a dead process (ECONNREFUSED).
 bool SomeoneListens(const std::string& path) {
   // Non-blocking: a blocking connect to a full backlog waits for ever.
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -145,7 +145,7 @@ bool SomeoneListens(const std::string& path) {
 }
 }  // namespace
 
-Result<int> Server::Lock(const std::string& socket_path) {
+Result<int> Server::Lock(const std::string& socket_path, bool new_daemon) {
   MMS_RETURN_IF_ERROR(MakeDirs(DirName(socket_path), 0700));
   // Instance lock: the kernel drops it when the process dies (even SIGKILL).
   std::string lock_path = socket_path + ".lock";
@@ -163,11 +163,12 @@ Result<int> Server::Lock(const std::string& socket_path) {
   // Some other kind of file at the socket's path is refused before anything
   // else happens (Start checks again: it may appear meanwhile).
   struct stat st;
-  if (::lstat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+  if (new_daemon && ::lstat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
     ::close(fd);
     return FailedPrecondition(socket_path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
   }
-  if (::lstat(socket_path.c_str(), &st) == 0 && SomeoneListens(socket_path)) {
+  if (new_daemon && ::lstat(socket_path.c_str(), &st) == 0 && SomeoneListens(socket_path)) {
+    ::unlink(lock_path.c_str());  // the live daemon's watchdog takes a lock file of its own
     ::close(fd);
     return LiveSocket(socket_path);
   }
@@ -375,7 +376,7 @@ void Server::RetakeLock() {
   // The lock file was removed (alone or with its directory): a new one, so a
   // second mmsd cannot start beside this one. One that started in between
   // holds it already: said in the log.
-  auto fd = Lock(opts_.socket_path);
+  auto fd = Lock(opts_.socket_path, /*new_daemon=*/false);
   if (fd.ok()) {
     extra_lock_fds_.push_back(*fd);
     lock_retake_failing_ = false;

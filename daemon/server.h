@@ -97,7 +97,10 @@ class Server {
   // then holds our pid. ALREADY_EXISTS naming the running pid when another
   // process holds it. mmsd takes it before anything else (the registry, the
   // device arenas), so a second daemon touches nothing.
-  static Result<int> Lock(const std::string& socket_path);
+  // `new_daemon`: also refuses a socket path holding another kind of file or
+  // a socket someone serves (a starting daemon; the watchdog's retake of its
+  // own lock passes false).
+  static Result<int> Lock(const std::string& socket_path, bool new_daemon = true);
 
   static Result<std::unique_ptr<Server>> Create(const Options& opts, std::map<uint16_t, Handler> handlers);
   ~Server();

@@ -389,8 +389,8 @@ std::vector<std::pair<int64_t, nlohmann::json>> ShadowRunner::AllStats() const {
   return out;
 }
 
-nlohmann::json ShadowRunner::StatsOf(Shadow& sh) const {
-  Shadow* s = &sh;
+nlohmann::json ShadowRunner::StatsOf(Shadow& shadow) const {
+  Shadow* s = &shadow;  // (the figures below read as in Work)
   std::lock_guard<std::mutex> lock(s->mu);
   nlohmann::json j = s->rec.ToJson();
   j["running"] = s->rec.state == "running";
