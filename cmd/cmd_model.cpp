@@ -4,6 +4,8 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
+
+#include <ctime>
 #include <unistd.h>
 
 #include <algorithm>
@@ -151,12 +153,13 @@ struct Packed {
 // writes its packed form — with a copy of `sample_input` when given — into
 // a directory of its own under the data dir.
 Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::string& name, const std::string& version,
-                            const std::string& sha256, const std::string& sample_input, int max_batch_size) {
+                            const std::string& sha256, const std::string& sample_input, int max_batch_size,
+                            const std::string& stem_suffix = "") {
   MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
   std::string model_dir = JoinPath(artifacts, name);
   MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
   CleanStaleStaging(model_dir);
-  std::string stem = version + "-" + sha256.substr(0, 12);
+  std::string stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
   std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
   std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", canon, "--pack-dir", staging};
   if (!sample_input.empty()) argv.insert(argv.end(), {"--sample-input", sample_input});
@@ -535,7 +538,9 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
 // The packed weights against SHA256SUMS (written at registration); a packed
 // dir from before it existed gets its safetensors structure checked (header,
 // sizes: a truncation), which finds no changed bytes.
-std::vector<std::string> CheckPacked(const std::string& dir, const std::string& ref, Progress& progress) {
+std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord& rec, Progress& progress) {
+  const std::string fix = rec.is_adapter() ? "mms adapter rm " + rec.ref() + ", then register it again"
+                                           : "mms model repack " + rec.ref() + " writes them anew from the original artifact";
   std::vector<std::string> problems;
   std::map<std::string, std::string> recorded;
   const bool has_sums = FileExists(JoinPath(dir, kChecksumFile));
@@ -572,7 +577,7 @@ std::vector<std::string> CheckPacked(const std::string& dir, const std::string& 
       problems.push_back(std::string("packed ") + f + ": " + h.status().message());
     else if (*h != it->second)
       problems.push_back(std::string("packed ") + f + " changed since registration: sha256 " + h->substr(0, 12) +
-                         " != recorded " + it->second.substr(0, 12) + " (mms model repack " + ref + " writes them anew from the original artifact)");
+                         " != recorded " + it->second.substr(0, 12) + " (" + fix + ")");
   }
   return problems;
 }
@@ -593,8 +598,8 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   if (rec->packed_dir.empty())
     return cli.Fail(FailedPrecondition(rec->ref() + " has no packed files: it loads from " + rec->artifact_path));
   if (!FileExists(rec->artifact_path))
-    return cli.Fail(NotFound("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
-                             ") is gone: nothing to repack from; register the model again as a new version"));
+    return cli.Fail(FailedPrecondition("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
+                                       ") is gone: nothing to repack from; register the model again as a new version"));
   Progress progress("hashing " + BaseName(rec->artifact_path), !cli.g.quiet && !cli.g.json);
   auto sha = Sha256File(rec->artifact_path, [&](uint64_t d, uint64_t t) { progress(d, t); });
   if (!sha.ok()) return cli.Fail(sha.status());
@@ -610,8 +615,10 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
         sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
                                    ") is gone too: give one with --sample-input FILE"
                              : "--sample-input " + sample + " does not exist"));
+  // Never the old directory's name (gone, it would be free): a running
+  // daemon tells a repack by the changed path.
   auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
-                             rec->max_batch_size);
+                             rec->max_batch_size, "-repack" + std::to_string(::time(nullptr)));
   if (!packed.ok()) return cli.Fail(packed.status());
   auto now = (*reg)->SetPackedDir(*ref, rec->packed_dir, packed->dir, packed->sample_input);
   if (!now.ok()) {
@@ -622,9 +629,11 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   cli.NotifyDaemon();
   nlohmann::json j = now->ToJson();
   j["previous_packed_dir"] = rec->packed_dir;
+  const bool old_left = std::filesystem::exists(rec->packed_dir);
   cli.Emit(j, [&] {
     std::cout << "repacked " << now->ref() << " into " << now->packed_dir << " (stage " << StageName(now->stage)
-              << ", aliases and pins unchanged); the old files are left for mms model verify --prune\n";
+              << ", aliases and pins unchanged)"
+              << (old_left ? "; the old files are left for mms model verify --prune" : "") << "\n";
   });
   return 0;
 }
@@ -673,7 +682,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       for (const char* f : r.is_adapter() ? std::vector<const char*>{kAdapterWeightsFile}
                                           : std::vector<const char*>{"weights.safetensors", "module.pt"})
         if (!FileExists(JoinPath(r.packed_dir, f))) problems.push_back(std::string("packed ") + f + " missing");
-      for (const std::string& p : CheckPacked(r.packed_dir, r.ref(), progress)) problems.push_back(p);
+      for (const std::string& p : CheckPacked(r.packed_dir, r, progress)) problems.push_back(p);
     }
     if (!r.sample_input.empty() && !FileExists(r.sample_input)) problems.push_back("stored sample input missing");
     if (!problems.empty()) ++bad;

@@ -124,6 +124,14 @@ int CmdShadowStats(Cli& cli, const std::string& model) {
     std::cout << "  latency shadow − primary: "
               << (l.value("count", 0) ? "p50 " + Num(l["p50"]) + " ms, p99 " + Num(l["p99"]) + " ms" : "-") << "\n";
     if (j.contains("last_error")) std::cout << "  last shadow error: " << j["last_error"].get<std::string>() << "\n";
+    // Counted by the daemon(s) before the last restart (mms(1)).
+    for (const nlohmann::json* b = j.contains("before_restart") ? &j["before_restart"] : nullptr; b && b->is_object();
+         b = b->contains("before_restart") ? &(*b)["before_restart"] : nullptr) {
+      const auto& bq = (*b)["requests"];
+      std::cout << "  before a restart: mirrored " << bq.value("mirrored", 0) << ", dropped " << bq.value("dropped", 0)
+                << ", failed " << bq.value("failed", 0) << ", diverged " << b->value("diverged", 0) << "\n";
+    }
+    if (j.contains("note")) std::cout << "  (" << j["note"].get<std::string>() << ")\n";
   });
   return 0;
 }

@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
     std::string what = UsageError(app, argc, argv, e.what());
     // CLI11 checks required options before it reports extras: a mistyped
     // "--inptu" read as "--input is required". The typo is the error.
-    if (dynamic_cast<const CLI::RequiredError*>(&e))
+    if (dynamic_cast<const CLI::RequiredError*>(&e) || dynamic_cast<const CLI::ExtrasError*>(&e))
       if (std::string unknown = UnknownOption(app); !unknown.empty()) what = unknown;
     return cli.Fail(mms::InvalidArgument(what +
                                          (cli.g.json ? "" : "\nRun 'mms --help' (or 'mms COMMAND --help') for usage.")));

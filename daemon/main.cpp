@@ -110,13 +110,17 @@ int Run(int argc, char** argv) {
   auto exit_code = [](const Status& st) {
     return st.code() == Code::kInvalidArgument ? 2 : st.code() == Code::kAlreadyExists ? 6 : 1;
   };
+  // A start that fails leaves no lock file of ours behind (we hold it).
+  const std::string lock_file = opts.socket_path + ".lock";
   auto daemon = Daemon::Create(std::move(opts));
   if (!daemon.ok()) {
     std::cerr << "mmsd: " << daemon.status().message() << "\n";
+    ::unlink(lock_file.c_str());
     return exit_code(daemon.status());
   }
   if (Status st = (*daemon)->Start(); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";
+    ::unlink(lock_file.c_str());
     return exit_code(st);
   }
   while (true) {

@@ -104,6 +104,7 @@ TEST_CASE("a second daemon on the same registry with another socket is refused, 
                 r.err);
   CHECK(r.err.find("serves the registry " + d.data_dir() + "/registry.db") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(d.dir() + "/other.sock"));
+  CHECK_FALSE(std::filesystem::exists(d.dir() + "/other.sock.lock"));  // nothing of its own left behind
   CHECK(d.Mms({"ping"}).exit_code == 0);  // the first one is unharmed
   // Gone (even by SIGKILL), it leaves the registry to the next one.
   d.child().Signal(SIGKILL);

@@ -188,7 +188,9 @@ TEST_CASE("an adapter whose stored weights changed since registration is refused
   CHECK(r.exit_code == 1);
   CHECK_MESSAGE(r.err.find("the stored adapter cust-a:1 is damaged") != std::string::npos, r.err);
   CHECK_MESSAGE(r.err.find("does not match the checksum") != std::string::npos, r.err);
-  CHECK(d.Mms({"model", "verify", "cust-a:1"}).exit_code == 1);
+  auto v = d.Mms({"model", "verify", "cust-a:1"});
+  CHECK(v.exit_code == 1);
+  CHECK_MESSAGE(v.out.find("mms adapter rm cust-a:1, then register it again") != std::string::npos, v.out);
   CHECK(Predict(d, {"base"}).size() == 12);
 }
 

@@ -129,6 +129,10 @@ TEST_CASE("a mistyped option is named as such, not as the required option it hid
   CHECK(r.exit_code == 2);
   CHECK_MESSAGE(r.err.find("unknown option '--inptu' for 'mms predict'; did you mean '--input'?") != std::string::npos,
                 r.err);
+  auto extra = mms({"predict", "tiny", "--input", "in.json", "--usr", "a"});  // every required one given
+  CHECK(extra.exit_code == 2);
+  CHECK_MESSAGE(extra.err.find("unknown option '--usr' for 'mms predict'; did you mean '--user'?") != std::string::npos,
+                extra.err);
   auto j = mms({"--json", "model", "register", "--bogus"});
   CHECK(j.exit_code == 2);
   CHECK(json::parse(j.out)["error"]["message"] == "unknown option '--bogus' for 'mms model register'");

@@ -251,11 +251,25 @@ TEST_CASE("mms model repack repairs damaged packed files and keeps the version's
   CHECK(d.Mms({"pin", "deep"}).exit_code == 0);
   CHECK(d.Mms({"model", "verify", "deep:1"}).exit_code == 0);
   CHECK(d.Mms({"--json", "model", "history", "deep"}).out.find("\"repack\"") != std::string::npos);
-  // An original that changed since registration is no source for a repack.
+  // Its packed directory deleted: repacked under a new name, served at once.
+  REQUIRE(d.Mms({"unpin", "deep"}).exit_code == 0);
+  REQUIRE(d.Mms({"evict", "deep"}).exit_code == 0);
+  REQUIRE(d.Mms({"evict", "deep"}).exit_code == 0);  // host → disk
+  std::filesystem::remove_all(json::parse(d.Mms({"--json", "model", "show", "deep:1"}).out)["packed_dir"].get<std::string>());
+  CHECK(d.Mms({"predict", "deep", "--input", Data("deep_input.json"), "-q"}).exit_code == 1);
+  auto again = d.Mms({"model", "repack", "deep:1"});
+  REQUIRE_MESSAGE(again.exit_code == 0, again.err);
+  CHECK(again.out.find("old files are left") == std::string::npos);  // none are
+  CHECK(d.Mms({"predict", "deep", "--input", Data("deep_input.json"), "-q"}).exit_code == 0);
+  // An original that changed since registration is no source for a repack (exit 1); nor one gone.
   std::ofstream(d.dir() + "/deep.pt", std::ios::app) << "x";
   auto changed = d.Mms({"model", "repack", "deep:1"});
-  CHECK(changed.exit_code != 0);
+  CHECK(changed.exit_code == 1);
   CHECK(changed.err.find("changed since registration") != std::string::npos);
+  std::filesystem::remove(d.dir() + "/deep.pt");
+  auto gone = d.Mms({"model", "repack", "deep:1"});
+  CHECK(gone.exit_code == 1);
+  CHECK(gone.err.find("is gone") != std::string::npos);
 }
 
 TEST_CASE("a version whose warm-up fails is unhealthy and not served") {

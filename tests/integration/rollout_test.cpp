@@ -161,6 +161,7 @@ TEST_CASE("a shadow's figures outlive mmsd: kept across a SIGKILL beside the new
   json st = ShadowStats(d, "tiny");
   CHECK(st["before_restart"]["requests"]["mirrored"] == 15);
   CHECK(st["before_restart"]["diverged"] == 15);
+  CHECK(d.Mms({"shadow", "stats", "tiny"}).out.find("before a restart: mirrored 15") != std::string::npos);
   // Stopped, then a clean restart: the run's figures are still there.
   {
     Traffic t(d, "tiny", Data("tiny_input.json"));
