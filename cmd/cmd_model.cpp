@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include <ctime>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,6 +26,7 @@
 #include "core/hash.h"
 #include "core/paths.h"
 #include "core/subprocess.h"
+#include "core/clock.h"
 #include "core/units.h"
 #include "lora/adapter.h"
 #include "protocol/tensor_file.h"
@@ -618,7 +618,8 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   // Never the old directory's name (gone, it would be free): a running
   // daemon tells a repack by the changed path.
   auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
-                             rec->max_batch_size, "-repack" + std::to_string(::time(nullptr)));
+                             rec->max_batch_size,
+                             "-repack" + std::to_string(Clock::Real()->UnixMillis()) + "-" + std::to_string(::getpid()));
   if (!packed.ok()) return cli.Fail(packed.status());
   auto now = (*reg)->SetPackedDir(*ref, rec->packed_dir, packed->dir, packed->sample_input);
   if (!now.ok()) {
@@ -629,7 +630,7 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   cli.NotifyDaemon();
   nlohmann::json j = now->ToJson();
   j["previous_packed_dir"] = rec->packed_dir;
-  const bool old_left = std::filesystem::exists(rec->packed_dir);
+  const bool old_left = packed->dir != rec->packed_dir && std::filesystem::exists(rec->packed_dir);
   cli.Emit(j, [&] {
     std::cout << "repacked " << now->ref() << " into " << now->packed_dir << " (stage " << StageName(now->stage)
               << ", aliases and pins unchanged)"
