@@ -80,7 +80,7 @@ void Cli::NotifyDaemon(bool until_routed) {
   Status st = Status::Ok();
   auto c = proto::Client::Connect(o);
   // A socket file left by a killed daemon: none running, nothing to tell.
-  if (!c.ok() && c.status().message().find("is not running") != std::string::npos) return;
+  if (!c.ok() && DaemonNotRunning(c.status())) return;
   if (c.ok()) {
     auto reg = registry_path();
     nlohmann::json body{{"registry", reg.ok() ? *reg : ""}};
@@ -143,7 +143,7 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   o.socket_path = *path;
   o.timeout_ms = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(g.timeout_s * 1000)));  // 0 would mean unbounded
   auto c = proto::Client::Connect(o);
-  if (!c.ok() && c.status().message().find("is not running") != std::string::npos)
+  if (!c.ok() && DaemonNotRunning(c.status()))
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
   if (!c.ok()) return c.status();
   return c;

@@ -112,6 +112,12 @@ Result<VersionRecord> RegisterPublished(Registry& reg, const NewVersion& v);
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();
 
+// Connecting found no daemon at all (no socket, or one left by a dead
+// daemon), as against one that is there but did not answer.
+inline bool DaemonNotRunning(const Status& st) {
+  return st.code() == Code::kUnavailable && st.message().find("is not running") != std::string::npos;
+}
+
 // Helpers shared by command files.
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows);  // first row = header
 std::string FormatTime(int64_t unix_ms);  // "2026-11-28 20:45:13" (UTC)

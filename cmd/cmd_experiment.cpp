@@ -252,7 +252,7 @@ int CmdStats(Cli& cli, const std::string& id) {
   nlohmann::json body = nlohmann::json::object();
   if (!id.empty()) body["experiment"] = id;
   auto r = cli.Call(proto::kStats, body);
-  if (!r.ok() && r.status().code() == Code::kUnavailable && r.status().message().find("is not running") != std::string::npos) {
+  if (!r.ok() && DaemonNotRunning(r.status())) {
     r = StatsFromRegistry(cli, id);
     if (r.ok()) cli.Note("note: " + (*r)["note"].get<std::string>());
   }

@@ -621,7 +621,9 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
                              rec->max_batch_size,
                              "-repack" + std::to_string(Clock::Real()->UnixMillis()) + "-" + std::to_string(::getpid()));
   if (!packed.ok()) return cli.Fail(packed.status());
-  auto now = (*reg)->SetPackedDir(*ref, rec->packed_dir, packed->dir, packed->sample_input);
+  // The version resolved above, whatever the name resolves to meanwhile.
+  auto now = (*reg)->SetPackedDir(Ref{Ref::Kind::kVersion, rec->model, rec->version, ""}, rec->packed_dir, packed->dir,
+                                  packed->sample_input);
   if (!now.ok()) {
     std::error_code ec;
     std::filesystem::remove_all(packed->dir, ec);
@@ -630,7 +632,7 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   cli.NotifyDaemon();
   nlohmann::json j = now->ToJson();
   j["previous_packed_dir"] = rec->packed_dir;
-  const bool old_left = packed->dir != rec->packed_dir && std::filesystem::exists(rec->packed_dir);
+  const bool old_left = std::filesystem::exists(rec->packed_dir);  // (the new dir has a name of its own)
   cli.Emit(j, [&] {
     std::cout << "repacked " << now->ref() << " into " << now->packed_dir << " (stage " << StageName(now->stage)
               << ", aliases and pins unchanged)"

@@ -173,7 +173,7 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
     if (!pin) std::cout << "unpinned " << ref->ToString() << "\n";
     else if (version.empty()) std::cout << "pinned " << ref->ToString() << " (no version of it resolves now)\n";
     else if (j.contains("device")) std::cout << "pinned " << version << " (on " << j["device"].get<std::string>() << ")\n";
-    else if (!c.ok() && c.status().message().find("is not running") == std::string::npos)
+    else if (!c.ok() && !DaemonNotRunning(c.status()))
       std::cout << "pinned " << version << " (mmsd did not answer: " << c.status().message()
                 << "; it preloads pins when it serves again)\n";
     else std::cout << "pinned " << version << " (mmsd is not running; it preloads pins when it starts)\n";

@@ -653,14 +653,19 @@ bool Daemon::FlushMetrics() {
   }
   // Shadow runs' figures, those that moved since last saved (the watcher's
   // thread only: saved_shadow_figures_ needs no lock).
-  if (failed.ok() && shadows_)
+  if (shadows_) {
+    std::map<int64_t, std::string> saved;  // the runs still in memory: the map does not grow with every run
     for (auto& [id, figures] : shadows_->AllStats()) {
       std::string text = figures.dump();
-      if (saved_shadow_figures_[id] == text) continue;
-      failed = registry_->SaveShadowFigures(id, figures);
-      if (!failed.ok()) break;
-      saved_shadow_figures_[id] = std::move(text);
+      std::string& was = saved_shadow_figures_[id];
+      if (was != text && failed.ok()) {
+        failed = registry_->SaveShadowFigures(id, figures);
+        if (failed.ok()) was = std::move(text);
+      }
+      saved[id] = std::move(was);
     }
+    saved_shadow_figures_ = std::move(saved);
+  }
   // Once per outage, not once per variant and interval; and when it ends.
   if (!failed.ok() && !flush_failing_.exchange(true)) {
     LogError("metrics_flush_failed", {{"error", failed.message()},

@@ -106,12 +106,6 @@ Result<std::unique_ptr<Server>> Server::Create(const Options& opts, std::map<uin
 Server::~Server() { Stop(); }
 
 namespace {
-Status LiveSocket(const std::string& path) {
-  return AlreadyExists("a daemon is serving on " + path + " though its lock file " + path +
-                       ".lock was removed; stop it first (mms status shows its pid), or start this one with "
-                       "another --socket");
-}
-
 // A unix socket at `path` that accepts a connection (a live listener), as
 // against one left by a dead process (ECONNREFUSED).
 bool SomeoneListens(const std::string& path) {
@@ -143,6 +137,24 @@ bool SomeoneListens(const std::string& path) {
   ::close(fd);
   return true;
 }
+
+// What is at the socket's path: OK when nothing, or a socket left by a dead
+// daemon (`*stale` set: ours to replace); FAILED_PRECONDITION for another
+// kind of file (somebody's); ALREADY_EXISTS for a socket someone serves (a
+// daemon whose lock file was removed: replacing it would cut its clients off).
+Status CheckSocketPath(const std::string& path, bool* stale) {
+  *stale = false;
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return Status::Ok();
+  if (!S_ISSOCK(st.st_mode))
+    return FailedPrecondition(path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
+  if (SomeoneListens(path))
+    return AlreadyExists("a daemon is serving on " + path + " though its lock file " + path +
+                         ".lock was removed; stop it first (mms status shows its pid), or start this one with "
+                         "another --socket");
+  *stale = true;
+  return Status::Ok();
+}
 }  // namespace
 
 Result<int> Server::Lock(const std::string& socket_path, bool new_daemon) {
@@ -160,17 +172,14 @@ Result<int> Server::Lock(const std::string& socket_path, bool new_daemon) {
     return AlreadyExists("mmsd is already running (pid " + pid + ") on " + socket_path +
                          "; stop it first (kill " + pid + ") or start this one with another --socket");
   }
-  // Some other kind of file at the socket's path is refused before anything
-  // else happens (Start checks again: it may appear meanwhile).
-  struct stat st;
-  if (new_daemon && ::lstat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+  // What is at the socket's path is checked before anything else happens
+  // (Start checks again: it may change meanwhile).
+  bool stale = false;
+  if (Status st = new_daemon ? CheckSocketPath(socket_path, &stale) : Status::Ok(); !st.ok()) {
+    // A live daemon's watchdog takes a lock file of its own.
+    if (st.code() == Code::kAlreadyExists) ::unlink(lock_path.c_str());
     ::close(fd);
-    return FailedPrecondition(socket_path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
-  }
-  if (new_daemon && ::lstat(socket_path.c_str(), &st) == 0 && SomeoneListens(socket_path)) {
-    ::unlink(lock_path.c_str());  // the live daemon's watchdog takes a lock file of its own
-    ::close(fd);
-    return LiveSocket(socket_path);
+    return st;
   }
   std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0)
@@ -187,15 +196,9 @@ Status Server::Start() {
   } else {
     MMS_ASSIGN_OR_RETURN(lock_fd_, Lock(path));
   }
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) {
-    // Ours to replace only if it is a socket (left by a killed daemon: the
-    // lock was free); anything else at that path is somebody's file.
-    if (!S_ISSOCK(st.st_mode))
-      return FailedPrecondition(path + " exists and is not a socket; point --socket ([daemon] socket) elsewhere");
-    // Free lock, yet somebody accepts connections there: a daemon whose lock
-    // file was removed. Replacing its socket would cut its clients off.
-    if (SomeoneListens(path)) return LiveSocket(path);
+  bool stale = false;
+  MMS_RETURN_IF_ERROR(CheckSocketPath(path, &stale));
+  if (stale) {  // left by a killed daemon (the lock was free): ours to replace
     LogWarn("stale_socket_replaced", {{"socket", path}});
     ::unlink(path.c_str());
   }

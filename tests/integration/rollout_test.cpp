@@ -21,8 +21,9 @@ using nlohmann::json;
 namespace {
 std::string Data(const std::string& n) { return TestDataDir() + "/" + n; }
 
+// `file`: a test model's name, or a path.
 void Register(const Daemon& d, const std::string& name, const std::string& v, const std::string& file) {
-  auto r = d.Mms({"model", "register", name, "--version", v, "--path", Data(file), "-q"});
+  auto r = d.Mms({"model", "register", name, "--version", v, "--path", file[0] == '/' ? file : Data(file), "-q"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
 }
 
@@ -416,9 +417,7 @@ TEST_CASE("a canary whose candidate cannot be loaded is rolled back before any r
   REQUIRE(d.ok());
   // A candidate bigger than the whole device budget.
   REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "1", "--size-kb", "1500"}).exit_code == 0);
-  Register(d, "tiny", "1", "tiny.pt");
-  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "2", "--path", d.dir() + "/customer-00.pt", "-q"}).exit_code == 0);
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, d.dir() + "/customer-00.pt");
   Traffic t(d, "tiny", Data("tiny_input.json"));
   t.Start();
   auto r = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
@@ -445,14 +444,10 @@ TEST_CASE("a canary whose candidate finds the pool full for now (pins) is not ro
   REQUIRE(d.ok());
   REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "3", "--size-kb", "400"}).exit_code == 0);
   for (int i = 0; i < 2; ++i) {
-    REQUIRE(d.Mms({"model", "register", "c" + std::to_string(i), "--version", "1", "--path",
-                   d.dir() + "/customer-0" + std::to_string(i) + ".pt", "-q"})
-                .exit_code == 0);
+    Register(d, "c" + std::to_string(i), "1", d.dir() + "/customer-0" + std::to_string(i) + ".pt");
     REQUIRE(d.Mms({"pin", "c" + std::to_string(i)}).exit_code == 0);
   }
-  Register(d, "tiny", "1", "tiny.pt");
-  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "2", "--path", d.dir() + "/customer-02.pt", "-q"}).exit_code == 0);
-  REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+  SetupTiny(d, d.dir() + "/customer-02.pt");
   REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
                  "--check-interval", "100ms", "--min-requests", "1000"})
               .exit_code == 0);
