@@ -14,8 +14,10 @@
 //
 //  models     A quiet model at a steady rate, alone and beside a busy model
 //             with a backlog (16 closed-loop clients): the quiet model's
-//             p50/p99 (versions take turns; the oldest request of all used
-//             to go first, queueing it behind the whole backlog).
+//             p50/p99 (versions share by execution time; the oldest request
+//             of all used to go first, queueing it behind the whole
+//             backlog); then both saturated: each model's served/s (turns
+//             per dispatch gave the fast model one call per slow call).
 //
 //   sched_bench [isolation|models|batching|all] [--seconds S] [--threads] [--delay-us D]
 //   (batching drives its clients asynchronously from one socket; --threads
@@ -300,6 +302,26 @@ int Models(double seconds) {
                      {"quiet alone", Fmt(Median(p50[0]) / 1e3), Fmt(Median(p99[0]) / 1e3), "1.00", "-"},
                      {"beside the busy model", Fmt(Median(p50[1]) / 1e3), Fmt(Median(p99[1]) / 1e3),
                       Fmt(Median(p99[1]) / Median(p99[0])), Fmt(Median(busy_rate), 0)}});
+  // Both saturated: 16 closed-loop clients on the fast model beside the busy
+  // model's 16. Shares by execution time give the fast model about half the
+  // workers' time; turns per dispatch gave it one call per busy call.
+  std::vector<double> fast_rate, busy_sat, fast_p50, fast_p99;
+  for (int rep = 0; rep < 3; ++rep) {
+    Load bl, fl;
+    std::thread b([&] { bl = DriveAsync(d.socket(), busy, 16, seconds); });
+    fl = DriveAsync(d.socket(), quiet, 16, seconds);
+    b.join();
+    if (fl.failed || bl.failed) std::fprintf(stderr, "saturated: %ld / %ld failed\n", fl.failed, bl.failed);
+    fast_rate.push_back(static_cast<double>(fl.ok) / fl.seconds);
+    busy_sat.push_back(static_cast<double>(bl.ok) / bl.seconds);
+    fast_p50.push_back(Percentile(fl.lat_us, 50));
+    fast_p99.push_back(Percentile(fl.lat_us, 99));
+  }
+  std::printf("both saturated: 16 closed-loop clients on the fast model beside the busy model's 16; %.0f s x3, medians\n",
+              seconds);
+  bench::PrintTable({{"fast served/s", "fast p50 ms", "fast p99 ms", "busy served/s"},
+                     {Fmt(Median(fast_rate), 0), Fmt(Median(fast_p50) / 1e3), Fmt(Median(fast_p99) / 1e3),
+                      Fmt(Median(busy_sat), 0)}});
   return 0;
 }
 

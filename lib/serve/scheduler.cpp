@@ -91,6 +91,9 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   if (stopping_) return Status(Code::kCancelled, "mmsd is shutting down");
   Queue& q = queues_[key];
   q.priority = job.priority;
+  // A queue that was empty joins at its class's virtual clock: time it spent
+  // idle is no credit to spend against the versions that kept busy.
+  if (q.jobs.empty()) q.vtime_ns = std::max(q.vtime_ns, vclock_ns_[std::clamp(q.priority, 0, 2)]);
   q.max_batch = job.max_batch;
   q.batch_delay_ns = job.batch_delay_ns;
   int64_t now = opts_.clock->MonoNanos();
@@ -109,12 +112,11 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     }
     ++busy_;
     ++running_;
-    q.served_seq = ++dispatches_;
-    class_served_[std::clamp(q.priority, 0, 2)] = q.served_seq;
+    const double charged = Dispatched(q);
     lock.unlock();
     std::vector<Job> one;
     one.push_back(std::move(job));
-    Execute(key, std::move(one), {rows}, probe);
+    Execute(key, std::move(one), {rows}, probe, charged);
     return Status::Ok();
   }
   if (q.jobs.size() >= opts_.queue_depth) {
@@ -197,8 +199,8 @@ void Scheduler::ExpireLate() {
 }
 
 Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
-  // The best ready queue of each class: round robin across versions (least
-  // recently served first), oldest request first among equals.
+  // The best ready queue of each class: the least execution time used
+  // (virtual time), oldest request first among equals.
   Queue* best[3] = {nullptr, nullptr, nullptr};
   int64_t best_at[3] = {0, 0, 0};
   PoolKey best_key[3] = {0, 0, 0};
@@ -229,7 +231,7 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
     }
     const int c = std::clamp(q.priority, 0, 2);
     Queue* b = best[c];
-    if (!b || q.served_seq < b->served_seq || (q.served_seq == b->served_seq && at < best_at[c])) {
+    if (!b || q.vtime_ns < b->vtime_ns || (q.vtime_ns == b->vtime_ns && at < best_at[c])) {
       best[c] = &q;
       best_at[c] = at;
       best_key[c] = k;
@@ -237,7 +239,7 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
   }
   // The highest class; the starvation guard's dispatch takes the class served
   // least recently, so a lower class gets one dispatch in every
-  // starvation_interval however many higher versions take turns.
+  // starvation_interval however many higher versions share the class.
   int pick = -1;
   for (int c = 0; c < 3; ++c) {
     if (!best[c]) continue;
@@ -270,6 +272,7 @@ void Scheduler::Work() {
     std::vector<int64_t> rows;
     int64_t total = 0;
     bool probe = false;
+    double charged = 0;
     while (!q->jobs.empty()) {
       Queued& e = q->jobs.front();
       Job& j = e.job;
@@ -294,8 +297,7 @@ void Scheduler::Work() {
     if (!batch.empty()) {
       ++busy_;
       ++running_;
-      q->served_seq = ++dispatches_;
-      class_served_[std::clamp(q->priority, 0, 2)] = q->served_seq;
+      charged = Dispatched(*q);
     }
     lock.unlock();
     for (auto& j : late) {
@@ -303,7 +305,7 @@ void Scheduler::Work() {
       Finish(j, LateStatus(ref));
     }
     late.clear();
-    if (!batch.empty()) Execute(key, std::move(batch), rows, probe);
+    if (!batch.empty()) Execute(key, std::move(batch), rows, probe, charged);
     lock.lock();
   }
 }
@@ -364,7 +366,18 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
   return results;
 }
 
-void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe) {
+double Scheduler::Dispatched(Queue& q) {
+  const int c = std::clamp(q.priority, 0, 2);
+  class_served_[c] = ++dispatches_;
+  vclock_ns_[c] = std::max(vclock_ns_[c], q.vtime_ns);
+  // Charged now, so that another worker choosing meanwhile sees it; the
+  // first execution of a version has no estimate and is charged at its end.
+  q.vtime_ns += q.exec_ns;
+  return q.exec_ns;
+}
+
+void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe,
+                        double charged) {
   int64_t t0 = opts_.clock->MonoNanos();
   bool unsplit = false;
   auto results = RunBatch(batch, rows, &unsplit);
@@ -378,6 +391,7 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     if (!unsplit)
       q.exec_ns = q.exec_ns == 0 || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
     q.last_exec_ns = t1;
+    q.vtime_ns += static_cast<double>(dt) - charged;  // the estimate charged at dispatch, corrected
     if (probe) q.probing = false;
     q.executed += batch.size();
     ++q.batches;

@@ -13,10 +13,17 @@
 // * Priorities: classes 0 (high), 1 (normal), 2 (low). Workers serve the
 //   highest class, except that every `starvation_interval`-th dispatch
 //   ignores classes, so lower classes always get a bounded share.
-// * Fair across versions: within a class, the worker serves the version
-//   whose queue was served least recently (round robin), its oldest request
-//   first — not the oldest request of all, which queued every other model
-//   behind a busy one's whole backlog.
+// * Fair across versions, by execution time: within a class, the worker
+//   serves the version that has used the least execution time (start-time
+//   fair queuing: each queue's virtual time grows by its executions' time;
+//   a queue that was empty starts from the class's virtual clock, the start
+//   of the latest dispatch, so idling earns no credit), its oldest request
+//   first. A version of 1 ms calls beside one of 100 ms calls, both
+//   saturated, gets half the workers' time, not one call in two; a quiet
+//   version still waits for at most the executions already running. (Not
+//   the oldest request of all, which queued every other model behind a busy
+//   one's whole backlog; not plain turns, which gave a slow model's clients
+//   nearly all the time.)
 // * A queued request whose deadline passes is answered DEADLINE_EXCEEDED at
 //   its deadline (a timer thread), not when a worker reaches it.
 // * Dynamic batching (versions with max_batch > 0): requests with the same
@@ -125,7 +132,7 @@ class Scheduler {
     double exec_ns = 0;                        // EWMA of one execution
     int64_t last_exec_ns = 0;                  // when the last execution ended (mono ns; 0 = never)
     bool probing = false;                      // a request is running despite a stale estimate
-    uint64_t served_seq = 0;                   // dispatches_ when last served (0 = never): round robin
+    double vtime_ns = 0;                       // execution time used, on its class's virtual clock (fair share)
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0;
   };
   void Work();
@@ -134,7 +141,11 @@ class Scheduler {
   // mu_ held: whether `j` is to be dropped as late now. Sets *probe (and
   // q.probing) when it runs only because q's estimate is stale.
   bool Late(Queue& q, const Job& j, int64_t now, bool* probe);
-  void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe);
+  // mu_ held: books a dispatch from `q`: the class's turn and virtual clock,
+  // and q's estimated execution time, which Execute later corrects to the
+  // time taken. Returns what it charged.
+  double Dispatched(Queue& q);
+  void Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe, double charged);
   // mu_ held: when to sweep for a queued deadline at `deadline_ns` (mono),
   // booked as armed; 0 when a sweep is due by then already (or too far off).
   int64_t ExpirySweepAt(int64_t deadline_ns);
@@ -155,6 +166,7 @@ class Scheduler {
   int running_ = 0;                  // guarded by mu_: executions not yet answered (Stop waits)
   uint64_t dispatches_ = 0;          // guarded by mu_
   uint64_t class_served_[3] = {0, 0, 0};  // guarded by mu_: dispatches_ when each class was last served
+  double vclock_ns_[3] = {0, 0, 0};       // guarded by mu_: per class, the latest dispatch's start (virtual time)
   bool stopping_ = false;            // guarded by mu_
   bool draining_ = false;            // guarded by mu_: Drain() was called
   int64_t expiry_armed_ns_ = 0;      // guarded by mu_: when the next deadline sweep is due (0: none armed)

@@ -182,7 +182,10 @@ class EchoModel final : public Model {
     order.push_back(in[0].name);
     cv.wait(lock, [&] { return !gate; });
     if (in[0].name == "throw") throw std::runtime_error("boom");
-    if (slow_clock) slow_clock->AdvanceNanos(slow_ns);  // this execution "takes" slow_ns
+    if (slow_clock) {  // this execution "takes" slow_ns (or its tag's cost)
+      auto c = cost_ns.find(in[0].name);
+      slow_clock->AdvanceNanos(c != cost_ns.end() ? c->second : slow_ns);
+    }
     if (reduce) {  // one scalar for the whole call: the rows it saw
       Tensor t = Tensor::Alloc("rows", DType::kFloat32, {});
       *reinterpret_cast<float*>(t.mutable_data()) = static_cast<float>(rows);
@@ -196,6 +199,7 @@ class EchoModel final : public Model {
   bool reduce = false;             // return a scalar instead of the inputs
   FakeClock* slow_clock = nullptr;  // advanced by slow_ns in each Run
   int64_t slow_ns = 0;
+  std::map<std::string, int64_t> cost_ns;  // per input name, instead of slow_ns
   std::vector<int64_t> calls;
   std::vector<std::string> order;
   void Open() {
@@ -483,6 +487,61 @@ TEST_CASE("scheduler: queues of one class take turns across keys, oldest first a
   REQUIRE(mms::testing::WaitFor([&] { return n == 5; }, 5));
   std::vector<std::string> order(rig.model->order.begin() + 1, rig.model->order.end());
   CHECK(order == std::vector<std::string>{"A1", "B1", "C1", "A2", "A3"});
+}
+
+TEST_CASE("scheduler: versions share the workers by execution time, and idling earns no credit") {
+  // Turns per dispatch gave a version of 100 ms calls 100 ms for every 1 ms
+  // of a fast version's, both saturated: the fast version's clients got 1%.
+  Rig rig;
+  FakeClock clock;
+  Scheduler s(OneWorker(&clock));
+  rig.model->slow_clock = &clock;
+  rig.model->cost_ns = {{"slow", 100'000'000}, {"fast", 1'000'000}, {"hold", 0}};
+  std::thread first = rig.Hold(s, 9);
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>>) { ++n; };
+  for (int i = 0; i < 3; ++i) REQUIRE(s.Submit(1, rig.Job("slow", 1, 1, 0, count)).ok());
+  for (int i = 0; i < 150; ++i) REQUIRE(s.Submit(2, rig.Job("fast", 1, 1, 0, count)).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 153; }, 10));
+  auto slow_at = [&](size_t from) {
+    std::vector<size_t> at;
+    for (size_t i = from; i < rig.model->order.size(); ++i)
+      if (rig.model->order[i] == "slow") at.push_back(i - from);
+    return at;
+  };
+  // After "hold": slow (older) first, then fast until it has used as much
+  // time (100 calls of 1 ms), then slow again. Turns would give 1, 3, 5.
+  auto at = slow_at(1);
+  REQUIRE(at.size() == 3);
+  CHECK(at[0] == 0);
+  CHECK(at[1] >= 90);
+  CHECK(at[1] <= 110);
+  CHECK(at[2] == 152);  // the remaining fast calls took less than its 100 ms
+
+  // The fast version idles while slow runs five calls; then both are busy
+  // again. Fast starts from the latest dispatch's start, so it gets about one
+  // slow call's worth first (100 calls), not the 500 ms that slow used
+  // meanwhile, which would hold slow up for 500 calls.
+  const size_t before = rig.model->order.size();
+  n = 0;
+  std::thread again = rig.Hold(s, 9);
+  for (int i = 0; i < 5; ++i) REQUIRE(s.Submit(1, rig.Job("slow", 1, 1, 0, count)).ok());
+  rig.model->Open();
+  again.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 5; }, 10));
+  n = 0;
+  std::thread third = rig.Hold(s, 9);
+  for (int i = 0; i < 300; ++i) REQUIRE(s.Submit(2, rig.Job("fast", 1, 1, 0, count)).ok());
+  REQUIRE(s.Submit(1, rig.Job("slow", 1, 1, 0, count)).ok());
+  rig.model->Open();
+  third.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 301; }, 10));
+  at = slow_at(before + 1 + 5 + 1);  // after the hold, the five slow calls and the second hold
+  REQUIRE(at.size() == 1);
+  CHECK(at[0] >= 90);
+  CHECK(at[0] <= 110);
 }
 
 TEST_CASE("scheduler: when the daemon drains, a batch waiting for more rows runs at once") {
