@@ -325,7 +325,8 @@ Result<std::vector<Tensor>> RunOne(Model* m, const Scheduler::Job& j, int64_t ro
 }  // namespace
 
 std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<Job>& batch,
-                                                           const std::vector<int64_t>& rows, bool* unsplit) {
+                                                           const std::vector<int64_t>& rows, bool* unsplit,
+                                                           bool* rerun) {
   std::vector<Result<std::vector<Tensor>>> results;
   Model* m = batch.front().handle->model();
   bool adapters = false;
@@ -344,7 +345,13 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
       std::vector<Tensor> inputs = ConcatRows(parts);
       auto out = adapters ? m->RunWithAdapters(inputs, lora) : m->Run(inputs);
       if (!out.ok()) {
-        results.assign(batch.size(), out.status());
+        // One caller's input can make the whole batch raise (a model that
+        // refuses some values): each request runs alone, so every caller
+        // gets its own outcome — not another tenant's error, nor its text.
+        *rerun = true;
+        LogWarn("batch_failed_rerun", {{"ref", batch.front().handle->ref()}, {"requests", batch.size()},
+                                       {"error", out.status().message()}});
+        for (size_t i = 0; i < batch.size(); ++i) results.push_back(RunOne(m, batch[i], rows[i], lora[i]));
         return results;
       }
       auto split = SplitRows(*out, rows);
@@ -379,16 +386,16 @@ double Scheduler::Dispatched(Queue& q) {
 void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe,
                         double charged) {
   int64_t t0 = opts_.clock->MonoNanos();
-  bool unsplit = false;
-  auto results = RunBatch(batch, rows, &unsplit);
+  bool unsplit = false, rerun = false;
+  auto results = RunBatch(batch, rows, &unsplit, &rerun);
   int64_t t1 = opts_.clock->MonoNanos(), dt = t1 - t0;
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[key];
     // A probe ran because the estimate was stale: its time replaces it.
-    // An unsplit batch ran its requests one by one after the batch: not one execution.
-    if (!unsplit)
+    // An unsplit or failed batch ran its requests one by one after the batch: not one execution.
+    if (!unsplit && !rerun)
       q.exec_ns = q.exec_ns == 0 || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
     q.last_exec_ns = t1;
     q.vtime_ns += static_cast<double>(dt) - charged;  // the estimate charged at dispatch, corrected
@@ -396,6 +403,7 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     q.executed += batch.size();
     ++q.batches;
     if (unsplit) ++q.unsplit;
+    if (rerun) ++q.reruns;
     for (int64_t r : rows) q.batched_rows += static_cast<uint64_t>(r);
     --busy_;
     wake = total_queued_ > 0;  // a worker is needed only for queued work (no needless wake-ups)
@@ -418,6 +426,7 @@ nlohmann::json Scheduler::Stats() const {
                             {"deadline_drops", q.deadline_drops},
                             {"overloaded", q.overloaded},
                             {"unsplit", q.unsplit},
+                            {"reruns", q.reruns},
                             {"priority", q.priority},
                             {"max_batch", q.max_batch},
                             {"exec_ms", q.exec_ns / 1e6}};

@@ -36,6 +36,9 @@
 //   reduction) cannot be split: each request of that batch is then run
 //   alone and gets what it would have got unbatched, and the version is no
 //   longer batched (until the scheduler is rebuilt; counted: "unsplit").
+//   A batch whose run fails (one caller's input makes the model raise) is
+//   run again request by request, so each caller gets its own outcome
+//   (counted: "reruns"); the version stays batched.
 // * LoRA adapters: a job may carry an adapter (its handle is the base's).
 //   A batch whose jobs carry adapters runs through Model::RunWithAdapters,
 //   each job's rows with its own adapter — the caller decides by the queue
@@ -109,7 +112,8 @@ class Scheduler {
   // The queue's priority is the latest job's: give every job of one key the same.
   Status Submit(PoolKey key, Job job);
   // Per version: queued, executed, batches, rows, mean batch size,
-  // deadline drops, overloaded refusals, unsplittable batches, recent execution ms.
+  // deadline drops, overloaded refusals, unsplittable batches, failed batches
+  // rerun one by one, recent execution ms.
   nlohmann::json Stats() const;
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).
@@ -133,7 +137,7 @@ class Scheduler {
     int64_t last_exec_ns = 0;                  // when the last execution ended (mono ns; 0 = never)
     bool probing = false;                      // a request is running despite a stale estimate
     double vtime_ns = 0;                       // execution time used, on its class's virtual clock (fair share)
-    uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0;
+    uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0, reruns = 0;
   };
   void Work();
   // mu_ held: the queue to serve now (nullptr if none), or when to look again.
@@ -152,10 +156,10 @@ class Scheduler {
   // Arms the sweep ExpirySweepAt booked (mu_ not held).
   void ArmExpiry(int64_t at_ns, int64_t now);
   // Runs one batch on the model; a thrown exception becomes INTERNAL. Sets
-  // *unsplit when the batch's outputs could not be split by rows (each job
-  // was then run alone).
+  // *unsplit when the batch's outputs could not be split by rows, *rerun
+  // when the batch failed (each job was then run alone).
   static std::vector<Result<std::vector<Tensor>>> RunBatch(const std::vector<Job>& batch, const std::vector<int64_t>& rows,
-                                                           bool* unsplit);
+                                                           bool* unsplit, bool* rerun);
 
   const Options opts_;
   mutable std::mutex mu_;

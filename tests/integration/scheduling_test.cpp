@@ -420,6 +420,45 @@ TEST_CASE("dynamic batching: concurrent requests share executions and each calle
   CHECK(s["max_batch"] == 32);
 }
 
+TEST_CASE("dynamic batching: one caller's input that makes the model raise fails only that caller") {
+  Daemon d;
+  REQUIRE(d.ok());
+  std::ofstream(d.dir() + "/positive.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [1, 2, 3, 4]}})";
+  Register(d, "raises", "throws.pt",
+           {"--sample-input", d.dir() + "/positive.json", "--max-batch-size", "16", "--max-queue-delay-us", "300000"});
+  auto client = Connect(d);
+  const int n = 4;  // request 2 carries a negative value: throws.pt raises on it
+  std::vector<mms::Status> got(n, mms::Status::Ok());
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&, i] {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", "raises"}};
+      mms::Tensor t = Rows(2, 4, i);
+      float* v = reinterpret_cast<float*>(t.mutable_data());
+      for (int64_t k = 0; k < t.numel(); ++k) v[k] = std::abs(v[k]) + (i == 2 && k == 5 ? -100.0f : 0.0f);
+      m.tensors = {t};
+      got[static_cast<size_t>(i)] = client->Call(m).status();
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) {
+    INFO("request " << i << ": " << got[static_cast<size_t>(i)].ToString());
+    if (i == 2) {
+      CHECK(got[2].code() == mms::Code::kModelError);
+      CHECK(got[2].message().find("negative feature values") != std::string::npos);
+    } else {
+      CHECK(got[static_cast<size_t>(i)].ok());
+    }
+  }
+  json s = SchedulerStats(d, "raises:1");
+  INFO(s.dump());
+  CHECK(s["executed"] == n);
+  CHECK(s["reruns"].get<int>() >= 1);  // they arrived within the 300 ms delay: one batch, rerun one by one
+  // The version stays batched.
+  CHECK(s["max_batch"] == 16);
+}
+
 TEST_CASE("dynamic batching: a lone request with a deadline inside the batch delay is run in time, not dropped") {
   // The batch used to wait until the very last moment its oldest request's
   // deadline allowed, so any wake-up latency turned it into DEADLINE_EXCEEDED.

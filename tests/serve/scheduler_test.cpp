@@ -182,6 +182,9 @@ class EchoModel final : public Model {
     order.push_back(in[0].name);
     cv.wait(lock, [&] { return !gate; });
     if (in[0].name == "throw") throw std::runtime_error("boom");
+    if (refuse_negative)  // a model that raises on some values, like a real one's checks
+      for (int64_t i = 0; i < in[0].numel(); ++i)
+        if (in[0].as<float>()[i] < 0) return Status(Code::kModelError, "negative input at " + std::to_string(i));
     if (slow_clock) {  // this execution "takes" slow_ns (or its tag's cost)
       auto c = cost_ns.find(in[0].name);
       slow_clock->AdvanceNanos(c != cost_ns.end() ? c->second : slow_ns);
@@ -197,6 +200,7 @@ class EchoModel final : public Model {
   std::condition_variable cv;
   bool gate = false;
   bool reduce = false;             // return a scalar instead of the inputs
+  bool refuse_negative = false;    // a negative value in x makes the call fail
   FakeClock* slow_clock = nullptr;  // advanced by slow_ns in each Run
   int64_t slow_ns = 0;
   std::map<std::string, int64_t> cost_ns;  // per input name, instead of slow_ns
@@ -384,6 +388,35 @@ TEST_CASE("scheduler: requests arriving together run as one batch, each gets its
   Scheduler::Job bad = rig.Job("x", 2, 1, 16);
   bad.inputs.push_back(Tensor::Alloc("y", DType::kFloat32, {3, 2}));
   CHECK(s.Submit(1, std::move(bad)).code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("scheduler: a batch that fails for one caller's input runs each request alone, the others succeed") {
+  // A tenant's bad values used to fail every caller batched with it, with
+  // that tenant's error text.
+  Rig rig;
+  Scheduler s(OneWorker());
+  std::thread first = rig.Hold(s, 2);
+  rig.model->refuse_negative = true;
+  std::vector<Status> got(3, Status(Code::kInternal, "not answered"));
+  std::atomic<int> n{0};
+  for (int i = 0; i < 3; ++i) {
+    Scheduler::Job j = rig.Job("x", 2, 1, 16, [&, i](Result<std::vector<Tensor>> r) {
+      got[static_cast<size_t>(i)] = r.status();
+      ++n;
+    });
+    if (i == 1) reinterpret_cast<float*>(j.inputs[0].mutable_data())[3] = -1;
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+  }
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 3; }, 5));
+  CHECK(got[0].ok());
+  CHECK(got[1].code() == Code::kModelError);
+  CHECK(got[1].message() == "negative input at 3");  // its own row: index 3 of its input, not of the batch
+  CHECK(got[2].ok());
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 6, 2, 2, 2});  // the batch, then each alone
+  CHECK(s.Stats()["1"]["reruns"] == 1);
+  CHECK(s.Stats()["1"]["max_batch"] == 16);  // still batched
 }
 
 TEST_CASE("scheduler: a request that would miss its deadline is dropped before running") {
