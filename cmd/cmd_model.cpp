@@ -60,8 +60,10 @@ void CleanStaleStaging(const std::string& dir) {
 
 // The packed files whose SHA-256 a packed dir records (SHA256SUMS, in
 // sha256sum(1)'s format, so `sha256sum -c SHA256SUMS` checks them too). The
-// weight-less module.pt is recorded since stop 18 (older dirs lack its line).
-static const char* const kChecksummed[] = {"weights.safetensors", "adapter.safetensors", "module.pt"};
+// weight-less module.pt is recorded since stop 18 and the sample input (the
+// warm-up's) since stop 19: older dirs lack their lines.
+static const char* const kChecksummed[] = {"weights.safetensors", "adapter.safetensors", "module.pt", "sample.json",
+                                           "sample.safetensors"};
 static const char* const kChecksumFile = "SHA256SUMS";
 
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
@@ -183,9 +185,7 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
   }
   std::string sample_name;
   if (!sample_input.empty()) {
-    std::string ext = sample_input.size() > 12 && sample_input.substr(sample_input.size() - 12) == ".safetensors"
-                          ? ".safetensors"
-                          : ".json";
+    std::string ext = IsSafetensorsPath(sample_input) ? ".safetensors" : ".json";
     std::filesystem::copy_file(sample_input, JoinPath(staging, "sample" + ext), ec);
     if (ec) {
       std::filesystem::remove_all(staging, ec);
@@ -561,8 +561,8 @@ std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord
     std::string path = JoinPath(dir, f);
     if (!FileExists(path)) continue;
     auto it = recorded.find(f);
-    const bool module = std::string(f) == "module.pt";
-    if (it == recorded.end() && module) continue;  // a dir from before stop 18
+    const bool weights = std::string(f) == "weights.safetensors" || std::string(f) == "adapter.safetensors";
+    if (it == recorded.end() && !weights) continue;  // a dir from before its line was recorded
     if (it == recorded.end() && has_sums) {
       problems.push_back(std::string(kChecksumFile) + " has no checksum for " + f + " (damaged?)");
       continue;

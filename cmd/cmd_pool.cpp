@@ -54,7 +54,8 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
                                       " is not a regular file (it is replaced atomically); leave --output out to "
                                       "write to standard output"));
     if (!IsDirectory(dir))
-      return cli.Fail(InvalidArgument("--output " + a.output + ": no directory " + dir + " (create it first)"));
+      return cli.Fail(InvalidArgument("--output " + a.output + ": " + dir +
+                                      (FileExists(dir) ? " is not a directory" : " does not exist (create it first)")));
     if (::access(dir.c_str(), W_OK) != 0)
       return cli.Fail(InvalidArgument("--output " + a.output + ": cannot write in " + dir + " (" + std::strerror(errno) + ")"));
   }

@@ -373,6 +373,46 @@ nlohmann::json TensorsToJson(const std::vector<Tensor>& tensors) {
   return j;
 }
 
+namespace {
+// Parses JSON text, refusing a key given twice in one object (the
+// safetensors format forbids it; in an input file the later value would
+// silently win). Errors say what is wrong and where, without nlohmann's
+// "[json.exception...]" prefix.
+Result<nlohmann::json> ParseJsonNoDuplicates(const char* begin, const char* end) {
+  std::vector<std::vector<std::string>> keys;  // per open object
+  std::string twice;
+  auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (ev == E::object_start) keys.emplace_back();
+    else if (ev == E::object_end && !keys.empty()) keys.pop_back();
+    else if (ev == E::key && !keys.empty()) {
+      std::string k = parsed.get<std::string>();
+      auto& seen = keys.back();
+      if (std::find(seen.begin(), seen.end(), k) != seen.end()) {
+        if (twice.empty()) twice = k;
+      } else {
+        seen.push_back(std::move(k));
+      }
+    }
+    return true;
+  };
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(begin, end, cb);
+  } catch (const nlohmann::json::exception& e) {  // a parse error, or a number out of range
+    std::string what = e.what();
+    if (auto at = what.find("] "); at != std::string::npos) what = what.substr(at + 2);
+    return InvalidArgument("not valid JSON: " + what);
+  }
+  if (!twice.empty()) return InvalidArgument("the key '" + twice + "' appears twice in one object");
+  return j;
+}
+
+bool IsPadEntry(const std::string& name) {
+  return name.rfind(kSafetensorsPadPrefix, 0) == 0;
+}
+}  // namespace
+
 Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t prefix_size, uint64_t file_size) {
   if (prefix_size < 8 || file_size < 8) return InvalidArgument("not a safetensors file: shorter than 8 bytes");
   uint64_t n;
@@ -380,8 +420,10 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
   if (n > 100ull << 20 || n + 8 > file_size)
     return InvalidArgument("not a safetensors file: header length " + std::to_string(n) + " does not fit the file");
   if (prefix_size < 8 + n) return InvalidArgument("safetensors header is truncated");
-  nlohmann::json h = nlohmann::json::parse(prefix + 8, prefix + 8 + n, nullptr, false);
-  if (h.is_discarded() || !h.is_object()) return InvalidArgument("safetensors header is not a JSON object");
+  auto parsed = ParseJsonNoDuplicates(reinterpret_cast<const char*>(prefix + 8), reinterpret_cast<const char*>(prefix + 8 + n));
+  if (!parsed.ok()) return InvalidArgument("safetensors header: " + parsed.status().message());
+  const nlohmann::json& h = *parsed;
+  if (!h.is_object()) return InvalidArgument("safetensors header is not a JSON object");
   SafetensorsHeader out;
   out.data_offset = 8 + n;
   uint64_t data_size = file_size - out.data_offset;
@@ -393,6 +435,7 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
       continue;
     }
     const auto& e = it.value();
+    if (IsPadEntry(it.key())) continue;  // filler that keeps the data aligned without holes
     SafetensorsEntry en;
     en.name = it.key();
     if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
@@ -518,16 +561,26 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
   nlohmann::json h = nlohmann::json::object();
   uint64_t off = 0;
   std::vector<uint64_t> offsets;
+  int pads = 0;
   for (const auto& t : tensors) {
-    off = (off + alignment - 1) / alignment * alignment;
+    // The format allows no holes between tensors: a gap left for alignment
+    // is a filler entry of its own (zeros; readers of mms skip it).
+    uint64_t aligned = (off + alignment - 1) / alignment * alignment;
+    if (aligned > off)
+      h[kSafetensorsPadPrefix + std::to_string(pads++)] = {
+          {"dtype", "U8"}, {"shape", {aligned - off}}, {"data_offsets", {off, aligned}}};
+    off = aligned;
     offsets.push_back(off);
     h[t.name] = {{"dtype", DTypeSafetensorsName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.nbytes}}};
     off += t.nbytes;
   }
   if (!metadata.empty()) h["__metadata__"] = metadata;
   std::string json = h.dump();
+  // The data starts aligned too, at least to 8 bytes as the format's own
+  // writer does (the header is padded with spaces).
+  const size_t head_align = std::max<size_t>(alignment, 8);
   size_t start = 8 + json.size();
-  size_t aligned = (start + alignment - 1) / alignment * alignment;
+  size_t aligned = (start + head_align - 1) / head_align * head_align;
   json.append(aligned - start, ' ');
   uint64_t n = json.size();
   struct stat st;  // never renamed over a device or the like (as root, /dev/null would become a file)
@@ -560,32 +613,45 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
   return Status::Ok();
 }
 
-static bool EndsWith(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+bool IsSafetensorsPath(const std::string& path) {
+  const std::string suf = ".safetensors";
+  if (path.size() < suf.size()) return false;
+  std::string tail = path.substr(path.size() - suf.size());
+  std::transform(tail.begin(), tail.end(), tail.begin(), [](unsigned char c) { return std::tolower(c); });
+  return tail == suf;
 }
 
 Result<std::vector<Tensor>> ReadTensorFile(const std::string& path) {
-  if (EndsWith(path, ".safetensors")) return ReadSafetensorsFile(path);
+  if (IsDirectory(path))
+    return InvalidArgument(path + " is a directory: give a .json or .safetensors file of the inputs");
+  if (IsSafetensorsPath(path)) return ReadSafetensorsFile(path);
   MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // a UTF-8 byte order mark (some editors write one)
   size_t i = text.find_first_not_of(" \t\r\n");
   if (i == std::string::npos)
     return InvalidArgument(path + " is empty: give a JSON object mapping each input name to "
                                   "{\"dtype\", \"shape\", \"data\"}, or a .safetensors file");
   if (text[i] != '{') {
-    if (!nlohmann::json::parse(text, nullptr, false).is_discarded())  // JSON, but not an object
+    auto j = ParseJsonNoDuplicates(text.data(), text.data() + text.size());
+    if (j.ok())  // JSON, but not an object
       return InvalidArgument(path + " holds JSON that is not an object: give an object mapping each input name to "
                                     "{\"dtype\", \"shape\", \"data\"}");
-    return ReadSafetensorsFile(path);
+    auto st = ReadSafetensorsFile(path);
+    if (st.ok() || st.status().message().find("is not a safetensors file") == std::string::npos) return st;
+    return InvalidArgument(path + " is neither JSON nor a safetensors file (" + j.status().message() +
+                           "); give a JSON object mapping each input name to {\"dtype\", \"shape\", \"data\"}, or "
+                           "a .safetensors file");
   }
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) return InvalidArgument(path + " is not valid JSON (nor a safetensors file)");
-  auto t = TensorsFromJson(j);
+  auto j = ParseJsonNoDuplicates(text.data(), text.data() + text.size());
+  if (!j.ok()) return j.status().WithContext(path);
+  auto t = TensorsFromJson(*j);
   if (!t.ok()) return t.status().WithContext(path);
   return t;
 }
 
 Status WriteTensorFile(const std::string& path, const std::vector<Tensor>& tensors) {
-  if (EndsWith(path, ".safetensors")) return WriteSafetensorsFile(path, tensors);
+  // Contiguous (no alignment gaps): what any safetensors reader expects of a result file.
+  if (IsSafetensorsPath(path)) return WriteSafetensorsFile(path, tensors, {}, 1);
   return WriteFileAtomic(path, TensorsToJson(tensors).dump(2) + "\n");
 }
 

@@ -62,7 +62,10 @@ Result<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path);
 
 Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path);
 // Writes tensors with each data block aligned to `alignment` bytes from the
-// file start (the header is padded with spaces to make the data start aligned).
+// file start (the header is padded with spaces to make the data start aligned,
+// to 8 bytes at least). The format allows no holes between tensors: a gap left
+// for alignment is a filler entry named kSafetensorsPadPrefix + N (U8, zeros),
+// which ParseSafetensorsHeader skips.
 // With `checksum`, the metadata also records the XXH3-64 of the tensors'
 // bytes in file order (kSafetensorsChecksumKey): mms's packed files do, so
 // that every load can check them (VerifySafetensorsChecksum).
@@ -70,6 +73,7 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
                             const std::map<std::string, std::string>& metadata = {}, size_t alignment = 64,
                             bool checksum = false);
 inline constexpr const char* kSafetensorsChecksumKey = "mms.xxh3_64";
+inline constexpr const char* kSafetensorsPadPrefix = "__mms_pad_";
 // Checks `data` — the file's data region from its start, `size` bytes, as
 // read — against the checksum `h` records: CORRUPT naming `path` when they
 // differ (the file was changed or damaged since it was written); OK when
@@ -77,8 +81,13 @@ inline constexpr const char* kSafetensorsChecksumKey = "mms.xxh3_64";
 Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
                                  const std::string& path);
 
+// Whether `path` names a safetensors file by its extension (any case).
+bool IsSafetensorsPath(const std::string& path);
 // Reads a tensor file by extension: .json or .safetensors (or by content).
+// A key given twice (an input in JSON, an entry in a safetensors header) is
+// refused; a UTF-8 byte order mark before JSON is skipped.
 Result<std::vector<Tensor>> ReadTensorFile(const std::string& path);
+// Writes JSON, or safetensors (contiguous, no alignment) for a .safetensors path.
 Status WriteTensorFile(const std::string& path, const std::vector<Tensor>& tensors);
 
 }  // namespace mms

@@ -295,6 +295,18 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   std::string dp = json::parse(dv.out)[0]["problems"].dump();
   CHECK(dp.find("SHA256SUMS is damaged") != std::string::npos);
   CHECK(dp.find("SHA256SUMS has no checksum for weights.safetensors") != std::string::npos);
+  // The stored sample input (the warm-up's) is recorded too: an edit to it
+  // changes what the warm-up checks, and went unnoticed.
+  std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "e.pt");
+  REQUIRE(mms({"model", "register", "e", "--version", "1", "--path", mms.dir / "e.pt", "--sample-input",
+               mms.Data("tiny_input.json")})
+              .exit_code == 0);
+  CHECK(mms({"model", "verify", "e:1"}).exit_code == 0);
+  std::ofstream(packed("e") / "sample.json", std::ios::app) << " ";
+  auto ev = mms({"--json", "model", "verify", "e:1"});
+  CHECK(ev.exit_code == 1);
+  CHECK(json::parse(ev.out)[0]["problems"].dump().find("packed sample.json changed since registration") !=
+        std::string::npos);
 
   // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
   // listed once that process is gone, and pruned as unused packed dirs are.

@@ -93,10 +93,16 @@ TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id a
   // An --output nobody can write is refused before the request runs (exit 2), not after.
   auto served = [&] { return json::parse(d.Mms({"--json", "status"}).out)["requests_served"].get<uint64_t>(); };
   uint64_t before = served();
-  for (const std::string& bad : {d.dir() + "/no/such/dir/out.json", d.dir(), std::string("/dev/null")}) {
+  std::ofstream(d.dir() + "/plainfile") << "x";
+  for (const auto& [bad, says] : std::vector<std::pair<std::string, std::string>>{
+           {d.dir() + "/no/such/dir/out.json", "does not exist (create it first)"},
+           {d.dir(), "is a directory"},
+           {std::string("/dev/null"), "not a regular file"},
+           {d.dir() + "/plainfile/out.json", "plainfile is not a directory"}}) {
     auto r3 = d.Mms({"predict", "rec", "--input", d.dir() + "/in.safetensors", "--output", bad});
     CHECK(r3.exit_code == 2);
-    CHECK(r3.err.find("--output") != std::string::npos);
+    CHECK_MESSAGE(r3.err.find("--output") != std::string::npos, r3.err);
+    CHECK_MESSAGE(r3.err.find(says) != std::string::npos, r3.err);
   }
   CHECK(served() == before + 1);  // the status call itself, no predict
   struct stat devnull;

@@ -292,3 +292,114 @@ TEST_CASE("JSON tensors: NaN and infinities written as \"nan\"/\"inf\"/\"-inf\" 
   CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [1], "data": [null]}})") != "ok");
   CHECK(JsonError(R"({"x": {"dtype": "int32", "shape": [1], "data": ["nan"]}})") != "ok");
 }
+
+namespace {
+// The raw header of a safetensors file: what any reader of the format sees.
+json RawHeader(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 8);
+  std::string h(n, '\0');
+  in.read(h.data(), static_cast<std::streamsize>(n));
+  return json::parse(h);
+}
+// The format's own rule: the entries, sorted by offset, cover the data
+// region exactly, without holes (the reference reader refuses a gap).
+void CheckNoHoles(const std::string& path) {
+  json h = RawHeader(path);
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (auto it = h.begin(); it != h.end(); ++it)
+    if (it.key() != "__metadata__") ranges.push_back({it.value()["data_offsets"][0], it.value()["data_offsets"][1]});
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t at = 0;
+  for (const auto& [b, e] : ranges) {
+    CHECK(b == at);
+    at = e;
+  }
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  uint64_t size = static_cast<uint64_t>(in.tellg());
+  auto parsed = ReadSafetensorsHeader(path);
+  REQUIRE(parsed.ok());
+  CHECK(parsed->data_offset + at == size);
+  CHECK(parsed->data_offset % 8 == 0);
+}
+}  // namespace
+
+TEST_CASE("safetensors: written files have no holes — aligned ones fill gaps with entries mms skips") {
+  // `predict --output x.safetensors` of a dict output left a 48-byte gap,
+  // which the format's reference reader refuses (InvalidOffset).
+  testing::TempDir dir;
+  Tensor a = Tensor::Alloc("scores", DType::kFloat32, {2, 2});
+  Tensor b = Tensor::Alloc("top", DType::kInt64, {2});
+  reinterpret_cast<float*>(a.mutable_data())[3] = 7.5f;
+  reinterpret_cast<int64_t*>(b.mutable_data())[1] = 42;
+  std::string out = dir / "out.safetensors";
+  REQUIRE(WriteTensorFile(out, {a, b}).ok());
+  CheckNoHoles(out);
+  json raw = RawHeader(out);
+  CHECK(raw["scores"]["data_offsets"] == json::array({0, 16}));  // contiguous: no filler needed
+  CHECK(raw["top"]["data_offsets"] == json::array({16, 32}));
+  // Packed files keep 64-byte alignment for the device: the gap is an entry.
+  std::string packed = dir / "packed.safetensors";
+  REQUIRE(WriteSafetensorsFile(packed, {a, b}, {}, 64, /*checksum=*/true).ok());
+  CheckNoHoles(packed);
+  CHECK(RawHeader(packed).contains(std::string(kSafetensorsPadPrefix) + "0"));
+  auto h = ReadSafetensorsHeader(packed);
+  REQUIRE(h.ok());
+  REQUIRE(h->entries.size() == 2);  // the filler is not a tensor
+  for (const auto& e : h->entries) CHECK((h->data_offset + e.begin) % 64 == 0);
+  auto back = ReadTensorFile(packed);
+  REQUIRE(back.ok());
+  REQUIRE(back->size() == 2);
+  CHECK(reinterpret_cast<const int64_t*>((*back)[1].data.get())[1] == 42);
+  // An extension in capitals is still safetensors (it was written as JSON).
+  std::string upper = dir / "OUT.SAFETENSORS";
+  REQUIRE(WriteTensorFile(upper, {a}).ok());
+  CHECK(ReadSafetensorsHeader(upper).ok());
+  CHECK(ReadTensorFile(upper).ok());
+}
+
+TEST_CASE("tensor files: a key given twice, a directory, a byte order mark, text that is neither format") {
+  testing::TempDir dir;
+  auto read = [&](const std::string& name, const std::string& text) {
+    std::string p = dir / name;
+    std::ofstream(p, std::ios::binary) << text;
+    auto r = ReadTensorFile(p);
+    return r.ok() ? std::string("ok") : r.status().message();
+  };
+  // The later value used to win silently.
+  std::string twice = read("twice.json", R"({"x": {"dtype": "float32", "shape": [1], "data": [1]},
+                                           "x": {"dtype": "float32", "shape": [1], "data": [2]}})");
+  CHECK_MESSAGE(twice.find("the key 'x' appears twice") != std::string::npos, twice);
+  std::string inner = read("inner.json", R"({"x": {"dtype": "float32", "dtype": "int64", "shape": [1], "data": [1]}})");
+  CHECK_MESSAGE(inner.find("'dtype' appears twice") != std::string::npos, inner);
+  // Same-named keys in different objects are fine.
+  CHECK(read("two.json", R"({"x": {"dtype": "float32", "shape": [1], "data": [1]},
+                            "y": {"dtype": "float32", "shape": [1], "data": [2]}})") == "ok");
+  // In a safetensors header too (the format forbids it).
+  std::string st = dir / "twice.safetensors";
+  {
+    std::string header = R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                             "x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})";
+    std::ofstream o(st, std::ios::binary);
+    uint64_t n = header.size();
+    o.write(reinterpret_cast<const char*>(&n), 8);
+    o << header << std::string(8, '\0');
+  }
+  auto r = ReadTensorFile(st);
+  REQUIRE_FALSE(r.ok());
+  CHECK_MESSAGE(r.status().message().find("'x' appears twice") != std::string::npos, r.status().message());
+  // A UTF-8 byte order mark before the JSON is skipped (it read as "not an object").
+  CHECK(read("bom.json", "\xEF\xBB\xBF{\"x\": {\"dtype\": \"float32\", \"shape\": [1], \"data\": [1]}}") == "ok");
+  // A directory is named as one (it read as "is empty").
+  auto d = ReadTensorFile(dir.path());
+  REQUIRE_FALSE(d.ok());
+  CHECK_MESSAGE(d.status().message().find("is a directory") != std::string::npos, d.status().message());
+  // Text that is neither: said so, with where the JSON went wrong (it read as
+  // "not a safetensors file (header length does not fit)").
+  std::string text = read("notes.txt", "hello, these are not tensors\n");
+  CHECK_MESSAGE(text.find("is neither JSON nor a safetensors file") != std::string::npos, text);
+  // A number JSON cannot hold says so, not only "not valid JSON".
+  std::string big = read("big.json", R"({"x": {"dtype": "float32", "shape": [1], "data": [-1e400]}})");
+  CHECK_MESSAGE(big.find("1e400") != std::string::npos, big);
+}
