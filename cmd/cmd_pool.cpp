@@ -36,11 +36,13 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   if (!a.user.empty()) m.body["user"] = a.user;
   if (!a.tenant.empty()) m.body["tenant"] = a.tenant;
   if (!a.adapter.empty()) m.body["adapter"] = a.adapter;
-  if (a.has_deadline) {
-    if (!(a.deadline_ms > 0))
-      return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
-    m.body["timeout_ms"] = a.deadline_ms;
-  }
+  if (a.has_deadline && !(a.deadline_ms > 0))
+    return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
+  // This CLI stops waiting at --timeout: the daemon drops the request then
+  // too, rather than queue and run work whose answer nobody will read.
+  const double timeout_ms = cli.g.timeout_s * 1000;
+  const bool by_timeout = !a.has_deadline || timeout_ms < a.deadline_ms;
+  m.body["timeout_ms"] = by_timeout ? timeout_ms : a.deadline_ms;
   if (!a.output.empty()) {
     // Checked before the request runs: a result nobody can store is a request
     // counted (and in an experiment, attributed) for nothing.
@@ -71,7 +73,16 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
                                     FormatBytes((*cfg)->daemon.max_message_bytes) +
                                     " cap ([daemon] max_message_bytes); send smaller batches"));
   auto reply = cli.Call(std::move(m));
-  if (!reply.ok()) return cli.Fail(reply.status());
+  if (!reply.ok()) {
+    Status st = reply.status();
+    if (st.code() == Code::kDeadlineExceeded && by_timeout) {  // the daemon's advice names --deadline-ms
+      std::string msg = st.message();
+      for (size_t at; (at = msg.find("--deadline-ms")) != std::string::npos;) msg.replace(at, 13, "--timeout");
+      st = Status(st.code(), msg + " (the deadline was --timeout's, " +
+                                 FormatDurationNanos(static_cast<int64_t>(cli.g.timeout_s * 1e9)) + ")");
+    }
+    return cli.Fail(st);
+  }
   const nlohmann::json& b = reply->body;
   if (!a.output.empty()) {
     if (Status st = WriteTensorFile(a.output, reply->tensors); !st.ok()) return cli.Fail(st);

@@ -72,7 +72,7 @@ bool Scheduler::Late(Queue& q, const Job& j, int64_t now, bool* probe) {
   // Only the estimate says it would be late. Executions alone refresh it, so
   // once it is stale one request runs to measure again (else one slow outlier
   // would drop every later request with a deadline, for good).
-  if (!q.probing && q.last_exec_ns && now - q.last_exec_ns >= kStaleEstimateNs) {
+  if (!q.probing && q.last_exec_ns && now - q.last_exec_ns >= q.stale_after_ns) {
     q.probing = true;
     *probe = true;
     return false;
@@ -385,6 +385,9 @@ double Scheduler::Dispatched(Queue& q) {
 
 void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<int64_t>& rows, bool probe,
                         double charged) {
+  int64_t tightest = 0;  // the batch's earliest deadline (a probe's verdict)
+  for (const auto& j : batch)
+    if (j.deadline_ns) tightest = tightest ? std::min(tightest, j.deadline_ns) : j.deadline_ns;
   int64_t t0 = opts_.clock->MonoNanos();
   bool unsplit = false, rerun = false;
   auto results = RunBatch(batch, rows, &unsplit, &rerun);
@@ -400,6 +403,10 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     q.last_exec_ns = t1;
     q.vtime_ns += static_cast<double>(dt) - charged;  // the estimate charged at dispatch, corrected
     if (probe) q.probing = false;
+    // A probe that missed its deadline confirmed the estimate: probe less
+    // often. Any other execution refreshes the estimate itself.
+    q.stale_after_ns = probe && tightest && t1 > tightest ? std::min(2 * q.stale_after_ns, kMaxStaleEstimateNs)
+                                                          : kStaleEstimateNs;
     q.executed += batch.size();
     ++q.batches;
     if (unsplit) ++q.unsplit;

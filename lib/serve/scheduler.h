@@ -9,7 +9,10 @@
 //   that has run nothing for kStaleEstimateNs no longer trusts it: the next
 //   request whose deadline has not passed runs anyway (one at a time), and
 //   its time replaces the estimate — one slow outlier cannot make every
-//   later request with a deadline fail for good.
+//   later request with a deadline fail for good. A probe that misses its
+//   deadline too confirms the estimate: the wait before the next probe
+//   doubles (up to kMaxStaleEstimateNs), so a version called less than once
+//   a second with deadlines it cannot meet does not run every request late.
 // * Priorities: classes 0 (high), 1 (normal), 2 (low). Workers serve the
 //   highest class, except that every `starvation_interval`-th dispatch
 //   ignores classes, so lower classes always get a bounded share.
@@ -73,6 +76,8 @@ class Scheduler {
   // How long without an execution before a version's execution-time estimate
   // no longer justifies dropping a request whose deadline has not passed.
   static constexpr int64_t kStaleEstimateNs = 1'000'000'000;
+  // The longest wait between probes of an estimate that probes keep confirming.
+  static constexpr int64_t kMaxStaleEstimateNs = 64'000'000'000;
   // Queued deadlines further off than this get no timer (a worker reaches
   // them first, or drops them when it does).
   static constexpr int64_t kMaxTimerNs = 600'000'000'000;
@@ -136,6 +141,7 @@ class Scheduler {
     double exec_ns = 0;                        // EWMA of one execution
     int64_t last_exec_ns = 0;                  // when the last execution ended (mono ns; 0 = never)
     bool probing = false;                      // a request is running despite a stale estimate
+    int64_t stale_after_ns = kStaleEstimateNs;  // idle this long, the estimate is probed (doubles per missed probe)
     double vtime_ns = 0;                       // execution time used, on its class's virtual clock (fair share)
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0, reruns = 0;
   };

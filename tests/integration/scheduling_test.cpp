@@ -296,6 +296,28 @@ TEST_CASE("deadlines: a past deadline is refused, requests that cannot make thei
   std::string err;
   CHECK(PredictExit(d, "slow", {"--deadline-ms", "0.001"}, &err) == 5);
   CHECK(err.find("deadline") != std::string::npos);
+  // The CLI's --timeout is a deadline too: requests whose client stopped
+  // waiting used to queue and run all the same, for nobody.
+  json t0 = SchedulerStats(d, "slow:1");
+  std::vector<std::thread> clients;
+  std::vector<std::string> errs(6);
+  for (int i = 0; i < 6; ++i)
+    clients.emplace_back([&, i] {
+      auto r = d.Mms({"--timeout", std::to_string(exec_ms / 1000), "predict", "slow", "--input",
+                      Data("tiny_input.json")});
+      errs[static_cast<size_t>(i)] = std::to_string(r.exit_code) + " " + r.err;
+    });
+  for (auto& t : clients) t.join();
+  json t1 = SchedulerStats(d, "slow:1");
+  INFO(t1.dump());
+  for (const auto& e : errs) INFO(e);
+  // One worker, six requests each allowing about one execution: most never run.
+  CHECK(t1["deadline_drops"].get<int>() - t0["deadline_drops"].get<int>() >= 3);
+  CHECK(t1["executed"].get<int>() - t0["executed"].get<int>() <= 3);
+  // Told as --timeout's deadline, not as a --deadline-ms never given.
+  std::string terr;
+  CHECK(PredictExit(d, "slow", {"--timeout", "0.001"}, &terr) == 5);
+  CHECK_MESSAGE(terr.find("--deadline-ms") == std::string::npos, terr);
 }
 
 TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, not when the load ends") {

@@ -681,6 +681,48 @@ TEST_CASE("scheduler: one slow execution does not make every later request with 
   CHECK(s.Stats()["1"]["deadline_drops"] == 2);
 }
 
+TEST_CASE("scheduler: probes that miss their deadline too are made less and less often") {
+  // A version called less than once a second with a deadline it cannot meet
+  // ran every request (each one a probe of the stale estimate), late.
+  Rig rig;
+  FakeClock clock;
+  Scheduler s(OneWorker(&clock));
+  rig.model->slow_clock = &clock;
+  rig.model->slow_ns = 100'000'000;  // every call takes 100 ms
+  REQUIRE(s.Submit(1, rig.Job("x", 1)).ok());
+  auto runs = [&] {  // submits a request with a 10 ms deadline: did it run?
+    size_t before = rig.model->calls.size();
+    Status st = Status(Code::kInternal, "not answered");
+    Scheduler::Job j = rig.Job("x", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { st = r.status(); });
+    j.deadline_ns = clock.MonoNanos() + 10'000'000;
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+    bool ran = rig.model->calls.size() > before;
+    CHECK(ran == st.ok());  // a probe answers (late, but with its result); a drop says DEADLINE_EXCEEDED
+    return ran;
+  };
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  CHECK(runs());   // the first probe: 100 ms again, its deadline missed
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  CHECK_FALSE(runs());  // not stale yet: the next probe waits 2 s
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  CHECK(runs());   // 2 s: probed, missed again: 4 s
+  for (int i = 0; i < 3; ++i) {
+    clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+    CHECK_FALSE(runs());
+  }
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  rig.model->slow_ns = 1'000'000;  // the model is fast again
+  CHECK(runs());   // 4 s: probed, and it met its deadline
+  CHECK(runs());   // the estimate is 1 ms: runs at once, no probe needed
+  CHECK(s.Stats()["1"]["deadline_drops"] == 4);
+  // Its wait is back to one second: a slow spell later is probed after 1 s.
+  rig.model->slow_ns = 100'000'000;
+  REQUIRE(s.Submit(1, rig.Job("x", 1)).ok());  // no deadline: runs, 100 ms, the estimate rises
+  CHECK_FALSE(runs());
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  CHECK(runs());
+}
+
 TEST_CASE("scheduler: a batch waiting for rows leaves while its oldest request still has time to spare") {
   // Waiting until the last instant the deadline allows would make any
   // wake-up latency a miss: the batch waits at most half the spare time.
