@@ -1,5 +1,6 @@
 // mms limit set|list|rm: rate limits per model and per tenant (token buckets).
 #include <algorithm>
+#include <charconv>
 #include <iostream>
 #include <set>
 
@@ -21,12 +22,16 @@ Result<std::pair<std::string, std::string>> Target(const LimitArgs& a) {
   if (!a.model.empty() && !a.tenant.empty())
     return InvalidArgument("name either a model (mms limit set MODEL ...) or a tenant (--tenant T), not both");
   if (!a.model.empty()) {
+    if (auto cut = a.model.find_first_of(":@"); cut != std::string::npos && ValidateName(a.model.substr(0, cut)).ok())
+      return InvalidArgument("limits are per model name, shared by all its versions: mms limit set " +
+                             a.model.substr(0, cut) + " ...");
     MMS_RETURN_IF_ERROR(ValidateName(a.model));
     return std::make_pair(std::string("model"), a.model);
   }
   if (a.tenant == "*")
     return InvalidArgument("'*' stands for the [limits] default in mms limit list; set the default tenant limit with "
                            "[limits] tenant_qps in mms.toml");
+  MMS_RETURN_IF_ERROR(ValidateTenant(a.tenant));
   return std::make_pair(std::string("tenant"), a.tenant);
 }
 
@@ -139,14 +144,24 @@ void AddLimitCommands(CLI::App& app, Cli& cli) {
   auto a = std::make_shared<LimitArgs>();
   set->add_option("MODEL", a->model, "a model name");
   set->add_option("--tenant", a->tenant, "a tenant id instead of a model");
-  set->add_option("--qps", a->qps, "sustained requests per second (> 0)")->required();
-  set->add_option_function<double>(
-      "--burst",
-      [a](double b) {
-        a->burst = b;
-        a->burst_set = true;
+  // Decimal numbers only: strtod would also read 0x10 as 16.
+  const CLI::Validator decimal(
+      [](std::string& v) {
+        double x = 0;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x, std::chars_format::general);
+        return ec == std::errc() && end == v.data() + v.size() ? std::string()
+                                                                : "'" + v + "' is not a decimal number";
       },
-      "bucket size (>= 1; default: the qps)");
+      "NUMBER");
+  set->add_option("--qps", a->qps, "sustained requests per second (> 0, at most 1e9)")->required()->check(decimal);
+  set->add_option_function<double>(
+         "--burst",
+         [a](double b) {
+           a->burst = b;
+           a->burst_set = true;
+         },
+         "bucket size (1 to 1e9; default: the qps)")
+      ->check(decimal);
   set->callback([&cli, a] { cli.exit_code = CmdSet(cli, *a); });
   limit->add_subcommand("list", "The limits, with admitted and limited counts when mmsd runs")->callback([&cli] {
     cli.exit_code = CmdList(cli);

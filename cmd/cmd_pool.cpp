@@ -333,9 +333,8 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   predict->add_option("--tenant", a->tenant, "tenant (rate limits)")
       ->check(CLI::Validator(
           [](std::string& t) {
-            return t.empty() || t.size() > 128
-                       ? std::string("a tenant is 1-128 characters (leave --tenant out for the tenant (none))")
-                       : std::string();
+            Status st = ValidateTenant(t);
+            return st.ok() ? std::string() : st.message();
           },
           "TENANT"));
   predict->add_option("--adapter", a->adapter, "run with this LoRA adapter (NAME or NAME:VERSION) of the base REF");

@@ -180,9 +180,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   std::string tenant;
   if (req.body.contains("tenant")) {
     const auto& t = req.body["tenant"];
-    if (!t.is_string() || t.get<std::string>().empty() || t.get<std::string>().size() > 128)
-      return refuse(InvalidArgument("tenant must be a non-empty string of at most 128 characters"));
+    if (!t.is_string()) return refuse(InvalidArgument("tenant must be a string"));
     tenant = t.get<std::string>();
+    if (Status st = ValidateTenant(tenant); !st.ok()) return refuse(st);
     if (tenant == RateLimiter::kNoTenant || tenant == RateLimiter::kOtherTenants)
       return refuse(InvalidArgument("tenant '" + tenant + "' is reserved (mms uses it for requests without a tenant "
                                     "and for tenants past its cap); name the tenant"));

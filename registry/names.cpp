@@ -35,6 +35,16 @@ Status ValidateName(std::string_view name, std::string_view what) {
                          "digit ([a-z0-9][a-z0-9._-]{0,62})");
 }
 
+Status ValidateTenant(std::string_view t) {
+  if (t.empty() || t.size() > 128)
+    return InvalidArgument("a tenant id is 1-128 characters (got " + std::to_string(t.size()) +
+                           "); leave --tenant out for the tenant (none)");
+  for (unsigned char c : t)
+    if (c < 0x20 || c == 0x7f)
+      return InvalidArgument("a tenant id may not hold control characters (newlines, tabs, escapes)");
+  return Status::Ok();
+}
+
 Status ValidateVersion(std::string_view v) {
   auto bad = [&] {
     return InvalidArgument("invalid version '" + std::string(v) +

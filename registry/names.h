@@ -23,6 +23,10 @@ const char* StageName(Stage s);
 Result<Stage> ParseStage(std::string_view s);
 
 Status ValidateName(std::string_view name, std::string_view what = "model name");
+// A tenant id (a request's --tenant, a tenant's limit): 1-128 bytes, no
+// control characters (they would forge lines in `mms limit list` or drive
+// the terminal of whoever reads it).
+Status ValidateTenant(std::string_view tenant);
 Status ValidateVersion(std::string_view version);
 // Sortable form of a valid version: "1.10" > "1.9" > "1".
 std::string VersionSortKey(std::string_view version);

@@ -828,12 +828,13 @@ Status Registry::SetLimit(const RateLimit& l) {
   };
   if (l.kind != "model" && l.kind != "tenant") return InvalidArgument("a limit is for a model or a tenant");
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ValidateName(l.key));
-  if (l.key.empty() || l.key.size() > 128) return InvalidArgument("a tenant id has 1-128 characters");
-  if (!std::isfinite(l.qps) || l.qps <= 0)
-    return InvalidArgument("--qps must be a positive number of requests per second (got " + num(l.qps) +
+  if (l.kind == "tenant") MMS_RETURN_IF_ERROR(ValidateTenant(l.key));
+  // The same range as [limits] in mms.toml.
+  if (!std::isfinite(l.qps) || l.qps <= 0 || l.qps > 1e9)
+    return InvalidArgument("--qps must be a positive number of requests per second, at most 1e9 (got " + num(l.qps) +
                            "); to stop a model, stop serving it instead");
-  if (!std::isfinite(l.burst) || l.burst < 1)
-    return InvalidArgument("--burst must be at least 1 request (got " + num(l.burst) + ")");
+  if (!std::isfinite(l.burst) || l.burst < 1 || l.burst > 1e9)
+    return InvalidArgument("--burst must be 1 to 1e9 requests (got " + num(l.burst) + ")");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ModelId(l.key).status());

@@ -229,7 +229,16 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
       {{"tiny", "--qps", "-1"}, "got -1"},
       {{"tiny", "--qps", "nan"}, "got nan"},
       {{"--tenant", "t", "--qps", "inf"}, "positive number"},
-      {{"tiny", "--qps", "10", "--burst", "0.5"}, "--burst must be at least 1"},
+      {{"tiny", "--qps", "10", "--burst", "0.5"}, "--burst must be 1 to 1e9"},
+      // The config's range ([limits] 0 to 1e9), and decimal numbers only (0x10 read as 16).
+      {{"tiny", "--qps", "1e308"}, "at most 1e9"},
+      {{"tiny", "--qps", "10", "--burst", "1e10"}, "--burst must be 1 to 1e9"},
+      {{"tiny", "--qps", "0x10"}, "'0x10' is not a decimal number"},
+      // Per model name: a version is a hint, not "invalid model name".
+      {{"tiny:1", "--qps", "10"}, "limits are per model name, shared by all its versions: mms limit set tiny"},
+      // A tenant with control characters forged rows in mms limit list.
+      {{"--tenant", "z\nmodel   tiny    1000.0", "--qps", "10"}, "control characters"},
+      {{"--tenant", "esc\x1b[31mred", "--qps", "10"}, "control characters"},
       {{"tiny", "--tenant", "t", "--qps", "10"}, "not both"},
       {{"--qps", "10"}, "name what to limit: a model"},
       {{"tiny"}, "--qps is required"},
@@ -247,6 +256,19 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
   CHECK(unknown.exit_code == 4);
   CHECK(Limits(d).empty());
   CHECK(PredictExit(d, "tiny") == 0);
+  // A request's tenant likewise: from the CLI, and on the wire.
+  std::string err;
+  CHECK(PredictExit(d, "tiny", {"--tenant", "a\nb"}, &err) == 2);
+  CHECK_MESSAGE(err.find("control characters") != std::string::npos, err);
+  auto client = Connect(d);
+  mms::proto::Message m;
+  m.type = mms::proto::kPredict;
+  m.body = {{"model", "tiny"}, {"tenant", "a\x1b[2Jb"}};
+  m.tensors = mms::ReadTensorFile(Data("tiny_input.json")).value();
+  auto r = client->Call(m);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == mms::Code::kInvalidArgument);
+  CHECK(r.status().message().find("control characters") != std::string::npos);
 }
 
 TEST_CASE("deadlines: a past deadline is refused, requests that cannot make theirs are dropped before running") {
