@@ -693,10 +693,11 @@ void ModelPool::Unpin(PoolKey key) {
 Result<std::string> ModelPool::Evict(PoolKey key) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);
+  if (it != entries_.end() && it->second->loading)  // (a first load is still on disk)
+    return InUse(it->second->item.ref + " is loading; try again when it is done");
   if (it == entries_.end() || it->second->tier == Tier::kDisk)
     return FailedPrecondition("not loaded: nothing to evict");
   Entry& e = *it->second;
-  if (e.loading) return FailedPrecondition(e.item.ref + " is loading; try again when it is done");
   if (e.pinned) return InUse(e.item.ref + " is pinned; unpin it first (mms unpin " + e.item.ref + ")");
   if (e.tier == Tier::kDevice) {
     if (e.refs > 0) {
@@ -749,6 +750,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"pinned", e.pinned},
                    {"in_flight", e.refs - Holds(e)},
                    {"loading", e.loading},
+                   {"waiting", e.waiters.size()},  // requests waiting for its load (not yet in flight)
                    {"healthy", e.healthy},
                    {"loads", e.loads},
                    {"evictions", e.evictions},

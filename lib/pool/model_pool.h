@@ -136,8 +136,8 @@ class ModelPool {
   void Pin(const PoolItem& item);
   bool IsPinned(PoolKey key) const;
   void Unpin(PoolKey key);
-  // Demotes one tier (device → host → disk). IN_USE when pinned or in
-  // flight, FAILED_PRECONDITION when not loaded or still loading.
+  // Demotes one tier (device → host → disk). IN_USE when pinned, in flight
+  // or still loading; FAILED_PRECONDITION when not loaded.
   Result<std::string> Evict(PoolKey key);
   // The version left the registry: dropped as soon as no handle holds it.
   void Forget(PoolKey key);

@@ -422,6 +422,11 @@ TEST_CASE("single flight: many concurrent requests for a cold model cause one lo
       ++done;
     });
   CHECK(done == 0);  // all waiting on the one load
+  CHECK((*f.pool->Health(7))["waiting"] == 32);  // shown: they are not in flight yet
+  // Evicting it meanwhile is a conflict (exit 6), said once.
+  auto ev = f.pool->Evict(7);
+  CHECK(ev.status().code() == Code::kInUse);
+  CHECK(ev.status().message() == "m7:1 is loading; try again when it is done");
   f.loader->Gate(false);
   REQUIRE(mms::testing::WaitFor([&] { return done == 32; }, 10));
   CHECK(ok == 32);
