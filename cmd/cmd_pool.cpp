@@ -273,6 +273,14 @@ void PrintPool(const nlohmann::json& j) {
               t.value("evictions", 0ull), t.value("failures", 0ull));
 }
 
+// Pins naming no version pin nothing: one warning line each (standard error).
+void UnresolvedPinNotes(const nlohmann::json& j) {
+  if (!j.contains("unresolved_pins")) return;
+  for (const auto& p : j["unresolved_pins"])
+    std::cerr << "mms: warning: the pin " << p.value("ref", "?") << " (" << p.value("source", "?")
+              << ") pins nothing: " << p.value("error", "?") << "\n";
+}
+
 int CmdPool(Cli& cli) {
   auto r = cli.Call(proto::kPool, nlohmann::json::object());
   if (!r.ok()) return cli.Fail(r.status());
@@ -289,6 +297,7 @@ int CmdPool(Cli& cli) {
         PrintPool(a);
       }
     }
+    UnresolvedPinNotes(j);
   });
   return 0;
 }
@@ -318,6 +327,7 @@ int CmdHealth(Cli& cli, const std::string& ref) {
                       m.value("healthy", true) ? "healthy" : "UNHEALTHY", detail});
     }
     std::cout << FormatTable(rows);
+    UnresolvedPinNotes(j);
   });
   return j.value("healthy", true) ? 0 : 1;
 }

@@ -253,6 +253,11 @@ std::string Daemon::PinReason(PoolKey key) const {
   return it == pin_why_.end() ? "" : it->second;
 }
 
+nlohmann::json Daemon::UnresolvedPins() const {
+  std::lock_guard<std::mutex> lock(pin_mu_);
+  return unresolved_pins_;
+}
+
 Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t timeout_ns, ModelPool::Room room) {
   if (!v.is_adapter()) {
     MMS_ASSIGN_OR_RETURN(HandlePtr h, pool_->AcquireSync(ItemFor(v), timeout_ns, room));
@@ -551,11 +556,13 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
 
   std::set<PoolKey> want;
   std::map<PoolKey, std::string> why;  // the first reason found for each
+  nlohmann::json unresolved = nlohmann::json::array();
   auto want_ref = [&](const std::string& text, const char* source, const std::string& reason) {
     auto ref = ParseRef(text);
     auto v = ref.ok() ? snap.Resolve(*ref) : Result<const VersionRecord*>(ref.status());
     if (!v.ok()) {
       LogWarn("pin_unresolved", {{"ref", text}, {"source", source}, {"error", v.status().message()}});
+      unresolved.push_back({{"ref", text}, {"source", source}, {"error", v.status().message()}});
       return;
     }
     want.insert((*v)->id);
@@ -574,6 +581,7 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
   {
     std::lock_guard<std::mutex> lock(pin_mu_);
     pin_why_ = why;
+    unresolved_pins_ = std::move(unresolved);
   }
   for (PoolKey k : want)
     if (!pinned_.count(k)) PoolFor(*snap.ById(k))->Pin(ItemFor(*snap.ById(k)));

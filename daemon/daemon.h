@@ -102,6 +102,9 @@ class Daemon {
   void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb);
   // What pins a version, as "pinned (...how to unpin)"; "" when nothing does.
   std::string PinReason(PoolKey key) const;
+  // Pins that name no version (a misspelt [pool] pinned entry, a pinned
+  // version since removed): [{ref, source, error}], for mms health and pool.
+  nlohmann::json UnresolvedPins() const;
   Result<Servable> AcquireServableSync(const VersionRecord& v, int64_t timeout_ns = 600'000'000'000,
                                        ModelPool::Room room = ModelPool::Room::kEvict);
   Executor* callbacks() const { return callbacks_.get(); }
@@ -221,8 +224,9 @@ class Daemon {
   std::vector<RoutedWaiter> on_routed_;               // guarded by refresh_mu_: waiting for held_back_ to empty
   bool stopping_routes_ = false;                      // guarded by refresh_mu_: Shutdown began; answer at once
   std::set<PoolKey> pinned_;                          // guarded by refresh_mu_
-  mutable std::mutex pin_mu_;                         // only for pin_why_; takes no other lock
+  mutable std::mutex pin_mu_;                         // only for pin_why_ and unresolved_pins_; takes no other lock
   std::map<PoolKey, std::string> pin_why_;            // guarded by pin_mu_: what pins each of pinned_
+  nlohmann::json unresolved_pins_ = nlohmann::json::array();  // guarded by pin_mu_: {ref, source, error}
   uint64_t applied_live_ = 0;                         // guarded by refresh_mu_: LiveConfig generation applied
   struct Warmup {
     int pending = 0;          // arms still loading

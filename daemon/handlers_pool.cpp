@@ -255,6 +255,12 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
 nlohmann::json HealthOf(Daemon* d, const VersionRecord& v) {
   auto h = d->PoolFor(v)->Health(v.id);
   nlohmann::json j = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}, {"loads", 0}};
+  // A version no device budget can hold is refused at every request: not
+  // healthy, whatever its last load said.
+  if (Status fits = d->PoolFor(v)->FitsAtAll(d->ItemFor(v)); !fits.ok()) {
+    j["healthy"] = false;
+    j["error"] = fits.message();
+  }
   j["ref"] = v.ref();
   j["stage"] = StageName(v.stage);
   return j;
@@ -285,6 +291,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
         sched[v->ref()]["priority"] = d->PriorityOf(*v);  // as now configured (SIGHUP), not as last queued
       }
     j["scheduler"] = sched;
+    if (auto pins = d->UnresolvedPins(); !pins.empty()) j["unresolved_pins"] = pins;
     r.Send(std::move(j));
   };
 
@@ -314,7 +321,10 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     }
     bool all = true;
     for (const auto& m : models) all = all && m.value("healthy", true);
-    r.Send(nlohmann::json{{"healthy", all}, {"daemon", "ok"}, {"models", models}});
+    nlohmann::json reply{{"healthy", all}, {"daemon", "ok"}, {"models", models}};
+    // A pin that names nothing pins nothing: said, though no model is unhealthy for it.
+    if (auto pins = d->UnresolvedPins(); !pins.empty()) reply["unresolved_pins"] = pins;
+    r.Send(std::move(reply));
   };
 
   (*table)[proto::kLoad] = [d](proto::Message req, Responder r) {

@@ -390,6 +390,17 @@ TEST_CASE("when nothing can be evicted the request fails at once naming what hol
   json pool = Pool(d);
   CHECK(FindModel(pool, "c1:1")["tier"] == "host");
   CHECK(FindModel(pool, "c2:1")["tier"] == "device");
+  // A version bigger than the device budget is refused at every request:
+  // mms health says so (it listed it as healthy), exit 1.
+  REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "1", "--size-kb", "2048", "--prefix", "big"})
+              .exit_code == 0);
+  Register(d, "big", "1", d.dir() + "/big-00.pt");
+  auto h = d.Mms({"--json", "health", "big"});
+  CHECK(h.exit_code == 1);
+  json hj = json::parse(h.out);
+  CHECK(hj["models"][0]["healthy"] == false);
+  CHECK(hj["models"][0]["error"].get<std::string>().find("largest device budget") != std::string::npos);
+  CHECK(d.Mms({"health", "c2"}).exit_code == 0);
 }
 
 TEST_CASE("pins that do not fit when mmsd starts are shown as such, and preloaded once room frees") {
@@ -425,6 +436,22 @@ TEST_CASE("pins that do not fit when mmsd starts are shown as such, and preloade
   REQUIRE(d.Mms({"unpin", other}).exit_code == 0);
   CHECK(WaitFor([&] { return FindModel(Pool(d), missing)["tier"] == "device"; }, 20));
   CHECK_FALSE(FindModel(Pool(d), missing).contains("pin_error"));
+  // A [pool] pinned entry that names no version pins nothing: mms health and
+  // mms pool say so (it was only a line in the log), without failing health.
+  std::ofstream(d.dir() + "/mms.toml") << "[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n"
+                                           "pinned = [\"c2\", \"nosuchmodel\", \"c1:7\"]\n"
+                                           "[registry]\npoll_interval = \"200ms\"\n";
+  d.child().Signal(SIGHUP);
+  REQUIRE(WaitFor([&] { return Pool(d).contains("unresolved_pins"); }, 10));
+  json pins = Pool(d)["unresolved_pins"];
+  REQUIRE(pins.size() == 2);
+  CHECK(pins[0]["ref"] == "nosuchmodel");
+  CHECK(pins[0]["source"] == "[pool] pinned");
+  CHECK(pins[1]["ref"] == "c1:7");
+  auto h = d.Mms({"health"});
+  CHECK(h.exit_code == 0);
+  CHECK_MESSAGE(h.err.find("warning: the pin nosuchmodel ([pool] pinned) pins nothing") != std::string::npos, h.err);
+  CHECK(d.Mms({"pool"}).err.find("the pin c1:7 ([pool] pinned) pins nothing") != std::string::npos);
 }
 
 TEST_CASE("several devices, each with its own budget, placement spreads models") {
