@@ -9,8 +9,11 @@
 namespace mms {
 
 void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
-  (*table)[proto::kPing] = [](proto::Message, Responder r) {
-    r.Send(nlohmann::json{{"pid", ::getpid()}, {"version", MMS_VERSION}});
+  // The cap lets a client whose big request cost it the connection (over
+  // twice the cap, nng drops it) say why.
+  (*table)[proto::kPing] = [d](proto::Message, Responder r) {
+    r.Send(nlohmann::json{{"pid", ::getpid()}, {"version", MMS_VERSION},
+                          {"max_message_bytes", d->options().config.daemon.max_message_bytes}});
   };
 
   (*table)[proto::kStatus] = [d](proto::Message, Responder r) {

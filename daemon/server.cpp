@@ -431,7 +431,11 @@ void Server::Dispatch(Slot* slot, void* raw) {
                                         opts_.max_message_bytes, proto::kMaxRequestBodyBytes);
   if (d.error != proto::DecodeError::kNone) {
     LogWarn("bad_request", {{"reason", proto::DecodeErrorName(d.error)}, {"detail", d.detail}});
-    Reply(slot, proto::ErrorReply(d.request_id, ProtocolError(d.detail), proto::DecodeErrorName(d.error)));
+    // Too large is the caller's input, not a broken client: INVALID_ARGUMENT (exit 2).
+    Status st = d.error == proto::DecodeError::kTooLarge
+                    ? InvalidArgument(d.detail + "; send smaller inputs (fewer rows per request)")
+                    : ProtocolError(d.detail);
+    Reply(slot, proto::ErrorReply(d.request_id, st, proto::DecodeErrorName(d.error)));
     return;
   }
   if (draining_.load()) {

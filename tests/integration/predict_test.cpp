@@ -212,6 +212,24 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     CHECK(r.err.find(c.says) != std::string::npos);
     CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");  // still serving
   }
+  // A CLI without the daemon's config (so with the default cap): an input
+  // just over the daemon's cap is refused by the daemon, and one over twice
+  // the cap, for which nng drops the connection, is not reported as an
+  // unreachable daemon (exit 3): the CLI asks the daemon for its cap. Both exit 2.
+  {
+    std::ofstream mid(d.dir() + "/mid.json");
+    mid << R"({"x": {"dtype": "float32", "shape": [5000, 4], "data": [)";
+    for (int i = 0; i < 20000; ++i) mid << (i ? ",1" : "1");
+    mid << "]}}";
+  }
+  for (const std::string& f : {d.dir() + "/mid.json", d.dir() + "/big.json"}) {
+    auto r = Run({MmsBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "predict", "tiny", "--input", f});
+    INFO(f << " → " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("max_message_bytes") != std::string::npos);
+    CHECK(r.err.find("lost connection") == std::string::npos);
+  }
+  CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");
   // A failed load is remembered (backoff), visible in mms health, and not retried per request.
   auto h = d.Mms({"--json", "health", "corrupt"});
   CHECK(h.exit_code == 1);
