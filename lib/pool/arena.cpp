@@ -32,6 +32,31 @@ std::shared_ptr<Buffer> DeviceArena::Allocate(uint64_t bytes) {
   return std::make_shared<Block>(this, offset, need, bytes);
 }
 
+std::shared_ptr<Buffer> DeviceArena::AllocateAt(uint64_t offset, uint64_t bytes) {
+  uint64_t need = (std::max<uint64_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = free_.upper_bound(offset);
+  if (it == free_.begin()) return nullptr;
+  --it;  // the free range starting at or before `offset`
+  const uint64_t start = it->first, size = it->second;
+  if (offset < start || offset + need > start + size) return nullptr;
+  free_.erase(it);
+  if (offset > start) free_[start] = offset - start;
+  if (offset + need < start + size) free_[offset + need] = start + size - offset - need;
+  used_ += need;
+  ++allocations_;
+  return std::make_shared<Block>(this, offset, need, bytes);
+}
+
+std::optional<uint64_t> DeviceArena::LowerPlace(uint64_t offset, uint64_t size) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [start, len] : free_) {
+    if (start >= offset) break;
+    if (len >= size || start + len == offset) return start;
+  }
+  return std::nullopt;
+}
+
 void DeviceArena::Free(uint64_t offset, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
   used_ -= size;

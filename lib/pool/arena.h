@@ -5,7 +5,9 @@
 //
 // Allocation is best-fit over a free list kept sorted by offset; freeing
 // coalesces with both neighbours. Blocks are 256-byte aligned. A block is a
-// Buffer; dropping the last reference returns it to the arena.
+// Buffer; dropping the last reference returns it to the arena. Models of
+// mixed sizes coming and going still fragment the region itself: the pool
+// compacts it (LowerPlace, AllocateAt) by moving idle models' blocks down.
 //
 // Thread-safety: Allocate may be called from any thread; blocks may be
 // released from any thread. The arena must outlive its blocks.
@@ -15,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "pool/model.h"
 
@@ -29,6 +32,15 @@ class DeviceArena {
 
   // A block of at least `bytes`, or null when no free range is large enough.
   std::shared_ptr<Buffer> Allocate(uint64_t bytes);
+  // A block of at least `bytes` starting at `offset`, or null unless that
+  // whole range is free.
+  std::shared_ptr<Buffer> AllocateAt(uint64_t offset, uint64_t bytes);
+  // Where in this arena `block` (one of its blocks) starts.
+  uint64_t OffsetOf(const Buffer& block) const { return static_cast<uint64_t>(block.data() - base_); }
+  // The lowest offset below `offset` where the block of `size` bytes now at
+  // `offset` would fit once freed (a free range large enough, or the free
+  // range right before it), or nullopt when it cannot move down.
+  std::optional<uint64_t> LowerPlace(uint64_t offset, uint64_t size) const;
 
   uint64_t capacity() const { return capacity_; }
   uint64_t used() const;

@@ -14,7 +14,8 @@ namespace mms {
 struct ModelPool::DeviceSlot {
   std::unique_ptr<Device> dev;
   std::unique_ptr<EvictionPolicy> policy;
-  uint64_t used = 0;  // bytes of the blocks handed out
+  uint64_t used = 0;         // bytes of the blocks handed out
+  uint64_t relocations = 0;  // blocks moved to defragment the arena
 };
 
 struct ModelPool::Entry {
@@ -437,9 +438,15 @@ Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
 
 Status ModelPool::DeviceFull(const Entry& e) const {
   std::string detail;
-  for (const auto& d : devices_)
+  for (const auto& d : devices_) {
     detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
               FormatBytes(d->dev->budget()) + " held by " + Holders(*d);
+    // Room enough in bytes, but between models that could not be moved.
+    if (!d->dev->zero_copy() && d->used + DeviceNeed(e) <= d->dev->budget())
+      detail += " (its free " + FormatBytes(d->dev->budget() - d->used) + " is in " +
+                std::to_string(d->dev->arena().free_ranges()) + " pieces, the largest " +
+                FormatBytes(d->dev->arena().largest_free()) + ", between models in use; retry when they are done)";
+  }
   return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(DeviceNeed(e)) +
                                      ") and nothing more can be evicted: " + detail);
 }
@@ -456,7 +463,12 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
     DeviceSlot& d = *devices_[static_cast<size_t>(c.index)];
     while (true) {
       if (d.used + need <= d.dev->budget()) {
-        if (auto block = d.dev->zero_copy() ? e.host : d.dev->arena().Allocate(need)) {
+        auto block = d.dev->zero_copy() ? e.host : d.dev->arena().Allocate(need);
+        // Room enough, but in pieces: move idle models together rather than
+        // evict one that was not in the way (a helper saw an innocent model
+        // evicted, and then the load refused with room to spare).
+        if (!block && Compact(static_cast<size_t>(c.index), need)) block = d.dev->arena().Allocate(need);
+        if (block) {
           e.block = std::move(block);
           e.device = c.index;
           e.device_reserved = need;
@@ -474,6 +486,54 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
     }
   }
   return DeviceFull(e);  // (an arena too fragmented for the block)
+}
+
+bool ModelPool::Compact(size_t index, uint64_t need) {
+  DeviceSlot& d = *devices_[index];
+  DeviceArena& arena = d.dev->arena();
+  std::vector<std::pair<uint64_t, Entry*>> blocks;  // this device's, by offset
+  for (auto& [k, o] : entries_)
+    if (o->block && o->device == static_cast<int>(index)) blocks.push_back({arena.OffsetOf(*o->block), o.get()});
+  std::sort(blocks.begin(), blocks.end());
+  for (auto& [offset, o] : blocks) {
+    if (arena.largest_free() >= need) return true;
+    // Idle: no request, hold or load has it (pinned ones move too: a pin
+    // keeps a model on the device, not at one address).
+    if (o->tier != Tier::kDevice || o->refs > 0 || o->loading || !o->model || !o->host) continue;
+    if (auto to = arena.LowerPlace(offset, o->device_reserved)) (void)Relocate(*o, *to);
+  }
+  return arena.largest_free() >= need;
+}
+
+bool ModelPool::Relocate(Entry& e, uint64_t offset) {
+  DeviceSlot& d = *devices_[static_cast<size_t>(e.device)];
+  const uint64_t need = e.device_reserved;
+  // Off the block first, so that freeing it returns its range at once.
+  if (Status st = e.model->Bind(e.host, "cpu"); !st.ok()) {
+    LogError("relocate_failed", {{"model", e.item.ref}, {"device", d.dev->name()}, {"error", st.message()}});
+    return false;  // still bound to its block, where it was: nothing changed
+  }
+  e.block.reset();
+  auto block = d.dev->arena().AllocateAt(offset, need);
+  Status st = block ? d.dev->CopyIn(block->data(), e.host->data(), e.model->layout().total_bytes)
+                    : Internal("the arena range at " + std::to_string(offset) + " is not free");
+  if (st.ok()) st = e.model->Bind(block, d.dev->torch_device());
+  if (st.ok()) {
+    e.block = std::move(block);
+    ++d.relocations;
+    return true;
+  }
+  // Left on its host copy: demoted, as an eviction would have.
+  LogError("relocate_failed", {{"model", e.item.ref}, {"device", d.dev->name()}, {"error", st.message()}});
+  (void)e.model->Bind(e.host, "cpu");
+  d.used -= need;
+  e.device_reserved = 0;
+  d.policy->Remove(e.item.key);
+  e.device = -1;
+  e.tier = Tier::kHost;
+  ++e.evictions;
+  ++evictions_;
+  return false;
 }
 
 namespace {
@@ -791,7 +851,8 @@ nlohmann::json ModelPool::Snapshot() const {
                        {"arena", {{"reserved", d.dev->arena().capacity()},
                                   {"allocated", d.dev->arena().used()},
                                   {"largest_free", d.dev->arena().largest_free()},
-                                  {"free_ranges", d.dev->arena().free_ranges()}}},
+                                  {"free_ranges", d.dev->arena().free_ranges()},
+                                  {"relocations", d.relocations}}},
                        {"models", models}});
   }
   nlohmann::json host = nlohmann::json::array(), disk = nlohmann::json::array();

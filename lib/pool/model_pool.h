@@ -197,6 +197,15 @@ class ModelPool {
   Status NeverFits(const Entry& e) const;            // mu_ held: POOL_FULL when bigger than a whole budget
   Status MakeHostRoom(uint64_t bytes, PoolKey for_key);      // mu_ held
   Result<int> PlaceOnDevice(Entry& e);               // mu_ held: reserves a block
+  // mu_ held: moves idle models' blocks on device `index` down into the
+  // gaps below them (lowest first) until a free range of `need` bytes
+  // exists; whether one does. Models in flight or loading stay where they are.
+  bool Compact(size_t index, uint64_t need);
+  // mu_ held: moves idle `e`'s block to `offset` (free once its own range is):
+  // the model serves from its host copy, the block is freed and taken anew
+  // there, filled from the host copy and bound again. On failure the model
+  // is left demoted to the host tier (false).
+  bool Relocate(Entry& e, uint64_t offset);
   void DemoteFromDevice(Entry& e);                   // mu_ held
   void DropHost(Entry& e);                           // mu_ held
   // mu_ held: hands a dropped model and its host buffer to reaper_ to free.
