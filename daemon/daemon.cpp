@@ -691,6 +691,8 @@ bool Daemon::FlushMetrics() {
   return failed.ok();
 }
 
+int64_t Daemon::DefaultBatchDelayNs() const { return live()->scheduler.max_queue_delay_ns; }
+
 int Daemon::PriorityOf(const VersionRecord& v) const {
   auto live_cfg = live();
   const SchedulerConfig& sc = live_cfg->scheduler;
@@ -898,7 +900,10 @@ Result<std::vector<std::string>> Daemon::Reload() {
     std::lock_guard<std::mutex> lock(snap_mu_);
     live_ = std::make_shared<LiveConfig>(LiveConfig{cfg->limits, cfg->pool.pinned, cfg->scheduler, live_->generation + 1});
   }
-  reloaded = {"log", "limits", "pool.pinned", "scheduler.priorities"};
+  // (max_queue_delay is read from the live config per request.)
+  scheduler_->SetLimits(static_cast<size_t>(cfg->scheduler.queue_depth), cfg->scheduler.starvation_interval);
+  reloaded = {"log", "limits", "pool.pinned", "scheduler.priorities", "scheduler.queue_depth",
+              "scheduler.max_queue_delay", "scheduler.starvation_interval"};
   // Whatever else changed takes a restart: say so rather than ignore it.
   // "[table] key" → value, from the rendered TOML of a config.
   auto flat = [](const Config& c) {
@@ -913,8 +918,13 @@ Result<std::vector<std::string>> Daemon::Reload() {
     }
     return out;
   };
-  const std::set<std::string> live_keys{"[pool] pinned", "[scheduler] high_priority", "[scheduler] low_priority",
-                                        "[scheduler] high_priority_sla_ms"};
+  const std::set<std::string> live_keys{"[pool] pinned",
+                                        "[scheduler] high_priority",
+                                        "[scheduler] low_priority",
+                                        "[scheduler] high_priority_sla_ms",
+                                        "[scheduler] queue_depth",
+                                        "[scheduler] max_queue_delay",
+                                        "[scheduler] starvation_interval"};
   std::vector<std::string> restart;
   auto was = flat(opts_.config), now = flat(*cfg);
   for (const auto& [key, value] : now)

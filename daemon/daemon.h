@@ -141,6 +141,8 @@ class Daemon {
   RateLimiter* limiter() { return &limiter_; }
   Scheduler* scheduler() { return scheduler_.get(); }
   TimerQueue* timers() { return timers_.get(); }
+  // [scheduler] max_queue_delay as now configured (SIGHUP reloads it).
+  int64_t DefaultBatchDelayNs() const;
   // The scheduling class of a version: 0 high, 1 normal, 2 low ([scheduler]).
   int PriorityOf(const VersionRecord& v) const;
   // Metrics of an experiment variant, restored from the registry the first

@@ -17,7 +17,8 @@ Scheduler::Options Resolved(Scheduler::Options o) {
 }
 }  // namespace
 
-Scheduler::Scheduler(const Options& o) : opts_(Resolved(o)) {
+Scheduler::Scheduler(const Options& o)
+    : opts_(Resolved(o)), queue_depth_(opts_.queue_depth), starvation_interval_(opts_.starvation_interval) {
   for (int i = 0; i < opts_.workers; ++i)
     workers_.emplace_back([this, i] {
       pthread_setname_np(pthread_self(), ("mms-exec-" + std::to_string(i)).substr(0, 15).c_str());
@@ -119,7 +120,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     Execute(key, std::move(one), {rows}, probe, charged);
     return Status::Ok();
   }
-  if (q.jobs.size() >= opts_.queue_depth) {
+  if (q.jobs.size() >= queue_depth_) {
     ++q.overloaded;
     return Status(Code::kOverloaded, job.handle->ref() + " has " + std::to_string(q.jobs.size()) +
                                          " requests queued (the limit, [scheduler] queue_depth); retry later");
@@ -158,6 +159,12 @@ void Scheduler::Drain() {
     draining_ = true;
   }
   cv_.notify_all();
+}
+
+void Scheduler::SetLimits(size_t queue_depth, int starvation_interval) {
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_depth_ = std::max<size_t>(queue_depth, 1);
+  starvation_interval_ = starvation_interval;
 }
 
 void Scheduler::ExpireLate() {
@@ -204,9 +211,9 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
   Queue* best[3] = {nullptr, nullptr, nullptr};
   int64_t best_at[3] = {0, 0, 0};
   PoolKey best_key[3] = {0, 0, 0};
-  const bool guard = opts_.starvation_interval > 0 &&
-                     dispatches_ % static_cast<uint64_t>(opts_.starvation_interval) ==
-                         static_cast<uint64_t>(opts_.starvation_interval - 1);
+  const bool guard = starvation_interval_ > 0 &&
+                     dispatches_ % static_cast<uint64_t>(starvation_interval_) ==
+                         static_cast<uint64_t>(starvation_interval_ - 1);
   for (auto& [k, q] : queues_) {
     if (q.jobs.empty()) continue;
     int64_t at = q.jobs.front().at;

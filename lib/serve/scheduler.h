@@ -126,6 +126,10 @@ class Scheduler {
   // Shutdown begins: batches stop waiting for more rows (their delay) and run
   // as soon as a worker is free, so the drain is not held up by a delay.
   void Drain();
+  // New queue depth and starvation interval (SIGHUP): later Submits and
+  // dispatches follow them; requests already queued stay (a smaller depth
+  // refuses new ones until the queue is below it).
+  void SetLimits(size_t queue_depth, int starvation_interval);
 
  private:
   struct Queued {
@@ -175,6 +179,8 @@ class Scheduler {
   int busy_ = 0;                     // guarded by mu_: workers (or inline runs) executing
   int running_ = 0;                  // guarded by mu_: executions not yet answered (Stop waits)
   uint64_t dispatches_ = 0;          // guarded by mu_
+  size_t queue_depth_;               // guarded by mu_ (from Options; SetLimits)
+  int starvation_interval_;          // guarded by mu_ (from Options; SetLimits)
   uint64_t class_served_[3] = {0, 0, 0};  // guarded by mu_: dispatches_ when each class was last served
   double vclock_ns_[3] = {0, 0, 0};       // guarded by mu_: per class, the latest dispatch's start (virtual time)
   bool stopping_ = false;            // guarded by mu_

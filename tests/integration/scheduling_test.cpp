@@ -393,6 +393,13 @@ TEST_CASE("bounded queues: past [scheduler] queue_depth a request is refused wit
   INFO(stats.dump());
   CHECK(timed);
   CHECK(PredictExit(d, "tiny") == 0);
+  // The depth is reloaded on SIGHUP (it needed a restart): 12 at once now fit.
+  std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\n[scheduler]\nworkers = 1\nqueue_depth = 20\n";
+  d.child().Signal(SIGHUP);
+  REQUIRE(WaitFor([&] { return d.log().find("reloaded") != std::string::npos; }, 10));
+  CHECK(d.log().find("reload_needs_restart") == std::string::npos);
+  codes = Burst(d, "slow", 12);
+  CHECK(Count(codes, mms::Code::kOk) == 12);
 }
 
 TEST_CASE("priorities: from the version's SLA or the config, shown per version") {
