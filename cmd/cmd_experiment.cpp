@@ -263,11 +263,28 @@ int CmdStats(Cli& cli, const std::string& id) {
       std::cout << "\n";
     }
     if (r->contains("models") && !(*r)["models"].empty()) {
-      std::vector<std::vector<std::string>> rows{{"MODEL", "REQUESTS", "ERRORS", "P50 MS", "P99 MS", "P999 MS", "MEAN MS"}};
-      for (const auto& m : (*r)["models"])
-        rows.push_back({m["ref"], std::to_string(m["requests"].get<uint64_t>()), Pct(m["error_rate"]),
+      // Refusals (a rate limit, a full queue, bad input) apart from the
+      // failures: a rate-limited model showed 60% errors without ever failing.
+      std::vector<std::vector<std::string>> rows{
+          {"MODEL", "REQUESTS", "ERRORS", "REFUSED", "P50 MS", "P99 MS", "P999 MS", "MEAN MS"}};
+      for (const auto& m : (*r)["models"]) {
+        const uint64_t requests = m["requests"].get<uint64_t>();
+        uint64_t refused = 0;
+        std::string why;
+        const nlohmann::json codes = m.value("error_codes", nlohmann::json::object());
+        for (const auto& [code, label] : std::vector<std::pair<std::string, std::string>>{
+                 {"RATE_LIMITED", "rate limited"}, {"OVERLOADED", "queue full"}, {"INVALID_ARGUMENT", "bad input"}})
+          if (uint64_t n = codes.value(code, uint64_t{0}); n > 0) {
+            refused += n;
+            why += (why.empty() ? " (" : ", ") + std::to_string(n) + " " + label;
+          }
+        const uint64_t errors = m.value("errors", uint64_t{0});
+        const double failed =
+            requests ? static_cast<double>(errors - std::min(errors, refused)) / static_cast<double>(requests) : 0.0;
+        rows.push_back({m["ref"], std::to_string(requests), Pct(failed), std::to_string(refused) + (why.empty() ? "" : why + ")"),
                         Num(m["latency"]["p50_ms"]), Num(m["latency"]["p99_ms"]), Num(m["latency"]["p999_ms"]),
                         Num(m["latency"]["mean_ms"])});
+      }
       std::cout << "serving since mmsd started:\n" << FormatTable(rows);
     }
   });

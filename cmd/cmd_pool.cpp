@@ -307,6 +307,19 @@ int CmdPool(Cli& cli) {
         PrintPool(a);
       }
     }
+    // The scheduler per version that has had requests through it.
+    std::vector<std::vector<std::string>> sched{
+        {"VERSION", "PRIORITY", "QUEUED", "EXECUTED", "BATCHES", "EXEC MS", "DEADLINE DROPS", "OVERLOADED"}};
+    const nlohmann::json per_version = j.value("scheduler", nlohmann::json::object());  // (items() of a temporary dangles)
+    for (const auto& [ref, q] : per_version.items())
+      if (q.value("executed", 0) + q.value("queued", 0) + q.value("deadline_drops", 0) + q.value("overloaded", 0) > 0) {
+        char ms[32];
+        std::snprintf(ms, sizeof ms, "%.3f", q.value("exec_ms", 0.0));
+        sched.push_back({ref, std::to_string(q.value("priority", 1)), std::to_string(q.value("queued", 0)),
+                         std::to_string(q.value("executed", 0)), std::to_string(q.value("batches", 0)), ms,
+                         std::to_string(q.value("deadline_drops", 0)), std::to_string(q.value("overloaded", 0))});
+      }
+    if (sched.size() > 1) std::cout << "\nscheduler:\n" << FormatTable(sched);
     UnresolvedPinNotes(j);
   });
   return 0;

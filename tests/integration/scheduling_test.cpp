@@ -10,6 +10,7 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "protocol/client.h"
@@ -121,6 +122,17 @@ TEST_CASE("rate limits per model: refused at once with exit 5, counted, removed,
   auto stats = d.Mms({"--json", "stats"});
   REQUIRE(stats.exit_code == 0);
   CHECK(stats.out.find("RATE_LIMITED") != std::string::npos);
+  // In the text, refusals apart from failures (it said 33.33% errors).
+  auto text = d.Mms({"stats"});
+  std::string row = text.out.substr(text.out.find("\ntiny:1 ") + 1);
+  row = row.substr(0, row.find('\n'));
+  std::istringstream cols(row);
+  std::string ref, requests, errors, refused;
+  cols >> ref >> requests >> errors >> refused;
+  INFO(text.out);
+  CHECK(requests == "3");
+  CHECK(errors == "0.00%");
+  CHECK(row.find(" 1 (1 rate limited) ") != std::string::npos);
   // The human table.
   auto table = d.Mms({"limit", "list"});
   CHECK(table.out.find("model  tiny") != std::string::npos);
@@ -393,6 +405,13 @@ TEST_CASE("bounded queues: past [scheduler] queue_depth a request is refused wit
   INFO(stats.dump());
   CHECK(timed);
   CHECK(PredictExit(d, "tiny") == 0);
+  // Plain mms pool shows the scheduler's figures too (only --json did).
+  std::string pool = d.Mms({"pool"}).out;
+  CHECK(pool.find("DEADLINE DROPS  OVERLOADED") != std::string::npos);
+  std::string row = pool.substr(pool.find("\nslow:1 ") + 1);
+  row = row.substr(0, row.find('\n'));
+  CHECK_MESSAGE(row.size() > std::to_string(over).size(), pool);
+  CHECK(row.substr(row.size() - std::to_string(over).size()) == std::to_string(over));  // the last column
   // The depth is reloaded on SIGHUP (it needed a restart): 12 at once now fit.
   std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\n[scheduler]\nworkers = 1\nqueue_depth = 20\n";
   d.child().Signal(SIGHUP);
