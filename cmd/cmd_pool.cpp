@@ -255,8 +255,13 @@ void PrintPool(const nlohmann::json& j) {
   for (const auto& d : j["devices"])
     tiers.push_back({d["name"].get<std::string>() + " (" + d["kind"].get<std::string>() + ")", FormatBytes(d["used"]),
                      FormatBytes(d["budget"]), std::to_string(d["models"].size()), PolicyText(d)});
+  // The host tier's bytes include the host copies of the models on devices: counted too.
+  size_t on_devices = 0;
+  for (const auto& d : j["devices"]) on_devices += d["models"].size();
   tiers.push_back({"host", FormatBytes(j["host"]["used"]), FormatBytes(j["host"]["budget"]),
-                   std::to_string(j["host"]["models"].size()), PolicyText(j["host"])});
+                   std::to_string(j["host"]["models"].size()) +
+                       (on_devices ? " (+" + std::to_string(on_devices) + " on devices)" : ""),
+                   PolicyText(j["host"])});
   tiers.push_back({"disk", "-", "-", std::to_string(j["disk"]["models"].size()), "-"});
   std::cout << FormatTable(tiers) << "\n";
   std::vector<std::vector<std::string>> rows{

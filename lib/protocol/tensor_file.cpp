@@ -453,8 +453,11 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
     en.begin = e["data_offsets"][0].get<uint64_t>();
     en.end = e["data_offsets"][1].get<uint64_t>();
     int64_t numel = ShapeNumel(en.shape);
-    if (numel < 0 || en.end < en.begin)
-      return InvalidArgument("safetensors entry '" + en.name + "': bad data_offsets");
+    if (numel < 0)
+      return InvalidArgument("safetensors entry '" + en.name + "': shape " + ShapeString(en.shape) +
+                             " has too many elements (their count overflows 64 bits)");
+    if (en.end < en.begin)
+      return InvalidArgument("safetensors entry '" + en.name + "': bad data_offsets (the end is before the begin)");
     if (en.end > data_size)
       return InvalidArgument("truncated: entry '" + en.name + "' ends at data byte " + std::to_string(en.end) +
                              " but the file holds " + std::to_string(data_size));

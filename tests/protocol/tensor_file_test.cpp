@@ -154,6 +154,9 @@ TEST_CASE("safetensors: a shape whose byte size wraps 64 bits is refused, not re
   CHECK(r.find("too large") != std::string::npos);
   // Spread over two dims, and with 8-byte elements.
   CHECK(ReadSafetensorsWith(dir, R"({"x": {"dtype": "I64", "shape": [2, 1152921504606846976], "data_offsets": [0, 0]}})", 0) != "ok");
+  // An element count that itself overflows says so (it read as "bad data_offsets").
+  r = ReadSafetensorsWith(dir, R"({"x": {"dtype": "U8", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", 0);
+  CHECK_MESSAGE(r.find("too many elements") != std::string::npos, r);
   // Neighbours that are fine still are.
   CHECK(ReadSafetensorsWith(dir, R"({"x": {"dtype": "F32", "shape": [0, 4611686018427387904], "data_offsets": [0, 0]}})", 0) == "ok");
   CHECK(ReadSafetensorsWith(dir, R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 4) == "ok");
