@@ -623,7 +623,7 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   if (!packed.ok()) return cli.Fail(packed.status());
   // The version resolved above, whatever the name resolves to meanwhile.
   auto now = (*reg)->SetPackedDir(Ref{Ref::Kind::kVersion, rec->model, rec->version, ""}, rec->packed_dir, packed->dir,
-                                  packed->sample_input);
+                                  packed->sample_input, InputSpecsFromJson(packed->info["inputs"]));
   if (!now.ok()) {
     std::error_code ec;
     std::filesystem::remove_all(packed->dir, ec);

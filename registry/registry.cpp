@@ -548,13 +548,14 @@ Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std:
 }
 
 Result<VersionRecord> Registry::SetPackedDir(const Ref& ref, const std::string& old_packed_dir,
-                                             const std::string& packed_dir, const std::string& sample_input) {
+                                             const std::string& packed_dir, const std::string& sample_input,
+                                             const std::vector<InputSpec>& inputs) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
-      "UPDATE versions SET packed_dir = ?, sample_input = ? WHERE id = ? AND packed_dir = ?"));
-  up.Bind(1, packed_dir).Bind(2, sample_input).Bind(3, rec.id).Bind(4, old_packed_dir);
+      "UPDATE versions SET packed_dir = ?, sample_input = ?, inputs_json = ? WHERE id = ? AND packed_dir = ?"));
+  up.Bind(1, packed_dir).Bind(2, sample_input).Bind(3, InputSpecsToJson(inputs).dump()).Bind(4, rec.id).Bind(5, old_packed_dir);
   MMS_RETURN_IF_ERROR(up.Run());
   if (db_->Changes() == 0) return Conflict(rec.ref() + " was changed meanwhile (repacked or removed); try again");
   MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir,

@@ -260,10 +260,11 @@ class Registry {
   Result<VersionRecord> SetStage(const Ref& ref, Stage stage, const std::string& reason = "",
                                  std::vector<std::string>* archived = nullptr);
   // mms model repack: the version's packed files (and stored sample input)
-  // now live in `packed_dir`, written anew from its original artifact.
+  // now live in `packed_dir`, written anew from its original artifact, and
+  // its inputs are as that sample shows them (dtypes, trailing shapes).
   // CONFLICT when they changed meanwhile (from `old_packed_dir`); audited.
   Result<VersionRecord> SetPackedDir(const Ref& ref, const std::string& old_packed_dir, const std::string& packed_dir,
-                                     const std::string& sample_input);
+                                     const std::string& sample_input, const std::vector<InputSpec>& inputs);
   Status SetAlias(const std::string& model, const std::string& alias, const std::string& version);
   Status RemoveAlias(const std::string& model, const std::string& alias);
   // IN_USE while a pin (or, later, an experiment, shadow or canary) uses it,

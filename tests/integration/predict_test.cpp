@@ -285,6 +285,17 @@ TEST_CASE("mms model repack repairs damaged packed files and keeps the version's
   REQUIRE_MESSAGE(again.exit_code == 0, again.err);
   CHECK(again.out.find("old files are left") == std::string::npos);  // none are
   CHECK(d.Mms({"predict", "deep", "--input", Data("deep_input.json"), "-q"}).exit_code == 0);
+  // A sample given to repack records the inputs it shows, as registration
+  // does: a wrong dtype is then refused up front (exit 2), not in forward().
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "deep:1"}).out)["inputs"][0]["dtype"].is_null());
+  auto sampled = d.Mms({"model", "repack", "deep:1", "--sample-input", Data("deep_input.json")});
+  REQUIRE_MESSAGE(sampled.exit_code == 0, sampled.err);
+  json shown = json::parse(d.Mms({"--json", "model", "show", "deep:1"}).out);
+  CHECK(shown["inputs"][0]["dtype"] == "float32");
+  std::ofstream(d.dir() + "/ints.json") << R"({"x": {"dtype": "int64", "shape": [1, 8], "data": [1, 2, 3, 4, 5, 6, 7, 8]}})";
+  auto wrong = d.Mms({"predict", "deep", "--input", d.dir() + "/ints.json"});
+  CHECK(wrong.exit_code == 2);
+  CHECK_MESSAGE(wrong.err.find("must be float32") != std::string::npos, wrong.err);
   // An original that changed since registration is no source for a repack (exit 1); nor one gone.
   std::ofstream(d.dir() + "/deep.pt", std::ios::app) << "x";
   auto changed = d.Mms({"model", "repack", "deep:1"});
