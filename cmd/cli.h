@@ -108,6 +108,10 @@ Result<std::string> PublishStaging(const std::string& staging, const std::string
 // Registers `v` (its packed_dir published); on failure removes the packed
 // dir unless the registry points at it after all (a read after the commit failed).
 Result<VersionRecord> RegisterPublished(Registry& reg, const NewVersion& v);
+// mms model repack of an adapter: checks its original PEFT directory against
+// its base again and writes its packed files into a new directory (named
+// with `stem_suffix`); returns that directory.
+Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& adapter, const std::string& stem_suffix);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();

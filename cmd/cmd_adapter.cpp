@@ -35,6 +35,39 @@ std::string NextVersion(Registry& reg, const std::string& name) {
   return std::to_string(next);
 }
 
+// Packs a checked adapter into the data dir (staging, then rename), as
+// model registration does: its weights and a copy of adapter_config.json.
+Result<std::string> PackAdapter(Cli& cli, const CheckedAdapter& checked, const std::string& src_dir,
+                                const std::string& name, const std::string& version, const std::string& sha256,
+                                const std::string& stem_suffix) {
+  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
+  std::string model_dir = JoinPath(artifacts, name);
+  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
+  CleanStaleStaging(model_dir);
+  std::string stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
+  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  MMS_RETURN_IF_ERROR(MakeDirs(staging, 0755));
+  Status st = WritePackedAdapter(JoinPath(staging, kAdapterWeightsFile), checked);
+  if (st.ok())
+    std::filesystem::copy_file(JoinPath(src_dir, "adapter_config.json"), JoinPath(staging, "adapter_config.json"), ec);
+  if (st.ok() && ec) st = IoError("cannot copy adapter_config.json: " + ec.message());
+  if (!st.ok()) {
+    std::filesystem::remove_all(staging, ec);
+    return st;
+  }
+  return PublishStaging(staging, model_dir, stem);
+}
+
+// The base's packed weights, as adapters are checked against them.
+Result<LoraBase> BaseOf(const VersionRecord& base) {
+  if (base.packed_dir.empty())
+    return FailedPrecondition(base.ref() + " has no packed weights to check adapters against; register it again");
+  std::vector<std::string> stacked;
+  if (base.lora.contains("stacked")) stacked = base.lora["stacked"].get<std::vector<std::string>>();
+  return ReadLoraBase(base.ref(), JoinPath(base.packed_dir, "weights.safetensors"), stacked);
+}
+
 Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs& a) {
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   std::string version = a.version.empty() ? NextVersion(reg, a.name) : a.version;
@@ -45,11 +78,7 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   MMS_ASSIGN_OR_RETURN(VersionRecord base, reg.Resolve(a.base));
   if (base.is_adapter())
     return InvalidArgument(base.ref() + " is itself an adapter (of " + base.base_ref + "); --base names a model version");
-  if (base.packed_dir.empty())
-    return FailedPrecondition(base.ref() + " has no packed weights to check adapters against; register it again");
-  std::vector<std::string> stacked;
-  if (base.lora.contains("stacked")) stacked = base.lora["stacked"].get<std::vector<std::string>>();
-  MMS_ASSIGN_OR_RETURN(LoraBase lb, ReadLoraBase(base.ref(), JoinPath(base.packed_dir, "weights.safetensors"), stacked));
+  MMS_ASSIGN_OR_RETURN(LoraBase lb, BaseOf(base));
   auto dir = CanonicalPath(a.path);
   if (!dir.ok()) return InvalidArgument("adapter directory " + a.path + " does not exist (--path names a PEFT adapter directory)");
   MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*dir));
@@ -71,24 +100,7 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   v.inputs = base.inputs;  // served through the base: the same inputs
   v.base_id = base.id;
   v.lora = checked.info.ToJson();
-
-  // Pack into the data dir (staging, then rename), as model registration does.
-  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
-  std::string model_dir = JoinPath(artifacts, a.name);
-  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
-  CleanStaleStaging(model_dir);
-  std::string stem = version + "-" + v.sha256.substr(0, 12);
-  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
-  std::error_code ec;
-  MMS_RETURN_IF_ERROR(MakeDirs(staging, 0755));
-  Status st = WritePackedAdapter(JoinPath(staging, kAdapterWeightsFile), checked);
-  if (st.ok()) std::filesystem::copy_file(JoinPath(*dir, "adapter_config.json"), JoinPath(staging, "adapter_config.json"), ec);
-  if (st.ok() && ec) st = IoError("cannot copy adapter_config.json: " + ec.message());
-  if (!st.ok()) {
-    std::filesystem::remove_all(staging, ec);
-    return st;
-  }
-  MMS_ASSIGN_OR_RETURN(v.packed_dir, PublishStaging(staging, model_dir, stem));
+  MMS_ASSIGN_OR_RETURN(v.packed_dir, PackAdapter(cli, checked, *dir, a.name, version, v.sha256, ""));
   return RegisterPublished(reg, v);
 }
 
@@ -155,6 +167,17 @@ Status RequireAdapter(Cli& cli, const std::string& ref) {
 }
 
 }  // namespace
+
+Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& adapter, const std::string& stem_suffix) {
+  auto base = reg.Resolve(adapter.base_ref);
+  if (!base.ok() || base->id != adapter.base_id)
+    return FailedPrecondition("the base of " + adapter.ref() + " (" + adapter.base_ref +
+                              ") is no longer registered: nothing to check the adapter against");
+  MMS_ASSIGN_OR_RETURN(LoraBase lb, BaseOf(*base));
+  const std::string dir = DirName(adapter.artifact_path);  // the PEFT directory registered
+  MMS_ASSIGN_OR_RETURN(CheckedAdapter checked, CheckAdapter(dir, lb));
+  return PackAdapter(cli, checked, dir, adapter.model, adapter.version, adapter.sha256, stem_suffix);
+}
 
 void AddAdapterCommands(CLI::App& app, Cli& cli) {
   auto* ad = app.add_subcommand("adapter", "LoRA adapters (PEFT format) on a shared base version");

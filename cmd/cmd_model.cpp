@@ -592,9 +592,8 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   if (!reg.ok()) return cli.Fail(reg.status());
   auto rec = (*reg)->Resolve(*ref);
   if (!rec.ok()) return cli.Fail(rec.status());
-  if (rec->is_adapter())
-    return cli.Fail(FailedPrecondition(rec->ref() + " is a LoRA adapter: remove it (mms adapter rm " + rec->ref() +
-                                       ") and register it again"));
+  if (rec->is_adapter() && !sample_input.empty())
+    return cli.Fail(InvalidArgument(rec->ref() + " is a LoRA adapter: it takes its base's inputs, no --sample-input"));
   if (rec->packed_dir.empty())
     return cli.Fail(FailedPrecondition(rec->ref() + " has no packed files: it loads from " + rec->artifact_path));
   if (!FileExists(rec->artifact_path))
@@ -607,6 +606,17 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     return cli.Fail(FailedPrecondition("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
                                        ") changed since registration (sha256 " + sha->substr(0, 12) + ", registered " +
                                        rec->sha256.substr(0, 12) + "): register it as a new version instead"));
+  // Never the old directory's name (gone, it would be free): a running
+  // daemon tells a repack by the changed path.
+  const std::string suffix =
+      "-repack" + std::to_string(Clock::Real()->UnixMillis()) + "-" + std::to_string(::getpid());
+  std::string packed_dir, packed_sample;
+  std::vector<InputSpec> inputs = rec->inputs;
+  if (rec->is_adapter()) {  // checked against its base again, as at registration
+    auto dir = RepackAdapter(cli, **reg, *rec, suffix);
+    if (!dir.ok()) return cli.Fail(dir.status());
+    packed_dir = *dir;
+  } else {
   // The stored sample input comes along unless another is given; a version
   // registered with one needs one (its warm-up and batching check use it).
   std::string sample = !sample_input.empty() ? sample_input : rec->sample_input;
@@ -615,18 +625,19 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
         sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
                                    ") is gone too: give one with --sample-input FILE"
                              : "--sample-input " + sample + " does not exist"));
-  // Never the old directory's name (gone, it would be free): a running
-  // daemon tells a repack by the changed path.
   auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
-                             rec->max_batch_size,
-                             "-repack" + std::to_string(Clock::Real()->UnixMillis()) + "-" + std::to_string(::getpid()));
+                             rec->max_batch_size, suffix);
   if (!packed.ok()) return cli.Fail(packed.status());
+  packed_dir = packed->dir;
+  packed_sample = packed->sample_input;
+  inputs = InputSpecsFromJson(packed->info["inputs"]);
+  }
   // The version resolved above, whatever the name resolves to meanwhile.
-  auto now = (*reg)->SetPackedDir(Ref{Ref::Kind::kVersion, rec->model, rec->version, ""}, rec->packed_dir, packed->dir,
-                                  packed->sample_input, InputSpecsFromJson(packed->info["inputs"]));
+  auto now = (*reg)->SetPackedDir(Ref{Ref::Kind::kVersion, rec->model, rec->version, ""}, rec->packed_dir, packed_dir,
+                                  packed_sample, inputs);
   if (!now.ok()) {
     std::error_code ec;
-    std::filesystem::remove_all(packed->dir, ec);
+    std::filesystem::remove_all(packed_dir, ec);
     return cli.Fail(now.status());
   }
   cli.NotifyDaemon();
