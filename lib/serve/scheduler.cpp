@@ -91,10 +91,14 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return Status(Code::kCancelled, "mmsd is shutting down");
   Queue& q = queues_[key];
-  q.priority = job.priority;
   // A queue that was empty joins at its class's virtual clock: time it spent
-  // idle is no credit to spend against the versions that kept busy.
-  if (q.jobs.empty()) q.vtime_ns = std::max(q.vtime_ns, vclock_ns_[std::clamp(q.priority, 0, 2)]);
+  // idle is no credit to spend against the versions that kept busy. One that
+  // changes class (SIGHUP) joins its new class's clock: its time was counted
+  // on another clock and means nothing there, as credit or as debt.
+  const int cls = std::clamp(job.priority, 0, 2);
+  if (cls != std::clamp(q.priority, 0, 2)) q.vtime_ns = vclock_ns_[cls];
+  else if (q.jobs.empty()) q.vtime_ns = std::max(q.vtime_ns, vclock_ns_[cls]);
+  q.priority = job.priority;
   q.max_batch = job.max_batch;
   q.batch_delay_ns = job.batch_delay_ns;
   int64_t now = opts_.clock->MonoNanos();

@@ -577,6 +577,41 @@ TEST_CASE("scheduler: versions share the workers by execution time, and idling e
   CHECK(at[0] <= 110);
 }
 
+TEST_CASE("scheduler: a version moved to another class joins that class's clock, bringing neither debt nor credit") {
+  // Its time was counted against other versions on another clock: promoted
+  // after an hour of use, it waited until the new class's versions had used
+  // as much.
+  Rig rig;
+  FakeClock clock;
+  Scheduler s(OneWorker(&clock));
+  rig.model->slow_clock = &clock;
+  rig.model->cost_ns = {{"A", 100'000'000}, {"H", 1'000'000}, {"hold", 0}};
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>>) { ++n; };
+  auto run = [&](const std::vector<std::pair<PoolKey, Scheduler::Job>>& jobs) {
+    n = 0;
+    std::thread hold = rig.Hold(s, 9);
+    for (const auto& [k, j] : jobs) REQUIRE(s.Submit(k, j).ok());
+    rig.model->Open();
+    hold.join();
+    REQUIRE(mms::testing::WaitFor([&] { return n == static_cast<int>(jobs.size()); }, 10));
+  };
+  std::vector<std::pair<PoolKey, Scheduler::Job>> jobs;
+  for (int i = 0; i < 10; ++i) jobs.push_back({1, rig.Job("A", 1, 1, 0, count)});  // A: 1 s in class 1
+  run(jobs);
+  jobs.clear();
+  for (int i = 0; i < 5; ++i) jobs.push_back({2, rig.Job("H", 1, 0, 0, count)});  // H: 5 ms in class 0
+  run(jobs);
+  jobs.clear();
+  const size_t before = rig.model->order.size();
+  for (int i = 0; i < 50; ++i) jobs.push_back({2, rig.Job("H", 1, 0, 0, count)});
+  for (int i = 0; i < 3; ++i) jobs.push_back({1, rig.Job("A", 1, 0, 0, count)});  // A promoted to class 0
+  run(jobs);
+  std::vector<std::string> order(rig.model->order.begin() + static_cast<long>(before) + 1, rig.model->order.end());
+  auto first_a = std::find(order.begin(), order.end(), "A") - order.begin();
+  CHECK(first_a <= 2);  // not after H's 50 calls (1 s of debt)
+}
+
 TEST_CASE("scheduler: when the daemon drains, a batch waiting for more rows runs at once") {
   Rig rig;
   Scheduler s(OneWorker());
