@@ -35,18 +35,22 @@ Status MakeDirs(const std::string& dir, unsigned mode) {
   if (dir.empty()) return InvalidArgument("empty directory path");
   std::string cur;
   size_t pos = 0;
+  bool created = false;  // the leaf, by this call
   while (pos != std::string::npos) {
     pos = dir.find('/', pos + 1);
     cur = dir.substr(0, pos);
     if (cur.empty()) continue;
     bool leaf = pos == std::string::npos;
-    if (::mkdir(cur.c_str(), leaf ? mode : 0755) != 0 && errno != EEXIST)
-      return IoError("cannot create directory " + cur + ": " + std::strerror(errno));
+    if (::mkdir(cur.c_str(), leaf ? mode : 0755) == 0) created = leaf;
+    else if (errno != EEXIST) return IoError("cannot create directory " + cur + ": " + std::strerror(errno));
   }
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0) return IoError("cannot stat " + dir + ": " + std::strerror(errno));
   if (!S_ISDIR(st.st_mode)) return IoError(dir + " exists and is not a directory");
-  if (st.st_uid == ::geteuid() && (st.st_mode & 07777) != mode) ::chmod(dir.c_str(), mode);
+  // Exactly `mode` whatever the umask, for a directory made here; one that
+  // was there already keeps its mode (a shared directory such as /run or a
+  // project's own must not be closed to the others who use it).
+  if (created && (st.st_mode & 07777) != mode) ::chmod(dir.c_str(), mode);
   return Status::Ok();
 }
 

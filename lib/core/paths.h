@@ -23,8 +23,9 @@ std::string DefaultDataDir(const EnvLookup& env);
 // `data_dir` is the already-resolved data dir.
 std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir);
 
-// Creates `dir` and its parents. The leaf is made (or tightened to) `mode`
-// when we own it; missing parents get 0755.
+// Creates `dir` and its parents. A leaf made here gets exactly `mode` (not
+// narrowed by the umask); one that existed keeps its mode. Missing parents
+// get 0755.
 Status MakeDirs(const std::string& dir, unsigned mode);
 
 // Reads a whole file. NOT_FOUND when missing, IO otherwise.

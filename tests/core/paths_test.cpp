@@ -33,17 +33,25 @@ TEST_CASE("default data dir and socket follow XDG") {
   CHECK(DefaultSocketPath(empty_xdg, "/d") == "/d/mms.sock");
 }
 
-TEST_CASE("MakeDirs creates parents and tightens the leaf mode") {
+TEST_CASE("MakeDirs creates parents and gives a new leaf its mode, and leaves an existing one alone") {
   testing::TempDir t;
   std::string leaf = t / "a/b/c";
   REQUIRE(MakeDirs(leaf, 0700).ok());
   struct stat st;
   REQUIRE(::stat(leaf.c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0700);
+  // The umask does not narrow a new leaf's mode.
+  mode_t old = ::umask(077);
+  REQUIRE(MakeDirs(t / "open", 0755).ok());
+  ::umask(old);
+  REQUIRE(::stat((t / "open").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0755);
+  // A directory that was there keeps its mode: mmsd closed a shared socket
+  // directory (--socket /run/x.sock) to everyone else.
   ::chmod(leaf.c_str(), 0755);
   REQUIRE(MakeDirs(leaf, 0700).ok());
   REQUIRE(::stat(leaf.c_str(), &st) == 0);
-  CHECK((st.st_mode & 0777) == 0700);
+  CHECK((st.st_mode & 0777) == 0755);
 }
 
 TEST_CASE("atomic write and canonical paths") {
