@@ -35,14 +35,7 @@ std::shared_ptr<Buffer> DeviceArena::Allocate(uint64_t bytes) {
 std::shared_ptr<Buffer> DeviceArena::AllocateAt(uint64_t offset, uint64_t bytes) {
   uint64_t need = (std::max<uint64_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = free_.upper_bound(offset);
-  if (it == free_.begin()) return nullptr;
-  --it;  // the free range starting at or before `offset`
-  const uint64_t start = it->first, size = it->second;
-  if (offset < start || offset + need > start + size) return nullptr;
-  free_.erase(it);
-  if (offset > start) free_[start] = offset - start;
-  if (offset + need < start + size) free_[offset + need] = start + size - offset - need;
+  if (!Take(free_, offset, need)) return nullptr;
   used_ += need;
   ++allocations_;
   return std::make_shared<Block>(this, offset, need, bytes);
@@ -50,29 +43,70 @@ std::shared_ptr<Buffer> DeviceArena::AllocateAt(uint64_t offset, uint64_t bytes)
 
 std::optional<uint64_t> DeviceArena::LowerPlace(uint64_t offset, uint64_t size) const {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [start, len] : free_) {
-    if (start >= offset) break;
-    if (len >= size || start + len == offset) return start;
+  return Lower(free_, offset, size);
+}
+
+bool DeviceArena::CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need) const {
+  FreeList sim;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sim = free_;
   }
-  return std::nullopt;
+  auto fits = [&] {
+    for (const auto& [o, s] : sim)
+      if (s >= need) return true;
+    return false;
+  };
+  for (const auto& [offset, size] : movable) {
+    if (fits()) return true;
+    if (auto to = Lower(sim, offset, size)) {
+      Give(sim, offset, size);
+      Take(sim, *to, size);
+    }
+  }
+  return fits();
 }
 
 void DeviceArena::Free(uint64_t offset, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
   used_ -= size;
-  auto next = free_.lower_bound(offset);
-  if (next != free_.end() && offset + size == next->first) {  // merge with the following range
+  Give(free_, offset, size);
+}
+
+void DeviceArena::Give(FreeList& free, uint64_t offset, uint64_t size) {
+  auto next = free.lower_bound(offset);
+  if (next != free.end() && offset + size == next->first) {  // merge with the following range
     size += next->second;
-    next = free_.erase(next);
+    next = free.erase(next);
   }
-  if (next != free_.begin()) {
+  if (next != free.begin()) {
     auto prev = std::prev(next);
     if (prev->first + prev->second == offset) {  // merge with the preceding range
       prev->second += size;
       return;
     }
   }
-  free_[offset] = size;
+  free[offset] = size;
+}
+
+bool DeviceArena::Take(FreeList& free, uint64_t offset, uint64_t need) {
+  auto it = free.upper_bound(offset);
+  if (it == free.begin()) return false;
+  --it;  // the free range starting at or before `offset`
+  const uint64_t start = it->first, size = it->second;
+  if (offset < start || offset + need > start + size) return false;
+  free.erase(it);
+  if (offset > start) free[start] = offset - start;
+  if (offset + need < start + size) free[offset + need] = start + size - offset - need;
+  return true;
+}
+
+std::optional<uint64_t> DeviceArena::Lower(const FreeList& free, uint64_t offset, uint64_t size) {
+  for (const auto& [start, len] : free) {
+    if (start >= offset) break;
+    if (len >= size || start + len == offset) return start;
+  }
+  return std::nullopt;
 }
 
 uint64_t DeviceArena::used() const {

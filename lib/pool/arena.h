@@ -18,6 +18,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "pool/model.h"
 
@@ -41,6 +43,10 @@ class DeviceArena {
   // `offset` would fit once freed (a free range large enough, or the free
   // range right before it), or nullopt when it cannot move down.
   std::optional<uint64_t> LowerPlace(uint64_t offset, uint64_t size) const;
+  // Whether moving the blocks `movable` ({offset, size}, by offset) down,
+  // each to its LowerPlace in turn, would leave a free range of `need`
+  // bytes: the moves simulated on a copy of the free list.
+  bool CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need) const;
 
   uint64_t capacity() const { return capacity_; }
   uint64_t used() const;
@@ -51,12 +57,19 @@ class DeviceArena {
 
  private:
   class Block;
+  using FreeList = std::map<uint64_t, uint64_t>;  // offset → size
   void Free(uint64_t offset, uint64_t size);
+  // On a free list: returns [offset, offset + size) to it, merging neighbours;
+  // takes [offset, offset + need) out of the range holding it (false if none
+  // does); the lowest place below `offset` for a block of `size` there.
+  static void Give(FreeList& free, uint64_t offset, uint64_t size);
+  static bool Take(FreeList& free, uint64_t offset, uint64_t need);
+  static std::optional<uint64_t> Lower(const FreeList& free, uint64_t offset, uint64_t size);
 
   uint8_t* const base_;
   const uint64_t capacity_;
   mutable std::mutex mu_;
-  std::map<uint64_t, uint64_t> free_;  // offset → size, guarded by mu_
+  FreeList free_;                      // guarded by mu_
   uint64_t used_ = 0;                  // guarded by mu_
   uint64_t allocations_ = 0;           // guarded by mu_
 };

@@ -445,7 +445,8 @@ Status ModelPool::DeviceFull(const Entry& e) const {
     if (!d->dev->zero_copy() && d->used + DeviceNeed(e) <= d->dev->budget())
       detail += " (its free " + FormatBytes(d->dev->budget() - d->used) + " is in " +
                 std::to_string(d->dev->arena().free_ranges()) + " pieces, the largest " +
-                FormatBytes(d->dev->arena().largest_free()) + ", between models in use; retry when they are done)";
+                FormatBytes(d->dev->arena().largest_free()) +
+                ", between models that cannot be moved now: in flight or loading)";
   }
   return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(DeviceNeed(e)) +
                                      ") and nothing more can be evicted: " + detail);
@@ -491,14 +492,22 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
 bool ModelPool::Compact(size_t index, uint64_t need) {
   DeviceSlot& d = *devices_[index];
   DeviceArena& arena = d.dev->arena();
-  std::vector<std::pair<uint64_t, Entry*>> blocks;  // this device's, by offset
+  // This device's blocks by offset, and which may move: idle (no request,
+  // hold or load has it; pinned ones too: a pin keeps a model on the device,
+  // not at one address).
+  std::vector<std::pair<uint64_t, Entry*>> blocks;
   for (auto& [k, o] : entries_)
     if (o->block && o->device == static_cast<int>(index)) blocks.push_back({arena.OffsetOf(*o->block), o.get()});
   std::sort(blocks.begin(), blocks.end());
+  std::vector<std::pair<uint64_t, uint64_t>> movable;  // offset, size
+  for (const auto& [offset, o] : blocks)
+    if (o->tier == Tier::kDevice && o->refs == 0 && !o->loading && o->model && o->host)
+      movable.push_back({offset, o->device_reserved});
+  // Moves are copies, made under the pool's lock: none unless they would
+  // make the room (models in flight in the way can make that impossible).
+  if (!arena.CompactionWouldFit(movable, need)) return false;
   for (auto& [offset, o] : blocks) {
     if (arena.largest_free() >= need) return true;
-    // Idle: no request, hold or load has it (pinned ones move too: a pin
-    // keeps a model on the device, not at one address).
     if (o->tier != Tier::kDevice || o->refs > 0 || o->loading || !o->model || !o->host) continue;
     if (auto to = arena.LowerPlace(offset, o->device_reserved)) (void)Relocate(*o, *to);
   }
@@ -508,32 +517,38 @@ bool ModelPool::Compact(size_t index, uint64_t need) {
 bool ModelPool::Relocate(Entry& e, uint64_t offset) {
   DeviceSlot& d = *devices_[static_cast<size_t>(e.device)];
   const uint64_t need = e.device_reserved;
-  // Off the block first, so that freeing it returns its range at once.
-  if (Status st = e.model->Bind(e.host, "cpu"); !st.ok()) {
+  auto fail = [&](const Status& st) {
+    // Left as an eviction leaves it: on its host copy, or, if it cannot be
+    // bound to that, retired to disk (never pointing into a freed block).
     LogError("relocate_failed", {{"model", e.item.ref}, {"device", d.dev->name()}, {"error", st.message()}});
-    return false;  // still bound to its block, where it was: nothing changed
-  }
+    DemoteFromDevice(e);
+    return false;
+  };
+  // Off the block first, so that freeing it returns its range at once.
+  if (Status st = e.model->Bind(e.host, "cpu"); !st.ok()) return fail(st);
   e.block.reset();
   auto block = d.dev->arena().AllocateAt(offset, need);
-  Status st = block ? d.dev->CopyIn(block->data(), e.host->data(), e.model->layout().total_bytes)
-                    : Internal("the arena range at " + std::to_string(offset) + " is not free");
-  if (st.ok()) st = e.model->Bind(block, d.dev->torch_device());
-  if (st.ok()) {
-    e.block = std::move(block);
-    ++d.relocations;
-    return true;
+  if (!block) {  // (cannot happen: the range is free once the block is) — take any range rather than none
+    block = d.dev->arena().Allocate(need);
+    if (!block) {
+      e.block = nullptr;
+      d.used -= need;
+      e.device_reserved = 0;
+      d.policy->Remove(e.item.key);
+      e.device = -1;
+      e.tier = Tier::kHost;
+      ++e.evictions;
+      ++evictions_;
+      LogError("relocate_failed", {{"model", e.item.ref}, {"device", d.dev->name()}, {"error", "no arena range"}});
+      return false;
+    }
   }
-  // Left on its host copy: demoted, as an eviction would have.
-  LogError("relocate_failed", {{"model", e.item.ref}, {"device", d.dev->name()}, {"error", st.message()}});
-  (void)e.model->Bind(e.host, "cpu");
-  d.used -= need;
-  e.device_reserved = 0;
-  d.policy->Remove(e.item.key);
-  e.device = -1;
-  e.tier = Tier::kHost;
-  ++e.evictions;
-  ++evictions_;
-  return false;
+  e.block = block;  // from here a failure demotes through DemoteFromDevice, which frees it
+  Status st = d.dev->CopyIn(block->data(), e.host->data(), e.model->layout().total_bytes);
+  if (st.ok()) st = e.model->Bind(block, d.dev->torch_device());
+  if (!st.ok()) return fail(st);
+  ++d.relocations;
+  return true;
 }
 
 namespace {

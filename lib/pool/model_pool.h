@@ -203,8 +203,9 @@ class ModelPool {
   bool Compact(size_t index, uint64_t need);
   // mu_ held: moves idle `e`'s block to `offset` (free once its own range is):
   // the model serves from its host copy, the block is freed and taken anew
-  // there, filled from the host copy and bound again. On failure the model
-  // is left demoted to the host tier (false).
+  // there, filled from the host copy and bound again. On failure (false) the
+  // model is left as DemoteFromDevice leaves it: on its host copy, or on disk
+  // when it cannot be bound to that.
   bool Relocate(Entry& e, uint64_t offset);
   void DemoteFromDevice(Entry& e);                   // mu_ held
   void DropHost(Entry& e);                           // mu_ held

@@ -66,3 +66,32 @@ TEST_CASE("arena: a thousand random swap cycles leave it exactly as reserved") {
   CHECK(a.largest_free() == mem.size());
   MESSAGE(failed << " allocations found no room (then evicting more is the pool's job)");
 }
+
+TEST_CASE("arena: AllocateAt, LowerPlace and a simulated compaction") {
+  Region mem(4096);
+  DeviceArena a(mem.data(), mem.size());
+  auto x = a.Allocate(256), b = a.Allocate(1024), c = a.Allocate(1024), d = a.Allocate(1024);
+  REQUIRE((x && b && c && d));
+  const uint64_t ob = a.OffsetOf(*b), oc = a.OffsetOf(*c);
+  CHECK(ob == 256);
+  CHECK(oc == 1280);
+  x.reset();  // a 256-byte hole at 0; 768 bytes free at the end
+  CHECK(a.largest_free() == 768);
+  // b can slide down into the hole next to it; c cannot go lower (no hole below fits it).
+  CHECK(a.LowerPlace(ob, 1024) == std::optional<uint64_t>(0));
+  CHECK_FALSE(a.LowerPlace(oc, 1024).has_value());
+  // Moving b, c and d down joins the hole to the end: 1024 bytes in one range.
+  std::vector<std::pair<uint64_t, uint64_t>> all{{ob, 1024}, {oc, 1024}, {a.OffsetOf(*d), 1024}};
+  CHECK(a.CompactionWouldFit(all, 1024));
+  CHECK_FALSE(a.CompactionWouldFit(all, 1280));
+  // Only c movable (b in the way): nothing would join.
+  CHECK_FALSE(a.CompactionWouldFit({{oc, 1024}}, 1024));
+  CHECK(a.used() == 3072);  // the simulation changed nothing
+  CHECK(a.largest_free() == 768);
+  // AllocateAt takes exactly a free range's part, and refuses a taken one.
+  CHECK_FALSE(a.AllocateAt(ob, 256));
+  auto at = a.AllocateAt(3584, 256);
+  REQUIRE(at);
+  CHECK(a.OffsetOf(*at) == 3584);
+  CHECK(a.free_ranges() == 3);  // [0,256), [3328,3584), [3840,4096)
+}

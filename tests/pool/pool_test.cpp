@@ -798,3 +798,18 @@ TEST_CASE("a model in flight is not moved: the arena is compacted around it or t
   auto out = two->model()->Run({});
   REQUIRE(out.ok());
 }
+
+TEST_CASE("no model is moved when moving the idle ones would not make the room") {
+  // Moves are copies under the pool's lock: a compaction that cannot succeed
+  // (models in flight in the way) must not pay for them and then evict anyway.
+  PoolFixture f({4 * K});
+  HandlePtr small = f.Get(9, 100), one = f.Get(1), two = f.Get(2), three = f.Get(3);
+  small.reset();
+  REQUIRE(f.pool->Evict(9).ok());  // a 256-byte hole below model 1
+  one.reset();                      // 1 is idle; 2 and 3 are in flight
+  HandlePtr four = f.Get(4);        // sliding 1 down would leave 256 + 768 bytes apart: futile
+  auto dev = f.pool->Snapshot()["devices"][0];
+  CHECK(dev["arena"]["relocations"] == 0);
+  CHECK((*f.pool->Health(1))["tier"] == "host");  // evicted by the policy instead
+  CHECK((*f.pool->Health(4))["tier"] == "device");
+}
