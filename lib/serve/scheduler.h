@@ -40,7 +40,7 @@
 //   alone and gets what it would have got unbatched, and the version is no
 //   longer batched (until the scheduler is rebuilt; counted: "unsplit").
 //   A batch whose run fails (one caller's input makes the model raise) is
-//   run again request by request, so each caller gets its own outcome
+//   run again in halves, down to single requests, so each caller gets its own outcome
 //   (counted: "reruns"); the version stays batched.
 // * LoRA adapters: a job may carry an adapter (its handle is the base's).
 //   A batch whose jobs carry adapters runs through Model::RunWithAdapters,
@@ -118,7 +118,7 @@ class Scheduler {
   Status Submit(PoolKey key, Job job);
   // Per version: queued, executed, batches, rows, mean batch size,
   // deadline drops, overloaded refusals, unsplittable batches, failed batches
-  // rerun one by one, recent execution ms.
+  // rerun in halves, recent execution ms.
   nlohmann::json Stats() const;
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).

@@ -414,7 +414,9 @@ TEST_CASE("scheduler: a batch that fails for one caller's input runs each reques
   CHECK(got[1].code() == Code::kModelError);
   CHECK(got[1].message() == "negative input at 3");  // its own row: index 3 of its input, not of the batch
   CHECK(got[2].ok());
-  CHECK(rig.model->calls == std::vector<int64_t>{1, 6, 2, 2, 2});  // the batch, then each alone
+  // The batch, then its halves: the first alone (2 rows) succeeds, the
+  // second (4 rows) fails again and splits into its two requests.
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 6, 2, 4, 2, 2});
   CHECK(s.Stats()["1"]["reruns"] == 1);
   CHECK(s.Stats()["1"]["max_batch"] == 16);  // still batched
 }
