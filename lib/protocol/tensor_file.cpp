@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <unordered_set>
 
 #include "core/paths.h"
 
@@ -379,21 +380,14 @@ namespace {
 // silently win). Errors say what is wrong and where, without nlohmann's
 // "[json.exception...]" prefix.
 Result<nlohmann::json> ParseJsonNoDuplicates(const char* begin, const char* end) {
-  std::vector<std::vector<std::string>> keys;  // per open object
+  std::vector<std::unordered_set<std::string>> keys;  // per open object (a header may hold many thousands)
   std::string twice;
   auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
     using E = nlohmann::json::parse_event_t;
     if (ev == E::object_start) keys.emplace_back();
     else if (ev == E::object_end && !keys.empty()) keys.pop_back();
-    else if (ev == E::key && !keys.empty()) {
-      std::string k = parsed.get<std::string>();
-      auto& seen = keys.back();
-      if (std::find(seen.begin(), seen.end(), k) != seen.end()) {
-        if (twice.empty()) twice = k;
-      } else {
-        seen.push_back(std::move(k));
-      }
-    }
+    else if (ev == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && twice.empty())
+      twice = parsed.get<std::string>();
     return true;
   };
   nlohmann::json j;
@@ -435,7 +429,6 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
       continue;
     }
     const auto& e = it.value();
-    if (IsPadEntry(it.key())) continue;  // filler that keeps the data aligned without holes
     SafetensorsEntry en;
     en.name = it.key();
     if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
@@ -477,6 +470,13 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
     if (out.entries[i].begin < out.entries[i - 1].end)
       return InvalidArgument("safetensors entries '" + out.entries[i - 1].name + "' and '" + out.entries[i].name +
                              "' overlap");
+  // Filler that keeps the data aligned without holes (checked above like any
+  // entry): bytes, not a tensor.
+  out.entries.erase(std::remove_if(out.entries.begin(), out.entries.end(),
+                                   [](const SafetensorsEntry& en) {
+                                     return IsPadEntry(en.name) && en.dtype == DType::kUInt8 && en.shape.size() == 1;
+                                   }),
+                    out.entries.end());
   return out;
 }
 

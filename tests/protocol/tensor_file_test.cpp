@@ -355,6 +355,23 @@ TEST_CASE("safetensors: written files have no holes — aligned ones fill gaps w
   REQUIRE(back.ok());
   REQUIRE(back->size() == 2);
   CHECK(reinterpret_cast<const int64_t*>((*back)[1].data.get())[1] == 42);
+  // A filler is checked like any entry (one overlapping a tensor is refused),
+  // and only U8 bytes count as filler: a tensor of another dtype so named stays.
+  auto raw_file = [&](const std::string& header, size_t data_bytes) {
+    std::string f = dir / "pads.safetensors";
+    std::ofstream o(f, std::ios::binary);
+    uint64_t n = header.size();
+    o.write(reinterpret_cast<const char*>(&n), 8);
+    o << header << std::string(data_bytes, '\0');
+    o.close();
+    return ReadSafetensorsHeader(f);
+  };
+  auto overlap = raw_file(R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                              "__mms_pad_0": {"dtype": "U8", "shape": [8], "data_offsets": [4, 12]}})", 12);
+  CHECK_FALSE(overlap.ok());
+  auto named = raw_file(R"({"__mms_pad_0": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 8);
+  REQUIRE(named.ok());
+  CHECK(named->entries.size() == 1);
   // An extension in capitals is still safetensors (it was written as JSON).
   std::string upper = dir / "OUT.SAFETENSORS";
   REQUIRE(WriteTensorFile(upper, {a}).ok());
