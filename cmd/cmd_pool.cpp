@@ -39,8 +39,10 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   if (a.has_deadline && !(a.deadline_ms > 0))
     return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
   // This CLI stops waiting at --timeout: the daemon drops the request then
-  // too, rather than queue and run work whose answer nobody will read.
-  const double timeout_ms = cli.g.timeout_s * 1000;
+  // too, rather than queue and run work whose answer nobody will read — a
+  // little before (5%, at most 250 ms), so that its answer, which says why,
+  // arrives before this command gives up.
+  const double timeout_ms = cli.g.timeout_s * 1000 - std::min(cli.g.timeout_s * 1000 * 0.05, 250.0);
   const bool by_timeout = !a.has_deadline || timeout_ms < a.deadline_ms;
   m.body["timeout_ms"] = by_timeout ? timeout_ms : a.deadline_ms;
   if (!a.output.empty()) {

@@ -330,32 +330,18 @@ TEST_CASE("deadlines: a past deadline is refused, requests that cannot make thei
   std::string err;
   CHECK(PredictExit(d, "slow", {"--deadline-ms", "0.001"}, &err) == 5);
   CHECK(err.find("deadline") != std::string::npos);
-  // The CLI's --timeout is a deadline too: requests whose client stopped
-  // waiting used to queue and run all the same, for nobody.
-  json t0 = SchedulerStats(d, "slow:1");
-  std::vector<std::thread> clients;
-  std::vector<std::string> errs(6);
-  for (int i = 0; i < 6; ++i)
-    clients.emplace_back([&, i] {
-      auto r = d.Mms({"--timeout", std::to_string(exec_ms / 1000), "predict", "slow", "--input",
-                      Data("tiny_input.json")});
-      errs[static_cast<size_t>(i)] = std::to_string(r.exit_code) + " " + r.err;
-    });
-  for (auto& t : clients) t.join();
-  json t1 = SchedulerStats(d, "slow:1");
-  INFO(t1.dump());
-  for (const auto& e : errs) INFO(e);
-  // One worker, six requests each allowing about one execution: most never run.
-  CHECK(t1["deadline_drops"].get<int>() - t0["deadline_drops"].get<int>() >= 3);
-  CHECK(t1["executed"].get<int>() - t0["executed"].get<int>() <= 3);
-  // Told as --timeout's deadline, not as a --deadline-ms never given.
+  // The CLI's --timeout is a deadline too (requests whose client stopped
+  // waiting were queued and run for nobody), told as --timeout's, not as a
+  // --deadline-ms never given. (Half an execution: time to connect, not to
+  // run; right after an execution, so that the estimate is fresh, not probed.)
   std::string terr;
-  // (Half an execution: time to connect, not to run. Right after an
-  // execution, so that the estimate is fresh, not probed.)
   REQUIRE(PredictExit(d, "slow") == 0);
+  json t0 = SchedulerStats(d, "slow:1");
   CHECK(PredictExit(d, "slow", {"--timeout", std::to_string(exec_ms / 2000)}, &terr) == 5);
+  CHECK_MESSAGE(terr.find("dropped without running it") != std::string::npos, terr);  // the daemon's answer
   CHECK_MESSAGE(terr.find("--deadline-ms") == std::string::npos, terr);
   CHECK_MESSAGE(terr.find("the deadline was --timeout's") != std::string::npos, terr);
+  CHECK(SchedulerStats(d, "slow:1")["deadline_drops"].get<int>() == t0["deadline_drops"].get<int>() + 1);
 }
 
 TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, not when the load ends") {
@@ -370,21 +356,18 @@ TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, 
   CHECK(PredictExit(d, "cold", {"--deadline-ms", "300"}, &err) == 5);  // returns while the load still waits
   CHECK_MESSAGE(err.find("dropped at its deadline (300 ms) while cold:1 was still loading") != std::string::npos, err);
   CHECK(PredictExit(d, "warm", {"--deadline-ms", "5000"}) == 0);  // others serve on
-  // Without a deadline, a client's --timeout runs out: a daemon that took the
-  // request and is busy is not "unreachable" (exit 3) but late (exit 5).
+  // Without --deadline-ms, --timeout is the deadline (a little less, so that
+  // the daemon's answer comes first and says why): exit 5, not "unreachable".
   auto late = d.Mms({"--timeout", "1", "predict", "cold", "--input", Data("tiny_input.json")});
   CHECK(late.exit_code == 5);
-  CHECK_MESSAGE(late.err.find("took the request but did not reply within") != std::string::npos, late.err);
-  // Counted as the version's errors, like every refusal: the --timeout was
-  // the request's deadline too, so the daemon dropped that one as well.
+  CHECK_MESSAGE(late.err.find("dropped at its deadline (950 ms) while cold:1 was still loading; retry, or give a "
+                              "longer --timeout (the deadline was --timeout's, 1.0 s)") != std::string::npos,
+                late.err);
+  // Counted as the version's errors, like every refusal.
   bool counted = false;
-  json stats;
-  WaitFor([&] {
-    stats = json::parse(d.Mms({"--json", "stats"}).out);
-    for (const auto& v : stats["models"])
-      if (v["ref"] == "cold:1") counted = v["errors"] == 2 && v["error_codes"]["DEADLINE_EXCEEDED"] == 2;
-    return counted;
-  }, 5);
+  const json stats = json::parse(d.Mms({"--json", "stats"}).out);
+  for (const auto& v : stats["models"])
+    if (v["ref"] == "cold:1") counted = v["errors"] == 2 && v["error_codes"]["DEADLINE_EXCEEDED"] == 2;
   INFO(stats.dump());
   CHECK(counted);
   REQUIRE(weights.Release());  // the blocked load reads an empty file and fails; the next one loads
@@ -504,7 +487,7 @@ TEST_CASE("dynamic batching: one caller's input that makes the model raise fails
   REQUIRE(d.ok());
   std::ofstream(d.dir() + "/positive.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [1, 2, 3, 4]}})";
   Register(d, "raises", "throws.pt",
-           {"--sample-input", d.dir() + "/positive.json", "--max-batch-size", "16", "--max-queue-delay-us", "300000"});
+           {"--sample-input", d.dir() + "/positive.json", "--max-batch-size", "16", "--max-queue-delay-us", "1000000"});
   auto client = Connect(d);
   const int n = 4;  // request 2 carries a negative value: throws.pt raises on it
   std::vector<mms::Status> got(n, mms::Status::Ok());
@@ -533,7 +516,7 @@ TEST_CASE("dynamic batching: one caller's input that makes the model raise fails
   json s = SchedulerStats(d, "raises:1");
   INFO(s.dump());
   CHECK(s["executed"] == n);
-  CHECK(s["reruns"].get<int>() >= 1);  // they arrived within the 300 ms delay: one batch, rerun one by one
+  CHECK(s["reruns"].get<int>() >= 1);  // they arrived within the 1 s delay: one batch, rerun in halves
   // The version stays batched.
   CHECK(s["max_batch"] == 16);
 }
