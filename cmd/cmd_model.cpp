@@ -65,6 +65,9 @@ void CleanStaleStaging(const std::string& dir) {
 static const char* const kChecksummed[] = {"weights.safetensors", "adapter.safetensors", "module.pt", "sample.json",
                                            "sample.safetensors"};
 static const char* const kChecksumFile = "SHA256SUMS";
+// Written into the packed dir a repack replaced: verify lists the dir as
+// unused, not as a problem (exit 0), until --prune removes it.
+static const char* const kReplacedMarker = "REPLACED_BY";
 
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
   std::error_code ec;
@@ -640,6 +643,8 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     std::filesystem::remove_all(packed_dir, ec);
     return cli.Fail(now.status());
   }
+  if (std::filesystem::exists(rec->packed_dir))
+    (void)WriteFileAtomic(JoinPath(rec->packed_dir, kReplacedMarker), packed_dir + "\n");
   cli.NotifyDaemon();
   nlohmann::json j = now->ToJson();
   j["previous_packed_dir"] = rec->packed_dir;
@@ -730,8 +735,11 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
             "or replaced?). Restore that registry, or move the directories aside by hand if they are unwanted"));
     }
     for (const OrphanDir& o : *found) {
-      std::string what = (o.staging ? "left by a registration killed while storing its files ("
-                                    : "packed files no version uses (") +
+      // Left by a repack on purpose (a daemon may still be reading it): known, not a problem.
+      const bool replaced = !o.staging && FileExists(JoinPath(o.path, kReplacedMarker));
+      std::string what = (o.staging    ? "left by a registration killed while storing its files ("
+                          : replaced ? "replaced by mms model repack ("
+                                     : "packed files no version uses (") +
                          FormatBytes(o.bytes) + ", last changed " +
                          (o.age_s > 0 ? FormatDurationNanos(o.age_s * 1'000'000'000) + " ago)" : "just now)");
       // Also a dead registration's staging dir: its pid may be of another
@@ -751,7 +759,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       }
       ++orphans;
       if (removed) ++pruned;
-      const bool ok = removed || (prune && !old_enough);
+      const bool ok = removed || (prune && !old_enough) || replaced;
       if (!ok) ++orphans_bad;
       out.push_back({{"kind", "orphan"}, {"ref", ""}, {"path", o.path}, {"bytes", o.bytes}, {"ok", ok}, {"pruned", removed},
                      {"problems", removed ? std::vector<std::string>{} : std::vector<std::string>{what}}});
@@ -762,6 +770,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       const bool orphan = e["kind"] == "orphan";
       std::cout << (orphan && e["pruned"].get<bool>() ? "pruned   "
                     : e["ok"].get<bool>() && !orphan  ? "ok       "
+                    : orphan && e["ok"].get<bool>()   ? "unused   "
                     : orphan                          ? "ORPHAN   "
                                                       : "PROBLEM  ")
                 << e[orphan ? "path" : "ref"].get<std::string>();
