@@ -98,8 +98,13 @@ int CmdServe(Cli& cli, bool detach) {
     if (auto c = proto::Client::Connect(o); c.ok()) {
       auto r = (*c)->CallJson(proto::kPing, nlohmann::json::object());
       if (r.ok() && r->value("pid", 0) == pid) {
-        cli.Emit({{"pid", pid}, {"socket", *sock}, {"data_dir", *dd}, {"log", log_path}}, [&] {
-          std::cout << "mmsd started (pid " << pid << ") on " << *sock << "; log: " << log_path << "\n";
+        // With [log] file, the log goes there; mmsd.log keeps what is written
+        // to standard error besides (a crash's last words).
+        std::string log = log_path;
+        if (auto cfg = cli.config(); cfg.ok() && !(*cfg)->log.file.empty()) log = (*cfg)->log.file;
+        cli.Emit({{"pid", pid}, {"socket", *sock}, {"data_dir", *dd}, {"log", log}, {"stderr", log_path}}, [&] {
+          std::cout << "mmsd started (pid " << pid << ") on " << *sock << "; log: " << log
+                    << (log != log_path ? " (standard error: " + log_path + ")" : "") << "\n";
         });
         return 0;
       }

@@ -478,6 +478,15 @@ TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second
   CHECK(json::parse(again_json.out)["error"]["message"].get<std::string>().find("already running") != std::string::npos);
   ::kill(pid, SIGTERM);
   CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
+  // With [log] file, that is the log it names (it named mmsd.log, left empty).
+  std::ofstream(t / "mms.toml") << "[log]\nfile = \"" << t / "daemon.log" << "\"\n";
+  auto logged = Run(with({"--config", t / "mms.toml", "serve", "--detach"}), 60);
+  REQUIRE(logged.exit_code == 0);
+  CHECK_MESSAGE(logged.out.find("log: " + t / "daemon.log") != std::string::npos, logged.out);
+  int pid2 = json::parse(Run(with({"status", "--json"})).out)["pid"];
+  CHECK(WaitFor([&] { return std::filesystem::exists(t / "daemon.log") && std::filesystem::file_size(t / "daemon.log") > 0; }, 10));
+  ::kill(pid2, SIGTERM);
+  CHECK(WaitFor([&] { return ::kill(pid2, 0) != 0; }, 20));
 }
 
 TEST_CASE("SIGHUP reloads the log configuration") {
