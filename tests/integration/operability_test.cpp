@@ -78,6 +78,18 @@ TEST_CASE("bash completion offers commands, options and names from the registry"
   CHECK(Has(Complete("mms canary st", t.path()), "start"));
   CHECK(Has(Complete("mms canary st", t.path()), "status"));
   CHECK(Has(Complete("mms --json model li", t.path()), "list"));
+  // Names come from the registry of a --data-dir typed on the line (it read
+  // the default one), and a mistyped one is not created.
+  std::string other = t / "other";
+  REQUIRE(Run({MmsBin(), "--data-dir", other, "model", "register", "fraud", "--version", "1", "--path",
+               Data("tiny.pt"), "-q"})
+              .exit_code == 0);
+  std::string there = Complete("mms --data-dir " + other + " predict ", t.path());
+  CHECK(Has(there, "fraud"));
+  CHECK_FALSE(Has(there, "rec-eu"));
+  CHECK(Has(Complete("mms --data-dir=" + other + " model show fr", t.path()), "fraud"));
+  CHECK(Complete("mms --data-dir " + (t / "typo") + " model show ", t.path()).find("rec-eu") == std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(t / "typo"));
 }
 
 TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
