@@ -158,8 +158,16 @@ struct CanaryArgs {
 };
 
 std::string StageLine(const nlohmann::json& c) {
-  std::string s = c["state"].get<std::string>() + ", stage " + std::to_string(c["stage_index"].get<int>() + 1) + "/" +
-                  std::to_string(c["stages"].size()) + " at " + Num(c["traffic_percent"].get<double>(), 2) + "% traffic";
+  const std::string stage = "stage " + std::to_string(c["stage_index"].get<int>() + 1) + "/" +
+                            std::to_string(c["stages"].size()) + " at " + Num(c["traffic_percent"].get<double>(), 2) +
+                            "% traffic";
+  // An ended canary: what it ended as, then where it was (a promotion takes
+  // the candidate to all traffic whatever stage it had reached).
+  if (c["state"] == "promoted")
+    return "promoted: " + c.value("candidate", "") + " is production, all traffic (it was at " + stage + ")";
+  if (c["state"] == "rolled_back" || c["state"] == "aborted")
+    return c["state"].get<std::string>() + " at " + stage + "; " + c.value("baseline", "") + " serves all traffic";
+  std::string s = c["state"].get<std::string>() + ", " + stage;
   if (c["state"] == "running" || c["state"] == "paused")
     s += ", " + FormatDurationNanos(c["stage_remaining_ms"].get<int64_t>() * 1000000) + " left in stage";
   return s;

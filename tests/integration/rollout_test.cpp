@@ -560,6 +560,8 @@ TEST_CASE("canary pause, resume and promote by hand through the CLI") {
   auto p = d.Mms({"canary", "promote", "tiny"});
   REQUIRE_MESSAGE(p.exit_code == 0, p.err);
   CHECK(state() == "promoted");
+  // Says what happened: all traffic, not "stage 1/N at 5%" (where it was).
+  CHECK_MESSAGE(p.out.find("promoted: tiny:2 is production, all traffic (it was at stage 1/") != std::string::npos, p.out);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["ref"] == "tiny:2");  // production now
   CHECK(d.Mms({"canary", "resume", "tiny"}).exit_code != 0);  // finished: nothing to resume
   auto hist = d.Mms({"model", "history", "tiny"}).out;
