@@ -322,7 +322,8 @@ int CmdPool(Cli& cli) {
       if (q.value("executed", 0) + q.value("queued", 0) + q.value("deadline_drops", 0) + q.value("overloaded", 0) > 0) {
         char ms[32];
         std::snprintf(ms, sizeof ms, "%.3f", q.value("exec_ms", 0.0));
-        sched.push_back({ref, std::to_string(q.value("priority", 1)), std::to_string(q.value("queued", 0)),
+        const int cls = q.value("priority", 1);
+        sched.push_back({ref, cls == 0 ? "high" : cls == 2 ? "low" : "normal", std::to_string(q.value("queued", 0)),
                          std::to_string(q.value("executed", 0)), std::to_string(q.value("batches", 0)), ms,
                          std::to_string(q.value("deadline_drops", 0)), std::to_string(q.value("overloaded", 0))});
       }

@@ -108,7 +108,8 @@ int main(int argc, char** argv) {
   app.footer(kExitCodes);
   app.require_subcommand(1);
   app.fallthrough();  // globals may also follow the subcommand
-  app.add_option("--socket", cli.g.socket, "daemon socket (default: $XDG_RUNTIME_DIR/mms/mms.sock)");
+  app.add_option("--socket", cli.g.socket,
+                 "daemon socket (default: $XDG_RUNTIME_DIR/mms/mms.sock, else <data dir>/mms.sock)");
   app.add_option("--data-dir", cli.g.data_dir, "data directory (default: $XDG_DATA_HOME/mms)");
   app.add_option("--config", cli.g.config, "mms.toml (default: $MMS_CONFIG, ~/.config/mms/mms.toml)");
   app.add_flag("--json", cli.g.json, "machine-readable output");

@@ -30,7 +30,10 @@ int Run(int argc, char** argv) {
   std::string config_path, socket, data_dir, metrics_address;
   bool check_config = false;
   app.add_option("--config", config_path, "mms.toml to read (default: $MMS_CONFIG, ~/.config/mms/mms.toml)");
-  app.add_option("--socket", socket, "IPC socket path (default: $XDG_RUNTIME_DIR/mms/mms.sock)");
+  app.add_option("--socket", socket,
+                 "IPC socket path (default: $XDG_RUNTIME_DIR/mms/mms.sock, else <data dir>/mms.sock)");
+  app.footer("Also: mmsd inspect-artifact --path FILE [--pack-dir DIR] [--sample-input FILE] [--max-batch-size N]\n"
+             "  checks a TorchScript artifact (and packs it), as mms model register does; see mmsd(8).");
   app.add_option("--data-dir", data_dir, "data directory (default: $XDG_DATA_HOME/mms)");
   app.add_option("--metrics-address", metrics_address,
                  "serve /metrics and /health over HTTP on HOST:PORT (default: [metrics] address, off)");

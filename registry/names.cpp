@@ -39,9 +39,18 @@ Status ValidateTenant(std::string_view t) {
   if (t.empty() || t.size() > 128)
     return InvalidArgument("a tenant id is 1-128 characters (got " + std::to_string(t.size()) +
                            "); leave --tenant out for the tenant (none)");
-  for (unsigned char c : t)
-    if (c < 0x20 || c == 0x7f)
-      return InvalidArgument("a tenant id may not hold control characters (newlines, tabs, escapes)");
+  for (size_t i = 0; i < t.size(); ++i) {
+    const auto c = static_cast<unsigned char>(t[i]);
+    const auto next = i + 1 < t.size() ? static_cast<unsigned char>(t[i + 1]) : 0;
+    const auto third = i + 2 < t.size() ? static_cast<unsigned char>(t[i + 2]) : 0;
+    // C0 and DEL; C1 (U+0080-U+009F, UTF-8 C2 80-9F: some terminals take
+    // U+009B as an escape); the bidirectional overrides and isolates
+    // (U+202A-202E, U+2066-2069), which reorder what is shown.
+    if (c < 0x20 || c == 0x7f || (c == 0xc2 && next >= 0x80 && next <= 0x9f) ||
+        (c == 0xe2 && next == 0x80 && third >= 0xaa && third <= 0xae) ||
+        (c == 0xe2 && next == 0x81 && third >= 0xa6 && third <= 0xa9))
+      return InvalidArgument("a tenant id may not hold control characters (newlines, tabs, escapes, direction overrides)");
+  }
   return Status::Ok();
 }
 

@@ -825,7 +825,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"pinned", e.pinned},
                    {"in_flight", e.refs - Holds(e)},
                    {"loading", e.loading},
-                   {"waiting", e.waiters.size()},  // requests waiting for its load (not yet in flight)
+                   {"waiting", e.waiters.size()},  // requests (and pin preloads, mms load) waiting for its load
                    {"healthy", e.healthy},
                    {"loads", e.loads},
                    {"evictions", e.evictions},

@@ -96,6 +96,17 @@ TEST_CASE("names, versions and references follow the rules") {
   CHECK(ParseRef("rec@champion")->ToString() == "rec@champion");
 }
 
+TEST_CASE("tenant ids: 1-128 bytes, printable, any script, no controls or direction overrides") {
+  for (const char* ok : {"acme", "Acme Corp / EU-1", "\xc3\xa9" "cole", "\xe6\x9d\xb1\xe4\xba\xac", "a\xc2\xa0" "b"})
+    CHECK_MESSAGE(ValidateTenant(ok).ok(), ok);
+  CHECK(ValidateTenant(std::string(128, 'x')).ok());
+  CHECK_FALSE(ValidateTenant("").ok());
+  CHECK_FALSE(ValidateTenant(std::string(129, 'x')).ok());
+  for (const char* bad : {"a\nb", "a\tb", "esc\x1b[31m", "del\x7f", "csi\xc2\x9b" "31m", "nel\xc2\x85",
+                          "rlo\xe2\x80\xae", "lri\xe2\x81\xa6"})
+    CHECK_MESSAGE(ValidateTenant(bad).code() == Code::kInvalidArgument, bad);
+}
+
 TEST_CASE("a name resolves to production, else the highest non-archived version") {
   Fixture f;
   f.Add("rec", "1");
