@@ -45,8 +45,8 @@ Status Db::Error(const std::string& what) const {
   if ((rc & 0xff) == SQLITE_CORRUPT)
     return Corrupt("registry " + path_ + " is corrupt (" + msg + "); restore it from a backup");
   if ((rc & 0xff) == SQLITE_BUSY)
-    return Status(Code::kInUse, "registry " + path_ + " is locked by another writer (" + what +
-                                          "); retry, or raise [registry] busy_timeout");
+    return Status(Code::kInUse, "registry " + path_ + " is locked by another writer for longer than [registry] "
+                                                     "busy_timeout; retry, or raise it");
   if ((rc & 0xff) == SQLITE_FULL)
     return Status(CodeForSqlite(rc), "registry " + path_ + ": the disk is full (" + what +
                                          "); nothing was changed. Free space on its filesystem and retry (mms model "
