@@ -49,12 +49,26 @@ Result<std::string> Cli::registry_path() {
   return (*c)->registry.path.empty() ? JoinPath(*dd, "registry.db") : (*c)->registry.path;
 }
 
-Result<std::unique_ptr<Registry>> Cli::OpenRegistry() {
+namespace {
+constexpr const char* kNoRegistry = "no registry at ";
+}
+
+bool Cli::NoRegistry(const Status& st) {
+  return st.code() == Code::kNotFound && st.message().rfind(kNoRegistry, 0) == 0;
+}
+
+Result<std::unique_ptr<Registry>> Cli::OpenRegistry(bool create) {
   auto c = config();
   if (!c.ok()) return c.status();
   Registry::Options o;
   MMS_ASSIGN_OR_RETURN(o.path, registry_path());
   MMS_ASSIGN_OR_RETURN(o.artifacts_dir, ArtifactsDir());
+  // Nothing at all there (no registry, no stored artifacts): a mistyped path,
+  // or nothing registered yet. (A registry gone from beside artifacts is
+  // Registry::Open's to refuse, with how to restore it.)
+  if (!create && !FileExists(o.path) && !FileExists(o.artifacts_dir))
+    return NotFound(kNoRegistry + o.path + ": nothing is registered with this data dir (check --data-dir or " +
+                    "[registry] path; mms model register creates it)");
   o.busy_timeout_ms = (*c)->registry.busy_timeout_ns / 1000000;
   o.allowed_roots = (*c)->registry.allowed_roots;
   return Registry::Open(o);

@@ -60,9 +60,13 @@ class Cli {
   // A line of progress/notes on stderr unless --quiet.
   void Note(const std::string& line);
 
-  // The registry ([registry] path, else <data dir>/registry.db), created
-  // and migrated on first use. Works with no daemon running.
-  Result<std::unique_ptr<Registry>> OpenRegistry();
+  // The registry ([registry] path, else <data dir>/registry.db), migrated on
+  // first use. Works with no daemon running. Only commands that register
+  // (`create`) make one where there is none; any other is NOT_FOUND naming
+  // the path (a mistyped --data-dir used to leave an empty registry behind).
+  Result<std::unique_ptr<Registry>> OpenRegistry(bool create = false);
+  // NOT_FOUND from OpenRegistry for a registry that is not there.
+  static bool NoRegistry(const Status& st);
   Result<std::string> registry_path();
   // Tells a running daemon that the registry changed (best effort: no daemon
   // is fine; it would notice within [registry] poll_interval anyway; a

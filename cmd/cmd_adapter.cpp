@@ -112,7 +112,7 @@ std::string Targets(const VersionRecord& r) {
 }
 
 int CmdRegister(Cli& cli, const AdapterArgs& a) {
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistry(/*create=*/true);
   if (!reg.ok()) return cli.Fail(reg.status());
   auto rec = RegisterAdapter(cli, **reg, a);
   // No --version: the next number, which a registration running beside this

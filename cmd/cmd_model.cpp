@@ -326,7 +326,7 @@ void PrintRecord(const VersionRecord& r) {
 }
 
 int CmdRegister(Cli& cli, const RegisterArgs& a) {
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistry(/*create=*/true);
   if (!reg.ok()) return cli.Fail(reg.status());
   auto rec = RegisterVersion(cli, **reg, a);
   if (!rec.ok()) return cli.Fail(rec.status());
@@ -348,8 +348,10 @@ int CmdList(Cli& cli, const std::string& name, const std::string& stage) {
   if (!name.empty())
     if (Status s = ValidateName(name); !s.ok()) return cli.Fail(s);
   auto reg = cli.OpenRegistry();
-  if (!reg.ok()) return cli.Fail(reg.status());
-  auto list = (*reg)->List(name, st);
+  Result<std::vector<VersionRecord>> list = std::vector<VersionRecord>{};
+  if (reg.ok()) list = (*reg)->List(name, st);
+  else if (Cli::NoRegistry(reg.status())) cli.Note("note: " + reg.status().message());  // nothing registered: an empty list
+  else return cli.Fail(reg.status());
   if (!list.ok()) return cli.Fail(list.status());
   nlohmann::json j = nlohmann::json::array();
   for (const auto& r : *list) j.push_back(r.ToJson());
@@ -829,7 +831,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
     return cli.Fail(InvalidArgument(dir + " is not a directory (expected DIR/<name>/<version>/model.pt)"));
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistry(/*create=*/true);
   if (!reg.ok()) return cli.Fail(reg.status());
   nlohmann::json registered = nlohmann::json::array(), skipped = nlohmann::json::array(),
                  notes = nlohmann::json::array();

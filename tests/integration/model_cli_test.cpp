@@ -350,7 +350,9 @@ TEST_CASE("a removed registry is not silently recreated beside packed weights, a
   std::ofstream(cfg) << "[registry]\npath = \"" << (mms.dir / "new") << "/registry.db\"\n";
   std::filesystem::create_directories(mms.dir / "new");
   std::filesystem::rename(data / "artifacts", mms.dir / "artifacts.aside");  // lets the new registry be created
-  REQUIRE(mms({"--config", cfg, "model", "list"}).exit_code == 0);
+  // (by mmsd, which opens its registry at start; commands that only read make none)
+  Run({MmsdBin(), "--config", cfg, "--data-dir", data, "--socket", mms.dir / "fresh.sock"}, 3);
+  REQUIRE(std::filesystem::exists(mms.dir / "new/registry.db"));
   std::filesystem::rename(mms.dir / "artifacts.aside", data / "artifacts");
   auto prune = mms({"--config", cfg, "model", "verify", "--prune", "--prune-age", "0s"});
   CHECK(prune.exit_code == 1);
@@ -703,4 +705,26 @@ TEST_CASE("a registry locked by another writer is a conflict (exit 6) that names
     CHECK_MESSAGE(e.path().filename().string().rfind("1-", 0) == 0, "left behind: " << e.path());
   // Once the lock is gone the same command works.
   CHECK(mms({"model", "register", "a", "--version", "2", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
+}
+
+TEST_CASE("a data dir with nothing in it is not given an empty registry by a command that only reads") {
+  // A mistyped --data-dir used to leave an empty registry there, and model
+  // show said "unknown model" as if the name were the mistake.
+  Cli mms;
+  auto list = mms({"model", "list"});
+  CHECK(list.exit_code == 0);
+  CHECK(list.out.find("no model versions") != std::string::npos);
+  CHECK_MESSAGE(list.err.find("no registry at " + mms.dir / "data" + "/registry.db") != std::string::npos, list.err);
+  CHECK(json::parse(mms({"--json", "model", "list"}).out) == json::array());
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"model", "show", "tiny"}, {"model", "history", "tiny"}, {"limit", "list"},
+        {"experiment", "list"}, {"adapter", "list"}}) {
+    auto r = mms(args);
+    CHECK_MESSAGE(r.exit_code == 4, (args[0] + " " + args[1] + ": " + r.err));
+    CHECK(r.err.find("check --data-dir") != std::string::npos);
+  }
+  CHECK_FALSE(std::filesystem::exists(mms.dir / "data/registry.db"));
+  // Registering creates it, as ever.
+  REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
+  CHECK(mms({"model", "show", "tiny"}).exit_code == 0);
 }
