@@ -61,8 +61,13 @@ std::string Bash(const std::vector<Node>& nodes) {
     << "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
     << "    w=${COMP_WORDS[i]}\n"
     << "    case $w in\n"
-    << "      --data-dir|--socket|--config) globals+=(\"$w\" \"${COMP_WORDS[i+1]}\"); ((i++)); continue ;;\n"
-    << "      --data-dir=*|--socket=*|--config=*) globals+=(\"$w\"); continue ;;\n"
+    << "      --data-dir|--socket|--config)\n"
+    << "        local v=${COMP_WORDS[i+1]}\n"
+    << "        if [[ $v == = ]]; then ((i++)); v=${COMP_WORDS[i+1]}; fi  # --data-dir=DIR, split at '='\n"
+    << "        ((i++)); ((i < COMP_CWORD)) || continue  # the value is being typed\n"
+    << "        v=${v#[\\\"\\']}; v=${v%[\\\"\\']}; v=${v/#\\~/$HOME}\n"
+    << "        globals+=(\"$w\" \"$v\"); continue ;;\n"
+    << "      --data-dir=*|--socket=*|--config=*) globals+=(\"${w/=\\~/=$HOME}\"); continue ;;\n"
     << "      -*) continue ;;\n"
     << "    esac\n"
     << "    case \"${path:+$path }$w\" in\n";
@@ -97,7 +102,7 @@ std::string Zsh(const std::vector<Node>& nodes) {
     << "  for ((i = 2; i < CURRENT; i++)); do\n"
     << "    w=${words[i]}\n"
     << "    case $w in\n"
-    << "      --data-dir|--socket|--config) globals_+=($w ${words[i+1]}); ((i++)); continue ;;\n"
+    << "      --data-dir|--socket|--config) ((i + 1 < CURRENT)) && globals_+=($w ${~${(Q)words[i+1]}}); ((i++)); continue ;;\n"
     << "      --data-dir=*|--socket=*|--config=*) globals_+=($w); continue ;;\n"
     << "      -*) continue ;;\n"
     << "    esac\n"
@@ -137,22 +142,26 @@ std::string Fish(const std::vector<Node>& nodes) {
     << "  end\n"
     << "  string join ' ' $path\n"
     << "end\n"
+    << "function __mms_at  # evaluated at completion time: is the command typed so far $argv[1]?\n"
+    << "  set -l p (__mms_path)\n"
+    << "  test \"$p\" = \"$argv[1]\"\n"
+    << "end\n"
     << "function __mms_globals\n"
     << "  set -l words (commandline -opc)[2..-1]\n"
     << "  set -l i 1\n"
     << "  while test $i -le (count $words)\n"
     << "    switch $words[$i]\n"
     << "      case --data-dir --socket --config\n"
-    << "        echo $words[$i]; set i (math $i + 1); echo $words[$i]\n"
+    << "        echo $words[$i]; set i (math $i + 1); string replace -r '^~' $HOME -- $words[$i]\n"
     << "      case '--data-dir=*' '--socket=*' '--config=*'\n"
-    << "        echo $words[$i]\n"
+    << "        string replace -r '=~' =$HOME -- $words[$i]\n"
     << "    end\n"
     << "    set i (math $i + 1)\n"
     << "  end\n"
     << "end\n"
     << "complete -c mms -f\n";
   for (const auto& n : nodes) {
-    std::string cond = "test \"(__mms_path)\" = '" + n.path + "'";
+    std::string cond = "__mms_at '" + n.path + "'";
     for (const auto& c : n.children) o << "complete -c mms -n \"" << cond << "\" -a '" << c << "'\n";
     for (const auto& opt : n.options)
       if (opt.rfind("--", 0) == 0) o << "complete -c mms -n \"" << cond << "\" -l '" << opt.substr(2) << "'\n";

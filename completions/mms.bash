@@ -5,8 +5,13 @@ _mms() {
   for ((i = 1; i < COMP_CWORD; i++)); do
     w=${COMP_WORDS[i]}
     case $w in
-      --data-dir|--socket|--config) globals+=("$w" "${COMP_WORDS[i+1]}"); ((i++)); continue ;;
-      --data-dir=*|--socket=*|--config=*) globals+=("$w"); continue ;;
+      --data-dir|--socket|--config)
+        local v=${COMP_WORDS[i+1]}
+        if [[ $v == = ]]; then ((i++)); v=${COMP_WORDS[i+1]}; fi  # --data-dir=DIR, split at '='
+        ((i++)); ((i < COMP_CWORD)) || continue  # the value is being typed
+        v=${v#[\"\']}; v=${v%[\"\']}; v=${v/#\~/$HOME}
+        globals+=("$w" "$v"); continue ;;
+      --data-dir=*|--socket=*|--config=*) globals+=("${w/=\~/=$HOME}"); continue ;;
       -*) continue ;;
     esac
     case "${path:+$path }$w" in

@@ -87,7 +87,20 @@ TEST_CASE("bash completion offers commands, options and names from the registry"
   std::string there = Complete("mms --data-dir " + other + " predict ", t.path());
   CHECK(Has(there, "fraud"));
   CHECK_FALSE(Has(there, "rec-eu"));
-  CHECK(Has(Complete("mms --data-dir=" + other + " model show fr", t.path()), "fraud"));
+  // --data-dir=DIR as bash splits it (at '=', COMP_WORDBREAKS), and a quoted value.
+  CHECK(Has(Complete("mms --data-dir = " + other + " model show fr", t.path()), "fraud"));
+  CHECK(Has(Complete("mms --data-dir '\"" + other + "\"' model show fr", t.path()), "fraud"));
+  // fish, where installed: the script loads and completes (its conditions
+  // were evaluated once, at load, and every completion was dropped).
+  if (std::filesystem::exists("/usr/bin/fish")) {
+    auto f = Run({"/usr/bin/fish", "-c",
+                  "source " + Src("completions/mms.fish") + "; complete -C 'mms mod'; complete -C 'mms --data-dir " +
+                      other + " model show '"},
+                 30, {{"PATH", BinDir() + ":/usr/bin:/bin"}, {"XDG_DATA_HOME", t.path()}});
+    CHECK_MESSAGE(f.err.empty(), f.err);
+    CHECK(Has(f.out, "model"));
+    CHECK(Has(f.out, "fraud"));
+  }
   CHECK(Complete("mms --data-dir " + (t / "typo") + " model show ", t.path()).find("rec-eu") == std::string::npos);
   CHECK_FALSE(std::filesystem::exists(t / "typo"));
 }
