@@ -176,6 +176,13 @@ Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& 
   MMS_ASSIGN_OR_RETURN(LoraBase lb, BaseOf(*base));
   const std::string dir = DirName(adapter.artifact_path);  // the PEFT directory registered
   MMS_ASSIGN_OR_RETURN(CheckedAdapter checked, CheckAdapter(dir, lb));
+  // The weights' hash is checked by the caller; the config (rank, alpha,
+  // targets) must be as registered too, or the adapter would serve at
+  // another scale than the registry records.
+  if (checked.info.ToJson() != adapter.lora)
+    return FailedPrecondition("the adapter_config.json of " + adapter.ref() + " in " + dir +
+                              " changed since registration (" + checked.info.ToJson().dump() + ", registered " +
+                              adapter.lora.dump() + "): register it as a new version instead");
   return PackAdapter(cli, checked, dir, adapter.model, adapter.version, adapter.sha256, stem_suffix);
 }
 

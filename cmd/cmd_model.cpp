@@ -544,8 +544,8 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
 // dir from before it existed gets its safetensors structure checked (header,
 // sizes: a truncation), which finds no changed bytes.
 std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord& rec, Progress& progress) {
-  const std::string fix = rec.is_adapter() ? "mms adapter rm " + rec.ref() + ", then register it again"
-                                           : "mms model repack " + rec.ref() + " writes them anew from the original artifact";
+  const std::string fix = "mms model repack " + rec.ref() + " writes them anew from the original " +
+                          (rec.is_adapter() ? "adapter directory" : "artifact");
   std::vector<std::string> problems;
   std::map<std::string, std::string> recorded;
   const bool has_sums = FileExists(JoinPath(dir, kChecksumFile));

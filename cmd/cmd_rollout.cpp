@@ -164,9 +164,10 @@ std::string StageLine(const nlohmann::json& c) {
   // An ended canary: what it ended as, then where it was (a promotion takes
   // the candidate to all traffic whatever stage it had reached).
   if (c["state"] == "promoted")
-    return "promoted: " + c.value("candidate", "") + " is production, all traffic (it was at " + stage + ")";
+    return "promoted " + c.value("candidate", "") + " to production, all traffic (from " + stage + ")";
   if (c["state"] == "rolled_back" || c["state"] == "aborted")
-    return c["state"].get<std::string>() + " at " + stage + "; " + c.value("baseline", "") + " serves all traffic";
+    return (c["state"] == "aborted" ? "aborted at " : "rolled back at ") + stage + "; " + c.value("candidate", "") +
+           " archived";
   std::string s = c["state"].get<std::string>() + ", " + stage;
   if (c["state"] == "running" || c["state"] == "paused")
     s += ", " + FormatDurationNanos(c["stage_remaining_ms"].get<int64_t>() * 1000000) + " left in stage";
@@ -370,7 +371,10 @@ int CanaryChange(Cli& cli, const std::string& model, Fn fn, const std::string& d
   Result<CanaryRecord> c = fn(**reg);
   if (!c.ok()) return cli.Fail(c.status());
   cli.NotifyDaemon();
-  cli.Emit(c->ToJson(), [&] { std::cout << done << ": " << StageLine(c->ToJson()) << "\n"; });
+  cli.Emit(c->ToJson(), [&] {
+    const bool ended = c->state == "promoted" || c->state == "rolled_back" || c->state == "aborted";
+    std::cout << (ended ? "" : done + ": ") << StageLine(c->ToJson()) << "\n";  // an ended one says what it did
+  });
   return 0;
 }
 

@@ -164,7 +164,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     r.Fail(st);
   };
   // Validate the inputs before anything is loaded for them.
-  auto inputs = MatchInputs(rec.inputs, std::move(req.tensors), rec.ref());
+  // An adapter runs on its base: the base's inputs, as now recorded (a
+  // repack with a sample may have refined them since the adapter copied them).
+  auto inputs = MatchInputs(base ? base->inputs : rec.inputs, std::move(req.tensors), rec.ref());
   if (!inputs.ok()) return refuse(inputs.status());
   // A client-supplied deadline: the request is dropped before running if it cannot make it.
   int64_t deadline = 0;

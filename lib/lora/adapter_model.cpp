@@ -97,7 +97,7 @@ Result<HostModel> AdapterLoader::Load(const Source& src, const HostAllocator& al
   ::close(fd);
   if (Status st = VerifySafetensorsChecksum(*header, buf->data(), end, path); !st.ok())
     return Corrupt("the stored adapter " + src.ref + " is damaged: " + st.message() + " (mms model verify " + src.ref +
-                   " checks it; to replace it: mms adapter rm " + src.ref + ", then register it again)");
+                   " checks it; mms model repack " + src.ref + " writes it anew from the registered directory)");
   HostModel hm;
   hm.model = std::make_unique<AdapterModel>(src.ref, std::move(info), std::move(layout));
   MMS_RETURN_IF_ERROR(hm.model->Bind(buf, "cpu"));

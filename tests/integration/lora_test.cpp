@@ -177,11 +177,15 @@ TEST_CASE("adapters registered at once without --version each get the next free 
   CHECK(refs == std::set<std::string>{"cust:1", "cust:2", "cust:3"});
 }
 
-TEST_CASE("an adapter whose stored weights changed since registration is refused, the base serves on") {
+TEST_CASE("an adapter whose stored weights changed since registration is refused, the base serves on, repack repairs it") {
   Daemon d;
   REQUIRE(d.ok());
   Bases(d);
-  Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1")});
+  std::filesystem::copy(Data("adapters/a1"), d.dir() + "/a1", std::filesystem::copy_options::recursive);
+  Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", d.dir() + "/a1"});
+  const std::vector<double> good = Predict(d, {"cust-a"});
+  for (int i = 0; i < 3 && d.Mms({"evict", "cust-a"}).exit_code == 0; ++i) {
+  }  // back on disk: the next request loads the stored files
   for (const auto& e : std::filesystem::directory_iterator(d.data_dir() + "/artifacts/cust-a"))
     FlipLastByte(e.path().string() + "/adapter.safetensors");  // same size, one byte of a weight
   auto r = d.Mms({"predict", "cust-a", "--input", Data("lora_input.json")});
@@ -190,8 +194,25 @@ TEST_CASE("an adapter whose stored weights changed since registration is refused
   CHECK_MESSAGE(r.err.find("does not match the checksum") != std::string::npos, r.err);
   auto v = d.Mms({"model", "verify", "cust-a:1"});
   CHECK(v.exit_code == 1);
-  CHECK_MESSAGE(v.out.find("mms adapter rm cust-a:1, then register it again") != std::string::npos, v.out);
+  CHECK_MESSAGE(v.out.find("mms model repack cust-a:1") != std::string::npos, v.out);
   CHECK(Predict(d, {"base"}).size() == 12);
+  // Repacked from the registered PEFT directory, checked against the base
+  // again, keeping its id: it serves what it served.
+  auto rp = d.Mms({"model", "repack", "cust-a:1"});
+  REQUIRE_MESSAGE(rp.exit_code == 0, rp.err);
+  Close(Predict(d, {"cust-a"}), good, "repacked adapter");
+  CHECK(d.Mms({"model", "verify", "cust-a:1"}).exit_code == 0);
+  // Not from a config changed since (it would serve at another scale than registered).
+  std::string cfg = d.dir() + "/a1/adapter_config.json";
+  std::ifstream in(cfg);
+  json c = json::parse(in);
+  in.close();
+  c["lora_alpha"] = c["lora_alpha"].get<double>() * 2;
+  std::ofstream(cfg) << c.dump();
+  auto changed = d.Mms({"model", "repack", "cust-a:1"});
+  CHECK(changed.exit_code == 1);
+  CHECK_MESSAGE(changed.err.find("adapter_config.json of cust-a:1") != std::string::npos, changed.err);
+  CHECK(d.Mms({"model", "repack", "cust-a:1", "--sample-input", Data("lora_input.json")}).exit_code == 2);
 }
 
 TEST_CASE("adapters serve in both modes equal to the base with the adapter merged offline") {

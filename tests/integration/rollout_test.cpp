@@ -561,7 +561,7 @@ TEST_CASE("canary pause, resume and promote by hand through the CLI") {
   REQUIRE_MESSAGE(p.exit_code == 0, p.err);
   CHECK(state() == "promoted");
   // Says what happened: all traffic, not "stage 1/N at 5%" (where it was).
-  CHECK_MESSAGE(p.out.find("promoted: tiny:2 is production, all traffic (it was at stage 1/") != std::string::npos, p.out);
+  CHECK_MESSAGE(p.out.rfind("promoted tiny:2 to production, all traffic (from stage 1/", 0) == 0, p.out);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["ref"] == "tiny:2");  // production now
   CHECK(d.Mms({"canary", "resume", "tiny"}).exit_code != 0);  // finished: nothing to resume
   auto hist = d.Mms({"model", "history", "tiny"}).out;
