@@ -764,6 +764,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       const bool ok = removed || (prune && !old_enough) || replaced;
       if (!ok) ++orphans_bad;
       out.push_back({{"kind", "orphan"}, {"ref", ""}, {"path", o.path}, {"bytes", o.bytes}, {"ok", ok}, {"pruned", removed},
+                     {"replaced", replaced},
                      {"problems", removed ? std::vector<std::string>{} : std::vector<std::string>{what}}});
     }
   }
@@ -772,7 +773,8 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       const bool orphan = e["kind"] == "orphan";
       std::cout << (orphan && e["pruned"].get<bool>() ? "pruned   "
                     : e["ok"].get<bool>() && !orphan  ? "ok       "
-                    : orphan && e["ok"].get<bool>()   ? "unused   "
+                    : orphan && e["replaced"] == true ? "unused   "
+                    : orphan && e["ok"].get<bool>()   ? "kept     "
                     : orphan                          ? "ORPHAN   "
                                                       : "PROBLEM  ")
                 << e[orphan ? "path" : "ref"].get<std::string>();

@@ -39,6 +39,17 @@ Status ValidateTenant(std::string_view t) {
   if (t.empty() || t.size() > 128)
     return InvalidArgument("a tenant id is 1-128 characters (got " + std::to_string(t.size()) +
                            "); leave --tenant out for the tenant (none)");
+  // Well-formed UTF-8 only: a stray byte 0x80-0x9F is CSI and its kin on
+  // an 8-bit terminal.
+  for (size_t i = 0; i < t.size();) {
+    const auto c = static_cast<unsigned char>(t[i]);
+    const size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 && c >= 0xc2 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                                                                       : (c & 0xf8) == 0xf0 && c <= 0xf4 ? 4 : 0;
+    bool ok = n > 0 && i + n <= t.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(t[i + k]) & 0xc0) == 0x80;
+    if (!ok) return InvalidArgument("a tenant id must be UTF-8 text (byte " + std::to_string(i) + " is not)");
+    i += n;
+  }
   for (size_t i = 0; i < t.size(); ++i) {
     const auto c = static_cast<unsigned char>(t[i]);
     const auto next = i + 1 < t.size() ? static_cast<unsigned char>(t[i + 1]) : 0;

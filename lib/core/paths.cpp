@@ -31,7 +31,9 @@ std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir)
   return JoinPath(data_dir, "mms.sock");
 }
 
-Status MakeDirs(const std::string& dir, unsigned mode) {
+Status MakeDirs(const std::string& given, unsigned mode) {
+  std::string dir = given;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();  // "/srv/mms/": the leaf is mms
   if (dir.empty()) return InvalidArgument("empty directory path");
   std::string cur;
   size_t pos = 0;

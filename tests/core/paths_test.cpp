@@ -46,6 +46,10 @@ TEST_CASE("MakeDirs creates parents and gives a new leaf its mode, and leaves an
   ::umask(old);
   REQUIRE(::stat((t / "open").c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0755);
+  // A trailing slash names the same leaf (it was created as a parent, 0755).
+  REQUIRE(MakeDirs(t / "slash/", 0700).ok());
+  REQUIRE(::stat((t / "slash").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
   // A directory that was there keeps its mode: mmsd closed a shared socket
   // directory (--socket /run/x.sock) to everyone else.
   ::chmod(leaf.c_str(), 0755);

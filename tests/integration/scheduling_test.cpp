@@ -335,8 +335,8 @@ TEST_CASE("deadlines: a past deadline is refused, requests that cannot make thei
   // --deadline-ms never given. (Half an execution: time to connect, not to
   // run; right after an execution, so that the estimate is fresh, not probed.)
   std::string terr;
-  REQUIRE(PredictExit(d, "slow") == 0);
   json t0 = SchedulerStats(d, "slow:1");
+  REQUIRE(PredictExit(d, "slow") == 0);
   CHECK(PredictExit(d, "slow", {"--timeout", std::to_string(exec_ms / 2000)}, &terr) == 5);
   CHECK_MESSAGE(terr.find("dropped without running it") != std::string::npos, terr);  // the daemon's answer
   CHECK_MESSAGE(terr.find("--deadline-ms") == std::string::npos, terr);
@@ -358,10 +358,11 @@ TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, 
   CHECK(PredictExit(d, "warm", {"--deadline-ms", "5000"}) == 0);  // others serve on
   // Without --deadline-ms, --timeout is the deadline (a little less, so that
   // the daemon's answer comes first and says why): exit 5, not "unreachable".
-  auto late = d.Mms({"--timeout", "1", "predict", "cold", "--input", Data("tiny_input.json")});
+  // (5 s: the daemon answers 250 ms before the CLI would give up, room enough on a busy machine.)
+  auto late = d.Mms({"--timeout", "5", "predict", "cold", "--input", Data("tiny_input.json")});
   CHECK(late.exit_code == 5);
-  CHECK_MESSAGE(late.err.find("dropped at its deadline (950 ms) while cold:1 was still loading; retry, or give a "
-                              "longer --timeout (the deadline was --timeout's, 1.0 s)") != std::string::npos,
+  CHECK_MESSAGE(late.err.find("dropped at its deadline (4750 ms) while cold:1 was still loading; retry, or give a "
+                              "longer --timeout (the deadline was --timeout's, 5.0 s)") != std::string::npos,
                 late.err);
   // Counted as the version's errors, like every refusal.
   bool counted = false;

@@ -97,13 +97,13 @@ TEST_CASE("names, versions and references follow the rules") {
 }
 
 TEST_CASE("tenant ids: 1-128 bytes, printable, any script, no controls or direction overrides") {
-  for (const char* ok : {"acme", "Acme Corp / EU-1", "\xc3\xa9" "cole", "\xe6\x9d\xb1\xe4\xba\xac", "a\xc2\xa0" "b"})
+  for (const char* ok : {"acme", "Acme Corp / EU-1", "\xc4\x80", "dash\xe2\x80\x94", "\xf0\x9f\x98\x80", "\xc3\xa9" "cole", "\xe6\x9d\xb1\xe4\xba\xac", "a\xc2\xa0" "b"})
     CHECK_MESSAGE(ValidateTenant(ok).ok(), ok);
   CHECK(ValidateTenant(std::string(128, 'x')).ok());
   CHECK_FALSE(ValidateTenant("").ok());
   CHECK_FALSE(ValidateTenant(std::string(129, 'x')).ok());
   for (const char* bad : {"a\nb", "a\tb", "esc\x1b[31m", "del\x7f", "csi\xc2\x9b" "31m", "nel\xc2\x85",
-                          "rlo\xe2\x80\xae", "lri\xe2\x81\xa6"})
+                          "rlo\xe2\x80\xae", "lri\xe2\x81\xa6", "bare\x9b" "31m", "cut\xe2\x80", "lone\xc3"})
     CHECK_MESSAGE(ValidateTenant(bad).code() == Code::kInvalidArgument, bad);
 }
 

@@ -421,6 +421,29 @@ TEST_CASE("scheduler: a batch that fails for one caller's input runs each reques
   CHECK(s.Stats()["1"]["max_batch"] == 16);  // still batched
 }
 
+TEST_CASE("scheduler: a batch in which every request fails stops halving after the first half") {
+  Rig rig;
+  Scheduler s(OneWorker());
+  std::thread first = rig.Hold(s, 2);
+  rig.model->refuse_negative = true;
+  std::atomic<int> failed{0}, n{0};
+  for (int i = 0; i < 8; ++i) {
+    Scheduler::Job j = rig.Job("x", 1, 1, 16, [&](Result<std::vector<Tensor>> r) {
+      failed += r.status().code() == Code::kModelError;
+      ++n;
+    });
+    reinterpret_cast<float*>(j.inputs[0].mutable_data())[0] = -1;
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+  }
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 8; }, 5));
+  CHECK(failed == 8);
+  // The batch (8), its first half bisected (4; 2, 2; 1, 1, 1, 1), then the
+  // other four alone: 12 executions, not the 15 of halving to the end.
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 8, 4, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1});
+}
+
 TEST_CASE("scheduler: a request that would miss its deadline is dropped before running") {
   Rig rig;
   FakeClock clock;
