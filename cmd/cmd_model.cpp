@@ -622,20 +622,20 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     if (!dir.ok()) return cli.Fail(dir.status());
     packed_dir = *dir;
   } else {
-  // The stored sample input comes along unless another is given; a version
-  // registered with one needs one (its warm-up and batching check use it).
-  std::string sample = !sample_input.empty() ? sample_input : rec->sample_input;
-  if (!sample.empty() && !FileExists(sample))
-    return cli.Fail(InvalidArgument(
-        sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
-                                   ") is gone too: give one with --sample-input FILE"
-                             : "--sample-input " + sample + " does not exist"));
-  auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
-                             rec->max_batch_size, suffix);
-  if (!packed.ok()) return cli.Fail(packed.status());
-  packed_dir = packed->dir;
-  packed_sample = packed->sample_input;
-  inputs = InputSpecsFromJson(packed->info["inputs"]);
+    // The stored sample input comes along unless another is given; a version
+    // registered with one needs one (its warm-up and batching check use it).
+    std::string sample = !sample_input.empty() ? sample_input : rec->sample_input;
+    if (!sample.empty() && !FileExists(sample))
+      return cli.Fail(InvalidArgument(
+          sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
+                                     ") is gone too: give one with --sample-input FILE"
+                               : "--sample-input " + sample + " does not exist"));
+    auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
+                               rec->max_batch_size, suffix);
+    if (!packed.ok()) return cli.Fail(packed.status());
+    packed_dir = packed->dir;
+    packed_sample = packed->sample_input;
+    inputs = InputSpecsFromJson(packed->info["inputs"]);  // as the sample shows them, as at registration
   }
   // The version resolved above, whatever the name resolves to meanwhile.
   auto now = (*reg)->SetPackedDir(Ref{Ref::Kind::kVersion, rec->model, rec->version, ""}, rec->packed_dir, packed_dir,
@@ -646,7 +646,9 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     return cli.Fail(now.status());
   }
   if (std::filesystem::exists(rec->packed_dir))
-    (void)WriteFileAtomic(JoinPath(rec->packed_dir, kReplacedMarker), packed_dir + "\n");
+    if (Status st = WriteFileAtomic(JoinPath(rec->packed_dir, kReplacedMarker), packed_dir + "\n"); !st.ok())
+      cli.Note("note: could not mark " + rec->packed_dir + " as replaced (" + st.message() +
+               "): mms model verify lists it as a problem until --prune removes it");
   cli.NotifyDaemon();
   nlohmann::json j = now->ToJson();
   j["previous_packed_dir"] = rec->packed_dir;

@@ -492,23 +492,22 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
 bool ModelPool::Compact(size_t index, uint64_t need) {
   DeviceSlot& d = *devices_[index];
   DeviceArena& arena = d.dev->arena();
-  // This device's blocks by offset, and which may move: idle (no request,
-  // hold or load has it; pinned ones too: a pin keeps a model on the device,
-  // not at one address).
+  // This device's blocks that may move, by offset: idle ones (no request,
+  // hold or load has them; pinned ones too: a pin keeps a model on the
+  // device, not at one address). The others stay where they are.
+  auto idle = [](const Entry& o) { return o.tier == Tier::kDevice && o.refs == 0 && !o.loading && o.model && o.host; };
   std::vector<std::pair<uint64_t, Entry*>> blocks;
   for (auto& [k, o] : entries_)
-    if (o->block && o->device == static_cast<int>(index)) blocks.push_back({arena.OffsetOf(*o->block), o.get()});
+    if (o->block && o->device == static_cast<int>(index) && idle(*o))
+      blocks.push_back({arena.OffsetOf(*o->block), o.get()});
   std::sort(blocks.begin(), blocks.end());
   std::vector<std::pair<uint64_t, uint64_t>> movable;  // offset, size
-  for (const auto& [offset, o] : blocks)
-    if (o->tier == Tier::kDevice && o->refs == 0 && !o->loading && o->model && o->host)
-      movable.push_back({offset, o->device_reserved});
+  for (const auto& [offset, o] : blocks) movable.push_back({offset, o->device_reserved});
   // Moves are copies, made under the pool's lock: none unless they would
   // make the room (models in flight in the way can make that impossible).
   if (!arena.CompactionWouldFit(movable, need)) return false;
   for (auto& [offset, o] : blocks) {
     if (arena.largest_free() >= need) return true;
-    if (o->tier != Tier::kDevice || o->refs > 0 || o->loading || !o->model || !o->host) continue;
     if (auto to = arena.LowerPlace(offset, o->device_reserved)) (void)Relocate(*o, *to);
   }
   return arena.largest_free() >= need;

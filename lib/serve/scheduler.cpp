@@ -382,7 +382,8 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
       run(mid, hi);
       return;
     }
-    auto split = SplitRows(*out, std::vector<int64_t>(rows.begin() + static_cast<long>(lo), rows.begin() + static_cast<long>(hi)));
+    auto split =
+        SplitRows(*out, std::vector<int64_t>(rows.begin() + static_cast<long>(lo), rows.begin() + static_cast<long>(hi)));
     if (split.ok()) {
       for (size_t i = lo; i < hi; ++i) results[i] = std::move((*split)[i - lo]);
       return;
