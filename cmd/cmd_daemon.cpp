@@ -89,8 +89,14 @@ int CmdServe(Cli& cli, bool detach) {
       // (2 a bad config, 6 one already running) are kept.
       Code c = code == 2 ? Code::kInvalidArgument : code == 6 ? Code::kInUse : Code::kInternal;
       if (!tail.empty() && tail.back() == '\n') tail.pop_back();
+      std::string where = log_path;
+      // With [log] file, what mmsd logged once logging started is there.
+      if (auto cfg = cli.config(); cfg.ok() && !(*cfg)->log.file.empty() && FileExists((*cfg)->log.file)) {
+        where = (*cfg)->log.file + " and " + log_path;
+        tail = Tail((*cfg)->log.file, 10) + (tail.empty() ? "" : "\n" + tail);
+      }
       return cli.Fail(Status(c, "mmsd exited during start-up (exit " + std::to_string(code) + "); its log (" +
-                                    log_path + "):\n" + tail));
+                                    where + "):\n" + tail));
     }
     proto::Client::Options o;
     o.socket_path = *sock;

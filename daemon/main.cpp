@@ -108,22 +108,23 @@ int Run(int argc, char** argv) {
     return lock.status().code() == Code::kAlreadyExists ? 6 : 1;
   }
   opts.lock_fd = *lock;
+  const int lock_fd = *lock;
+  const std::string socket_path = opts.socket_path;
   // Exit codes stay those of mmsd(8): a refused configuration is 2, any
   // other failure to start 1; another daemon on the registry 6.
   auto exit_code = [](const Status& st) {
     return st.code() == Code::kInvalidArgument ? 2 : st.code() == Code::kAlreadyExists ? 6 : 1;
   };
-  // A start that fails leaves no lock file of ours behind (we hold it).
-  const std::string lock_file = opts.socket_path + ".lock";
+  // A start that fails, or a stop, leaves no lock file of ours behind.
   auto daemon = Daemon::Create(std::move(opts));
   if (!daemon.ok()) {
     std::cerr << "mmsd: " << daemon.status().message() << "\n";
-    ::unlink(lock_file.c_str());
+    Server::Unlock(lock_fd, socket_path);
     return exit_code(daemon.status());
   }
   if (Status st = (*daemon)->Start(); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";
-    ::unlink(lock_file.c_str());
+    Server::Unlock(lock_fd, socket_path);
     return exit_code(st);
   }
   while (true) {
@@ -148,6 +149,7 @@ int Run(int argc, char** argv) {
     }
   }).detach();
   bool clean = (*daemon)->Shutdown();
+  Server::Unlock(lock_fd, socket_path);
   if (!clean) {
     // Requests still running past the grace period are abandoned; state was
     // persisted by Shutdown. Skip destructors that would wait on them.

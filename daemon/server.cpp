@@ -512,6 +512,15 @@ void Server::Reply(Slot* slot, const proto::Message& m) {
   nng_ctx_send(slot->ctx, slot->aio);
 }
 
+void Server::Unlock(int fd, const std::string& socket_path) {
+  const std::string lock_path = socket_path + ".lock";
+  struct stat held, named;
+  if (::fstat(fd, &held) == 0 && ::stat(lock_path.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
+      held.st_dev == named.st_dev)
+    ::unlink(lock_path.c_str());
+  ::close(fd);  // releases the flock
+}
+
 void Server::BeginDrain() {
   std::lock_guard<std::mutex> lock(listen_mu_);  // a listener restart is not half done
   draining_ = true;
@@ -552,10 +561,10 @@ void Server::Stop() {
   }
   if (listening_) ::unlink(opts_.socket_path.c_str());
   if (lock_fd_ >= 0 && owns_lock_) {
-    ::close(lock_fd_);  // releases the flock
+    Unlock(lock_fd_, opts_.socket_path);
     lock_fd_ = -1;
   }
-  for (int fd : extra_lock_fds_) ::close(fd);
+  for (int fd : extra_lock_fds_) Unlock(fd, opts_.socket_path);  // (retaken by the watchdog: ours too)
   extra_lock_fds_.clear();
 }
 

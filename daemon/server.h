@@ -101,6 +101,11 @@ class Server {
   // a socket someone serves (a starting daemon; the watchdog's retake of its
   // own lock passes false).
   static Result<int> Lock(const std::string& socket_path, bool new_daemon = true);
+  // Lets go of a lock Lock took: removes "<socket_path>.lock" while still
+  // holding it, if that file is the one `fd` locks (a daemon starting
+  // meanwhile that opened it finds it locked, as it would have), so a clean
+  // stop leaves no stale file naming this pid; then closes `fd`.
+  static void Unlock(int fd, const std::string& socket_path);
 
   static Result<std::unique_ptr<Server>> Create(const Options& opts, std::map<uint16_t, Handler> handlers);
   ~Server();

@@ -64,6 +64,7 @@ TEST_CASE("SIGTERM drains and exits 0") {
   CHECK(d.log().find("stopped") != std::string::npos);
   struct stat st;
   CHECK(::stat(d.socket().c_str(), &st) != 0);  // socket removed
+  CHECK(::stat((d.socket() + ".lock").c_str(), &st) != 0);  // and its lock file: no stale pid left behind
 }
 
 TEST_CASE("SIGINT exits 0 too") {
