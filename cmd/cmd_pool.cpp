@@ -74,19 +74,20 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     return cli.Fail(InvalidArgument("the input is " + FormatBytes(size) + ", over the daemon's " +
                                     FormatBytes((*cfg)->daemon.max_message_bytes) +
                                     " cap ([daemon] max_message_bytes); send smaller batches"));
+  // The daemon's cap may be smaller than this config's (another mms.toml),
+  // and a request over twice its cap costs the connection, into which nng's
+  // REQ socket dials again and resends until --timeout. So a request big
+  // enough for that (over twice the smallest cap allowed) asks first.
+  if (size > 2 * 4096) {
+    auto ping = cli.Call(proto::kPing, nlohmann::json::object());
+    const uint64_t cap = ping.ok() ? ping->value("max_message_bytes", uint64_t{0}) : 0;
+    if (cap > 0 && size > cap)
+      return cli.Fail(InvalidArgument("the input is " + FormatBytes(size) + ", over the daemon's " + FormatBytes(cap) +
+                                      " cap ([daemon] max_message_bytes in mmsd's config); send smaller batches"));
+  }
   auto reply = cli.Call(std::move(m));
   if (!reply.ok()) {
     Status st = reply.status();
-    // A request over twice the daemon's cap costs the connection (this
-    // config's cap may not be the daemon's): ask the daemon for its cap
-    // rather than report it unreachable (exit 3) when it is not.
-    if (st.code() == Code::kUnavailable && st.message().find("lost connection") != std::string::npos) {
-      auto ping = cli.Call(proto::kPing, nlohmann::json::object());
-      if (ping.ok() && ping->value("max_message_bytes", uint64_t{0}) > 0 && size > (*ping)["max_message_bytes"].get<uint64_t>())
-        st = InvalidArgument("the input is " + FormatBytes(size) + ", over the daemon's " +
-                             FormatBytes((*ping)["max_message_bytes"].get<uint64_t>()) +
-                             " cap ([daemon] max_message_bytes in mmsd's config); send smaller batches");
-    }
     if (st.code() == Code::kDeadlineExceeded && by_timeout) {  // the daemon's advice names --deadline-ms
       std::string msg = st.message();
       for (size_t at; (at = msg.find("--deadline-ms")) != std::string::npos;) msg.replace(at, 13, "--timeout");

@@ -213,9 +213,10 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");  // still serving
   }
   // A CLI without the daemon's config (so with the default cap): an input
-  // just over the daemon's cap is refused by the daemon, and one over twice
-  // the cap, for which nng drops the connection, is not reported as an
-  // unreachable daemon (exit 3): the CLI asks the daemon for its cap. Both exit 2.
+  // over the daemon's cap is refused (exit 2) before it is sent — one over
+  // twice the cap costs the connection, and used to be reported as an
+  // unreachable daemon (exit 3) or to hang until --timeout: the CLI asks
+  // the daemon's cap first for any request that large.
   {
     std::ofstream mid(d.dir() + "/mid.json");
     mid << R"({"x": {"dtype": "float32", "shape": [5000, 4], "data": [)";

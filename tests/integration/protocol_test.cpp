@@ -147,6 +147,7 @@ TEST_CASE("each malformed message gets its own error and the daemon keeps servin
     Message r = RawCall(s, Encode(m));
     CHECK(Reason(r) == "too_large");
     CHECK(r.body["message"].get<std::string>().find("max_message_bytes") != std::string::npos);
+    CHECK(r.body["code"] == "INVALID_ARGUMENT");  // the caller's input (exit 2), not a broken client
   }
   // Still serving, over a fresh connection and through the CLI.
   Message ok = RawCall(s, PingBytes(77));
