@@ -104,6 +104,15 @@ int ModelShow(Cli& cli, const std::string& ref);
 int ModelRm(Cli& cli, const std::string& ref, bool force);
 // Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
 void CleanStaleStaging(const std::string& dir);
+// Where a version's packed files are written before PublishStaging:
+// "<artifacts>/<name>/<stem>.tmp-<pid>", stem "<version>-<sha256[:12]><suffix>".
+// Creates the model's directory (clearing dead registrations' staging dirs
+// there), not `dir` itself.
+struct Staging {
+  std::string model_dir, stem, dir;
+};
+Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string& version, const std::string& sha256,
+                           const std::string& stem_suffix);
 // Moves a filled staging dir to "<dir>/<stem>", or "<stem>-2", "-3"... when an
 // earlier registration holds that name: a directory some version may already
 // point at is never replaced or removed. Returns the final path; on error the

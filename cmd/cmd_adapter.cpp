@@ -40,12 +40,8 @@ std::string NextVersion(Registry& reg, const std::string& name) {
 Result<std::string> PackAdapter(Cli& cli, const CheckedAdapter& checked, const std::string& src_dir,
                                 const std::string& name, const std::string& version, const std::string& sha256,
                                 const std::string& stem_suffix) {
-  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
-  std::string model_dir = JoinPath(artifacts, name);
-  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
-  CleanStaleStaging(model_dir);
-  std::string stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
-  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
+  MMS_ASSIGN_OR_RETURN(Staging stage, NewStaging(cli, name, version, sha256, stem_suffix));
+  const std::string& staging = stage.dir;
   std::error_code ec;
   MMS_RETURN_IF_ERROR(MakeDirs(staging, 0755));
   Status st = WritePackedAdapter(JoinPath(staging, kAdapterWeightsFile), checked);
@@ -56,7 +52,7 @@ Result<std::string> PackAdapter(Cli& cli, const CheckedAdapter& checked, const s
     std::filesystem::remove_all(staging, ec);
     return st;
   }
-  return PublishStaging(staging, model_dir, stem);
+  return PublishStaging(staging, stage.model_dir, stage.stem);
 }
 
 // The base's packed weights, as adapters are checked against them.

@@ -69,6 +69,18 @@ static const char* const kChecksumFile = "SHA256SUMS";
 // unused, not as a problem (exit 0), until --prune removes it.
 static const char* const kReplacedMarker = "REPLACED_BY";
 
+Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string& version, const std::string& sha256,
+                           const std::string& stem_suffix) {
+  Staging st;
+  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
+  st.model_dir = JoinPath(artifacts, name);
+  MMS_RETURN_IF_ERROR(MakeDirs(st.model_dir, 0755));
+  CleanStaleStaging(st.model_dir);
+  st.stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
+  st.dir = JoinPath(st.model_dir, st.stem + ".tmp-" + std::to_string(::getpid()));
+  return st;
+}
+
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
   std::error_code ec;
   std::string sums;
@@ -160,12 +172,8 @@ struct Packed {
 Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::string& name, const std::string& version,
                             const std::string& sha256, const std::string& sample_input, int max_batch_size,
                             const std::string& stem_suffix = "") {
-  MMS_ASSIGN_OR_RETURN(std::string artifacts, cli.ArtifactsDir());
-  std::string model_dir = JoinPath(artifacts, name);
-  MMS_RETURN_IF_ERROR(MakeDirs(model_dir, 0755));
-  CleanStaleStaging(model_dir);
-  std::string stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
-  std::string staging = JoinPath(model_dir, stem + ".tmp-" + std::to_string(::getpid()));
+  MMS_ASSIGN_OR_RETURN(Staging stage, NewStaging(cli, name, version, sha256, stem_suffix));
+  const std::string& staging = stage.dir;
   std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", canon, "--pack-dir", staging};
   if (!sample_input.empty()) argv.insert(argv.end(), {"--sample-input", sample_input});
   if (max_batch_size > 0 && !sample_input.empty())
@@ -196,7 +204,7 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     }
     sample_name = "sample" + ext;  // inside the packed dir, once it has its name
   }
-  MMS_ASSIGN_OR_RETURN(out.dir, PublishStaging(staging, model_dir, stem));
+  MMS_ASSIGN_OR_RETURN(out.dir, PublishStaging(staging, stage.model_dir, stage.stem));
   if (!sample_name.empty()) out.sample_input = JoinPath(out.dir, sample_name);
   return out;
 }

@@ -78,7 +78,7 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   // and a request over twice its cap costs the connection, into which nng's
   // REQ socket dials again and resends until --timeout. So a request big
   // enough for that (over twice the smallest cap allowed) asks first.
-  if (size > 2 * 4096) {
+  if (size > 2 * kMinMaxMessageBytes) {
     auto ping = cli.Call(proto::kPing, nlohmann::json::object());
     const uint64_t cap = ping.ok() ? ping->value("max_message_bytes", uint64_t{0}) : 0;
     if (cap > 0 && size > cap)

@@ -202,7 +202,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   PoolKey queue = base && !base->lora.contains("stacked") ? rec.id : runs.id;
   int priority = d->PriorityOf(queue == rec.id ? rec : runs);
   int max_batch = runs.max_batch_size;
-  int64_t delay = runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->DefaultBatchDelayNs();
+  // (The live config is read only for a batched version: not on every request.)
+  const int64_t delay =
+      max_batch == 0 ? 0 : runs.max_queue_delay_us ? runs.max_queue_delay_us * 1000 : d->DefaultBatchDelayNs();
   // A request with a deadline that waits for a load (behind other loads, or
   // a slow warm-up) is answered at its deadline, not when the load ends; the
   // load goes on for the requests after it. Whichever of the acquire and the

@@ -251,7 +251,7 @@ const std::vector<Spec>& Specs() {
           [](Config& c) -> int& { return c.daemon.contexts; }),
       Int("daemon", "workers", 0, 0, 1024, "Handler threads; 0 means twice the number of cores.",
           [](Config& c) -> int& { return c.daemon.workers; }),
-      Bytes("daemon", "max_message_bytes", "256MiB", 4096, 4ull << 30,
+      Bytes("daemon", "max_message_bytes", "256MiB", kMinMaxMessageBytes, 4ull << 30,
             "Largest request accepted; a larger one gets a TOO_LARGE protocol error.",
             [](Config& c) -> uint64_t& { return c.daemon.max_message_bytes; }),
       Duration("daemon", "shutdown_grace", "10s", 0, 600 * kSec,

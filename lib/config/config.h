@@ -143,5 +143,6 @@ bool IsDeviceName(const std::string& name);
 // The range of a version's own batching delay (mms model register
 // --max-queue-delay-us), the same as [scheduler] max_queue_delay allows.
 constexpr int64_t kMaxQueueDelayMaxNs = 10'000'000'000;  // 10s
+constexpr uint64_t kMinMaxMessageBytes = 4096;            // [daemon] max_message_bytes at least
 
 }  // namespace mms

@@ -326,7 +326,7 @@ void ModelPool::Retire(std::unique_ptr<Model> model, std::shared_ptr<Buffer> hos
 }
 
 void ModelPool::DemoteFromDevice(Entry& e) {
-  if (!e.block) return;
+  if (e.device < 0) return;  // not placed (Relocate may have let go of the block already)
   const bool counted = e.tier == Tier::kDevice;  // false: undoing a placement that never served
   DeviceSlot& slot = *devices_[static_cast<size_t>(e.device)];
   bool unbound = false;
@@ -526,23 +526,9 @@ bool ModelPool::Relocate(Entry& e, uint64_t offset) {
   // Off the block first, so that freeing it returns its range at once.
   if (Status st = e.model->Bind(e.host, "cpu"); !st.ok()) return fail(st);
   e.block.reset();
-  auto block = d.dev->arena().AllocateAt(offset, need);
-  if (!block) {  // (cannot happen: the range is free once the block is) — take any range rather than none
-    block = d.dev->arena().Allocate(need);
-    if (!block) {
-      e.block = nullptr;
-      d.used -= need;
-      e.device_reserved = 0;
-      d.policy->Remove(e.item.key);
-      e.device = -1;
-      e.tier = Tier::kHost;
-      ++e.evictions;
-      ++evictions_;
-      LogError("relocate_failed", {{"model", e.item.ref}, {"device", d.dev->name()}, {"error", "no arena range"}});
-      return false;
-    }
-  }
-  e.block = block;  // from here a failure demotes through DemoteFromDevice, which frees it
+  auto block = d.dev->arena().AllocateAt(offset, need);  // (free now that its own range is)
+  if (!block) return fail(Internal("the arena range at " + std::to_string(offset) + " is not free"));
+  e.block = block;
   Status st = d.dev->CopyIn(block->data(), e.host->data(), e.model->layout().total_bytes);
   if (st.ok()) st = e.model->Bind(block, d.dev->torch_device());
   if (!st.ok()) return fail(st);
