@@ -151,6 +151,9 @@ std::string Cli::StartCommandHint() {
 }
 
 Result<std::unique_ptr<proto::Client>> Cli::Connect() {
+  // A config that cannot be read is refused here too, as by every command
+  // that reads the registry: --socket alone would otherwise skip reading it.
+  if (auto c = config(); !c.ok()) return c.status();
   auto path = socket_path();
   if (!path.ok()) return path.status();
   proto::Client::Options o;

@@ -103,7 +103,7 @@ std::string Zsh(const std::vector<Node>& nodes) {
     << "    w=${words[i]}\n"
     << "    case $w in\n"
     << "      --data-dir|--socket|--config) ((i + 1 < CURRENT)) && globals_+=($w ${~${(Q)words[i+1]}}); ((i++)); continue ;;\n"
-    << "      --data-dir=*|--socket=*|--config=*) globals_+=($w); continue ;;\n"
+    << "      --data-dir=*|--socket=*|--config=*) globals_+=(${w%%=*} ${~${(Q)w#*=}}); continue ;;\n"
     << "      -*) continue ;;\n"
     << "    esac\n"
     << "    case \"${path_:+$path_ }$w\" in\n";

@@ -76,7 +76,8 @@ int CmdList(Cli& cli) {
     if (counts.contains(l.key)) {
       j["admitted"] = counts[l.key]["admitted"];
       j["limited"] = counts[l.key]["limited"];
-      j["refused_by_limit"] = counts[l.key].value("refused_by_limit", 0);
+      // Refused by a limit of its own: not those refused while the default applied to it.
+      j["refused_by_limit"] = counts[l.key].value("refused_by_limit", 0ull) - counts[l.key].value("refused_by_default", 0ull);
     }
     out.push_back(j);
   }
@@ -100,8 +101,8 @@ int CmdList(Cli& cli) {
       std::vector<std::pair<uint64_t, std::string>> hit;
       const auto& counts = live.value(std::string(kind) + "s", nlohmann::json::object());
       for (auto it = counts.begin(); it != counts.end(); ++it)
-        if (!own.count(it.key()) && it->value("refused_by_limit", 0ull) > 0)
-          hit.push_back({it->value("refused_by_limit", 0ull), it.key()});
+        if (!own.count(it.key()) && it->value("refused_by_default", 0ull) > 0)
+          hit.push_back({it->value("refused_by_default", 0ull), it.key()});
       std::sort(hit.begin(), hit.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
       for (size_t i = 0; i < hit.size() && i < 20; ++i) {
         const auto& c = counts[hit[i].second];

@@ -95,7 +95,7 @@ Spec Bytes(std::string table, std::string key, std::string def, uint64_t lo, uin
     get(c) = b;
     return Status::Ok();
   };
-  Render render = [get](const Config& c) { return std::to_string(Field(get, c)); };
+  Render render = [get](const Config& c) { return Quote(ExactBytes(Field(get, c))); };
   return {{table, key, "size", "\"" + def + "\"", range, doc}, apply, render};
 }
 
@@ -110,7 +110,7 @@ Spec Duration(std::string table, std::string key, std::string def, int64_t lo, i
     get(c) = *r;
     return Status::Ok();
   };
-  Render render = [get](const Config& c) { return Quote(std::to_string(Field(get, c)) + "ns"); };
+  Render render = [get](const Config& c) { return Quote(ExactDuration(Field(get, c))); };
   return {{table, key, "duration", "\"" + def + "\"", range, doc}, apply, render};
 }
 

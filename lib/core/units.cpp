@@ -130,6 +130,24 @@ std::string FormatDurationNanos(int64_t ns) {
   return buf;
 }
 
+std::string ExactDuration(int64_t ns) {
+  static const std::pair<int64_t, const char*> units[] = {
+      {3600'000'000'000, "h"}, {60'000'000'000, "m"}, {1'000'000'000, "s"}, {1'000'000, "ms"}, {1'000, "us"}};
+  if (ns != 0)
+    for (const auto& [n, name] : units)
+      if (ns % n == 0) return std::to_string(ns / n) + name;
+  return ns == 0 ? "0s" : std::to_string(ns) + "ns";
+}
+
+std::string ExactBytes(uint64_t bytes) {
+  static const char* units[] = {"TiB", "GiB", "MiB", "KiB"};
+  for (int i = 0; i < 4 && bytes != 0; ++i) {
+    const uint64_t n = 1ull << (10 * (4 - i));
+    if (bytes % n == 0) return std::to_string(bytes / n) + units[i];
+  }
+  return std::to_string(bytes) + "B";
+}
+
 size_t EditDistance(std::string_view a, std::string_view b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;

@@ -23,6 +23,11 @@ Result<uint64_t> ParseBytes(std::string_view s);
 std::string FormatBytes(uint64_t bytes);
 // "850 µs", "12.3 ms", "4.2 s", "2m30s".
 std::string FormatDurationNanos(int64_t ns);
+// Exact forms that ParseDurationNanos / ParseBytes read back to the same
+// value, in the largest unit that divides it: "250ms", "30m", "1500us";
+// "8GiB", "64KiB", "1000B" (for config files and --check-config).
+std::string ExactDuration(int64_t ns);
+std::string ExactBytes(uint64_t bytes);
 
 // "12.5%", "10%", "0.25%": a percentage without trailing zeros.
 std::string FormatPercent(double percent);

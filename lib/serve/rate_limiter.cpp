@@ -98,8 +98,11 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
     ++model_counts_[model].limited;
     ++TenantCounts(tenant).limited;
     // Against the bucket that refused: the model's, or the tenant's own
-    // (or the overflow bucket past the cap).
-    ++(m && m->tokens < 1 ? model_counts_[model] : TenantCounts(bucket_key)).refused_by_limit;
+    // (or the overflow bucket past the cap); and whether its limit was the default.
+    const bool by_model = m && m->tokens < 1;
+    Counts& c = by_model ? model_counts_[model] : TenantCounts(bucket_key);
+    ++c.refused_by_limit;
+    if (by_model ? !model_limits_.count(model) : !tenant_limits_.count(bucket_key)) ++c.refused_by_default;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
     return Status(Code::kRateLimited, what + " over its rate limit (" + buf + "); " + hint);
@@ -129,7 +132,10 @@ nlohmann::json RateLimiter::Stats() const {
                  const std::optional<TokenLimit>& fallback) {
     nlohmann::json j = nlohmann::json::object();
     for (const auto& [k, c] : counts) {
-      j[k] = {{"admitted", c.admitted}, {"limited", c.limited}, {"refused_by_limit", c.refused_by_limit}};
+      j[k] = {{"admitted", c.admitted},
+              {"limited", c.limited},
+              {"refused_by_limit", c.refused_by_limit},
+              {"refused_by_default", c.refused_by_default}};
       auto l = limits.find(k);
       std::optional<TokenLimit> lim = l != limits.end() ? std::optional<TokenLimit>(l->second) : fallback;
       if (lim) {

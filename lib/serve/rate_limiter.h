@@ -51,9 +51,13 @@ class RateLimiter {
   // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` "" is
   // kNoTenant.
   Status Admit(const std::string& model, const std::string& tenant);
-  // {"models": {name: {admitted, limited, refused_by_limit, qps, burst}}, "tenants": {...},
-  // (limited: its requests refused by either limit; refused_by_limit: those
-  // its own limit refused),
+  // {"models": {name: {admitted, limited, refused_by_limit, refused_by_default, qps, burst}},
+  //  "tenants": {...},
+  // (limited: its requests refused by either limit, model or tenant;
+  // refused_by_limit: those refused by the key's own bucket, whichever limit
+  // it had then; refused_by_default: the part of those refused while that
+  // limit was the [limits] default, so a limit set or removed later does
+  // not move refusals between the key's own limit and the default),
   //  "defaults": {"model": {qps, burst} | null, "tenant": ...}}
   nlohmann::json Stats() const;
 
@@ -64,7 +68,7 @@ class RateLimiter {
     int64_t at = 0;  // mono ns of the last refill
   };
   struct Counts {
-    uint64_t admitted = 0, limited = 0, refused_by_limit = 0;
+    uint64_t admitted = 0, limited = 0, refused_by_limit = 0, refused_by_default = 0;
   };
   Bucket* Find(std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
                const std::optional<TokenLimit>& fallback, const std::string& key);  // mu_ held

@@ -104,7 +104,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   q.max_batch = job.max_batch;
   q.batch_delay_ns = job.batch_delay_ns;
   int64_t now = opts_.clock->MonoNanos();
-  if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers) {
+  if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers && !Unmeasured(q)) {
     // Idle: run here and now, no hand-off to a worker.
     bool probe = false;
     if (Late(q, job, now, &probe)) {
@@ -221,7 +221,7 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
                      dispatches_ % static_cast<uint64_t>(starvation_interval_) ==
                          static_cast<uint64_t>(starvation_interval_ - 1);
   for (auto& [k, q] : queues_) {
-    if (q.jobs.empty()) continue;
+    if (q.jobs.empty() || Unmeasured(q)) continue;  // (its run in progress wakes a worker when it ends)
     int64_t at = q.jobs.front().at;
     bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || draining_;
     // A batch waits for more rows until its delay ends, or until any of its
@@ -408,6 +408,7 @@ double Scheduler::Dispatched(Queue& q) {
   const int c = std::clamp(q.priority, 0, 2);
   class_served_[c] = ++dispatches_;
   vclock_ns_[c] = std::max(vclock_ns_[c], q.vtime_ns);
+  ++q.running;
   // Charged now, so that another worker choosing meanwhile sees it; the
   // first execution of a version has no estimate and is charged at its end.
   q.vtime_ns += q.exec_ns;
@@ -429,8 +430,11 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     Queue& q = queues_[key];
     // A probe ran because the estimate was stale: its time replaces it.
     // An unsplit or failed batch ran its requests one by one after the batch: not one execution.
-    if (!unsplit && !rerun)
-      q.exec_ns = q.exec_ns == 0 || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+    if (!unsplit && !rerun) {
+      q.exec_ns = !q.measured || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+      q.measured = true;
+    }
+    --q.running;
     // (Nor does it refresh the estimate's age: a version whose every batch
     // failed would otherwise keep a stale estimate that never counts as stale.)
     if (!unsplit && !rerun) q.last_exec_ns = t1;

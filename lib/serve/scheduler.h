@@ -21,7 +21,9 @@
 //   fair queuing: each queue's virtual time grows by its executions' time;
 //   a queue that was empty starts from the class's virtual clock, the start
 //   of the latest dispatch, so idling earns no credit), its oldest request
-//   first. A version of 1 ms calls beside one of 100 ms calls, both
+//   first. A version not yet measured (no execution has ended) runs one
+//   execution at a time: charged nothing at dispatch, it would otherwise look
+//   free and take every worker before its first run showed what it costs. A version of 1 ms calls beside one of 100 ms calls, both
 //   saturated, gets half the workers' time, not one call in two; a quiet
 //   version still waits for at most the executions already running. (Not
 //   the oldest request of all, which queued every other model behind a busy
@@ -147,6 +149,8 @@ class Scheduler {
     bool probing = false;                      // a request is running despite a stale estimate
     int64_t stale_after_ns = kStaleEstimateNs;  // idle this long, the estimate is probed (doubles per missed probe)
     double vtime_ns = 0;                       // execution time used, on its class's virtual clock (fair share)
+    bool measured = false;                     // exec_ns holds a measured execution (else no estimate yet)
+    int running = 0;                           // its executions in progress
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0, reruns = 0;
   };
   void Work();
@@ -155,6 +159,9 @@ class Scheduler {
   // mu_ held: whether `j` is to be dropped as late now. Sets *probe (and
   // q.probing) when it runs only because q's estimate is stale.
   bool Late(Queue& q, const Job& j, int64_t now, bool* probe);
+  // mu_ held: q has no estimate yet and its first execution is running, so
+  // its other requests wait for that measure.
+  static bool Unmeasured(const Queue& q) { return !q.measured && q.running > 0; }
   // mu_ held: books a dispatch from `q`: the class's turn and virtual clock,
   // and q's estimated execution time, which Execute later corrects to the
   // time taken. Returns what it charged.

@@ -69,13 +69,16 @@ TEST_CASE("documented defaults equal the built-in defaults") {
 }
 
 TEST_CASE("a rendered config parses back to itself") {
-  auto c = ParseConfig("[daemon]\ncontexts = 9\nshutdown_grace = \"2m\"\n[registry]\nallowed_roots = [\"/a\"]\n", "x");
+  auto c = ParseConfig("[daemon]\ncontexts = 9\nshutdown_grace = '2m'\n[registry]\nallowed_roots = [\"/a\"]\n", "x");
   REQUIRE(c.ok());
   std::string text = RenderConfig(*c);
   auto again = ParseConfig(text, "rendered");
   REQUIRE(again.ok());
   CHECK(RenderConfig(*again) == text);
   CHECK(text.find("contexts = 9") != std::string::npos);
+  // Durations and sizes in the units a person writes, not ns and bytes.
+  CHECK(text.find("shutdown_grace = '2m'") != std::string::npos);
+  CHECK(text.find("max_message_bytes = '256MiB'") != std::string::npos);
 }
 
 TEST_CASE("every key is documented") {

@@ -54,3 +54,20 @@ TEST_CASE("split trims pieces") {
   CHECK(v[2] == "c");
   CHECK(v[3] == "");
 }
+
+TEST_CASE("exact durations and sizes read back to the same value, in the largest unit that divides them") {
+  CHECK(ExactDuration(250'000'000) == "250ms");
+  CHECK(ExactDuration(1'800'000'000'000) == "30m");
+  CHECK(ExactDuration(7'200'000'000'000) == "2h");
+  CHECK(ExactDuration(1'500'000) == "1500us");
+  CHECK(ExactDuration(1'001) == "1001ns");
+  CHECK(ExactDuration(0) == "0s");
+  CHECK(ExactBytes(8ull << 30) == "8GiB");
+  CHECK(ExactBytes(3ull << 40) == "3TiB");
+  CHECK(ExactBytes(1536) == "1536B");
+  CHECK(ExactBytes(0) == "0B");
+  for (int64_t ns : {int64_t{1}, int64_t{999}, int64_t{1'000}, int64_t{61'000'000'000}, int64_t{90'000'000'000'000}})
+    CHECK(ParseDurationNanos(ExactDuration(ns)).value() == ns);
+  for (uint64_t b : {uint64_t{0}, uint64_t{1}, uint64_t{1023}, uint64_t{4096}, uint64_t{256} << 20, (uint64_t{1} << 42) + 1024})
+    CHECK(ParseBytes(ExactBytes(b)).value() == b);
+}

@@ -510,6 +510,14 @@ TEST_CASE("a bad config file is refused with file:line, exit 2") {
   CHECK(r.err.find(t / "mms.toml" + ":2: [daemon] contexts: -1 is out of range") != std::string::npos);
   auto c = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
   CHECK(c.exit_code == 2);
+  // The CLI refuses it too, also for commands that only talk to the daemon
+  // at a --socket given (they used to skip reading the config).
+  for (const char* cmd : {"status", "ping", "pool", "health"}) {
+    auto m = Run({MmsBin(), "--config", t / "mms.toml", "--socket", t / "s.sock", cmd}, 30);
+    INFO(cmd << ": " << m.err);
+    CHECK(m.exit_code == 2);
+    CHECK(m.err.find("contexts: -1 is out of range") != std::string::npos);
+  }
   std::ofstream(t / "ok.toml") << "[daemon]\ncontexts = 3\n";
   auto ok = Run({MmsdBin(), "--config", t / "ok.toml", "--check-config"}, 30);
   CHECK(ok.exit_code == 0);

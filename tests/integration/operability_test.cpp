@@ -100,6 +100,28 @@ TEST_CASE("bash completion offers commands, options and names from the registry"
     CHECK_MESSAGE(f.err.empty(), f.err);
     CHECK(Has(f.out, "model"));
     CHECK(Has(f.out, "fraud"));
+    auto q = Run({"/usr/bin/fish", "-c",
+                  "source " + Src("completions/mms.fish") + "; complete -C \"mms --data-dir='" + other + "' model show \""},
+                 30, {{"PATH", BinDir() + ":/usr/bin:/bin"}, {"XDG_DATA_HOME", t.path()}});
+    CHECK(Has(q.out, "fraud"));
+  }
+  // zsh, where installed: the script's own loop over the line, with zsh's
+  // completion builtins stood in for (compadd prints what it is offered).
+  // The words keep their quotes, as zsh's $words does; a quoted or ~ value
+  // of --data-dir=DIR was passed on with its quotes, and offered nothing.
+  if (std::filesystem::exists("/usr/bin/zsh")) {
+    std::ofstream(t / "z.zsh") << "compdef() { :; }\ncompadd() { print -l -- \"${@[2,-1]}\" }\nsource "
+                               << Src("completions/_mms")
+                               << "\nwords=(${(z)1} ''); CURRENT=${#words}; PREFIX=''; _mms\n";
+    std::filesystem::create_directories(t / "home");
+    std::filesystem::create_symlink(other, t / "home/o");
+    for (const std::string& line : {"mms --data-dir='" + other + "' model show", "mms --data-dir=\"" + other + "\" model show",
+                                    "mms --data-dir " + other + " model show", std::string("mms --data-dir=~/o model show")}) {
+      auto z = Run({"/usr/bin/zsh", "-f", t / "z.zsh", line}, 30,
+                   {{"PATH", BinDir() + ":/usr/bin:/bin"}, {"HOME", t / "home"}, {"XDG_DATA_HOME", t.path()}});
+      INFO(line << ": " << z.out << z.err);
+      CHECK(Has(z.out, "fraud"));
+    }
   }
   CHECK(Complete("mms --data-dir " + (t / "typo") + " model show ", t.path()).find("rec-eu") == std::string::npos);
   CHECK_FALSE(std::filesystem::exists(t / "typo"));

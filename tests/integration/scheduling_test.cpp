@@ -209,6 +209,7 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   CHECK(l[0]["key"] == "(none)");
   CHECK(l[0]["admitted"] == 4);
   CHECK(l[0]["limited"] == 1);
+  CHECK(l[0]["refused_by_limit"] == 0);  // refused by the default, before it had a limit of its own
   // The config's default is listed too, marked as such.
   CHECK(l[2]["kind"] == "tenant");
   CHECK(l[2]["key"] == "*");
@@ -227,6 +228,19 @@ TEST_CASE("rate limits from [limits] in the config apply to every tenant without
   json bl = json::parse(bare.out);
   REQUIRE(bl.size() == 4);
   CHECK(bl[2]["qps"] == 0.016);
+  // A tenant refused by a limit of its own, which is then removed: those
+  // refusals are not the default's.
+  REQUIRE(d.Mms({"limit", "set", "--tenant", "c", "--qps", "0.016", "--burst", "1"}).exit_code == 0);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "c"}) == 0);
+  CHECK(PredictExit(d, "tiny", {"--tenant", "c"}) == 5);
+  l = Limits(d);
+  REQUIRE(l.size() == 5);
+  CHECK(l[2]["key"] == "c");
+  CHECK(l[2]["refused_by_limit"] == 1);
+  REQUIRE(d.Mms({"limit", "rm", "--tenant", "c"}).exit_code == 0);
+  l = Limits(d);
+  REQUIRE(l.size() == 4);  // (none), big, the default, a
+  for (const auto& row : l) CHECK(row["key"] != "c");
 }
 
 TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither target — exit 2, nothing stored") {

@@ -41,6 +41,18 @@ TEST_CASE("token buckets: burst, refill, per model and per tenant, counted") {
   CHECK(stats["tenants"]["acme"]["refused_by_limit"] == 1);
   CHECK(stats["models"]["other"]["limited"] == 1);  // refused by acme's limit,
   CHECK(stats["models"]["other"]["refused_by_limit"] == 0);  // not its own
+  CHECK(stats["models"]["rec"]["refused_by_default"] == 0);
+  // Refusals by a default limit are told apart from those by a key's own,
+  // so setting or removing its own limit later does not move them.
+  rl.Configure({{"rec", {10, 3}}}, {{"acme", {1, 1}}}, std::nullopt, TokenLimit{1, 1});
+  CHECK(rl.Admit("m2", "dflt").ok());
+  CHECK_FALSE(rl.Admit("m2", "dflt").ok());
+  rl.Configure({{"rec", {10, 3}}}, {{"acme", {1, 1}}, {"dflt", {2, 1}}}, std::nullopt, TokenLimit{1, 1});
+  CHECK(rl.Admit("m2", "dflt").ok());  // its own (other) limit: a new, full bucket
+  CHECK_FALSE(rl.Admit("m2", "dflt").ok());
+  stats = rl.Stats();
+  CHECK(stats["tenants"]["dflt"]["refused_by_limit"] == 2);
+  CHECK(stats["tenants"]["dflt"]["refused_by_default"] == 1);
   // Reconfiguring with the same limit keeps the (empty) bucket; a new limit starts full.
   rl.Configure({{"rec", {10, 3}}}, {}, std::nullopt, std::nullopt);
   CHECK_FALSE(rl.Admit("rec", "").ok());
@@ -600,6 +612,47 @@ TEST_CASE("scheduler: versions share the workers by execution time, and idling e
   REQUIRE(at.size() == 1);
   CHECK(at[0] >= 90);
   CHECK(at[0] <= 110);
+}
+
+TEST_CASE("scheduler: a version not yet measured runs one execution at a time until its first ends") {
+  // Charged nothing at dispatch (no estimate), a new slow version looked free
+  // and took every worker before its first run ended.
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 2;
+  Scheduler s(o);
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>> r) { n += r.ok(); };
+  auto calls = [&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size(); };
+  rig.model->gate = true;
+  std::thread first([&] { (void)s.Submit(3, rig.Job("new", 1, 1, 0, count)); });  // runs inline, held
+  REQUIRE(mms::testing::WaitFor([&] { return calls() == 1; }, 5));
+  // (On threads: were they run inline instead of queued, they would block here.)
+  std::thread second([&] { (void)s.Submit(3, rig.Job("new", 1, 1, 0, count)); });
+  std::thread third([&] { (void)s.Submit(3, rig.Job("new", 1, 1, 0, count)); });
+  REQUIRE(mms::testing::WaitFor([&] { return s.queued() == 2 || calls() > 1; }, 5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(calls() == 1);  // a worker is free, but the version's first run has not ended
+  CHECK(s.queued() == 2);
+  // Another version still gets the free worker.
+  REQUIRE(s.Submit(4, rig.Job("other", 1, 1, 0, count)).ok());
+  REQUIRE(mms::testing::WaitFor([&] { return calls() == 2; }, 5));
+  rig.model->Open();
+  first.join();
+  second.join();
+  third.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 4; }, 5));
+  // Measured now: both workers take its requests.
+  rig.model->gate = true;
+  const size_t before = calls();
+  std::thread a([&] { (void)s.Submit(3, rig.Job("new", 1, 1, 0, count)); });
+  REQUIRE(mms::testing::WaitFor([&] { return calls() == before + 1; }, 5));
+  std::thread b([&] { (void)s.Submit(3, rig.Job("new", 1, 1, 0, count)); });  // (inline too: a worker is free)
+  CHECK(mms::testing::WaitFor([&] { return calls() == before + 2; }, 5));
+  rig.model->Open();
+  a.join();
+  b.join();
+  CHECK(mms::testing::WaitFor([&] { return n == 6; }, 5));
 }
 
 TEST_CASE("scheduler: a version moved to another class joins that class's clock, bringing neither debt nor credit") {
