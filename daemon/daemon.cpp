@@ -546,7 +546,7 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
         if (!was) LogInfo("version_registered", {{"model", v.model}, {"version", v.version}, {"bytes", v.device_bytes}});
         if (was && was->packed_dir != v.packed_dir) {  // repacked: its next load reads the new files
           LogInfo("version_repacked", {{"model", v.model}, {"version", v.version}, {"packed_dir", v.packed_dir}});
-          PoolFor(v)->RetryNow(v.id);
+          PoolFor(v)->Replaced(ItemFor(v));
         }
         if (was && was->stage != v.stage)
           LogInfo("stage_changed", {{"model", v.model}, {"version", v.version}, {"from", StageName(was->stage)},

@@ -281,11 +281,19 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     // Versions a pool has not seen yet are on disk too.
     auto snap = d->snapshot();
     for (const auto& [name, versions] : snap->models)
-      for (const auto& v : versions)
+      for (const auto& v : versions) {
+        auto& disk = (v.is_adapter() ? j["adapters"] : j)["disk"]["models"];
         if (!d->PoolFor(v)->Health(v.id))
-          (v.is_adapter() ? j["adapters"] : j)["disk"]["models"].push_back(
-              {{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes}, {"loads", 0}, {"healthy", true},
-               {"pinned", false}});
+          disk.push_back({{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes}, {"loads", 0},
+                          {"healthy", true}, {"pinned", false}});
+        // One no budget can hold is refused at every request: unhealthy, as mms health says.
+        if (Status fits = d->PoolFor(v)->FitsAtAll(d->ItemFor(v)); !fits.ok())
+          for (auto& m : disk)
+            if (m.value("ref", "") == v.ref()) {
+              m["healthy"] = false;
+              m["error"] = fits.message();
+            }
+      }
     // The scheduler's view per version: queue, executions, batches, drops.
     nlohmann::json sched = nlohmann::json::object();
     nlohmann::json st = d->scheduler()->Stats();

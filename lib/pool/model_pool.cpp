@@ -248,7 +248,12 @@ void ModelPool::StartLoad(Entry& e) {
 bool ModelPool::Evictable(const Entry& e) const { return !e.pinned && !e.loading && e.refs == 0; }
 
 bool ModelPool::HostDroppable(PoolKey k, const Entry& e, PoolKey for_key) const {
-  return k != for_key && (e.tier == Tier::kHost || e.tier == Tier::kDevice) && Evictable(e);
+  // A pin keeps a model on a device. One that could not get onto one (pins
+  // beyond the device budgets) has no claim on the host tier: held there it
+  // would refuse every other model for want of host room.
+  const bool pin_holds = e.pinned && e.tier == Tier::kDevice;
+  return k != for_key && (e.tier == Tier::kHost || e.tier == Tier::kDevice) && !pin_holds && !e.loading &&
+         e.refs == 0;
 }
 
 Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key) const {
@@ -395,13 +400,17 @@ std::string ModelPool::Why(const Entry& e) const {
 Status ModelPool::NeverFits(const Entry& e) const {
   uint64_t largest = 0;
   for (const auto& d : devices_) largest = std::max(largest, d->dev->budget());
-  if (e.bytes > largest)
-    return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(e.bytes) + " but the largest device budget is " +
-                                       FormatBytes(largest) + " ([" + opts_.config_section + "] device_budget)");
+  const std::string section = "[" + opts_.config_section + "] ";
+  std::string over;  // the budgets it is over
+  if (e.bytes > largest) over = "the largest device budget is " + FormatBytes(largest) + " (" + section + "device_budget)";
   if (e.bytes > opts_.host_budget)
-    return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(e.bytes) + " but the host tier's budget is " +
-                                       FormatBytes(opts_.host_budget) + " ([" + opts_.config_section + "] host_budget)");
-  return Status::Ok();
+    over += (over.empty() ? "" : " and ") + std::string("the host tier's budget is ") + FormatBytes(opts_.host_budget) +
+            " (" + section + "host_budget)";
+  if (over.empty()) return Status::Ok();
+  // Not POOL_FULL (exit 5, "retry later"): no eviction and no retry can make the room.
+  return Status(Code::kFailedPrecondition,
+                e.item.ref + " needs " + FormatBytes(e.bytes) + " but " + over +
+                    ": it can never be loaded; raise that budget in mmsd's config and restart mmsd, or serve a smaller model");
 }
 
 uint64_t ModelPool::DeviceNeed(const Entry& e) {
@@ -538,18 +547,23 @@ bool ModelPool::Relocate(Entry& e, uint64_t offset) {
 
 namespace {
 Status Warmup(Model* m, const std::string& sample, const std::vector<InputSpec>& specs, const std::string& ref) {
+  auto failed = [&](const Status& st) {
+    return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + st.message() +
+                                        "; if the sample is at fault, replace it with mms model repack " + ref +
+                                        " --sample-input FILE (else it is retried after a backoff: mms health " + ref + ")");
+  };
   auto tensors = ReadTensorFile(sample);
-  if (!tensors.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + tensors.status().message());
+  if (!tensors.ok()) return failed(tensors.status());
   std::vector<InputSpec> names = specs;
   if (names.empty())
     for (const auto& n : m->input_names()) names.push_back({n, std::nullopt, std::nullopt});
   auto ordered = MatchInputs(names, std::move(tensors).value(), ref);
-  if (!ordered.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + ordered.status().message());
+  if (!ordered.ok()) return failed(ordered.status());
   // Twice: TorchScript profiles the first run and optimizes on the second, so
   // both slow runs happen here rather than in users' first requests.
   for (int i = 0; i < 2; ++i) {
     auto out = m->Run(*ordered);
-    if (!out.ok()) return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: " + out.status().message());
+    if (!out.ok()) return failed(out.status());
   }
   return Status::Ok();
 }
@@ -789,10 +803,15 @@ Status ModelPool::FitsAtAll(const PoolItem& item) const {
   return NeverFits(e);
 }
 
-void ModelPool::RetryNow(PoolKey key) {
+void ModelPool::Replaced(const PoolItem& item) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = entries_.find(key);
-  if (it != entries_.end()) it->second->retry_at = 0;
+  auto it = entries_.find(item.key);
+  if (it == entries_.end()) return;
+  Entry& e = *it->second;
+  e.retry_at = 0;
+  if (e.loading) return;  // (the next load after this one reads the new files: EntryFor)
+  if (e.tier == Tier::kHost && e.refs == 0) DropHost(e);
+  if (e.tier == Tier::kDisk) e.item = item;
 }
 
 void ModelPool::EraseForgotten(Entry& e) {

@@ -141,9 +141,13 @@ class ModelPool {
   Result<std::string> Evict(PoolKey key);
   // The version left the registry: dropped as soon as no handle holds it.
   void Forget(PoolKey key);
-  // Its stored files were replaced (mms model repack): a failed load is
-  // retried at the next request instead of after its backoff.
-  void RetryNow(PoolKey key);
+  // Its stored files were replaced (mms model repack; `item` names the new
+  // ones): a failed load is retried at the next request instead of after
+  // its backoff, and reads the new files — a copy held on the host tier
+  // and used by no one (one whose warm-up failed stays there) is dropped,
+  // for it came from the replaced files. One on a device serves on: a
+  // repack rewrites the same weights.
+  void Replaced(const PoolItem& item);
   // POOL_FULL when `item` is bigger than every device budget or the host
   // budget: no eviction could ever make room.
   Status FitsAtAll(const PoolItem& item) const;

@@ -329,6 +329,13 @@ TEST_CASE("a version whose warm-up fails is unhealthy and not served") {
   auto h = json::parse(d.Mms({"--json", "health"}).out);
   CHECK(h["healthy"] == false);
   CHECK(h["models"][0]["tier"] == "host");
+  CHECK(r.err.find("mms model repack thrower:1 --sample-input") != std::string::npos);  // what to do
+  // The repair the message names works at once: the host copy that failed
+  // its warm-up was kept, and retried with the replaced files' sample.
+  REQUIRE(d.Mms({"model", "repack", "thrower:1", "--sample-input", d.dir() + "/pos.json", "-q"}).exit_code == 0);
+  auto again = d.Mms({"predict", "thrower", "--input", d.dir() + "/pos.json"});
+  CHECK_MESSAGE(again.exit_code == 0, again.err);
+  CHECK(json::parse(d.Mms({"--json", "health", "thrower"}).out)["healthy"] == true);
 }
 
 TEST_CASE("concurrent requests for a cold model cause exactly one load") {
@@ -436,6 +443,14 @@ TEST_CASE("when nothing can be evicted the request fails at once naming what hol
   CHECK(hj["models"][0]["healthy"] == false);
   CHECK(hj["models"][0]["error"].get<std::string>().find("largest device budget") != std::string::npos);
   CHECK(d.Mms({"health", "c2"}).exit_code == 0);
+  // mms pool agrees (it listed it as ok), and a request is exit 1, not 5
+  // ("rejected, retry later"): no retry can load it.
+  json big = FindModel(Pool(d), "big:1");
+  CHECK(big["healthy"] == false);
+  CHECK(big["error"].get<std::string>().find("it can never be loaded") != std::string::npos);
+  auto p = d.Mms({"predict", "big", "--input", d.dir() + "/customer_input.json"});
+  CHECK(p.exit_code == 1);
+  CHECK(p.err.find("raise that budget in mmsd's config") != std::string::npos);
 }
 
 TEST_CASE("pins that do not fit when mmsd starts are shown as such, and preloaded once room frees") {

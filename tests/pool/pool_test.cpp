@@ -407,8 +407,12 @@ TEST_CASE("a refusal counts against standing holds only when letting go of them 
 TEST_CASE("a model bigger than any device budget fails at once without loading") {
   PoolFixture f({2 * K, 3 * K});
   auto st = f.GetStatus(9, 4 * K);
-  CHECK(st.code() == Code::kPoolFull);
+  CHECK(st.code() == Code::kFailedPrecondition);  // not POOL_FULL: no retry can make the room
   CHECK(st.message().find("largest device budget is 3.00 KiB") != std::string::npos);
+  CHECK(st.message().find("raise that budget") != std::string::npos);
+  auto both = f.GetStatus(8, 200 * K);  // over the host tier's budget too: both are named
+  CHECK(both.message().find("largest device budget is 3.00 KiB ([pool] device_budget) and the host tier's budget is 100 KiB") !=
+        std::string::npos);
   CHECK(f.loader->total_loads() == 0);
 }
 
@@ -559,6 +563,27 @@ TEST_CASE("a host tier no bigger than the devices still takes new models, droppi
   CHECK(snap["devices"][0]["used"] == 2 * K);
 }
 
+TEST_CASE("a pinned model that could not get onto a device holds no claim on the host tier") {
+  // Pins beyond the device budgets (preloaded together at the start, each
+  // finding the device empty when it began) used to sit in the host tier,
+  // unevictable, and refuse every other model for want of host room.
+  PoolFixture f({3 * K}, 4 * K);
+  f.pool->Pin(PoolFixture::Item(1, 2 * K));
+  f.pool->Pin(PoolFixture::Item(2, 2 * K));
+  auto settled = [&](int k) { auto h = f.pool->Health(k); return h && !(*h)["loading"].get<bool>(); };
+  REQUIRE(mms::testing::WaitFor([&] { return settled(1) && settled(2); }, 10));
+  const int on_device = f.TierOf(1) == "device" ? 1 : 2, left = 3 - on_device;
+  REQUIRE(f.TierOf(on_device) == "device");
+  REQUIRE(f.TierOf(left) == "host");  // no room on the device: 1 KiB left
+  CHECK(f.pool->Snapshot()["host"]["used"] == 4 * K);
+  auto st = f.GetStatus(3);  // the host copy of the pin left over goes; the one on the device stays
+  CHECK_MESSAGE(st.ok(), st.ToString());
+  CHECK(f.TierOf(on_device) == "device");
+  CHECK(f.TierOf(left) == "disk");
+  CHECK(f.TierOf(3) == "device");
+  CHECK(f.pool->IsPinned(left));  // still pinned: loaded again when a device has room
+}
+
 TEST_CASE("when the host tier cannot make room, nothing warm is thrown away for it") {
   PoolFixture f({10 * K}, 3 * K);
   auto a = f.Get(1);  // in flight
@@ -571,7 +596,7 @@ TEST_CASE("when the host tier cannot make room, nothing warm is thrown away for 
   CHECK(st.message().find("m1:1 (1.00 KiB, 1 request in flight)") != std::string::npos);
   CHECK(f.TierOf(4) == "host");  // still warm
   auto big = f.GetStatus(5, 4 * K);
-  CHECK(big.code() == Code::kPoolFull);
+  CHECK(big.code() == Code::kFailedPrecondition);
   CHECK(big.message().find("host tier's budget is 3.00 KiB") != std::string::npos);
   CHECK(f.TierOf(4) == "host");
   a.reset();
