@@ -35,33 +35,68 @@ Status ValidateName(std::string_view name, std::string_view what) {
                          "digit ([a-z0-9][a-z0-9._-]{0,62})");
 }
 
+namespace {
+// The code point at t[*i] (strict UTF-8: no overlong forms, no surrogates,
+// nothing past U+10FFFF), advancing *i; -1 when the bytes there are not one.
+int32_t NextCodePoint(std::string_view t, size_t* i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(t[*i + k]); };
+  const unsigned char c = b(0);
+  size_t n;
+  int32_t cp, min;
+  if (c < 0x80) n = 1, cp = c, min = 0;
+  else if ((c & 0xe0) == 0xc0) n = 2, cp = c & 0x1f, min = 0x80;
+  else if ((c & 0xf0) == 0xe0) n = 3, cp = c & 0x0f, min = 0x800;
+  else if ((c & 0xf8) == 0xf0) n = 4, cp = c & 0x07, min = 0x10000;
+  else return -1;
+  if (*i + n > t.size()) return -1;
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xc0) != 0x80) return -1;
+    cp = (cp << 6) | (b(k) & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return -1;
+  *i += n;
+  return cp;
+}
+
+// Characters that control a terminal or change what is shown without being
+// seen: C0, DEL, C1 (some terminals take U+009B as an escape), the soft
+// hyphen, the Arabic letter mark, the Mongolian vowel separator, zero-width
+// characters and direction marks (U+200B-200F), line and paragraph
+// separators and the direction embeddings and overrides (U+2028-202E),
+// invisible operators (U+2060-2064), direction isolates (U+2066-2069), the
+// byte order mark and the interlinear annotation marks.
+bool Invisible(int32_t cp) {
+  return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0xad || cp == 0x61c || cp == 0x180e ||
+         (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2060 && cp <= 0x2064) ||
+         (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff || (cp >= 0xfff9 && cp <= 0xfffb);
+}
+
+bool Space(int32_t cp) { return cp == ' ' || cp == 0xa0 || cp == 0x3000 || (cp >= 0x2000 && cp <= 0x200a); }
+}  // namespace
+
 Status ValidateTenant(std::string_view t) {
-  if (t.empty() || t.size() > 128)
-    return InvalidArgument("a tenant id is 1-128 characters (got " + std::to_string(t.size()) +
-                           "); leave --tenant out for the tenant (none)");
-  // Well-formed UTF-8 only: a stray byte 0x80-0x9F is CSI and its kin on
-  // an 8-bit terminal.
+  size_t chars = 0;
+  int32_t first = -1, last = -1;
   for (size_t i = 0; i < t.size();) {
-    const auto c = static_cast<unsigned char>(t[i]);
-    const size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 && c >= 0xc2 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                                                                       : (c & 0xf8) == 0xf0 && c <= 0xf4 ? 4 : 0;
-    bool ok = n > 0 && i + n <= t.size();
-    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(t[i + k]) & 0xc0) == 0x80;
-    if (!ok) return InvalidArgument("a tenant id must be UTF-8 text (byte " + std::to_string(i) + " is not)");
-    i += n;
+    const size_t at = i;
+    const int32_t cp = NextCodePoint(t, &i);
+    if (cp < 0) return InvalidArgument("a tenant id must be UTF-8 text (byte " + std::to_string(at) + " is not)");
+    if (Invisible(cp)) {
+      char hex[16];
+      std::snprintf(hex, sizeof hex, "U+%04X", static_cast<unsigned>(cp));
+      return InvalidArgument("a tenant id may not hold control characters or invisible ones (newlines, tabs, escapes, "
+                             "direction marks and overrides, zero-width characters, line separators): " +
+                             std::string(hex) + " at character " + std::to_string(chars + 1));
+    }
+    if (first < 0) first = cp;
+    last = cp;
+    ++chars;
   }
-  for (size_t i = 0; i < t.size(); ++i) {
-    const auto c = static_cast<unsigned char>(t[i]);
-    const auto next = i + 1 < t.size() ? static_cast<unsigned char>(t[i + 1]) : 0;
-    const auto third = i + 2 < t.size() ? static_cast<unsigned char>(t[i + 2]) : 0;
-    // C0 and DEL; C1 (U+0080-U+009F, UTF-8 C2 80-9F: some terminals take
-    // U+009B as an escape); the bidirectional overrides and isolates
-    // (U+202A-202E, U+2066-2069), which reorder what is shown.
-    if (c < 0x20 || c == 0x7f || (c == 0xc2 && next >= 0x80 && next <= 0x9f) ||
-        (c == 0xe2 && next == 0x80 && third >= 0xaa && third <= 0xae) ||
-        (c == 0xe2 && next == 0x81 && third >= 0xa6 && third <= 0xa9))
-      return InvalidArgument("a tenant id may not hold control characters (newlines, tabs, escapes, direction overrides)");
-  }
+  if (chars == 0 || chars > 128)
+    return InvalidArgument("a tenant id is 1-128 characters (got " + std::to_string(chars) +
+                           "); leave --tenant out for the tenant (none)");
+  // Else "acme" and "acme " are two tenants that look the same in mms limit list.
+  if (Space(first) || Space(last)) return InvalidArgument("a tenant id may not start or end with a space");
   return Status::Ok();
 }
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 
@@ -822,10 +823,9 @@ Result<std::vector<Pin>> Registry::Pins() {
 }
 
 Status Registry::SetLimit(const RateLimit& l) {
-  auto num = [](double x) {
-    std::ostringstream o;
-    o << x;
-    return o.str();
+  auto num = [](double x) {  // the shortest text that reads back as x: never shown rounded into the range
+    char buf[64];
+    return std::string(buf, std::to_chars(buf, buf + sizeof buf, x).ptr);
   };
   if (l.kind != "model" && l.kind != "tenant") return InvalidArgument("a limit is for a model or a tenant");
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ValidateName(l.key));

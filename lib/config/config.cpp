@@ -1,7 +1,9 @@
 #include "config/config.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <map>
 
@@ -77,7 +79,7 @@ Spec Int(std::string table, std::string key, int64_t def, int64_t lo, int64_t hi
 
 template <class Get>
 Spec Bytes(std::string table, std::string key, std::string def, uint64_t lo, uint64_t hi, std::string doc, Get get) {
-  std::string range = FormatBytes(lo) + " to " + FormatBytes(hi);
+  std::string range = ExactBytes(lo) + " to " + ExactBytes(hi);
   Apply apply = [get, lo, hi, range](Config& c, const toml::node& n) -> Status {
     uint64_t b;
     if (n.is_integer()) {
@@ -91,7 +93,7 @@ Spec Bytes(std::string table, std::string key, std::string def, uint64_t lo, uin
     } else {
       return TypeError("a size (\"8GiB\" or an integer of bytes)", n);
     }
-    if (b < lo || b > hi) return InvalidArgument(FormatBytes(b) + " is out of range; allowed " + range);
+    if (b < lo || b > hi) return InvalidArgument(ExactBytes(b) + " is out of range; allowed " + range);
     get(c) = b;
     return Status::Ok();
   };
@@ -101,12 +103,12 @@ Spec Bytes(std::string table, std::string key, std::string def, uint64_t lo, uin
 
 template <class Get>
 Spec Duration(std::string table, std::string key, std::string def, int64_t lo, int64_t hi, std::string doc, Get get) {
-  std::string range = FormatDurationNanos(lo) + " to " + FormatDurationNanos(hi);
+  std::string range = ExactDuration(lo) + " to " + ExactDuration(hi);
   Apply apply = [get, lo, hi, range](Config& c, const toml::node& n) -> Status {
     if (!n.is_string()) return TypeError("a duration string such as \"250ms\" or \"30m\"", n);
     auto r = ParseDurationNanos(*n.value<std::string>());
     if (!r.ok()) return r.status();
-    if (*r < lo || *r > hi) return InvalidArgument(FormatDurationNanos(*r) + " is out of range; allowed " + range);
+    if (*r < lo || *r > hi) return InvalidArgument(ExactDuration(*r) + " is out of range; allowed " + range);
     get(c) = *r;
     return Status::Ok();
   };
@@ -149,10 +151,11 @@ Spec Bool(std::string table, std::string key, bool def, std::string doc, Get get
 
 template <class Get>
 Spec Double(std::string table, std::string key, double def, double lo, double hi, std::string doc, Get get) {
-  auto fmt = [](double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
+  auto fmt = [](double v) {  // the shortest text that reads back as v: a refused value is never shown rounded
+    char buf[64];
+    auto r = std::abs(v) < 1e15 && v == std::floor(v) ? std::to_chars(buf, buf + sizeof buf, static_cast<int64_t>(v))
+                                                      : std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
   };
   std::string range = fmt(lo) + " to " + fmt(hi);
   Apply apply = [get, lo, hi, range, fmt](Config& c, const toml::node& n) -> Status {
@@ -471,6 +474,11 @@ Result<Config> ParseConfig(const std::string& text, const std::string& source) {
 }
 
 Result<Config> LoadConfigFile(const std::string& path) {
+  // A directory reads as empty text: it would pass for a config of defaults.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    return InvalidArgument("config file " + path + " is a directory; give the path of a TOML file, such as " +
+                           JoinPath(path, "mms.toml"));
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
   return ParseConfig(*text, path);

@@ -43,22 +43,40 @@ std::vector<std::string> Split(std::string_view s, char sep) {
 }
 
 Result<int64_t> ParseDurationNanos(std::string_view s) {
-  double v;
-  std::string suf;
-  const std::string rule = "a duration is a number with a unit ns, us, ms, s, m, h or d (e.g. 250ms, 30m)";
-  if (!SplitNumber(s, &v, &suf)) return InvalidArgument("invalid duration '" + std::string(s) + "': " + rule);
-  if (v < 0) return InvalidArgument("invalid duration '" + std::string(s) + "': must not be negative");
-  double mult;
-  if (suf == "ns") mult = 1;
-  else if (suf == "us" || suf == "µs") mult = 1e3;
-  else if (suf == "ms") mult = 1e6;
-  else if (suf == "s" || suf.empty()) mult = 1e9;
-  else if (suf == "m" || suf == "min") mult = 60e9;
-  else if (suf == "h") mult = 3600e9;
-  else if (suf == "d") mult = 86400e9;
-  else return InvalidArgument("invalid duration '" + std::string(s) + "': " + rule);
-  double ns = v * mult;
-  if (ns > 9.0e18) return InvalidArgument("duration '" + std::string(s) + "' is too long");
+  // One number with a unit ("250ms", "1.5s"), several summed ("1m30s",
+  // "1h 30m", as FormatDurationNanos writes them), or a lone number: seconds.
+  const std::string rule = "a duration is a number with a unit ns, us, ms, s, m, h or d (e.g. 250ms, 30m, 1m30s)";
+  const std::string str = Trim(s);
+  auto bad = [&](const std::string& why) { return InvalidArgument("invalid duration '" + str + "': " + why); };
+  double ns = 0;
+  size_t i = 0;
+  int parts = 0;
+  while (i < str.size()) {
+    const char* begin = str.c_str() + i;
+    char* end = nullptr;
+    const double v = std::strtod(begin, &end);
+    if (end == begin || !std::isfinite(v) || std::string_view(begin, static_cast<size_t>(end - begin)).find_first_of("xX") != std::string_view::npos)
+      return bad(rule);  // (not inf, nan or hexadecimal, which strtod reads too)
+    if (v < 0 || *begin == '-') return bad("must not be negative");
+    i += static_cast<size_t>(end - begin);
+    size_t u = i;
+    while (u < str.size() && !std::isdigit(static_cast<unsigned char>(str[u])) && str[u] != '.') ++u;
+    const std::string suf = Trim(std::string_view(str).substr(i, u - i));
+    i = u;
+    double mult;
+    if (suf == "ns") mult = 1;
+    else if (suf == "us" || suf == "µs") mult = 1e3;
+    else if (suf == "ms") mult = 1e6;
+    else if (suf == "s" || (suf.empty() && parts == 0 && i == str.size())) mult = 1e9;
+    else if (suf == "m" || suf == "min") mult = 60e9;
+    else if (suf == "h") mult = 3600e9;
+    else if (suf == "d") mult = 86400e9;
+    else return bad(rule);
+    ns += v * mult;
+    ++parts;
+  }
+  if (parts == 0) return bad(rule);
+  if (ns > 9.0e18) return InvalidArgument("duration '" + str + "' is too long");
   return static_cast<int64_t>(std::llround(ns));
 }
 

@@ -1,6 +1,7 @@
 #include "serve/scheduler.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <functional>
 #include <utility>
 
@@ -63,9 +64,17 @@ void Scheduler::Stop() {
   cv_.wait(lock, [&] { return running_ == 0; });
 }
 
-static Status LateStatus(const std::string& ref) {
-  return Status(Code::kDeadlineExceeded,
-                ref + ": the request's deadline would pass before it could run; dropped without running it");
+// `exec_ns`: the version's execution-time estimate (0: none yet).
+static Status LateStatus(const std::string& ref, double exec_ns) {
+  std::string took;
+  if (exec_ns > 0) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " (one execution takes about %.3g ms now)", exec_ns / 1e6);
+    took = buf;
+  }
+  return Status(Code::kDeadlineExceeded, ref + ": the request's deadline would pass before it could run" + took +
+                                             "; dropped without running it: give a longer --deadline-ms, or retry "
+                                             "when it is less busy");
 }
 
 bool Scheduler::Late(Queue& q, const Job& j, int64_t now, bool* probe) {
@@ -110,9 +119,10 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     if (Late(q, job, now, &probe)) {
       ++q.deadline_drops;
       ++running_;  // Stop waits for this answer too
+      const double exec_ns = q.exec_ns;
       lock.unlock();
       std::string ref = job.handle->ref();
-      Finish(job, LateStatus(ref));
+      Finish(job, LateStatus(ref, exec_ns));
       lock.lock();
       if (--running_ == 0 && stopping_) cv_.notify_all();
       return Status::Ok();
@@ -175,6 +185,7 @@ void Scheduler::SetLimits(size_t queue_depth, int starvation_interval) {
 
 void Scheduler::ExpireLate() {
   std::vector<Job> late;
+  std::vector<double> exec_ns;  // each late job's version's estimate
   int64_t next = 0;  // the earliest deadline still queued
   int64_t now = 0, sweep_at = 0;
   {
@@ -194,6 +205,7 @@ void Scheduler::ExpireLate() {
         ++q.deadline_drops;
         --total_queued_;
         late.push_back(std::move(it->job));
+        exec_ns.push_back(q.exec_ns);
         it = q.jobs.erase(it);
       }
     }
@@ -201,9 +213,9 @@ void Scheduler::ExpireLate() {
     if (next) sweep_at = ExpirySweepAt(next);
   }
   if (sweep_at) ArmExpiry(sweep_at, now);
-  for (auto& j : late) {
-    std::string ref = j.handle->ref();
-    Finish(j, LateStatus(ref));
+  for (size_t i = 0; i < late.size(); ++i) {
+    std::string ref = late[i].handle->ref();
+    Finish(late[i], LateStatus(ref, exec_ns[i]));
   }
   if (late.empty()) return;
   std::lock_guard<std::mutex> lock(mu_);
@@ -312,10 +324,11 @@ void Scheduler::Work() {
       ++running_;
       charged = Dispatched(*q);
     }
+    const double exec_ns = q->exec_ns;
     lock.unlock();
     for (auto& j : late) {
       std::string ref = j.handle->ref();
-      Finish(j, LateStatus(ref));
+      Finish(j, LateStatus(ref, exec_ns));
     }
     late.clear();
     if (!batch.empty()) Execute(key, std::move(batch), rows, probe, charged);

@@ -17,6 +17,15 @@ TEST_CASE("durations parse with units and refuse garbage") {
   auto neg = ParseDurationNanos("-1s");
   REQUIRE_FALSE(neg.ok());
   CHECK(neg.status().message().find("negative") != std::string::npos);
+  // Several parts sum, as FormatDurationNanos writes them in messages.
+  CHECK(ParseDurationNanos("1m30s").value() == 90'000'000'000);
+  CHECK(ParseDurationNanos("1h 30m").value() == 5'400'000'000'000);
+  CHECK(ParseDurationNanos("1.5h").value() == 5'400'000'000'000);
+  for (int64_t ns : {int64_t{150'000'000'000}, int64_t{3'600'000'000'000}, int64_t{600'000'000'000},
+                     int64_t{2'592'000'000'000'000}})
+    CHECK(ParseDurationNanos(FormatDurationNanos(ns)).value() == ns);
+  for (const char* bad : {"1m30", "1m-30s", "30s5", "0x10s", "nan", "infs", "1..5s", "m", "1m 30 fortnights"})
+    CHECK_MESSAGE(!ParseDurationNanos(bad).ok(), bad);
 }
 
 TEST_CASE("byte sizes parse SI and IEC units") {

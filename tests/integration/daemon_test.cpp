@@ -518,6 +518,11 @@ TEST_CASE("a bad config file is refused with file:line, exit 2") {
     CHECK(m.exit_code == 2);
     CHECK(m.err.find("contexts: -1 is out of range") != std::string::npos);
   }
+  // A directory is no config of defaults.
+  auto dir = Run({MmsdBin(), "--config", t.path(), "--check-config"}, 30);
+  CHECK(dir.exit_code == 2);
+  CHECK(dir.err.find("is a directory; give the path of a TOML file") != std::string::npos);
+  CHECK(Run({MmsBin(), "--config", t.path(), "--socket", t / "s.sock", "status"}, 30).exit_code == 2);
   std::ofstream(t / "ok.toml") << "[daemon]\ncontexts = 3\n";
   auto ok = Run({MmsdBin(), "--config", t / "ok.toml", "--check-config"}, 30);
   CHECK(ok.exit_code == 0);

@@ -96,15 +96,27 @@ TEST_CASE("names, versions and references follow the rules") {
   CHECK(ParseRef("rec@champion")->ToString() == "rec@champion");
 }
 
-TEST_CASE("tenant ids: 1-128 bytes, printable, any script, no controls or direction overrides") {
+TEST_CASE("tenant ids: 1-128 characters, printable, any script, nothing invisible") {
   for (const char* ok : {"acme", "Acme Corp / EU-1", "\xc4\x80", "dash\xe2\x80\x94", "\xf0\x9f\x98\x80", "\xc3\xa9" "cole", "\xe6\x9d\xb1\xe4\xba\xac", "a\xc2\xa0" "b"})
     CHECK_MESSAGE(ValidateTenant(ok).ok(), ok);
   CHECK(ValidateTenant(std::string(128, 'x')).ok());
+  std::string e128;
+  for (int i = 0; i < 128; ++i) e128 += "\xc3\xa9";  // 128 characters in 256 bytes
+  CHECK(ValidateTenant(e128).ok());
+  CHECK(ValidateTenant(e128 + "\xc3\xa9").message().find("1-128 characters (got 129)") != std::string::npos);
   CHECK_FALSE(ValidateTenant("").ok());
   CHECK_FALSE(ValidateTenant(std::string(129, 'x')).ok());
   for (const char* bad : {"a\nb", "a\tb", "esc\x1b[31m", "del\x7f", "csi\xc2\x9b" "31m", "nel\xc2\x85",
-                          "rlo\xe2\x80\xae", "lri\xe2\x81\xa6", "bare\x9b" "31m", "cut\xe2\x80", "lone\xc3"})
+                          "rlo\xe2\x80\xae", "lri\xe2\x81\xa6", "bare\x9b" "31m", "cut\xe2\x80", "lone\xc3",
+                          // invisible: line and paragraph separators, direction marks, zero-width, BOM
+                          "ls\xe2\x80\xa8", "ps\xe2\x80\xa9", "lrm\xe2\x80\x8e", "rlm\xe2\x80\x8f", "alm\xd8\x9c",
+                          "zw\xe2\x80\x8b" "sp", "bom\xef\xbb\xbf", "shy\xc2\xad",
+                          // not UTF-8: an encoded surrogate, an overlong '/', past U+10FFFF
+                          "a\xed\xa0\x80" "b", "\xc0\xaf", "\xe0\x80\xaf", "\xf4\x90\x80\x80",
+                          // spaces at either end, or nothing but
+                          " ", " acme", "acme ", "acme\xc2\xa0"})
     CHECK_MESSAGE(ValidateTenant(bad).code() == Code::kInvalidArgument, bad);
+  CHECK(ValidateTenant("ab\xe2\x80\x8f").message().find("U+200F at character 3") != std::string::npos);
 }
 
 TEST_CASE("a name resolves to production, else the highest non-archived version") {

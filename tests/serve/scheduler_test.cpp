@@ -471,6 +471,7 @@ TEST_CASE("scheduler: a request that would miss its deadline is dropped before r
   first.join();
   REQUIRE(mms::testing::WaitFor([&] { return got.code() != Code::kOk; }, 5));
   CHECK(got.code() == Code::kDeadlineExceeded);
+  CHECK(got.message().find("give a longer --deadline-ms") != std::string::npos);  // what to do
   CHECK(s.Stats()["1"]["deadline_drops"] == 1);
   std::lock_guard<std::mutex> l(rig.model->mu);
   CHECK(std::find(rig.model->order.begin(), rig.model->order.end(), "late") == rig.model->order.end());
@@ -776,6 +777,7 @@ TEST_CASE("scheduler: one slow execution does not make every later request with 
   Status st;
   REQUIRE(s.Submit(1, with_deadline(10, &st)).ok());
   CHECK(st.code() == Code::kDeadlineExceeded);
+  CHECK(st.message().find("(one execution takes about 100 ms now)") != std::string::npos);  // why
   // Nothing has run since: the estimate is stale after kStaleEstimateNs, so
   // the next request that can still make its deadline runs and measures again.
   clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
