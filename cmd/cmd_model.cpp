@@ -250,6 +250,9 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     return InvalidArgument("--max-queue-delay-us " + std::to_string(a.max_queue_delay_us) + " is out of range; use 0 " +
                            "(the [scheduler] max_queue_delay default) to " + std::to_string(kMaxQueueDelayUsMax) +
                            " (10 s, the most [scheduler] max_queue_delay allows)");
+  if (a.max_queue_delay_us > 0 && a.max_batch_size == 0)
+    return InvalidArgument("--max-queue-delay-us is how long a batch waits for more rows: it needs --max-batch-size "
+                           "(without it the version is not batched, and the delay would do nothing)");
   if (a.max_batch_size > 0 && a.sample_input.empty())
     return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
                            "(its outputs must split by rows)");

@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "daemon.h"
 #include "protocol/messages.h"
+#include "serve/batching.h"
 #include "serve/router.h"
 
 namespace mms {
@@ -168,6 +169,11 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // repack with a sample may have refined them since the adapter copied them).
   auto inputs = MatchInputs(base ? base->inputs : rec.inputs, std::move(req.tensors), rec.ref());
   if (!inputs.ok()) return refuse(inputs.status());
+  // Batching follows the version that runs: an adapter's base. Its inputs
+  // must agree on rows: checked here, before the request takes a token.
+  const VersionRecord& runs = base ? *base : rec;
+  if (runs.max_batch_size > 0)
+    if (auto rows = BatchRows(*inputs); !rows.ok()) return refuse(rows.status());
   // A client-supplied deadline: the request is dropped before running if it cannot make it.
   int64_t deadline = 0;
   if (req.body.contains("timeout_ms")) {
@@ -194,11 +200,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // Mirror to a running shadow of this model, unless the candidate itself served.
   auto sh = snap->shadows.find(rec.model);
   bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
-  // Batching follows the version that runs: an adapter's base. Adapters share
-  // their base's queue (mixed batches) when it takes stacked adapter weights;
-  // otherwise each adapter has its own queue, so a batch is one adapter's.
-  // A queue's class is its owner's: a shared queue has the base's.
-  const VersionRecord& runs = base ? *base : rec;
+  // Adapters share their base's queue (mixed batches) when it takes stacked
+  // adapter weights; otherwise each adapter has its own queue, so a batch is
+  // one adapter's. A queue's class is its owner's: a shared queue has the base's.
   PoolKey queue = base && !base->lora.contains("stacked") ? rec.id : runs.id;
   int priority = d->PriorityOf(queue == rec.id ? rec : runs);
   int max_batch = runs.max_batch_size;

@@ -16,8 +16,7 @@ Result<int64_t> BatchRows(const std::vector<Tensor>& inputs) {
                              ", '" + t.name + "' has " + std::to_string(t.shape[0]) +
                              "; every input of a batched model needs the same number of rows");
   }
-  if (rows == 0) return InvalidArgument("a request needs at least one row");
-  return rows;
+  return rows;  // (0 rows joins a batch as nothing and gets 0 rows back, as the model answers it alone)
 }
 
 bool SameBatchShape(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {

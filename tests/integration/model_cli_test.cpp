@@ -165,6 +165,8 @@ TEST_CASE("every refusal has a clear message and its exit code") {
       {{"model", "register", "tiny", "--version", "8", "--path", mms.Data("tiny.pt"), "--max-queue-delay-us",
         "9300000000000000"},
        2, "[scheduler] max_queue_delay"},
+      {{"model", "register", "tiny", "--version", "9", "--path", mms.Data("tiny.pt"), "--max-queue-delay-us", "500"},
+       2, "it needs --max-batch-size"},
       {{"model", "register", "tiny", "--version", "2", "--path", mms.dir / "missing.pt"}, 2, "does not exist"},
       {{"model", "register", "tiny", "--version", "2", "--path", mms.Data("not_a_model.pt")}, 2,
        "not a loadable TorchScript archive"},

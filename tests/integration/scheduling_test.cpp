@@ -608,9 +608,24 @@ TEST_CASE("dynamic batching with two inputs, mismatched rows or trailing shapes 
   std::ofstream(d.dir() + "/mismatch.json")
       << R"({"ids": {"dtype": "int64", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]},
             "dense": {"dtype": "float32", "shape": [1, 8], "data": [0, 1, 0, 1, 0, 1, 0, 1]}})";
+  // Checked before the rate limit: a refused request takes no token.
+  REQUIRE(d.Mms({"limit", "set", "recb", "--qps", "0.001", "--burst", "1"}).exit_code == 0);
   auto r = d.Mms({"predict", "recb", "--input", d.dir() + "/mismatch.json"});
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("rows") != std::string::npos);
+  REQUIRE(d.Mms({"limit", "rm", "recb"}).exit_code == 0);
+  // No rows at all: answered with no rows, as the version unbatched answers
+  // it (it was refused, after it had taken a token).
+  Register(d, "tiny", "tiny.pt");
+  Register(d, "tinyb", "tiny.pt", {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "8"});
+  std::ofstream(d.dir() + "/empty.json") << R"({"x": {"dtype": "float32", "shape": [0, 4], "data": []}})";
+  auto none = d.Mms({"--json", "predict", "tinyb", "--input", d.dir() + "/empty.json"});
+  CHECK_MESSAGE(none.exit_code == 0, none.err);
+  auto unbatched = d.Mms({"--json", "predict", "tiny", "--input", d.dir() + "/empty.json"});
+  REQUIRE(unbatched.exit_code == 0);
+  json jn = json::parse(none.out), ju = json::parse(unbatched.out);
+  CHECK(jn["outputs"] == ju["outputs"]);
+  CHECK(jn["outputs"].dump().find("[0,") != std::string::npos);
   // Trailing dimensions are fixed by the registered sample: another shape never reaches a batch.
   std::ofstream(d.dir() + "/wide.json")
       << R"({"ids": {"dtype": "int64", "shape": [1, 5], "data": [1, 2, 3, 4, 5]},
