@@ -140,7 +140,13 @@ std::string PinnedOtherwise(Cli& cli, Registry& reg, const Ref& ref) {
   std::vector<std::pair<std::string, std::string>> pins;  // pin, how to release it
   for (const auto& p : config_pins) pins.push_back({p, "remove " + p + " from [pool] pinned in the config, then send mmsd SIGHUP"});
   if (auto all = reg.Pins(); all.ok())
-    for (const auto& p : *all) pins.push_back({p.ref(), "mms unpin " + p.ref()});
+    for (const auto& p : *all) {
+      pins.push_back({p.ref(), "mms unpin " + p.ref()});
+      // Another ref that names the same version now: a bare name follows its
+      // production (or latest) version, an alias its target.
+      if (auto p_v = same(p.ref()); p_v && p_v->id == v->id && p.ref() != ref.ToString())
+        return "by mms pin " + p.ref() + ", which now names " + v->ref() + ": mms unpin " + p.ref();
+    }
   for (const auto& [p, release] : pins)
     if (auto p_v = same(p); p_v && p_v->is_adapter() && p_v->base_id == v->id)
       return "kept as the base of pinned adapter " + p_v->ref() + " (" + release + ")";

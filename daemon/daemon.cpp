@@ -212,12 +212,12 @@ Status Daemon::CreatePool() {
   return Status::Ok();
 }
 
-void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb) {
+void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted) {
   if (!v.is_adapter()) {
     pool_->Acquire(ItemFor(v), [cb](Result<HandlePtr> h) {
       if (!h.ok()) return cb(h.status());
       cb(Servable{std::move(h).value(), nullptr});
-    });
+    }, ModelPool::Room::kEvict, counted);
     return;
   }
   auto snap = snapshot();
@@ -225,14 +225,14 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   if (!base) return cb(NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered"));
   PoolItem adapter = ItemFor(v);
   ModelPool* adapters = adapters_.get();
-  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters](Result<HandlePtr> h) {
+  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters, counted](Result<HandlePtr> h) {
     if (!h.ok()) return cb(h.status());
     HandlePtr model = std::move(h).value();
     adapters->Acquire(adapter, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
       if (!a.ok()) return cb(a.status());
       cb(Servable{std::move(model), std::move(a).value()});
-    });
-  });
+    }, ModelPool::Room::kEvict, counted);
+  }, ModelPool::Room::kEvict, counted);
 }
 
 void Daemon::RetryPins() {

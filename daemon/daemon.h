@@ -98,8 +98,9 @@ class Daemon {
   // The pool a version lives in: adapters' or models'.
   ModelPool* PoolFor(const VersionRecord& v) const { return v.is_adapter() ? adapters_.get() : pool_.get(); }
   // Gets a version onto a device — for an adapter, its base (models' pool)
-  // and the adapter (adapters' pool) — and calls `cb` (as ModelPool::Acquire).
-  void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb);
+  // and the adapter (adapters' pool) — and calls `cb` (as ModelPool::Acquire;
+  // `counted`: a request's, in the hit figures and last use; mms load and pin are not).
+  void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted = true);
   // What pins a version, as "pinned (...how to unpin)"; "" when nothing does.
   std::string PinReason(PoolKey key) const;
   // Pins that name no version (a misspelt [pool] pinned entry, a pinned

@@ -355,7 +355,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
       r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", h->model->device()},
                             {"loaded", h->model->loaded() || (h->adapter && h->adapter->loaded())},
                             {"ms", static_cast<double>(d->clock()->MonoNanos() - t0) / 1e6}});
-    });
+    }, /*counted=*/false);  // an operator's warm-up: no hit, no miss, no last use
   };
 
   (*table)[proto::kEvict] = [d](proto::Message req, Responder r) {
@@ -389,7 +389,7 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     d->AcquireServable(rec, [r, rec, d](Result<Servable> h) mutable {
       if (!h.ok()) return r.Fail(h.status());
       r.Send(nlohmann::json{{"ref", rec.ref()}, {"device", h->model->device()}, {"pinned", d->PoolFor(rec)->IsPinned(rec.id)}});
-    });
+    }, /*counted=*/false);
   };
 
   (*table)[proto::kUnpin] = [d](proto::Message req, Responder r) {

@@ -24,7 +24,11 @@ struct ModelPool::Entry {
   bool loading = false;
   bool pinned = false;
   bool forgotten = false;
-  std::vector<AcquireCallback> waiters;
+  struct Waiter {
+    AcquireCallback cb;
+    bool counted;  // a request's (mms load, pin preloads: not counted, leave no last use)
+  };
+  std::vector<Waiter> waiters;
   std::shared_ptr<Buffer> host;  // host-tier copy (kept while on a device)
   std::unique_ptr<Model> model;
   int device = -1;
@@ -47,7 +51,7 @@ struct ModelPool::Entry {
   int64_t last_load_ns = 0;
 };
 
-ModelHandle::~ModelHandle() { pool_->Release(key_, holder_); }
+ModelHandle::~ModelHandle() { pool_->Release(key_, holder_, counted_); }
 
 void ModelHandle::HoldFor(std::string holder) {
   if (!holder_.empty() || holder.empty()) return;
@@ -126,15 +130,15 @@ ModelPool::Entry& ModelPool::EntryFor(const PoolItem& item) {
   return *it->second;
 }
 
-HandlePtr ModelPool::NewHandle(Entry& e, bool loaded) {
+HandlePtr ModelPool::NewHandle(Entry& e, bool loaded, bool counted) {
   ++e.refs;
-  e.last_use = opts_.clock->MonoNanos();
+  if (counted) e.last_use = opts_.clock->MonoNanos();
   return HandlePtr(new ModelHandle(this, e.item.key, e.model.get(), e.item.ref,
-                                   devices_[static_cast<size_t>(e.device)]->dev->name(), loaded));
+                                   devices_[static_cast<size_t>(e.device)]->dev->name(), loaded, counted));
 }
 
-void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room) {
-  AcquireImpl(item, std::move(cb), room, true);
+void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, bool counted) {
+  AcquireImpl(item, std::move(cb), room, counted);
 }
 
 void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room, bool counted) {
@@ -145,7 +149,7 @@ void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room,
     hits_ += counted;
     devices_[static_cast<size_t>(e.device)]->policy->Touch(e.item.key);
     host_policy_->Touch(e.item.key);
-    HandlePtr h = NewHandle(e, false);
+    HandlePtr h = NewHandle(e, false, counted);
     lock.unlock();
     cb(std::move(h));
     return;
@@ -180,7 +184,7 @@ void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room,
     cb(st);
     return;
   }
-  e.waiters.push_back(std::move(cb));
+  e.waiters.push_back({std::move(cb), counted});
   if (!e.loading) {
     e.free_only_load = room == Room::kFreeOnly;
     StartLoad(e);
@@ -237,10 +241,10 @@ void ModelPool::StartLoad(Entry& e) {
     // else will answer these waiters. Answer them from a detached thread
     // (never inline: we hold mu_).
     e.loading = false;
-    auto waiters = std::make_shared<std::vector<AcquireCallback>>(std::move(e.waiters));
+    auto waiters = std::make_shared<std::vector<Entry::Waiter>>(std::move(e.waiters));
     e.waiters.clear();
     std::thread([waiters] {
-      for (auto& w : *waiters) w(Status(Code::kCancelled, "the pool is shutting down"));
+      for (auto& w : *waiters) w.cb(Status(Code::kCancelled, "the pool is shutting down"));
     }).detach();
   }
 }
@@ -683,8 +687,8 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
     e.healthy = true;
     e.failures = 0;
     for (auto& w : waiters) {
-      HandlePtr h = NewHandle(e, loaded);
-      out.push_back([w = std::move(w), h = std::move(h)]() mutable { w(std::move(h)); });
+      HandlePtr h = NewHandle(e, loaded, w.counted);
+      out.push_back([cb = std::move(w.cb), h = std::move(h)]() mutable { cb(std::move(h)); });
     }
   } else {
     if (st.code() != Code::kPoolFull && st.code() != Code::kCancelled) {
@@ -700,7 +704,7 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       LogWarn("load_failed", {{"model", e.item.ref}, {"error", st.message()}, {"failures", e.failures},
                               {"retry_in_ms", backoff / 1000000}});
     }
-    for (auto& w : waiters) out.push_back([w = std::move(w), st] { w(st); });
+    for (auto& w : waiters) out.push_back([cb = std::move(w.cb), st] { cb(st); });
   }
   if (e.forgotten && e.refs == 0) EraseForgotten(e);
   return out;
@@ -711,7 +715,7 @@ void ModelPool::Hold(PoolKey key, const std::string& holder) {
   if (auto it = entries_.find(key); it != entries_.end()) ++it->second->held[holder];
 }
 
-void ModelPool::Release(PoolKey key, const std::string& holder) {
+void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
@@ -721,7 +725,7 @@ void ModelPool::Release(PoolKey key, const std::string& holder) {
     auto h = e.held.find(holder);
     if (h != e.held.end() && --h->second <= 0) e.held.erase(h);
   }
-  e.last_use = opts_.clock->MonoNanos();
+  if (counted) e.last_use = opts_.clock->MonoNanos();
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
 }
 

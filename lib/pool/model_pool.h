@@ -80,13 +80,15 @@ class ModelHandle {
 
  private:
   friend class ModelPool;
-  ModelHandle(ModelPool* pool, PoolKey key, Model* m, std::string ref, std::string device, bool loaded)
-      : pool_(pool), key_(key), model_(m), ref_(std::move(ref)), device_(std::move(device)), loaded_(loaded) {}
+  ModelHandle(ModelPool* pool, PoolKey key, Model* m, std::string ref, std::string device, bool loaded, bool counted)
+      : pool_(pool), key_(key), model_(m), ref_(std::move(ref)), device_(std::move(device)), loaded_(loaded),
+        counted_(counted) {}
   ModelPool* pool_;
   PoolKey key_;
   Model* model_;
   std::string ref_, device_;
   bool loaded_;
+  bool counted_;        // a request's: its end is the version's last use
   std::string holder_;  // "" while a request
 };
 using HandlePtr = std::shared_ptr<ModelHandle>;
@@ -123,7 +125,9 @@ class ModelPool {
   void StopLoads();
 
   // Calls `cb` with a handle once `item` is on a device, loading it if needed.
-  void Acquire(const PoolItem& item, AcquireCallback cb, Room room = Room::kEvict);
+  // `counted`: a request's, in the hit and miss figures and the last use
+  // (mms load and mms pin are not).
+  void Acquire(const PoolItem& item, AcquireCallback cb, Room room = Room::kEvict, bool counted = true);
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
   Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000, Room room = Room::kEvict);
   // Counts the refusals (POOL_FULL, evict) in which a standing hold
@@ -172,8 +176,8 @@ class ModelPool {
   Entry& EntryFor(const PoolItem& item);             // mu_ held
   // Acquire; `counted`: a request's, in the hit and miss figures (a pin's preload is not).
   void AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room, bool counted);
-  HandlePtr NewHandle(Entry& e, bool loaded);        // mu_ held; takes a ref
-  void Release(PoolKey key, const std::string& holder);
+  HandlePtr NewHandle(Entry& e, bool loaded, bool counted);  // mu_ held; takes a ref
+  void Release(PoolKey key, const std::string& holder, bool counted);
   void Hold(PoolKey key, const std::string& holder);
   std::string Why(const Entry& e) const;              // mu_ held: why it cannot be evicted
   // mu_ held: standing holds are all that keep it (neither pinned, loading

@@ -363,7 +363,13 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
   auto l = d.Mms({"--json", "load", "rec"});
   REQUIRE(l.exit_code == 0);
   CHECK(json::parse(l.out)["loaded"] == true);
-  CHECK(FindModel(Pool(d), "rec:1")["tier"] == "device");
+  REQUIRE(d.Mms({"load", "rec"}).exit_code == 0);  // resident already
+  json loaded = FindModel(Pool(d), "rec:1");
+  CHECK(loaded["tier"] == "device");
+  // An operator's load is no traffic: no hit, no miss, no last use.
+  CHECK(loaded["hits"] == 0);
+  CHECK(loaded["misses"] == 0);
+  CHECK(loaded["last_use_ms_ago"].is_null());
   CHECK(json::parse(d.Mms({"--json", "evict", "rec"}).out)["tier"] == "host");
   CHECK(json::parse(d.Mms({"--json", "evict", "rec"}).out)["tier"] == "disk");
   auto none = d.Mms({"evict", "rec"});
@@ -382,6 +388,15 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
   json m = FindModel(Pool(d), "tiny:1");
   CHECK(m["pinned"] == true);
   CHECK(m["hits"] == 0);
+  CHECK(m["last_use_ms_ago"].is_null());  // preloaded, not used
+  REQUIRE(d.Mms({"pin", "tiny"}).exit_code == 0);  // again, on a resident model: no hit either
+  CHECK(FindModel(Pool(d), "tiny:1")["hits"] == 0);
+  // The version is pinned through its name: unpin of the version says so.
+  auto by_version = d.Mms({"unpin", "tiny:1"});
+  CHECK(by_version.exit_code == 4);
+  CHECK_MESSAGE(by_version.err.find("is not pinned by mms pin, but by mms pin tiny, which now names tiny:1: mms unpin tiny") !=
+                    std::string::npos,
+                by_version.err);
   REQUIRE(d.Mms({"unpin", "tiny"}).exit_code == 0);
   CHECK(FindModel(Pool(d), "tiny:1")["pinned"] == false);
   CHECK(d.Mms({"evict", "tiny"}).exit_code == 0);
