@@ -106,9 +106,11 @@ int CmdList(Cli& cli) {
       std::sort(hit.begin(), hit.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
       for (size_t i = 0; i < hit.size() && i < 20; ++i) {
         const auto& c = counts[hit[i].second];
-        out.push_back({{"kind", kind}, {"key", hit[i].second}, {"by_default", true}, {"qps", c.value("qps", 0.0)},
-                       {"burst", c.value("burst", 0.0)}, {"admitted", c.value("admitted", 0ull)},
-                       {"limited", c.value("limited", 0ull)}, {"refused_by_limit", hit[i].first}});
+        nlohmann::json row{{"kind", kind}, {"key", hit[i].second}, {"by_default", true}, {"admitted", c.value("admitted", 0ull)},
+                           {"limited", c.value("limited", 0ull)}, {"refused_by_limit", hit[i].first}};
+        for (const char* f : {"qps", "burst"})  // none for tenants counted together: each had its own bucket
+          if (c.contains(f)) row[f] = c[f];
+        out.push_back(row);
       }
     }
   } else if (auto cfg = cli.config(); cfg.ok()) {
@@ -127,7 +129,7 @@ int CmdList(Cli& cli) {
     auto field = [](const nlohmann::json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("-"); };
     for (const auto& j : out)
       rows.push_back({j["kind"], j.value("key", "?") + (j.value("by_default", false) ? " (by default)" : ""),
-                      j["qps"].dump(), j["burst"].dump(), field(j, "admitted"), field(j, "limited"),
+                      field(j, "qps"), field(j, "burst"), field(j, "admitted"), field(j, "limited"),
                       field(j, "refused_by_limit")});
     std::cout << FormatTable(rows);
     if (std::any_of(out.begin(), out.end(), [](const auto& j) { return j.contains("default"); }))

@@ -191,7 +191,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     if (!t.is_string()) return refuse(InvalidArgument("tenant must be a string"));
     tenant = t.get<std::string>();
     if (Status st = ValidateTenant(tenant); !st.ok()) return refuse(st);
-    if (tenant == RateLimiter::kNoTenant || tenant == RateLimiter::kOtherTenants)
+    if (RateLimiter::Reserved(tenant))
       return refuse(InvalidArgument("tenant '" + tenant + "' is reserved (mms uses it for requests without a tenant "
                                     "and for tenants past its cap); name the tenant"));
   }

@@ -65,8 +65,8 @@ RateLimiter::Bucket* RateLimiter::Find(std::map<std::string, Bucket>& buckets,
 RateLimiter::Counts& RateLimiter::TenantCounts(const std::string& tenant) {
   auto it = tenant_counts_.find(tenant);
   if (it != tenant_counts_.end()) return it->second;
-  if (tenant_counts_.size() >= kMaxTenants && !tenant_limits_.count(tenant) && tenant != kNoTenant)
-    return tenant_counts_[kOtherTenants];
+  if (tenant_counts_.size() >= kMaxTenants && !tenant_limits_.count(tenant) && !Reserved(tenant))
+    return tenant_counts_[kCountedTogether];
   return tenant_counts_[tenant];
 }
 
@@ -94,9 +94,11 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
   Bucket* t = Find(tenant_buckets_, tenant_limits_, default_tenant_, bucket_key);
   if (m) Refill(*m, now);
   if (t) Refill(*t, now);
+  // Past the bucket cap, the tenant is counted as the bucket it shares.
+  const std::string& counted_as = bucket_key == kOtherTenants ? bucket_key : tenant;
   auto refuse = [&](const std::string& what, const TokenLimit& l, const std::string& hint) {
     ++model_counts_[model].limited;
-    ++TenantCounts(tenant).limited;
+    ++TenantCounts(counted_as).limited;
     // Against the bucket that refused: the model's, or the tenant's own
     // (or the overflow bucket past the cap); and whether its limit was the default.
     const bool by_model = m && m->tokens < 1;
@@ -122,7 +124,7 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
   if (m) m->tokens -= 1;
   if (t) t->tokens -= 1;
   ++model_counts_[model].admitted;
-  ++TenantCounts(tenant).admitted;
+  ++TenantCounts(counted_as).admitted;
   return Status::Ok();
 }
 
@@ -138,7 +140,7 @@ nlohmann::json RateLimiter::Stats() const {
               {"refused_by_default", c.refused_by_default}};
       auto l = limits.find(k);
       std::optional<TokenLimit> lim = l != limits.end() ? std::optional<TokenLimit>(l->second) : fallback;
-      if (lim) {
+      if (lim && k != kCountedTogether) {  // (many tenants, each with its own bucket)
         j[k]["qps"] = lim->qps;
         j[k]["burst"] = lim->burst;
       }

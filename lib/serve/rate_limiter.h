@@ -6,7 +6,11 @@
 // Tenants are named by clients, so their state is bounded: at kMaxTenants
 // buckets, idle ones (full again, so the same as new) are dropped at most
 // once a second; a new tenant that still finds no room shares the
-// "(other)" bucket, and its counts go to "(other)" too. Tenants with their
+// "(other)" bucket, and its counts go to "(other)" too (so that row counts
+// what that bucket decided). Counts are kept for at most kMaxTenants
+// tenants too, and are never dropped: past that, a tenant with a bucket of
+// its own is counted under "(counted together)", which has no limit of its
+// own to show. Tenants with their
 // own limit (mms limit set) always get their own bucket. A request without a
 // tenant is the tenant "(none)": all of them share one bucket (its own limit
 // or the default tenant limit), so leaving the tenant out does not escape a
@@ -37,6 +41,11 @@ class RateLimiter {
   static constexpr size_t kMaxTenants = 10000;
   static constexpr const char* kOtherTenants = "(other)";
   static constexpr const char* kNoTenant = "(none)";
+  static constexpr const char* kCountedTogether = "(counted together)";
+  // Names the limiter uses for itself: no client may send them.
+  static bool Reserved(const std::string& tenant) {
+    return tenant == kNoTenant || tenant == kOtherTenants || tenant == kCountedTogether;
+  }
 
   explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}
 
