@@ -54,9 +54,12 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
       return cli.Fail(InvalidArgument("--output " + a.output + " is a directory; name a file (.json or .safetensors)"));
     struct stat st;
     if (::lstat(a.output.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
-      return cli.Fail(InvalidArgument("--output " + a.output +
-                                      " is not a regular file (it is replaced atomically); leave --output out to "
-                                      "write to standard output"));
+      return cli.Fail(InvalidArgument(
+          "--output " + a.output +
+          (S_ISLNK(st.st_mode) ? " is a symbolic link; name the file itself (the output replaces the file at the "
+                                 "path given, atomically, so a link would be replaced, not written through)"
+                               : " is not a regular file (it is replaced atomically)") +
+          "; leave --output out to write to standard output"));
     if (!IsDirectory(dir))
       return cli.Fail(InvalidArgument("--output " + a.output + ": " + dir +
                                       (FileExists(dir) ? " is not a directory" : " does not exist (create it first)")));

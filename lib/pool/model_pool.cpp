@@ -283,7 +283,9 @@ Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key) const {
   return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
                                      FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) + " [" +
                                      opts_.config_section + "] host_budget in use, " + FormatBytes(reclaimable) +
-                                     " evictable), held by " + (held.empty() ? "nothing else" : held));
+                                     " evictable), held by " + (held.empty() ? "nothing else" : held) +
+                                     "; retry when its requests end, unpin a model (mms unpin), or raise [" +
+                                     opts_.config_section + "] host_budget");
 }
 
 Status ModelPool::MakeHostRoom(uint64_t bytes, PoolKey for_key) {
@@ -442,8 +444,10 @@ Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
     else if (held_only > 0 && free + reclaim + held_only >= need) holds_in_the_way = true;
   }
   if (need > largest_budget)
-    return Status(Code::kPoolFull, e.item.ref + " needs " + FormatBytes(need) + " but the largest device budget is " +
-                                       FormatBytes(largest_budget) + " ([" + opts_.config_section + "] device_budget)");
+    return Status(Code::kFailedPrecondition,  // as NeverFits: no retry helps
+                  e.item.ref + " needs " + FormatBytes(need) + " (in whole arena blocks) but the largest device budget is " +
+                      FormatBytes(largest_budget) + " ([" + opts_.config_section +
+                      "] device_budget): it can never be loaded; raise that budget in mmsd's config and restart mmsd");
   if (!cands->empty()) return Status::Ok();
   if (holds_in_the_way) ++hold_refusals_;
   return DeviceFull(e);
@@ -462,7 +466,9 @@ Status ModelPool::DeviceFull(const Entry& e) const {
                 ", between models that cannot be moved now: in flight or loading)";
   }
   return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(DeviceNeed(e)) +
-                                     ") and nothing more can be evicted: " + detail);
+                                     ") and nothing more can be evicted: " + detail +
+                                     "; retry when requests in flight end, unpin a model (mms unpin), or raise [" +
+                                     opts_.config_section + "] device_budget");
 }
 
 Result<int> ModelPool::PlaceOnDevice(Entry& e) {

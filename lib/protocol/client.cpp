@@ -66,7 +66,10 @@ Result<nng_msg*> RoundTrip(uint32_t sock_id, nng_msg* msg, int64_t timeout_ms, c
                   "mmsd at " + path + " took the request but did not reply within " + std::to_string(timeout_ms) +
                       " ms: it is busy (a model load, a long run) or hung, and the request may still complete "
                       "there. Raise --timeout for slow operations; mms status shows what it is doing");
-  if (rv != 0) return Unavailable("lost connection to mmsd at " + path + ": " + nng_strerror(rv));
+  if (rv != 0)
+    return Unavailable("lost connection to mmsd at " + path + ": " + nng_strerror(rv) +
+                       " (the daemon stopped or restarted during the request, which may or may not have run; "
+                       "mms status says whether it is up, and its log why it stopped)");
   return nng_aio_get_msg(aio.get());
 }
 

@@ -40,10 +40,16 @@ bool IsValidDType(uint8_t raw) {
 }
 
 Result<DType> ParseDType(std::string_view s) {
+  // In any case: torch's names (float32), safetensors' (F32), and the usual
+  // short ones (float, f32, long, ...).
+  auto lower = [](std::string_view v) {
+    std::string l(v);
+    std::transform(l.begin(), l.end(), l.begin(), [](unsigned char c) { return std::tolower(c); });
+    return l;
+  };
+  const std::string l = lower(s);
   for (const auto& i : kDTypes)
-    if (s == i.name || s == i.st_name) return i.d;
-  std::string l(s);
-  std::transform(l.begin(), l.end(), l.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (l == lower(i.name) || l == lower(i.st_name)) return i.d;
   if (l == "float" || l == "f32") return DType::kFloat32;
   if (l == "double" || l == "f64") return DType::kFloat64;
   if (l == "half" || l == "f16") return DType::kFloat16;
@@ -53,7 +59,7 @@ Result<DType> ParseDType(std::string_view s) {
   if (l == "uint8" || l == "u8") return DType::kUInt8;
   return InvalidArgument("unknown dtype '" + std::string(s) +
                          "'; use one of float32, float64, float16, bfloat16, int8, uint8, int16, "
-                         "int32, int64, bool");
+                         "int32, int64, bool (or safetensors' F32, F64, F16, BF16, I8, U8, I16, I32, I64, BOOL)");
 }
 
 int64_t ShapeNumel(const std::vector<int64_t>& shape) {

@@ -342,8 +342,13 @@ Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const auto& spec = it.value();
     const std::string& name = it.key();
+    if (name.empty()) return InvalidArgument("a tensor has an empty name; name it after the model's input");
     if (!spec.is_object() || !spec.contains("dtype") || !spec.contains("shape") || !spec.contains("data"))
       return InvalidArgument("tensor '" + name + "' needs \"dtype\", \"shape\" and \"data\"");
+    for (auto k = spec.begin(); k != spec.end(); ++k)  // a misspelt key would otherwise go unnoticed
+      if (k.key() != "dtype" && k.key() != "shape" && k.key() != "data")
+        return InvalidArgument("tensor '" + name + "' has an unknown key '" + k.key() +
+                               "'; a tensor has only \"dtype\", \"shape\" and \"data\"");
     if (!spec["dtype"].is_string()) return InvalidArgument("tensor '" + name + "': dtype must be a string");
     MMS_ASSIGN_OR_RETURN(DType dt, ParseDType(spec["dtype"].get<std::string>()));
     std::vector<int64_t> shape;

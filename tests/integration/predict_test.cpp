@@ -94,7 +94,9 @@ TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id a
   auto served = [&] { return json::parse(d.Mms({"--json", "status"}).out)["requests_served"].get<uint64_t>(); };
   uint64_t before = served();
   std::ofstream(d.dir() + "/plainfile") << "x";
+  std::filesystem::create_symlink(d.dir() + "/plainfile", d.dir() + "/link.json");
   for (const auto& [bad, says] : std::vector<std::pair<std::string, std::string>>{
+           {d.dir() + "/link.json", "is a symbolic link; name the file itself"},
            {d.dir() + "/no/such/dir/out.json", "does not exist (create it first)"},
            {d.dir(), "is a directory"},
            {std::string("/dev/null"), "not a regular file"},

@@ -43,6 +43,17 @@ TEST_CASE("JSON tensors: round trip of every dtype, and malformed files refused"
   CHECK(JsonError(R"({"x": {"dtype": "float32", "data": [1]}})") != "ok");
   CHECK(JsonError(R"({"x": {"dtype": "int32", "shape": [1], "data": ["one"]}})") != "ok");
   CHECK(JsonError(R"({"x": [1, 2, 3]})") != "ok");
+  // dtype names in any case, torch's or safetensors'.
+  for (const char* dt : {"FLOAT32", "Float32", "F32", "f32", "float"}) {
+    auto x = TensorsFromJson(json::parse(std::string(R"({"x": {"dtype": ")") + dt + R"(", "shape": [1], "data": [1]}})"));
+    REQUIRE_MESSAGE(x.ok(), dt);
+    CHECK((*x)[0].dtype == DType::kFloat32);
+  }
+  CHECK(JsonError(R"({"x": {"dtype": "F8_E4M3", "shape": [1], "data": [1]}})").find("or safetensors' F32") != std::string::npos);
+  // A misspelt key is named, not ignored; an empty name is refused, not dropped.
+  CHECK(JsonError(R"({"x": {"dtype": "float32", "shape": [1], "data": [1], "dtpye": "int64"}})")
+            .find("unknown key 'dtpye'") != std::string::npos);
+  CHECK(JsonError(R"({"": {"dtype": "float32", "shape": [1], "data": [1]}})").find("empty name") != std::string::npos);
 }
 
 TEST_CASE("safetensors: round trip with alignment and metadata, corrupt headers refused") {
