@@ -807,37 +807,52 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
 // and nested blocks are skipped; parsed by hand (a regex over a huge run of
 // digits overflowed the stack).
 struct TritonBatching {
-  std::optional<std::string> max_batch;  // the digits as written
+  std::optional<std::string> max_batch;  // the value as written
   bool dynamic = false;
+  std::optional<std::string> delay_us;   // dynamic_batching's max_queue_delay_microseconds, as written
 };
 TritonBatching ReadTritonBatching(const std::string& text) {
   TritonBatching out;
   int depth = 0;
+  bool in_dynamic = false;  // inside the top-level dynamic_batching block
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
     size_t i = line.find_first_not_of(" \t\r");
+    auto key = [&](const char* k) {
+      size_t n = std::strlen(k);
+      if (line.compare(i, n, k) != 0) return false;
+      if (i + n == line.size()) return true;
+      char next = line[i + n];
+      return !std::isalnum(static_cast<unsigned char>(next)) && next != '_';
+    };
+    auto value = [&]() -> std::optional<std::string> {  // as written, up to blanks: "-3" is shown, not ""
+      size_t c = line.find(':', i);
+      size_t d = c == std::string::npos ? c : line.find_first_not_of(" \t", c + 1);
+      if (d == std::string::npos) return std::nullopt;
+      size_t e = line.find_first_of(" \t\r}", d);
+      return line.substr(d, (e == std::string::npos ? line.size() : e) - d);
+    };
     if (depth == 0 && i != std::string::npos) {
-      auto key = [&](const char* k) {
-        size_t n = std::strlen(k);
-        if (line.compare(i, n, k) != 0) return false;
-        if (i + n == line.size()) return true;
-        char next = line[i + n];
-        return !std::isalnum(static_cast<unsigned char>(next)) && next != '_';
-      };
-      if (key("dynamic_batching")) out.dynamic = true;
-      if (key("max_batch_size")) {
-        size_t c = line.find(':', i);
-        size_t d = c == std::string::npos ? c : line.find_first_not_of(" \t", c + 1);
-        if (d != std::string::npos) {
-          size_t e = line.find_first_not_of("0123456789", d);
-          out.max_batch = line.substr(d, (e == std::string::npos ? line.size() : e) - d);
+      in_dynamic = line[i] == '{' && in_dynamic;  // ("dynamic_batching" then "{" on the next line)
+      if (key("dynamic_batching")) {
+        out.dynamic = true;
+        in_dynamic = true;
+        // "dynamic_batching { max_queue_delay_microseconds: 100 }" on one line
+        if (size_t k = line.find("max_queue_delay_microseconds", i); k != std::string::npos) {
+          i = k;
+          out.delay_us = value();
         }
       }
+      if (key("max_batch_size")) out.max_batch = value();
+    } else if (depth == 1 && in_dynamic && i != std::string::npos && key("max_queue_delay_microseconds")) {
+      out.delay_us = value();
     }
+    const int before = depth;
     for (char ch : line) depth += ch == '{' ? 1 : ch == '}' ? -1 : 0;
     depth = std::max(depth, 0);
+    if (before > 0 && depth == 0) in_dynamic = false;  // its block closed
   }
   return out;
 }
@@ -868,6 +883,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
     // alone says the model takes a batch dimension. mms batches across
     // requests when max_batch_size > 0, so it takes the number only then.
     int max_batch = 0;
+    int64_t delay_us = 0;  // Triton's max_queue_delay_microseconds (0: [scheduler] max_queue_delay)
     const std::string cfg_path = (mdir / "config.pbtxt").string();
     if (FileExists(cfg_path)) {
       auto cfg = ReadFile(cfg_path);
@@ -879,7 +895,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
       if (tb.max_batch) {
         const std::string& digits = *tb.max_batch;
         auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), max_batch);
-        if (digits.empty() || err != std::errc() || end != digits.data() + digits.size()) {
+        if (digits.empty() || err != std::errc() || end != digits.data() + digits.size() || max_batch < 0) {
           std::string shown = digits.size() > 24 ? digits.substr(0, 24) + "..." : digits;
           skip(mdir.string(), cfg_path + ": max_batch_size " + shown + " is out of range (0 to " +
                                   std::to_string(std::numeric_limits<int>::max()) + "); fix it to import this model");
@@ -887,6 +903,17 @@ int CmdImport(Cli& cli, const std::string& dir) {
         }
       }
       if (!tb.dynamic) max_batch = 0;
+      if (tb.dynamic && tb.delay_us) {
+        const std::string& digits = *tb.delay_us;
+        auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), delay_us);
+        if (digits.empty() || err != std::errc() || end != digits.data() + digits.size() || delay_us < 0 ||
+            delay_us > kMaxQueueDelayUsMax) {
+          std::string shown = digits.size() > 24 ? digits.substr(0, 24) + "..." : digits;
+          skip(mdir.string(), cfg_path + ": max_queue_delay_microseconds " + shown + " is out of range (0 to " +
+                                  std::to_string(kMaxQueueDelayUsMax) + "); fix it to import this model");
+          continue;
+        }
+      }
     }
     std::vector<std::filesystem::path> versions;
     if (std::error_code lec = ListDirs(mdir, &versions)) {
@@ -917,13 +944,23 @@ int CmdImport(Cli& cli, const std::string& dir) {
       for (const char* n : {"sample_input.json", "sample_input.safetensors"})
         if (a.sample_input.empty() && FileExists((vdir / n).string())) a.sample_input = (vdir / n).string();
       std::string unbatched;
-      if (max_batch > 0 && a.sample_input.empty())
+      std::string then;  // what to do about it
+      if (max_batch > 0 && a.sample_input.empty()) {
         unbatched = "no sample_input.json or sample_input.safetensors beside model.pt to check that it batches";
-      else
+        then = ". To batch it, register it again as a new version with --max-batch-size and --sample-input";
+      } else {
         a.max_batch_size = max_batch;
+        if (max_batch > 0) a.max_queue_delay_us = delay_us;
+      }
       auto rec = RegisterVersion(cli, **reg, a);
       if (!rec.ok() && a.max_batch_size > 0 && rec.status().code() == Code::kInvalidArgument) {
+        // The model cannot batch (its rows depend on each other, its outputs
+        // do not split): registered unbatched, which is all that can be done.
         unbatched = rec.status().message();
+        a.max_queue_delay_us = 0;
+        if (const std::string done = "; register without --max-batch-size";
+            unbatched.size() >= done.size() && unbatched.compare(unbatched.size() - done.size(), done.size(), done) == 0)
+          unbatched.resize(unbatched.size() - done.size());
         a.max_batch_size = 0;
         rec = RegisterVersion(cli, **reg, a);
       }
@@ -931,10 +968,8 @@ int CmdImport(Cli& cli, const std::string& dir) {
         registered.push_back(rec->ref());
         if (!unbatched.empty())
           notes.push_back({{"ref", rec->ref()},
-                           {"note", "registered without dynamic batching (" + cfg_path +
-                                        " asks for it): " + unbatched +
-                                        ". To batch it, register it again as a new version with "
-                                        "--max-batch-size and --sample-input"}});
+                           {"note", "registered without dynamic batching (" + cfg_path + " asks for it): " + unbatched +
+                                        then}});
         continue;
       }
       if (rec.status().code() != Code::kAlreadyExists) {

@@ -502,7 +502,13 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   CHECK(all.find("invalid version 'v3'") != std::string::npos);
   CHECK(all.find("no model.pt") != std::string::npos);
   CHECK(all.find("not a loadable TorchScript archive") != std::string::npos);
-  CHECK(json::parse(mms({"--json", "model", "show", "ranker:2"}).out)["max_batch_size"] == 32);
+  json ranker2 = json::parse(mms({"--json", "model", "show", "ranker:2"}).out);
+  CHECK(ranker2["max_batch_size"] == 32);
+  CHECK(ranker2["max_queue_delay_us"] == 100);  // dynamic_batching's max_queue_delay_microseconds
+  // A model that cannot batch is registered unbatched; the note says why, and
+  // does not tell the reader to register it batched again.
+  CHECK(j["notes"][0]["note"].get<std::string>().find("To batch it") == std::string::npos);
+  CHECK(j["notes"][0]["note"].get<std::string>().find("register without") == std::string::npos);
   {
     // A max_batch_size that does not fit skips that model with an error naming
     // the file and the value (it used to abort the whole import).
@@ -512,16 +518,20 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
     std::filesystem::copy_file(mms.Data("tiny.pt"), big + "/huge/1/model.pt");
     std::filesystem::copy_file(mms.Data("tiny.pt"), big + "/fine/1/model.pt");
     std::ofstream(big + "/huge/config.pbtxt") << "name: \"huge\"\nmax_batch_size: 99999999999\n";
+    std::filesystem::create_directories(big + "/neg/1");
+    std::filesystem::copy_file(mms.Data("tiny.pt"), big + "/neg/1/model.pt");
+    std::ofstream(big + "/neg/config.pbtxt") << "max_batch_size: -3\n";
     auto h = mms({"--json", "model", "import", big});
     INFO(h.out << h.err);
     CHECK(h.exit_code == 1);
     REQUIRE(json::accept(h.out));
     json hj = json::parse(h.out);
     CHECK(hj["registered"] == json::array({"fine:1"}));
-    REQUIRE(hj["skipped"].size() == 1);
+    REQUIRE(hj["skipped"].size() == 2);
     std::string why = hj["skipped"][0]["reason"];
     CHECK(why.find(big + "/huge/config.pbtxt") != std::string::npos);
     CHECK(why.find("max_batch_size 99999999999 is out of range") != std::string::npos);
+    CHECK(hj["skipped"][1]["reason"].get<std::string>().find("max_batch_size -3 is out of range") != std::string::npos);
   }
   // Importing again skips the existing versions as such (not an error).
   std::filesystem::remove_all(repo + "/Bad_Name");
