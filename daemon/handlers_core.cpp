@@ -2,6 +2,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "core/version.h"
 #include "daemon.h"
 #include "protocol/messages.h"
@@ -28,7 +30,8 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["config"] = o.config_path;
     j["cuda_build"] = MMS_WITH_CUDA_BUILD == 1;
     j["requests_served"] = d->server()->requests_served();
-    j["in_flight"] = d->server()->in_flight();
+    // Not counting this status request itself.
+    j["in_flight"] = std::max<int64_t>(0, d->server()->in_flight() - 1);
     j["registry"] = d->registry()->path();
     if (Status st = d->registry()->CheckFileIdentity(); !st.ok()) j["registry_error"] = st.message();
     if (std::string e = d->MetricsFlushError(); !e.empty()) j["metrics_flush_error"] = e;
