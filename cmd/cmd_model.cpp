@@ -276,14 +276,20 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   Progress progress("hashing " + BaseName(*canon), !cli.g.quiet && !cli.g.json);
   MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(*canon, [&](uint64_t d, uint64_t t) { progress(d, t); }));
 
-  MMS_ASSIGN_OR_RETURN(Packed packed, PackArtifact(cli, *canon, a.name, a.version, v.sha256, a.sample_input,
-                                                   a.max_batch_size));
-  v.inputs = InputSpecsFromJson(packed.info["inputs"]);
-  if (packed.info.contains("lora_stacked")) v.lora = {{"stacked", packed.info["lora_stacked"]}};
-  v.device_bytes = packed.info.value("weight_bytes", 0ull);
+  auto packed = PackArtifact(cli, *canon, a.name, a.version, v.sha256, a.sample_input, a.max_batch_size);
+  if (!packed.ok()) {
+    // A refused artifact leaves no empty artifacts/<name>/ behind (nothing
+    // lists it). rmdir only: a registration of the same name running now
+    // has files there, or makes the directory again (MakeDirs).
+    if (auto dir = cli.ArtifactsDir(); dir.ok()) ::rmdir(JoinPath(*dir, a.name).c_str());
+    return packed.status();
+  }
+  v.inputs = InputSpecsFromJson(packed->info["inputs"]);
+  if (packed->info.contains("lora_stacked")) v.lora = {{"stacked", packed->info["lora_stacked"]}};
+  v.device_bytes = packed->info.value("weight_bytes", 0ull);
   v.host_bytes = v.device_bytes;
-  v.packed_dir = packed.dir;
-  v.sample_input = packed.sample_input;
+  v.packed_dir = packed->dir;
+  v.sample_input = packed->sample_input;
   return RegisterPublished(reg, v);
 }
 

@@ -198,6 +198,10 @@ TEST_CASE("every refusal has a clear message and its exit code") {
     CHECK(r.err.find(c.says) != std::string::npos);
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
   }
+  // A refused artifact of a new name leaves no empty artifacts/<name>/ (nothing listed it).
+  CHECK(mms({"model", "register", "fresh", "--version", "1", "--path", mms.Data("not_a_model.pt")}).exit_code == 2);
+  CHECK_FALSE(std::filesystem::exists(mms.dir / "data/artifacts/fresh"));
+  CHECK(std::filesystem::exists(mms.dir / "data/artifacts/tiny"));  // (others' stay)
   // --json errors are JSON on stdout with the same exit code.
   auto j = mms({"--json", "model", "show", "tinny"});
   CHECK(j.exit_code == 4);
