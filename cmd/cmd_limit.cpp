@@ -16,7 +16,9 @@ struct LimitArgs {
   bool burst_set = false;
 };
 
-Result<std::pair<std::string, std::string>> Target(const LimitArgs& a) {
+// `for_rm`: a tenant id is taken as stored, unchecked, so that a limit set
+// before the rules for tenant ids tightened can still be removed.
+Result<std::pair<std::string, std::string>> Target(const LimitArgs& a, bool for_rm = false) {
   if (a.model.empty() && a.tenant.empty())
     return InvalidArgument("name what to limit: a model (mms limit set MODEL ...) or a tenant (--tenant T)");
   if (!a.model.empty() && !a.tenant.empty())
@@ -31,7 +33,7 @@ Result<std::pair<std::string, std::string>> Target(const LimitArgs& a) {
   if (a.tenant == "*")
     return InvalidArgument("'*' stands for the [limits] default in mms limit list; set the default tenant limit with "
                            "[limits] tenant_qps in mms.toml");
-  MMS_RETURN_IF_ERROR(ValidateTenant(a.tenant));
+  if (!for_rm) MMS_RETURN_IF_ERROR(ValidateTenant(a.tenant));
   return std::make_pair(std::string("tenant"), a.tenant);
 }
 
@@ -50,7 +52,7 @@ int CmdSet(Cli& cli, const LimitArgs& a) {
 }
 
 int CmdRm(Cli& cli, const LimitArgs& a) {
-  auto t = Target(a);
+  auto t = Target(a, /*for_rm=*/true);
   if (!t.ok()) return cli.Fail(t.status());
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());

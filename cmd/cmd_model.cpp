@@ -837,7 +837,7 @@ TritonBatching ReadTritonBatching(const std::string& text) {
       size_t c = line.find(':', i);
       size_t d = c == std::string::npos ? c : line.find_first_not_of(" \t", c + 1);
       if (d == std::string::npos) return std::nullopt;
-      size_t e = line.find_first_of(" \t\r}", d);
+      size_t e = line.find_first_of(" \t\r},;", d);  // (protobuf text may end a field with , or ;)
       return line.substr(d, (e == std::string::npos ? line.size() : e) - d);
     };
     if (depth == 0 && i != std::string::npos) {
@@ -919,6 +919,8 @@ int CmdImport(Cli& cli, const std::string& dir) {
                                   std::to_string(kMaxQueueDelayUsMax) + "); fix it to import this model");
           continue;
         }
+        // Triton's 0 is "do not wait"; a version's 0 is "[scheduler] max_queue_delay": the least wait instead.
+        delay_us = std::max<int64_t>(delay_us, 1);
       }
     }
     std::vector<std::filesystem::path> versions;

@@ -64,14 +64,22 @@ int32_t NextCodePoint(std::string_view t, size_t* i) {
 // characters and direction marks (U+200B-200F), line and paragraph
 // separators and the direction embeddings and overrides (U+2028-202E),
 // invisible operators (U+2060-2064), direction isolates (U+2066-2069), the
-// byte order mark and the interlinear annotation marks.
+// byte order mark and the interlinear annotation marks; the combining
+// grapheme joiner, the Hangul fillers and the braille blank, which show as
+// nothing or as a space; and the tag characters (U+E0000-E007F), invisible
+// after any letter.
 bool Invisible(int32_t cp) {
-  return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0xad || cp == 0x61c || cp == 0x180e ||
-         (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2060 && cp <= 0x2064) ||
-         (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff || (cp >= 0xfff9 && cp <= 0xfffb);
+  return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0xad || cp == 0x34f || cp == 0x61c || cp == 0x115f ||
+         cp == 0x1160 || cp == 0x180e || (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202e) ||
+         (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2800 || cp == 0x3164 ||
+         cp == 0xfeff || cp == 0xffa0 || (cp >= 0xfff9 && cp <= 0xfffb) || (cp >= 0xe0000 && cp <= 0xe007f);
 }
 
-bool Space(int32_t cp) { return cp == ' ' || cp == 0xa0 || cp == 0x3000 || (cp >= 0x2000 && cp <= 0x200a); }
+// The Unicode space separators (Zs).
+bool Space(int32_t cp) {
+  return cp == ' ' || cp == 0xa0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x202f || cp == 0x205f ||
+         cp == 0x3000;
+}
 }  // namespace
 
 Status ValidateTenant(std::string_view t) {

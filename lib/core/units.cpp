@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <optional>
 #include <vector>
 
 namespace mms {
@@ -20,6 +22,23 @@ bool SplitNumber(std::string_view s, double* value, std::string* suffix) {
   if (end == begin) return false;
   *suffix = Trim(std::string_view(end));
   return std::isfinite(*value);
+}
+
+// `number` (its text, read as `v`) times `mult`: exact for a plain integer
+// (a double holds only 53 bits: 17280000000000001ns read back one less);
+// nullopt past 2^64.
+std::optional<uint64_t> Times(std::string_view number, double v, uint64_t mult) {
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), n);
+  if (ec == std::errc() && end == number.data() + number.size()) {
+    uint64_t out = 0;
+    if (__builtin_mul_overflow(n, mult, &out)) return std::nullopt;
+    return out;
+  }
+  if (ec == std::errc::result_out_of_range) return std::nullopt;
+  const double r = std::round(v * static_cast<double>(mult));
+  if (!(r < 18446744073709551616.0)) return std::nullopt;  // 2^64 (and not NaN)
+  return static_cast<uint64_t>(r);
 }
 }  // namespace
 
@@ -48,36 +67,39 @@ Result<int64_t> ParseDurationNanos(std::string_view s) {
   const std::string rule = "a duration is a number with a unit ns, us, ms, s, m, h or d (e.g. 250ms, 30m, 1m30s)";
   const std::string str = Trim(s);
   auto bad = [&](const std::string& why) { return InvalidArgument("invalid duration '" + str + "': " + why); };
-  double ns = 0;
+  auto too_long = [&] { return InvalidArgument("duration '" + str + "' is too long"); };
+  uint64_t ns = 0;
   size_t i = 0;
   int parts = 0;
   while (i < str.size()) {
     const char* begin = str.c_str() + i;
     char* end = nullptr;
     const double v = std::strtod(begin, &end);
-    if (end == begin || !std::isfinite(v) || std::string_view(begin, static_cast<size_t>(end - begin)).find_first_of("xX") != std::string_view::npos)
+    const std::string_view number(begin, static_cast<size_t>(end - begin));
+    if (end == begin || !std::isfinite(v) || number.find_first_of("xX") != std::string_view::npos)
       return bad(rule);  // (not inf, nan or hexadecimal, which strtod reads too)
     if (v < 0 || *begin == '-') return bad("must not be negative");
-    i += static_cast<size_t>(end - begin);
+    i += number.size();
     size_t u = i;
     while (u < str.size() && !std::isdigit(static_cast<unsigned char>(str[u])) && str[u] != '.') ++u;
     const std::string suf = Trim(std::string_view(str).substr(i, u - i));
     i = u;
-    double mult;
+    uint64_t mult;
     if (suf == "ns") mult = 1;
-    else if (suf == "us" || suf == "µs") mult = 1e3;
-    else if (suf == "ms") mult = 1e6;
-    else if (suf == "s" || (suf.empty() && parts == 0 && i == str.size())) mult = 1e9;
-    else if (suf == "m" || suf == "min") mult = 60e9;
-    else if (suf == "h") mult = 3600e9;
-    else if (suf == "d") mult = 86400e9;
+    else if (suf == "us" || suf == "µs") mult = 1'000;
+    else if (suf == "ms") mult = 1'000'000;
+    else if (suf == "s" || (suf.empty() && parts == 0 && i == str.size())) mult = 1'000'000'000;
+    else if (suf == "m" || suf == "min") mult = 60'000'000'000;
+    else if (suf == "h") mult = 3'600'000'000'000;
+    else if (suf == "d") mult = 86'400'000'000'000;
     else return bad(rule);
-    ns += v * mult;
+    auto part = Times(number[0] == '+' ? number.substr(1) : number, v, mult);
+    if (!part || __builtin_add_overflow(ns, *part, &ns)) return too_long();
     ++parts;
   }
   if (parts == 0) return bad(rule);
-  if (ns > 9.0e18) return InvalidArgument("duration '" + str + "' is too long");
-  return static_cast<int64_t>(std::llround(ns));
+  if (ns > 9'000'000'000'000'000'000ull) return too_long();
+  return static_cast<int64_t>(ns);
 }
 
 Result<uint64_t> ParseBytes(std::string_view s) {
@@ -89,20 +111,25 @@ Result<uint64_t> ParseBytes(std::string_view s) {
   if (v < 0) return InvalidArgument("invalid size '" + std::string(s) + "': must not be negative");
   std::string u = suf;
   std::transform(u.begin(), u.end(), u.begin(), [](unsigned char c) { return std::toupper(c); });
-  double mult;
+  uint64_t mult;
   if (u.empty() || u == "B") mult = 1;
-  else if (u == "KB" || u == "K") mult = 1e3;
-  else if (u == "MB" || u == "M") mult = 1e6;
-  else if (u == "GB" || u == "G") mult = 1e9;
-  else if (u == "TB" || u == "T") mult = 1e12;
-  else if (u == "KIB") mult = 1024.0;
-  else if (u == "MIB") mult = 1024.0 * 1024;
-  else if (u == "GIB") mult = 1024.0 * 1024 * 1024;
-  else if (u == "TIB") mult = 1024.0 * 1024 * 1024 * 1024;
+  else if (u == "KB" || u == "K") mult = 1'000;
+  else if (u == "MB" || u == "M") mult = 1'000'000;
+  else if (u == "GB" || u == "G") mult = 1'000'000'000;
+  else if (u == "TB" || u == "T") mult = 1'000'000'000'000;
+  else if (u == "KIB") mult = 1ull << 10;
+  else if (u == "MIB") mult = 1ull << 20;
+  else if (u == "GIB") mult = 1ull << 30;
+  else if (u == "TIB") mult = 1ull << 40;
   else return InvalidArgument("invalid size '" + std::string(s) + "': " + rule);
-  double b = v * mult;
-  if (b > 1.8e19) return InvalidArgument("size '" + std::string(s) + "' is too large");
-  return static_cast<uint64_t>(std::llround(b));
+  const std::string str = Trim(s);
+  std::string_view number(str);
+  number = number.substr(0, number.size() - suf.size());
+  while (!number.empty() && std::isspace(static_cast<unsigned char>(number.back()))) number.remove_suffix(1);
+  if (!number.empty() && number[0] == '+') number.remove_prefix(1);
+  auto b = Times(number, v, mult);
+  if (!b) return InvalidArgument("size '" + std::string(s) + "' is too large");
+  return *b;
 }
 
 std::string FormatBytes(uint64_t bytes) {

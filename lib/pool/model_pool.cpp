@@ -39,6 +39,7 @@ struct ModelPool::Entry {
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)
+  std::optional<PoolItem> replaced;    // new files (Replaced) while a load ran: taken when it ends
   bool free_only_load = false;         // the load in progress may take only free room (Room::kFreeOnly)
   // health
   bool healthy = true;
@@ -407,8 +408,8 @@ Status ModelPool::NeverFits(const Entry& e) const {
   uint64_t largest = 0;
   for (const auto& d : devices_) largest = std::max(largest, d->dev->budget());
   const std::string section = "[" + opts_.config_section + "] ";
-  std::string over;  // the budgets it is over
-  if (e.bytes > largest) over = "the largest device budget is " + FormatBytes(largest) + " (" + section + "device_budget)";
+  std::string over;  // the budgets it is over (on a device in whole arena blocks, as placed)
+  if (DeviceNeed(e) > largest) over = "the largest device budget is " + FormatBytes(largest) + " (" + section + "device_budget)";
   if (e.bytes > opts_.host_budget)
     over += (over.empty() ? "" : " and ") + std::string("the host tier's budget is ") + FormatBytes(opts_.host_budget) +
             " (" + section + "host_budget)";
@@ -712,6 +713,11 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
     }
     for (auto& w : waiters) out.push_back([cb = std::move(w.cb), st] { cb(st); });
   }
+  if (e.replaced) {
+    TakeReplaced(e, *e.replaced, !st.ok());
+    e.replaced.reset();
+    e.retry_at = 0;  // (a failure of the replaced files is no reason to wait for the new ones)
+  }
   if (e.forgotten && e.refs == 0) EraseForgotten(e);
   return out;
 }
@@ -819,9 +825,20 @@ void ModelPool::Replaced(const PoolItem& item) {
   if (it == entries_.end()) return;
   Entry& e = *it->second;
   e.retry_at = 0;
-  if (e.loading) return;  // (the next load after this one reads the new files: EntryFor)
-  if (e.tier == Tier::kHost && e.refs == 0) DropHost(e);
-  if (e.tier == Tier::kDisk) e.item = item;
+  if (e.loading) {
+    e.replaced = item;  // the load reads the old files: Finish takes these
+    return;
+  }
+  TakeReplaced(e, item, /*load_failed=*/!e.healthy);
+}
+
+void ModelPool::TakeReplaced(Entry& e, const PoolItem& item, bool load_failed) {
+  // The weights are the same bytes (a repack rewrites them), so a copy in
+  // memory serves on — but the old files (its sample among them) may be
+  // pruned now. A copy that failed to load (its warm-up, on the host tier)
+  // is dropped, so that the next load reads the new files.
+  e.item = item;
+  if (load_failed && e.tier == Tier::kHost && e.refs == 0) DropHost(e);
 }
 
 void ModelPool::EraseForgotten(Entry& e) {

@@ -146,13 +146,14 @@ class ModelPool {
   // The version left the registry: dropped as soon as no handle holds it.
   void Forget(PoolKey key);
   // Its stored files were replaced (mms model repack; `item` names the new
-  // ones): a failed load is retried at the next request instead of after
-  // its backoff, and reads the new files — a copy held on the host tier
-  // and used by no one (one whose warm-up failed stays there) is dropped,
-  // for it came from the replaced files. One on a device serves on: a
-  // repack rewrites the same weights.
+  // ones, which the version uses from now on — also while loading: taken
+  // when the load ends): a failed load is retried at the next request
+  // instead of after its backoff, and reads the new files — a copy whose
+  // load failed (its warm-up, kept on the host tier) is dropped, for it came
+  // from the replaced files. A copy that loaded serves on: a repack rewrites
+  // the same weights.
   void Replaced(const PoolItem& item);
-  // POOL_FULL when `item` is bigger than every device budget or the host
+  // FAILED_PRECONDITION when `item` is bigger than every device budget or the host
   // budget: no eviction could ever make room.
   Status FitsAtAll(const PoolItem& item) const;
 
@@ -188,6 +189,7 @@ class ModelPool {
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
   void StartLoad(Entry& e);                          // mu_ held
+  void TakeReplaced(Entry& e, const PoolItem& item, bool load_failed);  // mu_ held: see Replaced
   void RunLoad(PoolKey key);                         // loader thread
   struct Cand {  // a device that can take a model
     int index;
@@ -202,7 +204,7 @@ class ModelPool {
   Status DeviceRoom(const Entry& e, std::vector<Cand>* cands) const;
   Status DeviceFull(const Entry& e) const;           // mu_ held: the POOL_FULL for no device
   static uint64_t DeviceNeed(const Entry& e);        // its whole arena blocks
-  Status NeverFits(const Entry& e) const;            // mu_ held: POOL_FULL when bigger than a whole budget
+  Status NeverFits(const Entry& e) const;            // mu_ held: FAILED_PRECONDITION when bigger than a whole budget
   Status MakeHostRoom(uint64_t bytes, PoolKey for_key);      // mu_ held
   Result<int> PlaceOnDevice(Entry& e);               // mu_ held: reserves a block
   // mu_ held: moves idle models' blocks on device `index` down into the

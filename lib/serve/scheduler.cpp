@@ -437,17 +437,20 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   bool unsplit = false, rerun = false;
   auto results = RunBatch(batch, rows, &unsplit, &rerun);
   int64_t t1 = opts_.clock->MonoNanos(), dt = t1 - t0;
-  bool wake = false;
+  bool wake = false, wake_all = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Queue& q = queues_[key];
     // A probe ran because the estimate was stale: its time replaces it.
     // An unsplit or failed batch ran its requests one by one after the batch: not one execution.
+    const bool was_unmeasured = Unmeasured(q);
     if (!unsplit && !rerun) {
       q.exec_ns = !q.measured || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
       q.measured = true;
     }
     --q.running;
+    // Its backlog waited for this measure while workers went idle: all may take it now.
+    wake_all = was_unmeasured && !Unmeasured(q) && !q.jobs.empty();
     // (Nor does it refresh the estimate's age: a version whose every batch
     // failed would otherwise keep a stale estimate that never counts as stale.)
     if (!unsplit && !rerun) q.last_exec_ns = t1;
@@ -465,7 +468,8 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     --busy_;
     wake = total_queued_ > 0;  // a worker is needed only for queued work (no needless wake-ups)
   }
-  if (wake) cv_.notify_one();
+  if (wake_all) cv_.notify_all();
+  else if (wake) cv_.notify_one();
   for (size_t i = 0; i < batch.size(); ++i) Finish(batch[i], std::move(results[i]));
   std::lock_guard<std::mutex> lock(mu_);
   if (--running_ == 0 && stopping_) cv_.notify_all();  // Stop waits for this

@@ -26,6 +26,16 @@ TEST_CASE("durations parse with units and refuse garbage") {
     CHECK(ParseDurationNanos(FormatDurationNanos(ns)).value() == ns);
   for (const char* bad : {"1m30", "1m-30s", "30s5", "0x10s", "nan", "infs", "1..5s", "m", "1m 30 fortnights"})
     CHECK_MESSAGE(!ParseDurationNanos(bad).ok(), bad);
+  // Integers exactly, past a double's 53 bits; too long refused, not wrapped.
+  CHECK(ParseDurationNanos("17280000000000001ns").value() == 17'280'000'000'000'001);
+  CHECK(ParseDurationNanos("200000d").status().message().find("too long") != std::string::npos);
+  CHECK(ParseDurationNanos("99999999999999999999999h").status().message().find("too long") != std::string::npos);
+  // Sizes likewise: exact to 2^64 - 1, refused beyond (1e19 read as 2^63 before).
+  CHECK(ParseBytes("18446744073709551615").value() == 18'446'744'073'709'551'615ull);
+  CHECK(ParseBytes("1e19").value() == 10'000'000'000'000'000'000ull);
+  CHECK(ParseBytes("9007199254740993 B").value() == 9'007'199'254'740'993ull);
+  for (const char* big : {"18446744073709551616", "2e19", "16777216TiB"})
+    CHECK_MESSAGE(ParseBytes(big).status().message().find("too large") != std::string::npos, big);
 }
 
 TEST_CASE("byte sizes parse SI and IEC units") {

@@ -123,6 +123,18 @@ TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
   CHECK(mms({"--json", "model", "history", "rec"}).out.find("\"rm\"") != std::string::npos);
 }
 
+TEST_CASE("a tenant limit stored before the tenant id rules tightened can still be removed") {
+  Cli mms;
+  REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
+  REQUIRE(mms({"limit", "set", "--tenant", "acme", "--qps", "5"}).exit_code == 0);
+  const std::string db = mms.dir / "data/registry.db";
+  (void)SqlInt(db, "UPDATE limits SET key = 'acme ' WHERE key = 'acme'");  // a trailing space: refused now
+  CHECK(mms({"limit", "set", "--tenant", "acme ", "--qps", "5"}).exit_code == 2);
+  auto rm = mms({"limit", "rm", "--tenant", "acme "});
+  CHECK_MESSAGE(rm.exit_code == 0, rm.err);
+  CHECK(SqlInt(db, "SELECT COUNT(*) FROM limits") == 0);
+}
+
 TEST_CASE("a mistyped option is named as such, not as the required option it hides") {
   Cli mms;
   auto r = mms({"predict", "tiny", "--inptu", "in.json"});
@@ -486,7 +498,7 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   std::filesystem::create_directories(repo + "/mix/1");
   std::filesystem::copy_file(mms.Data("batch_mix.pt"), repo + "/mix/1/model.pt");
   std::filesystem::copy_file(mms.Data("tiny_input.json"), repo + "/mix/1/sample_input.json");
-  std::ofstream(repo + "/mix/config.pbtxt") << "max_batch_size: 8\ndynamic_batching { }\n";
+  std::ofstream(repo + "/mix/config.pbtxt") << "max_batch_size: 8;\ndynamic_batching { }\n";  // (a field may end in ;)
   auto r = mms({"--json", "model", "import", repo});
   CHECK(r.exit_code == 1);  // some were skipped for errors
   json j = json::parse(r.out);

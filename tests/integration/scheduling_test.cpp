@@ -613,6 +613,8 @@ TEST_CASE("dynamic batching with two inputs, mismatched rows or trailing shapes 
   auto r = d.Mms({"predict", "recb", "--input", d.dir() + "/mismatch.json"});
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("rows") != std::string::npos);
+  CHECK(d.Mms({"predict", "recb", "--input", Data("rec_input.json")}).exit_code == 0);  // the one token was left
+  CHECK(d.Mms({"predict", "recb", "--input", Data("rec_input.json")}).exit_code == 5);  // (and there was one)
   REQUIRE(d.Mms({"limit", "rm", "recb"}).exit_code == 0);
   // No rows at all: answered with no rows, as the version unbatched answers
   // it (it was refused, after it had taken a token).

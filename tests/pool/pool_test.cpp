@@ -568,8 +568,10 @@ TEST_CASE("a pinned model that could not get onto a device holds no claim on the
   // finding the device empty when it began) used to sit in the host tier,
   // unevictable, and refuse every other model for want of host room.
   PoolFixture f({3 * K}, 4 * K);
+  f.loader->Gate(true);  // both begin while the device is empty, as at a start
   f.pool->Pin(PoolFixture::Item(1, 2 * K));
   f.pool->Pin(PoolFixture::Item(2, 2 * K));
+  f.loader->Gate(false);
   auto settled = [&](int k) { auto h = f.pool->Health(k); return h && !(*h)["loading"].get<bool>(); };
   REQUIRE(mms::testing::WaitFor([&] { return settled(1) && settled(2); }, 10));
   const int on_device = f.TierOf(1) == "device" ? 1 : 2, left = 3 - on_device;

@@ -111,6 +111,8 @@ TEST_CASE("tenant ids: 1-128 characters, printable, any script, nothing invisibl
                           // invisible: line and paragraph separators, direction marks, zero-width, BOM
                           "ls\xe2\x80\xa8", "ps\xe2\x80\xa9", "lrm\xe2\x80\x8e", "rlm\xe2\x80\x8f", "alm\xd8\x9c",
                           "zw\xe2\x80\x8b" "sp", "bom\xef\xbb\xbf", "shy\xc2\xad",
+                          "acme\xf3\xa0\x81\x81", "cgj\xcd\x8f", "\xe3\x85\xa4",  // a tag, the CGJ, a Hangul filler
+                          "acme\xe2\x80\xaf", "\xe1\x9a\x80" "acme",                  // narrow no-break, Ogham space
                           // not UTF-8: an encoded surrogate, an overlong '/', past U+10FFFF
                           "a\xed\xa0\x80" "b", "\xc0\xaf", "\xe0\x80\xaf", "\xf4\x90\x80\x80",
                           // spaces at either end, or nothing but

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <set>
 #include <thread>
 
 #include "../pool/fake_loader.h"
@@ -198,7 +199,7 @@ class EchoModel final : public Model {
     int64_t rows = in[0].shape.empty() ? 1 : in[0].shape[0];
     calls.push_back(rows);
     order.push_back(in[0].name);
-    cv.wait(lock, [&] { return !gate; });
+    cv.wait(lock, [&] { return !gate && !held.count(in[0].name); });
     if (in[0].name == "throw") throw std::runtime_error("boom");
     if (refuse_negative)  // a model that raises on some values, like a real one's checks
       for (int64_t i = 0; i < in[0].numel(); ++i)
@@ -222,6 +223,12 @@ class EchoModel final : public Model {
   FakeClock* slow_clock = nullptr;  // advanced by slow_ns in each Run
   int64_t slow_ns = 0;
   std::map<std::string, int64_t> cost_ns;  // per input name, instead of slow_ns
+  std::set<std::string> held;               // input names whose runs wait (besides the gate) until Let()
+  void Let(const std::string& name) {
+    std::lock_guard<std::mutex> l(mu);
+    held.erase(name);
+    cv.notify_all();
+  }
   std::vector<int64_t> calls;
   std::vector<std::string> order;
   void Open() {
@@ -660,6 +667,35 @@ TEST_CASE("scheduler: a version not yet measured runs one execution at a time un
   a.join();
   b.join();
   CHECK(mms::testing::WaitFor([&] { return n == 6; }, 5));
+}
+
+TEST_CASE("scheduler: once a new version is measured, its backlog goes to every free worker at once") {
+  // The workers that found it unmeasured went back to sleep; one wake-up at
+  // its first run's end took them back one execution at a time.
+  Rig rig;
+  Scheduler::Options o;
+  o.workers = 2;
+  Scheduler s(o);
+  auto calls = [&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size(); };
+  {
+    std::lock_guard<std::mutex> l(rig.model->mu);
+    rig.model->held = {"first", "later"};
+  }
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>> r) { n += r.ok(); };
+  std::thread first([&] { (void)s.Submit(5, rig.Job("first", 1, 1, 0, count)); });  // inline
+  REQUIRE(mms::testing::WaitFor([&] { return calls() == 1; }, 5));
+  std::thread a([&] { (void)s.Submit(5, rig.Job("later", 1, 1, 0, count)); });
+  std::thread b([&] { (void)s.Submit(5, rig.Job("later", 1, 1, 0, count)); });
+  REQUIRE(mms::testing::WaitFor([&] { return s.queued() == 2; }, 5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // both workers find it unmeasured, and sleep
+  rig.model->Let("first");
+  first.join();
+  CHECK(mms::testing::WaitFor([&] { return calls() == 3; }, 5));  // both queued requests running together
+  rig.model->Let("later");
+  a.join();
+  b.join();
+  CHECK(mms::testing::WaitFor([&] { return n == 3; }, 5));
 }
 
 TEST_CASE("scheduler: a version moved to another class joins that class's clock, bringing neither debt nor credit") {
