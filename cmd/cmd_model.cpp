@@ -186,7 +186,14 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     std::string msg = Trim(pr.err);
     if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
     if (pr.exit_code == 2) return InvalidArgument(msg);
-    return Internal("checking the artifact failed: " + msg);
+    // Killed (the kernel's OOM killer on a big model, a timeout) or crashed:
+    // it said nothing, so say what is known. Nothing was registered.
+    std::string how = pr.timed_out ? "did not finish within an hour and was stopped"
+                      : pr.exit_code > 128 ? "was killed by signal " + std::to_string(pr.exit_code - 128) +
+                                                 (pr.exit_code - 128 == 9 ? " (out of memory? see dmesg)" : "")
+                                           : "ended with exit code " + std::to_string(pr.exit_code);
+    return Internal("checking the artifact failed: mmsd inspect-artifact " + how + (msg.empty() ? "" : ": " + msg) +
+                    "; nothing was stored or registered: retry, with more memory if it was killed");
   }
   Packed out;
   out.info = nlohmann::json::parse(pr.out, nullptr, false);
@@ -681,6 +688,8 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
+  // The registry itself first: what it lists may read fine around a damaged page.
+  if (Status st = (*reg)->QuickCheck(); !st.ok()) return cli.Fail(st);
   std::vector<VersionRecord> targets;
   if (ref_text.empty()) {
     auto all = (*reg)->List();

@@ -822,6 +822,22 @@ Result<std::vector<Pin>> Registry::Pins() {
   return out;
 }
 
+Status Registry::QuickCheck() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("PRAGMA quick_check(5)"));
+  std::string problems;
+  while (true) {
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    if (st.Text(0) != "ok") problems += (problems.empty() ? "" : "; ") + st.Text(0);
+  }
+  if (problems.empty()) return Status::Ok();
+  return Corrupt("registry " + path() + " is corrupt (" + problems +
+                 "); stop mmsd and restore it from a backup (sqlite3 " + path() +
+                 " \".backup FILE\" makes one of a sound registry), or recover what is readable with sqlite3's "
+                 ".recover");
+}
+
 Status Registry::SetLimit(const RateLimit& l) {
   auto num = [](double x) {  // the shortest text that reads back as x: never shown rounded into the range
     char buf[64];

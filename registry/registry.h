@@ -368,6 +368,10 @@ class Registry {
   // backup copied over it): this object then reads and writes a file no
   // other process sees. mmsd checks it at every poll.
   Status CheckFileIdentity() const;
+  // SQLite's quick_check over the whole file (linear in its size): CORRUPT
+  // naming the first problems, with how to recover. Reads that happen not to
+  // touch a damaged page succeed, so mms model verify runs this.
+  Status QuickCheck();
 
   // Runs `fn` with the connection under the registry's lock (rollout modules
   // keep their own tables in the same file).
