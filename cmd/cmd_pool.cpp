@@ -167,9 +167,18 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
     if (!a.ok()) return cli.Fail(a.status());
     added = *a;
   } else if (Status st = (*reg)->RemovePin(*ref); !st.ok()) {
-    if (st.code() == Code::kNotFound)
+    if (st.code() == Code::kNotFound) {
       if (std::string other = PinnedOtherwise(cli, **reg, *ref); !other.empty())
         return cli.Fail(NotFound(ref->ToString() + " is not pinned by mms pin, but " + other));
+      // The running daemon may pin it by a config this CLI did not read.
+      if (auto c = cli.Connect(); c.ok()) {
+        auto reg_path = cli.registry_path();
+        auto r = (*c)->CallJson(proto::kUnpin, {{"model", ref->ToString()}, {"registry", reg_path.ok() ? *reg_path : ""}});
+        if (r.ok() && r->value("pinned", false) && r->contains("pinned_by"))
+          return cli.Fail(NotFound(ref->ToString() + " is not pinned by mms pin, but mmsd has it " +
+                                   (*r)["pinned_by"].get<std::string>()));
+      }
+    }
     return cli.Fail(st);
   }
   // Done in the registry: a version removed meanwhile (a concurrent mms model

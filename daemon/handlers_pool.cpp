@@ -399,7 +399,11 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (Status st = d->RefreshRegistry(true); !st.ok()) return r.Fail(st);
     auto v = d->Resolve(*ref);
     if (!v.ok()) return r.Fail(v.status());
-    r.Send(nlohmann::json{{"ref", v->ref()}, {"pinned", d->PoolFor(*v)->IsPinned(v->id)}});
+    nlohmann::json j{{"ref", v->ref()}, {"pinned", d->PoolFor(*v)->IsPinned(v->id)}};
+    // Still pinned: by what (the config mmsd read, which the CLI may not have).
+    if (j["pinned"] == true)
+      if (std::string why = d->PinReason(v->id); !why.empty()) j["pinned_by"] = why;
+    r.Send(std::move(j));
   };
 }
 

@@ -83,9 +83,10 @@ int Run(int argc, char** argv) {
     shown.daemon.socket = opts.socket_path;
     shown.daemon.data_dir = opts.data_dir;
     shown.metrics.address = opts.metrics_address;
-    std::cout << "config: " << (opts.config_path.empty() ? "(built-in defaults)" : opts.config_path) << " OK\n"
-              << "socket: " << opts.socket_path << "\n"
-              << "data dir: " << opts.data_dir << "\n\n"
+    // As TOML comments: the whole output is a valid mms.toml (mmsd.8).
+    std::cout << "# config: " << (opts.config_path.empty() ? "(built-in defaults)" : opts.config_path) << " OK\n"
+              << "# socket: " << opts.socket_path << "\n"
+              << "# data dir: " << opts.data_dir << "\n\n"
               << RenderConfig(shown);
     return 0;
   }

@@ -528,6 +528,11 @@ TEST_CASE("a bad config file is refused with file:line, exit 2") {
   auto ok = Run({MmsdBin(), "--config", t / "ok.toml", "--check-config"}, 30);
   CHECK(ok.exit_code == 0);
   CHECK(ok.out.find("contexts = 3") != std::string::npos);
+  // The output is itself a valid mms.toml, the same configuration.
+  std::ofstream(t / "again.toml") << ok.out;
+  auto again = Run({MmsdBin(), "--config", t / "again.toml", "--check-config"}, 30);
+  CHECK_MESSAGE(again.exit_code == 0, again.err);
+  CHECK(again.out.substr(again.out.find("\n\n")) == ok.out.substr(ok.out.find("\n\n")));
   // The flags are part of the configuration in effect, and shown as such.
   std::ofstream(t / "sock.toml") << "[daemon]\nsocket = \"" << t / "file.sock" << "\"\n";
   auto flags = Run({MmsdBin(), "--config", t / "sock.toml", "--socket", t / "flag.sock", "--data-dir", t / "dd",

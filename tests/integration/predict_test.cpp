@@ -519,6 +519,14 @@ TEST_CASE("pins that do not fit when mmsd starts are shown as such, and preloade
   CHECK(h.exit_code == 0);
   CHECK_MESSAGE(h.err.find("warning: the pin nosuchmodel ([pool] pinned) pins nothing") != std::string::npos, h.err);
   CHECK(d.Mms({"pool"}).err.find("the pin c1:7 ([pool] pinned) pins nothing") != std::string::npos);
+  // A CLI that did not read mmsd's config: unpin asks mmsd what pins it.
+  REQUIRE(d.Mms({"unpin", "c2:1"}).exit_code == 0);  // its mms pin; [pool] pinned still holds it
+  REQUIRE(WaitFor([&] { return FindModel(Pool(d), "c2:1")["pinned"] == true; }, 10));
+  auto un = Run({MmsBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "unpin", "c2:1"});
+  CHECK(un.exit_code == 4);
+  CHECK_MESSAGE(un.err.find("c2:1 is not pinned by mms pin, but mmsd has it pinned by [pool] pinned (c2)") !=
+                    std::string::npos,
+                un.err);
 }
 
 TEST_CASE("several devices, each with its own budget, placement spreads models") {
