@@ -71,6 +71,8 @@ int CmdServe(Cli& cli, bool detach) {
       ::dup2(out, 1);
       ::dup2(out, 2);
     }
+    // So that mmsd reopens it at SIGHUP: a rotated log (mv, then SIGHUP) is written anew.
+    ::setenv("MMSD_STDERR_LOG", log_path.c_str(), 1);
     ExecMmsd(args);
   }
   // Wait until the daemon answers a ping, or it dies.

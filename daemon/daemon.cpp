@@ -882,7 +882,10 @@ Status Daemon::Start() {
 
 Result<std::vector<std::string>> Daemon::Reload() {
   std::vector<std::string> reloaded;
-  if (opts_.config_path.empty()) return reloaded;
+  if (opts_.config_path.empty()) {  // (said, so that an operator sees the signal arrived)
+    LogInfo("reloaded", {{"config", nullptr}, {"sections", reloaded}, {"note", "no config file: nothing to reload"}});
+    return reloaded;
+  }
   auto cfg = LoadConfigFile(opts_.config_path);
   if (!cfg.ok()) {
     LogError("reload_failed", {{"error", cfg.status().message()}});
@@ -890,9 +893,11 @@ Result<std::vector<std::string>> Daemon::Reload() {
   }
   // A [log] that cannot be applied (an unwritable file) keeps the old one;
   // the other live sections are still reloaded.
+  bool log_applied = true;
   if (Status st = ApplyLogConfig(cfg->log); st.ok()) {
     opts_.config.log = cfg->log;
   } else {
+    log_applied = false;
     LogError("reload_failed", {{"section", "log"}, {"error", st.message()}, {"kept", "the previous [log]"}});
     cfg->log = opts_.config.log;
   }
@@ -902,8 +907,9 @@ Result<std::vector<std::string>> Daemon::Reload() {
   }
   // (max_queue_delay is read from the live config per request.)
   scheduler_->SetLimits(static_cast<size_t>(cfg->scheduler.queue_depth), cfg->scheduler.starvation_interval);
-  reloaded = {"log", "limits", "pool.pinned", "scheduler.priorities", "scheduler.queue_depth",
+  reloaded = {"limits", "pool.pinned", "scheduler.priorities", "scheduler.queue_depth",
               "scheduler.max_queue_delay", "scheduler.starvation_interval"};
+  if (log_applied) reloaded.insert(reloaded.begin(), "log");
   // Whatever else changed takes a restart: say so rather than ignore it.
   // "[table] key" → value, from the rendered TOML of a config.
   auto flat = [](const Config& c) {
@@ -925,10 +931,14 @@ Result<std::vector<std::string>> Daemon::Reload() {
                                         "[scheduler] queue_depth",
                                         "[scheduler] max_queue_delay",
                                         "[scheduler] starvation_interval"};
+  // Keys a command-line flag overrides never take effect from the file,
+  // restart or not (--socket, --data-dir, --metrics-address).
+  const std::set<std::string>& by_flag = opts_.set_by_flags;
   std::vector<std::string> restart;
   auto was = flat(opts_.config), now = flat(*cfg);
   for (const auto& [key, value] : now)
-    if (key.rfind("[log]", 0) != 0 && key.rfind("[limits]", 0) != 0 && !live_keys.count(key) && was[key] != value)
+    if (key.rfind("[log]", 0) != 0 && key.rfind("[limits]", 0) != 0 && !live_keys.count(key) && !by_flag.count(key) &&
+        was[key] != value)
       restart.push_back(key);
   if (!restart.empty()) LogWarn("reload_needs_restart", {{"keys", restart}});
   if (Status st = RefreshRegistry(true); !st.ok())  // the watcher retries until it applies

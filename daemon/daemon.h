@@ -52,6 +52,9 @@ struct DaemonOptions {
   std::string socket_path;   // resolved
   std::string data_dir;      // resolved
   std::string metrics_address;  // --metrics-address, else [metrics] address ("" = off)
+  // The config keys a command-line flag overrides ("[daemon] socket", ...):
+  // a reload does not call them changes that need a restart.
+  std::set<std::string> set_by_flags;
   Clock* clock = Clock::Real();
   int lock_fd = -1;          // Server::Lock's, taken before Create and held until mmsd exits
 };

@@ -4,10 +4,14 @@
 //
 // Exit codes: 0 clean stop, 1 runtime error or a forced stop, 2 bad flags
 // or config, 6 another mmsd already serves the socket.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <thread>
 
@@ -22,6 +26,23 @@
 #include "server.h"
 
 namespace {
+// mms serve --detach points standard output and error at <data dir>/mmsd.log
+// and names it in MMSD_STDERR_LOG: reopened at SIGHUP, so that log rotation
+// (mv mmsd.log mmsd.log.1; kill -HUP) needs no copytruncate.
+void ReopenStderrLog() {
+  const char* path = std::getenv("MMSD_STDERR_LOG");
+  if (!path || !*path) return;
+  int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    mms::LogError("stderr_reopen_failed", {{"path", path}, {"error", std::strerror(errno)}, {"kept", "the open file"}});
+    return;
+  }
+  std::fflush(nullptr);
+  ::dup2(fd, 1);
+  ::dup2(fd, 2);
+  ::close(fd);
+  mms::LogInfo("stderr_reopened", {{"path", path}});
+}
 
 int Run(int argc, char** argv) {
   using namespace mms;
@@ -66,6 +87,9 @@ int Run(int argc, char** argv) {
   opts.socket_path = !socket.empty() ? socket : !c.daemon.socket.empty() ? c.daemon.socket
                                                                          : DefaultSocketPath(env, opts.data_dir);
   opts.metrics_address = !metrics_address.empty() ? metrics_address : c.metrics.address;
+  if (!data_dir.empty()) opts.set_by_flags.insert("[daemon] data_dir");
+  if (!socket.empty()) opts.set_by_flags.insert("[daemon] socket");
+  if (!metrics_address.empty()) opts.set_by_flags.insert("[metrics] address");
   if (!metrics_address.empty()) {
     if (auto hp = ParseHostPort(metrics_address); !hp.ok()) {
       std::cerr << "mmsd: --metrics-address: " << hp.status().message() << "\n";
@@ -132,6 +156,7 @@ int Run(int argc, char** argv) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
     if (sig == SIGHUP) {
+      ReopenStderrLog();
       (void)(*daemon)->Reload();
       continue;
     }
@@ -161,6 +186,7 @@ int Run(int argc, char** argv) {
 }
 
 }  // namespace
+
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "inspect-artifact") return mms::RunArtifactTool(argc - 1, argv + 1);

@@ -478,6 +478,18 @@ TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second
   REQUIRE(json::accept(again_json.out));
   CHECK(json::parse(again_json.out)["error"]["exit_code"] == 6);
   CHECK(json::parse(again_json.out)["error"]["message"].get<std::string>().find("already running") != std::string::npos);
+  // Log rotation: the log moved away and SIGHUP, the daemon writes a new
+  // mmsd.log (it kept writing to the moved file). Without a config file the
+  // reload says that there is nothing to reload, so the signal is seen.
+  auto text = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  std::filesystem::rename(t / "data/mmsd.log", t / "data/mmsd.log.1");
+  ::kill(pid, SIGHUP);
+  CHECK(WaitFor([&] { return text(t / "data/mmsd.log").find("stderr_reopened") != std::string::npos; }, 10));
+  CHECK(WaitFor([&] { return text(t / "data/mmsd.log").find("no config file: nothing to reload") != std::string::npos; }, 10));
+  CHECK(text(t / "data/mmsd.log.1").find("stderr_reopened") == std::string::npos);
   ::kill(pid, SIGTERM);
   CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
   // With [log] file, that is the log it names (it named mmsd.log, left empty).
@@ -501,6 +513,19 @@ TEST_CASE("SIGHUP reloads the log configuration") {
   d.child().Signal(SIGHUP);
   CHECK(WaitFor([&] { return d.log().find("reloaded") != std::string::npos; }, 10));
   CHECK(d.Mms({"ping"}).exit_code == 0);
+  // A [log] that cannot be applied is kept as it was, and not listed as reloaded.
+  {
+    std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\nformat = \"json\"\nfile = \"" << d.dir()
+                                         << "/no/such/dir/x.log\"\n";
+  }
+  d.child().Signal(SIGHUP);
+  REQUIRE(WaitFor([&] { return d.log().find("the previous [log]") != std::string::npos; }, 10));
+  REQUIRE(WaitFor([&] { return Count(d.log(), "reloaded") >= 2; }, 10));
+  std::string log = d.log();
+  std::string last = log.substr(log.rfind("reloaded"));
+  last = last.substr(0, last.find('\n'));
+  CHECK_MESSAGE(last.find("limits") != std::string::npos, last);
+  CHECK_MESSAGE(last.find("\"log\"") == std::string::npos, last);
 }
 
 TEST_CASE("a bad config file is refused with file:line, exit 2") {

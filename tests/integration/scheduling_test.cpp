@@ -666,12 +666,15 @@ TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are log
   Register(d, "tiny", "tiny.pt");
   for (int i = 0; i < 3; ++i) CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 0);
   std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\n[limits]\ntenant_qps = 0.016\ntenant_burst = 1\n"
-                                       << "[pool]\npinned = [\"tiny\"]\n[daemon]\ncontexts = 7\n";
+                                       << "[pool]\npinned = [\"tiny\"]\n[daemon]\ncontexts = 7\n"
+                                       << "socket = \"" << d.dir() << "/elsewhere.sock\"\n";
   d.child().Signal(SIGHUP);
   REQUIRE(WaitFor([&] { return d.log().find("\"reloaded\"") != std::string::npos ||
                                d.log().find(" reloaded") != std::string::npos; }, 10));
   CHECK(d.log().find("reload_needs_restart") != std::string::npos);
   CHECK(d.log().find("[daemon] contexts") != std::string::npos);
+  // mmsd runs with --socket: the file's socket would not apply after a restart either.
+  CHECK(d.log().find("[daemon] socket") == std::string::npos);
   // The new default tenant limit: a bucket of one.
   CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}) == 0);
   std::string err;
