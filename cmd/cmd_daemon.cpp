@@ -73,6 +73,11 @@ int CmdServe(Cli& cli, bool detach) {
     }
     // So that mmsd reopens it at SIGHUP: a rotated log (mv, then SIGHUP) is written anew.
     ::setenv("MMSD_STDERR_LOG", log_path.c_str(), 1);
+    // --socket and --data-dir are always passed (the daemon must serve what
+    // this polls), but only those typed override the config for good: a
+    // reload says when the file's others change (they apply at the next start).
+    std::string typed = std::string(cli.g.socket.empty() ? "" : "socket,") + (cli.g.data_dir.empty() ? "" : "data_dir");
+    ::setenv("MMSD_TYPED_FLAGS", typed.c_str(), 1);
     ExecMmsd(args);
   }
   // Wait until the daemon answers a ping, or it dies.

@@ -186,14 +186,18 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     std::string msg = Trim(pr.err);
     if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
     if (pr.exit_code == 2) return InvalidArgument(msg);
-    // Killed (the kernel's OOM killer on a big model, a timeout) or crashed:
-    // it said nothing, so say what is known. Nothing was registered.
-    std::string how = pr.timed_out ? "did not finish within an hour and was stopped"
-                      : pr.exit_code > 128 ? "was killed by signal " + std::to_string(pr.exit_code - 128) +
-                                                 (pr.exit_code - 128 == 9 ? " (out of memory? see dmesg)" : "")
-                                           : "ended with exit code " + std::to_string(pr.exit_code);
-    return Internal("checking the artifact failed: mmsd inspect-artifact " + how + (msg.empty() ? "" : ": " + msg) +
-                    "; nothing was stored or registered: retry, with more memory if it was killed");
+    // Killed (the kernel's OOM killer on a big model) or stopped: it said
+    // nothing, so say what is known (RunProcess reports a signal as 128+N).
+    if (pr.timed_out)
+      return Internal("checking the artifact failed: mmsd inspect-artifact did not finish within an hour and was "
+                      "stopped; nothing was stored or registered");
+    if (pr.exit_code > 128)
+      return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " +
+                      std::to_string(pr.exit_code - 128) + (pr.exit_code - 128 == 9 ? " (out of memory? see dmesg)" : "") +
+                      (msg.empty() ? "" : ": " + msg) +
+                      "; nothing was stored or registered: retry, with more memory if it ran out");
+    return Internal("checking the artifact failed: " +
+                    (msg.empty() ? "mmsd inspect-artifact ended with exit code " + std::to_string(pr.exit_code) : msg));
   }
   Packed out;
   out.info = nlohmann::json::parse(pr.out, nullptr, false);
@@ -688,8 +692,6 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
-  // The registry itself first: what it lists may read fine around a damaged page.
-  if (Status st = (*reg)->QuickCheck(); !st.ok()) return cli.Fail(st);
   std::vector<VersionRecord> targets;
   if (ref_text.empty()) {
     auto all = (*reg)->List();
@@ -714,6 +716,10 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
   if (!prune_age_ns.ok() || *prune_age_ns < 0)
     return cli.Fail(InvalidArgument("--prune-age " + prune_age_text + ": expected a duration such as 1h or 30m"));
   const int64_t prune_age = *prune_age_ns / 1'000'000'000;
+  // The whole data dir: the registry file itself too (a scan of it), for
+  // what it lists may read fine around a damaged page.
+  if (ref_text.empty())
+    if (Status st = (*reg)->QuickCheck(); !st.ok()) return cli.Fail(st);
   nlohmann::json out = nlohmann::json::array();
   int bad = 0;
   for (const auto& r : targets) {
@@ -918,8 +924,8 @@ int CmdImport(Cli& cli, const std::string& dir) {
         }
       }
       if (!tb.dynamic) max_batch = 0;
-      if (tb.dynamic && tb.delay_us) {
-        const std::string& digits = *tb.delay_us;
+      if (tb.dynamic) {
+        const std::string digits = tb.delay_us.value_or("0");  // (Triton's default: 0)
         auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), delay_us);
         if (digits.empty() || err != std::errc() || end != digits.data() + digits.size() || delay_us < 0 ||
             delay_us > kMaxQueueDelayUsMax) {
@@ -928,7 +934,8 @@ int CmdImport(Cli& cli, const std::string& dir) {
                                   std::to_string(kMaxQueueDelayUsMax) + "); fix it to import this model");
           continue;
         }
-        // Triton's 0 is "do not wait"; a version's 0 is "[scheduler] max_queue_delay": the least wait instead.
+        // Triton's 0 (its default) is "do not wait"; a version's 0 is
+        // "[scheduler] max_queue_delay": the least wait instead.
         delay_us = std::max<int64_t>(delay_us, 1);
       }
     }

@@ -87,8 +87,16 @@ int Run(int argc, char** argv) {
   opts.socket_path = !socket.empty() ? socket : !c.daemon.socket.empty() ? c.daemon.socket
                                                                          : DefaultSocketPath(env, opts.data_dir);
   opts.metrics_address = !metrics_address.empty() ? metrics_address : c.metrics.address;
-  if (!data_dir.empty()) opts.set_by_flags.insert("[daemon] data_dir");
-  if (!socket.empty()) opts.set_by_flags.insert("[daemon] socket");
+  // Flags override the file's keys for good (a reload does not call their
+  // changes ones that need a restart). mms serve --detach passes --socket and
+  // --data-dir always, and names in MMSD_TYPED_FLAGS those its user typed.
+  const char* typed_env = std::getenv("MMSD_TYPED_FLAGS");
+  auto typed = [&](const char* name) {
+    if (!typed_env) return true;  // mmsd run itself: its flags were typed
+    return (std::string(",") + typed_env + ",").find(std::string(",") + name + ",") != std::string::npos;
+  };
+  if (!data_dir.empty() && typed("data_dir")) opts.set_by_flags.insert("[daemon] data_dir");
+  if (!socket.empty() && typed("socket")) opts.set_by_flags.insert("[daemon] socket");
   if (!metrics_address.empty()) opts.set_by_flags.insert("[metrics] address");
   if (!metrics_address.empty()) {
     if (auto hp = ParseHostPort(metrics_address); !hp.ok()) {

@@ -35,7 +35,7 @@ std::optional<uint64_t> Times(std::string_view number, double v, uint64_t mult) 
     if (__builtin_mul_overflow(n, mult, &out)) return std::nullopt;
     return out;
   }
-  if (ec == std::errc::result_out_of_range) return std::nullopt;
+  if (ec == std::errc::result_out_of_range && end == number.data() + number.size()) return std::nullopt;
   const double r = std::round(v * static_cast<double>(mult));
   if (!(r < 18446744073709551616.0)) return std::nullopt;  // 2^64 (and not NaN)
   return static_cast<uint64_t>(r);

@@ -714,7 +714,7 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
     for (auto& w : waiters) out.push_back([cb = std::move(w.cb), st] { cb(st); });
   }
   if (e.replaced) {
-    TakeReplaced(e, *e.replaced, !st.ok());
+    TakeReplaced(e, *e.replaced, /*load_failed=*/!e.healthy);  // (not for want of room: its copy is sound)
     e.replaced.reset();
     e.retry_at = 0;  // (a failure of the replaced files is no reason to wait for the new ones)
   }

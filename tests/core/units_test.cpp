@@ -28,6 +28,7 @@ TEST_CASE("durations parse with units and refuse garbage") {
     CHECK_MESSAGE(!ParseDurationNanos(bad).ok(), bad);
   // Integers exactly, past a double's 53 bits; too long refused, not wrapped.
   CHECK(ParseDurationNanos("17280000000000001ns").value() == 17'280'000'000'000'001);
+  CHECK(ParseDurationNanos("100000000000000000000e-20s").value() == 1'000'000'000);  // (a double, as before)
   CHECK(ParseDurationNanos("200000d").status().message().find("too long") != std::string::npos);
   CHECK(ParseDurationNanos("99999999999999999999999h").status().message().find("too long") != std::string::npos);
   // Sizes likewise: exact to 2^64 - 1, refused beyond (1e19 read as 2^63 before).

@@ -501,6 +501,23 @@ TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second
   CHECK(WaitFor([&] { return std::filesystem::exists(t / "daemon.log") && std::filesystem::file_size(t / "daemon.log") > 0; }, 10));
   ::kill(pid2, SIGTERM);
   CHECK(WaitFor([&] { return ::kill(pid2, 0) != 0; }, 20));
+  // Started from a config's socket and data dir, none typed (serve --detach
+  // passes them on as flags all the same): a reload says that a changed
+  // socket needs a restart, as the next serve --detach will use it.
+  auto config = [&](const std::string& sock) {
+    std::ofstream(t / "c.toml") << "[daemon]\nsocket = \"" << t / sock << "\"\ndata_dir = \"" << t / "cdata" << "\"\n";
+  };
+  config("c.sock");
+  REQUIRE(Run({MmsBin(), "--config", t / "c.toml", "serve", "--detach"}, 60).exit_code == 0);
+  auto st3 = Run({MmsBin(), "--config", t / "c.toml", "--json", "status"});
+  REQUIRE(st3.exit_code == 0);
+  int pid3 = json::parse(st3.out)["pid"];
+  config("c2.sock");
+  ::kill(pid3, SIGHUP);
+  CHECK(WaitFor([&] { return text(t / "cdata/mmsd.log").find("[daemon] socket") != std::string::npos; }, 10));
+  CHECK(text(t / "cdata/mmsd.log").find("reload_needs_restart") != std::string::npos);
+  ::kill(pid3, SIGTERM);
+  CHECK(WaitFor([&] { return ::kill(pid3, 0) != 0; }, 20));
 }
 
 TEST_CASE("SIGHUP reloads the log configuration") {

@@ -683,7 +683,7 @@ TEST_CASE("scheduler: once a new version is measured, its backlog goes to every 
   }
   std::atomic<int> n{0};
   auto count = [&](Result<std::vector<Tensor>> r) { n += r.ok(); };
-  std::thread first([&] { (void)s.Submit(5, rig.Job("first", 1, 1, 0, count)); });  // inline
+  std::thread first([&] { (void)s.Submit(5, rig.Job("first", 1, 1, 0, count)); });  // (idle: runs on this thread)
   REQUIRE(mms::testing::WaitFor([&] { return calls() == 1; }, 5));
   std::thread a([&] { (void)s.Submit(5, rig.Job("later", 1, 1, 0, count)); });
   std::thread b([&] { (void)s.Submit(5, rig.Job("later", 1, 1, 0, count)); });
