@@ -504,6 +504,7 @@ struct OrphanDir {
   uint64_t bytes = 0;
   int64_t age_s = 0;  // since the later of its mtime and ctime (a rename sets ctime)
   bool staging = false;  // "<stem>.tmp-<pid>" of a registration whose process is gone
+  bool empty = false;    // an empty artifacts/<name>/ (a registration killed before it stored anything)
 };
 
 // Every packed directory is <artifacts>/<model>/<version>-<sha>[-n]; a version
@@ -543,6 +544,15 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
   for (const auto& model : models) {
     std::vector<std::filesystem::path> dirs;
     if (std::error_code ec = ListDirs(model, &dirs)) return cannot(ec);
+    if (std::error_code ec; dirs.empty() && std::filesystem::is_empty(model, ec) && !ec) {
+      OrphanDir o;
+      o.path = model.string();
+      o.empty = true;
+      struct stat st {};
+      if (::stat(o.path.c_str(), &st) == 0) o.age_s = now - std::max<int64_t>(st.st_mtime, st.st_ctime);
+      out.push_back(std::move(o));
+      continue;
+    }
     for (const auto& d : dirs) {
       std::string name = d.filename().string();
       bool dead_staging = false;
@@ -761,7 +771,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
     if (!found.ok()) return cli.Fail(found.status());
     // A registry with no history at all never registered these files: it
     // was created anew beside them (the old one removed or replaced).
-    if (prune && std::any_of(found->begin(), found->end(), [](const OrphanDir& o) { return !o.staging; })) {
+    if (prune && std::any_of(found->begin(), found->end(), [](const OrphanDir& o) { return !o.staging && !o.empty; })) {
       auto history = (*reg)->AuditLog(0, 1);
       if (!history.ok()) return cli.Fail(history.status());
       if (history->empty())
@@ -772,8 +782,10 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
     }
     for (const OrphanDir& o : *found) {
       // Left by a repack on purpose (a daemon may still be reading it): known, not a problem.
-      const bool replaced = !o.staging && FileExists(JoinPath(o.path, kReplacedMarker));
+      // An empty model directory is as harmless: listed as unused too.
+      const bool replaced = o.empty || (!o.staging && FileExists(JoinPath(o.path, kReplacedMarker)));
       std::string what = (o.staging    ? "left by a registration killed while storing its files ("
+                          : o.empty    ? "an empty model directory, left by a registration that stored nothing ("
                           : replaced ? "replaced by mms model repack ("
                                      : "packed files no version uses (") +
                          FormatBytes(o.bytes) + ", last changed " +
@@ -784,7 +796,8 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       bool removed = false;
       if (prune && old_enough) {
         std::error_code ec;
-        std::filesystem::remove_all(o.path, ec);
+        if (o.empty) std::filesystem::remove(o.path, ec);  // rmdir: not if a registration has put files there since
+        else std::filesystem::remove_all(o.path, ec);
         removed = !ec;
         if (ec) what += "; cannot remove: " + ec.message();
       } else if (prune) {

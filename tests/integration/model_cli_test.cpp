@@ -257,6 +257,14 @@ TEST_CASE("every refusal has a clear message and its exit code") {
     CHECK(r.err.find(c.says) != std::string::npos);
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
   }
+  // One killed before it stored anything leaves an empty one: verify lists
+  // it as unused (exit 0), and --prune removes it.
+  std::filesystem::create_directories(mms.dir / "data/artifacts/ghost");
+  auto listed = mms({"model", "verify"});
+  CHECK(listed.exit_code == 0);
+  CHECK_MESSAGE(listed.out.find("an empty model directory") != std::string::npos, listed.out);
+  CHECK(mms({"model", "verify", "--prune", "--prune-age", "0"}).exit_code == 0);
+  CHECK_FALSE(std::filesystem::exists(mms.dir / "data/artifacts/ghost"));
   // A refused artifact of a new name leaves no empty artifacts/<name>/ (nothing listed it).
   CHECK(mms({"model", "register", "fresh", "--version", "1", "--path", mms.Data("not_a_model.pt")}).exit_code == 2);
   CHECK_FALSE(std::filesystem::exists(mms.dir / "data/artifacts/fresh"));
