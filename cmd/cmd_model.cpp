@@ -655,33 +655,41 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
       "-repack" + std::to_string(Clock::Real()->UnixMillis()) + "-" + std::to_string(::getpid());
   std::string packed_dir, packed_sample;
   std::vector<InputSpec> inputs = rec->inputs;
+  // A failure because the version was removed meanwhile (mms model rm
+  // --force by another writer took its files) is said as such: exit 4, not
+  // a missing sample (exit 2) or an I/O error.
+  const Ref version_ref{Ref::Kind::kVersion, rec->model, rec->version, ""};
+  auto fail = [&](const Status& st) {
+    if (auto still = (*reg)->Resolve(version_ref); !still.ok() && still.status().code() == Code::kNotFound)
+      return cli.Fail(NotFound(rec->ref() + " was removed meanwhile (by another writer); nothing was repacked"));
+    return cli.Fail(st);
+  };
   if (rec->is_adapter()) {  // checked against its base again, as at registration
     auto dir = RepackAdapter(cli, **reg, *rec, suffix);
-    if (!dir.ok()) return cli.Fail(dir.status());
+    if (!dir.ok()) return fail(dir.status());
     packed_dir = *dir;
   } else {
     // The stored sample input comes along unless another is given; a version
     // registered with one needs one (its warm-up and batching check use it).
     std::string sample = !sample_input.empty() ? sample_input : rec->sample_input;
     if (!sample.empty() && !FileExists(sample))
-      return cli.Fail(InvalidArgument(
+      return fail(InvalidArgument(
           sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
                                      ") is gone too: give one with --sample-input FILE"
                                : "--sample-input " + sample + " does not exist"));
     auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
                                rec->max_batch_size, suffix);
-    if (!packed.ok()) return cli.Fail(packed.status());
+    if (!packed.ok()) return fail(packed.status());
     packed_dir = packed->dir;
     packed_sample = packed->sample_input;
     inputs = InputSpecsFromJson(packed->info["inputs"]);  // as the sample shows them, as at registration
   }
   // The version resolved above, whatever the name resolves to meanwhile.
-  auto now = (*reg)->SetPackedDir(Ref{Ref::Kind::kVersion, rec->model, rec->version, ""}, rec->packed_dir, packed_dir,
-                                  packed_sample, inputs);
+  auto now = (*reg)->SetPackedDir(version_ref, rec->packed_dir, packed_dir, packed_sample, inputs);
   if (!now.ok()) {
     std::error_code ec;
     std::filesystem::remove_all(packed_dir, ec);
-    return cli.Fail(now.status());
+    return fail(now.status());
   }
   if (std::filesystem::exists(rec->packed_dir))
     if (Status st = WriteFileAtomic(JoinPath(rec->packed_dir, kReplacedMarker), packed_dir + "\n"); !st.ok())

@@ -1,6 +1,7 @@
 // `mms model ...` end to end: the real CLI, a real registry file, real
 // TorchScript artifacts checked by the real mmsd. No daemon is needed.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <set>
@@ -180,6 +181,34 @@ TEST_CASE("mms model verify finds a damaged registry page that listing does not 
     CHECK(v.err.find("is corrupt") != std::string::npos);
   }
   CHECK(listed_fine > 0);  // what a listing read fine, verify did not pass (it said "verified", exit 0)
+}
+
+TEST_CASE("a repack whose version another writer removes meanwhile says so, exit 4") {
+  // It used to exit 2 ("sample input: no such file") or 1, as if the input were at fault.
+  Cli mms;
+  REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "--sample-input",
+               mms.Data("tiny_input.json"), "-q"})
+              .exit_code == 0);
+  // The stored sample becomes a FIFO: the repack's check blocks reading it.
+  const std::string weights = PackedWeights(mms.dir / "data", "tiny", "1");
+  REQUIRE_FALSE(weights.empty());
+  const std::string sample = weights.substr(0, weights.rfind('/')) + "/sample.json";
+  REQUIRE(std::filesystem::exists(sample));
+  std::filesystem::remove(sample);
+  REQUIRE(::mkfifo(sample.c_str(), 0600) == 0);
+  Child repack;
+  REQUIRE(repack.Start({MmsBin(), "--data-dir", mms.dir / "data", "--socket", mms.dir / "none.sock", "model", "repack",
+                        "tiny:1"},
+                       mms.dir / "repack.log"));
+  int writer = -1;  // opens without blocking only once the reader waits; held over the rm
+  REQUIRE(WaitFor([&] { return (writer = ::open(sample.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 30));
+  CHECK(mms({"model", "rm", "tiny:1", "--force"}).exit_code == 0);
+  ::close(writer);  // the check reads an empty sample and fails: the version is gone by then
+  CHECK(repack.Wait(60) == 4);
+  std::ifstream in(mms.dir / "repack.log");
+  std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK_MESSAGE(log.find("tiny:1 was removed meanwhile (by another writer); nothing was repacked") != std::string::npos,
+                log);
 }
 
 TEST_CASE("a mistyped option is named as such, not as the required option it hides") {
