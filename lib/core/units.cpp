@@ -12,14 +12,16 @@
 
 namespace mms {
 namespace {
-// Splits "12.5ms" into 12.5 and "ms". False when there is no leading number.
-bool SplitNumber(std::string_view s, double* value, std::string* suffix) {
+// Splits "12.5ms" into 12.5 and "ms", and the number as written ("12.5").
+// False when there is no leading number.
+bool SplitNumber(std::string_view s, double* value, std::string* suffix, std::string* number) {
   std::string str = Trim(s);
   if (str.empty()) return false;
   const char* begin = str.c_str();
   char* end = nullptr;
   *value = std::strtod(begin, &end);
   if (end == begin) return false;
+  *number = std::string(begin, static_cast<size_t>(end - begin));
   *suffix = Trim(std::string_view(end));
   return std::isfinite(*value);
 }
@@ -28,6 +30,7 @@ bool SplitNumber(std::string_view s, double* value, std::string* suffix) {
 // (a double holds only 53 bits: 17280000000000001ns read back one less);
 // nullopt past 2^64.
 std::optional<uint64_t> Times(std::string_view number, double v, uint64_t mult) {
+  if (!number.empty() && number[0] == '+') number.remove_prefix(1);  // (strtod reads "+5"; from_chars does not)
   uint64_t n = 0;
   auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), n);
   if (ec == std::errc() && end == number.data() + number.size()) {
@@ -93,7 +96,7 @@ Result<int64_t> ParseDurationNanos(std::string_view s) {
     else if (suf == "h") mult = 3'600'000'000'000;
     else if (suf == "d") mult = 86'400'000'000'000;
     else return bad(rule);
-    auto part = Times(number[0] == '+' ? number.substr(1) : number, v, mult);
+    auto part = Times(number, v, mult);
     if (!part || __builtin_add_overflow(ns, *part, &ns)) return too_long();
     ++parts;
   }
@@ -107,7 +110,8 @@ Result<uint64_t> ParseBytes(std::string_view s) {
   std::string suf;
   const std::string rule =
       "a size is a number with an optional unit B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (e.g. 8GiB)";
-  if (!SplitNumber(s, &v, &suf)) return InvalidArgument("invalid size '" + std::string(s) + "': " + rule);
+  std::string number;
+  if (!SplitNumber(s, &v, &suf, &number)) return InvalidArgument("invalid size '" + std::string(s) + "': " + rule);
   if (v < 0) return InvalidArgument("invalid size '" + std::string(s) + "': must not be negative");
   std::string u = suf;
   std::transform(u.begin(), u.end(), u.begin(), [](unsigned char c) { return std::toupper(c); });
@@ -122,11 +126,6 @@ Result<uint64_t> ParseBytes(std::string_view s) {
   else if (u == "GIB") mult = 1ull << 30;
   else if (u == "TIB") mult = 1ull << 40;
   else return InvalidArgument("invalid size '" + std::string(s) + "': " + rule);
-  const std::string str = Trim(s);
-  std::string_view number(str);
-  number = number.substr(0, number.size() - suf.size());
-  while (!number.empty() && std::isspace(static_cast<unsigned char>(number.back()))) number.remove_suffix(1);
-  if (!number.empty() && number[0] == '+') number.remove_prefix(1);
   auto b = Times(number, v, mult);
   if (!b) return InvalidArgument("size '" + std::string(s) + "' is too large");
   return *b;

@@ -444,11 +444,7 @@ Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
     if (free + reclaim >= need) cands->push_back({static_cast<int>(i), free, reclaim});
     else if (held_only > 0 && free + reclaim + held_only >= need) holds_in_the_way = true;
   }
-  if (need > largest_budget)
-    return Status(Code::kFailedPrecondition,  // as NeverFits: no retry helps
-                  e.item.ref + " needs " + FormatBytes(need) + " (in whole arena blocks) but the largest device budget is " +
-                      FormatBytes(largest_budget) + " ([" + opts_.config_section +
-                      "] device_budget): it can never be loaded; raise that budget in mmsd's config and restart mmsd");
+  if (need > largest_budget) return NeverFits(e);  // (a model whose size grew past it once read)
   if (!cands->empty()) return Status::Ok();
   if (holds_in_the_way) ++hold_refusals_;
   return DeviceFull(e);
