@@ -140,7 +140,12 @@ int CmdStatus(Cli& cli) {
     std::cout << "socket:    " << j.value("socket", "") << "\n";
     std::cout << "data dir:  " << j.value("data_dir", "") << "\n";
     std::string cfg = j.value("config", "");
-    std::cout << "config:    " << (cfg.empty() ? "(built-in defaults)" : cfg) << "\n";
+    std::cout << "config:    " << (cfg.empty() ? "(built-in defaults)" : cfg);
+    if (int n = j.value("config_restart_pending", 0); n > 0)
+      std::cout << " (" << n << " changed key" << (n == 1 ? " takes" : "s take") << " a restart; see the log: reload_needs_restart)";
+    std::cout << "\n";
+    if (j.contains("config_reload_error"))
+      std::cout << "WARNING:   " << j["config_reload_error"].get<std::string>() << "\n";
     if (j.contains("registry_error")) std::cout << "WARNING:   " << j["registry_error"].get<std::string>() << "\n";
     if (j.contains("metrics_flush_error"))
       std::cout << "WARNING:   " << j["metrics_flush_error"].get<std::string>() << "\n";

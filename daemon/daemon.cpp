@@ -212,12 +212,13 @@ Status Daemon::CreatePool() {
   return Status::Ok();
 }
 
-void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted) {
+void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted,
+                             std::shared_ptr<const std::atomic<bool>> answered) {
   if (!v.is_adapter()) {
     pool_->Acquire(ItemFor(v), [cb](Result<HandlePtr> h) {
       if (!h.ok()) return cb(h.status());
       cb(Servable{std::move(h).value(), nullptr});
-    }, ModelPool::Room::kEvict, counted);
+    }, ModelPool::Room::kEvict, counted, std::move(answered));
     return;
   }
   auto snap = snapshot();
@@ -225,14 +226,14 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   if (!base) return cb(NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered"));
   PoolItem adapter = ItemFor(v);
   ModelPool* adapters = adapters_.get();
-  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters, counted](Result<HandlePtr> h) {
+  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters, counted, answered](Result<HandlePtr> h) {
     if (!h.ok()) return cb(h.status());
     HandlePtr model = std::move(h).value();
     adapters->Acquire(adapter, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
       if (!a.ok()) return cb(a.status());
       cb(Servable{std::move(model), std::move(a).value()});
-    }, ModelPool::Room::kEvict, counted);
-  }, ModelPool::Room::kEvict, counted);
+    }, ModelPool::Room::kEvict, counted, answered);
+  }, ModelPool::Room::kEvict, counted, answered);
 }
 
 void Daemon::RetryPins() {
@@ -678,14 +679,14 @@ bool Daemon::FlushMetrics() {
   if (!failed.ok() && !flush_failing_.exchange(true)) {
     LogError("metrics_flush_failed", {{"error", failed.message()},
                                       {"note", "figures are kept in memory and saved once the registry takes writes"}});
-    std::lock_guard<std::mutex> lock(flush_mu_);
+    std::lock_guard<std::mutex> lock(warn_mu_);
     flush_error_ = "experiment figures could not be saved since " + FormatUtcMillis(opts_.clock->UnixMillis()) + " (" +
                    failed.message() + "); they are kept in memory until the registry takes writes again, and a "
                    "crash meanwhile loses them";
   }
   if (failed.ok() && flush_failing_.exchange(false)) {
     LogInfo("metrics_flush_recovered", {});
-    std::lock_guard<std::mutex> lock(flush_mu_);
+    std::lock_guard<std::mutex> lock(warn_mu_);
     flush_error_.clear();
   }
   return failed.ok();
@@ -769,7 +770,9 @@ void Daemon::WatchRegistry() {
     lock.unlock();
     now = opts_.clock->MonoNanos();
     if ((due || now >= routing) && now - last_poll_ns < poll) {
-      if (Status st = RefreshRegistry(false); !st.ok()) {
+      Status st = RefreshRegistry(false);
+      refresh_failing_ = !st.ok();
+      if (!st.ok()) {
         refresh_failed_ns = now;
         LogWarn("registry_refresh_failed", {{"error", st.message()}});
       }
@@ -777,7 +780,9 @@ void Daemon::WatchRegistry() {
     if (now - last_poll_ns >= poll) {
       last_poll_ns = now;
       CheckRegistryFile();
-      if (Status st = RefreshRegistry(false); !st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
+      Status st = RefreshRegistry(false);
+      refresh_failing_ = !st.ok();
+      if (!st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
       RetryPins();
       StopExpiredShadows();
       try {  // a canary step that throws must not end the watcher (and with it mmsd)
@@ -828,6 +833,7 @@ std::vector<UnsavedRollback> Daemon::LoadUnsavedRollbacks() {
 
 Status Daemon::Start() {
   started_mono_ns_ = opts_.clock->MonoNanos();
+  reload_ok_unix_ms_ = opts_.clock->UnixMillis();  // the config in force was read at start
   // Rollbacks a previous mmsd judged but could not record (it died first):
   // their canaries get no traffic, and are written at the next ticks.
   if (auto unsaved = LoadUnsavedRollbacks(); !unsaved.empty()) {
@@ -889,6 +895,10 @@ Result<std::vector<std::string>> Daemon::Reload() {
   auto cfg = LoadConfigFile(opts_.config_path);
   if (!cfg.ok()) {
     LogError("reload_failed", {{"error", cfg.status().message()}});
+    reload_ok_ = false;
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    reload_error_ = "the reload at " + FormatUtcMillis(opts_.clock->UnixMillis()) + " changed nothing: " +
+                    cfg.status().message() + "; the configuration before it runs (fix the file, then SIGHUP again)";
     return cfg.status();
   }
   // A [log] that cannot be applied (an unwritable file) keeps the old one;
@@ -900,6 +910,9 @@ Result<std::vector<std::string>> Daemon::Reload() {
     log_applied = false;
     LogError("reload_failed", {{"section", "log"}, {"error", st.message()}, {"kept", "the previous [log]"}});
     cfg->log = opts_.config.log;
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    reload_error_ = "the reload at " + FormatUtcMillis(opts_.clock->UnixMillis()) + " kept the previous [log]: " +
+                    st.message() + " (the other sections were applied)";
   }
   {
     std::lock_guard<std::mutex> lock(snap_mu_);
@@ -941,6 +954,13 @@ Result<std::vector<std::string>> Daemon::Reload() {
         was[key] != value)
       restart.push_back(key);
   if (!restart.empty()) LogWarn("reload_needs_restart", {{"keys", restart}});
+  restart_pending_ = static_cast<int>(restart.size());
+  reload_ok_ = log_applied;
+  if (log_applied) {
+    reload_ok_unix_ms_ = opts_.clock->UnixMillis();
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    reload_error_.clear();
+  }
   if (Status st = RefreshRegistry(true); !st.ok())  // the watcher retries until it applies
     LogWarn("registry_refresh_failed", {{"error", st.message()}, {"retry", "next registry poll"}});
   LogInfo("reloaded", {{"config", opts_.config_path}, {"sections", reloaded}});

@@ -87,9 +87,15 @@ class Daemon {
   Registry* registry() const { return registry_.get(); }
   // "" while experiment figures are saved; else since when and why not.
   std::string MetricsFlushError() const {
-    std::lock_guard<std::mutex> lock(flush_mu_);
+    std::lock_guard<std::mutex> lock(warn_mu_);
     return flush_error_;
   }
+  // "" unless the last reload (SIGHUP) left part of the file unapplied: when, and why.
+  std::string ReloadError() const {
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    return reload_error_;
+  }
+  int restart_pending() const { return restart_pending_.load(); }
   // A CLI that changed a registry names it ("registry" in the request body):
   // FAILED_PRECONDITION when it is not this daemon's (another data dir), so
   // the CLI says so instead of reporting a change this daemon never saw.
@@ -103,7 +109,9 @@ class Daemon {
   // Gets a version onto a device — for an adapter, its base (models' pool)
   // and the adapter (adapters' pool) — and calls `cb` (as ModelPool::Acquire;
   // `counted`: a request's, in the hit figures and last use; mms load and pin are not).
-  void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted = true);
+  // `answered`: as ModelPool::Acquire's.
+  void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted = true,
+                       std::shared_ptr<const std::atomic<bool>> answered = nullptr);
   // What pins a version, as "pinned (...how to unpin)"; "" when nothing does.
   std::string PinReason(PoolKey key) const;
   // Pins that name no version (a misspelt [pool] pinned entry, a pinned
@@ -243,12 +251,20 @@ class Daemon {
   std::map<std::string, Warmup> warmups_;             // guarded by warm_mu_: the registry's rollouts
 
   MetricsStore experiment_metrics_;
-  std::atomic<bool> flush_failing_{false};
+  std::atomic<bool> flush_failing_{false};  // FlushMetrics' last try failed (logged once per outage)
   std::map<int64_t, std::string> saved_shadow_figures_;  // FlushMetrics' (one thread at a time): shadow id → as saved
-  mutable std::mutex flush_mu_;  // only for flush_error_
-  std::string flush_error_;      // guarded by flush_mu_: why figures are unsaved ("" when saved)
+  mutable std::mutex warn_mu_;   // only for flush_error_ and reload_error_
+  std::string flush_error_;      // guarded by warn_mu_: why figures are unsaved ("" when saved)
+  std::string reload_error_;     // guarded by warn_mu_: why the last reload did not apply whole ("" when it did)
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
-  void CheckRegistryFile();                     // the watcher's, every poll  // FlushMetrics' last try failed (logged once per outage)
+  void CheckRegistryFile();                     // the watcher's, every poll
+  std::atomic<bool> refresh_failing_{false};    // the watcher's last registry read failed
+  // The last SIGHUP's outcome, for /metrics: whether the file was applied
+  // whole, when one last was (Unix ms; the start's load until then), and how
+  // many of its keys differ from what runs and wait for a restart.
+  std::atomic<bool> reload_ok_{true};
+  std::atomic<int64_t> reload_ok_unix_ms_{0};
+  std::atomic<int> restart_pending_{0};
   MetricsStore serving_metrics_;
   UserSplitStore user_splits_;  // distinct users per sticky experiment's arm, since start
   std::unique_ptr<AttributionStore> attribution_;

@@ -239,7 +239,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       finish(st);
       r.Fail(st);
     }
-  });
+  }, /*counted=*/true, claimed);
   // A hit has been handed on already; the timer is for a wait (within ten
   // minutes: beyond that its entry would outlive most loads for nothing).
   // It holds `claimed` weakly: once the acquire's callback is gone, so is

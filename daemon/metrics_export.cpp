@@ -21,6 +21,25 @@ std::string Daemon::PrometheusText() {
   w.Family("mms_requests_in_flight", "gauge", "Requests being served now.");
   w.Sample("mms_requests_in_flight", {}, static_cast<double>(server_->in_flight()));
 
+  // What degrades silently (mmsd serves on; the log says it once): for alerts.
+  w.Family("mms_config_last_reload_successful", "gauge",
+           "0 when the last SIGHUP found the config file invalid (nothing applied) or could not apply its [log].");
+  w.Sample("mms_config_last_reload_successful", {}, reload_ok_.load() ? 1 : 0);
+  w.Family("mms_config_last_reload_success_timestamp_seconds", "gauge",
+           "When the config file was last applied whole (at start, or by SIGHUP), Unix seconds.");
+  w.Sample("mms_config_last_reload_success_timestamp_seconds", {}, static_cast<double>(reload_ok_unix_ms_.load()) / 1e3);
+  w.Family("mms_config_restart_pending", "gauge",
+           "Keys of the config file, as last reloaded, that differ from what runs and take a restart.");
+  w.Sample("mms_config_restart_pending", {}, restart_pending_.load());
+  w.Family("mms_registry_flush_failing", "gauge",
+           "1 while experiment and shadow figures cannot be saved to the registry (kept in memory meanwhile).");
+  w.Sample("mms_registry_flush_failing", {}, flush_failing_.load() ? 1 : 0);
+  w.Family("mms_registry_read_failing", "gauge", "1 while the registry cannot be read: changes to it are not served.");
+  w.Sample("mms_registry_read_failing", {}, refresh_failing_.load() ? 1 : 0);
+  w.Family("mms_registry_replaced", "gauge",
+           "1 while the registry file mmsd opened is no longer at its path (removed, moved, replaced) or lost its -wal file.");
+  w.Sample("mms_registry_replaced", {}, registry_detached() ? 1 : 0);
+
   // Serving figures per version.
   w.Family("mms_requests_total", "counter", "Predictions served, by model and version.");
   w.Family("mms_request_errors_total", "counter", "Failed predictions, by model, version and error code.");
@@ -87,6 +106,17 @@ std::string Daemon::PrometheusText() {
     for (const auto& m : (*p)["host"]["models"]) per_model(m);
     for (const auto& m : (*p)["disk"]["models"]) per_model(m);
   }
+  // Pins that hold no place on a device: naming no version, or not placed
+  // (no device budget has room for them beside the other pins).
+  double off_device = 0;
+  for (const nlohmann::json* p : {&pool, &adapters})
+    for (const char* tier : {"host", "disk"})
+      for (const auto& m : (*p)[tier]["models"])
+        if (m.value("pinned", false) && !m.value("loading", false)) ++off_device;
+  w.Family("mms_pins_unplaced", "gauge",
+           "Pins not on a device, by reason: no_version (names none) or not_loaded (failed, or no room).");
+  w.Sample("mms_pins_unplaced", {{"reason", "no_version"}}, static_cast<double>(UnresolvedPins().size()));
+  w.Sample("mms_pins_unplaced", {{"reason", "not_loaded"}}, off_device);
   ExportSchedulerMetrics(&w);
 
   // Experiments, shadows, canaries.

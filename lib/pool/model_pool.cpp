@@ -27,6 +27,7 @@ struct ModelPool::Entry {
   struct Waiter {
     AcquireCallback cb;
     bool counted;  // a request's (mms load, pin preloads: not counted, leave no last use)
+    std::shared_ptr<const std::atomic<bool>> answered;  // set once answered elsewhere (its deadline); may be null
   };
   std::vector<Waiter> waiters;
   std::shared_ptr<Buffer> host;  // host-tier copy (kept while on a device)
@@ -138,11 +139,8 @@ HandlePtr ModelPool::NewHandle(Entry& e, bool loaded, bool counted) {
                                    devices_[static_cast<size_t>(e.device)]->dev->name(), loaded, counted));
 }
 
-void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, bool counted) {
-  AcquireImpl(item, std::move(cb), room, counted);
-}
-
-void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room, bool counted) {
+void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, bool counted,
+                        std::shared_ptr<const std::atomic<bool>> answered) {
   std::unique_lock<std::mutex> lock(mu_);
   Entry& e = EntryFor(item);
   if (e.tier == Tier::kDevice && !e.loading) {
@@ -185,7 +183,7 @@ void ModelPool::AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room,
     cb(st);
     return;
   }
-  e.waiters.push_back({std::move(cb), counted});
+  e.waiters.push_back({std::move(cb), counted, std::move(answered)});
   if (!e.loading) {
     e.free_only_load = room == Room::kFreeOnly;
     StartLoad(e);
@@ -750,7 +748,7 @@ void ModelPool::Pin(const PoolItem& item) {
   // that did not fit loads once room frees.
   const PoolKey key = item.key;
   std::string ref = item.ref;
-  AcquireImpl(item, [this, key, ref](Result<HandlePtr> r) {
+  Acquire(item, [this, key, ref](Result<HandlePtr> r) {
     std::string error = r.ok() ? "" : r.status().message();
     bool was_failing;
     {
@@ -845,6 +843,14 @@ void ModelPool::EraseForgotten(Entry& e) {
   entries_.erase(key);  // destroys e
 }
 
+size_t ModelPool::Waiting(const Entry& e) {
+  // Requests (and pin preloads, mms load) waiting for the load; one already
+  // answered at its deadline is not (its callback only drops the handle).
+  return static_cast<size_t>(std::count_if(e.waiters.begin(), e.waiters.end(), [](const Entry::Waiter& w) {
+    return !w.answered || !w.answered->load();
+  }));
+}
+
 nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
   nlohmann::json j{{"ref", e.item.ref},
                    {"tier", TierName(e.tier)},
@@ -852,7 +858,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"pinned", e.pinned},
                    {"in_flight", e.refs - Holds(e)},
                    {"loading", e.loading},
-                   {"waiting", e.waiters.size()},  // requests (and pin preloads, mms load) waiting for its load
+                   {"waiting", Waiting(e)},
                    {"healthy", e.healthy},
                    {"loads", e.loads},
                    {"evictions", e.evictions},

@@ -126,8 +126,11 @@ class ModelPool {
 
   // Calls `cb` with a handle once `item` is on a device, loading it if needed.
   // `counted`: a request's, in the hit and miss figures and the last use
-  // (mms load and mms pin are not).
-  void Acquire(const PoolItem& item, AcquireCallback cb, Room room = Room::kEvict, bool counted = true);
+  // (mms load and mms pin are not). `answered` (optional): set by the caller
+  // once it has answered the request some other way (at its deadline) while
+  // waiting; `cb` still runs, but the wait is no longer shown as waiting.
+  void Acquire(const PoolItem& item, AcquireCallback cb, Room room = Room::kEvict, bool counted = true,
+               std::shared_ptr<const std::atomic<bool>> answered = nullptr);
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
   Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000, Room room = Room::kEvict);
   // Counts the refusals (POOL_FULL, evict) in which a standing hold
@@ -175,8 +178,8 @@ class ModelPool {
 
   ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc);
   Entry& EntryFor(const PoolItem& item);             // mu_ held
-  // Acquire; `counted`: a request's, in the hit and miss figures (a pin's preload is not).
-  void AcquireImpl(const PoolItem& item, AcquireCallback cb, Room room, bool counted);
+  // Waiters for e's load not answered elsewhere meanwhile (Acquire's `answered`). mu_ held.
+  static size_t Waiting(const Entry& e);
   HandlePtr NewHandle(Entry& e, bool loaded, bool counted);  // mu_ held; takes a ref
   void Release(PoolKey key, const std::string& holder, bool counted);
   void Hold(PoolKey key, const std::string& holder);

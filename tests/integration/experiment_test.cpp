@@ -278,8 +278,14 @@ TEST_CASE("mms stats reads the saved figures from the registry while mmsd is not
 }
 
 TEST_CASE("figures a flush could not save (the registry locked or full) are saved by a later flush") {
-  Daemon d("[experiments]\nflush_interval = \"200ms\"\n[registry]\npoll_interval = \"30s\"\nbusy_timeout = \"50ms\"\n");
+  const int port = FreePort();
+  Daemon d("[experiments]\nflush_interval = \"200ms\"\n[registry]\npoll_interval = \"30s\"\nbusy_timeout = \"50ms\"\n"
+           "[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n");
   REQUIRE(d.ok());
+  auto failing = [&] {  // what an alert reads
+    auto m = Run({"/usr/bin/curl", "-s", "-f", "http://127.0.0.1:" + std::to_string(port) + "/metrics"});
+    return m.out.find("\nmms_registry_flush_failing 1\n") != std::string::npos;
+  };
   Setup(d);
   REQUIRE(d.Mms({"experiment", "create", "f", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "30"})
               .exit_code == 0);
@@ -296,12 +302,14 @@ TEST_CASE("figures a flush could not save (the registry locked or full) are save
   CHECK_MESSAGE(json::parse(st.out).value("metrics_flush_error", "").find("could not be saved since") != std::string::npos,
                 st.out);
   CHECK(d.Mms({"status"}).out.find("WARNING:   experiment figures could not be saved") != std::string::npos);
+  CHECK(failing());
   lock.Release();
   // No traffic after the lock goes: a later flush saves the held figures (they used to be
   // dropped until new traffic touched the variant). SIGKILL: no flush at stop.
   CHECK(WaitFor([&] { return d.log().find("metrics_flush_recovered") != std::string::npos; }, 10));
   CHECK(Count(d.log(), "metrics_flush_failed") == 1);  // once per outage, not per variant and interval
   CHECK_FALSE(json::parse(d.Mms({"--json", "status"}).out).contains("metrics_flush_error"));
+  CHECK_FALSE(failing());
   d.child().Signal(SIGKILL);
   REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
   REQUIRE(d.Restart());

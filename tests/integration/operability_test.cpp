@@ -194,6 +194,14 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
                            "mms_canary_stage{model=\"can\",candidate=\"can:2\",state=\"running\"} 1",
                            "mms_canary_traffic_percent{model=\"can\""})
     CHECK_MESSAGE(m2.out.find(want) != std::string::npos, want);
+  // Every family served is documented in mmsd(8)'s METRICS.
+  const std::string man = ReadText(Src("man/mmsd.8"));
+  std::istringstream types(m2.out);
+  for (std::string line; std::getline(types, line);)
+    if (line.rfind("# TYPE ", 0) == 0) {
+      std::string family = line.substr(7, line.find(' ', 7) - 7);
+      CHECK_MESSAGE(man.find("\\fB" + family + "\\fR") != std::string::npos, family << " is not in man/mmsd.8");
+    }
   // mmsd --metrics-address does the same without a config file.
   int port2 = FreePort();
   Daemon flag("", {"--metrics-address", "127.0.0.1:" + std::to_string(port2)});
@@ -326,4 +334,62 @@ TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at
   d.child().Signal(SIGINT);  // the operator insists
   CHECK(d.child().Wait(20) == 1);
   CHECK(d.log().find("stopping_now") != std::string::npos);
+}
+
+TEST_CASE("/metrics shows what degrades silently: a failed reload, keys waiting for a restart, unplaced pins") {
+  int port = FreePort();
+  const std::string metrics = "[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n";
+  Daemon d(metrics + "[pool]\npinned = [\"nosuch\", \"bad\"]\nload_retry_backoff = \"1h\"\n");
+  REQUIRE(d.ok());
+  // The value of one sample ("name{labels}" as written), -1 when absent.
+  auto sample = [&](const std::string& series) {
+    auto m = Run({"/usr/bin/curl", "-s", "-f", "http://127.0.0.1:" + std::to_string(port) + "/metrics"});
+    std::istringstream in(m.out);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+    return -1.0;
+  };
+  CHECK(sample("mms_config_last_reload_successful") == 1);
+  const double started = sample("mms_config_last_reload_success_timestamp_seconds");
+  CHECK(started > 1.7e9);  // Unix seconds, set at start
+  CHECK(sample("mms_config_restart_pending") == 0);
+  CHECK(sample("mms_registry_flush_failing") == 0);
+  CHECK(sample("mms_registry_read_failing") == 0);
+  CHECK(sample("mms_registry_replaced") == 0);
+  CHECK(sample("mms_pins_unplaced{reason=\"no_version\"}") == 2);  // neither is registered yet
+  CHECK(sample("mms_pins_unplaced{reason=\"not_loaded\"}") == 0);
+  // "bad" is registered with damaged weights: pinned, its load fails (retried in an hour).
+  std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/bad.pt");
+  REQUIRE(d.Mms({"model", "register", "bad", "--version", "1", "--path", d.dir() + "/bad.pt", "-q"}).exit_code == 0);
+  std::filesystem::resize_file(PackedWeights(d.data_dir(), "bad", "1"), 100);
+  REQUIRE(d.Mms({"load", "bad"}).exit_code != 0);
+  CHECK(WaitFor([&] { return sample("mms_pins_unplaced{reason=\"not_loaded\"}") == 1; }, 10));
+  CHECK(sample("mms_pins_unplaced{reason=\"no_version\"}") == 1);
+  // An invalid file at SIGHUP: nothing applied, said in the log and here.
+  const std::string config = d.dir() + "/mms.toml";
+  { std::ofstream(config) << metrics << "[pool]\npinned = 7\n"; }
+  d.child().Signal(SIGHUP);
+  CHECK(WaitFor([&] { return sample("mms_config_last_reload_successful") == 0; }, 10));
+  CHECK(d.log().find("reload_failed") != std::string::npos);
+  CHECK(sample("mms_config_last_reload_success_timestamp_seconds") == started);
+  CHECK(sample("mms_pins_unplaced{reason=\"no_version\"}") == 1);  // the old pins hold
+  // And mms status, until a reload applies (a CLI that reads mmsd's config would refuse the file too).
+  std::string status = Run({MmsBin(), "--socket", d.socket(), "status"}).out;
+  CHECK_MESSAGE(status.find("WARNING:   the reload at ") != std::string::npos, status);
+  CHECK_MESSAGE(status.find("changed nothing: ") != std::string::npos, status);
+  CHECK_MESSAGE(status.find("the configuration before it runs") != std::string::npos, status);
+  // A valid one: applied (the pins change at once), and a key that takes a restart is counted.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  { std::ofstream(config) << metrics << "[pool]\npinned = []\nload_retry_backoff = \"1h\"\n[daemon]\nworkers = 3\n"; }
+  d.child().Signal(SIGHUP);
+  CHECK(WaitFor([&] { return sample("mms_config_last_reload_successful") == 1; }, 10));
+  CHECK(sample("mms_config_last_reload_success_timestamp_seconds") > started);
+  CHECK(sample("mms_config_restart_pending") == 1);
+  status = d.Mms({"status"}).out;
+  CHECK_MESSAGE(status.find("WARNING") == std::string::npos, status);
+  CHECK_MESSAGE(status.find("(1 changed key takes a restart; see the log: reload_needs_restart)") != std::string::npos,
+                status);
+  CHECK(WaitFor([&] { return sample("mms_pins_unplaced{reason=\"no_version\"}") == 0; }, 10));
+  CHECK(WaitFor([&] { return sample("mms_pins_unplaced{reason=\"not_loaded\"}") == 0; }, 10));
 }

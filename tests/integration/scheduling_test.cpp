@@ -388,6 +388,18 @@ TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, 
     if (v["ref"] == "cold:1") counted = v["errors"] == 2 && v["error_codes"]["DEADLINE_EXCEEDED"] == 2;
   INFO(stats.dump());
   CHECK(counted);
+  // Answered, they no longer show as waiting for the load that goes on (they used to, until it ended).
+  json cold;
+  const json pool = json::parse(d.Mms({"--json", "pool"}).out);
+  for (const char* tier : {"host", "disk"})
+    for (const auto& m : pool[tier]["models"])
+      if (m["ref"] == "cold:1") cold = m;
+  for (const auto& dev : pool["devices"])
+    for (const auto& m : dev["models"])
+      if (m["ref"] == "cold:1") cold = m;
+  INFO(pool.dump());
+  CHECK(cold.value("loading", false));
+  CHECK(cold.value("waiting", -1) == 0);
   REQUIRE(weights.Release());  // the blocked load reads an empty file and fails; the next one loads
   CHECK(WaitFor([&] { return PredictExit(d, "cold", {"--deadline-ms", "10000"}) == 0; }, 20));
 }
