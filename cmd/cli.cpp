@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 
 #include <unistd.h>
@@ -201,6 +202,18 @@ void Cli::Emit(const nlohmann::json& j, const std::function<void()>& text) {
 
 void Cli::Note(const std::string& line) {
   if (!g.quiet) std::cerr << line << "\n";
+}
+
+std::optional<double> ParseDecimal(const std::string& text) {
+  double x = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), x, std::chars_format::general);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || !std::isfinite(x)) return std::nullopt;
+  return x;
+}
+
+CLI::Validator DecimalNumber() {
+  return CLI::Validator(
+      [](std::string& v) { return ParseDecimal(v) ? std::string() : "'" + v + "' is not a decimal number"; }, "NUMBER");
 }
 
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {

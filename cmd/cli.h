@@ -125,6 +125,10 @@ Result<VersionRecord> RegisterPublished(Registry& reg, const NewVersion& v);
 // its base again and writes its packed files into a new directory (named
 // with `stem_suffix`); returns that directory.
 Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& adapter, const std::string& stem_suffix);
+// mms model verify of an adapter: its registered PEFT directory still checks
+// against its base and reads as registered (rank, alpha, targets) — what a
+// repack needs besides the weights' hash.
+Status CheckAdapterSource(Registry& reg, const VersionRecord& adapter);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();
@@ -138,5 +142,10 @@ inline bool DaemonNotRunning(const Status& st) {
 // Helpers shared by command files.
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows);  // first row = header
 std::string FormatTime(int64_t unix_ms);  // "2026-11-28 20:45:13" (UTC)
+// A finite number written in decimal, the whole text ("12", "-0.5", "1e3"):
+// nullopt for "", spaces, hex ("0x10", which strtod reads as 16), inf, nan.
+std::optional<double> ParseDecimal(const std::string& text);
+// The same as a CLI11 check: "'TEXT' is not a decimal number".
+CLI::Validator DecimalNumber();
 
 }  // namespace mms::cli

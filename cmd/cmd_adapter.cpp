@@ -23,14 +23,16 @@ struct AdapterArgs {
   std::vector<std::string> labels;
 };
 
-// The next integer version of `name` ("1" for a new model).
+// The next integer version of `name` ("1" for a new model): above every
+// version it has, dotted ones too (after 1.1.0 comes 2, which sorts above it;
+// "1" would sort below, and the bare name would keep serving 1.1.0).
 std::string NextVersion(Registry& reg, const std::string& name) {
   long next = 1;
   if (auto list = reg.List(name); list.ok())
     for (const auto& v : *list) {
       char* end = nullptr;
-      long n = std::strtol(v.version.c_str(), &end, 10);
-      if (end && *end == '\0') next = std::max(next, n + 1);
+      long n = std::strtol(v.version.c_str(), &end, 10);  // the leading number
+      if (end != v.version.c_str()) next = std::max(next, n + 1);
     }
   return std::to_string(next);
 }
@@ -164,7 +166,7 @@ Status RequireAdapter(Cli& cli, const std::string& ref) {
 
 }  // namespace
 
-Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& adapter, const std::string& stem_suffix) {
+static Result<CheckedAdapter> CheckAdapterAsRegistered(Registry& reg, const VersionRecord& adapter) {
   auto base = reg.Resolve(adapter.base_ref);
   if (!base.ok() || base->id != adapter.base_id)
     return FailedPrecondition("the base of " + adapter.ref() + " (" + adapter.base_ref +
@@ -179,7 +181,17 @@ Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& 
     return FailedPrecondition("the adapter_config.json of " + adapter.ref() + " in " + dir +
                               " changed since registration (" + checked.info.ToJson().dump() + ", registered " +
                               adapter.lora.dump() + "): register it as a new version instead");
-  return PackAdapter(cli, checked, dir, adapter.model, adapter.version, adapter.sha256, stem_suffix);
+  return checked;
+}
+
+Status CheckAdapterSource(Registry& reg, const VersionRecord& adapter) {
+  return CheckAdapterAsRegistered(reg, adapter).status();
+}
+
+Result<std::string> RepackAdapter(Cli& cli, Registry& reg, const VersionRecord& adapter, const std::string& stem_suffix) {
+  MMS_ASSIGN_OR_RETURN(CheckedAdapter checked, CheckAdapterAsRegistered(reg, adapter));
+  return PackAdapter(cli, checked, DirName(adapter.artifact_path), adapter.model, adapter.version, adapter.sha256,
+                     stem_suffix);
 }
 
 void AddAdapterCommands(CLI::App& app, Cli& cli) {

@@ -135,12 +135,10 @@ int CmdFeedback(Cli& cli, const std::string& request_id, const std::vector<std::
     if (eq == std::string::npos || eq == 0)
       return cli.Fail(InvalidArgument("invalid --metric '" + kv + "': use NAME=VALUE, e.g. --metric click=1"));
     std::string name = kv.substr(0, eq), value = kv.substr(eq + 1);
-    char* end = nullptr;
-    double v = std::strtod(value.c_str(), &end);
-    if (value.empty() || *end != 0 || !std::isfinite(v))
-      return cli.Fail(InvalidArgument("--metric " + name + ": '" + value + "' is not a number"));
+    auto v = ParseDecimal(value);
+    if (!v) return cli.Fail(InvalidArgument("--metric " + name + ": '" + value + "' is not a decimal number"));
     if (m.contains(name)) return cli.Fail(InvalidArgument("--metric " + name + " is given twice"));
-    m[name] = v;
+    m[name] = *v;
   }
   auto r = cli.Call(proto::kFeedback, {{"request_id", request_id}, {"metrics", m}});
   if (!r.ok()) return cli.Fail(r.status());
@@ -224,7 +222,8 @@ void PrintReport(const nlohmann::json& e) {
 
 // mmsd not running: the experiments' figures as it last saved them (at most
 // a flush interval behind), without the live serving figures.
-Result<nlohmann::json> StatsFromRegistry(Cli& cli, const std::string& id) {
+// The figures last saved in this CLI's registry; `note` says why not the daemon's.
+Result<nlohmann::json> StatsFromRegistry(Cli& cli, const std::string& id, const std::string& note) {
   MMS_ASSIGN_OR_RETURN(auto reg, cli.OpenRegistry());
   MMS_ASSIGN_OR_RETURN(const Config* cfg, cli.config());
   std::vector<ExperimentRecord> exps;
@@ -234,9 +233,7 @@ Result<nlohmann::json> StatsFromRegistry(Cli& cli, const std::string& id) {
   } else {
     MMS_ASSIGN_OR_RETURN(exps, reg->ListExperiments(true));
   }
-  nlohmann::json out{{"experiments", nlohmann::json::array()}, {"models", nlohmann::json::array()},
-                     {"note", "mmsd is not running: the figures it last saved (at most [experiments] "
-                              "flush_interval behind its last count)"}};
+  nlohmann::json out{{"experiments", nlohmann::json::array()}, {"models", nlohmann::json::array()}, {"note", note}};
   for (const auto& e : exps) {
     MMS_ASSIGN_OR_RETURN(auto saved, reg->LoadExperimentMetrics(e.id));
     auto arm = [&](const char* v) {
@@ -251,11 +248,18 @@ Result<nlohmann::json> StatsFromRegistry(Cli& cli, const std::string& id) {
 int CmdStats(Cli& cli, const std::string& id) {
   nlohmann::json body = nlohmann::json::object();
   if (!id.empty()) body["experiment"] = id;
+  // Named, so that a daemon serving another registry (another --data-dir
+  // behind the same socket) says so instead of answering with its experiments.
+  if (auto reg = cli.registry_path(); reg.ok()) body["registry"] = *reg;
   auto r = cli.Call(proto::kStats, body);
   if (!r.ok() && DaemonNotRunning(r.status())) {
-    r = StatsFromRegistry(cli, id);
-    if (r.ok()) cli.Note("note: " + (*r)["note"].get<std::string>());
+    r = StatsFromRegistry(cli, id, "mmsd is not running: the figures it last saved (at most [experiments] "
+                                   "flush_interval behind its last count)");
+  } else if (!r.ok() && r.status().code() == Code::kFailedPrecondition && body.contains("registry")) {
+    r = StatsFromRegistry(cli, id, r.status().message() + "; showing the figures last saved in " +
+                                       body["registry"].get<std::string>());
   }
+  if (r.ok() && r->contains("note")) cli.Note("note: " + (*r)["note"].get<std::string>());
   if (!r.ok()) return cli.Fail(r.status());
   cli.Emit(*r, [&] {
     for (const auto& e : (*r)["experiments"]) {
@@ -303,7 +307,7 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
   create->add_option("--model", a->model, "the model name requests use")->required();
   create->add_option("--control", a->control, "control version (VERSION, NAME:VERSION or NAME@ALIAS)")->required();
   create->add_option("--treatment", a->treatment, "treatment version")->required();
-  create->add_option("--percent", a->percent, "treatment share, 0-100 (0.01 steps)")->required();
+  create->add_option("--percent", a->percent, "treatment share, 0-100 (0.01 steps)")->required()->check(DecimalNumber());
   create->add_flag("--random", a->random, "assign per request at random instead of sticky per user");
   create->add_option("--metric", a->metrics, "a business metric reported with mms feedback (repeatable)");
   create->callback([&cli, a] { cli.exit_code = CmdCreate(cli, *a); });
@@ -332,7 +336,7 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
   auto* ramp = exp->add_subcommand("ramp", "Change the treatment share (raising it keeps every treated user treated)");
   auto pct = std::make_shared<double>(-1);
   ramp->add_option("ID", *id)->required();
-  ramp->add_option("--percent", *pct, "new treatment share, 0-100")->required();
+  ramp->add_option("--percent", *pct, "new treatment share, 0-100")->required()->check(DecimalNumber());
   ramp->callback([&cli, id, pct] {
     auto bp = PercentToBasisPoints(*pct);
     if (!bp.ok()) {

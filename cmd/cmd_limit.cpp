@@ -1,6 +1,5 @@
 // mms limit set|list|rm: rate limits per model and per tenant (token buckets).
 #include <algorithm>
-#include <charconv>
 #include <iostream>
 #include <set>
 
@@ -149,15 +148,7 @@ void AddLimitCommands(CLI::App& app, Cli& cli) {
   auto a = std::make_shared<LimitArgs>();
   set->add_option("MODEL", a->model, "a model name");
   set->add_option("--tenant", a->tenant, "a tenant id instead of a model");
-  // Decimal numbers only: strtod would also read 0x10 as 16.
-  const CLI::Validator decimal(
-      [](std::string& v) {
-        double x = 0;
-        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x, std::chars_format::general);
-        return ec == std::errc() && end == v.data() + v.size() ? std::string()
-                                                                : "'" + v + "' is not a decimal number";
-      },
-      "NUMBER");
+  const CLI::Validator decimal = DecimalNumber();
   set->add_option("--qps", a->qps, "sustained requests per second (> 0, at most 1e9)")->required()->check(decimal);
   set->add_option_function<double>(
          "--burst",

@@ -750,6 +750,8 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
     } else if (*h != r.sha256) {
       problems.push_back("artifact changed since registration: sha256 " + h->substr(0, 12) + " != registered " +
                          r.sha256.substr(0, 12));
+    } else if (r.is_adapter()) {  // its adapter_config.json is part of the artifact too
+      if (Status st = CheckAdapterSource(**reg, r); !st.ok()) problems.push_back(st.message());
     }
     if (!r.packed_dir.empty()) {
       for (const char* f : r.is_adapter() ? std::vector<const char*>{kAdapterWeightsFile}

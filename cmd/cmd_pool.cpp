@@ -390,7 +390,14 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   predict->add_option("REF", a->ref, "NAME, NAME:VERSION or NAME@ALIAS")->required();
   predict->add_option("--input,-i", a->input, "input tensors: .json or .safetensors")->required();
   predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout");
-  predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)");
+  // Given empty (an unset shell variable), they would silently mean "none":
+  // the plain base, or a request without a user (sticky experiments leave it out).
+  const auto not_empty = [](const char* omit) {
+    return CLI::Validator(
+        [omit](std::string& v) { return v.empty() ? std::string("is empty; ") + omit : std::string(); }, "NONEMPTY");
+  };
+  predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)")
+      ->check(not_empty("omit --user for a request without a user"));
   predict->add_option("--tenant", a->tenant, "tenant (rate limits)")
       ->check(CLI::Validator(
           [](std::string& t) {
@@ -398,7 +405,8 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
             return st.ok() ? std::string() : st.message();
           },
           "TENANT"));
-  predict->add_option("--adapter", a->adapter, "run with this LoRA adapter (NAME or NAME:VERSION) of the base REF");
+  predict->add_option("--adapter", a->adapter, "run with this LoRA adapter (NAME or NAME:VERSION) of the base REF")
+      ->check(not_empty("omit --adapter to run the base alone"));
   auto* deadline = predict->add_option("--deadline-ms", a->deadline_ms,
                                        "drop the request (exit 5) rather than run it past this many ms");
   predict->callback([&cli, a, deadline] {

@@ -280,11 +280,9 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   n.candidate = *ref;
   n.stages.clear();
   for (const auto& s : Split(a.stages, ',')) {
-    char* end = nullptr;
-    double v = std::strtod(s.c_str(), &end);
-    if (s.empty() || *end != 0)
-      return cli.Fail(InvalidArgument("--stages: '" + s + "' is not a number; use e.g. 1,5,10,25,50,100"));
-    n.stages.push_back(v);
+    auto v = ParseDecimal(s);
+    if (!v) return cli.Fail(InvalidArgument("--stages: '" + s + "' is not a decimal number; use e.g. 1,5,10,25,50,100"));
+    n.stages.push_back(*v);
   }
   auto dur = ParseDurationNanos(a.stage_duration);
   if (!dur.ok()) return cli.Fail(dur.status().WithContext("--stage-duration"));

@@ -118,9 +118,8 @@ int main(int argc, char** argv) {
   timeout_opt
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
-            char* end = nullptr;
-            double d = std::strtod(v.c_str(), &end);
-            return end != v.c_str() && *end == '\0' && d > 0 && std::isfinite(d)
+            auto d = ParseDecimal(v);
+            return d && *d > 0
                        ? ""
                        : "expected a number of seconds above 0 (such as 5 or 0.5), got '" + v + "'";
           },

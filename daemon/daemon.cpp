@@ -254,6 +254,30 @@ std::string Daemon::PinReason(PoolKey key) const {
   return it == pin_why_.end() ? "" : it->second;
 }
 
+nlohmann::json Daemon::VersionHealth(const VersionRecord& v) const {
+  auto h = PoolFor(v)->Health(v.id);
+  nlohmann::json j = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}, {"loads", 0}};
+  // A version no device budget can hold is refused at every request: not
+  // healthy, whatever its last load said.
+  if (Status fits = PoolFor(v)->FitsAtAll(ItemFor(v)); !fits.ok()) {
+    j["healthy"] = false;
+    j["error"] = fits.message();
+  }
+  if (v.is_adapter() && j.value("healthy", true)) {
+    auto snap = snapshot();  // owns `base`
+    const VersionRecord* base = snap->ById(v.base_id);
+    nlohmann::json b = base ? VersionHealth(*base) : nlohmann::json{{"healthy", false}};
+    if (!b.value("healthy", true)) {
+      j["healthy"] = false;
+      j["error"] = base ? "its base " + base->ref() + " is unhealthy: " + b.value("error", std::string("?"))
+                        : "its base " + v.base_ref + " is no longer registered";
+    }
+  }
+  j["ref"] = v.ref();
+  j["stage"] = StageName(v.stage);
+  return j;
+}
+
 nlohmann::json Daemon::UnresolvedPins() const {
   std::lock_guard<std::mutex> lock(pin_mu_);
   return unresolved_pins_;

@@ -112,6 +112,11 @@ class Daemon {
   // `answered`: as ModelPool::Acquire's.
   void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted = true,
                        std::shared_ptr<const std::atomic<bool>> answered = nullptr);
+  // mms health's and /health/MODEL's view of a version: its pool entry's
+  // figures, unhealthy when its last load failed, when no budget can ever
+  // hold it, or — an adapter — when its base is unhealthy or gone (every
+  // request to it fails then). From the published snapshot only.
+  nlohmann::json VersionHealth(const VersionRecord& v) const;
   // What pins a version, as "pinned (...how to unpin)"; "" when nothing does.
   std::string PinReason(PoolKey key) const;
   // Pins that name no version (a misspelt [pool] pinned entry, a pinned

@@ -260,20 +260,6 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   }
 }
 
-nlohmann::json HealthOf(Daemon* d, const VersionRecord& v) {
-  auto h = d->PoolFor(v)->Health(v.id);
-  nlohmann::json j = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}, {"loads", 0}};
-  // A version no device budget can hold is refused at every request: not
-  // healthy, whatever its last load said.
-  if (Status fits = d->PoolFor(v)->FitsAtAll(d->ItemFor(v)); !fits.ok()) {
-    j["healthy"] = false;
-    j["error"] = fits.message();
-  }
-  j["ref"] = v.ref();
-  j["stage"] = StageName(v.stage);
-  return j;
-}
-
 }  // namespace
 
 void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
@@ -328,12 +314,12 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (req.body.contains("model")) {
       auto v = d->Resolve(req.body["model"].get<std::string>());
       if (!v.ok()) return r.Fail(v.status());
-      models.push_back(HealthOf(d, *v));
+      models.push_back(d->VersionHealth(*v));
     } else {
       auto snap = d->snapshot();
       for (const auto& [name, versions] : snap->models)
         for (const auto& v : versions)
-          if (v.stage != Stage::kArchived || d->PoolFor(v)->Health(v.id)) models.push_back(HealthOf(d, v));
+          if (v.stage != Stage::kArchived || d->PoolFor(v)->Health(v.id)) models.push_back(d->VersionHealth(v));
     }
     bool all = true;
     for (const auto& m : models) all = all && m.value("healthy", true);

@@ -58,6 +58,7 @@ void Feedback(Daemon* d, const proto::Message& req, Responder r) {
 }
 
 void Stats(Daemon* d, const proto::Message& req, Responder r) {
+  if (Status st = d->CheckSameRegistry(req.body); !st.ok()) return r.Fail(st);
   nlohmann::json out;
   nlohmann::json exps = nlohmann::json::array();
   if (req.body.contains("experiment") && req.body["experiment"].is_string()) {

@@ -198,11 +198,8 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
   }
   if (draining)
     return {503, "application/json", proto::DumpBody({{"ref", (*v)->ref()}, {"status", "draining"}}) + "\n"};
-  auto h = PoolFor(**v)->Health((*v)->id);
-  bool healthy = !h || h->value("healthy", true);
-  nlohmann::json body = h ? *h : nlohmann::json{{"tier", "disk"}, {"healthy", true}};
-  body["ref"] = (*v)->ref();
-  return {healthy ? 200 : 503, "application/json", proto::DumpBody(body) + "\n"};
+  nlohmann::json body = VersionHealth(**v);
+  return {body.value("healthy", true) ? 200 : 503, "application/json", proto::DumpBody(body) + "\n"};
 }
 
 }  // namespace mms

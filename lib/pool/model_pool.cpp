@@ -41,6 +41,7 @@ struct ModelPool::Entry {
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)
   std::optional<PoolItem> replaced;    // new files (Replaced) while a load ran: taken when it ends
+  bool stale = false;                  // its copy in memory is of replaced files: dropped once no handle is out
   bool free_only_load = false;         // the load in progress may take only free room (Room::kFreeOnly)
   // health
   bool healthy = true;
@@ -143,7 +144,11 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
                         std::shared_ptr<const std::atomic<bool>> answered) {
   std::unique_lock<std::mutex> lock(mu_);
   Entry& e = EntryFor(item);
-  if (e.tier == Tier::kDevice && !e.loading) {
+  if (e.stale && e.refs == 0 && !e.loading) {  // a copy of replaced files, let go: the new files load below
+    DropHost(e);
+    e.stale = false;
+  }
+  if (e.tier == Tier::kDevice && !e.loading && !e.stale) {
     e.hits += counted;
     hits_ += counted;
     devices_[static_cast<size_t>(e.device)]->policy->Touch(e.item.key);
@@ -155,6 +160,10 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
   }
   e.misses += counted;
   misses_ += counted;
+  if (e.stale) {  // requests still hold the replaced copy: the last one's Release starts the load of the new files
+    e.waiters.push_back({std::move(cb), counted, std::move(answered)});
+    return;
+  }
   int64_t now = opts_.clock->MonoNanos();
   if (!e.healthy && now < e.retry_at && !e.loading) {
     Status st(e.last_error.code(), e.item.ref + " is unhealthy: " + e.last_error.message() + " (failed " +
@@ -708,7 +717,7 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
     for (auto& w : waiters) out.push_back([cb = std::move(w.cb), st] { cb(st); });
   }
   if (e.replaced) {
-    TakeReplaced(e, *e.replaced, /*load_failed=*/!e.healthy);  // (not for want of room: its copy is sound)
+    TakeReplaced(e, *e.replaced);
     e.replaced.reset();
     e.retry_at = 0;  // (a failure of the replaced files is no reason to wait for the new ones)
   }
@@ -732,6 +741,11 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
     if (h != e.held.end() && --h->second <= 0) e.held.erase(h);
   }
   if (counted) e.last_use = opts_.clock->MonoNanos();
+  if (e.stale && e.refs == 0 && !e.loading) {  // the replaced copy is let go: load the new files for those waiting
+    DropHost(e);
+    e.stale = false;
+    if (!e.waiters.empty()) StartLoad(e);
+  }
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
 }
 
@@ -823,16 +837,21 @@ void ModelPool::Replaced(const PoolItem& item) {
     e.replaced = item;  // the load reads the old files: Finish takes these
     return;
   }
-  TakeReplaced(e, item, /*load_failed=*/!e.healthy);
+  TakeReplaced(e, item);
 }
 
-void ModelPool::TakeReplaced(Entry& e, const PoolItem& item, bool load_failed) {
-  // The weights are the same bytes (a repack rewrites them), so a copy in
-  // memory serves on — but the old files (its sample among them) may be
-  // pruned now. A copy that failed to load (its warm-up, on the host tier)
-  // is dropped, so that the next load reads the new files.
+void ModelPool::TakeReplaced(Entry& e, const PoolItem& item) {
+  // A copy in memory was read from the replaced files, which were repacked
+  // because they were damaged (a copy loaded before the damage is sound, one
+  // loaded from an unchecked file may not be) or had the wrong sample: it
+  // goes once no request holds it, and the next load reads the new files.
   e.item = item;
-  if (load_failed && e.tier == Tier::kHost && e.refs == 0) DropHost(e);
+  if (e.tier == Tier::kDisk) return;
+  if (e.refs == 0 && !e.loading) {
+    DropHost(e);
+  } else {
+    e.stale = true;
+  }
 }
 
 void ModelPool::EraseForgotten(Entry& e) {

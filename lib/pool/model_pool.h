@@ -151,10 +151,12 @@ class ModelPool {
   // Its stored files were replaced (mms model repack; `item` names the new
   // ones, which the version uses from now on — also while loading: taken
   // when the load ends): a failed load is retried at the next request
-  // instead of after its backoff, and reads the new files — a copy whose
-  // load failed (its warm-up, kept on the host tier) is dropped, for it came
-  // from the replaced files. A copy that loaded serves on: a repack rewrites
-  // the same weights.
+  // instead of after its backoff, and reads the new files. A copy in memory
+  // (on a device or the host tier) came from the replaced files: it is
+  // dropped at once when no request holds it, else once the last handle is
+  // released — requests arriving meanwhile wait for that, then for the load
+  // of the new files, so none is served from the old copy after this returns
+  // but those already holding it.
   void Replaced(const PoolItem& item);
   // FAILED_PRECONDITION when `item` is bigger than every device budget or the host
   // budget: no eviction could ever make room.
@@ -192,7 +194,7 @@ class ModelPool {
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
   void StartLoad(Entry& e);                          // mu_ held
-  void TakeReplaced(Entry& e, const PoolItem& item, bool load_failed);  // mu_ held: see Replaced
+  void TakeReplaced(Entry& e, const PoolItem& item);  // mu_ held: see Replaced
   void RunLoad(PoolKey key);                         // loader thread
   struct Cand {  // a device that can take a model
     int index;

@@ -541,8 +541,36 @@ Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path) {
   return out;
 }
 
+namespace {
+// XXH3-64 of what a header says, independent of its JSON spelling: the
+// entries by name (each name, dtype, shape and offsets) and the metadata but
+// the checksums. A same-length edit of the header — two names swapped, a
+// shape, an adapter's scale in the metadata — changes it.
+std::string HeaderDigest(std::vector<SafetensorsEntry> entries, const std::map<std::string, std::string>& metadata) {
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::string text;
+  for (const auto& e : entries) {
+    text += e.name + '\0' + DTypeSafetensorsName(e.dtype) + '\0';
+    for (int64_t d : e.shape) text += std::to_string(d) + ',';
+    text += '\0' + std::to_string(e.begin) + ',' + std::to_string(e.end) + '\n';
+  }
+  text += '\0';
+  for (const auto& [k, v] : metadata)
+    if (k != kSafetensorsChecksumKey && k != kSafetensorsHeaderChecksumKey) text += k + '\0' + v + '\n';
+  Xxh3 sum;
+  sum.Update(text.data(), text.size());
+  return sum.Hex();
+}
+}  // namespace
+
 Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
                                  const std::string& path) {
+  if (auto head = h.metadata.find(kSafetensorsHeaderChecksumKey); head != h.metadata.end()) {
+    std::string got = HeaderDigest(h.entries, h.metadata);
+    if (got != head->second)
+      return Corrupt(path + "'s header (names, shapes, offsets, metadata) does not match the checksum it was written "
+                     "with (xxh3 " + got + ", written " + head->second + "): it was changed or damaged since");
+  }
   auto want = h.metadata.find(kSafetensorsChecksumKey);
   if (want == h.metadata.end()) return Status::Ok();
   Xxh3 sum;
@@ -569,6 +597,7 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
   nlohmann::json h = nlohmann::json::object();
   uint64_t off = 0;
   std::vector<uint64_t> offsets;
+  std::vector<SafetensorsEntry> entries;  // for the header's checksum
   int pads = 0;
   for (const auto& t : tensors) {
     // The format allows no holes between tensors: a gap left for alignment
@@ -580,8 +609,10 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
     off = aligned;
     offsets.push_back(off);
     h[t.name] = {{"dtype", DTypeSafetensorsName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.nbytes}}};
+    entries.push_back({t.name, t.dtype, t.shape, off, off + t.nbytes});
     off += t.nbytes;
   }
+  if (checksum) metadata[kSafetensorsHeaderChecksumKey] = HeaderDigest(std::move(entries), metadata);
   if (!metadata.empty()) h["__metadata__"] = metadata;
   std::string json = h.dump();
   // The data starts aligned too, at least to 8 bytes as the format's own

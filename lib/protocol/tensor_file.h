@@ -67,17 +67,21 @@ Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path);
 // for alignment is a filler entry named kSafetensorsPadPrefix + N (U8, zeros),
 // which ParseSafetensorsHeader skips.
 // With `checksum`, the metadata also records the XXH3-64 of the tensors'
-// bytes in file order (kSafetensorsChecksumKey): mms's packed files do, so
-// that every load can check them (VerifySafetensorsChecksum).
+// bytes in file order (kSafetensorsChecksumKey) and of what the header says
+// (kSafetensorsHeaderChecksumKey: each tensor's name, dtype, shape and
+// offsets, and the other metadata): mms's packed files do, so that every
+// load can check them (VerifySafetensorsChecksum).
 Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& tensors,
                             const std::map<std::string, std::string>& metadata = {}, size_t alignment = 64,
                             bool checksum = false);
 inline constexpr const char* kSafetensorsChecksumKey = "mms.xxh3_64";
+inline constexpr const char* kSafetensorsHeaderChecksumKey = "mms.header_xxh3_64";
 inline constexpr const char* kSafetensorsPadPrefix = "__mms_pad_";
 // Checks `data` — the file's data region from its start, `size` bytes, as
-// read — against the checksum `h` records: CORRUPT naming `path` when they
-// differ (the file was changed or damaged since it was written); OK when
-// `h` records none (files written before checksums) or all match.
+// read — and the header `h` against the checksums `h` records: CORRUPT
+// naming `path` when they differ (the file was changed or damaged since it
+// was written); OK when all match, and for a checksum `h` does not record
+// (files written before it: no header checksum before 2026-11-30).
 Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
                                  const std::string& path);
 

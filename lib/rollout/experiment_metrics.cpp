@@ -4,6 +4,33 @@
 
 namespace mms {
 
+void OutcomeStats::Add(double value) {
+  if (count == 0) {
+    shift = value;
+    sum = sumsq = 0;
+  }
+  ++count;
+  const double d = value - shift;
+  sum += d;
+  sumsq += d * d;
+}
+
+double OutcomeStats::variance() const {
+  if (count < 2) return 0.0;
+  const double n = static_cast<double>(count), m = sum / n;
+  return std::max(0.0, (sumsq - n * m * m) / (n - 1));
+}
+
+OutcomeStats OutcomeStats::Shifted(double new_shift) const {
+  // Σ(x−s') = Σ(x−s) + n·k and Σ(x−s')² = Σ(x−s)² + 2k·Σ(x−s) + n·k², with k = s − s'.
+  OutcomeStats o = *this;
+  const double k = shift - new_shift, n = static_cast<double>(count);
+  o.shift = new_shift;
+  o.sum = sum + n * k;
+  o.sumsq = sumsq + 2 * k * sum + n * k * k;
+  return o;
+}
+
 std::string VariantKey(const std::string& experiment, const std::string& variant) {
   return experiment + "/" + variant;
 }
@@ -21,17 +48,24 @@ VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
   d.latency.Subtract(earlier.latency);
   for (auto& [name, o] : d.outcomes) {
     auto it = earlier.outcomes.find(name);
-    if (it == earlier.outcomes.end()) continue;
-    o.count -= std::min(o.count, it->second.count);
-    o.sum -= it->second.sum;
-    o.sumsq -= it->second.sumsq;
+    if (it == earlier.outcomes.end() || it->second.count == 0) continue;
+    const OutcomeStats before = it->second.Shifted(o.shift);  // the same shift unless restored from older figures
+    o.count -= std::min(o.count, before.count);
+    o.sum -= before.sum;
+    o.sumsq -= before.sumsq;
   }
   return d;
 }
 
 nlohmann::json VariantSnapshot::ToJson() const {
   nlohmann::json o = nlohmann::json::object();
-  for (const auto& [name, s] : outcomes) o[name] = {{"count", s.count}, {"sum", s.sum}, {"sumsq", s.sumsq}};
+  // "sum" and "sumsq" of the values as before (older mms reads them); the
+  // shifted sums beside them are what this one reads.
+  for (const auto& [name, s] : outcomes) {
+    const OutcomeStats plain = s.Shifted(0);
+    o[name] = {{"count", s.count}, {"sum", plain.sum}, {"sumsq", plain.sumsq},
+               {"shift", s.shift}, {"shifted_sum", s.sum}, {"shifted_sumsq", s.sumsq}};
+  }
   return {{"requests", requests}, {"errors", errors}, {"error_codes", error_codes}, {"latency", latency.ToJson()},
           {"outcomes", o}, {"routed", routed}, {"routed_share", routed_share}};
 }
@@ -69,7 +103,11 @@ VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
     if (auto h = LatencyHistogram::FromJson(j["latency"]); h.ok()) s.latency = *h;
   if (j.contains("outcomes") && j["outcomes"].is_object())
     for (auto it = j["outcomes"].begin(); it != j["outcomes"].end(); ++it)
-      if (it->is_object()) s.outcomes[it.key()] = {Count(*it, "count"), Real(*it, "sum"), Real(*it, "sumsq")};
+      if (it->is_object()) {
+        const bool shifted = it->contains("shift");  // figures saved before shifts: plain sums
+        s.outcomes[it.key()] = {Count(*it, "count"), Real(*it, "shift"), Real(*it, shifted ? "shifted_sum" : "sum"),
+                                Real(*it, shifted ? "shifted_sumsq" : "sumsq")};
+      }
   return s;
 }
 
@@ -94,10 +132,7 @@ void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now, const s
 
 void VariantMetrics::Outcome(const std::string& metric, double value) {
   std::lock_guard<std::mutex> lock(mu_);
-  OutcomeStats& o = cum_.outcomes[metric];
-  ++o.count;
-  o.sum += value;
-  o.sumsq += value * value;
+  cum_.outcomes[metric].Add(value);
   dirty_ = true;
 }
 

@@ -20,9 +20,22 @@
 
 namespace mms {
 
+// Feedback values of one metric. The sums are of (value − shift), shift
+// being the first value recorded: values such as 1e12 + small differences
+// keep their variance, which sum-of-squares minus squared sum cancelled to
+// nothing (Welch's test then read p = 0 for no difference). What is lost now
+// is only what values far from the first one (by ~1e8 times their spread)
+// would lose, as in any one-pass sum.
 struct OutcomeStats {
   uint64_t count = 0;  // feedback records
-  double sum = 0, sumsq = 0;
+  double shift = 0;
+  double sum = 0, sumsq = 0;  // of (value − shift)
+  void Add(double value);
+  double total() const { return shift * static_cast<double>(count) + sum; }
+  double mean() const { return count ? shift + sum / static_cast<double>(count) : 0.0; }
+  double variance() const;  // the sample variance; 0 below two values
+  // The same figures about another shift (Since subtracts like for like).
+  OutcomeStats Shifted(double new_shift) const;
 };
 
 struct VariantSnapshot {

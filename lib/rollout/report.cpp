@@ -17,8 +17,8 @@ nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::s
     OutcomeStats o = it == s.outcomes.end() ? OutcomeStats{} : it->second;
     outcomes[name] = {{"count", o.count},
                       {"rate", n > 0 ? static_cast<double>(o.count) / n : 0.0},
-                      {"sum", o.sum},
-                      {"mean", o.count ? o.sum / static_cast<double>(o.count) : 0.0}};
+                      {"sum", o.total()},
+                      {"mean", o.mean()}};
   }
   return {{"requests", s.requests},
           {"errors", s.errors},
@@ -62,17 +62,11 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
   for (const auto& name : metrics) {
     OutcomeStats oc = c.outcomes.count(name) ? c.outcomes.at(name) : OutcomeStats{};
     OutcomeStats ot = t.outcomes.count(name) ? t.outcomes.at(name) : OutcomeStats{};
-    auto var = [](const OutcomeStats& o) {
-      if (o.count < 2) return 0.0;
-      double n = static_cast<double>(o.count), m = o.sum / n;
-      return std::max(0.0, (o.sumsq - n * m * m) / (n - 1));
-    };
     outcomes[name] = {
         {"rate", TwoProportionZTest(std::min(oc.count, c.requests), c.requests, std::min(ot.count, t.requests),
                                     t.requests, confidence)
                      .ToJson()},
-        {"mean", WelchTTest(oc.count ? oc.sum / static_cast<double>(oc.count) : 0, var(oc), oc.count,
-                            ot.count ? ot.sum / static_cast<double>(ot.count) : 0, var(ot), ot.count, confidence)
+        {"mean", WelchTTest(oc.mean(), oc.variance(), oc.count, ot.mean(), ot.variance(), ot.count, confidence)
                      .ToJson()}};
   }
   j["outcomes"] = outcomes;

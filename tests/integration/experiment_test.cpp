@@ -77,6 +77,15 @@ TEST_CASE("experiment commands and their refusals") {
         "--metric", "click", "--metric", "click"},
        2, "--metric click is given twice"},
       {{"experiment", "stop", "exp-rec-v13", "--winner", "both"}, 2, "both"},
+      // An unset shell variable, hex, and the like: not 0% or 16% (strtod read them so).
+      {{"experiment", "ramp", "exp-rec-v13", "--percent", ""}, 2, "'' is not a decimal number"},
+      {{"experiment", "ramp", "exp-rec-v13", "--percent", "0x10"}, 2, "'0x10' is not a decimal number"},
+      {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", ""}, 2,
+       "is not a decimal number"},
+      {{"feedback", "r-1", "--metric", "click=0x1"}, 2, "--metric click: '0x1' is not a decimal number"},
+      {{"feedback", "r-1", "--metric", "click= 1"}, 2, "is not a decimal number"},
+      {{"predict", "tiny", "--input", Data("tiny_input.json"), "--user", ""}, 2,
+       "--user: is empty; omit --user for a request without a user"},
   };
   for (const auto& b : bad) {
     auto r = d.Mms(b.args);
@@ -375,4 +384,35 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
       30));
   CHECK(routed["experiment"] == "exp-warm");
   CHECK(routed["variant"] == "treatment");
+}
+
+TEST_CASE("mms stats through a daemon of another registry says so and shows this registry's saved figures") {
+  // The default socket does not depend on --data-dir: stats answered with
+  // the other registry's experiments, silently, while experiment show said
+  // the same id did not exist.
+  Daemon d;
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "theirs", "--model", "tiny", "--control", "1", "--treatment", "2",
+                 "--percent", "50"}).exit_code == 0);
+  TempDir mine;
+  auto in_mine = [&](std::vector<std::string> args) {
+    std::vector<std::string> full{MmsBin(), "--data-dir", mine.path(), "--socket", d.socket()};
+    full.insert(full.end(), args.begin(), args.end());
+    return Run(full, 60);
+  };
+  for (auto [v, f] : std::vector<std::pair<std::string, std::string>>{{"1", "tiny.pt"}, {"2", "tiny_v2.pt"}})
+    REQUIRE(in_mine({"model", "register", "tiny", "--version", v, "--path", Data(f), "-q"}).exit_code == 0);
+  REQUIRE(in_mine({"experiment", "create", "mine", "--model", "tiny", "--control", "1", "--treatment", "2",
+                   "--percent", "10", "-q"}).exit_code == 0);
+  auto r = in_mine({"--json", "stats", "mine"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(json::parse(r.out)["experiments"][0]["id"] == "mine");
+  CHECK_MESSAGE(r.err.find("serves the registry") != std::string::npos, r.err);
+  CHECK_MESSAGE(r.err.find("showing the figures last saved in " + mine.path()) != std::string::npos, r.err);
+  CHECK(in_mine({"stats", "theirs"}).exit_code == 4);  // as experiment show says
+  auto all = json::parse(in_mine({"--json", "stats"}).out);
+  REQUIRE(all["experiments"].size() == 1);
+  CHECK(all["experiments"][0]["id"] == "mine");
+  CHECK(Stats(d, "theirs")["id"] == "theirs");  // its own CLI is answered by the daemon as before
 }

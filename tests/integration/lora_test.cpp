@@ -212,6 +212,10 @@ TEST_CASE("an adapter whose stored weights changed since registration is refused
   auto changed = d.Mms({"model", "repack", "cust-a:1"});
   CHECK(changed.exit_code == 1);
   CHECK_MESSAGE(changed.err.find("adapter_config.json of cust-a:1") != std::string::npos, changed.err);
+  // verify says so too (it used to say "ok", checking the weights' hash only).
+  auto vc = d.Mms({"model", "verify", "cust-a:1"});
+  CHECK(vc.exit_code == 1);
+  CHECK_MESSAGE(vc.out.find("adapter_config.json of cust-a:1") != std::string::npos, vc.out);
   CHECK(d.Mms({"model", "repack", "cust-a:1", "--sample-input", Data("lora_input.json")}).exit_code == 2);
 }
 
@@ -436,4 +440,45 @@ TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and
                     std::string::npos, un.err);
   Mms(d, {"unpin", "cust:2"});
   CHECK_FALSE(base_pinned());
+}
+
+TEST_CASE("an adapter whose base is unhealthy is unhealthy too, in mms health and /health/ADAPTER") {
+  // Every request to it failed while both said healthy: a load balancer kept sending it traffic.
+  const int port = FreePort();
+  Daemon d("[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n[pool]\nload_retry_backoff = \"1h\"\n");
+  REQUIRE(d.ok());
+  Bases(d);
+  Mms(d, {"adapter", "register", "cust", "--base", "base", "--path", Data("adapters/a1")});
+  Predict(d, {"cust"});
+  CHECK(d.Mms({"health", "cust"}).exit_code == 0);
+  for (int i = 0; i < 3 && d.Mms({"evict", "base"}).exit_code == 0; ++i) {
+  }  // back on disk: the next request loads its damaged files
+  FlipLastByte(PackedWeights(d.data_dir(), "base", "1"));
+  CHECK(d.Mms({"predict", "cust", "--input", Data("lora_input.json")}).exit_code == 1);
+  auto h = d.Mms({"health", "cust"});
+  CHECK(h.exit_code == 1);
+  CHECK_MESSAGE(h.out.find("its base base:1 is unhealthy") != std::string::npos, h.out);
+  auto code = [&](const std::string& path) {
+    return Run({"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:" + std::to_string(port) + path}).out;
+  };
+  CHECK(code("/health/base") == "503");
+  CHECK(code("/health/cust") == "503");
+  CHECK(code("/health/merged-a1") == "200");
+  CHECK(d.Mms({"health", "merged-a1"}).exit_code == 0);
+}
+
+TEST_CASE("adapter register without --version takes the next integer above every version, dotted ones too") {
+  // After 1.1.0 it took 1, which sorts below: the bare name kept serving 1.1.0.
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);
+  Mms(d, {"adapter", "register", "cust", "--base", "base", "--path", Data("adapters/a1"), "--version", "1.1.0"});
+  auto r = d.Mms({"adapter", "register", "cust", "--base", "base", "--path", Data("adapters/a2")});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  CHECK_MESSAGE(r.out.find("cust:2") != std::string::npos, r.out);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "cust"}).out)["ref"] == "cust:2");
+  // An empty --adapter (an unset variable) is refused, not the plain base.
+  auto e = d.Mms({"predict", "base", "--adapter", "", "--input", Data("lora_input.json")});
+  CHECK(e.exit_code == 2);
+  CHECK_MESSAGE(e.err.find("--adapter: is empty") != std::string::npos, e.err);
 }

@@ -840,3 +840,35 @@ TEST_CASE("no model is moved when moving the idle ones would not make the room")
   CHECK((*f.pool->Health(1))["tier"] == "host");  // evicted by the policy instead
   CHECK((*f.pool->Health(4))["tier"] == "device");
 }
+
+TEST_CASE("a replaced version's copy in memory goes: at once when idle, else when its last handle does") {
+  // mms model repack said the next request reads the new files, but a copy
+  // already loaded (from files damaged in a way its load could not see) served on.
+  PoolFixture f({10 * K});
+  auto h = f.Get(1);
+  h.reset();
+  REQUIRE(f.TierOf(1) == "device");
+  REQUIRE(f.loader->loads("m1:1") == 1);
+  f.pool->Replaced(PoolFixture::Item(1));  // idle: dropped at once
+  CHECK(f.TierOf(1) == "disk");
+  f.Get(1).reset();
+  CHECK(f.loader->loads("m1:1") == 2);
+  // In use: served on by its holder; a request meanwhile waits, and gets the new copy.
+  auto held = f.Get(1);
+  f.pool->Replaced(PoolFixture::Item(1));
+  CHECK(f.TierOf(1) == "device");
+  std::promise<Result<HandlePtr>> got;
+  f.pool->Acquire(PoolFixture::Item(1), [&](Result<HandlePtr> r) { got.set_value(std::move(r)); });
+  auto later = got.get_future();
+  CHECK(later.wait_for(std::chrono::milliseconds(100)) == std::future_status::timeout);
+  CHECK((*f.pool->Health(1))["waiting"] == 1);
+  CHECK(f.loader->loads("m1:1") == 2);
+  held.reset();  // the old copy goes; the new files load for the waiting request
+  REQUIRE(later.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  auto fresh = later.get();
+  REQUIRE(fresh.ok());
+  CHECK(f.loader->loads("m1:1") == 3);
+  CHECK(f.TierOf(1) == "device");
+  fresh->reset();
+  CHECK(f.pool->Snapshot()["devices"][0]["used"] == K);
+}

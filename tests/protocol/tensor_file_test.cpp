@@ -434,3 +434,61 @@ TEST_CASE("tensor files: a key given twice, a directory, a byte order mark, text
   std::string big = read("big.json", R"({"x": {"dtype": "float32", "shape": [1], "data": [-1e400]}})");
   CHECK_MESSAGE(big.find("1e400") != std::string::npos, big);
 }
+
+TEST_CASE("safetensors: a packed file's checksums cover its header too — names, shapes, offsets and metadata") {
+  // Only the tensor bytes were covered: two names swapped in the header, or
+  // an adapter's scale edited in the metadata, loaded as healthy and served
+  // wrong outputs.
+  testing::TempDir dir;
+  Tensor q = Tensor::Alloc("q.weight", DType::kFloat32, {2, 2});
+  Tensor v = Tensor::Alloc("v.weight", DType::kFloat32, {2, 2});
+  reinterpret_cast<float*>(q.mutable_data())[0] = 1.5f;
+  reinterpret_cast<float*>(v.mutable_data())[0] = -2.5f;
+  const std::string path = dir / "packed.safetensors";
+  REQUIRE(WriteSafetensorsFile(path, {q, v}, {{"scale", "2.0"}}, 64, /*checksum=*/true).ok());
+  auto read = [](const std::string& p, SafetensorsHeader* h) {
+    std::ifstream in(p, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto parsed = ReadSafetensorsHeader(p);
+    REQUIRE(parsed.ok());
+    *h = *parsed;
+    return bytes;
+  };
+  auto verify = [&](const std::string& p) {
+    SafetensorsHeader h;
+    std::string bytes = read(p, &h);
+    return VerifySafetensorsChecksum(h, reinterpret_cast<const uint8_t*>(bytes.data()) + h.data_offset,
+                                     bytes.size() - h.data_offset, p);
+  };
+  CHECK(verify(path).ok());
+  // Same-length edits of the header only: each is caught, the tensor bytes untouched.
+  auto edited = [&](const std::string& from, const std::string& to) {
+    SafetensorsHeader h;
+    std::string bytes = read(path, &h);
+    REQUIRE(from.size() == to.size());
+    size_t at = bytes.find(from);
+    REQUIRE(at != std::string::npos);
+    REQUIRE(at < h.data_offset);
+    std::string copy = bytes;
+    copy.replace(at, from.size(), to);
+    size_t second = bytes.find(to);
+    if (second != std::string::npos && second < h.data_offset) copy.replace(second, to.size(), from);  // a swap
+    const std::string out = dir / "edited.safetensors";
+    std::ofstream(out, std::ios::binary) << copy;
+    return verify(out);
+  };
+  Status swapped = edited("\"q.weight\"", "\"v.weight\"");
+  CHECK(swapped.code() == Code::kCorrupt);
+  CHECK_MESSAGE(swapped.message().find("header (names, shapes, offsets, metadata) does not match") != std::string::npos,
+                swapped.message());
+  CHECK(edited("\"scale\":\"2.0\"", "\"scale\":\"9.0\"").code() == Code::kCorrupt);
+  CHECK(edited("\"shape\":[2,2]", "\"shape\":[1,4]").code() == Code::kCorrupt);
+  // A file written before header checksums (no such key) still verifies by its data alone.
+  SafetensorsHeader h;
+  std::string bytes = read(path, &h);
+  h.metadata.erase(kSafetensorsHeaderChecksumKey);
+  h.metadata["scale"] = "9.0";
+  CHECK(VerifySafetensorsChecksum(h, reinterpret_cast<const uint8_t*>(bytes.data()) + h.data_offset,
+                                  bytes.size() - h.data_offset, path)
+            .ok());
+}

@@ -325,3 +325,39 @@ TEST_CASE("sticky experiments: the sample ratio over distinct users, where heavy
   CHECK(small.counts().treatment == 0);
   CHECK(UserSampleRatio(small.counts())["saturated"] == true);
 }
+
+TEST_CASE("outcome means of large values keep their variance: Welch's test, windows and saved figures") {
+  // Values near 1e12 (revenue in micro-units, say) differing by a few units:
+  // the sum of squares minus the squared sum cancelled to nothing, and an
+  // insignificant difference read p = 0.0000 with a zero-width interval.
+  VariantMetrics c, t;
+  for (int i = 0; i <= 10; ++i) {
+    c.Outcome("value", 1e12 + i);
+    t.Outcome("value", 1e12 + i + 0.5);
+  }
+  auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {"value"});
+  const nlohmann::json& mean = j["outcomes"]["value"]["mean"];
+  INFO(mean.dump());
+  // diff 0.5, each variance 11, n 11: t = 0.5 / sqrt(2) = 0.354 on 20 degrees of freedom, p = 0.727.
+  CHECK(mean["diff"].get<double>() == doctest::Approx(0.5).epsilon(1e-3));
+  CHECK(mean["df"].get<double>() == doctest::Approx(20).epsilon(1e-3));
+  CHECK(mean["p_value"].get<double>() == doctest::Approx(0.727).epsilon(0.01));
+  CHECK(mean["ci"][1].get<double>() - mean["ci"][0].get<double>() > 5);
+  CHECK(VariantFigures(c.Snapshot(), {"value"})["outcomes"]["value"]["mean"].get<double>() == 1e12 + 5);
+  // A window (a canary's stage) subtracts like for like.
+  auto before = c.Snapshot();
+  for (int i = 0; i < 4; ++i) c.Outcome("value", 1e12 + 20 + 2 * i);  // 1e12 + {20, 22, 24, 26}
+  OutcomeStats since = c.Snapshot().Since(before).outcomes.at("value");
+  CHECK(since.count == 4);
+  CHECK(since.mean() == 1e12 + 23);
+  CHECK(since.variance() == doctest::Approx(20.0 / 3).epsilon(1e-6));
+  // Saved and read back: the same; figures saved before shifts (plain sums) still read.
+  VariantSnapshot back = VariantSnapshot::FromJson(nlohmann::json::parse(c.Snapshot().ToJson().dump()));
+  const OutcomeStats& b = back.outcomes.at("value");
+  CHECK(b.count == 15);
+  CHECK(b.variance() == doctest::Approx(c.Snapshot().outcomes.at("value").variance()).epsilon(1e-9));
+  VariantSnapshot old = VariantSnapshot::FromJson(nlohmann::json::parse(R"({"outcomes": {"click": {"count": 4, "sum": 2, "sumsq": 2}}})"));
+  CHECK(old.outcomes.at("click").mean() == doctest::Approx(0.5));
+  CHECK(old.outcomes.at("click").variance() == doctest::Approx(1.0 / 3));
+  CHECK(old.outcomes.at("click").total() == doctest::Approx(2));
+}
