@@ -216,7 +216,25 @@ CLI::Validator DecimalNumber() {
       [](std::string& v) { return ParseDecimal(v) ? std::string() : "'" + v + "' is not a decimal number"; }, "NUMBER");
 }
 
-std::string FormatTable(const std::vector<std::vector<std::string>>& rows) {
+std::string FormatTable(const std::vector<std::vector<std::string>>& given) {
+  // A cell holds one line: control characters (a description given with a
+  // newline) are written as escapes, or the row would break the table.
+  std::vector<std::vector<std::string>> rows = given;
+  for (auto& r : rows)
+    for (auto& cell : r) {
+      if (std::none_of(cell.begin(), cell.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; })) continue;
+      std::string clean;
+      for (unsigned char c : cell) {
+        if (c == '\n') clean += "\\n";
+        else if (c == '\t') clean += "\\t";
+        else if (c < 0x20 || c == 0x7f) {
+          char hex[8];
+          std::snprintf(hex, sizeof hex, "\\x%02x", c);
+          clean += hex;
+        } else clean += static_cast<char>(c);
+      }
+      cell = std::move(clean);
+    }
   std::vector<size_t> w;
   auto width = [](const std::string& s) {
     size_t n = 0;  // count UTF-8 code points, not bytes

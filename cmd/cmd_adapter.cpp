@@ -133,6 +133,9 @@ int CmdList(Cli& cli, const std::string& base_text) {
   if (!base_text.empty()) {
     auto b = (*reg)->Resolve(base_text);
     if (!b.ok()) return cli.Fail(b.status());
+    if (b->is_adapter())  // as adapter register says: an adapter has no adapters
+      return cli.Fail(InvalidArgument(b->ref() + " is itself an adapter (of " + b->base_ref +
+                                      "); --base names a model version"));
     base_id = b->id;
   }
   auto all = (*reg)->List();

@@ -144,7 +144,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     // Only requests the split decided count for the experiment: with sticky
     // assignment a request without a user id goes to control unbucketed, and
     // counting it would skew the arms and the sample-ratio check.
-    if (e.state == "running" && (e.random || route->bucket >= 0)) {
+    // Said in the reply ("counted"), so that a client does not report feedback
+    // for a request the experiment left out (it is refused as unknown).
+    const bool counted = e.state == "running" && (e.random || route->bucket >= 0);
+    routing["counted"] = counted;
+    if (!counted) routing["not_counted"] = e.state != "running" ? "the experiment is " + e.state
+                                                                 : std::string("no --user in a sticky experiment");
+    if (counted) {
       credit->experiment = e.id;
       credit->which = route->variant;
       credit->variant = d->VariantMetricsFor(e.id, VariantName(route->variant));

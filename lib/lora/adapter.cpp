@@ -40,7 +40,8 @@ Result<LoraBase> ReadLoraBase(const std::string& ref, const std::string& packed_
   auto header = ReadSafetensorsHeader(packed_weights);
   if (!header.ok())
     return FailedPrecondition("the weights of " + ref + " (" + packed_weights + ") cannot be read: " +
-                              header.status().message() + "; register the base again");
+                              header.status().message() + "; mms model repack " + ref +
+                              " writes them anew from its original artifact");
   LoraBase base;
   base.ref = ref;
   base.stacked = stacked;
@@ -113,14 +114,22 @@ std::string Join(const std::vector<std::string>& v) {
 Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base) {
   const std::string cfg_path = JoinPath(dir, "adapter_config.json");
   const std::string weights_path = JoinPath(dir, "adapter_model.safetensors");
-  if (!IsDirectory(dir)) return InvalidArgument("adapter directory " + dir + " does not exist (--path names a PEFT adapter directory)");
+  if (!IsDirectory(dir))
+    return InvalidArgument("adapter directory " + dir + (FileExists(dir) ? " is not a directory" : " does not exist") +
+                           " (--path names a PEFT adapter directory, which holds adapter_config.json and "
+                           "adapter_model.safetensors)");
   if (!FileExists(cfg_path))
     return InvalidArgument("missing file " + cfg_path + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
   if (!FileExists(weights_path))
     return InvalidArgument("missing file " + weights_path + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
   MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
-  auto cfg = nlohmann::json::parse(text, nullptr, false);
-  if (cfg.is_discarded() || !cfg.is_object()) return InvalidArgument(cfg_path + " is not a JSON object");
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {  // says where, and why (a number out of range, say)
+    return InvalidArgument(cfg_path + " is not valid JSON: " + e.what());
+  }
+  if (!cfg.is_object()) return InvalidArgument(cfg_path + " is not a JSON object");
 
   CheckedAdapter out;
   out.weights_path = weights_path;
@@ -155,6 +164,13 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
     return bad("bias \"" + cfg["bias"].get<std::string>() + "\" is not supported (only \"none\")");
   for (const char* k : {"rank_pattern", "alpha_pattern"})
     if (cfg.contains(k) && cfg[k].is_object() && !cfg[k].empty()) return bad(std::string(k) + " is not supported");
+  // Modules trained in full beside the LoRA weights (a classifier head): served
+  // without them, the adapter would give other outputs than it was trained to.
+  if (cfg.contains("modules_to_save") && !cfg["modules_to_save"].is_null() &&
+      !(cfg["modules_to_save"].is_array() && cfg["modules_to_save"].empty()))
+    return bad("modules_to_save " + cfg["modules_to_save"].dump() +
+               " is not supported (mms serves the LoRA weights only; merge the adapter into a model of its own "
+               "and register that)");
   static const nlohmann::json kNone;
   const nlohmann::json& tm = cfg.contains("target_modules") ? cfg["target_modules"] : kNone;
   bool tm_ok = tm.is_string() || (tm.is_array() && !tm.empty() &&
@@ -210,8 +226,9 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
                    (layer_patterns.empty() ? std::string("a module list's name") : "\"" + Join(layer_patterns) + "\"") +
                    " in a module's path: " + Join(available) + ")");
       }
-      return bad("target module '" + t.get<std::string>() + "' is not in " + base.ref + " (its modules with a 2-D weight: " +
-                 Join(available) + ")");
+      return bad("target module '" + t.get<std::string>() + "' is not in " + base.ref +
+                 (available.empty() ? " (it has no module with a 2-D weight)"
+                                    : " (its modules with a 2-D weight: " + Join(available) + ")"));
     }
   } else if (targeted.empty()) {
     return bad("target_modules '" + tm.get<std::string>() + "' matches no module of " + base.ref + " (" + Join(available) + ")");

@@ -29,8 +29,9 @@ Result<AttributionStore::Entry*> AttributionStore::Find(const std::string& reque
   auto it = entries_.find(request_id);
   if (it == entries_.end())
     return NotFound("unknown request id '" + request_id +
-                    "': it was not served by an experiment, or is older than twice the attribution window, or "
-                    "mmsd restarted since");
+                    "': it was not counted by an experiment (served by none, or while it was paused, or without "
+                    "a user in a sticky one: \"counted\": false in its reply), or is older than twice the "
+                    "attribution window, or mmsd restarted since");
   Entry& e = it->second;
   if (now - e.at > opts_.window_ns)
     return FailedPrecondition("request '" + request_id + "' was served " + FormatDurationNanos(now - e.at) +

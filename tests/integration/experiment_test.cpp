@@ -135,6 +135,7 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
     loads[r["variant"]] += r["loaded"].get<bool>();
     CHECK(r["experiment"] == "ab");
     CHECK(r["bucket"].is_number());
+    CHECK(r["counted"] == true);
     if (r["variant"] == "treatment") {
       CHECK(r["version"] == "2");
       ++treatment;
@@ -153,6 +154,11 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   REQUIRE(control > 0);
   json anon = Predict(d, "");
   CHECK(anon["variant"] == "control");  // no user: control, outside the experiment's figures
+  CHECK(anon["counted"] == false);        // and the reply says so, as feedback for it would be refused
+  CHECK(anon["not_counted"] == "no --user in a sticky experiment");
+  auto anon_feedback = d.Mms({"feedback", anon["request_id"], "--metric", "click=1"});
+  CHECK(anon_feedback.exit_code == 4);
+  CHECK_MESSAGE(anon_feedback.err.find("\"counted\": false in its reply") != std::string::npos, anon_feedback.err);
   loads["control"] += anon["loaded"].get<bool>();
   // Refused before running — bad input, a rate limit — either arm would have
   // refused alike: not the version's doing, not counted for the experiment.
@@ -179,7 +185,7 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   for (const char* huge : {"click=1e155", "click=-2e15", "click=inf"}) {
     auto r = d.Mms({"feedback", control_request, "--metric", huge});
     CHECK(r.exit_code == 2);
-    bool explained = r.err.find("finite and at most 1e15") != std::string::npos || r.err.find("not a number") != std::string::npos;
+    bool explained = r.err.find("finite and at most 1e15") != std::string::npos || r.err.find("'inf' is not a decimal number") != std::string::npos;
     CHECK_MESSAGE(explained, r.err);
   }
 

@@ -614,7 +614,7 @@ TEST_CASE("canary refusals") {
       {{"canary", "start", "tiny", "--candidate", "2", "--stages", "10,5,100"}, 2, "must increase"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stages", "0,100"}, 2, "outside (0, 100]"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stages", "10,150"}, 2, "outside (0, 100]"},
-      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "ten"}, 2, "not a number"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "ten"}, 2, "'ten' is not a decimal number"},
       {{"canary", "start", "tiny", "--candidate", "1"}, 2, "already the production version"},
       {{"canary", "start", "tiny", "--candidate", "9"}, 4, "unknown version"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "later"}, 2, "invalid duration"},

@@ -253,8 +253,8 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
   } cases[] = {
       {{"tiny", "--qps", "0"}, "--qps must be a positive number"},
       {{"tiny", "--qps", "-1"}, "got -1"},
-      {{"tiny", "--qps", "nan"}, "got nan"},
-      {{"--tenant", "t", "--qps", "inf"}, "positive number"},
+      {{"tiny", "--qps", "nan"}, "--qps: 'nan' is not a decimal number"},
+      {{"--tenant", "t", "--qps", "inf"}, "--qps: 'inf' is not a decimal number"},
       {{"tiny", "--qps", "10", "--burst", "0.5"}, "--burst must be 1 to 1e9"},
       // The config's range ([limits] 0 to 1e9), and decimal numbers only (0x10 read as 16).
       {{"tiny", "--qps", "1e308"}, "at most 1e9"},

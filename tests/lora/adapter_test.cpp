@@ -88,7 +88,19 @@ TEST_CASE("lora: config mistakes — bad rank value, unsupported options, module
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "peft_type": "IA3"})").find("LORA") != std::string::npos);
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q"]})").find("not in target_modules") != std::string::npos);
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v", "o"]})").find("no lora_A/lora_B for module 'o'") != std::string::npos);
-  CHECK(with_config("not json").find("not a JSON object") != std::string::npos);
+  CHECK(with_config("not json").find("is not valid JSON") != std::string::npos);
+  CHECK(with_config("[1]").find("not a JSON object") != std::string::npos);
+  // A number JSON cannot hold as a double: said so (it read "not a JSON object").
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 1e400, "target_modules": ["q", "v"]})").find("is not valid JSON") !=
+        std::string::npos);
+  // Modules trained in full (a classifier head) are not served: refused, not left out silently.
+  std::string save = with_config(R"({"r": 4, "target_modules": ["q", "v"], "modules_to_save": ["head"]})");
+  CHECK_MESSAGE(save.find("modules_to_save [\"head\"] is not supported") != std::string::npos, save);
+  CHECK(with_config(R"({"r": 4, "target_modules": ["q", "v"], "modules_to_save": null})") == "ok");
+  CHECK(with_config(R"({"r": 4, "target_modules": ["q", "v"], "modules_to_save": []})") == "ok");
+  // --path naming a file: not "does not exist".
+  auto file = CheckAdapter(dir / "adapter_config.json", Base());
+  CHECK(file.status().message().find("adapter_config.json is not a directory") != std::string::npos);
   // Wrong JSON types are refused with the key, never thrown.
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "use_rslora": "yes"})").find("use_rslora must be true or false") != std::string::npos);
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "use_dora": 1})").find("use_dora must be true or false") != std::string::npos);
