@@ -35,23 +35,28 @@ struct Credit {
   double treatment_share = 0;  // the experiment's, when it routed this request
   std::shared_ptr<UserSplit> users;  // a sticky experiment's distinct users, with `user`
   std::string user;
+  // Inputs the routed version refused that the other arm takes: its own
+  // doing (a changed input schema), counted against its arm, not "bad input".
+  bool arm_refused_inputs = false;
 };
 
 // What a finished request tells. The version's figures count every outcome.
 // An experiment's (or canary's) arm counts what says something about the
 // version: not a request refused before it ran (a rate limit, bad input),
-// which either arm would have refused alike, and not the latency of a
+// which either arm would have refused alike — but inputs the other arm
+// takes are counted (arm_refused_inputs: the version's own schema refused them), and not the latency of a
 // request that had to load the model first — the pool's residency decided
 // that, and a low-traffic arm is evicted more often than a busy one.
 // The version's latency leaves those refusals out too: a refusal takes
 // microseconds and would pull its percentiles down to nothing.
 void Credited(const Credit& credit, int64_t latency_ns, int64_t now, const Status& st, bool loaded) {
   std::string code = st.ok() ? "" : CodeName(st.code());
-  const bool refused = st.code() == Code::kRateLimited || st.code() == Code::kInvalidArgument;
+  const bool at_once = st.code() == Code::kRateLimited || st.code() == Code::kInvalidArgument;
+  const bool refused = at_once && !credit.arm_refused_inputs;
   // Refused at once for a full queue: counted, but its microseconds are no
   // serving latency (they made a p99 look fast while requests waited
   // seconds). A deadline drop waited for its time: it is timed.
-  const bool untimed = refused || st.code() == Code::kOverloaded;
+  const bool untimed = at_once || st.code() == Code::kOverloaded;
   credit.version->Record(untimed ? -1 : latency_ns, !st.ok(), now, code);
   if (!credit.variant || refused) return;
   credit.variant->Record(loaded || untimed ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share);
@@ -65,6 +70,16 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
   if (!out.ok()) {
     finish(out.status(), loaded);
     return r.Fail(out.status());
+  }
+  // Outputs the reply cannot carry (over 16 dimensions) fail the request:
+  // counted here as the model's error, not as a success the sending then
+  // turned into one (a canary promoted a candidate whose every reply failed).
+  proto::Message check;
+  check.tensors = *out;  // (shallow: the data is shared)
+  if (Status st = proto::CheckEncodable(check); !st.ok()) {
+    Status e(Code::kModelError, "the reply cannot be sent: " + st.message());
+    finish(e, loaded);
+    return r.Fail(e);
   }
   std::string request_id = NewRequestId();
   if (!credit.experiment.empty()) d->attribution()->Remember(request_id, credit.experiment, credit.which);
@@ -173,8 +188,22 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // Validate the inputs before anything is loaded for them.
   // An adapter runs on its base: the base's inputs, as now recorded (a
   // repack with a sample may have refined them since the adapter copied them).
+  // (Kept for the other arm's check below when an experiment routed it: shallow copies.)
+  std::vector<Tensor> sent = credit->variant ? req.tensors : std::vector<Tensor>{};
   auto inputs = MatchInputs(base ? base->inputs : rec.inputs, std::move(req.tensors), rec.ref());
-  if (!inputs.ok()) return refuse(inputs.status());
+  if (!inputs.ok()) {
+    // The other arm takes these inputs: the routed version refused what its
+    // model is asked to serve — a candidate with another input schema. Its
+    // arm counts it (a canary rolls it back), the caller still gets exit 2.
+    const ExperimentRecord* e = route->experiment;
+    const int64_t other_id = route->variant == Variant::kTreatment ? e->control_id : e->treatment_id;
+    const VersionRecord* other = credit->variant && other_id ? snap->ById(other_id) : nullptr;
+    const VersionRecord* other_base = other && other->is_adapter() ? snap->ById(other->base_id) : nullptr;
+    if (other && (!other->is_adapter() || other_base))
+      credit->arm_refused_inputs =
+          MatchInputs(other_base ? other_base->inputs : other->inputs, std::move(sent), other->ref()).ok();
+    return refuse(inputs.status());
+  }
   // Batching follows the version that runs: an adapter's base. Its inputs
   // must agree on rows: checked here, before the request takes a token.
   const VersionRecord& runs = base ? *base : rec;

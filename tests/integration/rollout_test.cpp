@@ -412,6 +412,36 @@ TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (ex
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
 
+TEST_CASE("canary --wait: a candidate whose replies cannot be sent, or that refuses control's inputs, is rolled back") {
+  // Both used to pass: a reply that failed to encode (17 dimensions) was
+  // counted a success, and inputs the candidate's schema refused were "bad
+  // input", left out of both arms — promoted, or never judged.
+  for (std::string file : {"many_dims.pt", "deep.pt"}) {
+    CAPTURE(file);
+    Daemon d;
+    REQUIRE(d.ok());
+    Register(d, "tiny", "1", "tiny.pt");
+    auto reg = d.Mms({"model", "register", "tiny", "--version", "2", "--path", Data(file), "--sample-input",
+                      Data(file == "deep.pt" ? "deep_input.json" : "tiny_input.json"), "-q"});
+    REQUIRE_MESSAGE(reg.exit_code == 0, reg.err);  // deep.pt's inputs are recorded: [batch, 8], not tiny's [batch, 4]
+    REQUIRE(d.Mms({"model", "stage", "tiny:1", "production", "-q"}).exit_code == 0);
+    Traffic t(d, "tiny", Data("tiny_input.json"));  // control serves it; the candidate fails it
+    t.Start();
+    auto r = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "5s",
+                    "--check-interval", "100ms", "--min-requests", "5", "--max-p99-ratio", "1000", "--wait",
+                    "--timeout", "60s"},
+                   90);
+    t.Stop();
+    CHECK_MESSAGE(r.exit_code == 10, r.out << r.err);
+    auto c = json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out);
+    CHECK(c["state"] == "rolled_back");
+    CHECK_MESSAGE(c["reason"].get<std::string>().find("canary error rate") != std::string::npos, c.dump());
+    // The version's own figures say so too.
+    for (const auto& m : json::parse(d.Mms({"--json", "stats"}).out)["models"])
+      if (m["ref"] == "tiny:2") CHECK(m["errors"].get<int>() > 0);
+  }
+}
+
 TEST_CASE("a canary whose candidate cannot be loaded is rolled back before any request is sent to it") {
   Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n");
   REQUIRE(d.ok());
