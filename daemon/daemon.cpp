@@ -370,6 +370,8 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
   for (const auto& [model, e] : latest.experiments) want[ExperimentKey(e)] = {e.control_id, e.treatment_id};
   for (const auto& [model, sh] : latest.shadows) want[ShadowKey(sh)] = {sh.candidate_id};
   std::vector<std::pair<std::string, std::vector<int64_t>>> start;
+  std::set<std::string> shadow_keys;
+  for (const auto& [model, sh] : latest.shadows) shadow_keys.insert(ShadowKey(sh));
   {
     std::lock_guard<std::mutex> lock(warm_mu_);
     for (auto it = warmups_.begin(); it != warmups_.end();)  // ended rollouts
@@ -403,8 +405,13 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
         }
         WarmupArmDone(key);
       };
+      // A shadow's candidate takes free room only, as its jobs do: it never
+      // evicts a model that serves users (it evicted production, whose next
+      // request paid a cold load). An experiment's arms serve users: they may.
+      // Not a request's use: no hit or miss, no last use.
+      const auto room = shadow_keys.count(key) ? ModelPool::Room::kFreeOnly : ModelPool::Room::kEvict;
       if (!v->is_adapter()) {
-        pool_->Acquire(ItemFor(*v), [done](Result<HandlePtr> h) { done(h.status()); });
+        pool_->Acquire(ItemFor(*v), [done](Result<HandlePtr> h) { done(h.status()); }, room, /*counted=*/false);
         continue;
       }
       const VersionRecord* base = latest.ById(v->base_id);
@@ -412,10 +419,10 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
         done(NotFound("its base is no longer registered"));
         continue;
       }
-      pool_->Acquire(ItemFor(*base), [this, done, adapter = ItemFor(*v)](Result<HandlePtr> h) {
+      pool_->Acquire(ItemFor(*base), [this, done, room, adapter = ItemFor(*v)](Result<HandlePtr> h) {
         if (!h.ok()) return done(h.status());
-        adapters_->Acquire(adapter, [done](Result<HandlePtr> a) { done(a.status()); });
-      });
+        adapters_->Acquire(adapter, [done](Result<HandlePtr> a) { done(a.status()); }, room, /*counted=*/false);
+      }, room, /*counted=*/false);
     }
 }
 

@@ -209,6 +209,28 @@ TEST_CASE("a shadow's hold on its candidate is named in mms pool and evict, rele
   }
 }
 
+TEST_CASE("shadow start never evicts the production model for its candidate: free room only, as its jobs") {
+  // The start's warm-up loaded the candidate as a request would, evicting
+  // production to make room; production's next request paid a cold load.
+  Daemon d("[pool]\ndevices = [\"cpu:0\"]\ndevice_budget = \"1MiB\"\nhost_budget = \"1MiB\"\n");
+  REQUIRE(d.ok());
+  for (const char* v : {"1", "2", "3", "4", "5"}) Register(d, "s", v, "slow.pt");  // ~256 KiB each: 4 fill the device
+  REQUIRE(d.Mms({"model", "stage", "s:1", "production", "-q"}).exit_code == 0);
+  for (const char* pin : {"s:2", "s:3", "s:4"}) REQUIRE(d.Mms({"pin", pin}).exit_code == 0);
+  REQUIRE(d.Mms({"predict", "s", "--input", Data("slow_input.json")}).exit_code == 0);
+  REQUIRE(!OnDevice(d, "s:1").is_null());
+  auto st = d.Mms({"shadow", "start", "s", "--candidate", "5"});
+  REQUIRE_MESSAGE(st.exit_code == 0, st.err);
+  CHECK(!OnDevice(d, "s:1").is_null());  // production stays
+  CHECK(OnDevice(d, "s:5").is_null());
+  CHECK(Count(d.log(), "from=cpu:0 model=s:1 to=host") == 0);  // never evicted
+  // Its jobs fail for want of room, counted; users are served from the warm production model.
+  auto p = d.Mms({"--json", "predict", "s", "--input", Data("slow_input.json")});
+  REQUIRE(p.exit_code == 0);
+  CHECK(json::parse(p.out)["loaded"] == false);
+  CHECK(WaitFor([&] { return ShadowStats(d, "s")["requests"]["failed"].get<int>() >= 1; }, 20));
+}
+
 TEST_CASE("an idle shadow lets go of its candidate, which can then be evicted") {
   Daemon d;
   REQUIRE(d.ok());
