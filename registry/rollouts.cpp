@@ -339,9 +339,10 @@ Result<CanaryRecord> Registry::AdvanceCanary(int64_t id, int from_stage, const n
 }
 
 namespace {
-Status StillJudged(const CanaryRecord& c, const std::string& model, int64_t running_id) {
+// `paused_ok`: a rollback is judged on a paused canary too (its traffic stays).
+Status StillJudged(const CanaryRecord& c, const std::string& model, int64_t running_id, bool paused_ok = false) {
   if (!c.active()) return Conflict("the canary of '" + model + "' has ended (" + c.state + ")");
-  if (running_id && (c.id != running_id || c.state != "running"))
+  if (running_id && (c.id != running_id || (c.state != "running" && !(paused_ok && c.state == "paused"))))
     return Conflict("the canary of '" + model + "' changed since it was judged (" + c.state + ")");
   return Status::Ok();
 }
@@ -372,7 +373,7 @@ Result<CanaryRecord> Registry::RollbackCanary(const std::string& model, const st
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(CanaryRecord c, ActiveCanaryLocked(model));
-  MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id));
+  MMS_RETURN_IF_ERROR(StillJudged(c, model, running_id, /*paused_ok=*/true));
   if (!check.is_null()) {
     MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE canaries SET last_check_json = ? WHERE id = ?"));
     up.Bind(1, check.dump()).Bind(2, c.id);

@@ -156,20 +156,23 @@ void CanaryController::UnsavedChanged() const {
 bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events,
                                 const nlohmann::json& check) {
   std::string where = c.model + ":" + c.candidate_version;
+  // The canary's traffic stops before the write, which may wait out the
+  // registry's busy timeout (another writer holds it): not after.
+  const bool was_unsaved = unsaved_rollbacks_.count(c.id) > 0;
+  if (!was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, true);
   auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id, check);
-  bool was_unsaved = unsaved_rollbacks_.erase(c.id) > 0;
-  if (was_unsaved) UnsavedChanged();
+  if (unsaved_rollbacks_.erase(c.id) > 0) UnsavedChanged();
   if (r.ok()) {
     LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
     events->push_back("rollback " + where + ": " + reason);
-    if (was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, false);
+    if (opts_.hold_back) opts_.hold_back(c.experiment_id, false);  // the registry routes it no more
     if (opts_.changed) opts_.changed();
     return true;
   }
-  // Ended, paused or removed meanwhile by someone else: not ours to roll back.
+  // Ended or removed meanwhile by someone else: not ours to roll back.
   Code code = r.status().code();
   if (code == Code::kConflict || code == Code::kNotFound) {
-    if (was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, false);
+    if (opts_.hold_back) opts_.hold_back(c.experiment_id, false);
     return false;
   }
   // The write failed: stop the canary's traffic in memory and keep trying.
@@ -180,7 +183,6 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
              {{"model", c.model}, {"candidate", where}, {"reason", reason}, {"error", r.status().message()},
               {"note", "the canary gets no traffic meanwhile; the rollback is written once the registry takes writes"}});
     events->push_back("rollback (unsaved) " + where + ": " + reason);
-    if (opts_.hold_back) opts_.hold_back(c.experiment_id, true);
   }
   return false;
 }
@@ -202,7 +204,10 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     (void)Rollback(c, judged.reason, events, judged.check);  // judged already: only the write is left
     return;
   }
-  if (c.state != "running") return;  // paused: the clock stands still
+  // Paused: the clock stands still and the canary never advances, but its
+  // traffic stays, so it is still judged and rolled back when it fails.
+  const bool paused = c.state == "paused";
+  if (c.state != "running" && !paused) return;
   if (std::string why = opts_.load_failure ? opts_.load_failure(c) : ""; !why.empty()) {
     std::string reason = "the candidate could not be loaded: " + why;
     (void)Rollback(c, reason, events,
@@ -210,12 +215,13 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
                     {"traffic_percent", c.traffic_percent()}, {"at_ms", opts_.clock->UnixMillis()}});
     return;
   }
-  int64_t elapsed = c.stage_elapsed_ms + delta_ms;
+  int64_t elapsed = c.stage_elapsed_ms + (paused ? 0 : delta_ms);
   auto last = last_check_.find(c.id);
   if (last != last_check_.end() && now - last->second < c.check_interval_ms * 1000000) {
     // Between checks only the elapsed time moves; persisting it now lets a
     // restarted daemon resume with the remaining time.
-    if (delta_ms > 0) (void)opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, c.last_check);
+    if (delta_ms > 0 && !paused && now >= skip_check_writes_until_)
+      (void)opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, c.last_check);
     return;
   }
   last_check_[c.id] = now;
@@ -227,12 +233,12 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   if (c.stage_start.contains("control")) control_window = control.Since(VariantSnapshot::FromJson(c.stage_start["control"]));
   if (c.stage_start.contains("treatment")) canary_window = canary.Since(VariantSnapshot::FromJson(c.stage_start["treatment"]));
   CanaryLook look;
-  look.final = elapsed >= c.stage_duration_ms;
+  look.final = !paused && elapsed >= c.stage_duration_ms;
   // A stage is checked at its start and every interval up to its end.
   look.looks = c.check_interval_ms > 0 ? (c.stage_duration_ms + c.check_interval_ms - 1) / c.check_interval_ms + 1 : 1;
   CanaryVerdict v = JudgeCanary(c, control_window, canary_window, look);
   nlohmann::json check{{"verdict", v.name()},
-                       {"look", look.final ? "stage end" : "interim"},
+                       {"look", look.final ? "stage end" : paused ? "paused" : "interim"},
                        {"reason", v.reason},
                        {"figures", v.figures},
                        {"stage", c.stage_index + 1},  // 1-based, as in the log and mms canary start --wait
@@ -246,13 +252,19 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
     (void)Rollback(c, reason, events, check);
     return;
   }
+  // A pass or an inconclusive look: written (its elapsed time, for a restart)
+  // unless writes are failing — then only a stage end, which must be.
+  if (!look.final && now < skip_check_writes_until_) return;
   auto rec = opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, check);
   if (!rec.ok()) {  // moved on meanwhile (a CLI promote or abort), or the write failed
-    if (rec.status().code() != Code::kConflict)
+    if (rec.status().code() != Code::kConflict) {
       LogWarn("canary_check_unsaved", {{"model", c.model}, {"candidate", where}, {"error", rec.status().message()}});
+      skip_check_writes_until_ = now + kSkipWritesNs;
+    }
     return;
   }
-  if (v.kind != CanaryVerdict::kPass || elapsed < c.stage_duration_ms) return;
+  skip_check_writes_until_ = 0;
+  if (paused || v.kind != CanaryVerdict::kPass || elapsed < c.stage_duration_ms) return;
   if (c.last_stage()) {
     auto p = opts_.registry->PromoteCanary(
         c.model, "all " + std::to_string(c.stages.size()) + " stages passed; last check: " + v.reason, c.id);

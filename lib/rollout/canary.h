@@ -76,6 +76,8 @@ struct UnsavedRollback {
 
 class CanaryController {
  public:
+  // How long interim checks go unwritten after a check's write failed.
+  static constexpr int64_t kSkipWritesNs = 30'000'000'000;
   struct Options {
     Registry* registry = nullptr;
     // The variant metrics of an experiment ("control" / "treatment").
@@ -118,6 +120,10 @@ class CanaryController {
   std::map<int64_t, int64_t> last_check_;  // canary id → mono ns of the last check
   void UnsavedChanged() const;
   std::map<int64_t, UnsavedRollback> unsaved_rollbacks_;  // canary id → a rollback not written yet
+  // Until then (mono ns) interim checks are not written: the last write
+  // failed (the registry locked, a full disk), and each would wait out the
+  // busy timeout on the thread that judges every canary.
+  int64_t skip_check_writes_until_ = 0;
 };
 
 }  // namespace mms

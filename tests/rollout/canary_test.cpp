@@ -144,6 +144,8 @@ TEST_CASE("an error-rate rise rolls back at once, with the reason recorded") {
   CHECK(r->state == "rolled_back");
   CHECK(r->reason.find("canary error rate") != std::string::npos);
   CHECK(r->reason.find("at stage 2") != std::string::npos);
+  // Its traffic stopped before the write (which may wait on another writer), let go after.
+  CHECK(f.holds == std::vector<std::string>{"+" + c.experiment_id, "-" + c.experiment_id});
   auto cand = f.reg->Resolve("rec:2");
   CHECK(cand->stage == Stage::kArchived);
   CHECK(f.reg->Resolve("rec")->version == "1");  // production untouched
@@ -175,7 +177,8 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   CHECK(f.holds[1] == "-" + c.experiment_id);
   CHECK(f.reg->Resolve("rec:2")->stage == Stage::kArchived);
 
-  // Paused by hand while its rollback waits for the registry: not the controller's to end.
+  // Paused by hand while its rollback waits for the registry: a paused canary
+  // keeps its traffic, so the rollback judged is still written.
   Fixture g;
   CanaryRecord gc = g.Start();
   g.ctl->Tick();
@@ -188,9 +191,28 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   REQUIRE(g.reg->SetCanaryState("rec", "paused").ok());
   g.clock.AdvanceSeconds(1);
   g.ctl->Tick();
-  CHECK(g.reg->GetCanary("rec")->state == "paused");
+  CHECK(g.reg->GetCanary("rec")->state == "rolled_back");
   REQUIRE(g.holds.size() == 2);
-  CHECK(g.holds[1] == "-" + gc.experiment_id);  // routed again as the registry says (paused: control)
+  CHECK(g.holds[1] == "-" + gc.experiment_id);  // routed as the registry says: no canary
+}
+
+TEST_CASE("a paused canary is still judged: its traffic stays, so a failing one is rolled back; it never advances") {
+  // Paused, a broken candidate kept half the users failing: no check ran.
+  Fixture f;
+  CanaryRecord c = f.Start({50, 100});
+  f.ctl->Tick();
+  REQUIRE(f.reg->SetCanaryState("rec", "paused").ok());
+  f.Traffic(c, 120, 0.0, 5);  // healthy, for twice the stage: judged, not advanced
+  auto healthy = f.reg->GetCanary("rec");
+  CHECK(healthy->state == "paused");
+  CHECK(healthy->stage_index == 0);
+  CHECK(healthy->stage_elapsed_ms == 0);
+  CHECK(healthy->last_check.value("look", "") == "paused");
+  f.Traffic(c, 20, 0.5, 5);
+  auto r = f.reg->GetCanary("rec");
+  CHECK(r->state == "rolled_back");
+  CHECK(r->reason.find("canary error rate") != std::string::npos);
+  CHECK(f.reg->Resolve("rec:2")->stage == Stage::kArchived);
 }
 
 TEST_CASE("restored unsaved rollbacks are written without judging again, and never applied to another canary") {
@@ -265,12 +287,13 @@ TEST_CASE("pausing stops the stage clock, promote and abort by hand") {
 
   Fixture g;
   CanaryRecord gc = g.Start();
-  // The controller's verdicts hold only for the canary it judged, still running:
-  // paused by hand in between, neither a promotion nor a rollback goes through.
+  // The controller's verdicts hold only for the canary it judged, still
+  // running: paused by hand in between, a promotion does not go through (a
+  // rollback does: a paused canary keeps its traffic and is still judged).
   REQUIRE(g.reg->SetCanaryState("rec", "paused").ok());
   CHECK(g.reg->PromoteCanary("rec", "judged", gc.id).status().code() == Code::kConflict);
-  CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id).status().code() == Code::kConflict);
   CHECK(g.reg->PromoteCanary("rec", "judged", gc.id + 1).status().code() == Code::kConflict);
+  CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id + 1).status().code() == Code::kConflict);
   CHECK(g.reg->GetCanary("rec")->state == "paused");
   REQUIRE(g.reg->SetCanaryState("rec", "running").ok());
   CHECK(g.reg->RollbackCanary("rec", "rolled_back", "judged", gc.id + 1).status().code() == Code::kConflict);
