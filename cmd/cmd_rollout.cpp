@@ -101,8 +101,14 @@ int CmdShadowStats(Cli& cli, const std::string& model) {
   if (!r.ok()) return cli.Fail(r.status());
   const auto& j = *r;
   cli.Emit(j, [&] {
-    std::cout << "shadow of " << model << " by " << j.value("candidate", "?") << " ("
-              << (j.value("running", false) ? "running" : "stopped") << ")\n";
+    std::string how = "running";
+    if (!j.value("running", false)) {
+      how = "stopped";
+      if (j.contains("stopped_ms") && j["stopped_ms"].is_number())
+        how += " at " + FormatTime(j["stopped_ms"].get<int64_t>()) + " UTC";
+      if (!j.value("reason", "").empty()) how += ": " + j["reason"].get<std::string>();
+    }
+    std::cout << "shadow of " << model << " by " << j.value("candidate", "?") << " (" << how << ")\n";
     if (!j.contains("requests")) {
       std::cout << j.value("note", "") << "\n";
       return;
@@ -288,14 +294,19 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   if (!dur.ok()) return cli.Fail(dur.status().WithContext("--stage-duration"));
   auto chk = ParseDurationNanos(a.check_interval);
   if (!chk.ok()) return cli.Fail(chk.status().WithContext("--check-interval"));
+  if (*chk < 1'000'000)  // (it was stored as 1 ms, silently)
+    return cli.Fail(InvalidArgument("--check-interval " + a.check_interval + " is under 1ms; give e.g. 10s"));
   int64_t timeout = 0;
   if (!a.timeout.empty()) {
+    if (!a.wait) return cli.Fail(InvalidArgument("--timeout bounds --wait: give --wait too, or leave --timeout out"));
     auto t = ParseDurationNanos(a.timeout);
     if (!t.ok()) return cli.Fail(t.status().WithContext("--timeout"));
+    if (*t <= 0)  // (0 waited for ever)
+      return cli.Fail(InvalidArgument("--timeout must be positive; leave it out to wait until the canary ends"));
     timeout = *t;
   }
   n.stage_duration_ms = *dur / 1000000;
-  n.check_interval_ms = std::max<int64_t>(1, *chk / 1000000);
+  n.check_interval_ms = *chk / 1000000;
   n.max_error_rate = a.max_error_rate;
   n.max_p99_ms = a.max_p99_ms;
   n.max_p99_ratio = a.max_p99_ratio;

@@ -769,11 +769,17 @@ void Daemon::StopExpiredShadows() {
     snap = latest_ ? latest_ : snapshot();
   }
   int64_t now = opts_.clock->UnixMillis();
-  for (const auto& [model, s] : snap->shadows)
-    if (s.ends_ms && now >= s.ends_ms) {
-      auto r = registry_->StopShadow(model, "duration elapsed");
+  for (const auto& [model, s] : snap->shadows) {
+    // A candidate that became production (a canary's promotion, mms model
+    // stage) serves every request itself: nothing is left to mirror, and the
+    // run would show "running" with nothing counted.
+    auto serving = snap->Resolve(Ref{Ref::Kind::kName, model, "", ""});
+    const bool promoted = serving.ok() && (*serving)->id == s.candidate_id && (*serving)->stage == Stage::kProduction;
+    if ((s.ends_ms && now >= s.ends_ms) || promoted) {
+      auto r = registry_->StopShadow(model, promoted ? "its candidate became the production version" : "duration elapsed");
       if (r.ok()) (void)RefreshRegistry(false);
     }
+  }
 }
 
 void Daemon::WatchRegistry() {

@@ -208,7 +208,8 @@ class Daemon {
   // (mono ns; INT64_MAX when none). The watcher wakes for it.
   int64_t RoutingDeadline();
   void WarmupArmDone(const std::string& key);         // from pool callbacks
-  void StopExpiredShadows();  // watcher thread
+  // Ends shadows past their duration, and those whose candidate became production. Watcher thread.
+  void StopExpiredShadows();
 
   DaemonOptions opts_;
   int64_t started_mono_ns_ = 0;

@@ -31,6 +31,14 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
                           : std::string("no figures: this shadow ran before mmsd last started and none were saved");
       return r.Send(std::move(j));
     }
+    // Stopped: the run's figures are in memory, but why and when it stopped
+    // only in the registry (they read "" and null, as shadow status did not).
+    if (!s->value("running", true))
+      if (auto rec = d->registry()->GetShadow(model);
+          rec.ok() && rec->state != "running" && s->value("started_ms", int64_t{0}) == rec->started_ms) {
+        const nlohmann::json now = rec->ToJson();
+        for (const char* k : {"state", "reason", "stopped_ms"}) (*s)[k] = now[k];
+      }
     r.Send(std::move(*s));
   };
 

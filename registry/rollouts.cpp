@@ -200,6 +200,12 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
     double s = n.stages[i];
     if (!(s > 0 && s <= 100))
       return InvalidArgument("--stages: " + FormatPercent(s) + " is outside (0, 100]; use e.g. 1,5,10,25,50,100");
+    if (std::abs(s * 100 - std::round(s * 100)) > 1e-6)  // (0.001 showed as 0.00% and routed 0.01%)
+    {
+      char text[32];
+      std::snprintf(text, sizeof text, "%.10g", s);
+      return InvalidArgument(std::string("--stages: ") + text + " is finer than 0.01%, the finest split mms routes");
+    }
     if (i && !(s > n.stages[i - 1]))
       return InvalidArgument("--stages must increase (" + FormatPercent(n.stages[i - 1]) + " then " +
                              FormatPercent(s) + ")");

@@ -231,6 +231,26 @@ TEST_CASE("shadow start never evicts the production model for its candidate: fre
   CHECK(WaitFor([&] { return ShadowStats(d, "s")["requests"]["failed"].get<int>() >= 1; }, 20));
 }
 
+TEST_CASE("a shadow whose candidate becomes production ends, and its stats say why and when") {
+  // It showed "running" with nothing counted: the candidate served every request itself.
+  Daemon d("[registry]\npoll_interval = \"200ms\"\n");
+  REQUIRE(d.ok());
+  SetupTiny(d, "tiny_v2.pt");
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(3) == 3);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 3; }, 20));
+  REQUIRE(d.Mms({"model", "stage", "tiny:2", "production", "-q"}).exit_code == 0);
+  CHECK(WaitFor([&] { return ShadowStats(d, "tiny")["running"] == false; }, 20));
+  json st = ShadowStats(d, "tiny");
+  CHECK(st["reason"] == "its candidate became the production version");
+  CHECK(st["stopped_ms"].is_number());
+  CHECK(st["requests"]["mirrored"] == 3);  // the figures of the run stay
+  auto text = d.Mms({"shadow", "stats", "tiny"});
+  CHECK_MESSAGE(text.out.find("(stopped at ") != std::string::npos, text.out);
+  CHECK_MESSAGE(text.out.find("UTC: its candidate became the production version)") != std::string::npos, text.out);
+}
+
 TEST_CASE("an idle shadow lets go of its candidate, which can then be evicted") {
   Daemon d;
   REQUIRE(d.ok());
@@ -670,6 +690,12 @@ TEST_CASE("canary refusals") {
       {{"canary", "start", "tiny", "--candidate", "1"}, 2, "already the production version"},
       {{"canary", "start", "tiny", "--candidate", "9"}, 4, "unknown version"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "later"}, 2, "invalid duration"},
+      // Silently changed or ignored before: stored as 1 ms, shown as 0.00% while routing 0.01%, waited for ever.
+      {{"canary", "start", "tiny", "--candidate", "2", "--check-interval", "0"}, 2, "--check-interval 0 is under 1ms"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--stages", "0.001,100"}, 2,
+       "--stages: 0.001 is finer than 0.01%"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--timeout", "5s"}, 2, "--timeout bounds --wait"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--wait", "--timeout", "0"}, 2, "--timeout must be positive"},
   };
   for (const auto& b : bad) {
     auto r = d.Mms(b.args);
