@@ -122,6 +122,9 @@ int CmdShadowStats(Cli& cli, const std::string& model) {
     std::cout << "\n";
     std::cout << "  diverged " << j["diverged"] << " (" << Num(j["divergence_rate"].get<double>() * 100, 2)
               << "% over tolerance " << j["tolerance"] << ")\n";
+    if (uint64_t n = j.value("mismatched", uint64_t{0}); n > 0)
+      std::cout << "  of which " << n << " with outputs of another structure (number, names, shapes or dtypes; "
+                << "not in the measures below: see mms shadow samples " << model << ")\n";
     const auto& m = j["measures"];
     for (const char* k : {"max_abs_diff", "mean_abs_diff", "relative_l2", "cosine_similarity", "argmax_agreement",
                           "topk_agreement"})

@@ -28,7 +28,7 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
                                 int top_k) {
   OutputComparison c;
   if (primary.size() != shadow.size()) {
-    c.diverged = true;
+    c.diverged = c.mismatched = true;
     c.reason = "the shadow returned " + std::to_string(shadow.size()) + " outputs, the primary " +
                std::to_string(primary.size());
     return c;
@@ -39,12 +39,12 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
   for (const auto& p : primary) {
     auto it = std::find_if(shadow.begin(), shadow.end(), [&](const Tensor& s) { return s.name == p.name; });
     if (it == shadow.end()) {
-      c.diverged = true;
+      c.diverged = c.mismatched = true;
       c.reason = "the shadow has no output '" + p.name + "'";
       return c;
     }
     if (it->shape != p.shape || it->dtype != p.dtype) {
-      c.diverged = true;
+      c.diverged = c.mismatched = true;
       c.reason = "output '" + p.name + "' is " + it->Describe() + " from the shadow, " + p.Describe() + " from the primary";
       return c;
     }

@@ -19,6 +19,9 @@ struct OutputComparison {
   std::optional<double> argmax_agreement;  // fraction of rows whose argmax agrees
   std::optional<double> topk_agreement;    // mean overlap of the rows' top-k sets
   bool diverged = false;
+  // The outputs differ in number, names, shapes or dtypes: diverged, and no
+  // measure above was taken (they read as perfect agreement).
+  bool mismatched = false;
   std::string reason;  // why, when it diverged
 };
 

@@ -96,7 +96,7 @@ struct ShadowRunner::Shadow {
   std::atomic<bool> running{true};  // false once stopping (joinable() is not safe to read then)
   std::atomic<bool> exited{false};  // the worker returned: joining it does not wait
   std::mutex mu;             // the figures below
-  uint64_t mirrored = 0, failed = 0, diverged = 0;
+  uint64_t mirrored = 0, failed = 0, diverged = 0, mismatched = 0;
   Reservoir max_abs, mean_abs, rel_l2, cosine, argmax, topk, delta_ns;
   std::string last_error;
   std::deque<nlohmann::json> samples;
@@ -348,12 +348,16 @@ void ShadowRunner::Work(Shadow* s) {
     }
     ++s->mirrored;
     OutputComparison c = CompareOutputs(job.outputs, *out, s->rec.tolerance);
-    s->max_abs.Add(c.max_abs);
-    s->mean_abs.Add(c.mean_abs);
-    s->rel_l2.Add(c.rel_l2);
-    s->cosine.Add(c.cosine);
-    if (c.argmax_agreement) s->argmax.Add(*c.argmax_agreement);
-    if (c.topk_agreement) s->topk.Add(*c.topk_agreement);
+    if (c.mismatched) {  // no numbers to compare: counted apart, not as agreement
+      ++s->mismatched;
+    } else {
+      s->max_abs.Add(c.max_abs);
+      s->mean_abs.Add(c.mean_abs);
+      s->rel_l2.Add(c.rel_l2);
+      s->cosine.Add(c.cosine);
+      if (c.argmax_agreement) s->argmax.Add(*c.argmax_agreement);
+      if (c.topk_agreement) s->topk.Add(*c.topk_agreement);
+    }
     s->delta_ns.Add(static_cast<double>(shadow_ns - job.primary_ns));
     if (c.diverged) {
       ++s->diverged;
@@ -397,6 +401,7 @@ nlohmann::json ShadowRunner::StatsOf(Shadow& shadow) const {
   j["requests"] = {{"sampled", s->sampled.load()}, {"not_sampled", s->skipped.load()}, {"mirrored", s->mirrored},
                    {"dropped", s->dropped.load()}, {"failed", s->failed},            {"queued", s->queued.load()}};
   j["diverged"] = s->diverged;
+  j["mismatched"] = s->mismatched;  // among the diverged: outputs of another structure, left out of the measures
   j["divergence_rate"] = s->mirrored ? static_cast<double>(s->diverged) / static_cast<double>(s->mirrored) : 0.0;
   j["measures"] = {{"max_abs_diff", s->max_abs.Summary()},     {"mean_abs_diff", s->mean_abs.Summary()},
                    {"relative_l2", s->rel_l2.Summary()},      {"cosine_similarity", s->cosine.Summary()},

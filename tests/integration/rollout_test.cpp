@@ -251,6 +251,24 @@ TEST_CASE("a shadow whose candidate becomes production ends, and its stats say w
   CHECK_MESSAGE(text.out.find("UTC: its candidate became the production version)") != std::string::npos, text.out);
 }
 
+TEST_CASE("a shadow whose outputs have another structure counts them apart, not as perfect agreement") {
+  // max_abs_diff 0 and cosine 1 were recorded for outputs of another shape.
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupTiny(d, "tied.pt");  // output [rows, 3] against tiny's [rows, 4]
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
+  Traffic t(d, "tiny", Data("tiny_input.json"));
+  REQUIRE(t.Send(3) == 3);
+  REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"].get<int>() >= 3; }, 20));
+  json st = ShadowStats(d, "tiny");
+  CHECK(st["diverged"] == 3);
+  CHECK(st["mismatched"] == 3);
+  CHECK(st["measures"]["max_abs_diff"]["count"] == 0);
+  CHECK(st["measures"]["cosine_similarity"]["count"] == 0);
+  auto text = d.Mms({"shadow", "stats", "tiny"});
+  CHECK_MESSAGE(text.out.find("of which 3 with outputs of another structure") != std::string::npos, text.out);
+}
+
 TEST_CASE("an idle shadow lets go of its candidate, which can then be evicted") {
   Daemon d;
   REQUIRE(d.ok());
