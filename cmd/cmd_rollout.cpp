@@ -95,14 +95,35 @@ std::string Dist(const nlohmann::json& d) {
   return "p50 " + num(d["p50"]) + "  p99 " + num(d["p99"]) + "  max " + num(d["max"]);
 }
 
+// With mmsd not running: the figures its shadow runs last saved, as mms stats does.
+Result<nlohmann::json> ShadowStatsFromRegistry(Cli& cli, const std::string& model) {
+  MMS_ASSIGN_OR_RETURN(auto reg, cli.OpenRegistry());
+  MMS_ASSIGN_OR_RETURN(ShadowRecord rec, reg->GetShadow(model));
+  if (!rec.figures.is_object())
+    return Status(Code::kUnavailable, "mmsd is not running, and the shadow run of " + model +
+                                          " has no saved figures (start it with: mms serve --detach)");
+  nlohmann::json j = rec.figures;
+  const nlohmann::json now = rec.ToJson();  // its state now (a range-for over a temporary's items() would dangle)
+  for (const auto& [k, v] : now.items()) j[k] = v;
+  j["running"] = false;  // (nothing mirrors without mmsd)
+  j["note"] = "mmsd is not running: the figures it last saved, at " + FormatTime(rec.figures_ms) + " UTC";
+  return j;
+}
+
 int CmdShadowStats(Cli& cli, const std::string& model) {
   if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
   auto r = cli.Call(proto::kShadowStats, {{"model", model}});
+  if (!r.ok() && DaemonNotRunning(r.status())) {
+    r = ShadowStatsFromRegistry(cli, model);
+    if (r.ok()) cli.Note("note: " + (*r)["note"].get<std::string>());
+  }
   if (!r.ok()) return cli.Fail(r.status());
   const auto& j = *r;
   cli.Emit(j, [&] {
     std::string how = "running";
-    if (!j.value("running", false)) {
+    if (!j.value("running", false) && j.value("state", "") == "running") {
+      how = "running, but mmsd is not: nothing is mirrored";
+    } else if (!j.value("running", false)) {
       how = "stopped";
       if (j.contains("stopped_ms") && j["stopped_ms"].is_number())
         how += " at " + FormatTime(j["stopped_ms"].get<int64_t>()) + " UTC";

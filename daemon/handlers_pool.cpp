@@ -195,9 +195,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     // The other arm takes these inputs: the routed version refused what its
     // model is asked to serve — a candidate with another input schema. Its
     // arm counts it (a canary rolls it back), the caller still gets exit 2.
-    const ExperimentRecord* e = route->experiment;
-    const int64_t other_id = route->variant == Variant::kTreatment ? e->control_id : e->treatment_id;
-    const VersionRecord* other = credit->variant && other_id ? snap->ById(other_id) : nullptr;
+    const ExperimentRecord* e = credit->variant ? route->experiment : nullptr;  // (null without an experiment)
+    const int64_t other_id = !e ? 0 : route->variant == Variant::kTreatment ? e->control_id : e->treatment_id;
+    const VersionRecord* other = other_id ? snap->ById(other_id) : nullptr;
     const VersionRecord* other_base = other && other->is_adapter() ? snap->ById(other->base_id) : nullptr;
     if (other && (!other->is_adapter() || other_base))
       credit->arm_refused_inputs =

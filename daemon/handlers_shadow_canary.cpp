@@ -46,7 +46,11 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     std::string model = req.body.value("model", "");
     if (Status st = ValidateName(model); !st.ok()) return r.Fail(st);
     auto s = d->shadows()->Samples(model, req.body.value("limit", 20));
-    if (!s.ok()) return r.Fail(s.status());
+    if (!s.ok()) {
+      // As shadow stats says: an unknown model, or none of its runs, before "not since mmsd started".
+      if (auto rec = d->registry()->GetShadow(model); !rec.ok()) return r.Fail(rec.status());
+      return r.Fail(s.status());
+    }
     r.Send(nlohmann::json{{"model", model}, {"samples", *s}});
   };
 

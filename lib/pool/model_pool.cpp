@@ -28,6 +28,7 @@ struct ModelPool::Entry {
     AcquireCallback cb;
     bool counted;  // a request's (mms load, pin preloads: not counted, leave no last use)
     std::shared_ptr<const std::atomic<bool>> answered;  // set once answered elsewhere (its deadline); may be null
+    bool free_only = false;  // Room::kFreeOnly: its load may not evict (a shadow's)
   };
   std::vector<Waiter> waiters;
   std::shared_ptr<Buffer> host;  // host-tier copy (kept while on a device)
@@ -161,7 +162,8 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
   e.misses += counted;
   misses_ += counted;
   if (e.stale) {  // requests still hold the replaced copy: the last one's Release starts the load of the new files
-    e.waiters.push_back({std::move(cb), counted, std::move(answered)});
+    e.waiters.push_back({std::move(cb), counted, std::move(answered), room == Room::kFreeOnly});
+    if (!e.held.empty()) ++hold_refusals_;  // a standing hold (a shadow's) lets go, or they would wait for ever
     return;
   }
   int64_t now = opts_.clock->MonoNanos();
@@ -192,7 +194,7 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
     cb(st);
     return;
   }
-  e.waiters.push_back({std::move(cb), counted, std::move(answered)});
+  e.waiters.push_back({std::move(cb), counted, std::move(answered), room == Room::kFreeOnly});
   if (!e.loading) {
     e.free_only_load = room == Room::kFreeOnly;
     StartLoad(e);
@@ -731,7 +733,9 @@ void ModelPool::Hold(PoolKey key, const std::string& holder) {
 }
 
 void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Entry::Waiter> removed;  // answered after the lock is let go
+  std::string ref;                     // (theirs)
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
   Entry& e = *it->second;
@@ -744,9 +748,18 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
   if (e.stale && e.refs == 0 && !e.loading) {  // the replaced copy is let go: load the new files for those waiting
     DropHost(e);
     e.stale = false;
-    if (!e.waiters.empty()) StartLoad(e);
+    if (e.forgotten) {  // removed meanwhile: nothing to load for them
+      removed.swap(e.waiters);
+      ref = e.item.ref;
+    } else if (!e.waiters.empty()) {
+      // The load may evict only if one of them may (a shadow's may not).
+      e.free_only_load = std::all_of(e.waiters.begin(), e.waiters.end(), [](const Entry::Waiter& w) { return w.free_only; });
+      StartLoad(e);
+    }
   }
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
+  lock.unlock();
+  for (auto& w : removed) Post([cb = std::move(w.cb), ref] { cb(NotFound(ref + " was removed from the registry")); });
 }
 
 void ModelPool::Pin(const PoolItem& item) {
@@ -851,6 +864,7 @@ void ModelPool::TakeReplaced(Entry& e, const PoolItem& item) {
     DropHost(e);
   } else {
     e.stale = true;
+    if (!e.held.empty()) ++hold_refusals_;  // a standing hold lets go (a shadow's is kept while jobs come)
   }
 }
 

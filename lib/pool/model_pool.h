@@ -154,9 +154,11 @@ class ModelPool {
   // instead of after its backoff, and reads the new files. A copy in memory
   // (on a device or the host tier) came from the replaced files: it is
   // dropped at once when no request holds it, else once the last handle is
-  // released — requests arriving meanwhile wait for that, then for the load
-  // of the new files, so none is served from the old copy after this returns
-  // but those already holding it.
+  // released (a standing hold is asked to let go: hold_refusals) — requests
+  // arriving meanwhile wait for that, then for the load of the new files.
+  // Those already holding the old copy keep it, and so do requests that
+  // join a load of the old files already in progress: it is dropped once
+  // they let go.
   void Replaced(const PoolItem& item);
   // FAILED_PRECONDITION when `item` is bigger than every device budget or the host
   // budget: no eviction could ever make room.

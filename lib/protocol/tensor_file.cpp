@@ -469,8 +469,11 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
                              " bytes do not match " + DTypeSafetensorsName(en.dtype) + ShapeString(en.shape));
     out.entries.push_back(std::move(en));
   }
-  std::sort(out.entries.begin(), out.entries.end(),
-            [](const SafetensorsEntry& a, const SafetensorsEntry& b) { return a.begin < b.begin; });
+  // By start, then end: an empty tensor at another's start ([0, 0] beside
+  // [0, 16], as the writer lays them out) comes first and overlaps nothing.
+  std::sort(out.entries.begin(), out.entries.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+    return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+  });
   for (size_t i = 1; i < out.entries.size(); ++i)
     if (out.entries[i].begin < out.entries[i - 1].end)
       return InvalidArgument("safetensors entries '" + out.entries[i - 1].name + "' and '" + out.entries[i].name +

@@ -129,6 +129,7 @@ std::vector<std::string> CanaryController::Tick() {
   }
   for (auto it = last_tick_.begin(); it != last_tick_.end();) it = seen.count(it->first) ? std::next(it) : last_tick_.erase(it);
   for (auto it = last_check_.begin(); it != last_check_.end();) it = seen.count(it->first) ? std::next(it) : last_check_.erase(it);
+  for (auto it = elapsed_.begin(); it != elapsed_.end();) it = seen.count(it->first) ? std::next(it) : elapsed_.erase(it);
   // Ended by someone else while its rollback waited for the registry: routing goes back to the registry's.
   for (auto it = unsaved_rollbacks_.begin(); it != unsaved_rollbacks_.end();) {
     if (seen.count(it->first)) {
@@ -215,7 +216,10 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
                     {"traffic_percent", c.traffic_percent()}, {"at_ms", opts_.clock->UnixMillis()}});
     return;
   }
-  int64_t elapsed = c.stage_elapsed_ms + (paused ? 0 : delta_ms);
+  auto& counted = elapsed_[c.id];
+  const int64_t since = counted.first == c.stage_index ? std::max(counted.second, c.stage_elapsed_ms) : c.stage_elapsed_ms;
+  int64_t elapsed = since + (paused ? 0 : delta_ms);
+  counted = {c.stage_index, elapsed};
   auto last = last_check_.find(c.id);
   if (last != last_check_.end() && now - last->second < c.check_interval_ms * 1000000) {
     // Between checks only the elapsed time moves; persisting it now lets a

@@ -124,6 +124,10 @@ class CanaryController {
   // failed (the registry locked, a full disk), and each would wait out the
   // busy timeout on the thread that judges every canary.
   int64_t skip_check_writes_until_ = 0;
+  // canary id → (stage index, elapsed ms) as last counted here: while writes
+  // are skipped or failing the registry's figure lags, and the stage clock
+  // must not lose that time.
+  std::map<int64_t, std::pair<int, int64_t>> elapsed_;
 };
 
 }  // namespace mms

@@ -157,6 +157,12 @@ TEST_CASE("a shadow's figures outlive mmsd: kept across a SIGKILL beside the new
   std::this_thread::sleep_for(std::chrono::milliseconds(600));  // a flush or two
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
+  // With mmsd down, the saved figures are shown (it exited 3, the figures in the registry all along).
+  auto down = d.Mms({"--json", "shadow", "stats", "tiny"});
+  REQUIRE_MESSAGE(down.exit_code == 0, down.err);
+  CHECK(json::parse(down.out)["requests"]["mirrored"] == 15);
+  CHECK_MESSAGE(down.err.find("mmsd is not running: the figures it last saved") != std::string::npos, down.err);
+  CHECK(d.Mms({"shadow", "stats", "tiny"}).out.find("running, but mmsd is not") != std::string::npos);
   REQUIRE(d.Restart());
   REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny").contains("before_restart"); }, 20));
   json st = ShadowStats(d, "tiny");
@@ -404,6 +410,11 @@ TEST_CASE("shadow refusals") {
   auto never = d.Mms({"shadow", "stop", "other"});
   CHECK(never.exit_code == 4);
   CHECK(never.err.find("has never had a shadow run") != std::string::npos);
+  // samples says what stats says (it said "no shadow run since mmsd started" for a model that does not exist).
+  auto unknown = d.Mms({"shadow", "samples", "nope"});
+  CHECK(unknown.exit_code == 4);
+  CHECK_MESSAGE(unknown.err.find("unknown model 'nope'") != std::string::npos, unknown.err);
+  CHECK(d.Mms({"shadow", "samples", "other"}).err.find("has never had a shadow run") != std::string::npos);
   CHECK(d.Mms({"shadow", "stop", "tiny"}).exit_code == 0);
   auto again = d.Mms({"shadow", "stop", "tiny"});  // ended meanwhile, as experiments and canaries: exit 6
   CHECK(again.exit_code == 6);

@@ -872,3 +872,36 @@ TEST_CASE("a replaced version's copy in memory goes: at once when idle, else whe
   fresh->reset();
   CHECK(f.pool->Snapshot()["devices"][0]["used"] == K);
 }
+
+TEST_CASE("a replaced copy under a standing hold asks the holder to let go, and a removed one fails its waiters") {
+  // A shadow's hold is kept while its jobs come: requests for the replaced
+  // version waited behind it for ever. A version removed while requests
+  // waited for its replaced copy to go: they were dropped unanswered.
+  PoolFixture f({10 * K});
+  auto hold = f.Get(1);
+  hold->HoldFor("the shadow run of m");
+  const uint64_t refusals = f.pool->hold_refusals();
+  f.pool->Replaced(PoolFixture::Item(1));
+  CHECK(f.pool->hold_refusals() > refusals);  // the holder is told
+  std::promise<Result<HandlePtr>> got;
+  f.pool->Acquire(PoolFixture::Item(1), [&](Result<HandlePtr> r) { got.set_value(std::move(r)); });
+  auto later = got.get_future();
+  CHECK(later.wait_for(std::chrono::milliseconds(50)) == std::future_status::timeout);
+  hold.reset();  // as the shadow does when the count moves
+  REQUIRE(later.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  auto fresh = later.get();
+  REQUIRE(fresh.ok());
+  CHECK(f.loader->loads("m1:1") == 2);
+  // Removed while a request waits for the replaced copy to go: NOT_FOUND, not silence.
+  f.pool->Replaced(PoolFixture::Item(1));
+  std::promise<Result<HandlePtr>> gone;
+  f.pool->Acquire(PoolFixture::Item(1), [&](Result<HandlePtr> r) { gone.set_value(std::move(r)); });
+  auto waiting = gone.get_future();
+  f.pool->Forget(1);
+  fresh->reset();
+  REQUIRE(waiting.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  auto r = waiting.get();
+  CHECK(r.status().code() == Code::kNotFound);
+  CHECK_FALSE(f.pool->Health(1).has_value());
+  CHECK(f.loader->loads("m1:1") == 2);
+}

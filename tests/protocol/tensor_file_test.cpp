@@ -492,3 +492,21 @@ TEST_CASE("safetensors: a packed file's checksums cover its header too — names
                                   bytes.size() - h.data_offset, path)
             .ok());
 }
+
+TEST_CASE("safetensors: a file with an empty tensor, as the writer lays it out, reads back") {
+  // An empty tensor shares its offset with the next: read as an overlap, so
+  // a model with an empty parameter could be packed but not loaded.
+  testing::TempDir dir;
+  Tensor a = Tensor::Alloc("a", DType::kFloat32, {4});
+  Tensor z = Tensor::Alloc("z", DType::kFloat32, {0});
+  reinterpret_cast<float*>(a.mutable_data())[2] = 2.5f;
+  for (bool packed : {false, true}) {
+    const std::string path = dir / (packed ? "packed.safetensors" : "plain.safetensors");
+    REQUIRE((packed ? WriteSafetensorsFile(path, {z, a}, {}, 64, /*checksum=*/true) : WriteTensorFile(path, {z, a})).ok());
+    auto back = ReadTensorFile(path);
+    REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+    REQUIRE(back->size() == 2);
+    for (const auto& t : *back)
+      if (t.name == "a") CHECK(reinterpret_cast<const float*>(t.data.get())[2] == 2.5f);
+  }
+}

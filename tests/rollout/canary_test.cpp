@@ -196,7 +196,7 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   CHECK(g.holds[1] == "-" + gc.experiment_id);  // routed as the registry says: no canary
 }
 
-TEST_CASE("a paused canary is still judged: its traffic stays, so a failing one is rolled back; it never advances") {
+TEST_CASE("a paused canary is still judged: its traffic stays, so a failing one is rolled back, but it never advances") {
   // Paused, a broken candidate kept half the users failing: no check ran.
   Fixture f;
   CanaryRecord c = f.Start({50, 100});
@@ -507,4 +507,22 @@ TEST_CASE("removing a canary's production version or candidate by force aborts t
     }
     CHECK_FALSE(f.reg->GetExperiment(c.experiment_id)->active());
   }
+}
+
+TEST_CASE("the stage clock keeps the time it could not write: a canary whose writes failed a while advances on time") {
+  // Interim writes are skipped for 30 s after one failed, and the elapsed
+  // time was read back from the registry: that time was lost, and a canary
+  // whose writes failed now and then never reached its stage end.
+  Fixture f;
+  CanaryRecord c = f.Start({50, 100});  // 60 s stages
+  f.ctl->Tick();
+  f.Traffic(c, 5, 0.0, 5);
+  {
+    testing::WriteLock lock(f.dir / "r.db");  // another writer, for 20 s of the stage
+    REQUIRE(lock.ok());
+    f.Traffic(c, 20, 0.0, 5);
+    CHECK(f.reg->GetCanary("rec")->stage_index == 0);
+  }
+  f.Traffic(c, 45, 0.0, 5);  // 70 s in all: past the stage end even with a check interval's slack
+  CHECK(f.reg->GetCanary("rec")->stage_index == 1);
 }
