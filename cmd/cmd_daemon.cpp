@@ -149,8 +149,9 @@ int CmdStatus(Cli& cli) {
     if (j.contains("registry_error")) std::cout << "WARNING:   " << j["registry_error"].get<std::string>() << "\n";
     if (j.contains("metrics_flush_error"))
       std::cout << "WARNING:   " << j["metrics_flush_error"].get<std::string>() << "\n";
-    std::cout << "requests:  " << j.value("requests_served", 0) << " served, " << j.value("in_flight", 0)
-              << " in flight\n";
+    // Every IPC request (ping, status, pool...), not predictions alone: mms stats counts those.
+    std::cout << "requests:  " << j.value("requests_served", 0) << " answered (of every kind; predictions: mms stats), "
+              << j.value("in_flight", 0) << " in flight\n";
     std::vector<std::vector<std::string>> rows{{"DEVICE", "KIND", "MEMORY", "AVAILABLE", "BUDGET", "USED"}};
     for (const auto& d : j.value("devices", nlohmann::json::array())) {
       rows.push_back({d.value("name", "?"), d.value("kind", "?"), FormatBytes(d.value("memory_total", 0ull)),

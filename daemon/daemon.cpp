@@ -1004,7 +1004,7 @@ Result<std::vector<std::string>> Daemon::Reload() {
   return reloaded;
 }
 
-bool Daemon::Shutdown() {
+Daemon::StopResult Daemon::Shutdown() {
   LogInfo("shutting_down", {{"in_flight", server_->in_flight()}});
   std::vector<RoutedWaiter> waiting;  // REGISTRY_CHANGED calls waiting for a warm-up
   {
@@ -1023,18 +1023,19 @@ bool Daemon::Shutdown() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  if (!FlushMetrics())
+  const bool saved = FlushMetrics();
+  if (!saved)
     LogError("metrics_unsaved_at_stop",
              {{"note", "experiment and canary figures since the last successful flush are lost: the registry "
-                       "refused the writes (see metrics_flush_failed)"}});
+                       "refused the writes (see metrics_flush_failed); mmsd exits 1"}});
   shadows_->Configure({});
   http_.reset();
   if (idle) {
     server_->Stop();
     scheduler_->Stop();
   }
-  LogInfo("stopped", {{"served", server_->requests_served()}});
-  return idle;
+  LogInfo("stopped", {{"served", server_->requests_served()}, {"clean", idle && saved}});
+  return {idle, saved};
 }
 
 }  // namespace mms

@@ -76,8 +76,14 @@ class Daemon {
   // sections reloaded; a bad file changes nothing.
   Result<std::vector<std::string>> Reload();
   // Stops accepting, waits up to [daemon] shutdown_grace for in-flight
-  // requests, persists state. False when requests were still running.
-  bool Shutdown();
+  // requests, persists state. `idle`: false when requests were still
+  // running (abandoned); `saved`: false when the registry refused the last
+  // figures (lost). mmsd exits 1 unless both.
+  struct StopResult {
+    bool idle = true;
+    bool saved = true;
+  };
+  StopResult Shutdown();
 
   // For handlers.
   const DaemonOptions& options() const { return opts_; }

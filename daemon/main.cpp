@@ -104,7 +104,23 @@ int Run(int argc, char** argv) {
       return 2;
     }
   }
-  if (Status st = ApplyLogConfig(c.log); !st.ok()) {
+  if (check_config) {
+    // Checked, not opened: a check run as root must not leave a root-owned
+    // log file that the service's own user then cannot open.
+    if (auto level = ParseLogLevel(c.log.level); !level.ok()) {
+      std::cerr << "mmsd: " << level.status().message() << "\n";
+      return 2;
+    }
+    if (!c.log.file.empty()) {
+      const bool exists = ::access(c.log.file.c_str(), F_OK) == 0;
+      const std::string where = exists ? c.log.file : DirName(c.log.file);
+      if (::access(where.c_str(), W_OK | (exists ? 0 : X_OK)) != 0) {
+        std::cerr << "mmsd: cannot write the log file " << c.log.file << " ([log] file): " << where << ": "
+                  << std::strerror(errno) << "\n";
+        return 2;
+      }
+    }
+  } else if (Status st = ApplyLogConfig(c.log); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";
     return 2;
   }
@@ -182,15 +198,16 @@ int Run(int argc, char** argv) {
       ::_exit(1);
     }
   }).detach();
-  bool clean = (*daemon)->Shutdown();
+  // A stop that lost something — requests abandoned past the grace period,
+  // figures the registry refused — exits 1, so a supervisor sees it.
+  const Daemon::StopResult stop = (*daemon)->Shutdown();
   Server::Unlock(lock_fd, socket_path);
-  if (!clean) {
-    // Requests still running past the grace period are abandoned; state was
-    // persisted by Shutdown. Skip destructors that would wait on them.
+  if (!stop.idle) {
+    // Skip destructors that would wait on the abandoned requests.
     std::fflush(nullptr);
-    ::_exit(0);
+    ::_exit(1);
   }
-  return 0;
+  return stop.saved ? 0 : 1;
 }
 
 }  // namespace

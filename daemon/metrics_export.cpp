@@ -155,13 +155,14 @@ std::string Daemon::PrometheusText() {
   }
   w.Family("mms_canary_traffic_percent", "gauge", "Traffic share of a running canary.");
   w.Family("mms_canary_stage", "gauge", "Current stage (1-based) of a running canary.");
-  auto canaries = registry_->ListCanaries(true);
-  if (canaries.ok())
-    for (const auto& c : *canaries) {
-      Labels l{{"model", c.model}, {"candidate", c.model + ":" + c.candidate_version}, {"state", c.state}};
-      w.Sample("mms_canary_traffic_percent", l, c.traffic_percent());
-      w.Sample("mms_canary_stage", l, c.stage_index + 1);
-    }
+  // As the canary controller last read them: a scrape never waits on the
+  // registry, whose lock a flush may hold for its busy timeout (a scrape
+  // timed out, and with it the alert on that very flush).
+  for (const auto& c : canaries_->Seen()) {
+    Labels l{{"model", c.model}, {"candidate", c.model + ":" + c.candidate_version}, {"state", c.state}};
+    w.Sample("mms_canary_traffic_percent", l, c.traffic_percent());
+    w.Sample("mms_canary_stage", l, c.stage_index + 1);
+  }
   return w.str();
 }
 
@@ -169,6 +170,8 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
   const std::string prefix = "/health/";
   // A draining daemon takes no new requests: load balancers should move on.
   const bool draining = server_->draining();
+  if (path != "/health" && path.rfind(prefix, 0) != 0)  // "/healthz", "/healthcheck": not ours
+    return {404, "text/plain; charset=utf-8", "not found: " + path + "\n"};
   if (path == "/health" || path == "/health/") {
     // A listener the watchdog cannot bring back (two probes in a row
     // unanswered) means no new client reaches this daemon over IPC, however

@@ -369,6 +369,9 @@ void Server::RestartListener() {
   // one step, so clients never find the path missing meanwhile.
   if (Status s = Listen(/*set_umask=*/false); s.ok()) {
     ++restarts_;
+    // Reachable again, as far as anyone knows until the next probe: /health
+    // said "unreachable" for the probe interval after a restart that worked.
+    probe_misses_ = 0;
     LogWarn("listener_restarted", {{"socket", path}, {"reason", why}});
   } else {
     LogError("listener_restart_failed", {{"socket", path}, {"error", s.message()}});

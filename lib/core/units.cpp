@@ -184,12 +184,19 @@ std::string ExactDuration(int64_t ns) {
 }
 
 std::string ExactBytes(uint64_t bytes) {
-  static const char* units[] = {"TiB", "GiB", "MiB", "KiB"};
-  for (int i = 0; i < 4 && bytes != 0; ++i) {
-    const uint64_t n = 1ull << (10 * (4 - i));
-    if (bytes % n == 0) return std::to_string(bytes / n) + units[i];
-  }
-  return std::to_string(bytes) + "B";
+  // The unit, binary or decimal, that states it in the smallest number
+  // ("2GB" stays 2GB, not 1953125KiB; "64MiB" stays 64MiB); binary on a tie.
+  static const std::pair<uint64_t, const char*> units[] = {
+      {1ull << 40, "TiB"}, {1ull << 30, "GiB"}, {1ull << 20, "MiB"}, {1ull << 10, "KiB"},
+      {1'000'000'000'000ull, "TB"}, {1'000'000'000ull, "GB"}, {1'000'000ull, "MB"}, {1'000ull, "KB"}};
+  std::string best = std::to_string(bytes) + "B";
+  uint64_t best_n = bytes;
+  for (const auto& [n, name] : units)
+    if (bytes != 0 && bytes % n == 0 && bytes / n < best_n) {
+      best_n = bytes / n;
+      best = std::to_string(best_n) + name;
+    }
+  return best;
 }
 
 size_t EditDistance(std::string_view a, std::string_view b) {

@@ -41,6 +41,7 @@ struct ModelPool::Entry {
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)
+  bool pin_preloading = false;         // a pin's preload waits for its load: Pin queues no second one
   std::optional<PoolItem> replaced;    // new files (Replaced) while a load ran: taken when it ends
   bool stale = false;                  // its copy in memory is of replaced files: dropped once no handle is out
   bool free_only_load = false;         // the load in progress may take only free room (Room::kFreeOnly)
@@ -767,7 +768,8 @@ void ModelPool::Pin(const PoolItem& item) {
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = EntryFor(item);
     e.pinned = true;
-    if (e.tier == Tier::kDevice && !e.loading) return;
+    if ((e.tier == Tier::kDevice && !e.loading) || e.pin_preloading) return;
+    e.pin_preloading = true;  // (every registry poll calls Pin again: one waiter, not one per poll)
   }
   // The outcome is kept on the entry (`mms pool`, `mms health` show it) and
   // logged when the pin starts failing and when it is held again: the daemon
@@ -782,6 +784,7 @@ void ModelPool::Pin(const PoolItem& item) {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = entries_.find(key);
       if (it == entries_.end()) return;
+      it->second->pin_preloading = false;
       was_failing = !it->second->pin_error.empty();
       it->second->pin_error = error;
     }

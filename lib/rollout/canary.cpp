@@ -122,6 +122,10 @@ std::vector<std::string> CanaryController::Tick() {
     LogWarn("canary_tick_failed", {{"error", active.status().message()}});
     return events;
   }
+  {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    seen_ = *active;
+  }
   std::map<int64_t, bool> seen;
   for (const auto& c : *active) {
     seen[c.id] = true;

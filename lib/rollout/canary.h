@@ -33,6 +33,7 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 
@@ -107,6 +108,13 @@ class CanaryController {
   // Rollbacks a previous daemon judged and could not record: written at the
   // next ticks, never judged again. (The caller keeps their traffic held.)
   void RestoreUnsaved(const std::vector<UnsavedRollback>& unsaved);
+  // The active canaries as the last Tick read them (a poll behind at most):
+  // for /metrics, which must not wait on the registry (its lock can be held
+  // for a busy timeout). Any thread.
+  std::vector<CanaryRecord> Seen() const {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    return seen_;
+  }
 
  private:
   void Step(const CanaryRecord& c, std::vector<std::string>* events);
@@ -128,6 +136,8 @@ class CanaryController {
   // are skipped or failing the registry's figure lags, and the stage clock
   // must not lose that time.
   std::map<int64_t, std::pair<int, int64_t>> elapsed_;
+  mutable std::mutex seen_mu_;     // only for seen_
+  std::vector<CanaryRecord> seen_;  // guarded by seen_mu_: Seen()
 };
 
 }  // namespace mms

@@ -354,7 +354,8 @@ TEST_CASE("after a storm of hang-ups mid-handshake the replaced listener is clos
 }
 
 TEST_CASE("a socket file removed under a running daemon comes back, and open connections keep their requests") {
-  Daemon d;
+  const int port = FreePort();
+  Daemon d("[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n");
   REQUIRE(d.ok());
   REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"}).exit_code == 0);
   // A request held in flight on its connection: its model's load waits on a FIFO.
@@ -368,6 +369,10 @@ TEST_CASE("a socket file removed under a running daemon comes back, and open con
   // The watchdog finds no listener there and opens a new one: new clients are served again.
   CHECK(WaitFor([&] { return d.Mms({"--timeout", "2", "ping"}, 10).exit_code == 0; }, 30));
   CHECK(d.log().find("listener_restarted") != std::string::npos);
+  // Reachable again, /health says so at once (it said "unreachable" until the next probe).
+  auto health = Run({"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                     "http://127.0.0.1:" + std::to_string(port) + "/health"});
+  CHECK(health.out == "200");
   // The held request's connection was the old listener's: it still gets its answer (the
   // load reads an empty file, so an error from mmsd — not a lost connection).
   weights.Release();

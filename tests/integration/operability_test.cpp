@@ -165,6 +165,8 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
   CHECK(code("/health/tiny:1") == "200");
   CHECK(code("/health/tiny%3A1") == "200");  // as Python's quote() writes it
   CHECK(code("/health/tiny%zz") == "400");
+  for (const char* other : {"/healthz", "/healthcheck", "/health-tiny"})  // not /health/MODEL with a letter cut off
+    CHECK_MESSAGE(code(other) == "404", other);
   for (const char* bad : {"/health/%FF", "/health/tiny:%C0%AF", "/health/tiny@%FF"}) {  // not UTF-8: was a 500
     std::string c = code(bad);
     CHECK_MESSAGE((c == "400" || c == "404"), bad << " " << c);
@@ -184,7 +186,11 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
   ok({"predict", "tiny", "--input", Data("tiny_input.json"), "--user", "u1", "--tenant", "acme", "-q"});
   ok({"shadow", "start", "sh", "--candidate", "2"});
   ok({"canary", "start", "can", "--candidate", "2", "--stage-duration", "1h"});
-  auto m2 = Run({"/usr/bin/curl", "-s", "-f", base + "/metrics"});
+  ProcResult m2;  // (canaries as the controller last read them: within a registry poll)
+  CHECK(WaitFor([&] {
+    m2 = Run({"/usr/bin/curl", "-s", "-f", base + "/metrics"});
+    return m2.out.find("mms_canary_stage{") != std::string::npos;
+  }, 20));
   REQUIRE(m2.exit_code == 0);
   for (const char* want : {"mms_queue_depth{model=\"tiny\",version=\"1\"} 0", "mms_batches_total{model=\"tiny\"",
                            "mms_rate_admitted_total{tenant=\"acme\"} 1", "# TYPE mms_rate_limited_total counter",
@@ -307,6 +313,20 @@ TEST_CASE("the systemd unit runs mmsd with a checked config") {
   CHECK(unit.find("ExecStart=/usr/local/bin/mmsd --config /etc/mms/mms.toml") != std::string::npos);
   CHECK(unit.find("--check-config") != std::string::npos);
   CHECK(unit.find("ExecReload=/bin/kill -HUP $MAINPID") != std::string::npos);
+  // mms.toml(5)'s example logs to /var/log/mms: the unit makes it writable (ProtectSystem=strict).
+  CHECK(ReadText(Src("man/mms.toml.5")).find("/var/log/mms/mmsd.log") != std::string::npos);
+  CHECK(unit.find("LogsDirectory=mms") != std::string::npos);
+  // The check does not create the log file: run as root it left one the service's user could not open.
+  TempDir t;
+  std::ofstream(t / "mms.toml") << "[log]\nfile = \"" << t / "logs/mmsd.log" << "\"\n";
+  auto missing_dir = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
+  CHECK(missing_dir.exit_code == 2);
+  CHECK_MESSAGE(missing_dir.err.find("cannot write the log file " + (t / "logs/mmsd.log")) != std::string::npos,
+                missing_dir.err);
+  std::filesystem::create_directory(t / "logs");
+  auto ok = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
+  CHECK_MESSAGE(ok.exit_code == 0, ok.err);
+  CHECK_FALSE(std::filesystem::exists(t / "logs/mmsd.log"));
 }
 
 TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at once") {

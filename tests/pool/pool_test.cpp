@@ -905,3 +905,17 @@ TEST_CASE("a replaced copy under a standing hold asks the holder to let go, and 
   CHECK_FALSE(f.pool->Health(1).has_value());
   CHECK(f.loader->loads("m1:1") == 2);
 }
+
+TEST_CASE("a pin's preload is queued once, however often Pin is called while it loads") {
+  // The daemon calls Pin at every registry poll for pins not on a device:
+  // mms pool showed "loading (8 waiting)" for one pin and no request.
+  PoolFixture f({10 * K});
+  f.loader->Gate(true);  // loads wait
+  for (int i = 0; i < 5; ++i) f.pool->Pin(PoolFixture::Item(1));
+  CHECK((*f.pool->Health(1))["waiting"] == 1);
+  f.loader->Gate(false);
+  REQUIRE(mms::testing::WaitFor([&] { return f.TierOf(1) == "device"; }, 10));
+  CHECK(f.loader->loads("m1:1") == 1);
+  f.pool->Pin(PoolFixture::Item(1));  // on its device: nothing to queue
+  CHECK((*f.pool->Health(1))["waiting"] == 0);
+}
