@@ -15,6 +15,7 @@
 #include "stats/prometheus.h"
 
 #include <algorithm>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -678,7 +679,9 @@ void Daemon::CheckRegistryFile() {
     LogInfo("registry_file_restored", {{"path", registry_->path()}});
 }
 
-bool Daemon::FlushMetrics() {
+bool Daemon::FlushMetrics(bool brief) {
+  std::optional<Registry::BriefWaits> quick;
+  if (brief) quick.emplace(registry_.get(), CanaryController::kBriefWriteWaitMs);
   Status failed = Status::Ok();
   for (const auto& [key, m] : experiment_metrics_.All()) {
     if (!m->TakeDirty()) continue;
@@ -830,7 +833,7 @@ void Daemon::WatchRegistry() {
     }
     now = opts_.clock->MonoNanos();
     if (now - last_flush_ns_ >= flush) {
-      FlushMetrics();
+      FlushMetrics(/*brief=*/true);
       last_flush_ns_ = now;
     }
     lock.lock();

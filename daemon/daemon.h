@@ -172,7 +172,10 @@ class Daemon {
   // time they are needed (a restarted daemon continues its counts).
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
   // Writes changed experiment metrics to the registry.
-  bool FlushMetrics();  // false when a save failed (the figures stay dirty)
+  // False when a save failed (the figures stay dirty). `brief`: the
+  // watcher's periodic flush, which waits at most kBriefWriteWaitMs behind
+  // another writer (it is retried; the thread also judges canaries).
+  bool FlushMetrics(bool brief = false);
   // Whether the registry file was removed or replaced under mmsd (checked at
   // every poll; logged once as registry_file_replaced; /health is 503).
   bool registry_detached() const { return registry_detached_.load(); }

@@ -104,6 +104,16 @@ bool HoldsPackedDirs(const std::string& artifacts) {
 Registry::Registry(Options opts) : opts_(std::move(opts)), actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor) {}
 Registry::~Registry() = default;
 
+Registry::BriefWaits::BriefWaits(Registry* r, int64_t ms) : r_(r) {
+  r_->mu_.lock();
+  sqlite3_busy_timeout(r_->db_->raw(), static_cast<int>(std::min(ms, r_->opts_.busy_timeout_ms)));
+}
+
+Registry::BriefWaits::~BriefWaits() {
+  sqlite3_busy_timeout(r_->db_->raw(), static_cast<int>(r_->opts_.busy_timeout_ms));
+  r_->mu_.unlock();
+}
+
 Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   if (opts.path.empty()) return InvalidArgument("no registry path");
   if (!opts.create && !FileExists(opts.path)) return NotFound("no registry at " + opts.path);

@@ -242,6 +242,22 @@ class Registry {
   static Result<std::unique_ptr<Registry>> Open(const Options& opts);
   ~Registry();
 
+  // While alive, this thread's writes wait at most `ms` for another writer
+  // instead of [registry] busy_timeout: for writes retried anyway (interim
+  // canary checks, periodic metrics flushes) on the thread that also judges
+  // canaries, which must not sit out a long timeout behind a lock. Holds
+  // the registry's mutex for its life (other threads' calls wait for it).
+  class BriefWaits {
+   public:
+    BriefWaits(Registry* r, int64_t ms);
+    ~BriefWaits();
+    BriefWaits(const BriefWaits&) = delete;
+    BriefWaits& operator=(const BriefWaits&) = delete;
+
+   private:
+    Registry* r_;
+  };
+
   // ---- versions
   // ALREADY_EXISTS for a duplicate name:version. The artifact path must be
   // canonical and inside allowed_roots (CheckArtifactPath).

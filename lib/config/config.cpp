@@ -235,7 +235,11 @@ Spec MetricsAddressSpec() {
   s.apply = [str, get](Config& c, const toml::node& n) -> Status {
     MMS_RETURN_IF_ERROR(str(c, n));
     if (get(c).empty()) return Status::Ok();
-    return ParseHostPort(get(c)).status();
+    MMS_ASSIGN_OR_RETURN(HostPort hp, ParseHostPort(get(c)));
+    // Stored as HOST:PORT: ":9464", "9464" and "127.0.0.1:9464" are one
+    // address (a reload called changing one spelling to another a change).
+    get(c) = (hp.host.find(':') != std::string::npos ? "[" + hp.host + "]" : hp.host) + ":" + std::to_string(hp.port);
+    return Status::Ok();
   };
   s.key.range = "\"\" (off), HOST:PORT, [IPV6]:PORT, :PORT or PORT (port 1 to 65535)";
   return s;

@@ -1,6 +1,7 @@
 #include "rollout/canary.h"
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 
 #include "core/log.h"
@@ -228,8 +229,10 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   if (last != last_check_.end() && now - last->second < c.check_interval_ms * 1000000) {
     // Between checks only the elapsed time moves; persisting it now lets a
     // restarted daemon resume with the remaining time.
-    if (delta_ms > 0 && !paused && now >= skip_check_writes_until_)
+    if (delta_ms > 0 && !paused && now >= skip_check_writes_until_) {
+      Registry::BriefWaits brief(opts_.registry, kBriefWriteWaitMs);
       (void)opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, c.last_check);
+    }
     return;
   }
   last_check_[c.id] = now;
@@ -263,7 +266,10 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   // A pass or an inconclusive look: written (its elapsed time, for a restart)
   // unless writes are failing — then only a stage end, which must be.
   if (!look.final && now < skip_check_writes_until_) return;
+  std::optional<Registry::BriefWaits> brief;  // an interim look is written again at the next
+  if (!look.final) brief.emplace(opts_.registry, kBriefWriteWaitMs);
   auto rec = opts_.registry->RecordCanaryCheck(c.id, c.stage_index, elapsed, check);
+  brief.reset();
   if (!rec.ok()) {  // moved on meanwhile (a CLI promote or abort), or the write failed
     if (rec.status().code() != Code::kConflict) {
       LogWarn("canary_check_unsaved", {{"model", c.model}, {"candidate", where}, {"error", rec.status().message()}});

@@ -79,6 +79,10 @@ class CanaryController {
  public:
   // How long interim checks go unwritten after a check's write failed.
   static constexpr int64_t kSkipWritesNs = 30'000'000'000;
+  // How long a write that is retried anyway (an interim check, a periodic
+  // metrics flush) waits behind another writer: not [registry] busy_timeout,
+  // which a failing canary's users would sit out before its rollback.
+  static constexpr int64_t kBriefWriteWaitMs = 100;
   struct Options {
     Registry* registry = nullptr;
     // The variant metrics of an experiment ("control" / "treatment").

@@ -95,6 +95,10 @@ TEST_CASE("[metrics] address needs a numeric port from 1 to 65535") {
     INFO(good);
     CHECK(parse(good).ok());
   }
+  // One address, one spelling: a reload from ":9464" to "9464" is no change needing a restart.
+  for (const char* same : {"127.0.0.1:9464", ":9464", "9464", "127.0.0.1:09464"})
+    CHECK(parse(same)->metrics.address == "127.0.0.1:9464");
+  CHECK(parse("[::1]:9464")->metrics.address == "[::1]:9464");
   // Once accepted here and then thrown on by the daemon at start (std::stoul overflow).
   for (const char* bad : {"127.0.0.1:99999999999999999999999", "127.0.0.1:65536", "127.0.0.1:0", "127.0.0.1:",
                           "127.0.0.1:http", "127.0.0.1:-1", "host", "1:2:x", "127.0.0.1: 80"}) {

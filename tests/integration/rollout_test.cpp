@@ -599,6 +599,35 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
 
+TEST_CASE("a long busy timeout behind another writer does not keep a failing canary's traffic: it is cut before the write") {
+  // Behind a writer holding the registry, the interim check's write and the
+  // metrics flush each sat out [registry] busy_timeout on the thread that
+  // judges canaries, and the rollback came after both: users saw errors all
+  // along. Those writes now wait briefly, and the traffic is cut before the
+  // rollback's own write (which waits the full timeout).
+  Daemon d("[registry]\nbusy_timeout = \"60s\"\n[experiments]\nflush_interval = \"200ms\"\n");
+  REQUIRE(d.ok());
+  SetupTiny(d, "throws.pt");
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
+                 "--check-interval", "100ms", "--min-requests", "5"})
+              .exit_code == 0);
+  WriteLock lock(d.data_dir() + "/registry.db");
+  REQUIRE(lock.ok());
+  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
+  Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
+  t.Start();
+  // Cut within seconds, well inside the 60 s the writes would each have waited: a second with no failure.
+  bool cut = WaitFor([&] {
+    int failed = t.failed_, sent = t.sent_;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    return t.failed_ > 0 && t.failed_ == failed && t.sent_ > sent + 20;
+  }, 25);
+  CHECK(cut);
+  t.Stop();
+  lock.Release();
+  CHECK(WaitFor([&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "rolled_back"; }, 90));
+}
+
 TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
   Daemon d;
   REQUIRE(d.ok());
