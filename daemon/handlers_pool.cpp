@@ -4,6 +4,7 @@
 #include <random>
 
 #include "core/log.h"
+#include "core/paths.h"
 #include "daemon.h"
 #include "protocol/messages.h"
 #include "serve/batching.h"
@@ -253,8 +254,16 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                            delay, claimed](Result<Servable> h) mutable {
     if (claimed && claimed->exchange(true)) return;  // answered at its deadline meanwhile: the handle goes
     if (!h.ok()) {
-      finish(h.status());
-      return r.Fail(h.status());
+      Status st = h.status();
+      // Its files gone under the load: removed meanwhile (mms model rm
+      // --force), not damaged — said as NOT_FOUND (exit 4), not "repack it".
+      const Code c = st.code();
+      if ((c == Code::kCorrupt || c == Code::kIo || c == Code::kNotFound || c == Code::kUnhealthy) &&
+          !FileExists(recp->packed_dir) &&
+          d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
+        st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
+      finish(st);
+      return r.Fail(st);
     }
     Scheduler::Job job;
     std::string device = h->model->device();

@@ -10,6 +10,9 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "protocol/tensor_file.h"
 #include "support/process.h"
 
@@ -252,6 +255,31 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   v = d.Mms({"model", "verify", "flipped"});
   CHECK(v.exit_code == 1);
   CHECK_MESSAGE(v.out.find("packed weights.safetensors changed since registration") != std::string::npos, v.out);
+}
+
+TEST_CASE("a version removed while a request waits for its load is NOT_FOUND (exit 4), not damaged") {
+  // The load then found its files gone and said "damaged ... mms model repack",
+  // exit 1, for a version that no longer existed (a review, racing rm --force).
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "gone", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  const std::string weights = mms::testing::PackedWeights(d.data_dir(), "gone", "1");
+  mms::testing::BlockedFile blocked(weights);  // the load waits in open()
+  REQUIRE(blocked.ok());
+  const std::string outside = d.dir() + "/fifo";  // a name for the FIFO that outlives its directory
+  REQUIRE(::link(weights.c_str(), outside.c_str()) == 0);
+  ProcResult r;
+  std::thread t([&] { r = d.Mms({"predict", "gone", "--input", Data("tiny_input.json")}, 60); });
+  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "status"}).out)["in_flight"].get<int>() >= 1; }, 20));
+  REQUIRE(d.Mms({"model", "rm", "gone:1", "--force", "-q"}).exit_code == 0);  // its files go with it
+  int fd = -1;  // the waiting load reads an empty file
+  REQUIRE(WaitFor([&] { return (fd = ::open(outside.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 10));
+  ::close(fd);
+  t.join();
+  CHECK_MESSAGE(r.exit_code == 4, r.err);
+  CHECK_MESSAGE(r.err.find("gone:1 was removed from the registry while this request waited for its load") !=
+                    std::string::npos,
+                r.err);
 }
 
 TEST_CASE("mms model repack repairs damaged packed files and keeps the version's stage, alias and pin") {
