@@ -840,6 +840,8 @@ void Daemon::WatchRegistry() {
   }
 }
 
+std::string Daemon::FeedbackIdsPath() const { return registry_->path() + ".feedback-ids"; }
+
 std::string Daemon::UnsavedRollbacksPath() const { return opts_.socket_path + ".unsaved-rollbacks"; }
 
 void Daemon::SaveUnsavedRollbacks(const std::vector<UnsavedRollback>& all) {
@@ -874,6 +876,15 @@ std::vector<UnsavedRollback> Daemon::LoadUnsavedRollbacks() {
 Status Daemon::Start() {
   started_mono_ns_ = opts_.clock->MonoNanos();
   reload_ok_unix_ms_ = opts_.clock->UnixMillis();  // the config in force was read at start
+  // Request ids the previous mmsd served, saved at its clean stop: feedback
+  // for them still counts. Read once, then removed (claims made from now on
+  // must not be read back by a later start after a crash).
+  if (FileExists(FeedbackIdsPath())) {
+    auto n = attribution_->Load(FeedbackIdsPath());
+    if (n.ok()) LogInfo("feedback_ids_restored", {{"ids", *n}});
+    else LogWarn("feedback_ids_not_restored", {{"error", n.status().message()}});
+    ::unlink(FeedbackIdsPath().c_str());
+  }
   // Rollbacks a previous mmsd judged but could not record (it died first):
   // their canaries get no traffic, and are written at the next ticks.
   if (auto unsaved = LoadUnsavedRollbacks(); !unsaved.empty()) {
@@ -1026,7 +1037,13 @@ Daemon::StopResult Daemon::Shutdown() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  const bool saved = FlushMetrics();
+  bool saved = FlushMetrics();
+  // The request ids feedback may still come for: read back at the next start.
+  if (Status st = attribution_->Save(FeedbackIdsPath()); !st.ok()) {
+    LogError("feedback_ids_unsaved", {{"error", st.message()},
+                                      {"note", "feedback for requests served before this stop will be refused"}});
+    saved = false;
+  }
   if (!saved)
     LogError("metrics_unsaved_at_stop",
              {{"note", "experiment and canary figures since the last successful flush are lost: the registry "

@@ -176,6 +176,8 @@ class Daemon {
   // watcher's periodic flush, which waits at most kBriefWriteWaitMs behind
   // another writer (it is retried; the thread also judges canaries).
   bool FlushMetrics(bool brief = false);
+  // Beside the registry: the attribution store's ids, saved at a clean stop.
+  std::string FeedbackIdsPath() const;
   // Whether the registry file was removed or replaced under mmsd (checked at
   // every poll; logged once as registry_file_replaced; /health is 503).
   bool registry_detached() const { return registry_detached_.load(); }

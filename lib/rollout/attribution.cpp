@@ -1,5 +1,9 @@
 #include "rollout/attribution.h"
 
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/paths.h"
 #include "core/units.h"
 
 namespace mms {
@@ -56,6 +60,61 @@ Result<AttributionStore::Claimed> AttributionStore::Claim(const std::string& req
       return AlreadyExists("metric '" + m + "' was already reported for request '" + request_id + "'");
   for (const auto& m : metrics) e.reported.insert(m);
   return Claimed{e.experiment, e.variant};
+}
+
+Status AttributionStore::Save(const std::string& path) const {
+  std::string text;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
+    for (const auto& [at, id] : order_) {
+      auto it = entries_.find(id);
+      if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
+      const Entry& e = it->second;
+      text += nlohmann::json{{"id", id},
+                             {"experiment", e.experiment},
+                             {"variant", VariantName(e.variant)},
+                             {"served_ms", unix_ms - (now - at) / 1'000'000},
+                             {"reported", e.reported}}
+                  .dump() +
+              "\n";
+    }
+  }
+  return WriteFileAtomic(path, text);
+}
+
+Result<size_t> AttributionStore::Load(const std::string& path) {
+  MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  std::istringstream in(text);
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
+  size_t added = 0;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.value("served_ms", nlohmann::json()).is_number())
+      continue;
+    const std::string variant = j.value("variant", "");
+    const Variant v = variant == "control" ? Variant::kControl : variant == "treatment" ? Variant::kTreatment : Variant::kNone;
+    if (v == Variant::kNone || !j.value("experiment", nlohmann::json()).is_string()) continue;
+    const int64_t at = now - (unix_ms - j["served_ms"].get<int64_t>()) * 1'000'000;
+    if (now - at > 2 * opts_.window_ns || entries_.count(j["id"].get<std::string>())) continue;
+    Entry e{j["experiment"].get<std::string>(), v, at, {}};
+    if (j.contains("reported") && j["reported"].is_array())
+      for (const auto& m : j["reported"])
+        if (m.is_string()) e.reported.insert(m.get<std::string>());
+    const std::string id = j["id"].get<std::string>();
+    entries_[id] = std::move(e);
+    order_.emplace_back(at, id);
+    ++added;
+  }
+  // Oldest first, as Remember keeps them (the file is in that order; ids
+  // remembered since start are newer).
+  std::stable_sort(order_.begin(), order_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  while (entries_.size() > opts_.capacity && !order_.empty()) {
+    entries_.erase(order_.front().second);
+    order_.pop_front();
+  }
+  return added;
 }
 
 size_t AttributionStore::size() const {

@@ -4,7 +4,9 @@
 // window (FAILED_PRECONDITION: the id is remembered for twice the window to
 // tell the two apart), and twice for the same metric (ALREADY_EXISTS).
 // Memory is bounded by `capacity` ids (oldest forgotten first). Held in
-// memory only: a daemon restart forgets the ids (docs/architecture.md).
+// memory; mmsd saves them at a clean stop and reads them back at start
+// (Save/Load), so a deploy forgets none. A daemon killed forgets them.
+
 //
 // Thread-safety: internally locked.
 #pragma once
@@ -42,6 +44,13 @@ class AttributionStore {
   // Marks each metric reported for the request; all or nothing.
   Result<Claimed> Claim(const std::string& request_id, const std::vector<std::string>& metrics);
   size_t size() const;
+  // The ids still inside twice the window, with what was reported for each,
+  // as JSON lines (served times as Unix ms: the monotonic clock does not
+  // outlive the process). Written atomically.
+  Status Save(const std::string& path) const;
+  // Adds the ids a Save wrote that are still inside twice the window.
+  // Returns how many; a malformed line is skipped.
+  Result<size_t> Load(const std::string& path);
 
  private:
   struct Entry {

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <nlohmann/json.hpp>
+#include <filesystem>
 #include <map>
 #include <thread>
 
@@ -428,4 +429,31 @@ TEST_CASE("mms stats through a daemon of another registry says so and shows this
   REQUIRE(all["experiments"].size() == 1);
   CHECK(all["experiments"][0]["id"] == "mine");
   CHECK(Stats(d, "theirs")["id"] == "theirs");  // its own CLI is answered by the daemon as before
+}
+
+TEST_CASE("feedback for requests served before a clean restart still counts, and is still taken once") {
+  // The request ids were in memory only: every deploy refused the
+  // conversions of the hour before it.
+  Daemon d;
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "dep", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent",
+                 "50", "--metric", "click", "--metric", "buy"})
+              .exit_code == 0);
+  const std::string before = Predict(d, "u1")["request_id"], reported = Predict(d, "u2")["request_id"];
+  REQUIRE(d.Mms({"feedback", reported, "--metric", "click=1"}).exit_code == 0);
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  REQUIRE(d.Restart());
+  CHECK(d.log().find("feedback_ids_restored") != std::string::npos);
+  auto late = d.Mms({"feedback", before, "--metric", "click=1"});
+  CHECK_MESSAGE(late.exit_code == 0, late.err);
+  CHECK(d.Mms({"feedback", reported, "--metric", "click=1"}).exit_code == 6);  // reported before the stop: once
+  CHECK(d.Mms({"feedback", reported, "--metric", "buy=1"}).exit_code == 0);
+  json s = Stats(d, "dep");
+  int clicks = 0;
+  for (const char* v : {"control", "treatment"}) clicks += s["variants"][v]["outcomes"]["click"]["count"].get<int>();
+  CHECK(clicks == 2);
+  // Read once: the file is gone, so a later crash and start cannot bring back claims made since.
+  CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
 }

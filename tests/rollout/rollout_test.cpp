@@ -361,3 +361,30 @@ TEST_CASE("outcome means of large values keep their variance: Welch's test, wind
   CHECK(old.outcomes.at("click").variance() == doctest::Approx(1.0 / 3));
   CHECK(old.outcomes.at("click").total() == doctest::Approx(2));
 }
+
+TEST_CASE("attribution: saved and read back, ids keep their age and their reports, expired ones stay out") {
+  FakeClock clock;
+  testing::TempDir dir;
+  AttributionStore::Options o;
+  o.window_ns = 60'000'000'000;  // 1 min: remembered for 2
+  o.clock = &clock;
+  AttributionStore a(o);
+  a.Remember("old", "e", Variant::kControl);
+  clock.AdvanceSeconds(50);
+  a.Remember("new", "e", Variant::kTreatment);
+  REQUIRE(a.Claim("new", {"click"}).ok());
+  REQUIRE(a.Save(dir / "ids").ok());
+  clock.AdvanceSeconds(20);  // the restart
+  AttributionStore b(o);
+  auto n = b.Load(dir / "ids");
+  REQUIRE(n.ok());
+  CHECK(*n == 2);
+  CHECK(b.Claim("old", {"click"}).status().code() == Code::kFailedPrecondition);  // 70 s old: outside the window
+  CHECK(b.Claim("new", {"click"}).status().code() == Code::kAlreadyExists);       // reported before
+  auto claimed = b.Claim("new", {"buy"});
+  REQUIRE(claimed.ok());
+  CHECK(claimed->variant == Variant::kTreatment);
+  clock.AdvanceSeconds(60);  // "old" is now past twice the window: not read back
+  AttributionStore c(o);
+  CHECK(c.Load(dir / "ids").value() == 1);
+}
