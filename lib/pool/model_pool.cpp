@@ -902,6 +902,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"misses", e.misses},
                    {"load_ms", static_cast<double>(e.last_load_ns) / 1e6}};
   if (e.pinned && e.tier != Tier::kDevice && !e.pin_error.empty()) j["pin_error"] = e.pin_error;
+  if (e.stale) j["replaced"] = "its files were repacked: this copy goes once the requests on it end, then the new files load";
   if (!e.held.empty()) {
     j["held_by"] = nlohmann::json::array();
     for (const auto& [holder, n] : e.held) j["held_by"].push_back(holder);

@@ -81,8 +81,10 @@ class CanaryController {
   static constexpr int64_t kSkipWritesNs = 30'000'000'000;
   // How long a write that is retried anyway (an interim check, a periodic
   // metrics flush) waits behind another writer: not [registry] busy_timeout,
-  // which a failing canary's users would sit out before its rollback.
-  static constexpr int64_t kBriefWriteWaitMs = 100;
+  // which a failing canary's users would sit out before its rollback. Long
+  // enough for any CLI write's transaction (milliseconds), so ordinary
+  // contention does not read as a failing registry.
+  static constexpr int64_t kBriefWriteWaitMs = 1000;
   struct Options {
     Registry* registry = nullptr;
     // The variant metrics of an experiment ("control" / "treatment").
