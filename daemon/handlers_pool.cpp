@@ -72,18 +72,7 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
     finish(out.status(), loaded);
     return r.Fail(out.status());
   }
-  // Outputs the reply cannot carry (over 16 dimensions) fail the request:
-  // counted here as the model's error, not as a success the sending then
-  // turned into one (a canary promoted a candidate whose every reply failed).
-  proto::Message check;
-  check.tensors = *out;  // (shallow: the data is shared)
-  if (Status st = proto::CheckEncodable(check); !st.ok()) {
-    Status e(Code::kModelError, "the reply cannot be sent: " + st.message());
-    finish(e, loaded);
-    return r.Fail(e);
-  }
   std::string request_id = NewRequestId();
-  if (!credit.experiment.empty()) d->attribution()->Remember(request_id, credit.experiment, credit.which);
   proto::Message reply;
   nlohmann::json names = nlohmann::json::array();
   for (const auto& t : *out) names.push_back(t.name);
@@ -98,6 +87,15 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
   if (rec.is_adapter()) reply.body["base"] = rec.base_ref;  // the version that ran, with the adapter
   for (auto it = routing.begin(); it != routing.end(); ++it) reply.body[it.key()] = it.value();
   reply.tensors = std::move(out).value();
+  // Outputs the reply cannot carry (over 16 dimensions) fail the request:
+  // counted here as the model's error, not as a success the sending then
+  // turned into one (a canary promoted a candidate whose every reply failed).
+  if (Status st = proto::CheckEncodable(reply); !st.ok()) {
+    Status e(Code::kModelError, "the reply cannot be sent: " + st.message());
+    finish(e, loaded);
+    return r.Fail(e);
+  }
+  if (!credit.experiment.empty()) d->attribution()->Remember(request_id, credit.experiment, credit.which);
   finish(Status::Ok(), loaded);
   std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
   int64_t latency = d->clock()->MonoNanos() - t0;
