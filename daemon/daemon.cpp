@@ -940,7 +940,7 @@ Status Daemon::Start() {
 Result<std::vector<std::string>> Daemon::Reload() {
   std::vector<std::string> reloaded;
   if (opts_.config_path.empty()) {  // (said, so that an operator sees the signal arrived)
-    LogInfo("reloaded", {{"config", nullptr}, {"sections", reloaded}, {"note", "no config file: nothing to reload"}});
+    LogInfo("reloaded", {{"config", "(none)"}, {"sections", reloaded}, {"note", "no config file: nothing to reload"}});
     return reloaded;
   }
   auto cfg = LoadConfigFile(opts_.config_path);

@@ -2,6 +2,9 @@
 
 #include "core/units.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -39,8 +42,14 @@ Logger& Logger::Global() {
 Status Logger::Configure(const Options& opts) {
   FILE* f = nullptr;
   if (!opts.file.empty()) {
-    f = std::fopen(opts.file.c_str(), "a");
-    if (!f) return IoError("cannot open log file " + opts.file + ": " + std::strerror(errno));
+    // Private, as mmsd.log is (0600): a log names models, tenants and users.
+    int fd = ::open(opts.file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) f = ::fdopen(fd, "a");
+    if (!f) {
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      return IoError("cannot open log file " + opts.file + ": " + std::strerror(err));
+    }
     setvbuf(f, nullptr, _IOLBF, 0);
   }
   std::lock_guard<std::mutex> lock(mu_);

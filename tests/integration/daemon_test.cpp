@@ -548,6 +548,14 @@ TEST_CASE("SIGHUP reloads the log configuration") {
   last = last.substr(0, last.find('\n'));
   CHECK_MESSAGE(last.find("limits") != std::string::npos, last);
   CHECK_MESSAGE(last.find("\"log\"") == std::string::npos, last);
+  // A [log] file that can be opened: created private (0600) as mmsd.log is, not 0644.
+  {
+    std::ofstream(d.dir() + "/mms.toml") << "[log]\nlevel = \"info\"\nfile = \"" << d.dir() << "/mmsd-file.log\"\n";
+  }
+  d.child().Signal(SIGHUP);
+  REQUIRE(WaitFor([&] { return std::filesystem::exists(d.dir() + "/mmsd-file.log"); }, 10));
+  CHECK((std::filesystem::status(d.dir() + "/mmsd-file.log").permissions() & std::filesystem::perms::all) ==
+        (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
 }
 
 TEST_CASE("a bad config file is refused with file:line, exit 2") {
