@@ -31,10 +31,13 @@ std::string Num(double v, int prec = 3) {
   return b;
 }
 
+// An arm's version, marked when it was removed since (the ref may now name another registration).
+std::string Arm(const std::string& version, int64_t id) { return version + (id ? "" : " (removed)"); }
+
 void PrintExperiment(const ExperimentRecord& e) {
   std::cout << e.id << ": " << e.model << " " << e.state << (e.kind == "canary" ? " (canary)" : "") << "\n"
-            << "  control    " << e.model << ":" << e.control_version << "\n"
-            << "  treatment  " << e.model << ":" << e.treatment_version << " at " << e.percent() << "%"
+            << "  control    " << e.model << ":" << Arm(e.control_version, e.control_id) << "\n"
+            << "  treatment  " << e.model << ":" << Arm(e.treatment_version, e.treatment_id) << " at " << e.percent() << "%"
             << (e.random ? " (random per request)" : " (sticky per user)") << "\n";
   if (!e.metrics.empty()) {
     std::string m;
@@ -93,7 +96,8 @@ int CmdList(Cli& cli) {
     }
     std::vector<std::vector<std::string>> rows{{"ID", "MODEL", "KIND", "STATE", "CONTROL", "TREATMENT", "PERCENT", "CREATED"}};
     for (const auto& e : *list)
-      rows.push_back({e.id, e.model, e.kind, e.state, e.control_version, e.treatment_version, Num(e.percent(), 2) + "%",
+      rows.push_back({e.id, e.model, e.kind, e.state, Arm(e.control_version, e.control_id),
+                      Arm(e.treatment_version, e.treatment_id), Num(e.percent(), 2) + "%",
                       FormatTime(e.created_ms)});
     std::cout << FormatTable(rows);
   });

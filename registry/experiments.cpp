@@ -9,7 +9,7 @@
 namespace mms {
 
 nlohmann::json ExperimentRecord::ToJson() const {
-  return {{"id", id},
+  nlohmann::json j{{"id", id},
           {"model", model},
           {"kind", kind},
           {"control", model + ":" + control_version},
@@ -22,6 +22,11 @@ nlohmann::json ExperimentRecord::ToJson() const {
           {"created_ms", created_ms},
           {"updated_ms", updated_ms},
           {"created_by", created_by}};
+  // An arm whose version was removed since (mms model rm --force): its ref
+  // may now name a later registration with other weights.
+  if (!control_id) j["control_removed"] = true;
+  if (!treatment_id) j["treatment_removed"] = true;
+  return j;
 }
 
 namespace {

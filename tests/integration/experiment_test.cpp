@@ -457,3 +457,23 @@ TEST_CASE("feedback for requests served before a clean restart still counts, and
   // Read once: the file is gone, so a later crash and start cannot bring back claims made since.
   CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
 }
+
+TEST_CASE("an experiment whose arm was removed says so, also once the version is registered again") {
+  // experiment show named "tiny:2" for a removed arm, and then for a later
+  // registration with other weights.
+  Daemon d;
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "gone-arm", "--model", "tiny", "--control", "1", "--treatment", "2",
+                 "--percent", "50"})
+              .exit_code == 0);
+  REQUIRE(d.Mms({"model", "rm", "tiny:2", "--force", "-q"}).exit_code == 0);  // stops the experiment
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "2", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+  auto text = d.Mms({"experiment", "show", "gone-arm"});
+  CHECK_MESSAGE(text.out.find("treatment  tiny:2 (removed)") != std::string::npos, text.out);
+  CHECK(text.out.find("control    tiny:1\n") != std::string::npos);
+  json j = json::parse(d.Mms({"--json", "experiment", "show", "gone-arm"}).out);
+  CHECK(j["treatment_removed"] == true);
+  CHECK_FALSE(j.contains("control_removed"));
+  CHECK(d.Mms({"experiment", "list"}).out.find("2 (removed)") != std::string::npos);
+}
