@@ -493,6 +493,16 @@ int CmdRm(Cli& cli, const std::string& ref_text, bool force) {
   }
   cli.NotifyDaemon();
   cli.Emit({{"removed", rec->ref()}}, [&] { std::cout << "removed " << rec->ref() << "\n"; });
+  // The production version gone, the bare name falls back to the highest
+  // version not archived — one nobody may have staged: said, not silent.
+  if (rec->stage == Stage::kProduction) {
+    auto now = (*reg)->Resolve(Ref{Ref::Kind::kName, rec->model, "", ""});
+    cli.Note(now.ok() ? "note: " + rec->model + " had no other production version: requests for " + rec->model +
+                            " now go to " + now->ref() +
+                            (now->stage == Stage::kNone ? std::string(" (never staged)") : " (" + std::string(StageName(now->stage)) + ")") +
+                            "; stage the one you mean with mms model stage " + rec->model + ":VERSION production"
+                      : "note: " + rec->model + " has no version left to serve a request for " + rec->model);
+  }
   return 0;
 }
 

@@ -122,6 +122,13 @@ TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
   CHECK(mms({"model", "show", "rec:1"}).exit_code == 4);
   CHECK(std::filesystem::exists(mms.Data("rec.pt")));  // the user's artifact stays
   CHECK(mms({"--json", "model", "history", "rec"}).out.find("\"rm\"") != std::string::npos);
+  // The production version removed by force: what the bare name serves now is said, not left to be found.
+  REQUIRE(mms({"model", "register", "rec", "--version", "3", "--path", mms.Data("rec.pt"), "-q"}).exit_code == 0);
+  auto prod = mms({"model", "rm", "rec:2", "--force"});
+  CHECK(prod.exit_code == 0);
+  CHECK_MESSAGE(prod.err.find("requests for rec now go to rec:3 (never staged); stage the one you mean") !=
+                    std::string::npos,
+                prod.err);
 }
 
 TEST_CASE("a tenant limit stored before the tenant id rules tightened can still be removed") {
