@@ -253,8 +253,9 @@ std::string Ago(const nlohmann::json& m) {
 void ModelRows(const nlohmann::json& models, const std::string& where, std::vector<std::vector<std::string>>* rows) {
   for (const auto& m : models) {
     std::string health = m.value("healthy", true) ? "ok" : "UNHEALTHY";
-    if (m.value("loading", false))
-      health = "loading" + (m.value("waiting", 0) ? " (" + std::to_string(m.value("waiting", 0)) + " waiting)" : "");
+    const std::string waiting = m.value("waiting", 0) ? " (" + std::to_string(m.value("waiting", 0)) + " waiting)" : "";
+    if (m.value("loading", false)) health = "loading" + waiting;
+    else if (m.contains("replaced")) health = "replaced, reloads when idle" + waiting;  // a repack's old copy
     rows->push_back({where, m.value("ref", "?"), FormatBytes(m.value("bytes", 0ull)), m.value("pinned", false) ? "yes" : "-",
                      std::to_string(m.value("in_flight", 0)), health, Ago(m), std::to_string(m.value("loads", 0)),
                      std::to_string(m.value("evictions", 0)), std::to_string(m.value("hits", 0)),

@@ -680,13 +680,19 @@ void Daemon::CheckRegistryFile() {
 }
 
 bool Daemon::FlushMetrics(bool brief) {
-  std::optional<Registry::BriefWaits> quick;
-  if (brief) quick.emplace(registry_.get(), CanaryController::kBriefWriteWaitMs);
+  // Only the writes wait briefly (BriefWaits holds the registry's mutex):
+  // the figures are gathered outside it.
+  auto write = [&](const std::function<Status()>& save) {
+    std::optional<Registry::BriefWaits> quick;
+    if (brief) quick.emplace(registry_.get(), CanaryController::kBriefWriteWaitMs);
+    return save();
+  };
   Status failed = Status::Ok();
   for (const auto& [key, m] : experiment_metrics_.All()) {
     if (!m->TakeDirty()) continue;
     auto slash = key.rfind('/');
-    failed = registry_->SaveExperimentMetrics(key.substr(0, slash), key.substr(slash + 1), m->Snapshot().ToJson());
+    const nlohmann::json figures = m->Snapshot().ToJson();
+    failed = write([&] { return registry_->SaveExperimentMetrics(key.substr(0, slash), key.substr(slash + 1), figures); });
     if (failed.ok()) continue;
     // Kept in memory; the next flush (or the one at stop) saves it. The rest
     // stay dirty too: each try could wait busy_timeout, and the watcher also
@@ -702,13 +708,17 @@ bool Daemon::FlushMetrics(bool brief) {
       std::string text = figures.dump();
       std::string& was = saved_shadow_figures_[id];
       if (was != text && failed.ok()) {
-        failed = registry_->SaveShadowFigures(id, figures);
+        failed = write([&] { return registry_->SaveShadowFigures(id, figures); });
         if (failed.ok()) was = std::move(text);
       }
       saved[id] = std::move(was);
     }
     saved_shadow_figures_ = std::move(saved);
   }
+  // A brief wait that failed may be contention (a long CLI transaction, a
+  // slow fsync): an outage once three flushes in a row failed.
+  if (failed.ok()) brief_failures_ = 0;
+  if (!failed.ok() && brief && ++brief_failures_ < kBriefFailuresToReport) return false;
   // Once per outage, not once per variant and interval; and when it ends.
   if (!failed.ok() && !flush_failing_.exchange(true)) {
     LogError("metrics_flush_failed", {{"error", failed.message()},
@@ -877,13 +887,15 @@ Status Daemon::Start() {
   started_mono_ns_ = opts_.clock->MonoNanos();
   reload_ok_unix_ms_ = opts_.clock->UnixMillis();  // the config in force was read at start
   // Request ids the previous mmsd served, saved at its clean stop: feedback
-  // for them still counts. Read once, then removed (claims made from now on
-  // must not be read back by a later start after a crash).
-  if (FileExists(FeedbackIdsPath())) {
+  // for them still counts. Read here, removed once this start has succeeded
+  // (a start that fails keeps them for the next; claims made once serving
+  // must not be read back by a later start after a crash). Load skips what
+  // it cannot read, so a damaged file cannot stop every start.
+  const bool ids_saved = FileExists(FeedbackIdsPath());
+  if (ids_saved) {
     auto n = attribution_->Load(FeedbackIdsPath());
     if (n.ok()) LogInfo("feedback_ids_restored", {{"ids", *n}});
     else LogWarn("feedback_ids_not_restored", {{"error", n.status().message()}});
-    ::unlink(FeedbackIdsPath().c_str());
   }
   // Rollbacks a previous mmsd judged but could not record (it died first):
   // their canaries get no traffic, and are written at the next ticks.
@@ -927,6 +939,7 @@ Status Daemon::Start() {
   }
   MMS_RETURN_IF_ERROR(server_->Start());
   MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
+  if (ids_saved) ::unlink(FeedbackIdsPath().c_str());
   watcher_ = std::thread([this] { WatchRegistry(); });
   LogInfo("started", {{"pid", ::getpid()},
                       {"socket", opts_.socket_path},
@@ -1037,17 +1050,21 @@ Daemon::StopResult Daemon::Shutdown() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  bool saved = FlushMetrics();
-  // The request ids feedback may still come for: read back at the next start.
-  if (Status st = attribution_->Save(FeedbackIdsPath()); !st.ok()) {
-    LogError("feedback_ids_unsaved", {{"error", st.message()},
-                                      {"note", "feedback for requests served before this stop will be refused"}});
-    saved = false;
-  }
-  if (!saved)
+  const bool flushed = FlushMetrics();
+  if (!flushed)
     LogError("metrics_unsaved_at_stop",
              {{"note", "experiment and canary figures since the last successful flush are lost: the registry "
                        "refused the writes (see metrics_flush_failed); mmsd exits 1"}});
+  // The request ids feedback may still come for: read back at the next start.
+  // With the figures lost, without their reports: those may be sent again.
+  bool ids_saved = true;
+  if (Status st = attribution_->Save(FeedbackIdsPath(), /*with_reported=*/flushed); !st.ok()) {
+    LogError("feedback_ids_unsaved", {{"error", st.message()},
+                                      {"note", "feedback for requests served before this stop will be refused; "
+                                               "mmsd exits 1"}});
+    ids_saved = false;
+  }
+  const bool saved = flushed && ids_saved;
   shadows_->Configure({});
   http_.reset();
   if (idle) {

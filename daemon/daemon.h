@@ -269,6 +269,8 @@ class Daemon {
 
   MetricsStore experiment_metrics_;
   std::atomic<bool> flush_failing_{false};  // FlushMetrics' last try failed (logged once per outage)
+  static constexpr int kBriefFailuresToReport = 3;
+  int brief_failures_ = 0;  // FlushMetrics' (watcher thread): brief flushes failed in a row
   std::map<int64_t, std::string> saved_shadow_figures_;  // FlushMetrics' (one thread at a time): shadow id → as saved
   mutable std::mutex warn_mu_;   // only for flush_error_ and reload_error_
   std::string flush_error_;      // guarded by warn_mu_: why figures are unsaved ("" when saved)

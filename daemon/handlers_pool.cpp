@@ -256,8 +256,10 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       // Its files gone under the load: removed meanwhile (mms model rm
       // --force), not damaged — said as NOT_FOUND (exit 4), not "repack it".
       const Code c = st.code();
+      // (Only packed versions: their files go with them. The registry is
+      // read only then — a failed load, its files gone — not per failure.)
       if ((c == Code::kCorrupt || c == Code::kIo || c == Code::kNotFound || c == Code::kUnhealthy) &&
-          !FileExists(recp->packed_dir) &&
+          !recp->packed_dir.empty() && !FileExists(recp->packed_dir) &&
           d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
         st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
       finish(st);

@@ -340,6 +340,8 @@ void Server::WatchListener() {
     bool answered = draining_.load() || in_flight_.load() >= opts_.contexts || Probe();
     int misses = answered ? 0 : probe_misses_.load() + 1;
     probe_misses_ = misses;
+    fresh_listener_ = false;  // this probe judged the listener a restart opened
+    if (answered) restarts_unanswered_ = 0;
     {
       std::lock_guard<std::mutex> l(listen_mu_);
       CloseIdleRetiredListeners();
@@ -369,9 +371,12 @@ void Server::RestartListener() {
   // one step, so clients never find the path missing meanwhile.
   if (Status s = Listen(/*set_umask=*/false); s.ok()) {
     ++restarts_;
-    // Reachable again, as far as anyone knows until the next probe: /health
-    // said "unreachable" for the probe interval after a restart that worked.
-    probe_misses_ = 0;
+    // Reachable again as far as anyone knows, until the next probe says
+    // (/health said "unreachable" for a probe interval after a restart that
+    // worked). The misses keep counting: a new listener nobody reaches
+    // either is unreachable from the next probe on.
+    fresh_listener_ = true;
+    ++restarts_unanswered_;
     LogWarn("listener_restarted", {{"socket", path}, {"reason", why}});
   } else {
     LogError("listener_restart_failed", {{"socket", path}, {"error", s.message()}});

@@ -129,7 +129,12 @@ class Server {
   // worked, or nng recovering) — /health reports it, so a load balancer
   // stops sending to a daemon new clients cannot reach. Always true without
   // a watchdog (probe_interval_ms 0).
-  bool listener_ok() const { return probe_misses_.load() < 2; }
+  // Unanswered twice in a row is unreachable — but not right after a first
+  // restart that opened a new listener, until a probe has judged it (a
+  // second restart without an answer between is no reason for hope).
+  bool listener_ok() const {
+    return probe_misses_.load() < 2 || (fresh_listener_.load() && restarts_unanswered_.load() < 2);
+  }
   uint64_t listener_restarts() const { return restarts_.load(); }
   struct Slot;
   uint64_t requests_served() const { return served_.load(); }
@@ -180,6 +185,8 @@ class Server {
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> served_{0};
   std::atomic<int> probe_misses_{0};     // unanswered probes in a row (the watchdog's)
+  std::atomic<bool> fresh_listener_{false};  // a restart opened a listener no probe has judged yet
+  std::atomic<int> restarts_unanswered_{0};  // restarts since a probe was last answered
   std::atomic<uint64_t> restarts_{0};    // listeners opened by the watchdog
 };
 

@@ -35,7 +35,7 @@ Result<AttributionStore::Entry*> AttributionStore::Find(const std::string& reque
     return NotFound("unknown request id '" + request_id +
                     "': it was not counted by an experiment (served by none, or while it was paused, or without "
                     "a user in a sticky one: \"counted\": false in its reply), or is older than twice the "
-                    "attribution window, or mmsd restarted since");
+                    "attribution window, or mmsd was killed since (a clean restart keeps the ids)");
   Entry& e = it->second;
   if (now - e.at > opts_.window_ns)
     return FailedPrecondition("request '" + request_id + "' was served " + FormatDurationNanos(now - e.at) +
@@ -62,7 +62,7 @@ Result<AttributionStore::Claimed> AttributionStore::Claim(const std::string& req
   return Claimed{e.experiment, e.variant};
 }
 
-Status AttributionStore::Save(const std::string& path) const {
+Status AttributionStore::Save(const std::string& path, bool with_reported) const {
   std::string text;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -75,7 +75,7 @@ Status AttributionStore::Save(const std::string& path) const {
                              {"experiment", e.experiment},
                              {"variant", VariantName(e.variant)},
                              {"served_ms", unix_ms - (now - at) / 1'000'000},
-                             {"reported", e.reported}}
+                             {"reported", with_reported ? e.reported : std::set<std::string>{}}}
                   .dump() +
               "\n";
     }
@@ -90,14 +90,19 @@ Result<size_t> AttributionStore::Load(const std::string& path) {
   const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
   size_t added = 0;
   for (std::string line; std::getline(in, line);) {
+    // Every field checked for its type before it is read: a line written
+    // by hand or damaged is skipped, never thrown on (mmsd reads this at start).
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.value("served_ms", nlohmann::json()).is_number())
+    auto str = [&](const char* k) { return j.is_object() && j.contains(k) && j[k].is_string(); };
+    if (!str("id") || !str("experiment") || !str("variant") || !j.contains("served_ms") ||
+        !j["served_ms"].is_number_integer())
       continue;
-    const std::string variant = j.value("variant", "");
+    const std::string variant = j["variant"].get<std::string>();
     const Variant v = variant == "control" ? Variant::kControl : variant == "treatment" ? Variant::kTreatment : Variant::kNone;
-    if (v == Variant::kNone || !j.value("experiment", nlohmann::json()).is_string()) continue;
-    const int64_t at = now - (unix_ms - j["served_ms"].get<int64_t>()) * 1'000'000;
-    if (now - at > 2 * opts_.window_ns || entries_.count(j["id"].get<std::string>())) continue;
+    const int64_t served_ms = j["served_ms"].get<int64_t>(), age_ms = unix_ms - served_ms;
+    if (v == Variant::kNone || served_ms <= 0 || age_ms > 2 * opts_.window_ns / 1'000'000) continue;
+    const int64_t at = now - std::max<int64_t>(age_ms, 0) * 1'000'000;
+    if (entries_.count(j["id"].get<std::string>())) continue;
     Entry e{j["experiment"].get<std::string>(), v, at, {}};
     if (j.contains("reported") && j["reported"].is_array())
       for (const auto& m : j["reported"])

@@ -46,8 +46,10 @@ class AttributionStore {
   size_t size() const;
   // The ids still inside twice the window, with what was reported for each,
   // as JSON lines (served times as Unix ms: the monotonic clock does not
-  // outlive the process). Written atomically.
-  Status Save(const std::string& path) const;
+  // outlive the process). Written atomically. Without `with_reported` the
+  // reports are left out (their outcomes were not saved: they may be sent
+  // again).
+  Status Save(const std::string& path, bool with_reported = true) const;
   // Adds the ids a Save wrote that are still inside twice the window.
   // Returns how many; a malformed line is skipped.
   Result<size_t> Load(const std::string& path);

@@ -1,7 +1,11 @@
 // A/B experiments end to end: the CLI, the registry, the daemon's routing,
 // feedback and statistics, and persistence across kill -9.
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 #include <filesystem>
@@ -456,6 +460,26 @@ TEST_CASE("feedback for requests served before a clean restart still counts, and
   CHECK(clicks == 2);
   // Read once: the file is gone, so a later crash and start cannot bring back claims made since.
   CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
+  // A start that fails after reading them keeps them for the next (they were deleted before it served).
+  const std::string third = Predict(d, "u3")["request_id"];
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  REQUIRE(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
+  const int taken = FreePort();
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);  // its metrics port, taken
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(taken));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(fd, 1) == 0);
+  auto failed = Run({MmsdBin(), "--socket", d.socket(), "--data-dir", d.data_dir(), "--metrics-address",
+                     "127.0.0.1:" + std::to_string(taken)}, 30);
+  ::close(fd);
+  CHECK(failed.exit_code == 1);
+  CHECK(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
+  REQUIRE(d.Restart());
+  CHECK(d.Mms({"feedback", third, "--metric", "click=1"}).exit_code == 0);
 }
 
 TEST_CASE("an experiment whose arm was removed says so, also once the version is registered again") {

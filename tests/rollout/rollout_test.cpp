@@ -1,5 +1,7 @@
 // Routing, attribution and reports, with a fake clock and a real registry.
 #include <doctest/doctest.h>
+
+#include <fstream>
 #include <sqlite3.h>
 
 #include "core/clock.h"
@@ -387,4 +389,20 @@ TEST_CASE("attribution: saved and read back, ids keep their age and their report
   clock.AdvanceSeconds(60);  // "old" is now past twice the window: not read back
   AttributionStore c(o);
   CHECK(c.Load(dir / "ids").value() == 1);
+  // Damaged or hand-written lines are skipped, never thrown on: mmsd reads this at every start.
+  std::ofstream(dir / "bad") << R"({"id":"x","served_ms":1,"variant":5,"experiment":"e"})" << "\n"
+                             << R"({"id":"y","served_ms":1e300,"variant":"control","experiment":"e"})" << "\n"
+                             << R"({"id":7})" << "\n[1, 2]\nnot json\n"
+                             << R"({"id":"z","served_ms":)" << clock.UnixMillis()
+                             << R"(,"variant":"control","experiment":"e","reported":[1,"click"]})" << "\n";
+  AttributionStore e(o);
+  auto read = e.Load(dir / "bad");
+  REQUIRE(read.ok());
+  CHECK(*read == 1);  // z alone
+  CHECK(e.Claim("z", {"click"}).status().code() == Code::kAlreadyExists);
+  // Saved without the reports (their outcomes were lost at stop): they may be sent again.
+  REQUIRE(e.Save(dir / "plain", /*with_reported=*/false).ok());
+  AttributionStore f(o);
+  REQUIRE(f.Load(dir / "plain").ok());
+  CHECK(f.Claim("z", {"click"}).ok());
 }
