@@ -99,8 +99,10 @@ Result<size_t> AttributionStore::Load(const std::string& path) {
       continue;
     const std::string variant = j["variant"].get<std::string>();
     const Variant v = variant == "control" ? Variant::kControl : variant == "treatment" ? Variant::kTreatment : Variant::kNone;
-    const int64_t served_ms = j["served_ms"].get<int64_t>(), age_ms = unix_ms - served_ms;
-    if (v == Variant::kNone || served_ms <= 0 || age_ms > 2 * opts_.window_ns / 1'000'000) continue;
+    const int64_t served_ms = j["served_ms"].get<int64_t>();
+    if (v == Variant::kNone || served_ms <= 0) continue;  // (checked first: no overflow below)
+    const int64_t age_ms = unix_ms - served_ms;
+    if (age_ms > 2 * opts_.window_ns / 1'000'000) continue;
     const int64_t at = now - std::max<int64_t>(age_ms, 0) * 1'000'000;
     if (entries_.count(j["id"].get<std::string>())) continue;
     Entry e{j["experiment"].get<std::string>(), v, at, {}};
