@@ -185,7 +185,7 @@ std::string ExactDuration(int64_t ns) {
 
 std::string ExactBytes(uint64_t bytes) {
   // The unit, binary or decimal, that states it in the smallest number
-  // ("2GB" stays 2GB, not 1953125KiB; "64MiB" stays 64MiB); binary on a tie.
+  // ("2GB" stays 2GB, not 1953125KiB; "64MiB" stays 64MiB).
   static const std::pair<uint64_t, const char*> units[] = {
       {1ull << 40, "TiB"}, {1ull << 30, "GiB"}, {1ull << 20, "MiB"}, {1ull << 10, "KiB"},
       {1'000'000'000'000ull, "TB"}, {1'000'000'000ull, "GB"}, {1'000'000ull, "MB"}, {1'000ull, "KB"}};

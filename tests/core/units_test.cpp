@@ -89,7 +89,7 @@ TEST_CASE("exact durations and sizes read back to the same value, in the largest
   CHECK(ExactBytes(2'000'000'000) == "2GB");
   CHECK(ExactBytes(500'000'000) == "500MB");
   CHECK(ExactBytes(64ull << 20) == "64MiB");
-  CHECK(ExactBytes(1'024'000) == "1000KiB");  // 1024KB too: the smaller number wins, binary on a tie
+  CHECK(ExactBytes(1'024'000) == "1000KiB");  // 1024KB too: the smaller number wins
   CHECK(ExactBytes(0) == "0B");
   for (int64_t ns : {int64_t{1}, int64_t{999}, int64_t{1'000}, int64_t{61'000'000'000}, int64_t{90'000'000'000'000}})
     CHECK(ParseDurationNanos(ExactDuration(ns)).value() == ns);

@@ -96,6 +96,22 @@ class Traffic {
   std::thread thread_;
 };
 
+// An input tiny.pt serves and throws.pt raises on (a negative first value), in the daemon's dir.
+std::string NegativeInput(const Daemon& d) {
+  const std::string path = d.dir() + "/neg.json";
+  std::ofstream(path) << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
+  return path;
+}
+
+// tiny:1 in production and tiny:2 (throws.pt) as its canary at 50%, an hour
+// a stage, judged every 100 ms from 5 requests: failing traffic rolls it back fast.
+void StartThrowingCanary(const Daemon& d) {
+  SetupTiny(d, "throws.pt");
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
+                 "--check-interval", "100ms", "--min-requests", "5"})
+              .exit_code == 0);
+}
+
 json ShadowStats(const Daemon& d, const std::string& model) {
   auto r = d.Mms({"--json", "shadow", "stats", model});
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
@@ -466,8 +482,7 @@ TEST_CASE("canary --wait: an erroring candidate is rolled back automatically (ex
   Daemon d;
   REQUIRE(d.ok());
   SetupTiny(d, "throws.pt");
-  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
-  Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
+  Traffic t(d, "tiny", NegativeInput(d));  // control serves it; the candidate raises
   t.Start();
   auto r = d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "5s",
                   "--check-interval", "100ms", "--min-requests", "5", "--wait", "--timeout", "60s"},
@@ -561,15 +576,11 @@ TEST_CASE("a canary whose candidate finds the pool full for now (pins) is not ro
 TEST_CASE("a failing canary whose rollback the registry cannot record gets no traffic until it is recorded") {
   Daemon d("[registry]\nbusy_timeout = \"50ms\"\n");
   REQUIRE(d.ok());
-  SetupTiny(d, "throws.pt");
-  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
-                 "--check-interval", "100ms", "--min-requests", "5"})
-              .exit_code == 0);
+  StartThrowingCanary(d);
   // Another writer holds the registry (as a full disk would refuse its writes).
   WriteLock lock(d.data_dir() + "/registry.db");
   REQUIRE(lock.ok());
-  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
-  Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
+  Traffic t(d, "tiny", NegativeInput(d));  // control serves it; the candidate raises
   t.Start();
   CHECK(WaitFor([&] { return d.log().find("canary_rollback_unsaved") != std::string::npos; }, 30));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the routing refresh
@@ -584,7 +595,7 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
   REQUIRE(d.Restart());
-  Traffic t2(d, "tiny", d.dir() + "/neg.json");
+  Traffic t2(d, "tiny", NegativeInput(d));
   t2.Start();
   std::this_thread::sleep_for(std::chrono::seconds(1));
   CHECK(t2.sent_ > 20);
@@ -607,14 +618,10 @@ TEST_CASE("a long busy timeout behind another writer does not keep a failing can
   // rollback's own write (which waits the full timeout).
   Daemon d("[registry]\nbusy_timeout = \"60s\"\n[experiments]\nflush_interval = \"200ms\"\n");
   REQUIRE(d.ok());
-  SetupTiny(d, "throws.pt");
-  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stages", "50,100", "--stage-duration", "1h",
-                 "--check-interval", "100ms", "--min-requests", "5"})
-              .exit_code == 0);
+  StartThrowingCanary(d);
   WriteLock lock(d.data_dir() + "/registry.db");
   REQUIRE(lock.ok());
-  std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
-  Traffic t(d, "tiny", d.dir() + "/neg.json");  // control serves it; the candidate raises
+  Traffic t(d, "tiny", NegativeInput(d));  // control serves it; the candidate raises
   t.Start();
   // Cut within seconds, well inside the 60 s the writes would each have waited: a second with no failure.
   bool cut = WaitFor([&] {
