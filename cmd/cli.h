@@ -99,6 +99,7 @@ void AddRolloutCommands(CLI::App& app, Cli& cli);
 void AddCompletionCommands(CLI::App& app, Cli& cli);
 void AddLimitCommands(CLI::App& app, Cli& cli);
 void AddAdapterCommands(CLI::App& app, Cli& cli);
+void AddBackupCommands(CLI::App& app, Cli& cli);
 // Shared with mms adapter: show and remove a version (its packed files too).
 int ModelShow(Cli& cli, const std::string& ref);
 int ModelRm(Cli& cli, const std::string& ref, bool force);

@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
   AddRolloutCommands(app, cli);
   AddLimitCommands(app, cli);
   AddAdapterCommands(app, cli);
+  AddBackupCommands(app, cli);
   AddCompletionCommands(app, cli);
 
   try {

@@ -72,12 +72,14 @@ _mms() {
       "adapter list") path="adapter list" ;;
       "adapter show") path="adapter show" ;;
       "adapter rm") path="adapter rm" ;;
+      "backup") path="backup" ;;
+      "restore") path="restore" ;;
       "completion") path="completion" ;;
     esac
   done
   local words= names=
   case $path in
-    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit adapter completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
+    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit adapter backup restore completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
     "serve") words="--help -h --detach -d" ;;
     "status") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
@@ -135,6 +137,8 @@ _mms() {
     "adapter list") words="--help -h --base" ;;
     "adapter show") words="--help -h"; names=refs ;;
     "adapter rm") words="--help -h --force"; names=refs ;;
+    "backup") words="--help -h" ;;
+    "restore") words="--help -h" ;;
     "completion") words="--help -h" ;;
   esac
   if [[ $cur != -* && -n $names ]]; then

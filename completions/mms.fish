@@ -119,6 +119,10 @@ function __mms_path
         set path $next
       case 'adapter rm'
         set path $next
+      case 'backup'
+        set path $next
+      case 'restore'
+        set path $next
       case 'completion'
         set path $next
     end
@@ -161,6 +165,8 @@ complete -c mms -n "__mms_at ''" -a 'shadow'
 complete -c mms -n "__mms_at ''" -a 'canary'
 complete -c mms -n "__mms_at ''" -a 'limit'
 complete -c mms -n "__mms_at ''" -a 'adapter'
+complete -c mms -n "__mms_at ''" -a 'backup'
+complete -c mms -n "__mms_at ''" -a 'restore'
 complete -c mms -n "__mms_at ''" -a 'completion'
 complete -c mms -n "__mms_at ''" -l 'help'
 complete -c mms -n "__mms_at ''" -l 'version'
@@ -364,4 +370,6 @@ complete -c mms -n "__mms_at 'adapter show'" -a '(mms (__mms_globals) __complete
 complete -c mms -n "__mms_at 'adapter rm'" -l 'help'
 complete -c mms -n "__mms_at 'adapter rm'" -l 'force'
 complete -c mms -n "__mms_at 'adapter rm'" -a '(mms (__mms_globals) __complete refs 2>/dev/null)'
+complete -c mms -n "__mms_at 'backup'" -l 'help'
+complete -c mms -n "__mms_at 'restore'" -l 'help'
 complete -c mms -n "__mms_at 'completion'" -l 'help'

@@ -843,9 +843,25 @@ Status Registry::QuickCheck() {
   }
   if (problems.empty()) return Status::Ok();
   return Corrupt("registry " + path() + " is corrupt (" + problems +
-                 "); stop mmsd and restore it from a backup (sqlite3 " + path() +
-                 " \".backup FILE\" makes one of a sound registry), or recover what is readable with sqlite3's "
+                 "); stop mmsd and restore a backup into a new data dir (mms --data-dir NEW restore BACKUP; "
+                 "mms backup makes one of a sound data dir), or recover what is readable with sqlite3's "
                  ".recover");
+}
+
+Status Registry::Relocate(const std::vector<Relocation>& moves, const std::string& action, const std::string& detail) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  for (const Relocation& m : moves) {
+    MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("UPDATE versions SET artifact_path = ?, packed_dir = ?, sample_input = ? "
+                                               "WHERE id = ?"));
+    st.Bind(1, m.artifact_path).Bind(2, m.packed_dir).Bind(3, m.sample_input).Bind(4, m.version_id);
+    MMS_RETURN_IF_ERROR(st.Run());
+    if (db_->Changes() != 1) return NotFound("no version with id " + std::to_string(m.version_id));
+  }
+  MMS_RETURN_IF_ERROR(AuditLocked(action, "", "", "", "", detail));
+  MMS_RETURN_IF_ERROR(tx.Commit());
+  own_commits_.fetch_add(1);
+  return Status::Ok();
 }
 
 Status Registry::SetLimit(const RateLimit& l) {

@@ -389,6 +389,16 @@ class Registry {
   // touch a damaged page succeed, so mms model verify runs this.
   Status QuickCheck();
 
+  // ---- copies of a data dir (registry/backup.h)
+  // Where a version's files are in a copy of its data dir.
+  struct Relocation {
+    int64_t version_id = 0;
+    std::string artifact_path, packed_dir, sample_input;
+  };
+  // Points versions at copies of their files, in one transaction with one
+  // audit row (`action`, `detail`).
+  Status Relocate(const std::vector<Relocation>& moves, const std::string& action, const std::string& detail);
+
   // Runs `fn` with the connection under the registry's lock (rollout modules
   // keep their own tables in the same file).
   template <class Fn>

@@ -43,7 +43,7 @@ Status Db::Error(const std::string& what) const {
   if ((rc & 0xff) == SQLITE_NOTADB)
     return Corrupt(path_ + " is not an SQLite database (" + what + "); point --data-dir or [registry] path at an mms registry");
   if ((rc & 0xff) == SQLITE_CORRUPT)
-    return Corrupt("registry " + path_ + " is corrupt (" + msg + "); restore it from a backup");
+    return Corrupt("registry " + path_ + " is corrupt (" + msg + "); restore a backup (mms restore)");
   if ((rc & 0xff) == SQLITE_BUSY)
     return Status(Code::kInUse, "registry " + path_ + " is locked by another writer for longer than [registry] "
                                                      "busy_timeout; retry, or raise it");

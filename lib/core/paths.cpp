@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -95,6 +96,66 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
     ::unlink(tmp.c_str());
     return IoError("cannot rename " + tmp + " to " + path + ": " + std::strerror(e));
   }
+  return Status::Ok();
+}
+
+Status CopyFileDurably(const std::string& from, const std::string& to, uint64_t* bytes) {
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) {
+    if (errno == ENOENT) return NotFound("no such file: " + from);
+    return IoError("cannot read " + from + ": " + std::strerror(errno));
+  }
+  struct stat st;
+  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(in);
+    return IoError("cannot copy " + from + ": not a regular file");
+  }
+  int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777);
+  if (out < 0) {
+    int e = errno;
+    ::close(in);
+    if (e == EEXIST) return AlreadyExists(to + " already exists");
+    return IoError("cannot create " + to + ": " + std::strerror(e));
+  }
+  auto fail = [&](const std::string& what, int e) {
+    ::close(in);
+    ::close(out);
+    ::unlink(to.c_str());
+    return IoError(what + ": " + std::strerror(e));
+  };
+  uint64_t done = 0;
+  while (true) {
+    // copy_file_range(2) keeps the bytes in the kernel (or shares extents on
+    // file systems that can); read/write where it is not supported.
+    ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, 1 << 30, 0);
+    if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+      n = ::sendfile(out, in, nullptr, 1 << 30);
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail("cannot copy " + from + " to " + to, errno);
+    }
+    if (n == 0) break;
+    done += static_cast<uint64_t>(n);
+  }
+  if (::fsync(out) != 0) return fail("cannot write " + to, errno);
+  ::close(in);
+  if (::close(out) != 0) {
+    int e = errno;
+    ::unlink(to.c_str());
+    return IoError("cannot write " + to + ": " + std::strerror(e));
+  }
+  if (bytes) *bytes = done;
+  return Status::Ok();
+}
+
+Status SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return IoError("cannot open " + dir + ": " + std::strerror(errno));
+  int rc = ::fsync(fd);
+  int e = errno;
+  ::close(fd);
+  if (rc != 0) return IoError("cannot sync " + dir + ": " + std::strerror(e));
   return Status::Ok();
 }
 

@@ -7,6 +7,7 @@
 // The environment is passed in (Env) so tests resolve without touching it.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -32,6 +33,14 @@ Status MakeDirs(const std::string& dir, unsigned mode);
 Result<std::string> ReadFile(const std::string& path);
 // Writes via a temp file + fsync + rename: readers see old or new, never half.
 Status WriteFileAtomic(const std::string& path, const std::string& data);
+
+// Copies the regular file `from` to `to`, which must not exist (ALREADY_EXISTS),
+// with `from`'s permission bits, and fsyncs it: durable once this returns OK.
+// NOT_FOUND when `from` is missing (removed meanwhile); IO otherwise (a
+// partial `to` is removed). `*bytes` (optional) gets the size copied.
+Status CopyFileDurably(const std::string& from, const std::string& to, uint64_t* bytes = nullptr);
+// fsyncs a directory, making the names created in it durable.
+Status SyncDir(const std::string& dir);
 
 // realpath(3); NOT_FOUND when the file does not exist.
 Result<std::string> CanonicalPath(const std::string& path);

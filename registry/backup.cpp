@@ -1,0 +1,283 @@
+#include "registry/backup.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "core/hash.h"
+#include "core/paths.h"
+#include "registry/registry.h"
+#include "registry/sqlite.h"
+
+namespace mms {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The marker `mms model repack` leaves in the packed dir it replaced
+// (cmd_model.cpp): not copied, for the copy's row names that dir as in use.
+constexpr const char* kReplacedMarker = "REPLACED_BY";
+
+std::string PartialPath(const std::string& dest_db) { return dest_db + ".partial"; }
+
+void RemoveDbFiles(const std::string& db) {
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((db + suffix).c_str());
+}
+
+// One consistent commit of `src` written to the new file `dest`.
+Status Snapshot(const std::string& src, const std::string& dest, int64_t busy_timeout_ms) {
+  if (!FileExists(src)) return NotFound("no registry at " + src);
+  MMS_ASSIGN_OR_RETURN(auto db, sql::Db::Open(src, /*create=*/false, busy_timeout_ms));
+  MMS_ASSIGN_OR_RETURN(auto st, db->Prepare("VACUUM INTO ?"));
+  st.Bind(1, dest);
+  return st.Run();
+}
+
+struct Row {
+  int64_t id = 0;
+  std::string model, version, artifact_path, packed_dir, sample_input, sha256;
+  bool adapter = false;
+  std::string ref() const { return model + ":" + version; }
+};
+
+Result<std::vector<Row>> Rows(Registry& reg) {
+  return reg.WithDb([](sql::Db* db) {
+    return sql::Collect<Row>(db,
+                             "SELECT v.id, m.name, v.version, v.artifact_path, v.packed_dir, v.sample_input, v.sha256, "
+                             "v.base_id IS NOT NULL FROM versions v JOIN models m ON m.id = v.model_id ORDER BY v.id",
+                             {}, [](sql::Stmt& s) {
+                               Row r;
+                               r.id = s.Int(0);
+                               r.model = s.Text(1);
+                               r.version = s.Text(2);
+                               r.artifact_path = s.Text(3);
+                               r.packed_dir = s.Text(4);
+                               r.sample_input = s.Text(5);
+                               r.sha256 = s.Text(6);
+                               r.adapter = s.Int(7) != 0;
+                               return r;
+                             });
+  });
+}
+
+// The newest audit row: every write appends one, so two snapshots with the
+// same newest row hold the same commit.
+Result<int64_t> LastAuditId(Registry& reg) {
+  return reg.WithDb([](sql::Db* db) -> Result<int64_t> {
+    MMS_ASSIGN_OR_RETURN(auto st, db->Prepare("SELECT IFNULL(MAX(id), 0) FROM audit"));
+    MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+    return row ? st.Int(0) : 0;
+  });
+}
+
+// Copies the directory tree `from` to `to` (which must not exist). NOT_FOUND
+// when `from` or a file in it vanishes meanwhile; `to` is then removed.
+Status CopyTree(const std::string& from, const std::string& to, uint64_t* bytes, std::set<std::string>* dirs) {
+  struct stat st;
+  if (::stat(from.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return NotFound("no such directory: " + from);
+  MMS_RETURN_IF_ERROR(MakeDirs(to, 0700));
+  dirs->insert(to);
+  std::error_code ec;
+  Status result = Status::Ok();
+  for (const auto& e : fs::directory_iterator(from, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name == kReplacedMarker) continue;
+    std::error_code ec2;
+    if (e.is_directory(ec2)) {
+      result = CopyTree(e.path().string(), JoinPath(to, name), bytes, dirs);
+    } else {
+      uint64_t n = 0;
+      result = CopyFileDurably(e.path().string(), JoinPath(to, name), &n);
+      *bytes += n;
+    }
+    if (!result.ok()) break;
+  }
+  if (result.ok() && ec) result = ec == std::errc::no_such_file_or_directory ? NotFound("no such directory: " + from)
+                                                                             : IoError("cannot list " + from + ": " +
+                                                                                       ec.message());
+  if (!result.ok()) fs::remove_all(to, ec);
+  return result;
+}
+
+// A name under `parent` not taken yet: `name`, else "name-2", "name-3"...
+std::string FreeName(const std::string& parent, const std::string& name, const std::set<std::string>& taken) {
+  std::string path = JoinPath(parent, name);
+  for (int n = 2; taken.count(path) || FileExists(path); ++n) path = JoinPath(parent, name + "-" + std::to_string(n));
+  return path;
+}
+
+}  // namespace
+
+bool InterruptedCopy(const std::string& dest_db) { return FileExists(PartialPath(dest_db)) && !FileExists(dest_db); }
+
+Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
+  auto say = [&](const std::string& line) {
+    if (c.progress) c.progress(line);
+  };
+  if (FileExists(c.dest_db)) return AlreadyExists(c.dest_db + " already exists");
+  if (!FileExists(c.src_db)) return NotFound("no registry at " + c.src_db);
+  const std::string partial = PartialPath(c.dest_db);
+  const std::string artifacts = JoinPath(c.dest_dir, "artifacts");
+  const std::string sources = JoinPath(c.dest_dir, "sources");
+  std::error_code ec;
+  if (FileExists(partial)) {  // an interrupted copy: everything it wrote goes
+    say("removing the files of an interrupted copy into " + c.dest_dir);
+    RemoveDbFiles(partial);
+    fs::remove_all(artifacts, ec);
+    fs::remove_all(sources, ec);
+  }
+  MMS_RETURN_IF_ERROR(MakeDirs(c.dest_dir, 0700));
+  MMS_RETURN_IF_ERROR(MakeDirs(DirName(c.dest_db), 0700));
+
+  DataDirCopyReport rep;
+  std::map<std::string, std::string> packed_copies;  // source dir → its copy
+  std::map<std::string, std::string> source_copies;  // source file → its copy ("" = could not be copied)
+  std::map<std::string, std::string> source_why;     // why not
+  std::set<std::string> taken;                       // copies made (or reserved) by this run
+  std::set<std::string> dirs;                        // directories written into (synced at the end)
+  std::unique_ptr<Registry> reg;
+  std::vector<Row> rows;
+  std::set<std::string> vanished;  // packed dirs a snapshot named and the copy did not find
+  int64_t last_audit = -1;
+  for (int attempt = 1;; ++attempt) {
+    reg.reset();
+    RemoveDbFiles(partial);
+    MMS_RETURN_IF_ERROR(Snapshot(c.src_db, partial, c.busy_timeout_ms));
+    ++rep.snapshots;
+    Registry::Options o;
+    o.path = partial;
+    o.create = false;
+    o.busy_timeout_ms = c.busy_timeout_ms;
+    o.actor = c.actor;
+    o.clock = c.clock;
+    MMS_ASSIGN_OR_RETURN(reg, Registry::Open(o));  // refuses a foreign or newer file; migrates an older one
+    MMS_ASSIGN_OR_RETURN(rows, Rows(*reg));
+    MMS_ASSIGN_OR_RETURN(int64_t audit, LastAuditId(*reg));
+    vanished.clear();
+    for (const Row& r : rows) {
+      if (r.packed_dir.empty() || packed_copies.count(r.packed_dir)) continue;
+      std::string to = FreeName(JoinPath(artifacts, r.model), BaseName(r.packed_dir), taken);
+      taken.insert(to);
+      dirs.insert(DirName(to));
+      say("copying the packed files of " + r.ref());
+      uint64_t n = 0;
+      Status st = CopyTree(r.packed_dir, to, &n, &dirs);
+      if (st.code() == Code::kNotFound) {
+        vanished.insert(r.packed_dir);
+        continue;
+      }
+      MMS_RETURN_IF_ERROR(st);
+      rep.bytes += n;
+      packed_copies[r.packed_dir] = to;
+    }
+    // Done when every dir was found — or when nothing changed since the last
+    // snapshot (the same newest audit row): those dirs are missing from the
+    // source itself, not removed by a writer meanwhile.
+    if (vanished.empty() || audit == last_audit || attempt == kMaxSnapshots) break;
+    last_audit = audit;
+    say(std::to_string(vanished.size()) + " packed dirs were removed while being copied (a writer is busy): " +
+        "taking a new snapshot");
+  }
+
+  // The original artifacts: what repack and verify read. A file that is gone
+  // or changed since registration is not copied (the row keeps its path).
+  for (const Row& r : rows) {
+    if (source_copies.count(r.artifact_path)) continue;
+    const std::string dir = FreeName(JoinPath(sources, r.model), r.version, taken);
+    taken.insert(dir);
+    std::vector<std::string> files{r.artifact_path};
+    if (r.adapter) files.push_back(JoinPath(DirName(r.artifact_path), "adapter_config.json"));
+    Status st = MakeDirs(dir, 0700);
+    dirs.insert(DirName(dir));
+    dirs.insert(dir);
+    uint64_t bytes = 0;
+    for (const std::string& f : files) {
+      if (!st.ok()) break;
+      uint64_t n = 0;
+      st = CopyFileDurably(f, JoinPath(dir, BaseName(f)), &n);
+      bytes += n;
+    }
+    if (st.ok()) {
+      auto sha = Sha256File(JoinPath(dir, BaseName(r.artifact_path)));
+      if (!sha.ok()) st = sha.status();
+      else if (*sha != r.sha256)
+        st = FailedPrecondition("changed since registration (sha256 " + sha->substr(0, 12) + ", registered " +
+                                r.sha256.substr(0, 12) + ")");
+    }
+    if (st.code() == Code::kIo || st.code() == Code::kAlreadyExists) return st;
+    if (!st.ok()) {
+      fs::remove_all(dir, ec);
+      ::rmdir(DirName(dir).c_str());  // the model's, when empty
+      source_copies[r.artifact_path] = "";
+      source_why[r.artifact_path] = st.code() == Code::kNotFound ? "is gone" : st.message();
+      continue;
+    }
+    source_copies[r.artifact_path] = JoinPath(dir, BaseName(r.artifact_path));
+    rep.source_files += static_cast<int>(files.size());
+    rep.bytes += bytes;
+  }
+
+  std::vector<Registry::Relocation> moves;
+  std::set<std::string> used;
+  for (const Row& r : rows) {
+    Registry::Relocation m{r.id, r.artifact_path, r.packed_dir, r.sample_input};
+    if (const std::string& copy = source_copies[r.artifact_path]; !copy.empty()) m.artifact_path = copy;
+    else
+      rep.sources_missing.push_back(r.ref() + ": its original artifact " + r.artifact_path + " " +
+                                    source_why[r.artifact_path]);
+    if (!r.packed_dir.empty()) {
+      auto copy = packed_copies.find(r.packed_dir);
+      if (copy == packed_copies.end()) {
+        rep.problems.push_back(r.ref() + ": its packed files " + r.packed_dir +
+                               " are missing from the source data dir (mms model verify names the damage there)");
+      } else {
+        m.packed_dir = copy->second;
+        used.insert(copy->second);
+        // The stored sample input lives in the packed dir.
+        if (r.sample_input.rfind(r.packed_dir + "/", 0) == 0)
+          m.sample_input = JoinPath(copy->second, r.sample_input.substr(r.packed_dir.size() + 1));
+      }
+    } else if (source_copies[r.artifact_path].empty()) {
+      rep.problems.push_back(r.ref() + " has no packed files and its only artifact " + r.artifact_path + " " +
+                             source_why[r.artifact_path]);
+    }
+    moves.push_back(std::move(m));
+  }
+  rep.packed_dirs = static_cast<int>(used.size());
+  rep.versions = static_cast<int>(rows.size());
+  // Copies of dirs only an earlier snapshot named (since removed or repacked).
+  for (const auto& [from, to] : packed_copies)
+    if (!used.count(to)) fs::remove_all(to, ec);
+
+  MMS_RETURN_IF_ERROR(reg->Relocate(moves, c.action, c.detail));
+  MMS_RETURN_IF_ERROR(reg->QuickCheck());
+  reg.reset();  // the last connection: SQLite checkpoints and removes the -wal file
+  if (FileExists(partial + "-wal"))
+    return IoError("the copy's registry " + partial + " kept its write-ahead log after closing; run the copy again");
+  // Durable before the rename that publishes it: the registry's pages, then
+  // every directory entry of the files it names.
+  int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    if (fd >= 0) ::close(fd);
+    return IoError("cannot sync " + partial);
+  }
+  ::close(fd);
+  for (const std::string& d : dirs)
+    if (FileExists(d)) MMS_RETURN_IF_ERROR(SyncDir(d));
+  for (const std::string& d : {artifacts, sources, c.dest_dir})
+    if (FileExists(d)) MMS_RETURN_IF_ERROR(SyncDir(d));
+  if (::rename(partial.c_str(), c.dest_db.c_str()) != 0)
+    return IoError("cannot rename " + partial + " to " + c.dest_db + ": " + std::strerror(errno));
+  MMS_RETURN_IF_ERROR(SyncDir(DirName(c.dest_db)));
+  return rep;
+}
+
+}  // namespace mms

@@ -1,0 +1,82 @@
+// Copies of a whole data dir: `mms backup` and `mms restore`.
+//
+// A copy is itself a data dir: its registry, taken online (SQLite's VACUUM
+// INTO: one consistent commit, compacted, while mmsd and other writers go on),
+// and every file its versions need, copied beside it —
+//   artifacts/<model>/<dir>/            each version's packed dir (weights,
+//                                       weight-less module, sample input)
+//   sources/<model>/<version>/<file>    its original artifact (what `mms model
+//                                       repack` and `verify` read; an
+//                                       adapter's adapter_config.json too)
+// — with the copy's registry naming the copies (Registry::Relocate, one
+// audit row). `mms --data-dir COPY model verify` checks it, `mmsd --data-dir
+// COPY` serves it, and a restore is the same copy made the other way.
+//
+// Consistency: a version's packed dir is published before its row commits
+// and removed after its row is gone, so every dir a snapshot names exists
+// unless a writer removed or repacked that version after the snapshot. A dir
+// that vanishes while being copied makes a new snapshot be taken (up to
+// kMaxSnapshots; copies already made are reused), so the copy names exactly
+// the files of one commit.
+//
+// Crash safety: the registry is written as "<dest_db>.partial" first and
+// renamed into place last, after every file it names is copied and synced;
+// no registry at dest_db means no finished copy. The next copy into the same
+// place removes an interrupted one's files (its .partial marks them ours).
+//
+// Thread-safety: a free function; the caller owns the destination.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/status.h"
+
+namespace mms {
+
+struct DataDirCopy {
+  std::string src_db;    // the registry to copy (read only, through its own connection)
+  std::string dest_dir;  // the new data dir: artifacts/ and sources/ go here
+  std::string dest_db;   // its registry file (usually <dest_dir>/registry.db); must not exist
+  std::string action;    // the audit row's action in the copy: "backup" or "restore"
+  std::string detail;    // and its detail ("from /var/lib/mms")
+  std::string actor;     // recorded in the audit row ("" = $MMS_ACTOR, $USER)
+  int64_t busy_timeout_ms = 5000;
+  Clock* clock = Clock::Real();
+  // A line per step (optional): "copying the packed files of NAME:VERSION"
+  // before each packed dir, and a line for each new snapshot.
+  std::function<void(const std::string&)> progress;
+};
+
+struct DataDirCopyReport {
+  int versions = 0;       // versions in the copy
+  int packed_dirs = 0;    // packed dirs copied
+  int source_files = 0;   // original artifacts (and adapter configs) copied
+  uint64_t bytes = 0;     // bytes copied, all files
+  int snapshots = 0;      // registry snapshots taken (more than 1: writers were busy)
+  // Versions whose original artifact could not be copied (gone, or changed
+  // since registration): they serve from their packed files, but repack and
+  // verify need the original. One line each, naming the version and why.
+  std::vector<std::string> sources_missing;
+  // Versions the copy cannot serve: their packed files (or, unpacked, their
+  // only artifact) are missing from the source. The copy is written anyway
+  // (everything else in it is sound); the caller reports failure.
+  std::vector<std::string> problems;
+};
+
+inline constexpr int kMaxSnapshots = 5;
+
+// Makes the copy. Errors: ALREADY_EXISTS (dest_db exists), NOT_FOUND (no
+// registry at src_db), CORRUPT / FAILED_PRECONDITION (not an mms registry, or
+// one written by a newer mms), IO (a file could not be copied: the partial
+// copy stays marked as such and the next attempt removes it).
+Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c);
+
+// True when an earlier copy to `dest_db` was interrupted: "<dest_db>.partial"
+// is there and `dest_db` is not. CopyDataDir removes its files first.
+bool InterruptedCopy(const std::string& dest_db);
+
+}  // namespace mms

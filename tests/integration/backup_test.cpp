@@ -1,0 +1,204 @@
+// `mms backup` and `mms restore` end to end: the real daemon serving while
+// the backup is taken, the data dir lost, the backup restored and served; a
+// backup SIGKILLed midway; each refused input with its exit code.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "support/process.h"
+
+using namespace mms::testing;
+using nlohmann::json;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A copy of a generated test file in `dir`: the originals a user registers
+// from, which a test may delete.
+std::string Own(const TempDir& dir, const std::string& name) {
+  fs::copy(TestDataDir() + "/" + name, dir / name, fs::copy_options::recursive);
+  return dir / name;
+}
+
+// mms with another data dir than the daemon's (but its socket).
+ProcResult MmsAt(const std::string& data_dir, const std::string& socket, std::vector<std::string> args) {
+  std::vector<std::string> argv{MmsBin(), "--data-dir", data_dir, "--socket", socket};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Run(argv, 300);
+}
+
+json Outputs(const ProcResult& r) {
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  return json::parse(r.out)["outputs"];
+}
+
+}  // namespace
+
+TEST_CASE("a backup taken while mmsd serves restores to a data dir that serves the same, after the original is lost") {
+  TempDir work;
+  const std::string tiny = Own(work, "tiny.pt"), tiny2 = Own(work, "tiny_v2.pt"), base = Own(work, "lora_base.pt");
+  const std::string input = Own(work, "tiny_input.json"), lora_input = Own(work, "lora_input.json");
+  const std::string adapter = Own(work, "adapters");
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "1", "--path", tiny, "--sample-input", input}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "2", "--path", tiny2}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "model", "stage", "tiny:2", "production"}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "model", "register", "lb", "--version", "1", "--path", base}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "adapter", "register", "a1", "--base", "lb:1", "--path", adapter + "/a1"}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "pin", "tiny"}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "limit", "set", "tiny", "--qps", "500"}).exit_code == 0);
+  const json before = Outputs(d.Mms({"--json", "predict", "tiny", "--input", input}));
+  const json before1 = Outputs(d.Mms({"--json", "predict", "tiny:1", "--input", input}));
+  const json before_lora = Outputs(d.Mms({"--json", "predict", "lb:1", "--adapter", "a1", "--input", lora_input}));
+
+  // Taken online, with the daemon serving.
+  const std::string dest = work / "backups/monday";
+  auto b = d.Mms({"--json", "backup", dest});
+  REQUIRE_MESSAGE(b.exit_code == 0, b.out << b.err);
+  json rep = json::parse(b.out);
+  CHECK(rep["versions"] == 4);
+  CHECK(rep["packed_dirs"] == 4);
+  CHECK(rep["source_files"] == 5);  // the adapter's config too
+  CHECK(rep["problems"].empty());
+  CHECK(rep["registry"] == dest + "/registry.db");
+  auto v = MmsAt(dest, work / "none.sock", {"model", "verify"});
+  CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
+  CHECK(v.out.find("4 of 4 versions verified") != std::string::npos);
+
+  // The disk dies: the data dir and the originals are gone.
+  d.child().Signal(SIGKILL);
+  d.child().Wait(30);
+  fs::remove_all(d.data_dir());
+  for (const std::string& f : {tiny, tiny2, base, adapter}) fs::remove_all(f);
+
+  auto r = d.Mms({"--json", "restore", dest});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(json::parse(r.out)["restored_from"] == dest);
+  REQUIRE(d.Restart());
+  CHECK(Outputs(d.Mms({"--json", "predict", "tiny", "--input", input})) == before);
+  CHECK(Outputs(d.Mms({"--json", "predict", "tiny:1", "--input", input})) == before1);
+  CHECK(Outputs(d.Mms({"--json", "predict", "lb:1", "--adapter", "a1", "--input", lora_input})) == before_lora);
+  // The registry's state came back: stage, pin, limit; and the audit log says how.
+  auto pool = json::parse(d.Mms({"--json", "pool"}).out);
+  bool pinned = false;
+  for (const auto& dev : pool["devices"])
+    for (const auto& m : dev["models"])
+      if (m["ref"] == "tiny:2") pinned = m["pinned"];
+  CHECK_MESSAGE(pinned, pool.dump());
+  CHECK(d.Mms({"limit", "list"}).out.find("500") != std::string::npos);
+  // Repack and verify read the originals: the restored copies of them.
+  auto rp = d.Mms({"model", "repack", "tiny:1"});
+  CHECK_MESSAGE(rp.exit_code == 0, rp.out << rp.err);
+  auto vr = d.Mms({"model", "verify"});
+  CHECK_MESSAGE(vr.exit_code == 0, vr.out << vr.err);
+  auto audit = d.Mms({"--json", "model", "show", "tiny:1"});
+  REQUIRE(audit.exit_code == 0);
+  CHECK(json::parse(audit.out)["artifact_path"].get<std::string>().rfind(d.data_dir() + "/sources/tiny/1/", 0) == 0);
+}
+
+TEST_CASE("a backup SIGKILLed midway leaves no backup, and the next one into the same place completes") {
+  TempDir work;
+  const std::string tiny = Own(work, "tiny.pt"), input = Own(work, "tiny_input.json");
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "1", "--path", tiny, "--sample-input", input}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "2", "--path", Own(work, "tiny_v2.pt")}).exit_code == 0);
+  const std::string dest = work / "backup";
+  {
+    BlockedFile blocked(tiny);  // the backup stops in the middle: reading tiny:1's original
+    REQUIRE(blocked.ok());
+    Child c;
+    REQUIRE(c.Start({MmsBin(), "--data-dir", d.data_dir(), "--socket", d.socket(), "backup", dest}, work / "backup.log"));
+    REQUIRE(WaitFor([&] { return fs::exists(dest + "/sources/tiny/1"); }, 60));
+    c.Signal(SIGKILL);
+    CHECK(c.Wait(30) == 128 + SIGKILL);
+  }
+  CHECK_FALSE(fs::exists(dest + "/registry.db"));
+  CHECK(fs::exists(dest + "/registry.db.partial"));
+  // Not a backup: refused as such, never restored from.
+  TempDir other;
+  auto r = MmsAt(other / "data", other / "none.sock", {"restore", dest});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("unfinished backup") != std::string::npos);
+  CHECK_FALSE(fs::exists(other / "data/registry.db"));
+  // Taken again into the same place: the interrupted one's files go first.
+  auto b = d.Mms({"backup", dest});
+  REQUIRE_MESSAGE(b.exit_code == 0, b.out << b.err);
+  CHECK(b.err.find("interrupted copy") != std::string::npos);
+  auto v = MmsAt(dest, work / "none.sock", {"model", "verify"});
+  CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
+  CHECK_FALSE(fs::exists(dest + "/registry.db.partial"));
+  size_t packed = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dest + "/artifacts"))
+    packed += e.path().filename() == "weights.safetensors";
+  CHECK(packed == 2);
+}
+
+TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and say what to do") {
+  TempDir work;
+  const std::string tiny = Own(work, "tiny.pt"), tiny2 = Own(work, "tiny_v2.pt");
+  Daemon d;
+  REQUIRE(d.ok());
+  // No registry to back up (a mistyped --data-dir): 4.
+  auto none = MmsAt(work / "nodata", work / "none.sock", {"backup", work / "b0"});
+  CHECK(none.exit_code == 4);
+  CHECK(none.err.find("no registry at") != std::string::npos);
+  CHECK_FALSE(fs::exists(work / "b0"));
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "1", "--path", tiny}).exit_code == 0);
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "2", "--path", tiny2}).exit_code == 0);
+
+  // DEST: a file, or a directory with something in it: 6; inside the data
+  // dir's artifacts (which verify --prune would clear): 2.
+  std::ofstream(work / "afile") << "x";
+  CHECK(d.Mms({"backup", work / "afile"}).exit_code == 6);
+  fs::create_directories(work / "full/x");
+  auto full = d.Mms({"backup", work / "full"});
+  CHECK(full.exit_code == 6);
+  CHECK(full.err.find("is not empty: name a new directory") != std::string::npos);
+  auto inside = d.Mms({"backup", d.data_dir() + "/artifacts/bk"});
+  CHECK(inside.exit_code == 2);
+  CHECK(inside.err.find("verify --prune") != std::string::npos);
+  CHECK_FALSE(fs::exists(d.data_dir() + "/artifacts/bk"));
+  fs::create_directories(work / "empty");
+  CHECK(d.Mms({"-q", "backup", work / "empty"}).exit_code == 0);  // an empty directory is fine
+
+  // An original deleted by its owner: noted, exit 0 (it serves from its
+  // packed files). Packed files missing: the copy is written, exit 1.
+  fs::remove(tiny2);
+  auto noted = d.Mms({"--json", "backup", work / "b1"});
+  CHECK_MESSAGE(noted.exit_code == 0, noted.out << noted.err);
+  CHECK(json::parse(noted.out)["sources_missing"].size() == 1);
+  CHECK(noted.err.find("tiny:2: its original artifact " + tiny2 + " is gone") != std::string::npos);
+  fs::remove_all(fs::path(PackedWeights(d.data_dir(), "tiny", "1")).parent_path());
+  auto damaged = d.Mms({"backup", work / "b2"});
+  CHECK(damaged.exit_code == 1);
+  CHECK(damaged.err.find("cannot be served from it") != std::string::npos);
+  CHECK(damaged.err.find("tiny:1: its packed files") != std::string::npos);
+  CHECK(fs::exists(work / "b2/registry.db"));
+
+  // Restore: not a backup (4); into a data dir that has a registry (6), or
+  // another's packed files (6); while mmsd runs on the socket (6).
+  auto notb = MmsAt(work / "r1", work / "none.sock", {"restore", work / "empty/artifacts"});
+  CHECK(notb.exit_code == 4);
+  CHECK(notb.err.find("no backup at") != std::string::npos);
+  auto has = d.Mms({"restore", work / "b1"});
+  CHECK(has.exit_code == 6);
+  CHECK(has.err.find("already has a registry") != std::string::npos);
+  fs::create_directories(work / "r2/artifacts/m/1-x");
+  auto foreign = MmsAt(work / "r2", work / "none.sock", {"restore", work / "b1"});
+  CHECK(foreign.exit_code == 6);
+  CHECK(foreign.err.find("move it aside") != std::string::npos);
+  auto running = MmsAt(work / "r3", d.socket(), {"restore", work / "b1"});
+  CHECK(running.exit_code == 6);
+  CHECK(running.err.find("stop it before restoring") != std::string::npos);
+  CHECK_FALSE(fs::exists(work / "r3/registry.db"));
+  // And the daemon served on throughout.
+  CHECK(d.Mms({"ping"}).exit_code == 0);
+  auto ok = MmsAt(work / "r4", work / "none.sock", {"-q", "restore", work / "b1"});
+  CHECK_MESSAGE(ok.exit_code == 0, ok.out << ok.err);
+}

@@ -1,0 +1,257 @@
+// CopyDataDir (mms backup / restore) on real registries and real files: the
+// copy names its own files, a writer busy during the copy, an interrupted
+// copy, files missing from the source. The CLI and a SIGKILLed backup are in
+// tests/integration/backup_test.cpp.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/clock.h"
+#include "core/hash.h"
+#include "core/paths.h"
+#include "registry/backup.h"
+#include "registry/registry.h"
+#include "support/process.h"
+
+using namespace mms;
+
+namespace {
+
+void Write(const std::string& path, const std::string& text) {
+  REQUIRE(MakeDirs(DirName(path), 0700).ok());
+  std::ofstream(path) << text;
+}
+
+std::string Slurp(const std::string& path) {
+  auto s = ReadFile(path);
+  return s.ok() ? *s : "<missing " + path + ">";
+}
+
+// A data dir with real files: each version has an original artifact outside
+// it and a packed dir (with a stored sample) inside it.
+struct Source {
+  testing::TempDir dir;
+  FakeClock clock;
+  std::unique_ptr<Registry> reg;
+  std::string data = dir / "data";
+  std::string db = data + "/registry.db";
+  Source() {
+    Registry::Options o;
+    o.path = db;
+    o.clock = &clock;
+    o.actor = "tester";
+    auto r = Registry::Open(o);
+    REQUIRE(r.ok());
+    reg = std::move(r).value();
+  }
+  VersionRecord Add(const std::string& model, const std::string& version, bool packed = true) {
+    const std::string original = dir / ("models/" + model + "-" + version + ".pt");
+    Write(original, "module " + model + ":" + version);
+    NewVersion v;
+    v.model = model;
+    v.version = version;
+    v.artifact_path = original;
+    v.size_bytes = 100;
+    v.sha256 = *Sha256File(original);
+    if (packed) {
+      v.packed_dir = data + "/artifacts/" + model + "/" + version + "-abc";
+      Write(v.packed_dir + "/weights.safetensors", "weights " + model + ":" + version);
+      Write(v.packed_dir + "/module.pt", "weightless " + model + ":" + version);
+      Write(v.packed_dir + "/sample.json", "{}");
+      v.sample_input = v.packed_dir + "/sample.json";
+    }
+    auto r = reg->Register(v);
+    REQUIRE(r.ok());
+    return *r;
+  }
+  DataDirCopy To(const std::string& dest) {
+    DataDirCopy c;
+    c.src_db = db;
+    c.dest_dir = dest;
+    c.dest_db = dest + "/registry.db";
+    c.action = "backup";
+    c.detail = "from " + data;
+    c.actor = "tester";
+    c.clock = &clock;
+    return c;
+  }
+};
+
+std::unique_ptr<Registry> OpenCopy(const std::string& db) {
+  Registry::Options o;
+  o.path = db;
+  o.create = false;
+  auto r = Registry::Open(o);
+  REQUIRE(r.ok());
+  return std::move(r).value();
+}
+
+}  // namespace
+
+TEST_CASE("a copy of a data dir names its own copies of every file, with the registry's state") {
+  Source s;
+  s.Add("rec", "1");
+  s.Add("rec", "2");
+  s.Add("old", "1", /*packed=*/false);
+  REQUIRE(s.reg->SetStage(Ref{Ref::Kind::kVersion, "rec", "2", ""}, Stage::kProduction).ok());
+  REQUIRE(s.reg->AddPin(Ref{Ref::Kind::kName, "rec", "", ""}).ok());
+  const std::string dest = s.dir / "backup";
+  auto rep = CopyDataDir(s.To(dest));
+  REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  CHECK(rep->versions == 3);
+  CHECK(rep->packed_dirs == 2);
+  CHECK(rep->source_files == 3);
+  CHECK(rep->snapshots == 1);
+  CHECK(rep->problems.empty());
+  CHECK(rep->sources_missing.empty());
+  CHECK_FALSE(FileExists(dest + "/registry.db.partial"));
+  CHECK_FALSE(FileExists(dest + "/registry.db-wal"));
+
+  auto copy = OpenCopy(dest + "/registry.db");
+  auto all = copy->List();
+  REQUIRE(all.ok());
+  REQUIRE(all->size() == 3);
+  for (const VersionRecord& v : *all) {
+    INFO(v.ref());
+    CHECK(v.artifact_path.rfind(dest + "/sources/" + v.model + "/" + v.version + "/", 0) == 0);
+    CHECK(Slurp(v.artifact_path) == "module " + v.ref());
+    CHECK(*Sha256File(v.artifact_path) == v.sha256);
+    if (v.model == "old") {
+      CHECK(v.packed_dir.empty());
+      continue;
+    }
+    CHECK(v.packed_dir == dest + "/artifacts/" + v.model + "/" + v.version + "-abc");
+    CHECK(Slurp(v.packed_dir + "/weights.safetensors") == "weights " + v.ref());
+    CHECK(v.sample_input == v.packed_dir + "/sample.json");
+    CHECK(FileExists(v.sample_input));
+  }
+  // The registry's state came along: stages, pins, the audit log (plus a row
+  // for the copy); the source still names its own files.
+  auto prod = copy->Resolve(Ref{Ref::Kind::kName, "rec", "", ""});
+  REQUIRE(prod.ok());
+  CHECK(prod->version == "2");
+  CHECK(copy->Pins()->size() == 1);
+  auto log = copy->AuditLog();
+  REQUIRE(log.ok());
+  CHECK(log->back().action == "backup");
+  CHECK(log->back().detail == "from " + s.data);
+  CHECK(s.reg->List()->front().artifact_path.rfind(s.dir / "models/", 0) == 0);
+
+  // The same copy again: refused, nothing touched.
+  auto again = CopyDataDir(s.To(dest));
+  CHECK(again.status().code() == Code::kAlreadyExists);
+  CHECK(OpenCopy(dest + "/registry.db")->List()->size() == 3);
+
+  // A copy of the copy (a restore) names the files of the new place.
+  const std::string restored = s.dir / "restored";
+  DataDirCopy back;
+  back.src_db = dest + "/registry.db";
+  back.dest_dir = restored;
+  back.dest_db = restored + "/registry.db";
+  back.action = "restore";
+  back.detail = "from " + dest;
+  auto rep2 = CopyDataDir(back);
+  REQUIRE_MESSAGE(rep2.ok(), rep2.status().ToString());
+  auto restored_reg = OpenCopy(restored + "/registry.db");
+  auto restored_all = restored_reg->List();
+  REQUIRE(restored_all.ok());
+  CHECK(restored_all->size() == 3);
+  for (const VersionRecord& v : *restored_all) {
+    INFO(v.ref());
+    CHECK(v.artifact_path.rfind(restored + "/sources/", 0) == 0);
+    CHECK(Slurp(v.artifact_path) == "module " + v.ref());
+    if (!v.packed_dir.empty()) CHECK(Slurp(v.packed_dir + "/module.pt") == "weightless " + v.ref());
+  }
+}
+
+TEST_CASE("a version removed while its files are copied: a new snapshot, and the copy holds one commit") {
+  Source s;
+  s.Add("a", "1");
+  s.Add("b", "1");
+  s.Add("c", "1");
+  DataDirCopy c = s.To(s.dir / "backup");
+  int removed = 0;
+  std::vector<std::string> lines;
+  c.progress = [&](const std::string& line) {
+    lines.push_back(line);
+    // While a:1 is copied, another writer removes b:1 (row, then files),
+    // as mms model rm --force does.
+    if (line == "copying the packed files of a:1" && removed++ == 0) {
+      auto gone = s.reg->Remove(Ref{Ref::Kind::kVersion, "b", "1", ""}, /*force=*/true);
+      REQUIRE(gone.ok());
+      std::filesystem::remove_all(gone->packed_dir);
+    }
+  };
+  auto rep = CopyDataDir(c);
+  REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  CHECK(rep->snapshots == 2);
+  CHECK(rep->versions == 2);
+  CHECK(rep->problems.empty());
+  auto copy = OpenCopy(s.dir / "backup/registry.db");
+  std::vector<std::string> refs;
+  auto listed = copy->List();
+  REQUIRE(listed.ok());
+  for (const VersionRecord& v : *listed) refs.push_back(v.ref());
+  CHECK(refs == std::vector<std::string>{"a:1", "c:1"});
+  // a:1 was copied once, under its one name; nothing of b:1 is left.
+  CHECK(std::count(lines.begin(), lines.end(), "copying the packed files of a:1") == 1);
+  CHECK(FileExists(s.dir / "backup/artifacts/a/1-abc/weights.safetensors"));
+  CHECK_FALSE(FileExists(s.dir / "backup/artifacts/a/1-abc-2"));
+  CHECK_FALSE(FileExists(s.dir / "backup/artifacts/b"));
+  CHECK_FALSE(FileExists(s.dir / "backup/sources/b"));
+}
+
+TEST_CASE("files missing from the source: a packed dir is a problem, an original is only noted") {
+  Source s;
+  auto a = s.Add("a", "1");
+  auto b = s.Add("b", "1");
+  auto old = s.Add("old", "1", /*packed=*/false);
+  std::filesystem::remove_all(a.packed_dir);          // damage in the data dir
+  std::filesystem::remove(b.artifact_path);           // the user deleted the original
+  Write(old.artifact_path, "changed since registration");  // and overwrote another
+  auto rep = CopyDataDir(s.To(s.dir / "backup"));
+  REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  // The same source twice: no point in more snapshots.
+  CHECK(rep->snapshots == 2);
+  REQUIRE(rep->problems.size() == 2);
+  CHECK(rep->problems[0].find("a:1: its packed files") != std::string::npos);
+  CHECK(rep->problems[1].find("old:1 has no packed files and its only artifact") != std::string::npos);
+  CHECK(rep->problems[1].find("changed since registration") != std::string::npos);
+  REQUIRE(rep->sources_missing.size() == 2);
+  CHECK(rep->sources_missing[0] == "b:1: its original artifact " + b.artifact_path + " is gone");
+  // The copy is written all the same: the rest of it is sound.
+  auto copy = OpenCopy(s.dir / "backup/registry.db");
+  auto cb = copy->Resolve(Ref{Ref::Kind::kVersion, "b", "1", ""});
+  REQUIRE(cb.ok());
+  CHECK(cb->artifact_path == b.artifact_path);  // kept: nothing to point at
+  CHECK(cb->packed_dir == s.dir / "backup/artifacts/b/1-abc");
+  CHECK_FALSE(FileExists(s.dir / "backup/sources/old"));
+}
+
+TEST_CASE("an interrupted copy is removed by the next one; a foreign file is refused") {
+  Source s;
+  s.Add("a", "1");
+  const std::string dest = s.dir / "backup";
+  // What a copy killed midway leaves: its registry's .partial and some files.
+  Write(dest + "/registry.db.partial", "half a registry");
+  Write(dest + "/artifacts/a/1-abc/weights.safetensors", "half");
+  Write(dest + "/artifacts/zz/9-abc/weights.safetensors", "of a version gone since");
+  CHECK(InterruptedCopy(dest + "/registry.db"));
+  auto rep = CopyDataDir(s.To(dest));
+  REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  CHECK_FALSE(InterruptedCopy(dest + "/registry.db"));
+  CHECK(Slurp(dest + "/artifacts/a/1-abc/weights.safetensors") == "weights a:1");
+  CHECK_FALSE(FileExists(dest + "/artifacts/zz"));
+
+  // Not a registry of ours: refused, nothing published.
+  Write(s.dir / "foreign.db", "SQLite format 3? no");
+  DataDirCopy c = s.To(s.dir / "other");
+  c.src_db = s.dir / "foreign.db";
+  auto bad = CopyDataDir(c);
+  CHECK_FALSE(bad.ok());
+  CHECK(bad.status().code() == Code::kCorrupt);
+  CHECK_FALSE(FileExists(s.dir / "other/registry.db"));
+  c.src_db = s.dir / "nothing.db";
+  CHECK(CopyDataDir(c).status().code() == Code::kNotFound);
+}
