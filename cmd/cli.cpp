@@ -86,12 +86,11 @@ void Cli::NotifyDaemon(bool until_routed) {
   if (!path.ok() || !FileExists(*path)) return;  // no daemon: it reads the registry when it starts
   proto::Client::Options o;
   o.socket_path = *path;
-  // Long enough for the daemon's warm-up limit, or within a --timeout given:
-  // a hung daemon does not hold a pipeline longer than it asked.
+  // Long enough for the daemon's warm-up limit, or the --timeout given: a
+  // hung daemon does not hold a pipeline longer than it asked, and a busy
+  // one is waited for as long as it asked.
   const int64_t wait_ms = 2000 + (until_routed ? kRoutedWaitMs : 0);
-  o.timeout_ms = g.timeout_given
-                     ? std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(std::ceil(g.timeout_s * 1000)), wait_ms))
-                     : wait_ms;
+  o.timeout_ms = g.timeout_given ? std::max<int64_t>(1, static_cast<int64_t>(std::ceil(g.timeout_s * 1000))) : wait_ms;
   Status st = Status::Ok();
   auto c = proto::Client::Connect(o);
   // A socket file left by a killed daemon: none running, nothing to tell.

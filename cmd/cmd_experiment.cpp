@@ -60,11 +60,27 @@ int Change(Cli& cli, Fn fn, const std::string& done, bool until_routed = false) 
   return 0;
 }
 
+// --percent as basis points: 0 to 100 in steps of 0.01 (a finer share would
+// route the next 0.01% up, silently: 0.001 routed ten times the share asked).
+Result<int> PercentFlag(double percent) {
+  auto FormatNumber = [](double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.10g", v);
+    return std::string(b);
+  };
+  if (!(percent >= 0 && percent <= 100))
+    return InvalidArgument("--percent " + FormatNumber(percent) + " is outside 0 to 100");
+  if (std::abs(percent * 100 - std::round(percent * 100)) > 1e-6)
+    return InvalidArgument("--percent " + FormatNumber(percent) +
+                           " is finer than 0.01%, the finest split mms routes; round it to two decimals");
+  return PercentToBasisPoints(percent);
+}
+
 int CmdCreate(Cli& cli, const CreateArgs& a) {
   if (Status st = ValidateExperimentId(a.id); !st.ok()) return cli.Fail(st);
   if (Status st = ValidateName(a.model); !st.ok()) return cli.Fail(st);
-  auto bp = PercentToBasisPoints(a.percent);
-  if (!bp.ok()) return cli.Fail(InvalidArgument("--percent: " + bp.status().message()));
+  auto bp = PercentFlag(a.percent);
+  if (!bp.ok()) return cli.Fail(bp.status());
   auto control = ParseRef(a.control.find_first_of(":@") == std::string::npos ? a.model + ":" + a.control : a.control);
   auto treatment =
       ParseRef(a.treatment.find_first_of(":@") == std::string::npos ? a.model + ":" + a.treatment : a.treatment);
@@ -342,9 +358,9 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
   ramp->add_option("ID", *id)->required();
   ramp->add_option("--percent", *pct, "new treatment share, 0-100")->required()->check(DecimalNumber());
   ramp->callback([&cli, id, pct] {
-    auto bp = PercentToBasisPoints(*pct);
+    auto bp = PercentFlag(*pct);
     if (!bp.ok()) {
-      cli.exit_code = cli.Fail(InvalidArgument("--percent: " + bp.status().message()));
+      cli.exit_code = cli.Fail(bp.status());
       return;
     }
     cli.exit_code = Change(cli, [&](Registry& r) { return r.RampExperiment(*id, *bp); },
@@ -363,7 +379,11 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
   auto* assign = exp->add_subcommand("assign", "Which variant (and bucket) each user gets");
   auto users = std::make_shared<std::vector<std::string>>();
   assign->add_option("ID", *id)->required();
-  assign->add_option("--user", *users, "user id (repeatable)")->required();
+  assign->add_option("--user", *users, "user id (repeatable)")
+      ->required()
+      ->check(CLI::Validator(  // an unset shell variable: a row with a blank user, as if one were asked for
+          [](std::string& v) { return v.empty() ? std::string("is empty; name a user id") : std::string(); },
+          "NONEMPTY"));
   assign->callback([&cli, id, users] { cli.exit_code = CmdAssign(cli, *id, *users); });
 
   auto* fb = app.add_subcommand("feedback", "Report a business outcome (click, conversion, value) for a served request");

@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "protocol/messages.h"
+#include "serve/rate_limiter.h"
 
 namespace mms::cli {
 namespace {
@@ -33,6 +34,13 @@ Result<std::pair<std::string, std::string>> Target(const LimitArgs& a, bool for_
     return InvalidArgument("'*' stands for the [limits] default in mms limit list; set the default tenant limit with "
                            "[limits] tenant_qps in mms.toml");
   if (!for_rm) MMS_RETURN_IF_ERROR(ValidateTenant(a.tenant));
+  // (none) takes a limit: requests without a tenant share it. The other two
+  // are the limiter's own rows, which no request is ever counted as.
+  if (!for_rm && a.tenant != RateLimiter::kNoTenant && RateLimiter::Reserved(a.tenant))
+    return InvalidArgument("'" + a.tenant + "' is a row of mms limit list, not a tenant (" +
+                           (a.tenant == RateLimiter::kOtherTenants ? "new tenants past the cap share its bucket" :
+                                                                     "tenants past the cap are counted there") +
+                           "): it takes no limit; name a tenant, or set the default with [limits] tenant_qps");
   return std::make_pair(std::string("tenant"), a.tenant);
 }
 
@@ -147,7 +155,11 @@ void AddLimitCommands(CLI::App& app, Cli& cli) {
   auto* set = limit->add_subcommand("set", "Limit a model (MODEL) or a tenant (--tenant T) to --qps with --burst");
   auto a = std::make_shared<LimitArgs>();
   set->add_option("MODEL", a->model, "a model name");
-  set->add_option("--tenant", a->tenant, "a tenant id instead of a model");
+  // Given empty (an unset shell variable): said as such, not "name what to limit".
+  const CLI::Validator named(
+      [](std::string& v) { return v.empty() ? std::string("is empty; name a tenant id ('(none)': requests without one)") : ""; },
+      "TENANT");
+  set->add_option("--tenant", a->tenant, "a tenant id instead of a model")->check(named);
   const CLI::Validator decimal = DecimalNumber();
   set->add_option("--qps", a->qps, "sustained requests per second (> 0, at most 1e9)")->required()->check(decimal);
   set->add_option_function<double>(
@@ -165,7 +177,7 @@ void AddLimitCommands(CLI::App& app, Cli& cli) {
   auto* rm = limit->add_subcommand("rm", "Remove a model's (MODEL) or tenant's (--tenant T) limit");
   auto b = std::make_shared<LimitArgs>();
   rm->add_option("MODEL", b->model, "a model name");
-  rm->add_option("--tenant", b->tenant, "a tenant id instead of a model");
+  rm->add_option("--tenant", b->tenant, "a tenant id instead of a model")->check(named);
   rm->callback([&cli, b] { cli.exit_code = CmdRm(cli, *b); });
 }
 

@@ -123,7 +123,9 @@ int main(int argc, char** argv) {
                        ? ""
                        : "expected a number of seconds above 0 (such as 5 or 0.5), got '" + v + "'";
           },
-          "SECONDS"));
+          "SECONDS"))
+      // Commands run inside app.parse(): known here, not after it returns.
+      ->each([&cli](const std::string&) { cli.g.timeout_given = true; });
 
   AddDaemonCommands(app, cli);
   AddModelCommands(app, cli);
@@ -137,7 +139,6 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    cli.g.timeout_given = timeout_opt->count() > 0;
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

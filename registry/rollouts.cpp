@@ -92,7 +92,8 @@ Result<ShadowRecord> Registry::StartShadow(const std::string& model, const Ref& 
   if (cand.model != model) return InvalidArgument("the candidate " + cand.ref() + " is not a version of '" + model + "'");
   MMS_ASSIGN_OR_RETURN(VersionRecord primary, ResolveLocked(Ref{Ref::Kind::kName, model, "", ""}));
   if (primary.id == cand.id)
-    return InvalidArgument(cand.ref() + " is what '" + model + "' serves already; shadow another version");
+    return FailedPrecondition(cand.ref() + " is what '" + model + "' serves already: nothing to compare it with; "
+                              "shadow another version");
   MMS_ASSIGN_OR_RETURN(auto running, QueryShadows("WHERE s.model_id = ? AND s.state = 'running'", {std::to_string(mid)}));
   if (!running.empty())
     return AlreadyExists("model '" + model + "' already shadows " + running[0].candidate_ref() +
@@ -226,7 +227,9 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
   if (prod.empty())
     return FailedPrecondition("model '" + n.model +
                               "' has no production version to compare the canary with; stage one first");
-  if (prod[0].id == cand.id) return InvalidArgument(cand.ref() + " is already the production version");
+  if (prod[0].id == cand.id)
+    return FailedPrecondition(cand.ref() + " is already the production version: nothing to roll out; pick another "
+                              "candidate");
   MMS_ASSIGN_OR_RETURN(auto active, QueryCanaries("WHERE c.model_id = ? AND c.state IN ('running', 'paused')",
                                                   {std::to_string(mid)}));
   if (!active.empty())

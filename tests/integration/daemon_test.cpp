@@ -157,6 +157,21 @@ TEST_CASE("a CLI on another registry than the daemon's is told so, and a hung da
   CHECK(hung.exit_code == 0);
   CHECK_MESSAGE(hung.err.find("did not confirm it") != std::string::npos, hung.err);
   CHECK(took < 8);
+  // As long as --timeout says, no shorter and no longer (it was 2 s whatever was given).
+  d.child().Signal(SIGSTOP);
+  t0 = std::chrono::steady_clock::now();
+  auto brief = d.Mms({"--timeout", "0.5", "model", "stage", "tiny:1", "production"});
+  took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(brief.exit_code == 0);
+  CHECK_MESSAGE(brief.err.find("within 500 ms") != std::string::npos, brief.err);
+  CHECK(took < 1.9);
+  t0 = std::chrono::steady_clock::now();
+  auto patient = d.Mms({"--timeout", "4", "model", "stage", "tiny:1", "none"});
+  took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  d.child().Signal(SIGCONT);
+  CHECK(patient.exit_code == 0);
+  CHECK_MESSAGE(patient.err.find("within 4000 ms") != std::string::npos, patient.err);
+  CHECK(took >= 3.9);
   CHECK(d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json", "-q"}).exit_code == 0);
   // Its data dir removed under it: a CLI writes a new registry there, which
   // the daemon (keeping the file it opened) does not read, and says so.

@@ -752,7 +752,9 @@ TEST_CASE("canary refusals") {
       {{"canary", "start", "tiny", "--candidate", "2", "--stages", "0,100"}, 2, "outside (0, 100]"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stages", "10,150"}, 2, "outside (0, 100]"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stages", "ten"}, 2, "'ten' is not a decimal number"},
-      {{"canary", "start", "tiny", "--candidate", "1"}, 2, "already the production version"},
+      {{"canary", "start", "tiny", "--candidate", "1"}, 1, "already the production version: nothing to roll out"},
+      // A state of the registry, as "no production version" is: 1, not a usage error.
+      {{"shadow", "start", "tiny", "--candidate", "1"}, 1, "serves already: nothing to compare it with"},
       {{"canary", "start", "tiny", "--candidate", "9"}, 4, "unknown version"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "later"}, 2, "invalid duration"},
       // Silently changed or ignored before: stored as 1 ms, shown as 0.00% while routing 0.01%, waited for ever.

@@ -270,6 +270,10 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
       {{"--tenant", "esc\x1b[31mred", "--qps", "10"}, "control characters"},
       {{"tiny", "--tenant", "t", "--qps", "10"}, "not both"},
       {{"--qps", "10"}, "name what to limit: a model"},
+      // An unset shell variable; the limiter's own rows, which no request is counted as.
+      {{"--tenant", "", "--qps", "10"}, "--tenant: is empty; name a tenant id"},
+      {{"--tenant", "(other)", "--qps", "10"}, "'(other)' is a row of mms limit list, not a tenant"},
+      {{"--tenant", "(counted together)", "--qps", "10"}, "it takes no limit"},
       {{"tiny"}, "--qps is required"},
       {{"Bad Name", "--qps", "1"}, "model name"},
   };
