@@ -805,7 +805,7 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
       // An empty model directory is as harmless: listed as unused too.
       const bool replaced = o.empty || (!o.staging && FileExists(JoinPath(o.path, kReplacedMarker)));
       std::string what = (o.staging    ? "left by a registration killed while storing its files ("
-                          : o.empty    ? "an empty model directory, left by a registration that stored nothing ("
+                          : o.empty    ? "an empty model directory (its versions removed, or a registration that stored nothing; "
                           : replaced ? "replaced by mms model repack ("
                                      : "packed files no version uses (") +
                          FormatBytes(o.bytes) + ", last changed " +

@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "core/units.h"
 #include "protocol/messages.h"
+#include "rollout/canary.h"
 
 namespace mms::cli {
 namespace {
@@ -280,9 +281,7 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
       } else {
         const auto& k = figures["canary"];
         const auto& o = figures["control"];
-        std::cout << StageLine(c) << " | canary " << k["requests"] << " req, " << Num(k["error_rate"].get<double>() * 100, 2)
-                  << "% err, p99 " << Num(k["p99_ms"]) << " ms | control " << o["requests"] << " req, "
-                  << Num(o["error_rate"].get<double>() * 100, 2) << "% err, p99 " << Num(o["p99_ms"]) << " ms | "
+        std::cout << StageLine(c) << " | canary " << ArmSummary(k) << " | control " << ArmSummary(o) << " | "
                   << line["reason"].get<std::string>() << std::endl;
       }
     }
@@ -390,8 +389,8 @@ int CmdCanaryStatus(Cli& cli, const std::string& model) {
       std::cout << "  last check: " << j["last_check"]["verdict"].get<std::string>() << " — "
                 << j["last_check"]["reason"].get<std::string>() << "\n";
     if (j.contains("window"))
-      std::cout << "  this stage: canary " << j["window"]["canary"].dump() << "\n              control "
-                << j["window"]["control"].dump() << "\n";
+      std::cout << "  this stage: canary  " << ArmSummary(j["window"]["canary"]) << "\n              control "
+                << ArmSummary(j["window"]["control"]) << "\n";
   });
   return 0;
 }

@@ -18,6 +18,17 @@ nlohmann::json ArmFigures(const VariantSnapshot& s) {
           {"p99_ms", static_cast<double>(s.latency.Quantile(0.99)) / 1e6}};
 }
 
+}  // namespace
+
+std::string ArmSummary(const nlohmann::json& arm) {
+  char b[128];
+  std::snprintf(b, sizeof b, "%lld req, %.2f%% err, p99 %.3f ms", static_cast<long long>(arm.value("requests", 0)),
+                arm.value("error_rate", 0.0) * 100, arm.value("p99_ms", 0.0));
+  return b;
+}
+
+namespace {
+
 std::string Pct(double v) {
   char b[32];
   std::snprintf(b, sizeof b, "%.2f%%", v * 100);
@@ -258,8 +269,8 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   std::string where = c.model + ":" + c.candidate_version;
   if (v.kind == CanaryVerdict::kFail) {
     std::string reason = v.reason + " at stage " + std::to_string(c.stage_index + 1) + " (" +
-                         FormatPercent(c.traffic_percent()) + " traffic; canary " + v.figures["canary"].dump() +
-                         ", control " + v.figures["control"].dump() + ")";
+                         FormatPercent(c.traffic_percent()) + " traffic; canary " + ArmSummary(v.figures["canary"]) +
+                         "; control " + ArmSummary(v.figures["control"]) + ")";
     (void)Rollback(c, reason, events, check);
     return;
   }

@@ -68,6 +68,9 @@ struct CanaryLook {
 CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
                           CanaryLook look = {});
 
+// One arm of CanaryVerdict::figures in words: "120 req, 2.50% err, p99 3.1 ms".
+std::string ArmSummary(const nlohmann::json& arm);
+
 // A rollback the controller judged but the registry has not recorded yet.
 struct UnsavedRollback {
   int64_t canary_id = 0;

@@ -606,6 +606,10 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   CHECK(t.failed_ == failed);
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["reason"].get<std::string>().find("canary error rate") !=
         std::string::npos);  // the reason judged before the restart
+  // In words, not JSON objects: "canary 40 req, 100.00% err, p99 ... ms; control ...".
+  auto text = d.Mms({"canary", "status", "tiny"});
+  CHECK_MESSAGE(text.out.find("req, 100.00% err, p99 ") != std::string::npos, text.out);
+  CHECK_MESSAGE(text.out.find('{') == std::string::npos, text.out);
   CHECK(WaitFor([&] { return !std::filesystem::exists(d.socket() + ".unsaved-rollbacks"); }, 10));
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
 }
