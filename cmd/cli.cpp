@@ -75,6 +75,15 @@ Result<std::unique_ptr<Registry>> Cli::OpenRegistry(bool create) {
   return Registry::Open(o);
 }
 
+Result<std::unique_ptr<Registry>> Cli::OpenRegistryToList() {
+  auto reg = OpenRegistry();
+  if (reg.ok() || !NoRegistry(reg.status())) return reg;
+  Note("note: " + reg.status().message());
+  Registry::Options o;
+  o.path = ":memory:";
+  return Registry::Open(o);
+}
+
 Result<std::string> Cli::ArtifactsDir() {
   auto dd = data_dir();
   if (!dd.ok()) return dd.status();

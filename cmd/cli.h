@@ -67,6 +67,10 @@ class Cli {
   Result<std::unique_ptr<Registry>> OpenRegistry(bool create = false);
   // NOT_FOUND from OpenRegistry for a registry that is not there.
   static bool NoRegistry(const Status& st);
+  // For commands that list: with no registry there at all, an empty one in
+  // memory (and the NOT_FOUND said as a note), so that a new host lists
+  // nothing with exit 0, as for an empty registry.
+  Result<std::unique_ptr<Registry>> OpenRegistryToList();
   Result<std::string> registry_path();
   // Tells a running daemon that the registry changed (best effort: no daemon
   // is fine; it would notice within [registry] poll_interval anyway; a

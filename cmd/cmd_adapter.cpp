@@ -127,7 +127,7 @@ int CmdRegister(Cli& cli, const AdapterArgs& a) {
 }
 
 int CmdList(Cli& cli, const std::string& base_text) {
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistryToList();
   if (!reg.ok()) return cli.Fail(reg.status());
   int64_t base_id = 0;
   if (!base_text.empty()) {

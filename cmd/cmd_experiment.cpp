@@ -99,7 +99,7 @@ int CmdCreate(Cli& cli, const CreateArgs& a) {
 }
 
 int CmdList(Cli& cli) {
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistryToList();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto list = (*reg)->ListExperiments(true);
   if (!list.ok()) return cli.Fail(list.status());

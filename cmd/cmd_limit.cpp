@@ -71,7 +71,7 @@ int CmdRm(Cli& cli, const LimitArgs& a) {
 }
 
 int CmdList(Cli& cli) {
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistryToList();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto limits = (*reg)->Limits();
   if (!limits.ok()) return cli.Fail(limits.status());

@@ -375,11 +375,9 @@ int CmdList(Cli& cli, const std::string& name, const std::string& stage) {
   }
   if (!name.empty())
     if (Status s = ValidateName(name); !s.ok()) return cli.Fail(s);
-  auto reg = cli.OpenRegistry();
-  Result<std::vector<VersionRecord>> list = std::vector<VersionRecord>{};
-  if (reg.ok()) list = (*reg)->List(name, st);
-  else if (Cli::NoRegistry(reg.status())) cli.Note("note: " + reg.status().message());  // nothing registered: an empty list
-  else return cli.Fail(reg.status());
+  auto reg = cli.OpenRegistryToList();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto list = (*reg)->List(name, st);
   if (!list.ok()) return cli.Fail(list.status());
   nlohmann::json j = nlohmann::json::array();
   for (const auto& r : *list) j.push_back(r.ToJson());

@@ -61,7 +61,7 @@ int CmdShadowStop(Cli& cli, const std::string& model) {
 }
 
 int CmdShadowStatus(Cli& cli, const std::string& model) {
-  auto reg = cli.OpenRegistry();
+  auto reg = model.empty() ? cli.OpenRegistryToList() : cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   std::vector<ShadowRecord> list;
   if (model.empty()) {
@@ -354,7 +354,7 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
 
 int CmdCanaryStatus(Cli& cli, const std::string& model) {
   if (model.empty()) {
-    auto reg = cli.OpenRegistry();
+    auto reg = cli.OpenRegistryToList();
     if (!reg.ok()) return cli.Fail(reg.status());
     auto list = (*reg)->ListCanaries(true);
     if (!list.ok()) return cli.Fail(list.status());
@@ -411,7 +411,7 @@ int CanaryChange(Cli& cli, const std::string& model, Fn fn, const std::string& d
 }
 
 int CmdCanaryList(Cli& cli) {
-  auto reg = cli.OpenRegistry();
+  auto reg = cli.OpenRegistryToList();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto list = (*reg)->ListCanaries(false);
   if (!list.ok()) return cli.Fail(list.status());

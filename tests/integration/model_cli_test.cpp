@@ -836,10 +836,21 @@ TEST_CASE("a data dir with nothing in it is not given an empty registry by a com
   CHECK_MESSAGE(list.err.find("no registry at " + mms.dir / "data" + "/registry.db") != std::string::npos, list.err);
   CHECK(json::parse(mms({"--json", "model", "list"}).out) == json::array());
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"model", "show", "tiny"}, {"model", "history", "tiny"}, {"limit", "list"},
-        {"experiment", "list"}, {"adapter", "list"}}) {
+       {std::vector<std::string>{"model", "show", "tiny"}, {"model", "history", "tiny"}, {"stats", "e1"},
+        {"canary", "status", "tiny"}}) {
     auto r = mms(args);
     CHECK_MESSAGE(r.exit_code == 4, (args[0] + " " + args[1] + ": " + r.err));
+    CHECK(r.err.find("check --data-dir") != std::string::npos);
+  }
+  // Every list is empty, exit 0, with the same note (a CI script's `| jq length` on a new host).
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"limit", "list"}, {"experiment", "list"}, {"adapter", "list"}, {"canary", "list"},
+        {"canary", "status"}, {"shadow", "status"}}) {
+    std::vector<std::string> argv{"--json"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = mms(argv);
+    CHECK_MESSAGE(r.exit_code == 0, (args[0] + " " + args[1] + ": " + r.err));
+    CHECK_MESSAGE(r.out.find("[]") != std::string::npos, (args[0] + " " + args[1] + ": " + r.out));
     CHECK(r.err.find("check --data-dir") != std::string::npos);
   }
   CHECK_FALSE(std::filesystem::exists(mms.dir / "data/registry.db"));
