@@ -257,9 +257,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       // --force), not damaged — said as NOT_FOUND (exit 4), not "repack it".
       const Code c = st.code();
       // (Only packed versions: their files go with them. The registry is
-      // read only then — a failed load, its files gone — not per failure.)
-      if ((c == Code::kCorrupt || c == Code::kIo || c == Code::kNotFound || c == Code::kUnhealthy) &&
-          !recp->packed_dir.empty() && !FileExists(recp->packed_dir) &&
+      // read for a load that failed on its files — rm deletes them one by
+      // one after its commit, so the directory may still be there — and for
+      // a backoff's replay only once the directory is gone: not per failure
+      // of a broken model.)
+      const bool load_failed = c == Code::kCorrupt || c == Code::kIo || c == Code::kNotFound;
+      if (!recp->packed_dir.empty() &&
+          (load_failed || (c == Code::kUnhealthy && !FileExists(recp->packed_dir))) &&
           d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
         st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
       finish(st);

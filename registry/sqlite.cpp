@@ -8,7 +8,7 @@ Code CodeForSqlite(int rc) {
     case SQLITE_NOTADB:
     case SQLITE_CORRUPT: return Code::kCorrupt;
     case SQLITE_BUSY:  // another writer holds it: a conflict to retry, not an absent daemon (exit 3)
-    case SQLITE_LOCKED: return Code::kInUse;
+    case SQLITE_LOCKED: return Code::kLocked;  // (not IN_USE, which no retry changes)
     case SQLITE_CONSTRAINT: return Code::kAlreadyExists;
     case SQLITE_CANTOPEN:
     case SQLITE_IOERR:
@@ -45,7 +45,7 @@ Status Db::Error(const std::string& what) const {
   if ((rc & 0xff) == SQLITE_CORRUPT)
     return Corrupt("registry " + path_ + " is corrupt (" + msg + "); restore a backup (mms restore)");
   if ((rc & 0xff) == SQLITE_BUSY)
-    return Status(Code::kInUse, "registry " + path_ + " is locked by another writer for longer than [registry] "
+    return Status(Code::kLocked, "registry " + path_ + " is locked by another writer for longer than [registry] "
                                                      "busy_timeout; retry, or raise it");
   if ((rc & 0xff) == SQLITE_FULL)
     return Status(CodeForSqlite(rc), "registry " + path_ + ": the disk is full (" + what +

@@ -9,7 +9,7 @@ struct Entry {
   const char* name;
   int exit_code;
 };
-constexpr std::array<Entry, 19> kTable{{
+constexpr std::array<Entry, 20> kTable{{
     {Code::kOk, "OK", 0},
     {Code::kInvalidArgument, "INVALID_ARGUMENT", 2},
     {Code::kNotFound, "NOT_FOUND", 4},
@@ -29,6 +29,7 @@ constexpr std::array<Entry, 19> kTable{{
     {Code::kCancelled, "CANCELLED", 1},
     {Code::kModelError, "MODEL_ERROR", 1},
     {Code::kConflict, "CONFLICT", 6},
+    {Code::kLocked, "LOCKED", 6},
 }};
 }  // namespace
 

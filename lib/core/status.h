@@ -38,6 +38,7 @@ enum class Code : uint16_t {
   kCancelled = 16,        // caller went away or shut down
   kModelError = 17,       // the model's forward() raised on this input
   kConflict = 18,         // a concurrent writer got there first: changed meanwhile, already stopped or ended (exit 6)
+  kLocked = 19,           // the registry held by another writer past the busy timeout: retry (exit 6)
 };
 
 // Stable short name, e.g. "NOT_FOUND". Used in JSON error replies.

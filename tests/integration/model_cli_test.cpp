@@ -817,6 +817,10 @@ TEST_CASE("a registry locked by another writer is a conflict (exit 6) that names
   CHECK(r.exit_code == 6);  // not 3: the daemon is not the problem
   CHECK(r.err.find("locked by another writer") != std::string::npos);
   CHECK(r.err.find("busy_timeout") != std::string::npos);
+  // Told apart from a conflict no retry changes (IN_USE: a pinned version's rm).
+  auto j = mms({"--json", "model", "register", "a", "--version", "2", "--path", mms.Data("tiny.pt")});
+  CHECK(j.exit_code == 6);
+  CHECK(json::parse(j.out)["error"]["code"] == "LOCKED");
   REQUIRE(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr) == SQLITE_OK);
   sqlite3_close(db);
   CHECK(SqlInt(mms.dir / "data/registry.db", "SELECT count(*) FROM versions") == 1);

@@ -262,24 +262,32 @@ TEST_CASE("a version removed while a request waits for its load is NOT_FOUND (ex
   // exit 1, for a version that no longer existed (a review, racing rm --force).
   Daemon d;
   REQUIRE(d.ok());
-  REQUIRE(d.Mms({"model", "register", "gone", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
-  const std::string weights = mms::testing::PackedWeights(d.data_dir(), "gone", "1");
-  mms::testing::BlockedFile blocked(weights);  // the load waits in open()
-  REQUIRE(blocked.ok());
-  const std::string outside = d.dir() + "/fifo";  // a name for the FIFO that outlives its directory
-  REQUIRE(::link(weights.c_str(), outside.c_str()) == 0);
-  ProcResult r;
-  std::thread t([&] { r = d.Mms({"predict", "gone", "--input", Data("tiny_input.json")}, 60); });
-  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "status"}).out)["in_flight"].get<int>() >= 1; }, 20));
-  REQUIRE(d.Mms({"model", "rm", "gone:1", "--force", "-q"}).exit_code == 0);  // its files go with it
-  int fd = -1;  // the waiting load reads an empty file
-  REQUIRE(WaitFor([&] { return (fd = ::open(outside.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 10));
-  ::close(fd);
-  t.join();
-  CHECK_MESSAGE(r.exit_code == 4, r.err);
-  CHECK_MESSAGE(r.err.find("gone:1 was removed from the registry while this request waited for its load") !=
-                    std::string::npos,
-                r.err);
+  // `dir_left`: the load fails while rm is still deleting the files one by
+  // one, its directory still there (a review saw CORRUPT then, 2 in 40).
+  for (bool dir_left : {false, true}) {
+    INFO("directory left: " << dir_left);
+    REQUIRE(d.Mms({"model", "register", "gone", "--version", "1", "--path", Data("tiny.pt"), "-q"}).exit_code == 0);
+    const std::string weights = mms::testing::PackedWeights(d.data_dir(), "gone", "1");
+    mms::testing::BlockedFile blocked(weights);  // the load waits in open()
+    REQUIRE(blocked.ok());
+    const std::string outside = d.dir() + "/fifo";  // a name for the FIFO that outlives its directory
+    ::unlink(outside.c_str());
+    REQUIRE(::link(weights.c_str(), outside.c_str()) == 0);
+    ProcResult r;
+    std::thread t([&] { r = d.Mms({"predict", "gone", "--input", Data("tiny_input.json")}, 60); });
+    REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "status"}).out)["in_flight"].get<int>() >= 1; }, 20));
+    REQUIRE(d.Mms({"model", "rm", "gone:1", "--force", "-q"}).exit_code == 0);  // its files go with it
+    if (dir_left) std::filesystem::create_directories(std::filesystem::path(weights).parent_path());
+    int fd = -1;  // the waiting load reads an empty file
+    REQUIRE(WaitFor([&] { return (fd = ::open(outside.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 10));
+    ::close(fd);
+    t.join();
+    CHECK_MESSAGE(r.exit_code == 4, r.err);
+    CHECK_MESSAGE(r.err.find("gone:1 was removed from the registry while this request waited for its load") !=
+                      std::string::npos,
+                  r.err);
+    std::filesystem::remove_all(std::filesystem::path(weights).parent_path());
+  }
 }
 
 TEST_CASE("mms model repack repairs damaged packed files and keeps the version's stage, alias and pin") {
