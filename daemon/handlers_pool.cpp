@@ -230,6 +230,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                                     "and for tenants past its cap); name the tenant"));
   }
   if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) return refuse(st);
+  // Its context counts against its version until answered: one model's
+  // backlog cannot take every context (and with them the daemon) from the rest.
+  if (Status st = r.Share(rec.ref()); !st.ok()) return refuse(st);
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
   // Mirror to a running shadow of this model, unless the candidate itself served.
   auto sh = snap->shadows.find(rec.model);

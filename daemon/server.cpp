@@ -42,6 +42,7 @@ struct Server::Slot {
   // nng listener id; 0 while the slot waits for a request): the watchdog
   // closes a replaced listener once no slot holds one of its requests.
   std::atomic<uint32_t> listener{0};
+  std::string share_key;  // Responder::Share's key while the request is in flight (share_mu_)
 };
 
 namespace {
@@ -91,6 +92,28 @@ void Responder::Fail(const Status& st) {
 }
 
 uint64_t Responder::request_id() const { return state_->request_id; }
+
+Status Responder::Share(const std::string& key) { return state_->server->Share(state_->slot, key); }
+
+Status Server::Share(Slot* slot, const std::string& key) {
+  const int contexts = opts_.contexts;
+  const int reserve = std::max(1, contexts / 8);
+  std::lock_guard<std::mutex> lock(share_mu_);
+  auto it = shares_.find(key);
+  const int held = it == shares_.end() ? 0 : it->second;
+  const int64_t free = contexts - in_flight_.load();  // (this request's context counted as held)
+  const int keys = static_cast<int>(shares_.size()) + (it == shares_.end() ? 1 : 0);
+  int most = contexts - reserve;
+  if (free < reserve) most = std::min(most, std::max(1, (contexts - reserve) / keys));
+  if (held >= std::max(1, most))
+    return Status(Code::kOverloaded, key + " holds " + std::to_string(held) + " of mmsd's " +
+                                         std::to_string(contexts) +
+                                         " request contexts, its most while others need them; retry later, or raise "
+                                         "[daemon] contexts (a backlog this deep waits longer than it serves)");
+  ++shares_[key];
+  slot->share_key = key;
+  return Status::Ok();
+}
 
 Server::Server(const Options& opts, std::map<uint16_t, Handler> handlers)
     : opts_(opts), handlers_(std::move(handlers)) {}
@@ -492,6 +515,13 @@ void Server::Dispatch(Slot* slot, void* raw) {
 }
 
 void Server::Reply(Slot* slot, const proto::Message& m) {
+  {  // answered: its context no longer counts against its key
+    std::lock_guard<std::mutex> share(share_mu_);
+    if (!slot->share_key.empty()) {
+      if (auto it = shares_.find(slot->share_key); it != shares_.end() && --it->second <= 0) shares_.erase(it);
+      slot->share_key.clear();
+    }
+  }
   std::shared_lock<std::shared_mutex> lock(reply_mu_);
   if (closed_) return;  // stopped: the connection is gone
   if (Status st = proto::CheckEncodable(m); !st.ok()) {

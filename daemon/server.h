@@ -73,6 +73,15 @@ class Responder {
   void Send(nlohmann::json body);
   void Fail(const Status& st);
   uint64_t request_id() const;
+  // Counts this request's context against `key` (mmsd: a predict's version)
+  // until it is answered, or refuses: OVERLOADED when `key` already holds
+  // its most — all contexts but a reserve (an eighth) kept for other keys
+  // and for commands; and once fewer than the reserve are free, its share
+  // of the rest among the keys holding any. A request held for one busy
+  // model (queued, waiting for a load) holds its context; without this, one
+  // model's backlog of `contexts` requests left none to receive anyone
+  // else's, not even mms ping. Call it at most once per request.
+  Status Share(const std::string& key);
 
  private:
   friend class Server;
@@ -146,6 +155,7 @@ class Server {
   static void OnAio(void* arg);
   void Dispatch(Slot* slot, void* nng_message);
   void Reply(Slot* slot, const proto::Message& m);
+  Status Share(Slot* slot, const std::string& key);
   void StartRecv(Slot* slot);
   Status Listen(bool set_umask);  // a new listener on the socket path
   void RestartListener();         // the watchdog's remedy
@@ -183,6 +193,8 @@ class Server {
   std::shared_mutex reply_mu_;
   bool closed_ = false;  // guarded by reply_mu_
   std::atomic<int64_t> in_flight_{0};
+  std::mutex share_mu_;
+  std::map<std::string, int> shares_;  // key → contexts held under it (guarded by share_mu_; no zero entries)
   std::atomic<uint64_t> served_{0};
   std::atomic<int> probe_misses_{0};     // unanswered probes in a row (the watchdog's)
   std::atomic<bool> fresh_listener_{false};  // a restart opened a listener no probe has judged yet

@@ -728,3 +728,41 @@ TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are log
   CHECK(predict("acme") == mms::Code::kRateLimited);
   CHECK(predict("") == mms::Code::kOk);
 }
+
+TEST_CASE("one model's backlog cannot take every request context: others and commands are served, the excess is OVERLOADED") {
+  // A version may queue [scheduler] queue_depth (1000) requests, each holding
+  // one of [daemon] contexts (256) until answered: 300 waiting on one batched
+  // model held them all, and mms ping, mms pool and every other model waited
+  // in the socket until its backlog drained (a review measured 6-78 s).
+  Daemon d("[daemon]\ncontexts = 16\n");  // a reserve of 2 for everyone else
+  REQUIRE(d.ok());
+  Register(d, "other", "tiny.pt");
+  Register(d, "wide", "tiny.pt",
+           {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "100000", "--max-queue-delay-us", "6000000"});
+  REQUIRE(PredictExit(d, "other") == 0);
+  std::atomic<int> served{0}, overloaded{0}, other_outcome{0};
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 22; ++i)
+    callers.emplace_back([&] {
+      std::string err;
+      int rc = PredictExit(d, "wide", {}, &err);  // each waits out the 6 s batch window
+      if (rc == 0) ++served;
+      else if (rc == 5 && err.find("request contexts") != std::string::npos) ++overloaded;
+      else ++other_outcome;
+    });
+  // The backlog at its most: 14 of the 16 contexts, waiting in its batch.
+  CHECK(WaitFor([&] {
+    auto s = d.Mms({"--json", "--timeout", "2", "pool"});
+    if (s.exit_code != 0) return false;
+    json q = json::parse(s.out)["scheduler"].value("wide:1", json::object());
+    return q.value("queued", 0) >= 14;
+  }, 20));
+  // Within the batch window, the rest of the daemon answers.
+  auto ping = d.Mms({"--timeout", "3", "ping"});
+  CHECK_MESSAGE(ping.exit_code == 0, ping.err);
+  CHECK(PredictExit(d, "other", {"--timeout", "3"}) == 0);
+  for (auto& t : callers) t.join();
+  CHECK(other_outcome == 0);
+  CHECK(served == 14);
+  CHECK(overloaded == 8);  // refused at once, not left to wait
+}
