@@ -11,6 +11,26 @@
 
 namespace mms {
 
+namespace {
+// What holds memory, for an error: the largest first (the ones worth
+// freeing), eight named, the rest counted — "a (...), b (...) and 18 more
+// holding 1.20 MiB" — so an operator sees how much is held past the list.
+std::string NameHolders(std::vector<std::pair<uint64_t, std::string>> holders) {
+  std::stable_sort(holders.begin(), holders.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  constexpr size_t kNamed = 8;
+  std::string s;
+  uint64_t rest = 0;
+  for (size_t i = 0; i < holders.size(); ++i) {
+    if (i < kNamed) s += (s.empty() ? "" : ", ") + holders[i].second;
+    else rest += holders[i].first;
+  }
+  if (holders.size() > kNamed)
+    s += " and " + std::to_string(holders.size() - kNamed) + " more holding " + FormatBytes(rest) +
+         " (mms pool lists them all)";
+  return s;
+}
+}  // namespace
+
 struct ModelPool::DeviceSlot {
   std::unique_ptr<Device> dev;
   std::unique_ptr<EvictionPolicy> policy;
@@ -280,15 +300,14 @@ Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key) const {
   for (const auto& [k, e] : entries_)
     if (HostDroppable(k, *e, for_key)) reclaimable += e->host_reserved;
   if (host_used_ - reclaimable + bytes <= opts_.host_budget) return Status::Ok();
-  std::string held;
-  int n = 0;
+  std::vector<std::pair<uint64_t, std::string>> holders;
   uint64_t held_only = 0;  // what standing holds alone keep
   for (const auto& [k, e] : entries_) {
     if (HostDroppable(k, *e, for_key) || e->tier == Tier::kDisk || k == for_key || e->host_reserved == 0) continue;
     if (OnlyHeld(*e)) held_only += e->host_reserved;
-    if (n++ < 8)
-      held += (held.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")";
+    holders.emplace_back(e->host_reserved, e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")");
   }
+  const std::string held = NameHolders(std::move(holders));
   // Counted only when letting go of the holds would have made the room.
   if (held_only > 0 && host_used_ - reclaimable - held_only + bytes <= opts_.host_budget) ++hold_refusals_;
   return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
@@ -383,13 +402,14 @@ void ModelPool::DemoteFromDevice(Entry& e) {
 }
 
 std::string ModelPool::Holders(const DeviceSlot& d) const {
-  std::string s;
-  int n = 0;
+  std::vector<std::pair<uint64_t, std::string>> holders;
   for (const auto& [k, e] : entries_) {
     if (!e->block || devices_[static_cast<size_t>(e->device)].get() != &d) continue;
     if (Evictable(*e)) continue;
-    if (n++ < 8) s += (s.empty() ? "" : ", ") + e->item.ref + " (" + FormatBytes(e->device_reserved) + ", " + Why(*e) + ")";
+    holders.emplace_back(e->device_reserved,
+                         e->item.ref + " (" + FormatBytes(e->device_reserved) + ", " + Why(*e) + ")");
   }
+  std::string s = NameHolders(std::move(holders));
   return s.empty() ? "fragmented free space" : s;
 }
 

@@ -286,6 +286,18 @@ TEST_CASE("a model in flight or pinned is never evicted, when nothing can go, PO
   CHECK(f.GetStatus(4).ok());
 }
 
+TEST_CASE("POOL_FULL names the largest holders first, eight of them, and counts the rest") {
+  // 26 pins used to show 8 of them, in key order, and nothing of the rest.
+  PoolFixture f({30 * K});
+  std::vector<HandlePtr> held;
+  for (int k = 1; k <= 12; ++k) held.push_back(f.Get(k, k == 7 ? 3 * K : K));  // m7 is the largest
+  auto st = f.GetStatus(99, 20 * K);
+  REQUIRE(st.code() == Code::kPoolFull);
+  CHECK_MESSAGE(st.message().find("held by m7:1 (3.00 KiB, 1 request in flight), m") != std::string::npos,
+                st.message());
+  CHECK(st.message().find("and 4 more holding 4.00 KiB (mms pool lists them all)") != std::string::npos);
+}
+
 TEST_CASE("a standing hold (a shadow run's) is shown and named apart from requests in flight") {
   PoolFixture f({2 * K});
   auto hold = f.Get(1);
