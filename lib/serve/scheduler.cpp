@@ -93,12 +93,12 @@ bool Scheduler::Late(Queue& q, const Job& j, int64_t now, bool* probe) {
 }
 
 Status Scheduler::Submit(PoolKey key, Job job) {
+  // A batched job's rows must agree; an unbatched one's are counted (its
+  // version's "rows", as a batched version's are) when they do, else 1.
   int64_t rows = 1;
-  if (job.max_batch > 0) {
-    auto r = BatchRows(job.inputs);
-    if (!r.ok()) return r.status();
-    rows = *r;
-  }
+  auto r = BatchRows(job.inputs);
+  if (job.max_batch > 0 && !r.ok()) return r.status();
+  if (r.ok()) rows = *r;
   std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return Status(Code::kCancelled, "mmsd is shutting down");
   Queue& q = queues_[key];

@@ -136,7 +136,7 @@ class Scheduler {
  private:
   struct Queued {
     int64_t at = 0;    // arrival, mono ns
-    int64_t rows = 1;  // the job's rows (dim 0) when batched, else 1
+    int64_t rows = 1;  // the job's rows (dim 0) when its inputs agree on them, else 1
     Job job;
   };
   struct Queue {

@@ -514,6 +514,8 @@ TEST_CASE("dynamic batching: concurrent requests share executions and each calle
   CHECK(s["rows"] == 24 / 3 * (1 + 2 + 3));
   CHECK(s["batches"].get<int>() < n);  // requests arriving together ran together
   CHECK(s["max_batch"] == 32);
+  // The same requests unbatched count the same rows (it counted requests).
+  CHECK(SchedulerStats(d, "plain:1")["rows"] == 24 / 3 * (1 + 2 + 3));
 }
 
 TEST_CASE("dynamic batching: one caller's input that makes the model raise fails only that caller") {
