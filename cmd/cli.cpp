@@ -90,9 +90,9 @@ Result<std::string> Cli::ArtifactsDir() {
   return JoinPath(*dd, "artifacts");
 }
 
-void Cli::NotifyDaemon(bool until_routed) {
+nlohmann::json Cli::NotifyDaemon(bool until_routed) {
   auto path = socket_path();
-  if (!path.ok() || !FileExists(*path)) return;  // no daemon: it reads the registry when it starts
+  if (!path.ok() || !FileExists(*path)) return nlohmann::json::object();  // no daemon: it reads the registry when it starts
   proto::Client::Options o;
   o.socket_path = *path;
   // Long enough for the daemon's warm-up limit, or the --timeout given: a
@@ -103,21 +103,40 @@ void Cli::NotifyDaemon(bool until_routed) {
   Status st = Status::Ok();
   auto c = proto::Client::Connect(o);
   // A socket file left by a killed daemon: none running, nothing to tell.
-  if (!c.ok() && DaemonNotRunning(c.status())) return;
+  if (!c.ok() && DaemonNotRunning(c.status())) return nlohmann::json::object();
   if (c.ok()) {
     auto reg = registry_path();
     nlohmann::json body{{"registry", reg.ok() ? *reg : ""}};
     if (until_routed) body["wait_ms"] = kRoutedWaitMs;
-    st = (*c)->CallJson(proto::kRegistryChanged, body).status();
+    auto answer = (*c)->CallJson(proto::kRegistryChanged, body);
+    if (answer.ok()) return *answer;
+    st = answer.status();
   } else {
     st = c.status();
   }
-  if (st.ok()) return;
   if (st.code() == Code::kFailedPrecondition)
     Note("note: " + st.message() + "; it was not told of this change");
   else
     Note("note: the change is in the registry, but mmsd at " + *path + " did not confirm it (" + st.message() +
          "); a running daemon picks it up at its next registry poll");
+  return nlohmann::json::object();
+}
+
+nlohmann::json Cli::WarnLoadFailures(const nlohmann::json& answer, const std::vector<std::string>& refs,
+                                     const std::string& consequence) {
+  nlohmann::json out = nlohmann::json::array();
+  if (!answer.is_object() || !answer.contains("load_failures")) return out;
+  for (const auto& f : answer["load_failures"]) {
+    const std::string ref = f.value("version", "");
+    if (std::find(refs.begin(), refs.end(), ref) == refs.end()) continue;
+    out.push_back(f);
+    // A warning, never silenced by --quiet: the command did what it was asked,
+    // but what it started cannot work as asked.
+    if (!g.json)
+      std::cerr << "mms: warning: " << ref << " could not be loaded: " << f.value("error", "") << "; " << consequence
+                << "\n";
+  }
+  return out;
 }
 
 std::string MmsdPath() {

@@ -79,7 +79,14 @@ class Cli {
   // `until_routed`, waits while the daemon loads a new rollout's arms (at
   // most its 60 s warm-up limit), so the command returns once the rollout
   // is routed.
-  void NotifyDaemon(bool until_routed = false);
+  // Returns the daemon's answer ({} without one): with `until_routed`, its
+  // "load_failures" are the rollouts' arms that could not be loaded.
+  nlohmann::json NotifyDaemon(bool until_routed = false);
+  // The load failures in a NotifyDaemon answer of the versions `refs`,
+  // each said as a warning on stderr (`consequence` tells what follows);
+  // returned for --json output.
+  nlohmann::json WarnLoadFailures(const nlohmann::json& answer, const std::vector<std::string>& refs,
+                                  const std::string& consequence);
   static constexpr int64_t kRoutedWaitMs = 61'000;
   // The directory for packed weights and stored sample inputs.
   Result<std::string> ArtifactsDir();

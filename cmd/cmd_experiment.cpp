@@ -55,8 +55,15 @@ int Change(Cli& cli, Fn fn, const std::string& done, bool until_routed = false) 
   if (!reg.ok()) return cli.Fail(reg.status());
   Result<ExperimentRecord> e = fn(**reg);
   if (!e.ok()) return cli.Fail(e.status());
-  cli.NotifyDaemon(until_routed);
-  cli.Emit(e->ToJson(), [&] { std::cout << done << "\n"; PrintExperiment(*e); });
+  nlohmann::json answer = cli.NotifyDaemon(until_routed);
+  nlohmann::json j = e->ToJson();
+  if (auto failed = cli.WarnLoadFailures(answer, {e->model + ":" + e->control_version, e->model + ":" + e->treatment_version},
+                                         "requests routed to it fail until it loads (mms model verify names the damage, "
+                                         "mms model repack repairs it), or stop the experiment: mms experiment stop " +
+                                             e->id);
+      !failed.empty())
+    j["load_failures"] = failed;
+  cli.Emit(j, [&] { std::cout << done << "\n"; PrintExperiment(*e); });
   return 0;
 }
 

@@ -97,6 +97,20 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
       st = Status(st.code(), msg + " (the deadline was --timeout's, " +
                                  FormatDurationNanos(static_cast<int64_t>(cli.g.timeout_s * 1e9)) + ")");
     }
+    // Unknown to a daemon that serves another registry than this CLI's
+    // (another --data-dir): said, as the registry commands say it.
+    if (st.code() == Code::kNotFound)
+      if (auto status = cli.Call(proto::kStatus, nlohmann::json::object()); status.ok()) {
+        const std::string theirs = status->value("registry", "");
+        auto ours = cli.registry_path();
+        auto a = CanonicalPath(theirs);
+        auto b = ours.ok() ? CanonicalPath(*ours) : Result<std::string>(ours.status());
+        if (!theirs.empty() && ours.ok() && (a.ok() && b.ok() ? *a != *b : theirs != *ours))
+          st = Status(st.code(), st.message() + " (note: the mmsd at " + cli.socket_path().value() +
+                                     " serves the registry " + theirs + ", not " + *ours +
+                                     ": point --socket at the daemon of this data dir, or --data-dir at " +
+                                     DirName(theirs) + ")");
+      }
     return cli.Fail(st);
   }
   const nlohmann::json& b = reply->body;
@@ -211,14 +225,19 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
                                                         "); mms unpin " + ref->ToString() + " removes it")));
     }
     if (r->contains("device")) j["device"] = (*r)["device"];
+  } else if (!DaemonNotRunning(c.status())) {
+    // There but not answering (stopped, hung): the pin is recorded, nothing
+    // is on a device, and a script going on to send traffic must know (exit
+    // 3, as mms load), not read "pinned" and exit 0.
+    return cli.Fail(Status(c.status().code(), c.status().message() + "; the " + (pin ? "pin" : "unpin") + " of " +
+                                                  ref->ToString() + " is recorded, and mmsd applies it when it " +
+                                                  "serves again (" + (pin ? "nothing was loaded now" : "") + ")"));
   }
+  if (pin) j["on_device"] = j.contains("device");
   cli.Emit(j, [&] {
     if (!pin) std::cout << "unpinned " << ref->ToString() << "\n";
     else if (version.empty()) std::cout << "pinned " << ref->ToString() << " (no version of it resolves now)\n";
     else if (j.contains("device")) std::cout << "pinned " << version << " (on " << j["device"].get<std::string>() << ")\n";
-    else if (!c.ok() && !DaemonNotRunning(c.status()))
-      std::cout << "pinned " << version << " (mmsd did not answer: " << c.status().message()
-                << "; it preloads pins when it serves again)\n";
     else std::cout << "pinned " << version << " (mmsd is not running; it preloads pins when it starts)\n";
   });
   return 0;

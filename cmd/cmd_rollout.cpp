@@ -41,8 +41,14 @@ int CmdShadowStart(Cli& cli, const ShadowArgs& a) {
   if (!reg.ok()) return cli.Fail(reg.status());
   auto s = (*reg)->StartShadow(a.model, *ref, a.ratio, a.queue, a.tolerance, duration_ms);
   if (!s.ok()) return cli.Fail(s.status());
-  cli.NotifyDaemon(/*until_routed=*/true);  // mirroring starts once the candidate is loaded
-  cli.Emit(s->ToJson(), [&] {
+  nlohmann::json answer = cli.NotifyDaemon(/*until_routed=*/true);  // mirroring starts once the candidate is loaded
+  nlohmann::json j = s->ToJson();
+  if (auto failed = cli.WarnLoadFailures(answer, {s->candidate_ref()},
+                                         "nothing is mirrored until it loads (mms model repack repairs damaged files), "
+                                         "or stop the run: mms shadow stop " + a.model);
+      !failed.empty())
+    j["load_failures"] = failed;
+  cli.Emit(j, [&] {
     std::cout << "shadowing " << a.model << " with " << s->candidate_ref() << ": " << a.ratio * 100
               << "% of requests, queue " << a.queue << ", tolerance " << a.tolerance
               << (duration_ms ? ", for " + FormatDurationNanos(duration_ms * 1000000) : "") << "\n";
@@ -100,14 +106,16 @@ std::string Dist(const nlohmann::json& d) {
 Result<nlohmann::json> ShadowStatsFromRegistry(Cli& cli, const std::string& model) {
   MMS_ASSIGN_OR_RETURN(auto reg, cli.OpenRegistry());
   MMS_ASSIGN_OR_RETURN(ShadowRecord rec, reg->GetShadow(model));
-  if (!rec.figures.is_object())
-    return Status(Code::kUnavailable, "mmsd is not running, and the shadow run of " + model +
-                                          " has no saved figures (start it with: mms serve --detach)");
-  nlohmann::json j = rec.figures;
+  // None saved yet (nothing mirrored before mmsd stopped): the run as
+  // recorded, exit 0, as mms stats shows an experiment without figures.
+  nlohmann::json j = rec.figures.is_object() ? rec.figures : nlohmann::json::object();
   const nlohmann::json now = rec.ToJson();  // its state now (a range-for over a temporary's items() would dangle)
   for (const auto& [k, v] : now.items()) j[k] = v;
   j["running"] = false;  // (nothing mirrors without mmsd)
-  j["note"] = "mmsd is not running: the figures it last saved, at " + FormatTime(rec.figures_ms) + " UTC";
+  j["note"] = rec.figures.is_object()
+                  ? "mmsd is not running: the figures it last saved, at " + FormatTime(rec.figures_ms) + " UTC"
+                  : "mmsd is not running, and no figures of this run were saved (start it with: " +
+                        cli.StartCommandHint() + ")";
   return j;
 }
 
@@ -342,9 +350,14 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   if (!reg.ok()) return cli.Fail(reg.status());
   auto c = (*reg)->StartCanary(n);
   if (!c.ok()) return cli.Fail(c.status());
-  cli.NotifyDaemon(/*until_routed=*/true);  // its first stage starts once both arms are loaded
+  nlohmann::json answer = cli.NotifyDaemon(/*until_routed=*/true);  // its first stage starts once both arms are loaded
+  nlohmann::json j = c->ToJson();
+  if (auto failed = cli.WarnLoadFailures(answer, {a.model + ":" + c->candidate_version},
+                                         "the canary gets no traffic and is rolled back");
+      !failed.empty())
+    j["load_failures"] = failed;
   if (!cli.g.json || !a.wait)
-    cli.Emit(c->ToJson(), [&] {
+    cli.Emit(j, [&] {
       std::cout << "canary of " << a.model << ":" << c->candidate_version << " against " << a.model << ":"
                 << c->baseline_version << " started: " << StageLine(c->ToJson()) << "\n";
     });

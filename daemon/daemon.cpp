@@ -401,7 +401,7 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
           LogWarn("warm_failed", {{"model", ref}, {"error", st.message()}});
           if (st.code() != Code::kPoolFull || lasting_full) {
             std::lock_guard<std::mutex> lock(warm_mu_);
-            if (auto it = warmups_.find(key); it != warmups_.end()) it->second.failed[arm] = st.message();
+            if (auto it = warmups_.find(key); it != warmups_.end()) it->second.failed[arm] = {ref, st.message()};
           }
         }
         WarmupArmDone(key);
@@ -452,7 +452,15 @@ std::string Daemon::TreatmentLoadFailure(const std::string& experiment_id) const
   auto it = warmups_.find(ExperimentKey(experiment_id));
   if (it == warmups_.end()) return "";
   auto f = it->second.failed.find(1);
-  return f == it->second.failed.end() ? "" : f->second;
+  return f == it->second.failed.end() ? "" : f->second.error;
+}
+
+nlohmann::json Daemon::WarmupFailures() const {
+  nlohmann::json out = nlohmann::json::array();
+  std::lock_guard<std::mutex> lock(warm_mu_);
+  for (const auto& [key, w] : warmups_)
+    for (const auto& [arm, f] : w.failed) out.push_back({{"version", f.ref}, {"error", f.error}});
+  return out;
 }
 
 int64_t Daemon::RoutingDeadline() {

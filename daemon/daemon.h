@@ -90,6 +90,10 @@ class Daemon {
   Clock* clock() const { return opts_.clock; }
   int64_t started_mono_ns() const { return started_mono_ns_; }
   Server* server() const { return server_.get(); }
+  // Every running rollout's arm whose warm-up load failed for good (as
+  // TreatmentLoadFailure records them): [{"version": ref, "error": why}].
+  // The CLI's rollout-starting commands warn with it.
+  nlohmann::json WarmupFailures() const;
   Registry* registry() const { return registry_.get(); }
   // "" while experiment figures are saved; else since when and why not.
   std::string MetricsFlushError() const {
@@ -262,7 +266,10 @@ class Daemon {
   struct Warmup {
     int pending = 0;          // arms still loading
     int64_t started_ns = 0;   // mono
-    std::map<size_t, std::string> failed;  // arm (an experiment's: 0 control, 1 treatment) → why its load failed
+    struct Failure {
+      std::string ref, error;
+    };
+    std::map<size_t, Failure> failed;  // arm (an experiment's: 0 control, 1 treatment) → which and why its load failed
   };
   mutable std::mutex warm_mu_;                        // never held while taking refresh_mu_
   std::map<std::string, Warmup> warmups_;             // guarded by warm_mu_: the registry's rollouts

@@ -66,8 +66,13 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
         return r.Fail(InvalidArgument("wait_ms must be a number of milliseconds, 0 or more"));
       wait_ns = static_cast<int64_t>(std::min(req.body["wait_ms"].get<double>(), 3600e3) * 1e6);
     }
-    if (Status st = d->RefreshRegistry(false, [r]() mutable { r.Send(nlohmann::json::object()); }, wait_ns); !st.ok())
-      r.Fail(st);
+    // Answered with the arms that could not be loaded, when any (the CLI warns).
+    auto answer = [r, d]() mutable {
+      nlohmann::json j = nlohmann::json::object();
+      if (nlohmann::json failed = d->WarmupFailures(); !failed.empty()) j["load_failures"] = std::move(failed);
+      r.Send(std::move(j));
+    };
+    if (Status st = d->RefreshRegistry(false, answer, wait_ns); !st.ok()) r.Fail(st);
   };
 }
 

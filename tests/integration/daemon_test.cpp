@@ -148,6 +148,12 @@ TEST_CASE("a CLI on another registry than the daemon's is told so, and a hung da
   CHECK(pin.exit_code != 0);
   CHECK_MESSAGE(pin.err.find("serves the registry") != std::string::npos, pin.err);
   CHECK(pin.err.find("unknown model") == std::string::npos);
+  // A predict is not found there (the model is in this CLI's registry): the reason is said.
+  auto predict = mms({"predict", "onlyb", "--input", TestDataDir() + "/tiny_input.json"});
+  CHECK(predict.exit_code == 4);
+  CHECK_MESSAGE(predict.err.find("serves the registry " + d.data_dir() + "/registry.db, not " + other +
+                                 "/registry.db") != std::string::npos,
+                predict.err);
   // Hung: a write returns within its --timeout, saying the daemon did not confirm.
   d.child().Signal(SIGSTOP);
   auto t0 = std::chrono::steady_clock::now();

@@ -438,12 +438,22 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
   REQUIRE(d.Mms({"unpin", "tiny"}).exit_code == 0);
   CHECK(FindModel(Pool(d), "tiny:1")["pinned"] == false);
   CHECK(d.Mms({"evict", "tiny"}).exit_code == 0);
+  // A daemon there but not answering: recorded, nothing loaded, exit 3 (it
+  // said "pinned", exit 0, and a script went on to send traffic).
+  d.child().Signal(SIGSTOP);
+  auto hung = d.Mms({"--timeout", "1", "pin", "tiny"});
+  d.child().Signal(SIGCONT);
+  CHECK(hung.exit_code == 3);
+  CHECK_MESSAGE(hung.err.find("the pin of tiny is recorded") != std::string::npos, hung.err);
+  CHECK(json::parse(d.Mms({"--json", "pin", "tiny"}).out)["on_device"] == true);
+  REQUIRE(d.Mms({"unpin", "tiny"}).exit_code == 0);
   // Pinning needs no daemon: it is recorded and applied at the next start.
   d.child().Signal(SIGTERM);
   REQUIRE(d.child().Wait(20) == 0);
   auto offline = d.Mms({"pin", "rec:1"});
   CHECK(offline.exit_code == 0);
   CHECK(offline.out.find("preloads pins when it starts") != std::string::npos);
+  CHECK(json::parse(d.Mms({"--json", "pin", "rec:1"}).out)["on_device"] == false);
   REQUIRE(d.Restart());
   CHECK(WaitFor([&] { return FindModel(Pool(d), "rec:1")["tier"] == "device"; }, 20));
   // The pinned model removed (as by a concurrent pipeline): unpinning it still succeeds,

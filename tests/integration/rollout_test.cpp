@@ -414,7 +414,7 @@ TEST_CASE("shadow refusals") {
   Daemon d;
   REQUIRE(d.ok());
   SetupTiny(d, "tiny_v2.pt");
-  CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "1"}).exit_code == 2);
+  CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "1"}).exit_code == 1);
   CHECK(d.Mms({"shadow", "start", "nope", "--candidate", "1"}).exit_code == 4);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--ratio", "0"}).exit_code == 2);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--duration", "soon"}).exit_code == 2);
@@ -779,4 +779,50 @@ TEST_CASE("canary refusals") {
   CHECK(second.exit_code == 6);
   CHECK(d.Mms({"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"})
             .exit_code == 6);
+}
+
+TEST_CASE("a rollout whose candidate cannot be loaded starts with a warning that says what follows") {
+  // It exited 0 at once with nothing said: a shadow mirrored nothing, an
+  // experiment failed every request routed to the arm (a review).
+  Daemon d;
+  REQUIRE(d.ok());
+  SetupTiny(d, "tiny_v2.pt");
+  FlipLastByte(PackedWeights(d.data_dir(), "tiny", "2"));  // fails its load's checksum, for good
+  auto sh = d.Mms({"--json", "shadow", "start", "tiny", "--candidate", "2"});
+  CHECK_MESSAGE(sh.exit_code == 0, sh.err);
+  json j = json::parse(sh.out);
+  REQUIRE(j["load_failures"].size() == 1);
+  CHECK(j["load_failures"][0]["version"] == "tiny:2");
+  CHECK(j["load_failures"][0]["error"].get<std::string>().find("tiny:2") != std::string::npos);
+  REQUIRE(d.Mms({"shadow", "stop", "tiny", "-q"}).exit_code == 0);
+  auto ex = d.Mms({"experiment", "create", "e1", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "10"});
+  CHECK(ex.exit_code == 0);
+  CHECK_MESSAGE(ex.err.find("warning: tiny:2 could not be loaded: ") != std::string::npos, ex.err);
+  CHECK(ex.err.find("or stop the experiment: mms experiment stop e1") != std::string::npos);
+  // A healthy one says nothing.
+  REQUIRE(d.Mms({"experiment", "stop", "e1", "-q"}).exit_code == 0);
+  Register(d, "tiny", "3", "tiny_v3.pt");
+  auto ok = d.Mms({"experiment", "create", "e2", "--model", "tiny", "--control", "1", "--treatment", "3", "--percent", "10"});
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.err.find("warning") == std::string::npos);
+}
+
+TEST_CASE("shadow stats with mmsd down and no figures saved yet: the run as recorded, exit 0") {
+  // It exited 3 ("no saved figures"), where mms stats shows an experiment
+  // without figures with exit 0 (a review).
+  Daemon d("[experiments]\nflush_interval = \"1h\"\n");
+  REQUIRE(d.ok());
+  SetupTiny(d, "tiny_v2.pt");
+  REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "-q"}).exit_code == 0);
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  auto r = d.Mms({"--json", "shadow", "stats", "tiny"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  json j = json::parse(r.out);
+  CHECK(j["candidate"] == "tiny:2");
+  CHECK(j["running"] == false);
+  CHECK_MESSAGE(r.err.find("no figures of this run were saved") != std::string::npos, r.err);
+  auto text = d.Mms({"shadow", "stats", "tiny"});
+  CHECK(text.exit_code == 0);
+  CHECK(text.out.find("running, but mmsd is not: nothing is mirrored") != std::string::npos);
 }

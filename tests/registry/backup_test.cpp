@@ -229,7 +229,7 @@ TEST_CASE("files missing from the source: a packed dir is a problem, an original
   CHECK_FALSE(FileExists(s.dir / "backup/sources/old"));
 }
 
-TEST_CASE("an interrupted copy is removed by the next one; a foreign file is refused") {
+TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is refused") {
   Source s;
   s.Add("a", "1");
   const std::string dest = s.dir / "backup";
