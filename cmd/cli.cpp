@@ -243,6 +243,17 @@ CLI::Validator DecimalNumber() {
       [](std::string& v) { return ParseDecimal(v) ? std::string() : "'" + v + "' is not a decimal number"; }, "NUMBER");
 }
 
+CLI::Validator WholeNumber() {
+  return CLI::Validator(
+      [](std::string& v) {
+        auto d = ParseDecimal(v);
+        return d && *d == std::floor(*d) && v.find_first_of(".eE") == std::string::npos
+                   ? std::string()
+                   : "'" + v + "' is not a whole number";
+      },
+      "INTEGER");
+}
+
 std::string FormatTable(const std::vector<std::vector<std::string>>& given) {
   // A cell holds one line: control characters (a description given with a
   // newline) are written as escapes, or the row would break the table.

@@ -159,5 +159,9 @@ std::string FormatTime(int64_t unix_ms);  // "2026-11-28 20:45:13" (UTC)
 std::optional<double> ParseDecimal(const std::string& text);
 // The same as a CLI11 check: "'TEXT' is not a decimal number".
 CLI::Validator DecimalNumber();
+// A whole number in decimal ("12", "-3"): "'abc' is not a whole number"
+// rather than CLI11's "Value abc not in range" or "Could not convert".
+// Checked before a range check (CLI11 runs checks in order).
+CLI::Validator WholeNumber();
 
 }  // namespace mms::cli

@@ -216,7 +216,7 @@ void AddDaemonCommands(CLI::App& app, Cli& cli) {
   status->callback([&cli] { cli.exit_code = CmdStatus(cli); });
 
   auto* ping = app.add_subcommand("ping", "Measure the round trip to the daemon");
-  auto* count = ping->add_option("--count,-c", "number of pings (default 1)")->default_val(1)->check(CLI::Range(1, 100000));
+  auto* count = ping->add_option("--count,-c", "number of pings (default 1)")->default_val(1)->check(WholeNumber())->check(CLI::Range(1, 100000));
   ping->callback([&cli, count] { cli.exit_code = CmdPing(cli, count->as<int>()); });
 }
 

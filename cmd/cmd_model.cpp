@@ -1075,13 +1075,16 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   reg->add_option("--description", a->description, "free text");
   reg->add_option("--metrics", a->metrics_file, "validation metrics: a JSON object file");
   reg->add_option("--data-fingerprint", a->fingerprint, "training data fingerprint");
-  auto* sla = reg->add_option("--sla-p99-ms", a->sla_p99_ms, "serving SLA: p99 latency target in ms");
+  auto* sla = reg->add_option("--sla-p99-ms", a->sla_p99_ms, "serving SLA: p99 latency target in ms")
+                  ->check(DecimalNumber());
   reg->add_option("--label", a->labels, "key=value (repeatable)");
   reg->add_option("--sample-input", a->sample_input, "tensor file (JSON or safetensors) used for warm-up");
   reg->add_option("--max-batch-size", a->max_batch_size,
-                  "enable dynamic batching up to N rows (0 = off; checked with --sample-input)");
+                  "enable dynamic batching up to N rows (0 = off; checked with --sample-input)")
+      ->check(WholeNumber());
   reg->add_option("--max-queue-delay-us", a->max_queue_delay_us,
-                  "batching: how long a batch may wait for more requests (default [scheduler] max_queue_delay)");
+                  "batching: how long a batch may wait for more requests (default [scheduler] max_queue_delay)")
+      ->check(WholeNumber());
   reg->callback([&cli, a, sla] {
     a->has_sla = sla->count() > 0;
     cli.exit_code = CmdRegister(cli, *a);

@@ -428,7 +428,8 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   predict->add_option("--adapter", a->adapter, "run with this LoRA adapter (NAME or NAME:VERSION) of the base REF")
       ->check(not_empty("omit --adapter to run the base alone"));
   auto* deadline = predict->add_option("--deadline-ms", a->deadline_ms,
-                                       "drop the request (exit 5) rather than run it past this many ms");
+                                       "drop the request (exit 5) rather than run it past this many ms")
+                       ->check(DecimalNumber());
   predict->callback([&cli, a, deadline] {
     a->has_deadline = deadline->count() > 0;
     cli.exit_code = CmdPredict(cli, *a);

@@ -450,9 +450,10 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   auto sa = std::make_shared<ShadowArgs>();
   sstart->add_option("NAME", sa->model, "the model")->required();
   sstart->add_option("--candidate", sa->candidate, "the version to try (VERSION, NAME:VERSION or NAME@ALIAS)")->required();
-  sstart->add_option("--ratio", sa->ratio, "share of requests mirrored, (0, 1] (default 1)");
-  sstart->add_option("--queue", sa->queue, "bounded shadow queue; full means dropped (default 1000)");
-  sstart->add_option("--tolerance", sa->tolerance, "max abs difference before a request diverges (default 1e-5)");
+  sstart->add_option("--ratio", sa->ratio, "share of requests mirrored, (0, 1] (default 1)")->check(DecimalNumber());
+  sstart->add_option("--queue", sa->queue, "bounded shadow queue; full means dropped (default 1000)")->check(WholeNumber());
+  sstart->add_option("--tolerance", sa->tolerance, "max abs difference before a request diverges (default 1e-5)")
+      ->check(DecimalNumber());
   sstart->add_option("--duration", sa->duration, "stop by itself after this long (e.g. 2h)");
   sstart->callback([&cli, sa] { cli.exit_code = CmdShadowStart(cli, *sa); });
   auto model = std::make_shared<std::string>();
@@ -468,7 +469,7 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   auto* ssamples = shadow->add_subcommand("samples", "Recent diverging requests with both outputs");
   auto limit = std::make_shared<int>(20);
   ssamples->add_option("NAME", *model)->required();
-  ssamples->add_option("--limit", *limit, "how many (default 20, at most 1000)")->check(CLI::Range(1, 1000));
+  ssamples->add_option("--limit", *limit, "how many (default 20, at most 1000)")->check(WholeNumber())->check(CLI::Range(1, 1000));
   ssamples->callback([&cli, model, limit] { cli.exit_code = CmdShadowSamples(cli, *model, *limit); });
 
   auto* canary = app.add_subcommand("canary", "Canary rollouts: staged traffic, judged against control, auto-rollback");
@@ -479,10 +480,14 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   cstart->add_option("--candidate", ca->candidate, "the new version")->required();
   cstart->add_option("--stages", ca->stages, "traffic percentages, increasing, in (0, 100] (default 1,5,10,25,50,100)");
   cstart->add_option("--stage-duration", ca->stage_duration, "time each stage must pass its checks (default 30m)");
-  cstart->add_option("--max-error-rate", ca->max_error_rate, "roll back above this canary error rate (default 0.05)");
-  cstart->add_option("--max-p99-ms", ca->max_p99_ms, "roll back above this canary p99 (default 500)");
-  cstart->add_option("--max-p99-ratio", ca->max_p99_ratio, "roll back when canary p99 / control p99 exceeds this, and p99 is over 1 ms above control's (default 1.2)");
-  cstart->add_option("--min-requests", ca->min_requests, "canary requests needed for any verdict (default 1000)");
+  cstart->add_option("--max-error-rate", ca->max_error_rate, "roll back above this canary error rate (default 0.05)")
+      ->check(DecimalNumber());
+  cstart->add_option("--max-p99-ms", ca->max_p99_ms, "roll back above this canary p99 (default 500)")
+      ->check(DecimalNumber());
+  cstart->add_option("--max-p99-ratio", ca->max_p99_ratio, "roll back when canary p99 / control p99 exceeds this, and p99 is over 1 ms above control's (default 1.2)")
+      ->check(DecimalNumber());
+  cstart->add_option("--min-requests", ca->min_requests, "canary requests needed for any verdict (default 1000)")
+      ->check(WholeNumber());
   cstart->add_option("--check-interval", ca->check_interval, "how often to judge (default 10s)");
   cstart->add_flag("--wait", ca->wait, "stream progress until it ends; exit 0 promoted, 10 rolled back, 11 aborted, 12 timeout");
   cstart->add_option("--timeout", ca->timeout, "with --wait: give up waiting after this long (exit 12)");

@@ -128,7 +128,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     snap = d->snapshot();  // registered a moment ago?
     route = RouteRequest(*snap, *ref, user, rng);
   }
-  if (!route.ok()) return r.Fail(route.status());
+  if (!route.ok()) {
+    // "unknown model 'x'" for --adapter x: said as the adapter it is.
+    if (base_ref && route.status().code() == Code::kNotFound)
+      return r.Fail(NotFound("--adapter: " + route.status().message() + " (mms adapter list --base " +
+                             base_ref->ToString() + " shows its adapters)"));
+    return r.Fail(route.status());
+  }
   // The record lives in the snapshot; sharing the snapshot keeps it (no copy per request).
   std::shared_ptr<const VersionRecord> recp(snap, route->version);
   const VersionRecord& rec = *recp;

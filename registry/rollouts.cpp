@@ -272,6 +272,8 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
 }
 
 Result<CanaryRecord> Registry::ActiveCanaryLocked(const std::string& model) {
+  // An unknown model said as such (with a suggestion), by every canary command alike.
+  MMS_RETURN_IF_ERROR(ModelId(model).status());
   MMS_ASSIGN_OR_RETURN(auto out, QueryCanaries("WHERE m.name = ? ORDER BY c.id DESC LIMIT 1", {model}));
   if (out.empty()) return NotFound("model '" + model + "' has no canary (start one with mms canary start)");
   return out[0];
@@ -279,7 +281,6 @@ Result<CanaryRecord> Registry::ActiveCanaryLocked(const std::string& model) {
 
 Result<CanaryRecord> Registry::GetCanary(const std::string& model) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  MMS_RETURN_IF_ERROR(ModelId(model).status());
   return ActiveCanaryLocked(model);
 }
 

@@ -260,7 +260,10 @@ TEST_CASE("adapters serve in both modes equal to the base with the adapter merge
   CHECK(other_version.err.find("is for base:1, not base:2") != std::string::npos);
   auto notad = d.Mms({"predict", "base", "--adapter", "merged-a1", "--input", Data("lora_input.json")});
   CHECK(notad.exit_code == 2);
-  CHECK(d.Mms({"predict", "base", "--adapter", "nope", "--input", Data("lora_input.json")}).exit_code == 4);
+  auto unknown_adapter = d.Mms({"predict", "base", "--adapter", "nope", "--input", Data("lora_input.json")});
+  CHECK(unknown_adapter.exit_code == 4);
+  CHECK_MESSAGE(unknown_adapter.err.find("--adapter: unknown model 'nope'") != std::string::npos, unknown_adapter.err);
+  CHECK(unknown_adapter.err.find("mms adapter list --base base") != std::string::npos);
   // The adapters' own tier in mms pool.
   json pool = json::parse(d.Mms({"--json", "pool"}).out);
   REQUIRE(pool.contains("adapters"));

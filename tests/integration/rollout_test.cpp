@@ -760,6 +760,15 @@ TEST_CASE("canary refusals") {
       // A state of the registry, as "no production version" is: 1, not a usage error.
       {{"shadow", "start", "tiny", "--candidate", "1"}, 1, "serves already: nothing to compare it with"},
       {{"canary", "start", "tiny", "--candidate", "9"}, 4, "unknown version"},
+      // As canary status says it ("has no canary" for a model that does not exist).
+      {{"canary", "pause", "tinyy"}, 4, "unknown model 'tinyy'"},
+      // Said as what they are, not CLI11's "Could not convert" or "not in range".
+      {{"canary", "start", "tiny", "--candidate", "2", "--min-requests", "ten"}, 2, "'ten' is not a whole number"},
+      {{"canary", "start", "tiny", "--candidate", "2", "--max-error-rate", "5%"}, 2, "'5%' is not a decimal number"},
+      {{"shadow", "start", "tiny", "--candidate", "2", "--queue", "1.5"}, 2, "'1.5' is not a whole number"},
+      {{"ping", "--count", "abc"}, 2, "'abc' is not a whole number"},
+      {{"model", "register", "x", "--version", "1", "--path", Data("tiny.pt"), "--sla-p99-ms", "abc"}, 2,
+       "'abc' is not a decimal number"},
       {{"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "later"}, 2, "invalid duration"},
       // Silently changed or ignored before: stored as 1 ms, shown as 0.00% while routing 0.01%, waited for ever.
       {{"canary", "start", "tiny", "--candidate", "2", "--check-interval", "0"}, 2, "--check-interval 0 is under 1ms"},
