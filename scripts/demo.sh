@@ -20,7 +20,12 @@ export MMS_ACTOR=demo
 mms() { "$bin/mms" --socket "$work/mms.sock" --data-dir "$work/data" "$@"; }
 cleanup() {
   if [ -z "${MMS_DEMO_KEEP:-}" ]; then
-    if [ -f "$work/pid" ]; then kill "$(cat "$work/pid")" 2>/dev/null || true; fi
+    if [ -f "$work/pid" ]; then
+      pid=$(cat "$work/pid")
+      kill "$pid" 2>/dev/null || true
+      # A clean stop still writes (figures, feedback ids): wait for it, or rm races it.
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
     rm -rf "$work"
   else
     echo "kept $work (mmsd pid $(cat "$work/pid" 2>/dev/null))"
