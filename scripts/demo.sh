@@ -7,7 +7,8 @@
 #   4. runs an A/B experiment with a simulated click-through, then reports it,
 #   5. rolls a new version out as a canary to promotion,
 #   6. serves LoRA adapters on shared bases (two mixed in one batch),
-#   7. prints mms stats.
+#   7. prints mms stats,
+#   8. backs the data dir up while mmsd serves, and verifies the copy.
 # Set MMS_DEMO_KEEP=1 to keep the directory (and the daemon) afterwards.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -109,5 +110,10 @@ echo
 echo "== 7. mms stats"
 mms stats | tail -n +1 | sed -n '/serving since/,$p' | head -20
 mms model history c00 | tail -8
+
+echo
+echo "== 8. an online backup of the whole data dir, checked, as a data dir of its own"
+mms backup "$work/backup"
+"$bin/mms" --data-dir "$work/backup" --socket "$work/backup/none.sock" model verify | tail -1
 echo
 echo "demo finished in $(( SECONDS - start )) s"
