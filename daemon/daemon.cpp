@@ -695,6 +695,8 @@ bool Daemon::FlushMetrics(bool brief) {
     if (brief) quick.emplace(registry_.get(), CanaryController::kBriefWriteWaitMs);
     return save();
   };
+  // Claims whose outcomes are in the figures now: journaled below once saved.
+  const size_t claims = attribution_->MarkClaims();
   Status failed = Status::Ok();
   for (const auto& [key, m] : experiment_metrics_.All()) {
     if (!m->TakeDirty()) continue;
@@ -722,6 +724,18 @@ bool Daemon::FlushMetrics(bool brief) {
       saved[id] = std::move(was);
     }
     saved_shadow_figures_ = std::move(saved);
+  }
+  // The request ids feedback may come for, appended to the file a clean
+  // stop rewrites whole: a killed mmsd forgets one interval of them at most.
+  // (A file of its own: appended even while the registry refuses writes,
+  // but then without the claims, whose outcomes were not saved.)
+  if (Status st = attribution_->AppendJournal(FeedbackIdsPath(), failed.ok() ? claims : 0); !st.ok()) {
+    if (!journal_failing_.exchange(true))
+      LogWarn("feedback_ids_journal_failed", {{"error", st.message()},
+                                              {"note", "a killed mmsd would forget the request ids since; a clean "
+                                                       "stop still saves them all"}});
+  } else if (journal_failing_.exchange(false)) {
+    LogInfo("feedback_ids_journal_recovered", {});
   }
   // A brief wait that failed may be contention (a long CLI transaction, a
   // slow fsync): an outage once three flushes in a row failed.
@@ -894,16 +908,20 @@ std::vector<UnsavedRollback> Daemon::LoadUnsavedRollbacks() {
 Status Daemon::Start() {
   started_mono_ns_ = opts_.clock->MonoNanos();
   reload_ok_unix_ms_ = opts_.clock->UnixMillis();  // the config in force was read at start
-  // Request ids the previous mmsd served, saved at its clean stop: feedback
-  // for them still counts. Read here, removed once this start has succeeded
-  // (a start that fails keeps them for the next; claims made once serving
-  // must not be read back by a later start after a crash). Load skips what
-  // it cannot read, so a damaged file cannot stop every start.
+  // Request ids the previous mmsd served, saved at its clean stop or
+  // journaled at its flushes: feedback for them still counts. Load skips
+  // what it cannot read, so a damaged file cannot stop every start; a start
+  // that fails leaves the file as it was.
   const bool ids_saved = FileExists(FeedbackIdsPath());
   if (ids_saved) {
     auto n = attribution_->Load(FeedbackIdsPath());
     if (n.ok()) LogInfo("feedback_ids_restored", {{"ids", *n}});
     else LogWarn("feedback_ids_not_restored", {{"error", n.status().message()}});
+    // Rewritten whole, before any request (what was read, compacted, its
+    // reports all saved ones): the flushes append to it from here.
+    if (n.ok())
+      if (Status st = attribution_->Save(FeedbackIdsPath()); !st.ok())
+        LogWarn("feedback_ids_journal_failed", {{"error", st.message()}});
   }
   // Rollbacks a previous mmsd judged but could not record (it died first):
   // their canaries get no traffic, and are written at the next ticks.
@@ -947,7 +965,6 @@ Status Daemon::Start() {
   }
   MMS_RETURN_IF_ERROR(server_->Start());
   MMS_RETURN_IF_ERROR(RefreshRegistry(true));  // also preloads the pins
-  if (ids_saved) ::unlink(FeedbackIdsPath().c_str());
   watcher_ = std::thread([this] { WatchRegistry(); });
   LogInfo("started", {{"pid", ::getpid()},
                       {"socket", opts_.socket_path},

@@ -276,6 +276,7 @@ class Daemon {
 
   MetricsStore experiment_metrics_;
   std::atomic<bool> flush_failing_{false};  // FlushMetrics' last try failed (logged once per outage)
+  std::atomic<bool> journal_failing_{false};  // the feedback ids journal could not be appended (logged once)
   static constexpr int kBriefFailuresToReport = 3;
   int brief_failures_ = 0;  // FlushMetrics' (watcher thread): brief flushes failed in a row
   std::map<int64_t, std::string> saved_shadow_figures_;  // FlushMetrics' (one thread at a time): shadow id → as saved

@@ -1,5 +1,11 @@
 #include "rollout/attribution.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -14,6 +20,7 @@ void AttributionStore::Remember(const std::string& request_id, const std::string
   Expire(now);
   entries_[request_id] = Entry{experiment, variant, now, {}};
   order_.emplace_back(now, request_id);
+  new_ids_.push_back(request_id);
   while (entries_.size() > opts_.capacity && !order_.empty()) {
     entries_.erase(order_.front().second);
     order_.pop_front();
@@ -62,25 +69,96 @@ Result<AttributionStore::Claimed> AttributionStore::Claim(const std::string& req
   return Claimed{e.experiment, e.variant};
 }
 
+void AttributionStore::Recorded(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  new_claims_.push_back(request_id);
+}
+
 Status AttributionStore::Save(const std::string& path, bool with_reported) const {
   std::string text;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
-    for (const auto& [at, id] : order_) {
-      auto it = entries_.find(id);
-      if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
-      const Entry& e = it->second;
-      text += nlohmann::json{{"id", id},
-                             {"experiment", e.experiment},
-                             {"variant", VariantName(e.variant)},
-                             {"served_ms", unix_ms - (now - at) / 1'000'000},
-                             {"reported", with_reported ? e.reported : std::set<std::string>{}}}
-                  .dump() +
-              "\n";
-    }
+    text = Whole(with_reported);
   }
   return WriteFileAtomic(path, text);
+}
+
+std::string AttributionStore::Whole(bool with_reported) const {
+  std::string text;
+  const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
+  for (const auto& [at, id] : order_) {
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
+    text += Line(id, it->second, now, unix_ms, with_reported);
+  }
+  return text;
+}
+
+std::string AttributionStore::Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms,
+                                   bool with_reported) const {
+  return nlohmann::json{{"id", id},
+                        {"experiment", e.experiment},
+                        {"variant", VariantName(e.variant)},
+                        {"served_ms", unix_ms - (now - e.at) / 1'000'000},
+                        {"reported", with_reported ? e.reported : std::set<std::string>{}}}
+             .dump() +
+         "\n";
+}
+
+size_t AttributionStore::MarkClaims() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return new_claims_.size();
+}
+
+Status AttributionStore::AppendJournal(const std::string& path, size_t claims_mark) {
+  std::string text;
+  bool compact = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
+    // A new id as served (nothing reported yet: a claim since is its own
+    // line); a claimed one with what is reported now, all saved by then
+    // (claims after the mark stay for a later append).
+    auto add = [&](const std::string& id, bool with_reported) {
+      auto it = entries_.find(id);
+      if (it == entries_.end()) return;  // forgotten meanwhile (past capacity or twice the window)
+      text += Line(id, it->second, now, unix_ms, with_reported);
+      ++journal_lines_;
+    };
+    for (const auto& id : new_ids_) add(id, false);
+    new_ids_.clear();
+    claims_mark = std::min(claims_mark, new_claims_.size());
+    for (size_t i = 0; i < claims_mark; ++i) add(new_claims_[i], true);
+    new_claims_.erase(new_claims_.begin(), new_claims_.begin() + static_cast<std::ptrdiff_t>(claims_mark));
+    // Every reported mark in memory saved (no claim waits): the whole store,
+    // as it is now, replaces the file. (Only the flush appends: nothing
+    // else writes the file meanwhile.)
+    compact = new_claims_.empty() && journal_lines_ > 2 * entries_.size() + 1000;
+    if (compact) {
+      text = Whole(/*with_reported=*/true);
+      journal_lines_ = entries_.size();
+    }
+  }
+  if (compact) return WriteFileAtomic(path, text);
+  if (text.empty()) return Status::Ok();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return IoError("cannot append to " + path + ": " + std::strerror(errno));
+  size_t off = 0;
+  while (off < text.size()) {
+    ssize_t n = ::write(fd, text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      return IoError("cannot append to " + path + ": " + std::strerror(e));
+    }
+    off += static_cast<size_t>(n);
+  }
+  const bool synced = ::fdatasync(fd) == 0;
+  const int e = errno;
+  ::close(fd);
+  if (!synced) return IoError("cannot sync " + path + ": " + std::strerror(e));
+  return Status::Ok();
 }
 
 Result<size_t> AttributionStore::Load(const std::string& path) {
@@ -104,12 +182,16 @@ Result<size_t> AttributionStore::Load(const std::string& path) {
     const int64_t age_ms = unix_ms - served_ms;
     if (age_ms > 2 * opts_.window_ns / 1'000'000) continue;
     const int64_t at = now - std::max<int64_t>(age_ms, 0) * 1'000'000;
-    if (entries_.count(j["id"].get<std::string>())) continue;
     Entry e{j["experiment"].get<std::string>(), v, at, {}};
     if (j.contains("reported") && j["reported"].is_array())
       for (const auto& m : j["reported"])
         if (m.is_string()) e.reported.insert(m.get<std::string>());
     const std::string id = j["id"].get<std::string>();
+    // The journal repeats an id (served, then reported): its reports add up.
+    if (auto known = entries_.find(id); known != entries_.end()) {
+      known->second.reported.insert(e.reported.begin(), e.reported.end());
+      continue;
+    }
     entries_[id] = std::move(e);
     order_.emplace_back(at, id);
     ++added;

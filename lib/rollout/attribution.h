@@ -5,7 +5,9 @@
 // tell the two apart), and twice for the same metric (ALREADY_EXISTS).
 // Memory is bounded by `capacity` ids (oldest forgotten first). Held in
 // memory; mmsd saves them at a clean stop and reads them back at start
-// (Save/Load), so a deploy forgets none. A daemon killed forgets them.
+// (Save/Load), so a deploy forgets none; between, it appends what changed to
+// the same file at every figures flush (AppendJournal), so a killed daemon
+// forgets at most one flush interval of them.
 
 //
 // Thread-safety: internally locked.
@@ -43,6 +45,9 @@ class AttributionStore {
   Result<Claimed> Lookup(const std::string& request_id);
   // Marks each metric reported for the request; all or nothing.
   Result<Claimed> Claim(const std::string& request_id, const std::vector<std::string>& metrics);
+  // A claim's outcomes are now in the figures (in memory): the next journal
+  // append after they are saved may record the claim.
+  void Recorded(const std::string& request_id);
   size_t size() const;
   // The ids still inside twice the window, with what was reported for each,
   // as JSON lines (served times as Unix ms: the monotonic clock does not
@@ -53,6 +58,18 @@ class AttributionStore {
   // Adds the ids a Save wrote that are still inside twice the window.
   // Returns how many; a malformed line is skipped.
   Result<size_t> Load(const std::string& path);
+
+  // The journal. MarkClaims() notes the claims Recorded so far; a figures flush
+  // calls it before saving the outcomes those claims added, then
+  // AppendJournal(path, mark) — the mark when the outcomes were saved, else
+  // 0 — appends to `path`, as Save's lines (Load merges an id's lines), the
+  // ids remembered since the last append, and the claims up to `mark`
+  // (later ones stay for the next append: an id is never journaled as
+  // reported before its outcome is saved, so a crash leaves feedback to
+  // send again, not feedback lost). fdatasyncs. Once the file holds far more
+  // lines than ids, and no claim waits, it is rewritten by Save (compacted).
+  size_t MarkClaims() const;
+  Status AppendJournal(const std::string& path, size_t claims_mark);
 
  private:
   struct Entry {
@@ -68,6 +85,13 @@ class AttributionStore {
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;      // guarded by mu_
   std::deque<std::pair<int64_t, std::string>> order_;   // guarded by mu_
+  std::vector<std::string> new_ids_;      // remembered since the last AppendJournal (mu_)
+  std::vector<std::string> new_claims_;   // claimed since, in order (mu_)
+  size_t journal_lines_ = 0;              // lines in the file since Save last wrote it whole (mu_)
+  // Every entry, as Save writes them (mu_ held).
+  std::string Whole(bool with_reported) const;
+  // One entry as a line of the file (mu_ held).
+  std::string Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, bool with_reported) const;
 };
 
 }  // namespace mms

@@ -463,9 +463,9 @@ TEST_CASE("feedback for requests served before a clean restart still counts, and
   int clicks = 0;
   for (const char* v : {"control", "treatment"}) clicks += s["variants"][v]["outcomes"]["click"]["count"].get<int>();
   CHECK(clicks == 2);
-  // Read once: the file is gone, so a later crash and start cannot bring back claims made since.
-  CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
-  // A start that fails after reading them keeps them for the next (they were deleted before it served).
+  // Rewritten at start, appended to since: it stays, and holds the claims since with their outcomes.
+  CHECK(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
+  // A start that fails after reading them keeps them for the next.
   const std::string third = Predict(d, "u3")["request_id"];
   d.child().Signal(SIGTERM);
   REQUIRE(d.child().Wait(20) == 0);
@@ -485,6 +485,29 @@ TEST_CASE("feedback for requests served before a clean restart still counts, and
   CHECK(std::filesystem::exists(d.data_dir() + "/registry.db.feedback-ids"));
   REQUIRE(d.Restart());
   CHECK(d.Mms({"feedback", third, "--metric", "click=1"}).exit_code == 0);
+}
+
+TEST_CASE("feedback for requests served before a SIGKILL still counts, all but the last flush interval's") {
+  // A killed mmsd forgot every request id: an hour of conversions refused.
+  Daemon d("[experiments]\nflush_interval = \"200ms\"\n");
+  REQUIRE(d.ok());
+  Setup(d);
+  REQUIRE(d.Mms({"experiment", "create", "crash", "--model", "tiny", "--control", "1", "--treatment", "2",
+                 "--percent", "50", "--metric", "click"})
+              .exit_code == 0);
+  const std::string before = Predict(d, "u1")["request_id"], reported = Predict(d, "u2")["request_id"];
+  REQUIRE(d.Mms({"feedback", reported, "--metric", "click=1"}).exit_code == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // flushes: the figures, then the journal
+  d.child().Signal(SIGKILL);
+  d.child().Wait(10);
+  REQUIRE(d.Restart());
+  auto late = d.Mms({"feedback", before, "--metric", "click=1"});
+  CHECK_MESSAGE(late.exit_code == 0, late.err);  // it was "unknown request id" (exit 4)
+  CHECK(d.Mms({"feedback", reported, "--metric", "click=1"}).exit_code == 6);  // taken once, its outcome kept
+  json s = Stats(d, "crash");
+  int clicks = 0;
+  for (const char* v : {"control", "treatment"}) clicks += s["variants"][v]["outcomes"]["click"]["count"].get<int>();
+  CHECK(clicks == 2);
 }
 
 TEST_CASE("an experiment whose arm was removed says so, also once the version is registered again") {
