@@ -75,6 +75,7 @@ int CmdBackup(Cli& cli, const std::string& dest_arg) {
                                     "to another directory"));
   DataDirCopy c;
   c.src_db = *src_db;
+  c.src_dir = *data_dir;
   c.dest_dir = dest;
   c.dest_db = dest_db;
   c.action = "backup";
@@ -117,20 +118,32 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
       if (std::string d = JoinPath(*data_dir, sub); !EmptyOrMissing(d))
         return cli.Fail(AlreadyExists(d + " holds files no registry here names (another registry's?): move it aside "
                                           "first, or restore into a new data dir (--data-dir)"));
-  // A daemon on this data dir's socket would go on serving what it loaded
-  // (or nothing) and never see the restored registry.
+  // A daemon serving this data dir would go on with what it opened (or
+  // nothing) and never see the restored registry. One on the socket that
+  // serves another data dir (the same $XDG_RUNTIME_DIR socket) is no reason
+  // to refuse; one that does not answer cannot say which it serves.
   if (auto path = cli.socket_path(); path.ok() && FileExists(*path)) {
     auto conn = cli.Connect();
-    if (conn.ok()) {
-      auto ping = (*conn)->CallJson(proto::kPing, nlohmann::json::object());
-      if (ping.ok())
-        return cli.Fail(Status(Code::kInUse, "mmsd (pid " + std::to_string(ping->value("pid", 0)) +
-                                                 ") is running at " + *path +
+    Result<nlohmann::json> status = conn.ok() ? (*conn)->CallJson(proto::kStatus, nlohmann::json::object())
+                                              : Result<nlohmann::json>(conn.status());
+    if (status.ok()) {
+      const std::string theirs = status->value("registry", "");
+      auto a = CanonicalPath(DirName(theirs)), b = CanonicalPath(DirName(*dest_db));
+      const bool same = a.ok() && b.ok() ? *a + "/" + BaseName(theirs) == *b + "/" + BaseName(*dest_db)
+                                         : theirs == *dest_db;
+      if (same)
+        return cli.Fail(Status(Code::kInUse, "mmsd (pid " + std::to_string(status->value("pid", 0)) +
+                                                 ") serves this data dir at " + *path +
                                                  ": stop it before restoring, then start it on the restored registry"));
+    } else if (!DaemonNotRunning(status.status())) {
+      return cli.Fail(Status(Code::kInUse, "a daemon at " + *path + " does not answer (" + status.status().message() +
+                                               "): if it serves this data dir, stop it before restoring; if not, "
+                                               "name this data dir's own socket with --socket"));
     }
   }
   DataDirCopy c;
   c.src_db = src_db;
+  c.src_dir = backup;  // (moved since it was written: its files are found here)
   c.dest_dir = *data_dir;
   c.dest_db = *dest_db;
   c.action = "restore";

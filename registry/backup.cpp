@@ -1,6 +1,8 @@
 #include "registry/backup.h"
 
 #include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +12,8 @@
 #include <map>
 #include <memory>
 #include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "core/hash.h"
 #include "core/paths.h"
@@ -27,6 +31,7 @@ namespace fs = std::filesystem;
 constexpr const char* kReplacedMarker = "REPLACED_BY";
 
 std::string PartialPath(const std::string& dest_db) { return dest_db + ".partial"; }
+std::string MarkerPath(const std::string& dest_db) { return dest_db + ".copying"; }
 
 void RemoveDbFiles(const std::string& db) {
   for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((db + suffix).c_str());
@@ -87,7 +92,8 @@ Status CopyTree(const std::string& from, const std::string& to, uint64_t* bytes,
   dirs->insert(to);
   std::error_code ec;
   Status result = Status::Ok();
-  for (const auto& e : fs::directory_iterator(from, ec)) {
+  for (fs::directory_iterator it(from, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::directory_entry& e = *it;
     const std::string name = e.path().filename().string();
     if (name == kReplacedMarker) continue;
     std::error_code ec2;
@@ -116,7 +122,7 @@ std::string FreeName(const std::string& parent, const std::string& name, const s
 
 }  // namespace
 
-bool InterruptedCopy(const std::string& dest_db) { return FileExists(PartialPath(dest_db)) && !FileExists(dest_db); }
+bool InterruptedCopy(const std::string& dest_db) { return FileExists(MarkerPath(dest_db)) && !FileExists(dest_db); }
 
 Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   auto say = [&](const std::string& line) {
@@ -128,19 +134,54 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   const std::string artifacts = JoinPath(c.dest_dir, "artifacts");
   const std::string sources = JoinPath(c.dest_dir, "sources");
   std::error_code ec;
-  if (FileExists(partial)) {  // an interrupted copy: everything it wrote goes
-    say("removing the files of an interrupted copy into " + c.dest_dir);
-    RemoveDbFiles(partial);
-    fs::remove_all(artifacts, ec);
-    fs::remove_all(sources, ec);
-  }
   MMS_RETURN_IF_ERROR(MakeDirs(c.dest_dir, 0700));
   MMS_RETURN_IF_ERROR(MakeDirs(DirName(c.dest_db), 0700));
+  // The marker of a copy in progress, and its lock: it lives from before
+  // the first file to after the registry's rename, so a copy killed at any
+  // point is known as interrupted; the flock keeps a second copy into the
+  // same place (an overlapping cron run) from taking the first one's files.
+  const std::string marker = MarkerPath(c.dest_db);
+  const bool interrupted = FileExists(marker);
+  int lock_fd = ::open(marker.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) return IoError("cannot create " + marker + ": " + std::strerror(errno));
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd);
+    return Status(Code::kInUse, "another mms backup or restore is writing " + c.dest_dir +
+                                    " now (it holds " + marker + "); wait for it, or name another directory");
+  }
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }
+  } unlock{lock_fd};
+  if (FileExists(c.dest_db)) return AlreadyExists(c.dest_db + " already exists");  // (written before the lock)
+  if (interrupted) {  // everything an interrupted copy wrote goes (the marker stays until done)
+    say("removing the files of an interrupted copy into " + c.dest_dir);
+    fs::remove_all(artifacts, ec);
+    fs::remove_all(sources, ec);
+    RemoveDbFiles(partial);
+  }
+  // Paths under the place a copy was written at, when it has moved since
+  // (a backup copied to another host, mounted elsewhere): rebased onto where
+  // it is now.
+  std::string moved_from;
+  if (!c.src_dir.empty())
+    if (auto m = ReadFile(JoinPath(c.src_dir, kCopyManifest)); m.ok()) {
+      auto j = nlohmann::json::parse(*m, nullptr, false);
+      if (j.is_object() && j.contains("root") && j["root"].is_string() && j["root"].get<std::string>() != c.src_dir)
+        moved_from = j["root"].get<std::string>();
+    }
+  auto here = [&](const std::string& path) {
+    if (moved_from.empty() || path.rfind(moved_from + "/", 0) != 0) return path;
+    return c.src_dir + path.substr(moved_from.size());
+  };
 
   DataDirCopyReport rep;
   std::map<std::string, std::string> packed_copies;  // source dir → its copy
-  std::map<std::string, std::string> source_copies;  // source file → its copy ("" = could not be copied)
-  std::map<std::string, std::string> source_why;     // why not
+  // An original, by path and hash: a path registered again with other
+  // weights (a retrain writing the same file) is another original.
+  std::map<std::string, std::string> source_copies;  // key → its copy ("" = could not be copied)
+  std::map<std::string, std::string> source_why;     // key → why not
+  auto source_key = [](const Row& r) { return r.artifact_path + "\n" + r.sha256; };
   std::set<std::string> taken;                       // copies made (or reserved) by this run
   std::set<std::string> dirs;                        // directories written into (synced at the end)
   std::unique_ptr<Registry> reg;
@@ -160,6 +201,11 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     o.clock = c.clock;
     MMS_ASSIGN_OR_RETURN(reg, Registry::Open(o));  // refuses a foreign or newer file; migrates an older one
     MMS_ASSIGN_OR_RETURN(rows, Rows(*reg));
+    for (Row& r : rows) {
+      r.artifact_path = here(r.artifact_path);
+      r.packed_dir = here(r.packed_dir);
+      r.sample_input = here(r.sample_input);
+    }
     MMS_ASSIGN_OR_RETURN(int64_t audit, LastAuditId(*reg));
     vanished.clear();
     for (const Row& r : rows) {
@@ -187,40 +233,50 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
         "taking a new snapshot");
   }
 
-  // The original artifacts: what repack and verify read. A file that is gone
-  // or changed since registration is not copied (the row keeps its path).
+  // The original artifacts: what repack and verify read. One that cannot be
+  // copied (gone, unreadable, changed since registration) is noted and not
+  // copied (the row keeps its path); only the copy's own disk failing stops it.
   for (const Row& r : rows) {
-    if (source_copies.count(r.artifact_path)) continue;
+    const std::string key = source_key(r);
+    if (source_copies.count(key)) continue;
     const std::string dir = FreeName(JoinPath(sources, r.model), r.version, taken);
     taken.insert(dir);
     std::vector<std::string> files{r.artifact_path};
     if (r.adapter) files.push_back(JoinPath(DirName(r.artifact_path), "adapter_config.json"));
-    Status st = MakeDirs(dir, 0700);
+    MMS_RETURN_IF_ERROR(MakeDirs(dir, 0700));
     dirs.insert(DirName(dir));
     dirs.insert(dir);
     uint64_t bytes = 0;
+    Status st = Status::Ok();
+    std::string why;
     for (const std::string& f : files) {
       if (!st.ok()) break;
       uint64_t n = 0;
-      st = CopyFileDurably(f, JoinPath(dir, BaseName(f)), &n);
+      const std::string to = JoinPath(dir, BaseName(f));
+      st = CopyFileDurably(f, to, &n);
       bytes += n;
+      if (st.code() == Code::kNotFound) why = f == r.artifact_path ? "is gone" : "is there, but its " + f + " is gone";
+      // Writing the copy failed (its disk): the copy cannot be made. Reading
+      // the original failed (permissions): that original is not copied.
+      else if (!st.ok() && FileExists(to)) return st;
+      else if (!st.ok()) why = st.message();
     }
     if (st.ok()) {
       auto sha = Sha256File(JoinPath(dir, BaseName(r.artifact_path)));
-      if (!sha.ok()) st = sha.status();
-      else if (*sha != r.sha256)
-        st = FailedPrecondition("changed since registration (sha256 " + sha->substr(0, 12) + ", registered " +
-                                r.sha256.substr(0, 12) + ")");
+      if (!sha.ok()) return sha.status();
+      if (*sha != r.sha256) {
+        st = FailedPrecondition("changed");
+        why = "changed since registration (sha256 " + sha->substr(0, 12) + ", registered " + r.sha256.substr(0, 12) + ")";
+      }
     }
-    if (st.code() == Code::kIo || st.code() == Code::kAlreadyExists) return st;
     if (!st.ok()) {
       fs::remove_all(dir, ec);
       ::rmdir(DirName(dir).c_str());  // the model's, when empty
-      source_copies[r.artifact_path] = "";
-      source_why[r.artifact_path] = st.code() == Code::kNotFound ? "is gone" : st.message();
+      source_copies[key] = "";
+      source_why[key] = why;
       continue;
     }
-    source_copies[r.artifact_path] = JoinPath(dir, BaseName(r.artifact_path));
+    source_copies[key] = JoinPath(dir, BaseName(r.artifact_path));
     rep.source_files += static_cast<int>(files.size());
     rep.bytes += bytes;
   }
@@ -229,10 +285,9 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   std::set<std::string> used;
   for (const Row& r : rows) {
     Registry::Relocation m{r.id, r.artifact_path, r.packed_dir, r.sample_input};
-    if (const std::string& copy = source_copies[r.artifact_path]; !copy.empty()) m.artifact_path = copy;
-    else
-      rep.sources_missing.push_back(r.ref() + ": its original artifact " + r.artifact_path + " " +
-                                    source_why[r.artifact_path]);
+    const std::string key = source_key(r);
+    if (const std::string& copy = source_copies[key]; !copy.empty()) m.artifact_path = copy;
+    else rep.sources_missing.push_back(r.ref() + ": its original artifact " + r.artifact_path + " " + source_why[key]);
     if (!r.packed_dir.empty()) {
       auto copy = packed_copies.find(r.packed_dir);
       if (copy == packed_copies.end()) {
@@ -245,9 +300,9 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
         if (r.sample_input.rfind(r.packed_dir + "/", 0) == 0)
           m.sample_input = JoinPath(copy->second, r.sample_input.substr(r.packed_dir.size() + 1));
       }
-    } else if (source_copies[r.artifact_path].empty()) {
+    } else if (source_copies[key].empty()) {
       rep.problems.push_back(r.ref() + " has no packed files and its only artifact " + r.artifact_path + " " +
-                             source_why[r.artifact_path]);
+                             source_why[key]);
     }
     moves.push_back(std::move(m));
   }
@@ -259,9 +314,18 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
 
   MMS_RETURN_IF_ERROR(reg->Relocate(moves, c.action, c.detail));
   MMS_RETURN_IF_ERROR(reg->QuickCheck());
-  reg.reset();  // the last connection: SQLite checkpoints and removes the -wal file
+  // Published in rollback-journal mode: a backup on read-only media opens
+  // without the -shm file WAL needs (the registry opened on it goes back to WAL).
+  MMS_RETURN_IF_ERROR(reg->WithDb([](sql::Db* db) { return db->Exec("PRAGMA journal_mode=DELETE"); }));
+  reg.reset();
   if (FileExists(partial + "-wal"))
     return IoError("the copy's registry " + partial + " kept its write-ahead log after closing; run the copy again");
+  // Where this copy is: a copy of it made after it moves rebases its paths.
+  MMS_RETURN_IF_ERROR(WriteFileAtomic(
+      JoinPath(c.dest_dir, kCopyManifest),
+      nlohmann::json{{"root", c.dest_dir}, {"action", c.action}, {"detail", c.detail}, {"versions", rep.versions}}
+              .dump() +
+          "\n"));
   // Durable before the rename that publishes it: the registry's pages, then
   // every directory entry of the files it names.
   int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
@@ -272,11 +336,18 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   ::close(fd);
   for (const std::string& d : dirs)
     if (FileExists(d)) MMS_RETURN_IF_ERROR(SyncDir(d));
-  for (const std::string& d : {artifacts, sources, c.dest_dir})
+  for (const std::string& d : {artifacts, sources, c.dest_dir, DirName(c.dest_dir)})
     if (FileExists(d)) MMS_RETURN_IF_ERROR(SyncDir(d));
-  if (::rename(partial.c_str(), c.dest_db.c_str()) != 0)
+  // Never over a registry that appeared meanwhile (a daemon started on the
+  // data dir, a registration): that one stays, and this copy is refused.
+  if (::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, c.dest_db.c_str(), RENAME_NOREPLACE) != 0) {
+    if (errno == EEXIST)
+      return AlreadyExists(c.dest_db + " appeared while the copy was made (a daemon started, or a registration): "
+                           "it was left as it is; move it aside and run the copy again");
     return IoError("cannot rename " + partial + " to " + c.dest_db + ": " + std::strerror(errno));
+  }
   MMS_RETURN_IF_ERROR(SyncDir(DirName(c.dest_db)));
+  ::unlink(marker.c_str());  // done: not an interrupted copy (still holding its lock)
   return rep;
 }
 

@@ -19,10 +19,18 @@
 // kMaxSnapshots; copies already made are reused), so the copy names exactly
 // the files of one commit.
 //
-// Crash safety: the registry is written as "<dest_db>.partial" first and
-// renamed into place last, after every file it names is copied and synced;
-// no registry at dest_db means no finished copy. The next copy into the same
-// place removes an interrupted one's files (its .partial marks them ours).
+// Crash safety: "<dest_db>.copying" is created first and removed last, and
+// flocked meanwhile; the registry is written as "<dest_db>.partial" and
+// renamed into place (never over a registry that appeared meanwhile) after
+// every file it names is copied and synced. No registry at dest_db means no
+// finished copy; the next copy into the same place removes an interrupted
+// one's files (its .copying marks them ours); a second copy running into
+// the same place is refused (IN_USE).
+//
+// Moved copies: each copy records where it was written (kCopyManifest); a
+// copy made from it after it moved (a backup taken to another host) finds
+// its files where it is now. The copy's registry is published in rollback-
+// journal mode, so it opens from read-only media.
 //
 // Thread-safety: a free function; the caller owns the destination.
 #pragma once
@@ -37,8 +45,12 @@
 
 namespace mms {
 
+// Written into every copy: {"root": where it was written, ...}.
+inline constexpr const char* kCopyManifest = "mms-copy.json";
+
 struct DataDirCopy {
   std::string src_db;    // the registry to copy (read only, through its own connection)
+  std::string src_dir;   // its data dir (a backup's directory): where a moved copy's files are now
   std::string dest_dir;  // the new data dir: artifacts/ and sources/ go here
   std::string dest_db;   // its registry file (usually <dest_dir>/registry.db); must not exist
   std::string action;    // the audit row's action in the copy: "backup" or "restore"
@@ -69,14 +81,17 @@ struct DataDirCopyReport {
 
 inline constexpr int kMaxSnapshots = 5;
 
-// Makes the copy. Errors: ALREADY_EXISTS (dest_db exists), NOT_FOUND (no
-// registry at src_db), CORRUPT / FAILED_PRECONDITION (not an mms registry, or
-// one written by a newer mms), IO (a file could not be copied: the partial
-// copy stays marked as such and the next attempt removes it).
+// Makes the copy. Errors: ALREADY_EXISTS (dest_db exists, or appeared
+// meanwhile), IN_USE (another copy is writing there), NOT_FOUND (no
+// registry at src_db), CORRUPT / FAILED_PRECONDITION (not an mms registry,
+// or one written by a newer mms), IO (the copy's own files could not be
+// written: it stays marked as interrupted and the next attempt removes it).
+// An original that cannot be read is noted, not an error.
 Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c);
 
-// True when an earlier copy to `dest_db` was interrupted: "<dest_db>.partial"
-// is there and `dest_db` is not. CopyDataDir removes its files first.
+// True when an earlier copy to `dest_db` was interrupted (or one is running):
+// "<dest_db>.copying" is there and `dest_db` is not. CopyDataDir removes an
+// interrupted one's files first.
 bool InterruptedCopy(const std::string& dest_db);
 
 }  // namespace mms

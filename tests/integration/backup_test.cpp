@@ -2,7 +2,10 @@
 // the backup is taken, the data dir lost, the backup restored and served; a
 // backup SIGKILLed midway; each refused input with its exit code.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -193,12 +196,66 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   auto foreign = MmsAt(work / "r2", work / "none.sock", {"restore", work / "b1"});
   CHECK(foreign.exit_code == 6);
   CHECK(foreign.err.find("move it aside") != std::string::npos);
-  auto running = MmsAt(work / "r3", d.socket(), {"restore", work / "b1"});
+  // A daemon on the socket serving another data dir is no reason to refuse
+  // (one $XDG_RUNTIME_DIR socket for every data dir); one serving this one is.
+  auto beside = MmsAt(work / "r3", d.socket(), {"-q", "restore", work / "b1"});
+  CHECK_MESSAGE(beside.exit_code == 0, beside.err);
+  CHECK(d.Mms({"ping"}).exit_code == 0);  // and it served on throughout
+  // The daemon's own data dir lost (the disk replaced under it): refused while it runs.
+  for (const char* f : {"registry.db", "registry.db-wal", "registry.db-shm"}) fs::remove(d.data_dir() + "/" + f);
+  fs::rename(d.data_dir() + "/artifacts", work / "old-artifacts");
+  auto running = d.Mms({"restore", work / "b1"});
   CHECK(running.exit_code == 6);
+  CHECK_MESSAGE(running.err.find("serves this data dir") != std::string::npos, running.err);
   CHECK(running.err.find("stop it before restoring") != std::string::npos);
-  CHECK_FALSE(fs::exists(work / "r3/registry.db"));
-  // And the daemon served on throughout.
-  CHECK(d.Mms({"ping"}).exit_code == 0);
-  auto ok = MmsAt(work / "r4", work / "none.sock", {"-q", "restore", work / "b1"});
-  CHECK_MESSAGE(ok.exit_code == 0, ok.out << ok.err);
+  CHECK_FALSE(fs::exists(d.data_dir() + "/registry.db"));
+  // A copy already writing into a place: a second one is refused, nothing of the first touched.
+  {
+    TempDir held;
+    const std::string marker = held / "data/registry.db.copying";
+    fs::create_directories(held / "data");
+    int fd = ::open(marker.c_str(), O_RDWR | O_CREAT, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::flock(fd, LOCK_EX) == 0);
+    auto second = MmsAt(held / "data", work / "none.sock", {"restore", work / "b1"});
+    CHECK(second.exit_code == 6);
+    CHECK_MESSAGE(second.err.find("another mms backup or restore is writing") != std::string::npos, second.err);
+    CHECK(fs::exists(marker));
+    ::close(fd);
+  }
+}
+
+TEST_CASE("a backup moved elsewhere restores from where it is, and serves what was backed up") {
+  // Its registry named the files where it was written: restoring a copy
+  // taken to another host found none of them.
+  TempDir work;
+  const std::string tiny = Own(work, "tiny.pt"), input = Own(work, "tiny_input.json");
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "1", "--path", tiny, "--sample-input", input}).exit_code == 0);
+  // Retrained into the same file: another original at the same path.
+  fs::copy_file(TestDataDir() + "/tiny_v2.pt", tiny, fs::copy_options::overwrite_existing);
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "2", "--path", tiny}).exit_code == 0);
+  const json before = Outputs(d.Mms({"--json", "predict", "tiny:2", "--input", input}));
+  auto b = d.Mms({"--json", "backup", work / "written-here"});
+  REQUIRE_MESSAGE(b.exit_code == 0, b.err);
+  json rep = json::parse(b.out);
+  CHECK(rep["sources_missing"].size() == 1);  // tiny:1's original was overwritten: it, and only it
+  CHECK_MESSAGE(b.err.find("tiny:1: its original artifact " + tiny + " changed since registration") != std::string::npos,
+                b.err);
+  CHECK(rep["source_files"] == 1);  // tiny:2's, from the same path
+  fs::rename(work / "written-here", work / "moved");
+  auto r = MmsAt(work / "new-data", work / "none.sock", {"--json", "restore", work / "moved"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(json::parse(r.out)["packed_dirs"] == 2);
+  auto v = MmsAt(work / "new-data", work / "none.sock", {"model", "verify", "tiny:2"});
+  CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  Child served;
+  REQUIRE(served.Start({MmsdBin(), "--data-dir", work / "new-data", "--socket", work / "new.sock"}, work / "new.log"));
+  REQUIRE(WaitFor([&] { return MmsAt(work / "new-data", work / "new.sock", {"ping"}).exit_code == 0; }, 30));
+  CHECK(Outputs(MmsAt(work / "new-data", work / "new.sock", {"--json", "predict", "tiny:2", "--input", input})) == before);
+  served.Signal(SIGTERM);
+  served.Wait(20);
 }

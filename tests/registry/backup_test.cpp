@@ -233,7 +233,8 @@ TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is
   Source s;
   s.Add("a", "1");
   const std::string dest = s.dir / "backup";
-  // What a copy killed midway leaves: its registry's .partial and some files.
+  // What a copy killed midway leaves: its marker, its registry's .partial and some files.
+  Write(dest + "/registry.db.copying", "");
   Write(dest + "/registry.db.partial", "half a registry");
   Write(dest + "/artifacts/a/1-abc/weights.safetensors", "half");
   Write(dest + "/artifacts/zz/9-abc/weights.safetensors", "of a version gone since");
@@ -241,8 +242,13 @@ TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is
   auto rep = CopyDataDir(s.To(dest));
   REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
   CHECK_FALSE(InterruptedCopy(dest + "/registry.db"));
+  CHECK_FALSE(FileExists(dest + "/registry.db.copying"));
   CHECK(Slurp(dest + "/artifacts/a/1-abc/weights.safetensors") == "weights a:1");
   CHECK_FALSE(FileExists(dest + "/artifacts/zz"));
+  // Published in rollback-journal mode (a backup on read-only media opens without a -shm file).
+  CHECK(Slurp(dest + "/registry.db").substr(18, 2) == std::string("\x01\x01", 2));
+  // Its manifest says where it was written.
+  CHECK(Slurp(dest + "/" + kCopyManifest).find("\"root\":\"" + dest + "\"") != std::string::npos);
 
   // Not a registry of ours: refused, nothing published.
   Write(s.dir / "foreign.db", "SQLite format 3? no");
