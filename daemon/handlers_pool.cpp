@@ -235,18 +235,19 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       return refuse(InvalidArgument("tenant '" + tenant + "' is reserved (mms uses it for requests without a tenant "
                                     "and for tenants past its cap); name the tenant"));
   }
-  if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) return refuse(st);
-  // Its context counts against its version until answered: one model's
-  // backlog cannot take every context (and with them the daemon) from the rest.
-  if (Status st = r.Share(rec.ref()); !st.ok()) return refuse(st);
-  auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
-  // Mirror to a running shadow of this model, unless the candidate itself served.
-  auto sh = snap->shadows.find(rec.model);
-  bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
   // Adapters share their base's queue (mixed batches) when it takes stacked
   // adapter weights; otherwise each adapter has its own queue, so a batch is
   // one adapter's. A queue's class is its owner's: a shared queue has the base's.
   PoolKey queue = base && !base->lora.contains("stacked") ? rec.id : runs.id;
+  // Its context counts against its queue until answered: one model's
+  // backlog cannot take every context (and with them the daemon) from the
+  // rest. Before the rate limit: a request refused here spends no token.
+  if (Status st = r.Share(queue == rec.id ? rec.ref() : runs.ref()); !st.ok()) return refuse(st);
+  if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) return refuse(st);
+  auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
+  // Mirror to a running shadow of this model, unless the candidate itself served.
+  auto sh = snap->shadows.find(rec.model);
+  bool mirror = sh != snap->shadows.end() && sh->second.candidate_id != rec.id && d->shadows()->Active(rec.model);
   int priority = d->PriorityOf(queue == rec.id ? rec : runs);
   int max_batch = runs.max_batch_size;
   // (The live config is read only for a batched version: not on every request.)

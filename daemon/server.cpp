@@ -105,7 +105,10 @@ Status Server::Share(Slot* slot, const std::string& key) {
   const int keys = static_cast<int>(shares_.size()) + (it == shares_.end() ? 1 : 0);
   int most = contexts - reserve;
   if (free < reserve) most = std::min(most, std::max(1, (contexts - reserve) / keys));
-  if (held >= std::max(1, most))
+  // Half the reserve is never taken by a key that holds any: two busy
+  // models together (each under its most) would otherwise take the rest.
+  const bool floor = free < std::max(1, reserve / 2) && held > 0;
+  if (floor || held >= std::max(1, most))
     return Status(Code::kOverloaded, key + " holds " + std::to_string(held) + " of mmsd's " +
                                          std::to_string(contexts) +
                                          " request contexts, its most while others need them; retry later, or raise "

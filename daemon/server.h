@@ -73,11 +73,13 @@ class Responder {
   void Send(nlohmann::json body);
   void Fail(const Status& st);
   uint64_t request_id() const;
-  // Counts this request's context against `key` (mmsd: a predict's version)
+  // Counts this request's context against `key` (mmsd: a predict's queue)
   // until it is answered, or refuses: OVERLOADED when `key` already holds
   // its most — all contexts but a reserve (an eighth) kept for other keys
-  // and for commands; and once fewer than the reserve are free, its share
-  // of the rest among the keys holding any. A request held for one busy
+  // and for commands; once fewer than the reserve are free, its share of
+  // the rest among the keys holding any; and, holding any, once fewer than
+  // half the reserve are free (several busy keys together leave that much
+  // for commands and for keys holding none). A request held for one busy
   // model (queued, waiting for a load) holds its context; without this, one
   // model's backlog of `contexts` requests left none to receive anyone
   // else's, not even mms ping. Call it at most once per request.

@@ -731,7 +731,7 @@ TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are log
   CHECK(predict("") == mms::Code::kOk);
 }
 
-TEST_CASE("one model's backlog cannot take every request context: others and commands are served, the excess is OVERLOADED") {
+TEST_CASE("busy models' backlogs cannot take every request context: others and commands are served, the excess is OVERLOADED") {
   // A version may queue [scheduler] queue_depth (1000) requests, each holding
   // one of [daemon] contexts (256) until answered: 300 waiting on one batched
   // model held them all, and mms ping, mms pool and every other model waited
@@ -739,32 +739,46 @@ TEST_CASE("one model's backlog cannot take every request context: others and com
   Daemon d("[daemon]\ncontexts = 16\n");  // a reserve of 2 for everyone else
   REQUIRE(d.ok());
   Register(d, "other", "tiny.pt");
-  Register(d, "wide", "tiny.pt",
-           {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "100000", "--max-queue-delay-us", "6000000"});
+  for (const char* m : {"wide", "wide2"})
+    Register(d, m, "tiny.pt",
+             {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "100000", "--max-queue-delay-us",
+              "10000000"});
   REQUIRE(PredictExit(d, "other") == 0);
-  std::atomic<int> served{0}, overloaded{0}, other_outcome{0};
+  struct Outcomes {
+    std::atomic<int> served{0}, overloaded{0}, other{0};
+  } wide, wide2;
   std::vector<std::thread> callers;
-  for (int i = 0; i < 22; ++i)
-    callers.emplace_back([&] {
-      std::string err;
-      int rc = PredictExit(d, "wide", {}, &err);  // each waits out the 6 s batch window
-      if (rc == 0) ++served;
-      else if (rc == 5 && err.find("request contexts") != std::string::npos) ++overloaded;
-      else ++other_outcome;
-    });
-  // The backlog at its most: 14 of the 16 contexts, waiting in its batch.
-  CHECK(WaitFor([&] {
+  auto call = [&](const char* model, Outcomes* o, int n) {
+    for (int i = 0; i < n; ++i)
+      callers.emplace_back([&d, model, o] {
+        std::string err;
+        int rc = PredictExit(d, model, {}, &err);  // each waits out the 10 s batch window
+        if (rc == 0) ++o->served;
+        else if (rc == 5 && err.find("request contexts") != std::string::npos) ++o->overloaded;
+        else ++o->other;
+      });
+  };
+  auto queued = [&](const std::string& ref) {
     auto s = d.Mms({"--json", "--timeout", "2", "pool"});
-    if (s.exit_code != 0) return false;
-    json q = json::parse(s.out)["scheduler"].value("wide:1", json::object());
-    return q.value("queued", 0) >= 14;
-  }, 20));
+    if (s.exit_code != 0) return 0;
+    return json::parse(s.out)["scheduler"].value(ref, json::object()).value("queued", 0);
+  };
+  call("wide", &wide, 22);
+  // The backlog at its most: 14 of the 16 contexts, waiting in its batch.
+  CHECK(WaitFor([&] { return queued("wide:1") >= 14; }, 20));
+  // A second busy model: its share of the rest, and half the reserve stays free.
+  call("wide2", &wide2, 6);
+  CHECK(WaitFor([&] { return queued("wide2:1") >= 1; }, 20));
   // Within the batch window, the rest of the daemon answers.
   auto ping = d.Mms({"--timeout", "3", "ping"});
   CHECK_MESSAGE(ping.exit_code == 0, ping.err);
   CHECK(PredictExit(d, "other", {"--timeout", "3"}) == 0);
   for (auto& t : callers) t.join();
-  CHECK(other_outcome == 0);
-  CHECK(served == 14);
-  CHECK(overloaded == 8);  // refused at once, not left to wait
+  CHECK(wide.other == 0);
+  CHECK(wide.served == 14);
+  CHECK(wide.overloaded == 8);  // refused at once, not left to wait
+  CHECK(wide2.other == 0);
+  CHECK(wide2.served >= 1);
+  CHECK(wide2.served + wide2.overloaded == 6);
+  CHECK(wide.served + wide2.served <= 15);  // one context left free throughout
 }
