@@ -107,7 +107,8 @@ nlohmann::json Cli::NotifyDaemon(bool until_routed) {
   if (c.ok()) {
     auto reg = registry_path();
     nlohmann::json body{{"registry", reg.ok() ? *reg : ""}};
-    if (until_routed) body["wait_ms"] = kRoutedWaitMs;
+    // Not held by the daemon past the moment this command stops waiting.
+    if (until_routed) body["wait_ms"] = std::min<int64_t>(kRoutedWaitMs, std::max<int64_t>(0, o.timeout_ms - 1000));
     auto answer = (*c)->CallJson(proto::kRegistryChanged, body);
     if (answer.ok()) return *answer;
     st = answer.status();

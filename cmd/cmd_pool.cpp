@@ -195,6 +195,12 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
     }
     return cli.Fail(st);
   }
+  // The daemon there but not answering: what is recorded, what is not done.
+  auto Unanswered = [&](const Status& st) {
+    return Status(Code::kUnavailable, st.message() + "; the " + (pin ? "pin" : "unpin") + " of " + ref->ToString() +
+                                          " is recorded, and mmsd applies it when it serves again" +
+                                          (pin ? " (nothing was loaded now)" : ""));
+  };
   // Done in the registry: a version removed meanwhile (a concurrent mms model
   // rm) changes what is printed, not the outcome.
   auto v = (*reg)->Resolve(*ref);
@@ -212,10 +218,12 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
       // The daemon refused the preload (no room beside the other pins, a
       // failed warm-up, a damaged artifact): a new pin is taken back rather
       // than left to fail at every start. A lost reply or a timeout says
-      // nothing about the pin, which stays (the daemon may still load it).
+      // nothing about the pin, which stays (the daemon may still load it):
+      // exit 3, as for a daemon that takes no connection.
       Code code = r.status().code();
       bool refused = code != Code::kUnavailable && code != Code::kDeadlineExceeded && code != Code::kCancelled;
-      if (!pin || !added || !refused) return cli.Fail(r.status());
+      if (!refused) return cli.Fail(Unanswered(r.status()));
+      if (!pin || !added) return cli.Fail(r.status());
       Status undo = (*reg)->RemovePin(*ref);
       if (undo.ok()) (void)(*c)->CallJson(proto::kUnpin, {{"model", ref->ToString()}});
       return cli.Fail(Status(code, r.status().message() +
@@ -229,9 +237,7 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
     // There but not answering (stopped, hung): the pin is recorded, nothing
     // is on a device, and a script going on to send traffic must know (exit
     // 3, as mms load), not read "pinned" and exit 0.
-    return cli.Fail(Status(c.status().code(), c.status().message() + "; the " + (pin ? "pin" : "unpin") + " of " +
-                                                  ref->ToString() + " is recorded, and mmsd applies it when it " +
-                                                  "serves again (" + (pin ? "nothing was loaded now" : "") + ")"));
+    return cli.Fail(Unanswered(c.status()));
   }
   if (pin) j["on_device"] = j.contains("device");
   cli.Emit(j, [&] {
