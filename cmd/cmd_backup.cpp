@@ -29,7 +29,8 @@ nlohmann::json ReportJson(const DataDirCopyReport& r) {
 // Prints the report; exit 1 when the copy cannot serve some version.
 int Finish(Cli& cli, nlohmann::json j, const DataDirCopyReport& r, const std::function<void()>& text) {
   cli.Emit(j, text);
-  for (const std::string& s : r.sources_missing) cli.Note("note: " + s + " (not copied: it serves from its packed files, but mms model repack needs it)");
+  for (const std::string& s : r.sources_missing)
+    cli.Note("note: " + s + " (not copied: it serves from its packed files, but mms model repack needs it)");
   if (r.problems.empty()) return 0;
   std::string all;
   for (const std::string& p : r.problems) all += "\n  " + p;
