@@ -51,7 +51,7 @@ void Feedback(Daemon* d, const proto::Message& req, Responder r) {
   if (!claimed.ok()) return r.Fail(claimed.status());
   auto metrics = d->VariantMetricsFor(claimed->experiment, VariantName(claimed->variant));
   for (auto it = m.begin(); it != m.end(); ++it) metrics->Outcome(it.key(), it->get<double>());
-  d->attribution()->Recorded(id);  // journaled once the flush has saved these outcomes
+  d->attribution()->Recorded(id, names);  // journaled once the flush has saved these outcomes
   r.Send(nlohmann::json{{"request_id", id},
                         {"experiment", claimed->experiment},
                         {"variant", VariantName(claimed->variant)},

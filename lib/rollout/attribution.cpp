@@ -18,7 +18,7 @@ void AttributionStore::Remember(const std::string& request_id, const std::string
   std::lock_guard<std::mutex> lock(mu_);
   int64_t now = opts_.clock->MonoNanos();
   Expire(now);
-  entries_[request_id] = Entry{experiment, variant, now, {}};
+  entries_[request_id] = Entry{experiment, variant, now, {}, {}};
   order_.emplace_back(now, request_id);
   new_ids_.push_back(request_id);
   while (entries_.size() > opts_.capacity && !order_.empty()) {
@@ -69,38 +69,39 @@ Result<AttributionStore::Claimed> AttributionStore::Claim(const std::string& req
   return Claimed{e.experiment, e.variant};
 }
 
-void AttributionStore::Recorded(const std::string& request_id) {
+void AttributionStore::Recorded(const std::string& request_id, const std::vector<std::string>& metrics) {
   std::lock_guard<std::mutex> lock(mu_);
-  new_claims_.push_back(request_id);
+  new_claims_.emplace_back(request_id, metrics);
 }
 
 Status AttributionStore::Save(const std::string& path, bool with_reported) const {
   std::string text;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    text = Whole(with_reported);
+    text = Whole(with_reported ? Reports::kAll : Reports::kNone);
   }
   return WriteFileAtomic(path, text);
 }
 
-std::string AttributionStore::Whole(bool with_reported) const {
+std::string AttributionStore::Whole(Reports reports) const {
   std::string text;
   const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
   for (const auto& [at, id] : order_) {
     auto it = entries_.find(id);
     if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
-    text += Line(id, it->second, now, unix_ms, with_reported);
+    text += Line(id, it->second, now, unix_ms, reports);
   }
   return text;
 }
 
 std::string AttributionStore::Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms,
-                                   bool with_reported) const {
+                                   Reports reports) const {
+  static const std::set<std::string> kNone;
   return nlohmann::json{{"id", id},
                         {"experiment", e.experiment},
                         {"variant", VariantName(e.variant)},
                         {"served_ms", unix_ms - (now - e.at) / 1'000'000},
-                        {"reported", with_reported ? e.reported : std::set<std::string>{}}}
+                        {"reported", reports == Reports::kAll ? e.reported : reports == Reports::kSaved ? e.saved : kNone}}
              .dump() +
          "\n";
 }
@@ -117,25 +118,26 @@ Status AttributionStore::AppendJournal(const std::string& path, size_t claims_ma
     std::lock_guard<std::mutex> lock(mu_);
     const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
     // A new id as served (nothing reported yet: a claim since is its own
-    // line); a claimed one with what is reported now, all saved by then
-    // (claims after the mark stay for a later append).
-    auto add = [&](const std::string& id, bool with_reported) {
+    // line); a claimed one with the reports whose outcomes are saved — the
+    // claims up to the mark, and earlier ones — never one claimed after it,
+    // nor one claimed whose outcome is not in the figures yet.
+    auto add = [&](const std::string& id, const std::vector<std::string>* saved) {
       auto it = entries_.find(id);
       if (it == entries_.end()) return;  // forgotten meanwhile (past capacity or twice the window)
-      text += Line(id, it->second, now, unix_ms, with_reported);
+      if (saved) it->second.saved.insert(saved->begin(), saved->end());
+      text += Line(id, it->second, now, unix_ms, saved ? Reports::kSaved : Reports::kNone);
       ++journal_lines_;
     };
-    for (const auto& id : new_ids_) add(id, false);
+    for (const auto& id : new_ids_) add(id, nullptr);
     new_ids_.clear();
     claims_mark = std::min(claims_mark, new_claims_.size());
-    for (size_t i = 0; i < claims_mark; ++i) add(new_claims_[i], true);
+    for (size_t i = 0; i < claims_mark; ++i) add(new_claims_[i].first, &new_claims_[i].second);
     new_claims_.erase(new_claims_.begin(), new_claims_.begin() + static_cast<std::ptrdiff_t>(claims_mark));
-    // Every reported mark in memory saved (no claim waits): the whole store,
-    // as it is now, replaces the file. (Only the flush appends: nothing
-    // else writes the file meanwhile.)
-    compact = new_claims_.empty() && journal_lines_ > 2 * entries_.size() + 1000;
+    // The whole store, with its saved reports, replaces the file. (Only the
+    // flush appends: nothing else writes the file meanwhile.)
+    compact = journal_lines_ > 2 * entries_.size() + 1000;
     if (compact) {
-      text = Whole(/*with_reported=*/true);
+      text = Whole(Reports::kSaved);
       journal_lines_ = entries_.size();
     }
   }
@@ -182,14 +184,16 @@ Result<size_t> AttributionStore::Load(const std::string& path) {
     const int64_t age_ms = unix_ms - served_ms;
     if (age_ms > 2 * opts_.window_ns / 1'000'000) continue;
     const int64_t at = now - std::max<int64_t>(age_ms, 0) * 1'000'000;
-    Entry e{j["experiment"].get<std::string>(), v, at, {}};
+    Entry e{j["experiment"].get<std::string>(), v, at, {}, {}};
     if (j.contains("reported") && j["reported"].is_array())
       for (const auto& m : j["reported"])
         if (m.is_string()) e.reported.insert(m.get<std::string>());
+    e.saved = e.reported;  // (written only once saved)
     const std::string id = j["id"].get<std::string>();
     // The journal repeats an id (served, then reported): its reports add up.
     if (auto known = entries_.find(id); known != entries_.end()) {
       known->second.reported.insert(e.reported.begin(), e.reported.end());
+      known->second.saved.insert(e.reported.begin(), e.reported.end());
       continue;
     }
     entries_[id] = std::move(e);

@@ -45,9 +45,9 @@ class AttributionStore {
   Result<Claimed> Lookup(const std::string& request_id);
   // Marks each metric reported for the request; all or nothing.
   Result<Claimed> Claim(const std::string& request_id, const std::vector<std::string>& metrics);
-  // A claim's outcomes are now in the figures (in memory): the next journal
-  // append after they are saved may record the claim.
-  void Recorded(const std::string& request_id);
+  // A claim's outcomes (`metrics`) are now in the figures (in memory): the
+  // next journal append after they are saved may record them.
+  void Recorded(const std::string& request_id, const std::vector<std::string>& metrics);
   size_t size() const;
   // The ids still inside twice the window, with what was reported for each,
   // as JSON lines (served times as Unix ms: the monotonic clock does not
@@ -64,10 +64,11 @@ class AttributionStore {
   // AppendJournal(path, mark) — the mark when the outcomes were saved, else
   // 0 — appends to `path`, as Save's lines (Load merges an id's lines), the
   // ids remembered since the last append, and the claims up to `mark`
-  // (later ones stay for the next append: an id is never journaled as
+  // (later ones stay for the next append: a metric is never journaled as
   // reported before its outcome is saved, so a crash leaves feedback to
   // send again, not feedback lost). fdatasyncs. Once the file holds far more
-  // lines than ids, and no claim waits, it is rewritten by Save (compacted).
+  // lines than ids, it is rewritten whole (compacted), with the saved
+  // reports only.
   size_t MarkClaims() const;
   Status AppendJournal(const std::string& path, size_t claims_mark);
 
@@ -77,7 +78,9 @@ class AttributionStore {
     Variant variant;
     int64_t at;
     std::set<std::string> reported;
+    std::set<std::string> saved;  // of those, the ones whose outcomes a flush saved (the journal's)
   };
+  enum class Reports { kNone, kSaved, kAll };
   void Expire(int64_t now);                                     // mu_ held
   Result<Entry*> Find(const std::string& request_id, int64_t now);  // mu_ held
 
@@ -86,12 +89,12 @@ class AttributionStore {
   std::unordered_map<std::string, Entry> entries_;      // guarded by mu_
   std::deque<std::pair<int64_t, std::string>> order_;   // guarded by mu_
   std::vector<std::string> new_ids_;      // remembered since the last AppendJournal (mu_)
-  std::vector<std::string> new_claims_;   // claimed since, in order (mu_)
+  std::vector<std::pair<std::string, std::vector<std::string>>> new_claims_;  // Recorded since, in order (mu_)
   size_t journal_lines_ = 0;              // lines in the file since Save last wrote it whole (mu_)
   // Every entry, as Save writes them (mu_ held).
-  std::string Whole(bool with_reported) const;
+  std::string Whole(Reports reports) const;
   // One entry as a line of the file (mu_ held).
-  std::string Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, bool with_reported) const;
+  std::string Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, Reports reports) const;
 };
 
 }  // namespace mms

@@ -379,7 +379,7 @@ TEST_CASE("attribution journal: ids appended at each flush, claims once their ou
   a.Remember("r2", "e", Variant::kTreatment);
   REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());  // a flush: both ids
   REQUIRE(a.Claim("r1", {"click"}).ok());
-  a.Recorded("r1");
+  a.Recorded("r1", {"click"});
   a.Remember("r3", "e", Variant::kControl);
   // The figures could not be saved: r3 goes in, r1's claim waits.
   REQUIRE(a.AppendJournal(path, 0).ok());
@@ -398,19 +398,25 @@ TEST_CASE("attribution journal: ids appended at each flush, claims once their ou
   // after the mark (its outcome not in that save) waits for the next.
   const size_t mark = a.MarkClaims();
   REQUIRE(a.Claim("r2", {"buy"}).ok());
-  a.Recorded("r2");
+  a.Recorded("r2", {"buy"});
+  // A second claim on r1 after the mark: not in the line r1's first claim writes.
+  REQUIRE(a.Claim("r1", {"buy"}).ok());
+  a.Recorded("r1", {"buy"});
   REQUIRE(a.AppendJournal(path, mark).ok());
   {
     auto b = read();
     CHECK(b->Claim("r1", {"click"}).status().code() == Code::kAlreadyExists);  // its lines merged
+    CHECK(b->Claim("r1", {"buy"}).ok());
     CHECK(b->Claim("r2", {"buy"}).ok());
   }
+  // Claimed, its outcome not in the figures yet (not Recorded): a compaction leaves it out too.
+  REQUIRE(a.Claim("r2", {"late"}).ok());
   REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());
   CHECK(read()->Claim("r2", {"buy"}).status().code() == Code::kAlreadyExists);
   // Far more lines than ids: rewritten whole, the same ids and reports.
   for (int i = 0; i < 1200; ++i) {
     REQUIRE(a.Claim("r3", {"m" + std::to_string(i)}).ok());
-    a.Recorded("r3");
+    a.Recorded("r3", {"m" + std::to_string(i)});
     REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());
   }
   auto lines = [&] {
@@ -422,6 +428,8 @@ TEST_CASE("attribution journal: ids appended at each flush, claims once their ou
   CHECK(b->size() == 3);
   CHECK(b->Claim("r3", {"m1199"}).status().code() == Code::kAlreadyExists);
   CHECK(b->Claim("r1", {"click"}).status().code() == Code::kAlreadyExists);
+  CHECK(b->Claim("r1", {"buy"}).status().code() == Code::kAlreadyExists);
+  CHECK(b->Claim("r2", {"late"}).ok());
 }
 
 TEST_CASE("attribution: saved and read back, ids keep their age and their reports, expired ones stay out") {
