@@ -69,8 +69,20 @@ int CmdBackup(Cli& cli, const std::string& dest_arg) {
     return cli.Fail(AlreadyExists(dest + " exists and is not a directory: name a new directory for the backup"));
   if (!EmptyOrMissing(dest) && !InterruptedCopy(dest_db))
     return cli.Fail(AlreadyExists(dest + " is not empty: name a new directory (a backup is a whole data dir)"));
+  // Compared as the file system resolves them (a symlinked spelling of the
+  // data dir is the same place): DEST's nearest existing ancestor, resolved.
+  auto resolved = [](std::string path) {
+    std::string rest;
+    while (!FileExists(path) && path.size() > 1) {
+      rest = "/" + BaseName(path) + rest;
+      path = DirName(path);
+    }
+    auto canon = CanonicalPath(path);
+    return (canon.ok() ? *canon : path) + rest;
+  };
   auto artifacts = cli.ArtifactsDir();
-  if (artifacts.ok() && (dest == *artifacts || dest.rfind(*artifacts + "/", 0) == 0))
+  if (artifacts.ok() && FileExists(*artifacts) &&
+      (resolved(dest) == resolved(*artifacts) || resolved(dest).rfind(resolved(*artifacts) + "/", 0) == 0))
     return cli.Fail(InvalidArgument(dest + " is inside " + *artifacts +
                                     ", where mms model verify --prune would take it for unused packed files: back up "
                                     "to another directory"));
@@ -114,11 +126,6 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
     return cli.Fail(AlreadyExists("the data dir " + *data_dir + " already has a registry (" + *dest_db +
                                   "): restore into a new data dir (--data-dir), or stop mmsd and move " + *data_dir +
                                   " aside first"));
-  if (!InterruptedCopy(*dest_db))
-    for (const char* sub : {"artifacts", "sources"})
-      if (std::string d = JoinPath(*data_dir, sub); !EmptyOrMissing(d))
-        return cli.Fail(AlreadyExists(d + " holds files no registry here names (another registry's?): move it aside "
-                                          "first, or restore into a new data dir (--data-dir)"));
   // A daemon serving this data dir would go on with what it opened (or
   // nothing) and never see the restored registry. One on the socket that
   // serves another data dir (the same $XDG_RUNTIME_DIR socket) is no reason

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -154,12 +155,54 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     ~Unlock() { ::close(fd); }
   } unlock{lock_fd};
   if (FileExists(c.dest_db)) return AlreadyExists(c.dest_db + " already exists");  // (written before the lock)
-  if (interrupted) {  // everything an interrupted copy wrote goes (the marker stays until done)
+  // The marker lists the data dir the copy writes into, then each directory
+  // it creates, written (and synced) before the directory is: an interrupted
+  // copy's cleanup removes those and nothing else (files someone put there
+  // since, another registry's, stay).
+  std::istringstream listed;
+  if (interrupted) {
+    auto text = ReadFile(marker);
+    listed.str(text.ok() ? *text : "");
+    std::string into;
+    std::getline(listed, into);
+    if (!into.empty() && into != c.dest_dir)
+      return FailedPrecondition(marker + " marks an unfinished copy into " + into + ", not " + c.dest_dir +
+                                " (the same registry path): finish or remove that one first (it is removed with "
+                                "rm " + marker + " once " + into + " is dealt with)");
+  }
+  // From here, a copy that fails before it creates anything leaves no
+  // marker behind (an interrupted one's files are gone by then).
+  struct Forget {
+    std::string marker, partial;
+    bool keep = false;
+    ~Forget() {
+      if (keep) return;
+      ::unlink(marker.c_str());
+      RemoveDbFiles(partial);
+    }
+  } forget{marker, partial};
+  if (interrupted) {
     say("removing the files of an interrupted copy into " + c.dest_dir);
-    fs::remove_all(artifacts, ec);
-    fs::remove_all(sources, ec);
+    for (std::string path; std::getline(listed, path);) {
+      if (path.rfind(artifacts + "/", 0) != 0 && path.rfind(sources + "/", 0) != 0) continue;  // (never elsewhere)
+      fs::remove_all(path, ec);
+      ::rmdir(DirName(path).c_str());  // the model's, when empty
+    }
     RemoveDbFiles(partial);
   }
+  if (c.dest_must_be_empty)
+    for (const std::string& d : {artifacts, sources})
+      if (std::error_code e; fs::exists(d, e) && !fs::is_empty(d, e))
+        return AlreadyExists(d + " holds files no registry here names (another registry's?): move it aside first");
+  if (::ftruncate(lock_fd, 0) != 0) return IoError("cannot write " + marker + ": " + std::strerror(errno));
+  auto record = [&](const std::string& line) -> Status {
+    const std::string text = line + "\n";
+    if (::pwrite(lock_fd, text.data(), text.size(), ::lseek(lock_fd, 0, SEEK_END)) != static_cast<ssize_t>(text.size()) ||
+        ::fdatasync(lock_fd) != 0)
+      return IoError("cannot write " + marker + ": " + std::strerror(errno));
+    return Status::Ok();
+  };
+  MMS_RETURN_IF_ERROR(record(c.dest_dir));
   // Paths under the place a copy was written at, when it has moved since
   // (a backup copied to another host, mounted elsewhere): rebased onto where
   // it is now.
@@ -212,6 +255,8 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
       if (r.packed_dir.empty() || packed_copies.count(r.packed_dir)) continue;
       std::string to = FreeName(JoinPath(artifacts, r.model), BaseName(r.packed_dir), taken);
       taken.insert(to);
+      forget.keep = true;
+      MMS_RETURN_IF_ERROR(record(to));
       dirs.insert(DirName(to));
       say("copying the packed files of " + r.ref());
       uint64_t n = 0;
@@ -241,6 +286,8 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     if (source_copies.count(key)) continue;
     const std::string dir = FreeName(JoinPath(sources, r.model), r.version, taken);
     taken.insert(dir);
+    forget.keep = true;
+    MMS_RETURN_IF_ERROR(record(dir));
     std::vector<std::string> files{r.artifact_path};
     if (r.adapter) files.push_back(JoinPath(DirName(r.artifact_path), "adapter_config.json"));
     MMS_RETURN_IF_ERROR(MakeDirs(dir, 0700));
@@ -347,7 +394,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     return IoError("cannot rename " + partial + " to " + c.dest_db + ": " + std::strerror(errno));
   }
   MMS_RETURN_IF_ERROR(SyncDir(DirName(c.dest_db)));
-  ::unlink(marker.c_str());  // done: not an interrupted copy (still holding its lock)
+  forget.keep = false;  // done: not an interrupted copy (removed while still holding its lock)
   return rep;
 }
 

@@ -24,8 +24,10 @@
 // renamed into place (never over a registry that appeared meanwhile) after
 // every file it names is copied and synced. No registry at dest_db means no
 // finished copy; the next copy into the same place removes an interrupted
-// one's files (its .copying marks them ours); a second copy running into
-// the same place is refused (IN_USE).
+// one's files — those its .copying lists, each recorded before it was
+// created, and nothing else; a second copy running into the same place is
+// refused (IN_USE). A copy that fails before creating anything leaves no
+// marker.
 //
 // Moved copies: each copy records where it was written (kCopyManifest); a
 // copy made from it after it moved (a backup taken to another host) finds
@@ -53,6 +55,8 @@ struct DataDirCopy {
   std::string src_dir;   // its data dir (a backup's directory): where a moved copy's files are now
   std::string dest_dir;  // the new data dir: artifacts/ and sources/ go here
   std::string dest_db;   // its registry file (usually <dest_dir>/registry.db); must not exist
+  bool dest_must_be_empty = true;  // ALREADY_EXISTS when dest_dir's artifacts/ or sources/ hold files (once an
+                                   // interrupted copy's own are removed)
   std::string action;    // the audit row's action in the copy: "backup" or "restore"
   std::string detail;    // and its detail ("from /var/lib/mms")
   std::string actor;     // recorded in the audit row ("" = $MMS_ACTOR, $USER)

@@ -185,6 +185,9 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   CHECK(full.err.find("is not empty: name a new directory") != std::string::npos);
   auto inside = d.Mms({"backup", d.data_dir() + "/artifacts/bk"});
   CHECK(inside.exit_code == 2);
+  fs::create_directory_symlink(d.data_dir(), work / "link");  // the same place, spelt otherwise
+  CHECK(d.Mms({"backup", work / "link/artifacts/bk"}).exit_code == 2);
+  CHECK(MmsAt(work / "link", d.socket(), {"backup", d.data_dir() + "/artifacts/bk"}).exit_code == 2);
   CHECK(inside.err.find("verify --prune") != std::string::npos);
   CHECK_FALSE(fs::exists(d.data_dir() + "/artifacts/bk"));
   fs::create_directories(work / "empty");

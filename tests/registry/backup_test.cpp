@@ -233,8 +233,8 @@ TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is
   Source s;
   s.Add("a", "1");
   const std::string dest = s.dir / "backup";
-  // What a copy killed midway leaves: its marker, its registry's .partial and some files.
-  Write(dest + "/registry.db.copying", "");
+  // What a copy killed midway leaves: its marker (listing what it created), its registry's .partial and some files.
+  Write(dest + "/registry.db.copying", dest + "\n" + dest + "/artifacts/a/1-abc\n" + dest + "/artifacts/zz/9-abc\n");
   Write(dest + "/registry.db.partial", "half a registry");
   Write(dest + "/artifacts/a/1-abc/weights.safetensors", "half");
   Write(dest + "/artifacts/zz/9-abc/weights.safetensors", "of a version gone since");
@@ -250,6 +250,27 @@ TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is
   // Its manifest says where it was written.
   CHECK(Slurp(dest + "/" + kCopyManifest).find("\"root\":\"" + dest + "\"") != std::string::npos);
 
+  // An interrupted copy's cleanup removes what its marker lists, nothing
+  // else: files put there since (another registry's) stay, and are refused.
+  const std::string again = s.dir / "again";
+  Write(again + "/registry.db.copying", again + "\n" + again + "/artifacts/a/1-abc\n/etc\n" + again + "/../x\n");
+  Write(again + "/artifacts/a/1-abc/weights.safetensors", "half");
+  Write(again + "/artifacts/mine/7-def/weights.safetensors", "someone's");
+  auto refused = CopyDataDir(s.To(again));
+  CHECK(refused.status().code() == Code::kAlreadyExists);
+  CHECK_FALSE(FileExists(again + "/artifacts/a"));
+  CHECK(Slurp(again + "/artifacts/mine/7-def/weights.safetensors") == "someone's");
+  CHECK_FALSE(FileExists(again + "/registry.db"));
+  CHECK_FALSE(FileExists(again + "/registry.db.copying"));  // it wrote nothing: no marker left
+  // A marker of a copy into another data dir (one [registry] path for several): refused, nothing removed.
+  const std::string other_dir = s.dir / "other-dir";
+  Write(other_dir + "/registry.db.copying", s.dir / "elsewhere\n");
+  Write(other_dir + "/artifacts/keep/1-x/w", "kept");
+  auto elsewhere = CopyDataDir(s.To(other_dir));
+  CHECK(elsewhere.status().code() == Code::kFailedPrecondition);
+  CHECK(elsewhere.status().message().find("marks an unfinished copy into " + s.dir / "elsewhere") != std::string::npos);
+  CHECK(Slurp(other_dir + "/artifacts/keep/1-x/w") == "kept");
+
   // Not a registry of ours: refused, nothing published.
   Write(s.dir / "foreign.db", "SQLite format 3? no");
   DataDirCopy c = s.To(s.dir / "other");
@@ -258,6 +279,7 @@ TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is
   CHECK_FALSE(bad.ok());
   CHECK(bad.status().code() == Code::kCorrupt);
   CHECK_FALSE(FileExists(s.dir / "other/registry.db"));
+  CHECK_FALSE(FileExists(s.dir / "other/registry.db.copying"));  // failed before creating anything: no marker
   c.src_db = s.dir / "nothing.db";
   CHECK(CopyDataDir(c).status().code() == Code::kNotFound);
 }
