@@ -662,8 +662,10 @@ Result<VersionRecord> Daemon::Resolve(const std::string& text) {
   return **again;
 }
 
-std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& experiment, const std::string& variant) {
+std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& experiment, const std::string& variant,
+                                                          bool* published) {
   std::string key = VariantKey(experiment, variant);
+  if (published) *published = true;
   if (auto m = experiment_metrics_.Find(key)) return m;
   std::lock_guard<std::mutex> lock(restore_mu_);
   if (auto m = experiment_metrics_.Find(key)) return m;
@@ -672,6 +674,7 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
     // Not published: a flush of an unrestored object would overwrite the
     // saved figures. This request goes uncounted; the next one tries again.
     LogWarn("metrics_restore_failed", {{"key", key}, {"error", saved.status().message()}});
+    if (published) *published = false;
     return std::make_shared<VariantMetrics>();
   }
   // Restored before it is published, so no request records into it first.
@@ -920,7 +923,7 @@ Status Daemon::Start() {
     // Rewritten whole, before any request (what was read, compacted, its
     // reports all saved ones): the flushes append to it from here.
     if (n.ok())
-      if (Status st = attribution_->Save(FeedbackIdsPath()); !st.ok())
+      if (Status st = attribution_->Save(FeedbackIdsPath(), AttributionStore::Reports::kSaved); !st.ok())
         LogWarn("feedback_ids_journal_failed", {{"error", st.message()}});
   }
   // Rollbacks a previous mmsd judged but could not record (it died first):
@@ -1081,9 +1084,10 @@ Daemon::StopResult Daemon::Shutdown() {
              {{"note", "experiment and canary figures since the last successful flush are lost: the registry "
                        "refused the writes (see metrics_flush_failed); mmsd exits 1"}});
   // The request ids feedback may still come for: read back at the next start.
-  // With the figures lost, without their reports: those may be sent again.
+  // With the reports whose outcomes a flush saved (this last one included
+  // when it worked): the others may be sent again, none counted twice.
   bool ids_saved = true;
-  if (Status st = attribution_->Save(FeedbackIdsPath(), /*with_reported=*/flushed); !st.ok()) {
+  if (Status st = attribution_->Save(FeedbackIdsPath(), AttributionStore::Reports::kSaved); !st.ok()) {
     LogError("feedback_ids_unsaved", {{"error", st.message()},
                                       {"note", "feedback for requests served before this stop will be refused; "
                                                "mmsd exits 1"}});

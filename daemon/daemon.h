@@ -174,7 +174,10 @@ class Daemon {
   int PriorityOf(const VersionRecord& v) const;
   // Metrics of an experiment variant, restored from the registry the first
   // time they are needed (a restarted daemon continues its counts).
-  std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant);
+  // `*published` (optional): false when the saved figures could not be read
+  // (the registry): the object returned is then a throwaway, never saved.
+  std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant,
+                                                    bool* published = nullptr);
   // Writes changed experiment metrics to the registry.
   // False when a save failed (the figures stay dirty). `brief`: the
   // watcher's periodic flush, which waits at most kBriefWriteWaitMs behind

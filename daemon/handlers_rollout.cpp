@@ -47,9 +47,16 @@ void Feedback(Daemon* d, const proto::Message& req, Responder r) {
         return r.Fail(InvalidArgument("experiment '" + e->id + "' tracks " + list + "; '" + n +
                                       "' is not one of its metrics"));
       }
+  // The figures the outcome goes to, before the claim: ones that could not
+  // be restored are never saved, and a claim recorded into them would be
+  // refused when sent again while its outcome was lost.
+  bool published = true;
+  auto metrics = d->VariantMetricsFor(who->experiment, VariantName(who->variant), &published);
+  if (!published)
+    return r.Fail(Status(Code::kLocked, "the figures of experiment '" + who->experiment +
+                                                 "' could not be read from the registry (locked by another writer?); nothing was recorded: retry"));
   auto claimed = d->attribution()->Claim(id, names);
   if (!claimed.ok()) return r.Fail(claimed.status());
-  auto metrics = d->VariantMetricsFor(claimed->experiment, VariantName(claimed->variant));
   for (auto it = m.begin(); it != m.end(); ++it) metrics->Outcome(it.key(), it->get<double>());
   d->attribution()->Recorded(id, names);  // journaled once the flush has saved these outcomes
   r.Send(nlohmann::json{{"request_id", id},

@@ -99,6 +99,9 @@ Status Server::Share(Slot* slot, const std::string& key) {
   const int contexts = opts_.contexts;
   const int reserve = std::max(1, contexts / 8);
   std::lock_guard<std::mutex> lock(share_mu_);
+  // Fewer than 8 contexts leave no reserve worth keeping: a second request
+  // to the only busy model would be refused with nothing else running.
+  const bool sharing = contexts >= 8;
   auto it = shares_.find(key);
   const int held = it == shares_.end() ? 0 : it->second;
   const int64_t free = contexts - in_flight_.load();  // (this request's context counted as held)
@@ -108,7 +111,7 @@ Status Server::Share(Slot* slot, const std::string& key) {
   // Half the reserve is never taken by a key that holds any: two busy
   // models together (each under its most) would otherwise take the rest.
   const bool floor = free < std::max(1, reserve / 2) && held > 0;
-  if (floor || held >= std::max(1, most))
+  if (sharing && (floor || held >= std::max(1, most)))
     return Status(Code::kOverloaded, key + " holds " + std::to_string(held) + " of mmsd's " +
                                          std::to_string(contexts) +
                                          " request contexts, its most while others need them; retry later, or raise "

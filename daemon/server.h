@@ -82,7 +82,8 @@ class Responder {
   // for commands and for keys holding none). A request held for one busy
   // model (queued, waiting for a load) holds its context; without this, one
   // model's backlog of `contexts` requests left none to receive anyone
-  // else's, not even mms ping. Call it at most once per request.
+  // else's, not even mms ping. With fewer than 8 contexts, nothing is
+  // refused (only counted). Call it at most once per request.
   Status Share(const std::string& key);
 
  private:

@@ -254,7 +254,7 @@ const std::vector<Spec>& Specs() {
              "Directory for the registry and packed weights; empty means $XDG_DATA_HOME/mms (~/.local/share/mms).",
              [](Config& c) -> std::string& { return c.daemon.data_dir; }),
       Int("daemon", "contexts", 256, 1, 65536,
-          "Requests the daemon holds open at once (nng contexts); more wait in the socket. One version's requests hold at most seven eighths of them, only their share of the rest once fewer than an eighth are free, and none of the last sixteenth (OVERLOADED beyond): busy models' backlogs leave room for the others and for commands.",
+          "Requests the daemon holds open at once (nng contexts); more wait in the socket. One version's requests hold at most seven eighths of them, only their share of the rest once fewer than an eighth are free, and none of the last sixteenth (OVERLOADED beyond): busy models' backlogs leave room for the others and for commands (with 8 or more).",
           [](Config& c) -> int& { return c.daemon.contexts; }),
       Int("daemon", "workers", 0, 0, 1024, "Handler threads; 0 means twice the number of cores.",
           [](Config& c) -> int& { return c.daemon.workers; }),

@@ -74,11 +74,11 @@ void AttributionStore::Recorded(const std::string& request_id, const std::vector
   new_claims_.emplace_back(request_id, metrics);
 }
 
-Status AttributionStore::Save(const std::string& path, bool with_reported) const {
+Status AttributionStore::Save(const std::string& path, Reports reports) const {
   std::string text;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    text = Whole(with_reported ? Reports::kAll : Reports::kNone);
+    text = Whole(reports);
   }
   return WriteFileAtomic(path, text);
 }
@@ -135,14 +135,21 @@ Status AttributionStore::AppendJournal(const std::string& path, size_t claims_ma
     new_claims_.erase(new_claims_.begin(), new_claims_.begin() + static_cast<std::ptrdiff_t>(claims_mark));
     // The whole store, with its saved reports, replaces the file. (Only the
     // flush appends: nothing else writes the file meanwhile.)
-    compact = journal_lines_ > 2 * entries_.size() + 1000;
+    // (Also after an append that failed: its lines are in memory, and the
+    // file may end in a torn line.)
+    compact = rewrite_ || journal_lines_ > 2 * entries_.size() + 1000;
     if (compact) {
       text = Whole(Reports::kSaved);
       journal_lines_ = entries_.size();
     }
   }
-  if (compact) return WriteFileAtomic(path, text);
-  if (text.empty()) return Status::Ok();
+  Status st = compact ? WriteFileAtomic(path, text) : text.empty() ? Status::Ok() : Append(path, text);
+  std::lock_guard<std::mutex> lock(mu_);
+  rewrite_ = !st.ok();
+  return st;
+}
+
+Status AttributionStore::Append(const std::string& path, const std::string& text) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0) return IoError("cannot append to " + path + ": " + std::strerror(errno));
   size_t off = 0;

@@ -54,7 +54,10 @@ class AttributionStore {
   // outlive the process). Written atomically. Without `with_reported` the
   // reports are left out (their outcomes were not saved: they may be sent
   // again).
-  Status Save(const std::string& path, bool with_reported = true) const;
+  enum class Reports { kNone, kSaved, kAll };
+  // kSaved: the reports whose outcomes a flush saved (AppendJournal marks
+  // them) — what a stop writes, whether its last flush worked or not.
+  Status Save(const std::string& path, Reports reports = Reports::kAll) const;
   // Adds the ids a Save wrote that are still inside twice the window.
   // Returns how many; a malformed line is skipped.
   Result<size_t> Load(const std::string& path);
@@ -67,8 +70,9 @@ class AttributionStore {
   // (later ones stay for the next append: a metric is never journaled as
   // reported before its outcome is saved, so a crash leaves feedback to
   // send again, not feedback lost). fdatasyncs. Once the file holds far more
-  // lines than ids, it is rewritten whole (compacted), with the saved
-  // reports only.
+  // lines than ids, or after an append failed (a full disk: what it held is
+  // in memory, and a torn line may end the file), it is rewritten whole,
+  // with the saved reports only.
   size_t MarkClaims() const;
   Status AppendJournal(const std::string& path, size_t claims_mark);
 
@@ -80,7 +84,6 @@ class AttributionStore {
     std::set<std::string> reported;
     std::set<std::string> saved;  // of those, the ones whose outcomes a flush saved (the journal's)
   };
-  enum class Reports { kNone, kSaved, kAll };
   void Expire(int64_t now);                                     // mu_ held
   Result<Entry*> Find(const std::string& request_id, int64_t now);  // mu_ held
 
@@ -91,6 +94,8 @@ class AttributionStore {
   std::vector<std::string> new_ids_;      // remembered since the last AppendJournal (mu_)
   std::vector<std::pair<std::string, std::vector<std::string>>> new_claims_;  // Recorded since, in order (mu_)
   size_t journal_lines_ = 0;              // lines in the file since Save last wrote it whole (mu_)
+  bool rewrite_ = false;                  // an append failed: the next one rewrites the file whole (mu_)
+  static Status Append(const std::string& path, const std::string& text);  // O_APPEND + fdatasync
   // Every entry, as Save writes them (mu_ held).
   std::string Whole(Reports reports) const;
   // One entry as a line of the file (mu_ held).

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <iterator>
 #include <memory>
 #include <fstream>
@@ -424,8 +425,18 @@ TEST_CASE("attribution journal: ids appended at each flush, claims once their ou
     return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
   };
   CHECK(lines() < 300);
+  // An append that fails (the disk, here a directory in the way) loses
+  // nothing: the next one rewrites the file whole from memory.
+  a.Remember("r4", "e", Variant::kTreatment);
+  std::filesystem::rename(path, path + ".aside");
+  std::filesystem::create_directory(path);
+  CHECK_FALSE(a.AppendJournal(path, a.MarkClaims()).ok());
+  std::filesystem::remove(path);
+  std::filesystem::rename(path + ".aside", path);
+  REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());
+  CHECK(read()->Lookup("r4").ok());
   auto b = read();
-  CHECK(b->size() == 3);
+  CHECK(b->size() == 4);
   CHECK(b->Claim("r3", {"m1199"}).status().code() == Code::kAlreadyExists);
   CHECK(b->Claim("r1", {"click"}).status().code() == Code::kAlreadyExists);
   CHECK(b->Claim("r1", {"buy"}).status().code() == Code::kAlreadyExists);
@@ -469,7 +480,7 @@ TEST_CASE("attribution: saved and read back, ids keep their age and their report
   CHECK(*read == 1);  // z alone
   CHECK(e.Claim("z", {"click"}).status().code() == Code::kAlreadyExists);
   // Saved without the reports (their outcomes were lost at stop): they may be sent again.
-  REQUIRE(e.Save(dir / "plain", /*with_reported=*/false).ok());
+  REQUIRE(e.Save(dir / "plain", AttributionStore::Reports::kNone).ok());
   AttributionStore f(o);
   REQUIRE(f.Load(dir / "plain").ok());
   CHECK(f.Claim("z", {"click"}).ok());
