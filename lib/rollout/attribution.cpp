@@ -75,35 +75,45 @@ void AttributionStore::Recorded(const std::string& request_id, const std::vector
 }
 
 Status AttributionStore::Save(const std::string& path, Reports reports) const {
-  std::string text;
+  std::vector<Row> rows;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    text = Whole(reports);
+    rows = All(reports);
   }
-  return WriteFileAtomic(path, text);
+  return WriteFileAtomic(path, Format(rows));  // formatted outside the lock: requests go on
 }
 
-std::string AttributionStore::Whole(Reports reports) const {
-  std::string text;
+std::vector<AttributionStore::Row> AttributionStore::All(Reports reports) const {
+  std::vector<Row> rows;
+  rows.reserve(entries_.size());
   const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
   for (const auto& [at, id] : order_) {
     auto it = entries_.find(id);
     if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
-    text += Line(id, it->second, now, unix_ms, reports);
+    rows.push_back(MakeRow(id, it->second, now, unix_ms, reports));
   }
-  return text;
+  return rows;
 }
 
-std::string AttributionStore::Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms,
-                                   Reports reports) const {
-  static const std::set<std::string> kNone;
-  return nlohmann::json{{"id", id},
-                        {"experiment", e.experiment},
-                        {"variant", VariantName(e.variant)},
-                        {"served_ms", unix_ms - (now - e.at) / 1'000'000},
-                        {"reported", reports == Reports::kAll ? e.reported : reports == Reports::kSaved ? e.saved : kNone}}
-             .dump() +
-         "\n";
+AttributionStore::Row AttributionStore::MakeRow(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms,
+                                                Reports reports) {
+  Row r{id, e.experiment, e.variant, unix_ms - (now - e.at) / 1'000'000, {}};
+  if (reports == Reports::kAll) r.reported = e.reported;
+  if (reports == Reports::kSaved) r.reported = e.saved;
+  return r;
+}
+
+std::string AttributionStore::Format(const std::vector<Row>& rows) {
+  std::string text;
+  for (const Row& r : rows)
+    text += nlohmann::json{{"id", r.id},
+                           {"experiment", r.experiment},
+                           {"variant", VariantName(r.variant)},
+                           {"served_ms", r.served_ms},
+                           {"reported", r.reported}}
+                .dump() +
+            "\n";
+  return text;
 }
 
 size_t AttributionStore::MarkClaims() const {
@@ -112,7 +122,7 @@ size_t AttributionStore::MarkClaims() const {
 }
 
 Status AttributionStore::AppendJournal(const std::string& path, size_t claims_mark) {
-  std::string text;
+  std::vector<Row> rows;
   bool compact = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -125,7 +135,7 @@ Status AttributionStore::AppendJournal(const std::string& path, size_t claims_ma
       auto it = entries_.find(id);
       if (it == entries_.end()) return;  // forgotten meanwhile (past capacity or twice the window)
       if (saved) it->second.saved.insert(saved->begin(), saved->end());
-      text += Line(id, it->second, now, unix_ms, saved ? Reports::kSaved : Reports::kNone);
+      rows.push_back(MakeRow(id, it->second, now, unix_ms, saved ? Reports::kSaved : Reports::kNone));
       ++journal_lines_;
     };
     for (const auto& id : new_ids_) add(id, nullptr);
@@ -139,11 +149,12 @@ Status AttributionStore::AppendJournal(const std::string& path, size_t claims_ma
     // file may end in a torn line.)
     compact = rewrite_ || journal_lines_ > 2 * entries_.size() + 1000;
     if (compact) {
-      text = Whole(Reports::kSaved);
+      rows = All(Reports::kSaved);
       journal_lines_ = entries_.size();
     }
   }
-  Status st = compact ? WriteFileAtomic(path, text) : text.empty() ? Status::Ok() : Append(path, text);
+  // Formatted and written outside the lock: requests go on meanwhile.
+  Status st = compact ? WriteFileAtomic(path, Format(rows)) : rows.empty() ? Status::Ok() : Append(path, Format(rows));
   std::lock_guard<std::mutex> lock(mu_);
   rewrite_ = !st.ok();
   return st;

@@ -96,10 +96,17 @@ class AttributionStore {
   size_t journal_lines_ = 0;              // lines in the file since Save last wrote it whole (mu_)
   bool rewrite_ = false;                  // an append failed: the next one rewrites the file whole (mu_)
   static Status Append(const std::string& path, const std::string& text);  // O_APPEND + fdatasync
-  // Every entry, as Save writes them (mu_ held).
-  std::string Whole(Reports reports) const;
-  // One entry as a line of the file (mu_ held).
-  std::string Line(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, Reports reports) const;
+  // A line of the file, copied out of the store so that it is formatted
+  // outside the lock (a million ids take a second or more to format).
+  struct Row {
+    std::string id, experiment;
+    Variant variant;
+    int64_t served_ms;
+    std::set<std::string> reported;
+  };
+  std::vector<Row> All(Reports reports) const;  // every entry (mu_ held)
+  static Row MakeRow(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, Reports reports);
+  static std::string Format(const std::vector<Row>& rows);
 };
 
 }  // namespace mms
