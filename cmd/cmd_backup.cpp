@@ -47,6 +47,13 @@ void Progress(Cli& cli, const std::string& line) {
   cli.Note(line);
 }
 
+// The copy, either way, with this CLI's busy timeout and progress lines.
+Result<DataDirCopyReport> Copy(Cli& cli, DataDirCopy c) {
+  if (auto cfg = cli.config(); cfg.ok()) c.busy_timeout_ms = (*cfg)->registry.busy_timeout_ns / 1000000;
+  c.progress = [&](const std::string& line) { Progress(cli, line); };
+  return CopyDataDir(c);
+}
+
 std::string Summary(const DataDirCopyReport& r) {
   return std::to_string(r.versions) + (r.versions == 1 ? " version" : " versions") + " (" +
          std::to_string(r.packed_dirs) + " packed dirs, " + std::to_string(r.source_files) + " original files, " +
@@ -93,9 +100,7 @@ int CmdBackup(Cli& cli, const std::string& dest_arg) {
   c.dest_db = dest_db;
   c.action = "backup";
   c.detail = "from " + *data_dir;
-  if (auto cfg = cli.config(); cfg.ok()) c.busy_timeout_ms = (*cfg)->registry.busy_timeout_ns / 1000000;
-  c.progress = [&](const std::string& line) { Progress(cli, line); };
-  auto r = CopyDataDir(c);
+  auto r = Copy(cli, c);
   if (!r.ok()) return cli.Fail(r.status());
   nlohmann::json j = ReportJson(*r);
   j["backup"] = dest;
@@ -156,9 +161,7 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
   c.dest_db = *dest_db;
   c.action = "restore";
   c.detail = "from " + backup;
-  if (auto cfg = cli.config(); cfg.ok()) c.busy_timeout_ms = (*cfg)->registry.busy_timeout_ns / 1000000;
-  c.progress = [&](const std::string& line) { Progress(cli, line); };
-  auto r = CopyDataDir(c);
+  auto r = Copy(cli, c);
   if (!r.ok()) return cli.Fail(r.status());
   nlohmann::json j = ReportJson(*r);
   j["restored_from"] = backup;

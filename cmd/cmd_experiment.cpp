@@ -77,7 +77,7 @@ Result<int> PercentFlag(double percent) {
   };
   if (!(percent >= 0 && percent <= 100))
     return InvalidArgument("--percent " + FormatNumber(percent) + " is outside 0 to 100");
-  if (std::abs(percent * 100 - std::round(percent * 100)) > 1e-6)
+  if (FinerThanBasisPoint(percent))
     return InvalidArgument("--percent " + FormatNumber(percent) +
                            " is finer than 0.01%, the finest split mms routes; round it to two decimals");
   return PercentToBasisPoints(percent);

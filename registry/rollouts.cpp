@@ -201,7 +201,7 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
     double s = n.stages[i];
     if (!(s > 0 && s <= 100))
       return InvalidArgument("--stages: " + FormatPercent(s) + " is outside (0, 100]; use e.g. 1,5,10,25,50,100");
-    if (std::abs(s * 100 - std::round(s * 100)) > 1e-6)  // (0.001 showed as 0.00% and routed 0.01%)
+    if (FinerThanBasisPoint(s))  // (0.001 showed as 0.00% and routed 0.01%)
     {
       char text[32];
       std::snprintf(text, sizeof text, "%.10g", s);

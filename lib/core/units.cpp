@@ -145,6 +145,8 @@ std::string FormatBytes(uint64_t bytes) {
   return buf;
 }
 
+bool FinerThanBasisPoint(double percent) { return std::abs(percent * 100 - std::round(percent * 100)) > 1e-6; }
+
 int PercentBasisPoints(double percent) {
   // The epsilon keeps 10% at 1000 despite binary rounding.
   return static_cast<int>(std::ceil(percent * 100 - 1e-9));

@@ -37,6 +37,9 @@ std::string FormatUtcMillis(int64_t unix_ms);
 // assignment compares: bucket < percent × 100 on the real value, which for
 // integer buckets is bucket < ceil(percent × 100) (33.333% → 3334).
 int PercentBasisPoints(double percent);
+// True when `percent` is not a whole number of basis points (0.01%): a
+// share mms would round up when routing (0.001% routes 0.01%).
+bool FinerThanBasisPoint(double percent);
 
 // Splits on `sep`, trimming whitespace from each piece; empty pieces kept.
 std::vector<std::string> Split(std::string_view s, char sep);
