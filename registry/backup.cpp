@@ -14,7 +14,6 @@
 #include <set>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
 
 #include "core/hash.h"
 #include "core/paths.h"
@@ -131,6 +130,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   };
   if (FileExists(c.dest_db)) return AlreadyExists(c.dest_db + " already exists");
   if (!FileExists(c.src_db)) return NotFound("no registry at " + c.src_db);
+  const std::string src_dir = c.src_dir.empty() ? DirName(c.src_db) : c.src_dir;
   const std::string partial = PartialPath(c.dest_db);
   const std::string artifacts = JoinPath(c.dest_dir, "artifacts");
   const std::string sources = JoinPath(c.dest_dir, "sources");
@@ -203,21 +203,6 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     return Status::Ok();
   };
   MMS_RETURN_IF_ERROR(record(c.dest_dir));
-  // Paths under the place a copy was written at, when it has moved since
-  // (a backup copied to another host, mounted elsewhere): rebased onto where
-  // it is now.
-  std::string moved_from;
-  if (!c.src_dir.empty())
-    if (auto m = ReadFile(JoinPath(c.src_dir, kCopyManifest)); m.ok()) {
-      auto j = nlohmann::json::parse(*m, nullptr, false);
-      if (j.is_object() && j.contains("root") && j["root"].is_string() && j["root"].get<std::string>() != c.src_dir)
-        moved_from = j["root"].get<std::string>();
-    }
-  auto here = [&](const std::string& path) {
-    if (moved_from.empty() || path.rfind(moved_from + "/", 0) != 0) return path;
-    return c.src_dir + path.substr(moved_from.size());
-  };
-
   DataDirCopyReport rep;
   std::map<std::string, std::string> packed_copies;  // source dir → its copy
   // An original, by path and hash: a path registered again with other
@@ -238,6 +223,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     ++rep.snapshots;
     Registry::Options o;
     o.path = partial;
+    o.artifacts_dir = JoinPath(src_dir, "artifacts");  // (its paths are relative to the source's data dir)
     o.create = false;
     o.busy_timeout_ms = c.busy_timeout_ms;
     o.actor = c.actor;
@@ -245,9 +231,9 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     MMS_ASSIGN_OR_RETURN(reg, Registry::Open(o));  // refuses a foreign or newer file; migrates an older one
     MMS_ASSIGN_OR_RETURN(rows, Rows(*reg));
     for (Row& r : rows) {
-      r.artifact_path = here(r.artifact_path);
-      r.packed_dir = here(r.packed_dir);
-      r.sample_input = here(r.sample_input);
+      r.artifact_path = ResolvedPath(src_dir, r.artifact_path);
+      r.packed_dir = ResolvedPath(src_dir, r.packed_dir);
+      r.sample_input = ResolvedPath(src_dir, r.sample_input);
     }
     MMS_ASSIGN_OR_RETURN(int64_t audit, LastAuditId(*reg));
     vanished.clear();
@@ -351,6 +337,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
       rep.problems.push_back(r.ref() + " has no packed files and its only artifact " + r.artifact_path + " " +
                              source_why[key]);
     }
+    for (std::string* p : {&m.artifact_path, &m.packed_dir, &m.sample_input}) *p = StoredPath(c.dest_dir, *p);
     moves.push_back(std::move(m));
   }
   rep.packed_dirs = static_cast<int>(used.size());
@@ -367,12 +354,6 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   reg.reset();
   if (FileExists(partial + "-wal"))
     return IoError("the copy's registry " + partial + " kept its write-ahead log after closing; run the copy again");
-  // Where this copy is: a copy of it made after it moves rebases its paths.
-  MMS_RETURN_IF_ERROR(WriteFileAtomic(
-      JoinPath(c.dest_dir, kCopyManifest),
-      nlohmann::json{{"root", c.dest_dir}, {"action", c.action}, {"detail", c.detail}, {"versions", rep.versions}}
-              .dump() +
-          "\n"));
   // Durable before the rename that publishes it: the registry's pages, then
   // every directory entry of the files it names.
   int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);

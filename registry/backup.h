@@ -29,10 +29,11 @@
 // refused (IN_USE). A copy that fails before creating anything leaves no
 // marker.
 //
-// Moved copies: each copy records where it was written (kCopyManifest); a
-// copy made from it after it moved (a backup taken to another host) finds
-// its files where it is now. The copy's registry is published in rollback-
-// journal mode, so it opens from read-only media.
+// Moved copies: the copy's registry stores the paths of its own files
+// relative to it (StoredPath), so a copy moved whole (a backup taken to
+// another host, mounted elsewhere) is served, verified and restored from
+// where it is. The copy's registry is published in rollback-journal mode, so
+// it opens from read-only media.
 //
 // Thread-safety: a free function; the caller owns the destination.
 #pragma once
@@ -47,12 +48,10 @@
 
 namespace mms {
 
-// Written into every copy: {"root": where it was written, ...}.
-inline constexpr const char* kCopyManifest = "mms-copy.json";
-
 struct DataDirCopy {
   std::string src_db;    // the registry to copy (read only, through its own connection)
-  std::string src_dir;   // its data dir (a backup's directory): where a moved copy's files are now
+  std::string src_dir;   // its data dir (a backup's directory), which its paths are relative to
+                         // ("": the registry's directory)
   std::string dest_dir;  // the new data dir: artifacts/ and sources/ go here
   std::string dest_db;   // its registry file (usually <dest_dir>/registry.db); must not exist
   bool dest_must_be_empty = true;  // ALREADY_EXISTS when dest_dir's artifacts/ or sources/ hold files (once an

@@ -101,7 +101,37 @@ bool HoldsPackedDirs(const std::string& artifacts) {
 }
 }  // namespace
 
-Registry::Registry(Options opts) : opts_(std::move(opts)), actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor) {}
+std::string StoredPath(const std::string& data_dir, const std::string& path) {
+  if (data_dir.empty() || path.size() <= data_dir.size() + 1 || path.compare(0, data_dir.size(), data_dir) != 0 ||
+      path[data_dir.size()] != '/')
+    return path;
+  return path.substr(data_dir.size() + 1);
+}
+
+std::string ResolvedPath(const std::string& data_dir, const std::string& stored) {
+  if (data_dir.empty() || stored.empty() || stored[0] == '/') return stored;
+  return JoinPath(data_dir, stored);
+}
+
+namespace {
+std::string DataDirOf(const Registry::Options& o) { return o.artifacts_dir.empty() ? "" : DirName(o.artifacts_dir); }
+std::string RealDir(const std::string& dir) {
+  if (dir.empty()) return "";
+  auto c = CanonicalPath(dir);
+  return c.ok() ? *c : dir;
+}
+}  // namespace
+
+Registry::Registry(Options opts)
+    : opts_(std::move(opts)),
+      actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor),
+      data_dir_(DataDirOf(opts_)),
+      data_dir_real_(RealDir(data_dir_)) {}
+
+std::string Registry::Stored(const std::string& path) const {
+  std::string s = StoredPath(data_dir_, path);
+  return s != path ? s : StoredPath(data_dir_real_, path);
+}
 Registry::~Registry() = default;
 
 Registry::BriefWaits::BriefWaits(Registry* r, int64_t ms) : r_(r) {
@@ -239,6 +269,19 @@ Status Registry::Migrate() {
     if (Status st = db_->Exec(migrations[v]); !st.ok())
       return st.WithContext("migrating registry to schema " + std::to_string(v + 1));
   }
+  // Schema 8: the data dir's own files, stored relative to it from now on.
+  if (uv < 8)
+    for (const std::string& dir : {data_dir_, data_dir_real_}) {
+      if (dir.empty()) continue;
+      for (const char* col : {"artifact_path", "packed_dir", "sample_input"}) {
+        const std::string c = col;
+        MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("UPDATE versions SET " + c + " = substr(" + c +
+                                                   ", length(?1) + 2) WHERE length(" + c + ") > length(?1) + 1 AND "
+                                                   "substr(" + c + ", 1, length(?1) + 1) = ?1 || '/'"));
+        st.Bind(1, dir);
+        if (Status s = st.Run(); !s.ok()) return s.WithContext("migrating registry to schema 8");
+      }
+    }
   MMS_RETURN_IF_ERROR(db_->Exec("PRAGMA user_version=" + std::to_string(migrations.size()) +
                                 "; PRAGMA application_id=" + std::to_string(kRegistryApplicationId)));
   return Commit(tx);
@@ -307,6 +350,9 @@ Result<std::vector<VersionRecord>> Registry::QueryVersions(const std::string& wh
   MMS_ASSIGN_OR_RETURN(std::vector<VersionRecord> out,
                        sql::Collect<VersionRecord>(db_.get(), std::string(kVersionColumns) + where, args, RowToRecord));
   for (auto& r : out) {
+    r.artifact_path = ResolvedPath(data_dir_, r.artifact_path);
+    r.packed_dir = ResolvedPath(data_dir_, r.packed_dir);
+    r.sample_input = ResolvedPath(data_dir_, r.sample_input);
     MMS_ASSIGN_OR_RETURN(auto ls, db_->Prepare("SELECT key, value FROM labels WHERE version_id = ? ORDER BY key"));
     ls.Bind(1, r.id);
     while (true) {
@@ -494,12 +540,12 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
       "inputs_json, sample_input, max_batch_size, max_queue_delay_us, base_id, lora_json) "
       "VALUES ((SELECT next FROM id_floor WHERE name = 'versions'), "  // never a removed version's id
       "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
-  ins.Bind(1, mid).Bind(2, v.version).Bind(3, VersionSortKey(v.version)).Bind(4, v.artifact_path);
+  ins.Bind(1, mid).Bind(2, v.version).Bind(3, VersionSortKey(v.version)).Bind(4, Stored(v.artifact_path));
   ins.Bind(5, v.base_id ? "lora" : "torchscript");
   ins.Bind(6, v.size_bytes).Bind(7, v.sha256).Bind(8, opts_.clock->UnixMillis()).Bind(9, actor_);
   ins.Bind(10, v.description).Bind(11, v.data_fingerprint).Bind(12, v.metrics.dump());
-  ins.Bind(13, v.device_bytes).Bind(14, v.host_bytes).Bind(15, v.sla_p99_ms).Bind(16, v.packed_dir);
-  ins.Bind(17, InputSpecsToJson(v.inputs).dump()).Bind(18, v.sample_input).Bind(19, v.max_batch_size);
+  ins.Bind(13, v.device_bytes).Bind(14, v.host_bytes).Bind(15, v.sla_p99_ms).Bind(16, Stored(v.packed_dir));
+  ins.Bind(17, InputSpecsToJson(v.inputs).dump()).Bind(18, Stored(v.sample_input)).Bind(19, v.max_batch_size);
   ins.Bind(20, v.max_queue_delay_us);
   ins.Bind(21, v.base_id ? std::optional<int64_t>(v.base_id) : std::nullopt).Bind(22, v.lora.dump());
   MMS_RETURN_IF_ERROR(ins.Run());
@@ -565,8 +611,9 @@ Result<VersionRecord> Registry::SetPackedDir(const Ref& ref, const std::string& 
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
-      "UPDATE versions SET packed_dir = ?, sample_input = ?, inputs_json = ? WHERE id = ? AND packed_dir = ?"));
-  up.Bind(1, packed_dir).Bind(2, sample_input).Bind(3, InputSpecsToJson(inputs).dump()).Bind(4, rec.id).Bind(5, old_packed_dir);
+      "UPDATE versions SET packed_dir = ?, sample_input = ?, inputs_json = ? WHERE id = ? AND packed_dir IN (?, ?)"));
+  up.Bind(1, Stored(packed_dir)).Bind(2, Stored(sample_input)).Bind(3, InputSpecsToJson(inputs).dump()).Bind(4, rec.id);
+  up.Bind(5, old_packed_dir).Bind(6, Stored(old_packed_dir));  // (stored absolute by an older mms)
   MMS_RETURN_IF_ERROR(up.Run());
   if (db_->Changes() == 0) return Conflict(rec.ref() + " was changed meanwhile (repacked or removed); try again");
   MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir,

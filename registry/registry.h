@@ -46,6 +46,15 @@ class Tx;
 // The newest schema this build knows (see registry/schema.cpp).
 int RegistrySchemaVersion();
 
+// Paths of files inside a data dir (its artifacts/, a restore's sources/,
+// models kept there) are stored relative to it, so a data dir moved whole —
+// mv to a bigger disk, a backup mounted elsewhere or copied to another host —
+// still finds its files. Other paths are stored absolute. StoredPath gives
+// the stored form of an absolute path; ResolvedPath the absolute path of a
+// stored one ("" stays "", and so does everything when data_dir is "").
+std::string StoredPath(const std::string& data_dir, const std::string& path);
+std::string ResolvedPath(const std::string& data_dir, const std::string& stored);
+
 // A version's own batching delay (NewVersion::max_queue_delay_us) may be 0 (the
 // [scheduler] default) to this: the range [scheduler] max_queue_delay allows
 // (kMaxQueueDelayMaxNs in config/config.h; a static_assert keeps them equal).
@@ -231,6 +240,8 @@ class Registry {
     // A missing registry file is not created while it holds packed files:
     // the registry was removed or moved, or this is another data dir's, and
     // a new empty one would make every packed file look like an orphan.
+    // Its parent is the data dir paths are stored relative to (StoredPath);
+    // "" stores and reads every path as given.
     std::string artifacts_dir;
     // Refuse a registry this process may only read (SQLite opens a file it
     // cannot write read-only, and every write then fails): mmsd, which must
@@ -396,7 +407,8 @@ class Registry {
     std::string artifact_path, packed_dir, sample_input;
   };
   // Points versions at copies of their files, in one transaction with one
-  // audit row (`action`, `detail`).
+  // audit row (`action`, `detail`). The paths are stored as given: the copy's
+  // own files relative to the copy (StoredPath with its data dir).
   Status Relocate(const std::vector<Relocation>& moves, const std::string& action, const std::string& detail);
 
   // Runs `fn` with the connection under the registry's lock (rollout modules
@@ -432,8 +444,14 @@ class Registry {
   // Commits `tx` and counts our own write for DataVersion().
   Status Commit(sql::Tx& tx);
 
+  // The stored form of an absolute path (StoredPath against the data dir as
+  // given and as resolved through symlinks).
+  std::string Stored(const std::string& path) const;
+
   const Options opts_;
   const std::string actor_;
+  const std::string data_dir_;       // DirName(opts_.artifacts_dir), or ""
+  const std::string data_dir_real_;  // it, symlinks resolved (when it exists)
   uint64_t file_dev_ = 0, file_ino_ = 0;  // the opened file's identity (set by Open)
   // Its -wal file's identity, once seen (Open, else the first check after
   // the first write creates it).

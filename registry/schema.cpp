@@ -183,6 +183,14 @@ CREATE TRIGGER versions_id_floor AFTER INSERT ON versions
 ALTER TABLE shadows ADD COLUMN figures_json TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE shadows ADD COLUMN figures_ms INTEGER NOT NULL DEFAULT 0;
 )sql",
+      // 8: paths of files inside the data dir are stored relative to it
+      // (StoredPath), so a moved data dir finds its files. Registry::Migrate
+      // converts the absolute ones of its data dir after this step: SQL
+      // alone does not know where the data dir is. An older mms, which would
+      // read a relative path against its working directory, refuses the file.
+      R"sql(
+SELECT 1;
+)sql",
   };
   return *m;
 }

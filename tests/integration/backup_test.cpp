@@ -248,7 +248,7 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   }
 }
 
-TEST_CASE("a backup moved elsewhere restores from where it is, and serves what was backed up") {
+TEST_CASE("a backup moved elsewhere is verified, served and restored from where it is") {
   // Its registry named the files where it was written: restoring a copy
   // taken to another host found none of them.
   TempDir work;
@@ -268,6 +268,19 @@ TEST_CASE("a backup moved elsewhere restores from where it is, and serves what w
                 b.err);
   CHECK(rep["source_files"] == 1);  // tiny:2's, from the same path
   fs::rename(work / "written-here", work / "moved");
+  // Checked, and served, where it is now (its registry names its own files
+  // relative to it): stop 22's backups looked where they were written.
+  auto checked = MmsAt(work / "moved", work / "none.sock", {"model", "verify", "tiny:2"});
+  CHECK_MESSAGE(checked.exit_code == 0, checked.out << checked.err);
+  {
+    Child direct;
+    REQUIRE(direct.Start({MmsdBin(), "--data-dir", work / "moved", "--socket", work / "moved.sock"}, work / "moved.log"));
+    REQUIRE(WaitFor([&] { return MmsAt(work / "moved", work / "moved.sock", {"ping"}).exit_code == 0; }, 30));
+    CHECK(Outputs(MmsAt(work / "moved", work / "moved.sock", {"--json", "predict", "tiny:2", "--input", input})) ==
+          before);
+    direct.Signal(SIGTERM);
+    REQUIRE(direct.Wait(20) == 0);
+  }
   auto r = MmsAt(work / "new-data", work / "none.sock", {"--json", "restore", work / "moved"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
   CHECK(json::parse(r.out)["packed_dirs"] == 2);
@@ -279,6 +292,43 @@ TEST_CASE("a backup moved elsewhere restores from where it is, and serves what w
   REQUIRE(served.Start({MmsdBin(), "--data-dir", work / "new-data", "--socket", work / "new.sock"}, work / "new.log"));
   REQUIRE(WaitFor([&] { return MmsAt(work / "new-data", work / "new.sock", {"ping"}).exit_code == 0; }, 30));
   CHECK(Outputs(MmsAt(work / "new-data", work / "new.sock", {"--json", "predict", "tiny:2", "--input", input})) == before);
+  served.Signal(SIGTERM);
+  served.Wait(20);
+}
+
+TEST_CASE("a data dir moved whole (mv to another disk) serves, verifies and repacks from where it is") {
+  TempDir work;
+  const std::string input = Own(work, "tiny_input.json");
+  const std::string first = work / "first", moved = work / "moved";
+  // The original kept inside the data dir, as a restore leaves it.
+  fs::create_directories(first + "/sources");
+  fs::copy_file(TestDataDir() + "/tiny.pt", first + "/sources/tiny.pt");
+  auto reg = MmsAt(first, work / "none.sock",
+                   {"-q", "model", "register", "tiny", "--version", "1", "--path", first + "/sources/tiny.pt",
+                    "--sample-input", input});
+  REQUIRE_MESSAGE(reg.exit_code == 0, reg.err);
+  json before;
+  {
+    Child served;
+    REQUIRE(served.Start({MmsdBin(), "--data-dir", first, "--socket", work / "a.sock"}, work / "a.log"));
+    REQUIRE(WaitFor([&] { return MmsAt(first, work / "a.sock", {"ping"}).exit_code == 0; }, 30));
+    before = Outputs(MmsAt(first, work / "a.sock", {"--json", "predict", "tiny:1", "--input", input}));
+    served.Signal(SIGTERM);
+    REQUIRE(served.Wait(20) == 0);
+  }
+  fs::rename(first, moved);
+  auto v = MmsAt(moved, work / "none.sock", {"model", "verify"});
+  CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
+  auto show = MmsAt(moved, work / "none.sock", {"--json", "model", "show", "tiny:1"});
+  REQUIRE(show.exit_code == 0);
+  CHECK(json::parse(show.out)["artifact_path"] == moved + "/sources/tiny.pt");
+  CHECK(json::parse(show.out)["packed_dir"].get<std::string>().rfind(moved + "/artifacts/tiny/", 0) == 0);
+  auto re = MmsAt(moved, work / "none.sock", {"-q", "model", "repack", "tiny:1"});
+  CHECK_MESSAGE(re.exit_code == 0, re.err);
+  Child served;
+  REQUIRE(served.Start({MmsdBin(), "--data-dir", moved, "--socket", work / "b.sock"}, work / "b.log"));
+  REQUIRE(WaitFor([&] { return MmsAt(moved, work / "b.sock", {"ping"}).exit_code == 0; }, 30));
+  CHECK(Outputs(MmsAt(moved, work / "b.sock", {"--json", "predict", "tiny:1", "--input", input})) == before);
   served.Signal(SIGTERM);
   served.Wait(20);
 }

@@ -12,6 +12,7 @@
 #include "core/paths.h"
 #include "registry/backup.h"
 #include "registry/registry.h"
+#include "registry/sqlite.h"
 #include "support/process.h"
 
 using namespace mms;
@@ -39,6 +40,7 @@ struct Source {
   Source() {
     Registry::Options o;
     o.path = db;
+    o.artifacts_dir = data + "/artifacts";
     o.clock = &clock;
     o.actor = "tester";
     auto r = Registry::Open(o);
@@ -68,6 +70,7 @@ struct Source {
   DataDirCopy To(const std::string& dest) {
     DataDirCopy c;
     c.src_db = db;
+    c.src_dir = data;
     c.dest_dir = dest;
     c.dest_db = dest + "/registry.db";
     c.action = "backup";
@@ -81,6 +84,7 @@ struct Source {
 std::unique_ptr<Registry> OpenCopy(const std::string& db) {
   Registry::Options o;
   o.path = db;
+  o.artifacts_dir = DirName(db) + "/artifacts";
   o.create = false;
   auto r = Registry::Open(o);
   REQUIRE(r.ok());
@@ -247,8 +251,19 @@ TEST_CASE("an interrupted copy is removed by the next one, and a foreign file is
   CHECK_FALSE(FileExists(dest + "/artifacts/zz"));
   // Published in rollback-journal mode (a backup on read-only media opens without a -shm file).
   CHECK(Slurp(dest + "/registry.db").substr(18, 2) == std::string("\x01\x01", 2));
-  // Its manifest says where it was written.
-  CHECK(Slurp(dest + "/" + kCopyManifest).find("\"root\":\"" + dest + "\"") != std::string::npos);
+  // It names its own files relative to itself (so it can be moved), and the
+  // original outside it as it was.
+  {
+    auto moved = OpenCopy(dest + "/registry.db");
+    std::string stored;
+    REQUIRE(moved->WithDb([&](sql::Db* db) -> Status {
+      MMS_ASSIGN_OR_RETURN(auto st, db->Prepare("SELECT packed_dir || ',' || sample_input FROM versions"));
+      MMS_ASSIGN_OR_RETURN(bool row, st.Step());
+      if (row) stored = st.Text(0);
+      return Status::Ok();
+    }).ok());
+    CHECK(stored == "artifacts/a/1-abc,artifacts/a/1-abc/sample.json");
+  }
 
   // An interrupted copy's cleanup removes what its marker lists, nothing
   // else: files put there since (another registry's) stay, and are refused.

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <thread>
@@ -498,9 +499,8 @@ TEST_CASE("an older registry upgraded to never reuse ids starts above its highes
   std::string path = d / "r.db";
   const auto& migrations = RegistryMigrations();
   std::string sql;
-  for (size_t i = 0; i + 1 < migrations.size(); ++i) sql += migrations[i];
-  sql += "PRAGMA user_version=" + std::to_string(migrations.size() - 1) +
-         "; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
+  for (size_t i = 0; i < 5; ++i) sql += migrations[i];  // schema 5, before the id floor (6)
+  sql += "PRAGMA user_version=5; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
   RawExec(path, sql);
   RawExec(path,
           "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
@@ -666,4 +666,112 @@ TEST_CASE("a full disk is an error naming the registry and what to do, not SQLit
   CHECK(st.message().find("registry " + (d / "t.db") + ": the disk is full") != std::string::npos);
   CHECK(st.message().find("nothing was changed") != std::string::npos);
   CHECK(st.message().find("Free space") != std::string::npos);
+}
+
+TEST_CASE("paths inside the data dir are stored relative to it, so a moved data dir finds its files") {
+  CHECK(StoredPath("/srv/mms", "/srv/mms/artifacts/m/d") == "artifacts/m/d");
+  CHECK(StoredPath("/srv/mms", "/srv/mmsx/artifacts/m/d") == "/srv/mmsx/artifacts/m/d");  // a sibling, not inside
+  CHECK(StoredPath("/srv/mms", "/srv/mms") == "/srv/mms");
+  CHECK(StoredPath("/srv/mms", "/models/m.pt") == "/models/m.pt");
+  CHECK(StoredPath("", "/srv/mms/a") == "/srv/mms/a");
+  CHECK(ResolvedPath("/data/mms", "artifacts/m/d") == "/data/mms/artifacts/m/d");
+  CHECK(ResolvedPath("/data/mms", "/models/m.pt") == "/models/m.pt");
+  CHECK(ResolvedPath("/data/mms", "") == "");
+
+  testing::TempDir d;
+  auto open = [&](const std::string& data_dir) {
+    Registry::Options o;
+    o.path = JoinPath(data_dir, "registry.db");
+    o.artifacts_dir = JoinPath(data_dir, "artifacts");
+    auto r = Registry::Open(o);
+    REQUIRE(r.ok());
+    return std::move(r).value();
+  };
+  const std::string first = d / "first", moved = d / "moved";
+  REQUIRE(MakeDirs(first, 0700).ok());
+  {
+    auto reg = open(first);
+    NewVersion v;
+    v.model = "m";
+    v.version = "1";
+    v.artifact_path = first + "/sources/m.pt";  // an original kept inside the data dir
+    v.packed_dir = first + "/artifacts/m/1-abc";
+    v.sample_input = v.packed_dir + "/sample.safetensors";
+    REQUIRE(reg->Register(v).ok());
+    v.version = "2";
+    v.artifact_path = "/models/m2.pt";  // outside: absolute
+    v.packed_dir = first + "/artifacts/m/2-def";
+    v.sample_input = "";
+    REQUIRE(reg->Register(v).ok());
+    auto r1 = reg->Resolve("m:1");
+    REQUIRE(r1.ok());
+    CHECK(r1->packed_dir == first + "/artifacts/m/1-abc");  // read back absolute
+    // A repack compares and stores the same way.
+    auto re = reg->SetPackedDir(*ParseRef("m:1"), r1->packed_dir, first + "/artifacts/m/1-new", "", {});
+    REQUIRE_MESSAGE(re.ok(), re.status().ToString());
+  }
+  auto column = [&](const std::string& db, const std::string& sql) {
+    sqlite3* h;
+    REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
+    sqlite3_stmt* st;
+    REQUIRE(sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+    std::string out;
+    while (sqlite3_step(st) == SQLITE_ROW) out += std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) + "|";
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return out;
+  };
+  CHECK(column(first + "/registry.db", "SELECT artifact_path || ',' || packed_dir FROM versions ORDER BY id") ==
+        "sources/m.pt,artifacts/m/1-new|/models/m2.pt,artifacts/m/2-def|");
+  std::filesystem::rename(first, moved);
+  auto reg = open(moved);
+  auto r1 = reg->Resolve("m:1"), r2 = reg->Resolve("m:2");
+  REQUIRE(r1.ok());
+  REQUIRE(r2.ok());
+  CHECK(r1->artifact_path == moved + "/sources/m.pt");
+  CHECK(r1->packed_dir == moved + "/artifacts/m/1-new");
+  CHECK(r2->artifact_path == "/models/m2.pt");
+  CHECK(r2->packed_dir == moved + "/artifacts/m/2-def");
+}
+
+TEST_CASE("a registry of schema 7 has its data dir's absolute paths made relative on upgrade, and others kept") {
+  testing::TempDir d;
+  const std::string dd = d / "data";
+  REQUIRE(MakeDirs(dd, 0700).ok());
+  const std::string path = dd + "/registry.db";
+  const auto& migrations = RegistryMigrations();
+  std::string sql;
+  for (size_t i = 0; i < 7; ++i) sql += migrations[i];
+  sql += "PRAGMA user_version=7; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
+  RawExec(path, sql);
+  RawExec(path, "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
+                "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
+                "created_by, packed_dir, sample_input) VALUES (1, 1, '1', '1', '/models/m.pt', 1, '', 1, 't', '" +
+                    dd + "/artifacts/m/1-abc', '" + dd + "/artifacts/m/1-abc/sample.json');"
+                "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
+                "created_by, packed_dir) VALUES (2, 1, '2', '2', '" + dd + "/sources/m/2/m.pt', 1, '', 1, 't', '" +
+                    dd + "x/artifacts/m/2');");
+  {
+    Registry::Options o;
+    o.path = path;
+    o.artifacts_dir = dd + "/artifacts";
+    auto r = Registry::Open(o);
+    REQUIRE(r.ok());
+    auto v1 = (*r)->Resolve("m:1");
+    REQUIRE(v1.ok());
+    CHECK(v1->packed_dir == dd + "/artifacts/m/1-abc");
+    CHECK(v1->sample_input == dd + "/artifacts/m/1-abc/sample.json");
+  }
+  sqlite3* h;
+  REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
+  sqlite3_stmt* st;
+  REQUIRE(sqlite3_prepare_v2(h, "SELECT artifact_path, packed_dir, sample_input FROM versions ORDER BY id", -1, &st,
+                             nullptr) == SQLITE_OK);
+  std::vector<std::string> got;
+  while (sqlite3_step(st) == SQLITE_ROW)
+    for (int c = 0; c < 3; ++c) got.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, c)));
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  CHECK(got == std::vector<std::string>{"/models/m.pt", "artifacts/m/1-abc", "artifacts/m/1-abc/sample.json",
+                                        "sources/m/2/m.pt", dd + "x/artifacts/m/2", ""});
 }
