@@ -299,13 +299,24 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
     if (state == "aborted") return 11;
     if (timed_out()) {
       const std::string msg = "--timeout reached; the canary of " + model + " is still " + state +
-                              " (it carries on; mms canary abort " + model + " stops it)";
+                              " (it carries on: mms canary wait " + model + " waits again, mms canary abort " + model +
+                              " stops it)";
       if (cli.g.json) std::cout << nlohmann::json{{"timeout", true}, {"state", state}, {"message", msg}}.dump() << std::endl;
       else std::cerr << "mms: " << msg << "\n";
       return 12;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+}
+
+// --timeout of a wait: a positive duration, or "" (until the canary ends: 0).
+Result<int64_t> WaitTimeout(const std::string& text) {
+  if (text.empty()) return int64_t{0};
+  auto t = ParseDurationNanos(text);
+  if (!t.ok()) return t.status().WithContext("--timeout");
+  if (*t <= 0)  // (0 waited for ever)
+    return InvalidArgument("--timeout must be positive; leave it out to wait until the canary ends");
+  return *t;
 }
 
 int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
@@ -327,15 +338,10 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   if (!chk.ok()) return cli.Fail(chk.status().WithContext("--check-interval"));
   if (*chk < 1'000'000)  // (it was stored as 1 ms, silently)
     return cli.Fail(InvalidArgument("--check-interval " + a.check_interval + " is under 1ms; give e.g. 10s"));
-  int64_t timeout = 0;
-  if (!a.timeout.empty()) {
-    if (!a.wait) return cli.Fail(InvalidArgument("--timeout bounds --wait: give --wait too, or leave --timeout out"));
-    auto t = ParseDurationNanos(a.timeout);
-    if (!t.ok()) return cli.Fail(t.status().WithContext("--timeout"));
-    if (*t <= 0)  // (0 waited for ever)
-      return cli.Fail(InvalidArgument("--timeout must be positive; leave it out to wait until the canary ends"));
-    timeout = *t;
-  }
+  if (!a.timeout.empty() && !a.wait)
+    return cli.Fail(InvalidArgument("--timeout bounds --wait: give --wait too, or leave --timeout out"));
+  auto timeout = WaitTimeout(a.timeout);
+  if (!timeout.ok()) return cli.Fail(timeout.status());
   n.stage_duration_ms = *dur / 1000000;
   n.check_interval_ms = *chk / 1000000;
   n.max_error_rate = a.max_error_rate;
@@ -362,7 +368,16 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
                 << c->baseline_version << " started: " << StageLine(c->ToJson()) << "\n";
     });
   if (!a.wait) return 0;
-  return Wait(cli, a.model, timeout);
+  return Wait(cli, a.model, *timeout);
+}
+
+// mms canary wait: the same wait, taken up again (a CI job retried after its
+// own timeout, or one that started the canary without --wait).
+int CmdCanaryWait(Cli& cli, const std::string& model, const std::string& timeout_text) {
+  if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
+  auto timeout = WaitTimeout(timeout_text);
+  if (!timeout.ok()) return cli.Fail(timeout.status());
+  return Wait(cli, model, *timeout);
 }
 
 int CmdCanaryStatus(Cli& cli, const std::string& model) {
@@ -492,6 +507,12 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   cstart->add_flag("--wait", ca->wait, "stream progress until it ends; exit 0 promoted, 10 rolled back, 11 aborted, 12 timeout");
   cstart->add_option("--timeout", ca->timeout, "with --wait: give up waiting after this long (exit 12)");
   cstart->callback([&cli, ca] { cli.exit_code = CmdCanaryStart(cli, *ca); });
+  auto* cwait = canary->add_subcommand(
+      "wait", "Wait for NAME's canary to end, as start --wait does; exit 0 promoted, 10 rolled back, 11 aborted, 12 timeout");
+  auto wait_timeout = std::make_shared<std::string>();
+  cwait->add_option("NAME", *model)->required();
+  cwait->add_option("--timeout", *wait_timeout, "give up waiting after this long (exit 12; the canary carries on)");
+  cwait->callback([&cli, model, wait_timeout] { cli.exit_code = CmdCanaryWait(cli, *model, *wait_timeout); });
   auto* cstatus = canary->add_subcommand("status", "Active canaries, or NAME's latest with its current window");
   cstatus->add_option("NAME", *model);
   cstatus->callback([&cli, model] { cli.exit_code = CmdCanaryStatus(cli, *model); });

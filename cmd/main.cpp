@@ -25,9 +25,9 @@ const char* kExitCodes = R"(Exit codes:
   4   not found (model, version, alias, experiment, request id)
   5   rejected: rate limited, pool full, overloaded, deadline exceeded
   6   conflict: already exists, in use, changed or ended meanwhile, or the registry locked by another writer
-  10  canary --wait: rolled back automatically
-  11  canary --wait: aborted by hand
-  12  canary --wait: --timeout reached
+  10  canary start --wait, canary wait: rolled back automatically
+  11  canary start --wait, canary wait: aborted by hand
+  12  canary start --wait, canary wait: --timeout reached (the canary carries on)
 )";
 
 }  // namespace
@@ -114,14 +114,17 @@ int main(int argc, char** argv) {
   app.add_option("--config", cli.g.config, "mms.toml (default: $MMS_CONFIG, ~/.config/mms/mms.toml)");
   app.add_flag("--json", cli.g.json, "machine-readable output");
   app.add_flag("--quiet,-q", cli.g.quiet, "no progress or notes on stderr");
-  auto* timeout_opt = app.add_option("--timeout", cli.g.timeout_s, "seconds to wait for the daemon's reply (default 60)");
+  auto* timeout_opt =
+      app.add_option("--timeout", cli.g.timeout_s, "seconds (or a duration: 90s, 2m) to wait for the daemon's reply (default 60)");
   timeout_opt
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
-            auto d = ParseDecimal(v);
-            return d && *d > 0
-                       ? ""
-                       : "expected a number of seconds above 0 (such as 5 or 0.5), got '" + v + "'";
+            if (auto d = ParseDecimal(v); d && *d > 0) return "";
+            if (auto ns = mms::ParseDurationNanos(v); ns.ok() && *ns > 0) {  // as the canary's --timeout takes it
+              v = std::to_string(static_cast<double>(*ns) / 1e9);
+              return "";
+            }
+            return "expected seconds above 0 (such as 5 or 0.5) or a duration (such as 90s or 2m), got '" + v + "'";
           },
           "SECONDS"))
       // Commands run inside app.parse(): known here, not after it returns.

@@ -57,6 +57,7 @@ _mms() {
       "shadow samples") path="shadow samples" ;;
       "canary") path="canary" ;;
       "canary start") path="canary start" ;;
+      "canary wait") path="canary wait" ;;
       "canary status") path="canary status" ;;
       "canary pause") path="canary pause" ;;
       "canary resume") path="canary resume" ;;
@@ -120,8 +121,9 @@ _mms() {
     "shadow status") words="--help -h"; names=models ;;
     "shadow stats") words="--help -h"; names=models ;;
     "shadow samples") words="--help -h --limit"; names=models ;;
-    "canary") words="start status pause resume promote abort list --help -h" ;;
+    "canary") words="start wait status pause resume promote abort list --help -h" ;;
     "canary start") words="--help -h --candidate --stages --stage-duration --max-error-rate --max-p99-ms --max-p99-ratio --min-requests --check-interval --wait --timeout"; names=models ;;
+    "canary wait") words="--help -h --timeout"; names=models ;;
     "canary status") words="--help -h"; names=models ;;
     "canary pause") words="--help -h"; names=models ;;
     "canary resume") words="--help -h"; names=models ;;

@@ -89,6 +89,8 @@ function __mms_path
         set path $next
       case 'canary start'
         set path $next
+      case 'canary wait'
+        set path $next
       case 'canary status'
         set path $next
       case 'canary pause'
@@ -310,6 +312,7 @@ complete -c mms -n "__mms_at 'shadow samples'" -l 'help'
 complete -c mms -n "__mms_at 'shadow samples'" -l 'limit'
 complete -c mms -n "__mms_at 'shadow samples'" -a '(mms (__mms_globals) __complete models 2>/dev/null)'
 complete -c mms -n "__mms_at 'canary'" -a 'start'
+complete -c mms -n "__mms_at 'canary'" -a 'wait'
 complete -c mms -n "__mms_at 'canary'" -a 'status'
 complete -c mms -n "__mms_at 'canary'" -a 'pause'
 complete -c mms -n "__mms_at 'canary'" -a 'resume'
@@ -329,6 +332,9 @@ complete -c mms -n "__mms_at 'canary start'" -l 'check-interval'
 complete -c mms -n "__mms_at 'canary start'" -l 'wait'
 complete -c mms -n "__mms_at 'canary start'" -l 'timeout'
 complete -c mms -n "__mms_at 'canary start'" -a '(mms (__mms_globals) __complete models 2>/dev/null)'
+complete -c mms -n "__mms_at 'canary wait'" -l 'help'
+complete -c mms -n "__mms_at 'canary wait'" -l 'timeout'
+complete -c mms -n "__mms_at 'canary wait'" -a '(mms (__mms_globals) __complete models 2>/dev/null)'
 complete -c mms -n "__mms_at 'canary status'" -l 'help'
 complete -c mms -n "__mms_at 'canary status'" -a '(mms (__mms_globals) __complete models 2>/dev/null)'
 complete -c mms -n "__mms_at 'canary pause'" -l 'help'

@@ -234,7 +234,8 @@ Result<CanaryRecord> Registry::StartCanary(const NewCanary& n) {
                                                   {std::to_string(mid)}));
   if (!active.empty())
     return AlreadyExists("model '" + n.model + "' already has a canary of " + n.model + ":" +
-                         active[0].candidate_version + " (" + active[0].state + ")");
+                         active[0].candidate_version + " (" + active[0].state + "): mms canary wait " + n.model +
+                         " waits for it to end, mms canary abort " + n.model + " ends it now");
   MMS_ASSIGN_OR_RETURN(auto exps, QueryExperiments("WHERE e.model_id = ? AND e.state != 'stopped'", {std::to_string(mid)}));
   if (!exps.empty())
     return AlreadyExists("model '" + n.model + "' has experiment '" + exps[0].id + "' running; stop it first (mms experiment stop " +

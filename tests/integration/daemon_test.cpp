@@ -166,7 +166,7 @@ TEST_CASE("a CLI on another registry than the daemon's is told so, and a hung da
   // As long as --timeout says, no shorter and no longer (it was 2 s whatever was given).
   d.child().Signal(SIGSTOP);
   t0 = std::chrono::steady_clock::now();
-  auto brief = d.Mms({"--timeout", "0.5", "model", "stage", "tiny:1", "production"});
+  auto brief = d.Mms({"--timeout", "500ms", "model", "stage", "tiny:1", "production"});  // (a duration, as 0.5)
   took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK(brief.exit_code == 0);
   CHECK_MESSAGE(brief.err.find("within 500 ms") != std::string::npos, brief.err);

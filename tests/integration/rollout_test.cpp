@@ -639,7 +639,7 @@ TEST_CASE("a long busy timeout behind another writer does not keep a failing can
   CHECK(WaitFor([&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "rolled_back"; }, 90));
 }
 
-TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
+TEST_CASE("canary --wait: aborted by hand (exit 11), --timeout (exit 12), and canary wait takes the wait up again") {
   Daemon d;
   REQUIRE(d.ok());
   SetupTiny(d, "tiny_v2.pt");
@@ -665,6 +665,25 @@ TEST_CASE("canary --wait: aborted by hand (exit 11) and --timeout (exit 12)") {
     CHECK(json::parse(last)["state"] == "running");
   }
   CHECK(json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "running");  // carries on
+  CHECK(t.out.find("mms canary wait tiny waits again") != std::string::npos);
+  // The next CI run: starting again is refused, and says how to wait instead.
+  auto again = d.Mms({"canary", "start", "tiny", "--candidate", "3"});
+  CHECK(again.exit_code == 6);
+  CHECK_MESSAGE(again.err.find("mms canary wait tiny waits for it to end") != std::string::npos, again.err);
+  // The wait, taken up again: its own --timeout (exit 12), then the end it waits for.
+  auto rewait = d.Mms({"canary", "wait", "tiny", "--timeout", "500ms"}, 60);
+  CHECK_MESSAGE(rewait.exit_code == 12, rewait.out << rewait.err);
+  CHECK(rewait.out.find("stage 1/") != std::string::npos);  // progress streamed, as start --wait does
+  ProcResult waited;
+  std::thread w2([&] { waited = d.Mms({"--json", "canary", "wait", "tiny"}, 60); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  REQUIRE(d.Mms({"canary", "promote", "tiny"}).exit_code == 0);
+  w2.join();
+  CHECK_MESSAGE(waited.exit_code == 0, waited.out << waited.err);
+  // Ended already: the outcome's exit code at once; a model without a canary: 4.
+  CHECK(d.Mms({"canary", "wait", "tiny"}).exit_code == 0);
+  CHECK(d.Mms({"canary", "wait", "nosuch"}).exit_code == 4);
+  CHECK(d.Mms({"canary", "wait", "tiny", "--timeout", "0"}).exit_code == 2);
 }
 
 TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort made meanwhile ends it (exit 11)") {
@@ -776,6 +795,8 @@ TEST_CASE("canary refusals") {
        "--stages: 0.001 is finer than 0.01%"},
       {{"canary", "start", "tiny", "--candidate", "2", "--timeout", "5s"}, 2, "--timeout bounds --wait"},
       {{"canary", "start", "tiny", "--candidate", "2", "--wait", "--timeout", "0"}, 2, "--timeout must be positive"},
+      {{"--timeout", "soon", "ping"}, 2, "or a duration (such as 90s or 2m), got 'soon'"},
+      {{"--timeout", "0s", "ping"}, 2, "expected seconds above 0"},
   };
   for (const auto& b : bad) {
     auto r = d.Mms(b.args);
