@@ -220,7 +220,11 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
   return out;
 }
 
-Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a) {
+// NAME:VERSION registered already with the same weights is no error (a CI
+// job run again): its record, with *unchanged set. Other weights under it are
+// (ALREADY_EXISTS, naming both hashes).
+Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a, bool* unchanged) {
+  *unchanged = false;
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
   auto canon = CanonicalPath(a.path);
@@ -232,9 +236,10 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     std::string ref = a.name + ":" + a.version, by = ", by " + existing->created_by;
     auto sha = regular && static_cast<uint64_t>(st.st_size) == existing->size_bytes ? Sha256File(*canon)
                                                                                      : Result<std::string>(std::string());
-    if (sha.ok() && *sha == existing->sha256)
-      return AlreadyExists(ref + " is already registered with these weights (sha256 " + sha->substr(0, 12) + by +
-                           "): nothing to do");
+    if (sha.ok() && *sha == existing->sha256) {
+      *unchanged = true;
+      return existing;
+    }
     return AlreadyExists(ref + " is registered with other weights (sha256 " + existing->sha256.substr(0, 12) + by +
                          (sha.ok() && !sha->empty() ? "; this file " + sha->substr(0, 12) : std::string()) +
                          "); register the new weights as a new version number");
@@ -356,10 +361,22 @@ void PrintRecord(const VersionRecord& r) {
 int CmdRegister(Cli& cli, const RegisterArgs& a) {
   auto reg = cli.OpenRegistry(/*create=*/true);
   if (!reg.ok()) return cli.Fail(reg.status());
-  auto rec = RegisterVersion(cli, **reg, a);
+  bool unchanged;
+  auto rec = RegisterVersion(cli, **reg, a, &unchanged);
   if (!rec.ok()) return cli.Fail(rec.status());
+  if (unchanged) {  // what it was registered with stays (a version's metadata is fixed at registration)
+    nlohmann::json j = rec->ToJson();
+    j["unchanged"] = true;
+    cli.Emit(j, [&] {
+      std::cout << rec->ref() << " is already registered with these weights (sha256 " << rec->sha256.substr(0, 12)
+                << ", by " << rec->created_by << "): nothing to do\n";
+    });
+    return 0;
+  }
   cli.NotifyDaemon();
-  cli.Emit(rec->ToJson(), [&] {
+  nlohmann::json j = rec->ToJson();
+  j["unchanged"] = false;
+  cli.Emit(j, [&] {
     std::cout << "registered " << rec->ref() << " (" << FormatBytes(rec->size_bytes) << ", sha256 "
               << rec->sha256.substr(0, 12) << ", inputs " << InputsText(*rec) << ")\n";
   });
@@ -1007,7 +1024,8 @@ int CmdImport(Cli& cli, const std::string& dir) {
         a.max_batch_size = max_batch;
         if (max_batch > 0) a.max_queue_delay_us = delay_us;
       }
-      auto rec = RegisterVersion(cli, **reg, a);
+      bool unchanged;
+      auto rec = RegisterVersion(cli, **reg, a, &unchanged);
       if (!rec.ok() && a.max_batch_size > 0 && rec.status().code() == Code::kInvalidArgument) {
         // The model cannot batch (its rows depend on each other, its outputs
         // do not split): registered unbatched, which is all that can be done.
@@ -1017,7 +1035,11 @@ int CmdImport(Cli& cli, const std::string& dir) {
             unbatched.size() >= done.size() && unbatched.compare(unbatched.size() - done.size(), done.size(), done) == 0)
           unbatched.resize(unbatched.size() - done.size());
         a.max_batch_size = 0;
-        rec = RegisterVersion(cli, **reg, a);
+        rec = RegisterVersion(cli, **reg, a, &unchanged);
+      }
+      if (rec.ok() && unchanged) {  // no error: the repository imported again
+        skip(file, rec->ref() + " is already registered with these weights (nothing to do)", false);
+        continue;
       }
       if (rec.ok()) {
         registered.push_back(rec->ref());
@@ -1027,23 +1049,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
                                         then}});
         continue;
       }
-      if (rec.status().code() != Code::kAlreadyExists) {
-        skip(file, rec.status().message());
-        continue;
-      }
-      // Already registered: the same weights are no error; other weights
-      // under that version are (the repository's file was replaced).
-      auto have = (*reg)->Resolve(Ref{Ref::Kind::kVersion, name, version, ""});
-      auto sha = Sha256File(file);
-      bool same = have.ok() && sha.ok() && have->sha256 == *sha;
-      if (same) {
-        skip(file, name + ":" + version + " is already registered with these weights (nothing to do)", false);
-      } else {
-        skip(file, name + ":" + version + " is registered with other weights (sha256 " +
-                       (have.ok() ? have->sha256.substr(0, 12) : std::string("?")) + ", this file " +
-                       (sha.ok() ? sha->substr(0, 12) : std::string("unreadable")) +
-                       "); register the new weights as a new version");
-      }
+      skip(file, rec.status().message());  // (other weights under a registered version: the file was replaced)
     }
   }
   if (!registered.empty()) cli.NotifyDaemon();
