@@ -65,7 +65,7 @@ int CmdRm(Cli& cli, const LimitArgs& a) {
   if (!reg.ok()) return cli.Fail(reg.status());
   if (Status st = (*reg)->RemoveLimit(t->first, t->second); !st.ok()) return cli.Fail(st);
   cli.NotifyDaemon();
-  cli.Emit({{"removed", {{"kind", t->first}, {"key", t->second}}}},
+  cli.Emit({{"kind", t->first}, {"key", t->second}, {"removed", true}},
            [&] { std::cout << "removed the limit of " << t->first << " " << t->second << "\n"; });
   return 0;
 }

@@ -507,7 +507,9 @@ int CmdRm(Cli& cli, const std::string& ref_text, bool force) {
     std::filesystem::remove_all(rec->packed_dir, ec);
   }
   cli.NotifyDaemon();
-  cli.Emit({{"removed", rec->ref()}}, [&] { std::cout << "removed " << rec->ref() << "\n"; });
+  // As alias rm, limit rm and adapter rm say it: what, and "removed": true.
+  cli.Emit({{"ref", rec->ref()}, {"model", rec->model}, {"version", rec->version}, {"removed", true}},
+           [&] { std::cout << "removed " << rec->ref() << "\n"; });
   // The production version gone, the bare name falls back to the highest
   // version not archived — one nobody may have staged: said, not silent.
   if (rec->stage == Stage::kProduction) {

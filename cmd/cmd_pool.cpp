@@ -205,7 +205,12 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   // rm) changes what is printed, not the outcome.
   auto v = (*reg)->Resolve(*ref);
   const std::string version = v.ok() ? v->ref() : "";
-  nlohmann::json j{{"ref", ref->ToString()}, {"version", v.ok() ? nlohmann::json(version) : nlohmann::json()},
+  // "ref" is the pin as named (a bare name follows its production version),
+  // "resolved" what it names now, "version" that version's number (as
+  // predict, load and evict say it).
+  nlohmann::json j{{"ref", ref->ToString()},
+                   {"resolved", v.ok() ? nlohmann::json(version) : nlohmann::json()},
+                   {"version", v.ok() ? nlohmann::json(v->version) : nlohmann::json()},
                    {"pinned", pin}};
   // Apply it in a running daemon now (and for a pin, wait for the preload).
   auto c = cli.Connect();

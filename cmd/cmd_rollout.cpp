@@ -79,8 +79,10 @@ int CmdShadowStatus(Cli& cli, const std::string& model) {
     if (!s.ok()) return cli.Fail(s.status());
     list.push_back(*s);
   }
+  // NAME's run is an object, the list an array: as canary status has them.
   nlohmann::json j = nlohmann::json::array();
   for (const auto& s : list) j.push_back(s.ToJson());
+  if (!model.empty()) j = j[0];
   cli.Emit(j, [&] {
     if (list.empty()) {
       std::cout << "no shadow runs (start one with mms shadow start)\n";

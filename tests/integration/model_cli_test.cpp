@@ -251,6 +251,22 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
   CHECK(json::parse(history.out).size() == 1);  // one registration, nothing written by the reruns
 }
 
+TEST_CASE("removals say what they removed in one --json shape: its identity and removed: true") {
+  Cli mms;
+  REQUIRE(mms({"-q", "model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}).exit_code == 0);
+  REQUIRE(mms({"-q", "model", "alias", "set", "tiny", "best", "1"}).exit_code == 0);
+  REQUIRE(mms({"-q", "limit", "set", "tiny", "--qps", "5"}).exit_code == 0);
+  auto alias = mms({"--json", "model", "alias", "rm", "tiny", "best"});
+  REQUIRE(alias.exit_code == 0);
+  CHECK(json::parse(alias.out) == json{{"model", "tiny"}, {"alias", "best"}, {"removed", true}});
+  auto limit = mms({"--json", "limit", "rm", "tiny"});
+  REQUIRE(limit.exit_code == 0);
+  CHECK(json::parse(limit.out) == json{{"kind", "model"}, {"key", "tiny"}, {"removed", true}});
+  auto version = mms({"--json", "model", "rm", "tiny:1"});
+  REQUIRE(version.exit_code == 0);
+  CHECK(json::parse(version.out) == json{{"ref", "tiny:1"}, {"model", "tiny"}, {"version", "1"}, {"removed", true}});
+}
+
 TEST_CASE("every refusal has a clear message and its exit code") {
   Cli mms;
   REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")}).exit_code == 0);

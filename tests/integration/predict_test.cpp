@@ -445,7 +445,11 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
   d.child().Signal(SIGCONT);
   CHECK(hung.exit_code == 3);
   CHECK_MESSAGE(hung.err.find("the pin of tiny is recorded") != std::string::npos, hung.err);
-  CHECK(json::parse(d.Mms({"--json", "pin", "tiny"}).out)["on_device"] == true);
+  const json pinned = json::parse(d.Mms({"--json", "pin", "tiny"}).out);
+  CHECK(pinned["on_device"] == true);
+  CHECK(pinned["ref"] == "tiny");  // the pin, as named
+  CHECK(pinned["resolved"].get<std::string>().rfind("tiny:", 0) == 0);
+  CHECK(pinned["resolved"] == "tiny:" + pinned["version"].get<std::string>());  // "version": the number, as predict has it
   REQUIRE(d.Mms({"unpin", "tiny"}).exit_code == 0);
   // Pinning needs no daemon: it is recorded and applied at the next start.
   d.child().Signal(SIGTERM);

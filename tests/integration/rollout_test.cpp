@@ -356,8 +356,8 @@ TEST_CASE("shadow sampling is deterministic by request, the queue is bounded and
   st = ShadowStats(d, "tiny");
   CHECK(st["requests"]["dropped"].get<int>() > 0);
   CHECK(st["requests"]["sampled"] == 40);
-  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["state"] == "stopped"; }, 10));
-  CHECK(json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)[0]["reason"] == "duration elapsed");
+  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)["state"] == "stopped"; }, 10));
+  CHECK(json::parse(d.Mms({"--json", "shadow", "status", "tiny"}).out)["reason"] == "duration elapsed");
 }
 
 TEST_CASE("a shadow rests between runs of its candidate by [shadow] duty_cycle, and a stop ends the rest") {
