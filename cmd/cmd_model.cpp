@@ -505,6 +505,7 @@ int CmdRm(Cli& cli, const std::string& ref_text, bool force) {
   if (artifacts.ok() && !rec->packed_dir.empty() && rec->packed_dir.rfind(*artifacts + "/", 0) == 0) {
     std::error_code ec;
     std::filesystem::remove_all(rec->packed_dir, ec);
+    ::rmdir(DirName(rec->packed_dir).c_str());  // the model's directory, once its last version is gone
   }
   cli.NotifyDaemon();
   // As alias rm, limit rm and adapter rm say it: what, and "removed": true.
@@ -837,11 +838,20 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
         else std::filesystem::remove_all(o.path, ec);
         removed = !ec;
         if (ec) what += "; cannot remove: " + ec.message();
-      } else if (prune) {
-        what += "; kept: changed in the last " + prune_age_text +
-                ", it may belong to a registration in progress (--prune-age)";
       } else {
-        what += "; remove with: mms model verify --prune";
+        // Young: why it is spared, and when --prune takes it (before, the
+        // hint sent users to a --prune that then kept it for an hour).
+        const std::string why = o.staging || (!o.empty && !replaced) ? "it may belong to a registration in progress"
+                                : replaced ? "a daemon may still be reading it"
+                                           : "a registration may be about to use it";
+        const std::string in = FormatDurationNanos((prune_age - o.age_s) * 1'000'000'000);
+        if (prune)
+          what += "; kept: changed in the last " + prune_age_text + ", " + why + " (--prune removes it in " + in +
+                  "; --prune-age 0 removes it now)";
+        else if (old_enough)
+          what += "; remove with: mms model verify --prune";
+        else
+          what += "; mms model verify --prune removes it in " + in + " (" + why + "; --prune-age 0 removes it now)";
       }
       ++orphans;
       if (removed) ++pruned;

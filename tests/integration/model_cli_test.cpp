@@ -262,9 +262,14 @@ TEST_CASE("removals say what they removed in one --json shape: its identity and 
   auto limit = mms({"--json", "limit", "rm", "tiny"});
   REQUIRE(limit.exit_code == 0);
   CHECK(json::parse(limit.out) == json{{"kind", "model"}, {"key", "tiny"}, {"removed", true}});
+  REQUIRE(std::filesystem::exists(mms.dir / "data/artifacts/tiny"));
   auto version = mms({"--json", "model", "rm", "tiny:1"});
   REQUIRE(version.exit_code == 0);
   CHECK(json::parse(version.out) == json{{"ref", "tiny:1"}, {"model", "tiny"}, {"version", "1"}, {"removed", true}});
+  // Its last version gone, the model's packed directory goes too: nothing for verify to list as unused.
+  CHECK_FALSE(std::filesystem::exists(mms.dir / "data/artifacts/tiny"));
+  auto verify = mms({"model", "verify"});
+  CHECK_MESSAGE(verify.out.find("unused") == std::string::npos, verify.out);
 }
 
 TEST_CASE("every refusal has a clear message and its exit code") {
@@ -529,6 +534,11 @@ TEST_CASE("verify lists packed directories no version uses, and --prune removes 
   CHECK(j[1]["path"] == orphan.string());
   CHECK(j[1]["bytes"].get<uint64_t>() > 0);
   CHECK(j[1]["problems"][0].get<std::string>().find("mms model verify --prune") != std::string::npos);
+  // Young, so the hint says when --prune takes it, and how to take it now
+  // (it sent users to a --prune that then kept it for an hour).
+  CHECK_MESSAGE(j[1]["problems"][0].get<std::string>().find("--prune removes it in ") != std::string::npos,
+                j[1]["problems"][0]);
+  CHECK(j[1]["problems"][0].get<std::string>().find("--prune-age 0 removes it now") != std::string::npos);
   auto text = mms({"model", "verify"});
   CHECK(text.out.find("ORPHAN   " + orphan.string()) != std::string::npos);
   CHECK(text.out.find("1 of 1 versions verified; 1 unused packed directory") != std::string::npos);
@@ -550,6 +560,7 @@ TEST_CASE("verify lists packed directories no version uses, and --prune removes 
   REQUIRE(yj.size() == 2);
   CHECK(yj[1]["pruned"] == false);
   CHECK(yj[1]["problems"][0].get<std::string>().find("registration in progress") != std::string::npos);
+  CHECK(yj[1]["problems"][0].get<std::string>().find("--prune-age 0 removes it now") != std::string::npos);
   CHECK(std::filesystem::exists(orphan));
 
   // The same data dir reached through a symlink: the version's directory is
