@@ -174,6 +174,55 @@ int CmdStatus(Cli& cli) {
   return 0;
 }
 
+// mms reload: SIGHUP through the socket, answered with what the reload did
+// once mmsd has done it (STATUS's last_reload moves on).
+int CmdReload(Cli& cli) {
+  auto c = cli.Connect();
+  if (!c.ok()) return cli.Fail(c.status());
+  auto before = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
+  if (!before.ok()) return cli.Fail(before.status());
+  const int64_t count = (*before)["last_reload"].value("count", int64_t{0});
+  if (auto r = (*c)->CallJson(proto::kReload, nlohmann::json::object()); !r.ok()) return cli.Fail(r.status());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(cli.g.timeout_s);
+  nlohmann::json done;
+  while (true) {
+    auto s = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
+    if (!s.ok()) return cli.Fail(s.status());
+    if ((*s)["last_reload"].value("count", int64_t{0}) > count) {
+      done = (*s)["last_reload"];
+      done["config"] = (*s).value("config", "");
+      break;
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      return cli.Fail(Status(Code::kDeadlineExceeded, "mmsd took the reload request but did not reload within --timeout "
+                                                      "(its main thread is busy?); see its log"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::string error = done.value("error", "");
+  const bool whole = error.empty();
+  if (!whole && done["sections"].empty()) {  // the file was not applied at all
+    Status st(CodeFromName(done.value("code", "")), error);
+    return cli.Fail(st.code() == Code::kInternal ? Status(Code::kInvalidArgument, error) : st);
+  }
+  cli.Emit(done, [&] {
+    const std::string cfg = done.value("config", "");
+    if (cfg.empty()) {
+      std::cout << "reloaded nothing: mmsd runs without a config file (its built-in defaults)\n";
+      return;
+    }
+    std::string sections;
+    for (const auto& x : done["sections"]) sections += (sections.empty() ? "" : ", ") + x.get<std::string>();
+    std::cout << "reloaded " << cfg << ": " << sections << "\n";
+    if (!done["restart"].empty()) {
+      std::string keys;
+      for (const auto& k : done["restart"]) keys += (keys.empty() ? "" : ", ") + k.get<std::string>();
+      std::cout << "changed, and applied only at a restart: " << keys << "\n";
+    }
+  });
+  if (!whole) cli.Note("warning: " + error);
+  return whole ? 0 : 1;
+}
+
 int CmdPing(Cli& cli, int count) {
   auto c = cli.Connect();
   if (!c.ok()) return cli.Fail(c.status());
@@ -214,6 +263,9 @@ void AddDaemonCommands(CLI::App& app, Cli& cli) {
 
   auto* status = app.add_subcommand("status", "Show the daemon: version, uptime, pid, socket, devices, pool");
   status->callback([&cli] { cli.exit_code = CmdStatus(cli); });
+
+  app.add_subcommand("reload", "Re-read mmsd's config file (as SIGHUP), and say what was applied and what needs a restart")
+      ->callback([&cli] { cli.exit_code = CmdReload(cli); });
 
   auto* ping = app.add_subcommand("ping", "Measure the round trip to the daemon");
   auto* count = ping->add_option("--count,-c", "number of pings (default 1)")->default_val(1)->check(WholeNumber())->check(CLI::Range(1, 100000));

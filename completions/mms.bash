@@ -17,6 +17,7 @@ _mms() {
     case "${path:+$path }$w" in
       "serve") path="serve" ;;
       "status") path="status" ;;
+      "reload") path="reload" ;;
       "ping") path="ping" ;;
       "model") path="model" ;;
       "model register") path="model register" ;;
@@ -80,9 +81,10 @@ _mms() {
   done
   local words= names=
   case $path in
-    "") words="serve status ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit adapter backup restore completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
+    "") words="serve status reload ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit adapter backup restore completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
     "serve") words="--help -h --detach -d" ;;
     "status") words="--help -h" ;;
+    "reload") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
     "model") words="register list show history stage alias rm repack verify import --help -h" ;;
     "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --max-batch-size --max-queue-delay-us"; names=models ;;

@@ -9,6 +9,8 @@ function __mms_path
         set path $next
       case 'status'
         set path $next
+      case 'reload'
+        set path $next
       case 'ping'
         set path $next
       case 'model'
@@ -151,6 +153,7 @@ end
 complete -c mms -f
 complete -c mms -n "__mms_at ''" -a 'serve'
 complete -c mms -n "__mms_at ''" -a 'status'
+complete -c mms -n "__mms_at ''" -a 'reload'
 complete -c mms -n "__mms_at ''" -a 'ping'
 complete -c mms -n "__mms_at ''" -a 'model'
 complete -c mms -n "__mms_at ''" -a 'predict'
@@ -181,6 +184,7 @@ complete -c mms -n "__mms_at ''" -l 'timeout'
 complete -c mms -n "__mms_at 'serve'" -l 'help'
 complete -c mms -n "__mms_at 'serve'" -l 'detach'
 complete -c mms -n "__mms_at 'status'" -l 'help'
+complete -c mms -n "__mms_at 'reload'" -l 'help'
 complete -c mms -n "__mms_at 'ping'" -l 'help'
 complete -c mms -n "__mms_at 'ping'" -l 'count'
 complete -c mms -n "__mms_at 'model'" -a 'register'

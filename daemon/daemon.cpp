@@ -979,18 +979,33 @@ Status Daemon::Start() {
 }
 
 Result<std::vector<std::string>> Daemon::Reload() {
-  std::vector<std::string> reloaded;
+  std::vector<std::string> reloaded, restart;
+  Status failed;  // the file, or [log], not applied
+  // Every outcome is recorded for STATUS (mms reload), before each return.
+  auto record = [&] {
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    last_reload_ = {{"count", last_reload_.value("count", 0) + 1},
+                    {"sections", reloaded},
+                    {"restart", restart},
+                    {"error", failed.message()},
+                    {"code", failed.ok() ? "" : CodeName(failed.code())}};
+  };
   if (opts_.config_path.empty()) {  // (said, so that an operator sees the signal arrived)
     LogInfo("reloaded", {{"config", "(none)"}, {"sections", reloaded}, {"note", "no config file: nothing to reload"}});
+    record();
     return reloaded;
   }
   auto cfg = LoadConfigFile(opts_.config_path);
   if (!cfg.ok()) {
     LogError("reload_failed", {{"error", cfg.status().message()}});
     reload_ok_ = false;
-    std::lock_guard<std::mutex> lock(warn_mu_);
-    reload_error_ = "the reload at " + FormatUtcMillis(opts_.clock->UnixMillis()) + " changed nothing: " +
-                    cfg.status().message() + "; the configuration before it runs (fix the file, then SIGHUP again)";
+    failed = cfg.status().WithContext("the reload changed nothing");
+    {
+      std::lock_guard<std::mutex> lock(warn_mu_);
+      reload_error_ = "the reload at " + FormatUtcMillis(opts_.clock->UnixMillis()) + " changed nothing: " +
+                      cfg.status().message() + "; the configuration before it runs (fix the file, then SIGHUP again)";
+    }
+    record();
     return cfg.status();
   }
   // A [log] that cannot be applied (an unwritable file) keeps the old one;
@@ -1000,6 +1015,7 @@ Result<std::vector<std::string>> Daemon::Reload() {
     opts_.config.log = cfg->log;
   } else {
     log_applied = false;
+    failed = st.WithContext("the reload kept the previous [log] (the other sections were applied)");
     LogError("reload_failed", {{"section", "log"}, {"error", st.message()}, {"kept", "the previous [log]"}});
     cfg->log = opts_.config.log;
     std::lock_guard<std::mutex> lock(warn_mu_);
@@ -1039,7 +1055,6 @@ Result<std::vector<std::string>> Daemon::Reload() {
   // Keys a command-line flag overrides never take effect from the file,
   // restart or not (--socket, --data-dir, --metrics-address).
   const std::set<std::string>& by_flag = opts_.set_by_flags;
-  std::vector<std::string> restart;
   auto was = flat(opts_.config), now = flat(*cfg);
   for (const auto& [key, value] : now)
     if (key.rfind("[log]", 0) != 0 && key.rfind("[limits]", 0) != 0 && !live_keys.count(key) && !by_flag.count(key) &&
@@ -1056,6 +1071,7 @@ Result<std::vector<std::string>> Daemon::Reload() {
   if (Status st = RefreshRegistry(true); !st.ok())  // the watcher retries until it applies
     LogWarn("registry_refresh_failed", {{"error", st.message()}, {"retry", "next registry poll"}});
   LogInfo("reloaded", {{"config", opts_.config_path}, {"sections", reloaded}});
+  record();
   return reloaded;
 }
 

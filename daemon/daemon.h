@@ -106,6 +106,13 @@ class Daemon {
     return reload_error_;
   }
   int restart_pending() const { return restart_pending_.load(); }
+  // The last reload's outcome, for STATUS (mms reload waits for "count" to
+  // move): {"count": reloads so far, "sections": [...], "restart": [keys
+  // waiting for a restart], "error": "" or why (with "code")}.
+  nlohmann::json LastReload() const {
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    return last_reload_;
+  }
   // A CLI that changed a registry names it ("registry" in the request body):
   // FAILED_PRECONDITION when it is not this daemon's (another data dir), so
   // the CLI says so instead of reporting a change this daemon never saw.
@@ -283,9 +290,10 @@ class Daemon {
   static constexpr int kBriefFailuresToReport = 3;
   int brief_failures_ = 0;  // FlushMetrics' (watcher thread): brief flushes failed in a row
   std::map<int64_t, std::string> saved_shadow_figures_;  // FlushMetrics' (one thread at a time): shadow id → as saved
-  mutable std::mutex warn_mu_;   // only for flush_error_ and reload_error_
+  mutable std::mutex warn_mu_;   // only for flush_error_, reload_error_ and last_reload_
   std::string flush_error_;      // guarded by warn_mu_: why figures are unsaved ("" when saved)
   std::string reload_error_;     // guarded by warn_mu_: why the last reload did not apply whole ("" when it did)
+  nlohmann::json last_reload_{{"count", 0}};  // guarded by warn_mu_: LastReload()
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
   void CheckRegistryFile();                     // the watcher's, every poll
   std::atomic<bool> refresh_failing_{false};    // the watcher's last registry read failed

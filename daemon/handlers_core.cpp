@@ -37,6 +37,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (std::string e = d->MetricsFlushError(); !e.empty()) j["metrics_flush_error"] = e;
     if (std::string e = d->ReloadError(); !e.empty()) j["config_reload_error"] = e;
     j["config_restart_pending"] = d->restart_pending();
+    j["last_reload"] = d->LastReload();
     j["devices"] = d->pool()->Devices();
     nlohmann::json pool = d->pool()->Summary();
     size_t registered = 0;

@@ -413,3 +413,32 @@ TEST_CASE("/metrics shows what degrades silently: a failed reload, keys waiting 
   CHECK(WaitFor([&] { return sample("mms_pins_unplaced{reason=\"no_version\"}") == 0; }, 10));
   CHECK(WaitFor([&] { return sample("mms_pins_unplaced{reason=\"not_loaded\"}") == 0; }, 10));
 }
+
+TEST_CASE("mms reload re-reads mmsd's config and says what it applied, what needs a restart, and a bad file's error") {
+  Daemon d("[limits]\n");
+  REQUIRE(d.ok());
+  const std::string config = d.dir() + "/mms.toml";
+  // A live key and a key that takes a restart.
+  { std::ofstream(config) << "[limits]\nmodel_qps = 50\n[daemon]\nworkers = 3\n"; }
+  auto r = d.Mms({"--json", "reload"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  json j = json::parse(r.out);
+  CHECK(j["count"] == 1);
+  CHECK_MESSAGE(j["sections"].dump().find("\"limits\"") != std::string::npos, j.dump());
+  CHECK(j["restart"] == json::array({"[daemon] workers"}));
+  CHECK(j["error"] == "");
+  auto limits = d.Mms({"limit", "list"});  // applied: the default of mmsd's [limits] shows
+  CHECK_MESSAGE(limits.out.find("50") != std::string::npos, limits.out);
+  auto text = d.Mms({"reload"});
+  CHECK(text.exit_code == 0);
+  CHECK_MESSAGE(text.out.find("changed, and applied only at a restart: [daemon] workers") != std::string::npos, text.out);
+  // A file that does not parse: exit 2 with the file's error, nothing applied, mmsd serving on.
+  // (mms itself is not given the file here: it would refuse it first.)
+  { std::ofstream(config) << "[limits\n"; }
+  auto bad = Run({MmsBin(), "--socket", d.socket(), "reload"});
+  CHECK(bad.exit_code == 2);
+  CHECK_MESSAGE(bad.err.find("the reload changed nothing") != std::string::npos, bad.err);
+  CHECK_MESSAGE(bad.err.find("expected ']'") != std::string::npos, bad.err);
+  CHECK(Run({MmsBin(), "--socket", d.socket(), "ping"}).exit_code == 0);
+  CHECK(json::parse(Run({MmsBin(), "--socket", d.socket(), "--json", "status"}).out)["last_reload"]["count"] == 3);
+}
