@@ -179,6 +179,26 @@ std::string Cli::StartCommandHint() {
   return cmd + " serve --detach";
 }
 
+namespace {
+// The mmsd serving a registry, as its lock file names it (<registry>.mmsd-lock,
+// written by Daemon::LockRegistry: "pid\nsocket\n"): {pid, socket} while that
+// pid is a live mmsd and its socket is there, else {"", ""}. (Read, never
+// locked: a probe holding the lock a moment could make a daemon starting
+// then refuse to.)
+std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
+  auto text = ReadFile(registry_path + ".mmsd-lock");
+  if (!text.ok()) return {};
+  size_t nl = text->find('\n');
+  if (nl == std::string::npos) return {};
+  std::string pid = text->substr(0, nl), sock = text->substr(nl + 1);
+  while (!sock.empty() && sock.back() == '\n') sock.pop_back();
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || sock.empty()) return {};
+  auto comm = ReadFile("/proc/" + pid + "/comm");
+  if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !FileExists(sock)) return {};
+  return {pid, sock};
+}
+}  // namespace
+
 Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   // A config that cannot be read is refused here too, as by every command
   // that reads the registry: --socket alone would otherwise skip reading it.
@@ -189,8 +209,17 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   o.socket_path = *path;
   o.timeout_ms = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(g.timeout_s * 1000)));  // 0 would mean unbounded
   auto c = proto::Client::Connect(o);
-  if (!c.ok() && DaemonNotRunning(c.status()))
+  if (!c.ok() && DaemonNotRunning(c.status())) {
+    // A daemon serving this registry on another socket (a wrong --socket,
+    // another [daemon] socket): named, and not "not running" — a change made
+    // now reaches it at its next registry poll, and a script must not read
+    // "no daemon" and go on as if none served.
+    if (auto reg = registry_path(); reg.ok())
+      if (auto [pid, sock] = RegistryHolder(*reg); !pid.empty() && sock != *path)
+        return Unavailable("no mmsd answers at " + *path + ", but mmsd (pid " + pid + ") serves this registry (" +
+                           *reg + ") on " + sock + ": pass --socket " + sock + " (or set [daemon] socket)");
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
+  }
   if (!c.ok()) return c.status();
   return c;
 }

@@ -685,3 +685,31 @@ TEST_CASE("usage errors exit 2 and --help lists the exit codes") {
   CHECK(h.out.find("3   daemon unreachable") != std::string::npos);
   CHECK(h.out.find("6   conflict") != std::string::npos);
 }
+
+TEST_CASE("a wrong --socket beside a daemon serving the same data dir names that daemon's socket, not 'not running'") {
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt"}).exit_code ==
+          0);
+  TempDir other;
+  auto wrong = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{MmsBin(), "--data-dir", d.data_dir(), "--socket", other / "wrong.sock"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return Run(argv, 60);
+  };
+  auto ping = wrong({"ping"});
+  CHECK(ping.exit_code == 3);
+  CHECK_MESSAGE(ping.err.find("serves this registry") != std::string::npos, ping.err);
+  CHECK_MESSAGE(ping.err.find("pass --socket " + d.socket()) != std::string::npos, ping.err);
+  // A pin said "mmsd is not running; it preloads pins when it starts" (exit 0): now exit 3, recorded.
+  auto pin = wrong({"pin", "tiny"});
+  CHECK(pin.exit_code == 3);
+  CHECK_MESSAGE(pin.err.find("pass --socket " + d.socket()) != std::string::npos, pin.err);
+  // The pin is recorded, and the daemon takes it from the registry at its next poll.
+  CHECK(WaitFor([&] { return d.Mms({"--json", "pool"}).out.find("\"pinned\": true") != std::string::npos; }, 20));
+  // No daemon on this data dir: as before.
+  TempDir empty;
+  auto none = Run({MmsBin(), "--data-dir", empty.path(), "--socket", empty / "s.sock", "ping"});
+  CHECK(none.exit_code == 3);
+  CHECK(none.err.find("is not running") != std::string::npos);
+}
