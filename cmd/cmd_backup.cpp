@@ -135,7 +135,18 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
   // nothing) and never see the restored registry. One on the socket that
   // serves another data dir (the same $XDG_RUNTIME_DIR socket) is no reason
   // to refuse; one that does not answer cannot say which it serves.
+  std::string hint = cli.StartCommandHint();  // how to start mmsd on the restored data dir
   if (auto path = cli.socket_path(); path.ok() && FileExists(*path)) {
+    // Another daemon's socket (and [metrics] address, when the config sets
+    // one): the restored data dir's daemon needs its own.
+    auto cfg = cli.config();
+    hint = "mms";
+    for (const std::string& a : cli.DaemonArgs())
+      if (a != "--socket" && a != *path) hint += " " + a;
+    if (cli.g.data_dir.empty()) hint += " --data-dir " + *data_dir;
+    hint += " --socket " + JoinPath(*data_dir, "mms.sock") + " serve --detach" +
+            (cfg.ok() && !(*cfg)->metrics.address.empty() ? " --metrics-address HOST:PORT" : "") + " (" + *path +
+            " is another daemon's socket)";
     auto conn = cli.Connect();
     Result<nlohmann::json> status = conn.ok() ? (*conn)->CallJson(proto::kStatus, nlohmann::json::object())
                                               : Result<nlohmann::json>(conn.status());
@@ -169,7 +180,7 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
   j["registry"] = *dest_db;
   return Finish(cli, j, *r, [&] {
     std::cout << "restored " << Summary(*r) << " from " << backup << " into " << *data_dir << "\n"
-              << "start mmsd on it: " << cli.StartCommandHint() << "\n";
+              << "start mmsd on it: " << hint << "\n";
   });
 }
 

@@ -40,8 +40,13 @@ std::string Tail(const std::string& path, size_t max_lines) {
   return out;
 }
 
-int CmdServe(Cli& cli, bool detach) {
+int CmdServe(Cli& cli, bool detach, const std::string& metrics_address) {
   auto args = cli.DaemonArgs();
+  // mmsd's own flag, passed through: a second daemon (a restored data dir
+  // beside the first) needs an address of its own.
+  const std::vector<std::string> metrics =
+      metrics_address.empty() ? std::vector<std::string>{} : std::vector<std::string>{"--metrics-address", metrics_address};
+  args.insert(args.end(), metrics.begin(), metrics.end());
   if (!detach) ExecMmsd(args);
 
   auto dd = cli.data_dir();
@@ -53,6 +58,7 @@ int CmdServe(Cli& cli, bool detach) {
   // The child must serve the same socket and data dir we will poll.
   args = {"--socket", *sock, "--data-dir", *dd};
   if (!cli.g.config.empty()) args.insert(args.end(), {"--config", cli.g.config});
+  args.insert(args.end(), metrics.begin(), metrics.end());
 
   off_t log_start = 0;
   if (FileExists(log_path)) {
@@ -259,7 +265,9 @@ int CmdPing(Cli& cli, int count) {
 void AddDaemonCommands(CLI::App& app, Cli& cli) {
   auto* serve = app.add_subcommand("serve", "Run the mmsd daemon (in the foreground, or --detach)");
   auto* detach = serve->add_flag("--detach,-d", "start in the background and return once it answers");
-  serve->callback([&cli, detach] { cli.exit_code = CmdServe(cli, detach->count() > 0); });
+  auto metrics = std::make_shared<std::string>();
+  serve->add_option("--metrics-address", *metrics, "HOST:PORT for /metrics and /health (overrides [metrics] address)");
+  serve->callback([&cli, detach, metrics] { cli.exit_code = CmdServe(cli, detach->count() > 0, *metrics); });
 
   auto* status = app.add_subcommand("status", "Show the daemon: version, uptime, pid, socket, devices, pool");
   status->callback([&cli] { cli.exit_code = CmdStatus(cli); });

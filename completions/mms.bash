@@ -82,7 +82,7 @@ _mms() {
   local words= names=
   case $path in
     "") words="serve status reload ping model predict pin unpin load evict pool health experiment feedback stats shadow canary limit adapter backup restore completion --help -h --version --socket --data-dir --config --json --quiet -q --timeout" ;;
-    "serve") words="--help -h --detach -d" ;;
+    "serve") words="--help -h --detach -d --metrics-address" ;;
     "status") words="--help -h" ;;
     "reload") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;

@@ -67,7 +67,7 @@ Result<int> ListenOn(const HostPort& hp, const std::string& url) {
   if (int rv = ::getaddrinfo(hp.host.c_str(), port.c_str(), &hints, &found); rv != 0)
     return InvalidArgument("cannot resolve the metrics address " + url + ": " + ::gai_strerror(rv));
   std::string err;
-  int fd = -1;
+  int fd = -1, last_errno = 0;
   for (addrinfo* a = found; a && fd < 0; a = a->ai_next) {
     fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) {
@@ -78,12 +78,17 @@ Result<int> ListenOn(const HostPort& hp, const std::string& url) {
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (a->ai_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+      last_errno = errno;
       err = std::strerror(errno);
       ::close(fd);
       fd = -1;
     }
   }
   ::freeaddrinfo(found);
+  if (fd < 0 && last_errno == EADDRINUSE)  // a conflict (exit 6), as a second daemon on one socket is
+    return Status(Code::kInUse, "cannot listen on " + url + ": " + err +
+                                    " (another mmsd, or another program, listens there): give this daemon its own "
+                                    "[metrics] address or --metrics-address (mms serve --metrics-address HOST:PORT)");
   if (fd < 0) return IoError("cannot listen on " + url + ": " + err + " ([metrics] address / --metrics-address)");
   return fd;
 }

@@ -162,7 +162,9 @@ int Run(int argc, char** argv) {
   // Exit codes stay those of mmsd(8): a refused configuration is 2, any
   // other failure to start 1; another daemon on the registry 6.
   auto exit_code = [](const Status& st) {
-    return st.code() == Code::kInvalidArgument ? 2 : st.code() == Code::kAlreadyExists ? 6 : 1;
+    return st.code() == Code::kInvalidArgument                                        ? 2
+           : st.code() == Code::kAlreadyExists || st.code() == Code::kInUse ? 6  // (a metrics address taken)
+                                                                               : 1;
   };
   // A start that fails, or a stop, leaves no lock file of ours behind.
   auto daemon = Daemon::Create(std::move(opts));

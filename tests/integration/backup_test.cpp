@@ -221,8 +221,11 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   CHECK(foreign.err.find("move it aside") != std::string::npos);
   // A daemon on the socket serving another data dir is no reason to refuse
   // (one $XDG_RUNTIME_DIR socket for every data dir); one serving this one is.
-  auto beside = MmsAt(work / "r3", d.socket(), {"-q", "restore", work / "b1"});
+  auto beside = MmsAt(work / "r3", d.socket(), {"restore", work / "b1"});
   CHECK_MESSAGE(beside.exit_code == 0, beside.err);
+  // Its hint starts the restored data dir's daemon on a socket of its own (that one is taken).
+  CHECK_MESSAGE(beside.out.find("--socket " + (work / "r3") + "/mms.sock serve --detach") != std::string::npos,
+                beside.out);
   CHECK(d.Mms({"ping"}).exit_code == 0);  // and it served on throughout
   // The daemon's own data dir lost (the disk replaced under it): refused while it runs.
   for (const char* f : {"registry.db", "registry.db-wal", "registry.db-shm"}) fs::remove(d.data_dir() + "/" + f);

@@ -713,3 +713,30 @@ TEST_CASE("a wrong --socket beside a daemon serving the same data dir names that
   CHECK(none.exit_code == 3);
   CHECK(none.err.find("is not running") != std::string::npos);
 }
+
+TEST_CASE("a second daemon on a taken metrics address exits 6 saying so, and mms serve --metrics-address gives it its own") {
+  const int port = FreePort();
+  Daemon first("", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
+  REQUIRE(first.ok());
+  TempDir t;
+  auto taken = Run({MmsdBin(), "--data-dir", t / "data", "--socket", t / "s.sock", "--metrics-address",
+                    "127.0.0.1:" + std::to_string(port)}, 30);
+  CHECK(taken.exit_code == 6);
+  CHECK_MESSAGE(taken.err.find("mms serve --metrics-address HOST:PORT") != std::string::npos, taken.err);
+  // The same through mms serve --detach: its exit code and mmsd's message.
+  const std::vector<std::string> cli{MmsBin(), "--data-dir", t / "data", "--socket", t / "s.sock"};
+  auto detached = Run({cli[0], cli[1], cli[2], cli[3], cli[4], "serve", "--detach", "--metrics-address",
+                       "127.0.0.1:" + std::to_string(port)}, 90);
+  CHECK(detached.exit_code == 6);
+  CHECK_MESSAGE(detached.err.find("another mmsd, or another program, listens there") != std::string::npos, detached.err);
+  const int other = FreePort();
+  auto own = Run({cli[0], cli[1], cli[2], cli[3], cli[4], "--json", "serve", "--detach", "--metrics-address",
+                  "127.0.0.1:" + std::to_string(other)}, 90);
+  REQUIRE_MESSAGE(own.exit_code == 0, own.err);
+  const int pid = json::parse(own.out)["pid"];
+  auto health = Run({"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                     "http://127.0.0.1:" + std::to_string(other) + "/health"});
+  CHECK(health.out == "200");
+  ::kill(pid, SIGTERM);
+  CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
+}
