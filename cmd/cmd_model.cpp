@@ -472,7 +472,15 @@ int CmdStage(Cli& cli, const std::string& ref_text, const std::string& stage_tex
   return 0;
 }
 
-int CmdAliasSet(Cli& cli, const std::string& model, const std::string& alias, const std::string& version) {
+int CmdAliasSet(Cli& cli, const std::string& model, const std::string& alias, const std::string& version_text) {
+  // VERSION or NAME:VERSION, as experiment, shadow and canary take it.
+  std::string version = version_text;
+  if (const size_t colon = version_text.find(':'); colon != std::string::npos) {
+    if (version_text.substr(0, colon) != model)
+      return cli.Fail(InvalidArgument(version_text + " is a version of " + version_text.substr(0, colon) + ", not of " +
+                                      model + ": an alias names a version of its own model"));
+    version = version_text.substr(colon + 1);
+  }
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   if (Status st = (*reg)->SetAlias(model, alias, version); !st.ok()) return cli.Fail(st);

@@ -99,13 +99,18 @@ TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
   CHECK(promote.out == "rec:2 is now production (rec:1 archived)\n");
   CHECK(json::parse(mms({"--json", "model", "list", "--stage", "production"}).out).size() == 1);
   CHECK(json::parse(mms({"--json", "model", "show", "rec"}).out)["version"] == "2");
+  REQUIRE(mms({"model", "alias", "set", "rec", "champion", "rec:2"}).exit_code == 0);  // NAME:VERSION too
+  CHECK(json::parse(mms({"--json", "model", "show", "rec@champion"}).out)["version"] == "2");
   REQUIRE(mms({"model", "alias", "set", "rec", "champion", "1"}).exit_code == 0);
   CHECK(json::parse(mms({"--json", "model", "show", "rec@champion"}).out)["version"] == "1");
+  auto other = mms({"model", "alias", "set", "rec", "champion", "tiny:1"});
+  CHECK(other.exit_code == 2);
+  CHECK(other.err.find("an alias names a version of its own model") != std::string::npos);
 
   json hist = json::parse(mms({"--json", "model", "history", "rec"}).out);
   std::vector<std::string> actions;
   for (const auto& e : hist) actions.push_back(e["action"]);
-  CHECK(actions == std::vector<std::string>{"register", "register", "stage", "stage", "stage", "alias-set"});
+  CHECK(actions == std::vector<std::string>{"register", "register", "stage", "stage", "stage", "alias-set", "alias-set"});
   CHECK(hist[3]["from"] == "production");
   CHECK(hist[3]["to"] == "archived");
   CHECK(hist[0]["actor"] != "");
