@@ -62,7 +62,7 @@ int CmdShadowStop(Cli& cli, const std::string& model) {
   auto s = (*reg)->StopShadow(model, "stopped by hand");
   if (!s.ok()) return cli.Fail(s.status());
   cli.NotifyDaemon();
-  cli.Emit(s->ToJson(), [&] { std::cout << "stopped the shadow run of " << s->candidate_ref() << "\n"; });
+  cli.Emit(s->ToJson(), [&] { std::cout << "stopped the shadow run of " << s->model << " (candidate " << s->candidate_ref() << ")\n"; });
   return 0;
 }
 
@@ -210,8 +210,17 @@ std::string StageLine(const nlohmann::json& c) {
     return (c["state"] == "aborted" ? "aborted at " : "rolled back at ") + stage + "; " + c.value("candidate", "") +
            " archived";
   std::string s = c["state"].get<std::string>() + ", " + stage;
-  if (c["state"] == "running" || c["state"] == "paused")
-    s += ", " + FormatDurationNanos(c["stage_remaining_ms"].get<int64_t>() * 1000000) + " left in stage";
+  const int64_t left_ms = c.value("stage_remaining_ms", int64_t{0});
+  if (c["state"] == "running" && left_ms == 0) {  // "0 ns left in stage" said nothing of what it waits for
+    const int64_t need = c["limits"].value("min_requests", int64_t{0});
+    const int64_t have = c.contains("window") ? c["window"]["canary"].value("requests", int64_t{0}) : -1;
+    if (have >= need) s += ", stage time over: judged at the next check";
+    else
+      s += ", stage time over: a verdict waits for " + std::to_string(need) + " canary requests (--min-requests)" +
+           (have >= 0 ? ", " + std::to_string(have) + " so far" : "");
+  } else if (c["state"] == "running" || c["state"] == "paused") {
+    s += ", " + FormatDurationNanos(left_ms * 1000000) + " left in stage";
+  }
   return s;
 }
 
@@ -435,7 +444,8 @@ int CanaryChange(Cli& cli, const std::string& model, Fn fn, const std::string& d
   cli.NotifyDaemon();
   cli.Emit(c->ToJson(), [&] {
     const bool ended = c->state == "promoted" || c->state == "rolled_back" || c->state == "aborted";
-    std::cout << (ended ? "" : done + ": ") << StageLine(c->ToJson()) << "\n";  // an ended one says what it did
+    // The line starts with the state, or what an ended one did: "paused: paused" said it twice.
+    std::cout << (ended || done == c->state ? "" : done + ": ") << StageLine(c->ToJson()) << "\n";
   });
   return 0;
 }

@@ -702,9 +702,13 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
   // A bare name stands for whatever it serves now; removing that by accident
   // would move the traffic silently. Removal names its version.
   if (ref.kind == Ref::Kind::kName)
-    return InvalidArgument("'" + ref.name + "' names a model, not a version (it serves " + rec.ref() +
-                           "); remove a version by NAME:VERSION or NAME@ALIAS, e.g. mms " +
-                           (rec.is_adapter() ? "adapter" : "model") + " rm " + rec.ref());
+    return InvalidArgument(
+        "'" + ref.name + "' names a model, not a version (it serves " + rec.ref() +
+        "); remove a version by NAME:VERSION or NAME@ALIAS, " +
+        (rec.stage == Stage::kProduction  // (that one is refused: no example of it)
+             ? "as listed by mms " + std::string(rec.is_adapter() ? "adapter" : "model") + " list " + ref.name +
+                   " (" + rec.ref() + " is production: stage another version production before removing it)"
+             : "e.g. mms " + std::string(rec.is_adapter() ? "adapter" : "model") + " rm " + rec.ref()));
   MMS_ASSIGN_OR_RETURN(auto uses, UsesOfLocked(rec));
   MMS_ASSIGN_OR_RETURN(auto adapters, QueryVersions("WHERE v.base_id = ?", {std::to_string(rec.id)}));
   if (!adapters.empty())  // even forced: an adapter cannot outlive its base

@@ -444,6 +444,9 @@ Result<Config> ParseConfig(const std::string& text, const std::string& source) {
   for (auto&& [tkey, tnode] : root) {
     std::string tname(tkey.str());
     auto tit = by_table.find(tname);
+    if (tit == by_table.end() && !tnode.is_table())  // a key outside any table: not a table's name
+      return InvalidArgument(Where(source, tkey.source()) + ": '" + tname +
+                             "' is a key outside any table; every setting belongs to a table, as [daemon] workers");
     if (tit == by_table.end()) {
       std::string known;
       for (const auto& [n, _] : by_table) known += (known.empty() ? "" : ", ") + ("[" + n + "]");

@@ -42,6 +42,8 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[daemon]\ncontexts = 0\n") == "mms.toml:2: [daemon] contexts: 0 is out of range; allowed 1 to 65536");
   CHECK(err("[daemon]\n\nsokcet = \"x\"\n").find("mms.toml:3: unknown key 'sokcet' in [daemon]; did you mean 'socket'?") == 0);
   CHECK(err("[deamon]\n").find("mms.toml:1: unknown table [deamon]") == 0);
+  // A key outside any table is not called an unknown table.
+  CHECK(err("x = 1\n").find("mms.toml:1: 'x' is a key outside any table; every setting belongs to a table") == 0);
   CHECK(err("[log]\nlevel = \"loud\"\n").find("mms.toml:2: [log] level: \"loud\" is not allowed; use \"debug\"") == 0);
   CHECK(err("[daemon]\ncontexts = \"many\"\n").find("mms.toml:2: [daemon] contexts: expected an integer, got a string") == 0);
   CHECK(err("[daemon]\nshutdown_grace = \"forever\"\n").find("mms.toml:2: [daemon] shutdown_grace: invalid duration") == 0);

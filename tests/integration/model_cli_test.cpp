@@ -122,6 +122,9 @@ TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
   auto bare = mms({"model", "rm", "rec", "--force"});
   CHECK(bare.exit_code == 2);
   CHECK(bare.err.find("names a model, not a version (it serves rec:2)") != std::string::npos);
+  // No example of a removal that is refused (rec:2 is production): how to get there instead.
+  CHECK_MESSAGE(bare.err.find("rm rec:2") == std::string::npos, bare.err);
+  CHECK(bare.err.find("rec:2 is production: stage another version production before removing it") != std::string::npos);
   std::string packed = json::parse(mms({"--json", "model", "list"}).out)[0]["artifact_path"];
   REQUIRE(mms({"model", "rm", "rec:1"}).exit_code == 0);
   CHECK(mms({"model", "show", "rec:1"}).exit_code == 4);

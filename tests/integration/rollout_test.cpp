@@ -711,11 +711,15 @@ TEST_CASE("canary pause, resume and promote by hand through the CLI") {
   REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2", "--stage-duration", "1h"}).exit_code == 0);
   auto state = [&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"]; };
   CHECK(state() == "running");
-  REQUIRE(d.Mms({"canary", "pause", "tiny"}).exit_code == 0);
+  auto paused = d.Mms({"canary", "pause", "tiny"});
+  REQUIRE(paused.exit_code == 0);
+  CHECK_MESSAGE(paused.out.rfind("paused, stage 1/", 0) == 0, paused.out);  // (was "paused: paused, stage ...")
   CHECK(state() == "paused");
   CHECK(d.Mms({"canary", "pause", "tiny"}).exit_code == 0);  // idempotent, for scripts
   CHECK(state() == "paused");
-  REQUIRE(d.Mms({"canary", "resume", "tiny"}).exit_code == 0);
+  auto resumed = d.Mms({"canary", "resume", "tiny"});
+  REQUIRE(resumed.exit_code == 0);
+  CHECK_MESSAGE(resumed.out.rfind("resumed: running, stage 1/", 0) == 0, resumed.out);
   CHECK(state() == "running");
   auto p = d.Mms({"canary", "promote", "tiny"});
   REQUIRE_MESSAGE(p.exit_code == 0, p.err);
