@@ -239,8 +239,9 @@ Result<proto::Message> Cli::Call(proto::Message m) {
 int Cli::Fail(const Status& st) {
   int code = ExitCodeFor(st.code());
   if (g.json) {
+    // One line, as errors are (a script may read the last line of a stream).
     std::cout << nlohmann::json{{"error", {{"code", CodeName(st.code())}, {"message", st.message()}, {"exit_code", code}}}}
-                     .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+                     .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
               << "\n";
   } else {
     std::cerr << "mms: " << st.message() << "\n";

@@ -348,6 +348,9 @@ void PrintRecord(const VersionRecord& r) {
   line("weights", FormatBytes(r.device_bytes) + " on a device, " + FormatBytes(r.host_bytes) + " in host memory");
   line("sla p99", r.sla_p99_ms ? std::to_string(*r.sla_p99_ms) + " ms" : "-");
   line("max batch size", r.max_batch_size ? std::to_string(r.max_batch_size) : "off");
+  if (r.max_batch_size)
+    line("max queue delay", r.max_queue_delay_us ? FormatDurationNanos(r.max_queue_delay_us * 1000)
+                                                 : "[scheduler] max_queue_delay (the daemon's default)");
   line("sample input", r.sample_input.empty() ? "-" : r.sample_input);
   line("created", FormatTime(r.created_ms) + " by " + r.created_by);
   line("description", r.description.empty() ? "-" : r.description);

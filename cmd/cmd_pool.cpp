@@ -130,9 +130,14 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     cli.Emit(j, [] {});
   } else {
     if (a.output.empty()) std::cout << outputs.dump(2) << "\n";
-    char line[256];
+    char line[512];
     const std::string ran = b.value("ref", "?") + (b.contains("base") ? " (on " + b.value("base", "?") + ")" : "");
-    std::snprintf(line, sizeof line, "%s on %s in %.2f ms%s (request %s)", ran.c_str(), b.value("device", "?").c_str(), b.value("latency_ms", 0.0), b.value("loaded", false) ? ", loaded" : "",
+    // The arm it was routed to, as --json has it: feedback names the request, and a reader the arm.
+    const std::string arm = b.contains("experiment") && b["experiment"].is_string()
+                                ? ", experiment " + b.value("experiment", "?") + " " + b.value("variant", "?")
+                                : "";
+    std::snprintf(line, sizeof line, "%s on %s in %.2f ms%s%s (request %s)", ran.c_str(), b.value("device", "?").c_str(),
+                  b.value("latency_ms", 0.0), b.value("loaded", false) ? ", loaded" : "", arm.c_str(),
                   b.value("request_id", "?").c_str());
     cli.Note(line);
   }

@@ -184,7 +184,17 @@ int CmdShadowSamples(Cli& cli, const std::string& model, int limit) {
   cli.Emit(*r, [&] {
     const auto& s = (*r)["samples"];
     if (s.empty()) std::cout << "no diverging requests recorded\n";
-    for (const auto& x : s) std::cout << x.dump(2) << "\n";
+    // A line per sample and one per tensor set, cut short (--json has them whole).
+    auto brief = [](const nlohmann::json& v) {
+      std::string t = v.dump();
+      return t.size() > 160 ? t.substr(0, 160) + "... (--json for all)" : t;
+    };
+    int n = 0;
+    for (const auto& x : s) {
+      std::cout << "#" << ++n << " " << x.value("reason", "diverged") << "\n";  // (the reason has the diff)
+      for (const char* k : {"inputs", "primary", "shadow"})
+        if (x.contains(k)) std::cout << "   " << k << ": " << brief(x[k]) << "\n";
+    }
   });
   return 0;
 }

@@ -407,6 +407,9 @@ TEST_CASE("a new experiment routes once its treatment is loaded, and that load h
       30));
   CHECK(routed["experiment"] == "exp-warm");
   CHECK(routed["variant"] == "treatment");
+  // Without --json, the line on standard error names the arm too.
+  auto text = d.Mms({"predict", "tiny", "--user", "u1", "--input", Data("tiny_input.json")});
+  CHECK_MESSAGE(text.err.find(", experiment exp-warm treatment (request ") != std::string::npos, text.err);
 }
 
 TEST_CASE("mms stats through a daemon of another registry says so and shows this registry's saved figures") {

@@ -148,6 +148,11 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(samples[0].contains("primary"));
   CHECK(samples[0].contains("shadow"));
   CHECK(samples[0]["reason"].get<std::string>().find("max abs diff") != std::string::npos);
+  // In words: a line per sample and per tensor set (it printed raw JSON objects).
+  auto text = d.Mms({"shadow", "samples", "tiny", "--limit", "1"}).out;
+  CHECK_MESSAGE(text.rfind("#1 ", 0) == 0, text);
+  CHECK(text.find("\n   primary: {") != std::string::npos);
+  CHECK(text.find("\n   shadow: {") != std::string::npos);
   // Shadow work is not serving: the candidate has no serving figures.
   json stats = json::parse(d.Mms({"--json", "stats"}).out);
   for (const auto& m : stats["models"]) CHECK(m["ref"] != "tiny:2");

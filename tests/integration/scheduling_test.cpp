@@ -472,6 +472,9 @@ TEST_CASE("dynamic batching: concurrent requests share executions and each calle
   auto show = d.Mms({"--json", "model", "show", "batched:1"});
   REQUIRE(show.exit_code == 0);
   CHECK(json::parse(show.out)["max_batch_size"] == 32);
+  auto shown = d.Mms({"model", "show", "batched:1"}).out;  // in words too (the delay was in --json only)
+  CHECK_MESSAGE(shown.find("max queue delay") != std::string::npos, shown);
+  CHECK(shown.find("20.0 ms") != std::string::npos);
   auto client = Connect(d);
   const int n = 24;
   // Each request its own rows (1 to 3) and values; expected from the unbatched copy.
