@@ -291,6 +291,15 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
 
   Progress progress("hashing " + BaseName(*canon), !cli.g.quiet && !cli.g.json);
   MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(*canon, [&](uint64_t d, uint64_t t) { progress(d, t); }));
+  // The same weights as a version of this model already has: allowed (a
+  // re-tag), but a canary or experiment between the two compares nothing.
+  if (auto same = reg.List(a.name); same.ok())
+    for (const VersionRecord& r : *same)
+      if (r.sha256 == v.sha256) {
+        cli.Note("note: " + a.name + ":" + a.version + " has the same weights as " + r.ref() + " (sha256 " +
+                 v.sha256.substr(0, 12) + "): a canary or experiment between them would compare nothing");
+        break;
+      }
 
   auto packed = PackArtifact(cli, *canon, a.name, a.version, v.sha256, a.sample_input, a.max_batch_size);
   if (!packed.ok()) {

@@ -386,7 +386,8 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   if (!cli.g.json || !a.wait)
     cli.Emit(j, [&] {
       std::cout << "canary of " << a.model << ":" << c->candidate_version << " against " << a.model << ":"
-                << c->baseline_version << " started: " << StageLine(c->ToJson()) << "\n";
+                << c->baseline_version << " started (experiment " << c->experiment_id
+                << "): " << StageLine(c->ToJson()) << "\n";
     });
   if (!a.wait) return 0;
   return Wait(cli, a.model, *timeout);

@@ -257,6 +257,12 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
   CHECK_MESSAGE(text.out.find("tiny:1 is already registered with these weights") != std::string::npos, text.out);
   auto history = mms({"--json", "model", "history", "tiny"});
   CHECK(json::parse(history.out).size() == 1);  // one registration, nothing written by the reruns
+  // The same weights under a new version: registered, with a note (a canary between them compares nothing).
+  auto retag = mms({"model", "register", "tiny", "--version", "2", "--path", mms.Data("tiny.pt")});
+  CHECK(retag.exit_code == 0);
+  CHECK_MESSAGE(retag.err.find("tiny:2 has the same weights as tiny:1") != std::string::npos, retag.err);
+  auto other = mms({"model", "register", "tiny", "--version", "3", "--path", mms.Data("tiny_v2.pt")});
+  CHECK(other.err.find("same weights") == std::string::npos);
 }
 
 TEST_CASE("removals say what they removed in one --json shape: its identity and removed: true") {
