@@ -293,11 +293,11 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(*canon, [&](uint64_t d, uint64_t t) { progress(d, t); }));
   // The same weights as a version of this model already has: allowed (a
   // re-tag), but a canary or experiment between the two compares nothing.
+  std::string same_as;
   if (auto same = reg.List(a.name); same.ok())
     for (const VersionRecord& r : *same)
       if (r.sha256 == v.sha256) {
-        cli.Note("note: " + a.name + ":" + a.version + " has the same weights as " + r.ref() + " (sha256 " +
-                 v.sha256.substr(0, 12) + "): a canary or experiment between them would compare nothing");
+        same_as = r.ref();
         break;
       }
 
@@ -315,7 +315,11 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   v.host_bytes = v.device_bytes;
   v.packed_dir = packed->dir;
   v.sample_input = packed->sample_input;
-  return RegisterPublished(reg, v);
+  auto rec = RegisterPublished(reg, v);
+  if (rec.ok() && !same_as.empty())  // (said once registered: an error stays one line)
+    cli.Note("note: " + rec->ref() + " has the same weights as " + same_as + " (sha256 " + v.sha256.substr(0, 12) +
+             "): a canary or experiment between them would compare nothing");
+  return rec;
 }
 
 std::string InputsText(const VersionRecord& r) {

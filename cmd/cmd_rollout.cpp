@@ -395,10 +395,25 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
 
 // mms canary wait: the same wait, taken up again (a CI job retried after its
 // own timeout, or one that started the canary without --wait).
-int CmdCanaryWait(Cli& cli, const std::string& model, const std::string& timeout_text) {
+// --candidate: the canary waited for must be that version's, so a retried job
+// whose start failed never reads an earlier canary's outcome as its own.
+int CmdCanaryWait(Cli& cli, const std::string& model, const std::string& candidate, const std::string& timeout_text) {
   if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
   auto timeout = WaitTimeout(timeout_text);
   if (!timeout.ok()) return cli.Fail(timeout.status());
+  if (!candidate.empty()) {
+    auto ref = ParseRef(candidate.find_first_of(":@") == std::string::npos ? model + ":" + candidate : candidate);
+    if (!ref.ok()) return cli.Fail(ref.status().WithContext("--candidate"));
+    auto reg = cli.OpenRegistry();
+    if (!reg.ok()) return cli.Fail(reg.status());
+    auto want = (*reg)->Resolve(*ref);
+    if (!want.ok()) return cli.Fail(want.status().WithContext("--candidate"));
+    auto c = (*reg)->GetCanary(model);
+    if (!c.ok()) return cli.Fail(c.status());
+    if (want->model != model || c->candidate_version != want->version)
+      return cli.Fail(NotFound(model + "'s latest canary is of " + model + ":" + c->candidate_version + " (" + c->state +
+                               "), not of " + want->ref() + ": its canary never started (see mms canary list)"));
+  }
   return Wait(cli, model, *timeout);
 }
 
@@ -535,7 +550,11 @@ void AddRolloutCommands(CLI::App& app, Cli& cli) {
   auto wait_timeout = std::make_shared<std::string>();
   cwait->add_option("NAME", *model)->required();
   cwait->add_option("--timeout", *wait_timeout, "give up waiting after this long (exit 12; the canary carries on)");
-  cwait->callback([&cli, model, wait_timeout] { cli.exit_code = CmdCanaryWait(cli, *model, *wait_timeout); });
+  auto wait_candidate = std::make_shared<std::string>();
+  cwait->add_option("--candidate", *wait_candidate, "only the canary of this version (exit 4 when the latest is another's)");
+  cwait->callback([&cli, model, wait_candidate, wait_timeout] {
+    cli.exit_code = CmdCanaryWait(cli, *model, *wait_candidate, *wait_timeout);
+  });
   auto* cstatus = canary->add_subcommand("status", "Active canaries, or NAME's latest with its current window");
   cstatus->add_option("NAME", *model);
   cstatus->callback([&cli, model] { cli.exit_code = CmdCanaryStatus(cli, *model); });

@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
   auto* timeout_opt =
       app.add_option("--timeout", cli.g.timeout_s, "seconds (or a duration: 90s, 2m) to wait for the daemon's reply (default 60)");
   timeout_opt
-      ->check(CLI::Validator(
+      ->transform(CLI::Validator(  // (a transform: a check's changes to the text are not kept)
           [](std::string& v) -> std::string {
             if (auto d = ParseDecimal(v); d && *d > 0) return "";
             if (auto ns = mms::ParseDurationNanos(v); ns.ok() && *ns > 0) {  // as the canary's --timeout takes it

@@ -125,7 +125,7 @@ _mms() {
     "shadow samples") words="--help -h --limit"; names=models ;;
     "canary") words="start wait status pause resume promote abort list --help -h" ;;
     "canary start") words="--help -h --candidate --stages --stage-duration --max-error-rate --max-p99-ms --max-p99-ratio --min-requests --check-interval --wait --timeout"; names=models ;;
-    "canary wait") words="--help -h --timeout"; names=models ;;
+    "canary wait") words="--help -h --timeout --candidate"; names=models ;;
     "canary status") words="--help -h"; names=models ;;
     "canary pause") words="--help -h"; names=models ;;
     "canary resume") words="--help -h"; names=models ;;

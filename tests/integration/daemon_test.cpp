@@ -670,7 +670,7 @@ TEST_CASE("usage errors exit 2 and --help lists the exit codes") {
   auto typo = Run({MmsBin(), "model", "lst"});
   CHECK(typo.exit_code == 2);
   CHECK(typo.err.find("unknown command 'mms model lst'; did you mean 'mms model list'?") != std::string::npos);
-  CHECK(Run({MmsBin(), "canary", "stop", "x"}).err.find("(mms canary has: start, status") != std::string::npos);
+  CHECK(Run({MmsBin(), "canary", "stop", "x"}).err.find("(mms canary has: start, wait, status") != std::string::npos);
   CHECK(Run({MmsBin(), "canary", "stat", "x"}).err.find("did you mean 'mms canary status'?") != std::string::npos);
   CHECK(Run({MmsBin(), "xyzzy"}).err.find("__") == std::string::npos);  // no internal commands
   CHECK(Run({MmsBin(), "model"}).err.find("'mms model' needs a command: register, list") != std::string::npos);
@@ -679,7 +679,7 @@ TEST_CASE("usage errors exit 2 and --help lists the exit codes") {
   CHECK(zero.exit_code == 2);
   json err = json::parse(zero.out);
   CHECK(err["error"]["code"] == "INVALID_ARGUMENT");
-  CHECK(err["error"]["message"].get<std::string>().find("above 0 (such as 5 or 0.5), got '0'") != std::string::npos);
+  CHECK(err["error"]["message"].get<std::string>().find("above 0 (such as 5 or 0.5) or a duration (such as 90s or 2m), got '0'") != std::string::npos);
   auto h = Run({MmsBin(), "--help"});
   CHECK(h.exit_code == 0);
   CHECK(h.out.find("3   daemon unreachable") != std::string::npos);

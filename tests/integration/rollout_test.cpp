@@ -687,6 +687,12 @@ TEST_CASE("canary --wait: aborted by hand (exit 11), --timeout (exit 12), and ca
   CHECK_MESSAGE(waited.exit_code == 0, waited.out << waited.err);
   // Ended already: the outcome's exit code at once; a model without a canary: 4.
   CHECK(d.Mms({"canary", "wait", "tiny"}).exit_code == 0);
+  CHECK(d.Mms({"canary", "wait", "tiny", "--candidate", "3"}).exit_code == 0);
+  // A job whose own start failed must not read an earlier canary's outcome as its own.
+  auto other = d.Mms({"canary", "wait", "tiny", "--candidate", "2"});
+  CHECK(other.exit_code == 4);
+  CHECK_MESSAGE(other.err.find("tiny's latest canary is of tiny:3 (promoted), not of tiny:2") != std::string::npos,
+                other.err);
   CHECK(d.Mms({"canary", "wait", "nosuch"}).exit_code == 4);
   CHECK(d.Mms({"canary", "wait", "tiny", "--timeout", "0"}).exit_code == 2);
 }
