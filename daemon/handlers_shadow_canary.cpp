@@ -45,7 +45,15 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
   (*table)[proto::kShadowSamples] = [d](proto::Message req, Responder r) {
     std::string model = req.body.value("model", "");
     if (Status st = ValidateName(model); !st.ok()) return r.Fail(st);
-    auto s = d->shadows()->Samples(model, req.body.value("limit", 20));
+    // A whole number, checked: get<int> of 1e300 is undefined behaviour, not an error.
+    int limit = 20;
+    if (req.body.contains("limit")) {
+      const auto& l = req.body["limit"];
+      if (!l.is_number_integer() || l.get<int64_t>() < 1 || l.get<int64_t>() > 1000)
+        return r.Fail(InvalidArgument("limit must be a whole number from 1 to 1000"));
+      limit = static_cast<int>(l.get<int64_t>());
+    }
+    auto s = d->shadows()->Samples(model, limit);
     if (!s.ok()) {
       // As shadow stats says: an unknown model, or none of its runs, before "not since mmsd started".
       if (auto rec = d->registry()->GetShadow(model); !rec.ok()) return r.Fail(rec.status());

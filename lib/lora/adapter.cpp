@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <optional>
-#include <regex>
 #include <set>
+#include <stdexcept>
+
+#include <re2/re2.h>
 
 #include "core/paths.h"
 #include "protocol/tensor_file.h"
@@ -19,15 +22,20 @@ nlohmann::json AdapterInfo::ToJson() const {
 }
 
 Result<AdapterInfo> AdapterInfo::FromJson(const nlohmann::json& j) {
+  // Integers as integers: get<int64_t>() of 1e300 is undefined behaviour, not an error.
+  auto integer = [](const nlohmann::json& v) {
+    if (!v.is_number_integer()) throw std::invalid_argument("expected an integer, got " + v.dump());
+    return v.get<int64_t>();
+  };
   try {
     AdapterInfo a;
-    a.rank = j.at("rank").get<int64_t>();
+    a.rank = integer(j.at("rank"));
     a.alpha = j.at("alpha").get<double>();
     a.rslora = j.value("rslora", false);
     a.scale = j.at("scale").get<double>();
     MMS_ASSIGN_OR_RETURN(a.dtype, ParseDType(j.at("dtype").get<std::string>()));
     for (const auto& t : j.at("targets"))
-      a.targets.push_back({t.at("module").get<std::string>(), t.at("in").get<int64_t>(), t.at("out").get<int64_t>()});
+      a.targets.push_back({t.at("module").get<std::string>(), integer(t.at("in")), integer(t.at("out"))});
     a.bytes = j.value("bytes", 0ull);
     return a;
   } catch (const std::exception& e) {
@@ -63,16 +71,16 @@ Result<LoraBase> ReadLoraBase(const std::string& ref, const std::string& packed_
 
 namespace {
 
+// A pattern as a message quotes it: its first 80 characters.
+std::string Shown(const std::string& pattern) {
+  return pattern.size() > 80 ? pattern.substr(0, 80) + "... (" + std::to_string(pattern.size()) + " characters)" : pattern;
+}
+
 // PEFT's rule: a list matches a module named exactly so or ending in ".name";
-// a string is a regular expression the whole module path must match.
-bool Targets(const nlohmann::json& target_modules, const std::string& module) {
-  if (target_modules.is_string()) {
-    try {
-      return std::regex_match(module, std::regex(target_modules.get<std::string>()));
-    } catch (const std::regex_error&) {
-      return false;
-    }
-  }
+// a string is a regular expression the whole module path must match (`re`,
+// compiled once from it).
+bool Targets(const nlohmann::json& target_modules, const re2::RE2* re, const std::string& module) {
+  if (target_modules.is_string()) return re && re->ok() && re2::RE2::FullMatch(module, *re);
   for (const auto& t : target_modules) {
     std::string n = t.get<std::string>();
     if (module == n || (module.size() > n.size() && module.compare(module.size() - n.size(), n.size(), n) == 0 &&
@@ -176,6 +184,24 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
   bool tm_ok = tm.is_string() || (tm.is_array() && !tm.empty() &&
                                   std::all_of(tm.begin(), tm.end(), [](const auto& x) { return x.is_string(); }));
   if (!tm_ok) return bad("target_modules must be a list of module names or a regular expression");
+  // A pattern is RE2's (linear time, nesting bounded): std::regex backtracked
+  // exponentially on "(.|.)*X" and overflowed the stack on 20,000 nested groups.
+  constexpr size_t kMaxPattern = 4096;
+  std::unique_ptr<re2::RE2> re;
+  if (tm.is_string()) {
+    const std::string pattern = tm.get<std::string>();
+    if (pattern.size() > kMaxPattern)
+      return bad("target_modules is a regular expression of " + std::to_string(pattern.size()) +
+                 " characters, over " + std::to_string(kMaxPattern) + ": list the module names instead");
+    re2::RE2::Options o;
+    o.set_log_errors(false);
+    o.set_max_mem(8 << 20);
+    re = std::make_unique<re2::RE2>(pattern, o);
+    if (!re->ok())
+      return bad("target_modules '" + Shown(pattern) +
+                 "' is not a regular expression mms can match (" + re->error() +
+                 "; RE2 syntax: no backreferences or lookarounds): list the module names instead");
+  }
   // PEFT's layers_to_transform (an index or a list) keeps the listed modules of
   // those layers only; layers_pattern names the module list the index follows.
   std::optional<std::set<int64_t>> layers;
@@ -211,12 +237,12 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
   // Which of the base's modules the config targets; each listed name must match one.
   std::vector<std::string> targeted;
   for (const auto& [module, lin] : base.linears)
-    if (Targets(tm, module) && in_layers(module)) targeted.push_back(module);
+    if (Targets(tm, re.get(), module) && in_layers(module)) targeted.push_back(module);
   std::vector<std::string> available;
   for (const auto& [module, lin] : base.linears) available.push_back(module);
   if (tm.is_array()) {
     for (const auto& t : tm) {
-      auto named = [n = nlohmann::json::array({t})](const std::string& m) { return Targets(n, m); };
+      auto named = [n = nlohmann::json::array({t})](const std::string& m) { return Targets(n, nullptr, m); };
       if (std::any_of(targeted.begin(), targeted.end(), named)) continue;
       if (std::any_of(available.begin(), available.end(), named)) {
         std::string which;
@@ -231,7 +257,7 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
                                     : " (its modules with a 2-D weight: " + Join(available) + ")"));
     }
   } else if (targeted.empty()) {
-    return bad("target_modules '" + tm.get<std::string>() + "' matches no module of " + base.ref + " (" + Join(available) + ")");
+    return bad("target_modules '" + Shown(tm.get<std::string>()) + "' matches no module of " + base.ref + " (" + Join(available) + ")");
   }
   // One dtype for the whole adapter: the served forms (stacked slots, merged deltas) hold every target's
   // weights in the base's dtype, and only floating-point weights can carry a low-rank delta.

@@ -224,6 +224,8 @@ DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void
       t.data = copy.data;
     }
     off += t.nbytes;
+    if (Status st = CheckBoolBytes(t, "tensor frame " + std::to_string(i)); !st.ok())
+      return fail(DecodeError::kBadTensor, st.message());
     m.tensors.push_back(std::move(t));
   }
   if (off != size)

@@ -62,6 +62,16 @@ Result<DType> ParseDType(std::string_view s) {
                          "int32, int64, bool (or safetensors' F32, F64, F16, BF16, I8, U8, I16, I32, I64, BOOL)");
 }
 
+Status CheckBoolBytes(const Tensor& t, const std::string& where) {
+  if (t.dtype != DType::kBool) return Status::Ok();
+  const uint8_t* b = t.data.get();
+  for (size_t i = 0; i < t.nbytes; ++i)
+    if (b[i] > 1)
+      return InvalidArgument(where + ": bool tensor '" + t.name + "' holds the byte " + std::to_string(b[i]) +
+                             " at element " + std::to_string(i) + "; a bool is 0 or 1");
+  return Status::Ok();
+}
+
 int64_t ShapeNumel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) {

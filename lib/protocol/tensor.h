@@ -64,6 +64,10 @@ struct Tensor {
 
 // numel of a shape, or -1 on a negative dim or overflow.
 int64_t ShapeNumel(const std::vector<int64_t>& shape);
+// INVALID_ARGUMENT when a bool tensor holds a byte other than 0 or 1 (torch's
+// bool is one of those: any other byte is undefined behaviour in a model);
+// OK for other dtypes. `where` names the source in the message.
+Status CheckBoolBytes(const Tensor& t, const std::string& where);
 std::string ShapeString(const std::vector<int64_t>& shape);
 
 }  // namespace mms

@@ -177,9 +177,18 @@ Status PutInt(const nlohmann::json& v, T* dst, const std::string& name, size_t i
   if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
     return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
                            ") is not an integer");
-  long double x = v.is_number_unsigned() ? static_cast<long double>(v.get<uint64_t>())
-                                         : static_cast<long double>(v.is_number_float() ? v.get<double>()
-                                                                                        : v.get<int64_t>());
+  // A number JSON could only hold as a double (beyond the int64 range, or
+  // written with a fraction or exponent) is exact up to 2^53 only.
+  if (v.is_number_float() && std::fabs(v.get<double>()) > 9007199254740992.0)
+    return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
+                           ") is not an exact integer (beyond 2^53 as written, or beyond int64); write it as a "
+                           "whole number within the dtype's range");
+  // Each kind on its own: a ?: of double and int64_t is a double, which
+  // rounded negative int64 values below -2^53 (ids, hashes) to other ids.
+  long double x;
+  if (v.is_number_unsigned()) x = static_cast<long double>(v.get<uint64_t>());
+  else if (v.is_number_integer()) x = static_cast<long double>(v.get<int64_t>());
+  else x = static_cast<long double>(v.get<double>());
   if (x < static_cast<long double>(std::numeric_limits<T>::min()) ||
       x > static_cast<long double>(std::numeric_limits<T>::max()))
     return InvalidArgument("tensor '" + name + "': value " + std::to_string(i) + " (" + ValueText(v) +
@@ -309,6 +318,20 @@ Result<std::string> ReadRange(int fd, uint64_t offset, size_t n, const std::stri
   return buf;
 }
 
+bool IsPadEntry(const std::string& name) {
+  return name.rfind(kSafetensorsPadPrefix, 0) == 0;
+}
+
+// A tensor name a safetensors file can carry back: not empty, not the
+// header's "__metadata__", not a padding entry's (both are dropped on reading).
+Status CheckTensorName(const std::string& name) {
+  if (name.empty()) return InvalidArgument("a tensor has an empty name; name it after the model's input");
+  if (name == "__metadata__" || IsPadEntry(name))
+    return InvalidArgument("a tensor is named '" + name + "', a name safetensors reserves (" +
+                           (IsPadEntry(name) ? "mms's alignment padding" : "the header's metadata") +
+                           "); rename it");
+  return Status::Ok();
+}
 }  // namespace
 
 std::vector<double> TensorToDoubles(const Tensor& t) {
@@ -342,7 +365,7 @@ Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const auto& spec = it.value();
     const std::string& name = it.key();
-    if (name.empty()) return InvalidArgument("a tensor has an empty name; name it after the model's input");
+    MMS_RETURN_IF_ERROR(CheckTensorName(name));
     if (!spec.is_object() || !spec.contains("dtype") || !spec.contains("shape") || !spec.contains("data"))
       return InvalidArgument("tensor '" + name + "' needs \"dtype\", \"shape\" and \"data\"");
     for (auto k = spec.begin(); k != spec.end(); ++k)  // a misspelt key would otherwise go unnoticed
@@ -407,9 +430,6 @@ Result<nlohmann::json> ParseJsonNoDuplicates(const char* begin, const char* end)
   return j;
 }
 
-bool IsPadEntry(const std::string& name) {
-  return name.rfind(kSafetensorsPadPrefix, 0) == 0;
-}
 }  // namespace
 
 Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t prefix_size, uint64_t file_size) {
@@ -436,6 +456,7 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
     const auto& e = it.value();
     SafetensorsEntry en;
     en.name = it.key();
+    if (en.name.empty()) return InvalidArgument("safetensors entry with an empty name; name it after the model's input");
     if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
         !e["shape"].is_array() || !e.contains("data_offsets") || !e["data_offsets"].is_array() ||
         e["data_offsets"].size() != 2)
@@ -538,6 +559,10 @@ Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path) {
       }
       done += static_cast<size_t>(got);
     }
+    if (Status st = CheckBoolBytes(t, path); !st.ok()) {
+      ::close(fd);
+      return st;
+    }
     out.push_back(std::move(t));
   }
   ::close(fd);
@@ -603,6 +628,7 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
   std::vector<SafetensorsEntry> entries;  // for the header's checksum
   int pads = 0;
   for (const auto& t : tensors) {
+    MMS_RETURN_IF_ERROR(CheckTensorName(t.name));
     // The format allows no holes between tensors: a gap left for alignment
     // is a filler entry of its own (zeros; readers of mms skip it).
     uint64_t aligned = (off + alignment - 1) / alignment * alignment;

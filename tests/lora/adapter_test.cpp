@@ -265,3 +265,54 @@ TEST_CASE("lora: layers_to_transform keeps the listed layers' modules, read as P
   CHECK(write(layer1, R"j({"r": 2, "target_modules": ".*(q_proj|up_proj)", "layers_to_transform": [1]})j")
             .first.find("not a regular expression") != std::string::npos);
 }
+
+// Found by fuzzing at stop 23: std::regex recursed out of stack on deep
+// nesting (mms adapter register died with SIGSEGV) and backtracked
+// exponentially on "(.|.)*X".
+TEST_CASE("lora: a hostile target_modules pattern is refused or matched in linear time, never a crash or a hang") {
+  LoraBase b;
+  b.ref = "llm:1";
+  const std::string long_name = "model.layers.0.self_attn.q_proj_with_a_long_name_xx";
+  b.linears = {{long_name, {DType::kFloat32, 8, 8}}};
+  testing::TempDir dir;
+  std::vector<Tensor> t{Tensor::Alloc("base_model.model." + long_name + ".lora_A.weight", DType::kFloat32, {2, 8}),
+                        Tensor::Alloc("base_model.model." + long_name + ".lora_B.weight", DType::kFloat32, {8, 2})};
+  REQUIRE(WriteSafetensorsFile(dir / "adapter_model.safetensors", t).ok());
+  auto with = [&](const std::string& pattern) {
+    std::ofstream(dir / "adapter_config.json")
+        << nlohmann::json{{"r", 2}, {"lora_alpha", 2}, {"target_modules", pattern}}.dump();
+    return CheckAdapter(dir.path(), b);
+  };
+  // A regular pattern still selects as PEFT's full match does.
+  auto good = with(R"(.*\.q_proj\w*)");
+  REQUIRE_MESSAGE(good.ok(), good.status().ToString());
+  CHECK(good->info.targets.size() == 1);
+  // Deep nesting: refused with RE2's reason.
+  auto deep = with(std::string(30000, '(') + std::string(30000, ')'));
+  REQUIRE_FALSE(deep.ok());
+  CHECK(deep.status().message().find("over 4096") != std::string::npos);
+  // Nesting within the length cap: parsed without recursion, quoted short in the error.
+  auto nested = with(std::string(2000, '(') + "q" + std::string(2000, ')'));
+  REQUIRE_FALSE(nested.ok());
+  CHECK_MESSAGE(nested.status().message().find("... (4001 characters)' matches no module") != std::string::npos,
+                nested.status().message());
+  // Exponential for a backtracking engine: answered at once (no module matches it).
+  auto redos = with("(.|.)*X");
+  REQUIRE_FALSE(redos.ok());
+  // A lookahead is not RE2's: said so, with what to do.
+  auto look = with("(?=q).*");
+  REQUIRE_FALSE(look.ok());
+  CHECK(look.status().message().find("list the module names instead") != std::string::npos);
+}
+
+TEST_CASE("lora: an adapter record whose integers are not integers is corrupt, not undefined behaviour") {
+  auto bad = AdapterInfo::FromJson(nlohmann::json::parse(
+      R"({"rank": 1e300, "alpha": 2, "scale": 1, "dtype": "float32", "targets": []})"));
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == Code::kCorrupt);
+  CHECK(bad.status().message().find("expected an integer") != std::string::npos);
+  auto ok = AdapterInfo::FromJson(nlohmann::json::parse(
+      R"({"rank": 4, "alpha": 2, "scale": 0.5, "dtype": "float32", "targets": [{"module": "q", "in": 16, "out": 16}]})"));
+  REQUIRE(ok.ok());
+  CHECK(ok->rank == 4);
+}

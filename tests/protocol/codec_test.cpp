@@ -222,3 +222,17 @@ TEST_CASE("tensors the frame format cannot carry are refused before encoding, no
     CHECK(CheckEncodable(b).code() == Code::kInvalidArgument);
   }
 }
+
+TEST_CASE("a bool tensor frame holding a byte other than 0 or 1 is refused (found by fuzzing)") {
+  Message m;
+  m.type = kPredict;
+  m.request_id = 1;
+  Tensor b = Tensor::Alloc("mask", DType::kBool, {4});
+  b.mutable_data()[1] = 1;
+  m.tensors.push_back(b);
+  CHECK(DecodeStr(Encode(m)).error == DecodeError::kNone);
+  b.mutable_data()[3] = 2;
+  DecodeResult d = DecodeStr(Encode(m));
+  CHECK(d.error == DecodeError::kBadTensor);
+  CHECK_MESSAGE(d.detail.find("bool tensor 'mask' holds the byte 2") != std::string::npos, d.detail);
+}

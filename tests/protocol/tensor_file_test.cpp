@@ -510,3 +510,51 @@ TEST_CASE("safetensors: a file with an empty tensor, as the writer lays it out, 
       if (t.name == "a") CHECK(reinterpret_cast<const float*>(t.data.get())[2] == 2.5f);
   }
 }
+
+// Found by fuzzing (libFuzzer, ASan+UBSan) at stop 23.
+TEST_CASE("JSON tensors: negative int64 values below -2^53 read exactly (they were rounded through a double)") {
+  auto r = TensorsFromJson(json::parse(
+      R"({"ids": {"dtype": "int64", "shape": [3], "data": [-9007199254740993, -9223372036854775807, 9007199254740993]}})"));
+  REQUIRE(r.ok());
+  const int64_t* v = (*r)[0].as<int64_t>();
+  CHECK(v[0] == -9007199254740993LL);
+  CHECK(v[1] == -9223372036854775807LL);  // read as INT64_MIN before
+  CHECK(v[2] == 9007199254740993LL);
+  CHECK(JsonError(R"({"x": {"dtype": "int64", "shape": [1], "data": [-9223372036854775809]}})") != "ok");
+}
+
+TEST_CASE("bool tensors hold 0 or 1 only: other bytes in a safetensors file or an IPC frame are refused") {
+  testing::TempDir dir;
+  Tensor b = Tensor::Alloc("mask", DType::kBool, {3});
+  b.mutable_data()[0] = 1;
+  REQUIRE(WriteTensorFile(dir / "ok.safetensors", {b}).ok());
+  CHECK(ReadTensorFile(dir / "ok.safetensors").ok());
+  b.mutable_data()[2] = 0xff;
+  REQUIRE(WriteSafetensorsFile(dir / "bad.safetensors", {b}).ok());
+  auto bad = ReadTensorFile(dir / "bad.safetensors");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find("bool tensor 'mask' holds the byte 255 at element 2") != std::string::npos);
+}
+
+TEST_CASE("tensor names safetensors reserves, or an empty one, are refused rather than lost on the way back") {
+  for (const char* name : {"__metadata__", "__mms_pad_0"}) {
+    INFO(name);
+    CHECK(JsonError(std::string(R"({")") + name + R"(": {"dtype": "float32", "shape": [1], "data": [1]}})")
+              .find("a name safetensors reserves") != std::string::npos);
+    testing::TempDir dir;
+    Tensor t = Tensor::Alloc(name, DType::kFloat32, {1});
+    auto w = WriteTensorFile(dir / "out.safetensors", {t});
+    CHECK_FALSE(w.ok());
+  }
+  // An empty name in a safetensors header (accepted there, refused in JSON).
+  testing::TempDir dir;
+  const std::string header = R"({"": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})";
+  std::string file(8, '\0');
+  const uint64_t n = header.size();
+  std::memcpy(file.data(), &n, 8);
+  file += header + std::string(4, '\0');
+  std::ofstream(dir / "empty.safetensors", std::ios::binary) << file;
+  auto r = ReadTensorFile(dir / "empty.safetensors");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("empty name") != std::string::npos);
+}
