@@ -1,5 +1,8 @@
 #include "config/config.h"
 
+#include <cstdio>
+#include <cstring>
+#include <string_view>
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -25,10 +28,32 @@ struct Spec {
   Render render;  // the current value as TOML
 };
 
+// A TOML basic string, escaped by hand: toml++'s own formatter chose a
+// multi-line literal for text with newlines, which cannot hold ''' (the
+// rendered config then did not parse; fuzzing found it).
 std::string Quote(const std::string& s) {
-  std::ostringstream os;
-  os << toml::value<std::string>(s);
-  return os.str();
+  // A literal string when it can be one (ASCII without ', as toml++ wrote
+  // them), else a basic one: non-ASCII text is read back only from those.
+  if (std::none_of(s.begin(), s.end(), [](unsigned char c) { return c == '\'' || c < 0x20 || c >= 0x7f; }))
+    return "'" + s + "'";
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      char u[8];
+      std::snprintf(u, sizeof u, "\\u%04x", c);
+      out += u;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
 }
 
 // Accessors take Config&; rendering only reads through them.
@@ -429,12 +454,104 @@ std::string RenderConfig(const Config& c) {
   return out;
 }
 
+namespace {
+// The text toml++ is given is ASCII: Debian's toml++ 3.3.0 reaches
+// __builtin_unreachable() on some non-ASCII code points where whitespace may
+// be (marzer/tomlplusplus#295), and asserts on a control byte or "[[[" in a
+// table header (#301); fuzzing found both. So, with the same meaning:
+// non-ASCII text in a "basic" string becomes \uXXXX escapes, in a comment
+// '?'; anywhere else (a 'literal' string, outside strings) it is refused, as
+// are control bytes (but tab) and invalid UTF-8.
+Result<std::string> AsciiToml(std::string_view text, const std::string& source) {
+  enum { kNormal, kComment, kBasic, kLiteral, kMlBasic, kMlLiteral } st = kNormal;
+  size_t line = 1;
+  bool line_start = true;  // only blanks so far on this line, outside strings
+  auto at = [&](size_t i, const char* s) { return text.compare(i, std::strlen(s), s) == 0; };
+  auto where = [&] { return source + ":" + std::to_string(line) + ": "; };
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0; i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == '\n') {
+      ++line;
+      line_start = true;
+      if (st != kMlBasic && st != kMlLiteral) st = kNormal;  // (a single-line string left open: toml++ says so)
+      out += '\n';
+      continue;
+    }
+    if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02x", c);
+      return InvalidArgument(where() + "control character " + hex + " (TOML allows none but tab; write it as an "
+                             "escape inside a \"string\")");
+    }
+    if (c >= 0x80) {  // one UTF-8 sequence
+      const int n = c >= 0xF0 && c < 0xF5 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c < 0xE0 ? 2 : 0;
+      uint32_t cp = n == 4 ? c & 0x07u : n == 3 ? c & 0x0Fu : c & 0x1Fu;
+      bool ok = n > 0 && i + n <= text.size();
+      for (int k = 1; ok && k < n; ++k) {
+        const unsigned char cc = static_cast<unsigned char>(text[i + k]);
+        ok = (cc & 0xC0) == 0x80;
+        cp = (cp << 6) | (cc & 0x3Fu);
+      }
+      ok = ok && cp >= (n == 2 ? 0x80u : n == 3 ? 0x800u : 0x10000u) && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+      if (!ok) return InvalidArgument(where() + "invalid UTF-8 (save the file as UTF-8)");
+      i += static_cast<size_t>(n - 1);
+      line_start = false;
+      if (st == kComment) {
+        out += '?';
+      } else if (st == kBasic || st == kMlBasic) {
+        char esc[16];
+        std::snprintf(esc, sizeof esc, cp > 0xFFFF ? "\\U%08X" : "\\u%04X", cp);
+        out += esc;
+      } else {
+        return InvalidArgument(where() + (st == kNormal ? "a non-ASCII character outside a string or comment (TOML "
+                                                          "allows them only inside quotes or after #)"
+                                                        : "a non-ASCII character in a 'literal' string: write it in "
+                                                          "a \"double-quoted\" string"));
+      }
+      continue;
+    }
+    out += static_cast<char>(c);
+    switch (st) {
+      case kNormal:
+        if (line_start && at(i, "[[["))
+          return InvalidArgument(where() + "a table header starts with [[[ (use [table] or [[array-of-tables]])");
+        if (c == '#') st = kComment;
+        else if (at(i, "\"\"\"")) st = kMlBasic, out += "\"\"", i += 2;
+        else if (at(i, "\'\'\'")) st = kMlLiteral, out += "\'\'", i += 2;
+        else if (c == '"') st = kBasic;
+        else if (c == '\'') st = kLiteral;
+        break;
+      case kComment: break;
+      case kBasic:
+      case kMlBasic:
+        if (c == '\\' && i + 1 < text.size() && text[i + 1] != '\n' &&
+            static_cast<unsigned char>(text[i + 1]) < 0x80 && text[i + 1] >= 0x20)
+          out += text[++i];  // an escaped character, taken as it is
+        else if (st == kBasic && c == '"') st = kNormal;
+        else if (st == kMlBasic && at(i, "\"\"\"")) st = kNormal, out += "\"\"", i += 2;
+        break;
+      case kLiteral:
+        if (c == '\'') st = kNormal;
+        break;
+      case kMlLiteral:
+        if (at(i, "\'\'\'")) st = kNormal, out += "\'\'", i += 2;
+        break;
+    }
+    if (c != ' ' && c != '\t' && c != '\r') line_start = false;
+  }
+  return out;
+}
+}  // namespace
+
 Result<Config> ParseConfig(const std::string& text, const std::string& source) {
   Config cfg;
   cfg.source = source;
+  MMS_ASSIGN_OR_RETURN(const std::string ascii, AsciiToml(text, source));
   toml::table root;
   try {
-    root = toml::parse(text, source);
+    root = toml::parse(ascii, source);
   } catch (const toml::parse_error& e) {
     return InvalidArgument(Where(source, e.source()) + ": " + std::string(e.description()));
   }

@@ -295,7 +295,9 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
       return InvalidArgument(weights_path + ": tensor '" + t.name + "' is not a LoRA A or B weight (…lora_A.weight, …lora_B.weight)");
     (a ? by_module[module].first : by_module[module].second) = &t;
   }
-  for (const auto& [module, ab] : by_module) {
+  for (const auto& entry : by_module) {  // (no structured binding: a lambda captures it, which clang < 16 refuses)
+    const std::string& module = entry.first;
+    const auto& ab = entry.second;
     auto where = [&](const std::string& what) { return InvalidArgument(weights_path + ": " + module + ": " + what); };
     if (std::find(targeted.begin(), targeted.end(), module) == targeted.end())
       return base.linears.count(module)

@@ -501,10 +501,11 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
                              "' overlap");
   // Filler that keeps the data aligned without holes (checked above like any
   // entry): bytes, not a tensor.
+  for (const SafetensorsEntry& en : out.entries)  // (read as a tensor, it could not be written back)
+    if (IsPadEntry(en.name) && !(en.dtype == DType::kUInt8 && en.shape.size() == 1))
+      return InvalidArgument("safetensors entry '" + en.name + "' has a name mms reserves for 1-D U8 padding");
   out.entries.erase(std::remove_if(out.entries.begin(), out.entries.end(),
-                                   [](const SafetensorsEntry& en) {
-                                     return IsPadEntry(en.name) && en.dtype == DType::kUInt8 && en.shape.size() == 1;
-                                   }),
+                                   [](const SafetensorsEntry& en) { return IsPadEntry(en.name); }),
                     out.entries.end());
   return out;
 }

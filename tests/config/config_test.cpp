@@ -42,6 +42,18 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[daemon]\ncontexts = 0\n") == "mms.toml:2: [daemon] contexts: 0 is out of range; allowed 1 to 65536");
   CHECK(err("[daemon]\n\nsokcet = \"x\"\n").find("mms.toml:3: unknown key 'sokcet' in [daemon]; did you mean 'socket'?") == 0);
   CHECK(err("[deamon]\n").find("mms.toml:1: unknown table [deamon]") == 0);
+  // What toml++ 3.3.0 mishandles (undefined behaviour, found by fuzzing) is refused before it parses.
+  CHECK(err("\xC9\xAB").find("mms.toml:1: a non-ASCII character outside a string or comment") == 0);
+  CHECK(err("\xEF\xBB\xBB[daemon]\n").find("mms.toml:1: a non-ASCII character") == 0);
+  CHECK(err(std::string("[daemon]\n[\0", 11)).find("mms.toml:2: control character 0x00") == 0);
+  CHECK(err("[[[1]]]\n").find("mms.toml:1: a table header starts with [[[") == 0);
+  CHECK(err("[log]\nfile = '/tmp/caf\xC3\xA9'\n").find("mms.toml:2: a non-ASCII character in a 'literal' string") == 0);
+  CHECK(err("[log]\nfile = \"/tmp/\xC3\x28\"\n").find("mms.toml:2: invalid UTF-8") == 0);
+  // Non-ASCII text in "strings" (kept as it is) and comments, and a byte order mark, are fine.
+  auto fine = ParseConfig("\xEF\xBB\xBF# caf\xC3\xA9\n[log]\nfile = \"/var/log/caf\xC3\xA9-\xF0\x9F\x98\x80.log\" # \xC3\xA9\n",
+                          "mms.toml");
+  REQUIRE_MESSAGE(fine.ok(), fine.status().ToString());
+  CHECK(fine->log.file == "/var/log/caf\xC3\xA9-\xF0\x9F\x98\x80.log");
   // A key outside any table is not called an unknown table.
   CHECK(err("x = 1\n").find("mms.toml:1: 'x' is a key outside any table; every setting belongs to a table") == 0);
   CHECK(err("[log]\nlevel = \"loud\"\n").find("mms.toml:2: [log] level: \"loud\" is not allowed; use \"debug\"") == 0);
