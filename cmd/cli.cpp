@@ -185,13 +185,23 @@ namespace {
 // pid is a live mmsd and its socket is there, else {"", ""}. (Read, never
 // locked: a probe holding the lock a moment could make a daemon starting
 // then refuse to.)
+// `s` as one word a shell reads back (quoted when it needs to be).
+std::string ShellWord(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=") ==
+                        std::string::npos)
+    return s;
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
   auto text = ReadFile(registry_path + ".mmsd-lock");
   if (!text.ok()) return {};
   size_t nl = text->find('\n');
   if (nl == std::string::npos) return {};
   std::string pid = text->substr(0, nl), sock = text->substr(nl + 1);
-  while (!sock.empty() && sock.back() == '\n') sock.pop_back();
+  sock = sock.substr(0, sock.find('\n'));  // (then kRelativePathsMarker, from schema 8)
   if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || sock.empty()) return {};
   auto comm = ReadFile("/proc/" + pid + "/comm");
   if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !FileExists(sock)) return {};
@@ -217,7 +227,7 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
     if (auto reg = registry_path(); reg.ok())
       if (auto [pid, sock] = RegistryHolder(*reg); !pid.empty() && sock != *path)
         return Unavailable("no mmsd answers at " + *path + ", but mmsd (pid " + pid + ") serves this registry (" +
-                           *reg + ") on " + sock + ": pass --socket " + sock + " (or set [daemon] socket)");
+                           *reg + ") on " + sock + ": pass --socket " + ShellWord(sock) + " (or set [daemon] socket)");
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
   }
   if (!c.ok()) return c.status();

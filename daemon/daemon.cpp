@@ -52,16 +52,19 @@ Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::st
     ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
     ::close(fd);
     std::string text = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    // "pid\nsocket\n" (and, from schema 8, kRelativePathsMarker).
     std::string pid = text.substr(0, text.find('\n')), sock;
     if (text.find('\n') != std::string::npos) sock = text.substr(text.find('\n') + 1);
-    while (!sock.empty() && sock.back() == '\n') sock.pop_back();
+    sock = sock.substr(0, sock.find('\n'));
     return AlreadyExists("another mmsd (pid " + (pid.empty() ? std::string("unknown") : pid) +
                          (sock.empty() ? "" : ", socket " + sock) + ") serves the registry " + registry_path +
                          ": two daemons on one registry overwrite each other's experiment figures. Use that one "
                          "(mms --socket " + (sock.empty() ? "..." : sock) +
                          "), stop it, or give this one its own --data-dir ([registry] path)");
   }
-  std::string text = std::to_string(::getpid()) + "\n" + socket_path + "\n";
+  // Read by Registry::Open (an mmsd that reads relative paths: schema 8 may
+  // be used) and by the CLI (the socket of the daemon serving a data dir).
+  std::string text = std::to_string(::getpid()) + "\n" + AbsolutePath(socket_path) + "\n" + kRelativePathsMarker + "\n";
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0)
     LogWarn("lock_file_write_failed", {{"path", path}});
   return fd;
@@ -96,6 +99,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   ro.clock = d->opts_.clock;
   ro.actor = "mmsd";
   ro.require_writable = true;
+  ro.daemon_lock_held = true;  // (LockRegistry, just below: before the registry opens)
   MMS_ASSIGN_OR_RETURN(d->registry_lock_fd_, LockRegistry(ro.path, d->opts_.socket_path));
   MMS_ASSIGN_OR_RETURN(d->registry_, Registry::Open(ro));
 

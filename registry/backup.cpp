@@ -203,6 +203,14 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     return Status::Ok();
   };
   MMS_RETURN_IF_ERROR(record(c.dest_dir));
+  // A copy written by an mms before schema 8 (absolute paths) and moved
+  // since: its paths under where it was written are rebased onto where it is.
+  const std::string moved_from = LegacyCopyRoot(src_dir);
+  auto here = [&](const std::string& path) {
+    if (moved_from.empty() || path.rfind(moved_from + "/", 0) != 0) return path;
+    return src_dir + path.substr(moved_from.size());
+  };
+
   DataDirCopyReport rep;
   std::map<std::string, std::string> packed_copies;  // source dir → its copy
   // An original, by path and hash: a path registered again with other
@@ -223,7 +231,6 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     ++rep.snapshots;
     Registry::Options o;
     o.path = partial;
-    o.artifacts_dir = JoinPath(src_dir, "artifacts");  // (its paths are relative to the source's data dir)
     o.create = false;
     o.busy_timeout_ms = c.busy_timeout_ms;
     o.actor = c.actor;
@@ -231,9 +238,10 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     MMS_ASSIGN_OR_RETURN(reg, Registry::Open(o));  // refuses a foreign or newer file; migrates an older one
     MMS_ASSIGN_OR_RETURN(rows, Rows(*reg));
     for (Row& r : rows) {
-      r.artifact_path = ResolvedPath(src_dir, r.artifact_path);
-      r.packed_dir = ResolvedPath(src_dir, r.packed_dir);
-      r.sample_input = ResolvedPath(src_dir, r.sample_input);
+      // Relative paths are relative to the source registry's own directory.
+      r.artifact_path = here(ResolvedPath(DirName(AbsolutePath(c.src_db)), r.artifact_path));
+      r.packed_dir = here(ResolvedPath(DirName(AbsolutePath(c.src_db)), r.packed_dir));
+      r.sample_input = here(ResolvedPath(DirName(AbsolutePath(c.src_db)), r.sample_input));
     }
     MMS_ASSIGN_OR_RETURN(int64_t audit, LastAuditId(*reg));
     vanished.clear();

@@ -50,8 +50,8 @@ namespace mms {
 
 struct DataDirCopy {
   std::string src_db;    // the registry to copy (read only, through its own connection)
-  std::string src_dir;   // its data dir (a backup's directory), which its paths are relative to
-                         // ("": the registry's directory)
+  std::string src_dir;   // its data dir (a backup's directory: where a copy written by an mms
+                         // before schema 8 is now; "": the registry's directory)
   std::string dest_dir;  // the new data dir: artifacts/ and sources/ go here
   std::string dest_db;   // its registry file (usually <dest_dir>/registry.db); must not exist
   bool dest_must_be_empty = true;  // ALREADY_EXISTS when dest_dir's artifacts/ or sources/ hold files (once an

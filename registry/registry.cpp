@@ -3,7 +3,9 @@
 #include <filesystem>
 #include <sqlite3.h>
 
+#include <fcntl.h>
 #include <pwd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -114,23 +116,51 @@ std::string ResolvedPath(const std::string& data_dir, const std::string& stored)
 }
 
 namespace {
-std::string DataDirOf(const Registry::Options& o) { return o.artifacts_dir.empty() ? "" : DirName(o.artifacts_dir); }
 std::string RealDir(const std::string& dir) {
-  if (dir.empty()) return "";
   auto c = CanonicalPath(dir);
   return c.ok() ? *c : dir;
 }
+
+// Whether no mmsd older than schema 8 serves the registry at `path`: its
+// lock file is absent or free, or held by an mmsd that wrote
+// kRelativePathsMarker. A free lock is held shared in *hold (until the
+// caller closes it), so that no daemon starts while the registry migrates.
+bool NoOlderDaemon(const std::string& path, int* hold) {
+  const std::string lock = path + ".mmsd-lock";
+  int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  if (::flock(fd, LOCK_SH | LOCK_NB) == 0) {
+    *hold = fd;
+    return true;
+  }
+  char buf[4096] = {0};
+  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  ::close(fd);
+  return n > 0 && std::string(buf, static_cast<size_t>(n)).find(std::string("\n") + kRelativePathsMarker + "\n") !=
+                      std::string::npos;
+}
+
 }  // namespace
+
+std::string LegacyCopyRoot(const std::string& dir) {
+  auto m = ReadFile(JoinPath(dir, "mms-copy.json"));
+  if (!m.ok()) return "";
+  auto j = nlohmann::json::parse(*m, nullptr, false);
+  if (!j.is_object() || !j.contains("root") || !j["root"].is_string()) return "";
+  const std::string root = j["root"].get<std::string>();
+  return root != dir && !root.empty() && root[0] == '/' ? root : "";
+}
 
 Registry::Registry(Options opts)
     : opts_(std::move(opts)),
       actor_(opts_.actor.empty() ? DefaultActor() : opts_.actor),
-      data_dir_(DataDirOf(opts_)),
-      data_dir_real_(RealDir(data_dir_)) {}
+      base_dir_(DirName(AbsolutePath(opts_.path))),
+      base_dir_real_(RealDir(base_dir_)) {}
 
 std::string Registry::Stored(const std::string& path) const {
-  std::string s = StoredPath(data_dir_, path);
-  return s != path ? s : StoredPath(data_dir_real_, path);
+  if (!relative_) return path;
+  std::string s = StoredPath(base_dir_, path);
+  return s != path ? s : StoredPath(base_dir_real_, path);
 }
 Registry::~Registry() = default;
 
@@ -155,6 +185,17 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
                               opts.artifacts_dir + " aside first");
   if (opts.create) MMS_RETURN_IF_ERROR(MakeDirs(DirName(opts.path), 0700));
   std::unique_ptr<Registry> r(new Registry(opts));
+  // Schema 8 (relative paths) only where no older mmsd reads this registry.
+  int hold = -1;
+  struct Release {
+    int* fd;
+    ~Release() {
+      if (*fd >= 0) ::close(*fd);
+    }
+  } release{&hold};
+  r->max_schema_ = opts.daemon_lock_held || opts.path == ":memory:" || NoOlderDaemon(opts.path, &hold)
+                       ? static_cast<int>(RegistryMigrations().size())
+                       : 7;
   auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
   if (!db.ok()) return db.status();
   r->db_ = std::move(db).value();
@@ -174,6 +215,11 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   // another application's database is refused before anything changes it
   // (WAL is a persistent property of the file).
   MMS_RETURN_IF_ERROR(r->Migrate());
+  // Relative paths: from schema 8, in the default layout (the data dir is the
+  // registry file's directory) only, so that every opener reads them alike.
+  MMS_ASSIGN_OR_RETURN(int schema, r->SchemaVersion());
+  r->relative_ = schema >= 8 && !opts.artifacts_dir.empty() &&
+                 RealDir(DirName(opts.artifacts_dir)) == r->base_dir_real_;
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA journal_mode=WAL"));
   struct stat st;
   if (::stat(opts.path.c_str(), &st) == 0) {
@@ -260,18 +306,23 @@ Status Registry::Migrate() {
   int uv, app, tables;
   MMS_RETURN_IF_ERROR(read_header(&uv, &app, &tables));
   MMS_RETURN_IF_ERROR(check(uv, app, tables));
-  if (uv == static_cast<int>(migrations.size())) return Status::Ok();
+  const int target = std::min(max_schema_, static_cast<int>(migrations.size()));
+  if (uv >= target) return Status::Ok();
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   // Another process may have migrated while we waited for the write lock.
   MMS_RETURN_IF_ERROR(read_header(&uv, &app, &tables));
   MMS_RETURN_IF_ERROR(check(uv, app, tables));
-  for (int v = uv; v < static_cast<int>(migrations.size()); ++v) {
+  if (uv >= target) return Status::Ok();
+  for (int v = uv; v < target; ++v) {
     if (Status st = db_->Exec(migrations[v]); !st.ok())
       return st.WithContext("migrating registry to schema " + std::to_string(v + 1));
   }
-  // Schema 8: the data dir's own files, stored relative to it from now on.
-  if (uv < 8)
-    for (const std::string& dir : {data_dir_, data_dir_real_}) {
+  // Schema 8: the data dir's own files, stored relative to it from now on —
+  // spelt as this opener reaches it, or under the root an older copy (mms
+  // backup) recorded before it moved. Paths elsewhere stay as they are.
+  if (uv < 8 && target >= 8 && !opts_.artifacts_dir.empty() &&
+      RealDir(DirName(opts_.artifacts_dir)) == base_dir_real_)
+    for (const std::string& dir : {base_dir_, base_dir_real_, LegacyCopyRoot(base_dir_)}) {
       if (dir.empty()) continue;
       for (const char* col : {"artifact_path", "packed_dir", "sample_input"}) {
         const std::string c = col;
@@ -282,7 +333,7 @@ Status Registry::Migrate() {
         if (Status s = st.Run(); !s.ok()) return s.WithContext("migrating registry to schema 8");
       }
     }
-  MMS_RETURN_IF_ERROR(db_->Exec("PRAGMA user_version=" + std::to_string(migrations.size()) +
+  MMS_RETURN_IF_ERROR(db_->Exec("PRAGMA user_version=" + std::to_string(target) +
                                 "; PRAGMA application_id=" + std::to_string(kRegistryApplicationId)));
   return Commit(tx);
 }
@@ -350,9 +401,9 @@ Result<std::vector<VersionRecord>> Registry::QueryVersions(const std::string& wh
   MMS_ASSIGN_OR_RETURN(std::vector<VersionRecord> out,
                        sql::Collect<VersionRecord>(db_.get(), std::string(kVersionColumns) + where, args, RowToRecord));
   for (auto& r : out) {
-    r.artifact_path = ResolvedPath(data_dir_, r.artifact_path);
-    r.packed_dir = ResolvedPath(data_dir_, r.packed_dir);
-    r.sample_input = ResolvedPath(data_dir_, r.sample_input);
+    r.artifact_path = ResolvedPath(base_dir_, r.artifact_path);
+    r.packed_dir = ResolvedPath(base_dir_, r.packed_dir);
+    r.sample_input = ResolvedPath(base_dir_, r.sample_input);
     MMS_ASSIGN_OR_RETURN(auto ls, db_->Prepare("SELECT key, value FROM labels WHERE version_id = ? ORDER BY key"));
     ls.Bind(1, r.id);
     while (true) {

@@ -54,6 +54,12 @@ int RegistrySchemaVersion();
 // stored one ("" stays "", and so does everything when data_dir is "").
 std::string StoredPath(const std::string& data_dir, const std::string& path);
 std::string ResolvedPath(const std::string& data_dir, const std::string& stored);
+// The root an mms before schema 8 recorded for a copy it wrote (mms backup or
+// restore: <dir>/mms-copy.json) when the copy has moved since, else "": that
+// copy's absolute paths under the root are its own files, now under `dir`.
+std::string LegacyCopyRoot(const std::string& dir);
+// A line of <registry>.mmsd-lock written by an mmsd that reads relative paths.
+inline constexpr const char* kRelativePathsMarker = "paths=relative";
 
 // A version's own batching delay (NewVersion::max_queue_delay_us) may be 0 (the
 // [scheduler] default) to this: the range [scheduler] max_queue_delay allows
@@ -240,9 +246,17 @@ class Registry {
     // A missing registry file is not created while it holds packed files:
     // the registry was removed or moved, or this is another data dir's, and
     // a new empty one would make every packed file look like an orphan.
-    // Its parent is the data dir paths are stored relative to (StoredPath);
-    // "" stores and reads every path as given.
+    // When its parent (the data dir) is the registry file's directory (the
+    // default layout), paths of files inside it are stored relative to it
+    // (StoredPath); else, and with "", absolute. Relative paths read back
+    // against the registry file's directory, whoever opens it.
     std::string artifacts_dir;
+    // mmsd: it holds <path>.mmsd-lock (Daemon::LockRegistry). Others look at
+    // that lock: while an mmsd older than schema 8 holds it (its lock file
+    // lacks kRelativePathsMarker), the registry is not taken to schema 8 and
+    // paths are stored absolute — that daemon would read relative paths
+    // against its working directory.
+    bool daemon_lock_held = false;
     // Refuse a registry this process may only read (SQLite opens a file it
     // cannot write read-only, and every write then fails): mmsd, which must
     // save serving figures, canary stages and metrics.
@@ -450,8 +464,10 @@ class Registry {
 
   const Options opts_;
   const std::string actor_;
-  const std::string data_dir_;       // DirName(opts_.artifacts_dir), or ""
-  const std::string data_dir_real_;  // it, symlinks resolved (when it exists)
+  const std::string base_dir_;       // the registry file's directory: relative paths are relative to it
+  const std::string base_dir_real_;  // it, symlinks resolved (when it exists)
+  int max_schema_ = 0;               // set by Open: how far Migrate may go (7 under an older mmsd)
+  bool relative_ = false;            // set by Open: paths inside base_dir_ are stored relative
   uint64_t file_dev_ = 0, file_ino_ = 0;  // the opened file's identity (set by Open)
   // Its -wal file's identity, once seen (Open, else the first check after
   // the first write creates it).

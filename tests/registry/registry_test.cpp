@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -774,4 +776,119 @@ TEST_CASE("a registry of schema 7 has its data dir's absolute paths made relativ
   sqlite3_close(h);
   CHECK(got == std::vector<std::string>{"/models/m.pt", "artifacts/m/1-abc", "artifacts/m/1-abc/sample.json",
                                         "sources/m/2/m.pt", dd + "x/artifacts/m/2", ""});
+}
+
+TEST_CASE("an mmsd older than schema 8 serving the registry keeps it at schema 7 with absolute paths (upgrade safety)") {
+  // An older daemon reads raw paths, and would look for relative ones in
+  // its working directory: nothing may be converted or written relative
+  // under it. Its lock file (held, without the marker) says it is there.
+  testing::TempDir d;
+  const std::string dd = d / "data";
+  REQUIRE(MakeDirs(dd, 0700).ok());
+  const std::string path = dd + "/registry.db";
+  const auto& migrations = RegistryMigrations();
+  std::string sql;
+  for (size_t i = 0; i < 7; ++i) sql += migrations[i];
+  sql += "PRAGMA user_version=7; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
+  RawExec(path, sql);
+  auto open = [&] {
+    Registry::Options o;
+    o.path = path;
+    o.artifacts_dir = dd + "/artifacts";
+    auto r = Registry::Open(o);
+    REQUIRE(r.ok());
+    return std::move(r).value();
+  };
+  auto add = [&](Registry& reg, const std::string& version) {
+    NewVersion v;
+    v.model = "m";
+    v.version = version;
+    v.artifact_path = "/models/m.pt";
+    v.packed_dir = dd + "/artifacts/m/" + version + "-abc";
+    REQUIRE(reg.Register(v).ok());
+  };
+  auto stored = [&](const std::string& version) {
+    std::string out;
+    sqlite3* h;
+    REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
+    sqlite3_stmt* st;
+    REQUIRE(sqlite3_prepare_v2(h, ("SELECT packed_dir FROM versions WHERE version = '" + version + "'").c_str(), -1, &st,
+                               nullptr) == SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW) out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return out;
+  };
+  {
+    std::ofstream(path + ".mmsd-lock") << "4242\n/run/mms.sock\n";  // an older mmsd's lock file
+    int fd = ::open((path + ".mmsd-lock").c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    REQUIRE(::flock(fd, LOCK_EX) == 0);
+    auto reg = open();
+    CHECK(reg->SchemaVersion().value() == 7);
+    add(*reg, "1");
+    CHECK(stored("1") == dd + "/artifacts/m/1-abc");  // absolute: the older daemon reads it
+    ::close(fd);
+  }
+  {
+    // A newer mmsd (its lock file says it reads relative paths): schema 8.
+    std::ofstream(path + ".mmsd-lock") << "4243\n/run/mms.sock\n" << kRelativePathsMarker << "\n";
+    int fd = ::open((path + ".mmsd-lock").c_str(), O_RDWR);
+    REQUIRE(::flock(fd, LOCK_EX) == 0);
+    auto reg = open();
+    CHECK(reg->SchemaVersion().value() == 8);
+    CHECK(stored("1") == "artifacts/m/1-abc");  // converted
+    add(*reg, "2");
+    CHECK(stored("2") == "artifacts/m/2-abc");
+    ::close(fd);
+  }
+}
+
+TEST_CASE("a registry outside its data dir ([registry] path) keeps absolute paths, and relative ones read from its own directory") {
+  testing::TempDir d;
+  REQUIRE(MakeDirs(d / "reg", 0700).ok());
+  REQUIRE(MakeDirs(d / "data", 0700).ok());
+  Registry::Options o;
+  o.path = d / "reg/registry.db";
+  o.artifacts_dir = d / "data/artifacts";
+  auto reg = Registry::Open(o);
+  REQUIRE(reg.ok());
+  NewVersion v;
+  v.model = "m";
+  v.version = "1";
+  v.artifact_path = "/models/m.pt";
+  v.packed_dir = d / "data/artifacts/m/1-abc";
+  REQUIRE((*reg)->Register(v).ok());
+  // Another opener with another data dir (a --data-dir override) reads the same files.
+  Registry::Options other = o;
+  other.artifacts_dir = d / "elsewhere/artifacts";
+  auto again = Registry::Open(other);
+  REQUIRE(again.ok());
+  CHECK((*again)->Resolve("m:1")->packed_dir == d / "data/artifacts/m/1-abc");
+}
+
+TEST_CASE("a copy written by an older mms (absolute paths) and moved since is converted onto where it is at upgrade") {
+  testing::TempDir d;
+  const std::string now = d / "moved", then = d / "written-here";
+  REQUIRE(MakeDirs(now, 0700).ok());
+  const std::string path = now + "/registry.db";
+  const auto& migrations = RegistryMigrations();
+  std::string sql;
+  for (size_t i = 0; i < 7; ++i) sql += migrations[i];
+  sql += "PRAGMA user_version=7; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
+  RawExec(path, sql);
+  RawExec(path, "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
+                "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
+                "created_by, packed_dir) VALUES (1, 1, '1', '1', '" + then + "/sources/m/1/m.pt', 1, '', 1, 't', '" +
+                    then + "/artifacts/m/1-abc');");
+  std::ofstream(now + "/mms-copy.json") << "{\"root\": \"" << then << "\", \"action\": \"backup\"}\n";
+  Registry::Options o;
+  o.path = path;
+  o.artifacts_dir = now + "/artifacts";
+  auto reg = Registry::Open(o);
+  REQUIRE(reg.ok());
+  auto v = (*reg)->Resolve("m:1");
+  REQUIRE(v.ok());
+  CHECK(v->packed_dir == now + "/artifacts/m/1-abc");
+  CHECK(v->artifact_path == now + "/sources/m/1/m.pt");
 }
