@@ -185,16 +185,20 @@ int CmdStatus(Cli& cli) {
 int CmdReload(Cli& cli) {
   auto c = cli.Connect();
   if (!c.ok()) return cli.Fail(c.status());
-  auto before = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
-  if (!before.ok()) return cli.Fail(before.status());
-  const int64_t count = (*before)["last_reload"].value("count", int64_t{0});
-  if (auto r = (*c)->CallJson(proto::kReload, nlohmann::json::object()); !r.ok()) return cli.Fail(r.status());
+  auto r = (*c)->CallJson(proto::kReload, nlohmann::json::object());
+  if (!r.ok()) return cli.Fail(r.status());
+  if (!r->contains("request"))  // an mmsd before mms reload: it reloads, but cannot say how it went
+    return cli.Fail(Status(Code::kFailedPrecondition,
+                           "this mmsd is older than mms reload: it was sent the reload (as SIGHUP) but does not "
+                           "report its outcome; see its log (reloaded, reload_failed, reload_needs_restart)"));
+  const int64_t request = (*r)["request"].get<int64_t>();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(cli.g.timeout_s);
   nlohmann::json done;
   while (true) {
     auto s = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
     if (!s.ok()) return cli.Fail(s.status());
-    if ((*s)["last_reload"].value("count", int64_t{0}) > count) {
+    // The first reload that read the file after this request (not one under way before it).
+    if (s->contains("last_reload") && (*s)["last_reload"].value("covers", int64_t{0}) >= request) {
       done = (*s)["last_reload"];
       done["config"] = (*s).value("config", "");
       break;
@@ -225,7 +229,7 @@ int CmdReload(Cli& cli) {
       std::cout << "changed, and applied only at a restart: " << keys << "\n";
     }
   });
-  if (!whole) cli.Note("warning: " + error);
+  if (!whole && !cli.g.json) std::cerr << "mms: " << error << "\n";  // (with -q too: it is why the exit is 1)
   return whole ? 0 : 1;
 }
 

@@ -234,8 +234,32 @@ std::string StageLine(const nlohmann::json& c) {
   return s;
 }
 
+int ExitFor(const std::string& state) { return state == "promoted" ? 0 : state == "rolled_back" ? 10 : 11; }
+
+// The awaited canary (by its experiment id) ended and another of the model
+// started since: its own outcome, from the registry.
+int EndedEarlier(Cli& cli, const std::string& model, const std::string& experiment, const std::string& newer) {
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto all = (*reg)->ListCanaries(false);
+  if (!all.ok()) return cli.Fail(all.status());
+  for (const CanaryRecord& c : *all)
+    if (c.model == model && c.experiment_id == experiment) {
+      if (c.state == "running" || c.state == "paused") break;  // (not ended: cannot be)
+      const std::string msg = "the canary of " + model + ":" + c.candidate_version + " ended " + c.state +
+                              (c.reason.empty() ? "" : " (" + c.reason + ")") + "; the canary of " + newer +
+                              " started since";
+      if (cli.g.json) std::cout << nlohmann::json{{"state", c.state}, {"message", msg}}.dump() << std::endl;
+      else std::cerr << "mms: " << msg << "\n";
+      return ExitFor(c.state);
+    }
+  return cli.Fail(Internal("the canary waited for (" + experiment + ") is no longer in the registry"));
+}
+
 // Streams progress until the canary ends. Exit: 0 promoted, 10 rolled back, 11 aborted, 12 timeout.
-int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
+// `experiment`: the canary waited for (its experiment id; "" = NAME's latest
+// when the wait starts): a canary started later is not taken for it.
+int Wait(Cli& cli, const std::string& model, int64_t timeout_ns, std::string experiment = "") {
   auto client = cli.Connect();
   if (!client.ok()) return cli.Fail(client.status());
   auto start = std::chrono::steady_clock::now();
@@ -259,14 +283,18 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
                   << "; waiting for mmsd to come back (the canary is in the registry and resumes with mmsd)\n";
         lost = true;
       }
-      if (auto reg = cli.OpenRegistry(); reg.ok())
-        if (auto c = (*reg)->GetCanary(model); c.ok() && c->state != "running" && c->state != "paused") {
+      if (auto reg = cli.OpenRegistry(); reg.ok()) {
+        auto c = (*reg)->GetCanary(model);
+        if (c.ok() && !experiment.empty() && c->experiment_id != experiment)
+          return EndedEarlier(cli, model, experiment, model + ":" + c->candidate_version);
+        if (c.ok() && c->state != "running" && c->state != "paused") {
           const std::string msg = "the canary of " + model + " ended while mmsd was away: " + c->state +
                                   (c->reason.empty() ? "" : " (" + c->reason + ")");
           if (cli.g.json) std::cout << nlohmann::json{{"state", c->state}, {"message", msg}}.dump() << std::endl;
           else std::cerr << "mms: " << msg << "\n";
-          return c->state == "promoted" ? 0 : c->state == "rolled_back" ? 10 : 11;
+          return ExitFor(c->state);
         }
+      }
       if (timed_out()) {
         const std::string msg = "--timeout reached while mmsd was away; the canary of " + model + " carries on";
         if (cli.g.json) std::cout << nlohmann::json{{"timeout", true}, {"message", msg}}.dump() << std::endl;
@@ -282,6 +310,9 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
       lost = false;
     }
     const auto& c = *r;
+    if (experiment.empty()) experiment = c.value("experiment", "");
+    if (c.value("experiment", "") != experiment)
+      return EndedEarlier(cli, model, experiment, c.value("candidate", "?"));
     // The last check may be the previous stage's (just advanced): not this one's verdict.
     const bool fresh = c["last_check"].value("stage", -1) == c["stage_index"].get<int>() + 1;
     // A verdict goes with the figures it judged, not with newer ones.
@@ -315,9 +346,7 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns) {
       }
     }
     std::string state = c["state"];
-    if (state == "promoted") return 0;
-    if (state == "rolled_back") return 10;
-    if (state == "aborted") return 11;
+    if (state == "promoted" || state == "rolled_back" || state == "aborted") return ExitFor(state);
     if (timed_out()) {
       const std::string msg = "--timeout reached; the canary of " + model + " is still " + state +
                               " (it carries on: mms canary wait " + model + " waits again, mms canary abort " + model +
@@ -390,7 +419,7 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
                 << "): " << StageLine(c->ToJson()) << "\n";
     });
   if (!a.wait) return 0;
-  return Wait(cli, a.model, *timeout);
+  return Wait(cli, a.model, *timeout, c->experiment_id);
 }
 
 // mms canary wait: the same wait, taken up again (a CI job retried after its
@@ -408,11 +437,17 @@ int CmdCanaryWait(Cli& cli, const std::string& model, const std::string& candida
     if (!reg.ok()) return cli.Fail(reg.status());
     auto want = (*reg)->Resolve(*ref);
     if (!want.ok()) return cli.Fail(want.status().WithContext("--candidate"));
-    auto c = (*reg)->GetCanary(model);
-    if (!c.ok()) return cli.Fail(c.status());
-    if (want->model != model || c->candidate_version != want->version)
-      return cli.Fail(NotFound(model + "'s latest canary is of " + model + ":" + c->candidate_version + " (" + c->state +
-                               "), not of " + want->ref() + ": its canary never started (see mms canary list)"));
+    if (want->model != model)
+      return cli.Fail(InvalidArgument("--candidate " + candidate + " is a version of " + want->model + ", not of " + model));
+    auto all = (*reg)->ListCanaries(false);
+    if (!all.ok()) return cli.Fail(all.status());
+    const CanaryRecord* latest = nullptr;  // that candidate's latest canary
+    for (const CanaryRecord& c : *all)
+      if (c.model == model && c.candidate_version == want->version && (!latest || c.id > latest->id)) latest = &c;
+    if (!latest)
+      return cli.Fail(NotFound(model + " has had no canary of " + want->ref() +
+                               ": its canary never started (see mms canary list)"));
+    return Wait(cli, model, *timeout, latest->experiment_id);
   }
   return Wait(cli, model, *timeout);
 }

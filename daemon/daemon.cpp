@@ -983,12 +983,14 @@ Status Daemon::Start() {
 }
 
 Result<std::vector<std::string>> Daemon::Reload() {
+  const int64_t covers = reload_requests_.load();  // RELOAD requests made before this reload read the file
   std::vector<std::string> reloaded, restart;
   Status failed;  // the file, or [log], not applied
   // Every outcome is recorded for STATUS (mms reload), before each return.
   auto record = [&] {
     std::lock_guard<std::mutex> lock(warn_mu_);
     last_reload_ = {{"count", last_reload_.value("count", 0) + 1},
+                    {"covers", covers},
                     {"sections", reloaded},
                     {"restart", restart},
                     {"error", failed.message()},

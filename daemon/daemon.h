@@ -109,6 +109,9 @@ class Daemon {
   // The last reload's outcome, for STATUS (mms reload waits for "count" to
   // move): {"count": reloads so far, "sections": [...], "restart": [keys
   // waiting for a restart], "error": "" or why (with "code")}.
+  // RELOAD counts its request here before signalling; a reload records the
+  // count it started at ("covers"), so a client knows its request was read.
+  int64_t RequestReload() { return reload_requests_.fetch_add(1) + 1; }
   nlohmann::json LastReload() const {
     std::lock_guard<std::mutex> lock(warn_mu_);
     return last_reload_;
@@ -293,7 +296,8 @@ class Daemon {
   mutable std::mutex warn_mu_;   // only for flush_error_, reload_error_ and last_reload_
   std::string flush_error_;      // guarded by warn_mu_: why figures are unsaved ("" when saved)
   std::string reload_error_;     // guarded by warn_mu_: why the last reload did not apply whole ("" when it did)
-  nlohmann::json last_reload_{{"count", 0}};  // guarded by warn_mu_: LastReload()
+  nlohmann::json last_reload_{{"count", 0}, {"covers", 0}};  // guarded by warn_mu_: LastReload()
+  std::atomic<int64_t> reload_requests_{0};
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
   void CheckRegistryFile();                     // the watcher's, every poll
   std::atomic<bool> refresh_failing_{false};    // the watcher's last registry read failed

@@ -48,10 +48,12 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     r.Send(std::move(j));
   };
 
-  (*table)[proto::kReload] = [](proto::Message, Responder r) {
-    // Reloading belongs to the main thread (as SIGHUP): signal it.
+  (*table)[proto::kReload] = [d](proto::Message, Responder r) {
+    // Reloading belongs to the main thread (as SIGHUP): signal it. Signals
+    // coalesce: the reload that covers this request's number answers it.
+    const int64_t request = d->RequestReload();
     ::kill(::getpid(), SIGHUP);
-    r.Send(nlohmann::json{{"reload", "requested"}});
+    r.Send(nlohmann::json{{"reload", "requested"}, {"request", request}});
   };
 
   // Answered once the change routes: a new experiment's or shadow's arms are

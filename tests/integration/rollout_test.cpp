@@ -688,11 +688,16 @@ TEST_CASE("canary --wait: aborted by hand (exit 11), --timeout (exit 12), and ca
   // Ended already: the outcome's exit code at once; a model without a canary: 4.
   CHECK(d.Mms({"canary", "wait", "tiny"}).exit_code == 0);
   CHECK(d.Mms({"canary", "wait", "tiny", "--candidate", "3"}).exit_code == 0);
-  // A job whose own start failed must not read an earlier canary's outcome as its own.
+  // The candidate's own canary, not the model's latest: tiny:2's was aborted (11), though tiny:3's came since.
   auto other = d.Mms({"canary", "wait", "tiny", "--candidate", "2"});
-  CHECK(other.exit_code == 4);
-  CHECK_MESSAGE(other.err.find("tiny's latest canary is of tiny:3 (promoted), not of tiny:2") != std::string::npos,
-                other.err);
+  CHECK(other.exit_code == 11);
+  CHECK_MESSAGE(other.err.find("the canary of tiny:2 ended aborted") != std::string::npos, other.err);
+  CHECK(other.err.find("the canary of tiny:3 started since") != std::string::npos);
+  // A job whose own start failed must not read another canary's outcome as its own.
+  Register(d, "tiny", "4", "tiny_v2.pt");
+  auto never = d.Mms({"canary", "wait", "tiny", "--candidate", "4"});
+  CHECK(never.exit_code == 4);
+  CHECK_MESSAGE(never.err.find("tiny has had no canary of tiny:4") != std::string::npos, never.err);
   CHECK(d.Mms({"canary", "wait", "nosuch"}).exit_code == 4);
   CHECK(d.Mms({"canary", "wait", "tiny", "--timeout", "0"}).exit_code == 2);
 }
