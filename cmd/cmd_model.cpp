@@ -135,6 +135,10 @@ struct RegisterArgs {
   std::vector<std::string> labels;
   int max_batch_size = 0;
   int64_t max_queue_delay_us = 0;
+  // A rerun with other settings than recorded is refused (model register);
+  // import derives them from the repository (falling back to unbatched) and
+  // compares the weights only.
+  bool rerun_settings_must_match = true;
 };
 
 // Draws "hashing model.pt [#####.....] 45%  380 MiB / 850 MiB" on a terminal.
@@ -237,6 +241,36 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     auto sha = regular && static_cast<uint64_t>(st.st_size) == existing->size_bytes ? Sha256File(*canon)
                                                                                      : Result<std::string>(std::string());
     if (sha.ok() && *sha == existing->sha256) {
+      // The same run again, not another registration: settings given now
+      // that differ from the recorded ones would be silently dropped.
+      std::vector<std::string> differ;
+      auto same_file = [](const std::string& a, const std::string& b) {
+        auto x = ReadFile(a), y = ReadFile(b);
+        return x.ok() && y.ok() && *x == *y;
+      };
+      if (!a.description.empty() && a.description != existing->description) differ.push_back("--description");
+      if (!a.fingerprint.empty() && a.fingerprint != existing->data_fingerprint) differ.push_back("--data-fingerprint");
+      if (a.has_sla && (!existing->sla_p99_ms || *existing->sla_p99_ms != a.sla_p99_ms)) differ.push_back("--sla-p99-ms");
+      if (a.max_batch_size != existing->max_batch_size) differ.push_back("--max-batch-size");
+      if (a.max_queue_delay_us != existing->max_queue_delay_us) differ.push_back("--max-queue-delay-us");
+      if (!a.sample_input.empty() && (existing->sample_input.empty() || !same_file(a.sample_input, existing->sample_input)))
+        differ.push_back("--sample-input");
+      for (const auto& l : a.labels)
+        if (auto eq = l.find('='); eq != std::string::npos) {
+          auto it = existing->labels.find(l.substr(0, eq));
+          if (it == existing->labels.end() || it->second != l.substr(eq + 1)) {
+            differ.push_back("--label " + l.substr(0, eq));
+            break;
+          }
+        }
+      if (!differ.empty() && a.rerun_settings_must_match) {
+        std::string list;
+        for (const auto& d : differ) list += (list.empty() ? "" : ", ") + d;
+        return AlreadyExists(ref + " is registered with these weights (sha256 " + sha->substr(0, 12) + by +
+                             ") but other settings (" + list +
+                             " differ from what it was registered with, which stays): register them as a new version "
+                             "number");
+      }
       *unchanged = true;
       return existing;
     }
@@ -1040,6 +1074,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
         continue;
       }
       RegisterArgs a;
+      a.rerun_settings_must_match = false;
       a.name = name;
       a.version = version;
       a.path = file;

@@ -246,12 +246,17 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
   auto first = mms({"--json", "model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")});
   REQUIRE(first.exit_code == 0);
   CHECK(json::parse(first.out)["unchanged"] == false);
-  auto again = mms({"--json", "model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"),
-                    "--description", "a rerun"});
+  auto again = mms({"--json", "model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")});
   CHECK_MESSAGE(again.exit_code == 0, again.err);
   CHECK(json::parse(again.out)["unchanged"] == true);
   CHECK(json::parse(again.out)["sha256"] == json::parse(first.out)["sha256"]);
-  CHECK(json::parse(again.out)["description"] == "");  // what it was registered with stays
+  // Other settings than it was registered with are not a rerun: refused, not silently dropped.
+  auto changed = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "--description",
+                      "a rerun", "--sample-input", mms.Data("tiny_input.json"), "--max-batch-size", "8"});
+  CHECK(changed.exit_code == 6);
+  CHECK_MESSAGE(changed.err.find("but other settings (--description, --max-batch-size, --sample-input differ") !=
+                    std::string::npos,
+                changed.err);
   auto text = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")});
   CHECK(text.exit_code == 0);
   CHECK_MESSAGE(text.out.find("tiny:1 is already registered with these weights") != std::string::npos, text.out);
