@@ -259,7 +259,13 @@ TEST_CASE("a request field of the wrong type is INVALID_ARGUMENT, and the daemon
     auto r = c->CallJson(type, body);
     INFO(body.dump());
     CHECK(r.status().code() == Code::kInvalidArgument);
-    CHECK(r.status().message().find("wrong type") != std::string::npos);
+    CHECK(r.status().message().find(type == kShadowSamples ? "limit must be a whole number" : "wrong type") !=
+          std::string::npos);
+  }
+  // A number get<int> cannot hold (undefined behaviour before; found by fuzzing's review): refused too.
+  for (const nlohmann::json& limit : {nlohmann::json(1e300), nlohmann::json(-1), nlohmann::json(2.5)}) {
+    auto r = c->CallJson(kShadowSamples, {{"model", "m"}, {"limit", limit}});
+    CHECK(r.status().code() == Code::kInvalidArgument);
   }
   CHECK(c->CallJson(kPing, nlohmann::json::object()).ok());
 }
