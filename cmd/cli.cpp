@@ -180,11 +180,6 @@ std::string Cli::StartCommandHint() {
 }
 
 namespace {
-// The mmsd serving a registry, as its lock file names it (<registry>.mmsd-lock,
-// written by Daemon::LockRegistry: "pid\nsocket\n"): {pid, socket} while that
-// pid is a live mmsd and its socket is there, else {"", ""}. (Read, never
-// locked: a probe holding the lock a moment could make a daemon starting
-// then refuse to.)
 // `s` as one word a shell reads back (quoted when it needs to be).
 std::string ShellWord(const std::string& s) {
   if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=") ==
@@ -195,6 +190,11 @@ std::string ShellWord(const std::string& s) {
   return out + "'";
 }
 
+// The mmsd serving a registry, as its lock file names it (<registry>.mmsd-lock,
+// written by Daemon::LockRegistry: "pid\nsocket\n..."): {pid, socket} while
+// that pid is a live mmsd and its socket is there, else {"", ""}. (Read,
+// never locked here: a probe holding the lock a moment could make a daemon
+// starting then refuse to.)
 std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
   auto text = ReadFile(registry_path + ".mmsd-lock");
   if (!text.ok()) return {};

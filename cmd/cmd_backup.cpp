@@ -140,11 +140,8 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
     // Another daemon's socket (and [metrics] address, when the config sets
     // one): the restored data dir's daemon needs its own.
     auto cfg = cli.config();
-    hint = "mms";
-    for (const std::string& a : cli.DaemonArgs())
-      if (a != "--socket" && a != *path) hint += " " + a;
-    if (cli.g.data_dir.empty()) hint += " --data-dir " + *data_dir;
-    hint += " --socket " + JoinPath(*data_dir, "mms.sock") + " serve --detach" +
+    hint = "mms --data-dir " + *data_dir + (cli.g.config.empty() ? "" : " --config " + cli.g.config) + " --socket " +
+           JoinPath(*data_dir, "mms.sock") + " serve --detach" +
             (cfg.ok() && !(*cfg)->metrics.address.empty() ? " --metrics-address HOST:PORT" : "") + " (" + *path +
             " is another daemon's socket)";
     auto conn = cli.Connect();
