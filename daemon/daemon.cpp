@@ -15,9 +15,11 @@
 #include "stats/prometheus.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 namespace mms {
@@ -47,7 +49,12 @@ Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::st
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0 && (errno == EACCES || errno == EROFS)) return -1;  // Registry::Open says what to do
   if (fd < 0) return IoError("cannot create " + path + ": " + std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  // A CLI migrating the registry holds the lock shared for a moment
+  // (Registry::Open): a few tries before taking it for another daemon's.
+  bool locked = false;
+  for (int i = 0; i < 20 && !(locked = ::flock(fd, LOCK_EX | LOCK_NB) == 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (!locked) {
     char buf[512] = {0};
     ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
     ::close(fd);

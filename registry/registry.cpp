@@ -185,17 +185,6 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
                               opts.artifacts_dir + " aside first");
   if (opts.create) MMS_RETURN_IF_ERROR(MakeDirs(DirName(opts.path), 0700));
   std::unique_ptr<Registry> r(new Registry(opts));
-  // Schema 8 (relative paths) only where no older mmsd reads this registry.
-  int hold = -1;
-  struct Release {
-    int* fd;
-    ~Release() {
-      if (*fd >= 0) ::close(*fd);
-    }
-  } release{&hold};
-  r->max_schema_ = opts.daemon_lock_held || opts.path == ":memory:" || NoOlderDaemon(opts.path, &hold)
-                       ? static_cast<int>(RegistryMigrations().size())
-                       : 7;
   auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
   if (!db.ok()) return db.status();
   r->db_ = std::move(db).value();
@@ -211,6 +200,21 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
                             "metrics, canary stages); give it write access to the file and its directory");
   }
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
+  // Schema 8 (relative paths) only where no older mmsd reads this registry:
+  // looked at (and the daemon lock held shared meanwhile) only while a
+  // migration is due, so opening a current registry never touches the lock.
+  const int newest = static_cast<int>(RegistryMigrations().size());
+  r->max_schema_ = newest;
+  int hold = -1;
+  struct Release {
+    int* fd;
+    ~Release() {
+      if (*fd >= 0) ::close(*fd);
+    }
+  } release{&hold};
+  if (auto uv = r->SchemaVersion(); uv.ok() && *uv < newest && !opts.daemon_lock_held && opts.path != ":memory:" &&
+                                    !NoOlderDaemon(opts.path, &hold))
+    r->max_schema_ = 7;
   // Migrate reads the header first: a non-database fails with NOTADB, and
   // another application's database is refused before anything changes it
   // (WAL is a persistent property of the file).

@@ -2,7 +2,9 @@
 #include <doctest/doctest.h>
 #include <filesystem>
 #include <fstream>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -739,4 +741,24 @@ TEST_CASE("a second daemon on a taken metrics address exits 6 saying so, and mms
   CHECK(health.out == "200");
   ::kill(pid, SIGTERM);
   CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
+}
+
+TEST_CASE("mmsd starting while a CLI holds the registry lock shared for a migration waits for it, and starts") {
+  TempDir t;
+  std::filesystem::create_directories(t / "data");
+  const std::string lock = t / "data/registry.db.mmsd-lock";
+  std::ofstream(lock) << "";
+  int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);  // (not inherited by the mmsd started below)
+  REQUIRE(fd >= 0);
+  REQUIRE(::flock(fd, LOCK_SH) == 0);  // as Registry::Open holds it while taking a registry to schema 8
+  std::thread release([fd] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::close(fd);
+  });
+  Child d;
+  REQUIRE(d.Start({MmsdBin(), "--data-dir", t / "data", "--socket", t / "s.sock"}, t / "log"));
+  release.join();
+  CHECK(WaitFor([&] { return Run({MmsBin(), "--socket", t / "s.sock", "ping"}).exit_code == 0; }, 30));
+  d.Signal(SIGTERM);
+  CHECK(d.Wait(20) == 0);
 }
