@@ -190,18 +190,15 @@ std::string ShellWord(const std::string& s) {
   return out + "'";
 }
 
-// The mmsd serving a registry, as its lock file names it (<registry>.mmsd-lock,
-// written by Daemon::LockRegistry: "pid\nsocket\n..."): {pid, socket} while
-// that pid is a live mmsd and its socket is there, else {"", ""}. (Read,
-// never locked here: a probe holding the lock a moment could make a daemon
-// starting then refuse to.)
+// The mmsd serving a registry, as its lock file names it (ParseDaemonLockFile):
+// {pid, socket} while that pid is a live mmsd and its socket is there, else
+// {"", ""}. (Read, never locked here: a probe holding the lock a moment could
+// make a daemon starting then refuse to.)
 std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
   auto text = ReadFile(registry_path + ".mmsd-lock");
   if (!text.ok()) return {};
-  size_t nl = text->find('\n');
-  if (nl == std::string::npos) return {};
-  std::string pid = text->substr(0, nl), sock = text->substr(nl + 1);
-  sock = sock.substr(0, sock.find('\n'));  // (then kRelativePathsMarker, from schema 8)
+  const DaemonLockFile held = ParseDaemonLockFile(*text);
+  const std::string &pid = held.pid, &sock = held.socket;
   if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || sock.empty()) return {};
   auto comm = ReadFile("/proc/" + pid + "/comm");
   if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !FileExists(sock)) return {};

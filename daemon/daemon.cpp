@@ -55,23 +55,17 @@ Result<int> Daemon::LockRegistry(const std::string& registry_path, const std::st
   for (int i = 0; i < 20 && !(locked = ::flock(fd, LOCK_EX | LOCK_NB) == 0); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (!locked) {
-    char buf[512] = {0};
-    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
     ::close(fd);
-    std::string text = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
-    // "pid\nsocket\n" (and, from schema 8, kRelativePathsMarker).
-    std::string pid = text.substr(0, text.find('\n')), sock;
-    if (text.find('\n') != std::string::npos) sock = text.substr(text.find('\n') + 1);
-    sock = sock.substr(0, sock.find('\n'));
+    auto text = ReadFile(path);
+    const DaemonLockFile held = ParseDaemonLockFile(text.ok() ? *text : "");
+    const std::string &pid = held.pid, &sock = held.socket;
     return AlreadyExists("another mmsd (pid " + (pid.empty() ? std::string("unknown") : pid) +
                          (sock.empty() ? "" : ", socket " + sock) + ") serves the registry " + registry_path +
                          ": two daemons on one registry overwrite each other's experiment figures. Use that one "
                          "(mms --socket " + (sock.empty() ? "..." : sock) +
                          "), stop it, or give this one its own --data-dir ([registry] path)");
   }
-  // Read by Registry::Open (an mmsd that reads relative paths: schema 8 may
-  // be used) and by the CLI (the socket of the daemon serving a data dir).
-  std::string text = std::to_string(::getpid()) + "\n" + AbsolutePath(socket_path) + "\n" + kRelativePathsMarker + "\n";
+  const std::string text = DaemonLockFileText(::getpid(), AbsolutePath(socket_path));
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0)
     LogWarn("lock_file_write_failed", {{"path", path}});
   return fd;

@@ -133,14 +133,32 @@ bool NoOlderDaemon(const std::string& path, int* hold) {
     *hold = fd;
     return true;
   }
-  char buf[4096] = {0};
-  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
   ::close(fd);
-  return n > 0 && std::string(buf, static_cast<size_t>(n)).find(std::string("\n") + kRelativePathsMarker + "\n") !=
-                      std::string::npos;
+  auto text = ReadFile(lock);
+  return text.ok() && ParseDaemonLockFile(*text).relative_paths;
 }
 
 }  // namespace
+
+std::string DaemonLockFileText(int64_t pid, const std::string& socket) {
+  return std::to_string(pid) + "\n" + socket + "\n" + kRelativePathsMarker + "\n";
+}
+
+DaemonLockFile ParseDaemonLockFile(const std::string& text) {
+  DaemonLockFile f;
+  std::vector<std::string> lines;
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    lines.push_back(text.substr(at, nl - at));
+    at = nl + 1;
+  }
+  if (!lines.empty()) f.pid = lines[0];
+  if (lines.size() > 1) f.socket = lines[1];
+  f.relative_paths = std::find(lines.begin() + std::min<size_t>(lines.size(), 2), lines.end(),
+                               kRelativePathsMarker) != lines.end();
+  return f;
+}
 
 std::string LegacyCopyRoot(const std::string& dir) {
   auto m = ReadFile(JoinPath(dir, "mms-copy.json"));

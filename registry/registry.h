@@ -60,6 +60,16 @@ std::string ResolvedPath(const std::string& data_dir, const std::string& stored)
 std::string LegacyCopyRoot(const std::string& dir);
 // A line of <registry>.mmsd-lock written by an mmsd that reads relative paths.
 inline constexpr const char* kRelativePathsMarker = "paths=relative";
+// <registry>.mmsd-lock, the one place its format lives: "pid\nsocket\n", then
+// kRelativePathsMarker from an mmsd that reads relative paths (schema 8).
+// Written by Daemon::LockRegistry; read by Registry::Open (may the registry
+// go to schema 8?), by a second mmsd refused and by the CLI (whose socket?).
+struct DaemonLockFile {
+  std::string pid, socket;
+  bool relative_paths = false;
+};
+std::string DaemonLockFileText(int64_t pid, const std::string& socket);
+DaemonLockFile ParseDaemonLockFile(const std::string& text);
 
 // A version's own batching delay (NewVersion::max_queue_delay_us) may be 0 (the
 // [scheduler] default) to this: the range [scheduler] max_queue_delay allows

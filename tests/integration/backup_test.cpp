@@ -41,6 +41,19 @@ json Outputs(const ProcResult& r) {
   return json::parse(r.out)["outputs"];
 }
 
+// The outputs of `ref` for `input` from a real mmsd started on `data_dir`
+// (socket and log beside it), stopped cleanly after.
+json ServedOutputs(const std::string& data_dir, const std::string& ref, const std::string& input) {
+  const std::string sock = data_dir + ".sock";
+  Child served;
+  REQUIRE(served.Start({MmsdBin(), "--data-dir", data_dir, "--socket", sock}, data_dir + ".log"));
+  REQUIRE(WaitFor([&] { return MmsAt(data_dir, sock, {"ping"}).exit_code == 0; }, 30));
+  json out = Outputs(MmsAt(data_dir, sock, {"--json", "predict", ref, "--input", input}));
+  served.Signal(SIGTERM);
+  REQUIRE(served.Wait(20) == 0);
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("a backup taken while mmsd serves restores to a data dir that serves the same, after the original is lost") {
@@ -275,15 +288,7 @@ TEST_CASE("a backup moved elsewhere is verified, served and restored from where 
   // relative to it): stop 22's backups looked where they were written.
   auto checked = MmsAt(work / "moved", work / "none.sock", {"model", "verify", "tiny:2"});
   CHECK_MESSAGE(checked.exit_code == 0, checked.out << checked.err);
-  {
-    Child direct;
-    REQUIRE(direct.Start({MmsdBin(), "--data-dir", work / "moved", "--socket", work / "moved.sock"}, work / "moved.log"));
-    REQUIRE(WaitFor([&] { return MmsAt(work / "moved", work / "moved.sock", {"ping"}).exit_code == 0; }, 30));
-    CHECK(Outputs(MmsAt(work / "moved", work / "moved.sock", {"--json", "predict", "tiny:2", "--input", input})) ==
-          before);
-    direct.Signal(SIGTERM);
-    REQUIRE(direct.Wait(20) == 0);
-  }
+  CHECK(ServedOutputs(work / "moved", "tiny:2", input) == before);
   auto r = MmsAt(work / "new-data", work / "none.sock", {"--json", "restore", work / "moved"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
   CHECK(json::parse(r.out)["packed_dirs"] == 2);
@@ -291,12 +296,7 @@ TEST_CASE("a backup moved elsewhere is verified, served and restored from where 
   CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
   d.child().Signal(SIGTERM);
   REQUIRE(d.child().Wait(20) == 0);
-  Child served;
-  REQUIRE(served.Start({MmsdBin(), "--data-dir", work / "new-data", "--socket", work / "new.sock"}, work / "new.log"));
-  REQUIRE(WaitFor([&] { return MmsAt(work / "new-data", work / "new.sock", {"ping"}).exit_code == 0; }, 30));
-  CHECK(Outputs(MmsAt(work / "new-data", work / "new.sock", {"--json", "predict", "tiny:2", "--input", input})) == before);
-  served.Signal(SIGTERM);
-  served.Wait(20);
+  CHECK(ServedOutputs(work / "new-data", "tiny:2", input) == before);
 }
 
 TEST_CASE("a data dir moved whole (mv to another disk) serves, verifies and repacks from where it is") {
@@ -310,15 +310,7 @@ TEST_CASE("a data dir moved whole (mv to another disk) serves, verifies and repa
                    {"-q", "model", "register", "tiny", "--version", "1", "--path", first + "/sources/tiny.pt",
                     "--sample-input", input});
   REQUIRE_MESSAGE(reg.exit_code == 0, reg.err);
-  json before;
-  {
-    Child served;
-    REQUIRE(served.Start({MmsdBin(), "--data-dir", first, "--socket", work / "a.sock"}, work / "a.log"));
-    REQUIRE(WaitFor([&] { return MmsAt(first, work / "a.sock", {"ping"}).exit_code == 0; }, 30));
-    before = Outputs(MmsAt(first, work / "a.sock", {"--json", "predict", "tiny:1", "--input", input}));
-    served.Signal(SIGTERM);
-    REQUIRE(served.Wait(20) == 0);
-  }
+  const json before = ServedOutputs(first, "tiny:1", input);
   fs::rename(first, moved);
   auto v = MmsAt(moved, work / "none.sock", {"model", "verify"});
   CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
@@ -328,10 +320,5 @@ TEST_CASE("a data dir moved whole (mv to another disk) serves, verifies and repa
   CHECK(json::parse(show.out)["packed_dir"].get<std::string>().rfind(moved + "/artifacts/tiny/", 0) == 0);
   auto re = MmsAt(moved, work / "none.sock", {"-q", "model", "repack", "tiny:1"});
   CHECK_MESSAGE(re.exit_code == 0, re.err);
-  Child served;
-  REQUIRE(served.Start({MmsdBin(), "--data-dir", moved, "--socket", work / "b.sock"}, work / "b.log"));
-  REQUIRE(WaitFor([&] { return MmsAt(moved, work / "b.sock", {"ping"}).exit_code == 0; }, 30));
-  CHECK(Outputs(MmsAt(moved, work / "b.sock", {"--json", "predict", "tiny:1", "--input", input})) == before);
-  served.Signal(SIGTERM);
-  served.Wait(20);
+  CHECK(ServedOutputs(moved, "tiny:1", input) == before);
 }

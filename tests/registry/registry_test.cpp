@@ -59,6 +59,43 @@ void RawExec(const std::string& path, const std::string& sql) {
   sqlite3_free(err);
   sqlite3_close(db);
 }
+
+// A registry file at `version` of the schema, as an older mms left it.
+void RawSchema(const std::string& path, int version) {
+  const auto& migrations = RegistryMigrations();
+  std::string sql;
+  for (int i = 0; i < version; ++i) sql += migrations[static_cast<size_t>(i)];
+  sql += "PRAGMA user_version=" + std::to_string(version) + "; PRAGMA application_id=" +
+         std::to_string(kRegistryApplicationId) + ";";
+  RawExec(path, sql);
+}
+
+// Every cell of a query's rows, row by row, as stored (no Registry between).
+std::vector<std::string> Cells(const std::string& path, const std::string& sql) {
+  std::vector<std::string> out;
+  sqlite3* h;
+  REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
+  sqlite3_stmt* st;
+  REQUIRE(sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+  while (sqlite3_step(st) == SQLITE_ROW)
+    for (int c = 0; c < sqlite3_column_count(st); ++c) {
+      const unsigned char* text = sqlite3_column_text(st, c);
+      out.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
+    }
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  return out;
+}
+
+// A registry in the default layout: <dir>/registry.db beside <dir>/artifacts.
+std::unique_ptr<Registry> OpenInDataDir(const std::string& dir) {
+  Registry::Options o;
+  o.path = JoinPath(dir, "registry.db");
+  o.artifacts_dir = JoinPath(dir, "artifacts");
+  auto r = Registry::Open(o);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  return std::move(r).value();
+}
 }  // namespace
 
 TEST_CASE("names, versions and references follow the rules") {
@@ -357,11 +394,7 @@ TEST_CASE("migrations run from empty and from every earlier schema version") {
     testing::TempDir d;
     std::string path = d / "r.db";
     if (from > 0) {
-      std::string sql;
-      for (size_t i = 0; i < from; ++i) sql += migrations[i];
-      sql += "PRAGMA user_version=" + std::to_string(from) + "; PRAGMA application_id=" +
-             std::to_string(kRegistryApplicationId) + ";";
-      RawExec(path, sql);
+      RawSchema(path, static_cast<int>(from));
       RawExec(path, "INSERT INTO models (name, created_ms) VALUES ('kept', 1)");
     }
     Registry::Options o;
@@ -499,11 +532,7 @@ TEST_CASE("a removed version's id is never given to another version") {
 TEST_CASE("an older registry upgraded to never reuse ids starts above its highest id") {
   testing::TempDir d;
   std::string path = d / "r.db";
-  const auto& migrations = RegistryMigrations();
-  std::string sql;
-  for (size_t i = 0; i < 5; ++i) sql += migrations[i];  // schema 5, before the id floor (6)
-  sql += "PRAGMA user_version=5; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
-  RawExec(path, sql);
+  RawSchema(path, 5);  // before the id floor (6)
   RawExec(path,
           "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
           "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
@@ -681,18 +710,10 @@ TEST_CASE("paths inside the data dir are stored relative to it, so a moved data 
   CHECK(ResolvedPath("/data/mms", "") == "");
 
   testing::TempDir d;
-  auto open = [&](const std::string& data_dir) {
-    Registry::Options o;
-    o.path = JoinPath(data_dir, "registry.db");
-    o.artifacts_dir = JoinPath(data_dir, "artifacts");
-    auto r = Registry::Open(o);
-    REQUIRE(r.ok());
-    return std::move(r).value();
-  };
   const std::string first = d / "first", moved = d / "moved";
   REQUIRE(MakeDirs(first, 0700).ok());
   {
-    auto reg = open(first);
+    auto reg = OpenInDataDir(first);
     NewVersion v;
     v.model = "m";
     v.version = "1";
@@ -712,21 +733,10 @@ TEST_CASE("paths inside the data dir are stored relative to it, so a moved data 
     auto re = reg->SetPackedDir(*ParseRef("m:1"), r1->packed_dir, first + "/artifacts/m/1-new", "", {});
     REQUIRE_MESSAGE(re.ok(), re.status().ToString());
   }
-  auto column = [&](const std::string& db, const std::string& sql) {
-    sqlite3* h;
-    REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
-    sqlite3_stmt* st;
-    REQUIRE(sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
-    std::string out;
-    while (sqlite3_step(st) == SQLITE_ROW) out += std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, 0))) + "|";
-    sqlite3_finalize(st);
-    sqlite3_close(h);
-    return out;
-  };
-  CHECK(column(first + "/registry.db", "SELECT artifact_path || ',' || packed_dir FROM versions ORDER BY id") ==
-        "sources/m.pt,artifacts/m/1-new|/models/m2.pt,artifacts/m/2-def|");
+  CHECK(Cells(first + "/registry.db", "SELECT artifact_path, packed_dir FROM versions ORDER BY id") ==
+        std::vector<std::string>{"sources/m.pt", "artifacts/m/1-new", "/models/m2.pt", "artifacts/m/2-def"});
   std::filesystem::rename(first, moved);
-  auto reg = open(moved);
+  auto reg = OpenInDataDir(moved);
   auto r1 = reg->Resolve("m:1"), r2 = reg->Resolve("m:2");
   REQUIRE(r1.ok());
   REQUIRE(r2.ok());
@@ -741,11 +751,7 @@ TEST_CASE("a registry of schema 7 has its data dir's absolute paths made relativ
   const std::string dd = d / "data";
   REQUIRE(MakeDirs(dd, 0700).ok());
   const std::string path = dd + "/registry.db";
-  const auto& migrations = RegistryMigrations();
-  std::string sql;
-  for (size_t i = 0; i < 7; ++i) sql += migrations[i];
-  sql += "PRAGMA user_version=7; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
-  RawExec(path, sql);
+  RawSchema(path, 7);
   RawExec(path, "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
                 "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
                 "created_by, packed_dir, sample_input) VALUES (1, 1, '1', '1', '/models/m.pt', 1, '', 1, 't', '" +
@@ -754,28 +760,15 @@ TEST_CASE("a registry of schema 7 has its data dir's absolute paths made relativ
                 "created_by, packed_dir) VALUES (2, 1, '2', '2', '" + dd + "/sources/m/2/m.pt', 1, '', 1, 't', '" +
                     dd + "x/artifacts/m/2');");
   {
-    Registry::Options o;
-    o.path = path;
-    o.artifacts_dir = dd + "/artifacts";
-    auto r = Registry::Open(o);
-    REQUIRE(r.ok());
-    auto v1 = (*r)->Resolve("m:1");
+    auto r = OpenInDataDir(dd);
+    auto v1 = r->Resolve("m:1");
     REQUIRE(v1.ok());
     CHECK(v1->packed_dir == dd + "/artifacts/m/1-abc");
     CHECK(v1->sample_input == dd + "/artifacts/m/1-abc/sample.json");
   }
-  sqlite3* h;
-  REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
-  sqlite3_stmt* st;
-  REQUIRE(sqlite3_prepare_v2(h, "SELECT artifact_path, packed_dir, sample_input FROM versions ORDER BY id", -1, &st,
-                             nullptr) == SQLITE_OK);
-  std::vector<std::string> got;
-  while (sqlite3_step(st) == SQLITE_ROW)
-    for (int c = 0; c < 3; ++c) got.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st, c)));
-  sqlite3_finalize(st);
-  sqlite3_close(h);
-  CHECK(got == std::vector<std::string>{"/models/m.pt", "artifacts/m/1-abc", "artifacts/m/1-abc/sample.json",
-                                        "sources/m/2/m.pt", dd + "x/artifacts/m/2", ""});
+  CHECK(Cells(path, "SELECT artifact_path, packed_dir, sample_input FROM versions ORDER BY id") ==
+        std::vector<std::string>{"/models/m.pt", "artifacts/m/1-abc", "artifacts/m/1-abc/sample.json",
+                                 "sources/m/2/m.pt", dd + "x/artifacts/m/2", ""});
 }
 
 TEST_CASE("an mmsd older than schema 8 serving the registry keeps it at schema 7 with absolute paths (upgrade safety)") {
@@ -786,19 +779,7 @@ TEST_CASE("an mmsd older than schema 8 serving the registry keeps it at schema 7
   const std::string dd = d / "data";
   REQUIRE(MakeDirs(dd, 0700).ok());
   const std::string path = dd + "/registry.db";
-  const auto& migrations = RegistryMigrations();
-  std::string sql;
-  for (size_t i = 0; i < 7; ++i) sql += migrations[i];
-  sql += "PRAGMA user_version=7; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
-  RawExec(path, sql);
-  auto open = [&] {
-    Registry::Options o;
-    o.path = path;
-    o.artifacts_dir = dd + "/artifacts";
-    auto r = Registry::Open(o);
-    REQUIRE(r.ok());
-    return std::move(r).value();
-  };
+  RawSchema(path, 7);
   auto add = [&](Registry& reg, const std::string& version) {
     NewVersion v;
     v.model = "m";
@@ -808,23 +789,15 @@ TEST_CASE("an mmsd older than schema 8 serving the registry keeps it at schema 7
     REQUIRE(reg.Register(v).ok());
   };
   auto stored = [&](const std::string& version) {
-    std::string out;
-    sqlite3* h;
-    REQUIRE(sqlite3_open(path.c_str(), &h) == SQLITE_OK);
-    sqlite3_stmt* st;
-    REQUIRE(sqlite3_prepare_v2(h, ("SELECT packed_dir FROM versions WHERE version = '" + version + "'").c_str(), -1, &st,
-                               nullptr) == SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW) out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    sqlite3_close(h);
-    return out;
+    auto cells = Cells(path, "SELECT packed_dir FROM versions WHERE version = '" + version + "'");
+    return cells.empty() ? std::string() : cells[0];
   };
   {
     std::ofstream(path + ".mmsd-lock") << "4242\n/run/mms.sock\n";  // an older mmsd's lock file
     int fd = ::open((path + ".mmsd-lock").c_str(), O_RDWR);
     REQUIRE(fd >= 0);
     REQUIRE(::flock(fd, LOCK_EX) == 0);
-    auto reg = open();
+    auto reg = OpenInDataDir(dd);
     CHECK(reg->SchemaVersion().value() == 7);
     add(*reg, "1");
     CHECK(stored("1") == dd + "/artifacts/m/1-abc");  // absolute: the older daemon reads it
@@ -835,7 +808,7 @@ TEST_CASE("an mmsd older than schema 8 serving the registry keeps it at schema 7
     std::ofstream(path + ".mmsd-lock") << "4243\n/run/mms.sock\n" << kRelativePathsMarker << "\n";
     int fd = ::open((path + ".mmsd-lock").c_str(), O_RDWR);
     REQUIRE(::flock(fd, LOCK_EX) == 0);
-    auto reg = open();
+    auto reg = OpenInDataDir(dd);
     CHECK(reg->SchemaVersion().value() == 8);
     CHECK(stored("1") == "artifacts/m/1-abc");  // converted
     add(*reg, "2");
@@ -872,22 +845,13 @@ TEST_CASE("a copy written by an older mms (absolute paths) and moved since is co
   const std::string now = d / "moved", then = d / "written-here";
   REQUIRE(MakeDirs(now, 0700).ok());
   const std::string path = now + "/registry.db";
-  const auto& migrations = RegistryMigrations();
-  std::string sql;
-  for (size_t i = 0; i < 7; ++i) sql += migrations[i];
-  sql += "PRAGMA user_version=7; PRAGMA application_id=" + std::to_string(kRegistryApplicationId) + ";";
-  RawExec(path, sql);
+  RawSchema(path, 7);
   RawExec(path, "INSERT INTO models (id, name, created_ms) VALUES (1, 'm', 1);"
                 "INSERT INTO versions (id, model_id, version, sort_key, artifact_path, size_bytes, sha256, created_ms, "
                 "created_by, packed_dir) VALUES (1, 1, '1', '1', '" + then + "/sources/m/1/m.pt', 1, '', 1, 't', '" +
                     then + "/artifacts/m/1-abc');");
   std::ofstream(now + "/mms-copy.json") << "{\"root\": \"" << then << "\", \"action\": \"backup\"}\n";
-  Registry::Options o;
-  o.path = path;
-  o.artifacts_dir = now + "/artifacts";
-  auto reg = Registry::Open(o);
-  REQUIRE(reg.ok());
-  auto v = (*reg)->Resolve("m:1");
+  auto v = OpenInDataDir(now)->Resolve("m:1");
   REQUIRE(v.ok());
   CHECK(v->packed_dir == now + "/artifacts/m/1-abc");
   CHECK(v->artifact_path == now + "/sources/m/1/m.pt");
