@@ -796,6 +796,9 @@ TEST_CASE("kill -9 during registration leaves a consistent registry") {
     // Consistent after every kill: integrity, and each version row has its
     // labels and its audit entry (all or nothing).
     CHECK(SqlText(db, "PRAGMA integrity_check") == "ok");
+    // Killed before the new registry's first commit (a loaded machine): a file
+    // with no tables yet, which the next open creates the schema in.
+    if (SqlInt(db, "SELECT count(*) FROM sqlite_master WHERE name = 'versions'") == 0) continue;
     int versions = SqlInt(db, "SELECT count(*) FROM versions");
     CHECK(SqlInt(db, "SELECT count(*) FROM labels") == versions);
     CHECK(SqlInt(db, "SELECT count(*) FROM audit WHERE action = 'register'") == versions);
