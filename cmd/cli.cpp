@@ -191,10 +191,12 @@ std::string ShellWord(const std::string& s) {
 }
 
 // The mmsd serving a registry, as its lock file names it (ParseDaemonLockFile):
-// {pid, socket} while that pid is a live mmsd and its socket is there, else
-// {"", ""}. (Read, never locked here: a probe holding the lock a moment could
-// make a daemon starting then refuse to.)
-std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
+// {pid, socket} when the daemon answering at that socket says it is that pid
+// serving this registry, else {"", ""}. Asked, not assumed from a live mmsd
+// at the pid: after a kill -9 the file stays, and its pid may since be
+// another mmsd's, serving another data dir. (Read, never locked here: a probe
+// holding the lock a moment could make a daemon starting then refuse to.)
+std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path, int64_t timeout_ms) {
   auto text = ReadFile(registry_path + ".mmsd-lock");
   if (!text.ok()) return {};
   const DaemonLockFile held = ParseDaemonLockFile(*text);
@@ -202,6 +204,18 @@ std::pair<std::string, std::string> RegistryHolder(const std::string& registry_p
   if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || sock.empty()) return {};
   auto comm = ReadFile("/proc/" + pid + "/comm");
   if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !FileExists(sock)) return {};
+  proto::Client::Options o;
+  o.socket_path = sock;
+  o.timeout_ms = timeout_ms;
+  auto c = proto::Client::Connect(o);
+  if (!c.ok()) return {};
+  auto st = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
+  if (!st.ok() || !st->is_object() || !st->value("pid", nlohmann::json()).is_number_integer() ||
+      !st->value("registry", nlohmann::json()).is_string() || std::to_string((*st)["pid"].get<int64_t>()) != pid)
+    return {};
+  auto theirs = CanonicalPath((*st)["registry"].get<std::string>());
+  auto ours = CanonicalPath(registry_path);
+  if (!theirs.ok() || !ours.ok() || *theirs != *ours) return {};
   return {pid, sock};
 }
 }  // namespace
@@ -222,7 +236,7 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
     // now reaches it at its next registry poll, and a script must not read
     // "no daemon" and go on as if none served.
     if (auto reg = registry_path(); reg.ok())
-      if (auto [pid, sock] = RegistryHolder(*reg); !pid.empty() && sock != *path)
+      if (auto [pid, sock] = RegistryHolder(*reg, o.timeout_ms); !pid.empty() && sock != *path)
         return Unavailable("no mmsd answers at " + *path + ", but mmsd (pid " + pid + ") serves this registry (" +
                            *reg + ") on " + sock + ": pass --socket " + ShellWord(sock) + " (or set [daemon] socket)");
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());

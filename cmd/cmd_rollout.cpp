@@ -210,7 +210,7 @@ struct CanaryArgs {
 
 std::string StageLine(const nlohmann::json& c) {
   const std::string stage = "stage " + std::to_string(c["stage_index"].get<int>() + 1) + "/" +
-                            std::to_string(c["stages"].size()) + " at " + Num(c["traffic_percent"].get<double>(), 2) +
+                            std::to_string(c["stages"].size()) + " at " + Num(c["stage_traffic_percent"].get<double>(), 2) +
                             "% traffic";
   // An ended canary: what it ended as, then where it was (a promotion takes
   // the candidate to all traffic whatever stage it had reached).

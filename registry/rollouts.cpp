@@ -26,7 +26,12 @@ nlohmann::json CanaryRecord::ToJson() const {
           {"baseline", model + ":" + baseline_version},
           {"stages", stages},
           {"stage_index", stage_index},
-          {"traffic_percent", traffic_percent()},
+          // What the candidate serves now: all traffic once promoted, none once
+          // rolled back or aborted; the stage it had reached stays in stage_*.
+          {"traffic_percent", state == "promoted"                            ? 100.0
+                              : state == "rolled_back" || state == "aborted" ? 0.0
+                                                                             : traffic_percent()},
+          {"stage_traffic_percent", traffic_percent()},
           {"stage_duration_ms", stage_duration_ms},
           {"check_interval_ms", check_interval_ms},
           {"stage_elapsed_ms", stage_elapsed_ms},

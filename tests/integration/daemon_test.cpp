@@ -714,6 +714,17 @@ TEST_CASE("a wrong --socket beside a daemon serving the same data dir names that
   auto none = Run({MmsBin(), "--data-dir", empty.path(), "--socket", empty / "s.sock", "ping"});
   CHECK(none.exit_code == 3);
   CHECK(none.err.find("is not running") != std::string::npos);
+  // A lock file left by a daemon killed -9 whose pid is now another live mmsd's
+  // (serving another data dir): that daemon is asked, and not named.
+  REQUIRE(Run({MmsBin(), "--data-dir", empty.path(), "-q", "model", "list"}).exit_code == 0);  // a registry there
+  {
+    std::ofstream lock(empty / "registry.db.mmsd-lock");
+    lock << d.child().pid() << "\n" << d.socket() << "\n";
+  }
+  auto stale = Run({MmsBin(), "--data-dir", empty.path(), "--socket", empty / "s.sock", "ping"});
+  CHECK(stale.exit_code == 3);
+  CHECK_MESSAGE(stale.err.find("is not running") != std::string::npos, stale.err);
+  CHECK(stale.err.find("serves this registry") == std::string::npos);
 }
 
 TEST_CASE("a second daemon on a taken metrics address exits 6 saying so, and mms serve --metrics-address gives it its own") {

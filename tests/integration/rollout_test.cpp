@@ -651,7 +651,9 @@ TEST_CASE("canary --wait: aborted by hand (exit 11), --timeout (exit 12), and ca
   ProcResult waiting;
   std::thread w = StartWaitingCanary(d, &waiting, 60);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  REQUIRE(d.Mms({"canary", "abort", "tiny"}).exit_code == 0);
+  auto aborted = d.Mms({"--json", "canary", "abort", "tiny"});
+  REQUIRE(aborted.exit_code == 0);
+  CHECK(json::parse(aborted.out)["traffic_percent"] == 0.0);  // the candidate serves nothing now
   w.join();
   CHECK(waiting.exit_code == 11);
   auto list = json::parse(d.Mms({"--json", "canary", "list"}).out);
@@ -713,7 +715,9 @@ TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort m
   d.child().Wait(10);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // it notices, and keeps waiting
   // The registry needs no daemon: an abort by hand now is seen by the waiting client.
-  REQUIRE(d.Mms({"canary", "abort", "tiny"}).exit_code == 0);
+  auto aborted = d.Mms({"--json", "canary", "abort", "tiny"});
+  REQUIRE(aborted.exit_code == 0);
+  CHECK(json::parse(aborted.out)["traffic_percent"] == 0.0);  // the candidate serves nothing now
   w.join();
   CHECK(waiting.exit_code == 11);
   CHECK(waiting.err.find("waiting for mmsd to come back") != std::string::npos);
@@ -740,6 +744,10 @@ TEST_CASE("canary pause, resume and promote by hand through the CLI") {
   auto p = d.Mms({"canary", "promote", "tiny"});
   REQUIRE_MESSAGE(p.exit_code == 0, p.err);
   CHECK(state() == "promoted");
+  // The JSON says what the candidate serves now (all of it), and where the stage was.
+  json promoted = json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out);
+  CHECK(promoted["traffic_percent"] == 100.0);
+  CHECK(promoted["stage_traffic_percent"] == 1.0);
   // Says what happened: all traffic, not "stage 1/N at 5%" (where it was).
   CHECK_MESSAGE(p.out.rfind("promoted tiny:2 to production, all traffic (from stage 1/", 0) == 0, p.out);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["ref"] == "tiny:2");  // production now
