@@ -43,6 +43,9 @@ struct Server::Slot {
   // closes a replaced listener once no slot holds one of its requests.
   std::atomic<uint32_t> listener{0};
   std::string share_key;  // Responder::Share's key while the request is in flight (share_mu_)
+  // Its handler returned before answering, with no share key: it waits for
+  // something (a load, arms to load) and counts in Server::held_ (share_mu_).
+  bool parked = false;
 };
 
 namespace {
@@ -104,7 +107,10 @@ Status Server::Share(Slot* slot, const std::string& key) {
   const bool sharing = contexts >= 8;
   auto it = shares_.find(key);
   const int held = it == shares_.end() ? 0 : it->second;
-  const int64_t free = contexts - in_flight_.load();  // (this request's context counted as held)
+  // Free: not held for long. A request refused, or a command answered, gives
+  // its context back at once: counting those too (all in flight) refused a
+  // burst of requests below the share while its own refusals were sent.
+  const int64_t free = contexts - held_ - 1;  // (this request's context counted as held)
   const int keys = static_cast<int>(shares_.size()) + (it == shares_.end() ? 1 : 0);
   int most = contexts - reserve;
   if (free < reserve) most = std::min(most, std::max(1, (contexts - reserve) / keys));
@@ -117,6 +123,7 @@ Status Server::Share(Slot* slot, const std::string& key) {
                                          " request contexts, its most while others need them; retry later, or raise "
                                          "[daemon] contexts (a backlog this deep waits longer than it serves)");
   ++shares_[key];
+  ++held_;
   slot->share_key = key;
   return Status::Ok();
 }
@@ -505,7 +512,7 @@ void Server::Dispatch(Slot* slot, void* raw) {
   state->request_id = d.request_id;
   Responder responder(std::move(state));
   const Handler* handler = &it->second;
-  auto task = [handler, m = std::move(d.message), responder]() mutable {
+  auto task = [this, slot, handler, m = std::move(d.message), responder]() mutable {
     try {
       (*handler)(std::move(m), responder);
     } catch (const nlohmann::json::type_error& e) {
@@ -513,6 +520,14 @@ void Server::Dispatch(Slot* slot, void* raw) {
       responder.Fail(InvalidArgument(std::string("a field of the request has the wrong type: ") + e.what()));
     } catch (const std::exception& e) {
       responder.Fail(Internal(std::string("handler failed: ") + e.what()));
+    }
+    // Not answered yet, and not counted under a share: it waits (mms load,
+    // an experiment's arms loading) and holds its context meanwhile. Once
+    // answered (done, set before Reply) the slot may serve another request.
+    std::lock_guard<std::mutex> share(share_mu_);
+    if (!responder.state_->done.load() && slot->share_key.empty() && !slot->parked) {
+      slot->parked = true;
+      ++held_;
     }
   };
   // Through the Responder, so that it answers once: replying on the slot
@@ -526,7 +541,9 @@ void Server::Reply(Slot* slot, const proto::Message& m) {
     if (!slot->share_key.empty()) {
       if (auto it = shares_.find(slot->share_key); it != shares_.end() && --it->second <= 0) shares_.erase(it);
       slot->share_key.clear();
+      --held_;
     }
+    if (std::exchange(slot->parked, false)) --held_;
   }
   std::shared_lock<std::shared_mutex> lock(reply_mu_);
   if (closed_) return;  // stopped: the connection is gone

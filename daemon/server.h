@@ -79,7 +79,9 @@ class Responder {
   // and for commands; once fewer than the reserve are free, its share of
   // the rest among the keys holding any; and, holding any, once fewer than
   // half the reserve are free (several busy keys together leave that much
-  // for commands and for keys holding none). A request held for one busy
+  // for commands and for keys holding none). Free means not held for long:
+  // neither under a share nor waiting after its handler returned; requests
+  // being handled or refused give theirs back at once. A request held for one busy
   // model (queued, waiting for a load) holds its context; without this, one
   // model's backlog of `contexts` requests left none to receive anyone
   // else's, not even mms ping. With fewer than 8 contexts, nothing is
@@ -198,6 +200,7 @@ class Server {
   std::atomic<int64_t> in_flight_{0};
   std::mutex share_mu_;
   std::map<std::string, int> shares_;  // key → contexts held under it (guarded by share_mu_; no zero entries)
+  int held_ = 0;  // contexts held for long: under a share, or parked (Slot::parked) (share_mu_)
   std::atomic<uint64_t> served_{0};
   std::atomic<int> probe_misses_{0};     // unanswered probes in a row (the watchdog's)
   std::atomic<bool> fresh_listener_{false};  // a restart opened a listener no probe has judged yet

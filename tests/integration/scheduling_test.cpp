@@ -757,7 +757,7 @@ TEST_CASE("busy models' backlogs cannot take every request context: others and c
   // longer than the 10 s batch window to start on a loaded 2-vCPU CI run, so
   // the first batch ran before the backlog was whole.
   std::vector<std::unique_ptr<mms::proto::Client>> clients;
-  auto call = [&](const char* model, Outcomes* o, int n) {
+  auto call = [&](const char* model, Outcomes* o, int n, int apart_ms) {
     for (int i = 0; i < n; ++i) clients.push_back(Connect(d));
     for (int i = 0; i < n; ++i) {
       callers.emplace_back([&inputs, c = clients[clients.size() - n + i].get(), model, o] {
@@ -772,10 +772,7 @@ TEST_CASE("busy models' backlogs cannot take every request context: others and c
           ++o->overloaded;
         else ++o->other;
       });
-      // One at a time, as callers arrive (a refusal holds its context until
-      // its reply is sent, so a burst of 22 at one instant is refused below
-      // the share): 0.7 s in all, well inside the batch window.
-      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      std::this_thread::sleep_for(std::chrono::milliseconds(apart_ms));
     }
   };
   auto queued = [&](const std::string& ref) {
@@ -783,11 +780,13 @@ TEST_CASE("busy models' backlogs cannot take every request context: others and c
     if (s.exit_code != 0) return 0;
     return json::parse(s.out)["scheduler"].value(ref, json::object()).value("queued", 0);
   };
-  call("wide", &wide, 22);
+  // All at once: 16 arrive, 6 wait in the socket. Requests being handled or
+  // refused hold no share (counting them refused a burst below the share).
+  call("wide", &wide, 22, 0);
   // The backlog at its most: 14 of the 16 contexts, waiting in its batch.
   CHECK(WaitFor([&] { return queued("wide:1") >= 14; }, 20));
   // A second busy model: its share of the rest, and half the reserve stays free.
-  call("wide2", &wide2, 6);
+  call("wide2", &wide2, 6, 30);  // as callers arrive
   CHECK(WaitFor([&] { return queued("wide2:1") >= 1; }, 20));
   // Within the batch window, the rest of the daemon answers.
   auto ping = d.Mms({"--timeout", "3", "ping"});
