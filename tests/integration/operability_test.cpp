@@ -358,7 +358,10 @@ TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at
 
 TEST_CASE("/metrics shows what degrades silently: a failed reload, keys waiting for a restart, unplaced pins") {
   int port = FreePort();
-  const std::string metrics = "[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n";
+  // The registry is polled once a minute, so that "bad" (pinned) is damaged
+  // below before this daemon sees it (it would load it at once).
+  const std::string metrics = "[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) +
+                              "\"\n[registry]\npoll_interval = \"60s\"\n";
   Daemon d(metrics + "[pool]\npinned = [\"nosuch\", \"bad\"]\nload_retry_backoff = \"1h\"\n");
   REQUIRE(d.ok());
   // The value of one sample ("name{labels}" as written), -1 when absent.
@@ -381,7 +384,10 @@ TEST_CASE("/metrics shows what degrades silently: a failed reload, keys waiting 
   CHECK(sample("mms_pins_unplaced{reason=\"not_loaded\"}") == 0);
   // "bad" is registered with damaged weights: pinned, its load fails (retried in an hour).
   std::filesystem::copy_file(Data("rec.pt"), d.dir() + "/bad.pt");
-  REQUIRE(d.Mms({"model", "register", "bad", "--version", "1", "--path", d.dir() + "/bad.pt", "-q"}).exit_code == 0);
+  // Registered without telling the daemon (no socket there): it sees "bad" at the load below.
+  REQUIRE(Run({MmsBin(), "--data-dir", d.data_dir(), "--socket", d.dir() + "/none.sock", "-q", "model", "register",
+               "bad", "--version", "1", "--path", d.dir() + "/bad.pt"})
+              .exit_code == 0);
   std::filesystem::resize_file(PackedWeights(d.data_dir(), "bad", "1"), 100);
   REQUIRE(d.Mms({"load", "bad"}).exit_code != 0);
   CHECK(WaitFor([&] { return sample("mms_pins_unplaced{reason=\"not_loaded\"}") == 1; }, 10));
