@@ -322,6 +322,15 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     rep.bytes += bytes;
   }
 
+  // Stored relative to the copy's registry only where Registry::Open reads
+  // them so: in the default layout (its file in dest_dir). A registry kept
+  // elsewhere ([registry] path) reads paths absolute; relative ones were
+  // looked for beside it, and a restore there served nothing.
+  const auto real = [](const std::string& dir) {
+    auto r = CanonicalPath(dir);
+    return r.ok() ? *r : dir;
+  };
+  const bool relative = real(DirName(AbsolutePath(c.dest_db))) == real(AbsolutePath(c.dest_dir));
   std::vector<Registry::Relocation> moves;
   std::set<std::string> used;
   for (const Row& r : rows) {
@@ -345,7 +354,8 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
       rep.problems.push_back(r.ref() + " has no packed files and its only artifact " + r.artifact_path + " " +
                              source_why[key]);
     }
-    for (std::string* p : {&m.artifact_path, &m.packed_dir, &m.sample_input}) *p = StoredPath(c.dest_dir, *p);
+    if (relative)
+      for (std::string* p : {&m.artifact_path, &m.packed_dir, &m.sample_input}) *p = StoredPath(c.dest_dir, *p);
     moves.push_back(std::move(m));
   }
   rep.packed_dirs = static_cast<int>(used.size());

@@ -32,7 +32,9 @@
 // Moved copies: the copy's registry stores the paths of its own files
 // relative to it (StoredPath), so a copy moved whole (a backup taken to
 // another host, mounted elsewhere) is served, verified and restored from
-// where it is. The copy's registry is published in rollback-journal mode, so
+// where it is. (A copy whose registry is kept outside dest_dir, a restore
+// under [registry] path, stores them absolute, as Registry reads them there.)
+// The copy's registry is published in rollback-journal mode, so
 // it opens from read-only media.
 //
 // Thread-safety: a free function; the caller owns the destination.

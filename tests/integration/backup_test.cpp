@@ -43,12 +43,22 @@ json Outputs(const ProcResult& r) {
 
 // The outputs of `ref` for `input` from a real mmsd started on `data_dir`
 // (socket and log beside it), stopped cleanly after.
-json ServedOutputs(const std::string& data_dir, const std::string& ref, const std::string& input) {
+// `config` (optional): mmsd's and the CLI's --config.
+json ServedOutputs(const std::string& data_dir, const std::string& ref, const std::string& input,
+                   const std::string& config = "") {
   const std::string sock = data_dir + ".sock";
+  std::vector<std::string> with;
+  if (!config.empty()) with = {"--config", config};
+  auto at = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), with.begin(), with.end());
+    return MmsAt(data_dir, sock, args);
+  };
+  std::vector<std::string> argv{MmsdBin(), "--data-dir", data_dir, "--socket", sock};
+  argv.insert(argv.end(), with.begin(), with.end());
   Child served;
-  REQUIRE(served.Start({MmsdBin(), "--data-dir", data_dir, "--socket", sock}, data_dir + ".log"));
-  REQUIRE(WaitFor([&] { return MmsAt(data_dir, sock, {"ping"}).exit_code == 0; }, 30));
-  json out = Outputs(MmsAt(data_dir, sock, {"--json", "predict", ref, "--input", input}));
+  REQUIRE(served.Start(argv, data_dir + ".log"));
+  REQUIRE(WaitFor([&] { return at({"ping"}).exit_code == 0; }, 30));
+  json out = Outputs(at({"--json", "predict", ref, "--input", input}));
   served.Signal(SIGTERM);
   REQUIRE(served.Wait(20) == 0);
   return out;
@@ -321,4 +331,30 @@ TEST_CASE("a data dir moved whole (mv to another disk) serves, verifies and repa
   auto re = MmsAt(moved, work / "none.sock", {"-q", "model", "repack", "tiny:1"});
   CHECK_MESSAGE(re.exit_code == 0, re.err);
   CHECK(ServedOutputs(moved, "tiny:1", input) == before);
+}
+
+TEST_CASE("a restore into a data dir whose registry is kept elsewhere ([registry] path) serves and verifies") {
+  // The restored registry named its files relative to itself, as in the
+  // default layout, and was read absolute beside the data dir: exit 0, then
+  // nothing served ("no such file: <registry dir>/artifacts/...").
+  TempDir work;
+  const std::string input = Own(work, "tiny_input.json");
+  auto reg = MmsAt(work / "first", work / "none.sock",
+                   {"-q", "model", "register", "tiny", "--version", "1", "--path", Own(work, "tiny.pt"),
+                    "--sample-input", input});
+  REQUIRE_MESSAGE(reg.exit_code == 0, reg.err);
+  const json before = ServedOutputs(work / "first", "tiny:1", input);
+  REQUIRE(MmsAt(work / "first", work / "none.sock", {"-q", "backup", work / "bk"}).exit_code == 0);
+  fs::create_directories(work / "regs");
+  const std::string config = work / "mms.toml";
+  std::ofstream(config) << "[registry]\npath = \"" << (work / "regs/r.db") << "\"\n";
+  auto r = MmsAt(work / "restored", work / "none.sock", {"--config", config, "restore", work / "bk"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(fs::exists(work / "regs/r.db"));
+  auto v = MmsAt(work / "restored", work / "none.sock", {"--config", config, "model", "verify"});
+  CHECK_MESSAGE(v.exit_code == 0, v.out << v.err);
+  auto show = MmsAt(work / "restored", work / "none.sock", {"--config", config, "--json", "model", "show", "tiny:1"});
+  REQUIRE(show.exit_code == 0);
+  CHECK(json::parse(show.out)["packed_dir"].get<std::string>().rfind(work / "restored/artifacts/tiny/", 0) == 0);
+  CHECK(ServedOutputs(work / "restored", "tiny:1", input, config) == before);
 }
