@@ -39,7 +39,9 @@ Result<std::string> Cli::data_dir() {
   auto c = config();
   if (!c.ok()) return c.status();
   if (!(*c)->daemon.data_dir.empty()) return AbsolutePath((*c)->daemon.data_dir);
-  return AbsolutePath(DefaultDataDir(ProcessEnv()));
+  auto dd = DefaultDataDir(ProcessEnv());
+  if (!dd.ok()) return dd.status();
+  return AbsolutePath(*dd);
 }
 
 Result<std::string> Cli::registry_path() {

@@ -83,7 +83,15 @@ int Run(int argc, char** argv) {
     opts.config_path = config_path;
   }
   Config& c = opts.config;
-  opts.data_dir = !data_dir.empty() ? data_dir : !c.daemon.data_dir.empty() ? c.daemon.data_dir : DefaultDataDir(env);
+  opts.data_dir = !data_dir.empty() ? data_dir : c.daemon.data_dir;
+  if (opts.data_dir.empty()) {
+    auto dd = DefaultDataDir(env);
+    if (!dd.ok()) {
+      std::cerr << "mmsd: " << dd.status().message() << "\n";
+      return 2;
+    }
+    opts.data_dir = *dd;
+  }
   opts.socket_path = !socket.empty() ? socket : !c.daemon.socket.empty() ? c.daemon.socket
                                                                          : DefaultSocketPath(env, opts.data_dir);
   opts.metrics_address = !metrics_address.empty() ? metrics_address : c.metrics.address;

@@ -276,7 +276,8 @@ const std::vector<Spec>& Specs() {
              "IPC socket path; empty means $XDG_RUNTIME_DIR/mms/mms.sock, else <data_dir>/mms.sock.",
              [](Config& c) -> std::string& { return c.daemon.socket; }),
       String("daemon", "data_dir", "",
-             "Directory for the registry and packed weights; empty means $XDG_DATA_HOME/mms (~/.local/share/mms).",
+             "Directory for the registry and packed weights; empty means $XDG_DATA_HOME/mms (~/.local/share/mms); "
+             "with neither $XDG_DATA_HOME nor $HOME set, there is no default.",
              [](Config& c) -> std::string& { return c.daemon.data_dir; }),
       Int("daemon", "contexts", 256, 1, 65536,
           "Requests the daemon holds open at once (nng contexts); more wait in the socket. One version's requests hold at most seven eighths of them, only their share of the rest once fewer than an eighth are free, and none of the last sixteenth (OVERLOADED beyond): busy models' backlogs leave room for the others and for commands (with 8 or more).",

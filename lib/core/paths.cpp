@@ -21,10 +21,12 @@ EnvLookup ProcessEnv() {
 
 static bool NonEmpty(const char* s) { return s && *s; }
 
-std::string DefaultDataDir(const EnvLookup& env) {
+Result<std::string> DefaultDataDir(const EnvLookup& env) {
   if (NonEmpty(env("XDG_DATA_HOME"))) return JoinPath(env("XDG_DATA_HOME"), "mms");
-  const char* home = env("HOME");
-  return JoinPath(NonEmpty(home) ? home : "/tmp", ".local/share/mms");
+  if (NonEmpty(env("HOME"))) return JoinPath(env("HOME"), ".local/share/mms");
+  return InvalidArgument(
+      "no data dir: neither $XDG_DATA_HOME nor $HOME is set (a service started without a user?); pass --data-dir DIR "
+      "or set [daemon] data_dir in mms.toml");
 }
 
 std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir) {

@@ -20,7 +20,9 @@ using EnvLookup = std::function<const char*(const char*)>;
 // The process environment (getenv).
 EnvLookup ProcessEnv();
 
-std::string DefaultDataDir(const EnvLookup& env);
+// INVALID_ARGUMENT when neither variable is set (a service started without
+// HOME): no guess such as /tmp, which a reboot may wipe with the registry.
+Result<std::string> DefaultDataDir(const EnvLookup& env);
 // `data_dir` is the already-resolved data dir.
 std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir);
 

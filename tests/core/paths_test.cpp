@@ -22,11 +22,16 @@ EnvLookup FakeEnv(std::map<std::string, std::string> vars) {
 
 TEST_CASE("default data dir and socket follow XDG") {
   auto env = FakeEnv({{"XDG_DATA_HOME", "/xd"}, {"XDG_RUNTIME_DIR", "/run/user/7"}, {"HOME", "/home/u"}});
-  CHECK(DefaultDataDir(env) == "/xd/mms");
+  CHECK(DefaultDataDir(env).value() == "/xd/mms");
   CHECK(DefaultSocketPath(env, "/xd/mms") == "/run/user/7/mms/mms.sock");
 
   auto bare = FakeEnv({{"HOME", "/home/u"}});
-  CHECK(DefaultDataDir(bare) == "/home/u/.local/share/mms");
+  CHECK(DefaultDataDir(bare).value() == "/home/u/.local/share/mms");
+  // Neither set (a service without a user): refused, not a guess under /tmp.
+  auto none = DefaultDataDir(FakeEnv({{"HOME", ""}}));
+  REQUIRE_FALSE(none.ok());
+  CHECK(none.status().code() == Code::kInvalidArgument);
+  CHECK(none.status().message().find("pass --data-dir DIR") != std::string::npos);
   CHECK(DefaultSocketPath(bare, "/home/u/.local/share/mms") == "/home/u/.local/share/mms/mms.sock");
 
   auto empty_xdg = FakeEnv({{"HOME", "/h"}, {"XDG_RUNTIME_DIR", ""}});

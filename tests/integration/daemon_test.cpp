@@ -190,6 +190,23 @@ TEST_CASE("a CLI on another registry than the daemon's is told so, and a hung da
   CHECK(fresh.err.find("it was not told of this change") != std::string::npos);
 }
 
+TEST_CASE("with neither XDG_DATA_HOME nor HOME set, mms and mmsd ask for a data dir instead of using /tmp") {
+  // A service started without a user: the registry went to /tmp/.local/share/mms.
+  const std::map<std::string, std::string> bare{
+      {"HOME", ""}, {"XDG_DATA_HOME", ""}, {"XDG_RUNTIME_DIR", ""}, {"MMS_CONFIG", ""}};
+  for (const std::vector<std::string>& argv : {std::vector<std::string>{MmsBin(), "model", "list"},
+                                               std::vector<std::string>{MmsdBin()}}) {
+    auto r = Run(argv, 30, bare);
+    INFO(argv[0] << ": " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("neither $XDG_DATA_HOME nor $HOME is set") != std::string::npos);
+    CHECK(r.err.find("pass --data-dir DIR or set [daemon] data_dir") != std::string::npos);
+  }
+  TempDir t;  // given, it works
+  auto given = Run({MmsBin(), "--data-dir", t / "d", "model", "list"}, 30, bare);
+  CHECK_MESSAGE(given.exit_code == 0, given.err);
+}
+
 TEST_CASE("a --socket path holding some other file is refused, and the file is left alone") {
   TempDir dir;
   std::string notes = dir / "notes.txt";
