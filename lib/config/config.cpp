@@ -233,9 +233,13 @@ Spec DevicesSpec() {
     if (get(c).empty()) return InvalidArgument("at least one device is needed (or \"auto\")");
     const auto& list_v = get(c);
     if (list_v.size() == 1 && list_v[0] == "auto") return Status::Ok();
-    for (const auto& d : list_v) {
+    for (size_t i = 0; i < list_v.size(); ++i) {
+      const std::string& d = list_v[i];
       if (d == "auto") return InvalidArgument("\"auto\" cannot be combined with other devices; use devices = \"auto\" alone");
       if (!IsDeviceName(d)) return InvalidArgument("unknown device '" + d + "'; use cpu, cpu:N or cuda:N (N a device number, e.g. cuda:0)");
+      // Twice, it was two arenas (two budgets) on one device.
+      if (std::find(list_v.begin(), list_v.begin() + static_cast<std::ptrdiff_t>(i), d) != list_v.begin() + static_cast<std::ptrdiff_t>(i))
+        return InvalidArgument("device '" + d + "' is listed twice; list each device once");
     }
     return Status::Ok();
   };
@@ -247,6 +251,26 @@ Spec DevicesSpec() {
   s.key.type = "\"auto\" or list of strings";
   s.key.default_text = "\"auto\"";
   s.key.range = "\"auto\", or names cpu, cpu:N, cuda:N";
+  return s;
+}
+
+// [registry] allowed_roots: absolute directories. "" allowed any path, and a
+// relative entry was resolved against each command's working directory.
+Spec AllowedRootsSpec() {
+  auto get = [](Config& c) -> std::vector<std::string>& { return c.registry.allowed_roots; };
+  Spec s = StringList("registry", "allowed_roots",
+                      "Directories artifacts must lie under (absolute; after resolving symlinks); empty allows any.",
+                      get);
+  Apply list = s.apply;
+  s.apply = [list, get](Config& c, const toml::node& n) -> Status {
+    MMS_RETURN_IF_ERROR(list(c, n));
+    for (const auto& root : get(c))
+      if (root.empty() || root[0] != '/')
+        return InvalidArgument("'" + root + "' is not an absolute directory; give each root as a full path (such as "
+                               "\"/srv/models\"), or an empty list to allow any");
+    return Status::Ok();
+  };
+  s.key.range = "absolute directories";
   return s;
 }
 
@@ -298,9 +322,7 @@ const std::vector<Spec>& Specs() {
              [](Config& c) -> std::string& { return c.log.format; }, {"text", "json"}),
       String("registry", "path", "", "SQLite registry file; empty means <data_dir>/registry.db.",
              [](Config& c) -> std::string& { return c.registry.path; }),
-      StringList("registry", "allowed_roots",
-                 "Directories artifacts must lie under (after resolving symlinks); empty allows any.",
-                 [](Config& c) -> std::vector<std::string>& { return c.registry.allowed_roots; }),
+      AllowedRootsSpec(),
       Duration("registry", "poll_interval", "250ms", 10 * kMs, 60 * kSec,
                "How often the daemon checks the registry for changes made by other processes.",
                [](Config& c) -> int64_t& { return c.registry.poll_interval_ns; }),
@@ -431,7 +453,9 @@ bool IsDeviceName(const std::string& name) {
   if (name.rfind("cpu:", 0) == 0) n = name.substr(4);
   else if (name.rfind("cuda:", 0) == 0) n = name.substr(5);
   else return false;
-  return !n.empty() && n.size() <= 6 && n.find_first_not_of("0123456789") == std::string::npos;
+  // One spelling per device ("cuda:01" would be cuda:1 listed twice).
+  return !n.empty() && n.size() <= 6 && n.find_first_not_of("0123456789") == std::string::npos &&
+         (n == "0" || n[0] != '0');
 }
 
 const std::vector<ConfigKey>& Schema() {

@@ -61,6 +61,11 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[daemon]\nshutdown_grace = \"forever\"\n").find("mms.toml:2: [daemon] shutdown_grace: invalid duration") == 0);
   CHECK(err("[daemon]\nmax_message_bytes = \"1KiB\"\n").find("out of range") != std::string::npos);
   CHECK(err("[registry]\nallowed_roots = [1]\n").find("expected an array of strings") != std::string::npos);
+  // "" allowed any path, and a relative root depended on each command's working directory.
+  for (const char* root : {"\"\"", "\"models\"", "\"./m\""})
+    CHECK(err(std::string("[registry]\nallowed_roots = [\"/srv\", ") + root + "]\n")
+              .find("[registry] allowed_roots: '") != std::string::npos);
+  CHECK(err("[registry]\nallowed_roots = [\"td\"]\n").find("'td' is not an absolute directory") != std::string::npos);
   CHECK(err("[shadow]\nduty_cycle = 0\n").find("mms.toml:2: [shadow] duty_cycle: 0 is out of range; allowed 0.01 to 1") == 0);
   CHECK(err("[shadow]\nduty_cycle = 1.5\n").find("out of range") != std::string::npos);
   CHECK(err("this is = not toml = at all").find("mms.toml:1:") == 0);
@@ -148,7 +153,8 @@ TEST_CASE("[pool] devices are auto, cpu, cpu:N or cuda:N") {
     CHECK(parse(good).ok());
   }
   for (const char* bad : {"[\"cuda:x\"]", "[\"cuda:\"]", "[\"cpu:\"]", "[\"cpu:-1\"]", "[\"cuda:0 \"]", "[\"gpu:0\"]",
-                          "[\"cuda:1x\"]", "[\"auto\", \"cpu\"]", "\"cuda:0\""}) {
+                          "[\"cuda:1x\"]", "[\"auto\", \"cpu\"]", "\"cuda:0\"", "[\"cpu\", \"cpu\"]",
+                          "[\"cuda:0\", \"cuda:1\", \"cuda:0\"]", "[\"cuda:01\"]"}) {
     auto c = parse(bad);
     INFO(bad << " → " << c.status().message());
     REQUIRE_FALSE(c.ok());
@@ -156,6 +162,8 @@ TEST_CASE("[pool] devices are auto, cpu, cpu:N or cuda:N") {
   }
   CHECK(parse("[\"cuda:x\"]").status().message().find("unknown device 'cuda:x'; use cpu, cpu:N or cuda:N") !=
         std::string::npos);
+  // Twice was two arenas, two budgets, on one device.
+  CHECK(parse("[\"cpu:0\", \"cpu:0\"]").status().message().find("device 'cpu:0' is listed twice") != std::string::npos);
 }
 
 TEST_CASE("[scheduler] max_queue_delay allows 0 to 10s, the range of a version's own delay") {
