@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 
 #include "core/paths.h"
@@ -192,6 +193,21 @@ std::string ShellWord(const std::string& s) {
   return out + "'";
 }
 
+// Whether process `pid` has `path` open (its /proc/PID/fd links): true when
+// that cannot be read (another user's process), so a live mmsd is trusted.
+bool HasOpen(const std::string& pid, const std::string& path) {
+  auto real = CanonicalPath(path);
+  if (!real.ok()) return false;
+  std::error_code ec;
+  std::filesystem::directory_iterator fds("/proc/" + pid + "/fd", ec);
+  if (ec) return ec == std::errc::permission_denied;
+  for (const auto& fd : fds) {
+    std::error_code e;
+    if (std::filesystem::read_symlink(fd.path(), e) == *real) return true;
+  }
+  return false;
+}
+
 // The mmsd serving a registry, as its lock file names it (ParseDaemonLockFile):
 // {pid, socket} when the daemon answering at that socket says it is that pid
 // serving this registry, else {"", ""}. Asked, not assumed from a live mmsd
@@ -222,6 +238,17 @@ std::pair<std::string, std::string> RegistryHolder(const std::string& registry_p
 }
 }  // namespace
 
+std::string SocketHolder(const std::string& socket_path) {
+  const std::string lock = socket_path + ".lock";
+  auto text = ReadFile(lock);
+  if (!text.ok()) return "";
+  std::string pid = text->substr(0, text->find('\n'));
+  if (pid.empty() || pid.size() > 10 || pid.find_first_not_of("0123456789") != std::string::npos) return "";
+  auto comm = ReadFile("/proc/" + pid + "/comm");
+  if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !HasOpen(pid, lock)) return "";
+  return pid;
+}
+
 Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   // A config that cannot be read is refused here too, as by every command
   // that reads the registry: --socket alone would otherwise skip reading it.
@@ -241,6 +268,13 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
       if (auto [pid, sock] = RegistryHolder(*reg, o.timeout_ms); !pid.empty() && sock != *path)
         return Unavailable("no mmsd answers at " + *path + ", but mmsd (pid " + pid + ") serves this registry (" +
                            *reg + ") on " + sock + ": pass --socket " + ShellWord(sock) + " (or set [daemon] socket)");
+    // Its own daemon, stopping: "start it" would be refused (exit 6) until it has exited.
+    if (std::string pid = SocketHolder(*path); !pid.empty())
+      return Unavailable("mmsd (pid " + pid + ") holds " + *path +
+                         " but takes no new connections: it is stopping (finishing the requests it has, up to "
+                         "[daemon] shutdown_grace), or its socket file was removed a moment ago (restored within "
+                         "seconds); try again, or once it has exited, start it with: " +
+                         StartCommandHint());
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
   }
   if (!c.ok()) return c.status();

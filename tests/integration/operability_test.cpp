@@ -351,6 +351,19 @@ TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at
   REQUIRE(WaitFor([&] { return code("/health") == "200"; }, 10));
   d.child().Signal(SIGTERM);  // drains: the held predict keeps it busy for up to 60 s
   CHECK(WaitFor([&] { return code("/health") == "503"; }, 20));
+  // The CLI says it is stopping, not "not running; start it" (which is refused
+  // until it has exited), and a start is refused without writing into its log.
+  auto ping = d.Mms({"ping"});
+  CHECK(ping.exit_code == 3);
+  const std::string pid = std::to_string(d.child().pid());
+  CHECK_MESSAGE(ping.err.find("mmsd (pid " + pid + ") holds " + d.socket() + " but takes no new connections: it is "
+                              "stopping") != std::string::npos,
+                ping.err);
+  const size_t logged = d.log().size();
+  auto start = d.Mms({"serve", "--detach"});
+  CHECK(start.exit_code == 6);
+  CHECK_MESSAGE(start.err.find("already running (pid " + pid + ")") != std::string::npos, start.err);
+  CHECK(d.log().size() == logged);
   d.child().Signal(SIGINT);  // the operator insists
   CHECK(d.child().Wait(20) == 1);
   CHECK(d.log().find("stopping_now") != std::string::npos);
