@@ -90,7 +90,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   std::unique_ptr<Daemon> d(new Daemon(std::move(opts)));
   const Config& c = d->opts_.config;
   d->live_ = std::make_shared<LiveConfig>(LiveConfig{c.limits, c.pool.pinned, c.scheduler, 1});
-  MMS_RETURN_IF_ERROR(MakeDirs(d->opts_.data_dir, 0700));
+  if (Status st = MakeDirs(d->opts_.data_dir, 0700); !st.ok())
+    return st.WithContext("the data dir (--data-dir, [daemon] data_dir)");
 
   Registry::Options ro;
   ro.path = c.registry.path.empty() ? JoinPath(d->opts_.data_dir, "registry.db") : c.registry.path;

@@ -57,13 +57,15 @@ MHD_Result Respond(MHD_Connection* c, const HttpResponse& r, const char* allow =
 HttpResponse Text(int status, const std::string& text) { return {status, "text/plain; charset=utf-8", text + "\n"}; }
 
 // Bound, non-blocking, listening; the error names the address and the cause.
-Result<int> ListenOn(const HostPort& hp, const std::string& url) {
+// With `probe`, bound to an ephemeral port of the host's address and closed:
+// whether this host can listen there at all, whatever listens on the port now.
+Result<int> ListenOn(const HostPort& hp, const std::string& url, bool probe = false) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* found = nullptr;
-  std::string port = std::to_string(hp.port);
+  std::string port = std::to_string(probe ? 0 : hp.port);
   if (int rv = ::getaddrinfo(hp.host.c_str(), port.c_str(), &hints, &found); rv != 0)
     return InvalidArgument("cannot resolve the metrics address " + url + ": " + ::gai_strerror(rv));
   std::string err;
@@ -85,6 +87,13 @@ Result<int> ListenOn(const HostPort& hp, const std::string& url) {
     }
   }
   ::freeaddrinfo(found);
+  if (fd >= 0 && probe) {
+    ::close(fd);
+    return 0;
+  }
+  if (fd < 0 && last_errno == EADDRNOTAVAIL)
+    return IoError("cannot listen on " + url + ": " + err + " (not an address of this host; [metrics] address / " +
+                   "--metrics-address)");
   if (fd < 0 && last_errno == EADDRINUSE)  // a conflict (exit 6), as a second daemon on one socket is
     return Status(Code::kInUse, "cannot listen on " + url + ": " + err +
                                     " (another mmsd, or another program, listens there): give this daemon its own "
@@ -128,6 +137,13 @@ struct HttpServer::Impl {
     return Respond(c, Text(404, "not found: " + path));
   }
 };
+
+Status HttpServer::CheckAddress(const std::string& address) {
+  auto hp = ParseHostPort(address);
+  if (!hp.ok()) return InvalidArgument("metrics " + hp.status().message());
+  const std::string host = hp->host.find(':') != std::string::npos ? "[" + hp->host + "]" : hp->host;
+  return ListenOn(*hp, "http://" + host + ":" + std::to_string(hp->port), /*probe=*/true).status();
+}
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address, std::vector<Route> routes) {
   // Checked again here (the config check does it too): --metrics-address

@@ -6,6 +6,7 @@
 // or config, 6 another mmsd already serves the socket.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,6 +24,8 @@
 #include "core/paths.h"
 #include "core/version.h"
 #include "daemon.h"
+#include "http_server.h"
+#include "pool/device.h"
 #include "server.h"
 
 namespace {
@@ -127,6 +130,38 @@ int Run(int argc, char** argv) {
                   << std::strerror(errno) << "\n";
         return 2;
       }
+    }
+    // What this host must offer to start with it (mmsd(8): "as this host
+    // would start with it"), checked without reserving or binding anything.
+    if (!(c.pool.devices.size() == 1 && c.pool.devices[0] == "auto"))
+      for (const auto& dev : c.pool.devices)
+        if (Status st = CheckDevice(dev); !st.ok()) {
+          std::cerr << "mmsd: [pool] devices: " << st.message() << "\n";
+          return 2;
+        }
+    if (!opts.metrics_address.empty())
+      if (Status st = HttpServer::CheckAddress(opts.metrics_address); !st.ok()) {
+        std::cerr << "mmsd: " << st.message() << "\n";
+        return 2;
+      }
+    // The data dir: there and writable, or creatable under its nearest
+    // existing parent (tried: a directory made there and removed at once;
+    // root passes access(2) on /proc, where nothing can be made).
+    std::string dir = opts.data_dir, next;
+    while (::access(dir.c_str(), F_OK) != 0 && DirName(dir) != dir) {
+      next = dir;
+      dir = DirName(dir);
+    }
+    std::string why;
+    if (!IsDirectory(dir)) why = "is not a directory";
+    else if (::access(dir.c_str(), W_OK | X_OK) != 0) why = std::strerror(errno);
+    else if (!next.empty() && ::mkdir(next.c_str(), 0700) != 0)
+      why = "cannot create " + next + ": " + std::strerror(errno);
+    else if (!next.empty()) ::rmdir(next.c_str());
+    if (!why.empty()) {
+      std::cerr << "mmsd: cannot use the data dir " << opts.data_dir << " (--data-dir, [daemon] data_dir): " << dir
+                << ": " << why << "\n";
+      return 2;
     }
   } else if (Status st = ApplyLogConfig(c.log); !st.ok()) {
     std::cerr << "mmsd: " << st.message() << "\n";

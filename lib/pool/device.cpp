@@ -60,10 +60,7 @@ HostAllocator PinnedHostAllocator();
 
 Result<std::unique_ptr<Device>> CreateDevice(const std::string& name, uint64_t budget) {
   if (name == "cpu" || name.rfind("cpu:", 0) == 0) {
-    if (name.size() > 4) {
-      for (size_t i = 4; i < name.size(); ++i)
-        if (name[i] < '0' || name[i] > '9') return InvalidArgument("invalid device '" + name + "'; use cpu, cpu:N or cuda:N");
-    }
+    MMS_RETURN_IF_ERROR(CheckDevice(name));
     if (budget == 0) budget = std::max<uint64_t>(HostMemoryTotal() / 4, 256ull << 20);
     if (name == "cpu") return std::unique_ptr<Device>(new CpuDevice(name, nullptr, budget));
     // Reserve the region once; pages are touched only as weights land.
@@ -73,18 +70,32 @@ Result<std::unique_ptr<Device>> CreateDevice(const std::string& name, uint64_t b
     return std::unique_ptr<Device>(new CpuDevice(name, static_cast<uint8_t*>(p), budget));
   }
   if (name.rfind("cuda:", 0) == 0) {
+    MMS_RETURN_IF_ERROR(CheckDevice(name));
 #if MMS_WITH_CUDA_BUILD
-    int index = std::atoi(name.c_str() + 5);
-    if (index < 0 || index >= CudaDeviceCount())
-      return InvalidArgument("device " + name + " does not exist (this machine has " +
-                             std::to_string(CudaDeviceCount()) + " CUDA devices)");
-    return CreateCudaDevice(index, budget);
-#else
-    return InvalidArgument("device " + name + " needs a CUDA build of mms (this one was built against a CPU-only "
-                           "libtorch); use devices = [\"cpu\"] or \"auto\"");
+    return CreateCudaDevice(std::atoi(name.c_str() + 5), budget);
 #endif
   }
   return InvalidArgument("unknown device '" + name + "'; use \"auto\", cpu, cpu:N or cuda:N");
+}
+
+Status CheckDevice(const std::string& name) {
+  if (name == "cpu" || name.rfind("cpu:", 0) == 0) {
+    for (size_t i = 4; i < name.size(); ++i)
+      if (name[i] < '0' || name[i] > '9') return InvalidArgument("invalid device '" + name + "'; use cpu, cpu:N or cuda:N");
+    return Status::Ok();
+  }
+  if (name.rfind("cuda:", 0) != 0)
+    return InvalidArgument("unknown device '" + name + "'; use \"auto\", cpu, cpu:N or cuda:N");
+#if MMS_WITH_CUDA_BUILD
+  int index = std::atoi(name.c_str() + 5);
+  if (index < 0 || index >= CudaDeviceCount())
+    return InvalidArgument("device " + name + " does not exist (this machine has " +
+                           std::to_string(CudaDeviceCount()) + " CUDA devices)");
+  return Status::Ok();
+#else
+  return InvalidArgument("device " + name + " needs a CUDA build of mms (this one was built against a CPU-only "
+                         "libtorch); use devices = [\"cpu\"] or \"auto\"");
+#endif
 }
 
 std::vector<std::string> AutoDevices() {

@@ -51,6 +51,9 @@ class Device {
 // Creates a device by name with a weight budget ("auto" budget = 0 → a
 // default: a quarter of RAM for cpu, 85% of free memory for cuda).
 Result<std::unique_ptr<Device>> CreateDevice(const std::string& name, uint64_t budget);
+// Whether CreateDevice(name) could create it on this host and build (a CUDA
+// build, an existing device), reserving nothing: INVALID_ARGUMENT saying why.
+Status CheckDevice(const std::string& name);
 // The devices "auto" means: every CUDA device, else ["cpu"].
 std::vector<std::string> AutoDevices();
 // Host-tier memory: pinned when a CUDA device is in use, else pageable.

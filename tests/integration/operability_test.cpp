@@ -329,6 +329,35 @@ TEST_CASE("the systemd unit runs mmsd with a checked config") {
   CHECK_FALSE(std::filesystem::exists(t / "logs/mmsd.log"));
 }
 
+TEST_CASE("--check-config refuses what this host cannot start with: devices, metrics address, data dir") {
+  // Each passed the check (exit 0), and the start that followed failed.
+  TempDir t;
+  const std::string port = std::to_string(FreePort());
+  struct Case {
+    std::string config, says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[pool]\ndevices = [\"cuda:999\"]\n", "[pool] devices: device cuda:999"},
+           {"[metrics]\naddress = \"nohost.invalid:" + port + "\"\n", "cannot resolve the metrics address"},
+           {"[metrics]\naddress = \"192.0.2.1:" + port + "\"\n", "not an address of this host"},
+           {"[daemon]\ndata_dir = \"/proc/nope/mms\"\n",
+            "cannot use the data dir /proc/nope/mms (--data-dir, [daemon] data_dir): /proc: cannot create /proc/nope"},
+           {"[daemon]\ndata_dir = \"" + (t / "file/mms") + "\"\n", "/file: is not a directory"}}) {
+    std::ofstream(t / "file") << "x";
+    std::ofstream(t / "mms.toml") << c.config;
+    auto r = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
+    INFO(c.config << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find(c.says) != std::string::npos);
+  }
+  // What this host can do passes, and the check leaves nothing behind.
+  std::ofstream(t / "mms.toml") << "[metrics]\naddress = \"127.0.0.1:" << port << "\"\n[daemon]\ndata_dir = \""
+                                << t / "new/mms" << "\"\n[pool]\ndevices = [\"cpu\", \"cpu:0\"]\n";
+  auto ok = Run({MmsdBin(), "--config", t / "mms.toml", "--check-config"}, 30);
+  CHECK_MESSAGE(ok.exit_code == 0, ok.err);
+  CHECK_FALSE(std::filesystem::exists(t / "new"));
+}
+
 TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at once") {
   int port = FreePort();
   Daemon d("[daemon]\nshutdown_grace = \"60s\"\n[metrics]\naddress = \"127.0.0.1:" + std::to_string(port) + "\"\n");
