@@ -267,13 +267,17 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       // --force), not damaged — said as NOT_FOUND (exit 4), not "repack it".
       const Code c = st.code();
       // (Only packed versions: their files go with them. The registry is
-      // read for a load that failed on its files — rm deletes them one by
-      // one after its commit, so the directory may still be there — and for
-      // a backoff's replay only once the directory is gone: not per failure
-      // of a broken model.)
+      // read for a load that failed on its files while this request waited
+      // — rm deletes them one by one after its commit, so the directory may
+      // still be there — and for a backoff's replay of an earlier failure
+      // (same code) only once the directory is gone: not per request to a
+      // broken model, each of which read the registry under its locks.)
       const bool load_failed = c == Code::kCorrupt || c == Code::kIo || c == Code::kNotFound;
+      const bool failed_meanwhile =
+          load_failed && (d->PoolFor(*recp)->LastLoadFailure(recp->id) >= t0 ||
+                          (recp->is_adapter() && d->pool()->LastLoadFailure(recp->base_id) >= t0));
       if (!recp->packed_dir.empty() &&
-          (load_failed || (c == Code::kUnhealthy && !FileExists(recp->packed_dir))) &&
+          (failed_meanwhile || ((load_failed || c == Code::kUnhealthy) && !FileExists(recp->packed_dir))) &&
           d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
         st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
       finish(st);

@@ -68,7 +68,7 @@ void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json&
   if (!Enabled(level)) return;
   std::string line;
   std::string ts = IsoNow();
-  if (json_) {
+  if (json_.load(std::memory_order_relaxed)) {
     nlohmann::json j = nlohmann::json::object();
     j["ts"] = ts;
     j["level"] = LogLevelName(level);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdio>
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -35,14 +36,16 @@ class Logger {
 
   // Reconfigures; opening the file may fail (the previous sink is kept then).
   Status Configure(const Options& opts);
-  bool Enabled(LogLevel l) const { return l >= level_; }
+  bool Enabled(LogLevel l) const { return l >= level_.load(std::memory_order_relaxed); }
   void Write(LogLevel level, std::string_view event, const nlohmann::json& fields);
 
  private:
   Logger() = default;
   std::mutex mu_;
-  LogLevel level_ = LogLevel::kInfo;  // read without the lock: benign
-  bool json_ = false;                 // guarded by mu_
+  // Read without the lock (a line formatted just before a reload may take
+  // the old format), written under it.
+  std::atomic<LogLevel> level_{LogLevel::kInfo};
+  std::atomic<bool> json_{false};
   FILE* out_ = nullptr;               // guarded by mu_; nullptr = stderr
 };
 

@@ -70,6 +70,7 @@ struct ModelPool::Entry {
   Status last_error;
   int failures = 0;
   int64_t retry_at = 0;
+  int64_t failed_at = 0;  // the last failed load's end (clock's mono ns)
   // stats
   uint64_t loads = 0, evictions = 0, hits = 0, misses = 0;
   int64_t last_use = 0;
@@ -148,10 +149,10 @@ ModelPool::Entry& ModelPool::EntryFor(const PoolItem& item) {
     e->item = item;
     e->bytes = item.bytes;
     it = entries_.emplace(item.key, std::move(e)).first;
-  } else if (it->second->tier == Tier::kDisk && !it->second->loading) {
-    it->second->item = item;  // registry details may have changed while on disk
-    it->second->forgotten = false;
   }
+  // An existing entry keeps its own item: only Replaced (the daemon's refresh,
+  // from its newest snapshot) changes it. A request's item may be from an
+  // older snapshot, read before a repack: taking it loaded the replaced files.
   return *it->second;
 }
 
@@ -165,6 +166,11 @@ HandlePtr ModelPool::NewHandle(Entry& e, bool loaded, bool counted) {
 void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, bool counted,
                         std::shared_ptr<const std::atomic<bool>> answered) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (removed_.count(item.key)) {  // a request that read the registry before the version was removed
+    lock.unlock();
+    cb(NotFound(item.ref + " was removed from the registry"));
+    return;
+  }
   Entry& e = EntryFor(item);
   if (e.stale && e.refs == 0 && !e.loading) {  // a copy of replaced files, let go: the new files load below
     DropHost(e);
@@ -723,6 +729,11 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       HandlePtr h = NewHandle(e, loaded, w.counted);
       out.push_back([cb = std::move(w.cb), h = std::move(h)]() mutable { cb(std::move(h)); });
     }
+  } else if (e.forgotten) {
+    // Removed meanwhile (rm deletes its files, which is likely why it
+    // failed): said as such, not as damage to repair; nothing to back off.
+    Status gone = NotFound(e.item.ref + " was removed from the registry while this request waited for its load");
+    for (auto& w : waiters) out.push_back([cb = std::move(w.cb), gone] { cb(gone); });
   } else {
     if (st.code() != Code::kPoolFull && st.code() != Code::kCancelled) {
       // A broken artifact or a failed warm-up: not served until a backoff passes.
@@ -730,6 +741,7 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       ++e.failures;
       ++failures_;
       e.last_error = st;
+      e.failed_at = opts_.clock->MonoNanos();
       int64_t backoff = opts_.retry_backoff_ns;
       for (int i = 1; i < e.failures && backoff < opts_.max_backoff_ns; ++i) backoff *= 2;
       backoff = std::min(backoff, opts_.max_backoff_ns);
@@ -746,6 +758,12 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
   }
   if (e.forgotten && e.refs == 0) EraseForgotten(e);
   return out;
+}
+
+int64_t ModelPool::LastLoadFailure(PoolKey key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(key);
+  return it == entries_.end() ? 0 : it->second->failed_at;
 }
 
 void ModelPool::Hold(PoolKey key, const std::string& holder) {
@@ -786,6 +804,7 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
 void ModelPool::Pin(const PoolItem& item) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (removed_.count(item.key)) return;
     Entry& e = EntryFor(item);
     e.pinned = true;
     if ((e.tier == Tier::kDevice && !e.loading) || e.pin_preloading) return;
@@ -847,6 +866,7 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
 
 void ModelPool::Forget(PoolKey key) {
   std::lock_guard<std::mutex> lock(mu_);
+  removed_.insert(key);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
   Entry& e = *it->second;
@@ -865,8 +885,12 @@ Status ModelPool::FitsAtAll(const PoolItem& item) const {
 
 void ModelPool::Replaced(const PoolItem& item) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (removed_.count(item.key)) return;
   auto it = entries_.find(item.key);
-  if (it == entries_.end()) return;
+  if (it == entries_.end()) {  // kept, on disk: a request that read the registry earlier finds these details
+    EntryFor(item);
+    return;
+  }
   Entry& e = *it->second;
   e.retry_at = 0;
   if (e.loading) {

@@ -35,6 +35,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -146,7 +147,9 @@ class ModelPool {
   // Demotes one tier (device → host → disk). IN_USE when pinned, in flight
   // or still loading; FAILED_PRECONDITION when not loaded.
   Result<std::string> Evict(PoolKey key);
-  // The version left the registry: dropped as soon as no handle holds it.
+  // The version left the registry: dropped as soon as no handle holds it,
+  // and never served again (ids are never reused): a later Acquire, from a
+  // request that read the registry before, gets NOT_FOUND; Pin does nothing.
   void Forget(PoolKey key);
   // Its stored files were replaced (mms model repack; `item` names the new
   // ones, which the version uses from now on — also while loading: taken
@@ -158,7 +161,10 @@ class ModelPool {
   // arriving meanwhile wait for that, then for the load of the new files.
   // Those already holding the old copy keep it, and so do requests that
   // join a load of the old files already in progress: it is dropped once
-  // they let go.
+  // they let go. Only this changes a known version's item: Acquire and Pin
+  // create an entry from theirs but never overwrite one (a request's item
+  // may come from a snapshot older than the repack), and Replaced of a
+  // version not yet in the pool records it, on disk, for the same reason.
   void Replaced(const PoolItem& item);
   // FAILED_PRECONDITION when `item` is bigger than every device budget or the host
   // budget: no eviction could ever make room.
@@ -169,6 +175,9 @@ class ModelPool {
   nlohmann::json Snapshot() const;
   // One version (or null when the pool has never seen it).
   std::optional<nlohmann::json> Health(PoolKey key) const;
+  // When its last load failed (the clock's mono ns; 0 = never): a failure
+  // after a request began is its own load's, one before is a backoff's replay.
+  int64_t LastLoadFailure(PoolKey key) const;
   // Totals for `mms status`.
   nlohmann::json Summary() const;
   // Device descriptions (name, kind, memory, budget, used).
@@ -247,6 +256,7 @@ class ModelPool {
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<DeviceSlot>> devices_;          // guarded by mu_ (set fixed at Create)
   std::unordered_map<PoolKey, std::unique_ptr<Entry>> entries_;  // guarded by mu_
+  std::unordered_set<PoolKey> removed_;                          // Forget's keys (mu_)
   std::unique_ptr<EvictionPolicy> host_policy_;                // guarded by mu_
   uint64_t host_used_ = 0;                                     // guarded by mu_
   uint64_t hits_ = 0, misses_ = 0, loads_ = 0, evictions_ = 0, failures_ = 0;  // guarded by mu_

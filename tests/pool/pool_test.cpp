@@ -918,6 +918,34 @@ TEST_CASE("a replaced copy under a standing hold asks the holder to let go, and 
   CHECK(f.loader->loads("m1:1") == 2);
 }
 
+TEST_CASE("a request that read the registry before a repack or a removal gets the new files, or NOT_FOUND") {
+  // Its item (old files, from its snapshot) overwrote the entry's on disk,
+  // so the daemon loaded the replaced files; a removed version came back.
+  PoolFixture f({10 * K});
+  auto bytes_of = [](const HandlePtr& h) { return h->model()->layout().total_bytes; };
+  f.Get(1).reset();
+  REQUIRE(f.pool->Evict(1).ok());
+  REQUIRE(f.pool->Evict(1).ok());
+  REQUIRE(f.TierOf(1) == "disk");
+  f.pool->Replaced(PoolFixture::Item(1, 2 * K));  // repacked: other files (here, of another size)
+  CHECK(bytes_of(f.Get(1, K)) == 2 * K);          // an old snapshot's item: the new files load
+  // Replaced before the version was ever in the pool: kept for a request that read it earlier.
+  f.pool->Replaced(PoolFixture::Item(2, 2 * K));
+  CHECK(bytes_of(f.Get(2, K)) == 2 * K);
+  // Removed: never served again, whether its entry was still there or not.
+  f.pool->Forget(1);
+  f.pool->Forget(3);
+  for (int key : {1, 3}) {
+    Status st = f.GetStatus(key);
+    INFO(key << ": " << st.ToString());
+    CHECK(st.code() == Code::kNotFound);
+    CHECK(st.message().find("was removed from the registry") != std::string::npos);
+  }
+  f.pool->Pin(PoolFixture::Item(3));  // nothing to pin
+  CHECK_FALSE(f.pool->IsPinned(3));
+  CHECK(f.loader->loads("m3:1") == 0);
+}
+
 TEST_CASE("a pin's preload is queued once, however often Pin is called while it loads") {
   // The daemon calls Pin at every registry poll for pins not on a device:
   // mms pool showed "loading (8 waiting)" for one pin and no request.
