@@ -41,7 +41,8 @@ Status Db::Error(const std::string& what) const {
   int rc = sqlite3_extended_errcode(db_);
   std::string msg = sqlite3_errmsg(db_);
   if ((rc & 0xff) == SQLITE_NOTADB)
-    return Corrupt(path_ + " is not an SQLite database (" + what + "); point --data-dir or [registry] path at an mms registry");
+    return Corrupt(path_ + " is not an SQLite database, or its header is damaged (" + what +
+                   "); point --data-dir or [registry] path at an mms registry, or restore a backup (mms restore)");
   if ((rc & 0xff) == SQLITE_CORRUPT)
     return Corrupt("registry " + path_ + " is corrupt (" + msg + "); restore a backup (mms restore)");
   if ((rc & 0xff) == SQLITE_BUSY)

@@ -65,7 +65,9 @@ auto& Field(Get get, const Config& c) {
 Status TypeError(const std::string& want, const toml::node& n) {
   std::ostringstream os;
   os << n.type();
-  return InvalidArgument("expected " + want + ", got a " + os.str());
+  const std::string type = os.str();
+  const bool vowel = !type.empty() && std::string("aeiou").find(type[0]) != std::string::npos;
+  return InvalidArgument("expected " + want + ", got " + (vowel ? "an " : "a ") + type);
 }
 
 template <class Get>
@@ -422,6 +424,7 @@ Result<HostPort> ParseHostPort(const std::string& address) {
     return InvalidArgument("address '" + address + "': " + why +
                            "; use HOST:PORT, [IPV6]:PORT, :PORT or PORT, e.g. 127.0.0.1:9464 or [::1]:9464");
   };
+  if (address.find("://") != std::string::npos) return bad("give the address without a scheme or path");
   if (!address.empty() && address[0] == '[') {  // [IPv6]:PORT
     auto close = address.find(']');
     if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':')

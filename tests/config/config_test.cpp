@@ -58,6 +58,7 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("x = 1\n").find("mms.toml:1: 'x' is a key outside any table; every setting belongs to a table") == 0);
   CHECK(err("[log]\nlevel = \"loud\"\n").find("mms.toml:2: [log] level: \"loud\" is not allowed; use \"debug\"") == 0);
   CHECK(err("[daemon]\ncontexts = \"many\"\n").find("mms.toml:2: [daemon] contexts: expected an integer, got a string") == 0);
+  CHECK(err("[log]\nlevel = 3\n").find("expected a string, got an integer") != std::string::npos);  // (was "a integer")
   CHECK(err("[daemon]\nshutdown_grace = \"forever\"\n").find("mms.toml:2: [daemon] shutdown_grace: invalid duration") == 0);
   CHECK(err("[daemon]\nmax_message_bytes = \"1KiB\"\n").find("out of range") != std::string::npos);
   CHECK(err("[registry]\nallowed_roots = [1]\n").find("expected an array of strings") != std::string::npos);
@@ -144,6 +145,10 @@ TEST_CASE("[metrics] address needs a numeric port from 1 to 65535") {
   CHECK(bare.status().message().find("needs brackets") != std::string::npos);
   CHECK_FALSE(ParseHostPort("[::1]9464").ok());
   CHECK_FALSE(ParseHostPort("[nope]:9464").ok());
+  // A URL was called an IPv6 address without brackets.
+  auto url = ParseHostPort("http://127.0.0.1:9000");
+  REQUIRE_FALSE(url.ok());
+  CHECK(url.status().message().find("without a scheme or path") != std::string::npos);
 }
 
 TEST_CASE("[pool] devices are auto, cpu, cpu:N or cuda:N") {

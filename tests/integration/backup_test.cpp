@@ -172,6 +172,17 @@ TEST_CASE("a backup SIGKILLed midway leaves no backup, and the next one into the
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("unfinished backup") != std::string::npos);
   CHECK_FALSE(fs::exists(other / "data/registry.db"));
+  // Opened as a data dir (mmsd, or a command): said as the interrupted copy
+  // it is (it was "the registry file was removed or moved ... move artifacts aside").
+  Child served;
+  REQUIRE(served.Start({MmsdBin(), "--data-dir", dest, "--socket", work / "b.sock"}, work / "b.log"));
+  CHECK(served.Wait(30) == 1);
+  std::ifstream log(work / "b.log");
+  const std::string said((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  CHECK_MESSAGE(said.find("was interrupted, or is running") != std::string::npos, said);
+  auto listed = MmsAt(dest, work / "none.sock", {"model", "list"});
+  CHECK(listed.exit_code == 1);
+  CHECK_MESSAGE(listed.err.find("Run the same mms restore again") != std::string::npos, listed.err);
   // Taken again into the same place: the interrupted one's files go first.
   auto b = d.Mms({"backup", dest});
   REQUIRE_MESSAGE(b.exit_code == 0, b.out << b.err);
