@@ -158,6 +158,7 @@ int CmdStatus(Cli& cli) {
     if (j.contains("config_reload_error"))
       std::cout << "WARNING:   " << j["config_reload_error"].get<std::string>() << "\n";
     if (j.contains("registry_error")) std::cout << "WARNING:   " << j["registry_error"].get<std::string>() << "\n";
+    if (j.contains("registry_corrupt")) std::cout << "WARNING:   " << j["registry_corrupt"].get<std::string>() << "\n";
     if (j.contains("metrics_flush_error"))
       std::cout << "WARNING:   " << j["metrics_flush_error"].get<std::string>() << "\n";
     // Every IPC request (ping, status, pool...), not predictions alone: mms stats counts those.

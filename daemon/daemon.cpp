@@ -696,6 +696,21 @@ void Daemon::CheckRegistryFile() {
     LogInfo("registry_file_restored", {{"path", registry_->path()}});
 }
 
+void Daemon::CheckRegistryIntegrity() {
+  Status st = registry_->QuickCheck();
+  // A registry locked by a writer for longer than busy_timeout is no finding.
+  if (st.code() == Code::kLocked) return;
+  std::lock_guard<std::mutex> lock(warn_mu_);
+  if (!st.ok() && corrupt_error_.empty()) {
+    corrupt_error_ = "the registry file failed its integrity check at " + FormatUtcMillis(opts_.clock->UnixMillis()) +
+                     ": " + st.message();
+    LogError("registry_corrupt", {{"error", st.message()}});
+  } else if (st.ok() && !corrupt_error_.empty()) {
+    corrupt_error_.clear();
+    LogInfo("registry_sound", {{"path", registry_->path()}});
+  }
+}
+
 bool Daemon::FlushMetrics(bool brief) {
   // Only the writes wait briefly (BriefWaits holds the registry's mutex):
   // the figures are gathered outside it.
@@ -828,7 +843,9 @@ void Daemon::StopExpiredShadows() {
 
 void Daemon::WatchRegistry() {
   const int64_t poll = opts_.config.registry.poll_interval_ns, flush = opts_.config.experiments.flush_interval_ns;
+  const int64_t integrity = opts_.config.registry.integrity_check_ns;
   int64_t last_poll_ns = opts_.clock->MonoNanos();
+  int64_t last_check_ns = last_poll_ns;  // (the open at start read the file)
   int64_t refresh_failed_ns = INT64_MIN / 2;  // the last routing refresh that failed
   std::unique_lock<std::mutex> lock(watch_mu_);
   while (!stopping_) {
@@ -857,6 +874,10 @@ void Daemon::WatchRegistry() {
         refresh_failed_ns = now;
         LogWarn("registry_refresh_failed", {{"error", st.message()}});
       }
+    }
+    if (now - last_check_ns >= integrity) {
+      last_check_ns = now;
+      CheckRegistryIntegrity();
     }
     if (now - last_poll_ns >= poll) {
       last_poll_ns = now;

@@ -95,6 +95,12 @@ class Daemon {
   // The CLI's rollout-starting commands warn with it.
   nlohmann::json WarmupFailures() const;
   Registry* registry() const { return registry_.get(); }
+  // "" while the last integrity check of the registry file passed; else
+  // since when, and what SQLite's quick_check found.
+  std::string RegistryCorruptError() const {
+    std::lock_guard<std::mutex> lock(warn_mu_);
+    return corrupt_error_;
+  }
   // "" while experiment figures are saved; else since when and why not.
   std::string MetricsFlushError() const {
     std::lock_guard<std::mutex> lock(warn_mu_);
@@ -293,13 +299,15 @@ class Daemon {
   static constexpr int kBriefFailuresToReport = 3;
   int brief_failures_ = 0;  // FlushMetrics' (watcher thread): brief flushes failed in a row
   std::map<int64_t, std::string> saved_shadow_figures_;  // FlushMetrics' (one thread at a time): shadow id → as saved
-  mutable std::mutex warn_mu_;   // only for flush_error_, reload_error_ and last_reload_
+  mutable std::mutex warn_mu_;   // only for flush_error_, reload_error_, last_reload_ and corrupt_error_
   std::string flush_error_;      // guarded by warn_mu_: why figures are unsaved ("" when saved)
   std::string reload_error_;     // guarded by warn_mu_: why the last reload did not apply whole ("" when it did)
   nlohmann::json last_reload_{{"count", 0}, {"covers", 0}};  // guarded by warn_mu_: LastReload()
   std::atomic<int64_t> reload_requests_{0};
   std::atomic<bool> registry_detached_{false};  // CheckRegistryFile's last finding
   void CheckRegistryFile();                     // the watcher's, every poll
+  void CheckRegistryIntegrity();                // the watcher's, every [registry] integrity_check
+  std::string corrupt_error_;                   // guarded by warn_mu_ (CheckRegistryIntegrity's finding)
   std::atomic<bool> refresh_failing_{false};    // the watcher's last registry read failed
   // The last SIGHUP's outcome, for /metrics: whether the file was applied
   // whole, when one last was (Unix ms; the start's load until then), and how

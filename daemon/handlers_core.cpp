@@ -35,6 +35,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["registry"] = d->registry()->path();
     if (Status st = d->registry()->CheckFileIdentity(); !st.ok()) j["registry_error"] = st.message();
     if (std::string e = d->MetricsFlushError(); !e.empty()) j["metrics_flush_error"] = e;
+    if (std::string e = d->RegistryCorruptError(); !e.empty()) j["registry_corrupt"] = e;
     if (std::string e = d->ReloadError(); !e.empty()) j["config_reload_error"] = e;
     j["config_restart_pending"] = d->restart_pending();
     j["last_reload"] = d->LastReload();

@@ -39,6 +39,9 @@ std::string Daemon::PrometheusText() {
   w.Family("mms_registry_replaced", "gauge",
            "1 while the registry file mmsd opened is no longer at its path (removed, moved, replaced) or lost its -wal file.");
   w.Sample("mms_registry_replaced", {}, registry_detached() ? 1 : 0);
+  w.Family("mms_registry_corrupt", "gauge",
+           "1 while the registry file fails SQLite's quick_check ([registry] integrity_check): restore a backup.");
+  w.Sample("mms_registry_corrupt", {}, RegistryCorruptError().empty() ? 0 : 1);
 
   // Serving figures per version.
   w.Family("mms_requests_total", "counter", "Predictions served, by model and version.");
@@ -185,8 +188,9 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
     if (!ipc_ok) body["error"] = "new connections to " + server_->options().socket_path +
                                  " are not being answered; see the daemon log (listener_restart_failed)";
     else if (!registry_ok) body["error"] = registry_->CheckFileIdentity().message();
-    // Serving is fine (200); the figures are at risk: said, not failed.
+    // Serving is fine (200); the figures, or the registry, are at risk: said, not failed.
     if (std::string e = MetricsFlushError(); !e.empty()) body["warning"] = e;
+    if (std::string e = RegistryCorruptError(); !e.empty()) body["warning"] = e;
     return {draining || !ipc_ok || !registry_ok ? 503 : 200, "application/json", proto::DumpBody(body) + "\n"};
   }
   // The snapshot only: an unauthenticated probe of unknown names must not

@@ -963,8 +963,10 @@ Result<std::vector<Pin>> Registry::Pins() {
 }
 
 Status Registry::QuickCheck() {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("PRAGMA quick_check(5)"));
+  // On a connection of its own: this one's page cache may hold pages that
+  // have since been damaged on disk (nothing tells SQLite of such a write).
+  MMS_ASSIGN_OR_RETURN(auto db, sql::Db::Open(path(), false, opts_.busy_timeout_ms));
+  MMS_ASSIGN_OR_RETURN(auto st, db->Prepare("PRAGMA quick_check(5)"));
   std::string problems;
   while (true) {
     MMS_ASSIGN_OR_RETURN(bool row, st.Step());

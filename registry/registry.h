@@ -419,9 +419,10 @@ class Registry {
   // backup copied over it): this object then reads and writes a file no
   // other process sees. mmsd checks it at every poll.
   Status CheckFileIdentity() const;
-  // SQLite's quick_check over the whole file (linear in its size): CORRUPT
-  // naming the first problems, with how to recover. Reads that happen not to
-  // touch a damaged page succeed, so mms model verify runs this.
+  // SQLite's quick_check over the whole file (linear in its size), read from
+  // disk on a connection of its own: CORRUPT naming the first problems, with
+  // how to recover. Reads that happen not to touch a damaged page succeed,
+  // so mms model verify runs this, and mmsd every [registry] integrity_check.
   Status QuickCheck();
 
   // ---- copies of a data dir (registry/backup.h)

@@ -331,6 +331,10 @@ const std::vector<Spec>& Specs() {
       Duration("registry", "busy_timeout", "5s", 0, 600 * kSec,
                "How long a registry write waits for another writer before failing.",
                [](Config& c) -> int64_t& { return c.registry.busy_timeout_ns; }),
+      Duration("registry", "integrity_check", "5m", kSec, 7 * 86400 * kSec,
+               "How often the daemon runs SQLite's quick_check over the registry file (damage reads alone may "
+               "not touch is reported).",
+               [](Config& c) -> int64_t& { return c.registry.integrity_check_ns; }),
       DevicesSpec(),
       BytesOrAuto("pool", "device_budget", 1 << 20, 1ull << 50,
                   "Weight bytes per device, reserved once as its arena; auto: 85% of free GPU memory, or a "

@@ -37,6 +37,7 @@ struct RegistryConfig {
   std::vector<std::string> allowed_roots;  // [registry] allowed_roots = [] (anywhere)
   int64_t poll_interval_ns = 250'000'000;  // [registry] poll_interval = "250ms"
   int64_t busy_timeout_ns = 5'000'000'000; // [registry] busy_timeout = "5s"
+  int64_t integrity_check_ns = 300'000'000'000;  // [registry] integrity_check = "5m"
 };
 
 struct PoolConfig {

@@ -501,6 +501,39 @@ TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, 
   CHECK(d.Mms({"status"}).out.find("-wal was removed or replaced while in use") != std::string::npos);
 }
 
+TEST_CASE("a registry file damaged under mmsd, with no read touching it, is found by the integrity check and reported") {
+  // Nothing was logged, /health said 200 and every metric 0 while every CLI
+  // command failed "corrupt" (a review overwrote pages of a served registry).
+  int port = FreePort();
+  Daemon d("[registry]\nintegrity_check = \"1s\"\n", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"}).exit_code == 0);
+  REQUIRE(d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json"}).exit_code == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a check passes first
+  CHECK(d.log().find("registry_corrupt") == std::string::npos);
+  // Garbage over every page but the first on disk, and over the pages in the write-ahead log.
+  const std::string db = d.data_dir() + "/registry.db";
+  auto scribble = [](const std::string& path, std::streamoff from) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    const std::streamoff size = f.tellg();
+    f.seekp(from);
+    for (std::streamoff i = from; i < size; ++i) f.put(static_cast<char>((i * 131) & 0xff));
+  };
+  scribble(db, 4096);
+  if (std::filesystem::exists(db + "-wal")) scribble(db + "-wal", 32);
+  std::string h;
+  CHECK(WaitFor([&] { return (h = HttpGet(port, "/health")).find("failed its integrity check") != std::string::npos; },
+                20));
+  CHECK_MESSAGE(h.find("\n200") != std::string::npos, h);  // it serves on, from what it read: said, not failed
+  CHECK(d.log().find("registry_corrupt") != std::string::npos);
+  auto st = d.Mms({"status"});
+  CHECK_MESSAGE(st.out.find("WARNING:   the registry file failed its integrity check") != std::string::npos, st.out);
+  CHECK(st.out.find("restore a backup") != std::string::npos);
+  CHECK(HttpGet(port, "/metrics").find("\nmms_registry_corrupt 1") != std::string::npos);
+  CHECK(d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json"}).exit_code == 0);
+}
+
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
   TempDir t;
   std::vector<std::string> g{MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data"};
