@@ -1145,7 +1145,8 @@ Daemon::StopResult Daemon::Shutdown() {
     server_->Stop();
     scheduler_->Stop();
   }
-  LogInfo("stopped", {{"served", server_->requests_served()}, {"clean", idle && saved}});
+  // A stop that lost something is a warning (its reasons are logged above).
+  (idle && saved ? LogInfo : LogWarn)("stopped", {{"served", server_->requests_served()}, {"clean", idle && saved}});
   return {idle, saved};
 }
 

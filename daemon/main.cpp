@@ -95,6 +95,9 @@ int Run(int argc, char** argv) {
     }
     opts.data_dir = *dd;
   }
+  // Absolute, as mms resolves it (the socket stays as given: a unix socket's
+  // path is limited to ~100 bytes, and a relative one may be what fits).
+  opts.data_dir = AbsolutePath(opts.data_dir);
   opts.socket_path = !socket.empty() ? socket : !c.daemon.socket.empty() ? c.daemon.socket
                                                                          : DefaultSocketPath(env, opts.data_dir);
   opts.metrics_address = !metrics_address.empty() ? metrics_address : c.metrics.address;

@@ -57,6 +57,15 @@ static std::string Fmt(double v) {
   return std::string(b, r.ptr);
 }
 
+// A bucket bound as the Go client writes it, so that a query's le="0.0001"
+// matches ("1e-04", the shortest text, did not): Go's strconv 'g' writes
+// plain digits for exponents from -4 to 5, which holds every bound below.
+static std::string BoundText(double v) {
+  char b[64];
+  auto r = std::to_chars(b, b + sizeof b, v, std::chars_format::fixed);
+  return std::string(b, r.ptr);
+}
+
 static std::string LabelText(const Labels& labels) {
   if (labels.empty()) return "";
   std::string s = "{";
@@ -75,7 +84,7 @@ void PromWriter::Histogram(const std::string& name, const Labels& labels, const 
   uint64_t n = h.count();
   for (double b : kBounds) {
     Labels l = labels;
-    l.emplace_back("le", Fmt(b));
+    l.emplace_back("le", BoundText(b));
     Sample(name + "_bucket", l, static_cast<double>(h.CountAtMost(static_cast<int64_t>(std::llround(b * 1e9)))));
   }
   Labels inf = labels;

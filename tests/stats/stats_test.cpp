@@ -5,6 +5,7 @@
 #include <random>
 
 #include "stats/histogram.h"
+#include "stats/prometheus.h"
 #include "stats/significance.h"
 
 using namespace mms;
@@ -215,4 +216,22 @@ TEST_CASE("edge cases: empty arms, zero variance, rates of 0 and 1") {
   CHECK(SampleRatioMismatch(100, 0, 0.0).p_value == 1.0);  // a 0% treatment with none in it
   CHECK(SampleRatioMismatch(100, 1, 0.0).p_value == 0.0);
   CHECK(SampleRatioMismatch(0, 100, 1.0).p_value == 1.0);
+}
+
+TEST_CASE("histogram bucket bounds are written as the Prometheus Go client writes them") {
+  // Queries match le by text: "1e-04" (the shortest) missed le="0.0001".
+  LatencyHistogram h;
+  h.Record(300'000);  // 0.3 ms
+  PromWriter w;
+  w.Family("x_seconds", "histogram", "x");
+  w.Histogram("x_seconds", {}, h);
+  const std::string text = w.str();
+  for (const char* le : {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.01", "0.5", "1", "2.5", "10", "+Inf"})
+    CHECK_MESSAGE(text.find(std::string("x_seconds_bucket{le=\"") + le + "\"}") != std::string::npos, le << "\n" << text);
+  for (size_t at = text.find("le=\""); at != std::string::npos; at = text.find("le=\"", at + 1)) {
+    const std::string le = text.substr(at + 4, text.find('"', at + 4) - (at + 4));
+    CHECK_MESSAGE(le.find('e') == std::string::npos, le);  // no exponent
+  }
+  CHECK(text.find("x_seconds_bucket{le=\"0.00025\"} 0") != std::string::npos);
+  CHECK(text.find("x_seconds_bucket{le=\"0.0005\"} 1") != std::string::npos);
 }
