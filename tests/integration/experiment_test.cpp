@@ -348,6 +348,7 @@ TEST_CASE("figures a flush could not save (the registry locked or full) are save
   d.child().Signal(SIGTERM);
   CHECK(d.child().Wait(30) == 1);
   CHECK(d.log().find("metrics_unsaved_at_stop") != std::string::npos);
+  CHECK(d.log().find(" warn stopped clean=false") != std::string::npos);  // lost something: a warning, not info
 }
 
 TEST_CASE("a new experiment routes once its treatment is loaded, and that load holds nothing else up") {

@@ -396,7 +396,6 @@ TEST_CASE("a draining daemon reports 503 on /health, a second signal stops it at
   d.child().Signal(SIGINT);  // the operator insists
   CHECK(d.child().Wait(20) == 1);
   CHECK(d.log().find("stopping_now") != std::string::npos);
-  CHECK_MESSAGE(d.log().find(" warn stopped served=") != std::string::npos, d.log());  // lost something: a warning
 }
 
 TEST_CASE("/metrics shows what degrades silently: a failed reload, keys waiting for a restart, unplaced pins") {
