@@ -4,11 +4,13 @@
 #include <charconv>
 #include <cmath>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ctime>
-#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "core/paths.h"
 #include "protocol/messages.h"
@@ -193,61 +195,51 @@ std::string ShellWord(const std::string& s) {
   return out + "'";
 }
 
-// Whether process `pid` has `path` open (its /proc/PID/fd links): true when
-// that cannot be read (another user's process), so a live mmsd is trusted.
-bool HasOpen(const std::string& pid, const std::string& path) {
-  auto real = CanonicalPath(path);
-  if (!real.ok()) return false;
-  std::error_code ec;
-  std::filesystem::directory_iterator fds("/proc/" + pid + "/fd", ec);
-  if (ec) return ec == std::errc::permission_denied;
-  for (const auto& fd : fds) {
-    std::error_code e;
-    if (std::filesystem::read_symlink(fd.path(), e) == *real) return true;
+// The pid holding an flock on `path`, from /proc/locks (readable for every
+// user's locks, unlike /proc/PID/fd), else "". Matched by inode.
+std::string FlockHolder(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  std::ifstream in("/proc/locks");
+  std::string line;
+  while (std::getline(in, line)) {
+    // "3: FLOCK  ADVISORY  WRITE 1234 08:01:1234567 0 EOF"; a waiter's has "->" after the number.
+    std::istringstream f(line);
+    std::string n, kind, advisory, mode, pid, where;
+    if (!(f >> n >> kind >> advisory >> mode >> pid >> where) || kind != "FLOCK") continue;
+    const size_t colon = where.rfind(':');
+    if (colon != std::string::npos && where.substr(colon + 1) == std::to_string(st.st_ino)) return pid;
   }
-  return false;
+  return "";
 }
 
-// The mmsd serving a registry, as its lock file names it (ParseDaemonLockFile):
-// {pid, socket} when the daemon answering at that socket says it is that pid
-// serving this registry, else {"", ""}. Asked, not assumed from a live mmsd
-// at the pid: after a kill -9 the file stays, and its pid may since be
-// another mmsd's, serving another data dir. (Read, never locked here: a probe
-// holding the lock a moment could make a daemon starting then refuse to.)
-std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path, int64_t timeout_ms) {
-  auto text = ReadFile(registry_path + ".mmsd-lock");
-  if (!text.ok()) return {};
-  const DaemonLockFile held = ParseDaemonLockFile(*text);
-  const std::string &pid = held.pid, &sock = held.socket;
-  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || sock.empty()) return {};
+// The pid of the live mmsd holding an flock on `lock_path`, else "": who
+// holds it now, not the pid written in it, which after a kill -9 may be any
+// process since (another user's mmsd among them).
+std::string MmsdHolding(const std::string& lock_path) {
+  const std::string pid = FlockHolder(lock_path);
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) return "";
   auto comm = ReadFile("/proc/" + pid + "/comm");
-  if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !FileExists(sock)) return {};
-  proto::Client::Options o;
-  o.socket_path = sock;
-  o.timeout_ms = timeout_ms;
-  auto c = proto::Client::Connect(o);
-  if (!c.ok()) return {};
-  auto st = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
-  if (!st.ok() || !st->is_object() || !st->value("pid", nlohmann::json()).is_number_integer() ||
-      !st->value("registry", nlohmann::json()).is_string() || std::to_string((*st)["pid"].get<int64_t>()) != pid)
-    return {};
-  auto theirs = CanonicalPath((*st)["registry"].get<std::string>());
-  auto ours = CanonicalPath(registry_path);
-  if (!theirs.ok() || !ours.ok() || *theirs != *ours) return {};
-  return {pid, sock};
+  return comm.ok() && comm->rfind("mmsd", 0) == 0 ? pid : "";
+}
+
+// The mmsd serving a registry: {pid, socket} when an mmsd holds its
+// <registry>.mmsd-lock and the file (ParseDaemonLockFile), written by that
+// daemon, names its socket, which is there; else {"", ""}. (Read, never
+// locked here: a probe holding the lock a moment could make a daemon
+// starting then refuse to.)
+std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
+  const std::string lock = registry_path + ".mmsd-lock";
+  const std::string pid = MmsdHolding(lock);
+  auto text = ReadFile(lock);
+  if (pid.empty() || !text.ok()) return {};
+  const DaemonLockFile held = ParseDaemonLockFile(*text);
+  if (held.pid != pid || held.socket.empty() || !FileExists(held.socket)) return {};
+  return {pid, held.socket};
 }
 }  // namespace
 
-std::string SocketHolder(const std::string& socket_path) {
-  const std::string lock = socket_path + ".lock";
-  auto text = ReadFile(lock);
-  if (!text.ok()) return "";
-  std::string pid = text->substr(0, text->find('\n'));
-  if (pid.empty() || pid.size() > 10 || pid.find_first_not_of("0123456789") != std::string::npos) return "";
-  auto comm = ReadFile("/proc/" + pid + "/comm");
-  if (!comm.ok() || comm->rfind("mmsd", 0) != 0 || !HasOpen(pid, lock)) return "";
-  return pid;
-}
+std::string SocketHolder(const std::string& socket_path) { return MmsdHolding(socket_path + ".lock"); }
 
 Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   // A config that cannot be read is refused here too, as by every command
@@ -265,15 +257,15 @@ Result<std::unique_ptr<proto::Client>> Cli::Connect() {
     // now reaches it at its next registry poll, and a script must not read
     // "no daemon" and go on as if none served.
     if (auto reg = registry_path(); reg.ok())
-      if (auto [pid, sock] = RegistryHolder(*reg, o.timeout_ms); !pid.empty() && sock != *path)
+      if (auto [pid, sock] = RegistryHolder(*reg); !pid.empty() && sock != *path)
         return Unavailable("no mmsd answers at " + *path + ", but mmsd (pid " + pid + ") serves this registry (" +
                            *reg + ") on " + sock + ": pass --socket " + ShellWord(sock) + " (or set [daemon] socket)");
     // Its own daemon, stopping: "start it" would be refused (exit 6) until it has exited.
     if (std::string pid = SocketHolder(*path); !pid.empty())
       return Unavailable("mmsd (pid " + pid + ") holds " + *path +
                          " but takes no new connections: it is stopping (finishing the requests it has, up to "
-                         "[daemon] shutdown_grace), or its socket file was removed a moment ago (restored within "
-                         "seconds); try again, or once it has exited, start it with: " +
+                         "[daemon] shutdown_grace), still starting, or its socket file was removed a moment ago "
+                         "(restored within seconds); try again, or once it has exited, start it with: " +
                          StartCommandHint());
     return Unavailable(c.status().message() + "; start it with: " + StartCommandHint());
   }

@@ -145,8 +145,8 @@ Status CheckAdapterSource(Registry& reg, const VersionRecord& adapter);
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();
 
-// The pid of the live mmsd holding the instance lock of `socket_path`
-// (<socket>.lock names it, and that process has the file open), else "".
+// The pid of the live mmsd holding the instance lock (flock) of
+// `socket_path`'s <socket>.lock, else "".
 // Such a daemon may take no new connections: it is stopping (its socket file
 // goes first), or its socket file was removed a moment ago.
 std::string SocketHolder(const std::string& socket_path);

@@ -53,13 +53,13 @@ int CmdServe(Cli& cli, bool detach, const std::string& metrics_address) {
   if (!dd.ok()) return cli.Fail(dd.status());
   auto sock = cli.socket_path();
   if (!sock.ok()) return cli.Fail(sock.status());
-  if (Status st = MakeDirs(*dd, 0700); !st.ok()) return cli.Fail(st);
-  std::string log_path = JoinPath(*dd, "mmsd.log");
   // Refused here, before a child writes its refusal into that daemon's log.
   if (std::string holder = SocketHolder(*sock); !holder.empty())
     return cli.Fail(Status(Code::kInUse, "mmsd is already running (pid " + holder + ") on " + *sock +
                                              " (or still stopping); stop it first (kill " + holder +
                                              ") or start this one with another --socket"));
+  if (Status st = MakeDirs(*dd, 0700); !st.ok()) return cli.Fail(st);
+  std::string log_path = JoinPath(*dd, "mmsd.log");
   // The child must serve the same socket and data dir we will poll.
   args = {"--socket", *sock, "--data-dir", *dd};
   if (!cli.g.config.empty()) args.insert(args.end(), {"--config", cli.g.config});

@@ -697,9 +697,16 @@ void Daemon::CheckRegistryFile() {
 }
 
 void Daemon::CheckRegistryIntegrity() {
+  // A file moved or replaced at the path (registry_replaced says so) is not
+  // the one served: nothing to check. QuickCheck opens the path.
+  if (registry_detached()) return;
   Status st = registry_->QuickCheck();
-  // A registry locked by a writer for longer than busy_timeout is no finding.
-  if (st.code() == Code::kLocked) return;
+  // Only damage is a finding: a registry locked by a writer for longer than
+  // busy_timeout, or gone a moment ago, is not corrupt.
+  if (!st.ok() && st.code() != Code::kCorrupt) {
+    LogWarn("integrity_check_failed", {{"error", st.message()}});
+    return;
+  }
   std::lock_guard<std::mutex> lock(warn_mu_);
   if (!st.ok() && corrupt_error_.empty()) {
     corrupt_error_ = "the registry file failed its integrity check at " + FormatUtcMillis(opts_.clock->UnixMillis()) +

@@ -57,15 +57,16 @@ MHD_Result Respond(MHD_Connection* c, const HttpResponse& r, const char* allow =
 HttpResponse Text(int status, const std::string& text) { return {status, "text/plain; charset=utf-8", text + "\n"}; }
 
 // Bound, non-blocking, listening; the error names the address and the cause.
-// With `probe`, bound to an ephemeral port of the host's address and closed:
-// whether this host can listen there at all, whatever listens on the port now.
+// With `probe`, bound and closed at once: whether this host lets this
+// process listen there at all (one of its addresses; a port below 1024 needs
+// the privilege), whatever listens on the port now (taken: not a finding).
 Result<int> ListenOn(const HostPort& hp, const std::string& url, bool probe = false) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* found = nullptr;
-  std::string port = std::to_string(probe ? 0 : hp.port);
+  std::string port = std::to_string(hp.port);
   if (int rv = ::getaddrinfo(hp.host.c_str(), port.c_str(), &hints, &found); rv != 0)
     return InvalidArgument("cannot resolve the metrics address " + url + ": " + ::gai_strerror(rv));
   std::string err;
@@ -87,8 +88,8 @@ Result<int> ListenOn(const HostPort& hp, const std::string& url, bool probe = fa
     }
   }
   ::freeaddrinfo(found);
-  if (fd >= 0 && probe) {
-    ::close(fd);
+  if ((fd >= 0 || last_errno == EADDRINUSE) && probe) {
+    if (fd >= 0) ::close(fd);
     return 0;
   }
   if (fd < 0 && last_errno == EADDRNOTAVAIL)

@@ -46,9 +46,10 @@ class HttpServer {
   static constexpr int kIdleTimeoutSeconds = 10;
   // `address` is "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT" (host defaults to 127.0.0.1).
   static Result<std::unique_ptr<HttpServer>> Start(const std::string& address, std::vector<Route> routes);
-  // Whether Start could listen at `address` on this host (it resolves, and is
-  // one of the host's addresses: checked on an ephemeral port, so a daemon
-  // already listening there does not fail it): INVALID_ARGUMENT, else IO.
+  // Whether Start could listen at `address` on this host (it resolves, is one
+  // of the host's addresses, and the port may be bound by this process; one
+  // taken now, by a daemon already running, is not a finding): bound and
+  // closed at once. INVALID_ARGUMENT, else IO.
   static Status CheckAddress(const std::string& address);
   ~HttpServer();
   const std::string& url() const { return url_; }

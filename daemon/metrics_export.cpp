@@ -189,8 +189,9 @@ HttpResponse Daemon::HealthResponse(const std::string& path) {
                                  " are not being answered; see the daemon log (listener_restart_failed)";
     else if (!registry_ok) body["error"] = registry_->CheckFileIdentity().message();
     // Serving is fine (200); the figures, or the registry, are at risk: said, not failed.
-    if (std::string e = MetricsFlushError(); !e.empty()) body["warning"] = e;
-    if (std::string e = RegistryCorruptError(); !e.empty()) body["warning"] = e;
+    std::string warning = MetricsFlushError();
+    if (std::string e = RegistryCorruptError(); !e.empty()) warning += (warning.empty() ? "" : "; ") + e;
+    if (!warning.empty()) body["warning"] = warning;
     return {draining || !ipc_ok || !registry_ok ? 503 : 200, "application/json", proto::DumpBody(body) + "\n"};
   }
   // The snapshot only: an unauthenticated probe of unknown names must not

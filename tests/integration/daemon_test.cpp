@@ -473,7 +473,8 @@ TEST_CASE("a daemon out of file descriptors says so in its log instead of lookin
 
 TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, mms status) until it is back") {
   int port = FreePort();
-  Daemon d("[registry]\npoll_interval = \"200ms\"\n", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
+  Daemon d("[registry]\npoll_interval = \"200ms\"\nintegrity_check = \"1s\"\n",
+           {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
   REQUIRE(d.ok());
   auto health = [&] { return HttpGet(port, "/health"); };
   REQUIRE(health().find("\n200") != std::string::npos);
@@ -484,6 +485,8 @@ TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, 
   CHECK(h.find("registry_replaced") != std::string::npos);
   CHECK(h.find("was removed while in use") != std::string::npos);
   CHECK(d.log().find("registry_file_replaced") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // an integrity check's time: moved is not corrupt
+  CHECK(d.log().find("registry_corrupt") == std::string::npos);
   auto st = d.Mms({"status"});
   CHECK(st.exit_code == 0);
   CHECK(st.out.find("WARNING:   the registry file " + db) != std::string::npos);
