@@ -173,6 +173,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   so.workers = workers;
   so.max_message_bytes = c.daemon.max_message_bytes;
   so.lock_fd = d->opts_.lock_fd;
+  so.clock = d->opts_.clock;
   MMS_ASSIGN_OR_RETURN(d->server_, Server::Create(so, d->BuildHandlers()));
   return d;
 }

@@ -105,7 +105,9 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
 }
 
 void Predict(Daemon* d, proto::Message req, Responder r) {
-  const int64_t t0 = d->clock()->MonoNanos();
+  // From its receipt: time spent waiting for a handler thread (a burst on
+  // every one) counts against its deadline and in its latency.
+  const int64_t t0 = r.received_ns();
   auto ref_text = ModelField(req);
   if (!ref_text.ok()) return r.Fail(ref_text.status());
   auto ref = ParseRef(*ref_text);

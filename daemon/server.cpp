@@ -67,6 +67,7 @@ struct Responder::State {
   Server::Slot* slot = nullptr;
   uint16_t type = 0;
   uint64_t request_id = 0;
+  int64_t received_ns = 0;
   std::atomic<bool> done{false};
   ~State();
 };
@@ -95,6 +96,7 @@ void Responder::Fail(const Status& st) {
 }
 
 uint64_t Responder::request_id() const { return state_->request_id; }
+int64_t Responder::received_ns() const { return state_->received_ns; }
 
 Status Responder::Share(const std::string& key) { return state_->server->Share(state_->slot, key); }
 
@@ -466,6 +468,7 @@ void Server::OnAio(void* arg) {
 }
 
 void Server::Dispatch(Slot* slot, void* raw) {
+  const int64_t received = opts_.clock->MonoNanos();
   nng_msg* msg = static_cast<nng_msg*>(raw);
   slot->pipe = nng_msg_get_pipe(msg);
   slot->listener = static_cast<uint32_t>(nng_listener_id(nng_pipe_listener(slot->pipe)));
@@ -510,6 +513,7 @@ void Server::Dispatch(Slot* slot, void* raw) {
   state->slot = slot;
   state->type = d.type;
   state->request_id = d.request_id;
+  state->received_ns = received;
   Responder responder(std::move(state));
   const Handler* handler = &it->second;
   auto task = [this, slot, handler, m = std::move(d.message), responder]() mutable {

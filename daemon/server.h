@@ -57,6 +57,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/executor.h"
 #include "core/status.h"
 #include "protocol/codec.h"
@@ -73,6 +74,9 @@ class Responder {
   void Send(nlohmann::json body);
   void Fail(const Status& st);
   uint64_t request_id() const;
+  // When the daemon received it (Server::Options::clock's mono ns), before
+  // it waited for a handler thread: deadlines and latencies count from here.
+  int64_t received_ns() const;
   // Counts this request's context against `key` (mmsd: a predict's queue)
   // until it is answered, or refuses: OVERLOADED when `key` already holds
   // its most — all contexts but a reserve (an eighth) kept for other keys
@@ -106,6 +110,7 @@ class Server {
     uint64_t max_message_bytes = 256ull << 20; // [daemon] max_message_bytes
     int lock_fd = -1;  // from Lock(), held by the caller (Stop leaves it); -1: Start takes the lock
     int64_t probe_interval_ms = 1000;  // the listener watchdog's period and handshake timeout; 0: none
+    Clock* clock = Clock::Real();      // times each request's receipt (Responder::received_ns)
   };
   // The instance lock for `socket_path`: an flock on "<socket>.lock", which
   // then holds our pid. ALREADY_EXISTS naming the running pid when another
