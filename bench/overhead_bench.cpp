@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
                      {"nng req/rep echo", Fmt(Percentile(bare, 50), 1), Fmt(Percentile(bare, 99), 1), Fmt(bench::Mean(bare), 1)},
                      {"mms ping (no model)", Fmt(Percentile(ping, 50), 1), Fmt(Percentile(ping, 99), 1), Fmt(bench::Mean(ping), 1)},
                      {"mms predict (tiny)", Fmt(Percentile(pred, 50), 1), Fmt(Percentile(pred, 99), 1), Fmt(bench::Mean(pred), 1)},
-                     {"  of which in the daemon's handler", Fmt(Percentile(inside, 50), 1), Fmt(Percentile(inside, 99), 1), Fmt(bench::Mean(inside), 1)},
+                     {"  of which in the daemon (receipt to reply)", Fmt(Percentile(inside, 50), 1), Fmt(Percentile(inside, 99), 1), Fmt(bench::Mean(inside), 1)},
                      {"ratio predict/echo", Fmt(Percentile(pred, 50) / Percentile(bare, 50)),
                       Fmt(Percentile(pred, 99) / Percentile(bare, 99)), Fmt(bench::Mean(pred) / bench::Mean(bare))}});
   return 0;
