@@ -203,7 +203,8 @@ int CmdPin(Cli& cli, const std::string& ref_text, bool pin) {
   // The daemon there but not answering: what is recorded, what is not done.
   auto Unanswered = [&](const Status& st) {
     return Status(Code::kUnavailable, st.message() + "; the " + (pin ? "pin" : "unpin") + " of " + ref->ToString() +
-                                          " is recorded, and mmsd applies it when it serves again" +
+                                          " is recorded: the mmsd serving this registry applies it at its next "
+                                          "registry poll, or when it starts" +
                                           (pin ? " (nothing was loaded now)" : ""));
   };
   // Done in the registry: a version removed meanwhile (a concurrent mms model
