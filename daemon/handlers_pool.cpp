@@ -259,7 +259,17 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // a slow warm-up) is answered at its deadline, not when the load ends; the
   // load goes on for the requests after it. Whichever of the acquire and the
   // timer takes `claimed` first answers. Without a deadline: nothing to share.
-  auto claimed = deadline ? std::make_shared<std::atomic<bool>>(false) : nullptr;
+  // The timer's means to answer live with `claimed`, which only the acquire's
+  // callback (and the pool's wait for it) hold: once that has answered and
+  // gone, the timer holds nothing of the request until its deadline.
+  struct Claim {
+    Claim(Responder r, std::function<void(const Status&, bool)> f) : respond(std::move(r)), finish(std::move(f)) {}
+    std::atomic<bool> taken{false};
+    Responder respond;
+    std::function<void(const Status&, bool)> finish;
+  };
+  auto claim = deadline ? std::make_shared<Claim>(r, finish) : nullptr;
+  auto claimed = claim ? std::shared_ptr<std::atomic<bool>>(claim, &claim->taken) : nullptr;
   d->AcquireServable(rec, [d, r, recp, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
                            delay, claimed](Result<Servable> h) mutable {
     if (claimed && claimed->exchange(true)) return;  // answered at its deadline meanwhile: the handle goes
@@ -306,20 +316,21 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   }, /*counted=*/true, claimed);
   // A hit has been handed on already; the timer is for a wait (within ten
   // minutes: beyond that its entry would outlive most loads for nothing).
-  // It holds `claimed` weakly: once the acquire's callback is gone, so is
+  // It holds the claim weakly: once the acquire's callback is gone, so is
   // the need for it.
   const int64_t left = deadline - d->clock()->MonoNanos();
-  if (claimed && !claimed->load() && left < 600'000'000'000) {
-    std::weak_ptr<std::atomic<bool>> weak = claimed;
+  if (claim && !claim->taken.load() && left < 600'000'000'000) {
+    std::weak_ptr<Claim> weak = claim;
+    claim.reset();  // (the callback's `claimed` keeps it while the wait lasts)
     d->timers()->At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(left, 0)),
-                    [weak, r, finish, ref = rec.ref(), t0, deadline]() mutable {
+                    [weak, ref = rec.ref(), t0, deadline] {
                       auto c = weak.lock();
-                      if (!c || c->exchange(true)) return;
+                      if (!c || c->taken.exchange(true)) return;
                       Status st(Code::kDeadlineExceeded,
                                 "dropped at its deadline (" + std::to_string((deadline - t0) / 1000000) +
                                     " ms) while " + ref + " was still loading; retry, or give a longer --deadline-ms");
-                      finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
-                      r.Fail(st);
+                      c->finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
+                      c->respond.Fail(st);
                     });
   }
 }
