@@ -158,7 +158,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   co.unsaved_changed = [self](const std::vector<UnsavedRollback>& all) { self->SaveUnsavedRollbacks(all); };
   co.hold_back = [self](const std::string& experiment_id, bool held) {
     {
-      std::lock_guard<std::mutex> lock(self->refresh_mu_);
+      std::lock_guard lock(self->refresh_mu_);
       if (held) self->unrouted_canaries_.insert(experiment_id);
       else self->unrouted_canaries_.erase(experiment_id);
       self->reroute_ = true;  // until a refresh publishes it (this one may fail to read the registry)
@@ -248,7 +248,7 @@ void Daemon::RetryPins() {
   // Under refresh_mu_, as the refresh applies pins: a refresh that unpins or
   // forgets a version meanwhile must not be undone by a retry working from
   // the set before it. Pin() does no I/O (a load runs on a loader thread).
-  std::lock_guard<std::mutex> lock(refresh_mu_);
+  std::lock_guard lock(refresh_mu_);
   auto snap = latest_ ? latest_ : snapshot();
   // Pin() returns at once for a pin on a device; one that did not fit (or
   // whose load failed, after its backoff) is tried again.
@@ -474,7 +474,7 @@ int64_t Daemon::RoutingDeadline() {
   int64_t next = INT64_MAX;
   std::vector<std::string> held;
   {
-    std::lock_guard<std::mutex> lock(refresh_mu_);
+    std::lock_guard lock(refresh_mu_);
     for (const auto& w : on_routed_) next = std::min(next, w.deadline_ns);
     held = held_back_;
   }
@@ -501,7 +501,7 @@ Status Daemon::RefreshRegistry(bool force, std::function<void()> on_routed, int6
 
 Status Daemon::RefreshLocked(bool force, std::function<void()> on_routed, int64_t wait_ns,
                              std::vector<std::function<void()>>* answer, bool* rearm) {
-  std::lock_guard<std::mutex> lock(refresh_mu_);
+  std::lock_guard lock(refresh_mu_);
   const int64_t now = opts_.clock->MonoNanos();
   // Waiters are answered once nothing is held back, at their deadline, or at
   // once while shutting down. Those past their deadline are answered first,
@@ -832,7 +832,7 @@ void Daemon::ExportSchedulerMetrics(PromWriter* w) {
 void Daemon::StopExpiredShadows() {
   std::shared_ptr<const RegistrySnapshot> snap;
   {
-    std::lock_guard<std::mutex> lock(refresh_mu_);  // the registry's view: a held-back shadow expires too
+    std::lock_guard lock(refresh_mu_);  // the registry's view: a held-back shadow expires too
     snap = latest_ ? latest_ : snapshot();
   }
   int64_t now = opts_.clock->UnixMillis();
@@ -965,7 +965,7 @@ Status Daemon::Start() {
   // their canaries get no traffic, and are written at the next ticks.
   if (auto unsaved = LoadUnsavedRollbacks(); !unsaved.empty()) {
     canaries_->RestoreUnsaved(unsaved);
-    std::lock_guard<std::mutex> lock(refresh_mu_);
+    std::lock_guard lock(refresh_mu_);
     for (const auto& u : unsaved) {
       unrouted_canaries_.insert(u.experiment_id);
       LogWarn("canary_rollback_unsaved", {{"experiment", u.experiment_id}, {"reason", u.reason},
@@ -978,7 +978,7 @@ Status Daemon::Start() {
   // meanwhile are routed by this one.
   MMS_ASSIGN_OR_RETURN(auto first, RegistrySnapshot::Load(*registry_));
   {
-    std::lock_guard<std::mutex> lock(refresh_mu_);
+    std::lock_guard lock(refresh_mu_);
     if (!unrouted_canaries_.empty()) {
       std::map<std::string, ExperimentRecord> exps;
       for (const auto& [model, e] : first->experiments)
@@ -1116,7 +1116,7 @@ Daemon::StopResult Daemon::Shutdown() {
   LogInfo("shutting_down", {{"in_flight", server_->in_flight()}});
   std::vector<RoutedWaiter> waiting;  // REGISTRY_CHANGED calls waiting for a warm-up
   {
-    std::lock_guard<std::mutex> lock(refresh_mu_);
+    std::lock_guard lock(refresh_mu_);
     stopping_routes_ = true;  // and later ones are answered at once, so the drain is not held up
     waiting.swap(on_routed_);
   }

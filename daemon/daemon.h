@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/executor.h"
+#include "core/log.h"
 #include "core/status.h"
 #include "core/timer.h"
 #include "lora/servable.h"
@@ -265,8 +266,8 @@ class Daemon {
   std::shared_ptr<const LiveConfig> live_;  // guarded by snap_mu_; never null after Create
   std::shared_ptr<const LiveConfig> live() const;
   // One refresh at a time; held only for registry reads and in-memory work
-  // (never across a load or a join).
-  std::mutex refresh_mu_;
+  // (never across a load or a join). Its log lines go out once it is let go.
+  LogDeferringMutex refresh_mu_;
   std::shared_ptr<const RegistrySnapshot> latest_;    // guarded by refresh_mu_: the registry as last read
   std::vector<std::string> held_back_;                // guarded by refresh_mu_: rollouts snapshot_ leaves out
   bool reroute_ = false;  // guarded by refresh_mu_: unrouted_canaries_ changed since the last published snapshot

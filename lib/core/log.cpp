@@ -62,7 +62,37 @@ Status Logger::Configure(const Options& opts) {
 
 namespace {
 std::string IsoNow() { return FormatUtcMillis(Clock::Real()->UnixMillis()); }
+// This thread's LogDeferringMutex locks held, and the lines kept meanwhile.
+thread_local int deferring = 0;
+thread_local std::vector<std::string> deferred;
 }  // namespace
+
+void LogDeferringMutex::lock() {
+  mu_.lock();
+  ++deferring;
+}
+
+bool LogDeferringMutex::try_lock() {
+  if (!mu_.try_lock()) return false;
+  ++deferring;
+  return true;
+}
+
+void LogDeferringMutex::unlock() {
+  mu_.unlock();
+  if (--deferring == 0 && !deferred.empty()) {
+    std::vector<std::string> lines;
+    lines.swap(deferred);
+    Logger::Global().WriteLines(lines);
+  }
+}
+
+void Logger::WriteLines(const std::vector<std::string>& lines) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FILE* f = out_ ? out_ : stderr;
+  for (const auto& line : lines) std::fwrite(line.data(), 1, line.size(), f);
+  std::fflush(f);
+}
 
 void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json& fields) {
   if (!Enabled(level)) return;
@@ -89,10 +119,11 @@ void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json&
     }
   }
   line += "\n";
-  std::lock_guard<std::mutex> lock(mu_);
-  FILE* f = out_ ? out_ : stderr;
-  std::fwrite(line.data(), 1, line.size(), f);
-  std::fflush(f);
+  if (deferring > 0) {  // under a LogDeferringMutex: written when it is let go
+    deferred.push_back(std::move(line));
+    return;
+  }
+  WriteLines({line});
 }
 
 void LogDebug(std::string_view e, const nlohmann::json& f) { Logger::Global().Write(LogLevel::kDebug, e, f); }

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -40,6 +41,8 @@ class Logger {
   void Write(LogLevel level, std::string_view event, const nlohmann::json& fields);
 
  private:
+  friend class LogDeferringMutex;
+  void WriteLines(const std::vector<std::string>& lines);
   Logger() = default;
   std::mutex mu_;
   // Read without the lock (a line formatted just before a reload may take
@@ -47,6 +50,21 @@ class Logger {
   std::atomic<LogLevel> level_{LogLevel::kInfo};
   std::atomic<bool> json_{false};
   FILE* out_ = nullptr;               // guarded by mu_; nullptr = stderr
+};
+
+// A mutex (BasicLockable, for lock_guard and unique_lock) whose holder's log
+// lines are written once it lets go (of its last such lock): a log sink that
+// blocks — a full pipe, a stalled journal — then stalls the writing thread
+// only, never every thread waiting for the lock. Lines keep their times and
+// their order within the thread. Not for condition_variable (std::mutex only).
+class LogDeferringMutex {
+ public:
+  void lock();
+  bool try_lock();
+  void unlock();
+
+ private:
+  std::mutex mu_;
 };
 
 // Convenience: LogInfo("load", {{"model", name}, {"ms", 12.5}}).

@@ -116,7 +116,7 @@ void ModelPool::StopLoads() { load_exec_->Shutdown(); }
 ModelPool::~ModelPool() {
   load_exec_->Shutdown();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard lock(mu_);
     entries_.clear();  // blocks return to the arenas before the devices go
   }
   reaper_->Shutdown();  // frees what is still queued
@@ -165,7 +165,7 @@ HandlePtr ModelPool::NewHandle(Entry& e, bool loaded, bool counted) {
 
 void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, bool counted,
                         std::shared_ptr<const std::atomic<bool>> answered) {
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock lock(mu_);
   if (removed_.count(item.key)) {  // a request that read the registry before the version was removed
     lock.unlock();
     cb(NotFound(item.ref + " was removed from the registry"));
@@ -613,7 +613,7 @@ Status Warmup(Model* m, const std::string& sample, const std::vector<InputSpec>&
 }  // namespace
 
 void ModelPool::RunLoad(PoolKey key) {
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
   Entry* e = it->second.get();
@@ -761,20 +761,20 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
 }
 
 int64_t ModelPool::LastLoadFailure(PoolKey key) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   auto it = entries_.find(key);
   return it == entries_.end() ? 0 : it->second->failed_at;
 }
 
 void ModelPool::Hold(PoolKey key, const std::string& holder) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   if (auto it = entries_.find(key); it != entries_.end()) ++it->second->held[holder];
 }
 
 void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
   std::vector<Entry::Waiter> removed;  // answered after the lock is let go
   std::string ref;                     // (theirs)
-  std::unique_lock<std::mutex> lock(mu_);
+  std::unique_lock lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
   Entry& e = *it->second;
@@ -803,7 +803,7 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
 
 void ModelPool::Pin(const PoolItem& item) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard lock(mu_);
     if (removed_.count(item.key)) return;
     Entry& e = EntryFor(item);
     e.pinned = true;
@@ -820,7 +820,7 @@ void ModelPool::Pin(const PoolItem& item) {
     std::string error = r.ok() ? "" : r.status().message();
     bool was_failing;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard lock(mu_);
       auto it = entries_.find(key);
       if (it == entries_.end()) return;
       it->second->pin_preloading = false;
@@ -833,18 +833,18 @@ void ModelPool::Pin(const PoolItem& item) {
 }
 
 bool ModelPool::IsPinned(PoolKey key) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   auto it = entries_.find(key);
   return it != entries_.end() && it->second->pinned;
 }
 
 void ModelPool::Unpin(PoolKey key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   if (auto it = entries_.find(key); it != entries_.end()) it->second->pinned = false;
 }
 
 Result<std::string> ModelPool::Evict(PoolKey key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   auto it = entries_.find(key);
   if (it != entries_.end() && it->second->loading)  // (a first load is still on disk)
     return InUse(it->second->item.ref + " is loading; try again when it is done");
@@ -865,7 +865,7 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
 }
 
 void ModelPool::Forget(PoolKey key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   removed_.insert(key);
   auto it = entries_.find(key);
   if (it == entries_.end()) return;
@@ -879,12 +879,12 @@ Status ModelPool::FitsAtAll(const PoolItem& item) const {
   Entry e;
   e.item = item;
   e.bytes = item.bytes;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   return NeverFits(e);
 }
 
 void ModelPool::Replaced(const PoolItem& item) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   if (removed_.count(item.key)) return;
   auto it = entries_.find(item.key);
   if (it == entries_.end()) {  // kept, on disk: a request that read the registry earlier finds these details
@@ -962,7 +962,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
 }
 
 nlohmann::json ModelPool::Snapshot() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   int64_t now = opts_.clock->MonoNanos();
   nlohmann::json devices = nlohmann::json::array();
   for (size_t i = 0; i < devices_.size(); ++i) {
@@ -999,14 +999,14 @@ nlohmann::json ModelPool::Snapshot() const {
 }
 
 std::optional<nlohmann::json> ModelPool::Health(PoolKey key) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   auto it = entries_.find(key);
   if (it == entries_.end()) return std::nullopt;
   return EntryJson(*it->second, opts_.clock->MonoNanos());
 }
 
 nlohmann::json ModelPool::Summary() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   int on_device = 0, on_host = 0;
   for (const auto& [k, e] : entries_) {
     if (e->tier == Tier::kDevice) ++on_device;
@@ -1018,7 +1018,7 @@ nlohmann::json ModelPool::Summary() const {
 }
 
 nlohmann::json ModelPool::Devices() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard lock(mu_);
   nlohmann::json out = nlohmann::json::array();
   for (const auto& d : devices_)
     out.push_back({{"name", d->dev->name()},

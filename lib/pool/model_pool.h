@@ -42,6 +42,7 @@
 
 #include "core/clock.h"
 #include "core/executor.h"
+#include "core/log.h"
 #include "core/status.h"
 #include "pool/device.h"
 #include "pool/model.h"
@@ -253,7 +254,9 @@ class ModelPool {
   std::unique_ptr<Executor> load_exec_;
   std::unique_ptr<Executor> reaper_;  // frees dropped models off mu_ (one thread)
 
-  mutable std::mutex mu_;
+  // Log lines written under it go out once it is let go (a blocked log sink
+  // must not stall every Acquire, hits included).
+  mutable LogDeferringMutex mu_;
   std::vector<std::unique_ptr<DeviceSlot>> devices_;          // guarded by mu_ (set fixed at Create)
   std::unordered_map<PoolKey, std::unique_ptr<Entry>> entries_;  // guarded by mu_
   std::unordered_set<PoolKey> removed_;                          // Forget's keys (mu_)
