@@ -179,8 +179,10 @@ int CmdFeedback(Cli& cli, const std::string& request_id, const std::vector<std::
 std::string TestLine(const nlohmann::json& t, bool percent, const std::string& unit = "") {
   if (!t.value("valid", false)) return "n/a (" + t.value("reason", "") + ")";
   auto f = [&](double v) { return (percent ? Pct(v) : Num(v)) + unit; };
-  std::string s = (t["diff"].get<double>() >= 0 ? "+" : "") + f(t["diff"]) + " [" + f(t["ci"][0]) + ", " +
-                  f(t["ci"][1]) + "], p = " + Num(t["p_value"].get<double>(), 4);
+  const double diff = t["diff"].get<double>() + 0.0;  // (+ 0.0: -0 is 0, not "+-0.00")
+  std::string s = (diff >= 0 ? "+" : "") + f(diff) + " [" + f(t["ci"][0]) + ", " + f(t["ci"][1]) +
+                  "], p = " + Num(t["p_value"].get<double>(), 4);
+  if (t.value("method", "") == "fisher") s += " (Fisher's exact test)";
   return s;
 }
 

@@ -196,6 +196,38 @@ TEST_CASE("attribution: window, unknown ids, one report per metric") {
   CHECK(a.Claim("x4", {"click"}).ok());
 }
 
+TEST_CASE("an outcome's rate counts non-zero reports: click=0 is counted in the mean, not as a click") {
+  // Every report counted as a success: with 0/1 clicks reported for every
+  // request, the rate read ~100% in both arms and its test p = 1.
+  VariantMetrics c, t;
+  for (int i = 0; i < 1000; ++i) {
+    c.Record(1'000'000, false, 0);
+    t.Record(1'000'000, false, 0);
+    c.Outcome("click", i % 10 == 0 ? 1 : 0);  // 10%
+    t.Outcome("click", i % 5 == 0 ? 1 : 0);   // 20%
+  }
+  auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {"click"});
+  CHECK(j["outcomes"]["click"]["rate"]["diff"].get<double>() == doctest::Approx(0.10));
+  CHECK(j["outcomes"]["click"]["rate"]["p_value"].get<double>() < 1e-6);
+  auto fig = VariantFigures(c.Snapshot(), {"click"});
+  CHECK(fig["outcomes"]["click"]["count"] == 1000);
+  CHECK(fig["outcomes"]["click"]["nonzero"] == 100);
+  CHECK(fig["outcomes"]["click"]["rate"].get<double>() == doctest::Approx(0.10));
+  // Saved and read back; figures saved before non-zero counts read every record as one.
+  auto back = VariantSnapshot::FromJson(c.Snapshot().ToJson());
+  CHECK(back.outcomes["click"].nonzero == 100);
+  auto saved = c.Snapshot().ToJson();
+  saved["outcomes"]["click"].erase("nonzero");
+  CHECK(VariantSnapshot::FromJson(saved).outcomes["click"].nonzero == 1000);
+  // A window subtracts them like the counts.
+  auto before = c.Snapshot();
+  c.Outcome("click", 1);
+  c.Outcome("click", 0);
+  auto window = c.Snapshot().Since(before);
+  CHECK(window.outcomes["click"].count == 2);
+  CHECK(window.outcomes["click"].nonzero == 1);
+}
+
 TEST_CASE("reports compare variants and flag a sample-ratio mismatch") {
   VariantMetrics c, t;
   for (int i = 0; i < 9000; ++i) c.Record(1'000'000 + i, i % 100 == 0, 0);
