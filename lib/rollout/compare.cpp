@@ -34,7 +34,7 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
     return c;
   }
   double sum_abs = 0, dot = 0, na = 0, nb = 0, nd = 0;
-  size_t count = 0, rows = 0, argmax_same = 0;
+  size_t count = 0, rows = 0, topk_rows = 0, argmax_same = 0;
   double topk_sum = 0;
   for (const auto& p : primary) {
     auto it = std::find_if(shadow.begin(), shadow.end(), [&](const Tensor& s) { return s.name == p.name; });
@@ -72,11 +72,15 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
       for (size_t r = 0; r + width <= a.size(); r += width) {
         auto ta = TopK(&a[r], width, static_cast<size_t>(top_k)), tb = TopK(&b[r], width, static_cast<size_t>(top_k));
         argmax_same += ta[0] == tb[0];
+        ++rows;
+        // Only where the top k are some of the classes: with k or fewer,
+        // both sets are every class and always agree.
+        if (width <= static_cast<size_t>(top_k)) continue;
         std::set<size_t> sa(ta.begin(), ta.end());
         size_t overlap = 0;
         for (size_t x : tb) overlap += sa.count(x);
         topk_sum += static_cast<double>(overlap) / static_cast<double>(ta.size());
-        ++rows;
+        ++topk_rows;
       }
     }
   }
@@ -85,7 +89,7 @@ OutputComparison CompareOutputs(const std::vector<Tensor>& primary, const std::v
   c.cosine = na > 0 && nb > 0 ? dot / (std::sqrt(na) * std::sqrt(nb)) : (na == nb ? 1.0 : 0.0);
   if (rows) {
     c.argmax_agreement = static_cast<double>(argmax_same) / static_cast<double>(rows);
-    c.topk_agreement = topk_sum / static_cast<double>(rows);
+    if (topk_rows) c.topk_agreement = topk_sum / static_cast<double>(topk_rows);
   }
   if (c.max_abs > tolerance) {
     c.diverged = true;

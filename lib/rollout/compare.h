@@ -17,7 +17,7 @@ namespace mms {
 struct OutputComparison {
   double max_abs = 0, mean_abs = 0, rel_l2 = 0, cosine = 1;
   std::optional<double> argmax_agreement;  // fraction of rows whose argmax agrees
-  std::optional<double> topk_agreement;    // mean overlap of the rows' top-k sets
+  std::optional<double> topk_agreement;    // mean overlap of the rows' top-k sets (rows of more than k classes)
   bool diverged = false;
   // The outputs differ in number, names, shapes or dtypes: diverged, and no
   // measure above was taken (they read as perfect agreement).

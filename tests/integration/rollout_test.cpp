@@ -142,7 +142,8 @@ TEST_CASE("a shadow mirrors requests, compares outputs, and keeps diverging samp
   CHECK(st["latency_delta_ms"]["p50"].get<double>() <= st["latency_delta_ms"]["p99"].get<double>());
   CHECK(std::abs(st["latency_delta_ms"]["p50"].get<double>()) < 1000);
   CHECK(st["measures"]["argmax_agreement"]["count"] == 20);
-  CHECK(st["measures"]["topk_agreement"]["count"] == 20);
+  // tiny's outputs have five or fewer classes: a top-5 is every one, so it is not measured.
+  CHECK(st["measures"]["topk_agreement"]["count"] == 0);
   auto samples = json::parse(d.Mms({"--json", "shadow", "samples", "tiny", "--limit", "3"}).out)["samples"];
   REQUIRE(samples.size() == 3);
   CHECK(samples[0].contains("primary"));

@@ -357,7 +357,8 @@ TEST_CASE("output comparison measures") {
   CHECK(c.mean_abs == doctest::Approx(0.7 / 8).epsilon(1e-6));
   CHECK(*c.argmax_agreement == doctest::Approx(0.5));
   // Top-2 per row: row 1 {1, 2} both ways; row 2 {3, 0} vs {2, 3}: one of two shared.
-  CHECK(*c.topk_agreement == doctest::Approx(1.0));  // top-5 of 4 columns: everything
+  // Top-5 of 4 columns is every column, always "agreeing": not measured (it read 1.0 beside an argmax of 0).
+  CHECK_FALSE(c.topk_agreement.has_value());
   CHECK(*CompareOutputs({a}, {b}, 0.1, 2).topk_agreement == doctest::Approx((1.0 + 0.5) / 2));
   auto top1 = CompareOutputs({a}, {b}, 0.1, 1);
   CHECK(*top1.topk_agreement == doctest::Approx(0.5));  // top-1 is argmax
