@@ -69,12 +69,26 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
                           CanaryLook look) {
   CanaryVerdict v;
   v.figures = {{"canary", ArmFigures(canary)}, {"control", ArmFigures(control)}};
+  const double interim_alpha = kCanaryAlpha / static_cast<double>(std::max<int64_t>(1, look.looks));
   if (canary.requests < static_cast<uint64_t>(c.min_requests)) {
+    // Before --min-requests only overwhelming evidence fails it, at an
+    // interim check's level: a candidate failing every request was served
+    // to min-requests users (1000 by default) before its rollback.
+    const uint64_t n = canary.requests;
+    const double err = n ? static_cast<double>(canary.errors) / static_cast<double>(n) : 0.0;
+    const double p = n ? BinomialUpperTail(canary.errors, n, c.max_error_rate) : 1.0;
+    if (err > c.max_error_rate && p < interim_alpha) {
+      v.kind = CanaryVerdict::kFail;
+      v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + " after " + std::to_string(n) +
+                 " requests, before --min-requests " + std::to_string(c.min_requests) + " (p = " + Sig(p) + " < " +
+                 Sig(interim_alpha) + ")" + ErrorDetail(canary);
+      return v;
+    }
     v.reason = std::to_string(canary.requests) + " of " + std::to_string(c.min_requests) +
                " canary requests needed for a verdict";
     return v;
   }
-  const double alpha = look.final ? kCanaryAlpha : kCanaryAlpha / static_cast<double>(std::max<int64_t>(1, look.looks));
+  const double alpha = look.final ? kCanaryAlpha : interim_alpha;
   const uint64_t n = canary.requests;
   // An interim check fails a limit only when the excess is significant at
   // `alpha`; the stage-end check applies the limit as it is.

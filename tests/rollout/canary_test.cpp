@@ -464,6 +464,35 @@ TEST_CASE("a healthy canary checked every interval is not rolled back on noise: 
   CHECK(JudgeCanary(c, control, bad, CanaryLook{false, 180}).reason.find("capacity") == std::string::npos);
 }
 
+TEST_CASE("a canary failing every request is rolled back before --min-requests, a healthy one is not judged yet") {
+  // It was served to min-requests users (1000 by default) before any verdict.
+  CanaryRecord c;
+  c.min_requests = 1000;
+  c.max_error_rate = 0.05;
+  VariantSnapshot control, broken, fine;
+  for (int i = 0; i < 30; ++i) {
+    ++control.requests;
+    ++broken.requests;
+    ++broken.errors;
+    ++fine.requests;
+    fine.errors += i == 0;  // 1 of 30: above the limit, but no evidence
+  }
+  broken.error_codes["MODEL_ERROR"] = 30;
+  CanaryVerdict v = JudgeCanary(c, control, broken, CanaryLook{false, 180});
+  INFO(v.reason);
+  CHECK(v.kind == CanaryVerdict::kFail);
+  CHECK(v.reason.find("canary error rate 100.00% > limit 5.00% after 30 requests, before --min-requests 1000") == 0);
+  CHECK(v.reason.find("30 MODEL_ERROR") != std::string::npos);
+  CanaryVerdict wait = JudgeCanary(c, control, fine, CanaryLook{true, 180});
+  CHECK(wait.kind == CanaryVerdict::kInconclusive);
+  CHECK(wait.reason == "30 of 1000 canary requests needed for a verdict");
+  // Two failures in two requests: p = 0.05^2 = 0.0025, not below 0.005 / 180 looks: not yet.
+  VariantSnapshot few;
+  few.requests = 2;
+  few.errors = 2;
+  CHECK(JudgeCanary(c, control, few, CanaryLook{false, 180}).kind == CanaryVerdict::kInconclusive);
+}
+
 TEST_CASE("a canary's cold loads are counted but never read as slow requests") {
   CanaryRecord c;
   c.min_requests = 100;
