@@ -372,8 +372,19 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
       cli.exit_code = cli.Fail(bp.status());
       return;
     }
-    cli.exit_code = Change(cli, [&](Registry& r) { return r.RampExperiment(*id, *bp); },
-                           "ramped " + *id + " to " + FormatPercent(*bp / 100.0));
+    int before = -1;  // the share it had (sticky splits only)
+    cli.exit_code = Change(cli, [&](Registry& r) {
+      if (auto e = r.GetExperiment(*id); e.ok() && !e->random) before = e->basis_points;
+      return r.RampExperiment(*id, *bp);
+    }, "ramped " + *id + " to " + FormatPercent(*bp / 100.0));
+    // Lowering a sticky split moves treated users back to control: said, as
+    // their later requests and outcomes then count for control.
+    if (cli.exit_code == 0 && before > *bp)
+      cli.Note("lowering the share from " + FormatPercent(before / 100.0) + " to " + FormatPercent(*bp / 100.0) +
+               " moves about " + FormatPercent(100.0 * (before - *bp) / before) +
+               " of the users treated so far back to control: their later requests and outcomes count for "
+               "control, mixing both arms (to compare cleanly, stop this experiment and create another at the "
+               "lower share)");
   });
 
   auto* stop = exp->add_subcommand("stop", "Stop; with --winner, promote that version to production (audited)");

@@ -110,7 +110,12 @@ TEST_CASE("experiment commands and their refusals") {
   CHECK(as == json::parse(R"([{"user": "user-1", "variant": "treatment", "bucket": 1666},
                               {"user": "42", "variant": "control", "bucket": 4640}])"));
   CHECK(json::parse(d.Mms({"--json", "experiment", "ramp", "exp-rec-v13", "--percent", "50"}).out)["percent"] == 50.0);
-  CHECK(d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "12.5"}).out.find("ramped exp-rec-v13 to 12.5%\n") == 0);
+  auto down = d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "12.5"});
+  CHECK(down.out.find("ramped exp-rec-v13 to 12.5%\n") == 0);
+  // Lowered: the treated users it moves back to control are said (they count for control from now).
+  CHECK_MESSAGE(down.err.find("lowering the share from 50% to 12.5% moves about 75% of the users treated so far back "
+                              "to control") != std::string::npos,
+                down.err);
   REQUIRE(d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "50", "-q"}).exit_code == 0);
   CHECK(json::parse(d.Mms({"--json", "experiment", "pause", "exp-rec-v13"}).out)["state"] == "paused");
   CHECK(json::parse(d.Mms({"--json", "experiment", "resume", "exp-rec-v13"}).out)["state"] == "running");
