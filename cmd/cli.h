@@ -148,7 +148,7 @@ std::string MmsdPath();
 // The pid of the live mmsd holding the instance lock (flock) of
 // `socket_path`'s <socket>.lock, else "".
 // Such a daemon may take no new connections: it is stopping (its socket file
-// goes first), or its socket file was removed a moment ago.
+// goes first), still starting, or its socket file was removed a moment ago.
 std::string SocketHolder(const std::string& socket_path);
 
 // Connecting found no daemon at all (no socket, or one left by a dead

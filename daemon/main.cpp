@@ -135,7 +135,8 @@ int Run(int argc, char** argv) {
       }
     }
     // What this host must offer to start with it (mmsd(8): "as this host
-    // would start with it"), checked without reserving or binding anything.
+    // would start with it"), reserving nothing (the metrics port is bound
+    // and closed at once).
     if (!(c.pool.devices.size() == 1 && c.pool.devices[0] == "auto"))
       for (const auto& dev : c.pool.devices)
         if (Status st = CheckDevice(dev); !st.ok()) {
