@@ -94,16 +94,18 @@ Result<ExperimentRecord> Registry::CreateExperiment(const NewExperiment& n) {
   if (control.id == treatment.id)
     return InvalidArgument("control and treatment are the same version (" + control.ref() + ")");
   MMS_ASSIGN_OR_RETURN(auto active, QueryExperiments("WHERE e.model_id = ? AND e.state != 'stopped'", {std::to_string(mid)}));
+  // The canary's own experiment normally stands for it; checked on its own too,
+  // so an experiment can never join a canary in progress.
+  MMS_ASSIGN_OR_RETURN(auto canaries, QueryCanaries("WHERE c.model_id = ? AND c.state IN ('running', 'paused')",
+                                                    {std::to_string(mid)}));
+  if (!active.empty() && active[0].kind == "canary" && !canaries.empty())
+    active[0].state = canaries[0].state;  // its experiment runs on while the canary is paused: say the canary's
   if (!active.empty())
     return AlreadyExists("model '" + n.model + "' already has " + (active[0].kind == "canary" ? "canary '" : "experiment '") +
                          active[0].id + "' " + active[0].state + "; end it first (one per model: " +
                          (active[0].kind == "canary" ? "mms canary abort " + n.model + " or mms canary promote " + n.model
                                                      : "mms experiment stop " + active[0].id) +
                          ")");
-  // The canary's own experiment normally stands for it; checked on its own too,
-  // so an experiment can never join a canary in progress.
-  MMS_ASSIGN_OR_RETURN(auto canaries, QueryCanaries("WHERE c.model_id = ? AND c.state IN ('running', 'paused')",
-                                                    {std::to_string(mid)}));
   if (!canaries.empty())
     return AlreadyExists("model '" + n.model + "' has a canary of version " + canaries[0].candidate_version + " (" +
                          canaries[0].state + "); finish it first with mms canary promote|abort " + n.model +

@@ -275,6 +275,18 @@ TEST_CASE("pausing stops the stage clock, promote and abort by hand") {
   f.ctl->Tick();
   f.Traffic(c, 30, 0.0, 5);
   REQUIRE(f.reg->SetCanaryState("rec", "paused").ok());
+  // An experiment on the model is refused naming the canary's state (its own experiment runs on: it said "running").
+  NewExperiment e;
+  e.id = "x2";
+  e.model = "rec";
+  e.control = *ParseRef("rec:1");
+  e.treatment = *ParseRef("rec:2");
+  e.basis_points = 1000;
+  auto refused = f.reg->CreateExperiment(e);
+  CHECK(refused.status().code() == Code::kAlreadyExists);
+  CHECK_MESSAGE(refused.status().message().find("already has canary '" + c.experiment_id + "' paused") !=
+                    std::string::npos,
+                refused.status().message());
   int64_t before = f.reg->GetCanary("rec")->stage_elapsed_ms;
   f.clock.AdvanceSeconds(600);
   f.ctl->Tick();
