@@ -195,30 +195,34 @@ std::string ShellWord(const std::string& s) {
   return out + "'";
 }
 
-// The pid holding an flock on `path`, from /proc/locks (readable for every
-// user's locks, unlike /proc/PID/fd), else "". Matched by inode.
-std::string FlockHolder(const std::string& path) {
+// Whether process `pid` holds an flock on `path`, from /proc/locks
+// (readable for every user's locks, unlike /proc/PID/fd). Matched by inode
+// and pid: inode numbers repeat across filesystems (every user's runtime
+// tmpfs counts from 2), and the device /proc/locks prints is not st_dev on
+// btrfs or overlayfs.
+bool HoldsFlock(const std::string& pid, const std::string& path) {
   struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return "";
+  if (pid.empty() || ::stat(path.c_str(), &st) != 0) return false;
   std::ifstream in("/proc/locks");
   std::string line;
   while (std::getline(in, line)) {
     // "3: FLOCK  ADVISORY  WRITE 1234 08:01:1234567 0 EOF"; a waiter's has "->" after the number.
     std::istringstream f(line);
-    std::string n, kind, advisory, mode, pid, where;
-    if (!(f >> n >> kind >> advisory >> mode >> pid >> where) || kind != "FLOCK") continue;
+    std::string n, kind, advisory, mode, holder, where;
+    if (!(f >> n >> kind >> advisory >> mode >> holder >> where) || kind != "FLOCK" || holder != pid) continue;
     const size_t colon = where.rfind(':');
-    if (colon != std::string::npos && where.substr(colon + 1) == std::to_string(st.st_ino)) return pid;
+    if (colon != std::string::npos && where.substr(colon + 1) == std::to_string(st.st_ino)) return true;
   }
-  return "";
+  return false;
 }
 
-// The pid of the live mmsd holding an flock on `lock_path`, else "": who
-// holds it now, not the pid written in it, which after a kill -9 may be any
-// process since (another user's mmsd among them).
-std::string MmsdHolding(const std::string& lock_path) {
-  const std::string pid = FlockHolder(lock_path);
-  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) return "";
+// `pid` (as written in `lock_path` by the daemon that took it) when that
+// process is a live mmsd holding the lock now, else "": after a kill -9 the
+// file stays, and its pid may since be any process, another user's mmsd
+// among them.
+std::string MmsdHolding(const std::string& lock_path, const std::string& pid) {
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || !HoldsFlock(pid, lock_path))
+    return "";
   auto comm = ReadFile("/proc/" + pid + "/comm");
   return comm.ok() && comm->rfind("mmsd", 0) == 0 ? pid : "";
 }
@@ -230,16 +234,20 @@ std::string MmsdHolding(const std::string& lock_path) {
 // starting then refuse to.)
 std::pair<std::string, std::string> RegistryHolder(const std::string& registry_path) {
   const std::string lock = registry_path + ".mmsd-lock";
-  const std::string pid = MmsdHolding(lock);
   auto text = ReadFile(lock);
-  if (pid.empty() || !text.ok()) return {};
+  if (!text.ok()) return {};
   const DaemonLockFile held = ParseDaemonLockFile(*text);
-  if (held.pid != pid || held.socket.empty() || !FileExists(held.socket)) return {};
+  const std::string pid = MmsdHolding(lock, held.pid);
+  if (pid.empty() || held.socket.empty() || !FileExists(held.socket)) return {};
   return {pid, held.socket};
 }
 }  // namespace
 
-std::string SocketHolder(const std::string& socket_path) { return MmsdHolding(socket_path + ".lock"); }
+std::string SocketHolder(const std::string& socket_path) {
+  const std::string lock = socket_path + ".lock";
+  auto text = ReadFile(lock);  // the pid, as Server::Lock writes it
+  return text.ok() ? MmsdHolding(lock, text->substr(0, text->find('\n'))) : "";
+}
 
 Result<std::unique_ptr<proto::Client>> Cli::Connect() {
   // A config that cannot be read is refused here too, as by every command

@@ -699,7 +699,9 @@ void Daemon::CheckRegistryFile() {
 
 void Daemon::CheckRegistryIntegrity() {
   // A file moved or replaced at the path (registry_replaced says so) is not
-  // the one served: nothing to check. QuickCheck opens the path.
+  // the one served: nothing to check. QuickCheck opens the path. (Looked at
+  // now, not at the last poll: a file replaced since is not checked either.)
+  CheckRegistryFile();
   if (registry_detached()) return;
   Status st = registry_->QuickCheck();
   // Only damage is a finding: a registry locked by a writer for longer than

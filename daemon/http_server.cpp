@@ -71,6 +71,7 @@ Result<int> ListenOn(const HostPort& hp, const std::string& url, bool probe = fa
     return InvalidArgument("cannot resolve the metrics address " + url + ": " + ::gai_strerror(rv));
   std::string err;
   int fd = -1, last_errno = 0;
+  bool in_use = false;  // an address taken now (by the daemon a probe precedes, perhaps)
   for (addrinfo* a = found; a && fd < 0; a = a->ai_next) {
     fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) {
@@ -80,15 +81,17 @@ Result<int> ListenOn(const HostPort& hp, const std::string& url, bool probe = fa
     int one = 1;
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (a->ai_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+    // A probe only binds: a listener, even for an instant, takes connections.
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 || (!probe && ::listen(fd, 128) != 0)) {
       last_errno = errno;
+      in_use = in_use || errno == EADDRINUSE;
       err = std::strerror(errno);
       ::close(fd);
       fd = -1;
     }
   }
   ::freeaddrinfo(found);
-  if ((fd >= 0 || last_errno == EADDRINUSE) && probe) {
+  if ((fd >= 0 || in_use) && probe) {
     if (fd >= 0) ::close(fd);
     return 0;
   }

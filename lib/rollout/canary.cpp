@@ -73,10 +73,15 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
   if (canary.requests < static_cast<uint64_t>(c.min_requests)) {
     // Before --min-requests only overwhelming evidence fails it, at an
     // interim check's level: a candidate failing every request was served
-    // to min-requests users (1000 by default) before its rollback.
-    const uint64_t n = canary.requests;
-    const double err = n ? static_cast<double>(canary.errors) / static_cast<double>(n) : 0.0;
-    const double p = n ? BinomialUpperTail(canary.errors, n, c.max_error_rate) : 1.0;
+    // to min-requests users (1000 by default) before its rollback. Only the
+    // candidate's own failures count here: a few requests refused in a
+    // load burst (OVERLOADED, a deadline, no room) say nothing of it yet.
+    uint64_t capacity = 0;
+    for (const char* code : {"OVERLOADED", "DEADLINE_EXCEEDED", "POOL_FULL", "RATE_LIMITED", "UNAVAILABLE", "CANCELLED"})
+      if (auto it = canary.error_codes.find(code); it != canary.error_codes.end()) capacity += it->second;
+    const uint64_t n = canary.requests, own = canary.errors - std::min(canary.errors, capacity);
+    const double err = n ? static_cast<double>(own) / static_cast<double>(n) : 0.0;
+    const double p = n ? BinomialUpperTail(own, n, c.max_error_rate) : 1.0;
     if (err > c.max_error_rate && p < interim_alpha) {
       v.kind = CanaryVerdict::kFail;
       v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + " after " + std::to_string(n) +

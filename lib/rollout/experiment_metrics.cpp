@@ -10,7 +10,7 @@ void OutcomeStats::Add(double value) {
     sum = sumsq = 0;
   }
   ++count;
-  if (value != 0) ++nonzero;
+  if (value > 0) ++positive;
   const double d = value - shift;
   sum += d;
   sumsq += d * d;
@@ -52,7 +52,7 @@ VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
     if (it == earlier.outcomes.end() || it->second.count == 0) continue;
     const OutcomeStats before = it->second.Shifted(o.shift);  // the same shift unless restored from older figures
     o.count -= std::min(o.count, before.count);
-    o.nonzero -= std::min(o.nonzero, before.nonzero);
+    o.positive -= std::min(o.positive, before.positive);
     o.sum -= before.sum;
     o.sumsq -= before.sumsq;
   }
@@ -66,7 +66,7 @@ nlohmann::json VariantSnapshot::ToJson() const {
   for (const auto& [name, s] : outcomes) {
     const OutcomeStats plain = s.Shifted(0);
     o[name] = {{"count", s.count}, {"sum", plain.sum}, {"sumsq", plain.sumsq},
-               {"shift", s.shift}, {"shifted_sum", s.sum}, {"shifted_sumsq", s.sumsq}, {"nonzero", s.nonzero}};
+               {"shift", s.shift}, {"shifted_sum", s.sum}, {"shifted_sumsq", s.sumsq}, {"positive", s.positive}};
   }
   return {{"requests", requests}, {"errors", errors}, {"error_codes", error_codes}, {"latency", latency.ToJson()},
           {"outcomes", o}, {"routed", routed}, {"routed_share", routed_share}};
@@ -107,10 +107,10 @@ VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
     for (auto it = j["outcomes"].begin(); it != j["outcomes"].end(); ++it)
       if (it->is_object()) {
         const bool shifted = it->contains("shift");  // figures saved before shifts: plain sums
-        // Figures saved before non-zero records were counted: every record (as rates were then).
+        // Figures saved before positive records were counted: every record (as rates were then).
         s.outcomes[it.key()] = {Count(*it, "count"), Real(*it, "shift"), Real(*it, shifted ? "shifted_sum" : "sum"),
                                 Real(*it, shifted ? "shifted_sumsq" : "sumsq"),
-                                Count(*it, it->contains("nonzero") ? "nonzero" : "count")};
+                                Count(*it, it->contains("positive") ? "positive" : "count")};
       }
   return s;
 }

@@ -30,9 +30,10 @@ struct OutcomeStats {
   uint64_t count = 0;  // feedback records
   double shift = 0;
   double sum = 0, sumsq = 0;  // of (value − shift)
-  // Records of a value other than 0: what a rate counts (a click=0 report is
-  // a report, not a click; it counts in the mean).
-  uint64_t nonzero = 0;
+  // Records of a value above 0: what a rate counts (a click=0 report is a
+  // report, not a click, and a refund of -5 not a conversion; both count in
+  // the mean).
+  uint64_t positive = 0;
   void Add(double value);
   double total() const { return shift * static_cast<double>(count) + sum; }
   double mean() const { return count ? shift + sum / static_cast<double>(count) : 0.0; }

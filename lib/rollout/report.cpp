@@ -16,8 +16,8 @@ nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::s
     auto it = s.outcomes.find(name);
     OutcomeStats o = it == s.outcomes.end() ? OutcomeStats{} : it->second;
     outcomes[name] = {{"count", o.count},
-                      {"nonzero", o.nonzero},
-                      {"rate", n > 0 ? static_cast<double>(std::min<uint64_t>(o.nonzero, s.requests)) / n : 0.0},
+                      {"positive", o.positive},
+                      {"rate", n > 0 ? static_cast<double>(std::min<uint64_t>(o.positive, s.requests)) / n : 0.0},
                       {"sum", o.total()},
                       {"mean", o.mean()}};
   }
@@ -64,7 +64,7 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
     OutcomeStats oc = c.outcomes.count(name) ? c.outcomes.at(name) : OutcomeStats{};
     OutcomeStats ot = t.outcomes.count(name) ? t.outcomes.at(name) : OutcomeStats{};
     outcomes[name] = {
-        {"rate", TwoProportionZTest(std::min(oc.nonzero, c.requests), c.requests, std::min(ot.nonzero, t.requests),
+        {"rate", TwoProportionZTest(std::min(oc.positive, c.requests), c.requests, std::min(ot.positive, t.requests),
                                     t.requests, confidence)
                      .ToJson()},
         {"mean", WelchTTest(oc.mean(), oc.variance(), oc.count, ot.mean(), ot.variance(), ot.count, confidence)

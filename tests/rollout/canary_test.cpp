@@ -495,6 +495,10 @@ TEST_CASE("a canary failing every request is rolled back before --min-requests, 
   CHECK(v.kind == CanaryVerdict::kFail);
   CHECK(v.reason.find("canary error rate 100.00% > limit 5.00% after 30 requests, before --min-requests 1000") == 0);
   CHECK(v.reason.find("30 MODEL_ERROR") != std::string::npos);
+  // Refused in a load burst (OVERLOADED, deadlines): not the candidate's doing, no early verdict.
+  VariantSnapshot burst = broken;
+  burst.error_codes = {{"OVERLOADED", 20}, {"DEADLINE_EXCEEDED", 10}};
+  CHECK(JudgeCanary(c, control, burst, CanaryLook{false, 180}).kind == CanaryVerdict::kInconclusive);
   CanaryVerdict wait = JudgeCanary(c, control, fine, CanaryLook{true, 180});
   CHECK(wait.kind == CanaryVerdict::kInconclusive);
   CHECK(wait.reason == "30 of 1000 canary requests needed for a verdict");

@@ -196,7 +196,7 @@ TEST_CASE("attribution: window, unknown ids, one report per metric") {
   CHECK(a.Claim("x4", {"click"}).ok());
 }
 
-TEST_CASE("an outcome's rate counts non-zero reports: click=0 is counted in the mean, not as a click") {
+TEST_CASE("an outcome's rate counts positive reports: click=0 is counted in the mean, not as a click") {
   // Every report counted as a success: with 0/1 clicks reported for every
   // request, the rate read ~100% in both arms and its test p = 1.
   VariantMetrics c, t;
@@ -211,21 +211,22 @@ TEST_CASE("an outcome's rate counts non-zero reports: click=0 is counted in the 
   CHECK(j["outcomes"]["click"]["rate"]["p_value"].get<double>() < 1e-6);
   auto fig = VariantFigures(c.Snapshot(), {"click"});
   CHECK(fig["outcomes"]["click"]["count"] == 1000);
-  CHECK(fig["outcomes"]["click"]["nonzero"] == 100);
+  CHECK(fig["outcomes"]["click"]["positive"] == 100);
   CHECK(fig["outcomes"]["click"]["rate"].get<double>() == doctest::Approx(0.10));
-  // Saved and read back; figures saved before non-zero counts read every record as one.
+  // Saved and read back; figures saved before positive counts read every record as one.
   auto back = VariantSnapshot::FromJson(c.Snapshot().ToJson());
-  CHECK(back.outcomes["click"].nonzero == 100);
+  CHECK(back.outcomes["click"].positive == 100);
   auto saved = c.Snapshot().ToJson();
-  saved["outcomes"]["click"].erase("nonzero");
-  CHECK(VariantSnapshot::FromJson(saved).outcomes["click"].nonzero == 1000);
+  saved["outcomes"]["click"].erase("positive");
+  CHECK(VariantSnapshot::FromJson(saved).outcomes["click"].positive == 1000);
   // A window subtracts them like the counts.
   auto before = c.Snapshot();
   c.Outcome("click", 1);
   c.Outcome("click", 0);
+  c.Outcome("click", -5);  // a refund: reported, not a conversion
   auto window = c.Snapshot().Since(before);
-  CHECK(window.outcomes["click"].count == 2);
-  CHECK(window.outcomes["click"].nonzero == 1);
+  CHECK(window.outcomes["click"].count == 3);
+  CHECK(window.outcomes["click"].positive == 1);
 }
 
 TEST_CASE("reports compare variants and flag a sample-ratio mismatch") {
