@@ -332,8 +332,8 @@ const std::vector<Spec>& Specs() {
                "How long a registry write waits for another writer before failing.",
                [](Config& c) -> int64_t& { return c.registry.busy_timeout_ns; }),
       Duration("registry", "integrity_check", "5m", kSec, 7 * 86400 * kSec,
-               "How often the daemon runs SQLite's quick_check over the registry file (damage reads alone may "
-               "not touch is reported).",
+               "How often the daemon runs SQLite's quick_check over the registry file (it reports damage that no "
+               "read happens to touch).",
                [](Config& c) -> int64_t& { return c.registry.integrity_check_ns; }),
       DevicesSpec(),
       BytesOrAuto("pool", "device_budget", 1 << 20, 1ull << 50,
