@@ -1,22 +1,16 @@
 #include <doctest/doctest.h>
 
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "core/log.h"
+#include "core/paths.h"
 #include "support/process.h"
 
 using namespace mms;
 
 namespace {
-std::string Text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string Text(const std::string& path) { return ReadFile(path).value(); }
 }  // namespace
 
 TEST_CASE("lines logged under a LogDeferringMutex are written once its holder lets go, in order") {

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/paths.h"
 #include "support/process.h"
 
 using namespace mms::testing;
@@ -177,8 +178,7 @@ TEST_CASE("a backup SIGKILLed midway leaves no backup, and the next one into the
   Child served;
   REQUIRE(served.Start({MmsdBin(), "--data-dir", dest, "--socket", work / "b.sock"}, work / "b.log"));
   CHECK(served.Wait(30) == 1);
-  std::ifstream log(work / "b.log");
-  const std::string said((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  const std::string said = mms::ReadFile(work / "b.log").value();
   CHECK_MESSAGE(said.find("was interrupted, or is running") != std::string::npos, said);
   auto listed = MmsAt(dest, work / "none.sock", {"model", "list"});
   CHECK(listed.exit_code == 1);
