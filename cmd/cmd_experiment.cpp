@@ -176,13 +176,19 @@ int CmdFeedback(Cli& cli, const std::string& request_id, const std::vector<std::
   return 0;
 }
 
-std::string TestLine(const nlohmann::json& t, bool percent, const std::string& unit = "") {
+// `by_user`: the report's tests take the user as the unit (said once, in its heading).
+std::string TestLine(const nlohmann::json& t, bool percent, bool by_user, const std::string& unit = "") {
   if (!t.value("valid", false)) return "n/a (" + t.value("reason", "") + ")";
   auto f = [&](double v) { return (percent ? Pct(v) : Num(v)) + unit; };
   const double diff = t["diff"].get<double>() + 0.0;  // (+ 0.0: -0 is 0, not "+-0.00")
   std::string s = (diff >= 0 ? "+" : "") + f(diff) + " [" + f(t["ci"][0]) + ", " + f(t["ci"][1]) +
                   "], p = " + Num(t["p_value"].get<double>(), 4);
   if (t.value("method", "") == "fisher") s += " (Fisher's exact test)";
+  // Requests as the unit in a report by user: few counts, where Fisher's
+  // p-value (over requests) was the larger.
+  if (by_user && t.value("unit", "") == "request") s += ", by request";
+  // Users' requests correlated enough to matter: say how much.
+  if (double de = t.value("design_effect", 0.0); de >= 1.5) s += ", design effect " + Num(de, 2);
   return s;
 }
 
@@ -224,13 +230,17 @@ void PrintReport(const nlohmann::json& e) {
     std::cout << FormatTable(orows);
   }
   const auto& c = e["comparison"];
-  std::cout << "treatment − control (" << c["confidence"].get<double>() * 100 << "% intervals):\n";
-  std::cout << "  error rate     " << TestLine(c["error_rate"], true) << "\n";
-  std::cout << "  latency mean   " << TestLine(c["latency_mean_ms"], false, " ms") << "\n";
+  // A sticky experiment's tests are by user (its unit of randomisation);
+  // the error rate's says which.
+  const bool by_user = c["error_rate"].value("unit", "") == "user";
+  std::cout << "treatment − control (" << c["confidence"].get<double>() * 100 << "% intervals, "
+            << (by_user ? "users" : "requests") << " as the unit):\n";
+  std::cout << "  error rate     " << TestLine(c["error_rate"], true, by_user) << "\n";
+  std::cout << "  latency mean   " << TestLine(c["latency_mean_ms"], false, by_user, " ms") << "\n";
   for (auto it = c["outcomes"].begin(); it != c["outcomes"].end(); ++it) {
     std::string pad(std::max<int>(1, 10 - static_cast<int>(it.key().size())), ' ');
-    std::cout << "  " << it.key() << " rate" << pad << TestLine((*it)["rate"], true) << "\n";
-    std::cout << "  " << it.key() << " mean" << pad << TestLine((*it)["mean"], false) << "\n";
+    std::cout << "  " << it.key() << " rate" << pad << TestLine((*it)["rate"], true, by_user) << "\n";
+    std::cout << "  " << it.key() << " mean" << pad << TestLine((*it)["mean"], false, by_user) << "\n";
   }
   auto verdict = [](const nlohmann::json& s) {
     if (!s.value("valid", false)) return "n/a (" + s.value("reason", std::string()) + ")";

@@ -225,69 +225,18 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
 }
 
 // NAME:VERSION registered already with the same weights is no error (a CI
-// job run again): its record, with *unchanged set. Other weights under it are
-// (ALREADY_EXISTS, naming both hashes).
+// job run again, or the same job twice at once): its record, with
+// *unchanged set. Other weights under it are (ALREADY_EXISTS, naming both
+// hashes), and so are other settings with the same weights. The arguments
+// are checked first, whatever is registered: a usage error is exit 2 on a
+// rerun too.
 Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArgs& a, bool* unchanged) {
   *unchanged = false;
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
   MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
-  auto canon = CanonicalPath(a.path);
-  struct stat st;
-  const bool regular = canon.ok() && ::stat(canon->c_str(), &st) == 0 && S_ISREG(st.st_mode);
-  if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, a.version, ""}); existing.ok()) {
-    // Said as `mms model import` says it: the same weights or other ones
-    // (hashed only when the size matches; never a FIFO or a device).
-    std::string ref = a.name + ":" + a.version, by = ", by " + existing->created_by;
-    auto sha = regular && static_cast<uint64_t>(st.st_size) == existing->size_bytes ? Sha256File(*canon)
-                                                                                     : Result<std::string>(std::string());
-    if (sha.ok() && *sha == existing->sha256) {
-      // The same run again, not another registration: settings given now
-      // that differ from the recorded ones would be silently dropped.
-      std::vector<std::string> differ;
-      auto same_file = [](const std::string& a, const std::string& b) {
-        auto x = ReadFile(a), y = ReadFile(b);
-        return x.ok() && y.ok() && *x == *y;
-      };
-      if (!a.description.empty() && a.description != existing->description) differ.push_back("--description");
-      if (!a.fingerprint.empty() && a.fingerprint != existing->data_fingerprint) differ.push_back("--data-fingerprint");
-      if (a.has_sla && (!existing->sla_p99_ms || *existing->sla_p99_ms != a.sla_p99_ms)) differ.push_back("--sla-p99-ms");
-      if (a.max_batch_size != existing->max_batch_size) differ.push_back("--max-batch-size");
-      if (a.max_queue_delay_us != existing->max_queue_delay_us) differ.push_back("--max-queue-delay-us");
-      if (!a.sample_input.empty() && (existing->sample_input.empty() || !same_file(a.sample_input, existing->sample_input)))
-        differ.push_back("--sample-input");
-      for (const auto& l : a.labels)
-        if (auto eq = l.find('='); eq != std::string::npos) {
-          auto it = existing->labels.find(l.substr(0, eq));
-          if (it == existing->labels.end() || it->second != l.substr(eq + 1)) {
-            differ.push_back("--label " + l.substr(0, eq));
-            break;
-          }
-        }
-      if (!differ.empty() && a.rerun_settings_must_match) {
-        std::string list;
-        for (const auto& d : differ) list += (list.empty() ? "" : ", ") + d;
-        return AlreadyExists(ref + " is registered with these weights (sha256 " + sha->substr(0, 12) + by +
-                             ") but other settings (" + list +
-                             " differ from what it was registered with, which stays): register them as a new version "
-                             "number");
-      }
-      *unchanged = true;
-      return existing;
-    }
-    return AlreadyExists(ref + " is registered with other weights (sha256 " + existing->sha256.substr(0, 12) + by +
-                         (sha.ok() && !sha->empty() ? "; this file " + sha->substr(0, 12) : std::string()) +
-                         "); register the new weights as a new version number");
-  }
-  if (!canon.ok())
-    return InvalidArgument("artifact " + a.path + " does not exist (--path must name a TorchScript file)");
-  if (!regular) return InvalidArgument("artifact " + *canon + " is not a regular file");
-  MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*canon));
-
   NewVersion v;
   v.model = a.name;
   v.version = a.version;
-  v.artifact_path = *canon;
-  v.size_bytes = static_cast<uint64_t>(st.st_size);
   v.description = a.description;
   v.data_fingerprint = a.fingerprint;
   v.max_batch_size = a.max_batch_size;
@@ -311,7 +260,8 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     auto eq = l.find('=');
     if (eq == std::string::npos || eq == 0)
       return InvalidArgument("invalid label '" + l + "': use --label key=value");
-    v.labels[l.substr(0, eq)] = l.substr(eq + 1);
+    if (!v.labels.emplace(l.substr(0, eq), l.substr(eq + 1)).second)
+      return InvalidArgument("--label " + l.substr(0, eq) + " is given twice: give each key once");
   }
   if (!a.metrics_file.empty()) {
     auto text = ReadFile(a.metrics_file);
@@ -322,6 +272,66 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   }
   if (!a.sample_input.empty() && !FileExists(a.sample_input))
     return InvalidArgument("--sample-input " + a.sample_input + " does not exist");
+
+  auto canon = CanonicalPath(a.path);
+  struct stat st;
+  const bool regular = canon.ok() && ::stat(canon->c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  // The version as registered already: this run again (same weights, same
+  // settings: unchanged), or a refusal saying what differs. `sha` is this
+  // file's, when known.
+  auto rerun = [&](const VersionRecord& existing, Result<std::string> sha) -> Result<VersionRecord> {
+    std::string ref = a.name + ":" + a.version, by = ", by " + existing.created_by;
+    if (sha.ok() && *sha == existing.sha256) {
+      // The same run again, not another registration: settings given now
+      // that differ from the recorded ones would be silently dropped.
+      std::vector<std::string> differ;
+      auto same_file = [](const std::string& a, const std::string& b) {
+        auto x = ReadFile(a), y = ReadFile(b);
+        return x.ok() && y.ok() && *x == *y;
+      };
+      if (!a.description.empty() && a.description != existing.description) differ.push_back("--description");
+      if (!a.fingerprint.empty() && a.fingerprint != existing.data_fingerprint) differ.push_back("--data-fingerprint");
+      if (a.has_sla && (!existing.sla_p99_ms || *existing.sla_p99_ms != a.sla_p99_ms)) differ.push_back("--sla-p99-ms");
+      if (a.max_batch_size != existing.max_batch_size) differ.push_back("--max-batch-size");
+      if (a.max_queue_delay_us != existing.max_queue_delay_us) differ.push_back("--max-queue-delay-us");
+      if (!a.sample_input.empty() && (existing.sample_input.empty() || !same_file(a.sample_input, existing.sample_input)))
+        differ.push_back("--sample-input");
+      if (!a.metrics_file.empty() && v.metrics != existing.metrics) differ.push_back("--metrics");
+      for (const auto& [key, value] : v.labels) {
+        auto it = existing.labels.find(key);
+        if (it == existing.labels.end() || it->second != value) {
+          differ.push_back("--label " + key);
+          break;
+        }
+      }
+      if (!differ.empty() && a.rerun_settings_must_match) {
+        std::string list;
+        for (const auto& d : differ) list += (list.empty() ? "" : ", ") + d;
+        return AlreadyExists(ref + " is registered with these weights (sha256 " + sha->substr(0, 12) + by +
+                             ") but other settings (" + list +
+                             ") than it was registered with, which stay: register them as a new version number");
+      }
+      *unchanged = true;
+      return existing;
+    }
+    return AlreadyExists(ref + " is registered with other weights (sha256 " + existing.sha256.substr(0, 12) + by +
+                         (sha.ok() && !sha->empty() ? "; this file " + sha->substr(0, 12) : std::string()) +
+                         "); register the new weights as a new version number");
+  };
+  const Ref ref{Ref::Kind::kVersion, a.name, a.version, ""};
+  if (auto existing = reg.Resolve(ref); existing.ok()) {
+    // Said as `mms model import` says it: the same weights or other ones
+    // (hashed only when the size matches; never a FIFO or a device).
+    return rerun(*existing, regular && static_cast<uint64_t>(st.st_size) == existing->size_bytes
+                                ? Sha256File(*canon)
+                                : Result<std::string>(std::string()));
+  }
+  if (!canon.ok())
+    return InvalidArgument("artifact " + a.path + " does not exist (--path must name a TorchScript file)");
+  if (!regular) return InvalidArgument("artifact " + *canon + " is not a regular file");
+  MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*canon));
+  v.artifact_path = *canon;
+  v.size_bytes = static_cast<uint64_t>(st.st_size);
 
   Progress progress("hashing " + BaseName(*canon), !cli.g.quiet && !cli.g.json);
   MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(*canon, [&](uint64_t d, uint64_t t) { progress(d, t); }));
@@ -350,6 +360,10 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   v.packed_dir = packed->dir;
   v.sample_input = packed->sample_input;
   auto rec = RegisterPublished(reg, v);
+  // Registered meanwhile by another run (the same CI job started twice):
+  // judged as a rerun, by the weights this run hashed.
+  if (!rec.ok() && rec.status().code() == Code::kAlreadyExists)
+    if (auto existing = reg.Resolve(ref); existing.ok()) return rerun(*existing, v.sha256);
   if (rec.ok() && !same_as.empty())  // (said once registered: an error stays one line)
     cli.Note("note: " + rec->ref() + " has the same weights as " + same_as + " (sha256 " + v.sha256.substr(0, 12) +
              "): a canary or experiment between them would compare nothing");

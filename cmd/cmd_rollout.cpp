@@ -218,7 +218,8 @@ std::string StageLine(const nlohmann::json& c) {
     return "promoted " + c.value("candidate", "") + " to production, all traffic (from " + stage + ")";
   if (c["state"] == "rolled_back" || c["state"] == "aborted")
     return (c["state"] == "aborted" ? "aborted at " : "rolled back at ") + stage + "; " + c.value("candidate", "") +
-           " archived";
+           // (mms model rm --force of the candidate aborts its canary: gone, not archived)
+           (c.value("reason", "").rfind("its candidate ", 0) == 0 ? " removed" : " archived");
   std::string s = c["state"].get<std::string>() + ", " + stage;
   const int64_t left_ms = c.value("stage_remaining_ms", int64_t{0});
   if (c["state"] == "running" && left_ms == 0) {  // "0 ns left in stage" said nothing of what it waits for
@@ -260,8 +261,12 @@ int EndedEarlier(Cli& cli, const std::string& model, const std::string& experime
 // `experiment`: the canary waited for (its experiment id; "" = NAME's latest
 // when the wait starts): a canary started later is not taken for it.
 int Wait(Cli& cli, const std::string& model, int64_t timeout_ns, std::string experiment = "") {
+  // mmsd not answering now (restarting, or not started yet) is no reason to
+  // fail a retried job: the registry has the canary, ended or not.
   auto client = cli.Connect();
-  if (!client.ok()) return cli.Fail(client.status());
+  if (!client.ok() && client.status().code() != Code::kUnavailable &&
+      client.status().code() != Code::kDeadlineExceeded)
+    return cli.Fail(client.status());
   auto start = std::chrono::steady_clock::now();
   auto last_print = start - std::chrono::seconds(10);
   std::string last, last_phase;
@@ -285,6 +290,8 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns, std::string exp
       }
       if (auto reg = cli.OpenRegistry(); reg.ok()) {
         auto c = (*reg)->GetCanary(model);
+        if (!c.ok() && c.status().code() == Code::kNotFound) return cli.Fail(c.status());  // none ever: nothing to wait for
+        if (c.ok() && experiment.empty()) experiment = c->experiment_id;  // the latest, as with mmsd up
         if (c.ok() && !experiment.empty() && c->experiment_id != experiment)
           return EndedEarlier(cli, model, experiment, model + ":" + c->candidate_version);
         if (c.ok() && c->state != "running" && c->state != "paused") {
@@ -435,17 +442,23 @@ int CmdCanaryWait(Cli& cli, const std::string& model, const std::string& candida
     if (!ref.ok()) return cli.Fail(ref.status().WithContext("--candidate"));
     auto reg = cli.OpenRegistry();
     if (!reg.ok()) return cli.Fail(reg.status());
-    auto want = (*reg)->Resolve(*ref);
-    if (!want.ok()) return cli.Fail(want.status().WithContext("--candidate"));
-    if (want->model != model)
-      return cli.Fail(InvalidArgument("--candidate " + candidate + " is a version of " + want->model + ", not of " + model));
+    // A version removed since (mms model rm --force aborts its canary) is
+    // found by its number: its canary's outcome, not "unknown version".
+    std::string version = ref->version;
+    if (auto want = (*reg)->Resolve(*ref); want.ok()) {
+      if (want->model != model)
+        return cli.Fail(InvalidArgument("--candidate " + candidate + " is a version of " + want->model + ", not of " + model));
+      version = want->version;
+    } else if (want.status().code() != Code::kNotFound || ref->kind != Ref::Kind::kVersion) {
+      return cli.Fail(want.status().WithContext("--candidate"));
+    }
     auto all = (*reg)->ListCanaries(false);
     if (!all.ok()) return cli.Fail(all.status());
     const CanaryRecord* latest = nullptr;  // that candidate's latest canary
     for (const CanaryRecord& c : *all)
-      if (c.model == model && c.candidate_version == want->version && (!latest || c.id > latest->id)) latest = &c;
+      if (c.model == model && c.candidate_version == version && (!latest || c.id > latest->id)) latest = &c;
     if (!latest)
-      return cli.Fail(NotFound(model + " has had no canary of " + want->ref() +
+      return cli.Fail(NotFound(model + " has had no canary of " + model + ":" + version +
                                ": its canary never started (see mms canary list)"));
     return Wait(cli, model, *timeout, latest->experiment_id);
   }
@@ -523,7 +536,9 @@ int CmdCanaryList(Cli& cli) {
     for (const auto& c : *list)
       rows.push_back({c.model, c.candidate_version, c.baseline_version, c.state,
                       std::to_string(c.stage_index + 1) + "/" + std::to_string(c.stages.size()),
-                      Num(c.traffic_percent(), 2) + "%", FormatTime(c.created_ms), c.reason.substr(0, 60)});
+                      // What it serves now, as --json says: 100% promoted, 0% ended otherwise.
+                      Num(c.ToJson()["traffic_percent"].get<double>(), 2) + "%", FormatTime(c.created_ms),
+                      c.reason.substr(0, 60)});
     std::cout << FormatTable(rows);
   });
   return 0;

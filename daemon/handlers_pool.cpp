@@ -36,6 +36,7 @@ struct Credit {
   double treatment_share = 0;  // the experiment's, when it routed this request
   std::shared_ptr<UserSplit> users;  // a sticky experiment's distinct users, with `user`
   std::string user;
+  int user_bucket = -1;  // a sticky experiment's: the user's bucket (its figures by user)
   // Inputs the routed version refused that the other arm takes: its own
   // doing (a changed input schema), counted against its arm, not "bad input".
   bool arm_refused_inputs = false;
@@ -60,7 +61,8 @@ void Credited(const Credit& credit, int64_t latency_ns, int64_t now, const Statu
   const bool untimed = at_once || st.code() == Code::kOverloaded;
   credit.version->Record(untimed ? -1 : latency_ns, !st.ok(), now, code);
   if (!credit.variant || refused) return;
-  credit.variant->Record(loaded || untimed ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share);
+  credit.variant->Record(loaded || untimed ? -1 : latency_ns, !st.ok(), now, code, credit.treatment_share,
+                         credit.user_bucket);
   if (credit.users) credit.users->Add(credit.user, credit.which, credit.treatment_share);
 }
 
@@ -95,7 +97,7 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
     finish(e, loaded);
     return r.Fail(e);
   }
-  if (!credit.experiment.empty()) d->attribution()->Remember(request_id, credit.experiment, credit.which);
+  if (!credit.experiment.empty()) d->attribution()->Remember(request_id, credit.experiment, credit.which, credit.user_bucket);
   finish(Status::Ok(), loaded);
   std::vector<Tensor> outputs = mirror ? reply.tensors : std::vector<Tensor>{};
   int64_t latency = d->clock()->MonoNanos() - t0;
@@ -180,6 +182,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       if (!e.random) {  // sticky: its users are counted too (the unit its split randomises)
         credit->users = d->user_splits()->Get(e.id);
         credit->user = user;
+        credit->user_bucket = UserBucket(user);
       }
     }
   }

@@ -57,7 +57,7 @@ void Feedback(Daemon* d, const proto::Message& req, Responder r) {
                                                  "' could not be read from the registry (locked by another writer?); nothing was recorded: retry"));
   auto claimed = d->attribution()->Claim(id, names);
   if (!claimed.ok()) return r.Fail(claimed.status());
-  for (auto it = m.begin(); it != m.end(); ++it) metrics->Outcome(it.key(), it->get<double>());
+  for (auto it = m.begin(); it != m.end(); ++it) metrics->Outcome(it.key(), it->get<double>(), claimed->user_bucket);
   d->attribution()->Recorded(id, names);  // journaled once the flush has saved these outcomes
   r.Send(nlohmann::json{{"request_id", id},
                         {"experiment", claimed->experiment},

@@ -73,6 +73,8 @@ Result<std::string> Sha256File(const std::string& path,
   return ToHex(d, len);
 }
 
+uint64_t Xxh3Of(std::string_view data) { return XXH3_64bits(data.data(), data.size()); }
+
 Xxh3::Xxh3() : state_(XXH3_createState()) {
   if (!state_) std::abort();  // out of memory for a few hundred bytes
   XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));

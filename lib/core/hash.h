@@ -26,6 +26,10 @@ Result<std::string> Sha256File(const std::string& path,
 
 std::string ToHex(const uint8_t* data, size_t n);
 
+// XXH3-64 of `data` in one call (a fixed, documented function: the same
+// value on every machine and release).
+uint64_t Xxh3Of(std::string_view data);
+
 // XXH3-64 over pieces fed in order, as if concatenated. Not thread-safe (one
 // owner); Hex() may be called once all pieces are in.
 class Xxh3 {

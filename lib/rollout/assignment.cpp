@@ -57,7 +57,7 @@ size_t PrintableUtf8(std::string_view s, size_t i) {
 }  // namespace
 
 Status ValidateExperimentId(std::string_view id) {
-  bool ok = !id.empty() && id.size() <= 128;
+  bool ok = !id.empty() && id.size() <= 128 && id[0] != '-';  // (a leading '-' reads as an option everywhere)
   for (size_t i = 0; ok && i < id.size();) {
     char c = id[i];
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' ||
@@ -72,7 +72,7 @@ Status ValidateExperimentId(std::string_view id) {
   if (ok) return Status::Ok();
   return InvalidArgument("invalid experiment id '" + std::string(id) +
                          "': use 1-128 bytes of letters and digits (UTF-8 letters too, as the seed's ids), '.', '_', "
-                         "':', '@' and '-', no spaces");
+                         "':', '@' and '-' (not first), no spaces");
 }
 
 }  // namespace mms

@@ -11,14 +11,16 @@
 
 #include "core/paths.h"
 #include "core/units.h"
+#include "rollout/experiment_metrics.h"
 
 namespace mms {
 
-void AttributionStore::Remember(const std::string& request_id, const std::string& experiment, Variant variant) {
+void AttributionStore::Remember(const std::string& request_id, const std::string& experiment, Variant variant,
+                                int user_bucket) {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t now = opts_.clock->MonoNanos();
   Expire(now);
-  entries_[request_id] = Entry{experiment, variant, now, {}, {}};
+  entries_[request_id] = Entry{experiment, variant, now, {}, {}, user_bucket};
   order_.emplace_back(now, request_id);
   new_ids_.push_back(request_id);
   while (entries_.size() > opts_.capacity && !order_.empty()) {
@@ -54,7 +56,7 @@ Result<AttributionStore::Entry*> AttributionStore::Find(const std::string& reque
 Result<AttributionStore::Claimed> AttributionStore::Lookup(const std::string& request_id) {
   std::lock_guard<std::mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(Entry * e, Find(request_id, opts_.clock->MonoNanos()));
-  return Claimed{e->experiment, e->variant};
+  return Claimed{e->experiment, e->variant, e->user_bucket};
 }
 
 Result<AttributionStore::Claimed> AttributionStore::Claim(const std::string& request_id,
@@ -66,7 +68,7 @@ Result<AttributionStore::Claimed> AttributionStore::Claim(const std::string& req
     if (e.reported.count(m))
       return AlreadyExists("metric '" + m + "' was already reported for request '" + request_id + "'");
   for (const auto& m : metrics) e.reported.insert(m);
-  return Claimed{e.experiment, e.variant};
+  return Claimed{e.experiment, e.variant, e.user_bucket};
 }
 
 void AttributionStore::Recorded(const std::string& request_id, const std::vector<std::string>& metrics) {
@@ -97,7 +99,7 @@ std::vector<AttributionStore::Row> AttributionStore::All(Reports reports) const 
 
 AttributionStore::Row AttributionStore::MakeRow(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms,
                                                 Reports reports) {
-  Row r{id, e.experiment, e.variant, unix_ms - (now - e.at) / 1'000'000, {}};
+  Row r{id, e.experiment, e.variant, unix_ms - (now - e.at) / 1'000'000, {}, e.user_bucket};
   if (reports == Reports::kAll) r.reported = e.reported;
   if (reports == Reports::kSaved) r.reported = e.saved;
   return r;
@@ -105,14 +107,15 @@ AttributionStore::Row AttributionStore::MakeRow(const std::string& id, const Ent
 
 std::string AttributionStore::Format(const std::vector<Row>& rows) {
   std::string text;
-  for (const Row& r : rows)
-    text += nlohmann::json{{"id", r.id},
-                           {"experiment", r.experiment},
-                           {"variant", VariantName(r.variant)},
-                           {"served_ms", r.served_ms},
-                           {"reported", r.reported}}
-                .dump() +
-            "\n";
+  for (const Row& r : rows) {
+    nlohmann::json line{{"id", r.id},
+                        {"experiment", r.experiment},
+                        {"variant", VariantName(r.variant)},
+                        {"served_ms", r.served_ms},
+                        {"reported", r.reported}};
+    if (r.user_bucket >= 0) line["bucket"] = r.user_bucket;
+    text += line.dump() + "\n";
+  }
   return text;
 }
 
@@ -202,7 +205,13 @@ Result<size_t> AttributionStore::Load(const std::string& path) {
     const int64_t age_ms = unix_ms - served_ms;
     if (age_ms > 2 * opts_.window_ns / 1'000'000) continue;
     const int64_t at = now - std::max<int64_t>(age_ms, 0) * 1'000'000;
-    Entry e{j["experiment"].get<std::string>(), v, at, {}, {}};
+    // (Lines written before user buckets have none: their outcomes count by request only.)
+    int bucket = -1;
+    if (j.contains("bucket") && j["bucket"].is_number_integer()) {
+      const int64_t b = j["bucket"].get<int64_t>();
+      if (b >= 0 && b < UserBuckets::kCount) bucket = static_cast<int>(b);
+    }
+    Entry e{j["experiment"].get<std::string>(), v, at, {}, {}, bucket};
     if (j.contains("reported") && j["reported"].is_array())
       for (const auto& m : j["reported"])
         if (m.is_string()) e.reported.insert(m.get<std::string>());

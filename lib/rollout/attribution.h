@@ -35,11 +35,14 @@ class AttributionStore {
   };
   explicit AttributionStore(const Options& o) : opts_(o) {}
 
-  void Remember(const std::string& request_id, const std::string& experiment, Variant variant);
+  // `user_bucket`: the user's bucket (UserBucket) in a sticky experiment,
+  // else -1; the request's outcomes are counted in it.
+  void Remember(const std::string& request_id, const std::string& experiment, Variant variant, int user_bucket = -1);
 
   struct Claimed {
     std::string experiment;
     Variant variant = Variant::kNone;
+    int user_bucket = -1;
   };
   // Who served the request (the same refusals as Claim, nothing marked).
   Result<Claimed> Lookup(const std::string& request_id);
@@ -83,6 +86,7 @@ class AttributionStore {
     int64_t at;
     std::set<std::string> reported;
     std::set<std::string> saved;  // of those, the ones whose outcomes a flush saved (the journal's)
+    int user_bucket = -1;
   };
   void Expire(int64_t now);                                     // mu_ held
   Result<Entry*> Find(const std::string& request_id, int64_t now);  // mu_ held
@@ -103,6 +107,7 @@ class AttributionStore {
     Variant variant;
     int64_t served_ms;
     std::set<std::string> reported;
+    int user_bucket = -1;
   };
   std::vector<Row> All(Reports reports) const;  // every entry (mu_ held)
   static Row MakeRow(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, Reports reports);

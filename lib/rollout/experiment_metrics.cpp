@@ -1,8 +1,34 @@
 #include "rollout/experiment_metrics.h"
 
 #include <cmath>
+#include <numeric>
+
+#include "core/hash.h"
 
 namespace mms {
+
+int UserBucket(std::string_view user) { return static_cast<int>(Xxh3Of(user) % UserBuckets::kCount); }
+
+namespace {
+template <typename T>
+T Total(const UserBuckets::Cells<T>& cells) {
+  return std::accumulate(cells.begin(), cells.end(), T{});
+}
+bool InBucketRange(int b) { return b >= 0 && b < UserBuckets::kCount; }
+}  // namespace
+
+bool VariantSnapshot::CoversRequests() const {
+  return users && Total(users->requests) == requests && Total(users->errors) == errors &&
+         Total(users->timed) == latency.count();
+}
+
+bool VariantSnapshot::CoversOutcome(const std::string& metric) const {
+  if (!CoversRequests()) return false;
+  auto o = outcomes.find(metric);
+  auto b = users->outcomes.find(metric);
+  const uint64_t count = o == outcomes.end() ? 0 : o->second.count;
+  return count == (b == users->outcomes.end() ? 0 : Total(b->second.count));
+}
 
 void OutcomeStats::Add(double value) {
   if (count == 0) {
@@ -38,6 +64,7 @@ std::string VariantKey(const std::string& experiment, const std::string& variant
 
 VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
   VariantSnapshot d = *this;
+  d.users.reset();
   d.requests -= std::min(d.requests, earlier.requests);
   d.routed -= std::min(d.routed, earlier.routed);
   d.routed_share = std::max(0.0, d.routed_share - earlier.routed_share);
@@ -68,8 +95,16 @@ nlohmann::json VariantSnapshot::ToJson() const {
     o[name] = {{"count", s.count}, {"sum", plain.sum}, {"sumsq", plain.sumsq},
                {"shift", s.shift}, {"shifted_sum", s.sum}, {"shifted_sumsq", s.sumsq}, {"positive", s.positive}};
   }
-  return {{"requests", requests}, {"errors", errors}, {"error_codes", error_codes}, {"latency", latency.ToJson()},
-          {"outcomes", o}, {"routed", routed}, {"routed_share", routed_share}};
+  nlohmann::json j{{"requests", requests}, {"errors", errors}, {"error_codes", error_codes},
+                   {"latency", latency.ToJson()}, {"outcomes", o}, {"routed", routed}, {"routed_share", routed_share}};
+  if (users) {
+    nlohmann::json bo = nlohmann::json::object();
+    for (const auto& [name, b] : users->outcomes)
+      bo[name] = {{"count", b.count}, {"positive", b.positive}, {"sum", b.sum}};
+    j["users"] = {{"buckets", UserBuckets::kCount}, {"requests", users->requests}, {"errors", users->errors},
+                  {"timed", users->timed}, {"latency_ns", users->latency_ns}, {"outcomes", bo}};
+  }
+  return j;
 }
 
 namespace {
@@ -88,6 +123,42 @@ double Real(const nlohmann::json& j, const char* key) {
   if (it == j.end() || !it->is_number()) return 0;
   double v = it->get<double>();
   return std::isfinite(v) ? v : 0;
+}
+// One array of UserBuckets::kCount numbers; false (nothing read) otherwise.
+template <typename T>
+bool ReadCells(const nlohmann::json& j, const char* key, UserBuckets::Cells<T>* out) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_array() || it->size() != UserBuckets::kCount) return false;
+  for (int b = 0; b < UserBuckets::kCount; ++b) {
+    const nlohmann::json& v = (*it)[static_cast<size_t>(b)];
+    if (!v.is_number()) return false;
+    if constexpr (std::is_same_v<T, uint64_t>) {
+      if (!v.is_number_unsigned()) return false;
+      (*out)[b] = v.get<uint64_t>();
+    } else {
+      (*out)[b] = v.get<double>();
+      if (!std::isfinite((*out)[b])) return false;
+    }
+  }
+  return true;
+}
+// Saved buckets, all or nothing: any part missing or malformed (or another
+// bucket count) reads as none, and the tests take the request as the unit.
+std::optional<UserBuckets> ReadUserBuckets(const nlohmann::json& j) {
+  if (!j.is_object() || j.value("buckets", 0) != UserBuckets::kCount) return std::nullopt;
+  UserBuckets u;
+  if (!ReadCells(j, "requests", &u.requests) || !ReadCells(j, "errors", &u.errors) || !ReadCells(j, "timed", &u.timed) ||
+      !ReadCells(j, "latency_ns", &u.latency_ns))
+    return std::nullopt;
+  auto o = j.find("outcomes");
+  if (o == j.end() || !o->is_object()) return std::nullopt;
+  for (auto it = o->begin(); it != o->end(); ++it) {
+    UserBuckets::Outcome b;
+    if (!ReadCells(*it, "count", &b.count) || !ReadCells(*it, "positive", &b.positive) || !ReadCells(*it, "sum", &b.sum))
+      return std::nullopt;
+    u.outcomes[it.key()] = b;
+  }
+  return u;
 }
 }  // namespace
 
@@ -112,11 +183,12 @@ VariantSnapshot VariantSnapshot::FromJson(const nlohmann::json& j) {
                                 Real(*it, shifted ? "shifted_sumsq" : "sumsq"),
                                 Count(*it, it->contains("positive") ? "positive" : "count")};
       }
+  if (j.contains("users")) s.users = ReadUserBuckets(j["users"]);  // absent before buckets, and for random splits
   return s;
 }
 
 void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now, const std::string& error_code,
-                            double treatment_share) {
+                            double treatment_share, int user_bucket) {
   std::lock_guard<std::mutex> lock(mu_);
   ++cum_.requests;
   if (error) {
@@ -131,12 +203,30 @@ void VariantMetrics::Record(int64_t latency_ns, bool error, int64_t now, const s
     cum_.latency.Record(latency_ns);
     recent_.Record(latency_ns, now);
   }
+  if (InBucketRange(user_bucket)) {
+    if (!cum_.users) cum_.users.emplace();
+    UserBuckets& u = *cum_.users;
+    ++u.requests[user_bucket];
+    if (error) ++u.errors[user_bucket];
+    if (latency_ns >= 0) {
+      ++u.timed[user_bucket];
+      u.latency_ns[user_bucket] += static_cast<double>(latency_ns);
+    }
+  }
   dirty_ = true;
 }
 
-void VariantMetrics::Outcome(const std::string& metric, double value) {
+void VariantMetrics::Outcome(const std::string& metric, double value, int user_bucket) {
   std::lock_guard<std::mutex> lock(mu_);
-  cum_.outcomes[metric].Add(value);
+  OutcomeStats& o = cum_.outcomes[metric];
+  o.Add(value);
+  if (InBucketRange(user_bucket)) {
+    if (!cum_.users) cum_.users.emplace();
+    UserBuckets::Outcome& b = cum_.users->outcomes[metric];
+    ++b.count[user_bucket];
+    if (value > 0) ++b.positive[user_bucket];
+    b.sum[user_bucket] += value - o.shift;  // the shift Add set at the first report
+  }
   dirty_ = true;
 }
 

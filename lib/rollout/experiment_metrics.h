@@ -8,10 +8,13 @@
 // called on the request path (one short critical section).
 #pragma once
 
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -42,6 +45,29 @@ struct OutcomeStats {
   OutcomeStats Shifted(double new_shift) const;
 };
 
+// A sticky experiment's arm by users. A sticky split randomises users, not
+// requests: one user's requests (and clicks) are not independent samples —
+// a heavy user moves an arm's rate by many requests at once — and tests
+// that take the request as the unit read p-values too small. So every
+// counted request and outcome is also added to one of kCount buckets by a
+// hash of its user id (all of a user's requests share a bucket). The
+// buckets are independent samples of users: the comparisons (report.h)
+// take their variance from the spread between buckets.
+struct UserBuckets {
+  static constexpr int kCount = 64;
+  template <typename T>
+  using Cells = std::array<T, kCount>;
+  Cells<uint64_t> requests{}, errors{}, timed{};
+  Cells<double> latency_ns{};  // the timed requests' latencies, summed
+  struct Outcome {
+    Cells<uint64_t> count{}, positive{};
+    Cells<double> sum{};  // of (value − the metric's OutcomeStats::shift)
+  };
+  std::map<std::string, Outcome> outcomes;
+};
+// A user's bucket: XXH3-64 of the id, modulo UserBuckets::kCount.
+int UserBucket(std::string_view user);
+
 struct VariantSnapshot {
   uint64_t requests = 0, errors = 0;
   // Requests recorded with the treatment share in force when they were
@@ -52,8 +78,15 @@ struct VariantSnapshot {
   std::map<std::string, uint64_t> error_codes;  // "MODEL_ERROR" → count
   LatencyHistogram latency;                  // cumulative (or a window after Subtract)
   std::map<std::string, OutcomeStats> outcomes;
+  // By user (sticky experiments; none for random ones). They cover every
+  // request and outcome only when all were recorded with a bucket: figures
+  // counted before buckets existed are not (Covers* say so).
+  std::optional<UserBuckets> users;
+  bool CoversRequests() const;                          // every request, error and timed latency
+  bool CoversOutcome(const std::string& metric) const;  // every report of `metric`
 
-  // Figures since `earlier` (a snapshot of the same variant taken before).
+  // Figures since `earlier` (a snapshot of the same variant taken before),
+  // without the buckets (a stage's figures are judged by request).
   VariantSnapshot Since(const VariantSnapshot& earlier) const;
   nlohmann::json ToJson() const;  // persistence form
   static VariantSnapshot FromJson(const nlohmann::json& j);
@@ -64,13 +97,14 @@ class VariantMetrics {
   // `error_code`: the Status code name of a failed request ("" when it succeeded
   // or the code is unknown). `latency_ns` < 0: counted, not timed.
   // `treatment_share` ≥ 0: the experiment's treatment share when the request
-  // was routed (see VariantSnapshot::routed).
+  // was routed (see VariantSnapshot::routed). `user_bucket` in
+  // [0, UserBuckets::kCount): also counted in that bucket (UserBucket).
   void Record(int64_t latency_ns, bool error, int64_t now_mono_ns, const std::string& error_code = "",
-              double treatment_share = -1);
+              double treatment_share = -1, int user_bucket = -1);
   // The largest magnitude an outcome value may have: its square, summed over
   // billions of reports, stays finite (the feedback handler refuses more).
   static constexpr double kMaxOutcome = 1e15;
-  void Outcome(const std::string& metric, double value);
+  void Outcome(const std::string& metric, double value, int user_bucket = -1);
   VariantSnapshot Snapshot() const;
   LatencyHistogram Recent(int64_t window_ns, int64_t now_mono_ns) const;
   // Replaces the cumulative figures (restored from the registry at start).

@@ -1,6 +1,7 @@
 #include "rollout/report.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "stats/significance.h"
 
@@ -49,25 +50,79 @@ nlohmann::json SampleRatioJson(uint64_t control, uint64_t treatment, double expe
 }
 }  // namespace
 
+namespace {
+// The arm's figures by user for one ratio: (y, n) per bucket.
+ClusteredArm Arm(const UserBuckets::Cells<uint64_t>& y, const UserBuckets::Cells<uint64_t>& n, double offset = 0) {
+  ClusteredArm a;
+  a.offset = offset;
+  for (int b = 0; b < UserBuckets::kCount; ++b) {
+    a.y.push_back(static_cast<double>(y[b]));
+    a.n.push_back(static_cast<double>(n[b]));
+  }
+  return a;
+}
+ClusteredArm Arm(const UserBuckets::Cells<double>& y, const UserBuckets::Cells<uint64_t>& n, double offset,
+                 double scale) {
+  ClusteredArm a = Arm(UserBuckets::Cells<uint64_t>{}, n, offset);
+  for (int b = 0; b < UserBuckets::kCount; ++b) a.y[static_cast<size_t>(b)] = y[b] * scale;
+  return a;
+}
+
+// The test by user where the figures are by user (`by_user` set), else the
+// one by request; see report.h. Too few users is no reason to count their
+// requests as independent instead: that test stays invalid, saying so.
+TestResult Chosen(TestResult by_request, const std::optional<TestResult>& by_user) {
+  by_request.unit = "request";
+  if (!by_user || !by_request.valid) return by_request;
+  TestResult r = *by_user;
+  r.unit = "user";
+  if (!r.valid) return r;
+  if (by_request.method == "fisher" && by_request.p_value > r.p_value) return by_request;
+  if (by_request.se > 0) r.design_effect = (r.se * r.se) / (by_request.se * by_request.se);
+  return r;
+}
+}  // namespace
+
 nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& t, int basis_points,
                                const std::vector<std::string>& metrics, double confidence) {
   nlohmann::json j;
   j["confidence"] = confidence;
-  j["error_rate"] = TwoProportionZTest(c.errors, c.requests, t.errors, t.requests, confidence).ToJson();
+  const bool by_user = c.CoversRequests() && t.CoversRequests();
+  const std::optional<TestResult> none;
+  const UserBuckets* cu = by_user ? &*c.users : nullptr;
+  const UserBuckets* tu = by_user ? &*t.users : nullptr;
+  j["error_rate"] =
+      Chosen(TwoProportionZTest(c.errors, c.requests, t.errors, t.requests, confidence),
+             by_user ? ClusteredRatioTest(Arm(cu->errors, cu->requests), Arm(tu->errors, tu->requests), confidence) : none)
+          .ToJson();
   // Latency in ms, Welch's t on the means.
   auto ms = [](double ns) { return ns / 1e6; };
-  j["latency_mean_ms"] = WelchTTest(ms(c.latency.mean()), c.latency.variance() / 1e12, c.latency.count(),
-                                    ms(t.latency.mean()), t.latency.variance() / 1e12, t.latency.count(), confidence)
-                             .ToJson();
+  j["latency_mean_ms"] =
+      Chosen(WelchTTest(ms(c.latency.mean()), c.latency.variance() / 1e12, c.latency.count(), ms(t.latency.mean()),
+                        t.latency.variance() / 1e12, t.latency.count(), confidence),
+             by_user ? ClusteredRatioTest(Arm(cu->latency_ns, cu->timed, 0, 1e-6), Arm(tu->latency_ns, tu->timed, 0, 1e-6),
+                                          confidence)
+                     : none)
+          .ToJson();
   nlohmann::json outcomes = nlohmann::json::object();
   for (const auto& name : metrics) {
     OutcomeStats oc = c.outcomes.count(name) ? c.outcomes.at(name) : OutcomeStats{};
     OutcomeStats ot = t.outcomes.count(name) ? t.outcomes.at(name) : OutcomeStats{};
+    std::optional<TestResult> rate_by_user, mean_by_user;
+    if (by_user && c.CoversOutcome(name) && t.CoversOutcome(name)) {
+      static const UserBuckets::Outcome kNoReports;
+      const UserBuckets::Outcome& bc = cu->outcomes.count(name) ? cu->outcomes.at(name) : kNoReports;
+      const UserBuckets::Outcome& bt = tu->outcomes.count(name) ? tu->outcomes.at(name) : kNoReports;
+      rate_by_user = ClusteredRatioTest(Arm(bc.positive, cu->requests), Arm(bt.positive, tu->requests), confidence);
+      mean_by_user = ClusteredRatioTest(Arm(bc.sum, bc.count, oc.shift, 1), Arm(bt.sum, bt.count, ot.shift, 1), confidence);
+    }
     outcomes[name] = {
-        {"rate", TwoProportionZTest(std::min(oc.positive, c.requests), c.requests, std::min(ot.positive, t.requests),
-                                    t.requests, confidence)
+        {"rate", Chosen(TwoProportionZTest(std::min(oc.positive, c.requests), c.requests,
+                                           std::min(ot.positive, t.requests), t.requests, confidence),
+                        rate_by_user)
                      .ToJson()},
-        {"mean", WelchTTest(oc.mean(), oc.variance(), oc.count, ot.mean(), ot.variance(), ot.count, confidence)
+        {"mean", Chosen(WelchTTest(oc.mean(), oc.variance(), oc.count, ot.mean(), ot.variance(), ot.count, confidence),
+                        mean_by_user)
                      .ToJson()}};
   }
   j["outcomes"] = outcomes;

@@ -2,6 +2,16 @@
 // (difference with a confidence interval, z-tests for error and outcome
 // rates, Welch's t-test for latency and outcome value means, and the
 // sample-ratio-mismatch check flagged at p < 0.001).
+//
+// The unit of the tests: a sticky experiment splits users, so where both
+// arms' figures are by user (VariantSnapshot::users covering them) every
+// comparison takes the user as the unit (ClusteredRatioTest over the user
+// buckets; "unit": "user", with the design effect). With small counts —
+// where the request-level test is Fisher's exact test — the larger of the
+// two p-values is reported: the t-test of a few buckets is no better than
+// the normal approximation there. Random experiments split requests, and
+// figures counted before buckets existed have none: those take the request
+// ("unit": "request").
 #pragma once
 
 #include <string>

@@ -59,12 +59,18 @@ TestResult Invalid(std::string why) {
 }  // namespace
 
 nlohmann::json TestResult::ToJson() const {
-  if (!valid) return {{"valid", false}, {"reason", reason}};
+  if (!valid) {
+    nlohmann::json j{{"valid", false}, {"reason", reason}};
+    if (!unit.empty()) j["unit"] = unit;
+    return j;
+  }
   auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(v > 0 ? "inf" : "-inf"); };
   nlohmann::json j{{"valid", true}, {"statistic", num(statistic)}, {"p_value", p_value}, {"diff", diff},
                    {"ci", {ci_low, ci_high}}};
   if (df > 0) j["df"] = df;
   if (!method.empty()) j["method"] = method;
+  if (!unit.empty()) j["unit"] = unit;
+  if (design_effect > 0) j["design_effect"] = design_effect;
   return j;
 }
 
@@ -99,6 +105,7 @@ TestResult TwoProportionZTest(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2
   double q1 = (static_cast<double>(x1) + 1) / a1, q2 = (static_cast<double>(x2) + 1) / a2;
   double se = std::sqrt(q1 * (1 - q1) / a1 + q2 * (1 - q2) / a2);
   double z = NormalQuantile(0.5 + confidence / 2);
+  r.se = std::sqrt(p1 * (1 - p1) / static_cast<double>(n1) + p2 * (1 - p2) / static_cast<double>(n2));
   r.ci_low = std::max(-1.0, q2 - q1 - z * se);
   r.ci_high = std::min(1.0, q2 - q1 + z * se);
   return r;
@@ -133,6 +140,7 @@ TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, doub
   r.diff = mean2 - mean1;
   double a = var1 / static_cast<double>(n1), b = var2 / static_cast<double>(n2);
   double se = std::sqrt(a + b);
+  r.se = se;
   if (se == 0) {  // both arms constant
     r.statistic = r.diff == 0 ? 0 : std::copysign(std::numeric_limits<double>::infinity(), r.diff);
     r.p_value = r.diff == 0 ? 1 : 0;
@@ -150,6 +158,65 @@ TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, doub
   double q = bm::quantile(t, 0.5 + confidence / 2);
   r.ci_low = r.diff - q * se;
   r.ci_high = r.diff + q * se;
+  return r;
+}
+
+namespace {
+// One arm's ratio, its delta-method variance and its clusters with samples.
+struct ArmEstimate {
+  double ratio = 0, var = 0;
+  size_t clusters = 0;
+};
+ArmEstimate EstimateArm(const ClusteredArm& a) {
+  ArmEstimate e;
+  double sy = 0, sn = 0;
+  for (size_t b = 0; b < a.y.size() && b < a.n.size(); ++b) {
+    sy += a.y[b];
+    sn += a.n[b];
+    e.clusters += a.n[b] > 0;
+  }
+  if (sn <= 0 || e.clusters < 2) return e;
+  const double r = sy / sn;
+  double ss = 0;
+  for (size_t b = 0; b < a.y.size() && b < a.n.size(); ++b) {
+    const double d = a.y[b] - r * a.n[b];
+    ss += d * d;
+  }
+  const double m = static_cast<double>(e.clusters);
+  e.ratio = a.offset + r;
+  e.var = m / (m - 1) * ss / (sn * sn);
+  return e;
+}
+}  // namespace
+
+TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& treatment, double confidence) {
+  const ArmEstimate c = EstimateArm(control), t = EstimateArm(treatment);
+  if (c.clusters < 2) return Invalid("fewer than 2 buckets of users with samples in the control arm (too few users yet)");
+  if (t.clusters < 2) return Invalid("fewer than 2 buckets of users with samples in the treatment arm (too few users yet)");
+  if (!std::isfinite(c.ratio) || !std::isfinite(t.ratio) || !std::isfinite(c.var) || !std::isfinite(t.var))
+    return Invalid("the values are too large to compare (a mean or variance is not finite)");
+  TestResult r;
+  r.valid = true;
+  r.unit = "user";
+  r.diff = t.ratio - c.ratio;
+  const double dc = static_cast<double>(c.clusters - 1), dt = static_cast<double>(t.clusters - 1);
+  r.se = std::sqrt(c.var + t.var);
+  if (r.se == 0) {  // both arms the same ratio in every bucket
+    r.statistic = r.diff == 0 ? 0 : std::copysign(std::numeric_limits<double>::infinity(), r.diff);
+    r.p_value = r.diff == 0 ? 1 : 0;
+    r.df = dc + dt;
+    r.ci_low = r.ci_high = r.diff;
+    return r;
+  }
+  r.statistic = r.diff / r.se;
+  r.df = (c.var + t.var) * (c.var + t.var) / (c.var * c.var / dc + t.var * t.var / dt);
+  if (!std::isfinite(r.statistic) || !std::isfinite(r.df) || !(r.df > 0))
+    return Invalid("the values are too large to compare (a variance overflows)");
+  bm::students_t dist(r.df);
+  r.p_value = 2 * bm::cdf(bm::complement(dist, std::fabs(r.statistic)));
+  const double q = bm::quantile(dist, 0.5 + confidence / 2);
+  r.ci_low = r.diff - q * r.se;
+  r.ci_high = r.diff + q * r.se;
   return r;
 }
 

@@ -15,6 +15,13 @@
 //                       (Welch–Satterthwaite degrees of freedom)
 //   SampleRatioMismatch chi-square goodness of fit of the observed split
 //                       against the configured one (1 degree of freedom)
+//   ClusteredRatioTest  a ratio of sums (errors / requests, clicks /
+//                       requests, latency / requests) measured over
+//                       independent clusters — buckets of users — with the
+//                       delta method's variance from the spread between them
+//                       (Deng, Knoblich & Lu, "Applying the Delta Method in
+//                       Metric Analytics", KDD 2018): requests of one user
+//                       are not independent samples
 //
 // "2" is the treatment, "1" the control: differences are treatment − control.
 // Degenerate inputs give a defined answer, never NaN: an empty arm is
@@ -24,6 +31,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +46,13 @@ struct TestResult {
   double diff = 0;          // treatment − control
   double ci_low = 0, ci_high = 0;
   std::string method;       // "fisher" when the exact test gave the p-value
+  double se = 0;            // the standard error of diff (unpooled), where the test has one
+  std::string unit;         // "user" or "request": what the test took as independent samples ("" unsaid)
+  // By user: the variance by user over the variance by request, had the
+  // requests been independent (1: no correlation within users; 3: the
+  // figures carry a third of the information their request counts
+  // suggest). 0 when not computed.
+  double design_effect = 0;
   nlohmann::json ToJson() const;
 };
 
@@ -47,6 +62,20 @@ double ProportionGreaterP(uint64_t x1, uint64_t n1, uint64_t x2, uint64_t n2);
 double BinomialUpperTail(uint64_t k, uint64_t n, double p);
 TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, double var2, uint64_t n2,
                       double confidence = 0.95);
+// One arm of a ratio metric measured over clusters: offset + Σy / Σn.
+// `offset` keeps precision for values far from 0 (sums of value − offset).
+struct ClusteredArm {
+  double offset = 0;
+  std::vector<double> y, n;  // per cluster; equal lengths
+};
+// treatment − control of two such ratios: Welch's t, each arm's variance by
+// the delta method over its m clusters with n > 0,
+//   Var(Σy/Σn) ≈ m/(m−1) · Σ (y_b − R·n_b)² / (Σn)²,
+// degrees of freedom by Welch–Satterthwaite with m − 1 per arm. With one
+// sample per cluster (every n_b = 1) it is Welch's test on the values.
+// Invalid below 2 clusters with samples in an arm.
+TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& treatment, double confidence = 0.95);
+
 // `expected_treatment` in [0, 1]: the configured share of the treatment arm.
 TestResult SampleRatioMismatch(uint64_t n_control, uint64_t n_treatment, double expected_treatment);
 

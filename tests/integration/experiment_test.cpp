@@ -224,6 +224,10 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
     CHECK(s["variants"]["control"]["latency"].contains(k));
   for (const char* k : {"error_rate", "latency_mean_ms", "outcomes", "sample_ratio"}) CHECK(s["comparison"].contains(k));
   CHECK(s["comparison"]["sample_ratio"].contains("flagged"));
+  // Sticky: the tests take the user as the unit (its requests are not independent).
+  CHECK(s["comparison"]["error_rate"]["unit"] == "user");
+  CHECK(s["comparison"]["latency_mean_ms"]["unit"] == "user");
+  CHECK(d.Mms({"stats", "ab"}).out.find("95% intervals, users as the unit") != std::string::npos);
   auto all = json::parse(d.Mms({"--json", "stats"}).out);
   CHECK(all["models"].size() == 2);
   CHECK(d.Mms({"stats"}).out.find("sample ratio") != std::string::npos);
@@ -304,6 +308,9 @@ TEST_CASE("mms stats reads the saved figures from the registry while mmsd is not
     CHECK(off["variants"][v]["requests"] == live["variants"][v]["requests"]);
   CHECK(off["variants"]["control"]["requests"].get<int>() + off["variants"]["treatment"]["requests"].get<int>() == 12);
   CHECK(off["comparison"].contains("sample_ratio"));
+  // The figures by user are saved too: the same tests, by user.
+  CHECK(off["comparison"]["latency_mean_ms"]["unit"] == "user");
+  CHECK(off["comparison"]["latency_mean_ms"]["p_value"] == live["comparison"]["latency_mean_ms"]["p_value"]);
   CHECK(d.Mms({"stats", "nope"}).exit_code == 4);
 }
 

@@ -254,9 +254,27 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
   auto changed = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "--description",
                       "a rerun", "--sample-input", mms.Data("tiny_input.json"), "--max-batch-size", "8"});
   CHECK(changed.exit_code == 6);
-  CHECK_MESSAGE(changed.err.find("but other settings (--description, --max-batch-size, --sample-input differ") !=
-                    std::string::npos,
+  CHECK_MESSAGE(changed.err.find("but other settings (--description, --max-batch-size, --sample-input) than it was "
+                                 "registered with") != std::string::npos,
                 changed.err);
+  // --metrics is a setting too; a usage error is exit 2 whatever is registered.
+  std::ofstream(mms.dir / "m.json") << R"({"auc": 0.5})";
+  auto metrics = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "--metrics",
+                      mms.dir / "m.json"});
+  CHECK(metrics.exit_code == 6);
+  CHECK_MESSAGE(metrics.err.find("other settings (--metrics)") != std::string::npos, metrics.err);
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--metrics", mms.dir / "missing.json"}, {"--label", "a"}, {"--label", "=a"},
+        {"--max-batch-size", "-5"}, {"--sla-p99-ms", "-3"}, {"--label", "env=a", "--label", "env=b"}}) {
+    std::vector<std::string> args{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")};
+    args.insert(args.end(), bad.begin(), bad.end());
+    auto r = mms(args);
+    CHECK_MESSAGE(r.exit_code == 2, bad[0] << " " << bad[1] << ": " << r.err);
+  }
+  auto twice = mms({"model", "register", "tiny", "--version", "5", "--path", mms.Data("tiny.pt"), "--label", "env=a",
+                    "--label", "env=b"});
+  CHECK(twice.exit_code == 2);
+  CHECK_MESSAGE(twice.err.find("--label env is given twice") != std::string::npos, twice.err);
   auto text = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")});
   CHECK(text.exit_code == 0);
   CHECK_MESSAGE(text.out.find("tiny:1 is already registered with these weights") != std::string::npos, text.out);
@@ -750,7 +768,7 @@ TEST_CASE("promotions at once each name the version they archived, as the audit 
   CHECK(archived == std::set<std::string>{"m:1", "m:2", "m:3", "m:4", "m:5"});
 }
 
-TEST_CASE("two registrations at once both succeed, a true duplicate gets exit 6") {
+TEST_CASE("two registrations at once both succeed, the same one twice is a rerun, other weights get exit 6") {
   Cli mms;
   REQUIRE(mms({"model", "list"}).exit_code == 0);  // create the registry first
   for (int round = 0; round < 3; ++round) {
@@ -763,13 +781,28 @@ TEST_CASE("two registrations at once both succeed, a true duplicate gets exit 6"
     CHECK_MESSAGE(a.exit_code == 0, a.err);
     CHECK_MESSAGE(b.exit_code == 0, b.err);
   }
+  // The same CI job started twice: both exit 0, one of them as a rerun
+  // (it used to lose with exit 6, "register a new version number").
+  for (int round = 0; round < 3; ++round) {
+    ProcResult a, b;
+    const std::string v = std::to_string(round + 1);
+    std::thread ta([&] { a = mms({"--json", "model", "register", "dup", "--version", v, "--path", mms.Data("tiny.pt")}); });
+    std::thread tb([&] { b = mms({"--json", "model", "register", "dup", "--version", v, "--path", mms.Data("tiny.pt")}); });
+    ta.join();
+    tb.join();
+    REQUIRE_MESSAGE(a.exit_code == 0, a.out << a.err);
+    REQUIRE_MESSAGE(b.exit_code == 0, b.out << b.err);
+    CHECK(json::parse(a.out)["unchanged"].get<bool>() + json::parse(b.out)["unchanged"].get<bool>() <= 1);
+  }
+  // Other weights under the same NAME:VERSION at once: one wins, the other is refused.
   ProcResult a, b;
-  std::thread ta([&] { a = mms({"model", "register", "dup", "--version", "1", "--path", mms.Data("tiny.pt")}); });
-  std::thread tb([&] { b = mms({"model", "register", "dup", "--version", "1", "--path", mms.Data("tiny.pt")}); });
+  std::thread ta([&] { a = mms({"model", "register", "dup", "--version", "9", "--path", mms.Data("tiny.pt")}); });
+  std::thread tb([&] { b = mms({"model", "register", "dup", "--version", "9", "--path", mms.Data("tiny_v2.pt")}); });
   ta.join();
   tb.join();
   CHECK(((a.exit_code == 0 && b.exit_code == 6) || (a.exit_code == 6 && b.exit_code == 0)));
-  CHECK(json::parse(mms({"--json", "model", "list"}).out).size() == 7);
+  CHECK_MESSAGE((a.err + b.err).find("is registered with other weights") != std::string::npos, a.err << b.err);
+  CHECK(json::parse(mms({"--json", "model", "list"}).out).size() == 10);
   // The loser's clean-up never takes the winner's packed files.
   auto verify = mms({"model", "verify", "dup:1"});
   CHECK_MESSAGE(verify.exit_code == 0, verify.out << verify.err);

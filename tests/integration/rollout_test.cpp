@@ -703,6 +703,27 @@ TEST_CASE("canary --wait: aborted by hand (exit 11), --timeout (exit 12), and ca
   CHECK_MESSAGE(never.err.find("tiny has had no canary of tiny:4") != std::string::npos, never.err);
   CHECK(d.Mms({"canary", "wait", "nosuch"}).exit_code == 4);
   CHECK(d.Mms({"canary", "wait", "tiny", "--timeout", "0"}).exit_code == 2);
+  // The text list says what each serves now, as --json does: all traffic promoted, none aborted.
+  auto text = d.Mms({"canary", "list"});
+  CHECK_MESSAGE(text.out.find("promoted  1/6    100.00%") != std::string::npos, text.out);
+  CHECK_MESSAGE(text.out.find("aborted   1/6    0.00%") != std::string::npos, text.out);
+  // A candidate removed since (which aborts its canary) is still waited on by
+  // its number: its outcome, not "unknown version".
+  Register(d, "tiny", "5", "tiny_v3.pt");
+  REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "5"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "rm", "tiny:5", "--force"}).exit_code == 0);
+  auto removed = d.Mms({"canary", "wait", "tiny", "--candidate", "5"});
+  CHECK_MESSAGE(removed.exit_code == 11, removed.out << removed.err);
+  auto status = d.Mms({"canary", "status", "tiny"});
+  CHECK_MESSAGE(status.out.find("tiny:5 removed") != std::string::npos, status.out);
+  // mmsd not running (a retried job while it restarts): the registry answers
+  // for an ended canary, and a model that never had one is 4, not 3.
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  auto offline = d.Mms({"canary", "wait", "tiny", "--candidate", "3"}, 30);
+  CHECK_MESSAGE(offline.exit_code == 0, offline.out << offline.err);
+  CHECK(d.Mms({"canary", "wait", "tiny"}, 30).exit_code == 11);  // the latest: tiny:5's, aborted
+  CHECK(d.Mms({"canary", "wait", "nosuch"}, 30).exit_code == 4);
 }
 
 TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort made meanwhile ends it (exit 11)") {

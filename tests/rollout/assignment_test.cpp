@@ -65,6 +65,9 @@ TEST_CASE("experiment ids") {
   CHECK_FALSE(ValidateExperimentId("").ok());
   CHECK_FALSE(ValidateExperimentId("has space").ok());
   CHECK_FALSE(ValidateExperimentId(std::string(129, 'a')).ok());
+  // A leading '-' reads as an option: `mms experiment stop --foo` could not name it.
+  CHECK_FALSE(ValidateExperimentId("--foo").ok());
+  CHECK(ValidateExperimentId("a--foo").ok());
   // The seed's ids may be Unicode (a test vector is "Ünïcode-exp"); broken or invisible UTF-8 is not an id.
   CHECK(ValidateExperimentId("Ünïcode-exp").ok());
   CHECK(ValidateExperimentId("実験-1").ok());

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iterator>
 #include <memory>
+#include <random>
 #include <fstream>
 #include <sqlite3.h>
 
@@ -13,6 +14,7 @@
 #include "rollout/attribution.h"
 #include "rollout/report.h"
 #include "serve/router.h"
+#include "stats/significance.h"
 #include "support/process.h"
 
 using namespace mms;
@@ -227,6 +229,117 @@ TEST_CASE("an outcome's rate counts positive reports: click=0 is counted in the 
   auto window = c.Snapshot().Since(before);
   CHECK(window.outcomes["click"].count == 3);
   CHECK(window.outcomes["click"].positive == 1);
+}
+
+TEST_CASE("sticky experiments are compared by user: heavy users' correlated requests do not make p-values too small") {
+  // 300 A/A experiments (no difference between the arms), 100 users an arm
+  // with 20 requests each. Users differ: one in five errs on 30% of its
+  // requests and clicks on 60% of them, the rest on 2% and 10%. Counting
+  // requests as independent, "significant" differences turn up far more
+  // often than the 5% a test at 0.05 promises; by user they do not.
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> u01(0, 1);
+  int by_request = 0, by_user = 0, clicks_by_user = 0, runs = 300;
+  double design_effect = 0;
+  for (int run = 0; run < runs; ++run) {
+    VariantMetrics arm[2];
+    for (int a = 0; a < 2; ++a)
+      for (int user = 0; user < 100; ++user) {
+        const int bucket = UserBucket("run" + std::to_string(run) + "-arm" + std::to_string(a) + "-u" + std::to_string(user));
+        const bool heavy = u01(rng) < 0.2;
+        for (int i = 0; i < 20; ++i) {
+          arm[a].Record(1'000'000, u01(rng) < (heavy ? 0.3 : 0.02), 0, "", 0.5, bucket);
+          arm[a].Outcome("click", u01(rng) < (heavy ? 0.6 : 0.1) ? 1 : 0, bucket);
+        }
+      }
+    const VariantSnapshot c = arm[0].Snapshot(), t = arm[1].Snapshot();
+    CHECK(c.CoversRequests());
+    auto j = CompareVariants(c, t, 5000, {"click"});
+    REQUIRE(j["error_rate"]["unit"] == "user");
+    by_user += j["error_rate"]["p_value"].get<double>() < 0.05;
+    clicks_by_user += j["outcomes"]["click"]["rate"]["p_value"].get<double>() < 0.05;
+    design_effect += j["error_rate"]["design_effect"].get<double>() / runs;
+    by_request += TwoProportionZTest(c.errors, c.requests, t.errors, t.requests).p_value < 0.05;
+  }
+  MESSAGE("false positives at 0.05 over " << runs << " A/A runs: by request " << by_request << ", by user " << by_user
+                                          << " (clicks " << clicks_by_user << "); mean design effect " << design_effect);
+  CHECK(by_request > 0.25 * runs);  // the correlation is real: ~1 in 3 "significant"
+  CHECK(by_user <= 0.09 * runs);
+  CHECK(clicks_by_user <= 0.09 * runs);
+  CHECK(design_effect > 3);
+}
+
+TEST_CASE("user buckets: saved and read back, all or nothing; figures not all by user are compared by request") {
+  VariantMetrics c, t;
+  for (int user = 0; user < 40; ++user)
+    for (VariantMetrics* m : {&c, &t}) {
+      const int b = UserBucket("u" + std::to_string(user) + (m == &c ? "c" : "t"));
+      m->Record(1'000'000 + 1000 * user, user % 7 == 0, 0, "", 0.5, b);
+      m->Outcome("revenue", 1e9 + user, b);  // large values: sums kept about the first one
+    }
+  auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {"revenue"});
+  CHECK(j["error_rate"]["unit"] == "user");
+  CHECK(j["latency_mean_ms"]["unit"] == "user");
+  CHECK(j["outcomes"]["revenue"]["mean"]["unit"] == "user");
+  CHECK(j["outcomes"]["revenue"]["mean"]["diff"].get<double>() == doctest::Approx(0));  // the same values in both
+  // Saved and read back: the same comparison.
+  const auto saved = c.Snapshot().ToJson();
+  CHECK(saved["users"]["requests"].size() == UserBuckets::kCount);
+  const VariantSnapshot back = VariantSnapshot::FromJson(saved);
+  auto again = CompareVariants(back, t.Snapshot(), 5000, {"revenue"});
+  CHECK(again["latency_mean_ms"] == j["latency_mean_ms"]);
+  CHECK(again["outcomes"] == j["outcomes"]);
+  // Damaged buckets read as none: by request, not half by user.
+  for (const char* part : {"requests", "timed"}) {
+    auto bad = saved;
+    bad["users"][part].erase(0);
+    CHECK_FALSE(VariantSnapshot::FromJson(bad).users.has_value());
+  }
+  auto bad = saved;
+  bad["users"]["outcomes"]["revenue"]["sum"][3] = "x";
+  CHECK_FALSE(VariantSnapshot::FromJson(bad).users.has_value());
+  bad = saved;
+  bad["users"]["buckets"] = 32;
+  auto other = CompareVariants(VariantSnapshot::FromJson(bad), t.Snapshot(), 5000, {"revenue"});
+  CHECK(other["error_rate"]["unit"] == "request");
+  // Requests counted before buckets existed (or without one): by request.
+  VariantMetrics older;
+  older.Restore(VariantSnapshot::FromJson(c.Snapshot().ToJson()));
+  older.Record(1'000'000, false, 0);
+  CHECK_FALSE(older.Snapshot().CoversRequests());
+  CHECK(CompareVariants(older.Snapshot(), t.Snapshot(), 5000, {})["error_rate"]["unit"] == "request");
+  // An outcome reported without a bucket: that metric by request, the rest by user.
+  c.Outcome("revenue", 5);
+  auto mixed = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {"revenue"});
+  CHECK(mixed["error_rate"]["unit"] == "user");
+  CHECK(mixed["outcomes"]["revenue"]["mean"]["unit"] == "request");
+  // A stage's window (canaries) is judged by request: no buckets.
+  CHECK_FALSE(c.Snapshot().Since(VariantSnapshot{}).users.has_value());
+}
+
+TEST_CASE("by user with few counts: Fisher's exact test by request when its p-value is the larger") {
+  // 0 errors of 40 against 3 of 40, one request per user: the t-test of the
+  // buckets would read the treatment's three errors as more certain than the
+  // exact test does.
+  VariantMetrics c, t;
+  for (int user = 0; user < 40; ++user) {
+    c.Record(1'000'000, false, 0, "", 0.5, UserBucket("c" + std::to_string(user)));
+    t.Record(1'000'000, user < 3, 0, "", 0.5, UserBucket("t" + std::to_string(user)));
+  }
+  auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {});
+  CHECK(j["error_rate"]["method"] == "fisher");
+  CHECK(j["error_rate"]["unit"] == "request");
+  CHECK(j["error_rate"]["p_value"].get<double>() == doctest::Approx(TwoProportionZTest(0, 40, 3, 40).p_value));
+  // One user an arm: too few to compare by user, and its requests are no substitute.
+  VariantMetrics one_c, one_t;
+  for (int i = 0; i < 50; ++i) {
+    one_c.Record(1'000'000, i % 2 == 0, 0, "", 0.5, UserBucket("a"));
+    one_t.Record(1'000'000, false, 0, "", 0.5, UserBucket("b"));
+  }
+  auto one = CompareVariants(one_c.Snapshot(), one_t.Snapshot(), 5000, {});
+  CHECK(one["error_rate"]["valid"] == false);
+  CHECK(one["error_rate"]["unit"] == "user");
+  CHECK(one["error_rate"]["reason"].get<std::string>().find("too few users") != std::string::npos);
 }
 
 TEST_CASE("reports compare variants and flag a sample-ratio mismatch") {
@@ -485,7 +598,7 @@ TEST_CASE("attribution: saved and read back, ids keep their age and their report
   AttributionStore a(o);
   a.Remember("old", "e", Variant::kControl);
   clock.AdvanceSeconds(50);
-  a.Remember("new", "e", Variant::kTreatment);
+  a.Remember("new", "e", Variant::kTreatment, 17);  // a sticky experiment's: the user's bucket
   REQUIRE(a.Claim("new", {"click"}).ok());
   REQUIRE(a.Save(dir / "ids").ok());
   clock.AdvanceSeconds(20);  // the restart
@@ -498,6 +611,7 @@ TEST_CASE("attribution: saved and read back, ids keep their age and their report
   auto claimed = b.Claim("new", {"buy"});
   REQUIRE(claimed.ok());
   CHECK(claimed->variant == Variant::kTreatment);
+  CHECK(claimed->user_bucket == 17);  // its outcomes go to its user's bucket after the restart too
   clock.AdvanceSeconds(60);  // "old" is now past twice the window: not read back
   AttributionStore c(o);
   CHECK(c.Load(dir / "ids").value() == 1);
@@ -512,6 +626,7 @@ TEST_CASE("attribution: saved and read back, ids keep their age and their report
   REQUIRE(read.ok());
   CHECK(*read == 1);  // z alone
   CHECK(e.Claim("z", {"click"}).status().code() == Code::kAlreadyExists);
+  CHECK(e.Lookup("z")->user_bucket == -1);  // a line without one (before buckets): its outcomes by request only
   // Saved without the reports (their outcomes were lost at stop): they may be sent again.
   REQUIRE(e.Save(dir / "plain", AttributionStore::Reports::kNone).ok());
   AttributionStore f(o);

@@ -176,6 +176,59 @@ TEST_CASE("Welch's t-test matches the textbook example") {
   CHECK(r.ci_low > 0);  // the interval excludes 0, as p < 0.05 says
 }
 
+TEST_CASE("clustered ratio test: the delta method by hand, and Welch's test when each cluster holds one sample") {
+  // Control clusters (y, n): (1, 2), (3, 4), (0, 2), and two empty ones
+  // (buckets without users count for nothing). R = 4/8; residuals
+  // y - R n = 0, 1, -1; Var = m/(m-1) * 2 / 8^2 = 3/64. Treatment: (2, 2)
+  // twice, R = 1 with no spread. t = 0.5 / sqrt(3/64), df = m - 1 = 2, and
+  // Student's t with 2 df has cdf(t) = 1/2 + t / (2 sqrt(2 + t^2)).
+  ClusteredArm c{0, {1, 3, 0, 0, 0}, {2, 4, 2, 0, 0}}, t{0, {2, 2}, {2, 2}};
+  auto r = ClusteredRatioTest(c, t);
+  REQUIRE(r.valid);
+  CHECK(r.unit == "user");
+  CHECK(r.diff == doctest::Approx(0.5));
+  CHECK(r.se == doctest::Approx(std::sqrt(3.0 / 64)));
+  const double stat = 0.5 / std::sqrt(3.0 / 64);
+  CHECK(r.statistic == doctest::Approx(stat));
+  CHECK(r.df == doctest::Approx(2));
+  CHECK(r.p_value == doctest::Approx(2 * (0.5 - stat / (2 * std::sqrt(2 + stat * stat)))));
+  // The offset moves the ratios, not the test.
+  auto shifted = ClusteredRatioTest(ClusteredArm{100, c.y, c.n}, ClusteredArm{100, t.y, t.n});
+  CHECK(shifted.diff == doctest::Approx(0.5));
+  CHECK(shifted.p_value == doctest::Approx(r.p_value));
+
+  // One sample per cluster: Welch's test on the values.
+  std::vector<double> a{3.1, 4.7, 2.2, 5.0, 3.9, 4.4}, b{5.2, 6.1, 4.0, 6.8, 5.5};
+  auto moments = [](const std::vector<double>& v) {
+    double m = 0, ss = 0;
+    for (double x : v) m += x / static_cast<double>(v.size());
+    for (double x : v) ss += (x - m) * (x - m);
+    return std::make_pair(m, ss / static_cast<double>(v.size() - 1));
+  };
+  auto [ma, va] = moments(a);
+  auto [mb, vb] = moments(b);
+  auto welch = WelchTTest(ma, va, a.size(), mb, vb, b.size());
+  auto ones = ClusteredRatioTest(ClusteredArm{0, a, std::vector<double>(a.size(), 1)},
+                                 ClusteredArm{0, b, std::vector<double>(b.size(), 1)});
+  REQUIRE(ones.valid);
+  CHECK(ones.statistic == doctest::Approx(welch.statistic));
+  CHECK(ones.df == doctest::Approx(welch.df));
+  CHECK(ones.p_value == doctest::Approx(welch.p_value));
+  CHECK(ones.ci_low == doctest::Approx(welch.ci_low));
+  CHECK(ones.ci_high == doctest::Approx(welch.ci_high));
+
+  // Fewer than two clusters with samples: invalid, saying why.
+  auto few = ClusteredRatioTest(ClusteredArm{0, {1, 0}, {5, 0}}, t);
+  CHECK_FALSE(few.valid);
+  CHECK(few.reason.find("control arm (too few users yet)") != std::string::npos);
+  CHECK_FALSE(ClusteredRatioTest(c, ClusteredArm{}).valid);
+  // The same ratio in every bucket of both arms: no spread, no difference.
+  auto same = ClusteredRatioTest(ClusteredArm{0, {1, 2}, {2, 4}}, ClusteredArm{0, {3, 1}, {6, 2}});
+  REQUIRE(same.valid);
+  CHECK(same.p_value == 1);
+  CHECK(same.ToJson()["unit"] == "user");
+}
+
 TEST_CASE("sample-ratio mismatch chi-square") {
   auto even = SampleRatioMismatch(60, 40, 0.5);
   REQUIRE(even.valid);
