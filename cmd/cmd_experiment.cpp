@@ -1,4 +1,5 @@
 // mms experiment create|list|show|pause|resume|ramp|stop|assign, mms feedback, mms stats.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <set>
@@ -48,15 +49,18 @@ void PrintExperiment(const ExperimentRecord& e) {
   std::cout << "  created    " << FormatTime(e.created_ms) << " by " << e.created_by << "\n";
 }
 
-// Runs a registry change on an experiment and tells the daemon.
+// Runs a registry change on an experiment and tells the daemon. `done` is
+// said once `fn` has run (it may set it); `*unchanged` set by `fn`: nothing
+// was written ("unchanged": true).
 template <class Fn>
-int Change(Cli& cli, Fn fn, const std::string& done, bool until_routed = false) {
+int Change(Cli& cli, Fn fn, const std::string& done, bool until_routed = false, const bool* unchanged = nullptr) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   Result<ExperimentRecord> e = fn(**reg);
   if (!e.ok()) return cli.Fail(e.status());
   nlohmann::json answer = cli.NotifyDaemon(until_routed);
   nlohmann::json j = e->ToJson();
+  if (unchanged && *unchanged) j["unchanged"] = true;
   if (auto failed = cli.WarnLoadFailures(answer, {e->model + ":" + e->control_version, e->model + ":" + e->treatment_version},
                                          "requests routed to it fail until it loads (mms model verify names the damage, "
                                          "mms model repack repairs it), or stop the experiment: mms experiment stop " +
@@ -102,7 +106,29 @@ int CmdCreate(Cli& cli, const CreateArgs& a) {
   n.random = a.random;
   n.metrics = a.metrics;
   // Returns once the daemon splits the requests (its arms are loaded first).
-  return Change(cli, [&](Registry& r) { return r.CreateExperiment(n); }, "created experiment " + a.id, true);
+  std::string done = "created experiment " + a.id;
+  bool unchanged = false;
+  auto create = [&](Registry& r) -> Result<ExperimentRecord> {
+    auto created = r.CreateExperiment(n);
+    if (created.ok() || created.status().code() != Code::kAlreadyExists) return created;
+    // The same create again (a CI job retried after a timeout, its first
+    // try done): the experiment as it is, as a rerun of model register is.
+    // Anything else under the id (other arms, share, metrics, or ended) is
+    // the conflict it says.
+    auto e = r.GetExperiment(n.id);
+    auto c = r.Resolve(n.control), t = r.Resolve(n.treatment);
+    if (!e.ok() || !c.ok() || !t.ok()) return created;
+    std::vector<std::string> want = n.metrics, have = e->metrics;
+    std::sort(want.begin(), want.end());
+    std::sort(have.begin(), have.end());
+    if (e->kind != "ab" || e->model != n.model || e->control_id != c->id || e->treatment_id != t->id ||
+        e->basis_points != n.basis_points || e->random != n.random || want != have || !e->active())
+      return created;
+    unchanged = true;
+    done = "experiment " + n.id + " already exists with these settings (" + e->state + "): nothing to do";
+    return e;
+  };
+  return Change(cli, create, done, true, &unchanged);
 }
 
 int CmdList(Cli& cli) {

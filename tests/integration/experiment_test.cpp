@@ -53,6 +53,12 @@ TEST_CASE("experiment commands and their refusals") {
   CHECK(e["state"] == "running");
   CHECK(e["percent"] == 20.0);
   CHECK(e["metrics"] == json::array({"click", "revenue"}));
+  // The same create again (a CI job retried after a timeout): exit 0, nothing written.
+  auto retried = d.Mms({"--json", "experiment", "create", "exp-rec-v13", "--model", "tiny", "--control", "tiny:1",
+                        "--treatment", "2", "--percent", "20", "--metric", "revenue", "--metric", "click"});
+  CHECK_MESSAGE(retried.exit_code == 0, retried.out << retried.err);
+  CHECK(json::parse(retried.out)["unchanged"] == true);
+  CHECK(json::parse(retried.out)["created_ms"] == e["created_ms"]);
   struct Bad {
     std::vector<std::string> args;
     int code;
@@ -68,7 +74,10 @@ TEST_CASE("experiment commands and their refusals") {
       {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "-1"}, 2,
        "--percent -1 is outside 0 to 100"},
       {{"experiment", "create", "exp-rec-v13", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"},
-       6, "already exists"},
+       6, "already exists"},  // another share: not a rerun
+      {{"experiment", "create", "exp-rec-v13", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "20",
+        "--metric", "click"},
+       6, "already exists"},  // other metrics
       {{"experiment", "create", "x", "--model", "tiny", "--control", "1", "--treatment", "2", "--percent", "5"}, 6,
        "already has experiment 'exp-rec-v13'"},
       {{"experiment", "create", "x", "--model", "tiny", "--control", "tiny:1", "--treatment", "other:1", "--percent",
@@ -133,6 +142,10 @@ TEST_CASE("experiment commands and their refusals") {
   CHECK(paused.exit_code == 6);
   CHECK(json::parse(paused.out)["error"]["code"] == "CONFLICT");
   CHECK(d.Mms({"experiment", "stop", "exp-rec-v13"}).exit_code == 6);
+  // Ended: created again under its id is a conflict, not a rerun.
+  CHECK(d.Mms({"experiment", "create", "exp-rec-v13", "--model", "tiny", "--control", "1", "--treatment", "2",
+               "--percent", "20", "--metric", "click", "--metric", "revenue"})
+            .exit_code == 6);
 }
 
 TEST_CASE("requests are routed by the running experiment, counted per variant, and credited with feedback") {
