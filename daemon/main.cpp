@@ -6,6 +6,7 @@
 // or config, 6 another mmsd already serves the socket.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -195,6 +196,14 @@ int Run(int argc, char** argv) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+  // Every client connection takes a descriptor: the soft limit (1024 under
+  // systemd) up to the hard one, as servers do. Out of descriptors, new
+  // clients cannot connect (the listener's watchdog then frees what it can).
+  // Everything here waits on epoll, never select(): no FD_SETSIZE bound.
+  if (rlimit rl{}; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t{1} << 20);
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
 
   // The instance lock first: a second mmsd on this socket must not open the
   // registry or reserve device memory the running one is using.

@@ -269,7 +269,7 @@ TEST_CASE("sticky experiments are compared by user: heavy users' correlated requ
   CHECK(design_effect > 3);
 }
 
-TEST_CASE("user buckets: saved and read back, all or nothing; figures not all by user are compared by request") {
+TEST_CASE("user buckets: saved and read back, all or nothing, and figures not all by user are compared by request") {
   VariantMetrics c, t;
   for (int user = 0; user < 40; ++user)
     for (VariantMetrics* m : {&c, &t}) {
