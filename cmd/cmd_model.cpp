@@ -214,8 +214,9 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     std::string ext = IsSafetensorsPath(sample_input) ? ".safetensors" : ".json";
     std::filesystem::copy_file(sample_input, JoinPath(staging, "sample" + ext), ec);
     if (ec) {
+      const std::string why = ec.message();  // (before remove_all reuses ec: it said "Success")
       std::filesystem::remove_all(staging, ec);
-      return IoError("cannot store the sample input: " + ec.message());
+      return IoError("cannot store the sample input " + sample_input + " in " + staging + ": " + why);
     }
     sample_name = "sample" + ext;  // inside the packed dir, once it has its name
   }

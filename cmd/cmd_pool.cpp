@@ -73,9 +73,14 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   auto cfg = cli.config();
   if (!cfg.ok()) return cli.Fail(cfg.status());
   size_t size = proto::EncodedSize(m, proto::DumpBody(m.body));
+  // "64.0 KiB, over the daemon's 64.0 KiB cap" read as equal: in bytes when rounding hides the difference.
+  auto over = [&](uint64_t cap) {
+    std::string a = FormatBytes(size), b = FormatBytes(cap);
+    if (a == b) a = std::to_string(size) + " bytes", b = std::to_string(cap) + " bytes";
+    return "the input is " + a + ", over the daemon's " + b;
+  };
   if (size > (*cfg)->daemon.max_message_bytes)
-    return cli.Fail(InvalidArgument("the input is " + FormatBytes(size) + ", over the daemon's " +
-                                    FormatBytes((*cfg)->daemon.max_message_bytes) +
+    return cli.Fail(InvalidArgument(over((*cfg)->daemon.max_message_bytes) +
                                     " cap ([daemon] max_message_bytes); send smaller batches"));
   // The daemon's cap may be smaller than this config's (another mms.toml),
   // and a request over twice its cap costs the connection, into which nng's
@@ -85,8 +90,7 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     auto ping = cli.Call(proto::kPing, nlohmann::json::object());
     const uint64_t cap = ping.ok() ? ping->value("max_message_bytes", uint64_t{0}) : 0;
     if (cap > 0 && size > cap)
-      return cli.Fail(InvalidArgument("the input is " + FormatBytes(size) + ", over the daemon's " + FormatBytes(cap) +
-                                      " cap ([daemon] max_message_bytes in mmsd's config); send smaller batches"));
+      return cli.Fail(InvalidArgument(over(cap) + " cap ([daemon] max_message_bytes in mmsd's config); send smaller batches"));
   }
   auto reply = cli.Call(std::move(m));
   if (!reply.ok()) {

@@ -198,8 +198,8 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   if (opts.path.empty()) return InvalidArgument("no registry path");
   if (InterruptedCopy(opts.path))  // (said as "the registry file was removed or moved")
     return FailedPrecondition("no registry at " + opts.path + " yet: a restore (or backup) into this data dir was "
-                              "interrupted, or is running (" + opts.path + ".copying is there). Run the same mms "
-                              "restore again to finish it");
+                              "interrupted, or is running (" + opts.path + ".copying is there). Run the mms "
+                              "restore (or mms backup) that was writing it again to finish it");
   if (!opts.create && !FileExists(opts.path)) return NotFound("no registry at " + opts.path);
   if (opts.create && !opts.artifacts_dir.empty() && !FileExists(opts.path) && HoldsPackedDirs(opts.artifacts_dir))
     return FailedPrecondition("no registry at " + opts.path + ", but " + opts.artifacts_dir +

@@ -1,5 +1,7 @@
 #include "registry/sqlite.h"
 
+#include <cerrno>
+
 namespace mms::sql {
 
 namespace {
@@ -48,7 +50,14 @@ Status Db::Error(const std::string& what) const {
   if ((rc & 0xff) == SQLITE_BUSY)
     return Status(Code::kLocked, "registry " + path_ + " is locked by another writer for longer than [registry] "
                                                      "busy_timeout; retry, or raise it");
-  if ((rc & 0xff) == SQLITE_FULL)
+  // A full disk also comes as an I/O error: creating or growing the -shm or
+  // -wal file fails with ENOSPC (SQLite's own SQLITE_FULL is for the
+  // database file's pages), and "check that the -wal file is in place" sent
+  // the reader after the wrong thing.
+  const int os_errno = sqlite3_system_errno(db_);
+  const bool full = (rc & 0xff) == SQLITE_FULL ||
+                    (((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_CANTOPEN) && (os_errno == ENOSPC || os_errno == EDQUOT));
+  if (full)
     return Status(CodeForSqlite(rc), "registry " + path_ + ": the disk is full (" + what +
                                          "); nothing was changed. Free space on its filesystem and retry (mms model "
                                          "rm needs a little space too: free some by other means first)");

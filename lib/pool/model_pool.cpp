@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "core/log.h"
+#include "core/paths.h"
 #include "core/units.h"
 #include "protocol/tensor_file.h"
 
@@ -596,6 +597,12 @@ Status Warmup(Model* m, const std::string& sample, const std::vector<InputSpec>&
                                         " --sample-input FILE (else it is retried after a backoff: mms health " + ref + ")");
   };
   auto tensors = ReadTensorFile(sample);
+  // Its whole directory gone (the packed files removed under the daemon,
+  // the weights still in memory): the sample is not what to replace.
+  if (!tensors.ok() && !FileExists(DirName(sample)))
+    return Status(Code::kUnhealthy, "warm-up of " + ref + " failed: the directory of its sample input, " +
+                                        DirName(sample) + ", is gone (removed under mmsd?); mms model repack " + ref +
+                                        " --sample-input FILE writes the packed files again");
   if (!tensors.ok()) return failed(tensors.status());
   std::vector<InputSpec> names = specs;
   if (names.empty())

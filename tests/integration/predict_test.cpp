@@ -185,6 +185,12 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     for (int i = 0; i < 80000; ++i) big << (i ? ",1" : "1");
     big << "]}}";
   }
+  {  // just over the cap: "64.0 KiB, over the daemon's 64.0 KiB cap" read as equal
+    std::ofstream edge(d.dir() + "/edge.json");
+    edge << R"({"x": {"dtype": "float32", "shape": [4092, 4], "data": [)";
+    for (int i = 0; i < 4092 * 4; ++i) edge << (i ? ",1" : "1");
+    edge << "]}}";
+  }
   struct Case {
     std::string ref, input;
     int code;
@@ -202,6 +208,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
       {"tiny", Data("tiny_bad_dtype.json"), 2, "must be float32, got int64"},
       {"tiny", Data("tiny_bad_shape.json"), 2, "must have shape [batch, 4], got [2, 5]"},
       {"tiny", d.dir() + "/big.json", 2, "over the daemon's 64.0 KiB cap"},
+      {"tiny", d.dir() + "/edge.json", 2, " bytes, over the daemon's 65536 bytes cap"},
       {"tiny", d.dir() + "/ragged.json", 2, "data is neither flat (4 values) nor nested as shape [2, 2]"},
       {"tiny", d.dir() + "/range.json", 2, "out of range for float32"},
       {"tiny", d.dir() + "/dims.json", 2, "has 17 dimensions; the protocol allows 16"},
@@ -374,6 +381,18 @@ TEST_CASE("a version whose warm-up fails is unhealthy and not served") {
   auto again = d.Mms({"predict", "thrower", "--input", d.dir() + "/pos.json"});
   CHECK_MESSAGE(again.exit_code == 0, again.err);
   CHECK(json::parse(d.Mms({"--json", "health", "thrower"}).out)["healthy"] == true);
+  // Its packed directory removed under the daemon while the weights are in
+  // memory: the warm-up at the next promotion says the directory is gone,
+  // not "replace the sample".
+  const std::string dir = json::parse(d.Mms({"--json", "model", "show", "thrower:1"}).out)["packed_dir"];
+  std::filesystem::remove_all(dir);
+  REQUIRE(d.Mms({"evict", "thrower"}).exit_code == 0);  // device → host
+  auto gone = d.Mms({"predict", "thrower", "--input", d.dir() + "/pos.json"});
+  CHECK(gone.exit_code == 1);
+  CHECK_MESSAGE(gone.err.find("the directory of its sample input, " + dir + ", is gone") != std::string::npos, gone.err);
+  CHECK(gone.err.find("mms model repack thrower:1 --sample-input FILE") != std::string::npos);  // what to do
+  REQUIRE(d.Mms({"model", "repack", "thrower:1", "--sample-input", d.dir() + "/pos.json", "-q"}).exit_code == 0);
+  CHECK(d.Mms({"predict", "thrower", "--input", d.dir() + "/pos.json"}).exit_code == 0);
 }
 
 TEST_CASE("concurrent requests for a cold model cause exactly one load") {

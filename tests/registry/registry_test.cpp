@@ -2,6 +2,7 @@
 #include <sqlite3.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -697,6 +698,41 @@ TEST_CASE("a full disk is an error naming the registry and what to do, not SQLit
   CHECK(st.message().find("registry " + (d / "t.db") + ": the disk is full") != std::string::npos);
   CHECK(st.message().find("nothing was changed") != std::string::npos);
   CHECK(st.message().find("Free space") != std::string::npos);
+}
+
+TEST_CASE("a really full filesystem is the disk full too, not an I/O error about the -wal file") {
+  // SQLite reports the filesystem running out while it creates the -shm
+  // file as SQLITE_IOERR (ENOSPC underneath). Needs a filesystem of its own
+  // to fill: a small tmpfs, mounted as root (skipped otherwise).
+  testing::TempDir d;
+  const std::string mnt = d / "fs";
+  std::filesystem::create_directory(mnt);
+  if (::geteuid() != 0 || ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=512k") != 0) {
+    MESSAGE("not root (or no tmpfs): skipped");
+    return;
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string path = mnt + "/r.db";
+  {
+    auto db = sql::Db::Open(path, true, 1000);
+    REQUIRE(db.ok());
+    REQUIRE((*db)->Exec("PRAGMA journal_mode = WAL; CREATE TABLE t (b BLOB)").ok());
+  }  // closed: its -wal and -shm files go
+  {  // every byte taken
+    std::ofstream fill(mnt + "/filler", std::ios::binary);
+    std::string block(4096, 'x');
+    while (fill.write(block.data(), static_cast<std::streamsize>(block.size())) && fill.flush()) {
+    }
+  }
+  auto db = sql::Db::Open(path, false, 1000);
+  REQUIRE(db.ok());
+  Status st = (*db)->Exec("INSERT INTO t VALUES (zeroblob(100000))");
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.code() == Code::kIo);
+  CHECK_MESSAGE(st.message().find("the disk is full") != std::string::npos, st.message());
 }
 
 TEST_CASE("paths inside the data dir are stored relative to it, so a moved data dir finds its files") {
