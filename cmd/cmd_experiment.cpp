@@ -256,9 +256,8 @@ void PrintReport(const nlohmann::json& e) {
     std::cout << FormatTable(orows);
   }
   const auto& c = e["comparison"];
-  // A sticky experiment's tests are by user (its unit of randomisation);
-  // the error rate's says which.
-  const bool by_user = c["error_rate"].value("unit", "") == "user";
+  // A sticky experiment's tests are by user (its unit of randomisation).
+  const bool by_user = c.value("unit", "") == "user";
   std::cout << "treatment − control (" << c["confidence"].get<double>() * 100 << "% intervals, "
             << (by_user ? "users" : "requests") << " as the unit):\n";
   std::cout << "  error rate     " << TestLine(c["error_rate"], true, by_user) << "\n";

@@ -288,7 +288,11 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns, std::string exp
                   << "; waiting for mmsd to come back (the canary is in the registry and resumes with mmsd)\n";
         lost = true;
       }
-      if (auto reg = cli.OpenRegistry(); reg.ok()) {
+      auto reg = cli.OpenRegistry();
+      // No registry here (a mistyped --data-dir) or one that cannot be read:
+      // nothing will ever answer, so no waiting. Locked: a writer, retried.
+      if (!reg.ok() && reg.status().code() != Code::kLocked) return cli.Fail(reg.status());
+      if (reg.ok()) {
         auto c = (*reg)->GetCanary(model);
         if (!c.ok() && c.status().code() == Code::kNotFound) return cli.Fail(c.status());  // none ever: nothing to wait for
         if (c.ok() && experiment.empty()) experiment = c->experiment_id;  // the latest, as with mmsd up
@@ -449,7 +453,7 @@ int CmdCanaryWait(Cli& cli, const std::string& model, const std::string& candida
       if (want->model != model)
         return cli.Fail(InvalidArgument("--candidate " + candidate + " is a version of " + want->model + ", not of " + model));
       version = want->version;
-    } else if (want.status().code() != Code::kNotFound || ref->kind != Ref::Kind::kVersion) {
+    } else if (want.status().code() != Code::kNotFound || ref->kind != Ref::Kind::kVersion || ref->name != model) {
       return cli.Fail(want.status().WithContext("--candidate"));
     }
     auto all = (*reg)->ListCanaries(false);

@@ -147,6 +147,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
+    // With --json (before or after it), as JSON like every other answer.
+    for (int i = 1; i < argc; ++i)
+      if (std::string(argv[i]) == "--json") {
+        std::cout << nlohmann::json{{"version", MMS_VERSION}}.dump() << std::endl;
+        return 0;
+      }
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     // As JSON when --json was given (the flag itself may not have been parsed).

@@ -278,10 +278,7 @@ Status Server::Listen(bool set_umask) {
   nng_listener l;
   std::string url = "ipc://" + bind_path;
   int rv = nng_listener_create(&l, SockOf(sock_id_), url.c_str());
-  auto failed = [&](const std::string& what) {
-    return Status(rv == NNG_ENOFILES ? Code::kUnavailable : Code::kIo, what + ": " + nng_strerror(rv));
-  };
-  if (rv != 0) return failed("cannot create listener on " + path);
+  if (rv != 0) return Internal("cannot create listener on " + path + ": " + nng_strerror(rv));
   nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
   // Belt and braces: the file is born private. The umask is the process's:
   // only at start, while no other thread creates files.
@@ -290,7 +287,7 @@ Status Server::Listen(bool set_umask) {
   if (set_umask) ::umask(old);
   if (rv != 0) {
     nng_listener_close(l);
-    return failed("cannot listen on " + path);
+    return IoError("cannot listen on " + path + ": " + nng_strerror(rv));
   }
   ::chmod(bind_path.c_str(), 0600);
   if (bind_path != path) {
@@ -410,31 +407,7 @@ void Server::RestartListener() {
   if (!FileExists(path + ".lock")) RetakeLock();
   // No unlink first: the new listener's file is renamed over the old one in
   // one step, so clients never find the path missing meanwhile.
-  Status s = Listen(/*set_umask=*/false);
-  if (s.code() == Code::kUnavailable) {
-    // Out of descriptors: the listeners hold them, in connections nng left
-    // half-accepted when it tripped — clients long gone, never read, their
-    // hang-ups spinning nng's poller (a review: 51 of 64 descriptors held
-    // minutes after the last client, a core busy, no client served). Waiting
-    // for them to go idle would wait for ever: the old listeners close now,
-    // with their connections (a request in flight on one is lost; its client
-    // sees the connection close), and a new one takes their place.
-    for (const Retired& r : retired_) {
-      nng_listener old;
-      old.id = r.id;
-      nng_listener_close(old);
-    }
-    retired_.clear();
-    if (listener_id_ > 0) {
-      nng_listener cur;
-      cur.id = static_cast<uint32_t>(listener_id_);
-      nng_listener_close(cur);  // (its file is the path's: the new listener's rename replaces it)
-      listener_id_ = 0;
-    }
-    LogError("listeners_closed", {{"socket", path}, {"reason", "out of file descriptors: " + s.message()}});
-    s = Listen(/*set_umask=*/false);
-  }
-  if (s.ok()) {
+  if (Status s = Listen(/*set_umask=*/false); s.ok()) {
     ++restarts_;
     // Reachable again as far as anyone knows, until the next probe says
     // (/health said "unreachable" for a probe interval after a restart that

@@ -167,9 +167,7 @@ class Server {
   void Reply(Slot* slot, const proto::Message& m);
   Status Share(Slot* slot, const std::string& key);
   void StartRecv(Slot* slot);
-  // A new listener on the socket path. UNAVAILABLE when the process
-  // is out of descriptors.
-  Status Listen(bool set_umask);
+  Status Listen(bool set_umask);  // a new listener on the socket path
   void RestartListener();         // the watchdog's remedy
   void RetakeLock();              // a new instance lock when its file was removed (listen_mu_ held)
   void CloseIdleRetiredListeners();  // listen_mu_ held

@@ -145,7 +145,9 @@ bool ReadCells(const nlohmann::json& j, const char* key, UserBuckets::Cells<T>* 
 // Saved buckets, all or nothing: any part missing or malformed (or another
 // bucket count) reads as none, and the tests take the request as the unit.
 std::optional<UserBuckets> ReadUserBuckets(const nlohmann::json& j) {
-  if (!j.is_object() || j.value("buckets", 0) != UserBuckets::kCount) return std::nullopt;
+  auto n = j.is_object() ? j.find("buckets") : j.end();
+  if (!j.is_object() || n == j.end() || !n->is_number_integer() || n->get<int64_t>() != UserBuckets::kCount)
+    return std::nullopt;
   UserBuckets u;
   if (!ReadCells(j, "requests", &u.requests) || !ReadCells(j, "errors", &u.errors) || !ReadCells(j, "timed", &u.timed) ||
       !ReadCells(j, "latency_ns", &u.latency_ns))

@@ -88,6 +88,8 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
   nlohmann::json j;
   j["confidence"] = confidence;
   const bool by_user = c.CoversRequests() && t.CoversRequests();
+  // The report's unit; a test may still say "request" (few counts: Fisher's larger p).
+  j["unit"] = by_user ? "user" : "request";
   const std::optional<TestResult> none;
   const UserBuckets* cu = by_user ? &*c.users : nullptr;
   const UserBuckets* tu = by_user ? &*t.users : nullptr;

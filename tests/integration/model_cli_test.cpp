@@ -226,6 +226,19 @@ TEST_CASE("a repack whose version another writer removes meanwhile says so, exit
                 log);
 }
 
+TEST_CASE("mms --version says its version, as JSON with --json") {
+  Cli mms;
+  auto text = mms({"--version"});
+  CHECK(text.exit_code == 0);
+  CHECK(text.out.rfind("mms ", 0) == 0);
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"--json", "--version"}, {"--version", "--json"}}) {
+    auto j = mms(args);
+    CHECK(j.exit_code == 0);
+    REQUIRE_MESSAGE(json::accept(j.out), j.out);
+    CHECK(text.out.find(json::parse(j.out)["version"].get<std::string>()) != std::string::npos);
+  }
+}
+
 TEST_CASE("a mistyped option is named as such, not as the required option it hides") {
   Cli mms;
   auto r = mms({"predict", "tiny", "--inptu", "in.json"});

@@ -724,6 +724,11 @@ TEST_CASE("canary --wait: aborted by hand (exit 11), --timeout (exit 12), and ca
   CHECK_MESSAGE(offline.exit_code == 0, offline.out << offline.err);
   CHECK(d.Mms({"canary", "wait", "tiny"}, 30).exit_code == 11);  // the latest: tiny:5's, aborted
   CHECK(d.Mms({"canary", "wait", "nosuch"}, 30).exit_code == 4);
+  // --candidate of another model: refused, not that number's canary of this one.
+  CHECK(d.Mms({"canary", "wait", "tiny", "--candidate", "other:5"}, 30).exit_code == 4);
+  // No registry where this command looks (a mistyped --data-dir): an answer at once, not a wait for ever.
+  auto nowhere = Run({MmsBin(), "--data-dir", d.dir() + "/nothing", "--socket", d.socket(), "canary", "wait", "tiny"}, 30);
+  CHECK_MESSAGE(nowhere.exit_code == 4, nowhere.out << nowhere.err);
 }
 
 TEST_CASE("canary --wait outlives mmsd: killed mid-wait it waits, and an abort made meanwhile ends it (exit 11)") {

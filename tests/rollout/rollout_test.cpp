@@ -299,9 +299,13 @@ TEST_CASE("user buckets: saved and read back, all or nothing, and figures not al
   bad["users"]["outcomes"]["revenue"]["sum"][3] = "x";
   CHECK_FALSE(VariantSnapshot::FromJson(bad).users.has_value());
   bad = saved;
+  bad["users"]["buckets"] = "64";  // (a string: read as none, not thrown on)
+  CHECK_FALSE(VariantSnapshot::FromJson(bad).users.has_value());
+  bad = saved;
   bad["users"]["buckets"] = 32;
   auto other = CompareVariants(VariantSnapshot::FromJson(bad), t.Snapshot(), 5000, {"revenue"});
   CHECK(other["error_rate"]["unit"] == "request");
+  CHECK(other["unit"] == "request");
   // Requests counted before buckets existed (or without one): by request.
   VariantMetrics older;
   older.Restore(VariantSnapshot::FromJson(c.Snapshot().ToJson()));
@@ -329,6 +333,7 @@ TEST_CASE("by user with few counts: Fisher's exact test by request when its p-va
   auto j = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {});
   CHECK(j["error_rate"]["method"] == "fisher");
   CHECK(j["error_rate"]["unit"] == "request");
+  CHECK(j["unit"] == "user");  // the report's unit (its heading): this test alone fell back
   CHECK(j["error_rate"]["p_value"].get<double>() == doctest::Approx(TwoProportionZTest(0, 40, 3, 40).p_value));
   // One user an arm: too few to compare by user, and its requests are no substitute.
   VariantMetrics one_c, one_t;
