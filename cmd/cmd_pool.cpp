@@ -76,7 +76,10 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   // "64.0 KiB, over the daemon's 64.0 KiB cap" read as equal: in bytes when rounding hides the difference.
   auto over = [&](uint64_t cap) {
     std::string a = FormatBytes(size), b = FormatBytes(cap);
-    if (a == b) a = std::to_string(size) + " bytes", b = std::to_string(cap) + " bytes";
+    if (a == b) {
+      a = std::to_string(size) + " bytes";
+      b = std::to_string(cap) + " bytes";
+    }
     return "the input is " + a + ", over the daemon's " + b;
   };
   if (size > (*cfg)->daemon.max_message_bytes)

@@ -198,7 +198,8 @@ int Run(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   // Every client connection takes a descriptor: the soft limit (1024 under
   // systemd) up to the hard one, as servers do. Out of descriptors, new
-  // clients cannot connect (the listener's watchdog then frees what it can).
+  // clients cannot connect, and nng 1.5.2 keeps connections of a burst past
+  // the limit for good (docs/architecture.md, "Listener watchdog").
   // Everything here waits on epoll, never select(): no FD_SETSIZE bound.
   if (rlimit rl{}; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t{1} << 20);
