@@ -76,11 +76,17 @@ int CmdList(Cli& cli) {
   auto limits = (*reg)->Limits();
   if (!limits.ok()) return cli.Fail(limits.status());
   nlohmann::json live = nlohmann::json::object();
+  bool counted = false;  // the daemon answered: a limit it counted nothing for has 0s
   if (auto c = cli.Connect(); c.ok())  // admitted/limited counts, when the daemon runs
-    if (auto r = (*c)->CallJson(proto::kLimitStats, nlohmann::json::object()); r.ok()) live = *r;
+    if (auto r = (*c)->CallJson(proto::kLimitStats, nlohmann::json::object()); r.ok()) {
+      live = *r;
+      counted = true;
+    }
   nlohmann::json out = nlohmann::json::array();
   for (const auto& l : *limits) {
     nlohmann::json j = l.ToJson();
+    // The same fields in every row (a script reads them): null without a daemon to count.
+    j["admitted"] = j["limited"] = j["refused_by_limit"] = counted ? nlohmann::json(0) : nlohmann::json(nullptr);
     const auto& counts = live.value(l.kind == "model" ? "models" : "tenants", nlohmann::json::object());
     if (counts.contains(l.key)) {
       j["admitted"] = counts[l.key]["admitted"];
@@ -135,7 +141,7 @@ int CmdList(Cli& cli) {
     // LIMITED: its requests refused (by this limit or the other one, model
     // or tenant); BY THIS LIMIT: those this limit refused.
     std::vector<std::vector<std::string>> rows{{"KIND", "KEY", "QPS", "BURST", "ADMITTED", "LIMITED", "BY THIS LIMIT"}};
-    auto field = [](const nlohmann::json& j, const char* k) { return j.contains(k) ? j[k].dump() : std::string("-"); };
+    auto field = [](const nlohmann::json& j, const char* k) { return j.contains(k) && !j[k].is_null() ? j[k].dump() : std::string("-"); };
     for (const auto& j : out)
       rows.push_back({j["kind"], j.value("key", "?") + (j.value("by_default", false) ? " (by default)" : ""),
                       field(j, "qps"), field(j, "burst"), field(j, "admitted"), field(j, "limited"),

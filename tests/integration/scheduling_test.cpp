@@ -103,6 +103,12 @@ TEST_CASE("rate limits per model: refused at once with exit 5, counted, removed,
   // A bucket of 2 that refills once a minute: two pass, the third is refused.
   auto set = d.Mms({"limit", "set", "tiny", "--qps", "0.016", "--burst", "2"});
   REQUIRE_MESSAGE(set.exit_code == 0, set.err);
+  // Nothing counted yet: the same fields as later, at 0 (a script reads them), not left out.
+  json fresh = Limits(d);
+  REQUIRE(fresh.size() == 1);
+  CHECK(fresh[0]["admitted"] == 0);
+  CHECK(fresh[0]["limited"] == 0);
+  CHECK(fresh[0]["refused_by_limit"] == 0);
   CHECK(PredictExit(d, "tiny") == 0);
   CHECK(PredictExit(d, "tiny") == 0);
   std::string err;
@@ -141,6 +147,18 @@ TEST_CASE("rate limits per model: refused at once with exit 5, counted, removed,
   CHECK(hist.out.find("limit-set") != std::string::npos);
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
+  // No daemon to count: the counts are unknown (null, "-" in the table), the limit is listed.
+  json away = Limits(d);
+  REQUIRE(away.size() == 1);
+  CHECK(away[0]["admitted"].is_null());
+  {
+    const std::string t = d.Mms({"limit", "list"}).out;
+    std::istringstream row(t.substr(t.find("\nmodel") + 1));
+    std::string kind, key, qps, burst, admitted, limited;
+    row >> kind >> key >> qps >> burst >> admitted >> limited;
+    CHECK_MESSAGE(admitted == "-", t);
+    CHECK(limited == "-");
+  }
   REQUIRE(d.Restart());
   CHECK(PredictExit(d, "tiny") == 0);  // the restarted daemon's bucket starts full
   CHECK(PredictExit(d, "tiny") == 0);
