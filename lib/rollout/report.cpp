@@ -48,23 +48,17 @@ nlohmann::json SampleRatioJson(uint64_t control, uint64_t treatment, double expe
   s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
   return s;
 }
-}  // namespace
 
-namespace {
-// The arm's figures by user for one ratio: (y, n) per bucket.
-ClusteredArm Arm(const UserBuckets::Cells<uint64_t>& y, const UserBuckets::Cells<uint64_t>& n, double offset = 0) {
+// The arm's figures by user for one ratio: (y · scale, n) per bucket.
+template <typename T>
+ClusteredArm Arm(const UserBuckets::Cells<T>& y, const UserBuckets::Cells<uint64_t>& n, double offset = 0,
+                 double scale = 1) {
   ClusteredArm a;
   a.offset = offset;
   for (int b = 0; b < UserBuckets::kCount; ++b) {
-    a.y.push_back(static_cast<double>(y[b]));
+    a.y.push_back(static_cast<double>(y[b]) * scale);
     a.n.push_back(static_cast<double>(n[b]));
   }
-  return a;
-}
-ClusteredArm Arm(const UserBuckets::Cells<double>& y, const UserBuckets::Cells<uint64_t>& n, double offset,
-                 double scale) {
-  ClusteredArm a = Arm(UserBuckets::Cells<uint64_t>{}, n, offset);
-  for (int b = 0; b < UserBuckets::kCount; ++b) a.y[static_cast<size_t>(b)] = y[b] * scale;
   return a;
 }
 
@@ -116,7 +110,7 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
       const UserBuckets::Outcome& bc = cu->outcomes.count(name) ? cu->outcomes.at(name) : kNoReports;
       const UserBuckets::Outcome& bt = tu->outcomes.count(name) ? tu->outcomes.at(name) : kNoReports;
       rate_by_user = ClusteredRatioTest(Arm(bc.positive, cu->requests), Arm(bt.positive, tu->requests), confidence);
-      mean_by_user = ClusteredRatioTest(Arm(bc.sum, bc.count, oc.shift, 1), Arm(bt.sum, bt.count, ot.shift, 1), confidence);
+      mean_by_user = ClusteredRatioTest(Arm(bc.sum, bc.count, oc.shift), Arm(bt.sum, bt.count, ot.shift), confidence);
     }
     outcomes[name] = {
         {"rate", Chosen(TwoProportionZTest(std::min(oc.positive, c.requests), c.requests,
