@@ -71,7 +71,10 @@ TestResult Chosen(TestResult by_request, const std::optional<TestResult>& by_use
   TestResult r = *by_user;
   r.unit = "user";
   if (!r.valid) return r;
-  if (by_request.method == "fisher" && by_request.p_value > r.p_value) return by_request;
+  // No spread between buckets at all (no errors in either arm) says nothing
+  // of the variance: an interval of [0, 0] would claim certainty. And with
+  // few counts, the larger p-value.
+  if (r.se == 0 || (by_request.method == "fisher" && by_request.p_value > r.p_value)) return by_request;
   if (by_request.se > 0) r.design_effect = (r.se * r.se) / (by_request.se * by_request.se);
   return r;
 }

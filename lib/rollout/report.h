@@ -9,7 +9,9 @@
 // buckets; "unit": "user", with the design effect). With small counts —
 // where the request-level test is Fisher's exact test — the larger of the
 // two p-values is reported: the t-test of a few buckets is no better than
-// the normal approximation there. Random experiments split requests, and
+// the normal approximation there; and where the buckets show no spread at
+// all (no errors in either arm) the request-level test and its interval
+// stand, not a certain [0, 0]. Random experiments split requests, and
 // figures counted before buckets existed have none: those take the request
 // ("unit": "request").
 #pragma once

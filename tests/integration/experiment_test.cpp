@@ -238,8 +238,10 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   for (const char* k : {"error_rate", "latency_mean_ms", "outcomes", "sample_ratio"}) CHECK(s["comparison"].contains(k));
   CHECK(s["comparison"]["sample_ratio"].contains("flagged"));
   // Sticky: the tests take the user as the unit (its requests are not independent).
-  CHECK(s["comparison"]["error_rate"]["unit"] == "user");
+  CHECK(s["comparison"]["unit"] == "user");
   CHECK(s["comparison"]["latency_mean_ms"]["unit"] == "user");
+  // No errors in either arm: no spread between users to measure, so by request (an interval, not [0, 0]).
+  CHECK(s["comparison"]["error_rate"]["unit"] == "request");
   CHECK(d.Mms({"stats", "ab"}).out.find("95% intervals, users as the unit") != std::string::npos);
   auto all = json::parse(d.Mms({"--json", "stats"}).out);
   CHECK(all["models"].size() == 2);

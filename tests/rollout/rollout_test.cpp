@@ -335,6 +335,17 @@ TEST_CASE("by user with few counts: Fisher's exact test by request when its p-va
   CHECK(j["error_rate"]["unit"] == "request");
   CHECK(j["unit"] == "user");  // the report's unit (its heading): this test alone fell back
   CHECK(j["error_rate"]["p_value"].get<double>() == doctest::Approx(TwoProportionZTest(0, 40, 3, 40).p_value));
+  // No errors in either arm: the buckets show no spread, which says nothing of
+  // the variance — the request-level interval, not a certain [0, 0].
+  VariantMetrics zc, zt;
+  for (int user = 0; user < 200; ++user) {
+    zc.Record(1'000'000, false, 0, "", 0.5, UserBucket("zc" + std::to_string(user)));
+    zt.Record(1'000'000, false, 0, "", 0.5, UserBucket("zt" + std::to_string(user)));
+  }
+  auto zero = CompareVariants(zc.Snapshot(), zt.Snapshot(), 5000, {});
+  CHECK(zero["error_rate"]["unit"] == "request");
+  CHECK(zero["error_rate"]["ci"][0].get<double>() < 0);
+  CHECK(zero["error_rate"]["ci"][1].get<double>() > 0);
   // One user an arm: too few to compare by user, and its requests are no substitute.
   VariantMetrics one_c, one_t;
   for (int i = 0; i < 50; ++i) {
