@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -449,6 +450,26 @@ TEST_CASE("/health is 503 while new IPC clients cannot reach the daemon, and 200
   std::string m = metric();
   CHECK(m.find("mms_ipc_listener_up 1") != std::string::npos);
   CHECK(m.find("mms_ipc_listener_restarts_total 0") == std::string::npos);
+}
+
+TEST_CASE("mmsd raises its soft open-files limit to the hard one") {
+  // Started with a soft limit below the hard one (systemd: 1024 and 524288),
+  // as this test's own limit is passed down to it for the moment.
+  rlimit was{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &was) == 0);
+  if (was.rlim_max <= 256) {
+    MESSAGE("hard limit " << was.rlim_max << ": nothing to raise here");
+    return;
+  }
+  rlimit low{256, was.rlim_max};
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  Daemon d;
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &was) == 0);
+  REQUIRE(d.ok());
+  rlimit got{};
+  REQUIRE(::prlimit(d.child().pid(), RLIMIT_NOFILE, nullptr, &got) == 0);
+  CHECK(got.rlim_cur == std::min<rlim_t>(was.rlim_max, rlim_t{1} << 20));
+  CHECK(got.rlim_max == was.rlim_max);
 }
 
 TEST_CASE("a daemon out of file descriptors says so in its log instead of looking healthy") {
