@@ -10,12 +10,25 @@
 
 namespace mms {
 namespace {
+// Buckets of users with requests in the window; -1 when its buckets do not
+// cover its requests (counted before buckets existed, or not sticky).
+int UserBucketsFilled(const VariantSnapshot& s) {
+  if (!s.CoversRequests()) return -1;
+  int filled = 0;
+  for (uint64_t n : s.users->requests) filled += n > 0;
+  return filled;
+}
+
+bool ByUser(const VariantSnapshot& s) { return UserBucketsFilled(s) >= kCanaryMinUserBuckets; }
+
 nlohmann::json ArmFigures(const VariantSnapshot& s) {
   double n = static_cast<double>(s.requests);
   return {{"requests", s.requests},
           {"errors", s.errors},
           {"error_rate", n > 0 ? static_cast<double>(s.errors) / n : 0.0},
-          {"p99_ms", static_cast<double>(s.latency.Quantile(0.99)) / 1e6}};
+          {"p99_ms", static_cast<double>(s.latency.Quantile(0.99)) / 1e6},
+          {"user_buckets", std::max(0, UserBucketsFilled(s))},
+          {"by_user", ByUser(s)}};
 }
 
 }  // namespace
@@ -65,6 +78,38 @@ std::string ErrorDetail(const VariantSnapshot& s) {
 }
 }  // namespace
 
+namespace {
+// Evidence that a window's error rate is above a rate, or above control's:
+// the p-value by request and, where the window is by user, the larger of it
+// and the one by user (see the header).
+struct Evidence {
+  double p = 1;
+  bool by_user = false;
+};
+
+Evidence Larger(double by_request, std::optional<double> by_user) {
+  if (by_user && *by_user > by_request) return {*by_user, true};
+  return {by_request, false};
+}
+
+// `errors` of the window's requests (a subset of them: its own errors
+// before --min-requests) against `rate`; by user, all its errors.
+Evidence ErrorsAbove(const VariantSnapshot& s, uint64_t errors, double rate) {
+  const double p = BinomialUpperTail(errors, s.requests, rate);
+  if (!ByUser(s)) return {p, false};
+  return Larger(p, ClusteredRatioAboveP(BucketArm(s.users->errors, s.users->requests), rate));
+}
+
+Evidence ErrorsAboveControl(const VariantSnapshot& control, const VariantSnapshot& canary) {
+  const double p = ProportionGreaterP(control.errors, control.requests, canary.errors, canary.requests);
+  if (!ByUser(control) || !ByUser(canary)) return {p, false};
+  return Larger(p, ClusteredRatioGreaterP(BucketArm(control.users->errors, control.users->requests),
+                                          BucketArm(canary.users->errors, canary.users->requests)));
+}
+
+std::string PValue(const Evidence& e) { return "p = " + Sig(e.p) + (e.by_user ? " by user" : ""); }
+}  // namespace
+
 CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
                           CanaryLook look) {
   CanaryVerdict v;
@@ -81,11 +126,11 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
       if (auto it = canary.error_codes.find(code); it != canary.error_codes.end()) capacity += it->second;
     const uint64_t n = canary.requests, own = canary.errors - std::min(canary.errors, capacity);
     const double err = n ? static_cast<double>(own) / static_cast<double>(n) : 0.0;
-    const double p = n ? BinomialUpperTail(own, n, c.max_error_rate) : 1.0;
-    if (err > c.max_error_rate && p < interim_alpha) {
+    const Evidence e = n ? ErrorsAbove(canary, own, c.max_error_rate) : Evidence{};
+    if (err > c.max_error_rate && e.p < interim_alpha) {
       v.kind = CanaryVerdict::kFail;
       v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + " after " + std::to_string(n) +
-                 " requests, before --min-requests " + std::to_string(c.min_requests) + " (p = " + Sig(p) + " < " +
+                 " requests, before --min-requests " + std::to_string(c.min_requests) + " (" + PValue(e) + " < " +
                  Sig(interim_alpha) + ")" + ErrorDetail(canary);
       return v;
     }
@@ -93,38 +138,45 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
                " canary requests needed for a verdict";
     return v;
   }
-  const double alpha = look.final ? kCanaryAlpha : interim_alpha;
+  // The limits: as given at the last stage's end (promotion); elsewhere only
+  // an excess significant at the look's level fails them.
+  const bool as_given = look.final && look.last;
+  const double limit_alpha = look.final ? kCanaryStageEndAlpha : interim_alpha;
+  auto exceeds = [&](const Evidence& e) { return as_given || e.p < limit_alpha; };
+  auto why = [&](const Evidence& e) {
+    if (as_given) return std::string(" at the last stage's end");
+    return std::string(look.final ? " (stage end: " : " (interim check: ") + PValue(e) + " < " + Sig(limit_alpha) + ")";
+  };
   const uint64_t n = canary.requests;
-  // An interim check fails a limit only when the excess is significant at
-  // `alpha`; the stage-end check applies the limit as it is.
-  // `count` of `of` (the requests, or the timed ones for latency).
-  auto over = [&](uint64_t count, uint64_t of, double rate, double* p) {
-    *p = BinomialUpperTail(count, of, rate);
-    return look.final || *p < alpha;
-  };
-  auto interim = [&](double p) {
-    return look.final ? std::string() : " (interim check: p = " + Sig(p) + " < " + Sig(alpha) + ")";
-  };
   double err = static_cast<double>(canary.errors) / static_cast<double>(n);
   double p99 = static_cast<double>(canary.latency.Quantile(0.99)) / 1e6;
-  // Timed requests slower than `ms` (a request that loaded its model is counted, not timed).
+  // Timed requests slower than `ms` (a request that loaded its model is
+  // counted, not timed), against 1% of them: by request.
   const uint64_t timed = canary.latency.count();
-  auto slower = [&](double ms) { return timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6)); };
-  double p = 1;
+  auto slower = [&](double ms) {
+    return Evidence{BinomialUpperTail(timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6)), timed, 0.01)};
+  };
   v.kind = CanaryVerdict::kFail;
-  if (err > c.max_error_rate && over(canary.errors, n, c.max_error_rate, &p)) {
-    v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + interim(p) + ErrorDetail(canary);
-    return v;
+  if (err > c.max_error_rate) {
+    const Evidence e = ErrorsAbove(canary, canary.errors, c.max_error_rate);
+    if (exceeds(e)) {
+      v.reason = "canary error rate " + Pct(err) + " > limit " + Pct(c.max_error_rate) + why(e) + ErrorDetail(canary);
+      return v;
+    }
   }
-  if (p99 > c.max_p99_ms && over(slower(c.max_p99_ms), timed, 0.01, &p)) {
-    v.reason = "canary p99 " + Ms(p99) + " > limit " + Ms(c.max_p99_ms) + interim(p);
-    return v;
+  if (p99 > c.max_p99_ms) {
+    const Evidence e = slower(c.max_p99_ms);
+    if (exceeds(e)) {
+      v.reason = "canary p99 " + Ms(p99) + " > limit " + Ms(c.max_p99_ms) + why(e);
+      return v;
+    }
   }
   if (control.requests >= static_cast<uint64_t>(c.min_requests)) {
+    const double alpha = look.final ? kCanaryAlpha : interim_alpha;
     double cerr = static_cast<double>(control.errors) / static_cast<double>(control.requests);
-    p = ProportionGreaterP(control.errors, control.requests, canary.errors, n);
-    if (err > cerr && p < alpha) {
-      v.reason = "canary error rate " + Pct(err) + " vs control " + Pct(cerr) + " (one-sided p = " + Sig(p) + " < " +
+    const Evidence e = ErrorsAboveControl(control, canary);
+    if (err > cerr && e.p < alpha) {
+      v.reason = "canary error rate " + Pct(err) + " vs control " + Pct(cerr) + " (one-sided " + PValue(e) + " < " +
                  Sig(alpha) + ")" + ErrorDetail(canary);
       return v;
     }
@@ -133,12 +185,15 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
     // sub-millisecond latencies a ratio is scheduling noise (a review saw
     // identical models rolled back at 0.7 ms against 0.3 ms).
     const double bound = std::max(cp99 * c.max_p99_ratio, cp99 + kCanaryP99SlackMs);
-    if (cp99 > 0 && p99 > bound && over(slower(bound), timed, 0.01, &p)) {
-      char b[64];
-      std::snprintf(b, sizeof b, "%.2f", p99 / cp99);
-      v.reason = "canary p99 " + Ms(p99) + " is " + b + "x control's " + Ms(cp99) + " (limit " +
-                 std::to_string(c.max_p99_ratio).substr(0, 4) + "x)" + interim(p);
-      return v;
+    if (cp99 > 0 && p99 > bound) {
+      const Evidence e = slower(bound);
+      if (exceeds(e)) {
+        char b[64];
+        std::snprintf(b, sizeof b, "%.2f", p99 / cp99);
+        v.reason = "canary p99 " + Ms(p99) + " is " + b + "x control's " + Ms(cp99) + " (limit " +
+                   std::to_string(c.max_p99_ratio).substr(0, 4) + "x)" + why(e);
+        return v;
+      }
     }
   }
   v.kind = CanaryVerdict::kPass;
@@ -275,6 +330,7 @@ void CanaryController::Step(const CanaryRecord& c, std::vector<std::string>* eve
   if (c.stage_start.contains("treatment")) canary_window = canary.Since(VariantSnapshot::FromJson(c.stage_start["treatment"]));
   CanaryLook look;
   look.final = !paused && elapsed >= c.stage_duration_ms;
+  look.last = c.last_stage();
   // A stage is checked at its start and every interval up to its end.
   look.looks = c.check_interval_ms > 0 ? (c.stage_duration_ms + c.check_interval_ms - 1) / c.check_interval_ms + 1 : 1;
   CanaryVerdict v = JudgeCanary(c, control_window, canary_window, look);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 #include "core/hash.h"
 
@@ -62,9 +63,48 @@ std::string VariantKey(const std::string& experiment, const std::string& variant
   return experiment + "/" + variant;
 }
 
+namespace {
+template <typename T>
+void SubtractCells(UserBuckets::Cells<T>* cells, const UserBuckets::Cells<T>& before) {
+  for (int b = 0; b < UserBuckets::kCount; ++b) {
+    if constexpr (std::is_unsigned_v<T>)
+      (*cells)[b] -= std::min((*cells)[b], before[b]);
+    else
+      (*cells)[b] -= before[b];
+  }
+}
+}  // namespace
+
 VariantSnapshot VariantSnapshot::Since(const VariantSnapshot& earlier) const {
   VariantSnapshot d = *this;
-  d.users.reset();
+  // The buckets subtract like the totals. Without buckets in `earlier`, only
+  // an empty one leaves them meaningful (nothing to take away).
+  bool earlier_empty = earlier.requests == 0 && earlier.errors == 0 && earlier.latency.count() == 0;
+  for (const auto& [name, o] : earlier.outcomes) earlier_empty = earlier_empty && o.count == 0;
+  if (d.users && earlier.users) {
+    UserBuckets& u = *d.users;
+    SubtractCells(&u.requests, earlier.users->requests);
+    SubtractCells(&u.errors, earlier.users->errors);
+    SubtractCells(&u.timed, earlier.users->timed);
+    SubtractCells(&u.latency_ns, earlier.users->latency_ns);
+    for (auto& [name, cells] : u.outcomes) {
+      auto it = earlier.users->outcomes.find(name);
+      if (it == earlier.users->outcomes.end()) continue;
+      UserBuckets::Outcome before = it->second;
+      // Sums of (value − shift): the earlier ones about this snapshot's shift.
+      auto now_o = outcomes.find(name);
+      auto then_o = earlier.outcomes.find(name);
+      if (now_o != outcomes.end() && then_o != earlier.outcomes.end()) {
+        const double k = then_o->second.shift - now_o->second.shift;
+        for (int b = 0; b < UserBuckets::kCount; ++b) before.sum[b] += static_cast<double>(before.count[b]) * k;
+      }
+      SubtractCells(&cells.count, before.count);
+      SubtractCells(&cells.positive, before.positive);
+      SubtractCells(&cells.sum, before.sum);
+    }
+  } else if (!earlier_empty) {
+    d.users.reset();
+  }
   d.requests -= std::min(d.requests, earlier.requests);
   d.routed -= std::min(d.routed, earlier.routed);
   d.routed_share = std::max(0.0, d.routed_share - earlier.routed_share);

@@ -20,6 +20,7 @@
 
 #include "core/clock.h"
 #include "stats/histogram.h"
+#include "stats/significance.h"
 
 namespace mms {
 
@@ -67,6 +68,19 @@ struct UserBuckets {
 };
 // A user's bucket: XXH3-64 of the id, modulo UserBuckets::kCount.
 int UserBucket(std::string_view user);
+// One ratio's figures by user, as the clustered tests take them: (y · scale,
+// n) per bucket, offset + Σy / Σn.
+template <typename T>
+ClusteredArm BucketArm(const UserBuckets::Cells<T>& y, const UserBuckets::Cells<uint64_t>& n, double offset = 0,
+                       double scale = 1) {
+  ClusteredArm a;
+  a.offset = offset;
+  for (int b = 0; b < UserBuckets::kCount; ++b) {
+    a.y.push_back(static_cast<double>(y[b]) * scale);
+    a.n.push_back(static_cast<double>(n[b]));
+  }
+  return a;
+}
 
 struct VariantSnapshot {
   uint64_t requests = 0, errors = 0;
@@ -86,7 +100,8 @@ struct VariantSnapshot {
   bool CoversOutcome(const std::string& metric) const;  // every report of `metric`
 
   // Figures since `earlier` (a snapshot of the same variant taken before),
-  // without the buckets (a stage's figures are judged by request).
+  // buckets included (a canary's stage is judged by user too); without them
+  // when `earlier` had figures but no buckets (counted before they existed).
   VariantSnapshot Since(const VariantSnapshot& earlier) const;
   nlohmann::json ToJson() const;  // persistence form
   static VariantSnapshot FromJson(const nlohmann::json& j);

@@ -49,19 +49,6 @@ nlohmann::json SampleRatioJson(uint64_t control, uint64_t treatment, double expe
   return s;
 }
 
-// The arm's figures by user for one ratio: (y · scale, n) per bucket.
-template <typename T>
-ClusteredArm Arm(const UserBuckets::Cells<T>& y, const UserBuckets::Cells<uint64_t>& n, double offset = 0,
-                 double scale = 1) {
-  ClusteredArm a;
-  a.offset = offset;
-  for (int b = 0; b < UserBuckets::kCount; ++b) {
-    a.y.push_back(static_cast<double>(y[b]) * scale);
-    a.n.push_back(static_cast<double>(n[b]));
-  }
-  return a;
-}
-
 // The test by user where the figures are by user (`by_user` set), else the
 // one by request; see report.h. Too few users is no reason to count their
 // requests as independent instead: that test stays invalid, saying so.
@@ -92,14 +79,17 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
   const UserBuckets* tu = by_user ? &*t.users : nullptr;
   j["error_rate"] =
       Chosen(TwoProportionZTest(c.errors, c.requests, t.errors, t.requests, confidence),
-             by_user ? ClusteredRatioTest(Arm(cu->errors, cu->requests), Arm(tu->errors, tu->requests), confidence) : none)
+             by_user ? ClusteredRatioTest(BucketArm(cu->errors, cu->requests), BucketArm(tu->errors, tu->requests),
+                                          confidence)
+                     : none)
           .ToJson();
   // Latency in ms, Welch's t on the means.
   auto ms = [](double ns) { return ns / 1e6; };
   j["latency_mean_ms"] =
       Chosen(WelchTTest(ms(c.latency.mean()), c.latency.variance() / 1e12, c.latency.count(), ms(t.latency.mean()),
                         t.latency.variance() / 1e12, t.latency.count(), confidence),
-             by_user ? ClusteredRatioTest(Arm(cu->latency_ns, cu->timed, 0, 1e-6), Arm(tu->latency_ns, tu->timed, 0, 1e-6),
+             by_user ? ClusteredRatioTest(BucketArm(cu->latency_ns, cu->timed, 0, 1e-6),
+                                          BucketArm(tu->latency_ns, tu->timed, 0, 1e-6),
                                           confidence)
                      : none)
           .ToJson();
@@ -112,8 +102,10 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
       static const UserBuckets::Outcome kNoReports;
       const UserBuckets::Outcome& bc = cu->outcomes.count(name) ? cu->outcomes.at(name) : kNoReports;
       const UserBuckets::Outcome& bt = tu->outcomes.count(name) ? tu->outcomes.at(name) : kNoReports;
-      rate_by_user = ClusteredRatioTest(Arm(bc.positive, cu->requests), Arm(bt.positive, tu->requests), confidence);
-      mean_by_user = ClusteredRatioTest(Arm(bc.sum, bc.count, oc.shift), Arm(bt.sum, bt.count, ot.shift), confidence);
+      rate_by_user =
+          ClusteredRatioTest(BucketArm(bc.positive, cu->requests), BucketArm(bt.positive, tu->requests), confidence);
+      mean_by_user =
+          ClusteredRatioTest(BucketArm(bc.sum, bc.count, oc.shift), BucketArm(bt.sum, bt.count, ot.shift), confidence);
     }
     outcomes[name] = {
         {"rate", Chosen(TwoProportionZTest(std::min(oc.positive, c.requests), c.requests,

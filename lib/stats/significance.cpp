@@ -220,6 +220,20 @@ TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& t
   return r;
 }
 
+std::optional<double> ClusteredRatioAboveP(const ClusteredArm& arm, double limit) {
+  const ArmEstimate e = EstimateArm(arm);
+  if (e.clusters < 2 || !std::isfinite(e.ratio) || !std::isfinite(e.var)) return std::nullopt;
+  if (e.var == 0) return e.ratio > limit ? 0.0 : 1.0;
+  bm::students_t dist(static_cast<double>(e.clusters - 1));
+  return bm::cdf(bm::complement(dist, (e.ratio - limit) / std::sqrt(e.var)));
+}
+
+std::optional<double> ClusteredRatioGreaterP(const ClusteredArm& control, const ClusteredArm& treatment) {
+  const TestResult r = ClusteredRatioTest(control, treatment);
+  if (!r.valid) return std::nullopt;
+  return r.diff > 0 ? r.p_value / 2 : 1 - r.p_value / 2;
+}
+
 TestResult SampleRatioMismatch(uint64_t n_control, uint64_t n_treatment, double expected_treatment) {
   uint64_t n = n_control + n_treatment;
   if (n == 0) return Invalid("no requests yet");

@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,14 @@ struct ClusteredArm {
 // sample per cluster (every n_b = 1) it is Welch's test on the values.
 // Invalid below 2 clusters with samples in an arm.
 TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& treatment, double confidence = 0.95);
+// One-sided p-value that one arm's ratio is above `limit` (Student's t with
+// m − 1 degrees of freedom, the same delta-method variance); nullopt below 2
+// clusters with samples. With no spread at all, 0 when the ratio is above
+// the limit, else 1.
+std::optional<double> ClusteredRatioAboveP(const ClusteredArm& arm, double limit);
+// One-sided p-value that the treatment's ratio is above the control's, from
+// ClusteredRatioTest; nullopt when that test is invalid.
+std::optional<double> ClusteredRatioGreaterP(const ClusteredArm& control, const ClusteredArm& treatment);
 
 // `expected_treatment` in [0, 1]: the configured share of the treatment arm.
 TestResult SampleRatioMismatch(uint64_t n_control, uint64_t n_treatment, double expected_treatment);

@@ -468,7 +468,7 @@ TEST_CASE("canary --wait: a healthy candidate is promoted (exit 0), progress str
   t.Stop();
   CHECK_MESSAGE(r.exit_code == 0, r.err);
   int lines = 0;
-  bool saw_last_stage = false;
+  bool saw_last_stage = false, by_user = false;
   std::istringstream in(r.out);
   std::string line;
   while (std::getline(in, line)) {
@@ -476,10 +476,13 @@ TEST_CASE("canary --wait: a healthy candidate is promoted (exit 0), progress str
     CHECK(j.contains("traffic_percent"));
     CHECK(j.contains("canary"));
     saw_last_stage = saw_last_stage || j["stage"] == 3;
+    // The stage's window keeps the users' buckets (500 users here): its error tests go by user too.
+    if (j["stage"] == 3 && j["canary"].value("by_user", false)) by_user = j["canary"]["user_buckets"] >= 16;
     ++lines;
   }
   CHECK(lines >= 3);
   CHECK(saw_last_stage);
+  CHECK(by_user);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny"}).out)["version"] == "2");
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:1"}).out)["stage"] == "archived");
 }

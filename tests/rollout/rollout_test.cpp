@@ -317,8 +317,54 @@ TEST_CASE("user buckets: saved and read back, all or nothing, and figures not al
   auto mixed = CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {"revenue"});
   CHECK(mixed["error_rate"]["unit"] == "user");
   CHECK(mixed["outcomes"]["revenue"]["mean"]["unit"] == "request");
-  // A stage's window (canaries) is judged by request: no buckets.
-  CHECK_FALSE(c.Snapshot().Since(VariantSnapshot{}).users.has_value());
+}
+
+TEST_CASE("a window's buckets are the later figures' less the earlier ones, outcomes about their own shift") {
+  // A canary's stage is judged by user: Since() subtracts bucket by bucket.
+  VariantMetrics m, window_only;
+  auto record = [](VariantMetrics* v, int user, double value) {
+    const int b = UserBucket("u" + std::to_string(user));
+    v->Record(1'000'000 + 1000 * user, user % 5 == 0, 0, user % 5 == 0 ? "MODEL_ERROR" : "", 0.5, b);
+    v->Outcome("revenue", value, b);
+  };
+  for (int user = 0; user < 30; ++user) record(&m, user, 1e9 + user);  // the first value sets the shift: 1e9
+  const VariantSnapshot before = m.Snapshot();
+  for (int user = 10; user < 70; ++user) {
+    record(&m, user, 7 + user);  // window_only's shift is 17, the cumulative one's 1e9
+    record(&window_only, user, 7 + user);
+  }
+  const VariantSnapshot window = m.Snapshot().Since(before), want = window_only.Snapshot();
+  REQUIRE(window.users.has_value());
+  CHECK(window.CoversRequests());
+  CHECK(window.CoversOutcome("revenue"));
+  CHECK(window.users->requests == want.users->requests);
+  CHECK(window.users->errors == want.users->errors);
+  CHECK(window.users->timed == want.users->timed);
+  CHECK(window.users->latency_ns == want.users->latency_ns);
+  const auto& got_o = window.users->outcomes.at("revenue");
+  const auto& want_o = want.users->outcomes.at("revenue");
+  CHECK(got_o.count == want_o.count);
+  CHECK(got_o.positive == want_o.positive);
+  // Per bucket, the values summed about each snapshot's own shift: the same mean by user.
+  const double shift_got = window.outcomes.at("revenue").shift, shift_want = want.outcomes.at("revenue").shift;
+  for (int b = 0; b < UserBuckets::kCount; ++b) {
+    const double n = static_cast<double>(want_o.count[b]);
+    CHECK(got_o.sum[b] + n * shift_got == doctest::Approx(want_o.sum[b] + n * shift_want).epsilon(1e-9));
+  }
+  // The earlier figures about another shift (restored from older figures): the same window.
+  VariantSnapshot moved = before;
+  moved.outcomes["revenue"] = before.outcomes.at("revenue").Shifted(0);
+  auto& cells = moved.users->outcomes.at("revenue");
+  for (int b = 0; b < UserBuckets::kCount; ++b) cells.sum[b] += static_cast<double>(cells.count[b]) * 1e9;
+  const auto& again = m.Snapshot().Since(moved).users->outcomes.at("revenue");
+  for (int b = 0; b < UserBuckets::kCount; ++b)
+    CHECK(again.sum[b] == doctest::Approx(got_o.sum[b]).epsilon(1e-9));
+  // From nothing: the buckets as they are.
+  CHECK(m.Snapshot().Since(VariantSnapshot{}).users->requests == m.Snapshot().users->requests);
+  // From figures counted before buckets existed: none (a window cannot be split by user).
+  VariantSnapshot older = before;
+  older.users.reset();
+  CHECK_FALSE(m.Snapshot().Since(older).users.has_value());
 }
 
 TEST_CASE("by user with few counts: Fisher's exact test by request when its p-value is the larger") {

@@ -229,6 +229,30 @@ TEST_CASE("clustered ratio test: the delta method by hand, and Welch's test when
   CHECK(same.ToJson()["unit"] == "user");
 }
 
+TEST_CASE("clustered ratio against a limit and one-sided against control: by hand") {
+  // (y, n): (1, 10), (2, 10), (3, 10): R = 0.2, residuals -1, 0, 1,
+  // Var = 3/2 * 2 / 30^2 = 1/300. Against 0.1: t = 0.1 / sqrt(1/300), 2 df,
+  // upper tail 1/2 - t / (2 sqrt(2 + t^2)).
+  ClusteredArm a{0, {1, 2, 3, 0}, {10, 10, 10, 0}};
+  const double t = 0.1 / std::sqrt(1.0 / 300);
+  auto p = ClusteredRatioAboveP(a, 0.1);
+  REQUIRE(p.has_value());
+  CHECK(*p == doctest::Approx(0.5 - t / (2 * std::sqrt(2 + t * t))));
+  CHECK(*ClusteredRatioAboveP(a, 0.3) == doctest::Approx(1 - (0.5 - t / (2 * std::sqrt(2 + t * t)))));
+  CHECK(*ClusteredRatioAboveP(a, 0.2) == doctest::Approx(0.5));
+  // No spread: certain either way; fewer than two clusters: no answer.
+  ClusteredArm flat{0, {1, 2}, {10, 20}};
+  CHECK(*ClusteredRatioAboveP(flat, 0.05) == 0);
+  CHECK(*ClusteredRatioAboveP(flat, 0.1) == 1);
+  CHECK_FALSE(ClusteredRatioAboveP(ClusteredArm{0, {5, 0}, {10, 0}}, 0.1).has_value());
+  // Against control: half the two-sided p on the treatment's side.
+  ClusteredArm c{0, {1, 3, 0}, {2, 4, 2}}, tr{0, {2, 2}, {2, 2}};
+  const double two_sided = ClusteredRatioTest(c, tr).p_value;
+  CHECK(*ClusteredRatioGreaterP(c, tr) == doctest::Approx(two_sided / 2));
+  CHECK(*ClusteredRatioGreaterP(tr, c) == doctest::Approx(1 - two_sided / 2));
+  CHECK_FALSE(ClusteredRatioGreaterP(c, ClusteredArm{}).has_value());
+}
+
 TEST_CASE("sample-ratio mismatch chi-square") {
   auto even = SampleRatioMismatch(60, 40, 0.5);
   REQUIRE(even.valid);
