@@ -3,8 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <iterator>
+#include <cstdio>
 #include <cstring>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -23,18 +27,19 @@ void AttributionStore::Remember(const std::string& request_id, const std::string
   entries_[request_id] = Entry{experiment, variant, now, {}, {}, user_bucket};
   order_.emplace_back(now, request_id);
   new_ids_.push_back(request_id);
-  while (entries_.size() > opts_.capacity && !order_.empty()) {
-    entries_.erase(order_.front().second);
-    order_.pop_front();
-  }
+  while (entries_.size() > opts_.capacity && !order_.empty()) DropOldest();
+}
+
+void AttributionStore::DropOldest() {
+  // (An id remembered again has a newer entry: its older place goes alone.)
+  auto it = entries_.find(order_.front().second);
+  if (it != entries_.end() && it->second.at == order_.front().first) entries_.erase(it);
+  order_.pop_front();
+  ++dropped_;
 }
 
 void AttributionStore::Expire(int64_t now) {
-  while (!order_.empty() && now - order_.front().first > 2 * opts_.window_ns) {
-    auto it = entries_.find(order_.front().second);
-    if (it != entries_.end() && it->second.at == order_.front().first) entries_.erase(it);
-    order_.pop_front();
-  }
+  while (!order_.empty() && now - order_.front().first > 2 * opts_.window_ns) DropOldest();
 }
 
 Result<AttributionStore::Entry*> AttributionStore::Find(const std::string& request_id, int64_t now) {
@@ -77,24 +82,44 @@ void AttributionStore::Recorded(const std::string& request_id, const std::vector
 }
 
 Status AttributionStore::Save(const std::string& path, Reports reports) const {
-  std::vector<Row> rows;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    rows = All(reports);
-  }
-  return WriteFileAtomic(path, Format(rows));  // formatted outside the lock: requests go on
+  size_t lines = 0;
+  return WriteFileAtomic(path, FormatAll(reports, &lines));
 }
 
-std::vector<AttributionStore::Row> AttributionStore::All(Reports reports) const {
+std::string AttributionStore::FormatAll(Reports reports, size_t* lines) const {
+  // A chunk is copied under the lock and formatted outside it, before the
+  // next is copied: a predict waiting to remember an id takes the lock
+  // meanwhile. (Taking it again at once starved such a waiter for most of
+  // a second while a million ids were copied.)
+  std::string text;
   std::vector<Row> rows;
-  rows.reserve(entries_.size());
-  const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
-  for (const auto& [at, id] : order_) {
-    auto it = entries_.find(id);
-    if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
-    rows.push_back(MakeRow(id, it->second, now, unix_ms, reports));
+  rows.reserve(kRowsPerLock);
+  // Places in order_ counted from the first ever (dropped_ + index): the
+  // next to copy, and the end as it was at the first chunk (ids remembered
+  // since are journaled by the next append).
+  uint64_t next = 0, stop = UINT64_MAX;
+  for (bool more = true; more;) {
+    rows.clear();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop == UINT64_MAX) stop = dropped_ + order_.size();
+      const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
+      const size_t from = next > dropped_ ? static_cast<size_t>(next - dropped_) : 0;
+      const size_t end = stop > dropped_ ? static_cast<size_t>(stop - dropped_) : 0;
+      const size_t to = std::max(from, std::min({order_.size(), end, from + kRowsPerLock}));
+      for (size_t i = from; i < to; ++i) {
+        const auto& [at, id] = order_[i];
+        auto it = entries_.find(id);
+        if (it == entries_.end() || it->second.at != at || now - at > 2 * opts_.window_ns) continue;
+        rows.push_back(MakeRow(id, it->second, now, unix_ms, reports));
+      }
+      next = dropped_ + to;
+      more = to < std::min(order_.size(), end);
+    }
+    text += Format(rows);
+    *lines += rows.size();
   }
-  return rows;
+  return text;
 }
 
 AttributionStore::Row AttributionStore::MakeRow(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms,
@@ -105,16 +130,48 @@ AttributionStore::Row AttributionStore::MakeRow(const std::string& id, const Ent
   return r;
 }
 
+namespace {
+// A JSON string as nlohmann::json writes it (quotes, backslashes and
+// control characters escaped; other bytes as they are), without building a
+// json value per line: a million lines took seconds that way.
+void AppendJsonString(std::string* out, std::string_view s) {
+  out->push_back('"');
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", static_cast<unsigned>(c));
+      *out += b;
+    } else {
+      out->push_back(c);
+    }
+  }
+  out->push_back('"');
+}
+}  // namespace
+
 std::string AttributionStore::Format(const std::vector<Row>& rows) {
   std::string text;
+  text.reserve(rows.size() * 128);
   for (const Row& r : rows) {
-    nlohmann::json line{{"id", r.id},
-                        {"experiment", r.experiment},
-                        {"variant", VariantName(r.variant)},
-                        {"served_ms", r.served_ms},
-                        {"reported", r.reported}};
-    if (r.user_bucket >= 0) line["bucket"] = r.user_bucket;
-    text += line.dump() + "\n";
+    text += "{\"id\":";
+    AppendJsonString(&text, r.id);
+    text += ",\"experiment\":";
+    AppendJsonString(&text, r.experiment);
+    text += ",\"variant\":";
+    AppendJsonString(&text, VariantName(r.variant));
+    text += ",\"served_ms\":" + std::to_string(r.served_ms) + ",\"reported\":[";
+    bool first = true;
+    for (const auto& m : r.reported) {
+      if (!first) text.push_back(',');
+      first = false;
+      AppendJsonString(&text, m);
+    }
+    text.push_back(']');
+    if (r.user_bucket >= 0) text += ",\"bucket\":" + std::to_string(r.user_bucket);
+    text += "}\n";
   }
   return text;
 }
@@ -125,40 +182,64 @@ size_t AttributionStore::MarkClaims() const {
 }
 
 Status AttributionStore::AppendJournal(const std::string& path, size_t claims_mark) {
-  std::vector<Row> rows;
-  bool compact = false;
+  // What this append covers is taken at once; its rows are made a chunk at
+  // a time (kRowsPerLock), each formatted outside the lock before the next,
+  // so a predict that remembers an id waits for one chunk at most, never
+  // for the whole store (a million ids held it for seconds).
+  std::vector<std::string> ids;
+  std::vector<std::pair<std::string, std::vector<std::string>>> claims;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
-    // A new id as served (nothing reported yet: a claim since is its own
-    // line); a claimed one with the reports whose outcomes are saved — the
-    // claims up to the mark, and earlier ones — never one claimed after it,
-    // nor one claimed whose outcome is not in the figures yet.
-    auto add = [&](const std::string& id, const std::vector<std::string>* saved) {
-      auto it = entries_.find(id);
-      if (it == entries_.end()) return;  // forgotten meanwhile (past capacity or twice the window)
-      if (saved) it->second.saved.insert(saved->begin(), saved->end());
-      rows.push_back(MakeRow(id, it->second, now, unix_ms, saved ? Reports::kSaved : Reports::kNone));
-      ++journal_lines_;
-    };
-    for (const auto& id : new_ids_) add(id, nullptr);
-    new_ids_.clear();
+    ids.swap(new_ids_);
     claims_mark = std::min(claims_mark, new_claims_.size());
-    for (size_t i = 0; i < claims_mark; ++i) add(new_claims_[i].first, &new_claims_[i].second);
-    new_claims_.erase(new_claims_.begin(), new_claims_.begin() + static_cast<std::ptrdiff_t>(claims_mark));
-    // The whole store, with its saved reports, replaces the file. (Only the
-    // flush appends: nothing else writes the file meanwhile.)
-    // (Also after an append that failed: its lines are in memory, and the
-    // file may end in a torn line.)
-    compact = rewrite_ || journal_lines_ > 2 * entries_.size() + 1000;
-    if (compact) {
-      rows = All(Reports::kSaved);
-      journal_lines_ = entries_.size();
-    }
+    const auto marked = new_claims_.begin() + static_cast<std::ptrdiff_t>(claims_mark);
+    claims.assign(std::make_move_iterator(new_claims_.begin()), std::make_move_iterator(marked));
+    new_claims_.erase(new_claims_.begin(), marked);
   }
-  // Formatted and written outside the lock: requests go on meanwhile.
-  Status st = compact ? WriteFileAtomic(path, Format(rows)) : rows.empty() ? Status::Ok() : Append(path, Format(rows));
+  // A new id as served (nothing reported yet: a claim since is its own
+  // line); a claimed one with the reports whose outcomes are saved — the
+  // claims up to the mark, and earlier ones — never one claimed after it,
+  // nor one claimed whose outcome is not in the figures yet.
+  std::string text;
+  std::vector<Row> rows;
+  rows.reserve(kRowsPerLock);
+  const size_t lines = ids.size() + claims.size();
+  for (size_t done = 0; done < lines;) {
+    rows.clear();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const int64_t now = opts_.clock->MonoNanos(), unix_ms = opts_.clock->UnixMillis();
+      for (const size_t end = std::min(lines, done + kRowsPerLock); done < end; ++done) {
+        const bool claim = done >= ids.size();
+        const std::string& id = claim ? claims[done - ids.size()].first : ids[done];
+        auto it = entries_.find(id);
+        if (it == entries_.end()) continue;  // forgotten meanwhile (past capacity or twice the window)
+        if (claim) {
+          const auto& saved = claims[done - ids.size()].second;
+          it->second.saved.insert(saved.begin(), saved.end());
+        }
+        rows.push_back(MakeRow(id, it->second, now, unix_ms, claim ? Reports::kSaved : Reports::kNone));
+        ++journal_lines_;
+      }
+    }
+    text += Format(rows);  // outside the lock, as FormatAll does
+  }
+  // The whole store, with its saved reports, replaces the file once it
+  // holds far more lines than ids, or after an append that failed (its
+  // lines are in memory, and the file may end in a torn line). (Only the
+  // flush appends or rewrites: nothing else writes the file meanwhile. An id
+  // remembered during the copy may be in it and appended again next time:
+  // Load merges an id's lines.)
+  bool compact;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    compact = rewrite_ || journal_lines_ > 2 * entries_.size() + 1000;
+  }
+  size_t whole = 0;
+  if (compact) text = FormatAll(Reports::kSaved, &whole);
+  Status st = compact ? WriteFileAtomic(path, text) : text.empty() ? Status::Ok() : Append(path, text);
   std::lock_guard<std::mutex> lock(mu_);
+  if (compact) journal_lines_ = whole;
   rewrite_ = !st.ok();
   return st;
 }
@@ -230,10 +311,7 @@ Result<size_t> AttributionStore::Load(const std::string& path) {
   // Oldest first, as Remember keeps them (the file is in that order; ids
   // remembered since start are newer).
   std::stable_sort(order_.begin(), order_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  while (entries_.size() > opts_.capacity && !order_.empty()) {
-    entries_.erase(order_.front().second);
-    order_.pop_front();
-  }
+  while (entries_.size() > opts_.capacity && !order_.empty()) DropOldest();
   return added;
 }
 

@@ -89,19 +89,25 @@ class AttributionStore {
     int user_bucket = -1;
   };
   void Expire(int64_t now);                                     // mu_ held
+  void DropOldest();                                            // mu_ held; order_ not empty
   Result<Entry*> Find(const std::string& request_id, int64_t now);  // mu_ held
 
   const Options opts_;
   mutable std::mutex mu_;
   std::unordered_map<std::string, Entry> entries_;      // guarded by mu_
   std::deque<std::pair<int64_t, std::string>> order_;   // guarded by mu_
+  // Places dropped from order_'s front, ever: a copy made a chunk at a time
+  // (FormatAll) finds its place again after the lock was let go (mu_).
+  uint64_t dropped_ = 0;
+  // Rows made per hold of the lock when the store is copied for the file.
+  static constexpr size_t kRowsPerLock = 2048;
   std::vector<std::string> new_ids_;      // remembered since the last AppendJournal (mu_)
   std::vector<std::pair<std::string, std::vector<std::string>>> new_claims_;  // Recorded since, in order (mu_)
   size_t journal_lines_ = 0;              // lines in the file since Save last wrote it whole (mu_)
   bool rewrite_ = false;                  // an append failed: the next one rewrites the file whole (mu_)
   static Status Append(const std::string& path, const std::string& text);  // O_APPEND + fdatasync
   // A line of the file, copied out of the store so that it is formatted
-  // outside the lock (a million ids take a second or more to format).
+  // outside the lock (a million ids take seconds to format).
   struct Row {
     std::string id, experiment;
     Variant variant;
@@ -109,7 +115,9 @@ class AttributionStore {
     std::set<std::string> reported;
     int user_bucket = -1;
   };
-  std::vector<Row> All(Reports reports) const;  // every entry (mu_ held)
+  // Every entry as the file's lines (`*lines` += their count); takes mu_ a
+  // chunk at a time (not held by the caller).
+  std::string FormatAll(Reports reports, size_t* lines) const;
   static Row MakeRow(const std::string& id, const Entry& e, int64_t now, int64_t unix_ms, Reports reports);
   static std::string Format(const std::vector<Row>& rows);
 };

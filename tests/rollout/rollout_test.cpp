@@ -1,6 +1,9 @@
 // Routing, attribution and reports, with a fake clock and a real registry.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <thread>
+
 #include <algorithm>
 #include <filesystem>
 #include <iterator>
@@ -649,6 +652,98 @@ TEST_CASE("attribution journal: ids appended at each flush, claims once their ou
   CHECK(b->Claim("r1", {"click"}).status().code() == Code::kAlreadyExists);
   CHECK(b->Claim("r1", {"buy"}).status().code() == Code::kAlreadyExists);
   CHECK(b->Claim("r2", {"late"}).ok());
+}
+
+TEST_CASE("attribution journal rewritten a chunk at a time while predicts remember ids: none lost, none mixed up") {
+  // The store is copied for the file a chunk at a time (predicts wait for a
+  // chunk, not for a million ids); meanwhile ids are added at the back and
+  // dropped at the front (its capacity). The file must still hold every id
+  // the store holds afterwards, with its variant, bucket and saved reports.
+  FakeClock clock;
+  testing::TempDir dir;
+  AttributionStore::Options o;
+  o.clock = &clock;
+  o.capacity = 60'000;
+  AttributionStore a(o);
+  const std::string path = dir / "ids";
+  auto name = [](char k, int i) { return std::string(1, k) + std::to_string(i); };
+  auto variant = [](int i) { return i % 3 ? Variant::kTreatment : Variant::kControl; };
+  for (int i = 0; i < 60'000; ++i) a.Remember(name('a', i), "e", variant(i), i % 64);
+  for (int i = 0; i < 60'000; i += 7) {
+    REQUIRE(a.Claim(name('a', i), {"click"}).ok());
+    a.Recorded(name('a', i), {"click"});
+  }
+  REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());
+  // The next append rewrites the file whole (the last one failed).
+  std::filesystem::rename(path, path + ".aside");
+  std::filesystem::create_directory(path);
+  a.Remember("b0", "e", Variant::kControl, 1);
+  CHECK_FALSE(a.AppendJournal(path, a.MarkClaims()).ok());
+  std::filesystem::remove(path);
+  std::filesystem::rename(path + ".aside", path);
+  std::atomic<bool> started{false};
+  std::thread predicts([&] {
+    started = true;
+    for (int i = 0; i < 40'000; ++i) a.Remember(name('c', i), "e", variant(i), i % 64);
+  });
+  while (!started) std::this_thread::yield();
+  REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());  // the rewrite, beside the predicts
+  predicts.join();
+  REQUIRE(a.AppendJournal(path, a.MarkClaims()).ok());  // the ids remembered meanwhile
+  AttributionStore b(o);
+  REQUIRE(b.Load(path).ok());
+  CHECK(b.size() == a.size());
+  // What the store holds: the last 60,000 remembered — a40001.., b0, c0..c39999.
+  int checked = 0;
+  for (int i = 40'001; i < 60'000; ++i) {
+    auto got = b.Lookup(name('a', i));
+    REQUIRE_MESSAGE(got.ok(), name('a', i));
+    CHECK(got->variant == variant(i));
+    CHECK(got->user_bucket == i % 64);
+    if (i % 7 == 0) CHECK(b.Claim(name('a', i), {"click"}).status().code() == Code::kAlreadyExists);
+    ++checked;
+  }
+  for (int i = 0; i < 40'000; ++i) {
+    auto got = b.Lookup(name('c', i));
+    REQUIRE_MESSAGE(got.ok(), name('c', i));
+    CHECK(got->variant == variant(i));
+    ++checked;
+  }
+  CHECK(b.Lookup("b0").ok());
+  CHECK(checked + 1 == static_cast<int>(a.size()));
+}
+
+TEST_CASE("attribution file lines are JSON whatever the ids hold: quotes, backslashes, control bytes, UTF-8") {
+  FakeClock clock;
+  testing::TempDir dir;
+  AttributionStore::Options o;
+  o.clock = &clock;
+  AttributionStore a(o);
+  const std::string odd = "q\"\\\x01\t\x1f\xc3\xa9/end", metric = "m\"x\\";
+  a.Remember(odd, "exp-\"1", Variant::kTreatment, 63);
+  a.Remember("plain", "e", Variant::kControl);
+  REQUIRE(a.Claim(odd, {metric, "click"}).ok());
+  REQUIRE(a.Save(dir / "ids").ok());
+  std::ifstream in(dir / "ids");
+  int lines = 0;
+  for (std::string line; std::getline(in, line); ++lines) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    REQUIRE_MESSAGE(j.is_object(), line);
+    if (j["id"] == odd) {
+      CHECK(j["experiment"] == "exp-\"1");
+      CHECK(j["variant"] == "treatment");
+      CHECK(j["bucket"] == 63);
+      CHECK(j["reported"] == nlohmann::json::array({"click", metric}));
+    } else {
+      CHECK(j["id"] == "plain");
+      CHECK_FALSE(j.contains("bucket"));
+    }
+  }
+  CHECK(lines == 2);
+  AttributionStore b(o);
+  REQUIRE(b.Load(dir / "ids").ok());
+  CHECK(b.Lookup(odd).value().experiment == "exp-\"1");
+  CHECK(b.Claim(odd, {metric}).status().code() == Code::kAlreadyExists);
 }
 
 TEST_CASE("attribution: saved and read back, ids keep their age and their reports, expired ones stay out") {
