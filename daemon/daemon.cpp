@@ -690,6 +690,17 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
   return experiment_metrics_.Add(key, std::move(m));
 }
 
+VariantSnapshot Daemon::VariantFigures(const std::string& experiment, const std::string& variant) {
+  if (auto m = experiment_metrics_.Find(VariantKey(experiment, variant))) return m->Snapshot();
+  auto saved = registry_->LoadExperimentMetrics(experiment);
+  if (!saved.ok()) {
+    LogWarn("metrics_restore_failed", {{"key", VariantKey(experiment, variant)}, {"error", saved.status().message()}});
+    return {};
+  }
+  auto it = saved->find(variant);
+  return it == saved->end() ? VariantSnapshot{} : VariantSnapshot::FromJson(it->second);
+}
+
 void Daemon::CheckRegistryFile() {
   Status st = registry_->CheckFileIdentity();
   if (!st.ok() && !registry_detached_.exchange(true)) LogError("registry_file_replaced", {{"error", st.message()}});
@@ -743,6 +754,14 @@ bool Daemon::FlushMetrics(bool brief) {
     // runs canary ticks and routing refreshes.
     m->MarkDirty();
     break;
+  }
+  // The figures of experiments no longer active, saved and held by no
+  // request or feedback, leave memory (restored if needed again).
+  if (failed.ok()) {
+    std::set<std::string> active;
+    for (const auto& [model, e] : snapshot()->experiments) active.insert(e.id);
+    experiment_metrics_.RemoveIdle(
+        [&](const std::string& key) { return !active.count(key.substr(0, key.rfind('/'))); });
   }
   // Shadow runs' figures, those that moved since last saved (the watcher's
   // thread only: saved_shadow_figures_ needs no lock).

@@ -195,7 +195,16 @@ class Daemon {
   // (the registry): the object returned is then a throwaway, never saved.
   std::shared_ptr<VariantMetrics> VariantMetricsFor(const std::string& experiment, const std::string& variant,
                                                     bool* published = nullptr);
-  // Writes changed experiment metrics to the registry.
+  // An arm's figures to read: the live ones when they are in memory, else
+  // those saved in the registry, read without keeping them in memory (a
+  // report on a stopped experiment costs nothing after it). Empty when the
+  // registry cannot be read.
+  VariantSnapshot VariantFigures(const std::string& experiment, const std::string& variant);
+  // Writes changed experiment metrics to the registry, then lets go of the
+  // figures of experiments no longer active that are saved and held by
+  // nothing else (a running request or feedback): about 0.9 MB an arm, which
+  // every experiment and canary ever run kept until mmsd stopped. They are
+  // restored from the registry if needed again (feedback after the stop).
   // False when a save failed (the figures stay dirty). `brief`: the
   // watcher's periodic flush, which waits at most kBriefWriteWaitMs behind
   // another writer (it is retried; the thread also judges canaries).

@@ -10,8 +10,8 @@ namespace mms {
 namespace {
 
 nlohmann::json ExperimentReport(Daemon* d, const ExperimentRecord& e) {
-  VariantSnapshot c = d->VariantMetricsFor(e.id, "control")->Snapshot();
-  VariantSnapshot t = d->VariantMetricsFor(e.id, "treatment")->Snapshot();
+  VariantSnapshot c = d->VariantFigures(e.id, "control");
+  VariantSnapshot t = d->VariantFigures(e.id, "treatment");
   nlohmann::json j = mms::ExperimentReport(e, c, t, d->options().config.experiments.confidence);
   if (auto users = d->user_splits()->Find(e.id); users && !e.random)
     j["comparison"]["sample_ratio_users"] = UserSampleRatio(users->counts());

@@ -142,6 +142,9 @@ std::string Daemon::PrometheusText() {
       }
     }
   }
+  w.Family("mms_experiment_figures_in_memory", "gauge",
+           "Experiment arms whose figures mmsd holds: the active experiments', and a stopped one's until saved and idle.");
+  w.Sample("mms_experiment_figures_in_memory", {}, static_cast<double>(experiment_metrics_.size()));
   w.Family("mms_shadow_requests_total", "counter", "Shadow requests by result: mirrored, dropped, failed, diverged.");
   for (const auto& [model, s] : snap->shadows) {
     auto st = shadows_->Stats(model);

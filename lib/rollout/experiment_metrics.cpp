@@ -294,6 +294,11 @@ bool VariantMetrics::TakeDirty() {
   return d;
 }
 
+bool VariantMetrics::dirty() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dirty_;
+}
+
 void VariantMetrics::MarkDirty() {
   std::lock_guard<std::mutex> lock(mu_);
   dirty_ = true;
@@ -322,6 +327,25 @@ std::shared_ptr<VariantMetrics> MetricsStore::Find(const std::string& key) const
 void MetricsStore::Remove(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
   m_.erase(key);
+}
+
+size_t MetricsStore::RemoveIdle(const std::function<bool(const std::string& key)>& idle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t removed = 0;
+  for (auto it = m_.begin(); it != m_.end();) {
+    if (idle(it->first) && it->second.use_count() == 1 && !it->second->dirty()) {
+      it = m_.erase(it);
+      ++removed;
+    } else {
+      ++it;
+    }
+  }
+  return removed;
+}
+
+size_t MetricsStore::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return m_.size();
 }
 
 std::map<std::string, std::shared_ptr<VariantMetrics>> MetricsStore::All() const {

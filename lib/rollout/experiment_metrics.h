@@ -9,6 +9,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -125,6 +126,7 @@ class VariantMetrics {
   // Replaces the cumulative figures (restored from the registry at start).
   void Restore(const VariantSnapshot& s);
   bool TakeDirty();  // true once after any change
+  bool dirty() const;
   void MarkDirty();  // a save after TakeDirty failed: the next flush tries again
 
  private:
@@ -142,8 +144,14 @@ class MetricsStore {
   std::shared_ptr<VariantMetrics> Add(const std::string& key, std::shared_ptr<VariantMetrics> m);
   std::shared_ptr<VariantMetrics> Find(const std::string& key) const;  // null when absent
   std::map<std::string, std::shared_ptr<VariantMetrics>> All() const;
+  size_t size() const;
   // Forgets `key` (its version left the registry); holders keep their copy.
   void Remove(const std::string& key);
+  // Forgets each entry `idle(key)` says may go that nothing else holds (no
+  // request or feedback can record into it meanwhile: a holder gets one only
+  // from this store, under its lock) and that has no change unsaved (dirty).
+  // Returns how many. `idle` runs under the store's lock: no locks of its own.
+  size_t RemoveIdle(const std::function<bool(const std::string& key)>& idle);
 
  private:
   mutable std::mutex mu_;

@@ -713,6 +713,24 @@ TEST_CASE("attribution journal rewritten a chunk at a time while predicts rememb
   CHECK(checked + 1 == static_cast<int>(a.size()));
 }
 
+TEST_CASE("metrics store: only idle figures that are saved and held by nothing else are let go") {
+  MetricsStore store;
+  auto held = store.Get("old/control");       // a request still holds it
+  store.Get("old/treatment")->Record(1'000'000, false, 0);  // changed, not saved yet
+  store.Get("old/x");                          // idle and clean
+  store.Get("running/control");                // not idle
+  auto idle = [](const std::string& key) { return key.rfind("old/", 0) == 0; };
+  CHECK(store.RemoveIdle(idle) == 1);
+  CHECK(store.Find("old/x") == nullptr);
+  CHECK(store.Find("old/control") == held);
+  CHECK(store.Find("running/control") != nullptr);
+  // Saved (TakeDirty, as a flush does) and let go by its holder: gone too.
+  CHECK(store.Find("old/treatment")->TakeDirty());
+  held.reset();
+  CHECK(store.RemoveIdle(idle) == 2);
+  CHECK(store.size() == 1);
+}
+
 TEST_CASE("attribution file lines are JSON whatever the ids hold: quotes, backslashes, control bytes, UTF-8") {
   FakeClock clock;
   testing::TempDir dir;
