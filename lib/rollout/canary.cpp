@@ -19,16 +19,14 @@ int UserBucketsFilled(const VariantSnapshot& s) {
   return filled;
 }
 
-bool ByUser(const VariantSnapshot& s) { return UserBucketsFilled(s) >= kCanaryMinUserBuckets; }
-
 nlohmann::json ArmFigures(const VariantSnapshot& s) {
   double n = static_cast<double>(s.requests);
   return {{"requests", s.requests},
           {"errors", s.errors},
           {"error_rate", n > 0 ? static_cast<double>(s.errors) / n : 0.0},
           {"p99_ms", static_cast<double>(s.latency.Quantile(0.99)) / 1e6},
-          {"user_buckets", std::max(0, UserBucketsFilled(s))},
-          {"by_user", ByUser(s)}};
+          // null: figures not all by user (its tests go by request)
+          {"user_buckets", UserBucketsFilled(s) < 0 ? nlohmann::json() : nlohmann::json(UserBucketsFilled(s))}};
 }
 
 }  // namespace
@@ -79,35 +77,42 @@ std::string ErrorDetail(const VariantSnapshot& s) {
 }  // namespace
 
 namespace {
-// Evidence that a window's error rate is above a rate, or above control's:
-// the p-value by request and, where the window is by user, the larger of it
-// and the one by user (see the header).
+// Evidence that a window's error rate is above a rate, or above control's
+// (see the header); `how` says how it was taken, for the reason.
 struct Evidence {
   double p = 1;
-  bool by_user = false;
+  std::string how;
 };
 
-Evidence Larger(double by_request, std::optional<double> by_user) {
-  if (by_user && *by_user > by_request) return {*by_user, true};
-  return {by_request, false};
-}
-
-// `errors` of the window's requests (a subset of them: its own errors
-// before --min-requests) against `rate`; by user, all its errors.
+// `errors` of the window's requests (its own errors before --min-requests)
+// against `rate`, by request — without the bucket of users with the most
+// errors where the window's buckets cover its requests in two or more:
+// one user's failures cannot carry the evidence alone.
 Evidence ErrorsAbove(const VariantSnapshot& s, uint64_t errors, double rate) {
-  const double p = BinomialUpperTail(errors, s.requests, rate);
-  if (!ByUser(s)) return {p, false};
-  return Larger(p, ClusteredRatioAboveP(BucketArm(s.users->errors, s.users->requests), rate));
+  if (UserBucketsFilled(s) >= 2) {
+    const UserBuckets& u = *s.users;
+    const auto top = std::max_element(u.errors.begin(), u.errors.end()) - u.errors.begin();
+    if (u.errors[top] > 0) {
+      const uint64_t rest = errors - std::min(errors, u.errors[top]);
+      const uint64_t of = s.requests - std::min(s.requests, u.requests[top]);
+      return {BinomialUpperTail(rest, of, rate), " without the users' bucket with the most errors"};
+    }
+  }
+  return {BinomialUpperTail(errors, s.requests, rate), ""};
 }
 
+// By request, and by user where both windows' buckets cover their requests
+// in two or more: the larger p-value.
 Evidence ErrorsAboveControl(const VariantSnapshot& control, const VariantSnapshot& canary) {
   const double p = ProportionGreaterP(control.errors, control.requests, canary.errors, canary.requests);
-  if (!ByUser(control) || !ByUser(canary)) return {p, false};
-  return Larger(p, ClusteredRatioGreaterP(BucketArm(control.users->errors, control.users->requests),
-                                          BucketArm(canary.users->errors, canary.users->requests)));
+  if (UserBucketsFilled(control) < 2 || UserBucketsFilled(canary) < 2) return {p, ""};
+  const auto by_user = ClusteredRatioGreaterP(BucketArm(control.users->errors, control.users->requests),
+                                              BucketArm(canary.users->errors, canary.users->requests));
+  if (by_user && *by_user > p) return {*by_user, " by user"};
+  return {p, ""};
 }
 
-std::string PValue(const Evidence& e) { return "p = " + Sig(e.p) + (e.by_user ? " by user" : ""); }
+std::string PValue(const Evidence& e) { return "p = " + Sig(e.p) + e.how; }
 }  // namespace
 
 CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control, const VariantSnapshot& canary,
@@ -154,7 +159,8 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
   // counted, not timed), against 1% of them: by request.
   const uint64_t timed = canary.latency.count();
   auto slower = [&](double ms) {
-    return Evidence{BinomialUpperTail(timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6)), timed, 0.01)};
+    const uint64_t n = timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6));
+    return Evidence{BinomialUpperTail(n, timed, 0.01), ""};
   };
   v.kind = CanaryVerdict::kFail;
   if (err > c.max_error_rate) {

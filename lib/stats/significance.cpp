@@ -162,7 +162,7 @@ TestResult WelchTTest(double mean1, double var1, uint64_t n1, double mean2, doub
 }
 
 namespace {
-// One arm's ratio, its delta-method variance and its clusters with samples.
+// One arm's ratio, its jackknife variance and its clusters with samples.
 struct ArmEstimate {
   double ratio = 0, var = 0;
   size_t clusters = 0;
@@ -176,15 +176,18 @@ ArmEstimate EstimateArm(const ClusteredArm& a) {
     e.clusters += a.n[b] > 0;
   }
   if (sn <= 0 || e.clusters < 2) return e;
-  const double r = sy / sn;
+  // The jackknife: the ratio without each cluster in turn.
+  std::vector<double> without;
+  without.reserve(e.clusters);
+  for (size_t b = 0; b < a.y.size() && b < a.n.size(); ++b)
+    if (a.n[b] > 0) without.push_back((sy - a.y[b]) / (sn - a.n[b]));
+  double mean = 0;
+  for (double r : without) mean += r / static_cast<double>(without.size());
   double ss = 0;
-  for (size_t b = 0; b < a.y.size() && b < a.n.size(); ++b) {
-    const double d = a.y[b] - r * a.n[b];
-    ss += d * d;
-  }
+  for (double r : without) ss += (r - mean) * (r - mean);
   const double m = static_cast<double>(e.clusters);
-  e.ratio = a.offset + r;
-  e.var = m / (m - 1) * ss / (sn * sn);
+  e.ratio = a.offset + sy / sn;
+  e.var = (m - 1) / m * ss;
   return e;
 }
 }  // namespace
@@ -218,14 +221,6 @@ TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& t
   r.ci_low = r.diff - q * r.se;
   r.ci_high = r.diff + q * r.se;
   return r;
-}
-
-std::optional<double> ClusteredRatioAboveP(const ClusteredArm& arm, double limit) {
-  const ArmEstimate e = EstimateArm(arm);
-  if (e.clusters < 2 || !std::isfinite(e.ratio) || !std::isfinite(e.var)) return std::nullopt;
-  if (e.var == 0) return e.ratio > limit ? 0.0 : 1.0;
-  bm::students_t dist(static_cast<double>(e.clusters - 1));
-  return bm::cdf(bm::complement(dist, (e.ratio - limit) / std::sqrt(e.var)));
 }
 
 std::optional<double> ClusteredRatioGreaterP(const ClusteredArm& control, const ClusteredArm& treatment) {

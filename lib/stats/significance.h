@@ -18,10 +18,10 @@
 //   ClusteredRatioTest  a ratio of sums (errors / requests, clicks /
 //                       requests, latency / requests) measured over
 //                       independent clusters — buckets of users — with the
-//                       delta method's variance from the spread between them
-//                       (Deng, Knoblich & Lu, "Applying the Delta Method in
-//                       Metric Analytics", KDD 2018): requests of one user
-//                       are not independent samples
+//                       jackknife's variance, leaving one cluster out at a
+//                       time (the delta method's, as in Deng, Knoblich & Lu,
+//                       KDD 2018, is biased low when one cluster dominates):
+//                       requests of one user are not independent samples
 //
 // "2" is the treatment, "1" the control: differences are treatment − control.
 // Degenerate inputs give a defined answer, never NaN: an empty arm is
@@ -70,17 +70,15 @@ struct ClusteredArm {
   std::vector<double> y, n;  // per cluster; equal lengths
 };
 // treatment − control of two such ratios: Welch's t, each arm's variance by
-// the delta method over its m clusters with n > 0,
-//   Var(Σy/Σn) ≈ m/(m−1) · Σ (y_b − R·n_b)² / (Σn)²,
+// the jackknife over its m clusters with n > 0,
+//   R₋b = (Σy − y_b) / (Σn − n_b),  Var(Σy/Σn) ≈ (m−1)/m · Σ (R₋b − mean R₋)²,
 // degrees of freedom by Welch–Satterthwaite with m − 1 per arm. With one
-// sample per cluster (every n_b = 1) it is Welch's test on the values.
-// Invalid below 2 clusters with samples in an arm.
+// sample per cluster (every n_b = 1) it is Welch's test on the values. (A
+// review's simulation, heavy-tailed requests per user, two identical arms:
+// the delta method's variance rejected at 8.2e-5 34 times too often, the
+// jackknife's not once in the same runs.) Invalid below 2 clusters with
+// samples in an arm.
 TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& treatment, double confidence = 0.95);
-// One-sided p-value that one arm's ratio is above `limit` (Student's t with
-// m − 1 degrees of freedom, the same delta-method variance); nullopt below 2
-// clusters with samples. With no spread at all, 0 when the ratio is above
-// the limit, else 1.
-std::optional<double> ClusteredRatioAboveP(const ClusteredArm& arm, double limit);
 // One-sided p-value that the treatment's ratio is above the control's, from
 // ClusteredRatioTest; nullopt when that test is invalid.
 std::optional<double> ClusteredRatioGreaterP(const ClusteredArm& control, const ClusteredArm& treatment);

@@ -642,25 +642,38 @@ TEST_CASE("a canary's errors are judged by user too: one user's failing requests
   // A stage's end (not the last) likewise; the promotion holds it to the limit as given.
   CHECK(JudgeCanary(c, ctrl, one_user, CanaryLook{true, 180, false}).kind == CanaryVerdict::kPass);
   CHECK(JudgeCanary(c, ctrl, one_user, CanaryLook{true, 180, true}).kind == CanaryVerdict::kFail);
-  // Failing for a quarter of 600 users: rolled back at an interim check, on
-  // the p-value by user (the larger: 150 users are fewer samples than their
-  // 4,500 requests).
+  // Failing for a quarter of 600 users: rolled back at an interim check —
+  // without the bucket with the most errors the evidence stands.
   CanaryVerdict segment = JudgeCanary(c, ctrl, quarter.Snapshot(), CanaryLook{false, 180, false});
   INFO(segment.reason);
   CHECK(segment.kind == CanaryVerdict::kFail);
   CHECK(segment.reason.find("canary error rate 24.77% > limit 5.00% (interim check: p = ") == 0);
-  CHECK(segment.reason.find(" by user < ") != std::string::npos);
+  CHECK(segment.reason.find(" without the users' bucket with the most errors < ") != std::string::npos);
+  // Against control, by user too: one user's failures are no evidence there
+  // either (a limit the candidate meets, control's rate 1%).
+  CanaryRecord loose = c;
+  loose.max_error_rate = 0.5;
+  CHECK(JudgeCanary(loose, ctrl, one_user, CanaryLook{false, 180, false}).kind == CanaryVerdict::kPass);
+  CanaryVerdict vs = JudgeCanary(loose, ctrl, quarter.Snapshot(), CanaryLook{false, 180, false});
+  CHECK(vs.kind == CanaryVerdict::kFail);
+  CHECK(vs.reason.find("vs control 1.02% (one-sided p = ") != std::string::npos);
   // Figures counted without buckets (or a window across their start): by request, as before.
   VariantSnapshot unbucketed = one_user;
   unbucketed.users.reset();
   CHECK(JudgeCanary(c, ctrl, unbucketed, CanaryLook{false, 180, false}).kind == CanaryVerdict::kFail);
-  // A handful of users (fewer than 16 buckets): by request — a t-test over
-  // three buckets could not roll back a candidate failing for one user in three.
+  // Three users, one failing every request: one user's failures, not yet
+  // evidence; the promotion holds the candidate to the limit as given.
   VariantMetrics few;
   arm(&few, "t", 3, [](int user, int) { return user == 0; });
-  CanaryVerdict three = JudgeCanary(c, ctrl, few.Snapshot(), CanaryLook{false, 180, false});
-  CHECK(three.kind == CanaryVerdict::kFail);
-  CHECK(three.reason.find("by user") == std::string::npos);
+  REQUIRE(few.Snapshot().users->requests[UserBucket("t0")] == 200);
+  CHECK(JudgeCanary(c, ctrl, few.Snapshot(), CanaryLook{false, 180, false}).kind == CanaryVerdict::kPass);
+  CHECK(JudgeCanary(c, ctrl, few.Snapshot(), CanaryLook{true, 180, true}).kind == CanaryVerdict::kFail);
+  // All of the window's users in one bucket (one user's traffic): by request.
+  VariantMetrics one;
+  arm(&one, "t", 1, [](int, int i) { return i % 2 == 0; });
+  CanaryVerdict alone = JudgeCanary(c, ctrl, one.Snapshot(), CanaryLook{false, 180, false});
+  CHECK(alone.kind == CanaryVerdict::kFail);
+  CHECK(alone.reason.find("without the users' bucket") == std::string::npos);
 }
 
 TEST_CASE("removing a canary's production version or candidate by force aborts the canary as mms canary abort does") {
