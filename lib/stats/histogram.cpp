@@ -168,7 +168,7 @@ void WindowedHistogram::Advance(int64_t now) {
   int64_t id = now / slot_ns_;
   size_t i = static_cast<size_t>(id % static_cast<int64_t>(ring_.size()));
   if (slot_id_[i] != id) {
-    ring_[i].Clear();
+    ring_[i].reset();
     slot_id_[i] = id;
   }
 }
@@ -176,7 +176,15 @@ void WindowedHistogram::Advance(int64_t now) {
 void WindowedHistogram::Record(int64_t ns, int64_t now) {
   Advance(now);
   int64_t id = now / slot_ns_;
-  ring_[static_cast<size_t>(id % static_cast<int64_t>(ring_.size()))].Record(ns);
+  auto& slot = ring_[static_cast<size_t>(id % static_cast<int64_t>(ring_.size()))];
+  if (!slot) slot = std::make_unique<LatencyHistogram>();
+  slot->Record(ns);
+}
+
+size_t WindowedHistogram::slots_held() const {
+  size_t n = 0;
+  for (const auto& slot : ring_) n += slot != nullptr;
+  return n;
 }
 
 LatencyHistogram WindowedHistogram::Window(int64_t window_ns, int64_t now) const {
@@ -187,7 +195,7 @@ LatencyHistogram WindowedHistogram::Window(int64_t window_ns, int64_t now) const
     int64_t id = current - k;
     if (id < 0) break;
     size_t i = static_cast<size_t>(id % static_cast<int64_t>(ring_.size()));
-    if (slot_id_[i] == id) out.Merge(ring_[i]);
+    if (slot_id_[i] == id && ring_[i]) out.Merge(*ring_[i]);
   }
   return out;
 }

@@ -89,6 +89,19 @@ TEST_CASE("windowed histograms keep only the recent intervals") {
   CHECK(w.Window(30'000'000'000, now).count() == 30);
   CHECK(w.Window(600'000'000'000, now).count() == 60);  // only 6 slots kept
   CHECK(w.Window(30'000'000'000, now + 300'000'000'000LL).count() == 0);
+  // An interval's histogram exists only once recorded into: an unused
+  // window holds none, one value a minute ago holds one.
+  WindowedHistogram idle(10'000'000'000, 6);
+  CHECK(idle.slots_held() == 0);
+  CHECK(idle.Window(60'000'000'000, t).count() == 0);
+  idle.Record(5'000'000, t);
+  idle.Record(6'000'000, t + 1'000'000'000LL);  // the same interval
+  CHECK(idle.slots_held() == 1);
+  CHECK(w.slots_held() == 6);
+  // A slot reused a window later starts empty (its old values are not counted again).
+  idle.Record(7'000'000, t + 60'000'000'000LL);
+  CHECK(idle.slots_held() == 1);
+  CHECK(idle.Window(60'000'000'000, t + 60'000'000'000LL).count() == 1);
 }
 
 // Values worked out independently (Python's statistics.NormalDist; the Welch
