@@ -202,7 +202,7 @@ class Daemon {
   VariantSnapshot VariantFigures(const std::string& experiment, const std::string& variant);
   // Writes changed experiment metrics to the registry, then lets go of the
   // figures of experiments no longer active that are saved and held by
-  // nothing else (a running request or feedback): about 0.9 MB an arm, which
+  // nothing else (a running request or feedback): up to 0.9 MB an arm, which
   // every experiment and canary ever run kept until mmsd stopped. They are
   // restored from the registry if needed again (feedback after the stop).
   // False when a save failed (the figures stay dirty). `brief`: the

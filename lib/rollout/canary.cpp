@@ -74,9 +74,7 @@ std::string ErrorDetail(const VariantSnapshot& s) {
            "the [pool] budgets, then start it again)";
   return out;
 }
-}  // namespace
 
-namespace {
 // Evidence that a window's error rate is above a rate, or above control's
 // (see the header); `how` says how it was taken, for the reason.
 struct Evidence {
@@ -159,8 +157,8 @@ CanaryVerdict JudgeCanary(const CanaryRecord& c, const VariantSnapshot& control,
   // counted, not timed), against 1% of them: by request.
   const uint64_t timed = canary.latency.count();
   auto slower = [&](double ms) {
-    const uint64_t n = timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6));
-    return Evidence{BinomialUpperTail(n, timed, 0.01), ""};
+    const uint64_t count = timed - canary.latency.CountAtMost(static_cast<int64_t>(ms * 1e6));
+    return Evidence{BinomialUpperTail(count, timed, 0.01), ""};
   };
   v.kind = CanaryVerdict::kFail;
   if (err > c.max_error_rate) {
