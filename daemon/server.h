@@ -24,7 +24,9 @@
 // upstream after 1.5.2) — one `connect(); close()` on the socket, or a CLI
 // that timed out against a stopped daemon, would cut every later client off.
 // (The handshake itself completes; the new connection is then never handed
-// to the socket, so its requests are never read.) A thread probes every
+// to the socket, so its requests are never read.) daemon/nng_epipe.cpp keeps
+// such a hang-up from tripping nng at all; the watchdog stays for whatever
+// else leaves new connections unserved. A thread probes every
 // `probe_interval_ms` over a new connection of its own with a PROBE request,
 // answered on nng's receiving thread (no handler: busy handlers cannot fail
 // it, though a probe waits for a free context like any request: with all

@@ -318,8 +318,9 @@ TEST_CASE("many clients at once are all answered") {
 
 TEST_CASE("a client that connects and hangs up mid-handshake does not cut off later clients") {
   // Debian's nng 1.5.2 hands no later connection to the socket after this
-  // (nng issue #1518) — not after every such hang-up, so there are many; the
-  // listener watchdog replaces a listener that stopped serving.
+  // (nng issue #1518) — not after every such hang-up (4 in 10 here), so
+  // there are many. mmsd's sendmsg (daemon/nng_epipe.cpp) keeps nng from
+  // tripping at all: no listener is replaced.
   Daemon d;
   REQUIRE(d.ok());
   REQUIRE(d.Mms({"ping"}).exit_code == 0);
@@ -331,6 +332,8 @@ TEST_CASE("a client that connects and hangs up mid-handshake does not cut off la
       std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
       REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
       ::close(fd);
+      // One at a time (a burst trips nng less often): gone before nng writes its header.
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   };
   for (int round = 0; round < 2; ++round) {
@@ -341,8 +344,7 @@ TEST_CASE("a client that connects and hangs up mid-handshake does not cut off la
     CHECK_MESSAGE(first.exit_code == 0, first.err);
     CHECK(d.Mms({"ping", "--count", "3"}).exit_code == 0);
   }
-  if (d.log().find("listener_restarted") == std::string::npos)
-    MESSAGE("nng was not tripped this run; the watchdog had nothing to do");
+  CHECK_MESSAGE(d.log().find("listener_restarted") == std::string::npos, d.log());
 }
 
 TEST_CASE("after a storm of hang-ups mid-handshake the replaced listener is closed: no spinning poller, no restart loop") {
