@@ -37,6 +37,8 @@ class Client {
   // (a busy daemon). All within `timeout_ms` (<= 0: no limit). UNAVAILABLE
   // (with the socket path) when none listens, or nothing was answered in time.
   static Result<std::unique_ptr<Client>> Connect(const Options& opts);
+  // Closes the socket, waiting at most 500 ms for nng (whose 1.5.2 close can
+  // block for ever: see client.cpp); a close past that is left to a thread.
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

@@ -4,6 +4,11 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <thread>
 #include <sys/un.h>
@@ -14,6 +19,7 @@
 
 #include "protocol/client.h"
 #include "protocol/codec.h"
+#include "protocol/tensor_file.h"
 #include "support/process.h"
 
 using namespace mms;
@@ -246,6 +252,60 @@ TEST_CASE("the Client maps error replies to statuses") {
   auto p = c->CallJson(kPing, nlohmann::json::object());
   REQUIRE(p.ok());
   CHECK((*p)["pid"].get<int>() == d.child().pid());
+}
+
+TEST_CASE("a client whose call timed out as its reply arrived closes within a bound") {
+  // nng 1.5.2 could block nng_close for ever when a late reply reached the
+  // connection as it closed (nng#1813): a `mms --timeout` hung for 32 minutes
+  // in a soak. Calls given 1-4 ms, answered about then: the race comes up
+  // once in a few hundred clients. Each close must return within 2 s; a
+  // close stuck for 10 s fails the run (it would never return).
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt", "-q"}).exit_code == 0);
+  auto inputs = ReadTensorFile(TestDataDir() + "/tiny_input.json").value();
+  std::atomic<int64_t> closing_since_ms{0};
+  std::atomic<bool> done{false};
+  auto now_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  std::thread watchdog([&] {
+    while (!done) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      const int64_t since = closing_since_ms;
+      if (since && now_ms() - since > 10'000) {
+        std::fprintf(stderr, "a Client's close has not returned in 10 s (nng_close blocked)\n");
+        std::_Exit(1);
+      }
+    }
+  });
+  int64_t slowest = 0, bounded = 0;
+  for (int i = 0; i < 1500; ++i) {
+    Client::Options o;
+    o.socket_path = d.socket();
+    o.timeout_ms = 5000;
+    auto c = Client::Connect(o);
+    REQUIRE(c.ok());
+    Message m;
+    m.type = kPredict;
+    const int64_t timeout_ms = 1 + i % 4;
+    m.body = {{"model", "tiny"}, {"timeout_ms", static_cast<double>(timeout_ms) * 0.95}};
+    m.tensors = inputs;
+    (void)(*c)->Call(std::move(m), timeout_ms);
+    const int64_t t0 = now_ms();
+    closing_since_ms = t0;
+    c->reset();
+    closing_since_ms = 0;
+    slowest = std::max(slowest, now_ms() - t0);
+    bounded += now_ms() - t0 >= 400;
+  }
+  done = true;
+  watchdog.join();
+  MESSAGE("slowest close " << slowest << " ms; closes cut short at their bound: " << bounded);
+  CHECK(slowest < 2000);
+  // The daemon serves on.
+  CHECK(Connected(d.socket())->CallJson(kPing, nlohmann::json::object()).ok());
 }
 
 TEST_CASE("a request field of the wrong type is INVALID_ARGUMENT, and the daemon serves on") {
