@@ -20,6 +20,7 @@
 
 #include "core/log.h"
 #include "core/paths.h"
+#include "protocol/nng_close.h"
 
 namespace mms {
 
@@ -619,9 +620,15 @@ void Server::Stop() {
     std::unique_lock<std::shared_mutex> lock(reply_mu_);  // waits out replies being sent
     closed_ = true;
   }
-  if (sock_id_) nng_close(SockOf(sock_id_));
+  // Bounded (protocol/nng_close.h): a request reaching a connection as the
+  // socket closes could block nng_close for ever, and the instance lock
+  // below would never be let go. Past the bound the contexts' aios are left
+  // too (freeing one waits on the same stuck task); the process is exiting.
+  const bool closed = !sock_id_ || proto::CloseSocketWithin(sock_id_, std::chrono::seconds(5));
+  if (!closed)
+    LogWarn("ipc_close_stuck", {{"note", "nng did not close the IPC socket within 5 s (nng#1813); left to the exit"}});
   for (auto& slot : slots_) {
-    if (slot->aio) nng_aio_free(slot->aio);  // waits for a running callback
+    if (slot->aio && closed) nng_aio_free(slot->aio);  // waits for a running callback
     slot->aio = nullptr;
   }
   if (listening_) ::unlink(opts_.socket_path.c_str());

@@ -1,4 +1,5 @@
 #include "protocol/client.h"
+#include "protocol/nng_close.h"
 
 #include "core/paths.h"
 
@@ -231,54 +232,13 @@ int64_t Client::DefaultTimeoutMs() {
   return first >= 0 ? first : opts_.timeout_ms;
 }
 
-namespace {
-
-// nng_close, waited on for at most `wait` (it runs on a thread of its own,
-// which finishes it, or stays blocked in it, after this returns). False when
-// it has not returned in time, or no thread could be started (then the socket
-// is left open: the process's exit closes it).
-bool CloseWithin(uint32_t sock_id, std::chrono::milliseconds wait) {
-  struct Shared {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-  };
-  auto sh = std::make_shared<Shared>();
-  try {
-    std::thread([sock_id, sh] {
-      nng_close(SockOf(sock_id));
-      std::lock_guard<std::mutex> lock(sh->mu);
-      sh->done = true;
-      sh->cv.notify_all();
-    }).detach();
-  } catch (const std::system_error&) {
-    return false;
-  }
-  std::unique_lock<std::mutex> lock(sh->mu);
-  return sh->cv.wait_for(lock, wait, [&] { return sh->done; });
-}
-
-}  // namespace
-
-// Not a plain nng_close: in nng 1.5.2 (Debian's libnng1) a close can block
-// forever when a reply reaches the connection while it closes (nng#1813,
-// fixed in 1.8.0 by nng#1824). The IPC pipe has read the reply's header and
-// asks for its body on an aio the close has just stopped, so that read never
-// completes and never completes the REQ pipe's receive; nng's reaper then
-// waits on that receive in nni_aio_stop, and nng_close (nni_sock_shutdown)
-// on the reaper. A call that timed out (or an unanswered probe) is answered
-// late, at any moment, often just as the caller gives up (a predict's daemon
-// deadline is 95% of its --timeout), so a command that times out and exits
-// could hang in its destructor. The close is waited on for a bounded time,
-// then left to its thread (a socket, its descriptor and a thread leaked; the
-// connection is shut down, so the daemon sees it close, before the close
-// blocks). Once one is stuck, so is nng's only reaper, and every later close
-// in the process would wait on it: those are not waited on at all.
+// A bounded close (see protocol/nng_close.h): a call that timed out (or an
+// unanswered probe) is answered late, often just as the caller gives up (a
+// predict's daemon deadline is 95% of its --timeout), and a command that
+// timed out could hang in its exit. Past the bound the socket, a descriptor
+// and a thread are left; its connection is shut down already.
 Client::~Client() {
-  static std::atomic<bool> close_stuck{false};
-  if (!sock_id_) return;
-  if (!CloseWithin(sock_id_, close_stuck ? std::chrono::milliseconds(0) : std::chrono::milliseconds(500)))
-    close_stuck = true;
+  if (sock_id_) (void)CloseSocketWithin(sock_id_, std::chrono::milliseconds(500));
 }
 
 Result<std::string> Client::CallRaw(const std::string& bytes, int64_t timeout_ms) {
