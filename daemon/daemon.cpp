@@ -758,8 +758,15 @@ bool Daemon::FlushMetrics(bool brief) {
   // The figures of experiments no longer active, saved and held by no
   // request or feedback, leave memory (restored if needed again).
   if (failed.ok()) {
+    // Active by the registry as last read, not by the routing (which holds
+    // back an experiment warming up, or a canary whose rollback waits).
+    std::shared_ptr<const RegistrySnapshot> latest;
+    {
+      std::lock_guard lock(refresh_mu_);
+      latest = latest_;
+    }
     std::set<std::string> active;
-    for (const auto& [model, e] : snapshot()->experiments) active.insert(e.id);
+    for (const auto& [model, e] : (latest ? latest : snapshot())->experiments) active.insert(e.id);
     experiment_metrics_.RemoveIdle(
         [&](const std::string& key) { return !active.count(key.substr(0, key.rfind('/'))); });
   }
@@ -1176,7 +1183,7 @@ Daemon::StopResult Daemon::Shutdown() {
   }
   // A stop that lost something is a warning (its reasons are logged above).
   (idle && saved ? LogInfo : LogWarn)("stopped", {{"served", server_->requests_served()}, {"clean", idle && saved}});
-  return {idle, saved};
+  return {idle, saved, server_->close_stuck()};
 }
 
 }  // namespace mms

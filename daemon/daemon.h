@@ -83,6 +83,7 @@ class Daemon {
   struct StopResult {
     bool idle = true;
     bool saved = true;
+    bool close_stuck = false;  // exit without destructors (Server::close_stuck)
   };
   StopResult Shutdown();
 

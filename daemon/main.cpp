@@ -261,10 +261,11 @@ int Run(int argc, char** argv) {
   // figures the registry refused — exits 1, so a supervisor sees it.
   const Daemon::StopResult stop = (*daemon)->Shutdown();
   Server::Unlock(lock_fd, socket_path);
-  if (!stop.idle) {
-    // Skip destructors that would wait on the abandoned requests.
+  if (!stop.idle || stop.close_stuck) {
+    // Skip destructors that would wait on the abandoned requests, or run
+    // while nng's stuck close can still call into the server.
     std::fflush(nullptr);
-    ::_exit(1);
+    ::_exit(stop.idle && stop.saved ? 0 : 1);
   }
   return stop.saved ? 0 : 1;
 }

@@ -623,8 +623,10 @@ void Server::Stop() {
   // Bounded (protocol/nng_close.h): a request reaching a connection as the
   // socket closes could block nng_close for ever, and the instance lock
   // below would never be let go. Past the bound the contexts' aios are left
-  // too (freeing one waits on the same stuck task); the process is exiting.
+  // too (freeing one waits on the same stuck task), and mmsd exits without
+  // destroying this (close_stuck()).
   const bool closed = !sock_id_ || proto::CloseSocketWithin(sock_id_, std::chrono::seconds(5));
+  close_stuck_ = !closed;
   if (!closed)
     LogWarn("ipc_close_stuck", {{"note", "nng did not close the IPC socket within 5 s (nng#1813); left to the exit"}});
   for (auto& slot : slots_) {

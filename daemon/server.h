@@ -142,6 +142,10 @@ class Server {
   // abandoned: a Responder answering later (or dropped) sends nothing. The
   // Server must still outlive every Responder.
   void Stop();
+  // Stop found nng's close of the socket stuck (protocol/nng_close.h): the
+  // process must exit without destroying this (its contexts' callbacks may
+  // still run).
+  bool close_stuck() const { return close_stuck_; }
 
   int64_t in_flight() const { return in_flight_.load(); }
   bool draining() const { return draining_.load(); }
@@ -180,6 +184,7 @@ class Server {
   const std::map<uint16_t, Handler> handlers_;
   std::unique_ptr<Executor> workers_;
   std::vector<std::unique_ptr<Slot>> slots_;
+  bool close_stuck_ = false;  // set by Stop
   uint32_t sock_id_ = 0;      // set in Start
   int lock_fd_ = -1;
   bool listening_ = false;  // Start created the socket file (Stop and BeginDrain remove it)

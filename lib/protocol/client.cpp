@@ -142,7 +142,9 @@ Dialed DialOnce(const std::string& url, int64_t limit_ms) {
     d.timed_out = d.rv == NNG_ETIMEDOUT;
   }
   if (d.rv != 0) {
-    nng_close(s);
+    // Bounded too: once one close is stuck, nng's reaper is, and a plain
+    // close of this socket (its failed dialer is the reaper's) would wait.
+    (void)CloseSocketWithin(s.id, std::chrono::milliseconds(500));
     return d;
   }
   d.sock_id = s.id;

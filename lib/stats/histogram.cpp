@@ -168,6 +168,11 @@ void WindowedHistogram::Advance(int64_t now) {
   int64_t id = now / slot_ns_;
   size_t i = static_cast<size_t>(id % static_cast<int64_t>(ring_.size()));
   if (slot_id_[i] != id) {
+    // A new interval: every slot that left the window is freed (not only
+    // this one, which a rarely used arm would reach again only by chance).
+    const int64_t oldest = id - static_cast<int64_t>(ring_.size());
+    for (size_t j = 0; j < ring_.size(); ++j)
+      if (ring_[j] && slot_id_[j] <= oldest) ring_[j].reset();
     ring_[i].reset();
     slot_id_[i] = id;
   }

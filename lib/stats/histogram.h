@@ -77,9 +77,10 @@ class WindowedHistogram {
  private:
   void Advance(int64_t now_mono_ns);
   int64_t slot_ns_;
-  // An interval's histogram is made at its first value and freed once it
-  // leaves the window: a histogram is 27 KB, and a version or experiment arm
-  // that serves rarely used to keep all 30 (0.8 MB) whatever its traffic.
+  // An interval's histogram is made at its first value and freed at the
+  // first value after it left the window (an arm that goes idle keeps what
+  // it had until then): a histogram is 27 KB, and a version or experiment
+  // arm that serves rarely used to keep all 30 (0.8 MB) whatever its traffic.
   std::vector<std::unique_ptr<LatencyHistogram>> ring_;
   std::vector<int64_t> slot_id_;  // which interval each ring entry holds
 };

@@ -102,6 +102,11 @@ TEST_CASE("windowed histograms keep only the recent intervals") {
   idle.Record(7'000'000, t + 60'000'000'000LL);
   CHECK(idle.slots_held() == 1);
   CHECK(idle.Window(60'000'000'000, t + 60'000'000'000LL).count() == 1);
+  // A value every 70 s (past the window each time, in another slot each
+  // time): one interval held, not one for each slot ever used.
+  WindowedHistogram rare(10'000'000'000, 6);
+  for (int k = 0; k < 12; ++k) rare.Record(5'000'000, t + k * 70'000'000'000LL);
+  CHECK(rare.slots_held() == 1);
 }
 
 // Values worked out independently (Python's statistics.NormalDist; the Welch
