@@ -669,6 +669,16 @@ Result<VersionRecord> Daemon::Resolve(const std::string& text) {
   return **again;
 }
 
+Result<VariantSnapshot> Daemon::SavedVariantFigures(const std::string& experiment, const std::string& variant) {
+  auto saved = registry_->LoadExperimentMetrics(experiment);
+  if (!saved.ok()) {
+    LogWarn("metrics_restore_failed", {{"key", VariantKey(experiment, variant)}, {"error", saved.status().message()}});
+    return saved.status();
+  }
+  auto it = saved->find(variant);
+  return it == saved->end() ? VariantSnapshot{} : VariantSnapshot::FromJson(it->second);
+}
+
 std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& experiment, const std::string& variant,
                                                           bool* published) {
   std::string key = VariantKey(experiment, variant);
@@ -676,29 +686,23 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
   if (auto m = experiment_metrics_.Find(key)) return m;
   std::lock_guard<std::mutex> lock(restore_mu_);
   if (auto m = experiment_metrics_.Find(key)) return m;
-  auto saved = registry_->LoadExperimentMetrics(experiment);
+  auto saved = SavedVariantFigures(experiment, variant);
   if (!saved.ok()) {
     // Not published: a flush of an unrestored object would overwrite the
     // saved figures. This request goes uncounted; the next one tries again.
-    LogWarn("metrics_restore_failed", {{"key", key}, {"error", saved.status().message()}});
     if (published) *published = false;
     return std::make_shared<VariantMetrics>();
   }
   // Restored before it is published, so no request records into it first.
   auto m = std::make_shared<VariantMetrics>();
-  if (auto it = saved->find(variant); it != saved->end()) m->Restore(VariantSnapshot::FromJson(it->second));
+  m->Restore(*saved);
   return experiment_metrics_.Add(key, std::move(m));
 }
 
 VariantSnapshot Daemon::VariantFigures(const std::string& experiment, const std::string& variant) {
   if (auto m = experiment_metrics_.Find(VariantKey(experiment, variant))) return m->Snapshot();
-  auto saved = registry_->LoadExperimentMetrics(experiment);
-  if (!saved.ok()) {
-    LogWarn("metrics_restore_failed", {{"key", VariantKey(experiment, variant)}, {"error", saved.status().message()}});
-    return {};
-  }
-  auto it = saved->find(variant);
-  return it == saved->end() ? VariantSnapshot{} : VariantSnapshot::FromJson(it->second);
+  auto saved = SavedVariantFigures(experiment, variant);
+  return saved.ok() ? *saved : VariantSnapshot{};
 }
 
 void Daemon::CheckRegistryFile() {

@@ -201,6 +201,9 @@ class Daemon {
   // report on a stopped experiment costs nothing after it). Empty when the
   // registry cannot be read.
   VariantSnapshot VariantFigures(const std::string& experiment, const std::string& variant);
+  // An arm's figures as the registry has them (empty when none were saved);
+  // the error when they cannot be read, logged.
+  Result<VariantSnapshot> SavedVariantFigures(const std::string& experiment, const std::string& variant);
   // Writes changed experiment metrics to the registry, then lets go of the
   // figures of experiments no longer active that are saved and held by
   // nothing else (a running request or feedback): up to 0.9 MB an arm, which

@@ -21,12 +21,13 @@ int UserBucketsFilled(const VariantSnapshot& s) {
 
 nlohmann::json ArmFigures(const VariantSnapshot& s) {
   double n = static_cast<double>(s.requests);
+  const int buckets = UserBucketsFilled(s);
   return {{"requests", s.requests},
           {"errors", s.errors},
           {"error_rate", n > 0 ? static_cast<double>(s.errors) / n : 0.0},
           {"p99_ms", static_cast<double>(s.latency.Quantile(0.99)) / 1e6},
           // null: figures not all by user (its tests go by request)
-          {"user_buckets", UserBucketsFilled(s) < 0 ? nlohmann::json() : nlohmann::json(UserBucketsFilled(s))}};
+          {"user_buckets", buckets < 0 ? nlohmann::json() : nlohmann::json(buckets)}};
 }
 
 }  // namespace
