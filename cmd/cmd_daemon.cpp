@@ -274,7 +274,8 @@ int CmdPing(Cli& cli, int count) {
 
 void AddDaemonCommands(CLI::App& app, Cli& cli) {
   auto* serve = app.add_subcommand("serve", "Run the mmsd daemon (in the foreground, or --detach)");
-  auto* detach = serve->add_flag("--detach,-d", "start in the background and return once it answers");
+  // (add_flag(name, "text") is ambiguous in C++20 with CLI11 2.3: ->description.)
+  auto* detach = serve->add_flag("--detach,-d")->description("start in the background and return once it answers");
   auto metrics = std::make_shared<std::string>();
   serve->add_option("--metrics-address", *metrics, "HOST:PORT for /metrics and /health (overrides [metrics] address)");
   serve->callback([&cli, detach, metrics] { cli.exit_code = CmdServe(cli, detach->count() > 0, *metrics); });

@@ -1220,7 +1220,7 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
 
   auto* rm = model->add_subcommand("rm", "Remove a version (refused while pinned, in production or in a rollout)");
   auto rref = std::make_shared<std::string>();
-  auto* force = rm->add_flag("--force", "remove even while in use");
+  auto* force = rm->add_flag("--force")->description("remove even while in use");
   rm->add_option("REF", *rref, "the version")->required();
   rm->callback([&cli, rref, force] { cli.exit_code = CmdRm(cli, *rref, force->count() > 0); });
 
@@ -1235,7 +1235,7 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   auto* verify = model->add_subcommand("verify", "Re-hash artifacts; report missing or changed files (exit 1)");
   auto vref = std::make_shared<std::string>();
   verify->add_option("REF", *vref, "a version or model (default: all, and unused packed directories)");
-  auto* vprune = verify->add_flag("--prune", "remove packed directories no version uses, unchanged for --prune-age");
+  auto* vprune = verify->add_flag("--prune")->description("remove packed directories no version uses, unchanged for --prune-age");
   auto vage = std::make_shared<std::string>("1h");
   verify->add_option("--prune-age", *vage, "spare directories changed more recently than this (default 1h)");
   verify->callback([&cli, vref, vprune, vage] { cli.exit_code = CmdVerify(cli, *vref, vprune->count() > 0, *vage); });

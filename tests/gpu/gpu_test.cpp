@@ -5,7 +5,9 @@
 // device's memory as it was.
 #include <torch/script.h>
 
+#include <csignal>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "pool/device.h"
 #include "pool/model_pool.h"
@@ -40,6 +42,15 @@ std::unique_ptr<ModelPool> CudaPool(uint64_t device_budget) {
   return std::move(pool).value();
 }
 
+// A tensor file's inputs (sorted by name) in forward()'s argument order.
+std::vector<Tensor> InForwardOrder(const Model& m, const std::vector<Tensor>& in) {
+  std::vector<InputSpec> specs;
+  for (const auto& name : m.input_names()) specs.push_back({name, std::nullopt, std::nullopt});
+  auto ordered = MatchInputs(specs, in, "rec");
+  REQUIRE_MESSAGE(ordered.ok(), ordered.status().ToString());
+  return std::move(ordered).value();
+}
+
 PoolItem Item(PoolKey key, const std::string& file) {
   PoolItem it;
   it.key = key;
@@ -52,9 +63,10 @@ PoolItem Item(PoolKey key, const std::string& file) {
 TEST_CASE("gpu: a model promoted to cuda:0 answers as on the CPU") {
   auto inputs = ReadTensorFile(Data("rec_input.json")).value();
   auto cpu = LoadPlainTorchScript(Data("rec.pt"), [](size_t n) { return AllocateHost(n); });
-  REQUIRE(cpu.ok());
+  REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
+  inputs = InForwardOrder(*cpu->model, inputs);
   auto want = cpu->model->Run(inputs);
-  REQUIRE(want.ok());
+  REQUIRE_MESSAGE(want.ok(), want.status().ToString());
   auto pool = CudaPool(256 << 20);
   auto h = pool->AcquireSync(Item(1, "rec.pt"));
   REQUIRE_MESSAGE(h.ok(), h.status().ToString());
@@ -78,4 +90,62 @@ TEST_CASE("gpu: 200 load/evict cycles over 5 models leave the device arena as it
     REQUIRE(pool->Evict(k).ok());
   }
   CHECK(pool->Snapshot()["devices"][0]["used"].get<uint64_t>() == used0);
+}
+
+// The whole daemon on the GPU: mmsd with devices = ["cuda:0"], the CLI on a
+// real socket. Warm-up runs on the GPU, replies equal the CPU's, eviction to
+// the (pinned) host tier and promotion back keep the scores, and a pin is
+// preloaded onto cuda:0 after a restart.
+TEST_CASE("gpu: mmsd serves from cuda:0 as the CPU would, through evictions and a restart") {
+  auto inputs = ReadTensorFile(Data("rec_input.json")).value();
+  auto cpu = LoadPlainTorchScript(Data("rec.pt"), [](size_t n) { return AllocateHost(n); });
+  REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
+  inputs = InForwardOrder(*cpu->model, inputs);
+  auto want = cpu->model->Run(inputs);
+  REQUIRE_MESSAGE(want.ok(), want.status().ToString());
+  testing::Daemon d("[pool]\ndevices = [\"cuda:0\"]\ndevice_budget = \"256MiB\"\nhost_budget = \"512MiB\"\n");
+  REQUIRE_MESSAGE(d.ok(), d.log());
+  auto reg = d.Mms({"model", "register", "rec", "--version", "1", "--path", Data("rec.pt"), "--sample-input",
+                    Data("rec_input.json"), "-q"});
+  REQUIRE_MESSAGE(reg.exit_code == 0, reg.err);
+  auto scores_equal = [&](const std::string& tag) {
+    std::string out = d.dir() + "/out-" + tag + ".safetensors";
+    auto r = d.Mms({"predict", "rec", "--input", Data("rec_input.json"), "--output", out, "-q"});
+    REQUIRE_MESSAGE(r.exit_code == 0, tag << ": " << r.err << d.log());
+    auto got = ReadTensorFile(out);
+    REQUIRE_MESSAGE(got.ok(), got.status().ToString());
+    REQUIRE(got->size() == 1);
+    REQUIRE((*got)[0].numel() == (*want)[0].numel());
+    const float* a = (*got)[0].as<float>();
+    const float* b = (*want)[0].as<float>();
+    for (int64_t i = 0; i < (*want)[0].numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-5));
+  };
+  auto pool = [&] {
+    auto r = d.Mms({"--json", "pool"});
+    REQUIRE(r.exit_code == 0);
+    return nlohmann::json::parse(r.out);
+  };
+  scores_equal("cold");
+  auto p = pool();
+  REQUIRE(p["devices"].size() == 1);
+  CHECK(p["devices"][0]["name"] == "cuda:0");
+  CHECK(p["devices"][0]["kind"] == "cuda");
+  CHECK(p["devices"][0]["zero_copy"] == false);
+  REQUIRE(p["devices"][0]["models"].size() == 1);
+  CHECK(p["devices"][0]["models"][0]["ref"] == "rec:1");
+  CHECK(p["devices"][0]["used"].get<uint64_t>() > 0);
+  auto health = d.Mms({"--json", "health", "rec"});
+  CHECK_MESSAGE(health.exit_code == 0, health.err << health.out);
+  // Down to the host tier, back up: the same scores, a second promotion.
+  REQUIRE(d.Mms({"evict", "rec"}).exit_code == 0);
+  CHECK(pool()["devices"][0]["used"] == 0);
+  scores_equal("promoted");
+  // Pinned, restarted: preloaded onto cuda:0 without a request.
+  REQUIRE(d.Mms({"pin", "rec"}).exit_code == 0);
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(30) == 0);
+  REQUIRE(d.Restart());
+  REQUIRE(testing::WaitFor([&] { return pool()["devices"][0]["models"].size() == 1; }, 30));
+  CHECK(pool()["devices"][0]["models"][0]["pinned"] == true);
+  scores_equal("after-restart");
 }
