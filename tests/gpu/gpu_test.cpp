@@ -42,13 +42,33 @@ std::unique_ptr<ModelPool> CudaPool(uint64_t device_budget) {
   return std::move(pool).value();
 }
 
-// A tensor file's inputs (sorted by name) in forward()'s argument order.
-std::vector<Tensor> InForwardOrder(const Model& m, const std::vector<Tensor>& in) {
+// rec.pt's test input, in forward()'s argument order (a tensor file holds
+// them sorted by name), and the scores the CPU gives for it.
+struct CpuReference {
+  std::vector<Tensor> inputs;
+  std::vector<Tensor> scores;
+};
+CpuReference RecOnCpu() {
+  auto in = ReadTensorFile(Data("rec_input.json"));
+  REQUIRE_MESSAGE(in.ok(), in.status().ToString());
+  auto cpu = LoadPlainTorchScript(Data("rec.pt"), [](size_t n) { return AllocateHost(n); });
+  REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
   std::vector<InputSpec> specs;
-  for (const auto& name : m.input_names()) specs.push_back({name, std::nullopt, std::nullopt});
-  auto ordered = MatchInputs(specs, in, "rec");
+  for (const auto& name : cpu->model->input_names()) specs.push_back({name, std::nullopt, std::nullopt});
+  auto ordered = MatchInputs(specs, std::move(in).value(), "rec");
   REQUIRE_MESSAGE(ordered.ok(), ordered.status().ToString());
-  return std::move(ordered).value();
+  auto scores = cpu->model->Run(*ordered);
+  REQUIRE_MESSAGE(scores.ok(), scores.status().ToString());
+  return {std::move(ordered).value(), std::move(scores).value()};
+}
+
+// The first output equals the CPU's, element by element.
+void CheckScores(const std::vector<Tensor>& got, const std::vector<Tensor>& want) {
+  REQUIRE(got.size() == want.size());
+  REQUIRE(got[0].numel() == want[0].numel());
+  const float* a = got[0].as<float>();
+  const float* b = want[0].as<float>();
+  for (int64_t i = 0; i < want[0].numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-5));
 }
 
 PoolItem Item(PoolKey key, const std::string& file) {
@@ -61,22 +81,14 @@ PoolItem Item(PoolKey key, const std::string& file) {
 }  // namespace
 
 TEST_CASE("gpu: a model promoted to cuda:0 answers as on the CPU") {
-  auto inputs = ReadTensorFile(Data("rec_input.json")).value();
-  auto cpu = LoadPlainTorchScript(Data("rec.pt"), [](size_t n) { return AllocateHost(n); });
-  REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
-  inputs = InForwardOrder(*cpu->model, inputs);
-  auto want = cpu->model->Run(inputs);
-  REQUIRE_MESSAGE(want.ok(), want.status().ToString());
+  const CpuReference ref = RecOnCpu();
   auto pool = CudaPool(256 << 20);
   auto h = pool->AcquireSync(Item(1, "rec.pt"));
   REQUIRE_MESSAGE(h.ok(), h.status().ToString());
   CHECK((*h)->model()->device() == "cuda:0");
-  auto got = (*h)->model()->Run(inputs);
+  auto got = (*h)->model()->Run(ref.inputs);
   REQUIRE_MESSAGE(got.ok(), got.status().ToString());
-  REQUIRE(got->size() == want->size());
-  const float* a = (*got)[0].as<float>();
-  const float* b = (*want)[0].as<float>();
-  for (int64_t i = 0; i < (*want)[0].numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-5));
+  CheckScores(*got, ref.scores);
 }
 
 TEST_CASE("gpu: 200 load/evict cycles over 5 models leave the device arena as it was") {
@@ -97,12 +109,7 @@ TEST_CASE("gpu: 200 load/evict cycles over 5 models leave the device arena as it
 // the (pinned) host tier and promotion back keep the scores, and a pin is
 // preloaded onto cuda:0 after a restart.
 TEST_CASE("gpu: mmsd serves from cuda:0 as the CPU would, through evictions and a restart") {
-  auto inputs = ReadTensorFile(Data("rec_input.json")).value();
-  auto cpu = LoadPlainTorchScript(Data("rec.pt"), [](size_t n) { return AllocateHost(n); });
-  REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
-  inputs = InForwardOrder(*cpu->model, inputs);
-  auto want = cpu->model->Run(inputs);
-  REQUIRE_MESSAGE(want.ok(), want.status().ToString());
+  const CpuReference ref = RecOnCpu();
   testing::Daemon d("[pool]\ndevices = [\"cuda:0\"]\ndevice_budget = \"256MiB\"\nhost_budget = \"512MiB\"\n");
   REQUIRE_MESSAGE(d.ok(), d.log());
   auto reg = d.Mms({"model", "register", "rec", "--version", "1", "--path", Data("rec.pt"), "--sample-input",
@@ -114,11 +121,7 @@ TEST_CASE("gpu: mmsd serves from cuda:0 as the CPU would, through evictions and 
     REQUIRE_MESSAGE(r.exit_code == 0, tag << ": " << r.err << d.log());
     auto got = ReadTensorFile(out);
     REQUIRE_MESSAGE(got.ok(), got.status().ToString());
-    REQUIRE(got->size() == 1);
-    REQUIRE((*got)[0].numel() == (*want)[0].numel());
-    const float* a = (*got)[0].as<float>();
-    const float* b = (*want)[0].as<float>();
-    for (int64_t i = 0; i < (*want)[0].numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-5));
+    CheckScores(*got, ref.scores);
   };
   auto pool = [&] {
     auto r = d.Mms({"--json", "pool"});
