@@ -174,6 +174,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   so.max_message_bytes = c.daemon.max_message_bytes;
   so.lock_fd = d->opts_.lock_fd;
   so.clock = d->opts_.clock;
+  so.inline_types = {proto::kPredict};
+  so.inline_handlers = c.daemon.inline_handlers;
   MMS_ASSIGN_OR_RETURN(d->server_, Server::Create(so, d->BuildHandlers()));
   return d;
 }

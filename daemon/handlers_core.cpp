@@ -30,6 +30,7 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     j["config"] = o.config_path;
     j["cuda_build"] = MMS_WITH_CUDA_BUILD == 1;
     j["requests_served"] = d->server()->requests_served();
+    j["requests_handled_inline"] = d->server()->handled_inline();
     // Not counting this status request itself.
     j["in_flight"] = std::max<int64_t>(0, d->server()->in_flight() - 1);
     j["registry"] = d->registry()->path();

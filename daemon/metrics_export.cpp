@@ -18,6 +18,9 @@ std::string Daemon::PrometheusText() {
   w.Sample("mms_ipc_listener_up", {}, server_->listener_ok() ? 1 : 0);
   w.Family("mms_ipc_listener_restarts_total", "counter", "New IPC listeners opened by the watchdog.");
   w.Sample("mms_ipc_listener_restarts_total", {}, static_cast<double>(server_->listener_restarts()));
+  w.Family("mms_requests_handled_inline_total", "counter",
+           "Requests handled on the thread that received them, with no hand-off ([daemon] inline_handlers).");
+  w.Sample("mms_requests_handled_inline_total", {}, static_cast<double>(server_->handled_inline()));
   w.Family("mms_requests_in_flight", "gauge", "Requests being served now.");
   w.Sample("mms_requests_in_flight", {}, static_cast<double>(server_->in_flight()));
 

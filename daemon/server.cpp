@@ -70,6 +70,7 @@ struct Responder::State {
   uint64_t request_id = 0;
   int64_t received_ns = 0;
   std::atomic<bool> done{false};
+  bool handed_off = false;  // HandOff passed the rest on (the receiving thread's own, unshared)
   ~State();
 };
 
@@ -100,6 +101,22 @@ uint64_t Responder::request_id() const { return state_->request_id; }
 int64_t Responder::received_ns() const { return state_->received_ns; }
 
 Status Responder::Share(const std::string& key) { return state_->server->Share(state_->slot, key); }
+
+namespace {
+thread_local bool t_receiving = false;  // Server::OnReceivingThread()
+}  // namespace
+
+bool Server::OnReceivingThread() { return t_receiving; }
+
+bool Responder::HandOff(std::function<void()> rest) {
+  if (!t_receiving) return false;
+  Server* server = state_->server;
+  Server::Slot* slot = state_->slot;
+  state_->handed_off = true;
+  auto task = [server, slot, self = *this, rest = std::move(rest)]() mutable { server->RunHandler(slot, self, rest); };
+  if (!server->workers_->Submit(std::move(task))) Fail(Status(Code::kUnavailable, "mmsd is shutting down"));
+  return true;
+}
 
 Status Server::Share(Slot* slot, const std::string& key) {
   const int contexts = opts_.contexts;
@@ -517,27 +534,49 @@ void Server::Dispatch(Slot* slot, void* raw) {
   state->received_ns = received;
   Responder responder(std::move(state));
   const Handler* handler = &it->second;
+  if (opts_.inline_types.count(d.type) && TakeInlineTurn()) {  // run to completion, here
+    handled_inline_.fetch_add(1);
+    t_receiving = true;
+    RunHandler(slot, responder, [&] { (*handler)(std::move(d.message), responder); });
+    t_receiving = false;
+    inline_running_.fetch_sub(1);
+    return;
+  }
   auto task = [this, slot, handler, m = std::move(d.message), responder]() mutable {
-    try {
-      (*handler)(std::move(m), responder);
-    } catch (const nlohmann::json::type_error& e) {
-      // A request field of the wrong type, read by a handler ("user": 5).
-      responder.Fail(InvalidArgument(std::string("a field of the request has the wrong type: ") + e.what()));
-    } catch (const std::exception& e) {
-      responder.Fail(Internal(std::string("handler failed: ") + e.what()));
-    }
-    // Not answered yet, and not counted under a share: it waits (mms load,
-    // an experiment's arms loading) and holds its context meanwhile. Once
-    // answered (done, set before Reply) the slot may serve another request.
-    std::lock_guard<std::mutex> share(share_mu_);
-    if (!responder.state_->done.load() && slot->share_key.empty() && !slot->parked) {
-      slot->parked = true;
-      ++held_;
-    }
+    RunHandler(slot, responder, [&] { (*handler)(std::move(m), responder); });
   };
   // Through the Responder, so that it answers once: replying on the slot
   // directly would let the dropped Responder answer a second time.
   if (!workers_->Submit(std::move(task))) responder.Fail(Status(Code::kUnavailable, "mmsd is shutting down"));
+}
+
+bool Server::TakeInlineTurn() {
+  int n = inline_running_.load();
+  while (n < opts_.inline_handlers)
+    if (inline_running_.compare_exchange_weak(n, n + 1)) return true;
+  return false;
+}
+
+void Server::RunHandler(Slot* slot, Responder& responder, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const nlohmann::json::type_error& e) {
+    // A request field of the wrong type, read by a handler ("user": 5).
+    responder.Fail(InvalidArgument(std::string("a field of the request has the wrong type: ") + e.what()));
+  } catch (const std::exception& e) {
+    responder.Fail(Internal(std::string("handler failed: ") + e.what()));
+  }
+  // Handed on to a handler thread: that one's return decides. (Only the
+  // receiving thread reads the flag; the handler thread may be running.)
+  if (t_receiving && std::exchange(responder.state_->handed_off, false)) return;
+  // Not answered yet, and not counted under a share: it waits (mms load,
+  // an experiment's arms loading) and holds its context meanwhile. Once
+  // answered (done, set before Reply) the slot may serve another request.
+  std::lock_guard<std::mutex> share(share_mu_);
+  if (!responder.state_->done.load() && slot->share_key.empty() && !slot->parked) {
+    slot->parked = true;
+    ++held_;
+  }
 }
 
 void Server::Reply(Slot* slot, const proto::Message& m) {

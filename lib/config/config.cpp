@@ -310,6 +310,11 @@ const std::vector<Spec>& Specs() {
           [](Config& c) -> int& { return c.daemon.contexts; }),
       Int("daemon", "workers", 0, 0, 1024, "Handler threads; 0 means twice the number of cores.",
           [](Config& c) -> int& { return c.daemon.workers; }),
+      Int("daemon", "inline_handlers", 1, 0, 64,
+          "Predict requests handled at once on the thread that received them, with no hand-off to a handler thread "
+          "(a thread wake-up saved per request); beyond that, they go to the handler threads. An execution longer "
+          "than 250 us, or not yet measured, still runs on the scheduler's workers. 0 turns this off.",
+          [](Config& c) -> int& { return c.daemon.inline_handlers; }),
       Bytes("daemon", "max_message_bytes", "256MiB", kMinMaxMessageBytes, 4ull << 30,
             "Largest request accepted; a larger one gets a TOO_LARGE protocol error.",
             [](Config& c) -> uint64_t& { return c.daemon.max_message_bytes; }),

@@ -22,6 +22,7 @@ struct DaemonConfig {
   std::string data_dir;                        // [daemon] data_dir = ""
   int contexts = 256;                          // [daemon] contexts: concurrent requests in flight
   int workers = 0;                             // [daemon] workers: handler threads, 0 = 2 × cores
+  int inline_handlers = 1;                     // [daemon] inline_handlers: predicts run to completion on nng's thread
   uint64_t max_message_bytes = 256ull << 20;   // [daemon] max_message_bytes = "256MiB"
   int64_t shutdown_grace_ns = 10'000'000'000;  // [daemon] shutdown_grace = "10s"
 };

@@ -113,7 +113,9 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   q.max_batch = job.max_batch;
   q.batch_delay_ns = job.batch_delay_ns;
   int64_t now = opts_.clock->MonoNanos();
-  if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers && !Unmeasured(q)) {
+  const bool may_run_here =
+      job.inline_max_ns < 0 ? !Unmeasured(q) : q.measured && q.exec_ns <= static_cast<double>(job.inline_max_ns);
+  if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers && may_run_here) {
     // Idle: run here and now, no hand-off to a worker.
     bool probe = false;
     if (Late(q, job, now, &probe)) {

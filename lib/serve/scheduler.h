@@ -50,7 +50,9 @@
 //   key whether adapters share batches (a base taking stacked adapter
 //   weights) or each adapter has its own queue.
 // * Idle fast path: with nothing queued and a worker free, a non-batched
-//   request runs at once on the submitting thread (no hand-off).
+//   request runs at once on the submitting thread (no hand-off) — unless the
+//   job bounds what its thread may run (Job::inline_max_ns) and the version's
+//   estimate is over that bound, or there is none yet.
 //
 // Thread-safety: Submit and Stats from any thread; `done` callbacks run on a
 // worker (or the submitting thread) with no scheduler lock held.
@@ -100,6 +102,12 @@ class Scheduler {
     int priority = 1;              // 0 high, 1 normal, 2 low
     int max_batch = 0;             // rows; 0 = no batching
     int64_t batch_delay_ns = 0;
+    // The longest execution the submitting thread may run itself when the
+    // scheduler is idle, by the version's measured estimate; -1: any (a
+    // version not yet measured too). A thread that must not be held long
+    // (mmsd: nng's receiving thread) sets it, and a longer or unmeasured
+    // execution goes to a worker instead.
+    int64_t inline_max_ns = -1;
     std::function<void(Result<std::vector<Tensor>>)> done;
   };
 

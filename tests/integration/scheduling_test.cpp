@@ -820,3 +820,48 @@ TEST_CASE("busy models' backlogs cannot take every request context: others and c
   CHECK(wide2.served + wide2.overloaded == 6);
   CHECK(wide.served + wide2.served <= 15);  // one context left free throughout
 }
+
+TEST_CASE("predicts run on the thread that received them, a slow model's execution does not hold it, 0 turns it off") {
+  Daemon d("[scheduler]\nworkers = 2\n");  // [daemon] inline_handlers = 1, the default
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  Register(d, "busy", "tiny_slow.pt");
+  const auto inputs = mms::ReadTensorFile(Data("tiny_input.json")).value();
+  auto predict = [&](mms::proto::Client& c, const std::string& model) {
+    mms::proto::Message m;
+    m.type = mms::proto::kPredict;
+    m.body = {{"model", model}};
+    m.tensors = inputs;
+    auto r = c.Call(m);
+    return r.ok() ? mms::Code::kOk : r.status().code();
+  };
+  auto client = Connect(d);
+  auto status = [&] { return client->CallJson(mms::proto::kStatus, json::object()).value(); };
+  REQUIRE(predict(*client, "busy") == mms::Code::kOk);  // loaded, and measured: ~0.1 s a call here
+  REQUIRE(predict(*client, "tiny") == mms::Code::kOk);
+  const uint64_t before = status()["requests_handled_inline"].get<uint64_t>();
+  CHECK(before == 2);
+  // While the slow model runs, the fast one's predicts are still handled
+  // where they arrive: the slow execution went to a scheduler worker and
+  // left the (only) turn on the receiving thread free.
+  std::thread slow([&] {
+    auto c = Connect(d);
+    CHECK(predict(*c, "busy") == mms::Code::kOk);
+  });
+  REQUIRE(WaitFor([&] { return status()["in_flight"].get<int>() >= 1; }, 20));
+  for (int i = 0; i < 5; ++i) CHECK(predict(*client, "tiny") == mms::Code::kOk);
+  json during = status();
+  slow.join();
+  REQUIRE_MESSAGE(during["in_flight"].get<int>() >= 1, "the slow predict ended before the fast ones: no overlap to check");
+  CHECK(during["requests_handled_inline"].get<uint64_t>() == before + 6);
+  // An unknown model reads the registry again, on a handler thread: NOT_FOUND as ever.
+  CHECK(predict(*client, "nope") == mms::Code::kNotFound);
+  CHECK(status()["requests_handled_inline"].get<uint64_t>() == before + 7);
+
+  Daemon off("[daemon]\ninline_handlers = 0\n");
+  REQUIRE(off.ok());
+  Register(off, "tiny", "tiny.pt");
+  auto c2 = Connect(off);
+  for (int i = 0; i < 3; ++i) CHECK(predict(*c2, "tiny") == mms::Code::kOk);
+  CHECK(c2->CallJson(mms::proto::kStatus, json::object()).value()["requests_handled_inline"] == 0);
+}

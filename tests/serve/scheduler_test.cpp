@@ -6,6 +6,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -667,6 +668,34 @@ TEST_CASE("scheduler: a version not yet measured runs one execution at a time un
   a.join();
   b.join();
   CHECK(mms::testing::WaitFor([&] { return n == 6; }, 5));
+}
+
+TEST_CASE("scheduler: a job that bounds its thread's execution leaves a longer or unmeasured one to a worker") {
+  // mmsd's receiving thread runs only short executions itself (Job::inline_max_ns).
+  FakeClock clock;
+  Rig rig;
+  rig.model->slow_clock = &clock;  // each execution "takes" slow_ns
+  Scheduler s(OneWorker(&clock));
+  const std::thread::id me = std::this_thread::get_id();
+  auto ran_on = [&](PoolKey key, int64_t cost_ns, int64_t bound_ns) {
+    rig.model->slow_ns = cost_ns;
+    std::promise<std::thread::id> where;
+    std::future<std::thread::id> got = where.get_future();
+    auto j = rig.Job("x", 1, 1, 0, [&](Result<std::vector<Tensor>> r) {
+      CHECK(r.ok());
+      where.set_value(std::this_thread::get_id());
+    });
+    j.inline_max_ns = bound_ns;
+    REQUIRE(s.Submit(key, std::move(j)).ok());
+    REQUIRE(got.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    return got.get();
+  };
+  CHECK(ran_on(1, 100'000, 250'000) != me);  // not measured yet: a worker, though the scheduler is idle
+  CHECK(ran_on(1, 100'000, 250'000) == me);  // measured at 100 us, within the bound: here
+  CHECK(ran_on(2, 10'000'000, 250'000) != me);
+  CHECK(ran_on(2, 10'000'000, 250'000) != me);  // measured at 10 ms: still a worker's
+  CHECK(ran_on(2, 10'000'000, -1) == me);       // unbounded, the submitting thread runs it
+  CHECK(s.Stats()["2"]["executed"] == 3);
 }
 
 TEST_CASE("scheduler: once a new version is measured, its backlog goes to every free worker at once") {
