@@ -299,12 +299,19 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       const bool failed_meanwhile =
           load_failed && (d->PoolFor(*recp)->LastLoadFailure(recp->id) >= t0 ||
                           (recp->is_adapter() && d->pool()->LastLoadFailure(recp->base_id) >= t0));
-      if (!recp->packed_dir.empty() &&
-          (failed_meanwhile || ((load_failed || c == Code::kUnhealthy) && !FileExists(recp->packed_dir))) &&
-          d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
-        st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
-      finish(st);
-      return r.Fail(st);
+      const bool read_registry =
+          !recp->packed_dir.empty() &&
+          (failed_meanwhile || ((load_failed || c == Code::kUnhealthy) && !FileExists(recp->packed_dir)));
+      auto answer = [d, r, recp, finish, read_registry, st]() mutable {
+        if (read_registry && d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
+          st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
+        finish(st, false);
+        r.Fail(st);
+      };
+      // (A failure replayed at once is answered on the receiving thread:
+      // the registry read is not.)
+      if (!read_registry || !r.HandOff(answer)) answer();
+      return;
     }
     Scheduler::Job job;
     std::string device = h->model->device();

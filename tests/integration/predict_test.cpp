@@ -254,6 +254,13 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   CHECK(again.err.find("unhealthy") != std::string::npos);
   CHECK(again.err.find("next retry in") != std::string::npos);
   CHECK(json::parse(d.Mms({"--json", "health", "corrupt"}).out)["models"][0]["failures"] == 1);
+  // The failure replayed at once for a version whose files are gone reads
+  // the registry again (on a handler thread: not on nng's receiving thread,
+  // where the replay is answered): still registered, so the same failure.
+  auto gone = d.Mms({"predict", "gone", "--input", Data("rec_input.json")});
+  CHECK(gone.exit_code == 1);
+  CHECK_MESSAGE(gone.err.find("gone:1 is unhealthy: the stored artifact of gone:1 is damaged") != std::string::npos,
+                gone.err);
   CHECK(d.Mms({"health", "tiny"}).exit_code == 0);
   // mms model verify names the changed file of each.
   auto v = d.Mms({"model", "verify", "modchanged"});
