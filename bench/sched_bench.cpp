@@ -19,7 +19,7 @@
 //             backlog); then both saturated: each model's served/s (turns
 //             per dispatch gave the fast model one call per slow call).
 //
-//   sched_bench [isolation|models|batching|all] [--seconds S] [--threads] [--delay-us D]
+//   sched_bench [isolation|models|batching|all] [--seconds S] [--threads] [--delay-us D] [--clients N]
 //   (batching drives its clients asynchronously from one socket; --threads
 //   gives each its own blocking thread, as earlier runs did)
 //   (SCHED_CONFIG in the environment: extra TOML for the batching daemon,
@@ -325,8 +325,7 @@ int Models(double seconds) {
   return 0;
 }
 
-int Batching(double seconds, bool async_clients, int delay_us) {
-  const int concurrency = 64;
+int Batching(double seconds, bool async_clients, int delay_us, int concurrency) {
   testing::Daemon d(bench::DaemonConfig("SCHED_CONFIG"));
   std::string data = testing::TestDataDir();
   if (d.Mms({"model", "register", "plain", "--version", "1", "--path", data + "/deep.pt", "-q"}).exit_code != 0 ||
@@ -384,15 +383,17 @@ int main(int argc, char** argv) {
   double seconds = 5;
   bool async_clients = true;  // --threads: one blocking thread per client instead
   int delay_us = 2000;         // --delay-us: the batched version's max_queue_delay_us
+  int clients = 64;            // --clients: the batching phase's closed-loop clients
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--threads")) async_clients = false;
     else if (!std::strcmp(argv[i], "--delay-us") && i + 1 < argc) delay_us = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--clients") && i + 1 < argc) clients = std::atoi(argv[++i]);
     else which = argv[i];
   }
   int rc = 0;
   if (which == "all" || which == "isolation") rc |= Isolation(seconds);
   if (which == "all" || which == "models") rc |= Models(seconds);
-  if (which == "all" || which == "batching") rc |= Batching(seconds, async_clients, delay_us);
+  if (which == "all" || which == "batching") rc |= Batching(seconds, async_clients, delay_us, std::max(1, clients));
   return rc;
 }

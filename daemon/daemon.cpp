@@ -120,6 +120,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
                                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   sco.queue_depth = static_cast<size_t>(c.scheduler.queue_depth);
   sco.starvation_interval = c.scheduler.starvation_interval;
+  sco.batch_when_idle = c.scheduler.batch_when_idle;
   sco.clock = d->opts_.clock;
   d->scheduler_ = std::make_unique<Scheduler>(sco);
   d->timers_ = std::make_unique<TimerQueue>();

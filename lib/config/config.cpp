@@ -386,6 +386,11 @@ const std::vector<Spec>& Specs() {
       Duration("scheduler", "max_queue_delay", "1ms", 0, kMaxQueueDelayMaxNs,
                "Batching: how long a batch may wait for more requests (a version's own setting wins).",
                [](Config& c) -> int64_t& { return c.scheduler.max_queue_delay_ns; }),
+      Bool("scheduler", "batch_when_idle", true,
+           "Batching: a batch leaves at once while no batch of its version is running (rows arriving meanwhile make "
+           "the next one); behind a running batch it waits up to max_queue_delay. false: every batch waits for its "
+           "delay or a full batch.",
+           [](Config& c) -> bool& { return c.scheduler.batch_when_idle; }),
       Double("scheduler", "high_priority_sla_ms", 100, 0, 1e9,
              "Versions registered with an SLA p99 at or below this run in the high priority class.",
              [](Config& c) -> double& { return c.scheduler.high_priority_sla_ms; }),

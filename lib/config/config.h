@@ -69,6 +69,7 @@ struct SchedulerConfig {
   std::vector<std::string> high_priority;   // [scheduler] high_priority = [] (model names)
   std::vector<std::string> low_priority;    // [scheduler] low_priority = [] (model names)
   int starvation_interval = 8;              // [scheduler] starvation_interval
+  bool batch_when_idle = true;              // [scheduler] batch_when_idle: no delay while no batch of the version runs
 };
 
 struct LimitsConfig {

@@ -237,11 +237,15 @@ Scheduler::Queue* Scheduler::Pick(int64_t now, int64_t* wake, PoolKey* key) {
   for (auto& [k, q] : queues_) {
     if (q.jobs.empty() || Unmeasured(q)) continue;  // (its run in progress wakes a worker when it ends)
     int64_t at = q.jobs.front().at;
-    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || draining_;
-    // A batch waits for more rows until its delay ends, or until any of its
+    // With no batch of its version running, a batch leaves at once
+    // (batch_when_idle): what arrives meanwhile makes the next batch, and
+    // waiting would only idle the worker. Behind a running one, a batch
+    // waits for more rows until its delay ends, or until any of its
     // requests has spent half of its spare time (deadline - arrival -
     // execution): waiting to the last moment would make any wake-up latency
     // a miss. (A batch not yet full: a short scan, at most queue_depth.)
+    bool ready = q.max_batch == 0 || q.unsplit || q.rows >= q.max_batch || draining_ ||
+                 (opts_.batch_when_idle && q.running == 0);
     int64_t ready_at = at + q.batch_delay_ns;
     if (!ready) {
       for (const Queued& e : q.jobs)

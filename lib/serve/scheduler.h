@@ -33,7 +33,12 @@
 //   its deadline (a timer thread), not when a worker reaches it.
 // * Dynamic batching (versions with max_batch > 0): requests with the same
 //   input shapes (but dim 0) are concatenated along dim 0 up to max_batch rows,
-//   run once, and each caller gets exactly its rows. A batch waits at most
+//   run once, and each caller gets exactly its rows. With `batch_when_idle`
+//   (the default), a batch leaves as soon as a worker is free while no batch
+//   of its version runs — work-conserving: rows arriving during an execution
+//   make the next batch, so batches grow with the load and a lone request
+//   does not wait for company that is not coming. Behind a running batch
+//   of its version (or without batch_when_idle, always), a batch waits at most
 //   `batch_delay` after its oldest request for more to arrive, and at most
 //   half of that request's spare time (deadline − arrival − execution time),
 //   so it leaves while the request can still make its deadline. A model
@@ -92,6 +97,7 @@ class Scheduler {
     int workers = 2;                              // [scheduler] workers (resolved; below 1 means 1)
     size_t queue_depth = 1000;                    // [scheduler] queue_depth, per version
     int starvation_interval = 8;                  // every Nth dispatch ignores priority
+    bool batch_when_idle = true;                  // [scheduler] batch_when_idle (see "Dynamic batching")
     Clock* clock = Clock::Real();
   };
   struct Job {

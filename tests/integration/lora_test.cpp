@@ -308,7 +308,7 @@ TEST_CASE("bfloat16 bases and adapters serve through the daemon within bfloat16'
 }
 
 TEST_CASE("a stacked base mixes adapters in one batch: concurrent requests, each gets its adapter's rows") {
-  Daemon d;
+  Daemon d("[scheduler]\nbatch_when_idle = false\n");  // (the requests gather over the delay)
   REQUIRE(d.ok());
   Bases(d);
   for (const char* a : {"a1", "a2"})

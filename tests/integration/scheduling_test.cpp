@@ -482,7 +482,7 @@ TEST_CASE("priorities: from the version's SLA or the config, shown per version")
 }
 
 TEST_CASE("dynamic batching: concurrent requests share executions and each caller gets exactly its rows") {
-  Daemon d;
+  Daemon d("[scheduler]\nbatch_when_idle = false\n");  // (requests arriving over the delay gather, worker free or not)
   REQUIRE(d.ok());
   Register(d, "plain", "tiny.pt");
   Register(d, "batched", "tiny.pt",
@@ -540,7 +540,7 @@ TEST_CASE("dynamic batching: concurrent requests share executions and each calle
 }
 
 TEST_CASE("dynamic batching: one caller's input that makes the model raise fails only that caller") {
-  Daemon d;
+  Daemon d("[scheduler]\nbatch_when_idle = false\n");  // (the four gather in one batch, worker free or not)
   REQUIRE(d.ok());
   std::ofstream(d.dir() + "/positive.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [1, 2, 3, 4]}})";
   Register(d, "raises", "throws.pt",
@@ -581,7 +581,7 @@ TEST_CASE("dynamic batching: one caller's input that makes the model raise fails
 TEST_CASE("dynamic batching: a lone request with a deadline inside the batch delay is run in time, not dropped") {
   // The batch used to wait until the very last moment its oldest request's
   // deadline allowed, so any wake-up latency turned it into DEADLINE_EXCEEDED.
-  Daemon d;
+  Daemon d("[scheduler]\nbatch_when_idle = false\n");  // (the delay's deadline rule, not the idle worker's)
   REQUIRE(d.ok());
   Register(d, "batched", "tiny.pt",
            {"--sample-input", Data("tiny_input.json"), "--max-batch-size", "32", "--max-queue-delay-us", "2000000"});
@@ -757,7 +757,8 @@ TEST_CASE("busy models' backlogs cannot take every request context: others and c
   // one of [daemon] contexts (256) until answered: 300 waiting on one batched
   // model held them all, and mms ping, mms pool and every other model waited
   // in the socket until its backlog drained (a review measured 6-78 s).
-  Daemon d("[daemon]\ncontexts = 16\n");  // a reserve of 2 for everyone else
+  // (batch_when_idle off: the backlog waits out the 10 s batch window)
+  Daemon d("[daemon]\ncontexts = 16\n[scheduler]\nbatch_when_idle = false\n");  // a reserve of 2 for everyone else
   REQUIRE(d.ok());
   Register(d, "other", "tiny.pt");
   for (const char* m : {"wide", "wide2"})

@@ -495,6 +495,7 @@ TEST_CASE("scheduler: a batch whose oldest request would miss its deadline by wa
   Rig rig;
   FakeClock clock;
   Scheduler::Options o = OneWorker(&clock);
+  o.batch_when_idle = false;  // (the delay's rule, a worker free)
   Scheduler s(o);
   Result<std::vector<Tensor>> got = Status(Code::kInternal, "not yet");
   std::atomic<bool> answered{false};
@@ -762,9 +763,39 @@ TEST_CASE("scheduler: a version moved to another class joins that class's clock,
   CHECK(first_a <= 2);  // not after H's 50 calls (1 s of debt)
 }
 
+TEST_CASE("scheduler: with no batch of its version running a batch leaves at once, behind one it gathers rows") {
+  // batch_when_idle (the default): a lone request does not wait out the
+  // delay for company; rows arriving during an execution make the next batch.
+  Rig rig;
+  FakeClock clock;  // never advanced: the 50 ms delay never ends
+  Scheduler::Options o;
+  o.workers = 2;
+  o.clock = &clock;
+  Scheduler s(o);
+  std::atomic<int> n{0};
+  auto count = [&](Result<std::vector<Tensor>> r) { n += r.ok(); };
+  auto calls = [&] {
+    std::lock_guard<std::mutex> l(rig.model->mu);
+    return rig.model->calls;
+  };
+  rig.model->gate = true;
+  REQUIRE(s.Submit(1, rig.Job("x", 1, 1, 16, count)).ok());
+  REQUIRE(mms::testing::WaitFor([&] { return calls().size() == 1; }, 5));  // at once, no delay
+  REQUIRE(s.Submit(1, rig.Job("x", 2, 1, 16, count)).ok());
+  REQUIRE(s.Submit(1, rig.Job("x", 3, 1, 16, count)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(calls().size() == 1);  // the second worker is free, but a batch of this version runs: they gather
+  CHECK(s.queued() == 2);
+  rig.model->Open();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 3; }, 5));
+  CHECK(calls() == std::vector<int64_t>{1, 5});  // then leave together
+}
+
 TEST_CASE("scheduler: when the daemon drains, a batch waiting for more rows runs at once") {
   Rig rig;
-  Scheduler s(OneWorker());
+  Scheduler::Options o = OneWorker();
+  o.batch_when_idle = false;  // (it waits for its delay, worker free or not)
+  Scheduler s(o);
   std::atomic<bool> answered{false};
   Scheduler::Job j = rig.Job("waits", 1, 1, 8, [&](Result<std::vector<Tensor>> r) { answered = r.ok(); });
   j.batch_delay_ns = 60'000'000'000;  // a minute for more rows
@@ -915,6 +946,7 @@ TEST_CASE("scheduler: a batch waiting for rows leaves while its oldest request s
   Rig rig;
   FakeClock clock;
   Scheduler::Options o = OneWorker(&clock);
+  o.batch_when_idle = false;  // (the delay's rule, a worker free)
   Scheduler s(o);
   std::atomic<bool> answered{false};
   Status got;
@@ -935,6 +967,7 @@ TEST_CASE("scheduler: a younger request with a tighter deadline makes the batch 
   Rig rig;
   FakeClock clock;
   Scheduler::Options o = OneWorker(&clock);
+  o.batch_when_idle = false;  // (the delay's rule, a worker free)
   Scheduler s(o);
   std::atomic<int> answered{0};
   auto done = [&](Result<std::vector<Tensor>> r) {
@@ -959,6 +992,7 @@ TEST_CASE("scheduler: requests claiming huge row counts (zero elements) do not o
   Rig rig;
   FakeClock clock;  // never advanced: only a full batch can run
   Scheduler::Options o = OneWorker(&clock);
+  o.batch_when_idle = false;  // (a batch leaves only when full)
   Scheduler s(o);
   std::thread first = rig.Hold(s, 2);
   std::atomic<int> n{0};
