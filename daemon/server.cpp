@@ -104,6 +104,10 @@ Status Responder::Share(const std::string& key) { return state_->server->Share(s
 
 namespace {
 thread_local bool t_receiving = false;  // Server::OnReceivingThread()
+// This thread holds one of the inline_handlers turns: given back when its
+// request is answered (before the reply goes: the client's next request
+// must find it free) or when the handler returns, whichever comes first.
+thread_local bool t_turn = false;
 }  // namespace
 
 bool Server::OnReceivingThread() { return t_receiving; }
@@ -536,10 +540,10 @@ void Server::Dispatch(Slot* slot, void* raw) {
   const Handler* handler = &it->second;
   if (opts_.inline_types.count(d.type) && TakeInlineTurn()) {  // run to completion, here
     handled_inline_.fetch_add(1);
-    t_receiving = true;
+    t_receiving = t_turn = true;
     RunHandler(slot, responder, [&] { (*handler)(std::move(d.message), responder); });
     t_receiving = false;
-    inline_running_.fetch_sub(1);
+    if (std::exchange(t_turn, false)) inline_running_.fetch_sub(1);
     return;
   }
   auto task = [this, slot, handler, m = std::move(d.message), responder]() mutable {
@@ -580,6 +584,7 @@ void Server::RunHandler(Slot* slot, Responder& responder, const std::function<vo
 }
 
 void Server::Reply(Slot* slot, const proto::Message& m) {
+  if (std::exchange(t_turn, false)) inline_running_.fetch_sub(1);
   {  // answered: its context no longer counts against its key
     std::lock_guard<std::mutex> share(share_mu_);
     if (!slot->share_key.empty()) {

@@ -839,9 +839,12 @@ TEST_CASE("predicts run on the thread that received them, a slow model's executi
   auto client = Connect(d);
   auto status = [&] { return client->CallJson(mms::proto::kStatus, json::object()).value(); };
   REQUIRE(predict(*client, "busy") == mms::Code::kOk);  // loaded, and measured: ~0.1 s a call here
-  REQUIRE(predict(*client, "tiny") == mms::Code::kOk);
+  // Measured too: its estimate (an average) starts from the first, slow
+  // TorchScript run and falls under the receiving thread's 250 us within a
+  // few dozen calls; until then its executions are a worker's.
+  for (int i = 0; i < 40; ++i) REQUIRE(predict(*client, "tiny") == mms::Code::kOk);
   const uint64_t before = status()["requests_handled_inline"].get<uint64_t>();
-  CHECK(before == 2);
+  CHECK(before >= 2);
   // While the slow model runs, the fast one's predicts are still handled
   // where they arrive: the slow execution went to a scheduler worker and
   // left the (only) turn on the receiving thread free.
@@ -850,6 +853,9 @@ TEST_CASE("predicts run on the thread that received them, a slow model's executi
     CHECK(predict(*c, "busy") == mms::Code::kOk);
   });
   REQUIRE(WaitFor([&] { return status()["in_flight"].get<int>() >= 1; }, 20));
+  // (Received: its handler, on the receiving thread, takes microseconds to
+  // pass the execution on; the execution ~0.1 s.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
   for (int i = 0; i < 5; ++i) CHECK(predict(*client, "tiny") == mms::Code::kOk);
   json during = status();
   slow.join();
