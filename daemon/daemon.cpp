@@ -176,7 +176,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
   so.lock_fd = d->opts_.lock_fd;
   so.clock = d->opts_.clock;
   so.inline_types = {proto::kPredict};
-  so.inline_handlers = c.daemon.inline_handlers;
+  // At most half of nng's task threads (twice the cores, at most 16), so
+  // that predicts never hold all of the threads that move everyone's bytes.
+  so.inline_handlers =
+      std::min(c.daemon.inline_handlers, static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u)));
   MMS_ASSIGN_OR_RETURN(d->server_, Server::Create(so, d->BuildHandlers()));
   return d;
 }

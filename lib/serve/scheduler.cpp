@@ -115,7 +115,10 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   int64_t now = opts_.clock->MonoNanos();
   const bool may_run_here =
       job.inline_max_ns < 0 ? !Unmeasured(q) : q.measured && q.exec_ns <= static_cast<double>(job.inline_max_ns);
-  if (job.max_batch == 0 && total_queued_ == 0 && busy_ < opts_.workers && may_run_here) {
+  // A batched request is alone too when its version is idle and batches
+  // leave at once then (batch_when_idle): its batch would hold only it.
+  const bool alone = job.max_batch == 0 || (opts_.batch_when_idle && q.running == 0);
+  if (alone && total_queued_ == 0 && busy_ < opts_.workers && may_run_here) {
     // Idle: run here and now, no hand-off to a worker.
     bool probe = false;
     if (Late(q, job, now, &probe)) {

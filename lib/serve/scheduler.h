@@ -55,7 +55,8 @@
 //   key whether adapters share batches (a base taking stacked adapter
 //   weights) or each adapter has its own queue.
 // * Idle fast path: with nothing queued and a worker free, a non-batched
-//   request runs at once on the submitting thread (no hand-off) — unless the
+//   request — or a batched one whose version has no batch running, with
+//   batch_when_idle — runs at once on the submitting thread (no hand-off) — unless the
 //   job bounds what its thread may run (Job::inline_max_ns) and the version's
 //   estimate is over that bound, or there is none yet.
 //

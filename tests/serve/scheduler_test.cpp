@@ -779,7 +779,14 @@ TEST_CASE("scheduler: with no batch of its version running a batch leaves at onc
     return rig.model->calls;
   };
   rig.model->gate = true;
-  REQUIRE(s.Submit(1, rig.Job("x", 1, 1, 16, count)).ok());
+  std::thread::id submitter, ran_on;
+  std::thread first([&] {
+    submitter = std::this_thread::get_id();
+    CHECK(s.Submit(1, rig.Job("x", 1, 1, 16, [&](Result<std::vector<Tensor>> r) {
+                 ran_on = std::this_thread::get_id();
+                 count(std::move(r));
+               })).ok());
+  });
   REQUIRE(mms::testing::WaitFor([&] { return calls().size() == 1; }, 5));  // at once, no delay
   REQUIRE(s.Submit(1, rig.Job("x", 2, 1, 16, count)).ok());
   REQUIRE(s.Submit(1, rig.Job("x", 3, 1, 16, count)).ok());
@@ -787,8 +794,10 @@ TEST_CASE("scheduler: with no batch of its version running a batch leaves at onc
   CHECK(calls().size() == 1);  // the second worker is free, but a batch of this version runs: they gather
   CHECK(s.queued() == 2);
   rig.model->Open();
+  first.join();
+  CHECK(ran_on == submitter);  // the lone request ran on the thread that submitted it (no hand-off)...
   REQUIRE(mms::testing::WaitFor([&] { return n == 3; }, 5));
-  CHECK(calls() == std::vector<int64_t>{1, 5});  // then leave together
+  CHECK(calls() == std::vector<int64_t>{1, 5});  // ...the gathered ones then leave together, on a worker
 }
 
 TEST_CASE("scheduler: when the daemon drains, a batch waiting for more rows runs at once") {
