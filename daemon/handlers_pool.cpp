@@ -24,6 +24,9 @@ std::string NewRequestId() {
 // receiving thread: beyond it, the hand-off to a worker (~25 us) costs under a
 // tenth, and the thread is not kept from other connections' I/O for long.
 constexpr int64_t kReceivingThreadExecNs = 250'000;
+// ... and only for inputs this small: the estimate is of the version's usual
+// requests, and one far larger (up to max_message_bytes) could run for long.
+constexpr uint64_t kReceivingThreadInputBytes = 64 << 10;
 
 Result<std::string> ModelField(const proto::Message& m) {
   if (!m.body.contains("model") || !m.body["model"].is_string())
@@ -133,9 +136,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   }
   auto snap = d->snapshot();
   auto route = RouteRequest(*snap, *ref, user, rng);
-  if (!route.ok() && route.status().code() == Code::kNotFound &&
-      r.HandOff([d, req = std::move(req), r]() mutable { Predict(d, std::move(req), r); }))
-    return;  // reading the registry waits: not on the receiving thread
+  // Reading the registry waits: not on the receiving thread. (Checked
+  // first: the hand-off's closure takes the request, so it is built only
+  // when it will run.)
+  if (!route.ok() && route.status().code() == Code::kNotFound && Server::OnReceivingThread()) {
+    r.HandOff([d, req = std::move(req), r]() mutable { Predict(d, std::move(req), r); });
+    return;
+  }
   if (!route.ok() && route.status().code() == Code::kNotFound && d->RefreshRegistry(false).ok()) {
     snap = d->snapshot();  // registered a moment ago?
     route = RouteRequest(*snap, *ref, user, rng);
@@ -182,6 +189,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     routing["counted"] = counted;
     if (!counted) routing["not_counted"] = e.state != "running" ? "the experiment is " + e.state
                                                                  : std::string("no --user in a sticky experiment");
+    // An arm's first counted request restores its figures from the registry
+    // (VariantMetricsFor): not on the receiving thread.
+    if (counted && Server::OnReceivingThread() &&
+        !d->experiment_metrics()->Find(VariantKey(e.id, VariantName(route->variant)))) {
+      r.HandOff([d, req = std::move(req), r]() mutable { Predict(d, std::move(req), r); });
+      return;
+    }
     if (counted) {
       credit->experiment = e.id;
       credit->which = route->variant;
@@ -325,7 +339,11 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     job.batch_delay_ns = delay;
     // On nng's receiving thread (a hit, answered at once): only a short
     // execution runs here; a longer one goes to the scheduler's workers.
-    if (Server::OnReceivingThread()) job.inline_max_ns = kReceivingThreadExecNs;
+    if (Server::OnReceivingThread()) {
+      uint64_t bytes = 0;
+      for (const Tensor& t : job.inputs) bytes += t.nbytes;
+      job.inline_max_ns = bytes <= kReceivingThreadInputBytes ? kReceivingThreadExecNs : 0;
+    }
     job.done = [d, r, recp, ordered, t0, finish, credit, routing, mirror, device,
                 loaded](Result<std::vector<Tensor>> out) mutable { Reply(d, r, *recp, *ordered, t0, finish, *credit, routing,
                                                                           mirror, device, loaded, std::move(out)); };

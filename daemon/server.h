@@ -13,7 +13,10 @@
 // must not wait on slow work there: it checks OnReceivingThread() and
 // passes what may take long on (Responder::HandOff; mmsd's scheduler takes
 // an execution longer than a bound to its own workers). Past the cap,
-// requests go to the workers as any other.
+// requests go to the workers as any other. A turn is given back as the
+// reply is handed to nng (the client's next request must find it free), so
+// what a handler does after answering (mirroring to a shadow) may overlap
+// the next turn's holder: the cap bounds the handlers not yet answered.
 //
 // Handlers sit in a table keyed by message type. Bad input (empty message,
 // wrong magic, other protocol version, unknown type, truncated frame,

@@ -313,7 +313,8 @@ const std::vector<Spec>& Specs() {
       Int("daemon", "inline_handlers", 1, 0, 64,
           "Predict requests handled at once on the thread that received them, with no hand-off to a handler thread "
           "(a thread wake-up saved per request); beyond that, they go to the handler threads. An execution longer "
-          "than 250 us, or not yet measured, still runs on the scheduler's workers. 0 turns this off.",
+          "than 250 us, not yet measured, or with over 64 KiB of inputs still runs on the scheduler's workers. At most "
+          "the number of cores (up to 8) is used. 0 turns this off.",
           [](Config& c) -> int& { return c.daemon.inline_handlers; }),
       Bytes("daemon", "max_message_bytes", "256MiB", kMinMaxMessageBytes, 4ull << 30,
             "Largest request accepted; a larger one gets a TOO_LARGE protocol error.",

@@ -114,7 +114,8 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   q.batch_delay_ns = job.batch_delay_ns;
   int64_t now = opts_.clock->MonoNanos();
   const bool may_run_here =
-      job.inline_max_ns < 0 ? !Unmeasured(q) : q.measured && q.exec_ns <= static_cast<double>(job.inline_max_ns);
+      job.inline_max_ns < 0 ? !Unmeasured(q)
+                            : job.inline_max_ns > 0 && q.measured && q.exec_ns <= static_cast<double>(job.inline_max_ns);
   // A batched request is alone too when its version is idle and batches
   // leave at once then (batch_when_idle): its batch would hold only it.
   const bool alone = job.max_batch == 0 || (opts_.batch_when_idle && q.running == 0);
@@ -134,6 +135,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
     }
     ++busy_;
     ++running_;
+    ++q.executed_inline;
     const double charged = Dispatched(q);
     lock.unlock();
     std::vector<Job> one;
@@ -490,6 +492,7 @@ nlohmann::json Scheduler::Stats() const {
   for (const auto& [k, q] : queues_)
     j[std::to_string(k)] = {{"queued", q.jobs.size()},
                             {"executed", q.executed},
+                            {"executed_inline", q.executed_inline},
                             {"batches", q.batches},
                             {"mean_batch", q.batches ? static_cast<double>(q.executed) / static_cast<double>(q.batches) : 0.0},
                             {"rows", q.batched_rows},

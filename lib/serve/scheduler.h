@@ -113,7 +113,7 @@ class Scheduler {
     // scheduler is idle, by the version's measured estimate; -1: any (a
     // version not yet measured too). A thread that must not be held long
     // (mmsd: nng's receiving thread) sets it, and a longer or unmeasured
-    // execution goes to a worker instead.
+    // execution goes to a worker instead. 0: never on the submitting thread.
     int64_t inline_max_ns = -1;
     std::function<void(Result<std::vector<Tensor>>)> done;
   };
@@ -133,9 +133,10 @@ class Scheduler {
   // `done` runs, so a caller answered is never still holding the model.
   // The queue's priority is the latest job's: give every job of one key the same.
   Status Submit(PoolKey key, Job job);
-  // Per version: queued, executed, batches, rows, mean batch size,
-  // deadline drops, overloaded refusals, unsplittable batches, failed batches
-  // rerun in halves, recent execution ms.
+  // Per version: queued, executed (of which executed_inline: on the
+  // submitting thread), batches, rows, mean batch size, deadline drops,
+  // overloaded refusals, unsplittable batches, failed batches rerun in
+  // halves, recent execution ms.
   nlohmann::json Stats() const;
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).
@@ -167,6 +168,7 @@ class Scheduler {
     bool measured = false;                     // exec_ns holds a measured execution (else no estimate yet)
     int running = 0;                           // its executions in progress
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0, reruns = 0;
+    uint64_t executed_inline = 0;              // run on the submitting thread (the idle fast path)
   };
   void Work();
   // mu_ held: the queue to serve now (nullptr if none), or when to look again.

@@ -146,6 +146,29 @@ TEST_CASE("a version registered while the daemon runs is servable at once") {
   CHECK(Predict(d, "tiny@champion", Data("tiny_input.json"))["version"] == "2");
 }
 
+TEST_CASE("a version registered behind the daemon's back is served by the request that finds it unknown, inputs intact") {
+  // Registered with no daemon told (a CI job writing the registry itself),
+  // and the daemon's poll an hour away: the predict itself reads the
+  // registry again. Handed to a handler thread first (not on nng's
+  // receiving thread), the request once lost its inputs there when that
+  // hand-off did not happen (a handler thread already, or inline_handlers
+  // = 0): "missing: x" for the first call, a review found.
+  for (const char* inline_cap : {"1", "0"}) {
+    INFO("inline_handlers = " << inline_cap);
+    Daemon d(std::string("[daemon]\ninline_handlers = ") + inline_cap + "\n[registry]\npoll_interval = \"60s\"\n");
+    REQUIRE(d.ok());
+    Register(d, "tiny", "1", Data("tiny.pt"));
+    CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");  // the daemon's view is current
+    auto r = Run({MmsBin(), "--socket", d.dir() + "/nobody.sock", "--data-dir", d.data_dir(), "-q", "model",
+                  "register", "later", "--version", "1", "--path", Data("tiny.pt")});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    auto p = d.Mms({"--json", "predict", "later", "--input", Data("tiny_input.json")});
+    CHECK_MESSAGE(p.exit_code == 0, p.err);
+    if (p.exit_code == 0) CHECK(json::parse(p.out)["version"] == "1");
+    CHECK(d.Mms({"predict", "never", "--input", Data("tiny_input.json")}).exit_code == 4);
+  }
+}
+
 TEST_CASE("bad input: each refused clearly while the daemon and other models keep serving") {
   Daemon d("[daemon]\nmax_message_bytes = \"64KiB\"\n[pool]\nload_retry_backoff = \"30s\"\n");
   REQUIRE(d.ok());

@@ -864,6 +864,25 @@ TEST_CASE("predicts run on the thread that received them, a slow model's executi
   // An unknown model reads the registry again, on a handler thread: NOT_FOUND as ever.
   CHECK(predict(*client, "nope") == mms::Code::kNotFound);
   CHECK(status()["requests_handled_inline"].get<uint64_t>() == before + 7);
+  // A fast model's execution runs where the request arrived — but not one
+  // far larger than its usual (over 64 KiB of inputs): that goes to a worker.
+  auto tiny_inline = [&] {
+    auto p = client->CallJson(mms::proto::kPool, json::object()).value();
+    return p["scheduler"]["tiny:1"]["executed_inline"].get<uint64_t>();
+  };
+  const uint64_t ran_here = tiny_inline();
+  CHECK(predict(*client, "tiny") == mms::Code::kOk);
+  CHECK(tiny_inline() == ran_here + 1);
+  {
+    mms::proto::Message m;
+    m.type = mms::proto::kPredict;
+    m.body = {{"model", "tiny"}};
+    m.tensors = {Rows(5000, 4, 1)};  // 80,000 bytes
+    auto r = client->Call(m);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    CHECK(r->tensors.at(0).shape == std::vector<int64_t>{5000, 3});
+  }
+  CHECK(tiny_inline() == ran_here + 1);
 
   Daemon off("[daemon]\ninline_handlers = 0\n");
   REQUIRE(off.ok());

@@ -696,7 +696,10 @@ TEST_CASE("scheduler: a job that bounds its thread's execution leaves a longer o
   CHECK(ran_on(2, 10'000'000, 250'000) != me);
   CHECK(ran_on(2, 10'000'000, 250'000) != me);  // measured at 10 ms: still a worker's
   CHECK(ran_on(2, 10'000'000, -1) == me);       // unbounded, the submitting thread runs it
+  CHECK(ran_on(1, 100'000, 0) != me);           // 0: never here
   CHECK(s.Stats()["2"]["executed"] == 3);
+  CHECK(s.Stats()["2"]["executed_inline"] == 1);
+  CHECK(s.Stats()["1"]["executed_inline"] == 1);
 }
 
 TEST_CASE("scheduler: once a new version is measured, its backlog goes to every free worker at once") {
