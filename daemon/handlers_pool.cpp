@@ -114,6 +114,14 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
   if (mirror) d->shadows()->Mirror(rec.model, inputs, outputs, latency);
 }
 
+void Predict(Daemon* d, proto::Message req, Responder r);
+
+// From nng's receiving thread, before anything was taken from the request:
+// the predict starts again on a handler thread, for work that waits there.
+void PredictOnHandlerThread(Daemon* d, proto::Message& req, Responder& r) {
+  r.HandOff([d, req = std::move(req), r]() mutable { Predict(d, std::move(req), r); });
+}
+
 void Predict(Daemon* d, proto::Message req, Responder r) {
   // From its receipt: time spent waiting for a handler thread (a burst on
   // every one) counts against its deadline and in its latency.
@@ -139,10 +147,8 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // Reading the registry waits: not on the receiving thread. (Checked
   // first: the hand-off's closure takes the request, so it is built only
   // when it will run.)
-  if (!route.ok() && route.status().code() == Code::kNotFound && Server::OnReceivingThread()) {
-    r.HandOff([d, req = std::move(req), r]() mutable { Predict(d, std::move(req), r); });
-    return;
-  }
+  if (!route.ok() && route.status().code() == Code::kNotFound && Server::OnReceivingThread())
+    return PredictOnHandlerThread(d, req, r);
   if (!route.ok() && route.status().code() == Code::kNotFound && d->RefreshRegistry(false).ok()) {
     snap = d->snapshot();  // registered a moment ago?
     route = RouteRequest(*snap, *ref, user, rng);
@@ -192,10 +198,8 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     // An arm's first counted request restores its figures from the registry
     // (VariantMetricsFor): not on the receiving thread.
     if (counted && Server::OnReceivingThread() &&
-        !d->experiment_metrics()->Find(VariantKey(e.id, VariantName(route->variant)))) {
-      r.HandOff([d, req = std::move(req), r]() mutable { Predict(d, std::move(req), r); });
-      return;
-    }
+        !d->experiment_metrics()->Find(VariantKey(e.id, VariantName(route->variant))))
+      return PredictOnHandlerThread(d, req, r);
     if (counted) {
       credit->experiment = e.id;
       credit->which = route->variant;
