@@ -13,7 +13,8 @@
 #   2. gpu_bench: promotion vs raw pinned cudaMemcpy, 1,000 load/evict
 #      cycles, a pinned model's p99 while others swap;
 #   3. unless GPU_ONLY=1, if time is left, the request-overhead and batching
-#      benchmarks on the machine's 16 cores (devices = ["cpu"], as here).
+#      benchmarks on the machine's 16 cores (devices = ["cpu"], as here), the
+#      batching one with the work-conserving batcher and then without it.
 # A failing gpu_bench is rerun small under cuda-gdb for a backtrace.
 # Record the figures in docs/benchmarks.md. What the first runs found (and
 # the device time they took) is in docs/benchmarks.md, "GPU".
@@ -107,5 +108,10 @@ devices = ["cpu"]'
 [ -n "${GPU_ONLY:-}" ] && { echo "done in ${SECONDS}s; gpu tests exit $tests"; exit "$tests"; }
 [ $SECONDS -lt 400 ] && step overhead 45 $B/bin/overhead_bench 3000 "$cpu"
 [ $SECONDS -lt 450 ] && step sched_batching 45 env SCHED_CONFIG="$cpu" $B/bin/sched_bench batching --seconds 5
+# The batcher before stop 28 (waiting out its delay with a worker idle), for
+# the A/B on many cores: stop 27 measured 2.84x with it here.
+[ $SECONDS -lt 490 ] && step sched_batching_waiting 40 env SCHED_CONFIG="$cpu
+[scheduler]
+batch_when_idle = false" $B/bin/sched_bench batching --seconds 5
 echo "done in ${SECONDS}s; gpu tests exit $tests"
 exit "$tests"
