@@ -54,11 +54,11 @@
 //   each job's rows with its own adapter — the caller decides by the queue
 //   key whether adapters share batches (a base taking stacked adapter
 //   weights) or each adapter has its own queue.
-// * Idle fast path: with nothing queued and a worker free, a non-batched
-//   request — or a batched one whose version has no batch running, with
-//   batch_when_idle — runs at once on the submitting thread (no hand-off) — unless the
-//   job bounds what its thread may run (Job::inline_max_ns) and the version's
-//   estimate is over that bound, or there is none yet.
+// * Idle fast path: with nothing queued and a worker free, a request runs
+//   at once on the submitting thread (no hand-off) if it is unbatched, or
+//   batched with batch_when_idle and no batch of its version running. Not
+//   when the job bounds what its thread may run (Job::inline_max_ns) and
+//   the version's estimate is over that bound, or there is none yet.
 //
 // Thread-safety: Submit and Stats from any thread; `done` callbacks run on a
 // worker (or the submitting thread) with no scheduler lock held.
