@@ -455,9 +455,15 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     // A probe ran because the estimate was stale: its time replaces it.
     // An unsplit or failed batch ran its requests one by one after the batch: not one execution.
     const bool was_unmeasured = Unmeasured(q);
+    // A module's first runs are slow (TorchScript profiles and optimizes its
+    // graph on them): the fastest of the first kWarmupMeasures starts the average.
     if (!unsplit && !rerun) {
-      q.exec_ns = !q.measured || probe ? static_cast<double>(dt) : 0.8 * q.exec_ns + 0.2 * static_cast<double>(dt);
+      const double t = static_cast<double>(dt);
+      q.exec_ns = !q.measured || probe          ? t
+                  : q.measures < kWarmupMeasures ? std::min(q.exec_ns, t)
+                                                 : 0.8 * q.exec_ns + 0.2 * t;
       q.measured = true;
+      ++q.measures;
     }
     --q.running;
     // Its backlog waited for this measure while workers went idle: all may take it now.

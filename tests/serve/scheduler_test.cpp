@@ -702,6 +702,41 @@ TEST_CASE("scheduler: a job that bounds its thread's execution leaves a longer o
   CHECK(s.Stats()["1"]["executed_inline"] == 1);
 }
 
+TEST_CASE("scheduler: a new version's estimate starts from the fastest of its first executions") {
+  // A TorchScript module's first run (profiling) takes many times a warm one:
+  // averaged in, it kept a 0.1 ms model's estimate over the receiving
+  // thread's 250 us bound for its first calls.
+  FakeClock clock;
+  Rig rig;
+  rig.model->slow_clock = &clock;
+  Scheduler s(OneWorker(&clock));
+  const std::thread::id me = std::this_thread::get_id();
+  auto run = [&](int64_t cost_ns) {  // one request bounded to 250 us on this thread: did it run here?
+    rig.model->slow_ns = cost_ns;
+    std::promise<std::thread::id> where;
+    std::future<std::thread::id> got = where.get_future();
+    auto j = rig.Job("x", 1, 1, 0, [&](Result<std::vector<Tensor>> r) {
+      CHECK(r.ok());
+      where.set_value(std::this_thread::get_id());
+    });
+    j.inline_max_ns = 250'000;
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+    REQUIRE(got.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    return got.get() == me;
+  };
+  auto estimate_ms = [&] { return s.Stats()["1"]["exec_ms"].get<double>(); };
+  CHECK_FALSE(run(10'000'000));  // unmeasured: a worker's; its 10 ms is the first measure
+  CHECK(estimate_ms() == doctest::Approx(10.0));
+  CHECK_FALSE(run(100'000));     // 10 ms estimated: a worker's; 0.1 ms replaces it (not 2.08 ms averaged)
+  CHECK(estimate_ms() == doctest::Approx(0.1));
+  CHECK(run(150'000));           // within the bound: on this thread from the third call,
+  CHECK(estimate_ms() == doctest::Approx(0.1));  // whose 0.15 ms does not raise the fastest
+  // From the fourth on, the moving average: one outlier moves it by a fifth.
+  CHECK(run(1'100'000));
+  CHECK(estimate_ms() == doctest::Approx(0.8 * 0.1 + 0.2 * 1.1));
+  CHECK_FALSE(run(100'000));  // 0.3 ms now, over the bound
+}
+
 TEST_CASE("scheduler: once a new version is measured, its backlog goes to every free worker at once") {
   // The workers that found it unmeasured went back to sleep; one wake-up at
   // its first run's end took them back one execution at a time.
