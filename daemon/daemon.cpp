@@ -942,6 +942,10 @@ void Daemon::WatchRegistry() {
     now = opts_.clock->MonoNanos();
     if (now - last_flush_ns_ >= flush) {
       FlushMetrics(/*brief=*/true);
+      // Versions and arms gone idle let go of their recent window's old
+      // intervals (up to 0.8 MB each; traffic frees them as it records).
+      for (MetricsStore* store : {&serving_metrics_, &experiment_metrics_})
+        for (const auto& [key, m] : store->All()) m->TrimRecent(now);
       last_flush_ns_ = now;
     }
     lock.lock();

@@ -277,6 +277,11 @@ VariantSnapshot VariantMetrics::Snapshot() const {
   return cum_;
 }
 
+size_t VariantMetrics::TrimRecent(int64_t now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return recent_.Trim(now);
+}
+
 LatencyHistogram VariantMetrics::Recent(int64_t window_ns, int64_t now) const {
   std::lock_guard<std::mutex> lock(mu_);
   return recent_.Window(window_ns, now);

@@ -123,6 +123,9 @@ class VariantMetrics {
   void Outcome(const std::string& metric, double value, int user_bucket = -1);
   VariantSnapshot Snapshot() const;
   LatencyHistogram Recent(int64_t window_ns, int64_t now_mono_ns) const;
+  // Frees the recent window's intervals that have left it (an idle arm
+  // records nothing that would); returns how many.
+  size_t TrimRecent(int64_t now_mono_ns);
   // Replaces the cumulative figures (restored from the registry at start).
   void Restore(const VariantSnapshot& s);
   bool TakeDirty();  // true once after any change

@@ -170,12 +170,21 @@ void WindowedHistogram::Advance(int64_t now) {
   if (slot_id_[i] != id) {
     // A new interval: every slot that left the window is freed (not only
     // this one, which a rarely used arm would reach again only by chance).
-    const int64_t oldest = id - static_cast<int64_t>(ring_.size());
-    for (size_t j = 0; j < ring_.size(); ++j)
-      if (ring_[j] && slot_id_[j] <= oldest) ring_[j].reset();
+    Trim(now);
     ring_[i].reset();
     slot_id_[i] = id;
   }
+}
+
+size_t WindowedHistogram::Trim(int64_t now) {
+  const int64_t oldest = now / slot_ns_ - static_cast<int64_t>(ring_.size());
+  size_t freed = 0;
+  for (size_t j = 0; j < ring_.size(); ++j)
+    if (ring_[j] && slot_id_[j] <= oldest) {
+      ring_[j].reset();
+      ++freed;
+    }
+  return freed;
 }
 
 void WindowedHistogram::Record(int64_t ns, int64_t now) {

@@ -71,16 +71,19 @@ class WindowedHistogram {
   void Record(int64_t ns, int64_t now_mono_ns);
   // Everything recorded within the last `window_ns` (whole slots).
   LatencyHistogram Window(int64_t window_ns, int64_t now_mono_ns) const;
-  // Intervals whose histogram is in memory (recorded into, not yet reused).
+  // Intervals whose histogram is in memory (recorded into, not yet freed).
   size_t slots_held() const;
+  // Frees the intervals that have left the window by `now_mono_ns`; returns
+  // how many. (Record does so too, but an idle arm records nothing.)
+  size_t Trim(int64_t now_mono_ns);
 
  private:
   void Advance(int64_t now_mono_ns);
   int64_t slot_ns_;
   // An interval's histogram is made at its first value and freed at the
-  // first value after it left the window (an arm that goes idle keeps what
-  // it had until then): a histogram is 27 KB, and a version or experiment
-  // arm that serves rarely used to keep all 30 (0.8 MB) whatever its traffic.
+  // first value or Trim after it left the window: a histogram is 27 KB, and
+  // a version or experiment arm that serves rarely used to keep all 30
+  // (0.8 MB) whatever its traffic, and one gone idle all it had.
   std::vector<std::unique_ptr<LatencyHistogram>> ring_;
   std::vector<int64_t> slot_id_;  // which interval each ring entry holds
 };

@@ -107,6 +107,17 @@ TEST_CASE("windowed histograms keep only the recent intervals") {
   WindowedHistogram rare(10'000'000'000, 6);
   for (int k = 0; k < 12; ++k) rare.Record(5'000'000, t + k * 70'000'000'000LL);
   CHECK(rare.slots_held() == 1);
+  // Gone idle, a window lets go of its intervals as Trim finds them out of
+  // it, and keeps those still in it.
+  const int64_t last = t + 119 * 1'000'000'000LL;  // w's last value, in interval 6 of 6
+  CHECK(w.Trim(last) == 0);
+  CHECK(w.slots_held() == 6);
+  CHECK(w.Trim(last + 20'000'000'000LL) == 2);  // two intervals on: the two oldest left
+  CHECK(w.slots_held() == 4);
+  CHECK(w.Window(600'000'000'000, last + 20'000'000'000LL).count() == 40);
+  CHECK(w.Trim(last + 60'000'000'000LL) == 4);
+  CHECK(w.slots_held() == 0);
+  CHECK(w.Window(600'000'000'000, last + 60'000'000'000LL).count() == 0);
 }
 
 // Values worked out independently (Python's statistics.NormalDist; the Welch
