@@ -22,8 +22,8 @@ bool EmptyOrMissing(const std::string& dir) {
 
 nlohmann::json ReportJson(const DataDirCopyReport& r) {
   return {{"versions", r.versions},         {"packed_dirs", r.packed_dirs}, {"source_files", r.source_files},
-          {"bytes", r.bytes},               {"snapshots", r.snapshots},     {"sources_missing", r.sources_missing},
-          {"problems", r.problems}};
+          {"bytes", r.bytes},               {"linked_files", r.linked_files}, {"linked_bytes", r.linked_bytes},
+          {"snapshots", r.snapshots},       {"sources_missing", r.sources_missing}, {"problems", r.problems}};
 }
 
 // Prints the report; exit 1 when the copy cannot serve some version.
@@ -57,10 +57,14 @@ Result<DataDirCopyReport> Copy(Cli& cli, DataDirCopy c) {
 std::string Summary(const DataDirCopyReport& r) {
   return std::to_string(r.versions) + (r.versions == 1 ? " version" : " versions") + " (" +
          std::to_string(r.packed_dirs) + " packed dirs, " + std::to_string(r.source_files) + " original files, " +
-         FormatBytes(r.bytes) + (r.snapshots > 1 ? ", " + std::to_string(r.snapshots) + " snapshots" : "") + ")";
+         FormatBytes(r.bytes) + " copied" +
+         (r.linked_files ? ", " + std::to_string(r.linked_files) + " files of " + FormatBytes(r.linked_bytes) +
+                               " linked from the earlier backup"
+                         : "") +
+         (r.snapshots > 1 ? ", " + std::to_string(r.snapshots) + " snapshots" : "") + ")";
 }
 
-int CmdBackup(Cli& cli, const std::string& dest_arg) {
+int CmdBackup(Cli& cli, const std::string& dest_arg, const std::string& link_dest_arg) {
   const std::string dest = AbsolutePath(dest_arg);
   auto data_dir = cli.data_dir();
   if (!data_dir.ok()) return cli.Fail(data_dir.status());
@@ -93,18 +97,36 @@ int CmdBackup(Cli& cli, const std::string& dest_arg) {
     return cli.Fail(InvalidArgument(dest + " is inside " + *artifacts +
                                     ", where mms model verify --prune would take it for unused packed files: back up "
                                     "to another directory"));
+  // An incremental backup links the files an earlier one already holds: a
+  // finished backup (not the data dir itself, whose files a backup must not
+  // share; DEST, new or empty, holds none).
+  std::string link_dest;
+  if (!link_dest_arg.empty()) {
+    link_dest = AbsolutePath(link_dest_arg);
+    if (!FileExists(JoinPath(link_dest, "registry.db")))
+      return cli.Fail(NotFound("no backup at " + link_dest + " (it holds no registry.db): --link-dest names an "
+                               "earlier backup, a directory mms backup wrote"));
+    if (resolved(link_dest) == resolved(*data_dir) || resolved(link_dest) == resolved(DirName(*src_db)))
+      return cli.Fail(InvalidArgument("--link-dest " + link_dest + " is the data dir itself: a backup linked to "
+                                      "its files would share them; name an earlier backup"));
+  }
   DataDirCopy c;
   c.src_db = *src_db;
   c.src_dir = *data_dir;
   c.dest_dir = dest;
   c.dest_db = dest_db;
+  c.link_dest = link_dest;
   c.action = "backup";
-  c.detail = "from " + *data_dir;
+  c.detail = "from " + *data_dir + (link_dest.empty() ? "" : ", linked to " + link_dest);
   auto r = Copy(cli, c);
   if (!r.ok()) return cli.Fail(r.status());
   nlohmann::json j = ReportJson(*r);
   j["backup"] = dest;
   j["registry"] = dest_db;
+  if (!link_dest.empty()) j["link_dest"] = link_dest;
+  if (r->link_cross_device)
+    cli.Note("note: " + link_dest + " is on another file system than " + dest +
+             ": files cannot be linked across them, so they were copied");
   return Finish(cli, j, *r, [&] {
     std::cout << "backed up " << Summary(*r) << " to " << dest << "\n"
               << "check it:   mms --data-dir " << dest << " model verify\n"
@@ -188,7 +210,11 @@ void AddBackupCommands(CLI::App& app, Cli& cli) {
       "backup", "Copy the data dir (the registry, taken online, and every version's files) to a new directory DEST");
   auto dest = std::make_shared<std::string>();
   backup->add_option("DEST", *dest, "a new (or empty) directory; the copy is a data dir of its own")->required();
-  backup->callback([&cli, dest] { cli.exit_code = CmdBackup(cli, *dest); });
+  auto link_dest = std::make_shared<std::string>();
+  backup->add_option("--link-dest", *link_dest,
+                     "an earlier backup on the same file system: files it holds unchanged (checked by SHA-256) are "
+                     "hard-linked from it, not copied");
+  backup->callback([&cli, dest, link_dest] { cli.exit_code = CmdBackup(cli, *dest, *link_dest); });
   auto* restore = app.add_subcommand(
       "restore", "Copy a backup into this data dir (which must hold no registry; mmsd stopped)");
   auto from = std::make_shared<std::string>();

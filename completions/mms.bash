@@ -141,7 +141,7 @@ _mms() {
     "adapter list") words="--help -h --base" ;;
     "adapter show") words="--help -h"; names=refs ;;
     "adapter rm") words="--help -h --force"; names=refs ;;
-    "backup") words="--help -h" ;;
+    "backup") words="--help -h --link-dest" ;;
     "restore") words="--help -h" ;;
     "completion") words="--help -h" ;;
   esac

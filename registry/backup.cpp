@@ -83,13 +83,63 @@ Result<int64_t> LastAuditId(Registry& reg) {
   });
 }
 
-// Copies the directory tree `from` to `to` (which must not exist). NOT_FOUND
-// when `from` or a file in it vanishes meanwhile; `to` is then removed.
-Status CopyTree(const std::string& from, const std::string& to, uint64_t* bytes, std::set<std::string>* dirs) {
+// The SHA-256 a packed dir records for its files (SHA256SUMS, sha256sum(1)'s
+// format: 64 hex digits, two spaces or " *", the name), by name; none for a
+// dir packed before it had one.
+std::map<std::string, std::string> RecordedSums(const std::string& dir) {
+  std::map<std::string, std::string> sums;
+  auto text = ReadFile(JoinPath(dir, "SHA256SUMS"));
+  if (!text.ok()) return sums;
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);)
+    if (line.size() > 66 && (line.compare(64, 2, "  ") == 0 || line.compare(64, 2, " *") == 0))
+      sums[line.substr(66)] = line.substr(0, 64);
+  return sums;
+}
+
+// Hard links from an earlier copy (DataDirCopy::link_dest).
+struct Linker {
+  std::string prev;            // the earlier copy's data dir ("": copy everything)
+  bool cross_device = false;   // a link failed with EXDEV: copying from then on
+  int files = 0;               // linked, and their bytes
+  uint64_t bytes = 0;
+  // Makes `to` from `from`: a hard link to `earlier` when that file holds
+  // the bytes whose SHA-256 is `sha256` (same size, then hashed), else a
+  // copy. *copied: the bytes copied (0 when linked); *linked says which.
+  // Errors: CopyFileDurably's (NOT_FOUND when `from` vanished).
+  Status Make(const std::string& from, const std::string& to, const std::string& earlier, const std::string& sha256,
+              uint64_t* copied, bool* linked) {
+    *copied = 0;
+    *linked = false;
+    struct stat a, b;
+    if (!prev.empty() && !cross_device && !sha256.empty() && ::stat(from.c_str(), &a) == 0 &&
+        ::stat(earlier.c_str(), &b) == 0 && S_ISREG(b.st_mode) && a.st_size == b.st_size) {
+      auto sha = Sha256File(earlier);
+      if (sha.ok() && *sha == sha256) {
+        if (::link(earlier.c_str(), to.c_str()) == 0) {
+          ++files;
+          bytes += static_cast<uint64_t>(b.st_size);
+          *linked = true;
+          return Status::Ok();
+        }
+        if (errno == EXDEV) cross_device = true;  // (EPERM, EMLINK...: this file is copied)
+      }
+    }
+    return CopyFileDurably(from, to, copied);
+  }
+};
+
+// Copies the directory tree `from` to `to` (which must not exist); with a
+// linker, a file its SHA256SUMS records is linked from `earlier` (the same
+// tree in an earlier copy) when that holds the same bytes. NOT_FOUND when
+// `from` or a file in it vanishes meanwhile; `to` is then removed.
+Status CopyTree(const std::string& from, const std::string& to, uint64_t* bytes, std::set<std::string>* dirs,
+                Linker* linker, const std::string& earlier) {
   struct stat st;
   if (::stat(from.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return NotFound("no such directory: " + from);
   MMS_RETURN_IF_ERROR(MakeDirs(to, 0700));
   dirs->insert(to);
+  const std::map<std::string, std::string> sums = RecordedSums(from);
   std::error_code ec;
   Status result = Status::Ok();
   for (fs::directory_iterator it(from, ec), end; !ec && it != end; it.increment(ec)) {
@@ -98,10 +148,13 @@ Status CopyTree(const std::string& from, const std::string& to, uint64_t* bytes,
     if (name == kReplacedMarker) continue;
     std::error_code ec2;
     if (e.is_directory(ec2)) {
-      result = CopyTree(e.path().string(), JoinPath(to, name), bytes, dirs);
+      result = CopyTree(e.path().string(), JoinPath(to, name), bytes, dirs, linker, JoinPath(earlier, name));
     } else {
       uint64_t n = 0;
-      result = CopyFileDurably(e.path().string(), JoinPath(to, name), &n);
+      bool linked = false;
+      auto sum = sums.find(name);
+      result = linker->Make(e.path().string(), JoinPath(to, name), JoinPath(earlier, name),
+                            sum != sums.end() ? sum->second : "", &n, &linked);
       *bytes += n;
     }
     if (!result.ok()) break;
@@ -220,6 +273,8 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   auto source_key = [](const Row& r) { return r.artifact_path + "\n" + r.sha256; };
   std::set<std::string> taken;                       // copies made (or reserved) by this run
   std::set<std::string> dirs;                        // directories written into (synced at the end)
+  Linker linker;
+  if (!c.link_dest.empty()) linker.prev = c.link_dest;
   std::unique_ptr<Registry> reg;
   std::vector<Row> rows;
   std::set<std::string> vanished;  // packed dirs a snapshot named and the copy did not find
@@ -254,7 +309,8 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
       dirs.insert(DirName(to));
       say("copying the packed files of " + r.ref());
       uint64_t n = 0;
-      Status st = CopyTree(r.packed_dir, to, &n, &dirs);
+      Status st = CopyTree(r.packed_dir, to, &n, &dirs, &linker,
+                           JoinPath(linker.prev, "artifacts/" + r.model + "/" + BaseName(r.packed_dir)));
       if (st.code() == Code::kNotFound) {
         vanished.insert(r.packed_dir);
         continue;
@@ -290,11 +346,16 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     uint64_t bytes = 0;
     Status st = Status::Ok();
     std::string why;
+    bool linked = false;  // the artifact, from the earlier copy (its SHA-256 checked there)
     for (const std::string& f : files) {
       if (!st.ok()) break;
       uint64_t n = 0;
       const std::string to = JoinPath(dir, BaseName(f));
-      st = CopyFileDurably(f, to, &n);
+      if (f == r.artifact_path)
+        st = linker.Make(f, to, JoinPath(linker.prev, "sources/" + r.model + "/" + r.version + "/" + BaseName(f)),
+                         r.sha256, &n, &linked);
+      else
+        st = CopyFileDurably(f, to, &n);
       bytes += n;
       if (st.code() == Code::kNotFound) why = f == r.artifact_path ? "is gone" : "is there, but its " + f + " is gone";
       // Writing the copy failed (its disk): the copy cannot be made. Reading
@@ -302,7 +363,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
       else if (!st.ok() && FileExists(to)) return st;
       else if (!st.ok()) why = st.message();
     }
-    if (st.ok()) {
+    if (st.ok() && !linked) {
       auto sha = Sha256File(JoinPath(dir, BaseName(r.artifact_path)));
       if (!sha.ok()) return sha.status();
       if (*sha != r.sha256) {
@@ -360,6 +421,9 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   }
   rep.packed_dirs = static_cast<int>(used.size());
   rep.versions = static_cast<int>(rows.size());
+  rep.linked_files = linker.files;
+  rep.linked_bytes = linker.bytes;
+  rep.link_cross_device = linker.cross_device;
   // Copies of dirs only an earlier snapshot named (since removed or repacked).
   for (const auto& [from, to] : packed_copies)
     if (!used.count(to)) fs::remove_all(to, ec);

@@ -58,6 +58,12 @@ struct DataDirCopy {
   std::string dest_db;   // its registry file (usually <dest_dir>/registry.db); must not exist
   bool dest_must_be_empty = true;  // ALREADY_EXISTS when dest_dir's artifacts/ or sources/ hold files (once an
                                    // interrupted copy's own are removed)
+  // An earlier copy's data dir (an incremental backup, as rsync --link-dest):
+  // a file whose bytes it already holds at the same place — a packed file
+  // whose SHA256SUMS line, or an original whose registered SHA-256, its
+  // file there matches, hashed there — is hard-linked from it, not copied.
+  // A link the file system refuses (another one: EXDEV) is a copy. "": copy all.
+  std::string link_dest;
   std::string action;    // the audit row's action in the copy: "backup" or "restore"
   std::string detail;    // and its detail ("from /var/lib/mms")
   std::string actor;     // recorded in the audit row ("" = $MMS_ACTOR, $USER)
@@ -73,6 +79,9 @@ struct DataDirCopyReport {
   int packed_dirs = 0;    // packed dirs copied
   int source_files = 0;   // original artifacts (and adapter configs) copied
   uint64_t bytes = 0;     // bytes copied, all files
+  int linked_files = 0;   // files hard-linked from link_dest instead, and their bytes
+  uint64_t linked_bytes = 0;
+  bool link_cross_device = false;  // link_dest is on another file system: copied
   int snapshots = 0;      // registry snapshots taken (more than 1: writers were busy)
   // Versions whose original artifact could not be copied (gone, or changed
   // since registration): they serve from their packed files, but repack and

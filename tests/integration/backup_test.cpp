@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -283,6 +284,59 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
     CHECK(fs::exists(marker));
     ::close(fd);
   }
+}
+
+TEST_CASE("an incremental backup links what the earlier one holds, and stands alone once that is gone") {
+  TempDir work;
+  const std::string tiny = Own(work, "tiny.pt"), tiny2 = Own(work, "tiny_v2.pt");
+  const std::string input = TestDataDir() + "/tiny_input.json";
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "1", "--path", tiny, "--sample-input", input})
+              .exit_code == 0);
+  auto full = d.Mms({"--json", "backup", work / "b1"});
+  REQUIRE_MESSAGE(full.exit_code == 0, full.err);
+  REQUIRE(d.Mms({"-q", "model", "register", "tiny", "--version", "2", "--path", tiny2}).exit_code == 0);
+  const json served = Outputs(d.Mms({"--json", "predict", "tiny:1", "--input", input}));
+
+  // Refused, nothing written: no backup there (4); the data dir itself (2).
+  auto missing = d.Mms({"backup", work / "b2", "--link-dest", work / "nothing"});
+  CHECK(missing.exit_code == 4);
+  CHECK(missing.err.find("--link-dest names an earlier backup") != std::string::npos);
+  auto live = d.Mms({"backup", work / "b2", "--link-dest", d.data_dir()});
+  CHECK(live.exit_code == 2);
+  CHECK(live.err.find("is the data dir itself") != std::string::npos);
+  CHECK_FALSE(fs::exists(work / "b2"));
+
+  auto inc = d.Mms({"--json", "backup", work / "b2", "--link-dest", work / "b1"});
+  REQUIRE_MESSAGE(inc.exit_code == 0, inc.err);
+  const json r = json::parse(inc.out);
+  // tiny:1's packed weights, module and sample, and its original: linked.
+  CHECK(r["linked_files"] == 4);
+  CHECK(r["versions"] == 2);
+  const std::string w1 = PackedWeights(work / "b1", "tiny", "1"), w2 = PackedWeights(work / "b2", "tiny", "1");
+  CHECK(r["linked_bytes"].get<uint64_t>() > fs::file_size(w1) + fs::file_size(tiny));
+  CHECK(fs::hard_link_count(w2) == 2);
+  CHECK(fs::equivalent(w1, w2));
+  // On another file system (where this machine has one: /dev/shm) nothing
+  // can be linked: copied, and said.
+  struct stat shm {}, here {};
+  if (::stat("/dev/shm", &shm) == 0 && ::stat(work.path().c_str(), &here) == 0 && shm.st_dev != here.st_dev &&
+      ::access("/dev/shm", W_OK) == 0) {
+    char tmpl[] = "/dev/shm/mms-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    auto across = d.Mms({"--json", "backup", std::string(tmpl) + "/b", "--link-dest", work / "b1"});
+    fs::remove_all(tmpl);
+    CHECK_MESSAGE(across.exit_code == 0, across.err);
+    CHECK(json::parse(across.out)["linked_files"] == 0);
+    CHECK(across.err.find("on another file system") != std::string::npos);
+  }
+  // The earlier backup deleted: the incremental one verifies, restores and serves the same.
+  fs::remove_all(work / "b1");
+  auto verify = MmsAt(work / "b2", work / "none.sock", {"model", "verify"});
+  CHECK_MESSAGE(verify.exit_code == 0, verify.out << verify.err);
+  REQUIRE(MmsAt(work / "r", work / "none.sock", {"-q", "restore", work / "b2"}).exit_code == 0);
+  CHECK(ServedOutputs(work / "r", "tiny:1", input) == served);
 }
 
 TEST_CASE("a backup moved elsewhere is verified, served and restored from where it is") {

@@ -4,6 +4,9 @@
 // tests/integration/backup_test.cpp.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -47,7 +50,7 @@ struct Source {
     REQUIRE(r.ok());
     reg = std::move(r).value();
   }
-  VersionRecord Add(const std::string& model, const std::string& version, bool packed = true) {
+  VersionRecord Add(const std::string& model, const std::string& version, bool packed = true, bool sums = false) {
     const std::string original = dir / ("models/" + model + "-" + version + ".pt");
     Write(original, "module " + model + ":" + version);
     NewVersion v;
@@ -62,6 +65,12 @@ struct Source {
       Write(v.packed_dir + "/module.pt", "weightless " + model + ":" + version);
       Write(v.packed_dir + "/sample.json", "{}");
       v.sample_input = v.packed_dir + "/sample.json";
+      if (sums) {  // as registration writes it (sha256sum(1)'s format)
+        std::string text;
+        for (const char* f : {"weights.safetensors", "module.pt", "sample.json"})
+          text += *Sha256File(v.packed_dir + "/" + f) + "  " + f + "\n";
+        Write(v.packed_dir + "/SHA256SUMS", text);
+      }
     }
     auto r = reg->Register(v);
     REQUIRE(r.ok());
@@ -167,6 +176,70 @@ TEST_CASE("a copy of a data dir names its own copies of every file, with the reg
     CHECK(Slurp(v.artifact_path) == "module " + v.ref());
     if (!v.packed_dir.empty()) CHECK(Slurp(v.packed_dir + "/module.pt") == "weightless " + v.ref());
   }
+}
+
+TEST_CASE("an incremental copy links what an earlier copy holds unchanged, and copies the rest") {
+  Source s;
+  auto r1 = s.Add("rec", "1", true, /*sums=*/true);
+  auto r2 = s.Add("rec", "2", true, /*sums=*/true);
+  s.Add("legacy", "1", true, /*sums=*/false);  // packed before SHA256SUMS: nothing to check a link against
+  const std::string b1 = s.dir / "b1";
+  auto first = CopyDataDir(s.To(b1));
+  REQUIRE_MESSAGE(first.ok(), first.status().ToString());
+  CHECK(first->linked_files == 0);
+  auto r3 = s.Add("rec", "3", true, /*sums=*/true);  // registered since
+  // Damage in the earlier copy: rec:2's weights, same size, other bytes.
+  std::string weights2 = b1 + "/artifacts/rec/2-abc/weights.safetensors";
+  std::string text = Slurp(weights2);
+  text.back() ^= 1;
+  REQUIRE(::unlink(weights2.c_str()) == 0);
+  Write(weights2, text);
+
+  const std::string b2 = s.dir / "b2";
+  DataDirCopy c = s.To(b2);
+  c.link_dest = b1;
+  auto rep = CopyDataDir(c);
+  REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  CHECK(rep->problems.empty());
+  CHECK_FALSE(rep->link_cross_device);
+  auto inode = [](const std::string& path) {
+    struct stat st {};
+    CHECK(::stat(path.c_str(), &st) == 0);
+    return st.st_ino;
+  };
+  auto same_file = [&](const std::string& rel) { return inode(b1 + "/" + rel) == inode(b2 + "/" + rel); };
+  // Linked: rec:1's packed files and original, rec:2's but the damaged weights.
+  for (const char* f : {"weights.safetensors", "module.pt", "sample.json"}) {
+    INFO(f);
+    CHECK(same_file(std::string("artifacts/rec/1-abc/") + f));
+    CHECK(same_file(std::string("artifacts/rec/2-abc/") + f) == (std::string(f) != "weights.safetensors"));
+  }
+  CHECK(same_file("sources/rec/1/rec-1.pt"));
+  CHECK(same_file("sources/rec/2/rec-2.pt"));
+  CHECK(same_file("sources/legacy/1/legacy-1.pt"));  // (an original is checked by its registered SHA-256)
+  CHECK(rep->linked_files == 4 + 3 + 1);
+  // Copied: the damaged file (the copy holds the registered bytes), SHA256SUMS, what nothing checks.
+  CHECK(Slurp(b2 + "/artifacts/rec/2-abc/weights.safetensors") == "weights rec:2");
+  CHECK_FALSE(same_file("artifacts/rec/1-abc/SHA256SUMS"));
+  CHECK_FALSE(same_file("artifacts/legacy/1-abc/weights.safetensors"));
+  CHECK(FileExists(b2 + "/artifacts/rec/3-abc/weights.safetensors"));
+  CHECK(FileExists(b2 + "/sources/rec/3/rec-3.pt"));
+  // The copy is whole on its own: every version's files, as the first copy's.
+  auto copy = OpenCopy(b2 + "/registry.db");
+  auto all = copy->List();
+  REQUIRE(all.ok());
+  REQUIRE(all->size() == 4);
+  for (const VersionRecord& v : *all) {
+    INFO(v.ref());
+    CHECK(v.packed_dir.rfind(b2 + "/", 0) == 0);
+    CHECK(*Sha256File(v.artifact_path) == v.sha256);
+    CHECK(Slurp(v.packed_dir + "/module.pt") == "weightless " + v.ref());
+  }
+  // The earlier copy removed: the linked one keeps its files.
+  std::filesystem::remove_all(b1);
+  CHECK(Slurp(b2 + "/artifacts/rec/1-abc/weights.safetensors") == "weights rec:1");
+  CHECK(Slurp(b2 + "/sources/rec/1/rec-1.pt") == "module rec:1");
+  (void)r1, (void)r2, (void)r3;
 }
 
 TEST_CASE("a version removed while its files are copied: a new snapshot, and the copy holds one commit") {
