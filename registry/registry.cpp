@@ -839,9 +839,10 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
       "AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.model_id = models.id) "
       "AND NOT EXISTS (SELECT 1 FROM experiments e WHERE e.model_id = models.id) "
       "AND NOT EXISTS (SELECT 1 FROM shadows s WHERE s.model_id = models.id)"));
-  // Its rate limit goes with its last version (whether or not the model's
-  // row stays for its experiments' history or a pin by name): a later model
-  // of that name starts without the old one's limit.
+  // Its rate limit and pins by name go with its last version (the model's
+  // row may stay for its experiments' history): a later model of that name
+  // starts without the old one's limit, and is not pinned by a pin meant
+  // for the old one.
   int64_t versions_left = 1;
   {
     MMS_ASSIGN_OR_RETURN(auto left, db_->Prepare("SELECT COUNT(*) FROM versions v JOIN models m ON m.id = v.model_id "
@@ -857,6 +858,12 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
     if (db_->Changes() > 0)
       MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", rec.model, rec.version, "", "",
                                       "model " + rec.model + " (its last version was removed)"));
+    MMS_ASSIGN_OR_RETURN(auto pins, db_->Prepare("DELETE FROM pins WHERE version_id IS NULL AND model_id = "
+                                                 "(SELECT id FROM models WHERE name = ?)"));
+    pins.Bind(1, rec.model);
+    MMS_RETURN_IF_ERROR(pins.Run());
+    if (db_->Changes() > 0)
+      MMS_RETURN_IF_ERROR(AuditLocked("unpin", rec.model, "", "pinned", "", "its last version was removed"));
   }
   gc.Bind(1, rec.model);
   MMS_RETURN_IF_ERROR(gc.Run());

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/paths.h"
 #include "core/units.h"
+#include "registry/names.h"
 
 namespace mms {
 namespace {
@@ -220,6 +221,24 @@ Spec BytesOrAuto(std::string table, std::string key, uint64_t lo, uint64_t hi, s
 constexpr int64_t kMs = 1'000'000;
 constexpr int64_t kSec = 1'000'000'000;
 
+// A list whose every entry must pass `check` (a reference, a model name):
+// one that can never name a version is an error here, not a warning at run
+// time.
+template <class Get, class Check>
+Spec CheckedList(std::string table, std::string key, std::string doc, Get get, Check check) {
+  Spec s = StringList(std::move(table), std::move(key), std::move(doc), get);
+  Apply list = s.apply;
+  s.apply = [list, get, check](Config& c, const toml::node& n) -> Status {
+    MMS_RETURN_IF_ERROR(list(c, n));
+    for (const std::string& v : get(c))
+      if (Status st = check(v); !st.ok()) return InvalidArgument("\"" + v + "\": " + st.message());
+    return Status::Ok();
+  };
+  return s;
+}
+Status CheckRef(const std::string& v) { return ParseRef(v).status(); }
+Status CheckModelName(const std::string& v) { return ValidateName(v); }
+
 // [pool] devices: "auto" or a list of device names.
 Spec DevicesSpec() {
   auto get = [](Config& c) -> std::vector<std::string>& { return c.pool.devices; };
@@ -350,8 +369,8 @@ const std::vector<Spec>& Specs() {
                   "Bytes of the host tier (pinned when a GPU is used); auto: half of available RAM, at least the "
                   "device budgets.",
                   [](Config& c) -> uint64_t& { return c.pool.host_budget; }),
-      StringList("pool", "pinned", "Versions kept on a device and never evicted, besides those pinned with mms pin.",
-                 [](Config& c) -> std::vector<std::string>& { return c.pool.pinned; }),
+      CheckedList("pool", "pinned", "Versions kept on a device and never evicted, besides those pinned with mms pin.",
+                  [](Config& c) -> std::vector<std::string>& { return c.pool.pinned; }, CheckRef),
       String("pool", "policy", "adaptive", "Eviction policy of every tier (see mms.toml(5) for how they differ).",
              [](Config& c) -> std::string& { return c.pool.policy; }, {"adaptive", "lrfu", "lru"}),
       Double("pool", "policy_half_life", 350, 1, 1e9,
@@ -395,10 +414,10 @@ const std::vector<Spec>& Specs() {
       Double("scheduler", "high_priority_sla_ms", 100, 0, 1e9,
              "Versions registered with an SLA p99 at or below this run in the high priority class.",
              [](Config& c) -> double& { return c.scheduler.high_priority_sla_ms; }),
-      StringList("scheduler", "high_priority", "Models always in the high priority class.",
-                 [](Config& c) -> std::vector<std::string>& { return c.scheduler.high_priority; }),
-      StringList("scheduler", "low_priority", "Models always in the low priority class.",
-                 [](Config& c) -> std::vector<std::string>& { return c.scheduler.low_priority; }),
+      CheckedList("scheduler", "high_priority", "Models always in the high priority class.",
+                  [](Config& c) -> std::vector<std::string>& { return c.scheduler.high_priority; }, CheckModelName),
+      CheckedList("scheduler", "low_priority", "Models always in the low priority class.",
+                  [](Config& c) -> std::vector<std::string>& { return c.scheduler.low_priority; }, CheckModelName),
       Int("scheduler", "starvation_interval", 8, 1, 1000,
           "Every Nth dispatch serves the oldest request of any class, so lower classes are never starved.",
           [](Config& c) -> int& { return c.scheduler.starvation_interval; }),

@@ -73,6 +73,14 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[scheduler]\nhigh_priority = [\"a\", \"b\"]\nlow_priority = [\"b\"]\n") ==
         "mms.toml: [scheduler] 'b' is in both high_priority and low_priority; keep it in one of them");
   CHECK(ParseConfig("[daemon]\ncontexts = 0\n", "x").status().code() == Code::kInvalidArgument);
+  // Entries that can never name a model: refused with the file, not a warning at run time.
+  CHECK(err("[pool]\npinned = [\"rec\", \"Bad Name\"]\n").find("mms.toml:2: [pool] pinned: \"Bad Name\": invalid model name") ==
+        0);
+  CHECK(err("[pool]\npinned = [\"rec:01\"]\n").find("mms.toml:2: [pool] pinned: \"rec:01\": ") == 0);
+  CHECK(err("[scheduler]\nlow_priority = [\"rec:1\"]\n").find("[scheduler] low_priority: \"rec:1\": invalid model name") !=
+        std::string::npos);
+  CHECK(ParseConfig("[pool]\npinned = [\"rec\", \"rec:3\", \"rec@champion\"]\n[scheduler]\nhigh_priority = [\"a.b-c_1\"]\n", "x")
+            .ok());
 }
 
 // Every documented default must be what the code actually uses: apply each

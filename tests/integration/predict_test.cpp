@@ -509,14 +509,24 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
   CHECK(json::parse(d.Mms({"--json", "pin", "rec:1"}).out)["on_device"] == false);
   REQUIRE(d.Restart());
   CHECK(WaitFor([&] { return FindModel(Pool(d), "rec:1")["tier"] == "device"; }, 20));
-  // The pinned model removed (as by a concurrent pipeline): unpinning it still succeeds,
-  // with the daemon running and without, and says so (it used to exit 4 after unpinning).
-  REQUIRE(d.Mms({"pin", "rec"}).exit_code == 0);  // by name: a pin that outlives its versions
-  REQUIRE(d.Mms({"model", "rm", "rec:1", "--force"}).exit_code == 0);
+  // A pin by name follows the model's versions: the production one removed,
+  // it pins the next, and unpinning it succeeds with the daemon running
+  // (it used to exit 4 after unpinning, when the name resolved to nothing).
+  REQUIRE(d.Mms({"-q", "model", "register", "rec", "--version", "2", "--path", TestDataDir() + "/rec.pt"}).exit_code == 0);
+  REQUIRE(d.Mms({"pin", "rec"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "rm", "rec:2", "--force"}).exit_code == 0);
   auto unpin = d.Mms({"--json", "unpin", "rec"});
   CHECK_MESSAGE(unpin.exit_code == 0, unpin.err);
   CHECK(json::parse(unpin.out)["pinned"] == false);
   CHECK(d.Mms({"unpin", "rec"}).exit_code == 4);  // no pin left: not found, as before
+  // The model's last version removed: its pin by name goes with it (a model
+  // registered later under the name is not pinned by it), audited.
+  REQUIRE(d.Mms({"pin", "rec"}).exit_code == 0);
+  REQUIRE(d.Mms({"model", "rm", "rec:1", "--force"}).exit_code == 0);
+  CHECK(d.Mms({"unpin", "rec"}).exit_code == 4);
+  CHECK(d.Mms({"model", "history", "rec"}).out.find("its last version was removed") != std::string::npos);
+  REQUIRE(d.Mms({"-q", "model", "register", "rec", "--version", "1", "--path", TestDataDir() + "/rec.pt"}).exit_code == 0);
+  CHECK(d.Mms({"unpin", "rec"}).exit_code == 4);  // the new rec is not pinned
 }
 
 TEST_CASE("when nothing can be evicted the request fails at once naming what holds the memory") {

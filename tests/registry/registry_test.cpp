@@ -317,7 +317,7 @@ TEST_CASE("rm is refused while pinned or in production, unless forced, labels an
   CHECK(f.reg->GetShadow("rec")->state == "stopped");
 }
 
-TEST_CASE("a model's rate limit goes with its last version, audited, a tenant's and other models' stay") {
+TEST_CASE("a model's rate limit and pin by name go with its last version, audited, others stay") {
   Fixture f;
   f.Add("rec", "1");
   f.Add("rec", "2");
@@ -334,18 +334,26 @@ TEST_CASE("a model's rate limit goes with its last version, audited, a tenant's 
   };
   REQUIRE(f.reg->Remove(*ParseRef("rec:1"), false).ok());
   CHECK(keys() == std::vector<std::string>{"model other", "model rec", "tenant rec"});  // rec:2 is left
-  // A pin by name keeps the model's row (as its experiments' history would):
-  // the limit goes all the same.
+  // Its pin by name goes too (a later, unrelated model of that name was
+  // pinned by it, silently); another model's stays.
   REQUIRE(f.reg->AddPin(*ParseRef("rec")).ok());
+  REQUIRE(f.reg->AddPin(*ParseRef("other")).ok());
   REQUIRE(f.reg->Remove(*ParseRef("rec:2"), true).ok());
   CHECK(keys() == std::vector<std::string>{"model other", "tenant rec"});
   auto h = f.reg->History(*ParseRef("rec"));
   REQUIRE(h.ok());
-  CHECK((*h)[h->size() - 2].action == "limit-rm");
-  CHECK((*h)[h->size() - 2].detail.find("its last version was removed") != std::string::npos);
-  // A new model of that name starts without the old limit.
+  REQUIRE(h->size() >= 3);
+  CHECK((*h)[h->size() - 3].action == "limit-rm");
+  CHECK((*h)[h->size() - 3].detail.find("its last version was removed") != std::string::npos);
+  CHECK((*h)[h->size() - 2].action == "unpin");
+  CHECK((*h)[h->size() - 2].detail == "its last version was removed");
+  // A new model of that name starts without the old limit or pin.
   f.Add("rec", "1");
   CHECK(keys() == std::vector<std::string>{"model other", "tenant rec"});
+  auto pins = f.reg->Pins();
+  REQUIRE(pins.ok());
+  REQUIRE(pins->size() == 1);
+  CHECK(pins->front().model == "other");
 }
 
 TEST_CASE("the audit log is append-only") {
