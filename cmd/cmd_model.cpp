@@ -135,6 +135,7 @@ struct RegisterArgs {
   std::vector<std::string> labels;
   int max_batch_size = 0;
   int64_t max_queue_delay_us = 0;
+  bool has_max_batch_size = true, has_max_queue_delay = true;  // given (a rerun compares only what is given)
   // A rerun with other settings than recorded is refused (model register);
   // import derives them from the repository (falling back to unbatched) and
   // compares the weights only.
@@ -293,8 +294,9 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
       if (!a.description.empty() && a.description != existing.description) differ.push_back("--description");
       if (!a.fingerprint.empty() && a.fingerprint != existing.data_fingerprint) differ.push_back("--data-fingerprint");
       if (a.has_sla && (!existing.sla_p99_ms || *existing.sla_p99_ms != a.sla_p99_ms)) differ.push_back("--sla-p99-ms");
-      if (a.max_batch_size != existing.max_batch_size) differ.push_back("--max-batch-size");
-      if (a.max_queue_delay_us != existing.max_queue_delay_us) differ.push_back("--max-queue-delay-us");
+      if (a.has_max_batch_size && a.max_batch_size != existing.max_batch_size) differ.push_back("--max-batch-size");
+      if (a.has_max_queue_delay && a.max_queue_delay_us != existing.max_queue_delay_us)
+        differ.push_back("--max-queue-delay-us");
       if (!a.sample_input.empty() && (existing.sample_input.empty() || !same_file(a.sample_input, existing.sample_input)))
         differ.push_back("--sample-input");
       if (!a.metrics_file.empty() && v.metrics != existing.metrics) differ.push_back("--metrics");
@@ -1171,14 +1173,17 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
                   ->check(DecimalNumber());
   reg->add_option("--label", a->labels, "key=value (repeatable)");
   reg->add_option("--sample-input", a->sample_input, "tensor file (JSON or safetensors) used for warm-up");
-  reg->add_option("--max-batch-size", a->max_batch_size,
-                  "enable dynamic batching up to N rows (0 = off; checked with --sample-input)")
-      ->check(WholeNumber());
-  reg->add_option("--max-queue-delay-us", a->max_queue_delay_us,
-                  "batching: how long a batch may wait for more requests (default [scheduler] max_queue_delay)")
-      ->check(WholeNumber());
-  reg->callback([&cli, a, sla] {
+  auto* batch = reg->add_option("--max-batch-size", a->max_batch_size,
+                                 "enable dynamic batching up to N rows (0 = off; checked with --sample-input)")
+                     ->check(WholeNumber());
+  auto* delay = reg->add_option("--max-queue-delay-us", a->max_queue_delay_us,
+                                "batching: how long a batch may wait for more requests (default [scheduler] "
+                                "max_queue_delay)")
+                     ->check(WholeNumber());
+  reg->callback([&cli, a, sla, batch, delay] {
     a->has_sla = sla->count() > 0;
+    a->has_max_batch_size = batch->count() > 0;
+    a->has_max_queue_delay = delay->count() > 0;
     cli.exit_code = CmdRegister(cli, *a);
   });
 

@@ -291,6 +291,24 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
   auto text = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")});
   CHECK(text.exit_code == 0);
   CHECK_MESSAGE(text.out.find("tiny:1 is already registered with these weights") != std::string::npos, text.out);
+  // Batching registered: a rerun that leaves its flags out is the same run
+  // (settings left out are not settings changed), one that gives others is not.
+  const std::vector<std::string> batched{"model", "register", "tinyb", "--version", "1", "--path", mms.Data("tiny.pt"),
+                                         "--sample-input", mms.Data("tiny_input.json")};
+  auto with = batched;
+  with.insert(with.end(), {"--max-batch-size", "4", "--max-queue-delay-us", "500"});
+  REQUIRE(mms(with).exit_code == 0);
+  auto without = mms(batched);
+  CHECK_MESSAGE(without.exit_code == 0, without.err);
+  CHECK(without.out.find("already registered with these weights") != std::string::npos);
+  auto other_delay = batched;
+  other_delay.insert(other_delay.end(), {"--max-batch-size", "4", "--max-queue-delay-us", "900"});
+  auto refused = mms(other_delay);
+  CHECK(refused.exit_code == 6);
+  CHECK_MESSAGE(refused.err.find("other settings (--max-queue-delay-us)") != std::string::npos, refused.err);
+  auto unbatched = batched;
+  unbatched.insert(unbatched.end(), {"--max-batch-size", "0"});
+  CHECK(mms(unbatched).exit_code == 6);  // 0 given: "off", which differs
   auto history = mms({"--json", "model", "history", "tiny"});
   CHECK(json::parse(history.out).size() == 1);  // one registration, nothing written by the reruns
   // The same weights under a new version: registered, with a note (a canary between them compares nothing).
