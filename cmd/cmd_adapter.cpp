@@ -66,13 +66,42 @@ Result<LoraBase> BaseOf(const VersionRecord& base) {
   return ReadLoraBase(base.ref(), JoinPath(base.packed_dir, "weights.safetensors"), stacked);
 }
 
-Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs& a) {
+// The same adapter registered already (a CI job run again): the same weights
+// and config on the same base, and no setting given now that differs.
+// `version`: the one asked for ("" = any version of the adapter).
+// Returns it, or NOT_FOUND when there is none; ALREADY_EXISTS when `version`
+// is taken by something else, saying what differs.
+Result<VersionRecord> SameRun(Registry& reg, const AdapterArgs& a, const NewVersion& v, const std::string& version) {
+  auto all = reg.List(a.name);
+  if (!all.ok()) return NotFound("no such adapter");
+  for (const VersionRecord& e : *all) {
+    if (!version.empty() && e.version != version) continue;
+    std::vector<std::string> differ;
+    if (e.sha256 != v.sha256) differ.push_back("weights (sha256 " + e.sha256.substr(0, 12) + ", this one " +
+                                               v.sha256.substr(0, 12) + ")");
+    if (e.base_id != v.base_id) differ.push_back("base (" + (e.base_ref.empty() ? "none" : e.base_ref) + ")");
+    if (e.sha256 == v.sha256 && e.lora != v.lora) differ.push_back("adapter_config.json");
+    if (!a.description.empty() && a.description != e.description) differ.push_back("--description");
+    for (const auto& [key, value] : v.labels)
+      if (auto it = e.labels.find(key); it == e.labels.end() || it->second != value) {
+        differ.push_back("--label " + key);
+        break;
+      }
+    if (differ.empty()) return e;
+    if (version.empty()) continue;
+    std::string list;
+    for (const auto& d : differ) list += (list.empty() ? "" : ", ") + d;
+    return AlreadyExists(a.name + ":" + version + " is already registered (by " + e.created_by + ") and differs in its " +
+                         list + ": register a new version number (or leave out --version for the next one)");
+  }
+  return NotFound("not registered");
+}
+
+// *unchanged: the same adapter was registered already (SameRun): nothing written.
+Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs& a, bool* unchanged) {
+  *unchanged = false;
   MMS_RETURN_IF_ERROR(ValidateName(a.name));
-  std::string version = a.version.empty() ? NextVersion(reg, a.name) : a.version;
-  MMS_RETURN_IF_ERROR(ValidateVersion(version));
-  if (auto existing = reg.Resolve(Ref{Ref::Kind::kVersion, a.name, version, ""}); existing.ok())
-    return AlreadyExists(a.name + ":" + version + " is already registered (sha256 " + existing->sha256.substr(0, 12) +
-                         ", by " + existing->created_by + "); register a new version number");
+  if (!a.version.empty()) MMS_RETURN_IF_ERROR(ValidateVersion(a.version));
   MMS_ASSIGN_OR_RETURN(VersionRecord base, reg.Resolve(a.base));
   if (base.is_adapter())
     return InvalidArgument(base.ref() + " is itself an adapter (of " + base.base_ref + "); --base names a model version");
@@ -84,7 +113,6 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
 
   NewVersion v;
   v.model = a.name;
-  v.version = version;
   v.artifact_path = checked.weights_path;
   v.size_bytes = std::filesystem::file_size(checked.weights_path);
   MMS_ASSIGN_OR_RETURN(v.sha256, Sha256File(checked.weights_path));
@@ -98,7 +126,12 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   v.inputs = base.inputs;  // served through the base: the same inputs
   v.base_id = base.id;
   v.lora = checked.info.ToJson();
-  MMS_ASSIGN_OR_RETURN(v.packed_dir, PackAdapter(cli, checked, *dir, a.name, version, v.sha256, ""));
+  if (auto same = SameRun(reg, a, v, a.version); same.ok() || same.status().code() != Code::kNotFound) {
+    *unchanged = same.ok();
+    return same;
+  }
+  v.version = a.version.empty() ? NextVersion(reg, a.name) : a.version;
+  MMS_ASSIGN_OR_RETURN(v.packed_dir, PackAdapter(cli, checked, *dir, a.name, v.version, v.sha256, ""));
   return RegisterPublished(reg, v);
 }
 
@@ -112,14 +145,23 @@ std::string Targets(const VersionRecord& r) {
 int CmdRegister(Cli& cli, const AdapterArgs& a) {
   auto reg = cli.OpenRegistry(/*create=*/true);
   if (!reg.ok()) return cli.Fail(reg.status());
-  auto rec = RegisterAdapter(cli, **reg, a);
+  bool unchanged = false;
+  auto rec = RegisterAdapter(cli, **reg, a, &unchanged);
   // No --version: the next number, which a registration running beside this
-  // one may take first; then the number after it.
+  // one may take first; then the number after it (or the same adapter, which
+  // that one registered: unchanged).
   for (int tries = 1; a.version.empty() && tries < 10 && rec.status().code() == Code::kAlreadyExists; ++tries)
-    rec = RegisterAdapter(cli, **reg, a);
+    rec = RegisterAdapter(cli, **reg, a, &unchanged);
   if (!rec.ok()) return cli.Fail(rec.status());
-  cli.NotifyDaemon();
-  cli.Emit(rec->ToJson(), [&] {
+  if (!unchanged) cli.NotifyDaemon();
+  nlohmann::json j = rec->ToJson();
+  j["unchanged"] = unchanged;
+  cli.Emit(j, [&] {
+    if (unchanged) {
+      std::cout << "adapter " << rec->ref() << " is already registered with these weights on " << rec->base_ref
+                << " (unchanged)\n";
+      return;
+    }
     std::cout << "registered adapter " << rec->ref() << " on " << rec->base_ref << " (rank "
               << rec->lora.value("rank", 0) << ", " << Targets(*rec) << ", " << FormatBytes(rec->device_bytes) << ")\n";
   });

@@ -80,10 +80,28 @@ TEST_CASE("adapters: register, list, show and remove, the base cannot go while a
   Bases(d);
   Mms(d, {"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1"), "--description", "tenant a"});
   Mms(d, {"adapter", "register", "cust-a", "--base", "base:1", "--path", Data("adapters/a2")});  // version 2
-  // The same NAME:VERSION again is refused (exit 6) and leaves the registered files alone.
-  auto dup = d.Mms({"adapter", "register", "cust-a", "--version", "1", "--base", "base", "--path", Data("adapters/a1")});
+  // The same adapter again (a CI job run again), with its version or without:
+  // no error, nothing written (a new version each time, or exit 6, before).
+  for (const std::vector<std::string>& version : {std::vector<std::string>{"--version", "1"}, {}}) {
+    std::vector<std::string> args{"--json", "adapter", "register", "cust-a", "--base", "base", "--path",
+                                  Data("adapters/a1")};
+    args.insert(args.end(), version.begin(), version.end());
+    auto again = d.Mms(args);
+    REQUIRE_MESSAGE(again.exit_code == 0, again.err);
+    CHECK(json::parse(again.out)["unchanged"] == true);
+    CHECK(json::parse(again.out)["ref"] == "cust-a:1");
+  }
+  CHECK(d.Mms({"adapter", "register", "cust-a", "--base", "base", "--path", Data("adapters/a1")}).out.find(
+            "adapter cust-a:1 is already registered with these weights on base:1 (unchanged)") != std::string::npos);
+  // NAME:VERSION taken by other weights, or with another description given: refused (exit 6), files left alone.
+  auto dup = d.Mms({"adapter", "register", "cust-a", "--version", "1", "--base", "base", "--path", Data("adapters/a2")});
   CHECK(dup.exit_code == 6);
-  CHECK(dup.err.find("cust-a:1 is already registered") != std::string::npos);
+  CHECK_MESSAGE(dup.err.find("cust-a:1 is already registered (by ") != std::string::npos, dup.err);
+  CHECK(dup.err.find("differs in its weights (sha256 ") != std::string::npos);
+  auto desc = d.Mms({"adapter", "register", "cust-a", "--version", "1", "--base", "base", "--path", Data("adapters/a1"),
+                     "--description", "another"});
+  CHECK(desc.exit_code == 6);
+  CHECK_MESSAGE(desc.err.find("differs in its --description") != std::string::npos, desc.err);
   // A name is a model or an adapter, never both: the bare name would switch inputs.
   auto as_model = d.Mms({"model", "register", "cust-a", "--version", "9", "--path", Data("tiny.pt")});
   CHECK(as_model.exit_code == 2);
