@@ -324,8 +324,11 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     // source itself, not removed by a writer meanwhile.
     if (vanished.empty() || audit == last_audit || attempt == kMaxSnapshots) break;
     last_audit = audit;
-    say(std::to_string(vanished.size()) + " packed dirs were removed while being copied (a writer is busy): " +
-        "taking a new snapshot");
+    // (Either a writer removed or repacked them since the snapshot, or they
+    // are missing from the data dir: a new snapshot tells which.)
+    say(std::to_string(vanished.size()) + (vanished.size() == 1 ? " packed dir" : " packed dirs") +
+        " the registry names " + (vanished.size() == 1 ? "was" : "were") +
+        " not found (removed by a writer since, or missing from the data dir): taking a new snapshot to tell which");
   }
 
   // The original artifacts: what repack and verify read. One that cannot be
