@@ -524,6 +524,16 @@ void UseOneIntraOpThreadOnThisThread() {
   if (set) set(1);
 }
 
+// How to repair a version's damaged packed files: repack, from its original
+// artifact while that is there; else only registering its files again can.
+static std::string RepairHint(const Loader::Source& src) {
+  const std::string verify = "mms model verify " + src.ref + " checks it; ";
+  if (src.packed_dir.empty() || FileExists(src.artifact_path))
+    return verify + "mms model repack " + src.ref + " writes it anew from the original artifact";
+  return verify + "its original artifact " + src.artifact_path +
+         " is gone too, so it cannot be repacked: register the model's files again as a new version";
+}
+
 Status TorchLoader::Precheck(const Source& src, uint64_t bytes) {
   if (src.packed_dir.empty()) return Status::Ok();
   const std::string path = JoinPath(src.packed_dir, kPackedWeightsFile);
@@ -539,8 +549,7 @@ Status TorchLoader::Precheck(const Source& src, uint64_t bytes) {
   if (read_ok && header <= size && size - 8 - std::min(header, size - 8) >= bytes) return Status::Ok();
   return Corrupt("the stored artifact of " + src.ref + " is damaged: " + path + " is truncated (" +
                  std::to_string(size) + " bytes; its header and " + std::to_string(bytes) +
-                 " bytes of weights need more). mms model verify " + src.ref + " checks it; mms model repack " + src.ref +
-                 " writes it anew from the original artifact");
+                 " bytes of weights need more). " + RepairHint(src));
 }
 
 Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& alloc) {
@@ -553,9 +562,8 @@ Result<HostModel> TorchLoader::Load(const Source& src, const HostAllocator& allo
   // files were damaged since.
   if (!r.ok() && (r.status().code() == Code::kInvalidArgument || r.status().code() == Code::kNotFound ||
                   r.status().code() == Code::kCorrupt))
-    return Corrupt("the stored artifact of " + src.ref + " is damaged: " + r.status().message() +
-                   " (mms model verify " + src.ref + " checks it; mms model repack " + src.ref +
-                   " writes it anew from the original artifact)");
+    return Corrupt("the stored artifact of " + src.ref + " is damaged: " + r.status().message() + " (" +
+                   RepairHint(src) + ")");
   return r;
 }
 

@@ -197,6 +197,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
       if (v["model"] == "gone") std::filesystem::remove_all(e.path());  // not loaded from the original instead
     }
   }
+  std::filesystem::remove(d.dir() + "/gone.pt");  // and its original too: nothing to repack from
   std::ofstream(d.dir() + "/neg.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [-1, 2, 3, 4]}})";
   std::ofstream(d.dir() + "/ragged.json") << R"({"x": {"dtype": "float32", "shape": [2, 2], "data": [[1, 2, 3], [4]]}})";
   std::ofstream(d.dir() + "/range.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [1e39, 2, 3, 4]}})";
@@ -221,6 +222,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   };
   std::vector<Case> cases{
       {"corrupt", Data("rec_input.json"), 1, "the stored artifact of corrupt:1 is damaged"},
+      {"corrupt", Data("rec_input.json"), 1, "mms model repack corrupt:1 writes it anew from the original artifact"},
       {"trunc", Data("rec_input.json"), 1, "truncated"},
       {"flipped", Data("rec_input.json"), 1, "weights.safetensors does not match the checksum it was written with"},
       {"modchanged", Data("rec_input.json"), 1, "module.pt does not match the checksum it was written with"},
@@ -284,6 +286,11 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   CHECK(gone.exit_code == 1);
   CHECK_MESSAGE(gone.err.find("gone:1 is unhealthy: the stored artifact of gone:1 is damaged") != std::string::npos,
                 gone.err);
+  // Its original gone too: repack cannot help, and the message does not send the user there.
+  CHECK_MESSAGE(gone.err.find("is gone too, so it cannot be repacked: register the model's files again") !=
+                    std::string::npos,
+                gone.err);
+  CHECK(gone.err.find("mms model repack gone:1 writes") == std::string::npos);
   CHECK(d.Mms({"health", "tiny"}).exit_code == 0);
   // mms model verify names the changed file of each.
   auto v = d.Mms({"model", "verify", "modchanged"});
