@@ -49,7 +49,8 @@ Result<AttributionStore::Entry*> AttributionStore::Find(const std::string& reque
     return NotFound("unknown request id '" + request_id +
                     "': it was not counted by an experiment (served by none, or while it was paused, or without "
                     "a user in a sticky one: \"counted\": false in its reply), or is older than twice the "
-                    "attribution window, or mmsd was killed since (a clean restart keeps the ids)");
+                    "attribution window, or was served within [experiments] flush_interval of a kill of mmsd (ids are saved "
+                    "at each flush, and all of them at a clean stop)");
   Entry& e = it->second;
   if (now - e.at > opts_.window_ns)
     return FailedPrecondition("request '" + request_id + "' was served " + FormatDurationNanos(now - e.at) +
