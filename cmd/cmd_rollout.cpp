@@ -36,6 +36,12 @@ int CmdShadowStart(Cli& cli, const ShadowArgs& a) {
     auto d = ParseDurationNanos(a.duration);
     if (!d.ok()) return cli.Fail(d.status().WithContext("--duration"));
     duration_ms = *d / 1000000;
+    // 0 is "no end" in the registry: a run asked to last 0s (or under a
+    // millisecond) would have mirrored for ever.
+    if (duration_ms <= 0)
+      return cli.Fail(InvalidArgument("--duration " + a.duration +
+                                      " is no time at all: give how long the run lasts (e.g. 30m), or leave "
+                                      "--duration out for a run that lasts until mms shadow stop"));
   }
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());

@@ -424,6 +424,11 @@ TEST_CASE("shadow refusals") {
   CHECK(d.Mms({"shadow", "start", "nope", "--candidate", "1"}).exit_code == 4);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--ratio", "0"}).exit_code == 2);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--duration", "soon"}).exit_code == 2);
+  for (const char* none : {"0s", "0", "500us"}) {  // no time at all: it was a run with no end
+    auto r = d.Mms({"shadow", "start", "tiny", "--candidate", "2", "--duration", none});
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(r.err.find("is no time at all") != std::string::npos, r.err);
+  }
   REQUIRE(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 0);
   CHECK(d.Mms({"shadow", "start", "tiny", "--candidate", "2"}).exit_code == 6);
   CHECK(d.Mms({"model", "rm", "tiny:2"}).exit_code == 6);  // in use by the shadow
