@@ -444,10 +444,12 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   int64_t tightest = 0;  // the batch's earliest deadline (a probe's verdict)
   for (const auto& j : batch)
     if (j.deadline_ns) tightest = tightest ? std::min(tightest, j.deadline_ns) : j.deadline_ns;
+  const Model* instance = batch.front().handle->model();
   int64_t t0 = opts_.clock->MonoNanos();
   bool unsplit = false, rerun = false;
   auto results = RunBatch(batch, rows, &unsplit, &rerun);
   int64_t t1 = opts_.clock->MonoNanos(), dt = t1 - t0;
+  const bool ok = std::any_of(results.begin(), results.end(), [](const auto& r) { return r.ok(); });
   bool wake = false, wake_all = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -456,14 +458,29 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     // An unsplit or failed batch ran its requests one by one after the batch: not one execution.
     const bool was_unmeasured = Unmeasured(q);
     // A module's first runs are slow (TorchScript profiles and optimizes its
-    // graph on them): the fastest of the first kWarmupMeasures starts the average.
+    // graph on them), a model loaded again's too: during an instance's first
+    // kWarmupMeasures successful executions the estimate only falls, to the
+    // fastest of them, and a failed one is no measure at all (an error in
+    // microseconds says nothing of what a run costs); from then on a moving
+    // average of every execution. A probe's time replaces the estimate.
     if (!unsplit && !rerun) {
       const double t = static_cast<double>(dt);
-      q.exec_ns = !q.measured || probe          ? t
-                  : q.measures < kWarmupMeasures ? std::min(q.exec_ns, t)
-                                                 : 0.8 * q.exec_ns + 0.2 * t;
-      q.measured = true;
-      ++q.measures;
+      if (instance != q.instance) {
+        q.instance = instance;
+        q.measures = 0;
+      }
+      if (probe) {
+        q.exec_ns = t;
+        q.measured = true;
+      } else if (!ok && q.measures < kWarmupMeasures) {
+        // (no measure)
+      } else if (!q.measured) {
+        q.exec_ns = t;
+        q.measured = true;
+      } else {
+        q.exec_ns = q.measures < kWarmupMeasures ? std::min(q.exec_ns, t) : 0.8 * q.exec_ns + 0.2 * t;
+      }
+      if (ok) ++q.measures;
     }
     --q.running;
     // Its backlog waited for this measure while workers went idle: all may take it now.

@@ -88,9 +88,11 @@ class Scheduler {
   static constexpr int64_t kStaleEstimateNs = 1'000'000'000;
   // The longest wait between probes of an estimate that probes keep confirming.
   static constexpr int64_t kMaxStaleEstimateNs = 64'000'000'000;
-  // A version's estimate is the fastest of its first executions this many
-  // (a TorchScript module's first runs profile and optimize its graph, and
-  // take many times as long); from then on a moving average (weight 0.2).
+  // A version's estimate is the fastest of a model instance's first this
+  // many successful executions (a TorchScript module's first runs profile
+  // and optimize its graph, and take many times as long; a model loaded
+  // again is a new instance), never raised by them, and failed executions
+  // meanwhile are no measure; from then on a moving average (weight 0.2).
   static constexpr int kWarmupMeasures = 3;
   // Queued deadlines further off than this get no timer (a worker reaches
   // them first, or drops them when it does).
@@ -170,7 +172,8 @@ class Scheduler {
     int64_t stale_after_ns = kStaleEstimateNs;  // idle this long, the estimate is probed (doubles per missed probe)
     double vtime_ns = 0;                       // execution time used, on its class's virtual clock (fair share)
     bool measured = false;                     // exec_ns holds a measured execution (else no estimate yet)
-    int measures = 0;                          // executions measured (the first kWarmupMeasures: the fastest counts)
+    int measures = 0;                          // successful executions of `instance` measured (kWarmupMeasures)
+    const void* instance = nullptr;            // the model instance measured (one loaded again warms up again)
     int running = 0;                           // its executions in progress
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0, reruns = 0;
     uint64_t executed_inline = 0;              // run on the submitting thread (the idle fast path)

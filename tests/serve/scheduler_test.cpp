@@ -711,20 +711,24 @@ TEST_CASE("scheduler: a new version's estimate starts from the fastest of its fi
   rig.model->slow_clock = &clock;
   Scheduler s(OneWorker(&clock));
   const std::thread::id me = std::this_thread::get_id();
-  auto run = [&](int64_t cost_ns) {  // one request bounded to 250 us on this thread: did it run here?
-    rig.model->slow_ns = cost_ns;
+  // One request on `key` bounded to 250 us on this thread, taking `cost_ns`
+  // ("throw": failing at once) on `on`'s model instance: did it run here?
+  auto run_on = [&](Rig& on, PoolKey key, int64_t cost_ns, const std::string& tag = "x") {
+    on.model->slow_clock = &clock;
+    on.model->slow_ns = cost_ns;
     std::promise<std::thread::id> where;
     std::future<std::thread::id> got = where.get_future();
-    auto j = rig.Job("x", 1, 1, 0, [&](Result<std::vector<Tensor>> r) {
-      CHECK(r.ok());
+    auto j = on.Job(tag, 1, 1, 0, [&](Result<std::vector<Tensor>> r) {
+      CHECK(r.ok() == (tag != "throw"));
       where.set_value(std::this_thread::get_id());
     });
     j.inline_max_ns = 250'000;
-    REQUIRE(s.Submit(1, std::move(j)).ok());
+    REQUIRE(s.Submit(key, std::move(j)).ok());
     REQUIRE(got.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
     return got.get() == me;
   };
-  auto estimate_ms = [&] { return s.Stats()["1"]["exec_ms"].get<double>(); };
+  auto run = [&](int64_t cost_ns) { return run_on(rig, 1, cost_ns); };
+  auto estimate_ms = [&](PoolKey key = 1) { return s.Stats()[std::to_string(key)]["exec_ms"].get<double>(); };
   CHECK_FALSE(run(10'000'000));  // unmeasured: a worker's; its 10 ms is the first measure
   CHECK(estimate_ms() == doctest::Approx(10.0));
   CHECK_FALSE(run(100'000));     // 10 ms estimated: a worker's; 0.1 ms replaces it (not 2.08 ms averaged)
@@ -735,6 +739,29 @@ TEST_CASE("scheduler: a new version's estimate starts from the fastest of its fi
   CHECK(run(1'100'000));
   CHECK(estimate_ms() == doctest::Approx(0.8 * 0.1 + 0.2 * 1.1));
   CHECK_FALSE(run(100'000));  // 0.3 ms now, over the bound
+  const double before = estimate_ms();
+  // The model loaded again (another instance): its slow first runs do not
+  // raise the estimate; from its fourth the average moves again.
+  Rig reloaded;
+  for (int i = 0; i < Scheduler::kWarmupMeasures; ++i) {
+    CHECK_FALSE(run_on(reloaded, 1, 5'000'000));
+    CHECK(estimate_ms() == doctest::Approx(before));
+  }
+  CHECK_FALSE(run_on(reloaded, 1, 5'000'000));
+  CHECK(estimate_ms() == doctest::Approx(0.8 * before + 0.2 * 5.0));
+  // An error in microseconds during the warm-up says nothing of a run's
+  // cost: it does not lower the estimate (it pinned it near 0, and 10 ms
+  // runs went to the receiving thread).
+  CHECK_FALSE(run_on(rig, 2, 10'000'000));
+  CHECK_FALSE(run_on(rig, 2, 0, "throw"));
+  CHECK(estimate_ms(2) == doctest::Approx(10.0));
+  CHECK_FALSE(run_on(rig, 2, 10'000'000));
+  CHECK(estimate_ms(2) == doctest::Approx(10.0));
+  // Nor, coming first, does it measure the version: the next request is
+  // still unmeasured, a worker's (measured at 0 ms, it ran 10 ms here).
+  CHECK_FALSE(run_on(rig, 3, 0, "throw"));
+  CHECK_FALSE(run_on(rig, 3, 10'000'000));
+  CHECK(estimate_ms(3) == doctest::Approx(10.0));
 }
 
 TEST_CASE("scheduler: once a new version is measured, its backlog goes to every free worker at once") {
