@@ -71,15 +71,20 @@ Result<LoraBase> BaseOf(const VersionRecord& base) {
 // `version`: the one asked for ("" = any version of the adapter).
 // Returns it, or NOT_FOUND when there is none; ALREADY_EXISTS when `version`
 // is taken by something else, saying what differs.
-Result<VersionRecord> SameRun(Registry& reg, const AdapterArgs& a, const NewVersion& v, const std::string& version) {
+Result<VersionRecord> SameRun(Registry& reg, const AdapterArgs& a, const NewVersion& v, const std::string& version,
+                              const std::string& base_ref) {
   auto all = reg.List(a.name);
   if (!all.ok()) return NotFound("no such adapter");
   for (const VersionRecord& e : *all) {
     if (!version.empty() && e.version != version) continue;
+    // Without --version, an archived one is not this run's (registering again after archiving makes a new one).
+    if (version.empty() && e.stage == Stage::kArchived) continue;
     std::vector<std::string> differ;
     if (e.sha256 != v.sha256) differ.push_back("weights (sha256 " + e.sha256.substr(0, 12) + ", this one " +
                                                v.sha256.substr(0, 12) + ")");
-    if (e.base_id != v.base_id) differ.push_back("base (" + (e.base_ref.empty() ? "none" : e.base_ref) + ")");
+    if (e.base_id != v.base_id)
+      differ.push_back("base (" + (e.base_ref.empty() ? std::string("none") : e.base_ref) + ", this one " + base_ref +
+                       ")");
     if (e.sha256 == v.sha256 && e.lora != v.lora) differ.push_back("adapter_config.json");
     if (!a.description.empty() && a.description != e.description) differ.push_back("--description");
     for (const auto& [key, value] : v.labels)
@@ -126,7 +131,7 @@ Result<VersionRecord> RegisterAdapter(Cli& cli, Registry& reg, const AdapterArgs
   v.inputs = base.inputs;  // served through the base: the same inputs
   v.base_id = base.id;
   v.lora = checked.info.ToJson();
-  if (auto same = SameRun(reg, a, v, a.version); same.ok() || same.status().code() != Code::kNotFound) {
+  if (auto same = SameRun(reg, a, v, a.version, base.ref()); same.ok() || same.status().code() != Code::kNotFound) {
     *unchanged = same.ok();
     return same;
   }

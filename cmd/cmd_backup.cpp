@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "cli.h"
 #include "core/paths.h"
@@ -64,7 +65,7 @@ std::string Summary(const DataDirCopyReport& r) {
          (r.snapshots > 1 ? ", " + std::to_string(r.snapshots) + " snapshots" : "") + ")";
 }
 
-int CmdBackup(Cli& cli, const std::string& dest_arg, const std::string& link_dest_arg) {
+int CmdBackup(Cli& cli, const std::string& dest_arg, const std::optional<std::string>& link_dest_arg) {
   const std::string dest = AbsolutePath(dest_arg);
   auto data_dir = cli.data_dir();
   if (!data_dir.ok()) return cli.Fail(data_dir.status());
@@ -101,14 +102,20 @@ int CmdBackup(Cli& cli, const std::string& dest_arg, const std::string& link_des
   // finished backup (not the data dir itself, whose files a backup must not
   // share; DEST, new or empty, holds none).
   std::string link_dest;
-  if (!link_dest_arg.empty()) {
-    link_dest = AbsolutePath(link_dest_arg);
+  if (link_dest_arg) {
+    if (link_dest_arg->empty())  // (an unset variable in a script: not "no --link-dest")
+      return cli.Fail(InvalidArgument("--link-dest is empty: name an earlier backup, or leave the option out"));
+    link_dest = AbsolutePath(*link_dest_arg);
     if (!FileExists(JoinPath(link_dest, "registry.db")))
       return cli.Fail(NotFound("no backup at " + link_dest + " (it holds no registry.db): --link-dest names an "
                                "earlier backup, a directory mms backup wrote"));
     if (resolved(link_dest) == resolved(*data_dir) || resolved(link_dest) == resolved(DirName(*src_db)))
       return cli.Fail(InvalidArgument("--link-dest " + link_dest + " is the data dir itself: a backup linked to "
                                       "its files would share them; name an earlier backup"));
+    if (resolved(dest).rfind(resolved(link_dest) + "/", 0) == 0)
+      return cli.Fail(InvalidArgument(dest + " is inside the earlier backup " + link_dest +
+                                      " (its verify --prune would take it for unused files): back up to another "
+                                      "directory"));
   }
   DataDirCopy c;
   c.src_db = *src_db;
@@ -124,9 +131,9 @@ int CmdBackup(Cli& cli, const std::string& dest_arg, const std::string& link_des
   j["backup"] = dest;
   j["registry"] = dest_db;
   if (!link_dest.empty()) j["link_dest"] = link_dest;
-  if (r->link_cross_device)
-    cli.Note("note: " + link_dest + " is on another file system than " + dest +
-             ": files cannot be linked across them, so they were copied");
+  if (!r->link_refused.empty())
+    cli.Note("note: files could not be hard-linked from " + link_dest + " into " + dest + " (" + r->link_refused +
+             "), so they were copied");
   return Finish(cli, j, *r, [&] {
     std::cout << "backed up " << Summary(*r) << " to " << dest << "\n"
               << "check it:   mms --data-dir " << dest << " model verify\n"
@@ -210,7 +217,7 @@ void AddBackupCommands(CLI::App& app, Cli& cli) {
       "backup", "Copy the data dir (the registry, taken online, and every version's files) to a new directory DEST");
   auto dest = std::make_shared<std::string>();
   backup->add_option("DEST", *dest, "a new (or empty) directory; the copy is a data dir of its own")->required();
-  auto link_dest = std::make_shared<std::string>();
+  auto link_dest = std::make_shared<std::optional<std::string>>();
   backup->add_option("--link-dest", *link_dest,
                      "an earlier backup on the same file system: files it holds unchanged (checked by SHA-256) are "
                      "hard-linked from it, not copied");

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -99,33 +100,45 @@ std::map<std::string, std::string> RecordedSums(const std::string& dir) {
 
 // Hard links from an earlier copy (DataDirCopy::link_dest).
 struct Linker {
-  std::string prev;            // the earlier copy's data dir ("": copy everything)
-  bool cross_device = false;   // a link failed with EXDEV: copying from then on
-  int files = 0;               // linked, and their bytes
-  uint64_t bytes = 0;
-  // Makes `to` from `from`: a hard link to `earlier` when that file holds
-  // the bytes whose SHA-256 is `sha256` (same size, then hashed), else a
-  // copy. *copied: the bytes copied (0 when linked); *linked says which.
-  // Errors: CopyFileDurably's (NOT_FOUND when `from` vanished).
+  std::string prev;     // the earlier copy's data dir ("": copy everything)
+  std::string refused;  // why the file system refused a link (EXDEV, EPERM): copying from then on
+  std::map<std::string, uint64_t> made;  // links made, with their bytes (some may be removed since)
+  // Makes `to` from `from`: a hard link to `earlier` when that is a regular
+  // file (not a symlink: the link would be to the symlink) holding the bytes
+  // whose SHA-256 is `sha256` — whatever `from` holds now, or if it is gone
+  // (the bytes registered are what a copy is for) — else a copy.
+  // *copied: the bytes copied (0 when linked); *linked says which. Errors:
+  // CopyFileDurably's (NOT_FOUND when `from` is gone and nothing was linked).
   Status Make(const std::string& from, const std::string& to, const std::string& earlier, const std::string& sha256,
               uint64_t* copied, bool* linked) {
     *copied = 0;
     *linked = false;
-    struct stat a, b;
-    if (!prev.empty() && !cross_device && !sha256.empty() && ::stat(from.c_str(), &a) == 0 &&
-        ::stat(earlier.c_str(), &b) == 0 && S_ISREG(b.st_mode) && a.st_size == b.st_size) {
+    struct stat b;
+    if (!prev.empty() && refused.empty() && !sha256.empty() && ::lstat(earlier.c_str(), &b) == 0 &&
+        S_ISREG(b.st_mode)) {
       auto sha = Sha256File(earlier);
       if (sha.ok() && *sha == sha256) {
         if (::link(earlier.c_str(), to.c_str()) == 0) {
-          ++files;
-          bytes += static_cast<uint64_t>(b.st_size);
+          made[to] = static_cast<uint64_t>(b.st_size);
           *linked = true;
           return Status::Ok();
         }
-        if (errno == EXDEV) cross_device = true;  // (EPERM, EMLINK...: this file is copied)
+        // A file system without links or across file systems: no file will
+        // link, so none is hashed for nothing. (EMLINK and the like: this one.)
+        if (errno == EXDEV) refused = "it is on another file system";
+        else if (errno == EPERM || errno == EOPNOTSUPP) refused = std::strerror(errno);
       }
     }
     return CopyFileDurably(from, to, copied);
+  }
+  // The links in the finished copy (those in directories dropped since are not).
+  std::pair<int, uint64_t> Kept() const {
+    int files = 0;
+    uint64_t bytes = 0;
+    struct stat st;
+    for (const auto& [path, n] : made)
+      if (::lstat(path.c_str(), &st) == 0) ++files, bytes += n;
+    return {files, bytes};
   }
 };
 
@@ -424,9 +437,8 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   }
   rep.packed_dirs = static_cast<int>(used.size());
   rep.versions = static_cast<int>(rows.size());
-  rep.linked_files = linker.files;
-  rep.linked_bytes = linker.bytes;
-  rep.link_cross_device = linker.cross_device;
+  std::tie(rep.linked_files, rep.linked_bytes) = linker.Kept();
+  rep.link_refused = linker.refused;
   // Copies of dirs only an earlier snapshot named (since removed or repacked).
   for (const auto& [from, to] : packed_copies)
     if (!used.count(to)) fs::remove_all(to, ec);

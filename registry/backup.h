@@ -81,7 +81,7 @@ struct DataDirCopyReport {
   uint64_t bytes = 0;     // bytes copied, all files
   int linked_files = 0;   // files hard-linked from link_dest instead, and their bytes
   uint64_t linked_bytes = 0;
-  bool link_cross_device = false;  // link_dest is on another file system: copied
+  std::string link_refused;  // why files could not be linked from link_dest ("it is on another file system"): copied
   int snapshots = 0;      // registry snapshots taken (more than 1: writers were busy)
   // Versions whose original artifact could not be copied (gone, or changed
   // since registration): they serve from their packed files, but repack and

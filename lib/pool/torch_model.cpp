@@ -529,9 +529,10 @@ void UseOneIntraOpThreadOnThisThread() {
 static std::string RepairHint(const Loader::Source& src) {
   const std::string verify = "mms model verify " + src.ref + " checks it; ";
   if (src.packed_dir.empty() || FileExists(src.artifact_path))
-    return verify + "mms model repack " + src.ref + " writes it anew from the original artifact";
+    return verify + "mms model repack " + src.ref +
+           " writes it anew from the original artifact (while that still matches its registered SHA-256)";
   return verify + "its original artifact " + src.artifact_path +
-         " is gone too, so it cannot be repacked: register the model's files again as a new version";
+         " is not there either, so it cannot be repacked: register the model's files again as a new version";
 }
 
 Status TorchLoader::Precheck(const Source& src, uint64_t bytes) {

@@ -306,6 +306,12 @@ TEST_CASE("an incremental backup links what the earlier one holds, and stands al
   auto live = d.Mms({"backup", work / "b2", "--link-dest", d.data_dir()});
   CHECK(live.exit_code == 2);
   CHECK(live.err.find("is the data dir itself") != std::string::npos);
+  auto empty = d.Mms({"backup", work / "b2", "--link-dest", ""});  // an unset variable: not a full backup
+  CHECK(empty.exit_code == 2);
+  CHECK(empty.err.find("--link-dest is empty") != std::string::npos);
+  auto inside = d.Mms({"backup", work / "b1/artifacts/b2", "--link-dest", work / "b1"});
+  CHECK(inside.exit_code == 2);
+  CHECK(inside.err.find("is inside the earlier backup") != std::string::npos);
   CHECK_FALSE(fs::exists(work / "b2"));
 
   auto inc = d.Mms({"--json", "backup", work / "b2", "--link-dest", work / "b1"});
@@ -329,7 +335,7 @@ TEST_CASE("an incremental backup links what the earlier one holds, and stands al
     fs::remove_all(tmpl);
     CHECK_MESSAGE(across.exit_code == 0, across.err);
     CHECK(json::parse(across.out)["linked_files"] == 0);
-    CHECK(across.err.find("on another file system") != std::string::npos);
+    CHECK_MESSAGE(across.err.find("(it is on another file system), so they were copied") != std::string::npos, across.err);
   }
   // The earlier backup deleted: the incremental one verifies, restores and serves the same.
   fs::remove_all(work / "b1");

@@ -287,7 +287,7 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
   CHECK_MESSAGE(gone.err.find("gone:1 is unhealthy: the stored artifact of gone:1 is damaged") != std::string::npos,
                 gone.err);
   // Its original gone too: repack cannot help, and the message does not send the user there.
-  CHECK_MESSAGE(gone.err.find("is gone too, so it cannot be repacked: register the model's files again") !=
+  CHECK_MESSAGE(gone.err.find("is not there either, so it cannot be repacked: register the model's files again") !=
                     std::string::npos,
                 gone.err);
   CHECK(gone.err.find("mms model repack gone:1 writes") == std::string::npos);

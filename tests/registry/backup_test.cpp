@@ -201,7 +201,7 @@ TEST_CASE("an incremental copy links what an earlier copy holds unchanged, and c
   auto rep = CopyDataDir(c);
   REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
   CHECK(rep->problems.empty());
-  CHECK_FALSE(rep->link_cross_device);
+  CHECK(rep->link_refused.empty());
   auto inode = [](const std::string& path) {
     struct stat st {};
     CHECK(::stat(path.c_str(), &st) == 0);
@@ -235,11 +235,53 @@ TEST_CASE("an incremental copy links what an earlier copy holds unchanged, and c
     CHECK(*Sha256File(v.artifact_path) == v.sha256);
     CHECK(Slurp(v.packed_dir + "/module.pt") == "weightless " + v.ref());
   }
-  // The earlier copy removed: the linked one keeps its files.
+  // A symlink in the earlier copy (a dedup tool's, a hand edit) is not
+  // linked: the link would be to the symlink, dangling or pointing out of
+  // the copy. An original gone from its place (or overwritten) since is
+  // linked from the earlier copy, which holds the bytes registered.
+  const std::string module1 = b2 + "/artifacts/rec/1-abc/module.pt";
+  std::filesystem::copy_file(module1, s.dir / "elsewhere.pt");
+  REQUIRE(::unlink(module1.c_str()) == 0);
+  std::filesystem::create_symlink(s.dir / "elsewhere.pt", module1);
+  REQUIRE(::unlink(r2.artifact_path.c_str()) == 0);
+  const std::string b3 = s.dir / "b3";
+  DataDirCopy c3 = s.To(b3);
+  c3.link_dest = b2;
+  auto rep3 = CopyDataDir(c3);
+  REQUIRE_MESSAGE(rep3.ok(), rep3.status().ToString());
+  CHECK(std::filesystem::is_regular_file(std::filesystem::symlink_status(b3 + "/artifacts/rec/1-abc/module.pt")));
+  CHECK(Slurp(b3 + "/artifacts/rec/1-abc/module.pt") == "weightless rec:1");
+  CHECK(inode(b3 + "/sources/rec/2/rec-2.pt") == inode(b2 + "/sources/rec/2/rec-2.pt"));
+  CHECK(rep3->sources_missing.empty());
+  // The earlier copies removed: the linked one keeps its files.
   std::filesystem::remove_all(b1);
-  CHECK(Slurp(b2 + "/artifacts/rec/1-abc/weights.safetensors") == "weights rec:1");
-  CHECK(Slurp(b2 + "/sources/rec/1/rec-1.pt") == "module rec:1");
-  (void)r1, (void)r2, (void)r3;
+  std::filesystem::remove_all(b2);
+  CHECK(Slurp(b3 + "/artifacts/rec/1-abc/weights.safetensors") == "weights rec:1");
+  CHECK(Slurp(b3 + "/sources/rec/1/rec-1.pt") == "module rec:1");
+  CHECK(Slurp(b3 + "/sources/rec/2/rec-2.pt") == "module rec:2");
+  (void)r1, (void)r3;
+}
+
+TEST_CASE("an incremental copy counts only the links its finished copy holds") {
+  // Links made into a directory the copy then drops (an adapter whose
+  // adapter_config.json is gone: its original is not copied) are not counted.
+  Source s;
+  auto a = s.Add("ad", "1", true, /*sums=*/true);
+  REQUIRE(s.reg->WithDb([&](sql::Db* db) -> Status {  // an adapter: its original needs its config beside it
+    MMS_ASSIGN_OR_RETURN(auto st, db->Prepare("UPDATE versions SET base_id = id"));
+    return st.Run();
+  }).ok());
+  Write(DirName(a.artifact_path) + "/adapter_config.json", "{}");
+  const std::string b1 = s.dir / "b1";
+  REQUIRE(CopyDataDir(s.To(b1)).ok());
+  std::filesystem::remove(DirName(a.artifact_path) + "/adapter_config.json");
+  DataDirCopy c = s.To(s.dir / "b2");
+  c.link_dest = b1;
+  auto rep = CopyDataDir(c);
+  REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  REQUIRE(rep->sources_missing.size() == 1);
+  CHECK(rep->linked_files == 3);  // the packed files; not the original, dropped with its directory
+  CHECK_FALSE(FileExists(s.dir / "b2/sources/ad"));
 }
 
 TEST_CASE("a version removed while its files are copied: a new snapshot, and the copy holds one commit") {
