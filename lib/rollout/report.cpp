@@ -41,8 +41,7 @@ std::vector<std::string> ReportedMetrics(const std::vector<std::string>& declare
 
 namespace {
 // The sample-ratio test as reported: flagged below kSrmAlpha, with the share expected.
-nlohmann::json SampleRatioJson(uint64_t control, uint64_t treatment, double expected_treatment_share) {
-  TestResult srm = SampleRatioMismatch(control, treatment, expected_treatment_share);
+nlohmann::json SampleRatioJson(const TestResult& srm, double expected_treatment_share) {
   nlohmann::json s = srm.ToJson();
   s["expected_treatment_share"] = expected_treatment_share;
   s["flagged"] = srm.valid && srm.p_value < kSrmAlpha;
@@ -123,13 +122,25 @@ nlohmann::json CompareVariants(const VariantSnapshot& c, const VariantSnapshot& 
   const uint64_t n = c.requests + t.requests;
   double share = basis_points / 10000.0;
   if (n > 0 && c.routed + t.routed == n) share = (c.routed_share + t.routed_share) / static_cast<double>(n);
-  j["sample_ratio"] = SampleRatioJson(c.requests, t.requests, share);
+  // Sticky: users are assigned, not requests, and the check is by user too
+  // (the treatment's share of each bucket's requests, clustered).
+  TestResult srm = SampleRatioMismatch(c.requests, t.requests, share);
+  srm.unit = "request";
+  if (by_user) {
+    UserBuckets::Cells<uint64_t> all{};
+    for (int b = 0; b < UserBuckets::kCount; ++b) all[b] = cu->requests[b] + tu->requests[b];
+    srm = ClusteredSampleRatio(BucketArm(tu->requests, all), share);
+  }
+  j["sample_ratio"] = SampleRatioJson(srm, share);
   return j;
 }
 
 nlohmann::json UserSampleRatio(const UserSplit::Counts& users) {
   const uint64_t n = users.control + users.treatment;
-  nlohmann::json s = SampleRatioJson(users.control, users.treatment, n ? users.share_sum / static_cast<double>(n) : 0);
+  const double share = n ? users.share_sum / static_cast<double>(n) : 0;
+  TestResult srm = SampleRatioMismatch(users.control, users.treatment, share);
+  srm.unit = "user";  // (each user counted once: independent draws)
+  nlohmann::json s = SampleRatioJson(srm, share);
   s["users"] = {{"control", users.control}, {"treatment", users.treatment}};
   s["since"] = "mmsd started";
   if (users.saturated) s["saturated"] = true;

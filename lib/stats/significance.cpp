@@ -229,6 +229,28 @@ std::optional<double> ClusteredRatioGreaterP(const ClusteredArm& control, const 
   return r.diff > 0 ? r.p_value / 2 : 1 - r.p_value / 2;
 }
 
+TestResult ClusteredSampleRatio(const ClusteredArm& split, double expected_treatment) {
+  const ArmEstimate e = EstimateArm(split);
+  if (e.clusters < 2) return Invalid("fewer than 2 buckets of users with requests (too few users yet)");
+  if (!std::isfinite(e.ratio) || !std::isfinite(e.var)) return Invalid("the counts are too large to compare");
+  TestResult r;
+  r.valid = true;
+  r.unit = "user";
+  r.diff = e.ratio - expected_treatment;
+  r.df = static_cast<double>(e.clusters - 1);
+  r.se = std::sqrt(e.var);
+  if (r.se == 0) {  // every bucket the same share: exactly the expected one, or a mismatch beyond doubt
+    const bool same = std::fabs(r.diff) < 1e-12;
+    r.statistic = same ? 0 : std::copysign(std::numeric_limits<double>::infinity(), r.diff);
+    r.p_value = same ? 1 : 0;
+    return r;
+  }
+  r.statistic = r.diff / r.se;
+  bm::students_t dist(r.df);
+  r.p_value = 2 * bm::cdf(bm::complement(dist, std::fabs(r.statistic)));
+  return r;
+}
+
 TestResult SampleRatioMismatch(uint64_t n_control, uint64_t n_treatment, double expected_treatment) {
   uint64_t n = n_control + n_treatment;
   if (n == 0) return Invalid("no requests yet");

@@ -84,7 +84,20 @@ TestResult ClusteredRatioTest(const ClusteredArm& control, const ClusteredArm& t
 std::optional<double> ClusteredRatioGreaterP(const ClusteredArm& control, const ClusteredArm& treatment);
 
 // `expected_treatment` in [0, 1]: the configured share of the treatment arm.
+// Pearson's chi-square on the request counts: sound only where requests are
+// assigned independently (a random experiment).
 TestResult SampleRatioMismatch(uint64_t n_control, uint64_t n_treatment, double expected_treatment);
+// The same check where whole clusters are assigned (a sticky experiment's
+// users, in buckets): `split.y` the treatment's requests per bucket, `split.n`
+// all requests per bucket; the treatment's share Σy/Σn against
+// `expected_treatment`, its variance by the jackknife over the buckets
+// (as ClusteredRatioTest), Student's t with m − 1 degrees of freedom. Users
+// send different numbers of requests, so the request counts of a healthy
+// split stray from the share by far more than independent requests would:
+// with 50 users of ~60 requests each, the chi-square flagged about 3 healthy
+// experiments in 4 at 0.001 (a simulation, stop 29). Invalid below 2 buckets
+// with requests.
+TestResult ClusteredSampleRatio(const ClusteredArm& split, double expected_treatment);
 
 // Standard normal and Student-t upper quantiles (for intervals), exposed for tests.
 double NormalQuantile(double p);

@@ -503,6 +503,45 @@ TEST_CASE("routing: a --random experiment assigns each request afresh, anonymous
   CHECK(user_flips > 100);  // not sticky: one user lands in both arms
 }
 
+TEST_CASE("sticky experiments: the figures' sample-ratio check takes the user as the unit") {
+  // Users send different numbers of requests, so a healthy sticky split's
+  // request counts stray far from the share: the chi-square by request
+  // flagged it (a helper's run: 50 users, 3,000 requests, p = 0.000000,
+  // "check the routing", with the routing exactly right).
+  std::mt19937_64 rng(11);
+  auto run = [&](int users, double treated_share, bool by_user) {
+    VariantMetrics c, t;
+    std::geometric_distribution<int> requests(1.0 / 60);
+    std::bernoulli_distribution assign(treated_share);  // as md5 buckets assign users
+    for (int u = 0; u < users; ++u) {
+      const std::string id = "user-" + std::to_string(u);
+      const bool treated = assign(rng);
+      const int n = 1 + requests(rng);
+      for (int i = 0; i < n; ++i) (treated ? t : c).Record(1'000'000, false, 0, "", 0.5, by_user ? UserBucket(id) : -1);
+    }
+    return CompareVariants(c.Snapshot(), t.Snapshot(), 5000, {})["sample_ratio"];
+  };
+  int flagged_by_user = 0, flagged_by_request = 0;
+  for (int k = 0; k < 20; ++k) {
+    nlohmann::json u = run(50, 0.5, true), r = run(50, 0.5, false);
+    CHECK(u["unit"] == "user");
+    CHECK(r["unit"] == "request");
+    flagged_by_user += u["flagged"].get<bool>();
+    flagged_by_request += r["flagged"].get<bool>();
+  }
+  CHECK(flagged_by_user == 0);
+  CHECK(flagged_by_request >= 10);  // (the old check: most healthy splits flagged)
+  // Calibrated: at 0.05, about 5% of healthy splits (300 of them, 50 users each).
+  int below_5pct = 0;
+  for (int k = 0; k < 300; ++k) below_5pct += run(50, 0.5, true)["p_value"].get<double>() < 0.05;
+  MESSAGE("healthy sticky splits with p < 0.05 by user: " << below_5pct << " of 300");
+  CHECK(below_5pct < 36);  // (12%: the jackknife over ~35 buckets is a little liberal)
+  // A real mismatch among users (40% treated where 50% was configured) is flagged.
+  nlohmann::json broken = run(2000, 0.4, true);
+  CHECK(broken["flagged"] == true);
+  CHECK(broken["diff"].get<double>() == doctest::Approx(-0.1).epsilon(0.3));
+}
+
 TEST_CASE("sticky experiments: the sample ratio over distinct users, where heavy users skew the requests") {
   UserSplit split;
   for (int u = 0; u < 100; ++u) {
