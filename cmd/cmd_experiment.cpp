@@ -337,19 +337,16 @@ int CmdStats(Cli& cli, const std::string& id) {
           {"MODEL", "REQUESTS", "ERRORS", "REFUSED", "P50 MS", "P99 MS", "P999 MS", "MEAN MS"}};
       for (const auto& m : (*r)["models"]) {
         const uint64_t requests = m["requests"].get<uint64_t>();
-        uint64_t refused = 0;
+        const nlohmann::json refused = m.value("refused", nlohmann::json::object());
         std::string why;
-        const nlohmann::json codes = m.value("error_codes", nlohmann::json::object());
-        for (const auto& [code, label] : std::vector<std::pair<std::string, std::string>>{
-                 {"RATE_LIMITED", "rate limited"}, {"OVERLOADED", "queue full"}, {"INVALID_ARGUMENT", "bad input"}})
-          if (uint64_t n = codes.value(code, uint64_t{0}); n > 0) {
-            refused += n;
-            why += (why.empty() ? " (" : ", ") + std::to_string(n) + " " + label;
-          }
-        const uint64_t errors = m.value("errors", uint64_t{0});
-        const double failed =
-            requests ? static_cast<double>(errors - std::min(errors, refused)) / static_cast<double>(requests) : 0.0;
-        rows.push_back({m["ref"], std::to_string(requests), Pct(failed), std::to_string(refused) + (why.empty() ? "" : why + ")"),
+        const nlohmann::json by_reason = refused.value("by_reason", nlohmann::json::object());
+        for (const auto& [reason, n] : by_reason.items()) {
+          std::string label = reason;
+          std::replace(label.begin(), label.end(), '_', ' ');
+          why += (why.empty() ? " (" : ", ") + std::to_string(n.get<uint64_t>()) + " " + label;
+        }
+        rows.push_back({m["ref"], std::to_string(requests), Pct(m.value("failure_rate", 0.0)),
+                        std::to_string(refused.value("total", uint64_t{0})) + (why.empty() ? "" : why + ")"),
                         Num(m["latency"]["p50_ms"]), Num(m["latency"]["p99_ms"]), Num(m["latency"]["p999_ms"]),
                         Num(m["latency"]["mean_ms"])});
       }

@@ -79,6 +79,17 @@ void Reply(Daemon* d, Responder r, const VersionRecord& rec, const std::vector<T
            const std::function<void(const Status&, bool)>& finish, const Credit& credit, const nlohmann::json& routing,
            bool mirror, const std::string& device, bool loaded, Result<std::vector<Tensor>> out) {
   if (!out.ok()) {
+    // A model raising on its input: the caller has the error; the log has a
+    // line per version per minute (with how many it stands for), so a model
+    // that starts failing shows there, and a client cannot flood it.
+    if (const Code c = out.status().code(); c == Code::kModelError || c == Code::kInternal) {
+      static LogThrottle throttle(60'000'000'000);
+      if (uint64_t held = 0; throttle.Admit(rec.ref(), d->clock()->MonoNanos(), &held)) {
+        nlohmann::json fields{{"model", rec.ref()}, {"code", CodeName(c)}, {"error", out.status().message()}};
+        if (held) fields["suppressed"] = held;
+        LogWarn("model_error", fields);
+      }
+    }
     finish(out.status(), loaded);
     return r.Fail(out.status());
   }

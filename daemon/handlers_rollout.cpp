@@ -79,8 +79,7 @@ void Stats(Daemon* d, const proto::Message& req, Responder r) {
     for (const auto& e : *all) exps.push_back(ExperimentReport(d, e));
     nlohmann::json models = nlohmann::json::array();
     for (const auto& [ref, m] : d->serving_metrics()->All()) {
-      nlohmann::json f = VariantFigures(m->Snapshot(), {});
-      f.erase("outcomes");
+      nlohmann::json f = ServingFigures(m->Snapshot());
       f["ref"] = ref;
       models.push_back(std::move(f));
     }

@@ -10,7 +10,7 @@ namespace mms {
 
 std::string Daemon::PrometheusText() {
   PromWriter w;
-  w.Family("mms_up", "gauge", "1 while mmsd serves.");
+  w.Family("mms_up", "gauge", "1 while mmsd runs (draining after SIGTERM too: /health says draining).");
   w.Sample("mms_up", {{"version", MMS_VERSION}}, 1);
   w.Family("mms_uptime_seconds", "gauge", "Seconds since mmsd started.");
   w.Sample("mms_uptime_seconds", {}, static_cast<double>(clock()->MonoNanos() - started_mono_ns_) / 1e9);
@@ -47,8 +47,11 @@ std::string Daemon::PrometheusText() {
   w.Sample("mms_registry_corrupt", {}, RegistryCorruptError().empty() ? 0 : 1);
 
   // Serving figures per version.
-  w.Family("mms_requests_total", "counter", "Predictions served, by model and version.");
-  w.Family("mms_request_errors_total", "counter", "Failed predictions, by model, version and error code.");
+  w.Family("mms_requests_total", "counter",
+           "Prediction requests, by model and version, refused ones included (rate limited, queue full, bad input).");
+  w.Family("mms_request_errors_total", "counter",
+           "Prediction requests not served, by model, version and error code: refusals (RATE_LIMITED, OVERLOADED, "
+           "INVALID_ARGUMENT) and failures alike; alert on failures with code!~\"RATE_LIMITED|OVERLOADED|INVALID_ARGUMENT\".");
   w.Family("mms_request_latency_seconds", "histogram", "Prediction latency inside mmsd, by model and version.");
   for (const auto& [ref, m] : serving_metrics_.All()) {
     auto colon = ref.find(':');

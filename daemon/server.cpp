@@ -499,7 +499,14 @@ void Server::Dispatch(Slot* slot, void* raw) {
   proto::DecodeResult d = proto::Decode(data, nng_msg_len(msg), std::shared_ptr<const void>(owner, data),
                                         opts_.max_message_bytes, proto::kMaxRequestBodyBytes);
   if (d.error != proto::DecodeError::kNone) {
-    LogWarn("bad_request", {{"reason", proto::DecodeErrorName(d.error)}, {"detail", d.detail}});
+    // Any client can send these at will: a line per 10 s per reason, with a count.
+    static LogThrottle throttle(10'000'000'000);
+    const std::string reason = proto::DecodeErrorName(d.error);
+    if (uint64_t held = 0; throttle.Admit(reason, opts_.clock->MonoNanos(), &held)) {
+      nlohmann::json fields{{"reason", reason}, {"detail", d.detail}};
+      if (held) fields["suppressed"] = held;  // like lines held back since the last
+      LogWarn("bad_request", fields);
+    }
     // Too large is the caller's input, not a broken client: INVALID_ARGUMENT (exit 2).
     Status st = d.error == proto::DecodeError::kTooLarge
                     ? InvalidArgument(d.detail + "; send smaller inputs (fewer rows per request)")

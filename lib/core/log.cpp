@@ -62,6 +62,17 @@ Status Logger::Configure(const Options& opts) {
 
 namespace {
 std::string IsoNow() { return FormatUtcMillis(Clock::Real()->UnixMillis()); }
+
+// A text line's value as logfmt has it: bare when it is a plain word, else
+// quoted with JSON's escapes — so a value with spaces or '=' splits as one
+// field, and one with a newline or a quote (a client's bytes in a
+// bad_request's detail) cannot start a line or a field of its own.
+bool Bare(const std::string& s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (c <= ' ' || c == '=' || c == '"' || c == '\\' || c == 0x7f) return false;
+  return true;
+}
 // This thread's LogDeferringMutex locks held, and the lines kept meanwhile.
 thread_local int deferring = 0;
 thread_local std::vector<std::string> deferred;
@@ -111,8 +122,8 @@ void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json&
     if (fields.is_object()) {
       for (auto it = fields.begin(); it != fields.end(); ++it) {
         line += " " + it.key() + "=";
-        if (it.value().is_string())
-          line += it.value().get<std::string>();
+        if (it.value().is_string() && Bare(it.value().get_ref<const std::string&>()))
+          line += it.value().get_ref<const std::string&>();
         else
           line += it.value().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       }
@@ -124,6 +135,20 @@ void Logger::Write(LogLevel level, std::string_view event, const nlohmann::json&
     return;
   }
   WriteLines({line});
+}
+
+bool LogThrottle::Admit(const std::string& key, int64_t now, uint64_t* suppressed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = keys_.find(key);
+  if (it == keys_.end()) it = keys_.size() < kMaxKeys ? keys_.emplace(key, State{}).first : keys_.emplace("", State{}).first;
+  State& s = it->second;
+  if (s.seen && now - s.last_ns < every_ns_) {
+    ++s.held;
+    return false;
+  }
+  *suppressed = s.held;
+  s = State{now, 0, true};
+  return true;
 }
 
 void LogDebug(std::string_view e, const nlohmann::json& f) { Logger::Global().Write(LogLevel::kDebug, e, f); }

@@ -1,6 +1,8 @@
 // Structured logging: an event name plus key/value fields, written as one
-// line of text ("2026-11-28T20:45:13.123Z INFO load model=rec version=3") or
-// one JSON object per line. Levels debug < info < warn < error.
+// line of text in logfmt ("2026-11-28T20:45:13.123Z info load model=rec
+// version=3 error=\"no such file\"": a value that is not a plain word is
+// quoted, with JSON's escapes) or one JSON object per line. Levels debug <
+// info < warn < error.
 //
 // The process has one Logger (Logger::Global()); the daemon configures it
 // from [log] in mms.toml and on SIGHUP. Writes are serialized by the
@@ -9,6 +11,7 @@
 
 #include <cstdio>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -65,6 +68,29 @@ class LogDeferringMutex {
 
  private:
   std::mutex mu_;
+};
+
+// Lets one line in `every_ns` through for an event a client can cause at
+// will (a malformed message, a model raising on its input), per key (at most
+// kMaxKeys; past that they share one): a thousand bad requests make one
+// line and a count, not a thousand lines. Thread-safe.
+class LogThrottle {
+ public:
+  static constexpr size_t kMaxKeys = 1024;
+  explicit LogThrottle(int64_t every_ns) : every_ns_(every_ns) {}
+  // Whether to write the line for `key` at `now_mono_ns`; when it is,
+  // *suppressed says how many were held back since the last one written.
+  bool Admit(const std::string& key, int64_t now_mono_ns, uint64_t* suppressed);
+
+ private:
+  struct State {
+    int64_t last_ns = 0;
+    uint64_t held = 0;
+    bool seen = false;
+  };
+  const int64_t every_ns_;
+  std::mutex mu_;
+  std::map<std::string, State> keys_;  // guarded by mu_
 };
 
 // Convenience: LogInfo("load", {{"model", name}, {"ms", 12.5}}).

@@ -39,6 +39,23 @@ std::vector<std::string> ReportedMetrics(const std::vector<std::string>& declare
   return names;
 }
 
+nlohmann::json ServingFigures(const VariantSnapshot& s) {
+  nlohmann::json f = VariantFigures(s, {});
+  f.erase("outcomes");
+  uint64_t refused = 0;
+  nlohmann::json by = nlohmann::json::object();
+  for (const auto& [code, reason] : std::vector<std::pair<std::string, std::string>>{
+           {"RATE_LIMITED", "rate_limited"}, {"OVERLOADED", "queue_full"}, {"INVALID_ARGUMENT", "bad_input"}})
+    if (auto it = s.error_codes.find(code); it != s.error_codes.end() && it->second > 0) {
+      refused += it->second;
+      by[reason] = it->second;
+    }
+  f["refused"] = {{"total", refused}, {"by_reason", by}};
+  f["failure_rate"] =
+      s.requests ? static_cast<double>(s.errors - std::min(s.errors, refused)) / static_cast<double>(s.requests) : 0.0;
+  return f;
+}
+
 namespace {
 // The sample-ratio test as reported: flagged below kSrmAlpha, with the share expected.
 nlohmann::json SampleRatioJson(const TestResult& srm, double expected_treatment_share) {

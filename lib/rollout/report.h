@@ -31,6 +31,12 @@ namespace mms {
 // min/max/mean, p50..p999},
 // outcomes {metric: {count, rate, mean}}.
 nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::string>& metrics);
+// A version's serving figures (`mms stats`' "models"): VariantFigures plus
+// `refused` {total, by reason} — requests turned away before they ran: rate
+// limited, queue full, bad input — and `failure_rate`, those that ran (or
+// were dropped at their deadline) and failed, over all requests: what the
+// text's ERRORS column shows. `error_rate` counts both.
+nlohmann::json ServingFigures(const VariantSnapshot& s);
 
 // `basis_points`: the configured treatment share, for the SRM check of
 // figures that do not carry the shares their requests were routed with.

@@ -268,6 +268,13 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     CHECK(r.err.find("lost connection") == std::string::npos);
   }
   CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");
+  // A model raising on its input is in the log (it was only in the caller's
+  // reply), once a minute per version however often it happens.
+  for (int i = 0; i < 5; ++i) CHECK(d.Mms({"predict", "thrower", "--input", d.dir() + "/neg.json"}).exit_code == 1);
+  CHECK(Count(d.log(), "model_error") == 1);
+  CHECK_MESSAGE(d.log().find("warn model_error code=MODEL_ERROR error=\"") != std::string::npos, d.log());
+  CHECK(d.log().find("negative feature values are not supported") != std::string::npos);
+  CHECK(d.log().find("model=thrower:1") != std::string::npos);
   // A failed load is remembered (backoff), visible in mms health, and not retried per request.
   auto h = d.Mms({"--json", "health", "corrupt"});
   CHECK(h.exit_code == 1);

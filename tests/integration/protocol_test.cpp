@@ -161,6 +161,14 @@ TEST_CASE("each malformed message gets its own error and the daemon keeps servin
   CHECK(ok.request_id == 77);
   CHECK(d.Mms({"ping"}).exit_code == 0);
   CHECK(d.log().find("bad_request") != std::string::npos);
+  // A flood of them (any client can send these): one line per reason per
+  // 10 s, not a line each (1,000 bad messages made 1,000 lines).
+  const size_t lines_before = Count(d.log(), "reason=truncated");
+  for (int i = 0; i < 50; ++i) {
+    std::string b = PingBytes();
+    CHECK(Reason(RawCall(s, b.substr(0, b.size() - 10))) == "truncated");
+  }
+  CHECK(Count(d.log(), "reason=truncated") <= lines_before + 1);
 }
 
 TEST_CASE("a JSON body nested too deep or over 1 MiB is refused at decoding, and mmsd serves on") {

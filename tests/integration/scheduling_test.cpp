@@ -128,6 +128,18 @@ TEST_CASE("rate limits per model: refused at once with exit 5, counted, removed,
   auto stats = d.Mms({"--json", "stats"});
   REQUIRE(stats.exit_code == 0);
   CHECK(stats.out.find("RATE_LIMITED") != std::string::npos);
+  // And in --json apart from failures, as the text has them (an alert on
+  // error_rate alone read rate limiting as the model failing).
+  int found = 0;
+  for (const json& m : json::parse(stats.out)["models"]) {
+    if (m["ref"] != "tiny:1") continue;
+    ++found;
+    CHECK(m["error_rate"].get<double>() == doctest::Approx(1.0 / 3));  // every request not served
+    CHECK(m["failure_rate"] == 0.0);                                   // none that ran failed
+    CHECK(m["refused"]["total"] == 1);
+    CHECK(m["refused"]["by_reason"]["rate_limited"] == 1);
+  }
+  CHECK(found == 1);
   // In the text, refusals apart from failures (it said 33.33% errors).
   auto text = d.Mms({"stats"});
   std::string row = text.out.substr(text.out.find("\ntiny:1 ") + 1);
