@@ -131,7 +131,8 @@ TEST_CASE("rate limits per model: refused at once with exit 5, counted, removed,
   // And in --json apart from failures, as the text has them (an alert on
   // error_rate alone read rate limiting as the model failing).
   int found = 0;
-  for (const json& m : json::parse(stats.out)["models"]) {
+  const json parsed = json::parse(stats.out);
+  for (const json& m : parsed["models"]) {
     if (m["ref"] != "tiny:1") continue;
     ++found;
     CHECK(m["error_rate"].get<double>() == doctest::Approx(1.0 / 3));  // every request not served
