@@ -3,6 +3,7 @@
 // (CI pipelines); a running daemon is told to re-read it.
 #include <dirent.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <unistd.h>
@@ -128,6 +129,13 @@ Result<VersionRecord> RegisterPublished(Registry& reg, const NewVersion& v) {
 
 namespace {
 
+// This process's file size limit, as said in a message ("none").
+static std::string FileSizeLimit() {
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_FSIZE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return "none";
+  return FormatBytes(static_cast<uint64_t>(rl.rlim_cur));
+}
+
 struct RegisterArgs {
   std::string name, version, path, description, metrics_file, fingerprint, sample_input;
   double sla_p99_ms = 0;
@@ -196,11 +204,19 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     if (pr.timed_out)
       return Internal("checking the artifact failed: mmsd inspect-artifact did not finish within an hour and was "
                       "stopped; nothing was stored or registered");
-    if (pr.exit_code > 128)
-      return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " +
-                      std::to_string(pr.exit_code - 128) + (pr.exit_code - 128 == 9 ? " (out of memory? see dmesg)" : "") +
-                      (msg.empty() ? "" : ": " + msg) +
-                      "; nothing was stored or registered: retry, with more memory if it ran out");
+    if (pr.exit_code > 128) {
+      const int sig = pr.exit_code - 128;
+      // SIGXFSZ: writing the packed files passed the file size limit (ulimit -f), not memory.
+      if (sig == SIGXFSZ)
+        return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " +
+                        std::to_string(sig) + " (SIGXFSZ: the packed files passed the file size limit, ulimit -f: " +
+                        FileSizeLimit() + ")" + (msg.empty() ? "" : ": " + msg) +
+                        "; nothing was stored or registered: raise the limit (ulimit -f unlimited) and retry");
+      return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " + std::to_string(sig) +
+                      (sig == SIGKILL ? " (out of memory? see dmesg)" : "") + (msg.empty() ? "" : ": " + msg) +
+                      "; nothing was stored or registered: retry" +
+                      (sig == SIGKILL ? ", with more memory if it ran out" : ""));
+    }
     return Internal("checking the artifact failed: " +
                     (msg.empty() ? "mmsd inspect-artifact ended with exit code " + std::to_string(pr.exit_code) : msg));
   }

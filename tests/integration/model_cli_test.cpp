@@ -169,6 +169,15 @@ TEST_CASE("an artifact check killed (as by the OOM killer) says so, and register
   CHECK(r.err.find("nothing was stored or registered") != std::string::npos);
   CHECK(mms({"model", "list"}).out.find("tiny") == std::string::npos);
   CHECK_FALSE(std::filesystem::exists(mms.dir / "data/artifacts/tiny"));
+  // Killed for passing the file size limit (ulimit -f): said so, not memory.
+  std::ofstream(bin + "/mmsd") << "#!/bin/sh\nkill -XFSZ $$\n";
+  auto fsz = Run({"/bin/sh", "-c", "ulimit -f 2048; exec \"$0\" \"$@\"", bin + "/mms", "--data-dir", mms.dir / "data", "model",
+                  "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")});
+  CHECK(fsz.exit_code == 1);
+  CHECK_MESSAGE(fsz.err.find("signal 25 (SIGXFSZ: the packed files passed the file size limit, ulimit -f: 1.00 MiB)") !=
+                    std::string::npos,
+                fsz.err);
+  CHECK(fsz.err.find("memory") == std::string::npos);
 }
 
 TEST_CASE("mms model verify finds a damaged registry page that listing does not read") {
