@@ -713,6 +713,22 @@ VariantSnapshot Daemon::VariantFigures(const std::string& experiment, const std:
 
 void Daemon::CheckRegistryFile() {
   Status st = registry_->CheckFileIdentity();
+  if (!st.ok()) {
+    // Its write-ahead log put out of reach of the file now at the path; the
+    // file reopened where it is still ours (a -wal removed): healed at once.
+    auto healed = registry_->LetGoOfDetachedFile();
+    static LogThrottle throttle(60'000'000'000);  // (tried again at every poll)
+    if (uint64_t held = 0; !healed.ok() && throttle.Admit("", opts_.clock->MonoNanos(), &held))
+      LogWarn("registry_let_go_failed", {{"error", healed.status().message()}});
+    if (healed.ok() && *healed) {
+      LogWarn("registry_wal_restored", {{"was", st.message()},
+                                        {"note", "its log was checkpointed into the file and the file opened again: "
+                                                 "nothing lost"}});
+      st = registry_->CheckFileIdentity();
+    } else if (healed.ok()) {
+      st = registry_->CheckFileIdentity();  // (let go of: says so)
+    }
+  }
   if (!st.ok() && !registry_detached_.exchange(true)) LogError("registry_file_replaced", {{"error", st.message()}});
   if (st.ok() && registry_detached_.exchange(false))
     LogInfo("registry_file_restored", {{"path", registry_->path()}});

@@ -260,6 +260,11 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
 }
 
 Status Registry::CheckFileIdentity() const {
+  if (let_go_)
+    return FailedPrecondition("the registry file " + opts_.path +
+                              " was removed or replaced while in use, and this process let go of it (its changes "
+                              "since are not saved; nothing of it is left to be applied to the file now there). "
+                              "Restart mmsd to serve the file at the path, or put the file it opened back");
   struct stat st;
   if (::stat(opts_.path.c_str(), &st) != 0)
     return FailedPrecondition("the registry file " + opts_.path +
@@ -277,9 +282,40 @@ Status Registry::CheckFileIdentity() const {
   if (wal_ino_ != 0 && (!wal || static_cast<uint64_t>(st.st_ino) != wal_ino_))
     return FailedPrecondition("the registry's write-ahead log " + opts_.path +
                               "-wal was removed or replaced while in use: what this process commits goes to a file "
-                              "no other command reads, and is lost if it is killed. Stop it with SIGTERM (not -9) "
-                              "and start it again");
+                              "no other command reads (mmsd checkpoints it into the registry and opens the file "
+                              "again at its next poll: LetGoOfDetachedFile)");
   return Status::Ok();
+}
+
+Result<bool> Registry::LetGoOfDetachedFile() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (!let_go_) {
+    // Its frames into the file it opened; the log at its path emptied.
+    MMS_ASSIGN_OR_RETURN(auto ckpt, db_->Prepare("PRAGMA wal_checkpoint(TRUNCATE)"));
+    MMS_ASSIGN_OR_RETURN(bool row, ckpt.Step());
+    if (row && ckpt.Int(0) != 0)
+      return Status(Code::kLocked, "the registry's write-ahead log could not be checkpointed (busy): tried again later");
+    sqlite3_db_config(db_->raw(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  }
+  struct stat st;
+  // The file it opened is at the path (only its -wal went, or the file
+  // was moved back): opened again, as every process opens it.
+  if (::stat(opts_.path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == file_dev_ &&
+      static_cast<uint64_t>(st.st_ino) == file_ino_) {
+    MMS_ASSIGN_OR_RETURN(auto again, sql::Db::Open(opts_.path, /*create=*/false, opts_.busy_timeout_ms));
+    MMS_RETURN_IF_ERROR(again->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL; PRAGMA journal_mode=WAL"));
+    db_ = std::move(again);
+    wal_ino_ = ::stat((opts_.path + "-wal").c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+    let_go_ = false;
+    return true;
+  }
+  // Not at the path: no connection to it at all. An in-memory stand-in (no
+  // tables) makes every later call fail with an error, not a crash.
+  if (!let_go_) {
+    MMS_ASSIGN_OR_RETURN(db_, sql::Db::Open(":memory:", /*create=*/true, opts_.busy_timeout_ms));
+    let_go_ = true;
+  }
+  return false;
 }
 
 Status Registry::ReadConsistent(const std::function<Status()>& fn) {

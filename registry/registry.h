@@ -419,6 +419,26 @@ class Registry {
   // backup copied over it): this object then reads and writes a file no
   // other process sees. mmsd checks it at every poll.
   Status CheckFileIdentity() const;
+  // After CheckFileIdentity failed: makes this object's connection harmless
+  // to whoever opens the path next, then heals what can be healed. (A -wal
+  // removed under a live connection, or a file replaced under it, leaves its
+  // write-ahead log and shared index at the path to be applied to a file
+  // they do not belong to: the restart mmsd advised then corrupted the
+  // registry — a fault-injection review, stop 29.)
+  //  - its write-ahead log is checkpointed into the file it opened and
+  //    truncated (TRUNCATE), so the -wal and -shm at the path hold nothing
+  //    of it;
+  //  - it is closed without the checkpoint and removal of those files a
+  //    last connection makes at close (they may be another file's now);
+  //  - the file at the path is the one it opened (only its -wal went): it is
+  //    opened again, with a -wal at the path as every process has it.
+  //    Returns true: healed, CheckFileIdentity is OK again.
+  //  - else (removed or replaced): false, and it stays closed — every call
+  //    fails (FAILED_PRECONDITION from CheckFileIdentity's callers; a
+  //    reader or writer gets an error) until the process opens it anew.
+  // Errors: the checkpoint or the reopen failed (the connection stays as it
+  // was: try again later).
+  Result<bool> LetGoOfDetachedFile();
   // SQLite's quick_check over the whole file (linear in its size), read from
   // disk on a connection of its own: CORRUPT naming the first problems, with
   // how to recover. Reads that happen not to touch a damaged page succeed,
@@ -483,6 +503,7 @@ class Registry {
   // Its -wal file's identity, once seen (Open, else the first check after
   // the first write creates it).
   mutable std::atomic<uint64_t> wal_ino_{0};
+  std::atomic<bool> let_go_{false};  // LetGoOfDetachedFile closed it: db_ is an empty stand-in
   std::atomic<int64_t> own_commits_{0};
   // Recursive only so ReadConsistent can call the public readers inside its
   // one transaction; nothing else re-enters.
