@@ -944,6 +944,12 @@ void Daemon::WatchRegistry() {
     if (now - last_poll_ns >= poll) {
       last_poll_ns = now;
       CheckRegistryFile();
+      // Let go of (removed or replaced under it): nothing to read until the
+      // file is back or mmsd restarts; it serves on from what it had.
+      if (registry_detached()) {
+        lock.lock();
+        continue;
+      }
       Status st = RefreshRegistry(false);
       refresh_failing_ = !st.ok();
       if (!st.ok()) LogWarn("registry_refresh_failed", {{"error", st.message()}});
