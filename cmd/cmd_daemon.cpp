@@ -161,6 +161,11 @@ int CmdStatus(Cli& cli) {
     if (j.contains("registry_corrupt")) std::cout << "WARNING:   " << j["registry_corrupt"].get<std::string>() << "\n";
     if (j.contains("metrics_flush_error"))
       std::cout << "WARNING:   " << j["metrics_flush_error"].get<std::string>() << "\n";
+    for (const auto& u : j.value("unsaved_rollbacks", nlohmann::json::array()))
+      std::cout << "WARNING:   canary " << u["experiment"].get<std::string>()
+                << " rolled back by mmsd, not recorded yet (the registry refuses writes; retried at every poll, no "
+                   "traffic meanwhile): "
+                << u["reason"].get<std::string>() << "\n";
     // Every IPC request (ping, status, pool...), not predictions alone: mms stats counts those.
     std::cout << "requests:  " << j.value("requests_served", 0) << " answered (of every kind; predictions: mms stats), "
               << j.value("in_flight", 0) << " in flight\n";

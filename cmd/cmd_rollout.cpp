@@ -508,6 +508,9 @@ int CmdCanaryStatus(Cli& cli, const std::string& model) {
     std::cout << j["candidate"].get<std::string>() << " vs " << j["baseline"].get<std::string>() << ": " << StageLine(j)
               << "\n";
     if (!j["reason"].get<std::string>().empty()) std::cout << "  " << j["reason"].get<std::string>() << "\n";
+    if (j.contains("rollback_pending"))
+      std::cout << "  ROLLED BACK by mmsd, not recorded yet: " << j["rollback_pending"]["reason"].get<std::string>()
+                << "\n  (" << j["rollback_pending"]["note"].get<std::string>() << ")\n";
     if (j["last_check"].contains("verdict"))
       std::cout << "  last check: " << j["last_check"]["verdict"].get<std::string>() << " — "
                 << j["last_check"]["reason"].get<std::string>() << "\n";
@@ -518,9 +521,28 @@ int CmdCanaryStatus(Cli& cli, const std::string& model) {
   return 0;
 }
 
+// A rollback mmsd judged but could not record yet (the registry refused the
+// write) stands: a promote or resume written first would send the failing
+// candidate traffic again — a fault-injection review promoted a candidate
+// that failed every request this way. CONFLICT naming it; OK when there is
+// none, or no daemon to ask.
+Status NoPendingRollback(Cli& cli, const std::string& model, const std::string& what) {
+  auto live = cli.Connect();
+  if (!live.ok()) return Status::Ok();
+  auto r = (*live)->CallJson(proto::kCanaryStatus, {{"model", model}});
+  if (!r.ok() || !r->contains("rollback_pending")) return Status::Ok();
+  return Conflict("mmsd rolled the canary of " + model + " back (" +
+                  (*r)["rollback_pending"]["reason"].get<std::string>() +
+                  ") and has not been able to record it yet (the registry refused the write; see mms status): " +
+                  what + " refused. It is recorded once the registry takes writes again");
+}
+
 template <class Fn>
 int CanaryChange(Cli& cli, const std::string& model, Fn fn, const std::string& done) {
   if (Status st = ValidateName(model); !st.ok()) return cli.Fail(st);
+  if (done == "promoted" || done == "resumed")
+    if (Status st = NoPendingRollback(cli, model, done == "promoted" ? "promoting it" : "resuming it"); !st.ok())
+      return cli.Fail(st);
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   Result<CanaryRecord> c = fn(**reg);

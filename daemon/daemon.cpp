@@ -981,6 +981,10 @@ std::string Daemon::UnsavedRollbacksPath() const { return opts_.socket_path + ".
 void Daemon::SaveUnsavedRollbacks(const std::vector<UnsavedRollback>& all) {
   // Beside the socket (a runtime directory, often tmpfs): not on the disk
   // whose failure left them unsaved.
+  {
+    std::lock_guard<std::mutex> lock(unsaved_mu_);
+    unsaved_seen_ = all;
+  }
   const std::string path = UnsavedRollbacksPath();
   if (all.empty()) {
     ::unlink(path.c_str());
@@ -1029,6 +1033,10 @@ Status Daemon::Start() {
   // their canaries get no traffic, and are written at the next ticks.
   if (auto unsaved = LoadUnsavedRollbacks(); !unsaved.empty()) {
     canaries_->RestoreUnsaved(unsaved);
+    {
+      std::lock_guard<std::mutex> lock(unsaved_mu_);
+      unsaved_seen_ = unsaved;
+    }
     std::lock_guard lock(refresh_mu_);
     for (const auto& u : unsaved) {
       unrouted_canaries_.insert(u.experiment_id);

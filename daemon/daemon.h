@@ -109,6 +109,14 @@ class Daemon {
     return flush_error_;
   }
   // "" unless the last reload (SIGHUP) left part of the file unapplied: when, and why.
+  // Canary rollbacks judged but not recorded in the registry yet (it
+  // refused the write; retried at every poll; no traffic meanwhile): for
+  // mms status, canary status, and a promote or resume that must not
+  // override one. Any thread.
+  std::vector<UnsavedRollback> UnsavedRollbacks() const {
+    std::lock_guard<std::mutex> lock(unsaved_mu_);
+    return unsaved_seen_;
+  }
   std::string ReloadError() const {
     std::lock_guard<std::mutex> lock(warn_mu_);
     return reload_error_;
@@ -247,6 +255,8 @@ class Daemon {
   std::string UnsavedRollbacksPath() const;
   void SaveUnsavedRollbacks(const std::vector<UnsavedRollback>& all);
   std::vector<UnsavedRollback> LoadUnsavedRollbacks();
+  mutable std::mutex unsaved_mu_;
+  std::vector<UnsavedRollback> unsaved_seen_;  // guarded by unsaved_mu_: UnsavedRollbacks()
   // Why the treatment arm of experiment `id` failed its warm-up load ("" if
   // it did not). A canary whose candidate failed is not routed (and the
   // canary controller rolls it back).

@@ -38,6 +38,8 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (std::string e = d->MetricsFlushError(); !e.empty()) j["metrics_flush_error"] = e;
     if (std::string e = d->RegistryCorruptError(); !e.empty()) j["registry_corrupt"] = e;
     if (std::string e = d->ReloadError(); !e.empty()) j["config_reload_error"] = e;
+    for (const auto& u : d->UnsavedRollbacks())
+      j["unsaved_rollbacks"].push_back({{"experiment", u.experiment_id}, {"reason", u.reason}});
     j["config_restart_pending"] = d->restart_pending();
     j["last_reload"] = d->LastReload();
     j["devices"] = d->pool()->Devices();

@@ -77,6 +77,12 @@ void AddShadowCanaryHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     if (c->stage_start.contains("treatment"))
       canary = canary.Since(VariantSnapshot::FromJson(c->stage_start["treatment"]));
     j["window"] = JudgeCanary(*c, control, canary).figures;
+    for (const auto& u : d->UnsavedRollbacks())
+      if (u.canary_id == c->id && u.experiment_id == c->experiment_id)
+        j["rollback_pending"] = {{"reason", u.reason},
+                                 {"note", "mmsd rolled it back but could not record it yet (the registry refused "
+                                          "the write); it retries at every poll, and the canary gets no traffic "
+                                          "meanwhile"}};
     r.Send(std::move(j));
   };
 }

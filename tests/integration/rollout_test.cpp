@@ -626,6 +626,19 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   CHECK(t2.sent_ > 20);
   CHECK(t2.failed_ == 0);
   t2.Stop();
+  // Said, not hidden behind "running": canary status, mms status. And a
+  // promote or resume refused (one written as the registry came back, before
+  // mmsd's retry, made a candidate failing every request production).
+  auto pending = json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out);
+  REQUIRE_MESSAGE(pending.contains("rollback_pending"), pending.dump());
+  CHECK(pending["rollback_pending"]["reason"].get<std::string>().find("canary error rate") != std::string::npos);
+  CHECK(d.Mms({"canary", "status", "tiny"}).out.find("ROLLED BACK by mmsd, not recorded yet") != std::string::npos);
+  CHECK(d.Mms({"status"}).out.find("rolled back by mmsd, not recorded yet") != std::string::npos);
+  for (const char* change : {"promote", "resume"}) {
+    auto refused = d.Mms({"canary", change, "tiny"});
+    CHECK(refused.exit_code == 6);
+    CHECK_MESSAGE(refused.err.find("mmsd rolled the canary of tiny back") != std::string::npos, refused.err);
+  }
   lock.Release();
   CHECK(WaitFor([&] { return json::parse(d.Mms({"--json", "canary", "status", "tiny"}).out)["state"] == "rolled_back"; }, 30));
   CHECK(t.failed_ == failed);
@@ -637,6 +650,7 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   CHECK_MESSAGE(text.out.find('{') == std::string::npos, text.out);
   CHECK(WaitFor([&] { return !std::filesystem::exists(d.socket() + ".unsaved-rollbacks"); }, 10));
   CHECK(json::parse(d.Mms({"--json", "model", "show", "tiny:2"}).out)["stage"] == "archived");
+  CHECK(json::parse(d.Mms({"--json", "status"}).out).count("unsaved_rollbacks") == 0);  // recorded: no warning left
 }
 
 TEST_CASE("a long busy timeout behind another writer does not keep a failing canary's traffic: it is cut before the write") {
