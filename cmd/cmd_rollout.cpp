@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cli.h"
+#include "core/paths.h"
 #include "core/units.h"
 #include "protocol/messages.h"
 #include "rollout/canary.h"
@@ -527,14 +528,31 @@ int CmdCanaryStatus(Cli& cli, const std::string& model) {
 // that failed every request this way. CONFLICT naming it; OK when there is
 // none, or no daemon to ask.
 Status NoPendingRollback(Cli& cli, const std::string& model, const std::string& what) {
+  auto refuse = [&](const std::string& reason) {
+    return Conflict("mmsd rolled the canary of " + model + " back (" + reason +
+                    ") and has not been able to record it yet (the registry refused the write; see mms status): " +
+                    what + " refused. It is recorded once the registry takes writes again");
+  };
   auto live = cli.Connect();
-  if (!live.ok()) return Status::Ok();
-  auto r = (*live)->CallJson(proto::kCanaryStatus, {{"model", model}});
-  if (!r.ok() || !r->contains("rollback_pending")) return Status::Ok();
-  return Conflict("mmsd rolled the canary of " + model + " back (" +
-                  (*r)["rollback_pending"]["reason"].get<std::string>() +
-                  ") and has not been able to record it yet (the registry refused the write; see mms status): " +
-                  what + " refused. It is recorded once the registry takes writes again");
+  if (live.ok()) {
+    auto r = (*live)->CallJson(proto::kCanaryStatus, {{"model", model}});
+    if (r.ok()) return r->contains("rollback_pending") ? refuse((*r)["rollback_pending"]["reason"].get<std::string>())
+                                                       : Status::Ok();
+  }
+  // No answer (mmsd down, restarting, or busy): the rollbacks it keeps
+  // beside its socket until they are recorded say it as well.
+  auto socket = cli.socket_path();
+  auto reg = cli.OpenRegistry();
+  if (!socket.ok() || !reg.ok()) return Status::Ok();
+  auto c = (*reg)->GetCanary(model);
+  auto text = ReadFile(*socket + ".unsaved-rollbacks");
+  if (!c.ok() || !text.ok()) return Status::Ok();
+  const nlohmann::json all = nlohmann::json::parse(*text, nullptr, false);
+  if (all.is_array())
+    for (const auto& u : all)
+      if (u.is_object() && u.value("canary_id", int64_t{0}) == c->id && u.value("experiment_id", "") == c->experiment_id)
+        return refuse(u.value("reason", std::string("judged before it stopped")));
+  return Status::Ok();
 }
 
 template <class Fn>

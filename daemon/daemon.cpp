@@ -721,9 +721,11 @@ void Daemon::CheckRegistryFile() {
     if (uint64_t held = 0; !healed.ok() && throttle.Admit("", opts_.clock->MonoNanos(), &held))
       LogWarn("registry_let_go_failed", {{"error", healed.status().message()}});
     if (healed.ok() && *healed) {
-      LogWarn("registry_wal_restored", {{"was", st.message()},
-                                        {"note", "its log was checkpointed into the file and the file opened again: "
-                                                 "nothing lost"}});
+      // Its figures since it let go are saved, whole, at the next flush.
+      for (const auto& [key, m] : experiment_metrics_.All()) m->MarkDirty();
+      LogWarn("registry_reopened", {{"was", st.message()},
+                                    {"note", "the file mmsd opened is back at its path: opened again, and its "
+                                             "experiment figures are saved again"}});
       st = registry_->CheckFileIdentity();
     } else if (healed.ok()) {
       st = registry_->CheckFileIdentity();  // (let go of: says so)
@@ -963,7 +965,8 @@ void Daemon::WatchRegistry() {
     }
     now = opts_.clock->MonoNanos();
     if (now - last_flush_ns_ >= flush) {
-      FlushMetrics(/*brief=*/true);
+      CheckRegistryFile();  // never a write into a log that is no longer the file's
+      if (!registry_detached()) FlushMetrics(/*brief=*/true);
       // Versions and arms gone idle let go of their recent window's old
       // intervals (up to 0.8 MB each; traffic frees them as it records).
       for (MetricsStore* store : {&serving_metrics_, &experiment_metrics_})
@@ -1203,16 +1206,26 @@ Daemon::StopResult Daemon::Shutdown() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  const bool flushed = FlushMetrics();
-  if (!flushed)
+  // The file it opened still at its path, with its log (else let go of,
+  // and nothing written to whatever is there now: the close would apply its
+  // log to it).
+  CheckRegistryFile();
+  const bool detached = registry_detached();
+  const bool flushed = !detached && FlushMetrics();
+  if (detached)
+    LogError("metrics_unsaved_at_stop",
+             {{"note", "the registry file mmsd opened was removed or replaced: its figures since are not saved to "
+                       "the file now there, nor the feedback ids beside it; mmsd exits 1"}});
+  else if (!flushed)
     LogError("metrics_unsaved_at_stop",
              {{"note", "experiment and canary figures since the last successful flush are lost: the registry "
                        "refused the writes (see metrics_flush_failed); mmsd exits 1"}});
   // The request ids feedback may still come for: read back at the next start.
   // With the reports whose outcomes a flush saved (this last one included
   // when it worked): the others may be sent again, none counted twice.
-  bool ids_saved = true;
-  if (Status st = attribution_->Save(FeedbackIdsPath(), AttributionStore::Reports::kSaved); !st.ok()) {
+  bool ids_saved = !detached;
+  if (Status st = detached ? Status::Ok() : attribution_->Save(FeedbackIdsPath(), AttributionStore::Reports::kSaved);
+      !st.ok()) {
     LogError("feedback_ids_unsaved", {{"error", st.message()},
                                       {"note", "feedback for requests served before this stop will be refused; "
                                                "mmsd exits 1"}});

@@ -254,12 +254,18 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
     r->file_dev_ = static_cast<uint64_t>(st.st_dev);
     r->file_ino_ = static_cast<uint64_t>(st.st_ino);
   }
-  // SQLite keeps the -wal file while a connection is open (this one).
+  // SQLite keeps the -wal and -shm files while a connection is open (this one).
   if (::stat((opts.path + "-wal").c_str(), &st) == 0) r->wal_ino_ = static_cast<uint64_t>(st.st_ino);
+  if (::stat((opts.path + "-shm").c_str(), &st) == 0) r->shm_ino_ = static_cast<uint64_t>(st.st_ino);
   return r;
 }
 
 Status Registry::CheckFileIdentity() const {
+  if (let_go_ && log_removed_)
+    return FailedPrecondition("the registry's -wal or -shm file (" + opts_.path +
+                              "-wal, -shm) was removed while in use, and this process let go of the registry: what "
+                              "it wrote since its last checkpoint went with the removed file, and it saves nothing "
+                              "more. Commands work on the file meanwhile; restart mmsd to open it again");
   if (let_go_)
     return FailedPrecondition("the registry file " + opts_.path +
                               " was removed or replaced while in use, and this process let go of it (its changes "
@@ -277,45 +283,64 @@ Status Registry::CheckFileIdentity() const {
                               "the file it opened, which no other command sees. Restart mmsd to use the new file");
   // Its -wal file removed (or replaced) under it: the changes this process
   // commits go to a file no other command reads, and are lost if it dies.
-  const bool wal = ::stat((opts_.path + "-wal").c_str(), &st) == 0;
-  if (wal && wal_ino_ == 0) wal_ino_ = static_cast<uint64_t>(st.st_ino);
-  if (wal_ino_ != 0 && (!wal || static_cast<uint64_t>(st.st_ino) != wal_ino_))
-    return FailedPrecondition("the registry's write-ahead log " + opts_.path +
-                              "-wal was removed or replaced while in use: what this process commits goes to a file "
-                              "no other command reads (mmsd checkpoints it into the registry and opens the file "
-                              "again at its next poll: LetGoOfDetachedFile)");
+  // Its -wal or -shm (the log's shared index) removed or replaced.
+  for (auto [suffix, ino] : {std::pair<const char*, std::atomic<uint64_t>*>{"-wal", &wal_ino_}, {"-shm", &shm_ino_}}) {
+    const bool there = ::stat((opts_.path + suffix).c_str(), &st) == 0;
+    if (there && *ino == 0) *ino = static_cast<uint64_t>(st.st_ino);
+    if (*ino != 0 && (!there || static_cast<uint64_t>(st.st_ino) != *ino))
+      return FailedPrecondition("the registry's " + std::string(suffix) + " file " + opts_.path + suffix +
+                                " was removed or replaced while in use: what this process commits goes where no "
+                                "other command reads it (mmsd lets go of the file and opens it again at its next "
+                                "poll; what it wrote since its last checkpoint is lost)");
+  }
   return Status::Ok();
 }
 
 Result<bool> Registry::LetGoOfDetachedFile() {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (!let_go_) {
-    // Its frames into the file it opened; the log at its path emptied.
-    MMS_ASSIGN_OR_RETURN(auto ckpt, db_->Prepare("PRAGMA wal_checkpoint(TRUNCATE)"));
-    MMS_ASSIGN_OR_RETURN(bool row, ckpt.Step());
-    if (row && ckpt.Int(0) != 0)
-      return Status(Code::kLocked, "the registry's write-ahead log could not be checkpointed (busy): tried again later");
-    sqlite3_db_config(db_->raw(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
-  }
   struct stat st;
-  // The file it opened is at the path (only its -wal went, or the file
-  // was moved back): opened again, as every process opens it.
-  if (::stat(opts_.path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == file_dev_ &&
-      static_cast<uint64_t>(st.st_ino) == file_ino_) {
-    MMS_ASSIGN_OR_RETURN(auto again, sql::Db::Open(opts_.path, /*create=*/false, opts_.busy_timeout_ms));
-    MMS_RETURN_IF_ERROR(again->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL; PRAGMA journal_mode=WAL"));
-    db_ = std::move(again);
-    wal_ino_ = ::stat((opts_.path + "-wal").c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
-    let_go_ = false;
-    return true;
-  }
-  // Not at the path: no connection to it at all. An in-memory stand-in (no
-  // tables) makes every later call fail with an error, not a crash.
+  auto ours_at_path = [&] {
+    return ::stat(opts_.path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_dev) == file_dev_ &&
+           static_cast<uint64_t>(st.st_ino) == file_ino_;
+  };
   if (!let_go_) {
+    log_removed_ = ours_at_path();
+    // The file it opened replaced at the path: its log there would be taken
+    // by the new file's next opener for its own. Checkpointed (into the
+    // file it opened, which no one else has) and emptied first. Where the
+    // file is still ours and only its -wal (or -shm) went, no checkpoint:
+    // the shared index may map another process's frames by then, and
+    // backfilling from this connection's log would write them wrong (a
+    // review, stop 29). What it wrote since its last checkpoint is lost
+    // with the removed log; the caller saves its figures again.
+    if (!ours_at_path()) {
+      MMS_ASSIGN_OR_RETURN(auto ckpt, db_->Prepare("PRAGMA wal_checkpoint(TRUNCATE)"));
+      (void)ckpt.Step();  // busy: its log stays; nothing better can be done
+    }
+    // Closed first, with no checkpoint and no removal of the -wal and -shm
+    // at the path (a last connection's close does both, and they may be
+    // another process's by now); in one process SQLite shares an inode's
+    // shared index between connections, so the new one below must not
+    // meet this one's.
+    sqlite3_db_config(db_->raw(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    db_.reset();
     MMS_ASSIGN_OR_RETURN(db_, sql::Db::Open(":memory:", /*create=*/true, opts_.busy_timeout_ms));
     let_go_ = true;
   }
-  return false;
+  // The file it opened is back at the path (moved away and back): opened
+  // again, as every process opens it. Not where its -wal or -shm went: the
+  // log and index at the path are in a state only a process of its own can
+  // set right (a fresh opener that finds no other holding them recovers
+  // them from the file; one opened beside them here met a stale index and
+  // failed every read) — mmsd is restarted for that.
+  if (log_removed_ || !ours_at_path()) return false;
+  MMS_ASSIGN_OR_RETURN(auto again, sql::Db::Open(opts_.path, /*create=*/false, opts_.busy_timeout_ms));
+  MMS_RETURN_IF_ERROR(again->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL; PRAGMA journal_mode=WAL"));
+  db_ = std::move(again);
+  wal_ino_ = ::stat((opts_.path + "-wal").c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+  shm_ino_ = ::stat((opts_.path + "-shm").c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+  let_go_ = false;
+  return true;
 }
 
 Status Registry::ReadConsistent(const std::function<Status()>& fn) {

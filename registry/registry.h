@@ -420,24 +420,30 @@ class Registry {
   // other process sees. mmsd checks it at every poll.
   Status CheckFileIdentity() const;
   // After CheckFileIdentity failed: makes this object's connection harmless
-  // to whoever opens the path next, then heals what can be healed. (A -wal
-  // removed under a live connection, or a file replaced under it, leaves its
-  // write-ahead log and shared index at the path to be applied to a file
-  // they do not belong to: the restart mmsd advised then corrupted the
-  // registry — a fault-injection review, stop 29.)
-  //  - its write-ahead log is checkpointed into the file it opened and
-  //    truncated (TRUNCATE), so the -wal and -shm at the path hold nothing
-  //    of it;
-  //  - it is closed without the checkpoint and removal of those files a
-  //    last connection makes at close (they may be another file's now);
-  //  - the file at the path is the one it opened (only its -wal went): it is
-  //    opened again, with a -wal at the path as every process has it.
-  //    Returns true: healed, CheckFileIdentity is OK again.
-  //  - else (removed or replaced): false, and it stays closed — every call
-  //    fails (FAILED_PRECONDITION from CheckFileIdentity's callers; a
-  //    reader or writer gets an error) until the process opens it anew.
-  // Errors: the checkpoint or the reopen failed (the connection stays as it
-  // was: try again later).
+  // to whoever opens the path next. (A -wal removed under a live
+  // connection, or a file replaced under it, leaves a write-ahead log and
+  // shared index at the path that other openers take for their own: the
+  // restart mmsd advised then corrupted the registry — a fault-injection
+  // review, stop 29.)
+  //  - the file was replaced: its log is checkpointed into the file it
+  //    opened (which nobody else has) and truncated, so none of it is left
+  //    at the path;
+  //  - only its -wal or -shm went: no checkpoint (the shared index may map
+  //    another process's frames by then: backfilling from this connection's
+  //    log would write them wrong); what it wrote since its last checkpoint
+  //    is lost with the removed log;
+  //  - then it is closed, without the checkpoint and removal of the -wal and
+  //    -shm a last connection makes at close (they may be another
+  //    process's), and an empty in-memory stand-in takes its place: every
+  //    call fails with an error, none crashes, CheckFileIdentity says why.
+  //    A process that opens the file next, with no one holding its index,
+  //    recovers the log and index from the file: commands work meanwhile,
+  //    and a restart opens it soundly.
+  //  - the file it opened back at the path (moved away and back): opened
+  //    again, and true (healed). Not after a removed -wal or -shm.
+  // A write by another process between the removal and this call can still
+  // meet a log that is not its file's: SQLite offers no way to stop it.
+  // Errors: the reopen failed (try again later).
   Result<bool> LetGoOfDetachedFile();
   // SQLite's quick_check over the whole file (linear in its size), read from
   // disk on a connection of its own: CORRUPT naming the first problems, with
@@ -503,7 +509,9 @@ class Registry {
   // Its -wal file's identity, once seen (Open, else the first check after
   // the first write creates it).
   mutable std::atomic<uint64_t> wal_ino_{0};
+  mutable std::atomic<uint64_t> shm_ino_{0};  // its -shm's likewise
   std::atomic<bool> let_go_{false};  // LetGoOfDetachedFile closed it: db_ is an empty stand-in
+  bool log_removed_ = false;          // guarded by mu_: let go of for its -wal or -shm (not reopened)
   std::atomic<int64_t> own_commits_{0};
   // Recursive only so ReadConsistent can call the public readers inside its
   // one transaction; nothing else re-enters.

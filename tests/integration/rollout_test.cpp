@@ -619,6 +619,10 @@ TEST_CASE("a failing canary whose rollback the registry cannot record gets no tr
   t.Stop();
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
+  // No daemon to ask: the rollbacks kept beside its socket still stop a promote.
+  auto down = d.Mms({"canary", "promote", "tiny"});
+  CHECK(down.exit_code == 6);
+  CHECK_MESSAGE(down.err.find("mmsd rolled the canary of tiny back") != std::string::npos, down.err);
   REQUIRE(d.Restart());
   Traffic t2(d, "tiny", NegativeInput(d));
   t2.Start();
