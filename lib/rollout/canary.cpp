@@ -257,7 +257,12 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
   const bool was_unsaved = unsaved_rollbacks_.count(c.id) > 0;
   if (!was_unsaved && opts_.hold_back) opts_.hold_back(c.experiment_id, true);
   auto r = opts_.registry->RollbackCanary(c.model, "rolled_back", reason, c.id, check);
-  if (unsaved_rollbacks_.erase(c.id) > 0) UnsavedChanged();
+  // Kept (and published) until the write succeeds or the canary ended
+  // otherwise: erased before each retry, it read as no rollback pending
+  // for the retry's busy timeout (a promote let through), and a crash then
+  // forgot it.
+  if (r.ok() || r.status().code() == Code::kConflict || r.status().code() == Code::kNotFound)
+    if (unsaved_rollbacks_.erase(c.id) > 0) UnsavedChanged();
   if (r.ok()) {
     LogWarn("canary_rollback", {{"model", c.model}, {"candidate", where}, {"reason", reason}});
     events->push_back("rollback " + where + ": " + reason);
@@ -272,9 +277,9 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
     return false;
   }
   // The write failed: stop the canary's traffic in memory and keep trying.
-  unsaved_rollbacks_[c.id] = {c.id, c.experiment_id, reason, check};
-  UnsavedChanged();
   if (!was_unsaved) {
+    unsaved_rollbacks_[c.id] = {c.id, c.experiment_id, reason, check};
+    UnsavedChanged();
     LogError("canary_rollback_unsaved",
              {{"model", c.model}, {"candidate", where}, {"reason", reason}, {"error", r.status().message()},
               {"note", "the canary gets no traffic meanwhile; the rollback is written once the registry takes writes"}});
