@@ -714,8 +714,9 @@ VariantSnapshot Daemon::VariantFigures(const std::string& experiment, const std:
 void Daemon::CheckRegistryFile() {
   Status st = registry_->CheckFileIdentity();
   if (!st.ok()) {
-    // Its write-ahead log put out of reach of the file now at the path; the
-    // file reopened where it is still ours (a -wal removed): healed at once.
+    // Let go of: nothing of its log left for whatever file is at the path
+    // now, and nothing more written; opened again once the file it opened
+    // is back at its path (moved away and back).
     auto healed = registry_->LetGoOfDetachedFile();
     static LogThrottle throttle(60'000'000'000);  // (tried again at every poll)
     if (uint64_t held = 0; !healed.ok() && throttle.Admit("", opts_.clock->MonoNanos(), &held))

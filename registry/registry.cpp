@@ -281,17 +281,16 @@ Status Registry::CheckFileIdentity() const {
     return FailedPrecondition("the registry file " + opts_.path +
                               " was replaced while in use (moved, or a copy put in its place): this process keeps "
                               "the file it opened, which no other command sees. Restart mmsd to use the new file");
-  // Its -wal file removed (or replaced) under it: the changes this process
-  // commits go to a file no other command reads, and are lost if it dies.
-  // Its -wal or -shm (the log's shared index) removed or replaced.
+  // Its -wal or -shm (the log's shared index) removed or replaced under it:
+  // what this process commits goes where no other command reads it.
   for (auto [suffix, ino] : {std::pair<const char*, std::atomic<uint64_t>*>{"-wal", &wal_ino_}, {"-shm", &shm_ino_}}) {
     const bool there = ::stat((opts_.path + suffix).c_str(), &st) == 0;
     if (there && *ino == 0) *ino = static_cast<uint64_t>(st.st_ino);
     if (*ino != 0 && (!there || static_cast<uint64_t>(st.st_ino) != *ino))
       return FailedPrecondition("the registry's " + std::string(suffix) + " file " + opts_.path + suffix +
                                 " was removed or replaced while in use: what this process commits goes where no "
-                                "other command reads it (mmsd lets go of the file and opens it again at its next "
-                                "poll; what it wrote since its last checkpoint is lost)");
+                                "other command reads it (mmsd lets go of the registry at its next poll; restart it "
+                                "to open it again)");
   }
   return Status::Ok();
 }
@@ -312,8 +311,8 @@ Result<bool> Registry::LetGoOfDetachedFile() {
     // the shared index may map another process's frames by then, and
     // backfilling from this connection's log would write them wrong (a
     // review, stop 29). What it wrote since its last checkpoint is lost
-    // with the removed log; the caller saves its figures again.
-    if (!ours_at_path()) {
+    // with the removed log.
+    if (!log_removed_) {
       MMS_ASSIGN_OR_RETURN(auto ckpt, db_->Prepare("PRAGMA wal_checkpoint(TRUNCATE)"));
       (void)ckpt.Step();  // busy: its log stays; nothing better can be done
     }

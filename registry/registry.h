@@ -511,7 +511,7 @@ class Registry {
   mutable std::atomic<uint64_t> wal_ino_{0};
   mutable std::atomic<uint64_t> shm_ino_{0};  // its -shm's likewise
   std::atomic<bool> let_go_{false};  // LetGoOfDetachedFile closed it: db_ is an empty stand-in
-  bool log_removed_ = false;          // guarded by mu_: let go of for its -wal or -shm (not reopened)
+  std::atomic<bool> log_removed_{false};  // let go of for its -wal or -shm (not reopened); written under mu_
   std::atomic<int64_t> own_commits_{0};
   // Recursive only so ReadConsistent can call the public readers inside its
   // one transaction; nothing else re-enters.
