@@ -287,7 +287,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   std::set<std::string> taken;                       // copies made (or reserved) by this run
   std::set<std::string> dirs;                        // directories written into (synced at the end)
   Linker linker;
-  if (!c.link_dest.empty()) linker.prev = c.link_dest;
+  linker.prev = c.link_dest;
   std::unique_ptr<Registry> reg;
   std::vector<Row> rows;
   std::set<std::string> vanished;  // packed dirs a snapshot named and the copy did not find
