@@ -1,5 +1,8 @@
 #include "cli.h"
 
+#include <chrono>
+#include <thread>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -77,7 +80,38 @@ Result<std::unique_ptr<Registry>> Cli::OpenRegistry(bool create) {
                     "[registry] path; mms model register creates it)");
   o.busy_timeout_ms = (*c)->registry.busy_timeout_ns / 1000000;
   o.allowed_roots = (*c)->registry.allowed_roots;
+  MMS_RETURN_IF_ERROR(WaitForDaemonToLetGo(o.path));
   return Registry::Open(o);
+}
+
+// A registry file replaced, or its -wal or -shm removed, under a running
+// mmsd leaves mmsd's log and index at the path until mmsd lets go of the
+// file (at its next poll): a process that opened the file in that moment
+// took them for the file's own, and its close applied them to it (a review:
+// `mv backup.db registry.db && mms model list` corrupted the new file). So,
+// with mmsd on this socket serving this registry and reporting it so (its
+// STATUS looks at the file when asked), wait until it has let go. A daemon
+// that does not answer at once is not waited for (a stopped one would hold
+// every command).
+Status Cli::WaitForDaemonToLetGo(const std::string& db) {
+  auto path = socket_path();
+  if (!path.ok() || !FileExists(*path)) return Status::Ok();
+  proto::Client::Options o;
+  o.socket_path = *path;
+  o.timeout_ms = 300;
+  auto c = proto::Client::Connect(o);
+  if (!c.ok()) return Status::Ok();
+  for (int i = 0; i < 60; ++i) {
+    auto s = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
+    if (!s.ok() || !s->contains("registry_error") || s->value("registry_let_go", true)) return Status::Ok();
+    const std::string theirs = s->value("registry", "");
+    auto a = CanonicalPath(DirName(theirs)), b = CanonicalPath(DirName(db));
+    if (!(a.ok() && b.ok() ? *a + "/" + BaseName(theirs) == *b + "/" + BaseName(db) : theirs == db)) return Status::Ok();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return FailedPrecondition("mmsd at " + *path + " has the registry " + db + " open, but the file at that path is no "
+                            "longer the one it opened (or its -wal or -shm was removed), and it has not let go of "
+                            "it: opening the file now could apply mmsd's log to it. Retry in a moment, or stop mmsd");
 }
 
 Result<std::unique_ptr<Registry>> Cli::OpenRegistryToList() {

@@ -65,6 +65,9 @@ class Cli {
   // (`create`) make one where there is none; any other is NOT_FOUND naming
   // the path (a mistyped --data-dir used to leave an empty registry behind).
   Result<std::unique_ptr<Registry>> OpenRegistry(bool create = false);
+  // Before opening the registry: see cli.cpp (waits up to 3 s for a
+  // running mmsd to let go of a registry replaced under it).
+  Status WaitForDaemonToLetGo(const std::string& db);
   // NOT_FOUND from OpenRegistry for a registry that is not there.
   static bool NoRegistry(const Status& st);
   // For commands that list: with no registry there at all, an empty one in

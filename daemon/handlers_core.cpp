@@ -34,7 +34,10 @@ void AddCoreHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     // Not counting this status request itself.
     j["in_flight"] = std::max<int64_t>(0, d->server()->in_flight() - 1);
     j["registry"] = d->registry()->path();
-    if (Status st = d->registry()->CheckFileIdentity(); !st.ok()) j["registry_error"] = st.message();
+    if (Status st = d->registry()->CheckFileIdentity(); !st.ok()) {
+      j["registry_error"] = st.message();
+      j["registry_let_go"] = d->registry()->let_go();  // (until then its log at the path is not the file's)
+    }
     if (std::string e = d->MetricsFlushError(); !e.empty()) j["metrics_flush_error"] = e;
     if (std::string e = d->RegistryCorruptError(); !e.empty()) j["registry_corrupt"] = e;
     if (std::string e = d->ReloadError(); !e.empty()) j["config_reload_error"] = e;

@@ -445,6 +445,7 @@ class Registry {
   // meet a log that is not its file's: SQLite offers no way to stop it.
   // Errors: the reopen failed (try again later).
   Result<bool> LetGoOfDetachedFile();
+  bool let_go() const { return let_go_.load(); }  // LetGoOfDetachedFile closed it (any thread)
   // SQLite's quick_check over the whole file (linear in its size), read from
   // disk on a connection of its own: CORRUPT naming the first problems, with
   // how to recover. Reads that happen not to touch a damaged page succeed,

@@ -557,6 +557,11 @@ TEST_CASE("a registry file moved away under mmsd is reported (log, /health 503, 
           0);
   std::filesystem::copy_file(d.dir() + "/bk/registry.db", db + ".new");
   std::filesystem::rename(db + ".new", db);
+  // A command at once waits for mmsd to let go of the old file first (it
+  // met mmsd's log at the path and applied it to the new file: corrupt).
+  const std::string listed = d.Mms({"model", "list"}).out;
+  CHECK(listed.find("tiny   2") != std::string::npos);
+  CHECK(listed.find("tiny   3") == std::string::npos);  // the copy's versions, not the old file's
   CHECK(WaitFor([&] { return (h = health()).find("\n503") != std::string::npos; }, 20));
   CHECK_MESSAGE(h.find("this process let go of it") != std::string::npos, h);
   CHECK(d.Mms({"model", "register", "tiny", "--version", "4", "--path", TestDataDir() + "/tiny_v3.pt", "-q"}).exit_code ==
