@@ -104,9 +104,7 @@ Status Cli::WaitForDaemonToLetGo(const std::string& db) {
   for (int i = 0; i < 60; ++i) {
     auto s = (*c)->CallJson(proto::kStatus, nlohmann::json::object());
     if (!s.ok() || !s->contains("registry_error") || s->value("registry_let_go", true)) return Status::Ok();
-    const std::string theirs = s->value("registry", "");
-    auto a = CanonicalPath(DirName(theirs)), b = CanonicalPath(DirName(db));
-    if (!(a.ok() && b.ok() ? *a + "/" + BaseName(theirs) == *b + "/" + BaseName(db) : theirs == db)) return Status::Ok();
+    if (!SamePath(s->value("registry", ""), db)) return Status::Ok();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return FailedPrecondition("mmsd at " + *path + " has the registry " + db + " open, but the file at that path is no "

@@ -177,11 +177,7 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
     Result<nlohmann::json> status = conn.ok() ? (*conn)->CallJson(proto::kStatus, nlohmann::json::object())
                                               : Result<nlohmann::json>(conn.status());
     if (status.ok()) {
-      const std::string theirs = status->value("registry", "");
-      auto a = CanonicalPath(DirName(theirs)), b = CanonicalPath(DirName(*dest_db));
-      const bool same = a.ok() && b.ok() ? *a + "/" + BaseName(theirs) == *b + "/" + BaseName(*dest_db)
-                                         : theirs == *dest_db;
-      if (same)
+      if (SamePath(status->value("registry", ""), *dest_db))
         return cli.Fail(Status(Code::kInUse, "mmsd (pid " + std::to_string(status->value("pid", 0)) +
                                                  ") serves this data dir at " + *path +
                                                  ": stop it before restoring, then start it on the restored registry"));

@@ -547,11 +547,8 @@ Status NoPendingRollback(Cli& cli, const std::string& model, const std::string& 
   auto c = (*reg)->GetCanary(model);
   auto text = ReadFile(*socket + ".unsaved-rollbacks");
   if (!c.ok() || !text.ok()) return Status::Ok();
-  const nlohmann::json all = nlohmann::json::parse(*text, nullptr, false);
-  if (all.is_array())
-    for (const auto& u : all)
-      if (u.is_object() && u.value("canary_id", int64_t{0}) == c->id && u.value("experiment_id", "") == c->experiment_id)
-        return refuse(u.value("reason", std::string("judged before it stopped")));
+  for (const UnsavedRollback& u : ParseUnsavedRollbacks(*text))
+    if (u.canary_id == c->id && u.experiment_id == c->experiment_id) return refuse(u.reason);
   return Status::Ok();
 }
 

@@ -727,10 +727,8 @@ void Daemon::CheckRegistryFile() {
       LogWarn("registry_reopened", {{"was", st.message()},
                                     {"note", "the file mmsd opened is back at its path: opened again, and its "
                                              "experiment figures are saved again"}});
-      st = registry_->CheckFileIdentity();
-    } else if (healed.ok()) {
-      st = registry_->CheckFileIdentity();  // (let go of: says so)
     }
+    if (healed.ok()) st = registry_->CheckFileIdentity();  // OK again, or why it let go
   }
   if (!st.ok() && !registry_detached_.exchange(true)) LogError("registry_file_replaced", {{"error", st.message()}});
   if (st.ok() && registry_detached_.exchange(false))
@@ -994,25 +992,14 @@ void Daemon::SaveUnsavedRollbacks(const std::vector<UnsavedRollback>& all) {
     ::unlink(path.c_str());
     return;
   }
-  nlohmann::json j = nlohmann::json::array();
-  for (const auto& u : all)
-    j.push_back({{"canary_id", u.canary_id}, {"experiment_id", u.experiment_id}, {"reason", u.reason}, {"check", u.check}});
-  if (Status st = WriteFileAtomic(path, j.dump() + "\n"); !st.ok())
+  if (Status st = WriteFileAtomic(path, FormatUnsavedRollbacks(all)); !st.ok())
     LogWarn("unsaved_rollbacks_not_kept", {{"path", path}, {"error", st.message()},
                                            {"note", "a crash before the registry takes writes would route the canary again"}});
 }
 
 std::vector<UnsavedRollback> Daemon::LoadUnsavedRollbacks() {
-  std::vector<UnsavedRollback> out;
   auto text = ReadFile(UnsavedRollbacksPath());
-  if (!text.ok()) return out;
-  auto j = nlohmann::json::parse(*text, nullptr, false);
-  if (!j.is_array()) return out;
-  for (const auto& e : j)
-    if (e.is_object() && e.value("canary_id", int64_t{0}) > 0 && e.contains("experiment_id"))
-      out.push_back({e["canary_id"].get<int64_t>(), e.value("experiment_id", ""), e.value("reason", ""),
-                     e.value("check", nlohmann::json())});
-  return out;
+  return text.ok() ? ParseUnsavedRollbacks(*text) : std::vector<UnsavedRollback>{};
 }
 
 Status Daemon::Start() {
@@ -1225,13 +1212,13 @@ Daemon::StopResult Daemon::Shutdown() {
   // With the reports whose outcomes a flush saved (this last one included
   // when it worked): the others may be sent again, none counted twice.
   bool ids_saved = !detached;
-  if (Status st = detached ? Status::Ok() : attribution_->Save(FeedbackIdsPath(), AttributionStore::Reports::kSaved);
-      !st.ok()) {
-    LogError("feedback_ids_unsaved", {{"error", st.message()},
-                                      {"note", "feedback for requests served before this stop will be refused; "
-                                               "mmsd exits 1"}});
-    ids_saved = false;
-  }
+  if (ids_saved)
+    if (Status st = attribution_->Save(FeedbackIdsPath(), AttributionStore::Reports::kSaved); !st.ok()) {
+      LogError("feedback_ids_unsaved", {{"error", st.message()},
+                                        {"note", "feedback for requests served before this stop will be refused; "
+                                                 "mmsd exits 1"}});
+      ids_saved = false;
+    }
   const bool saved = flushed && ids_saved;
   shadows_->Configure({});
   http_.reset();

@@ -194,6 +194,16 @@ Registry::BriefWaits::~BriefWaits() {
   r_->mu_.unlock();
 }
 
+namespace {
+// A connection as every Registry has one (Open, and LetGoOfDetachedFile's
+// reopen): foreign keys on, commits durable.
+Result<std::unique_ptr<sql::Db>> OpenConnection(const std::string& path, bool create, int64_t busy_timeout_ms) {
+  MMS_ASSIGN_OR_RETURN(auto db, sql::Db::Open(path, create, busy_timeout_ms));
+  MMS_RETURN_IF_ERROR(db->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
+  return db;
+}
+}  // namespace
+
 Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
   if (opts.path.empty()) return InvalidArgument("no registry path");
   if (InterruptedCopy(opts.path))  // (said as "the registry file was removed or moved")
@@ -209,9 +219,7 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
                               opts.artifacts_dir + " aside first");
   if (opts.create) MMS_RETURN_IF_ERROR(MakeDirs(DirName(opts.path), 0700));
   std::unique_ptr<Registry> r(new Registry(opts));
-  auto db = sql::Db::Open(opts.path, opts.create, opts.busy_timeout_ms);
-  if (!db.ok()) return db.status();
-  r->db_ = std::move(db).value();
+  MMS_ASSIGN_OR_RETURN(r->db_, OpenConnection(opts.path, opts.create, opts.busy_timeout_ms));
   if (opts.require_writable && sqlite3_db_readonly(r->db_->raw(), "main") == 1) {
     struct statvfs fs;
     if (::statvfs(opts.path.c_str(), &fs) == 0 && (fs.f_flag & ST_RDONLY))
@@ -223,7 +231,6 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
                             " is read-only for this user: mmsd must write to it (serving figures, experiment "
                             "metrics, canary stages); give it write access to the file and its directory");
   }
-  MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL"));
   // Schema 8 (relative paths) only where no older mmsd reads this registry:
   // looked at (and the daemon lock held shared meanwhile) only while a
   // migration is due, so opening a current registry never touches the lock.
@@ -333,8 +340,8 @@ Result<bool> Registry::LetGoOfDetachedFile() {
   // them from the file; one opened beside them here met a stale index and
   // failed every read) — mmsd is restarted for that.
   if (log_removed_ || !ours_at_path()) return false;
-  MMS_ASSIGN_OR_RETURN(auto again, sql::Db::Open(opts_.path, /*create=*/false, opts_.busy_timeout_ms));
-  MMS_RETURN_IF_ERROR(again->Exec("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL; PRAGMA journal_mode=WAL"));
+  MMS_ASSIGN_OR_RETURN(auto again, OpenConnection(opts_.path, /*create=*/false, opts_.busy_timeout_ms));
+  MMS_RETURN_IF_ERROR(again->Exec("PRAGMA journal_mode=WAL"));
   db_ = std::move(again);
   wal_ino_ = ::stat((opts_.path + "-wal").c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
   shm_ino_ = ::stat((opts_.path + "-shm").c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;

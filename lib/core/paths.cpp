@@ -170,6 +170,12 @@ Result<std::string> CanonicalPath(const std::string& path) {
   return std::string(buf);
 }
 
+bool SamePath(const std::string& a, const std::string& b) {
+  auto da = CanonicalPath(DirName(a)), db = CanonicalPath(DirName(b));
+  if (!da.ok() || !db.ok()) return a == b;
+  return *da == *db && BaseName(a) == BaseName(b);
+}
+
 std::string DirName(const std::string& path) {
   auto p = path.find_last_of('/');
   if (p == std::string::npos) return ".";

@@ -46,6 +46,11 @@ Status SyncDir(const std::string& dir);
 
 // realpath(3); NOT_FOUND when the file does not exist.
 Result<std::string> CanonicalPath(const std::string& path);
+// Whether `a` and `b` name the same place: the same file name in
+// directories that resolve to the same one (symlinks, "..", a relative
+// spelling), the file itself existing or not; compared as given when a
+// directory cannot be resolved.
+bool SamePath(const std::string& a, const std::string& b);
 std::string DirName(const std::string& path);
 std::string BaseName(const std::string& path);
 std::string JoinPath(const std::string& a, const std::string& b);

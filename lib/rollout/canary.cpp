@@ -238,6 +238,25 @@ std::vector<std::string> CanaryController::Tick() {
   return events;
 }
 
+std::string FormatUnsavedRollbacks(const std::vector<UnsavedRollback>& all) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& u : all)
+    j.push_back({{"canary_id", u.canary_id}, {"experiment_id", u.experiment_id}, {"reason", u.reason}, {"check", u.check}});
+  return j.dump() + "\n";
+}
+
+std::vector<UnsavedRollback> ParseUnsavedRollbacks(const std::string& text) {
+  std::vector<UnsavedRollback> out;
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_array()) return out;
+  for (const auto& e : j)
+    if (e.is_object() && e.value("canary_id", int64_t{0}) > 0 && e.contains("experiment_id") &&
+        e["experiment_id"].is_string())
+      out.push_back({e["canary_id"].get<int64_t>(), e["experiment_id"].get<std::string>(), e.value("reason", ""),
+                     e.value("check", nlohmann::json())});
+  return out;
+}
+
 void CanaryController::RestoreUnsaved(const std::vector<UnsavedRollback>& unsaved) {
   for (const auto& u : unsaved) unsaved_rollbacks_[u.canary_id] = u;
 }

@@ -96,6 +96,11 @@ struct UnsavedRollback {
   std::string experiment_id, reason;
   nlohmann::json check;
 };
+// The file mmsd keeps them in beside its socket (so a crash forgets none),
+// which the CLI reads too when mmsd does not answer: one JSON array.
+// Parse skips what it cannot read (a damaged file cannot stop a start).
+std::string FormatUnsavedRollbacks(const std::vector<UnsavedRollback>& all);
+std::vector<UnsavedRollback> ParseUnsavedRollbacks(const std::string& text);
 
 class CanaryController {
  public:

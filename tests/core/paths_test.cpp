@@ -89,3 +89,15 @@ TEST_CASE("atomic write and canonical paths") {
   CHECK(AbsolutePath("d/../e/./f") == std::string(cwd) + "/e/f");
   CHECK(AbsolutePath("") == "");
 }
+
+TEST_CASE("SamePath: the same file name in the same resolved directory, existing or not") {
+  mms::testing::TempDir t;
+  REQUIRE(MakeDirs(t / "d", 0700).ok());
+  REQUIRE(::symlink((t / "d").c_str(), (t / "link").c_str()) == 0);
+  CHECK(SamePath(t / "d/registry.db", t / "link/registry.db"));  // neither exists: compared by directory
+  CHECK(SamePath(t / "d/registry.db", t / "d/../d/registry.db"));
+  CHECK_FALSE(SamePath(t / "d/registry.db", t / "d/other.db"));
+  CHECK_FALSE(SamePath(t / "d/registry.db", t / "registry.db"));
+  CHECK(SamePath(t / "gone/x", t / "gone/x"));  // unresolvable: as given
+  CHECK_FALSE(SamePath(t / "gone/x", t / "gone/../gone/x"));
+}
