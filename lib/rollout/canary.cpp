@@ -289,10 +289,23 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
     if (opts_.changed) opts_.changed();
     return true;
   }
-  // Ended or removed meanwhile by someone else: not ours to roll back.
+  // Ended or removed meanwhile by someone else: not ours to roll back. A
+  // promotion by hand that overtook this verdict put a candidate mmsd had
+  // just judged failing into production: said loudly, and audited, with
+  // the way back.
   Code code = r.status().code();
   if (code == Code::kConflict || code == Code::kNotFound) {
     if (opts_.hold_back) opts_.hold_back(c.experiment_id, false);
+    auto now = opts_.registry->GetCanary(c.model);
+    if (now.ok() && now->id == c.id && now->state == "promoted") {
+      const std::string back = "mms model stage " + c.model + ":" + c.baseline_version + " production";
+      LogError("canary_promoted_despite_rollback",
+               {{"model", c.model}, {"candidate", where}, {"reason", reason},
+                {"note", "promoted by hand while mmsd was recording its rollback; to go back: " + back}});
+      (void)opts_.registry->Audit("canary-verdict-overtaken", c.model, c.candidate_version, "promoted", "promoted",
+                                  "mmsd judged it failing as it was promoted by hand: " + reason + "; to go back: " + back);
+      events->push_back("rollback overtaken by a promotion " + where + ": " + reason);
+    }
     return false;
   }
   // The write failed: stop the canary's traffic in memory and keep trying.

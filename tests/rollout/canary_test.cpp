@@ -196,6 +196,36 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   CHECK(g.holds[1] == "-" + gc.experiment_id);  // routed as the registry says: no canary
 }
 
+TEST_CASE("a promotion by hand that overtakes a rollback being written is audited with the way back") {
+  // The race a CLI cannot close alone: it asked mmsd before the verdict, and
+  // its promote landed before mmsd's rollback write.
+  Fixture f;
+  CanaryRecord c = f.Start();
+  f.ctl->Tick();
+  f.Traffic(c, 70, 0.0, 5);
+  testing::WriteLock lock(f.dir / "r.db");
+  REQUIRE(lock.ok());
+  f.Traffic(c, 20, 0.2, 5);
+  REQUIRE(f.reg->GetCanary("rec")->state == "running");  // the rollback is not written yet
+  lock.Release();
+  REQUIRE(f.reg->PromoteCanary("rec", "promoted by hand").ok());
+  f.clock.AdvanceSeconds(1);
+  auto events = f.ctl->Tick();
+  CHECK(f.reg->GetCanary("rec")->state == "promoted");  // the human's write stands
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].find("overtaken by a promotion rec:2") != std::string::npos);
+  auto h = f.reg->History(*ParseRef("rec:2"));
+  REQUIRE(h.ok());
+  REQUIRE(!h->empty());
+  CHECK(h->back().action == "canary-verdict-overtaken");
+  CHECK(h->back().detail.find("canary error rate") != std::string::npos);
+  CHECK(h->back().detail.find("mms model stage rec:1 production") != std::string::npos);
+  // Said once: the canary has ended, so the next tick has nothing to write.
+  f.clock.AdvanceSeconds(1);
+  CHECK(f.ctl->Tick().empty());
+  CHECK(f.reg->History(*ParseRef("rec:2"))->size() == h->size());
+}
+
 TEST_CASE("a paused canary is still judged: its traffic stays, so a failing one is rolled back, but it never advances") {
   // Paused, a broken candidate kept half the users failing: no check ran.
   Fixture f;
