@@ -226,6 +226,15 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     std::filesystem::remove_all(staging, ec);
     return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
   }
+  // What was packed is what was hashed, or nothing is registered: a file
+  // written while it was registered recorded one file's hash beside
+  // another's weights (a review's CI job rewrote it in place).
+  if (const std::string packed_sha = out.info.value("sha256", ""); packed_sha != sha256) {
+    std::filesystem::remove_all(staging, ec);
+    return Conflict(canon + " changed while it was being registered (sha256 " + sha256.substr(0, 12) +
+                    " when hashed, " + (packed_sha.empty() ? "unknown" : packed_sha.substr(0, 12)) +
+                    " when packed): nothing was stored or registered; retry once whatever writes it has finished");
+  }
   std::string sample_name;
   if (!sample_input.empty()) {
     std::string ext = IsSafetensorsPath(sample_input) ? ".safetensors" : ".json";

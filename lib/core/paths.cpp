@@ -1,5 +1,7 @@
 #include "core/paths.h"
 
+#include "core/units.h"
+
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/sendfile.h>
@@ -59,15 +61,40 @@ Status MakeDirs(const std::string& given, unsigned mode) {
   return Status::Ok();
 }
 
-Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
+  // O_NONBLOCK: a FIFO nobody writes to reads as empty instead of waiting
+  // forever for a writer; cleared once open, so a pipe with a writer is read
+  // to its end.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
     if (errno == ENOENT) return NotFound("no such file: " + path);
     return IoError("cannot read " + path + ": " + std::strerror(errno));
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return IoError("cannot read " + path + ": " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return InvalidArgument(path + " is a directory, not a file");
+  auto too_big = [&] {
+    return InvalidArgument(path + " holds more than " + FormatBytes(max_bytes) + ", the most it may" +
+                           (S_ISREG(st.st_mode) ? "" : " (it is not a regular file: a device never ends)"));
+  };
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max_bytes) return too_big();
+  std::string out;
+  if (S_ISREG(st.st_mode)) out.reserve(static_cast<size_t>(st.st_size));
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return IoError("cannot read " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    if (static_cast<uint64_t>(n) > max_bytes - out.size()) return too_big();
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
 }
 
 Status WriteFileAtomic(const std::string& path, const std::string& data) {

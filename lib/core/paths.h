@@ -31,8 +31,11 @@ std::string DefaultSocketPath(const EnvLookup& env, const std::string& data_dir)
 // get 0755.
 Status MakeDirs(const std::string& dir, unsigned mode);
 
-// Reads a whole file. NOT_FOUND when missing, IO otherwise.
-Result<std::string> ReadFile(const std::string& path);
+// Reads a whole file. NOT_FOUND when missing, IO otherwise; INVALID_ARGUMENT
+// for a directory, or a file holding more than `max_bytes` (a device such as
+// /dev/zero never ends: give a cap wherever the path is the user's). A FIFO
+// with no writer reads as empty, never waits for one.
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = UINT64_MAX);
 // Writes via a temp file + fsync + rename: readers see old or new, never half.
 Status WriteFileAtomic(const std::string& path, const std::string& data);
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "core/paths.h"
+#include "pool/archive_check.h"
 #include "pool/torch_model.h"
 #include "protocol/tensor_file.h"
 
@@ -13,6 +14,8 @@ namespace mms {
 nlohmann::json ArtifactInfo::ToJson() const {
   nlohmann::json j = {{"inputs", InputSpecsToJson(inputs)}, {"weight_bytes", weight_bytes}, {"tensors", tensors}, {"packed", packed}};
   if (!lora_stacked.empty()) j["lora_stacked"] = lora_stacked;
+  if (!sha256.empty()) j["sha256"] = sha256;
+  if (file_bytes) j["file_bytes"] = file_bytes;
   return j;
 }
 
@@ -65,8 +68,17 @@ Status CheckSampleInput(const std::string& artifact, const std::string& sample_p
 
 Result<ArtifactInfo> PackTorchScript(const std::string& path, const std::string& dst_dir,
                                      const std::string& sample_path) {
-  MMS_ASSIGN_OR_RETURN(HostModel hm, LoadPlainTorchScript(path, Pageable()));
+  // Read once: the bytes hashed and checked are the bytes loaded and packed,
+  // whatever writes the file meanwhile (the caller compares the hash with
+  // its own).
+  MMS_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  const std::string sha256 = Sha256Hex(bytes);
+  const uint64_t file_bytes = bytes.size();
+  MMS_RETURN_IF_ERROR(CheckArchiveCrcs(bytes, path));
+  MMS_ASSIGN_OR_RETURN(HostModel hm, LoadPlainTorchScriptBytes(std::move(bytes), path, Pageable()));
   ArtifactInfo info = Describe(hm);
+  info.sha256 = sha256;
+  info.file_bytes = file_bytes;
   if (!sample_path.empty()) MMS_RETURN_IF_ERROR(ApplySample(hm, sample_path, &info));
   if (dst_dir.empty()) return info;
   MMS_RETURN_IF_ERROR(MakeDirs(dst_dir, 0755));

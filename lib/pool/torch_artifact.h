@@ -28,12 +28,16 @@ struct ArtifactInfo {
   size_t tensors = 0;
   bool packed = false;
   std::vector<std::string> lora_stacked;  // modules whose adapter weights forward() takes stacked
+  std::string sha256;               // PackTorchScript: of the bytes it read, loaded and packed
+  uint64_t file_bytes = 0;          // and their count
   nlohmann::json ToJson() const;
 };
 
 // Loads the archive on CPU and describes it.
 Result<ArtifactInfo> InspectTorchScript(const std::string& path);
-// Inspects; with `sample_path` runs forward once on that tensor file (the
+// Reads `path` once, checks its archive's CRC-32s (CORRUPT when damaged) and
+// hashes it (SHA-256, in the result), and inspects what it read; with
+// `sample_path` runs forward once on that tensor file (the
 // version's warm-up input must work at registration) and records its dtypes
 // and shapes; with `dst_dir` writes <dst_dir>/weights.safetensors and
 // <dst_dir>/module.pt.

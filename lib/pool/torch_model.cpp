@@ -1,6 +1,7 @@
 #include "pool/torch_model.h"
 
 #include <ATen/Parallel.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -422,11 +423,47 @@ Status ReadInto(const std::string& path, uint64_t offset, uint8_t* dst, uint64_t
   return Status::Ok();
 }
 
+// An archive's bytes in memory, for torch::jit::load.
+class BytesReader final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit BytesReader(std::string bytes) : bytes_(std::move(bytes)) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char*) const override {
+    if (pos >= bytes_.size()) return 0;
+    n = std::min<size_t>(n, bytes_.size() - static_cast<size_t>(pos));
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
+
+ private:
+  const std::string bytes_;
+};
+
+Result<HostModel> PackModule(torch::jit::Module m, const std::string& path, const HostAllocator& alloc,
+                             const std::string& name);
+
 }  // namespace
 
 Result<HostModel> LoadPlainTorchScript(const std::string& path, const HostAllocator& alloc,
                                        const std::string& name) {
   MMS_ASSIGN_OR_RETURN(torch::jit::Module m, LoadModule(path, path));
+  return PackModule(std::move(m), path, alloc, name);
+}
+
+Result<HostModel> LoadPlainTorchScriptBytes(std::string bytes, const std::string& what, const HostAllocator& alloc) {
+  torch::jit::Module m;
+  try {
+    m = torch::jit::load(std::make_shared<BytesReader>(std::move(bytes)), torch::kCPU);
+  } catch (const std::exception& e) {
+    return InvalidArgument(what + " is not a loadable TorchScript archive: " + TorchErrorMessage(e));
+  }
+  return PackModule(std::move(m), what, alloc, "");
+}
+
+namespace {
+
+Result<HostModel> PackModule(torch::jit::Module m, const std::string& path, const HostAllocator& alloc,
+                             const std::string& name) {
   WeightLayout layout;
   std::vector<at::Tensor> sources;
   try {
@@ -464,6 +501,8 @@ Result<HostModel> LoadPlainTorchScript(const std::string& path, const HostAlloca
   MMS_RETURN_IF_ERROR(model->Bind(buf, "cpu"));
   return HostModel{buf, std::move(model)};
 }
+
+}  // namespace
 
 Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAllocator& alloc,
                                         const std::string& name) {

@@ -27,6 +27,10 @@ class TorchLoader final : public Loader {
 // `name` ("rec:3") prefixes errors; the path when empty.
 Result<HostModel> LoadPlainTorchScript(const std::string& path, const HostAllocator& alloc,
                                        const std::string& name = "");
+// The same from an archive's bytes in memory (`what` names them in
+// messages): what was hashed and checked is what is loaded. The bytes are
+// freed once the module is loaded, before its weights are copied.
+Result<HostModel> LoadPlainTorchScriptBytes(std::string bytes, const std::string& what, const HostAllocator& alloc);
 // Loads a packed directory (module.pt + weights.safetensors).
 Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAllocator& alloc,
                                         const std::string& name = "");

@@ -16,6 +16,7 @@
 #include <random>
 #include <thread>
 
+#include "core/paths.h"
 #include "support/process.h"
 
 using namespace mms::testing;
@@ -846,6 +847,49 @@ TEST_CASE("two registrations at once both succeed, the same one twice is a rerun
   // The loser's clean-up never takes the winner's packed files.
   auto verify = mms({"model", "verify", "dup:1"});
   CHECK_MESSAGE(verify.exit_code == 0, verify.out << verify.err);
+}
+
+TEST_CASE("registration records the hash of the bytes it packed: a file changed meanwhile or damaged is refused") {
+  Cli mms;
+  // An mms beside an "mmsd" that rewrites the artifact just before it is
+  // packed, as another job writing the file in place would: hashed as
+  // tiny.pt, packed as tiny_v3.pt.
+  const std::string wrap = mms.dir / "wrap", model = mms.dir / "wrap/model.pt";
+  std::filesystem::create_directories(wrap);
+  std::filesystem::copy_file(MmsBin(), wrap + "/mms");
+  std::filesystem::copy_file(mms.Data("tiny.pt"), model);
+  std::ofstream(wrap + "/mmsd") << "#!/bin/sh\n[ \"$1\" = inspect-artifact ] && cp '" << mms.Data("tiny_v3.pt") << "' '"
+                                << model << "'\nexec '" << BinDir() << "/mmsd' \"$@\"\n";
+  std::filesystem::permissions(wrap + "/mmsd", std::filesystem::perms::owner_all);
+  auto r = Run({wrap + "/mms", "--data-dir", mms.dir / "data", "--socket", mms.dir / "none.sock", "model", "register",
+                "race", "--version", "1", "--path", model},
+               300);
+  CHECK(r.exit_code == 6);
+  CHECK(r.err.find("changed while it was being registered") != std::string::npos);
+  CHECK(r.err.find("nothing was stored or registered; retry") != std::string::npos);
+  CHECK(mms({"model", "show", "race:1"}).exit_code == 4);
+  std::error_code ec;
+  const bool left = std::filesystem::exists(mms.dir / "data/artifacts/race", ec) &&
+                    !std::filesystem::is_empty(mms.dir / "data/artifacts/race", ec);
+  CHECK_FALSE(left);  // no packed dir left behind
+  // Run again once the file stands still: the weights served are the ones hashed.
+  auto again = mms({"--json", "model", "register", "race", "--version", "1", "--path", model});
+  REQUIRE(again.exit_code == 0);
+  auto v3 = mms({"--json", "model", "register", "v3", "--version", "1", "--path", mms.Data("tiny_v3.pt")});
+  REQUIRE(v3.exit_code == 0);
+  CHECK(json::parse(again.out)["sha256"] == json::parse(v3.out)["sha256"]);
+
+  // A byte flipped inside a tensor's record: libtorch loads it as is, the
+  // archive's CRC-32 does not match. Refused, not served as other weights.
+  std::string bytes = mms::ReadFile(mms.Data("tiny.pt")).value();
+  const size_t at = bytes.find("data/0") + 64;
+  bytes[at] = static_cast<char>(bytes[at] ^ 0x5a);
+  std::ofstream(mms.dir / "crc.pt", std::ios::binary) << bytes;
+  auto crc = mms({"model", "register", "crc", "--version", "1", "--path", mms.dir / "crc.pt"});
+  CHECK(crc.exit_code == 2);
+  CHECK(crc.err.find("is damaged: its record") != std::string::npos);
+  CHECK(crc.err.find("does not match its CRC-32") != std::string::npos);
+  CHECK(mms({"model", "show", "crc:1"}).exit_code == 4);
 }
 
 TEST_CASE("kill -9 during registration leaves a consistent registry") {
