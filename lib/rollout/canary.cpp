@@ -232,6 +232,7 @@ std::vector<std::string> CanaryController::Tick() {
       continue;
     }
     if (opts_.hold_back) opts_.hold_back(it->second.experiment_id, false);
+    IfPromotedMeanwhile(it->first, it->second.reason, &events);
     it = unsaved_rollbacks_.erase(it);
     UnsavedChanged();
   }
@@ -268,6 +269,23 @@ void CanaryController::UnsavedChanged() const {
   opts_.unsaved_changed(all);
 }
 
+void CanaryController::IfPromotedMeanwhile(int64_t canary_id, const std::string& reason,
+                                           std::vector<std::string>* events) {
+  auto all = opts_.registry->ListCanaries(/*active_only=*/false);
+  if (!all.ok()) return;
+  for (const CanaryRecord& c : *all) {
+    if (c.id != canary_id || c.state != "promoted") continue;
+    const std::string where = c.model + ":" + c.candidate_version;
+    const std::string back = "mms model stage " + c.model + ":" + c.baseline_version + " production";
+    LogError("canary_promoted_despite_rollback",
+             {{"model", c.model}, {"candidate", where}, {"reason", reason},
+              {"note", "promoted by hand while mmsd was recording its rollback; to go back: " + back}});
+    (void)opts_.registry->Audit("canary-verdict-overtaken", c.model, c.candidate_version, "promoted", "promoted",
+                                "mmsd judged it failing as it was promoted by hand: " + reason + "; to go back: " + back);
+    events->push_back("rollback overtaken by a promotion " + where + ": " + reason);
+  }
+}
+
 bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::vector<std::string>* events,
                                 const nlohmann::json& check) {
   std::string where = c.model + ":" + c.candidate_version;
@@ -296,16 +314,7 @@ bool CanaryController::Rollback(const CanaryRecord& c, std::string reason, std::
   Code code = r.status().code();
   if (code == Code::kConflict || code == Code::kNotFound) {
     if (opts_.hold_back) opts_.hold_back(c.experiment_id, false);
-    auto now = opts_.registry->GetCanary(c.model);
-    if (now.ok() && now->id == c.id && now->state == "promoted") {
-      const std::string back = "mms model stage " + c.model + ":" + c.baseline_version + " production";
-      LogError("canary_promoted_despite_rollback",
-               {{"model", c.model}, {"candidate", where}, {"reason", reason},
-                {"note", "promoted by hand while mmsd was recording its rollback; to go back: " + back}});
-      (void)opts_.registry->Audit("canary-verdict-overtaken", c.model, c.candidate_version, "promoted", "promoted",
-                                  "mmsd judged it failing as it was promoted by hand: " + reason + "; to go back: " + back);
-      events->push_back("rollback overtaken by a promotion " + where + ": " + reason);
-    }
+    IfPromotedMeanwhile(c.id, reason, events);
     return false;
   }
   // The write failed: stop the canary's traffic in memory and keep trying.

@@ -151,6 +151,9 @@ class CanaryController {
 
  private:
   void Step(const CanaryRecord& c, std::vector<std::string>* events);
+  // A promotion by hand that landed before this daemon's rollback write (a
+  // CLI asked before the verdict): logged and audited with the way back.
+  void IfPromotedMeanwhile(int64_t canary_id, const std::string& reason, std::vector<std::string>* events);
   // Writes a rollback; when the write fails, holds the canary's traffic back
   // and remembers it for the next tick. True once written.
   // `check`: the failing check, recorded as the canary's last.
