@@ -25,6 +25,7 @@
 
 #include "cli.h"
 #include "core/hash.h"
+#include "core/json.h"
 #include "core/paths.h"
 #include "core/subprocess.h"
 #include "core/clock.h"
@@ -33,6 +34,9 @@
 #include "protocol/tensor_file.h"
 
 namespace mms::cli {
+
+// A version's --metrics (stored in the registry, shown by model show).
+constexpr uint64_t kMaxMetricsFileBytes = 1ull << 20;
 
 static_assert(kMaxQueueDelayUsMax * 1000 == kMaxQueueDelayMaxNs,
               "a version's --max-queue-delay-us and [scheduler] max_queue_delay must allow the same range");
@@ -291,14 +295,22 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
       return InvalidArgument("--label " + l.substr(0, eq) + " is given twice: give each key once");
   }
   if (!a.metrics_file.empty()) {
-    auto text = ReadFile(a.metrics_file);
+    auto text = ReadFile(a.metrics_file, kMaxMetricsFileBytes);
     if (!text.ok()) return InvalidArgument("--metrics " + a.metrics_file + ": " + text.status().message());
-    v.metrics = nlohmann::json::parse(*text, nullptr, false);
-    if (v.metrics.is_discarded() || !v.metrics.is_object())
+    auto parsed = ParseJsonStrict(*text);
+    if (!parsed.ok()) return InvalidArgument("--metrics " + a.metrics_file + ": " + parsed.status().message());
+    v.metrics = std::move(parsed).value();
+    if (!v.metrics.is_object())
       return InvalidArgument("--metrics " + a.metrics_file + " must hold a JSON object, e.g. {\"auc\": 0.91}");
   }
-  if (!a.sample_input.empty() && !FileExists(a.sample_input))
-    return InvalidArgument("--sample-input " + a.sample_input + " does not exist");
+  if (!a.sample_input.empty()) {
+    struct stat sst;
+    if (::stat(a.sample_input.c_str(), &sst) != 0)
+      return InvalidArgument("--sample-input " + a.sample_input + ": " + std::strerror(errno));
+    if (!S_ISREG(sst.st_mode))  // (it is read twice: checked, then stored with the version)
+      return InvalidArgument("--sample-input " + a.sample_input + " is not a regular file; it is stored with the "
+                             "version: give a .json or .safetensors file");
+  }
 
   auto canon = CanonicalPath(a.path);
   struct stat st;

@@ -24,7 +24,12 @@ struct PredictArgs {
 
 int CmdPredict(Cli& cli, const PredictArgs& a) {
   if (Status st = ParseRef(a.ref).status(); !st.ok()) return cli.Fail(st);
-  auto inputs = ReadTensorFile(a.input);
+  // A JSON file's text is a few times the tensors it holds, and the daemon
+  // takes a message up to its cap: more than 8x that (or a device such as
+  // /dev/zero, which never ends) is not read to the end.
+  auto cfg = cli.config();
+  if (!cfg.ok()) return cli.Fail(cfg.status());
+  auto inputs = ReadTensorFile(a.input, 8 * (*cfg)->daemon.max_message_bytes);
   if (!inputs.ok()) {
     Status st = inputs.status();
     return cli.Fail(Status(st.code() == Code::kNotFound ? Code::kInvalidArgument : st.code(),
@@ -70,8 +75,6 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
   // Refuse locally what the daemon would refuse: frames the protocol cannot
   // carry (too many dims, too long a name), and the size cap (same mms.toml).
   if (Status st = proto::CheckEncodable(m); !st.ok()) return cli.Fail(st.WithContext("--input"));
-  auto cfg = cli.config();
-  if (!cfg.ok()) return cli.Fail(cfg.status());
   size_t size = proto::EncodedSize(m, proto::DumpBody(m.body));
   // "64.0 KiB, over the daemon's 64.0 KiB cap" read as equal: in bytes when rounding hides the difference.
   auto over = [&](uint64_t cap) {

@@ -79,7 +79,7 @@ Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
   if (::fstat(fd, &st) != 0) return IoError("cannot read " + path + ": " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) return InvalidArgument(path + " is a directory, not a file");
   auto too_big = [&] {
-    return InvalidArgument(path + " holds more than " + FormatBytes(max_bytes) + ", the most it may" +
+    return InvalidArgument(path + " holds more than " + FormatBytes(max_bytes) + ", the limit for it" +
                            (S_ISREG(st.st_mode) ? "" : " (it is not a regular file: a device never ends)"));
   };
   if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max_bytes) return too_big();

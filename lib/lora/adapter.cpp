@@ -1,5 +1,7 @@
 #include "lora/adapter.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -9,10 +11,14 @@
 
 #include <re2/re2.h>
 
+#include "core/json.h"
 #include "core/paths.h"
 #include "protocol/tensor_file.h"
 
 namespace mms {
+
+// adapter_config.json: a few hundred bytes in practice.
+constexpr uint64_t kMaxAdapterConfigBytes = 1ull << 20;
 
 nlohmann::json AdapterInfo::ToJson() const {
   nlohmann::json t = nlohmann::json::array();
@@ -126,17 +132,19 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
     return InvalidArgument("adapter directory " + dir + (FileExists(dir) ? " is not a directory" : " does not exist") +
                            " (--path names a PEFT adapter directory, which holds adapter_config.json and "
                            "adapter_model.safetensors)");
-  if (!FileExists(cfg_path))
-    return InvalidArgument("missing file " + cfg_path + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
-  if (!FileExists(weights_path))
-    return InvalidArgument("missing file " + weights_path + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
-  MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path));
-  nlohmann::json cfg;
-  try {
-    cfg = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {  // says where, and why (a number out of range, say)
-    return InvalidArgument(cfg_path + " is not valid JSON: " + e.what());
+  for (const std::string& f : {cfg_path, weights_path}) {
+    if (!FileExists(f))
+      return InvalidArgument("missing file " + f + ": a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors");
+    // (a FIFO would hang the read, a device such as /dev/zero never end)
+    struct stat st;
+    if (::stat(f.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+      return InvalidArgument(f + " is not a regular file: a PEFT adapter directory holds adapter_config.json and "
+                                 "adapter_model.safetensors as files");
   }
+  MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(cfg_path, kMaxAdapterConfigBytes));
+  auto parsed = ParseJsonStrict(text);  // says where, and why (a number out of range, a key twice)
+  if (!parsed.ok()) return InvalidArgument(cfg_path + ": " + parsed.status().message());
+  nlohmann::json cfg = std::move(parsed).value();
   if (!cfg.is_object()) return InvalidArgument(cfg_path + " is not a JSON object");
 
   CheckedAdapter out;
@@ -320,9 +328,22 @@ Result<CheckedAdapter> CheckAdapter(const std::string& dir, const LoraBase& base
     if (A.dtype != lin.dtype || B.dtype != lin.dtype)
       return where(std::string("wrong dtype: ") + DTypeName(A.dtype) + "/" + DTypeName(B.dtype) + ", but " + base.ref +
                    "'s weights are " + DTypeName(lin.dtype) + "; convert the adapter to " + DTypeName(lin.dtype));
-    for (const Tensor* t : {&A, &B})
-      for (double v : TensorToDoubles(*t))
+    double largest[2] = {0, 0};  // |A|, |B|
+    for (int k = 0; k < 2; ++k)
+      for (double v : TensorToDoubles(k ? B : A)) {
         if (!std::isfinite(v)) return where("holds NaN or infinite values");
+        largest[k] = std::max(largest[k], std::fabs(v));
+      }
+    // Finite weights whose update scale·B·A overflows the dtype serve NaN or
+    // infinity for every input (a review's lora_alpha of 1e308 did): bounded
+    // by |scale|·max|B|·max|A|·r.
+    const double bound = std::fabs(info.scale) * largest[0] * largest[1] * static_cast<double>(info.rank);
+    const double range = lin.dtype == DType::kFloat16 ? 65504.0 : lin.dtype == DType::kFloat64 ? 1.79e308 : 3.38e38;
+    if (!(bound <= range))
+      return where("lora_alpha / r gives a scale of " + std::to_string(info.scale) + ", with which the update " +
+                   "scale·B·A can reach " + (std::isfinite(bound) ? std::to_string(bound) : std::string("infinity")) +
+                   ", beyond what " + DTypeName(lin.dtype) + " holds: every output would be infinite or NaN; check "
+                   "lora_alpha in " + cfg_path);
   }
   for (const auto& m : targeted)
     if (!by_module.count(m))

@@ -1,5 +1,7 @@
 #include "protocol/tensor_file.h"
 
+#include "core/json.h"
+
 #include "core/hash.h"
 
 #include <fcntl.h>
@@ -402,36 +404,6 @@ nlohmann::json TensorsToJson(const std::vector<Tensor>& tensors) {
   return j;
 }
 
-namespace {
-// Parses JSON text, refusing a key given twice in one object (the
-// safetensors format forbids it; in an input file the later value would
-// silently win). Errors say what is wrong and where, without nlohmann's
-// "[json.exception...]" prefix.
-Result<nlohmann::json> ParseJsonNoDuplicates(const char* begin, const char* end) {
-  std::vector<std::unordered_set<std::string>> keys;  // per open object (a header may hold many thousands)
-  std::string twice;
-  auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-    using E = nlohmann::json::parse_event_t;
-    if (ev == E::object_start) keys.emplace_back();
-    else if (ev == E::object_end && !keys.empty()) keys.pop_back();
-    else if (ev == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && twice.empty())
-      twice = parsed.get<std::string>();
-    return true;
-  };
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(begin, end, cb);
-  } catch (const nlohmann::json::exception& e) {  // a parse error, or a number out of range
-    std::string what = e.what();
-    if (auto at = what.find("] "); at != std::string::npos) what = what.substr(at + 2);
-    return InvalidArgument("not valid JSON: " + what);
-  }
-  if (!twice.empty()) return InvalidArgument("the key '" + twice + "' appears twice in one object");
-  return j;
-}
-
-}  // namespace
-
 Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t prefix_size, uint64_t file_size) {
   if (prefix_size < 8 || file_size < 8) return InvalidArgument("not a safetensors file: shorter than 8 bytes");
   uint64_t n;
@@ -439,7 +411,7 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* prefix, size_t p
   if (n > 100ull << 20 || n + 8 > file_size)
     return InvalidArgument("not a safetensors file: header length " + std::to_string(n) + " does not fit the file");
   if (prefix_size < 8 + n) return InvalidArgument("safetensors header is truncated");
-  auto parsed = ParseJsonNoDuplicates(reinterpret_cast<const char*>(prefix + 8), reinterpret_cast<const char*>(prefix + 8 + n));
+  auto parsed = ParseJsonStrict(std::string_view(reinterpret_cast<const char*>(prefix + 8), static_cast<size_t>(n)));
   if (!parsed.ok()) return InvalidArgument("safetensors header: " + parsed.status().message());
   const nlohmann::json& h = *parsed;
   if (!h.is_object()) return InvalidArgument("safetensors header is not a JSON object");
@@ -690,18 +662,18 @@ bool IsSafetensorsPath(const std::string& path) {
   return tail == suf;
 }
 
-Result<std::vector<Tensor>> ReadTensorFile(const std::string& path) {
+Result<std::vector<Tensor>> ReadTensorFile(const std::string& path, uint64_t max_bytes) {
   if (IsDirectory(path))
     return InvalidArgument(path + " is a directory: give a .json or .safetensors file of the inputs");
   if (IsSafetensorsPath(path)) return ReadSafetensorsFile(path);
-  MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  MMS_ASSIGN_OR_RETURN(std::string text, ReadFile(path, max_bytes));
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // a UTF-8 byte order mark (some editors write one)
   size_t i = text.find_first_not_of(" \t\r\n");
   if (i == std::string::npos)
     return InvalidArgument(path + " is empty: give a JSON object mapping each input name to "
                                   "{\"dtype\", \"shape\", \"data\"}, or a .safetensors file");
   if (text[i] != '{') {
-    auto j = ParseJsonNoDuplicates(text.data(), text.data() + text.size());
+    auto j = ParseJsonStrict(text);
     if (j.ok())  // JSON, but not an object
       return InvalidArgument(path + " holds JSON that is not an object: give an object mapping each input name to "
                                     "{\"dtype\", \"shape\", \"data\"}");
@@ -711,7 +683,7 @@ Result<std::vector<Tensor>> ReadTensorFile(const std::string& path) {
                            "); give a JSON object mapping each input name to {\"dtype\", \"shape\", \"data\"}, or "
                            "a .safetensors file");
   }
-  auto j = ParseJsonNoDuplicates(text.data(), text.data() + text.size());
+  auto j = ParseJsonStrict(text);
   if (!j.ok()) return j.status().WithContext(path);
   auto t = TensorsFromJson(*j);
   if (!t.ok()) return t.status().WithContext(path);

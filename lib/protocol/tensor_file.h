@@ -90,7 +90,7 @@ bool IsSafetensorsPath(const std::string& path);
 // Reads a tensor file by extension: .json or .safetensors (or by content).
 // A key given twice (an input in JSON, an entry in a safetensors header) is
 // refused; a UTF-8 byte order mark before JSON is skipped.
-Result<std::vector<Tensor>> ReadTensorFile(const std::string& path);
+Result<std::vector<Tensor>> ReadTensorFile(const std::string& path, uint64_t max_bytes = UINT64_MAX);
 // Writes JSON, or safetensors (contiguous, no alignment) for a .safetensors path.
 Status WriteTensorFile(const std::string& path, const std::vector<Tensor>& tensors);
 

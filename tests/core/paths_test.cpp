@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 
+#include "core/json.h"
 #include "core/paths.h"
 #include "support/process.h"
 
@@ -100,4 +101,40 @@ TEST_CASE("SamePath: the same file name in the same resolved directory, existing
   CHECK_FALSE(SamePath(t / "d/registry.db", t / "registry.db"));
   CHECK(SamePath(t / "gone/x", t / "gone/x"));  // unresolvable: as given
   CHECK_FALSE(SamePath(t / "gone/x", t / "gone/../gone/x"));
+}
+
+TEST_CASE("ReadFile: a cap on what it reads, a FIFO with no writer read as empty, a directory refused") {
+  testing::TempDir dir;
+  const std::string f = dir / "f.txt";
+  REQUIRE(WriteFileAtomic(f, std::string(100, 'x')).ok());
+  CHECK(ReadFile(f)->size() == 100);
+  CHECK(ReadFile(f, 100)->size() == 100);
+  auto over = ReadFile(f, 99);
+  CHECK(over.status().code() == Code::kInvalidArgument);
+  CHECK(over.status().message().find("holds more than 99 B") != std::string::npos);
+  // A device never ends: the cap stops it.
+  auto zero = ReadFile("/dev/zero", 1 << 20);
+  CHECK(zero.status().code() == Code::kInvalidArgument);
+  CHECK(zero.status().message().find("not a regular file") != std::string::npos);
+  // A FIFO nobody writes to: no wait for a writer (this hung before).
+  const std::string fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  auto empty = ReadFile(fifo, 1 << 20);
+  REQUIRE(empty.ok());
+  CHECK(empty->empty());
+  CHECK(ReadFile(dir.path()).status().code() == Code::kInvalidArgument);
+  CHECK(ReadFile(dir / "none").status().code() == Code::kNotFound);
+}
+
+TEST_CASE("ParseJsonStrict: a key twice and nesting past the limit are refused") {
+  CHECK(ParseJsonStrict(R"({"a": 1, "b": {"c": [1, 2]}})").ok());
+  auto twice = ParseJsonStrict(R"({"r": 4, "r": 8})");
+  CHECK(twice.status().message().find("the key 'r' appears twice") != std::string::npos);
+  auto nested = [](int n) { return std::string(static_cast<size_t>(n), '[') + std::string(static_cast<size_t>(n), ']'); };
+  CHECK(ParseJsonStrict(nested(kMaxJsonDepth)).ok());
+  auto deep = ParseJsonStrict(nested(100000));
+  CHECK(deep.status().code() == Code::kInvalidArgument);
+  CHECK(deep.status().message().find("nested deeper than 64 levels") != std::string::npos);
+  auto bad = ParseJsonStrict("{\"a\": ");
+  CHECK(bad.status().message().find("not valid JSON") != std::string::npos);
 }

@@ -286,9 +286,15 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
                       mms.dir / "m.json"});
   CHECK(metrics.exit_code == 6);
   CHECK_MESSAGE(metrics.err.find("other settings (--metrics)") != std::string::npos, metrics.err);
+  // Nested 100,000 deep: refused (it was stored, and crashed mms with a stack
+  // overflow writing it); /dev/zero never ends; a FIFO would wait forever.
+  std::ofstream(mms.dir / "deep.json") << "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  REQUIRE(::mkfifo((mms.dir / "fifo.json").c_str(), 0600) == 0);
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"--metrics", mms.dir / "missing.json"}, {"--label", "a"}, {"--label", "=a"},
-        {"--max-batch-size", "-5"}, {"--sla-p99-ms", "-3"}, {"--label", "env=a", "--label", "env=b"}}) {
+        {"--max-batch-size", "-5"}, {"--sla-p99-ms", "-3"}, {"--label", "env=a", "--label", "env=b"},
+        {"--metrics", mms.dir / "deep.json"}, {"--metrics", "/dev/zero"}, {"--sample-input", "/dev/zero"},
+        {"--sample-input", mms.dir / "fifo.json"}}) {
     std::vector<std::string> args{"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt")};
     args.insert(args.end(), bad.begin(), bad.end());
     auto r = mms(args);

@@ -2,6 +2,7 @@
 // adapter of each shape, and one bad adapter per kind of mistake), PEFT's
 // target_modules matching, and the packed adapter read back by the loader.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -88,10 +89,10 @@ TEST_CASE("lora: config mistakes — bad rank value, unsupported options, module
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"], "peft_type": "IA3"})").find("LORA") != std::string::npos);
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q"]})").find("not in target_modules") != std::string::npos);
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v", "o"]})").find("no lora_A/lora_B for module 'o'") != std::string::npos);
-  CHECK(with_config("not json").find("is not valid JSON") != std::string::npos);
+  CHECK(with_config("not json").find("adapter_config.json: not valid JSON") != std::string::npos);
   CHECK(with_config("[1]").find("not a JSON object") != std::string::npos);
   // A number JSON cannot hold as a double: said so (it read "not a JSON object").
-  CHECK(with_config(R"({"r": 4, "lora_alpha": 1e400, "target_modules": ["q", "v"]})").find("is not valid JSON") !=
+  CHECK(with_config(R"({"r": 4, "lora_alpha": 1e400, "target_modules": ["q", "v"]})").find("not valid JSON") !=
         std::string::npos);
   // Modules trained in full (a classifier head) are not served: refused, not left out silently.
   std::string save = with_config(R"({"r": 4, "target_modules": ["q", "v"], "modules_to_save": ["head"]})");
@@ -110,6 +111,22 @@ TEST_CASE("lora: config mistakes — bad rank value, unsupported options, module
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": ["q", "v"]})") == "ok");
   CHECK(with_config(R"j({"r": 4, "lora_alpha": 8, "target_modules": "(q|v)"})j") == "ok");
   CHECK(with_config(R"({"r": 4, "lora_alpha": 8, "target_modules": "x.*"})").find("matches no module") != std::string::npos);
+  // A key twice: refused (nlohmann keeps the last silently).
+  CHECK(with_config(R"({"r": 4, "r": 8, "lora_alpha": 8, "target_modules": ["q", "v"]})")
+            .find("the key 'r' appears twice") != std::string::npos);
+  // A finite lora_alpha whose scale overflows the update: every output would be NaN.
+  std::string huge = with_config(R"({"r": 4, "lora_alpha": 1e308, "target_modules": ["q", "v"]})");
+  CHECK_MESSAGE(huge.find("beyond what float32 holds: every output would be infinite or NaN") != std::string::npos, huge);
+  // adapter_config.json that is not a regular file: /dev/zero never ends (it
+  // took 7.5 GB in 20 s), a FIFO never opens.
+  std::filesystem::remove(dir / "adapter_config.json");
+  std::filesystem::create_symlink("/dev/zero", dir / "adapter_config.json");
+  auto zero = CheckAdapter(dir.path(), Base());
+  CHECK(zero.status().message().find("adapter_config.json is not a regular file") != std::string::npos);
+  std::filesystem::remove(dir / "adapter_config.json");
+  REQUIRE(::mkfifo((dir / "adapter_config.json").c_str(), 0600) == 0);
+  CHECK(CheckAdapter(dir.path(), Base()).status().message().find("is not a regular file") != std::string::npos);
+  std::filesystem::remove(dir / "adapter_config.json");
   // lora_alpha left out takes PEFT's default of 8 (scale 8 / r), not r.
   std::ofstream(dir / "adapter_config.json") << R"({"r": 4, "target_modules": ["q", "v"]})";
   auto dflt = CheckAdapter(dir.path(), Base());
