@@ -124,13 +124,21 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     return cli.Fail(st);
   }
   const nlohmann::json& b = reply->body;
-  if (!a.output.empty()) {
-    if (Status st = WriteTensorFile(a.output, reply->tensors); !st.ok()) return cli.Fail(st);
-  }
+  // The prediction ran (counted, and in an experiment attributed): when its
+  // --output cannot be written (a full disk, a file size limit), its outputs
+  // go to standard output instead and its request id is still said — lost,
+  // feedback could never name it — and the command exits 1.
+  Status unwritten;
+  if (!a.output.empty()) unwritten = WriteTensorFile(a.output, reply->tensors);
+  const bool to_stdout = a.output.empty() || !unwritten.ok();
   nlohmann::json outputs = TensorsToJson(reply->tensors);
   if (cli.g.json) {
     nlohmann::json j = b;
-    if (a.output.empty()) {
+    if (!unwritten.ok())
+      j["error"] = {{"code", CodeName(unwritten.code())},
+                    {"exit_code", 1},
+                    {"message", unwritten.message() + "; the prediction ran: its outputs are here instead"}};
+    if (to_stdout) {
       j["outputs"] = outputs;
     } else {  // "outputs" is always the tensors: here they are in the file
       j["output_names"] = j["outputs"];
@@ -139,7 +147,7 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     }
     cli.Emit(j, [] {});
   } else {
-    if (a.output.empty()) std::cout << outputs.dump(2) << "\n";
+    if (to_stdout) std::cout << outputs.dump(2) << "\n";
     char line[512];
     const std::string ran = b.value("ref", "?") + (b.contains("base") ? " (on " + b.value("base", "?") + ")" : "");
     // The arm it was routed to, as --json has it: feedback names the request, and a reader the arm.
@@ -150,8 +158,10 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
                   b.value("latency_ms", 0.0), b.value("loaded", false) ? ", loaded" : "", arm.c_str(),
                   b.value("request_id", "?").c_str());
     cli.Note(line);
+    if (!unwritten.ok())
+      std::cerr << "mms: " << unwritten.message() << "; the prediction ran: its outputs went to standard output\n";
   }
-  return 0;
+  return unwritten.ok() ? 0 : 1;
 }
 
 // What else keeps `ref`'s version pinned: [pool] pinned in the config, or a

@@ -105,7 +105,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
     return InvalidArgument(path + " exists and is not a regular file");
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return IoError("cannot write " + tmp + ": " + std::strerror(errno));
+  if (fd < 0) return IoError("cannot write " + path + " (its temporary file " + BaseName(tmp) + "): " + std::strerror(errno));
   size_t off = 0;
   while (off < data.size()) {
     ssize_t n = ::write(fd, data.data() + off, data.size() - off);
@@ -114,7 +114,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
       int e = errno;
       ::close(fd);
       ::unlink(tmp.c_str());
-      return IoError("cannot write " + tmp + ": " + std::strerror(e));
+      return IoError("cannot write " + path + ": " + std::strerror(e));
     }
     off += static_cast<size_t>(n);
   }

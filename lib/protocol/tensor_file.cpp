@@ -629,7 +629,7 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
     return InvalidArgument(path + " exists and is not a regular file");
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return IoError("cannot write " + tmp + ": " + std::strerror(errno));
+  if (fd < 0) return IoError("cannot write " + path + " (its temporary file " + BaseName(tmp) + "): " + std::strerror(errno));
   auto write_all = [&](const void* p, size_t len, uint64_t at) -> bool {
     size_t done = 0;
     while (done < len) {
@@ -650,7 +650,11 @@ Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& 
     ::unlink(tmp.c_str());
     return IoError("cannot write " + path + ": " + std::strerror(err));
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError("cannot rename " + tmp + ": " + std::strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    return IoError("cannot rename " + tmp + " to " + path + ": " + std::strerror(e));
+  }
   return Status::Ok();
 }
 

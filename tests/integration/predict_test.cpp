@@ -119,6 +119,30 @@ TEST_CASE("predict with JSON and safetensors inputs, outputs named, request id a
     CHECK(full.exit_code == 1);
     CHECK(full.err.find("cannot write the output") != std::string::npos);
   }
+  // An --output the prediction could not be written to (here a file size
+  // limit): the outputs and the request id are not lost — feedback needs the
+  // id — they go to standard output, and the command exits 1.
+  for (const char* mode : {"text", "json"}) {
+    const std::string cmd = "trap '' XFSZ; ulimit -f 0; exec " + MmsBin() + " --socket " + d.socket() + " --data-dir " +
+                            d.data_dir() + (std::string(mode) == "json" ? " --json" : "") + " predict rec --input " +
+                            d.dir() + "/in.safetensors --output " + d.dir() + "/limited.json";
+    auto lim = Run({"/bin/sh", "-c", cmd});
+    INFO(mode << ": " << lim.out << lim.err);
+    CHECK(lim.exit_code == 1);
+    if (std::string(mode) == "json") {
+      json lj = json::parse(lim.out);
+      CHECK(lj["request_id"].is_string());
+      CHECK(lj["outputs"]["output"]["shape"] == json::array({2, 10}));
+      CHECK(lj["error"]["message"].get<std::string>().find("cannot write " + d.dir() + "/limited.json") !=
+            std::string::npos);
+      CHECK(lj["error"]["exit_code"] == 1);
+    } else {
+      CHECK(json::parse(lim.out)["output"]["shape"] == json::array({2, 10}));
+      CHECK(lim.err.find("(request ") != std::string::npos);
+      CHECK(lim.err.find("its outputs went to standard output") != std::string::npos);
+      CHECK(lim.err.find(".tmp") == std::string::npos);  // names the file asked for, not its temporary
+    }
+  }
 
   Register(d, "tup", "1", Data("tuple_out.pt"));
   Register(d, "dict", "1", Data("dict_out.pt"));
