@@ -678,7 +678,13 @@ Result<VersionRecord> Daemon::Resolve(const std::string& text) {
 Result<VariantSnapshot> Daemon::SavedVariantFigures(const std::string& experiment, const std::string& variant) {
   auto saved = registry_->LoadExperimentMetrics(experiment);
   if (!saved.ok()) {
-    LogWarn("metrics_restore_failed", {{"key", VariantKey(experiment, variant)}, {"error", saved.status().message()}});
+    static LogThrottle throttle(10'000'000'000);  // (status calls read it too, as often as they are made)
+    const std::string key = VariantKey(experiment, variant);
+    if (uint64_t held = 0; throttle.Admit(key, opts_.clock->MonoNanos(), &held)) {
+      nlohmann::json fields{{"key", key}, {"error", saved.status().message()}};
+      if (held) fields["suppressed"] = held;
+      LogWarn("metrics_restore_failed", fields);
+    }
     return saved.status();
   }
   auto it = saved->find(variant);
@@ -692,13 +698,19 @@ std::shared_ptr<VariantMetrics> Daemon::VariantMetricsFor(const std::string& exp
   if (auto m = experiment_metrics_.Find(key)) return m;
   std::lock_guard<std::mutex> lock(restore_mu_);
   if (auto m = experiment_metrics_.Find(key)) return m;
-  auto saved = SavedVariantFigures(experiment, variant);
+  const int64_t now = opts_.clock->MonoNanos();
+  auto failed = restore_failed_until_.find(key);
+  auto saved = failed != restore_failed_until_.end() && now < failed->second
+                   ? Result<VariantSnapshot>(Status(Code::kUnavailable, "restore failed a moment ago"))
+                   : SavedVariantFigures(experiment, variant);
   if (!saved.ok()) {
     // Not published: a flush of an unrestored object would overwrite the
-    // saved figures. This request goes uncounted; the next one tries again.
+    // saved figures. This request goes uncounted; one a second later tries again.
+    if (failed == restore_failed_until_.end() || now >= failed->second) restore_failed_until_[key] = now + 1'000'000'000;
     if (published) *published = false;
     return std::make_shared<VariantMetrics>();
   }
+  restore_failed_until_.erase(key);
   // Restored before it is published, so no request records into it first.
   auto m = std::make_shared<VariantMetrics>();
   m->Restore(*saved);

@@ -350,6 +350,10 @@ class Daemon {
   std::unique_ptr<CanaryController> canaries_;  // watcher thread only
   std::unique_ptr<HttpServer> http_;
   std::mutex restore_mu_;  // one restore from the registry at a time
+  // Variant keys whose restore failed, and until when (monotonic ns) none is
+  // tried again: a registry that cannot be read was read, and logged, once
+  // per counted request (a review saw a line per predict). Guarded by restore_mu_.
+  std::map<std::string, int64_t> restore_failed_until_;
   int64_t last_flush_ns_ = 0;  // watcher thread only
 
   std::mutex watch_mu_;
