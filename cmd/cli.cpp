@@ -210,14 +210,6 @@ std::vector<std::string> Cli::DaemonArgs() {
   return args;
 }
 
-std::string Cli::StartCommandHint() {
-  std::string cmd = "mms";
-  for (const auto& a : DaemonArgs()) cmd += " " + a;
-  return cmd + " serve --detach";
-}
-
-namespace {
-// `s` as one word a shell reads back (quoted when it needs to be).
 std::string ShellWord(const std::string& s) {
   if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@,=") ==
                         std::string::npos)
@@ -227,6 +219,13 @@ std::string ShellWord(const std::string& s) {
   return out + "'";
 }
 
+std::string Cli::StartCommandHint() {
+  std::string cmd = "mms";
+  for (const auto& a : DaemonArgs()) cmd += " " + ShellWord(a);
+  return cmd + " serve --detach";
+}
+
+namespace {
 // Whether process `pid` holds an flock on `path`, from /proc/locks
 // (readable for every user's locks, unlike /proc/PID/fd). Matched by inode
 // and pid: inode numbers repeat across filesystems (every user's runtime

@@ -96,7 +96,7 @@ class Cli {
 
   // "mms --socket X serve --detach": the command that starts the daemon
   // with the same globals.
-  std::string StartCommandHint();
+  std::string StartCommandHint();  // (its words shell-quoted)
   // The global flags as arguments for mmsd (--socket/--data-dir/--config).
   std::vector<std::string> DaemonArgs();
 
@@ -147,6 +147,8 @@ Status CheckAdapterSource(Registry& reg, const VersionRecord& adapter);
 
 // mmsd beside this mms, else "mmsd" (PATH).
 std::string MmsdPath();
+// `s` as one word a shell reads back (quoted when it needs to be), for commands printed as advice.
+std::string ShellWord(const std::string& s);
 
 // The pid of the live mmsd holding the instance lock (flock) of
 // `socket_path`'s <socket>.lock, else "".

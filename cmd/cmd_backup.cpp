@@ -136,8 +136,8 @@ int CmdBackup(Cli& cli, const std::string& dest_arg, const std::optional<std::st
              "), so they were copied");
   return Finish(cli, j, *r, [&] {
     std::cout << "backed up " << Summary(*r) << " to " << dest << "\n"
-              << "check it:   mms --data-dir " << dest << " model verify\n"
-              << "restore it: mms --data-dir NEW_DATA_DIR restore " << dest << "\n";
+              << "check it:   mms --data-dir " << ShellWord(dest) << " model verify\n"
+              << "restore it: mms --data-dir NEW_DATA_DIR restore " << ShellWord(dest) << "\n";
   });
 }
 
@@ -169,8 +169,8 @@ int CmdRestore(Cli& cli, const std::string& backup_arg) {
     // Another daemon's socket (and [metrics] address, when the config sets
     // one): the restored data dir's daemon needs its own.
     auto cfg = cli.config();
-    hint = "mms --data-dir " + *data_dir + (cli.g.config.empty() ? "" : " --config " + cli.g.config) + " --socket " +
-           JoinPath(*data_dir, "mms.sock") + " serve --detach" +
+    hint = "mms --data-dir " + ShellWord(*data_dir) + (cli.g.config.empty() ? "" : " --config " + ShellWord(cli.g.config)) +
+           " --socket " + ShellWord(JoinPath(*data_dir, "mms.sock")) + " serve --detach" +
             (cfg.ok() && !(*cfg)->metrics.address.empty() ? " --metrics-address HOST:PORT" : "") + " (" + *path +
             " is another daemon's socket)";
     auto conn = cli.Connect();

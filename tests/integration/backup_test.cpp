@@ -429,3 +429,27 @@ TEST_CASE("a restore into a data dir whose registry is kept elsewhere ([registry
   CHECK(json::parse(show.out)["packed_dir"].get<std::string>().rfind(work / "restored/artifacts/tiny/", 0) == 0);
   CHECK(ServedOutputs(work / "restored", "tiny:1", input, config) == before);
 }
+
+TEST_CASE("the commands backup and restore advise are quoted for the shell: paths with spaces paste as they are") {
+  TempDir work;
+  const std::string src = work / "src", bk = work / "bk 1", dest = work / "rs 1";
+  REQUIRE(MmsAt(src, work / "none.sock",
+                {"-q", "model", "register", "tiny", "--version", "1", "--path", TestDataDir() + "/tiny.pt"})
+              .exit_code == 0);
+  auto b = MmsAt(src, work / "none.sock", {"backup", bk});
+  REQUIRE_MESSAGE(b.exit_code == 0, b.err);
+  CHECK_MESSAGE(b.out.find("check it:   mms --data-dir '" + bk + "' model verify") != std::string::npos, b.out);
+  auto r = MmsAt(dest, work / "none.sock", {"restore", bk});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  const std::string advice = r.out + r.err;
+  const auto at = advice.find("start mmsd on it: ");
+  REQUIRE_MESSAGE(at != std::string::npos, advice);
+  CHECK_MESSAGE(advice.find("--data-dir '" + dest + "'", at) != std::string::npos, advice);
+  // The advised command's options, run by a shell as printed (with model
+  // list for serve --detach, so nothing starts): they name the restored data dir.
+  std::string line = advice.substr(at + 18, advice.find('\n', at) - at - 18);
+  line.replace(line.find("mms "), 4, MmsBin() + " ");
+  auto list = Run({"/bin/sh", "-c", line.substr(0, line.find(" serve --detach")) + " model list"});
+  CHECK_MESSAGE(list.exit_code == 0, line << ": " << list.err);
+  CHECK(list.out.find("tiny") != std::string::npos);
+}
