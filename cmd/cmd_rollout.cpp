@@ -290,11 +290,6 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns, std::string exp
       // mmsd went away (killed, restarting): the canary lives in the registry
       // and carries on when mmsd is back, so wait for it — reading the
       // registry meanwhile, where a promote or abort by hand still shows.
-      if (!lost) {
-        std::cerr << "mms: " << r.status().message()
-                  << "; waiting for mmsd to come back (the canary is in the registry and resumes with mmsd)\n";
-        lost = true;
-      }
       auto reg = cli.OpenRegistry();
       // No registry here (a mistyped --data-dir) or one that cannot be read:
       // nothing will ever answer, so no waiting. Locked: a writer, retried.
@@ -312,6 +307,11 @@ int Wait(Cli& cli, const std::string& model, int64_t timeout_ns, std::string exp
           else std::cerr << "mms: " << msg << "\n";
           return ExitFor(c->state);
         }
+      }
+      if (!lost) {  // (said once the registry has the canary: a review saw it said of none, then exit 4)
+        std::cerr << "mms: " << r.status().message()
+                  << "; waiting for mmsd to come back (the canary is in the registry and resumes with mmsd)\n";
+        lost = true;
       }
       if (timed_out()) {
         const std::string msg = "--timeout reached while mmsd was away; the canary of " + model + " carries on";

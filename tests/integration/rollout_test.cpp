@@ -896,6 +896,15 @@ TEST_CASE("canary refusals") {
     CHECK(r.exit_code == b.code);
     CHECK(r.err.find(b.says) != std::string::npos);
   }
+  {  // No daemon and no canary: exit 4, without first saying it waits for one in the registry.
+    d.child().Signal(SIGTERM);
+    REQUIRE(d.child().Wait(20) == 0);
+    auto none = d.Mms({"canary", "wait", "tiny"});
+    CHECK(none.exit_code == 4);
+    CHECK_MESSAGE(none.err.find("waiting for mmsd") == std::string::npos, none.err);
+    CHECK(none.err.find("has no canary") != std::string::npos);
+    REQUIRE(d.Restart());
+  }
   REQUIRE(d.Mms({"canary", "start", "tiny", "--candidate", "2"}).exit_code == 0);
   auto second = d.Mms({"canary", "start", "tiny", "--candidate", "2"});
   CHECK(second.exit_code == 6);
