@@ -667,7 +667,15 @@ Result<Config> LoadConfigFile(const std::string& path) {
                            JoinPath(path, "mms.toml"));
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
-  return ParseConfig(*text, path);
+  MMS_ASSIGN_OR_RETURN(Config cfg, ParseConfig(*text, path));
+  // A relative path in the file is the file's, as its author meant it — not
+  // whatever directory a command runs from (a CI job elsewhere made a second
+  // registry, silently).
+  std::string dir = DirName(std::filesystem::absolute(path, ec).lexically_normal().string());
+  if (!ec && !dir.empty())
+    for (std::string* p : {&cfg.daemon.data_dir, &cfg.daemon.socket, &cfg.log.file, &cfg.registry.path})
+      if (!p->empty() && (*p)[0] != '/') *p = JoinPath(dir, *p);
+  return cfg;
 }
 
 std::string DefaultConfigPath(const std::function<const char*(const char*)>& env) {

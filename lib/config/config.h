@@ -125,7 +125,9 @@ std::string RenderConfig(const Config& c);
 
 // Parses TOML text. `source` names it in errors ("mms.toml").
 Result<Config> ParseConfig(const std::string& toml_text, const std::string& source);
-// Reads and parses a file. NOT_FOUND when it does not exist.
+// Reads and parses a file. NOT_FOUND when it does not exist. Its relative
+// paths ([daemon] data_dir and socket, [log] file, [registry] path) are
+// taken from the file's directory, whatever the working directory.
 Result<Config> LoadConfigFile(const std::string& path);
 // The file used when --config is not given: $MMS_CONFIG, else
 // $XDG_CONFIG_HOME/mms/mms.toml (~/.config/mms/mms.toml) when it exists, else "".

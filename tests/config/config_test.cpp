@@ -2,6 +2,10 @@
 
 #include "config/config.h"
 #include "core/units.h"
+#include "support/process.h"
+
+#include <filesystem>
+#include <fstream>
 
 using namespace mms;
 
@@ -184,4 +188,25 @@ TEST_CASE("[scheduler] max_queue_delay allows 0 to 10s, the range of a version's
   CHECK(ParseConfig("[scheduler]\nmax_queue_delay = \"0ms\"\n", "x").ok());
   CHECK_FALSE(ParseConfig("[scheduler]\nmax_queue_delay = \"10001ms\"\n", "x").ok());
   CHECK(kMaxQueueDelayMaxNs == 10'000'000'000);
+}
+
+TEST_CASE("a config file's relative paths are the file's directory's, whatever the working directory") {
+  testing::TempDir dir;
+  std::ofstream(dir / "mms.toml") << "[daemon]\ndata_dir = \"p5\"\nsocket = \"p5/mms.sock\"\n"
+                                     "[registry]\npath = \"../shared/registry.db\"\n[log]\nfile = \"/var/log/mms.log\"\n";
+  auto c = LoadConfigFile(dir / "mms.toml");
+  REQUIRE(c.ok());
+  CHECK(c->daemon.data_dir == dir / "p5");
+  CHECK(c->daemon.socket == dir / "p5/mms.sock");
+  CHECK(c->registry.path == dir / "../shared/registry.db");
+  CHECK(c->log.file == "/var/log/mms.log");  // absolute: as given
+  // Given by a relative name itself: still the file's directory.
+  const std::string cwd = std::filesystem::current_path().string();
+  std::filesystem::current_path(dir.path());
+  auto rel = LoadConfigFile("mms.toml");
+  std::filesystem::current_path(cwd);
+  REQUIRE(rel.ok());
+  CHECK(rel->daemon.data_dir == dir / "p5");
+  // Text parsed without a file keeps them as written.
+  CHECK(ParseConfig("[daemon]\ndata_dir = \"p5\"\n", "text")->daemon.data_dir == "p5");
 }
