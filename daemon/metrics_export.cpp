@@ -1,6 +1,8 @@
 // /metrics (Prometheus text, names prefixed mms_) and /health, /health/{model}.
 #include <unistd.h>
 
+#include <set>
+
 #include "core/version.h"
 #include "daemon.h"
 #include "protocol/codec.h"
@@ -81,9 +83,19 @@ std::string Daemon::PrometheusText() {
   w.Family("mms_model_evictions_total", "counter", "Demotions one tier down, by model and version.");
   w.Family("mms_model_bytes", "gauge", "Weight bytes of a version, by the tier it is in.");
   w.Family("mms_model_in_flight", "gauge", "Requests holding a version now.");
-  w.Family("mms_model_healthy", "gauge", "1 unless the version failed its last load or warm-up.");
+  w.Family("mms_model_healthy", "gauge",
+           "1 unless the version failed its last load or warm-up, or no budget can ever hold it (as mms health says).");
   w.Family("mms_model_hits_total", "counter", "Requests that found the version on a device.");
   w.Family("mms_model_misses_total", "counter", "Requests that had to wait for a load.");
+  // A version no budget can ever hold fails every request: unhealthy, as
+  // mms health and /health say (its last load never failed: none was tried).
+  std::set<std::string> never_fits;
+  {
+    auto snap = snapshot();
+    for (const auto& [name, versions] : snap->models)
+      for (const VersionRecord& v : versions)
+        if (!PoolFor(v)->FitsAtAll(ItemFor(v)).ok()) never_fits.insert(v.ref());
+  }
   auto per_model = [&](const nlohmann::json& m) {
     std::string ref = m["ref"];
     auto colon = ref.find(':');
@@ -95,7 +107,7 @@ std::string Daemon::PrometheusText() {
     t.emplace_back("tier", m.value("tier", "disk"));
     w.Sample("mms_model_bytes", t, m.value("bytes", 0.0));
     w.Sample("mms_model_in_flight", l, m.value("in_flight", 0.0));
-    w.Sample("mms_model_healthy", l, m.value("healthy", true) ? 1 : 0);
+    w.Sample("mms_model_healthy", l, m.value("healthy", true) && !never_fits.count(ref) ? 1 : 0);
     w.Sample("mms_model_hits_total", l, m.value("hits", 0.0));
     w.Sample("mms_model_misses_total", l, m.value("misses", 0.0));
   };

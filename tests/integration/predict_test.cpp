@@ -570,7 +570,8 @@ TEST_CASE("load, evict, pin and unpin, pins survive a restart and are preloaded"
 }
 
 TEST_CASE("when nothing can be evicted the request fails at once naming what holds the memory") {
-  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n");
+  const int port = FreePort();
+  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n", {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
   REQUIRE(d.ok());
   REQUIRE(Run({BinDir() + "/mms-gen-testdata", d.dir(), "--customers", "3", "--size-kb", "400"}).exit_code == 0);
   for (int i = 0; i < 3; ++i)
@@ -617,6 +618,10 @@ TEST_CASE("when nothing can be evicted the request fails at once naming what hol
   auto p = d.Mms({"predict", "big", "--input", d.dir() + "/customer_input.json"});
   CHECK(p.exit_code == 1);
   CHECK(p.err.find("raise that budget in mmsd's config") != std::string::npos);
+  // /metrics agrees: the alert on mms_model_healthy == 0 fires (it read 1).
+  const std::string metrics = Run({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(port) + "/metrics"}).out;
+  CHECK_MESSAGE(metrics.find("mms_model_healthy{model=\"big\",version=\"1\"} 0") != std::string::npos, metrics);
+  CHECK(metrics.find("mms_model_healthy{model=\"c2\",version=\"1\"} 1") != std::string::npos);
 }
 
 TEST_CASE("pins that do not fit when mmsd starts are shown as such, and preloaded once room frees") {
