@@ -1199,7 +1199,15 @@ Daemon::StopResult Daemon::Shutdown() {
   scheduler_->Drain();  // batches waiting for more rows run now, not at their delay
   server_->BeginDrain();
   bool idle = server_->WaitIdle(opts_.config.daemon.shutdown_grace_ns);
-  if (!idle) LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}});
+  if (!idle) {
+    // Those still queued never ran: told so (UNAVAILABLE, safe to retry),
+    // not left to a dropped connection that "may or may not have run".
+    const size_t never_ran = scheduler_->AbandonQueued(Status(
+        Code::kUnavailable, "not run: mmsd is shutting down and its shutdown_grace passed before this request's "
+                            "turn; nothing of it ran, so it is safe to send again once mmsd is back"));
+    if (never_ran) server_->WaitIdle(500'000'000);  // their answers sent (executions still running stay)
+    LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}, {"answered_not_run", never_ran}});
+  }
   {
     std::lock_guard<std::mutex> lock(watch_mu_);
     stopping_ = true;

@@ -176,6 +176,21 @@ void Scheduler::ArmExpiry(int64_t at_ns, int64_t now) {
              [this] { ExpireLate(); });
 }
 
+size_t Scheduler::AbandonQueued(const Status& why) {
+  std::vector<Job> jobs;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [k, q] : queues_) {
+      for (auto& e : q.jobs) jobs.push_back(std::move(e.job));
+      q.jobs.clear();
+      q.rows = 0;
+    }
+    total_queued_ = 0;
+  }
+  for (auto& j : jobs) Finish(j, why);
+  return jobs.size();
+}
+
 void Scheduler::Drain() {
   {
     std::lock_guard<std::mutex> lock(mu_);

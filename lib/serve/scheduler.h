@@ -147,6 +147,11 @@ class Scheduler {
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).
   void ExpireLate();
+  // Answers every queued job (none of them started) with `why`, leaving
+  // running executions and the workers be: a shutdown whose grace has
+  // passed tells its waiting callers their requests never ran, rather than
+  // dropping their connections. Returns how many were answered.
+  size_t AbandonQueued(const Status& why);
   // Shutdown begins: batches stop waiting for more rows (their delay) and run
   // as soon as a worker is free, so the drain is not held up by a delay.
   void Drain();

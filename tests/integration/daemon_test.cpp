@@ -70,6 +70,30 @@ TEST_CASE("SIGTERM drains and exits 0") {
   CHECK(::stat((d.socket() + ".lock").c_str(), &st) != 0);  // and its lock file: no stale pid left behind
 }
 
+TEST_CASE("SIGTERM past shutdown_grace answers the requests that never ran UNAVAILABLE: not run, safe to send again") {
+  // They got a dropped connection ("may or may not have run"), exit 3 either way.
+  Daemon d("[daemon]\nshutdown_grace = \"1s\"\n[scheduler]\nworkers = 1\n");
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"-q", "model", "register", "slow", "--version", "1", "--path", TestDataDir() + "/slow.pt"}).exit_code == 0);
+  REQUIRE(d.Mms({"predict", "slow", "--input", TestDataDir() + "/slow_input.json"}).exit_code == 0);  // loaded, measured
+  std::vector<std::thread> clients;
+  std::vector<ProcResult> results(8);
+  for (size_t i = 0; i < results.size(); ++i)
+    clients.emplace_back([&, i] { results[i] = d.Mms({"predict", "slow", "--input", TestDataDir() + "/slow_input.json"}, 60); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all sent, one running, the rest queued
+  d.child().Signal(SIGTERM);
+  CHECK(d.child().Wait(30) == 1);  // the grace expired: exit 1, as mmsd(8) says
+  for (auto& t : clients) t.join();
+  int not_run = 0;
+  for (const auto& r : results) {
+    INFO(r.exit_code << " " << r.err);
+    CHECK((r.exit_code == 0 || r.exit_code == 3));
+    if (r.err.find("not run: mmsd is shutting down") != std::string::npos) ++not_run;
+  }
+  CHECK(not_run >= 1);
+  CHECK(d.log().find("answered_not_run") != std::string::npos);
+}
+
 TEST_CASE("SIGINT exits 0 too") {
   Daemon d;
   REQUIRE(d.ok());
