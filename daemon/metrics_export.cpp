@@ -142,21 +142,31 @@ std::string Daemon::PrometheusText() {
 
   // Experiments, shadows, canaries.
   auto snap = snapshot();
-  w.Family("mms_experiment_requests_total", "counter", "Requests an experiment routed, by variant.");
-  w.Family("mms_experiment_errors_total", "counter", "Failed requests an experiment routed, by variant.");
-  w.Family("mms_experiment_outcomes_total", "counter", "Business outcomes reported with feedback, by variant.");
+  // Counted since mmsd started, as every counter here: the figures restored
+  // from the registry are left out. Exported with them, a SIGKILL (which
+  // loses up to one flush of figures) made the counters go down, and
+  // Prometheus read the drop as a reset: increase() jumped by the whole total.
+  w.Family("mms_experiment_requests_total", "counter",
+           "Requests an experiment routed since mmsd started, by variant (its totals: mms stats).");
+  w.Family("mms_experiment_errors_total", "counter",
+           "Failed requests an experiment routed since mmsd started, by variant.");
+  w.Family("mms_experiment_outcomes_total", "counter",
+           "Business outcomes reported with feedback since mmsd started, by variant.");
   w.Family("mms_experiment_treatment_percent", "gauge", "The configured treatment share.");
   for (const auto& [model, e] : snap->experiments) {
     w.Sample("mms_experiment_treatment_percent", {{"experiment", e.id}, {"model", model}}, e.percent());
     for (const char* v : {"control", "treatment"}) {
-      VariantSnapshot s = VariantMetricsFor(e.id, v)->Snapshot();
+      auto vm = VariantMetricsFor(e.id, v);
+      const VariantSnapshot s = vm->Snapshot(), before = vm->Restored();
+      auto since = [](uint64_t now, uint64_t then) { return static_cast<double>(now - std::min(now, then)); };
       Labels l{{"experiment", e.id}, {"model", model}, {"variant", v}};
-      w.Sample("mms_experiment_requests_total", l, static_cast<double>(s.requests));
-      w.Sample("mms_experiment_errors_total", l, static_cast<double>(s.errors));
+      w.Sample("mms_experiment_requests_total", l, since(s.requests, before.requests));
+      w.Sample("mms_experiment_errors_total", l, since(s.errors, before.errors));
       for (const auto& [metric, o] : s.outcomes) {
         Labels m = l;
         m.emplace_back("metric", metric);
-        w.Sample("mms_experiment_outcomes_total", m, static_cast<double>(o.count));
+        auto was = before.outcomes.find(metric);
+        w.Sample("mms_experiment_outcomes_total", m, since(o.count, was == before.outcomes.end() ? 0 : was->second.count));
       }
     }
   }

@@ -290,6 +290,12 @@ LatencyHistogram VariantMetrics::Recent(int64_t window_ns, int64_t now) const {
 void VariantMetrics::Restore(const VariantSnapshot& s) {
   std::lock_guard<std::mutex> lock(mu_);
   cum_ = s;
+  restored_ = s;
+}
+
+VariantSnapshot VariantMetrics::Restored() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return restored_;
 }
 
 bool VariantMetrics::TakeDirty() {

@@ -128,6 +128,9 @@ class VariantMetrics {
   size_t TrimRecent(int64_t now_mono_ns);
   // Replaces the cumulative figures (restored from the registry at start).
   void Restore(const VariantSnapshot& s);
+  // What Restore put in (empty when none): the figures counted before this
+  // process, which /metrics leaves out of its counters.
+  VariantSnapshot Restored() const;
   bool TakeDirty();  // true once after any change
   bool dirty() const;
   void MarkDirty();  // a save after TakeDirty failed: the next flush tries again
@@ -135,6 +138,7 @@ class VariantMetrics {
  private:
   mutable std::mutex mu_;
   VariantSnapshot cum_;       // guarded by mu_
+  VariantSnapshot restored_;  // guarded by mu_
   WindowedHistogram recent_;  // guarded by mu_
   bool dirty_ = false;        // guarded by mu_
 };

@@ -200,6 +200,28 @@ TEST_CASE("/metrics in the Prometheus format and per-model /health over HTTP") {
                            "mms_canary_stage{model=\"can\",candidate=\"can:2\",state=\"running\"} 1",
                            "mms_canary_traffic_percent{model=\"can\""})
     CHECK_MESSAGE(m2.out.find(want) != std::string::npos, want);
+  {
+    // The experiment's counters count since mmsd started, as every counter:
+    // its totals (restored at start, mms stats) went down after a SIGKILL,
+    // which Prometheus reads as a reset. Here a SIGKILL after the flush.
+    auto exp_requests = [&](const std::string& text) {
+      uint64_t n = 0;
+      std::istringstream in(text);
+      for (std::string line; std::getline(in, line);)
+        if (line.rfind("mms_experiment_requests_total{experiment=\"exp-t\"", 0) == 0)
+          n += std::stoull(line.substr(line.rfind(' ') + 1));
+      return n;
+    };
+    CHECK(exp_requests(m2.out) == 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // a flush of the figures ([experiments] flush_interval 2s)
+    d.child().Signal(SIGKILL);
+    d.child().Wait(20);
+    REQUIRE(d.Restart());
+    const std::string after = Run({"/usr/bin/curl", "-s", "-f", base + "/metrics"}).out;
+    CHECK_MESSAGE(exp_requests(after) == 0, after);
+    ok({"predict", "tiny", "--input", Data("tiny_input.json"), "--user", "u1", "-q"});
+    CHECK(exp_requests(Run({"/usr/bin/curl", "-s", "-f", base + "/metrics"}).out) == 1);
+  }
   // Every family served is documented in mmsd(8)'s METRICS.
   const std::string man = ReadText(Src("man/mmsd.8"));
   std::istringstream types(m2.out);
