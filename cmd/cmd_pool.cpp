@@ -425,8 +425,9 @@ int CmdHealth(Cli& cli, const std::string& ref) {
       std::string detail;
       if (!m.value("healthy", true)) {
         const int64_t retry_ms = m.value("retry_in_ms", 0ll);
-        detail = m.value("error", "") + (retry_ms > 0 ? " (retry in " + FormatDurationNanos(retry_ms * 1000000) + ")"
-                                                      : " (retried at the next request)");
+        detail = m.value("error", "") + (!m.value("fits", true) ? ""  // "it can never be loaded": no retry to announce
+                                         : retry_ms > 0 ? " (retry in " + FormatDurationNanos(retry_ms * 1000000) + ")"
+                                                        : " (retried at the next request)");
       }
       else if (m.contains("pin_error"))
         detail = "pinned but not on a device: " + m["pin_error"].get<std::string>();

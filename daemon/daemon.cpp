@@ -276,6 +276,7 @@ nlohmann::json Daemon::VersionHealth(const VersionRecord& v) const {
   if (Status fits = PoolFor(v)->FitsAtAll(ItemFor(v)); !fits.ok()) {
     j["healthy"] = false;
     j["error"] = fits.message();
+    j["fits"] = false;  // no retry will load it (mms health says no retry)
   }
   if (v.is_adapter() && j.value("healthy", true)) {
     auto snap = snapshot();  // owns `base`

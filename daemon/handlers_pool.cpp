@@ -1,6 +1,7 @@
 // PREDICT, POOL, HEALTH, LOAD, EVICT, PIN, UNPIN.
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <random>
 
 #include "core/log.h"
@@ -380,9 +381,10 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                     [weak, ref = rec.ref(), t0, deadline] {
                       auto c = weak.lock();
                       if (!c || c->taken.exchange(true)) return;
+                      char took[32];  // (0.5 ms said as 0 ms once)
+                      std::snprintf(took, sizeof took, "%g ms", static_cast<double>(deadline - t0) / 1e6);
                       Status st(Code::kDeadlineExceeded,
-                                "dropped at its deadline (" + std::to_string((deadline - t0) / 1000000) +
-                                    " ms) while " + ref + " was still loading; retry, or give a longer --deadline-ms");
+                                "dropped at its deadline (" + std::string(took) + ") while " + ref + " was still loading; retry, or give a longer --deadline-ms");
                       c->finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
                       c->respond.Fail(st);
                     });
@@ -402,9 +404,11 @@ void AddPoolHandlers(Daemon* d, std::map<uint16_t, Handler>* table) {
     for (const auto& [name, versions] : snap->models)
       for (const auto& v : versions) {
         auto& disk = (v.is_adapter() ? j["adapters"] : j)["disk"]["models"];
-        if (!d->PoolFor(v)->Health(v.id))
-          disk.push_back({{"ref", v.ref()}, {"tier", "disk"}, {"bytes", v.device_bytes}, {"loads", 0},
-                          {"healthy", true}, {"pinned", false}});
+        if (!d->PoolFor(v)->Health(v.id))  // every field a seen one has (a JSON reader needs no special case)
+          disk.push_back({{"ref", v.ref()},     {"tier", "disk"},  {"bytes", v.device_bytes}, {"pinned", false},
+                          {"in_flight", 0},     {"loading", false}, {"waiting", 0},            {"healthy", true},
+                          {"loads", 0},         {"evictions", 0},  {"hits", 0},               {"misses", 0},
+                          {"load_ms", 0.0},     {"last_use_ms_ago", nullptr}});
         // One no budget can hold is refused at every request: unhealthy, as mms health says.
         if (Status fits = d->PoolFor(v)->FitsAtAll(d->ItemFor(v)); !fits.ok())
           for (auto& m : disk)
