@@ -47,6 +47,23 @@ int CmdShadowStart(Cli& cli, const ShadowArgs& a) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto s = (*reg)->StartShadow(a.model, *ref, a.ratio, a.queue, a.tolerance, duration_ms);
+  if (!s.ok() && s.status().code() == Code::kAlreadyExists) {
+    // The same start again (a retried CI job): the run as it is. Another
+    // candidate or other settings are the conflict it says.
+    auto have = (*reg)->GetShadow(a.model);
+    auto cand = (*reg)->Resolve(*ref);
+    if (have.ok() && cand.ok() && have->state == "running" && have->candidate_id == cand->id &&
+        have->ratio == a.ratio && have->queue == a.queue && have->tolerance == a.tolerance &&
+        (have->ends_ms ? have->ends_ms - have->started_ms : 0) == duration_ms) {
+      nlohmann::json j = have->ToJson();
+      j["unchanged"] = true;
+      cli.Emit(j, [&] {
+        std::cout << a.model << " is already shadowed by " << have->candidate_ref()
+                  << " with these settings: nothing to do\n";
+      });
+      return 0;
+    }
+  }
   if (!s.ok()) return cli.Fail(s.status());
   nlohmann::json answer = cli.NotifyDaemon(/*until_routed=*/true);  // mirroring starts once the candidate is loaded
   nlohmann::json j = s->ToJson();
@@ -423,6 +440,28 @@ int CmdCanaryStart(Cli& cli, const CanaryArgs& a) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto c = (*reg)->StartCanary(n);
+  if (!c.ok() && c.status().code() == Code::kAlreadyExists) {
+    // The same start again (a CI job retried, its first try done): the
+    // canary as it is, as a rerun of experiment create is; --wait waits for
+    // it. Another candidate or other settings are the conflict it says.
+    auto have = (*reg)->GetCanary(a.model);
+    auto cand = (*reg)->Resolve(n.candidate);
+    if (have.ok() && cand.ok() && have->active() && cand->model == a.model &&
+        have->candidate_version == cand->version && have->stages == n.stages &&
+        have->stage_duration_ms == n.stage_duration_ms && have->check_interval_ms == n.check_interval_ms &&
+        have->max_error_rate == n.max_error_rate && have->max_p99_ms == n.max_p99_ms &&
+        have->max_p99_ratio == n.max_p99_ratio && have->min_requests == n.min_requests) {
+      nlohmann::json j = have->ToJson();
+      j["unchanged"] = true;
+      if (!cli.g.json || !a.wait)
+        cli.Emit(j, [&] {
+          std::cout << "the canary of " << a.model << ":" << have->candidate_version
+                    << " already runs with these settings: nothing to do; " << StageLine(j) << "\n";
+        });
+      if (!a.wait) return 0;
+      return Wait(cli, a.model, *timeout, have->experiment_id);
+    }
+  }
   if (!c.ok()) return cli.Fail(c.status());
   nlohmann::json answer = cli.NotifyDaemon(/*until_routed=*/true);  // its first stage starts once both arms are loaded
   nlohmann::json j = c->ToJson();
