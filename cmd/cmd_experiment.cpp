@@ -405,10 +405,14 @@ void AddExperimentCommands(CLI::App& app, Cli& cli) {
       return;
     }
     int before = -1;  // the share it had (sticky splits only)
+    bool unchanged = false;
+    std::string done = "ramped " + *id + " to " + FormatPercent(*bp / 100.0);
     cli.exit_code = Change(cli, [&](Registry& r) {
       if (auto e = r.GetExperiment(*id); e.ok() && !e->random) before = e->basis_points;
-      return r.RampExperiment(*id, *bp);
-    }, "ramped " + *id + " to " + FormatPercent(*bp / 100.0));
+      auto e = r.RampExperiment(*id, *bp, &unchanged);
+      if (unchanged) done = *id + " is at " + FormatPercent(*bp / 100.0) + " already: nothing to do";
+      return e;
+    }, done, false, &unchanged);
     // Lowering a sticky split moves treated users back to control: said, as
     // their later requests and outcomes then count for control.
     if (cli.exit_code == 0 && before > *bp)

@@ -50,10 +50,14 @@ int CmdSet(Cli& cli, const LimitArgs& a) {
   RateLimit l{t->first, t->second, a.qps, a.burst_set ? a.burst : std::max(1.0, a.qps)};
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
-  if (Status st = (*reg)->SetLimit(l); !st.ok()) return cli.Fail(st);
-  cli.NotifyDaemon();
-  cli.Emit(l.ToJson(), [&] {
-    std::cout << l.kind << " " << l.key << ": " << l.qps << " requests/s, burst " << l.burst << "\n";
+  bool unchanged = false;
+  if (Status st = (*reg)->SetLimit(l, &unchanged); !st.ok()) return cli.Fail(st);
+  if (!unchanged) cli.NotifyDaemon();
+  nlohmann::json j = l.ToJson();
+  if (unchanged) j["unchanged"] = true;
+  cli.Emit(j, [&] {
+    std::cout << l.kind << " " << l.key << ": " << l.qps << " requests/s, burst " << l.burst
+              << (unchanged ? " (as it was: nothing to do)" : "") << "\n";
   });
   return 0;
 }

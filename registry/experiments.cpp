@@ -168,11 +168,16 @@ Result<ExperimentRecord> Registry::SetExperimentState(const std::string& id, con
   return e;
 }
 
-Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int basis_points) {
+Result<ExperimentRecord> Registry::RampExperiment(const std::string& id, int basis_points, bool* unchanged) {
+  if (unchanged) *unchanged = false;
   if (basis_points < 0 || basis_points > 10000) return InvalidArgument("the treatment share must be 0-100%");
   MMS_ASSIGN_OR_RETURN(ExperimentRecord e, GetExperiment(id));
   MMS_RETURN_IF_ERROR(RefuseCanary(e, "ramped"));
   if (e.state == "stopped") return Conflict("experiment '" + id + "' is stopped; create a new one");
+  if (e.basis_points == basis_points) {  // (a rerun wrote "60% → 60%" to the audit log)
+    if (unchanged) *unchanged = true;
+    return e;
+  }
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   // Only as read: a stop (or another ramp) committed since is not overwritten.

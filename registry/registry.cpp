@@ -1070,7 +1070,8 @@ Status Registry::Relocate(const std::vector<Relocation>& moves, const std::strin
   return Status::Ok();
 }
 
-Status Registry::SetLimit(const RateLimit& l) {
+Status Registry::SetLimit(const RateLimit& l, bool* unchanged) {
+  if (unchanged) *unchanged = false;
   auto num = [](double x) {  // the shortest text that reads back as x: never shown rounded into the range
     char buf[64];
     return std::string(buf, std::to_chars(buf, buf + sizeof buf, x).ptr);
@@ -1087,6 +1088,15 @@ Status Registry::SetLimit(const RateLimit& l) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ModelId(l.key).status());
+  {  // The same again (a rerun): nothing to write, nor to audit.
+    MMS_ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT qps, burst FROM limits WHERE kind = ? AND key = ?"));
+    q.Bind(1, l.kind).Bind(2, l.key);
+    MMS_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (row && q.Double(0) == l.qps && q.Double(1) == l.burst) {
+      if (unchanged) *unchanged = true;
+      return Status::Ok();
+    }
+  }
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
       "INSERT INTO limits (kind, key, qps, burst, updated_ms) VALUES (?, ?, ?, ?, ?) "
       "ON CONFLICT (kind, key) DO UPDATE SET qps = excluded.qps, burst = excluded.burst, updated_ms = excluded.updated_ms"));

@@ -343,7 +343,8 @@ class Registry {
   Result<std::vector<ExperimentRecord>> ListExperiments(bool include_stopped = true);
   // pause/resume: CONFLICT when not running/paused.
   Result<ExperimentRecord> SetExperimentState(const std::string& id, const std::string& state);
-  Result<ExperimentRecord> RampExperiment(const std::string& id, int basis_points);
+  // The share it has already: nothing written (no audit row), *unchanged set.
+  Result<ExperimentRecord> RampExperiment(const std::string& id, int basis_points, bool* unchanged = nullptr);
   // Stops it; with a winner ("control"/"treatment") that version becomes
   // production in the same transaction (previous production archived), all audited.
   Result<ExperimentRecord> StopExperiment(const std::string& id, const std::string& winner);
@@ -386,7 +387,8 @@ class Registry {
 
   // ---- rate limits (kind "model" keys are model names, "tenant" any tenant id)
   // INVALID_ARGUMENT for qps <= 0 or not finite, burst < 1 (the message says so).
-  Status SetLimit(const RateLimit& l);
+  // The limit it has already: nothing written (no audit row), *unchanged set.
+  Status SetLimit(const RateLimit& l, bool* unchanged = nullptr);
   Status RemoveLimit(const std::string& kind, const std::string& key);  // NOT_FOUND when absent
   Result<std::vector<RateLimit>> Limits();
 

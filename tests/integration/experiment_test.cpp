@@ -126,6 +126,15 @@ TEST_CASE("experiment commands and their refusals") {
                               "to control") != std::string::npos,
                 down.err);
   REQUIRE(d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "50", "-q"}).exit_code == 0);
+  {  // The same ramp again (a rerun): nothing written, no "50% → 50%" audit row.
+    const size_t audited = json::parse(d.Mms({"--json", "model", "history", "rec"}).out).size();
+    auto same = d.Mms({"--json", "experiment", "ramp", "exp-rec-v13", "--percent", "50"});
+    CHECK(same.exit_code == 0);
+    CHECK(json::parse(same.out)["unchanged"] == true);
+    CHECK(json::parse(d.Mms({"--json", "model", "history", "rec"}).out).size() == audited);
+    CHECK(d.Mms({"experiment", "ramp", "exp-rec-v13", "--percent", "50"}).out.find("already: nothing to do") !=
+          std::string::npos);
+  }
   CHECK(json::parse(d.Mms({"--json", "experiment", "pause", "exp-rec-v13"}).out)["state"] == "paused");
   CHECK(json::parse(d.Mms({"--json", "experiment", "resume", "exp-rec-v13"}).out)["state"] == "running");
   CHECK(json::parse(d.Mms({"--json", "experiment", "list"}).out).size() == 1);

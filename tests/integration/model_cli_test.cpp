@@ -145,6 +145,15 @@ TEST_CASE("a tenant limit stored before the tenant id rules tightened can still 
   REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
   REQUIRE(mms({"limit", "set", "--tenant", "acme", "--qps", "5"}).exit_code == 0);
   const std::string db = mms.dir / "data/registry.db";
+  {  // The same limit again (a rerun): nothing written, no second audit row.
+    auto same = mms({"--json", "limit", "set", "--tenant", "acme", "--qps", "5"});
+    CHECK(same.exit_code == 0);
+    CHECK(json::parse(same.out)["unchanged"] == true);
+    CHECK(SqlInt(db, "SELECT COUNT(*) FROM audit WHERE action = 'limit-set'") == 1);
+    REQUIRE(mms({"limit", "set", "--tenant", "acme", "--qps", "5", "--burst", "9"}).exit_code == 0);
+    CHECK(SqlInt(db, "SELECT COUNT(*) FROM audit WHERE action = 'limit-set'") == 2);
+    REQUIRE(mms({"limit", "set", "--tenant", "acme", "--qps", "5"}).exit_code == 0);
+  }
   (void)SqlInt(db, "UPDATE limits SET key = 'acme ' WHERE key = 'acme'");  // a trailing space: refused now
   CHECK(mms({"limit", "set", "--tenant", "acme ", "--qps", "5"}).exit_code == 2);
   auto rm = mms({"limit", "rm", "--tenant", "acme "});
