@@ -97,6 +97,11 @@ int CmdServe(Cli& cli, bool detach, const std::string& metrics_address) {
     int status = 0;
     if (::waitpid(pid, &status, WNOHANG) == pid) {
       int code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+      // Another start won the race to the lock (jobs started at once): said
+      // as a serial rerun says it, not as the winner's log lines.
+      if (std::string holder = SocketHolder(*sock); code == 6 && !holder.empty())
+        return cli.Fail(Status(Code::kInUse, "mmsd is already running (pid " + holder + ") on " + *sock +
+                                                 ", started a moment ago by another start; this one was not started"));
       std::string tail;
       if (auto text = ReadFile(log_path); text.ok() && text->size() > static_cast<size_t>(log_start)) {
         std::string fresh = text->substr(static_cast<size_t>(log_start));

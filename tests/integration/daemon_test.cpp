@@ -661,6 +661,35 @@ TEST_CASE("a registry file damaged under mmsd, with no read touching it, is foun
   CHECK(d.Mms({"predict", "tiny", "--input", TestDataDir() + "/tiny_input.json"}).exit_code == 0);
 }
 
+TEST_CASE("mms serve --detach started several times at once: one starts, the others say so, not its log") {
+  TempDir t;
+  std::vector<ProcResult> r(3);
+  std::vector<std::thread> starts;
+  for (size_t i = 0; i < r.size(); ++i)
+    starts.emplace_back([&, i] {
+      r[i] = Run({MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data", "--json", "serve", "--detach"}, 60);
+    });
+  for (auto& s : starts) s.join();
+  auto st = Run({MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data", "--json", "status"});
+  REQUIRE(st.exit_code == 0);
+  const int pid = json::parse(st.out)["pid"];
+  int started = 0;
+  for (const auto& x : r) {
+    INFO(x.out << x.err);
+    if (x.exit_code == 0) {
+      ++started;
+      continue;
+    }
+    CHECK(x.exit_code == 6);
+    const std::string msg = json::parse(x.out)["error"]["message"];
+    CHECK(msg.find("already running (pid " + std::to_string(pid) + ")") != std::string::npos);
+    CHECK(msg.find("its log") == std::string::npos);  // (the winner's log lines, as the loser's error)
+  }
+  CHECK(started == 1);
+  ::kill(pid, SIGTERM);
+  CHECK(WaitFor([&] { return ::kill(pid, 0) != 0; }, 20));
+}
+
 TEST_CASE("mms serve --detach starts a daemon that answers, and refuses a second") {
   TempDir t;
   std::vector<std::string> g{MmsBin(), "--socket", t / "s/mms.sock", "--data-dir", t / "data"};
