@@ -592,6 +592,7 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
       for (const auto& v : versions)
         if (!snap.ById(v.id)) {
           PoolFor(v)->Forget(v.id);
+          scheduler_->Forget(v.id);  // (every dispatch looks at every queue)
           // A version registered again under the same name starts from zero.
           serving_metrics_.Remove(v.ref());
         }

@@ -176,6 +176,12 @@ void Scheduler::ArmExpiry(int64_t at_ns, int64_t now) {
              [this] { ExpireLate(); });
 }
 
+void Scheduler::Forget(PoolKey key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = queues_.find(key);
+  if (it != queues_.end() && it->second.jobs.empty() && it->second.running == 0) queues_.erase(it);
+}
+
 size_t Scheduler::AbandonQueued(const Status& why) {
   std::vector<Job> jobs;
   {

@@ -147,6 +147,10 @@ class Scheduler {
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).
   void ExpireLate();
+  // A version removed: its queue goes, once empty and idle (else it stays:
+  // it empties as its requests are answered). Every dispatch scans every
+  // queue, so removed versions' queues cost each request for ever.
+  void Forget(PoolKey key);
   // Answers every queued job (none of them started) with `why`, leaving
   // running executions and the workers be: a shutdown whose grace has
   // passed tells its waiting callers their requests never ran, rather than

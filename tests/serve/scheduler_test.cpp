@@ -342,6 +342,25 @@ TEST_CASE("scheduler: zero workers means one, and queued requests are still answ
   CHECK(mms::testing::WaitFor([&] { return n == 3; }, 5));
 }
 
+TEST_CASE("scheduler: a removed version's queue goes once it is empty and idle, not before") {
+  Rig rig;
+  Scheduler s(OneWorker());
+  std::atomic<int> n{0};
+  REQUIRE(s.Submit(1, rig.Job("a", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { n += r.ok(); })).ok());
+  REQUIRE(s.Stats().contains("1"));
+  // Busy (one running, one queued): kept, and its requests answered.
+  std::thread running = rig.Hold(s, 1);
+  REQUIRE(s.Submit(1, rig.Job("b", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { n += r.ok(); })).ok());
+  s.Forget(1);
+  CHECK(s.Stats().contains("1"));
+  rig.model->Open();
+  running.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 2 && s.queued() == 0; }, 5));
+  // Idle: gone (every dispatch scanned the queues of removed versions for ever).
+  REQUIRE(mms::testing::WaitFor([&] { s.Forget(1); return !s.Stats().contains("1"); }, 5));
+  s.Forget(7);  // never seen: nothing to do
+}
+
 TEST_CASE("scheduler: higher classes first, lower ones never starved") {
   Rig rig;
   Scheduler::Options o = OneWorker();
