@@ -677,7 +677,7 @@ Result<std::vector<Tensor>> ReadTensorFile(const std::string& path, uint64_t max
     return InvalidArgument(path + " is empty: give a JSON object mapping each input name to "
                                   "{\"dtype\", \"shape\", \"data\"}, or a .safetensors file");
   if (text[i] != '{') {
-    auto j = ParseJsonStrict(text);
+    auto j = ParseJsonStrict(text, SIZE_MAX);
     if (j.ok())  // JSON, but not an object
       return InvalidArgument(path + " holds JSON that is not an object: give an object mapping each input name to "
                                     "{\"dtype\", \"shape\", \"data\"}");
@@ -687,7 +687,9 @@ Result<std::vector<Tensor>> ReadTensorFile(const std::string& path, uint64_t max
                            "); give a JSON object mapping each input name to {\"dtype\", \"shape\", \"data\"}, or "
                            "a .safetensors file");
   }
-  auto j = ParseJsonStrict(text);
+  // Any depth: the data's nesting is walked without recursion, and says
+  // which tensor is nested wrong (a shape of many dims nests as deep).
+  auto j = ParseJsonStrict(text, SIZE_MAX);
   if (!j.ok()) return j.status().WithContext(path);
   auto t = TensorsFromJson(*j);
   if (!t.ok()) return t.status().WithContext(path);

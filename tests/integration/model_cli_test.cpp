@@ -223,21 +223,23 @@ TEST_CASE("a repack whose version another writer removes meanwhile says so, exit
   REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "--sample-input",
                mms.Data("tiny_input.json"), "-q"})
               .exit_code == 0);
-  // The stored sample becomes a FIFO: the repack's check blocks reading it.
-  const std::string weights = PackedWeights(mms.dir / "data", "tiny", "1");
-  REQUIRE_FALSE(weights.empty());
-  const std::string sample = weights.substr(0, weights.rfind('/')) + "/sample.json";
-  REQUIRE(std::filesystem::exists(sample));
-  std::filesystem::remove(sample);
-  REQUIRE(::mkfifo(sample.c_str(), 0600) == 0);
+  // The repack's check held (an mmsd beside a copy of mms that waits to be
+  // let go before it checks) while another writer removes the version and
+  // its files: the check then fails on its missing sample.
+  const std::string wrap = mms.dir / "wrap";
+  std::filesystem::create_directories(wrap);
+  std::filesystem::copy_file(MmsBin(), wrap + "/mms");
+  std::ofstream(wrap + "/mmsd") << "#!/bin/sh\nif [ \"$1\" = inspect-artifact ]; then touch '" << wrap
+                                << "/started'; while [ ! -e '" << wrap << "/go' ]; do sleep 0.05; done; fi\nexec '"
+                                << BinDir() << "/mmsd' \"$@\"\n";
+  std::filesystem::permissions(wrap + "/mmsd", std::filesystem::perms::owner_all);
   Child repack;
-  REQUIRE(repack.Start({MmsBin(), "--data-dir", mms.dir / "data", "--socket", mms.dir / "none.sock", "model", "repack",
-                        "tiny:1"},
+  REQUIRE(repack.Start({wrap + "/mms", "--data-dir", mms.dir / "data", "--socket", mms.dir / "none.sock", "model",
+                        "repack", "tiny:1"},
                        mms.dir / "repack.log"));
-  int writer = -1;  // opens without blocking only once the reader waits; held over the rm
-  REQUIRE(WaitFor([&] { return (writer = ::open(sample.c_str(), O_WRONLY | O_NONBLOCK)) >= 0; }, 30));
+  REQUIRE(WaitFor([&] { return std::filesystem::exists(wrap + "/started"); }, 30));
   CHECK(mms({"model", "rm", "tiny:1", "--force"}).exit_code == 0);
-  ::close(writer);  // the check reads an empty sample and fails: the version is gone by then
+  std::ofstream(wrap + "/go") << "";
   CHECK(repack.Wait(60) == 4);
   std::ifstream in(mms.dir / "repack.log");
   std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
