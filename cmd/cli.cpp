@@ -332,7 +332,20 @@ int Cli::Fail(const Status& st) {
                      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
               << "\n";
   } else {
-    std::cerr << "mms: " << st.message() << "\n";
+    // Control characters as \xNN: a message may quote what a file or a
+    // request named (a tensor name with an escape sequence would drive the
+    // terminal; a NUL cut the line for some readers).
+    std::string text;
+    for (unsigned char c : st.message()) {
+      if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "\\x%02x", c);
+        text += hex;
+      } else {
+        text += static_cast<char>(c);
+      }
+    }
+    std::cerr << "mms: " << text << "\n";
   }
   exit_code = code;
   return code;

@@ -366,8 +366,12 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
                                 ? Sha256File(*canon)
                                 : Result<std::string>(std::string()));
   }
-  if (!canon.ok())
+  if (!canon.ok()) {
+    struct stat lst;  // there, but not to be resolved (a symbolic link loop, a dangling link)
+    if (::lstat(a.path.c_str(), &lst) == 0)
+      return InvalidArgument("artifact " + a.path + " cannot be resolved: " + canon.status().message());
     return InvalidArgument("artifact " + a.path + " does not exist (--path must name a TorchScript file)");
+  }
   if (!regular) return InvalidArgument("artifact " + *canon + " is not a regular file");
   MMS_RETURN_IF_ERROR(reg.CheckArtifactPath(*canon));
   v.artifact_path = *canon;

@@ -447,13 +447,15 @@ void AddPoolCommands(CLI::App& app, Cli& cli) {
   auto a = std::make_shared<PredictArgs>();
   predict->add_option("REF", a->ref, "NAME, NAME:VERSION or NAME@ALIAS")->required();
   predict->add_option("--input,-i", a->input, "input tensors: .json or .safetensors")->required();
-  predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout");
   // Given empty (an unset shell variable), they would silently mean "none":
-  // the plain base, or a request without a user (sticky experiments leave it out).
+  // the plain base, a request without a user (sticky experiments leave it
+  // out), the outputs on standard output.
   const auto not_empty = [](const char* omit) {
     return CLI::Validator(
         [omit](std::string& v) { return v.empty() ? std::string("is empty; ") + omit : std::string(); }, "NONEMPTY");
   };
+  predict->add_option("--output,-o", a->output, "write outputs here (.json or .safetensors) instead of stdout")
+      ->check(not_empty("omit --output to write the outputs to standard output"));
   predict->add_option("--user", a->user, "user id (routes A/B experiments and canaries)")
       ->check(not_empty("omit --user for a request without a user"));
   predict->add_option("--tenant", a->tenant, "tenant (rate limits)")

@@ -573,7 +573,10 @@ void Server::RunHandler(Slot* slot, Responder& responder, const std::function<vo
     body();
   } catch (const nlohmann::json::type_error& e) {
     // A request field of the wrong type, read by a handler ("user": 5).
-    responder.Fail(InvalidArgument(std::string("a field of the request has the wrong type: ") + e.what()));
+    std::string what = e.what();  // without nlohmann's "[json.exception.type_error.302] "
+    if (auto at = what.find("] "); at != std::string::npos) what = what.substr(at + 2);
+    responder.Fail(InvalidArgument("a field of the request has the wrong type: " + what +
+                                   " (see docs/protocol.md for each message's fields)"));
   } catch (const std::exception& e) {
     responder.Fail(Internal(std::string("handler failed: ") + e.what()));
   }

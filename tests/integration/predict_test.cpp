@@ -275,6 +275,14 @@ TEST_CASE("bad input: each refused clearly while the daemon and other models kee
     CHECK(r.err.find(c.says) != std::string::npos);
     CHECK(Predict(d, "tiny", Data("tiny_input.json"))["version"] == "1");  // still serving
   }
+  {  // A name with an escape sequence (or a NUL) is quoted as \xNN, never sent to the terminal as is.
+    std::ofstream(d.dir() + "/esc.json") << R"({"a\u001b[31mX\u0000": {"dtype": "float32", "shape": [1], "data": [1]}})";
+    auto esc = d.Mms({"predict", "tiny", "--input", d.dir() + "/esc.json"});
+    CHECK(esc.exit_code == 2);
+    CHECK_MESSAGE(esc.err.find("a\\x1b[31mX\\x00") != std::string::npos, esc.err);
+    CHECK(esc.err.find('\x1b') == std::string::npos);
+    CHECK(esc.err.find('\0') == std::string::npos);
+  }
   // A CLI without the daemon's config (so with the default cap): an input
   // over the daemon's cap is refused (exit 2) before it is sent — one over
   // twice the cap costs the connection, and used to be reported as an
