@@ -24,7 +24,7 @@ cd "$root"
 
 if [ "${1:-}" = "--prepare" ]; then  # here, not on the GPU machine
   ../shared/gpu/prepare.sh libssl-dev libssl3 libboost1.74-dev libmicrohttpd-dev libmicrohttpd12 \
-    libxxhash-dev libxxhash0 libre2-dev libre2-9 libminizip-dev libminizip1
+    libxxhash-dev libxxhash0 libre2-dev libre2-9 libzip-dev libzip4
   # libmicrohttpd needs libgnutls.so.30; used there only if the image lacks it.
   mkdir -p .gpu-deps/fallback
   (cd .gpu-deps/fallback && apt-get download libgnutls30 libgmp10 libhogweed6 libidn2-0 libnettle8 \

@@ -6,7 +6,7 @@ set -eu
 
 PACKAGES="build-essential cmake ccache pkg-config
 libtorch-dev libnng-dev libcli11-dev libtomlplusplus-dev doctest-dev
-libsqlite3-dev nlohmann-json3-dev libssl-dev libboost-dev libmicrohttpd-dev libxxhash-dev libre2-dev libminizip-dev
+libsqlite3-dev nlohmann-json3-dev libssl-dev libboost-dev libmicrohttpd-dev libxxhash-dev libre2-dev libzip-dev
 python3-torch curl bash-completion man-db"
 
 missing=""

@@ -1,79 +1,56 @@
 #include "pool/archive_check.h"
 
-#include <algorithm>
-#include <cstring>
 #include <vector>
 
-#include <unzip.h>
+#include <zip.h>
 
 namespace mms {
-namespace {
-
-// minizip's file functions over bytes in memory: one cursor per archive.
-struct Cursor {
-  std::string_view bytes;
-  uint64_t pos = 0;
-};
-
-voidpf ZCALLBACK Open(voidpf opaque, const void*, int) { return opaque; }
-
-uLong ZCALLBACK Read(voidpf, voidpf stream, void* buf, uLong size) {
-  auto* c = static_cast<Cursor*>(stream);
-  if (c->pos >= c->bytes.size()) return 0;
-  const uLong n = static_cast<uLong>(std::min<uint64_t>(size, c->bytes.size() - c->pos));
-  std::memcpy(buf, c->bytes.data() + c->pos, n);
-  c->pos += n;
-  return n;
-}
-
-uLong ZCALLBACK Write(voidpf, voidpf, const void*, uLong) { return 0; }
-
-ZPOS64_T ZCALLBACK Tell(voidpf, voidpf stream) { return static_cast<Cursor*>(stream)->pos; }
-
-long ZCALLBACK Seek(voidpf, voidpf stream, ZPOS64_T offset, int origin) {
-  auto* c = static_cast<Cursor*>(stream);
-  uint64_t base = origin == ZLIB_FILEFUNC_SEEK_SET ? 0 : origin == ZLIB_FILEFUNC_SEEK_CUR ? c->pos : c->bytes.size();
-  if (offset > c->bytes.size() || base > c->bytes.size() - offset) return -1;
-  c->pos = base + offset;
-  return 0;
-}
-
-int ZCALLBACK Close(voidpf, voidpf) { return 0; }
-int ZCALLBACK Error(voidpf, voidpf) { return 0; }
-
-}  // namespace
 
 Status CheckArchiveCrcs(std::string_view bytes, const std::string& what) {
-  Cursor cursor{bytes, 0};
-  zlib_filefunc64_def io{Open, Read, Write, Tell, Seek, Close, Error, &cursor};
-  unzFile zf = unzOpen2_64(what.c_str(), &io);
-  if (!zf) return InvalidArgument(what + " is not a loadable TorchScript archive: not a zip file");
+  // An empty buffer is no zip (libzip would call it an empty archive).
+  if (bytes.empty()) return InvalidArgument(what + " is not a loadable TorchScript archive: not a zip file");
+  zip_error_t err;
+  zip_error_init(&err);
+  zip_source_t* src = zip_source_buffer_create(bytes.data(), bytes.size(), /*freep=*/0, &err);
+  if (!src) {
+    zip_error_fini(&err);
+    return Internal("cannot read " + what + " as a zip archive: out of memory");
+  }
+  zip_t* za = zip_open_from_source(src, ZIP_RDONLY | ZIP_CHECKCONS, &err);
+  if (!za) {
+    const int code = zip_error_code_zip(&err);
+    const std::string why = zip_error_strerror(&err);
+    zip_source_free(src);
+    zip_error_fini(&err);
+    if (code == ZIP_ER_NOZIP) return InvalidArgument(what + " is not a loadable TorchScript archive: not a zip file");
+    return Corrupt(what + " is damaged: its zip directory cannot be read (" + why + "); export it again");
+  }
+  zip_error_fini(&err);
   struct Closer {
-    unzFile zf;
-    ~Closer() { unzClose(zf); }
-  } closer{zf};
+    zip_t* za;
+    ~Closer() { zip_discard(za); }  // (read-only: nothing to write back)
+  } closer{za};
   std::vector<char> buf(1 << 20);
-  int rc = unzGoToFirstFile(zf);
-  for (; rc == UNZ_OK; rc = unzGoToNextFile(zf)) {
-    char name[512] = {0};
-    unz_file_info64 info;
-    if (unzGetCurrentFileInfo64(zf, &info, name, sizeof name - 1, nullptr, 0, nullptr, 0) != UNZ_OK)
-      return Corrupt(what + " is damaged: an entry of its zip directory cannot be read; export it again");
+  const zip_int64_t n = zip_get_num_entries(za, 0);
+  for (zip_int64_t i = 0; i < n; ++i) {
+    const char* name = zip_get_name(za, static_cast<zip_uint64_t>(i), 0);
+    const std::string record = name ? name : "#" + std::to_string(i);
     auto damaged = [&](const std::string& why) {
-      return Corrupt(what + " is damaged: its record '" + std::string(name) + "' " + why +
+      return Corrupt(what + " is damaged: its record '" + record + "' " + why +
                      " (the file was changed or corrupted after it was written); export it again");
     };
-    if (unzOpenCurrentFile(zf) != UNZ_OK) return damaged("cannot be opened");
-    int got;
-    while ((got = unzReadCurrentFile(zf, buf.data(), static_cast<unsigned>(buf.size()))) > 0) {
+    zip_file_t* f = zip_fopen_index(za, static_cast<zip_uint64_t>(i), 0);
+    if (!f) return damaged(std::string("cannot be opened: ") + zip_strerror(za));
+    zip_int64_t got;
+    while ((got = zip_fread(f, buf.data(), buf.size())) > 0) {
     }
-    const int closed = unzCloseCurrentFile(zf);
-    if (got < 0) return damaged("cannot be read to its end");
-    if (closed == UNZ_CRCERROR) return damaged("does not match its CRC-32");
-    if (closed != UNZ_OK) return damaged("cannot be read");
+    // libzip checks a record's CRC-32 as its last bytes are read.
+    const bool crc = got < 0 && zip_error_code_zip(zip_file_get_error(f)) == ZIP_ER_CRC;
+    const std::string why = got < 0 ? zip_file_strerror(f) : "";
+    zip_fclose(f);
+    if (crc) return damaged("does not match its CRC-32");
+    if (got < 0) return damaged("cannot be read to its end: " + why);
   }
-  if (rc != UNZ_END_OF_LIST_OF_FILE)
-    return Corrupt(what + " is damaged: its zip directory cannot be walked to its end; export it again");
   return Status::Ok();
 }
 
