@@ -203,6 +203,7 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     std::string msg = Trim(pr.err);
     if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
     if (pr.exit_code == 2) return InvalidArgument(msg);
+    if (pr.exit_code == 6) return Conflict(msg);
     // Killed (the kernel's OOM killer on a big model) or stopped: it said
     // nothing, so say what is known (RunProcess reports a signal as 128+N).
     if (pr.timed_out)
@@ -233,10 +234,14 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
   // What was packed is what was hashed, or nothing is registered: a file
   // written while it was registered recorded one file's hash beside
   // another's weights (a review's CI job rewrote it in place).
-  if (const std::string packed_sha = out.info.value("sha256", ""); packed_sha != sha256) {
+  if (const std::string packed_sha = out.info.value("sha256", ""); packed_sha.empty()) {
+    std::filesystem::remove_all(staging, ec);
+    return FailedPrecondition(argv[0] + " is older than this mms (it does not say what it packed): install mms and "
+                              "mmsd of one release together");
+  } else if (packed_sha != sha256) {
     std::filesystem::remove_all(staging, ec);
     return Conflict(canon + " changed while it was being registered (sha256 " + sha256.substr(0, 12) +
-                    " when hashed, " + (packed_sha.empty() ? "unknown" : packed_sha.substr(0, 12)) +
+                    " when hashed, " + packed_sha.substr(0, 12) +
                     " when packed): nothing was stored or registered; retry once whatever writes it has finished");
   }
   std::string sample_name;

@@ -25,11 +25,12 @@ struct PredictArgs {
 int CmdPredict(Cli& cli, const PredictArgs& a) {
   if (Status st = ParseRef(a.ref).status(); !st.ok()) return cli.Fail(st);
   // A JSON file's text is a few times the tensors it holds, and the daemon
-  // takes a message up to its cap: more than 8x that (or a device such as
+  // takes a message up to its cap: more than 16x that (a uint8 output as mms
+  // writes it, one value a line, is about 13x; or a device such as
   // /dev/zero, which never ends) is not read to the end.
   auto cfg = cli.config();
   if (!cfg.ok()) return cli.Fail(cfg.status());
-  auto inputs = ReadTensorFile(a.input, 8 * (*cfg)->daemon.max_message_bytes);
+  auto inputs = ReadTensorFile(a.input, 16 * (*cfg)->daemon.max_message_bytes);
   if (!inputs.ok()) {
     Status st = inputs.status();
     return cli.Fail(Status(st.code() == Code::kNotFound ? Code::kInvalidArgument : st.code(),

@@ -670,10 +670,14 @@ Result<Config> LoadConfigFile(const std::string& path) {
   MMS_ASSIGN_OR_RETURN(Config cfg, ParseConfig(*text, path));
   // A relative path in the file is the file's, as its author meant it — not
   // whatever directory a command runs from (a CI job elsewhere made a second
-  // registry, silently).
-  std::string dir = DirName(std::filesystem::absolute(path, ec).lexically_normal().string());
-  if (!ec && !dir.empty())
-    for (std::string* p : {&cfg.daemon.data_dir, &cfg.daemon.socket, &cfg.log.file, &cfg.registry.path})
+  // registry, silently). The file's real directory (a path through a
+  // symbolic link and .. is the kernel's, not the text's). Not the socket:
+  // a unix socket's path holds at most 107 bytes, and a relative one may be
+  // what fits (daemon/main.cpp keeps it as given).
+  auto real = CanonicalPath(path);
+  const std::string dir = real.ok() ? DirName(*real) : "";
+  if (!dir.empty())
+    for (std::string* p : {&cfg.daemon.data_dir, &cfg.log.file, &cfg.registry.path})
       if (!p->empty() && (*p)[0] != '/') *p = JoinPath(dir, *p);
   return cfg;
 }

@@ -126,8 +126,9 @@ std::string RenderConfig(const Config& c);
 // Parses TOML text. `source` names it in errors ("mms.toml").
 Result<Config> ParseConfig(const std::string& toml_text, const std::string& source);
 // Reads and parses a file. NOT_FOUND when it does not exist. Its relative
-// paths ([daemon] data_dir and socket, [log] file, [registry] path) are
-// taken from the file's directory, whatever the working directory.
+// paths ([daemon] data_dir, [log] file, [registry] path) are taken from the
+// file's directory, whatever the working directory; [daemon] socket stays
+// as given (a unix socket path is short: a relative one may be what fits).
 Result<Config> LoadConfigFile(const std::string& path);
 // The file used when --config is not given: $MMS_CONFIG, else
 // $XDG_CONFIG_HOME/mms/mms.toml (~/.config/mms/mms.toml) when it exists, else "".

@@ -674,8 +674,9 @@ Result<std::vector<Tensor>> ReadTensorFile(const std::string& path, uint64_t max
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // a UTF-8 byte order mark (some editors write one)
   size_t i = text.find_first_not_of(" \t\r\n");
   if (i == std::string::npos)
-    return InvalidArgument(path + " is empty: give a JSON object mapping each input name to "
-                                  "{\"dtype\", \"shape\", \"data\"}, or a .safetensors file");
+    return InvalidArgument(path + " is empty (a FIFO is read only when something writes it as it is opened): give a "
+                                  "JSON object mapping each input name to {\"dtype\", \"shape\", \"data\"}, or a "
+                                  ".safetensors file");
   if (text[i] != '{') {
     auto j = ParseJsonStrict(text, SIZE_MAX);
     if (j.ok())  // JSON, but not an object

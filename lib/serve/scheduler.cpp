@@ -178,6 +178,12 @@ void Scheduler::ArmExpiry(int64_t at_ns, int64_t now) {
 
 void Scheduler::Forget(PoolKey key) {
   std::lock_guard<std::mutex> lock(mu_);
+  forgotten_.insert(key);
+  EraseIfForgotten(key);
+}
+
+void Scheduler::EraseIfForgotten(PoolKey key) {
+  if (!forgotten_.count(key)) return;
   auto it = queues_.find(key);
   if (it != queues_.end() && it->second.jobs.empty() && it->second.running == 0) queues_.erase(it);
 }
@@ -237,6 +243,9 @@ void Scheduler::ExpireLate() {
         it = q.jobs.erase(it);
       }
     }
+    for (auto it = queues_.begin(); it != queues_.end();)  // a removed version's last requests dropped
+      it = forgotten_.count(it->first) && it->second.jobs.empty() && it->second.running == 0 ? queues_.erase(it)
+                                                                                             : std::next(it);
     running_ += static_cast<int>(late.size());  // Stop waits for these answers too
     if (next) sweep_at = ExpirySweepAt(next);
   }
@@ -527,6 +536,7 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   else if (wake) cv_.notify_one();
   for (size_t i = 0; i < batch.size(); ++i) Finish(batch[i], std::move(results[i]));
   std::lock_guard<std::mutex> lock(mu_);
+  EraseIfForgotten(key);  // (a removed version's last request answered)
   if (--running_ == 0 && stopping_) cv_.notify_all();  // Stop waits for this
 }
 

@@ -68,6 +68,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -147,9 +148,9 @@ class Scheduler {
   size_t queued() const;
   // Answers the queued requests whose deadline has passed (the timer's work).
   void ExpireLate();
-  // A version removed: its queue goes, once empty and idle (else it stays:
-  // it empties as its requests are answered). Every dispatch scans every
-  // queue, so removed versions' queues cost each request for ever.
+  // A version removed: its queue goes once empty and idle — now, or when
+  // its last request is answered. Every dispatch scans every queue, so
+  // removed versions' queues cost each request for ever.
   void Forget(PoolKey key);
   // Answers every queued job (none of them started) with `why`, leaving
   // running executions and the workers be: a shutdown whose grace has
@@ -216,6 +217,9 @@ class Scheduler {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<PoolKey, Queue> queues_;  // guarded by mu_
+  std::set<PoolKey> forgotten_;      // guarded by mu_: removed versions (ids are never reused)
+  // mu_ held: erases `key`'s queue when forgotten, empty and idle.
+  void EraseIfForgotten(PoolKey key);
   size_t total_queued_ = 0;          // guarded by mu_
   int busy_ = 0;                     // guarded by mu_: workers (or inline runs) executing
   int running_ = 0;                  // guarded by mu_: executions not yet answered (Stop waits)

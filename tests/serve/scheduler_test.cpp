@@ -351,13 +351,18 @@ TEST_CASE("scheduler: a removed version's queue goes once it is empty and idle, 
   // Busy (one running, one queued): kept, and its requests answered.
   std::thread running = rig.Hold(s, 1);
   REQUIRE(s.Submit(1, rig.Job("b", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { n += r.ok(); })).ok());
-  s.Forget(1);
+  s.Forget(1);  // once, as the daemon calls it
   CHECK(s.Stats().contains("1"));
   rig.model->Open();
   running.join();
   REQUIRE(mms::testing::WaitFor([&] { return n == 2 && s.queued() == 0; }, 5));
-  // Idle: gone (every dispatch scanned the queues of removed versions for ever).
-  REQUIRE(mms::testing::WaitFor([&] { s.Forget(1); return !s.Stats().contains("1"); }, 5));
+  // Its last request answered: gone (every dispatch scanned the queues of
+  // removed versions for ever).
+  CHECK(mms::testing::WaitFor([&] { return !s.Stats().contains("1"); }, 5));
+  // A request that resolved the version before its removal still runs, and
+  // its queue goes with it.
+  REQUIRE(s.Submit(1, rig.Job("c", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { n += r.ok(); })).ok());
+  CHECK(mms::testing::WaitFor([&] { return n == 3 && !s.Stats().contains("1"); }, 5));
   s.Forget(7);  // never seen: nothing to do
 }
 
