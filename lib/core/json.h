@@ -3,9 +3,10 @@
 // read from one.
 //
 // nlohmann::json silently keeps the last of a key given twice, and parses
-// any depth (iteratively) but destroys and prints a document recursively: a
+// any depth (iteratively) but prints (dump) a document recursively: a
 // --metrics file nested 100,000 deep was accepted and then overflowed the
-// stack when stored. ParseJsonStrict refuses both.
+// stack when stored. ParseJsonStrict refuses both; a reader that walks
+// without recursion and prints nothing (tensor files) passes SIZE_MAX.
 //
 // Errors: INVALID_ARGUMENT ("not valid JSON: ...", "the key 'k' appears
 // twice in one object", "nested deeper than 64 levels"). Thread-safety: a
