@@ -7,6 +7,7 @@
 // Loader from its Manager. Tests drive the pool with fake loaders.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -78,7 +79,12 @@ struct AdapterRows {
 // (the pool only rebinds a model with no handles out).
 class Model {
  public:
+  Model() : instance_id_(NextInstanceId()) {}
   virtual ~Model() = default;
+  // Unique to this object for the life of the process: a model loaded again
+  // is another instance even at the address a freed one had (the
+  // scheduler's warm-up measures go by instance).
+  uint64_t instance_id() const { return instance_id_; }
   virtual const std::vector<std::string>& input_names() const = 0;
   virtual const WeightLayout& layout() const = 0;
   // Points every weight at `base` (layout().total_bytes, same layout) on
@@ -109,6 +115,13 @@ class Model {
   // Saves the module with every weight emptied (the packed format's
   // module.pt); the weights stay bound.
   virtual Status SaveWithoutWeights(const std::string& path) = 0;
+
+ private:
+  static uint64_t NextInstanceId() {
+    static std::atomic<uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
+  }
+  const uint64_t instance_id_;
 };
 
 // A version loaded into the host tier.

@@ -474,7 +474,7 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
   int64_t tightest = 0;  // the batch's earliest deadline (a probe's verdict)
   for (const auto& j : batch)
     if (j.deadline_ns) tightest = tightest ? std::min(tightest, j.deadline_ns) : j.deadline_ns;
-  const Model* instance = batch.front().handle->model();
+  const uint64_t instance = batch.front().handle->model()->instance_id();  // (not its address: reused once freed)
   int64_t t0 = opts_.clock->MonoNanos();
   bool unsplit = false, rerun = false;
   auto results = RunBatch(batch, rows, &unsplit, &rerun);

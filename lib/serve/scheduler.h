@@ -183,7 +183,7 @@ class Scheduler {
     double vtime_ns = 0;                       // execution time used, on its class's virtual clock (fair share)
     bool measured = false;                     // exec_ns holds a measured execution (else no estimate yet)
     int measures = 0;                          // successful executions of `instance` measured (kWarmupMeasures)
-    const void* instance = nullptr;            // the model instance measured (one loaded again warms up again)
+    uint64_t instance = 0;                     // the model instance measured (one loaded again warms up again)
     int running = 0;                           // its executions in progress
     uint64_t executed = 0, batches = 0, batched_rows = 0, deadline_drops = 0, overloaded = 0, unsplit = 0, reruns = 0;
     uint64_t executed_inline = 0;              // run on the submitting thread (the idle fast path)

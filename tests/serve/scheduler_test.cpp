@@ -2,6 +2,8 @@
 // (limiter) and a fake model (scheduler) that records what it ran.
 #include <doctest/doctest.h>
 
+#include <new>
+
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -1105,4 +1107,17 @@ TEST_CASE("scheduler: requests claiming huge row counts (zero elements) do not o
   if (n != 2) clock.AdvanceMillis(1000);  // (release them: deadlock guard)
   REQUIRE(mms::testing::WaitFor([&] { return s.queued() == 0; }, 5));
   CHECK(s.Stats()["1"]["rows"] == uint64_t{1} << 63);
+}
+
+TEST_CASE("scheduler: a model loaded again is another instance even at the address a freed one had") {
+  // The warm-up measures go by instance; by address, a reload into the freed
+  // one's memory read as the same model, and its slow first runs counted.
+  alignas(EchoModel) unsigned char storage[sizeof(EchoModel)];
+  auto* first = new (storage) EchoModel();
+  const uint64_t id = first->instance_id();
+  first->~EchoModel();
+  auto* again = new (storage) EchoModel();
+  CHECK(static_cast<void*>(again) == static_cast<void*>(first));
+  CHECK(again->instance_id() != id);
+  again->~EchoModel();
 }
