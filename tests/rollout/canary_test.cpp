@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <random>
 
 #include "registry/snapshot.h"
@@ -60,6 +61,18 @@ struct Fixture {
     auto c = reg->StartCanary(n);
     REQUIRE_MESSAGE(c.ok(), c.status().ToString());
     return *c;
+  }
+  // A first stage passed, then a failing one while another writer holds the
+  // registry (as a full disk or a read-only file would refuse writes): its
+  // rollback judged and held back, not written. Returns the lock, held.
+  std::unique_ptr<testing::WriteLock> FailWhileLocked(const CanaryRecord& c) {
+    ctl->Tick();
+    Traffic(c, 70, 0.0, 5);
+    REQUIRE(reg->GetCanary("rec")->stage_index == 1);
+    auto lock = std::make_unique<testing::WriteLock>(dir / "r.db");
+    REQUIRE(lock->ok());
+    Traffic(c, 20, 0.2, 5);
+    return lock;
   }
   // Simulated traffic through the canary's split for `seconds`, in 1 s steps.
   void Traffic(const CanaryRecord& c, int seconds, double canary_error_rate, double canary_ms, double control_ms = 5) {
@@ -156,18 +169,12 @@ TEST_CASE("an error-rate rise rolls back at once, with the reason recorded") {
 TEST_CASE("a rollback the registry cannot record stops the canary's traffic in memory and is written later") {
   Fixture f;
   CanaryRecord c = f.Start();
-  f.ctl->Tick();
-  f.Traffic(c, 70, 0.0, 5);
-  REQUIRE(f.reg->GetCanary("rec")->stage_index == 1);
-  // Another writer holds the registry (as a full disk or a read-only file would refuse writes).
-  testing::WriteLock lock(f.dir / "r.db");
-  REQUIRE(lock.ok());
-  f.Traffic(c, 20, 0.2, 5);
+  auto lock = f.FailWhileLocked(c);
   CHECK(f.reg->GetCanary("rec")->state == "running");  // not written
   REQUIRE(f.holds.size() == 1);                          // but held back, once
   CHECK(f.holds[0] == "+" + c.experiment_id);
   // The write is retried at every tick, without judging again, and lands once writes work.
-  lock.Release();
+  lock->Release();
   f.clock.AdvanceSeconds(1);
   f.ctl->Tick();
   auto r = f.reg->GetCanary("rec");
@@ -181,13 +188,9 @@ TEST_CASE("a rollback the registry cannot record stops the canary's traffic in m
   // keeps its traffic, so the rollback judged is still written.
   Fixture g;
   CanaryRecord gc = g.Start();
-  g.ctl->Tick();
-  g.Traffic(gc, 70, 0.0, 5);
-  testing::WriteLock glock(g.dir / "r.db");
-  REQUIRE(glock.ok());
-  g.Traffic(gc, 20, 0.2, 5);
+  auto glock = g.FailWhileLocked(gc);
   REQUIRE(g.holds.size() == 1);
-  glock.Release();
+  glock->Release();
   REQUIRE(g.reg->SetCanaryState("rec", "paused").ok());
   g.clock.AdvanceSeconds(1);
   g.ctl->Tick();
@@ -201,13 +204,9 @@ TEST_CASE("a promotion by hand that overtakes a rollback being written is audite
   // its promote landed before mmsd's rollback write.
   Fixture f;
   CanaryRecord c = f.Start();
-  f.ctl->Tick();
-  f.Traffic(c, 70, 0.0, 5);
-  testing::WriteLock lock(f.dir / "r.db");
-  REQUIRE(lock.ok());
-  f.Traffic(c, 20, 0.2, 5);
+  auto lock = f.FailWhileLocked(c);
   REQUIRE(f.reg->GetCanary("rec")->state == "running");  // the rollback is not written yet
-  lock.Release();
+  lock->Release();
   REQUIRE(f.reg->PromoteCanary("rec", "promoted by hand").ok());
   f.clock.AdvanceSeconds(1);
   auto events = f.ctl->Tick();
