@@ -203,7 +203,6 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
     std::string msg = Trim(pr.err);
     if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
     if (pr.exit_code == 2) return InvalidArgument(msg);
-    if (pr.exit_code == 6) return Conflict(msg);
     // Killed (the kernel's OOM killer on a big model) or stopped: it said
     // nothing, so say what is known (RunProcess reports a signal as 128+N).
     if (pr.timed_out)

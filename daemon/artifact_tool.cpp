@@ -2,15 +2,12 @@
 // register` (the mms CLI does not link libtorch, so it asks mmsd). Loads the
 // TorchScript archive, describes its forward() inputs and weights, runs the
 // sample input when given, and writes the packed form when --pack-dir is set.
-// Prints one JSON object on stdout. Exit: 0 ok, 2 not a usable artifact, 6
-// the file changed while it was read, 1 other.
+// Prints one JSON object on stdout. Exit: 0 ok, 2 not a usable artifact, 1 other.
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 
 #include "artifact_tool.h"
-#include "core/hash.h"
-#include "core/paths.h"
 #include "pool/torch_artifact.h"
 #include "pool/torch_model.h"
 #include "protocol/tensor_file.h"
@@ -25,15 +22,8 @@ namespace {
 // against the whole sample; the sample twice, concatenated; and the sample
 // next to a varied copy (float inputs halved), which catches batch statistics
 // such as x - x.mean(0) even with a one-row sample.
-// `sha256`: of the bytes packed; the bytes checked here must be the same.
-Status CheckBatching(const std::string& path, const std::string& sample, const std::string& sha256) {
-  MMS_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
-  if (Sha256Hex(bytes) != sha256)
-    return Conflict(path + " changed while it was being registered (between packing it and checking that it "
-                           "batches): nothing was stored or registered; retry once whatever writes it has finished");
-  auto hm = LoadPlainTorchScriptBytes(std::move(bytes), path,
-                                      [](size_t n) -> Result<std::shared_ptr<Buffer>> { return AllocateHost(n); });
-  if (!hm.ok()) return hm.status();
+// `hm`: the module PackTorchScript loaded from the bytes it hashed.
+Status CheckBatching(HostModel* hm, const std::string& sample) {
   auto tensors = ReadTensorFile(sample);
   if (!tensors.ok()) return tensors.status();
   std::vector<InputSpec> names;
@@ -94,15 +84,16 @@ int RunArtifactTool(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  auto info = PackTorchScript(path, pack_dir, sample);
-  if (info.ok() && max_batch > 0) {
-    Status st = sample.empty() ? InvalidArgument("--max-batch-size needs --sample-input to check batching")
-                               : CheckBatching(path, sample, info->sha256);
-    if (!st.ok()) info = st;
+  if (max_batch > 0 && sample.empty()) {
+    std::cerr << "--max-batch-size needs --sample-input to check batching\n";
+    return 2;
   }
+  // The batching check runs on the module packed (loaded from the bytes hashed), before its files are written.
+  auto info = PackTorchScript(path, pack_dir, sample,
+                              max_batch > 0 ? [&](HostModel* hm) { return CheckBatching(hm, sample); }
+                                            : std::function<Status(HostModel*)>());
   if (!info.ok()) {
     std::cerr << info.status().message() << "\n";
-    if (info.status().code() == Code::kConflict) return 6;  // the file changed meanwhile: a retry may do
     return info.status().code() == Code::kInvalidArgument || info.status().code() == Code::kNotFound ||
                    info.status().code() == Code::kCorrupt
                ? 2

@@ -67,7 +67,7 @@ Status CheckSampleInput(const std::string& artifact, const std::string& sample_p
 }
 
 Result<ArtifactInfo> PackTorchScript(const std::string& path, const std::string& dst_dir,
-                                     const std::string& sample_path) {
+                                     const std::string& sample_path, const std::function<Status(HostModel*)>& check) {
   // Read once: the bytes hashed and checked are the bytes loaded and packed,
   // whatever writes the file meanwhile (the caller compares the hash with
   // its own).
@@ -80,6 +80,7 @@ Result<ArtifactInfo> PackTorchScript(const std::string& path, const std::string&
   info.sha256 = sha256;
   info.file_bytes = file_bytes;
   if (!sample_path.empty()) MMS_RETURN_IF_ERROR(ApplySample(hm, sample_path, &info));
+  if (check) MMS_RETURN_IF_ERROR(check(&hm));
   if (dst_dir.empty()) return info;
   MMS_RETURN_IF_ERROR(MakeDirs(dst_dir, 0755));
   // Tensor views into the host buffer, in layout order, written 64-aligned:

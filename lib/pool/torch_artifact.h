@@ -12,12 +12,14 @@
 // IO for filesystem failures. Thread-safety: stateless functions.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/status.h"
+#include "pool/model.h"
 #include "protocol/input_spec.h"
 
 namespace mms {
@@ -36,13 +38,15 @@ struct ArtifactInfo {
 // Loads the archive on CPU and describes it.
 Result<ArtifactInfo> InspectTorchScript(const std::string& path);
 // Reads `path` once, checks its archive's CRC-32s (CORRUPT when damaged) and
-// hashes it (SHA-256, in the result), and inspects what it read; with
-// `sample_path` runs forward once on that tensor file (the
+// hashes it (SHA-256, in the result), and inspects what it read; `check`,
+// when given, runs on the module loaded (its error is returned, nothing
+// written); with `sample_path` runs forward once on that tensor file (the
 // version's warm-up input must work at registration) and records its dtypes
 // and shapes; with `dst_dir` writes <dst_dir>/weights.safetensors and
 // <dst_dir>/module.pt.
 Result<ArtifactInfo> PackTorchScript(const std::string& path, const std::string& dst_dir,
-                                     const std::string& sample_path = "");
+                                     const std::string& sample_path = "",
+                                     const std::function<Status(HostModel*)>& check = {});
 // Runs forward once on the sample inputs.
 Status CheckSampleInput(const std::string& artifact, const std::string& sample_path);
 
