@@ -365,6 +365,11 @@ void PrintPool(const nlohmann::json& j) {
   std::printf("\n%llu hits, %llu misses (hit rate %.1f%%), %llu loads, %llu evictions, %llu failed loads\n",
               t.value("hits", 0ull), t.value("misses", 0ull), t.value("hit_rate", 0.0) * 100, t.value("loads", 0ull),
               t.value("evictions", 0ull), t.value("failures", 0ull));
+  if (t.value("room_waits", 0ull) > 0)
+    std::printf("%llu request%s waited for room held by requests in flight; %llu refused after [pool] room_wait; "
+                "%llu waiting now\n",
+                t.value("room_waits", 0ull), t.value("room_waits", 0ull) == 1 ? "" : "s",
+                t.value("room_wait_timeouts", 0ull), t.value("waiting_for_room", 0ull));
 }
 
 // Pins naming no version pin nothing: one warning line each (standard error).

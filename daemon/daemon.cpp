@@ -204,6 +204,7 @@ Status Daemon::CreatePool() {
   po.policy.half_life = pc.policy_half_life;
   po.load_threads = pc.load_threads;
   po.retry_backoff_ns = pc.load_retry_backoff_ns;
+  po.room_wait_ns = pc.room_wait_ns;
   po.warmup = pc.warmup;
   po.clock = opts_.clock;
   po.callbacks = callbacks_.get();

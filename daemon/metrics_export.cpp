@@ -78,6 +78,15 @@ std::string Daemon::PrometheusText() {
   }
   w.Sample("mms_pool_bytes_used", {{"tier", "host"}, {"device", "host"}}, pool["host"]["used"].get<double>());
   w.Sample("mms_pool_bytes_budget", {{"tier", "host"}, {"device", "host"}}, pool["host"]["budget"].get<double>());
+  w.Family("mms_pool_room_waits_total", "counter",
+           "Requests that waited for device or host room held by requests in flight ([pool] room_wait).");
+  w.Family("mms_pool_room_wait_timeouts_total", "counter",
+           "Requests refused POOL_FULL after waiting [pool] room_wait for room (the pool is too small for the load).");
+  w.Family("mms_pool_waiting_for_room", "gauge", "Requests waiting for room now.");
+  const auto& totals = pool["totals"];
+  w.Sample("mms_pool_room_waits_total", {}, totals.value("room_waits", 0.0));
+  w.Sample("mms_pool_room_wait_timeouts_total", {}, totals.value("room_wait_timeouts", 0.0));
+  w.Sample("mms_pool_waiting_for_room", {}, totals.value("waiting_for_room", 0.0));
   w.Family("mms_model_loads_total", "counter", "Loads onto a device, by model and version.");
   w.Family("mms_model_load_seconds", "gauge", "Duration of the latest load, by model and version.");
   w.Family("mms_model_evictions_total", "counter", "Demotions one tier down, by model and version.");

@@ -383,6 +383,10 @@ const std::vector<Spec>& Specs() {
                "After a failed load or warm-up, requests fail at once for this long (doubling per failure, at "
                "most 5 minutes) before the next retry.",
                [](Config& c) -> int64_t& { return c.pool.load_retry_backoff_ns; }),
+      Duration("pool", "room_wait", "1s", 0, 3600 * kSec,
+               "How long a request for a model not on a device may wait for room that requests in flight (or "
+               "loads) hold, before POOL_FULL; 0 fails at once. Room that pinned models fill fails at once.",
+               [](Config& c) -> int64_t& { return c.pool.room_wait_ns; }),
       Bool("pool", "warmup", true, "Run the version's sample input once at every load; a failure marks it unhealthy.",
            [](Config& c) -> bool& { return c.pool.warmup; }),
       Int("pool", "intra_op_threads", 0, 0, 1024, "libtorch intra-op threads per inference; 0 keeps libtorch's default.",

@@ -50,6 +50,7 @@ struct PoolConfig {
   double policy_half_life = 350;             // [pool] policy_half_life (accesses)
   int load_threads = 2;                      // [pool] load_threads
   int64_t load_retry_backoff_ns = 2'000'000'000;  // [pool] load_retry_backoff = "2s"
+  int64_t room_wait_ns = 1'000'000'000;      // [pool] room_wait = "1s": 0 = POOL_FULL at once
   bool warmup = true;                        // [pool] warmup
   int intra_op_threads = 0;                  // [pool] intra_op_threads: 0 = libtorch's default
 };

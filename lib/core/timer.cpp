@@ -25,6 +25,10 @@ void TimerQueue::At(Time when, std::function<void()> fn) {
   if (earliest) cv_.notify_one();
 }
 
+void TimerQueue::After(int64_t delay_ns, std::function<void()> fn) {
+  At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(delay_ns), std::move(fn));
+}
+
 size_t TimerQueue::pending() const {
   std::lock_guard<std::mutex> lock(mu_);
   return heap_.size();

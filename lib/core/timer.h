@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <queue>
@@ -30,6 +31,8 @@ class TimerQueue {
 
   // Runs `fn` at `when` (at once, on the timer thread, if that has passed).
   void At(Time when, std::function<void()> fn);
+  // Runs `fn` `delay_ns` from now (0: as soon as the timer thread gets to it).
+  void After(int64_t delay_ns, std::function<void()> fn);
   size_t pending() const;
 
  private:

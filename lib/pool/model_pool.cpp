@@ -39,18 +39,29 @@ struct ModelPool::DeviceSlot {
   uint64_t relocations = 0;  // blocks moved to defragment the arena
 };
 
+struct ModelPool::RoomWait {
+  bool over = false;  // (mu_) room_wait_ns has passed: the next refusal is final
+};
+
+struct ModelPool::Waiter {
+  AcquireCallback cb;
+  bool counted;  // a request's (mms load, pin preloads: not counted, leave no last use)
+  std::shared_ptr<const std::atomic<bool>> answered;  // set once answered elsewhere (its deadline); may be null
+  bool free_only = false;  // Room::kFreeOnly: its load may not evict (a shadow's)
+  std::shared_ptr<RoomWait> room_wait;  // set once it has waited for room (its hit or miss is counted)
+};
+
+struct ModelPool::RoomWaiter {
+  PoolItem item;
+  Waiter w;
+};
+
 struct ModelPool::Entry {
   PoolItem item;
   Tier tier = Tier::kDisk;
   bool loading = false;
   bool pinned = false;
   bool forgotten = false;
-  struct Waiter {
-    AcquireCallback cb;
-    bool counted;  // a request's (mms load, pin preloads: not counted, leave no last use)
-    std::shared_ptr<const std::atomic<bool>> answered;  // set once answered elsewhere (its deadline); may be null
-    bool free_only = false;  // Room::kFreeOnly: its load may not evict (a shadow's)
-  };
   std::vector<Waiter> waiters;
   std::shared_ptr<Buffer> host;  // host-tier copy (kept while on a device)
   std::unique_ptr<Model> model;
@@ -109,13 +120,18 @@ Result<std::unique_ptr<ModelPool>> ModelPool::Create(const Options& opts, std::v
                                   {"note", "models on a device keep their host copy; devices cannot fill up"}});
   p->load_exec_ = std::make_unique<Executor>("mms-load", std::max(1, opts.load_threads));
   p->reaper_ = std::make_unique<Executor>("mms-free", 1);
+  if (opts.room_wait_ns > 0) p->room_timer_ = std::make_unique<TimerQueue>();
+  else p->room_stopping_ = true;  // (no waits: nothing to stop)
   return p;
 }
 
-void ModelPool::StopLoads() { load_exec_->Shutdown(); }
+void ModelPool::StopLoads() {
+  load_exec_->Shutdown();  // (its loads' POOL_FULL may still queue waiters for room)
+  StopRoomWaits();
+}
 
 ModelPool::~ModelPool() {
-  load_exec_->Shutdown();
+  StopLoads();
   {
     std::lock_guard lock(mu_);
     entries_.clear();  // blocks return to the arenas before the devices go
@@ -166,10 +182,16 @@ HandlePtr ModelPool::NewHandle(Entry& e, bool loaded, bool counted) {
 
 void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, bool counted,
                         std::shared_ptr<const std::atomic<bool>> answered) {
+  AcquireWaiter(item, Waiter{std::move(cb), counted, std::move(answered), room == Room::kFreeOnly, nullptr});
+}
+
+void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
+  const Room room = w.free_only ? Room::kFreeOnly : Room::kEvict;
+  const bool counted = w.counted && !w.room_wait;  // a retry after waiting for room was counted as a miss
   std::unique_lock lock(mu_);
   if (removed_.count(item.key)) {  // a request that read the registry before the version was removed
     lock.unlock();
-    cb(NotFound(item.ref + " was removed from the registry"));
+    w.cb(NotFound(item.ref + " was removed from the registry"));
     return;
   }
   Entry& e = EntryFor(item);
@@ -182,15 +204,15 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
     hits_ += counted;
     devices_[static_cast<size_t>(e.device)]->policy->Touch(e.item.key);
     host_policy_->Touch(e.item.key);
-    HandlePtr h = NewHandle(e, false, counted);
+    HandlePtr h = NewHandle(e, false, w.counted);
     lock.unlock();
-    cb(std::move(h));
+    w.cb(std::move(h));
     return;
   }
   e.misses += counted;
   misses_ += counted;
   if (e.stale) {  // requests still hold the replaced copy: the last one's Release starts the load of the new files
-    e.waiters.push_back({std::move(cb), counted, std::move(answered), room == Room::kFreeOnly});
+    e.waiters.push_back(std::move(w));
     if (!e.held.empty()) ++hold_refusals_;  // a standing hold (a shadow's) lets go, or they would wait for ever
     return;
   }
@@ -200,29 +222,32 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
                                        std::to_string(e.failures) + " time" + (e.failures == 1 ? "" : "s") +
                                        "; next retry in " + FormatDurationNanos(e.retry_at - now) + ")");
     lock.unlock();
-    cb(st);
+    w.cb(st);
     return;
   }
-  // Nothing to load into: fail at once, naming what holds the memory, rather
-  // than queue a load (behind others) that would fail the same way.
+  // Nothing to load into: rather than queue a load (behind others) that
+  // would fail the same way, wait for room that requests in flight will
+  // free, or fail at once, naming what holds the memory.
   if (room == Room::kEvict && !e.loading && e.bytes > 0) {
     std::vector<Cand> cands;
     Status st = NeverFits(e);
     if (st.ok() && e.tier == Tier::kDisk) st = HostRoom(e.bytes, e.item.key);
     if (st.ok()) st = DeviceRoom(e, &cands);
     if (!st.ok()) {
+      if (st.code() == Code::kPoolFull && WaitForRoom(e, w)) return;
+      st = Refused(std::move(st), w);
       lock.unlock();
-      cb(st);
+      w.cb(st);
       return;
     }
   }
   if (room == Room::kFreeOnly && !e.loading && !HasFreeRoom(e)) {
     Status st = NoFreeRoom(e);
     lock.unlock();
-    cb(st);
+    w.cb(st);
     return;
   }
-  e.waiters.push_back({std::move(cb), counted, std::move(answered), room == Room::kFreeOnly});
+  e.waiters.push_back(std::move(w));
   if (!e.loading) {
     e.free_only_load = room == Room::kFreeOnly;
     StartLoad(e);
@@ -246,6 +271,107 @@ bool ModelPool::HasFreeDeviceRoom(const Entry& e) const {
 Status ModelPool::NoFreeRoom(const Entry& e) const {
   return Status(Code::kPoolFull, e.item.ref + " is not on a device and there is no free room for it (" +
                                      FormatBytes(e.bytes) + "); it is loaded only into room no serving model needs");
+}
+
+bool ModelPool::PinsFill(const Entry& e) const {
+  // Pinned models on a device keep their room, there and (their host
+  // copies) in the host tier; everything else that is in the way ends.
+  if (e.tier == Tier::kDisk) {
+    uint64_t pinned = 0;
+    for (const auto& [k, o] : entries_)
+      if (k != e.item.key && o->pinned && o->tier == Tier::kDevice) pinned += o->host_reserved;
+    if (pinned + e.bytes > opts_.host_budget) return true;
+  }
+  const uint64_t need = DeviceNeed(e);
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    uint64_t pinned = 0;
+    for (const auto& [k, o] : entries_)
+      if (o->block && o->device == static_cast<int>(i) && o->pinned) pinned += o->device_reserved;
+    if (pinned + need <= devices_[i]->dev->budget()) return false;
+  }
+  return true;
+}
+
+bool ModelPool::WaitForRoom(Entry& e, Waiter& w) {
+  if (!room_timer_ || room_stopping_ || w.free_only || e.forgotten) return false;
+  if (w.answered && w.answered->load()) return false;  // answered at its deadline: nothing to wait for
+  if (w.room_wait && w.room_wait->over) return false;
+  if (PinsFill(e)) return false;
+  if (!w.room_wait) {
+    w.room_wait = std::make_shared<RoomWait>();
+    ++room_waits_;
+    room_timer_->After(opts_.room_wait_ns, [this, rw = w.room_wait] { RoomWaitOver(rw); });
+  }
+  room_waiters_.push_back({e.item, std::move(w)});
+  return true;
+}
+
+Status ModelPool::Refused(Status st, const Waiter& w) {
+  if (!w.room_wait || !w.room_wait->over || st.code() != Code::kPoolFull) return st;
+  ++room_wait_timeouts_;
+  return Status(st.code(), st.message() + " (this request waited " + FormatDurationNanos(opts_.room_wait_ns) +
+                               ", [pool] room_wait, for that room)");
+}
+
+void ModelPool::WakeRoomWaiters() {
+  if (room_waiters_.empty() || room_stopping_ || room_wake_pending_) return;
+  room_wake_pending_ = true;
+  // On the timer thread: this may be a handle's release, on any thread and
+  // under any of the caller's locks, where no callback may run.
+  room_timer_->After(0, [this] { RetryRoomWaiters(); });
+}
+
+void ModelPool::RetryRoomWaiters() {
+  std::vector<RoomWaiter> batch;
+  {
+    std::lock_guard lock(mu_);
+    room_wake_pending_ = false;
+    batch.swap(room_waiters_);
+  }
+  for (auto& r : batch) {  // in the order they began to wait; those still without room wait again
+    if (r.w.answered && r.w.answered->load()) {  // answered at its deadline: load nothing for it
+      r.w.cb(Status(Code::kDeadlineExceeded, r.item.ref + ": answered at its deadline while it waited for room"));
+      continue;
+    }
+    AcquireWaiter(r.item, std::move(r.w));
+  }
+}
+
+void ModelPool::RoomWaitOver(const std::shared_ptr<RoomWait>& rw) {
+  std::unique_lock lock(mu_);
+  rw->over = true;
+  auto it = std::find_if(room_waiters_.begin(), room_waiters_.end(),
+                         [&](const RoomWaiter& r) { return r.w.room_wait == rw; });
+  if (it == room_waiters_.end()) return;  // being retried or waiting for a load: its next refusal is final
+  RoomWaiter r = std::move(*it);
+  room_waiters_.erase(it);
+  lock.unlock();
+  AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
+}
+
+void ModelPool::StopRoomWaits() {
+  {
+    std::lock_guard lock(mu_);
+    if (room_stopping_) return;
+    room_stopping_ = true;  // from here on no one touches room_timer_, and nothing waits
+  }
+  room_timer_.reset();  // lets a retry in progress end (its waiters, refused, are answered)
+  std::vector<RoomWaiter> left;
+  {
+    std::lock_guard lock(mu_);
+    left.swap(room_waiters_);
+  }
+  for (auto& r : left) r.w.cb(Status(Code::kCancelled, "the pool is shutting down"));
+}
+
+uint64_t ModelPool::room_waits() const {
+  std::lock_guard lock(mu_);
+  return room_waits_;
+}
+
+uint64_t ModelPool::room_wait_timeouts() const {
+  std::lock_guard lock(mu_);
+  return room_wait_timeouts_;
 }
 
 Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns, Room room) {
@@ -279,7 +405,7 @@ void ModelPool::StartLoad(Entry& e) {
     // else will answer these waiters. Answer them from a detached thread
     // (never inline: we hold mu_).
     e.loading = false;
-    auto waiters = std::make_shared<std::vector<Entry::Waiter>>(std::move(e.waiters));
+    auto waiters = std::make_shared<std::vector<Waiter>>(std::move(e.waiters));
     e.waiters.clear();
     std::thread([waiters] {
       for (auto& w : *waiters) w.cb(Status(Code::kCancelled, "the pool is shutting down"));
@@ -756,7 +882,15 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       LogWarn("load_failed", {{"model", e.item.ref}, {"error", st.message()}, {"failures", e.failures},
                               {"retry_in_ms", backoff / 1000000}});
     }
-    for (auto& w : waiters) out.push_back([cb = std::move(w.cb), st] { cb(st); });
+    for (auto& w : waiters) {
+      // Room a request took since the acquire's check (or that the estimate
+      // missed) may free again as requests end: wait for it, as the check would have.
+      if (st.code() == Code::kPoolFull && WaitForRoom(e, w)) continue;
+      out.push_back([cb = std::move(w.cb), st = Refused(st, w)] { cb(st); });
+    }
+    // A failed load lets its reservations go; one refused room had none
+    // (and waking those it just queued would only retry them at once).
+    if (st.code() != Code::kPoolFull) WakeRoomWaiters();
   }
   if (e.replaced) {
     TakeReplaced(e, *e.replaced);
@@ -779,7 +913,7 @@ void ModelPool::Hold(PoolKey key, const std::string& holder) {
 }
 
 void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
-  std::vector<Entry::Waiter> removed;  // answered after the lock is let go
+  std::vector<Waiter> removed;  // answered after the lock is let go
   std::string ref;                     // (theirs)
   std::unique_lock lock(mu_);
   auto it = entries_.find(key);
@@ -799,10 +933,11 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
       ref = e.item.ref;
     } else if (!e.waiters.empty()) {
       // The load may evict only if one of them may (a shadow's may not).
-      e.free_only_load = std::all_of(e.waiters.begin(), e.waiters.end(), [](const Entry::Waiter& w) { return w.free_only; });
+      e.free_only_load = std::all_of(e.waiters.begin(), e.waiters.end(), [](const Waiter& w) { return w.free_only; });
       StartLoad(e);
     }
   }
+  if (e.refs == 0 && !e.loading && !e.pinned) WakeRoomWaiters();  // evictable now
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
   lock.unlock();
   for (auto& w : removed) Post([cb = std::move(w.cb), ref] { cb(NotFound(ref + " was removed from the registry")); });
@@ -847,7 +982,10 @@ bool ModelPool::IsPinned(PoolKey key) const {
 
 void ModelPool::Unpin(PoolKey key) {
   std::lock_guard lock(mu_);
-  if (auto it = entries_.find(key); it != entries_.end()) it->second->pinned = false;
+  if (auto it = entries_.find(key); it != entries_.end()) {
+    it->second->pinned = false;
+    WakeRoomWaiters();  // its room may be taken now
+  }
 }
 
 Result<std::string> ModelPool::Evict(PoolKey key) {
@@ -865,9 +1003,11 @@ Result<std::string> ModelPool::Evict(PoolKey key) {
       return InUse(e.item.ref + " is in use: " + Why(e));
     }
     DemoteFromDevice(e);
+    WakeRoomWaiters();
     return std::string(TierName(e.tier));  // host, or disk if the model could not be rebound
   }
   DropHost(e);
+  WakeRoomWaiters();
   return std::string("disk");
 }
 
@@ -879,7 +1019,10 @@ void ModelPool::Forget(PoolKey key) {
   Entry& e = *it->second;
   e.forgotten = true;
   e.pinned = false;
-  if (e.refs == 0 && !e.loading) EraseForgotten(e);
+  if (e.refs == 0 && !e.loading) {
+    EraseForgotten(e);
+    WakeRoomWaiters();
+  }
 }
 
 Status ModelPool::FitsAtAll(const PoolItem& item) const {
@@ -933,7 +1076,7 @@ void ModelPool::EraseForgotten(Entry& e) {
 size_t ModelPool::Waiting(const Entry& e) {
   // Requests (and pin preloads, mms load) waiting for the load; one already
   // answered at its deadline is not (its callback only drops the handle).
-  return static_cast<size_t>(std::count_if(e.waiters.begin(), e.waiters.end(), [](const Entry::Waiter& w) {
+  return static_cast<size_t>(std::count_if(e.waiters.begin(), e.waiters.end(), [](const Waiter& w) {
     return !w.answered || !w.answered->load();
   }));
 }
@@ -1001,7 +1144,8 @@ nlohmann::json ModelPool::Snapshot() const {
                     {"policy_half_life", host_policy_->half_life()}, {"models", host}}},
           {"disk", {{"models", disk}}},
           {"totals", {{"hits", hits_}, {"misses", misses_}, {"loads", loads_}, {"evictions", evictions_},
-                      {"failures", failures_},
+                      {"failures", failures_}, {"room_waits", room_waits_},
+                      {"room_wait_timeouts", room_wait_timeouts_}, {"waiting_for_room", room_waiters_.size()},
                       {"hit_rate", hits_ + misses_ ? static_cast<double>(hits_) / static_cast<double>(hits_ + misses_) : 0.0}}}};
 }
 

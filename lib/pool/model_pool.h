@@ -10,8 +10,13 @@
 //   a zero-copy device (the host itself, "cpu"), where only the budget
 //   applies.
 // * A model with handles out is never evicted; pinned models never are. When
-//   nothing can be evicted a request fails at once with POOL_FULL naming what
-//   holds the memory — never a hang.
+//   nothing can be evicted a request fails with POOL_FULL naming what holds
+//   the memory — never a hang: at once when pins alone fill the room (or
+//   Options::room_wait_ns is 0); else it waits up to room_wait_ns for the
+//   requests in flight (or loads, or standing holds) in the way to end — a
+//   request with a model on every slot is a moment's delay, not an error.
+//   The wait holds no thread: it is retried when a handle is released or a
+//   load fails, and refused for good when its time is up.
 // * Single flight: concurrent requests for a cold model wait on one load;
 //   its result or error reaches every waiter as soon as it is known. A failed
 //   load or warm-up marks the version unhealthy: requests fail at once with
@@ -44,6 +49,7 @@
 #include "core/executor.h"
 #include "core/log.h"
 #include "core/status.h"
+#include "core/timer.h"
 #include "pool/device.h"
 #include "pool/model.h"
 #include "pool/policy.h"
@@ -104,6 +110,10 @@ class ModelPool {
     int load_threads = 2;                         // [pool] load_threads
     int64_t retry_backoff_ns = 2'000'000'000;     // [pool] load_retry_backoff (first; doubles)
     int64_t max_backoff_ns = 300'000'000'000;     // 5 minutes
+    // [pool] room_wait: how long a request may wait for room that requests
+    // in flight, loads or standing holds occupy (never for room pins fill);
+    // 0: POOL_FULL at once. Timed on the real clock (a TimerQueue), not `clock`.
+    int64_t room_wait_ns = 0;
     bool warmup = true;                           // [pool] warmup
     Clock* clock = Clock::Real();
     Executor* callbacks = nullptr;                // where post-load callbacks run (null: loader thread)
@@ -122,7 +132,8 @@ class ModelPool {
   ~ModelPool();  // waits for running loads
 
   // Runs the loads already queued (their waiters are answered), joins the
-  // loader threads and accepts no more loads (later waiters: CANCELLED).
+  // loader threads and accepts no more loads (later waiters: CANCELLED);
+  // requests waiting for room are answered CANCELLED.
   // For an orderly teardown of pools whose callbacks use each other.
   void StopLoads();
 
@@ -135,6 +146,10 @@ class ModelPool {
                std::shared_ptr<const std::atomic<bool>> answered = nullptr);
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
   Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000, Room room = Room::kEvict);
+  // Requests that have waited for room (room_wait_ns), and those of them
+  // refused when their time was up, since Create.
+  uint64_t room_waits() const;
+  uint64_t room_wait_timeouts() const;
   // Counts the refusals (POOL_FULL, evict) in which a standing hold
   // (ModelHandle::HoldFor) stood in the way. A holder lets go of its handle
   // when this moves, so that the next request finds the room.
@@ -188,6 +203,9 @@ class ModelPool {
   friend class ModelHandle;
   struct Entry;
   struct DeviceSlot;
+  struct Waiter;      // one waiting for an acquire's answer: its callback and how it asked
+  struct RoomWait;    // a request's wait for room: when it began, whether its time is up
+  struct RoomWaiter;  // one waiting: its item and its Entry::Waiter
   enum class Tier { kDisk, kHost, kDevice };
 
   ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc);
@@ -205,6 +223,23 @@ class ModelPool {
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
+  // Acquire for a waiter (a new request's, or one retried after waiting for room).
+  void AcquireWaiter(const PoolItem& item, Waiter w);
+  // mu_ held: pinned models alone leave `e` no room (waiting cannot help).
+  bool PinsFill(const Entry& e) const;
+  // mu_ held, after a room check refused `w` POOL_FULL for `e`: queues it to
+  // wait for room and returns true; false when it may not wait (room_wait_ns
+  // 0, a free-only or answered waiter, pins fill the room, its time is up,
+  // shutting down).
+  bool WaitForRoom(Entry& e, Waiter& w);
+  // mu_ held: `st` for a waiter refused for good; says how long it waited.
+  Status Refused(Status st, const Waiter& w);
+  // mu_ held: has the waiting requests retried (on the timer thread), as room may have freed.
+  void WakeRoomWaiters();
+  void RetryRoomWaiters();                                 // the timer thread: WakeRoomWaiters' retry
+  void RoomWaitOver(const std::shared_ptr<RoomWait>& rw);  // the timer thread: its time is up
+  // Ends room waits (StopLoads): those waiting are answered CANCELLED. Idempotent.
+  void StopRoomWaits();
   void StartLoad(Entry& e);                          // mu_ held
   void TakeReplaced(Entry& e, const PoolItem& item);  // mu_ held: see Replaced
   void RunLoad(PoolKey key);                         // loader thread
@@ -264,6 +299,11 @@ class ModelPool {
   uint64_t host_used_ = 0;                                     // guarded by mu_
   uint64_t hits_ = 0, misses_ = 0, loads_ = 0, evictions_ = 0, failures_ = 0;  // guarded by mu_
   mutable std::atomic<uint64_t> hold_refusals_{0};  // counted by the const room checks under mu_
+  std::vector<RoomWaiter> room_waiters_;             // guarded by mu_; in the order they began to wait
+  uint64_t room_waits_ = 0, room_wait_timeouts_ = 0;  // guarded by mu_
+  bool room_stopping_ = false;                        // guarded by mu_: StopLoads began (or no room_wait); no waits
+  bool room_wake_pending_ = false;                    // guarded by mu_: a RetryRoomWaiters is queued
+  std::unique_ptr<TimerQueue> room_timer_;            // room waits' ends and retries (set at Create when room_wait_ns > 0)
 };
 
 }  // namespace mms

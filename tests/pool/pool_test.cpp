@@ -29,7 +29,7 @@ struct PoolFixture {
   std::unique_ptr<ModelPool> pool;
 
   explicit PoolFixture(std::vector<uint64_t> device_budgets = {3 * K}, uint64_t host_budget = 100 * K,
-                       std::string policy = "lru") {
+                       std::string policy = "lru", int64_t room_wait_ns = 0) {
     std::vector<std::unique_ptr<Device>> devs;
     for (size_t i = 0; i < device_budgets.size(); ++i) {
       auto d = CreateDevice("cpu:" + std::to_string(i), device_budgets[i]);
@@ -43,6 +43,7 @@ struct PoolFixture {
     o.clock = &clock;
     o.policy.name = policy;
     o.load_threads = 4;
+    o.room_wait_ns = room_wait_ns;
     auto p = ModelPool::Create(o, std::move(devs), std::move(l), MakeHostAllocator(false));
     REQUIRE(p.ok());
     pool = std::move(p).value();
@@ -371,6 +372,133 @@ TEST_CASE("with nothing evictable a cold request fails at once, without queueing
   f.loader->Gate(false);
   held.reset();
   CHECK(f.GetStatus(3).ok());
+}
+
+namespace {
+// An acquire answered on another thread, looked at when the test wants.
+struct Pending {
+  std::promise<Result<HandlePtr>> p;
+  std::future<Result<HandlePtr>> f = p.get_future();
+  Pending(ModelPool& pool, const PoolItem& item, ModelPool::Room room = ModelPool::Room::kEvict) {
+    pool.Acquire(item, [this](Result<HandlePtr> r) { p.set_value(std::move(r)); }, room);
+  }
+  bool Answered(int ms = 0) { return f.wait_for(std::chrono::milliseconds(ms)) == std::future_status::ready; }
+};
+nlohmann::json Totals(ModelPool& pool) { return pool.Snapshot()["totals"]; }
+}  // namespace
+
+TEST_CASE("with room_wait a request waits for room that requests in flight hold, and loads once one ends") {
+  // With every slot held by a request of a millisecond, the next cold
+  // request failed POOL_FULL at once: a moment's delay reported as an error.
+  PoolFixture f({2 * K}, 100 * K, "lru", 60'000'000'000);
+  auto h1 = f.Get(1);
+  auto h2 = f.Get(2);
+  Pending p3(*f.pool, PoolFixture::Item(3));
+  CHECK_FALSE(p3.Answered(100));
+  CHECK(Totals(*f.pool)["waiting_for_room"] == 1);
+  // A shadow's acquire (free room only) never waits.
+  Pending free_only(*f.pool, PoolFixture::Item(4), ModelPool::Room::kFreeOnly);
+  REQUIRE(free_only.Answered(10'000));
+  CHECK(free_only.f.get().status().code() == Code::kPoolFull);
+  h1.reset();  // 1 can go now
+  REQUIRE(p3.Answered(10'000));
+  auto r3 = p3.f.get();
+  REQUIRE_MESSAGE(r3.ok(), r3.status().ToString());
+  CHECK((*r3)->loaded());
+  CHECK(f.TierOf(1) == "host");
+  CHECK(f.TierOf(3) == "device");
+  auto t = Totals(*f.pool);
+  CHECK(t["room_waits"] == 1);
+  CHECK(t["room_wait_timeouts"] == 0);
+  CHECK(t["waiting_for_room"] == 0);
+  CHECK(t["misses"] == 4);  // (1, 2, 3 and 4 once each: the retry is not counted again)
+}
+
+TEST_CASE("several waiting for one freed slot: one loads, the others wait on, none fails") {
+  // All three retry when 1 is released and start loads; the first placed
+  // takes the slot, and the others' loads, refused room, wait again.
+  PoolFixture f({2 * K}, 100 * K, "lru", 60'000'000'000);
+  auto h1 = f.Get(1);
+  auto h2 = f.Get(2);
+  std::vector<std::unique_ptr<Pending>> waiting;
+  for (int k = 3; k <= 5; ++k) waiting.push_back(std::make_unique<Pending>(*f.pool, PoolFixture::Item(k)));
+  CHECK(Totals(*f.pool)["waiting_for_room"] == 3);
+  std::vector<HandlePtr> served;
+  auto next_served = [&] {  // the one answered next: it must be served, not refused
+    for (int i = 0; i < 1000; ++i) {
+      for (auto& p : waiting) {
+        if (!p || !p->Answered()) continue;
+        auto r = p->f.get();
+        p.reset();
+        REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+        return *r;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL("no waiting request was served");
+    return HandlePtr();
+  };
+  h1.reset();
+  served.push_back(next_served());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(std::count_if(waiting.begin(), waiting.end(), [](auto& p) { return p != nullptr; }) == 2);  // one slot, one served
+  h2.reset();
+  served.push_back(next_served());
+  served.erase(served.begin());  // the first one served ends
+  served.push_back(next_served());
+  auto t = Totals(*f.pool);
+  CHECK(t["room_waits"] == 3);
+  CHECK(t["room_wait_timeouts"] == 0);
+}
+
+TEST_CASE("a wait for room ends in POOL_FULL when room_wait passes, naming the holders and the wait") {
+  PoolFixture f({2 * K}, 100 * K, "lru", 100'000'000);
+  auto h1 = f.Get(1);
+  auto h2 = f.Get(2);
+  auto st = f.GetStatus(3);
+  REQUIRE(st.code() == Code::kPoolFull);
+  CHECK_MESSAGE(st.message().find("m1:1 (1.00 KiB, 1 request in flight)") != std::string::npos, st.message());
+  CHECK(st.message().find("(this request waited 100.0 ms, [pool] room_wait, for that room)") != std::string::npos);
+  auto t = Totals(*f.pool);
+  CHECK(t["room_waits"] == 1);
+  CHECK(t["room_wait_timeouts"] == 1);
+  CHECK(t["waiting_for_room"] == 0);
+  CHECK(f.pool->room_wait_timeouts() == 1);
+}
+
+TEST_CASE("room that pinned models fill fails at once, room_wait or not: it never frees") {
+  PoolFixture f({2 * K}, 100 * K, "lru", 60'000'000'000);
+  f.pool->Pin(PoolFixture::Item(1));
+  f.pool->Pin(PoolFixture::Item(2));
+  REQUIRE(f.GetStatus(1).ok());
+  REQUIRE(f.GetStatus(2).ok());
+  auto st = f.GetStatus(3);
+  CHECK(st.code() == Code::kPoolFull);
+  CHECK(st.message().find("waited") == std::string::npos);
+  CHECK(Totals(*f.pool)["room_waits"] == 0);
+  // One pin and one request in flight: the request will end, so it waits.
+  f.pool->Unpin(2);
+  auto h2 = f.Get(2);
+  Pending p3(*f.pool, PoolFixture::Item(3));
+  CHECK_FALSE(p3.Answered(50));
+  CHECK(Totals(*f.pool)["room_waits"] == 1);
+  // Unpinning frees the room the pin held: the wait ends at once.
+  f.pool->Unpin(1);
+  REQUIRE(p3.Answered(10'000));
+  CHECK(p3.f.get().ok());
+  CHECK(f.TierOf(1) == "host");
+}
+
+TEST_CASE("StopLoads answers the requests waiting for room: CANCELLED, none left hanging") {
+  PoolFixture f({2 * K}, 100 * K, "lru", 60'000'000'000);
+  auto h1 = f.Get(1);
+  auto h2 = f.Get(2);
+  Pending p3(*f.pool, PoolFixture::Item(3));
+  CHECK_FALSE(p3.Answered(50));
+  f.pool->StopLoads();
+  REQUIRE(p3.Answered(10'000));
+  CHECK(p3.f.get().status().code() == Code::kCancelled);
+  h1.reset();  // a release after the stop wakes nothing (and nothing crashes)
 }
 
 TEST_CASE("a plainly damaged artifact fails before anything warm is evicted for it") {
