@@ -331,8 +331,9 @@ int CmdStats(Cli& cli, const std::string& id) {
       std::cout << "\n";
     }
     if (r->contains("models") && !(*r)["models"].empty()) {
-      // Refusals (a rate limit, a full queue, bad input) apart from the
-      // failures: a rate-limited model showed 60% errors without ever failing.
+      // Refusals (a rate limit, a full queue, bad input, a deadline that
+      // passed before it ran, a full pool) apart from the failures: a
+      // rate-limited model showed 60% errors without ever failing.
       std::vector<std::vector<std::string>> rows{
           {"MODEL", "REQUESTS", "ERRORS", "REFUSED", "P50 MS", "P99 MS", "P999 MS", "MEAN MS"}};
       for (const auto& m : (*r)["models"]) {

@@ -45,7 +45,8 @@ nlohmann::json ServingFigures(const VariantSnapshot& s) {
   uint64_t refused = 0;
   nlohmann::json by = nlohmann::json::object();
   for (const auto& [code, reason] : std::vector<std::pair<std::string, std::string>>{
-           {"RATE_LIMITED", "rate_limited"}, {"OVERLOADED", "queue_full"}, {"INVALID_ARGUMENT", "bad_input"}})
+           {"RATE_LIMITED", "rate_limited"}, {"OVERLOADED", "queue_full"}, {"INVALID_ARGUMENT", "bad_input"},
+           {"DEADLINE_EXCEEDED", "deadline_missed"}, {"POOL_FULL", "pool_full"}})
     if (auto it = s.error_codes.find(code); it != s.error_codes.end() && it->second > 0) {
       refused += it->second;
       by[reason] = it->second;

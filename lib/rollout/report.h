@@ -33,9 +33,10 @@ namespace mms {
 nlohmann::json VariantFigures(const VariantSnapshot& s, const std::vector<std::string>& metrics);
 // A version's serving figures (`mms stats`' "models"): VariantFigures plus
 // `refused` {total, by reason} — requests turned away before they ran: rate
-// limited, queue full, bad input — and `failure_rate`, those that ran (or
-// were dropped at their deadline) and failed, over all requests: what the
-// text's ERRORS column shows. `error_rate` counts both.
+// limited, queue full, bad input, deadline missed (the client's deadline
+// passed first), pool full — and `failure_rate`, those that ran and failed
+// (or whose model failed to load), over all requests: what the text's
+// ERRORS column shows. `error_rate` counts both.
 nlohmann::json ServingFigures(const VariantSnapshot& s);
 
 // `basis_points`: the configured treatment share, for the SRM check of

@@ -847,3 +847,19 @@ TEST_CASE("attribution: saved and read back, ids keep their age and their report
   REQUIRE(f.Load(dir / "plain").ok());
   CHECK(f.Claim("z", {"click"}).ok());
 }
+
+TEST_CASE("serving figures count requests that never ran as refused, by reason, apart from failures") {
+  // A client's deadline passing before its request ran, or a pool too small
+  // for the traffic, showed as the model failing (and fired its alert).
+  VariantSnapshot s;
+  s.requests = 100;
+  s.errors = 10;
+  s.error_codes = {{"RATE_LIMITED", 1}, {"OVERLOADED", 2}, {"INVALID_ARGUMENT", 1},
+                   {"DEADLINE_EXCEEDED", 3}, {"POOL_FULL", 1}, {"MODEL_ERROR", 2}};
+  nlohmann::json f = ServingFigures(s);
+  CHECK(f["refused"]["total"] == 8);
+  CHECK(f["refused"]["by_reason"] == nlohmann::json{{"rate_limited", 1}, {"queue_full", 2}, {"bad_input", 1},
+                                                    {"deadline_missed", 3}, {"pool_full", 1}});
+  CHECK(f["failure_rate"].get<double>() == doctest::Approx(0.02));  // the two that ran and raised
+  CHECK(f["error_rate"].get<double>() == doctest::Approx(0.10));    // every request not served
+}
