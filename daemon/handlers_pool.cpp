@@ -382,13 +382,19 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     std::weak_ptr<Claim> weak = claim;
     claim.reset();  // (the callback's `claimed` keeps it while the wait lasts)
     d->timers()->At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(left, 0)),
-                    [weak, ref = rec.ref(), t0, deadline] {
+                    [weak, d, ref = rec.ref(), id = rec.id, base = rec.is_adapter() ? rec.base_id : rec.id,
+                     pool = d->PoolFor(rec), t0, deadline] {
                       auto c = weak.lock();
                       if (!c || c->taken.exchange(true)) return;
                       char took[32];  // (0.5 ms said as 0 ms once)
                       std::snprintf(took, sizeof took, "%g ms", static_cast<double>(deadline - t0) / 1e6);
+                      const bool no_room = d->pool()->WaitingForRoom(base) || pool->WaitingForRoom(id);
                       Status st(Code::kDeadlineExceeded,
-                                "dropped at its deadline (" + std::string(took) + ") while " + ref + " was still loading; retry, or give a longer --deadline-ms");
+                                "dropped at its deadline (" + std::string(took) + ") while " + ref +
+                                    (no_room ? " waited for room on a device (every model that could make room "
+                                               "was in use: mms pool)"
+                                             : " was still loading") +
+                                    "; retry, or give a longer --deadline-ms");
                       c->finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
                       c->respond.Fail(st);
                     });

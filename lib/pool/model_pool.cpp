@@ -369,6 +369,11 @@ uint64_t ModelPool::room_waits() const {
   return room_waits_;
 }
 
+bool ModelPool::WaitingForRoom(PoolKey key) const {
+  std::lock_guard lock(mu_);
+  return std::any_of(room_waiters_.begin(), room_waiters_.end(), [&](const RoomWaiter& r) { return r.item.key == key; });
+}
+
 uint64_t ModelPool::room_wait_timeouts() const {
   std::lock_guard lock(mu_);
   return room_wait_timeouts_;

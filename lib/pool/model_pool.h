@@ -150,6 +150,8 @@ class ModelPool {
   // refused when their time was up, since Create.
   uint64_t room_waits() const;
   uint64_t room_wait_timeouts() const;
+  // Whether a request for `key` waits for room now (for an error's wording).
+  bool WaitingForRoom(PoolKey key) const;
   // Counts the refusals (POOL_FULL, evict) in which a standing hold
   // (ModelHandle::HoldFor) stood in the way. A holder lets go of its handle
   // when this moves, so that the next request finds the room.

@@ -816,14 +816,19 @@ TEST_CASE("a request whose room requests in flight hold waits for one to end, th
   SetupFullDevice(d);
   const std::string input = LongSlowInput(d);
   TwoInFlight busy(d, input);
+  // A deadline shorter than the wait answers first, and says what it waited for.
+  auto late = d.Mms({"predict", "s:5", "--input", Data("slow_input.json"), "--deadline-ms", "300"}, 120);
+  CHECK(late.exit_code == 5);
+  CHECK_MESSAGE(late.err.find("dropped at its deadline (300 ms) while s:5 waited for room on a device") !=
+                    std::string::npos, late.err);
   auto r = d.Mms({"--json", "predict", "s:5", "--input", Data("slow_input.json")}, 120);
   REQUIRE_MESSAGE(r.exit_code == 0, r.err);
   CHECK(json::parse(r.out)["loaded"] == true);
   busy.Join();
   json totals = Pool(d)["totals"];
-  CHECK(totals["room_waits"] == 1);
+  CHECK(totals["room_waits"] == 2);
   CHECK(totals["room_wait_timeouts"] == 0);
-  CHECK(d.Mms({"pool"}).out.find("1 request waited for room held by requests in flight; 0 refused") != std::string::npos);
+  CHECK(d.Mms({"pool"}).out.find("2 requests waited for room held by requests in flight; 0 refused") != std::string::npos);
 }
 
 TEST_CASE("when room_wait passes with the room still held, POOL_FULL (exit 5) names the holders and the wait") {
