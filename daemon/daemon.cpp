@@ -1205,9 +1205,13 @@ Daemon::StopResult Daemon::Shutdown() {
   if (!idle) {
     // Those still queued never ran: told so (UNAVAILABLE, safe to retry),
     // not left to a dropped connection that "may or may not have run".
-    const size_t never_ran = scheduler_->AbandonQueued(Status(
-        Code::kUnavailable, "not run: mmsd is shutting down and its shutdown_grace passed before this request's "
-                            "turn; nothing of it ran, so it is safe to send again once mmsd is back"));
+    const Status not_run(Code::kUnavailable,
+                         "not run: mmsd is shutting down and its shutdown_grace passed before this request's "
+                         "turn; nothing of it ran, so it is safe to send again once mmsd is back");
+    // (Those waiting for room on a device too: their answers would come
+    // only after the server stopped.)
+    const size_t never_ran =
+        scheduler_->AbandonQueued(not_run) + pool_->AbandonRoomWaits(not_run) + adapters_->AbandonRoomWaits(not_run);
     if (never_ran) server_->WaitIdle(500'000'000);  // their answers sent (executions still running stay)
     LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}, {"answered_not_run", never_ran}});
   }

@@ -397,6 +397,11 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                                     "; retry, or give a longer --deadline-ms");
                       c->finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
                       c->respond.Fail(st);
+                      // A wait for room ends with it (an adapter's request holds its base meanwhile).
+                      if (no_room) {
+                        d->pool()->DropAnsweredWaiters();
+                        if (pool != d->pool()) pool->DropAnsweredWaiters();
+                      }
                     });
   }
 }

@@ -78,15 +78,6 @@ std::string Daemon::PrometheusText() {
   }
   w.Sample("mms_pool_bytes_used", {{"tier", "host"}, {"device", "host"}}, pool["host"]["used"].get<double>());
   w.Sample("mms_pool_bytes_budget", {{"tier", "host"}, {"device", "host"}}, pool["host"]["budget"].get<double>());
-  w.Family("mms_pool_room_waits_total", "counter",
-           "Requests that waited for device or host room held by requests in flight ([pool] room_wait).");
-  w.Family("mms_pool_room_wait_timeouts_total", "counter",
-           "Requests refused POOL_FULL after waiting [pool] room_wait for room (the pool is too small for the load).");
-  w.Family("mms_pool_waiting_for_room", "gauge", "Requests waiting for room now.");
-  const auto& totals = pool["totals"];
-  w.Sample("mms_pool_room_waits_total", {}, totals.value("room_waits", 0.0));
-  w.Sample("mms_pool_room_wait_timeouts_total", {}, totals.value("room_wait_timeouts", 0.0));
-  w.Sample("mms_pool_waiting_for_room", {}, totals.value("waiting_for_room", 0.0));
   w.Family("mms_model_loads_total", "counter", "Loads onto a device, by model and version.");
   w.Family("mms_model_load_seconds", "gauge", "Duration of the latest load, by model and version.");
   w.Family("mms_model_evictions_total", "counter", "Demotions one tier down, by model and version.");
@@ -130,6 +121,19 @@ std::string Daemon::PrometheusText() {
   }
   w.Sample("mms_adapter_pool_bytes_used", {{"tier", "host"}, {"device", "host"}}, adapters["host"]["used"].get<double>());
   w.Sample("mms_adapter_pool_bytes_budget", {{"tier", "host"}, {"device", "host"}}, adapters["host"]["budget"].get<double>());
+  // Waits for room, of the models' pool and the adapters' ({pool}).
+  w.Family("mms_pool_room_waits_total", "counter",
+           "Requests that waited for device or host room held by requests in flight ([pool] room_wait), by pool.");
+  w.Family("mms_pool_room_wait_timeouts_total", "counter",
+           "Requests refused POOL_FULL after waiting [pool] room_wait for room (the pool is too small for the "
+           "traffic), by pool.");
+  w.Family("mms_pool_waiting_for_room", "gauge", "Requests waiting for room now, by pool.");
+  for (const auto& [name, p] : {std::pair<const char*, const nlohmann::json*>{"models", &pool}, {"adapters", &adapters}}) {
+    const auto& totals = (*p)["totals"];
+    w.Sample("mms_pool_room_waits_total", {{"pool", name}}, totals.value("room_waits", 0.0));
+    w.Sample("mms_pool_room_wait_timeouts_total", {{"pool", name}}, totals.value("room_wait_timeouts", 0.0));
+    w.Sample("mms_pool_waiting_for_room", {{"pool", name}}, totals.value("waiting_for_room", 0.0));
+  }
   for (const nlohmann::json* p : {&pool, &adapters}) {
     for (const auto& d : (*p)["devices"])
       for (const auto& m : d["models"]) per_model(m);

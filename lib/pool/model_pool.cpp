@@ -40,6 +40,8 @@ struct ModelPool::DeviceSlot {
 };
 
 struct ModelPool::RoomWait {
+  uint64_t seq = 0;   // when it began to wait, in order: room_waiters_ is kept in this order
+  int64_t since = 0;  // the clock's mono ns then
   bool over = false;  // (mu_) room_wait_ns has passed: the next refusal is final
 };
 
@@ -70,6 +72,11 @@ struct ModelPool::Entry {
   uint64_t bytes = 0;             // weight bytes (estimate until loaded)
   uint64_t host_reserved = 0;     // counted in host_used_
   uint64_t device_reserved = 0;   // counted in the device's used
+  // Room on device `claim_device` that the check before its load found for
+  // it, held for it until the load places it (or fails): others' checks
+  // meanwhile leave it be, as the load reserves its block only when placed.
+  int claim_device = -1;
+  uint64_t claim = 0;
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)
@@ -126,8 +133,10 @@ Result<std::unique_ptr<ModelPool>> ModelPool::Create(const Options& opts, std::v
 }
 
 void ModelPool::StopLoads() {
-  load_exec_->Shutdown();  // (its loads' POOL_FULL may still queue waiters for room)
+  // Room waits first: a retry may start a load, which must still be
+  // accepted (and answered) before the loader stops.
   StopRoomWaits();
+  load_exec_->Shutdown();
 }
 
 ModelPool::~ModelPool() {
@@ -185,14 +194,14 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
   AcquireWaiter(item, Waiter{std::move(cb), counted, std::move(answered), room == Room::kFreeOnly, nullptr});
 }
 
-void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
+bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
   const Room room = w.free_only ? Room::kFreeOnly : Room::kEvict;
   const bool counted = w.counted && !w.room_wait;  // a retry after waiting for room was counted as a miss
   std::unique_lock lock(mu_);
   if (removed_.count(item.key)) {  // a request that read the registry before the version was removed
     lock.unlock();
     w.cb(NotFound(item.ref + " was removed from the registry"));
-    return;
+    return false;
   }
   Entry& e = EntryFor(item);
   if (e.stale && e.refs == 0 && !e.loading) {  // a copy of replaced files, let go: the new files load below
@@ -207,14 +216,17 @@ void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
     HandlePtr h = NewHandle(e, false, w.counted);
     lock.unlock();
     w.cb(std::move(h));
-    return;
+    return false;
   }
-  e.misses += counted;
-  misses_ += counted;
+  // (A free-room-only acquire refused for want of free room — a shadow's
+  // job — is no miss: nothing was tried.)
+  const bool miss = counted && !(room == Room::kFreeOnly && !e.loading && !e.stale && !HasFreeRoom(e));
+  e.misses += miss;
+  misses_ += miss;
   if (e.stale) {  // requests still hold the replaced copy: the last one's Release starts the load of the new files
     e.waiters.push_back(std::move(w));
     if (!e.held.empty()) ++hold_refusals_;  // a standing hold (a shadow's) lets go, or they would wait for ever
-    return;
+    return false;
   }
   int64_t now = opts_.clock->MonoNanos();
   if (!e.healthy && now < e.retry_at && !e.loading) {
@@ -223,37 +235,53 @@ void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
                                        "; next retry in " + FormatDurationNanos(e.retry_at - now) + ")");
     lock.unlock();
     w.cb(st);
-    return;
+    return false;
   }
   // Nothing to load into: rather than queue a load (behind others) that
   // would fail the same way, wait for room that requests in flight will
   // free, or fail at once, naming what holds the memory.
+  // Room freed just now goes to those that waited for it first: a new
+  // request joins them when their retry is due (it is retried with them).
+  if (room == Room::kEvict && !e.loading && !w.room_wait && room_wake_pending_ && WaitForRoom(e, w)) return false;
+  std::vector<Cand> cands;  // where it fits, as checked (for its claim)
   if (room == Room::kEvict && !e.loading && e.bytes > 0) {
-    std::vector<Cand> cands;
+    // (Checked without composing the refusal's message: a request waiting
+    // for room is checked again at every release.)
     Status st = NeverFits(e);
-    if (st.ok() && e.tier == Tier::kDisk) st = HostRoom(e.bytes, e.item.key);
-    if (st.ok()) st = DeviceRoom(e, &cands);
-    if (!st.ok()) {
-      if (st.code() == Code::kPoolFull && WaitForRoom(e, w)) return;
+    const bool host_full = st.ok() && e.tier == Tier::kDisk && !HostRoom(e.bytes, e.item.key, false).ok();
+    if (st.ok() && !host_full) st = DeviceRoom(e, &cands, false);
+    if (host_full || !st.ok()) {
+      if (st.ok() || st.code() == Code::kPoolFull) {
+        if (WaitForRoom(e, w)) return false;
+        st = host_full ? HostFull(e.bytes, e.item.key) : DeviceFull(e);
+      }
       st = Refused(std::move(st), w);
       lock.unlock();
       w.cb(st);
-      return;
+      return false;
     }
   }
   if (room == Room::kFreeOnly && !e.loading && !HasFreeRoom(e)) {
     Status st = NoFreeRoom(e);
     lock.unlock();
     w.cb(st);
-    return;
+    return false;
   }
   e.waiters.push_back(std::move(w));
   if (!e.loading) {
     e.free_only_load = room == Room::kFreeOnly;
+    if (!cands.empty()) {  // the device PlaceOnDevice would pick first
+      const Cand& c = *std::max_element(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
+        return a.free != b.free ? a.free < b.free : a.reclaimable < b.reclaimable;
+      });
+      e.claim_device = c.index;
+      e.claim = DeviceNeed(e);
+    }
     StartLoad(e);
-  } else if (room == Room::kEvict) {
-    e.free_only_load = false;  // a request waits on it now: it may make room
+    return true;
   }
+  if (room == Room::kEvict) e.free_only_load = false;  // a request waits on it now: it may make room
+  return false;
 }
 
 bool ModelPool::HasFreeRoom(const Entry& e) const {
@@ -293,24 +321,33 @@ bool ModelPool::PinsFill(const Entry& e) const {
 }
 
 bool ModelPool::WaitForRoom(Entry& e, Waiter& w) {
-  if (!room_timer_ || room_stopping_ || w.free_only || e.forgotten) return false;
+  if (room_stopping_ || w.free_only || e.forgotten) return false;  // (room_stopping_ also when no timer)
   if (w.answered && w.answered->load()) return false;  // answered at its deadline: nothing to wait for
   if (w.room_wait && w.room_wait->over) return false;
   if (PinsFill(e)) return false;
   if (!w.room_wait) {
     w.room_wait = std::make_shared<RoomWait>();
-    ++room_waits_;
+    w.room_wait->seq = ++room_seq_;
+    w.room_wait->since = opts_.clock->MonoNanos();
+    room_waits_ += w.counted;
     room_timer_->After(opts_.room_wait_ns, [this, rw = w.room_wait] { RoomWaitOver(rw); });
   }
-  room_waiters_.push_back({e.item, std::move(w)});
+  // In the order they began to wait: one back again (its load was refused
+  // room at placement) keeps its place.
+  const uint64_t seq = w.room_wait->seq;
+  auto at = std::upper_bound(room_waiters_.begin(), room_waiters_.end(), seq,
+                             [](uint64_t s, const RoomWaiter& r) { return s < r.w.room_wait->seq; });
+  room_waiters_.insert(at, {e.item, std::move(w)});
   return true;
 }
 
 Status ModelPool::Refused(Status st, const Waiter& w) {
   if (!w.room_wait || !w.room_wait->over || st.code() != Code::kPoolFull) return st;
-  ++room_wait_timeouts_;
-  return Status(st.code(), st.message() + " (this request waited " + FormatDurationNanos(opts_.room_wait_ns) +
-                               ", [pool] room_wait, for that room)");
+  if (w.answered && w.answered->load()) return st;  // answered at its deadline: no one gets this
+  room_wait_timeouts_ += w.counted;                  // (requests: not pin preloads or mms load)
+  return Status(st.code(), st.message() + " (this request waited " +
+                               FormatDurationNanos(opts_.clock->MonoNanos() - w.room_wait->since) +
+                               " for that room; [pool] room_wait is " + FormatDurationNanos(opts_.room_wait_ns) + ")");
 }
 
 void ModelPool::WakeRoomWaiters() {
@@ -322,19 +359,63 @@ void ModelPool::WakeRoomWaiters() {
 }
 
 void ModelPool::RetryRoomWaiters() {
-  std::vector<RoomWaiter> batch;
+  // In the order they began to wait, each taken from room_waiters_ only
+  // while it is tried (a release meanwhile sees the others there, and wakes
+  // them again); those still without room wait again, in their place. Until
+  // a load starts: loads reserve their room only when placed, so every
+  // waiter would pass the check against the same freed room and start a
+  // load (reading from disk, evicting host copies) that could not be
+  // placed. The load's end tries the rest.
+  uint64_t last = 0;
   {
     std::lock_guard lock(mu_);
     room_wake_pending_ = false;
-    batch.swap(room_waiters_);
   }
-  for (auto& r : batch) {  // in the order they began to wait; those still without room wait again
+  while (true) {
+    RoomWaiter r;
+    {
+      std::lock_guard lock(mu_);
+      auto it = std::upper_bound(room_waiters_.begin(), room_waiters_.end(), last,
+                                 [](uint64_t s, const RoomWaiter& o) { return s < o.w.room_wait->seq; });
+      if (it == room_waiters_.end()) return;
+      r = std::move(*it);
+      room_waiters_.erase(it);
+      last = r.w.room_wait->seq;
+    }
     if (r.w.answered && r.w.answered->load()) {  // answered at its deadline: load nothing for it
-      r.w.cb(Status(Code::kDeadlineExceeded, r.item.ref + ": answered at its deadline while it waited for room"));
+      r.w.cb(AnsweredMeanwhile(r.item));
       continue;
     }
-    AcquireWaiter(r.item, std::move(r.w));
+    if (AcquireWaiter(r.item, std::move(r.w))) return;
   }
+}
+
+Status ModelPool::AnsweredMeanwhile(const PoolItem& item) {
+  return Status(Code::kDeadlineExceeded, item.ref + ": answered at its deadline while it waited for room");
+}
+
+size_t ModelPool::AbandonRoomWaits(const Status& st) {
+  std::vector<RoomWaiter> left;
+  {
+    std::lock_guard lock(mu_);
+    left.swap(room_waiters_);
+  }
+  for (auto& r : left) r.w.cb(st);
+  return left.size();
+}
+
+void ModelPool::DropAnsweredWaiters() {
+  std::vector<RoomWaiter> answered;
+  {
+    std::lock_guard lock(mu_);
+    auto keep = std::stable_partition(room_waiters_.begin(), room_waiters_.end(), [](const RoomWaiter& r) {
+      return !r.w.answered || !r.w.answered->load();
+    });
+    answered.assign(std::make_move_iterator(keep), std::make_move_iterator(room_waiters_.end()));
+    room_waiters_.erase(keep, room_waiters_.end());
+  }
+  // What their callbacks hold (an adapter's request: its base model's handle) goes now.
+  for (auto& r : answered) r.w.cb(AnsweredMeanwhile(r.item));
 }
 
 void ModelPool::RoomWaitOver(const std::shared_ptr<RoomWait>& rw) {
@@ -346,7 +427,8 @@ void ModelPool::RoomWaitOver(const std::shared_ptr<RoomWait>& rw) {
   RoomWaiter r = std::move(*it);
   room_waiters_.erase(it);
   lock.unlock();
-  AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
+  if (r.w.answered && r.w.answered->load()) return r.w.cb(AnsweredMeanwhile(r.item));
+  (void)AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
 }
 
 void ModelPool::StopRoomWaits() {
@@ -429,25 +511,31 @@ bool ModelPool::HostDroppable(PoolKey k, const Entry& e, PoolKey for_key) const 
          e.refs == 0;
 }
 
-Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key) const {
+Status ModelPool::HostRoom(uint64_t bytes, PoolKey for_key, bool describe) const {
   if (host_used_ + bytes <= opts_.host_budget) return Status::Ok();
   // Any evictable model with a host copy can go back to disk, a device
   // resident one too (tiers are inclusive: its host copy counts against the
   // host budget).
-  uint64_t reclaimable = 0;
-  for (const auto& [k, e] : entries_)
-    if (HostDroppable(k, *e, for_key)) reclaimable += e->host_reserved;
-  if (host_used_ - reclaimable + bytes <= opts_.host_budget) return Status::Ok();
-  std::vector<std::pair<uint64_t, std::string>> holders;
-  uint64_t held_only = 0;  // what standing holds alone keep
+  uint64_t reclaimable = 0, held_only = 0;  // held_only: what standing holds alone keep
   for (const auto& [k, e] : entries_) {
-    if (HostDroppable(k, *e, for_key) || e->tier == Tier::kDisk || k == for_key || e->host_reserved == 0) continue;
-    if (OnlyHeld(*e)) held_only += e->host_reserved;
-    holders.emplace_back(e->host_reserved, e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")");
+    if (HostDroppable(k, *e, for_key)) reclaimable += e->host_reserved;
+    else if (e->tier != Tier::kDisk && k != for_key && OnlyHeld(*e)) held_only += e->host_reserved;
   }
-  const std::string held = NameHolders(std::move(holders));
+  if (host_used_ - reclaimable + bytes <= opts_.host_budget) return Status::Ok();
   // Counted only when letting go of the holds would have made the room.
   if (held_only > 0 && host_used_ - reclaimable - held_only + bytes <= opts_.host_budget) ++hold_refusals_;
+  return describe ? HostFull(bytes, for_key) : Status(Code::kPoolFull, "");
+}
+
+Status ModelPool::HostFull(uint64_t bytes, PoolKey for_key) const {
+  uint64_t reclaimable = 0;
+  std::vector<std::pair<uint64_t, std::string>> holders;
+  for (const auto& [k, e] : entries_) {
+    if (HostDroppable(k, *e, for_key)) reclaimable += e->host_reserved;
+    else if (e->tier != Tier::kDisk && k != for_key && e->host_reserved > 0)
+      holders.emplace_back(e->host_reserved, e->item.ref + " (" + FormatBytes(e->host_reserved) + ", " + Why(*e) + ")");
+  }
+  const std::string held = NameHolders(std::move(holders));
   return Status(Code::kPoolFull, "the host tier cannot take " + FormatBytes(bytes) + " more (" +
                                      FormatBytes(host_used_) + " of " + FormatBytes(opts_.host_budget) + " [" +
                                      opts_.config_section + "] host_budget in use, " + FormatBytes(reclaimable) +
@@ -594,7 +682,23 @@ uint64_t ModelPool::DeviceNeed(const Entry& e) {
          DeviceArena::kAlignment;
 }
 
-Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
+uint64_t ModelPool::LargestGapAroundFixed(size_t index) const {
+  // The blocks no eviction or compaction moves: in flight, held or loading.
+  const DeviceArena& arena = devices_[index]->dev->arena();
+  std::vector<std::pair<uint64_t, uint64_t>> fixed;
+  for (const auto& [k, o] : entries_)
+    if (o->block && o->device == static_cast<int>(index) && (o->refs > 0 || o->loading))
+      fixed.emplace_back(arena.OffsetOf(*o->block), o->device_reserved);
+  std::sort(fixed.begin(), fixed.end());
+  uint64_t at = 0, gap = 0;
+  for (const auto& [offset, size] : fixed) {
+    if (offset > at) gap = std::max(gap, offset - at);
+    at = std::max(at, offset + size);
+  }
+  return std::max(gap, arena.capacity() > at ? arena.capacity() - at : 0);
+}
+
+Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool describe) const {
   const uint64_t need = DeviceNeed(e);
   uint64_t largest_budget = 0;
   bool holds_in_the_way = false;  // letting go of standing holds would have made the room
@@ -602,24 +706,37 @@ Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands) const {
     const DeviceSlot& d = *devices_[i];
     largest_budget = std::max(largest_budget, d.dev->budget());
     if (d.dev->budget() < need) continue;
-    uint64_t reclaim = 0, held_only = 0;
+    uint64_t reclaim = 0, held_only = 0, claimed = 0;
     for (const auto& [k, o] : entries_) {
+      if (o->claim_device == static_cast<int>(i) && o.get() != &e) claimed += o->claim;
       if (!o->block || o->device != static_cast<int>(i)) continue;
       if (Evictable(*o)) reclaim += o->device_reserved;
       else if (OnlyHeld(*o)) held_only += o->device_reserved;
     }
-    uint64_t free = d.dev->budget() - std::min(d.used, d.dev->budget());
-    if (free + reclaim >= need) cands->push_back({static_cast<int>(i), free, reclaim});
+    // Loads not yet placed hold their claims: on the unused room first,
+    // then on what eviction would free.
+    const uint64_t unused = d.dev->budget() - std::min(d.used, d.dev->budget());
+    const uint64_t free = unused - std::min(unused, claimed);
+    reclaim -= std::min(reclaim, claimed - std::min(unused, claimed));
+    // On a copying device the block must also be one range: with models in
+    // flight between the gaps, evicting every idle one would not make it,
+    // and the load would evict them all for nothing (again at each retry
+    // while it waits for room).
+    const bool one_range = d.dev->zero_copy() || LargestGapAroundFixed(i) >= need;
+    if (free + reclaim >= need && one_range) cands->push_back({static_cast<int>(i), free, reclaim});
     else if (held_only > 0 && free + reclaim + held_only >= need) holds_in_the_way = true;
   }
   if (need > largest_budget) return NeverFits(e);  // (a model whose size grew past it once read)
   if (!cands->empty()) return Status::Ok();
   if (holds_in_the_way) ++hold_refusals_;
-  return DeviceFull(e);
+  return describe ? DeviceFull(e) : Status(Code::kPoolFull, "");
 }
 
 Status ModelPool::DeviceFull(const Entry& e) const {
   std::string detail;
+  bool pinned = false, ending = false;  // what holds it: pins, or what ends (requests, loads, holds)
+  for (const auto& [k, o] : entries_)
+    if (o->block && !Evictable(*o)) (o->pinned ? pinned : ending) = true;
   for (const auto& d : devices_) {
     detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
               FormatBytes(d->dev->budget()) + " held by " + Holders(*d);
@@ -631,8 +748,9 @@ Status ModelPool::DeviceFull(const Entry& e) const {
                 ", between models that cannot be moved now: in flight or loading)";
   }
   return Status(Code::kPoolFull, "no device can take " + e.item.ref + " (" + FormatBytes(DeviceNeed(e)) +
-                                     ") and nothing more can be evicted: " + detail +
-                                     "; retry when requests in flight end, unpin a model (mms unpin), or raise [" +
+                                     ") and nothing more can be evicted: " + detail + "; " +
+                                     (ending ? "retry when requests in flight end, " : "") +
+                                     (pinned ? "unpin a model (mms unpin), " : "") + "or raise [" +
                                      opts_.config_section + "] device_budget");
 }
 
@@ -658,6 +776,8 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
           e.device = c.index;
           e.device_reserved = need;
           d.used += need;
+          e.claim_device = -1;
+          e.claim = 0;
           return c.index;
         }
       }
@@ -858,9 +978,12 @@ void ModelPool::RunLoad(PoolKey key) {
 std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st, bool loaded) {
   std::vector<std::function<void()>> out;
   e.loading = false;
+  e.claim_device = -1;
+  e.claim = 0;
   auto waiters = std::move(e.waiters);
   e.waiters.clear();
   if (st.ok()) {
+    WakeRoomWaiters();  // (the next waiter's turn: RetryRoomWaiters starts one load at a time)
     e.healthy = true;
     e.failures = 0;
     for (auto& w : waiters) {
@@ -893,9 +1016,11 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       if (st.code() == Code::kPoolFull && WaitForRoom(e, w)) continue;
       out.push_back([cb = std::move(w.cb), st = Refused(st, w)] { cb(st); });
     }
-    // A failed load lets its reservations go; one refused room had none
-    // (and waking those it just queued would only retry them at once).
-    if (st.code() != Code::kPoolFull) WakeRoomWaiters();
+    // A failed load lets its reservations go. One refused room after reading
+    // from disk leaves a host copy that may now be dropped; one refused
+    // room otherwise had nothing (and waking those it just queued would
+    // only retry them at once).
+    if (st.code() != Code::kPoolFull || loaded) WakeRoomWaiters();
   }
   if (e.replaced) {
     TakeReplaced(e, *e.replaced);
@@ -914,7 +1039,10 @@ int64_t ModelPool::LastLoadFailure(PoolKey key) const {
 
 void ModelPool::Hold(PoolKey key, const std::string& holder) {
   std::lock_guard lock(mu_);
-  if (auto it = entries_.find(key); it != entries_.end()) ++it->second->held[holder];
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  ++it->second->held[holder];
+  if (OnlyHeld(*it->second)) WakeRoomWaiters();  // a waiter's refusal asks the holder to let go
 }
 
 void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
@@ -942,7 +1070,9 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
       StartLoad(e);
     }
   }
-  if (e.refs == 0 && !e.loading && !e.pinned) WakeRoomWaiters();  // evictable now
+  // Evictable now, or held only by a standing hold, which a waiter's
+  // refusal asks to let go (hold_refusals_).
+  if ((e.refs == 0 || OnlyHeld(e)) && !e.loading && !e.pinned) WakeRoomWaiters();
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
   lock.unlock();
   for (auto& w : removed) Post([cb = std::move(w.cb), ref] { cb(NotFound(ref + " was removed from the registry")); });
@@ -1150,7 +1280,9 @@ nlohmann::json ModelPool::Snapshot() const {
           {"disk", {{"models", disk}}},
           {"totals", {{"hits", hits_}, {"misses", misses_}, {"loads", loads_}, {"evictions", evictions_},
                       {"failures", failures_}, {"room_waits", room_waits_},
-                      {"room_wait_timeouts", room_wait_timeouts_}, {"waiting_for_room", room_waiters_.size()},
+                      {"room_wait_timeouts", room_wait_timeouts_}, {"waiting_for_room", std::count_if(room_waiters_.begin(), room_waiters_.end(), [](const RoomWaiter& r) {
+                         return !r.w.answered || !r.w.answered->load();
+                       })},
                       {"hit_rate", hits_ + misses_ ? static_cast<double>(hits_) / static_cast<double>(hits_ + misses_) : 0.0}}}};
 }
 

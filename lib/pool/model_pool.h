@@ -152,6 +152,13 @@ class ModelPool {
   uint64_t room_wait_timeouts() const;
   // Whether a request for `key` waits for room now (for an error's wording).
   bool WaitingForRoom(PoolKey key) const;
+  // Answers the requests waiting for room now with `st` (a shutdown whose
+  // grace has passed: they never ran); how many.
+  size_t AbandonRoomWaits(const Status& st);
+  // Lets go of the requests waiting for room that were answered meanwhile
+  // (Acquire's `answered`; their callbacks run, with DEADLINE_EXCEEDED), and
+  // of what their callbacks hold. For the caller that answered one.
+  void DropAnsweredWaiters();
   // Counts the refusals (POOL_FULL, evict) in which a standing hold
   // (ModelHandle::HoldFor) stood in the way. A holder lets go of its handle
   // when this moves, so that the next request finds the room.
@@ -225,8 +232,10 @@ class ModelPool {
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
-  // Acquire for a waiter (a new request's, or one retried after waiting for room).
-  void AcquireWaiter(const PoolItem& item, Waiter w);
+  // Acquire for a waiter (a new request's, or one retried after waiting for
+  // room); whether it started a load.
+  bool AcquireWaiter(const PoolItem& item, Waiter w);
+  static Status AnsweredMeanwhile(const PoolItem& item);  // for a waiter answered at its deadline
   // mu_ held: pinned models alone leave `e` no room (waiting cannot help).
   bool PinsFill(const Entry& e) const;
   // mu_ held, after a room check refused `w` POOL_FULL for `e`: queues it to
@@ -251,11 +260,17 @@ class ModelPool {
   };
   bool HostDroppable(PoolKey k, const Entry& e, PoolKey for_key) const;  // mu_ held
   // mu_ held: OK when `bytes` fit in the host tier after evicting what may
-  // be, POOL_FULL naming the holders otherwise; changes nothing.
-  Status HostRoom(uint64_t bytes, PoolKey for_key) const;
+  // be, POOL_FULL naming the holders otherwise (`describe` false: with no
+  // message, which is costly to compose); changes nothing but hold_refusals_.
+  Status HostRoom(uint64_t bytes, PoolKey for_key, bool describe = true) const;
+  Status HostFull(uint64_t bytes, PoolKey for_key) const;  // mu_ held: HostRoom's POOL_FULL
   // mu_ held: the devices that can take `e` (after evictions) into `cands`;
-  // POOL_FULL naming the holders when none can. Changes nothing.
-  Status DeviceRoom(const Entry& e, std::vector<Cand>* cands) const;
+  // POOL_FULL naming the holders when none can (`describe`: as HostRoom's).
+  Status DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool describe = true) const;
+  // mu_ held: on copying device `index`, the largest range between the
+  // blocks that cannot move (in flight, held, loading): a block bigger than
+  // it cannot be placed there by evicting and compacting.
+  uint64_t LargestGapAroundFixed(size_t index) const;
   Status DeviceFull(const Entry& e) const;           // mu_ held: the POOL_FULL for no device
   static uint64_t DeviceNeed(const Entry& e);        // its whole arena blocks
   Status NeverFits(const Entry& e) const;            // mu_ held: FAILED_PRECONDITION when bigger than a whole budget
@@ -301,8 +316,8 @@ class ModelPool {
   uint64_t host_used_ = 0;                                     // guarded by mu_
   uint64_t hits_ = 0, misses_ = 0, loads_ = 0, evictions_ = 0, failures_ = 0;  // guarded by mu_
   mutable std::atomic<uint64_t> hold_refusals_{0};  // counted by the const room checks under mu_
-  std::vector<RoomWaiter> room_waiters_;             // guarded by mu_; in the order they began to wait
-  uint64_t room_waits_ = 0, room_wait_timeouts_ = 0;  // guarded by mu_
+  std::vector<RoomWaiter> room_waiters_;             // guarded by mu_; in the order they began to wait (seq)
+  uint64_t room_waits_ = 0, room_wait_timeouts_ = 0, room_seq_ = 0;  // guarded by mu_
   bool room_stopping_ = false;                        // guarded by mu_: StopLoads began (or no room_wait); no waits
   bool room_wake_pending_ = false;                    // guarded by mu_: a RetryRoomWaiters is queued
   std::unique_ptr<TimerQueue> room_timer_;            // room waits' ends and retries (set at Create when room_wait_ns > 0)

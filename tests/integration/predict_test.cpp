@@ -811,7 +811,9 @@ TEST_CASE("a request whose room requests in flight hold waits for one to end, th
   // With every device slot held by a request in flight, the next cold
   // request failed POOL_FULL at once (about 1% of requests at 16 clients on
   // 7 slots): a moment's wait reported as an error.
-  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\nroom_wait = \"2m\"\n");
+  const int port = FreePort();
+  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\nroom_wait = \"2m\"\n",
+           {"--metrics-address", "127.0.0.1:" + std::to_string(port)});
   REQUIRE(d.ok());
   SetupFullDevice(d);
   const std::string input = LongSlowInput(d);
@@ -829,6 +831,36 @@ TEST_CASE("a request whose room requests in flight hold waits for one to end, th
   CHECK(totals["room_waits"] == 2);
   CHECK(totals["room_wait_timeouts"] == 0);
   CHECK(d.Mms({"pool"}).out.find("2 requests waited for room held by requests in flight; 0 refused") != std::string::npos);
+  const std::string metrics = Run({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(port) + "/metrics"}).out;
+  CHECK_MESSAGE(metrics.find("mms_pool_room_waits_total{pool=\"models\"} 2") != std::string::npos, metrics);
+  CHECK(metrics.find("mms_pool_room_wait_timeouts_total{pool=\"models\"} 0") != std::string::npos);
+  CHECK(metrics.find("mms_pool_room_waits_total{pool=\"adapters\"} 0") != std::string::npos);
+}
+
+TEST_CASE("SIGTERM past shutdown_grace answers a request still waiting for room: not run, safe to send again") {
+  // Its answer came only after the server stopped: a dropped connection.
+  Daemon d("[daemon]\nshutdown_grace = \"1s\"\n[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n"
+           "room_wait = \"2m\"\n");
+  REQUIRE(d.ok());
+  SetupFullDevice(d);
+  const std::string input = LongSlowInput(d);
+  std::vector<std::thread> threads;
+  std::vector<ProcResult> busy(6);  // s:1 and s:2 busy past the grace
+  for (size_t i = 0; i < busy.size(); ++i)
+    threads.emplace_back([&, i] { busy[i] = d.Mms({"predict", "s:" + std::to_string(1 + i % 2), "--input", input}, 120); });
+  REQUIRE(WaitFor([&] {
+    json pool = Pool(d);
+    return FindModel(pool, "s:1").value("in_flight", 0) >= 1 && FindModel(pool, "s:2").value("in_flight", 0) >= 1;
+  }, 60));
+  ProcResult waiting;
+  std::thread t([&] { waiting = d.Mms({"predict", "s:5", "--input", Data("slow_input.json")}, 120); });
+  REQUIRE(WaitFor([&] { return Pool(d)["totals"]["waiting_for_room"] == 1; }, 30));
+  d.child().Signal(SIGTERM);
+  d.child().Wait(60);
+  t.join();
+  for (auto& th : threads) th.join();
+  CHECK(waiting.exit_code == 3);
+  CHECK_MESSAGE(waiting.err.find("not run: mmsd is shutting down") != std::string::npos, waiting.err);
 }
 
 TEST_CASE("when room_wait passes with the room still held, POOL_FULL (exit 5) names the holders and the wait") {
@@ -841,7 +873,9 @@ TEST_CASE("when room_wait passes with the room still held, POOL_FULL (exit 5) na
   CHECK_MESSAGE(r.err.find("no device can take s:5") != std::string::npos, r.err);
   CHECK(r.err.find("pinned") != std::string::npos);
   CHECK(r.err.find("1 request in flight") != std::string::npos);
-  CHECK(r.err.find("(this request waited 300.0 ms, [pool] room_wait, for that room)") != std::string::npos);
+  CHECK(r.err.find("(this request waited 3") != std::string::npos);  // (300-something ms)
+  CHECK(r.err.find(" for that room; [pool] room_wait is 300.0 ms)") != std::string::npos);
+  CHECK(r.err.find("unpin a model") != std::string::npos);  // two pins hold the rest
   busy.Join();  // the others were served meanwhile
   CHECK(Pool(d)["totals"]["room_wait_timeouts"] == 1);
 }
