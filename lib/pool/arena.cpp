@@ -46,16 +46,33 @@ std::optional<uint64_t> DeviceArena::LowerPlace(uint64_t offset, uint64_t size) 
   return Lower(free_, offset, size);
 }
 
-bool DeviceArena::CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need) const {
+bool DeviceArena::CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need,
+                                     const std::vector<std::pair<uint64_t, uint64_t>>& freed,
+                                     const std::vector<uint64_t>& claimed) const {
   FreeList sim;
   {
     std::lock_guard<std::mutex> lock(mu_);
     sim = free_;
   }
-  auto fits = [&] {
+  for (const auto& [offset, size] : freed) Give(sim, offset, size);
+  auto first_fit = [&](uint64_t size) -> std::optional<uint64_t> {
     for (const auto& [o, s] : sim)
-      if (s >= need) return true;
-    return false;
+      if (s >= size) return o;
+    return std::nullopt;
+  };
+  // Room for the claims and then `need`, each first-fit (as Allocate places).
+  auto fits = [&] {
+    if (claimed.empty()) return first_fit(need).has_value();
+    FreeList saved = sim;
+    bool ok = true;
+    for (uint64_t c : claimed) {
+      auto at = first_fit(c);
+      if (!at || !Take(sim, *at, c)) ok = false;
+      if (!ok) break;
+    }
+    ok = ok && first_fit(need).has_value();
+    sim = std::move(saved);
+    return ok;
   };
   for (const auto& [offset, size] : movable) {
     if (fits()) return true;

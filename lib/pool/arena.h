@@ -45,8 +45,13 @@ class DeviceArena {
   std::optional<uint64_t> LowerPlace(uint64_t offset, uint64_t size) const;
   // Whether moving the blocks `movable` ({offset, size}, by offset) down,
   // each to its LowerPlace in turn, would leave a free range of `need`
-  // bytes: the moves simulated on a copy of the free list.
-  bool CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need) const;
+  // bytes: the moves simulated on a copy of the free list. Optionally with
+  // the blocks `freed` ({offset, size}) free first (those eviction would
+  // free), and after the moves the sizes `claimed` placed first-fit (room
+  // other loads will take).
+  bool CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need,
+                          const std::vector<std::pair<uint64_t, uint64_t>>& freed = {},
+                          const std::vector<uint64_t>& claimed = {}) const;
 
   uint64_t capacity() const { return capacity_; }
   uint64_t used() const;

@@ -194,14 +194,14 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
   AcquireWaiter(item, Waiter{std::move(cb), counted, std::move(answered), room == Room::kFreeOnly, nullptr});
 }
 
-bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
+void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
   const Room room = w.free_only ? Room::kFreeOnly : Room::kEvict;
   const bool counted = w.counted && !w.room_wait;  // a retry after waiting for room was counted as a miss
   std::unique_lock lock(mu_);
   if (removed_.count(item.key)) {  // a request that read the registry before the version was removed
     lock.unlock();
     w.cb(NotFound(item.ref + " was removed from the registry"));
-    return false;
+    return;
   }
   Entry& e = EntryFor(item);
   if (e.stale && e.refs == 0 && !e.loading) {  // a copy of replaced files, let go: the new files load below
@@ -216,7 +216,7 @@ bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
     HandlePtr h = NewHandle(e, false, w.counted);
     lock.unlock();
     w.cb(std::move(h));
-    return false;
+    return;
   }
   // (A free-room-only acquire refused for want of free room — a shadow's
   // job — is no miss: nothing was tried.)
@@ -226,7 +226,7 @@ bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
   if (e.stale) {  // requests still hold the replaced copy: the last one's Release starts the load of the new files
     e.waiters.push_back(std::move(w));
     if (!e.held.empty()) ++hold_refusals_;  // a standing hold (a shadow's) lets go, or they would wait for ever
-    return false;
+    return;
   }
   int64_t now = opts_.clock->MonoNanos();
   if (!e.healthy && now < e.retry_at && !e.loading) {
@@ -235,14 +235,14 @@ bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
                                        "; next retry in " + FormatDurationNanos(e.retry_at - now) + ")");
     lock.unlock();
     w.cb(st);
-    return false;
+    return;
   }
   // Nothing to load into: rather than queue a load (behind others) that
   // would fail the same way, wait for room that requests in flight will
   // free, or fail at once, naming what holds the memory.
   // Room freed just now goes to those that waited for it first: a new
   // request joins them when their retry is due (it is retried with them).
-  if (room == Room::kEvict && !e.loading && !w.room_wait && room_wake_pending_ && WaitForRoom(e, w)) return false;
+  if (room == Room::kEvict && !e.loading && !w.room_wait && room_wake_pending_ && WaitForRoom(e, w)) return;
   std::vector<Cand> cands;  // where it fits, as checked (for its claim)
   if (room == Room::kEvict && !e.loading && e.bytes > 0) {
     // (Checked without composing the refusal's message: a request waiting
@@ -252,20 +252,20 @@ bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
     if (st.ok() && !host_full) st = DeviceRoom(e, &cands, false);
     if (host_full || !st.ok()) {
       if (st.ok() || st.code() == Code::kPoolFull) {
-        if (WaitForRoom(e, w)) return false;
+        if (WaitForRoom(e, w)) return;
         st = host_full ? HostFull(e.bytes, e.item.key) : DeviceFull(e);
       }
       st = Refused(std::move(st), w);
       lock.unlock();
       w.cb(st);
-      return false;
+      return;
     }
   }
   if (room == Room::kFreeOnly && !e.loading && !HasFreeRoom(e)) {
     Status st = NoFreeRoom(e);
     lock.unlock();
     w.cb(st);
-    return false;
+    return;
   }
   e.waiters.push_back(std::move(w));
   if (!e.loading) {
@@ -278,10 +278,9 @@ bool ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
       e.claim = DeviceNeed(e);
     }
     StartLoad(e);
-    return true;
+  } else if (room == Room::kEvict) {
+    e.free_only_load = false;  // a request waits on it now: it may make room
   }
-  if (room == Room::kEvict) e.free_only_load = false;  // a request waits on it now: it may make room
-  return false;
 }
 
 bool ModelPool::HasFreeRoom(const Entry& e) const {
@@ -361,11 +360,9 @@ void ModelPool::WakeRoomWaiters() {
 void ModelPool::RetryRoomWaiters() {
   // In the order they began to wait, each taken from room_waiters_ only
   // while it is tried (a release meanwhile sees the others there, and wakes
-  // them again); those still without room wait again, in their place. Until
-  // a load starts: loads reserve their room only when placed, so every
-  // waiter would pass the check against the same freed room and start a
-  // load (reading from disk, evicting host copies) that could not be
-  // placed. The load's end tries the rest.
+  // them again); those still without room wait again, in their place. A
+  // load started claims its room (Entry::claim): those after it do not
+  // count on the same room.
   uint64_t last = 0;
   {
     std::lock_guard lock(mu_);
@@ -386,7 +383,7 @@ void ModelPool::RetryRoomWaiters() {
       r.w.cb(AnsweredMeanwhile(r.item));
       continue;
     }
-    if (AcquireWaiter(r.item, std::move(r.w))) return;
+    AcquireWaiter(r.item, std::move(r.w));
   }
 }
 
@@ -428,7 +425,7 @@ void ModelPool::RoomWaitOver(const std::shared_ptr<RoomWait>& rw) {
   room_waiters_.erase(it);
   lock.unlock();
   if (r.w.answered && r.w.answered->load()) return r.w.cb(AnsweredMeanwhile(r.item));
-  (void)AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
+  AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
 }
 
 void ModelPool::StopRoomWaits() {
@@ -492,6 +489,8 @@ void ModelPool::StartLoad(Entry& e) {
     // else will answer these waiters. Answer them from a detached thread
     // (never inline: we hold mu_).
     e.loading = false;
+    e.claim_device = -1;
+    e.claim = 0;
     auto waiters = std::make_shared<std::vector<Waiter>>(std::move(e.waiters));
     e.waiters.clear();
     std::thread([waiters] {
@@ -682,20 +681,22 @@ uint64_t ModelPool::DeviceNeed(const Entry& e) {
          DeviceArena::kAlignment;
 }
 
-uint64_t ModelPool::LargestGapAroundFixed(size_t index) const {
-  // The blocks no eviction or compaction moves: in flight, held or loading.
+bool ModelPool::OneRangeAfterEviction(size_t index, const Entry& e, uint64_t need) const {
+  // As PlaceOnDevice would make it: every evictable model evicted, the idle
+  // pinned ones moved down (Compact), models in flight, held or loading
+  // where they are; then the other loads' claims, and this block.
   const DeviceArena& arena = devices_[index]->dev->arena();
-  std::vector<std::pair<uint64_t, uint64_t>> fixed;
-  for (const auto& [k, o] : entries_)
-    if (o->block && o->device == static_cast<int>(index) && (o->refs > 0 || o->loading))
-      fixed.emplace_back(arena.OffsetOf(*o->block), o->device_reserved);
-  std::sort(fixed.begin(), fixed.end());
-  uint64_t at = 0, gap = 0;
-  for (const auto& [offset, size] : fixed) {
-    if (offset > at) gap = std::max(gap, offset - at);
-    at = std::max(at, offset + size);
+  std::vector<std::pair<uint64_t, uint64_t>> freed, movable;
+  std::vector<uint64_t> claimed;
+  for (const auto& [k, o] : entries_) {
+    if (o->claim_device == static_cast<int>(index) && o.get() != &e) claimed.push_back(o->claim);
+    if (!o->block || o->device != static_cast<int>(index)) continue;
+    const std::pair<uint64_t, uint64_t> block{arena.OffsetOf(*o->block), o->device_reserved};
+    if (Evictable(*o)) freed.push_back(block);
+    else if (o->refs == 0 && !o->loading && o->model && o->host) movable.push_back(block);  // pinned, idle
   }
-  return std::max(gap, arena.capacity() > at ? arena.capacity() - at : 0);
+  std::sort(movable.begin(), movable.end());
+  return arena.CompactionWouldFit(movable, need, freed, claimed);
 }
 
 Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool describe) const {
@@ -722,7 +723,7 @@ Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool desc
     // flight between the gaps, evicting every idle one would not make it,
     // and the load would evict them all for nothing (again at each retry
     // while it waits for room).
-    const bool one_range = d.dev->zero_copy() || LargestGapAroundFixed(i) >= need;
+    const bool one_range = d.dev->zero_copy() || OneRangeAfterEviction(i, e, need);
     if (free + reclaim >= need && one_range) cands->push_back({static_cast<int>(i), free, reclaim});
     else if (held_only > 0 && free + reclaim + held_only >= need) holds_in_the_way = true;
   }
@@ -983,7 +984,6 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
   auto waiters = std::move(e.waiters);
   e.waiters.clear();
   if (st.ok()) {
-    WakeRoomWaiters();  // (the next waiter's turn: RetryRoomWaiters starts one load at a time)
     e.healthy = true;
     e.failures = 0;
     for (auto& w : waiters) {

@@ -232,9 +232,8 @@ class ModelPool {
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
-  // Acquire for a waiter (a new request's, or one retried after waiting for
-  // room); whether it started a load.
-  bool AcquireWaiter(const PoolItem& item, Waiter w);
+  // Acquire for a waiter (a new request's, or one retried after waiting for room).
+  void AcquireWaiter(const PoolItem& item, Waiter w);
   static Status AnsweredMeanwhile(const PoolItem& item);  // for a waiter answered at its deadline
   // mu_ held: pinned models alone leave `e` no room (waiting cannot help).
   bool PinsFill(const Entry& e) const;
@@ -267,10 +266,11 @@ class ModelPool {
   // mu_ held: the devices that can take `e` (after evictions) into `cands`;
   // POOL_FULL naming the holders when none can (`describe`: as HostRoom's).
   Status DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool describe = true) const;
-  // mu_ held: on copying device `index`, the largest range between the
-  // blocks that cannot move (in flight, held, loading): a block bigger than
-  // it cannot be placed there by evicting and compacting.
-  uint64_t LargestGapAroundFixed(size_t index) const;
+  // mu_ held: whether on copying device `index` evicting what may be and
+  // compacting idle pinned models (as PlaceOnDevice does) would leave one
+  // range of `need` bytes for `e` beside the other loads' claims: bytes
+  // alone can be in pieces between models in flight.
+  bool OneRangeAfterEviction(size_t index, const Entry& e, uint64_t need) const;
   Status DeviceFull(const Entry& e) const;           // mu_ held: the POOL_FULL for no device
   static uint64_t DeviceNeed(const Entry& e);        // its whole arena blocks
   Status NeverFits(const Entry& e) const;            // mu_ held: FAILED_PRECONDITION when bigger than a whole budget

@@ -417,7 +417,7 @@ TEST_CASE("with room_wait a request waits for room that requests in flight hold,
 TEST_CASE("several waiting for one freed slot: one loads, the others wait on, none fails") {
   // Loads reserve room only when placed, so all three passed the check
   // against the one freed slot and read from disk; two were refused at
-  // placement. Now a freed slot starts one load, and its end the next try.
+  // placement. Now the first load claims the room, and the others wait on.
   PoolFixture f({2 * K}, 100 * K, "lru", 60'000'000'000);
   auto h1 = f.Get(1);
   auto h2 = f.Get(2);
@@ -491,6 +491,46 @@ TEST_CASE("a wait for room on a fragmented copying device evicts nothing in vain
   h3.reset();  // now a range frees: m2 goes (or moves) and m9 is placed
   REQUIRE(p9.Answered(10'000));
   CHECK(p9.f.get().ok());
+}
+
+TEST_CASE("room between models that cannot move is no room: not for a pinned one either, nor for two claims") {
+  // The range check let a pinned idle model count as movable anywhere, but
+  // compaction moves blocks down only: the load evicted m1 and m4 for
+  // nothing, was refused, and the request behind it (which fitted) waited.
+  PoolFixture f({4 * K}, 100 * K, "lru", 2'000'000'000);
+  f.Get(1);                // @0, idle
+  auto h2 = f.Get(2);      // @1K
+  f.pool->Pin(PoolFixture::Item(2));
+  h2.reset();              // pinned, idle
+  auto h3 = f.Get(3);      // @2K, in flight
+  f.Get(4);                // @3K, idle
+  Pending p9(*f.pool, PoolFixture::Item(9, 2 * K));
+  Pending p8(*f.pool, PoolFixture::Item(8));
+  REQUIRE(p8.Answered(10'000));  // 1 KiB fits (evicting one idle model): not held up behind m9
+  CHECK(p8.f.get().ok());
+  CHECK_FALSE(p9.Answered(50));
+  CHECK(Totals(*f.pool)["evictions"] == 1);  // for m8 only
+  h3.reset();
+  REQUIRE(p9.Answered(10'000));
+  CHECK(p9.f.get().ok());
+
+  // Two loads whose bytes fit but not their ranges: m4 in flight at 3K
+  // leaves [0, 3K) and [4K, 5K); two 2 KiB blocks cannot both be placed.
+  PoolFixture g({5 * K});
+  g.Get(1);
+  g.Get(2);
+  g.Get(3);
+  auto busy = g.Get(4);
+  g.loader->Gate(true);
+  const int loads = g.loader->total_loads();
+  Pending a(*g.pool, PoolFixture::Item(20, 2 * K));
+  Pending b(*g.pool, PoolFixture::Item(21, 2 * K));
+  REQUIRE(b.Answered(10'000));  // refused before reading anything
+  CHECK(b.f.get().status().code() == Code::kPoolFull);
+  g.loader->Gate(false);
+  REQUIRE(a.Answered(10'000));
+  CHECK(a.f.get().ok());
+  CHECK(g.loader->total_loads() == loads + 1);
 }
 
 TEST_CASE("a request ending beside a standing hold asks the holder to let go for a request waiting for room") {
