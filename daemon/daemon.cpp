@@ -1210,8 +1210,9 @@ Daemon::StopResult Daemon::Shutdown() {
                          "turn; nothing of it ran, so it is safe to send again once mmsd is back");
     // (Those waiting for room on a device too: their answers would come
     // only after the server stopped.)
-    const size_t never_ran =
-        scheduler_->AbandonQueued(not_run) + pool_->AbandonRoomWaits(not_run) + adapters_->AbandonRoomWaits(not_run);
+    size_t never_ran = scheduler_->AbandonQueued(not_run);
+    never_ran += pool_->AbandonRoomWaits(not_run);
+    never_ran += adapters_->AbandonRoomWaits(not_run);
     if (never_ran) server_->WaitIdle(500'000'000);  // their answers sent (executions still running stay)
     LogWarn("shutdown_grace_expired", {{"abandoned", server_->in_flight()}, {"answered_not_run", never_ran}});
   }

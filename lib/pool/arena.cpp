@@ -55,22 +55,28 @@ bool DeviceArena::CompactionWouldFit(const std::vector<std::pair<uint64_t, uint6
     sim = free_;
   }
   for (const auto& [offset, size] : freed) Give(sim, offset, size);
-  auto first_fit = [&](uint64_t size) -> std::optional<uint64_t> {
+  auto best_fit = [&](uint64_t size) -> std::optional<uint64_t> {  // as Allocate places
+    std::optional<uint64_t> at;
+    uint64_t best = 0;
     for (const auto& [o, s] : sim)
-      if (s >= size) return o;
-    return std::nullopt;
+      if (s >= size && (!at || s < best)) at = o, best = s;
+    return at;
   };
-  // Room for the claims and then `need`, each first-fit (as Allocate places).
+  std::vector<uint64_t> claims = claimed;  // the largest first
+  std::sort(claims.begin(), claims.end(), std::greater<uint64_t>());
+  // Room for the claims and then `need`.
   auto fits = [&] {
-    if (claimed.empty()) return first_fit(need).has_value();
+    if (claims.empty()) return best_fit(need).has_value();
     FreeList saved = sim;
     bool ok = true;
-    for (uint64_t c : claimed) {
-      auto at = first_fit(c);
-      if (!at || !Take(sim, *at, c)) ok = false;
-      if (!ok) break;
+    for (uint64_t c : claims) {
+      auto at = best_fit(c);
+      if (!at || !Take(sim, *at, c)) {
+        ok = false;
+        break;
+      }
     }
-    ok = ok && first_fit(need).has_value();
+    ok = ok && best_fit(need).has_value();
     sim = std::move(saved);
     return ok;
   };

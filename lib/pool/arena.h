@@ -47,8 +47,8 @@ class DeviceArena {
   // each to its LowerPlace in turn, would leave a free range of `need`
   // bytes: the moves simulated on a copy of the free list. Optionally with
   // the blocks `freed` ({offset, size}) free first (those eviction would
-  // free), and after the moves the sizes `claimed` placed first-fit (room
-  // other loads will take).
+  // free), and after the moves the sizes `claimed` placed as Allocate
+  // places them, largest first (room other loads will take).
   bool CompactionWouldFit(const std::vector<std::pair<uint64_t, uint64_t>>& movable, uint64_t need,
                           const std::vector<std::pair<uint64_t, uint64_t>>& freed = {},
                           const std::vector<uint64_t>& claimed = {}) const;

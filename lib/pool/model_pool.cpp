@@ -42,6 +42,7 @@ struct ModelPool::DeviceSlot {
 struct ModelPool::RoomWait {
   uint64_t seq = 0;   // when it began to wait, in order: room_waiters_ is kept in this order
   int64_t since = 0;  // the clock's mono ns then
+  bool refused = false;  // (mu_) a room check refused it (counted in room_waits_): not only queued behind others
   bool over = false;  // (mu_) room_wait_ns has passed: the next refusal is final
 };
 
@@ -51,6 +52,7 @@ struct ModelPool::Waiter {
   std::shared_ptr<const std::atomic<bool>> answered;  // set once answered elsewhere (its deadline); may be null
   bool free_only = false;  // Room::kFreeOnly: its load may not evict (a shadow's)
   std::shared_ptr<RoomWait> room_wait;  // set once it has waited for room (its hit or miss is counted)
+  bool Answered() const { return answered && answered->load(); }
 };
 
 struct ModelPool::RoomWaiter {
@@ -242,7 +244,9 @@ void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
   // free, or fail at once, naming what holds the memory.
   // Room freed just now goes to those that waited for it first: a new
   // request joins them when their retry is due (it is retried with them).
-  if (room == Room::kEvict && !e.loading && !w.room_wait && room_wake_pending_ && WaitForRoom(e, w)) return;
+  if (room == Room::kEvict && !e.loading && !w.room_wait && (room_wake_pending_ || room_retrying_) &&
+      WaitForRoom(e, w, /*refused=*/false))
+    return;
   std::vector<Cand> cands;  // where it fits, as checked (for its claim)
   if (room == Room::kEvict && !e.loading && e.bytes > 0) {
     // (Checked without composing the refusal's message: a request waiting
@@ -319,17 +323,20 @@ bool ModelPool::PinsFill(const Entry& e) const {
   return true;
 }
 
-bool ModelPool::WaitForRoom(Entry& e, Waiter& w) {
+bool ModelPool::WaitForRoom(Entry& e, Waiter& w, bool refused) {
   if (room_stopping_ || w.free_only || e.forgotten) return false;  // (room_stopping_ also when no timer)
-  if (w.answered && w.answered->load()) return false;  // answered at its deadline: nothing to wait for
+  if (w.Answered()) return false;  // answered at its deadline: nothing to wait for
   if (w.room_wait && w.room_wait->over) return false;
   if (PinsFill(e)) return false;
   if (!w.room_wait) {
     w.room_wait = std::make_shared<RoomWait>();
     w.room_wait->seq = ++room_seq_;
     w.room_wait->since = opts_.clock->MonoNanos();
-    room_waits_ += w.counted;
     room_timer_->After(opts_.room_wait_ns, [this, rw = w.room_wait] { RoomWaitOver(rw); });
+  }
+  if (refused && !w.room_wait->refused) {
+    w.room_wait->refused = true;
+    room_waits_ += w.counted;
   }
   // In the order they began to wait: one back again (its load was refused
   // room at placement) keeps its place.
@@ -342,7 +349,7 @@ bool ModelPool::WaitForRoom(Entry& e, Waiter& w) {
 
 Status ModelPool::Refused(Status st, const Waiter& w) {
   if (!w.room_wait || !w.room_wait->over || st.code() != Code::kPoolFull) return st;
-  if (w.answered && w.answered->load()) return st;  // answered at its deadline: no one gets this
+  if (w.Answered()) return st;  // answered at its deadline: no one gets this
   room_wait_timeouts_ += w.counted;                  // (requests: not pin preloads or mms load)
   return Status(st.code(), st.message() + " (this request waited " +
                                FormatDurationNanos(opts_.clock->MonoNanos() - w.room_wait->since) +
@@ -363,10 +370,13 @@ void ModelPool::RetryRoomWaiters() {
   // them again); those still without room wait again, in their place. A
   // load started claims its room (Entry::claim): those after it do not
   // count on the same room.
+  // New requests meanwhile queue behind them (room_retrying_), and are
+  // tried in this pass.
   uint64_t last = 0;
   {
     std::lock_guard lock(mu_);
     room_wake_pending_ = false;
+    room_retrying_ = true;
   }
   while (true) {
     RoomWaiter r;
@@ -374,12 +384,15 @@ void ModelPool::RetryRoomWaiters() {
       std::lock_guard lock(mu_);
       auto it = std::upper_bound(room_waiters_.begin(), room_waiters_.end(), last,
                                  [](uint64_t s, const RoomWaiter& o) { return s < o.w.room_wait->seq; });
-      if (it == room_waiters_.end()) return;
+      if (it == room_waiters_.end()) {
+        room_retrying_ = false;
+        return;
+      }
       r = std::move(*it);
       room_waiters_.erase(it);
       last = r.w.room_wait->seq;
     }
-    if (r.w.answered && r.w.answered->load()) {  // answered at its deadline: load nothing for it
+    if (r.w.Answered()) {  // answered at its deadline: load nothing for it
       r.w.cb(AnsweredMeanwhile(r.item));
       continue;
     }
@@ -395,19 +408,23 @@ size_t ModelPool::AbandonRoomWaits(const Status& st) {
   std::vector<RoomWaiter> left;
   {
     std::lock_guard lock(mu_);
+    room_stopping_ = true;  // no new waits: refused at once, while there is still someone to tell
     left.swap(room_waiters_);
   }
-  for (auto& r : left) r.w.cb(st);
-  return left.size();
+  size_t told = 0;
+  for (auto& r : left) {
+    told += !r.w.Answered();
+    r.w.cb(st);
+  }
+  return told;
 }
 
 void ModelPool::DropAnsweredWaiters() {
   std::vector<RoomWaiter> answered;
   {
     std::lock_guard lock(mu_);
-    auto keep = std::stable_partition(room_waiters_.begin(), room_waiters_.end(), [](const RoomWaiter& r) {
-      return !r.w.answered || !r.w.answered->load();
-    });
+    auto keep = std::stable_partition(room_waiters_.begin(), room_waiters_.end(),
+                                      [](const RoomWaiter& r) { return !r.w.Answered(); });
     answered.assign(std::make_move_iterator(keep), std::make_move_iterator(room_waiters_.end()));
     room_waiters_.erase(keep, room_waiters_.end());
   }
@@ -424,38 +441,22 @@ void ModelPool::RoomWaitOver(const std::shared_ptr<RoomWait>& rw) {
   RoomWaiter r = std::move(*it);
   room_waiters_.erase(it);
   lock.unlock();
-  if (r.w.answered && r.w.answered->load()) return r.w.cb(AnsweredMeanwhile(r.item));
+  if (r.w.Answered()) return r.w.cb(AnsweredMeanwhile(r.item));
   AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
 }
 
 void ModelPool::StopRoomWaits() {
   {
     std::lock_guard lock(mu_);
-    if (room_stopping_) return;
     room_stopping_ = true;  // from here on no one touches room_timer_, and nothing waits
   }
   room_timer_.reset();  // lets a retry in progress end (its waiters, refused, are answered)
-  std::vector<RoomWaiter> left;
-  {
-    std::lock_guard lock(mu_);
-    left.swap(room_waiters_);
-  }
-  for (auto& r : left) r.w.cb(Status(Code::kCancelled, "the pool is shutting down"));
-}
-
-uint64_t ModelPool::room_waits() const {
-  std::lock_guard lock(mu_);
-  return room_waits_;
+  (void)AbandonRoomWaits(Status(Code::kCancelled, "the pool is shutting down"));
 }
 
 bool ModelPool::WaitingForRoom(PoolKey key) const {
   std::lock_guard lock(mu_);
   return std::any_of(room_waiters_.begin(), room_waiters_.end(), [&](const RoomWaiter& r) { return r.item.key == key; });
-}
-
-uint64_t ModelPool::room_wait_timeouts() const {
-  std::lock_guard lock(mu_);
-  return room_wait_timeouts_;
 }
 
 Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns, Room room) {
@@ -1016,10 +1017,11 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       if (st.code() == Code::kPoolFull && WaitForRoom(e, w)) continue;
       out.push_back([cb = std::move(w.cb), st = Refused(st, w)] { cb(st); });
     }
-    // A failed load lets its reservations go. One refused room after reading
-    // from disk leaves a host copy that may now be dropped; one refused
-    // room otherwise had nothing (and waking those it just queued would
-    // only retry them at once).
+    // A failed load lets its reservations go. One refused room from disk
+    // may leave a host copy that may now be dropped (or had reserved none);
+    // one refused room from the host tier let go of its claim only, which
+    // the next release's retry sees (waking those it just queued would only
+    // retry them at once).
     if (st.code() != Code::kPoolFull || loaded) WakeRoomWaiters();
   }
   if (e.replaced) {
@@ -1211,9 +1213,7 @@ void ModelPool::EraseForgotten(Entry& e) {
 size_t ModelPool::Waiting(const Entry& e) {
   // Requests (and pin preloads, mms load) waiting for the load; one already
   // answered at its deadline is not (its callback only drops the handle).
-  return static_cast<size_t>(std::count_if(e.waiters.begin(), e.waiters.end(), [](const Waiter& w) {
-    return !w.answered || !w.answered->load();
-  }));
+  return static_cast<size_t>(std::count_if(e.waiters.begin(), e.waiters.end(), [](const Waiter& w) { return !w.Answered(); }));
 }
 
 nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
@@ -1280,9 +1280,8 @@ nlohmann::json ModelPool::Snapshot() const {
           {"disk", {{"models", disk}}},
           {"totals", {{"hits", hits_}, {"misses", misses_}, {"loads", loads_}, {"evictions", evictions_},
                       {"failures", failures_}, {"room_waits", room_waits_},
-                      {"room_wait_timeouts", room_wait_timeouts_}, {"waiting_for_room", std::count_if(room_waiters_.begin(), room_waiters_.end(), [](const RoomWaiter& r) {
-                         return !r.w.answered || !r.w.answered->load();
-                       })},
+                      {"room_wait_timeouts", room_wait_timeouts_}, {"waiting_for_room", std::count_if(room_waiters_.begin(), room_waiters_.end(),
+                                                        [](const RoomWaiter& r) { return !r.w.Answered(); })},
                       {"hit_rate", hits_ + misses_ ? static_cast<double>(hits_) / static_cast<double>(hits_ + misses_) : 0.0}}}};
 }
 

