@@ -46,9 +46,10 @@ int CmdPredict(Cli& cli, const PredictArgs& a) {
     return cli.Fail(InvalidArgument("--deadline-ms must be positive (a deadline in the past cannot be met)"));
   // This CLI stops waiting at --timeout: the daemon drops the request then
   // too, rather than queue and run work whose answer nobody will read — a
-  // little before (5%, at most 250 ms), so that its answer, which says why,
-  // arrives before this command gives up.
-  const double timeout_ms = cli.g.timeout_s * 1000 - std::min(cli.g.timeout_s * 1000 * 0.05, 250.0);
+  // little before (10%, at most 1 s), so that its answer, which says why,
+  // arrives before this command gives up (5% and 250 ms were too little on
+  // a loaded host: the command said "did not reply" as the answer came).
+  const double timeout_ms = cli.g.timeout_s * 1000 - std::min(cli.g.timeout_s * 1000 * 0.1, 1000.0);
   const bool by_timeout = !a.has_deadline || timeout_ms < a.deadline_ms;
   m.body["timeout_ms"] = by_timeout ? timeout_ms : a.deadline_ms;
   if (!a.output.empty()) {
@@ -313,6 +314,7 @@ void ModelRows(const nlohmann::json& models, const std::string& where, std::vect
     const std::string waiting = m.value("waiting", 0) ? " (" + std::to_string(m.value("waiting", 0)) + " waiting)" : "";
     if (m.value("loading", false)) health = "loading" + waiting;
     else if (m.contains("replaced")) health = "replaced, reloads when idle" + waiting;  // a repack's old copy
+    else if (m.value("draining", false)) health = "draining, evicted when idle";  // for a request that waited for room
     rows->push_back({where, m.value("ref", "?"), FormatBytes(m.value("bytes", 0ull)), m.value("pinned", false) ? "yes" : "-",
                      std::to_string(m.value("in_flight", 0)), health, Ago(m), std::to_string(m.value("loads", 0)),
                      std::to_string(m.value("evictions", 0)), std::to_string(m.value("hits", 0)),
@@ -370,6 +372,9 @@ void PrintPool(const nlohmann::json& j) {
                 "%llu waiting now\n",
                 t.value("room_waits", 0ull), t.value("room_waits", 0ull) == 1 ? "" : "s",
                 t.value("room_wait_timeouts", 0ull), t.value("waiting_for_room", 0ull));
+  if (t.value("room_drains", 0ull) > 0)
+    std::printf("%llu model%s in flight drained for requests still waiting halfway through [pool] room_wait\n",
+                t.value("room_drains", 0ull), t.value("room_drains", 0ull) == 1 ? " was" : "s were");
 }
 
 // Pins naming no version pin nothing: one warning line each (standard error).

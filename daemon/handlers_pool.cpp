@@ -333,12 +333,16 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       const bool failed_meanwhile =
           load_failed && (d->PoolFor(*recp)->LastLoadFailure(recp->id) >= t0 ||
                           (recp->is_adapter() && d->pool()->LastLoadFailure(recp->base_id) >= t0));
+      // (The pool says so itself when it saw the removal: kept as said.)
+      const bool said = c == Code::kNotFound && st.message().find(" was removed from the registry") != std::string::npos;
       const bool read_registry =
-          !recp->packed_dir.empty() &&
+          !said && !recp->packed_dir.empty() &&
           (failed_meanwhile || ((load_failed || c == Code::kUnhealthy) && !FileExists(recp->packed_dir)));
-      auto answer = [d, r, recp, finish, read_registry, st]() mutable {
+      auto answer = [d, r, recp, finish, read_registry, failed_meanwhile, st]() mutable {
+        // (A request that waited for room, or met a backoff's replay, waited for no load.)
         if (read_registry && d->RefreshRegistry(false).ok() && !d->snapshot()->ById(recp->id))
-          st = NotFound(recp->ref() + " was removed from the registry while this request waited for its load");
+          st = NotFound(recp->ref() + " was removed from the registry" +
+                        (failed_meanwhile ? " while this request waited for its load" : ""));
         finish(st, false);
         r.Fail(st);
       };
@@ -389,11 +393,14 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                       char took[32];  // (0.5 ms said as 0 ms once)
                       std::snprintf(took, sizeof took, "%g ms", static_cast<double>(deadline - t0) / 1e6);
                       const bool no_room = d->pool()->WaitingForRoom(base) || pool->WaitingForRoom(id);
+                      const bool drained = no_room && (d->pool()->Draining(base) || pool->Draining(id));
                       Status st(Code::kDeadlineExceeded,
                                 "dropped at its deadline (" + std::string(took) + ") while " + ref +
-                                    (no_room ? " waited for room on a device (every model that could make room "
-                                               "was in use: mms pool)"
-                                             : " was still loading") +
+                                    (drained ? " was being evicted for a request that had waited longer for room "
+                                               "(it loads again once room frees)"
+                                     : no_room ? " waited for room on a device (every model that could make room "
+                                                 "was in use: mms pool)"
+                                               : " was still loading") +
                                     "; retry, or give a longer --deadline-ms");
                       c->finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
                       c->respond.Fail(st);

@@ -128,11 +128,15 @@ std::string Daemon::PrometheusText() {
            "Requests refused POOL_FULL after waiting [pool] room_wait for room (the pool is too small for the "
            "traffic), by pool.");
   w.Family("mms_pool_waiting_for_room", "gauge", "Requests waiting for room now, by pool.");
+  w.Family("mms_pool_room_drains_total", "counter",
+           "Models in flight drained (no new requests, evicted as the last ends) for a request still refused room "
+           "halfway through [pool] room_wait, by pool.");
   for (const auto& [name, p] : {std::pair<const char*, const nlohmann::json*>{"models", &pool}, {"adapters", &adapters}}) {
     const auto& totals = (*p)["totals"];
     w.Sample("mms_pool_room_waits_total", {{"pool", name}}, totals.value("room_waits", 0.0));
     w.Sample("mms_pool_room_wait_timeouts_total", {{"pool", name}}, totals.value("room_wait_timeouts", 0.0));
     w.Sample("mms_pool_waiting_for_room", {{"pool", name}}, totals.value("waiting_for_room", 0.0));
+    w.Sample("mms_pool_room_drains_total", {{"pool", name}}, totals.value("room_drains", 0.0));
   }
   for (const nlohmann::json* p : {&pool, &adapters}) {
     for (const auto& d : (*p)["devices"])

@@ -44,6 +44,11 @@ struct ModelPool::RoomWait {
   int64_t since = 0;  // the clock's mono ns then
   bool refused = false;  // (mu_) a room check refused it (counted in room_waits_): not only queued behind others
   bool over = false;  // (mu_) room_wait_ns has passed: the next refusal is final
+  bool queued = false;   // (mu_) in room_waiters_ (not being retried, nor loading)
+  bool drained = false;  // (mu_) DrainForRoom has drained models for it (set on the room timer's thread only)
+  PoolKey key = 0;       // the model it waits for
+  bool parked = false;   // (mu_) it waits for its own model's drain: its hit or miss is not counted yet
+  bool timed = false;    // (mu_) room_wait runs for it (not while parked: a drain ends as its model's requests do)
 };
 
 struct ModelPool::Waiter {
@@ -86,6 +91,9 @@ struct ModelPool::Entry {
   std::optional<PoolItem> replaced;    // new files (Replaced) while a load ran: taken when it ends
   bool stale = false;                  // its copy in memory is of replaced files: dropped once no handle is out
   bool free_only_load = false;         // the load in progress may take only free room (Room::kFreeOnly)
+  // Draining for this request waiting for room (DrainForRoom): new requests
+  // wait, and its last one's end evicts it.
+  std::shared_ptr<RoomWait> drain_for;
   // health
   bool healthy = true;
   Status last_error;
@@ -198,7 +206,9 @@ void ModelPool::Acquire(const PoolItem& item, AcquireCallback cb, Room room, boo
 
 void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
   const Room room = w.free_only ? Room::kFreeOnly : Room::kEvict;
-  const bool counted = w.counted && !w.room_wait;  // a retry after waiting for room was counted as a miss
+  // (A retry after waiting for room was counted as a miss, unless it waited
+  // for its own model's drain.)
+  const bool counted = w.counted && (!w.room_wait || w.room_wait->parked);
   std::unique_lock lock(mu_);
   if (removed_.count(item.key)) {  // a request that read the registry before the version was removed
     lock.unlock();
@@ -211,6 +221,18 @@ void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
     e.stale = false;
   }
   if (e.tier == Tier::kDevice && !e.loading && !e.stale) {
+    if (e.drain_for) {
+      // Its room is promised to a request that has waited longer: this one
+      // waits its turn (served as a hit if the drain ends first), or, if it
+      // may not wait, is served now.
+      if (room == Room::kFreeOnly) {
+        lock.unlock();
+        w.cb(Status(Code::kPoolFull, e.item.ref + " is being evicted to make room for a request that has waited " +
+                                         "for room; it is not loaded for a shadow"));
+        return;
+      }
+      if (WaitForRoom(e, w, /*refused=*/false, /*parked=*/true)) return;
+    }
     e.hits += counted;
     hits_ += counted;
     devices_[static_cast<size_t>(e.device)]->policy->Touch(e.item.key);
@@ -323,17 +345,36 @@ bool ModelPool::PinsFill(const Entry& e) const {
   return true;
 }
 
-bool ModelPool::WaitForRoom(Entry& e, Waiter& w, bool refused) {
+bool ModelPool::WaitForRoom(Entry& e, Waiter& w, bool refused, bool parked) {
   if (room_stopping_ || w.free_only || e.forgotten) return false;  // (room_stopping_ also when no timer)
   if (w.Answered()) return false;  // answered at its deadline: nothing to wait for
-  if (w.room_wait && w.room_wait->over) return false;
+  // (Past room_wait only while models drain for it: their room frees as
+  // their requests in flight end, none joining them.)
+  if (w.room_wait && w.room_wait->over && !DrainsFor(*w.room_wait)) return false;
   if (PinsFill(e)) return false;
   if (!w.room_wait) {
     w.room_wait = std::make_shared<RoomWait>();
     w.room_wait->seq = ++room_seq_;
-    w.room_wait->since = opts_.clock->MonoNanos();
-    room_timer_->After(opts_.room_wait_ns, [this, rw = w.room_wait] { RoomWaitOver(rw); });
+    w.room_wait->parked = parked;
+    w.room_wait->key = e.item.key;
   }
+  if (!parked && !w.room_wait->timed) {
+    // room_wait runs from its first wait for room, not while it was parked:
+    // a drain ends as its model's requests in flight end, and a parked
+    // request served past its room_wait would join them, and keep it from
+    // ending for as long as others came.
+    w.room_wait->timed = true;
+    w.room_wait->since = opts_.clock->MonoNanos();
+    // (Held weakly: once the request is answered, its wait is gone.)
+    room_timer_->After(opts_.room_wait_ns, [this, weak = std::weak_ptr<RoomWait>(w.room_wait)] {
+      if (auto rw = weak.lock()) RoomWaitOver(rw);
+    });
+    room_timer_->After(opts_.room_wait_ns / 2, [this, weak = std::weak_ptr<RoomWait>(w.room_wait)] {
+      if (auto rw = weak.lock()) DrainForRoom(rw);
+    });
+  }
+  if (!parked) w.room_wait->parked = false;  // (refused room for its load: its miss was counted)
+  w.room_wait->queued = true;
   if (refused && !w.room_wait->refused) {
     w.room_wait->refused = true;
     room_waits_ += w.counted;
@@ -391,12 +432,21 @@ void ModelPool::RetryRoomWaiters() {
       r = std::move(*it);
       room_waiters_.erase(it);
       last = r.w.room_wait->seq;
+      r.w.room_wait->queued = false;
+      if (r.w.Answered()) EndDrains(*r.w.room_wait);
     }
     if (r.w.Answered()) {  // answered at its deadline: load nothing for it
       r.w.cb(AnsweredMeanwhile(r.item));
       continue;
     }
+    const std::shared_ptr<RoomWait> rw = r.w.room_wait;
     AcquireWaiter(r.item, std::move(r.w));
+    // It waits no more (served, loading, refused): nor do its drains. (Only
+    // DrainForRoom sets `drained`, on this thread: read here without mu_.)
+    if (rw->drained) {
+      std::lock_guard lock(mu_);
+      if (!rw->queued) EndDrains(*rw);
+    }
   }
 }
 
@@ -410,6 +460,7 @@ size_t ModelPool::AbandonRoomWaits(const Status& st) {
     std::lock_guard lock(mu_);
     room_stopping_ = true;  // no new waits: refused at once, while there is still someone to tell
     left.swap(room_waiters_);
+    for (auto& [k, e] : entries_) e->drain_for.reset();
   }
   size_t told = 0;
   for (auto& r : left) {
@@ -427,6 +478,10 @@ void ModelPool::DropAnsweredWaiters() {
                                       [](const RoomWaiter& r) { return !r.w.Answered(); });
     answered.assign(std::make_move_iterator(keep), std::make_move_iterator(room_waiters_.end()));
     room_waiters_.erase(keep, room_waiters_.end());
+    for (auto& r : answered) {
+      r.w.room_wait->queued = false;
+      EndDrains(*r.w.room_wait);
+    }
   }
   // What their callbacks hold (an adapter's request: its base model's handle) goes now.
   for (auto& r : answered) r.w.cb(AnsweredMeanwhile(r.item));
@@ -435,14 +490,127 @@ void ModelPool::DropAnsweredWaiters() {
 void ModelPool::RoomWaitOver(const std::shared_ptr<RoomWait>& rw) {
   std::unique_lock lock(mu_);
   rw->over = true;
+  // A drain begun for it is waited out: it ends in the eviction (its models
+  // take no new requests), and a drain cut short would have held their
+  // requests back for nothing. The retry that follows is final, as is a
+  // retry once the drain ends otherwise (EndDrains wakes it).
+  if (DrainsFor(*rw)) return;
   auto it = std::find_if(room_waiters_.begin(), room_waiters_.end(),
                          [&](const RoomWaiter& r) { return r.w.room_wait == rw; });
   if (it == room_waiters_.end()) return;  // being retried or waiting for a load: its next refusal is final
   RoomWaiter r = std::move(*it);
   room_waiters_.erase(it);
+  rw->queued = false;
   lock.unlock();
   if (r.w.Answered()) return r.w.cb(AnsweredMeanwhile(r.item));
   AcquireWaiter(r.item, std::move(r.w));  // served if the room freed just now, else refused
+}
+
+void ModelPool::DrainForRoom(const std::shared_ptr<RoomWait>& rw) {
+  std::lock_guard lock(mu_);
+  if (room_stopping_ || rw->over) return;
+  // Until its time is up, looked at again while nothing is to be drained
+  // for it now: it may be refused later (queued behind a retry, parked, in
+  // a load refused at placement), or the room may be drained for another.
+  auto again = [&] {
+    room_timer_->After(std::max<int64_t>(opts_.room_wait_ns / 8, 1'000'000), [this, weak = std::weak_ptr<RoomWait>(rw)] {
+      if (auto rw = weak.lock()) DrainForRoom(rw);
+    });
+  };
+  auto it = std::find_if(room_waiters_.begin(), room_waiters_.end(),
+                         [&](const RoomWaiter& r) { return r.w.room_wait == rw; });
+  if (it != room_waiters_.end() && it->w.Answered()) return;
+  auto found = entries_.find(rw->key);
+  if (found == entries_.end() || found->second->forgotten) return;
+  Entry& e = *found->second;
+  // Only a request refused room, waiting now (not being retried, nor in a
+  // load), for a model not on a device; once per drain, and one drain per
+  // model (a burst of requests for it needs its room once).
+  const bool draining = std::any_of(entries_.begin(), entries_.end(), [&](const auto& o) {
+    return o.second->drain_for && (o.second->drain_for == rw || o.second->drain_for->key == rw->key);
+  });
+  if (it == room_waiters_.end() || !rw->refused || e.tier == Tier::kDevice || e.loading || draining) return again();
+  // (Host room, when that is what it lacks, is not drained for: host copies
+  // in use are those of models on a device, which this makes room among.)
+  if (e.tier == Tier::kDisk && !HostRoom(e.bytes, e.item.key, false).ok()) return again();
+  std::vector<Cand> cands;
+  if (DeviceRoom(e, &cands, false).ok()) {  // room now: the retry takes it
+    WakeRoomWaiters();
+    return again();
+  }
+  // Per device: the room it has for `e` now (free and idle models' room,
+  // less other loads' claims) and its models in flight in the policy's
+  // order (never pinned, loading, replaced, held only by a standing hold —
+  // the refusal asks the holder to let go — or draining for another). The
+  // victims: the first of them that alone makes the room, else the fewest
+  // in that order that do (on a copying device: as one range, as
+  // placement needs it). Drained: the device that needs the fewest.
+  const uint64_t need = DeviceNeed(e);
+  std::optional<std::pair<size_t, std::vector<const Entry*>>> best;
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    const DeviceSlot& d = *devices_[i];
+    uint64_t room = d.dev->budget() - std::min(d.dev->budget(), d.used), claimed = 0;
+    for (const auto& [k, o] : entries_) {
+      if (o->claim_device == static_cast<int>(i) && o.get() != &e) claimed += o->claim;
+      if (o->block && o->device == static_cast<int>(i) && Evictable(*o)) room += o->device_reserved;
+    }
+    room -= std::min(room, claimed);
+    std::vector<const Entry*> order;
+    while (true) {
+      auto v = d.policy->Victim([&](PoolKey k) {
+        auto o = entries_.find(k);
+        if (o == entries_.end()) return false;
+        const Entry& c = *o->second;
+        return c.tier == Tier::kDevice && c.device == static_cast<int>(i) && c.refs > 0 && !c.pinned && !c.loading &&
+               !c.stale && !c.drain_for && !OnlyHeld(c) && std::find(order.begin(), order.end(), &c) == order.end();
+      });
+      if (!v) break;
+      order.push_back(entries_.at(*v).get());
+    }
+    auto fits = [&](const std::vector<const Entry*>& victims) {
+      uint64_t bytes = room;
+      for (const Entry* v : victims) bytes += v->device_reserved;
+      return bytes >= need && (d.dev->zero_copy() || OneRangeAfterEviction(i, e, need, victims));
+    };
+    std::vector<const Entry*> victims;
+    for (const Entry* c : order)
+      if (fits({c})) {
+        victims = {c};
+        break;
+      }
+    for (size_t n = 1; victims.empty() && n <= order.size(); ++n)
+      if (fits({order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n)}))
+        victims.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n));
+    if (!victims.empty() && (!best || victims.size() < best->second.size())) best = std::make_pair(i, std::move(victims));
+  }
+  if (!best) return again();  // loads, pins, holds or other drains hold the room: it waits on
+  rw->drained = true;
+  const int64_t waited = opts_.clock->MonoNanos() - rw->since;
+  for (const Entry* c : best->second) {
+    Entry& v = *entries_.at(c->item.key);
+    v.drain_for = rw;
+    ++room_drains_;
+    LogInfo("drain", {{"model", v.item.ref}, {"device", devices_[best->first]->dev->name()},
+                      {"for", e.item.ref}, {"in_flight", v.refs - Holds(v)},
+                      {"waited_ms", static_cast<double>(waited) / 1e6}});
+  }
+  again();  // (should another waiter take the room, it may drain again)
+}
+
+bool ModelPool::DrainsFor(const RoomWait& rw) const {
+  return rw.drained && std::any_of(entries_.begin(), entries_.end(),
+                                   [&](const auto& o) { return o.second->drain_for.get() == &rw; });
+}
+
+void ModelPool::EndDrains(const RoomWait& rw) {
+  if (!rw.drained) return;
+  bool ended = false;
+  for (auto& [k, e] : entries_)
+    if (e->drain_for.get() == &rw) {
+      e->drain_for.reset();
+      ended = true;
+    }
+  if (ended) WakeRoomWaiters();  // those parked on them are served (and `rw`, past room_wait, refused)
 }
 
 void ModelPool::StopRoomWaits() {
@@ -457,6 +625,12 @@ void ModelPool::StopRoomWaits() {
 bool ModelPool::WaitingForRoom(PoolKey key) const {
   std::lock_guard lock(mu_);
   return std::any_of(room_waiters_.begin(), room_waiters_.end(), [&](const RoomWaiter& r) { return r.item.key == key; });
+}
+
+bool ModelPool::Draining(PoolKey key) const {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(key);
+  return it != entries_.end() && it->second->drain_for;
 }
 
 Result<HandlePtr> ModelPool::AcquireSync(const PoolItem& item, int64_t timeout_ns, Room room) {
@@ -627,11 +801,13 @@ void ModelPool::DemoteFromDevice(Entry& e) {
   }
 }
 
-std::string ModelPool::Holders(const DeviceSlot& d) const {
+std::string ModelPool::Holders(size_t index, const Entry& for_entry) const {
   std::vector<std::pair<uint64_t, std::string>> holders;
   for (const auto& [k, e] : entries_) {
-    if (!e->block || devices_[static_cast<size_t>(e->device)].get() != &d) continue;
-    if (Evictable(*e)) continue;
+    // Loads not placed yet hold the room their check claimed.
+    if (!e->block && e->claim_device == static_cast<int>(index) && e.get() != &for_entry)
+      holders.emplace_back(e->claim, e->item.ref + " (" + FormatBytes(e->claim) + ", loading)");
+    if (!e->block || e->device != static_cast<int>(index) || Evictable(*e)) continue;
     holders.emplace_back(e->device_reserved,
                          e->item.ref + " (" + FormatBytes(e->device_reserved) + ", " + Why(*e) + ")");
   }
@@ -682,7 +858,8 @@ uint64_t ModelPool::DeviceNeed(const Entry& e) {
          DeviceArena::kAlignment;
 }
 
-bool ModelPool::OneRangeAfterEviction(size_t index, const Entry& e, uint64_t need) const {
+bool ModelPool::OneRangeAfterEviction(size_t index, const Entry& e, uint64_t need,
+                                      const std::vector<const Entry*>& also_freed) const {
   // As PlaceOnDevice would make it: every evictable model evicted, the idle
   // pinned ones moved down (Compact), models in flight, held or loading
   // where they are; then the other loads' claims, and this block.
@@ -693,7 +870,8 @@ bool ModelPool::OneRangeAfterEviction(size_t index, const Entry& e, uint64_t nee
     if (o->claim_device == static_cast<int>(index) && o.get() != &e) claimed.push_back(o->claim);
     if (!o->block || o->device != static_cast<int>(index)) continue;
     const std::pair<uint64_t, uint64_t> block{arena.OffsetOf(*o->block), o->device_reserved};
-    if (Evictable(*o)) freed.push_back(block);
+    if (Evictable(*o) || std::find(also_freed.begin(), also_freed.end(), o.get()) != also_freed.end())
+      freed.push_back(block);
     else if (o->refs == 0 && !o->loading && o->model && o->host) movable.push_back(block);  // pinned, idle
   }
   std::sort(movable.begin(), movable.end());
@@ -738,12 +916,16 @@ Status ModelPool::DeviceFull(const Entry& e) const {
   std::string detail;
   bool pinned = false, ending = false;  // what holds it: pins, or what ends (requests, loads, holds)
   for (const auto& [k, o] : entries_)
-    if (o->block && !Evictable(*o)) (o->pinned ? pinned : ending) = true;
-  for (const auto& d : devices_) {
-    detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used) + " of " +
-              FormatBytes(d->dev->budget()) + " held by " + Holders(*d);
+    if ((o->block && !Evictable(*o)) || (o->claim_device >= 0 && o.get() != &e)) (o->pinned ? pinned : ending) = true;
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    const DeviceSlot* d = devices_[i].get();
+    uint64_t claimed = 0;  // by loads not placed yet
+    for (const auto& [k, o] : entries_)
+      if (!o->block && o->claim_device == static_cast<int>(i) && o.get() != &e) claimed += o->claim;
+    detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used + claimed) + " of " +
+              FormatBytes(d->dev->budget()) + " held by " + Holders(i, e);
     // Room enough in bytes, but between models that could not be moved.
-    if (!d->dev->zero_copy() && d->used + DeviceNeed(e) <= d->dev->budget())
+    if (!d->dev->zero_copy() && d->used + claimed + DeviceNeed(e) <= d->dev->budget())
       detail += " (its free " + FormatBytes(d->dev->budget() - d->used) + " is in " +
                 std::to_string(d->dev->arena().free_ranges()) + " pieces, the largest " +
                 FormatBytes(d->dev->arena().largest_free()) +
@@ -766,8 +948,14 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
   });
   for (const Cand& c : cands) {
     DeviceSlot& d = *devices_[static_cast<size_t>(c.index)];
+    // Room other loads claimed stays theirs: this one evicts instead, as
+    // the check assumed (a drained model's returning requests took the room
+    // claimed for the request it was drained for, placed first from the host tier).
+    uint64_t claimed = 0;
+    for (const auto& [k, o] : entries_)
+      if (!o->block && o->claim_device == c.index && o.get() != &e) claimed += o->claim;
     while (true) {
-      if (d.used + need <= d.dev->budget()) {
+      if (d.used + claimed + need <= d.dev->budget()) {
         auto block = d.dev->zero_copy() ? e.host : d.dev->arena().Allocate(need);
         // Room enough, but in pieces: move idle models together rather than
         // evict one that was not in the way (a helper saw an innocent model
@@ -1060,6 +1248,12 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
     if (h != e.held.end() && --h->second <= 0) e.held.erase(h);
   }
   if (counted) e.last_use = opts_.clock->MonoNanos();
+  if (e.drain_for && e.refs == 0) {  // drained: its room goes to the request it was drained for (woken below)
+    e.drain_for.reset();
+    // (A standing hold let go last evicts it itself: a shadow yields one
+    // tier; demoted here too, its host copy would go as well.)
+    if (e.tier == Tier::kDevice && !e.loading && holder.empty()) DemoteFromDevice(e);
+  }
   if (e.stale && e.refs == 0 && !e.loading) {  // the replaced copy is let go: load the new files for those waiting
     DropHost(e);
     e.stale = false;
@@ -1086,6 +1280,10 @@ void ModelPool::Pin(const PoolItem& item) {
     if (removed_.count(item.key)) return;
     Entry& e = EntryFor(item);
     e.pinned = true;
+    if (e.drain_for) {  // a pinned model stays: those parked on it are served
+      e.drain_for.reset();
+      WakeRoomWaiters();
+    }
     if ((e.tier == Tier::kDevice && !e.loading) || e.pin_preloading) return;
     e.pin_preloading = true;  // (every registry poll calls Pin again: one waiter, not one per poll)
   }
@@ -1231,6 +1429,7 @@ nlohmann::json ModelPool::EntryJson(const Entry& e, int64_t now) const {
                    {"misses", e.misses},
                    {"load_ms", static_cast<double>(e.last_load_ns) / 1e6}};
   if (e.pinned && e.tier != Tier::kDevice && !e.pin_error.empty()) j["pin_error"] = e.pin_error;
+  if (e.drain_for) j["draining"] = true;
   if (e.stale) j["replaced"] = "its files were repacked: this copy goes once the requests on it end, then the new files load";
   if (!e.held.empty()) {
     j["held_by"] = nlohmann::json::array();
@@ -1280,7 +1479,7 @@ nlohmann::json ModelPool::Snapshot() const {
           {"disk", {{"models", disk}}},
           {"totals", {{"hits", hits_}, {"misses", misses_}, {"loads", loads_}, {"evictions", evictions_},
                       {"failures", failures_}, {"room_waits", room_waits_},
-                      {"room_wait_timeouts", room_wait_timeouts_}, {"waiting_for_room", std::count_if(room_waiters_.begin(), room_waiters_.end(),
+                      {"room_wait_timeouts", room_wait_timeouts_}, {"room_drains", room_drains_}, {"waiting_for_room", std::count_if(room_waiters_.begin(), room_waiters_.end(),
                                                         [](const RoomWaiter& r) { return !r.w.Answered(); })},
                       {"hit_rate", hits_ + misses_ ? static_cast<double>(hits_) / static_cast<double>(hits_ + misses_) : 0.0}}}};
 }

@@ -156,6 +156,8 @@ class ModelPool {
   Result<HandlePtr> AcquireSync(const PoolItem& item, int64_t timeout_ns = 600'000'000'000, Room room = Room::kEvict);
   // Whether a request for `key` waits for room now (for an error's wording).
   bool WaitingForRoom(PoolKey key) const;
+  // Whether `key` is draining now (DrainForRoom; for an error's wording).
+  bool Draining(PoolKey key) const;
   // Answers the requests waiting for room now with `st` (a shutdown whose
   // grace has passed: they never ran); how many.
   size_t AbandonRoomWaits(const Status& st);
@@ -244,16 +246,34 @@ class ModelPool {
   // mu_ held, after a room check refused `w` POOL_FULL for `e`: queues it to
   // wait for room and returns true; false when it may not wait (room_wait_ns
   // 0, a free-only or answered waiter, `e` removed, pins fill the room, its
-  // time is up, shutting down).
+  // time is up and no drain for it goes on, shutting down). Its room_wait
+  // runs from the first call without `parked`.
   // `refused`: a room check refused it (counted), not only queued behind
   // waiters whose retry is due.
-  bool WaitForRoom(Entry& e, Waiter& w, bool refused = true);
+  // `parked`: it waits for `e` itself, which is being drained (its hit or
+  // miss is counted when it is served).
+  bool WaitForRoom(Entry& e, Waiter& w, bool refused = true, bool parked = false);
   // mu_ held: `st` for a waiter refused for good; says how long it waited.
   Status Refused(Status st, const Waiter& w);
   // mu_ held: has the waiting requests retried (on the timer thread), as room may have freed.
   void WakeRoomWaiters();
   void RetryRoomWaiters();                                 // the timer thread: WakeRoomWaiters' retry
   void RoomWaitOver(const std::shared_ptr<RoomWait>& rw);  // the timer thread: its time is up
+  // The timer thread, halfway through `rw`'s room_wait and every eighth of
+  // it after that until it ends: when it is still refused device room and
+  // models in flight hold that room (their requests overlap, so none is
+  // ever idle when a retry runs), marks as draining the policy's victims
+  // among them on one device, as few as make the room. A
+  // draining model takes no new requests (they wait, parked — see
+  // WaitForRoom — for as long as the drain lasts) and is evicted as its last
+  // request ends, for `rw` to take the room, which `rw` waits for past its
+  // room_wait if need be; the drain ends without an eviction once `rw` stops
+  // waiting (served from other room, answered) or the model is pinned.
+  void DrainForRoom(const std::shared_ptr<RoomWait>& rw);
+  // mu_ held: whether models drain for `rw` now.
+  bool DrainsFor(const RoomWait& rw) const;
+  // mu_ held: ends the drains begun for `rw` (its parked requests are retried).
+  void EndDrains(const RoomWait& rw);
   // Ends room waits (StopLoads): those waiting are answered CANCELLED. Idempotent.
   void StopRoomWaits();
   void StartLoad(Entry& e);                          // mu_ held
@@ -276,7 +296,9 @@ class ModelPool {
   // compacting idle pinned models (as PlaceOnDevice does) would leave one
   // range of `need` bytes for `e` beside the other loads' claims: bytes
   // alone can be in pieces between models in flight.
-  bool OneRangeAfterEviction(size_t index, const Entry& e, uint64_t need) const;
+  // `also_freed`: models counted as evicted too (a drain's victims).
+  bool OneRangeAfterEviction(size_t index, const Entry& e, uint64_t need,
+                             const std::vector<const Entry*>& also_freed = {}) const;
   Status DeviceFull(const Entry& e) const;           // mu_ held: the POOL_FULL for no device
   static uint64_t DeviceNeed(const Entry& e);        // its whole arena blocks
   Status NeverFits(const Entry& e) const;            // mu_ held: FAILED_PRECONDITION when bigger than a whole budget
@@ -300,7 +322,9 @@ class ModelPool {
   // mu_ held: ends a load, hands out handles or the error; returns the
   // waiters' callbacks, to run after mu_ is released.
   std::vector<std::function<void()>> Finish(Entry& e, const Status& st, bool loaded);
-  std::string Holders(const DeviceSlot& d) const;     // mu_ held
+  // mu_ held: what holds device `index`'s room that `for_entry` was refused:
+  // models that may not be evicted now, and other loads' claims.
+  std::string Holders(size_t index, const Entry& for_entry) const;
   bool Evictable(const Entry& e) const;               // mu_ held
   nlohmann::json EntryJson(const Entry& e, int64_t now) const;  // mu_ held
   const char* TierName(Tier t) const;
@@ -324,6 +348,7 @@ class ModelPool {
   mutable std::atomic<uint64_t> hold_refusals_{0};  // counted by the const room checks under mu_
   std::vector<RoomWaiter> room_waiters_;             // guarded by mu_; in the order they began to wait (seq)
   uint64_t room_waits_ = 0, room_wait_timeouts_ = 0, room_seq_ = 0;  // guarded by mu_
+  uint64_t room_drains_ = 0;                          // guarded by mu_: models drained (DrainForRoom)
   bool room_stopping_ = false;                        // guarded by mu_: StopLoads began (or no room_wait); no waits
   bool room_wake_pending_ = false;                    // guarded by mu_: a RetryRoomWaiters is queued
   bool room_retrying_ = false;                        // guarded by mu_: a RetryRoomWaiters runs

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -837,6 +838,44 @@ TEST_CASE("a request whose room requests in flight hold waits for one to end, th
   CHECK(metrics.find("mms_pool_room_waits_total{pool=\"adapters\"} 0") != std::string::npos);
 }
 
+TEST_CASE("models kept busy by overlapping requests are drained for a cold request: it is served, and so are theirs") {
+  // Each of s:1 and s:2 always had a request in flight (two clients each,
+  // back to back), so neither was ever idle when the waiting request was
+  // retried: it failed POOL_FULL when room_wait passed.
+  Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\nroom_wait = \"4s\"\n");
+  REQUIRE(d.ok());
+  SetupFullDevice(d);
+  const std::string input = LongSlowInput(d);
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<ProcResult> failed;
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i)
+    clients.emplace_back([&, i] {
+      while (!stop.load()) {
+        ProcResult r = d.Mms({"predict", "s:" + std::to_string(1 + i % 2), "--input", input}, 120);
+        if (r.exit_code != 0) {
+          std::lock_guard lock(mu);
+          failed.push_back(r);
+        }
+      }
+    });
+  REQUIRE(WaitFor([&] {
+    json pool = Pool(d);
+    return FindModel(pool, "s:1").value("in_flight", 0) >= 1 && FindModel(pool, "s:2").value("in_flight", 0) >= 1;
+  }, 60));
+  auto r = d.Mms({"--json", "predict", "s:5", "--input", Data("slow_input.json")}, 120);
+  stop = true;
+  for (auto& t : clients) t.join();
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  for (const auto& f : failed) CHECK_MESSAGE(f.exit_code == 0, f.err);
+  json totals = Pool(d)["totals"];
+  CHECK(totals["room_drains"] >= 1);
+  CHECK(totals["room_wait_timeouts"] == 0);
+  CHECK(d.Mms({"pool"}).out.find("in flight drained for requests still waiting halfway through [pool] room_wait") !=
+        std::string::npos);
+}
+
 TEST_CASE("SIGTERM past shutdown_grace answers a request still waiting for room: not run, safe to send again") {
   // Its answer came only after the server stopped: a dropped connection.
   Daemon d("[daemon]\nshutdown_grace = \"1s\"\n[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\n"
@@ -864,18 +903,33 @@ TEST_CASE("SIGTERM past shutdown_grace answers a request still waiting for room:
 }
 
 TEST_CASE("when room_wait passes with the room still held, POOL_FULL (exit 5) names the holders and the wait") {
+  // Held by pins and by loads (their reads blocked): neither is drained.
   Daemon d("[pool]\ndevices = [\"cpu\"]\ndevice_budget = \"1MiB\"\nroom_wait = \"300ms\"\n");
   REQUIRE(d.ok());
   SetupFullDevice(d);
-  TwoInFlight busy(d, LongSlowInput(d));
+  mms::testing::BlockedFile w1(mms::testing::PackedWeights(d.data_dir(), "s", "1"));
+  mms::testing::BlockedFile w2(mms::testing::PackedWeights(d.data_dir(), "s", "2"));
+  REQUIRE(w1.ok());
+  REQUIRE(w2.ok());
+  std::vector<std::thread> loading;
+  for (const char* ref : {"s:1", "s:2"})
+    loading.emplace_back([&d, ref] { (void)d.Mms({"predict", ref, "--input", Data("slow_input.json")}, 120); });
+  REQUIRE(WaitFor([&] {
+    json pool = Pool(d);
+    return FindModel(pool, "s:1").value("loading", false) && FindModel(pool, "s:2").value("loading", false);
+  }, 60));
   auto r = d.Mms({"predict", "s:5", "--input", Data("slow_input.json")}, 120);
   CHECK(r.exit_code == 5);
   CHECK_MESSAGE(r.err.find("no device can take s:5") != std::string::npos, r.err);
   CHECK(r.err.find("pinned") != std::string::npos);
-  CHECK(r.err.find("1 request in flight") != std::string::npos);
+  CHECK(r.err.find(", loading)") != std::string::npos);  // the loads' claimed room, named
+  CHECK(r.err.find("fragmented") == std::string::npos);
   CHECK(r.err.find("(this request waited ") != std::string::npos);
   CHECK(r.err.find(" for that room; [pool] room_wait is 300.0 ms)") != std::string::npos);
   CHECK(r.err.find("unpin a model") != std::string::npos);  // two pins hold the rest
-  busy.Join();  // the others were served meanwhile
+  w1.Release();
+  w2.Release();
+  for (auto& t : loading) t.join();
   CHECK(Pool(d)["totals"]["room_wait_timeouts"] == 1);
+  CHECK(Pool(d)["totals"]["room_drains"] == 0);
 }

@@ -410,10 +410,10 @@ TEST_CASE("deadlines: a request waiting for a load is answered at its deadline, 
   CHECK(PredictExit(d, "warm", {"--deadline-ms", "5000"}) == 0);  // others serve on
   // Without --deadline-ms, --timeout is the deadline (a little less, so that
   // the daemon's answer comes first and says why): exit 5, not "unreachable".
-  // (5 s: the daemon answers 250 ms before the CLI would give up, room enough on a busy machine.)
+  // (5 s: the daemon answers 500 ms before the CLI would give up, room enough on a busy machine.)
   auto late = d.Mms({"--timeout", "5", "predict", "cold", "--input", Data("tiny_input.json")});
   CHECK(late.exit_code == 5);
-  CHECK_MESSAGE(late.err.find("dropped at its deadline (4750 ms) while cold:1 was still loading; retry, or give a "
+  CHECK_MESSAGE(late.err.find("dropped at its deadline (4500 ms) while cold:1 was still loading; retry, or give a "
                               "longer --timeout (the deadline was --timeout's, 5.0 s)") != std::string::npos,
                 late.err);
   // Counted as the version's errors, like every refusal.
