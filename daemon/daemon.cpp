@@ -142,8 +142,9 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions opts) {
     // One tier (device to host): the room a refused request most often
     // needs, and the candidate may also serve (an experiment arm, a pinned
     // ref); host copies the request can evict by policy itself. Refused
-    // (pinned, in flight) is fine.
-    (void)me->PoolFor(*v)->Evict(v->id);
+    // (pinned, in flight) is fine, and so is finding it on the host tier
+    // already (a drain demoted it as the shadow let go).
+    (void)me->PoolFor(*v)->Evict(v->id, /*device_only=*/true);
   };
   sho.clock = d->opts_.clock;
   sho.on_worker_start = UseOneIntraOpThreadOnThisThread;

@@ -49,6 +49,10 @@ struct ModelPool::RoomWait {
   PoolKey key = 0;       // the model it waits for
   bool parked = false;   // (mu_) it waits for its own model's drain: its hit or miss is not counted yet
   bool timed = false;    // (mu_) room_wait runs for it (not while parked: a drain ends as its model's requests do)
+  // (mu_) Its drain's device, and the room there beyond its victims' that
+  // it counts on (other drains leave that be).
+  int drain_device = -1;
+  uint64_t drain_relies = 0;
 };
 
 struct ModelPool::Waiter {
@@ -316,9 +320,16 @@ bool ModelPool::HasFreeRoom(const Entry& e) const {
 
 bool ModelPool::HasFreeDeviceRoom(const Entry& e) const {
   const uint64_t need = DeviceNeed(e);
-  for (const auto& d : devices_)
-    if (d->used + need <= d->dev->budget()) return true;
+  for (size_t i = 0; i < devices_.size(); ++i)
+    if (devices_[i]->used + Claimed(i, e) + need <= devices_[i]->dev->budget()) return true;
   return false;
+}
+
+uint64_t ModelPool::Claimed(size_t index, const Entry& e) const {
+  uint64_t claimed = 0;
+  for (const auto& [k, o] : entries_)
+    if (!o->block && o->claim_device == static_cast<int>(index) && o.get() != &e) claimed += o->claim;
+  return claimed;
 }
 
 Status ModelPool::NoFreeRoom(const Entry& e) const {
@@ -549,23 +560,29 @@ void ModelPool::DrainForRoom(const std::shared_ptr<RoomWait>& rw) {
   std::optional<std::pair<size_t, std::vector<const Entry*>>> best;
   for (size_t i = 0; i < devices_.size(); ++i) {
     const DeviceSlot& d = *devices_[i];
-    uint64_t room = d.dev->budget() - std::min(d.dev->budget(), d.used), claimed = 0;
+    uint64_t room = d.dev->budget() - std::min(d.dev->budget(), d.used);
+    uint64_t taken = Claimed(i, e);        // by loads, and by other drains beyond their victims
+    std::unordered_set<const RoomWait*> others;
     for (const auto& [k, o] : entries_) {
-      if (o->claim_device == static_cast<int>(i) && o.get() != &e) claimed += o->claim;
       if (o->block && o->device == static_cast<int>(i) && Evictable(*o)) room += o->device_reserved;
+      if (o->drain_for && o->drain_for != rw && o->drain_for->drain_device == static_cast<int>(i) &&
+          others.insert(o->drain_for.get()).second)
+        taken += o->drain_for->drain_relies;
     }
-    room -= std::min(room, claimed);
+    room -= std::min(room, taken);
     std::vector<const Entry*> order;
+    std::unordered_set<PoolKey> ordered;
     while (true) {
       auto v = d.policy->Victim([&](PoolKey k) {
         auto o = entries_.find(k);
         if (o == entries_.end()) return false;
         const Entry& c = *o->second;
         return c.tier == Tier::kDevice && c.device == static_cast<int>(i) && c.refs > 0 && !c.pinned && !c.loading &&
-               !c.stale && !c.drain_for && !OnlyHeld(c) && std::find(order.begin(), order.end(), &c) == order.end();
+               !c.stale && !c.drain_for && !OnlyHeld(c) && !ordered.count(k);
       });
       if (!v) break;
       order.push_back(entries_.at(*v).get());
+      ordered.insert(*v);
     }
     auto fits = [&](const std::vector<const Entry*>& victims) {
       uint64_t bytes = room;
@@ -585,6 +602,10 @@ void ModelPool::DrainForRoom(const std::shared_ptr<RoomWait>& rw) {
   }
   if (!best) return again();  // loads, pins, holds or other drains hold the room: it waits on
   rw->drained = true;
+  rw->drain_device = static_cast<int>(best->first);
+  uint64_t freed = 0;
+  for (const Entry* c : best->second) freed += c->device_reserved;
+  rw->drain_relies = need - std::min(need, freed);
   const int64_t waited = opts_.clock->MonoNanos() - rw->since;
   for (const Entry* c : best->second) {
     Entry& v = *entries_.at(c->item.key);
@@ -919,9 +940,7 @@ Status ModelPool::DeviceFull(const Entry& e) const {
     if ((o->block && !Evictable(*o)) || (o->claim_device >= 0 && o.get() != &e)) (o->pinned ? pinned : ending) = true;
   for (size_t i = 0; i < devices_.size(); ++i) {
     const DeviceSlot* d = devices_[i].get();
-    uint64_t claimed = 0;  // by loads not placed yet
-    for (const auto& [k, o] : entries_)
-      if (!o->block && o->claim_device == static_cast<int>(i) && o.get() != &e) claimed += o->claim;
+    const uint64_t claimed = Claimed(i, e);  // by loads not placed yet
     detail += (detail.empty() ? "" : "; ") + d->dev->name() + " " + FormatBytes(d->used + claimed) + " of " +
               FormatBytes(d->dev->budget()) + " held by " + Holders(i, e);
     // Room enough in bytes, but between models that could not be moved.
@@ -951,9 +970,7 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
     // Room other loads claimed stays theirs: this one evicts instead, as
     // the check assumed (a drained model's returning requests took the room
     // claimed for the request it was drained for, placed first from the host tier).
-    uint64_t claimed = 0;
-    for (const auto& [k, o] : entries_)
-      if (!o->block && o->claim_device == c.index && o.get() != &e) claimed += o->claim;
+    const uint64_t claimed = Claimed(static_cast<size_t>(c.index), e);
     while (true) {
       if (d.used + claimed + need <= d.dev->budget()) {
         auto block = d.dev->zero_copy() ? e.host : d.dev->arena().Allocate(need);
@@ -971,6 +988,7 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
           return c.index;
         }
       }
+      if (e.free_only_load) break;  // (a shadow's: only free room, never an eviction)
       auto victim = d.policy->Victim([&](PoolKey k) {
         auto it = entries_.find(k);
         return it != entries_.end() && it->second->tier == Tier::kDevice && it->second->device == c.index &&
@@ -1175,6 +1193,11 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
   if (st.ok()) {
     e.healthy = true;
     e.failures = 0;
+    // Requests waiting for room for this very model (loaded by another
+    // way: mms load, a pin) are served now, and their drains end.
+    if (std::any_of(room_waiters_.begin(), room_waiters_.end(),
+                    [&](const RoomWaiter& r) { return r.item.key == e.item.key; }))
+      WakeRoomWaiters();
     for (auto& w : waiters) {
       HandlePtr h = NewHandle(e, loaded, w.counted);
       out.push_back([cb = std::move(w.cb), h = std::move(h)]() mutable { cb(std::move(h)); });
@@ -1248,11 +1271,10 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
     if (h != e.held.end() && --h->second <= 0) e.held.erase(h);
   }
   if (counted) e.last_use = opts_.clock->MonoNanos();
-  if (e.drain_for && e.refs == 0) {  // drained: its room goes to the request it was drained for (woken below)
+  const bool drained = e.drain_for && e.refs == 0;
+  if (drained) {  // its room goes to the request it was drained for (woken below, whatever comes next)
     e.drain_for.reset();
-    // (A standing hold let go last evicts it itself: a shadow yields one
-    // tier; demoted here too, its host copy would go as well.)
-    if (e.tier == Tier::kDevice && !e.loading && holder.empty()) DemoteFromDevice(e);
+    if (e.tier == Tier::kDevice && !e.loading) DemoteFromDevice(e);
   }
   if (e.stale && e.refs == 0 && !e.loading) {  // the replaced copy is let go: load the new files for those waiting
     DropHost(e);
@@ -1268,7 +1290,7 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
   }
   // Evictable now, or held only by a standing hold, which a waiter's
   // refusal asks to let go (hold_refusals_).
-  if ((e.refs == 0 || OnlyHeld(e)) && !e.loading && !e.pinned) WakeRoomWaiters();
+  if (drained || ((e.refs == 0 || OnlyHeld(e)) && !e.loading && !e.pinned)) WakeRoomWaiters();
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
   lock.unlock();
   for (auto& w : removed) Post([cb = std::move(w.cb), ref] { cb(NotFound(ref + " was removed from the registry")); });
@@ -1323,13 +1345,14 @@ void ModelPool::Unpin(PoolKey key) {
   }
 }
 
-Result<std::string> ModelPool::Evict(PoolKey key) {
+Result<std::string> ModelPool::Evict(PoolKey key, bool device_only) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(key);
   if (it != entries_.end() && it->second->loading)  // (a first load is still on disk)
     return InUse(it->second->item.ref + " is loading; try again when it is done");
   if (it == entries_.end() || it->second->tier == Tier::kDisk)
     return FailedPrecondition("not loaded: nothing to evict");
+  if (device_only && it->second->tier != Tier::kDevice) return FailedPrecondition("not on a device");
   Entry& e = *it->second;
   if (e.pinned) return InUse(e.item.ref + " is pinned; unpin it first (mms unpin " + e.item.ref + ")");
   if (e.tier == Tier::kDevice) {

@@ -176,8 +176,10 @@ class ModelPool {
   bool IsPinned(PoolKey key) const;
   void Unpin(PoolKey key);
   // Demotes one tier (device → host → disk). IN_USE when pinned, in flight
-  // or still loading; FAILED_PRECONDITION when not loaded.
-  Result<std::string> Evict(PoolKey key);
+  // or still loading; FAILED_PRECONDITION when not loaded, or with
+  // `device_only` when not on a device (a shadow's yield: one tier at most,
+  // also when a drain demoted the model as the shadow let go of it).
+  Result<std::string> Evict(PoolKey key, bool device_only = false);
   // The version left the registry: dropped as soon as no handle holds it,
   // and never served again (ids are never reused): a later Acquire, from a
   // request that read the registry before, gets NOT_FOUND; Pin does nothing.
@@ -237,6 +239,7 @@ class ModelPool {
   static int Holds(const Entry& e);                   // mu_ held: the standing holds among its refs
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
+  uint64_t Claimed(size_t index, const Entry& e) const;  // mu_ held: device `index`'s room claimed by others' loads
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
   // Acquire for a waiter (a new request's, or one retried after waiting for room).
   void AcquireWaiter(const PoolItem& item, Waiter w);

@@ -1138,6 +1138,41 @@ TEST_CASE("a placement leaves the room another load claimed: it evicts instead, 
   CHECK_MESSAGE(r.ok(), r.status().ToString());
 }
 
+TEST_CASE("a free-room-only load counts other loads' claims, and never evicts at placement") {
+  // Placement now keeps others' claims: a shadow's load, its free room
+  // checked without them, went on to evict an idle serving model.
+  PoolFixture f({4 * K});
+  f.Get(1);  // idle
+  f.loader->Hold("m3:1", true);
+  Pending p3(*f.pool, PoolFixture::Item(3, 2 * K));  // claims 2 KiB, then reads
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m3:1") == 1; }, 10));
+  Pending shadow(*f.pool, PoolFixture::Item(4, 2 * K), ModelPool::Room::kFreeOnly);
+  REQUIRE(shadow.Answered(10'000));
+  CHECK(shadow.f.get().status().code() == Code::kPoolFull);
+  CHECK(f.TierOf(1) == "device");
+  f.loader->Hold("m3:1", false);
+  REQUIRE(p3.Answered(10'000));
+  CHECK(p3.f.get().ok());
+  CHECK(f.TierOf(1) == "device");
+}
+
+TEST_CASE("a drained model whose standing hold is let go last is evicted then, and a shadow's yield leaves it on the host") {
+  PoolFixture f({K}, 100 * K, "lru", 400'000'000);
+  auto request = f.Get(1);
+  auto hold = f.Get(1);
+  hold->HoldFor("a test's hold");
+  Pending cold(*f.pool, PoolFixture::Item(2));
+  REQUIRE(Draining(f, 1));
+  request.reset();  // the hold alone keeps it now: the holder is asked to let go
+  REQUIRE(mms::testing::WaitFor([&] { return f.pool->hold_refusals() > 0; }, 10));
+  hold.reset();
+  REQUIRE(cold.Answered(10'000));
+  CHECK(cold.f.get().ok());
+  CHECK(f.TierOf(1) == "host");
+  CHECK(f.pool->Evict(1, /*device_only=*/true).status().code() == Code::kFailedPrecondition);
+  CHECK(f.TierOf(1) == "host");  // one tier, not two
+}
+
 TEST_CASE("when the host tier cannot make room, nothing warm is thrown away for it") {
   PoolFixture f({10 * K}, 3 * K);
   auto a = f.Get(1);  // in flight
