@@ -1138,6 +1138,28 @@ TEST_CASE("a placement leaves the room another load claimed: it evicts instead, 
   CHECK_MESSAGE(r.ok(), r.status().ToString());
 }
 
+TEST_CASE("a drain that ends as its model's repacked files start loading still wakes the request past its room_wait") {
+  // The reload made the entry "loading", which skipped the wake; the
+  // request, past room_wait with no timer left, waited for an unrelated release.
+  PoolFixture f({K}, 100 * K, "lru", 300'000'000);
+  auto h1 = f.Get(1);
+  Pending cold(*f.pool, PoolFixture::Item(2));
+  REQUIRE(Draining(f, 1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));  // past its room_wait: the drain is waited out
+  f.pool->Replaced(PoolFixture::Item(1));                        // repacked while it drains
+  f.loader->Hold("m1:1", true);                                  // its reload waits
+  Pending again(*f.pool, PoolFixture::Item(1));                   // waits for the new files
+  h1.reset();
+  REQUIRE(cold.Answered(10'000));
+  {
+    auto r = cold.f.get();
+    CHECK_MESSAGE(r.ok(), r.status().ToString());
+  }
+  f.loader->Hold("m1:1", false);
+  REQUIRE(again.Answered(10'000));
+  CHECK(again.f.get().ok());
+}
+
 TEST_CASE("a free-room-only load counts other loads' claims, and never evicts at placement") {
   // Placement now keeps others' claims: a shadow's load, its free room
   // checked without them, went on to evict an idle serving model.
