@@ -28,11 +28,12 @@ struct PoolFixture {
   FakeLoader* loader = nullptr;
   std::unique_ptr<ModelPool> pool;
 
+  // `zero_copy`: one device, "cpu" (models serve from their host copy: bytes, no arena ranges).
   explicit PoolFixture(std::vector<uint64_t> device_budgets = {3 * K}, uint64_t host_budget = 100 * K,
-                       std::string policy = "lru", int64_t room_wait_ns = 0) {
+                       std::string policy = "lru", int64_t room_wait_ns = 0, bool zero_copy = false) {
     std::vector<std::unique_ptr<Device>> devs;
     for (size_t i = 0; i < device_budgets.size(); ++i) {
-      auto d = CreateDevice("cpu:" + std::to_string(i), device_budgets[i]);
+      auto d = CreateDevice(zero_copy ? std::string("cpu") : "cpu:" + std::to_string(i), device_budgets[i]);
       REQUIRE(d.ok());
       devs.push_back(std::move(d).value());
     }
@@ -1158,6 +1159,28 @@ TEST_CASE("a drain that ends as its model's repacked files start loading still w
   f.loader->Hold("m1:1", false);
   REQUIRE(again.Answered(10'000));
   CHECK(again.f.get().ok());
+}
+
+TEST_CASE("drains for two cold models on one device do not count the same free room twice") {
+  // 1 KiB free, m1..m5 in flight. The first request (2 KiB) drained one
+  // model and counted on the free KiB; the second counted on it too, drained
+  // one model as well, and one of the two was refused once both were evicted.
+  PoolFixture f({6 * K}, 100 * K, "lru", 1'000'000'000, /*zero_copy=*/true);
+  std::vector<HandlePtr> busy;
+  for (int k = 1; k <= 5; ++k) busy.push_back(f.Get(k));
+  Pending a(*f.pool, PoolFixture::Item(8, 2 * K));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  Pending b(*f.pool, PoolFixture::Item(9, 2 * K));
+  REQUIRE(Draining(f, 1));  // a's: the least recently used
+  REQUIRE(mms::testing::WaitFor([&] { return Totals(*f.pool)["room_drains"] == 3; }, 10));  // b's: two more
+  CHECK((*f.pool->Health(2)).value("draining", false));
+  CHECK((*f.pool->Health(3)).value("draining", false));
+  busy.clear();  // every request ends: both are served
+  REQUIRE(a.Answered(10'000));
+  REQUIRE(b.Answered(10'000));
+  CHECK(a.f.get().ok());
+  CHECK(b.f.get().ok());
+  CHECK(Totals(*f.pool)["room_wait_timeouts"] == 0);
 }
 
 TEST_CASE("a free-room-only load counts other loads' claims, and never evicts at placement") {
