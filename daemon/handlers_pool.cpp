@@ -334,7 +334,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
           load_failed && (d->PoolFor(*recp)->LastLoadFailure(recp->id) >= t0 ||
                           (recp->is_adapter() && d->pool()->LastLoadFailure(recp->base_id) >= t0));
       // (The pool says so itself when it saw the removal: kept as said.)
-      const bool said = c == Code::kNotFound && st.message().find(" was removed from the registry") != std::string::npos;
+      const bool said = c == Code::kNotFound && d->PoolFor(*recp)->Removed(recp->id);
       const bool read_registry =
           !said && !recp->packed_dir.empty() &&
           (failed_meanwhile || ((load_failed || c == Code::kUnhealthy) && !FileExists(recp->packed_dir)));

@@ -648,6 +648,11 @@ bool ModelPool::WaitingForRoom(PoolKey key) const {
   return std::any_of(room_waiters_.begin(), room_waiters_.end(), [&](const RoomWaiter& r) { return r.item.key == key; });
 }
 
+bool ModelPool::Removed(PoolKey key) const {
+  std::lock_guard lock(mu_);
+  return removed_.count(key) > 0;
+}
+
 bool ModelPool::Draining(PoolKey key) const {
   std::lock_guard lock(mu_);
   auto it = entries_.find(key);

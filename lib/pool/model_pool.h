@@ -158,6 +158,8 @@ class ModelPool {
   bool WaitingForRoom(PoolKey key) const;
   // Whether `key` is draining now (DrainForRoom; for an error's wording).
   bool Draining(PoolKey key) const;
+  // Whether Forget has removed `key` (its refusals say so themselves).
+  bool Removed(PoolKey key) const;
   // Answers the requests waiting for room now with `st` (a shutdown whose
   // grace has passed: they never ran); how many.
   size_t AbandonRoomWaits(const Status& st);
