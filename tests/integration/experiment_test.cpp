@@ -418,9 +418,10 @@ TEST_CASE("figures a flush could not save (the registry locked or full) are save
   CHECK(after["variants"]["control"]["requests"].get<int>() + after["variants"]["treatment"]["requests"].get<int>() ==
         20);
   // A stop whose last flush the registry refuses loses those figures: exit 1, not a clean 0.
-  for (int u = 20; u < 23; ++u) Predict(d, "u" + std::to_string(u));
+  // The lock first: figures counted before it could be flushed by a 200 ms interval in time.
   WriteLock at_stop(d.data_dir() + "/registry.db");
   REQUIRE(at_stop.ok());
+  for (int u = 20; u < 23; ++u) Predict(d, "u" + std::to_string(u));
   d.child().Signal(SIGTERM);
   CHECK(d.child().Wait(30) == 1);
   CHECK(d.log().find("metrics_unsaved_at_stop") != std::string::npos);
