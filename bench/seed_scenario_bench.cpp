@@ -134,6 +134,7 @@ RunResult RunSeed(const std::string& dir, const std::vector<std::string>& paths,
 
 int main(int argc, char** argv) {
   int requests = 20000, size_kb = 16384, models = 50, cap = 12;
+  bool concurrent_only = false;  // --concurrent-only 1: the rows with requests in flight (no seed, no sequential)
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int v = std::atoi(argv[i + 1]);
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
     else if (a == "--size-kb") size_kb = v;
     else if (a == "--models") models = v;
     else if (a == "--capacity") cap = v;
+    else if (a == "--concurrent-only") concurrent_only = v != 0;
   }
   testing::TempDir tmp;
   std::string dir = tmp.path();
@@ -184,7 +186,7 @@ int main(int argc, char** argv) {
   using bench::Fmt;
   for (auto& [name, trace] : std::vector<std::pair<std::string, std::vector<int>>>{{"zipf", zipf}, {"shift", shift}}) {
     int belady = bench::BeladyMisses(trace, cap);
-    RunResult seed = RunSeed(dir, paths, trace, cap);
+    RunResult seed = concurrent_only ? RunResult{} : RunSeed(dir, paths, trace, cap);
     // An untimed mms run first: the first daemon after the seed's Python pays
     // for reclaiming the memory that run left in the page cache, and that
     // cost belongs to neither policy.
@@ -200,9 +202,11 @@ int main(int argc, char** argv) {
                       Fmt(static_cast<double>(r.loads) / belady, 2) + "x"});
     };
     row("seed ModelPool (LRU)", seed);
-    for (const char* policy : {"adaptive", "lrfu", "lru"})
-      row(std::string("mms ") + policy + " (cpu)", RunMms(dir, data_dir, trace, budget, policy, models, "cpu"));
-    row("mms adaptive (cpu:0, copying)", RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu:0"));
+    if (!concurrent_only) {
+      for (const char* policy : {"adaptive", "lrfu", "lru"})
+        row(std::string("mms ") + policy + " (cpu)", RunMms(dir, data_dir, trace, budget, policy, models, "cpu"));
+      row("mms adaptive (cpu:0, copying)", RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu:0"));
+    }
     // Not like for like (the seed's pool serves one call at a time): the
     // same trace from 4 concurrent clients, as a server is used.
     row("mms adaptive (cpu), 4 in flight", RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu", 4));

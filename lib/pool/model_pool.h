@@ -242,6 +242,10 @@ class ModelPool {
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   uint64_t Claimed(size_t index, const Entry& e) const;  // mu_ held: device `index`'s room claimed by others' loads
+  // Whether `o`'s claim on device `index` is room `e` must leave be: every
+  // other load's, but a load placing on the device of its own claim leaves
+  // only the claims made before it (those after counted it).
+  static bool ClaimAhead(const Entry& o, size_t index, const Entry& e);
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
   // Acquire for a waiter (a new request's, or one retried after waiting for room).
   void AcquireWaiter(const PoolItem& item, Waiter w);
@@ -354,6 +358,7 @@ class ModelPool {
   std::vector<RoomWaiter> room_waiters_;             // guarded by mu_; in the order they began to wait (seq)
   uint64_t room_waits_ = 0, room_wait_timeouts_ = 0, room_seq_ = 0;  // guarded by mu_
   uint64_t room_drains_ = 0;                          // guarded by mu_: models drained (DrainForRoom)
+  uint64_t claims_made_ = 0;                          // guarded by mu_: Entry::claim_seq's counter
   bool room_stopping_ = false;                        // guarded by mu_: StopLoads began (or no room_wait); no waits
   bool room_wake_pending_ = false;                    // guarded by mu_: a RetryRoomWaiters is queued
   bool room_retrying_ = false;                        // guarded by mu_: a RetryRoomWaiters runs

@@ -1139,6 +1139,35 @@ TEST_CASE("a placement leaves the room another load claimed: it evicts instead, 
   CHECK_MESSAGE(r.ok(), r.status().ToString());
 }
 
+TEST_CASE("a load that claimed first places into its room without evicting for the loads that claimed after it") {
+  // Placement left every other load's claim: with loads queued (32 requests
+  // in flight), each placement evicted for all of them at once, long before
+  // they placed, and the models evicted early missed meanwhile (200-270 more
+  // loads of the seed's 20,000 requests). The later ones counted this
+  // one's claim: they evict for themselves when they place.
+  PoolFixture f({3 * K});
+  f.Get(5);  // idle
+  f.Get(6);  // idle
+  f.Get(2);
+  REQUIRE(f.pool->Evict(2).ok());  // 1 KiB free
+  f.loader->Hold("m3:1", true);
+  f.loader->Hold("m4:1", true);
+  Pending p3(*f.pool, PoolFixture::Item(3));  // claims the free KiB
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m3:1") == 1; }, 10));
+  Pending p4(*f.pool, PoolFixture::Item(4));  // claims m5's room: it will evict m5
+  f.loader->Hold("m3:1", false);
+  REQUIRE(p3.Answered(10'000));
+  CHECK(p3.f.get().ok());
+  CHECK(f.TierOf(5) == "device");  // evicted here before
+  CHECK(f.TierOf(6) == "device");
+  CHECK_FALSE(p4.Answered(20));
+  f.loader->Hold("m4:1", false);
+  REQUIRE(p4.Answered(10'000));
+  CHECK(p4.f.get().ok());
+  CHECK(f.TierOf(5) == "host");  // now, as it places
+  CHECK(f.TierOf(6) == "device");
+}
+
 TEST_CASE("a drain that ends as its model's repacked files start loading still wakes the request past its room_wait") {
   // The reload made the entry "loading", which skipped the wake; the
   // request, past room_wait with no timer left, waited for an unrelated release.
