@@ -31,7 +31,9 @@ class Buffer {
   virtual bool pinned() const { return false; }
 };
 
-// 64-byte aligned pageable host memory.
+// 64-byte aligned pageable host memory (page aligned from 256 KiB: mapped
+// on its own, its pages go back to the system when it is freed). Null when
+// the system has no memory for it.
 std::shared_ptr<Buffer> AllocateHost(size_t bytes);
 // Allocates host memory for the host tier (pinned when the build has CUDA
 // and a GPU is in use).

@@ -327,13 +327,18 @@ bool ModelPool::HasFreeDeviceRoom(const Entry& e) const {
   return false;
 }
 
-bool ModelPool::ClaimAhead(const Entry& o, size_t index, const Entry& e) {
-  // Every check after a claim counted it: a load placed into the room it
-  // claimed first leaves the later loads' arithmetic true, and the later
-  // ones evict for it. Leaving them the room as well would evict for each
-  // load still queued, early (a model evicted for a load that places much
-  // later misses meanwhile: 200-270 more loads of 20,000 at 32 in flight).
-  const bool own_first = e.claim_device == static_cast<int>(index) && o.claim_seq > e.claim_seq;
+bool ModelPool::ClaimAhead(const Entry& o, size_t index, const Entry& e) const {
+  // Every check after a claim counted it: a load placed into no more than
+  // the room it claimed leaves the later checks' byte sums true, and the
+  // later loads evict for themselves when they place. Leaving them their
+  // room as well evicted, at each placement, for every load queued behind
+  // it, early: the models evicted meanwhile missed (200-270 more loads of
+  // 20,000 at 32 requests in flight). Bytes only: on a copying device a
+  // later claim was checked as one range placed after every idle model's
+  // eviction, which a placement before those evictions can take (helper-91),
+  // and a load read larger than its claim takes room claimed after it.
+  const bool own_first = e.claim_device == static_cast<int>(index) && devices_[index]->dev->zero_copy() &&
+                         DeviceNeed(e) <= e.claim && o.claim_seq > e.claim_seq;
   return &o != &e && !o.block && o.claim_device == static_cast<int>(index) && !own_first;
 }
 
@@ -954,7 +959,8 @@ Status ModelPool::DeviceFull(const Entry& e) const {
   std::string detail;
   bool pinned = false, ending = false;  // what holds it: pins, or what ends (requests, loads, holds)
   for (const auto& [k, o] : entries_)
-    if ((o->block && !Evictable(*o)) || (o->claim_device >= 0 && o.get() != &e)) (o->pinned ? pinned : ending) = true;
+    if ((o->block && !Evictable(*o)) || (o->claim_device >= 0 && ClaimAhead(*o, static_cast<size_t>(o->claim_device), e)))
+      (o->pinned ? pinned : ending) = true;
   for (size_t i = 0; i < devices_.size(); ++i) {
     const DeviceSlot* d = devices_[i].get();
     const uint64_t claimed = Claimed(i, e);  // by loads not placed yet

@@ -242,10 +242,11 @@ class ModelPool {
   bool HasFreeRoom(const Entry& e) const;             // mu_ held: on a device and host without evicting
   bool HasFreeDeviceRoom(const Entry& e) const;       // mu_ held: on a device without evicting
   uint64_t Claimed(size_t index, const Entry& e) const;  // mu_ held: device `index`'s room claimed by others' loads
-  // Whether `o`'s claim on device `index` is room `e` must leave be: every
-  // other load's, but a load placing on the device of its own claim leaves
-  // only the claims made before it (those after counted it).
-  static bool ClaimAhead(const Entry& o, size_t index, const Entry& e);
+  // mu_ held. Whether `o`'s claim on device `index` is room `e` must leave
+  // be: every other load's, but a load placing no more than it claimed, on
+  // the zero-copy device of its claim, leaves only the claims made before
+  // its own (those after counted it, in bytes).
+  bool ClaimAhead(const Entry& o, size_t index, const Entry& e) const;
   Status NoFreeRoom(const Entry& e) const;            // the POOL_FULL of a Room::kFreeOnly acquire
   // Acquire for a waiter (a new request's, or one retried after waiting for room).
   void AcquireWaiter(const PoolItem& item, Waiter w);

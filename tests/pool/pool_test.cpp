@@ -1144,8 +1144,9 @@ TEST_CASE("a load that claimed first places into its room without evicting for t
   // in flight), each placement evicted for all of them at once, long before
   // they placed, and the models evicted early missed meanwhile (200-270 more
   // loads of the seed's 20,000 requests). The later ones counted this
-  // one's claim: they evict for themselves when they place.
-  PoolFixture f({3 * K});
+  // one's claim: they evict for themselves when they place. (Zero-copy
+  // devices only: on a copying one the later claims were checked as ranges.)
+  PoolFixture f({3 * K}, 100 * K, "lru", 0, /*zero_copy=*/true);
   f.Get(5);  // idle
   f.Get(6);  // idle
   f.Get(2);
@@ -1166,6 +1167,56 @@ TEST_CASE("a load that claimed first places into its room without evicting for t
   CHECK(p4.f.get().ok());
   CHECK(f.TierOf(5) == "host");  // now, as it places
   CHECK(f.TierOf(6) == "device");
+}
+
+TEST_CASE("on a copying device a load places as if the loads that claimed after it had evicted: their range stays theirs") {
+  // helper-91: m6's check found its 2 KiB range with m2 evicted and m5 in
+  // the other free KiB; m5, placed before that eviction, took the first of
+  // two equal free KiB (m6's), and m6 was refused after its read.
+  PoolFixture f({4 * K});
+  f.Get(1);            // @0
+  f.Get(2);            // @1K, idle
+  auto h3 = f.Get(3);  // @2K, in flight
+  f.Get(4);            // @3K
+  REQUIRE(f.pool->Evict(1).ok());
+  REQUIRE(f.pool->Evict(4).ok());
+  f.loader->Hold("m5:1", true);
+  f.loader->Hold("m6:1", true);
+  Pending p5(*f.pool, PoolFixture::Item(5));
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m5:1") == 1; }, 10));
+  Pending p6(*f.pool, PoolFixture::Item(6, 2 * K));
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m6:1") == 1; }, 10));  // claimed: not refused
+  f.loader->Hold("m5:1", false);
+  REQUIRE(p5.Answered(10'000));
+  auto r5 = p5.f.get();  // its request still in flight
+  REQUIRE_MESSAGE(r5.ok(), r5.status().ToString());
+  f.loader->Hold("m6:1", false);
+  REQUIRE(p6.Answered(10'000));
+  auto r6 = p6.f.get();
+  CHECK_MESSAGE(r6.ok(), r6.status().ToString());
+}
+
+TEST_CASE("a load read larger than its claim does not take the room claimed after it") {
+  // helper-91: claimed by its estimate (1 KiB), read as 2 KiB, it took the
+  // room of the load that claimed after it, which was refused instead.
+  PoolFixture f({3 * K}, 100 * K, "lru", 0, /*zero_copy=*/true);
+  auto h5 = f.Get(5);  // in flight: 2 KiB free
+  PoolItem big = PoolFixture::Item(3);
+  big.source.artifact_path = std::to_string(2 * K);  // estimated 1 KiB, read as 2 KiB
+  f.loader->Hold("m3:1", true);
+  f.loader->Hold("m4:1", true);
+  Pending p3(*f.pool, big);  // claims 1 KiB
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m3:1") == 1; }, 10));
+  Pending p4(*f.pool, PoolFixture::Item(4));  // claims the other KiB
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m4:1") == 1; }, 10));
+  f.loader->Hold("m3:1", false);
+  REQUIRE(p3.Answered(10'000));
+  auto r3 = p3.f.get();
+  f.loader->Hold("m4:1", false);
+  REQUIRE(p4.Answered(10'000));
+  auto r4 = p4.f.get();
+  CHECK_MESSAGE(r4.ok(), r4.status().ToString());  // its claim was right; m3's was 1 KiB short
+  CHECK(r3.status().code() == Code::kPoolFull);
 }
 
 TEST_CASE("a drain that ends as its model's repacked files start loading still wakes the request past its room_wait") {
