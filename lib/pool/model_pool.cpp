@@ -636,8 +636,12 @@ void ModelPool::DrainForRoom(const std::shared_ptr<RoomWait>& rw) {
 }
 
 bool ModelPool::DrainsFor(const RoomWait& rw) const {
-  return rw.drained && std::any_of(entries_.begin(), entries_.end(),
-                                   [&](const auto& o) { return o.second->drain_for.get() == &rw; });
+  // Its own drain, or one for another request for the same model: the room
+  // it makes serves them both (one load). Refused at its room_wait, the
+  // second request failed while the drain for its model went on (helper-92).
+  return std::any_of(entries_.begin(), entries_.end(), [&](const auto& o) {
+    return o.second->drain_for && (o.second->drain_for.get() == &rw || o.second->drain_for->key == rw.key);
+  });
 }
 
 void ModelPool::EndDrains(const RoomWait& rw) {

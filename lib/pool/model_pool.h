@@ -280,7 +280,7 @@ class ModelPool {
   // room_wait if need be; the drain ends without an eviction once `rw` stops
   // waiting (served from other room, answered) or the model is pinned.
   void DrainForRoom(const std::shared_ptr<RoomWait>& rw);
-  // mu_ held: whether models drain for `rw` now.
+  // mu_ held: whether models drain for `rw` now, or for another request for its model.
   bool DrainsFor(const RoomWait& rw) const;
   // mu_ held: ends the drains begun for `rw` (its parked requests are retried).
   void EndDrains(const RoomWait& rw);

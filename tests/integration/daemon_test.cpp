@@ -87,7 +87,10 @@ TEST_CASE("SIGTERM past shutdown_grace answers the requests that never ran UNAVA
     clients.emplace_back([&, i] {
       results[i] = d.Mms({"predict", "slow", "--user", "u" + std::to_string(i), "--input", TestDataDir() + "/slow_input.json"}, 60);
     });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all sent, one running, the rest queued
+  // One running, three or more queued (~0.8 s each, one worker): more than
+  // the grace. (A fixed 500 ms was too short for eight CLIs on a loaded
+  // machine: one request in, drained within the grace, exit 0; helper-92.)
+  REQUIRE(WaitFor([&] { return json::parse(d.Mms({"--json", "status"}).out)["in_flight"].get<int>() >= 4; }, 30));
   d.child().Signal(SIGTERM);
   CHECK(d.child().Wait(30) == 1);  // the grace expired: exit 1, as mmsd(8) says
   for (auto& t : clients) t.join();

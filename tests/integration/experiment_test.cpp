@@ -166,7 +166,7 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
               .exit_code == 0);
   int control = 0, treatment = 0;
   std::map<std::string, int> loads;  // requests that loaded their arm's model: counted, not timed
-  std::string treated_request, control_request;
+  std::string treated_user, control_user;
   for (int u = 0; u < 30; ++u) {
     json r = Predict(d, "user-" + std::to_string(u));
     loads[r["variant"]] += r["loaded"].get<bool>();
@@ -176,11 +176,11 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
     if (r["variant"] == "treatment") {
       CHECK(r["version"] == "2");
       ++treatment;
-      treated_request = r["request_id"];
+      treated_user = "user-" + std::to_string(u);
     } else {
       CHECK(r["version"] == "1");
       ++control;
-      control_request = r["request_id"];
+      control_user = "user-" + std::to_string(u);
     }
     // Sticky: asking again gives the same variant.
     json again = Predict(d, "user-" + std::to_string(u));
@@ -211,6 +211,14 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   CHECK(d.Mms({"--json", "predict", "tiny:2", "--input", Data("tiny_input.json"), "--user", "u"}).out.find("experiment") ==
         std::string::npos);  // an explicit version is not routed
 
+  // Feedback for requests just served: the window (2 s) runs from each, and
+  // the calls above took over 2 s on a loaded machine (helper-92).
+  json treated = Predict(d, treated_user), controlled = Predict(d, control_user);
+  REQUIRE(treated["variant"] == "treatment");
+  REQUIRE(controlled["variant"] == "control");
+  const std::string treated_request = treated["request_id"], control_request = controlled["request_id"];
+  loads["treatment"] += treated["loaded"].get<bool>();
+  loads["control"] += controlled["loaded"].get<bool>();
   REQUIRE(d.Mms({"feedback", treated_request, "--metric", "click=1"}).exit_code == 0);
   auto twice = d.Mms({"feedback", treated_request, "--metric", "click=1"});
   CHECK(twice.exit_code == 6);
@@ -233,8 +241,8 @@ TEST_CASE("requests are routed by the running experiment, counted per variant, a
   CHECK(su["users"]["treatment"] == treatment);
   CHECK(su["expected_treatment_share"] == doctest::Approx(0.5));
   CHECK(su["since"] == "mmsd started");
-  CHECK(s["variants"]["control"]["requests"] == 2 * control + (user1 == "control" ? user1_extra : 0));
-  CHECK(s["variants"]["treatment"]["requests"] == 2 * treatment + (user1 == "treatment" ? user1_extra : 0));
+  CHECK(s["variants"]["control"]["requests"] == 2 * control + 1 + (user1 == "control" ? user1_extra : 0));
+  CHECK(s["variants"]["treatment"]["requests"] == 2 * treatment + 1 + (user1 == "treatment" ? user1_extra : 0));
   CHECK(s["variants"]["control"]["errors"] == 0);
   CHECK(s["variants"]["treatment"]["errors"] == 0);
   for (const char* v : {"control", "treatment"})

@@ -817,6 +817,30 @@ TEST_CASE("a drain ends without an eviction when the request it was for gets oth
   CHECK(f.TierOf(3) == "host");
 }
 
+TEST_CASE("a second request for the model a drain is for waits the drain out too, past room_wait") {
+  // One drain per waited-for model: the second request's room_wait ended
+  // while the drain for the first went on, and it failed POOL_FULL although
+  // the room the drain makes would have served it with the first (helper-92,
+  // the integration test of drains under load).
+  PoolFixture f({K}, 100 * K, "lru", 300'000'000);
+  auto h1 = f.Get(1);  // in flight past room_wait
+  Pending first(*f.pool, PoolFixture::Item(2));
+  Pending second(*f.pool, PoolFixture::Item(2));
+  REQUIRE(Draining(f, 1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  CHECK_FALSE(first.Answered());
+  CHECK_FALSE(second.Answered());
+  h1.reset();
+  REQUIRE(first.Answered(10'000));
+  REQUIRE(second.Answered(10'000));
+  auto a = first.f.get(), b = second.f.get();
+  CHECK_MESSAGE(a.ok(), a.status().ToString());
+  CHECK_MESSAGE(b.ok(), b.status().ToString());
+  CHECK(f.loader->loads("m2:1") == 1);
+  CHECK(Totals(*f.pool)["room_wait_timeouts"] == 0);
+  CHECK(Totals(*f.pool)["room_drains"] == 1);
+}
+
 TEST_CASE("a drain begun is waited out past room_wait, and a drain cut short then refuses the request") {
   // Cut short at room_wait, a drain of a model whose requests outlast half
   // of it held their newcomers back for nothing, and the request failed.
