@@ -554,10 +554,8 @@ void ModelPool::DrainForRoom(const std::shared_ptr<RoomWait>& rw) {
   // Only a request refused room, waiting now (not being retried, nor in a
   // load), for a model not on a device; once per drain, and one drain per
   // model (a burst of requests for it needs its room once).
-  const bool draining = std::any_of(entries_.begin(), entries_.end(), [&](const auto& o) {
-    return o.second->drain_for && (o.second->drain_for == rw || o.second->drain_for->key == rw->key);
-  });
-  if (it == room_waiters_.end() || !rw->refused || e.tier == Tier::kDevice || e.loading || draining) return again();
+  if (it == room_waiters_.end() || !rw->refused || e.tier == Tier::kDevice || e.loading || DrainsFor(*rw))
+    return again();
   // (Host room, when that is what it lacks, is not drained for: host copies
   // in use are those of models on a device, which this makes room among.)
   if (e.tier == Tier::kDisk && !HostRoom(e.bytes, e.item.key, false).ok()) return again();
