@@ -566,6 +566,11 @@ std::string HeaderDigest(std::vector<SafetensorsEntry> entries, const std::map<s
 
 Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
                                  const std::string& path) {
+  return VerifySafetensorsChecksumAsRead(h, data, size, path, [](uint64_t) { return true; });
+}
+
+Status VerifySafetensorsChecksumAsRead(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
+                                       const std::string& path, const std::function<bool(uint64_t end)>& ready) {
   if (auto head = h.metadata.find(kSafetensorsHeaderChecksumKey); head != h.metadata.end()) {
     std::string got = HeaderDigest(h.entries, h.metadata);
     if (got != head->second)
@@ -575,9 +580,15 @@ Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data
   auto want = h.metadata.find(kSafetensorsChecksumKey);
   if (want == h.metadata.end()) return Status::Ok();
   Xxh3 sum;
+  constexpr uint64_t kPiece = 8ull << 20;
   for (const auto& e : h.entries) {
     if (e.end > size) return Corrupt(path + " is truncated");
-    sum.Update(data + e.begin, e.end - e.begin);
+    for (uint64_t at = e.begin; at < e.end;) {
+      const uint64_t end = std::min(e.end, at + kPiece);
+      if (!ready(end)) return Status(Code::kCancelled, "the read of " + path + " stopped before its checksum was checked");
+      sum.Update(data + at, end - at);
+      at = end;
+    }
   }
   std::string got = sum.Hex();
   if (got == want->second) return Status::Ok();

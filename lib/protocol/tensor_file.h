@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -84,6 +85,13 @@ inline constexpr const char* kSafetensorsPadPrefix = "__mms_pad_";
 // (files written before it: no header checksum before 2026-11-30).
 Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
                                  const std::string& path);
+// The same check for `data` still being read, on another thread: before it
+// hashes bytes [0, end) it calls `ready(end)`, which blocks until they are in
+// `data` and returns true, or returns false (the read failed: report the
+// read's error), and then this returns CANCELLED. Hashes in pieces of at most
+// 8 MiB, so that the hash follows a read of the same pieces one behind.
+Status VerifySafetensorsChecksumAsRead(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
+                                       const std::string& path, const std::function<bool(uint64_t end)>& ready);
 
 // Whether `path` names a safetensors file by its extension (any case).
 bool IsSafetensorsPath(const std::string& path);

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/paths.h"
 #include "pool/torch_artifact.h"
 #include "pool/torch_model.h"
 #include "pool/torch_util.h"
@@ -175,4 +176,64 @@ TEST_CASE("broken artifacts and inputs give clear errors, never a crash") {
   REQUIRE(good.ok());
   CHECK(*good->inputs[0].dtype == DType::kInt64);
   CHECK(*good->inputs[1].shape == std::vector<int64_t>{2, 8});
+}
+
+TEST_CASE("a packed model of 16 MiB or more is hashed on a second thread as it is read: the same outputs, and damage anywhere refused") {
+  // From 16 MiB on, a second thread hashes each 8 MiB piece while the next is
+  // read. An intact load matching libtorch shows that the hash waited for
+  // the bytes it hashed (a fresh buffer hashed early would not match); a
+  // flipped byte in the first, a middle and the last piece shows that every
+  // piece is covered.
+  mms::testing::TempDir dir;
+  REQUIRE(mms::testing::Run({mms::testing::BinDir() + "/mms-gen-testdata", dir.path(), "--big", "20"}, 120).exit_code ==
+          0);
+  const std::string model = dir / "big.pt", packed = dir / "p";
+  auto info = PackTorchScript(model, packed);
+  REQUIRE(info.ok());
+  REQUIRE(info->weight_bytes >= (20ull << 20));
+  std::vector<Tensor> inputs;
+  {
+    auto first = LoadPackedTorchScript(packed, Alloc());
+    REQUIRE_MESSAGE(first.ok(), first.status().ToString());
+    std::vector<InputSpec> specs;
+    for (const auto& n : first->model->input_names()) specs.push_back({n, std::nullopt, std::nullopt});
+    inputs = MatchInputs(specs, Inputs("rec_input.json"), "big.pt").value();
+  }
+  std::vector<at::Tensor> ref;
+  {
+    auto m = torch::jit::load(model);
+    m.eval();
+    std::vector<c10::IValue> args;
+    for (const auto& t : inputs) args.emplace_back(ToTorch(t).value().clone());
+    c10::InferenceMode guard;
+    ref.push_back(m.forward(args).toTensor());
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto pk = LoadPackedTorchScript(packed, Alloc());
+    REQUIRE_MESSAGE(pk.ok(), pk.status().ToString());
+    auto out = pk->model->Run(inputs);
+    REQUIRE(out.ok());
+    CheckSame(ref, *out);
+  }
+  const std::string weights = packed + "/weights.safetensors";
+  auto h = ReadSafetensorsHeader(weights);
+  REQUIRE(h.ok());
+  const std::string intact = ReadFile(weights).value();
+  const uint64_t data_end = h->data_offset + info->weight_bytes;
+  REQUIRE(data_end <= intact.size());
+  for (uint64_t at : std::vector<uint64_t>{h->data_offset + 100, h->data_offset + (10ull << 20) + 3, data_end - 1}) {
+    INFO("flipped byte at " << at);
+    std::string copy = intact;
+    copy[at] = static_cast<char>(copy[at] ^ 0x01);
+    std::ofstream(weights, std::ios::binary | std::ios::trunc) << copy;
+    auto bad = LoadPackedTorchScript(packed, Alloc());
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.status().code() == Code::kCorrupt);
+    CHECK(bad.status().message().find("does not match the checksum it was written with") != std::string::npos);
+  }
+  // Cut short in its last piece: refused as truncated, not a hash left waiting.
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << intact.substr(0, data_end - 4096);
+  auto cut = LoadPackedTorchScript(packed, Alloc());
+  REQUIRE_FALSE(cut.ok());
+  CHECK(cut.status().message().find("truncated") != std::string::npos);
 }

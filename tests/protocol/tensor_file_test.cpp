@@ -7,6 +7,7 @@
 #include <fstream>
 #include <limits>
 
+#include "core/paths.h"
 #include "protocol/input_spec.h"
 #include "protocol/tensor_file.h"
 #include "support/process.h"
@@ -558,4 +559,47 @@ TEST_CASE("tensor names safetensors reserves, or an empty one, are refused rathe
   auto r = ReadTensorFile(dir / "empty.safetensors");
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().message().find("empty name") != std::string::npos);
+}
+
+TEST_CASE("safetensors: a checksum checked as the data is read asks for each piece in order and stops when the read does") {
+  testing::TempDir dir;
+  // 20 MiB in two tensors: pieces of at most 8 MiB, asked for in file order.
+  Tensor a = Tensor::Alloc("a", DType::kUInt8, {12ll << 20});
+  Tensor b = Tensor::Alloc("b", DType::kUInt8, {8ll << 20});
+  for (size_t i = 0; i < a.nbytes; ++i) a.mutable_data()[i] = static_cast<uint8_t>(i * 7);
+  for (size_t i = 0; i < b.nbytes; ++i) b.mutable_data()[i] = static_cast<uint8_t>(i * 13);
+  const std::string path = dir / "w.safetensors";
+  REQUIRE(WriteSafetensorsFile(path, {a, b}, {}, 64, /*checksum=*/true).ok());
+  auto h = ReadSafetensorsHeader(path);
+  REQUIRE(h.ok());
+  const std::string bytes = ReadFile(path).value();
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data()) + h->data_offset;
+  const uint64_t size = bytes.size() - h->data_offset;
+  std::vector<uint64_t> asked;
+  Status st = VerifySafetensorsChecksumAsRead(*h, data, size, path, [&](uint64_t end) {
+    asked.push_back(end);
+    return true;
+  });
+  CHECK_MESSAGE(st.ok(), st.ToString());
+  REQUIRE(asked.size() >= 3);
+  for (size_t i = 1; i < asked.size(); ++i) {
+    CHECK(asked[i] > asked[i - 1]);
+    CHECK(asked[i] - asked[i - 1] <= (8ull << 20));
+  }
+  CHECK(asked.back() == size);
+  // The read failing at 10 MiB: the check stops there, CANCELLED, asking no further.
+  asked.clear();
+  st = VerifySafetensorsChecksumAsRead(*h, data, size, path, [&](uint64_t end) {
+    asked.push_back(end);
+    return end <= (10ull << 20);
+  });
+  CHECK(st.code() == Code::kCancelled);
+  CHECK(asked.back() > (10ull << 20));
+  CHECK(asked.size() == 2);
+  // And the same data checked at once still matches; a flipped byte does not.
+  CHECK(VerifySafetensorsChecksum(*h, data, size, path).ok());
+  std::string flipped = bytes;
+  flipped[h->data_offset + (9ull << 20)] ^= 0x10;
+  CHECK(VerifySafetensorsChecksum(*h, reinterpret_cast<const uint8_t*>(flipped.data()) + h->data_offset, size, path)
+            .code() == Code::kCorrupt);
 }
