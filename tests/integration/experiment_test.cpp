@@ -12,6 +12,7 @@
 #include <map>
 #include <thread>
 
+#include "core/paths.h"
 #include "support/process.h"
 
 using namespace mms::testing;
@@ -346,7 +347,12 @@ TEST_CASE("per-variant counts survive kill -9 (up to one flush interval)") {
               .exit_code == 0);
   for (int u = 0; u < 20; ++u) Predict(d, "u" + std::to_string(u));
   json before = Stats(d, "p");
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));  // > flush interval
+  // Saved by a flush (every 200 ms): all 20 requests in the registry.
+  const std::string db = d.data_dir() + "/registry.db";
+  REQUIRE(WaitFor([&] {
+    return SqlInt(db, "SELECT sum(json_extract(data_json, '$.requests')) FROM experiment_metrics "
+                      "WHERE experiment_id = 'p'") == 20;
+  }, 20));
   d.child().Signal(SIGKILL);
   REQUIRE(d.child().Wait(10) == 128 + SIGKILL);
   REQUIRE(d.Restart());
@@ -586,7 +592,19 @@ TEST_CASE("feedback for requests served before a SIGKILL still counts, all but t
               .exit_code == 0);
   const std::string before = Predict(d, "u1")["request_id"], reported = Predict(d, "u2")["request_id"];
   REQUIRE(d.Mms({"feedback", reported, "--metric", "click=1"}).exit_code == 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // flushes: the figures, then the journal
+  // Flushes (every 200 ms) save the figures, then journal both ids, the
+  // reported one with its outcome.
+  REQUIRE(WaitFor([&] {
+    auto file = mms::ReadFile(d.data_dir() + "/registry.db.feedback-ids");
+    const std::string journal = file.ok() ? *file : "";
+    if (journal.find('"' + before + '"') == std::string::npos) return false;
+    for (size_t at = journal.find('"' + reported + '"'); at != std::string::npos;
+         at = journal.find('"' + reported + '"', at + 1)) {
+      const size_t end = journal.find('\n', at);
+      if (journal.substr(at, end - at).find("click") != std::string::npos) return true;
+    }
+    return false;
+  }, 20));
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
   REQUIRE(d.Restart());

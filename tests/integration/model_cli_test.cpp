@@ -39,28 +39,6 @@ struct Cli {
   std::string Data(const std::string& name) const { return TestDataDir() + "/" + name; }
 };
 
-int SqlInt(const std::string& db_path, const std::string& sql) {
-  sqlite3* db;
-  REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
-  sqlite3_stmt* st;
-  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
-  int v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return v;
-}
-
-std::string SqlText(const std::string& db_path, const std::string& sql) {
-  sqlite3* db;
-  REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
-  sqlite3_stmt* st;
-  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
-  std::string v = sqlite3_step(st) == SQLITE_ROW ? reinterpret_cast<const char*>(sqlite3_column_text(st, 0)) : "";
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return v;
-}
-
 }  // namespace
 
 TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {

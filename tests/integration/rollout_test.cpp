@@ -183,7 +183,11 @@ TEST_CASE("a shadow's figures outlive mmsd: kept across a SIGKILL beside the new
     REQUIRE(t.Send(15) == 15);
   }
   REQUIRE(WaitFor([&] { return ShadowStats(d, "tiny")["requests"]["mirrored"] == 15; }, 20));
-  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // a flush or two
+  // Saved by a flush (every 200 ms).
+  REQUIRE(WaitFor([&] {
+    return SqlInt(d.data_dir() + "/registry.db",
+                  "SELECT json_extract(figures_json, '$.requests.mirrored') FROM shadows") == 15;
+  }, 20));
   d.child().Signal(SIGKILL);
   d.child().Wait(10);
   // With mmsd down, the saved figures are shown (it exited 3, the figures in the registry all along).

@@ -159,6 +159,34 @@ void WriteLock::Release() {
   ok_ = false;
 }
 
+namespace {
+// Runs `sql` and hands its first row's first column to `read`.
+void SqlFirst(const std::string& db_path, const std::string& sql, const std::function<void(sqlite3_stmt*)>& read) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW &&
+        sqlite3_column_type(st, 0) != SQLITE_NULL)
+      read(st);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+}
+}  // namespace
+
+int64_t SqlInt(const std::string& db_path, const std::string& sql) {
+  int64_t v = -1;
+  SqlFirst(db_path, sql, [&](sqlite3_stmt* st) { v = sqlite3_column_int64(st, 0); });
+  return v;
+}
+
+std::string SqlText(const std::string& db_path, const std::string& sql) {
+  std::string v;
+  SqlFirst(db_path, sql, [&](sqlite3_stmt* st) { v = reinterpret_cast<const char*>(sqlite3_column_text(st, 0)); });
+  return v;
+}
+
 bool WaitFor(const std::function<bool()>& pred, double timeout_s) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (true) {

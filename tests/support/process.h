@@ -116,6 +116,13 @@ class WriteLock {
   bool ok_ = false;
 };
 
+// The first column of the first row of `sql` run on an existing SQLite file (a registry),
+// read through its own connection, which waits out a write in progress (up
+// to 10 s): SqlInt is -1, SqlText "", when the file cannot be opened, the
+// statement fails or returns no row.
+int64_t SqlInt(const std::string& db_path, const std::string& sql);
+std::string SqlText(const std::string& db_path, const std::string& sql);
+
 // Waits for a predicate, polling every 10 ms.
 bool WaitFor(const std::function<bool()>& pred, double timeout_s);
 
