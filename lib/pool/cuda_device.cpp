@@ -44,8 +44,16 @@ class CudaDevice final : public Device {
   }
   Status CopyIn(uint8_t* dst, const uint8_t* src, uint64_t n) override {
     cudaSetDevice(index_);
-    cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, copy_);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(copy_);
+    // Waited for on an event with blocking sync: the loading thread sleeps
+    // through the copy instead of spinning in the driver beside the threads
+    // launching other models' kernels (cudaStreamSynchronize spins by
+    // default). One event per copy: concurrent loads never wait on another's.
+    cudaEvent_t done = nullptr;
+    cudaError_t e = cudaEventCreateWithFlags(&done, cudaEventBlockingSync | cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, copy_);
+    if (e == cudaSuccess) e = cudaEventRecord(done, copy_);
+    if (e == cudaSuccess) e = cudaEventSynchronize(done);
+    if (done) cudaEventDestroy(done);
     if (e != cudaSuccess) return CudaError(e, "copying weights to " + name_);
     return Status::Ok();
   }
