@@ -24,6 +24,10 @@
 
 namespace mms::cli {
 
+// The longest --timeout: longer values wait this long (nng counts waits in
+// 32-bit milliseconds, 24.8 days; --timeout 1e12 failed at once).
+inline constexpr double kMaxTimeoutSeconds = 2'000'000;  // 23 days
+
 struct Globals {
   std::string socket;
   std::string data_dir;

@@ -81,11 +81,19 @@ int CmdList(Cli& cli) {
   if (!limits.ok()) return cli.Fail(limits.status());
   nlohmann::json live = nlohmann::json::object();
   bool counted = false;  // the daemon answered: a limit it counted nothing for has 0s
-  if (auto c = cli.Connect(); c.ok())  // admitted/limited counts, when the daemon runs
-    if (auto r = (*c)->CallJson(proto::kLimitStats, nlohmann::json::object()); r.ok()) {
-      live = *r;
-      counted = true;
-    }
+  Status unanswered = Status::Ok();
+  if (auto c = cli.Connect(); !c.ok()) {  // admitted/limited counts, when the daemon runs
+    unanswered = c.status();
+  } else if (auto r = (*c)->CallJson(proto::kLimitStats, nlohmann::json::object()); !r.ok()) {
+    unanswered = r.status();
+  } else {
+    live = *r;
+    counted = true;
+  }
+  // A daemon that runs and did not answer is said: its "-" counts would read
+  // as no daemon running.
+  if (!unanswered.ok() && !DaemonNotRunning(unanswered))
+    cli.Note("note: no counts: mmsd did not answer (" + unanswered.message() + ")");
   nlohmann::json out = nlohmann::json::array();
   for (const auto& l : *limits) {
     nlohmann::json j = l.ToJson();

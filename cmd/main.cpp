@@ -119,12 +119,19 @@ int main(int argc, char** argv) {
   timeout_opt
       ->transform(CLI::Validator(  // (a transform: a check's changes to the text are not kept)
           [](std::string& v) -> std::string {
-            if (auto d = ParseDecimal(v); d && *d > 0) return "";
-            if (auto ns = mms::ParseDurationNanos(v); ns.ok() && *ns > 0) {  // as the canary's --timeout takes it
-              v = std::to_string(static_cast<double>(*ns) / 1e9);
-              return "";
-            }
-            return "expected seconds above 0 (such as 5 or 0.5) or a duration (such as 90s or 2m), got '" + v + "'";
+            std::optional<double> s = ParseDecimal(v);
+            if (!s || !(*s > 0))
+              if (auto ns = mms::ParseDurationNanos(v); ns.ok() && *ns > 0)  // as the canary's --timeout takes it
+                s = static_cast<double>(*ns) / 1e9;
+            if (!s || !(*s > 0))
+              return "expected seconds above 0 (such as 5 or 0.5) or a duration (such as 90s or 2m), got '" + v + "'";
+            // Under a millisecond nothing can reach mmsd (it said exit 2, 3 or
+            // 5 by chance); past kMaxTimeoutSeconds the wait is that long.
+            if (*s < 0.001) return "--timeout " + v + " is under 1 ms, too short to reach mmsd: give at least 1ms";
+            char text[32];
+            std::snprintf(text, sizeof text, "%.17g", std::min(*s, kMaxTimeoutSeconds));
+            v = text;
+            return "";
           },
           "SECONDS"))
       // Commands run inside app.parse(): known here, not after it returns.

@@ -31,6 +31,11 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
   MMS_ASSIGN_OR_RETURN(auto in, MatchInputs(names, *tensors, "the model"));
   auto rows = BatchRows(in);
   if (!rows.ok()) return InvalidArgument("cannot batch: " + rows.status().message());
+  // With no rows every comparison below holds: a model whose rows depend on
+  // each other passed, and its callers were served each other's rows.
+  if (*rows == 0)
+    return InvalidArgument("cannot batch: its sample input has no rows (dim 0 is 0), so batching cannot be checked: "
+                           "give a sample input with at least one row; register without --max-batch-size");
   MMS_ASSIGN_OR_RETURN(auto one, hm->model->Run(in));
   auto same = [](const std::vector<Tensor>& want, const std::vector<Tensor>& got, const std::string& how) {
     OutputComparison c = CompareOutputs(want, got, 1e-4);

@@ -279,8 +279,8 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     tenant = t.get<std::string>();
     if (Status st = ValidateTenant(tenant); !st.ok()) return refuse(st);
     if (RateLimiter::Reserved(tenant))
-      return refuse(InvalidArgument("tenant '" + tenant + "' is reserved (mms uses it for requests without a tenant "
-                                    "and for tenants past its cap); name the tenant"));
+      return refuse(InvalidArgument("tenant '" + tenant + "' is reserved (mms limit list uses (none), (other), "
+                                    "(counted together) and * for rows of its own); name the tenant"));
   }
   // Adapters share their base's queue (mixed batches) when it takes stacked
   // adapter weights; otherwise each adapter has its own queue, so a batch is

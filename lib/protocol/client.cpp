@@ -9,6 +9,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include <algorithm>
+#include <limits>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -35,6 +36,9 @@ using AioPtr = std::unique_ptr<nng_aio, AioDeleter>;
 
 // One round trip of an already-built nng message on a fresh context.
 Result<nng_msg*> RoundTrip(uint32_t sock_id, nng_msg* msg, int64_t timeout_ms, const std::string& path) {
+  // nng_duration is 32-bit milliseconds (24.8 days): a longer wait would wrap
+  // to a negative one, and fail at once.
+  timeout_ms = std::min<int64_t>(timeout_ms, std::numeric_limits<int32_t>::max());
   nng_ctx ctx;
   int rv = nng_ctx_open(&ctx, SockOf(sock_id));
   if (rv != 0) {
@@ -90,6 +94,13 @@ struct Dialed {
   uint32_t sock_id = 0;  // set when rv == 0
   bool timed_out = false;
 };
+
+Status TooShortToConnect(const Client::Options& opts) {
+  return Status(Code::kDeadlineExceeded, "mmsd at " + opts.socket_path + " was not connected within " +
+                                             std::to_string(opts.timeout_ms) +
+                                             " ms (--timeout: too short to connect to a busy daemon, or it is "
+                                             "stopped); raise --timeout");
+}
 
 Dialed DialOnce(const std::string& url, int64_t limit_ms) {
   Dialed d;
@@ -174,6 +185,10 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
     return ::stat(opts.socket_path.c_str(), &st) == 0 ? std::make_pair(st.st_dev, st.st_ino)
                                                        : std::make_pair(dev_t{0}, ino_t{0});
   };
+  // Too short a --timeout to connect is said as a timeout (exit 5), not as
+  // a hung or overloaded daemon (exit 3): none is judged so in under a
+  // second (--timeout 1ms said exit 3 or 5 by chance).
+  const bool too_short = bounded && opts.timeout_ms < 1000;
   for (int attempt = 1;; ++attempt) {
     const auto identity = socket_identity();
     Dialed d = DialOnce(url, bounded ? std::max<int64_t>(left_ms(), 1) : 0);
@@ -181,6 +196,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
     // gives up after 10 s; a longer --timeout dials again (a daemon resumed,
     // or its listener replaced by the watchdog, is served within it).
     if (d.timed_out && bounded && left_ms() > 100) continue;
+    if (d.timed_out && too_short) return TooShortToConnect(opts);
     if (d.timed_out)
       return Unavailable("mmsd at " + opts.socket_path + " took the connection but did not answer it within " +
                          (bounded ? std::to_string(opts.timeout_ms) + " ms" : "10 s") +
@@ -191,6 +207,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
         std::this_thread::sleep_for(Ms(20));
         continue;
       }
+      if (too_short) return TooShortToConnect(opts);
       return Unavailable("mmsd at " + opts.socket_path + " is running but took no new connection within " +
                          std::to_string(opts.timeout_ms) +
                          " ms (its connection backlog is full: overloaded, or out of file descriptors); retry, "
@@ -219,6 +236,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const Options& opts) {
         if (bounded) c->first_call_ms_ = std::max<int64_t>(left_ms(), 1);  // --timeout bounds connect + first call
         return c;
       }
+      if (bounded && left_ms() <= 0 && too_short) return TooShortToConnect(opts);
       if (bounded && left_ms() <= 0)
         return Unavailable("mmsd at " + opts.socket_path + " took " + std::to_string(attempt) +
                            " connection(s) but read nothing on them within " + std::to_string(opts.timeout_ms) +

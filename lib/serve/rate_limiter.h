@@ -42,9 +42,12 @@ class RateLimiter {
   static constexpr const char* kOtherTenants = "(other)";
   static constexpr const char* kNoTenant = "(none)";
   static constexpr const char* kCountedTogether = "(counted together)";
-  // Names the limiter uses for itself: no client may send them.
+  static constexpr const char* kDefaultRow = "*";  // the [limits] default's row in mms limit list
+  // Names the limiter and mms limit list use for their own rows: no client
+  // may send them (a tenant "*" was served, shown as a second "*" row, and
+  // could get no limit of its own).
   static bool Reserved(const std::string& tenant) {
-    return tenant == kNoTenant || tenant == kOtherTenants || tenant == kCountedTogether;
+    return tenant == kNoTenant || tenant == kOtherTenants || tenant == kCountedTogether || tenant == kDefaultRow;
   }
 
   explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}

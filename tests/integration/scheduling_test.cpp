@@ -192,7 +192,7 @@ TEST_CASE("rate limits per tenant: one tenant's limit leaves other tenants alone
   std::string err;
   CHECK(PredictExit(d, "tiny", {"--tenant", "acme"}, &err) == 5);
   CHECK(err.find("tenant 'acme' is over its rate limit") != std::string::npos);
-  for (const char* reserved : {"(none)", "(other)"}) {  // names mms keeps for itself
+  for (const char* reserved : {"(none)", "(other)", "(counted together)", "*"}) {  // names mms keeps for itself
     std::string why;
     CHECK(PredictExit(d, "tiny", {"--tenant", reserved}, &why) == 2);
     CHECK(why.find("is reserved") != std::string::npos);
@@ -698,6 +698,14 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   CHECK(mix.exit_code == 2);
   CHECK(mix.err.find("cannot batch") != std::string::npos);
   CHECK(mix.err.find("register without --max-batch-size") != std::string::npos);
+  // A sample with no rows passed every comparison of the check, and batched
+  // callers were served each other's rows.
+  std::ofstream(d.dir() + "/zero_rows.json") << R"({"x": {"dtype": "float32", "shape": [0, 4], "data": []}})";
+  auto zero = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "--sample-input",
+                     d.dir() + "/zero_rows.json", "--max-batch-size", "8"});
+  CHECK(zero.exit_code == 2);
+  CHECK_MESSAGE(zero.err.find("its sample input has no rows") != std::string::npos, zero.err);
+  CHECK(zero.err.find("at least one row") != std::string::npos);
   auto nosample = d.Mms({"model", "register", "t", "--version", "1", "--path", Data("tiny.pt"), "--max-batch-size", "8"});
   CHECK(nosample.exit_code == 2);
   CHECK(nosample.err.find("--sample-input") != std::string::npos);
@@ -710,6 +718,19 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   auto plain = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "-q"});
   CHECK(plain.exit_code == 0);
   CHECK(PredictExit(d, "mix") == 0);
+  {  // Imported with a config asking for batching: registered unbatched, the note says why.
+    const std::string repo = d.dir() + "/repo";
+    std::filesystem::create_directories(repo + "/mixz/1");
+    std::filesystem::copy_file(Data("batch_mix.pt"), repo + "/mixz/1/model.pt");
+    std::filesystem::copy_file(d.dir() + "/zero_rows.json", repo + "/mixz/1/sample_input.json");
+    std::ofstream(repo + "/mixz/config.pbtxt") << "max_batch_size: 8\ndynamic_batching { }\n";
+    auto imp = d.Mms({"--json", "model", "import", repo});
+    CHECK_MESSAGE(imp.exit_code == 0, imp.err);
+    json j = json::parse(imp.out);
+    REQUIRE(j["notes"].size() == 1);
+    CHECK(j["notes"][0]["note"].get<std::string>().find("has no rows") != std::string::npos);
+    CHECK(json::parse(d.Mms({"--json", "model", "show", "mixz:1"}).out)["max_batch_size"] == 0);
+  }
 }
 
 TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are logged as needing a restart") {
@@ -903,4 +924,55 @@ TEST_CASE("predicts run on the thread that received them, a slow model's executi
   auto c2 = Connect(off);
   for (int i = 0; i < 3; ++i) CHECK(predict(*c2, "tiny") == mms::Code::kOk);
   CHECK(c2->CallJson(mms::proto::kStatus, json::object()).value()["requests_handled_inline"] == 0);
+}
+
+TEST_CASE("--timeout: under 1 ms refused (exit 2), a very long one waits, a too-short one is a timeout (exit 5), never 'hung'") {
+  // 1ns said exit 2 ("give a positive --deadline-ms"), 1e-9 exit 3 ("it is
+  // stopped (SIGSTOP), hung") or 5, by chance; 1e12 failed at once, exit 5,
+  // "-9223372036854775808 ns" (a 32-bit nng wait wrapped).
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "tiny", "tiny.pt");
+  REQUIRE(PredictExit(d, "tiny") == 0);
+  for (const char* tiny : {"1ns", "1e-9", "0.0009", "999us"}) {
+    INFO(tiny);
+    std::string err;
+    CHECK(PredictExit(d, "tiny", {"--timeout", tiny}, &err) == 2);
+    CHECK(err.find("under 1 ms, too short to reach mmsd") != std::string::npos);
+    CHECK(err.find("--deadline-ms") == std::string::npos);
+  }
+  for (const char* huge : {"1e12", "1e20", "100000d"}) {
+    INFO(huge);
+    std::string err;
+    CHECK_MESSAGE(PredictExit(d, "tiny", {"--timeout", huge}, &err) == 0, err);
+    CHECK(d.Mms({"--timeout", huge, "status"}).exit_code == 0);
+  }
+  for (int i = 0; i < 5; ++i) {  // connecting, queued or running: a timeout each way
+    std::string err;
+    const int code = PredictExit(d, "tiny", {"--timeout", "1ms"}, &err);
+    CHECK_MESSAGE((code == 5 || code == 0), code << ": " << err);
+    CHECK(err.find("SIGSTOP") == std::string::npos);
+  }
+}
+
+TEST_CASE("mms limit list says when a running mmsd did not answer for the counts, and not when none runs") {
+  // A stopped daemon's "-" counts read exactly as no daemon running.
+  Daemon d;
+  REQUIRE(d.ok());
+  REQUIRE(d.Mms({"limit", "set", "--tenant", "acme", "--qps", "5"}).exit_code == 0);
+  d.child().Signal(SIGSTOP);
+  auto hung = d.Mms({"--timeout", "1", "limit", "list"});
+  d.child().Signal(SIGCONT);
+  CHECK(hung.exit_code == 0);  // the limits themselves are in the registry
+  CHECK(hung.out.find("acme") != std::string::npos);
+  CHECK_MESSAGE(hung.err.find("no counts: mmsd did not answer") != std::string::npos, hung.err);
+  auto live = d.Mms({"limit", "list"});
+  CHECK(live.exit_code == 0);
+  CHECK(live.err.find("did not answer") == std::string::npos);
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(20) == 0);
+  auto down = d.Mms({"limit", "list"});
+  CHECK(down.exit_code == 0);
+  CHECK(down.out.find("acme") != std::string::npos);
+  CHECK_MESSAGE(down.err.find("did not answer") == std::string::npos, down.err);
 }
