@@ -24,6 +24,17 @@
 
 namespace mms {
 
+namespace {
+// The shortest text that reads back as x: never shown rounded into a range.
+std::string ShortestNumber(double x) {
+  char buf[64];
+  return std::string(buf, std::to_chars(buf, buf + sizeof buf, x).ptr);
+}
+// A limit as the audit log says it.
+std::string LimitText(double qps, double burst) { return ShortestNumber(qps) + " qps, burst " + ShortestNumber(burst); }
+}  // namespace
+
+
 int RegistrySchemaVersion() { return static_cast<int>(RegistryMigrations().size()); }
 
 std::string DefaultActor() {
@@ -919,11 +930,12 @@ Result<VersionRecord> Registry::Remove(const Ref& ref, bool force) {
     if (counted) versions_left = left.Int(0);
   }
   if (versions_left == 0) {
-    MMS_ASSIGN_OR_RETURN(auto lim, db_->Prepare("DELETE FROM limits WHERE kind = 'model' AND key = ?"));
+    MMS_ASSIGN_OR_RETURN(auto lim,
+                         db_->Prepare("DELETE FROM limits WHERE kind = 'model' AND key = ? RETURNING qps, burst"));
     lim.Bind(1, rec.model);
-    MMS_RETURN_IF_ERROR(lim.Run());
-    if (db_->Changes() > 0)
-      MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", rec.model, rec.version, "", "",
+    MMS_ASSIGN_OR_RETURN(bool had, lim.Step());  // (the row is deleted by this first step)
+    if (had)
+      MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", rec.model, rec.version, LimitText(lim.Double(0), lim.Double(1)), "",
                                       "model " + rec.model + " (its last version was removed)"));
     MMS_ASSIGN_OR_RETURN(auto pins, db_->Prepare("DELETE FROM pins WHERE version_id IS NULL AND model_id = "
                                                  "(SELECT id FROM models WHERE name = ?)"));
@@ -1072,10 +1084,7 @@ Status Registry::Relocate(const std::vector<Relocation>& moves, const std::strin
 
 Status Registry::SetLimit(const RateLimit& l, bool* unchanged) {
   if (unchanged) *unchanged = false;
-  auto num = [](double x) {  // the shortest text that reads back as x: never shown rounded into the range
-    char buf[64];
-    return std::string(buf, std::to_chars(buf, buf + sizeof buf, x).ptr);
-  };
+  const auto num = &ShortestNumber;
   if (l.kind != "model" && l.kind != "tenant") return InvalidArgument("a limit is for a model or a tenant");
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ValidateName(l.key));
   if (l.kind == "tenant") MMS_RETURN_IF_ERROR(ValidateTenant(l.key));
@@ -1088,6 +1097,7 @@ Status Registry::SetLimit(const RateLimit& l, bool* unchanged) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ModelId(l.key).status());
+  std::string was;
   {  // The same again (a rerun): nothing to write, nor to audit.
     MMS_ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT qps, burst FROM limits WHERE kind = ? AND key = ?"));
     q.Bind(1, l.kind).Bind(2, l.key);
@@ -1096,25 +1106,33 @@ Status Registry::SetLimit(const RateLimit& l, bool* unchanged) {
       if (unchanged) *unchanged = true;
       return Status::Ok();
     }
+    if (row) was = LimitText(q.Double(0), q.Double(1));  // audited as what it replaced
   }
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare(
       "INSERT INTO limits (kind, key, qps, burst, updated_ms) VALUES (?, ?, ?, ?, ?) "
       "ON CONFLICT (kind, key) DO UPDATE SET qps = excluded.qps, burst = excluded.burst, updated_ms = excluded.updated_ms"));
   st.Bind(1, l.kind).Bind(2, l.key).Bind(3, l.qps).Bind(4, l.burst).Bind(5, opts_.clock->UnixMillis());
   MMS_RETURN_IF_ERROR(st.Run());
-  MMS_RETURN_IF_ERROR(AuditLocked("limit-set", l.kind == "model" ? l.key : "", "", "",
-                                  num(l.qps) + " qps, burst " + num(l.burst), l.kind + " " + l.key));
+  MMS_RETURN_IF_ERROR(AuditLocked("limit-set", l.kind == "model" ? l.key : "", "", was,
+                                  LimitText(l.qps, l.burst), l.kind + " " + l.key));
   return Commit(tx);
 }
 
 Status Registry::RemoveLimit(const std::string& kind, const std::string& key) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  std::string was;  // audited as what was removed
+  {
+    MMS_ASSIGN_OR_RETURN(auto q, db_->Prepare("SELECT qps, burst FROM limits WHERE kind = ? AND key = ?"));
+    q.Bind(1, kind).Bind(2, key);
+    MMS_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return NotFound("no limit for " + kind + " '" + key + "' (mms limit list shows them)");
+    was = LimitText(q.Double(0), q.Double(1));
+  }
   MMS_ASSIGN_OR_RETURN(auto st, db_->Prepare("DELETE FROM limits WHERE kind = ? AND key = ?"));
   st.Bind(1, kind).Bind(2, key);
   MMS_RETURN_IF_ERROR(st.Run());
-  if (db_->Changes() == 0) return NotFound("no limit for " + kind + " '" + key + "' (mms limit list shows them)");
-  MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", kind == "model" ? key : "", "", "", "", kind + " " + key));
+  MMS_RETURN_IF_ERROR(AuditLocked("limit-rm", kind == "model" ? key : "", "", was, "", kind + " " + key));
   return Commit(tx);
 }
 

@@ -345,6 +345,23 @@ TEST_CASE("a model's rate limit and pin by name go with its last version, audite
   REQUIRE(h->size() >= 3);
   CHECK((*h)[h->size() - 3].action == "limit-rm");
   CHECK((*h)[h->size() - 3].detail.find("its last version was removed") != std::string::npos);
+  CHECK((*h)[h->size() - 3].from == "5 qps, burst 10");  // what was removed, not ''
+  {  // Replaced and removed by hand: the audit says from what.
+    f.Add("lim", "1");
+    REQUIRE(f.reg->SetLimit({"model", "lim", 1e9, 1e9}).ok());
+    REQUIRE(f.reg->SetLimit({"model", "lim", 1e-9, 1}).ok());
+    REQUIRE(f.reg->RemoveLimit("model", "lim").ok());
+    auto lh = f.reg->History(*ParseRef("lim"));
+    REQUIRE(lh.ok());
+    REQUIRE(lh->size() >= 3);
+    const auto& set = (*lh)[lh->size() - 2];
+    const auto& rm = (*lh)[lh->size() - 1];
+    CHECK(set.action == "limit-set");
+    CHECK(set.from == "1e+09 qps, burst 1e+09");
+    CHECK(set.to == "1e-09 qps, burst 1");
+    CHECK(rm.action == "limit-rm");
+    CHECK(rm.from == "1e-09 qps, burst 1");
+  }
   CHECK((*h)[h->size() - 2].action == "unpin");
   CHECK((*h)[h->size() - 2].detail == "its last version was removed");
   // A new model of that name starts without the old limit or pin.
