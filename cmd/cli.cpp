@@ -372,7 +372,16 @@ std::optional<double> ParseDecimal(const std::string& text) {
 
 CLI::Validator DecimalNumber() {
   return CLI::Validator(
-      [](std::string& v) { return ParseDecimal(v) ? std::string() : "'" + v + "' is not a decimal number"; }, "NUMBER");
+      [](std::string& v) {
+        if (ParseDecimal(v)) return std::string();
+        // from_chars reads an overflow as out of range: a number, too large or small to hold.
+        double x = 0;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x, std::chars_format::general);
+        if (!v.empty() && ec == std::errc::result_out_of_range && end == v.data() + v.size())
+          return "'" + v + "' is out of range (a double holds about 1e-308 to 1e308)";
+        return "'" + v + "' is not a decimal number";
+      },
+      "NUMBER");
 }
 
 CLI::Validator WholeNumber() {

@@ -291,6 +291,8 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
       {{"tiny", "--qps", "1e308"}, "at most 1e9"},
       {{"tiny", "--qps", "10", "--burst", "1e10"}, "--burst must be 1 to 1e9"},
       {{"tiny", "--qps", "0x10"}, "'0x10' is not a decimal number"},
+      {{"tiny", "--qps", "1e309"}, "--qps: '1e309' is out of range"},
+      {{"tiny", "--burst", "1e-400", "--qps", "1"}, "--burst: '1e-400' is out of range"},
       // The value refused as given, not rounded into the range ("got 1e+09").
       {{"tiny", "--qps", "1000000001"}, "(got 1000000001)"},
       {{"tiny", "--qps", "10", "--burst", "0.99999999"}, "(got 0.99999999)"},
