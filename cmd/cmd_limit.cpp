@@ -54,7 +54,7 @@ int CmdSet(Cli& cli, const LimitArgs& a) {
   if (Status st = (*reg)->SetLimit(l, &unchanged); !st.ok()) return cli.Fail(st);
   if (!unchanged) cli.NotifyDaemon();
   nlohmann::json j = l.ToJson();
-  if (unchanged) j["unchanged"] = true;
+  j["unchanged"] = unchanged;  // always there: a script reads it
   cli.Emit(j, [&] {
     std::cout << l.kind << " " << l.key << ": " << l.qps << " requests/s, burst " << l.burst
               << (unchanged ? " (as it was: nothing to do)" : "") << "\n";

@@ -121,7 +121,9 @@ TEST_CASE("register, list, show, history, stage, alias, rm: text and JSON") {
 TEST_CASE("a tenant limit stored before the tenant id rules tightened can still be removed") {
   Cli mms;
   REQUIRE(mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "-q"}).exit_code == 0);
-  REQUIRE(mms({"limit", "set", "--tenant", "acme", "--qps", "5"}).exit_code == 0);
+  auto first = mms({"--json", "limit", "set", "--tenant", "acme", "--qps", "5"});
+  REQUIRE(first.exit_code == 0);
+  CHECK(json::parse(first.out)["unchanged"] == false);  // the key is always there
   const std::string db = mms.dir / "data/registry.db";
   {  // The same limit again (a rerun): nothing written, no second audit row.
     auto same = mms({"--json", "limit", "set", "--tenant", "acme", "--qps", "5"});
