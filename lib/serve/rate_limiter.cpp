@@ -116,8 +116,8 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
       return refuse("requests without a tenant share the tenant '(none)', which is", t->limit,
                     "send a tenant (mms predict --tenant T), retry later, or raise it with mms limit set --tenant '(none)'");
     if (bucket_key == kOtherTenants)  // past the cap: not this tenant's own use
-      return refuse("tenant '" + tenant + "' is new while " + std::to_string(kMaxTenants) +
-                        " tenants have buckets, so it shares the bucket of such tenants, which is",
+      return refuse("tenant '" + tenant + "' came after " + std::to_string(kMaxTenants) +
+                        " tenants had buckets, so it shares the bucket of such tenants, which is",
                     t->limit, "retry later, or give it its own limit with mms limit set --tenant " + tenant);
     return refuse("tenant '" + tenant + "' is", t->limit, "retry later or raise it with mms limit set");
   }

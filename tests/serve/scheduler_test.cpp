@@ -99,7 +99,7 @@ TEST_CASE("token buckets: past the cap with no idle bucket, newcomers share one 
   auto second = rl.Admit("m", "new-2");
   CHECK(second.code() == Code::kRateLimited);
   // Not blamed on new-2's own use: it shares the bucket of tenants past the cap.
-  CHECK(second.message().find("tenant 'new-2' is new while") == 0);
+  CHECK(second.message().find("tenant 'new-2' came after") == 0);
   CHECK(second.message().find("mms limit set --tenant new-2") != std::string::npos);
   // A tenant with its own limit still gets its own bucket.
   CHECK(rl.Admit("m", "vip").ok());
