@@ -82,22 +82,11 @@ Result<HostModel> AdapterLoader::Load(const Source& src, const HostAllocator& al
   }
   layout.total_bytes = end;
   MMS_ASSIGN_OR_RETURN(auto buf, alloc(static_cast<size_t>(std::max<uint64_t>(end, 1))));
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return IoError(src.ref + ": cannot open " + path + ": " + std::strerror(errno));
-  uint64_t done = 0;
-  while (done < end) {
-    ssize_t n = ::pread(fd, buf->data() + done, end - done, static_cast<off_t>(header->data_offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return IoError(src.ref + ": short read of " + path);
-    }
-    done += static_cast<uint64_t>(n);
-  }
-  ::close(fd);
-  if (Status st = VerifySafetensorsChecksum(*header, buf->data(), end, path); !st.ok())
+  if (Status st = ReadSafetensorsData(path, *header, buf->data(), end); !st.ok()) {
+    if (st.code() != Code::kCorrupt && st.code() != Code::kInvalidArgument) return IoError(src.ref + ": " + st.message());
     return Corrupt("the stored adapter " + src.ref + " is damaged: " + st.message() + " (mms model verify " + src.ref +
                    " checks it; mms model repack " + src.ref + " writes it anew from the registered directory)");
+  }
   HostModel hm;
   hm.model = std::make_unique<AdapterModel>(src.ref, std::move(info), std::move(layout));
   MMS_RETURN_IF_ERROR(hm.model->Bind(buf, "cpu"));

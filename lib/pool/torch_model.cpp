@@ -14,10 +14,6 @@
 #include <sstream>
 #include <functional>
 #include <map>
-#include <mutex>
-#include <condition_variable>
-#include <system_error>
-#include <thread>
 #include <unordered_map>
 
 #include "core/hash.h"
@@ -407,80 +403,6 @@ Result<torch::jit::Module> LoadModule(const std::string& path, const std::string
   }
 }
 
-// Reads n bytes of `path` from `offset` into dst, in pieces of `piece`
-// bytes; `read_so_far(done)`, when given, is told after each piece.
-Status ReadInto(const std::string& path, uint64_t offset, uint8_t* dst, uint64_t n, uint64_t piece = 64ull << 20,
-                const std::function<void(uint64_t done)>& read_so_far = nullptr) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return IoError("cannot open " + path + ": " + std::strerror(errno));
-  ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n), POSIX_FADV_SEQUENTIAL);
-  uint64_t done = 0;
-  while (done < n) {
-    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n - done, piece));
-    ssize_t got = ::pread(fd, dst + done, chunk, static_cast<off_t>(offset + done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      int e = errno;
-      ::close(fd);
-      return got == 0 ? InvalidArgument(path + " is truncated") : IoError("cannot read " + path + ": " + std::strerror(e));
-    }
-    done += static_cast<uint64_t>(got);
-    if (read_so_far) read_so_far(done);
-  }
-  ::close(fd);
-  return Status::Ok();
-}
-
-// Reads a packed weights file's data region into dst and checks it against
-// the checksum its header records. From 16 MiB on, a second thread hashes
-// each 8 MiB piece while the next is read: the hash (~15 GB/s on one core)
-// is ~70% of a read from the page cache in huge pages, so in sequence the
-// load took ~1.6x the read, overlapped about the read's time
-// (docs/benchmarks.md, section 2). Without a thread to spare it does the two
-// in sequence.
-Status ReadVerified(const std::string& path, const SafetensorsHeader& h, uint8_t* dst, uint64_t n) {
-  constexpr uint64_t kOverlapFrom = 16ull << 20, kPiece = 8ull << 20;
-  if (n >= kOverlapFrom && h.metadata.count(kSafetensorsChecksumKey)) {
-    std::mutex mu;
-    std::condition_variable cv;
-    uint64_t read = 0;  // guarded by mu
-    bool stopped = false;  // guarded by mu: the read failed
-    Status verified = Status::Ok();
-    std::thread hasher;
-    try {
-      hasher = std::thread([&] {
-        verified = VerifySafetensorsChecksumAsRead(h, dst, n, path, [&](uint64_t end) {
-          std::unique_lock<std::mutex> l(mu);
-          cv.wait(l, [&] { return read >= end || stopped; });
-          return read >= end;
-        });
-      });
-    } catch (const std::system_error&) {  // no thread to spare: in sequence below
-    }
-    if (hasher.joinable()) {
-      Status st = ReadInto(path, h.data_offset, dst, n, kPiece, [&](uint64_t done) {
-        {
-          std::lock_guard<std::mutex> l(mu);
-          read = done;
-        }
-        cv.notify_one();
-      });
-      if (!st.ok()) {
-        {
-          std::lock_guard<std::mutex> l(mu);
-          stopped = true;
-        }
-        cv.notify_one();
-      }
-      hasher.join();
-      return st.ok() ? verified : st;
-    }
-  }
-  MMS_RETURN_IF_ERROR(ReadInto(path, h.data_offset, dst, n));
-  // Same-size damage (a flipped byte) would otherwise be served as weights.
-  return VerifySafetensorsChecksum(h, dst, n, path);
-}
-
 // An archive's bytes in memory, for torch::jit::load.
 class BytesReader final : public caffe2::serialize::ReadAdapterInterface {
  public:
@@ -600,7 +522,7 @@ Result<HostModel> LoadPackedTorchScript(const std::string& dir, const HostAlloca
   uint64_t data_bytes = static_cast<uint64_t>(st.st_size) - h.data_offset;
   MMS_ASSIGN_OR_RETURN(auto buf, alloc(std::max<uint64_t>(layout.total_bytes, 1)));
   const uint64_t read = std::min(data_bytes, layout.total_bytes);
-  MMS_RETURN_IF_ERROR(ReadVerified(weights, h, buf->data(), read));
+  MMS_RETURN_IF_ERROR(ReadSafetensorsData(weights, h, buf->data(), read));
   auto model = std::make_unique<TorchModel>(std::move(m), std::move(layout), name.empty() ? dir : name);
   MMS_RETURN_IF_ERROR(model->Init());
   MMS_RETURN_IF_ERROR(model->Bind(buf, "cpu"));

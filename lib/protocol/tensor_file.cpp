@@ -13,6 +13,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <exception>
+#include <thread>
 #include <unordered_set>
 
 #include "core/paths.h"
@@ -595,6 +600,78 @@ Status VerifySafetensorsChecksumAsRead(const SafetensorsHeader& h, const uint8_t
   return Corrupt(path + " does not match the checksum it was written with (xxh3 " + got + ", written " + want->second +
                  "): it was changed or damaged since");
 }
+
+namespace {
+// Reads n bytes of `path` from `offset` into dst, in pieces of `piece`
+// bytes; `read_so_far(done)`, when given, is told after each piece.
+Status ReadInto(const std::string& path, uint64_t offset, uint8_t* dst, uint64_t n, uint64_t piece = 64ull << 20,
+                const std::function<void(uint64_t done)>& read_so_far = nullptr) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError("cannot open " + path + ": " + std::strerror(errno));
+  ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n), POSIX_FADV_SEQUENTIAL);
+  uint64_t done = 0;
+  while (done < n) {
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n - done, piece));
+    ssize_t got = ::pread(fd, dst + done, chunk, static_cast<off_t>(offset + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      int e = errno;
+      ::close(fd);
+      return got == 0 ? InvalidArgument(path + " is truncated") : IoError("cannot read " + path + ": " + std::strerror(e));
+    }
+    done += static_cast<uint64_t>(got);
+    if (read_so_far) read_so_far(done);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+}  // namespace
+
+// Hashed on a second thread, a piece behind the read, from 16 MiB on (the header says why).
+Status ReadSafetensorsData(const std::string& path, const SafetensorsHeader& h, uint8_t* dst, uint64_t n) {
+  constexpr uint64_t kOverlapFrom = 16ull << 20, kPiece = 8ull << 20;
+  if (n >= kOverlapFrom && h.metadata.count(kSafetensorsChecksumKey)) {
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t read = 0;  // guarded by mu
+    bool stopped = false;  // guarded by mu: the read failed
+    Status verified = Status::Ok();
+    std::thread hasher;
+    try {
+      hasher = std::thread([&] {
+        verified = VerifySafetensorsChecksumAsRead(h, dst, n, path, [&](uint64_t end) {
+          std::unique_lock<std::mutex> l(mu);
+          cv.wait(l, [&] { return read >= end || stopped; });
+          return read >= end;
+        });
+      });
+    } catch (const std::exception&) {  // no thread to spare (system_error, bad_alloc): in sequence below
+    }
+    if (hasher.joinable()) {
+      Status st = ReadInto(path, h.data_offset, dst, n, kPiece, [&](uint64_t done) {
+        {
+          std::lock_guard<std::mutex> l(mu);
+          read = done;
+        }
+        cv.notify_one();
+      });
+      if (!st.ok()) {
+        {
+          std::lock_guard<std::mutex> l(mu);
+          stopped = true;
+        }
+        cv.notify_one();
+      }
+      hasher.join();
+      return st.ok() ? verified : st;
+    }
+  }
+  MMS_RETURN_IF_ERROR(ReadInto(path, h.data_offset, dst, n));
+  // Same-size damage (a flipped byte) would otherwise be served as weights.
+  return VerifySafetensorsChecksum(h, dst, n, path);
+}
+
 
 Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& tensors,
                             const std::map<std::string, std::string>& given_metadata, size_t alignment,

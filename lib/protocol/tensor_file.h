@@ -93,6 +93,18 @@ Status VerifySafetensorsChecksum(const SafetensorsHeader& h, const uint8_t* data
 Status VerifySafetensorsChecksumAsRead(const SafetensorsHeader& h, const uint8_t* data, uint64_t size,
                                        const std::string& path, const std::function<bool(uint64_t end)>& ready);
 
+// Reads the first n bytes of the data region of the safetensors file at
+// `path` (header `h`, as read from it) into dst, and checks them against the
+// checksums `h` records (as VerifySafetensorsChecksum). From 16 MiB on, a
+// second thread hashes each 8 MiB piece while the next is read: the hash
+// (~15 GB/s on one core) was ~70% of a read from the page cache into huge
+// pages, so in sequence a load took ~1.6x the read, overlapped about the
+// read's time (docs/benchmarks.md, section 2); where no thread can be
+// started, the two run in sequence. Errors: IO (cannot open or read),
+// INVALID_ARGUMENT "is truncated" (the file ends before n bytes), CORRUPT
+// (a checksum differs, or an entry ends past n) — the read's error first.
+Status ReadSafetensorsData(const std::string& path, const SafetensorsHeader& h, uint8_t* dst, uint64_t n);
+
 // Whether `path` names a safetensors file by its extension (any case).
 bool IsSafetensorsPath(const std::string& path);
 // Reads a tensor file by extension: .json or .safetensors (or by content).

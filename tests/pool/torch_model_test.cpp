@@ -231,7 +231,9 @@ TEST_CASE("a packed model of 16 MiB or more is hashed on a second thread as it i
     CHECK(bad.status().code() == Code::kCorrupt);
     CHECK(bad.status().message().find("does not match the checksum it was written with") != std::string::npos);
   }
-  // Cut short in its last piece: refused as truncated, not a hash left waiting.
+  // Cut short in its last piece: refused as truncated (by the header's own
+  // check, before any read; a file that shrinks during the read is
+  // tensor_file_test's "read as it is hashed" case).
   std::ofstream(weights, std::ios::binary | std::ios::trunc) << intact.substr(0, data_end - 4096);
   auto cut = LoadPackedTorchScript(packed, Alloc());
   REQUIRE_FALSE(cut.ok());

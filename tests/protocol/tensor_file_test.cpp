@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 
@@ -602,4 +603,47 @@ TEST_CASE("safetensors: a checksum checked as the data is read asks for each pie
   flipped[h->data_offset + (9ull << 20)] ^= 0x10;
   CHECK(VerifySafetensorsChecksum(*h, reinterpret_cast<const uint8_t*>(flipped.data()) + h->data_offset, size, path)
             .code() == Code::kCorrupt);
+}
+
+TEST_CASE("safetensors: data read as it is hashed (16 MiB on) gives the sequential path's results, and a read that fails stops the hash") {
+  testing::TempDir dir;
+  Tensor a = Tensor::Alloc("a", DType::kUInt8, {20ll << 20});
+  Tensor b = Tensor::Alloc("b", DType::kUInt8, {4ll << 20});
+  for (size_t i = 0; i < a.nbytes; ++i) a.mutable_data()[i] = static_cast<uint8_t>(i * 31 + 7);
+  for (size_t i = 0; i < b.nbytes; ++i) b.mutable_data()[i] = static_cast<uint8_t>(i * 5);
+  const std::string path = dir / "w.safetensors";
+  REQUIRE(WriteSafetensorsFile(path, {a, b}, {}, 64, /*checksum=*/true).ok());
+  const std::string intact = ReadFile(path).value();
+  auto h = ReadSafetensorsHeader(path);
+  REQUIRE(h.ok());
+  const uint64_t n = intact.size() - h->data_offset;
+  REQUIRE(n >= (16ull << 20));
+  std::vector<uint8_t> dst(n);
+  // Intact: the bytes, and OK.
+  Status st = ReadSafetensorsData(path, *h, dst.data(), n);
+  CHECK_MESSAGE(st.ok(), st.ToString());
+  CHECK(std::memcmp(dst.data(), intact.data() + h->data_offset, n) == 0);
+  // A flipped byte: CORRUPT, the message the sequential check gives.
+  std::string flipped = intact;
+  flipped[h->data_offset + (17ull << 20)] ^= 0x01;
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << flipped;
+  st = ReadSafetensorsData(path, *h, dst.data(), n);
+  CHECK(st.code() == Code::kCorrupt);
+  CHECK(st.message() ==
+        VerifySafetensorsChecksum(*h, reinterpret_cast<const uint8_t*>(flipped.data()) + h->data_offset, n, path)
+            .message());
+  // The file cut short after its header was read (a read that ends early
+  // while the hash waits for its piece): the read's error, not a hang, not CANCELLED.
+  for (uint64_t keep : std::vector<uint64_t>{0, 1, 8ull << 20, (12ull << 20) + 3}) {
+    INFO("data kept: " << keep);
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << intact.substr(0, h->data_offset + keep);
+    st = ReadSafetensorsData(path, *h, dst.data(), n);
+    CHECK(st.code() == Code::kInvalidArgument);
+    CHECK(st.message().find("is truncated") != std::string::npos);
+  }
+  // Gone before the read: IO.
+  std::filesystem::remove(path);
+  st = ReadSafetensorsData(path, *h, dst.data(), n);
+  CHECK(st.code() == Code::kIo);
+  CHECK(st.message().find("cannot open") != std::string::npos);
 }
