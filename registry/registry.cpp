@@ -34,7 +34,6 @@ std::string ShortestNumber(double x) {
 std::string LimitText(double qps, double burst) { return ShortestNumber(qps) + " qps, burst " + ShortestNumber(burst); }
 }  // namespace
 
-
 int RegistrySchemaVersion() { return static_cast<int>(RegistryMigrations().size()); }
 
 std::string DefaultActor() {
