@@ -1083,16 +1083,15 @@ Status Registry::Relocate(const std::vector<Relocation>& moves, const std::strin
 
 Status Registry::SetLimit(const RateLimit& l, bool* unchanged) {
   if (unchanged) *unchanged = false;
-  const auto num = &ShortestNumber;
   if (l.kind != "model" && l.kind != "tenant") return InvalidArgument("a limit is for a model or a tenant");
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ValidateName(l.key));
   if (l.kind == "tenant") MMS_RETURN_IF_ERROR(ValidateTenant(l.key));
   // The same range as [limits] in mms.toml.
   if (!std::isfinite(l.qps) || l.qps <= 0 || l.qps > 1e9)
-    return InvalidArgument("--qps must be a positive number of requests per second, at most 1e9 (got " + num(l.qps) +
+    return InvalidArgument("--qps must be a positive number of requests per second, at most 1e9 (got " + ShortestNumber(l.qps) +
                            "); to stop a model, stop serving it instead");
   if (!std::isfinite(l.burst) || l.burst < 1 || l.burst > 1e9)
-    return InvalidArgument("--burst must be 1 to 1e9 requests (got " + num(l.burst) + ")");
+    return InvalidArgument("--burst must be 1 to 1e9 requests (got " + ShortestNumber(l.burst) + ")");
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ModelId(l.key).status());

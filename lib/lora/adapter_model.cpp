@@ -1,11 +1,5 @@
 #include "lora/adapter_model.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-
 #include "core/paths.h"
 #include "protocol/tensor_file.h"
 

@@ -312,16 +312,23 @@ nlohmann::json ValueToJson(const Tensor& t, int64_t i) {
   return nullptr;
 }
 
-Result<std::string> ReadRange(int fd, uint64_t offset, size_t n, const std::string& path) {
-  std::string buf(n, '\0');
-  size_t done = 0;
+// Reads n bytes of fd at `offset` into dst: IO on a read error,
+// INVALID_ARGUMENT "is truncated" when the file ends first.
+Status ReadFully(int fd, uint64_t offset, uint8_t* dst, uint64_t n, const std::string& path) {
+  uint64_t done = 0;
   while (done < n) {
-    ssize_t got = ::pread(fd, buf.data() + done, n - done, static_cast<off_t>(offset + done));
+    ssize_t got = ::pread(fd, dst + done, static_cast<size_t>(n - done), static_cast<off_t>(offset + done));
     if (got < 0 && errno == EINTR) continue;
     if (got < 0) return IoError("cannot read " + path + ": " + std::strerror(errno));
     if (got == 0) return InvalidArgument(path + " is truncated");
-    done += static_cast<size_t>(got);
+    done += static_cast<uint64_t>(got);
   }
+  return Status::Ok();
+}
+
+Result<std::string> ReadRange(int fd, uint64_t offset, size_t n, const std::string& path) {
+  std::string buf(n, '\0');
+  MMS_RETURN_IF_ERROR(ReadFully(fd, offset, reinterpret_cast<uint8_t*>(buf.data()), n, path));
   return buf;
 }
 
@@ -527,17 +534,9 @@ Result<std::vector<Tensor>> ReadSafetensorsFile(const std::string& path) {
       return alloc.status().WithContext(path);
     }
     Tensor t = std::move(alloc).value();
-    size_t done = 0;
-    while (done < t.nbytes) {
-      ssize_t got = ::pread(fd, t.mutable_data() + done, t.nbytes - done,
-                            static_cast<off_t>(h.data_offset + e.begin + done));
-      if (got <= 0) {
-        ::close(fd);
-        return IoError("cannot read " + path);
-      }
-      done += static_cast<size_t>(got);
-    }
-    if (Status st = CheckBoolBytes(t, path); !st.ok()) {
+    Status st = ReadFully(fd, h.data_offset + e.begin, t.mutable_data(), t.nbytes, path);
+    if (st.ok()) st = CheckBoolBytes(t, path);
+    if (!st.ok()) {
       ::close(fd);
       return st;
     }
@@ -609,23 +608,16 @@ Status ReadInto(const std::string& path, uint64_t offset, uint8_t* dst, uint64_t
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return IoError("cannot open " + path + ": " + std::strerror(errno));
   ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(n), POSIX_FADV_SEQUENTIAL);
-  uint64_t done = 0;
-  while (done < n) {
-    size_t chunk = static_cast<size_t>(std::min<uint64_t>(n - done, piece));
-    ssize_t got = ::pread(fd, dst + done, chunk, static_cast<off_t>(offset + done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      int e = errno;
-      ::close(fd);
-      return got == 0 ? InvalidArgument(path + " is truncated") : IoError("cannot read " + path + ": " + std::strerror(e));
-    }
-    done += static_cast<uint64_t>(got);
-    if (read_so_far) read_so_far(done);
+  Status st = Status::Ok();
+  for (uint64_t done = 0; done < n && st.ok();) {
+    const uint64_t chunk = std::min(n - done, piece);
+    st = ReadFully(fd, offset + done, dst + done, chunk, path);
+    done += chunk;
+    if (st.ok() && read_so_far) read_so_far(done);
   }
   ::close(fd);
-  return Status::Ok();
+  return st;
 }
-
 }  // namespace
 
 // Hashed on a second thread, a piece behind the read, from 16 MiB on (the header says why).
@@ -671,7 +663,6 @@ Status ReadSafetensorsData(const std::string& path, const SafetensorsHeader& h, 
   // Same-size damage (a flipped byte) would otherwise be served as weights.
   return VerifySafetensorsChecksum(h, dst, n, path);
 }
-
 
 Status WriteSafetensorsFile(const std::string& path, const std::vector<Tensor>& tensors,
                             const std::map<std::string, std::string>& given_metadata, size_t alignment,
