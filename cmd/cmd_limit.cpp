@@ -56,7 +56,7 @@ int CmdSet(Cli& cli, const LimitArgs& a) {
   nlohmann::json j = l.ToJson();
   j["unchanged"] = unchanged;  // always there: a script reads it
   cli.Emit(j, [&] {
-    std::cout << l.kind << " " << l.key << ": " << l.qps << " requests/s, burst " << l.burst
+    std::cout << l.kind << " " << l.key << ": " << l.qps << (l.qps == 1 ? " request/s" : " requests/s") << ", burst " << l.burst
               << (unchanged ? " (as it was: nothing to do)" : "") << "\n";
   });
   return 0;
@@ -179,7 +179,7 @@ void AddLimitCommands(CLI::App& app, Cli& cli) {
       "TENANT");
   set->add_option("--tenant", a->tenant, "a tenant id instead of a model")->check(named);
   const CLI::Validator decimal = DecimalNumber();
-  set->add_option("--qps", a->qps, "sustained requests per second (> 0, at most 1e9)")->required()->check(decimal);
+  set->add_option("--qps", a->qps, "sustained requests per second (1e-6 to 1e9)")->required()->check(decimal);
   set->add_option_function<double>(
          "--burst",
          [a](double b) {

@@ -27,6 +27,10 @@ Status ValidateName(std::string_view name, std::string_view what = "model name")
 // control characters (they would forge lines in `mms limit list` or drive
 // the terminal of whoever reads it).
 Status ValidateTenant(std::string_view tenant);
+// A rate limit's range (mms limit set --qps, [limits] *_qps): from one
+// request in 11.6 days to 1e9 requests/s. Below, a limit is a stop in
+// disguise (5e-324 would pass one request, then none for ever).
+constexpr double kMinQps = 1e-6, kMaxQps = 1e9;
 Status ValidateVersion(std::string_view version);
 // Sortable form of a valid version: "1.10" > "1.9" > "1".
 std::string VersionSortKey(std::string_view version);

@@ -192,7 +192,9 @@ std::string Registry::Stored(const std::string& path) const {
   std::string s = StoredPath(base_dir_, path);
   return s != path ? s : StoredPath(base_dir_real_, path);
 }
-Registry::~Registry() = default;
+Registry::~Registry() {
+  if (identity_fd_ >= 0) ::close(identity_fd_);
+}
 
 Registry::BriefWaits::BriefWaits(Registry* r, int64_t ms) : r_(r) {
   r_->mu_.lock();
@@ -267,7 +269,8 @@ Result<std::unique_ptr<Registry>> Registry::Open(const Options& opts) {
                  RealDir(DirName(opts.artifacts_dir)) == r->base_dir_real_;
   MMS_RETURN_IF_ERROR(r->db_->Exec("PRAGMA journal_mode=WAL"));
   struct stat st;
-  if (::stat(opts.path.c_str(), &st) == 0) {
+  if (opts.path != ":memory:") r->identity_fd_ = ::open(opts.path.c_str(), O_PATH | O_CLOEXEC);
+  if (r->identity_fd_ >= 0 && ::fstat(r->identity_fd_, &st) == 0) {
     r->file_dev_ = static_cast<uint64_t>(st.st_dev);
     r->file_ino_ = static_cast<uint64_t>(st.st_ino);
   }
@@ -1087,9 +1090,9 @@ Status Registry::SetLimit(const RateLimit& l, bool* unchanged) {
   if (l.kind == "model") MMS_RETURN_IF_ERROR(ValidateName(l.key));
   if (l.kind == "tenant") MMS_RETURN_IF_ERROR(ValidateTenant(l.key));
   // The same range as [limits] in mms.toml.
-  if (!std::isfinite(l.qps) || l.qps <= 0 || l.qps > 1e9)
-    return InvalidArgument("--qps must be a positive number of requests per second, at most 1e9 (got " + ShortestNumber(l.qps) +
-                           "); to stop a model, stop serving it instead");
+  if (!std::isfinite(l.qps) || l.qps < kMinQps || l.qps > kMaxQps)
+    return InvalidArgument("--qps must be a positive number of requests per second, 1e-6 (one in 11.6 days) to 1e9 (got " +
+                           ShortestNumber(l.qps) + "); to stop a model, stop serving it instead");
   if (!std::isfinite(l.burst) || l.burst < 1 || l.burst > 1e9)
     return InvalidArgument("--burst must be 1 to 1e9 requests (got " + ShortestNumber(l.burst) + ")");
   std::lock_guard<std::recursive_mutex> lock(mu_);

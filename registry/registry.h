@@ -509,6 +509,13 @@ class Registry {
   int max_schema_ = 0;               // set by Open: how far Migrate may go (7 under an older mmsd)
   bool relative_ = false;            // set by Open: paths inside base_dir_ are stored relative
   uint64_t file_dev_ = 0, file_ino_ = 0;  // the opened file's identity (set by Open)
+  // An O_PATH descriptor of the opened file, held for the Registry's life:
+  // its inode cannot be freed, so no new file at the path (a CLI's fresh
+  // registry after a removal) can get its number and pass for it once
+  // LetGoOfDetachedFile has closed the database. (Closing an O_PATH
+  // descriptor leaves SQLite's POSIX locks alone.) The removed file's
+  // blocks stay in use until then.
+  int identity_fd_ = -1;
   // Its -wal file's identity, once seen (Open, else the first check after
   // the first write creates it).
   mutable std::atomic<uint64_t> wal_ino_{0};

@@ -200,6 +200,25 @@ Spec Double(std::string table, std::string key, double def, double lo, double hi
   return {{table, key, "number", fmt(def), range, doc}, apply, render};
 }
 
+// A rate limit in requests/s, or 0 for none.
+template <class Get>
+Spec QpsOrNone(std::string table, std::string key, std::string doc, Get get) {
+  Spec s = Double(table, key, 0, 0, kMaxQps, doc, get);
+  s.key.range = "0 (none), or 1e-6 to 1e9";
+  s.apply = [get, range = s.key.range](Config& c, const toml::node& n) -> Status {
+    if (!n.is_number()) return TypeError("a number", n);
+    const double v = *n.value<double>();
+    if (!(v == 0 || (v >= kMinQps && v <= kMaxQps))) {
+      char buf[32];
+      return InvalidArgument(std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr) + " is out of range; allowed " +
+                             range + " (1e-6 is one request in 11.6 days)");
+    }
+    get(c) = v;
+    return Status::Ok();
+  };
+  return s;
+}
+
 // A size, or "auto" (stored as 0).
 template <class Get>
 Spec BytesOrAuto(std::string table, std::string key, uint64_t lo, uint64_t hi, std::string doc, Get get) {
@@ -425,11 +444,11 @@ const std::vector<Spec>& Specs() {
       Int("scheduler", "starvation_interval", 8, 1, 1000,
           "Every Nth dispatch serves the oldest request of any class, so lower classes are never starved.",
           [](Config& c) -> int& { return c.scheduler.starvation_interval; }),
-      Double("limits", "model_qps", 0, 0, 1e9, "Default rate limit per model in requests/s; 0 means none.",
+      QpsOrNone("limits", "model_qps", "Default rate limit per model in requests/s; 0 means none.",
              [](Config& c) -> double& { return c.limits.model_qps; }),
       Double("limits", "model_burst", 0, 0, 1e9, "Default burst per model; 0 means the qps; below 1 counts as 1.",
              [](Config& c) -> double& { return c.limits.model_burst; }),
-      Double("limits", "tenant_qps", 0, 0, 1e9, "Default rate limit per tenant in requests/s; 0 means none.",
+      QpsOrNone("limits", "tenant_qps", "Default rate limit per tenant in requests/s; 0 means none.",
              [](Config& c) -> double& { return c.limits.tenant_qps; }),
       Double("limits", "tenant_burst", 0, 0, 1e9, "Default burst per tenant; 0 means the qps; below 1 counts as 1.",
              [](Config& c) -> double& { return c.limits.tenant_burst; }),

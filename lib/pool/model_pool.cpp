@@ -45,7 +45,7 @@ struct ModelPool::RoomWait {
   bool refused = false;  // (mu_) a room check refused it (counted in room_waits_): not only queued behind others
   bool over = false;  // (mu_) room_wait_ns has passed: the next refusal is final
   bool queued = false;   // (mu_) in room_waiters_ (not being retried, nor loading)
-  bool drained = false;  // (mu_) DrainForRoom has drained models for it (set on the room timer's thread only)
+  bool drained = false;  // (mu_) models drain for it (DrainForRoom, or handed on by EndDrains)
   PoolKey key = 0;       // the model it waits for
   bool parked = false;   // (mu_) it waits for its own model's drain: its hit or miss is not counted yet
   bool timed = false;    // (mu_) room_wait runs for it (not while parked: a drain ends as its model's requests do)
@@ -469,12 +469,10 @@ void ModelPool::RetryRoomWaiters() {
     }
     const std::shared_ptr<RoomWait> rw = r.w.room_wait;
     AcquireWaiter(r.item, std::move(r.w));
-    // It waits no more (served, loading, refused): nor do its drains. (Only
-    // DrainForRoom sets `drained`, on this thread: read here without mu_.)
-    if (rw->drained) {
-      std::lock_guard lock(mu_);
-      if (!rw->queued) EndDrains(*rw);
-    }
+    // It waits no more (served, loading, refused): nor do its drains, but
+    // for another request for its model that still waits.
+    std::lock_guard lock(mu_);
+    if (rw->drained && !rw->queued) EndDrains(*rw);
   }
 }
 
@@ -644,13 +642,31 @@ bool ModelPool::DrainsFor(const RoomWait& rw) const {
 
 void ModelPool::EndDrains(const RoomWait& rw) {
   if (!rw.drained) return;
+  // The room a drain makes serves every request for its model (DrainsFor):
+  // while another waits for it, the drain goes on for the oldest of them.
+  // Ended when the request it began for was answered at its deadline, the
+  // others (past their room_wait on the strength of it) failed POOL_FULL,
+  // and a second drain of the same models held their requests back again.
+  std::shared_ptr<RoomWait> heir;
+  for (const auto& r : room_waiters_)  // (in the order they began to wait)
+    if (r.w.room_wait.get() != &rw && r.w.room_wait->key == rw.key && !r.w.room_wait->drained && !r.w.Answered()) {
+      heir = r.w.room_wait;
+      break;
+    }
   bool ended = false;
   for (auto& [k, e] : entries_)
     if (e->drain_for.get() == &rw) {
-      e->drain_for.reset();
+      e->drain_for = heir;
       ended = true;
     }
-  if (ended) WakeRoomWaiters();  // those parked on them are served (and `rw`, past room_wait, refused)
+  if (!ended) return;
+  if (heir) {
+    heir->drained = true;
+    heir->drain_device = rw.drain_device;
+    heir->drain_relies = rw.drain_relies;
+    return;
+  }
+  WakeRoomWaiters();  // those parked on them are served (and `rw`, past room_wait, refused)
 }
 
 void ModelPool::StopRoomWaits() {
@@ -1211,6 +1227,7 @@ void ModelPool::RunLoad(PoolKey key) {
 std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st, bool loaded) {
   std::vector<std::function<void()>> out;
   e.loading = false;
+  const bool had_claim = e.claim > 0;
   e.claim_device = -1;
   e.claim = 0;
   auto waiters = std::move(e.waiters);
@@ -1253,12 +1270,13 @@ std::vector<std::function<void()>> ModelPool::Finish(Entry& e, const Status& st,
       if (st.code() == Code::kPoolFull && WaitForRoom(e, w)) continue;
       out.push_back([cb = std::move(w.cb), st = Refused(st, w)] { cb(st); });
     }
-    // A failed load lets its reservations go. One refused room from disk
-    // may leave a host copy that may now be dropped (or had reserved none);
-    // one refused room from the host tier let go of its claim only, which
-    // the next release's retry sees (waking those it just queued would only
-    // retry them at once).
-    if (st.code() != Code::kPoolFull || loaded) WakeRoomWaiters();
+    // A failed load lets its reservations go: a host copy that may now be
+    // dropped, or its claim. Those refused room because of the claim take
+    // it now, not at the next release (which may not come: they waited until
+    // DrainForRoom saw the room, half their room_wait). Its own waiters,
+    // retried with them, claim anew behind the other claims, which their
+    // placement then counts as their check did: no refusal loop.
+    if (st.code() != Code::kPoolFull || loaded || had_claim) WakeRoomWaiters();
   }
   if (e.replaced) {
     TakeReplaced(e, *e.replaced);
@@ -1314,8 +1332,10 @@ void ModelPool::Release(PoolKey key, const std::string& holder, bool counted) {
     }
   }
   // Evictable now, or held only by a standing hold, which a waiter's
-  // refusal asks to let go (hold_refusals_).
-  if (drained || ((e.refs == 0 || OnlyHeld(e)) && !e.loading && !e.pinned)) WakeRoomWaiters();
+  // refusal asks to let go (hold_refusals_). A pinned model idle on a
+  // copying device may be moved: a range for a waiter may join across it.
+  const bool movable = e.pinned && e.tier == Tier::kDevice && !devices_[e.device]->dev->zero_copy();
+  if (drained || ((e.refs == 0 || OnlyHeld(e)) && !e.loading && (!e.pinned || movable))) WakeRoomWaiters();
   if (e.forgotten && e.refs == 0 && !e.loading) EraseForgotten(e);
   lock.unlock();
   for (auto& w : removed) Post([cb = std::move(w.cb), ref] { cb(NotFound(ref + " was removed from the registry")); });

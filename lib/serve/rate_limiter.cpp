@@ -106,7 +106,7 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
     ++c.refused_by_limit;
     if (by_model ? !model_limits_.count(model) : !tenant_limits_.count(bucket_key)) ++c.refused_by_default;
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%g requests/s, burst %g", l.qps, l.burst);
+    std::snprintf(buf, sizeof buf, "%g request%s/s, burst %g", l.qps, l.qps == 1 ? "" : "s", l.burst);
     return Status(Code::kRateLimited, what + " over its rate limit (" + buf + "); " + hint);
   };
   if (m && m->tokens < 1)

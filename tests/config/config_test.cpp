@@ -73,6 +73,12 @@ TEST_CASE("bad config is refused with file:line and what is allowed") {
   CHECK(err("[registry]\nallowed_roots = [\"td\"]\n").find("'td' is not an absolute directory") != std::string::npos);
   CHECK(err("[shadow]\nduty_cycle = 0\n").find("mms.toml:2: [shadow] duty_cycle: 0 is out of range; allowed 0.01 to 1") == 0);
   CHECK(err("[shadow]\nduty_cycle = 1.5\n").find("out of range") != std::string::npos);
+  // A rate limit is 0 (none) or at least one request in 11.6 days: 5e-324 would be a stop in disguise.
+  CHECK(err("[limits]\ntenant_qps = 5e-324\n").find("mms.toml:2: [limits] tenant_qps: 5e-324 is out of range") == 0);
+  CHECK(err("[limits]\nmodel_qps = 0.0000001\n") ==
+        "mms.toml:2: [limits] model_qps: 1e-07 is out of range; allowed 0 (none), or 1e-6 to 1e9 (1e-6 is one request in 11.6 days)");
+  CHECK(err("[limits]\nmodel_qps = -1\n").find("allowed 0 (none), or 1e-6 to 1e9") != std::string::npos);
+  CHECK(ParseConfig("[limits]\nmodel_qps = 0\ntenant_qps = 0.000001\n", "x").ok());
   CHECK(err("this is = not toml = at all").find("mms.toml:1:") == 0);
   CHECK(err("[scheduler]\nhigh_priority = [\"a\", \"b\"]\nlow_priority = [\"b\"]\n") ==
         "mms.toml: [scheduler] 'b' is in both high_priority and low_priority; keep it in one of them");

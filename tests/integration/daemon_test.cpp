@@ -639,14 +639,17 @@ TEST_CASE("an experiment's figures that cannot be restored from the registry are
   const std::string db = d.data_dir() + "/registry.db";
   std::filesystem::rename(db, db + ".moved");
   REQUIRE(WaitFor([&] { return d.log().find("registry_file_replaced") != std::string::npos; }, 20));
+  const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < 30; ++i)
     CHECK(d.Mms({"predict", "tiny", "--user", "u" + std::to_string(i), "--input", TestDataDir() + "/tiny_input.json"})
               .exit_code == 0);
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - t0).count();
   const std::string log = d.log();
   size_t lines = 0;
   for (size_t at = 0; (at = log.find("metrics_restore_failed", at)) != std::string::npos; ++at) ++lines;
   CHECK(lines >= 1);  // said
-  CHECK_MESSAGE(lines <= 4, lines << " lines for 30 requests");  // a line per arm, not per request
+  // A line per arm and second at most, not per request (however slow this machine's 30 predicts were).
+  CHECK_MESSAGE(lines <= 2 * (static_cast<size_t>(secs) + 2), lines << " lines for 30 requests in " << secs << " s");
 }
 
 TEST_CASE("a registry file damaged under mmsd, with no read touching it, is found by the integrity check and reported") {

@@ -288,7 +288,10 @@ TEST_CASE("bad limits: zero, negative, NaN, a burst below one, both or neither t
       {{"--tenant", "t", "--qps", "inf"}, "--qps: 'inf' is not a decimal number"},
       {{"tiny", "--qps", "10", "--burst", "0.5"}, "--burst must be 1 to 1e9"},
       // The config's range ([limits] 0 to 1e9), and decimal numbers only (0x10 read as 16).
-      {{"tiny", "--qps", "1e308"}, "at most 1e9"},
+      {{"tiny", "--qps", "1e308"}, "to 1e9 (got 1e+308)"},
+      // A limit so small it is a stop in disguise (one request, then none for ever).
+      {{"tiny", "--qps", "5e-324"}, "1e-6 (one in 11.6 days) to 1e9 (got 5e-324)"},
+      {{"--tenant", "t", "--qps", "0.0000009"}, "(got 9e-07)"},
       {{"tiny", "--qps", "10", "--burst", "1e10"}, "--burst must be 1 to 1e9"},
       {{"tiny", "--qps", "0x10"}, "'0x10' is not a decimal number"},
       {{"tiny", "--qps", "1e309"}, "--qps: '1e309' is out of range"},

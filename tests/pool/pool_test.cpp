@@ -30,7 +30,8 @@ struct PoolFixture {
 
   // `zero_copy`: one device, "cpu" (models serve from their host copy: bytes, no arena ranges).
   explicit PoolFixture(std::vector<uint64_t> device_budgets = {3 * K}, uint64_t host_budget = 100 * K,
-                       std::string policy = "lru", int64_t room_wait_ns = 0, bool zero_copy = false) {
+                       std::string policy = "lru", int64_t room_wait_ns = 0, bool zero_copy = false,
+                       int load_threads = 4) {
     std::vector<std::unique_ptr<Device>> devs;
     for (size_t i = 0; i < device_budgets.size(); ++i) {
       auto d = CreateDevice(zero_copy ? std::string("cpu") : "cpu:" + std::to_string(i), device_budgets[i]);
@@ -43,7 +44,7 @@ struct PoolFixture {
     o.host_budget = host_budget;
     o.clock = &clock;
     o.policy.name = policy;
-    o.load_threads = 4;
+    o.load_threads = load_threads;
     o.room_wait_ns = room_wait_ns;
     auto p = ModelPool::Create(o, std::move(devs), std::move(l), MakeHostAllocator(false));
     REQUIRE(p.ok());
@@ -839,6 +840,86 @@ TEST_CASE("a second request for the model a drain is for waits the drain out too
   CHECK(f.loader->loads("m2:1") == 1);
   CHECK(Totals(*f.pool)["room_wait_timeouts"] == 0);
   CHECK(Totals(*f.pool)["room_drains"] == 1);
+}
+
+TEST_CASE("a drain goes on for the next request for its model when the one it began for is answered at its deadline") {
+  // helper-95: the drain ended with the request it began for (answered at a
+  // short deadline), and the second request for the model, past its
+  // room_wait on the strength of that drain, failed POOL_FULL; one not yet
+  // past it drained the same model again (two drains, room_drains 2).
+  PoolFixture f({K}, 100 * K, "lru", 300'000'000);
+  auto h1 = f.Get(1);  // in flight past room_wait
+  auto gone = std::make_shared<std::atomic<bool>>(false);
+  Pending first(*f.pool, PoolFixture::Item(2), ModelPool::Room::kEvict, gone);
+  Pending second(*f.pool, PoolFixture::Item(2));
+  REQUIRE(Draining(f, 1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));  // both past room_wait
+  *gone = true;  // the daemon answered the first at its deadline...
+  f.pool->DropAnsweredWaiters();
+  REQUIRE(first.Answered(10'000));
+  CHECK(first.f.get().status().code() == Code::kDeadlineExceeded);
+  CHECK_FALSE(second.Answered(200));  // ...the second waits the drain out
+  CHECK(Draining(f, 1, 0));
+  h1.reset();
+  REQUIRE(second.Answered(10'000));
+  auto b = second.f.get();
+  CHECK_MESSAGE(b.ok(), b.status().ToString());
+  CHECK(f.loader->loads("m2:1") == 1);
+  CHECK(Totals(*f.pool)["room_wait_timeouts"] == 0);
+  CHECK(Totals(*f.pool)["room_drains"] == 1);
+  CHECK_FALSE(Draining(f, 1, 0));
+}
+
+TEST_CASE("a promotion refused at placement lets its claim go to those it kept waiting at once") {
+  // helper-95: a host-tier promotion refused room at placement dropped its
+  // claim without waking anyone: a request refused only because of that
+  // claim waited for an unrelated release, or half its room_wait.
+  PoolFixture f({4 * K}, 100 * K, "lru", 60'000'000'000, /*zero_copy=*/true, /*load_threads=*/1);
+  f.Get(1, 2 * K);
+  REQUIRE(f.pool->Evict(1).ok());  // m1 (2 KiB) on the host tier
+  f.Get(2);                        // idle
+  auto h3 = f.Get(3);              // in flight: 2 KiB free
+  f.loader->Hold("m9:1", true);
+  Pending p9(*f.pool, PoolFixture::Item(9));  // claims 1 KiB, then reads (the only load thread)
+  REQUIRE(mms::testing::WaitFor([&] { return f.loader->loads("m9:1") == 1; }, 10));
+  Pending p1(*f.pool, PoolFixture::Item(1, 2 * K));  // claims 2 KiB counting m2's room; queued behind m9
+  Pending p5(*f.pool, PoolFixture::Item(5));         // no room left unclaimed: it waits
+  REQUIRE(mms::testing::WaitFor([&] { return Totals(*f.pool)["waiting_for_room"] == 1; }, 10));
+  auto h2 = f.Get(2);  // m2 busy again: m1's placement will find no room
+  f.loader->Hold("m9:1", false);
+  REQUIRE(p9.Answered(10'000));
+  auto h9 = p9.f.get();  // held: no release wakes anyone
+  REQUIRE(h9.ok());
+  // m1 refused at placement (it waits for room now); its claim was the only
+  // thing in m5's way: 1 KiB is free.
+  REQUIRE(p5.Answered(2'000));
+  {
+    auto r5 = p5.f.get();
+    CHECK_MESSAGE(r5.ok(), r5.status().ToString());
+  }
+  CHECK_FALSE(p1.Answered(0));
+  h2.reset();  // m2 idle too: m1 gets their room
+  REQUIRE(p1.Answered(10'000));
+  CHECK(p1.f.get().ok());
+}
+
+TEST_CASE("a pinned model going idle on a copying device wakes a waiter whose range joins across it") {
+  // helper-95: a pinned model's release woke no one, but idle it may move,
+  // and the two free pieces around it join into one range.
+  PoolFixture f({3 * K}, 100 * K, "lru", 60'000'000'000);
+  f.Get(1);
+  auto h2 = f.Get(2);
+  f.Get(3);
+  f.pool->Pin(PoolFixture::Item(2));
+  REQUIRE(f.pool->Evict(1).ok());
+  REQUIRE(f.pool->Evict(3).ok());  // free [0, 1K) and [2K, 3K), pinned m2 in flight between
+  Pending p9(*f.pool, PoolFixture::Item(9, 2 * K));
+  CHECK_FALSE(p9.Answered(100));
+  h2.reset();
+  REQUIRE(p9.Answered(2'000));
+  auto r9 = p9.f.get();
+  CHECK_MESSAGE(r9.ok(), r9.status().ToString());
+  CHECK(f.TierOf(2) == "device");  // moved, not evicted
 }
 
 TEST_CASE("a drain begun is waited out past room_wait, and a drain cut short then refuses the request") {

@@ -349,7 +349,7 @@ TEST_CASE("a model's rate limit and pin by name go with its last version, audite
   {  // Replaced and removed by hand: the audit says from what.
     f.Add("lim", "1");
     REQUIRE(f.reg->SetLimit({"model", "lim", 1e9, 1e9}).ok());
-    REQUIRE(f.reg->SetLimit({"model", "lim", 1e-9, 1}).ok());
+    REQUIRE(f.reg->SetLimit({"model", "lim", 1e-6, 1}).ok());
     REQUIRE(f.reg->RemoveLimit("model", "lim").ok());
     auto lh = f.reg->History(*ParseRef("lim"));
     REQUIRE(lh.ok());
@@ -358,9 +358,9 @@ TEST_CASE("a model's rate limit and pin by name go with its last version, audite
     const auto& rm = (*lh)[lh->size() - 1];
     CHECK(set.action == "limit-set");
     CHECK(set.from == "1e+09 qps, burst 1e+09");
-    CHECK(set.to == "1e-09 qps, burst 1");
+    CHECK(set.to == "1e-06 qps, burst 1");
     CHECK(rm.action == "limit-rm");
-    CHECK(rm.from == "1e-09 qps, burst 1");
+    CHECK(rm.from == "1e-06 qps, burst 1");
   }
   CHECK((*h)[h->size() - 2].action == "unpin");
   CHECK((*h)[h->size() - 2].detail == "its last version was removed");
@@ -916,4 +916,37 @@ TEST_CASE("a copy written by an older mms (absolute paths) and moved since is co
   REQUIRE(v.ok());
   CHECK(v->packed_dir == now + "/artifacts/m/1-abc");
   CHECK(v->artifact_path == now + "/sources/m/1/m.pt");
+}
+
+TEST_CASE("a registry removed under its opener is never mistaken for the new file made at its path") {
+  // Once let go of (closed), the removed file's inode number was free: a
+  // CLI's fresh registry at the path could get it, and passed for the file
+  // "back at its path" — mmsd served it as its own (a daemon test failed
+  // on a fresh machine: the CLI was not told its change went elsewhere).
+  Fixture f;
+  f.Add("rec", "1");
+  const std::string path = f.dir / "registry.db";
+  for (int i = 0; i < 20; ++i) {  // (a freed inode number is reused at once on most file systems)
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+    CHECK_FALSE(f.reg->CheckFileIdentity().ok());
+    auto healed = f.reg->LetGoOfDetachedFile();
+    REQUIRE(healed.ok());
+    CHECK_FALSE(*healed);
+    {
+      auto fresh = f.Open();  // another process's new registry at the path
+      NewVersion v;
+      v.model = "other";
+      v.version = std::to_string(i + 1);
+      v.artifact_path = "/models/other/model.pt";
+      v.sha256 = std::string(64, 'b');
+      v.size_bytes = 1;
+      REQUIRE(fresh->Register(v).ok());
+    }
+    healed = f.reg->LetGoOfDetachedFile();
+    REQUIRE(healed.ok());
+    CHECK_FALSE(*healed);  // not the file it opened
+    Status st = f.reg->CheckFileIdentity();
+    CHECK(st.code() == Code::kFailedPrecondition);
+    CHECK(st.message().find("let go of it") != std::string::npos);
+  }
 }
