@@ -214,6 +214,10 @@ int main(int argc, char** argv) {
     // requests in flight, and a cold request waits for one ([pool]
     // room_wait); with room_wait 0 it fails POOL_FULL at once instead.
     row("mms adaptive (cpu), 32 in flight", RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu", 32));
+    // A copying device (as a GPU: weights copied into an arena block) with
+    // loads queued: claims and placement ranges as on cuda.
+    row("mms adaptive (cpu:0, copying), 32 in flight",
+        RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu:0", 32));
     row("mms adaptive (cpu), 32 in flight, room_wait 0",
         RunMms(dir, data_dir, trace, budget, "adaptive", models, "cpu", 32, "0s"));
     rows.push_back({name, "Belady (optimal)", Fmt(100.0 * (trace.size() - belady) / trace.size(), 1) + "%",

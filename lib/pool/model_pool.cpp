@@ -939,33 +939,41 @@ bool ModelPool::OneRangeAfterEviction(size_t index, const Entry& e, uint64_t nee
   return arena.CompactionWouldFit(movable, need, freed, claimed);
 }
 
+bool ModelPool::RoomOn(size_t i, const Entry& e, uint64_t need, Cand* cand, uint64_t* held_only_out) const {
+  const DeviceSlot& d = *devices_[i];
+  if (d.dev->budget() < need) return false;
+  uint64_t reclaim = 0, held_only = 0, claimed = 0;
+  for (const auto& [k, o] : entries_) {
+    if (ClaimAhead(*o, i, e)) claimed += o->claim;
+    if (!o->block || o->device != static_cast<int>(i)) continue;
+    if (Evictable(*o)) reclaim += o->device_reserved;
+    else if (OnlyHeld(*o)) held_only += o->device_reserved;
+  }
+  // Loads not yet placed hold their claims: on the unused room first,
+  // then on what eviction would free.
+  const uint64_t unused = d.dev->budget() - std::min(d.used, d.dev->budget());
+  const uint64_t free = unused - std::min(unused, claimed);
+  reclaim -= std::min(reclaim, claimed - std::min(unused, claimed));
+  if (held_only_out) *held_only_out = free + reclaim + held_only >= need ? held_only : 0;
+  // On a copying device the block must also be one range: with models in
+  // flight between the gaps, evicting every idle one would not make it,
+  // and the load would evict them all for nothing (again at each retry
+  // while it waits for room).
+  if (free + reclaim < need || !(d.dev->zero_copy() || OneRangeAfterEviction(i, e, need))) return false;
+  if (cand) *cand = {static_cast<int>(i), free, reclaim};
+  return true;
+}
+
 Status ModelPool::DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool describe) const {
   const uint64_t need = DeviceNeed(e);
   uint64_t largest_budget = 0;
   bool holds_in_the_way = false;  // letting go of standing holds would have made the room
   for (size_t i = 0; i < devices_.size(); ++i) {
-    const DeviceSlot& d = *devices_[i];
-    largest_budget = std::max(largest_budget, d.dev->budget());
-    if (d.dev->budget() < need) continue;
-    uint64_t reclaim = 0, held_only = 0, claimed = 0;
-    for (const auto& [k, o] : entries_) {
-      if (ClaimAhead(*o, i, e)) claimed += o->claim;
-      if (!o->block || o->device != static_cast<int>(i)) continue;
-      if (Evictable(*o)) reclaim += o->device_reserved;
-      else if (OnlyHeld(*o)) held_only += o->device_reserved;
-    }
-    // Loads not yet placed hold their claims: on the unused room first,
-    // then on what eviction would free.
-    const uint64_t unused = d.dev->budget() - std::min(d.used, d.dev->budget());
-    const uint64_t free = unused - std::min(unused, claimed);
-    reclaim -= std::min(reclaim, claimed - std::min(unused, claimed));
-    // On a copying device the block must also be one range: with models in
-    // flight between the gaps, evicting every idle one would not make it,
-    // and the load would evict them all for nothing (again at each retry
-    // while it waits for room).
-    const bool one_range = d.dev->zero_copy() || OneRangeAfterEviction(i, e, need);
-    if (free + reclaim >= need && one_range) cands->push_back({static_cast<int>(i), free, reclaim});
-    else if (held_only > 0 && free + reclaim + held_only >= need) holds_in_the_way = true;
+    largest_budget = std::max(largest_budget, devices_[i]->dev->budget());
+    Cand c;
+    uint64_t held_only = 0;
+    if (RoomOn(i, e, need, &c, &held_only)) cands->push_back(c);
+    else if (held_only > 0) holds_in_the_way = true;
   }
   if (need > largest_budget) return NeverFits(e);  // (a model whose size grew past it once read)
   if (!cands->empty()) return Status::Ok();
@@ -1000,6 +1008,8 @@ Status ModelPool::DeviceFull(const Entry& e) const {
 
 Result<int> ModelPool::PlaceOnDevice(Entry& e) {
   const uint64_t need = DeviceNeed(e);
+  if (const int claimed_on = e.claim_device; claimed_on >= 0 && PlaceBeforeLaterClaims(claimed_on, e, need))
+    return claimed_on;
   std::vector<Cand> cands;
   MMS_RETURN_IF_ERROR(DeviceRoom(e, &cands));
   // Least loaded first: the most free bytes, so no eviction when one has room.
@@ -1040,6 +1050,46 @@ Result<int> ModelPool::PlaceOnDevice(Entry& e) {
     }
   }
   return DeviceFull(e);  // (an arena too fragmented for the block)
+}
+
+bool ModelPool::PlaceBeforeLaterClaims(size_t index, Entry& e, uint64_t need) {
+  // On a copying device a placement counts every other load's claim, also
+  // those made after its own (their checks found their ranges as if every
+  // idle model were evicted: a placement before those evictions could take
+  // one, helper-91). So it evicted for the loads queued behind it, early
+  // (the models evicted meanwhile missed), and was refused room a later
+  // claim held even once that claim could no longer be met (helper-95).
+  // First, then: the room the claims made before its own leave, no
+  // eviction, no move, as on a zero-copy device — kept only if each later
+  // claim that finds its room now still finds it.
+  DeviceSlot& d = *devices_[index];
+  if (d.dev->zero_copy() || e.claim_device != static_cast<int>(index) || need > e.claim) return false;
+  uint64_t before = 0;
+  std::vector<const Entry*> later;
+  for (const auto& [k, o] : entries_) {
+    if (o.get() == &e || o->block || o->claim_device != static_cast<int>(index)) continue;
+    if (o->claim_seq < e.claim_seq) before += o->claim;
+    else later.push_back(o.get());
+  }
+  if (later.empty() || d.used + before + need > d.dev->budget()) return false;  // (the rule below is the same)
+  later.erase(std::remove_if(later.begin(), later.end(), [&](const Entry* o) { return !RoomOn(index, *o, DeviceNeed(*o)); }),
+              later.end());
+  auto block = d.dev->arena().Allocate(need);
+  if (!block) return false;
+  e.block = std::move(block);
+  e.device = static_cast<int>(index);
+  e.device_reserved = need;
+  d.used += need;
+  if (std::all_of(later.begin(), later.end(), [&](const Entry* o) { return RoomOn(index, *o, DeviceNeed(*o)); })) {
+    e.claim_device = -1;
+    e.claim = 0;
+    return true;
+  }
+  d.used -= need;  // (back to the arena: a later claim's range was in it)
+  e.block.reset();
+  e.device = -1;
+  e.device_reserved = 0;
+  return false;
 }
 
 bool ModelPool::Compact(size_t index, uint64_t need) {

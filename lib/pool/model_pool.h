@@ -302,6 +302,13 @@ class ModelPool {
   // mu_ held: the devices that can take `e` (after evictions) into `cands`;
   // POOL_FULL naming the holders when none can (`describe`: as HostRoom's).
   Status DeviceRoom(const Entry& e, std::vector<Cand>* cands, bool describe = true) const;
+  // mu_ held: device `i` has room for `need` bytes of `e` (as DeviceRoom
+  // counts it); its figures in `cand`, and in `held_only` what standing
+  // holds alone keep when letting go of them would make the room.
+  bool RoomOn(size_t i, const Entry& e, uint64_t need, Cand* cand = nullptr, uint64_t* held_only = nullptr) const;
+  // mu_ held: on a copying device, places `e` into the room the claims made
+  // before its own leave, when every later claim still has its room then.
+  bool PlaceBeforeLaterClaims(size_t index, Entry& e, uint64_t need);
   // mu_ held: whether on copying device `index` evicting what may be and
   // compacting idle pinned models (as PlaceOnDevice does) would leave one
   // range of `need` bytes for `e` beside the other loads' claims: bytes
