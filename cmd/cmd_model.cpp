@@ -183,9 +183,56 @@ struct Packed {
   std::string dir, sample_input;
 };
 
-// Checks `canon` with `mmsd inspect-artifact` (which links libtorch) and
-// writes its packed form — with a copy of `sample_input` when given — into
-// a directory of its own under the data dir.
+// Runs `mmsd inspect-artifact` (which links libtorch) with `argv` on
+// `canon`: its JSON description, which must say it read the bytes hashed as
+// `sha256`. `doing`: what the check is for ("registered"); `nothing`: what
+// a failure left undone ("nothing was stored or registered").
+Result<nlohmann::json> RunInspect(Cli& cli, const std::vector<std::string>& argv, const std::string& canon,
+                                  const std::string& sha256, const std::string& doing, const std::string& nothing) {
+  if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(canon) << " ...\n";
+  ProcResult pr = RunProcess(argv, 3600);
+  if (pr.exit_code != 0) {
+    std::string msg = Trim(pr.err);
+    if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
+    if (pr.exit_code == 2) return InvalidArgument(msg);
+    // Killed (the kernel's OOM killer on a big model) or stopped: it said
+    // nothing, so say what is known (RunProcess reports a signal as 128+N).
+    if (pr.timed_out)
+      return Internal("checking the artifact failed: mmsd inspect-artifact did not finish within an hour and was "
+                      "stopped; " + nothing);
+    if (pr.exit_code > 128) {
+      const int sig = pr.exit_code - 128;
+      // SIGXFSZ: writing the packed files passed the file size limit (ulimit -f), not memory.
+      if (sig == SIGXFSZ)
+        return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " +
+                        std::to_string(sig) + " (SIGXFSZ: the packed files passed the file size limit, ulimit -f: " +
+                        FileSizeLimit() + ")" + (msg.empty() ? "" : ": " + msg) + "; " + nothing +
+                        ": raise the limit (ulimit -f unlimited) and retry");
+      return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " + std::to_string(sig) +
+                      (sig == SIGKILL ? " (out of memory? see dmesg)" : "") + (msg.empty() ? "" : ": " + msg) + "; " +
+                      nothing + ": retry" + (sig == SIGKILL ? ", with more memory if it ran out" : ""));
+    }
+    return Internal("checking the artifact failed: " +
+                    (msg.empty() ? "mmsd inspect-artifact ended with exit code " + std::to_string(pr.exit_code) : msg));
+  }
+  nlohmann::json info = nlohmann::json::parse(pr.out, nullptr, false);
+  if (info.is_discarded()) return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
+  // What was checked is what was hashed: a file written meanwhile would
+  // record one file's hash beside another's weights (a review's CI job
+  // rewrote it in place while it was registered).
+  if (const std::string seen = info.value("sha256", ""); seen.empty())
+    return FailedPrecondition(argv[0] + " is older than this mms (it does not say what it packed): install mms and "
+                              "mmsd of one release together");
+  else if (seen != sha256)
+    return Conflict(canon + " changed while it was being " + doing + " (sha256 " + sha256.substr(0, 12) +
+                    " when hashed, " + seen.substr(0, 12) + " when read): " + nothing +
+                    "; retry once whatever writes it has finished");
+  return info;
+}
+
+// Checks `canon` with `mmsd inspect-artifact` and writes its packed form —
+// with a copy of `sample_input` when given — into a directory of its own
+// under the data dir.
 Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::string& name, const std::string& version,
                             const std::string& sha256, const std::string& sample_input, int max_batch_size,
                             const std::string& stem_suffix = "") {
@@ -195,54 +242,14 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
   if (!sample_input.empty()) argv.insert(argv.end(), {"--sample-input", sample_input});
   if (max_batch_size > 0 && !sample_input.empty())
     argv.insert(argv.end(), {"--max-batch-size", std::to_string(max_batch_size)});
-  if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(canon) << " ...\n";
-  ProcResult pr = RunProcess(argv, 3600);
   std::error_code ec;
-  if (pr.exit_code != 0) {
-    std::filesystem::remove_all(staging, ec);
-    std::string msg = Trim(pr.err);
-    if (pr.exit_code == 127) return Internal("cannot run " + argv[0] + " to check the artifact: " + msg);
-    if (pr.exit_code == 2) return InvalidArgument(msg);
-    // Killed (the kernel's OOM killer on a big model) or stopped: it said
-    // nothing, so say what is known (RunProcess reports a signal as 128+N).
-    if (pr.timed_out)
-      return Internal("checking the artifact failed: mmsd inspect-artifact did not finish within an hour and was "
-                      "stopped; nothing was stored or registered");
-    if (pr.exit_code > 128) {
-      const int sig = pr.exit_code - 128;
-      // SIGXFSZ: writing the packed files passed the file size limit (ulimit -f), not memory.
-      if (sig == SIGXFSZ)
-        return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " +
-                        std::to_string(sig) + " (SIGXFSZ: the packed files passed the file size limit, ulimit -f: " +
-                        FileSizeLimit() + ")" + (msg.empty() ? "" : ": " + msg) +
-                        "; nothing was stored or registered: raise the limit (ulimit -f unlimited) and retry");
-      return Internal("checking the artifact failed: mmsd inspect-artifact was killed by signal " + std::to_string(sig) +
-                      (sig == SIGKILL ? " (out of memory? see dmesg)" : "") + (msg.empty() ? "" : ": " + msg) +
-                      "; nothing was stored or registered: retry" +
-                      (sig == SIGKILL ? ", with more memory if it ran out" : ""));
-    }
-    return Internal("checking the artifact failed: " +
-                    (msg.empty() ? "mmsd inspect-artifact ended with exit code " + std::to_string(pr.exit_code) : msg));
-  }
   Packed out;
-  out.info = nlohmann::json::parse(pr.out, nullptr, false);
-  if (out.info.is_discarded()) {
+  auto info = RunInspect(cli, argv, canon, sha256, "registered", "nothing was stored or registered");
+  if (!info.ok()) {
     std::filesystem::remove_all(staging, ec);
-    return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
+    return info.status();
   }
-  // What was packed is what was hashed, or nothing is registered: a file
-  // written while it was registered recorded one file's hash beside
-  // another's weights (a review's CI job rewrote it in place).
-  if (const std::string packed_sha = out.info.value("sha256", ""); packed_sha.empty()) {
-    std::filesystem::remove_all(staging, ec);
-    return FailedPrecondition(argv[0] + " is older than this mms (it does not say what it packed): install mms and "
-                              "mmsd of one release together");
-  } else if (packed_sha != sha256) {
-    std::filesystem::remove_all(staging, ec);
-    return Conflict(canon + " changed while it was being registered (sha256 " + sha256.substr(0, 12) +
-                    " when hashed, " + packed_sha.substr(0, 12) +
-                    " when packed): nothing was stored or registered; retry once whatever writes it has finished");
-  }
+  out.info = std::move(info).value();
   std::string sample_name;
   if (!sample_input.empty()) {
     std::string ext = IsSafetensorsPath(sample_input) ? ".safetensors" : ".json";
@@ -257,6 +264,19 @@ Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::strin
   MMS_ASSIGN_OR_RETURN(out.dir, PublishStaging(staging, stage.model_dir, stage.stem));
   if (!sample_name.empty()) out.sample_input = JoinPath(out.dir, sample_name);
   return out;
+}
+
+// --max-batch-size and --max-queue-delay-us, as register and batching take them.
+Status CheckBatchingArgs(int max_batch_size, int64_t max_queue_delay_us) {
+  if (max_batch_size < 0) return InvalidArgument("--max-batch-size must be 0 (off) or positive");
+  if (max_queue_delay_us < 0 || max_queue_delay_us > kMaxQueueDelayUsMax)
+    return InvalidArgument("--max-queue-delay-us " + std::to_string(max_queue_delay_us) + " is out of range; use 0 " +
+                           "(the [scheduler] max_queue_delay default) to " + std::to_string(kMaxQueueDelayUsMax) +
+                           " (10 s, the most [scheduler] max_queue_delay allows)");
+  if (max_queue_delay_us > 0 && max_batch_size == 0)
+    return InvalidArgument("--max-queue-delay-us is how long a batch waits for more rows: it needs --max-batch-size "
+                           "(without it the version is not batched, and the delay would do nothing)");
+  return Status::Ok();
 }
 
 // NAME:VERSION registered already with the same weights is no error (a CI
@@ -279,14 +299,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     if (!(a.sla_p99_ms > 0)) return InvalidArgument("--sla-p99-ms must be a positive number of milliseconds");
     v.sla_p99_ms = a.sla_p99_ms;
   }
-  if (a.max_batch_size < 0) return InvalidArgument("--max-batch-size must be 0 (off) or positive");
-  if (a.max_queue_delay_us < 0 || a.max_queue_delay_us > kMaxQueueDelayUsMax)
-    return InvalidArgument("--max-queue-delay-us " + std::to_string(a.max_queue_delay_us) + " is out of range; use 0 " +
-                           "(the [scheduler] max_queue_delay default) to " + std::to_string(kMaxQueueDelayUsMax) +
-                           " (10 s, the most [scheduler] max_queue_delay allows)");
-  if (a.max_queue_delay_us > 0 && a.max_batch_size == 0)
-    return InvalidArgument("--max-queue-delay-us is how long a batch waits for more rows: it needs --max-batch-size "
-                           "(without it the version is not batched, and the delay would do nothing)");
+  MMS_RETURN_IF_ERROR(CheckBatchingArgs(a.max_batch_size, a.max_queue_delay_us));
   if (a.max_batch_size > 0 && a.sample_input.empty())
     return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
                            "(its outputs must split by rows)");
@@ -855,6 +868,68 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   return 0;
 }
 
+// mms model batching: turns a registered version's dynamic batching on (after
+// the registration's check, on its stored sample), changes it, or turns it
+// off; audited, and a running daemon batches (or stops) from its next request.
+int CmdBatching(Cli& cli, const std::string& ref_text, int max_batch_size, int64_t max_queue_delay_us) {
+  auto ref = ParseRef(ref_text);
+  if (!ref.ok()) return cli.Fail(ref.status());
+  if (Status st = CheckBatchingArgs(max_batch_size, max_queue_delay_us); !st.ok()) return cli.Fail(st);
+  auto reg = cli.OpenRegistry();
+  if (!reg.ok()) return cli.Fail(reg.status());
+  auto rec = (*reg)->Resolve(*ref);
+  if (!rec.ok()) return cli.Fail(rec.status());
+  if (rec->is_adapter())
+    return cli.Fail(FailedPrecondition(rec->ref() + " is a LoRA adapter: it runs in its base's batches, so set "
+                                       "batching on its base version"));
+  if (max_batch_size > 0) {
+    if (rec->sample_input.empty())
+      return cli.Fail(InvalidArgument(
+          "batching " + rec->ref() + " needs a sample input, to check that the model batches (its outputs must split "
+          "by rows), and it was registered without one: store one with mms model repack " + rec->ref() +
+          " --sample-input FILE, then run this again"));
+    if (!FileExists(rec->sample_input))
+      return cli.Fail(FailedPrecondition("the stored sample input of " + rec->ref() + " (" + rec->sample_input +
+                                         ") is gone: store one with mms model repack " + rec->ref() +
+                                         " --sample-input FILE, then run this again"));
+    if (!FileExists(rec->artifact_path))
+      return cli.Fail(FailedPrecondition("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
+                                         ") is gone: batching is checked on it; register the model again as a new "
+                                         "version with --max-batch-size"));
+    // The check alone (no --pack-dir): on the bytes registered, or refused.
+    auto info = RunInspect(cli,
+                           {MmsdPath(), "inspect-artifact", "--path", rec->artifact_path, "--sample-input",
+                            rec->sample_input, "--max-batch-size", std::to_string(max_batch_size)},
+                           rec->artifact_path, rec->sha256, "checked", "its batching was not changed");
+    if (!info.ok()) {
+      Status st = info.status();
+      if (st.code() == Code::kInvalidArgument)  // the check's refusal: the registration's words, this command's way out
+        st = InvalidArgument(st.message() + " (here: leave " + rec->ref() + " unbatched; it is unchanged)");
+      return cli.Fail(st);
+    }
+  }
+  const Ref version_ref{Ref::Kind::kVersion, rec->model, rec->version, ""};
+  auto now = (*reg)->SetBatching(version_ref, max_batch_size, max_queue_delay_us, rec->sample_input);
+  if (!now.ok()) return cli.Fail(now.status());
+  cli.NotifyDaemon();
+  nlohmann::json j = now->ToJson();
+  j["previous_max_batch_size"] = rec->max_batch_size;
+  j["previous_max_queue_delay_us"] = rec->max_queue_delay_us;
+  cli.Emit(j, [&] {
+    auto said = [](int rows, int64_t us) {
+      return rows == 0 ? std::string("off")
+                       : "up to " + std::to_string(rows) + " rows, waiting " +
+                             (us ? std::to_string(us) + " us" : std::string("the [scheduler] max_queue_delay")) +
+                             " for more";
+    };
+    const std::string was = said(rec->max_batch_size, rec->max_queue_delay_us);
+    const std::string is = said(now->max_batch_size, now->max_queue_delay_us);
+    std::cout << "dynamic batching of " << now->ref() << ": " << is
+              << (was == is ? " (unchanged)" : " (was " + was + ")") << "\n";
+  });
+  return 0;
+}
+
 int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::string& prune_age_text) {
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
@@ -1281,6 +1356,17 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   repack->add_option("REF", *rpref, "the version to repack")->required();
   repack->add_option("--sample-input", *rpsample, "a sample input to store (default: the one stored, if any)");
   repack->callback([&cli, rpref, rpsample] { cli.exit_code = CmdRepack(cli, *rpref, *rpsample); });
+
+  auto* batching = model->add_subcommand(
+      "batching", "Turn a version's dynamic batching on (checked on its stored sample input), change it, or off (0)");
+  auto bref = std::make_shared<std::string>();
+  auto bsize = std::make_shared<int>(0);
+  auto bdelay = std::make_shared<int64_t>(0);
+  batching->add_option("REF", *bref, "the version")->required();
+  batching->add_option("--max-batch-size", *bsize, "rows per batch; 0 turns batching off")->required();
+  batching->add_option("--max-queue-delay-us", *bdelay,
+                       "how long a batch waits for more rows (default 0: the [scheduler] max_queue_delay)");
+  batching->callback([&cli, bref, bsize, bdelay] { cli.exit_code = CmdBatching(cli, *bref, *bsize, *bdelay); });
 
   auto* verify = model->add_subcommand("verify", "Re-hash artifacts; report missing or changed files (exit 1)");
   auto vref = std::make_shared<std::string>();

@@ -30,6 +30,7 @@ _mms() {
       "model alias rm") path="model alias rm" ;;
       "model rm") path="model rm" ;;
       "model repack") path="model repack" ;;
+      "model batching") path="model batching" ;;
       "model verify") path="model verify" ;;
       "model import") path="model import" ;;
       "predict") path="predict" ;;
@@ -86,7 +87,7 @@ _mms() {
     "status") words="--help -h" ;;
     "reload") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
-    "model") words="register list show history stage alias rm repack verify import --help -h" ;;
+    "model") words="register list show history stage alias rm repack batching verify import --help -h" ;;
     "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --max-batch-size --max-queue-delay-us"; names=models ;;
     "model list") words="--help -h --stage"; names=models ;;
     "model show") words="--help -h"; names=refs ;;
@@ -97,6 +98,7 @@ _mms() {
     "model alias rm") words="--help -h"; names=models ;;
     "model rm") words="--help -h --force"; names=refs ;;
     "model repack") words="--help -h --sample-input"; names=refs ;;
+    "model batching") words="--help -h --max-batch-size --max-queue-delay-us"; names=refs ;;
     "model verify") words="--help -h --prune --prune-age"; names=refs ;;
     "model import") words="--help -h" ;;
     "predict") words="--help -h --input -i --output -o --user --tenant --adapter --deadline-ms"; names=refs ;;

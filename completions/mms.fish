@@ -35,6 +35,8 @@ function __mms_path
         set path $next
       case 'model repack'
         set path $next
+      case 'model batching'
+        set path $next
       case 'model verify'
         set path $next
       case 'model import'
@@ -196,6 +198,7 @@ complete -c mms -n "__mms_at 'model'" -a 'stage'
 complete -c mms -n "__mms_at 'model'" -a 'alias'
 complete -c mms -n "__mms_at 'model'" -a 'rm'
 complete -c mms -n "__mms_at 'model'" -a 'repack'
+complete -c mms -n "__mms_at 'model'" -a 'batching'
 complete -c mms -n "__mms_at 'model'" -a 'verify'
 complete -c mms -n "__mms_at 'model'" -a 'import'
 complete -c mms -n "__mms_at 'model'" -l 'help'
@@ -233,6 +236,10 @@ complete -c mms -n "__mms_at 'model rm'" -a '(mms (__mms_globals) __complete ref
 complete -c mms -n "__mms_at 'model repack'" -l 'help'
 complete -c mms -n "__mms_at 'model repack'" -l 'sample-input'
 complete -c mms -n "__mms_at 'model repack'" -a '(mms (__mms_globals) __complete refs 2>/dev/null)'
+complete -c mms -n "__mms_at 'model batching'" -l 'help'
+complete -c mms -n "__mms_at 'model batching'" -l 'max-batch-size'
+complete -c mms -n "__mms_at 'model batching'" -l 'max-queue-delay-us'
+complete -c mms -n "__mms_at 'model batching'" -a '(mms (__mms_globals) __complete refs 2>/dev/null)'
 complete -c mms -n "__mms_at 'model verify'" -l 'help'
 complete -c mms -n "__mms_at 'model verify'" -l 'prune'
 complete -c mms -n "__mms_at 'model verify'" -l 'prune-age'

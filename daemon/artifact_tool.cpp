@@ -3,6 +3,9 @@
 // TorchScript archive, describes its forward() inputs and weights, runs the
 // sample input when given, and writes the packed form when --pack-dir is set.
 // Prints one JSON object on stdout. Exit: 0 ok, 2 not a usable artifact, 1 other.
+#include <algorithm>
+#include <cstring>
+#include <string_view>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -17,11 +20,51 @@
 namespace mms {
 
 namespace {
+// A copy of `t` whose values differ from the sample's while staying values the
+// model accepts wherever the sample's are: floats halved and moved (x/2 + 1/4);
+// bool flipped; integers (token ids, indices) keep to the sample's own values,
+// each element taking the next larger one the input holds (the largest stays),
+// so an id stays in the vocabulary and the values change as a multiset too
+// (the smallest is gone: a rotation would leave a bag-of-words sum as it
+// was); an integer input holding one value throughout takes its neighbour
+// toward zero (0 takes 1).
+Tensor Varied(const Tensor& t) {
+  const bool floating = t.dtype == DType::kFloat32 || t.dtype == DType::kFloat64 || t.dtype == DType::kFloat16 ||
+                        t.dtype == DType::kBFloat16;
+  if (!floating && t.dtype != DType::kBool) {
+    // Exact for every integer width: the values are ordered by their bytes
+    // (any total order will do: all that matters is that the smallest goes).
+    const size_t es = DTypeSize(t.dtype);
+    const auto* b = reinterpret_cast<const char*>(t.data.get());
+    std::vector<std::string> distinct;
+    for (size_t k = 0; k + es <= t.nbytes; k += es) distinct.emplace_back(b + k, es);
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    if (distinct.size() >= 2) {
+      Tensor v = Tensor::Alloc(t.name, t.dtype, t.shape);
+      for (size_t k = 0; k + es <= t.nbytes; k += es) {
+        auto it = std::lower_bound(distinct.begin(), distinct.end(), std::string_view(b + k, es));
+        const std::string& next = std::next(it) != distinct.end() ? *std::next(it) : *it;
+        std::memcpy(v.mutable_data() + k, next.data(), es);
+      }
+      return v;
+    }
+  }
+  std::vector<double> v = TensorToDoubles(t);
+  for (double& x : v) {
+    if (floating) x = x * 0.5 + 0.25;
+    else if (t.dtype == DType::kBool) x = x != 0 ? 0 : 1;
+    else x = x == 0 ? 1 : x > 0 ? x - 1 : x + 1;
+  }
+  return TensorFromDoubles(t, v);
+}
+
 // A model can be batched when each row's outputs do not depend on which other
 // rows share its batch. Checked three ways on the sample: each row run alone
 // against the whole sample; the sample twice, concatenated; and the sample
-// next to a varied copy (float inputs halved), which catches batch statistics
-// such as x - x.mean(0) even with a one-row sample.
+// next to a varied copy (every input varied, see Varied), which catches batch
+// statistics such as x - x.mean(0) even with a one-row sample, whatever the
+// inputs' dtypes.
 // `hm`: the module PackTorchScript loaded from the bytes it hashed.
 Status CheckBatching(HostModel* hm, const std::string& sample) {
   auto tensors = ReadTensorFile(sample);
@@ -36,6 +79,17 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
   if (*rows == 0)
     return InvalidArgument("cannot batch: its sample input has no rows (dim 0 is 0), so batching cannot be checked: "
                            "give a sample input with at least one row; register without --max-batch-size");
+  // An input the copy leaves unchanged would hide rows mixed through it.
+  std::vector<Tensor> varied;
+  for (const Tensor& t : in) {
+    varied.push_back(Varied(t));
+    const Tensor& v = varied.back();
+    if (t.nbytes > 0 && std::memcmp(v.data.get(), t.data.get(), t.nbytes) == 0)
+      return InvalidArgument("cannot check batching: the sample's input '" + t.name +
+                             "' holds one value throughout and no varied copy of it can be made (its values are "
+                             "needed to tell rows apart); give a sample input whose '" + t.name +
+                             "' holds at least two distinct values, or register without --max-batch-size");
+  }
   MMS_ASSIGN_OR_RETURN(auto one, hm->model->Run(in));
   auto same = [](const std::vector<Tensor>& want, const std::vector<Tensor>& got, const std::string& how) {
     OutputComparison c = CompareOutputs(want, got, 1e-4);
@@ -54,20 +108,16 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
     MMS_RETURN_IF_ERROR(same((*one_rows)[i], *alone, "row " + std::to_string(i) + " alone"));
   }
   // Next to itself and next to a varied copy.
-  std::vector<Tensor> varied;
-  for (const Tensor& t : in) {
-    if (t.dtype != DType::kFloat32) {
-      varied.push_back(t);
-      continue;
-    }
-    Tensor v = Tensor::Alloc(t.name, t.dtype, t.shape);
-    auto* dst = reinterpret_cast<float*>(v.mutable_data());
-    for (int64_t k = 0; k < t.numel(); ++k) dst[k] = t.as<float>()[k] * 0.5f + 0.25f;
-    varied.push_back(std::move(v));
-  }
   for (const auto* other : {&in, &varied}) {
     auto both = hm->model->Run(ConcatRows({&in, other}));
-    if (!both.ok()) return InvalidArgument("cannot batch: two samples concatenated along dim 0 fail: " + both.status().message());
+    if (!both.ok() && other == &in)
+      return InvalidArgument("cannot batch: two samples concatenated along dim 0 fail: " + both.status().message());
+    if (!both.ok())
+      return InvalidArgument("cannot check batching: the sample next to a varied copy of itself fails (floats x/2 + 1/4, "
+                             "bool flipped, integers each the next larger value the input holds or, holding one "
+                             "value, moved one toward 0): " + both.status().message() +
+                             "; give a sample input whose integer inputs hold at least two distinct values each, or "
+                             "register without --max-batch-size");
     auto split = SplitRows(*both, {*rows, *rows});
     if (!split.ok()) return InvalidArgument("cannot batch: " + split.status().message());
     MMS_RETURN_IF_ERROR(same(one, (*split)[0], other == &in ? "next to a copy" : "next to other rows"));

@@ -290,7 +290,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   // backlog cannot take every context (and with them the daemon) from the
   // rest. Before the rate limit: a request refused here spends no token.
   if (Status st = r.Share(queue == rec.id ? rec.ref() : runs.ref()); !st.ok()) return refuse(st);
-  if (Status st = d->limiter()->Admit(rec.model, tenant); !st.ok()) return refuse(st);
+  if (Status st = d->limiter()->Admit(rec.model, tenant, base ? base->model : ""); !st.ok()) return refuse(st);
   auto ordered = std::make_shared<std::vector<Tensor>>(std::move(inputs).value());
   // Mirror to a running shadow of this model, unless the candidate itself served.
   auto sh = snap->shadows.find(rec.model);

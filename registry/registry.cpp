@@ -32,6 +32,15 @@ std::string ShortestNumber(double x) {
 }
 // A limit as the audit log says it.
 std::string LimitText(double qps, double burst) { return ShortestNumber(qps) + " qps, burst " + ShortestNumber(burst); }
+// A version's batching settings, as registration and mms model batching take them.
+Status ValidateBatching(int max_batch_size, int64_t max_queue_delay_us) {
+  if (max_batch_size < 0) return InvalidArgument("max batch size must be 0 (off) or positive");
+  if (max_queue_delay_us < 0 || max_queue_delay_us > kMaxQueueDelayUsMax)
+    return InvalidArgument("max queue delay " + std::to_string(max_queue_delay_us) +
+                           " us is out of range; use 0 (the [scheduler] max_queue_delay default) to " +
+                           std::to_string(kMaxQueueDelayUsMax) + " us (10 s), the range of [scheduler] max_queue_delay");
+  return Status::Ok();
+}
 }  // namespace
 
 int RegistrySchemaVersion() { return static_cast<int>(RegistryMigrations().size()); }
@@ -660,11 +669,7 @@ Result<VersionRecord> Registry::Register(const NewVersion& v) {
     if (k.empty()) return InvalidArgument("label keys must not be empty (use --label key=value)");
     (void)val;
   }
-  if (v.max_batch_size < 0) return InvalidArgument("max batch size must be 0 (off) or positive");
-  if (v.max_queue_delay_us < 0 || v.max_queue_delay_us > kMaxQueueDelayUsMax)
-    return InvalidArgument("max queue delay " + std::to_string(v.max_queue_delay_us) +
-                           " us is out of range; use 0 (the [scheduler] max_queue_delay default) to " +
-                           std::to_string(kMaxQueueDelayUsMax) + " us (10 s), the range of [scheduler] max_queue_delay");
+  MMS_RETURN_IF_ERROR(ValidateBatching(v.max_batch_size, v.max_queue_delay_us));
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   {
@@ -777,6 +782,31 @@ Result<VersionRecord> Registry::SetPackedDir(const Ref& ref, const std::string& 
   if (db_->Changes() == 0) return Conflict(rec.ref() + " was changed meanwhile (repacked or removed); try again");
   MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir,
                                   "packed files written anew from " + rec.artifact_path));
+  MMS_RETURN_IF_ERROR(Commit(tx));
+  return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
+}
+
+Result<VersionRecord> Registry::SetBatching(const Ref& ref, int max_batch_size, int64_t max_queue_delay_us,
+                                            const std::string& sample_input) {
+  MMS_RETURN_IF_ERROR(ValidateBatching(max_batch_size, max_queue_delay_us));
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  if (rec.is_adapter())
+    return FailedPrecondition(rec.ref() + " is a LoRA adapter: it runs in its base's batches, so set batching on "
+                              "its base version");
+  if (rec.sample_input != sample_input)
+    return Conflict(rec.ref() + " was repacked meanwhile (its sample input changed); try again");
+  if (rec.max_batch_size == max_batch_size && rec.max_queue_delay_us == max_queue_delay_us) return rec;
+  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE versions SET max_batch_size = ?, max_queue_delay_us = ? WHERE id = ?"));
+  up.Bind(1, max_batch_size).Bind(2, max_queue_delay_us).Bind(3, rec.id);
+  MMS_RETURN_IF_ERROR(up.Run());
+  auto said = [](int rows, int64_t us) {
+    return rows == 0 ? std::string("off")
+                     : std::to_string(rows) + " rows, delay " + (us ? std::to_string(us) + " us" : "default");
+  };
+  MMS_RETURN_IF_ERROR(AuditLocked("batching", rec.model, rec.version, said(rec.max_batch_size, rec.max_queue_delay_us),
+                                  said(max_batch_size, max_queue_delay_us), "dynamic batching"));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
 }

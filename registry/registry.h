@@ -316,6 +316,14 @@ class Registry {
   // CONFLICT when they changed meanwhile (from `old_packed_dir`); audited.
   Result<VersionRecord> SetPackedDir(const Ref& ref, const std::string& old_packed_dir, const std::string& packed_dir,
                                      const std::string& sample_input, const std::vector<InputSpec>& inputs);
+  // mms model batching: the version's dynamic batching (max_batch_size 0
+  // turns it off; max_queue_delay_us 0 is the [scheduler] default), checked
+  // beforehand by the caller on `sample_input`. CONFLICT when the version's
+  // stored sample changed meanwhile (a repack), FAILED_PRECONDITION for an
+  // adapter (its base's batching applies), INVALID_ARGUMENT for values out of
+  // range; audited. The record unchanged when nothing changes (no audit).
+  Result<VersionRecord> SetBatching(const Ref& ref, int max_batch_size, int64_t max_queue_delay_us,
+                                    const std::string& sample_input);
   Status SetAlias(const std::string& model, const std::string& alias, const std::string& version);
   Status RemoveAlias(const std::string& model, const std::string& alias);
   // IN_USE while a pin (or, later, an experiment, shadow or canary) uses it,

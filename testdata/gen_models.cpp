@@ -375,6 +375,23 @@ def forward(self, x):
     return torch.matmul(x - x.mean(0), self.w)
 )");
   Save(mix, "batch_mix.pt");
+  // The same over token ids (int64 [batch, 3] into a 10-row table) and over
+  // bfloat16: the registration check must vary every dtype, not only float32.
+  torch::jit::Module mix_ids("BatchMixIds");
+  mix_ids.register_parameter("w", torch::arange(30, torch::kFloat32).reshape({10, 3}), false);
+  mix_ids.define(R"(
+def forward(self, ids):
+    e = torch.embedding(self.w, ids).sum(1)
+    return e - e.mean(0)
+)");
+  Save(mix_ids, "batch_mix_ids.pt");
+  torch::jit::Module mix_bf16("BatchMixBf16");
+  mix_bf16.define(R"(
+def forward(self, x):
+    f = x.float()
+    return f - f.mean(0)
+)");
+  Save(mix_bf16, "batch_mix_bf16.pt");
 
   // 256 narrow layers (8 wide, residual to the input): a small model whose
   // cost is per call (op dispatch), not per row, so batching rows together is

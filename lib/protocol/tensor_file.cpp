@@ -371,6 +371,27 @@ std::vector<double> TensorToDoubles(const Tensor& t) {
   return out;
 }
 
+Tensor TensorFromDoubles(const Tensor& like, const std::vector<double>& values) {
+  Tensor t = Tensor::Alloc(like.name, like.dtype, like.shape);
+  uint8_t* b = t.mutable_data();
+  for (size_t i = 0; i < values.size() && static_cast<int64_t>(i) < t.numel(); ++i) {
+    double v = values[i];
+    switch (t.dtype) {
+      case DType::kFloat32: reinterpret_cast<float*>(b)[i] = static_cast<float>(v); break;
+      case DType::kFloat64: reinterpret_cast<double*>(b)[i] = v; break;
+      case DType::kFloat16: reinterpret_cast<uint16_t*>(b)[i] = FloatToHalf(static_cast<float>(v)); break;
+      case DType::kBFloat16: reinterpret_cast<uint16_t*>(b)[i] = FloatToBf16(static_cast<float>(v)); break;
+      case DType::kBool: b[i] = v != 0 ? 1 : 0; break;
+      case DType::kInt8: reinterpret_cast<int8_t*>(b)[i] = static_cast<int8_t>(v); break;
+      case DType::kUInt8: b[i] = static_cast<uint8_t>(v); break;
+      case DType::kInt16: reinterpret_cast<int16_t*>(b)[i] = static_cast<int16_t>(v); break;
+      case DType::kInt32: reinterpret_cast<int32_t*>(b)[i] = static_cast<int32_t>(v); break;
+      case DType::kInt64: reinterpret_cast<int64_t*>(b)[i] = static_cast<int64_t>(v); break;
+    }
+  }
+  return t;
+}
+
 Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j) {
   if (!j.is_object())
     return InvalidArgument("a JSON tensor file is an object mapping each input name to "

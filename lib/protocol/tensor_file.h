@@ -36,6 +36,10 @@ namespace mms {
 
 // Every element as a double (half and bfloat16 widened, bool as 0/1).
 std::vector<double> TensorToDoubles(const Tensor& t);
+// A tensor named and shaped as `like`, of its dtype, holding `values`
+// (values.size() == like.numel()): floats rounded to the dtype, integers
+// truncated (the caller keeps them in the dtype's range), bool as v != 0.
+Tensor TensorFromDoubles(const Tensor& like, const std::vector<double>& values);
 
 // ---- JSON tensor files
 Result<std::vector<Tensor>> TensorsFromJson(const nlohmann::json& j);

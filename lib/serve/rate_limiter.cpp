@@ -28,14 +28,24 @@ void RateLimiter::Configure(const std::map<std::string, TokenLimit>& models, con
   tenant_limits_ = Sane(tenants);
   default_model_ = Sane(default_model);
   default_tenant_ = Sane(default_tenant);
-  // Drop buckets whose limit changed or went away; the rest keep their tokens.
-  auto prune = [](std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
-                  const std::optional<TokenLimit>& fallback) {
+  // Drop buckets whose limit went away. The rest keep their tokens, refilled
+  // at the old rate until now and capped at the new burst: a changed limit is
+  // no fresh burst (a script setting limits on every deploy, or a limit
+  // lowered to stop a flood, would otherwise let a full bucket through).
+  const int64_t now = clock_->MonoNanos();
+  auto prune = [&](std::map<std::string, Bucket>& buckets, const std::map<std::string, TokenLimit>& limits,
+                   const std::optional<TokenLimit>& fallback) {
     for (auto it = buckets.begin(); it != buckets.end();) {
       auto l = limits.find(it->first);
       std::optional<TokenLimit> want = l != limits.end() ? std::optional<TokenLimit>(l->second) : fallback;
-      bool same = want && want->qps == it->second.limit.qps && want->burst == it->second.limit.burst;
-      it = same ? std::next(it) : buckets.erase(it);
+      if (!want) {
+        it = buckets.erase(it);
+        continue;
+      }
+      Refill(it->second, now);
+      it->second.limit = *want;
+      it->second.tokens = std::min(it->second.tokens, want->burst);
+      ++it;
     }
   };
   prune(model_buckets_, model_limits_, default_model_);
@@ -70,7 +80,7 @@ RateLimiter::Counts& RateLimiter::TenantCounts(const std::string& tenant) {
   return tenant_counts_[tenant];
 }
 
-Status RateLimiter::Admit(const std::string& model, const std::string& request_tenant) {
+Status RateLimiter::Admit(const std::string& model, const std::string& request_tenant, const std::string& base) {
   const std::string& tenant = request_tenant.empty() ? std::string(kNoTenant) : request_tenant;
   std::lock_guard<std::mutex> lock(mu_);
   int64_t now = clock_->MonoNanos();
@@ -91,38 +101,46 @@ Status RateLimiter::Admit(const std::string& model, const std::string& request_t
     if (tenant_buckets_.size() >= kMaxTenants) bucket_key = kOtherTenants;
   }
   Bucket* m = Find(model_buckets_, model_limits_, default_model_, model);
+  Bucket* b = base.empty() || base == model ? nullptr : Find(model_buckets_, model_limits_, default_model_, base);
   Bucket* t = Find(tenant_buckets_, tenant_limits_, default_tenant_, bucket_key);
-  if (m) Refill(*m, now);
-  if (t) Refill(*t, now);
+  for (Bucket* x : {m, b, t})
+    if (x) Refill(*x, now);
   // Past the bucket cap, the tenant is counted as the bucket it shares.
   const std::string& counted_as = bucket_key == kOtherTenants ? bucket_key : tenant;
-  auto refuse = [&](const std::string& what, const TokenLimit& l, const std::string& hint) {
+  // `by`: the counts of the bucket that refused (the model's, its base's, or
+  // the tenant's own, or the overflow bucket past the cap); `by_default`:
+  // whether that bucket's limit was the [limits] default.
+  auto refuse = [&](const std::string& what, const TokenLimit& l, Counts& by, bool by_default, const std::string& hint) {
     ++model_counts_[model].limited;
     ++TenantCounts(counted_as).limited;
-    // Against the bucket that refused: the model's, or the tenant's own
-    // (or the overflow bucket past the cap); and whether its limit was the default.
-    const bool by_model = m && m->tokens < 1;
-    Counts& c = by_model ? model_counts_[model] : TenantCounts(bucket_key);
-    ++c.refused_by_limit;
-    if (by_model ? !model_limits_.count(model) : !tenant_limits_.count(bucket_key)) ++c.refused_by_default;
+    ++by.refused_by_limit;
+    if (by_default) ++by.refused_by_default;
     char buf[64];
     std::snprintf(buf, sizeof buf, "%g request%s/s, burst %g", l.qps, l.qps == 1 ? "" : "s", l.burst);
     return Status(Code::kRateLimited, what + " over its rate limit (" + buf + "); " + hint);
   };
   if (m && m->tokens < 1)
-    return refuse("model '" + model + "' is", m->limit, "retry later or raise it with mms limit set");
+    return refuse("model '" + model + "' is", m->limit, model_counts_[model], !model_limits_.count(model),
+                  "retry later or raise it with mms limit set");
+  if (b && b->tokens < 1)
+    return refuse("model '" + base + "', the base adapter '" + model + "' runs on (its limit counts its adapters' " +
+                      "requests too), is",
+                  b->limit, model_counts_[base], !model_limits_.count(base),
+                  "retry later or raise it with mms limit set " + base);
   if (t && t->tokens < 1) {
+    Counts& by = TenantCounts(bucket_key);
+    const bool by_default = !tenant_limits_.count(bucket_key);
     if (request_tenant.empty())
-      return refuse("requests without a tenant share the tenant '(none)', which is", t->limit,
+      return refuse("requests without a tenant share the tenant '(none)', which is", t->limit, by, by_default,
                     "send a tenant (mms predict --tenant T), retry later, or raise it with mms limit set --tenant '(none)'");
     if (bucket_key == kOtherTenants)  // past the cap: not this tenant's own use
       return refuse("tenant '" + tenant + "' came after " + std::to_string(kMaxTenants) +
                         " tenants had buckets, so it shares the bucket of such tenants, which is",
-                    t->limit, "retry later, or give it its own limit with mms limit set --tenant " + tenant);
-    return refuse("tenant '" + tenant + "' is", t->limit, "retry later or raise it with mms limit set");
+                    t->limit, by, by_default, "retry later, or give it its own limit with mms limit set --tenant " + tenant);
+    return refuse("tenant '" + tenant + "' is", t->limit, by, by_default, "retry later or raise it with mms limit set");
   }
-  if (m) m->tokens -= 1;
-  if (t) t->tokens -= 1;
+  for (Bucket* x : {m, b, t})
+    if (x) x->tokens -= 1;
   ++model_counts_[model].admitted;
   ++TenantCounts(counted_as).admitted;
   return Status::Ok();

@@ -1,7 +1,8 @@
 // RateLimiter: token buckets per model and per tenant, checked before any
 // queueing. A request takes one token from its model's bucket and one from
-// its tenant's (when either has a limit); without both it is RATE_LIMITED at
-// once — nothing waits. Buckets refill continuously at `qps` up to `burst`.
+// its tenant's (when either has a limit), and an adapter's request one from
+// its base model's too; short of any it is RATE_LIMITED at once — nothing
+// waits. Buckets refill continuously at `qps` up to `burst`.
 // Admitted and limited requests are counted per model and per tenant.
 // Tenants are named by clients, so their state is bounded: at kMaxTenants
 // buckets, idle ones (full again, so the same as new) are dropped at most
@@ -52,8 +53,9 @@ class RateLimiter {
 
   explicit RateLimiter(Clock* clock = Clock::Real()) : clock_(clock) {}
 
-  // Replaces the limits (registry + config defaults). Buckets whose limit is
-  // unchanged keep their tokens; new ones start full. A limit whose qps is
+  // Replaces the limits (registry + config defaults). Buckets keep their
+  // tokens across a change of limit (capped at the new burst; refilled at
+  // the new rate from now); a key given a limit it had none of starts full. A limit whose qps is
   // not a positive finite number (0, negative, NaN, infinite) is no limit
   // (the registry and the config refuse them; a stray one must neither
   // block for good nor turn a bucket into NaN); a burst of 0 or not finite
@@ -61,8 +63,10 @@ class RateLimiter {
   void Configure(const std::map<std::string, TokenLimit>& models, const std::map<std::string, TokenLimit>& tenants,
                  std::optional<TokenLimit> default_model, std::optional<TokenLimit> default_tenant);
   // OK, or RATE_LIMITED naming the bucket that is empty. `tenant` "" is
-  // kNoTenant.
-  Status Admit(const std::string& model, const std::string& tenant);
+  // kNoTenant. `base`: for an adapter, the model it runs on, whose bucket
+  // it takes a token from too (a base's limit bounds the load on it, its
+  // adapters' requests included); "" for a model of its own.
+  Status Admit(const std::string& model, const std::string& tenant, const std::string& base = "");
   // {"models": {name: {admitted, limited, refused_by_limit, refused_by_default, qps, burst}},
   //  "tenants": {...},
   // (limited: its requests refused by either limit, model or tenant;

@@ -151,10 +151,11 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   // Readiness needs only "max_batch rows or more": counting each job's rows up
   // to max_batch keeps the sum far from overflow (a zero-element input may
   // claim 2^62 rows).
-  q.rows += job.max_batch > 0 ? std::min<int64_t>(rows, job.max_batch) : 1;
+  const int64_t counted = job.max_batch > 0 ? std::min<int64_t>(rows, job.max_batch) : 1;
+  q.rows += counted;
   // Answered at its deadline should no worker reach it by then (all busy).
   const int64_t sweep_at = job.deadline_ns ? ExpirySweepAt(job.deadline_ns) : 0;
-  q.jobs.push_back({now, rows, std::move(job)});
+  q.jobs.push_back({now, rows, counted, std::move(job)});
   ++total_queued_;
   lock.unlock();
   cv_.notify_one();
@@ -235,7 +236,7 @@ void Scheduler::ExpireLate() {
           ++it;
           continue;
         }
-        q.rows -= q.max_batch > 0 ? std::min<int64_t>(it->rows, q.max_batch) : 1;
+        q.rows -= it->counted;
         ++q.deadline_drops;
         --total_queued_;
         late.push_back(std::move(it->job));
@@ -343,18 +344,25 @@ void Scheduler::Work() {
       Queued& e = q->jobs.front();
       Job& j = e.job;
       int64_t r = e.rows;
-      if (Late(*q, j, now, &probe)) {
+      // A batch that probes measures afresh: a request late only by the stale
+      // estimate rides along in it (when it may join) rather than be dropped
+      // by the estimate its batch is about to replace.
+      const bool had_probe = probe;
+      if (Late(*q, j, now, &probe) && !(had_probe && now <= j.deadline_ns)) {
         late.push_back(std::move(j));
       } else {
         if (!batch.empty() &&
-            (q->max_batch == 0 || q->unsplit || r > q->max_batch - total ||  // (no overflow: r may be 2^62)
+            // A job queued while its version was not batched (mms model
+            // batching changed it meanwhile) runs alone: its rows were never checked to agree.
+            (q->max_batch == 0 || j.max_batch == 0 || batch.front().max_batch == 0 || q->unsplit ||
+             r > q->max_batch - total ||  // (no overflow: r may be 2^62)
              !SameBatchShape(batch.front().inputs, j.inputs)))
           break;  // (a probe granted to this job goes to the batch: it measures afresh all the same)
         total += r;
         rows.push_back(r);
         batch.push_back(std::move(j));
       }
-      q->rows -= q->max_batch > 0 ? std::min<int64_t>(r, q->max_batch) : 1;
+      q->rows -= e.counted;
       q->jobs.pop_front();
       --total_queued_;
       if (!batch.empty() && (q->max_batch == 0 || q->unsplit)) break;
@@ -490,10 +498,13 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
     // A module's first runs are slow (TorchScript profiles and optimizes its
     // graph on them), a model loaded again's too: during an instance's first
     // kWarmupMeasures successful executions the estimate only falls, to the
-    // fastest of them, and a failed one is no measure at all (an error in
-    // microseconds says nothing of what a run costs); from then on a moving
-    // average of every execution. A probe's time replaces the estimate.
-    if (!unsplit && !rerun) {
+    // fastest of them; from then on a moving average of every successful
+    // execution. A failed one is no measure at all, a failed probe included
+    // (an error in microseconds says nothing of what a run costs: taken as
+    // one, a slow model would look fast enough to run inline on the caller's
+    // thread). A successful probe's time replaces the estimate.
+    const bool measure = !unsplit && !rerun && ok;
+    if (measure) {
       const double t = static_cast<double>(dt);
       if (instance != q.instance) {
         q.instance = instance;
@@ -502,28 +513,29 @@ void Scheduler::Execute(PoolKey key, std::vector<Job> batch, const std::vector<i
       if (probe) {
         q.exec_ns = t;
         q.measured = true;
-      } else if (!ok && q.measures < kWarmupMeasures) {
-        // (no measure)
       } else if (!q.measured) {
         q.exec_ns = t;
         q.measured = true;
       } else {
         q.exec_ns = q.measures < kWarmupMeasures ? std::min(q.exec_ns, t) : 0.8 * q.exec_ns + 0.2 * t;
       }
-      if (ok) ++q.measures;
+      ++q.measures;
     }
     --q.running;
     // Its backlog waited for this measure while workers went idle: all may take it now.
     wake_all = was_unmeasured && !Unmeasured(q) && !q.jobs.empty();
-    // (Nor does it refresh the estimate's age: a version whose every batch
-    // failed would otherwise keep a stale estimate that never counts as stale.)
-    if (!unsplit && !rerun) q.last_exec_ns = t1;
+    // Only a measure refreshes the estimate's age: a version whose every
+    // batch failed would otherwise keep a stale estimate that never counts as
+    // stale. A failed probe does too, so the next waits its turn (a failing
+    // version is not probed by every request), its wait unchanged.
+    if (measure || probe) q.last_exec_ns = t1;
     q.vtime_ns += static_cast<double>(dt) - charged;  // the estimate charged at dispatch, corrected
     if (probe) q.probing = false;
     // A probe that missed its deadline confirmed the estimate: probe less
-    // often. Any other execution refreshes the estimate itself.
-    q.stale_after_ns = probe && tightest && t1 > tightest ? std::min(2 * q.stale_after_ns, kMaxStaleEstimateNs)
-                                                          : kStaleEstimateNs;
+    // often. Any other measure refreshes the estimate itself.
+    if (measure)
+      q.stale_after_ns = probe && tightest && t1 > tightest ? std::min(2 * q.stale_after_ns, kMaxStaleEstimateNs)
+                                                            : kStaleEstimateNs;
     q.executed += batch.size();
     ++q.batches;
     if (unsplit) ++q.unsplit;
@@ -545,6 +557,7 @@ nlohmann::json Scheduler::Stats() const {
   nlohmann::json j = nlohmann::json::object();
   for (const auto& [k, q] : queues_)
     j[std::to_string(k)] = {{"queued", q.jobs.size()},
+                            {"queued_rows", q.rows},
                             {"executed", q.executed},
                             {"executed_inline", q.executed_inline},
                             {"batches", q.batches},

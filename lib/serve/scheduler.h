@@ -169,6 +169,7 @@ class Scheduler {
   struct Queued {
     int64_t at = 0;    // arrival, mono ns
     int64_t rows = 1;  // the job's rows (dim 0) when its inputs agree on them, else 1
+    int64_t counted = 1;  // what it added to its queue's `rows` (its version's batching may change while it waits)
     Job job;
   };
   struct Queue {

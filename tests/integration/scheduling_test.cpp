@@ -711,6 +711,32 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   CHECK(zero.exit_code == 2);
   CHECK_MESSAGE(zero.err.find("its sample input has no rows") != std::string::npos, zero.err);
   CHECK(zero.err.find("at least one row") != std::string::npos);
+  // Rows mixed through inputs that are not float32, each with one-row samples:
+  // token ids (summed as a bag of words: each becomes the next larger id the sample holds, in the table), ids holding one
+  // value (moved one toward 0, or 0 to 1), and bfloat16.
+  std::ofstream(d.dir() + "/ids.json") << R"({"ids": {"dtype": "int64", "shape": [1, 3], "data": [1, 2, 7]}})";
+  std::ofstream(d.dir() + "/ids_same.json") << R"({"ids": {"dtype": "int64", "shape": [1, 3], "data": [4, 4, 4]}})";
+  std::ofstream(d.dir() + "/ids_zero.json") << R"({"ids": {"dtype": "int64", "shape": [1, 3], "data": [0, 0, 0]}})";
+  std::ofstream(d.dir() + "/bf16.json") << R"({"x": {"dtype": "bfloat16", "shape": [1, 4], "data": [1, 2, 3, 4]}})";
+  for (const auto& [model, sample] : std::vector<std::pair<std::string, std::string>>{
+           {"batch_mix_ids.pt", "ids.json"},
+           {"batch_mix_ids.pt", "ids_same.json"},
+           {"batch_mix_ids.pt", "ids_zero.json"},
+           {"batch_mix_bf16.pt", "bf16.json"}}) {
+    auto r = d.Mms({"model", "register", "mixt", "--version", "1", "--path", Data(model), "--sample-input",
+                    d.dir() + "/" + sample, "--max-batch-size", "8"});
+    const std::string what = model + " " + sample + ": " + r.err;
+    CHECK_MESSAGE(r.exit_code == 2, what);
+    CHECK_MESSAGE(r.err.find("a row's outputs change when it shares a batch (next to other rows") != std::string::npos,
+                  what);
+  }
+  // A one-value input that cannot be varied at all is refused with what to give instead.
+  std::ofstream(d.dir() + "/half.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [0.5, 0.5, 0.5, 0.5]}})";
+  auto fixed = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "--sample-input",
+                      d.dir() + "/half.json", "--max-batch-size", "8"});
+  CHECK(fixed.exit_code == 2);
+  CHECK_MESSAGE(fixed.err.find("'x' holds one value throughout") != std::string::npos, fixed.err);
+  CHECK(fixed.err.find("at least two distinct values") != std::string::npos);
   auto nosample = d.Mms({"model", "register", "t", "--version", "1", "--path", Data("tiny.pt"), "--max-batch-size", "8"});
   CHECK(nosample.exit_code == 2);
   CHECK(nosample.err.find("--sample-input") != std::string::npos);
@@ -736,6 +762,63 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
     CHECK(j["notes"][0]["note"].get<std::string>().find("has no rows") != std::string::npos);
     CHECK(json::parse(d.Mms({"--json", "model", "show", "mixz:1"}).out)["max_batch_size"] == 0);
   }
+}
+
+TEST_CASE("mms model batching turns a registered version's batching on after the check, and off, live") {
+  Daemon d;
+  REQUIRE(d.ok());
+  Register(d, "t", "tiny.pt", {"--sample-input", Data("tiny_input.json")});
+  REQUIRE(PredictExit(d, "t") == 0);
+  CHECK(SchedulerStats(d, "t:1")["max_batch"] == 0);
+  auto on = d.Mms({"model", "batching", "t:1", "--max-batch-size", "8", "--max-queue-delay-us", "2000"});
+  REQUIRE_MESSAGE(on.exit_code == 0, on.err);
+  CHECK_MESSAGE(on.out.find("dynamic batching of t:1: up to 8 rows, waiting 2000 us for more (was off)") !=
+                    std::string::npos,
+                on.out);
+  auto show = json::parse(d.Mms({"--json", "model", "show", "t:1"}).out);
+  CHECK(show["max_batch_size"] == 8);
+  CHECK(show["max_queue_delay_us"] == 2000);
+  // The running daemon batches from the next request on, no restart.
+  REQUIRE(PredictExit(d, "t") == 0);
+  CHECK(SchedulerStats(d, "t:1")["max_batch"] == 8);
+  auto again = d.Mms({"--json", "model", "batching", "t:1", "--max-batch-size", "8", "--max-queue-delay-us", "2000"});
+  REQUIRE(again.exit_code == 0);
+  CHECK(json::parse(again.out)["previous_max_batch_size"] == 8);
+  auto off = d.Mms({"model", "batching", "t:1", "--max-batch-size", "0"});
+  REQUIRE(off.exit_code == 0);
+  CHECK(off.out.find("off (was up to 8 rows") != std::string::npos);
+  REQUIRE(PredictExit(d, "t") == 0);
+  CHECK(SchedulerStats(d, "t:1")["max_batch"] == 0);
+  int audited = 0;
+  for (const auto& e : json::parse(d.Mms({"--json", "model", "history", "t:1"}).out))
+    audited += e["action"] == "batching";
+  CHECK(audited == 2);  // on and off; the same settings again are no change
+
+  // A model whose rows mix is refused by the registration's check, and stays unbatched.
+  Register(d, "mix", "batch_mix.pt", {"--sample-input", Data("tiny_input.json")});
+  auto mix = d.Mms({"model", "batching", "mix:1", "--max-batch-size", "8"});
+  CHECK(mix.exit_code == 2);
+  CHECK_MESSAGE(mix.err.find("a row's outputs change when it shares a batch") != std::string::npos, mix.err);
+  CHECK(mix.err.find("leave mix:1 unbatched; it is unchanged") != std::string::npos);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "mix:1"}).out)["max_batch_size"] == 0);
+  // Bad input, each a usage error that changes nothing.
+  Register(d, "nosample", "tiny.pt");
+  auto nosample = d.Mms({"model", "batching", "nosample:1", "--max-batch-size", "8"});
+  CHECK(nosample.exit_code == 2);
+  CHECK(nosample.err.find("mms model repack nosample:1 --sample-input FILE") != std::string::npos);
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--max-batch-size", "-1"},
+           {"--max-batch-size", "0", "--max-queue-delay-us", "500"},
+           {"--max-batch-size", "8", "--max-queue-delay-us", "10000001"},
+           {}}) {
+    std::vector<std::string> argv{"model", "batching", "t:1"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = d.Mms(argv);
+    CHECK_MESSAGE(r.exit_code == 2, r.err);
+  }
+  CHECK(d.Mms({"model", "batching", "nope:1", "--max-batch-size", "8"}).exit_code == 4);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "t:1"}).out)["max_batch_size"] == 0);
+  REQUIRE(PredictExit(d, "t") == 0);  // serving on
 }
 
 TEST_CASE("SIGHUP applies [limits] and [pool] pinned live, other changes are logged as needing a restart") {

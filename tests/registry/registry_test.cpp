@@ -601,6 +601,55 @@ TEST_CASE("a version's batching delay is checked by the registry, in the range o
   CHECK_FALSE(f.reg->Resolve(*ParseRef("m:2")).ok());
 }
 
+TEST_CASE("mms model batching: a version's batching changes in the registry, audited, checked like registration's") {
+  Fixture f;
+  NewVersion v;
+  v.model = "m";
+  v.artifact_path = "/m.pt";
+  v.version = "1";
+  v.sample_input = "/s.json";
+  REQUIRE(f.reg->Register(v).ok());
+  const Ref ref = *ParseRef("m:1");
+  auto on = f.reg->SetBatching(ref, 16, 2000, "/s.json");
+  REQUIRE(on.ok());
+  CHECK(on->max_batch_size == 16);
+  CHECK(on->max_queue_delay_us == 2000);
+  CHECK(f.reg->Resolve(ref)->max_batch_size == 16);
+  // The same again changes nothing and is not audited again.
+  REQUIRE(f.reg->SetBatching(ref, 16, 2000, "/s.json").ok());
+  REQUIRE(f.reg->SetBatching(ref, 0, 0, "/s.json").ok());
+  auto h = f.reg->History(ref);
+  REQUIRE(h.ok());
+  std::vector<std::pair<std::string, std::string>> changes;
+  for (const auto& e : *h)
+    if (e.action == "batching") changes.emplace_back(e.from, e.to);
+  REQUIRE(changes.size() == 2);
+  CHECK(changes[0] == std::make_pair(std::string("off"), std::string("16 rows, delay 2000 us")));
+  CHECK(changes[1] == std::make_pair(std::string("16 rows, delay 2000 us"), std::string("off")));
+  // Out of range, as at registration; nothing changes.
+  for (auto [rows, us] : std::vector<std::pair<int, int64_t>>{{-1, 0}, {8, -1}, {8, kMaxQueueDelayUsMax + 1}}) {
+    auto bad = f.reg->SetBatching(ref, rows, us, "/s.json");
+    INFO(rows << " " << us);
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.status().code() == Code::kInvalidArgument);
+  }
+  // Checked on one sample, the version repacked meanwhile with another: refused.
+  auto moved = f.reg->SetBatching(ref, 8, 0, "/other.json");
+  CHECK(moved.status().code() == Code::kConflict);
+  CHECK(f.reg->Resolve(ref)->max_batch_size == 0);
+  CHECK(f.reg->SetBatching(*ParseRef("m:9"), 8, 0, "/s.json").status().code() == Code::kNotFound);
+  // An adapter runs in its base's batches.
+  NewVersion a;
+  a.model = "lora";
+  a.version = "1";
+  a.artifact_path = "/lora";
+  a.base_id = on->id;
+  REQUIRE(f.reg->Register(a).ok());
+  auto ad = f.reg->SetBatching(*ParseRef("lora:1"), 8, 0, "");
+  CHECK(ad.status().code() == Code::kFailedPrecondition);
+  CHECK(ad.status().message().find("its base version") != std::string::npos);
+}
+
 TEST_CASE("a COMMIT that fails ends the transaction, so the connection stays usable") {
   testing::TempDir d;
   auto db = sql::Db::Open(d / "t.db", true, 1000);

@@ -52,16 +52,59 @@ TEST_CASE("token buckets: burst, refill, per model and per tenant, counted") {
   CHECK(rl.Admit("m2", "dflt").ok());
   CHECK_FALSE(rl.Admit("m2", "dflt").ok());
   rl.Configure({{"rec", {10, 3}}}, {{"acme", {1, 1}}, {"dflt", {2, 1}}}, std::nullopt, TokenLimit{1, 1});
-  CHECK(rl.Admit("m2", "dflt").ok());  // its own (other) limit: a new, full bucket
+  CHECK_FALSE(rl.Admit("m2", "dflt").ok());  // its own (other) limit: the bucket keeps what it had, nothing
+  clock.AdvanceMillis(500);                  // refilled at its own 2/s
+  CHECK(rl.Admit("m2", "dflt").ok());
   CHECK_FALSE(rl.Admit("m2", "dflt").ok());
   stats = rl.Stats();
-  CHECK(stats["tenants"]["dflt"]["refused_by_limit"] == 2);
+  CHECK(stats["tenants"]["dflt"]["refused_by_limit"] == 3);
   CHECK(stats["tenants"]["dflt"]["refused_by_default"] == 1);
-  // Reconfiguring with the same limit keeps the (empty) bucket; a new limit starts full.
+  // A changed limit is no fresh burst: the (empty) bucket stays empty when its
+  // burst is raised, and refills to the new burst at the new rate.
   rl.Configure({{"rec", {10, 3}}}, {}, std::nullopt, std::nullopt);
+  for (int i = 0; i < 3; ++i) CHECK(rl.Admit("rec", "").ok());  // (refilled meanwhile: drained)
   CHECK_FALSE(rl.Admit("rec", "").ok());
   rl.Configure({{"rec", {10, 5}}}, {}, std::nullopt, std::nullopt);
-  CHECK(rl.Admit("rec", "").ok());
+  CHECK_FALSE(rl.Admit("rec", "").ok());
+  clock.AdvanceMillis(1000);
+  for (int i = 0; i < 5; ++i) CHECK(rl.Admit("rec", "").ok());
+  CHECK_FALSE(rl.Admit("rec", "").ok());
+  // A lowered limit caps what the bucket holds.
+  clock.AdvanceMillis(1000);
+  rl.Configure({{"rec", {1, 2}}}, {}, std::nullopt, std::nullopt);
+  for (int i = 0; i < 2; ++i) CHECK(rl.Admit("rec", "").ok());
+  CHECK_FALSE(rl.Admit("rec", "").ok());
+  // A limit removed and set again starts full.
+  rl.Configure({}, {}, std::nullopt, std::nullopt);
+  rl.Configure({{"rec", {1, 2}}}, {}, std::nullopt, std::nullopt);
+  for (int i = 0; i < 2; ++i) CHECK(rl.Admit("rec", "").ok());
+  CHECK_FALSE(rl.Admit("rec", "").ok());
+}
+
+TEST_CASE("token buckets: an adapter's requests take a token from its base model's bucket too") {
+  FakeClock clock;
+  RateLimiter rl(&clock);
+  rl.Configure({{"llm", {1, 2}}}, {}, std::nullopt, std::nullopt);
+  CHECK(rl.Admit("acme-lora", "", "llm").ok());
+  CHECK(rl.Admit("globex-lora", "", "llm").ok());
+  // Two adapters took the base's two tokens: neither they nor the base get a third.
+  auto no = rl.Admit("acme-lora", "", "llm");
+  CHECK(no.code() == Code::kRateLimited);
+  CHECK_MESSAGE(no.message().find("model 'llm', the base adapter 'acme-lora' runs on") == 0, no.message());
+  CHECK(no.message().find("mms limit set llm") != std::string::npos);
+  CHECK_FALSE(rl.Admit("llm", "").ok());
+  auto stats = rl.Stats();
+  CHECK(stats["models"]["acme-lora"]["limited"] == 1);
+  CHECK(stats["models"]["acme-lora"]["refused_by_limit"] == 0);  // not by a limit of its own
+  CHECK(stats["models"]["llm"]["refused_by_limit"] == 2);       // by the base's: acme-lora's and its own
+  CHECK(stats["models"]["llm"]["admitted"] == 0);               // adapters' admissions are theirs
+  // Refused by its own limit, the adapter leaves the base's tokens alone.
+  clock.AdvanceMillis(2000);
+  rl.Configure({{"llm", {1, 2}}, {"acme-lora", {1, 1}}}, {}, std::nullopt, std::nullopt);
+  CHECK(rl.Admit("acme-lora", "", "llm").ok());
+  CHECK_FALSE(rl.Admit("acme-lora", "", "llm").ok());
+  CHECK(rl.Admit("llm", "").ok());  // the base's second token is still there
+  CHECK_FALSE(rl.Admit("llm", "").ok());
 }
 
 TEST_CASE("token buckets: client-named tenants cannot grow the limiter without bound") {
@@ -122,15 +165,18 @@ TEST_CASE("token buckets: requests without a tenant share the tenant (none) and 
   CHECK(no.message().find("mms predict --tenant T") != std::string::npos);
   CHECK(rl.Admit("m", "acme").ok());  // a named tenant has a bucket of its own
   // Its own limit (mms limit set --tenant '(none)') replaces the default.
+  // The bucket keeps what it had (none) and refills at the new rate.
   rl.Configure({}, {{RateLimiter::kNoTenant, {100, 100}}}, std::nullopt, TokenLimit{1, 2});
+  CHECK_FALSE(rl.Admit("m", "").ok());
+  clock.AdvanceMillis(1000);
   for (int i = 0; i < 50; ++i) REQUIRE(rl.Admit("m", "").ok());
   // Without any tenant limit, nothing limits it, and it is still counted.
   rl.Configure({}, {}, std::nullopt, std::nullopt);
   for (int i = 0; i < 50; ++i) REQUIRE(rl.Admit("m", "").ok());
   auto stats = rl.Stats();
   CHECK(stats["tenants"][RateLimiter::kNoTenant]["admitted"] == 102);
-  CHECK(stats["tenants"][RateLimiter::kNoTenant]["limited"] == 1);
-  CHECK(stats["models"]["m"]["limited"] == 1);
+  CHECK(stats["tenants"][RateLimiter::kNoTenant]["limited"] == 2);
+  CHECK(stats["models"]["m"]["limited"] == 2);
 }
 
 TEST_CASE("token buckets: a limit of 0, negative or NaN is no limit, a burst below one is one") {
@@ -440,6 +486,36 @@ TEST_CASE("scheduler: requests arriving together run as one batch, each gets its
   Scheduler::Job bad = rig.Job("x", 2, 1, 16);
   bad.inputs.push_back(Tensor::Alloc("y", DType::kFloat32, {3, 2}));
   CHECK(s.Submit(1, std::move(bad)).code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("scheduler: requests queued before their version was batched run alone, those after batch") {
+  // mms model batching turns a running version's batching on: requests
+  // queued unbatched (their rows never checked to agree) must not join.
+  Rig rig;
+  Scheduler s(OneWorker());
+  std::thread first = rig.Hold(s, 2);
+  std::atomic<int> n{0};
+  auto done = [&](Result<std::vector<Tensor>> r) {
+    CHECK(r.ok());
+    ++n;
+  };
+  for (int i = 0; i < 2; ++i) REQUIRE(s.Submit(1, rig.Job("x", 1, 1, 0, done)).ok());
+  for (int i = 0; i < 3; ++i) REQUIRE(s.Submit(1, rig.Job("x", 2, 1, 16, done)).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 5; }, 5));
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 1, 1, 6});  // the hold, two alone, one batch of 2+2+2
+  // And the other way: queued batched, the version then unbatched.
+  std::thread again = rig.Hold(s, 2);
+  for (int i = 0; i < 2; ++i) REQUIRE(s.Submit(1, rig.Job("x", 2, 1, 16, done)).ok());
+  REQUIRE(s.Submit(1, rig.Job("x", 3, 1, 0, done)).ok());
+  rig.model->Open();
+  again.join();
+  REQUIRE(mms::testing::WaitFor([&] { return n == 8; }, 5));
+  // (the last submit made the queue unbatched: each runs alone)
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 1, 1, 6, 1, 2, 2, 3});
+  CHECK(s.Stats()["1"]["queued"] == 0);
+  CHECK(s.Stats()["1"]["queued_rows"] == 0);  // each job took off what it added, whatever the version's batching then
 }
 
 TEST_CASE("scheduler: a batch that fails for one caller's input runs each request alone, the others succeed") {
@@ -1038,6 +1114,69 @@ TEST_CASE("scheduler: probes that miss their deadline too are made less and less
   CHECK_FALSE(runs());
   clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
   CHECK(runs());
+}
+
+TEST_CASE("scheduler: a batch that probes a stale estimate takes along the requests late only by that estimate") {
+  Rig rig;
+  FakeClock clock;
+  Scheduler s(OneWorker(&clock));
+  rig.model->slow_clock = &clock;
+  rig.model->slow_ns = 100'000'000;  // an outlier: the estimate becomes 100 ms
+  REQUIRE(s.Submit(1, rig.Job("x", 1, 1, 16)).ok());
+  REQUIRE(mms::testing::WaitFor([&] { return s.Stats()["1"]["executed"] == 1; }, 5));
+  rig.model->slow_clock = nullptr;
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);  // stale: the next request probes
+  std::thread first = rig.Hold(s, 2);
+  std::mutex mu;
+  std::vector<std::string> got;
+  for (int i = 0; i < 3; ++i) {
+    Scheduler::Job j = rig.Job("x", 1, 1, 16, [&](Result<std::vector<Tensor>> r) {
+      std::lock_guard<std::mutex> l(mu);
+      got.push_back(r.ok() ? "ok" : r.status().ToString());
+    });
+    j.deadline_ns = clock.MonoNanos() + 10'000'000;  // late by the 100 ms estimate
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+  }
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(mu); return got.size() == 3; }, 5));
+  // One batch measured afresh for all three, not one run and two dropped by the estimate it replaced.
+  CHECK(got == std::vector<std::string>{"ok", "ok", "ok"});
+  CHECK(rig.model->calls.back() == 3);
+  CHECK(s.Stats()["1"]["deadline_drops"] == 0);
+  CHECK(s.Stats()["1"]["exec_ms"] == 0.0);  // the fake clock did not move: the probe's time replaced 100 ms
+}
+
+TEST_CASE("scheduler: a failed execution, a probe's included, is no measure of what a run costs") {
+  Rig rig;
+  FakeClock clock;
+  Scheduler s(OneWorker(&clock));
+  rig.model->refuse_negative = true;
+  rig.model->slow_clock = &clock;
+  rig.model->slow_ns = 100'000'000;  // every successful run takes 100 ms; a refusal takes no time
+  auto submit = [&](float value, int64_t deadline_ms) {
+    Status st = Status(Code::kInternal, "not answered");
+    Scheduler::Job j = rig.Job("x", 1, 1, 0, [&](Result<std::vector<Tensor>> r) { st = r.status(); });
+    *reinterpret_cast<float*>(j.inputs[0].mutable_data()) = value;
+    if (deadline_ms) j.deadline_ns = clock.MonoNanos() + deadline_ms * 1'000'000;
+    REQUIRE(s.Submit(1, std::move(j)).ok());
+    return st;
+  };
+  for (int i = 0; i < Scheduler::kWarmupMeasures; ++i) CHECK(submit(1, 0).ok());
+  CHECK(submit(-1, 0).code() == Code::kModelError);  // fails at once: the estimate stays 100 ms
+  CHECK(s.Stats()["1"]["exec_ms"] == 100.0);
+  CHECK(submit(1, 10).code() == Code::kDeadlineExceeded);
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  // The probe fails: it measured nothing, so the estimate still stands (a
+  // slow model taken for a fast one would run on callers' threads, late)...
+  CHECK(submit(-1, 10).code() == Code::kModelError);
+  CHECK(s.Stats()["1"]["exec_ms"] == 100.0);
+  CHECK(submit(1, 10).code() == Code::kDeadlineExceeded);
+  // ...and the next probe waits its turn, no longer than before.
+  clock.AdvanceNanos(Scheduler::kStaleEstimateNs);
+  rig.model->slow_ns = 1'000'000;
+  CHECK(submit(1, 10).ok());
+  CHECK(s.Stats()["1"]["exec_ms"] == 1.0);
 }
 
 TEST_CASE("scheduler: a batch waiting for rows leaves while its oldest request still has time to spare") {
