@@ -364,9 +364,15 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
       if (!differ.empty() && a.rerun_settings_must_match) {
         std::string list;
         for (const auto& d : differ) list += (list.empty() ? "" : ", ") + d;
+        // (Batching may have been changed since registration: it is the one
+        // setting that can be changed in place.)
+        const bool batching = std::any_of(differ.begin(), differ.end(), [](const std::string& d) {
+          return d == "--max-batch-size" || d == "--max-queue-delay-us";
+        });
         return AlreadyExists(ref + " is registered with these weights (sha256 " + sha->substr(0, 12) + by +
                              ") but other settings (" + list +
-                             ") than it was registered with, which stay: register them as a new version number");
+                             ") than it has, which stay: register them as a new version number" +
+                             (batching ? ", or change its batching with mms model batching " + ref : ""));
       }
       *unchanged = true;
       return existing;
@@ -846,7 +852,7 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     inputs = InputSpecsFromJson(packed->info["inputs"]);  // as the sample shows them, as at registration
   }
   // The version resolved above, whatever the name resolves to meanwhile.
-  auto now = (*reg)->SetPackedDir(version_ref, rec->packed_dir, packed_dir, packed_sample, inputs);
+  auto now = (*reg)->SetPackedDir(version_ref, rec->packed_dir, packed_dir, packed_sample, inputs, rec->max_batch_size);
   if (!now.ok()) {
     std::error_code ec;
     std::filesystem::remove_all(packed_dir, ec);
@@ -879,9 +885,10 @@ int CmdBatching(Cli& cli, const std::string& ref_text, int max_batch_size, int64
   if (!reg.ok()) return cli.Fail(reg.status());
   auto rec = (*reg)->Resolve(*ref);
   if (!rec.ok()) return cli.Fail(rec.status());
+  // (Exit codes as mms model repack's for the same cases.)
   if (rec->is_adapter())
-    return cli.Fail(FailedPrecondition(rec->ref() + " is a LoRA adapter: it runs in its base's batches, so set "
-                                       "batching on its base version"));
+    return cli.Fail(InvalidArgument(rec->ref() + " is a LoRA adapter: it runs in its base's batches, so set "
+                                    "batching on its base version"));
   if (max_batch_size > 0) {
     if (rec->sample_input.empty())
       return cli.Fail(InvalidArgument(
@@ -889,9 +896,9 @@ int CmdBatching(Cli& cli, const std::string& ref_text, int max_batch_size, int64
           "by rows), and it was registered without one: store one with mms model repack " + rec->ref() +
           " --sample-input FILE, then run this again"));
     if (!FileExists(rec->sample_input))
-      return cli.Fail(FailedPrecondition("the stored sample input of " + rec->ref() + " (" + rec->sample_input +
-                                         ") is gone: store one with mms model repack " + rec->ref() +
-                                         " --sample-input FILE, then run this again"));
+      return cli.Fail(InvalidArgument("the stored sample input of " + rec->ref() + " (" + rec->sample_input +
+                                      ") is gone: store one with mms model repack " + rec->ref() +
+                                      " --sample-input FILE, then run this again"));
     if (!FileExists(rec->artifact_path))
       return cli.Fail(FailedPrecondition("the original artifact of " + rec->ref() + " (" + rec->artifact_path +
                                          ") is gone: batching is checked on it; register the model again as a new "
@@ -902,14 +909,16 @@ int CmdBatching(Cli& cli, const std::string& ref_text, int max_batch_size, int64
                             rec->sample_input, "--max-batch-size", std::to_string(max_batch_size)},
                            rec->artifact_path, rec->sha256, "checked", "its batching was not changed");
     if (!info.ok()) {
-      Status st = info.status();
-      if (st.code() == Code::kInvalidArgument)  // the check's refusal: the registration's words, this command's way out
-        st = InvalidArgument(st.message() + " (here: leave " + rec->ref() + " unbatched; it is unchanged)");
-      return cli.Fail(st);
+      // The check's refusal says what registration should do instead; here
+      // the way out is to leave the version as it is.
+      static constexpr std::string_view kRegisterHint = "register without --max-batch-size";
+      std::string msg = info.status().message();
+      if (auto at = msg.find(kRegisterHint); at != std::string::npos && info.status().code() == Code::kInvalidArgument)
+        msg.replace(at, kRegisterHint.size(), "its batching is left as it was");
+      return cli.Fail(Status(info.status().code(), msg));
     }
   }
-  const Ref version_ref{Ref::Kind::kVersion, rec->model, rec->version, ""};
-  auto now = (*reg)->SetBatching(version_ref, max_batch_size, max_queue_delay_us, rec->sample_input);
+  auto now = (*reg)->SetBatching(*rec, max_batch_size, max_queue_delay_us);
   if (!now.ok()) return cli.Fail(now.status());
   cli.NotifyDaemon();
   nlohmann::json j = now->ToJson();

@@ -5,7 +5,6 @@
 // Prints one JSON object on stdout. Exit: 0 ok, 2 not a usable artifact, 1 other.
 #include <algorithm>
 #include <cstring>
-#include <string_view>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -20,51 +19,84 @@
 namespace mms {
 
 namespace {
-// A copy of `t` whose values differ from the sample's while staying values the
-// model accepts wherever the sample's are: floats halved and moved (x/2 + 1/4);
-// bool flipped; integers (token ids, indices) keep to the sample's own values,
-// each element taking the next larger one the input holds (the largest stays),
-// so an id stays in the vocabulary and the values change as a multiset too
-// (the smallest is gone: a rotation would leave a bag-of-words sum as it
-// was); an integer input holding one value throughout takes its neighbour
-// toward zero (0 takes 1).
-Tensor Varied(const Tensor& t) {
+// An integer element of `t`, numerically (exact for every width).
+int64_t IntAt(const Tensor& t, int64_t k) {
+  switch (t.dtype) {
+    case DType::kInt8: return t.as<int8_t>()[k];
+    case DType::kUInt8: return t.as<uint8_t>()[k];
+    case DType::kInt16: return t.as<int16_t>()[k];
+    case DType::kInt32: return t.as<int32_t>()[k];
+    default: return t.as<int64_t>()[k];
+  }
+}
+void SetIntAt(Tensor& t, int64_t k, int64_t v) {
+  auto put = [&](auto x) { std::memcpy(t.mutable_data() + k * static_cast<int64_t>(sizeof x), &x, sizeof x); };
+  switch (t.dtype) {
+    case DType::kInt8: return put(static_cast<int8_t>(v));
+    case DType::kUInt8: return put(static_cast<uint8_t>(v));
+    case DType::kInt16: return put(static_cast<int16_t>(v));
+    case DType::kInt32: return put(static_cast<int32_t>(v));
+    default: return put(v);
+  }
+}
+
+// How far a varied copy moves integer inputs (token ids, indices, masks),
+// strongest first; the check falls back to the next when the model refuses
+// a copy (an id out of its table's range): the sample's values are the only
+// ones known to be valid, and a weaker copy still checks the other inputs.
+enum class Vary {
+  kInputWide,    // each element the next larger value the whole input holds (the largest kept); one value: ±1
+  kPerPosition,  // each element the next larger value its position holds across rows; one value: kept
+  kFloatsOnly,   // integers as they are
+};
+
+// A copy of `t` whose values differ from the sample's: floats halved and
+// moved (x/2 + 1/4, or x + 1 where that is x), bool flipped, integers as
+// `how` says. Taking the next larger value changes the values as a multiset
+// too (the smallest is gone), so a bag-of-words sum moves, which a rotation
+// of the same values would not.
+Tensor Varied(const Tensor& t, int64_t rows, Vary how) {
   const bool floating = t.dtype == DType::kFloat32 || t.dtype == DType::kFloat64 || t.dtype == DType::kFloat16 ||
                         t.dtype == DType::kBFloat16;
-  if (!floating && t.dtype != DType::kBool) {
-    // Exact for every integer width: the values are ordered by their bytes
-    // (any total order will do: all that matters is that the smallest goes).
-    const size_t es = DTypeSize(t.dtype);
-    const auto* b = reinterpret_cast<const char*>(t.data.get());
-    std::vector<std::string> distinct;
-    for (size_t k = 0; k + es <= t.nbytes; k += es) distinct.emplace_back(b + k, es);
+  const int64_t n = t.numel();
+  if (floating || t.dtype == DType::kBool) {
+    std::vector<double> v = TensorToDoubles(t);
+    for (double& x : v) {
+      if (t.dtype == DType::kBool) x = x != 0 ? 0 : 1;
+      else x = x * 0.5 + 0.25 != x ? x * 0.5 + 0.25 : x + 1;
+    }
+    return TensorFromDoubles(t, v);
+  }
+  Tensor v = Tensor::Alloc(t.name, t.dtype, t.shape);
+  std::memcpy(v.mutable_data(), t.data.get(), t.nbytes);
+  if (how == Vary::kFloatsOnly || n == 0) return v;
+  // Groups of elements drawing on one set of values: the whole input, or
+  // each position within a row (flat index modulo the row's size).
+  const int64_t stride = how == Vary::kInputWide || rows <= 0 ? 1 : n / rows;
+  for (int64_t g = 0; g < stride; ++g) {
+    std::vector<int64_t> distinct;
+    for (int64_t k = g; k < n; k += stride) distinct.push_back(IntAt(t, k));
     std::sort(distinct.begin(), distinct.end());
     distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    if (distinct.size() >= 2) {
-      Tensor v = Tensor::Alloc(t.name, t.dtype, t.shape);
-      for (size_t k = 0; k + es <= t.nbytes; k += es) {
-        auto it = std::lower_bound(distinct.begin(), distinct.end(), std::string_view(b + k, es));
-        const std::string& next = std::next(it) != distinct.end() ? *std::next(it) : *it;
-        std::memcpy(v.mutable_data() + k, next.data(), es);
+    for (int64_t k = g; k < n; k += stride) {
+      const int64_t x = IntAt(t, k);
+      if (distinct.size() >= 2) {
+        auto it = std::upper_bound(distinct.begin(), distinct.end(), x);
+        SetIntAt(v, k, it != distinct.end() ? *it : x);
+      } else if (how == Vary::kInputWide) {
+        SetIntAt(v, k, x == 0 ? 1 : x > 0 ? x - 1 : x + 1);  // (0 takes 1: an unsigned or a mask stays in range)
       }
-      return v;
     }
   }
-  std::vector<double> v = TensorToDoubles(t);
-  for (double& x : v) {
-    if (floating) x = x * 0.5 + 0.25;
-    else if (t.dtype == DType::kBool) x = x != 0 ? 0 : 1;
-    else x = x == 0 ? 1 : x > 0 ? x - 1 : x + 1;
-  }
-  return TensorFromDoubles(t, v);
+  return v;
 }
 
 // A model can be batched when each row's outputs do not depend on which other
 // rows share its batch. Checked three ways on the sample: each row run alone
 // against the whole sample; the sample twice, concatenated; and the sample
-// next to a varied copy (every input varied, see Varied), which catches batch
-// statistics such as x - x.mean(0) even with a one-row sample, whatever the
-// inputs' dtypes.
+// next to a varied copy (see Varied), each half against itself run alone,
+// which catches batch statistics such as x - x.mean(0) or x[:, :lengths.max()]
+// even with a one-row sample, whatever the inputs' dtypes.
 // `hm`: the module PackTorchScript loaded from the bytes it hashed.
 Status CheckBatching(HostModel* hm, const std::string& sample) {
   auto tensors = ReadTensorFile(sample);
@@ -79,17 +111,6 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
   if (*rows == 0)
     return InvalidArgument("cannot batch: its sample input has no rows (dim 0 is 0), so batching cannot be checked: "
                            "give a sample input with at least one row; register without --max-batch-size");
-  // An input the copy leaves unchanged would hide rows mixed through it.
-  std::vector<Tensor> varied;
-  for (const Tensor& t : in) {
-    varied.push_back(Varied(t));
-    const Tensor& v = varied.back();
-    if (t.nbytes > 0 && std::memcmp(v.data.get(), t.data.get(), t.nbytes) == 0)
-      return InvalidArgument("cannot check batching: the sample's input '" + t.name +
-                             "' holds one value throughout and no varied copy of it can be made (its values are "
-                             "needed to tell rows apart); give a sample input whose '" + t.name +
-                             "' holds at least two distinct values, or register without --max-batch-size");
-  }
   MMS_ASSIGN_OR_RETURN(auto one, hm->model->Run(in));
   auto same = [](const std::vector<Tensor>& want, const std::vector<Tensor>& got, const std::string& how) {
     OutputComparison c = CompareOutputs(want, got, 1e-4);
@@ -107,22 +128,51 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
     if (!alone.ok()) return InvalidArgument("cannot batch: one row alone fails: " + alone.status().message());
     MMS_RETURN_IF_ERROR(same((*one_rows)[i], *alone, "row " + std::to_string(i) + " alone"));
   }
-  // Next to itself and next to a varied copy.
-  for (const auto* other : {&in, &varied}) {
-    auto both = hm->model->Run(ConcatRows({&in, other}));
-    if (!both.ok() && other == &in)
-      return InvalidArgument("cannot batch: two samples concatenated along dim 0 fail: " + both.status().message());
-    if (!both.ok())
-      return InvalidArgument("cannot check batching: the sample next to a varied copy of itself fails (floats x/2 + 1/4, "
-                             "bool flipped, integers each the next larger value the input holds or, holding one "
-                             "value, moved one toward 0): " + both.status().message() +
-                             "; give a sample input whose integer inputs hold at least two distinct values each, or "
-                             "register without --max-batch-size");
-    auto split = SplitRows(*both, {*rows, *rows});
-    if (!split.ok()) return InvalidArgument("cannot batch: " + split.status().message());
-    MMS_RETURN_IF_ERROR(same(one, (*split)[0], other == &in ? "next to a copy" : "next to other rows"));
+  // Next to itself.
+  auto twice = hm->model->Run(ConcatRows({&in, &in}));
+  if (!twice.ok())
+    return InvalidArgument("cannot batch: two samples concatenated along dim 0 fail: " + twice.status().message());
+  auto split = SplitRows(*twice, {*rows, *rows});
+  if (!split.ok()) return InvalidArgument("cannot batch: " + split.status().message());
+  MMS_RETURN_IF_ERROR(same(one, (*split)[0], "next to a copy"));
+  // Next to a varied copy: each input varied as strongly as the model accepts
+  // (the others as in the sample), then all together; should the model
+  // refuse that combination, floats and bools varied alone.
+  auto same_bytes = [](const Tensor& a, const Tensor& b) {
+    return a.nbytes == b.nbytes && std::memcmp(a.data.get(), b.data.get(), a.nbytes) == 0;
+  };
+  std::vector<Tensor> varied;
+  for (size_t i = 0; i < in.size(); ++i) {
+    Tensor chosen = in[i];
+    for (Vary how : {Vary::kInputWide, Vary::kPerPosition, Vary::kFloatsOnly}) {
+      Tensor v = Varied(in[i], *rows, how);
+      if (same_bytes(v, in[i])) break;  // (weaker ones change nothing either)
+      std::vector<Tensor> probe = in;
+      probe[i] = v;
+      if (!hm->model->Run(probe).ok()) continue;
+      chosen = std::move(v);
+      break;
+    }
+    varied.push_back(std::move(chosen));
   }
-  return Status::Ok();
+  auto alone = hm->model->Run(varied);
+  if (!alone.ok()) {
+    varied.clear();
+    for (const Tensor& t : in) varied.push_back(Varied(t, *rows, Vary::kFloatsOnly));
+    alone = hm->model->Run(varied);
+  }
+  if (!alone.ok())
+    return InvalidArgument("cannot check batching: the model fails on every varied copy of the sample tried (floats "
+                           "x/2 + 1/4, bool flipped, integers each the next larger value the sample holds, or as "
+                           "they are): " + alone.status().message() + "; register without --max-batch-size");
+  auto both = hm->model->Run(ConcatRows({&in, &varied}));
+  if (!both.ok())
+    return InvalidArgument("cannot batch: the sample and a varied copy each run alone, but fail concatenated along "
+                           "dim 0: " + both.status().message() + "; register without --max-batch-size");
+  auto halves = SplitRows(*both, {*rows, *rows});
+  if (!halves.ok()) return InvalidArgument("cannot batch: " + halves.status().message());
+  MMS_RETURN_IF_ERROR(same(one, (*halves)[0], "next to other rows"));
+  return same(*alone, (*halves)[1], "other rows next to the sample");
 }
 }  // namespace
 

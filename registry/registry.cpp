@@ -770,32 +770,36 @@ Result<VersionRecord> Registry::SetStage(const Ref& ref, Stage stage, const std:
 
 Result<VersionRecord> Registry::SetPackedDir(const Ref& ref, const std::string& old_packed_dir,
                                              const std::string& packed_dir, const std::string& sample_input,
-                                             const std::vector<InputSpec>& inputs) {
+                                             const std::vector<InputSpec>& inputs, int max_batch_size) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
   MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
-  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare(
-      "UPDATE versions SET packed_dir = ?, sample_input = ?, inputs_json = ? WHERE id = ? AND packed_dir IN (?, ?)"));
+  MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE versions SET packed_dir = ?, sample_input = ?, inputs_json = ? "
+                                             "WHERE id = ? AND packed_dir IN (?, ?) AND max_batch_size = ?"));
   up.Bind(1, Stored(packed_dir)).Bind(2, Stored(sample_input)).Bind(3, InputSpecsToJson(inputs).dump()).Bind(4, rec.id);
   up.Bind(5, old_packed_dir).Bind(6, Stored(old_packed_dir));  // (stored absolute by an older mms)
+  up.Bind(7, max_batch_size);
   MMS_RETURN_IF_ERROR(up.Run());
-  if (db_->Changes() == 0) return Conflict(rec.ref() + " was changed meanwhile (repacked or removed); try again");
+  if (db_->Changes() == 0)
+    return Conflict(rec.ref() + " was changed meanwhile (repacked, removed, or its batching changed); try again");
   MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir,
                                   "packed files written anew from " + rec.artifact_path));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
 }
 
-Result<VersionRecord> Registry::SetBatching(const Ref& ref, int max_batch_size, int64_t max_queue_delay_us,
-                                            const std::string& sample_input) {
+Result<VersionRecord> Registry::SetBatching(const VersionRecord& checked, int max_batch_size,
+                                            int64_t max_queue_delay_us) {
   MMS_RETURN_IF_ERROR(ValidateBatching(max_batch_size, max_queue_delay_us));
   std::lock_guard<std::recursive_mutex> lock(mu_);
   MMS_ASSIGN_OR_RETURN(auto tx, sql::Tx::Begin(db_.get()));
-  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(ref));
+  MMS_ASSIGN_OR_RETURN(VersionRecord rec, ResolveLocked(Ref{Ref::Kind::kVersion, checked.model, checked.version, ""}));
+  if (rec.id != checked.id || rec.sha256 != checked.sha256)
+    return Conflict(rec.ref() + " was removed and registered again meanwhile; try again");
   if (rec.is_adapter())
-    return FailedPrecondition(rec.ref() + " is a LoRA adapter: it runs in its base's batches, so set batching on "
-                              "its base version");
-  if (rec.sample_input != sample_input)
+    return InvalidArgument(rec.ref() + " is a LoRA adapter: it runs in its base's batches, so set batching on its "
+                           "base version");
+  if (max_batch_size > 0 && rec.sample_input != checked.sample_input)
     return Conflict(rec.ref() + " was repacked meanwhile (its sample input changed); try again");
   if (rec.max_batch_size == max_batch_size && rec.max_queue_delay_us == max_queue_delay_us) return rec;
   MMS_ASSIGN_OR_RETURN(auto up, db_->Prepare("UPDATE versions SET max_batch_size = ?, max_queue_delay_us = ? WHERE id = ?"));

@@ -313,17 +313,22 @@ class Registry {
   // mms model repack: the version's packed files (and stored sample input)
   // now live in `packed_dir`, written anew from its original artifact, and
   // its inputs are as that sample shows them (dtypes, trailing shapes).
-  // CONFLICT when they changed meanwhile (from `old_packed_dir`); audited.
+  // CONFLICT when they changed meanwhile (from `old_packed_dir`), or its
+  // batching did (from `max_batch_size`, which the repack's check ran for:
+  // a sample never checked must not be stored for a version batched
+  // meanwhile); audited.
   Result<VersionRecord> SetPackedDir(const Ref& ref, const std::string& old_packed_dir, const std::string& packed_dir,
-                                     const std::string& sample_input, const std::vector<InputSpec>& inputs);
-  // mms model batching: the version's dynamic batching (max_batch_size 0
-  // turns it off; max_queue_delay_us 0 is the [scheduler] default), checked
-  // beforehand by the caller on `sample_input`. CONFLICT when the version's
-  // stored sample changed meanwhile (a repack), FAILED_PRECONDITION for an
-  // adapter (its base's batching applies), INVALID_ARGUMENT for values out of
-  // range; audited. The record unchanged when nothing changes (no audit).
-  Result<VersionRecord> SetBatching(const Ref& ref, int max_batch_size, int64_t max_queue_delay_us,
-                                    const std::string& sample_input);
+                                     const std::string& sample_input, const std::vector<InputSpec>& inputs,
+                                     int max_batch_size);
+  // mms model batching: the dynamic batching of the version `checked`
+  // (max_batch_size 0 turns it off; max_queue_delay_us 0 is the [scheduler]
+  // default), checked beforehand by the caller on checked's artifact and
+  // stored sample. CONFLICT when the version changed meanwhile (removed and
+  // registered again, or, when turning batching on, given another sample by
+  // a repack); INVALID_ARGUMENT for an adapter (its base's batching applies)
+  // or values out of range; audited. The record unchanged when nothing
+  // changes (no audit).
+  Result<VersionRecord> SetBatching(const VersionRecord& checked, int max_batch_size, int64_t max_queue_delay_us);
   Status SetAlias(const std::string& model, const std::string& alias, const std::string& version);
   Status RemoveAlias(const std::string& model, const std::string& alias);
   // IN_USE while a pin (or, later, an experiment, shadow or canary) uses it,

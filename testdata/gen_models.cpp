@@ -392,6 +392,27 @@ def forward(self, x):
     return f - f.mean(0)
 )");
   Save(mix_bf16, "batch_mix_bf16.pt");
+  // Rows mixed through the batch's longest length: caught only by comparing
+  // the varied rows, batched, against themselves run alone (the sample's
+  // half keeps the largest length).
+  torch::jit::Module mix_len("BatchMixLen");
+  mix_len.define(R"(
+def forward(self, x, lengths):
+    n = int(lengths.max())
+    return x[:, :n].sum(1) / n
+)");
+  Save(mix_len, "batch_mix_len.pt");
+  // Rows independent, with a one-row token-type table as RoBERTa's: a copy
+  // of the sample whose type ids move is out of range, and must not make
+  // registration refuse a model that batches (its ids are varied instead).
+  torch::jit::Module types("BatchOkTypes");
+  types.register_parameter("w", torch::arange(30, torch::kFloat32).reshape({10, 3}), false);
+  types.register_parameter("t", torch::ones({1, 3}), false);
+  types.define(R"(
+def forward(self, ids, types):
+    return torch.embedding(self.w, ids).sum(1) + torch.embedding(self.t, types).sum(1)
+)");
+  Save(types, "batch_ok_types.pt");
 
   // 256 narrow layers (8 wide, residual to the input): a small model whose
   // cost is per call (op dispatch), not per row, so batching rows together is

@@ -71,7 +71,8 @@ class RateLimiter {
   //  "tenants": {...},
   // (limited: its requests refused by either limit, model or tenant;
   // refused_by_limit: those refused by the key's own bucket, whichever limit
-  // it had then; refused_by_default: the part of those refused while that
+  // it had then — a base model's counts its adapters' requests too, which
+  // are limited under the adapter, not the base; refused_by_default: the part of those refused while that
   // limit was the [limits] default, so a limit set or removed later does
   // not move refusals between the key's own limit and the default),
   //  "defaults": {"model": {qps, burst} | null, "tenant": ...}}

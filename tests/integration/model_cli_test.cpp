@@ -268,8 +268,8 @@ TEST_CASE("registering NAME:VERSION again with the same weights is no error (a C
   auto changed = mms({"model", "register", "tiny", "--version", "1", "--path", mms.Data("tiny.pt"), "--description",
                       "a rerun", "--sample-input", mms.Data("tiny_input.json"), "--max-batch-size", "8"});
   CHECK(changed.exit_code == 6);
-  CHECK_MESSAGE(changed.err.find("but other settings (--description, --max-batch-size, --sample-input) than it was "
-                                 "registered with") != std::string::npos,
+  CHECK_MESSAGE(changed.err.find("but other settings (--description, --max-batch-size, --sample-input) than it "
+                                 "has") != std::string::npos,
                 changed.err);
   // --metrics is a setting too; a usage error is exit 2 whatever is registered.
   std::ofstream(mms.dir / "m.json") << R"({"auc": 0.5})";

@@ -730,13 +730,20 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
     CHECK_MESSAGE(r.err.find("a row's outputs change when it shares a batch (next to other rows") != std::string::npos,
                   what);
   }
-  // A one-value input that cannot be varied at all is refused with what to give instead.
+  // A float sample at the fixed point of x/2 + 1/4 is varied all the same.
   std::ofstream(d.dir() + "/half.json") << R"({"x": {"dtype": "float32", "shape": [1, 4], "data": [0.5, 0.5, 0.5, 0.5]}})";
-  auto fixed = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "--sample-input",
-                      d.dir() + "/half.json", "--max-batch-size", "8"});
-  CHECK(fixed.exit_code == 2);
-  CHECK_MESSAGE(fixed.err.find("'x' holds one value throughout") != std::string::npos, fixed.err);
-  CHECK(fixed.err.find("at least two distinct values") != std::string::npos);
+  auto half = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "--sample-input",
+                     d.dir() + "/half.json", "--max-batch-size", "8"});
+  CHECK(half.exit_code == 2);
+  CHECK_MESSAGE(half.err.find("next to other rows") != std::string::npos, half.err);
+  // Mixed through the batch's longest length: the sample's half keeps its
+  // largest, the varied rows do not give what they give alone.
+  std::ofstream(d.dir() + "/len.json") << R"({"x": {"dtype": "float32", "shape": [1, 5], "data": [1, 2, 3, 4, 5]},
+                                             "lengths": {"dtype": "int64", "shape": [1], "data": [4]}})";
+  auto len = d.Mms({"model", "register", "mixl", "--version", "1", "--path", Data("batch_mix_len.pt"),
+                    "--sample-input", d.dir() + "/len.json", "--max-batch-size", "8"});
+  CHECK(len.exit_code == 2);
+  CHECK_MESSAGE(len.err.find("other rows next to the sample") != std::string::npos, len.err);
   auto nosample = d.Mms({"model", "register", "t", "--version", "1", "--path", Data("tiny.pt"), "--max-batch-size", "8"});
   CHECK(nosample.exit_code == 2);
   CHECK(nosample.err.find("--sample-input") != std::string::npos);
@@ -748,6 +755,13 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   // The same model without batching registers and serves.
   auto plain = d.Mms({"model", "register", "mix", "--version", "1", "--path", Data("batch_mix.pt"), "-q"});
   CHECK(plain.exit_code == 0);
+  // A model that batches is not refused for a sample whose ids cannot move
+  // (type ids all 0 into a one-row table): its other inputs are varied.
+  std::ofstream(d.dir() + "/types.json") << R"({"ids": {"dtype": "int64", "shape": [1, 3], "data": [1, 2, 7]},
+                                               "types": {"dtype": "int64", "shape": [1, 3], "data": [0, 0, 0]}})";
+  auto types = d.Mms({"model", "register", "types", "--version", "1", "--path", Data("batch_ok_types.pt"),
+                      "--sample-input", d.dir() + "/types.json", "--max-batch-size", "8"});
+  CHECK_MESSAGE(types.exit_code == 0, types.err);
   CHECK(PredictExit(d, "mix") == 0);
   {  // Imported with a config asking for batching: registered unbatched, the note says why.
     const std::string repo = d.dir() + "/repo";
@@ -781,6 +795,11 @@ TEST_CASE("mms model batching turns a registered version's batching on after the
   // The running daemon batches from the next request on, no restart.
   REQUIRE(PredictExit(d, "t") == 0);
   CHECK(SchedulerStats(d, "t:1")["max_batch"] == 8);
+  // A registration run again with other batching is refused, naming the way to change it.
+  auto rerun = d.Mms({"model", "register", "t", "--version", "1", "--path", Data("tiny.pt"), "--sample-input",
+                      Data("tiny_input.json"), "--max-batch-size", "4"});
+  CHECK(rerun.exit_code == 6);
+  CHECK_MESSAGE(rerun.err.find("or change its batching with mms model batching t:1") != std::string::npos, rerun.err);
   auto again = d.Mms({"--json", "model", "batching", "t:1", "--max-batch-size", "8", "--max-queue-delay-us", "2000"});
   REQUIRE(again.exit_code == 0);
   CHECK(json::parse(again.out)["previous_max_batch_size"] == 8);
@@ -799,7 +818,8 @@ TEST_CASE("mms model batching turns a registered version's batching on after the
   auto mix = d.Mms({"model", "batching", "mix:1", "--max-batch-size", "8"});
   CHECK(mix.exit_code == 2);
   CHECK_MESSAGE(mix.err.find("a row's outputs change when it shares a batch") != std::string::npos, mix.err);
-  CHECK(mix.err.find("leave mix:1 unbatched; it is unchanged") != std::string::npos);
+  CHECK(mix.err.find("its batching is left as it was") != std::string::npos);
+  CHECK(mix.err.find("register without") == std::string::npos);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "mix:1"}).out)["max_batch_size"] == 0);
   // Bad input, each a usage error that changes nothing.
   Register(d, "nosample", "tiny.pt");

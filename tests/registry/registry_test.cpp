@@ -607,17 +607,19 @@ TEST_CASE("mms model batching: a version's batching changes in the registry, aud
   v.model = "m";
   v.artifact_path = "/m.pt";
   v.version = "1";
+  v.sha256 = "aa";
   v.sample_input = "/s.json";
-  REQUIRE(f.reg->Register(v).ok());
+  auto checked = f.reg->Register(v);
+  REQUIRE(checked.ok());
   const Ref ref = *ParseRef("m:1");
-  auto on = f.reg->SetBatching(ref, 16, 2000, "/s.json");
+  auto on = f.reg->SetBatching(*checked, 16, 2000);
   REQUIRE(on.ok());
   CHECK(on->max_batch_size == 16);
   CHECK(on->max_queue_delay_us == 2000);
   CHECK(f.reg->Resolve(ref)->max_batch_size == 16);
   // The same again changes nothing and is not audited again.
-  REQUIRE(f.reg->SetBatching(ref, 16, 2000, "/s.json").ok());
-  REQUIRE(f.reg->SetBatching(ref, 0, 0, "/s.json").ok());
+  REQUIRE(f.reg->SetBatching(*checked, 16, 2000).ok());
+  REQUIRE(f.reg->SetBatching(*checked, 0, 0).ok());
   auto h = f.reg->History(ref);
   REQUIRE(h.ok());
   std::vector<std::pair<std::string, std::string>> changes;
@@ -628,25 +630,38 @@ TEST_CASE("mms model batching: a version's batching changes in the registry, aud
   CHECK(changes[1] == std::make_pair(std::string("16 rows, delay 2000 us"), std::string("off")));
   // Out of range, as at registration; nothing changes.
   for (auto [rows, us] : std::vector<std::pair<int, int64_t>>{{-1, 0}, {8, -1}, {8, kMaxQueueDelayUsMax + 1}}) {
-    auto bad = f.reg->SetBatching(ref, rows, us, "/s.json");
+    auto bad = f.reg->SetBatching(*checked, rows, us);
     INFO(rows << " " << us);
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.status().code() == Code::kInvalidArgument);
   }
-  // Checked on one sample, the version repacked meanwhile with another: refused.
-  auto moved = f.reg->SetBatching(ref, 8, 0, "/other.json");
-  CHECK(moved.status().code() == Code::kConflict);
+  // Checked on one sample, the version repacked meanwhile with another:
+  // refused when turning batching on (turning it off needs no check).
+  VersionRecord stale = *checked;
+  stale.sample_input = "/other.json";
+  CHECK(f.reg->SetBatching(stale, 8, 0).status().code() == Code::kConflict);
+  CHECK(f.reg->SetBatching(stale, 0, 0).ok());
+  // A repack whose check ran for other batching than the version now has is refused.
+  REQUIRE(f.reg->SetBatching(*checked, 8, 0).ok());
+  auto re = f.reg->SetPackedDir(ref, checked->packed_dir, "/new", "/s2.json", {}, 0);
+  CHECK(re.status().code() == Code::kConflict);
+  CHECK(f.reg->Resolve(ref)->sample_input == "/s.json");
+  // Removed and registered again under the same name meanwhile.
+  REQUIRE(f.reg->Remove(ref, true).ok());
+  v.sha256 = "bb";
+  REQUIRE(f.reg->Register(v).ok());
+  CHECK(f.reg->SetBatching(*checked, 8, 0).status().code() == Code::kConflict);
   CHECK(f.reg->Resolve(ref)->max_batch_size == 0);
-  CHECK(f.reg->SetBatching(*ParseRef("m:9"), 8, 0, "/s.json").status().code() == Code::kNotFound);
   // An adapter runs in its base's batches.
   NewVersion a;
   a.model = "lora";
   a.version = "1";
   a.artifact_path = "/lora";
-  a.base_id = on->id;
-  REQUIRE(f.reg->Register(a).ok());
-  auto ad = f.reg->SetBatching(*ParseRef("lora:1"), 8, 0, "");
-  CHECK(ad.status().code() == Code::kFailedPrecondition);
+  a.base_id = f.reg->Resolve(ref)->id;
+  auto adapter = f.reg->Register(a);
+  REQUIRE(adapter.ok());
+  auto ad = f.reg->SetBatching(*adapter, 8, 0);
+  CHECK(ad.status().code() == Code::kInvalidArgument);
   CHECK(ad.status().message().find("its base version") != std::string::npos);
 }
 
@@ -840,7 +855,7 @@ TEST_CASE("paths inside the data dir are stored relative to it, so a moved data 
     REQUIRE(r1.ok());
     CHECK(r1->packed_dir == first + "/artifacts/m/1-abc");  // read back absolute
     // A repack compares and stores the same way.
-    auto re = reg->SetPackedDir(*ParseRef("m:1"), r1->packed_dir, first + "/artifacts/m/1-new", "", {});
+    auto re = reg->SetPackedDir(*ParseRef("m:1"), r1->packed_dir, first + "/artifacts/m/1-new", "", {}, 0);
     REQUIRE_MESSAGE(re.ok(), re.status().ToString());
   }
   CHECK(Cells(first + "/registry.db", "SELECT artifact_path, packed_dir FROM versions ORDER BY id") ==
