@@ -257,9 +257,11 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     return refuse(inputs.status());
   }
   // Batching follows the version that runs: an adapter's base. Its inputs
-  // must agree on rows: checked here, before the request takes a token.
+  // must agree on rows: checked here, before the request takes a token; so
+  // must a stacked base's, batched or not (it runs each row with its own
+  // adapter's slot, its own request or an adapter's).
   const VersionRecord& runs = base ? *base : rec;
-  if (runs.max_batch_size > 0)
+  if (runs.max_batch_size > 0 || runs.lora.contains("stacked"))
     if (auto rows = BatchRows(*inputs); !rows.ok()) return refuse(rows.status());
   // A client-supplied deadline: the request is dropped before running if it cannot make it.
   int64_t deadline = 0;
@@ -356,6 +358,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     bool loaded = h->model->loaded() || (h->adapter && h->adapter->loaded());
     job.handle = std::move(h->model);
     job.adapter = std::move(h->adapter);
+    if (recp->is_adapter() && queue == recp->id) job.queue_ref = recp->ref();  // mode (a): its own queue, named so
     job.inputs = *ordered;
     job.deadline_ns = deadline;
     job.priority = priority;

@@ -212,6 +212,18 @@ DecodeResult Decode(const uint8_t* data, size_t size, std::shared_ptr<const void
                                                " bytes do not match " + t.Describe() + " (" +
                                                std::to_string(static_cast<uint64_t>(numel) * DTypeSize(t.dtype)) +
                                                " bytes expected)");
+    // A tensor with elements cannot have a dim past the cap (each element
+    // takes a byte at least); one without (a dim of 0) sends any other dim
+    // for free, and a model or the LoRA path allocating per row would then
+    // be asked for [6e9, 0]'s 6e9 rows (tens of GB) by a 100-byte message.
+    if (numel == 0)
+      for (int64_t dim : t.shape)
+        if (static_cast<uint64_t>(dim) > max_bytes)
+          return fail(DecodeError::kBadTensor, "tensor '" + ShortName(t.name) + "': shape " + ShapeString(t.shape) +
+                                                   " has no elements but a dim of " + std::to_string(dim) +
+                                                   ", more than a tensor with elements could have under the cap of " +
+                                                   std::to_string(max_bytes) +
+                                                   " bytes ([daemon] max_message_bytes); send at most that many rows");
     if (off > size || nbytes > size - off)
       return fail(DecodeError::kTruncated, "tensor '" + ShortName(t.name) + "': data runs past the end of the message");
     t.nbytes = static_cast<size_t>(nbytes);

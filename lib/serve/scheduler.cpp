@@ -127,7 +127,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
       ++running_;  // Stop waits for this answer too
       const double exec_ns = q.exec_ns;
       lock.unlock();
-      std::string ref = job.handle->ref();
+      std::string ref = job.ref();
       Finish(job, LateStatus(ref, exec_ns));
       lock.lock();
       if (--running_ == 0 && stopping_) cv_.notify_all();
@@ -145,7 +145,7 @@ Status Scheduler::Submit(PoolKey key, Job job) {
   }
   if (q.jobs.size() >= queue_depth_) {
     ++q.overloaded;
-    return Status(Code::kOverloaded, job.handle->ref() + " has " + std::to_string(q.jobs.size()) +
+    return Status(Code::kOverloaded, job.ref() + " has " + std::to_string(q.jobs.size()) +
                                          " requests queued (the limit, [scheduler] queue_depth); retry later");
   }
   // Readiness needs only "max_batch rows or more": counting each job's rows up
@@ -252,7 +252,7 @@ void Scheduler::ExpireLate() {
   }
   if (sweep_at) ArmExpiry(sweep_at, now);
   for (size_t i = 0; i < late.size(); ++i) {
-    std::string ref = late[i].handle->ref();
+    std::string ref = late[i].ref();
     Finish(late[i], LateStatus(ref, exec_ns[i]));
   }
   if (late.empty()) return;
@@ -376,7 +376,7 @@ void Scheduler::Work() {
     const double exec_ns = q->exec_ns;
     lock.unlock();
     for (auto& j : late) {
-      std::string ref = j.handle->ref();
+      std::string ref = j.ref();
       Finish(j, LateStatus(ref, exec_ns));
     }
     late.clear();
@@ -428,7 +428,7 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
     auto out = adapters ? m->RunWithAdapters(inputs, part_lora) : m->Run(inputs);
     if (!out.ok()) {
       if (!std::exchange(*rerun, true))
-        LogWarn("batch_failed_rerun", {{"ref", batch.front().handle->ref()}, {"requests", batch.size()},
+        LogWarn("batch_failed_rerun", {{"ref", batch.front().ref()}, {"requests", batch.size()},
                                        {"error", out.status().message()}});
       const size_t mid = lo + (hi - lo) / 2;
       run(lo, mid);
@@ -455,13 +455,13 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
     // sent nothing wrong: each runs alone and gets what it would have got
     // unbatched.
     *unsplit = true;
-    LogWarn("batch_unsplittable", {{"ref", batch.front().handle->ref()}, {"error", split.status().message()}});
+    LogWarn("batch_unsplittable", {{"ref", batch.front().ref()}, {"error", split.status().message()}});
     for (size_t i = lo; i < hi; ++i) results[i] = RunOne(m, batch[i], rows[i], lora[i]);
   };
   try {
     run(0, batch.size());
   } catch (const std::exception& e) {
-    results.assign(batch.size(), Status(Code::kInternal, batch.front().handle->ref() + ": " + e.what()));
+    results.assign(batch.size(), Status(Code::kInternal, batch.front().ref() + ": " + e.what()));
   }
   return results;
 }

@@ -111,6 +111,10 @@ class Scheduler {
   struct Job {
     HandlePtr handle;              // keeps the model on its device while queued
     HandlePtr adapter;             // a LoRA adapter's handle (handle is then its base), or null
+    // What messages name its queue by, when not handle's ref: an adapter
+    // with a queue of its own (it runs on its base's handle).
+    std::string queue_ref;
+    const std::string& ref() const { return queue_ref.empty() ? handle->ref() : queue_ref; }
     std::vector<Tensor> inputs;    // in forward() order
     int64_t deadline_ns = 0;       // monotonic; 0 = none
     int priority = 1;              // 0 high, 1 normal, 2 low

@@ -93,6 +93,23 @@ TEST_CASE("every malformed message gets its own reason") {
     j.body = nlohmann::json::array({1, 2});
     CHECK(DecodeStr(Encode(j)).error == DecodeError::kBadJson);
   }
+  SUBCASE("a tensor of no elements with a dim past the cap") {
+    // [6e9, 0]: no bytes to send, and 6e9 rows for a model (or the LoRA
+    // path's per-row index) to allocate for.
+    Message z;
+    z.type = kPing;
+    Tensor t = Floats("x", {0}, 0);
+    t.shape = {6'000'000'000, 0};
+    z.tensors.push_back(t);
+    DecodeResult d = DecodeStr(Encode(z));
+    CHECK(d.error == DecodeError::kBadTensor);
+    CHECK(d.detail.find("has no elements but a dim of 6000000000") != std::string::npos);
+    // Up to the cap is what a tensor with elements could have: accepted, as are no rows.
+    z.tensors[0].shape = {1 << 20, 0};
+    CHECK(DecodeStr(Encode(z)).error == DecodeError::kNone);
+    z.tensors[0].shape = {0, 4};
+    CHECK(DecodeStr(Encode(z)).error == DecodeError::kNone);
+  }
   SUBCASE("byte count that does not match dtype and shape") {
     Tensor bad = Floats("x", {4}, 0);
     bad.shape = {5};  // 20 bytes expected, 16 sent

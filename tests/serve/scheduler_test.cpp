@@ -371,10 +371,17 @@ TEST_CASE("scheduler: an idle scheduler runs a request at once, a full queue ref
   auto full = s.Submit(1, rig.Job("e", 1));
   CHECK(full.code() == Code::kOverloaded);
   CHECK(full.message().find("[scheduler] queue_depth") != std::string::npos);
+  CHECK(full.message().find("echo:1 has 2 requests queued") == 0);
+  // An adapter with a queue of its own runs on its base's handle: the
+  // message names the queue's owner, as mms pool does.
+  Scheduler::Job adapter = rig.Job("f", 1);
+  adapter.queue_ref = "cust-a:1";
+  auto named = s.Submit(1, std::move(adapter));
+  CHECK(named.message().find("cust-a:1 has 2 requests queued") == 0);
   rig.model->Open();
   blocker.join();
   REQUIRE(mms::testing::WaitFor([&] { return s.queued() == 0; }, 5));
-  CHECK(s.Stats()["1"]["overloaded"] == 1);
+  CHECK(s.Stats()["1"]["overloaded"] == 2);
 }
 
 TEST_CASE("scheduler: zero workers means one, and queued requests are still answered") {
