@@ -229,7 +229,8 @@ Status Daemon::CreatePool() {
 }
 
 void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted,
-                             std::shared_ptr<const std::atomic<bool>> answered) {
+                             std::shared_ptr<const std::atomic<bool>> answered,
+                             std::shared_ptr<std::atomic<bool>> base_held) {
   if (!v.is_adapter()) {
     pool_->Acquire(ItemFor(v), [cb](Result<HandlePtr> h) {
       if (!h.ok()) return cb(h.status());
@@ -242,10 +243,13 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   if (!base) return cb(NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered"));
   PoolItem adapter = ItemFor(v);
   ModelPool* adapters = adapters_.get();
-  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters, counted, answered](Result<HandlePtr> h) {
+  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters, counted, answered, base_held](Result<HandlePtr> h) {
     if (!h.ok()) return cb(h.status());
+    if (base_held) *base_held = true;
     HandlePtr model = std::move(h).value();
-    adapters->Acquire(adapter, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
+    PoolItem on_base = adapter;  // placed beside its base: no copy between devices per batch
+    on_base.device = model->device();
+    adapters->Acquire(on_base, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
       if (!a.ok()) return cb(a.status());
       cb(Servable{std::move(model), std::move(a).value()});
     }, ModelPool::Room::kEvict, counted, answered);
@@ -261,7 +265,14 @@ void Daemon::RetryPins() {
   // Pin() returns at once for a pin on a device; one that did not fit (or
   // whose load failed, after its backoff) is tried again.
   for (PoolKey k : pinned_)
-    if (const VersionRecord* v = snap->ById(k)) PoolFor(*v)->Pin(ItemFor(*v));
+    if (const VersionRecord* v = snap->ById(k)) Pin(*v);
+}
+
+void Daemon::Pin(const VersionRecord& v) {
+  if (!v.is_adapter()) return pool_->Pin(ItemFor(v));
+  PoolItem item = ItemFor(v);
+  item.device = pool_->DeviceOf(v.base_id);  // beside its base, once that is placed or claimed room
+  adapters_->Pin(item);
 }
 
 std::string Daemon::PinReason(PoolKey key) const {
@@ -309,7 +320,9 @@ Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t tim
   const VersionRecord* base = snap->ById(v.base_id);
   if (!base) return NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered");
   MMS_ASSIGN_OR_RETURN(HandlePtr model, pool_->AcquireSync(ItemFor(*base), timeout_ns, room));
-  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(ItemFor(v), timeout_ns, room));
+  PoolItem on_base = ItemFor(v);  // placed beside its base (as AcquireServable)
+  on_base.device = model->device();
+  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(on_base, timeout_ns, room));
   return Servable{model, adapter};
 }
 
@@ -436,8 +449,9 @@ void Daemon::StartWarmups(const RegistrySnapshot& latest) {
         done(NotFound("its base is no longer registered"));
         continue;
       }
-      pool_->Acquire(ItemFor(*base), [this, done, room, adapter = ItemFor(*v)](Result<HandlePtr> h) {
+      pool_->Acquire(ItemFor(*base), [this, done, room, adapter = ItemFor(*v)](Result<HandlePtr> h) mutable {
         if (!h.ok()) return done(h.status());
+        adapter.device = (*h)->device();  // beside its base (as AcquireServable)
         adapters_->Acquire(adapter, [done](Result<HandlePtr> a) { done(a.status()); }, room, /*counted=*/false);
       }, room, /*counted=*/false);
     }
@@ -641,8 +655,11 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
     pin_why_ = why;
     unresolved_pins_ = std::move(unresolved);
   }
-  for (PoolKey k : want)
-    if (!pinned_.count(k)) PoolFor(*snap.ById(k))->Pin(ItemFor(*snap.ById(k)));
+  // Models first: an adapter pinned now is placed beside its base, whose
+  // load has claimed its device by then.
+  for (bool adapters : {false, true})
+    for (PoolKey k : want)
+      if (!pinned_.count(k) && snap.ById(k)->is_adapter() == adapters) Pin(*snap.ById(k));
   for (PoolKey k : pinned_)
     if (!want.count(k)) {
       pool_->Unpin(k);
@@ -659,9 +676,16 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
                      TokenLimit{lc.tenant_qps, lc.tenant_burst});
   applied_live_ = live_cfg.generation;
 
+  // A shadowed adapter's requests are matched to its base's inputs, as
+  // recorded now, as a predict's are (a repack may have refined them since
+  // the adapter copied them).
   std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
   for (const auto& [model, s] : snap.shadows)
-    if (const VersionRecord* cand = snap.ById(s.candidate_id)) shadows[model] = {s, ItemFor(*cand)};
+    if (const VersionRecord* cand = snap.ById(s.candidate_id)) {
+      PoolItem item = ItemFor(*cand);
+      if (const VersionRecord* base = cand->is_adapter() ? snap.ById(cand->base_id) : nullptr) item.inputs = base->inputs;
+      shadows[model] = {s, std::move(item)};
+    }
   shadows_->Configure(shadows);
   LogDebug("registry_snapshot", {{"models", snap.models.size()}, {"pins", want.size()}});
 }

@@ -145,9 +145,12 @@ class Daemon {
   // Gets a version onto a device — for an adapter, its base (models' pool)
   // and the adapter (adapters' pool) — and calls `cb` (as ModelPool::Acquire;
   // `counted`: a request's, in the hit figures and last use; mms load and pin are not).
-  // `answered`: as ModelPool::Acquire's.
+  // `answered`: as ModelPool::Acquire's. `base_held` (optional, an
+  // adapter's): set once its base is on a device and the adapter's own
+  // acquire begins (for a deadline's wording: which of them was loading).
   void AcquireServable(const VersionRecord& v, std::function<void(Result<Servable>)> cb, bool counted = true,
-                       std::shared_ptr<const std::atomic<bool>> answered = nullptr);
+                       std::shared_ptr<const std::atomic<bool>> answered = nullptr,
+                       std::shared_ptr<std::atomic<bool>> base_held = nullptr);
   // mms health's and /health/MODEL's view of a version: its pool entry's
   // figures, unhealthy when its last load failed, when no budget can ever
   // hold it, or — an adapter — when its base is unhealthy or gone (every
@@ -235,6 +238,8 @@ class Daemon {
  private:
   // Pins not on a device (no room, a failed load) are preloaded again: every registry poll.
   void RetryPins();
+  // Pins a version in its pool (idempotent): an adapter beside its base.
+  void Pin(const VersionRecord& v);
   explicit Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
   std::map<uint16_t, Handler> BuildHandlers();
   Status CreatePool();

@@ -312,11 +312,13 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
   struct Claim {
     Claim(Responder r, std::function<void(const Status&, bool)> f) : respond(std::move(r)), finish(std::move(f)) {}
     std::atomic<bool> taken{false};
+    std::atomic<bool> base_held{false};  // an adapter's base is on a device: the adapter is what loads
     Responder respond;
     std::function<void(const Status&, bool)> finish;
   };
   auto claim = deadline ? std::make_shared<Claim>(r, finish) : nullptr;
   auto claimed = claim ? std::shared_ptr<std::atomic<bool>>(claim, &claim->taken) : nullptr;
+  auto base_held = claim && rec.is_adapter() ? std::shared_ptr<std::atomic<bool>>(claim, &claim->base_held) : nullptr;
   d->AcquireServable(rec, [d, r, recp, ordered, t0, finish, credit, routing, mirror, deadline, priority, queue, max_batch,
                            delay, claimed](Result<Servable> h) mutable {
     if (claimed && claimed->exchange(true)) return;  // answered at its deadline meanwhile: the handle goes
@@ -379,7 +381,7 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
       finish(st);
       r.Fail(st);
     }
-  }, /*counted=*/true, claimed);
+  }, /*counted=*/true, claimed, base_held);
   // A hit has been handed on already; the timer is for a wait (within ten
   // minutes: beyond that its entry would outlive most loads for nothing).
   // It holds the claim weakly: once the acquire's callback is gone, so is
@@ -390,7 +392,8 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     claim.reset();  // (the callback's `claimed` keeps it while the wait lasts)
     d->timers()->At(std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(left, 0)),
                     [weak, d, ref = rec.ref(), id = rec.id, base = rec.is_adapter() ? rec.base_id : rec.id,
-                     pool = d->PoolFor(rec), t0, deadline] {
+                     base_ref = rec.is_adapter() ? rec.base_ref : std::string(), pool = d->PoolFor(rec), t0,
+                     deadline] {
                       auto c = weak.lock();
                       if (!c || c->taken.exchange(true)) return;
                       char took[32];  // (0.5 ms said as 0 ms once)
@@ -403,7 +406,9 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
                                                "(it loads again once room frees)"
                                      : no_room ? " waited for room on a device (every model that could make room "
                                                  "was in use: mms pool)"
-                                               : " was still loading") +
+                                     : !base_ref.empty() && !c->base_held.load()
+                                         ? "'s base " + base_ref + " was still loading"
+                                         : " was still loading") +
                                     "; retry, or give a longer --deadline-ms");
                       c->finish(st, true);  // it waited for a load: not timed for its experiment, as loads are not
                       c->respond.Fail(st);

@@ -20,12 +20,9 @@ struct Servable {
   const LoraWeights* adapter_weights() const {
     return adapter ? &static_cast<const AdapterModel*>(adapter->model())->weights() : nullptr;
   }
-  // Every row with the adapter (if any). Inputs in forward() order.
+  // Every row with the adapter (if any), as a predict runs it. Inputs in forward() order.
   Result<std::vector<Tensor>> Run(const std::vector<Tensor>& inputs) const {
-    if (!adapter) return model->model()->Run(inputs);
-    if (inputs.empty() || inputs.front().shape.empty())
-      return InvalidArgument("an adapter's inputs need a batch dimension (rows first)");
-    return model->model()->RunWithAdapters(inputs, {AdapterRows{adapter_weights(), inputs.front().shape[0]}});
+    return adapter ? model->model()->RunWithAdapter(inputs, adapter_weights()) : model->model()->Run(inputs);
   }
 };
 

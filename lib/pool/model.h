@@ -109,6 +109,13 @@ class Model {
     (void)parts;
     return Status(Code::kFailedPrecondition, "this model cannot run LoRA adapters");
   }
+  // One request with one adapter on all of it: a plain base runs it
+  // whatever its shape; a base taking stacked weights needs rows first (its
+  // inputs' dim 0, which its own check asks for). Predicts and shadows alike.
+  Result<std::vector<Tensor>> RunWithAdapter(const std::vector<Tensor>& inputs, const LoraWeights* adapter) {
+    const int64_t rows = inputs.empty() || inputs.front().shape.empty() ? 0 : inputs.front().shape[0];
+    return RunWithAdapters(inputs, {AdapterRows{adapter, rows}});
+  }
   // The modules whose adapter weights forward() takes stacked (empty for a
   // base that does not take them).
   virtual std::vector<std::string> stacked_lora_modules() const { return {}; }

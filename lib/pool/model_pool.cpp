@@ -88,6 +88,7 @@ struct ModelPool::Entry {
   // meanwhile leave it be, as the load reserves its block only when placed.
   int claim_device = -1;
   uint64_t claim = 0;
+  int prefer_device = -1;  // the last acquire's PoolItem::device, as an index (-1: none)
   uint64_t claim_seq = 0;  // claims in the order made: a placement leaves be only those made before its own
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
@@ -221,6 +222,7 @@ void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
     return;
   }
   Entry& e = EntryFor(item);
+  if (const int p = DeviceIndex(item.device); p >= 0) e.prefer_device = p;
   if (e.stale && e.refs == 0 && !e.loading) {  // a copy of replaced files, let go: the new files load below
     DropHost(e);
     e.stale = false;
@@ -302,9 +304,7 @@ void ModelPool::AcquireWaiter(const PoolItem& item, Waiter w) {
   if (!e.loading) {
     e.free_only_load = room == Room::kFreeOnly;
     if (!cands.empty()) {  // the device PlaceOnDevice would pick first
-      const Cand& c = *std::max_element(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
-        return a.free != b.free ? a.free < b.free : a.reclaimable < b.reclaimable;
-      });
+      const Cand& c = FirstChoice(cands, e.prefer_device);
       e.claim_device = c.index;
       e.claim = DeviceNeed(e);
       e.claim_seq = ++claims_made_;
@@ -683,6 +683,15 @@ bool ModelPool::WaitingForRoom(PoolKey key) const {
   return std::any_of(room_waiters_.begin(), room_waiters_.end(), [&](const RoomWaiter& r) { return r.item.key == key; });
 }
 
+std::string ModelPool::DeviceOf(PoolKey key) const {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return "";
+  const Entry& e = *it->second;
+  const int i = e.tier == Tier::kDevice && e.device >= 0 ? e.device : e.loading ? e.claim_device : -1;
+  return i >= 0 ? devices_[static_cast<size_t>(i)]->dev->name() : "";
+}
+
 bool ModelPool::Removed(PoolKey key) const {
   std::lock_guard lock(mu_);
   return removed_.count(key) > 0;
@@ -1006,14 +1015,31 @@ Status ModelPool::DeviceFull(const Entry& e) const {
                                      opts_.config_section + "] device_budget");
 }
 
+const ModelPool::Cand& ModelPool::FirstChoice(const std::vector<Cand>& cands, int preferred) {
+  for (const Cand& c : cands)
+    if (c.index == preferred) return c;
+  return *std::max_element(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
+    return a.free != b.free ? a.free < b.free : a.reclaimable < b.reclaimable;
+  });
+}
+
+int ModelPool::DeviceIndex(const std::string& name) const {
+  if (name.empty()) return -1;
+  for (size_t i = 0; i < devices_.size(); ++i)
+    if (devices_[i]->dev->name() == name) return static_cast<int>(i);
+  return -1;
+}
+
 Result<int> ModelPool::PlaceOnDevice(Entry& e) {
   const uint64_t need = DeviceNeed(e);
   if (const int claimed_on = e.claim_device; claimed_on >= 0 && PlaceBeforeLaterClaims(claimed_on, e, need))
     return claimed_on;
   std::vector<Cand> cands;
   MMS_RETURN_IF_ERROR(DeviceRoom(e, &cands));
-  // Least loaded first: the most free bytes, so no eviction when one has room.
-  std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
+  // The first choice first, then least loaded.
+  const int first = FirstChoice(cands, e.prefer_device).index;
+  std::sort(cands.begin(), cands.end(), [first](const Cand& a, const Cand& b) {
+    if ((a.index == first) != (b.index == first)) return a.index == first;
     return a.free != b.free ? a.free > b.free : a.reclaimable > b.reclaimable;
   });
   for (const Cand& c : cands) {

@@ -71,6 +71,11 @@ struct PoolItem {
   uint64_t bytes = 0;          // weight bytes as registered (0 = unknown until loaded)
   std::string sample_input;    // tensor file for warm-up ("" = none)
   std::vector<InputSpec> inputs;
+  // The device to place it on when that one can take it (else the least
+  // loaded, as without): an adapter's base's, so that its batches need no
+  // copy between devices. "" = none (an earlier acquire's stays). A model
+  // already on another device stays there (it follows at its next load).
+  std::string device;
 };
 
 class ModelPool;
@@ -160,6 +165,9 @@ class ModelPool {
   bool Draining(PoolKey key) const;
   // Whether Forget has removed `key` (its refusals say so themselves).
   bool Removed(PoolKey key) const;
+  // The device `key` is on, or the one its load in progress claimed; ""
+  // when neither (where an adapter pinned on it should go: PoolItem::device).
+  std::string DeviceOf(PoolKey key) const;
   // Answers the requests waiting for room now with `st` (a shutdown whose
   // grace has passed: they never ran); how many.
   size_t AbandonRoomWaits(const Status& st);
@@ -293,6 +301,11 @@ class ModelPool {
     int index;
     uint64_t free, reclaimable;
   };
+  // The device to try first among `cands` (non-empty): e's preferred one
+  // when there, else the least loaded (the most free bytes, so no eviction
+  // when one has room).
+  static const Cand& FirstChoice(const std::vector<Cand>& cands, int preferred);
+  int DeviceIndex(const std::string& name) const;  // -1 when none is named so
   bool HostDroppable(PoolKey k, const Entry& e, PoolKey for_key) const;  // mu_ held
   // mu_ held: OK when `bytes` fit in the host tier after evicting what may
   // be, POOL_FULL naming the holders otherwise (`describe` false: with no

@@ -101,6 +101,7 @@ struct ShadowRunner::Shadow {
   std::string last_error;
   std::deque<nlohmann::json> samples;
   nlohmann::json before;  // figures a previous daemon saved for this run (null: none)
+  std::vector<InputSpec> inputs;  // guarded by mu: candidate.inputs as Configure last gave them
   std::thread worker;
 };
 
@@ -131,6 +132,7 @@ bool ShadowRunner::Sampled(uint64_t hash, double ratio) {
 
 void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord, PoolItem>>& running) {
   std::vector<std::shared_ptr<Shadow>> to_stop;
+  std::vector<std::pair<std::shared_ptr<Shadow>, std::vector<InputSpec>>> renewed;  // set outside mu_ (s->mu may wait on a sample's encoding)
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [model, s] : shadows_) {
@@ -143,10 +145,14 @@ void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord,
     }
     for (const auto& [model, cfg] : running) {
       auto it = shadows_.find(model);
-      if (it != shadows_.end() && it->second->rec.id == cfg.first.id && it->second->running) continue;
+      if (it != shadows_.end() && it->second->rec.id == cfg.first.id && it->second->running) {
+        renewed.emplace_back(it->second, cfg.second.inputs);
+        continue;
+      }
       auto s = std::make_shared<Shadow>(static_cast<size_t>(std::max(cfg.first.queue, 1)));
       s->rec = cfg.first;
       s->candidate = cfg.second;
+      s->inputs = cfg.second.inputs;
       // Figures saved for this run, which this daemon never counted: a
       // previous daemon's (a restart). Kept beside the new count.
       s->before = std::move(s->rec.figures);
@@ -159,6 +165,10 @@ void ShadowRunner::Configure(const std::map<std::string, std::pair<ShadowRecord,
       shadows_[model] = s;
       LogInfo("shadow_start", {{"model", model}, {"candidate", s->rec.candidate_ref()}, {"ratio", s->rec.ratio}});
     }
+  }
+  for (auto& [s, inputs] : renewed) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->inputs = std::move(inputs);
   }
   // Stopped outside mu_ and not joined here: the worker may be in a load or
   // a long candidate run, and the caller (the daemon's registry refresh)
@@ -332,7 +342,11 @@ void ShadowRunner::Work(Shadow* s) {
       if (!h.ok()) out = h.status();
     }
     if (h.ok()) {
-      std::vector<InputSpec> specs = s->candidate.inputs;
+      std::vector<InputSpec> specs;
+      {
+        std::lock_guard<std::mutex> lock(s->mu);
+        specs = s->inputs;
+      }
       if (specs.empty())  // no recorded specs: the model's own argument names
         for (const auto& n : h->model->model()->input_names()) specs.push_back({n, std::nullopt, std::nullopt});
       auto in = MatchInputs(specs, job.inputs, s->candidate.ref);

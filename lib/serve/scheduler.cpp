@@ -387,15 +387,8 @@ void Scheduler::Work() {
 
 namespace {
 // Runs one job on its own: its outputs as the model gives them.
-Result<std::vector<Tensor>> RunOne(Model* m, const Scheduler::Job& j, int64_t rows, const AdapterRows& lora) {
-  if (!j.adapter) return m->Run(j.inputs);
-  // An unbatched version counted the request as one row; a base taking
-  // stacked adapter weights needs its real rows (dim 0). A plain base runs
-  // the whole request with the one adapter, whatever its shape.
-  Result<int64_t> r = rows;
-  if (j.max_batch == 0 && !m->stacked_lora_modules().empty()) r = BatchRows(j.inputs);
-  if (!r.ok()) return r.status();
-  return m->RunWithAdapters(j.inputs, {AdapterRows{lora.adapter, *r}});
+Result<std::vector<Tensor>> RunOne(Model* m, const Scheduler::Job& j, const AdapterRows& lora) {
+  return j.adapter ? m->RunWithAdapter(j.inputs, lora.adapter) : m->Run(j.inputs);
 }
 }  // namespace
 
@@ -418,7 +411,7 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
   // 2·log2(n) more executions for one bad request, not n.
   std::function<void(size_t, size_t)> run = [&](size_t lo, size_t hi) {
     if (hi - lo == 1) {
-      results[lo] = RunOne(m, batch[lo], rows[lo], lora[lo]);
+      results[lo] = RunOne(m, batch[lo], lora[lo]);
       return;
     }
     std::vector<const std::vector<Tensor>*> parts;
@@ -438,7 +431,7 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
       bool first_failed = true;
       for (size_t i = lo; i < mid && first_failed; ++i) first_failed = !results[i].ok();
       if (lo == 0 && hi == batch.size() && first_failed && mid - lo > 1) {
-        for (size_t i = mid; i < hi; ++i) results[i] = RunOne(m, batch[i], rows[i], lora[i]);
+        for (size_t i = mid; i < hi; ++i) results[i] = RunOne(m, batch[i], lora[i]);
         return;
       }
       run(mid, hi);
@@ -456,7 +449,7 @@ std::vector<Result<std::vector<Tensor>>> Scheduler::RunBatch(const std::vector<J
     // unbatched.
     *unsplit = true;
     LogWarn("batch_unsplittable", {{"ref", batch.front().ref()}, {"error", split.status().message()}});
-    for (size_t i = lo; i < hi; ++i) results[i] = RunOne(m, batch[i], rows[i], lora[i]);
+    for (size_t i = lo; i < hi; ++i) results[i] = RunOne(m, batch[i], lora[i]);
   };
   try {
     run(0, batch.size());

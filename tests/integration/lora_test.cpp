@@ -5,6 +5,7 @@
 // usable as models of their own (experiments, shadows, pins).
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <fstream>
 #include <set>
 
@@ -461,6 +462,115 @@ TEST_CASE("an adapter is a model of its own: an A/B experiment, a shadow run and
                     std::string::npos, un.err);
   Mms(d, {"unpin", "cust:2"});
   CHECK_FALSE(base_pinned());
+}
+
+TEST_CASE("a shadow of an adapter on a plain base takes what predict takes: its base's inputs as now recorded, any shape") {
+  // It matched the adapter's registration-time copy of its base's inputs:
+  // once a repack changed them, every mirrored request failed.
+  Daemon d;
+  REQUIRE(d.ok());
+  Bases(d);  // base:1 with a [3, 16] sample
+  Mms(d, {"adapter", "register", "cust", "--base", "base", "--path", Data("adapters/a1")});  // cust:1
+  Mms(d, {"adapter", "register", "cust", "--base", "base", "--path", Data("adapters/a2")});  // cust:2
+  Mms(d, {"model", "stage", "cust:1", "production"});
+  Mms(d, {"shadow", "start", "cust", "--candidate", "2", "--ratio", "1"});
+  // The base now takes one row of 16 without a batch dimension (its sample
+  // says so); the adapters still hold a copy saying [N, 16].
+  std::string one = d.dir() + "/one.json";
+  std::string text = "{\"x\": {\"dtype\": \"float32\", \"shape\": [16], \"data\": [";
+  for (int i = 0; i < 16; ++i) text += (i ? "," : "") + std::to_string((i % 5 - 2) * 0.25);
+  std::ofstream(one) << text + "]}}";
+  Mms(d, {"model", "repack", "base:1", "--sample-input", one, "-q"});
+  std::vector<double> want2;  // cust:2's own answer
+  bool mirrored = WaitFor([&] {
+    auto r = d.Mms({"--json", "predict", "cust", "--input", one});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    if (want2.empty()) {
+      auto c = d.Mms({"--json", "predict", "cust:2", "--input", one});
+      REQUIRE_MESSAGE(c.exit_code == 0, c.err);
+      const json own = json::parse(c.out);
+      for (const auto& v : own["outputs"]["output"]["data"]) want2.push_back(v.get<double>());
+    }
+    auto s = d.Mms({"--json", "shadow", "stats", "cust"});
+    REQUIRE(s.exit_code == 0);
+    json j = json::parse(s.out);
+    INFO(j.dump());
+    REQUIRE(j["requests"]["failed"] == 0);
+    return j["requests"]["mirrored"].get<int>() >= 3;
+  }, 30);
+  CHECK(mirrored);
+  json stats = json::parse(d.Mms({"--json", "shadow", "stats", "cust"}).out);
+  INFO(stats.dump());
+  CHECK(stats["diverged"].get<int>() >= 3);  // a1 vs a2: the candidate really ran with its adapter
+  json samples = json::parse(d.Mms({"--json", "shadow", "samples", "cust", "--limit", "1"}).out)["samples"];
+  REQUIRE(samples.size() == 1);
+  std::vector<double> shadow;
+  for (const auto& v : samples[0]["shadow"]["output"]["data"]) shadow.push_back(v.get<double>());
+  Close(shadow, want2, "the shadow's output vs cust:2 predicted");
+}
+
+TEST_CASE("deadlines: an adapter's request dropped while loading says which was loading, its base or itself") {
+  // It said the adapter was loading while its base's load held it up.
+  Daemon d("[pool]\nload_retry_backoff = \"100ms\"\n");
+  REQUIRE(d.ok());
+  Mms(d, {"model", "register", "base", "--version", "1", "--path", Data("lora_base.pt"), "-q"});
+  Mms(d, {"adapter", "register", "cust", "--base", "base", "--path", Data("adapters/a1")});  // cust:1
+  auto predict = [&](const std::string& ref, const std::string& deadline_ms) {
+    return d.Mms({"predict", ref, "--deadline-ms", deadline_ms, "--input", Data("lora_input.json")});
+  };
+  {
+    BlockedFile weights(PackedWeights(d.data_dir(), "base", "1"));
+    REQUIRE(weights.ok());
+    auto r = predict("cust", "300");
+    CHECK(r.exit_code == 5);
+    CHECK_MESSAGE(r.err.find("dropped at its deadline (300 ms) while cust:1's base base:1 was still loading; retry") !=
+                      std::string::npos, r.err);
+    REQUIRE(weights.Release());  // that load fails on an empty file; the next one loads
+  }
+  REQUIRE(WaitFor([&] { return predict("base", "10000").exit_code == 0; }, 20));
+  const std::string packed = std::filesystem::path(PackedWeights(d.data_dir(), "cust", "1")).parent_path().string();
+  BlockedFile adapter(packed + "/adapter.safetensors");
+  REQUIRE(adapter.ok());
+  auto r = predict("cust", "300");
+  CHECK(r.exit_code == 5);
+  CHECK_MESSAGE(r.err.find("dropped at its deadline (300 ms) while cust:1 was still loading; retry") != std::string::npos,
+                r.err);
+  REQUIRE(adapter.Release());
+  CHECK(WaitFor([&] { return predict("cust", "10000").exit_code == 0; }, 20));
+}
+
+TEST_CASE("on several devices an adapter is placed beside its base: served, pinned, and pinned at a restart") {
+  // Placed by load alone, an adapter went to the emptiest adapters' budget,
+  // and every batch on its base copied it between devices.
+  Daemon d("[pool]\ndevices = [\"cpu:0\", \"cpu:1\"]\npinned = [\"filler\"]\n");
+  REQUIRE(d.ok());
+  auto where = [&](const std::string& section, const std::string& ref) {  // the device's index, -1: none
+    json p = json::parse(d.Mms({"--json", "pool"}).out);
+    const json& devices = section.empty() ? p["devices"] : p[section]["devices"];
+    for (size_t i = 0; i < devices.size(); ++i)
+      for (const auto& m : devices[i]["models"])
+        if (m["ref"] == ref) return static_cast<int>(i);
+    return -1;
+  };
+  Mms(d, {"model", "register", "filler", "--version", "1", "--path", Data("lora_base.pt"), "-q"});
+  REQUIRE(WaitFor([&] { return where("", "filler:1") == 0; }, 20));  // pinned: on the first of two empty devices
+  Mms(d, {"model", "register", "base", "--version", "1", "--path", Data("lora_base.pt"), "-q"});
+  for (const char* a : {"a1", "a2"}) Mms(d, {"adapter", "register", "cust", "--base", "base", "--path", Data(std::string("adapters/") + a)});
+  Predict(d, {"base"});
+  REQUIRE(where("", "base:1") == 1);  // the emptier device
+  Predict(d, {"cust:1"});
+  CHECK(where("adapters", "cust:1") == 1);  // the adapters' budgets were both empty
+  Mms(d, {"pin", "cust:2"});
+  CHECK(where("adapters", "cust:2") == 1);
+  // At a restart pins apply before any request: the base's load claims its
+  // device, then the adapter is placed beside it.
+  d.child().Signal(SIGTERM);
+  REQUIRE(d.child().Wait(30) == 0);
+  REQUIRE(d.Restart());
+  REQUIRE(WaitFor([&] { return where("adapters", "cust:2") >= 0; }, 20));
+  CHECK(where("", "filler:1") == 0);
+  CHECK(where("", "base:1") == 1);
+  CHECK(where("adapters", "cust:2") == 1);
 }
 
 TEST_CASE("an adapter whose base is unhealthy is unhealthy too, in mms health and /health/ADAPTER") {

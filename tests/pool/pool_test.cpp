@@ -1127,6 +1127,47 @@ TEST_CASE("placement picks the least loaded device with room") {
   CHECK(f.TierOf(1) == "host");
 }
 
+TEST_CASE("placement takes a preferred device when it can, evicting there, else the least loaded") {
+  // An adapter goes beside its base (PoolItem::device): placed by load alone,
+  // every batch on the base copied it between devices.
+  PoolFixture f({3 * K, 3 * K});
+  auto on = [&](int key, const std::string& device) {
+    PoolItem it = PoolFixture::Item(key);
+    it.device = device;
+    auto h = f.pool->AcquireSync(it, 10'000'000'000);
+    REQUIRE_MESSAGE(h.ok(), h.status().ToString());
+    return *h;
+  };
+  auto a = on(1, "cpu:1");
+  CHECK(a->device() == "cpu:1");
+  auto b = on(2, "cpu:1");  // cpu:0 is emptier
+  CHECK(b->device() == "cpu:1");
+  auto c = on(3, "cpu:1");
+  CHECK(c->device() == "cpu:1");
+  // cpu:1 is full of models in use: the least loaded one takes it.
+  auto d = on(4, "cpu:1");
+  CHECK(d->device() == "cpu:0");
+  // Once one is idle, the preferred device evicts it rather than place elsewhere.
+  a.reset();
+  auto e = on(5, "cpu:1");
+  CHECK(e->device() == "cpu:1");
+  CHECK(f.TierOf(1) == "host");
+  // A name no device has is no preference; a resident model stays where it is.
+  auto g = on(6, "cuda:7");
+  CHECK(g->device() == "cpu:0");
+  CHECK(on(4, "cpu:1")->device() == "cpu:0");
+  // An acquire naming no device (a warm-up's) keeps the last preference.
+  g.reset();
+  CHECK(f.pool->Evict(6).value() == "host");
+  b.reset();
+  CHECK(f.pool->Evict(2).value() == "host");
+  CHECK(f.pool->DeviceOf(2).empty());  // (where a pin of an adapter on it would go: nowhere yet)
+  auto again = f.Get(2);               // cpu:0 is emptier
+  CHECK(again->device() == "cpu:1");
+  CHECK(f.pool->DeviceOf(2) == "cpu:1");
+  CHECK(f.pool->DeviceOf(99).empty());
+}
+
 TEST_CASE("evict demotes one tier, pinned and in-flight refuse") {
   PoolFixture f({10 * K});
   auto h = f.Get(1);
