@@ -2,6 +2,7 @@
 // All of these work on the registry file directly, with or without a daemon
 // (CI pipelines); a running daemon is told to re-read it.
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -230,40 +231,95 @@ Result<nlohmann::json> RunInspect(Cli& cli, const std::vector<std::string>& argv
   return info;
 }
 
+// Copies the sample input into `staging`, once: the inputs' specs, the
+// batching check and the copy stored with the version are then all the same
+// bytes (a sample rewritten meanwhile, by a CI job say, could otherwise give
+// specs of one version and store another, which every warm-up then fails).
+// A sample is at most what a request may be (predict's file cap: 16 times
+// [daemon] max_message_bytes): mmsd parses it at every load.
+Status CheckSampleFile(const std::string& sample) {
+  struct stat sst;
+  if (::stat(sample.c_str(), &sst) != 0)
+    return InvalidArgument("--sample-input " + sample + ": " + std::strerror(errno));
+  if (!S_ISREG(sst.st_mode))
+    return InvalidArgument("--sample-input " + sample + " is not a regular file; it is stored with the version: "
+                           "give a .json or .safetensors file");
+  return Status::Ok();
+}
+
+Result<std::string> StageSample(Cli& cli, const std::string& sample, const std::string& staging) {
+  MMS_RETURN_IF_ERROR(CheckSampleFile(sample));
+  MMS_ASSIGN_OR_RETURN(const Config* cfg, cli.config());
+  const uint64_t cap = 16 * cfg->daemon.max_message_bytes;
+  auto over = [&](uint64_t size) {
+    return InvalidArgument("--sample-input " + sample + " is " + FormatBytes(size) + ", over the " + FormatBytes(cap) +
+                           " a request file may be (16 x [daemon] max_message_bytes): mmsd reads it at every load; "
+                           "give a sample of a few rows");
+  };
+  {  // unreadable, too big: the user's file is at fault (exit 2), not the staging dir
+    const int fd = ::open(sample.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return InvalidArgument("--sample-input " + sample + ": " + std::strerror(errno));
+    struct stat st;
+    const bool big = ::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) > cap;
+    ::close(fd);
+    if (big) return over(static_cast<uint64_t>(st.st_size));
+  }
+  const std::string ext = IsSafetensorsPath(sample) ? ".safetensors" : ".json";  // read as the original would be
+  const std::string staged = JoinPath(staging, "sample" + ext);
+  std::error_code ec;
+  MMS_RETURN_IF_ERROR(MakeDirs(staging, 0755));
+  std::filesystem::copy_file(sample, staged, ec);
+  if (ec) return IoError("cannot store the sample input " + sample + " in " + staging + ": " + ec.message());
+  if (const uint64_t size = std::filesystem::file_size(staged, ec); !ec && size > cap) return over(size);  // (grown meanwhile)
+  return staged;
+}
+
 // Checks `canon` with `mmsd inspect-artifact` and writes its packed form —
-// with a copy of `sample_input` when given — into a directory of its own
-// under the data dir.
+// with a copy of `sample_input` when given (see StageSample) — into a
+// directory of its own under the data dir.
 Result<Packed> PackArtifact(Cli& cli, const std::string& canon, const std::string& name, const std::string& version,
                             const std::string& sha256, const std::string& sample_input, int max_batch_size,
                             const std::string& stem_suffix = "") {
   MMS_ASSIGN_OR_RETURN(Staging stage, NewStaging(cli, name, version, sha256, stem_suffix));
   const std::string& staging = stage.dir;
-  std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", canon, "--pack-dir", staging};
-  if (!sample_input.empty()) argv.insert(argv.end(), {"--sample-input", sample_input});
-  if (max_batch_size > 0 && !sample_input.empty())
-    argv.insert(argv.end(), {"--max-batch-size", std::to_string(max_batch_size)});
   std::error_code ec;
+  std::string sample;
+  if (!sample_input.empty()) {
+    auto staged = StageSample(cli, sample_input, staging);
+    if (!staged.ok()) {
+      std::filesystem::remove_all(staging, ec);
+      return staged.status();
+    }
+    sample = *staged;
+  }
+  std::vector<std::string> argv{MmsdPath(), "inspect-artifact", "--path", canon, "--pack-dir", staging};
+  if (!sample.empty()) argv.insert(argv.end(), {"--sample-input", sample});
+  if (max_batch_size > 0 && !sample.empty())
+    argv.insert(argv.end(), {"--max-batch-size", std::to_string(max_batch_size)});
   Packed out;
   auto info = RunInspect(cli, argv, canon, sha256, "registered", "nothing was stored or registered");
   if (!info.ok()) {
     std::filesystem::remove_all(staging, ec);
-    return info.status();
+    // mmsd read the staged copy, gone now: its errors name the user's file.
+    std::string msg = info.status().message();
+    for (size_t at = 0; !sample.empty() && (at = msg.find(sample, at)) != std::string::npos; at += sample_input.size())
+      msg.replace(at, sample.size(), sample_input);
+    return Status(info.status().code(), msg);
   }
   out.info = std::move(info).value();
-  std::string sample_name;
-  if (!sample_input.empty()) {
-    std::string ext = IsSafetensorsPath(sample_input) ? ".safetensors" : ".json";
-    std::filesystem::copy_file(sample_input, JoinPath(staging, "sample" + ext), ec);
-    if (ec) {
-      const std::string why = ec.message();  // (before remove_all reuses ec: it said "Success")
-      std::filesystem::remove_all(staging, ec);
-      return IoError("cannot store the sample input " + sample_input + " in " + staging + ": " + why);
-    }
-    sample_name = "sample" + ext;  // inside the packed dir, once it has its name
-  }
   MMS_ASSIGN_OR_RETURN(out.dir, PublishStaging(staging, stage.model_dir, stage.stem));
-  if (!sample_name.empty()) out.sample_input = JoinPath(out.dir, sample_name);
+  if (!sample.empty()) out.sample_input = JoinPath(out.dir, BaseName(sample));  // inside the packed dir, once it has its name
   return out;
+}
+
+// The batching check's refusal says what registration should do instead
+// ("register without --max-batch-size"); other commands say `instead`.
+Status BatchingHint(const Status& st, const std::string& instead) {
+  static constexpr std::string_view kRegisterHint = "register without --max-batch-size";
+  std::string msg = st.message();
+  if (auto at = msg.find(kRegisterHint); at != std::string::npos && st.code() == Code::kInvalidArgument)
+    msg.replace(at, kRegisterHint.size(), instead);
+  return Status(st.code(), msg);
 }
 
 // --max-batch-size and --max-queue-delay-us, as register and batching take them.
@@ -320,14 +376,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     if (!v.metrics.is_object())
       return InvalidArgument("--metrics " + a.metrics_file + " must hold a JSON object, e.g. {\"auc\": 0.91}");
   }
-  if (!a.sample_input.empty()) {
-    struct stat sst;
-    if (::stat(a.sample_input.c_str(), &sst) != 0)
-      return InvalidArgument("--sample-input " + a.sample_input + ": " + std::strerror(errno));
-    if (!S_ISREG(sst.st_mode))  // (it is read twice: checked, then stored with the version)
-      return InvalidArgument("--sample-input " + a.sample_input + " is not a regular file; it is stored with the "
-                             "version: give a .json or .safetensors file");
-  }
+  if (!a.sample_input.empty()) MMS_RETURN_IF_ERROR(CheckSampleFile(a.sample_input));
 
   auto canon = CanonicalPath(a.path);
   struct stat st;
@@ -437,14 +486,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   return rec;
 }
 
-std::string InputsText(const VersionRecord& r) {
-  std::string s;
-  for (const auto& i : r.inputs) {
-    s += (s.empty() ? "" : ", ") + i.name;
-    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? ShapeString(*i.shape) : "");
-  }
-  return s.empty() ? "-" : s;
-}
+std::string InputsText(const VersionRecord& r) { return InputSpecsText(r.inputs); }
 
 void PrintRecord(const VersionRecord& r) {
   auto line = [](const std::string& k, const std::string& v) { std::cout << k << std::string(18 - k.size(), ' ') << v << "\n"; };
@@ -745,15 +787,10 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
   return out;  // sorted: ListDirs sorts each level
 }
 
-// The packed weights against SHA256SUMS (written at registration); a packed
-// dir from before it existed gets its safetensors structure checked (header,
-// sizes: a truncation), which finds no changed bytes.
-std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord& rec, Progress& progress) {
-  const std::string fix = "mms model repack " + rec.ref() + " writes them anew from the original " +
-                          (rec.is_adapter() ? "adapter directory" : "artifact");
-  std::vector<std::string> problems;
+// A packed dir's SHA256SUMS: file name → hash ({} without one); its
+// damaged lines are said in `problems` (optional).
+std::map<std::string, std::string> RecordedSums(const std::string& dir, std::vector<std::string>* problems) {
   std::map<std::string, std::string> recorded;
-  const bool has_sums = FileExists(JoinPath(dir, kChecksumFile));
   if (auto text = ReadFile(JoinPath(dir, kChecksumFile)); text.ok()) {
     std::istringstream in(*text);
     std::string line;
@@ -763,10 +800,22 @@ std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord
       if (l >> hash >> name && hash.size() == 64 &&
           hash.find_first_not_of("0123456789abcdef") == std::string::npos)
         recorded[name] = hash;
-      else if (!line.empty())
-        problems.push_back(std::string(kChecksumFile) + " is damaged (line '" + line.substr(0, 80) + "')");
+      else if (!line.empty() && problems)
+        problems->push_back(std::string(kChecksumFile) + " is damaged (line '" + line.substr(0, 80) + "')");
     }
   }
+  return recorded;
+}
+
+// The packed weights against SHA256SUMS (written at registration); a packed
+// dir from before it existed gets its safetensors structure checked (header,
+// sizes: a truncation), which finds no changed bytes.
+std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord& rec, Progress& progress) {
+  const std::string fix = "mms model repack " + rec.ref() + " writes them anew from the original " +
+                          (rec.is_adapter() ? "adapter directory" : "artifact");
+  std::vector<std::string> problems;
+  std::map<std::string, std::string> recorded = RecordedSums(dir, &problems);
+  const bool has_sums = FileExists(JoinPath(dir, kChecksumFile));
   for (const char* f : kChecksummed) {
     std::string path = JoinPath(dir, f);
     if (!FileExists(path)) continue;
@@ -787,7 +836,11 @@ std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord
       problems.push_back(std::string("packed ") + f + ": " + h.status().message());
     else if (*h != it->second)
       problems.push_back(std::string("packed ") + f + " changed since registration: sha256 " + h->substr(0, 12) +
-                         " != recorded " + it->second.substr(0, 12) + " (" + fix + ")");
+                         " != recorded " + it->second.substr(0, 12) + " (" +
+                         (std::string(f).rfind("sample.", 0) == 0
+                              ? "mms model repack " + rec.ref() + " --sample-input FILE stores a good one"
+                              : fix) +
+                         ")");
   }
   return problems;
 }
@@ -844,9 +897,24 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
           sample_input.empty() ? "the stored sample input of " + rec->ref() + " (" + sample +
                                      ") is gone too: give one with --sample-input FILE"
                                : "--sample-input " + sample + " does not exist"));
+    // A damaged stored sample would give the version its inputs anew (and
+    // SHA256SUMS would then vouch for it): refused, as verify reports it.
+    if (sample_input.empty() && !sample.empty()) {
+      const auto sums = RecordedSums(rec->packed_dir, nullptr);
+      if (auto it = sums.find(BaseName(sample)); it != sums.end()) {
+        auto h = Sha256File(sample);
+        if (!h.ok()) return fail(h.status());
+        if (*h != it->second)
+          return fail(InvalidArgument("the stored sample input of " + rec->ref() + " (" + sample +
+                                      ") changed since registration (sha256 " + h->substr(0, 12) + " != recorded " +
+                                      it->second.substr(0, 12) + "): give a good one with --sample-input FILE"));
+      }
+    }
     auto packed = PackArtifact(cli, rec->artifact_path, rec->model, rec->version, rec->sha256, sample,
                                rec->max_batch_size, suffix);
-    if (!packed.ok()) return fail(packed.status());
+    if (!packed.ok())  // (a batched version is checked again, on this sample)
+      return fail(BatchingHint(packed.status(), "nothing was repacked; to repack it unbatched, turn its batching off "
+                                                "first (mms model batching " + rec->ref() + " --max-batch-size 0)"));
     packed_dir = packed->dir;
     packed_sample = packed->sample_input;
     inputs = InputSpecsFromJson(packed->info["inputs"]);  // as the sample shows them, as at registration
@@ -866,10 +934,17 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   nlohmann::json j = now->ToJson();
   j["previous_packed_dir"] = rec->packed_dir;
   const bool old_left = std::filesystem::exists(rec->packed_dir);  // (the new dir has a name of its own)
+  // New inputs (another sample) are what every request is checked against from now on: said.
+  const bool changed = !SameEnforcedInputs(rec->inputs, now->inputs);
+  const std::string before = InputSpecsText(rec->inputs), after = InputSpecsText(now->inputs);
+  if (changed) j["previous_inputs"] = InputSpecsToJson(rec->inputs);
   cli.Emit(j, [&] {
     std::cout << "repacked " << now->ref() << " into " << now->packed_dir << " (stage " << StageName(now->stage)
               << ", aliases and pins unchanged)"
               << (old_left ? "; the old files are left for mms model verify --prune" : "") << "\n";
+    if (changed)
+      std::cout << "inputs changed: " << before << " -> " << after
+                << " (requests are checked against them from the next one on)\n";
   });
   return 0;
 }
@@ -908,15 +983,8 @@ int CmdBatching(Cli& cli, const std::string& ref_text, int max_batch_size, int64
                            {MmsdPath(), "inspect-artifact", "--path", rec->artifact_path, "--sample-input",
                             rec->sample_input, "--max-batch-size", std::to_string(max_batch_size)},
                            rec->artifact_path, rec->sha256, "checked", "its batching was not changed");
-    if (!info.ok()) {
-      // The check's refusal says what registration should do instead; here
-      // the way out is to leave the version as it is.
-      static constexpr std::string_view kRegisterHint = "register without --max-batch-size";
-      std::string msg = info.status().message();
-      if (auto at = msg.find(kRegisterHint); at != std::string::npos && info.status().code() == Code::kInvalidArgument)
-        msg.replace(at, kRegisterHint.size(), "its batching is left as it was");
-      return cli.Fail(Status(info.status().code(), msg));
-    }
+    // Here the way out is to leave the version as it is.
+    if (!info.ok()) return cli.Fail(BatchingHint(info.status(), "its batching is left as it was"));
   }
   auto now = (*reg)->SetBatching(*rec, max_batch_size, max_queue_delay_us);
   if (!now.ok()) return cli.Fail(now.status());

@@ -4,6 +4,7 @@
 // sample input when given, and writes the packed form when --pack-dir is set.
 // Prints one JSON object on stdout. Exit: 0 ok, 2 not a usable artifact, 1 other.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <iostream>
 
@@ -13,7 +14,6 @@
 #include "pool/torch_artifact.h"
 #include "pool/torch_model.h"
 #include "protocol/tensor_file.h"
-#include "rollout/compare.h"
 #include "serve/batching.h"
 
 namespace mms {
@@ -63,6 +63,7 @@ Tensor Varied(const Tensor& t, int64_t rows, Vary how) {
     std::vector<double> v = TensorToDoubles(t);
     for (double& x : v) {
       if (t.dtype == DType::kBool) x = x != 0 ? 0 : 1;
+      else if (!std::isfinite(x)) x = 0.5;  // (NaN stays NaN: a sample of NaNs would vary nothing)
       else x = x * 0.5 + 0.25 != x ? x * 0.5 + 0.25 : x + 1;
     }
     return TensorFromDoubles(t, v);
@@ -91,6 +92,54 @@ Tensor Varied(const Tensor& t, int64_t rows, Vary how) {
   return v;
 }
 
+// "" when `got` is `want` up to the rounding a different batch size may
+// bring (another kernel, another summation order), else how they differ.
+// Per element, by output dtype: |a - b| <= rtol |a| + atol s, the second
+// term for elements that cancel to near 0, with s the output's typical
+// magnitude (the median |a|: a masked fill of -1e9 or finfo.min in a few
+// places must not widen it for all); integers and bools exactly; NaN only
+// against NaN, an infinity only against itself. A fixed
+// 1e-4 refused a float32 convolution whose outputs reach 5000 (its batch
+// of one sums in another order: 1.5e-3 apart, 3e-7 of the value).
+std::string RowsDiffer(const std::vector<Tensor>& want, const std::vector<Tensor>& got) {
+  if (want.size() != got.size())
+    return std::to_string(got.size()) + " outputs instead of " + std::to_string(want.size());
+  for (const Tensor& w : want) {
+    auto it = std::find_if(got.begin(), got.end(), [&](const Tensor& g) { return g.name == w.name; });
+    if (it == got.end()) return "no output '" + w.name + "'";
+    if (it->dtype != w.dtype || it->shape != w.shape)
+      return "output '" + w.name + "' is " + it->Describe() + " instead of " + w.Describe();
+    double rtol = 0, atol = 0;
+    switch (w.dtype) {
+      case DType::kFloat64: rtol = atol = 1e-9; break;
+      case DType::kFloat32: rtol = 1e-4, atol = 1e-5; break;
+      case DType::kFloat16: rtol = 4e-3, atol = 1e-3; break;   // 11-bit significand: 4 units in the last place
+      case DType::kBFloat16: rtol = 3e-2, atol = 8e-3; break;  // 8-bit significand
+      default: break;                                           // integers, bool: exact
+    }
+    const std::vector<double> a = TensorToDoubles(w), b = TensorToDoubles(*it);
+    std::vector<double> mags;
+    for (double x : a)
+      if (std::isfinite(x)) mags.push_back(std::fabs(x));
+    double scale = 0;
+    if (!mags.empty()) {
+      std::nth_element(mags.begin(), mags.begin() + static_cast<long>(mags.size() / 2), mags.end());
+      scale = mags[mags.size() / 2];
+    }
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i]))) continue;
+      const double d = std::fabs(a[i] - b[i]);  // (NaN, or infinite, against anything else: past any tolerance)
+      if (std::isfinite(a[i]) && std::isfinite(b[i]) && d <= rtol * std::fabs(a[i]) + atol * scale) continue;
+      char buf[200];
+      std::snprintf(buf, sizeof buf, "output '%s' element %zu: %.9g instead of %.9g, past the %s tolerance (%g of the "
+                    "value + %g of the output's median magnitude, %.6g)", w.name.c_str(), i, b[i], a[i],
+                    DTypeName(w.dtype), rtol, atol, scale);
+      return buf;
+    }
+  }
+  return "";
+}
+
 // A model can be batched when each row's outputs do not depend on which other
 // rows share its batch. Checked three ways on the sample: each row run alone
 // against the whole sample; the sample twice, concatenated; and the sample
@@ -113,9 +162,9 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
                            "give a sample input with at least one row; register without --max-batch-size");
   MMS_ASSIGN_OR_RETURN(auto one, hm->model->Run(in));
   auto same = [](const std::vector<Tensor>& want, const std::vector<Tensor>& got, const std::string& how) {
-    OutputComparison c = CompareOutputs(want, got, 1e-4);
-    if (!c.diverged) return Status::Ok();
-    return InvalidArgument("cannot batch: a row's outputs change when it shares a batch (" + how + ": " + c.reason +
+    const std::string why = RowsDiffer(want, got);
+    if (why.empty()) return Status::Ok();
+    return InvalidArgument("cannot batch: a row's outputs change when it shares a batch (" + how + ": " + why +
                            "); register without --max-batch-size");
   };
   // Each row alone.
@@ -165,6 +214,14 @@ Status CheckBatching(HostModel* hm, const std::string& sample) {
     return InvalidArgument("cannot check batching: the model fails on every varied copy of the sample tried (floats "
                            "x/2 + 1/4, bool flipped, integers each the next larger value the sample holds, or as "
                            "they are): " + alone.status().message() + "; register without --max-batch-size");
+  // Nothing varied (also after the fallback), the checks below would compare
+  // the sample with itself and pass any model (rows mixed or not).
+  bool any = false;
+  for (size_t i = 0; i < in.size() && !any; ++i) any = !same_bytes(varied[i], in[i]);
+  if (!any)
+    return InvalidArgument("cannot check batching: no input of the sample could be varied (every copy tried either "
+                           "equals the sample or the model refuses it), so rows mixed by the model would go unseen "
+                           "(a sample whose values vary may do); register without --max-batch-size");
   auto both = hm->model->Run(ConcatRows({&in, &varied}));
   if (!both.ok())
     return InvalidArgument("cannot batch: the sample and a varied copy each run alone, but fail concatenated along "

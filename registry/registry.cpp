@@ -782,8 +782,10 @@ Result<VersionRecord> Registry::SetPackedDir(const Ref& ref, const std::string& 
   MMS_RETURN_IF_ERROR(up.Run());
   if (db_->Changes() == 0)
     return Conflict(rec.ref() + " was changed meanwhile (repacked, removed, or its batching changed); try again");
-  MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir,
-                                  "packed files written anew from " + rec.artifact_path));
+  std::string detail = "packed files written anew from " + rec.artifact_path;
+  if (!SameEnforcedInputs(rec.inputs, inputs))
+    detail += "; inputs " + InputSpecsText(rec.inputs) + " -> " + InputSpecsText(inputs);
+  MMS_RETURN_IF_ERROR(AuditLocked("repack", rec.model, rec.version, old_packed_dir, packed_dir, detail));
   MMS_RETURN_IF_ERROR(Commit(tx));
   return ResolveLocked(Ref{Ref::Kind::kVersion, rec.model, rec.version, ""});
 }

@@ -413,6 +413,54 @@ def forward(self, ids, types):
     return torch.embedding(self.w, ids).sum(1) + torch.embedding(self.t, types).sum(1)
 )");
   Save(types, "batch_ok_types.pt");
+  // Rows independent, outputs in the thousands: a batch of one sums the
+  // convolution in another order (on this CPU 1.5e-3 apart, 3e-7 of the
+  // value), which a fixed absolute tolerance took for rows mixed.
+  torch::jit::Module conv("BatchOkConv");
+  torch::manual_seed(6);
+  conv.register_parameter("w", torch::randn({8, 8, 5}) * 0.2, false);
+  conv.define(R"(
+def forward(self, x):
+    return torch.conv1d(x, self.w) * 100.0
+)");
+  Save(conv, "batch_ok_conv.pt");
+  {
+    torch::manual_seed(7);
+    torch::Tensor x = torch::randn({3, 8, 16}) * 30;
+    std::string text = "{\"x\": {\"dtype\": \"float32\", \"shape\": [3, 8, 16], \"data\": [";
+    for (int64_t i = 0; i < x.numel(); ++i) text += (i ? "," : "") + std::to_string(x.flatten()[i].item<float>());
+    WriteText("batch_ok_conv_input.json", text + "]}}");
+  }
+  // Rows mixed, through its only input, type ids into a one-row table: no
+  // copy of a sample of zeros can vary (1 is out of range), so batching
+  // cannot be checked, and is refused rather than passed unseen.
+  torch::jit::Module one_type("BatchOneType");
+  one_type.register_parameter("t", torch::ones({1, 3}), false);
+  one_type.define(R"(
+def forward(self, types):
+    e = torch.embedding(self.t, types).sum(1)
+    return e - e.mean(0)
+)");
+  Save(one_type, "batch_one_type.pt");
+  // Rows mixed, in outputs beside a masked fill of -1e9: the fill must not
+  // widen the tolerance for every element (a scale from the largest did).
+  torch::jit::Module sentinel("BatchMixSentinel");
+  sentinel.define(R"(
+def forward(self, x):
+    y = x - x.mean(0)
+    return torch.cat([torch.full_like(y[:, :1], -1e9), y[:, 1:]], 1)
+)");
+  Save(sentinel, "batch_mix_sentinel.pt");
+  // Rows cut at the batch's longest length and masked with -inf: a row alone
+  // has -inf where, batched, it has its values (inf <= inf let them pass).
+  torch::jit::Module mask_inf("BatchMixInf");
+  mask_inf.define(R"(
+def forward(self, x, lengths):
+    n = int(lengths.max())
+    pos = torch.arange(x.size(1))
+    return x.masked_fill(pos.unsqueeze(0) >= n, float("-inf"))
+)");
+  Save(mask_inf, "batch_mix_inf.pt");
 
   // 256 narrow layers (8 wide, residual to the input): a small model whose
   // cost is per call (op dispatch), not per row, so batching rows together is

@@ -8,6 +8,28 @@
 
 namespace mms {
 
+std::string InputSpecsText(const std::vector<InputSpec>& specs) {
+  std::string s;
+  for (const auto& i : specs) {
+    s += (s.empty() ? "" : ", ") + i.name;
+    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? ShapeString(*i.shape) : "");
+  }
+  return s.empty() ? "-" : s;
+}
+
+bool SameEnforcedInputs(const std::vector<InputSpec>& a, const std::vector<InputSpec>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].name != b[i].name || a[i].dtype != b[i].dtype || a[i].shape.has_value() != b[i].shape.has_value())
+      return false;
+    if (!a[i].shape) continue;
+    const auto &x = *a[i].shape, &y = *b[i].shape;
+    if (x.size() != y.size() || !std::equal(x.begin() + (x.empty() ? 0 : 1), x.end(), y.begin() + (y.empty() ? 0 : 1)))
+      return false;
+  }
+  return true;
+}
+
 nlohmann::json InputSpecsToJson(const std::vector<InputSpec>& specs) {
   nlohmann::json a = nlohmann::json::array();
   for (const auto& s : specs) {

@@ -23,6 +23,12 @@ struct InputSpec {
 };
 
 nlohmann::json InputSpecsToJson(const std::vector<InputSpec>& specs);
+// "x float32[2, 16], mask bool[2, 16]" ("-" for none; dim 0 as the sample
+// had it), as mms model show says them.
+std::string InputSpecsText(const std::vector<InputSpec>& specs);
+// Whether both check requests alike: the same names, dtypes, ranks and
+// dims past the first (dim 0 is never enforced).
+bool SameEnforcedInputs(const std::vector<InputSpec>& a, const std::vector<InputSpec>& b);
 // Accepts a list of names (older records) or of {"name", "dtype", "shape"}.
 std::vector<InputSpec> InputSpecsFromJson(const nlohmann::json& j);
 

@@ -528,6 +528,17 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(ev.exit_code == 1);
   CHECK(json::parse(ev.out)[0]["problems"].dump().find("packed sample.json changed since registration") !=
         std::string::npos);
+  // Its fix is a new sample: a repack reusing the damaged one gave the
+  // version inputs from it, and SHA256SUMS then vouched for it.
+  CHECK(json::parse(ev.out)[0]["problems"].dump().find("mms model repack e:1 --sample-input FILE stores a good one") !=
+        std::string::npos);
+  auto reused = mms({"model", "repack", "e:1"});
+  CHECK(reused.exit_code == 2);
+  CHECK_MESSAGE(reused.err.find("the stored sample input of e:1") != std::string::npos, reused.err);
+  CHECK_MESSAGE(reused.err.find(") changed since registration (sha256 ") != std::string::npos, reused.err);
+  CHECK_MESSAGE(reused.err.find("give a good one with --sample-input FILE") != std::string::npos, reused.err);
+  REQUIRE(mms({"model", "repack", "e:1", "--sample-input", mms.Data("tiny_input.json")}).exit_code == 0);
+  CHECK(mms({"model", "verify", "e:1"}).exit_code == 0);
 
   // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
   // listed once that process is gone, and pruned as unused packed dirs are.
@@ -887,6 +898,88 @@ TEST_CASE("registration records the hash of the bytes it packed: a file changed 
   CHECK(crc.err.find("is damaged: its record") != std::string::npos);
   CHECK(crc.err.find("does not match its CRC-32") != std::string::npos);
   CHECK(mms({"model", "show", "crc:1"}).exit_code == 4);
+}
+
+TEST_CASE("the sample input is read once: what is checked is what is stored, capped as a request file, and a repack "
+          "that changes the inputs says so") {
+  Cli mms;
+  // An mmsd whose check is followed by another job rewriting the sample (a
+  // one-row 1-D copy): the specs came from the first bytes, the copy stored
+  // from the second, and every warm-up then failed.
+  const std::string wrap = mms.dir / "wrap", sample = mms.dir / "sample.json", one = mms.dir / "one.json";
+  std::filesystem::create_directories(wrap);
+  std::filesystem::copy_file(MmsBin(), wrap + "/mms");
+  std::filesystem::copy_file(mms.Data("tiny_input.json"), sample);
+  std::ofstream(one) << R"({"x": {"dtype": "float32", "shape": [4], "data": [1, 2, 3, 4]}})";
+  std::ofstream(wrap + "/mmsd") << "#!/bin/sh\n'" << BinDir() << "/mmsd' \"$@\"\nrc=$?\n[ \"$1\" = inspect-artifact ] && cp '"
+                                << one << "' '" << sample << "'\nexit $rc\n";
+  std::filesystem::permissions(wrap + "/mmsd", std::filesystem::perms::owner_all);
+  auto r = Run({wrap + "/mms", "--json", "--data-dir", mms.dir / "data", "--socket", mms.dir / "none.sock", "model",
+                "register", "t", "--version", "1", "--path", mms.Data("tiny.pt"), "--sample-input", sample},
+               300);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  const json rec = json::parse(r.out);
+  INFO(rec.dump());
+  CHECK(rec["inputs"][0]["shape"] == json::array({2, 4}));
+  CHECK(mms::ReadFile(rec["packed_dir"].get<std::string>() + "/sample.json").value() ==
+        mms::ReadFile(mms.Data("tiny_input.json")).value());
+  CHECK(mms::ReadFile(sample).value() == mms::ReadFile(one).value());  // (the rewrite did happen)
+
+  // A sample past what a request file may be (16 x [daemon] max_message_bytes) is refused: mmsd parses it at every load.
+  mms.config = "[daemon]\nmax_message_bytes = \"4KiB\"\n";
+  const std::string big = mms.dir / "big.json";
+  std::ofstream(big) << std::string(70 * 1024, ' ') << mms::ReadFile(mms.Data("tiny_input.json")).value();
+  auto over = mms({"model", "register", "big", "--version", "1", "--path", mms.Data("tiny.pt"), "--sample-input", big});
+  CHECK(over.exit_code == 2);
+  CHECK_MESSAGE(over.err.find("is 70.1 KiB, over the 64.0 KiB a request file may be (16 x [daemon] max_message_bytes)") !=
+                    std::string::npos, over.err);
+  CHECK(mms({"model", "show", "big:1"}).exit_code == 4);
+  mms.config.clear();
+
+  // A repack with another sample changes what every request is checked
+  // against: said, in its output and the audit log.
+  auto rp = mms({"model", "repack", "t:1", "--sample-input", one});
+  REQUIRE_MESSAGE(rp.exit_code == 0, rp.err);
+  CHECK_MESSAGE(rp.out.find("inputs changed: x float32[2, 4] -> x float32[4] (requests are checked against them") !=
+                    std::string::npos, rp.out);
+  auto same = mms({"--json", "model", "repack", "t:1"});  // the same sample again: nothing said
+  REQUIRE(same.exit_code == 0);
+  CHECK_FALSE(json::parse(same.out).contains("previous_inputs"));
+  const std::string two = mms.dir / "two.json";  // other rows, the same trailing shape: dim 0 is never enforced
+  std::ofstream(two) << R"({"x": {"dtype": "float32", "shape": [2], "data": [1, 2]}})";
+  std::ofstream(mms.dir / "four.json") << R"({"x": {"dtype": "float32", "shape": [2, 4], "data": [1, 2, 3, 4, 5, 6, 7, 8]}})";
+  REQUIRE(mms({"model", "repack", "t:1", "--sample-input", mms.Data("tiny_input.json")}).exit_code == 0);
+  auto rows = mms({"--json", "model", "repack", "t:1", "--sample-input", mms.dir / "four.json"});
+  REQUIRE(rows.exit_code == 0);
+  CHECK_FALSE(json::parse(rows.out).contains("previous_inputs"));
+  // The check's errors name the user's file, not the staged copy mmsd read.
+  auto bad = mms({"model", "register", "bad", "--version", "1", "--path", mms.Data("tiny.pt"), "--sample-input", two});
+  CHECK(bad.exit_code == 2);
+  CHECK_MESSAGE(bad.err.find("sample input " + two) != std::string::npos, bad.err);
+  CHECK_MESSAGE(bad.err.find(".tmp-") == std::string::npos, bad.err);
+  bool audited = false;
+  for (const auto& h : json::parse(mms({"--json", "model", "history", "t"}).out))
+    audited = audited || (h["action"] == "repack" &&
+                          h["detail"].get<std::string>().find("; inputs x float32[2, 4] -> x float32[4]") != std::string::npos);
+  CHECK(audited);
+
+  // A batched version is checked again on the new sample; refused, the way
+  // out named is turning its batching off, not registering it anew. (Rows
+  // cut at the batch's longest length: a sample of zeros cannot show it.)
+  const std::string zeros = mms.dir / "zeros.json", lens = mms.dir / "lens.json";
+  std::ofstream(zeros) << R"({"x": {"dtype": "float32", "shape": [1, 5], "data": [0, 0, 0, 0, 0]},
+                              "lengths": {"dtype": "int64", "shape": [1], "data": [4]}})";
+  std::ofstream(lens) << R"({"x": {"dtype": "float32", "shape": [1, 5], "data": [1, 2, 3, 4, 5]},
+                             "lengths": {"dtype": "int64", "shape": [1], "data": [4]}})";
+  REQUIRE(mms({"model", "register", "len", "--version", "1", "--path", mms.Data("batch_mix_len.pt"), "--sample-input",
+               zeros, "--max-batch-size", "8"})
+              .exit_code == 0);
+  auto refused = mms({"model", "repack", "len:1", "--sample-input", lens});
+  CHECK(refused.exit_code == 2);
+  CHECK_MESSAGE(refused.err.find("cannot batch: ") != std::string::npos, refused.err);
+  CHECK_MESSAGE(refused.err.find("; nothing was repacked; to repack it unbatched, turn its batching off first (mms model "
+                                 "batching len:1 --max-batch-size 0)") != std::string::npos, refused.err);
+  CHECK(refused.err.find("register without") == std::string::npos);
 }
 
 TEST_CASE("kill -9 during registration leaves a consistent registry") {

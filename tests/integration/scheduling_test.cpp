@@ -762,6 +762,37 @@ TEST_CASE("dynamic batching is refused at registration for models whose rows dep
   auto types = d.Mms({"model", "register", "types", "--version", "1", "--path", Data("batch_ok_types.pt"),
                       "--sample-input", d.dir() + "/types.json", "--max-batch-size", "8"});
   CHECK_MESSAGE(types.exit_code == 0, types.err);
+  // Outputs in the thousands: a batch of one summing in another order is no
+  // mixing (a fixed 1e-4 refused this convolution, 1.5e-3 apart at 5000).
+  auto conv = d.Mms({"model", "register", "conv", "--version", "1", "--path", Data("batch_ok_conv.pt"),
+                     "--sample-input", Data("batch_ok_conv_input.json"), "--max-batch-size", "8"});
+  CHECK_MESSAGE(conv.exit_code == 0, conv.err);
+  // A sample of NaNs is varied too (as 0.5): the rows it mixes are seen.
+  std::ofstream(d.dir() + "/nan.json") << R"({"x": {"dtype": "float32", "shape": [2, 4], "data": ["nan", "nan", "nan",
+                                             "nan", "nan", "nan", "nan", "nan"]}})";
+  auto nan = d.Mms({"model", "register", "mixn", "--version", "1", "--path", Data("batch_mix.pt"), "--sample-input",
+                    d.dir() + "/nan.json", "--max-batch-size", "8"});
+  CHECK(nan.exit_code == 2);
+  CHECK_MESSAGE(nan.err.find("other rows next to the sample: output 'output' element 0: ") != std::string::npos, nan.err);
+  CHECK_MESSAGE(nan.err.find("nan instead of 0, past the float32 tolerance") != std::string::npos, nan.err);
+  // Rows mixed beside a masked fill of -1e9 (which widened the tolerance
+  // for every element), or masked with -inf where a row alone has -inf.
+  auto sentinel = d.Mms({"model", "register", "mixs", "--version", "1", "--path", Data("batch_mix_sentinel.pt"),
+                         "--sample-input", Data("tiny_input.json"), "--max-batch-size", "8"});
+  CHECK(sentinel.exit_code == 2);
+  CHECK_MESSAGE(sentinel.err.find("cannot batch: a row's outputs change when it shares a batch") != std::string::npos,
+                sentinel.err);
+  auto inf = d.Mms({"model", "register", "mixi", "--version", "1", "--path", Data("batch_mix_inf.pt"), "--sample-input",
+                    d.dir() + "/len.json", "--max-batch-size", "8"});
+  CHECK(inf.exit_code == 2);
+  CHECK_MESSAGE(inf.err.find("instead of -inf") != std::string::npos, inf.err);
+  // Nothing the model takes can be varied: batching is not checked, so not passed.
+  std::ofstream(d.dir() + "/zeros.json") << R"({"types": {"dtype": "int64", "shape": [2, 3], "data": [0, 0, 0, 0, 0, 0]}})";
+  auto unvaried = d.Mms({"model", "register", "onet", "--version", "1", "--path", Data("batch_one_type.pt"),
+                         "--sample-input", d.dir() + "/zeros.json", "--max-batch-size", "8"});
+  CHECK(unvaried.exit_code == 2);
+  CHECK_MESSAGE(unvaried.err.find("cannot check batching: no input of the sample could be varied") != std::string::npos,
+                unvaried.err);
   CHECK(PredictExit(d, "mix") == 0);
   {  // Imported with a config asking for batching: registered unbatched, the note says why.
     const std::string repo = d.dir() + "/repo";
