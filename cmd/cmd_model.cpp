@@ -146,6 +146,7 @@ struct RegisterArgs {
   double sla_p99_ms = 0;
   bool has_sla = false;
   std::vector<std::string> labels;
+  std::vector<std::string> variable_dims;  // --variable-dim NAME:DIM
   int max_batch_size = 0;
   int64_t max_queue_delay_us = 0;
   bool has_max_batch_size = true, has_max_queue_delay = true;  // given (a rerun compares only what is given)
@@ -355,6 +356,9 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     if (!(a.sla_p99_ms > 0)) return InvalidArgument("--sla-p99-ms must be a positive number of milliseconds");
     v.sla_p99_ms = a.sla_p99_ms;
   }
+  if (!a.variable_dims.empty() && a.sample_input.empty())
+    return InvalidArgument("--variable-dim frees a dim of the shapes --sample-input records: give --sample-input "
+                           "(without one no shape is checked)");
   MMS_RETURN_IF_ERROR(CheckBatchingArgs(a.max_batch_size, a.max_queue_delay_us));
   if (a.max_batch_size > 0 && a.sample_input.empty())
     return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
@@ -403,6 +407,15 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
       if (!a.sample_input.empty() && (existing.sample_input.empty() || !same_file(a.sample_input, existing.sample_input)))
         differ.push_back("--sample-input");
       if (!a.metrics_file.empty() && v.metrics != existing.metrics) differ.push_back("--metrics");
+      if (!a.variable_dims.empty()) {  // the dims asked for now, on the recorded shapes
+        std::vector<InputSpec> asked = existing.inputs;
+        for (auto& spec : asked)
+          if (spec.shape)
+            for (size_t d = 1; d < spec.shape->size(); ++d)
+              if ((*spec.shape)[d] == kAnySize) (*spec.shape)[d] = 0;
+        if (!MarkVariableDims(&asked, a.variable_dims).ok() || VariableDims(asked) != VariableDims(existing.inputs))
+          differ.push_back("--variable-dim");
+      }
       for (const auto& [key, value] : v.labels) {
         auto it = existing.labels.find(key);
         if (it == existing.labels.end() || it->second != value) {
@@ -470,6 +483,12 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     return packed.status();
   }
   v.inputs = InputSpecsFromJson(packed->info["inputs"]);
+  if (Status st = MarkVariableDims(&v.inputs, a.variable_dims); !st.ok()) {
+    std::error_code ec;
+    std::filesystem::remove_all(packed->dir, ec);
+    if (auto dir = cli.ArtifactsDir(); dir.ok()) ::rmdir(JoinPath(*dir, a.name).c_str());
+    return st;
+  }
   if (packed->info.contains("lora_stacked")) v.lora = {{"stacked", packed->info["lora_stacked"]}};
   v.device_bytes = packed->info.value("weight_bytes", 0ull);
   v.host_bytes = v.device_bytes;
@@ -848,15 +867,17 @@ std::vector<std::string> CheckPacked(const std::string& dir, const VersionRecord
 // Writes a version's packed files anew from its original artifact (which must
 // still hash to the registered SHA-256): the repair for damaged packed files
 // that keeps the version's id, stage, aliases, pins and rollouts.
-int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_input) {
+int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_input,
+              const std::vector<std::string>& variable_dims) {
   auto ref = ParseRef(ref_text);
   if (!ref.ok()) return cli.Fail(ref.status());
   auto reg = cli.OpenRegistry();
   if (!reg.ok()) return cli.Fail(reg.status());
   auto rec = (*reg)->Resolve(*ref);
   if (!rec.ok()) return cli.Fail(rec.status());
-  if (rec->is_adapter() && !sample_input.empty())
-    return cli.Fail(InvalidArgument(rec->ref() + " is a LoRA adapter: it takes its base's inputs, no --sample-input"));
+  if (rec->is_adapter() && (!sample_input.empty() || !variable_dims.empty()))
+    return cli.Fail(InvalidArgument(rec->ref() + " is a LoRA adapter: it takes its base's inputs, no " +
+                                    (sample_input.empty() ? "--variable-dim" : "--sample-input")));
   if (rec->packed_dir.empty())
     return cli.Fail(FailedPrecondition(rec->ref() + " has no packed files: it loads from " + rec->artifact_path));
   if (!FileExists(rec->artifact_path))
@@ -918,6 +939,16 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     packed_dir = packed->dir;
     packed_sample = packed->sample_input;
     inputs = InputSpecsFromJson(packed->info["inputs"]);  // as the sample shows them, as at registration
+    // Variable dims: as given, else as the version had them.
+    const std::vector<std::string> had = VariableDims(rec->inputs);
+    if (Status st = MarkVariableDims(&inputs, variable_dims.empty() ? had : variable_dims); !st.ok()) {
+      std::error_code ec;
+      std::filesystem::remove_all(packed_dir, ec);
+      return fail(variable_dims.empty()
+                      ? InvalidArgument(st.message() + "; it is variable in " + rec->ref() +
+                                        "'s inputs now: give --variable-dim for the new sample")
+                      : st);
+    }
   }
   // The version resolved above, whatever the name resolves to meanwhile.
   auto now = (*reg)->SetPackedDir(version_ref, rec->packed_dir, packed_dir, packed_sample, inputs, rec->max_batch_size);
@@ -1370,6 +1401,9 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
                   ->check(DecimalNumber());
   reg->add_option("--label", a->labels, "key=value (repeatable)");
   reg->add_option("--sample-input", a->sample_input, "tensor file (JSON or safetensors) used for warm-up");
+  reg->add_option("--variable-dim", a->variable_dims,
+                  "INPUT:DIM (repeatable): a dim past the first that requests may size freely (a sequence length); "
+                  "the sample's size is checked otherwise");
   auto* batch = reg->add_option("--max-batch-size", a->max_batch_size,
                                  "enable dynamic batching up to N rows (0 = off; checked with --sample-input)")
                      ->check(WholeNumber());
@@ -1431,8 +1465,11 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   auto rpref = std::make_shared<std::string>();
   auto rpsample = std::make_shared<std::string>();
   repack->add_option("REF", *rpref, "the version to repack")->required();
+  auto rpdims = std::make_shared<std::vector<std::string>>();
   repack->add_option("--sample-input", *rpsample, "a sample input to store (default: the one stored, if any)");
-  repack->callback([&cli, rpref, rpsample] { cli.exit_code = CmdRepack(cli, *rpref, *rpsample); });
+  repack->add_option("--variable-dim", *rpdims,
+                     "INPUT:DIM (repeatable): dims requests may size freely (default: those the version has)");
+  repack->callback([&cli, rpref, rpsample, rpdims] { cli.exit_code = CmdRepack(cli, *rpref, *rpsample, *rpdims); });
 
   auto* batching = model->add_subcommand(
       "batching", "Turn a version's dynamic batching on (checked on its stored sample input), change it, or off (0)");

@@ -88,7 +88,7 @@ _mms() {
     "reload") words="--help -h" ;;
     "ping") words="--help -h --count -c" ;;
     "model") words="register list show history stage alias rm repack batching verify import --help -h" ;;
-    "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --max-batch-size --max-queue-delay-us"; names=models ;;
+    "model register") words="--help -h --version --path --description --metrics --data-fingerprint --sla-p99-ms --label --sample-input --variable-dim --max-batch-size --max-queue-delay-us"; names=models ;;
     "model list") words="--help -h --stage"; names=models ;;
     "model show") words="--help -h"; names=refs ;;
     "model history") words="--help -h"; names=refs ;;
@@ -97,7 +97,7 @@ _mms() {
     "model alias set") words="--help -h"; names=models ;;
     "model alias rm") words="--help -h"; names=models ;;
     "model rm") words="--help -h --force"; names=refs ;;
-    "model repack") words="--help -h --sample-input"; names=refs ;;
+    "model repack") words="--help -h --sample-input --variable-dim"; names=refs ;;
     "model batching") words="--help -h --max-batch-size --max-queue-delay-us"; names=refs ;;
     "model verify") words="--help -h --prune --prune-age"; names=refs ;;
     "model import") words="--help -h" ;;

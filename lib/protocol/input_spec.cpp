@@ -8,13 +8,65 @@
 
 namespace mms {
 
+namespace {
+// "[2, *]": `first` for dim 0 when given ("batch"), * for a variable dim.
+std::string SpecShape(const std::vector<int64_t>& shape, const std::string& first = "") {
+  std::string s = "[";
+  for (size_t d = 0; d < shape.size(); ++d)
+    s += (d ? ", " : "") + (d == 0 && !first.empty() ? first
+                            : shape[d] == kAnySize ? std::string("*")
+                                                   : std::to_string(shape[d]));
+  return s + "]";
+}
+}  // namespace
+
 std::string InputSpecsText(const std::vector<InputSpec>& specs) {
   std::string s;
   for (const auto& i : specs) {
     s += (s.empty() ? "" : ", ") + i.name;
-    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? ShapeString(*i.shape) : "");
+    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? SpecShape(*i.shape) : "");
   }
   return s.empty() ? "-" : s;
+}
+
+Status MarkVariableDims(std::vector<InputSpec>* specs, const std::vector<std::string>& dims) {
+  for (const std::string& text : dims) {
+    const auto colon = text.rfind(':');
+    int64_t dim = -1;
+    if (colon != std::string::npos && colon > 0 && colon + 1 < text.size() &&
+        text.find_first_not_of("0123456789", colon + 1) == std::string::npos && text.size() - colon <= 4)
+      dim = std::stoll(text.substr(colon + 1));
+    if (dim < 0) return InvalidArgument("--variable-dim " + text + ": give INPUT:DIM, e.g. input_ids:1");
+    const std::string name = text.substr(0, colon);
+    auto it = std::find_if(specs->begin(), specs->end(), [&](const InputSpec& s) { return s.name == name; });
+    if (it == specs->end()) {
+      std::string names;
+      for (const auto& s : *specs) names += (names.empty() ? "" : ", ") + s.name;
+      return InvalidArgument("--variable-dim " + text + ": the model has no input '" + name + "' (its inputs: " +
+                             (names.empty() ? "-" : names) + ")");
+    }
+    if (!it->shape)
+      return InvalidArgument("--variable-dim " + text + ": no shape is recorded for '" + name +
+                             "' to free a dim of; give --sample-input (its shapes are then checked but these dims)");
+    if (dim == 0)
+      return InvalidArgument("--variable-dim " + text + ": dim 0 is the rows, never checked; name a dim from 1 on");
+    if (dim >= static_cast<int64_t>(it->shape->size()))
+      return InvalidArgument("--variable-dim " + text + ": '" + name + "' has " + std::to_string(it->shape->size()) +
+                             " dims (" + SpecShape(*it->shape) + "); name a dim from 1 to " +
+                             std::to_string(it->shape->size() - 1));
+    (*it->shape)[static_cast<size_t>(dim)] = kAnySize;
+  }
+  return Status::Ok();
+}
+
+std::vector<std::string> VariableDims(const std::vector<InputSpec>& specs) {
+  std::vector<std::string> out;
+  for (const auto& s : specs)
+    if (s.shape)
+      for (size_t d = 1; d < s.shape->size(); ++d)
+        if ((*s.shape)[d] == kAnySize) out.push_back(s.name + ":" + std::to_string(d));
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 bool SameEnforcedInputs(const std::vector<InputSpec>& a, const std::vector<InputSpec>& b) {
@@ -85,16 +137,11 @@ Result<std::vector<Tensor>> MatchInputs(const std::vector<InputSpec>& specs, std
     if (s.shape) {
       const auto& want = *s.shape;
       bool ok = want.size() == it->shape.size();
-      for (size_t d = 1; ok && d < want.size(); ++d) ok = want[d] == it->shape[d];
-      if (!ok) {
-        std::vector<int64_t> show = want;
-        std::string w = "[batch";
-        for (size_t d = 1; d < show.size(); ++d) w += ", " + std::to_string(show[d]);
-        w += "]";
-        if (show.empty()) w = "[]";
-        return InvalidArgument("input '" + s.name + "' of " + model_ref + " must have shape " + w + ", got " +
-                               ShapeString(it->shape));
-      }
+      for (size_t d = 1; ok && d < want.size(); ++d) ok = want[d] == kAnySize || want[d] == it->shape[d];
+      if (!ok)
+        return InvalidArgument("input '" + s.name + "' of " + model_ref + " must have shape " +
+                               SpecShape(want, "batch") + ", got " + ShapeString(it->shape) +
+                               (VariableDims({s}).empty() ? "" : " (* is any size)"));
     }
     used.insert(s.name);
     ordered.push_back(*it);

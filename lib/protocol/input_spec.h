@@ -19,16 +19,26 @@ namespace mms {
 struct InputSpec {
   std::string name;
   std::optional<DType> dtype;
-  std::optional<std::vector<int64_t>> shape;  // from the sample input
+  // From the sample input; dims past the first are enforced, but for those
+  // given as kAnySize (mms model register --variable-dim: a sequence length).
+  std::optional<std::vector<int64_t>> shape;
 };
+constexpr int64_t kAnySize = -1;
 
 nlohmann::json InputSpecsToJson(const std::vector<InputSpec>& specs);
-// "x float32[2, 16], mask bool[2, 16]" ("-" for none; dim 0 as the sample
-// had it), as mms model show says them.
+// "x float32[2, 16], ids int64[2, *]" ("-" for none; dim 0 as the sample
+// had it, * for a variable dim), as mms model show says them.
 std::string InputSpecsText(const std::vector<InputSpec>& specs);
 // Whether both check requests alike: the same names, dtypes, ranks and
 // dims past the first (dim 0 is never enforced).
 bool SameEnforcedInputs(const std::vector<InputSpec>& a, const std::vector<InputSpec>& b);
+// Marks dims of `specs` as variable (kAnySize), from "NAME:DIM" texts
+// (--variable-dim). INVALID_ARGUMENT, naming the fix, for an unknown input,
+// an input without a recorded shape, dim 0 (the rows, never enforced) or a
+// dim past the input's rank, or a malformed text.
+Status MarkVariableDims(std::vector<InputSpec>* specs, const std::vector<std::string>& dims);
+// The "NAME:DIM" of every variable dim of `specs` (sorted).
+std::vector<std::string> VariableDims(const std::vector<InputSpec>& specs);
 // Accepts a list of names (older records) or of {"name", "dtype", "shape"}.
 std::vector<InputSpec> InputSpecsFromJson(const nlohmann::json& j);
 

@@ -340,8 +340,13 @@ void Scheduler::Work() {
     int64_t total = 0;
     bool probe = false;
     double charged = 0;
-    while (!q->jobs.empty()) {
-      Queued& e = q->jobs.front();
+    // Jobs of another shape than the batch's (a sequence model's requests
+    // of another length: --variable-dim) are passed over, left in order for
+    // a batch of their own, so that requests of one shape run together
+    // however they interleave; up to max_batch of them, to bound the scan.
+    size_t at = 0, passed = 0;
+    while (at < q->jobs.size()) {
+      Queued& e = q->jobs[at];
       Job& j = e.job;
       int64_t r = e.rows;
       // A batch that probes measures afresh: a request late only by the stale
@@ -355,15 +360,19 @@ void Scheduler::Work() {
             // A job queued while its version was not batched (mms model
             // batching changed it meanwhile) runs alone: its rows were never checked to agree.
             (q->max_batch == 0 || j.max_batch == 0 || batch.front().max_batch == 0 || q->unsplit ||
-             r > q->max_batch - total ||  // (no overflow: r may be 2^62)
-             !SameBatchShape(batch.front().inputs, j.inputs)))
+             r > q->max_batch - total))  // (no overflow: r may be 2^62)
           break;  // (a probe granted to this job goes to the batch: it measures afresh all the same)
+        if (!batch.empty() && !SameBatchShape(batch.front().inputs, j.inputs)) {
+          if (++passed > static_cast<size_t>(q->max_batch)) break;
+          ++at;
+          continue;
+        }
         total += r;
         rows.push_back(r);
         batch.push_back(std::move(j));
       }
       q->rows -= e.counted;
-      q->jobs.pop_front();
+      q->jobs.erase(q->jobs.begin() + static_cast<long>(at));
       --total_queued_;
       if (!batch.empty() && (q->max_batch == 0 || q->unsplit)) break;
     }

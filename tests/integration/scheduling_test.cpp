@@ -695,6 +695,114 @@ TEST_CASE("dynamic batching with two inputs, mismatched rows or trailing shapes 
   CHECK(d.Mms({"predict", "recb", "--input", Data("rec_input.json")}).exit_code == 0);
 }
 
+TEST_CASE("--variable-dim: a sequence length requests may size freely, batched with others of their length") {
+  // A text model registered with a sample of 3 tokens refused 4: every dim
+  // past the first was fixed to the sample's, and there was no way out but
+  // registering without a sample (no warm-up, no checks, no batching).
+  Daemon d("[scheduler]\nbatch_when_idle = false\n");
+  REQUIRE(d.ok());
+  const std::string sample = d.dir() + "/types.json";
+  std::ofstream(sample) << R"({"ids": {"dtype": "int64", "shape": [1, 3], "data": [1, 2, 7]},
+                               "types": {"dtype": "int64", "shape": [1, 3], "data": [0, 0, 0]}})";
+  auto reg = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args{"model", "register", "seq", "--version", "1", "--path", Data("batch_ok_types.pt"),
+                                  "--max-batch-size", "8", "--max-queue-delay-us", "20000"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return d.Mms(args);
+  };
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
+      {{"--variable-dim", "ids:1"}, "--variable-dim frees a dim of the shapes --sample-input records"},
+      {{"--sample-input", sample, "--variable-dim", "ids:0"}, "dim 0 is the rows, never checked"},
+      {{"--sample-input", sample, "--variable-dim", "ids:2"}, "'ids' has 2 dims ([1, 3]); name a dim from 1 to 1"},
+      {{"--sample-input", sample, "--variable-dim", "nope:1"}, "the model has no input 'nope' (its inputs: ids, types)"},
+      {{"--sample-input", sample, "--variable-dim", "ids"}, "give INPUT:DIM, e.g. input_ids:1"},
+  };
+  for (const auto& [extra, want] : bad) {
+    auto r = reg(extra);
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(r.err.find(want) != std::string::npos, r.err);
+  }
+  CHECK(d.Mms({"model", "show", "seq:1"}).exit_code == 4);  // nothing registered, no packed dir left
+  CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/artifacts/seq"));
+  auto ok = reg({"--sample-input", sample, "--variable-dim", "ids:1", "--variable-dim", "types:1"});
+  REQUIRE_MESSAGE(ok.exit_code == 0, ok.err);
+  CHECK_MESSAGE(ok.out.find("inputs ids int64[1, *], types int64[1, *]") != std::string::npos, ok.out);
+  CHECK(reg({"--sample-input", sample, "--variable-dim", "types:1", "--variable-dim", "ids:1"}).exit_code == 0);  // a rerun
+  auto other = reg({"--sample-input", sample, "--variable-dim", "ids:1"});
+  CHECK(other.exit_code == 6);
+  CHECK_MESSAGE(other.err.find("other settings (--variable-dim)") != std::string::npos, other.err);
+
+  // Requests of 1 to 5 tokens at once: each gets its own answer (the model
+  // sums ids' rows [3k, 3k+1, 3k+2] of its table, plus one per token type).
+  auto request = [](int64_t rows, int64_t len, int seed) {
+    mms::Tensor ids = mms::Tensor::Alloc("ids", mms::DType::kInt64, {rows, len});
+    mms::Tensor types = mms::Tensor::Alloc("types", mms::DType::kInt64, {rows, len});
+    auto* p = reinterpret_cast<int64_t*>(ids.mutable_data());
+    auto* t = reinterpret_cast<int64_t*>(types.mutable_data());
+    for (int64_t k = 0; k < rows * len; ++k) {
+      p[k] = (seed * 3 + k) % 10;
+      t[k] = 0;
+    }
+    return std::vector<mms::Tensor>{ids, types};
+  };
+  auto client = Connect(d);
+  const int n = 20;
+  std::vector<std::string> errors(n);
+  std::vector<std::vector<double>> got(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&, i] {
+      mms::proto::Message m;
+      m.type = mms::proto::kPredict;
+      m.body = {{"model", "seq"}};
+      m.tensors = request(1 + i % 2, 1 + i % 5, i);
+      auto r = client->Call(m);
+      if (r.ok()) got[static_cast<size_t>(i)] = Values(r->tensors.at(0));
+      else errors[static_cast<size_t>(i)] = r.status().ToString();
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) {
+    INFO("request " << i << ": " << errors[static_cast<size_t>(i)]);
+    REQUIRE(errors[static_cast<size_t>(i)].empty());
+    const int64_t rows = 1 + i % 2, len = 1 + i % 5;
+    std::vector<double> want;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int c = 0; c < 3; ++c) {
+        double sum = static_cast<double>(len);
+        for (int64_t k = 0; k < len; ++k) sum += static_cast<double>(3 * ((i * 3 + r * len + k) % 10) + c);
+        want.push_back(sum);
+      }
+    CHECK(got[static_cast<size_t>(i)] == want);
+  }
+  json st = SchedulerStats(d, "seq:1");
+  INFO(st.dump());
+  CHECK(st["executed"] == n);
+  CHECK(st["batches"].get<int>() < n);  // requests of one length ran together
+  // Rank is still checked, and a dim not freed still is.
+  std::ofstream(d.dir() + "/rank.json") << R"({"ids": {"dtype": "int64", "shape": [1, 2, 2], "data": [1, 2, 3, 4]},
+                                              "types": {"dtype": "int64", "shape": [1, 2], "data": [0, 0]}})";
+  auto rank = d.Mms({"predict", "seq", "--input", d.dir() + "/rank.json"});
+  CHECK(rank.exit_code == 2);
+  CHECK_MESSAGE(rank.err.find("input 'ids' of seq:1 must have shape [batch, *], got [1, 2, 2] (* is any size)") !=
+                    std::string::npos, rank.err);
+  // A repack keeps them (another sample's length is not the one requests must have) ...
+  REQUIRE(d.Mms({"model", "repack", "seq:1"}).exit_code == 0);
+  CHECK(json::parse(d.Mms({"--json", "model", "show", "seq:1"}).out)["inputs"][0]["shape"] == json::array({1, -1}));
+  // ... unless told otherwise.
+  auto fixed = d.Mms({"model", "repack", "seq:1", "--variable-dim", "ids:1"});
+  REQUIRE_MESSAGE(fixed.exit_code == 0, fixed.err);
+  CHECK_MESSAGE(fixed.out.find("inputs changed: ids int64[1, *], types int64[1, *] -> ids int64[1, *], types int64[1, 3]") !=
+                    std::string::npos, fixed.out);
+  mms::proto::Message m;
+  m.type = mms::proto::kPredict;
+  m.body = {{"model", "seq"}};
+  m.tensors = request(1, 4, 0);
+  auto refused = client->Call(m);
+  CHECK(refused.status().code() == mms::Code::kInvalidArgument);
+  CHECK_MESSAGE(refused.status().message().find("input 'types' of seq:1 must have shape [batch, 3], got [1, 4]") !=
+                    std::string::npos, refused.status().message());
+}
+
 TEST_CASE("dynamic batching is refused at registration for models whose rows depend on each other") {
   Daemon d;
   REQUIRE(d.ok());
