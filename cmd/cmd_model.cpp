@@ -359,6 +359,7 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
   if (!a.variable_dims.empty() && a.sample_input.empty())
     return InvalidArgument("--variable-dim frees a dim of the shapes --sample-input records: give --sample-input "
                            "(without one no shape is checked)");
+  MMS_RETURN_IF_ERROR(CheckVariableDims(a.variable_dims));
   MMS_RETURN_IF_ERROR(CheckBatchingArgs(a.max_batch_size, a.max_queue_delay_us));
   if (a.max_batch_size > 0 && a.sample_input.empty())
     return InvalidArgument("--max-batch-size needs --sample-input, so mms can check that the model batches "
@@ -413,8 +414,8 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
           if (spec.shape)
             for (size_t d = 1; d < spec.shape->size(); ++d)
               if ((*spec.shape)[d] == kAnySize) (*spec.shape)[d] = 0;
-        if (!MarkVariableDims(&asked, a.variable_dims).ok() || VariableDims(asked) != VariableDims(existing.inputs))
-          differ.push_back("--variable-dim");
+        MMS_RETURN_IF_ERROR(MarkVariableDims(&asked, a.variable_dims));  // a usage error: exit 2, rerun or not
+        if (VariableDims(asked) != VariableDims(existing.inputs)) differ.push_back("--variable-dim");
       }
       for (const auto& [key, value] : v.labels) {
         auto it = existing.labels.find(key);
@@ -878,6 +879,14 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
   if (rec->is_adapter() && (!sample_input.empty() || !variable_dims.empty()))
     return cli.Fail(InvalidArgument(rec->ref() + " is a LoRA adapter: it takes its base's inputs, no " +
                                     (sample_input.empty() ? "--variable-dim" : "--sample-input")));
+  // "none": no variable dims (the new sample's shapes, all checked).
+  const bool no_variable = variable_dims.size() == 1 && variable_dims[0] == "none";
+  if (!no_variable) {
+    if (Status st = CheckVariableDims(variable_dims); !st.ok()) return cli.Fail(st);
+    if (!variable_dims.empty() && sample_input.empty() && rec->sample_input.empty())
+      return cli.Fail(InvalidArgument("--variable-dim frees a dim of the shapes a sample input records, and " +
+                                      rec->ref() + " has none stored: give --sample-input"));
+  }
   if (rec->packed_dir.empty())
     return cli.Fail(FailedPrecondition(rec->ref() + " has no packed files: it loads from " + rec->artifact_path));
   if (!FileExists(rec->artifact_path))
@@ -941,12 +950,13 @@ int CmdRepack(Cli& cli, const std::string& ref_text, const std::string& sample_i
     inputs = InputSpecsFromJson(packed->info["inputs"]);  // as the sample shows them, as at registration
     // Variable dims: as given, else as the version had them.
     const std::vector<std::string> had = VariableDims(rec->inputs);
-    if (Status st = MarkVariableDims(&inputs, variable_dims.empty() ? had : variable_dims); !st.ok()) {
+    const std::vector<std::string> want = no_variable ? std::vector<std::string>{} : variable_dims.empty() ? had : variable_dims;
+    if (Status st = MarkVariableDims(&inputs, want); !st.ok()) {
       std::error_code ec;
       std::filesystem::remove_all(packed_dir, ec);
       return fail(variable_dims.empty()
                       ? InvalidArgument(st.message() + "; it is variable in " + rec->ref() +
-                                        "'s inputs now: give --variable-dim for the new sample")
+                                        "'s inputs now: give --variable-dim for the new sample, or none")
                       : st);
     }
   }
@@ -1468,7 +1478,8 @@ void AddModelCommands(CLI::App& app, Cli& cli) {
   auto rpdims = std::make_shared<std::vector<std::string>>();
   repack->add_option("--sample-input", *rpsample, "a sample input to store (default: the one stored, if any)");
   repack->add_option("--variable-dim", *rpdims,
-                     "INPUT:DIM (repeatable): dims requests may size freely (default: those the version has)");
+                     "INPUT:DIM (repeatable): dims requests may size freely (default: those the version has; "
+                     "none: no such dims)");
   repack->callback([&cli, rpref, rpsample, rpdims] { cli.exit_code = CmdRepack(cli, *rpref, *rpsample, *rpdims); });
 
   auto* batching = model->add_subcommand(

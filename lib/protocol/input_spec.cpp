@@ -29,15 +29,29 @@ std::string InputSpecsText(const std::vector<InputSpec>& specs) {
   return s.empty() ? "-" : s;
 }
 
+namespace {
+// NAME and DIM of "NAME:DIM" (DIM: 1 to 3 digits), or INVALID_ARGUMENT.
+Result<std::pair<std::string, int64_t>> ParseVariableDim(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size() ||
+      text.find_first_not_of("0123456789", colon + 1) != std::string::npos || text.size() - colon > 4)
+    return InvalidArgument("--variable-dim " + text + ": give INPUT:DIM, e.g. input_ids:1");
+  const int64_t dim = std::stoll(text.substr(colon + 1));
+  if (dim == 0)
+    return InvalidArgument("--variable-dim " + text + ": dim 0 is the rows, never checked; name a dim from 1 on");
+  return std::make_pair(text.substr(0, colon), dim);
+}
+}  // namespace
+
+Status CheckVariableDims(const std::vector<std::string>& dims) {
+  for (const std::string& text : dims) MMS_RETURN_IF_ERROR(ParseVariableDim(text).status());
+  return Status::Ok();
+}
+
 Status MarkVariableDims(std::vector<InputSpec>* specs, const std::vector<std::string>& dims) {
   for (const std::string& text : dims) {
-    const auto colon = text.rfind(':');
-    int64_t dim = -1;
-    if (colon != std::string::npos && colon > 0 && colon + 1 < text.size() &&
-        text.find_first_not_of("0123456789", colon + 1) == std::string::npos && text.size() - colon <= 4)
-      dim = std::stoll(text.substr(colon + 1));
-    if (dim < 0) return InvalidArgument("--variable-dim " + text + ": give INPUT:DIM, e.g. input_ids:1");
-    const std::string name = text.substr(0, colon);
+    MMS_ASSIGN_OR_RETURN(auto parsed, ParseVariableDim(text));
+    const auto& [name, dim] = parsed;
     auto it = std::find_if(specs->begin(), specs->end(), [&](const InputSpec& s) { return s.name == name; });
     if (it == specs->end()) {
       std::string names;
@@ -48,8 +62,9 @@ Status MarkVariableDims(std::vector<InputSpec>* specs, const std::vector<std::st
     if (!it->shape)
       return InvalidArgument("--variable-dim " + text + ": no shape is recorded for '" + name +
                              "' to free a dim of; give --sample-input (its shapes are then checked but these dims)");
-    if (dim == 0)
-      return InvalidArgument("--variable-dim " + text + ": dim 0 is the rows, never checked; name a dim from 1 on");
+    if (it->shape->size() <= 1)
+      return InvalidArgument("--variable-dim " + text + ": '" + name + "' has no dim past the first to free (" +
+                             SpecShape(*it->shape) + ")");
     if (dim >= static_cast<int64_t>(it->shape->size()))
       return InvalidArgument("--variable-dim " + text + ": '" + name + "' has " + std::to_string(it->shape->size()) +
                              " dims (" + SpecShape(*it->shape) + "); name a dim from 1 to " +

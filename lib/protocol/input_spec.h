@@ -37,6 +37,9 @@ bool SameEnforcedInputs(const std::vector<InputSpec>& a, const std::vector<Input
 // an input without a recorded shape, dim 0 (the rows, never enforced) or a
 // dim past the input's rank, or a malformed text.
 Status MarkVariableDims(std::vector<InputSpec>* specs, const std::vector<std::string>& dims);
+// The "NAME:DIM" texts well formed, DIM from 1 on (before anything is
+// hashed or packed for them); INVALID_ARGUMENT saying which is not.
+Status CheckVariableDims(const std::vector<std::string>& dims);
 // The "NAME:DIM" of every variable dim of `specs` (sorted).
 std::vector<std::string> VariableDims(const std::vector<InputSpec>& specs);
 // Accepts a list of names (older records) or of {"name", "dtype", "shape"}.

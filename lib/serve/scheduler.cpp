@@ -359,14 +359,14 @@ void Scheduler::Work() {
         if (!batch.empty() &&
             // A job queued while its version was not batched (mms model
             // batching changed it meanwhile) runs alone: its rows were never checked to agree.
-            (q->max_batch == 0 || j.max_batch == 0 || batch.front().max_batch == 0 || q->unsplit ||
-             r > q->max_batch - total))  // (no overflow: r may be 2^62)
+            (q->max_batch == 0 || j.max_batch == 0 || batch.front().max_batch == 0 || q->unsplit))
           break;  // (a probe granted to this job goes to the batch: it measures afresh all the same)
         if (!batch.empty() && !SameBatchShape(batch.front().inputs, j.inputs)) {
           if (++passed > static_cast<size_t>(q->max_batch)) break;
           ++at;
           continue;
         }
+        if (!batch.empty() && r > q->max_batch - total) break;  // full (no overflow: r may be 2^62)
         total += r;
         rows.push_back(r);
         batch.push_back(std::move(j));

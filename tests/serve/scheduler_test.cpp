@@ -495,6 +495,36 @@ TEST_CASE("scheduler: requests arriving together run as one batch, each gets its
   CHECK(s.Submit(1, std::move(bad)).code() == Code::kInvalidArgument);
 }
 
+TEST_CASE("scheduler: a batch passes over requests of another shape, left in order for their own batch") {
+  // A sequence model's requests of one length (--variable-dim) run together
+  // however lengths interleave: a batch stopped at the first other shape
+  // (also when that one would not have fitted: it is passed over all the same).
+  Rig rig;
+  Scheduler s(OneWorker());
+  std::thread first = rig.Hold(s, 2);
+  auto job = [&](int64_t rows, int64_t width, std::vector<int64_t>* out) {
+    Scheduler::Job j = rig.Job("x", rows, 1, 8, [out](Result<std::vector<Tensor>> r) {
+      out->push_back(r.ok() ? (*r)[0].shape[1] : -1);
+    });
+    j.inputs = {Tensor::Alloc("x", DType::kFloat32, {rows, width})};
+    return j;
+  };
+  std::vector<int64_t> a, b;  // the widths each caller got back
+  REQUIRE(s.Submit(1, job(1, 3, &a)).ok());
+  REQUIRE(s.Submit(1, job(8, 5, &b)).ok());
+  REQUIRE(s.Submit(1, job(1, 3, &a)).ok());
+  REQUIRE(s.Submit(1, job(1, 3, &a)).ok());
+  REQUIRE(s.Submit(1, job(1, 5, &b)).ok());
+  rig.model->Open();
+  first.join();
+  REQUIRE(mms::testing::WaitFor([&] { std::lock_guard<std::mutex> l(rig.model->mu); return rig.model->calls.size() == 4; }, 5));
+  CHECK(rig.model->calls == std::vector<int64_t>{1, 3, 8, 1});  // the hold; A A A; B (full); B
+  REQUIRE(mms::testing::WaitFor([&] { return a.size() == 3 && b.size() == 2; }, 5));
+  CHECK(a == std::vector<int64_t>{3, 3, 3});
+  CHECK(b == std::vector<int64_t>{5, 5});
+  CHECK(s.Stats()["1"]["batches"] == 3);
+}
+
 TEST_CASE("scheduler: requests queued before their version was batched run alone, those after batch") {
   // mms model batching turns a running version's batching on: requests
   // queued unbatched (their rows never checked to agree) must not join.
