@@ -88,8 +88,8 @@ struct ModelPool::Entry {
   // meanwhile leave it be, as the load reserves its block only when placed.
   int claim_device = -1;
   uint64_t claim = 0;
-  int prefer_device = -1;  // the last acquire's PoolItem::device, as an index (-1: none)
   uint64_t claim_seq = 0;  // claims in the order made: a placement leaves be only those made before its own
+  int prefer_device = -1;  // the last acquire's PoolItem::device, as an index (-1: none)
   int refs = 0;                        // handles out, `held` among them
   std::map<std::string, int> held;     // standing holds by holder (ModelHandle::HoldFor)
   std::string pin_error;               // why a pin's preload failed (cleared once it is on a device)

@@ -18,18 +18,7 @@ std::string SpecShape(const std::vector<int64_t>& shape, const std::string& firs
                                                    : std::to_string(shape[d]));
   return s + "]";
 }
-}  // namespace
 
-std::string InputSpecsText(const std::vector<InputSpec>& specs) {
-  std::string s;
-  for (const auto& i : specs) {
-    s += (s.empty() ? "" : ", ") + i.name;
-    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? SpecShape(*i.shape) : "");
-  }
-  return s.empty() ? "-" : s;
-}
-
-namespace {
 // NAME and DIM of "NAME:DIM" (DIM: 1 to 3 digits), or INVALID_ARGUMENT.
 Result<std::pair<std::string, int64_t>> ParseVariableDim(const std::string& text) {
   const auto colon = text.rfind(':');
@@ -42,6 +31,15 @@ Result<std::pair<std::string, int64_t>> ParseVariableDim(const std::string& text
   return std::make_pair(text.substr(0, colon), dim);
 }
 }  // namespace
+
+std::string InputSpecsText(const std::vector<InputSpec>& specs) {
+  std::string s;
+  for (const auto& i : specs) {
+    s += (s.empty() ? "" : ", ") + i.name;
+    if (i.dtype) s += " " + std::string(DTypeName(*i.dtype)) + (i.shape ? SpecShape(*i.shape) : "");
+  }
+  return s.empty() ? "-" : s;
+}
 
 Status CheckVariableDims(const std::vector<std::string>& dims) {
   for (const std::string& text : dims) MMS_RETURN_IF_ERROR(ParseVariableDim(text).status());

@@ -87,8 +87,9 @@ class ShadowRunner {
   // The running shadows (model → record and the candidate's pool item,
   // whose `inputs` are what mirrored requests are matched to: for an
   // adapter, its base's). Running ones take the item's inputs as given now
-  // (a repack may have changed them); starts new ones, stops and forgets those no longer running (their stats
-  // stay readable until the next start on that model). Never waits for a
+  // (a repack may have changed them); starts new ones, stops and forgets
+  // those no longer running (their stats stay readable until the next start
+  // on that model). Never waits for a
   // stopping worker (it may be in a load): those are joined by a later call
   // once they have exited, or by the destructor.
   void Configure(const std::map<std::string, std::pair<ShadowRecord, PoolItem>>& running);
