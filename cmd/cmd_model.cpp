@@ -1024,8 +1024,16 @@ int CmdBatching(Cli& cli, const std::string& ref_text, int max_batch_size, int64
                            {MmsdPath(), "inspect-artifact", "--path", rec->artifact_path, "--sample-input",
                             rec->sample_input, "--max-batch-size", std::to_string(max_batch_size)},
                            rec->artifact_path, rec->sha256, "checked", "its batching was not changed");
-    // Here the way out is to leave the version as it is.
-    if (!info.ok()) return cli.Fail(BatchingHint(info.status(), "its batching is left as it was"));
+    // Here the way out is to leave the version as it is, or, when the
+    // stored sample is what could not check it, to store another.
+    if (!info.ok()) {
+      Status st = BatchingHint(info.status(), "its batching is left as it was");
+      const std::string& m = st.message();
+      if (st.code() == Code::kInvalidArgument &&
+          (m.find("has no rows") != std::string::npos || m.find("could be varied") != std::string::npos))
+        st = Status(st.code(), m + "; mms model repack " + rec->ref() + " --sample-input FILE stores another sample");
+      return cli.Fail(st);
+    }
   }
   auto now = (*reg)->SetBatching(*rec, max_batch_size, max_queue_delay_us);
   if (!now.ok()) return cli.Fail(now.status());

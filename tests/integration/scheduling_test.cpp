@@ -972,6 +972,14 @@ TEST_CASE("mms model batching turns a registered version's batching on after the
   CHECK(mix.err.find("its batching is left as it was") != std::string::npos);
   CHECK(mix.err.find("register without") == std::string::npos);
   CHECK(json::parse(d.Mms({"--json", "model", "show", "mix:1"}).out)["max_batch_size"] == 0);
+  // A stored sample that cannot check it (no rows): the way out is another sample, named.
+  std::ofstream(d.dir() + "/zero_rows.json") << R"({"x": {"dtype": "float32", "shape": [0, 4], "data": []}})";
+  Register(d, "zero", "tiny.pt", {"--sample-input", d.dir() + "/zero_rows.json"});
+  auto zero = d.Mms({"model", "batching", "zero:1", "--max-batch-size", "8"});
+  CHECK(zero.exit_code == 2);
+  CHECK_MESSAGE(zero.err.find("its sample input has no rows") != std::string::npos, zero.err);
+  CHECK_MESSAGE(zero.err.find("; its batching is left as it was; mms model repack zero:1 --sample-input FILE stores "
+                              "another sample") != std::string::npos, zero.err);
   // Bad input, each a usage error that changes nothing.
   Register(d, "nosample", "tiny.pt");
   auto nosample = d.Mms({"model", "batching", "nosample:1", "--max-batch-size", "8"});
