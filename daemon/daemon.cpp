@@ -241,15 +241,14 @@ void Daemon::AcquireServable(const VersionRecord& v, std::function<void(Result<S
   auto snap = snapshot();
   const VersionRecord* base = snap->ById(v.base_id);
   if (!base) return cb(NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered"));
-  PoolItem adapter = ItemFor(v);
   ModelPool* adapters = adapters_.get();
-  pool_->Acquire(ItemFor(*base), [cb, adapter, adapters, counted, answered, base_held](Result<HandlePtr> h) {
+  pool_->Acquire(ItemFor(*base), [cb, adapter = ItemFor(v), adapters, counted, answered,
+                                  base_held](Result<HandlePtr> h) mutable {
     if (!h.ok()) return cb(h.status());
     if (base_held) *base_held = true;
     HandlePtr model = std::move(h).value();
-    PoolItem on_base = adapter;  // placed beside its base: no copy between devices per batch
-    on_base.device = model->device();
-    adapters->Acquire(on_base, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
+    adapter.device = model->device();  // placed beside its base: no copy between devices per batch
+    adapters->Acquire(adapter, [cb, model = std::move(model)](Result<HandlePtr> a) mutable {
       if (!a.ok()) return cb(a.status());
       cb(Servable{std::move(model), std::move(a).value()});
     }, ModelPool::Room::kEvict, counted, answered);
@@ -270,9 +269,7 @@ void Daemon::RetryPins() {
 
 void Daemon::Pin(const VersionRecord& v) {
   if (!v.is_adapter()) return pool_->Pin(ItemFor(v));
-  PoolItem item = ItemFor(v);
-  item.device = pool_->DeviceOf(v.base_id);  // beside its base, once that is placed or claimed room
-  adapters_->Pin(item);
+  adapters_->Pin(ItemFor(v, pool_->DeviceOf(v.base_id)));  // beside its base, once placed or claimed room
 }
 
 std::string Daemon::PinReason(PoolKey key) const {
@@ -320,9 +317,7 @@ Result<Servable> Daemon::AcquireServableSync(const VersionRecord& v, int64_t tim
   const VersionRecord* base = snap->ById(v.base_id);
   if (!base) return NotFound("the base of adapter " + v.ref() + " (" + v.base_ref + ") is no longer registered");
   MMS_ASSIGN_OR_RETURN(HandlePtr model, pool_->AcquireSync(ItemFor(*base), timeout_ns, room));
-  PoolItem on_base = ItemFor(v);  // placed beside its base (as AcquireServable)
-  on_base.device = model->device();
-  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(on_base, timeout_ns, room));
+  MMS_ASSIGN_OR_RETURN(HandlePtr adapter, adapters_->AcquireSync(ItemFor(v, model->device()), timeout_ns, room));
   return Servable{model, adapter};
 }
 
@@ -376,7 +371,7 @@ std::shared_ptr<const Daemon::LiveConfig> Daemon::live() const {
   return live_;
 }
 
-PoolItem Daemon::ItemFor(const VersionRecord& v) {
+PoolItem Daemon::ItemFor(const VersionRecord& v, const std::string& device) {
   PoolItem it;
   it.key = v.id;
   it.ref = v.ref();
@@ -386,6 +381,7 @@ PoolItem Daemon::ItemFor(const VersionRecord& v) {
   it.bytes = v.device_bytes;
   it.sample_input = v.sample_input;
   it.inputs = v.inputs;
+  it.device = device;
   return it;
 }
 

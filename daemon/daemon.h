@@ -185,7 +185,9 @@ class Daemon {
   // Resolves a reference against the snapshot; on NOT_FOUND refreshes once
   // (a version registered a moment ago is servable at once).
   Result<VersionRecord> Resolve(const std::string& ref);
-  static PoolItem ItemFor(const VersionRecord& v);
+  // A version's pool item; `device`: where to place it when it can go there
+  // (an adapter: its base's device, so that its batches copy nothing between devices).
+  static PoolItem ItemFor(const VersionRecord& v, const std::string& device = "");
 
   // Per-variant figures of experiments (key: VariantKey(id, variant)) and
   // per-version serving figures (key: "name:version").
