@@ -25,6 +25,7 @@
 #include <set>
 
 #include "cli.h"
+#include "config/triton_config.h"
 #include "core/hash.h"
 #include "core/json.h"
 #include "core/paths.h"
@@ -147,6 +148,9 @@ struct RegisterArgs {
   bool has_sla = false;
   std::vector<std::string> labels;
   std::vector<std::string> variable_dims;  // --variable-dim NAME:DIM
+  // import: the variable dims a Triton config gives forward's inputs, once
+  // they are known (instead of variable_dims).
+  std::function<Result<std::vector<std::string>>(const std::vector<InputSpec>&)> variable_dims_for;
   int max_batch_size = 0;
   int64_t max_queue_delay_us = 0;
   bool has_max_batch_size = true, has_max_queue_delay = true;  // given (a rerun compares only what is given)
@@ -484,7 +488,9 @@ Result<VersionRecord> RegisterVersion(Cli& cli, Registry& reg, const RegisterArg
     return packed.status();
   }
   v.inputs = InputSpecsFromJson(packed->info["inputs"]);
-  if (Status st = MarkVariableDims(&v.inputs, a.variable_dims); !st.ok()) {
+  Result<std::vector<std::string>> variable_dims =
+      a.variable_dims_for ? a.variable_dims_for(v.inputs) : Result<std::vector<std::string>>(a.variable_dims);
+  if (Status st = variable_dims.ok() ? MarkVariableDims(&v.inputs, *variable_dims) : variable_dims.status(); !st.ok()) {
     std::error_code ec;
     std::filesystem::remove_all(packed->dir, ec);
     if (auto dir = cli.ArtifactsDir(); dir.ok()) ::rmdir(JoinPath(*dir, a.name).c_str());
@@ -1204,61 +1210,6 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
   return bad + orphans_bad ? 1 : 0;
 }
 
-// What mms takes from a Triton config.pbtxt: the top-level max_batch_size
-// and whether dynamic_batching is on. Comments (# to the end of the line)
-// and nested blocks are skipped; parsed by hand (a regex over a huge run of
-// digits overflowed the stack).
-struct TritonBatching {
-  std::optional<std::string> max_batch;  // the value as written
-  bool dynamic = false;
-  std::optional<std::string> delay_us;   // dynamic_batching's max_queue_delay_microseconds, as written
-};
-TritonBatching ReadTritonBatching(const std::string& text) {
-  TritonBatching out;
-  int depth = 0;
-  bool in_dynamic = false;  // inside the top-level dynamic_batching block
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
-    size_t i = line.find_first_not_of(" \t\r");
-    auto key = [&](const char* k) {
-      size_t n = std::strlen(k);
-      if (line.compare(i, n, k) != 0) return false;
-      if (i + n == line.size()) return true;
-      char next = line[i + n];
-      return !std::isalnum(static_cast<unsigned char>(next)) && next != '_';
-    };
-    auto value = [&]() -> std::optional<std::string> {  // as written, up to blanks: "-3" is shown, not ""
-      size_t c = line.find(':', i);
-      size_t d = c == std::string::npos ? c : line.find_first_not_of(" \t", c + 1);
-      if (d == std::string::npos) return std::nullopt;
-      size_t e = line.find_first_of(" \t\r},;", d);  // (protobuf text may end a field with , or ;)
-      return line.substr(d, (e == std::string::npos ? line.size() : e) - d);
-    };
-    if (depth == 0 && i != std::string::npos) {
-      in_dynamic = line[i] == '{' && in_dynamic;  // ("dynamic_batching" then "{" on the next line)
-      if (key("dynamic_batching")) {
-        out.dynamic = true;
-        in_dynamic = true;
-        // "dynamic_batching { max_queue_delay_microseconds: 100 }" on one line
-        if (size_t k = line.find("max_queue_delay_microseconds", i); k != std::string::npos) {
-          i = k;
-          out.delay_us = value();
-        }
-      }
-      if (key("max_batch_size")) out.max_batch = value();
-    } else if (depth == 1 && in_dynamic && i != std::string::npos && key("max_queue_delay_microseconds")) {
-      out.delay_us = value();
-    }
-    const int before = depth;
-    for (char ch : line) depth += ch == '{' ? 1 : ch == '}' ? -1 : 0;
-    depth = std::max(depth, 0);
-    if (before > 0 && depth == 0) in_dynamic = false;  // its block closed
-  }
-  return out;
-}
-
 int CmdImport(Cli& cli, const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
@@ -1287,37 +1238,30 @@ int CmdImport(Cli& cli, const std::string& dir) {
     int max_batch = 0;
     int64_t delay_us = 0;  // Triton's max_queue_delay_microseconds (0: [scheduler] max_queue_delay)
     const std::string cfg_path = (mdir / "config.pbtxt").string();
+    std::optional<TritonConfig> triton;
     if (FileExists(cfg_path)) {
       auto cfg = ReadFile(cfg_path);
       if (!cfg.ok()) {
         skip(mdir.string(), "cannot read " + cfg_path + ": " + cfg.status().message());
         continue;
       }
-      TritonBatching tb = ReadTritonBatching(*cfg);
-      if (tb.max_batch) {
-        const std::string& digits = *tb.max_batch;
-        auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), max_batch);
-        if (digits.empty() || err != std::errc() || end != digits.data() + digits.size() || max_batch < 0) {
-          std::string shown = digits.size() > 24 ? digits.substr(0, 24) + "..." : digits;
-          skip(mdir.string(), cfg_path + ": max_batch_size " + shown + " is out of range (0 to " +
-                                  std::to_string(std::numeric_limits<int>::max()) + "); fix it to import this model");
-          continue;
-        }
+      auto parsed = ParseTritonConfig(*cfg, cfg_path);
+      if (!parsed.ok()) {
+        skip(mdir.string(), parsed.status().message() + "; fix it to import this model");
+        continue;
       }
-      if (!tb.dynamic) max_batch = 0;
-      if (tb.dynamic) {
-        const std::string digits = tb.delay_us.value_or("0");  // (Triton's default: 0)
-        auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), delay_us);
-        if (digits.empty() || err != std::errc() || end != digits.data() + digits.size() || delay_us < 0 ||
-            delay_us > kMaxQueueDelayUsMax) {
-          std::string shown = digits.size() > 24 ? digits.substr(0, 24) + "..." : digits;
-          skip(mdir.string(), cfg_path + ": max_queue_delay_microseconds " + shown + " is out of range (0 to " +
-                                  std::to_string(kMaxQueueDelayUsMax) + "); fix it to import this model");
+      triton = std::move(parsed).value();
+      if (triton->dynamic_batching) {
+        max_batch = triton->max_batch_size;
+        if (triton->max_queue_delay_us > static_cast<uint64_t>(kMaxQueueDelayUsMax)) {
+          skip(mdir.string(), cfg_path + ": max_queue_delay_microseconds " + std::to_string(triton->max_queue_delay_us) +
+                                  " is over mms's " + std::to_string(kMaxQueueDelayUsMax) +
+                                  "; lower it to import this model");
           continue;
         }
         // Triton's 0 (its default) is "do not wait"; a version's 0 is
         // "[scheduler] max_queue_delay": the least wait instead.
-        delay_us = std::max<int64_t>(delay_us, 1);
+        delay_us = std::max<int64_t>(static_cast<int64_t>(triton->max_queue_delay_us), 1);
       }
     }
     std::vector<std::filesystem::path> versions;
@@ -1342,6 +1286,10 @@ int CmdImport(Cli& cli, const std::string& dir) {
       a.version = version;
       a.path = file;
       a.description = "imported from " + vdir.string();
+      if (triton)  // its -1 dims (a sequence length), checked against the sample's shapes
+        a.variable_dims_for = [&](const std::vector<InputSpec>& specs) {
+          return TritonVariableDims(*triton, specs, cfg_path);
+        };
       // mms's own addition to the layout: a sample beside model.pt, for the
       // warm-up and for checking that the model batches. Batching a model
       // unchecked could hand one caller rows computed from another's (a

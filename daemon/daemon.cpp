@@ -672,14 +672,13 @@ void Daemon::ApplySnapshot(const RegistrySnapshot* old, const RegistrySnapshot& 
                      TokenLimit{lc.tenant_qps, lc.tenant_burst});
   applied_live_ = live_cfg.generation;
 
-  // A shadowed adapter's requests are matched to its base's inputs, as
-  // recorded now, as a predict's are (a repack may have refined them since
-  // the adapter copied them).
+  // A shadow's mirrored requests are matched to the inputs a predict's are
+  // (an adapter's base's, as recorded now: RunsOn).
   std::map<std::string, std::pair<ShadowRecord, PoolItem>> shadows;
   for (const auto& [model, s] : snap.shadows)
     if (const VersionRecord* cand = snap.ById(s.candidate_id)) {
       PoolItem item = ItemFor(*cand);
-      if (const VersionRecord* base = cand->is_adapter() ? snap.ById(cand->base_id) : nullptr) item.inputs = base->inputs;
+      if (const VersionRecord* runs = snap.RunsOn(*cand)) item.inputs = runs->inputs;
       shadows[model] = {s, std::move(item)};
     }
   shadows_->Configure(shadows);

@@ -237,12 +237,12 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     finish(st);
     r.Fail(st);
   };
-  // Validate the inputs before anything is loaded for them.
-  // An adapter runs on its base: the base's inputs, as now recorded (a
-  // repack with a sample may have refined them since the adapter copied them).
+  // Validate the inputs before anything is loaded for them: those of the
+  // version that runs (an adapter's base, RunsOn).
+  const VersionRecord& runs = base ? *base : rec;
   // (Kept for the other arm's check below when an experiment routed it: shallow copies.)
   std::vector<Tensor> sent = credit->variant ? req.tensors : std::vector<Tensor>{};
-  auto inputs = MatchInputs(base ? base->inputs : rec.inputs, std::move(req.tensors), rec.ref());
+  auto inputs = MatchInputs(runs.inputs, std::move(req.tensors), rec.ref());
   if (!inputs.ok()) {
     // The other arm takes these inputs: the routed version refused what its
     // model is asked to serve — a candidate with another input schema. Its
@@ -250,17 +250,14 @@ void Predict(Daemon* d, proto::Message req, Responder r) {
     const ExperimentRecord* e = credit->variant ? route->experiment : nullptr;  // (null without an experiment)
     const int64_t other_id = !e ? 0 : route->variant == Variant::kTreatment ? e->control_id : e->treatment_id;
     const VersionRecord* other = other_id ? snap->ById(other_id) : nullptr;
-    const VersionRecord* other_base = other && other->is_adapter() ? snap->ById(other->base_id) : nullptr;
-    if (other && (!other->is_adapter() || other_base))
-      credit->arm_refused_inputs =
-          MatchInputs(other_base ? other_base->inputs : other->inputs, std::move(sent), other->ref()).ok();
+    if (const VersionRecord* other_runs = other ? snap->RunsOn(*other) : nullptr)
+      credit->arm_refused_inputs = MatchInputs(other_runs->inputs, std::move(sent), other->ref()).ok();
     return refuse(inputs.status());
   }
   // Batching follows the version that runs: an adapter's base. Its inputs
   // must agree on rows: checked here, before the request takes a token; so
   // must a stacked base's, batched or not (it runs each row with its own
   // adapter's slot, its own request or an adapter's).
-  const VersionRecord& runs = base ? *base : rec;
   if (runs.max_batch_size > 0 || runs.lora.contains("stacked"))
     if (auto rows = BatchRows(*inputs); !rows.ok()) return refuse(rows.status());
   // A client-supplied deadline: the request is dropped before running if it cannot make it.

@@ -48,6 +48,10 @@ const VersionRecord* RegistrySnapshot::ById(int64_t id) const {
   return it == by_id_.end() ? nullptr : it->second;
 }
 
+const VersionRecord* RegistrySnapshot::RunsOn(const VersionRecord& v) const {
+  return v.is_adapter() ? ById(v.base_id) : &v;
+}
+
 Result<const VersionRecord*> RegistrySnapshot::Resolve(const Ref& ref) const {
   auto it = models.find(ref.name);
   if (it == models.end()) {

@@ -32,6 +32,11 @@ struct RegistrySnapshot {
                                                        std::map<std::string, ShadowRecord> shadows) const;
   Result<const VersionRecord*> Resolve(const Ref& ref) const;
   const VersionRecord* ById(int64_t id) const;
+  // The version a request to `v` runs, whose inputs it is matched to: `v`,
+  // or an adapter's base as now recorded (a repack with a sample may have
+  // refined its inputs since the adapter copied them); null when an
+  // adapter's base is not in the snapshot.
+  const VersionRecord* RunsOn(const VersionRecord& v) const;
 
  private:
   void Index();

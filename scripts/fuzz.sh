@@ -1,7 +1,7 @@
 #!/bin/bash
 # Coverage-guided fuzzing (libFuzzer + AddressSanitizer + UndefinedBehavior-
 # Sanitizer, clang) of the parsers of untrusted bytes: the IPC decoder, tensor
-# files, LoRA adapters, mms.toml and unit strings (tests/fuzz/). Not part of the
+# files, LoRA adapters, mms.toml, unit strings and Triton config.pbtxt files (tests/fuzz/). Not part of the
 # test suite: run it by hand after changing a parser.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (default: 120 s each, every target)
@@ -15,7 +15,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-120}
 shift || true
-targets=${*:-"codec tensor_file adapter config units"}
+targets=${*:-"codec tensor_file adapter config units pbtxt"}
 out=$root/build-fuzz
 testdata=${MMS_TESTDATA:-$root/build/testdata}
 CXX=${CXX:-clang++-14}
@@ -37,7 +37,7 @@ obj() {  # the object of a lib/ source, rebuilt when the source is newer
 }
 core=""
 for f in lib/core/status.cpp lib/core/clock.cpp lib/core/log.cpp lib/core/paths.cpp lib/core/units.cpp \
-         lib/core/hash.cpp lib/protocol/tensor.cpp lib/protocol/messages.cpp lib/protocol/codec.cpp \
+         lib/core/hash.cpp lib/core/json.cpp lib/protocol/tensor.cpp lib/protocol/messages.cpp lib/protocol/codec.cpp \
          lib/protocol/input_spec.cpp; do
   core="$core $(obj "$f")"
 done
@@ -50,9 +50,10 @@ for t in $targets; do
     codec) extra="$(obj lib/protocol/tensor_file.cpp)"; dict=codec ;;
     tensor_file) extra=""; dict=json ;;
     adapter) extra="$(obj lib/protocol/tensor_file.cpp) $(obj lib/lora/adapter.cpp)"; dict=json ;;
-    config) extra=""; dict=toml ;;
+    config) extra="$(obj registry/names.cpp)"; dict=toml ;;
     units) extra=""; dict="" ;;
-    *) echo "fuzz: unknown target $t (codec tensor_file adapter config units)" >&2; exit 2 ;;
+    pbtxt) extra="$(obj lib/config/pbtxt.cpp) $(obj lib/config/triton_config.cpp)"; dict=pbtxt ;;
+    *) echo "fuzz: unknown target $t (codec tensor_file adapter config units pbtxt)" >&2; exit 2 ;;
   esac
   echo "fuzz: LINK fuzz_$t" >&2
   # shellcheck disable=SC2086

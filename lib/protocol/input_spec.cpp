@@ -50,7 +50,8 @@ Status MarkVariableDims(std::vector<InputSpec>* specs, const std::vector<std::st
   for (const std::string& text : dims) {
     MMS_ASSIGN_OR_RETURN(auto parsed, ParseVariableDim(text));
     const auto& [name, dim] = parsed;
-    auto it = std::find_if(specs->begin(), specs->end(), [&](const InputSpec& s) { return s.name == name; });
+    auto it = std::find_if(specs->begin(), specs->end(),  // (a structured binding is not captured in C++17)
+                           [&parsed](const InputSpec& s) { return s.name == parsed.first; });
     if (it == specs->end()) {
       std::string names;
       for (const auto& s : *specs) names += (names.empty() ? "" : ", ") + s.name;

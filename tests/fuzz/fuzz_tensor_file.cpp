@@ -1,7 +1,7 @@
 // libFuzzer target: tensor input files (lib/protocol/tensor_file.cpp), the
 // files `mms predict --input` / a version's sample input read:
 //   byte 0 % 3 == 0: the rest is JSON text, read as ReadTensorFile reads a
-//                    .json file (BOM, ParseJsonNoDuplicates, TensorsFromJson)
+//                    .json file (BOM, ParseJsonStrict, TensorsFromJson)
 //                    in memory; a file that reads must write back (TensorsToJson)
 //                    and read again to the same tensors ("an output file is a
 //                    valid input file");
@@ -12,7 +12,7 @@
 //                    extension, by byte 1) and read with ReadTensorFile, the
 //                    real entry point; what reads is written (WriteTensorFile,
 //                    both formats) and read back to the same tensors.
-// tensor_file.cpp is included to reach ParseJsonNoDuplicates (anonymous namespace).
+// tensor_file.cpp is included to reach functions in its anonymous namespace.
 #include "lib/protocol/tensor_file.cpp"
 
 #include <unistd.h>
@@ -94,7 +94,7 @@ void CheckTensors(const std::vector<Tensor>& ts) {
 void JsonMode(const uint8_t* data, size_t size) {
   std::string text(reinterpret_cast<const char*>(data), size);
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
-  auto j = ParseJsonNoDuplicates(text.data(), text.data() + text.size());
+  auto j = ParseJsonStrict(text);
   if (!j.ok()) return;
   auto t = TensorsFromJson(*j);
   if (!t.ok()) return;
@@ -116,7 +116,7 @@ void JsonMode(const uint8_t* data, size_t size) {
     }
   }
   std::string out = TensorsToJson(*t).dump(2) + "\n";  // WriteTensorFile's JSON
-  auto j2 = ParseJsonNoDuplicates(out.data(), out.data() + out.size());
+  auto j2 = ParseJsonStrict(out);
   if (!j2.ok()) Fail("TensorsToJson output is not JSON");
   auto t2 = TensorsFromJson(*j2);
   if (!t2.ok()) {

@@ -217,6 +217,26 @@ address = "[::1]:9464"
 }
 for k, v in tomls.items(): w("config", k, v)
 
+# ---- pbtxt (Triton config.pbtxt)
+pbtxts = {
+ "bert.pbtxt": '''name: "bert"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [
+  { name: "INPUT__0" data_type: TYPE_INT64 dims: [ -1 ] },
+  { name: "INPUT__1" data_type: TYPE_INT64 dims: [ -1, 4 ] reshape { shape: [ 3, -1 ] } }
+]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ -1, 768 ] } ]
+instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0, 1 ] } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 100 }
+parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "tr\\x75e" } }
+''',
+ "named.pbtxt": 'max_batch_size: 0x10\ninput < name: \'ids\' dims: 2 dims: -1 >; input { name: "mask" dims: [2, 3, -1] },\n'
+                '[ext.x] { f: -inf g: 1.5e-3 }\n',
+ "plain.pbtxt": 'name: "x" # comment\nmax_batch_size: 0\ninput [ { name: "a" dims: [ 4 ] } ]\n',
+}
+for k, v in pbtxts.items(): w("pbtxt", k, v)
+
 # ---- units
 units = ["250ms", "10s", "30m", "2h", "1d", "1m30s", "1h 30m", "1.5s", "90", "0", "500us", "1500\u00b5s", "100ns",
          "512MiB", "8GiB", "1.5GB", "1048576", "1TiB", "64KiB", "1000B", "2k", "3T", "+5", "1e3ms", "0.001",

@@ -815,6 +815,70 @@ TEST_CASE("--variable-dim: a sequence length requests may size freely, batched w
   CHECK_MESSAGE(lacks.err.find("'ids' has 2 dims ([1, 3]); name a dim from 1 to 1") != std::string::npos, lacks.err);
 }
 
+TEST_CASE("import takes a Triton config's -1 dims as variable dims, checked against the sample, and refuses a bad config by line") {
+  // Imported with every dim past the first fixed to the sample's, a text
+  // model Triton served at any length refused every other length.
+  Daemon d;
+  REQUIRE(d.ok());
+  const std::string repo = d.dir() + "/repo";
+  const std::string sample = R"({"ids": {"dtype": "int64", "shape": [1, 3], "data": [1, 2, 7]},
+                                 "types": {"dtype": "int64", "shape": [1, 3], "data": [0, 0, 0]}})";
+  auto model = [&](const std::string& name, const std::string& config) {
+    std::filesystem::create_directories(repo + "/" + name + "/1");
+    std::filesystem::copy_file(Data("batch_ok_types.pt"), repo + "/" + name + "/1/model.pt");
+    std::ofstream(repo + "/" + name + "/1/sample_input.json") << sample;
+    std::ofstream(repo + "/" + name + "/config.pbtxt") << config;
+  };
+  // As Triton's PyTorch backend names them (INPUT__<forward's argument>),
+  // listed out of order, with the blocks mms does not use.
+  model("seq", R"(name: "seq"
+platform: "pytorch_libtorch"
+max_batch_size: 64
+input [
+  { name: "INPUT__1" data_type: TYPE_INT64 dims: [ -1 ] },
+  {
+    name: "INPUT__0"
+    data_type: TYPE_INT64
+    dims: [ -1 ]
+  }
+]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 500 }
+parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" } }
+)");
+  // The sample does not have the shape the config gives: not imported.
+  model("wrong", "max_batch_size: 8\ninput [\n  { name: \"ids\" dims: [ 4 ] },\n  { name: \"types\" dims: [ -1 ] }\n]\n");
+  // Text Triton would refuse (a scalar needs its colon).
+  model("broken", "max_batch_size: 8\ndynamic_batching {\n  max_queue_delay_microseconds 100\n}\n");
+  auto imp = d.Mms({"--json", "model", "import", repo});
+  CHECK(imp.exit_code == 1);
+  json j = json::parse(imp.out);
+  INFO(j.dump(2));
+  CHECK(j["registered"] == json::array({"seq:1"}));
+  REQUIRE(j["skipped"].size() == 2);
+  CHECK(j["skipped"][0]["reason"] == repo + "/broken/config.pbtxt:3:32: expected ':' after " +
+                                         "max_queue_delay_microseconds, found '100'; fix it to import this model");
+  CHECK(j["skipped"][1]["reason"] == repo + "/wrong/config.pbtxt:3: input ids has shape [-1, 4] but the sample's is " +
+                                         "[1, 3] (dim 1): fix the sample input or the config");
+  CHECK_FALSE(std::filesystem::exists(d.data_dir() + "/artifacts/wrong"));  // nothing left of it
+  json seq = json::parse(d.Mms({"--json", "model", "show", "seq:1"}).out);
+  CHECK(seq["inputs"][0]["shape"] == json::array({1, -1}));
+  CHECK(seq["inputs"][1]["shape"] == json::array({1, -1}));
+  CHECK(seq["max_batch_size"] == 64);
+  CHECK(seq["max_queue_delay_us"] == 500);
+  // Served at another length than the sample's.
+  std::ofstream(d.dir() + "/five.json") << R"({"ids": {"dtype": "int64", "shape": [1, 5], "data": [1, 2, 3, 4, 5]},
+                                              "types": {"dtype": "int64", "shape": [1, 5], "data": [0, 0, 0, 0, 0]}})";
+  auto five = d.Mms({"--json", "predict", "seq", "--input", d.dir() + "/five.json"});
+  REQUIRE_MESSAGE(five.exit_code == 0, five.err);
+  // (ids' rows [3k, 3k+1, 3k+2] of its table summed, plus one per token of type 0.)
+  const std::vector<double> want{5 + 3.0 * 15, 5 + 3.0 * 15 + 5, 5 + 3.0 * 15 + 10};
+  const json out = json::parse(five.out)["outputs"];
+  REQUIRE(out.size() == 1);
+  CHECK(out.begin().value()["data"].get<std::vector<double>>() == want);
+}
+
 TEST_CASE("dynamic batching is refused at registration for models whose rows depend on each other") {
   Daemon d;
   REQUIRE(d.ok());
