@@ -1210,6 +1210,46 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
   return bad + orphans_bad ? 1 : 0;
 }
 
+// A temporary directory, removed with this object.
+struct TempDir {
+  std::string path;
+  TempDir() = default;
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    if (!path.empty()) std::filesystem::remove_all(path, ec);
+  }
+};
+
+// The config's model_warmup sample written as a sample input file in `tmp`
+// (made here), for the model `file`, whose forward() names the inputs:
+// `mmsd inspect-artifact` reads them (a load of the model more, for an
+// import without mms's own sample file beside model.pt).
+Result<std::string> WarmupSampleFile(const std::string& file, const TritonConfig& config, const std::string& model_dir,
+                                     const std::string& cfg_path, TempDir* tmp) {
+  ProcResult pr = RunProcess({MmsdPath(), "inspect-artifact", "--path", file}, 3600);
+  if (pr.exit_code != 0) {
+    const std::string msg = Trim(pr.err).empty() ? "mmsd inspect-artifact ended with exit code " +
+                                                       std::to_string(pr.exit_code)
+                                                 : Trim(pr.err);
+    return pr.exit_code == 2 ? InvalidArgument(msg) : Internal("checking the artifact failed: " + msg);
+  }
+  nlohmann::json info = nlohmann::json::parse(pr.out, nullptr, false);
+  if (info.is_discarded() || !info.contains("inputs")) return Internal("mmsd inspect-artifact printed no inputs: " + pr.out);
+  MMS_ASSIGN_OR_RETURN(std::vector<Tensor> tensors,
+                       TritonWarmupSample(config, InputSpecsFromJson(info["inputs"]), model_dir, cfg_path));
+  const char* env = std::getenv("TMPDIR");
+  std::string pattern = std::string(env && *env ? env : "/tmp") + "/mms-import-XXXXXX";
+  if (::mkdtemp(pattern.data()) == nullptr)
+    return IoError("cannot make a temporary directory in " + pattern.substr(0, pattern.rfind('/')) + ": " +
+                   std::strerror(errno));
+  tmp->path = pattern;
+  const std::string path = JoinPath(tmp->path, "model_warmup.safetensors");
+  MMS_RETURN_IF_ERROR(WriteTensorFile(path, tensors));
+  return path;
+}
+
 int CmdImport(Cli& cli, const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
@@ -1240,7 +1280,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
     const std::string cfg_path = (mdir / "config.pbtxt").string();
     std::optional<TritonConfig> triton;
     if (FileExists(cfg_path)) {
-      auto cfg = ReadFile(cfg_path);
+      auto cfg = ReadFile(cfg_path, 16ull << 20);  // (Triton's configs are a few KiB)
       if (!cfg.ok()) {
         skip(mdir.string(), "cannot read " + cfg_path + ": " + cfg.status().message());
         continue;
@@ -1271,6 +1311,9 @@ int CmdImport(Cli& cli, const std::string& dir) {
     }
     for (const auto& vdir : versions) {
       std::string version = vdir.filename().string();
+      // Triton's own directories beside the versions: model_warmup's data
+      // files, and --model-config-name's configs.
+      if (version == "warmup" || version == "configs") continue;
       if (Status st = ValidateVersion(version); !st.ok()) {
         skip(vdir.string(), st.message());
         continue;
@@ -1286,9 +1329,12 @@ int CmdImport(Cli& cli, const std::string& dir) {
       a.version = version;
       a.path = file;
       a.description = "imported from " + vdir.string();
+      bool config_refused = false;  // (then registering it unbatched would be refused alike)
       if (triton)  // its -1 dims (a sequence length), checked against the sample's shapes
         a.variable_dims_for = [&](const std::vector<InputSpec>& specs) {
-          return TritonVariableDims(*triton, specs, cfg_path);
+          auto dims = TritonVariableDims(*triton, specs, cfg_path);
+          config_refused = !dims.ok();
+          return dims;
         };
       // mms's own addition to the layout: a sample beside model.pt, for the
       // warm-up and for checking that the model batches. Batching a model
@@ -1297,10 +1343,31 @@ int CmdImport(Cli& cli, const std::string& dir) {
       // the check fails, the version is registered unbatched and says why.
       for (const char* n : {"sample_input.json", "sample_input.safetensors"})
         if (a.sample_input.empty() && FileExists((vdir / n).string())) a.sample_input = (vdir / n).string();
+      // Else Triton's own: the config's first model_warmup sample. Messages
+      // name it, not the temporary file it is written to.
+      TempDir warm;
+      std::string warmup;
+      if (a.sample_input.empty() && triton && !triton->warmups.empty()) {
+        auto sample = WarmupSampleFile(file, *triton, mdir.string(), cfg_path, &warm);
+        if (!sample.ok()) {
+          skip(file, sample.status().message());
+          continue;
+        }
+        a.sample_input = *sample;
+        const TritonWarmup& w = triton->warmups.front();
+        warmup = cfg_path + "'s model_warmup" + (w.name.empty() ? "" : " '" + w.name + "'");
+      }
+      auto named = [&](std::string msg) {
+        for (size_t at = 0; !warmup.empty() && (at = msg.find(a.sample_input, at)) != std::string::npos;
+             at += warmup.size())
+          msg.replace(at, a.sample_input.size(), warmup);
+        return msg;
+      };
       std::string unbatched;
       std::string then;  // what to do about it
       if (max_batch > 0 && a.sample_input.empty()) {
-        unbatched = "no sample_input.json or sample_input.safetensors beside model.pt to check that it batches";
+        unbatched = "no sample_input.json or sample_input.safetensors beside model.pt, nor a model_warmup in the config, "
+                    "to check that it batches";
         then = ". To batch it, register it again as a new version with --max-batch-size and --sample-input";
       } else {
         a.max_batch_size = max_batch;
@@ -1308,7 +1375,7 @@ int CmdImport(Cli& cli, const std::string& dir) {
       }
       bool unchanged;
       auto rec = RegisterVersion(cli, **reg, a, &unchanged);
-      if (!rec.ok() && a.max_batch_size > 0 && rec.status().code() == Code::kInvalidArgument) {
+      if (!rec.ok() && a.max_batch_size > 0 && rec.status().code() == Code::kInvalidArgument && !config_refused) {
         // The model cannot batch (its rows depend on each other, its outputs
         // do not split): registered unbatched, which is all that can be done.
         unbatched = rec.status().message();
@@ -1325,13 +1392,16 @@ int CmdImport(Cli& cli, const std::string& dir) {
       }
       if (rec.ok()) {
         registered.push_back(rec->ref());
+        if (!warmup.empty())
+          notes.push_back({{"ref", rec->ref()},
+                           {"note", "its sample input (warm-up, input checks, batching check) is " + warmup}});
         if (!unbatched.empty())
           notes.push_back({{"ref", rec->ref()},
-                           {"note", "registered without dynamic batching (" + cfg_path + " asks for it): " + unbatched +
-                                        then}});
+                           {"note", named("registered without dynamic batching (" + cfg_path + " asks for it): " +
+                                          unbatched + then)}});
         continue;
       }
-      skip(file, rec.status().message());  // (other weights under a registered version: the file was replaced)
+      skip(file, named(rec.status().message()));  // (other weights under a registered version: the file was replaced)
     }
   }
   if (!registered.empty()) cli.NotifyDaemon();

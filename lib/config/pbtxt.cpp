@@ -234,7 +234,21 @@ class Parser {
             cp = cp * 16 + static_cast<uint32_t>(hexval(Peek()));
             Advance();
           }
-          if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return Error("\\" + std::string(1, e) + " names no character");
+          if (cp > 0x10FFFF) return Error("\\" + std::string(1, e) + " names no character");
+          // A surrogate pair in two \u escapes is one character (a lone
+          // surrogate passes through, as protobuf lets it).
+          if (cp >= 0xD800 && cp <= 0xDBFF && s_.substr(pos_, 2) == "\\u" && pos_ + 6 <= s_.size()) {
+            uint32_t low = 0;
+            bool hex = true;
+            for (size_t n = 2; n < 6; ++n) {
+              hex = hex && std::isxdigit(static_cast<unsigned char>(s_[pos_ + n]));
+              if (hex) low = low * 16 + static_cast<uint32_t>(hexval(s_[pos_ + n]));
+            }
+            if (hex && low >= 0xDC00 && low <= 0xDFFF) {
+              for (int n = 0; n < 6; ++n) Advance();
+              cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            }
+          }
           if (cp < 0x80) {
             out->push_back(static_cast<char>(cp));
           } else if (cp < 0x800) {

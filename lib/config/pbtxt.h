@@ -7,10 +7,12 @@
 // messages in { } or < >, lists in [ ] (a list gives one field per element),
 // fields ended by nothing, ',' or ';', # comments, strings in ' or " with
 // C escapes and adjacent strings joined, extension names in [ ]. A scalar
-// needs the colon, as protobuf's own parser (Triton's) requires, so a file
-// this reads is one Triton reads. protobuf's TextFormat cannot be used
-// without the whole schema: with unknown fields allowed it still refuses an
-// unknown list of messages (`output [ { ... } ]`), which every Triton config has.
+// needs the colon, as protobuf's own parser (Triton's) requires. Without a
+// schema it cannot refuse what only the schema rules out (a misspelt field,
+// a singular field twice, a wrong type): the caller checks the fields it
+// reads (triton_config.h). protobuf's TextFormat cannot be used without the
+// whole schema: with unknown fields allowed it still refuses an unknown
+// list of messages (`output [ { ... } ]`), which every Triton config has.
 //
 // Thread-safety: pure functions; a PbtxtMessage is a value.
 #pragma once

@@ -2,11 +2,17 @@
 
 #include <algorithm>
 #include <charconv>
+#include <functional>
 #include <cctype>
+#include <filesystem>
 #include <limits>
 #include <optional>
+#include <random>
+#include <set>
 
 #include "config/pbtxt.h"
+#include "core/paths.h"
+#include "protocol/tensor_file.h"
 
 namespace mms {
 
@@ -17,6 +23,12 @@ std::string Shown(const std::string& text) { return text.size() > 24 ? text.subs
 
 std::string Where(const std::string& source, const PbtxtField& f) {
   return source + ":" + std::to_string(f.line) + ":" + std::to_string(f.column) + ": ";
+}
+
+std::string ShapeText(const std::vector<int64_t>& s) {
+  std::string t;
+  for (int64_t d : s) t += (t.empty() ? "" : ", ") + std::to_string(d);
+  return "[" + t + "]";
 }
 
 // A protobuf integer literal (decimal, 0x hex, 0 octal, a sign first) in
@@ -50,16 +62,91 @@ std::optional<T> Integer(const PbtxtField& f) {
   return static_cast<T>(magnitude);
 }
 
-// A dims or reshape shape list: integers of -1 or more.
+// A dims or reshape shape list: sizes of at least 1, or -1 (any size), as
+// Triton takes them.
 Status ReadDims(const std::vector<const PbtxtField*>& fields, const std::string& source, const std::string& input,
                 std::vector<int64_t>* out) {
   for (const PbtxtField* d : fields) {
     auto v = Integer<int64_t>(*d);
-    if (!v || *v < -1)
-      return InvalidArgument(Where(source, *d) + "input " + input + ": a dim is a size or -1 (any size), not " +
+    if (!v || *v < -1 || *v == 0)
+      return InvalidArgument(Where(source, *d) + "input " + input + ": a dim is a size of at least 1 or -1 (any size), not " +
                              Shown(d->text));
     out->push_back(*v);
   }
+  return Status::Ok();
+}
+
+// Whether a scalar holds its type's default (proto3: not "set", so it may
+// be given again).
+bool IsDefault(const PbtxtField& f) {
+  switch (f.kind) {
+    case PbtxtField::Kind::kMessage: return false;
+    case PbtxtField::Kind::kString: return f.text.empty();
+    case PbtxtField::Kind::kIdentifier: return f.text == "false";
+    case PbtxtField::Kind::kNumber: return Integer<int64_t>(f) == int64_t{0};
+  }
+  return false;
+}
+
+// The field `name` of `m` (null when not given). protobuf, so Triton,
+// refuses a singular field given twice, unless the earlier value was the
+// default.
+Result<const PbtxtField*> Single(const PbtxtMessage& m, std::string_view name, const std::string& source) {
+  auto all = m.All(name);
+  if (all.empty()) return nullptr;
+  for (size_t i = 0; i + 1 < all.size(); ++i)
+    if (!IsDefault(*all[i]))
+      return InvalidArgument(Where(source, *all.back()) + std::string(name) + " is given twice (first on line " +
+                             std::to_string(all[i]->line) + "); Triton refuses that: keep one");
+  return all.back();
+}
+
+// The one of `names` (a oneof's members) given, or null; two of them are
+// refused, as protobuf does.
+Result<const PbtxtField*> OneOf(const PbtxtMessage& m, std::initializer_list<std::string_view> names,
+                                const std::string& source) {
+  const PbtxtField* found = nullptr;
+  for (std::string_view name : names) {
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* f, Single(m, name, source));
+    if (f && found)
+      return InvalidArgument(Where(source, *f) + std::string(name) + " is given along with " + found->name +
+                             " (line " + std::to_string(found->line) + "); Triton takes one of them: keep one");
+    if (f) found = f;
+  }
+  return found;
+}
+
+// An integer field in [lo, hi]: INVALID_ARGUMENT for another value, or a
+// value that is not an integer.
+template <typename T>
+Result<T> IntegerIn(const PbtxtField& f, T lo, T hi, const std::string& source) {
+  if (f.kind != PbtxtField::Kind::kNumber)
+    return InvalidArgument(Where(source, f) + f.name + " is a number, not " +
+                           (f.kind == PbtxtField::Kind::kString ? "the string \"" + Shown(f.text) + "\""
+                            : f.kind == PbtxtField::Kind::kMessage ? std::string("a block")
+                                                                   : Shown(f.text)));
+  auto v = Integer<T>(f);
+  const bool integer = f.text.find_first_of(".eE") == std::string::npos || f.text.rfind("0x", 0) == 0 ||
+                       f.text.rfind("-0x", 0) == 0;
+  if (!integer && !v) return InvalidArgument(Where(source, f) + f.name + " " + Shown(f.text) + " is not an integer");
+  if (!v || *v < lo || *v > hi)
+    return InvalidArgument(Where(source, f) + f.name + " " + Shown(f.text) + " is out of range (" + std::to_string(lo) +
+                           " to " + std::to_string(hi) + ")");
+  return *v;
+}
+
+// A string field (null when not given).
+Result<const PbtxtField*> StringField(const PbtxtMessage& m, std::string_view name, const std::string& source) {
+  MMS_ASSIGN_OR_RETURN(const PbtxtField* f, Single(m, name, source));
+  if (f && f->kind != PbtxtField::Kind::kString)
+    return InvalidArgument(Where(source, *f) + std::string(name) + " is a string: " + std::string(name) + ": \"...\"");
+  return f;
+}
+
+// INVALID_ARGUMENT when `f` is given and not a message.
+Status IsBlock(const PbtxtField* f, const std::string& source) {
+  if (f && f->kind != PbtxtField::Kind::kMessage)
+    return InvalidArgument(Where(source, *f) + f->name + " is a block: " + f->name + " { ... }");
   return Status::Ok();
 }
 
@@ -68,109 +155,298 @@ Status ReadDims(const std::vector<const PbtxtField*>& fields, const std::string&
 Result<TritonConfig> ParseTritonConfig(std::string_view text, const std::string& source) {
   MMS_ASSIGN_OR_RETURN(PbtxtMessage top, ParsePbtxt(text, source));
   TritonConfig out;
-  if (const PbtxtField* f = top.Last("max_batch_size")) {
-    auto v = Integer<int64_t>(*f);
-    if (!v || *v < 0 || *v > std::numeric_limits<int32_t>::max())
-      return InvalidArgument(Where(source, *f) + "max_batch_size " + Shown(f->text) + " is out of range (0 to " +
-                             std::to_string(std::numeric_limits<int32_t>::max()) + ")");
-    out.max_batch_size = static_cast<int>(*v);
+  MMS_ASSIGN_OR_RETURN(const PbtxtField* mbs, Single(top, "max_batch_size", source));
+  if (mbs) {
+    MMS_ASSIGN_OR_RETURN(out.max_batch_size, IntegerIn<int>(*mbs, 0, std::numeric_limits<int32_t>::max(), source));
   }
-  if (const PbtxtField* db = top.Last("dynamic_batching")) {
-    if (db->kind != PbtxtField::Kind::kMessage)
-      return InvalidArgument(Where(source, *db) + "dynamic_batching is a block: dynamic_batching { }");
+  // scheduling_choice is a oneof: one of these at most.
+  MMS_ASSIGN_OR_RETURN(const PbtxtField* scheduling,
+                       OneOf(top, {"dynamic_batching", "sequence_batching", "ensemble_scheduling"}, source));
+  MMS_RETURN_IF_ERROR(IsBlock(scheduling, source));
+  if (scheduling && scheduling->name == "dynamic_batching") {
     out.dynamic_batching = true;
-    if (const PbtxtField* f = db->message->Last("max_queue_delay_microseconds")) {
-      auto v = Integer<uint64_t>(*f);
-      if (!v)
-        return InvalidArgument(Where(source, *f) + "max_queue_delay_microseconds " + Shown(f->text) +
-                               " is out of range (0 to " + std::to_string(std::numeric_limits<uint64_t>::max()) + ")");
-      out.max_queue_delay_us = *v;
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* delay, Single(*scheduling->message, "max_queue_delay_microseconds", source));
+    if (delay) {
+      MMS_ASSIGN_OR_RETURN(out.max_queue_delay_us,
+                           IntegerIn<uint64_t>(*delay, 0, std::numeric_limits<uint64_t>::max(), source));
     }
   }
   for (const PbtxtField* in : top.All("input")) {
-    if (in->kind != PbtxtField::Kind::kMessage)
-      return InvalidArgument(Where(source, *in) + "input is a block: input [ { name: \"x\" dims: [ 4 ] } ]");
+    MMS_RETURN_IF_ERROR(IsBlock(in, source));
     TritonInput t;
     t.line = in->line;
-    const PbtxtField* name = in->message->Last("name");
-    if (!name || name->kind != PbtxtField::Kind::kString || name->text.empty())
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* name, StringField(*in->message, "name", source));
+    if (!name || name->text.empty())
       return InvalidArgument(Where(source, *in) + "an input without a name: give it name: \"...\"");
     t.name = name->text;
-    const PbtxtField* reshape = in->message->Last("reshape");
-    if (reshape && reshape->kind == PbtxtField::Kind::kMessage) {  // what the model sees
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* reshape, Single(*in->message, "reshape", source));
+    MMS_RETURN_IF_ERROR(IsBlock(reshape, source));
+    auto dims = in->message->All("dims");
+    if (dims.empty())
+      return InvalidArgument(Where(source, *in) + "input " + t.name +
+                             " has no dims: give its shape, e.g. dims: [ -1 ] (Triton refuses it without)");
+    MMS_RETURN_IF_ERROR(ReadDims(dims, source, t.name, &t.dims));
+    if (reshape) {  // what the model sees
+      t.dims.clear();
       MMS_RETURN_IF_ERROR(ReadDims(reshape->message->All("shape"), source, t.name, &t.dims));
-      t.has_dims = true;
-    } else {
-      auto dims = in->message->All("dims");
-      MMS_RETURN_IF_ERROR(ReadDims(dims, source, t.name, &t.dims));
-      t.has_dims = !dims.empty();
     }
+    t.has_dims = true;
     out.inputs.push_back(std::move(t));
+  }
+  for (const PbtxtField* w : top.All("model_warmup")) {
+    MMS_RETURN_IF_ERROR(IsBlock(w, source));
+    TritonWarmup tw;
+    tw.line = w->line;
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* name, StringField(*w->message, "name", source));
+    if (name) tw.name = name->text;
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* batch, Single(*w->message, "batch_size", source));
+    if (batch) {
+      MMS_ASSIGN_OR_RETURN(tw.batch_size, IntegerIn<uint64_t>(*batch, 0, std::numeric_limits<uint32_t>::max(), source));
+    }
+    for (const PbtxtField* e : w->message->All("inputs")) {  // a map: entries of key and value
+      const PbtxtField* key = e->kind == PbtxtField::Kind::kMessage ? e->message->Last("key") : nullptr;
+      const PbtxtField* value = key ? e->message->Last("value") : nullptr;
+      if (!key || key->kind != PbtxtField::Kind::kString || !value || value->kind != PbtxtField::Kind::kMessage)
+        return InvalidArgument(Where(source, *e) + "model_warmup inputs are entries of a key and a value: inputs { key: "
+                               "\"x\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }");
+      TritonWarmupInput in;
+      in.name = key->text;
+      in.line = e->line;
+      for (const auto& other : tw.inputs)
+        if (other.name == in.name)
+          return InvalidArgument(Where(source, *e) + "model_warmup input " + in.name + " is given twice (first on line " +
+                                 std::to_string(other.line) + "): keep one");
+      MMS_ASSIGN_OR_RETURN(const PbtxtField* dt, Single(*value->message, "data_type", source));
+      if (dt) in.data_type = dt->text;
+      MMS_RETURN_IF_ERROR(ReadDims(value->message->All("dims"), source, in.name, &in.dims));
+      MMS_ASSIGN_OR_RETURN(const PbtxtField* data,
+                           OneOf(*value->message, {"zero_data", "random_data", "input_data_file"}, source));
+      if (data && data->name == "zero_data") in.data = TritonWarmupInput::Data::kZero;
+      if (data && data->name == "random_data") in.data = TritonWarmupInput::Data::kRandom;
+      if (data && data->name == "input_data_file") {
+        in.data = TritonWarmupInput::Data::kFile;
+        in.file = data->text;
+      }
+      tw.inputs.push_back(std::move(in));
+    }
+    out.warmups.push_back(std::move(tw));
   }
   return out;
 }
 
-Result<std::vector<std::string>> TritonVariableDims(const TritonConfig& config, const std::vector<InputSpec>& specs,
-                                                    const std::string& source) {
-  const auto& inputs = config.inputs;
+namespace {
+
+// Which of forward's arguments `specs` each of `names` (config inputs, in
+// order) is: the argument of that name when every name is one, the
+// argument at INDEX when every name is NAME__INDEX, else by order. `where`
+// says the k-th name in a message.
+Result<std::vector<size_t>> ArgumentsOf(const std::vector<std::string>& names, const std::vector<InputSpec>& specs,
+                                        const std::function<std::string(size_t)>& where) {
   auto arg_named = [&](const std::string& name) -> std::optional<size_t> {
     for (size_t k = 0; k < specs.size(); ++k)
       if (specs[k].name == name) return k;
     return std::nullopt;
   };
-  // NAME__INDEX: the INDEX.
+  // NAME__INDEX: the INDEX, after the first "__" (as the PyTorch backend splits it).
   auto index_of = [](const std::string& name) -> std::optional<size_t> {
-    size_t sep = name.rfind("__");
-    if (sep == std::string::npos || sep == 0 || sep + 2 == name.size()) return std::nullopt;
+    size_t sep = name.find("__");
+    if (sep == std::string::npos || sep + 2 == name.size()) return std::nullopt;
     size_t k = 0;
     auto [end, err] = std::from_chars(name.data() + sep + 2, name.data() + name.size(), k);
     if (err != std::errc() || end != name.data() + name.size()) return std::nullopt;
     return k;
   };
   bool by_name = true, by_index = true;
-  for (const auto& in : inputs) {
-    by_name = by_name && arg_named(in.name).has_value();
-    by_index = by_index && index_of(in.name).has_value();
+  for (const auto& n : names) {
+    by_name = by_name && arg_named(n).has_value();
+    by_index = by_index && index_of(n).has_value();
   }
   std::string args;
   for (const auto& s : specs) args += (args.empty() ? "" : ", ") + s.name;
+  std::vector<size_t> out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const size_t k = by_name ? *arg_named(names[i]) : by_index ? *index_of(names[i]) : i;
+    if (k >= specs.size())
+      return InvalidArgument(where(i) + " is forward's argument " + std::to_string(k) + " (counting from 0, by " +
+                             (by_index ? "its __INDEX" : "its place in the config") + "), but forward takes " +
+                             std::to_string(specs.size()) + " (" + args +
+                             "): name the config's inputs as forward's arguments or NAME__INDEX");
+    out.push_back(k);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> TritonVariableDims(const TritonConfig& config, const std::vector<InputSpec>& specs,
+                                                    const std::string& source) {
+  const auto& inputs = config.inputs;
+  std::vector<std::string> names;
+  for (const auto& in : inputs) names.push_back(in.name);
+  auto where = [&](size_t i) { return source + ":" + std::to_string(inputs[i].line) + ": input " + inputs[i].name; };
+  if (!inputs.empty() && inputs.size() != specs.size()) {
+    std::string args;
+    for (const auto& s : specs) args += (args.empty() ? "" : ", ") + s.name;
+    return InvalidArgument(source + ": " + std::to_string(inputs.size()) + " input" + (inputs.size() == 1 ? "" : "s") +
+                           " in the config, but forward takes " + std::to_string(specs.size()) + " (" + args +
+                           "): give the config one input per argument, as Triton requires");
+  }
+  MMS_ASSIGN_OR_RETURN(const std::vector<size_t> args, ArgumentsOf(names, specs, where));
   std::vector<std::string> out;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const TritonInput& in = inputs[i];
     const std::string at = source + ":" + std::to_string(in.line) + ": input " + in.name;
-    const size_t k = by_name ? *arg_named(in.name) : by_index ? *index_of(in.name) : i;
-    if (k >= specs.size())
-      return InvalidArgument(at + " is forward's argument " + std::to_string(k) + " (counting from 0, by " +
-                             (by_index ? "its __INDEX" : "its place in the config") + "), but forward takes " +
-                             std::to_string(specs.size()) + " (" + args +
-                             "): name the config's inputs as forward's arguments or NAME__INDEX");
-    const InputSpec& spec = specs[k];
+    const InputSpec& spec = specs[args[i]];
     if (!spec.shape || !in.has_dims) continue;  // nothing recorded to check, or nothing said
     std::vector<int64_t> full;
     if (config.max_batch_size > 0) full.push_back(-1);
     full.insert(full.end(), in.dims.begin(), in.dims.end());
     const std::vector<int64_t>& sample = *spec.shape;
-    auto shape_text = [](const std::vector<int64_t>& s) {
-      std::string t;
-      for (int64_t d : s) t += (t.empty() ? "" : ", ") + (d < 0 ? std::string("-1") : std::to_string(d));
-      return "[" + t + "]";
-    };
     const std::string fix = ": fix the sample input or the config";
     const std::string which = spec.name == in.name ? "" : " (forward's " + spec.name + ")";
     if (full.size() != sample.size())
-      return InvalidArgument(at + which + " has shape " + shape_text(full) +
+      return InvalidArgument(at + which + " has shape " + ShapeText(full) +
                              (config.max_batch_size > 0 ? " (the batch dim first)" : "") + " but the sample's has " +
-                             std::to_string(sample.size()) + " dims " + shape_text(sample) + fix);
+                             std::to_string(sample.size()) + " dims " + ShapeText(sample) + fix);
     for (size_t d = 1; d < full.size(); ++d) {  // (dim 0, the rows, is never checked)
       if (full[d] == -1) {
         std::string dim = spec.name + ":" + std::to_string(d);
         if (std::find(out.begin(), out.end(), dim) == out.end()) out.push_back(std::move(dim));
       }
       else if (full[d] != sample[d])
-        return InvalidArgument(at + which + " has shape " + shape_text(full) + " but the sample's is " +
-                               shape_text(sample) + " (dim " + std::to_string(d) + ")" + fix);
+        return InvalidArgument(at + which + " has shape " + ShapeText(full) + " but the sample's is " +
+                               ShapeText(sample) + " (dim " + std::to_string(d) + ")" + fix);
     }
   }
+  return out;
+}
+
+namespace {
+
+// Triton's data types that mms serves (model_config.proto's DataType; an
+// enum may be written by its number too).
+std::optional<DType> TritonDType(const std::string& t) {
+  static const std::pair<const char*, DType> kTypes[] = {
+      {"TYPE_BOOL", DType::kBool},   {"TYPE_UINT8", DType::kUInt8},     {"TYPE_INT8", DType::kInt8},
+      {"TYPE_INT16", DType::kInt16}, {"TYPE_INT32", DType::kInt32},     {"TYPE_INT64", DType::kInt64},
+      {"TYPE_FP16", DType::kFloat16}, {"TYPE_FP32", DType::kFloat32},  {"TYPE_FP64", DType::kFloat64},
+      {"TYPE_BF16", DType::kBFloat16}};
+  static const std::pair<const char*, DType> kNumbers[] = {
+      {"1", DType::kBool},     {"2", DType::kUInt8},    {"6", DType::kInt8},     {"7", DType::kInt16},
+      {"8", DType::kInt32},    {"9", DType::kInt64},    {"10", DType::kFloat16}, {"11", DType::kFloat32},
+      {"12", DType::kFloat64}, {"14", DType::kBFloat16}};
+  for (const auto& [name, d] : kTypes)
+    if (t == name) return d;
+  for (const auto& [number, d] : kNumbers)
+    if (t == number) return d;
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<std::vector<Tensor>> TritonWarmupSample(const TritonConfig& config, const std::vector<InputSpec>& specs,
+                                               const std::string& model_dir, const std::string& source) {
+  if (config.warmups.empty()) return NotFound(source + " has no model_warmup");
+  const TritonWarmup& w = config.warmups.front();
+  const std::string at = source + ":" + std::to_string(w.line) + ": model_warmup" +
+                         (w.name.empty() ? std::string() : " '" + w.name + "'");
+  constexpr uint64_t kMaxRows = 65536;
+  if (config.max_batch_size == 0 && w.batch_size > 1)
+    return InvalidArgument(at + ": batch_size " + std::to_string(w.batch_size) +
+                           " for a model without batching (max_batch_size 0): Triton takes 1");
+  if (w.batch_size > kMaxRows)
+    return InvalidArgument(at + ": batch_size " + std::to_string(w.batch_size) + " is over the " +
+                           std::to_string(kMaxRows) + " rows a sample may have: a few rows do");
+  const int64_t rows = static_cast<int64_t>(std::max<uint64_t>(w.batch_size, 1));
+  // Each warm-up input is a config input, which is one of forward's arguments.
+  std::vector<std::string> names;
+  std::function<std::string(size_t)> where;
+  if (!config.inputs.empty()) {
+    for (const auto& in : config.inputs) names.push_back(in.name);
+    where = [&](size_t i) {
+      return source + ":" + std::to_string(config.inputs[i].line) + ": input " + config.inputs[i].name;
+    };
+  } else {  // (no inputs in the config: the warm-up's names, by the same rules)
+    for (const auto& in : w.inputs) names.push_back(in.name);
+    where = [&](size_t i) { return at + ": input " + w.inputs[i].name; };
+  }
+  MMS_ASSIGN_OR_RETURN(const std::vector<size_t> args, ArgumentsOf(names, specs, where));
+  std::vector<Tensor> out;
+  std::set<size_t> given;
+  std::mt19937_64 random(20261202);
+  for (size_t i = 0; i < w.inputs.size(); ++i) {
+    const TritonWarmupInput& in = w.inputs[i];
+    const std::string where_in = source + ":" + std::to_string(in.line) + ": model_warmup input " + in.name;
+    size_t arg = 0;
+    if (config.inputs.empty()) {
+      arg = args[i];
+    } else {
+      auto it = std::find(names.begin(), names.end(), in.name);
+      if (it == names.end())
+        return InvalidArgument(where_in + " is none of the config's inputs: give the warm-up the inputs' names");
+      arg = args[static_cast<size_t>(it - names.begin())];
+    }
+    if (!given.insert(arg).second)
+      return InvalidArgument(where_in + ": forward's " + specs[arg].name + " is given twice");
+    auto dtype = TritonDType(in.data_type);
+    if (!dtype)
+      return InvalidArgument(where_in + ": data_type " + (in.data_type.empty() ? "(none)" : Shown(in.data_type)) +
+                             " is not one mms serves (TYPE_BOOL, TYPE_UINT8, TYPE_INT8 to TYPE_INT64, TYPE_FP16, "
+                             "TYPE_FP32, TYPE_FP64, TYPE_BF16)");
+    std::vector<int64_t> shape;
+    if (config.max_batch_size > 0) shape.push_back(rows);
+    for (int64_t d : in.dims) {
+      if (d < 0) return InvalidArgument(where_in + ": a warm-up's dims are sizes, not -1: give the size to run");
+      shape.push_back(d);
+    }
+    auto t = Tensor::TryAlloc(specs[arg].name, *dtype, shape);
+    if (!t.ok()) return InvalidArgument(where_in + ": " + t.status().message());
+    Tensor tensor = std::move(t).value();
+    const uint64_t sample_cap = 1ull << 30;  // (the registration caps the stored sample again)
+    if (tensor.nbytes > sample_cap)
+      return InvalidArgument(where_in + ": " + std::to_string(tensor.nbytes) + " bytes: a sample of a few rows do");
+    switch (in.data) {
+      case TritonWarmupInput::Data::kNone:
+        return InvalidArgument(where_in + ": give zero_data: true, random_data: true or input_data_file");
+      case TritonWarmupInput::Data::kZero:
+        break;  // (allocated zeroed)
+      case TritonWarmupInput::Data::kRandom:
+        if (*dtype == DType::kFloat32 || *dtype == DType::kFloat64 || *dtype == DType::kFloat16 ||
+            *dtype == DType::kBFloat16) {
+          std::uniform_real_distribution<double> u(0.0, 1.0);
+          std::vector<double> values(static_cast<size_t>(tensor.numel()));
+          for (double& v : values) v = u(random);
+          tensor = TensorFromDoubles(tensor, values);
+        }
+        break;
+      case TritonWarmupInput::Data::kFile: {
+        if (in.file.empty() || in.file.find('/') != std::string::npos || in.file == "." || in.file == "..")
+          return InvalidArgument(where_in + ": input_data_file '" + Shown(in.file) +
+                                 "' must name a file in the model's warmup/ directory");
+        const std::string path = JoinPath(JoinPath(model_dir, "warmup"), in.file);
+        const size_t row_bytes = config.max_batch_size > 0 ? tensor.nbytes / static_cast<size_t>(rows) : tensor.nbytes;
+        auto wrong_size = [&](uint64_t size) {
+          return InvalidArgument(where_in + ": input_data_file " + path + " has " + std::to_string(size) +
+                                 " bytes, not the " + std::to_string(row_bytes) + " of one " + DTypeName(*dtype) +
+                                 ShapeText(in.dims) + " row");
+        };
+        std::error_code ec;
+        if (const uint64_t size = std::filesystem::file_size(path, ec); !ec && size != row_bytes) return wrong_size(size);
+        auto bytes = ReadFile(path, row_bytes);
+        if (!bytes.ok()) return InvalidArgument(where_in + ": input_data_file: " + bytes.status().message());
+        if (bytes->size() != row_bytes) return wrong_size(bytes->size());  // (changed meanwhile)
+        for (int64_t r = 0; r < (config.max_batch_size > 0 ? rows : 1); ++r)  // one row, batch_size times (Triton)
+          std::copy(bytes->begin(), bytes->end(), tensor.mutable_data() + static_cast<size_t>(r) * row_bytes);
+        break;
+      }
+    }
+    out.push_back(std::move(tensor));
+  }
+  std::string missing;
+  for (size_t k = 0; k < specs.size(); ++k)
+    if (!given.count(k)) missing += (missing.empty() ? "" : ", ") + specs[k].name;
+  if (!missing.empty())
+    return InvalidArgument(at + " gives no " + missing + " (forward takes them): give the warm-up every input");
   return out;
 }
 

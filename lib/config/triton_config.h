@@ -12,6 +12,7 @@
 
 #include "core/status.h"
 #include "protocol/input_spec.h"
+#include "protocol/tensor.h"
 
 namespace mms {
 
@@ -24,11 +25,29 @@ struct TritonInput {
   bool has_dims = false;  // either was given
 };
 
+// One input of a model_warmup sample (its `inputs` map's entry).
+struct TritonWarmupInput {
+  std::string name;  // the key: a config input's name
+  int line = 0;
+  std::string data_type;      // as written: "TYPE_FP32"
+  std::vector<int64_t> dims;  // without the batch dim
+  enum class Data { kNone, kZero, kRandom, kFile } data = Data::kNone;
+  std::string file;  // kFile: input_data_file, raw row-major bytes under the model's warmup/
+};
+
+struct TritonWarmup {
+  std::string name;
+  int line = 0;
+  uint64_t batch_size = 0;  // as written (Triton: at least 1; 1 for a model without batching)
+  std::vector<TritonWarmupInput> inputs;
+};
+
 struct TritonConfig {
   int max_batch_size = 0;          // > 0: every input and output has a batch dim first
   bool dynamic_batching = false;   // a top-level dynamic_batching block
   uint64_t max_queue_delay_us = 0; // dynamic_batching's max_queue_delay_microseconds (Triton's default 0)
   std::vector<TritonInput> inputs; // in the order written
+  std::vector<TritonWarmup> warmups;  // model_warmup, in the order written
 };
 
 // Parses a config.pbtxt (`source` names it in messages). INVALID_ARGUMENT
@@ -47,7 +66,24 @@ Result<TritonConfig> ParseTritonConfig(std::string_view text, const std::string&
 // INVALID_ARGUMENT, naming `source`'s line and the fix, when an input maps to
 // no argument, or the sample disagrees with the config: another rank, or
 // another size where the config fixes one.
+// (With no config inputs, and for the warm-up below, the same rules apply to
+// the names given.)
 Result<std::vector<std::string>> TritonVariableDims(const TritonConfig& config, const std::vector<InputSpec>& specs,
                                                     const std::string& source);
+
+// The config's first model_warmup sample as a sample input for forward's
+// inputs `specs` (names, from the TorchScript schema): each input's dims
+// after `batch_size` rows (when max_batch_size > 0; one row's dims are the
+// whole shape otherwise), zeros for zero_data, for random_data uniform
+// values in [0, 1) in float inputs and zeros in integer and bool ones (ids
+// must stay inside the model's tables), or input_data_file's bytes read from
+// `model_dir`/warmup/, one row repeated batch_size times as Triton does.
+// INVALID_ARGUMENT, naming `source`'s line: a data type mms does not serve
+// (TYPE_STRING, unsigned above 8 bits), a -1 dim, an input naming no config
+// input or forward argument, forward's inputs not all given, no data kind,
+// a data file outside warmup/, missing or not the input's size, a
+// batch_size over 1 without batching or over 65536.
+Result<std::vector<Tensor>> TritonWarmupSample(const TritonConfig& config, const std::vector<InputSpec>& specs,
+                                               const std::string& model_dir, const std::string& source);
 
 }  // namespace mms

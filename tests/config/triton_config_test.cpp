@@ -1,8 +1,15 @@
 #include "config/triton_config.h"
 
 #include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
 
 #include "config/pbtxt.h"
+#include "protocol/tensor_file.h"
 
 using namespace mms;
 
@@ -54,10 +61,12 @@ empty: []
   CHECK(m->Last("instance_group")->message->All("gpus").size() == 2);
   auto value = m->Last("parameters")->message->Last("value")->message->Last("string_value");
   CHECK(value->text == "xy\nAA\xc3\xa9");  // joined, unescaped
+  // A surrogate pair in two \u escapes is one character.
+  CHECK(ParsePbtxt(R"(s: "\ud83d\ude00")", "c")->Last("s")->text == "\xf0\x9f\x98\x80");
   CHECK(m->Last("optimization")->message->Last("gather_kernel_buffer_threshold")->text == "1.5e+3");
   CHECK(m->Last("[ext.field]")->message->Last("x")->text == "-inf");
   CHECK(m->All("empty").empty());
-  // The last of a singular field wins, as protobuf has it.
+  // Without a schema a field may repeat; Last is the last one.
   CHECK(ParsePbtxt("a: 1\na: 2\n", "c")->Last("a")->text == "2");
 }
 
@@ -105,6 +114,9 @@ dynamic_batching { max_queue_delay_microseconds: 250 })",
   CHECK(none->max_batch_size == 0);
   CHECK_FALSE(none->dynamic_batching);
   CHECK(ParseTritonConfig("dynamic_batching { }", "c")->max_queue_delay_us == 0);  // Triton's default
+  CHECK_FALSE(ParseTritonConfig("max_batch_size: 8 sequence_batching { }", "c")->dynamic_batching);
+  // proto3: a scalar at its default is "not set", so it may be given again.
+  CHECK(ParseTritonConfig("max_batch_size: 0\nmax_batch_size: 4", "c")->max_batch_size == 4);
 
   auto error = [](std::string_view text) {
     auto r = ParseTritonConfig(text, "c.pbtxt");
@@ -115,15 +127,30 @@ dynamic_batching { max_queue_delay_microseconds: 250 })",
         "c.pbtxt:1:17: max_batch_size 2147483648 is out of range (0 to 2147483647)");
   CHECK(error("max_batch_size: " + std::string(1'000'000, '7')) ==
         "c.pbtxt:1:17: max_batch_size 777777777777777777777777... is out of range (0 to 2147483647)");
-  CHECK(error("max_batch_size: 1.5") == "c.pbtxt:1:17: max_batch_size 1.5 is out of range (0 to 2147483647)");
+  CHECK(error("max_batch_size: 1.5") == "c.pbtxt:1:17: max_batch_size 1.5 is not an integer");
+  CHECK(error("max_batch_size: \"8\"") == "c.pbtxt:1:17: max_batch_size is a number, not the string \"8\"");
   CHECK(ParseTritonConfig("max_batch_size: 0x7fffffff", "c")->max_batch_size == 2147483647);
+  CHECK(ParseTritonConfig("max_batch_size: 010", "c")->max_batch_size == 8);  // octal, as protobuf reads it
   CHECK(error("dynamic_batching { max_queue_delay_microseconds: -1 }") ==
         "c.pbtxt:1:50: max_queue_delay_microseconds -1 is out of range (0 to 18446744073709551615)");
-  CHECK(error("dynamic_batching: 1") == "c.pbtxt:1:19: dynamic_batching is a block: dynamic_batching { }");
+  CHECK(error("dynamic_batching: 1") == "c.pbtxt:1:19: dynamic_batching is a block: dynamic_batching { ... }");
+  // What protobuf (so Triton) refuses: a singular field twice, two members of a oneof.
+  CHECK(error("max_batch_size: 8\nmax_batch_size: 16") ==
+        "c.pbtxt:2:17: max_batch_size is given twice (first on line 1); Triton refuses that: keep one");
+  CHECK(error("dynamic_batching { }\ndynamic_batching { }").find("dynamic_batching is given twice") != std::string::npos);
+  CHECK(error("dynamic_batching { }\nsequence_batching { }") ==
+        "c.pbtxt:2:19: sequence_batching is given along with dynamic_batching (line 1); Triton takes one of them: keep "
+        "one");
+  CHECK(error("input [ { name: \"x\" name: \"y\" dims: 1 } ]").find("name is given twice") != std::string::npos);
   CHECK(error("input [ { dims: [ 1 ] } ]") == "c.pbtxt:1:9: an input without a name: give it name: \"...\"");
+  CHECK(error("input [ { name: 4 dims: [ 1 ] } ]") == "c.pbtxt:1:17: name is a string: name: \"...\"");
   CHECK(error("input [ { name: \"x\" dims: [ -2 ] } ]") ==
-        "c.pbtxt:1:29: input x: a dim is a size or -1 (any size), not -2");
-  CHECK(error("input: 4") == "c.pbtxt:1:8: input is a block: input [ { name: \"x\" dims: [ 4 ] } ]");
+        "c.pbtxt:1:29: input x: a dim is a size of at least 1 or -1 (any size), not -2");
+  CHECK(error("input [ { name: \"x\" dims: [ 0 ] } ]") ==
+        "c.pbtxt:1:29: input x: a dim is a size of at least 1 or -1 (any size), not 0");
+  CHECK(error("input [ { name: \"x\" } ]") ==
+        "c.pbtxt:1:9: input x has no dims: give its shape, e.g. dims: [ -1 ] (Triton refuses it without)");
+  CHECK(error("input: 4") == "c.pbtxt:1:8: input is a block: input { ... }");
   CHECK(error("max_batch_size 4").find("c.pbtxt:1:16: expected ':'") == 0);
 }
 
@@ -131,7 +158,7 @@ TEST_CASE("triton config: -1 dims become variable dims of forward's inputs, by n
   const std::vector<InputSpec> specs = {Spec("ids", {2, 3}), Spec("types", {2, 3})};
   auto dims = [&](std::string_view text, const std::vector<InputSpec>& s) -> std::string {
     auto c = ParseTritonConfig(text, "c.pbtxt");
-    REQUIRE_MESSAGE(c.ok(), c.status().message());
+    if (!c.ok()) return "parse error: " + c.status().message();
     auto r = TritonVariableDims(*c, s, "c.pbtxt");
     if (!r.ok()) return "error: " + r.status().message();
     std::string out;
@@ -141,29 +168,116 @@ TEST_CASE("triton config: -1 dims become variable dims of forward's inputs, by n
   // By name; with max_batch_size > 0 dims leave out the batch dim.
   CHECK(dims("max_batch_size: 8 input [ { name: \"types\" dims: [ -1 ] }, { name: \"ids\" dims: [ 3 ] } ]", specs) ==
         "types:1");
-  // NAME__INDEX: the argument at INDEX, whatever the names.
-  CHECK(dims("max_batch_size: 8 input [ { name: \"X__1\" dims: [ -1 ] }, { name: \"Y__0\" dims: [ -1 ] } ]", specs) ==
-        "types:1 ids:1");
-  // Neither throughout: the config's order.
+  // NAME__INDEX: the argument at INDEX, whatever the names; the index is
+  // what follows the first "__", as the PyTorch backend splits it.
+  CHECK(dims("max_batch_size: 8 input [ { name: \"X__1\" dims: [ -1 ] }, { name: \"Y__0\" dims: [ 3 ] } ]", specs) ==
+        "types:1");
+  CHECK(dims("max_batch_size: 8 input [ { name: \"__1\" dims: [ -1 ] }, { name: \"__0\" dims: [ 3 ] } ]", specs) ==
+        "types:1");
+  // "in__a__1" has the index "a__1", no number: neither rule holds throughout, so the config's order.
+  CHECK(dims("max_batch_size: 8 input [ { name: \"in__a__1\" dims: [ 3 ] }, { name: \"in__b__0\" dims: [ -1 ] } ]",
+             specs) == "types:1");
   CHECK(dims("max_batch_size: 8 input [ { name: \"a\" dims: [ 3 ] }, { name: \"ids\" dims: [ -1 ] } ]", specs) ==
         "types:1");
   // max_batch_size 0: dims are the whole shape; dim 0 is never checked, so -1 there frees nothing.
   CHECK(dims("input [ { name: \"ids\" dims: [ -1, -1 ] }, { name: \"types\" dims: [ 2, 3 ] } ]", specs) == "ids:1");
-  // Inputs recorded without a shape (no sample) and inputs without dims are skipped.
+  // Inputs recorded without a shape (no sample) are skipped; so is a config without inputs.
   CHECK(dims("max_batch_size: 8 input [ { name: \"ids\" dims: [ -1 ] } ]", {InputSpec{"ids", {}, {}}}) == "");
-  CHECK(dims("max_batch_size: 8 input [ { name: \"ids\" } ]", specs) == "");
+  CHECK(dims("max_batch_size: 8", specs) == "");
   // The sample and the config disagree: an error naming the line and the fix.
-  CHECK(dims("max_batch_size: 8\ninput [ { name: \"ids\" dims: [ -1, 4 ] } ]", specs) ==
+  const std::string types = ", { name: \"types\" dims: [ 3 ] } ]";
+  CHECK(dims("max_batch_size: 8\ninput [ { name: \"ids\" dims: [ -1, 4 ] }" + types, specs) ==
         "error: c.pbtxt:2: input ids has shape [-1, -1, 4] (the batch dim first) but the sample's has 2 dims [2, 3]: "
         "fix the sample input or the config");
-  CHECK(dims("max_batch_size: 8\ninput [ { name: \"a__1\" dims: [ 4 ] } ]", specs) ==
+  CHECK(dims("max_batch_size: 8\ninput [ { name: \"a__1\" dims: [ 4 ] }, { name: \"b__0\" dims: [ 3 ] } ]", specs) ==
         "error: c.pbtxt:2: input a__1 (forward's types) has shape [-1, 4] but the sample's is [2, 3] (dim 1): fix the "
         "sample input or the config");
-  CHECK(dims("max_batch_size: 8\ninput [ { name: \"a__2\" dims: [ -1 ] } ]", specs) ==
+  CHECK(dims("max_batch_size: 8\ninput [ { name: \"a__2\" dims: [ -1 ] }, { name: \"b__0\" dims: [ 3 ] } ]", specs) ==
         "error: c.pbtxt:2: input a__2 is forward's argument 2 (counting from 0, by its __INDEX), but forward takes 2 "
         "(ids, types): name the config's inputs as forward's arguments or NAME__INDEX");
-  CHECK(dims("max_batch_size: 8\ninput [ { name: \"a\" dims: [ -1 ] }, { name: \"b\" dims: [ -1 ] },\n"
-             "{ name: \"c\" dims: [ -1 ] } ]",
-             specs)
-            .find("error: c.pbtxt:3: input c is forward's argument 2 (counting from 0, by its place in the config)") == 0);
+  // One config input per argument, as Triton requires.
+  CHECK(dims("max_batch_size: 8\ninput [ { name: \"ids\" dims: [ -1 ] } ]", specs) ==
+        "error: c.pbtxt: 1 input in the config, but forward takes 2 (ids, types): give the config one input per "
+        "argument, as Triton requires");
+}
+
+TEST_CASE("triton config: model_warmup becomes a sample input for forward's inputs") {
+  const std::string dir = std::filesystem::temp_directory_path() / ("mms-warmup-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir + "/warmup");
+  const std::vector<InputSpec> specs = {InputSpec{"x", {}, {}}, InputSpec{"ids", {}, {}}};
+  auto sample = [&](std::string_view text) -> Result<std::vector<Tensor>> {
+    MMS_ASSIGN_OR_RETURN(TritonConfig c, ParseTritonConfig(text, "c.pbtxt"));
+    return TritonWarmupSample(c, specs, dir, "c.pbtxt");
+  };
+  const std::string inputs = "input [ { name: \"INPUT__0\" dims: [ 4 ] }, { name: \"INPUT__1\" dims: [ -1 ] } ]\n";
+  {
+    const float row[4] = {1.5f, -2, 0, 8};
+    std::ofstream(dir + "/warmup/x.bin", std::ios::binary).write(reinterpret_cast<const char*>(row), sizeof row);
+    auto t = sample("max_batch_size: 8\n" + inputs + R"(model_warmup [ { name: "w" batch_size: 3
+  inputs { key: "INPUT__0" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "x.bin" } }
+  inputs { key: "INPUT__1" value: { data_type: TYPE_INT64 dims: [ 5 ] zero_data: true } } } ]
+model_warmup [ { name: "second, unused" } ])");
+    REQUIRE_MESSAGE(t.ok(), t.status().message());
+    REQUIRE(t->size() == 2);
+    CHECK((*t)[0].name == "x");
+    CHECK((*t)[0].shape == std::vector<int64_t>{3, 4});  // batch_size rows of the file's one
+    CHECK(TensorToDoubles((*t)[0]) == std::vector<double>{1.5, -2, 0, 8, 1.5, -2, 0, 8, 1.5, -2, 0, 8});
+    CHECK((*t)[1].name == "ids");
+    CHECK((*t)[1].dtype == DType::kInt64);
+    CHECK(TensorToDoubles((*t)[1]) == std::vector<double>(15, 0.0));
+  }
+  {  // random_data: floats in [0, 1), integers zero; without batching the dims are the whole shape.
+    auto t = sample(inputs + R"(model_warmup { batch_size: 1
+  inputs { key: "INPUT__1" value: { data_type: TYPE_INT32 dims: [ 2, 2 ] random_data: true } }
+  inputs { key: "INPUT__0" value: { data_type: TYPE_FP16 dims: [ 64 ] random_data: true } } })");
+    REQUIRE_MESSAGE(t.ok(), t.status().message());
+    CHECK((*t)[0].name == "ids");
+    CHECK((*t)[0].shape == std::vector<int64_t>{2, 2});
+    CHECK(TensorToDoubles((*t)[0]) == std::vector<double>(4, 0.0));
+    auto values = TensorToDoubles((*t)[1]);
+    CHECK((*t)[1].dtype == DType::kFloat16);
+    CHECK(std::all_of(values.begin(), values.end(), [](double v) { return v >= 0 && v <= 1; }));
+    CHECK(std::set<double>(values.begin(), values.end()).size() > 10);
+  }
+  auto error = [&](std::string_view text) {
+    auto r = sample(text);
+    return r.ok() ? "" : r.status().message();
+  };
+  const std::string w = "max_batch_size: 8\n" + inputs + "model_warmup [ { name: \"w\" batch_size: 2\n";
+  const std::string ids = "inputs { key: \"INPUT__1\" value: { data_type: TYPE_INT64 dims: [ 2 ] zero_data: true } }\n";
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_STRING dims: [ 4 ] zero_data: true } }\n" + ids +
+              "} ]") ==
+        "c.pbtxt:4: model_warmup input INPUT__0: data_type TYPE_STRING is not one mms serves (TYPE_BOOL, TYPE_UINT8, "
+        "TYPE_INT8 to TYPE_INT64, TYPE_FP16, TYPE_FP32, TYPE_FP64, TYPE_BF16)");
+  CHECK(error(w + ids + "} ]") == "c.pbtxt:3: model_warmup 'w' gives no x (forward takes them): give the warm-up every input");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ -1 ] zero_data: true } }\n" + ids +
+              "} ]") == "c.pbtxt:4: model_warmup input INPUT__0: a warm-up's dims are sizes, not -1: give the size to run");
+  CHECK(error(w + "inputs { key: \"nope\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }\n" + ids + "} ]") ==
+        "c.pbtxt:4: model_warmup input nope is none of the config's inputs: give the warm-up the inputs' names");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] } }\n" + ids + "} ]") ==
+        "c.pbtxt:4: model_warmup input INPUT__0: give zero_data: true, random_data: true or input_data_file");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true "
+                  "random_data: true } }\n" + ids + "} ]")
+            .find("random_data is given along with zero_data") != std::string::npos);
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: \"../x.bin\" } }\n" +
+              ids + "} ]") ==
+        "c.pbtxt:4: model_warmup input INPUT__0: input_data_file '../x.bin' must name a file in the model's warmup/ "
+        "directory");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP16 dims: [ 4 ] input_data_file: \"x.bin\" } }\n" +
+              ids + "} ]") ==
+        "c.pbtxt:4: model_warmup input INPUT__0: input_data_file " + dir +
+            "/warmup/x.bin has 16 bytes, not the 8 of one float16[4] row");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 8 ] input_data_file: \"x.bin\" } }\n" +
+              ids + "} ]") ==
+        "c.pbtxt:4: model_warmup input INPUT__0: input_data_file " + dir +
+            "/warmup/x.bin has 16 bytes, not the 32 of one float32[8] row");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: \"none.bin\" } }\n" +
+              ids + "} ]")
+            .find("none.bin") != std::string::npos);
+  CHECK(error(inputs + "model_warmup { batch_size: 2 " + ids + "}") ==
+        "c.pbtxt:2: model_warmup: batch_size 2 for a model without batching (max_batch_size 0): Triton takes 1");
+  CHECK(error("max_batch_size: 8\n" + inputs + "model_warmup { batch_size: 100000 " + ids + "}") ==
+        "c.pbtxt:3: model_warmup: batch_size 100000 is over the 65536 rows a sample may have: a few rows do");
+  CHECK(error(w + ids + ids + "} ]") == "c.pbtxt:5:8: model_warmup input INPUT__1 is given twice (first on line 4): keep one");
+  std::filesystem::remove_all(dir);
 }

@@ -709,7 +709,7 @@ TEST_CASE("import registers a Triton-style repository and reports what it skippe
   std::filesystem::create_directories(repo + "/plain/1");
   std::filesystem::copy_file(mms.Data("tiny.pt"), repo + "/plain/1/model.pt");
   std::ofstream(repo + "/plain/config.pbtxt")
-      << "name: \"plain\"\n# max_batch_size: 64 (old)\nmax_batch_size: 8\ninput [ { name: \"x\" } ]\n";
+      << "name: \"plain\"\n# max_batch_size: 64 (old)\nmax_batch_size: 8\ninput [ { name: \"x\" dims: [ 4 ] } ]\n";
   // Batching is checked with a sample beside model.pt: ranker:2 has one;
   // ranker:1 has none and mix:1 fails the check (its rows depend on each
   // other: batched unchecked, callers got each other's figures), so both

@@ -848,7 +848,10 @@ dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 
 parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" } }
 )");
   // The sample does not have the shape the config gives: not imported.
-  model("wrong", "max_batch_size: 8\ninput [\n  { name: \"ids\" dims: [ 4 ] },\n  { name: \"types\" dims: [ -1 ] }\n]\n");
+  // (Batched: the refusal is not taken for the model's failing the batching
+  // check, which would register it again unbatched.)
+  model("wrong", "max_batch_size: 8\ninput [\n  { name: \"ids\" dims: [ 4 ] },\n  { name: \"types\" dims: [ -1 ] }\n]\n"
+                 "dynamic_batching { }\n");
   // Text Triton would refuse (a scalar needs its colon).
   model("broken", "max_batch_size: 8\ndynamic_batching {\n  max_queue_delay_microseconds 100\n}\n");
   auto imp = d.Mms({"--json", "model", "import", repo});
@@ -877,6 +880,91 @@ parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" }
   const json out = json::parse(five.out)["outputs"];
   REQUIRE(out.size() == 1);
   CHECK(out.begin().value()["data"].get<std::vector<double>>() == want);
+}
+
+TEST_CASE("import takes the sample input from a Triton config's model_warmup when no sample file is beside model.pt") {
+  // Without mms's own sample file a Triton repository imported with no
+  // warm-up, no input checks and no batching, though its config says how
+  // to warm the model up.
+  Daemon d;
+  REQUIRE(d.ok());
+  const std::string repo = d.dir() + "/repo";
+  auto model = [&](const std::string& name, const std::string& file, const std::string& config) {
+    std::filesystem::create_directories(repo + "/" + name + "/1");
+    std::filesystem::copy_file(Data(file), repo + "/" + name + "/1/model.pt");
+    std::ofstream(repo + "/" + name + "/config.pbtxt") << config;
+  };
+  // zero_data and random_data, by Triton's input names (INPUT__<argument>).
+  model("seqw", "batch_ok_types.pt", R"(max_batch_size: 8
+input [ { name: "INPUT__0" data_type: TYPE_INT64 dims: [ -1 ] }, { name: "INPUT__1" data_type: TYPE_INT64 dims: [ -1 ] } ]
+dynamic_batching { }
+model_warmup [ {
+  name: "zeros"
+  batch_size: 2
+  inputs { key: "INPUT__0" value: { data_type: TYPE_INT64 dims: [ 3 ] random_data: true } }
+  inputs { key: "INPUT__1" value: { data_type: TYPE_INT64 dims: [ 3 ] zero_data: true } }
+} ]
+)");
+  // input_data_file: one row's raw bytes under warmup/, batch_size rows of it.
+  const std::string raw = [] {
+    const float row[4] = {1, 2, 3, 4};
+    return std::string(reinterpret_cast<const char*>(row), sizeof row);
+  }();
+  const std::string file_config = R"(max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+model_warmup [ { name: "row" batch_size: 2
+  inputs [ { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "x.bin" } } ] } ]
+)";
+  model("filew", "tiny.pt", file_config);
+  std::filesystem::create_directories(repo + "/filew/warmup");
+  std::ofstream(repo + "/filew/warmup/x.bin", std::ios::binary) << raw;
+  // A file of another size than one row, a type mms cannot serve, an input
+  // the warm-up leaves out: those versions are not imported.
+  model("short", "tiny.pt", file_config);
+  std::filesystem::create_directories(repo + "/short/warmup");
+  std::ofstream(repo + "/short/warmup/x.bin", std::ios::binary) << raw.substr(0, 12);
+  model("strw", "tiny.pt",
+        "model_warmup [ { batch_size: 1 inputs { key: \"x\" value: { data_type: TYPE_STRING dims: [ 1 ] zero_data: true } } } ]\n");
+  model("lacks", "batch_ok_types.pt", R"(max_batch_size: 8
+model_warmup [ { batch_size: 1 inputs { key: "ids" value: { data_type: TYPE_INT64 dims: [ 3 ] zero_data: true } } } ])");
+  auto imp = d.Mms({"--json", "model", "import", repo});
+  CHECK(imp.exit_code == 1);
+  json j = json::parse(imp.out);
+  INFO(j.dump(2));
+  CHECK(j["registered"] == json::array({"filew:1", "seqw:1"}));
+  REQUIRE(j["notes"].size() == 2);
+  CHECK(j["notes"][1]["note"] == "its sample input (warm-up, input checks, batching check) is " + repo +
+                                     "/seqw/config.pbtxt's model_warmup 'zeros'");
+  REQUIRE(j["skipped"].size() == 3);
+  CHECK(j["skipped"][0]["reason"] == repo + "/lacks/config.pbtxt:2: model_warmup gives no types (forward takes them): "
+                                            "give the warm-up every input");
+  CHECK(j["skipped"][1]["reason"] == repo + "/short/config.pbtxt:4: model_warmup input x: input_data_file " + repo +
+                                         "/short/warmup/x.bin has 12 bytes, not the 16 of one float32[4] row");
+  CHECK(j["skipped"][2]["reason"].get<std::string>().find(
+            "/strw/config.pbtxt:1: model_warmup input x: data_type TYPE_STRING is not one mms serves") !=
+        std::string::npos);
+  // The warm-up sample is the version's: shapes checked (-1 dims free),
+  // batching checked and on, and it is what mmsd warms the model up with.
+  json seq = json::parse(d.Mms({"--json", "model", "show", "seqw:1"}).out);
+  CHECK(seq["sample_input"] == true);
+  CHECK(seq["inputs"][0]["shape"] == json::array({2, -1}));
+  CHECK(seq["inputs"][1]["dtype"] == "int64");
+  CHECK(seq["max_batch_size"] == 8);
+  json filew = json::parse(d.Mms({"--json", "model", "show", "filew:1"}).out);
+  auto stored = mms::ReadTensorFile(filew["packed_dir"].get<std::string>() + "/sample.safetensors");
+  REQUIRE_MESSAGE(stored.ok(), stored.status().message());
+  REQUIRE(stored->size() == 1);
+  CHECK((*stored)[0].name == "x");
+  CHECK((*stored)[0].shape == std::vector<int64_t>{2, 4});
+  CHECK(mms::TensorToDoubles((*stored)[0]) == std::vector<double>{1, 2, 3, 4, 1, 2, 3, 4});
+  CHECK(filew["max_batch_size"] == 0);  // (no dynamic_batching)
+  auto load = d.Mms({"load", "filew:1"});
+  CHECK_MESSAGE(load.exit_code == 0, load.err);
+  json health = json::parse(d.Mms({"--json", "health", "filew:1"}).out);
+  CHECK_MESSAGE(health.dump().find("unhealthy") == std::string::npos, health.dump());
+  // Nothing temporary left behind.
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path()))
+    CHECK_MESSAGE(e.path().filename().string().rfind("mms-import-", 0) != 0, e.path());
 }
 
 TEST_CASE("dynamic batching is refused at registration for models whose rows depend on each other") {
