@@ -52,7 +52,7 @@ for t in $targets; do
     adapter) extra="$(obj lib/protocol/tensor_file.cpp) $(obj lib/lora/adapter.cpp)"; dict=json ;;
     config) extra="$(obj registry/names.cpp)"; dict=toml ;;
     units) extra=""; dict="" ;;
-    pbtxt) extra="$(obj lib/config/pbtxt.cpp) $(obj lib/config/triton_config.cpp)"; dict=pbtxt ;;
+    pbtxt) extra="$(obj lib/protocol/tensor_file.cpp) $(obj lib/config/pbtxt.cpp) $(obj lib/config/triton_config.cpp)"; dict=pbtxt ;;
     *) echo "fuzz: unknown target $t (codec tensor_file adapter config units pbtxt)" >&2; exit 2 ;;
   esac
   echo "fuzz: LINK fuzz_$t" >&2

@@ -234,6 +234,10 @@ parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "tr\\x75
  "named.pbtxt": 'max_batch_size: 0x10\ninput < name: \'ids\' dims: 2 dims: -1 >; input { name: "mask" dims: [2, 3, -1] },\n'
                 '[ext.x] { f: -inf g: 1.5e-3 }\n',
  "plain.pbtxt": 'name: "x" # comment\nmax_batch_size: 0\ninput [ { name: "a" dims: [ 4 ] } ]\n',
+ "warmup.pbtxt": 'max_batch_size: 4\ninput [ { name: "ids" dims: [ -1 ] }, { name: "mask" dims: [ 3, -1 ] }, { name: "free" dims: 1 } ]\n'
+                 'model_warmup [ { name: "w" batch_size: 2 inputs { key: "ids" value: { data_type: TYPE_INT64 dims: [ 3 ] zero_data: true } }\n'
+                 'inputs { key: "mask" value: { data_type: TYPE_FP16 dims: [ 3, 4 ] random_data: true } }\n'
+                 'inputs { key: "free" value: { data_type: 11 dims: [ 1 ] input_data_file: "f.bin" } } } ]\n',
 }
 for k, v in pbtxts.items(): w("pbtxt", k, v)
 
