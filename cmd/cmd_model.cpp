@@ -190,11 +190,11 @@ struct Packed {
 };
 
 // Runs `mmsd inspect-artifact` (which links libtorch) with `argv` on
-// `canon`: its JSON description, which must say it read the bytes hashed as
-// `sha256`. `doing`: what the check is for ("registered"); `nothing`: what
-// a failure left undone ("nothing was stored or registered").
-Result<nlohmann::json> RunInspect(Cli& cli, const std::vector<std::string>& argv, const std::string& canon,
-                                  const std::string& sha256, const std::string& doing, const std::string& nothing) {
+// `canon`: its JSON description. Its refusals are INVALID_ARGUMENT; a
+// process that did not end well (killed, out of time, not started) is said
+// as such, with `nothing`: what the failure left undone.
+Result<nlohmann::json> RunInspectProcess(Cli& cli, const std::vector<std::string>& argv, const std::string& canon,
+                                         const std::string& nothing) {
   if (!cli.g.quiet && !cli.g.json && ::isatty(2)) std::cerr << "checking " << BaseName(canon) << " ...\n";
   ProcResult pr = RunProcess(argv, 3600);
   if (pr.exit_code != 0) {
@@ -223,6 +223,14 @@ Result<nlohmann::json> RunInspect(Cli& cli, const std::vector<std::string>& argv
   }
   nlohmann::json info = nlohmann::json::parse(pr.out, nullptr, false);
   if (info.is_discarded()) return Internal("mmsd inspect-artifact printed no JSON: " + pr.out);
+  return info;
+}
+
+// RunInspectProcess, whose description must say it read the bytes hashed as
+// `sha256`. `doing`: what the check is for ("registered").
+Result<nlohmann::json> RunInspect(Cli& cli, const std::vector<std::string>& argv, const std::string& canon,
+                                  const std::string& sha256, const std::string& doing, const std::string& nothing) {
+  MMS_ASSIGN_OR_RETURN(nlohmann::json info, RunInspectProcess(cli, argv, canon, nothing));
   // What was checked is what was hashed: a file written meanwhile would
   // record one file's hash beside another's weights (a review's CI job
   // rewrote it in place while it was registered).
@@ -1210,7 +1218,9 @@ int CmdVerify(Cli& cli, const std::string& ref_text, bool prune, const std::stri
   return bad + orphans_bad ? 1 : 0;
 }
 
-// A temporary directory, removed with this object.
+// A temporary directory owned by this object and removed with it (`path`
+// set by whoever makes it; "" for none). A failure to remove it is ignored:
+// it is under TMPDIR. Not thread-safe.
 struct TempDir {
   std::string path;
   TempDir() = default;
@@ -1222,21 +1232,17 @@ struct TempDir {
   }
 };
 
-// The config's model_warmup sample written as a sample input file in `tmp`
-// (made here), for the model `file`, whose forward() names the inputs:
-// `mmsd inspect-artifact` reads them (a load of the model more, for an
-// import without mms's own sample file beside model.pt).
-Result<std::string> WarmupSampleFile(const std::string& file, const TritonConfig& config, const std::string& model_dir,
-                                     const std::string& cfg_path, TempDir* tmp) {
-  ProcResult pr = RunProcess({MmsdPath(), "inspect-artifact", "--path", file}, 3600);
-  if (pr.exit_code != 0) {
-    const std::string msg = Trim(pr.err).empty() ? "mmsd inspect-artifact ended with exit code " +
-                                                       std::to_string(pr.exit_code)
-                                                 : Trim(pr.err);
-    return pr.exit_code == 2 ? InvalidArgument(msg) : Internal("checking the artifact failed: " + msg);
-  }
-  nlohmann::json info = nlohmann::json::parse(pr.out, nullptr, false);
-  if (info.is_discarded() || !info.contains("inputs")) return Internal("mmsd inspect-artifact printed no inputs: " + pr.out);
+// The config's model_warmup sample (UsableWarmup) written as a sample input
+// file in `tmp` (made here), for the model `file`, whose forward() names the
+// inputs: `mmsd inspect-artifact` reads them (a load of the model more, for
+// a version imported without mms's own sample file beside model.pt).
+// Errors: TritonWarmupSample's, RunInspectProcess's, IO for the temporary
+// directory or file.
+Result<std::string> WarmupSampleFile(Cli& cli, const std::string& file, const TritonConfig& config,
+                                     const std::string& model_dir, const std::string& cfg_path, TempDir* tmp) {
+  MMS_ASSIGN_OR_RETURN(nlohmann::json info,
+                       RunInspectProcess(cli, {MmsdPath(), "inspect-artifact", "--path", file}, file,
+                                         "its model_warmup was not used"));
   MMS_ASSIGN_OR_RETURN(std::vector<Tensor> tensors,
                        TritonWarmupSample(config, InputSpecsFromJson(info["inputs"]), model_dir, cfg_path));
   const char* env = std::getenv("TMPDIR");
@@ -1343,30 +1349,34 @@ int CmdImport(Cli& cli, const std::string& dir) {
       // the check fails, the version is registered unbatched and says why.
       for (const char* n : {"sample_input.json", "sample_input.safetensors"})
         if (a.sample_input.empty() && FileExists((vdir / n).string())) a.sample_input = (vdir / n).string();
-      // Else Triton's own: the config's first model_warmup sample. Messages
-      // name it, not the temporary file it is written to.
+      // Else Triton's own: the model_warmup Triton runs first. Messages name
+      // it, not the temporary file it is written to. One that cannot be
+      // built (a type mms does not serve, a data file missing) leaves the
+      // version without a sample, as before, and the note says why; a
+      // version registered already (an import run again) needs none.
       TempDir warm;
-      std::string warmup;
-      if (a.sample_input.empty() && triton && !triton->warmups.empty()) {
-        auto sample = WarmupSampleFile(file, *triton, mdir.string(), cfg_path, &warm);
-        if (!sample.ok()) {
-          skip(file, sample.status().message());
-          continue;
+      std::string warmup, warmup_unused;
+      const TritonWarmup* usable = triton ? UsableWarmup(*triton) : nullptr;
+      if (a.sample_input.empty() && usable &&
+          !(*reg)->Resolve(Ref{Ref::Kind::kVersion, name, version, ""}).ok()) {
+        const std::string label = cfg_path + "'s model_warmup" + (usable->name.empty() ? "" : " '" + usable->name + "'");
+        if (auto sample = WarmupSampleFile(cli, file, *triton, mdir.string(), cfg_path, &warm); sample.ok()) {
+          a.sample_input = *sample;
+          warmup = label;
+        } else {
+          warmup_unused = "not warmed up, no input checks: " + label + " could not be used: " + sample.status().message();
         }
-        a.sample_input = *sample;
-        const TritonWarmup& w = triton->warmups.front();
-        warmup = cfg_path + "'s model_warmup" + (w.name.empty() ? "" : " '" + w.name + "'");
       }
       auto named = [&](std::string msg) {
-        for (size_t at = 0; !warmup.empty() && (at = msg.find(a.sample_input, at)) != std::string::npos;
-             at += warmup.size())
-          msg.replace(at, a.sample_input.size(), warmup);
+        for (const std::string& said : {"--sample-input " + a.sample_input, a.sample_input})
+          for (size_t at = 0; !warmup.empty() && (at = msg.find(said, at)) != std::string::npos; at += warmup.size())
+            msg.replace(at, said.size(), warmup);
         return msg;
       };
       std::string unbatched;
       std::string then;  // what to do about it
       if (max_batch > 0 && a.sample_input.empty()) {
-        unbatched = "no sample_input.json or sample_input.safetensors beside model.pt, nor a model_warmup in the config, "
+        unbatched = "no sample_input.json or sample_input.safetensors beside model.pt, nor a usable model_warmup in the config, "
                     "to check that it batches";
         then = ". To batch it, register it again as a new version with --max-batch-size and --sample-input";
       } else {
@@ -1394,7 +1404,9 @@ int CmdImport(Cli& cli, const std::string& dir) {
         registered.push_back(rec->ref());
         if (!warmup.empty())
           notes.push_back({{"ref", rec->ref()},
-                           {"note", "its sample input (warm-up, input checks, batching check) is " + warmup}});
+                           {"note", "its sample input (warm-up, input checks" +
+                                        std::string(a.max_batch_size > 0 ? ", batching check" : "") + ") is " + warmup}});
+        if (!warmup_unused.empty()) notes.push_back({{"ref", rec->ref()}, {"note", warmup_unused}});
         if (!unbatched.empty())
           notes.push_back({{"ref", rec->ref()},
                            {"note", named("registered without dynamic batching (" + cfg_path + " asks for it): " +

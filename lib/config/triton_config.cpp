@@ -4,6 +4,7 @@
 #include <charconv>
 #include <functional>
 #include <cctype>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <optional>
@@ -150,6 +151,44 @@ Status IsBlock(const PbtxtField* f, const std::string& source) {
   return Status::Ok();
 }
 
+// One model_warmup entry into *tw (line set).
+Status ReadWarmup(const PbtxtField& w, const std::string& source, TritonWarmup* tw) {
+  MMS_RETURN_IF_ERROR(IsBlock(&w, source));
+  MMS_ASSIGN_OR_RETURN(const PbtxtField* name, StringField(*w.message, "name", source));
+  if (name) tw->name = name->text;
+  MMS_ASSIGN_OR_RETURN(const PbtxtField* batch, Single(*w.message, "batch_size", source));
+  if (batch) {
+    MMS_ASSIGN_OR_RETURN(tw->batch_size, IntegerIn<uint64_t>(*batch, 0, std::numeric_limits<uint32_t>::max(), source));
+  }
+  for (const PbtxtField* e : w.message->All("inputs")) {  // a map: entries of key and value
+    const PbtxtField* key = e->kind == PbtxtField::Kind::kMessage ? e->message->Last("key") : nullptr;
+    const PbtxtField* value = key ? e->message->Last("value") : nullptr;
+    if (!key || key->kind != PbtxtField::Kind::kString || !value || value->kind != PbtxtField::Kind::kMessage)
+      return InvalidArgument(Where(source, *e) + "model_warmup inputs are entries of a key and a value: inputs { key: "
+                             "\"x\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }");
+    TritonWarmupInput in;
+    in.name = key->text;
+    in.line = e->line;
+    for (const auto& other : tw->inputs)
+      if (other.name == in.name)
+        return InvalidArgument(Where(source, *e) + "model_warmup input " + in.name + " is given twice (first on line " +
+                               std::to_string(other.line) + "): keep one");
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* dt, Single(*value->message, "data_type", source));
+    if (dt) in.data_type = dt->text;
+    MMS_RETURN_IF_ERROR(ReadDims(value->message->All("dims"), source, in.name, &in.dims));
+    MMS_ASSIGN_OR_RETURN(const PbtxtField* data,
+                         OneOf(*value->message, {"zero_data", "random_data", "input_data_file"}, source));
+    if (data && data->name == "zero_data") in.data = TritonWarmupInput::Data::kZero;
+    if (data && data->name == "random_data") in.data = TritonWarmupInput::Data::kRandom;
+    if (data && data->name == "input_data_file") {
+      in.data = TritonWarmupInput::Data::kFile;
+      in.file = data->text;
+    }
+    tw->inputs.push_back(std::move(in));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<TritonConfig> ParseTritonConfig(std::string_view text, const std::string& source) {
@@ -193,42 +232,22 @@ Result<TritonConfig> ParseTritonConfig(std::string_view text, const std::string&
     t.has_dims = true;
     out.inputs.push_back(std::move(t));
   }
+  // Sequence batching's control and state inputs are forward's arguments too.
+  if (scheduling && scheduling->name == "sequence_batching") {
+    for (const PbtxtField* c : scheduling->message->All("control_input"))
+      if (c->kind == PbtxtField::Kind::kMessage)
+        if (const PbtxtField* n = c->message->Last("name"); n && n->kind == PbtxtField::Kind::kString)
+          out.sequence_inputs.push_back(n->text);
+    for (const PbtxtField* st : scheduling->message->All("state"))
+      if (st->kind == PbtxtField::Kind::kMessage)
+        if (const PbtxtField* n = st->message->Last("input_name"); n && n->kind == PbtxtField::Kind::kString)
+          out.sequence_inputs.push_back(n->text);
+  }
+  // A warm-up's faults are its own: they matter only if it is used.
   for (const PbtxtField* w : top.All("model_warmup")) {
-    MMS_RETURN_IF_ERROR(IsBlock(w, source));
     TritonWarmup tw;
     tw.line = w->line;
-    MMS_ASSIGN_OR_RETURN(const PbtxtField* name, StringField(*w->message, "name", source));
-    if (name) tw.name = name->text;
-    MMS_ASSIGN_OR_RETURN(const PbtxtField* batch, Single(*w->message, "batch_size", source));
-    if (batch) {
-      MMS_ASSIGN_OR_RETURN(tw.batch_size, IntegerIn<uint64_t>(*batch, 0, std::numeric_limits<uint32_t>::max(), source));
-    }
-    for (const PbtxtField* e : w->message->All("inputs")) {  // a map: entries of key and value
-      const PbtxtField* key = e->kind == PbtxtField::Kind::kMessage ? e->message->Last("key") : nullptr;
-      const PbtxtField* value = key ? e->message->Last("value") : nullptr;
-      if (!key || key->kind != PbtxtField::Kind::kString || !value || value->kind != PbtxtField::Kind::kMessage)
-        return InvalidArgument(Where(source, *e) + "model_warmup inputs are entries of a key and a value: inputs { key: "
-                               "\"x\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }");
-      TritonWarmupInput in;
-      in.name = key->text;
-      in.line = e->line;
-      for (const auto& other : tw.inputs)
-        if (other.name == in.name)
-          return InvalidArgument(Where(source, *e) + "model_warmup input " + in.name + " is given twice (first on line " +
-                                 std::to_string(other.line) + "): keep one");
-      MMS_ASSIGN_OR_RETURN(const PbtxtField* dt, Single(*value->message, "data_type", source));
-      if (dt) in.data_type = dt->text;
-      MMS_RETURN_IF_ERROR(ReadDims(value->message->All("dims"), source, in.name, &in.dims));
-      MMS_ASSIGN_OR_RETURN(const PbtxtField* data,
-                           OneOf(*value->message, {"zero_data", "random_data", "input_data_file"}, source));
-      if (data && data->name == "zero_data") in.data = TritonWarmupInput::Data::kZero;
-      if (data && data->name == "random_data") in.data = TritonWarmupInput::Data::kRandom;
-      if (data && data->name == "input_data_file") {
-        in.data = TritonWarmupInput::Data::kFile;
-        in.file = data->text;
-      }
-      tw.inputs.push_back(std::move(in));
-    }
+    if (Status st = ReadWarmup(*w, source, &tw); !st.ok()) tw.problem = st.message();
     out.warmups.push_back(std::move(tw));
   }
   return out;
@@ -278,25 +297,49 @@ Result<std::vector<size_t>> ArgumentsOf(const std::vector<std::string>& names, c
 
 }  // namespace
 
-Result<std::vector<std::string>> TritonVariableDims(const TritonConfig& config, const std::vector<InputSpec>& specs,
-                                                    const std::string& source) {
-  const auto& inputs = config.inputs;
+namespace {
+
+// The config's inputs and then sequence batching's control and state
+// inputs, each with forward's argument it is (ArgumentsOf); when there are
+// none, `fallback` names (a warm-up's) by the same rules.
+Result<std::vector<std::pair<std::string, size_t>>> ConfigArguments(const TritonConfig& config,
+                                                                    const std::vector<InputSpec>& specs,
+                                                                    const std::string& source,
+                                                                    const std::vector<std::string>& fallback = {}) {
   std::vector<std::string> names;
-  for (const auto& in : inputs) names.push_back(in.name);
-  auto where = [&](size_t i) { return source + ":" + std::to_string(inputs[i].line) + ": input " + inputs[i].name; };
-  if (!inputs.empty() && inputs.size() != specs.size()) {
+  for (const auto& in : config.inputs) names.push_back(in.name);
+  names.insert(names.end(), config.sequence_inputs.begin(), config.sequence_inputs.end());
+  if (names.empty()) names = fallback;
+  auto where = [&](size_t i) {
+    return i < config.inputs.size() ? source + ":" + std::to_string(config.inputs[i].line) + ": input " + names[i]
+                                    : source + ": input " + names[i];
+  };
+  if (!config.inputs.empty() && names.size() != specs.size()) {
     std::string args;
     for (const auto& s : specs) args += (args.empty() ? "" : ", ") + s.name;
-    return InvalidArgument(source + ": " + std::to_string(inputs.size()) + " input" + (inputs.size() == 1 ? "" : "s") +
-                           " in the config, but forward takes " + std::to_string(specs.size()) + " (" + args +
+    return InvalidArgument(source + ": " + std::to_string(names.size()) + " input" + (names.size() == 1 ? "" : "s") +
+                           " in the config" +
+                           (config.sequence_inputs.empty() ? "" : " (with sequence batching's control and state)") +
+                           ", but forward takes " + std::to_string(specs.size()) + " (" + args +
                            "): give the config one input per argument, as Triton requires");
   }
   MMS_ASSIGN_OR_RETURN(const std::vector<size_t> args, ArgumentsOf(names, specs, where));
+  std::vector<std::pair<std::string, size_t>> out;
+  for (size_t i = 0; i < names.size(); ++i) out.emplace_back(names[i], args[i]);
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> TritonVariableDims(const TritonConfig& config, const std::vector<InputSpec>& specs,
+                                                    const std::string& source) {
+  const auto& inputs = config.inputs;
+  MMS_ASSIGN_OR_RETURN(const auto mapped, ConfigArguments(config, specs, source));
   std::vector<std::string> out;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const TritonInput& in = inputs[i];
     const std::string at = source + ":" + std::to_string(in.line) + ": input " + in.name;
-    const InputSpec& spec = specs[args[i]];
+    const InputSpec& spec = specs[mapped[i].second];
     if (!spec.shape || !in.has_dims) continue;  // nothing recorded to check, or nothing said
     std::vector<int64_t> full;
     if (config.max_batch_size > 0) full.push_back(-1);
@@ -344,48 +387,80 @@ std::optional<DType> TritonDType(const std::string& t) {
 
 }  // namespace
 
+const TritonWarmup* UsableWarmup(const TritonConfig& config) {
+  for (const auto& w : config.warmups)
+    if (w.batch_size >= 1) return &w;
+  return nullptr;
+}
+
+namespace {
+
+// Fills `t` (a float type) with values in [0, 1): rounded toward zero for
+// float16 and bfloat16, so none becomes 1.
+void FillRandom(Tensor* t, std::mt19937_64* random) {
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  const size_t n = static_cast<size_t>(t->numel());
+  uint8_t* p = t->mutable_data();
+  for (size_t i = 0; i < n; ++i) {
+    const float f = u(*random);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    switch (t->dtype) {
+      case DType::kFloat32: std::memcpy(p + 4 * i, &f, 4); break;
+      case DType::kFloat64: {
+        const double d = f;
+        std::memcpy(p + 8 * i, &d, 8);
+        break;
+      }
+      case DType::kBFloat16: {
+        const uint16_t h = static_cast<uint16_t>(bits >> 16);
+        std::memcpy(p + 2 * i, &h, 2);
+        break;
+      }
+      case DType::kFloat16: {  // [2^-14, 1) exactly as binary16 truncates it; smaller ones 0
+        const int exp = static_cast<int>((bits >> 23) & 0xff) - 127;
+        const uint16_t h = exp < -14 ? 0 : static_cast<uint16_t>(((exp + 15) << 10) | ((bits >> 13) & 0x3ff));
+        std::memcpy(p + 2 * i, &h, 2);
+        break;
+      }
+      default: return;  // integers and bools stay zero
+    }
+  }
+}
+
+}  // namespace
+
 Result<std::vector<Tensor>> TritonWarmupSample(const TritonConfig& config, const std::vector<InputSpec>& specs,
                                                const std::string& model_dir, const std::string& source) {
-  if (config.warmups.empty()) return NotFound(source + " has no model_warmup");
-  const TritonWarmup& w = config.warmups.front();
+  const TritonWarmup* usable = UsableWarmup(config);
+  if (!usable) return NotFound(source + " has no model_warmup with a batch_size of 1 or more");
+  const TritonWarmup& w = *usable;
   const std::string at = source + ":" + std::to_string(w.line) + ": model_warmup" +
                          (w.name.empty() ? std::string() : " '" + w.name + "'");
-  constexpr uint64_t kMaxRows = 65536;
+  if (!w.problem.empty()) return InvalidArgument(w.problem);
   if (config.max_batch_size == 0 && w.batch_size > 1)
     return InvalidArgument(at + ": batch_size " + std::to_string(w.batch_size) +
                            " for a model without batching (max_batch_size 0): Triton takes 1");
+  constexpr uint64_t kMaxRows = 65536;
   if (w.batch_size > kMaxRows)
     return InvalidArgument(at + ": batch_size " + std::to_string(w.batch_size) + " is over the " +
                            std::to_string(kMaxRows) + " rows a sample may have: a few rows do");
-  const int64_t rows = static_cast<int64_t>(std::max<uint64_t>(w.batch_size, 1));
-  // Each warm-up input is a config input, which is one of forward's arguments.
-  std::vector<std::string> names;
-  std::function<std::string(size_t)> where;
-  if (!config.inputs.empty()) {
-    for (const auto& in : config.inputs) names.push_back(in.name);
-    where = [&](size_t i) {
-      return source + ":" + std::to_string(config.inputs[i].line) + ": input " + config.inputs[i].name;
-    };
-  } else {  // (no inputs in the config: the warm-up's names, by the same rules)
-    for (const auto& in : w.inputs) names.push_back(in.name);
-    where = [&](size_t i) { return at + ": input " + w.inputs[i].name; };
-  }
-  MMS_ASSIGN_OR_RETURN(const std::vector<size_t> args, ArgumentsOf(names, specs, where));
+  const int64_t rows = config.max_batch_size > 0 ? static_cast<int64_t>(w.batch_size) : 1;
+  // Each warm-up input is a config input (or a sequence control), which is one of forward's arguments.
+  std::vector<std::string> warm_names;
+  for (const auto& in : w.inputs) warm_names.push_back(in.name);
+  MMS_ASSIGN_OR_RETURN(const auto mapped, ConfigArguments(config, specs, source, warm_names));
+  constexpr uint64_t kMaxSampleBytes = 64ull << 20;  // all inputs together, checked before anything is allocated
+  uint64_t total = 0;
   std::vector<Tensor> out;
   std::set<size_t> given;
   std::mt19937_64 random(20261202);
-  for (size_t i = 0; i < w.inputs.size(); ++i) {
-    const TritonWarmupInput& in = w.inputs[i];
+  for (const TritonWarmupInput& in : w.inputs) {
     const std::string where_in = source + ":" + std::to_string(in.line) + ": model_warmup input " + in.name;
-    size_t arg = 0;
-    if (config.inputs.empty()) {
-      arg = args[i];
-    } else {
-      auto it = std::find(names.begin(), names.end(), in.name);
-      if (it == names.end())
-        return InvalidArgument(where_in + " is none of the config's inputs: give the warm-up the inputs' names");
-      arg = args[static_cast<size_t>(it - names.begin())];
-    }
+    auto it = std::find_if(mapped.begin(), mapped.end(), [&](const auto& m) { return m.first == in.name; });
+    if (it == mapped.end())
+      return InvalidArgument(where_in + " is none of the config's inputs: give the warm-up the inputs' names");
+    const size_t arg = it->second;
     if (!given.insert(arg).second)
       return InvalidArgument(where_in + ": forward's " + specs[arg].name + " is given twice");
     auto dtype = TritonDType(in.data_type);
@@ -399,44 +474,64 @@ Result<std::vector<Tensor>> TritonWarmupSample(const TritonConfig& config, const
       if (d < 0) return InvalidArgument(where_in + ": a warm-up's dims are sizes, not -1: give the size to run");
       shape.push_back(d);
     }
+    uint64_t row_bytes = DTypeSize(*dtype);  // one row's: the dims after the batch's
+    for (int64_t d : in.dims) {
+      if (row_bytes > kMaxSampleBytes / static_cast<uint64_t>(d)) {
+        row_bytes = kMaxSampleBytes + 1;
+        break;
+      }
+      row_bytes *= static_cast<uint64_t>(d);
+    }
+    const uint64_t bytes = row_bytes > kMaxSampleBytes ? row_bytes : row_bytes * static_cast<uint64_t>(rows);
+    total += std::min(bytes, kMaxSampleBytes + 1);
+    if (bytes > kMaxSampleBytes || total > kMaxSampleBytes)
+      return InvalidArgument(where_in + ": the warm-up sample would be over " + std::to_string(kMaxSampleBytes >> 20) +
+                             " MiB: give it fewer rows or smaller dims (a few rows do)");
     auto t = Tensor::TryAlloc(specs[arg].name, *dtype, shape);
     if (!t.ok()) return InvalidArgument(where_in + ": " + t.status().message());
     Tensor tensor = std::move(t).value();
-    const uint64_t sample_cap = 1ull << 30;  // (the registration caps the stored sample again)
-    if (tensor.nbytes > sample_cap)
-      return InvalidArgument(where_in + ": " + std::to_string(tensor.nbytes) + " bytes: a sample of a few rows do");
     switch (in.data) {
       case TritonWarmupInput::Data::kNone:
         return InvalidArgument(where_in + ": give zero_data: true, random_data: true or input_data_file");
       case TritonWarmupInput::Data::kZero:
         break;  // (allocated zeroed)
       case TritonWarmupInput::Data::kRandom:
-        if (*dtype == DType::kFloat32 || *dtype == DType::kFloat64 || *dtype == DType::kFloat16 ||
-            *dtype == DType::kBFloat16) {
-          std::uniform_real_distribution<double> u(0.0, 1.0);
-          std::vector<double> values(static_cast<size_t>(tensor.numel()));
-          for (double& v : values) v = u(random);
-          tensor = TensorFromDoubles(tensor, values);
-        }
+        FillRandom(&tensor, &random);
         break;
       case TritonWarmupInput::Data::kFile: {
-        if (in.file.empty() || in.file.find('/') != std::string::npos || in.file == "." || in.file == "..")
-          return InvalidArgument(where_in + ": input_data_file '" + Shown(in.file) +
-                                 "' must name a file in the model's warmup/ directory");
-        const std::string path = JoinPath(JoinPath(model_dir, "warmup"), in.file);
-        const size_t row_bytes = config.max_batch_size > 0 ? tensor.nbytes / static_cast<size_t>(rows) : tensor.nbytes;
-        auto wrong_size = [&](uint64_t size) {
-          return InvalidArgument(where_in + ": input_data_file " + path + " has " + std::to_string(size) +
-                                 " bytes, not the " + std::to_string(row_bytes) + " of one " + DTypeName(*dtype) +
-                                 ShapeText(in.dims) + " row");
-        };
+        // A relative path under warmup/ (Triton joins it there); no way out of it.
+        const std::string& f = in.file;
+        bool escapes = f.empty() || f[0] == '/';
+        for (size_t b = 0; !escapes && b <= f.size();) {
+          size_t e = f.find('/', b);
+          if (e == std::string::npos) e = f.size();
+          escapes = f.compare(b, e - b, "..") == 0;
+          b = e + 1;
+        }
+        if (escapes)
+          return InvalidArgument(where_in + ": input_data_file '" + Shown(f) +
+                                 "' must name a file under the model's warmup/ directory");
+        const std::string path = JoinPath(JoinPath(model_dir, "warmup"), f);
+        // Triton reads one row from its start (more is not used); each row is that one.
         std::error_code ec;
-        if (const uint64_t size = std::filesystem::file_size(path, ec); !ec && size != row_bytes) return wrong_size(size);
-        auto bytes = ReadFile(path, row_bytes);
-        if (!bytes.ok()) return InvalidArgument(where_in + ": input_data_file: " + bytes.status().message());
-        if (bytes->size() != row_bytes) return wrong_size(bytes->size());  // (changed meanwhile)
-        for (int64_t r = 0; r < (config.max_batch_size > 0 ? rows : 1); ++r)  // one row, batch_size times (Triton)
-          std::copy(bytes->begin(), bytes->end(), tensor.mutable_data() + static_cast<size_t>(r) * row_bytes);
+        const uint64_t size = std::filesystem::file_size(path, ec);
+        if (!ec && size < row_bytes)
+          return InvalidArgument(where_in + ": input_data_file " + path + " has " + std::to_string(size) +
+                                 " bytes, under the " + std::to_string(row_bytes) + " of one " + DTypeName(*dtype) +
+                                 ShapeText(in.dims) + " row");
+        auto data = ReadFilePrefix(path, row_bytes);
+        if (!data.ok()) return InvalidArgument(where_in + ": input_data_file: " + data.status().message());
+        if (data->size() < row_bytes)
+          return InvalidArgument(where_in + ": input_data_file " + path + " has under the " + std::to_string(row_bytes) +
+                                 " bytes of one row");
+        if (*dtype == DType::kBool)
+          for (size_t b = 0; b < data->size(); ++b)
+            if (static_cast<unsigned char>((*data)[b]) > 1)
+              return InvalidArgument(where_in + ": input_data_file " + path + " byte " + std::to_string(b) + " is " +
+                                     std::to_string(static_cast<unsigned char>((*data)[b])) +
+                                     ": a TYPE_BOOL is one byte, 0 or 1");
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(tensor.mutable_data() + static_cast<size_t>(r) * row_bytes, data->data(), row_bytes);
         break;
       }
     }

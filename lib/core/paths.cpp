@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -61,7 +62,10 @@ Status MakeDirs(const std::string& given, unsigned mode) {
   return Status::Ok();
 }
 
-Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
+namespace {
+
+// ReadFile; with `prefix`, a longer file is read only up to max_bytes.
+Result<std::string> ReadUpTo(const std::string& path, uint64_t max_bytes, bool prefix) {
   // O_NONBLOCK: a FIFO nobody writes to reads as empty instead of waiting
   // forever for a writer; cleared once open, so a pipe with a writer is read
   // to its end.
@@ -82,12 +86,14 @@ Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
     return InvalidArgument(path + " holds more than " + FormatBytes(max_bytes) + ", the limit for it" +
                            (S_ISREG(st.st_mode) ? "" : " (it is not a regular file: a device never ends)"));
   };
-  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max_bytes) return too_big();
+  if (!prefix && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max_bytes) return too_big();
   std::string out;
-  if (S_ISREG(st.st_mode)) out.reserve(static_cast<size_t>(st.st_size));
+  if (S_ISREG(st.st_mode)) out.reserve(static_cast<size_t>(std::min<uint64_t>(static_cast<uint64_t>(st.st_size), max_bytes)));
   char buf[1 << 16];
   for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
+    const size_t want = prefix ? static_cast<size_t>(std::min<uint64_t>(sizeof buf, max_bytes - out.size())) : sizeof buf;
+    if (want == 0) break;
+    ssize_t n = ::read(fd, buf, want);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return IoError("cannot read " + path + ": " + std::strerror(errno));
     if (n == 0) break;
@@ -96,6 +102,12 @@ Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
   }
   return out;
 }
+
+}  // namespace
+
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) { return ReadUpTo(path, max_bytes, false); }
+
+Result<std::string> ReadFilePrefix(const std::string& path, uint64_t n) { return ReadUpTo(path, n, true); }
 
 Status WriteFileAtomic(const std::string& path, const std::string& data) {
   // Never rename over something that is not a regular file: as root, a

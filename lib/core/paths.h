@@ -36,6 +36,9 @@ Status MakeDirs(const std::string& dir, unsigned mode);
 // /dev/zero never ends: give a cap wherever the path is the user's). A FIFO
 // with no writer reads as empty, never waits for one.
 Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = UINT64_MAX);
+// The first `n` bytes of a file (fewer when it is shorter), read as ReadFile
+// reads (a FIFO without a writer is empty; a device is read up to n).
+Result<std::string> ReadFilePrefix(const std::string& path, uint64_t n);
 // Writes via a temp file + fsync + rename: readers see old or new, never half.
 Status WriteFileAtomic(const std::string& path, const std::string& data);
 

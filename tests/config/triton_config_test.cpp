@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -195,6 +196,10 @@ TEST_CASE("triton config: -1 dims become variable dims of forward's inputs, by n
   CHECK(dims("max_batch_size: 8\ninput [ { name: \"a__2\" dims: [ -1 ] }, { name: \"b__0\" dims: [ 3 ] } ]", specs) ==
         "error: c.pbtxt:2: input a__2 is forward's argument 2 (counting from 0, by its __INDEX), but forward takes 2 "
         "(ids, types): name the config's inputs as forward's arguments or NAME__INDEX");
+  // Sequence batching's control (and state) inputs are forward's arguments too.
+  CHECK(dims("max_batch_size: 8\ninput [ { name: \"INPUT__0\" dims: [ -1 ] } ]\nsequence_batching { control_input [ { "
+             "name: \"START__1\" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ] }",
+             specs) == "ids:1");
   // One config input per argument, as Triton requires.
   CHECK(dims("max_batch_size: 8\ninput [ { name: \"ids\" dims: [ -1 ] } ]", specs) ==
         "error: c.pbtxt: 1 input in the config, but forward takes 2 (ids, types): give the config one input per "
@@ -210,9 +215,10 @@ TEST_CASE("triton config: model_warmup becomes a sample input for forward's inpu
     return TritonWarmupSample(c, specs, dir, "c.pbtxt");
   };
   const std::string inputs = "input [ { name: \"INPUT__0\" dims: [ 4 ] }, { name: \"INPUT__1\" dims: [ -1 ] } ]\n";
+  const float row[4] = {1.5f, -2, 0, 8};  // (bytes 2 and 3 of 1.5f: 0xc0 0x3f)
+  const std::string raw(reinterpret_cast<const char*>(row), sizeof row);
   {
-    const float row[4] = {1.5f, -2, 0, 8};
-    std::ofstream(dir + "/warmup/x.bin", std::ios::binary).write(reinterpret_cast<const char*>(row), sizeof row);
+    std::ofstream(dir + "/warmup/x.bin", std::ios::binary) << raw;
     auto t = sample("max_batch_size: 8\n" + inputs + R"(model_warmup [ { name: "w" batch_size: 3
   inputs { key: "INPUT__0" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "x.bin" } }
   inputs { key: "INPUT__1" value: { data_type: TYPE_INT64 dims: [ 5 ] zero_data: true } } } ]
@@ -236,7 +242,7 @@ model_warmup [ { name: "second, unused" } ])");
     CHECK(TensorToDoubles((*t)[0]) == std::vector<double>(4, 0.0));
     auto values = TensorToDoubles((*t)[1]);
     CHECK((*t)[1].dtype == DType::kFloat16);
-    CHECK(std::all_of(values.begin(), values.end(), [](double v) { return v >= 0 && v <= 1; }));
+    CHECK(std::all_of(values.begin(), values.end(), [](double v) { return v >= 0 && v < 1; }));
     CHECK(std::set<double>(values.begin(), values.end()).size() > 10);
   }
   auto error = [&](std::string_view text) {
@@ -259,18 +265,31 @@ model_warmup [ { name: "second, unused" } ])");
   CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true "
                   "random_data: true } }\n" + ids + "} ]")
             .find("random_data is given along with zero_data") != std::string::npos);
-  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: \"../x.bin\" } }\n" +
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: \"a/../../x.bin\" } }\n" +
               ids + "} ]") ==
-        "c.pbtxt:4: model_warmup input INPUT__0: input_data_file '../x.bin' must name a file in the model's warmup/ "
-        "directory");
-  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP16 dims: [ 4 ] input_data_file: \"x.bin\" } }\n" +
+        "c.pbtxt:4: model_warmup input INPUT__0: input_data_file 'a/../../x.bin' must name a file under the model's "
+        "warmup/ directory");
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: \"/etc/passwd\" } }\n" +
+              ids + "} ]")
+            .find("must name a file under the model's warmup/ directory") != std::string::npos);
+  {  // A file longer than a row: its first row, as Triton reads it; under a subdirectory too.
+    std::filesystem::create_directories(dir + "/warmup/sub");
+    std::filesystem::copy_file(dir + "/warmup/x.bin", dir + "/warmup/sub/x.bin");
+    auto t = sample(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP16 dims: [ 4 ] input_data_file: "
+                        "\"sub/x.bin\" } }\n" + ids + "} ]");
+    REQUIRE_MESSAGE(t.ok(), t.status().message());
+    CHECK((*t)[0].nbytes == 2 * 4 * 2);
+    CHECK(std::memcmp((*t)[0].data.get(), raw.data(), 8) == 0);
+    CHECK(std::memcmp((*t)[0].data.get() + 8, raw.data(), 8) == 0);
+  }
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_BOOL dims: [ 4 ] input_data_file: \"x.bin\" } }\n" +
               ids + "} ]") ==
         "c.pbtxt:4: model_warmup input INPUT__0: input_data_file " + dir +
-            "/warmup/x.bin has 16 bytes, not the 8 of one float16[4] row");
+            "/warmup/x.bin byte 2 is 192: a TYPE_BOOL is one byte, 0 or 1");
   CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 8 ] input_data_file: \"x.bin\" } }\n" +
               ids + "} ]") ==
         "c.pbtxt:4: model_warmup input INPUT__0: input_data_file " + dir +
-            "/warmup/x.bin has 16 bytes, not the 32 of one float32[8] row");
+            "/warmup/x.bin has 16 bytes, under the 32 of one float32[8] row");
   CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] input_data_file: \"none.bin\" } }\n" +
               ids + "} ]")
             .find("none.bin") != std::string::npos);
@@ -279,5 +298,25 @@ model_warmup [ { name: "second, unused" } ])");
   CHECK(error("max_batch_size: 8\n" + inputs + "model_warmup { batch_size: 100000 " + ids + "}") ==
         "c.pbtxt:3: model_warmup: batch_size 100000 is over the 65536 rows a sample may have: a few rows do");
   CHECK(error(w + ids + ids + "} ]") == "c.pbtxt:5:8: model_warmup input INPUT__1 is given twice (first on line 4): keep one");
+  // Refused before anything is allocated (a 4 TB zero-filled buffer, before).
+  CHECK(error(w + "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 1000000, 1000000 ] zero_data: true } }\n" +
+              ids + "} ]") ==
+        "c.pbtxt:4: model_warmup input INPUT__0: the warm-up sample would be over 64 MiB: give it fewer rows or smaller "
+        "dims (a few rows do)");
+  // A warm-up's faults are its own: the config parses, and the fault is said only when it is used.
+  auto bad_warmup = ParseTritonConfig("model_warmup [ { batch_size: 1 inputs { key: \"x\" value: { dims: [ 0 ] } } } ]", "c");
+  REQUIRE_MESSAGE(bad_warmup.ok(), bad_warmup.status().message());
+  CHECK(TritonWarmupSample(*bad_warmup, specs, dir, "c").status().message() ==
+        "c:1:67: input x: a dim is a size of at least 1 or -1 (any size), not 0");
+  // Triton skips a warm-up of batch_size 0 (the default): the next one is used, or none.
+  auto second = sample("max_batch_size: 8\n" + inputs +
+                       "model_warmup [ { name: \"skipped\" inputs { key: \"INPUT__0\" value: { data_type: TYPE_STRING } } },\n"
+                       "{ name: \"used\" batch_size: 1 " + ids +
+                       "inputs { key: \"INPUT__0\" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]");
+  REQUIRE_MESSAGE(second.ok(), second.status().message());
+  CHECK((*second)[0].shape == std::vector<int64_t>{1, 2});
+  auto none = ParseTritonConfig("model_warmup [ { name: \"w\" } ]", "c");
+  CHECK(UsableWarmup(*none) == nullptr);
+  CHECK(TritonWarmupSample(*none, specs, dir, "c").status().code() == Code::kNotFound);
   std::filesystem::remove_all(dir);
 }

@@ -270,11 +270,12 @@ std::string Daemon::log() const {
   return ss.str();
 }
 
-ProcResult Daemon::Mms(const std::vector<std::string>& args, double timeout_s, const std::string& stdin_data) const {
+ProcResult Daemon::Mms(const std::vector<std::string>& args, double timeout_s, const std::string& stdin_data,
+                       const std::map<std::string, std::string>& env) const {
   std::vector<std::string> argv{MmsBin(), "--socket", socket_, "--data-dir", data_dir_};
   if (!config_path_.empty()) argv.insert(argv.end(), {"--config", config_path_});
   argv.insert(argv.end(), args.begin(), args.end());
-  return Run(argv, timeout_s, {}, stdin_data);
+  return Run(argv, timeout_s, env, stdin_data);
 }
 
 }  // namespace mms::testing

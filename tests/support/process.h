@@ -74,9 +74,9 @@ class Daemon {
   std::string log() const;  // daemon's stdout+stderr so far
   const std::string& dir() const { return dir_.path(); }
   Child& child() { return child_; }
-  // Runs `mms --socket S --data-dir D [--config C] args...`.
-  ProcResult Mms(const std::vector<std::string>& args, double timeout_s = 120,
-                 const std::string& stdin_data = "") const;
+  // Runs `mms --socket S --data-dir D [--config C] args...`, with `env` added.
+  ProcResult Mms(const std::vector<std::string>& args, double timeout_s = 120, const std::string& stdin_data = "",
+                 const std::map<std::string, std::string>& env = {}) const;
   // Restarts after a stop/kill (same dirs).
   bool Restart();
 
