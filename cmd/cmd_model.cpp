@@ -88,8 +88,37 @@ Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string&
   return st;
 }
 
+// fsyncs every file under `dir` and the directories themselves: what mmsd
+// wrote there (module.pt, through libtorch, unsynced) and the sample copy.
+static Status SyncTree(const std::string& dir) {
+  std::error_code ec;
+  for (std::filesystem::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string path = it->path().string();
+    if (it->is_directory(ec)) {
+      MMS_RETURN_IF_ERROR(SyncDir(path));
+      continue;
+    }
+    if (!it->is_regular_file(ec)) continue;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return IoError("cannot sync " + path + ": " + std::strerror(errno));
+    const int rc = ::fsync(fd);
+    const int e = errno;
+    ::close(fd);
+    if (rc != 0) return IoError("cannot sync " + path + ": " + std::strerror(e));
+  }
+  if (ec) return IoError("cannot list " + dir + ": " + ec.message());
+  return SyncDir(dir);
+}
+
 Result<std::string> PublishStaging(const std::string& staging, const std::string& dir, const std::string& stem) {
   std::error_code ec;
+  // Durable before the registry names them: a power loss after the commit
+  // must not leave a row pointing at a directory, or a module.pt, that
+  // never reached the disk.
+  if (Status st = SyncTree(staging); !st.ok()) {
+    std::filesystem::remove_all(staging, ec);
+    return st;
+  }
   std::string sums;
   for (const char* f : kChecksummed) {
     std::string path = JoinPath(staging, f);
@@ -113,7 +142,16 @@ Result<std::string> PublishStaging(const std::string& staging, const std::string
     // rename(2) will not replace a non-empty directory, so two registrations racing
     // for one name cannot take each other's files.
     std::filesystem::rename(staging, final_dir, ec);
-    if (!ec) return final_dir;
+    if (!ec) {
+      // The rename, and the model's directory when this made it, durable.
+      Status st = SyncDir(dir);
+      if (st.ok()) st = SyncDir(DirName(dir));
+      if (!st.ok()) {
+        std::filesystem::remove_all(final_dir, ec);
+        return st;
+      }
+      return final_dir;
+    }
     if (ec != std::errc::directory_not_empty && ec != std::errc::file_exists) {
       why = ec.message();
       break;
@@ -166,7 +204,8 @@ class Progress {
   Progress(const std::string& what, bool enabled) : what_(what), enabled_(enabled && ::isatty(2)) {}
   void operator()(uint64_t done, uint64_t total) {
     if (!enabled_ || total < (64ull << 20)) return;
-    int pct = static_cast<int>(done * 100 / total);
+    // (Clamped: a file growing while it is hashed passes its first size.)
+    int pct = static_cast<int>(std::min<uint64_t>(done, total) * 100 / total);
     if (pct == last_) return;
     last_ = pct;
     std::string bar(30, '.');

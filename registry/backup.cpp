@@ -190,11 +190,30 @@ std::string FreeName(const std::string& parent, const std::string& name, const s
 
 bool InterruptedCopy(const std::string& dest_db) { return FileExists(MarkerPath(dest_db)) && !FileExists(dest_db); }
 
+namespace {
+
+// SQLite's files beside a registry left where the copy would put one: a
+// WAL there is replayed into the copied registry when it is next opened (it
+// switches to WAL mode for it), and the copy would hold another registry's
+// rows without a word. ALREADY_EXISTS naming them.
+Status NoLeftoverLog(const std::string& dest_db) {
+  for (const char* suffix : {"-wal", "-shm", "-journal"})
+    if (const std::string f = dest_db + suffix; FileExists(f))
+      return AlreadyExists(f + " is there without " + BaseName(dest_db) +
+                           ": another registry's log, left behind (a daemon or mms killed, its registry moved away "
+                           "without it); SQLite would apply it to the copy: move it aside with the registry it belongs "
+                           "to, then run this again");
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
   auto say = [&](const std::string& line) {
     if (c.progress) c.progress(line);
   };
   if (FileExists(c.dest_db)) return AlreadyExists(c.dest_db + " already exists");
+  MMS_RETURN_IF_ERROR(NoLeftoverLog(c.dest_db));
   if (!FileExists(c.src_db)) return NotFound("no registry at " + c.src_db);
   const std::string src_dir = c.src_dir.empty() ? DirName(c.src_db) : c.src_dir;
   const std::string partial = PartialPath(c.dest_db);
@@ -465,6 +484,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     if (FileExists(d)) MMS_RETURN_IF_ERROR(SyncDir(d));
   // Never over a registry that appeared meanwhile (a daemon started on the
   // data dir, a registration): that one stays, and this copy is refused.
+  MMS_RETURN_IF_ERROR(NoLeftoverLog(c.dest_db));
   if (::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, c.dest_db.c_str(), RENAME_NOREPLACE) != 0) {
     if (errno == EEXIST)
       return AlreadyExists(c.dest_db + " appeared while the copy was made (a daemon started, or a registration): "

@@ -130,14 +130,22 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
     }
     off += static_cast<size_t>(n);
   }
-  ::fsync(fd);
-  ::close(fd);
+  // A failed fsync or close (EIO, a full quota on NFS) means the bytes may
+  // not be there: the old file stays, and the caller hears of it.
+  const bool synced = ::fsync(fd) == 0;
+  int e = errno;
+  const bool closed = ::close(fd) == 0;
+  if (!closed && synced) e = errno;
+  if (!synced || !closed) {
+    ::unlink(tmp.c_str());
+    return IoError("cannot write " + path + ": " + std::strerror(e));
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
+    e = errno;
     ::unlink(tmp.c_str());
     return IoError("cannot rename " + tmp + " to " + path + ": " + std::strerror(e));
   }
-  return Status::Ok();
+  return SyncDir(DirName(path));  // the rename itself, durable
 }
 
 Status CopyFileDurably(const std::string& from, const std::string& to, uint64_t* bytes) {

@@ -39,7 +39,9 @@ Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = UINT6
 // The first `n` bytes of a file (fewer when it is shorter), read as ReadFile
 // reads (a FIFO without a writer is empty; a device is read up to n).
 Result<std::string> ReadFilePrefix(const std::string& path, uint64_t n);
-// Writes via a temp file + fsync + rename: readers see old or new, never half.
+// Writes via a temp file + fsync + rename + fsync of its directory: readers
+// see old or new, never half, and the new is durable once this returns OK.
+// IO when a step fails (a failed fsync or close included): the old stays.
 Status WriteFileAtomic(const std::string& path, const std::string& data);
 
 // Copies the regular file `from` to `to`, which must not exist (ALREADY_EXISTS),

@@ -254,6 +254,17 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   auto foreign = MmsAt(work / "r2", work / "none.sock", {"restore", work / "b1"});
   CHECK(foreign.exit_code == 6);
   CHECK(foreign.err.find("move it aside") != std::string::npos);
+  // A registry's log left behind without it (its registry moved away after
+  // a SIGKILL): SQLite replayed it into the restored registry, which then
+  // held the old registry's rows and named packed files not there.
+  fs::create_directories(work / "r4");
+  fs::copy_file(work / "b1/registry.db", work / "r4/registry.db-wal");  // (any bytes: it is refused unread)
+  auto wal = MmsAt(work / "r4", work / "none.sock", {"restore", work / "b1"});
+  CHECK(wal.exit_code == 6);
+  CHECK_MESSAGE(wal.err.find((work / "r4") + "/registry.db-wal is there without registry.db") != std::string::npos,
+                wal.err);
+  CHECK_FALSE(fs::exists(work / "r4/registry.db"));
+  CHECK(fs::exists(work / "r4/registry.db-wal"));  // left as it was
   // A daemon on the socket serving another data dir is no reason to refuse
   // (one $XDG_RUNTIME_DIR socket for every data dir); one serving this one is.
   auto beside = MmsAt(work / "r3", d.socket(), {"restore", work / "b1"});
