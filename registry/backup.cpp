@@ -298,6 +298,7 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
 
   DataDirCopyReport rep;
   std::map<std::string, std::string> packed_copies;  // source dir → its copy
+  std::map<std::string, std::string> damaged;  // source dir → what in its copy differs from its SHA256SUMS
   // An original, by path and hash: a path registered again with other
   // weights (a retrain writing the same file) is another original.
   std::map<std::string, std::string> source_copies;  // key → its copy ("" = could not be copied)
@@ -350,6 +351,19 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
       MMS_RETURN_IF_ERROR(st);
       rep.bytes += n;
       packed_copies[r.packed_dir] = to;
+      // What was copied is what its SHA256SUMS records (a linked file was
+      // checked before linking): a file rotted in the source is copied as
+      // it is, but the copy does not say it is sound.
+      for (const auto& [name, want] : RecordedSums(to)) {
+        const std::string copied = JoinPath(to, name);
+        if (linker.made.count(copied)) continue;
+        auto got = Sha256File(copied);
+        if (!got.ok() && got.status().code() != Code::kNotFound) return got.status();
+        if (!got.ok()) damaged[r.packed_dir] += (damaged[r.packed_dir].empty() ? "" : ", ") + name + " is missing";
+        else if (*got != want)
+          damaged[r.packed_dir] += (damaged[r.packed_dir].empty() ? "" : ", ") + name + " has sha256 " +
+                                   got->substr(0, 12) + ", SHA256SUMS says " + want.substr(0, 12);
+      }
     }
     // Done when every dir was found — or when nothing changed since the last
     // snapshot (the same newest audit row): those dirs are missing from the
@@ -445,6 +459,13 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
         // The stored sample input lives in the packed dir.
         if (r.sample_input.rfind(r.packed_dir + "/", 0) == 0)
           m.sample_input = JoinPath(copy->second, r.sample_input.substr(r.packed_dir.size() + 1));
+        if (auto d = damaged.find(r.packed_dir); d != damaged.end())
+          rep.problems.push_back(r.ref() + ": its packed files in " + r.packed_dir + " are damaged (" + d->second +
+                                 "): copied as they are; mms model repack " + r.ref() +
+                                 " rebuilds them from the original");
+        else if (!m.sample_input.empty() && m.sample_input != r.sample_input && !FileExists(m.sample_input))
+          rep.problems.push_back(r.ref() + ": its sample input " + BaseName(r.sample_input) + " is not in " +
+                                 r.packed_dir + " (registered again meanwhile?): take the copy again");
       }
     } else if (source_copies[key].empty()) {
       rep.problems.push_back(r.ref() + " has no packed files and its only artifact " + r.artifact_path + " " +

@@ -88,8 +88,10 @@ struct DataDirCopyReport {
   // verify need the original. One line each, naming the version and why.
   std::vector<std::string> sources_missing;
   // Versions the copy cannot serve: their packed files (or, unpacked, their
-  // only artifact) are missing from the source. The copy is written anyway
-  // (everything else in it is sound); the caller reports failure.
+  // only artifact) are missing from the source, or differ from what their
+  // SHA256SUMS records (every copied file is hashed), or the stored sample
+  // the row names is not in them. The copy is written anyway (everything
+  // else in it is sound); the caller reports failure.
   std::vector<std::string> problems;
 };
 

@@ -241,6 +241,21 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   CHECK(damaged.err.find("cannot be served from it") != std::string::npos);
   CHECK(damaged.err.find("tiny:1: its packed files") != std::string::npos);
   CHECK(fs::exists(work / "b2/registry.db"));
+  // A packed file rotted in the source (its bytes no longer those its
+  // SHA256SUMS records): copied as it is, but said, exit 1 — it used to be
+  // copied without a word, and a restore from it served nothing.
+  const std::string module = fs::path(PackedWeights(d.data_dir(), "tiny", "2")).parent_path() / "module.pt";
+  {
+    std::fstream f(module, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x5a');
+  }
+  auto rotted = d.Mms({"backup", work / "b5"});
+  CHECK(rotted.exit_code == 1);
+  CHECK_MESSAGE(rotted.err.find("tiny:2: its packed files in") != std::string::npos, rotted.err);
+  CHECK_MESSAGE(rotted.err.find("are damaged (module.pt has sha256 ") != std::string::npos, rotted.err);
+  CHECK(rotted.err.find("mms model repack tiny:2 rebuilds them") != std::string::npos);
+  CHECK(fs::exists(work / "b5/registry.db"));
 
   // Restore: not a backup (4); into a data dir that has a registry (6), or
   // another's packed files (6); while mmsd runs on the socket (6).
