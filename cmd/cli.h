@@ -121,14 +121,17 @@ void AddBackupCommands(CLI::App& app, Cli& cli);
 // Shared with mms adapter: show and remove a version (its packed files too).
 int ModelShow(Cli& cli, const std::string& ref);
 int ModelRm(Cli& cli, const std::string& ref, bool force);
-// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
+// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died
+// (nobody holds their flock, and they are over a minute old).
 void CleanStaleStaging(const std::string& dir);
 // Where a version's packed files are written before PublishStaging:
 // "<artifacts>/<name>/<stem>.tmp-<pid>", stem "<version>-<sha256[:12]><suffix>".
 // Creates the model's directory (clearing dead registrations' staging dirs
-// there), not `dir` itself.
+// there) and `dir`, flocked while any copy of the Staging lives (so no other
+// process takes it for abandoned). IO when it cannot be made or locked.
 struct Staging {
   std::string model_dir, stem, dir;
+  std::shared_ptr<void> lock;  // closes the flocked fd of `dir` with the last copy
 };
 Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string& version, const std::string& sha256,
                            const std::string& stem_suffix);

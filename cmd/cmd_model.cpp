@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -43,14 +44,22 @@ constexpr uint64_t kMaxMetricsFileBytes = 1ull << 20;
 static_assert(kMaxQueueDelayUsMax * 1000 == kMaxQueueDelayMaxNs,
               "a version's --max-queue-delay-us and [scheduler] max_queue_delay must allow the same range");
 
-// Whether `pid` is a running process. kill(pid, 0) fails with EPERM for a live
-// process of another user: only ESRCH means there is none.
-static bool ProcessAlive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
-
-// The registering process of a "<stem>.tmp-<pid>" staging dir, or 0.
-static pid_t StagingPid(const std::string& name) {
-  auto p = name.find(".tmp-");
-  return p == std::string::npos ? 0 : static_cast<pid_t>(std::atoi(name.c_str() + p + 5));
+// Whether a "<stem>.tmp-<pid>" staging dir was left by a registration that
+// died: nobody holds its flock (NewStaging's, held until the registration
+// ends), and it is over a minute old (not one made a moment ago, between
+// its mkdir and its flock). The pid in its name says nothing: after a
+// reboot it may be another process's, and in another pid namespace (CI
+// jobs in containers sharing a data dir) a live registration's pid is not
+// seen at all — which used to remove its files under it.
+static bool StagingAbandoned(const std::string& path) {
+  if (path.find(".tmp-") == std::string::npos) return false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0;
+  struct stat st {};
+  const bool old = ::fstat(fd, &st) == 0 && st.st_mtime < ::time(nullptr) - 60;
+  ::close(fd);
+  return !held && old;
 }
 
 // Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
@@ -58,10 +67,8 @@ void CleanStaleStaging(const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return;
   std::vector<std::filesystem::path> stale;
-  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    pid_t pid = StagingPid(it->path().filename().string());
-    if (pid > 0 && !ProcessAlive(pid)) stale.push_back(it->path());
-  }
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (StagingAbandoned(it->path().string())) stale.push_back(it->path());
   for (const auto& p : stale) std::filesystem::remove_all(p, ec);
 }
 
@@ -85,6 +92,18 @@ Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string&
   CleanStaleStaging(st.model_dir);
   st.stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
   st.dir = JoinPath(st.model_dir, st.stem + ".tmp-" + std::to_string(::getpid()));
+  // Made and flocked at once: held until the registration ends (the last
+  // copy of `st` goes), it marks the dir as in use (StagingAbandoned).
+  MMS_RETURN_IF_ERROR(MakeDirs(st.dir, 0755));
+  const int fd = ::open(st.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::flock(fd, LOCK_EX) != 0) {
+    const int e = errno;
+    if (fd >= 0) ::close(fd);
+    std::error_code ec;
+    std::filesystem::remove_all(st.dir, ec);
+    return IoError("cannot lock " + st.dir + ": " + std::strerror(e));
+  }
+  st.lock = std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
   return st;
 }
 
@@ -838,9 +857,8 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
     for (const auto& d : dirs) {
       std::string name = d.filename().string();
       bool dead_staging = false;
-      if (name.find(".tmp-") != std::string::npos) {  // a registration's staging dir: only once its process is gone
-        pid_t pid = StagingPid(name);
-        if (pid <= 0 || ProcessAlive(pid)) continue;
+      if (name.find(".tmp-") != std::string::npos) {  // a registration's staging dir: only once it is abandoned
+        if (!StagingAbandoned(d.string())) continue;
         dead_staging = true;
       }
       if (used.count(PackedKey(d))) continue;

@@ -2,6 +2,7 @@
 // TorchScript artifacts checked by the real mmsd. No daemon is needed.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <set>
@@ -541,13 +542,26 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(mms({"model", "verify", "e:1"}).exit_code == 0);
 
   // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
-  // listed once that process is gone, and pruned as unused packed dirs are.
+  // listed once nobody holds its lock (and it is over a minute old), and
+  // pruned as unused packed dirs are.
   Cli other;
+  const auto old = std::filesystem::file_time_type::clock::now() - std::chrono::minutes(5);
   std::filesystem::path staging = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "1-0123456789ab.tmp-999999";
   std::filesystem::create_directories(staging);
   std::ofstream(staging / "weights.safetensors") << std::string(1000, 'w');
-  std::filesystem::path live = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / ("2-0123456789ab.tmp-" + std::to_string(::getpid()));
+  std::filesystem::last_write_time(staging, old);
+  // A live registration's, whatever its pid says (in another pid namespace,
+  // a container's, it names no process here) and however old: it holds the
+  // lock. It used to be removed under the registration.
+  std::filesystem::path live = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "2-0123456789ab.tmp-999998";
   std::filesystem::create_directories(live);
+  std::filesystem::last_write_time(live, old);
+  const int live_fd = ::open(live.c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(live_fd >= 0);
+  REQUIRE(::flock(live_fd, LOCK_EX) == 0);
+  // One made a moment ago, not locked yet (between a registration's mkdir and its flock): kept.
+  std::filesystem::path fresh = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "3-0123456789ab.tmp-999997";
+  std::filesystem::create_directories(fresh);
   auto listed = other({"--json", "model", "verify"});
   CHECK(listed.exit_code == 1);
   json lj = json::parse(listed.out);
@@ -561,6 +575,14 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(pruned.exit_code == 0);
   CHECK_FALSE(std::filesystem::exists(staging));
   CHECK(std::filesystem::exists(live));
+  CHECK(std::filesystem::exists(fresh));
+  // A registration clears abandoned ones, never a locked one.
+  std::filesystem::create_directories(staging);
+  std::filesystem::last_write_time(staging, old);
+  REQUIRE(other({"model", "register", "x", "--version", "9", "--path", other.Data("tiny.pt"), "-q"}).exit_code == 0);
+  CHECK_FALSE(std::filesystem::exists(staging));
+  CHECK(std::filesystem::exists(live));
+  ::close(live_fd);
 }
 
 TEST_CASE("a removed registry is not silently recreated beside packed weights, and nothing is pruned against a new one") {
@@ -1042,6 +1064,10 @@ TEST_CASE("as another user: a live process's staging dir is kept, an unreadable 
   std::string data = mms.dir / "data";
   std::string staging = data + "/artifacts/tiny/1-abc.tmp-" + std::to_string(::getpid());  // ours: root, alive
   std::filesystem::create_directories(staging);
+  const int staging_fd = ::open(staging.c_str(), O_RDONLY | O_DIRECTORY);  // held, as a registration holds it
+  REQUIRE(staging_fd >= 0);
+  REQUIRE(::flock(staging_fd, LOCK_EX) == 0);
+  std::filesystem::last_write_time(staging, std::filesystem::file_time_type::clock::now() - std::chrono::minutes(5));
   std::filesystem::create_directories(mms.dir / "repo/locked/1");
   std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "tiny.pt");
   std::filesystem::copy_file(mms.Data("tiny.pt"), mms.dir / "repo/locked/1/model.pt");
@@ -1063,6 +1089,7 @@ TEST_CASE("as another user: a live process's staging dir is kept, an unreadable 
   std::string dead = data + "/artifacts/tiny/1-def.tmp-999999999";
   std::filesystem::create_directories(dead);
   REQUIRE(Run({"/bin/chown", "nobody:nogroup", dead}).exit_code == 0);
+  std::filesystem::last_write_time(dead, std::filesystem::file_time_type::clock::now() - std::chrono::minutes(5));
   auto r3 = as_nobody({"model", "register", "tiny", "--version", "3", "--path", mms.dir / "tiny.pt"});
   CHECK_MESSAGE(r3.exit_code == 0, r3.err);
   CHECK_FALSE(std::filesystem::exists(dead));
@@ -1076,6 +1103,7 @@ TEST_CASE("as another user: a live process's staging dir is kept, an unreadable 
   REQUIRE(ij["skipped"].size() == 1);
   CHECK(ij["skipped"][0]["reason"].get<std::string>().find("cannot list") != std::string::npos);
   std::filesystem::permissions(mms.dir / "repo/locked", std::filesystem::perms(0755));
+  ::close(staging_fd);
 }
 
 TEST_CASE("a registry locked by another writer is a conflict (exit 6) that names the fix, and nothing is written") {
