@@ -11,6 +11,8 @@
 
 #include <functional>
 #include <memory>
+
+#include <unistd.h>
 #include <optional>
 #include <string>
 
@@ -121,17 +123,30 @@ void AddBackupCommands(CLI::App& app, Cli& cli);
 // Shared with mms adapter: show and remove a version (its packed files too).
 int ModelShow(Cli& cli, const std::string& ref);
 int ModelRm(Cli& cli, const std::string& ref, bool force);
-// Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died
-// (nobody holds their flock, and they are over a minute old).
+// Removes "<dir>/*.tmp-<pid>[-N]" staging dirs left by registrations that
+// died (nobody holds their flock).
 void CleanStaleStaging(const std::string& dir);
+// A file descriptor owned (closed with this object): a flock's.
+struct LockedFd {
+  explicit LockedFd(int fd) : fd(fd) {}
+  LockedFd(const LockedFd&) = delete;
+  LockedFd& operator=(const LockedFd&) = delete;
+  ~LockedFd() { ::close(fd); }
+  int fd;
+};
 // Where a version's packed files are written before PublishStaging:
-// "<artifacts>/<name>/<stem>.tmp-<pid>", stem "<version>-<sha256[:12]><suffix>".
-// Creates the model's directory (clearing dead registrations' staging dirs
-// there) and `dir`, flocked while any copy of the Staging lives (so no other
-// process takes it for abandoned). IO when it cannot be made or locked.
+// "<artifacts>/<name>/<stem>.tmp-<pid>[-N]", stem
+// "<version>-<sha256[:12]><suffix>". Creates the model's directory
+// (clearing dead registrations' staging dirs there) and `dir`, a new one of
+// its own, flocked (before it has its name) while any copy of the Staging
+// lives — through the rename PublishStaging makes — so that no other
+// process takes it for abandoned.
+// The flock is per open file: it holds between processes of one host (on
+// NFS, not across hosts). IO when the directory cannot be made or locked.
+// A Staging is not shared between threads.
 struct Staging {
   std::string model_dir, stem, dir;
-  std::shared_ptr<void> lock;  // closes the flocked fd of `dir` with the last copy
+  std::shared_ptr<LockedFd> lock;  // of `dir`
 };
 Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string& version, const std::string& sha256,
                            const std::string& stem_suffix);

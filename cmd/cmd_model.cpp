@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -44,22 +45,27 @@ constexpr uint64_t kMaxMetricsFileBytes = 1ull << 20;
 static_assert(kMaxQueueDelayUsMax * 1000 == kMaxQueueDelayMaxNs,
               "a version's --max-queue-delay-us and [scheduler] max_queue_delay must allow the same range");
 
-// Whether a "<stem>.tmp-<pid>" staging dir was left by a registration that
-// died: nobody holds its flock (NewStaging's, held until the registration
-// ends), and it is over a minute old (not one made a moment ago, between
-// its mkdir and its flock). The pid in its name says nothing: after a
-// reboot it may be another process's, and in another pid namespace (CI
-// jobs in containers sharing a data dir) a live registration's pid is not
-// seen at all — which used to remove its files under it.
+// Whether a "<stem>.tmp-<pid>[-N]" staging dir was left by a registration
+// that died: nobody holds its flock (NewStaging's, taken before the dir has
+// that name and held until the registration is published). The pid in its
+// name says nothing: after a reboot it may be another process's, and in
+// another pid namespace (CI jobs in containers sharing a data dir) a live
+// registration's pid is not seen at all — which used to remove its files
+// under it. A ".<stem>.init-XXXXXX" dir (NewStaging's, before its flock and
+// rename) counts once unlocked and over a minute old.
 static bool StagingAbandoned(const std::string& path) {
-  if (path.find(".tmp-") == std::string::npos) return false;
+  // (The name's, not the path's: a model or a data dir may be called x.tmp-y.)
+  const std::string name = BaseName(path);
+  const bool staging = name.find(".tmp-") != std::string::npos;
+  const bool init = !name.empty() && name[0] == '.' && name.find(".init-") != std::string::npos;
+  if (!staging && !init) return false;
   const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return false;
   const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0;
   struct stat st {};
   const bool old = ::fstat(fd, &st) == 0 && st.st_mtime < ::time(nullptr) - 60;
   ::close(fd);
-  return !held && old;
+  return !held && (staging || old);
 }
 
 // Removes "<dir>/*.tmp-<pid>" staging dirs left by registrations that died.
@@ -91,19 +97,30 @@ Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string&
   MMS_RETURN_IF_ERROR(MakeDirs(st.model_dir, 0755));
   CleanStaleStaging(st.model_dir);
   st.stem = version + "-" + sha256.substr(0, 12) + stem_suffix;
-  st.dir = JoinPath(st.model_dir, st.stem + ".tmp-" + std::to_string(::getpid()));
-  // Made and flocked at once: held until the registration ends (the last
-  // copy of `st` goes), it marks the dir as in use (StagingAbandoned).
-  MMS_RETURN_IF_ERROR(MakeDirs(st.dir, 0755));
-  const int fd = ::open(st.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || ::flock(fd, LOCK_EX) != 0) {
+  // A directory of this call's own (two processes of one pid, in two
+  // containers sharing the data dir, must not share one), flocked before it
+  // takes its staging name, so no one ever sees that name unlocked.
+  std::string init = JoinPath(st.model_dir, "." + st.stem + ".init-XXXXXX");
+  if (::mkdtemp(init.data()) == nullptr) return IoError("cannot create a directory in " + st.model_dir + ": " + std::strerror(errno));
+  ::chmod(init.c_str(), 0755);
+  const int fd = ::open(init.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int rc = fd < 0 ? -1 : 0;
+  // (Blocks at most for another process's probe of it, StagingAbandoned's.)
+  while (fd >= 0 && (rc = ::flock(fd, LOCK_EX)) != 0 && errno == EINTR) {
+  }
+  const std::string base = JoinPath(st.model_dir, st.stem + ".tmp-" + std::to_string(::getpid()));
+  for (int n = 0; rc == 0; ++n) {
+    st.dir = n == 0 ? base : base + "-" + std::to_string(n);
+    if (::renameat2(AT_FDCWD, init.c_str(), AT_FDCWD, st.dir.c_str(), RENAME_NOREPLACE) == 0) break;
+    if (errno != EEXIST || n == 999) rc = -1;
+  }
+  if (rc != 0) {
     const int e = errno;
     if (fd >= 0) ::close(fd);
-    std::error_code ec;
-    std::filesystem::remove_all(st.dir, ec);
-    return IoError("cannot lock " + st.dir + ": " + std::strerror(e));
+    ::rmdir(init.c_str());  // ours, and still empty
+    return IoError("cannot make a staging directory in " + st.model_dir + ": " + std::strerror(e));
   }
-  st.lock = std::shared_ptr<void>(nullptr, [fd](void*) { ::close(fd); });
+  st.lock = std::make_shared<LockedFd>(fd);
   return st;
 }
 
@@ -804,7 +821,7 @@ struct OrphanDir {
   std::string path;
   uint64_t bytes = 0;
   int64_t age_s = 0;  // since the later of its mtime and ctime (a rename sets ctime)
-  bool staging = false;  // "<stem>.tmp-<pid>" of a registration whose process is gone
+  bool staging = false;  // "<stem>.tmp-<pid>" (or ".<stem>.init-X") of a registration that died
   bool empty = false;    // an empty artifacts/<name>/ (a registration killed before it stored anything)
 };
 
@@ -857,7 +874,8 @@ Result<std::vector<OrphanDir>> FindOrphans(const std::string& artifacts, const s
     for (const auto& d : dirs) {
       std::string name = d.filename().string();
       bool dead_staging = false;
-      if (name.find(".tmp-") != std::string::npos) {  // a registration's staging dir: only once it is abandoned
+      if (name.find(".tmp-") != std::string::npos ||
+          (name[0] == '.' && name.find(".init-") != std::string::npos)) {  // a registration's: only once abandoned
         if (!StagingAbandoned(d.string())) continue;
         dead_staging = true;
       }

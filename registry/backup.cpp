@@ -192,12 +192,13 @@ bool InterruptedCopy(const std::string& dest_db) { return FileExists(MarkerPath(
 
 namespace {
 
-// SQLite's files beside a registry left where the copy would put one: a
-// WAL there is replayed into the copied registry when it is next opened (it
-// switches to WAL mode for it), and the copy would hold another registry's
-// rows without a word. ALREADY_EXISTS naming them.
+// SQLite's logs of a registry left where the copy would put one: a -wal
+// there is replayed into the copied registry when it is next opened (it
+// switches to WAL mode for it), a hot -journal rolled back into it, and the
+// copy would hold another registry's rows without a word. ALREADY_EXISTS
+// naming them. (A -shm alone is harmless: a DELETE-mode file ignores it.)
 Status NoLeftoverLog(const std::string& dest_db) {
-  for (const char* suffix : {"-wal", "-shm", "-journal"})
+  for (const char* suffix : {"-wal", "-journal"})
     if (const std::string f = dest_db + suffix; FileExists(f))
       return AlreadyExists(f + " is there without " + BaseName(dest_db) +
                            ": another registry's log, left behind (a daemon or mms killed, its registry moved away "
@@ -460,9 +461,13 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
         if (r.sample_input.rfind(r.packed_dir + "/", 0) == 0)
           m.sample_input = JoinPath(copy->second, r.sample_input.substr(r.packed_dir.size() + 1));
         if (auto d = damaged.find(r.packed_dir); d != damaged.end())
-          rep.problems.push_back(r.ref() + ": its packed files in " + r.packed_dir + " are damaged (" + d->second +
-                                 "): copied as they are; mms model repack " + r.ref() +
-                                 " rebuilds them from the original");
+          rep.problems.push_back(
+              r.ref() + ": its packed files in " + r.packed_dir + " are damaged (" + d->second +
+              "): copied as they are; " +
+              (source_copies[source_key(r)].empty()
+                   ? "its original artifact was not copied either: register it again from a good copy"
+                   : "mms model repack " + r.ref() + " rebuilds them from its original artifact") +
+              (c.action == "backup" ? " (in the data dir), then take the backup again" : ""));
         else if (!m.sample_input.empty() && m.sample_input != r.sample_input && !FileExists(m.sample_input))
           rep.problems.push_back(r.ref() + ": its sample input " + BaseName(r.sample_input) + " is not in " +
                                  r.packed_dir + " (registered again meanwhile?): take the copy again");
@@ -505,11 +510,14 @@ Result<DataDirCopyReport> CopyDataDir(const DataDirCopy& c) {
     if (FileExists(d)) MMS_RETURN_IF_ERROR(SyncDir(d));
   // Never over a registry that appeared meanwhile (a daemon started on the
   // data dir, a registration): that one stays, and this copy is refused.
+  auto appeared = [&] {
+    return AlreadyExists(c.dest_db + " appeared while the copy was made (a daemon started, or a registration): "
+                         "it was left as it is; move it aside and run the copy again");
+  };
+  if (FileExists(c.dest_db)) return appeared();  // (its -wal is its own: not a leftover)
   MMS_RETURN_IF_ERROR(NoLeftoverLog(c.dest_db));
   if (::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, c.dest_db.c_str(), RENAME_NOREPLACE) != 0) {
-    if (errno == EEXIST)
-      return AlreadyExists(c.dest_db + " appeared while the copy was made (a daemon started, or a registration): "
-                           "it was left as it is; move it aside and run the copy again");
+    if (errno == EEXIST) return appeared();
     return IoError("cannot rename " + partial + " to " + c.dest_db + ": " + std::strerror(errno));
   }
   MMS_RETURN_IF_ERROR(SyncDir(DirName(c.dest_db)));

@@ -117,8 +117,11 @@ bool HoldsPackedDirs(const std::string& artifacts) {
   std::error_code ec;
   for (const auto& model : std::filesystem::directory_iterator(artifacts, ec)) {
     std::error_code ec2;
-    for (const auto& dir : std::filesystem::directory_iterator(model.path(), ec2))
-      if (dir.path().filename().string().find(".tmp-") == std::string::npos) return true;
+    for (const auto& dir : std::filesystem::directory_iterator(model.path(), ec2)) {
+      const std::string name = dir.path().filename().string();  // (a registration's staging dirs are not)
+      if (name.find(".tmp-") == std::string::npos && !(name[0] == '.' && name.find(".init-") != std::string::npos))
+        return true;
+    }
   }
   return false;
 }

@@ -145,7 +145,18 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
     ::unlink(tmp.c_str());
     return IoError("cannot rename " + tmp + " to " + path + ": " + std::strerror(e));
   }
-  return SyncDir(DirName(path));  // the rename itself, durable
+  // The rename itself, durable. As SQLite does, a directory that cannot be
+  // opened (write but no read permission) or fsynced (EINVAL: a file
+  // system without it) is let be; an I/O error is said.
+  const int dfd = ::open(DirName(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return Status::Ok();
+  const int rc = ::fsync(dfd);
+  e = errno;
+  ::close(dfd);
+  if (rc != 0 && e != EINVAL)
+    return IoError(path + " is written, but its directory could not be synced (it may not survive a crash): " +
+                   std::strerror(e));
+  return Status::Ok();
 }
 
 Status CopyFileDurably(const std::string& from, const std::string& to, uint64_t* bytes) {

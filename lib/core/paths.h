@@ -41,7 +41,10 @@ Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes = UINT6
 Result<std::string> ReadFilePrefix(const std::string& path, uint64_t n);
 // Writes via a temp file + fsync + rename + fsync of its directory: readers
 // see old or new, never half, and the new is durable once this returns OK.
-// IO when a step fails (a failed fsync or close included): the old stays.
+// IO when a step before the rename fails (a failed fsync or close
+// included): the old stays. IO too when the directory's fsync fails with an
+// I/O error after it (the new is in place, but may not survive a crash); a
+// directory that cannot be opened or fsynced (EINVAL) is let be, as SQLite does.
 Status WriteFileAtomic(const std::string& path, const std::string& data);
 
 // Copies the regular file `from` to `to`, which must not exist (ALREADY_EXISTS),

@@ -247,15 +247,26 @@ TEST_CASE("backup and restore refuse what they cannot do, with exit codes, and s
   const std::string module = fs::path(PackedWeights(d.data_dir(), "tiny", "2")).parent_path() / "module.pt";
   {
     std::fstream f(module, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(100);
+    const char was = static_cast<char>(f.get());
     f.seekp(100);
-    f.put('\x5a');
+    f.put(static_cast<char>(was ^ 0x5a));  // (a byte that differs, whatever it was)
   }
   auto rotted = d.Mms({"backup", work / "b5"});
   CHECK(rotted.exit_code == 1);
   CHECK_MESSAGE(rotted.err.find("tiny:2: its packed files in") != std::string::npos, rotted.err);
   CHECK_MESSAGE(rotted.err.find("are damaged (module.pt has sha256 ") != std::string::npos, rotted.err);
-  CHECK(rotted.err.find("mms model repack tiny:2 rebuilds them") != std::string::npos);
+  // (Its original was deleted above: repack cannot rebuild them.)
+  CHECK_MESSAGE(rotted.err.find("its original artifact was not copied either: register it again from a good copy (in "
+                                "the data dir), then take the backup again") != std::string::npos,
+                rotted.err);
   CHECK(fs::exists(work / "b5/registry.db"));
+  // Restored from that backup: the same said, exit 1 (the copy written).
+  auto restored_rot = MmsAt(work / "r5", work / "none.sock", {"restore", work / "b5"});
+  CHECK(restored_rot.exit_code == 1);
+  CHECK_MESSAGE(restored_rot.err.find("tiny:2: its packed files in") != std::string::npos, restored_rot.err);
+  CHECK(restored_rot.err.find("then take the backup again") == std::string::npos);
+  CHECK(fs::exists(work / "r5/registry.db"));
 
   // Restore: not a backup (4); into a data dir that has a registry (6), or
   // another's packed files (6); while mmsd runs on the socket (6).

@@ -542,8 +542,7 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK(mms({"model", "verify", "e:1"}).exit_code == 0);
 
   // A registration killed while storing its files leaves "<stem>.tmp-<pid>":
-  // listed once nobody holds its lock (and it is over a minute old), and
-  // pruned as unused packed dirs are.
+  // listed once nobody holds its lock, and pruned as unused packed dirs are.
   Cli other;
   const auto old = std::filesystem::file_time_type::clock::now() - std::chrono::minutes(5);
   std::filesystem::path staging = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "1-0123456789ab.tmp-999999";
@@ -559,11 +558,12 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   const int live_fd = ::open(live.c_str(), O_RDONLY | O_DIRECTORY);
   REQUIRE(live_fd >= 0);
   REQUIRE(::flock(live_fd, LOCK_EX) == 0);
-  // One made a moment ago, not locked yet (between a registration's mkdir and its flock): kept.
-  std::filesystem::path fresh = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / "3-0123456789ab.tmp-999997";
+  // One made a moment ago, not locked yet (a registration's, between its mkdir and its flock): kept.
+  std::filesystem::path fresh = std::filesystem::path(other.dir / "data") / "artifacts" / "x" / ".3-0123456789ab.init-Ab12Cd";
   std::filesystem::create_directories(fresh);
   auto listed = other({"--json", "model", "verify"});
   CHECK(listed.exit_code == 1);
+  INFO(listed.out << listed.err);
   json lj = json::parse(listed.out);
   REQUIRE(lj.size() == 1);  // not the one whose process (this test) is alive
   CHECK(lj[0]["path"] == staging.string());
@@ -583,6 +583,13 @@ TEST_CASE("verify finds damaged packed weights, and staging dirs of killed regis
   CHECK_FALSE(std::filesystem::exists(staging));
   CHECK(std::filesystem::exists(live));
   ::close(live_fd);
+  // A model called x.tmp-y: its published dirs are no staging dirs, however old.
+  REQUIRE(other({"model", "register", "x.tmp-y", "--version", "1", "--path", other.Data("tiny.pt"), "-q"}).exit_code == 0);
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(other.dir / "data") / "artifacts" / "x.tmp-y"))
+    std::filesystem::last_write_time(e.path(), old);
+  REQUIRE(other({"model", "register", "x.tmp-y", "--version", "2", "--path", other.Data("tiny_v2.pt"), "-q"}).exit_code == 0);
+  auto kept = other({"model", "verify", "x.tmp-y:1"});
+  CHECK_MESSAGE(kept.exit_code == 0, kept.out << kept.err);
 }
 
 TEST_CASE("a removed registry is not silently recreated beside packed weights, and nothing is pruned against a new one") {
