@@ -101,17 +101,24 @@ Result<Staging> NewStaging(Cli& cli, const std::string& name, const std::string&
   // containers sharing the data dir, must not share one), flocked before it
   // takes its staging name, so no one ever sees that name unlocked.
   std::string init = JoinPath(st.model_dir, "." + st.stem + ".init-XXXXXX");
-  if (::mkdtemp(init.data()) == nullptr) return IoError("cannot create a directory in " + st.model_dir + ": " + std::strerror(errno));
-  ::chmod(init.c_str(), 0755);
-  const int fd = ::open(init.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (::mkdtemp(init.data()) == nullptr)
+    return IoError("cannot create a directory in " + st.model_dir + ": " + std::strerror(errno));
+  // (mkdtemp makes it 0700; a packed dir is 0755 as MakeDirs makes them, for a daemon of another user.)
+  const int fd = ::chmod(init.c_str(), 0755) == 0 ? ::open(init.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
   int rc = fd < 0 ? -1 : 0;
   // (Blocks at most for another process's probe of it, StagingAbandoned's.)
   while (fd >= 0 && (rc = ::flock(fd, LOCK_EX)) != 0 && errno == EINTR) {
   }
-  const std::string base = JoinPath(st.model_dir, st.stem + ".tmp-" + std::to_string(::getpid()));
+  // Named with mkdtemp's random part too, so a name is never reused (a
+  // prober that judged an earlier dir of that name cannot remove this one).
+  // A file system without RENAME_NOREPLACE (FUSE, NFS: EINVAL) gets a plain
+  // rename, safe to a name that random.
+  const std::string base = JoinPath(st.model_dir, st.stem + ".tmp-" + std::to_string(::getpid()) + "-" +
+                                                      init.substr(init.size() - 6));
   for (int n = 0; rc == 0; ++n) {
     st.dir = n == 0 ? base : base + "-" + std::to_string(n);
     if (::renameat2(AT_FDCWD, init.c_str(), AT_FDCWD, st.dir.c_str(), RENAME_NOREPLACE) == 0) break;
+    if ((errno == EINVAL || errno == ENOSYS) && !FileExists(st.dir) && ::rename(init.c_str(), st.dir.c_str()) == 0) break;
     if (errno != EEXIST || n == 999) rc = -1;
   }
   if (rc != 0) {
